@@ -1,0 +1,1 @@
+"""Easel's Discord-free services: checkpoints, generation, catalog, storage, configuration."""

@@ -1,0 +1,1 @@
+"""Everything Easel knows about a checkpoint file before it runs one."""

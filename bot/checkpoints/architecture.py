@@ -1,0 +1,178 @@
+"""Which model family a checkpoint belongs to, from its tensor names and shapes alone.
+
+Rules after A1111 (sd_models_config.py), ComfyUI (model_detection.py) and diffusers
+(single_file_utils.py). Every verdict names the key that decided it, so a surprising answer can
+be checked against the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bot.checkpoints.tensors import TensorInfo
+
+UNET = "model.diffusion_model."
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+SDXL_BIGG_LN = "conditioner.embedders.1.model.ln_final.weight"
+SDXL_BIGG_LAYER9 = "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"
+SDXL_REFINER_LN = "conditioner.embedders.0.model.ln_final.weight"
+SD2_OPENCLIP_IN_PROJ = "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight"
+SD_CROSS_ATTN_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+SD2_CROSS_ATTN_K = "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight"
+SD1_CLIP = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
+SD1_CLIP_OLD = "cond_stage_model.transformer.embeddings.token_embedding.weight"
+
+COMPONENT_PREFIXES: dict[str, tuple[str, ...]] = {
+    "unet": (UNET,),
+    "vae": ("first_stage_model.",),
+    "text_encoder": ("cond_stage_model.", "conditioner.embedders.0."),
+    "text_encoder_2": ("conditioner.embedders.1.",),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str  # sd1, sd2, sdxl, sdxl-refiner, sd3, flux, lora, unknown, ...
+    variant: str  # "", "inpainting", "instruct-pix2pix", "edm"
+    prediction: str  # "epsilon", "v", "" (not applicable)
+    label: str  # what a person reads: "SD2.x v-prediction", "SDXL base (inpainting)"
+    decided_by: str  # the key (or metadata field) behind the verdict
+    runnable: bool
+    reason: str = ""  # why not runnable, or a caveat
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "family": self.family,
+            "variant": self.variant,
+            "prediction": self.prediction,
+            "label": self.label,
+            "decided_by": self.decided_by,
+            "runnable": self.runnable,
+            "reason": self.reason,
+        }
+
+
+_FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base"}
+_RUNNABLE_FAMILIES = set(_FAMILY_LABELS)
+
+
+def detect_architecture(
+    tensors: Mapping[str, TensorInfo],
+    metadata: Mapping[str, str] | None = None,
+    extras: Mapping[str, object] | None = None,
+) -> Architecture:
+    metadata = metadata or {}
+    extras = extras or {}
+    keys = tensors.keys()
+
+    def has(key: str) -> bool:
+        return key in tensors
+
+    def unusable(family: str, label: str, key: str, reason: str) -> Architecture:
+        return Architecture(family, "", "", label, key, False, reason)
+
+    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
+        key = next(k for k in keys if "lora" in k)
+        return unusable("lora", "LoRA (not a checkpoint)", key, "a LoRA adapter, not a full checkpoint")
+    for key in ("model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale", "double_blocks.0.img_attn.norm.key_norm.scale"):
+        if has(key):
+            return unusable("flux", "Flux", key, "Flux checkpoints are not supported yet")
+    for key in ("model.diffusion_model.x_embedder.proj.weight", "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "joint_blocks.0.context_block.adaLN_modulation.1.bias"):
+        if has(key):
+            return unusable("sd3", "SD3", key, "SD3 checkpoints are not supported yet")
+    if has("clip_txt_mapper.weight") or has("down_blocks.1.0.channelwise.0.weight"):
+        return unusable("stable-cascade", "Stable Cascade", "clip_txt_mapper.weight", "Stable Cascade is not supported")
+
+    family, decided_by = _family(tensors)
+    if family is None:
+        if any(k.startswith(("down_blocks.", "up_blocks.")) for k in keys):
+            return unusable("unknown", "diffusers-format UNet only", "down_blocks.*", "a bare UNet, not a full checkpoint")
+        return unusable("unknown", "unknown", "", "no known model layout matched its tensor names")
+
+    variant = ""
+    unet_in = tensors.get(UNET_IN)
+    if unet_in is not None and len(unet_in.shape) >= 2:
+        variant = {9: "inpainting", 8: "instruct-pix2pix"}.get(unet_in.shape[1], "")
+    if has("edm_mean") or has("edm_std"):
+        variant = "edm"
+
+    prediction, prediction_source = _prediction(family, tensors, metadata, extras)
+    label = {"sdxl-refiner": "SDXL refiner"}.get(family, _FAMILY_LABELS.get(family, family))
+    if family == "sd2" and prediction == "v" and prediction_source != "assumed":
+        label = "SD2.x v-prediction"
+    if variant:
+        label += f" ({variant})"
+
+    runnable = family in _RUNNABLE_FAMILIES and not variant
+    reason = ""
+    if family == "sdxl-refiner":
+        reason = "the SDXL refiner only refines other images; it cannot make an image from text alone"
+    elif variant == "edm":
+        reason = "EDM (Playground v2.5-style) checkpoints are not supported yet"
+    elif variant:
+        reason = f"{variant} checkpoints need an input image; text-to-image is not supported for them yet"
+    elif not has(UNET_IN):
+        runnable, reason = False, "the file has no UNet"
+    elif prediction_source == "assumed":
+        reason = "the file does not say its prediction type; assuming v-prediction, as for SD 2.x 768 models"
+    return Architecture(family, variant, prediction, label, decided_by, runnable, reason)
+
+
+def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
+    for key in (SDXL_BIGG_LN, SDXL_BIGG_LAYER9):
+        if key in tensors:
+            return "sdxl", key
+    if SDXL_REFINER_LN in tensors:
+        return "sdxl-refiner", SDXL_REFINER_LN
+    in_proj = tensors.get(SD2_OPENCLIP_IN_PROJ)
+    if in_proj is not None and len(in_proj.shape) == 2 and in_proj.shape[1] == 1024:
+        return "sd2", SD2_OPENCLIP_IN_PROJ
+    for key in (SD2_CROSS_ATTN_K, SD_CROSS_ATTN_K):
+        k = tensors.get(key)
+        if k is not None and len(k.shape) == 2:
+            if k.shape[1] == 1024:
+                return "sd2", key
+            if k.shape[1] == 768:
+                return "sd1", key
+    for key in (SD1_CLIP, SD1_CLIP_OLD):
+        if key in tensors:
+            return "sd1", key
+    if UNET_IN in tensors:
+        return "sd1", UNET_IN  # a UNet in the LDM layout with no other tell: the common case, SD1
+    return None, ""
+
+
+def _prediction(
+    family: str, tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str], extras: Mapping[str, object]
+) -> tuple[str, str]:
+    """(prediction type, where it came from). Only SD2 is ambiguous from its keys."""
+    if "v_pred" in tensors:
+        return "v", "v_pred"
+    spec = metadata.get("modelspec.prediction_type", "").lower()
+    if spec:
+        return ("v" if spec.startswith("v") else "epsilon"), "modelspec.prediction_type"
+    if metadata.get("ss_v_parameterization", "").lower() == "true":
+        return "v", "ss_v_parameterization"
+    if family != "sd2":
+        return "epsilon", "family"
+    step = extras.get("global_step")
+    if step == 875000:  # SD 2.0/2.1 base (512, epsilon); the 768 releases are v-prediction
+        return "epsilon", "global_step"
+    if step in (110000, 140000):
+        return "v", "global_step"
+    return "v", "assumed"
+
+
+def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]]:
+    """Per component: tensor count, parameter count and dtypes, for the parts the file holds."""
+    out: dict[str, dict[str, object]] = {}
+    for component, prefixes in COMPONENT_PREFIXES.items():
+        members = [t for name, t in tensors.items() if name.startswith(prefixes)]
+        if members:
+            out[component] = {
+                "tensors": len(members),
+                "parameters": sum(t.numel for t in members),
+                "dtypes": sorted({t.dtype for t in members}),
+            }
+    return out

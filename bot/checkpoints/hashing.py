@@ -1,0 +1,98 @@
+"""Checkpoint hashes as A1111 and Civitai know them.
+
+sha256 of the whole file is Easel's identity for a checkpoint; AutoV2 is its first 10 hex digits;
+the legacy AutoV1 is the sha256 of 0x10000 bytes at offset 0x100000, first 8 hex digits (only for
+files of at least 2 MiB). Hashing streams the file once with a reusable buffer; results are
+cached by (path, size, mtime) so a file is read in full only when it changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiosqlite
+
+CHUNK = 8 << 20
+AUTOV1_OFFSET = 0x100000
+AUTOV1_LENGTH = 0x10000
+AUTOV1_MIN_SIZE = 2 << 20
+
+
+@dataclass(frozen=True)
+class FileHashes:
+    sha256: str
+    autov1: str | None
+
+    @property
+    def autov2(self) -> str:
+        return self.sha256[:10]
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {**asdict(self), "autov2": self.autov2}
+
+
+def sha256_file(path: Path, progress: Callable[[int], None] | None = None) -> str:
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            if progress is not None:
+                progress(n)
+    return digest.hexdigest()
+
+
+def autov1(path: Path) -> str | None:
+    if path.stat().st_size < AUTOV1_MIN_SIZE:
+        return None
+    with open(path, "rb") as f:
+        f.seek(AUTOV1_OFFSET)
+        return hashlib.sha256(f.read(AUTOV1_LENGTH)).hexdigest()[:8]
+
+
+def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> FileHashes:
+    return FileHashes(sha256=sha256_file(path, progress), autov1=autov1(path))
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What must be unchanged for a cached hash to still hold."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        st = os.stat(path)
+        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+class HashCache:
+    """Hashes keyed by (path, size, mtime) in the hash_cache table."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def get(self, stamp: FileStamp) -> FileHashes | None:
+        async with self._db.execute(
+            "SELECT sha256, autov1 FROM hash_cache WHERE path = ? AND size = ? AND mtime_ns = ?",
+            (stamp.path, stamp.size, stamp.mtime_ns),
+        ) as cur:
+            row = await cur.fetchone()
+        return FileHashes(sha256=row[0], autov1=row[1]) if row else None
+
+    async def put(self, stamp: FileStamp, hashes: FileHashes) -> None:
+        await self._db.execute(
+            "INSERT INTO hash_cache (path, size, mtime_ns, sha256, autov1, hashed_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "sha256 = excluded.sha256, autov1 = excluded.autov1, hashed_at = excluded.hashed_at",
+            (stamp.path, stamp.size, stamp.mtime_ns, hashes.sha256, hashes.autov1, time.time()),
+        )
+        await self._db.commit()

@@ -1,0 +1,146 @@
+"""Inspect a checkpoint file: format, architecture, components, size and metadata.
+
+Reads only headers (the safetensors JSON header, or the pickle of a torch zip archive through the
+allow-list), never tensor data, so the time taken does not grow with the file's size. Hashes are
+added by `inspect_with_hashes`, which streams the file once and caches the result.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bot.checkpoints.architecture import Architecture, components, detect_architecture
+from bot.checkpoints.hashing import FileHashes
+from bot.checkpoints.pickle_reader import read_pickle_checkpoint
+from bot.checkpoints.pipeline_config import choose_pipeline_config
+from bot.checkpoints.safetensors_header import read_header
+from bot.checkpoints.tensors import TensorInfo
+from bot.errors import CheckpointFileError
+
+PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
+SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
+CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES
+
+
+@dataclass
+class Inspection:
+    path: Path
+    format: str  # "safetensors" or "ckpt"
+    file_size: int
+    architecture: Architecture
+    components: dict[str, dict[str, object]]
+    tensor_count: int
+    parameters: int
+    dtype: str  # the dtype holding most of the bytes
+    metadata: dict[str, Any]
+    pipeline_config: str | None = None
+    hashes: FileHashes | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def runnable(self) -> bool:
+        return self.architecture.runnable
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "architecture": self.architecture.label,
+            "architecture_info": self.architecture.to_dict(),
+            "runnable": self.runnable,
+            "pipeline_config": self.pipeline_config,
+            "components": self.components,
+            "tensor_count": self.tensor_count,
+            "parameters": self.parameters,
+            "dtype": self.dtype,
+            "file_size": self.file_size,
+            "sha256": self.hashes.sha256 if self.hashes else None,
+            "autov2": self.hashes.autov2 if self.hashes else None,
+            "autov1": self.hashes.autov1 if self.hashes else None,
+            "metadata": self.metadata,
+        }
+
+
+def check_path(path: Path) -> Path:
+    if not path.exists():
+        raise CheckpointFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointFileError(f"{path}: is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise CheckpointFileError(f"{path}: not a regular file")
+    return path
+
+
+def is_pickle_file(path: Path) -> bool:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return True
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" or zipfile.is_zipfile(path)
+
+
+def inspect_file(path: Path, yaml_sidecar: dict[str, Any] | None = None) -> Inspection:
+    """Inspect `path` from its header; raise CheckpointFileError with a one-line reason if it is bad."""
+    check_path(path)
+    metadata: dict[str, str] = {}
+    extras: dict[str, object] = {}
+    tensors: dict[str, TensorInfo]
+    if is_pickle_file(path):
+        ckpt = read_pickle_checkpoint(path)
+        tensors, extras, fmt = dict(ckpt.tensors), ckpt.extras, "ckpt"
+    else:
+        header = read_header(path)
+        tensors, metadata, fmt = dict(header.tensors), header.metadata, "safetensors"
+    hints = dict(metadata)
+    parameterization = (yaml_sidecar or {}).get("parameterization")
+    if parameterization and "modelspec.prediction_type" not in hints:
+        hints["modelspec.prediction_type"] = "v" if parameterization == "v" else "epsilon"
+    architecture = detect_architecture(tensors, hints, extras)
+    config, why_not = choose_pipeline_config(architecture, tensors)
+    if config is None and architecture.runnable:
+        architecture = replace(architecture, runnable=False, reason=why_not)
+    bytes_by_dtype: Counter[str] = Counter()
+    for t in tensors.values():
+        bytes_by_dtype[t.dtype] += t.nbytes
+    return Inspection(
+        path=path,
+        format=fmt,
+        file_size=path.stat().st_size,
+        architecture=architecture,
+        components=components(tensors),
+        tensor_count=len(tensors),
+        parameters=sum(t.numel for t in tensors.values()),
+        dtype=bytes_by_dtype.most_common(1)[0][0] if bytes_by_dtype else "",
+        metadata=group_metadata(metadata),
+        pipeline_config=config,
+        extras=extras,
+    )
+
+
+def group_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    """Sort safetensors metadata into modelspec, kohya, merge recipe and the rest (kept raw)."""
+    grouped: dict[str, Any] = {"modelspec": {}, "kohya": {}, "merge": {}, "other": {}}
+    for key, value in raw.items():
+        if key.startswith("modelspec."):
+            grouped["modelspec"][key.removeprefix("modelspec.")] = value
+        elif key.startswith("ss_"):
+            grouped["kohya"][key] = value
+        elif key in ("sd_merge_recipe", "sd_merge_models"):
+            grouped["merge"][key.removeprefix("sd_merge_")] = _json_or_raw(value)
+        else:
+            grouped["other"][key] = value
+    return {k: v for k, v in grouped.items() if v}
+
+
+def _json_or_raw(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

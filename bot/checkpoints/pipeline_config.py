@@ -1,0 +1,32 @@
+"""Which bundled diffusers config folder (gpu_worker/configs/<id>) loads a checkpoint.
+
+Chosen from the architecture and the UNet's input width: 320 for the real SD1/SD2/SDXL models,
+32 for Easel's tiny test checkpoints. The worker never guesses, and never asks the hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from bot.checkpoints.architecture import UNET_IN, Architecture
+from bot.checkpoints.tensors import TensorInfo
+
+CONFIGS: dict[tuple[str, int], str] = {
+    ("sd1", 320): "sd1",
+    ("sd2", 320): "sd2",
+    ("sdxl", 320): "sdxl",
+    ("sd1", 32): "tiny-sd1",
+    ("sd2", 32): "tiny-sd2",
+    ("sdxl", 32): "tiny-sdxl",
+}
+
+
+def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
+    """(config id, reason when there is none)."""
+    if not arch.runnable:
+        return None, arch.reason
+    width = tensors[UNET_IN].shape[0]
+    config = CONFIGS.get((arch.family, width))
+    if config is None:
+        return None, f"no bundled configuration for a {arch.label} UNet {width} channels wide"
+    return config, ""

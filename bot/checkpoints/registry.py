@@ -1,0 +1,440 @@
+"""The checkpoint registry: register, list, show, remove and scan checkpoints in the models directory.
+
+Files are identified by the sha256 of their content; every registered file lies inside the models
+directory after resolving symlinks and `..`. Slow work (header parsing, hashing) runs in a thread
+so the bot's event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
+from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, check_path, inspect_file
+from bot.checkpoints.sidecars import Sidecars, read_sidecars
+from bot.errors import CheckpointFileError, RegistryError
+
+log = logging.getLogger(__name__)
+
+# Progress for long hashes: called with (file name, bytes done, bytes total) from a worker thread.
+HashProgress = Callable[[str, int, int], None]
+
+_SLUG_BAD = re.compile(r"[^a-z0-9._-]+")
+
+
+def slugify(text: str) -> str:
+    slug = _SLUG_BAD.sub("-", text.lower()).strip("-._")
+    return slug[:64].rstrip("-._") or "checkpoint"
+
+
+@dataclass
+class CheckpointEntry:
+    id: int
+    name: str
+    display_name: str
+    path: Path
+    relative_path: str
+    sha256: str
+    autov1: str | None
+    format: str
+    family: str
+    variant: str
+    prediction: str
+    architecture: str
+    runnable: bool
+    pipeline_config: str | None
+    file_size: int
+    mtime_ns: int
+    description: str
+    nsfw: bool
+    status: str
+    sidecars: dict[str, Any]
+    preview_path: str | None
+    inspection: dict[str, Any]
+    added_at: float
+    updated_at: float
+    tags: list[str] = field(default_factory=list)
+
+    @property
+    def autov2(self) -> str:
+        return self.sha256[:10]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "path": str(self.path),
+            "relative_path": self.relative_path,
+            "sha256": self.sha256,
+            "autov2": self.autov2,
+            "autov1": self.autov1,
+            "format": self.format,
+            "architecture": self.architecture,
+            "family": self.family,
+            "variant": self.variant,
+            "prediction": self.prediction,
+            "runnable": self.runnable,
+            "pipeline_config": self.pipeline_config,
+            "file_size": self.file_size,
+            "description": self.description,
+            "tags": self.tags,
+            "nsfw": self.nsfw,
+            "status": self.status,
+            "sidecars": self.sidecars,
+            "preview_path": self.preview_path,
+            "inspection": self.inspection,
+            "added_at": self.added_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass
+class ScanReport:
+    added: list[CheckpointEntry] = field(default_factory=list)
+    updated: list[CheckpointEntry] = field(default_factory=list)
+    restored: list[CheckpointEntry] = field(default_factory=list)
+    missing: list[CheckpointEntry] = field(default_factory=list)
+    unchanged: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": [e.name for e in self.added],
+            "updated": [e.name for e in self.updated],
+            "restored": [e.name for e in self.restored],
+            "missing": [e.name for e in self.missing],
+            "unchanged": self.unchanged,
+            "errors": [{"path": p, "reason": r} for p, r in self.errors],
+        }
+
+
+class CheckpointRegistry:
+    def __init__(self, db: aiosqlite.Connection, models_root: Path) -> None:
+        self._db = db
+        self.models_root = models_root.resolve()
+        self._hashes = HashCache(db)
+
+    # --- inspection and hashing, off the event loop -------------------------------------------
+
+    async def inspect(self, path: Path, progress: HashProgress | None = None) -> Inspection:
+        """Inspect any file (inside the models directory or not) and add its hashes, cached."""
+        sidecars = await asyncio.to_thread(read_sidecars, path) if path.is_file() else Sidecars()
+        inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
+        inspection.hashes = await self.hashes(path, progress)
+        return inspection
+
+    async def hashes(self, path: Path, progress: HashProgress | None = None) -> FileHashes:
+        stamp = FileStamp.of(path)
+        cached = await self._hashes.get(stamp)
+        if cached is not None:
+            return cached
+        callback = None
+        if progress is not None:
+            done = 0
+
+            def callback(n: int) -> None:
+                nonlocal done
+                done += n
+                progress(path.name, done, stamp.size)
+
+        hashes = await asyncio.to_thread(hash_file, path, callback)
+        if FileStamp.of(path) == stamp:  # a file rewritten while we read it must not be cached
+            await self._hashes.put(stamp, hashes)
+        return hashes
+
+    # --- queries -------------------------------------------------------------------------------
+
+    async def list(self, status: str | None = None) -> list[CheckpointEntry]:
+        sql = "SELECT * FROM checkpoints" + (" WHERE status = ?" if status else "") + " ORDER BY name"
+        async with self._db.execute(sql, (status,) if status else ()) as cur:
+            rows = await cur.fetchall()
+        return [await self._entry(row) for row in rows]
+
+    async def find(self, ref: str) -> CheckpointEntry | None:
+        """By slug name, display name, or hash (AutoV2 / full sha256, any case)."""
+        ref = ref.strip()
+        async with self._db.execute(
+            "SELECT * FROM checkpoints WHERE name = ? OR display_name = ? OR sha256 = lower(?) "
+            "OR (length(?) >= 10 AND sha256 LIKE lower(?) || '%') ORDER BY name = ? DESC LIMIT 1",
+            (slugify(ref), ref, ref, ref, ref, slugify(ref)),
+        ) as cur:
+            row = await cur.fetchone()
+        return await self._entry(row) if row else None
+
+    async def get(self, ref: str) -> CheckpointEntry:
+        entry = await self.find(ref)
+        if entry is None:
+            raise RegistryError(f"no checkpoint named {ref!r}; `checkpoints list` shows what is registered")
+        return entry
+
+    async def _entry(self, row: sqlite3.Row) -> CheckpointEntry:
+        async with self._db.execute(
+            "SELECT tag FROM checkpoint_tags WHERE checkpoint_id = ? ORDER BY tag", (row["id"],)
+        ) as cur:
+            tags = [r[0] for r in await cur.fetchall()]
+        return CheckpointEntry(
+            id=row["id"],
+            name=row["name"],
+            display_name=row["display_name"],
+            path=Path(row["path"]),
+            relative_path=row["relative_path"],
+            sha256=row["sha256"],
+            autov1=row["autov1"],
+            format=row["format"],
+            family=row["family"],
+            variant=row["variant"],
+            prediction=row["prediction"],
+            architecture=row["architecture"],
+            runnable=bool(row["runnable"]),
+            pipeline_config=row["pipeline_config"],
+            file_size=row["file_size"],
+            mtime_ns=row["mtime_ns"],
+            description=row["description"],
+            nsfw=bool(row["nsfw"]),
+            status=row["status"],
+            sidecars=json.loads(row["sidecars_json"]),
+            preview_path=row["preview_path"],
+            inspection=json.loads(row["inspection_json"]),
+            added_at=row["added_at"],
+            updated_at=row["updated_at"],
+            tags=tags,
+        )
+
+    # --- changes -------------------------------------------------------------------------------
+
+    def resolve_inside(self, path: Path) -> Path:
+        """The file's resolved path, refusing anything that lies (or links) outside the models directory."""
+        candidate = path.expanduser()
+        if not candidate.is_absolute() and not candidate.exists():
+            candidate = self.models_root / candidate
+        resolved = candidate.resolve()
+        if not resolved.is_relative_to(self.models_root):
+            raise RegistryError(f"{path} is outside the models directory ({self.models_root}); move it there first")
+        check_path(resolved)
+        if resolved.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise RegistryError(f"{path}: not a checkpoint file (expected .safetensors, .ckpt or .pt)")
+        return resolved
+
+    async def add(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        nsfw: bool | None = None,
+        progress: HashProgress | None = None,
+    ) -> CheckpointEntry:
+        resolved = self.resolve_inside(path)
+        relative = resolved.relative_to(self.models_root).as_posix()
+        existing = await self._by_path(resolved)
+        if existing is not None:
+            raise RegistryError(f"{relative} is already registered as {existing.name!r}")
+        if name is not None and not slugify(name):
+            raise RegistryError("the name must contain at least one letter or digit")
+        if name is not None and await self._name_taken(slugify(name)):
+            raise RegistryError(f"the name {slugify(name)!r} is already taken; choose another with --name")
+
+        sidecars = await asyncio.to_thread(read_sidecars, resolved)
+        inspection = await asyncio.to_thread(inspect_file, resolved, sidecars.yaml_config)
+        inspection.hashes = await self.hashes(resolved, progress)
+        twin = await self.find_by_sha256(inspection.hashes.sha256)
+        if twin is not None:
+            raise RegistryError(
+                f"{relative} has the same content (sha256 {inspection.hashes.autov2}) as {twin.name!r} "
+                f"({twin.relative_path}); not registered twice"
+            )
+        for warning in sidecars.warnings:
+            log.warning("sidecar skipped: %s", warning)
+
+        display = name or _title(inspection, resolved)
+        slug = slugify(name) if name else await self._free_slug(slugify(display))
+        now = time.time()
+        stat = resolved.stat()
+        arch = inspection.architecture
+        try:
+            cur = await self._db.execute(
+                "INSERT INTO checkpoints (name, display_name, path, relative_path, sha256, autov1, format, family, variant, "
+                "prediction, architecture, runnable, pipeline_config, file_size, mtime_ns, inspection_json, description, nsfw, "
+                "sidecars_json, preview_path, status, added_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)",
+                (
+                    slug,
+                    display,
+                    str(resolved),
+                    relative,
+                    inspection.hashes.sha256,
+                    inspection.hashes.autov1,
+                    inspection.format,
+                    arch.family,
+                    arch.variant,
+                    arch.prediction,
+                    arch.label,
+                    int(arch.runnable),
+                    inspection.pipeline_config,
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    json.dumps(inspection.to_dict()),
+                    description if description is not None else sidecars.description,
+                    int(nsfw if nsfw is not None else sidecars.nsfw),
+                    json.dumps(sidecars.to_dict(self.models_root)),
+                    str(sidecars.preview) if sidecars.preview else None,
+                    now,
+                    now,
+                ),
+            )
+            checkpoint_id = cur.lastrowid
+            await self._set_tags(checkpoint_id, tags if tags is not None else sidecars.tags)
+            await self._db.commit()
+        except sqlite3.IntegrityError as e:  # a concurrent add won the race
+            await self._db.rollback()
+            raise RegistryError(f"{relative} could not be registered: {e}") from None
+        entry = await self.get(slug)
+        log.info("checkpoint registered: %s (%s, %s)", entry.name, entry.autov2, entry.architecture)
+        return entry
+
+    async def remove(self, ref: str) -> CheckpointEntry:
+        """Forget a checkpoint; the file itself stays where it is."""
+        entry = await self.get(ref)
+        await self._db.execute("DELETE FROM checkpoints WHERE id = ?", (entry.id,))
+        await self._db.commit()
+        log.info("checkpoint removed from the registry: %s", entry.name)
+        return entry
+
+    async def scan(self, progress: HashProgress | None = None) -> ScanReport:
+        """Register new files under the models directory, refresh changed ones, mark vanished ones missing."""
+        report = ScanReport()
+        found = await asyncio.to_thread(_walk_checkpoints, self.models_root)
+        known = {str(e.path): e for e in await self.list()}
+        for path in found:
+            entry = known.pop(str(path), None)
+            relative = path.relative_to(self.models_root).as_posix()
+            try:
+                if entry is None:
+                    report.added.append(await self.add(path, progress=progress))
+                    continue
+                stat = path.stat()
+                if (stat.st_size, stat.st_mtime_ns) != (entry.file_size, entry.mtime_ns):
+                    report.updated.append(await self._refresh(entry, path, progress))
+                elif entry.status == "missing":
+                    report.restored.append(await self._set_status(entry, "present"))
+                else:
+                    report.unchanged += 1
+            except (CheckpointFileError, RegistryError) as e:
+                report.errors.append((relative, str(e)))
+            except OSError as e:
+                report.errors.append((relative, f"cannot read: {e.strerror or e}"))
+        for entry in known.values():
+            if entry.status != "missing":
+                report.missing.append(await self._set_status(entry, "missing"))
+        log.info(
+            "scan: %d added, %d updated, %d restored, %d missing, %d errors",
+            len(report.added), len(report.updated), len(report.restored), len(report.missing), len(report.errors),
+        )
+        return report
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    async def find_by_sha256(self, sha256: str) -> CheckpointEntry | None:
+        async with self._db.execute("SELECT * FROM checkpoints WHERE sha256 = ?", (sha256,)) as cur:
+            row = await cur.fetchone()
+        return await self._entry(row) if row else None
+
+    async def _by_path(self, resolved: Path) -> CheckpointEntry | None:
+        async with self._db.execute("SELECT * FROM checkpoints WHERE path = ?", (str(resolved),)) as cur:
+            row = await cur.fetchone()
+        return await self._entry(row) if row else None
+
+    async def _name_taken(self, slug: str) -> bool:
+        async with self._db.execute("SELECT 1 FROM checkpoints WHERE name = ?", (slug,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def _free_slug(self, base: str) -> str:
+        slug, n = base, 1
+        while await self._name_taken(slug):
+            n += 1
+            slug = f"{base}-{n}"
+        return slug
+
+    async def _set_tags(self, checkpoint_id: int, tags: list[str]) -> None:
+        clean = sorted({t.strip().lower() for t in tags if t.strip()})
+        await self._db.execute("DELETE FROM checkpoint_tags WHERE checkpoint_id = ?", (checkpoint_id,))
+        await self._db.executemany(
+            "INSERT INTO checkpoint_tags (checkpoint_id, tag) VALUES (?, ?)", [(checkpoint_id, t) for t in clean]
+        )
+
+    async def _set_status(self, entry: CheckpointEntry, status: str) -> CheckpointEntry:
+        await self._db.execute(
+            "UPDATE checkpoints SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), entry.id)
+        )
+        await self._db.commit()
+        log.info("checkpoint %s is now %s", entry.name, status)
+        return await self.get(entry.name)
+
+    async def _refresh(self, entry: CheckpointEntry, path: Path, progress: HashProgress | None) -> CheckpointEntry:
+        """The file at a registered path changed: re-inspect and re-hash it, keeping name, tags and notes."""
+        sidecars = await asyncio.to_thread(read_sidecars, path)
+        inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
+        inspection.hashes = await self.hashes(path, progress)
+        twin = await self.find_by_sha256(inspection.hashes.sha256)
+        if twin is not None and twin.id != entry.id:
+            raise RegistryError(f"now has the same content as {twin.name!r}; left as it was")
+        stat = path.stat()
+        arch = inspection.architecture
+        await self._db.execute(
+            "UPDATE checkpoints SET sha256 = ?, autov1 = ?, format = ?, family = ?, variant = ?, prediction = ?, "
+            "architecture = ?, runnable = ?, pipeline_config = ?, file_size = ?, mtime_ns = ?, inspection_json = ?, "
+            "sidecars_json = ?, preview_path = ?, status = 'present', updated_at = ? WHERE id = ?",
+            (
+                inspection.hashes.sha256,
+                inspection.hashes.autov1,
+                inspection.format,
+                arch.family,
+                arch.variant,
+                arch.prediction,
+                arch.label,
+                int(arch.runnable),
+                inspection.pipeline_config,
+                stat.st_size,
+                stat.st_mtime_ns,
+                json.dumps(inspection.to_dict()),
+                json.dumps(sidecars.to_dict(self.models_root)),
+                str(sidecars.preview) if sidecars.preview else None,
+                time.time(),
+                entry.id,
+            ),
+        )
+        await self._db.commit()
+        log.info("checkpoint %s changed on disk: now %s", entry.name, inspection.hashes.autov2)
+        return await self.get(entry.name)
+
+
+def _title(inspection: Inspection, path: Path) -> str:
+    title = inspection.metadata.get("modelspec", {}).get("title", "")
+    return title.strip() or path.with_suffix("").name
+
+
+def _walk_checkpoints(root: Path) -> list[Path]:
+    """Checkpoint files under root, skipping hidden folders and A1111's VAE files (NAME.vae.pt)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for file in sorted(files):
+            path = Path(folder) / file
+            if path.suffix.lower() in CHECKPOINT_SUFFIXES and ".vae." not in file.lower() and not file.startswith("."):
+                resolved = path.resolve()
+                if resolved.is_relative_to(root) and resolved.is_file():
+                    found.append(resolved)
+    return found

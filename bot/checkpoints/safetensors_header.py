@@ -1,0 +1,142 @@
+"""Read and validate a .safetensors header without touching the tensor data.
+
+The checks follow the reference reader (huggingface/safetensors): an 8-byte little-endian
+header length N (at most 100,000,000), N bytes of UTF-8 JSON, tensor byte ranges contiguous
+from 0 with sizes equal to numel x dtype size, and a file exactly 8 + N + data bytes long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
+from bot.errors import CheckpointFileError
+
+MAX_HEADER_BYTES = 100_000_000
+
+
+@dataclass(frozen=True)
+class StoredTensor(TensorInfo):
+    """A tensor with its byte range relative to the start of the data section."""
+
+    begin: int = 0
+    end: int = 0
+
+
+@dataclass
+class SafetensorsHeader:
+    header_length: int
+    file_size: int
+    tensors: dict[str, StoredTensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_length
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in pairs:
+        if key in out:
+            raise CheckpointFileError(f"header names {key!r} twice")
+        out[key] = value
+    return out
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Parse and validate the header of `path`; raise CheckpointFileError with a one-line reason."""
+    file_size = os.stat(path).st_size
+    if file_size == 0:
+        raise CheckpointFileError("file is empty")
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise CheckpointFileError(f"file is truncated: {file_size} bytes, too short for a safetensors header")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointFileError(f"header claims {n:,} bytes, over the 100,000,000-byte limit")
+        if 8 + n > file_size:
+            raise CheckpointFileError(f"header length {n:,} runs past the end of the file ({file_size:,} bytes)")
+        raw = f.read(n)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointFileError(f"header is not valid UTF-8 (byte {e.start})") from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except json.JSONDecodeError as e:
+        raise CheckpointFileError(f"header is not valid JSON: {e.msg} at character {e.pos}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointFileError("header is not a JSON object")
+
+    metadata = _parse_metadata(obj.pop("__metadata__", {}))
+    tensors = {name: _parse_tensor(name, spec) for name, spec in obj.items()}
+    data_size = _check_layout(tensors)
+    expected = 8 + n + data_size
+    if expected > file_size:
+        raise CheckpointFileError(
+            f"file is truncated: the header describes {expected:,} bytes, the file has {file_size:,}"
+        )
+    if expected < file_size:
+        raise CheckpointFileError(f"file has {file_size - expected:,} unexpected bytes after the last tensor")
+    return SafetensorsHeader(header_length=n, file_size=file_size, tensors=tensors, metadata=metadata)
+
+
+def _parse_metadata(value: object) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise CheckpointFileError("__metadata__ is not a JSON object")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise CheckpointFileError(
+                f"metadata value for {key!r} is a {type(item).__name__}, but safetensors metadata must be strings"
+            )
+    return value
+
+
+def _parse_tensor(name: str, spec: object) -> StoredTensor:
+    if not isinstance(spec, dict):
+        raise CheckpointFileError(f"tensor {name!r}: entry is not a JSON object")
+    dtype = spec.get("dtype")
+    shape = spec.get("shape")
+    offsets = spec.get("data_offsets")
+    if dtype not in DTYPE_SIZES:
+        raise CheckpointFileError(f"tensor {name!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointFileError(f"tensor {name!r}: shape must be a list of non-negative integers")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(_is_count(o) for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise CheckpointFileError(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end")
+    tensor = StoredTensor(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
+    if tensor.end - tensor.begin != tensor.nbytes:
+        raise CheckpointFileError(
+            f"tensor {name!r}: {tensor.end - tensor.begin:,} bytes stored, but shape {list(tensor.shape)} "
+            f"of {dtype} needs {tensor.nbytes:,}"
+        )
+    return tensor
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_layout(tensors: dict[str, StoredTensor]) -> int:
+    """Byte ranges must tile [0, end) exactly; return the data section size."""
+    expected = 0
+    for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
+        if t.begin < expected:
+            raise CheckpointFileError(f"tensor {t.name!r} overlaps the tensor before it (offset {t.begin:,})")
+        if t.begin > expected:
+            raise CheckpointFileError(
+                f"gap in tensor data before {t.name!r}: bytes {expected:,}-{t.begin:,} belong to no tensor"
+            )
+        expected = t.end
+    return expected

@@ -1,0 +1,111 @@
+"""Settings from the environment (EASEL_*), a .env file and a TOML file, validated at start-up.
+
+Precedence, highest first: environment, .env, the TOML file (EASEL_CONFIG, default ./easel.toml),
+defaults. Every problem is reported as one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bot.errors import ConfigError
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EASEL_", env_file=".env", extra="ignore")
+
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("EASEL_DISCORD_TOKEN", "DISCORD_TOKEN", "discord_token")
+    )
+    owner_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    models_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("EASEL_CONFIG", "easel.toml"))
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=toml_path)
+        return init_settings, env_settings, dotenv_settings, toml
+
+    @field_validator("owner_ids", mode="before")
+    @classmethod
+    def _parse_owner_ids(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _parse_devices(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, value: list[str]) -> list[str]:
+        for device in value:
+            if not _DEVICE.match(device):
+                raise ValueError(f"{device!r} is not a device; use auto, cpu, mps, cuda or cuda:N")
+        if not value:
+            raise ValueError("at least one device is needed (auto, cpu, mps, cuda:N)")
+        return value
+
+    @field_validator("discord_token")
+    @classmethod
+    def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value and value.get_secret_value().strip() else None
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "easel.sqlite3"
+
+    def models_root(self) -> Path:
+        """The models directory, resolved; it must exist (an A1111 models/Stable-diffusion folder is fine)."""
+        root = self.models_dir.expanduser()
+        if not root.is_dir():
+            raise ConfigError(
+                f"models directory {root} does not exist; create it or set EASEL_MODELS_DIR (or models_dir in easel.toml)"
+            )
+        return root.resolve()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning validation errors into one ConfigError naming each bad setting."""
+    toml_path = Path(os.environ.get("EASEL_CONFIG", "easel.toml"))
+    if "EASEL_CONFIG" in os.environ and not toml_path.is_file():
+        raise ConfigError(f"EASEL_CONFIG points to {toml_path}, which does not exist")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"] if not isinstance(p, int)) or "settings"
+            problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except Exception as e:  # a malformed TOML file surfaces here
+        raise ConfigError(f"cannot read the configuration: {e}") from None

@@ -1,0 +1,97 @@
+"""Turn a registered checkpoint into a ready diffusers pipeline, with no network.
+
+Single-file checkpoints load through `from_single_file` with a bundled diffusers-format config
+folder (`configs/<id>`), which is what keeps diffusers from asking the hub for configs; diffusers
+folders load with `from_pretrained(local_files_only=True)`. Anything else is refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import diffusers  # noqa: E402
+import torch  # noqa: E402
+from diffusers import DiffusionPipeline  # noqa: E402
+
+from gpu_worker.protocol import SUPPORTED_FAMILIES, LoadRequest  # noqa: E402
+
+# Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
+diffusers.utils.logging.set_verbosity_error()
+diffusers.utils.logging.disable_progress_bar()
+
+CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
+PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+
+class CheckpointLoadError(Exception):
+    """The checkpoint cannot be loaded; the message says why in one line, for the user."""
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: DiffusionPipeline
+    request: LoadRequest
+    device: str
+    dtype: torch.dtype
+    load_seconds: float
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedPipeline:
+    dtype = dtype or default_dtype(device)
+    path = Path(request.path)
+    if request.family not in SUPPORTED_FAMILIES:
+        raise CheckpointLoadError(f"{request.name}: {request.architecture} checkpoints cannot be run by Easel")
+    if not path.exists():
+        raise CheckpointLoadError(f"{request.name}: the file {path} is missing from disk")
+    started = time.perf_counter()
+    try:
+        if request.format == "diffusers":
+            pipeline = _load_folder(path, dtype)
+        else:
+            pipeline = _load_single_file(path, request, dtype)
+    except CheckpointLoadError:
+        raise
+    except Exception as e:  # diffusers reports layout problems with many exception types
+        raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e
+    _set_prediction_type(pipeline, request.prediction)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.to(device)
+    return LoadedPipeline(pipeline, request, device, dtype, time.perf_counter() - started)
+
+
+def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> DiffusionPipeline:
+    if not request.pipeline_config:
+        raise CheckpointLoadError(f"{request.name}: no bundled configuration fits this {request.architecture} file")
+    folder = CONFIG_ROOT / request.pipeline_config
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise CheckpointLoadError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
+    class_name = json.loads(index.read_text())["_class_name"]
+    pipeline_cls = getattr(diffusers, class_name)
+    return pipeline_cls.from_single_file(str(path), config=str(folder), torch_dtype=dtype, local_files_only=True)
+
+
+def _load_folder(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise CheckpointLoadError(f"{path} is not a diffusers folder (no model_index.json)")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    if class_name not in PIPELINE_CLASSES:
+        raise CheckpointLoadError(f"{path}: {class_name} pipelines are not supported")
+    return DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+
+
+def _set_prediction_type(pipeline: DiffusionPipeline, prediction: str) -> None:
+    wanted = "v_prediction" if prediction == "v" else "epsilon"
+    if pipeline.scheduler.config.get("prediction_type") != wanted:
+        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, prediction_type=wanted)

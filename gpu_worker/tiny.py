@@ -1,0 +1,98 @@
+"""Random-weight checkpoints in the real single-file layouts (SD1, SD2, SDXL), tiny enough for tests.
+
+The models are built from the bundled `configs/tiny-*` folders, so the files load through exactly
+the path real checkpoints take: `from_single_file` with a local config folder.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
+from gpu_worker.loader import CONFIG_ROOT
+
+TINY_ARCHS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
+_MODELSPEC = {
+    "sd1": ("stable-diffusion-v1", "epsilon", "64x64"),
+    "sd2": ("stable-diffusion-v2-768-v", "v", "64x64"),
+    "sdxl": ("stable-diffusion-xl-v1-base", "epsilon", "64x64"),
+}
+
+
+def _config(folder: Path, component: str) -> dict:
+    return json.loads((folder / component / "config.json").read_text())
+
+
+def _text_encoder(folder: Path, component: str, with_projection: bool = False) -> torch.nn.Module:
+    config = CLIPTextConfig(**_config(folder, component))
+    model_cls = CLIPTextModelWithProjection if with_projection else CLIPTextModel
+    return model_cls(config).eval()
+
+
+def tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The full single-file state dict of a tiny random model of `arch` (sd1, sd2, sdxl)."""
+    folder = CONFIG_ROOT / TINY_ARCHS[arch]
+    torch.manual_seed(seed)
+    unet_config = _config(folder, "unet")
+    vae_config = _config(folder, "vae")
+    unet = UNet2DConditionModel.from_config(unet_config)
+    vae = AutoencoderKL.from_config(vae_config)
+    state = {**unet_to_ldm(unet.state_dict(), unet_config), **vae_to_ldm(vae.state_dict(), vae_config)}
+    if arch == "sd1":
+        state |= clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "cond_stage_model.transformer.")
+    elif arch == "sd2":
+        state |= open_clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "cond_stage_model.model.")
+    else:
+        state |= clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "conditioner.embedders.0.transformer.")
+        state |= open_clip_to_ldm(
+            _text_encoder(folder, "text_encoder_2", with_projection=True).state_dict(), "conditioner.embedders.1.model."
+        )
+    # Real files also carry the DDPM schedule buffers; loaders must ignore them.
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    state["betas"] = betas.float()
+    state["alphas_cumprod"] = alphas_cumprod.float()
+    state["alphas_cumprod_prev"] = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]]).float()
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny `arch` checkpoint to `out` (.safetensors), atomically."""
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    spec, prediction, resolution = _MODELSPEC[arch]
+    metadata = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": spec,
+        "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
+        "modelspec.title": f"Easel tiny {arch.upper()} (random weights)",
+        "modelspec.description": f"Random-weight {arch.upper()} checkpoint in the real single-file layout, for tests.",
+        "modelspec.author": "Easel",
+        "modelspec.date": datetime.date.today().isoformat(),
+        "modelspec.prediction_type": prediction,
+        "modelspec.resolution": resolution,
+        "easel.tiny_seed": str(seed),
+    }
+    state = tiny_state_dict(arch, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
