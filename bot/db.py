@@ -57,7 +57,9 @@ async def migrate(db: aiosqlite.Connection, migrations: list[Migration] | None =
     known = {m.version for m in migrations}
     if applied - known:
         newest = max(applied - known)
-        raise ConfigError(f"the database has migration {newest:04d}, which this version of Easel does not know; upgrade Easel")
+        raise ConfigError(
+            f"the database has migration {newest:04d}, which this version of Easel does not know; upgrade Easel"
+        )
     done = []
     for m in migrations:
         if m.version in applied:

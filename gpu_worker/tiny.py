@@ -38,24 +38,36 @@ def _text_encoder(folder: Path, component: str, with_projection: bool = False) -
     return model_cls(config).eval()
 
 
-def tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """The full single-file state dict of a tiny random model of `arch` (sd1, sd2, sdxl)."""
-    folder = CONFIG_ROOT / TINY_ARCHS[arch]
+def components_from_config(config_id: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Randomly initialised modules for a bundled config folder, by pipeline component name."""
+    folder = CONFIG_ROOT / config_id
     torch.manual_seed(seed)
-    unet_config = _config(folder, "unet")
-    vae_config = _config(folder, "vae")
-    unet = UNet2DConditionModel.from_config(unet_config)
-    vae = AutoencoderKL.from_config(vae_config)
-    state = {**unet_to_ldm(unet.state_dict(), unet_config), **vae_to_ldm(vae.state_dict(), vae_config)}
-    if arch == "sd1":
-        state |= clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "cond_stage_model.transformer.")
-    elif arch == "sd2":
-        state |= open_clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "cond_stage_model.model.")
+    parts: dict[str, torch.nn.Module] = {
+        "unet": UNet2DConditionModel.from_config(_config(folder, "unet")),
+        "vae": AutoencoderKL.from_config(_config(folder, "vae")),
+        "text_encoder": _text_encoder(folder, "text_encoder"),
+    }
+    if (folder / "text_encoder_2").is_dir():
+        parts["text_encoder_2"] = _text_encoder(folder, "text_encoder_2", with_projection=True)
+    return parts
+
+
+def tiny_components(arch: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Random diffusers/transformers modules of a tiny `arch` model (sd1, sd2, sdxl)."""
+    return components_from_config(TINY_ARCHS[arch], seed)
+
+
+def single_file_state_dict(parts: dict[str, torch.nn.Module], family: str) -> dict[str, torch.Tensor]:
+    """Components in the original single-file key layout of `family` (sd1, sd2, sdxl)."""
+    unet, vae, text_encoder = parts["unet"], parts["vae"], parts["text_encoder"]
+    state = {**unet_to_ldm(unet.state_dict(), unet.config), **vae_to_ldm(vae.state_dict(), vae.config)}
+    if family == "sd1":
+        state |= clip_to_ldm(text_encoder.state_dict(), "cond_stage_model.transformer.")
+    elif family == "sd2":
+        state |= open_clip_to_ldm(text_encoder.state_dict(), "cond_stage_model.model.")
     else:
-        state |= clip_to_ldm(_text_encoder(folder, "text_encoder").state_dict(), "conditioner.embedders.0.transformer.")
-        state |= open_clip_to_ldm(
-            _text_encoder(folder, "text_encoder_2", with_projection=True).state_dict(), "conditioner.embedders.1.model."
-        )
+        state |= clip_to_ldm(text_encoder.state_dict(), "conditioner.embedders.0.transformer.")
+        state |= open_clip_to_ldm(parts["text_encoder_2"].state_dict(), "conditioner.embedders.1.model.")
     # Real files also carry the DDPM schedule buffers; loaders must ignore them.
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
@@ -63,6 +75,11 @@ def tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
     state["alphas_cumprod"] = alphas_cumprod.float()
     state["alphas_cumprod_prev"] = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]]).float()
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The full single-file state dict of a tiny random model of `arch` (sd1, sd2, sdxl)."""
+    return single_file_state_dict(tiny_components(arch, seed), arch)
 
 
 def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:

@@ -75,10 +75,17 @@ def detect_architecture(
     if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
         key = next(k for k in keys if "lora" in k)
         return unusable("lora", "LoRA (not a checkpoint)", key, "a LoRA adapter, not a full checkpoint")
-    for key in ("model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale", "double_blocks.0.img_attn.norm.key_norm.scale"):
+    for key in (
+        "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
+        "double_blocks.0.img_attn.norm.key_norm.scale",
+    ):
         if has(key):
             return unusable("flux", "Flux", key, "Flux checkpoints are not supported yet")
-    for key in ("model.diffusion_model.x_embedder.proj.weight", "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias", "joint_blocks.0.context_block.adaLN_modulation.1.bias"):
+    for key in (
+        "model.diffusion_model.x_embedder.proj.weight",
+        "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias",
+        "joint_blocks.0.context_block.adaLN_modulation.1.bias",
+    ):
         if has(key):
             return unusable("sd3", "SD3", key, "SD3 checkpoints are not supported yet")
     if has("clip_txt_mapper.weight") or has("down_blocks.1.0.channelwise.0.weight"):
@@ -87,7 +94,9 @@ def detect_architecture(
     family, decided_by = _family(tensors)
     if family is None:
         if any(k.startswith(("down_blocks.", "up_blocks.")) for k in keys):
-            return unusable("unknown", "diffusers-format UNet only", "down_blocks.*", "a bare UNet, not a full checkpoint")
+            return unusable(
+                "unknown", "diffusers-format UNet only", "down_blocks.*", "a bare UNet, not a full checkpoint"
+            )
         return unusable("unknown", "unknown", "", "no known model layout matched its tensor names")
 
     variant = ""

@@ -89,6 +89,15 @@ def is_pickle_file(path: Path) -> bool:
 def inspect_file(path: Path, yaml_sidecar: dict[str, Any] | None = None) -> Inspection:
     """Inspect `path` from its header; raise CheckpointFileError with a one-line reason if it is bad."""
     check_path(path)
+    try:
+        return _inspect(path, yaml_sidecar)
+    except CheckpointFileError as e:
+        if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise CheckpointFileError(f"{path.name}: not a checkpoint file ({e})") from None
+        raise CheckpointFileError(f"{path.name}: {e}") from None
+
+
+def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     metadata: dict[str, str] = {}
     extras: dict[str, object] = {}
     tensors: dict[str, TensorInfo]
@@ -122,6 +131,14 @@ def inspect_file(path: Path, yaml_sidecar: dict[str, Any] | None = None) -> Insp
         pipeline_config=config,
         extras=extras,
     )
+
+
+def inspect_checkpoint(path: Path) -> Inspection:
+    """Inspect `path`, honouring an A1111 NAME.yaml beside it (it may say the prediction type)."""
+    from bot.checkpoints.sidecars import read_sidecars
+
+    check_path(path)
+    return inspect_file(path, read_sidecars(path).yaml_config)
 
 
 def group_metadata(raw: dict[str, str]) -> dict[str, Any]:

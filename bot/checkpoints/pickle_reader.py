@@ -254,9 +254,15 @@ def _check_extent(name: object, tensor: PickledTensor, storages: dict[str, int])
     if stored is None:
         raise CheckpointFileError(f"tensor {name!r} refers to storage {tensor.storage.key}, which is missing")
     if stored != tensor.storage.numel * size:
-        raise CheckpointFileError(f"storage {tensor.storage.key} holds {stored:,} bytes, not the {tensor.storage.numel * size:,} declared")
+        raise CheckpointFileError(
+            f"storage {tensor.storage.key} holds {stored:,} bytes, not the {tensor.storage.numel * size:,} declared"
+        )
     if len(tensor.stride) != len(tensor.shape) or any(s < 0 for s in tensor.stride):
         raise CheckpointFileError(f"tensor {name!r} has an invalid stride")
-    last = tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride)) if math.prod(tensor.shape) else -1
+    last = (
+        tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride, strict=True))
+        if math.prod(tensor.shape)
+        else -1
+    )
     if tensor.offset < 0 or last >= tensor.storage.numel:
         raise CheckpointFileError(f"tensor {name!r} points past the end of its storage")

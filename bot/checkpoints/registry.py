@@ -101,6 +101,35 @@ class CheckpointEntry:
 
 
 @dataclass
+class Examined:
+    inspection: Inspection
+    sidecars: Sidecars
+    hashes: FileHashes
+    stamp: FileStamp
+
+    def columns(self, models_root: Path) -> dict[str, object]:
+        """The checkpoints-table columns that come from the file, for INSERT and UPDATE alike."""
+        arch = self.inspection.architecture
+        return {
+            "sha256": self.hashes.sha256,
+            "autov1": self.hashes.autov1,
+            "format": self.inspection.format,
+            "family": arch.family,
+            "variant": arch.variant,
+            "prediction": arch.prediction,
+            "architecture": arch.label,
+            "runnable": int(arch.runnable),
+            "pipeline_config": self.inspection.pipeline_config,
+            "file_size": self.stamp.size,
+            "mtime_ns": self.stamp.mtime_ns,
+            "inspection_json": json.dumps(self.inspection.to_dict()),
+            "sidecars_json": json.dumps(self.sidecars.to_dict(models_root)),
+            "preview_path": str(self.sidecars.preview) if self.sidecars.preview else None,
+            "updated_at": time.time(),
+        }
+
+
+@dataclass
 class ScanReport:
     added: list[CheckpointEntry] = field(default_factory=list)
     updated: list[CheckpointEntry] = field(default_factory=list)
@@ -127,13 +156,6 @@ class CheckpointRegistry:
         self._hashes = HashCache(db)
 
     # --- inspection and hashing, off the event loop -------------------------------------------
-
-    async def inspect(self, path: Path, progress: HashProgress | None = None) -> Inspection:
-        """Inspect any file (inside the models directory or not) and add its hashes, cached."""
-        sidecars = await asyncio.to_thread(read_sidecars, path) if path.is_file() else Sidecars()
-        inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
-        inspection.hashes = await self.hashes(path, progress)
-        return inspection
 
     async def hashes(self, path: Path, progress: HashProgress | None = None) -> FileHashes:
         stamp = FileStamp.of(path)
@@ -219,6 +241,8 @@ class CheckpointRegistry:
         candidate = path.expanduser()
         if not candidate.is_absolute() and not candidate.exists():
             candidate = self.models_root / candidate
+        if not candidate.exists():
+            raise CheckpointFileError(f"{path}: no such file (looked in the current folder and in {self.models_root})")
         resolved = candidate.resolve()
         if not resolved.is_relative_to(self.models_root):
             raise RegistryError(f"{path} is outside the models directory ({self.models_root}); move it there first")
@@ -247,56 +271,37 @@ class CheckpointRegistry:
         if name is not None and await self._name_taken(slugify(name)):
             raise RegistryError(f"the name {slugify(name)!r} is already taken; choose another with --name")
 
-        sidecars = await asyncio.to_thread(read_sidecars, resolved)
-        inspection = await asyncio.to_thread(inspect_file, resolved, sidecars.yaml_config)
-        inspection.hashes = await self.hashes(resolved, progress)
-        twin = await self.find_by_sha256(inspection.hashes.sha256)
+        examined = await self._examine(resolved, progress)
+        twin = await self.find_by_sha256(examined.hashes.sha256)
         if twin is not None:
             raise RegistryError(
-                f"{relative} has the same content (sha256 {inspection.hashes.autov2}) as {twin.name!r} "
+                f"{relative} has the same content (sha256 {examined.hashes.autov2}) as {twin.name!r} "
                 f"({twin.relative_path}); not registered twice"
             )
+        sidecars = examined.sidecars
         for warning in sidecars.warnings:
             log.warning("sidecar skipped: %s", warning)
 
-        display = name or _title(inspection, resolved)
-        slug = slugify(name) if name else await self._free_slug(slugify(display))
+        display = name or _title(examined.inspection, resolved)
+        slug = slugify(name) if name else await self._free_slug(slugify(resolved.with_suffix("").name))
         now = time.time()
-        stat = resolved.stat()
-        arch = inspection.architecture
+        columns = {
+            "name": slug,
+            "display_name": display,
+            "path": str(resolved),
+            "relative_path": relative,
+            "description": description if description is not None else sidecars.description,
+            "nsfw": int(nsfw if nsfw is not None else sidecars.nsfw),
+            "status": "present",
+            "added_at": now,
+            **examined.columns(self.models_root),
+        }
         try:
             cur = await self._db.execute(
-                "INSERT INTO checkpoints (name, display_name, path, relative_path, sha256, autov1, format, family, variant, "
-                "prediction, architecture, runnable, pipeline_config, file_size, mtime_ns, inspection_json, description, nsfw, "
-                "sidecars_json, preview_path, status, added_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'present', ?, ?)",
-                (
-                    slug,
-                    display,
-                    str(resolved),
-                    relative,
-                    inspection.hashes.sha256,
-                    inspection.hashes.autov1,
-                    inspection.format,
-                    arch.family,
-                    arch.variant,
-                    arch.prediction,
-                    arch.label,
-                    int(arch.runnable),
-                    inspection.pipeline_config,
-                    stat.st_size,
-                    stat.st_mtime_ns,
-                    json.dumps(inspection.to_dict()),
-                    description if description is not None else sidecars.description,
-                    int(nsfw if nsfw is not None else sidecars.nsfw),
-                    json.dumps(sidecars.to_dict(self.models_root)),
-                    str(sidecars.preview) if sidecars.preview else None,
-                    now,
-                    now,
-                ),
+                f"INSERT INTO checkpoints ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                tuple(columns.values()),
             )
-            checkpoint_id = cur.lastrowid
-            await self._set_tags(checkpoint_id, tags if tags is not None else sidecars.tags)
+            await self._set_tags(cur.lastrowid, tags if tags is not None else sidecars.tags)
             await self._db.commit()
         except sqlite3.IntegrityError as e:  # a concurrent add won the race
             await self._db.rollback()
@@ -316,7 +321,8 @@ class CheckpointRegistry:
     async def scan(self, progress: HashProgress | None = None) -> ScanReport:
         """Register new files under the models directory, refresh changed ones, mark vanished ones missing."""
         report = ScanReport()
-        found = await asyncio.to_thread(_walk_checkpoints, self.models_root)
+        found, escaped = await asyncio.to_thread(_walk_checkpoints, self.models_root)
+        report.errors.extend((rel, "links outside the models directory; not registered") for rel in escaped)
         known = {str(e.path): e for e in await self.list()}
         for path in found:
             entry = known.pop(str(path), None)
@@ -325,8 +331,8 @@ class CheckpointRegistry:
                 if entry is None:
                     report.added.append(await self.add(path, progress=progress))
                     continue
-                stat = path.stat()
-                if (stat.st_size, stat.st_mtime_ns) != (entry.file_size, entry.mtime_ns):
+                stamp = await asyncio.to_thread(FileStamp.of, path)
+                if (stamp.size, stamp.mtime_ns) != (entry.file_size, entry.mtime_ns):
                     report.updated.append(await self._refresh(entry, path, progress))
                 elif entry.status == "missing":
                     report.restored.append(await self._set_status(entry, "present"))
@@ -341,11 +347,23 @@ class CheckpointRegistry:
                 report.missing.append(await self._set_status(entry, "missing"))
         log.info(
             "scan: %d added, %d updated, %d restored, %d missing, %d errors",
-            len(report.added), len(report.updated), len(report.restored), len(report.missing), len(report.errors),
+            len(report.added),
+            len(report.updated),
+            len(report.restored),
+            len(report.missing),
+            len(report.errors),
         )
         return report
 
     # --- helpers -------------------------------------------------------------------------------
+
+    async def _examine(self, path: Path, progress: HashProgress | None) -> Examined:
+        """Everything the file itself says: sidecars, inspection, hashes, size and mtime (off the loop)."""
+        sidecars = await asyncio.to_thread(read_sidecars, path)
+        inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
+        hashes = await self.hashes(path, progress)
+        inspection.hashes = hashes
+        return Examined(inspection, sidecars, hashes, await asyncio.to_thread(FileStamp.of, path))
 
     async def find_by_sha256(self, sha256: str) -> CheckpointEntry | None:
         async with self._db.execute("SELECT * FROM checkpoints WHERE sha256 = ?", (sha256,)) as cur:
@@ -385,39 +403,17 @@ class CheckpointRegistry:
 
     async def _refresh(self, entry: CheckpointEntry, path: Path, progress: HashProgress | None) -> CheckpointEntry:
         """The file at a registered path changed: re-inspect and re-hash it, keeping name, tags and notes."""
-        sidecars = await asyncio.to_thread(read_sidecars, path)
-        inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
-        inspection.hashes = await self.hashes(path, progress)
-        twin = await self.find_by_sha256(inspection.hashes.sha256)
+        examined = await self._examine(path, progress)
+        twin = await self.find_by_sha256(examined.hashes.sha256)
         if twin is not None and twin.id != entry.id:
             raise RegistryError(f"now has the same content as {twin.name!r}; left as it was")
-        stat = path.stat()
-        arch = inspection.architecture
+        columns = {**examined.columns(self.models_root), "status": "present"}
         await self._db.execute(
-            "UPDATE checkpoints SET sha256 = ?, autov1 = ?, format = ?, family = ?, variant = ?, prediction = ?, "
-            "architecture = ?, runnable = ?, pipeline_config = ?, file_size = ?, mtime_ns = ?, inspection_json = ?, "
-            "sidecars_json = ?, preview_path = ?, status = 'present', updated_at = ? WHERE id = ?",
-            (
-                inspection.hashes.sha256,
-                inspection.hashes.autov1,
-                inspection.format,
-                arch.family,
-                arch.variant,
-                arch.prediction,
-                arch.label,
-                int(arch.runnable),
-                inspection.pipeline_config,
-                stat.st_size,
-                stat.st_mtime_ns,
-                json.dumps(inspection.to_dict()),
-                json.dumps(sidecars.to_dict(self.models_root)),
-                str(sidecars.preview) if sidecars.preview else None,
-                time.time(),
-                entry.id,
-            ),
+            f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+            (*columns.values(), entry.id),
         )
         await self._db.commit()
-        log.info("checkpoint %s changed on disk: now %s", entry.name, inspection.hashes.autov2)
+        log.info("checkpoint %s changed on disk: now %s", entry.name, examined.hashes.autov2)
         return await self.get(entry.name)
 
 
@@ -426,15 +422,21 @@ def _title(inspection: Inspection, path: Path) -> str:
     return title.strip() or path.with_suffix("").name
 
 
-def _walk_checkpoints(root: Path) -> list[Path]:
-    """Checkpoint files under root, skipping hidden folders and A1111's VAE files (NAME.vae.pt)."""
-    found = []
+def _walk_checkpoints(root: Path) -> tuple[list[Path], list[str]]:
+    """Checkpoint files under root (resolved), and the relative paths of links that lead outside it.
+
+    Hidden folders and A1111's VAE files (NAME.vae.pt) are skipped.
+    """
+    found: list[Path] = []
+    escaped: list[str] = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for file in sorted(files):
             path = Path(folder) / file
             if path.suffix.lower() in CHECKPOINT_SUFFIXES and ".vae." not in file.lower() and not file.startswith("."):
                 resolved = path.resolve()
-                if resolved.is_relative_to(root) and resolved.is_file():
+                if not resolved.is_relative_to(root):
+                    escaped.append(path.relative_to(root).as_posix())
+                elif resolved.is_file():
                     found.append(resolved)
-    return found
+    return found, escaped

@@ -31,7 +31,9 @@ class Sidecars:
         if self.yaml_config:
             out["yaml"] = self.yaml_config
         if self.preview:
-            out["preview"] = str(self.preview.relative_to(root)) if self.preview.is_relative_to(root) else str(self.preview)
+            out["preview"] = (
+                str(self.preview.relative_to(root)) if self.preview.is_relative_to(root) else str(self.preview)
+            )
         if self.civitai:
             out["civitai"] = self.civitai
         if self.user_metadata:

@@ -1,0 +1,50 @@
+"""Write a .safetensors file tensor by tensor, atomically (temp file in the same folder, then rename).
+
+Tensors arrive as raw bytes from a callback, one at a time, so peak memory stays near one tensor.
+A failure or an interruption leaves no output and no temp file behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from bot.checkpoints.tensors import TensorInfo
+
+
+def write_safetensors(
+    out: Path,
+    tensors: Sequence[TensorInfo],
+    read: Callable[[TensorInfo], bytes],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = metadata
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # the reference writer aligns the data section to 8 bytes
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for t in tensors:
+                data = read(t)
+                if len(data) != t.nbytes:
+                    raise ValueError(f"tensor {t.name!r}: got {len(data)} bytes, expected {t.nbytes}")
+                f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return out

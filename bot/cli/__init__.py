@@ -1,0 +1,47 @@
+"""The command line: `python bot.py COMMAND …`. Each command calls the same services the bot uses."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from bot.cli import checkpoints, run
+from bot.config import load_settings
+from bot.errors import EaselError
+
+log = logging.getLogger("easel")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python bot.py", description="Easel: Stable Diffusion checkpoints in Discord."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the services do")
+    sub = parser.add_subparsers(dest="command")
+    run.add_parsers(sub)
+    checkpoints.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler = getattr(args, "handler", run.cmd_run)
+    try:
+        settings = load_settings()
+        return asyncio.run(handler(args, settings))
+    except EaselError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # an operator needs the traceback; the message still comes first
+        log.exception("unexpected error")
+        return 1

@@ -1,0 +1,216 @@
+"""CLI commands about checkpoint files: inspect, convert, make-tiny-checkpoint, checkpoints …"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bot.checkpoints.convert import convert_to_safetensors
+from bot.checkpoints.inspection import inspect_checkpoint
+from bot.checkpoints.registry import CheckpointRegistry, HashProgress
+from bot.cli.output import render_entry, render_entry_line, render_inspection
+from bot.config import Settings
+from bot.db import open_database
+from bot.errors import EaselError
+
+PROGRESS_MIN_BYTES = 64 << 20
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@asynccontextmanager
+async def open_registry(settings: Settings, *, need_models_dir: bool = True) -> AsyncIterator[CheckpointRegistry]:
+    root = settings.models_root() if need_models_dir else settings.models_dir.expanduser().resolve()
+    db = await open_database(settings.database_path)
+    try:
+        yield CheckpointRegistry(db, root)
+    finally:
+        await db.close()
+
+
+def hash_progress() -> HashProgress:
+    """A tqdm bar per large file, on stderr, only when stderr is a terminal."""
+    bars: dict[str, tqdm] = {}
+
+    def update(name: str, done: int, total: int) -> None:
+        if total < PROGRESS_MIN_BYTES:
+            return
+        bar = bars.get(name)
+        if bar is None:
+            bar = bars[name] = tqdm(
+                total=total, unit="B", unit_scale=True, desc=f"sha256 {name}", leave=False, disable=None
+            )
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+async def cmd_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.path)
+    # The file is checked before the data directory is touched: a bad file leaves nothing behind.
+    inspection = await asyncio.to_thread(inspect_checkpoint, path)
+    async with open_registry(settings, need_models_dir=False) as registry:
+        inspection.hashes = await registry.hashes(path, hash_progress())
+    if args.json:
+        _print_json(inspection.to_dict())
+    else:
+        print(render_inspection(inspection))
+    return 0
+
+
+async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
+    out = await asyncio.to_thread(convert_to_safetensors, Path(args.path), Path(args.out) if args.out else None)
+    print(f"wrote {out}")
+    return 0
+
+
+async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
+    # torch lives in the worker package; run it as its own process so this one stays light.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gpu_worker",
+        "make-tiny-checkpoint",
+        "--arch",
+        args.arch,
+        "--seed",
+        str(args.seed),
+        args.out,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        lines = stderr.decode().strip().splitlines()
+        raise EaselError(lines[-1].removeprefix("error: ") if lines else "making the checkpoint failed")
+    print(stdout.decode().strip())
+    return 0
+
+
+async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    tags = [t for t in args.tags.split(",")] if args.tags is not None else None
+    async with open_registry(settings) as registry:
+        entry = await registry.add(
+            Path(args.path),
+            name=args.name,
+            description=args.description,
+            tags=tags,
+            nsfw=True if args.nsfw else None,
+            progress=hash_progress(),
+        )
+    if args.json:
+        _print_json(entry.to_dict())
+    else:
+        print(f"registered {entry.name} ({entry.autov2.upper()}, {entry.architecture})")
+        if not entry.runnable:
+            print(f"note: not runnable: {entry.inspection['architecture_info']['reason']}")
+    return 0
+
+
+async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings, need_models_dir=False) as registry:
+        entries = await registry.list(status=args.status)
+    if args.json:
+        _print_json([e.to_dict() for e in entries])
+    elif not entries:
+        print("no checkpoints registered; add one with `python bot.py checkpoints add PATH` or `checkpoints scan`")
+    else:
+        for e in entries:
+            print(render_entry_line(e))
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings, need_models_dir=False) as registry:
+        entry = await registry.get(args.name)
+    if args.json:
+        _print_json(entry.to_dict())
+    else:
+        print(render_entry(entry))
+    return 0
+
+
+async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings, need_models_dir=False) as registry:
+        entry = await registry.remove(args.name)
+    print(f"removed {entry.name} from the registry (the file {entry.relative_path} was left in place)")
+    return 0
+
+
+async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_registry(settings) as registry:
+        report = await registry.scan(hash_progress())
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    for e in report.added:
+        print(f"added     {render_entry_line(e)}")
+    for e in report.updated:
+        print(f"updated   {render_entry_line(e)}")
+    for e in report.restored:
+        print(f"restored  {render_entry_line(e)}")
+    for e in report.missing:
+        print(f"missing   {e.name} ({e.relative_path})")
+    for path, reason in report.errors:
+        print(f"skipped   {path}: {reason}")
+    print(
+        f"scan done: {len(report.added)} added, {len(report.updated)} updated, {len(report.restored)} restored, "
+        f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped"
+    )
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="identify, hash and describe a checkpoint file (reads only its header)")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("convert", help="write a .safetensors copy of a .ckpt/.pt checkpoint (nothing in it is run)")
+    p.add_argument("path")
+    p.add_argument("--out", help="output file (default: PATH with a .safetensors suffix)")
+    p.set_defaults(handler=cmd_convert)
+
+    p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
+    p.set_defaults(handler=cmd_make_tiny)
+
+    ck = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="action", required=True)
+    p = ck.add_parser("add", help="register a checkpoint file from the models directory")
+    p.add_argument("path")
+    p.add_argument("--name")
+    p.add_argument("--description")
+    p.add_argument("--tags", help="comma-separated")
+    p.add_argument("--nsfw", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_add)
+    p = ck.add_parser("list", help="list registered checkpoints")
+    p.add_argument("--status", choices=("present", "missing"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_list)
+    p = ck.add_parser("show", help="everything known about one checkpoint")
+    p.add_argument("name", help="name, or AutoV2 / sha256 hash")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_show)
+    p = ck.add_parser("remove", help="forget a checkpoint (the file stays)")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_remove)
+    p = ck.add_parser("scan", help="register new files under the models directory, mark missing ones")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_scan)

@@ -1,0 +1,30 @@
+"""`python -m gpu_worker …`: worker-side commands that need torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gpu_worker")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("make-tiny-checkpoint")
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
+    args = parser.parse_args(argv)
+    from gpu_worker.tiny import make_tiny_checkpoint
+
+    try:
+        out = make_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

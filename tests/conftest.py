@@ -1,0 +1,84 @@
+"""Shared fixtures: an isolated configuration, tiny checkpoints, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny SD1/SD2/SDXL checkpoints, made once per run with the real maker."""
+    from gpu_worker.tiny import make_tiny_checkpoint
+
+    folder = tmp_path_factory.mktemp("tiny")
+    for arch in ("sd1", "sd2", "sdxl"):
+        make_tiny_checkpoint(arch, folder / f"tiny-{arch}.safetensors", seed=0)
+    return folder
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean configuration: models and data directories under tmp_path, no token, no config files."""
+    for key in list(os.environ):
+        if key.startswith("EASEL_") or key == "DISCORD_TOKEN":
+            monkeypatch.delenv(key)
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("EASEL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def models(env: Path) -> Path:
+    return env / "models"
+
+
+@pytest.fixture
+def add_tiny(models: Path, tiny_dir: Path):
+    def copy(arch: str, name: str | None = None) -> Path:
+        target = models / (name or f"tiny-{arch}.safetensors")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", target)
+        return target
+
+    return copy
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(env: Path, capsys: pytest.CaptureFixture[str]):
+    """Run `python bot.py ARGS` in-process (fast) and capture its output."""
+    from bot.cli import main
+
+    def run(*args: str) -> CliResult:
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_bot_py(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python bot.py ARGS` as a real process."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bot.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )

@@ -1,0 +1,149 @@
+"""Architecture detection from tensor names and shapes, one case per family and variant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.checkpoints.architecture import detect_architecture
+from bot.checkpoints.inspection import inspect_file
+from bot.checkpoints.tensors import TensorInfo
+
+UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
+
+
+def tensors(entries: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
+    return {name: TensorInfo(name, "F16", shape) for name, shape in entries.items()}
+
+
+SD1 = {
+    UNET_IN: (320, 4, 3, 3),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+    "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    "first_stage_model.decoder.conv_in.weight": (512, 4, 3, 3),
+}
+SD2 = {
+    UNET_IN: (320, 4, 3, 3),
+    "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+    "cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight": (3072, 1024),
+}
+SDXL = {
+    UNET_IN: (320, 4, 3, 3),
+    "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+    "conditioner.embedders.1.model.ln_final.weight": (1280,),
+}
+
+CASES = [
+    # (id, tensors, metadata, extras, label, decided_by, runnable)
+    ("sd1", SD1, {}, {}, "SD1.x", "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", True),
+    ("sd1-inpainting", {**SD1, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD1.x (inpainting)", "attn2.to_k", False),
+    ("sd1-pix2pix", {**SD1, UNET_IN: (320, 8, 3, 3)}, {}, {}, "SD1.x (instruct-pix2pix)", "attn2.to_k", False),
+    ("sd2-unknown-prediction", SD2, {}, {}, "SD2.x", "resblocks.0.attn.in_proj_weight", True),
+    ("sd2-v-key", {**SD2, "v_pred": (0,)}, {}, {}, "SD2.x v-prediction", "in_proj_weight", True),
+    ("sd2-v-modelspec", SD2, {"modelspec.prediction_type": "v"}, {}, "SD2.x v-prediction", "in_proj_weight", True),
+    ("sd2-eps-modelspec", SD2, {"modelspec.prediction_type": "epsilon"}, {}, "SD2.x", "in_proj_weight", True),
+    ("sd2-base-global-step", SD2, {}, {"global_step": 875000}, "SD2.x", "in_proj_weight", True),
+    ("sd2-inpainting", {**SD2, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD2.x (inpainting)", "in_proj_weight", False),
+    (
+        "sd2-by-cross-attention",
+        {
+            UNET_IN: (320, 4, 3, 3),
+            "model.diffusion_model.input_blocks.2.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+        },
+        {},
+        {},
+        "SD2.x",
+        "attn2.to_k.weight",
+        True,
+    ),
+    ("sdxl", SDXL, {}, {}, "SDXL base", "conditioner.embedders.1.model.ln_final.weight", True),
+    (
+        "sdxl-by-layer9",
+        {UNET_IN: (320, 4, 3, 3), "conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias": (1280,)},
+        {},
+        {},
+        "SDXL base",
+        "resblocks.9.mlp.c_proj.bias",
+        True,
+    ),
+    ("sdxl-inpainting", {**SDXL, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SDXL base (inpainting)", "ln_final", False),
+    (
+        "sdxl-edm",
+        {**SDXL, "edm_mean": (1, 4, 1, 1), "edm_std": (1, 4, 1, 1)},
+        {},
+        {},
+        "SDXL base (edm)",
+        "ln_final",
+        False,
+    ),
+    (
+        "sdxl-refiner",
+        {UNET_IN: (384, 4, 3, 3), "conditioner.embedders.0.model.ln_final.weight": (1280,)},
+        {},
+        {},
+        "SDXL refiner",
+        "conditioner.embedders.0.model.ln_final.weight",
+        False,
+    ),
+    ("sd3", {"model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2)}, {}, {}, "SD3", "x_embedder", False),
+    ("sd3-bare", {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (1,)}, {}, {}, "SD3", "joint_blocks", False),
+    ("flux", {"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, {}, {}, "Flux", "double_blocks", False),
+    (
+        "flux-prefixed",
+        {"model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale": (128,)},
+        {},
+        {},
+        "Flux",
+        "double_blocks",
+        False,
+    ),
+    (
+        "lora",
+        {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)},
+        {},
+        {},
+        "LoRA (not a checkpoint)",
+        "lora_unet",
+        False,
+    ),
+    (
+        "diffusers-unet",
+        {"down_blocks.0.resnets.0.conv1.weight": (320, 320, 3, 3)},
+        {},
+        {},
+        "diffusers-format UNet only",
+        "down_blocks",
+        False,
+    ),
+    ("unknown", {"some.weight": (3,)}, {}, {}, "unknown", "", False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_detects(case: tuple) -> None:
+    _, entries, metadata, extras, label, decided_by, runnable = case
+    arch = detect_architecture(tensors(entries), metadata, extras)
+    assert arch.label == label
+    assert decided_by in arch.decided_by
+    assert arch.runnable is runnable
+    if not runnable:
+        assert arch.reason, "a refusal must say why"
+
+
+def test_sd2_without_prediction_hint_says_it_assumed() -> None:
+    arch = detect_architecture(tensors(SD2))
+    assert arch.prediction == "v" and "assuming v-prediction" in arch.reason
+
+
+@pytest.mark.parametrize(
+    "arch,label,config",
+    [("sd1", "SD1.x", "tiny-sd1"), ("sd2", "SD2.x v-prediction", "tiny-sd2"), ("sdxl", "SDXL base", "tiny-sdxl")],
+)
+def test_tiny_checkpoints_look_like_their_architecture(tiny_dir: Path, arch: str, label: str, config: str) -> None:
+    ins = inspect_file(tiny_dir / f"tiny-{arch}.safetensors")
+    assert ins.architecture.label == label
+    assert ins.runnable and ins.pipeline_config == config
+    expected_components = {"unet", "vae", "text_encoder"} | ({"text_encoder_2"} if arch == "sdxl" else set())
+    assert set(ins.components) == expected_components
+    assert ins.metadata["modelspec"]["title"].startswith("Easel tiny")
