@@ -10,11 +10,22 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu_worker")
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run as the bot's worker, on the pipe the bot passes as --fd")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--config", default="{}", help="WorkerConfig as JSON")
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        import json
+        from multiprocessing.connection import Connection
+
+        from gpu_worker.worker import WorkerConfig, serve
+
+        serve(Connection(args.fd), WorkerConfig(**json.loads(args.config)))
+        return 0
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:

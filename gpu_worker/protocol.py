@@ -1,8 +1,14 @@
-"""What crosses the boundary between the bot and a worker. Plain dataclasses: no torch here."""
+"""What crosses the boundary between the bot and a worker process. Plain dataclasses: no torch here.
+
+Commands go bot -> worker (RunBatch, CancelJob, Shutdown); events come back (WorkerReady,
+BatchProgress, JobPreview, JobDone, JobCancelled, BatchFailed, BatchFinished). A batch is one
+pipeline call that serves one or more jobs with the same checkpoint, size, steps and sampler;
+each job keeps its own prompt and seeds.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -19,3 +25,180 @@ class LoadRequest:
     pipeline_config: str | None  # bundled config folder id; None for diffusers folders
     prediction: str = "epsilon"  # epsilon | v
     sha256: str = ""
+
+    @property
+    def cache_key(self) -> str:
+        return self.sha256 or self.path
+
+
+# --- samplers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    scheduler: str  # diffusers scheduler class name
+    options: tuple[tuple[str, object], ...] = ()
+    schedules: tuple[str, ...] = ("Automatic",)  # schedule types this scheduler supports
+    default_schedule: str = "Automatic"  # what "Automatic" means for it (A1111's per-sampler default)
+
+
+_SIGMA_SCHEDULES = ("Automatic", "Karras", "Exponential")
+_KARRAS = {"schedules": _SIGMA_SCHEDULES, "default_schedule": "Karras"}
+
+# A1111 sampler names -> diffusers schedulers (diffusers' scheduler overview), checked against the
+# installed diffusers by the test suite.
+SAMPLERS: dict[str, SamplerSpec] = {
+    "Euler": SamplerSpec("EulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler"),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
+    "LMS": SamplerSpec("LMSDiscreteScheduler"),
+    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", **_KARRAS),
+    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", **_KARRAS),
+    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", **_KARRAS),
+    "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),), **_KARRAS),
+    "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler", **_KARRAS),
+    "DDIM": SamplerSpec("DDIMScheduler"),
+    "UniPC": SamplerSpec("UniPCMultistepScheduler", schedules=_SIGMA_SCHEDULES),
+}
+SCHEDULE_OPTIONS: dict[str, tuple[tuple[str, object], ...]] = {
+    "Automatic": (),
+    "Karras": (("use_karras_sigmas", True),),
+    "Exponential": (("use_exponential_sigmas", True),),
+}
+DEFAULT_SAMPLER = "DPM++ 2M"
+
+
+def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
+    """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
+    names = {n.lower(): (n, None) for n in SAMPLERS}
+    # A1111 before 1.9 folded the schedule into the name ("DPM++ 2M Karras"); accept those too.
+    names |= {f"{n} {s}".lower(): (n, s) for n in SAMPLERS for s in SCHEDULE_OPTIONS if s != "Automatic"}
+    found = names.get(" ".join(text.split()).lower())
+    if found is None:
+        raise ValueError(f"unknown sampler {text!r}; choose one of: {', '.join(SAMPLERS)}")
+    name, implied = found
+    requested = schedule or implied or "Automatic"
+    resolved = next((s for s in SCHEDULE_OPTIONS if s.lower() == requested.lower()), None)
+    spec = SAMPLERS[name]
+    if resolved is None or resolved not in spec.schedules:
+        raise ValueError(f"sampler {name} does not support the {requested!r} schedule; use {', '.join(spec.schedules)}")
+    return name, spec.default_schedule if resolved == "Automatic" else resolved
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobPart:
+    """One job's share of a batch: its prompt and one seed per image."""
+
+    job_id: str
+    prompt: str
+    negative: str
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RunBatch:
+    batch_id: str
+    load: LoadRequest
+    jobs: tuple[JobPart, ...]
+    width: int
+    height: int
+    steps: int
+    cfg: float
+    sampler: str
+    schedule: str
+    clip_skip: int = 1  # A1111 semantics: 1 = last layer
+    model_name: str = ""  # file stem, for the infotext "Model" field
+    preview_every: int = 0  # steps between previews; 0 = none
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(j.seeds) for j in self.jobs)
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# --- events ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    device: str
+    pid: int
+    torch_version: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class BatchLoading:
+    batch_id: str
+    checkpoint: str
+    cache: str  # "device" (already there), "cpu" (copied back from the CPU tier) or "disk"
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    batch_id: str
+    step: int
+    total: int
+    elapsed: float
+    it_per_s: float
+
+
+@dataclass(frozen=True)
+class JobPreview:
+    batch_id: str
+    job_id: str
+    step: int
+    png: bytes
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    png: bytes
+    seed: int
+    infotext: str
+
+
+@dataclass(frozen=True)
+class JobDone:
+    batch_id: str
+    job_id: str
+    images: tuple[ImageResult, ...]
+    device: str
+    load_seconds: float
+    inference_seconds: float
+    cache: str
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class JobCancelled:
+    batch_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class BatchFailed:
+    batch_id: str
+    message: str  # one line, for the user
+    job_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class BatchFinished:
+    """The worker is idle again."""
+
+    batch_id: str
+    loaded: tuple[str, ...] = ()  # cache keys of pipelines on the device, most recent last
+    steps_per_second: float = 0.0

@@ -1,0 +1,1 @@
+"""Generation: requests, the fair queue, worker supervision, job records and events."""

@@ -1,0 +1,100 @@
+"""The checkpoint a job runs: from the registry by name or hash, or (CLI only) any file by path."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.checkpoints.inspection import inspect_checkpoint
+from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.errors import EaselError
+from gpu_worker.protocol import LoadRequest
+
+# Native square size per bundled config: what "1:1" means for a checkpoint.
+NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "tiny-sd1": 64, "tiny-sd2": 64, "tiny-sdxl": 64}
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    name: str
+    sha256: str
+    path: str
+    family: str
+    architecture: str
+    format: str
+    pipeline_config: str | None
+    prediction: str
+    runnable: bool
+    reason: str
+    present: bool
+    nsfw: bool = False
+
+    @property
+    def autov2(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def file_stem(self) -> str:
+        return Path(self.path).with_suffix("").name
+
+    @property
+    def native_size(self) -> int:
+        size = NATIVE_SIZE.get(self.pipeline_config or "", 512)
+        return 512 if self.pipeline_config == "sd2" and self.prediction == "epsilon" else size
+
+    def load_request(self) -> LoadRequest:
+        return LoadRequest(
+            path=self.path,
+            name=self.name,
+            family=self.family,
+            architecture=self.architecture,
+            format=self.format,
+            pipeline_config=self.pipeline_config,
+            prediction=self.prediction,
+            sha256=self.sha256,
+        )
+
+    @classmethod
+    def from_entry(cls, entry: CheckpointEntry) -> CheckpointRef:
+        return cls(
+            name=entry.name,
+            sha256=entry.sha256,
+            path=str(entry.path),
+            family=entry.family,
+            architecture=entry.architecture,
+            format=entry.format,
+            pipeline_config=entry.pipeline_config,
+            prediction=entry.prediction,
+            runnable=entry.runnable,
+            reason=entry.inspection.get("architecture_info", {}).get("reason", ""),
+            present=entry.status == "present",
+            nsfw=entry.nsfw,
+        )
+
+
+async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_path: bool = False) -> CheckpointRef:
+    """A registered checkpoint by name or hash; with allow_path, also any checkpoint file on disk."""
+    entry = await registry.find(ref)
+    if entry is not None:
+        return CheckpointRef.from_entry(entry)
+    path = Path(ref).expanduser()
+    if allow_path and path.is_file():
+        inspection = await asyncio.to_thread(inspect_checkpoint, path)
+        hashes = await registry.hashes(path)
+        arch = inspection.architecture
+        return CheckpointRef(
+            name=path.with_suffix("").name,
+            sha256=hashes.sha256,
+            path=str(path.resolve()),
+            family=arch.family,
+            architecture=arch.label,
+            format=inspection.format,
+            pipeline_config=inspection.pipeline_config,
+            prediction=arch.prediction,
+            runnable=arch.runnable,
+            reason=arch.reason,
+            present=True,
+        )
+    hint = " or a file path" if allow_path else ""
+    raise EaselError(f"no checkpoint named {ref!r}; give a registered name or hash{hint}")

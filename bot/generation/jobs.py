@@ -1,0 +1,131 @@
+"""Jobs and the events a front end receives about them."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from bot.generation.requests import ValidRequest
+from gpu_worker.protocol import ImageResult
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # the bot stopped while it was queued or running
+
+    @property
+    def finished(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class Job:
+    id: str
+    spec: ValidRequest
+    state: JobState = JobState.QUEUED
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    device: str | None = None
+    batch_size: int | None = None
+    load_seconds: float | None = None
+    inference_seconds: float | None = None
+    images: tuple[ImageResult, ...] = ()
+
+    @property
+    def requester_id(self) -> str:
+        return self.spec.request.requester_id
+
+    @property
+    def image_count(self) -> int:
+        return len(self.spec.seeds)
+
+    @property
+    def batch_key(self) -> tuple[object, ...]:
+        """Jobs with equal keys can share one pipeline call."""
+        s = self.spec
+        return (
+            s.checkpoint.sha256,
+            s.width,
+            s.height,
+            s.request.steps,
+            s.request.cfg,
+            s.sampler,
+            s.schedule,
+            s.request.clip_skip,
+        )
+
+    @property
+    def work_units(self) -> float:
+        """Cost relative to one step of one 512x512 image, for ETAs."""
+        return self.spec.request.steps * self.image_count * self.spec.width * self.spec.height / (512 * 512)
+
+
+# --- events for front ends -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    job_id: str
+    position: int  # 1 = next
+    eta_seconds: float | None  # None until the service has measured its speed
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: str
+    batch_size: int  # images in the pipeline call this job is part of
+
+
+@dataclass(frozen=True)
+class Loading:
+    job_id: str
+    checkpoint: str
+    cache: str  # device | cpu | disk
+
+
+@dataclass(frozen=True)
+class Progress:
+    job_id: str
+    step: int
+    total: int
+    it_per_s: float
+    eta_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Preview:
+    job_id: str
+    step: int
+    png: bytes
+
+
+@dataclass(frozen=True)
+class Finished:
+    job: Job
+
+
+@dataclass(frozen=True)
+class Failed:
+    job_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    job_id: str
+
+
+JobEvent = Queued | Started | Loading | Progress | Preview | Finished | Failed | Cancelled
+TERMINAL = (Finished, Failed, Cancelled)

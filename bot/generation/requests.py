@@ -1,0 +1,112 @@
+"""A generation request as a front end sends it, its limits, and its validation.
+
+Validation happens before anything is queued or sent to a GPU: every problem is one clear line.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from bot.errors import EaselError
+from bot.generation.checkpoint_ref import CheckpointRef
+from gpu_worker.protocol import DEFAULT_SAMPLER, parse_sampler
+
+
+class GenerationError(EaselError):
+    """A request was refused; the message tells the requester what to change."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    min_size: int = 64
+    max_size: int = 2048
+    max_pixels: int = 2048 * 2048
+    max_steps: int = 150
+    max_cfg: float = 30.0
+    max_count: int = 8
+    max_clip_skip: int = 12
+    max_batch_images: int = 4  # images per pipeline call when batching compatible jobs
+    max_queued_per_user: int = 3
+    max_queue: int = 100
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    requester_id: str
+    negative: str = ""
+    width: int | None = None  # None: the checkpoint's native size
+    height: int | None = None
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = DEFAULT_SAMPLER
+    schedule: str | None = None  # None: the sampler's default (A1111's "Automatic")
+    seed: int = -1  # -1: random; the seed used is always reported
+    count: int = 1
+    clip_skip: int = 1
+    requester_name: str = ""
+    guild_id: str | None = None
+    channel_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ValidRequest:
+    """A request after validation: every value final, seeds drawn."""
+
+    request: GenerationRequest
+    checkpoint: CheckpointRef
+    width: int
+    height: int
+    sampler: str
+    schedule: str
+    seeds: tuple[int, ...]
+
+
+def random_seed() -> int:
+    return random.randrange(4294967294)  # A1111's range
+
+
+def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits) -> ValidRequest:
+    prompt = request.prompt.strip()
+    if not prompt:
+        raise GenerationError("the prompt is empty; describe the picture you want")
+    if not checkpoint.runnable:
+        raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
+    if not checkpoint.present:
+        raise GenerationError(f"{checkpoint.name} is missing from the models directory; an admin needs to rescan")
+    width = request.width or checkpoint.native_size
+    height = request.height or checkpoint.native_size
+    for label, value in (("width", width), ("height", height)):
+        if value % 8:
+            raise GenerationError(f"{label} {value} is not a multiple of 8")
+        if not limits.min_size <= value <= limits.max_size:
+            raise GenerationError(f"{label} {value} is outside {limits.min_size}-{limits.max_size}")
+    if width * height > limits.max_pixels:
+        raise GenerationError(f"{width}x{height} is over the {limits.max_pixels / 1e6:.1f}-megapixel limit")
+    if not 1 <= request.steps <= limits.max_steps:
+        raise GenerationError(f"steps must be between 1 and {limits.max_steps}, not {request.steps}")
+    if not 0 <= request.cfg <= limits.max_cfg:
+        raise GenerationError(f"CFG scale must be between 0 and {limits.max_cfg:g}, not {request.cfg:g}")
+    if not 1 <= request.count <= limits.max_count:
+        raise GenerationError(f"count must be between 1 and {limits.max_count}, not {request.count}")
+    if not 1 <= request.clip_skip <= limits.max_clip_skip:
+        raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}")
+    if request.seed < -1 or request.seed >= 2**32:
+        raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {request.seed}")
+    try:
+        sampler, schedule = parse_sampler(request.sampler, request.schedule)
+    except ValueError as e:
+        raise GenerationError(str(e)) from None
+    first = random_seed() if request.seed == -1 else request.seed
+    seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
+    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768)."""
+    try:
+        width, height = (int(part) for part in text.lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise GenerationError(f"size {text!r} is not WIDTHxHEIGHT, e.g. 512x768") from None
+    return width, height

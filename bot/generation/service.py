@@ -1,0 +1,448 @@
+"""The generation service: fair queue, batching, worker supervision, job records, event streams.
+
+Front ends (the CLI, the cogs) call `submit` and read the returned handle's events. Nothing here
+idles in a background task: work moves when a job is submitted or a worker reports, so the bot's
+event loop only ever does short bookkeeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.jobs import (
+    TERMINAL,
+    Cancelled,
+    Failed,
+    Finished,
+    Job,
+    JobEvent,
+    JobState,
+    Loading,
+    Preview,
+    Progress,
+    Queued,
+    Started,
+    new_job_id,
+)
+from bot.generation.queue import FairQueue
+from bot.generation.requests import GenerationError, GenerationRequest, Limits, validate
+from bot.generation.store import JobRecord, JobStore
+from bot.generation.workers import WorkerProcess
+from gpu_worker.protocol import (
+    BatchFailed,
+    BatchFinished,
+    BatchLoading,
+    BatchProgress,
+    CancelJob,
+    JobCancelled,
+    JobDone,
+    JobPart,
+    JobPreview,
+    RunBatch,
+    WorkerReady,
+)
+from gpu_worker.worker import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+CRASH_LOOP_LIMIT = 3  # deaths before a worker ever became ready: stop restarting that slot
+
+
+class JobHandle:
+    """A front end's view of one job: its record so far and a stream of events until it ends."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
+        self._done = asyncio.Event()
+        self.last_position: int | None = None
+
+    def emit(self, event: JobEvent) -> None:
+        self._events.put_nowait(event)
+        if isinstance(event, TERMINAL):
+            self._done.set()
+
+    async def events(self) -> AsyncIterator[JobEvent]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, TERMINAL):
+                return
+
+    async def wait(self) -> Job:
+        await self._done.wait()
+        return self.job
+
+
+@dataclass
+class WorkerStatus:
+    slot: int
+    device: str
+    state: str  # starting | idle | busy | stopped
+    pid: int | None
+    loaded: list[str]
+    steps_per_second: float
+
+
+@dataclass
+class ServiceStatus:
+    workers: list[WorkerStatus]
+    queued: int
+    running: int
+    seconds_per_unit: float | None  # one step of one 512x512 image, measured
+    recent: dict[str, float] = field(default_factory=dict)
+
+
+class GenerationService:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        workers: list[WorkerConfig],
+        limits: Limits | None = None,
+        *,
+        preview_every: int = 5,
+        restart_delay: float = 0.5,
+    ) -> None:
+        self.limits = limits or Limits()
+        self.preview_every = preview_every
+        self.restart_delay = restart_delay
+        self.store = JobStore(db)
+        self._queue = FairQueue(self.limits)
+        self._workers = [WorkerProcess(i, c, self._on_event, self._on_exit) for i, c in enumerate(workers)]
+        self._handles: dict[str, JobHandle] = {}  # jobs not yet finished
+        self._batches: dict[str, list[Job]] = {}
+        self._names: dict[str, str] = {}  # checkpoint sha256 -> name, for status
+        self._early_deaths: dict[int, int] = {}
+        self._stopped: set[int] = set()  # slots given up on after a crash loop
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._seconds_per_unit: float | None = None
+        self._closing = False
+        self._changed: asyncio.Event | None = None
+
+    # --- life cycle ----------------------------------------------------------------------------
+
+    async def start(self, *, wait: bool = True, timeout: float = 300.0) -> None:
+        interrupted = await self.store.mark_interrupted()
+        if interrupted:
+            log.info("%d job(s) from the previous run marked interrupted", interrupted)
+        self._changed = asyncio.Event()
+        for worker in self._workers:
+            worker.start()
+        if wait:
+            try:
+                await asyncio.wait_for(self._until_settled(), timeout)
+            except TimeoutError:
+                raise GenerationError(f"the GPU worker did not start within {timeout:.0f} s; see the log") from None
+            if not any(w.ready for w in self._workers):
+                raise GenerationError("no GPU worker could start; see the log for the reason")
+
+    async def _until_settled(self) -> None:
+        assert self._changed is not None
+        while not all(w.ready or w.slot in self._stopped for w in self._workers):
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def close(self) -> None:
+        """Stop the workers; queued and running jobs end as interrupted, with a message."""
+        self._closing = True
+        for handle in list(self._handles.values()):
+            self._queue.remove(handle.job.id)
+            self._finish(handle.job, JobState.INTERRUPTED, "the bot is shutting down; this job did not finish")
+        await asyncio.gather(*(w.stop() for w in self._workers))
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait for pending job-record writes."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks))
+
+    # --- front-end API -------------------------------------------------------------------------
+
+    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
+        if self._closing:
+            raise GenerationError("the bot is shutting down; try again in a minute")
+        spec = validate(request, checkpoint, self.limits)
+        if len(self._stopped) == len(self._workers):
+            raise GenerationError("no GPU worker is running, so nothing can be generated; tell the bot's owner")
+        self._queue.check_room(request.requester_id)
+        job = Job(new_job_id(), spec)
+        await self.store.insert(job)  # recorded before it can run, so every later update has a row
+        try:
+            self._queue.push(job)
+        except GenerationError as e:  # the queue filled up while the record was written
+            self._finish(job, JobState.FAILED, str(e), notify=False)
+            raise
+        handle = self._handles[job.id] = JobHandle(job)
+        self._names[checkpoint.sha256] = checkpoint.name
+        log.info(
+            "job %s queued: %s, %dx%d, %d step(s), %d image(s), by %s",
+            job.id,
+            checkpoint.name,
+            spec.width,
+            spec.height,
+            request.steps,
+            job.image_count,
+            request.requester_id,
+        )
+        self._pump()
+        return handle
+
+    async def cancel(self, job_id: str, requester_id: str | None = None) -> str:
+        """Cancel a queued job at once, or a running one between two steps. `requester_id` None = moderator."""
+        handle = self._handles.get(job_id)
+        if handle is None:
+            record = await self.store.get(job_id)
+            if record is None:
+                raise GenerationError(f"there is no job {job_id}")
+            raise GenerationError(f"job {job_id} has already ended ({record.state.value})")
+        job = handle.job
+        if requester_id is not None and job.requester_id != requester_id:
+            raise GenerationError(f"only the person who asked for job {job_id} (or a moderator) can cancel it")
+        if job.state is JobState.QUEUED:
+            self._queue.remove(job_id)
+            self._finish(job, JobState.CANCELLED, None)
+            self._announce_positions()
+            return "cancelled"
+        for worker in self._workers:
+            if worker.batch and any(part.job_id == job_id for part in worker.batch.jobs):
+                worker.send(CancelJob(job_id))
+        log.info("job %s cancel requested while running", job_id)
+        return "cancelling"
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self.store.get(job_id)
+
+    def status(self) -> ServiceStatus:
+        workers = []
+        for w in self._workers:
+            state = (
+                "stopped" if w.slot in self._stopped else "starting" if not w.ready else "busy" if w.batch else "idle"
+            )
+            workers.append(
+                WorkerStatus(
+                    w.slot, w.device, state, w.pid, [self._names.get(k, k[:10]) for k in w.loaded], w.steps_per_second
+                )
+            )
+        running = sum(1 for h in self._handles.values() if h.job.state is JobState.RUNNING)
+        return ServiceStatus(workers, len(self._queue), running, self._seconds_per_unit)
+
+    def position(self, job_id: str) -> int | None:
+        return self._queue.position(job_id)
+
+    # --- dispatch ------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while not self._closing:
+            idle = [w for w in self._workers if w.idle]
+            head = self._queue.peek()
+            if not idle or head is None:
+                break
+            key = head.spec.checkpoint.sha256
+            worker = next((w for w in idle if key in w.loaded), None) or min(idle, key=lambda w: len(w.loaded))
+            self._dispatch(worker, self._queue.pop_batch(self.limits.max_batch_images))
+        self._announce_positions()
+
+    def _dispatch(self, worker: WorkerProcess, jobs: list[Job]) -> None:
+        spec = jobs[0].spec
+        batch = RunBatch(
+            batch_id=new_job_id(),
+            load=spec.checkpoint.load_request(),
+            jobs=tuple(
+                JobPart(j.id, j.spec.request.prompt.strip(), j.spec.request.negative, j.spec.seeds) for j in jobs
+            ),
+            width=spec.width,
+            height=spec.height,
+            steps=spec.request.steps,
+            cfg=spec.request.cfg,
+            sampler=spec.sampler,
+            schedule=spec.schedule,
+            clip_skip=spec.request.clip_skip,
+            model_name=spec.checkpoint.file_stem,
+            preview_every=self.preview_every,
+        )
+        worker.batch = batch
+        self._batches[batch.batch_id] = jobs
+        now = time.time()
+        for job in jobs:
+            job.state, job.started_at, job.device, job.batch_size = (
+                JobState.RUNNING,
+                now,
+                worker.device,
+                batch.image_count,
+            )
+            self._handles[job.id].emit(Started(job.id, batch.image_count))
+            self._save(job)
+            log.info(
+                "job %s running on worker %d (%s), batch %s of %d image(s)",
+                job.id,
+                worker.slot,
+                worker.device,
+                batch.batch_id,
+                batch.image_count,
+            )
+        worker.send(batch)
+
+    def _announce_positions(self) -> None:
+        ahead = self._running_seconds()
+        workers = max(1, sum(1 for w in self._workers if w.ready))
+        for position, job in enumerate(self._queue.order(), start=1):
+            own = self._estimate(job)
+            eta = None if ahead is None or own is None else ahead / workers + own
+            handle = self._handles[job.id]
+            if handle.last_position != position:
+                handle.last_position = position
+                handle.emit(Queued(job.id, position, eta))
+            if ahead is not None and own is not None:
+                ahead += own
+
+    def _estimate(self, job: Job) -> float | None:
+        return None if self._seconds_per_unit is None else job.work_units * self._seconds_per_unit
+
+    def _running_seconds(self) -> float | None:
+        if self._seconds_per_unit is None:
+            return None
+        total = 0.0
+        for jobs in self._batches.values():
+            total += sum(self._estimate(j) or 0.0 for j in jobs)
+        return total
+
+    # --- worker events -------------------------------------------------------------------------
+
+    def _on_event(self, worker: WorkerProcess, event: object) -> None:
+        if isinstance(event, WorkerReady):
+            log.info(
+                "worker %d ready on %s (pid %d, torch %s, %s)",
+                worker.slot,
+                event.device,
+                event.pid,
+                event.torch_version,
+                event.dtype,
+            )
+            self._early_deaths[worker.slot] = 0
+            self._signal()
+            self._pump()
+        elif isinstance(event, BatchLoading):
+            for job in self._live(event.batch_id):
+                self._handles[job.id].emit(Loading(job.id, event.checkpoint, event.cache))
+        elif isinstance(event, BatchProgress):
+            self._on_progress(worker, event)
+        elif isinstance(event, JobPreview):
+            if event.job_id in self._handles:
+                self._handles[event.job_id].emit(Preview(event.job_id, event.step, event.png))
+        elif isinstance(event, JobDone):
+            job = self._job(event.batch_id, event.job_id)
+            if job is not None:
+                job.images, job.device = event.images, event.device
+                job.load_seconds, job.inference_seconds = event.load_seconds, event.inference_seconds
+                self._finish(job, JobState.DONE, None)
+        elif isinstance(event, JobCancelled):
+            job = self._job(event.batch_id, event.job_id)
+            if job is not None:
+                self._finish(job, JobState.CANCELLED, None)
+        elif isinstance(event, BatchFailed):
+            for job in self._live(event.batch_id):
+                if job.id in event.job_ids or not event.job_ids:
+                    self._finish(job, JobState.FAILED, event.message)
+        elif isinstance(event, BatchFinished):
+            for job in self._live(event.batch_id):
+                self._finish(job, JobState.FAILED, "the worker finished the batch without returning this job")
+            self._batches.pop(event.batch_id, None)
+            worker.batch = None
+            worker.loaded = event.loaded
+            self._pump()
+
+    def _on_progress(self, worker: WorkerProcess, event: BatchProgress) -> None:
+        jobs = self._live(event.batch_id)
+        worker.steps_per_second = event.it_per_s
+        if event.it_per_s > 0 and jobs:
+            units_per_step = sum(j.work_units / j.spec.request.steps for j in jobs)
+            measured = 1.0 / event.it_per_s / units_per_step
+            previous = self._seconds_per_unit
+            self._seconds_per_unit = measured if previous is None else 0.7 * previous + 0.3 * measured
+        eta = (event.total - event.step) / event.it_per_s if event.it_per_s > 0 else None
+        for job in jobs:
+            self._handles[job.id].emit(Progress(job.id, event.step, event.total, event.it_per_s, eta))
+
+    def _on_exit(self, worker: WorkerProcess, exitcode: int | None) -> None:
+        was_ready = worker.ready
+        worker.ready, worker.loaded = False, ()
+        batch, worker.batch = worker.batch, None
+        if self._closing:
+            return
+        log.error("worker %d on %s exited unexpectedly (exit code %s)", worker.slot, worker.device, exitcode)
+        if batch is not None:
+            for job in self._live(batch.batch_id):
+                self._finish(
+                    job,
+                    JobState.FAILED,
+                    f"the GPU worker stopped unexpectedly (exit code {exitcode}) while running job {job.id}; "
+                    "it has been restarted, so please try again",
+                )
+            self._batches.pop(batch.batch_id, None)
+        if not was_ready:
+            self._early_deaths[worker.slot] = self._early_deaths.get(worker.slot, 0) + 1
+        if self._early_deaths.get(worker.slot, 0) >= CRASH_LOOP_LIMIT:
+            log.error("worker %d died %d times before becoming ready; not restarting it", worker.slot, CRASH_LOOP_LIMIT)
+            self._stopped.add(worker.slot)
+            self._signal()
+            if len(self._stopped) == len(self._workers):
+                for handle in list(self._handles.values()):
+                    self._queue.remove(handle.job.id)
+                    self._finish(handle.job, JobState.FAILED, "no GPU worker could start; tell the bot's owner")
+            return
+        asyncio.get_running_loop().call_later(self.restart_delay, self._restart, worker)
+
+    def _restart(self, worker: WorkerProcess) -> None:
+        if not self._closing:
+            worker.generation += 1
+            worker.start()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _signal(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    def _live(self, batch_id: str) -> list[Job]:
+        return [j for j in self._batches.get(batch_id, []) if not j.state.finished]
+
+    def _job(self, batch_id: str, job_id: str) -> Job | None:
+        return next((j for j in self._live(batch_id) if j.id == job_id), None)
+
+    def _finish(self, job: Job, state: JobState, error: str | None, *, notify: bool = True) -> None:
+        job.state, job.error, job.finished_at = state, error, time.time()
+        handle = self._handles.pop(job.id, None)
+        if handle is not None and notify:
+            if state is JobState.DONE:
+                handle.emit(Finished(job))
+            elif state is JobState.CANCELLED:
+                handle.emit(Cancelled(job.id))
+            else:
+                handle.emit(Failed(job.id, f"{error} (job {job.id})"))
+        self._save(job)
+        if state is JobState.DONE:
+            log.info(
+                "job %s done: %d image(s), %.2f s inference, %.2f s load",
+                job.id,
+                len(job.images),
+                job.inference_seconds or 0,
+                job.load_seconds or 0,
+            )
+        else:
+            log.info("job %s %s%s", job.id, state.value, f": {error}" if error else "")
+
+    def _save(self, job: Job) -> None:
+        self._spawn(self.store.save_state(job))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

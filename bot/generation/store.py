@@ -1,0 +1,117 @@
+"""Job records in SQLite: every job can be looked up and reproduced by id, across restarts."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from bot.generation.jobs import Job, JobState
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A job as stored: what was asked, what was used, and how it ended."""
+
+    row: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return self.row["id"]
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.row["state"])
+
+    @property
+    def seeds(self) -> list[int]:
+        return json.loads(self.row["seeds_json"])
+
+    @property
+    def infotexts(self) -> list[str]:
+        return json.loads(self.row["infotexts_json"] or "[]")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.row.items() if not k.endswith("_json")}
+        return {**out, "seeds": self.seeds, "infotexts": self.infotexts}
+
+
+class JobStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def insert(self, job: Job) -> None:
+        spec, request = job.spec, job.spec.request
+        await self._db.execute(
+            "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
+            "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job.id,
+                job.state.value,
+                request.requester_id,
+                request.requester_name,
+                request.guild_id,
+                request.channel_id,
+                spec.checkpoint.name,
+                spec.checkpoint.sha256,
+                request.prompt.strip(),
+                request.negative,
+                spec.width,
+                spec.height,
+                request.steps,
+                request.cfg,
+                spec.sampler,
+                spec.schedule,
+                request.clip_skip,
+                json.dumps(list(spec.seeds)),
+                job.created_at,
+            ),
+        )
+        await self._db.commit()
+
+    async def save_state(self, job: Job) -> None:
+        await self._db.execute(
+            "UPDATE jobs SET state = ?, error = ?, device = ?, batch_size = ?, started_at = ?, finished_at = ?, "
+            "load_seconds = ?, inference_seconds = ?, infotexts_json = ? WHERE id = ?",
+            (
+                job.state.value,
+                job.error,
+                job.device,
+                job.batch_size,
+                job.started_at,
+                job.finished_at,
+                job.load_seconds,
+                job.inference_seconds,
+                json.dumps([image.infotext for image in job.images]) if job.images else None,
+                job.id,
+            ),
+        )
+        await self._db.commit()
+
+    async def set_message(self, job_id: str, message_id: str) -> None:
+        await self._db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))
+        await self._db.commit()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return JobRecord(dict(row)) if row else None
+
+    async def mark_interrupted(self) -> int:
+        """Jobs a previous run left queued or running did not finish: say so instead of leaving them open."""
+        cur = await self._db.execute(
+            "UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE state IN (?, ?)",
+            (
+                JobState.INTERRUPTED.value,
+                "the bot stopped before this job finished",
+                time.time(),
+                JobState.QUEUED.value,
+                JobState.RUNNING.value,
+            ),
+        )
+        await self._db.commit()
+        return cur.rowcount

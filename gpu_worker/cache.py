@@ -1,0 +1,120 @@
+"""LRU of loaded pipelines under a memory budget, with a CPU-RAM second tier for GPU workers.
+
+A pipeline evicted from the device moves to CPU RAM when it fits there, so switching back costs a
+copy, not a load from disk (what A1111 does with `sd_checkpoints_keep_in_cpu`). On a CPU worker
+the device *is* RAM, so there is one tier.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline
+
+from gpu_worker.loader import LoadedPipeline
+from gpu_worker.protocol import LoadRequest
+
+log = logging.getLogger(__name__)
+
+
+def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
+    total = 0
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            total += sum(t.numel() * t.element_size() for t in component.parameters())
+            total += sum(t.numel() * t.element_size() for t in component.buffers())
+    return total
+
+
+@dataclass
+class CacheEntry:
+    loaded: LoadedPipeline
+    nbytes: int
+
+
+@dataclass
+class CacheStats:
+    device_hits: int = 0
+    cpu_hits: int = 0
+    loads: int = 0
+    evictions: int = 0
+
+
+class PipelineCache:
+    def __init__(
+        self,
+        device: str,
+        device_budget: int,
+        cpu_budget: int,
+        load: Callable[[LoadRequest], LoadedPipeline],
+    ) -> None:
+        self.device = device
+        self.device_budget = device_budget
+        self.cpu_budget = 0 if device == "cpu" else cpu_budget
+        self._load = load
+        self._device: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._cpu: OrderedDict[str, CacheEntry] = OrderedDict()
+        self.stats = CacheStats()
+
+    def where(self, key: str) -> str:
+        """'device', 'cpu' or 'disk': where a get() for `key` would find it now."""
+        return "device" if key in self._device else "cpu" if key in self._cpu else "disk"
+
+    def loaded_keys(self) -> list[str]:
+        return list(self._device)
+
+    def get(self, request: LoadRequest) -> tuple[LoadedPipeline, str]:
+        key = request.cache_key
+        if key in self._device:
+            self._device.move_to_end(key)
+            self.stats.device_hits += 1
+            return self._device[key].loaded, "device"
+        if key in self._cpu:
+            entry = self._cpu.pop(key)
+            self._make_room(entry.nbytes)
+            entry.loaded.pipeline.to(self.device)
+            entry.loaded.device = self.device
+            self._device[key] = entry
+            self.stats.cpu_hits += 1
+            return entry.loaded, "cpu"
+        # Free the device before loading: the new pipeline must fit beside what stays.
+        loaded = self._load(request)
+        entry = CacheEntry(loaded, pipeline_bytes(loaded.pipeline))
+        self._make_room(entry.nbytes)
+        if entry.nbytes > self.device_budget:
+            log.warning(
+                "%s needs %.1f GB, over the %.1f GB cache budget",
+                request.name,
+                entry.nbytes / 1e9,
+                self.device_budget / 1e9,
+            )
+        self._device[key] = entry
+        self.stats.loads += 1
+        return loaded, "disk"
+
+    def _make_room(self, nbytes: int) -> None:
+        while self._device and self._used(self._device) + nbytes > self.device_budget:
+            key, entry = self._device.popitem(last=False)
+            self.stats.evictions += 1
+            if entry.nbytes <= self.cpu_budget:
+                while self._cpu and self._used(self._cpu) + entry.nbytes > self.cpu_budget:
+                    self._cpu.popitem(last=False)
+                entry.loaded.pipeline.to("cpu")
+                entry.loaded.device = "cpu"
+                self._cpu[key] = entry
+                log.info("cache: %s moved to CPU RAM", entry.loaded.request.name)
+            else:
+                log.info("cache: %s evicted", entry.loaded.request.name)
+            del entry
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    @staticmethod
+    def _used(tier: OrderedDict[str, CacheEntry]) -> int:
+        return sum(e.nbytes for e in tier.values())

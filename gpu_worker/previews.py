@@ -1,0 +1,37 @@
+"""Cheap previews: latents -> RGB by a linear map (no VAE pass), as A1111's "Approx cheap" does.
+
+Factors from ComfyUI's latent_formats (SD15 and SDXL), fitted to each VAE's latent space.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+
+_FACTORS = {
+    "sd": (
+        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+        [0.0, 0.0, 0.0],
+    ),
+    "sdxl": (
+        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+        [0.1084, -0.0175, -0.0011],
+    ),
+}
+
+
+def latents_to_images(latents: torch.Tensor, family: str) -> list[Image.Image]:
+    """(B, 4, h, w) latents -> B small RGB images of h x w."""
+    factors, bias = _FACTORS["sdxl" if family == "sdxl" else "sd"]
+    weight = torch.tensor(factors, dtype=torch.float32)
+    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), weight) + torch.tensor(bias)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

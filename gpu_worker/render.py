@@ -1,0 +1,16 @@
+"""Final images: PNG with the A1111 `parameters` text chunk, so A1111 and Civitai read them back."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+
+def png_with_infotext(image: Image.Image, infotext: str) -> bytes:
+    info = PngInfo()
+    info.add_text("parameters", infotext)  # tEXt when Latin-1 encodable, iTXt otherwise (as A1111)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()

@@ -1,0 +1,213 @@
+"""Run one batch: load (through the cache), denoise with progress and previews, render PNGs.
+
+Every outcome is an event: JobDone / JobCancelled per job, or BatchFailed; BatchFinished always
+closes the batch so the service knows the worker is free.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from gpu_worker.cache import PipelineCache
+from gpu_worker.infotext import build_infotext
+from gpu_worker.loader import CheckpointLoadError
+from gpu_worker.previews import latents_to_images, png_bytes
+from gpu_worker.protocol import (
+    BatchFailed,
+    BatchFinished,
+    BatchLoading,
+    BatchProgress,
+    ImageResult,
+    JobCancelled,
+    JobDone,
+    JobPreview,
+    RunBatch,
+)
+from gpu_worker.render import png_with_infotext
+from gpu_worker.samplers import make_scheduler
+
+log = logging.getLogger(__name__)
+VERSION = "Easel 0.1.0"
+
+Send = Callable[[object], None]
+
+
+class BatchCancelled(Exception):
+    pass
+
+
+class OutOfMemory(Exception):
+    pass
+
+
+def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int) -> str:
+    return build_infotext(
+        prompt,
+        negative,
+        {
+            "Steps": batch.steps,
+            "Sampler": batch.sampler,
+            "Schedule type": None if batch.schedule == "Automatic" else batch.schedule,
+            "CFG scale": batch.cfg,
+            "Seed": seed,
+            "Size": f"{batch.width}x{batch.height}",
+            "Model hash": batch.load.sha256[:10] or None,
+            "Model": batch.model_name or batch.load.name,
+            "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
+            "Version": VERSION,
+        },
+    )
+
+
+def _result(image: Image.Image, seed: int, infotext: str) -> ImageResult:
+    return ImageResult(png_with_infotext(image, infotext), seed, infotext)
+
+
+class BatchRunner:
+    def __init__(self, device: str, cache: PipelineCache, send: Send, is_cancelled: Callable[[str], bool]) -> None:
+        self.device = device
+        self.cache = cache
+        self.send = send
+        self.is_cancelled = is_cancelled
+        self.steps_per_second = 0.0
+
+    def run(self, batch: RunBatch) -> None:
+        active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
+        for job in batch.jobs:
+            if job not in active:
+                self.send(JobCancelled(batch.batch_id, job.job_id))
+        try:
+            if active:
+                self._run(batch, active)
+        except BatchCancelled:
+            for job in active:
+                self.send(JobCancelled(batch.batch_id, job.job_id))
+        except CheckpointLoadError as e:
+            self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
+        except OutOfMemory as e:
+            self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
+        except Exception as e:  # the worker must survive anything one batch does
+            log.exception("batch %s failed", batch.batch_id)
+            self.send(
+                BatchFailed(
+                    batch.batch_id, f"generation failed: {type(e).__name__}: {e}", tuple(j.job_id for j in active)
+                )
+            )
+        finally:
+            self.send(BatchFinished(batch.batch_id, tuple(self.cache.loaded_keys()), self.steps_per_second))
+
+    def _run(self, batch: RunBatch, jobs: list) -> None:
+        if batch.load.format != "diffusers" and not Path(batch.load.path).is_file():
+            raise CheckpointLoadError(f"{batch.load.name}: the file is no longer on disk")
+        self.send(BatchLoading(batch.batch_id, batch.load.name, self.cache.where(batch.load.cache_key)))
+        started = time.perf_counter()
+        loaded, source = self.cache.get(batch.load)
+        load_seconds = time.perf_counter() - started
+        pipe = loaded.pipeline
+        pipe.scheduler = make_scheduler(pipe, batch.sampler, batch.schedule)
+
+        prompts = [job.prompt for job in jobs for _ in job.seeds]
+        negatives = [job.negative for job in jobs for _ in job.seeds]
+        seeds = [seed for job in jobs for seed in job.seeds]
+        first_index, offset = {}, 0
+        for job in jobs:
+            first_index[job.job_id] = offset
+            offset += len(job.seeds)
+
+        started = time.perf_counter()
+        callback = self._callback(batch, jobs, first_index, started, loaded.request.family)
+        images = self._generate_with_oom_retry(pipe, batch, prompts, negatives, seeds, callback)
+        inference_seconds = time.perf_counter() - started
+
+        offset = 0
+        for job in jobs:
+            count = len(job.seeds)
+            if self.is_cancelled(job.job_id):
+                self.send(JobCancelled(batch.batch_id, job.job_id))
+            else:
+                results = tuple(
+                    _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed))
+                    for image, seed in zip(images[offset : offset + count], job.seeds, strict=True)
+                )
+                self.send(
+                    JobDone(
+                        batch.batch_id,
+                        job.job_id,
+                        results,
+                        self.device,
+                        load_seconds,
+                        inference_seconds,
+                        source,
+                        len(seeds),
+                    )
+                )
+            offset += count
+
+    def _callback(self, batch: RunBatch, jobs: list, first_index: dict[str, int], started: float, family: str):
+        def on_step_end(pipe: DiffusionPipeline, index: int, timestep: object, kwargs: dict) -> dict:
+            if all(self.is_cancelled(job.job_id) for job in jobs):
+                raise BatchCancelled
+            # Second-order samplers run more model passes than steps; report in the user's steps.
+            done = min(batch.steps, math.ceil((index + 1) * batch.steps / max(pipe.num_timesteps, 1)))
+            elapsed = time.perf_counter() - started
+            self.steps_per_second = (index + 1) / elapsed if elapsed > 0 else 0.0
+            self.send(BatchProgress(batch.batch_id, done, batch.steps, elapsed, self.steps_per_second))
+            if batch.preview_every and done < batch.steps and (index + 1) % batch.preview_every == 0:
+                latents = kwargs["latents"]
+                for job in jobs:
+                    index_in_batch = first_index[job.job_id]
+                    [image] = latents_to_images(latents[index_in_batch : index_in_batch + 1], family)
+                    self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image)))
+            return kwargs
+
+        return on_step_end
+
+    def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:
+        def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
+            return pipe(
+                prompt=p,
+                negative_prompt=n,
+                width=batch.width,
+                height=batch.height,
+                num_inference_steps=batch.steps,
+                guidance_scale=batch.cfg,
+                # A1111 "Clip skip 2" = diffusers clip_skip=1 (one layer before the last).
+                clip_skip=batch.clip_skip - 1 if batch.clip_skip > 1 else None,
+                # Noise from CPU generators: the same seed gives the same image on any GPU model.
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
+                callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+
+        try:
+            return call(prompts, negatives, seeds)
+        except torch.OutOfMemoryError:
+            log.warning("batch %s: out of memory; retrying one image at a time with memory savers", batch.batch_id)
+        gc.collect()
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        pipe.enable_attention_slicing()
+        pipe.vae.enable_tiling()
+        try:
+            return [
+                image
+                for i in range(len(seeds))
+                for image in call(prompts[i : i + 1], negatives[i : i + 1], seeds[i : i + 1])
+            ]
+        except torch.OutOfMemoryError:
+            raise OutOfMemory(
+                f"out of GPU memory at {batch.width}x{batch.height} even one image at a time with memory savers; "
+                "try a smaller size"
+            ) from None
+        finally:
+            pipe.disable_attention_slicing()
+            pipe.vae.disable_tiling()

@@ -1,0 +1,107 @@
+"""The worker process: one per device, fed batches over a pipe, answering with events.
+
+`serve` is the process entry point. This module imports torch only inside `serve`, so the bot can
+name it as a spawn target without loading torch itself. A reader thread takes commands off the
+pipe while the main thread generates, so a cancel reaches a running batch between two steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from gpu_worker.protocol import CancelJob, RunBatch, Shutdown, WorkerReady
+
+log = logging.getLogger("easel.worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
+    device_budget_bytes: int | None = None  # pipeline cache on the device; None = derived from memory size
+    cpu_budget_bytes: int | None = None  # second tier (GPU workers only)
+    log_level: str = "INFO"
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda:0"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda":
+        return "cuda:0"
+    return device
+
+
+def default_budgets(device: str) -> tuple[int, int]:
+    import psutil
+    import torch
+
+    ram = psutil.virtual_memory().total
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        return max(total - (3 << 30), total // 2), int(ram * 0.4)  # room left for activations
+    return int(ram * 0.5), 0
+
+
+def serve(conn: Connection, config: WorkerConfig) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s worker[%(process)d]: %(message)s")
+    import torch
+
+    from gpu_worker.cache import PipelineCache
+    from gpu_worker.loader import default_dtype, load_pipeline
+    from gpu_worker.runner import BatchRunner
+
+    device = resolve_device(config.device)
+    device_budget, cpu_budget = default_budgets(device)
+    cache = PipelineCache(
+        device,
+        config.device_budget_bytes or device_budget,
+        config.cpu_budget_bytes if config.cpu_budget_bytes is not None else cpu_budget,
+        lambda request: load_pipeline(request, device),
+    )
+    cancelled: set[str] = set()
+    lock = threading.Lock()
+    inbox: queue.Queue[RunBatch | Shutdown] = queue.Queue()
+
+    def is_cancelled(job_id: str) -> bool:
+        with lock:
+            return job_id in cancelled
+
+    def read_commands() -> None:
+        while True:
+            try:
+                command = conn.recv()
+            except (EOFError, OSError):  # the bot went away: finish up and exit
+                inbox.put(Shutdown())
+                return
+            if isinstance(command, CancelJob):
+                with lock:
+                    cancelled.add(command.job_id)
+            else:
+                inbox.put(command)
+                if isinstance(command, Shutdown):
+                    return
+
+    runner = BatchRunner(device, cache, conn.send, is_cancelled)
+    threading.Thread(target=read_commands, name="commands", daemon=True).start()
+    conn.send(
+        WorkerReady(device, os.getpid(), str(torch.__version__), str(default_dtype(device)).removeprefix("torch."))
+    )
+    log.info("worker ready on %s (cache budget %.1f GB)", device, cache.device_budget / 1e9)
+    while not isinstance(command := inbox.get(), Shutdown):
+        log.info("batch %s started: %d image(s) of %s", command.batch_id, command.image_count, command.load.name)
+        runner.run(command)
+        with lock:
+            cancelled.difference_update(job.job_id for job in command.jobs)
+        log.info("batch %s finished", command.batch_id)
+    log.info("worker on %s shutting down", device)
