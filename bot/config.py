@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     models_dir: Path = Path("models")
     data_dir: Path = Path("data")
     devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    # Pipeline cache per worker: on the device (VRAM, or RAM for CPU workers) and, for GPU
+    # workers, a second tier in CPU RAM. Unset: derived from the memory each has.
+    cache_device_gb: float | None = Field(default=None, gt=0)
+    cache_cpu_gb: float | None = Field(default=None, ge=0)
 
     @classmethod
     def settings_customise_sources(

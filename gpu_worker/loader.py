@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -43,6 +43,9 @@ class LoadedPipeline:
     device: str
     dtype: torch.dtype
     load_seconds: float
+    # The checkpoint's own scheduler config: every job's sampler is built from this, never from
+    # the previous job's scheduler, so one job's sampler options cannot leak into the next.
+    base_scheduler_config: dict = field(default_factory=dict)
 
 
 def default_dtype(device: str) -> torch.dtype:
@@ -70,7 +73,9 @@ def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype 
     pipeline.set_progress_bar_config(disable=True)
     if device != "cpu":  # it was built on the CPU; walking every module to stay there costs 0.15 s
         pipeline.to(device)
-    return LoadedPipeline(pipeline, request, device, dtype, time.perf_counter() - started)
+    return LoadedPipeline(
+        pipeline, request, device, dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
+    )
 
 
 def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> DiffusionPipeline:

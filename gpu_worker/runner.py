@@ -113,7 +113,7 @@ class BatchRunner:
         loaded, source = self.cache.get(batch.load)
         load_seconds = time.perf_counter() - started
         pipe = loaded.pipeline
-        pipe.scheduler = make_scheduler(pipe, batch.sampler, batch.schedule)
+        pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
 
         prompts = [job.prompt for job in jobs for _ in job.seeds]
         negatives = [job.negative for job in jobs for _ in job.seeds]

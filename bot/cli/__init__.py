@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from bot.cli import checkpoints, run
+from bot.cli import checkpoints, generate, run
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run.add_parsers(sub)
     checkpoints.add_parsers(sub)
+    generate.add_parsers(sub)
     return parser
 
 

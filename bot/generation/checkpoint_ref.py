@@ -78,8 +78,8 @@ async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_pa
     entry = await registry.find(ref)
     if entry is not None:
         return CheckpointRef.from_entry(entry)
-    path = Path(ref).expanduser()
-    if allow_path and path.is_file():
+    path = Path(ref).expanduser()  # noqa: ASYNC240 (no I/O beyond reading $HOME)
+    if allow_path and await asyncio.to_thread(path.is_file):
         inspection = await asyncio.to_thread(inspect_checkpoint, path)
         hashes = await registry.hashes(path)
         arch = inspection.architecture

@@ -129,7 +129,7 @@ class GenerationService:
 
     # --- life cycle ----------------------------------------------------------------------------
 
-    async def start(self, *, wait: bool = True, timeout: float = 300.0) -> None:
+    async def start(self, *, wait: bool = True, ready_within: float = 300.0) -> None:
         interrupted = await self.store.mark_interrupted()
         if interrupted:
             log.info("%d job(s) from the previous run marked interrupted", interrupted)
@@ -138,9 +138,11 @@ class GenerationService:
             worker.start()
         if wait:
             try:
-                await asyncio.wait_for(self._until_settled(), timeout)
+                await asyncio.wait_for(self._until_settled(), ready_within)
             except TimeoutError:
-                raise GenerationError(f"the GPU worker did not start within {timeout:.0f} s; see the log") from None
+                raise GenerationError(
+                    f"the GPU worker did not start within {ready_within:.0f} s; see the log"
+                ) from None
             if not any(w.ready for w in self._workers):
                 raise GenerationError("no GPU worker could start; see the log for the reason")
 

@@ -25,7 +25,21 @@ from gpu_worker.worker import WorkerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+
+def worker_configs(
+    devices: list[str], cache_device_gb: float | None, cache_cpu_gb: float | None, log_level: str = "INFO"
+) -> list[WorkerConfig]:
+    """One worker per configured device."""
+
+    def to_bytes(gb: float | None) -> int | None:
+        return None if gb is None else int(gb * 1e9)
+
+    return [WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level) for device in devices]
+
+
 log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 10.0
 
 EventCallback = Callable[["WorkerProcess", object], None]
 ExitCallback = Callable[["WorkerProcess", "int | None"], None]
@@ -115,12 +129,12 @@ class WorkerProcess:
         except RuntimeError:  # the loop is closed: the bot is shutting down
             pass
 
-    async def stop(self, timeout: float = 10.0) -> None:
+    async def stop(self) -> None:
         if self._process is None or self._process.poll() is not None:
             return
         self.send(Shutdown())
         try:
-            await asyncio.to_thread(self._process.wait, timeout)
+            await asyncio.to_thread(self._process.wait, STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
             self._process.kill()
             await asyncio.to_thread(self._process.wait)

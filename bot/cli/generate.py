@@ -1,0 +1,122 @@
+"""`python bot.py generate …`: one job through the same service and worker the bot uses."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bot.cli.checkpoints import open_registry
+from bot.config import Settings
+from bot.db import open_database
+from bot.errors import EaselError
+from bot.generation.checkpoint_ref import resolve_checkpoint
+from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
+from bot.generation.requests import GenerationRequest, Limits, parse_size, validate
+from bot.generation.service import GenerationService
+from bot.generation.workers import worker_configs
+
+
+def request_from_args(args: argparse.Namespace) -> GenerationRequest:
+    width, height = parse_size(args.size) if args.size else (None, None)
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative=args.negative,
+        requester_id="cli",
+        requester_name=os.environ.get("USER", "cli"),
+        width=width,
+        height=height,
+        steps=args.steps,
+        cfg=args.cfg,
+        sampler=args.sampler,
+        schedule=args.schedule,
+        seed=args.seed,
+        count=args.count,
+        clip_skip=args.clip_skip,
+    )
+
+
+async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
+    out = Path(args.out)
+    if await asyncio.to_thread(lambda: out.exists() and not out.is_dir()):
+        raise EaselError(f"--out {out} exists and is not a directory")
+    request = request_from_args(args)
+    limits = Limits()
+    async with open_registry(settings, need_models_dir=False) as registry:
+        checkpoint = await resolve_checkpoint(registry, args.checkpoint, allow_path=True)
+    validate(request, checkpoint, limits)  # every bad option fails here, before a worker starts
+
+    devices = [args.device] if args.device else settings.devices[:1]
+    db = await open_database(settings.database_path)
+    service = GenerationService(
+        db,
+        worker_configs(devices, settings.cache_device_gb, settings.cache_cpu_gb, "INFO" if args.verbose else "WARNING"),
+        limits,
+        preview_every=0,
+    )
+    try:
+        print(f"starting the worker on {devices[0]}…", flush=True)
+        await service.start()
+        handle = await service.submit(request, checkpoint)
+        bar = tqdm(total=request.steps, unit="step", desc=f"job {handle.job.id}", disable=None)
+        try:
+            async for event in handle.events():
+                if isinstance(event, Queued):
+                    bar.set_postfix_str(f"queued #{event.position}")
+                elif isinstance(event, Loading):
+                    bar.set_postfix_str(f"loading {event.checkpoint} ({event.cache})")
+                elif isinstance(event, Progress):
+                    bar.set_postfix_str(f"{event.it_per_s:.2f} it/s")
+                    bar.update(event.step - bar.n)
+                elif isinstance(event, Finished):
+                    bar.close()
+                    write_images(event.job, out)
+                elif isinstance(event, Failed):
+                    bar.close()
+                    raise EaselError(event.message)
+                elif isinstance(event, Cancelled):
+                    bar.close()
+                    raise EaselError(f"job {handle.job.id} was cancelled")
+        except asyncio.CancelledError:
+            await service.cancel(handle.job.id)
+            raise
+    finally:
+        await service.close()
+        await db.close()
+    return 0
+
+
+def write_images(job, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(job.images):
+        path = out / f"{job.id}-{index}-{image.seed}.png"
+        path.write_bytes(image.png)
+        print(f"wrote {path}")
+    spec = job.spec
+    print(
+        f"job {job.id}: {spec.checkpoint.name} [{spec.checkpoint.autov2.upper()}], {spec.width}x{spec.height}, "
+        f"{spec.request.steps} steps, {spec.sampler} {spec.schedule}, CFG {spec.request.cfg:g}, "
+        f"seed{'s' if len(job.images) > 1 else ''} {', '.join(str(i.seed) for i in job.images)}, "
+        f"{job.inference_seconds:.2f} s on {job.device}"
+    )
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate images with a checkpoint (same service and worker as the bot)")
+    p.add_argument("--checkpoint", required=True, help="registered name, AutoV2 hash, or a checkpoint file path")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--negative", default="")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--sampler", default="DPM++ 2M", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras"')
+    p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
+    p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
+    p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the checkpoint's native size)")
+    p.add_argument("--count", type=int, default=1, help="images, with seeds counting up from --seed")
+    p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
+    p.add_argument("--out", required=True, help="folder for the PNGs")
+    p.set_defaults(handler=cmd_generate)

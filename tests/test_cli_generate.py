@@ -1,0 +1,71 @@
+"""`python bot.py generate` as a user runs it: a real process, a real worker, PNGs with infotext."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from gpu_worker.infotext import parse_infotext
+from tests.conftest import run_bot_py
+
+
+def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None:
+    proc = run_bot_py(
+        "generate",
+        "--checkpoint",
+        str(tiny_dir / "tiny-sdxl.safetensors"),
+        "--prompt",
+        "a red fox, forest",
+        "--negative",
+        "blurry",
+        "--steps",
+        "4",
+        "--sampler",
+        "Euler a",
+        "--seed",
+        "1234",
+        "--size",
+        "64x96",
+        "--count",
+        "2",
+        "--out",
+        "images",
+        cwd=env,
+        env={**os.environ},
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = sorted((env / "images").glob("*.png"))
+    assert [f.name.split("-")[-1] for f in files] == ["1234.png", "1235.png"]
+    image = Image.open(files[1])
+    assert image.size == (64, 96)
+    prompt, negative, params = parse_infotext(image.info["parameters"])
+    assert (prompt, negative) == ("a red fox, forest", "blurry")
+    assert params["Seed"] == "1235" and params["Sampler"] == "Euler a" and params["Steps"] == "4"
+    assert "seeds 1234, 1235" in proc.stdout
+
+
+def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
+    checkpoint = str(tiny_dir / "tiny-sd1.safetensors")
+    cases = {
+        ("--size", "100x64"): "width 100 is not a multiple of 8",
+        ("--steps", "0"): "steps must be between 1 and 150",
+        ("--sampler", "Warp 9"): "unknown sampler 'Warp 9'",
+        ("--size", "huge"): "is not WIDTHxHEIGHT",
+    }
+    for extra, message in cases.items():
+        started = time.perf_counter()
+        proc = run_bot_py(
+            "generate", "--checkpoint", checkpoint, "--prompt", "x", "--out", "o", *extra, cwd=env, env={**os.environ}
+        )
+        assert proc.returncode == 1
+        assert proc.stderr.strip().splitlines() == [f"error: {message}"] or message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert time.perf_counter() - started < 8  # refused before any worker starts
+    assert not (env / "o").exists()
+    proc = run_bot_py(
+        "generate", "--checkpoint", "no-such-model", "--prompt", "x", "--out", "o", cwd=env, env={**os.environ}
+    )
+    assert proc.returncode == 1 and "no checkpoint named 'no-such-model'" in proc.stderr

@@ -1,0 +1,63 @@
+"""The fair queue: round-robin between users, caps, and batching of compatible jobs."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.generation.queue import FairQueue
+from bot.generation.requests import GenerationError, Limits
+from tests.helpers import make_job
+
+
+def test_one_users_ten_jobs_do_not_starve_anothers_one() -> None:
+    queue = FairQueue(Limits(max_queued_per_user=20))
+    a_jobs = [make_job("A", steps=4 + i) for i in range(10)]
+    for job in a_jobs:
+        queue.push(job)
+    b_job = make_job("B", steps=50)
+    queue.push(b_job)
+    assert queue.position(b_job.id) == 2
+    dispatched = [queue.pop_batch(4)[0] for _ in range(3)]
+    assert dispatched == [a_jobs[0], b_job, a_jobs[1]]
+
+
+def test_round_robin_across_three_users() -> None:
+    queue = FairQueue(Limits(max_queued_per_user=5))
+    jobs = {u: [make_job(u, steps=s) for s in (4, 5, 6)] for u in "ABC"}
+    for u in "ABC":
+        for job in jobs[u]:
+            queue.push(job)
+    order = [queue.pop_batch(1)[0].requester_id for _ in range(9)]
+    assert order == list("ABCABCABC")
+
+
+def test_caps_say_what_to_do() -> None:
+    queue = FairQueue(Limits(max_queued_per_user=2, max_queue=3))
+    queue.push(make_job("A"))
+    queue.push(make_job("A", steps=5))
+    with pytest.raises(GenerationError, match="already have 2 jobs waiting"):
+        queue.push(make_job("A", steps=6))
+    queue.push(make_job("B"))
+    with pytest.raises(GenerationError, match="queue is full"):
+        queue.push(make_job("C"))
+
+
+def test_batches_compatible_jobs_up_to_the_image_budget() -> None:
+    queue = FairQueue(Limits(max_queued_per_user=5))
+    first = make_job("A", count=2)
+    other_checkpoint = make_job("B", sha="b" * 64)
+    same = make_job("C", prompt="a dog")
+    too_many = make_job("D", count=2)
+    for job in (first, other_checkpoint, same, too_many):
+        queue.push(job)
+    batch = queue.pop_batch(3)
+    assert batch == [first, same]  # same checkpoint, size, steps, sampler; 3 images in all
+    assert queue.order() == [other_checkpoint, too_many]
+
+
+def test_remove() -> None:
+    queue = FairQueue(Limits())
+    job = make_job("A")
+    queue.push(job)
+    assert queue.remove(job.id) is job
+    assert len(queue) == 0 and queue.remove(job.id) is None

@@ -1,0 +1,208 @@
+"""The worker's batch runner, in-process on a tiny checkpoint: what each batch sends back."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bot.checkpoints.inspection import inspect_file
+from gpu_worker.cache import PipelineCache
+from gpu_worker.infotext import parse_infotext
+from gpu_worker.loader import load_pipeline
+from gpu_worker.protocol import (
+    SAMPLERS,
+    BatchFailed,
+    BatchFinished,
+    BatchLoading,
+    BatchProgress,
+    JobCancelled,
+    JobDone,
+    JobPart,
+    JobPreview,
+    LoadRequest,
+    RunBatch,
+)
+from gpu_worker.runner import BatchRunner
+
+
+@pytest.fixture(scope="module")
+def load_request(tiny_dir: Path) -> LoadRequest:
+    path = tiny_dir / "tiny-sd1.safetensors"
+    ins = inspect_file(path)
+    return LoadRequest(str(path), "tiny-sd1", "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "ab" * 32)
+
+
+@pytest.fixture(scope="module")
+def cache() -> PipelineCache:
+    return PipelineCache("cpu", 1 << 30, 0, lambda request: load_pipeline(request, "cpu"))
+
+
+class Recorder:
+    def __init__(self, cache: PipelineCache, cancelled: set[str] | None = None) -> None:
+        self.events: list[object] = []
+        self.cancelled = cancelled if cancelled is not None else set()
+        self.runner = BatchRunner("cpu", cache, self.events.append, lambda job_id: job_id in self.cancelled)
+
+    def run(self, batch: RunBatch) -> list[object]:
+        self.events.clear()
+        self.runner.run(batch)
+        assert isinstance(self.events[-1], BatchFinished)
+        return list(self.events)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+def batch(load: LoadRequest, *jobs: JobPart, **overrides) -> RunBatch:
+    values = dict(
+        batch_id="b1",
+        load=load,
+        jobs=jobs,
+        width=64,
+        height=64,
+        steps=3,
+        cfg=7.0,
+        sampler="Euler",
+        schedule="Automatic",
+        model_name="tiny-sd1",
+    )
+    return RunBatch(**(values | overrides))
+
+
+def pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def test_same_request_and_seed_give_the_same_image(cache: PipelineCache, load_request: LoadRequest) -> None:
+    rec = Recorder(cache)
+    first = rec.run(batch(load_request, JobPart("j1", "a cat", "", (42,))))
+    second = rec.run(batch(load_request, JobPart("j1", "a cat", "", (42,))))
+    [done1], [done2] = [e for e in first if isinstance(e, JobDone)], [e for e in second if isinstance(e, JobDone)]
+    assert done1.images[0].png == done2.images[0].png
+    other = rec.run(batch(load_request, JobPart("j1", "a cat", "", (43,))))
+    assert next(e for e in other if isinstance(e, JobDone)).images[0].png != done1.images[0].png
+
+
+def test_batch_keeps_each_jobs_prompt_and_seed(cache: PipelineCache, load_request: LoadRequest) -> None:
+    rec = Recorder(cache)
+    rec.run(
+        batch(load_request, JobPart("a", "a red cube", "blurry", (7, 8)), JobPart("b", "a blue sphere", "", (100,)))
+    )
+    done = {e.job_id: e for e in rec.of(JobDone)}
+    assert set(done) == {"a", "b"} and done["a"].batch_size == 3
+    assert [i.seed for i in done["a"].images] == [7, 8] and [i.seed for i in done["b"].images] == [100]
+    prompt, negative, params = parse_infotext(done["a"].images[1].infotext)
+    assert (prompt, negative, params["Seed"], params["Model hash"]) == ("a red cube", "blurry", "8", "abababab" + "ab")
+    assert parse_infotext(done["b"].images[0].infotext)[0] == "a blue sphere"
+    # Each image in the batch is the image that job would get alone (up to float rounding).
+    rec.run(batch(load_request, JobPart("solo", "a blue sphere", "", (100,))))
+    solo = rec.of(JobDone)[0].images[0].png
+    assert np.abs(pixels(solo) - pixels(done["b"].images[0].png)).max() <= 3
+
+
+@pytest.mark.parametrize(
+    "sampler,schedule",
+    [(name, spec.default_schedule) for name, spec in SAMPLERS.items()]
+    + [("Euler", "Karras"), ("DPM++ 2M", "Exponential")],
+)
+def test_every_mapped_sampler_runs(
+    cache: PipelineCache, load_request: LoadRequest, sampler: str, schedule: str
+) -> None:
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a cat", "", (1,)), sampler=sampler, schedule=schedule, steps=3))
+    [done] = rec.of(JobDone)
+    image = Image.open(io.BytesIO(done.images[0].png))
+    assert image.size == (64, 64)
+    params = parse_infotext(image.info["parameters"])[2]
+    assert params["Sampler"] == sampler and params.get("Schedule type", "Automatic") == schedule
+    progress = rec.of(BatchProgress)
+    assert progress[-1].step == 3 and progress[-1].total == 3  # in the user's steps, even for 2nd-order samplers
+    scheduler = cache.get(load_request)[0].pipeline.scheduler
+    assert type(scheduler).__name__ == SAMPLERS[sampler].scheduler
+    assert scheduler.config.get("use_karras_sigmas", False) == (schedule == "Karras")
+    assert scheduler.config.get("algorithm_type", "dpmsolver++") == dict(SAMPLERS[sampler].options).get(
+        "algorithm_type", "dpmsolver++"
+    )
+
+
+def test_progress_previews_and_loading(cache: PipelineCache, load_request: LoadRequest, tiny_dir: Path) -> None:
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a cat", "", (1,)), steps=4, preview_every=1))
+    assert [p.step for p in rec.of(BatchProgress)] == [1, 2, 3, 4]
+    previews = rec.of(JobPreview)
+    assert [p.step for p in previews] == [1, 2, 3]  # none after the last step: the real image follows
+    assert Image.open(io.BytesIO(previews[0].png)).size == (8, 8)  # latent resolution, no VAE pass
+    assert rec.of(BatchLoading)[0].cache == "device"
+
+
+def test_cancel_running_job_between_steps(cache: PipelineCache, load_request: LoadRequest) -> None:
+    rec = Recorder(cache)
+    original = rec.runner.send
+
+    def send(event: object) -> None:
+        original(event)
+        if isinstance(event, BatchProgress) and event.step == 2:
+            rec.cancelled.add("j")
+
+    rec.runner.send = send
+    rec.run(batch(load_request, JobPart("j", "a cat", "", (1,)), steps=20))
+    assert rec.of(JobCancelled) and not rec.of(JobDone)
+    assert max(p.step for p in rec.of(BatchProgress)) == 2
+
+
+def test_cancel_one_job_of_a_batch(cache: PipelineCache, load_request: LoadRequest) -> None:
+    rec = Recorder(cache, cancelled={"gone"})
+    rec.run(batch(load_request, JobPart("kept", "a", "", (1,)), JobPart("gone", "b", "", (2,))))
+    assert [e.job_id for e in rec.of(JobCancelled)] == ["gone"]
+    assert [e.job_id for e in rec.of(JobDone)] == ["kept"]
+
+
+def test_vanished_checkpoint_fails_before_any_work(
+    cache: PipelineCache, load_request: LoadRequest, tmp_path: Path
+) -> None:
+    moved = tmp_path / "gone.safetensors"
+    shutil.copy(load_request.path, moved)
+    request = LoadRequest(str(moved), "gone", "sd1", "SD1.x", "safetensors", "tiny-sd1", "epsilon", "cd" * 32)
+    moved.unlink()
+    rec = Recorder(cache)
+    rec.run(batch(request, JobPart("j", "a", "", (1,))))
+    [failed] = rec.of(BatchFailed)
+    assert "gone: the file is no longer on disk" in failed.message and failed.job_ids == ("j",)
+    assert not rec.of(BatchProgress)
+
+
+def test_out_of_memory_retries_one_image_at_a_time_then_gives_up(
+    cache: PipelineCache, load_request: LoadRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    real_call = StableDiffusionPipeline.__call__
+    calls: list[int] = []
+    fail_first = {"n": 1}
+
+    def flaky(self, *args, **kwargs):
+        calls.append(len(kwargs["prompt"]))
+        if len(calls) <= fail_first["n"]:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        assert self.unet.attn_processors and self.vae.use_tiling  # memory savers are on for the retry
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", flaky)
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2))))
+    assert calls == [2, 1, 1]  # whole batch, then each image alone
+    assert [i.seed for i in rec.of(JobDone)[0].images] == [1, 2]
+    pipe, _ = cache.get(load_request)
+    assert not pipe.pipeline.vae.use_tiling  # savers are switched off again afterwards
+
+    calls.clear()
+    fail_first["n"] = 99
+    rec.run(batch(load_request, JobPart("j", "a", "", (1,)), width=128, height=128))
+    [failed] = rec.of(BatchFailed)
+    assert "out of GPU memory at 128x128" in failed.message

@@ -1,0 +1,208 @@
+"""The generation service with a real worker process on a tiny checkpoint.
+
+One worker serves the whole module (starting one costs ~10 s of imports); the kill -9 test runs
+last because it restarts that worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Loading, Progress, Queued, Started
+from bot.generation.requests import GenerationError, GenerationRequest, Limits
+from bot.generation.service import GenerationService, JobHandle
+from gpu_worker.infotext import parse_infotext
+from gpu_worker.worker import WorkerConfig
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def setup(
+    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[GenerationService, CheckpointRef]]:
+    db = await open_database(tmp_path_factory.mktemp("service") / "easel.sqlite3")
+    registry = CheckpointRegistry(db, tiny_dir)
+    checkpoint = await resolve_checkpoint(registry, str(tiny_dir / "tiny-sd1.safetensors"), allow_path=True)
+    limits = Limits(max_queued_per_user=12, max_batch_images=4)
+    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], limits, preview_every=2)
+    await service.start()
+    yield service, checkpoint
+    await service.close()
+    await db.close()
+
+
+def request(user: str = "u1", **values) -> GenerationRequest:
+    return GenerationRequest(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
+
+
+async def collect(handle: JobHandle) -> list[object]:
+    return [event async for event in handle.events()]
+
+
+async def blocker(service: GenerationService, checkpoint: CheckpointRef) -> JobHandle:
+    """A long job that keeps the worker busy until cancelled; returns once it is running."""
+    handle = await service.submit(request("blocker", steps=150, width=256, height=256), checkpoint)
+    async for event in handle.events():
+        if isinstance(event, Progress):
+            return handle
+    raise AssertionError("the blocking job ended early")
+
+
+async def test_job_runs_reports_and_is_recorded(setup) -> None:
+    service, checkpoint = setup
+    handle = await service.submit(request(negative="blurry", count=2, seed=11), checkpoint)
+    events = await collect(handle)
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "Started" and kinds[-1] == "Finished"
+    assert "Loading" in kinds and kinds.count("Progress") == 3
+    job = events[-1].job
+    assert [i.seed for i in job.images] == [11, 12]
+    image = Image.open(io.BytesIO(job.images[1].png))
+    prompt, negative, params = parse_infotext(image.info["parameters"])
+    assert (prompt, negative, params["Seed"], params["Model hash"]) == (
+        "a lighthouse",
+        "blurry",
+        "12",
+        checkpoint.autov2,
+    )
+    await service.flush()
+    record = await service.get_job(job.id)
+    assert record.state is JobState.DONE and record.seeds == [11, 12] and len(record.infotexts) == 2
+    assert record.row["inference_seconds"] > 0 and record.row["device"] == "cpu"
+
+
+async def test_second_job_finds_the_checkpoint_loaded(setup) -> None:
+    service, checkpoint = setup
+    await collect(await service.submit(request(steps=2), checkpoint))
+    events = await collect(await service.submit(request(steps=4), checkpoint))
+    assert next(e for e in events if isinstance(e, Loading)).cache == "device"
+
+
+async def test_fairness_one_users_ten_jobs_do_not_starve_anothers_one(setup) -> None:
+    service, checkpoint = setup
+    block = await blocker(service, checkpoint)
+    finished: list[str] = []
+
+    async def track(handle: JobHandle, label: str) -> None:
+        await handle.wait()
+        finished.append(label)
+
+    # Distinct step counts so nothing is batched: this tests the order alone.
+    a_handles = [await service.submit(request("A", steps=2 + i), checkpoint) for i in range(10)]
+    b_handle = await service.submit(request("B", steps=20), checkpoint)
+    positions = {h.job.id: service.position(h.job.id) for h in [*a_handles, b_handle]}
+    assert positions[b_handle.job.id] == 2
+    tasks = [asyncio.create_task(track(h, f"A{i}")) for i, h in enumerate(a_handles)]
+    tasks.append(asyncio.create_task(track(b_handle, "B")))
+    await service.cancel(block.job.id)
+    await asyncio.gather(*tasks)
+    assert finished.index("B") == 1, finished
+
+
+async def test_compatible_waiting_jobs_are_batched(setup) -> None:
+    service, checkpoint = setup
+    block = await blocker(service, checkpoint)
+    handles = [
+        await service.submit(request(f"user{i}", prompt=f"prompt {i}", seed=100 + i), checkpoint) for i in range(3)
+    ]
+    await service.cancel(block.job.id)
+    results = [await collect(h) for h in handles]
+    for i, events in enumerate(results):
+        started = next(e for e in events if isinstance(e, Started))
+        assert started.batch_size == 3
+        job = events[-1].job
+        assert [img.seed for img in job.images] == [100 + i]
+        assert parse_infotext(job.images[0].infotext)[0] == f"prompt {i}"
+
+
+async def test_queued_jobs_hear_their_position(setup) -> None:
+    service, checkpoint = setup
+    block = await blocker(service, checkpoint)
+    first = await service.submit(request("p1", steps=5), checkpoint)
+    second = await service.submit(request("p2", steps=6), checkpoint)
+    await service.cancel(block.job.id)
+    first_events, second_events = await collect(first), await collect(second)
+    assert [e.position for e in first_events if isinstance(e, Queued)] == [1]
+    assert [e.position for e in second_events if isinstance(e, Queued)] == [2, 1]
+
+
+async def test_cancel_queued_job(setup) -> None:
+    service, checkpoint = setup
+    block = await blocker(service, checkpoint)
+    queued = await service.submit(request("q"), checkpoint)
+    with pytest.raises(GenerationError, match="only the person who asked"):
+        await service.cancel(queued.job.id, requester_id="someone-else")
+    assert await service.cancel(queued.job.id, requester_id="q") == "cancelled"
+    events = await collect(queued)
+    assert isinstance(events[-1], Cancelled) and not any(isinstance(e, Started) for e in events)
+    with pytest.raises(GenerationError, match="already ended"):
+        await service.cancel(queued.job.id)
+    await service.cancel(block.job.id)
+    await block.wait()
+
+
+async def test_cancel_running_job_stops_between_steps(setup) -> None:
+    service, checkpoint = setup
+    handle = await blocker(service, checkpoint)
+    started = time.perf_counter()
+    assert await service.cancel(handle.job.id, requester_id="blocker") == "cancelling"
+    events = await collect(handle)
+    assert isinstance(events[-1], Cancelled)
+    assert time.perf_counter() - started < 5  # 150 steps at 256 px would take far longer
+    await service.flush()
+    assert (await service.get_job(handle.job.id)).state is JobState.CANCELLED
+
+
+async def test_bad_requests_are_refused_before_queueing(setup) -> None:
+    service, checkpoint = setup
+    with pytest.raises(GenerationError, match="prompt is empty"):
+        await service.submit(request(prompt=" "), checkpoint)
+    with pytest.raises(GenerationError, match="unknown sampler"):
+        await service.submit(request(sampler="Nope"), checkpoint)
+    assert service.status().queued == 0
+
+
+async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
+    service, checkpoint = setup
+    handle = await blocker(service, checkpoint)
+    worker = service._workers[0]
+    old_pid = worker.pid
+    killed_at = time.perf_counter()
+    worker.kill()
+    events = await asyncio.wait_for(collect(handle), timeout=10)
+    assert time.perf_counter() - killed_at < 5
+    assert isinstance(events[-1], Failed)
+    assert "stopped unexpectedly" in events[-1].message and handle.job.id in events[-1].message
+    # The next job waits for the restarted worker and succeeds.
+    after = await service.submit(request(steps=2), checkpoint)
+    final = (await asyncio.wait_for(collect(after), timeout=120))[-1]
+    assert isinstance(final, Finished)
+    assert worker.pid != old_pid
+    await service.flush()
+    assert (await service.get_job(handle.job.id)).state is JobState.FAILED
+
+
+async def test_close_interrupts_unfinished_jobs(setup) -> None:
+    """Runs last: it closes the shared service. Jobs never stay 'queued' or 'running' forever."""
+    service, checkpoint = setup
+    running = await blocker(service, checkpoint)
+    queued = await service.submit(request("later"), checkpoint)
+    await service.close()
+    for handle in (running, queued):
+        events = await collect(handle)
+        assert isinstance(events[-1], Failed) and "shutting down" in events[-1].message
+        assert (await service.get_job(handle.job.id)).state is JobState.INTERRUPTED
+    with pytest.raises(GenerationError, match="shutting down"):
+        await service.submit(request(), checkpoint)
