@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import statistics
@@ -38,3 +39,42 @@ def report(name: str, figures: dict[str, object]) -> Path:
         print(f"{key:>40}: {value}")
     print(f"{'written':>40}: {out}")
     return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def tiny_checkpoint(folder: Path, arch: str = "sd1", seed: int = 0) -> Path:
+    """Make a tiny checkpoint in a subprocess, so the calling process need not import torch."""
+    import subprocess
+
+    out = folder / f"tiny-{arch}-{seed}.safetensors"
+    subprocess.run(
+        [sys.executable, "-m", "gpu_worker", "make-tiny-checkpoint", "--arch", arch, "--seed", str(seed), str(out)],
+        check=True,
+        capture_output=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    return out
+
+
+async def start_service(folder: Path, limits=None, preview_every: int = 0, device: str = "cpu"):
+    """A GenerationService with one worker, its database in `folder`."""
+    from bot.db import open_database
+    from bot.generation.service import GenerationService
+    from gpu_worker.worker import WorkerConfig
+
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    db = await open_database(folder / "bench.sqlite3")
+    service = GenerationService(db, [WorkerConfig(device, log_level="WARNING")], limits, preview_every=preview_every)
+    await service.start()
+    return service, db
+
+
+async def checkpoint_ref(db, path: Path):
+    from bot.checkpoints.registry import CheckpointRegistry
+    from bot.generation.checkpoint_ref import resolve_checkpoint
+
+    return await resolve_checkpoint(CheckpointRegistry(db, path.parent), str(path), allow_path=True)

@@ -1,8 +1,15 @@
-"""`python -m gpu_worker …`: worker-side commands that need torch."""
+"""`python -m gpu_worker …`: the worker on its own.
+
+serve --fd N           the bot's worker process (the bot starts it; see bot/generation/workers.py)
+generate PATH …        one batch in this process, printing every event: for debugging a checkpoint
+                       or the worker without the bot
+make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -13,19 +20,30 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run as the bot's worker, on the pipe the bot passes as --fd")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--config", default="{}", help="WorkerConfig as JSON")
+    p = sub.add_parser("generate", help="run one batch here and print its events")
+    p.add_argument("path")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sampler", default="Euler")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="worker-debug.png")
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     args = parser.parse_args(argv)
+
     if args.command == "serve":
-        import json
         from multiprocessing.connection import Connection
 
         from gpu_worker.worker import WorkerConfig, serve
 
         serve(Connection(args.fd), WorkerConfig(**json.loads(args.config)))
         return 0
+    if args.command == "generate":
+        return _debug_generate(args)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -34,6 +52,63 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _debug_generate(args: argparse.Namespace) -> int:
+    from bot.checkpoints.inspection import inspect_checkpoint
+    from bot.errors import CheckpointFileError
+    from gpu_worker.cache import PipelineCache
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch, parse_sampler
+    from gpu_worker.runner import BatchRunner
+    from gpu_worker.worker import resolve_device
+
+    try:
+        ins = inspect_checkpoint(Path(args.path))
+        sampler, schedule = parse_sampler(args.sampler)
+    except (CheckpointFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    arch = ins.architecture
+    load = LoadRequest(
+        str(Path(args.path).resolve()),
+        Path(args.path).stem,
+        arch.family,
+        arch.label,
+        ins.format,
+        ins.pipeline_config,
+        arch.prediction,
+    )
+    device = resolve_device(args.device)
+    cache = PipelineCache(device, 1 << 40, 0, lambda request: load_pipeline(request, device))
+    outcome: list[object] = []
+
+    def send(event: object) -> None:
+        outcome.append(event)
+        shown = {
+            k: (f"<{len(v)} bytes>" if isinstance(v, bytes) else v) for k, v in vars(event).items() if k != "images"
+        }
+        print(type(event).__name__, shown, flush=True)
+
+    batch = RunBatch(
+        "debug",
+        load,
+        (JobPart("debug", args.prompt, "", (args.seed,)),),
+        args.size,
+        args.size,
+        args.steps,
+        7.0,
+        sampler,
+        schedule,
+        model_name=load.name,
+    )
+    BatchRunner(device, cache, send, lambda job_id: False).run(batch)
+    done = [e for e in outcome if isinstance(e, JobDone)]
+    if not done:
+        return 1
+    Path(args.out).write_bytes(done[0].images[0].png)
+    print(f"wrote {args.out}")
     return 0
 
 

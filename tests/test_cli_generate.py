@@ -69,3 +69,30 @@ def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
         "generate", "--checkpoint", "no-such-model", "--prompt", "x", "--out", "o", cwd=env, env={**os.environ}
     )
     assert proc.returncode == 1 and "no checkpoint named 'no-such-model'" in proc.stderr
+
+
+def test_worker_runs_on_its_own_for_debugging(tmp_path: Path, tiny_dir: Path, capsys) -> None:
+    from gpu_worker.__main__ import main
+
+    out = tmp_path / "debug.png"
+    assert (
+        main(
+            [
+                "generate",
+                str(tiny_dir / "tiny-sd1.safetensors"),
+                "--prompt",
+                "a cat",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "BatchProgress" in printed and "JobDone" in printed
+    assert parse_infotext(Image.open(out).info["parameters"])[0] == "a cat"
+    assert main(["generate", str(tiny_dir / "missing.safetensors"), "--prompt", "x"]) == 1
