@@ -15,7 +15,7 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,32 +72,16 @@ class CheckpointEntry:
         return self.sha256[:10]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "display_name": self.display_name,
-            "path": str(self.path),
-            "relative_path": self.relative_path,
-            "sha256": self.sha256,
-            "autov2": self.autov2,
-            "autov1": self.autov1,
-            "format": self.format,
-            "architecture": self.architecture,
-            "family": self.family,
-            "variant": self.variant,
-            "prediction": self.prediction,
-            "runnable": self.runnable,
-            "pipeline_config": self.pipeline_config,
-            "file_size": self.file_size,
-            "description": self.description,
-            "tags": self.tags,
-            "nsfw": self.nsfw,
-            "status": self.status,
-            "sidecars": self.sidecars,
-            "preview_path": self.preview_path,
-            "inspection": self.inspection,
-            "added_at": self.added_at,
-            "updated_at": self.updated_at,
-        }
+        out = {k: v for k, v in asdict(self).items() if k not in ("id", "mtime_ns")}
+        return out | {"path": str(self.path), "autov2": self.autov2}
+
+
+# Columns copied as they are into CheckpointEntry; the rest need converting.
+_PLAIN_COLUMNS = [
+    f.name
+    for f in fields(CheckpointEntry)
+    if f.name not in ("path", "runnable", "nsfw", "sidecars", "inspection", "tags")
+]
 
 
 @dataclass
@@ -206,31 +190,14 @@ class CheckpointRegistry:
             "SELECT tag FROM checkpoint_tags WHERE checkpoint_id = ? ORDER BY tag", (row["id"],)
         ) as cur:
             tags = [r[0] for r in await cur.fetchall()]
+        plain = {name: row[name] for name in _PLAIN_COLUMNS}
         return CheckpointEntry(
-            id=row["id"],
-            name=row["name"],
-            display_name=row["display_name"],
+            **plain,
             path=Path(row["path"]),
-            relative_path=row["relative_path"],
-            sha256=row["sha256"],
-            autov1=row["autov1"],
-            format=row["format"],
-            family=row["family"],
-            variant=row["variant"],
-            prediction=row["prediction"],
-            architecture=row["architecture"],
             runnable=bool(row["runnable"]),
-            pipeline_config=row["pipeline_config"],
-            file_size=row["file_size"],
-            mtime_ns=row["mtime_ns"],
-            description=row["description"],
             nsfw=bool(row["nsfw"]),
-            status=row["status"],
             sidecars=json.loads(row["sidecars_json"]),
-            preview_path=row["preview_path"],
             inspection=json.loads(row["inspection_json"]),
-            added_at=row["added_at"],
-            updated_at=row["updated_at"],
             tags=tags,
         )
 

@@ -6,7 +6,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.checkpoints.inspection import inspect_checkpoint
+from bot.checkpoints.hashing import FileHashes
+from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.errors import EaselError
 from gpu_worker.protocol import LoadRequest
@@ -72,21 +73,14 @@ class CheckpointRef:
             nsfw=entry.nsfw,
         )
 
-
-async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_path: bool = False) -> CheckpointRef:
-    """A registered checkpoint by name or hash; with allow_path, also any checkpoint file on disk."""
-    entry = await registry.find(ref)
-    if entry is not None:
-        return CheckpointRef.from_entry(entry)
-    path = Path(ref).expanduser()  # noqa: ASYNC240 (no I/O beyond reading $HOME)
-    if allow_path and await asyncio.to_thread(path.is_file):
-        inspection = await asyncio.to_thread(inspect_checkpoint, path)
-        hashes = await registry.hashes(path)
+    @classmethod
+    def from_inspection(cls, inspection: Inspection, hashes: FileHashes) -> CheckpointRef:
+        """An unregistered file (CLI only): named after the file, identified by its hash."""
         arch = inspection.architecture
-        return CheckpointRef(
-            name=path.with_suffix("").name,
+        return cls(
+            name=inspection.path.with_suffix("").name,
             sha256=hashes.sha256,
-            path=str(path.resolve()),
+            path=str(inspection.path.resolve()),
             family=arch.family,
             architecture=arch.label,
             format=inspection.format,
@@ -96,5 +90,16 @@ async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_pa
             reason=arch.reason,
             present=True,
         )
+
+
+async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_path: bool = False) -> CheckpointRef:
+    """A registered checkpoint by name or hash; with allow_path, also any checkpoint file on disk."""
+    entry = await registry.find(ref)
+    if entry is not None:
+        return CheckpointRef.from_entry(entry)
+    path = Path(ref).expanduser()  # noqa: ASYNC240 (no I/O beyond reading $HOME)
+    if allow_path and await asyncio.to_thread(path.is_file):
+        inspection = await asyncio.to_thread(inspect_checkpoint, path)
+        return CheckpointRef.from_inspection(inspection, await registry.hashes(path))
     hint = " or a file path" if allow_path else ""
     raise EaselError(f"no checkpoint named {ref!r}; give a registered name or hash{hint}")
