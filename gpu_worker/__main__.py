@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="Euler")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="worker-debug.png")
+    p = sub.add_parser("merge", help="carry out a merge (the bot's merge service starts this)")
+    p.add_argument("--spec", required=True, help="JSON: method, multiplier, primary, out, metadata, …")
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "generate":
         return _debug_generate(args)
+    if args.command == "merge":
+        return _merge(json.loads(args.spec))
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -52,6 +56,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _merge(spec: dict) -> int:
+    """Progress goes to stdout as JSON lines; a refusal to stderr as one line, exit status 1."""
+    from bot.errors import CheckpointFileError
+    from gpu_worker.merge import run_merge
+
+    def path(key: str) -> Path | None:
+        return Path(spec[key]) if spec.get(key) else None
+
+    def progress(done: int, total: int) -> None:
+        print(json.dumps({"done": done, "total": total}), flush=True)
+
+    try:
+        run_merge(
+            spec["method"],
+            float(spec["multiplier"]),
+            Path(spec["primary"]),
+            Path(spec["out"]),
+            spec.get("metadata", {}),
+            temp=path("temp"),
+            secondary=path("secondary"),
+            tertiary=path("tertiary"),
+            vae=path("vae"),
+            fp16=bool(spec.get("fp16")),
+            prune=bool(spec.get("prune")),
+            progress=progress,
+        )
+    except (CheckpointFileError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,6 +16,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from bot.checkpoints.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 from gpu_worker.loader import CONFIG_ROOT
 
@@ -104,12 +104,10 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
     }
     state = tiny_state_dict(arch, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    os.close(fd)
+    tmp = temp_path(out)
     try:
-        save_file(state, tmp, metadata=metadata)
+        save_file(state, str(tmp), metadata=metadata)
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
     return out

@@ -65,6 +65,8 @@ class CheckpointEntry:
     inspection: dict[str, Any]
     added_at: float
     updated_at: float
+    training: str = ""  # base | fine-tuned | merged | "" (unknown)
+    lineage: list[dict[str, str]] = field(default_factory=list)  # merge parents, primary first
     tags: list[str] = field(default_factory=list)
 
     @property
@@ -80,7 +82,7 @@ class CheckpointEntry:
 _PLAIN_COLUMNS = [
     f.name
     for f in fields(CheckpointEntry)
-    if f.name not in ("path", "runnable", "nsfw", "sidecars", "inspection", "tags")
+    if f.name not in ("path", "runnable", "nsfw", "sidecars", "inspection", "tags", "lineage")
 ]
 
 
@@ -94,7 +96,10 @@ class Examined:
     def columns(self, models_root: Path) -> dict[str, object]:
         """The checkpoints-table columns that come from the file, for INSERT and UPDATE alike."""
         arch = self.inspection.architecture
+        lineage = merge_lineage(self.inspection.metadata)
         return {
+            "training": "merged" if lineage else "",
+            "lineage_json": json.dumps(lineage),
             "sha256": self.hashes.sha256,
             "autov1": self.hashes.autov1,
             "format": self.inspection.format,
@@ -198,6 +203,7 @@ class CheckpointRegistry:
             nsfw=bool(row["nsfw"]),
             sidecars=json.loads(row["sidecars_json"]),
             inspection=json.loads(row["inspection_json"]),
+            lineage=json.loads(row["lineage_json"]),
             tags=tags,
         )
 
@@ -382,6 +388,23 @@ class CheckpointRegistry:
         await self._db.commit()
         log.info("checkpoint %s changed on disk: now %s", entry.name, examined.hashes.autov2)
         return await self.get(entry.name)
+
+
+def merge_lineage(metadata: dict[str, Any]) -> list[dict[str, str]]:
+    """Parents named by an A1111-style merge recipe (ours or A1111's), primary first."""
+    merge = metadata.get("merge", {})
+    recipe, models = merge.get("recipe"), merge.get("models")
+    if not isinstance(recipe, dict):
+        return []
+    models = models if isinstance(models, dict) else {}
+    parents = []
+    for role in ("primary", "secondary", "tertiary"):
+        sha = recipe.get(f"{role}_model_hash")
+        if isinstance(sha, str) and sha:
+            info = models.get(sha)
+            name = info.get("name", "") if isinstance(info, dict) else ""
+            parents.append({"role": role, "sha256": sha, "autov2": sha[:10], "name": name})
+    return parents
 
 
 def _title(inspection: Inspection, path: Path) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,7 +21,10 @@ def write_safetensors(
     tensors: Sequence[TensorInfo],
     read: Callable[[TensorInfo], bytes],
     metadata: dict[str, str] | None = None,
+    *,
+    temp: Path | None = None,
 ) -> Path:
+    """Write to `temp` (default: a hidden sibling), then rename to `out`. Nothing is left on failure."""
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = metadata
@@ -31,9 +34,9 @@ def write_safetensors(
         offset += t.nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # the reference writer aligns the data section to 8 bytes
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
+    tmp = temp or temp_path(out)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:  # created with the usual permissions (umask), unlike mkstemp's 0600
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
             for t in tensors:
@@ -45,6 +48,11 @@ def write_safetensors(
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return out
+
+
+def temp_path(out: Path) -> Path:
+    """A hidden, unique sibling of `out` to write before renaming: same folder, same file system."""
+    return out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.part")

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from bot.cli import checkpoints, generate, run
+from bot.cli import checkpoints, generate, merge, run
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parsers(sub)
     checkpoints.add_parsers(sub)
     generate.add_parsers(sub)
+    merge.add_parsers(sub)
     return parser
 
 

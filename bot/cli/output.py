@@ -116,11 +116,14 @@ def render_entry(e: CheckpointEntry) -> str:
         f"SHA256:        {e.sha256}",
         f"AutoV2:        {e.autov2.upper()}",
         f"AutoV1:        {e.autov1 or 'n/a'}",
+        f"Training:      {e.training or 'unknown'}",
         f"Tags:          {', '.join(e.tags) or '-'}",
         f"NSFW:          {'yes' if e.nsfw else 'no'}",
     ]
     if e.description:
         lines.append(f"Description:   {_short(e.description)}")
+    for parent in e.lineage:
+        lines.append(f"Parent:        {parent['role']}: {parent['name'] or '?'} ({parent['autov2'].upper()})")
     for kind, value in e.sidecars.items():
         lines.append(f"Sidecar:       {kind}: {_short(value)}")
     lines.extend(render_metadata(e.inspection.get("metadata", {})))

@@ -1,0 +1,283 @@
+"""The merge service: check a merge request, run it in a worker process, register the result.
+
+Every refusal comes before any tensor is read (inputs, architectures, shapes, name, disk space).
+The merge itself runs as `python -m gpu_worker merge` (torch stays out of the bot), writing to a
+temporary file; only a finished merge is renamed into the models directory and registered, so a
+failure, a cancel or a killed process leaves neither a file nor a catalog entry behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.checkpoints.inspection import inspect_checkpoint
+from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, plan_merge, require_safetensors
+from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
+from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
+from bot.checkpoints.safetensors_writer import temp_path
+from bot.errors import CheckpointFileError, EaselError, RegistryError
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DISK_MARGIN = 256 << 20
+
+MergeProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    primary: str  # registered name / hash, or (CLI) a file path
+    method: str  # weighted_sum | add_difference | copy
+    multiplier: float = 0.5
+    secondary: str | None = None
+    tertiary: str | None = None
+    bake_vae: str | None = None  # a VAE .safetensors file
+    fp16: bool = False
+    prune: bool = False
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeInput:
+    path: Path
+    name: str  # file name as A1111 shows it
+    sha256: str
+    autov1: str | None
+    family: str
+    label: str
+    header: SafetensorsHeader
+
+
+class MergeService:
+    def __init__(self, registry: CheckpointRegistry) -> None:
+        self.registry = registry
+
+    async def merge(self, request: MergeRequest, progress: MergeProgress | None = None) -> CheckpointEntry:
+        a = await self._input(request.primary, "primary")
+        b = await self._input(request.secondary, "secondary") if request.secondary else None
+        c = await self._input(request.tertiary, "tertiary") if request.tertiary else None
+        for other in (b, c):
+            if other is not None and other.family != a.family:
+                raise CheckpointFileError(
+                    f"{a.name} is {a.label} but {other.name} is {other.label}: models of different architectures cannot be merged"
+                )
+        vae_path = self._vae_path(request.bake_vae) if request.bake_vae else None
+        vae_header = await asyncio.to_thread(read_header, vae_path) if vae_path else None
+        plan = await asyncio.to_thread(
+            plan_merge,
+            request.method,
+            request.multiplier,
+            a.header,
+            b.header if b else None,
+            c.header if c else None,
+            vae=vae_header,
+            fp16=request.fp16,
+            prune=request.prune,
+        )
+        name = slugify(request.name or default_name(request, a, b, c))
+        if await self.registry.find(name) is not None:
+            raise RegistryError(f"the name {name!r} is already taken; choose another with --name")
+        out = self.registry.models_root / f"{name}.safetensors"
+        if out.exists():
+            raise RegistryError(f"{out.name} already exists in the models directory; choose another name")
+        free = shutil.disk_usage(out.parent).free
+        if free < plan.output_bytes + DISK_MARGIN:
+            raise EaselError(
+                f"not enough disk space: the merge needs {plan.output_bytes / 1e9:.1f} GB, {free / 1e9:.1f} GB free"
+            )
+
+        metadata = merge_metadata(request, plan, name, a, b, c, vae_path)
+        log.info("merge %s started: %s", name, metadata["sd_merge_recipe"])
+        try:
+            await self._run(request, a, b, c, vae_path, out, metadata, progress)
+            entry = await self.registry.add(out, name=name, description=describe(request, a, b, c), tags=["merged"])
+        except BaseException:
+            # Failed, cancelled, or killed: no file without its catalog entry.
+            if await self.registry.find(name) is None:
+                await asyncio.to_thread(out.unlink, missing_ok=True)
+            raise
+        log.info("merge %s done: %s (%s)", name, entry.autov2, entry.architecture)
+        return entry
+
+    async def _input(self, ref: str, role: str) -> MergeInput:
+        entry = await self.registry.find(ref)
+        path = entry.path if entry else await asyncio.to_thread(self._existing_path, ref)
+        if path is None:
+            raise RegistryError(f"{role} model {ref!r}: no checkpoint by that name, hash or path")
+        if entry is not None and entry.status != "present":
+            raise RegistryError(f"{role} model {entry.name} is missing from the models directory")
+        require_safetensors(path)
+        inspection = await asyncio.to_thread(inspect_checkpoint, path)
+        header = await asyncio.to_thread(read_header, path)
+        hashes = await self.registry.hashes(path)
+        arch = inspection.architecture
+        if arch.family in ("lora", "unknown", "flux", "sd3", "stable-cascade"):
+            raise CheckpointFileError(
+                f"{role} model {path.name} is {arch.label}; Easel merges SD1, SD2 and SDXL checkpoints"
+            )
+        name = entry.relative_path if entry else path.name
+        return MergeInput(path, name, hashes.sha256, hashes.autov1, arch.family, arch.label, header)
+
+    def _existing_path(self, ref: str) -> Path | None:
+        """A file path as given, or relative to the models directory."""
+        path = Path(ref).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = self.registry.models_root / path
+        return path if path.is_file() else None
+
+    def _vae_path(self, ref: str) -> Path:
+        path = self._existing_path(ref)
+        if path is None:
+            raise CheckpointFileError(f"VAE {ref!r}: no such file")
+        require_safetensors(path)
+        return path
+
+    async def _run(
+        self,
+        request: MergeRequest,
+        a: MergeInput,
+        b: MergeInput | None,
+        c: MergeInput | None,
+        vae: Path | None,
+        out: Path,
+        metadata: dict[str, str],
+        progress: MergeProgress | None,
+    ) -> None:
+        temp = temp_path(out)
+        spec = {
+            "method": request.method,
+            "multiplier": request.multiplier,
+            "primary": str(a.path),
+            "secondary": str(b.path) if b else None,
+            "tertiary": str(c.path) if c else None,
+            "vae": str(vae) if vae else None,
+            "fp16": request.fp16,
+            "prune": request.prune,
+            "out": str(out),
+            "temp": str(temp),
+            "metadata": metadata,
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gpu_worker",
+            "merge",
+            "--spec",
+            json.dumps(spec),
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, stderr = await asyncio.gather(self._follow(process, progress), process.stderr.read())  # type: ignore[union-attr]
+            if await process.wait() != 0:
+                lines = stderr.decode(errors="replace").strip().splitlines()
+                raise EaselError(
+                    lines[-1].removeprefix("error: ") if lines else f"the merge failed (exit code {process.returncode})"
+                )
+        except BaseException:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            raise
+
+    @staticmethod
+    async def _follow(process: asyncio.subprocess.Process, progress: MergeProgress | None) -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            if progress is None:
+                continue
+            try:
+                update = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            progress(int(update["done"]), int(update["total"]))
+
+
+def default_name(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:
+    stem = Path(a.name).with_suffix("").name
+    m = request.multiplier
+    if request.method == "weighted_sum" and b:
+        return f"{stem}_{round(1 - m, 2):g}-{Path(b.name).with_suffix('').name}_{round(m, 2):g}-weighted_sum-merged"
+    if request.method == "add_difference" and b:
+        return f"{stem}-add_difference_{round(m, 2):g}-{Path(b.name).with_suffix('').name}-merged"
+    extras = [x for x, on in (("fp16", request.fp16), ("baked-vae", request.bake_vae), ("pruned", request.prune)) if on]
+    return f"{stem}-{'-'.join(extras) or 'copy'}"
+
+
+def describe(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:
+    m = request.multiplier
+    if request.method == "weighted_sum" and b:
+        text = f"Weighted sum: {a.name} × {1 - m:g} + {b.name} × {m:g}"
+    elif request.method == "add_difference" and b and c:
+        text = f"Add difference: {a.name} + {m:g} × ({b.name} − {c.name})"
+    else:
+        text = f"Copy of {a.name}"
+    extras = [
+        x for x, on in (("fp16", request.fp16), ("VAE baked in", request.bake_vae), ("EMA pruned", request.prune)) if on
+    ]
+    return text + (f" ({', '.join(extras)})" if extras else "")
+
+
+def merge_metadata(
+    request: MergeRequest,
+    plan: MergePlan,
+    name: str,
+    a: MergeInput,
+    b: MergeInput | None,
+    c: MergeInput | None,
+    vae: Path | None,
+) -> dict[str, str]:
+    """`sd_merge_recipe` and `sd_merge_models` as A1111's merger writes them, so A1111 shows the lineage too."""
+    recipe = {
+        "type": "easel",
+        "primary_model_hash": a.sha256,
+        "secondary_model_hash": b.sha256 if b else None,
+        "tertiary_model_hash": c.sha256 if c else None,
+        "interp_method": A1111_METHOD_NAMES[request.method],
+        "multiplier": request.multiplier,
+        "save_as_half": request.fp16,
+        "custom_name": name,
+        "config_source": 0,
+        "bake_in_vae": vae.name if vae else "None",
+        "discard_weights": "model_ema" if request.prune else "",
+        "is_inpainting": plan.is_inpainting,
+        "is_instruct_pix2pix": plan.is_instruct_pix2pix,
+    }
+    models: dict[str, Any] = {}
+    for parent in (a, b, c):
+        if parent is None:
+            continue
+        own = parent.header.metadata
+        models[parent.sha256] = {
+            "name": parent.name,
+            "legacy_hash": parent.autov1,
+            "sd_merge_recipe": _json(own.get("sd_merge_recipe")),
+        }
+        grand = _json(own.get("sd_merge_models"))
+        if isinstance(grand, dict):
+            models.update(grand)
+    return {
+        "format": "pt",
+        "modelspec.title": name,
+        "sd_merge_recipe": json.dumps(recipe),
+        "sd_merge_models": json.dumps(models),
+    }
+
+
+def _json(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
