@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 def _merge(spec: dict) -> int:
     """Progress goes to stdout as JSON lines; a refusal to stderr as one line, exit status 1."""
     from bot.errors import CheckpointFileError
-    from gpu_worker.merge import run_merge
+    from gpu_worker.merge import peak_rss_bytes, run_merge
 
     def path(key: str) -> Path | None:
         return Path(spec[key]) if spec.get(key) else None
@@ -88,6 +88,7 @@ def _merge(spec: dict) -> int:
     except (CheckpointFileError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}), flush=True)
     return 0
 
 

@@ -51,8 +51,11 @@ async def test_weighted_sum_is_exact(service: MergeService, models: Path, source
     merged, a, b = output(models, "ws"), sources["a"], sources["b"]
     assert merged.keys() == a.keys()
     for key in a:
-        expected = (1 - M) * a[key].float() + M * b[key].float() if "model" in key else a[key]
-        assert torch.equal(merged[key], expected.to(a[key].dtype)), key
+        if "model" in key:
+            expected = (1 - M) * a[key].double() + M * b[key].double()
+            assert torch.allclose(merged[key].double(), expected, rtol=1e-6, atol=1e-7), key
+        else:
+            assert torch.equal(merged[key], a[key]), key
     assert entry.training == "merged" and "merged" in entry.tags
     assert [(p["role"], p["name"]) for p in entry.lineage] == [
         ("primary", "a.safetensors"),
@@ -64,7 +67,9 @@ async def test_add_difference_is_exact(service: MergeService, models: Path, sour
     await service.merge(MergeRequest("a", "add_difference", 0.5, secondary="b", tertiary="c", name="ad"))
     merged, a, b, c = output(models, "ad"), sources["a"], sources["b"], sources["c"]
     key = "model.diffusion_model.out.2.weight"
-    assert torch.equal(merged[key], a[key].float() + 0.5 * (b[key].float() - c[key].float()))
+    expected = a[key].double() + 0.5 * (b[key].double() - c[key].double())
+    assert torch.allclose(merged[key].double(), expected, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(merged[key], a[key])
     assert torch.equal(merged["betas"], a["betas"])  # keys without "model" are A's, as in A1111
 
 
@@ -92,7 +97,7 @@ async def test_inpainting_primary_merges_its_common_channels(service: MergeServi
     save_file(a, str(models / "inpaint.safetensors"))
     await service.merge(MergeRequest("inpaint.safetensors", "weighted_sum", M, secondary="b", name="inp"))
     merged = output(models, "inp")[UNET_IN]
-    assert torch.equal(merged[:, :4], (1 - M) * a[UNET_IN][:, :4] + M * sources["b"][UNET_IN])
+    assert torch.allclose(merged[:, :4], (1 - M) * a[UNET_IN][:, :4] + M * sources["b"][UNET_IN], rtol=1e-6, atol=1e-7)
     assert torch.equal(merged[:, 4:], a[UNET_IN][:, 4:])
     with pytest.raises(EaselError, match="the inpainting model must be the primary"):
         await service.merge(MergeRequest("b", "weighted_sum", M, secondary="inpaint.safetensors", name="backwards"))
@@ -226,3 +231,16 @@ def test_inspect_shows_lineage(cli, models: Path, tiny_dir: Path) -> None:
     assert "merge recipe (A1111)" in shown.out and "parent: x.safetensors" in shown.out
     refused = cli("merge", "--primary", "x.safetensors", "--secondary", "y.safetensors", "--method", "weighted_sum")
     assert refused.code == 1 and "different architectures" in refused.err
+
+
+@pytest.mark.parametrize("method", ["weighted_sum", "add_difference"])
+def test_chunking_does_not_change_a_byte(models: Path, sources, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    from gpu_worker import merge
+
+    for name, state in sources.items():
+        save_file(state, str(models / f"{name}.safetensors"))
+    inputs = {"secondary": models / "b.safetensors", "tertiary": models / "c.safetensors" if method == "add_difference" else None}
+    merge.run_merge(method, M, models / "a.safetensors", models / "whole.safetensors", {}, fp16=True, **inputs)
+    monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 777)  # many chunks per tensor, none aligned to a row
+    merge.run_merge(method, M, models / "a.safetensors", models / "chunked.safetensors", {}, fp16=True, **inputs)
+    assert (models / "whole.safetensors").read_bytes() == (models / "chunked.safetensors").read_bytes()

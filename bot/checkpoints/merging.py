@@ -59,6 +59,7 @@ class MergeInput:
 class MergeService:
     def __init__(self, registry: CheckpointRegistry) -> None:
         self.registry = registry
+        self.last_peak_rss: int | None = None  # of the last merge process, for logs and benchmarks
 
     async def merge(self, request: MergeRequest, progress: MergeProgress | None = None) -> CheckpointEntry:
         a = await self._input(request.primary, "primary")
@@ -104,7 +105,8 @@ class MergeService:
             if await self.registry.find(name) is None:
                 await asyncio.to_thread(out.unlink, missing_ok=True)
             raise
-        log.info("merge %s done: %s (%s)", name, entry.autov2, entry.architecture)
+        peak = f"{self.last_peak_rss / 1e9:.2f} GB" if self.last_peak_rss else "unknown"
+        log.info("merge %s done: %s (%s), merge process peak RSS %s", name, entry.autov2, entry.architecture, peak)
         return entry
 
     async def _input(self, ref: str, role: str) -> MergeInput:
@@ -190,17 +192,18 @@ class MergeService:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
 
-    @staticmethod
-    async def _follow(process: asyncio.subprocess.Process, progress: MergeProgress | None) -> None:
+    async def _follow(self, process: asyncio.subprocess.Process, progress: MergeProgress | None) -> None:
         assert process.stdout is not None
+        self.last_peak_rss = None
         async for line in process.stdout:
-            if progress is None:
-                continue
             try:
                 update = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            progress(int(update["done"]), int(update["total"]))
+            if "peak_rss_bytes" in update:
+                self.last_peak_rss = update["peak_rss_bytes"]
+            elif progress is not None:
+                progress(int(update["done"]), int(update["total"]))
 
 
 def default_name(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:

@@ -1,6 +1,7 @@
 """Write a .safetensors file tensor by tensor, atomically (temp file in the same folder, then rename).
 
-Tensors arrive as raw bytes from a callback, one at a time, so peak memory stays near one tensor.
+Tensor data comes from a callback, one tensor at a time, as bytes or as an iterator of buffers
+(chunks), so the writer itself never holds more than one chunk.
 A failure or an interruption leaves no output and no temp file behind.
 """
 
@@ -10,7 +11,7 @@ import json
 import os
 import struct
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from bot.checkpoints.tensors import TensorInfo
@@ -19,7 +20,7 @@ from bot.checkpoints.tensors import TensorInfo
 def write_safetensors(
     out: Path,
     tensors: Sequence[TensorInfo],
-    read: Callable[[TensorInfo], bytes],
+    read: Callable[[TensorInfo], bytes | Iterable[bytes | memoryview]],
     metadata: dict[str, str] | None = None,
     *,
     temp: Path | None = None,
@@ -41,9 +42,11 @@ def write_safetensors(
             f.write(blob)
             for t in tensors:
                 data = read(t)
-                if len(data) != t.nbytes:
-                    raise ValueError(f"tensor {t.name!r}: got {len(data)} bytes, expected {t.nbytes}")
-                f.write(data)
+                written = 0
+                for chunk in [data] if isinstance(data, bytes) else data:
+                    written += f.write(chunk)
+                if written != t.nbytes:
+                    raise ValueError(f"tensor {t.name!r}: got {written} bytes, expected {t.nbytes}")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
