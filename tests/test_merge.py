@@ -239,7 +239,10 @@ def test_chunking_does_not_change_a_byte(models: Path, sources, monkeypatch: pyt
 
     for name, state in sources.items():
         save_file(state, str(models / f"{name}.safetensors"))
-    inputs = {"secondary": models / "b.safetensors", "tertiary": models / "c.safetensors" if method == "add_difference" else None}
+    inputs = {
+        "secondary": models / "b.safetensors",
+        "tertiary": models / "c.safetensors" if method == "add_difference" else None,
+    }
     merge.run_merge(method, M, models / "a.safetensors", models / "whole.safetensors", {}, fp16=True, **inputs)
     monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 777)  # many chunks per tensor, none aligned to a row
     merge.run_merge(method, M, models / "a.safetensors", models / "chunked.safetensors", {}, fp16=True, **inputs)

@@ -1,0 +1,46 @@
+"""Every service the bot and the CLI share, opened and closed together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+from bot.checkpoints.merging import MergeService
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.config import Settings
+from bot.db import open_database
+from bot.generation.requests import Limits
+from bot.generation.service import GenerationService
+from bot.generation.workers import worker_configs
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: aiosqlite.Connection
+    registry: CheckpointRegistry
+    generation: GenerationService
+    merges: MergeService
+
+    async def close(self) -> None:
+        await self.generation.close()
+        await self.db.close()
+
+
+async def open_services(settings: Settings, *, limits: Limits | None = None, preview_every: int = 5) -> Services:
+    """Open the database, the registry and the merge service, and start one worker per device."""
+    db = await open_database(settings.database_path)
+    try:
+        registry = CheckpointRegistry(db, settings.models_root())
+        generation = GenerationService(
+            db,
+            worker_configs(settings.devices, settings.cache_device_gb, settings.cache_cpu_gb),
+            limits,
+            preview_every=preview_every,
+        )
+        await generation.start()
+    except BaseException:
+        await db.close()
+        raise
+    return Services(settings, db, registry, generation, MergeService(registry))

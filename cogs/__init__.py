@@ -1,0 +1,1 @@
+"""discord.py cogs: Discord in and out (options, checks, embeds, views). No business logic here."""

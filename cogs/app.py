@@ -1,0 +1,66 @@
+"""The discord.py bot: loads the cogs, syncs the command tree only when it changed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin")
+
+
+class EaselBot(commands.Bot):
+    def __init__(self, services: Services, *, dev_guild: int | None = None) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
+        self.services = services
+        self.dev_guild = dev_guild
+        self.tree.on_error = self.on_app_command_error
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_if_changed()
+
+    async def sync_if_changed(self) -> None:
+        """Sync only when the command set differs from the last sync (Discord rate-limits syncs)."""
+        payload = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()], sort_keys=True, default=str)
+        digest = hashlib.sha256(payload.encode()).hexdigest()
+        stamp = self.services.settings.data_dir / "command-tree.sha256"
+        if stamp.exists() and stamp.read_text().strip() == digest:
+            log.info("command tree unchanged; not syncing")
+            return
+        guild = discord.Object(self.dev_guild) if self.dev_guild else None
+        if guild is not None:
+            self.tree.copy_global_to(guild=guild)
+        await self.tree.sync(guild=guild)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest)
+        log.info("command tree synced (%s)", "dev guild" if guild else "global")
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """Users get one short line; operators get the traceback in the log."""
+        if isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "you cannot use this command here"
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
+            message = "something went wrong on our side; the bot's owner can find the details in the log"
+        await reply_privately(interaction, message)
+
+
+async def reply_privately(interaction: discord.Interaction, message: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(message, ephemeral=True)
+    else:
+        await interaction.response.send_message(message, ephemeral=True)
+
+
+def create_bot(services: Services, *, dev_guild: int | None = None) -> EaselBot:
+    return EaselBot(services, dev_guild=dev_guild)

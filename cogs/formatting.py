@@ -1,0 +1,66 @@
+"""Discord rendering of jobs: embeds, progress lines, sizes. Every Discord limit is enforced here."""
+
+from __future__ import annotations
+
+import math
+
+import discord
+
+from bot.generation.jobs import Job
+
+TITLE_MAX = 256
+FIELD_MAX = 1024
+CONTENT_MAX = 2000
+EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
+
+ASPECTS: dict[str, tuple[int, int]] = {
+    "1:1": (1, 1),
+    "3:2": (3, 2),
+    "2:3": (2, 3),
+    "4:3": (4, 3),
+    "3:4": (3, 4),
+    "16:9": (16, 9),
+    "9:16": (9, 16),
+}
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def size_for(aspect: str, native: int) -> tuple[int, int]:
+    """The checkpoint's native area in the asked shape, on a 64-px grid (8 px for tiny models)."""
+    rw, rh = ASPECTS[aspect]
+    grid = 64 if native >= 512 else 8
+    width = math.sqrt(native * native * rw / rh)
+    height = width * rh / rw
+    return max(grid, round(width / grid) * grid), max(grid, round(height / grid) * grid)
+
+
+def result_embed(job: Job, requester: str) -> discord.Embed:
+    spec, request = job.spec, job.spec.request
+    embed = discord.Embed(title=clip(request.prompt.strip(), TITLE_MAX), colour=EMBED_COLOUR)
+    if request.negative:
+        embed.add_field(name="Negative", value=clip(request.negative, FIELD_MAX), inline=False)
+    embed.add_field(
+        name="Checkpoint", value=clip(f"{spec.checkpoint.name} [{spec.checkpoint.autov2.upper()}]", FIELD_MAX)
+    )
+    embed.add_field(
+        name="Seed" + ("s" if len(job.images) > 1 else ""), value=", ".join(str(i.seed) for i in job.images)
+    )
+    embed.add_field(name="Size", value=f"{spec.width}×{spec.height}")
+    embed.add_field(name="Steps", value=str(request.steps))
+    embed.add_field(name="CFG", value=f"{request.cfg:g}")
+    embed.add_field(name="Sampler", value=f"{spec.sampler} · {spec.schedule}")
+    if job.inference_seconds is not None:
+        embed.add_field(name="Time", value=f"{job.inference_seconds:.1f} s on {job.device}")
+    embed.set_footer(text=clip(f"job {job.id} · requested by {requester}", 2048))
+    return embed
+
+
+def eta_text(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f", about {max(1, round(seconds))} s"
+    return f", about {round(seconds / 60)} min"

@@ -1,0 +1,342 @@
+"""/imagine and the buttons under every picture. Decisions live in bot.generation; this is glue."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import EaselError
+from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
+from bot.generation.requests import GenerationRequest
+from bot.generation.service import JobHandle
+from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, result_embed, size_for
+from gpu_worker.protocol import DEFAULT_SAMPLER, SAMPLERS
+
+if TYPE_CHECKING:
+    from cogs.app import EaselBot
+
+log = logging.getLogger(__name__)
+
+EDIT_INTERVAL = 1.5  # seconds between progress edits of one message
+JOB_ID = r"(?P<job>[0-9a-f]{12})"
+
+
+class Generation(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+        self.services = bot.services
+
+    async def cog_load(self) -> None:
+        # Buttons are matched by custom_id pattern, so they keep working after a restart.
+        self.bot.add_dynamic_items(RerollButton, ParametersButton, DeleteButton, CancelButton)
+
+    @app_commands.command(name="imagine", description="Make a picture from a prompt with the checkpoint of your choice")
+    @app_commands.describe(
+        prompt="What to draw",
+        negative="What to keep out of the picture",
+        checkpoint="Which checkpoint (model) to use",
+        aspect="Shape of the picture",
+        steps="Denoising steps (more: slower, often finer)",
+        cfg="How closely to follow the prompt (CFG scale)",
+        sampler="Sampler, as named in the A1111 WebUI",
+        seed="Seed; -1 for a random one",
+        count="How many pictures",
+    )
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+        sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
+    )
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1500],
+        negative: app_commands.Range[str, 0, 1000] = "",
+        checkpoint: str | None = None,
+        aspect: str = "1:1",
+        steps: app_commands.Range[int, 1, 150] = 20,
+        cfg: app_commands.Range[float, 0.0, 30.0] = 7.0,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: app_commands.Range[int, -1, 4294967295] = -1,
+        count: app_commands.Range[int, 1, 4] = 1,
+    ) -> None:
+        await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
+        try:
+            ref = await self.pick_checkpoint(checkpoint)
+            width, height = size_for(aspect, ref.native_size)
+            request = GenerationRequest(
+                prompt=prompt,
+                negative=negative,
+                requester_id=str(interaction.user.id),
+                requester_name=interaction.user.display_name,
+                guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+                width=width,
+                height=height,
+                steps=steps,
+                cfg=cfg,
+                sampler=sampler,
+                seed=seed,
+                count=count,
+            )
+            handle = await self.services.generation.submit(request, ref)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await self.follow(interaction, handle)
+
+    @imagine.autocomplete("checkpoint")
+    async def checkpoint_autocomplete(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        entries = [e for e in await self.services.registry.list(status="present") if e.runnable]
+        needle = current.lower().strip()
+        scored = []
+        for entry in entries:
+            haystack = f"{entry.name} {entry.display_name} {' '.join(entry.tags)}".lower()
+            if not needle or needle in haystack:
+                scored.append((0 if entry.name.startswith(needle) else 1, entry.name, entry))
+            elif all(part in haystack for part in needle.split()):
+                scored.append((2, entry.name, entry))
+        scored.sort(key=lambda item: item[:2])
+        return [
+            app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
+            for _, _, e in scored[:25]
+        ]
+
+    async def pick_checkpoint(self, name: str | None) -> CheckpointRef:
+        if name:
+            return await resolve_checkpoint(self.services.registry, name)
+        for entry in await self.services.registry.list(status="present"):
+            if entry.runnable:
+                return CheckpointRef.from_entry(entry)
+        raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
+
+    async def follow(self, interaction: discord.Interaction, handle: JobHandle) -> None:
+        """Edit one message from queued to progress to the finished picture."""
+        job = handle.job
+        status = StatusMessage(interaction, job)
+        async for event in handle.events():
+            if isinstance(event, Queued):
+                await status.show(f"Queued: #{event.position} in line{eta_text(event.eta_seconds)}.", force=True)
+            elif isinstance(event, Started):
+                await status.show("Starting…", force=True)
+            elif isinstance(event, Loading):
+                await status.show(f"Loading {event.checkpoint}…" if event.cache == "disk" else "Starting…")
+            elif isinstance(event, Progress):
+                await status.show(
+                    f"Step {event.step}/{event.total} · {event.it_per_s:.1f} it/s{eta_text(event.eta_seconds)}"
+                )
+            elif isinstance(event, Preview):
+                status.preview = event.png
+            elif isinstance(event, Finished):
+                await self.deliver(interaction, event.job)
+            elif isinstance(event, Failed):
+                await status.show(f"⚠️ {event.message}", force=True, final=True)
+            elif isinstance(event, Cancelled):
+                await status.show(f"Cancelled (job {job.id}).", force=True, final=True)
+
+    async def deliver(self, interaction: discord.Interaction, job: Job) -> None:
+        limit = interaction.filesize_limit or 10 * 1024 * 1024  # Discord's attachment_size_limit
+        files = [
+            discord.File(io.BytesIO(image.png), filename=f"{job.id}-{i}-{image.seed}.png")
+            for i, image in enumerate(job.images)
+        ]
+        if sum(len(image.png) for image in job.images) > limit:
+            files = [file for file in files if file.fp.getbuffer().nbytes <= limit // len(files)]
+        embed = result_embed(job, interaction.user.display_name)
+        view = result_view(job.id)
+        try:
+            message = await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
+        except (discord.NotFound, discord.HTTPException) as e:
+            # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
+            if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
+                raise
+            channel = interaction.channel
+            if channel is None:
+                log.warning("job %s: token expired and no channel to post to", job.id)
+                return
+            for file in files:
+                file.reset()
+            message = await channel.send(
+                content=f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
+            )
+        await self.services.generation.store.set_message(job.id, str(message.id))
+
+    async def rerun(self, interaction: discord.Interaction, job_id: str, *, new_seed: bool) -> None:
+        record = await self.services.generation.get_job(job_id)
+        if record is None:
+            await refuse(interaction, f"job {job_id} is not in the records any more")
+            return
+        await interaction.response.defer(thinking=True)
+        row = record.row
+        try:
+            ref = await resolve_checkpoint(self.services.registry, row["checkpoint_sha256"])
+            request = GenerationRequest(
+                prompt=row["prompt"],
+                negative=row["negative"],
+                requester_id=str(interaction.user.id),
+                requester_name=interaction.user.display_name,
+                guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+                width=row["width"],
+                height=row["height"],
+                steps=row["steps"],
+                cfg=row["cfg"],
+                sampler=row["sampler"],
+                schedule=row["schedule"],
+                seed=-1 if new_seed else record.seeds[0],
+                count=len(record.seeds),
+                clip_skip=row["clip_skip"],
+            )
+            handle = await self.services.generation.submit(request, ref)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await self.follow(interaction, handle)
+
+
+class StatusMessage:
+    """The job's message while it waits and runs: edited at most once per EDIT_INTERVAL."""
+
+    def __init__(self, interaction: discord.Interaction, job: Job) -> None:
+        self.interaction = interaction
+        self.job = job
+        self.preview: bytes | None = None
+        self._last_edit = 0.0
+        self._expired = False
+
+    async def show(self, text: str, *, force: bool = False, final: bool = False) -> None:
+        now = time.monotonic()
+        if self._expired or (not force and now - self._last_edit < EDIT_INTERVAL):
+            return
+        self._last_edit = now
+        content = clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX)
+        attachments = []
+        if self.preview is not None and not final:
+            attachments = [discord.File(io.BytesIO(self.preview), filename="preview.png")]
+        view = None if final else discord.ui.View(timeout=None).add_item(CancelButton(self.job.id))
+        try:
+            await self.interaction.edit_original_response(content=content, attachments=attachments, view=view)
+        except (discord.NotFound, discord.HTTPException):
+            self._expired = True  # the token is dead; the result will be posted to the channel
+
+
+async def refuse(interaction: discord.Interaction, message: str) -> None:
+    """A short private answer; the public 'thinking…' placeholder goes away."""
+    text = f"⚠️ {clip(message, CONTENT_MAX - 3)}"
+    if interaction.response.is_done():
+        # After a deferral the first follow-up would *replace* the public placeholder, so complete
+        # the placeholder first, answer privately, then remove the placeholder.
+        await interaction.edit_original_response(content="⚠️ could not start this job")
+        await interaction.followup.send(text, ephemeral=True)
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            pass
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for item in (RerollButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
+        view.add_item(item)
+    return view
+
+
+def _cog(interaction: discord.Interaction) -> Generation:
+    cog = interaction.client.get_cog("Generation")
+    assert isinstance(cog, Generation)
+    return cog
+
+
+def _is_moderator(interaction: discord.Interaction) -> bool:
+    return interaction.guild is not None and interaction.permissions.manage_messages
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:reroll:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"easel:reroll:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> RerollButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _cog(interaction).rerun(interaction, self.job_id, new_seed=True)
+
+
+class ParametersButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Parameters", emoji="📋", custom_id=f"easel:params:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> ParametersButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        record = await _cog(interaction).services.generation.get_job(self.job_id)
+        if record is None or not record.infotexts:
+            await refuse(interaction, f"no parameters are stored for job {self.job_id}")
+            return
+        text = "\n\n".join(record.infotexts)
+        await interaction.response.send_message(f"```\n{clip(text, CONTENT_MAX - 8)}\n```", ephemeral=True)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"easel:delete:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> DeleteButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        record = await _cog(interaction).services.generation.get_job(self.job_id)
+        owner = record is not None and record.row["requester_id"] == str(interaction.user.id)
+        if not (owner or _is_moderator(interaction)):
+            await refuse(interaction, "only the person who asked for this picture (or a moderator) can delete it")
+            return
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:cancel:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"easel:cancel:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        requester = None if _is_moderator(interaction) else str(interaction.user.id)
+        try:
+            outcome = await _cog(interaction).services.generation.cancel(self.job_id, requester_id=requester)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await interaction.response.send_message(
+            "Cancelled." if outcome == "cancelled" else "Cancelling…", ephemeral=True
+        )
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Generation(bot))

@@ -1,0 +1,42 @@
+"""/status: workers, what they hold, the queue and recent speed."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip
+
+if TYPE_CHECKING:
+    from cogs.app import EaselBot
+
+
+class Status(commands.Cog):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="status", description="Workers, loaded checkpoints, queue and speed")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def status(self, interaction: discord.Interaction) -> None:
+        status = self.bot.services.generation.status()
+        embed = discord.Embed(title="Easel status", colour=EMBED_COLOUR)
+        for worker in status.workers[:20]:
+            loaded = ", ".join(worker.loaded) or "nothing loaded"
+            speed = f" · {worker.steps_per_second:.1f} it/s" if worker.steps_per_second else ""
+            embed.add_field(
+                name=f"Worker {worker.slot} · {worker.device}",
+                value=clip(f"{worker.state}{speed}\n{loaded}", FIELD_MAX),
+                inline=False,
+            )
+        embed.add_field(name="Queue", value=f"{status.queued} waiting, {status.running} running")
+        if status.seconds_per_unit:
+            embed.add_field(name="Recent speed", value=f"{status.seconds_per_unit:.2f} s per step of a 512×512 image")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(Status(bot))

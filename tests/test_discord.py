@@ -1,0 +1,159 @@
+"""The Discord bot under simcord: the real discord.py bot, real services, a real worker process."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import discord
+import pytest
+import pytest_asyncio
+import simcord
+from PIL import Image
+
+from bot.config import Settings
+from bot.services import Services, open_services
+from cogs.app import create_bot
+from gpu_worker.infotext import parse_infotext
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def services(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
+    root = tmp_path_factory.mktemp("discord")
+    models = root / "models"
+    models.mkdir()
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "tiny-sd1.safetensors")
+    shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "tiny-xl.safetensors")
+    settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[])
+    services = await open_services(settings, preview_every=1)
+    await services.registry.scan()
+    yield services
+    await services.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def env(services: Services) -> AsyncIterator[simcord.Env]:
+    # Each simcord env is a fresh Discord that has never seen our commands: sync again.
+    (services.settings.data_dir / "command-tree.sha256").unlink(missing_ok=True)
+    # As simcord's own simcord_env fixture does (its plugin selects the clock in the test's
+    # context); ours runs on the module's loop, beside the shared worker.
+    env = simcord.Env(create_bot(services), settle_timeout=90)
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+        env._raise_errors_since(env._errors_acknowledged)
+
+
+def world(env: simcord.Env):
+    guild = env.create_guild()
+    channel = guild.create_text_channel("art")
+    alice = guild.add_member(env.create_user("alice"))
+    return guild, channel, alice
+
+
+async def png_of(message: discord.Message) -> Image.Image:
+    [attachment] = message.attachments
+    return Image.open(io.BytesIO(await attachment.read()))
+
+
+def custom_ids(message) -> list[str]:
+    return [button["custom_id"] for row in message.components for button in row["components"]]
+
+
+async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    result = await alice.slash(channel, "imagine", prompt="a red fox in snow", checkpoint="tiny-sd1", steps=4, seed=42)
+    # The first thing the bot sends about the interaction is the deferral (type 5), before any work.
+    about = [r for r in env.http_requests if "simcord_interaction" in r.path]
+    assert about[0].path.endswith("/callback") and about[0].json == {"type": 5}
+    assert result.acknowledged
+    message = result.response
+    image = await png_of(message)
+    prompt, _, params = parse_infotext(image.info["parameters"])
+    assert (prompt, params["Seed"], params["Steps"], params["Model"]) == ("a red fox in snow", "42", "4", "tiny-sd1")
+    embed = message.embeds[0]
+    fields = {f.name: f.value for f in embed.fields}
+    assert embed.title == "a red fox in snow" and fields["Seed"] == "42" and "tiny-sd1" in fields["Checkpoint"]
+    job_id = embed.footer.text.split()[1]
+    assert custom_ids(message) == [f"easel:reroll:{job_id}", f"easel:params:{job_id}", f"easel:delete:{job_id}"]
+    record = await env.bot.services.generation.get_job(job_id)
+    assert record.row["message_id"] == str(message.id)
+    assert record.row["requester_id"] == str(alice.id)
+
+
+async def test_bad_request_gets_a_private_reason(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    result = await alice.slash(channel, "imagine", prompt="   ", checkpoint="tiny-sd1")
+    [followup] = result.followups
+    assert followup.flags.ephemeral and "prompt is empty" in followup.content
+    unknown = await alice.slash(channel, "imagine", prompt="x", checkpoint="nope")
+    assert "no checkpoint named 'nope'" in unknown.followups[0].content
+
+
+async def test_checkpoint_autocomplete(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    choices = await alice.autocomplete(channel, "imagine", "checkpoint", "xl", prompt="x")
+    assert [c["value"] for c in choices] == ["tiny-xl"]
+    assert "SDXL base" in choices[0]["name"]
+
+
+async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
+    guild, channel, alice = world(env)
+    bob = guild.add_member(env.create_user("bob"))
+    result = await alice.slash(channel, "imagine", prompt="a lighthouse", checkpoint="tiny-sd1", steps=2, seed=7)
+    message = result.response
+    params = await bob.click(message, label="Parameters")
+    assert params.ephemeral and "Seed: 7" in params.response.content
+    reroll = await bob.click(message, label="Reroll")
+    new_message = reroll.response
+    assert parse_infotext((await png_of(new_message)).info["parameters"])[2]["Seed"] != "7"
+    refused = await bob.click(message, label="Delete")
+    assert refused.response.flags.ephemeral and "only the person who asked" in refused.response.content
+    await alice.click(message, label="Delete")
+    assert all(m.id != message.id for m in channel.history())
+
+
+async def test_buttons_survive_a_restart(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    message = (await alice.slash(channel, "imagine", prompt="a boat", checkpoint="tiny-sd1", steps=2, seed=3)).response
+    await env.restart_bot(create_bot(services))
+    params = await alice.click(message, label="Parameters")
+    assert "a boat" in params.response.content
+
+
+async def test_imagine_in_a_dm(env: simcord.Env) -> None:
+    user = env.create_user("dana")
+    result = await user.slash("imagine", prompt="a cat in a DM", checkpoint="tiny-xl", steps=2)
+    assert parse_infotext((await png_of(result.response)).info["parameters"])[0] == "a cat in a DM"
+
+
+async def test_status(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    result = await alice.slash(channel, "status")
+    embed = result.response.embeds[0]
+    assert result.ephemeral and embed.fields[0].name == "Worker 0 · cpu"
+
+
+async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Services) -> None:
+    guild, channel, alice = world(env)
+    before = [e.name for e in await services.registry.list()]
+    refused = await alice.slash(channel, "admin scan")
+    assert refused.ephemeral and "only the bot's owners" in refused.response.content
+    refused = await alice.slash(channel, "admin merge", primary="tiny-sd1", method="copy", fp16=True, name="nope")
+    assert "only the bot's owners" in refused.response.content
+    assert [e.name for e in await services.registry.list()] == before
+    owner = guild.add_member(env.create_user("owner"))
+    services.settings.owner_ids.append(owner.id)
+    merged = await owner.slash(
+        channel, "admin merge", primary="tiny-sd1", method="copy", fp16=True, name="tiny-sd1-fp16"
+    )
+    assert merged.ephemeral and "Merged **tiny-sd1-fp16**" in merged.response.content
+    assert (await services.registry.get("tiny-sd1-fp16")).training == "merged"
+    scanned = await owner.slash(channel, "admin scan")
+    assert "unchanged" in scanned.response.content
