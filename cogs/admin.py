@@ -62,6 +62,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         method="(1-M)·A + M·B, A + M·(B-C), or a copy of A",
         multiplier="M, from 0 to 1",
         fp16="Save float weights as fp16",
+        bake_vae="A VAE .safetensors file in the models folder to put in place of the model's own",
+        prune="Drop EMA weights",
         name="Name of the new checkpoint",
     )
     @app_commands.choices(method=[app_commands.Choice(name=m.replace("_", " "), value=m) for m in METHODS])
@@ -74,6 +76,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         tertiary: str | None = None,
         multiplier: app_commands.Range[float, 0.0, 1.0] = 0.5,
         fp16: bool = False,
+        bake_vae: str | None = None,
+        prune: bool = False,
         name: str | None = None,
     ) -> None:
         if await self.refused(interaction):
@@ -93,7 +97,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
                 last = now
                 edits.append(asyncio.get_running_loop().create_task(show(f"Merging… {done}/{total} tensors")))
 
-        request = MergeRequest(primary, method, multiplier, secondary, tertiary, fp16=fp16, name=name)
+        request = MergeRequest(primary, method, multiplier, secondary, tertiary, bake_vae, fp16, prune, name)
         try:
             entry = await self.services.merges.merge(request, progress)
         except EaselError as e:

@@ -18,10 +18,11 @@ EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin")
 
 
 class EaselBot(commands.Bot):
-    def __init__(self, services: Services, *, dev_guild: int | None = None) -> None:
+    def __init__(self, services: Services, *, dev_guild: int | None = None, always_sync: bool = False) -> None:
         super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
         self.services = services
         self.dev_guild = dev_guild
+        self.always_sync = always_sync  # a simulated Discord starts empty every time
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
@@ -34,7 +35,7 @@ class EaselBot(commands.Bot):
         payload = json.dumps([c.to_dict(self.tree) for c in self.tree.get_commands()], sort_keys=True, default=str)
         digest = hashlib.sha256(payload.encode()).hexdigest()
         stamp = self.services.settings.data_dir / "command-tree.sha256"
-        if stamp.exists() and stamp.read_text().strip() == digest:
+        if not self.always_sync and stamp.exists() and stamp.read_text().strip() == digest:
             log.info("command tree unchanged; not syncing")
             return
         guild = discord.Object(self.dev_guild) if self.dev_guild else None
@@ -62,5 +63,5 @@ async def reply_privately(interaction: discord.Interaction, message: str) -> Non
         await interaction.response.send_message(message, ephemeral=True)
 
 
-def create_bot(services: Services, *, dev_guild: int | None = None) -> EaselBot:
-    return EaselBot(services, dev_guild=dev_guild)
+def create_bot(services: Services, *, dev_guild: int | None = None, always_sync: bool = False) -> EaselBot:
+    return EaselBot(services, dev_guild=dev_guild, always_sync=always_sync)

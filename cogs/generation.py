@@ -153,6 +153,8 @@ class Generation(commands.Cog):
         if sum(len(image.png) for image in job.images) > limit:
             files = [file for file in files if file.fp.getbuffer().nbytes <= limit // len(files)]
         embed = result_embed(job, interaction.user.display_name)
+        if files:
+            embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
         view = result_view(job.id)
         try:
             message = await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)

@@ -37,11 +37,9 @@ async def services(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def env(services: Services) -> AsyncIterator[simcord.Env]:
-    # Each simcord env is a fresh Discord that has never seen our commands: sync again.
-    (services.settings.data_dir / "command-tree.sha256").unlink(missing_ok=True)
     # As simcord's own simcord_env fixture does (its plugin selects the clock in the test's
     # context); ours runs on the module's loop, beside the shared worker.
-    env = simcord.Env(create_bot(services), settle_timeout=90)
+    env = simcord.Env(create_bot(services, always_sync=True), settle_timeout=90)
     await env.start()
     try:
         yield env
@@ -122,7 +120,7 @@ async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
 async def test_buttons_survive_a_restart(env: simcord.Env, services: Services) -> None:
     _, channel, alice = world(env)
     message = (await alice.slash(channel, "imagine", prompt="a boat", checkpoint="tiny-sd1", steps=2, seed=3)).response
-    await env.restart_bot(create_bot(services))
+    await env.restart_bot(create_bot(services, always_sync=True))
     params = await alice.click(message, label="Parameters")
     assert "a boat" in params.response.content
 

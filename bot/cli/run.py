@@ -1,39 +1,51 @@
-"""`python bot.py` / `run` / `playground`: start the bot on Discord, or locally without a token."""
+"""`python bot.py` / `run` / `playground`: the bot on Discord with a token, else the local playground."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from bot.config import Settings
 
-NO_PLAYGROUND_YET = """\
-Easel needs a Discord bot token to run on Discord: set EASEL_DISCORD_TOKEN (environment or .env),
-or discord_token in easel.toml.
-Without a token, `python bot.py` will start the local playground (a Discord-like page in your
-browser); it is not built yet (issue #4). Until then, the CLI works without a token:
-  python bot.py inspect PATH            python bot.py checkpoints scan
-  python bot.py checkpoints list        python bot.py make-tiny-checkpoint --arch sd1 models/tiny.safetensors
-"""
-
-NO_BOT_YET = """\
-A Discord token is set, but the Discord cogs are not built yet (issue #4); nothing to run on Discord.
-The CLI works: `python bot.py --help`.
-"""
+log = logging.getLogger(__name__)
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "command", None) == "playground" or settings.discord_token is None:
-        sys.stderr.write(NO_PLAYGROUND_YET)
-        return 2
-    sys.stderr.write(NO_BOT_YET)
-    return 2
+        return await run_playground(args, settings)
+    from bot.services import open_services
+    from cogs.app import create_bot
+
+    services = await open_services(settings)
+    bot = create_bot(services, dev_guild=getattr(args, "dev_guild", None))
+    try:
+        await bot.start(settings.discord_token.get_secret_value())
+    finally:
+        await bot.close()
+        await services.close()
+    return 0
+
+
+async def run_playground(args: argparse.Namespace, settings: Settings) -> int:
+    from cogs.playground import run_playground as serve
+
+    if settings.discord_token is None:
+        sys.stderr.write("No Discord token (EASEL_DISCORD_TOKEN): starting the local playground instead.\n")
+    sys.stderr.write("Starting the GPU worker and the bot (about 15 s)…\n")
+
+    def ready(url: str) -> None:
+        print(f"\nEasel playground: open {url}\nType /imagine in the box at the bottom. Ctrl-C stops it.", flush=True)
+
+    await serve(settings, port=getattr(args, "port", None), on_ready=ready)
+    return 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("run", help="run the bot (on Discord with a token, else the local playground)").set_defaults(
-        handler=cmd_run
-    )
-    sub.add_parser("playground", help="run the bot locally in a browser, no Discord account needed").set_defaults(
-        handler=cmd_run
-    )
+    p = sub.add_parser("run", help="run the bot (on Discord with a token, else the local playground)")
+    p.add_argument("--dev-guild", type=int, help="sync commands to this guild only (instant, for development)")
+    p.add_argument("--port", type=int, help="playground port (default: any free one)")
+    p.set_defaults(handler=cmd_run)
+    p = sub.add_parser("playground", help="run the bot locally in a browser, no Discord account needed")
+    p.add_argument("--port", type=int, help="loopback port (default: any free one)")
+    p.set_defaults(handler=cmd_run)

@@ -1,0 +1,59 @@
+"""The playground: the real bot, services and worker against simcord's in-process Discord, shown
+as a Discord-like page in your browser. No token, no account. `python bot.py` without a token."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import simcord
+
+from bot.config import Settings
+from bot.services import open_services
+from cogs.app import create_bot
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+async def playground_settings(settings: Settings) -> Settings:
+    """The user's models when a runnable one is there; otherwise a tiny demo model of our own."""
+    root = settings.models_dir.expanduser()
+    if root.is_dir() and any(p.suffix in (".safetensors", ".ckpt") for p in root.rglob("*")):
+        return settings
+    demo_dir = settings.data_dir / "playground-models"
+    demo = demo_dir / "easel-demo-tiny-sd1.safetensors"
+    if not demo.exists():
+        demo_dir.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "gpu_worker", "make-tiny-checkpoint", "--arch", "sd1", str(demo)]
+        await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, cwd=REPO_ROOT)
+    log.info("no checkpoints in %s: the playground uses a tiny demo model (random weights: noise, not art)", root)
+    return settings.model_copy(update={"models_dir": demo_dir})
+
+
+async def run_playground(
+    settings: Settings,
+    *,
+    port: int | None = None,
+    on_ready: Callable[[str], None] = print,
+    stop: asyncio.Event | None = None,
+) -> None:
+    settings = await playground_settings(settings)
+    services = await open_services(settings, preview_every=2)
+    try:
+        await services.registry.scan()
+        # Generations take real seconds on the worker: let the simulated Discord wait for them.
+        async with simcord.run(create_bot(services, always_sync=True), settle_timeout=900) as env:
+            guild = env.create_guild()
+            channel = guild.create_text_channel("imagine")
+            you = guild.add_member(env.create_user("you"))
+            services.settings.owner_ids.append(you.id)  # you own this bot: /admin works too
+            async with env.preview(channel, viewers=[you], layout="channel", port=port) as preview:
+                on_ready(preview.url)
+                await (stop or asyncio.Event()).wait()
+    finally:
+        await services.close()
