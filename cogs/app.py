@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import discord
 from discord import app_commands
@@ -13,6 +15,7 @@ from discord.ext import commands
 from bot.services import Services
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXTENSIONS = ("cogs.generation", "cogs.status", "cogs.admin")
 
@@ -23,6 +26,14 @@ class EaselBot(commands.Bot):
         self.services = services
         self.dev_guild = dev_guild
         self.always_sync = always_sync  # a simulated Discord starts empty every time
+        # How to await input from outside the bot (the GPU worker). A simulated Discord replaces it
+        # with its own external_wait, so its clock can move while a job waits in the queue.
+        self.external_wait: Any = None
+
+    async def wait_external(self, awaitable: Awaitable[T], reason: str) -> T:
+        if self.external_wait is None:
+            return await awaitable
+        return await self.external_wait(awaitable, reason=reason)
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:

@@ -124,7 +124,8 @@ class Generation(commands.Cog):
         """Edit one message from queued to progress to the finished picture."""
         job = handle.job
         status = StatusMessage(interaction, job)
-        async for event in handle.events():
+        while True:
+            event = await self.bot.wait_external(handle.next_event(), f"job {job.id} on the GPU worker")
             if isinstance(event, Queued):
                 await status.show(f"Queued: #{event.position} in line{eta_text(event.eta_seconds)}.", force=True)
             elif isinstance(event, Started):
@@ -139,10 +140,13 @@ class Generation(commands.Cog):
                 status.preview = event.png
             elif isinstance(event, Finished):
                 await self.deliver(interaction, event.job)
+                return
             elif isinstance(event, Failed):
                 await status.show(f"⚠️ {event.message}", force=True, final=True)
+                return
             elif isinstance(event, Cancelled):
                 await status.show(f"Cancelled (job {job.id}).", force=True, final=True)
+                return
 
     async def deliver(self, interaction: discord.Interaction, job: Job) -> None:
         limit = interaction.filesize_limit or 10 * 1024 * 1024  # Discord's attachment_size_limit

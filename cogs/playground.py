@@ -47,7 +47,8 @@ async def run_playground(
     try:
         await services.registry.scan()
         # Generations take real seconds on the worker: let the simulated Discord wait for them.
-        async with simcord.run(create_bot(services, always_sync=True), settle_timeout=900) as env:
+        bot = create_bot(services, always_sync=True)
+        async with simcord.run(bot, settle_timeout=900) as env:
             guild = env.create_guild()
             channel = guild.create_text_channel("imagine")
             you = guild.add_member(env.create_user("you"))

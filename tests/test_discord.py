@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 from collections.abc import AsyncIterator
@@ -155,3 +156,51 @@ async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Se
     assert (await services.registry.get("tiny-sd1-fp16")).training == "merged"
     scanned = await owner.slash(channel, "admin scan")
     assert "unchanged" in scanned.response.content
+
+
+def test_pictures_over_the_upload_limit_are_re_encoded_to_fit() -> None:
+    import os
+
+    from cogs.attachments import fit_image
+
+    noise = Image.frombytes("RGB", (512, 512), os.urandom(512 * 512 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert fit_image(png, len(png)) == (png, "png")  # fits: untouched, parameters kept
+    data, extension = fit_image(png, 100_000)
+    assert extension == "jpg" and len(data) <= 100_000
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
+    from bot.generation.checkpoint_ref import resolve_checkpoint
+    from bot.generation.requests import GenerationRequest
+
+    bot = create_bot(services, always_sync=True)
+    env = simcord.Env(bot, settle_timeout=60)
+    bot.external_wait = env.external_wait  # the job's waits are on the worker: simcord's clock may move
+    await env.start()
+    try:
+        with env.time_context():
+            _, channel, alice = world(env)
+            checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
+            blocker = await services.generation.submit(
+                GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
+            )
+            result = await alice.slash(
+                channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
+            )
+            assert "Queued: #1 in line" in result.response.content  # returned while the job waits
+            await env.advance_time(901)  # 15 minutes later the interaction token is dead
+            await services.generation.cancel(blocker.job.id)
+            for _ in range(600):  # the job now runs on the worker, in real time
+                message = channel.last_message
+                if message is not None and message.attachments:
+                    break
+                await asyncio.sleep(0.1)
+            await env.settle(timeout=30)
+            assert alice.mention in message.content and "ready" in message.content
+            assert message.attachments and message.embeds[0].title == "a patient fox"
+    finally:
+        await env.shutdown()

@@ -72,10 +72,13 @@ class JobHandle:
 
     async def events(self) -> AsyncIterator[JobEvent]:
         while True:
-            event = await self._events.get()
+            event = await self.next_event()
             yield event
             if isinstance(event, TERMINAL):
                 return
+
+    async def next_event(self) -> JobEvent:
+        return await self._events.get()
 
     async def wait(self) -> Job:
         await self._done.wait()
