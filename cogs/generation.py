@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -16,6 +17,7 @@ from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
 from bot.generation.requests import GenerationRequest
 from bot.generation.service import JobHandle
+from cogs.attachments import fit_image
 from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, result_embed, size_for
 from gpu_worker.protocol import DEFAULT_SAMPLER, SAMPLERS
 
@@ -149,14 +151,16 @@ class Generation(commands.Cog):
                 return
 
     async def deliver(self, interaction: discord.Interaction, job: Job) -> None:
-        limit = interaction.filesize_limit or 10 * 1024 * 1024  # Discord's attachment_size_limit
-        files = [
-            discord.File(io.BytesIO(image.png), filename=f"{job.id}-{i}-{image.seed}.png")
-            for i, image in enumerate(job.images)
-        ]
-        if sum(len(image.png) for image in job.images) > limit:
-            files = [file for file in files if file.fp.getbuffer().nbytes <= limit // len(files)]
+        # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
+        per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(job.images))
+        files, shrunk = [], False
+        for i, image in enumerate(job.images):
+            data, extension = await asyncio.to_thread(fit_image, image.png, per_file)
+            shrunk |= extension != "png"
+            files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}"))
         embed = result_embed(job, interaction.user.display_name)
+        if shrunk:
+            embed.description = "Re-encoded to fit Discord's upload limit; **Parameters** has every setting."
         if files:
             embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
         view = result_view(job.id)
