@@ -158,21 +158,6 @@ async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Se
     assert "unchanged" in scanned.response.content
 
 
-def test_pictures_over_the_upload_limit_are_re_encoded_to_fit() -> None:
-    import os
-
-    from cogs.attachments import fit_image
-
-    noise = Image.frombytes("RGB", (512, 512), os.urandom(512 * 512 * 3))
-    buffer = io.BytesIO()
-    noise.save(buffer, format="PNG")
-    png = buffer.getvalue()
-    assert fit_image(png, len(png)) == (png, "png")  # fits: untouched, parameters kept
-    data, extension = fit_image(png, 100_000)
-    assert extension == "jpg" and len(data) <= 100_000
-    assert Image.open(io.BytesIO(data)).format == "JPEG"
-
-
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
     from bot.generation.requests import GenerationRequest
