@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EDIT_INTERVAL = 1.5  # seconds between progress edits of one message
+VARIATIONS = 4  # pictures the Variations button asks for
 JOB_ID = r"(?P<job>[0-9a-f]{12})"
 
 
@@ -37,7 +38,9 @@ class Generation(commands.Cog):
 
     async def cog_load(self) -> None:
         # Buttons are matched by custom_id pattern, so they keep working after a restart.
-        self.bot.add_dynamic_items(RerollButton, ParametersButton, DeleteButton, CancelButton)
+        self.bot.add_dynamic_items(
+            RerollButton, VariationsButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect
+        )
 
     @app_commands.command(name="imagine", description="Make a picture from a prompt with the checkpoint of your choice")
     @app_commands.describe(
@@ -163,7 +166,7 @@ class Generation(commands.Cog):
             embed.description = "Re-encoded to fit Discord's upload limit; **Parameters** has every setting."
         if files:
             embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
-        view = result_view(job.id)
+        view = result_view(job.id, await self.other_checkpoints(job))
         try:
             message = await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
         except (discord.NotFound, discord.HTTPException) as e:
@@ -181,7 +184,16 @@ class Generation(commands.Cog):
             )
         await self.services.generation.store.set_message(job.id, str(message.id))
 
-    async def rerun(self, interaction: discord.Interaction, job_id: str, *, new_seed: bool) -> None:
+    async def rerun(
+        self,
+        interaction: discord.Interaction,
+        job_id: str,
+        *,
+        seed: int = -1,
+        count: int | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        """Another job from a stored one: new seed(s), more pictures, or another checkpoint."""
         record = await self.services.generation.get_job(job_id)
         if record is None:
             await refuse(interaction, f"job {job_id} is not in the records any more")
@@ -189,7 +201,10 @@ class Generation(commands.Cog):
         await interaction.response.defer(thinking=True)
         row = record.row
         try:
-            ref = await resolve_checkpoint(self.services.registry, row["checkpoint_sha256"])
+            ref = await resolve_checkpoint(self.services.registry, checkpoint or row["checkpoint_sha256"])
+            width, height = row["width"], row["height"]
+            if ref.sha256 != row["checkpoint_sha256"]:  # same shape, at the new model's native size
+                width, height = rescale(width, height, ref.native_size)
             request = GenerationRequest(
                 prompt=row["prompt"],
                 negative=row["negative"],
@@ -197,14 +212,14 @@ class Generation(commands.Cog):
                 requester_name=interaction.user.display_name,
                 guild_id=str(interaction.guild_id) if interaction.guild_id else None,
                 channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-                width=row["width"],
-                height=row["height"],
+                width=width,
+                height=height,
                 steps=row["steps"],
                 cfg=row["cfg"],
                 sampler=row["sampler"],
                 schedule=row["schedule"],
-                seed=-1 if new_seed else record.seeds[0],
-                count=len(record.seeds),
+                seed=seed,
+                count=count or len(record.seeds),
                 clip_skip=row["clip_skip"],
             )
             handle = await self.services.generation.submit(request, ref)
@@ -212,6 +227,14 @@ class Generation(commands.Cog):
             await refuse(interaction, str(e))
             return
         await self.follow(interaction, handle)
+
+    async def other_checkpoints(self, job: Job) -> list[discord.SelectOption]:
+        entries = await self.services.registry.list(status="present")
+        return [
+            discord.SelectOption(label=clip(e.name, 100), description=clip(e.architecture, 100), value=e.name[:100])
+            for e in entries
+            if e.runnable and e.sha256 != job.spec.checkpoint.sha256
+        ][:25]
 
 
 class StatusMessage:
@@ -256,11 +279,20 @@ async def refuse(interaction: discord.Interaction, message: str) -> None:
         await interaction.response.send_message(text, ephemeral=True)
 
 
-def result_view(job_id: str) -> discord.ui.View:
+def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for item in (RerollButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
+    for item in (RerollButton(job_id), VariationsButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
+    if checkpoints:
+        view.add_item(OtherCheckpointSelect(job_id, checkpoints))
     return view
+
+
+def rescale(width: int, height: int, native: int) -> tuple[int, int]:
+    """The same shape with the area of `native`², on the grid size_for uses."""
+    grid = 64 if native >= 512 else 8
+    factor = (native * native / (width * height)) ** 0.5
+    return max(grid, round(width * factor / grid) * grid), max(grid, round(height * factor / grid) * grid)
 
 
 def _cog(interaction: discord.Interaction) -> Generation:
@@ -283,7 +315,56 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:r
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        await _cog(interaction).rerun(interaction, self.job_id, new_seed=True)
+        await _cog(interaction).rerun(interaction, self.job_id)
+
+
+class VariationsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary:" + JOB_ID):
+    """Same prompt and settings, the next four seeds after the ones already shown."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Variations", emoji="🔀", custom_id=f"easel:vary:{job_id}"))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> VariationsButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = _cog(interaction)
+        record = await cog.services.generation.get_job(self.job_id)
+        if record is None:
+            await refuse(interaction, f"job {self.job_id} is not in the records any more")
+            return
+        next_seed = (record.seeds[-1] + 1) % 2**32
+        await cog.rerun(interaction, self.job_id, seed=next_seed, count=VARIATIONS)
+
+
+class OtherCheckpointSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"easel:other:" + JOB_ID):
+    """The same prompt, settings and seed with another checkpoint: the honest comparison."""
+
+    def __init__(self, job_id: str, options: list[discord.SelectOption] | None = None) -> None:
+        select = discord.ui.Select(
+            placeholder="Same settings with another checkpoint…",
+            options=options or [],
+            custom_id=f"easel:other:{job_id}",
+        )
+        super().__init__(select)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Select, match
+    ) -> OtherCheckpointSelect:
+        return cls(match["job"], item.options)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        cog = _cog(interaction)
+        record = await cog.services.generation.get_job(self.job_id)
+        if record is None:
+            await refuse(interaction, f"job {self.job_id} is not in the records any more")
+            return
+        [name] = self.item.values
+        await cog.rerun(interaction, self.job_id, seed=record.seeds[0], checkpoint=name)
 
 
 class ParametersButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):

@@ -80,7 +80,13 @@ async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> 
     fields = {f.name: f.value for f in embed.fields}
     assert embed.title == "a red fox in snow" and fields["Seed"] == "42" and "tiny-sd1" in fields["Checkpoint"]
     job_id = embed.footer.text.split()[1]
-    assert custom_ids(message) == [f"easel:reroll:{job_id}", f"easel:params:{job_id}", f"easel:delete:{job_id}"]
+    assert custom_ids(message) == [
+        f"easel:reroll:{job_id}",
+        f"easel:vary:{job_id}",
+        f"easel:params:{job_id}",
+        f"easel:delete:{job_id}",
+        f"easel:other:{job_id}",
+    ]
     record = await env.bot.services.generation.get_job(job_id)
     assert record.row["message_id"] == str(message.id)
     assert record.row["requester_id"] == str(alice.id)
@@ -116,6 +122,21 @@ async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
     assert refused.response.flags.ephemeral and "only the person who asked" in refused.response.content
     await alice.click(message, label="Delete")
     assert all(m.id != message.id for m in channel.history())
+
+
+async def test_variations_and_another_checkpoint(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    message = (
+        await alice.slash(channel, "imagine", prompt="a windmill", checkpoint="tiny-sd1", steps=2, seed=10)
+    ).response
+    varied = (await alice.click(message, label="Variations")).response
+    assert len(varied.attachments) == 4
+    assert {f.name: f.value for f in varied.embeds[0].fields}["Seeds"] == "11, 12, 13, 14"
+    other = (
+        await alice.select(message, ["tiny-xl"], custom_id=next(c for c in custom_ids(message) if ":other:" in c))
+    ).response
+    prompt, _, params = parse_infotext((await png_of(other)).info["parameters"])
+    assert (prompt, params["Seed"], params["Model"]) == ("a windmill", "10", "tiny-xl")
 
 
 async def test_buttons_survive_a_restart(env: simcord.Env, services: Services) -> None:
