@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # workers, a second tier in CPU RAM. Unset: derived from the memory each has.
     cache_device_gb: float | None = Field(default=None, gt=0)
     cache_cpu_gb: float | None = Field(default=None, ge=0)
+    # Fairness limits for the bot's users (the CLI is not limited).
+    max_queued_per_user: int = Field(default=3, ge=1)
+    max_queue: int = Field(default=100, ge=1)
+    cooldown_seconds: float = Field(default=5.0, ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -28,6 +28,14 @@ class Services:
         await self.db.close()
 
 
+def limits_from(settings: Settings) -> Limits:
+    return Limits(
+        max_queued_per_user=settings.max_queued_per_user,
+        max_queue=settings.max_queue,
+        cooldown_seconds=settings.cooldown_seconds,
+    )
+
+
 async def open_services(settings: Settings, *, limits: Limits | None = None, preview_every: int = 5) -> Services:
     """Open the database, the registry and the merge service, and start one worker per device."""
     db = await open_database(settings.database_path)
@@ -36,7 +44,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         generation = GenerationService(
             db,
             worker_configs(settings.devices, settings.cache_device_gb, settings.cache_cpu_gb),
-            limits,
+            limits or limits_from(settings),
             preview_every=preview_every,
         )
         await generation.start()

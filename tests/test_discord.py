@@ -29,7 +29,7 @@ async def services(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     models.mkdir()
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "tiny-sd1.safetensors")
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "tiny-xl.safetensors")
-    settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[])
+    settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
     await services.registry.scan()
     yield services
@@ -99,6 +99,18 @@ async def test_bad_request_gets_a_private_reason(env: simcord.Env) -> None:
     assert followup.flags.ephemeral and "prompt is empty" in followup.content
     unknown = await alice.slash(channel, "imagine", prompt="x", checkpoint="nope")
     assert "no checkpoint named 'nope'" in unknown.followups[0].content
+
+
+async def test_cooldown_says_when_to_retry(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    services.generation.cooldowns.seconds = 60
+    try:
+        await alice.slash(channel, "imagine", prompt="one", checkpoint="tiny-sd1", steps=1)
+        again = await alice.slash(channel, "imagine", prompt="two", checkpoint="tiny-sd1", steps=1)
+        [followup] = again.followups
+        assert followup.flags.ephemeral and "you can ask again in" in followup.content
+    finally:
+        services.generation.cooldowns.seconds = 0
 
 
 async def test_checkpoint_autocomplete(env: simcord.Env) -> None:

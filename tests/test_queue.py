@@ -61,3 +61,18 @@ def test_remove() -> None:
     queue.push(job)
     assert queue.remove(job.id) is job
     assert len(queue) == 0 and queue.remove(job.id) is None
+
+
+def test_cooldown_names_the_wait() -> None:
+    from bot.generation.cooldowns import Cooldowns
+
+    now = [100.0]
+    cooldowns = Cooldowns(10, clock=lambda: now[0])
+    cooldowns.check("a")
+    cooldowns.record("a")
+    now[0] = 103.2
+    with pytest.raises(GenerationError, match="ask again in 7 s"):
+        cooldowns.check("a")
+    cooldowns.check("b")  # others are not affected
+    now[0] = 110.0
+    cooldowns.check("a")

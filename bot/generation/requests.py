@@ -29,6 +29,7 @@ class Limits:
     max_batch_images: int = 4  # images per pipeline call when batching compatible jobs
     max_queued_per_user: int = 3
     max_queue: int = 100
+    cooldown_seconds: float = 0.0  # between one user's requests
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any
 import aiosqlite
 
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.cooldowns import Cooldowns
 from bot.generation.jobs import (
     TERMINAL,
     Cancelled,
@@ -119,6 +120,7 @@ class GenerationService:
         self.restart_delay = restart_delay
         self.store = JobStore(db)
         self._queue = FairQueue(self.limits)
+        self.cooldowns = Cooldowns(self.limits.cooldown_seconds)
         self._workers = [WorkerProcess(i, c, self._on_event, self._on_exit) for i, c in enumerate(workers)]
         self._handles: dict[str, JobHandle] = {}  # jobs not yet finished
         self._batches: dict[str, list[Job]] = {}
@@ -178,6 +180,7 @@ class GenerationService:
         if len(self._stopped) == len(self._workers):
             raise GenerationError("no GPU worker is running, so nothing can be generated; tell the bot's owner")
         self._queue.check_room(request.requester_id)
+        self.cooldowns.check(request.requester_id)
         job = Job(new_job_id(), spec)
         await self.store.insert(job)  # recorded before it can run, so every later update has a row
         try:
@@ -185,6 +188,7 @@ class GenerationService:
         except GenerationError as e:  # the queue filled up while the record was written
             self._finish(job, JobState.FAILED, str(e), notify=False)
             raise
+        self.cooldowns.record(request.requester_id)
         handle = self._handles[job.id] = JobHandle(job)
         self._names[checkpoint.sha256] = checkpoint.name
         log.info(
