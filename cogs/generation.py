@@ -76,27 +76,54 @@ class Generation(commands.Cog):
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
         try:
             ref = await self.pick_checkpoint(checkpoint)
-            width, height = size_for(aspect, ref.native_size)
-            request = GenerationRequest(
+            handle = await self.submit(
+                interaction,
+                ref,
                 prompt=prompt,
                 negative=negative,
-                requester_id=str(interaction.user.id),
-                requester_name=interaction.user.display_name,
-                guild_id=str(interaction.guild_id) if interaction.guild_id else None,
-                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-                width=width,
-                height=height,
+                aspect=aspect,
                 steps=steps,
                 cfg=cfg,
                 sampler=sampler,
                 seed=seed,
                 count=count,
             )
-            handle = await self.services.generation.submit(request, ref)
         except EaselError as e:
             await refuse(interaction, str(e))
             return
         await self.follow(interaction, handle)
+
+    async def submit(
+        self,
+        interaction: discord.Interaction,
+        ref: CheckpointRef,
+        *,
+        prompt: str,
+        negative: str = "",
+        aspect: str = "1:1",
+        steps: int = 20,
+        cfg: float = 7.0,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: int = -1,
+        count: int = 1,
+    ) -> JobHandle:
+        width, height = size_for(aspect, ref.native_size)
+        request = GenerationRequest(
+            prompt=prompt,
+            negative=negative,
+            requester_id=str(interaction.user.id),
+            requester_name=interaction.user.display_name,
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=cfg,
+            sampler=sampler,
+            seed=seed,
+            count=count,
+        )
+        return await self.services.generation.submit(request, ref)
 
     @imagine.autocomplete("checkpoint")
     async def checkpoint_autocomplete(

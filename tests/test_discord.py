@@ -222,3 +222,30 @@ async def test_result_after_the_token_expired_is_posted_to_the_channel(services:
             assert message.attachments and message.embeds[0].title == "a patient fox"
     finally:
         await env.shutdown()
+
+
+async def test_checkpoint_list_info_and_use_this(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    listing = await alice.slash(channel, "checkpoints list")
+    description = listing.response.embeds[0].description
+    assert "tiny-sd1" in description and "tiny-xl" in description
+    only_xl = await alice.slash(channel, "checkpoints list", base="sdxl")
+    assert "tiny-sd1" not in only_xl.response.embeds[0].description
+    info = await alice.slash(channel, "checkpoints info", name="tiny-xl")
+    fields = {f.name: f.value for f in info.response.embeds[0].fields}
+    assert fields["Architecture"] == "SDXL base"
+    modal = await alice.click(info.response, label="Use this")
+    assert modal.modal is not None
+    result = await alice.submit_modal(modal, {"prompt": "a castle on a hill"})
+    prompt, _, params = parse_infotext((await png_of(result.response)).info["parameters"])
+    assert (prompt, params["Model"]) == ("a castle on a hill", "tiny-xl")
+    # NSFW-flagged checkpoints stay out of ordinary channels.
+    entry = await services.registry.get("tiny-xl")
+    await services.db.execute("UPDATE checkpoints SET nsfw = 1 WHERE id = ?", (entry.id,))
+    await services.db.commit()
+    try:
+        hidden = await alice.slash(channel, "checkpoints info", name="tiny-xl")
+        assert hidden.ephemeral and "no checkpoint named 'tiny-xl' here" in hidden.response.content
+    finally:
+        await services.db.execute("UPDATE checkpoints SET nsfw = 0 WHERE id = ?", (entry.id,))
+        await services.db.commit()
