@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     max_queued_per_user: int = Field(default=3, ge=1)
     max_queue: int = Field(default=100, ge=1)
     cooldown_seconds: float = Field(default=5.0, ge=0)
+    blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)  # refused in prompts
+
+    @field_validator("blocked_words", mode="before")
+    @classmethod
+    def _parse_blocked_words(cls, value: object) -> object:
+        return _split(value)
 
     @classmethod
     def settings_customise_sources(

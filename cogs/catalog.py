@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot.checkpoints.registry import CheckpointEntry
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip, nsfw_allowed
 from cogs.generation import refuse
 
 if TYPE_CHECKING:
@@ -23,13 +23,6 @@ if TYPE_CHECKING:
 
 PAGE = 10
 FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl"}
-
-
-def nsfw_allowed(interaction: discord.Interaction) -> bool:
-    channel = interaction.channel
-    if interaction.guild is None:  # DMs and group DMs
-        return True
-    return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
 
 
 def info_embed(entry: CheckpointEntry) -> discord.Embed:

@@ -24,6 +24,14 @@ ASPECTS: dict[str, tuple[int, int]] = {
 }
 
 
+def nsfw_allowed(interaction: discord.Interaction) -> bool:
+    """Age-restricted guild channels and DMs; nowhere else."""
+    if interaction.guild is None:
+        return True
+    channel = interaction.channel
+    return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

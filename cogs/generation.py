@@ -15,10 +15,11 @@ from discord.ext import commands
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
+from bot.generation.policy import check_nsfw, check_prompt
 from bot.generation.requests import GenerationRequest
 from bot.generation.service import JobHandle
 from cogs.attachments import fit_image
-from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, result_embed, size_for
+from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for
 from gpu_worker.protocol import DEFAULT_SAMPLER, SAMPLERS
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Generation(commands.Cog):
     ) -> None:
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
         try:
-            ref = await self.pick_checkpoint(checkpoint)
+            ref = await self.pick_checkpoint(checkpoint, nsfw_allowed(interaction))
             handle = await self.submit(
                 interaction,
                 ref,
@@ -107,6 +108,8 @@ class Generation(commands.Cog):
         seed: int = -1,
         count: int = 1,
     ) -> JobHandle:
+        check_nsfw(ref.name, ref.nsfw, nsfw_allowed(interaction))
+        check_prompt(prompt, self.services.settings.blocked_words)
         width, height = size_for(aspect, ref.native_size)
         request = GenerationRequest(
             prompt=prompt,
@@ -129,7 +132,10 @@ class Generation(commands.Cog):
     async def checkpoint_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        entries = [e for e in await self.services.registry.list(status="present") if e.runnable]
+        allow_nsfw = nsfw_allowed(interaction)
+        entries = [
+            e for e in await self.services.registry.list(status="present") if e.runnable and (allow_nsfw or not e.nsfw)
+        ]
         needle = current.lower().strip()
         scored = []
         for entry in entries:
@@ -144,11 +150,11 @@ class Generation(commands.Cog):
             for _, _, e in scored[:25]
         ]
 
-    async def pick_checkpoint(self, name: str | None) -> CheckpointRef:
+    async def pick_checkpoint(self, name: str | None, allow_nsfw: bool) -> CheckpointRef:
         if name:
             return await resolve_checkpoint(self.services.registry, name)
         for entry in await self.services.registry.list(status="present"):
-            if entry.runnable:
+            if entry.runnable and (allow_nsfw or not entry.nsfw):
                 return CheckpointRef.from_entry(entry)
         raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
 
@@ -229,6 +235,7 @@ class Generation(commands.Cog):
         row = record.row
         try:
             ref = await resolve_checkpoint(self.services.registry, checkpoint or row["checkpoint_sha256"])
+            check_nsfw(ref.name, ref.nsfw, nsfw_allowed(interaction))
             width, height = row["width"], row["height"]
             if ref.sha256 != row["checkpoint_sha256"]:  # same shape, at the new model's native size
                 width, height = rescale(width, height, ref.native_size)

@@ -246,6 +246,13 @@ async def test_checkpoint_list_info_and_use_this(env: simcord.Env, services: Ser
     try:
         hidden = await alice.slash(channel, "checkpoints info", name="tiny-xl")
         assert hidden.ephemeral and "no checkpoint named 'tiny-xl' here" in hidden.response.content
+        refused = await alice.slash(channel, "imagine", prompt="x", checkpoint="tiny-xl", steps=1)
+        assert "tiny-xl is marked NSFW" in refused.followups[0].content
+        choices = await alice.autocomplete(channel, "imagine", "checkpoint", "tiny", prompt="x")
+        values = [c["value"] for c in choices]
+        assert "tiny-xl" not in values and "tiny-sd1" in values
+        in_dm = await env.create_user("erin").slash("imagine", prompt="allowed in DMs", checkpoint="tiny-xl", steps=1)
+        assert in_dm.response.attachments
     finally:
         await services.db.execute("UPDATE checkpoints SET nsfw = 0 WHERE id = ?", (entry.id,))
         await services.db.commit()

@@ -83,3 +83,23 @@ def test_parse_size() -> None:
     assert parse_size("512x768") == (512, 768)
     with pytest.raises(GenerationError, match="WIDTHxHEIGHT"):
         parse_size("big")
+
+
+def test_prompt_block_list_matches_whole_words() -> None:
+    from bot.generation.policy import check_prompt
+
+    check_prompt("concatenate the scatter plot", ["cat"])  # not a whole word
+    with pytest.raises(GenerationError, match="does not allow"):
+        check_prompt("A Cat on a mat", ["cat"])
+    with pytest.raises(GenerationError, match="does not allow"):
+        check_prompt("red hat, blue sky", ["blue sky"])
+    check_prompt("anything", [" ", ""])
+
+
+def test_nsfw_checkpoints_need_an_allowed_place() -> None:
+    from bot.generation.policy import check_nsfw
+
+    check_nsfw("m", False, False)
+    check_nsfw("m", True, True)
+    with pytest.raises(GenerationError, match="m is marked NSFW: use it in an age-restricted channel or in DMs"):
+        check_nsfw("m", True, False)
