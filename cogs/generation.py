@@ -6,6 +6,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import discord
@@ -18,6 +19,7 @@ from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Previ
 from bot.generation.policy import check_nsfw, check_prompt
 from bot.generation.requests import GenerationRequest
 from bot.generation.service import JobHandle
+from bot.generation.store import JobRecord
 from cogs.attachments import fit_image
 from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for
 from gpu_worker.protocol import DEFAULT_SAMPLER, SAMPLERS
@@ -222,11 +224,13 @@ class Generation(commands.Cog):
         interaction: discord.Interaction,
         job_id: str,
         *,
-        seed: int = -1,
+        seed: Callable[[JobRecord], int] = lambda record: -1,
         count: int | None = None,
         checkpoint: str | None = None,
     ) -> None:
-        """Another job from a stored one: new seed(s), more pictures, or another checkpoint."""
+        """Another job from a stored one: new seed(s), more pictures, or another checkpoint.
+
+        `seed` picks the first seed from the stored job (-1: a random one)."""
         record = await self.services.generation.get_job(job_id)
         if record is None:
             await refuse(interaction, f"job {job_id} is not in the records any more")
@@ -252,7 +256,7 @@ class Generation(commands.Cog):
                 cfg=row["cfg"],
                 sampler=row["sampler"],
                 schedule=row["schedule"],
-                seed=seed,
+                seed=seed(record),
                 count=count or len(record.seeds),
                 clip_skip=row["clip_skip"],
             )
@@ -364,13 +368,9 @@ class VariationsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"eas
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog = _cog(interaction)
-        record = await cog.services.generation.get_job(self.job_id)
-        if record is None:
-            await refuse(interaction, f"job {self.job_id} is not in the records any more")
-            return
-        next_seed = (record.seeds[-1] + 1) % 2**32
-        await cog.rerun(interaction, self.job_id, seed=next_seed, count=VARIATIONS)
+        await _cog(interaction).rerun(
+            interaction, self.job_id, seed=lambda record: (record.seeds[-1] + 1) % 2**32, count=VARIATIONS
+        )
 
 
 class OtherCheckpointSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"easel:other:" + JOB_ID):
@@ -392,13 +392,8 @@ class OtherCheckpointSelect(discord.ui.DynamicItem[discord.ui.Select], template=
         return cls(match["job"], item.options)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog = _cog(interaction)
-        record = await cog.services.generation.get_job(self.job_id)
-        if record is None:
-            await refuse(interaction, f"job {self.job_id} is not in the records any more")
-            return
         [name] = self.item.values
-        await cog.rerun(interaction, self.job_id, seed=record.seeds[0], checkpoint=name)
+        await _cog(interaction).rerun(interaction, self.job_id, seed=lambda record: record.seeds[0], checkpoint=name)
 
 
 class ParametersButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):
