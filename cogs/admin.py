@@ -13,6 +13,7 @@ from discord.ext import commands
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
 from bot.errors import EaselError
+from cogs.catalog import info_embed
 from cogs.formatting import CONTENT_MAX, clip
 from cogs.generation import EDIT_INTERVAL, refuse
 
@@ -108,6 +109,39 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         parents = ", ".join(f"{p['name']} ({p['autov2'].upper()})" for p in entry.lineage)
         await show(f"Merged **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\nParents: {parents}")
 
+    @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags or NSFW flag")
+    @app_commands.describe(
+        checkpoint="The checkpoint to edit",
+        name="New name",
+        description="New description",
+        tags="Comma-separated tags (replace the current ones)",
+        nsfw="Only in age-restricted channels and DMs",
+    )
+    async def edit(
+        self,
+        interaction: discord.Interaction,
+        checkpoint: str,
+        name: str | None = None,
+        description: app_commands.Range[str, 0, 2000] | None = None,
+        tags: str | None = None,
+        nsfw: bool | None = None,
+    ) -> None:
+        if await self.refused(interaction):
+            return
+        try:
+            entry = await self.services.registry.edit(
+                checkpoint,
+                name=name,
+                description=description,
+                tags=tags.split(",") if tags is not None else None,
+                nsfw=nsfw,
+            )
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await interaction.response.send_message("Saved.", embed=info_embed(entry), ephemeral=True)
+
+    @edit.autocomplete("checkpoint")
     @merge.autocomplete("primary")
     @merge.autocomplete("secondary")
     @merge.autocomplete("tertiary")

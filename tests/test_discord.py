@@ -189,6 +189,13 @@ async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Se
     assert (await services.registry.get("tiny-sd1-fp16")).training == "merged"
     scanned = await owner.slash(channel, "admin scan")
     assert "unchanged" in scanned.response.content
+    refused = await alice.slash(channel, "admin edit", checkpoint="tiny-sd1-fp16", description="mine now")
+    assert "only the bot's owners" in refused.response.content
+    edited = await owner.slash(
+        channel, "admin edit", checkpoint="tiny-sd1-fp16", description="half precision", tags="fast,test"
+    )
+    assert edited.ephemeral and edited.response.embeds[0].description == "half precision"
+    assert (await services.registry.get("tiny-sd1-fp16")).tags == ["fast", "test"]
 
 
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:

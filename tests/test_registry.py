@@ -195,3 +195,37 @@ def test_missing_models_directory_is_explained(cli, env: Path, monkeypatch: pyte
     monkeypatch.setenv("EASEL_MODELS_DIR", str(env / "nowhere"))
     r = cli("checkpoints", "scan")
     assert r.code == 1 and "models directory" in r.err and "EASEL_MODELS_DIR" in r.err
+
+
+def test_edit_a_catalog_entry(cli, add_tiny) -> None:
+    add_tiny("sd1", "one.safetensors")
+    add_tiny("sdxl", "two.safetensors")
+    cli("checkpoints", "scan")
+    r = cli(
+        "checkpoints",
+        "edit",
+        "one",
+        "--rename",
+        "Dream Shaper",
+        "--description",
+        "soft light",
+        "--tags",
+        "Anime,portrait",
+        "--nsfw",
+    )
+    assert r.code == 0, r.err
+    entry = json.loads(cli("checkpoints", "show", "dream-shaper", "--json").out)
+    assert (entry["display_name"], entry["description"], entry["tags"], entry["nsfw"]) == (
+        "Dream Shaper",
+        "soft light",
+        ["anime", "portrait"],
+        True,
+    )
+    assert entry["relative_path"] == "one.safetensors"  # the file is untouched
+    assert json.loads(cli("checkpoints", "show", "dream-shaper", "--json").out)["sha256"] == entry["sha256"]
+    cli("checkpoints", "edit", "dream-shaper", "--no-nsfw")
+    assert json.loads(cli("checkpoints", "show", "dream-shaper", "--json").out)["nsfw"] is False
+    taken = cli("checkpoints", "edit", "two", "--rename", "dream-shaper")
+    assert taken.code == 1 and "already taken" in taken.err
+    nothing = cli("checkpoints", "edit", "two")
+    assert nothing.code == 1 and "nothing to change" in nothing.err

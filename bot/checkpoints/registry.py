@@ -283,6 +283,41 @@ class CheckpointRegistry:
         log.info("checkpoint registered: %s (%s, %s)", entry.name, entry.autov2, entry.architecture)
         return entry
 
+    async def edit(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: list[str] | None = None,
+        nsfw: bool | None = None,
+    ) -> CheckpointEntry:
+        """Change what people see of a checkpoint; the file and its identity stay as they are."""
+        entry = await self.get(ref)
+        changes: dict[str, object] = {}
+        if name is not None:
+            slug = slugify(name)
+            if slug != entry.name and await self._name_taken(slug):
+                raise RegistryError(f"the name {slug!r} is already taken")
+            changes |= {"name": slug, "display_name": name.strip()}
+        if description is not None:
+            changes["description"] = description.strip()
+        if nsfw is not None:
+            changes["nsfw"] = int(nsfw)
+        if not changes and tags is None:
+            raise RegistryError("nothing to change: give a new name, description, tags or NSFW flag")
+        changes["updated_at"] = time.time()
+        await self._db.execute(
+            f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?",
+            (*changes.values(), entry.id),
+        )
+        if tags is not None:
+            await self._set_tags(entry.id, tags)
+        await self._db.commit()
+        edited = await self.get(str(changes.get("name", entry.name)))
+        log.info("checkpoint %s edited: %s", edited.name, ", ".join(k for k in changes if k != "updated_at") or "tags")
+        return edited
+
     async def remove(self, ref: str) -> CheckpointEntry:
         """Forget a checkpoint; the file itself stays where it is."""
         entry = await self.get(ref)

@@ -144,6 +144,16 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
+    tags = args.tags.split(",") if args.tags is not None else None
+    async with open_registry(settings, need_models_dir=False) as registry:
+        entry = await registry.edit(
+            args.name, name=args.rename, description=args.description, tags=tags, nsfw=args.nsfw
+        )
+    print(render_entry(entry))
+    return 0
+
+
 async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings, need_models_dir=False) as registry:
         entry = await registry.remove(args.name)
@@ -208,6 +218,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="name, or AutoV2 / sha256 hash")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
+    p = ck.add_parser("edit", help="change a checkpoint's name, description, tags or NSFW flag")
+    p.add_argument("name")
+    p.add_argument("--rename", help="new name")
+    p.add_argument("--description")
+    p.add_argument("--tags", help="comma-separated; replaces the current tags")
+    p.add_argument("--nsfw", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(handler=cmd_edit)
     p = ck.add_parser("remove", help="forget a checkpoint (the file stays)")
     p.add_argument("name")
     p.set_defaults(handler=cmd_remove)
