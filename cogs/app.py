@@ -17,7 +17,7 @@ from bot.services import Services
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXTENSIONS = ("cogs.generation", "cogs.catalog", "cogs.status", "cogs.admin")
+EXTENSIONS = ("cogs.generation", "cogs.catalog", "cogs.status", "cogs.admin", "cogs.moderation")
 
 
 class EaselBot(commands.Bot):

@@ -263,3 +263,37 @@ async def test_checkpoint_list_info_and_use_this(env: simcord.Env, services: Ser
     finally:
         await services.db.execute("UPDATE checkpoints SET nsfw = 0 WHERE id = ?", (entry.id,))
         await services.db.commit()
+
+
+async def test_moderators_see_and_cancel_their_servers_queue(env: simcord.Env, services: Services) -> None:
+    from bot.generation.checkpoint_ref import resolve_checkpoint
+    from bot.generation.jobs import JobState
+    from bot.generation.requests import GenerationRequest
+
+    guild, channel, alice = world(env)
+    mods = guild.create_role("Mods", permissions=discord.Permissions(manage_guild=True))
+    mod = guild.add_member(env.create_user("mod"), roles=[mods])
+    assert "queue" not in alice.available_commands(channel)  # hidden from members without Manage Server
+    assert "queue" in mod.available_commands(channel)
+    checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
+
+    def request(prompt: str, guild_id: int, steps: int) -> GenerationRequest:
+        return GenerationRequest(
+            prompt=prompt, requester_id=prompt, guild_id=str(guild_id), steps=steps, width=256, height=256
+        )
+
+    running = await services.generation.submit(request("long one", guild.id, 150), checkpoint)
+    waiting = await services.generation.submit(request("waiting one", guild.id, 2), checkpoint)
+    elsewhere = await services.generation.submit(request("other server", guild.id + 1, 3), checkpoint)
+    try:
+        shown = await mod.slash(channel, "queue")
+        text = shown.response.embeds[0].description
+        assert shown.ephemeral and "long one" in text and "waiting one" in text and "other server" not in text
+        picker = next(row["components"][0]["custom_id"] for row in shown.response.components)
+        cancelled = await mod.select(shown.response, [waiting.job.id], custom_id=picker)
+        assert "cancelled" in cancelled.response.content
+        assert (await waiting.wait()).state is JobState.CANCELLED
+    finally:
+        for handle in (running, elsewhere):
+            await services.generation.cancel(handle.job.id)
+            await handle.wait()

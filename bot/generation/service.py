@@ -246,6 +246,12 @@ class GenerationService:
     def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
 
+    def guild_jobs(self, guild_id: str) -> list[Job]:
+        """This guild's unfinished jobs: running first, then queued in dispatch order."""
+        running = [h.job for h in self._handles.values() if h.job.state is JobState.RUNNING]
+        ordered = running + self._queue.order()
+        return [job for job in ordered if job.spec.request.guild_id == guild_id]
+
     # --- dispatch ------------------------------------------------------------------------------
 
     def _pump(self) -> None:
