@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import discord
@@ -54,6 +55,35 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         lines += [f"+ {e.name} ({e.architecture})" for e in report.added]
         lines += [f"skipped {path}: {reason}" for path, reason in report.errors]
         await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
+
+    @app_commands.command(name="add", description="Register one checkpoint file from the models folder")
+    @app_commands.describe(path="Path inside the models folder", name="Name (default: the file's)", nsfw="Mark it NSFW")
+    async def add(
+        self, interaction: discord.Interaction, path: str, name: str | None = None, nsfw: bool = False
+    ) -> None:
+        if await self.refused(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            entry = await self.services.registry.add(Path(path), name=name, nsfw=True if nsfw else None)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await interaction.edit_original_response(content="Registered.", embed=info_embed(entry))
+
+    @app_commands.command(name="remove", description="Forget a checkpoint (its file stays on disk)")
+    async def remove(self, interaction: discord.Interaction, checkpoint: str) -> None:
+        if await self.refused(interaction):
+            return
+        try:
+            entry = await self.services.registry.remove(checkpoint)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        await interaction.response.send_message(
+            f"Removed **{entry.name}** from the catalog; the file {entry.relative_path} is still on disk.",
+            ephemeral=True,
+        )
 
     @app_commands.command(name="merge", description="Merge checkpoints as A1111's Checkpoint Merger does")
     @app_commands.describe(
@@ -141,6 +171,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             return
         await interaction.response.send_message("Saved.", embed=info_embed(entry), ephemeral=True)
 
+    @remove.autocomplete("checkpoint")
     @edit.autocomplete("checkpoint")
     @merge.autocomplete("primary")
     @merge.autocomplete("secondary")

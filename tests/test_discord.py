@@ -196,6 +196,14 @@ async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Se
     )
     assert edited.ephemeral and edited.response.embeds[0].description == "half precision"
     assert (await services.registry.get("tiny-sd1-fp16")).tags == ["fast", "test"]
+    refused = await alice.slash(channel, "admin remove", checkpoint="tiny-sd1-fp16")
+    assert "only the bot's owners" in refused.response.content and await services.registry.find("tiny-sd1-fp16")
+    removed = await owner.slash(channel, "admin remove", checkpoint="tiny-sd1-fp16")
+    assert "still on disk" in removed.response.content and await services.registry.find("tiny-sd1-fp16") is None
+    added = await owner.slash(channel, "admin add", path="tiny-sd1-fp16.safetensors", name="half")
+    assert added.response.embeds[0].title == "half"
+    outside = await owner.slash(channel, "admin add", path="/etc/passwd")
+    assert "outside the models directory" in outside.followups[0].content
 
 
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
