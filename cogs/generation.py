@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -343,29 +344,29 @@ def _is_moderator(interaction: discord.Interaction) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_messages
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:reroll:" + JOB_ID):
+class FromJobId:
+    """Rebuilds a persistent button from its custom_id, whose template captures the job id."""
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
+        return cls(match["job"])
+
+
+class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:reroll:" + JOB_ID):
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"easel:reroll:{job_id}"))
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> RerollButton:
-        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await _cog(interaction).rerun(interaction, self.job_id)
 
 
-class VariationsButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary:" + JOB_ID):
+class VariationsButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary:" + JOB_ID):
     """Same prompt and settings, the next four seeds after the ones already shown."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Variations", emoji="🔀", custom_id=f"easel:vary:{job_id}"))
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> VariationsButton:
-        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         await _cog(interaction).rerun(
@@ -396,14 +397,10 @@ class OtherCheckpointSelect(discord.ui.DynamicItem[discord.ui.Select], template=
         await _cog(interaction).rerun(interaction, self.job_id, seed=lambda record: record.seeds[0], checkpoint=name)
 
 
-class ParametersButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):
+class ParametersButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Parameters", emoji="📋", custom_id=f"easel:params:{job_id}"))
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> ParametersButton:
-        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         record = await _cog(interaction).services.generation.get_job(self.job_id)
@@ -414,7 +411,7 @@ class ParametersButton(discord.ui.DynamicItem[discord.ui.Button], template=r"eas
         await interaction.response.send_message(f"```\n{clip(text, CONTENT_MAX - 8)}\n```", ephemeral=True)
 
 
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:" + JOB_ID):
+class DeleteButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:" + JOB_ID):
     def __init__(self, job_id: str) -> None:
         super().__init__(
             discord.ui.Button(
@@ -422,10 +419,6 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:d
             )
         )
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> DeleteButton:
-        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         record = await _cog(interaction).services.generation.get_job(self.job_id)
@@ -437,14 +430,10 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:d
         await interaction.delete_original_response()
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:cancel:" + JOB_ID):
+class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:cancel:" + JOB_ID):
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"easel:cancel:{job_id}"))
         self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> CancelButton:
-        return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
         requester = None if _is_moderator(interaction) else str(interaction.user.id)
