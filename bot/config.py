@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=100, ge=1)
     cooldown_seconds: float = Field(default=5.0, ge=0)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)  # refused in prompts
+    # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
+    semantic_search: bool = True
+    civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without
+    download_max_gb: float = Field(default=20.0, gt=0)  # owners' downloads by URL or Civitai version
 
     @field_validator("blocked_words", mode="before")
     @classmethod
@@ -93,6 +97,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value().strip() else None
+
+    @property
+    def civitai_key(self) -> str | None:
+        return self.civitai_api_key.get_secret_value() if self.civitai_api_key else None
 
     @property
     def database_path(self) -> Path:

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from bot.catalog.embeddings import EmbeddingProcess
+from bot.catalog.service import CatalogService
+from bot.checkpoints.download import Downloader
 from bot.checkpoints.merging import MergeService
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
@@ -13,6 +16,7 @@ from bot.db import open_database
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
+from bot.guilds.settings import GuildSettings
 
 
 @dataclass
@@ -22,9 +26,13 @@ class Services:
     registry: CheckpointRegistry
     generation: GenerationService
     merges: MergeService
+    catalog: CatalogService
+    downloads: Downloader
+    guild_settings: GuildSettings
 
     async def close(self) -> None:
         await self.generation.close()
+        await self.catalog.close()
         await self.db.close()
 
 
@@ -51,4 +59,14 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     except BaseException:
         await db.close()
         raise
-    return Services(settings, db, registry, generation, MergeService(registry))
+    catalog = CatalogService(
+        db,
+        registry,
+        EmbeddingProcess() if settings.semantic_search else None,
+        civitai_api_key=settings.civitai_key,
+    )
+    downloads = Downloader(
+        registry, max_bytes=int(settings.download_max_gb * 1e9), civitai_api_key=settings.civitai_key
+    )
+    guild_settings = GuildSettings(db, registry, settings.blocked_words, generation.limits)
+    return Services(settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,12 +9,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_changes
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
 from bot.errors import EaselError
 from cogs.catalog import info_embed
 from cogs.formatting import CONTENT_MAX, clip
-from cogs.generation import EDIT_INTERVAL, refuse
+from cogs.generation import refuse
+from cogs.progress import ThrottledEdits
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -71,6 +71,37 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             return
         await interaction.edit_original_response(content="Registered.", embed=info_embed(entry))
 
+    @app_commands.command(
+        name="download", description="Download a checkpoint by URL or Civitai version, and register it"
+    )
+    @app_commands.describe(
+        source="An https URL of a .safetensors file, or civitai:VERSION_ID",
+        name="Name (default: the file's)",
+        nsfw="Mark it NSFW",
+    )
+    async def download(
+        self, interaction: discord.Interaction, source: str, name: str | None = None, nsfw: bool = False
+    ) -> None:
+        if await self.refused(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        edits = ThrottledEdits(interaction)
+
+        def progress(done: int, total: int | None) -> None:
+            of = f" of {total / 1e9:.2f} GB ({100 * done / total:.0f} %)" if total else ""
+            edits(f"Downloading… {done / 1e9:.2f} GB{of}")
+
+        try:
+            entry = await self.services.downloads.download(
+                source, name=name, nsfw=True if nsfw else None, progress=progress
+            )
+        except EaselError as e:
+            await edits.settle()
+            await refuse(interaction, str(e))
+            return
+        await edits.settle()
+        await interaction.edit_original_response(content="Downloaded and registered.", embed=info_embed(entry))
+
     @app_commands.command(name="remove", description="Forget a checkpoint (its file stays on disk)")
     async def remove(self, interaction: discord.Interaction, checkpoint: str) -> None:
         if await self.refused(interaction):
@@ -114,38 +145,36 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         if await self.refused(interaction):
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        last = 0.0
-
-        async def show(text: str) -> None:
-            await interaction.edit_original_response(content=clip(text, CONTENT_MAX))
-
-        edits: list[asyncio.Task[None]] = []
-
-        def progress(done: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            if now - last >= EDIT_INTERVAL:
-                last = now
-                edits.append(asyncio.get_running_loop().create_task(show(f"Merging… {done}/{total} tensors")))
-
+        edits = ThrottledEdits(interaction)
         request = MergeRequest(primary, method, multiplier, secondary, tertiary, bake_vae, fp16, prune, name)
         try:
-            entry = await self.services.merges.merge(request, progress)
+            entry = await self.services.merges.merge(
+                request, lambda done, total: edits(f"Merging… {done}/{total} tensors")
+            )
         except EaselError as e:
-            await asyncio.gather(*edits)
+            await edits.settle()
             await refuse(interaction, str(e))
             return
-        await asyncio.gather(*edits)  # progress edits land before the result, never after it
+        await edits.settle()  # progress edits land before the result, never after it
         parents = ", ".join(f"{p['name']} ({p['autov2'].upper()})" for p in entry.lineage)
-        await show(f"Merged **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\nParents: {parents}")
+        await edits.show(f"Merged **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\nParents: {parents}")
 
-    @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags or NSFW flag")
+    @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags, facets or NSFW flag")
     @app_commands.describe(
         checkpoint="The checkpoint to edit",
         name="New name",
         description="New description",
         tags="Comma-separated tags (replace the current ones)",
         nsfw="Only in age-restricted channels and DMs",
+        styles=clip(f'Comma-separated: {", ".join(STYLES)} ("-" clears)', 100),
+        realism=clip(f"Comma-separated: {', '.join(REALISM)}", 100),
+        good_at=clip(f"Comma-separated: {', '.join(SPECIALITIES)}", 100),
+        training="How it was made",
+        trigger_words="Comma-separated words it was trained on",
+    )
+    @app_commands.choices(
+        training=[app_commands.Choice(name=t, value=t) for t in TRAINING]
+        + [app_commands.Choice(name="unknown (clear)", value="-")]
     )
     async def edit(
         self,
@@ -155,21 +184,49 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         description: app_commands.Range[str, 0, 2000] | None = None,
         tags: str | None = None,
         nsfw: bool | None = None,
+        styles: str | None = None,
+        realism: str | None = None,
+        good_at: str | None = None,
+        training: str | None = None,
+        trigger_words: str | None = None,
     ) -> None:
         if await self.refused(interaction):
             return
+
+        def cleared(text: str | None) -> str | None:  # Discord has no empty option: "-" clears
+            return "" if text is not None and text.strip() == "-" else text
+
         try:
+            facets = facet_changes(
+                styles=cleared(styles),
+                realism=cleared(realism),
+                specialities=cleared(good_at),
+                training=cleared(training),
+                trigger_words=cleared(trigger_words),
+            )
             entry = await self.services.registry.edit(
                 checkpoint,
                 name=name,
                 description=description,
                 tags=tags.split(",") if tags is not None else None,
                 nsfw=nsfw,
+                facets=facets,
             )
-        except EaselError as e:
+        except (ValueError, EaselError) as e:
             await refuse(interaction, str(e))
             return
         await interaction.response.send_message("Saved.", embed=info_embed(entry), ephemeral=True)
+
+    @app_commands.command(name="enrich", description="Look up the installed checkpoints on Civitai by hash")
+    @app_commands.describe(refresh="Ask again even where a recent answer is cached")
+    async def enrich(self, interaction: discord.Interaction, refresh: bool = False) -> None:
+        if await self.refused(interaction):
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        report = await self.services.catalog.enrich(refresh=refresh)
+        lines = [report.summary()]
+        lines += [f"+ {name}" for name in report.found]
+        await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
 
     @remove.autocomplete("checkpoint")
     @edit.autocomplete("checkpoint")

@@ -17,7 +17,14 @@ from bot.services import Services
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXTENSIONS = ("cogs.generation", "cogs.catalog", "cogs.status", "cogs.admin", "cogs.moderation")
+EXTENSIONS = (
+    "cogs.generation",
+    "cogs.catalog",
+    "cogs.status",
+    "cogs.admin",
+    "cogs.moderation",
+    "cogs.server_settings",
+)
 
 
 class EaselBot(commands.Bot):
@@ -37,6 +44,8 @@ class EaselBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
+        if self.services.catalog.embedder is not None:
+            self.services.catalog.embedder.start()  # the model loads in its own process while we connect
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_if_changed()

@@ -1,22 +1,28 @@
-"""/checkpoints list and info, and "Use this": browse what is installed and start a picture with it.
+"""/checkpoints search, compare, list and info, and "Use this": find the right checkpoint and start a picture.
 
-Searching by meaning ("which checkpoint for anime?") is the catalog issue's; this cog shows the
-registry as it is. NSFW-flagged checkpoints are listed only in age-restricted channels and DMs.
+The answers come from the catalog service (bot/catalog/); this cog only turns them into embeds and
+components. NSFW-flagged checkpoints are shown only in age-restricted channels and DMs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+import io
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.catalog.compare import CompareRequest, resolve_all, run_compare
+from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.policy import check_prompt
+from cogs.attachments import fit_image
 from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip, nsfw_allowed
-from cogs.generation import refuse
+from cogs.generation import post_result, refuse
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -57,14 +63,59 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         super().__init__()
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(UseButton)
+        self.bot.add_dynamic_items(UseButton, UsePick, CompareButton)
+
+    @app_commands.command(name="search", description="Which checkpoint for…? Ask in words")
+    @app_commands.describe(question="e.g. which checkpoint for anime? · realistic portraits for sdxl · no nsfw")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def search(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, 300]) -> None:
+        await interaction.response.defer(thinking=True)
+        here = await self.bot.services.guild_settings.effective(*where(interaction))
+        answer = await self.bot.services.catalog.search(
+            question, allow_nsfw=here.allow_nsfw(nsfw_allowed(interaction)), limit=5, hidden=here.hidden
+        )
+        if answer.help:
+            await refuse(interaction, answer.help)
+            return
+        await interaction.edit_original_response(embed=answer_embed(answer), view=answer_view(answer))
+
+    @app_commands.command(name="compare", description="The same prompt and seed on several checkpoints, in one grid")
+    @app_commands.describe(
+        prompt="What to draw", first="A checkpoint", second="Another", third="(optional)", fourth="(optional)"
+    )
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def compare(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1500],
+        first: str,
+        second: str,
+        third: str | None = None,
+        fourth: str | None = None,
+        seed: app_commands.Range[int, -1, 2**32 - 1] = -1,
+    ) -> None:
+        await run_compare_for(interaction, prompt, [n for n in (first, second, third, fourth) if n], seed)
+
+    @compare.autocomplete("first")
+    @compare.autocomplete("second")
+    @compare.autocomplete("third")
+    @compare.autocomplete("fourth")
+    async def runnable_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        needle = current.lower()
+        entries = [e for e in await self.visible(interaction) if e.runnable and needle in e.name.lower()]
+        return [
+            app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
+            for e in entries[:25]
+        ]
 
     async def visible(self, interaction: discord.Interaction, family: str | None = None) -> list[CheckpointEntry]:
-        allow_nsfw = nsfw_allowed(interaction)
+        here, adult = await self.bot.services.guild_settings.effective(*where(interaction)), nsfw_allowed(interaction)
         return [
             e
             for e in await self.registry.list(status="present")
-            if (allow_nsfw or not e.nsfw) and (family is None or e.family == family)
+            if here.visible(e, adult) and (family is None or e.family == family)
         ]
 
     @app_commands.command(name="list", description="The checkpoints installed here")
@@ -200,12 +251,161 @@ class PromptModal(discord.ui.Modal, title="Imagine"):
             return
         try:
             handle = await cog.submit(
-                interaction, CheckpointRef.from_entry(entry), prompt=str(self.prompt), negative=str(self.negative)
+                interaction,
+                CheckpointRef.from_entry(entry),
+                prompt=str(self.prompt),
+                negative=str(self.negative) or None,  # left empty: the negative prompt set for this place
             )
         except EaselError as e:
             await refuse(interaction, str(e))
             return
         await cog.follow(interaction, handle)
+
+
+def where(interaction: discord.Interaction) -> tuple[str | None, str | None]:
+    """(server id, channel id) for the settings lookup; both None in DMs."""
+    if interaction.guild_id is None:
+        return None, None
+    return str(interaction.guild_id), str(interaction.channel_id) if interaction.channel_id else None
+
+
+def answer_embed(answer: Answer) -> discord.Embed:
+    lines = []
+    for i, hit in enumerate(answer.hits, 1):
+        e = hit.entry
+        mark = "✅ installed" if e.installed else "📚 known, not installed"
+        title = f"**{i}. {e.display_name}**" + (f" `{e.name}`" if e.installed else "")
+        lines.append(f"{title} · {mark}\n↳ {hit.why}\n↳ try: {hit.try_}")
+    embed = discord.Embed(
+        title=clip(f"Which checkpoint: {answer.question}", 256),
+        description=clip("\n\n".join(lines), 4096),
+        colour=EMBED_COLOUR,
+    )
+    footer = f"Read as: {answer.understood}" if answer.understood else "Read as free text"
+    footer += "".join(f" · {note}" for note in answer.notes)
+    embed.set_footer(text=clip(footer, 2048))
+    return embed
+
+
+def answer_view(answer: Answer) -> discord.ui.View | Any:
+    runnable = [h.entry for h in answer.hits if h.entry.installed and h.entry.runnable]
+    if not runnable:
+        return discord.utils.MISSING
+    view = discord.ui.View(timeout=None)
+    view.add_item(UsePick([e.name for e in runnable]))
+    if len(runnable) >= 2:
+        view.add_item(CompareButton(fit_names([e.name for e in runnable][:MAX_COMPARE])))
+    return view
+
+
+MAX_COMPARE = 4
+COMPARE_PREFIX = "easel:cmp:"
+
+
+def fit_names(names: list[str]) -> list[str]:
+    """As many names as fit in a custom id (100 characters), at least two or none."""
+    kept: list[str] = []
+    for name in names:
+        if len(COMPARE_PREFIX) + len(",".join([*kept, name])) > 100:
+            break
+        kept.append(name)
+    return kept if len(kept) >= 2 else []
+
+
+class UsePick(discord.ui.DynamicItem[discord.ui.Select], template=r"easel:usepick"):
+    """Pick one of the installed answers and start a picture with it."""
+
+    def __init__(self, names: list[str]) -> None:
+        options = [discord.SelectOption(label=clip(n, 100), value=n[:100]) for n in names[:25]] or [
+            discord.SelectOption(label="-")
+        ]
+        super().__init__(discord.ui.Select(placeholder="Use one of these…", options=options, custom_id="easel:usepick"))
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Select, match) -> UsePick:
+        return cls([o.value for o in item.options])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(PromptModal(self.item.values[0]))
+
+
+class CompareButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"easel:cmp:(?P<names>[a-z0-9._-]+(?:,[a-z0-9._-]+)+)"
+):
+    """Compare the installed answers: asks for a prompt, then renders one grid."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Compare these",
+                emoji="🔬",
+                style=discord.ButtonStyle.secondary,
+                custom_id=COMPARE_PREFIX + ",".join(names),
+                disabled=len(names) < 2,
+            )
+        )
+        self.names = names
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> CompareButton:
+        return cls(match["names"].split(","))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(ComparePromptModal(self.names))
+
+
+class ComparePromptModal(discord.ui.Modal, title="Compare checkpoints"):
+    prompt = discord.ui.TextInput(
+        label="Prompt", style=discord.TextStyle.paragraph, max_length=1500, custom_id="prompt"
+    )
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(timeout=None)
+        self.names = names
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await run_compare_for(interaction, str(self.prompt), self.names, -1)
+
+
+async def run_compare_for(interaction: discord.Interaction, prompt: str, names: list[str], seed: int) -> None:
+    """Defer, check policy, render the grid through the generation queue, post it."""
+    bot: EaselBot = interaction.client  # type: ignore[assignment]
+    services = bot.services
+    await interaction.response.defer(thinking=True)
+    try:
+        refs = await resolve_all(services.registry, names, min(MAX_COMPARE, services.settings.max_queued_per_user))
+        here = await services.guild_settings.effective(*where(interaction))
+        for ref in refs:
+            here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, nsfw_allowed(interaction))
+        check_prompt(prompt, here.blocked_words)
+        request = CompareRequest(
+            prompt=prompt,
+            checkpoints=[ref.name for ref in refs],
+            requester_id=str(interaction.user.id),
+            requester_name=interaction.user.display_name,
+            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            seed=seed,
+        )
+        await interaction.edit_original_response(
+            content=f"Comparing {', '.join(f'**{r.name}**' for r in refs)}: {len(refs)} pictures in the queue…"
+        )
+        result = await bot.wait_external(
+            run_compare(services.generation, services.registry, request, max_checkpoints=MAX_COMPARE),
+            reason="comparison in the generation queue",
+        )
+    except EaselError as e:
+        await refuse(interaction, str(e))
+        return
+    names_line = " · ".join(f"{name} `{autov2.upper()}`" for name, autov2 in result.tiles)
+    embed = discord.Embed(title="Same prompt, same seed", description=clip(prompt, 4096), colour=EMBED_COLOUR)
+    embed.add_field(name="Checkpoints", value=clip(names_line, FIELD_MAX), inline=False)
+    embed.add_field(name="Seed", value=str(result.seed))
+    embed.set_footer(text=clip("jobs " + ", ".join(result.job_ids), 2048))
+    data, extension = await asyncio.to_thread(fit_image, result.png, interaction.filesize_limit or 10 * 1024 * 1024)
+    embed.set_image(url=f"attachment://compare.{extension}")
+    files = [discord.File(io.BytesIO(data), filename=f"compare.{extension}")]
+    await post_result(interaction, embed=embed, files=files, what="comparison " + ",".join(result.job_ids))
 
 
 async def setup(bot: EaselBot) -> None:

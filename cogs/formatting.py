@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import math
-
 import discord
 
+from bot.generation.aspects import ASPECTS, size_for  # noqa: F401 (re-exported for the cogs)
 from bot.generation.jobs import Job
 
 TITLE_MAX = 256
 FIELD_MAX = 1024
 CONTENT_MAX = 2000
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
-
-ASPECTS: dict[str, tuple[int, int]] = {
-    "1:1": (1, 1),
-    "3:2": (3, 2),
-    "2:3": (2, 3),
-    "4:3": (4, 3),
-    "3:4": (3, 4),
-    "16:9": (16, 9),
-    "9:16": (9, 16),
-}
 
 
 def nsfw_allowed(interaction: discord.Interaction) -> bool:
@@ -34,15 +23,6 @@ def nsfw_allowed(interaction: discord.Interaction) -> bool:
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def size_for(aspect: str, native: int) -> tuple[int, int]:
-    """The checkpoint's native area in the asked shape, on a 64-px grid (8 px for tiny models)."""
-    rw, rh = ASPECTS[aspect]
-    grid = 64 if native >= 512 else 8
-    width = math.sqrt(native * native * rw / rh)
-    height = width * rh / rw
-    return max(grid, round(width / grid) * grid), max(grid, round(height / grid) * grid)
 
 
 def result_embed(job: Job, requester: str) -> discord.Embed:

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -17,20 +17,21 @@ from discord.ext import commands
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
-from bot.generation.policy import check_nsfw, check_prompt
+from bot.generation.policy import check_prompt
 from bot.generation.requests import GenerationRequest
 from bot.generation.service import JobHandle
 from bot.generation.store import JobRecord
+from bot.guilds.settings import Effective
 from cogs.attachments import fit_image
 from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for
-from gpu_worker.protocol import DEFAULT_SAMPLER, SAMPLERS
+from cogs.progress import EDIT_INTERVAL
+from gpu_worker.protocol import SAMPLERS
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 log = logging.getLogger(__name__)
 
-EDIT_INTERVAL = 1.5  # seconds between progress edits of one message
 VARIATIONS = 4  # pictures the Variations button asks for
 JOB_ID = r"(?P<job>[0-9a-f]{12})"
 
@@ -68,18 +69,20 @@ class Generation(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1500],
-        negative: app_commands.Range[str, 0, 1000] = "",
+        negative: app_commands.Range[str, 0, 1000] | None = None,
         checkpoint: str | None = None,
-        aspect: str = "1:1",
-        steps: app_commands.Range[int, 1, 150] = 20,
-        cfg: app_commands.Range[float, 0.0, 30.0] = 7.0,
-        sampler: str = DEFAULT_SAMPLER,
+        aspect: str | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        sampler: str | None = None,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
         count: app_commands.Range[int, 1, 4] = 1,
     ) -> None:
+        # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
         try:
-            ref = await self.pick_checkpoint(checkpoint, nsfw_allowed(interaction))
+            here = await self.here(interaction)
+            ref = await self.pick_checkpoint(interaction, checkpoint, here)
             handle = await self.submit(
                 interaction,
                 ref,
@@ -97,35 +100,47 @@ class Generation(commands.Cog):
             return
         await self.follow(interaction, handle)
 
+    async def here(self, interaction: discord.Interaction) -> Effective:
+        """The settings that apply where this interaction happened (channel, server, bot)."""
+        return await self.services.guild_settings.effective(
+            str(interaction.guild_id) if interaction.guild_id else None,
+            str(interaction.channel_id) if interaction.channel_id and interaction.guild_id else None,
+        )
+
+    def check_allowed(self, interaction: discord.Interaction, here: Effective, ref: CheckpointRef) -> None:
+        here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, nsfw_allowed(interaction))
+
     async def submit(
         self,
         interaction: discord.Interaction,
         ref: CheckpointRef,
         *,
         prompt: str,
-        negative: str = "",
-        aspect: str = "1:1",
-        steps: int = 20,
-        cfg: float = 7.0,
-        sampler: str = DEFAULT_SAMPLER,
+        here: Effective | None = None,
+        negative: str | None = None,
+        aspect: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
         seed: int = -1,
         count: int = 1,
     ) -> JobHandle:
-        check_nsfw(ref.name, ref.nsfw, nsfw_allowed(interaction))
-        check_prompt(prompt, self.services.settings.blocked_words)
-        width, height = size_for(aspect, ref.native_size)
-        request = GenerationRequest(
+        """Queue a job from a front end (slash command, modal); options left as None take the defaults here."""
+        here = here or await self.here(interaction)
+        self.check_allowed(interaction, here, ref)
+        check_prompt(prompt, here.blocked_words)
+        steps = here.steps if steps is None else steps
+        here.check_request(steps, count)
+        width, height = size_for(aspect or here.aspect, ref.native_size)
+        request = request_from(
+            interaction,
             prompt=prompt,
-            negative=negative,
-            requester_id=str(interaction.user.id),
-            requester_name=interaction.user.display_name,
-            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
-            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+            negative=here.negative if negative is None else negative,
             width=width,
             height=height,
             steps=steps,
-            cfg=cfg,
-            sampler=sampler,
+            cfg=here.cfg if cfg is None else cfg,
+            sampler=sampler or here.sampler,
             seed=seed,
             count=count,
         )
@@ -135,9 +150,9 @@ class Generation(commands.Cog):
     async def checkpoint_autocomplete(
         self, interaction: discord.Interaction, current: str
     ) -> list[app_commands.Choice[str]]:
-        allow_nsfw = nsfw_allowed(interaction)
+        here, adult = await self.here(interaction), nsfw_allowed(interaction)
         entries = [
-            e for e in await self.services.registry.list(status="present") if e.runnable and (allow_nsfw or not e.nsfw)
+            e for e in await self.services.registry.list(status="present") if e.runnable and here.visible(e, adult)
         ]
         needle = current.lower().strip()
         scored = []
@@ -153,11 +168,19 @@ class Generation(commands.Cog):
             for _, _, e in scored[:25]
         ]
 
-    async def pick_checkpoint(self, name: str | None, allow_nsfw: bool) -> CheckpointRef:
+    async def pick_checkpoint(
+        self, interaction: discord.Interaction, name: str | None, here: Effective
+    ) -> CheckpointRef:
+        """The named checkpoint, else the default set here, else the first one that may be used here."""
         if name:
             return await resolve_checkpoint(self.services.registry, name)
+        if here.checkpoint:
+            entry = await self.services.registry.find(here.checkpoint)
+            if entry is not None and entry.status == "present" and entry.runnable:
+                return CheckpointRef.from_entry(entry)
+        adult = nsfw_allowed(interaction)
         for entry in await self.services.registry.list(status="present"):
-            if entry.runnable and (allow_nsfw or not entry.nsfw):
+            if entry.runnable and here.visible(entry, adult):
                 return CheckpointRef.from_entry(entry)
         raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
 
@@ -192,33 +215,26 @@ class Generation(commands.Cog):
     async def deliver(self, interaction: discord.Interaction, job: Job) -> None:
         # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
         per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(job.images))
+        here = await self.here(interaction)
         files, shrunk = [], False
         for i, image in enumerate(job.images):
             data, extension = await asyncio.to_thread(fit_image, image.png, per_file)
             shrunk |= extension != "png"
-            files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}"))
+            name = f"{job.id}-{i}-{image.seed}.{extension}"
+            files.append(discord.File(io.BytesIO(data), filename=name, spoiler=here.spoiler))
         embed = result_embed(job, interaction.user.display_name)
+        notes = []
         if shrunk:
-            embed.description = "Re-encoded to fit Discord's upload limit; **Parameters** has every setting."
-        if files:
+            notes.append("Re-encoded to fit Discord's upload limit; **Parameters** has every setting.")
+        if here.spoiler:
+            notes.append("This server shows pictures behind a spoiler: click them to see.")
+        elif files:
             embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
-        view = result_view(job.id, await self.other_checkpoints(job))
-        try:
-            message = await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
-        except (discord.NotFound, discord.HTTPException) as e:
-            # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
-            if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
-                raise
-            channel = interaction.channel
-            if channel is None:
-                log.warning("job %s: token expired and no channel to post to", job.id)
-                return
-            for file in files:
-                file.reset()
-            message = await channel.send(
-                content=f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
-            )
-        await self.services.generation.store.set_message(job.id, str(message.id))
+        embed.description = "\n".join(notes) or None
+        view = result_view(job.id, await self.other_checkpoints(interaction, job, here))
+        message = await post_result(interaction, embed=embed, files=files, view=view, what=f"job {job.id}")
+        if message is not None:
+            await self.services.generation.store.set_message(job.id, str(message.id))
 
     async def rerun(
         self,
@@ -240,17 +256,17 @@ class Generation(commands.Cog):
         row = record.row
         try:
             ref = await resolve_checkpoint(self.services.registry, checkpoint or row["checkpoint_sha256"])
-            check_nsfw(ref.name, ref.nsfw, nsfw_allowed(interaction))
+            here = await self.here(interaction)  # the rules of the place the button was pressed in
+            self.check_allowed(interaction, here, ref)
+            check_prompt(row["prompt"], here.blocked_words)
+            here.check_request(row["steps"], count or len(record.seeds))
             width, height = row["width"], row["height"]
             if ref.sha256 != row["checkpoint_sha256"]:  # same shape, at the new model's native size
                 width, height = rescale(width, height, ref.native_size)
-            request = GenerationRequest(
+            request = request_from(
+                interaction,
                 prompt=row["prompt"],
                 negative=row["negative"],
-                requester_id=str(interaction.user.id),
-                requester_name=interaction.user.display_name,
-                guild_id=str(interaction.guild_id) if interaction.guild_id else None,
-                channel_id=str(interaction.channel_id) if interaction.channel_id else None,
                 width=width,
                 height=height,
                 steps=row["steps"],
@@ -267,12 +283,15 @@ class Generation(commands.Cog):
             return
         await self.follow(interaction, handle)
 
-    async def other_checkpoints(self, job: Job) -> list[discord.SelectOption]:
+    async def other_checkpoints(
+        self, interaction: discord.Interaction, job: Job, here: Effective
+    ) -> list[discord.SelectOption]:
+        adult = nsfw_allowed(interaction)
         entries = await self.services.registry.list(status="present")
         return [
             discord.SelectOption(label=clip(e.name, 100), description=clip(e.architecture, 100), value=e.name[:100])
             for e in entries
-            if e.runnable and e.sha256 != job.spec.checkpoint.sha256
+            if e.runnable and e.sha256 != job.spec.checkpoint.sha256 and here.visible(e, adult)
         ][:25]
 
 
@@ -300,6 +319,43 @@ class StatusMessage:
             await self.interaction.edit_original_response(content=content, attachments=attachments, view=view)
         except (discord.NotFound, discord.HTTPException):
             self._expired = True  # the token is dead; the result will be posted to the channel
+
+
+def request_from(interaction: discord.Interaction, **fields: Any) -> GenerationRequest:
+    """A generation request on behalf of whoever is behind this interaction, where it happened."""
+    return GenerationRequest(
+        requester_id=str(interaction.user.id),
+        requester_name=interaction.user.display_name,
+        guild_id=str(interaction.guild_id) if interaction.guild_id else None,
+        channel_id=str(interaction.channel_id) if interaction.channel_id else None,
+        **fields,
+    )
+
+
+async def post_result(
+    interaction: discord.Interaction,
+    *,
+    embed: discord.Embed,
+    files: list[discord.File],
+    view: discord.ui.View | Any = discord.utils.MISSING,
+    what: str,
+) -> discord.Message | None:
+    """Replace the deferred placeholder with the result; after the token's 15 minutes, post to the channel."""
+    try:
+        return await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
+    except (discord.NotFound, discord.HTTPException) as e:
+        # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
+        if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
+            raise
+        channel = interaction.channel
+        if channel is None:
+            log.warning("%s: token expired and no channel to post to", what)
+            return None
+        for file in files:
+            file.reset()
+        return await channel.send(
+            content=f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
+        )
 
 
 async def refuse(interaction: discord.Interaction, message: str) -> None:

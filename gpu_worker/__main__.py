@@ -4,6 +4,7 @@ serve --fd N           the bot's worker process (the bot starts it; see bot/gene
 generate PATH …        one batch in this process, printing every event: for debugging a checkpoint
                        or the worker without the bot
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
+embed                  the catalog's sentence-embedding process (JSON lines on stdin/stdout)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="worker-debug.png")
     p = sub.add_parser("merge", help="carry out a merge (the bot's merge service starts this)")
     p.add_argument("--spec", required=True, help="JSON: method, multiplier, primary, out, metadata, …")
+    p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on stdin/stdout")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fp32", action="store_true", help="full-precision weights (slower queries on CPU)")
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -48,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
         return _debug_generate(args)
     if args.command == "merge":
         return _merge(json.loads(args.spec))
+    if args.command == "embed":
+        from gpu_worker.embedder import serve_embeddings
+
+        return serve_embeddings(sys.stdin, sys.stdout, args.threads, int8=not args.fp32)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.jobs import Job, new_job_id
 from bot.generation.requests import GenerationRequest, Limits, validate
@@ -29,3 +31,19 @@ def checkpoint_ref(
 def make_job(user: str, *, steps: int = 4, count: int = 1, sha: str = "a" * 64, prompt: str = "a cat") -> Job:
     request = GenerationRequest(prompt=prompt, requester_id=user, steps=steps, count=count, seed=1)
     return Job(new_job_id(), validate(request, checkpoint_ref(sha=sha), Limits()))
+
+
+def with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> Path:
+    """A copy of a safetensors file with extra `__metadata__` (a new sha256, the same tensors)."""
+    import json
+    import struct
+
+    raw = source.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
+    return target

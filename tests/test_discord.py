@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -305,3 +306,127 @@ async def test_moderators_see_and_cancel_their_servers_queue(env: simcord.Env, s
         for handle in (running, elsewhere):
             await services.generation.cancel(handle.job.id)
             await handle.wait()
+
+
+async def test_checkpoint_search_use_and_compare(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    await services.registry.edit("tiny-sd1", facets={"styles": ["anime"]})
+    await services.registry.edit("tiny-xl", facets={"styles": ["anime"], "trigger_words": ["xlw"]})
+    try:
+        result = await alice.slash(channel, "checkpoints search", question="which checkpoint for anime?")
+        embed = result.response.embeds[0]
+        assert embed.title == "Which checkpoint: which checkpoint for anime?"
+        blocks = embed.description.split("\n\n")
+        assert "`tiny-sd1`" in blocks[0] + blocks[1] and "`tiny-xl`" in blocks[0] + blocks[1]
+        assert all("✅ installed" in b for b in blocks[:2]) and all("📚 known, not installed" in b for b in blocks[2:])
+        assert "trigger words: xlw" in embed.description and embed.footer.text.startswith("Read as: style anime")
+        ids = custom_ids(result.response)
+        assert "easel:usepick" in ids and any(i.startswith("easel:cmp:") for i in ids)
+
+        modal = await alice.select(result.response, ["tiny-xl"], custom_id="easel:usepick")
+        picture = await alice.submit_modal(modal, {"prompt": "a fox"})
+        assert parse_infotext((await png_of(picture.response)).info["parameters"])[2]["Model"] == "tiny-xl"
+
+        modal = await alice.click(result.response, label="Compare these")
+        grid = await alice.submit_modal(modal, {"prompt": "a boat"})
+        message = grid.response
+        assert message.embeds[0].title == "Same prompt, same seed"
+        info = json.loads((await png_of(message)).info["easel-compare"])
+        assert sorted(c[0] for c in info["checkpoints"]) == ["tiny-sd1", "tiny-xl"] and info["prompt"] == "a boat"
+
+        direct = await alice.slash(
+            channel, "checkpoints compare", prompt="a tree", first="tiny-sd1", second="tiny-xl", seed=3
+        )
+        assert json.loads((await png_of(direct.response)).info["easel-compare"])["seed"] == 3
+        twice = await alice.slash(channel, "checkpoints compare", prompt="a tree", first="tiny-sd1", second="tiny-sd1")
+        assert twice.followups[0].flags.ephemeral and "named twice" in twice.followups[0].content
+
+        helped = await alice.slash(channel, "checkpoints search", question="???")
+        assert helped.followups[0].flags.ephemeral and "Ask in words" in helped.followups[0].content
+    finally:
+        await services.registry.edit("tiny-sd1", facets={"styles": []})
+        await services.registry.edit("tiny-xl", facets={"styles": [], "trigger_words": []})
+
+
+async def test_owners_edit_facets_and_enrich(env: simcord.Env, services: Services) -> None:
+    guild, channel, alice = world(env)
+    refused = await alice.slash(channel, "admin enrich")
+    assert refused.ephemeral and "only the bot's owners" in refused.response.content
+    refused = await alice.slash(channel, "admin edit", checkpoint="tiny-xl", styles="anime")
+    assert "only the bot's owners" in refused.response.content
+    owner = guild.add_member(env.create_user("facet-owner"))
+    services.settings.owner_ids.append(owner.id)
+    bad = await owner.slash(channel, "admin edit", checkpoint="tiny-xl", styles="anime, banana")
+    assert "'banana' is not a known style" in bad.response.content
+    assert (await services.registry.get("tiny-xl")).facets == {}
+    ok = await owner.slash(
+        channel, "admin edit", checkpoint="tiny-xl", styles="3d", good_at="portrait", training="merged"
+    )
+    assert ok.ephemeral and ok.response.content == "Saved."
+    assert (await services.registry.get("tiny-xl")).facets == {
+        "specialities": ["portraits"],
+        "styles": ["render/3D"],
+        "training": "merged",
+    }
+    cleared = await owner.slash(channel, "admin edit", checkpoint="tiny-xl", styles="-", good_at="-", training="merged")
+    assert cleared.response.content == "Saved." and (await services.registry.get("tiny-xl")).facets == {
+        "training": "merged"
+    }
+
+
+async def test_server_settings_shape_imagine(env: simcord.Env, services: Services) -> None:
+    guild, channel, alice = world(env)
+    other = guild.create_text_channel("other")
+    admins = guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    admin = guild.add_member(env.create_user("server-admin"), roles=[admins])
+    assert "settings policy" not in alice.available_commands(channel)  # hidden from members without Manage Server
+    assert "settings policy" in admin.available_commands(channel)
+
+    saved = await admin.slash(channel, "settings defaults", checkpoint="tiny-xl", steps=3, sampler="Euler")
+    assert saved.ephemeral and saved.response.embeds[0].title == "Saved for the server"
+    bad = await admin.slash(channel, "settings defaults", checkpoint="nope")
+    assert "no runnable checkpoint named 'nope'" in bad.response.content
+    await admin.slash(channel, "settings defaults", steps=2, this_channel=True)
+
+    async def params_of(result) -> dict[str, str]:
+        return parse_infotext((await png_of(result.response)).info["parameters"])[2]
+
+    here = await params_of(await alice.slash(channel, "imagine", prompt="a cat"))
+    assert (here["Model"], here["Steps"], here["Sampler"]) == ("tiny-xl", "2", "Euler")  # channel beats server
+    there = await params_of(await alice.slash(other, "imagine", prompt="a cat"))
+    assert (there["Model"], there["Steps"]) == ("tiny-xl", "3")
+    explicit = await params_of(await alice.slash(other, "imagine", prompt="a cat", steps=1, checkpoint="tiny-sd1"))
+    assert (explicit["Model"], explicit["Steps"]) == ("tiny-sd1", "1")
+
+    await admin.slash(channel, "settings policy", max_images=1, spoiler=True, blocked_words="dragon")
+    too_many = await alice.slash(channel, "imagine", prompt="a cat", count=2)
+    assert "at most 1 picture(s)" in too_many.followups[0].content
+    blocked = await alice.slash(channel, "imagine", prompt="a red dragon")
+    assert "does not allow" in blocked.followups[0].content
+    spoilered = await alice.slash(channel, "imagine", prompt="a cat")
+    [attachment] = spoilered.response.attachments
+    assert attachment.filename.startswith("SPOILER_") and spoilered.response.embeds[0].image.url is None
+
+    hidden = await admin.slash(channel, "settings hide", checkpoint="tiny-sd1")
+    assert "no longer offered" in hidden.response.content
+    refused = await alice.slash(channel, "imagine", prompt="a cat", checkpoint="tiny-sd1")
+    assert "tiny-sd1 is not offered in this server" in refused.followups[0].content
+    choices = await alice.autocomplete(channel, "imagine", "checkpoint", "tiny", prompt="x")
+    assert [c["value"] for c in choices] == ["tiny-xl"]
+    listing = await alice.slash(channel, "checkpoints list")
+    assert "tiny-sd1" not in listing.response.embeds[0].description
+    in_dm = await env.create_user("dm-user").slash("imagine", prompt="a cat", checkpoint="tiny-sd1", steps=1)
+    assert in_dm.response.attachments  # a server's rules stay in that server
+
+    shown = await admin.slash(channel, "settings show")
+    fields = {f.name: f.value for f in shown.response.embeds[0].fields}
+    assert (
+        fields["steps"] == "2 · channel"
+        and fields["hidden"] == "tiny-sd1 · server"
+        and fields["spoiler"] == "True · server"
+    )
+    await admin.slash(channel, "settings reset", this_channel=True)
+    await admin.slash(channel, "settings reset")
+    await admin.slash(channel, "settings unhide", checkpoint="tiny-sd1")
+    after = await params_of(await alice.slash(channel, "imagine", prompt="a cat", checkpoint="tiny-sd1"))
+    assert after["Steps"] == "20"

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.catalog.taxonomy import FACET_KEYS, check_facets
 from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, check_path, inspect_file
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
@@ -68,6 +69,7 @@ class CheckpointEntry:
     training: str = ""  # base | fine-tuned | merged | "" (unknown)
     lineage: list[dict[str, str]] = field(default_factory=list)  # merge parents, primary first
     tags: list[str] = field(default_factory=list)
+    facets: dict[str, Any] = field(default_factory=dict)  # owner-set catalog facets (bot/catalog/sources.py)
 
     @property
     def autov2(self) -> str:
@@ -82,7 +84,7 @@ class CheckpointEntry:
 _PLAIN_COLUMNS = [
     f.name
     for f in fields(CheckpointEntry)
-    if f.name not in ("path", "runnable", "nsfw", "sidecars", "inspection", "tags", "lineage")
+    if f.name not in ("path", "runnable", "nsfw", "sidecars", "inspection", "tags", "lineage", "facets")
 ]
 
 
@@ -205,6 +207,7 @@ class CheckpointRegistry:
             inspection=json.loads(row["inspection_json"]),
             lineage=json.loads(row["lineage_json"]),
             tags=tags,
+            facets=json.loads(row["facets_json"]),
         )
 
     # --- changes -------------------------------------------------------------------------------
@@ -291,10 +294,25 @@ class CheckpointRegistry:
         description: str | None = None,
         tags: list[str] | None = None,
         nsfw: bool | None = None,
+        facets: dict[str, Any] | None = None,
     ) -> CheckpointEntry:
-        """Change what people see of a checkpoint; the file and its identity stay as they are."""
+        """Change what people see of a checkpoint; the file and its identity stay as they are.
+
+        `facets` (styles, realism, specialities, training, trigger_words) are merged into what an
+        owner set before; an empty value clears that facet, so the next source's value shows again.
+        """
         entry = await self.get(ref)
         changes: dict[str, object] = {}
+        if facets is not None:
+            try:
+                check_facets(facets, where=entry.name)
+            except ValueError as e:
+                raise RegistryError(str(e)) from None
+            unknown = set(facets) - set(FACET_KEYS)
+            if unknown:
+                raise RegistryError(f"unknown facet {sorted(unknown)[0]!r}; facets are {', '.join(FACET_KEYS)}")
+            merged = {k: v for k, v in (entry.facets | facets).items() if v}
+            changes["facets_json"] = json.dumps(merged, sort_keys=True)
         if name is not None:
             slug = slugify(name)
             if slug != entry.name and await self._name_taken(slug):
@@ -305,7 +323,7 @@ class CheckpointRegistry:
         if nsfw is not None:
             changes["nsfw"] = int(nsfw)
         if not changes and tags is None:
-            raise RegistryError("nothing to change: give a new name, description, tags or NSFW flag")
+            raise RegistryError("nothing to change: give a new name, description, tags, facets or NSFW flag")
         changes["updated_at"] = time.time()
         await self._db.execute(
             f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?",

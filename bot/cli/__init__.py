@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from bot.cli import checkpoints, generate, merge, run
+from bot.cli import catalog, checkpoints, generate, merge, run, server
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     checkpoints.add_parsers(sub)
     generate.add_parsers(sub)
     merge.add_parsers(sub)
+    catalog.add_parsers(sub)
+    server.add_parsers(sub)
     return parser
 
 

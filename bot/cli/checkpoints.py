@@ -13,7 +13,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_changes
 from bot.checkpoints.convert import convert_to_safetensors
+from bot.checkpoints.download import Downloader
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry, HashProgress
 from bot.cli.output import render_entry, render_entry_line, render_inspection
@@ -146,10 +148,44 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     tags = args.tags.split(",") if args.tags is not None else None
+    try:
+        facets = facet_changes(
+            styles=args.styles,
+            realism=args.realism,
+            specialities=args.good_at,
+            training=args.training,
+            trigger_words=args.trigger_words,
+        )
+    except ValueError as e:
+        raise EaselError(str(e)) from None
     async with open_registry(settings, need_models_dir=False) as registry:
         entry = await registry.edit(
-            args.name, name=args.rename, description=args.description, tags=tags, nsfw=args.nsfw
+            args.name, name=args.rename, description=args.description, tags=tags, nsfw=args.nsfw, facets=facets
         )
+    print(render_entry(entry))
+    return 0
+
+
+async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int | None) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc="download", leave=False, disable=None)
+        bar.update(done - bar.n)
+
+    async with open_registry(settings) as registry:
+        downloader = Downloader(
+            registry, max_bytes=int(settings.download_max_gb * 1e9), civitai_api_key=settings.civitai_key
+        )
+        try:
+            entry = await downloader.download(
+                args.source, name=args.name, sha256=args.sha256, nsfw=args.nsfw, progress=progress
+            )
+        finally:
+            if bar is not None:
+                bar.close()
     print(render_entry(entry))
     return 0
 
@@ -218,13 +254,24 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", help="name, or AutoV2 / sha256 hash")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_show)
-    p = ck.add_parser("edit", help="change a checkpoint's name, description, tags or NSFW flag")
+    p = ck.add_parser("edit", help="change a checkpoint's name, description, tags, catalog facets or NSFW flag")
     p.add_argument("name")
     p.add_argument("--rename", help="new name")
     p.add_argument("--description")
     p.add_argument("--tags", help="comma-separated; replaces the current tags")
     p.add_argument("--nsfw", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--styles", help=f'comma-separated: {", ".join(STYLES)} ("" clears)')
+    p.add_argument("--realism", help=f"comma-separated: {', '.join(REALISM)}")
+    p.add_argument("--good-at", help=f"comma-separated: {', '.join(SPECIALITIES)}")
+    p.add_argument("--training", help=f"one of {', '.join(TRAINING)}")
+    p.add_argument("--trigger-words", help="comma-separated words the checkpoint was trained on")
     p.set_defaults(handler=cmd_edit)
+    p = ck.add_parser("download", help="download a checkpoint by URL or civitai:VERSION_ID and register it")
+    p.add_argument("source", help="an http(s) URL of a .safetensors file, or civitai:VERSION_ID")
+    p.add_argument("--name", help="registry name (default: from the file)")
+    p.add_argument("--sha256", help="expected sha256 (Civitai sources carry their own)")
+    p.add_argument("--nsfw", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(handler=cmd_download)
     p = ck.add_parser("remove", help="forget a checkpoint (the file stays)")
     p.add_argument("name")
     p.set_defaults(handler=cmd_remove)

@@ -122,6 +122,8 @@ def render_entry(e: CheckpointEntry) -> str:
     ]
     if e.description:
         lines.append(f"Description:   {_short(e.description)}")
+    for facet, value in sorted(e.facets.items()):
+        lines.append(f"Owner facet:   {facet}: {', '.join(value) if isinstance(value, list) else value}")
     for parent in e.lineage:
         lines.append(f"Parent:        {parent['role']}: {parent['name'] or '?'} ({parent['autov2'].upper()})")
     for kind, value in e.sidecars.items():

@@ -173,14 +173,35 @@ class GenerationService:
 
     # --- front-end API -------------------------------------------------------------------------
 
-    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
+    async def submit_group(self, items: list[tuple[GenerationRequest, CheckpointRef]]) -> list[JobHandle]:
+        """Jobs asked for together (a comparison): refused as a whole before any is queued, one cooldown."""
+        if not items:
+            return []
+        user = items[0][0].requester_id
+        for request, checkpoint in items:
+            validate(request, checkpoint, self.limits)
+        free = self.limits.max_queued_per_user - self._queue.queued_for(user)
+        if len(items) > free:
+            raise GenerationError(
+                f"this needs {len(items)} places in the queue and you have {max(0, free)} free "
+                f"(the limit is {self.limits.max_queued_per_user}); wait for your jobs to start"
+            )
+        if len(self._queue) + len(items) > self.limits.max_queue:
+            raise GenerationError(f"the queue is full ({self.limits.max_queue} jobs); try again in a few minutes")
+        self.cooldowns.check(user)
+        return [await self.submit(request, checkpoint, check_cooldown=False) for request, checkpoint in items]
+
+    async def submit(
+        self, request: GenerationRequest, checkpoint: CheckpointRef, *, check_cooldown: bool = True
+    ) -> JobHandle:
         if self._closing:
             raise GenerationError("the bot is shutting down; try again in a minute")
         spec = validate(request, checkpoint, self.limits)
         if len(self._stopped) == len(self._workers):
             raise GenerationError("no GPU worker is running, so nothing can be generated; tell the bot's owner")
         self._queue.check_room(request.requester_id)
-        self.cooldowns.check(request.requester_id)
+        if check_cooldown:
+            self.cooldowns.check(request.requester_id)
         job = Job(new_job_id(), spec)
         await self.store.insert(job)  # recorded before it can run, so every later update has a row
         try:

@@ -1,0 +1,93 @@
+"""Answer quality of catalog search: top-1 and top-3 accuracy over bench/data/catalog_eval.yaml.
+
+The catalog is the bundled reference list (50 checkpoints of SD1, SD2 and SDXL with varied facets);
+the ranking is the real one: facets with synonyms, SQLite FTS5 BM25 and all-MiniLM-L6-v2 embeddings.
+Target: top-3 ≥ 95 %. Also scored without embeddings, to show what the semantic part adds.
+
+python bench/catalog_eval.py        (writes bench/results/catalog_eval.json)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+
+from bench.common import report
+from bot.catalog.embeddings import EmbeddingProcess
+from bot.catalog.service import CatalogService
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+
+CASES = Path(__file__).resolve().parent / "data" / "catalog_eval.yaml"
+
+
+def load_cases() -> list[dict[str, Any]]:
+    return yaml.safe_load(CASES.read_text(encoding="utf-8"))
+
+
+async def evaluate(service: CatalogService, cases: list[dict[str, Any]]) -> dict[str, Any]:
+    top1 = top3 = 0
+    misses = []
+    for case in cases:
+        answer = await service.search(case["q"], allow_nsfw=case.get("nsfw", True), limit=3)
+        names = [h.entry.name for h in answer.hits]
+        expect = set(case["expect"])
+        top1 += bool(names[:1] and names[0] in expect)
+        hit3 = bool(expect & set(names[:3]))
+        top3 += hit3
+        if not hit3:
+            misses.append({"question": case["q"], "got": names, "expected": sorted(expect)})
+    n = len(cases)
+    return {"questions": n, "top1": round(top1 / n, 4), "top3": round(top3 / n, 4), "misses": misses}
+
+
+async def catalog_service(folder: Path, embedder: EmbeddingProcess | None) -> CatalogService:
+    db = await open_database(folder / "catalog.sqlite3")
+    models = folder / "models"
+    models.mkdir(exist_ok=True)
+    return CatalogService(db, CheckpointRegistry(db, models), embedder)
+
+
+async def main() -> None:
+    cases = load_cases()
+    embedder = EmbeddingProcess()
+    embedder.start()
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for label, model in (("without_embeddings", None), ("hybrid", embedder)):
+            folder = Path(tmp) / label
+            folder.mkdir()
+            service = await catalog_service(folder, model)
+            results[label] = await evaluate(service, cases)
+            entries = len((await service.refresh()).entries)
+            await service._db.close()
+        await embedder.close()
+    for miss in results["hybrid"]["misses"]:
+        print(f"MISS  {miss['question']!r}: got {miss['got']}, expected one of {miss['expected'][:6]}")
+    report(
+        "catalog_eval",
+        {
+            "questions": len(cases),
+            "catalog_entries": entries,
+            "top1_hybrid": results["hybrid"]["top1"],
+            "top3_hybrid": results["hybrid"]["top3"],
+            "top1_without_embeddings": results["without_embeddings"]["top1"],
+            "top3_without_embeddings": results["without_embeddings"]["top3"],
+            "embedding_model_start_seconds": round(embedder.start_seconds or 0, 2),
+            "misses_hybrid": results["hybrid"]["misses"],
+            "misses_without_embeddings": results["without_embeddings"]["misses"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

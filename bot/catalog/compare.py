@@ -1,0 +1,152 @@
+"""Compare checkpoints honestly: the same prompt and seed on each, one labelled grid image.
+
+Each checkpoint renders at its own native square size (what it was trained for); the grid scales
+the tiles to one size and writes each checkpoint's name and AutoV2 hash under its picture.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.errors import EaselError
+from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.jobs import Job, JobState
+from bot.generation.requests import GenerationRequest
+from bot.generation.service import GenerationService
+
+MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 6
+TILE_MAX = 512
+LABEL_HEIGHT = 28
+COLUMNS = 3
+
+
+@dataclass
+class CompareRequest:
+    prompt: str
+    checkpoints: list[str]
+    requester_id: str
+    negative: str = ""
+    seed: int = -1
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = "DPM++ 2M"
+    requester_name: str = ""
+    guild_id: str | None = None
+    channel_id: str | None = None
+
+
+@dataclass
+class CompareResult:
+    png: bytes
+    seed: int
+    tiles: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, AutoV2)
+    job_ids: list[str] = field(default_factory=list)
+
+
+async def resolve_all(registry: CheckpointRegistry, names: list[str], max_checkpoints: int) -> list[CheckpointRef]:
+    """Every named checkpoint, refusing before any job is queued: too few, too many, repeats, unknown, unrunnable."""
+    cleaned = [n.strip() for n in names if n.strip()]
+    limit = min(MAX_CHECKPOINTS, max_checkpoints)
+    if len(cleaned) < MIN_CHECKPOINTS:
+        raise EaselError(f"name at least {MIN_CHECKPOINTS} checkpoints to compare")
+    if len(cleaned) > limit:
+        raise EaselError(f"compare at most {limit} checkpoints at once")
+    refs = [await resolve_checkpoint(registry, n) for n in cleaned]
+    seen: set[str] = set()
+    for ref in refs:
+        if ref.sha256 in seen:
+            raise EaselError(f"{ref.name} is named twice")
+        seen.add(ref.sha256)
+        if not ref.runnable:
+            raise EaselError(f"{ref.name} cannot be run ({ref.architecture})")
+    return refs
+
+
+async def run_compare(
+    generation: GenerationService, registry: CheckpointRegistry, request: CompareRequest, *, max_checkpoints: int
+) -> CompareResult:
+    refs = await resolve_all(registry, request.checkpoints, max_checkpoints)
+    if not request.prompt.strip():
+        raise EaselError("the prompt is empty")
+    seed = request.seed if request.seed >= 0 else random.randrange(2**32)
+    requests = [
+        (
+            GenerationRequest(
+                prompt=request.prompt,
+                negative=request.negative,
+                requester_id=request.requester_id,
+                requester_name=request.requester_name,
+                guild_id=request.guild_id,
+                channel_id=request.channel_id,
+                steps=request.steps,
+                cfg=request.cfg,
+                sampler=request.sampler,
+                seed=seed,
+            ),
+            ref,
+        )
+        for ref in refs
+    ]
+    handles = await generation.submit_group(requests)  # all queued, or none
+    try:
+        jobs = [await handle.wait() for handle in handles]
+    except BaseException:  # the caller gave up: nothing is left running
+        for handle in handles:
+            if not handle.job.state.finished:
+                await generation.cancel(handle.job.id)
+        raise
+    failed = [job for job in jobs if job.state is not JobState.DONE]
+    if failed:
+        job = failed[0]
+        raise EaselError(f"{job.spec.checkpoint.name} did not finish (job {job.id}): {job.error or job.state}")
+    png = await asyncio.to_thread(compose_grid, jobs, request.prompt, seed)
+    return CompareResult(
+        png=png,
+        seed=seed,
+        tiles=[(job.spec.checkpoint.name, job.spec.checkpoint.autov2) for job in jobs],
+        job_ids=[job.id for job in jobs],
+    )
+
+
+def compose_grid(jobs: list[Job], prompt: str, seed: int) -> bytes:
+    images = [Image.open(io.BytesIO(job.images[0].png)).convert("RGB") for job in jobs]
+    side = min(TILE_MAX, *(max(im.size) for im in images))
+    columns = min(COLUMNS, len(images))
+    rows = (len(images) + columns - 1) // columns
+    grid = Image.new("RGB", (columns * side, rows * (side + LABEL_HEIGHT)), "white")
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=max(10, min(16, side // 16)))
+    for i, (job, image) in enumerate(zip(jobs, images, strict=True)):
+        image.thumbnail((side, side))
+        x, y = (i % columns) * side, (i // columns) * (side + LABEL_HEIGHT)
+        grid.paste(image, (x + (side - image.width) // 2, y + (side - image.height) // 2))
+        label = f"{job.spec.checkpoint.name} [{job.spec.checkpoint.autov2.upper()}]"
+        draw.text((x + 4, y + side + 4), _fit(draw, label, font, side - 8), fill="black", font=font)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(
+        "easel-compare",
+        json.dumps(
+            {
+                "prompt": prompt,
+                "seed": seed,
+                "checkpoints": [[j.spec.checkpoint.name, j.spec.checkpoint.autov2] for j in jobs],
+                "jobs": [j.id for j in jobs],
+            }
+        ),
+    )
+    out = io.BytesIO()
+    grid.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+    while text and draw.textlength(text, font=font) > width:
+        text = text[:-2] + "…"
+    return text

@@ -1,0 +1,259 @@
+"""Where a catalog entry's facets come from, in order of trust.
+
+1. owner      what a bot owner set (`checkpoints edit --styles …`, `/admin edit`)
+2. metadata   the file's own safetensors metadata (modelspec title, description, tags, trigger phrase)
+3. sidecar    A1111 files beside it (NAME.civitai.info, the user-metadata NAME.json)
+4. civitai    a by-hash lookup on Civitai (cached in civitai_lookups)
+5. reference  the bundled list of well-known checkpoints, when the file is recognised by name
+6. inferred   words in the name, description and tags
+
+Each facet takes its value from the first layer that has one, and remembers which layer that was,
+so an answer can say "anime (set by an owner)" or "anime (guessed from the name)".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bot.catalog.entries import LAYERED, CatalogEntry
+from bot.catalog.taxonomy import STYLE_REALISM, check_facets, find_facets
+from bot.checkpoints.registry import CheckpointEntry, slugify
+
+REFERENCE_FILE = Path(__file__).with_name("reference.json")
+ORDER = ("owner", "metadata", "sidecar", "civitai", "reference", "inferred")
+
+
+@dataclass
+class Layer:
+    """One source's opinion: any facet it has no value for is left empty."""
+
+    source: str
+    styles: list[str] = field(default_factory=list)
+    realism: list[str] = field(default_factory=list)
+    specialities: list[str] = field(default_factory=list)
+    training: str = ""
+    trigger_words: list[str] = field(default_factory=list)
+    description: str = ""
+
+
+def layer_from_text(source: str, text: str, **extra: Any) -> Layer:
+    """A layer from free text (tags, a description, a title): the taxonomy's words found in it."""
+    found = find_facets(text)
+    training = ""
+    for value in ("merged", "fine-tuned", "base"):  # most specific first
+        if value in found.training:
+            training = value
+            break
+    return Layer(
+        source,
+        styles=sorted(found.styles),
+        realism=sorted(found.realism),
+        specialities=sorted(found.specialities),
+        training=training,
+        **extra,
+    )
+
+
+def owner_layer(facets: dict[str, Any]) -> Layer:
+    return Layer(
+        "owner",
+        styles=list(facets.get("styles") or []),
+        realism=list(facets.get("realism") or []),
+        specialities=list(facets.get("specialities") or []),
+        training=str(facets.get("training") or ""),
+        trigger_words=list(facets.get("trigger_words") or []),
+    )
+
+
+def metadata_layer(metadata: dict[str, Any]) -> Layer:
+    spec = metadata.get("modelspec") or {}
+    text = " . ".join(str(spec.get(k, "")) for k in ("title", "description", "tags"))
+    trigger = str(spec.get("trigger_phrase") or "").strip()
+    return layer_from_text(
+        "metadata",
+        text,
+        trigger_words=[trigger] if trigger else [],
+        description=str(spec.get("description") or "").strip(),
+    )
+
+
+def sidecar_layer(sidecars: dict[str, Any]) -> Layer:
+    civitai = sidecars.get("civitai") or {}
+    user = sidecars.get("user_metadata") or {}
+    words = [w for w in civitai.get("trained_words") or [] if isinstance(w, str) and w.strip()]
+    activation = str(user.get("activation text") or "").strip()
+    text = " . ".join([" , ".join(civitai.get("tags") or []), str(user.get("description") or "")])
+    return layer_from_text(
+        "sidecar",
+        text,
+        trigger_words=([activation] if activation else []) + words,
+        description=str(user.get("description") or civitai.get("description") or "").strip(),
+    )
+
+
+def civitai_layer(payload: dict[str, Any]) -> Layer:
+    """From a cached by-hash answer (see civitai.py for its shape)."""
+    text = " . ".join([" , ".join(payload.get("tags") or []), str(payload.get("model_name") or "")])
+    layer = layer_from_text(
+        "civitai",
+        text,
+        trigger_words=[w for w in payload.get("trained_words") or [] if isinstance(w, str) and w.strip()],
+        description=str(payload.get("description") or "").strip(),
+    )
+    checkpoint_type = str(payload.get("checkpoint_type") or "").lower()
+    if checkpoint_type in ("merge", "trained"):
+        layer.training = "merged" if checkpoint_type == "merge" else "fine-tuned"
+    return layer
+
+
+def reference_layer(ref: CatalogEntry) -> Layer:
+    return Layer(
+        "reference",
+        styles=list(ref.styles),
+        realism=list(ref.realism),
+        specialities=list(ref.specialities),
+        training=ref.training,
+        trigger_words=list(ref.trigger_words),
+        description=ref.description,
+    )
+
+
+def resolve(layers: list[Layer]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each layered facet from the first layer that has it; and which layer that was."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for facet in LAYERED:
+        for layer in layers:
+            value = getattr(layer, facet)
+            if value:
+                values[facet], sources[facet] = value, layer.source
+                break
+        else:
+            values[facet] = "" if facet == "training" else []
+    if not values["realism"]:  # an anime model is 2D, a photo model realistic, unless a source says otherwise
+        implied = sorted({STYLE_REALISM[s] for s in values["styles"] if s in STYLE_REALISM})
+        if implied:
+            values["realism"], sources["realism"] = implied, "inferred"
+    return values, sources
+
+
+# --- the reference list -----------------------------------------------------------------------
+
+
+@cache
+def reference_entries() -> tuple[CatalogEntry, ...]:
+    data = json.loads(REFERENCE_FILE.read_text(encoding="utf-8"))
+    entries = []
+    for item in data["entries"]:
+        check_facets(item, where=item["name"])
+        entries.append(
+            CatalogEntry(
+                key=f"ref:{slugify(item['name'])}",
+                name=slugify(item["name"]),
+                display_name=item["name"],
+                installed=False,
+                base=item["base"],
+                training=item.get("training", ""),
+                styles=item.get("styles", []),
+                realism=item.get("realism", []),
+                specialities=item.get("specialities", []),
+                nsfw=bool(item.get("nsfw", False)),
+                trigger_words=item.get("trigger_words", []),
+                description=item.get("description", ""),
+                source_url=item.get("source", ""),
+                tags=[alias for alias in item.get("aliases", [])],
+                sources={facet: "reference" for facet in LAYERED},
+            )
+        )
+    return tuple(entries)
+
+
+MIN_PREFIX = 6
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+_VERSION = re.compile(r"(?:[_ .-]?v?\d+(?:\.\d+)*[a-z]?\d*)+$")
+
+
+def match_key(name: str) -> str:
+    """A file or model name reduced for recognition: case, punctuation and a trailing version dropped."""
+    low = name.lower().rsplit(".", 1)[0] if name.lower().endswith((".safetensors", ".ckpt")) else name.lower()
+    stem = _VERSION.sub("", low) or low
+    return _NOT_ALNUM.sub("", stem)
+
+
+@cache
+def _reference_by_key() -> dict[str, CatalogEntry]:
+    table: dict[str, CatalogEntry] = {}
+    for ref in reference_entries():
+        for alias in (ref.display_name, *ref.tags):
+            table.setdefault(match_key(alias), ref)
+    return table
+
+
+def recognise(*names: str) -> CatalogEntry | None:
+    """The reference entry a file is (by its file name, registry name or Civitai model name), if any."""
+    table = _reference_by_key()
+    keys = [match_key(name) for name in names if name]
+    for key in keys:
+        if key in table:
+            return table[key]
+    for key in keys:  # "juggernautXL_v9Rundiffusion": the longest known name it starts with
+        prefixes = [k for k in table if len(k) >= MIN_PREFIX and key.startswith(k)]
+        if prefixes:
+            return table[max(prefixes, key=len)]
+    return None
+
+
+# --- installed checkpoints ----------------------------------------------------------------------
+
+
+def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> CatalogEntry:
+    sidecars = ckpt.sidecars or {}
+    metadata = (ckpt.inspection or {}).get("metadata") or {}
+    civitai_names = [
+        str((civitai or {}).get("model_name") or ""),
+        str((sidecars.get("civitai") or {}).get("model_name") or ""),
+    ]
+    ref = recognise(Path(ckpt.relative_path).name, ckpt.name, ckpt.display_name, *civitai_names)
+    owner = owner_layer(ckpt.facets)
+    layers = [owner, metadata_layer(metadata), sidecar_layer(sidecars)]
+    if civitai:
+        layers.append(civitai_layer(civitai))
+    if ref is not None:
+        layers.append(reference_layer(ref))
+    layers.append(
+        layer_from_text("inferred", " . ".join([ckpt.display_name, ckpt.name, ckpt.description, " , ".join(ckpt.tags)]))
+    )
+    values, sources = resolve(layers)
+    if ckpt.training and not owner.training:  # the file's own merge recipe outranks guesses
+        values["training"], sources["training"] = ckpt.training, "metadata"
+    description = ckpt.description or next((layer.description for layer in layers if layer.description), "")
+    source_url = ""
+    if civitai and civitai.get("model_id"):
+        source_url = f"https://civitai.com/models/{civitai['model_id']}"
+    elif (sidecars.get("civitai") or {}).get("model_id"):
+        source_url = f"https://civitai.com/models/{sidecars['civitai']['model_id']}"
+    elif ref is not None:
+        source_url = ref.source_url
+    return CatalogEntry(
+        key=f"ckpt:{ckpt.sha256}",
+        name=ckpt.name,
+        display_name=ckpt.display_name,
+        installed=True,
+        base=ckpt.family,
+        nsfw=ckpt.nsfw or bool((civitai or {}).get("nsfw")),
+        description=description,
+        tags=list(ckpt.tags),
+        source_url=source_url,
+        architecture=ckpt.architecture,
+        autov2=ckpt.autov2,
+        runnable=ckpt.runnable and ckpt.status == "present",
+        known_as=ref.display_name if ref is not None else "",
+        lineage=[p.get("name") or p.get("autov2", "") for p in ckpt.lineage],
+        sources=sources,
+        **values,
+    )

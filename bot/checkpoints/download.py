@@ -1,0 +1,196 @@
+"""Register a checkpoint from a URL or a Civitai model-version id: download, check, then register.
+
+The file is streamed to a hidden temporary name in the models directory (so a scan never sees it),
+hashed as it arrives, refused past the size cap, checked against the expected sha256 (Civitai
+gives one), inspected like any other checkpoint, and only then renamed into place and registered.
+Any failure, a cancel included, deletes the temporary file: nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import httpx
+
+from bot.catalog.civitai import CIVITAI_URL
+from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, inspect_file
+from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.errors import CheckpointFileError, EaselError
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+CIVITAI_SOURCE = re.compile(r"^(?:civitai:|https://civitai\.com/models/\d+[^?]*\?modelVersionId=)(\d+)$")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+DownloadProgress = Callable[[int, int | None], None]  # (bytes so far, total or None)
+
+
+class DownloadError(EaselError):
+    pass
+
+
+@dataclass
+class DownloadPlan:
+    url: str
+    filename: str
+    sha256: str | None = None  # expected, when the source says
+    size: int | None = None
+    source: str = "url"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 100e6 else f"{n / 1e6:.1f} MB"
+
+
+def safe_filename(name: str) -> str:
+    """A plain file name for the models directory: no folders, no hidden files, a checkpoint suffix."""
+    base = _SAFE_NAME.sub("_", Path(unquote(name)).name).strip(" .")
+    if not base or Path(base).suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise DownloadError(f"{name!r} is not a checkpoint file name (expected .safetensors or .ckpt)")
+    return base
+
+
+class Downloader:
+    def __init__(
+        self,
+        registry: CheckpointRegistry,
+        *,
+        max_bytes: int,
+        civitai_api_key: str | None = None,
+        civitai_url: str = CIVITAI_URL,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.registry = registry
+        self.max_bytes = max_bytes
+        self.civitai_api_key = civitai_api_key
+        self.civitai_url = civitai_url
+        self.transport = transport
+
+    def _client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            transport=self.transport,
+            follow_redirects=True,
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            headers={"User-Agent": "Easel (Discord bot)"},
+        )
+
+    async def plan(self, source: str) -> DownloadPlan:
+        """What `source` (an http(s) URL, or civitai:VERSION_ID) downloads, before any byte of it."""
+        source = source.strip()
+        match = CIVITAI_SOURCE.match(source)
+        if match:
+            return await self._plan_civitai(int(match[1]))
+        parsed = urlparse(source)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise DownloadError(f"{source!r} is not an http(s) URL or civitai:VERSION_ID")
+        return DownloadPlan(url=source, filename=safe_filename(parsed.path or ""))
+
+    async def _plan_civitai(self, version_id: int) -> DownloadPlan:
+        async with self._client() as client:
+            try:
+                response = await client.get(f"{self.civitai_url}/api/v1/model-versions/{version_id}")
+            except httpx.HTTPError as e:
+                raise DownloadError(f"Civitai could not be reached ({type(e).__name__})") from None
+        if response.status_code == 404:
+            raise DownloadError(f"Civitai has no model version {version_id}")
+        if response.status_code != 200:
+            raise DownloadError(f"Civitai answered HTTP {response.status_code} for version {version_id}")
+        data = response.json()
+        model_type = str((data.get("model") or {}).get("type") or "")
+        if model_type and model_type != "Checkpoint":
+            raise DownloadError(f"Civitai version {version_id} is a {model_type}, not a checkpoint")
+        files = [f for f in data.get("files") or [] if isinstance(f, dict) and f.get("downloadUrl")]
+        files.sort(key=lambda f: (not f.get("primary"), (f.get("metadata") or {}).get("format") != "SafeTensor"))
+        if not files:
+            raise DownloadError(f"Civitai version {version_id} has no file to download")
+        chosen = files[0]
+        sha = str((chosen.get("hashes") or {}).get("SHA256") or "").lower() or None
+        size_kb = chosen.get("sizeKB")
+        return DownloadPlan(
+            url=chosen["downloadUrl"],
+            filename=safe_filename(str(chosen.get("name") or "")),
+            sha256=sha,
+            size=int(size_kb * 1024) if isinstance(size_kb, int | float) else None,
+            source=f"civitai:{version_id}",
+        )
+
+    async def download(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        sha256: str | None = None,
+        nsfw: bool | None = None,
+        progress: DownloadProgress | None = None,
+    ) -> CheckpointEntry:
+        plan = await self.plan(source)
+        expected = (sha256 or plan.sha256 or "").lower() or None
+        if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
+            raise DownloadError("--sha256 must be 64 hex digits")
+        if plan.size is not None and plan.size > self.max_bytes:
+            raise DownloadError(f"{plan.filename} is {_size(plan.size)}; the limit is {_size(self.max_bytes)}")
+        root = self.registry.models_root
+        target = root / plan.filename
+        if await asyncio.to_thread(target.exists):
+            raise DownloadError(f"{plan.filename} already exists in the models directory; register it with add")
+        temp = root / f".{target.stem}.download{target.suffix}"
+        try:
+            digest = await self._fetch(plan, temp, progress)
+            if expected is not None and digest != expected:
+                raise DownloadError(f"sha256 mismatch: expected {expected[:10]}…, got {digest[:10]}…; nothing kept")
+            try:
+                await asyncio.to_thread(inspect_file, temp)
+            except CheckpointFileError as e:
+                raise DownloadError(f"the download is not a usable checkpoint: {str(e).split(': ', 1)[-1]}") from None
+            await asyncio.to_thread(os.replace, temp, target)
+        except BaseException:
+            await asyncio.to_thread(temp.unlink, missing_ok=True)
+            raise
+        log.info("downloaded %s from %s (%s)", plan.filename, plan.source, digest[:10])
+        try:
+            return await self.registry.add(target, name=name, nsfw=nsfw)
+        except EaselError:
+            await asyncio.to_thread(target.unlink, missing_ok=True)  # e.g. the same content is registered already
+            raise
+
+    async def _fetch(self, plan: DownloadPlan, temp: Path, progress: DownloadProgress | None) -> str:
+        headers = {}
+        if plan.source.startswith("civitai:") and self.civitai_api_key:
+            headers["Authorization"] = f"Bearer {self.civitai_api_key}"
+        digest = hashlib.sha256()
+        done = 0
+        async with self._client() as client:
+            try:
+                async with client.stream("GET", plan.url, headers=headers) as response:
+                    if response.status_code in (401, 403):
+                        raise DownloadError(
+                            f"the server refused the download (HTTP {response.status_code}); "
+                            "a Civitai file may need EASEL_CIVITAI_API_KEY"
+                        )
+                    if response.status_code != 200:
+                        raise DownloadError(f"the server answered HTTP {response.status_code}")
+                    total = int(response.headers.get("content-length") or 0) or plan.size
+                    if total and total > self.max_bytes:
+                        raise DownloadError(f"the file is {_size(total)}; the limit is {_size(self.max_bytes)}")
+                    with open(temp, "wb") as out:  # noqa: ASYNC230 (each write goes to a thread below)
+                        async for chunk in response.aiter_bytes(CHUNK):
+                            done += len(chunk)
+                            if done > self.max_bytes:
+                                raise DownloadError(f"the download passed the {_size(self.max_bytes)} limit")
+                            digest.update(chunk)
+                            await asyncio.to_thread(out.write, chunk)
+                            if progress:
+                                progress(done, total)
+                        await asyncio.to_thread(os.fsync, out.fileno())
+            except httpx.HTTPError as e:
+                raise DownloadError(f"the download failed ({type(e).__name__}: {e})") from None
+        return digest.hexdigest()

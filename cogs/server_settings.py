@@ -1,0 +1,167 @@
+"""/settings: members with Manage Server set their server's (or one channel's) defaults and policy.
+
+Defaults (checkpoint, steps, CFG, sampler, aspect, negative prompt) apply where /imagine leaves an
+option out; policy (NSFW, spoilers, limits, blocked words) is server-wide; hidden checkpoints are
+not offered anywhere in the server. Everyone else gets a private refusal and nothing changes.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.errors import EaselError
+from bot.generation.aspects import ASPECTS
+from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from cogs.generation import refuse
+from gpu_worker.protocol import SAMPLERS
+
+if TYPE_CHECKING:
+    from cogs.app import EaselBot
+
+MANAGERS_ONLY = "only members who can manage this server can change its settings"
+
+
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class ServerSettings(
+    commands.GroupCog, group_name="settings", group_description="This server's defaults and rules (Manage Server)"
+):
+    def __init__(self, bot: EaselBot) -> None:
+        self.bot = bot
+        self.store = bot.services.guild_settings
+        super().__init__()
+
+    async def refused(self, interaction: discord.Interaction) -> bool:
+        if interaction.guild_id is not None and interaction.permissions.manage_guild:
+            return False
+        await refuse(interaction, MANAGERS_ONLY)
+        return True
+
+    async def show_embed(self, interaction: discord.Interaction, effective: Effective, title: str) -> discord.Embed:
+        embed = discord.Embed(title=title, colour=EMBED_COLOUR)
+        for key, value, source in await self.store.describe(effective):
+            embed.add_field(name=key.replace("_", " "), value=clip(f"{value} · {source}", FIELD_MAX))
+        embed.set_footer(text=f"for #{getattr(interaction.channel, 'name', 'this channel')} · channel > server > bot")
+        return embed
+
+    async def apply(self, interaction: discord.Interaction, changes: dict[str, Any], this_channel: bool) -> None:
+        changes = {k: v for k, v in changes.items() if v is not None}
+        try:
+            effective = await self.store.update(
+                str(interaction.guild_id),
+                str(interaction.channel_id) if this_channel else None,
+                changes,
+                by=str(interaction.user.id),
+            )
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        effective = await self.store.effective(str(interaction.guild_id), str(interaction.channel_id))
+        scope = "this channel" if this_channel else "the server"
+        embed = await self.show_embed(interaction, effective, f"Saved for {scope}")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="show", description="The settings that apply in this channel, and where each comes from")
+    async def show(self, interaction: discord.Interaction) -> None:
+        if await self.refused(interaction):
+            return
+        effective = await self.store.effective(str(interaction.guild_id), str(interaction.channel_id))
+        embed = await self.show_embed(interaction, effective, "Settings here")
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @app_commands.command(name="defaults", description='Defaults for /imagine in this server or channel ("-" clears)')
+    @app_commands.describe(
+        checkpoint="Default checkpoint",
+        steps=f"Default steps (1-{MAX_STEPS})",
+        cfg="Default CFG scale (0-30)",
+        sampler="Default sampler",
+        aspect="Default shape",
+        negative='Default negative prompt ("-" clears)',
+        this_channel="Only in this channel (default: the whole server)",
+    )
+    @app_commands.choices(
+        sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
+        aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+    )
+    async def defaults(
+        self,
+        interaction: discord.Interaction,
+        checkpoint: str | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        sampler: str | None = None,
+        aspect: str | None = None,
+        negative: app_commands.Range[str, 0, 1000] | None = None,
+        this_channel: bool = False,
+    ) -> None:
+        if await self.refused(interaction):
+            return
+        changes = {"checkpoint": checkpoint, "steps": steps, "cfg": cfg, "sampler": sampler, "aspect": aspect}
+        await self.apply(interaction, changes | {"negative": negative}, this_channel)
+
+    @app_commands.command(name="policy", description="NSFW, spoilers, limits and blocked words for the whole server")
+    @app_commands.describe(
+        nsfw="Where NSFW checkpoints may be used",
+        spoiler="Post every picture behind a spoiler",
+        max_steps=f"Most steps a member may ask for (1-{MAX_STEPS})",
+        max_images=f"Most pictures per request (1-{MAX_IMAGES})",
+        blocked_words='Comma-separated words refused in prompts here ("-" clears)',
+    )
+    @app_commands.choices(nsfw=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES])
+    async def policy(
+        self,
+        interaction: discord.Interaction,
+        nsfw: str | None = None,
+        spoiler: bool | None = None,
+        max_steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        max_images: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
+        blocked_words: str | None = None,
+    ) -> None:
+        if await self.refused(interaction):
+            return
+        changes = {"nsfw": nsfw, "spoiler": spoiler, "max_steps": max_steps, "max_images": max_images}
+        await self.apply(interaction, changes | {"blocked_words": blocked_words}, False)
+
+    @app_commands.command(name="hide", description="Stop offering a checkpoint in this server")
+    async def hide(self, interaction: discord.Interaction, checkpoint: str) -> None:
+        await self.set_hidden(interaction, checkpoint, True)
+
+    @app_commands.command(name="unhide", description="Offer a hidden checkpoint in this server again")
+    async def unhide(self, interaction: discord.Interaction, checkpoint: str) -> None:
+        await self.set_hidden(interaction, checkpoint, False)
+
+    async def set_hidden(self, interaction: discord.Interaction, checkpoint: str, hidden: bool) -> None:
+        if await self.refused(interaction):
+            return
+        try:
+            entry = await self.store.hide(str(interaction.guild_id), checkpoint, hidden)
+        except EaselError as e:
+            await refuse(interaction, str(e))
+            return
+        verb = "is no longer offered" if hidden else "is offered again"
+        await interaction.response.send_message(f"**{entry.name}** {verb} in this server.", ephemeral=True)
+
+    @app_commands.command(name="reset", description="Forget this server's (or this channel's) settings")
+    async def reset(self, interaction: discord.Interaction, this_channel: bool = False) -> None:
+        if await self.refused(interaction):
+            return
+        await self.store.reset(str(interaction.guild_id), str(interaction.channel_id) if this_channel else None)
+        scope = "this channel's" if this_channel else "the server's"
+        await interaction.response.send_message(f"Forgot {scope} settings.", ephemeral=True)
+
+    @defaults.autocomplete("checkpoint")
+    @hide.autocomplete("checkpoint")
+    @unhide.autocomplete("checkpoint")
+    async def checkpoint_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        needle = current.lower()
+        names = [e.name for e in await self.bot.services.registry.list(status="present") if needle in e.name.lower()]
+        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+
+
+async def setup(bot: EaselBot) -> None:
+    await bot.add_cog(ServerSettings(bot))

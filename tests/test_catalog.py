@@ -1,0 +1,346 @@
+"""The catalog: facets and where they come from, Civitai enrichment, search, answers, compare."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from bot.catalog.civitai import CivitaiClient
+from bot.catalog.embeddings import EmbeddingProcess
+from bot.catalog.query import parse_query
+from bot.catalog.service import CatalogService
+from bot.catalog.sources import reference_entries
+from bot.catalog.taxonomy import facet_changes
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+from bot.errors import RegistryError
+from tests.helpers import with_metadata
+
+aio = pytest.mark.asyncio(loop_scope="module")
+
+
+# --- questions -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("question", "styles", "realism", "specialities", "bases", "sfw", "rest"),
+    [
+        ("which checkpoint for anime?", {"anime"}, set(), set(), set(), False, []),
+        ("best realistic portrait model for sdxl", set(), {"realistic"}, {"portraits"}, {"sdxl"}, False, []),
+        (
+            "something painterly for fantasy landscapes",
+            {"digital painting"},
+            set(),
+            {"fantasy", "landscapes"},
+            set(),
+            False,
+            [],
+        ),
+        ("2.5D characters", set(), {"2.5D"}, {"characters"}, set(), False, []),
+        ("photo of products, sd1.5", {"photorealistic"}, set(), {"products"}, {"sd1"}, False, []),
+        ("no nsfw", set(), set(), set(), set(), True, []),
+        ("cel-shaded manga, no NSFW please", {"anime"}, set(), set(), set(), True, []),
+        ("pixar-like 3D render of a toy", {"render/3D"}, set(), set(), set(), False, ["toy"]),
+    ],
+)
+def test_questions_become_facets(question, styles, realism, specialities, bases, sfw, rest) -> None:
+    q = parse_query(question)
+    assert (q.facets.styles, q.facets.realism, q.facets.specialities, q.bases, q.sfw_only, q.rest) == (
+        styles,
+        realism,
+        specialities,
+        bases,
+        sfw,
+        rest,
+    )
+
+
+def test_owner_facet_options_map_onto_the_taxonomy() -> None:
+    assert facet_changes(styles="Manga, 3d", realism="2.5d", specialities="portrait") == {
+        "styles": ["anime", "render/3D"],
+        "realism": ["2.5D"],
+        "specialities": ["portraits"],
+    }
+    assert facet_changes(styles="") == {"styles": []}
+    assert facet_changes() is None
+    with pytest.raises(ValueError, match="'banana' is not a known style; choose from photorealistic"):
+        facet_changes(styles="anime, banana")
+    with pytest.raises(ValueError, match="not a kind of training"):
+        facet_changes(training="distilled")
+
+
+def test_reference_list_is_valid_and_varied() -> None:
+    entries = reference_entries()
+    assert len(entries) >= 30 and len({e.name for e in entries}) == len(entries)
+    assert {e.base for e in entries} >= {"sd1", "sd2", "sdxl"}
+    assert {s for e in entries for s in e.styles} >= {"anime", "photorealistic", "render/3D", "digital painting"}
+    assert all(e.description and e.source_url.startswith("https://") for e in entries)
+
+
+# --- the service, on a real database and registry --------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def embedder() -> AsyncIterator[EmbeddingProcess]:
+    process = EmbeddingProcess()
+    process.start()
+    yield process
+    await process.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def catalog(tmp_path: Path, embedder: EmbeddingProcess, tiny_dir: Path) -> AsyncIterator[CatalogService]:
+    models = tmp_path / "models"
+    models.mkdir()
+    db = await open_database(tmp_path / "data" / "easel.sqlite3")
+    service = CatalogService(db, CheckpointRegistry(db, models), embedder)
+    service.embedder = embedder  # shared across tests; closed by its own fixture
+    yield service
+    await db.close()
+
+
+def installed(catalog: CatalogService, tiny_dir: Path, name: str, metadata: dict[str, str], arch: str = "sd1") -> Path:
+    return with_metadata(tiny_dir / f"tiny-{arch}.safetensors", catalog.registry.models_root / name, metadata)
+
+
+@aio
+async def test_installed_ranks_above_known_and_answer_says_why(catalog: CatalogService, tiny_dir: Path) -> None:
+    path = installed(
+        catalog,
+        tiny_dir,
+        "pastel-anime.safetensors",
+        {
+            "modelspec.title": "Pastel Anime",
+            "modelspec.description": "soft anime girls, cel shading",
+            "modelspec.trigger_phrase": "pstl",
+        },
+    )
+    await catalog.registry.add(path)
+    answer = await catalog.search("which checkpoint for anime?")
+    first = answer.hits[0]
+    assert first.entry.name == "pastel-anime" and first.entry.installed
+    assert "anime style (from the file)" in first.why and "installed here" in first.why and "pstl" in first.why
+    assert first.try_.startswith('/imagine checkpoint:pastel-anime prompt:"pstl, …"')
+    assert all(not h.entry.installed for h in answer.hits[1:]) and "anime" in answer.hits[1].entry.styles
+    assert "not installed here" in answer.hits[1].why and answer.understood == "style anime"
+
+
+@aio
+async def test_base_model_and_nsfw_are_filters(catalog: CatalogService) -> None:
+    answer = await catalog.search("anime for sdxl")
+    assert answer.hits and all(h.entry.base == "sdxl" for h in answer.hits)
+    nsfw_names = {e.name for e in reference_entries() if e.nsfw}
+    everywhere = await catalog.search("realistic asian portraits", limit=25)
+    assert nsfw_names & {h.entry.name for h in everywhere.hits}
+    for answer in (
+        await catalog.search("realistic asian portraits", allow_nsfw=False, limit=25),
+        await catalog.search("realistic asian portraits, no nsfw", limit=25),
+    ):
+        assert answer.hits and not nsfw_names & {h.entry.name for h in answer.hits}
+
+
+@aio
+async def test_empty_and_nonsense_questions_get_help(catalog: CatalogService) -> None:
+    for question in ("", "   ", "which one?", "qwzx vbnmk plorf"):
+        answer = await catalog.search(question)
+        assert answer.help and not answer.hits and "which checkpoint for anime?" in answer.help, question
+
+
+@aio
+async def test_facets_follow_the_order_of_trust(catalog: CatalogService, tiny_dir: Path) -> None:
+    path = installed(
+        catalog,
+        tiny_dir,
+        "dreamshaper_8.safetensors",
+        {"modelspec.title": "DreamShaper 8"},
+    )
+    (path.parent / "dreamshaper_8.civitai.info").write_text(
+        json.dumps(
+            {"id": 1, "modelId": 4384, "model": {"name": "DreamShaper", "tags": ["anime"]}, "trainedWords": ["dshp"]}
+        )
+    )
+    entry = await catalog.registry.add(path)
+    e = await catalog.get(entry.name)
+    # styles from the sidecar's tags; specialities from the reference list (recognised by name)
+    assert (e.styles, e.sources["styles"]) == (["anime"], "sidecar")
+    assert e.sources["specialities"] == "reference" and "fantasy" in e.specialities
+    assert e.trigger_words == ["dshp"] and e.known_as == "DreamShaper"
+    assert e.source_url == "https://civitai.com/models/4384"
+    # an owner's word beats everything, and clearing it lets the next source show again
+    await catalog.registry.edit(entry.name, facets={"styles": ["photorealistic"], "specialities": ["products"]})
+    e = await catalog.get(entry.name)
+    assert (e.styles, e.sources["styles"], e.specialities) == (["photorealistic"], "owner", ["products"])
+    await catalog.registry.edit(entry.name, facets={"styles": []})
+    e = await catalog.get(entry.name)
+    assert (e.styles, e.sources["styles"], e.specialities) == (["anime"], "sidecar", ["products"])
+    # the recognised reference entry is not listed twice
+    index = await catalog.refresh()
+    assert "ref:dreamshaper" not in {x.key for x in index.entries}
+
+
+@aio
+async def test_bad_facet_edit_changes_nothing(catalog: CatalogService, tiny_dir: Path) -> None:
+    entry = await catalog.registry.add(installed(catalog, tiny_dir, "x.safetensors", {"a": "b"}))
+    for facets, message in (
+        ({"styles": ["banana"]}, "not a known style"),
+        ({"moods": ["calm"]}, "unknown facet 'moods'"),
+        ({"training": "distilled"}, "not a kind of training"),
+    ):
+        with pytest.raises(RegistryError, match=message):
+            await catalog.registry.edit(entry.name, facets=facets)
+    assert (await catalog.registry.get(entry.name)).facets == {}
+
+
+@aio
+async def test_embeddings_are_stored_and_redone_only_for_changed_entries(
+    catalog: CatalogService, tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await catalog.refresh()
+    embedded: list[str] = []
+    original = catalog.embedder.embed
+
+    async def counting(texts, **kwargs):
+        embedded.extend(texts)
+        return await original(texts, **kwargs)
+
+    monkeypatch.setattr(catalog.embedder, "embed", counting)
+    entry = await catalog.registry.add(installed(catalog, tiny_dir, "new.safetensors", {"modelspec.title": "New One"}))
+    await catalog.refresh()
+    assert len(embedded) == 1 and embedded[0].startswith("New One")
+    await catalog.registry.edit(entry.name, description="watercolour landscapes")
+    await catalog.refresh()
+    assert len(embedded) == 2 and "watercolour landscapes" in embedded[1]
+    # a fresh service over the same database reuses every stored vector
+    fresh = CatalogService(catalog._db, catalog.registry, catalog.embedder)
+    await fresh.refresh()
+    assert len(embedded) == 2
+    async with catalog._db.execute("SELECT count(*) FROM catalog_entries WHERE embedding IS NULL") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+@aio
+async def test_without_the_embedding_model_search_still_answers(catalog: CatalogService) -> None:
+    lexical = CatalogService(catalog._db, catalog.registry, None)
+    answer = await lexical.search("best realistic portrait model for sdxl")
+    assert answer.hits[0].entry.base == "sdxl" and "photorealistic" in answer.hits[0].entry.styles
+
+
+@aio
+async def test_evaluation_set_top3(catalog: CatalogService) -> None:
+    from bench.catalog_eval import evaluate, load_cases
+
+    result = await evaluate(catalog, load_cases())
+    assert result["questions"] >= 60
+    assert result["top3"] >= 0.95, result["misses"]
+
+
+# --- Civitai ---------------------------------------------------------------------------------------
+
+
+def civitai_transport(calls: list[str], *, fail: bool = False) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if fail:
+            raise httpx.ConnectError("no route to host", request=request)
+        sha = request.url.path.rsplit("/", 1)[1]
+        if sha.startswith("0"):
+            return httpx.Response(404, json={"error": "Model not found"})
+        return httpx.Response(
+            200,
+            json={
+                "id": 11,
+                "modelId": 22,
+                "name": "v2",
+                "baseModel": "SD 1.5",
+                "trainedWords": ["civ word"],
+                "description": "<p>Soft <b>anime</b> look</p>",
+                "model": {"name": "Civ Anime", "type": "Checkpoint", "nsfw": False, "tags": ["anime", "characters"]},
+            },
+        )
+
+    return httpx.MockTransport(handler)
+
+
+@aio
+async def test_civitai_enrichment_fills_facets_and_caches_answers(catalog: CatalogService, tiny_dir: Path) -> None:
+    entry = await catalog.registry.add(installed(catalog, tiny_dir, "mystery.safetensors", {"k": "1"}))
+    calls: list[str] = []
+    report = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls)))
+    known = entry.sha256.startswith("0")
+    assert (report.found, report.missing) == (([], ["mystery"]) if known else (["mystery"], []))
+    assert calls == [f"/api/v1/model-versions/by-hash/{entry.sha256}"]
+    e = await catalog.get("mystery")
+    if not known:
+        assert (e.styles, e.sources["styles"]) == (["anime"], "civitai")
+        assert e.trigger_words == ["civ word"] and e.source_url == "https://civitai.com/models/22"
+    again = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls)))
+    assert again.cached == 1 and len(calls) == 1  # a recent answer, a miss too, is not asked again
+    await catalog.enrich(refresh=True, client=CivitaiClient(transport=civitai_transport(calls)))
+    assert len(calls) == 2
+
+
+@aio
+async def test_civitai_unreachable_leaves_entries_and_says_so_once(catalog: CatalogService, tiny_dir: Path) -> None:
+    for i in range(3):
+        await catalog.registry.add(installed(catalog, tiny_dir, f"m{i}.safetensors", {"i": str(i)}))
+    before = [e.to_dict() for e in (await catalog.refresh()).entries]
+    calls: list[str] = []
+    report = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls, fail=True)))
+    assert len(calls) == 1 and report.error and "could not be reached" in report.error
+    assert "left as they were" in report.summary()
+    assert [e.to_dict() for e in (await catalog.refresh(force=True)).entries] == before
+    async with catalog._db.execute("SELECT count(*) FROM civitai_lookups") as cur:
+        assert (await cur.fetchone())[0] == 0
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+
+def test_cli_search_show_and_edit(cli, add_tiny, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EASEL_SEMANTIC_SEARCH", "false")  # the model is exercised above; keep this fast
+    add_tiny("sdxl", "my-xl.safetensors")
+    assert cli("checkpoints", "add", "my-xl.safetensors").code == 0
+    bad = cli("checkpoints", "edit", "my-xl", "--styles", "anime, banana")
+    assert bad.code == 1 and "'banana' is not a known style" in bad.err
+    ok = cli("checkpoints", "edit", "my-xl", "--styles", "manga", "--good-at", "portraits", "--trigger-words", "mxl")
+    assert ok.code == 0 and "styles: anime" in ok.out
+    r = cli("catalog", "search", "anime portraits for sdxl", "--json")
+    result = json.loads(r.out)
+    assert result["results"][0]["name"] == "my-xl" and result["results"][0]["installed"]
+    assert all(x["base"] == "SDXL" for x in result["results"])
+    text = cli("catalog", "search", "anime portraits for sdxl").out
+    assert text.splitlines()[3].endswith("[my-xl] (installed)") and "trigger words: mxl" in text
+    shown = cli("catalog", "show", "my-xl").out
+    assert "Styles:        anime  (owner)" in shown
+    assert "Juggernaut XL" in cli("catalog", "show", "juggernaut-xl").out
+    missing = cli("catalog", "show", "nope")
+    assert missing.code == 1 and "no catalog entry named 'nope'" in missing.err
+    assert "Ask in words" in cli("catalog", "search", "?").out
+
+
+def test_cli_compare_makes_one_labelled_grid(cli, add_tiny, env: Path) -> None:
+    add_tiny("sd1", "one.safetensors")
+    add_tiny("sd2", "two.safetensors")
+    assert cli("checkpoints", "scan").code == 0
+    for args, message in (
+        (["--checkpoints", "one"], "name at least 2 checkpoints"),
+        (["--checkpoints", "one,nope"], "no checkpoint named 'nope'"),
+        (["--checkpoints", "one,one"], "one is named twice"),
+        (["--checkpoints", "one,two", "--out", str(env)], "is a folder"),
+    ):
+        r = cli("catalog", "compare", "--prompt", "a boat", *args)
+        assert r.code == 1 and message in r.err and "starting the worker" not in r.err, args
+    r = cli("catalog", "compare", "--prompt", "a boat", "--checkpoints", "one,two", "--steps", "2", "--seed", "9")
+    assert r.code == 0, r.err
+    from PIL import Image
+
+    grid = Image.open(env / "compare.png")
+    info = json.loads(grid.info["easel-compare"])
+    assert info["seed"] == 9 and [c[0] for c in info["checkpoints"]] == ["one", "two"]
+    assert grid.width == 2 * 64 and grid.height > 64  # two 64-px tiles side by side, labels below
+    assert "one [" in r.out and "seed 9" in r.out
