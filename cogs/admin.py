@@ -14,7 +14,7 @@ from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
 from bot.errors import EaselError
 from cogs.catalog import info_embed
-from cogs.formatting import CONTENT_MAX, clip
+from cogs.formatting import CONTENT_MAX, checkpoint_choices, clip
 from cogs.generation import refuse
 from cogs.progress import ThrottledEdits
 
@@ -234,9 +234,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     @merge.autocomplete("secondary")
     @merge.autocomplete("tertiary")
     async def checkpoint_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        needle = current.lower()
-        names = [e.name for e in await self.services.registry.list(status="present") if needle in e.name.lower()]
-        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+        return checkpoint_choices(await self.services.registry.list(status="present"), current)
 
 
 async def setup(bot: EaselBot) -> None:

@@ -21,7 +21,7 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_prompt
 from cogs.attachments import fit_image
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip, nsfw_allowed
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip, nsfw_allowed
 from cogs.generation import post_result, refuse
 
 if TYPE_CHECKING:
@@ -103,12 +103,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
     @compare.autocomplete("third")
     @compare.autocomplete("fourth")
     async def runnable_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        needle = current.lower()
-        entries = [e for e in await self.visible(interaction) if e.runnable and needle in e.name.lower()]
-        return [
-            app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
-            for e in entries[:25]
-        ]
+        return checkpoint_choices([e for e in await self.visible(interaction) if e.runnable], current)
 
     async def visible(self, interaction: discord.Interaction, family: str | None = None) -> list[CheckpointEntry]:
         here, adult = await self.bot.services.guild_settings.effective(*where(interaction)), nsfw_allowed(interaction)
@@ -146,12 +141,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
 
     @info.autocomplete("name")
     async def names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        needle = current.lower()
-        entries = [e for e in await self.visible(interaction) if needle in e.name.lower()]
-        return [
-            app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
-            for e in entries[:25]
-        ]
+        return checkpoint_choices(await self.visible(interaction), current)
 
 
 class CatalogPages(discord.ui.View):

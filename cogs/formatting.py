@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import discord
+from discord import app_commands
 
+from bot.checkpoints.registry import CheckpointEntry
 from bot.generation.aspects import ASPECTS, size_for  # noqa: F401 (re-exported for the cogs)
 from bot.generation.jobs import Job
 
@@ -23,6 +25,16 @@ def nsfw_allowed(interaction: discord.Interaction) -> bool:
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def checkpoint_choices(entries: list[CheckpointEntry], current: str) -> list[app_commands.Choice[str]]:
+    """Autocomplete: the entries whose name holds what was typed, "name · architecture", at most 25."""
+    needle = current.lower().strip()
+    return [
+        app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
+        for e in entries
+        if needle in e.name.lower()
+    ][:25]
 
 
 def result_embed(job: Job, requester: str) -> discord.Embed:

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip
 from cogs.generation import refuse
 from gpu_worker.protocol import SAMPLERS
 
@@ -158,9 +158,7 @@ class ServerSettings(
     @hide.autocomplete("checkpoint")
     @unhide.autocomplete("checkpoint")
     async def checkpoint_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        needle = current.lower()
-        names = [e.name for e in await self.bot.services.registry.list(status="present") if needle in e.name.lower()]
-        return [app_commands.Choice(name=n[:100], value=n[:100]) for n in names[:25]]
+        return checkpoint_choices(await self.bot.services.registry.list(status="present"), current)
 
 
 async def setup(bot: EaselBot) -> None:

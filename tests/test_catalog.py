@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -93,14 +94,27 @@ async def embedder() -> AsyncIterator[EmbeddingProcess]:
     await process.close()
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def embedded_reference(tmp_path_factory: pytest.TempPathFactory, embedder: EmbeddingProcess) -> Path:
+    """A database whose reference entries are embedded already: each test starts from a copy."""
+    folder = tmp_path_factory.mktemp("catalog-template")
+    (folder / "models").mkdir()
+    db = await open_database(folder / "easel.sqlite3")
+    await CatalogService(db, CheckpointRegistry(db, folder / "models"), embedder).refresh()
+    await db.close()
+    return folder / "easel.sqlite3"
+
+
 @pytest_asyncio.fixture(loop_scope="module")
-async def catalog(tmp_path: Path, embedder: EmbeddingProcess, tiny_dir: Path) -> AsyncIterator[CatalogService]:
+async def catalog(
+    tmp_path: Path, embedder: EmbeddingProcess, embedded_reference: Path
+) -> AsyncIterator[CatalogService]:
     models = tmp_path / "models"
     models.mkdir()
+    (tmp_path / "data").mkdir()
+    shutil.copy(embedded_reference, tmp_path / "data" / "easel.sqlite3")
     db = await open_database(tmp_path / "data" / "easel.sqlite3")
-    service = CatalogService(db, CheckpointRegistry(db, models), embedder)
-    service.embedder = embedder  # shared across tests; closed by its own fixture
-    yield service
+    yield CatalogService(db, CheckpointRegistry(db, models), embedder)  # the embedder is the module's
     await db.close()
 
 
