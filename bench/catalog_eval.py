@@ -36,16 +36,16 @@ def load_cases() -> list[dict[str, Any]]:
 
 async def evaluate(service: CatalogService, cases: list[dict[str, Any]]) -> dict[str, Any]:
     top1 = top3 = 0
-    misses = []
+    misses = []  # every question whose first answer is not one of the expected ones
     for case in cases:
         answer = await service.search(case["q"], allow_nsfw=case.get("nsfw", True), limit=3)
         names = [h.entry.name for h in answer.hits]
         expect = set(case["expect"])
-        top1 += bool(names[:1] and names[0] in expect)
-        hit3 = bool(expect & set(names[:3]))
-        top3 += hit3
-        if not hit3:
-            misses.append({"question": case["q"], "got": names, "expected": sorted(expect)})
+        rank = next((i + 1 for i, name in enumerate(names) if name in expect), None)
+        top1 += rank == 1
+        top3 += rank is not None
+        if rank != 1:
+            misses.append({"question": case["q"], "got": names, "first_right_at": rank, "expected": sorted(expect)})
     n = len(cases)
     return {"questions": n, "top1": round(top1 / n, 4), "top3": round(top3 / n, 4), "misses": misses}
 
@@ -72,7 +72,8 @@ async def main() -> None:
             await service._db.close()
         await embedder.close()
     for miss in results["hybrid"]["misses"]:
-        print(f"MISS  {miss['question']!r}: got {miss['got']}, expected one of {miss['expected'][:6]}")
+        where = f"right answer at #{miss['first_right_at']}" if miss["first_right_at"] else "not in the top 3"
+        print(f"MISS  {miss['question']!r} ({where}): got {miss['got']}, expected one of {miss['expected'][:6]}")
     report(
         "catalog_eval",
         {

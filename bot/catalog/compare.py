@@ -76,24 +76,7 @@ async def run_compare(
     if not request.prompt.strip():
         raise EaselError("the prompt is empty")
     seed = request.seed if request.seed >= 0 else random.randrange(2**32)
-    requests = [
-        (
-            GenerationRequest(
-                prompt=request.prompt,
-                negative=request.negative,
-                requester_id=request.requester_id,
-                requester_name=request.requester_name,
-                guild_id=request.guild_id,
-                channel_id=request.channel_id,
-                steps=request.steps,
-                cfg=request.cfg,
-                sampler=request.sampler,
-                seed=seed,
-            ),
-            ref,
-        )
-        for ref in refs
-    ]
+    requests = job_requests(request, refs, seed)
     handles = await generation.submit_group(requests)  # all queued, or none
     try:
         jobs = [await handle.wait() for handle in handles]
@@ -113,6 +96,30 @@ async def run_compare(
         tiles=[(job.spec.checkpoint.name, job.spec.checkpoint.autov2) for job in jobs],
         job_ids=[job.id for job in jobs],
     )
+
+
+def job_requests(
+    request: CompareRequest, refs: list[CheckpointRef], seed: int
+) -> list[tuple[GenerationRequest, CheckpointRef]]:
+    """One job per checkpoint: the same prompt, settings and seed, each at its own native size."""
+    return [
+        (
+            GenerationRequest(
+                prompt=request.prompt,
+                negative=request.negative,
+                requester_id=request.requester_id,
+                requester_name=request.requester_name,
+                guild_id=request.guild_id,
+                channel_id=request.channel_id,
+                steps=request.steps,
+                cfg=request.cfg,
+                sampler=request.sampler,
+                seed=seed,
+            ),
+            ref,
+        )
+        for ref in refs
+    ]
 
 
 def compose_grid(jobs: list[Job], prompt: str, seed: int) -> bytes:

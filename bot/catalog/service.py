@@ -345,6 +345,16 @@ class CatalogService:
             )
         return answer
 
+    def semantic_state(self) -> str:
+        """For /status: whether questions are matched by meaning right now."""
+        if self.embedder is None:
+            return "off (EASEL_SEMANTIC_SEARCH=false)"
+        if self.embedder.failure:
+            return f"unavailable: {self.embedder.failure}"
+        if self.embedder.ready:
+            return f"ready ({self.embedder.model}, loaded in {self.embedder.start_seconds or 0:.1f} s)"
+        return "loading…"
+
     async def close(self) -> None:
         """Close what the catalog owns (its embedding process); the database belongs to the caller."""
         if self.embedder is not None:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bot.catalog.compare import CompareRequest, resolve_all, run_compare
+from bot.catalog.compare import CompareRequest, job_requests, resolve_all, run_compare
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.service import Answer, CatalogService
@@ -19,7 +19,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.generation.requests import Limits
+from bot.generation.requests import Limits, validate
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 
@@ -128,7 +128,9 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
     try:
-        await resolve_all(registry, request.checkpoints, 1000)  # refuse bad names before a worker starts
+        refs = await resolve_all(registry, request.checkpoints, 1000)
+        for job, ref in job_requests(request, refs, max(0, request.seed)):
+            validate(job, ref, limits)  # every bad option is refused before a worker starts
         print(f"starting the worker on {settings.devices[0]}…", file=sys.stderr, flush=True)
         await service.start()
         result = await run_compare(service, registry, request, max_checkpoints=1000)
