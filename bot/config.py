@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=100, ge=1)
     cooldown_seconds: float = Field(default=5.0, ge=0)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)  # refused in prompts
+    nsfw_in_dms: bool = True  # NSFW-flagged checkpoints in DMs with the bot (servers decide for themselves)
     # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without

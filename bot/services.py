@@ -68,5 +68,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     downloads = Downloader(
         registry, max_bytes=int(settings.download_max_gb * 1e9), civitai_api_key=settings.civitai_key
     )
-    guild_settings = GuildSettings(db, registry, settings.blocked_words, generation.limits)
+    guild_settings = GuildSettings(
+        db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
+    )
     return Services(settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings)

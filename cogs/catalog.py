@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -29,6 +30,20 @@ if TYPE_CHECKING:
 
 PAGE = 10
 FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl"}
+
+
+PREVIEW_MAX_BYTES = 4 << 20
+
+
+def read_preview(path: str | None) -> bytes | None:
+    """The A1111 preview image beside a checkpoint, when there is one small enough to send."""
+    if not path:
+        return None
+    try:
+        file = Path(path)
+        return file.read_bytes() if file.is_file() and file.stat().st_size <= PREVIEW_MAX_BYTES else None
+    except OSError:
+        return None
 
 
 def info_embed(entry: CheckpointEntry) -> discord.Embed:
@@ -137,7 +152,13 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         view = (
             discord.ui.View(timeout=None).add_item(UseButton(entry.name)) if entry.runnable else discord.utils.MISSING
         )
-        await interaction.response.send_message(embed=info_embed(entry), view=view)
+        embed, files = info_embed(entry), []
+        preview = await asyncio.to_thread(read_preview, entry.preview_path)
+        if preview is not None:
+            name = "preview" + Path(entry.preview_path or "").suffix.lower()
+            files.append(discord.File(io.BytesIO(preview), filename=name))
+            embed.set_thumbnail(url=f"attachment://{name}")
+        await interaction.response.send_message(embed=embed, view=view, files=files)
 
     @info.autocomplete("name")
     async def names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

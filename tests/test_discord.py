@@ -433,3 +433,21 @@ async def test_server_settings_shape_imagine(env: simcord.Env, services: Service
     await admin.slash(channel, "settings unhide", checkpoint="tiny-sd1")
     after = await params_of(await alice.slash(channel, "imagine", prompt="a cat", checkpoint="tiny-sd1"))
     assert after["Steps"] == "20"
+
+
+async def test_info_shows_the_preview_image(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    entry = await services.registry.get("tiny-sd1")
+    preview = Path(services.settings.models_dir) / "tiny-sd1.preview.png"
+    Image.new("RGB", (32, 32), "red").save(preview)
+    await services.db.execute("UPDATE checkpoints SET preview_path = ? WHERE id = ?", (str(preview), entry.id))
+    await services.db.commit()
+    try:
+        info = await alice.slash(channel, "checkpoints info", name="tiny-sd1")
+        [attachment] = info.response.attachments
+        assert attachment.filename == "preview.png" and "preview.png" in info.response.embeds[0].thumbnail.url
+        assert (await png_of(info.response)).size == (32, 32)
+    finally:
+        await services.db.execute("UPDATE checkpoints SET preview_path = NULL WHERE id = ?", (entry.id,))
+        await services.db.commit()
+        preview.unlink()

@@ -74,6 +74,8 @@ async def test_policy_is_server_wide(store: GuildSettings) -> None:
     here = await store.effective("g", "c")
     assert not here.allow_nsfw(True) and here.sampler == "DPM++ 2M Karras"
     assert (await store.effective(None, None)).allow_nsfw(True)  # DMs follow the bot's rule
+    store.nsfw_in_dms = False  # EASEL_NSFW_IN_DMS=false
+    assert not (await store.effective(None, None)).allow_nsfw(True)
     assert not (await store.effective("h", None)).allow_nsfw(False)
 
 

@@ -34,6 +34,7 @@ class CatalogEntry:
     runnable: bool = False
     known_as: str = ""  # the reference entry an installed file was recognised as
     lineage: list[str] = field(default_factory=list)
+    preview: str = ""  # path of the A1111 preview image beside the file, if any
     sources: dict[str, str] = field(default_factory=dict)  # facet -> where its value came from
 
     @property

@@ -254,6 +254,7 @@ def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> Ca
         runnable=ckpt.runnable and ckpt.status == "present",
         known_as=ref.display_name if ref is not None else "",
         lineage=[p.get("name") or p.get("autov2", "") for p in ckpt.lineage],
+        preview=ckpt.preview_path or "",
         sources=sources,
         **values,
     )

@@ -80,6 +80,8 @@ def render_entry(entry: CatalogEntry) -> str:
         lines.append(f"Merged from:   {', '.join(entry.lineage)}")
     if entry.source_url:
         lines.append(f"Source:        {entry.source_url}")
+    if entry.preview:
+        lines.append(f"Preview:       {entry.preview}")
     if entry.description:
         lines.append(f"Description:   {entry.description}")
     return "\n".join(lines)

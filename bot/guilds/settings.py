@@ -53,8 +53,8 @@ class Effective:
     sources: dict[str, str] = field(default_factory=dict)
 
     def allow_nsfw(self, age_restricted_or_dm: bool) -> bool:
-        """NSFW checkpoints: only where Discord marks the place adult-only, and the server allows it."""
-        return age_restricted_or_dm and (self.guild_id is None or self.nsfw != "never")
+        """NSFW checkpoints: only where Discord marks the place adult-only (or a DM), and the rules allow it."""
+        return age_restricted_or_dm and self.nsfw != "never"
 
     def visible(self, entry: CheckpointEntry, age_restricted_or_dm: bool) -> bool:
         return entry.sha256 not in self.hidden and (self.allow_nsfw(age_restricted_or_dm) or not entry.nsfw)
@@ -95,7 +95,8 @@ class GuildSettings:
         result = Effective(guild_id, channel_id, blocked_words=list(self.bot_blocked_words))
         result.max_steps = min(MAX_STEPS, self.limits.max_steps)
         result.sources = {key: "bot" for key in (*DEFAULT_KEYS, *POLICY_KEYS)}
-        if guild_id is None:
+        if guild_id is None:  # a DM: the bot's configuration decides
+            result.nsfw = "age-restricted" if self.nsfw_in_dms else "never"
             return result
         server = await self._row(guild_id, "")
         channel = await self._row(guild_id, channel_id) if channel_id else {}
