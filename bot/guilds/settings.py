@@ -77,8 +77,15 @@ def _cleared(value: object) -> bool:
 
 class GuildSettings:
     def __init__(
-        self, db: aiosqlite.Connection, registry: CheckpointRegistry, blocked_words: list[str], limits: Limits
-    ):
+        self,
+        db: aiosqlite.Connection,
+        registry: CheckpointRegistry,
+        blocked_words: list[str],
+        limits: Limits,
+        *,
+        nsfw_in_dms: bool = True,
+    ) -> None:
+        self.nsfw_in_dms = nsfw_in_dms
         self._db = db
         self.registry = registry
         self.bot_blocked_words = list(blocked_words)
