@@ -62,7 +62,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     catalog = CatalogService(
         db,
         registry,
-        EmbeddingProcess() if settings.semantic_search else None,
+        EmbeddingProcess(cache_dir=settings.data_dir / "cache") if settings.semantic_search else None,
         civitai_api_key=settings.civitai_key,
     )
     downloads = Downloader(

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--spec", required=True, help="JSON: method, multiplier, primary, out, metadata, …")
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on stdin/stdout")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--fp32", action="store_true", help="full-precision weights (slower queries on CPU)")
+    p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 
-        return serve_embeddings(sys.stdin, sys.stdout, args.threads, int8=not args.fp32)
+        cache = Path(args.cache_dir) if args.cache_dir else None
+        return serve_embeddings(sys.stdin, sys.stdout, args.threads, cache)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:

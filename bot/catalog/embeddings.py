@@ -31,8 +31,10 @@ class EmbeddingsUnavailable(Exception):
 
 
 class EmbeddingProcess:
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, cache_dir: Path | None = None) -> None:
         self.threads = threads
+        self.cache_dir = cache_dir
+        self.backend = ""
         self.model = ""
         self.dim = 0
         self.load_seconds: float | None = None  # as the process measured it
@@ -52,7 +54,8 @@ class EmbeddingProcess:
         if self._process is not None:
             return
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "gpu_worker", "embed", "--threads", str(self.threads)],
+            [sys.executable, "-m", "gpu_worker", "embed", "--threads", str(self.threads)]
+            + (["--cache-dir", str(self.cache_dir)] if self.cache_dir else []),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -71,8 +74,9 @@ class EmbeddingProcess:
             hello = {"error": f"the embedding process said something unexpected: {line[:200]!r}"}
         if hello.get("ready"):
             self.model, self.dim, self.load_seconds = hello["model"], hello["dim"], hello["load_seconds"]
+            self.backend = hello.get("backend", "")
             self.start_seconds = time.perf_counter() - started
-            log.info("embedding model %s ready in %.1f s", self.model, self.start_seconds)
+            log.info("embedding model %s ready in %.1f s (%s)", self.model, self.start_seconds, self.backend)
         else:
             self.failure = str(hello.get("error"))
             log.warning("semantic search is off: %s", self.failure)

@@ -352,7 +352,10 @@ class CatalogService:
         if self.embedder.failure:
             return f"unavailable: {self.embedder.failure}"
         if self.embedder.ready:
-            return f"ready ({self.embedder.model}, loaded in {self.embedder.start_seconds or 0:.1f} s)"
+            return (
+                f"ready ({self.embedder.model} on {self.embedder.backend}, "
+                f"loaded in {self.embedder.start_seconds or 0:.1f} s)"
+            )
         return "loading…"
 
     async def close(self) -> None:

@@ -28,7 +28,9 @@ from bot.generation.workers import worker_configs
 async def open_catalog(settings: Settings, *, semantic: bool = True) -> AsyncIterator[CatalogService]:
     root = settings.models_root()
     db = await open_database(settings.database_path)
-    embedder = EmbeddingProcess() if semantic and settings.semantic_search else None
+    embedder = (
+        EmbeddingProcess(cache_dir=settings.data_dir / "cache") if semantic and settings.semantic_search else None
+    )
     if embedder is not None:
         embedder.start()  # loads while the database is read
     service = CatalogService(
