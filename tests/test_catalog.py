@@ -385,3 +385,26 @@ def test_fast_paths_match_sentence_transformers(tmp_path: Path) -> None:
         expected = model.encode([text], normalize_embeddings=True, convert_to_numpy=True)
         for name, encode_one in encoders.items():
             assert np.allclose(encode_one(text), expected, atol=1e-4), name
+
+
+def test_common_words_are_left_to_facets_and_meaning_in_large_catalogs() -> None:
+    import numpy as np
+
+    from bot.catalog.entries import CatalogEntry
+    from bot.catalog.ranking import CatalogIndex
+
+    entries = [
+        CatalogEntry(
+            key=f"ref:m{i}",
+            name=f"m{i}",
+            display_name=f"M {i}",
+            installed=False,
+            base="sd1",
+            description="castles and boats" if i % 50 == 0 else "boats",
+        )
+        for i in range(1000)
+    ]
+    large = CatalogIndex(entries, np.zeros((1000, 0), np.float32))
+    assert large.common("boats") and not large.common("castles")  # in every entry / in 2 % of them
+    small = CatalogIndex(entries[:200], np.zeros((200, 0), np.float32))
+    assert not small.common("boats")  # a small catalog keeps every word

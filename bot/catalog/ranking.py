@@ -10,18 +10,20 @@ Base model and NSFW are filters, not hints: an entry that fails them is never re
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.query import Query
-from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, realism_closeness
+from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, realism_closeness, words
 
 # Weights when the question names facets / when it is free text only.
 W_FACET, W_TEXT, W_MEANING = 0.60, 0.15, 0.25
 W_TEXT_ONLY, W_MEANING_ONLY = 0.45, 0.55
 INSTALLED_BONUS = 0.10
+COMMON_SHARE, COMMON_MIN_ENTRIES = 0.05, 1000
 GENERAL_PURPOSE_CREDIT = 0.3  # a general-purpose model half-answers any style question
 # Cosine similarities of all-MiniLM-L6-v2 between a question and an unrelated text sit near 0.1; a
 # clear match is 0.5 or more. Rescaled to 0..1 over that span.
@@ -70,6 +72,13 @@ class CatalogIndex:
         self.nsfw = np.array([e.nsfw for e in self.entries], dtype=bool).reshape(n)
         self.installed = np.array([e.installed for e in self.entries], dtype=bool).reshape(n)
         self.has_vector = np.any(self.vectors != 0, axis=1) if n else np.zeros(0, dtype=bool)
+        self.doc_freq = Counter(w for e in self.entries for w in set(words(f"{e.document()} {e.name}")))
+
+    def common(self, word: str) -> bool:
+        """A word in more than 5 % of a large catalog says little about which entry fits, and makes
+        full-text search score thousands of rows; facets and meaning still see it."""
+        n = len(self.entries)
+        return n >= COMMON_MIN_ENTRIES and self.doc_freq.get(word, 0) > COMMON_SHARE * n
 
     def __len__(self) -> int:
         return len(self.entries)

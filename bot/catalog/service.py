@@ -271,11 +271,11 @@ class CatalogService:
 
     # --- searching --------------------------------------------------------------------------------
 
-    async def _bm25(self, query: Query) -> dict[str, float]:
+    async def _bm25(self, query: Query, index: CatalogIndex) -> dict[str, float]:
         # Facet words are scored as facets; full text then only has to place the other words (names,
         # subjects). That also keeps common words ("anime") from matching half of a large catalog.
         words = query.rest if not query.facets.empty else query.terms
-        terms = [t for t in words if re.fullmatch(r"[\w.+'&-]+", t)]
+        terms = [t for t in words if re.fullmatch(r"[\w.+'&-]+", t) and not index.common(t)]
         if not terms:
             return {}
         expression = " OR ".join('"' + t.replace('"', "") + '"' for t in terms)
@@ -317,12 +317,16 @@ class CatalogService:
         if not query.meaningful and not query.sfw_only and not query.bases:
             answer.help = HELP
             return answer
-        index = await self.refresh(wait_for_model=wait_for_model)
         semantic = bool(query.rest or not query.facets.empty)
-        # Full text (SQLite's thread) and the question's embedding (its own process) at the same time.
-        bm25, vector = await asyncio.gather(
-            self._bm25(query), self._query_vector(question, wait_for_model) if semantic else _none()
-        )
+        # The question's embedding (its own process) runs while SQLite's thread checks the index
+        # and does the full-text part.
+        embedding = asyncio.ensure_future(self._query_vector(question, wait_for_model) if semantic else _none())
+        try:
+            index = await self.refresh(wait_for_model=wait_for_model)
+            bm25 = await self._bm25(query, index)
+            vector = await embedding
+        finally:
+            embedding.cancel()  # only matters when something above failed
         if vector is None and self.embedder is not None and not self.embedder.ready:
             answer.notes.append("matched on facets and words only (the embedding model is not loaded)")
         vector = vector if vector is not None and index.vectors.shape[1] == len(vector) else None
