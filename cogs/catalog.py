@@ -22,7 +22,7 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_prompt
 from cogs.attachments import fit_image
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip, nsfw_allowed
+from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip, nsfw_allowed, where
 from cogs.generation import post_result, refuse
 
 if TYPE_CHECKING:
@@ -271,13 +271,6 @@ class PromptModal(discord.ui.Modal, title="Imagine"):
             await refuse(interaction, str(e))
             return
         await cog.follow(interaction, handle)
-
-
-def where(interaction: discord.Interaction) -> tuple[str | None, str | None]:
-    """(server id, channel id) for the settings lookup; both None in DMs."""
-    if interaction.guild_id is None:
-        return None, None
-    return str(interaction.guild_id), str(interaction.channel_id) if interaction.channel_id else None
 
 
 def answer_embed(answer: Answer) -> discord.Embed:

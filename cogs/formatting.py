@@ -23,6 +23,13 @@ def nsfw_allowed(interaction: discord.Interaction) -> bool:
     return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
 
 
+def where(interaction: discord.Interaction) -> tuple[str | None, str | None]:
+    """(server id, channel id) for the settings lookup; both None in DMs."""
+    if interaction.guild_id is None:
+        return None, None
+    return str(interaction.guild_id), str(interaction.channel_id) if interaction.channel_id else None
+
+
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 

@@ -23,7 +23,7 @@ from bot.generation.service import JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective
 from cogs.attachments import fit_image
-from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for
+from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for, where
 from cogs.progress import EDIT_INTERVAL
 from gpu_worker.protocol import SAMPLERS
 
@@ -102,10 +102,7 @@ class Generation(commands.Cog):
 
     async def here(self, interaction: discord.Interaction) -> Effective:
         """The settings that apply where this interaction happened (channel, server, bot)."""
-        return await self.services.guild_settings.effective(
-            str(interaction.guild_id) if interaction.guild_id else None,
-            str(interaction.channel_id) if interaction.channel_id and interaction.guild_id else None,
-        )
+        return await self.services.guild_settings.effective(*where(interaction))
 
     def check_allowed(self, interaction: discord.Interaction, here: Effective, ref: CheckpointRef) -> None:
         here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, nsfw_allowed(interaction))

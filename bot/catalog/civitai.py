@@ -34,9 +34,8 @@ def _strip_html(text: str) -> str:
 
 
 def parse_version(data: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a model-version answer the catalog uses."""
-    if not isinstance(data, dict) or "modelId" not in data:
-        raise CivitaiError("Civitai's answer is not a model version")
+    """The parts of a model-version object the catalog uses: an API answer, or an A1111
+    extension's NAME.civitai.info file (the same JSON saved beside the checkpoint)."""
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     return {
         "model_id": data.get("modelId"),
@@ -49,7 +48,7 @@ def parse_version(data: dict[str, Any]) -> dict[str, Any]:
         "tags": [t for t in model.get("tags") or [] if isinstance(t, str)],
         "nsfw": bool(model.get("nsfw")),
         "checkpoint_type": str(model.get("checkpointType") or data.get("checkpointType") or ""),
-        "description": _strip_html(str(data.get("description") or model.get("description") or ""))[:2000],
+        "description": _strip_html(str(data.get("description") or model.get("description") or "")),
     }
 
 
@@ -79,9 +78,12 @@ class CivitaiClient:
         if response.status_code != 200:
             raise CivitaiError(f"Civitai answered HTTP {response.status_code}")
         try:
-            return parse_version(response.json())
+            data = response.json()
         except ValueError:
             raise CivitaiError("Civitai's answer is not JSON") from None
+        if not isinstance(data, dict) or "modelId" not in data:
+            raise CivitaiError("Civitai's answer is not a model version")
+        return parse_version(data)
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from bot.catalog.civitai import parse_version
+
 MAX_SIDECAR_BYTES = 1 << 20
 PREVIEW_SUFFIXES = (".preview.png", ".preview.jpg", ".preview.jpeg", ".preview.webp", ".png", ".jpg", ".jpeg", ".webp")
 # A1111's user-metadata editor writes these keys into NAME.json.
@@ -90,18 +92,9 @@ def read_sidecars(checkpoint: Path) -> Sidecars:
     if text is not None:
         try:
             info = json.loads(text)
-            model = info.get("model") or {}
-            found.civitai = {
-                "model_id": info.get("modelId"),
-                "version_id": info.get("id"),
-                "model_name": model.get("name"),
-                "version_name": info.get("name"),
-                "base_model": info.get("baseModel"),
-                "trained_words": info.get("trainedWords") or [],
-                "tags": model.get("tags") or [],
-                "nsfw": bool(model.get("nsfw")),
-                "description": _strip_html(info.get("description") or model.get("description") or ""),
-            }
+            if not isinstance(info, dict):
+                raise AttributeError("not a JSON object")
+            found.civitai = parse_version(info)
         except (json.JSONDecodeError, AttributeError) as e:
             found.warnings.append(f"{stem.name}.civitai.info is not valid Civitai JSON: {e}")
 
@@ -115,9 +108,3 @@ def read_sidecars(checkpoint: Path) -> Sidecars:
         except ValueError as e:
             found.warnings.append(f"{stem.name}.json is not valid user metadata: {e}")
     return found
-
-
-def _strip_html(text: str) -> str:
-    import re
-
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
