@@ -45,7 +45,7 @@ BAD_CASES = {
     "header_over_100mb": (lambda p: raw_file(p, GOOD, length=100_000_001), "over the 100,000,000-byte limit"),
     "invalid_utf8": (lambda p: raw_file(p, None, b"", header_bytes=b'{"\xff\xfe": 1}'), "not valid UTF-8"),
     "invalid_json": (lambda p: raw_file(p, None, b"", header_bytes=b'{"t": {'), "not valid JSON"),
-    "not_an_object": (lambda p: raw_file(p, [1, 2]), "not a JSON object"),
+    "not_an_object": (lambda p: raw_file(p, [1, 2]), "not a safetensors file"),  # the format says: it begins with {
     "overlap": (
         lambda p: raw_file(
             p,

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import zipfile
 from pathlib import Path
 
 from bot.checkpoints.inspection import check_path, inspect_file, is_pickle_file
-from bot.checkpoints.pickle_reader import PickledTensor, read_pickle_checkpoint
+from bot.checkpoints.pickle_reader import PickledTensor, by_storage, read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.safetensors_writer import write_safetensors
 from bot.checkpoints.tensors import TensorInfo
@@ -31,12 +32,17 @@ def convert_to_safetensors(path: Path, out: Path | None = None) -> Path:
     if inspection.architecture.family == "sd2" and inspection.architecture.reason == "":
         # global_step told us the prediction type; the .safetensors would lose that, so record it.
         metadata["modelspec.prediction_type"] = inspection.architecture.prediction
-    tensors = sorted(ckpt.tensors.values(), key=lambda t: t.name)
+    tensors = by_storage(ckpt.tensors)  # each storage is decompressed once, whatever its views
+    needed = sum(t.nbytes for t in tensors)
+    free = shutil.disk_usage(out.parent).free
+    if needed > free:
+        raise CheckpointFileError(f"{out.parent} has {free:,} bytes free; the conversion needs {needed:,}")
     with zipfile.ZipFile(path) as archive:
+        storages = ckpt.reader(archive)
 
         def read(t: TensorInfo) -> bytes:
             assert isinstance(t, PickledTensor)
-            return ckpt.tensor_bytes(t, archive)
+            return storages.tensor_bytes(t)
 
         write_safetensors(out, tensors, read, metadata)
     read_header(out)  # the output must pass the same checks as any file we accept

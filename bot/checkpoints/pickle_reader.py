@@ -9,147 +9,50 @@ descriptors of tensors. Tensor data is never loaded here; `tensor_bytes` reads o
 
 from __future__ import annotations
 
-import collections
-import io
 import math
-import pickle
 import re
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
+from bot.checkpoints.safe_pickle import (
+    MAX_PICKLE_BYTES,
+    STORAGE_DTYPES,
+    PickledTensor,
+    StorageRef,
+    StorageType,
+    safe_unpickle,
+)
+from bot.checkpoints.tensors import DTYPE_SIZES
 from bot.errors import CheckpointFileError
 
-# torch storage class name -> safetensors dtype name
-STORAGE_DTYPES: dict[str, str] = {
-    "DoubleStorage": "F64",
-    "FloatStorage": "F32",
-    "HalfStorage": "F16",
-    "BFloat16Storage": "BF16",
-    "LongStorage": "I64",
-    "IntStorage": "I32",
-    "ShortStorage": "I16",
-    "CharStorage": "I8",
-    "ByteStorage": "U8",
-    "BoolStorage": "BOOL",
-    "UntypedStorage": "U8",
-}
+__all__ = ["STORAGE_DTYPES", "PickleCheckpoint", "PickledTensor", "read_pickle_checkpoint", "safe_unpickle"]
 
 # Members a torch.save zip archive may hold, all under one top-level folder.
 _MEMBER = re.compile(
     r"^(?P<prefix>[^/]+)/(?:data\.pkl|version|byteorder|\.format_version|\.storage_alignment"
     r"|\.data/serialization_id|\.data/version|data/(?P<key>\d+))$"
 )
+_SMALL_MEMBER_BYTES = 4096  # version, byteorder and the like hold a few bytes
+# torch.save stores members uncompressed; a re-zipped checkpoint deflates tensor data ~1.1x.
+# Past this ratio a member is a decompression bomb, not a checkpoint.
+MAX_COMPRESSION_RATIO = 100
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 
 
-@dataclass(frozen=True)
-class StorageType:
-    dtype: str
-
-
-@dataclass(frozen=True)
-class StorageRef:
-    dtype: str
-    key: str
-    numel: int
-
-
-@dataclass(frozen=True)
-class PickledTensor(TensorInfo):
-    storage: StorageRef | None = None
-    offset: int = 0
-    stride: tuple[int, ...] = ()
-
-    @property
-    def is_contiguous(self) -> bool:
-        expected, step = [], 1
-        for dim in reversed(self.shape):
-            expected.append(step)
-            step *= dim
-        return self.numel <= 1 or tuple(reversed(expected)) == self.stride
-
-
-class Opaque:
-    """Stands in for an allowed, irrelevant object (a Lightning callback, a numpy scalar)."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.args = args
-
-    def __setstate__(self, state: object) -> None:
-        self.state = state
-
-
-def _rebuild_tensor_v2(
-    storage: StorageRef,
-    storage_offset: int,
-    size: tuple[int, ...],
-    stride: tuple[int, ...],
-    *_: object,
-) -> PickledTensor:
-    if not isinstance(storage, StorageRef):
-        raise CheckpointFileError("a tensor in the pickle does not refer to a storage")
-    return PickledTensor(
-        name="", dtype=storage.dtype, shape=tuple(size), storage=storage, offset=storage_offset, stride=tuple(stride)
-    )
-
-
-def _rebuild_parameter(data: object, *_: object) -> object:
-    return data
-
-
-def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
-    # numpy scalars pickle their raw bytes as latin-1 text; only plain encodings are honoured.
-    if encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise CheckpointFileError(f"pickle asks for the {encoding!r} codec, which is not allowed")
-    return text.encode(encoding)
-
-
-_ALLOWED: dict[tuple[str, str], Callable[..., Any] | type | StorageType] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch.nn.modules.container", "ParameterDict"): dict,
-    ("builtins", "set"): set,
-    ("__builtin__", "set"): set,
-    ("_codecs", "encode"): _codecs_encode,
-    ("numpy.core.multiarray", "scalar"): Opaque,
-    ("numpy._core.multiarray", "scalar"): Opaque,
-    ("numpy", "dtype"): Opaque,
-    ("pytorch_lightning.callbacks.model_checkpoint", "ModelCheckpoint"): Opaque,
-    **{("torch", name): StorageType(dtype) for name, dtype in STORAGE_DTYPES.items()},
-}
-
-
-class _AllowListUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise CheckpointFileError(
-                f"unsafe pickle: it asks for {module}.{name}, which is not on the allow-list; nothing was run"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> StorageRef:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
-            raise CheckpointFileError("pickle refers to an unknown kind of persistent object")
-        storage_type, key, _location, numel = pid[1:5]
-        if not isinstance(storage_type, StorageType) or not isinstance(numel, int):
-            raise CheckpointFileError("pickle refers to a storage of an unknown type")
-        return StorageRef(dtype=storage_type.dtype, key=str(key), numel=numel)
-
-
-def safe_unpickle(data: bytes) -> Any:
-    try:
-        return _AllowListUnpickler(io.BytesIO(data)).load()
-    except CheckpointFileError:
-        raise
-    except Exception as e:  # malformed pickles raise anything from EOFError to TypeError
-        raise CheckpointFileError(f"pickle is malformed: {type(e).__name__}: {e}") from None
+def _storage(pid: object) -> StorageRef:
+    """torch.save's persistent id for a storage: ('storage', type, key, location, numel)."""
+    if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
+        raise CheckpointFileError("pickle refers to an unknown kind of persistent object")
+    storage_type, key, _location, numel = pid[1:5]
+    if not isinstance(storage_type, StorageType):
+        raise CheckpointFileError("pickle refers to a storage of an unknown type")
+    if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        raise CheckpointFileError("pickle refers to a storage with an invalid size")
+    if not isinstance(key, str | int) or isinstance(key, bool) or not str(key).isdigit():
+        raise CheckpointFileError("pickle refers to a storage with an invalid key")
+    return StorageRef(dtype=storage_type.dtype, key=str(key), numel=numel)
 
 
 @dataclass
@@ -161,10 +64,35 @@ class PickleCheckpoint:
     tensors: dict[str, PickledTensor]
     extras: dict[str, object] = field(default_factory=dict)
 
-    def tensor_bytes(self, tensor: PickledTensor, archive: zipfile.ZipFile) -> bytes:
+    def reader(self, archive: zipfile.ZipFile) -> StorageReader:
+        return StorageReader(archive, self.prefix)
+
+
+class StorageReader:
+    """Tensor bytes from an open archive. Each storage is decompressed once, however many views it has:
+    ask for tensors grouped by storage (`by_storage`) and only one storage is held at a time."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        self._archive = archive
+        self._prefix = prefix
+        self._key: str | None = None
+        self._raw = b""
+
+    def _storage(self, storage: StorageRef) -> bytes:
+        if storage.key != self._key:
+            self._raw = b""  # let the previous storage go before reading the next
+            expected = storage.numel * DTYPE_SIZES[storage.dtype]
+            with self._archive.open(f"{self._prefix}/data/{storage.key}") as member:
+                raw = member.read(expected + 1)
+            if len(raw) != expected:
+                raise CheckpointFileError(f"storage {storage.key} holds {len(raw):,} bytes, not the {expected:,} declared")
+            self._key, self._raw = storage.key, raw
+        return self._raw
+
+    def tensor_bytes(self, tensor: PickledTensor) -> bytes:
         """The tensor's elements in C order, as raw little-endian bytes."""
         assert tensor.storage is not None
-        raw = archive.read(f"{self.prefix}/data/{tensor.storage.key}")
+        raw = self._storage(tensor.storage)
         size = DTYPE_SIZES[tensor.dtype]
         if tensor.is_contiguous:
             return raw[tensor.offset * size : (tensor.offset + tensor.numel) * size]
@@ -177,6 +105,11 @@ class PickleCheckpoint:
         return np.ascontiguousarray(strided).tobytes()
 
 
+def by_storage(tensors: dict[str, PickledTensor]) -> list[PickledTensor]:
+    """Tensors ordered so that views of one storage come together (then by name)."""
+    return sorted(tensors.values(), key=lambda t: (int(t.storage.key) if t.storage else -1, t.name))
+
+
 def read_pickle_checkpoint(path: Path) -> PickleCheckpoint:
     """Inspect a .ckpt/.pt file through the allow-list; raise CheckpointFileError if unsafe or malformed."""
     if path.stat().st_size == 0:
@@ -186,9 +119,13 @@ def read_pickle_checkpoint(path: Path) -> PickleCheckpoint:
     try:
         with zipfile.ZipFile(path) as archive:
             prefix, storages = _check_members(archive)
-            root = safe_unpickle(archive.read(f"{prefix}/data.pkl"))
+            with archive.open(f"{prefix}/data.pkl") as member:
+                data = member.read(MAX_PICKLE_BYTES + 1)
+            root = safe_unpickle(data, _storage)
     except zipfile.BadZipFile as e:
         raise CheckpointFileError(f"damaged zip archive: {e}") from None
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+        raise CheckpointFileError(f"the zip archive cannot be read: {e}") from None
     state, extras = _find_state_dict(root)
     tensors: dict[str, PickledTensor] = {}
     for name, value in state.items():
@@ -204,13 +141,28 @@ def read_pickle_checkpoint(path: Path) -> PickleCheckpoint:
             )
     if not tensors:
         raise CheckpointFileError("the checkpoint holds no tensors")
+    _check_expansion(tensors)
     return PickleCheckpoint(path=path, prefix=prefix, tensors=tensors, extras=extras)
+
+
+def _check_expansion(tensors: dict[str, PickledTensor]) -> None:
+    """Views may share storage (tied weights), but may not describe far more data than is stored:
+    a stride-0 view of one number as a billion-element tensor would turn a small file into a huge one."""
+    stored = {t.storage.key: t.storage.numel * DTYPE_SIZES[t.storage.dtype] for t in tensors.values() if t.storage}
+    described = sum(t.nbytes for t in tensors.values())
+    allowed = 2 * sum(stored.values()) + (16 << 20)
+    if described > allowed:
+        raise CheckpointFileError(
+            f"its tensors describe {described:,} bytes but the file stores only {sum(stored.values()):,} "
+            "(views that repeat data); refused"
+        )
 
 
 def _refuse_non_zip(path: Path) -> None:
     # A legacy (pre-1.6) torch file starts with a pickled magic number; read just that pickle.
     with open(path, "rb") as f:
         head = f.read(1 << 16)
+    # The magic number is a pickle of its own; the interpreter stops at its STOP.
     first = safe_unpickle(head) if head[:1] == b"\x80" else None
     if first == _LEGACY_MAGIC:
         raise CheckpointFileError(
@@ -222,17 +174,35 @@ def _refuse_non_zip(path: Path) -> None:
 def _check_members(archive: zipfile.ZipFile) -> tuple[str, dict[str, int]]:
     prefixes: set[str] = set()
     storages: dict[str, int] = {}
+    seen: set[str] = set()
     for info in archive.infolist():
         match = _MEMBER.match(info.filename)
         if match is None:
-            raise CheckpointFileError(f"unexpected member {info.filename!r} in the checkpoint archive")
+            raise CheckpointFileError(f"unexpected member {info.filename[:200]!r} in the checkpoint archive")
+        if info.filename in seen:
+            raise CheckpointFileError(f"the checkpoint archive holds {info.filename[:200]!r} twice")
+        seen.add(info.filename)
+        if info.compress_type != zipfile.ZIP_STORED and info.file_size > max(
+            info.compress_size * MAX_COMPRESSION_RATIO, 1 << 16
+        ):
+            raise CheckpointFileError(
+                f"member {info.filename[:200]!r} inflates {info.compress_size:,} bytes to {info.file_size:,}: "
+                "a decompression bomb, not a checkpoint"
+            )
         prefixes.add(match["prefix"])
         if match["key"] is not None:
             storages[match["key"]] = info.file_size
+        elif info.filename.endswith("/data.pkl"):
+            if info.file_size > MAX_PICKLE_BYTES:
+                raise CheckpointFileError(
+                    f"data.pkl is {info.file_size:,} bytes, over the {MAX_PICKLE_BYTES:,}-byte limit for a checkpoint's pickle"
+                )
+        elif info.file_size > _SMALL_MEMBER_BYTES:
+            raise CheckpointFileError(f"member {info.filename[:200]!r} is {info.file_size:,} bytes; expected a few")
     if len(prefixes) != 1:
         raise CheckpointFileError("checkpoint archive mixes several top-level folders")
     prefix = prefixes.pop()
-    if f"{prefix}/data.pkl" not in archive.namelist():
+    if f"{prefix}/data.pkl" not in seen:
         raise CheckpointFileError("checkpoint archive has no data.pkl")
     return prefix, storages
 
@@ -243,7 +213,11 @@ def _find_state_dict(root: object) -> tuple[dict, dict[str, object]]:
     state = root
     while isinstance(state.get("state_dict"), dict):  # Lightning nests it, sometimes twice
         state = state["state_dict"]
-    extras = {k: v for k, v in root.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+    extras = {
+        str(k): v
+        for k, v in root.items()
+        if isinstance(v, int | float | str) and not isinstance(v, bool) and (not isinstance(v, str) or len(v) <= 1000)
+    }
     return state, extras
 
 
@@ -252,17 +226,15 @@ def _check_extent(name: object, tensor: PickledTensor, storages: dict[str, int])
     stored = storages.get(tensor.storage.key)
     size = DTYPE_SIZES[tensor.dtype]
     if stored is None:
-        raise CheckpointFileError(f"tensor {name!r} refers to storage {tensor.storage.key}, which is missing")
+        raise CheckpointFileError(f"tensor {str(name)[:200]!r} refers to storage {tensor.storage.key}, which is missing")
     if stored != tensor.storage.numel * size:
         raise CheckpointFileError(
             f"storage {tensor.storage.key} holds {stored:,} bytes, not the {tensor.storage.numel * size:,} declared"
         )
-    if len(tensor.stride) != len(tensor.shape) or any(s < 0 for s in tensor.stride):
-        raise CheckpointFileError(f"tensor {name!r} has an invalid stride")
     last = (
         tensor.offset + sum((d - 1) * s for d, s in zip(tensor.shape, tensor.stride, strict=True))
         if math.prod(tensor.shape)
         else -1
     )
-    if tensor.offset < 0 or last >= tensor.storage.numel:
-        raise CheckpointFileError(f"tensor {name!r} points past the end of its storage")
+    if last >= tensor.storage.numel:
+        raise CheckpointFileError(f"tensor {str(name)[:200]!r} points past the end of its storage")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,12 @@ from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
 from bot.errors import CheckpointFileError
 
 MAX_HEADER_BYTES = 100_000_000
+# The largest real files (an all-in-one Flux or SD3.5 checkpoint, a big LyCORIS) hold a few
+# thousand tensors; a header claiming more is a CPU and memory bomb, refused before parsing it.
+MAX_TENSORS = 100_000
+MAX_DIMS = 32
+_MAX_DIGITS = 20  # offsets and dimensions fit in 64 bits
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -43,7 +50,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise CheckpointFileError(f"header names {key!r} twice")
+            raise CheckpointFileError(f"header names {key[:200]!r} twice")
         out[key] = value
     return out
 
@@ -54,28 +61,27 @@ def read_header(path: Path) -> SafetensorsHeader:
     if file_size == 0:
         raise CheckpointFileError("file is empty")
     with open(path, "rb") as f:
-        prefix = f.read(8)
+        prefix = f.read(9)
         if len(prefix) < 8:
             raise CheckpointFileError(f"file is truncated: {file_size} bytes, too short for a safetensors header")
-        (n,) = struct.unpack("<Q", prefix)
+        (n,) = struct.unpack("<Q", prefix[:8])
+        # The format says the header begins with "{"; say what the file is not before reasoning about
+        # a length that is really eight bytes of text.
+        if prefix[8:9] != b"{":
+            raise CheckpointFileError("not a safetensors file (no JSON header after the 8-byte length)")
         if n > MAX_HEADER_BYTES:
             raise CheckpointFileError(f"header claims {n:,} bytes, over the 100,000,000-byte limit")
         if 8 + n > file_size:
             raise CheckpointFileError(f"header length {n:,} runs past the end of the file ({file_size:,} bytes)")
+        f.seek(8)
         raw = f.read(n)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointFileError(f"header is not valid UTF-8 (byte {e.start})") from None
-    try:
-        obj = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except json.JSONDecodeError as e:
-        raise CheckpointFileError(f"header is not valid JSON: {e.msg} at character {e.pos}") from None
+    obj = _parse_json(raw)
+    del raw
     if not isinstance(obj, dict):
         raise CheckpointFileError("header is not a JSON object")
 
     metadata = _parse_metadata(obj.pop("__metadata__", {}))
-    tensors = {name: _parse_tensor(name, spec) for name, spec in obj.items()}
+    tensors = {_tensor_name(name): _parse_tensor(name, spec) for name, spec in obj.items()}
     data_size = _check_layout(tensors)
     expected = 8 + n + data_size
     if expected > file_size:
@@ -87,38 +93,83 @@ def read_header(path: Path) -> SafetensorsHeader:
     return SafetensorsHeader(header_length=n, file_size=file_size, tensors=tensors, metadata=metadata)
 
 
+def _parse_json(raw: bytes) -> object:
+    """The header's JSON, refusing before or while parsing whatever would cost far more than its size."""
+    count = raw.count(b'"data_offsets"')
+    if count > MAX_TENSORS:
+        raise CheckpointFileError(f"header describes {count:,} tensors, over the limit of {MAX_TENSORS:,}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointFileError(f"header is not valid UTF-8 (byte {e.start})") from None
+    try:
+        return json.loads(
+            text, object_pairs_hook=_reject_duplicates, parse_int=_bounded_int, parse_constant=_no_constant
+        )
+    except json.JSONDecodeError as e:
+        raise CheckpointFileError(f"header is not valid JSON: {e.msg} at character {e.pos}") from None
+    except RecursionError:
+        raise CheckpointFileError("header nests JSON too deeply to be a safetensors header") from None
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > _MAX_DIGITS:
+        raise CheckpointFileError(f"header holds a {len(digits)}-digit number; offsets and sizes fit in 20 digits")
+    return int(digits)
+
+
+def _no_constant(name: str) -> float:
+    raise CheckpointFileError(f"header holds {name}, which is not valid JSON")
+
+
+def _tensor_name(name: str) -> str:
+    if _LONE_SURROGATE.search(name):
+        raise CheckpointFileError("a tensor name in the header is not valid Unicode (a lone surrogate)")
+    return name
+
+
 def _parse_metadata(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise CheckpointFileError("__metadata__ is not a JSON object")
+    clean: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(item, str):
             raise CheckpointFileError(
-                f"metadata value for {key!r} is a {type(item).__name__}, but safetensors metadata must be strings"
+                f"metadata value for {_clean_text(key)[:100]!r} is a {type(item).__name__}, "
+                "but safetensors metadata must be strings"
             )
-    return value
+        clean[_clean_text(key)] = _clean_text(item)
+    return clean
+
+
+def _clean_text(text: str) -> str:
+    """JSON may spell a lone surrogate (\\ud800); it could not be printed or stored, so it becomes U+FFFD."""
+    return _LONE_SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def _parse_tensor(name: str, spec: object) -> StoredTensor:
     if not isinstance(spec, dict):
-        raise CheckpointFileError(f"tensor {name!r}: entry is not a JSON object")
+        raise CheckpointFileError(f"tensor {name[:200]!r}: entry is not a JSON object")
     dtype = spec.get("dtype")
     shape = spec.get("shape")
     offsets = spec.get("data_offsets")
     if dtype not in DTYPE_SIZES:
-        raise CheckpointFileError(f"tensor {name!r}: unknown dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CheckpointFileError(f"tensor {name!r}: shape must be a list of non-negative integers")
+        raise CheckpointFileError(f"tensor {name[:200]!r}: unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape) or len(shape) > MAX_DIMS:
+        raise CheckpointFileError(
+            f"tensor {name[:200]!r}: shape must be a list of at most {MAX_DIMS} non-negative integers"
+        )
     if (
         not isinstance(offsets, list)
         or len(offsets) != 2
         or not all(_is_count(o) for o in offsets)
         or offsets[0] > offsets[1]
     ):
-        raise CheckpointFileError(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end")
+        raise CheckpointFileError(f"tensor {name[:200]!r}: data_offsets must be [begin, end] with 0 <= begin <= end")
     tensor = StoredTensor(name=name, dtype=dtype, shape=tuple(shape), begin=offsets[0], end=offsets[1])
     if tensor.end - tensor.begin != tensor.nbytes:
         raise CheckpointFileError(
-            f"tensor {name!r}: {tensor.end - tensor.begin:,} bytes stored, but shape {list(tensor.shape)} "
+            f"tensor {name[:200]!r}: {tensor.end - tensor.begin:,} bytes stored, but shape {list(tensor.shape)} "
             f"of {dtype} needs {tensor.nbytes:,}"
         )
     return tensor
@@ -133,10 +184,10 @@ def _check_layout(tensors: dict[str, StoredTensor]) -> int:
     expected = 0
     for t in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if t.begin < expected:
-            raise CheckpointFileError(f"tensor {t.name!r} overlaps the tensor before it (offset {t.begin:,})")
+            raise CheckpointFileError(f"tensor {t.name[:200]!r} overlaps the tensor before it (offset {t.begin:,})")
         if t.begin > expected:
             raise CheckpointFileError(
-                f"gap in tensor data before {t.name!r}: bytes {expected:,}-{t.begin:,} belong to no tensor"
+                f"gap in tensor data before {t.name[:200]!r}: bytes {expected:,}-{t.begin:,} belong to no tensor"
             )
         expected = t.end
     return expected
