@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from bot import outbound
 from bot.errors import ConfigError
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -55,6 +56,14 @@ class Settings(BaseSettings):
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without
     download_max_gb: float = Field(default=20.0, gt=0)  # owners' downloads by URL or Civitai version
+    # Hosts downloads may reach even on a private address (a model server on the owner's LAN).
+    download_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("download_allow_hosts", mode="before")
+    @classmethod
+    def _parse_allow_hosts(cls, value: object) -> object:
+        split = _split(value)
+        return [str(h).strip("[]").lower().rstrip(".") for h in split] if isinstance(split, list) else split
 
     @field_validator("blocked_words", mode="before")
     @classmethod
@@ -102,6 +111,9 @@ class Settings(BaseSettings):
     @property
     def civitai_key(self) -> str | None:
         return self.civitai_api_key.get_secret_value() if self.civitai_api_key else None
+
+    def outbound_policy(self) -> outbound.Policy:
+        return outbound.Policy(allowed_hosts=frozenset(self.download_allow_hosts))
 
     @property
     def database_path(self) -> Path:

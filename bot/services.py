@@ -65,9 +65,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         EmbeddingProcess(cache_dir=settings.data_dir / "cache") if settings.semantic_search else None,
         civitai_api_key=settings.civitai_key,
     )
-    downloads = Downloader(
-        registry, max_bytes=int(settings.download_max_gb * 1e9), civitai_api_key=settings.civitai_key
-    )
+    downloads = Downloader.from_settings(registry, settings)
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )

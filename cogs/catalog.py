@@ -18,6 +18,7 @@ from discord.ext import commands
 from bot.catalog.compare import CompareRequest, resolve_all, run_compare
 from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
+from bot.checkpoints.sidecars import read_preview
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_prompt
@@ -33,17 +34,6 @@ FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl"}
 
 
 PREVIEW_MAX_BYTES = 4 << 20
-
-
-def read_preview(path: str | None) -> bytes | None:
-    """The A1111 preview image beside a checkpoint, when there is one small enough to send."""
-    if not path:
-        return None
-    try:
-        file = Path(path)
-        return file.read_bytes() if file.is_file() and file.stat().st_size <= PREVIEW_MAX_BYTES else None
-    except OSError:
-        return None
 
 
 def info_embed(entry: CheckpointEntry) -> discord.Embed:
@@ -153,7 +143,9 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
             discord.ui.View(timeout=None).add_item(UseButton(entry.name)) if entry.runnable else discord.utils.MISSING
         )
         embed, files = info_embed(entry), []
-        preview = await asyncio.to_thread(read_preview, entry.preview_path)
+        preview = await asyncio.to_thread(
+            read_preview, entry.preview_path, self.registry.models_root, PREVIEW_MAX_BYTES
+        )
         if preview is not None:
             name = "preview" + Path(entry.preview_path or "").suffix.lower()
             files.append(discord.File(io.BytesIO(preview), filename=name))

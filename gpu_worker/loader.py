@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -90,10 +93,28 @@ def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> D
     tokenizers = {sub.name: _tokenizer(str(sub)) for sub in folder.glob("tokenizer*")}
     # Every weight comes from the file: random initialisation of the text encoders first is waste
     # (a third of the load time for SD1.5 on a CPU).
-    with no_init_weights():
+    with no_init_weights(), _named_for_diffusers(path, request.format) as readable:
         return pipeline_cls.from_single_file(
-            str(path), config=str(folder), torch_dtype=dtype, local_files_only=True, **tokenizers
+            str(readable), config=str(folder), torch_dtype=dtype, local_files_only=True, **tokenizers
         )
+
+
+@contextmanager
+def _named_for_diffusers(path: Path, fmt: str) -> Iterator[Path]:
+    """`path` under a name diffusers reads by the format we found in its content.
+
+    diffusers picks its reader by the exact, lower-case suffix (model_loading_utils.load_state_dict:
+    ".safetensors" or else torch.load), so `X.SAFETENSORS` or `x.sft` would go to torch.load and
+    fail. A link with the canonical suffix, in a private folder, hands it what it needs.
+    """
+    suffix = ".safetensors" if fmt == "safetensors" else ".ckpt"
+    if path.name.endswith(suffix):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="easel-load-") as folder:
+        link = Path(folder) / f"checkpoint{suffix}"
+        link.symlink_to(path.resolve())
+        yield link
 
 
 @cache

@@ -17,11 +17,14 @@ from typing import Any
 import aiosqlite
 import httpx
 
+from bot import outbound
 from bot.errors import EaselError
+from bot.untrusted import load_json
 
 log = logging.getLogger(__name__)
 
 CIVITAI_URL = "https://civitai.com"
+MAX_ANSWER_BYTES = 4 << 20
 STALE_AFTER_SECONDS = 30 * 86400
 
 
@@ -38,8 +41,8 @@ def parse_version(data: dict[str, Any]) -> dict[str, Any]:
     extension's NAME.civitai.info file (the same JSON saved beside the checkpoint)."""
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     return {
-        "model_id": data.get("modelId"),
-        "version_id": data.get("id"),
+        "model_id": _id(data.get("modelId")),
+        "version_id": _id(data.get("id")),
         "model_name": str(model.get("name") or ""),
         "version_name": str(data.get("name") or ""),
         "type": str(model.get("type") or ""),
@@ -50,6 +53,20 @@ def parse_version(data: dict[str, Any]) -> dict[str, Any]:
         "checkpoint_type": str(model.get("checkpointType") or data.get("checkpointType") or ""),
         "description": _strip_html(str(data.get("description") or model.get("description") or "")),
     }
+
+
+def _id(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63 else None
+
+
+def read_answer(response: httpx.Response) -> Any:
+    """An API answer's JSON through the untrusted-JSON rules; CivitaiError if it is not JSON we can keep."""
+    if len(response.content) > MAX_ANSWER_BYTES:
+        raise CivitaiError(f"Civitai's answer is {len(response.content):,} bytes; expected a small JSON object")
+    try:
+        return load_json(response.content)
+    except ValueError as e:
+        raise CivitaiError(f"Civitai's answer is not usable JSON ({e})") from None
 
 
 class CivitaiClient:
@@ -63,8 +80,12 @@ class CivitaiClient:
         headers = {"User-Agent": "Easel (Discord bot)"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        self._client = httpx.AsyncClient(
-            base_url=base_url, headers=headers, transport=transport, timeout=httpx.Timeout(15.0, connect=5.0)
+        self._client = outbound.client(
+            outbound.Policy(),
+            base_url=base_url,
+            headers=headers,
+            transport=transport,
+            timeout=httpx.Timeout(15.0, connect=5.0),
         )
 
     async def by_hash(self, sha256: str) -> dict[str, Any] | None:
@@ -77,10 +98,7 @@ class CivitaiClient:
             return None
         if response.status_code != 200:
             raise CivitaiError(f"Civitai answered HTTP {response.status_code}")
-        try:
-            data = response.json()
-        except ValueError:
-            raise CivitaiError("Civitai's answer is not JSON") from None
+        data = read_answer(response)
         if not isinstance(data, dict) or "modelId" not in data:
             raise CivitaiError("Civitai's answer is not a model version")
         return parse_version(data)

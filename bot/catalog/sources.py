@@ -253,7 +253,7 @@ def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> Ca
         autov2=ckpt.autov2,
         runnable=ckpt.runnable and ckpt.status == "present",
         known_as=ref.display_name if ref is not None else "",
-        lineage=[p.get("name") or p.get("autov2", "") for p in ckpt.lineage],
+        lineage=[str(p.get("name") or p.get("autov2") or "") for p in ckpt.lineage if isinstance(p, dict)],
         preview=ckpt.preview_path or "",
         sources=sources,
         **values,

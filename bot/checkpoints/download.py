@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import os
 import re
 from collections.abc import Callable
@@ -20,9 +21,12 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
-from bot.catalog.civitai import CIVITAI_URL
+from bot import outbound
+from bot.catalog.civitai import CIVITAI_URL, CivitaiError, read_answer
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, inspect_file
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.checkpoints.safetensors_writer import temp_path
+from bot.config import Settings
 from bot.errors import CheckpointFileError, EaselError
 
 log = logging.getLogger(__name__)
@@ -68,17 +72,31 @@ class Downloader:
         civitai_api_key: str | None = None,
         civitai_url: str = CIVITAI_URL,
         transport: httpx.AsyncBaseTransport | None = None,
+        policy: outbound.Policy | None = None,
     ) -> None:
         self.registry = registry
         self.max_bytes = max_bytes
         self.civitai_api_key = civitai_api_key
         self.civitai_url = civitai_url
         self.transport = transport
+        self.policy = policy or outbound.Policy()
+
+    @classmethod
+    def from_settings(cls, registry: CheckpointRegistry, settings: Settings) -> Downloader:
+        return cls(
+            registry,
+            max_bytes=int(settings.download_max_gb * 1e9),
+            civitai_api_key=settings.civitai_key,
+            policy=settings.outbound_policy(),
+        )
 
     def _client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(
+        # Every connection, redirect hops included, goes through the outbound address policy.
+        return outbound.client(
+            self.policy,
             transport=self.transport,
             follow_redirects=True,
+            max_redirects=5,
             timeout=httpx.Timeout(30.0, connect=10.0),
             headers={"User-Agent": "Easel (Discord bot)"},
         )
@@ -89,37 +107,50 @@ class Downloader:
         match = CIVITAI_SOURCE.match(source)
         if match:
             return await self._plan_civitai(int(match[1]))
-        parsed = urlparse(source)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise DownloadError(f"{source!r} is not an http(s) URL or civitai:VERSION_ID")
-        return DownloadPlan(url=source, filename=safe_filename(parsed.path or ""))
+        return DownloadPlan(url=_http_url(source), filename=safe_filename(urlparse(source).path or ""))
 
     async def _plan_civitai(self, version_id: int) -> DownloadPlan:
         async with self._client() as client:
             try:
                 response = await client.get(f"{self.civitai_url}/api/v1/model-versions/{version_id}")
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
                 raise DownloadError(f"Civitai could not be reached ({type(e).__name__})") from None
         if response.status_code == 404:
             raise DownloadError(f"Civitai has no model version {version_id}")
         if response.status_code != 200:
             raise DownloadError(f"Civitai answered HTTP {response.status_code} for version {version_id}")
-        data = response.json()
-        model_type = str((data.get("model") or {}).get("type") or "")
+        try:
+            data = read_answer(response)
+        except CivitaiError as e:
+            raise DownloadError(str(e)) from None
+        if not isinstance(data, dict):
+            raise DownloadError(f"Civitai's answer for version {version_id} is not a model version")
+        model = data.get("model") if isinstance(data.get("model"), dict) else {}
+        model_type = str(model.get("type") or "")
         if model_type and model_type != "Checkpoint":
-            raise DownloadError(f"Civitai version {version_id} is a {model_type}, not a checkpoint")
-        files = [f for f in data.get("files") or [] if isinstance(f, dict) and f.get("downloadUrl")]
-        files.sort(key=lambda f: (not f.get("primary"), (f.get("metadata") or {}).get("format") != "SafeTensor"))
+            raise DownloadError(f"Civitai version {version_id} is a {model_type[:40]}, not a checkpoint")
+        files = data.get("files") if isinstance(data.get("files"), list) else []
+        files = [f for f in files if isinstance(f, dict) and isinstance(f.get("downloadUrl"), str)]
+        files.sort(key=lambda f: (not f.get("primary"), _format(f) != "SafeTensor"))
         if not files:
             raise DownloadError(f"Civitai version {version_id} has no file to download")
         chosen = files[0]
-        sha = str((chosen.get("hashes") or {}).get("SHA256") or "").lower() or None
+        hashes = chosen.get("hashes") if isinstance(chosen.get("hashes"), dict) else {}
+        sha = str(hashes.get("SHA256") or "").lower() or None
         size_kb = chosen.get("sizeKB")
+        size = (
+            int(size_kb * 1024)
+            if isinstance(size_kb, int | float)
+            and not isinstance(size_kb, bool)
+            and math.isfinite(size_kb)
+            and 0 < size_kb < 1e15
+            else None
+        )
         return DownloadPlan(
-            url=chosen["downloadUrl"],
+            url=_http_url(chosen["downloadUrl"]),
             filename=safe_filename(str(chosen.get("name") or "")),
             sha256=sha,
-            size=int(size_kb * 1024) if isinstance(size_kb, int | float) else None,
+            size=size,
             source=f"civitai:{version_id}",
         )
 
@@ -142,7 +173,7 @@ class Downloader:
         target = root / plan.filename
         if await asyncio.to_thread(target.exists):
             raise DownloadError(f"{plan.filename} already exists in the models directory; register it with add")
-        temp = root / f".{target.stem}.download{target.suffix}"
+        temp = temp_path(target)  # unique: two downloads of one name never share a file
         try:
             digest = await self._fetch(plan, temp, progress)
             if expected is not None and digest != expected:
@@ -151,7 +182,7 @@ class Downloader:
                 await asyncio.to_thread(inspect_file, temp)
             except CheckpointFileError as e:
                 raise DownloadError(f"the download is not a usable checkpoint: {str(e).split(': ', 1)[-1]}") from None
-            await asyncio.to_thread(os.replace, temp, target)
+            await asyncio.to_thread(_place, temp, target)
         except BaseException:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
@@ -191,6 +222,34 @@ class Downloader:
                             if progress:
                                 progress(done, total)
                         await asyncio.to_thread(os.fsync, out.fileno())
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
                 raise DownloadError(f"the download failed ({type(e).__name__}: {e})") from None
         return digest.hexdigest()
+
+
+def _place(temp: Path, target: Path) -> None:
+    """Move `temp` to `target` unless something took that name meanwhile (a second download)."""
+    try:
+        os.link(temp, target)  # fails if `target` exists, where a rename would replace it
+    except FileExistsError:
+        raise DownloadError(f"{target.name} appeared in the models directory meanwhile; nothing replaced") from None
+    except OSError:  # a file system without hard links
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _format(file: dict) -> str:
+    metadata = file.get("metadata")
+    return str(metadata.get("format") or "") if isinstance(metadata, dict) else ""
+
+
+def _http_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host; where it may connect is checked when it connects."""
+    try:
+        parsed = httpx.URL(url.strip())
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise DownloadError(f"{url[:200]!r} is not a valid URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise DownloadError(f"{url[:200]!r} is not an http(s) URL or civitai:VERSION_ID")
+    return str(parsed)

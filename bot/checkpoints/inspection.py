@@ -7,7 +7,6 @@ added by `inspect_with_hashes`, which streams the file once and caches the resul
 
 from __future__ import annotations
 
-import json
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from bot.checkpoints.pipeline_config import choose_pipeline_config
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.tensors import TensorInfo
 from bot.errors import CheckpointFileError
+from bot.untrusted import load_json
 
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
@@ -77,13 +77,20 @@ def check_path(path: Path) -> Path:
 
 
 def is_pickle_file(path: Path) -> bool:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        return True
-    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        return False
+    """Decided by content, not by name: a torch zip archive or a raw pickle, else safetensors.
+
+    `x.SAFETENSORS`, `x.sft` and a `.ckpt` that is really safetensors are all read for what they are.
+    """
     with open(path, "rb") as f:
-        head = f.read(2)
-    return head[:1] == b"\x80" or zipfile.is_zipfile(path)
+        head = f.read(9)
+    size = path.stat().st_size
+    if head[:4] == b"PK\x03\x04":
+        return True
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return False  # a safetensors header: its length fits the file and the JSON follows
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return True  # a raw pickle (a legacy torch file) starts with PROTO
+    return path.suffix.lower() in PICKLE_SUFFIXES or zipfile.is_zipfile(path)
 
 
 def inspect_file(path: Path, yaml_sidecar: dict[str, Any] | None = None) -> Inspection:
@@ -158,6 +165,6 @@ def group_metadata(raw: dict[str, str]) -> dict[str, Any]:
 
 def _json_or_raw(value: str) -> Any:
     try:
-        return json.loads(value)
-    except json.JSONDecodeError:
+        return load_json(value)
+    except ValueError:
         return value

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.checkpoints.architecture import UNET_IN
+from bot.checkpoints.inspection import is_pickle_file
 from bot.checkpoints.safetensors_header import SafetensorsHeader, StoredTensor
 from bot.checkpoints.tensors import TensorInfo
 from bot.errors import CheckpointFileError
@@ -135,7 +136,7 @@ def _check_shapes(name: str, ta: StoredTensor, tb: StoredTensor, plan: MergePlan
 
 
 def require_safetensors(path: Path) -> None:
-    if path.suffix.lower() != ".safetensors":
+    if is_pickle_file(path):  # decided by content, as everywhere
         raise CheckpointFileError(
             f"{path.name}: merging reads .safetensors only; convert it first with `python bot.py convert`"
         )

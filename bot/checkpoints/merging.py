@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.checkpoints.confinement import resolve_inside
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, plan_merge, require_safetensors
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
@@ -111,11 +112,10 @@ class MergeService:
 
     async def _input(self, ref: str, role: str) -> MergeInput:
         entry = await self.registry.find(ref)
-        path = entry.path if entry else await asyncio.to_thread(self._existing_path, ref)
-        if path is None:
-            raise RegistryError(f"{role} model {ref!r}: no checkpoint by that name, hash or path")
         if entry is not None and entry.status != "present":
             raise RegistryError(f"{role} model {entry.name} is missing from the models directory")
+        # A registered file is checked again: what lies at its path may have become a link since.
+        path = await asyncio.to_thread(self._existing_path, str(entry.path) if entry else ref, f"{role} model")
         require_safetensors(path)
         inspection = await asyncio.to_thread(inspect_checkpoint, path)
         header = await asyncio.to_thread(read_header, path)
@@ -128,17 +128,19 @@ class MergeService:
         name = entry.relative_path if entry else path.name
         return MergeInput(path, name, hashes.sha256, hashes.autov1, arch.family, arch.label, header)
 
-    def _existing_path(self, ref: str) -> Path | None:
-        """A file path as given, or relative to the models directory."""
-        path = Path(ref).expanduser()
-        if not path.is_absolute() and not path.exists():
-            path = self.registry.models_root / path
-        return path if path.is_file() else None
+    def _existing_path(self, ref: str, what: str) -> Path:
+        """A file path as given, or relative to the models directory; confined to it like every path."""
+        if not ref.strip():
+            raise RegistryError(f"{what}: no checkpoint named")
+        try:
+            return resolve_inside(Path(ref), self.registry.models_root, what=what)
+        except RegistryError as e:
+            if "no such file" in str(e):
+                raise RegistryError(f"{what} {ref!r}: no checkpoint by that name, hash or path") from None
+            raise
 
     def _vae_path(self, ref: str) -> Path:
-        path = self._existing_path(ref)
-        if path is None:
-            raise CheckpointFileError(f"VAE {ref!r}: no such file")
+        path = self._existing_path(ref, "VAE")
         require_safetensors(path)
         return path
 

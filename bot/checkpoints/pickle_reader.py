@@ -85,7 +85,9 @@ class StorageReader:
             with self._archive.open(f"{self._prefix}/data/{storage.key}") as member:
                 raw = member.read(expected + 1)
             if len(raw) != expected:
-                raise CheckpointFileError(f"storage {storage.key} holds {len(raw):,} bytes, not the {expected:,} declared")
+                raise CheckpointFileError(
+                    f"storage {storage.key} holds {len(raw):,} bytes, not the {expected:,} declared"
+                )
             self._key, self._raw = storage.key, raw
         return self._raw
 
@@ -226,7 +228,9 @@ def _check_extent(name: object, tensor: PickledTensor, storages: dict[str, int])
     stored = storages.get(tensor.storage.key)
     size = DTYPE_SIZES[tensor.dtype]
     if stored is None:
-        raise CheckpointFileError(f"tensor {str(name)[:200]!r} refers to storage {tensor.storage.key}, which is missing")
+        raise CheckpointFileError(
+            f"tensor {str(name)[:200]!r} refers to storage {tensor.storage.key}, which is missing"
+        )
     if stored != tensor.storage.numel * size:
         raise CheckpointFileError(
             f"storage {tensor.storage.key} holds {stored:,} bytes, not the {tensor.storage.numel * size:,} declared"

@@ -22,8 +22,9 @@ from typing import Any
 import aiosqlite
 
 from bot.catalog.taxonomy import FACET_KEYS, check_facets
+from bot.checkpoints.confinement import resolve_inside
 from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
-from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, check_path, inspect_file
+from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_file
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
 from bot.errors import CheckpointFileError, RegistryError
 
@@ -214,15 +215,7 @@ class CheckpointRegistry:
 
     def resolve_inside(self, path: Path) -> Path:
         """The file's resolved path, refusing anything that lies (or links) outside the models directory."""
-        candidate = path.expanduser()
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = self.models_root / candidate
-        if not candidate.exists():
-            raise CheckpointFileError(f"{path}: no such file (looked in the current folder and in {self.models_root})")
-        resolved = candidate.resolve()
-        if not resolved.is_relative_to(self.models_root):
-            raise RegistryError(f"{path} is outside the models directory ({self.models_root}); move it there first")
-        check_path(resolved)
+        resolved = resolve_inside(path, self.models_root, what="checkpoint")
         if resolved.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise RegistryError(f"{path}: not a checkpoint file (expected .safetensors, .ckpt or .pt)")
         return resolved
@@ -368,6 +361,9 @@ class CheckpointRegistry:
                 report.errors.append((relative, str(e)))
             except OSError as e:
                 report.errors.append((relative, f"cannot read: {e.strerror or e}"))
+            except Exception as e:  # one odd file must not leave every later file unregistered
+                log.exception("scan: unexpected error on %s", relative)
+                report.errors.append((relative, f"unexpected error ({type(e).__name__}); the log has the details"))
         for entry in known.values():
             if entry.status != "missing":
                 report.missing.append(await self._set_status(entry, "missing"))
@@ -385,7 +381,7 @@ class CheckpointRegistry:
 
     async def _examine(self, path: Path, progress: HashProgress | None) -> Examined:
         """Everything the file itself says: sidecars, inspection, hashes, size and mtime (off the loop)."""
-        sidecars = await asyncio.to_thread(read_sidecars, path)
+        sidecars = await asyncio.to_thread(read_sidecars, path, self.models_root)
         inspection = await asyncio.to_thread(inspect_file, path, sidecars.yaml_config)
         hashes = await self.hashes(path, progress)
         inspection.hashes = hashes
@@ -456,7 +452,9 @@ def merge_lineage(metadata: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(sha, str) and sha:
             info = models.get(sha)
             name = info.get("name", "") if isinstance(info, dict) else ""
-            parents.append({"role": role, "sha256": sha, "autov2": sha[:10], "name": name})
+            # Whatever a file's metadata says is untrusted: only short strings are kept.
+            name = name[:200] if isinstance(name, str) else ""
+            parents.append({"role": role, "sha256": sha[:64], "autov2": sha[:10], "name": name})
     return parents
 
 

@@ -154,7 +154,7 @@ def _new_set(args: tuple[object, ...]) -> set[object]:
 
 def _codecs_encode(args: tuple[object, ...]) -> bytes:
     # numpy scalars pickle their raw bytes as latin-1 text; only plain encodings are honoured.
-    text, encoding = (args + ("utf-8",))[:2] if args else (None, None)
+    text, encoding = (*args, "utf-8")[:2] if args else (None, None)
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
         raise CheckpointFileError(f"pickle asks for _codecs.encode with {encoding!r}, which is not allowed")
     try:
@@ -245,7 +245,7 @@ class SafeUnpickler:
 
     # --- the opcodes -----------------------------------------------------------------------------
 
-    def _step(self, name: str, arg: Any) -> None:  # noqa: C901 (one branch an opcode family)
+    def _step(self, name: str, arg: Any) -> None:
         stack = self._stack
         if name in ("PROTO", "FRAME"):
             if name == "PROTO" and arg > 5:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
 from bot.errors import CheckpointFileError
+from bot.untrusted import clean_text, has_lone_surrogate
 
 MAX_HEADER_BYTES = 100_000_000
 # The largest real files (an all-in-one Flux or SD3.5 checkpoint, a big LyCORIS) hold a few
@@ -23,7 +23,6 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS = 100_000
 MAX_DIMS = 32
 _MAX_DIGITS = 20  # offsets and dimensions fit in 64 bits
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,7 @@ def _no_constant(name: str) -> float:
 
 
 def _tensor_name(name: str) -> str:
-    if _LONE_SURROGATE.search(name):
+    if has_lone_surrogate(name):
         raise CheckpointFileError("a tensor name in the header is not valid Unicode (a lone surrogate)")
     return name
 
@@ -135,16 +134,11 @@ def _parse_metadata(value: object) -> dict[str, str]:
     for key, item in value.items():
         if not isinstance(item, str):
             raise CheckpointFileError(
-                f"metadata value for {_clean_text(key)[:100]!r} is a {type(item).__name__}, "
+                f"metadata value for {clean_text(key)[:100]!r} is a {type(item).__name__}, "
                 "but safetensors metadata must be strings"
             )
-        clean[_clean_text(key)] = _clean_text(item)
+        clean[clean_text(key)] = clean_text(item)
     return clean
-
-
-def _clean_text(text: str) -> str:
-    """JSON may spell a lone surrogate (\\ud800); it could not be printed or stored, so it becomes U+FFFD."""
-    return _LONE_SURROGATE.sub("\ufffd", text) if not text.isascii() else text
 
 
 def _parse_tensor(name: str, spec: object) -> StoredTensor:

@@ -176,9 +176,7 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
         bar.update(done - bar.n)
 
     async with open_registry(settings) as registry:
-        downloader = Downloader(
-            registry, max_bytes=int(settings.download_max_gb * 1e9), civitai_api_key=settings.civitai_key
-        )
+        downloader = Downloader.from_settings(registry, settings)
         try:
             entry = await downloader.download(
                 args.source, name=args.name, sha256=args.sha256, nsfw=args.nsfw, progress=progress
