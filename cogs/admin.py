@@ -14,8 +14,8 @@ from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
 from bot.errors import EaselError
 from cogs.catalog import info_embed
+from cogs.errors import refuse
 from cogs.formatting import CONTENT_MAX, checkpoint_choices, clip
-from cogs.generation import refuse
 from cogs.progress import ThrottledEdits
 
 if TYPE_CHECKING:

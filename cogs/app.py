@@ -13,6 +13,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.services import Services
+from cogs.errors import report_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,12 +37,12 @@ class EaselBot(commands.Bot):
         # How to await input from outside the bot (the GPU worker). A simulated Discord replaces it
         # with its own external_wait, so its clock can move while a job waits in the queue.
         self.external_wait: Any = None
+        self.tree.on_error = self.on_app_command_error
 
     async def wait_external(self, awaitable: Awaitable[T], reason: str) -> T:
         if self.external_wait is None:
             return await awaitable
         return await self.external_wait(awaitable, reason=reason)
-        self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
         if self.services.catalog.embedder is not None:
@@ -68,19 +69,8 @@ class EaselBot(commands.Bot):
 
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         """Users get one short line; operators get the traceback in the log."""
-        if isinstance(error, app_commands.CheckFailure):
-            message = str(error) or "you cannot use this command here"
-        else:
-            log.error("command %s failed", interaction.command and interaction.command.qualified_name, exc_info=error)
-            message = "something went wrong on our side; the bot's owner can find the details in the log"
-        await reply_privately(interaction, message)
-
-
-async def reply_privately(interaction: discord.Interaction, message: str) -> None:
-    if interaction.response.is_done():
-        await interaction.followup.send(message, ephemeral=True)
-    else:
-        await interaction.response.send_message(message, ephemeral=True)
+        command = interaction.command.qualified_name if interaction.command else "a command"
+        await report_error(interaction, error, where=f"/{command}")
 
 
 def create_bot(services: Services, *, dev_guild: int | None = None, always_sync: bool = False) -> EaselBot:

@@ -23,8 +23,9 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_prompt
 from cogs.attachments import fit_image
+from cogs.errors import AnsweringModal, AnsweringView, answers_errors, refuse
 from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip, nsfw_allowed, where
-from cogs.generation import post_result, refuse
+from cogs.generation import post_result
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -157,7 +158,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         return checkpoint_choices(await self.visible(interaction), current)
 
 
-class CatalogPages(discord.ui.View):
+class CatalogPages(AnsweringView):
     """Pages of ten, and a picker that opens one checkpoint's card."""
 
     def __init__(self, entries: list[CheckpointEntry], owner: int) -> None:
@@ -228,11 +229,12 @@ class UseButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:use:
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> UseButton:
         return cls(match["name"])
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(PromptModal(self.name))
 
 
-class PromptModal(discord.ui.Modal, title="Imagine"):
+class PromptModal(AnsweringModal, title="Imagine"):
     prompt = discord.ui.TextInput(
         label="Prompt", style=discord.TextStyle.paragraph, max_length=1500, custom_id="prompt"
     )
@@ -320,6 +322,7 @@ class UsePick(discord.ui.DynamicItem[discord.ui.Select], template=r"easel:usepic
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Select, match) -> UsePick:
         return cls([o.value for o in item.options])
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(PromptModal(self.item.values[0]))
 
@@ -345,11 +348,12 @@ class CompareButton(
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> CompareButton:
         return cls(match["names"].split(","))
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.send_modal(ComparePromptModal(self.names))
 
 
-class ComparePromptModal(discord.ui.Modal, title="Compare checkpoints"):
+class ComparePromptModal(AnsweringModal, title="Compare checkpoints"):
     prompt = discord.ui.TextInput(
         label="Prompt", style=discord.TextStyle.paragraph, max_length=1500, custom_id="prompt"
     )

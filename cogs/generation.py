@@ -23,6 +23,7 @@ from bot.generation.service import JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective
 from cogs.attachments import fit_image
+from cogs.errors import answers_errors, refuse
 from cogs.formatting import ASPECTS, CONTENT_MAX, clip, eta_text, nsfw_allowed, result_embed, size_for, where
 from cogs.progress import EDIT_INTERVAL
 from gpu_worker.protocol import SAMPLERS
@@ -355,22 +356,6 @@ async def post_result(
         )
 
 
-async def refuse(interaction: discord.Interaction, message: str) -> None:
-    """A short private answer; the public 'thinking…' placeholder goes away."""
-    text = f"⚠️ {clip(message, CONTENT_MAX - 3)}"
-    if interaction.response.is_done():
-        # After a deferral the first follow-up would *replace* the public placeholder, so complete
-        # the placeholder first, answer privately, then remove the placeholder.
-        await interaction.edit_original_response(content="⚠️ could not start this job")
-        await interaction.followup.send(text, ephemeral=True)
-        try:
-            await interaction.delete_original_response()
-        except discord.HTTPException:
-            pass
-    else:
-        await interaction.response.send_message(text, ephemeral=True)
-
-
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for item in (RerollButton(job_id), VariationsButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
@@ -410,6 +395,7 @@ class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"easel:reroll:{job_id}"))
         self.job_id = job_id
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await _cog(interaction).rerun(interaction, self.job_id)
 
@@ -421,6 +407,7 @@ class VariationsButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], tem
         super().__init__(discord.ui.Button(label="Variations", emoji="🔀", custom_id=f"easel:vary:{job_id}"))
         self.job_id = job_id
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await _cog(interaction).rerun(
             interaction, self.job_id, seed=lambda record: (record.seeds[-1] + 1) % 2**32, count=VARIATIONS
@@ -445,6 +432,7 @@ class OtherCheckpointSelect(discord.ui.DynamicItem[discord.ui.Select], template=
     ) -> OtherCheckpointSelect:
         return cls(match["job"], item.options)
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         [name] = self.item.values
         await _cog(interaction).rerun(interaction, self.job_id, seed=lambda record: record.seeds[0], checkpoint=name)
@@ -455,6 +443,7 @@ class ParametersButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], tem
         super().__init__(discord.ui.Button(label="Parameters", emoji="📋", custom_id=f"easel:params:{job_id}"))
         self.job_id = job_id
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         record = await _cog(interaction).services.generation.get_job(self.job_id)
         if record is None or not record.infotexts:
@@ -473,6 +462,7 @@ class DeleteButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         )
         self.job_id = job_id
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         record = await _cog(interaction).services.generation.get_job(self.job_id)
         owner = record is not None and record.row["requester_id"] == str(interaction.user.id)
@@ -488,6 +478,7 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"easel:cancel:{job_id}"))
         self.job_id = job_id
 
+    @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         requester = None if _is_moderator(interaction) else str(interaction.user.id)
         try:

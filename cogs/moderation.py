@@ -10,8 +10,8 @@ from discord.ext import commands
 
 from bot.errors import EaselError
 from bot.generation.jobs import Job, JobState
+from cogs.errors import AnsweringView, refuse
 from cogs.formatting import EMBED_COLOUR, clip
-from cogs.generation import refuse
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -48,7 +48,7 @@ class Moderation(commands.Cog):
         )
 
 
-class CancelPicker(discord.ui.View):
+class CancelPicker(AnsweringView):
     def __init__(self, jobs: list[Job], generation) -> None:
         super().__init__(timeout=300)
         self.generation = generation

@@ -16,8 +16,8 @@ from discord.ext import commands
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
+from cogs.errors import refuse
 from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip
-from cogs.generation import refuse
 from gpu_worker.protocol import SAMPLERS
 
 if TYPE_CHECKING:

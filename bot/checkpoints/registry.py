@@ -179,10 +179,12 @@ class CheckpointRegistry:
     async def find(self, ref: str) -> CheckpointEntry | None:
         """By slug name, display name, or hash (AutoV2 / full sha256, any case)."""
         ref = ref.strip()
+        # A hash prefix is matched only when it is one: hex digits, so no LIKE wildcard (% or _) gets in.
+        prefix = ref.lower() if re.fullmatch(r"[0-9a-fA-F]{10,64}", ref) else None
         async with self._db.execute(
-            "SELECT * FROM checkpoints WHERE name = ? OR display_name = ? OR sha256 = lower(?) "
-            "OR (length(?) >= 10 AND sha256 LIKE lower(?) || '%') ORDER BY name = ? DESC LIMIT 1",
-            (slugify(ref), ref, ref, ref, ref, slugify(ref)),
+            "SELECT * FROM checkpoints WHERE (? != '' AND name = ?) OR display_name = ? OR sha256 = lower(?) "
+            "OR (? IS NOT NULL AND substr(sha256, 1, length(?)) = ?) ORDER BY name = ? DESC LIMIT 1",
+            (slugify(ref), slugify(ref), ref, ref, prefix, prefix, prefix, slugify(ref)),
         ) as cur:
             row = await cur.fetchone()
         return await self._entry(row) if row else None

@@ -6,10 +6,12 @@ Validation happens before anything is queued or sent to a GPU: every problem is 
 from __future__ import annotations
 
 import random
+import unicodedata
 from dataclasses import dataclass
 
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import DEFAULT_SAMPLER, parse_sampler
 
 
@@ -30,6 +32,7 @@ class Limits:
     max_queued_per_user: int = 3
     max_queue: int = 100
     cooldown_seconds: float = 0.0  # between one user's requests
+    max_prompt_chars: int = 8000
 
 
 @dataclass(frozen=True)
@@ -64,14 +67,28 @@ class ValidRequest:
     seeds: tuple[int, ...]
 
 
+# Characters that draw nothing although Unicode files some of them as letters or symbols.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u2800\u3164\uffa0")
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp", "Mn", "Me"})
+
+
+def has_visible_text(text: str) -> bool:
+    """Whether `text` has a character that shows: zero-width spaces and joiners alone do not count."""
+    return any(ch not in _BLANK_LETTERS and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
+
+
 def random_seed() -> int:
     return random.randrange(4294967294)  # A1111's range
 
 
 def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits) -> ValidRequest:
-    prompt = request.prompt.strip()
-    if not prompt:
+    if not has_visible_text(request.prompt):
         raise GenerationError("the prompt is empty; describe the picture you want")
+    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
+        if has_lone_surrogate(text):
+            raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
+        if len(text) > limits.max_prompt_chars:
+            raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
     if not checkpoint.present:

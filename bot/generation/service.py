@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from bot.generation.jobs import (
     new_job_id,
 )
 from bot.generation.queue import FairQueue
-from bot.generation.requests import GenerationError, GenerationRequest, Limits, validate
+from bot.generation.requests import GenerationError, GenerationRequest, Limits, ValidRequest, validate
 from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
 from gpu_worker.protocol import (
@@ -131,6 +132,7 @@ class GenerationService:
         self._seconds_per_unit: float | None = None
         self._closing = False
         self._changed: asyncio.Event | None = None
+        self._admission = asyncio.Lock()
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -178,51 +180,64 @@ class GenerationService:
         if not items:
             return []
         user = items[0][0].requester_id
-        for request, checkpoint in items:
-            validate(request, checkpoint, self.limits)
-        free = self.limits.max_queued_per_user - self._queue.queued_for(user)
-        if len(items) > free:
-            raise GenerationError(
-                f"this needs {len(items)} places in the queue and you have {max(0, free)} free "
-                f"(the limit is {self.limits.max_queued_per_user}); wait for your jobs to start"
-            )
-        if len(self._queue) + len(items) > self.limits.max_queue:
-            raise GenerationError(f"the queue is full ({self.limits.max_queue} jobs); try again in a few minutes")
-        self.cooldowns.check(user)
-        return [await self.submit(request, checkpoint, check_cooldown=False) for request, checkpoint in items]
+        specs = [validate(request, checkpoint, self.limits) for request, checkpoint in items]
+        # Admission is checked and recorded under one lock: recording a job awaits the database, and
+        # five concurrent requests from one user must not all pass a check made before that await.
+        async with self._admission:
+            self._check_running()
+            free = self.limits.max_queued_per_user - self._queue.queued_for(user)
+            if len(items) > free:
+                raise GenerationError(
+                    f"this needs {len(items)} places in the queue and you have {max(0, free)} free "
+                    f"(the limit is {self.limits.max_queued_per_user}); wait for your jobs to start"
+                )
+            if len(self._queue) + len(items) > self.limits.max_queue:
+                raise GenerationError(f"the queue is full ({self.limits.max_queue} jobs); try again in a few minutes")
+            self.cooldowns.check(user)
+            handles = [await self._enqueue(spec) for spec in specs]
+            self.cooldowns.record(user)
+        self._pump()
+        return handles
 
-    async def submit(
-        self, request: GenerationRequest, checkpoint: CheckpointRef, *, check_cooldown: bool = True
-    ) -> JobHandle:
+    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
+        spec = validate(request, checkpoint, self.limits)
+        async with self._admission:  # see submit_group
+            self._check_running()
+            self._queue.check_room(request.requester_id)
+            self.cooldowns.check(request.requester_id)
+            handle = await self._enqueue(spec)
+            self.cooldowns.record(request.requester_id)
+        self._pump()
+        return handle
+
+    def _check_running(self) -> None:
         if self._closing:
             raise GenerationError("the bot is shutting down; try again in a minute")
-        spec = validate(request, checkpoint, self.limits)
         if len(self._stopped) == len(self._workers):
             raise GenerationError("no GPU worker is running, so nothing can be generated; tell the bot's owner")
-        self._queue.check_room(request.requester_id)
-        if check_cooldown:
-            self.cooldowns.check(request.requester_id)
+
+    async def _enqueue(self, spec: ValidRequest) -> JobHandle:
         job = Job(new_job_id(), spec)
-        await self.store.insert(job)  # recorded before it can run, so every later update has a row
         try:
-            self._queue.push(job)
-        except GenerationError as e:  # the queue filled up while the record was written
-            self._finish(job, JobState.FAILED, str(e), notify=False)
-            raise
-        self.cooldowns.record(request.requester_id)
+            await self.store.insert(job)  # recorded before it can run, so every later update has a row
+        except sqlite3.Error:
+            log.exception("job %s could not be recorded", job.id)
+            raise GenerationError(
+                "the job could not be recorded (the bot's database failed); tell the bot's owner"
+            ) from None
+        self._queue.push(job)  # cannot fail: room was checked under the admission lock
         handle = self._handles[job.id] = JobHandle(job)
-        self._names[checkpoint.sha256] = checkpoint.name
+        self._names[spec.checkpoint.sha256] = spec.checkpoint.name
         log.info(
             "job %s queued: %s, %dx%d, %d step(s), %d image(s), by %s",
             job.id,
-            checkpoint.name,
+            spec.checkpoint.name,
             spec.width,
             spec.height,
-            request.steps,
+            spec.request.steps,
             job.image_count,
-            request.requester_id,
+            job.requester_id,
         )
-        self._pump()
         return handle
 
     async def cancel(self, job_id: str, requester_id: str | None = None) -> str:
