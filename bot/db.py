@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +40,13 @@ def load_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
 async def connect(path: Path) -> aiosqlite.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        await db.close()  # aiosqlite's thread would otherwise keep the process alive
+        raise
     db.row_factory = aiosqlite.Row
     return db
 
@@ -80,10 +86,58 @@ async def migrate(db: aiosqlite.Connection, migrations: list[Migration] | None =
 
 
 async def open_database(path: Path) -> aiosqlite.Connection:
-    db = await connect(path)
+    """The bot's database, migrated. A file that is not a healthy SQLite database is refused with one
+    line naming it and what to do, before anything is written to it."""
+    await asyncio.to_thread(check_database_file, path)
+    try:
+        db = await connect(path)
+    except sqlite3.Error as e:
+        raise ConfigError(f"cannot open the database {path}: {e}") from None
     try:
         await migrate(db)
-    except BaseException:
+        await _check_tables(db, path)
+    except BaseException as e:
         await db.close()
+        if isinstance(e, sqlite3.Error):
+            raise ConfigError(f"the database {path} cannot be used: {e}; {_WHAT_TO_DO}") from None
         raise
     return db
+
+
+_WHAT_TO_DO = "move it aside (a new, empty one is then created) or restore a backup"
+
+
+def check_database_file(path: Path) -> None:
+    """Refuse a directory, an unreadable file, or one SQLite finds damaged, opening it read-only."""
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise ConfigError(f"the database path {path} is a directory, not a file; {_WHAT_TO_DO}")
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise ConfigError(f"cannot open the database {path}: {e}") from None
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check")]
+    except sqlite3.Error as e:
+        raise ConfigError(f"{path} is not a usable SQLite database ({e}); {_WHAT_TO_DO}") from None
+    finally:
+        conn.close()
+    if problems != ["ok"]:
+        raise ConfigError(f"the database {path} is damaged ({problems[0]}); {_WHAT_TO_DO}")
+
+
+async def _check_tables(db: aiosqlite.Connection, path: Path) -> None:
+    """Every table the applied migrations create must be there (a hand-edited file may lack one)."""
+    async with db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')") as cur:
+        present = {row[0] for row in await cur.fetchall()}
+    for migration in load_migrations():
+        for table in _CREATE_TABLE.findall(migration.sql):
+            if table not in present:
+                raise ConfigError(
+                    f"the database {path} has no {table} table although migration {migration.name} was "
+                    f"applied; {_WHAT_TO_DO}"
+                )
+
+
+_CREATE_TABLE = re.compile(r"CREATE\s+(?:VIRTUAL\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[\"`]?(\w+)", re.IGNORECASE)

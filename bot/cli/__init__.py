@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from bot.cli import catalog, checkpoints, generate, merge, run, server
 from bot.config import load_settings
@@ -39,13 +42,42 @@ def main(argv: list[str] | None = None) -> int:
     handler = getattr(args, "handler", run.cmd_run)
     try:
         settings = load_settings()
-        return asyncio.run(handler(args, settings))
+        return asyncio.run(_until_terminated(handler(args, settings)))
     except EaselError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("stopped (SIGTERM)", file=sys.stderr)
+        return 143
     except Exception:  # an operator needs the traceback; the message still comes first
         log.exception("unexpected error")
         return 1
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the command was cancelled, so its cleanup (temporary files…) ran."""
+
+
+async def _until_terminated(command: Coroutine[Any, Any, int]) -> int:
+    """Run `command`; SIGTERM cancels it as Ctrl-C does, so `finally` blocks run and nothing is left half-done."""
+    task = asyncio.ensure_future(command)
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if terminated:
+            raise Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)

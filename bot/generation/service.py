@@ -169,9 +169,10 @@ class GenerationService:
         await self.flush()
 
     async def flush(self) -> None:
-        """Wait for pending job-record writes."""
+        """Wait for pending job-record writes, and try once more those the database refused."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
+        await self.store.write_unsaved()
 
     # --- front-end API -------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -10,6 +12,8 @@ from typing import Any
 import aiosqlite
 
 from bot.generation.jobs import Job, JobState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class JobRecord:
 class JobStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        # Job states whose write failed (disk full, a locked file): written again with the next
+        # write that succeeds, and at shutdown. What is still unwritten at a crash is settled at the
+        # next start (mark_interrupted), so a row never stays queued or running.
+        self._unsaved: dict[str, Job] = {}
 
     async def insert(self, job: Job) -> None:
         spec, request = job.spec, job.spec.request
@@ -74,6 +82,24 @@ class JobStore:
         await self._db.commit()
 
     async def save_state(self, job: Job) -> None:
+        self._unsaved[job.id] = job
+        await self.write_unsaved()
+
+    async def write_unsaved(self) -> bool:
+        """Write every job state not yet recorded; False if the database still refuses."""
+        for job_id, job in list(self._unsaved.items()):
+            try:
+                await self._write_state(job)
+            except sqlite3.Error as e:
+                if self._db.in_transaction:
+                    await self._db.rollback()  # a failed commit leaves a transaction that would swallow later writes
+                log.error("job %s: could not record state %s (%s); will retry", job_id, job.state.value, e)
+                return False
+            if self._unsaved.get(job_id) is job:
+                del self._unsaved[job_id]
+        return True
+
+    async def _write_state(self, job: Job) -> None:
         await self._db.execute(
             "UPDATE jobs SET state = ?, error = ?, device = ?, batch_size = ?, started_at = ?, finished_at = ?, "
             "load_seconds = ?, inference_seconds = ?, infotexts_json = ? WHERE id = ?",
