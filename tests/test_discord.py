@@ -451,3 +451,78 @@ async def test_info_shows_the_preview_image(env: simcord.Env, services: Services
         await services.db.execute("UPDATE checkpoints SET preview_path = NULL WHERE id = ?", (entry.id,))
         await services.db.commit()
         preview.unlink()
+
+
+# --- unexpected errors: every entry point answers in one private line ------------------------------
+
+
+class Boom(RuntimeError):
+    """Stands in for any bug or outside failure (disk full, a library's TypeError)."""
+
+
+def explode(*args: object, **kwargs: object) -> None:
+    raise Boom("/secret/path/in/a/traceback")
+
+
+def answered_with_our_fault(result) -> bool:
+    from cogs.errors import OUR_FAULT
+
+    messages = [m for m in [result.response, *result.followups] if m is not None]
+    texts = [m.content or "" for m in messages]
+    private = [m for m in messages if m.flags.ephemeral and OUR_FAULT in (m.content or "")]
+    return len(private) == 1 and not any("secret" in t for t in texts)
+
+
+async def test_unexpected_errors_are_answered_from_every_command_group_and_button(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guild, channel, alice = world(env)
+    admins = guild.create_role("Managers", permissions=discord.Permissions(manage_guild=True))
+    manager = guild.add_member(env.create_user("manager"), roles=[admins])
+    owner = guild.add_member(env.create_user("the-owner"))
+    monkeypatch.setattr(services.settings, "owner_ids", [owner.id])
+    message = (await alice.slash(channel, "imagine", prompt="a kite", checkpoint="tiny-sd1", steps=1, seed=1)).response
+
+    with monkeypatch.context() as patch:
+        patch.setattr(services.guild_settings, "effective", explode)
+        for result in (
+            await alice.slash(channel, "imagine", prompt="a kite", checkpoint="tiny-sd1"),  # deferred first
+            await alice.slash(channel, "checkpoints list"),
+            await manager.slash(channel, "settings show"),
+            await alice.click(message, label="Reroll"),  # a persistent button
+        ):
+            assert answered_with_our_fault(result), result
+    with monkeypatch.context() as patch:
+        patch.setattr(services.generation, "status", explode)
+        assert answered_with_our_fault(await alice.slash(channel, "status"))
+    with monkeypatch.context() as patch:
+        patch.setattr(services.generation, "guild_jobs", explode)
+        assert answered_with_our_fault(await manager.slash(channel, "queue"))
+    with monkeypatch.context() as patch:
+        patch.setattr(services.registry, "scan", explode)
+        assert answered_with_our_fault(await owner.slash(channel, "admin scan"))
+    with monkeypatch.context() as patch:
+        patch.setattr(services.generation, "get_job", explode)
+        assert answered_with_our_fault(await alice.click(message, label="Parameters"))
+    # The tree's errors reach simcord too (reading them acknowledges them): each is our planted one.
+    assert env.errors and all(isinstance(e.__cause__ or e, Boom) for e in env.errors)
+    # And the bot is still fine afterwards.
+    assert (await alice.slash(channel, "imagine", prompt="a kite", checkpoint="tiny-sd1", steps=1)).response.attachments
+
+
+async def test_a_failing_autocomplete_offers_nothing_and_breaks_nothing(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, channel, alice = world(env)
+    monkeypatch.setattr(services.registry, "list", explode)
+    assert await alice.autocomplete(channel, "imagine", "checkpoint", "ti", prompt="x") == []
+    assert all(isinstance(e.__cause__ or e, Boom) for e in env.errors)
+
+
+async def test_zero_width_prompts_and_wildcard_names_are_refused(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    blank = await alice.slash(channel, "imagine", prompt="\u200b\u200d\u2060\ufeff", checkpoint="tiny-sd1")
+    assert "prompt is empty" in blank.followups[0].content
+    for name in ("%%%%%%%%%%", "__________", "%"):
+        wild = await alice.slash(channel, "imagine", prompt="x", checkpoint=name)
+        assert f"no checkpoint named {name!r}" in wild.followups[0].content

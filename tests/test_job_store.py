@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from bot.db import open_database
 from bot.generation.jobs import JobState
@@ -25,5 +28,35 @@ async def test_open_jobs_from_a_previous_run_become_interrupted(tmp_path: Path) 
         record = await store.get(done.id)
         assert record.state is JobState.DONE
         assert record.to_dict()["seeds"] == [1] and record.row["prompt"] == "a cat"
+    finally:
+        await db.close()
+
+
+async def test_a_state_the_database_refused_is_written_with_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while recording a finished job: the row must not stay 'running'."""
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        store = JobStore(db)
+        job = make_job("a")
+        await store.insert(job)
+        job.state = JobState.RUNNING
+        await store.save_state(job)
+        real_write = store._write_state
+
+        async def disk_full(job_to_write) -> None:
+            await db.execute("UPDATE jobs SET state = 'scribbled' WHERE id = ?", (job_to_write.id,))
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store, "_write_state", disk_full)
+        job.state = JobState.DONE
+        await store.save_state(job)  # logged, not raised: the job itself finished
+        assert (await store.get(job.id)).state is JobState.RUNNING  # the failed transaction was rolled back
+        monkeypatch.setattr(store, "_write_state", real_write)
+        other = make_job("b")
+        await store.insert(other)
+        await store.save_state(other)  # the next write that succeeds carries the lost one along
+        assert (await store.get(job.id)).state is JobState.DONE
     finally:
         await db.close()

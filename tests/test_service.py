@@ -174,6 +174,33 @@ async def test_bad_requests_are_refused_before_queueing(setup) -> None:
     assert service.status().queued == 0
 
 
+async def test_concurrent_requests_cannot_slip_past_the_cooldown_or_the_queue_limit(setup) -> None:
+    """Checked and recorded under one lock: the check used to run before an await, the record after."""
+    service, checkpoint = setup
+    service.cooldowns.seconds = 60
+    try:
+        results = await asyncio.gather(
+            *(service.submit(request("racer", steps=1), checkpoint) for _ in range(5)), return_exceptions=True
+        )
+    finally:
+        service.cooldowns.seconds = 0
+    accepted = [r for r in results if isinstance(r, JobHandle)]
+    refused = [r for r in results if isinstance(r, GenerationError)]
+    assert len(accepted) == 1 and len(refused) == 4 and all("slow down" in str(e) for e in refused)
+    await collect(accepted[0])
+
+    running = await blocker(service, checkpoint)
+    results = await asyncio.gather(
+        *(service.submit(request("crowd", steps=1), checkpoint) for _ in range(20)), return_exceptions=True
+    )
+    accepted = [r for r in results if isinstance(r, JobHandle)]
+    assert len(accepted) == service.limits.max_queued_per_user
+    assert all("you already have" in str(r) for r in results if not isinstance(r, JobHandle))
+    for handle in [*accepted, running]:
+        await service.cancel(handle.job.id)
+    await asyncio.gather(*(collect(h) for h in [*accepted, running]))
+
+
 async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     service, checkpoint = setup
     handle = await blocker(service, checkpoint)
