@@ -161,3 +161,18 @@ def test_real_configs_describe_the_real_models(config: str, unet: int, vae: int,
     # The published CLIP tokenizer's ids for this prompt.
     assert ids == [49406, 320, 1125, 539, 550, 18376, 6765, 320, 4558, 49407]
     assert tokenizer.model_max_length == 77
+
+
+@pytest.mark.parametrize("name", ["UPPER.SAFETENSORS", "short.sft", "really-safetensors.ckpt"])
+def test_a_file_is_loaded_for_what_it_holds_whatever_its_name(tmp_path: Path, tiny_dir: Path, name: str) -> None:
+    """diffusers picks its reader by the exact suffix; the loader hands it a canonically named link."""
+    import shutil
+
+    path = tmp_path / name
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", path)
+    request = request_for(path)
+    assert request.format == "safetensors"
+    loaded = load_pipeline(request).pipeline
+    reference = load_pipeline(request_for(tiny_dir / "tiny-sd1.safetensors")).pipeline
+    for key, value in reference.unet.state_dict().items():
+        assert torch.equal(loaded.unet.state_dict()[key], value), key
