@@ -22,6 +22,7 @@ from bot.checkpoints.tensors import TensorInfo
 from bot.errors import CheckpointFileError
 from bot.untrusted import load_json
 
+MAX_KEPT_METADATA_CHARS = 64 * 1024
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES
@@ -152,6 +153,9 @@ def group_metadata(raw: dict[str, str]) -> dict[str, Any]:
     """Sort safetensors metadata into modelspec, kohya, merge recipe and the rest (kept raw)."""
     grouped: dict[str, Any] = {"modelspec": {}, "kohya": {}, "merge": {}, "other": {}}
     for key, value in raw.items():
+        if len(value) > MAX_KEPT_METADATA_CHARS:
+            # An embedded thumbnail or a dataset's tag counts: kept out of the registry and every answer.
+            value = f"({len(value):,} characters, not shown)"
         if key.startswith("modelspec."):
             grouped["modelspec"][key.removeprefix("modelspec.")] = value
         elif key.startswith("ss_"):

@@ -73,9 +73,9 @@ def read_header(path: Path) -> SafetensorsHeader:
         if 8 + n > file_size:
             raise CheckpointFileError(f"header length {n:,} runs past the end of the file ({file_size:,} bytes)")
         f.seek(8)
-        raw = f.read(n)
-    obj = _parse_json(raw)
-    del raw
+        # The bytes are dropped as soon as they are decoded: at most two copies of a large header
+        # (its text, then what it parses to) are ever held at once.
+        obj = _parse_json(_decode(f.read(n)))
     if not isinstance(obj, dict):
         raise CheckpointFileError("header is not a JSON object")
 
@@ -92,15 +92,18 @@ def read_header(path: Path) -> SafetensorsHeader:
     return SafetensorsHeader(header_length=n, file_size=file_size, tensors=tensors, metadata=metadata)
 
 
-def _parse_json(raw: bytes) -> object:
-    """The header's JSON, refusing before or while parsing whatever would cost far more than its size."""
+def _decode(raw: bytes) -> str:
     count = raw.count(b'"data_offsets"')
-    if count > MAX_TENSORS:
+    if count > MAX_TENSORS:  # counted on the bytes, before any parsing
         raise CheckpointFileError(f"header describes {count:,} tensors, over the limit of {MAX_TENSORS:,}")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CheckpointFileError(f"header is not valid UTF-8 (byte {e.start})") from None
+
+
+def _parse_json(text: str) -> object:
+    """The header's JSON, refusing while parsing whatever would cost far more than its size."""
     try:
         return json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_int=_bounded_int, parse_constant=_no_constant
