@@ -27,6 +27,9 @@ class WorkerConfig:
     log_level: str = "INFO"
 
 
+WORKER_NICENESS = 10
+
+
 def resolve_device(device: str) -> str:
     import torch
 
@@ -54,6 +57,9 @@ def default_budgets(device: str) -> tuple[int, int]:
 
 def serve(conn: Connection, config: WorkerConfig) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The worker is batch work and the bot answers people: when they share CPU cores, the bot's
+    # event loop should win (bench/event_loop_stall.py). Idle cores still all go to the worker.
+    os.nice(WORKER_NICENESS)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s worker[%(process)d]: %(message)s")
     import torch
 
