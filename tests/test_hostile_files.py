@@ -233,3 +233,20 @@ def _fingerprint(path: Path) -> str:
     if path.is_dir():
         return "directory"
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_undecodable_command_line_text_is_refused_in_one_line(env: Path, models: Path, tiny_dir: Path) -> None:
+    """Invalid UTF-8 in argv reaches Python as lone surrogates (surrogateescape): never stored, never printed."""
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "m.safetensors")
+    environment = {**os.environ}
+    assert run_bot_py("checkpoints", "add", "m.safetensors", cwd=env, env=environment).returncode == 0
+    for args in (
+        ("checkpoints", "edit", "m", "--description", "caf\udcff"),
+        ("checkpoints", "add", "m.safetensors", "--name", "other", "--tags", "a,\udcfe"),
+        ("generate", "--checkpoint", "m", "--prompt", "a \udcff cat", "--steps", "1", "--out", "out"),
+    ):
+        proc = run_bot_py(*args, cwd=env, env=environment)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1 and "not valid text" in lines[0], (args, proc.stderr)
+    shown = json.loads(run_bot_py("checkpoints", "show", "m", "--json", cwd=env, env=environment).stdout)
+    assert shown["description"] == ""

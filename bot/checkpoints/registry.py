@@ -27,6 +27,7 @@ from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_file
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
 from bot.errors import CheckpointFileError, RegistryError
+from bot.untrusted import has_lone_surrogate
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +233,7 @@ class CheckpointRegistry:
         nsfw: bool | None = None,
         progress: HashProgress | None = None,
     ) -> CheckpointEntry:
+        _check_text(name, description, *(tags or []))
         resolved = self.resolve_inside(path)
         relative = resolved.relative_to(self.models_root).as_posix()
         existing = await self._by_path(resolved)
@@ -297,6 +299,7 @@ class CheckpointRegistry:
         owner set before; an empty value clears that facet, so the next source's value shows again.
         """
         entry = await self.get(ref)
+        _check_text(name, description, *(tags or []), *_facet_texts(facets))
         changes: dict[str, object] = {}
         if facets is not None:
             try:
@@ -439,6 +442,17 @@ class CheckpointRegistry:
         await self._db.commit()
         log.info("checkpoint %s changed on disk: now %s", entry.name, examined.hashes.autov2)
         return await self.get(entry.name)
+
+
+def _check_text(*texts: str | None) -> None:
+    """Text typed by a person is stored as is; a lone surrogate could be neither stored nor shown."""
+    if any(isinstance(t, str) and has_lone_surrogate(t) for t in texts):
+        raise RegistryError("the text holds characters that are not valid text (a lone surrogate); retype it")
+
+
+def _facet_texts(facets: dict[str, Any] | None) -> list[str]:
+    values = (facets or {}).values()
+    return [v for value in values for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)]
 
 
 def merge_lineage(metadata: dict[str, Any]) -> list[dict[str, str]]:
