@@ -26,20 +26,26 @@ def has_lone_surrogate(text: str) -> bool:
     return not text.isascii() and _LONE_SURROGATE.search(text) is not None
 
 
-def _bounded_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > _MAX_DIGITS:
-        raise ValueError(f"a {len(digits)}-digit number")
+class RefusedValue(ValueError):
+    """A JSON value refused while parsing (too long a number, NaN); the message names it."""
+
+
+def bounded_int(digits: str, max_digits: int = _MAX_DIGITS) -> int:
+    """json.loads' parse_int: Python refuses to print integers past 4,300 digits, so refuse them here."""
+    if len(digits.lstrip("-")) > max_digits:
+        raise RefusedValue(f"a {len(digits)}-digit number")
     return int(digits)
 
 
-def _no_constant(name: str) -> float:
-    raise ValueError(f"{name} is not valid JSON")
+def no_constant(name: str) -> float:
+    """json.loads' parse_constant: NaN and Infinity are not JSON."""
+    raise RefusedValue(f"{name}, which is not valid JSON")
 
 
 def load_json(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """Parse `text`; ValueError (with a short reason) when it is not JSON we can safely keep."""
     try:
-        value = json.loads(text, parse_int=_bounded_int, parse_constant=_no_constant)
+        value = json.loads(text, parse_int=bounded_int, parse_constant=no_constant)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
     except UnicodeDecodeError:

@@ -6,10 +6,16 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
+
+if TYPE_CHECKING:
+    from bot.checkpoints.registry import CheckpointRegistry
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -82,3 +88,27 @@ def run_bot_py(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     return subprocess.run(
         [sys.executable, str(REPO / "bot.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
     )
+
+
+def start_bot_py(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start `python bot.py ARGS` as a real process, its output piped; the caller ends it (by its pid)."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "bot.py"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest_asyncio.fixture
+async def registry(tmp_path: Path) -> AsyncIterator[CheckpointRegistry]:
+    """A registry over an empty models folder, its database in tmp_path."""
+    from bot.checkpoints.registry import CheckpointRegistry
+    from bot.db import open_database
+
+    (tmp_path / "models").mkdir(exist_ok=True)
+    db = await open_database(tmp_path / "easel.sqlite3")
+    yield CheckpointRegistry(db, tmp_path / "models")
+    await db.close()

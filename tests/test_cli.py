@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_bot_py
+from tests.conftest import REPO, run_bot_py, start_bot_py
 
 
 def tree(root: Path) -> set[str]:
@@ -167,17 +167,9 @@ def test_make_tiny_checkpoint_via_cli(cli, env: Path) -> None:
 
 def test_without_a_token_the_bot_starts_the_playground(env: Path) -> None:
     import signal
-    import subprocess
 
     environment = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bot.py")],
-        cwd=env,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_bot_py(cwd=env, env=environment)
     try:
         deadline = time.monotonic() + 120
         line = ""

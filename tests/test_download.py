@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.db import open_database
 from bot.errors import EaselError
-
-
-@pytest_asyncio.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[CheckpointRegistry]:
-    (tmp_path / "models").mkdir()
-    db = await open_database(tmp_path / "easel.sqlite3")
-    yield CheckpointRegistry(db, tmp_path / "models")
-    await db.close()
 
 
 def server(files: dict[str, bytes], calls: list[str], *, civitai: dict | None = None, length: bool = True):

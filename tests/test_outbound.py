@@ -9,23 +9,19 @@ import http.server
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpcore
 import pytest
-import pytest_asyncio
 
 from bot import outbound
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.db import open_database
 from bot.errors import EaselError
-from tests.conftest import REPO
+from tests.conftest import start_bot_py
 
 
 class Site:
@@ -77,14 +73,6 @@ def site() -> Iterator[Site]:
     state.stall.set()
     server.shutdown()
     server.server_close()
-
-
-@pytest_asyncio.fixture
-async def registry(tmp_path: Path) -> AsyncIterator[CheckpointRegistry]:
-    (tmp_path / "models").mkdir()
-    db = await open_database(tmp_path / "easel.sqlite3")
-    yield CheckpointRegistry(db, tmp_path / "models")
-    await db.close()
 
 
 def downloader(registry: CheckpointRegistry, *allowed: str, civitai_url: str | None = None) -> Downloader:
@@ -236,14 +224,7 @@ def test_cli_download_refuses_loopback_in_one_line(cli, site: Site) -> None:
 
 def test_sigterm_during_a_download_leaves_nothing(env: Path, models: Path, site: Site) -> None:
     environment = {**os.environ, "EASEL_DOWNLOAD_ALLOW_HOSTS": "127.0.0.1"}
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bot.py"), "checkpoints", "download", site.url("/slow.safetensors")],
-        cwd=env,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_bot_py("checkpoints", "download", site.url("/slow.safetensors"), cwd=env, env=environment)
     try:
         assert site.streaming.wait(60), "the download never started"
         deadline = time.monotonic() + 30

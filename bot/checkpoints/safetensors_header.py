@@ -15,14 +15,14 @@ from pathlib import Path
 
 from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
 from bot.errors import CheckpointFileError
-from bot.untrusted import clean_text, has_lone_surrogate
+from bot.untrusted import RefusedValue, bounded_int, clean_text, has_lone_surrogate, no_constant
 
 MAX_HEADER_BYTES = 100_000_000
 # The largest real files (an all-in-one Flux or SD3.5 checkpoint, a big LyCORIS) hold a few
 # thousand tensors; a header claiming more is a CPU and memory bomb, refused before parsing it.
 MAX_TENSORS = 100_000
 MAX_DIMS = 32
-_MAX_DIGITS = 20  # offsets and dimensions fit in 64 bits
+_MAX_DIGITS = 20
 
 
 @dataclass(frozen=True)
@@ -106,22 +106,17 @@ def _parse_json(text: str) -> object:
     """The header's JSON, refusing while parsing whatever would cost far more than its size."""
     try:
         return json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_int=_bounded_int, parse_constant=_no_constant
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_int=lambda digits: bounded_int(digits, _MAX_DIGITS),  # offsets and sizes fit in 64 bits
+            parse_constant=no_constant,
         )
     except json.JSONDecodeError as e:
         raise CheckpointFileError(f"header is not valid JSON: {e.msg} at character {e.pos}") from None
+    except RefusedValue as e:
+        raise CheckpointFileError(f"header holds {e}") from None
     except RecursionError:
         raise CheckpointFileError("header nests JSON too deeply to be a safetensors header") from None
-
-
-def _bounded_int(digits: str) -> int:
-    if len(digits.lstrip("-")) > _MAX_DIGITS:
-        raise CheckpointFileError(f"header holds a {len(digits)}-digit number; offsets and sizes fit in 20 digits")
-    return int(digits)
-
-
-def _no_constant(name: str) -> float:
-    raise CheckpointFileError(f"header holds {name}, which is not valid JSON")
 
 
 def _tensor_name(name: str) -> str:
