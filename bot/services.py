@@ -17,6 +17,7 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
+from bot.jobs import Jobs
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Services:
     catalog: CatalogService
     downloads: Downloader
     guild_settings: GuildSettings
+    jobs: Jobs  # every job is started here, whatever the front end
 
     async def close(self) -> None:
         await self.generation.close()
@@ -69,4 +71,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    return Services(settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings)
+    jobs = Jobs(registry, generation, guild_settings)
+    return Services(
+        settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings, jobs
+    )

@@ -12,17 +12,17 @@ from discord.ext import commands
 from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_changes
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
-from bot.errors import EaselError
+from bot.errors import RegistryError
 from cogs.catalog import info_embed
-from cogs.errors import refuse
-from cogs.formatting import CONTENT_MAX, checkpoint_choices, clip
-from cogs.progress import ThrottledEdits
+from cogs.utils.checkpoint_option import Registered
+from cogs.utils.checks import owner_only
+from cogs.utils.formatting import CONTENT_MAX, clip
+from cogs.utils.progress import ThrottledEdits
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 
-OWNERS_ONLY = "only the bot's owners can do this: it changes files on the bot's host"
 
 
 @app_commands.allowed_installs(guilds=True, users=True)
@@ -33,19 +33,11 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         self.services = bot.services
         super().__init__()
 
-    async def refused(self, interaction: discord.Interaction) -> bool:
-        """Answer anyone but an owner with a private refusal; True when refused."""
-        if interaction.user.id in self.services.settings.owner_ids:
-            return False
-        await refuse(interaction, OWNERS_ONLY)
-        return True
-
+    @owner_only()
     @app_commands.command(
         name="scan", description="Register new checkpoint files in the models folder, mark missing ones"
     )
     async def scan(self, interaction: discord.Interaction) -> None:
-        if await self.refused(interaction):
-            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.services.registry.scan()
         lines = [
@@ -56,21 +48,17 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         lines += [f"skipped {path}: {reason}" for path, reason in report.errors]
         await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
 
+    @owner_only()
     @app_commands.command(name="add", description="Register one checkpoint file from the models folder")
     @app_commands.describe(path="Path inside the models folder", name="Name (default: the file's)", nsfw="Mark it NSFW")
     async def add(
         self, interaction: discord.Interaction, path: str, name: str | None = None, nsfw: bool = False
     ) -> None:
-        if await self.refused(interaction):
-            return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            entry = await self.services.registry.add(Path(path), name=name, nsfw=True if nsfw else None)
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
+        entry = await self.services.registry.add(Path(path), name=name, nsfw=True if nsfw else None)
         await interaction.edit_original_response(content="Registered.", embed=info_embed(entry))
 
+    @owner_only()
     @app_commands.command(
         name="download", description="Download a checkpoint by URL or Civitai version, and register it"
     )
@@ -82,8 +70,6 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     async def download(
         self, interaction: discord.Interaction, source: str, name: str | None = None, nsfw: bool = False
     ) -> None:
-        if await self.refused(interaction):
-            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         edits = ThrottledEdits(interaction)
 
@@ -95,27 +81,20 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             entry = await self.services.downloads.download(
                 source, name=name, nsfw=True if nsfw else None, progress=progress
             )
-        except EaselError as e:
-            await edits.settle()
-            await refuse(interaction, str(e))
-            return
-        await edits.settle()
+        finally:
+            await edits.settle()  # progress edits land before the answer, never after it
         await interaction.edit_original_response(content="Downloaded and registered.", embed=info_embed(entry))
 
+    @owner_only()
     @app_commands.command(name="remove", description="Forget a checkpoint (its file stays on disk)")
-    async def remove(self, interaction: discord.Interaction, checkpoint: str) -> None:
-        if await self.refused(interaction):
-            return
-        try:
-            entry = await self.services.registry.remove(checkpoint)
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
+    async def remove(self, interaction: discord.Interaction, checkpoint: Registered) -> None:
+        entry = await self.services.registry.remove(checkpoint)
         await interaction.response.send_message(
             f"Removed **{entry.name}** from the catalog; the file {entry.relative_path} is still on disk.",
             ephemeral=True,
         )
 
+    @owner_only()
     @app_commands.command(name="merge", description="Merge checkpoints as A1111's Checkpoint Merger does")
     @app_commands.describe(
         primary="Model A",
@@ -132,18 +111,16 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     async def merge(
         self,
         interaction: discord.Interaction,
-        primary: str,
+        primary: Registered,
         method: str,
-        secondary: str | None = None,
-        tertiary: str | None = None,
+        secondary: Registered | None = None,
+        tertiary: Registered | None = None,
         multiplier: app_commands.Range[float, 0.0, 1.0] = 0.5,
         fp16: bool = False,
         bake_vae: str | None = None,
         prune: bool = False,
         name: str | None = None,
     ) -> None:
-        if await self.refused(interaction):
-            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         edits = ThrottledEdits(interaction)
         request = MergeRequest(primary, method, multiplier, secondary, tertiary, bake_vae, fp16, prune, name)
@@ -151,14 +128,12 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             entry = await self.services.merges.merge(
                 request, lambda done, total: edits(f"Merging… {done}/{total} tensors")
             )
-        except EaselError as e:
-            await edits.settle()
-            await refuse(interaction, str(e))
-            return
-        await edits.settle()  # progress edits land before the result, never after it
+        finally:
+            await edits.settle()  # progress edits land before the result, never after it
         parents = ", ".join(f"{p['name']} ({p['autov2'].upper()})" for p in entry.lineage)
         await edits.show(f"Merged **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\nParents: {parents}")
 
+    @owner_only()
     @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags, facets or NSFW flag")
     @app_commands.describe(
         checkpoint="The checkpoint to edit",
@@ -179,7 +154,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     async def edit(
         self,
         interaction: discord.Interaction,
-        checkpoint: str,
+        checkpoint: Registered,
         name: str | None = None,
         description: app_commands.Range[str, 0, 2000] | None = None,
         tags: str | None = None,
@@ -190,9 +165,6 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         training: str | None = None,
         trigger_words: str | None = None,
     ) -> None:
-        if await self.refused(interaction):
-            return
-
         def cleared(text: str | None) -> str | None:  # Discord has no empty option: "-" clears
             return "" if text is not None and text.strip() == "-" else text
 
@@ -212,29 +184,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
                 nsfw=nsfw,
                 facets=facets,
             )
-        except (ValueError, EaselError) as e:
-            await refuse(interaction, str(e))
-            return
+        except ValueError as e:  # a facet outside the taxonomy: the owner's input, said as it is
+            raise RegistryError(str(e)) from None
         await interaction.response.send_message("Saved.", embed=info_embed(entry), ephemeral=True)
 
+    @owner_only()
     @app_commands.command(name="enrich", description="Look up the installed checkpoints on Civitai by hash")
     @app_commands.describe(refresh="Ask again even where a recent answer is cached")
     async def enrich(self, interaction: discord.Interaction, refresh: bool = False) -> None:
-        if await self.refused(interaction):
-            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         report = await self.services.catalog.enrich(refresh=refresh)
         lines = [report.summary()]
         lines += [f"+ {name}" for name in report.found]
         await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
-
-    @remove.autocomplete("checkpoint")
-    @edit.autocomplete("checkpoint")
-    @merge.autocomplete("primary")
-    @merge.autocomplete("secondary")
-    @merge.autocomplete("tertiary")
-    async def checkpoint_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return checkpoint_choices(await self.services.registry.list(status="present"), current)
 
 
 async def setup(bot: EaselBot) -> None:

@@ -14,7 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.services import Services
-from cogs.errors import report_error
+from cogs.utils.errors import report_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -15,17 +15,18 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.catalog.compare import CompareRequest, resolve_all, run_compare
+from bot.catalog.compare import finish_compare
 from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
 from bot.checkpoints.sidecars import read_preview
-from bot.errors import EaselError
-from bot.generation.checkpoint_ref import CheckpointRef
-from bot.generation.policy import check_prompt
-from cogs.attachments import fit_image
-from cogs.errors import AnsweringModal, AnsweringView, answers_errors, refuse
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip, nsfw_allowed, where
-from cogs.generation import post_result
+from bot.jobs import ImagineOptions
+from cogs.utils.attachments import fit_image
+from cogs.utils.checkpoint_option import Offered, checkpoint_choices
+from cogs.utils.context import asker, place
+from cogs.utils.errors import AnsweringModal, answers_errors, refuse
+from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from cogs.utils.job_messages import post_result, run_plan, services_of
+from cogs.utils.views import OwnedView
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -77,9 +78,10 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def search(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, 300]) -> None:
         await interaction.response.defer(thinking=True)
-        here = await self.bot.services.guild_settings.effective(*where(interaction))
+        where = place(interaction)
+        here = await self.bot.services.jobs.rules(where)
         answer = await self.bot.services.catalog.search(
-            question, allow_nsfw=here.allow_nsfw(nsfw_allowed(interaction)), limit=5, hidden=here.hidden
+            question, allow_nsfw=here.allow_nsfw(where.adult), limit=5, hidden=here.hidden
         )
         if answer.help:
             await refuse(interaction, answer.help)
@@ -96,27 +98,22 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1500],
-        first: str,
-        second: str,
-        third: str | None = None,
-        fourth: str | None = None,
+        first: Offered,
+        second: Offered,
+        third: Offered | None = None,
+        fourth: Offered | None = None,
         seed: app_commands.Range[int, -1, 2**32 - 1] = -1,
     ) -> None:
         await run_compare_for(interaction, prompt, [n for n in (first, second, third, fourth) if n], seed)
 
-    @compare.autocomplete("first")
-    @compare.autocomplete("second")
-    @compare.autocomplete("third")
-    @compare.autocomplete("fourth")
-    async def runnable_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return checkpoint_choices([e for e in await self.visible(interaction) if e.runnable], current)
-
     async def visible(self, interaction: discord.Interaction, family: str | None = None) -> list[CheckpointEntry]:
-        here, adult = await self.bot.services.guild_settings.effective(*where(interaction)), nsfw_allowed(interaction)
+        """Registered checkpoints shown here (runnable or not): not hidden, NSFW only where allowed."""
+        where = place(interaction)
+        here = await self.bot.services.jobs.rules(where)
         return [
             e
             for e in await self.registry.list(status="present")
-            if here.visible(e, adult) and (family is None or e.family == family)
+            if here.visible(e, where.adult) and (family is None or e.family == family)
         ]
 
     @app_commands.command(name="list", description="The checkpoints installed here")
@@ -130,7 +127,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
             await refuse(interaction, "no checkpoint matches" if base else "no checkpoint is installed yet")
             return
         view = CatalogPages(entries, interaction.user.id)
-        await interaction.response.send_message(embed=view.embed(), view=view)
+        await view.send(interaction, embed=view.embed())
 
     @app_commands.command(name="info", description="Everything known about one checkpoint")
     @app_commands.allowed_installs(guilds=True, users=True)
@@ -158,13 +155,12 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         return checkpoint_choices(await self.visible(interaction), current)
 
 
-class CatalogPages(AnsweringView):
-    """Pages of ten, and a picker that opens one checkpoint's card."""
+class CatalogPages(OwnedView):
+    """Pages of ten, and a picker that opens one checkpoint's card; only for whoever listed them."""
 
     def __init__(self, entries: list[CheckpointEntry], owner: int) -> None:
-        super().__init__(timeout=600)
+        super().__init__(owner, timeout=600)
         self.entries = entries
-        self.owner = owner
         self.page = 0
         self.refresh()
 
@@ -245,26 +241,14 @@ class PromptModal(AnsweringModal, title="Imagine"):
         self.checkpoint = checkpoint
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        from cogs.generation import Generation
-
-        cog = interaction.client.get_cog("Generation")
-        assert isinstance(cog, Generation)
         await interaction.response.defer(thinking=True)
-        entry = await cog.services.registry.find(self.checkpoint)
-        if entry is None:
-            await refuse(interaction, f"{self.checkpoint} is not installed any more")
-            return
-        try:
-            handle = await cog.submit(
-                interaction,
-                CheckpointRef.from_entry(entry),
-                prompt=str(self.prompt),
-                negative=str(self.negative) or None,  # left empty: the negative prompt set for this place
-            )
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
-        await cog.follow(interaction, handle)
+        options = ImagineOptions(
+            prompt=str(self.prompt),
+            negative=str(self.negative) or None,  # left empty: the negative prompt set for this place
+            checkpoint=self.checkpoint,
+        )
+        jobs = services_of(interaction).jobs
+        await run_plan(interaction, await jobs.plan_imagine(asker(interaction), place(interaction), options))
 
 
 def answer_embed(answer: Answer) -> discord.Embed:
@@ -367,43 +351,28 @@ class ComparePromptModal(AnsweringModal, title="Compare checkpoints"):
 
 
 async def run_compare_for(interaction: discord.Interaction, prompt: str, names: list[str], seed: int) -> None:
-    """Defer, check policy, render the grid through the generation queue, post it."""
+    """Defer, plan under the rules of this place, render the grid through the generation queue, post it."""
     bot: EaselBot = interaction.client  # type: ignore[assignment]
     services = bot.services
     await interaction.response.defer(thinking=True)
-    try:
-        refs = await resolve_all(services.registry, names, min(MAX_COMPARE, services.settings.max_queued_per_user))
-        here = await services.guild_settings.effective(*where(interaction))
-        for ref in refs:
-            here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, nsfw_allowed(interaction))
-        check_prompt(prompt, here.blocked_words)
-        request = CompareRequest(
-            prompt=prompt,
-            checkpoints=[ref.name for ref in refs],
-            requester_id=str(interaction.user.id),
-            requester_name=interaction.user.display_name,
-            guild_id=str(interaction.guild_id) if interaction.guild_id else None,
-            channel_id=str(interaction.channel_id) if interaction.channel_id else None,
-            seed=seed,
-        )
-        await interaction.edit_original_response(
-            content=f"Comparing {', '.join(f'**{r.name}**' for r in refs)}: {len(refs)} pictures in the queue…"
-        )
-        result = await bot.wait_external(
-            run_compare(services.generation, services.registry, request, max_checkpoints=MAX_COMPARE),
-            reason="comparison in the generation queue",
-        )
-    except EaselError as e:
-        await refuse(interaction, str(e))
-        return
+    plan = await services.jobs.plan_compare(asker(interaction), place(interaction), prompt, names, seed)
+    handles = await services.jobs.start(plan)
+    names_shown = ", ".join(f"**{ref.name}**" for ref in plan.checkpoints)
+    await interaction.edit_original_response(content=f"Comparing {names_shown}: {len(handles)} pictures in the queue…")
+    result = await bot.wait_external(
+        finish_compare(services.generation, handles, prompt, plan.seed), reason="comparison in the generation queue"
+    )
     names_line = " · ".join(f"{name} `{autov2.upper()}`" for name, autov2 in result.tiles)
     embed = discord.Embed(title="Same prompt, same seed", description=clip(prompt, 4096), colour=EMBED_COLOUR)
     embed.add_field(name="Checkpoints", value=clip(names_line, FIELD_MAX), inline=False)
     embed.add_field(name="Seed", value=str(result.seed))
     embed.set_footer(text=clip("jobs " + ", ".join(result.job_ids), 2048))
     data, extension = await asyncio.to_thread(fit_image, result.png, interaction.filesize_limit or 10 * 1024 * 1024)
-    embed.set_image(url=f"attachment://compare.{extension}")
-    files = [discord.File(io.BytesIO(data), filename=f"compare.{extension}")]
+    files = [discord.File(io.BytesIO(data), filename=f"compare.{extension}", spoiler=plan.spoiler)]
+    if plan.spoiler:
+        embed.description = clip(f"{prompt}\n\nThis server shows pictures behind a spoiler: click to see.", 4096)
+    else:
+        embed.set_image(url=f"attachment://compare.{extension}")
     await post_result(interaction, embed=embed, files=files, what="comparison " + ",".join(result.job_ids))
 
 

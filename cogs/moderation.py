@@ -8,12 +8,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import EaselError
 from bot.generation.jobs import Job, JobState
-from cogs.errors import AnsweringView, refuse
-from cogs.formatting import EMBED_COLOUR, clip
+from cogs.utils.checks import manages_server
+from cogs.utils.formatting import EMBED_COLOUR, clip
+from cogs.utils.views import OwnedView
 
 if TYPE_CHECKING:
+    from bot.generation.service import GenerationService
     from cogs.app import EaselBot
 
 SHOWN = 25  # one select menu's worth
@@ -31,26 +32,21 @@ class Moderation(commands.Cog):
         self.generation = bot.services.generation
 
     @app_commands.command(name="queue", description="This server's waiting and running jobs (Manage Server)")
-    @app_commands.guild_only()
-    @app_commands.default_permissions(manage_guild=True)
+    @manages_server("only members who can manage this server can see and cancel its queue")
     async def queue(self, interaction: discord.Interaction) -> None:
-        if not interaction.permissions.manage_guild:
-            await refuse(interaction, "only members who can manage this server can see and cancel its queue")
-            return
         jobs = self.generation.guild_jobs(str(interaction.guild_id))
         if not jobs:
             await interaction.response.send_message("Nothing is waiting or running in this server.", ephemeral=True)
             return
         lines = [clip(describe(job, self.generation.position(job.id)), 200) for job in jobs[:SHOWN]]
         embed = discord.Embed(title=f"Queue · {len(jobs)} job(s)", description="\n".join(lines), colour=EMBED_COLOUR)
-        await interaction.response.send_message(
-            embed=embed, view=CancelPicker(jobs[:SHOWN], self.generation), ephemeral=True
-        )
+        picker = CancelPicker(interaction.user.id, jobs[:SHOWN], self.generation)
+        await picker.send(interaction, embed=embed, ephemeral=True)
 
 
-class CancelPicker(AnsweringView):
-    def __init__(self, jobs: list[Job], generation) -> None:
-        super().__init__(timeout=300)
+class CancelPicker(OwnedView):
+    def __init__(self, owner_id: int, jobs: list[Job], generation: GenerationService) -> None:
+        super().__init__(owner_id, timeout=300)
         self.generation = generation
         self.pick.options = [
             discord.SelectOption(label=clip(f"{job.id} · {job.spec.request.prompt.strip()}", 100), value=job.id)
@@ -59,14 +55,7 @@ class CancelPicker(AnsweringView):
 
     @discord.ui.select(placeholder="Cancel a job…", options=[discord.SelectOption(label="-")])
     async def pick(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
-        if not interaction.permissions.manage_guild:
-            await refuse(interaction, "only members who can manage this server can cancel its jobs")
-            return
-        try:
-            outcome = await self.generation.cancel(select.values[0])  # as a moderator
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
+        outcome = await self.generation.cancel(select.values[0])  # as a moderator: only they opened this
         await interaction.response.send_message(f"Job {select.values[0]}: {outcome}.", ephemeral=True)
 
 

@@ -13,12 +13,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
+from bot.generation.samplers import SAMPLERS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
-from cogs.errors import refuse
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, checkpoint_choices, clip
-from gpu_worker.protocol import SAMPLERS
+from cogs.utils.checkpoint_option import Registered
+from cogs.utils.checks import is_manager, manager_group
+from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -26,8 +26,7 @@ if TYPE_CHECKING:
 MANAGERS_ONLY = "only members who can manage this server can change its settings"
 
 
-@app_commands.guild_only()
-@app_commands.default_permissions(manage_guild=True)
+@manager_group
 class ServerSettings(
     commands.GroupCog, group_name="settings", group_description="This server's defaults and rules (Manage Server)"
 ):
@@ -35,12 +34,6 @@ class ServerSettings(
         self.bot = bot
         self.store = bot.services.guild_settings
         super().__init__()
-
-    async def refused(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is not None and interaction.permissions.manage_guild:
-            return False
-        await refuse(interaction, MANAGERS_ONLY)
-        return True
 
     async def show_embed(self, interaction: discord.Interaction, effective: Effective, title: str) -> discord.Embed:
         embed = discord.Embed(title=title, colour=EMBED_COLOUR)
@@ -51,29 +44,25 @@ class ServerSettings(
 
     async def apply(self, interaction: discord.Interaction, changes: dict[str, Any], this_channel: bool) -> None:
         changes = {k: v for k, v in changes.items() if v is not None}
-        try:
-            effective = await self.store.update(
-                str(interaction.guild_id),
-                str(interaction.channel_id) if this_channel else None,
-                changes,
-                by=str(interaction.user.id),
-            )
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
+        await self.store.update(
+            str(interaction.guild_id),
+            str(interaction.channel_id) if this_channel else None,
+            changes,
+            by=str(interaction.user.id),
+        )
         effective = await self.store.effective(str(interaction.guild_id), str(interaction.channel_id))
         scope = "this channel" if this_channel else "the server"
         embed = await self.show_embed(interaction, effective, f"Saved for {scope}")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="show", description="The settings that apply in this channel, and where each comes from")
     async def show(self, interaction: discord.Interaction) -> None:
-        if await self.refused(interaction):
-            return
         effective = await self.store.effective(str(interaction.guild_id), str(interaction.channel_id))
         embed = await self.show_embed(interaction, effective, "Settings here")
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="defaults", description='Defaults for /imagine in this server or channel ("-" clears)')
     @app_commands.describe(
         checkpoint="Default checkpoint",
@@ -91,7 +80,7 @@ class ServerSettings(
     async def defaults(
         self,
         interaction: discord.Interaction,
-        checkpoint: str | None = None,
+        checkpoint: Registered | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
         sampler: str | None = None,
@@ -99,11 +88,10 @@ class ServerSettings(
         negative: app_commands.Range[str, 0, 1000] | None = None,
         this_channel: bool = False,
     ) -> None:
-        if await self.refused(interaction):
-            return
         changes = {"checkpoint": checkpoint, "steps": steps, "cfg": cfg, "sampler": sampler, "aspect": aspect}
         await self.apply(interaction, changes | {"negative": negative}, this_channel)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="policy", description="NSFW, spoilers, limits and blocked words for the whole server")
     @app_commands.describe(
         nsfw="Where NSFW checkpoints may be used",
@@ -122,43 +110,30 @@ class ServerSettings(
         max_images: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
         blocked_words: str | None = None,
     ) -> None:
-        if await self.refused(interaction):
-            return
         changes = {"nsfw": nsfw, "spoiler": spoiler, "max_steps": max_steps, "max_images": max_images}
         await self.apply(interaction, changes | {"blocked_words": blocked_words}, False)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="hide", description="Stop offering a checkpoint in this server")
-    async def hide(self, interaction: discord.Interaction, checkpoint: str) -> None:
+    async def hide(self, interaction: discord.Interaction, checkpoint: Registered) -> None:
         await self.set_hidden(interaction, checkpoint, True)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="unhide", description="Offer a hidden checkpoint in this server again")
-    async def unhide(self, interaction: discord.Interaction, checkpoint: str) -> None:
+    async def unhide(self, interaction: discord.Interaction, checkpoint: Registered) -> None:
         await self.set_hidden(interaction, checkpoint, False)
 
     async def set_hidden(self, interaction: discord.Interaction, checkpoint: str, hidden: bool) -> None:
-        if await self.refused(interaction):
-            return
-        try:
-            entry = await self.store.hide(str(interaction.guild_id), checkpoint, hidden)
-        except EaselError as e:
-            await refuse(interaction, str(e))
-            return
+        entry = await self.store.hide(str(interaction.guild_id), checkpoint, hidden)
         verb = "is no longer offered" if hidden else "is offered again"
         await interaction.response.send_message(f"**{entry.name}** {verb} in this server.", ephemeral=True)
 
+    @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="reset", description="Forget this server's (or this channel's) settings")
     async def reset(self, interaction: discord.Interaction, this_channel: bool = False) -> None:
-        if await self.refused(interaction):
-            return
         await self.store.reset(str(interaction.guild_id), str(interaction.channel_id) if this_channel else None)
         scope = "this channel's" if this_channel else "the server's"
         await interaction.response.send_message(f"Forgot {scope} settings.", ephemeral=True)
-
-    @defaults.autocomplete("checkpoint")
-    @hide.autocomplete("checkpoint")
-    @unhide.autocomplete("checkpoint")
-    async def checkpoint_names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        return checkpoint_choices(await self.bot.services.registry.list(status="present"), current)
 
 
 async def setup(bot: EaselBot) -> None:

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from cogs.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot

@@ -104,9 +104,10 @@ def _merge(spec: dict) -> int:
 def _debug_generate(args: argparse.Namespace) -> int:
     from bot.checkpoints.inspection import inspect_checkpoint
     from bot.errors import CheckpointFileError
+    from bot.generation.samplers import parse_sampler
     from gpu_worker.cache import PipelineCache
     from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch, parse_sampler
+    from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch
     from gpu_worker.runner import BatchRunner
     from gpu_worker.worker import resolve_device
 

@@ -31,60 +31,6 @@ class LoadRequest:
         return self.sha256 or self.path
 
 
-# --- samplers --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    scheduler: str  # diffusers scheduler class name
-    options: tuple[tuple[str, object], ...] = ()
-    schedules: tuple[str, ...] = ("Automatic",)  # schedule types this scheduler supports
-    default_schedule: str = "Automatic"  # what "Automatic" means for it (A1111's per-sampler default)
-
-
-_SIGMA_SCHEDULES = ("Automatic", "Karras", "Exponential")
-_KARRAS = {"schedules": _SIGMA_SCHEDULES, "default_schedule": "Karras"}
-
-# A1111 sampler names -> diffusers schedulers (diffusers' scheduler overview), checked against the
-# installed diffusers by the test suite.
-SAMPLERS: dict[str, SamplerSpec] = {
-    "Euler": SamplerSpec("EulerDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
-    "Euler a": SamplerSpec("EulerAncestralDiscreteScheduler"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler", schedules=_SIGMA_SCHEDULES),
-    "LMS": SamplerSpec("LMSDiscreteScheduler"),
-    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", **_KARRAS),
-    "DPM2 a": SamplerSpec("KDPM2AncestralDiscreteScheduler", **_KARRAS),
-    "DPM++ 2M": SamplerSpec("DPMSolverMultistepScheduler", **_KARRAS),
-    "DPM++ 2M SDE": SamplerSpec("DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),), **_KARRAS),
-    "DPM++ SDE": SamplerSpec("DPMSolverSinglestepScheduler", **_KARRAS),
-    "DDIM": SamplerSpec("DDIMScheduler"),
-    "UniPC": SamplerSpec("UniPCMultistepScheduler", schedules=_SIGMA_SCHEDULES),
-}
-SCHEDULE_OPTIONS: dict[str, tuple[tuple[str, object], ...]] = {
-    "Automatic": (),
-    "Karras": (("use_karras_sigmas", True),),
-    "Exponential": (("use_exponential_sigmas", True),),
-}
-DEFAULT_SAMPLER = "DPM++ 2M"
-
-
-def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
-    """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
-    names = {n.lower(): (n, None) for n in SAMPLERS}
-    # A1111 before 1.9 folded the schedule into the name ("DPM++ 2M Karras"); accept those too.
-    names |= {f"{n} {s}".lower(): (n, s) for n in SAMPLERS for s in SCHEDULE_OPTIONS if s != "Automatic"}
-    found = names.get(" ".join(text.split()).lower())
-    if found is None:
-        raise ValueError(f"unknown sampler {text!r}; choose one of: {', '.join(SAMPLERS)}")
-    name, implied = found
-    requested = schedule or implied or "Automatic"
-    resolved = next((s for s in SCHEDULE_OPTIONS if s.lower() == requested.lower()), None)
-    spec = SAMPLERS[name]
-    if resolved is None or resolved not in spec.schedules:
-        raise ValueError(f"sampler {name} does not support the {requested!r} schedule; use {', '.join(spec.schedules)}")
-    return name, spec.default_schedule if resolved == "Automatic" else resolved
-
-
 # --- commands --------------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ import os
 
 from PIL import Image
 
-from cogs.attachments import fit_image
+from cogs.utils.attachments import fit_image
 
 
 def test_pictures_over_the_upload_limit_are_re_encoded_to_fit() -> None:

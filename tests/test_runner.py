@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
+from bot.generation.samplers import SAMPLERS
 from gpu_worker.cache import PipelineCache
 from gpu_worker.infotext import parse_infotext
 from gpu_worker.loader import load_pipeline
 from gpu_worker.protocol import (
-    SAMPLERS,
     BatchFailed,
     BatchFinished,
     BatchLoading,
@@ -29,6 +29,7 @@ from gpu_worker.protocol import (
     RunBatch,
 )
 from gpu_worker.runner import BatchRunner
+from gpu_worker.samplers import SCHEDULERS
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +125,9 @@ def test_every_mapped_sampler_runs(
     progress = rec.of(BatchProgress)
     assert progress[-1].step == 3 and progress[-1].total == 3  # in the user's steps, even for 2nd-order samplers
     scheduler = cache.get(load_request)[0].pipeline.scheduler
-    assert type(scheduler).__name__ == SAMPLERS[sampler].scheduler
+    assert type(scheduler).__name__ == SCHEDULERS[sampler].scheduler
     assert scheduler.config.get("use_karras_sigmas", False) == (schedule == "Karras")
-    assert scheduler.config.get("algorithm_type", "dpmsolver++") == dict(SAMPLERS[sampler].options).get(
+    assert scheduler.config.get("algorithm_type", "dpmsolver++") == dict(SCHEDULERS[sampler].options).get(
         "algorithm_type", "dpmsolver++"
     )
 
@@ -206,3 +207,7 @@ def test_out_of_memory_retries_one_image_at_a_time_then_gives_up(
     rec.run(batch(load_request, JobPart("j", "a", "", (1,)), width=128, height=128))
     [failed] = rec.of(BatchFailed)
     assert "out of GPU memory at 128x128" in failed.message
+
+
+def test_the_worker_maps_every_sampler_name_the_bot_accepts() -> None:
+    assert set(SCHEDULERS) == set(SAMPLERS)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import random
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
@@ -18,28 +17,12 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Job, JobState
-from bot.generation.requests import GenerationRequest
-from bot.generation.service import GenerationService
+from bot.generation.service import GenerationService, JobHandle
 
 MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 6
 TILE_MAX = 512
 LABEL_HEIGHT = 28
 COLUMNS = 3
-
-
-@dataclass
-class CompareRequest:
-    prompt: str
-    checkpoints: list[str]
-    requester_id: str
-    negative: str = ""
-    seed: int = -1
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = "DPM++ 2M"
-    requester_name: str = ""
-    guild_id: str | None = None
-    channel_id: str | None = None
 
 
 @dataclass
@@ -69,15 +52,8 @@ async def resolve_all(registry: CheckpointRegistry, names: list[str], max_checkp
     return refs
 
 
-async def run_compare(
-    generation: GenerationService, registry: CheckpointRegistry, request: CompareRequest, *, max_checkpoints: int
-) -> CompareResult:
-    refs = await resolve_all(registry, request.checkpoints, max_checkpoints)
-    if not request.prompt.strip():
-        raise EaselError("the prompt is empty")
-    seed = request.seed if request.seed >= 0 else random.randrange(2**32)
-    requests = job_requests(request, refs, seed)
-    handles = await generation.submit_group(requests)  # all queued, or none
+async def finish_compare(generation: GenerationService, handles: list[JobHandle], prompt: str, seed: int) -> CompareResult:
+    """Wait for a comparison's jobs and lay their pictures out in one labelled grid."""
     try:
         jobs = [await handle.wait() for handle in handles]
     except BaseException:  # the caller gave up: nothing is left running
@@ -89,37 +65,13 @@ async def run_compare(
     if failed:
         job = failed[0]
         raise EaselError(f"{job.spec.checkpoint.name} did not finish (job {job.id}): {job.error or job.state}")
-    png = await asyncio.to_thread(compose_grid, jobs, request.prompt, seed)
+    png = await asyncio.to_thread(compose_grid, jobs, prompt, seed)
     return CompareResult(
         png=png,
         seed=seed,
         tiles=[(job.spec.checkpoint.name, job.spec.checkpoint.autov2) for job in jobs],
         job_ids=[job.id for job in jobs],
     )
-
-
-def job_requests(
-    request: CompareRequest, refs: list[CheckpointRef], seed: int
-) -> list[tuple[GenerationRequest, CheckpointRef]]:
-    """One job per checkpoint: the same prompt, settings and seed, each at its own native size."""
-    return [
-        (
-            GenerationRequest(
-                prompt=request.prompt,
-                negative=request.negative,
-                requester_id=request.requester_id,
-                requester_name=request.requester_name,
-                guild_id=request.guild_id,
-                channel_id=request.channel_id,
-                steps=request.steps,
-                cfg=request.cfg,
-                sampler=request.sampler,
-                seed=seed,
-            ),
-            ref,
-        )
-        for ref in refs
-    ]
 
 
 def compose_grid(jobs: list[Job], prompt: str, seed: int) -> bytes:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bot.catalog.compare import CompareRequest, job_requests, resolve_all, run_compare
+from bot.catalog.compare import finish_compare
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.service import Answer, CatalogService
@@ -19,9 +19,10 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.generation.requests import Limits, validate
+from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
+from bot.jobs import Asker, Jobs, Place
 
 
 @asynccontextmanager
@@ -116,28 +117,27 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     if await asyncio.to_thread(out.is_dir):
         raise EaselError(f"--out {out} is a folder; give a file name such as compare.png")
-    request = CompareRequest(
-        prompt=args.prompt,
-        negative=args.negative,
-        checkpoints=args.checkpoints.split(","),
-        requester_id="cli",
-        requester_name=os.environ.get("USER", "cli"),
-        seed=args.seed,
-        steps=args.steps,
-        cfg=args.cfg,
-        sampler=args.sampler,
-    )
     db = await open_database(settings.database_path)
     registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
+    jobs = Jobs(registry, service, None)
     try:
-        refs = await resolve_all(registry, request.checkpoints, 1000)
-        for job, ref in job_requests(request, refs, max(0, request.seed)):
-            validate(job, ref, limits)  # every bad option is refused before a worker starts
+        # Every rule and every bad option is checked here, before a worker starts.
+        plan = await jobs.plan_compare(
+            Asker.host(os.environ.get("USER", "cli")),
+            Place.command_line(),
+            args.prompt,
+            args.checkpoints.split(","),
+            args.seed,
+            negative=args.negative,
+            steps=args.steps,
+            cfg=args.cfg,
+            sampler=args.sampler,
+        )
         print(f"starting the worker on {settings.devices[0]}…", file=sys.stderr, flush=True)
         await service.start()
-        result = await run_compare(service, registry, request, max_checkpoints=1000)
+        result = await finish_compare(service, await jobs.start(plan), args.prompt, plan.seed)
     finally:
         await service.close()
         await db.close()

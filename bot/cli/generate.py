@@ -13,22 +13,19 @@ from bot.cli.checkpoints import open_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
-from bot.generation.requests import GenerationRequest, Limits, parse_size, validate
+from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
+from bot.jobs import Asker, ImagineOptions, Jobs, Place
 
 
-def request_from_args(args: argparse.Namespace) -> GenerationRequest:
-    width, height = parse_size(args.size) if args.size else (None, None)
-    return GenerationRequest(
+def options_from_args(args: argparse.Namespace) -> ImagineOptions:
+    return ImagineOptions(
         prompt=args.prompt,
         negative=args.negative,
-        requester_id="cli",
-        requester_name=os.environ.get("USER", "cli"),
-        width=width,
-        height=height,
+        checkpoint=args.checkpoint,
+        size=parse_size(args.size) if args.size else None,
         steps=args.steps,
         cfg=args.cfg,
         sampler=args.sampler,
@@ -43,12 +40,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     out = Path(args.out)
     if await asyncio.to_thread(lambda: out.exists() and not out.is_dir()):
         raise EaselError(f"--out {out} exists and is not a directory")
-    request = request_from_args(args)
     limits = Limits()
-    async with open_registry(settings, need_models_dir=False) as registry:
-        checkpoint = await resolve_checkpoint(registry, args.checkpoint, allow_path=True)
-    validate(request, checkpoint, limits)  # every bad option fails here, before a worker starts
-
     devices = [args.device] if args.device else settings.devices[:1]
     db = await open_database(settings.database_path)
     service = GenerationService(
@@ -58,9 +50,16 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         preview_every=0,
     )
     try:
+        async with open_registry(settings, need_models_dir=False) as registry:
+            jobs = Jobs(registry, service, None)
+            # Every rule and every bad option is checked here, before a worker starts.
+            plan = await jobs.plan_imagine(
+                Asker.host(os.environ.get("USER", "cli")), Place.command_line(), options_from_args(args)
+            )
         print(f"starting the worker on {devices[0]}…", flush=True)
         await service.start()
-        handle = await service.submit(request, checkpoint)
+        [handle] = await jobs.start(plan)
+        request = plan.items[0][0]
         bar = tqdm(total=request.steps, unit="step", desc=f"job {handle.job.id}", disable=None)
         try:
             async for event in handle.events():

@@ -22,3 +22,10 @@ def size_for(aspect: str, native: int) -> tuple[int, int]:
     width = math.sqrt(native * native * rw / rh)
     height = width * rh / rw
     return max(grid, round(width / grid) * grid), max(grid, round(height / grid) * grid)
+
+
+def rescale(width: int, height: int, native: int) -> tuple[int, int]:
+    """The same shape with the area of `native`², on the grid size_for uses."""
+    grid = 64 if native >= 512 else 8
+    factor = (native * native / (width * height)) ** 0.5
+    return max(grid, round(width * factor / grid) * grid), max(grid, round(height * factor / grid) * grid)

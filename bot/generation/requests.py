@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import DEFAULT_SAMPLER, parse_sampler
 
 
 class GenerationError(EaselError):

@@ -19,7 +19,7 @@ from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.generation.policy import check_nsfw
 from bot.generation.requests import Limits
-from gpu_worker.protocol import DEFAULT_SAMPLER, parse_sampler
+from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
 DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative")

@@ -18,7 +18,7 @@ import discord
 from discord import app_commands
 
 from bot.errors import EaselError
-from cogs.formatting import CONTENT_MAX, clip
+from cogs.utils.formatting import CONTENT_MAX, clip
 
 log = logging.getLogger(__name__)
 

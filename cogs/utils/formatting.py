@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import discord
-from discord import app_commands
 
-from bot.checkpoints.registry import CheckpointEntry
 from bot.generation.aspects import ASPECTS, size_for  # noqa: F401 (re-exported for the cogs)
 from bot.generation.jobs import Job
 
@@ -15,33 +13,8 @@ CONTENT_MAX = 2000
 EMBED_COLOUR = discord.Colour.from_rgb(88, 101, 242)
 
 
-def nsfw_allowed(interaction: discord.Interaction) -> bool:
-    """Age-restricted guild channels and DMs; nowhere else."""
-    if interaction.guild is None:
-        return True
-    channel = interaction.channel
-    return bool(channel is not None and getattr(channel, "is_nsfw", lambda: False)())
-
-
-def where(interaction: discord.Interaction) -> tuple[str | None, str | None]:
-    """(server id, channel id) for the settings lookup; both None in DMs."""
-    if interaction.guild_id is None:
-        return None, None
-    return str(interaction.guild_id), str(interaction.channel_id) if interaction.channel_id else None
-
-
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def checkpoint_choices(entries: list[CheckpointEntry], current: str) -> list[app_commands.Choice[str]]:
-    """Autocomplete: the entries whose name holds what was typed, "name · architecture", at most 25."""
-    needle = current.lower().strip()
-    return [
-        app_commands.Choice(name=clip(f"{e.name} · {e.architecture}", 100), value=e.name[:100])
-        for e in entries
-        if needle in e.name.lower()
-    ][:25]
 
 
 def result_embed(job: Job, requester: str) -> discord.Embed:

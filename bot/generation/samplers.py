@@ -1,0 +1,54 @@
+"""The sampler vocabulary people use (A1111's names and schedule types), owned by the bot side.
+
+The bot validates names and schedules here before a job is queued; the worker maps each name to a
+diffusers scheduler (gpu_worker/samplers.py), and a test checks that both know the same names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEDULES = ("Automatic", "Karras", "Exponential")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    schedules: tuple[str, ...] = ("Automatic",)  # schedule types it supports
+    default_schedule: str = "Automatic"  # what "Automatic" means for it (A1111's per-sampler default)
+
+
+_SIGMA = Sampler(schedules=SCHEDULES)
+_KARRAS = Sampler(schedules=SCHEDULES, default_schedule="Karras")
+
+# A1111 sampler names (modules/sd_samplers_kdiffusion.py samplers_k_diffusion, and DDIM, UniPC).
+SAMPLERS: dict[str, Sampler] = {
+    "Euler": _SIGMA,
+    "Euler a": Sampler(),
+    "Heun": _SIGMA,
+    "LMS": Sampler(),
+    "DPM2": _KARRAS,
+    "DPM2 a": _KARRAS,
+    "DPM++ 2M": _KARRAS,
+    "DPM++ 2M SDE": _KARRAS,
+    "DPM++ SDE": _KARRAS,
+    "DDIM": Sampler(),
+    "UniPC": _SIGMA,
+}
+DEFAULT_SAMPLER = "DPM++ 2M"
+
+
+def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
+    """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
+    names = {n.lower(): (n, None) for n in SAMPLERS}
+    # A1111 before 1.9 folded the schedule into the name ("DPM++ 2M Karras"); accept those too.
+    names |= {f"{n} {s}".lower(): (n, s) for n in SAMPLERS for s in SCHEDULES if s != "Automatic"}
+    found = names.get(" ".join(text.split()).lower())
+    if found is None:
+        raise ValueError(f"unknown sampler {text!r}; choose one of: {', '.join(SAMPLERS)}")
+    name, implied = found
+    requested = schedule or implied or "Automatic"
+    resolved = next((s for s in SCHEDULES if s.lower() == requested.lower()), None)
+    spec = SAMPLERS[name]
+    if resolved is None or resolved not in spec.schedules:
+        raise ValueError(f"sampler {name} does not support the {requested!r} schedule; use {', '.join(spec.schedules)}")
+    return name, spec.default_schedule if resolved == "Automatic" else resolved

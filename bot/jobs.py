@@ -1,0 +1,290 @@
+"""Starting a job: the one place that decides whether and how a job runs.
+
+Every front end — /imagine, the Reroll, Variations and other-checkpoint buttons, the prompt modals,
+/checkpoints compare, and the CLI's `generate` and `catalog compare` — asks here. A plan resolves
+the checkpoint(s), fills what was left out with the place's defaults (channel, then server, then
+the bot), and applies every rule of the place: hidden checkpoints, NSFW policy, blocked words, most
+steps and pictures, and whether pictures go behind a spoiler. The plan is either refused with one
+EaselError whose message is for the person who asked, or queued by `start`, where the generation
+service admits it (queue room, per-user limit, cooldown) under its lock.
+
+Roles are defined once here: a bot owner, and a moderator = Discord's Manage Server permission in
+that server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bot.catalog.compare import MAX_CHECKPOINTS as MAX_COMPARE
+from bot.catalog.compare import resolve_all
+from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.errors import EaselError
+from bot.generation.aspects import rescale, size_for
+from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.policy import check_prompt
+from bot.generation.requests import GenerationRequest, random_seed, validate
+from bot.generation.service import GenerationService, JobHandle
+from bot.generation.store import JobRecord
+from bot.guilds.settings import Effective, GuildSettings
+
+VARIATIONS = 4  # pictures the Variations button asks for
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, and the roles the rules know."""
+
+    user_id: str
+    name: str = ""
+    owner: bool = False  # listed in EASEL_OWNER_IDS
+    manages_server: bool = False  # Manage Server where they ask: the one moderator role
+
+    @classmethod
+    def host(cls, name: str = "cli") -> Asker:
+        """Whoever runs the CLI on the host: an owner."""
+        return cls("cli", name, owner=True)
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where a job is asked for: a server channel, a DM (no server), or the host's command line."""
+
+    guild_id: str | None = None
+    channel_id: str | None = None
+    adult: bool = False  # an age-restricted channel, or a DM
+    host: bool = False
+
+    @classmethod
+    def command_line(cls) -> Place:
+        return cls(adult=True, host=True)
+
+
+@dataclass(frozen=True)
+class ImagineOptions:
+    """What /imagine (or `generate`) asks for; None takes the place's default."""
+
+    prompt: str
+    negative: str | None = None
+    checkpoint: str | None = None
+    aspect: str | None = None
+    size: tuple[int, int] | None = None  # the CLI's exact --size; the bot offers aspects
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    schedule: str | None = None
+    seed: int = -1
+    count: int = 1
+    clip_skip: int = 1
+
+
+@dataclass
+class JobPlan:
+    """Jobs that passed every rule of the place, not yet queued."""
+
+    items: list[tuple[GenerationRequest, CheckpointRef]]
+    here: Effective
+    seed: int = -1
+
+    @property
+    def spoiler(self) -> bool:
+        """The place shows pictures behind a spoiler."""
+        return self.here.spoiler
+
+    @property
+    def checkpoints(self) -> list[CheckpointRef]:
+        return [ref for _, ref in self.items]
+
+
+SeedChoice = Callable[[JobRecord], int]
+
+
+def reroll(record: JobRecord) -> int:
+    return -1  # a new random seed
+
+
+def next_seeds(record: JobRecord) -> int:
+    return (record.seeds[-1] + 1) % 2**32  # the seeds after the ones already shown
+
+
+def same_seed(record: JobRecord) -> int:
+    return record.seeds[0]
+
+
+class Jobs:
+    def __init__(
+        self,
+        registry: CheckpointRegistry,
+        generation: GenerationService,
+        guild_settings: GuildSettings | None,
+    ) -> None:
+        self.registry = registry
+        self.generation = generation
+        self.guild_settings = guild_settings
+
+    # --- what applies where ----------------------------------------------------------------------
+
+    async def rules(self, place: Place) -> Effective:
+        """The defaults and policy of `place`; on the host's command line, only the bot's own limits."""
+        if place.host or self.guild_settings is None:
+            limits = self.generation.limits
+            return Effective(None, None, nsfw="age-restricted", max_steps=limits.max_steps, max_images=limits.max_count)
+        return await self.guild_settings.effective(place.guild_id, place.channel_id)
+
+    async def offered(self, place: Place, here: Effective | None = None) -> list[CheckpointEntry]:
+        """Checkpoints that can be used here: present, runnable, not hidden, NSFW only where allowed."""
+        here = here or await self.rules(place)
+        return [e for e in await self.registry.list(status="present") if e.runnable and here.visible(e, place.adult)]
+
+    @staticmethod
+    def may_change(asker: Asker, requester_id: str | None) -> bool:
+        """Delete a picture, cancel a job: the person who asked for it, or a moderator."""
+        return asker.user_id == requester_id or asker.manages_server or asker.owner
+
+    # --- plans: every rule, no queue yet -----------------------------------------------------------
+
+    async def plan_imagine(self, asker: Asker, place: Place, options: ImagineOptions) -> JobPlan:
+        here = await self.rules(place)
+        ref = await self._checkpoint(place, here, options.checkpoint)
+        steps = here.steps if options.steps is None else options.steps
+        if options.size is not None:
+            width, height = options.size
+        else:
+            width, height = size_for(options.aspect or here.aspect, ref.native_size)
+        request = self._request(
+            asker,
+            place,
+            prompt=options.prompt,
+            negative=here.negative if options.negative is None else options.negative,
+            width=width,
+            height=height,
+            steps=steps,
+            cfg=here.cfg if options.cfg is None else options.cfg,
+            sampler=options.sampler or here.sampler,
+            schedule=options.schedule,
+            seed=options.seed,
+            count=options.count,
+            clip_skip=options.clip_skip,
+        )
+        return self._checked(JobPlan([(request, ref)], here), place)
+
+    async def plan_rerun(
+        self,
+        asker: Asker,
+        place: Place,
+        job_id: str,
+        *,
+        seed: SeedChoice = reroll,
+        count: int | None = None,
+        checkpoint: str | None = None,
+    ) -> JobPlan:
+        """Another job from a stored one — a new seed, more pictures, or another checkpoint — under
+        the rules of the place where the button was pressed."""
+        record = await self.generation.get_job(job_id)
+        if record is None:
+            raise EaselError(f"job {job_id} is not in the records any more")
+        row = record.row
+        here = await self.rules(place)
+        ref = await resolve_checkpoint(self.registry, checkpoint or row["checkpoint_sha256"])
+        width, height = row["width"], row["height"]
+        if ref.sha256 != row["checkpoint_sha256"]:  # the same shape, at the new model's native size
+            width, height = rescale(width, height, ref.native_size)
+        request = self._request(
+            asker,
+            place,
+            prompt=row["prompt"],
+            negative=row["negative"],
+            width=width,
+            height=height,
+            steps=row["steps"],
+            cfg=row["cfg"],
+            sampler=row["sampler"],
+            schedule=row["schedule"],
+            seed=seed(record),
+            count=count or len(record.seeds),
+            clip_skip=row["clip_skip"],
+        )
+        return self._checked(JobPlan([(request, ref)], here), place)
+
+    async def plan_compare(
+        self,
+        asker: Asker,
+        place: Place,
+        prompt: str,
+        checkpoints: list[str],
+        seed: int = -1,
+        *,
+        negative: str | None = None,
+        steps: int | None = None,
+        cfg: float | None = None,
+        sampler: str | None = None,
+    ) -> JobPlan:
+        """The same prompt and seed on 2–6 checkpoints, each at its native size; None takes the place's default."""
+        here = await self.rules(place)
+        most = MAX_COMPARE if place.host else min(MAX_COMPARE, self.generation.limits.max_queued_per_user)
+        refs = await resolve_all(self.registry, checkpoints, most)
+        seed = seed if seed >= 0 else random_seed()
+        items = [
+            (
+                self._request(
+                    asker,
+                    place,
+                    prompt=prompt,
+                    negative=here.negative if negative is None else negative,
+                    width=None,
+                    height=None,
+                    steps=here.steps if steps is None else steps,
+                    cfg=here.cfg if cfg is None else cfg,
+                    sampler=sampler or here.sampler,
+                    seed=seed,
+                ),
+                ref,
+            )
+            for ref in refs
+        ]
+        return self._checked(JobPlan(items, here, seed), place)
+
+    async def start(self, plan: JobPlan) -> list[JobHandle]:
+        """Queue a plan: all its jobs, or none (the service admits them under its lock)."""
+        if len(plan.items) == 1:
+            request, ref = plan.items[0]
+            return [await self.generation.submit(request, ref)]
+        return await self.generation.submit_group(plan.items)
+
+    # --- the rules ---------------------------------------------------------------------------------
+
+    def _checked(self, plan: JobPlan, place: Place) -> JobPlan:
+        """Every rule of the place, for every job of the plan: the one copy of them."""
+        here = plan.here
+        pictures = sum(request.count for request, _ in plan.items)
+        for request, ref in plan.items:
+            if not place.host:
+                here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
+                check_prompt(request.prompt, here.blocked_words)
+            here.check_request(request.steps, pictures)
+            validate(request, ref, self.generation.limits)  # sizes, CFG, sampler, seed: before any queue
+        return plan
+
+    async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> CheckpointRef:
+        """The named checkpoint, else the place's default, else the first one offered here."""
+        if name:
+            return await resolve_checkpoint(self.registry, name, allow_path=place.host)
+        if here.checkpoint:
+            entry = await self.registry.find(here.checkpoint)
+            if entry is not None and entry.status == "present" and entry.runnable:
+                return CheckpointRef.from_entry(entry)
+        offered = await self.offered(place, here)
+        if not offered:
+            raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
+        return CheckpointRef.from_entry(offered[0])
+
+    @staticmethod
+    def _request(asker: Asker, place: Place, **values: object) -> GenerationRequest:
+        return GenerationRequest(
+            requester_id=asker.user_id,
+            requester_name=asker.name,
+            guild_id=place.guild_id,
+            channel_id=place.channel_id,
+            **values,  # type: ignore[arg-type]
+        )

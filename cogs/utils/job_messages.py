@@ -1,0 +1,284 @@
+"""The Discord side of a job: one message from queued to progress to the picture, and the persistent
+buttons under it. Whether and how a job runs is decided in bot/jobs.py; this only shows it.
+
+Every entry point that starts a job — /imagine, the buttons here, the prompt modals, compare —
+calls `run_plan`: queue what bot/jobs.py planned, then follow it to its result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
+from bot.jobs import VARIATIONS, JobPlan, next_seeds, reroll, same_seed
+from cogs.utils.attachments import fit_image
+from cogs.utils.context import asker, place
+from cogs.utils.errors import answers_errors, refuse
+from cogs.utils.formatting import CONTENT_MAX, clip, eta_text, result_embed
+from cogs.utils.progress import Throttle
+
+if TYPE_CHECKING:
+    from bot.generation.service import JobHandle
+    from bot.services import Services
+    from cogs.app import EaselBot
+
+log = logging.getLogger(__name__)
+
+JOB_ID = r"(?P<job>[0-9a-f]{12})"
+
+
+def services_of(interaction: discord.Interaction) -> Services:
+    bot: EaselBot = interaction.client  # type: ignore[assignment]
+    return bot.services
+
+
+async def run_plan(interaction: discord.Interaction, plan: JobPlan) -> None:
+    """Queue a planned job (the interaction is already deferred) and follow it to its picture."""
+    [handle] = await services_of(interaction).jobs.start(plan)
+    await follow(interaction, handle, spoiler=plan.spoiler)
+
+
+async def follow(interaction: discord.Interaction, handle: JobHandle, *, spoiler: bool) -> None:
+    """Edit one message from queued to progress to the finished picture."""
+    bot: EaselBot = interaction.client  # type: ignore[assignment]
+    job = handle.job
+    status = StatusMessage(interaction, job)
+    while True:
+        event = await bot.wait_external(handle.next_event(), f"job {job.id} on the GPU worker")
+        if isinstance(event, Queued):
+            await status.show(f"Queued: #{event.position} in line{eta_text(event.eta_seconds)}.", force=True)
+        elif isinstance(event, Started):
+            await status.show("Starting…", force=True)
+        elif isinstance(event, Loading):
+            await status.show(f"Loading {event.checkpoint}…" if event.cache == "disk" else "Starting…")
+        elif isinstance(event, Progress):
+            await status.show(
+                f"Step {event.step}/{event.total} · {event.it_per_s:.1f} it/s{eta_text(event.eta_seconds)}"
+            )
+        elif isinstance(event, Preview):
+            status.preview = event.png
+        elif isinstance(event, Finished):
+            await deliver(interaction, event.job, spoiler=spoiler)
+            return
+        elif isinstance(event, Failed):
+            await status.show(f"⚠️ {event.message}", force=True, final=True)
+            return
+        elif isinstance(event, Cancelled):
+            await status.show(f"Cancelled (job {job.id}).", force=True, final=True)
+            return
+
+
+async def deliver(interaction: discord.Interaction, job: Job, *, spoiler: bool) -> None:
+    services = services_of(interaction)
+    # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
+    per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(job.images))
+    files, shrunk = [], False
+    for i, image in enumerate(job.images):
+        data, extension = await asyncio.to_thread(fit_image, image.png, per_file)
+        shrunk |= extension != "png"
+        files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}", spoiler=spoiler))
+    embed = result_embed(job, interaction.user.display_name)
+    notes = []
+    if shrunk:
+        notes.append("Re-encoded to fit Discord's upload limit; **Parameters** has every setting.")
+    if spoiler:
+        notes.append("This server shows pictures behind a spoiler: click them to see.")
+    elif files:
+        embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
+    embed.description = "\n".join(notes) or None
+    others = [
+        discord.SelectOption(label=clip(e.name, 100), description=clip(e.architecture, 100), value=e.name[:100])
+        for e in await services.jobs.offered(place(interaction))
+        if e.sha256 != job.spec.checkpoint.sha256
+    ][:25]
+    message = await post_result(
+        interaction, embed=embed, files=files, view=result_view(job.id, others), what=f"job {job.id}"
+    )
+    if message is not None:
+        await services.generation.store.set_message(job.id, str(message.id))
+
+
+async def post_result(
+    interaction: discord.Interaction,
+    *,
+    embed: discord.Embed,
+    files: list[discord.File],
+    view: discord.ui.View | Any = discord.utils.MISSING,
+    what: str,
+) -> discord.Message | None:
+    """Replace the deferred placeholder with the result; after the token's 15 minutes, post to the channel."""
+    try:
+        return await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
+    except (discord.NotFound, discord.HTTPException) as e:
+        # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
+        if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
+            raise
+        channel = interaction.channel
+        if channel is None:
+            log.warning("%s: token expired and no channel to post to", what)
+            return None
+        for file in files:
+            file.reset()
+        return await channel.send(
+            content=f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
+        )
+
+
+class StatusMessage:
+    """The job's message while it waits and runs: edited at most once per EDIT_INTERVAL."""
+
+    def __init__(self, interaction: discord.Interaction, job: Job) -> None:
+        self.interaction = interaction
+        self.job = job
+        self.preview: bytes | None = None
+        self._throttle = Throttle()
+        self._expired = False
+
+    async def show(self, text: str, *, force: bool = False, final: bool = False) -> None:
+        if self._expired or not self._throttle.ready(force=force):
+            return
+        content = clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX)
+        attachments = []
+        if self.preview is not None and not final:
+            attachments = [discord.File(io.BytesIO(self.preview), filename="preview.png")]
+        view = None if final else discord.ui.View(timeout=None).add_item(CancelButton(self.job.id))
+        try:
+            await self.interaction.edit_original_response(content=content, attachments=attachments, view=view)
+        except (discord.NotFound, discord.HTTPException):
+            self._expired = True  # the token is dead; the result will be posted to the channel
+
+
+def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for item in (RerollButton(job_id), VariationsButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
+        view.add_item(item)
+    if checkpoints:
+        view.add_item(OtherCheckpointSelect(job_id, checkpoints))
+    return view
+
+
+# --- persistent buttons: matched by custom_id pattern, so they keep working after a restart -----------
+
+
+class FromJobId:
+    """Rebuilds a persistent button from its custom_id, whose template captures the job id."""
+
+    job_id: str
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
+        return cls(match["job"])  # type: ignore[call-arg]
+
+    async def rerun(self, interaction: discord.Interaction, **how: Any) -> None:
+        """Another job from this one, under the rules of the place where the button was pressed."""
+        jobs = services_of(interaction).jobs
+        await interaction.response.defer(thinking=True)
+        plan = await jobs.plan_rerun(asker(interaction), place(interaction), self.job_id, **how)
+        await run_plan(interaction, plan)
+
+
+class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:reroll:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", custom_id=f"easel:reroll:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await self.rerun(interaction, seed=reroll)
+
+
+class VariationsButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary:" + JOB_ID):
+    """Same prompt and settings, the next four seeds after the ones already shown."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Variations", emoji="🔀", custom_id=f"easel:vary:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await self.rerun(interaction, seed=next_seeds, count=VARIATIONS)
+
+
+class OtherCheckpointSelect(FromJobId, discord.ui.DynamicItem[discord.ui.Select], template=r"easel:other:" + JOB_ID):
+    """The same prompt, settings and seed with another checkpoint: the honest comparison."""
+
+    def __init__(self, job_id: str, options: list[discord.SelectOption] | None = None) -> None:
+        select = discord.ui.Select(
+            placeholder="Same settings with another checkpoint…",
+            options=options or [],
+            custom_id=f"easel:other:{job_id}",
+        )
+        super().__init__(select)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Select, match: re.Match[str]
+    ) -> OtherCheckpointSelect:
+        return cls(match["job"], item.options)
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        [name] = self.item.values
+        await self.rerun(interaction, seed=same_seed, checkpoint=name)
+
+
+class ParametersButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:params:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Parameters", emoji="📋", custom_id=f"easel:params:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        record = await services_of(interaction).generation.get_job(self.job_id)
+        if record is None or not record.infotexts:
+            await refuse(interaction, f"no parameters are stored for job {self.job_id}")
+            return
+        text = "\n\n".join(record.infotexts)
+        await interaction.response.send_message(f"```\n{clip(text, CONTENT_MAX - 8)}\n```", ephemeral=True)
+
+
+class DeleteButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger, custom_id=f"easel:delete:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        record = await services.generation.get_job(self.job_id)
+        if not services.jobs.may_change(asker(interaction), record.row["requester_id"] if record else None):
+            await refuse(interaction, "only the person who asked for this picture (or a moderator) can delete it")
+            return
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+
+
+class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:cancel:" + JOB_ID):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", emoji="✖️", custom_id=f"easel:cancel:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        who = asker(interaction)
+        # A moderator cancels anyone's job; anyone else only their own (the service checks it).
+        requester = None if services.jobs.may_change(who, None) else who.user_id
+        outcome = await services.generation.cancel(self.job_id, requester_id=requester)
+        await interaction.response.send_message(
+            "Cancelled." if outcome == "cancelled" else "Cancelling…", ephemeral=True
+        )
+
+
+BUTTONS = (RerollButton, VariationsButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)
