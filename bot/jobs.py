@@ -259,10 +259,10 @@ class Jobs:
         here = plan.here
         pictures = sum(request.count for request, _ in plan.items)
         for request, ref in plan.items:
-            if not place.host:
+            if not place.host:  # the owner at the host's command line is bound by the bot's limits only
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
                 check_prompt(request.prompt, here.blocked_words)
-            here.check_request(request.steps, pictures)
+                here.check_request(request.steps, pictures)
             validate(request, ref, self.generation.limits)  # sizes, CFG, sampler, seed: before any queue
         return plan
 

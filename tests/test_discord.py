@@ -539,3 +539,18 @@ async def test_zero_width_prompts_and_wildcard_names_are_refused(env: simcord.En
     for name in ("%%%%%%%%%%", "__________", "%"):
         wild = await alice.slash(channel, "imagine", prompt="x", checkpoint=name)
         assert f"no checkpoint named {name!r}" in wild.followups[0].content
+
+
+async def test_compare_obeys_the_servers_limits_and_spoilers(env: simcord.Env, services: Services) -> None:
+    """The loophole: /checkpoints compare used to skip most-steps, most-pictures and spoilers."""
+    guild, channel, alice = world(env)
+    admins = guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+    admin = guild.add_member(env.create_user("limits-admin"), roles=[admins])
+    await admin.slash(channel, "settings policy", max_images=1)
+    refused = await alice.slash(channel, "checkpoints compare", prompt="a bridge", first="tiny-sd1", second="tiny-xl")
+    assert "at most 1 picture" in refused.followups[0].content
+    await admin.slash(channel, "settings policy", max_images=4, spoiler=True)
+    await admin.slash(channel, "settings defaults", steps=2)
+    shown = await alice.slash(channel, "checkpoints compare", prompt="a bridge", first="tiny-sd1", second="tiny-xl")
+    [attachment] = shown.response.attachments
+    assert attachment.filename.startswith("SPOILER_")

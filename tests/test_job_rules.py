@@ -1,0 +1,173 @@
+"""Every rule of a place against every way of starting a job (bot/jobs.py), as a table.
+
+A new entry point goes into ENTRY_POINTS; a new rule into RULES. An entry point that skips a rule
+fails here — as /checkpoints compare once skipped the server's most-steps and most-pictures limits.
+No worker is needed: rules are applied when a job is planned, before anything is queued.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+from bot.errors import EaselError
+from bot.generation.jobs import Job, new_job_id
+from bot.generation.requests import GenerationRequest, Limits, validate
+from bot.generation.service import GenerationService
+from bot.guilds.settings import GuildSettings
+from bot.jobs import VARIATIONS, Asker, ImagineOptions, JobPlan, Jobs, Place, next_seeds, reroll, same_seed
+from tests.helpers import with_metadata
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PROMPT = "a castle on a hill"
+
+
+@dataclass
+class World:
+    jobs: Jobs
+    settings: GuildSettings
+    registry: CheckpointRegistry
+    records: dict[str, str]  # checkpoint name -> id of a stored 2-picture job made with it
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    root = tmp_path_factory.mktemp("rules")
+    models = root / "models"
+    models.mkdir()
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "plain.safetensors")
+    shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "other.safetensors")
+    with_metadata(tiny_dir / "tiny-sd1.safetensors", models / "spicy.safetensors", {"modelspec.title": "spicy"})
+    db = await open_database(root / "easel.sqlite3")
+    registry = CheckpointRegistry(db, models)
+    await registry.scan()
+    await registry.edit("spicy", nsfw=True)
+    limits = Limits(max_queued_per_user=10)
+    generation = GenerationService(db, [], limits)  # never started: plans need no worker
+    settings = GuildSettings(db, registry, [], limits)
+    jobs = Jobs(registry, generation, settings)
+    records = {}
+    for name in ("plain", "spicy", "other"):
+        from bot.generation.checkpoint_ref import resolve_checkpoint
+
+        ref = await resolve_checkpoint(registry, name)
+        request = GenerationRequest(prompt=PROMPT, requester_id="alice", steps=3, count=2, seed=1, guild_id="g")
+        job = Job(new_job_id(), validate(request, ref, limits))
+        await generation.store.insert(job)
+        records[name] = job.id
+    yield World(jobs, settings, registry, records)
+    await db.close()
+
+
+Subject = str  # the checkpoint the rule is about
+EntryPoint = Callable[[World, Place, Subject], Awaitable[JobPlan]]
+ALICE = Asker("alice", "alice")
+
+
+async def imagine(w: World, place: Place, subject: Subject) -> JobPlan:
+    options = ImagineOptions(prompt=PROMPT, checkpoint=subject, steps=3, count=2)
+    return await w.jobs.plan_imagine(ALICE, place, options)
+
+
+async def reroll_button(w: World, place: Place, subject: Subject) -> JobPlan:
+    return await w.jobs.plan_rerun(ALICE, place, w.records[subject], seed=reroll)
+
+
+async def variations_button(w: World, place: Place, subject: Subject) -> JobPlan:
+    return await w.jobs.plan_rerun(ALICE, place, w.records[subject], seed=next_seeds, count=VARIATIONS)
+
+
+async def other_checkpoint_select(w: World, place: Place, subject: Subject) -> JobPlan:
+    return await w.jobs.plan_rerun(ALICE, place, w.records["other"], seed=same_seed, checkpoint=subject)
+
+
+async def compare(w: World, place: Place, subject: Subject) -> JobPlan:
+    return await w.jobs.plan_compare(ALICE, place, PROMPT, [subject, "other"], steps=3)
+
+
+ENTRY_POINTS: dict[str, EntryPoint] = {
+    "/imagine and the Use-this modal": imagine,
+    "Reroll": reroll_button,
+    "Variations": variations_button,
+    "another checkpoint": other_checkpoint_select,
+    "/checkpoints compare and Compare these": compare,
+}
+
+
+@dataclass
+class Rule:
+    subject: Subject
+    server: dict  # the server's /settings policy
+    adult: bool = False
+    hidden: bool = False
+    refusal: str = ""
+
+
+RULES: dict[str, Rule] = {
+    "hidden checkpoint": Rule("plain", {}, hidden=True, refusal="is not offered in this server"),
+    "NSFW outside age-restricted channels": Rule("spicy", {}, refusal="marked NSFW"),
+    "NSFW never, even age-restricted": Rule("spicy", {"nsfw": "never"}, adult=True, refusal="marked NSFW"),
+    "blocked words": Rule("plain", {"blocked_words": "castle"}, refusal="does not allow"),
+    "most steps": Rule("plain", {"max_steps": 2}, refusal="at most 2 steps"),
+    "most pictures": Rule("plain", {"max_images": 1}, refusal="at most 1 picture"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+async def test_every_rule_applies_to_every_entry_point(world: World, entry: str, rule: str) -> None:
+    case = RULES[rule]
+    guild = f"{entry}:{rule}"
+    if case.server:
+        await world.settings.update(guild, None, case.server)
+    if case.hidden:
+        await world.settings.hide(guild, case.subject, True)
+    place = Place(guild, "channel", adult=case.adult)
+    with pytest.raises(EaselError, match=case.refusal):
+        await ENTRY_POINTS[entry](world, place, case.subject)
+    # The same request where no rule objects goes through: the refusal was the rule's doing.
+    plan = await ENTRY_POINTS[entry](world, Place(f"{guild}:free", "channel", adult=True), case.subject)
+    assert plan.items and not plan.spoiler
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+async def test_every_entry_point_shows_a_spoilering_servers_pictures_behind_a_spoiler(world: World, entry: str) -> None:
+    guild = f"{entry}:spoiler"
+    await world.settings.update(guild, None, {"spoiler": True})
+    plan = await ENTRY_POINTS[entry](world, Place(guild, "channel"), "plain")
+    assert plan.spoiler
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+async def test_the_place_defaults_fill_what_was_left_out(world: World, entry: str) -> None:
+    guild = f"{entry}:defaults"
+    await world.settings.update(guild, None, {"negative": "blurry", "cfg": 4.5})
+    plan = await ENTRY_POINTS[entry](world, Place(guild, "channel"), "plain")
+    request, _ = plan.items[0]
+    if entry in ("Reroll", "Variations", "another checkpoint"):  # a rerun keeps the stored job's values
+        assert (request.negative, request.cfg) == ("", 7.0)
+    else:
+        assert (request.negative, request.cfg) == ("blurry", 4.5)
+
+
+async def test_the_command_line_is_the_owner_at_the_host(world: World) -> None:
+    """Server rules do not apply on the host's command line; the bot's own limits still do."""
+    host = Place.command_line()
+    plan = await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions(prompt=PROMPT, checkpoint="spicy"))
+    assert plan.items[0][1].name == "spicy"
+    with pytest.raises(EaselError, match="steps must be between 1 and 150"):
+        await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions(prompt=PROMPT, checkpoint="plain", steps=500))
+
+
+async def test_one_moderator_role() -> None:
+    assert Jobs.may_change(Asker("bob", manages_server=True), "alice")
+    assert Jobs.may_change(Asker("alice"), "alice")
+    assert not Jobs.may_change(Asker("bob"), "alice")
