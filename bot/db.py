@@ -1,11 +1,22 @@
-"""SQLite through aiosqlite: connection set-up (WAL) and the migration runner."""
+"""SQLite through aiosqlite: connection set-up (WAL), checks of the file, migrations, and transactions.
+
+Every service shares one connection (SQLite allows one writer; WAL lets reads go on beside it).
+sqlite3 opens a transaction implicitly at the first write and keeps it until `commit`, so two
+coroutines writing through one connection would share a transaction: one's commit would publish the
+other's half-done work, one's rollback would drop the other's. Every write therefore goes through
+`transaction(db)`, which serialises writers on the connection and commits or rolls back as a unit;
+tests/test_db.py checks that no code commits outside it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 import time
+import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +46,23 @@ def load_migrations(folder: Path = MIGRATIONS_DIR) -> list[Migration]:
             raise ConfigError(f"two migrations share version {version:04d}")
         migrations[version] = Migration(version, path.stem, path.read_text(encoding="utf-8"))
     return [migrations[v] for v in sorted(migrations)]
+
+
+_WRITERS: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """One unit of writes: no other writer on this connection meanwhile; committed, or rolled back on error."""
+    lock = _WRITERS.setdefault(db, asyncio.Lock())
+    async with lock:
+        try:
+            yield db
+            await db.commit()
+        except BaseException:
+            if db.in_transaction:
+                await db.rollback()
+            raise
 
 
 async def connect(path: Path) -> aiosqlite.Connection:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import aiosqlite
 import pytest
 
-from bot.db import Migration, connect, load_migrations, migrate, open_database
+from bot.db import Migration, connect, load_migrations, migrate, open_database, transaction
 from bot.errors import ConfigError
+from tests.conftest import REPO
 
 
 async def schema(db: aiosqlite.Connection) -> list[tuple[str, str, str]]:
@@ -78,3 +80,49 @@ def test_migration_files_are_well_named(tmp_path: Path) -> None:
     (tmp_path / "two.sql").write_text("SELECT 1;")
     with pytest.raises(ConfigError, match=r"NNNN_name\.sql"):
         load_migrations(tmp_path)
+
+
+async def test_writers_never_share_a_transaction(tmp_path: Path) -> None:
+    """A fails and rolls back while B wants to write: B's row must survive, and A's must not."""
+    db = await open_database(tmp_path / "easel.sqlite3")
+    inside, release = asyncio.Event(), asyncio.Event()
+    sql = "INSERT INTO guild_settings (guild_id, channel_id, settings_json, updated_at, updated_by) VALUES (?, '', '{}', 0, '')"
+
+    async def a() -> None:
+        async with transaction(db):
+            await db.execute(sql, ("a",))
+            inside.set()
+            await release.wait()
+            raise RuntimeError("A fails after B asked to write")
+
+    async def b() -> None:
+        await inside.wait()
+        writing = asyncio.create_task(_write(db, sql, "b"))
+        await asyncio.sleep(0)  # B is now waiting for A's transaction to end, not joining it
+        release.set()
+        await writing
+
+    try:
+        results = await asyncio.gather(a(), b(), return_exceptions=True)
+        assert isinstance(results[0], RuntimeError) and results[1] is None
+        async with db.execute("SELECT guild_id FROM guild_settings ORDER BY guild_id") as cur:
+            assert [row[0] for row in await cur.fetchall()] == ["b"]
+    finally:
+        await db.close()
+
+
+async def _write(db, sql: str, value: str) -> None:
+    async with transaction(db):
+        await db.execute(sql, (value,))
+
+
+def test_every_write_goes_through_the_transaction_helper() -> None:
+    """sqlite3's implicit transactions span awaits; a commit outside transaction() could publish another's work."""
+    offenders = []
+    for path in (REPO / "bot").rglob("*.py"):
+        if path.name == "db.py":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if ".commit()" in line or ".rollback()" in line:
+                offenders.append(f"{path.relative_to(REPO)}:{number}")
+    assert offenders == []

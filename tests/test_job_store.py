@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.db import open_database
+from bot.db import open_database, transaction
 from bot.generation.jobs import JobState
 from bot.generation.store import JobStore
 from tests.helpers import make_job
@@ -45,9 +45,10 @@ async def test_a_state_the_database_refused_is_written_with_the_next_write(
         await store.save_state(job)
         real_write = store._write_state
 
-        async def disk_full(job_to_write) -> None:
-            await db.execute("UPDATE jobs SET state = 'scribbled' WHERE id = ?", (job_to_write.id,))
-            raise sqlite3.OperationalError("database or disk is full")
+        async def disk_full(job_to_write) -> None:  # the write goes through, then the commit fails
+            async with transaction(db):
+                await db.execute("UPDATE jobs SET state = 'scribbled' WHERE id = ?", (job_to_write.id,))
+                raise sqlite3.OperationalError("database or disk is full")
 
         monkeypatch.setattr(store, "_write_state", disk_full)
         job.state = JobState.DONE

@@ -18,6 +18,7 @@ import aiosqlite
 import httpx
 
 from bot import outbound
+from bot.db import transaction
 from bot.errors import EaselError
 from bot.untrusted import load_json
 
@@ -141,11 +142,11 @@ class CivitaiCache:
         return row[0] if row else None
 
     async def store(self, sha256: str, payload: dict[str, Any] | None) -> None:
-        await self._db.execute(
-            "INSERT OR REPLACE INTO civitai_lookups (sha256, status, payload_json, fetched_at) VALUES (?, ?, ?, ?)",
-            (sha256, "found" if payload else "missing", json.dumps(payload or {}), time.time()),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO civitai_lookups (sha256, status, payload_json, fetched_at) VALUES (?, ?, ?, ?)",
+                (sha256, "found" if payload else "missing", json.dumps(payload or {}), time.time()),
+            )
 
 
 async def enrich(

@@ -26,6 +26,7 @@ from bot.catalog.ranking import CatalogIndex, Scored
 from bot.catalog.sources import installed_entry, reference_entries
 from bot.catalog.taxonomy import BASES, REALISM, SPECIALITIES, STYLES
 from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import transaction
 from bot.generation.checkpoint_ref import NATIVE_SIZE
 
 log = logging.getLogger(__name__)
@@ -237,26 +238,26 @@ class CatalogService:
                 vectors.update({e.key: fresh[i] for i, e in enumerate(to_embed)})
             except EmbeddingsUnavailable as e:
                 self._note_no_embeddings(str(e))
-        await self._db.execute("DELETE FROM catalog_entries")
-        await self._db.execute("DELETE FROM catalog_fts")
-        await self._db.executemany(
-            "INSERT INTO catalog_entries (key, entry_json, content_hash, embedding, embedding_model) VALUES (?, ?, ?, ?, ?)",
-            [
-                (
-                    e.key,
-                    e.to_json(),
-                    e.content_hash(),
-                    vectors[e.key].tobytes() if e.key in vectors else None,
-                    model if e.key in vectors else None,
-                )
-                for e in entries
-            ],
-        )
-        await self._db.executemany(
-            "INSERT INTO catalog_fts (key, name, description, tags) VALUES (?, ?, ?, ?)",
-            [(e.key, f"{e.display_name} {e.name} {e.known_as}", e.description, " ".join(e.tags)) for e in entries],
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute("DELETE FROM catalog_entries")
+            await db.execute("DELETE FROM catalog_fts")
+            await db.executemany(
+                "INSERT INTO catalog_entries (key, entry_json, content_hash, embedding, embedding_model) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        e.key,
+                        e.to_json(),
+                        e.content_hash(),
+                        vectors[e.key].tobytes() if e.key in vectors else None,
+                        model if e.key in vectors else None,
+                    )
+                    for e in entries
+                ],
+            )
+            await db.executemany(
+                "INSERT INTO catalog_fts (key, name, description, tags) VALUES (?, ?, ?, ?)",
+                [(e.key, f"{e.display_name} {e.name} {e.known_as}", e.description, " ".join(e.tags)) for e in entries],
+            )
         dim = next((len(v) for v in vectors.values()), 0)
         matrix = np.zeros((len(entries), dim), dtype=np.float32)
         for i, e in enumerate(entries):

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from bot.db import transaction
+
 CHUNK = 8 << 20
 AUTOV1_OFFSET = 0x100000
 AUTOV1_LENGTH = 0x10000
@@ -89,10 +91,10 @@ class HashCache:
         return FileHashes(sha256=row[0], autov1=row[1]) if row else None
 
     async def put(self, stamp: FileStamp, hashes: FileHashes) -> None:
-        await self._db.execute(
-            "INSERT INTO hash_cache (path, size, mtime_ns, sha256, autov1, hashed_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
-            "sha256 = excluded.sha256, autov1 = excluded.autov1, hashed_at = excluded.hashed_at",
-            (stamp.path, stamp.size, stamp.mtime_ns, hashes.sha256, hashes.autov1, time.time()),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "INSERT INTO hash_cache (path, size, mtime_ns, sha256, autov1, hashed_at) VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+                "sha256 = excluded.sha256, autov1 = excluded.autov1, hashed_at = excluded.hashed_at",
+                (stamp.path, stamp.size, stamp.mtime_ns, hashes.sha256, hashes.autov1, time.time()),
+            )

@@ -26,6 +26,7 @@ from bot.checkpoints.confinement import resolve_inside
 from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_file
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
+from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
 from bot.untrusted import has_lone_surrogate
 
@@ -270,14 +271,13 @@ class CheckpointRegistry:
             **examined.columns(self.models_root),
         }
         try:
-            cur = await self._db.execute(
-                f"INSERT INTO checkpoints ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                tuple(columns.values()),
-            )
-            await self._set_tags(cur.lastrowid, tags if tags is not None else sidecars.tags)
-            await self._db.commit()
+            async with transaction(self._db) as db:
+                cur = await db.execute(
+                    f"INSERT INTO checkpoints ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    tuple(columns.values()),
+                )
+                await self._set_tags(cur.lastrowid, tags if tags is not None else sidecars.tags)
         except sqlite3.IntegrityError as e:  # a concurrent add won the race
-            await self._db.rollback()
             raise RegistryError(f"{relative} could not be registered: {e}") from None
         entry = await self.get(slug)
         log.info("checkpoint registered: %s (%s, %s)", entry.name, entry.autov2, entry.architecture)
@@ -323,13 +323,13 @@ class CheckpointRegistry:
         if not changes and tags is None:
             raise RegistryError("nothing to change: give a new name, description, tags, facets or NSFW flag")
         changes["updated_at"] = time.time()
-        await self._db.execute(
-            f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?",
-            (*changes.values(), entry.id),
-        )
-        if tags is not None:
-            await self._set_tags(entry.id, tags)
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in changes)} WHERE id = ?",
+                (*changes.values(), entry.id),
+            )
+            if tags is not None:
+                await self._set_tags(entry.id, tags)
         edited = await self.get(str(changes.get("name", entry.name)))
         log.info("checkpoint %s edited: %s", edited.name, ", ".join(k for k in changes if k != "updated_at") or "tags")
         return edited
@@ -337,8 +337,8 @@ class CheckpointRegistry:
     async def remove(self, ref: str) -> CheckpointEntry:
         """Forget a checkpoint; the file itself stays where it is."""
         entry = await self.get(ref)
-        await self._db.execute("DELETE FROM checkpoints WHERE id = ?", (entry.id,))
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute("DELETE FROM checkpoints WHERE id = ?", (entry.id,))
         log.info("checkpoint removed from the registry: %s", entry.name)
         return entry
 
@@ -421,10 +421,10 @@ class CheckpointRegistry:
         )
 
     async def _set_status(self, entry: CheckpointEntry, status: str) -> CheckpointEntry:
-        await self._db.execute(
-            "UPDATE checkpoints SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), entry.id)
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "UPDATE checkpoints SET status = ?, updated_at = ? WHERE id = ?", (status, time.time(), entry.id)
+            )
         log.info("checkpoint %s is now %s", entry.name, status)
         return await self.get(entry.name)
 
@@ -435,11 +435,11 @@ class CheckpointRegistry:
         if twin is not None and twin.id != entry.id:
             raise RegistryError(f"now has the same content as {twin.name!r}; left as it was")
         columns = {**examined.columns(self.models_root), "status": "present"}
-        await self._db.execute(
-            f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
-            (*columns.values(), entry.id),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                f"UPDATE checkpoints SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                (*columns.values(), entry.id),
+            )
         log.info("checkpoint %s changed on disk: now %s", entry.name, examined.hashes.autov2)
         return await self.get(entry.name)
 

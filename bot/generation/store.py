@@ -11,6 +11,7 @@ from typing import Any
 
 import aiosqlite
 
+from bot.db import transaction
 from bot.generation.jobs import Job, JobState
 
 log = logging.getLogger(__name__)
@@ -53,33 +54,33 @@ class JobStore:
 
     async def insert(self, job: Job) -> None:
         spec, request = job.spec, job.spec.request
-        await self._db.execute(
-            "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
-            "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job.id,
-                job.state.value,
-                request.requester_id,
-                request.requester_name,
-                request.guild_id,
-                request.channel_id,
-                spec.checkpoint.name,
-                spec.checkpoint.sha256,
-                request.prompt.strip(),
-                request.negative,
-                spec.width,
-                spec.height,
-                request.steps,
-                request.cfg,
-                spec.sampler,
-                spec.schedule,
-                request.clip_skip,
-                json.dumps(list(spec.seeds)),
-                job.created_at,
-            ),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
+                "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.state.value,
+                    request.requester_id,
+                    request.requester_name,
+                    request.guild_id,
+                    request.channel_id,
+                    spec.checkpoint.name,
+                    spec.checkpoint.sha256,
+                    request.prompt.strip(),
+                    request.negative,
+                    spec.width,
+                    spec.height,
+                    request.steps,
+                    request.cfg,
+                    spec.sampler,
+                    spec.schedule,
+                    request.clip_skip,
+                    json.dumps(list(spec.seeds)),
+                    job.created_at,
+                ),
+            )
 
     async def save_state(self, job: Job) -> None:
         self._unsaved[job.id] = job
@@ -90,9 +91,7 @@ class JobStore:
         for job_id, job in list(self._unsaved.items()):
             try:
                 await self._write_state(job)
-            except sqlite3.Error as e:
-                if self._db.in_transaction:
-                    await self._db.rollback()  # a failed commit leaves a transaction that would swallow later writes
+            except sqlite3.Error as e:  # rolled back by transaction(): later writes start clean
                 log.error("job %s: could not record state %s (%s); will retry", job_id, job.state.value, e)
                 return False
             if self._unsaved.get(job_id) is job:
@@ -100,27 +99,27 @@ class JobStore:
         return True
 
     async def _write_state(self, job: Job) -> None:
-        await self._db.execute(
-            "UPDATE jobs SET state = ?, error = ?, device = ?, batch_size = ?, started_at = ?, finished_at = ?, "
-            "load_seconds = ?, inference_seconds = ?, infotexts_json = ? WHERE id = ?",
-            (
-                job.state.value,
-                job.error,
-                job.device,
-                job.batch_size,
-                job.started_at,
-                job.finished_at,
-                job.load_seconds,
-                job.inference_seconds,
-                json.dumps([image.infotext for image in job.images]) if job.images else None,
-                job.id,
-            ),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "UPDATE jobs SET state = ?, error = ?, device = ?, batch_size = ?, started_at = ?, finished_at = ?, "
+                "load_seconds = ?, inference_seconds = ?, infotexts_json = ? WHERE id = ?",
+                (
+                    job.state.value,
+                    job.error,
+                    job.device,
+                    job.batch_size,
+                    job.started_at,
+                    job.finished_at,
+                    job.load_seconds,
+                    job.inference_seconds,
+                    json.dumps([image.infotext for image in job.images]) if job.images else None,
+                    job.id,
+                ),
+            )
 
     async def set_message(self, job_id: str, message_id: str) -> None:
-        await self._db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
@@ -129,15 +128,15 @@ class JobStore:
 
     async def mark_interrupted(self) -> int:
         """Jobs a previous run left queued or running did not finish: say so instead of leaving them open."""
-        cur = await self._db.execute(
-            "UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE state IN (?, ?)",
-            (
-                JobState.INTERRUPTED.value,
-                "the bot stopped before this job finished",
-                time.time(),
-                JobState.QUEUED.value,
-                JobState.RUNNING.value,
-            ),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            cur = await db.execute(
+                "UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE state IN (?, ?)",
+                (
+                    JobState.INTERRUPTED.value,
+                    "the bot stopped before this job finished",
+                    time.time(),
+                    JobState.QUEUED.value,
+                    JobState.RUNNING.value,
+                ),
+            )
         return cur.rowcount

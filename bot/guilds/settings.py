@@ -15,6 +15,7 @@ from typing import Any
 import aiosqlite
 
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.db import transaction
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.generation.policy import check_nsfw
@@ -133,23 +134,23 @@ class GuildSettings:
         scope = channel_id or ""
         if not changes:
             raise SettingsError("nothing to change: give at least one setting")
-        current = await self._row(guild_id, scope)
-        for key, value in changes.items():
-            if key in POLICY_KEYS and scope:
-                raise SettingsError(f"{key} is a server-wide setting; set it without the channel option")
-            if key not in DEFAULT_KEYS and key not in POLICY_KEYS:
-                raise SettingsError(f"unknown setting {key!r}; settings are {', '.join(DEFAULT_KEYS + POLICY_KEYS)}")
-            if _cleared(value):
-                current.pop(key, None)
-            else:
-                current[key] = await self._checked(key, value)
-        await self._db.execute(
-            "INSERT INTO guild_settings (guild_id, channel_id, settings_json, updated_at, updated_by) "
-            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (guild_id, channel_id) DO UPDATE SET "
-            "settings_json = excluded.settings_json, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-            (guild_id, scope, json.dumps(current, sort_keys=True), time.time(), by),
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            current = await self._row(guild_id, scope)
+            for key, value in changes.items():
+                if key in POLICY_KEYS and scope:
+                    raise SettingsError(f"{key} is a server-wide setting; set it without the channel option")
+                if key not in DEFAULT_KEYS and key not in POLICY_KEYS:
+                    raise SettingsError(f"unknown setting {key!r}; settings are {', '.join(DEFAULT_KEYS + POLICY_KEYS)}")
+                if _cleared(value):
+                    current.pop(key, None)
+                else:
+                    current[key] = await self._checked(key, value)
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, channel_id, settings_json, updated_at, updated_by) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (guild_id, channel_id) DO UPDATE SET "
+                "settings_json = excluded.settings_json, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                (guild_id, scope, json.dumps(current, sort_keys=True), time.time(), by),
+            )
         return await self.effective(guild_id, channel_id)
 
     async def _checked(self, key: str, value: Any) -> Any:
@@ -207,26 +208,26 @@ class GuildSettings:
         return sorted({w.strip().lower() for w in words if str(w).strip()})
 
     async def reset(self, guild_id: str, channel_id: str | None) -> None:
-        await self._db.execute(
-            "DELETE FROM guild_settings WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id or "")
-        )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            await db.execute(
+                "DELETE FROM guild_settings WHERE guild_id = ? AND channel_id = ?", (guild_id, channel_id or "")
+            )
 
     async def hide(self, guild_id: str, checkpoint: str, hidden: bool = True) -> CheckpointEntry:
         entry = await self.registry.find(checkpoint)
         if entry is None:
             raise SettingsError(f"no checkpoint named {checkpoint!r}")
-        if hidden:
-            await self._db.execute(
-                "INSERT OR IGNORE INTO guild_hidden_checkpoints (guild_id, checkpoint_sha256) VALUES (?, ?)",
-                (guild_id, entry.sha256),
-            )
-        else:
-            await self._db.execute(
-                "DELETE FROM guild_hidden_checkpoints WHERE guild_id = ? AND checkpoint_sha256 = ?",
-                (guild_id, entry.sha256),
-            )
-        await self._db.commit()
+        async with transaction(self._db) as db:
+            if hidden:
+                await db.execute(
+                    "INSERT OR IGNORE INTO guild_hidden_checkpoints (guild_id, checkpoint_sha256) VALUES (?, ?)",
+                    (guild_id, entry.sha256),
+                )
+            else:
+                await db.execute(
+                    "DELETE FROM guild_hidden_checkpoints WHERE guild_id = ? AND checkpoint_sha256 = ?",
+                    (guild_id, entry.sha256),
+                )
         return entry
 
     async def describe(self, effective: Effective) -> list[tuple[str, str, str]]:
