@@ -4,11 +4,22 @@ Commands go bot -> worker (RunBatch, CancelJob, Shutdown); events come back (Wor
 BatchProgress, JobPreview, JobDone, JobCancelled, BatchFailed, BatchFinished). A batch is one
 pipeline call that serves one or more jobs with the same checkpoint, size, steps and sampler;
 each job keeps its own prompt and seeds.
+
+On the wire each message is one frame: its type name, a newline, and its fields as JSON (pydantic
+checks them on the way in; pictures travel as base64). Nothing is pickled: a worker that loads files
+from strangers must never be able to make the bot run code, and a malformed frame is just refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+_BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
 
 SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
 
@@ -103,6 +114,8 @@ class BatchProgress:
 
 @dataclass(frozen=True)
 class JobPreview:
+    __pydantic_config__ = _BYTES_AS_BASE64
+
     batch_id: str
     job_id: str
     step: int
@@ -111,6 +124,8 @@ class JobPreview:
 
 @dataclass(frozen=True)
 class ImageResult:
+    __pydantic_config__ = _BYTES_AS_BASE64
+
     png: bytes
     seed: int
     infotext: str
@@ -148,3 +163,50 @@ class BatchFinished:
     batch_id: str
     loaded: tuple[str, ...] = ()  # cache keys of pipelines on the device, most recent last
     steps_per_second: float = 0.0
+
+
+# --- the wire ----------------------------------------------------------------------------------
+
+MESSAGES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        RunBatch,
+        CancelJob,
+        Shutdown,
+        WorkerReady,
+        BatchLoading,
+        BatchProgress,
+        JobPreview,
+        JobDone,
+        JobCancelled,
+        BatchFailed,
+        BatchFinished,
+    )
+}
+
+
+class BadFrame(ValueError):
+    """A frame that is not one of our messages; nothing in it was acted on."""
+
+
+@cache
+def _adapter(name: str) -> TypeAdapter[Any]:
+    return TypeAdapter(MESSAGES[name])
+
+
+def encode(message: object) -> bytes:
+    name = type(message).__name__
+    if name not in MESSAGES:
+        raise TypeError(f"{name} is not a worker message")
+    return name.encode() + b"\n" + _adapter(name).dump_json(message)
+
+
+def decode(frame: bytes) -> object:
+    name, _, body = frame.partition(b"\n")
+    kind = name.decode("ascii", errors="replace")
+    if kind not in MESSAGES:
+        raise BadFrame(f"unknown message type {kind[:40]!r}")
+    try:
+        return _adapter(kind).validate_json(body)
+    except ValidationError as e:
+        raise BadFrame(f"malformed {kind}: {e.error_count()} problem(s), first: {e.errors()[0]['msg']}") from None

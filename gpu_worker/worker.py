@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from gpu_worker.protocol import CancelJob, RunBatch, Shutdown, WorkerReady
+from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, CancelJob, RunBatch, Shutdown, WorkerReady, decode, encode
 
 log = logging.getLogger("easel.worker")
 
@@ -86,10 +86,13 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
     def read_commands() -> None:
         while True:
             try:
-                command = conn.recv()
+                command = decode(conn.recv_bytes(MAX_FRAME_BYTES))
             except (EOFError, OSError):  # the bot went away: finish up and exit
                 inbox.put(Shutdown())
                 return
+            except BadFrame as e:
+                log.error("ignored a frame that is not a command: %s", e)
+                continue
             if isinstance(command, CancelJob):
                 with lock:
                     cancelled.add(command.job_id)
@@ -98,11 +101,12 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
                 if isinstance(command, Shutdown):
                     return
 
-    runner = BatchRunner(device, cache, conn.send, is_cancelled)
+    def send(event: object) -> None:
+        conn.send_bytes(encode(event))
+
+    runner = BatchRunner(device, cache, send, is_cancelled)
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
-    conn.send(
-        WorkerReady(device, os.getpid(), str(torch.__version__), str(default_dtype(device)).removeprefix("torch."))
-    )
+    send(WorkerReady(device, os.getpid(), str(torch.__version__), str(default_dtype(device)).removeprefix("torch.")))
     log.info("worker ready on %s (cache budget %.1f GB)", device, cache.device_budget / 1e9)
     while not isinstance(command := inbox.get(), Shutdown):
         log.info("batch %s started: %d image(s) of %s", command.batch_id, command.image_count, command.load.name)

@@ -2,7 +2,7 @@
 
 The process is `python -m gpu_worker serve --fd N`, joined to the bot by a socket pair wrapped in
 multiprocessing Connections (what `multiprocessing.Pipe` does), so it shares nothing with the bot
-but that pipe. A reader thread waits on the pipe and hands every event to the event loop; when the
+but that pipe; only length-prefixed JSON frames cross it (gpu_worker/protocol.py), never pickles. A reader thread waits on the pipe and hands every event to the event loop; when the
 pipe closes (the process exited or was killed) it reports the exit code, within a second or two.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from gpu_worker.protocol import RunBatch, Shutdown, WorkerReady
+from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, RunBatch, Shutdown, WorkerReady, decode, encode
 from gpu_worker.worker import WorkerConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,16 +97,19 @@ class WorkerProcess:
     def send(self, command: object) -> None:
         assert self._conn is not None
         try:
-            self._conn.send(command)
+            self._conn.send_bytes(encode(command))
         except (BrokenPipeError, OSError):
             log.warning("worker %d: pipe closed while sending %s", self.slot, type(command).__name__)
 
     def _read(self, conn: Connection, process: subprocess.Popen[bytes]) -> None:
         while True:
             try:
-                event = conn.recv()
+                event = decode(conn.recv_bytes(MAX_FRAME_BYTES))  # decoded here, off the event loop
             except (EOFError, OSError):
                 break
+            except BadFrame as e:
+                log.error("worker %d sent a frame that is not a message (%s); ignored", self.slot, e)
+                continue
             self._post(self._handle, event)
         conn.close()
         try:

@@ -1,0 +1,73 @@
+"""The bot and its workers talk in JSON frames, never pickles: every message round-trips, nothing else passes."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+
+from gpu_worker.protocol import (
+    MESSAGES,
+    BadFrame,
+    BatchFailed,
+    BatchFinished,
+    BatchLoading,
+    BatchProgress,
+    CancelJob,
+    ImageResult,
+    JobCancelled,
+    JobDone,
+    JobPart,
+    JobPreview,
+    LoadRequest,
+    RunBatch,
+    Shutdown,
+    WorkerReady,
+    decode,
+    encode,
+)
+
+LOAD = LoadRequest("/m/x.safetensors", "x", "sd1", "SD1.x", "safetensors", "sd1", "epsilon", "ab" * 32)
+SAMPLES = [
+    RunBatch("b1", LOAD, (JobPart("j1", "a cat", "", (1, 2)),), 64, 64, 4, 7.0, "Euler", "Automatic", 2, "x", 1),
+    CancelJob("j1"),
+    Shutdown(),
+    WorkerReady("cpu", 123, "2.13.0", "float32"),
+    BatchLoading("b1", "x", "disk"),
+    BatchProgress("b1", 2, 4, 0.5, 3.9),
+    JobPreview("b1", "j1", 2, b"\x89PNG\r\n\x1a\n\x00\xff"),
+    JobDone("b1", "j1", (ImageResult(b"\x89PNG\x00", 1, "a cat\nSteps: 4"),), "cpu", 0.1, 0.2, "disk", 1),
+    JobCancelled("b1", "j1"),
+    BatchFailed("b1", "out of memory", ("j1",)),
+    BatchFinished("b1", ("key",), 3.5),
+]
+
+
+def test_every_message_type_has_a_sample() -> None:
+    assert {type(m).__name__ for m in SAMPLES} == set(MESSAGES)
+
+
+@pytest.mark.parametrize("message", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(message: object) -> None:
+    frame = encode(message)
+    assert b"\x80" not in frame.partition(b"\n")[2][:1]  # JSON, not a pickle
+    assert decode(frame) == message
+
+
+def test_a_pickle_is_refused_and_never_run(tmp_path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    for frame in (pickle.dumps(Payload()), b"JobDone\n" + pickle.dumps(Payload()), b"Nope\n{}", b"JobDone\n{"):
+        with pytest.raises(BadFrame):
+            decode(frame)
+    assert not marker.exists()
+
+
+def test_fields_are_checked_on_the_way_in() -> None:
+    with pytest.raises(BadFrame, match="malformed BatchProgress"):
+        decode(b'BatchProgress\n{"batch_id": "b", "step": "two", "total": 4, "elapsed": 0, "it_per_s": 0}')
