@@ -31,7 +31,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="worker-debug.png")
     p = sub.add_parser("merge", help="carry out a merge (the bot's merge service starts this)")
-    p.add_argument("--spec", required=True, help="JSON: method, multiplier, primary, out, metadata, …")
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on stdin/stdout")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         return _debug_generate(args)
     if args.command == "merge":
-        return _merge(json.loads(args.spec))
+        return _merge()
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 
@@ -68,33 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _merge(spec: dict) -> int:
-    """Progress goes to stdout as JSON lines; a refusal to stderr as one line, exit status 1."""
+def _merge() -> int:
+    """The order comes as JSON on stdin; progress goes to stdout as JSON lines; a refusal to stderr as
+    one line, exit status 1."""
     from bot.errors import CheckpointFileError
     from gpu_worker.merge import peak_rss_bytes, run_merge
-
-    def path(key: str) -> Path | None:
-        return Path(spec[key]) if spec.get(key) else None
+    from gpu_worker.protocol import BadFrame, decode_order
 
     def progress(done: int, total: int) -> None:
         print(json.dumps({"done": done, "total": total}), flush=True)
 
     try:
-        run_merge(
-            spec["method"],
-            float(spec["multiplier"]),
-            Path(spec["primary"]),
-            Path(spec["out"]),
-            spec.get("metadata", {}),
-            temp=path("temp"),
-            secondary=path("secondary"),
-            tertiary=path("tertiary"),
-            vae=path("vae"),
-            fp16=bool(spec.get("fp16")),
-            prune=bool(spec.get("prune")),
-            progress=progress,
-        )
-    except (CheckpointFileError, OSError) as e:
+        run_merge(decode_order(sys.stdin.buffer.read()), progress)
+    except (BadFrame, CheckpointFileError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}), flush=True)

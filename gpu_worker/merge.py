@@ -1,4 +1,8 @@
-"""Carry out a merge plan: read, combine in float32, cast, write, in fixed-size chunks.
+"""Carry out a merge order: read, combine in float32, cast, write, in fixed-size chunks.
+
+The bot plans and checks the merge (bot/checkpoints/merge_plan.py) and hands over a MergeOrder:
+every output tensor with the byte offsets of its sources. This process neither parses a header nor
+plans again; it only reads, combines and writes.
 
 Every tensor is streamed in chunks of CHUNK_ELEMENTS through buffers allocated once, read with
 positioned reads (not memory-mapped: a mapping would count every page touched against this
@@ -8,16 +12,16 @@ faulted in per tensor. Output goes to a temporary file, renamed into place when 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
-from bot.checkpoints.merge_plan import MergePlan, PlannedTensor, plan_merge, vae_key
-from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.checkpoints.safetensors_writer import write_safetensors
 from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
+from gpu_worker.protocol import MergeOrder, MergeSource, MergeStep
 
 CHUNK_ELEMENTS = 1 << 22  # 4 M elements: 16 MB per float32 work buffer
 
@@ -35,24 +39,30 @@ TORCH_DTYPES = {
 }
 
 
-class TensorReader:
-    """Positioned reads of one input's tensors (or parts of them) into a caller's buffer."""
+class Inputs:
+    """Positioned reads from the merge's input files into a caller's buffer."""
 
-    def __init__(self, path: Path) -> None:
-        self.header: SafetensorsHeader = read_header(path)
-        self._fd = os.open(path, os.O_RDONLY)
+    def __init__(self, paths: dict[str, str]) -> None:
+        self._fds: dict[str, int] = {}
+        try:
+            for role, path in paths.items():
+                self._fds[role] = os.open(path, os.O_RDONLY)
+        except BaseException:
+            self.close()
+            raise
 
-    def read(self, name: str, start: int, count: int, buffer: torch.Tensor) -> torch.Tensor:
-        """Elements [start, start + count) of tensor `name`, typed, in `buffer` (a uint8 tensor)."""
-        t = self.header.tensors[name]
-        size = DTYPE_SIZES[t.dtype]
+    def read(self, source: MergeSource, start: int, count: int, buffer: torch.Tensor) -> torch.Tensor:
+        """Elements [start, start + count) of `source`, typed, in `buffer` (a uint8 tensor)."""
+        size = DTYPE_SIZES[source.dtype]
         raw = buffer[: count * size]
         if count:
-            os.preadv(self._fd, [raw.numpy()], self.header.data_start + t.begin + start * size)
-        return raw.view(TORCH_DTYPES[t.dtype])
+            os.preadv(self._fds[source.role], [raw.numpy()], source.offset + start * size)
+        return raw.view(TORCH_DTYPES[source.dtype])
 
     def close(self) -> None:
-        os.close(self._fd)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class Buffers:
@@ -66,86 +76,54 @@ class Buffers:
         self.fc = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32)
 
 
-def run_merge(
-    method: str,
-    multiplier: float,
-    primary: Path,
-    out: Path,
-    metadata: dict[str, str],
-    *,
-    temp: Path | None = None,
-    secondary: Path | None = None,
-    tertiary: Path | None = None,
-    vae: Path | None = None,
-    fp16: bool = False,
-    prune: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> MergePlan:
-    readers = {
-        role: TensorReader(p) for role, p in (("a", primary), ("b", secondary), ("c", tertiary), ("vae", vae)) if p
-    }
+def run_merge(order: MergeOrder, progress: Callable[[int, int], None] | None = None) -> None:
+    inputs = Inputs(order.inputs)
     try:
-        header = {role: r.header for role, r in readers.items()}
-        plan = plan_merge(
-            method,
-            multiplier,
-            header["a"],
-            header.get("b"),
-            header.get("c"),
-            vae=header.get("vae"),
-            fp16=fp16,
-            prune=prune,
-        )
-        merger = _Merger(readers, multiplier, {vae_key(k): k for k in header["vae"].tensors} if "vae" in header else {})
+        merger = _Merger(inputs, order.multiplier)
+        outputs = {step.name: step for step in order.steps}
         done = 0
 
         def produce(info: TensorInfo) -> Iterator[memoryview]:
             nonlocal done
-            assert isinstance(info, PlannedTensor)
-            yield from merger.chunks(info)
+            yield from merger.chunks(outputs[info.name])
             done += 1
             if progress is not None:
-                progress(done, len(plan.tensors))
+                progress(done, len(order.steps))
 
-        write_safetensors(out, plan.tensors, produce, metadata, temp=temp)
-        return plan
+        tensors = [TensorInfo(step.name, step.dtype, step.shape) for step in order.steps]
+        write_safetensors(Path(order.out), tensors, produce, order.metadata, temp=Path(order.temp))
     finally:
-        for reader in readers.values():
-            reader.close()
+        inputs.close()
 
 
 class _Merger:
-    def __init__(self, readers: dict[str, TensorReader], multiplier: float, vae_names: dict[str, str]) -> None:
-        self.readers = readers
+    def __init__(self, inputs: Inputs, multiplier: float) -> None:
+        self.inputs = inputs
         self.m = multiplier
-        self.vae_names = vae_names
         self.buf = Buffers()
 
-    def chunks(self, t: PlannedTensor) -> Iterator[memoryview]:
+    def chunks(self, t: MergeStep) -> Iterator[memoryview]:
         if t.partial:  # a small UNet input conv: merged whole, channel slice by channel slice
             yield self._partial(t)
             return
-        total = t.numel
+        total = math.prod(t.shape)
         for start in range(0, total, CHUNK_ELEMENTS):
             yield self._chunk(t, start, min(CHUNK_ELEMENTS, total - start))
         if total == 0:
             yield memoryview(b"")
 
-    def _chunk(self, t: PlannedTensor, start: int, n: int) -> memoryview:
+    def _chunk(self, t: MergeStep, start: int, n: int) -> memoryview:
         buf = self.buf
-        if t.op == "vae":
-            source = self.readers["vae"].read(self.vae_names[t.name], start, n, buf.raw["a"])
-        else:
-            source = self.readers["a"].read(t.name, start, n, buf.raw["a"])
+        source = self.inputs.read(t.sources[0], start, n, buf.raw["a"])
         if t.op in ("weighted_sum", "add_difference"):
             fa = buf.fa[:n]
             fa.copy_(source)
             fb = buf.fb[:n]
-            fb.copy_(self.readers["b"].read(t.name, start, n, buf.raw["b"]))
+            fb.copy_(self.inputs.read(t.sources[1], start, n, buf.raw["b"]))
             if t.op == "weighted_sum":
                 fa.mul_(1 - self.m).add_(fb, alpha=self.m)
             else:
-                fb.sub_(buf.fc[:n].copy_(self.readers["c"].read(t.name, start, n, buf.raw["c"])))
+                fb.sub_(buf.fc[:n].copy_(self.inputs.read(t.sources[2], start, n, buf.raw["c"])))
                 fa.add_(fb, alpha=self.m)
             source = fa
         return self._emit(source, t.dtype, n)
@@ -158,16 +136,18 @@ class _Merger:
             values = typed
         return memoryview(values.view(torch.uint8).numpy())
 
-    def _partial(self, t: PlannedTensor) -> memoryview:
-        a = self.readers["a"].read(t.name, 0, t.numel, self.buf.raw["a"]).reshape(t.shape).float()
-        spec_b = self.readers["b"].header.tensors[t.name]
-        b = self.readers["b"].read(t.name, 0, spec_b.numel, self.buf.raw["b"]).reshape(spec_b.shape).float()
+    def _partial(self, t: MergeStep) -> memoryview:
+        first, second = t.sources[0], t.sources[1]
+        a = self.inputs.read(first, 0, math.prod(first.shape), self.buf.raw["a"]).reshape(first.shape).float()
+        count = math.prod(second.shape)
+        b = self.inputs.read(second, 0, count, self.buf.raw["b"]).reshape(second.shape).float()
         if t.op == "weighted_sum":
             a[:, 0:4] = (1 - self.m) * a[:, 0:4] + self.m * b
         else:
-            c = self.readers["c"].read(t.name, 0, spec_b.numel, self.buf.raw["c"]).reshape(spec_b.shape).float()
+            third = t.sources[2]
+            c = self.inputs.read(third, 0, count, self.buf.raw["c"]).reshape(third.shape).float()
             a[:, 0:4] = a[:, 0:4] + self.m * (b - c)
-        return self._emit(a.reshape(-1), t.dtype, t.numel)
+        return self._emit(a.reshape(-1), t.dtype, math.prod(t.shape))
 
 
 def peak_rss_bytes() -> int | None:

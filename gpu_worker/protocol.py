@@ -210,3 +210,51 @@ def decode(frame: bytes) -> object:
         return _adapter(kind).validate_json(body)
     except ValidationError as e:
         raise BadFrame(f"malformed {kind}: {e.error_count()} problem(s), first: {e.errors()[0]['msg']}") from None
+
+
+# --- merges (bot -> `python -m gpu_worker merge`, as JSON on stdin) ------------------------------
+
+
+@dataclass(frozen=True)
+class MergeSource:
+    """Where one input tensor's bytes lie: which input, at which byte of the file, in which dtype."""
+
+    role: str  # a | b | c | vae
+    offset: int
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class MergeStep:
+    """One output tensor and how to make it from its sources (A first, then B and C; or the VAE's)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    op: str  # copy | weighted_sum | add_difference | vae
+    partial: bool
+    sources: tuple[MergeSource, ...]
+
+
+@dataclass(frozen=True)
+class MergeOrder:
+    """A merge the bot planned and checked; the worker only carries it out."""
+
+    inputs: dict[str, str]  # role -> path
+    steps: tuple[MergeStep, ...]
+    multiplier: float
+    out: str
+    temp: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def encode_order(order: MergeOrder) -> bytes:
+    return TypeAdapter(MergeOrder).dump_json(order)
+
+
+def decode_order(raw: bytes) -> MergeOrder:
+    try:
+        return TypeAdapter(MergeOrder).validate_json(raw)
+    except ValidationError as e:
+        raise BadFrame(f"malformed merge order: {e.errors()[0]['msg']}") from None

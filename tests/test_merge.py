@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,10 +16,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bot.checkpoints.architecture import UNET_IN
+from bot.checkpoints.merge_plan import merge_order, plan_merge
 from bot.checkpoints.merging import MergeRequest, MergeService
 from bot.checkpoints.registry import CheckpointRegistry
+from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
 from bot.errors import EaselError
+from gpu_worker.protocol import MergeOrder
 from gpu_worker.tiny import tiny_state_dict
 
 M = 0.3
@@ -193,9 +195,8 @@ async def test_killed_merge_process_leaves_nothing(service: MergeService, models
         nonlocal killed
         if done >= 5 and not killed:
             killed = True
-            pid = subprocess.run(["pgrep", "-f", "gpu_worker merge"], capture_output=True, text=True).stdout.split()
-            for p in pid:
-                os.kill(int(p), signal.SIGKILL)
+            assert service.running_pid is not None
+            os.kill(service.running_pid, signal.SIGKILL)  # the process this merge started, by its pid
 
     with pytest.raises(EaselError, match="exit code -9"):
         await service.merge(MergeRequest("a", "weighted_sum", M, secondary="b", name="killed"), progress)
@@ -239,11 +240,16 @@ def test_chunking_does_not_change_a_byte(models: Path, sources, monkeypatch: pyt
 
     for name, state in sources.items():
         save_file(state, str(models / f"{name}.safetensors"))
-    inputs = {
-        "secondary": models / "b.safetensors",
-        "tertiary": models / "c.safetensors" if method == "add_difference" else None,
-    }
-    merge.run_merge(method, M, models / "a.safetensors", models / "whole.safetensors", {}, fp16=True, **inputs)
+    paths = {"a": models / "a.safetensors", "b": models / "b.safetensors"}
+    if method == "add_difference":
+        paths["c"] = models / "c.safetensors"
+    headers = {role: read_header(path) for role, path in paths.items()}
+    plan = plan_merge(method, M, headers["a"], headers["b"], headers.get("c"), fp16=True)
+
+    def order(out: str) -> MergeOrder:
+        return merge_order(plan, headers, paths, out=models / out, temp=models / f".{out}.part", metadata={})
+
+    merge.run_merge(order("whole.safetensors"))
     monkeypatch.setattr(merge, "CHUNK_ELEMENTS", 777)  # many chunks per tensor, none aligned to a row
-    merge.run_merge(method, M, models / "a.safetensors", models / "chunked.safetensors", {}, fp16=True, **inputs)
+    merge.run_merge(order("chunked.safetensors"))
     assert (models / "whole.safetensors").read_bytes() == (models / "chunked.safetensors").read_bytes()

@@ -20,6 +20,7 @@ from bot.checkpoints.inspection import is_pickle_file
 from bot.checkpoints.safetensors_header import SafetensorsHeader, StoredTensor
 from bot.checkpoints.tensors import TensorInfo
 from bot.errors import CheckpointFileError
+from gpu_worker.protocol import MergeOrder, MergeSource, MergeStep
 
 METHODS = ("weighted_sum", "add_difference", "copy")
 A1111_METHOD_NAMES = {"weighted_sum": "Weighted sum", "add_difference": "Add difference", "copy": "No interpolation"}
@@ -132,6 +133,44 @@ def _check_shapes(name: str, ta: StoredTensor, tb: StoredTensor, plan: MergePlan
             return True
     raise CheckpointFileError(
         f"shape mismatch at {name!r}: A {list(ta.shape)}, B {list(tb.shape)}; these models cannot be merged"
+    )
+
+
+def merge_order(
+    plan: MergePlan,
+    headers: dict[str, SafetensorsHeader],
+    paths: dict[str, Path],
+    *,
+    out: Path,
+    temp: Path,
+    metadata: dict[str, str],
+) -> MergeOrder:
+    """The plan as data for the merge process: each output tensor with the byte offsets of its sources,
+    so the process reads and combines, and neither parses a header nor plans again."""
+    vae_names = {vae_key(k): k for k in headers["vae"].tensors} if "vae" in headers else {}
+
+    def source(role: str, name: str) -> MergeSource:
+        t = headers[role].tensors[name]
+        return MergeSource(role, headers[role].data_start + t.begin, t.dtype, t.shape)
+
+    steps = []
+    for t in plan.tensors:
+        if t.op == "vae":
+            sources = (source("vae", vae_names[t.name]),)
+        elif t.op == "weighted_sum":
+            sources = (source("a", t.name), source("b", t.name))
+        elif t.op == "add_difference":
+            sources = (source("a", t.name), source("b", t.name), source("c", t.name))
+        else:
+            sources = (source("a", t.name),)
+        steps.append(MergeStep(t.name, t.dtype, t.shape, t.op, t.partial, sources))
+    return MergeOrder(
+        inputs={role: str(path) for role, path in paths.items()},
+        steps=tuple(steps),
+        multiplier=plan.multiplier,
+        out=str(out),
+        temp=str(temp),
+        metadata=metadata,
     )
 
 

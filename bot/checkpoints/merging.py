@@ -20,11 +20,12 @@ from typing import Any
 
 from bot.checkpoints.confinement import resolve_inside
 from bot.checkpoints.inspection import inspect_checkpoint
-from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, plan_merge, require_safetensors
+from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, merge_order, plan_merge, require_safetensors
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
 from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.checkpoints.safetensors_writer import temp_path
 from bot.errors import CheckpointFileError, EaselError, RegistryError
+from gpu_worker.protocol import MergeOrder, encode_order
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,7 @@ class MergeService:
     def __init__(self, registry: CheckpointRegistry) -> None:
         self.registry = registry
         self.last_peak_rss: int | None = None  # of the last merge process, for logs and benchmarks
+        self.running_pid: int | None = None  # the merge process now running, if any
 
     async def merge(self, request: MergeRequest, progress: MergeProgress | None = None) -> CheckpointEntry:
         a = await self._input(request.primary, "primary")
@@ -97,9 +99,15 @@ class MergeService:
             )
 
         metadata = merge_metadata(request, plan, name, a, b, c, vae_path)
+        inputs = {"a": a, "b": b, "c": c}
+        headers = {role: i.header for role, i in inputs.items() if i is not None}
+        paths = {role: i.path for role, i in inputs.items() if i is not None}
+        if vae_path is not None and vae_header is not None:
+            headers["vae"], paths["vae"] = vae_header, vae_path
+        order = merge_order(plan, headers, paths, out=out, temp=temp_path(out), metadata=metadata)
         log.info("merge %s started: %s", name, metadata["sd_merge_recipe"])
         try:
-            await self._run(request, a, b, c, vae_path, out, metadata, progress)
+            await self._run(order, progress)
             entry = await self.registry.add(out, name=name, description=describe(request, a, b, c), tags=["merged"])
         except BaseException:
             # Failed, cancelled, or killed: no file without its catalog entry.
@@ -144,43 +152,24 @@ class MergeService:
         require_safetensors(path)
         return path
 
-    async def _run(
-        self,
-        request: MergeRequest,
-        a: MergeInput,
-        b: MergeInput | None,
-        c: MergeInput | None,
-        vae: Path | None,
-        out: Path,
-        metadata: dict[str, str],
-        progress: MergeProgress | None,
-    ) -> None:
-        temp = temp_path(out)
-        spec = {
-            "method": request.method,
-            "multiplier": request.multiplier,
-            "primary": str(a.path),
-            "secondary": str(b.path) if b else None,
-            "tertiary": str(c.path) if c else None,
-            "vae": str(vae) if vae else None,
-            "fp16": request.fp16,
-            "prune": request.prune,
-            "out": str(out),
-            "temp": str(temp),
-            "metadata": metadata,
-        }
+    async def _run(self, order: MergeOrder, progress: MergeProgress | None) -> None:
+        temp = Path(order.temp)
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "gpu_worker",
             "merge",
-            "--spec",
-            json.dumps(spec),
             cwd=REPO_ROOT,
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
+        self.running_pid = process.pid
         try:
+            assert process.stdin is not None
+            process.stdin.write(encode_order(order))  # the order, as data: the process does not plan again
+            await process.stdin.drain()
+            process.stdin.close()
             _, stderr = await asyncio.gather(self._follow(process, progress), process.stderr.read())  # type: ignore[union-attr]
             if await process.wait() != 0:
                 lines = stderr.decode(errors="replace").strip().splitlines()
@@ -193,6 +182,8 @@ class MergeService:
                 await process.wait()
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
+        finally:
+            self.running_pid = None
 
     async def _follow(self, process: asyncio.subprocess.Process, progress: MergeProgress | None) -> None:
         assert process.stdout is not None
