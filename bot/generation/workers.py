@@ -1,29 +1,17 @@
-"""One worker process per device: start it, talk to it, notice when it dies.
-
-The process is `python -m gpu_worker serve --fd N`, joined to the bot by a socket pair wrapped in
-multiprocessing Connections (what `multiprocessing.Pipe` does), so it shares nothing with the bot
-but that pipe; only length-prefixed JSON frames cross it (gpu_worker/protocol.py), never pickles. A reader thread waits on the pipe and hands every event to the event loop; when the
-pipe closes (the process exited or was killed) it reports the exit code, within a second or two.
+"""One worker process per device: `python -m gpu_worker serve`, supervised by bot/child_process.py,
+speaking the worker protocol (gpu_worker/protocol.py: JSON frames, never pickles).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from multiprocessing.connection import Connection
-from pathlib import Path
 
+from bot.child_process import ChildProcess
 from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, RunBatch, Shutdown, WorkerReady, decode, encode
 from gpu_worker.worker import WorkerConfig
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def worker_configs(
@@ -46,6 +34,8 @@ ExitCallback = Callable[["WorkerProcess", "int | None"], None]
 
 
 class WorkerProcess:
+    """One GPU worker: a ChildProcess that speaks the worker protocol, and what the service knows of it."""
+
     def __init__(self, slot: int, config: WorkerConfig, on_event: EventCallback, on_exit: ExitCallback) -> None:
         self.slot = slot
         self.config = config
@@ -57,92 +47,47 @@ class WorkerProcess:
         self.loaded: tuple[str, ...] = ()
         self.steps_per_second = 0.0
         self.generation = 0  # restarts of this slot
-        self._process: subprocess.Popen[bytes] | None = None
-        self._conn: Connection | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._child: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process else None
+        return self._child.pid if self._child else None
 
     @property
     def idle(self) -> bool:
         return self.ready and self.batch is None
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gpu_worker",
-                "serve",
-                "--fd",
-                str(theirs.fileno()),
-                "--config",
-                json.dumps(asdict(self.config)),
-            ],
-            pass_fds=(theirs.fileno(),),
-            cwd=REPO_ROOT,
-        )
-        theirs.close()  # so we see EOF the moment the worker dies
-        self._conn = Connection(ours.detach())
         self.ready = False
-        threading.Thread(
-            target=self._read, args=(self._conn, self._process), name=f"worker-{self.slot}-events", daemon=True
-        ).start()
-        log.info("worker %d starting on %s (pid %s)", self.slot, self.config.device, self._process.pid)
+        self._child = ChildProcess(
+            f"worker {self.slot} ({self.config.device})",
+            ["serve", "--config", json.dumps(asdict(self.config))],
+            on_frame=self._frame,
+            on_exit=lambda code: self._on_exit(self, code),
+            max_frame=MAX_FRAME_BYTES,
+        )
+        self._child.start()
 
     def send(self, command: object) -> None:
-        assert self._conn is not None
-        try:
-            self._conn.send_bytes(encode(command))
-        except (BrokenPipeError, OSError):
-            log.warning("worker %d: pipe closed while sending %s", self.slot, type(command).__name__)
+        assert self._child is not None
+        self._child.send(encode(command))
 
-    def _read(self, conn: Connection, process: subprocess.Popen[bytes]) -> None:
-        while True:
-            try:
-                event = decode(conn.recv_bytes(MAX_FRAME_BYTES))  # decoded here, off the event loop
-            except (EOFError, OSError):
-                break
-            except BadFrame as e:
-                log.error("worker %d sent a frame that is not a message (%s); ignored", self.slot, e)
-                continue
-            self._post(self._handle, event)
-        conn.close()
+    def _frame(self, frame: bytes) -> None:
         try:
-            code = process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # it closed the pipe but lingers: it is of no use any more
-            process.kill()
-            code = process.wait()
-        self._post(self._on_exit, self, code)
-
-    def _handle(self, event: object) -> None:
+            event = decode(frame)
+        except BadFrame as e:
+            log.error("worker %d sent a frame that is not a message (%s); ignored", self.slot, e)
+            return
         if isinstance(event, WorkerReady):
             self.ready = True
             self.device = event.device
         self._on_event(self, event)
 
-    def _post(self, callback: Callable[..., None], *args: object) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: the bot is shutting down
-            pass
-
     async def stop(self) -> None:
-        if self._process is None or self._process.poll() is not None:
-            return
-        self.send(Shutdown())
-        try:
-            await asyncio.to_thread(self._process.wait, STOP_GRACE_SECONDS)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            await asyncio.to_thread(self._process.wait)
+        if self._child is not None:
+            await self._child.stop(goodbye=encode(Shutdown()), grace=STOP_GRACE_SECONDS)
 
     def kill(self) -> None:
         """SIGKILL, as a crash would; the service notices and restarts the worker."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
+        if self._child is not None:
+            self._child.kill()

@@ -1,0 +1,126 @@
+"""A child process we talk to in messages: the one supervision helper for the worker, the embedding
+model and the merge process.
+
+The child is `python -m gpu_worker COMMAND … --fd N`, joined to the bot by a socket pair wrapped in
+multiprocessing Connections (what `multiprocessing.Pipe` does): length-prefixed frames, which each
+side fills with JSON — never pickles. A reader thread waits on the pipe and hands every frame to the
+event loop; when the pipe closes (the child exited, crashed or was killed) it reports the exit code
+at once. `stop` asks politely (a goodbye frame, or closing our end), then kills after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MAX_FRAME_BYTES = 256 << 20  # a frame past this is refused: the child is broken or hostile
+
+FrameCallback = Callable[[bytes], None]
+ExitCallback = Callable[["int | None"], None]
+
+
+class ChildProcess:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        on_frame: FrameCallback,
+        on_exit: ExitCallback,
+        max_frame: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self.name = name
+        self.command = command
+        self._on_frame = on_frame
+        self._on_exit = on_exit
+        self._max_frame = max_frame
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        """Start the child (returns at once); frames and the exit arrive through the callbacks."""
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "gpu_worker", *self.command, "--fd", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            cwd=REPO_ROOT,
+        )
+        theirs.close()  # so we see EOF the moment the child dies
+        self._conn = Connection(ours.detach())
+        threading.Thread(
+            target=self._read, args=(self._conn, self._process), name=f"{self.name}-frames", daemon=True
+        ).start()
+        log.info("%s starting (pid %s)", self.name, self._process.pid)
+
+    def send(self, frame: bytes) -> bool:
+        """Send one frame; False if the child is gone (its exit is reported separately)."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.send_bytes(frame)
+        except (BrokenPipeError, OSError) as e:
+            log.warning("%s: pipe closed while sending (%s)", self.name, e)
+            return False
+        return True
+
+    def _read(self, conn: Connection, process: subprocess.Popen[bytes]) -> None:
+        while True:
+            try:
+                frame = conn.recv_bytes(self._max_frame)
+            except (EOFError, OSError):
+                break
+            self._post(self._on_frame, frame)
+        conn.close()
+        try:
+            code = process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # it closed the pipe but lingers: it is of no use any more
+            process.kill()
+            code = process.wait()
+        self._post(self._on_exit, code)
+
+    def _post(self, callback: Callable[..., None], *args: object) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop is closed: the bot is shutting down
+            pass
+
+    async def stop(self, goodbye: bytes | None = None, grace: float = 10.0) -> None:
+        """Ask the child to finish (a goodbye frame, else our end closes), then kill it after `grace` s."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        if goodbye is not None:
+            self.send(goodbye)
+        elif self._conn is not None:
+            self._conn.close()
+        try:
+            await asyncio.to_thread(process.wait, grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            await asyncio.to_thread(process.wait)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the exit is reported like any other."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
