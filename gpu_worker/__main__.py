@@ -4,7 +4,7 @@ serve --fd N           the bot's worker process (the bot starts it; see bot/gene
 generate PATH …        one batch in this process, printing every event: for debugging a checkpoint
                        or the worker without the bot
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
-embed                  the catalog's sentence-embedding process (JSON lines on stdin/stdout)
+embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="worker-debug.png")
     p = sub.add_parser("merge", help="carry out a merge (the bot's merge service starts this)")
-    p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on stdin/stdout")
+    p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
+    p.add_argument("--fd", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         from gpu_worker.embedder import serve_embeddings
 
         cache = Path(args.cache_dir) if args.cache_dir else None
-        return serve_embeddings(sys.stdin, sys.stdout, args.threads, cache)
+        from multiprocessing.connection import Connection
+
+        return serve_embeddings(Connection(args.fd), args.threads, cache)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:

@@ -2,9 +2,10 @@
 
 torch stays out of the bot's process (house rule), and a search must not wait behind a picture,
 so the embedding model gets its own small CPU process rather than the GPU worker's queue.
-Protocol: JSON lines. First line out: {"ready": true, "model", "dim", "load_seconds", "backend"}
-or {"error": "..."}; then each line in, {"id", "texts": [...]}, gets one line out,
-{"id", "vectors": base64 float32 (len(texts) x dim, L2-normalised)} or {"id", "error"}.
+Protocol: JSON frames on the pipe the bot passes (bot/child_process.py). First frame out:
+{"ready": true, "model", "dim", "load_seconds", "backend"} or {"error": "..."}; then each frame in,
+{"id", "texts": [...]}, gets one frame out, {"id", "vectors": base64 float32 (len(texts) x dim,
+L2-normalised)} or {"id", "error"}. The pipe closing is the end.
 
 sentence-transformers loads all-MiniLM-L6-v2 (its tokenizer, weights and module layout). One
 question through torch on a CPU costs ~15-20 ms on a 2-core machine (mostly per-operator
@@ -23,8 +24,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
@@ -36,9 +37,7 @@ OPSET = 17
 Encoder = Callable[[str], np.ndarray]  # one text -> a 1 x dim float32 row, L2-normalised
 
 
-def _write(out: IO[str], message: dict) -> None:
-    out.write(json.dumps(message) + "\n")
-    out.flush()
+MAX_REQUEST_BYTES = 64 << 20
 
 
 def _mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -169,11 +168,13 @@ def load(cache_dir: Path, threads: int) -> tuple[str, int, str, Encoder]:
     return f"{MODEL_NAME}@gt-{version}", dim, backend, encoder
 
 
-def serve_embeddings(inp: IO[str], out: IO[str], threads: int = 1, cache_dir: Path | None = None) -> int:
-    if out is sys.stdout:  # the protocol owns the real stdout; stray prints from libraries go to stderr
-        out = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
+def serve_embeddings(conn: Connection, threads: int = 1, cache_dir: Path | None = None) -> int:
+    """Load the model, say so, then answer {"id", "texts"} requests with base64 float32 vectors, as JSON
+    frames on the pipe the bot passed; the pipe closing is the end."""
+
+    def send(message: dict) -> None:
+        conn.send_bytes(json.dumps(message).encode())
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     started = time.perf_counter()
@@ -181,22 +182,20 @@ def serve_embeddings(inp: IO[str], out: IO[str], threads: int = 1, cache_dir: Pa
     try:
         model_id, dim, backend, encode_one = load(cache_dir, threads)
     except Exception as e:  # any failure means "no semantic search", which the bot reports and survives
-        _write(out, {"error": f"the embedding model could not be loaded: {type(e).__name__}: {e}"})
+        send({"error": f"the embedding model could not be loaded: {type(e).__name__}: {e}"})
         return 1
     load_seconds = round(time.perf_counter() - started, 3)
-    _write(out, {"ready": True, "model": model_id, "dim": dim, "backend": backend, "load_seconds": load_seconds})
-    for line in inp:
-        request = json.loads(line)
+    send({"ready": True, "model": model_id, "dim": dim, "backend": backend, "load_seconds": load_seconds})
+    while True:
+        try:
+            request = json.loads(conn.recv_bytes(MAX_REQUEST_BYTES))
+        except (EOFError, OSError):  # the bot closed its end
+            return 0
         try:
             texts = [str(t) for t in request["texts"]]
             # One text at a time: a single short question is the common case, and batches bought
             # no speed on CPU; it also keeps a text's vector independent of its neighbours.
             vectors = np.concatenate([encode_one(t) for t in texts]) if texts else np.zeros((0, dim), np.float32)
-            _write(out, {"id": request["id"], "vectors": base64.b64encode(vectors.tobytes()).decode()})
+            send({"id": request["id"], "vectors": base64.b64encode(vectors.tobytes()).decode()})
         except Exception as e:
-            _write(out, {"id": request.get("id"), "error": f"{type(e).__name__}: {e}"})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(serve_embeddings(sys.stdin, sys.stdout))
+            send({"id": request.get("id") if isinstance(request, dict) else None, "error": f"{type(e).__name__}: {e}"})
