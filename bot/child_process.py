@@ -11,7 +11,9 @@ at once. `stop` asks politely (a goodbye frame, or closing our end), then kills 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -47,6 +49,7 @@ class ChildProcess:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: contextvars.Context | None = None
 
     @property
     def pid(self) -> int | None:
@@ -59,6 +62,9 @@ class ChildProcess:
     def start(self) -> None:
         """Start the child (returns at once); frames and the exit arrive through the callbacks."""
         self._loop = asyncio.get_running_loop()
+        # Callbacks run in the context of whoever started the child, as an awaited call would (a
+        # progress callback may rely on context variables of the command that started a merge).
+        self._context = contextvars.copy_context()
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "gpu_worker", *self.command, "--fd", str(theirs.fileno())],
@@ -101,7 +107,7 @@ class ChildProcess:
     def _post(self, callback: Callable[..., None], *args: object) -> None:
         assert self._loop is not None
         try:
-            self._loop.call_soon_threadsafe(callback, *args)
+            self._loop.call_soon_threadsafe(callback, *args, context=self._context)
         except RuntimeError:  # the loop is closed: the bot is shutting down
             pass
 
@@ -113,7 +119,12 @@ class ChildProcess:
         if goodbye is not None:
             self.send(goodbye)
         elif self._conn is not None:
-            self._conn.close()
+            # We stop sending (the child reads EOF and ends); the reader thread still sees it exit.
+            try:
+                with socket.socket(fileno=os.dup(self._conn.fileno())) as ours:
+                    ours.shutdown(socket.SHUT_WR)
+            except OSError:  # the reader closed the pipe already: the child is gone
+                pass
         try:
             await asyncio.to_thread(process.wait, grace)
         except subprocess.TimeoutExpired:

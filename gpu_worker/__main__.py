@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="Euler")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="worker-debug.png")
-    p = sub.add_parser("merge", help="carry out a merge (the bot's merge service starts this)")
+    p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
+    p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         return _debug_generate(args)
     if args.command == "merge":
-        return _merge()
+        return _merge(args.fd)
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 
@@ -70,22 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _merge() -> int:
-    """The order comes as JSON on stdin; progress goes to stdout as JSON lines; a refusal to stderr as
-    one line, exit status 1."""
+def _merge(fd: int) -> int:
+    """The order comes as one JSON frame on the pipe; progress, a refusal ({"error"}) and the peak
+    memory go back as JSON frames; the exit status says whether it worked."""
+    from multiprocessing.connection import Connection
+
     from bot.errors import CheckpointFileError
     from gpu_worker.merge import peak_rss_bytes, run_merge
-    from gpu_worker.protocol import BadFrame, decode_order
+    from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, decode_order
 
-    def progress(done: int, total: int) -> None:
-        print(json.dumps({"done": done, "total": total}), flush=True)
+    conn = Connection(fd)
+
+    def send(message: dict) -> None:
+        conn.send_bytes(json.dumps(message).encode())
 
     try:
-        run_merge(decode_order(sys.stdin.buffer.read()), progress)
-    except (BadFrame, CheckpointFileError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        run_merge(
+            decode_order(conn.recv_bytes(MAX_FRAME_BYTES)), lambda done, total: send({"done": done, "total": total})
+        )
+    except (BadFrame, CheckpointFileError, OSError, EOFError) as e:
+        send({"error": str(e) or type(e).__name__})
         return 1
-    print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}), flush=True)
+    send({"peak_rss_bytes": peak_rss_bytes()})
     return 0
 
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import shutil
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, merge_orde
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
 from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.checkpoints.safetensors_writer import temp_path
+from bot.child_process import ChildProcess
 from bot.errors import CheckpointFileError, EaselError, RegistryError
 from gpu_worker.protocol import MergeOrder, encode_order
 
@@ -153,50 +153,44 @@ class MergeService:
         return path
 
     async def _run(self, order: MergeOrder, progress: MergeProgress | None) -> None:
-        temp = Path(order.temp)
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gpu_worker",
-            "merge",
-            cwd=REPO_ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self.running_pid = process.pid
-        try:
-            assert process.stdin is not None
-            process.stdin.write(encode_order(order))  # the order, as data: the process does not plan again
-            await process.stdin.drain()
-            process.stdin.close()
-            _, stderr = await asyncio.gather(self._follow(process, progress), process.stderr.read())  # type: ignore[union-attr]
-            if await process.wait() != 0:
-                lines = stderr.decode(errors="replace").strip().splitlines()
-                raise EaselError(
-                    lines[-1].removeprefix("error: ") if lines else f"the merge failed (exit code {process.returncode})"
-                )
-        except BaseException:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            await asyncio.to_thread(temp.unlink, missing_ok=True)
-            raise
-        finally:
-            self.running_pid = None
-
-    async def _follow(self, process: asyncio.subprocess.Process, progress: MergeProgress | None) -> None:
-        assert process.stdout is not None
+        """Hand the order to `python -m gpu_worker merge` and follow it to its exit."""
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[int | None] = loop.create_future()
+        failure: list[str] = []
         self.last_peak_rss = None
-        async for line in process.stdout:
+
+        def on_frame(frame: bytes) -> None:
             try:
-                update = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "peak_rss_bytes" in update:
+                update = json.loads(frame)
+            except ValueError:
+                return
+            if "error" in update:
+                failure.append(str(update["error"]))
+            elif "peak_rss_bytes" in update:
                 self.last_peak_rss = update["peak_rss_bytes"]
             elif progress is not None:
                 progress(int(update["done"]), int(update["total"]))
+
+        def on_exit(code: int | None) -> None:
+            if not exited.done():
+                exited.set_result(code)
+
+        child = ChildProcess("merge process", ["merge"], on_frame=on_frame, on_exit=on_exit)
+        child.start()
+        self.running_pid = child.pid
+        try:
+            child.send(encode_order(order))  # the order, as data: the process does not plan again
+            code = await exited
+            if code != 0:
+                raise EaselError(failure[-1] if failure else f"the merge failed (exit code {code})")
+        except BaseException:
+            child.kill()
+            if not exited.done():
+                await asyncio.shield(exited)
+            await asyncio.to_thread(Path(order.temp).unlink, missing_ok=True)
+            raise
+        finally:
+            self.running_pid = None
 
 
 def default_name(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:
