@@ -9,6 +9,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
+from bot.generation.requests import MAX_CFG, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
 from bot.jobs import ImagineOptions
 from cogs.utils.checkpoint_option import Offered
@@ -53,11 +54,11 @@ class Generation(commands.Cog):
         negative: app_commands.Range[str, 0, 1000] | None = None,
         checkpoint: Offered | None = None,
         aspect: str | None = None,
-        steps: app_commands.Range[int, 1, 150] | None = None,
-        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
+        cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         sampler: str | None = None,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
-        count: app_commands.Range[int, 1, 4] = 1,
+        count: app_commands.Range[int, 1, MAX_PICTURES_PER_COMMAND] = 1,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s

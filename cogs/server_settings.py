@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
+from bot.generation.requests import MAX_CFG
 from bot.generation.samplers import SAMPLERS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
 from cogs.utils.checkpoint_option import Registered
@@ -82,7 +83,7 @@ class ServerSettings(
         interaction: discord.Interaction,
         checkpoint: Registered | None = None,
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
-        cfg: app_commands.Range[float, 0.0, 30.0] | None = None,
+        cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         sampler: str | None = None,
         aspect: str | None = None,
         negative: app_commands.Range[str, 0, 1000] | None = None,

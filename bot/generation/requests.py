@@ -19,13 +19,20 @@ class GenerationError(EaselError):
     """A request was refused; the message tells the requester what to change."""
 
 
+# The bot's ceilings, defined once: servers may only lower them (bot/guilds/settings.py), and the
+# slash commands offer the same ranges.
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_PICTURES_PER_COMMAND = 4  # /imagine's count; the CLI may ask up to Limits.max_count
+
+
 @dataclass(frozen=True)
 class Limits:
     min_size: int = 64
     max_size: int = 2048
     max_pixels: int = 2048 * 2048
-    max_steps: int = 150
-    max_cfg: float = 30.0
+    max_steps: int = MAX_STEPS
+    max_cfg: float = MAX_CFG
     max_count: int = 8
     max_clip_skip: int = 12
     max_batch_images: int = 4  # images per pipeline call when batching compatible jobs

@@ -19,14 +19,13 @@ from bot.db import transaction
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.generation.policy import check_nsfw
-from bot.generation.requests import Limits
+from bot.generation.requests import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
+from bot.generation.requests import MAX_STEPS, Limits
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
 DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative")
 POLICY_KEYS = ("nsfw", "spoiler", "max_steps", "max_images", "blocked_words")
-MAX_IMAGES = 4  # /imagine's own ceiling
-MAX_STEPS = 150
 
 
 class SettingsError(EaselError):
