@@ -159,7 +159,11 @@ class MergeService:
         failure: list[str] = []
         self.last_peak_rss = None
 
+        stopping = False
+
         def on_frame(frame: bytes) -> None:
+            if stopping:  # cancelled or failed: late progress must not call back into the caller
+                return
             try:
                 update = json.loads(frame)
             except ValueError:
@@ -184,13 +188,25 @@ class MergeService:
             if code != 0:
                 raise EaselError(failure[-1] if failure else f"the merge failed (exit code {code})")
         except BaseException:
+            stopping = True
             child.kill()
-            if not exited.done():
-                await asyncio.shield(exited)
-            await asyncio.to_thread(Path(order.temp).unlink, missing_ok=True)
+            # The cleanup finishes even if the caller cancels again meanwhile.
+            await _despite_cancellation(exited)
+            await _despite_cancellation(
+                asyncio.ensure_future(asyncio.to_thread(Path(order.temp).unlink, missing_ok=True))
+            )
             raise
         finally:
             self.running_pid = None
+
+
+async def _despite_cancellation(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to finish even if the waiting task is cancelled, again and again, meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
 
 
 def default_name(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:
