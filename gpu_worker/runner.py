@@ -21,6 +21,7 @@ from gpu_worker.cache import PipelineCache
 from gpu_worker.infotext import build_infotext
 from gpu_worker.loader import CheckpointLoadError
 from gpu_worker.previews import latents_to_images, png_bytes
+from gpu_worker.prompt_encoding import chunk_count, pipeline_inputs
 from gpu_worker.protocol import (
     BatchFailed,
     BatchFinished,
@@ -115,28 +116,37 @@ class BatchRunner:
         pipe = loaded.pipeline
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
 
-        prompts = [job.prompt for job in jobs for _ in job.seeds]
-        negatives = [job.negative for job in jobs for _ in job.seeds]
-        seeds = [seed for job in jobs for seed in job.seeds]
-        first_index, offset = {}, 0
-        for job in jobs:
-            first_index[job.job_id] = offset
-            offset += len(job.seeds)
-
+        # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
+        # calls: padding a short prompt with empty chunks would change its picture.
+        groups = self._by_chunk_count(pipe, jobs)
         started = time.perf_counter()
-        callback = self._callback(batch, jobs, first_index, started, loaded.request.family)
-        images = self._generate_with_oom_retry(pipe, batch, prompts, negatives, seeds, callback)
+        images_of: dict[str, list[Image.Image]] = {}
+        for part, group in enumerate(groups):
+            if all(self.is_cancelled(job.job_id) for job in group):
+                continue
+            prompts = [job.prompt for job in group for _ in job.seeds]
+            negatives = [job.negative for job in group for _ in job.seeds]
+            seeds = [seed for job in group for seed in job.seeds]
+            first_index, offset = {}, 0
+            for job in group:
+                first_index[job.job_id] = offset
+                offset += len(job.seeds)
+            callback = self._callback(
+                batch, jobs, group, first_index, started, loaded.request.family, (part, len(groups))
+            )
+            images = self._generate_with_oom_retry(pipe, batch, prompts, negatives, seeds, callback)
+            for job in group:
+                images_of[job.job_id] = images[first_index[job.job_id] : first_index[job.job_id] + len(job.seeds)]
         inference_seconds = time.perf_counter() - started
+        seeds = [seed for job in jobs for seed in job.seeds]
 
-        offset = 0
         for job in jobs:
-            count = len(job.seeds)
-            if self.is_cancelled(job.job_id):
+            if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
             else:
                 results = tuple(
                     _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed))
-                    for image, seed in zip(images[offset : offset + count], job.seeds, strict=True)
+                    for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)
                 )
                 self.send(
                     JobDone(
@@ -150,18 +160,40 @@ class BatchRunner:
                         len(seeds),
                     )
                 )
-            offset += count
 
-    def _callback(self, batch: RunBatch, jobs: list, first_index: dict[str, int], started: float, family: str):
+    @staticmethod
+    def _by_chunk_count(pipe: DiffusionPipeline, jobs: list) -> list[list]:
+        """Jobs grouped by how many chunks their prompt and negative need, in the batch's order."""
+        groups: dict[int, list] = {}
+        for job in jobs:
+            needed = max(chunk_count(pipe, job.prompt), chunk_count(pipe, job.negative))
+            groups.setdefault(needed, []).append(job)
+        return list(groups.values())
+
+    def _callback(
+        self,
+        batch: RunBatch,
+        everyone: list,
+        jobs: list,
+        first_index: dict[str, int],
+        started: float,
+        family: str,
+        part: tuple[int, int],
+    ):
+        """Progress across the batch's pipeline calls (`part` = this call, of how many), previews, cancel."""
+        number, parts = part
+
         def on_step_end(pipe: DiffusionPipeline, index: int, timestep: object, kwargs: dict) -> dict:
-            if all(self.is_cancelled(job.job_id) for job in jobs):
+            if all(self.is_cancelled(job.job_id) for job in everyone):
                 raise BatchCancelled
             # Second-order samplers run more model passes than steps; report in the user's steps.
-            done = min(batch.steps, math.ceil((index + 1) * batch.steps / max(pipe.num_timesteps, 1)))
+            step = min(batch.steps, math.ceil((index + 1) * batch.steps / max(pipe.num_timesteps, 1)))
+            done, total = number * batch.steps + step, parts * batch.steps
             elapsed = time.perf_counter() - started
-            self.steps_per_second = (index + 1) / elapsed if elapsed > 0 else 0.0
-            self.send(BatchProgress(batch.batch_id, done, batch.steps, elapsed, self.steps_per_second))
-            if batch.preview_every and done < batch.steps and (index + 1) % batch.preview_every == 0:
+            passes = number * max(pipe.num_timesteps, 1) + index + 1
+            self.steps_per_second = passes / elapsed if elapsed > 0 else 0.0
+            self.send(BatchProgress(batch.batch_id, done, total, elapsed, self.steps_per_second))
+            if batch.preview_every and step < batch.steps and (index + 1) % batch.preview_every == 0:
                 latents = kwargs["latents"]
                 for job in jobs:
                     index_in_batch = first_index[job.job_id]
@@ -174,14 +206,12 @@ class BatchRunner:
     def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
             return pipe(
-                prompt=p,
-                negative_prompt=n,
+                # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip.
+                **pipeline_inputs(pipe, p, n, batch.clip_skip),
                 width=batch.width,
                 height=batch.height,
                 num_inference_steps=batch.steps,
                 guidance_scale=batch.cfg,
-                # A1111 "Clip skip 2" = diffusers clip_skip=1 (one layer before the last).
-                clip_skip=batch.clip_skip - 1 if batch.clip_skip > 1 else None,
                 # Noise from CPU generators: the same seed gives the same image on any GPU model.
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
                 callback_on_step_end=callback,

@@ -101,6 +101,8 @@ def write_images(job, out: Path) -> None:
         f"seed{'s' if len(job.images) > 1 else ''} {', '.join(str(i.seed) for i in job.images)}, "
         f"{job.inference_seconds:.2f} s on {job.device}"
     )
+    for note in spec.notes:
+        print(f"note: {note}")
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

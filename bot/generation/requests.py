@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.untrusted import has_lone_surrogate
 
@@ -72,6 +73,7 @@ class ValidRequest:
     sampler: str
     schedule: str
     seeds: tuple[int, ...]
+    notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -91,11 +93,14 @@ def random_seed() -> int:
 def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits) -> ValidRequest:
     if not has_visible_text(request.prompt):
         raise GenerationError("the prompt is empty; describe the picture you want")
+    ignored: list[str] = []
     for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
         if has_lone_surrogate(text):
             raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
         if len(text) > limits.max_prompt_chars:
             raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
+        ignored += [tag.text for tag in parse_prompt(text, label).extra_networks]  # refuses what cannot run
+    notes = (f"not applied yet (LoRA and hypernetworks are coming): {', '.join(ignored)}",) if ignored else ()
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
     if not checkpoint.present:
@@ -125,7 +130,7 @@ def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limi
         raise GenerationError(str(e)) from None
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
-    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds)
+    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes)
 
 
 def parse_size(text: str) -> tuple[int, int]:

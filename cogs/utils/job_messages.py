@@ -84,7 +84,7 @@ async def deliver(interaction: discord.Interaction, job: Job, *, spoiler: bool) 
         shrunk |= extension != "png"
         files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}", spoiler=spoiler))
     embed = result_embed(job, interaction.user.display_name)
-    notes = []
+    notes = list(job.spec.notes)
     if shrunk:
         notes.append("Re-encoded to fit Discord's upload limit; **Parameters** has every setting.")
     if spoiler:

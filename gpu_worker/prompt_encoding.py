@@ -1,0 +1,171 @@
+"""Prompt embeddings as A1111 computes them: chunks of 75 tokens, emphasis, BREAK, clip skip, SDXL.
+
+Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui modules/sd_hijack_clip.py and
+modules/sd_emphasis.py:
+- A prompt is parsed (bot/generation/prompt_syntax.py), its segments tokenized without special
+  tokens, and cut into chunks of 75 tokens; when a chunk fills up and a comma lies within its last
+  20 tokens, what follows the comma moves to the next chunk. BREAK closes the chunk early. Each
+  chunk is padded with the end token to 75, then wrapped in BOS/EOS (77 tokens); where the pad token
+  differs from the end token (SD2, SDXL's second encoder), tokens after the first end become pads.
+- Each chunk is encoded alone; the encodings are concatenated along the token axis.
+- Emphasis "Original": each chunk's z is multiplied by each token's weight, then scaled so its mean
+  is what it was. A1111 takes that mean over its whole batch; we take it per prompt, so that jobs
+  batched together never change each other's pictures (for one prompt the two agree).
+- Clip skip N > 1 (SD1, SD2): the hidden state N layers from the end, through the final layer norm.
+  SDXL: both encoders' penultimate hidden states (clip skip moves both further back), concatenated;
+  the pooled embedding from the second encoder on the first chunk.
+- Prompts of different lengths in one batch, and a prompt and its negative, are padded to the same
+  number of chunks with empty chunks (BOS, then EOS), as A1111 pads cond and uncond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from bot.generation.prompt_syntax import BREAK, BREAK_WEIGHT, parse_prompt
+
+CHUNK = 75
+COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"
+
+
+@dataclass
+class Chunk:
+    tokens: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    bos: int
+    eos: int
+    pad: int
+    comma: int | None
+
+
+def token_ids(tokenizer) -> TokenIds:
+    return TokenIds(
+        bos=tokenizer.bos_token_id,
+        eos=tokenizer.eos_token_id,
+        pad=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        comma=tokenizer.get_vocab().get(",</w>"),
+    )
+
+
+def chunk_prompt(text: str, tokenizer) -> list[Chunk]:
+    """The prompt's chunks, each of 77 token ids with their weights (BOS/EOS/padding weigh 1)."""
+    ids = token_ids(tokenizer)
+    segments = parse_prompt(text).segments
+    tokenized = tokenizer([t for t, _ in segments], truncation=False, add_special_tokens=False)["input_ids"]
+    chunks: list[Chunk] = []
+    chunk = Chunk()
+    last_comma = -1
+
+    def close() -> None:
+        nonlocal chunk, last_comma
+        missing = CHUNK - len(chunk.tokens)
+        chunk.tokens = [ids.bos, *chunk.tokens, *([ids.eos] * missing), ids.eos]
+        chunk.weights = [1.0, *chunk.weights, *([1.0] * missing), 1.0]
+        chunks.append(chunk)
+        chunk, last_comma = Chunk(), -1
+
+    for tokens, (segment, weight) in zip(tokenized, segments, strict=True):
+        if segment == BREAK and weight == BREAK_WEIGHT:
+            close()
+            continue
+        for token in tokens:
+            if token == ids.comma:
+                last_comma = len(chunk.tokens)
+            elif len(chunk.tokens) == CHUNK and last_comma != -1 and CHUNK - last_comma <= COMMA_BACKTRACK:
+                cut = last_comma + 1
+                carried = Chunk(chunk.tokens[cut:], chunk.weights[cut:])
+                chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
+                close()
+                chunk = carried
+            if len(chunk.tokens) == CHUNK:
+                close()
+            chunk.tokens.append(token)
+            chunk.weights.append(weight)
+    if chunk.tokens or not chunks:
+        close()
+    return chunks
+
+
+def empty_chunk(ids: TokenIds) -> Chunk:
+    return Chunk([ids.bos] + [ids.eos] * (CHUNK + 1), [1.0] * (CHUNK + 2))
+
+
+def _ids_tensor(chunks: Sequence[Chunk], ids: TokenIds, device: torch.device) -> torch.Tensor:
+    rows = []
+    for chunk in chunks:
+        tokens = list(chunk.tokens)
+        if ids.pad != ids.eos:  # after the first end token, pads (SD2 and SDXL's second encoder)
+            first_end = tokens.index(ids.eos)
+            tokens[first_end + 1 :] = [ids.pad] * (len(tokens) - first_end - 1)
+        rows.append(tokens)
+    return torch.tensor(rows, dtype=torch.long, device=device)
+
+
+def _emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """A1111's "Original" emphasis, for one prompt: weights applied, the mean restored."""
+    if bool((weights == 1.0).all()):
+        return z  # exactly what plain encoding gives (A1111 restores the mean per chunk, as here)
+    original_mean = z.mean()
+    z = z * weights.unsqueeze(-1)
+    return z * (original_mean / z.mean())
+
+
+@dataclass
+class Encoded:
+    embeds: torch.Tensor  # (prompts, 77 * chunks, features)
+    pooled: torch.Tensor | None = None  # (prompts, features) for SDXL
+
+
+def encode_prompts(pipe, prompts: Sequence[str], clip_skip: int = 1, chunks_at_least: int = 1) -> Encoded:
+    """Embeddings for `prompts`, all padded to the same number of chunks (at least `chunks_at_least`)."""
+    encoders = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    sdxl = len(encoders) == 2
+    per_encoder, pooled = [], None
+    for number, (tokenizer, encoder) in enumerate(encoders):
+        ids = token_ids(tokenizer)
+        chunked = [chunk_prompt(p, tokenizer) for p in prompts]
+        count = max(chunks_at_least, *(len(c) for c in chunked))
+        padded = [c + [empty_chunk(ids)] * (count - len(c)) for c in chunked]
+        flat = [chunk for c in padded for chunk in c]  # prompt-major: one encoder call for all chunks
+        with torch.no_grad():
+            output = encoder(_ids_tensor(flat, ids, encoder.device), output_hidden_states=True)
+        if sdxl:
+            hidden = output.hidden_states[-(clip_skip + 1)]  # penultimate for clip skip 1, as SDXL is trained
+        elif clip_skip > 1:
+            # transformers 5's CLIPTextModel holds the norm itself; older ones under .text_model
+            norm = getattr(encoder, "text_model", encoder).final_layer_norm
+            hidden = norm(output.hidden_states[-clip_skip])
+        else:
+            hidden = output.last_hidden_state
+        weights = torch.tensor([chunk.weights for chunk in flat], dtype=hidden.dtype, device=hidden.device)
+        hidden = torch.stack([_emphasize(z, w) for z, w in zip(hidden, weights, strict=True)])  # chunk by chunk
+        per_encoder.append(hidden.reshape(len(prompts), count * (CHUNK + 2), -1))
+        if sdxl and number == 1:  # the second encoder's projection of each prompt's first chunk
+            pooled = output[0].reshape(len(prompts), count, -1)[:, 0]
+    embeds = torch.cat(per_encoder, dim=-1) if sdxl else per_encoder[0]
+    return Encoded(embeds, pooled)
+
+
+def chunk_count(pipe, text: str) -> int:
+    tokenizers = [pipe.tokenizer, getattr(pipe, "tokenizer_2", None)]
+    return max(len(chunk_prompt(text, tokenizer)) for tokenizer in tokenizers if tokenizer is not None)
+
+
+def pipeline_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], clip_skip: int) -> dict:
+    """prompt_embeds (and SDXL's pooled ones) for the pipeline, positive and negative of equal length."""
+    count = max(chunk_count(pipe, text) for text in [*prompts, *negatives])
+    positive = encode_prompts(pipe, prompts, clip_skip, count)
+    negative = encode_prompts(pipe, negatives, clip_skip, count)
+    inputs = {"prompt_embeds": positive.embeds, "negative_prompt_embeds": negative.embeds}
+    if positive.pooled is not None:
+        inputs |= {"pooled_prompt_embeds": positive.pooled, "negative_pooled_prompt_embeds": negative.pooled}
+    return inputs
