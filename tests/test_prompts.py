@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
+from bot.generation.prompt_chunks import CHUNK, chunk_prompt
 from bot.generation.prompt_syntax import PromptSyntaxError, extract_extra_networks, parse_attention, parse_prompt
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
-from gpu_worker.prompt_encoding import CHUNK, chunk_prompt, encode_prompts
+from gpu_worker.prompt_encoding import encode_prompts
 from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 
@@ -223,3 +224,20 @@ def test_the_bot_refuses_what_cannot_run_and_notes_tags_before_queueing() -> Non
     spec = check("a fox <lora:fluffy:0.8>")
     assert spec.notes and "<lora:fluffy:0.8>" in spec.notes[0]
     assert check("a (fox:1.2) BREAK snow").notes == ()
+
+
+def test_prompt_explain_on_the_command_line(cli) -> None:
+    import json
+
+    r = cli("prompt", "explain", "a (red:1.3) fox <lora:fluffy:0.8> BREAK snow", "--json")
+    assert r.code == 0, r.err
+    reading = json.loads(r.out)
+    assert len(reading["chunks"]) == 2 and reading["extra_networks"] == ["<lora:fluffy:0.8>"]
+    assert {"weight": 1.3, "text": "red"} in reading["chunks"][0]["runs"]
+    long = cli("prompt", "explain", ", ".join(f"word{i}" for i in range(60)))
+    assert long.code == 0 and "chunk 3:" in long.out
+    refused = cli("prompt", "explain", "a [cat:dog:0.5]")
+    assert refused.code == 1 and refused.err.strip().splitlines() == [
+        "error: the prompt uses prompt editing ([cat:dog:0.5]), which Easel does not support yet; "
+        "write the words without it"
+    ]

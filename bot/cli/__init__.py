@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from bot.cli import catalog, checkpoints, generate, merge, run, server
+from bot.cli import catalog, checkpoints, generate, merge, prompt, run, server
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_parsers(sub)
     catalog.add_parsers(sub)
     server.add_parsers(sub)
+    prompt.add_parsers(sub)
     return parser
 
 
