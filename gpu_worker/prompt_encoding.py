@@ -45,7 +45,10 @@ def _emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         return z  # exactly what plain encoding gives (A1111 restores the mean per chunk, as here)
     original_mean = z.mean()
     z = z * weights.unsqueeze(-1)
-    return z * (original_mean / z.mean())
+    ratio = original_mean / z.mean()
+    # A mean near zero (weights that cancel out, or an untrained encoder) would blow the ratio up into
+    # inf/NaN and a black picture; there the weighted values are kept as they are.
+    return z * ratio if bool(torch.isfinite(ratio)) and abs(float(ratio)) < 1e3 else z
 
 
 @dataclass

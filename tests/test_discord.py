@@ -188,7 +188,9 @@ async def test_status(env: simcord.Env) -> None:
     assert catalog == "loading…" or catalog.startswith("ready (all-MiniLM-L6-v2")
 
 
-async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Services) -> None:
+async def test_admin_commands_are_for_owners_only(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
     guild, channel, alice = world(env)
     before = [e.name for e in await services.registry.list()]
     refused = await alice.slash(channel, "admin scan")
@@ -197,7 +199,7 @@ async def test_admin_commands_are_for_owners_only(env: simcord.Env, services: Se
     assert "only the bot's owners" in refused.response.content
     assert [e.name for e in await services.registry.list()] == before
     owner = guild.add_member(env.create_user("owner"))
-    services.settings.owner_ids.append(owner.id)
+    monkeypatch.setattr(services.settings, "owner_ids", [owner.id])  # undone after the test
     merged = await owner.slash(
         channel, "admin merge", primary="tiny-sd1", method="copy", fp16=True, name="tiny-sd1-fp16"
     )
@@ -364,14 +366,16 @@ async def test_checkpoint_search_use_and_compare(env: simcord.Env, services: Ser
         await services.registry.edit("tiny-xl", facets={"styles": [], "trigger_words": []})
 
 
-async def test_owners_edit_facets_and_enrich(env: simcord.Env, services: Services) -> None:
+async def test_owners_edit_facets_and_enrich(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
     guild, channel, alice = world(env)
     refused = await alice.slash(channel, "admin enrich")
     assert refused.ephemeral and "only the bot's owners" in refused.response.content
     refused = await alice.slash(channel, "admin edit", checkpoint="tiny-xl", styles="anime")
     assert "only the bot's owners" in refused.response.content
     owner = guild.add_member(env.create_user("facet-owner"))
-    services.settings.owner_ids.append(owner.id)
+    monkeypatch.setattr(services.settings, "owner_ids", [owner.id])  # undone after the test
     bad = await owner.slash(channel, "admin edit", checkpoint="tiny-xl", styles="anime, banana")
     assert "'banana' is not a known style" in bad.response.content
     assert (await services.registry.get("tiny-xl")).facets == {}

@@ -19,6 +19,9 @@ from gpu_worker.prompt_encoding import encode_prompts
 from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 
+# A NaN anywhere in a picture shows as diffusers' "invalid value encountered in cast": fail on it.
+pytestmark = pytest.mark.filterwarnings("error:invalid value encountered in cast:RuntimeWarning")
+
 # --- the parser: A1111's own doctests (modules/prompt_parser.py parse_prompt_attention), then more --
 
 A1111_DOCTESTS = {
