@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from bot.generation.prompt_chunks import CHUNK, Chunk, TokenIds, chunk_prompt, empty_chunk, token_ids
+from bot.generation.prompt_schedule import prompt_schedule, text_at
 
 
 def _ids_tensor(chunks: Sequence[Chunk], ids: TokenIds, device: torch.device) -> torch.Tensor:
@@ -94,12 +95,60 @@ def chunk_count(pipe, text: str) -> int:
     return max(len(chunk_prompt(text, tokenizer)) for tokenizer in tokenizers if tokenizer is not None)
 
 
-def pipeline_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], clip_skip: int) -> dict:
-    """prompt_embeds (and SDXL's pooled ones) for the pipeline, positive and negative of equal length."""
-    count = max(chunk_count(pipe, text) for text in [*prompts, *negatives])
-    positive = encode_prompts(pipe, prompts, clip_skip, count)
-    negative = encode_prompts(pipe, negatives, clip_skip, count)
-    inputs = {"prompt_embeds": positive.embeds, "negative_prompt_embeds": negative.embeds}
-    if positive.pooled is not None:
-        inputs |= {"pooled_prompt_embeds": positive.pooled, "negative_pooled_prompt_embeds": negative.pooled}
-    return inputs
+def chunks_needed(pipe, prompt: str, negative: str, steps: int) -> int:
+    """The most chunks any text of the prompt's and negative's schedules needs."""
+    texts = {text for source in (prompt, negative) for _, text in prompt_schedule(source, steps)}
+    return max(chunk_count(pipe, text) for text in texts)
+
+
+class Conditioning:
+    """A batch's embeddings at every step: prompt editing and alternation change them while sampling.
+
+    Every distinct text of every schedule is encoded once, all to the same number of chunks; `inputs`
+    gives the pipeline's arguments at a step, `key` tells whether they changed from another step.
+    """
+
+    def __init__(self, pipe, prompts: Sequence[str], negatives: Sequence[str], steps: int, clip_skip: int) -> None:
+        self.positive = [prompt_schedule(p, steps) for p in prompts]
+        self.negative = [prompt_schedule(n, steps) for n in negatives]
+        texts = sorted({text for schedule in self.positive + self.negative for _, text in schedule})
+        count = max(chunk_count(pipe, text) for text in texts)
+        self._encoded = encode_prompts(pipe, texts, clip_skip, count)
+        self._row = {text: i for i, text in enumerate(texts)}
+        self.sdxl = self._encoded.pooled is not None
+
+    @property
+    def changes(self) -> bool:
+        return any(len(schedule) > 1 for schedule in self.positive + self.negative)
+
+    def key(self, step: int) -> tuple[str, ...]:
+        return tuple(text_at(schedule, step) for schedule in self.positive + self.negative)
+
+    def inputs(self, step: int) -> dict:
+        positive = [self._row[text_at(s, step)] for s in self.positive]
+        negative = [self._row[text_at(s, step)] for s in self.negative]
+        embeds, pooled = self._encoded.embeds, self._encoded.pooled
+        inputs = {"prompt_embeds": embeds[positive], "negative_prompt_embeds": embeds[negative]}
+        if pooled is not None:
+            inputs |= {"pooled_prompt_embeds": pooled[positive], "negative_pooled_prompt_embeds": pooled[negative]}
+        return inputs
+
+    def tensor_inputs(self) -> list[str]:
+        """The pipeline tensors a step callback replaces when the conditioning changes."""
+        if not self.changes:
+            return []
+        return ["prompt_embeds", "add_text_embeds"] if self.sdxl else ["prompt_embeds"]
+
+    def replace(self, step: int, guided: bool) -> dict:
+        """The callback tensors for `step`, as the pipeline holds them (negative first when guided)."""
+        new = self.inputs(step)
+        both = (lambda neg, pos: torch.cat([neg, pos])) if guided else (lambda neg, pos: pos)
+        out = {"prompt_embeds": both(new["negative_prompt_embeds"], new["prompt_embeds"])}
+        if self.sdxl:
+            out["add_text_embeds"] = both(new["negative_pooled_prompt_embeds"], new["pooled_prompt_embeds"])
+        return out
+
+
+def pipeline_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], clip_skip: int, steps: int = 1) -> dict:
+    """prompt_embeds (and SDXL's pooled ones) at the first step, positive and negative of equal length."""
+    return Conditioning(pipe, prompts, negatives, steps, clip_skip).inputs(1)

@@ -21,7 +21,7 @@ from gpu_worker.cache import PipelineCache
 from gpu_worker.infotext import build_infotext
 from gpu_worker.loader import CheckpointLoadError
 from gpu_worker.previews import latents_to_images, png_bytes
-from gpu_worker.prompt_encoding import chunk_count, pipeline_inputs
+from gpu_worker.prompt_encoding import Conditioning, chunks_needed
 from gpu_worker.protocol import (
     BatchFailed,
     BatchFinished,
@@ -80,6 +80,9 @@ class BatchRunner:
         self.send = send
         self.is_cancelled = is_cancelled
         self.steps_per_second = 0.0
+        # The conditioning of the pipeline call in progress, and the texts it was last set to.
+        self._conditioning: Conditioning | None = None
+        self._applied: tuple[str, ...] = ()
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -118,7 +121,7 @@ class BatchRunner:
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
-        groups = self._by_chunk_count(pipe, jobs)
+        groups = self._by_chunk_count(pipe, jobs, batch.steps)
         started = time.perf_counter()
         images_of: dict[str, list[Image.Image]] = {}
         for part, group in enumerate(groups):
@@ -162,12 +165,11 @@ class BatchRunner:
                 )
 
     @staticmethod
-    def _by_chunk_count(pipe: DiffusionPipeline, jobs: list) -> list[list]:
+    def _by_chunk_count(pipe: DiffusionPipeline, jobs: list, steps: int) -> list[list]:
         """Jobs grouped by how many chunks their prompt and negative need, in the batch's order."""
         groups: dict[int, list] = {}
         for job in jobs:
-            needed = max(chunk_count(pipe, job.prompt), chunk_count(pipe, job.negative))
-            groups.setdefault(needed, []).append(job)
+            groups.setdefault(chunks_needed(pipe, job.prompt, job.negative, steps), []).append(job)
         return list(groups.values())
 
     def _callback(
@@ -193,6 +195,12 @@ class BatchRunner:
             passes = number * max(pipe.num_timesteps, 1) + index + 1
             self.steps_per_second = passes / elapsed if elapsed > 0 else 0.0
             self.send(BatchProgress(batch.batch_id, done, total, elapsed, self.steps_per_second))
+            conditioning = self._conditioning
+            if conditioning is not None and conditioning.changes and step < batch.steps:
+                upcoming = conditioning.key(step + 1)  # the callback runs after a pass: it sets the next step
+                if upcoming != self._applied:
+                    kwargs |= conditioning.replace(step + 1, pipe.do_classifier_free_guidance)
+                    self._applied = upcoming
             if batch.preview_every and step < batch.steps and (index + 1) % batch.preview_every == 0:
                 latents = kwargs["latents"]
                 for job in jobs:
@@ -205,9 +213,12 @@ class BatchRunner:
 
     def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
+            # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
+            # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
+            self._conditioning = Conditioning(pipe, p, n, batch.steps, batch.clip_skip)
+            self._applied = self._conditioning.key(1)
             return pipe(
-                # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip.
-                **pipeline_inputs(pipe, p, n, batch.clip_skip),
+                **self._conditioning.inputs(1),
                 width=batch.width,
                 height=batch.height,
                 num_inference_steps=batch.steps,
@@ -215,7 +226,7 @@ class BatchRunner:
                 # Noise from CPU generators: the same seed gives the same image on any GPU model.
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
                 callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=["latents"],
+                callback_on_step_end_tensor_inputs=["latents", *self._conditioning.tensor_inputs()],
             ).images
 
         try:

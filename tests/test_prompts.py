@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
 from bot.generation.prompt_chunks import CHUNK, chunk_prompt
-from bot.generation.prompt_syntax import PromptSyntaxError, extract_extra_networks, parse_attention, parse_prompt
+from bot.generation.prompt_syntax import extract_extra_networks, parse_attention
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
 from gpu_worker.prompt_encoding import encode_prompts
@@ -74,15 +74,48 @@ def test_extra_network_tags_are_taken_out() -> None:
     ]
 
 
-@pytest.mark.parametrize("text", ["a [cat:dog:0.5] b", "[cat:10]", "[cat::0.3]", "a [cat|dog|bird]"])
-def test_prompt_editing_and_alternation_are_refused_by_name(text: str) -> None:
-    with pytest.raises(PromptSyntaxError, match=r"prompt editing|alternation"):
-        parse_prompt(text)
+# A1111's doctests of get_learned_conditioning_prompt_schedules (modules/prompt_parser.py), 10 steps.
+# Left out: 'a [{b|d{:.5] c', which A1111 marks "not handling this right now".
+A1111_SCHEDULES = {
+    "test": [(10, "test")],
+    "a [b:3]": [(3, "a "), (10, "a b")],
+    "a [b: 3]": [(3, "a "), (10, "a b")],
+    "a [[[b]]:2]": [(2, "a "), (10, "a [[b]]")],
+    "[(a:2):3]": [(3, ""), (10, "(a:2)")],
+    "a [b : c : 1] d": [(1, "a b  d"), (10, "a  c  d")],
+    "a[b:[c:d:2]:1]e": [(1, "abe"), (2, "ace"), (10, "ade")],
+    "a [unbalanced": [(10, "a [unbalanced")],
+    "a [b:.5] c": [(5, "a  c"), (10, "a b c")],
+    "((a][:b:c [d:3]": [(3, "((a][:b:c "), (10, "((a][:b:c d")],
+    "[a|(b:1.1)]": [(step, "a" if step % 2 else "(b:1.1)") for step in range(1, 11)],
+    # more: removal, escapes, a decimal step, a when past the end, lookalikes left as they are
+    "a [b::0.3] c": [(3, "a b c"), (10, "a  c")],
+    "\\[b:c:2\\]": [(10, "\\[b:c:2\\]")],
+    "[b:c:5.0]": [(10, "b")],
+    "[b:c:99]": [(10, "b")],
+    "[a:b] (c:1.2) [d]": [(10, "[a:b] (c:1.2) [d]")],
+    "[a||b]": [(step, ("a", "", "b")[(step - 1) % 3]) for step in range(1, 11)],
+}
 
 
-@pytest.mark.parametrize("text", ["\\[cat:dog:0.5\\]", "[cat]", "(cat:1.2)", "a | b", "[a:b]"])
-def test_lookalikes_pass(text: str) -> None:
-    parse_prompt(text)
+@pytest.mark.parametrize(("text", "expected"), list(A1111_SCHEDULES.items()))
+def test_schedules(text: str, expected: list[tuple[int, str]]) -> None:
+    from bot.generation.prompt_schedule import prompt_schedule
+
+    assert prompt_schedule(text, 10) == expected
+
+
+def test_schedule_parsing_is_linear_and_nesting_is_bounded() -> None:
+    import time
+
+    from bot.errors import EaselError
+    from bot.generation.prompt_schedule import prompt_schedule
+
+    started = time.perf_counter()
+    prompt_schedule("(a:1.1) [b] [c:d:0.5] [e|f] " * 280, 30)  # A1111's Earley parser: minutes
+    assert time.perf_counter() - started < 5  # a budget, not a benchmark: bench/ has the figures
+    with pytest.raises(EaselError, match="nests brackets more than 64 deep"):
+        prompt_schedule("[a:" * 200, 20)
 
 
 # --- chunks, with the real CLIP tokenizer bundled for SD1 ---------------------------------------------
@@ -151,12 +184,12 @@ def picture(runner_events: list, job_id: str = "j") -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(done.images[0].png)).convert("RGB"), dtype=np.int16)
 
 
-def render(cache: PipelineCache, load: LoadRequest, *jobs: tuple[str, str], clip_skip: int = 1) -> list:
+def render(cache: PipelineCache, load: LoadRequest, *jobs: tuple[str, str], clip_skip: int = 1, steps: int = 2) -> list:
     events: list = []
     runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
     parts = tuple(JobPart(job_id, prompt, "", (7,)) for job_id, prompt in jobs)
     runner.run(
-        RunBatch("b", load, parts, 64, 64, 2, 7.0, "Euler", "Automatic", clip_skip=clip_skip, model_name=load.name)
+        RunBatch("b", load, parts, 64, 64, steps, 7.0, "Euler", "Automatic", clip_skip=clip_skip, model_name=load.name)
     )
     return events
 
@@ -189,6 +222,29 @@ def test_the_prompt_syntax_changes_pictures_as_in_a1111(tiny_dir: Path, cache: P
     assert picture(events, "huge").shape == (64, 64, 3)
 
 
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_prompt_editing_and_alternation_change_the_conditioning_while_sampling(
+    tiny_dir: Path, cache: PipelineCache, arch: str
+) -> None:
+    events = render(
+        cache,
+        load_request(tiny_dir, arch),
+        ("fox", "a fox"),
+        ("dog", "a dog"),
+        ("same", "a [fox:fox:0.5]"),
+        ("edited", "a [fox:dog:0.5]"),
+        ("late", "a [fox:dog:3]"),
+        ("alternating", "a [fox|dog]"),
+        ("constant", "a [fox|fox]"),
+        steps=4,
+    )
+    same = lambda a, b: np.array_equal(picture(events, a), picture(events, b))  # noqa: E731
+    assert same("fox", "same") and same("fox", "constant")  # a schedule that never changes is no schedule
+    for scheduled in ("edited", "late", "alternating"):
+        assert not same(scheduled, "fox") and not same(scheduled, "dog"), scheduled
+    assert not same("edited", "late")  # the step it changes at matters
+
+
 def test_a_job_batched_with_longer_prompts_gets_the_picture_it_would_get_alone(
     tiny_dir: Path, cache: PipelineCache
 ) -> None:
@@ -213,20 +269,20 @@ def test_the_infotext_keeps_the_prompt_as_typed(tiny_dir: Path, cache: PipelineC
     assert parse_infotext(done.images[0].infotext)[0] == typed
 
 
-def test_the_bot_refuses_what_cannot_run_and_notes_tags_before_queueing() -> None:
+def test_the_bot_notes_tags_in_every_scheduled_text_before_queueing() -> None:
     from bot.generation.requests import GenerationRequest, Limits, validate
     from tests.helpers import checkpoint_ref
 
     def check(prompt: str, negative: str = ""):
         return validate(
-            GenerationRequest(prompt=prompt, negative=negative, requester_id="u"), checkpoint_ref(), Limits()
+            GenerationRequest(prompt=prompt, negative=negative, requester_id="u", steps=10),
+            checkpoint_ref(),
+            Limits(),
         )
 
-    with pytest.raises(PromptSyntaxError, match="the negative prompt uses alternation"):
-        check("a fox", "[blurry|ugly]")
-    spec = check("a fox <lora:fluffy:0.8>")
-    assert spec.notes and "<lora:fluffy:0.8>" in spec.notes[0]
-    assert check("a (fox:1.2) BREAK snow").notes == ()
+    spec = check("a fox [<lora:fluffy:0.8>:<lora:sharp:1>:0.5]")
+    assert spec.notes and "<lora:fluffy:0.8>, <lora:sharp:1>" in spec.notes[0]
+    assert check("a (fox:1.2) BREAK [snow|rain]").notes == ()
 
 
 def test_prompt_explain_on_the_command_line(cli) -> None:
@@ -235,12 +291,10 @@ def test_prompt_explain_on_the_command_line(cli) -> None:
     r = cli("prompt", "explain", "a (red:1.3) fox <lora:fluffy:0.8> BREAK snow", "--json")
     assert r.code == 0, r.err
     reading = json.loads(r.out)
-    assert len(reading["chunks"]) == 2 and reading["extra_networks"] == ["<lora:fluffy:0.8>"]
-    assert {"weight": 1.3, "text": "red"} in reading["chunks"][0]["runs"]
+    [entry] = reading["schedule"]
+    assert len(entry["chunks"]) == 2 and reading["extra_networks"] == ["<lora:fluffy:0.8>"]
+    assert {"weight": 1.3, "text": "red"} in entry["chunks"][0]["runs"]
     long = cli("prompt", "explain", ", ".join(f"word{i}" for i in range(60)))
     assert long.code == 0 and "chunk 3:" in long.out
-    refused = cli("prompt", "explain", "a [cat:dog:0.5]")
-    assert refused.code == 1 and refused.err.strip().splitlines() == [
-        "error: the prompt uses prompt editing ([cat:dog:0.5]), which Easel does not support yet; "
-        "write the words without it"
-    ]
+    edited = cli("prompt", "explain", "a [cat:dog:0.5]", "--json")
+    assert edited.code == 0 and json.loads(edited.out)["schedule"][0]["until_step"] == 10

@@ -6,9 +6,8 @@ Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui:
   `\\]` `\\\\` are literals, brackets left open apply to the rest of the prompt, `BREAK` (upper case,
   as a word) ends the chunk, runs of equal weight are merged.
 - modules/extra_networks.py: `<name:arg:arg>` tags (lora, lyco, hypernet) are taken out of the text.
-- modules/prompt_parser.py's grammar: `[from:to:when]` (prompt editing) and `[a|b]` (alternation)
-  change the conditioning while sampling. Easel does not run those yet and refuses them by name
-  rather than feeding their brackets to CLIP as words.
+- Prompt editing `[from:to:when]` and alternation `[a|b]` are resolved first, step by step, by
+  bot/generation/prompt_schedule.py; this reads each resulting text.
 
 The worker (gpu_worker/prompt_encoding.py) turns the parsed form into embeddings; the bot uses the
 same parser to refuse what cannot run before a job is queued, and `python bot.py prompt explain`
@@ -19,8 +18,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from bot.errors import EaselError
 
 BREAK = "BREAK"
 BREAK_WEIGHT = -1.0  # A1111's marker for a BREAK in the parsed list
@@ -45,16 +42,8 @@ _ATTENTION = re.compile(
 )
 _BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
 _EXTRA_NETWORK = re.compile(r"<(\w+):([^>]+)>")
-_ESCAPED = re.compile(r"\\[\\()\[\]]")
-# [from:to:when], [to:when], [from::when] and [a|b], with no brackets inside (after escapes are removed).
-_EDITING = re.compile(r"\[[^\[\]]*:[^\[\]]*:\s*[+-]?[\d.]+\s*\]|\[[^\[\]:]*:\s*[+-]?[\d.]+\s*\]")
-_ALTERNATION = re.compile(r"\[[^\[\]]*\|[^\[\]]*\]")
 
 ROUND, SQUARE = 1.1, 1 / 1.1
-
-
-class PromptSyntaxError(EaselError):
-    """Prompt syntax Easel recognises but cannot run (yet); the message says which and where."""
 
 
 @dataclass(frozen=True)
@@ -138,31 +127,13 @@ def extract_extra_networks(text: str) -> tuple[str, list[ExtraNetwork]]:
     return _EXTRA_NETWORK.sub(take, text), found
 
 
-def check_runnable(text: str, what: str = "prompt") -> None:
-    """Refuse syntax that changes the prompt while sampling, which Easel does not run yet."""
-    plain = _ESCAPED.sub("", text)
-    editing = _EDITING.search(plain)
-    if editing:
-        raise PromptSyntaxError(
-            f"the {what} uses prompt editing ({editing.group(0)[:40]}), which Easel does not support yet; "
-            "write the words without it"
-        )
-    alternation = _ALTERNATION.search(plain)
-    if alternation:
-        raise PromptSyntaxError(
-            f"the {what} uses alternation ({alternation.group(0)[:40]}), which Easel does not support yet; "
-            "write the words without it"
-        )
-
-
 @dataclass(frozen=True)
 class ParsedPrompt:
     segments: list[tuple[str, float]]
     extra_networks: list[ExtraNetwork]
 
 
-def parse_prompt(text: str, what: str = "prompt") -> ParsedPrompt:
-    """The whole reading of one prompt: refusals first, then tags out, then emphasis and BREAKs."""
-    check_runnable(text, what)
+def parse_prompt(text: str) -> ParsedPrompt:
+    """The reading of one prompt (as it stands at one step): tags out, then emphasis and BREAKs."""
     plain, networks = extract_extra_networks(text)
     return ParsedPrompt(parse_attention(plain), networks)

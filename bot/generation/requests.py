@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
+from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.untrusted import has_lone_surrogate
@@ -99,7 +100,9 @@ def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limi
             raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
         if len(text) > limits.max_prompt_chars:
             raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
-        ignored += [tag.text for tag in parse_prompt(text, label).extra_networks]  # refuses what cannot run
+        for _, scheduled in prompt_schedule(text, max(1, request.steps)):  # prompt editing, alternation
+            ignored += [tag.text for tag in parse_prompt(scheduled).extra_networks]
+    ignored = list(dict.fromkeys(ignored))
     notes = (f"not applied yet (LoRA and hypernetworks are coming): {', '.join(ignored)}",) if ignored else ()
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
