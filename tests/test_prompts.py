@@ -106,14 +106,12 @@ def test_schedules(text: str, expected: list[tuple[int, str]]) -> None:
 
 
 def test_schedule_parsing_is_linear_and_nesting_is_bounded() -> None:
-    import time
-
     from bot.errors import EaselError
     from bot.generation.prompt_schedule import prompt_schedule
 
-    started = time.perf_counter()
-    prompt_schedule("(a:1.1) [b] [c:d:0.5] [e|f] " * 280, 30)  # A1111's Earley parser: minutes
-    assert time.perf_counter() - started < 5  # a budget, not a benchmark: bench/ has the figures
+    # A1111's Earley grammar takes minutes on this; a parser that backtracked would hang the suite.
+    schedule = prompt_schedule("(a:1.1) [b] [c:d:0.5] [e|f] " * 280, 30)
+    assert len(schedule) == 30 and schedule[0][1].startswith("(a:1.1) [b] c e")
     with pytest.raises(EaselError, match="nests brackets more than 64 deep"):
         prompt_schedule("[a:" * 200, 20)
 
