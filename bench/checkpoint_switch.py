@@ -2,6 +2,8 @@
 tier (GPU workers only), and cold from disk; each reported against the cold load.
 
 Uses full-size SD1.5-layout checkpoints (random fp16 weights, ~2 GB each), so load times are real.
+"Cold" is really cold: before every load from disk the file's pages are dropped from the page cache
+(posix_fadvise DONTNEED after an fsync), so the read comes from the disk, not from memory.
 python bench/checkpoint_switch.py   (writes bench/results/checkpoint_switch.json)
 """
 
@@ -25,6 +27,16 @@ from gpu_worker.loader import load_pipeline
 from gpu_worker.protocol import LoadRequest
 
 
+def drop_page_cache(path: Path) -> None:
+    """Ask the kernel to forget the file's cached pages, so the next read goes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def main() -> None:
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,6 +52,8 @@ def main() -> None:
         times: dict[str, list[float]] = {"device": [], "cpu": [], "disk": []}
         for _ in range(3):
             for request in (a, b, a, a):  # b evicts a (to CPU RAM on a GPU); a returns; a again from the device
+                if cache.where(request.cache_key) == "disk":
+                    drop_page_cache(Path(request.path))
                 started = time.perf_counter()
                 _, source = cache.get(request)
                 if device.startswith("cuda"):
