@@ -63,3 +63,57 @@ async def test_imagine_in_the_browser(tmp_path: Path) -> None:
         stop.set()
         await asyncio.wait_for(server, timeout=60)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def _maps_torch(pid: int) -> bool:
+    return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+
+
+async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) -> None:
+    """The rule is about the bot process while it works: torch is mapped in its worker, never in it."""
+    import os
+    import signal
+    import sys
+
+    from playwright.async_api import async_playwright
+
+    from tests.conftest import REPO
+
+    environment = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
+    environment |= {"EASEL_MODELS_DIR": str(tmp_path / "models"), "EASEL_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "models").mkdir()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(REPO / "bot.py"), cwd=tmp_path, env=environment,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        line = b""
+        while b"Easel playground: open" not in line:
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=120)
+            assert line, "the bot exited before the playground was up"
+        address = line.decode().split("open ", 1)[1].split()[0]
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+            await page.goto(address)
+            composer = page.locator("#channel-composer-input")
+            await composer.click()
+            await composer.type("/imagine")
+            await page.keyboard.press("Enter")
+            await page.keyboard.type("a windmill")
+            await page.keyboard.press("Enter")
+            await page.get_by_role("button", name="Reroll").wait_for(timeout=60_000)
+            await browser.close()
+        workers = [pid for pid in _children(process.pid) if _maps_torch(pid)]
+        assert workers, "no child process of the bot has torch mapped: the check would prove nothing"
+        assert not _maps_torch(process.pid), "torch is loaded in the bot process"
+    finally:
+        process.send_signal(signal.SIGINT)
+        await asyncio.wait_for(process.wait(), timeout=60)
