@@ -1,14 +1,13 @@
 """The generation service with a real worker process on a tiny checkpoint.
 
-One worker serves the whole module (starting one costs ~10 s of imports); the kill -9 test runs
-last because it restarts that worker.
+One worker serves the module (starting one costs seconds of imports); the shutdown test starts a
+service of its own, so no test depends on running last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -156,11 +155,11 @@ async def test_cancel_queued_job(setup) -> None:
 async def test_cancel_running_job_stops_between_steps(setup) -> None:
     service, checkpoint = setup
     handle = await blocker(service, checkpoint)
-    started = time.perf_counter()
     assert await service.cancel(handle.job.id, requester_id="blocker") == "cancelling"
     events = await collect(handle)
     assert isinstance(events[-1], Cancelled)
-    assert time.perf_counter() - started < 5  # 150 steps at 256 px would take far longer
+    steps_run = max((e.step for e in events if isinstance(e, Progress)), default=1)
+    assert steps_run < 150  # it stopped between steps, long before the end
     await service.flush()
     assert (await service.get_job(handle.job.id)).state is JobState.CANCELLED
 
@@ -206,10 +205,8 @@ async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     handle = await blocker(service, checkpoint)
     worker = service._workers[0]
     old_pid = worker.pid
-    killed_at = time.perf_counter()
     worker.kill()
-    events = await asyncio.wait_for(collect(handle), timeout=10)
-    assert time.perf_counter() - killed_at < 5
+    events = await asyncio.wait_for(collect(handle), timeout=30)  # a hang guard, not a measurement
     assert isinstance(events[-1], Failed)
     assert "stopped unexpectedly" in events[-1].message and handle.job.id in events[-1].message
     # The next job waits for the restarted worker and succeeds.
@@ -221,15 +218,23 @@ async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     assert (await service.get_job(handle.job.id)).state is JobState.FAILED
 
 
-async def test_close_interrupts_unfinished_jobs(setup) -> None:
-    """Runs last: it closes the shared service. Jobs never stay 'queued' or 'running' forever."""
-    service, checkpoint = setup
-    running = await blocker(service, checkpoint)
-    queued = await service.submit(request("later"), checkpoint)
-    await service.close()
-    for handle in (running, queued):
-        events = await collect(handle)
-        assert isinstance(events[-1], Failed) and "shutting down" in events[-1].message
-        assert (await service.get_job(handle.job.id)).state is JobState.INTERRUPTED
-    with pytest.raises(GenerationError, match="shutting down"):
-        await service.submit(request(), checkpoint)
+async def test_close_interrupts_unfinished_jobs(tiny_dir: Path, tmp_path: Path) -> None:
+    """Jobs never stay 'queued' or 'running' forever. A service of its own, so test order does not matter."""
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        registry = CheckpointRegistry(db, tiny_dir)
+        checkpoint = await resolve_checkpoint(registry, str(tiny_dir / "tiny-sd1.safetensors"), allow_path=True)
+        service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=4))
+        await service.start()
+        running = await blocker(service, checkpoint)
+        queued = await service.submit(request("later"), checkpoint)
+        await service.close()
+        for handle in (running, queued):
+            events = await collect(handle)
+            assert isinstance(events[-1], Failed) and "shutting down" in events[-1].message
+        for handle in (running, queued):
+            assert (await service.get_job(handle.job.id)).state is JobState.INTERRUPTED
+        with pytest.raises(GenerationError, match="shutting down"):
+            await service.submit(request(), checkpoint)
+    finally:
+        await db.close()
