@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from gpu_worker.infotext import parse_infotext
+from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.conftest import run_bot_py
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.services import Services, open_services
 from cogs.app import create_bot
-from gpu_worker.infotext import parse_infotext
+from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -259,7 +259,7 @@ def test_clip_skip_changes_the_picture(tiny_dir: Path, cache: PipelineCache) -> 
 
 
 def test_the_infotext_keeps_the_prompt_as_typed(tiny_dir: Path, cache: PipelineCache) -> None:
-    from gpu_worker.infotext import parse_infotext
+    from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
     typed = "a (fox:1.3) <lora:fluffy:0.8> BREAK \\(snow\\)"
     events = render(cache, load_request(tiny_dir, "sd1"), ("j", typed))

@@ -14,7 +14,6 @@ from PIL import Image
 from bot.checkpoints.inspection import inspect_file
 from bot.generation.samplers import SAMPLERS
 from gpu_worker.cache import PipelineCache
-from gpu_worker.infotext import parse_infotext
 from gpu_worker.loader import load_pipeline
 from gpu_worker.protocol import (
     BatchFailed,
@@ -30,6 +29,7 @@ from gpu_worker.protocol import (
 )
 from gpu_worker.runner import BatchRunner
 from gpu_worker.samplers import SCHEDULERS
+from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Loading, Progress, Queued, Started
 from bot.generation.requests import GenerationError, GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle
-from gpu_worker.infotext import parse_infotext
 from gpu_worker.worker import WorkerConfig
+from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
