@@ -256,13 +256,17 @@ async def test_evaluation_set_top3(catalog: CatalogService) -> None:
 # --- Civitai ---------------------------------------------------------------------------------------
 
 
-def civitai_transport(calls: list[str], *, fail: bool = False) -> httpx.MockTransport:
+def civitai_transport(
+    calls: list[str], *, known: frozenset[str] = frozenset(), fail: bool = False
+) -> httpx.MockTransport:
+    """Civitai as seen from here: it knows the files whose sha256 is in `known`, and no others."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request.url.path)
         if fail:
             raise httpx.ConnectError("no route to host", request=request)
         sha = request.url.path.rsplit("/", 1)[1]
-        if sha.startswith("0"):
+        if sha not in known:
             return httpx.Response(404, json={"error": "Model not found"})
         return httpx.Response(
             200,
@@ -283,19 +287,20 @@ def civitai_transport(calls: list[str], *, fail: bool = False) -> httpx.MockTran
 @aio
 async def test_civitai_enrichment_fills_facets_and_caches_answers(catalog: CatalogService, tiny_dir: Path) -> None:
     entry = await catalog.registry.add(installed(catalog, tiny_dir, "mystery.safetensors", {"k": "1"}))
+    private = await catalog.registry.add(installed(catalog, tiny_dir, "private.safetensors", {"k": "2"}))
     calls: list[str] = []
-    report = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls)))
-    known = entry.sha256.startswith("0")
-    assert (report.found, report.missing) == (([], ["mystery"]) if known else (["mystery"], []))
-    assert calls == [f"/api/v1/model-versions/by-hash/{entry.sha256}"]
+    known = frozenset({entry.sha256})
+    report = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls, known=known)))
+    assert (report.found, report.missing) == (["mystery"], ["private"])
+    assert sorted(calls) == sorted(f"/api/v1/model-versions/by-hash/{e.sha256}" for e in (entry, private))
     e = await catalog.get("mystery")
-    if not known:
-        assert (e.styles, e.sources["styles"]) == (["anime"], "civitai")
-        assert e.trigger_words == ["civ word"] and e.source_url == "https://civitai.com/models/22"
-    again = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls)))
-    assert again.cached == 1 and len(calls) == 1  # a recent answer, a miss too, is not asked again
-    await catalog.enrich(refresh=True, client=CivitaiClient(transport=civitai_transport(calls)))
-    assert len(calls) == 2
+    assert (e.styles, e.sources["styles"]) == (["anime"], "civitai")
+    assert e.trigger_words == ["civ word"] and e.source_url == "https://civitai.com/models/22"
+    assert (await catalog.get("private")).source_url != "https://civitai.com/models/22"
+    again = await catalog.enrich(client=CivitaiClient(transport=civitai_transport(calls, known=known)))
+    assert again.cached == 2 and len(calls) == 2  # a recent answer, a miss too, is not asked again
+    await catalog.enrich(refresh=True, client=CivitaiClient(transport=civitai_transport(calls, known=known)))
+    assert len(calls) == 4
 
 
 @aio
