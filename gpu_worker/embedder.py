@@ -8,9 +8,9 @@ Protocol: JSON frames on the pipe the bot passes (bot/child_process.py). First f
 L2-normalised)} or {"id", "error"}. The pipe closing is the end.
 
 sentence-transformers loads all-MiniLM-L6-v2 (its tokenizer, weights and module layout). One
-question through torch on a CPU costs ~15-20 ms on a 2-core machine (mostly per-operator
-overhead); the same transformer exported once to ONNX and run by ONNX Runtime costs ~5 ms and gives
-the same vectors (tests check both against `encode()`). The export is cached; without ONNX
+question through torch on one CPU thread costs ~13 ms here (mostly per-operator overhead); the same
+transformer exported once to ONNX and run by ONNX Runtime costs ~6 ms and gives the same vectors
+(tests check both against `encode()`; `python bench/embedding_backends.py` measures it). The export is cached; without ONNX
 Runtime, or if the export fails, torch does the work.
 """
 
