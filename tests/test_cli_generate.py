@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -56,14 +55,13 @@ def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
         ("--size", "huge"): "is not WIDTHxHEIGHT",
     }
     for extra, message in cases.items():
-        started = time.perf_counter()
         proc = run_bot_py(
             "generate", "--checkpoint", checkpoint, "--prompt", "x", "--out", "o", *extra, cwd=env, env={**os.environ}
         )
         assert proc.returncode == 1
         assert proc.stderr.strip().splitlines() == [f"error: {message}"] or message in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
-        assert time.perf_counter() - started < 8  # refused before any worker starts
+        assert "starting the worker" not in proc.stdout  # refused before any worker starts
     assert not (env / "o").exists()
     proc = run_bot_py(
         "generate", "--checkpoint", "no-such-model", "--prompt", "x", "--out", "o", cwd=env, env={**os.environ}
