@@ -25,7 +25,7 @@ def main() -> None:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from gpu_worker.prompt_encoding import pipeline_inputs
+    from gpu_worker.prompt_encoding import Conditioning
 
     torch.manual_seed(0)
     folder = ROOT / "gpu_worker" / "configs" / "sd1"
@@ -33,12 +33,15 @@ def main() -> None:
     pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")), text_encoder=encoder)
     short = "a lighthouse on a cliff at dusk, dramatic sky, oil painting, highly detailed"
     long = ", ".join(f"(detail {i}:1.1)" if i % 7 == 0 else f"element {i}" for i in range(95)) + " BREAK [blurry]"
-    chunks = {name: pipeline_inputs(pipe, [text], [""], 1)["prompt_embeds"].shape[1] // 77 for name, text in
-              (("short", short), ("long", long))}  # fmt: skip
+
+    def encode(text: str) -> dict:
+        return Conditioning(pipe, [text], [""], steps=1, clip_skip=1).inputs(1)
+
+    chunks = {name: encode(text)["prompt_embeds"].shape[1] // 77 for name, text in (("short", short), ("long", long))}
     times = time_interleaved(
         {
-            "short": lambda: pipeline_inputs(pipe, [short], [""], 1),
-            "long": lambda: pipeline_inputs(pipe, [long], [""], 1),
+            "short": lambda: encode(short),
+            "long": lambda: encode(long),
         },
         repeats,
     )

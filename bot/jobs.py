@@ -132,10 +132,20 @@ class Jobs:
             return Effective(None, None, nsfw="age-restricted", max_steps=limits.max_steps, max_images=limits.max_count)
         return await self.guild_settings.effective(place.guild_id, place.channel_id)
 
-    async def offered(self, place: Place, here: Effective | None = None) -> list[CheckpointEntry]:
-        """Checkpoints that can be used here: present, runnable, not hidden, NSFW only where allowed."""
+    async def shown(
+        self, place: Place, here: Effective | None = None, family: str | None = None
+    ) -> list[CheckpointEntry]:
+        """Checkpoints shown here (runnable or not): present, not hidden, NSFW only where allowed."""
         here = here or await self.rules(place)
-        return [e for e in await self.registry.list(status="present") if e.runnable and here.visible(e, place.adult)]
+        return [
+            e
+            for e in await self.registry.list(status="present")
+            if here.visible(e, place.adult) and (family is None or e.family == family)
+        ]
+
+    async def offered(self, place: Place, here: Effective | None = None) -> list[CheckpointEntry]:
+        """Checkpoints that can be used here: those shown here that can run."""
+        return [e for e in await self.shown(place, here) if e.runnable]
 
     @staticmethod
     def may_change(asker: Asker, requester_id: str | None) -> bool:

@@ -107,14 +107,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         await run_compare_for(interaction, prompt, [n for n in (first, second, third, fourth) if n], seed)
 
     async def visible(self, interaction: discord.Interaction, family: str | None = None) -> list[CheckpointEntry]:
-        """Registered checkpoints shown here (runnable or not): not hidden, NSFW only where allowed."""
-        where = place(interaction)
-        here = await self.bot.services.jobs.rules(where)
-        return [
-            e
-            for e in await self.registry.list(status="present")
-            if here.visible(e, where.adult) and (family is None or e.family == family)
-        ]
+        return await self.bot.services.jobs.shown(place(interaction), family=family)
 
     @app_commands.command(name="list", description="The checkpoints installed here")
     @app_commands.describe(base="Only this base model")
@@ -275,11 +268,11 @@ def answer_view(answer: Answer) -> discord.ui.View | Any:
     view = discord.ui.View(timeout=None)
     view.add_item(UsePick([e.name for e in runnable]))
     if len(runnable) >= 2:
-        view.add_item(CompareButton(fit_names([e.name for e in runnable][:MAX_COMPARE])))
+        view.add_item(CompareButton(fit_names([e.name for e in runnable][:COMPARE_BUTTON_MAX])))
     return view
 
 
-MAX_COMPARE = 4
+COMPARE_BUTTON_MAX = 4  # names that fit the Compare-these button's custom id; bot/jobs.py sets the rule
 COMPARE_PREFIX = "easel:cmp:"
 
 

@@ -64,12 +64,13 @@ def encode_prompts(pipe, prompts: Sequence[str], clip_skip: int = 1, chunks_at_l
     if getattr(pipe, "text_encoder_2", None) is not None:
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
     sdxl = len(encoders) == 2
+    # Each text chunked once per tokenizer; one count for both encoders, whose outputs are concatenated.
+    chunked = [[chunk_prompt(p, tokenizer) for p in prompts] for tokenizer, _ in encoders]
+    count = max(chunks_at_least, *(len(c) for per_tokenizer in chunked for c in per_tokenizer))
     per_encoder, pooled = [], None
     for number, (tokenizer, encoder) in enumerate(encoders):
         ids = token_ids(tokenizer)
-        chunked = [chunk_prompt(p, tokenizer) for p in prompts]
-        count = max(chunks_at_least, *(len(c) for c in chunked))
-        padded = [c + [empty_chunk(ids)] * (count - len(c)) for c in chunked]
+        padded = [c + [empty_chunk(ids)] * (count - len(c)) for c in chunked[number]]
         flat = [chunk for c in padded for chunk in c]  # prompt-major: one encoder call for all chunks
         with torch.no_grad():
             output = encoder(_ids_tensor(flat, ids, encoder.device), output_hidden_states=True)
@@ -112,8 +113,7 @@ class Conditioning:
         self.positive = [prompt_schedule(p, steps) for p in prompts]
         self.negative = [prompt_schedule(n, steps) for n in negatives]
         texts = sorted({text for schedule in self.positive + self.negative for _, text in schedule})
-        count = max(chunk_count(pipe, text) for text in texts)
-        self._encoded = encode_prompts(pipe, texts, clip_skip, count)
+        self._encoded = encode_prompts(pipe, texts, clip_skip)  # all to the longest text's chunk count
         self._row = {text: i for i, text in enumerate(texts)}
         self.sdxl = self._encoded.pooled is not None
 
@@ -147,8 +147,3 @@ class Conditioning:
         if self.sdxl:
             out["add_text_embeds"] = both(new["negative_pooled_prompt_embeds"], new["pooled_prompt_embeds"])
         return out
-
-
-def pipeline_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], clip_skip: int, steps: int = 1) -> dict:
-    """prompt_embeds (and SDXL's pooled ones) at the first step, positive and negative of equal length."""
-    return Conditioning(pipe, prompts, negatives, steps, clip_skip).inputs(1)

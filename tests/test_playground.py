@@ -29,6 +29,21 @@ BROWSER_ARGS = [
 ]
 
 
+async def imagine_in_browser(p, address: str, prompt: str):
+    """Open the playground page, run /imagine with `prompt`, wait for the result's buttons; the page."""
+    browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+    await page.goto(address)
+    composer = page.locator("#channel-composer-input")
+    await composer.click()
+    await composer.type("/imagine")
+    await page.keyboard.press("Enter")
+    await page.keyboard.type(prompt)
+    await page.keyboard.press("Enter")
+    await page.get_by_role("button", name="Reroll").wait_for(timeout=60_000)
+    return browser, page
+
+
 async def test_imagine_in_the_browser(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
@@ -39,16 +54,7 @@ async def test_imagine_in_the_browser(tmp_path: Path) -> None:
     try:
         address = await asyncio.wait_for(asyncio.shield(url), timeout=120)
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-            await page.goto(address)
-            composer = page.locator("#channel-composer-input")
-            await composer.click()
-            await composer.type("/imagine")
-            await page.keyboard.press("Enter")
-            await page.keyboard.type("a lighthouse at dusk, oil painting")
-            await page.keyboard.press("Enter")
-            await page.get_by_role("button", name="Reroll").wait_for(timeout=60_000)
+            browser, page = await imagine_in_browser(p, address, "a lighthouse at dusk, oil painting")
             text = await page.locator("body").inner_text()
             assert "a lighthouse at dusk, oil painting" in text and "easel-demo-tiny-sd1" in text
             picture = page.get_by_alt_text("Embed 1 image")
@@ -100,16 +106,7 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
             assert line, "the bot exited before the playground was up"
         address = line.decode().split("open ", 1)[1].split()[0]
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
-            await page.goto(address)
-            composer = page.locator("#channel-composer-input")
-            await composer.click()
-            await composer.type("/imagine")
-            await page.keyboard.press("Enter")
-            await page.keyboard.type("a windmill")
-            await page.keyboard.press("Enter")
-            await page.get_by_role("button", name="Reroll").wait_for(timeout=60_000)
+            browser, _ = await imagine_in_browser(p, address, "a windmill")
             await browser.close()
         workers = [pid for pid in _children(process.pid) if _maps_torch(pid)]
         assert workers, "no child process of the bot has torch mapped: the check would prove nothing"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import discord
 
-from bot.generation.aspects import ASPECTS, size_for  # noqa: F401 (re-exported for the cogs)
 from bot.generation.jobs import Job
 
 TITLE_MAX = 256
