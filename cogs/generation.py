@@ -1,7 +1,8 @@
-"""/imagine. Its rules are in bot/jobs.py; the message it edits and its buttons in cogs/utils/job_messages.py."""
+"""/imagine and /explain. /imagine's rules are in bot/jobs.py; the message it edits and its buttons in cogs/utils/job_messages.py."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -9,11 +10,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
+from bot.generation.prompt_explain import explain, render
 from bot.generation.requests import MAX_CFG, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
 from bot.jobs import ImagineOptions
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
+from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, run_plan
 
 if TYPE_CHECKING:
@@ -74,6 +77,20 @@ class Generation(commands.Cog):
             count=count,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
+
+    @app_commands.command(name="explain", description="How a prompt is read: chunks of 75 tokens, weights, editing")
+    @app_commands.describe(prompt="The prompt to read", steps="Sampling steps, for [from:to:when] and [a|b]")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def explain_prompt(
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, 1500],
+        steps: app_commands.Range[int, 1, MAX_STEPS] = 20,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        reading = await asyncio.to_thread(explain, prompt, steps)  # the tokenizer blocks
+        await interaction.followup.send(code_block("\n".join(render(reading))), ephemeral=True)
 
 
 async def setup(bot: EaselBot) -> None:

@@ -558,3 +558,15 @@ async def test_compare_obeys_the_servers_limits_and_spoilers(env: simcord.Env, s
     shown = await alice.slash(channel, "checkpoints compare", prompt="a bridge", first="tiny-sd1", second="tiny-xl")
     [attachment] = shown.response.attachments
     assert attachment.filename.startswith("SPOILER_")
+
+
+async def test_explain_shows_chunks_weights_and_editing_privately(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    result = await alice.slash(channel, "explain", prompt="a (fox:1.3) BREAK [cat:dog:0.5] <lora:ink:0.8>", steps=10)
+    text = result.response.content  # the first follow-up after a defer fills the "thinking…" message
+    assert result.ephemeral and text.startswith("```") and text.endswith("```")
+    assert "taken out (not applied yet): <lora:ink:0.8>" in text
+    assert "steps 1-5 of 10" in text and "steps 6-10 of 10" in text
+    assert " 1.3000  fox" in text and "chunk 2:" in text
+    long = (await alice.slash(channel, "explain", prompt="```" + "a, " * 490, steps=1)).response.content
+    assert "14 chunk(s)" in long and len(long) == 2000 and long.count("```") == 2

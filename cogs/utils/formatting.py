@@ -16,6 +16,13 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def code_block(text: str) -> str:
+    """`text` in one code block that fits a message. A ``` inside it (a prompt may hold one) would
+    close the block early; a zero-width space keeps it shut."""
+    shut = text.replace("```", "`\u200b``")
+    return f"```\n{clip(shut, CONTENT_MAX - 8)}\n```"
+
+
 def result_embed(job: Job, requester: str) -> discord.Embed:
     spec, request = job.spec, job.spec.request
     embed = discord.Embed(title=clip(request.prompt.strip(), TITLE_MAX), colour=EMBED_COLOUR)

@@ -20,7 +20,7 @@ from bot.jobs import VARIATIONS, JobPlan, next_seeds, reroll, same_seed
 from cogs.utils.attachments import fit_image
 from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse
-from cogs.utils.formatting import CONTENT_MAX, clip, eta_text, result_embed
+from cogs.utils.formatting import CONTENT_MAX, clip, code_block, eta_text, result_embed
 from cogs.utils.progress import Throttle
 
 if TYPE_CHECKING:
@@ -240,8 +240,7 @@ class ParametersButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], tem
         if record is None or not record.infotexts:
             await refuse(interaction, f"no parameters are stored for job {self.job_id}")
             return
-        text = "\n\n".join(record.infotexts)
-        await interaction.response.send_message(f"```\n{clip(text, CONTENT_MAX - 8)}\n```", ephemeral=True)
+        await interaction.response.send_message(code_block("\n\n".join(record.infotexts)), ephemeral=True)
 
 
 class DeleteButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:delete:" + JOB_ID):

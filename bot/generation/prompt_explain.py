@@ -1,0 +1,76 @@
+"""How Easel (and A1111) reads a prompt: which text holds at which steps (prompt editing,
+alternation), its 75-token chunks, the weight of every run of tokens, and the extra-network tags
+taken out. Behind `python bot.py prompt explain` and `/explain`. Tokenizer only: no torch.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from bot.errors import EaselError
+from bot.generation.prompt_chunks import CHUNK, Chunk, chunk_prompt
+from bot.generation.prompt_schedule import prompt_schedule
+from bot.generation.prompt_syntax import parse_prompt
+from bot.generation.requests import MAX_STEPS
+
+# Every architecture Easel runs uses CLIP's BPE vocabulary; SD1's bundled tokenizer stands for all.
+TOKENIZER = Path(__file__).resolve().parents[2] / "gpu_worker" / "configs" / "sd1" / "tokenizer"
+
+
+@cache
+def _tokenizer() -> Any:
+    """Loaded once (building CLIP's BPE tables takes a moment); the tokenizer only, no torch."""
+    from transformers import CLIPTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()  # its notes about tokenizer options are not for our users
+    return CLIPTokenizer.from_pretrained(str(TOKENIZER))
+
+
+def explain(text: str, steps: int = 20) -> dict[str, Any]:
+    """The reading of `text` over `steps` sampling steps; blocking (tokenizer): call it off the loop."""
+    if not 1 <= steps <= MAX_STEPS:
+        raise EaselError(f"steps must be between 1 and {MAX_STEPS}")
+    tokenizer = _tokenizer()
+    schedule, tags = [], []
+    for until_step, scheduled in prompt_schedule(text, steps):  # prompt editing and alternation
+        tags += [tag.text for tag in parse_prompt(scheduled).extra_networks]
+        chunks = [_chunk_runs(chunk, tokenizer) for chunk in chunk_prompt(scheduled, tokenizer)]
+        schedule.append(
+            {"until_step": until_step, "text": scheduled, "chunks": chunks, "tokens": sum(c["tokens"] for c in chunks)}
+        )
+    return {"steps": steps, "schedule": schedule, "extra_networks": list(dict.fromkeys(tags))}
+
+
+def _chunk_runs(chunk: Chunk, tokenizer: Any) -> dict[str, Any]:
+    body = list(zip(chunk.tokens[1:-1], chunk.weights[1:-1], strict=True))
+    used = [(token, weight) for token, weight in body if token != tokenizer.eos_token_id]
+    runs: list[dict[str, Any]] = []
+    for token, weight in used:
+        if runs and runs[-1]["weight"] == weight:
+            runs[-1]["tokens"].append(token)
+        else:
+            runs.append({"weight": weight, "tokens": [token]})
+    return {
+        "tokens": len(used),
+        "runs": [{"weight": round(r["weight"], 4), "text": tokenizer.decode(r["tokens"])} for r in runs],
+    }
+
+
+def render(reading: dict[str, Any]) -> list[str]:
+    """The reading as lines of text, for a terminal or a Discord code block."""
+    lines = []
+    if reading["extra_networks"]:
+        lines.append(f"taken out (not applied yet): {', '.join(reading['extra_networks'])}")
+    first = 1
+    for entry in reading["schedule"]:
+        if len(reading["schedule"]) > 1:
+            lines.append(f"steps {first}-{entry['until_step']} of {reading['steps']}: {entry['text']}")
+        first = entry["until_step"] + 1
+        lines.append(f"{len(entry['chunks'])} chunk(s) of {CHUNK} tokens; {entry['tokens']} tokens used")
+        for number, chunk in enumerate(entry["chunks"], 1):
+            lines.append(f"chunk {number}: {chunk['tokens']} tokens")
+            lines += [f"  {run['weight']:>7.4f}  {run['text']}" for run in chunk["runs"]]
+    return lines
