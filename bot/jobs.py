@@ -24,7 +24,7 @@ from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.policy import check_prompt
-from bot.generation.requests import GenerationRequest, random_seed, validate
+from bot.generation.requests import GenerationRequest, ValidRequest, random_seed, validate
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
@@ -83,9 +83,13 @@ class ImagineOptions:
 class JobPlan:
     """Jobs that passed every rule of the place, not yet queued."""
 
-    items: list[tuple[GenerationRequest, CheckpointRef]]
+    specs: list[ValidRequest]  # validated once, here; the service queues them as they are
     here: Effective
     seed: int = -1
+
+    @property
+    def items(self) -> list[tuple[GenerationRequest, CheckpointRef]]:
+        return [(spec.request, spec.checkpoint) for spec in self.specs]
 
     @property
     def spoiler(self) -> bool:
@@ -94,7 +98,7 @@ class JobPlan:
 
     @property
     def checkpoints(self) -> list[CheckpointRef]:
-        return [ref for _, ref in self.items]
+        return [spec.checkpoint for spec in self.specs]
 
 
 SeedChoice = Callable[[JobRecord], int]
@@ -177,7 +181,7 @@ class Jobs:
             count=options.count,
             clip_skip=options.clip_skip,
         )
-        return self._checked(JobPlan([(request, ref)], here), place)
+        return self._checked([(request, ref)], here, place)
 
     async def plan_rerun(
         self,
@@ -215,7 +219,7 @@ class Jobs:
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
         )
-        return self._checked(JobPlan([(request, ref)], here), place)
+        return self._checked([(request, ref)], here, place)
 
     async def plan_compare(
         self,
@@ -253,28 +257,29 @@ class Jobs:
             )
             for ref in refs
         ]
-        return self._checked(JobPlan(items, here, seed), place)
+        return self._checked(items, here, place, seed)
 
     async def start(self, plan: JobPlan) -> list[JobHandle]:
         """Queue a plan: all its jobs, or none (the service admits them under its lock)."""
-        if len(plan.items) == 1:
-            request, ref = plan.items[0]
-            return [await self.generation.submit(request, ref)]
-        return await self.generation.submit_group(plan.items)
+        if len(plan.specs) == 1:
+            return [await self.generation.admit(plan.specs[0])]
+        return await self.generation.admit_group(plan.specs)
 
     # --- the rules ---------------------------------------------------------------------------------
 
-    def _checked(self, plan: JobPlan, place: Place) -> JobPlan:
+    def _checked(
+        self, items: list[tuple[GenerationRequest, CheckpointRef]], here: Effective, place: Place, seed: int = -1
+    ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them."""
-        here = plan.here
-        pictures = sum(request.count for request, _ in plan.items)
-        for request, ref in plan.items:
+        pictures = sum(request.count for request, _ in items)
+        for request, ref in items:
             if not place.host:  # the owner at the host's command line is bound by the bot's limits only
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
                 check_prompt(request.prompt, here.blocked_words)
                 here.check_request(request.steps, pictures)
-            validate(request, ref, self.generation.limits)  # sizes, CFG, sampler, seed: before any queue
-        return plan
+        # Sizes, CFG, sampler, seeds: before any queue, and only here.
+        specs = [validate(request, ref, self.generation.limits) for request, ref in items]
+        return JobPlan(specs, here, seed)
 
     async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> CheckpointRef:
         """The named checkpoint, else the place's default, else the first one offered here."""

@@ -176,23 +176,25 @@ class GenerationService:
 
     # --- front-end API -------------------------------------------------------------------------
 
-    async def submit_group(self, items: list[tuple[GenerationRequest, CheckpointRef]]) -> list[JobHandle]:
+    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
+        return await self.admit(validate(request, checkpoint, self.limits))
+
+    async def admit_group(self, specs: list[ValidRequest]) -> list[JobHandle]:
         """Jobs asked for together (a comparison): refused as a whole before any is queued, one cooldown."""
-        if not items:
+        if not specs:
             return []
-        user = items[0][0].requester_id
-        specs = [validate(request, checkpoint, self.limits) for request, checkpoint in items]
+        user = specs[0].request.requester_id
         # Admission is checked and recorded under one lock: recording a job awaits the database, and
         # five concurrent requests from one user must not all pass a check made before that await.
         async with self._admission:
             self._check_running()
             free = self.limits.max_queued_per_user - self._queue.queued_for(user)
-            if len(items) > free:
+            if len(specs) > free:
                 raise GenerationError(
-                    f"this needs {len(items)} places in the queue and you have {max(0, free)} free "
+                    f"this needs {len(specs)} places in the queue and you have {max(0, free)} free "
                     f"(the limit is {self.limits.max_queued_per_user}); wait for your jobs to start"
                 )
-            if len(self._queue) + len(items) > self.limits.max_queue:
+            if len(self._queue) + len(specs) > self.limits.max_queue:
                 raise GenerationError(f"the queue is full ({self.limits.max_queue} jobs); try again in a few minutes")
             self.cooldowns.check(user)
             handles = [await self._enqueue(spec) for spec in specs]
@@ -200,14 +202,15 @@ class GenerationService:
         self._pump()
         return handles
 
-    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
-        spec = validate(request, checkpoint, self.limits)
-        async with self._admission:  # see submit_group
+    async def admit(self, spec: ValidRequest) -> JobHandle:
+        """Queue one validated job, if the queue, the worker and the requester's cooldown allow it."""
+        user = spec.request.requester_id
+        async with self._admission:  # see admit_group
             self._check_running()
-            self._queue.check_room(request.requester_id)
-            self.cooldowns.check(request.requester_id)
+            self._queue.check_room(user)
+            self.cooldowns.check(user)
             handle = await self._enqueue(spec)
-            self.cooldowns.record(request.requester_id)
+            self.cooldowns.record(user)
         self._pump()
         return handle
 
