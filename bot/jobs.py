@@ -28,6 +28,9 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
+from bot.loras.registry import LoraEntry, LoraRegistry
+from bot.loras.selection import lora_tags, resolve_loras, with_lora_tag
+from gpu_worker.protocol import LoraUse
 
 VARIATIONS = 4  # pictures the Variations button asks for
 
@@ -77,6 +80,8 @@ class ImagineOptions:
     seed: int = -1
     count: int = 1
     clip_skip: int = 1
+    lora: str | None = None  # /imagine's LoRA option: added to the prompt as <lora:NAME:STRENGTH>
+    lora_strength: float = 1.0
 
 
 @dataclass
@@ -122,10 +127,12 @@ class Jobs:
         registry: CheckpointRegistry,
         generation: GenerationService,
         guild_settings: GuildSettings | None,
+        loras: LoraRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
         self.guild_settings = guild_settings
+        self.loras = loras
 
     # --- what applies where ----------------------------------------------------------------------
 
@@ -151,6 +158,14 @@ class Jobs:
         """Checkpoints that can be used here: those shown here that can run."""
         return [e for e in await self.shown(place, here) if e.runnable]
 
+    async def loras_shown(self, place: Place, base: str | None = None) -> list[LoraEntry]:
+        """LoRAs shown here: present, NSFW-flagged ones only where NSFW is allowed; for `base` when given."""
+        if self.loras is None:
+            return []
+        here = await self.rules(place)
+        nsfw_allowed = here.allow_nsfw(place.adult)
+        return [e for e in await self.loras.list(status="present", base=base) if nsfw_allowed or not e.nsfw]
+
     @staticmethod
     def may_change(asker: Asker, requester_id: str | None) -> bool:
         """Delete a picture, cancel a job: the person who asked for it, or a moderator."""
@@ -166,10 +181,11 @@ class Jobs:
             width, height = options.size
         else:
             width, height = size_for(options.aspect or here.aspect, ref.native_size)
+        prompt = options.prompt if options.lora is None else with_lora_tag(options.prompt, options.lora, options.lora_strength)
         request = self._request(
             asker,
             place,
-            prompt=options.prompt,
+            prompt=prompt,
             negative=here.negative if options.negative is None else options.negative,
             width=width,
             height=height,
@@ -181,7 +197,7 @@ class Jobs:
             count=options.count,
             clip_skip=options.clip_skip,
         )
-        return self._checked([(request, ref)], here, place)
+        return await self._checked([(request, ref)], here, place)
 
     async def plan_rerun(
         self,
@@ -219,7 +235,7 @@ class Jobs:
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
         )
-        return self._checked([(request, ref)], here, place)
+        return await self._checked([(request, ref)], here, place)
 
     async def plan_compare(
         self,
@@ -257,7 +273,7 @@ class Jobs:
             )
             for ref in refs
         ]
-        return self._checked(items, here, place, seed)
+        return await self._checked(items, here, place, seed)
 
     async def start(self, plan: JobPlan) -> list[JobHandle]:
         """Queue a plan: all its jobs, or none (the service admits them under its lock)."""
@@ -267,7 +283,7 @@ class Jobs:
 
     # --- the rules ---------------------------------------------------------------------------------
 
-    def _checked(
+    async def _checked(
         self, items: list[tuple[GenerationRequest, CheckpointRef]], here: Effective, place: Place, seed: int = -1
     ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them."""
@@ -277,9 +293,21 @@ class Jobs:
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
                 check_prompt(request.prompt, here.blocked_words)
                 here.check_request(request.steps, pictures)
-        # Sizes, CFG, sampler, seeds: before any queue, and only here.
-        specs = [validate(request, ref, self.generation.limits) for request, ref in items]
+        # LoRAs, sizes, CFG, sampler, seeds: before any queue, and only here.
+        limits = self.generation.limits
+        specs = []
+        for request, ref in items:
+            loras = await self._loras(request.prompt, ref, here.allow_nsfw(place.adult))
+            specs.append(validate(request, ref, limits, loras))
         return JobPlan(specs, here, seed)
+
+    async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:
+        """The LoRAs the prompt's tags name, each installed, for this checkpoint's base, within limits."""
+        if self.loras is None:
+            if lora_tags(prompt):
+                raise EaselError("LoRAs are not available here")
+            return ()
+        return await resolve_loras(self.loras, prompt, ref, self.generation.limits, nsfw_allowed)
 
     async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> CheckpointRef:
         """The named checkpoint, else the place's default, else the first one offered here."""

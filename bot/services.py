@@ -18,6 +18,7 @@ from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
 from bot.jobs import Jobs
+from bot.loras.registry import LoraRegistry
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Services:
     downloads: Downloader
     guild_settings: GuildSettings
     jobs: Jobs  # every job is started here, whatever the front end
+    loras: LoraRegistry
 
     async def close(self) -> None:
         await self.generation.close()
@@ -71,7 +73,8 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    jobs = Jobs(registry, generation, guild_settings)
+    loras = LoraRegistry(db, registry.models_root)
+    jobs = Jobs(registry, generation, guild_settings, loras)
     return Services(
-        settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings, jobs
+        settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings, jobs, loras
     )

@@ -12,11 +12,16 @@ from discord.ext import commands
 from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_changes
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
+from bot.checkpoints.registry import CheckpointEntry
 from bot.errors import RegistryError
+from bot.loras.registry import LoraEntry
+from bot.model_files import add_model_file, scan_models
 from cogs.catalog import info_embed
+from cogs.loras import lora_embed
 from cogs.utils.checkpoint_option import Registered
 from cogs.utils.checks import owner_only
 from cogs.utils.formatting import CONTENT_MAX, clip
+from cogs.utils.lora_option import Lora
 from cogs.utils.progress import ThrottledEdits
 
 if TYPE_CHECKING:
@@ -39,24 +44,34 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     )
     async def scan(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report = await self.services.registry.scan()
+        report, loras = await scan_models(self.services.registry, self.services.loras)
         lines = [
             f"{len(report.added)} added, {len(report.updated)} updated, {len(report.restored)} restored, "
-            f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped"
+            f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped",
+            f"LoRAs: {len(loras.added)} added, {len(loras.updated)} updated, {len(loras.missing)} missing, "
+            f"{loras.unchanged} unchanged, {len(loras.errors)} skipped",
         ]
         lines += [f"+ {e.name} ({e.architecture})" for e in report.added]
-        lines += [f"skipped {path}: {reason}" for path, reason in report.errors]
+        lines += [f"+ LoRA {e.name} ({e.label})" for e in loras.added]
+        lines += [f"skipped {path}: {reason}" for path, reason in report.errors + loras.errors]
         await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
 
     @owner_only()
-    @app_commands.command(name="add", description="Register one checkpoint file from the models folder")
-    @app_commands.describe(path="Path inside the models folder", name="Name (default: the file's)", nsfw="Mark it NSFW")
+    @app_commands.command(name="add", description="Register one checkpoint or LoRA file from the models folders")
+    @app_commands.describe(
+        path="Path inside the models folder (a file in models/Lora is a LoRA)",
+        name="Name (default: the file's)",
+        nsfw="Mark it NSFW",
+    )
     async def add(
         self, interaction: discord.Interaction, path: str, name: str | None = None, nsfw: bool = False
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        entry = await self.services.registry.add(Path(path), name=name, nsfw=True if nsfw else None)
-        await interaction.edit_original_response(content="Registered.", embed=info_embed(entry))
+        entry = await add_model_file(
+            self.services.registry, self.services.loras, Path(path), name=name, nsfw=True if nsfw else None
+        )
+        embed = lora_embed(entry) if isinstance(entry, LoraEntry) else info_embed(entry)
+        await interaction.edit_original_response(content="Registered.", embed=embed)
 
     @owner_only()
     @app_commands.command(
@@ -86,9 +101,17 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         await interaction.edit_original_response(content="Downloaded and registered.", embed=info_embed(entry))
 
     @owner_only()
-    @app_commands.command(name="remove", description="Forget a checkpoint (its file stays on disk)")
-    async def remove(self, interaction: discord.Interaction, checkpoint: Registered) -> None:
-        entry = await self.services.registry.remove(checkpoint)
+    @app_commands.command(name="remove", description="Forget a checkpoint or a LoRA (its file stays on disk)")
+    @app_commands.describe(checkpoint="A checkpoint", lora="Or a LoRA")
+    async def remove(
+        self, interaction: discord.Interaction, checkpoint: Registered | None = None, lora: Lora | None = None
+    ) -> None:
+        if (checkpoint is None) == (lora is None):
+            raise RegistryError("name one checkpoint or one LoRA")
+        if checkpoint is not None:
+            entry: CheckpointEntry | LoraEntry = await self.services.registry.remove(checkpoint)
+        else:
+            entry = await self.services.loras.remove(lora or "")
         await interaction.response.send_message(
             f"Removed **{entry.name}** from the catalog; the file {entry.relative_path} is still on disk.",
             ephemeral=True,

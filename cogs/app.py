@@ -22,6 +22,7 @@ T = TypeVar("T")
 EXTENSIONS = (
     "cogs.generation",
     "cogs.catalog",
+    "cogs.loras",
     "cogs.status",
     "cogs.admin",
     "cogs.moderation",

@@ -11,13 +11,14 @@ from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
-from bot.generation.requests import MAX_CFG, MAX_PICTURES_PER_COMMAND, MAX_STEPS
+from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
 from bot.jobs import ImagineOptions
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
 from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, run_plan
+from cogs.utils.lora_option import Lora
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -43,6 +44,8 @@ class Generation(commands.Cog):
         sampler="Sampler, as named in the A1111 WebUI",
         seed="Seed; -1 for a random one",
         count="How many pictures",
+        lora="A LoRA to apply (added to the prompt as <lora:NAME:STRENGTH>)",
+        lora_strength="How strongly the LoRA applies (1 = as trained)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -62,6 +65,8 @@ class Generation(commands.Cog):
         sampler: str | None = None,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
         count: app_commands.Range[int, 1, MAX_PICTURES_PER_COMMAND] = 1,
+        lora: Lora | None = None,
+        lora_strength: app_commands.Range[float, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT] = 1.0,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -75,6 +80,8 @@ class Generation(commands.Cog):
             sampler=sampler,
             seed=seed,
             count=count,
+            lora=lora,
+            lora_strength=lora_strength,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

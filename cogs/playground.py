@@ -13,6 +13,7 @@ from pathlib import Path
 import simcord
 
 from bot.config import Settings
+from bot.model_files import scan_models
 from bot.services import open_services
 from cogs.app import create_bot
 
@@ -45,7 +46,7 @@ async def run_playground(
     settings = await playground_settings(settings)
     services = await open_services(settings, preview_every=2)
     try:
-        await services.registry.scan()
+        await scan_models(services.registry, services.loras)
         # Generations take real seconds on the worker: let the simulated Discord wait for them.
         bot = create_bot(services, always_sync=True)
         async with simcord.run(bot, settle_timeout=900) as env:

@@ -4,6 +4,7 @@ serve --fd N           the bot's worker process (the bot starts it; see bot/gene
 generate PATH …        one batch in this process, printing every event: for debugging a checkpoint
                        or the worker without the bot
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
+make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkpoints
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
 """
 
@@ -40,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-lora")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -60,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         from multiprocessing.connection import Connection
 
         return serve_embeddings(Connection(args.fd), args.threads, cache)
+    if args.command == "make-tiny-lora":
+        return _make_tiny_lora(args)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -68,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_lora(args: argparse.Namespace) -> int:
+    from gpu_worker.tiny_lora import make_tiny_lora
+
+    try:
+        out = make_tiny_lora(args.base, Path(args.out), seed=args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.base} LoRA, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
 
 

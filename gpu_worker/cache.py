@@ -97,6 +97,22 @@ class PipelineCache:
         self.stats.loads += 1
         return loaded, "disk"
 
+    def remeasure(self, key: str) -> None:
+        """A device pipeline grew or shrank (LoRA adapters came or went): count it again, and make room."""
+        entry = self._device.get(key)
+        if entry is None:
+            return
+        del self._device[key]
+        entry.nbytes = pipeline_bytes(entry.loaded.pipeline)
+        self._make_room(entry.nbytes)
+        self._device[key] = entry
+
+    def discard(self, key: str) -> None:
+        """Forget a pipeline whose state is in doubt; the next job loads it afresh."""
+        self._device.pop(key, None)
+        self._cpu.pop(key, None)
+        gc.collect()
+
     def _make_room(self, nbytes: int) -> None:
         while self._device and self._used(self._device) + nbytes > self.device_budget:
             key, entry = self._device.popitem(last=False)

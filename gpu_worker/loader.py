@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import diffusers
 import torch
+import transformers
 from diffusers import DiffusionPipeline
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
@@ -30,6 +31,7 @@ from gpu_worker.protocol import SUPPORTED_FAMILIES, LoadRequest
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
 diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
+transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, e.g. for LoRA text-encoder layers
 
 CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -49,6 +51,8 @@ class LoadedPipeline:
     # The checkpoint's own scheduler config: every job's sampler is built from this, never from
     # the previous job's scheduler, so one job's sampler options cannot leak into the next.
     base_scheduler_config: dict = field(default_factory=dict)
+    # LoRA adapters injected into this pipeline (gpu_worker/loras.py), least recently used first.
+    adapters: list[str] = field(default_factory=list)
 
 
 def default_dtype(device: str) -> torch.dtype:

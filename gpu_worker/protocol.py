@@ -56,6 +56,18 @@ class JobPart:
 
 
 @dataclass(frozen=True)
+class LoraUse:
+    """A LoRA a batch applies, at A1111's two strengths: text encoder and UNet."""
+
+    name: str  # as the prompt names it (infotext `Lora hashes`)
+    path: str
+    sha256: str  # identity: the adapter stays cached in the worker under it
+    short_hash: str  # A1111's 12 hex
+    te: float
+    unet: float
+
+
+@dataclass(frozen=True)
 class RunBatch:
     batch_id: str
     load: LoadRequest
@@ -69,6 +81,7 @@ class RunBatch:
     clip_skip: int = 1  # A1111 semantics: 1 = last layer
     model_name: str = ""  # file stem, for the infotext "Model" field
     preview_every: int = 0  # steps between previews; 0 = none
+    loras: tuple[LoraUse, ...] = ()  # every job of a batch has the same LoRAs at the same strengths
 
     @property
     def image_count(self) -> int:

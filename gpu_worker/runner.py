@@ -20,6 +20,7 @@ from PIL import Image
 from gpu_worker.cache import PipelineCache
 from gpu_worker.infotext import build_infotext
 from gpu_worker.loader import CheckpointLoadError
+from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed
 from gpu_worker.protocol import (
@@ -64,6 +65,11 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int) -> str:
             "Model hash": batch.load.sha256[:10] or None,
             "Model": batch.model_name or batch.load.name,
             "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
+            # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
+            "Lora hashes": ", ".join(
+                f"{use.name.replace(':', '').replace(',', '')}: {use.short_hash}" for use in batch.loras
+            )
+            or None,
             "Version": VERSION,
         },
     )
@@ -95,9 +101,7 @@ class BatchRunner:
         except BatchCancelled:
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except CheckpointLoadError as e:
-            self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
-        except OutOfMemory as e:
+        except (CheckpointLoadError, LoraError, OutOfMemory) as e:
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
             log.exception("batch %s failed", batch.batch_id)
@@ -115,6 +119,12 @@ class BatchRunner:
         self.send(BatchLoading(batch.batch_id, batch.load.name, self.cache.where(batch.load.cache_key)))
         started = time.perf_counter()
         loaded, source = self.cache.get(batch.load)
+        try:
+            if apply_loras(loaded, batch.loras):
+                self.cache.remeasure(batch.load.cache_key)
+        except TaintedPipeline:
+            self.cache.discard(batch.load.cache_key)
+            raise
         load_seconds = time.perf_counter() - started
         pipe = loaded.pipeline
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)

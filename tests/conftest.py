@@ -34,6 +34,17 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny kohya-layout LoRAs for the tiny SD1, SD2 and SDXL models (lora-sd1.safetensors, …)."""
+    from gpu_worker.tiny_lora import make_tiny_lora
+
+    folder = tmp_path_factory.mktemp("tiny-loras")
+    for base in ("sd1", "sd2", "sdxl"):
+        make_tiny_lora(base, folder / f"lora-{base}.safetensors", seed=1)
+    return folder
+
+
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A clean configuration: models and data directories under tmp_path, no token, no config files."""

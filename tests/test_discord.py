@@ -16,6 +16,7 @@ import simcord
 from PIL import Image
 
 from bot.config import Settings
+from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
@@ -24,15 +25,18 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def services(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Services]:
+async def services(
+    tiny_dir: Path, tiny_loras: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Services]:
     root = tmp_path_factory.mktemp("discord")
     models = root / "models"
-    models.mkdir()
+    (models / "Lora").mkdir(parents=True)
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "tiny-sd1.safetensors")
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "tiny-xl.safetensors")
+    shutil.copy(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "ink.safetensors")
     settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
-    await services.registry.scan()
+    await scan_models(services.registry, services.loras)
     yield services
     await services.close()
 
@@ -220,6 +224,11 @@ async def test_admin_commands_are_for_owners_only(
     assert "still on disk" in removed.response.content and await services.registry.find("tiny-sd1-fp16") is None
     added = await owner.slash(channel, "admin add", path="tiny-sd1-fp16.safetensors", name="half")
     assert added.response.embeds[0].title == "half"
+    removed = await owner.slash(channel, "admin remove", lora="ink")
+    assert "still on disk" in removed.response.content and await services.loras.find("ink") is None
+    added = await owner.slash(channel, "admin add", path="Lora/ink.safetensors")  # the folder says: a LoRA
+    fields = {f.name: f.value for f in added.response.embeds[0].fields}
+    assert added.response.embeds[0].title == "ink" and fields["Kind"] == "LoRA for SD1.x"
     outside = await owner.slash(channel, "admin add", path="/etc/passwd")
     assert "outside the models directory" in outside.followups[0].content
 
@@ -565,8 +574,27 @@ async def test_explain_shows_chunks_weights_and_editing_privately(env: simcord.E
     result = await alice.slash(channel, "explain", prompt="a (fox:1.3) BREAK [cat:dog:0.5] <lora:ink:0.8>", steps=10)
     text = result.response.content  # the first follow-up after a defer fills the "thinking…" message
     assert result.ephemeral and text.startswith("```") and text.endswith("```")
-    assert "taken out (not applied yet): <lora:ink:0.8>" in text
+    assert "taken out of the text (LoRAs apply to the whole picture): <lora:ink:0.8>" in text
     assert "steps 1-5 of 10" in text and "steps 6-10 of 10" in text
     assert " 1.3000  fox" in text and "chunk 2:" in text
     long = (await alice.slash(channel, "explain", prompt="```" + "a, " * 490, steps=1)).response.content
     assert "14 chunk(s)" in long and len(long) == 2000 and long.count("```") == 2
+
+
+async def test_loras_are_listed_picked_from_a_menu_and_credited(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    listed = await alice.slash(channel, "loras list")
+    assert listed.ephemeral and "`<lora:ink:1>` · LoRA for SD1.x" in listed.response.content
+    card = (await alice.slash(channel, "loras info", name="ink")).response.embeds[0]
+    assert card.title == "ink" and "easel style" in {f.name: f.value for f in card.fields}["Trigger words"]
+    result = await alice.slash(
+        channel, "imagine", prompt="a red fox", checkpoint="tiny-sd1", steps=3, seed=9, lora="ink", lora_strength=0.7
+    )
+    embed = result.response.embeds[0]
+    fields = {f.name: f.value for f in embed.fields}
+    assert embed.title == "a red fox <lora:ink:0.7>" and fields["LoRAs"] == "ink 0.7"
+    prompt, _, params = parse_infotext((await png_of(result.response)).info["parameters"])
+    entry = await services.loras.get("ink")
+    assert prompt == "a red fox <lora:ink:0.7>" and params["Lora hashes"] == f"ink: {entry.short_hash}"
+    refused = await alice.slash(channel, "imagine", prompt="a red fox <lora:ink:1>", checkpoint="tiny-xl")
+    assert "the LoRA ink is for SD1.x and tiny-xl is SDXL base" in refused.followups[0].content

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.checkpoints.tensors import TensorInfo
+from bot.loras.detection import is_adapter
 
 UNET = "model.diffusion_model."
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -72,8 +73,8 @@ def detect_architecture(
     def unusable(family: str, label: str, key: str, reason: str) -> Architecture:
         return Architecture(family, "", "", label, key, False, reason)
 
-    if any(k.startswith(("lora_unet_", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys):
-        key = next(k for k in keys if "lora" in k)
+    if is_adapter(keys):
+        key = next(k for k in keys if "lora" in k or "hada" in k or "lokr" in k)
         return unusable("lora", "LoRA (not a checkpoint)", key, "a LoRA adapter, not a full checkpoint")
     for key in (
         "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",

@@ -58,6 +58,21 @@ def autov1(path: Path) -> str | None:
         return hashlib.sha256(f.read(AUTOV1_LENGTH)).hexdigest()[:8]
 
 
+def addnet_hash(path: Path) -> str:
+    """A1111's LoRA hash (modules/hashes.py `addnet_hash_safetensors`): the sha256 of the bytes after a
+    safetensors file's header, so that rewriting the metadata keeps it. Its first 12 hex digits are
+    the short hash that `Lora hashes` in an infotext carries. For a file already vetted as safetensors.
+    """
+    digest = hashlib.sha256()
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(8 + int.from_bytes(f.read(8), "little"))
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> FileHashes:
     return FileHashes(sha256=sha256_file(path, progress), autov1=autov1(path))
 

@@ -28,6 +28,7 @@ from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
 from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
+from bot.loras.registry import lora_folders
 from bot.untrusted import has_lone_surrogate
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ class CheckpointRegistry:
         self.models_root = models_root.resolve()
         self._hashes = HashCache(db)
 
+    @property
+    def db(self) -> aiosqlite.Connection:
+        return self._db
+
     # --- inspection and hashing, off the event loop -------------------------------------------
 
     async def hashes(self, path: Path, progress: HashProgress | None = None) -> FileHashes:
@@ -246,6 +251,8 @@ class CheckpointRegistry:
             raise RegistryError(f"the name {slugify(name)!r} is already taken; choose another with --name")
 
         examined = await self._examine(resolved, progress)
+        if examined.inspection.architecture.family == "lora":
+            raise RegistryError(f"{relative} is a LoRA, not a checkpoint; put it in the models/Lora folder")
         twin = await self.find_by_sha256(examined.hashes.sha256)
         if twin is not None:
             raise RegistryError(
@@ -482,12 +489,14 @@ def _title(inspection: Inspection, path: Path) -> str:
 def _walk_checkpoints(root: Path) -> tuple[list[Path], list[str]]:
     """Checkpoint files under root (resolved), and the relative paths of links that lead outside it.
 
-    Hidden folders and A1111's VAE files (NAME.vae.pt) are skipped.
+    Hidden folders, the LoRA folders (bot/loras/registry.py scans those) and A1111's VAE files
+    (NAME.vae.pt) are skipped.
     """
     found: list[Path] = []
     escaped: list[str] = []
+    adapters = set(lora_folders(root))
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() not in adapters)
         for file in sorted(files):
             path = Path(folder) / file
             if path.suffix.lower() in CHECKPOINT_SUFFIXES and ".vae." not in file.lower() and not file.startswith("."):

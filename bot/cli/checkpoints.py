@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,13 +17,16 @@ from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry, HashProgress
+from bot.cli.loras import print_lora_scan, render_lora_line
 from bot.cli.output import render_entry, render_entry_line, render_inspection
+from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
+from bot.loras.registry import LoraEntry, LoraRegistry
+from bot.model_files import add_model_file, remove_model, scan_models
 
 PROGRESS_MIN_BYTES = 64 << 20
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @asynccontextmanager
@@ -80,33 +82,16 @@ async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
-    # torch lives in the worker package; run it as its own process so this one stays light.
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gpu_worker",
-        "make-tiny-checkpoint",
-        "--arch",
-        args.arch,
-        "--seed",
-        str(args.seed),
-        args.out,
-        cwd=REPO_ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    stdout, stderr = await proc.communicate()
-    if proc.returncode != 0:
-        lines = stderr.decode().strip().splitlines()
-        raise EaselError(lines[-1].removeprefix("error: ") if lines else "making the checkpoint failed")
-    print(stdout.decode().strip())
+    print(await run_worker_tool("make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), args.out))
     return 0
 
 
 async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     tags = [t for t in args.tags.split(",")] if args.tags is not None else None
     async with open_registry(settings) as registry:
-        entry = await registry.add(
+        entry = await add_model_file(
+            registry,
+            LoraRegistry(registry.db, registry.models_root),
             Path(args.path),
             name=args.name,
             description=args.description,
@@ -116,6 +101,8 @@ async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.json:
         _print_json(entry.to_dict())
+    elif isinstance(entry, LoraEntry):
+        print(f"registered LoRA {render_lora_line(entry)}")
     else:
         print(f"registered {entry.name} ({entry.autov2.upper()}, {entry.architecture})")
         if not entry.runnable:
@@ -190,16 +177,17 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings, need_models_dir=False) as registry:
-        entry = await registry.remove(args.name)
-    print(f"removed {entry.name} from the registry (the file {entry.relative_path} was left in place)")
+        entry = await remove_model(registry, LoraRegistry(registry.db, registry.models_root), args.name)
+    kind = "the LoRA " if isinstance(entry, LoraEntry) else ""
+    print(f"removed {kind}{entry.name} from the registry (the file {entry.relative_path} was left in place)")
     return 0
 
 
 async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
-        report = await registry.scan(hash_progress())
+        report, lora_report = await scan_models(registry, LoraRegistry(registry.db, registry.models_root), hash_progress())
     if args.json:
-        _print_json(report.to_dict())
+        _print_json(report.to_dict() | {"loras": lora_report.to_dict()})
         return 0
     for e in report.added:
         print(f"added     {render_entry_line(e)}")
@@ -215,6 +203,8 @@ async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         f"scan done: {len(report.added)} added, {len(report.updated)} updated, {len(report.restored)} restored, "
         f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped"
     )
+    if lora_report.added or lora_report.updated or lora_report.missing or lora_report.errors or lora_report.unchanged:
+        print_lora_scan(lora_report)
     return 0
 
 

@@ -64,6 +64,7 @@ class Job:
             s.sampler,
             s.schedule,
             s.request.clip_skip,
+            s.loras,  # LoRAs and their strengths apply to the whole pipeline call
         )
 
     @property

@@ -15,6 +15,7 @@ from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.untrusted import has_lone_surrogate
+from gpu_worker.protocol import LoraUse
 
 
 class GenerationError(EaselError):
@@ -26,6 +27,7 @@ class GenerationError(EaselError):
 MAX_STEPS = 150
 MAX_CFG = 30.0
 MAX_PICTURES_PER_COMMAND = 4  # /imagine's count; the CLI may ask up to Limits.max_count
+MAX_LORA_WEIGHT = 4.0  # either strength of a LoRA, either sign (slider LoRAs go past 1)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Limits:
     max_queue: int = 100
     cooldown_seconds: float = 0.0  # between one user's requests
     max_prompt_chars: int = 8000
+    max_loras: int = 5  # LoRAs one prompt may apply
+    max_lora_weight: float = MAX_LORA_WEIGHT
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class ValidRequest:
     schedule: str
     seeds: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
+    loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/loras/selection.py
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -91,19 +96,18 @@ def random_seed() -> int:
     return random.randrange(4294967294)  # A1111's range
 
 
-def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits) -> ValidRequest:
+def validate(
+    request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits, loras: tuple[LoraUse, ...] = ()
+) -> ValidRequest:
+    """Every value checked and made final; `loras` were resolved from the prompt's tags beforehand."""
     if not has_visible_text(request.prompt):
         raise GenerationError("the prompt is empty; describe the picture you want")
-    ignored: list[str] = []
     for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
         if has_lone_surrogate(text):
             raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
         if len(text) > limits.max_prompt_chars:
             raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
-        for _, scheduled in prompt_schedule(text, max(1, request.steps)):  # prompt editing, alternation
-            ignored += [tag.text for tag in parse_prompt(scheduled).extra_networks]
-    ignored = list(dict.fromkeys(ignored))
-    notes = (f"not applied yet (LoRA and hypernetworks are coming): {', '.join(ignored)}",) if ignored else ()
+    notes = _unused_tags(request)
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
     if not checkpoint.present:
@@ -133,7 +137,26 @@ def validate(request: GenerationRequest, checkpoint: CheckpointRef, limits: Limi
         raise GenerationError(str(e)) from None
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
-    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes)
+    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes, loras)
+
+
+def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:
+    """Extra-network tags that are read but not applied: hypernetworks, and any tag in the negative
+    prompt (A1111 takes LoRAs from the prompt only)."""
+    unused: dict[str, str] = {}
+    for where, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
+        for _, scheduled in prompt_schedule(text, max(1, request.steps)):  # prompt editing, alternation
+            for tag in parse_prompt(scheduled).extra_networks:
+                if where == "negative prompt" or tag.kind.lower() not in ("lora", "lyco"):
+                    unused.setdefault(tag.text, where)
+    notes = []
+    negative = [text for text, where in unused.items() if where == "negative prompt"]
+    other = [text for text, where in unused.items() if where == "prompt"]
+    if negative:
+        notes.append(f"tags in the negative prompt are not applied (LoRAs go in the prompt): {', '.join(negative)}")
+    if other:
+        notes.append(f"not applied (only LoRA tags are supported): {', '.join(other)}")
+    return tuple(notes)
 
 
 def parse_size(text: str) -> tuple[int, int]:

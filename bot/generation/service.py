@@ -322,6 +322,7 @@ class GenerationService:
             clip_skip=spec.request.clip_skip,
             model_name=spec.checkpoint.file_stem,
             preview_every=self.preview_every,
+            loras=spec.loras,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import discord
 
 from bot.generation.jobs import Job
+from bot.loras.selection import lora_strength
 
 TITLE_MAX = 256
 FIELD_MAX = 1024
@@ -34,6 +35,10 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     embed.add_field(
         name="Seed" + ("s" if len(job.images) > 1 else ""), value=", ".join(str(i.seed) for i in job.images)
     )
+    if spec.loras:
+        embed.add_field(
+            name="LoRAs", value=clip(", ".join(f"{use.name} {lora_strength(use)}" for use in spec.loras), FIELD_MAX)
+        )
     embed.add_field(name="Size", value=f"{spec.width}×{spec.height}")
     embed.add_field(name="Steps", value=str(request.steps))
     embed.add_field(name="CFG", value=f"{request.cfg:g}")

@@ -1,0 +1,141 @@
+"""What kind of adapter a file holds and which base model it was trained for, from its header alone.
+
+Followed (facts, not code):
+- AUTOMATIC1111 extensions-builtin/Lora/network.py `NetworkOnDisk.detect_version`: the kohya
+  metadata `ss_base_model_version` ("sdxl_…" = SDXL) and `ss_v2` ("True" = SD2) decide first.
+- kohya-ss/sd-scripts (networks/lora.py): keys `lora_unet_…`, `lora_te_…` (SD1/SD2), `lora_te1_…` /
+  `lora_te2_…` (SDXL's two text encoders), each module with `.lora_down.weight`, `.lora_up.weight`
+  and `.alpha`; LyCORIS LoHa `hada_w1_a…`, LoKr `lokr_w1…`.
+- diffusers / PEFT layout (huggingface/diffusers loaders/lora_pipeline.py): `unet.….lora_A.weight`,
+  `text_encoder.…`, or the older `….lora.down.weight`.
+- Without metadata, the width of a cross-attention key projection tells the base as it does for
+  checkpoints: 768 = SD1 (CLIP-L), 1024 = SD2 (OpenCLIP-H), 2048 = SDXL (CLIP-L + bigG).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bot.checkpoints.tensors import TensorInfo
+
+BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD3", "": "unknown base"}
+_CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+# modelspec.architecture prefixes (Stability's model spec), e.g. "stable-diffusion-xl-v1-base/lora".
+_MODELSPEC_BASE = (
+    ("stable-diffusion-xl", "sdxl"),
+    ("stable-diffusion-v2", "sd2"),
+    ("stable-diffusion-v1", "sd1"),
+    ("flux", "flux"),
+    ("stable-diffusion-3", "sd3"),
+)
+
+
+@dataclass(frozen=True)
+class AdapterKind:
+    kind: str  # lora | locon | loha | lokr
+    layout: str  # kohya | peft
+    base: str  # sd1 | sd2 | sdxl | flux | sd3 | "" (unknown)
+    decided_by: str  # the metadata field or key behind `base`
+    loadable: bool
+    reason: str = ""  # why it cannot be applied
+
+    @property
+    def label(self) -> str:
+        kind = {"lora": "LoRA", "locon": "LoCon (LyCORIS)", "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)"}
+        return f"{kind[self.kind]} for {BASE_LABELS.get(self.base, self.base)}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "kind": self.kind,
+            "layout": self.layout,
+            "base": self.base,
+            "decided_by": self.decided_by,
+            "loadable": self.loadable,
+            "reason": self.reason,
+            "label": self.label,
+        }
+
+
+def is_adapter(keys: object) -> bool:
+    """Whether tensor names look like a LoRA-family adapter rather than a model."""
+    return any(_adapter_key(k) for k in keys)  # type: ignore[attr-defined]
+
+
+def _adapter_key(key: str) -> bool:
+    return (
+        key.startswith(("lora_unet_", "lora_te"))
+        or ".lora_down." in key
+        or ".lora_A." in key
+        or ".lora.down." in key
+        or ".hada_w1_a" in key
+        or ".lokr_w1" in key
+    )
+
+
+def detect_adapter(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> AdapterKind | None:
+    """The adapter's kind and base, or None when the tensors are not an adapter's."""
+    keys = list(tensors)
+    if not any(_adapter_key(k) for k in keys):
+        return None
+    layout = "kohya" if any(k.startswith(("lora_unet_", "lora_te")) for k in keys) else "peft"
+    kind = "lora"
+    if any(".hada_w1_a" in k for k in keys):
+        kind = "loha"
+    elif any(".lokr_w1" in k for k in keys):
+        kind = "lokr"
+    elif any(k.endswith(("lora_down.weight", "lora_A.weight")) and len(t.shape) == 4 for k, t in tensors.items()):
+        kind = "locon"  # convolution layers too: diffusers applies these like any LoRA
+    base, decided_by = _base(tensors, metadata)
+    reason = ""
+    if kind in ("loha", "lokr"):
+        name = {"loha": "LoHa", "lokr": "LoKr"}[kind]
+        reason = f"LyCORIS {name} adapters cannot be applied yet (diffusers loads LoRA and LoCon only)"
+    elif base in ("flux", "sd3"):
+        reason = f"a {BASE_LABELS[base]} LoRA; Easel does not run {BASE_LABELS[base]} checkpoints yet"
+    elif not base:
+        reason = "its base model could not be told from its metadata or keys"
+    return AdapterKind(kind, layout, base, decided_by, not reason, reason)
+
+
+def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tuple[str, str]:
+    version = str(metadata.get("ss_base_model_version", ""))
+    if version.startswith("sdxl_"):
+        return "sdxl", "ss_base_model_version"
+    if version.startswith(("sd_v2", "sd_2")):
+        return "sd2", "ss_base_model_version"
+    if version.startswith(("sd_v1", "sd_1")):
+        return "sd1", "ss_base_model_version"
+    if version.startswith("flux"):
+        return "flux", "ss_base_model_version"
+    if version.startswith("sd3"):
+        return "sd3", "ss_base_model_version"
+    if str(metadata.get("ss_v2", "")) == "True":
+        return "sd2", "ss_v2"
+    architecture = str(metadata.get("modelspec.architecture", "")).lower()
+    for prefix, base in _MODELSPEC_BASE:
+        if architecture.startswith(prefix):
+            return base, "modelspec.architecture"
+    keys = list(tensors)
+    for key in keys:
+        if key.startswith(("lora_te2_", "text_encoder_2.")):
+            return "sdxl", key
+        if key.startswith(("lora_unet_double_blocks", "transformer.single_transformer_blocks", "lora_transformer_")):
+            return "flux", key
+    for key, tensor in tensors.items():
+        cross_k = "attn2_to_k" in key or "attn2.to_k" in key
+        if (
+            cross_k
+            and key.endswith(("lora_down.weight", "lora_A.weight", "lora.down.weight"))
+            and len(tensor.shape) == 2
+        ):
+            base = _CROSS_WIDTH.get(tensor.shape[1])
+            if base:
+                return base, key
+    for key, tensor in tensors.items():
+        text_encoder = key.startswith(("lora_te_", "text_encoder."))
+        if text_encoder and key.endswith(("lora_down.weight", "lora_A.weight")) and len(tensor.shape) == 2:
+            base = {768: "sd1", 1024: "sd2"}.get(tensor.shape[1])
+            if base:
+                return base, key
+    return "", ""

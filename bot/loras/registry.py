@@ -1,0 +1,461 @@
+"""The LoRA registry: adapters found in the LoRA folders, identified by sha256, picked by name in prompts.
+
+LoRAs live where A1111 users keep them: a `Lora` (or `LyCORIS`) folder inside the models directory,
+or beside it when the models directory is A1111's `models/Stable-diffusion`. Every file is read
+through the same safe header reader as checkpoints and must lie inside one of those folders after
+links are followed. The name a prompt uses is the file stem, as in A1111 (`<lora:add_detail:0.6>`);
+kohya's `ss_output_name` is accepted as an alias.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.checkpoints.confinement import inside
+from bot.checkpoints.hashing import FileStamp, HashCache, addnet_hash, hash_file
+from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_file
+from bot.checkpoints.safetensors_header import read_header
+from bot.checkpoints.sidecars import read_sidecars
+from bot.db import transaction
+from bot.errors import CheckpointFileError, RegistryError
+from bot.loras.detection import BASE_LABELS, AdapterKind, detect_adapter
+from bot.untrusted import clean_text, has_lone_surrogate, load_json
+
+log = logging.getLogger(__name__)
+
+LORA_FOLDERS = ("Lora", "LyCORIS")  # A1111's models/Lora; the LyCORIS extension's models/LyCORIS
+MAX_TRIGGER_WORDS = 12
+_NAME_BAD = re.compile(r"[<>:\s]+")  # characters a <lora:NAME:…> tag cannot carry
+
+
+@dataclass
+class LoraEntry:
+    id: int
+    name: str
+    alias: str
+    display_name: str
+    path: Path
+    relative_path: str
+    sha256: str
+    short_hash: str
+    format: str
+    kind: str
+    layout: str
+    base: str
+    decided_by: str
+    loadable: bool
+    reason: str
+    rank: int | None
+    trigger_words: list[str]
+    description: str
+    nsfw: bool
+    preview_path: str | None
+    metadata: dict[str, Any]
+    file_size: int
+    mtime_ns: int
+    status: str
+    added_at: float
+    updated_at: float
+
+    @property
+    def autov2(self) -> str:
+        return self.sha256[:10]
+
+    @property
+    def base_label(self) -> str:
+        return BASE_LABELS.get(self.base, self.base)
+
+    @property
+    def label(self) -> str:
+        return AdapterKind(self.kind, self.layout, self.base, self.decided_by, self.loadable, self.reason).label
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if k not in ("id", "mtime_ns")}
+        return out | {"path": str(self.path), "autov2": self.autov2, "label": self.label}
+
+
+@dataclass
+class LoraScan:
+    added: list[LoraEntry] = field(default_factory=list)
+    updated: list[LoraEntry] = field(default_factory=list)
+    missing: list[LoraEntry] = field(default_factory=list)
+    unchanged: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": [e.name for e in self.added],
+            "updated": [e.name for e in self.updated],
+            "missing": [e.name for e in self.missing],
+            "unchanged": self.unchanged,
+            "errors": [{"path": p, "reason": r} for p, r in self.errors],
+        }
+
+
+@dataclass
+class ExaminedLora:
+    adapter: AdapterKind
+    metadata: dict[str, str]
+    rank: int | None
+    sha256: str
+    short_hash: str
+    stamp: FileStamp
+
+
+def lora_folders(models_root: Path) -> list[Path]:
+    """The LoRA folders that exist: inside the models directory, and beside it for A1111's layout."""
+    parents = [models_root]
+    if models_root.name.lower() == "stable-diffusion":  # A1111: models/Stable-diffusion and models/Lora
+        parents.append(models_root.parent)
+    wanted = {name.lower() for name in LORA_FOLDERS}
+    found: list[Path] = []
+    for parent in parents:
+        try:
+            children = sorted(parent.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            if child.name.lower() in wanted and child.is_dir():
+                resolved = child.resolve()
+                if resolved not in found:
+                    found.append(resolved)
+    return found
+
+
+def examine_lora(path: Path) -> tuple[AdapterKind, dict[str, str], int | None]:
+    """The adapter in `path` from its header alone; CheckpointFileError when it is not one we can keep."""
+    check_path(path)
+    if is_pickle_file(path):
+        raise CheckpointFileError(
+            f"{path.name}: a pickled LoRA; convert it first with `python bot.py convert {path.name}`"
+        )
+    try:
+        header = read_header(path)
+    except CheckpointFileError as e:
+        raise CheckpointFileError(f"{path.name}: {e}") from None
+    adapter = detect_adapter(header.tensors, header.metadata)
+    if adapter is None:
+        raise CheckpointFileError(f"{path.name}: not a LoRA (no lora_down/lora_up or lora_A/lora_B tensors)")
+    ranks = [t.shape[0] for k, t in header.tensors.items() if k.endswith(("lora_down.weight", "lora_A.weight"))]
+    return adapter, dict(header.metadata), max(ranks) if ranks else None
+
+
+def trigger_words(metadata: dict[str, str], sidecar_words: list[str], activation_text: str = "") -> list[str]:
+    """Words that wake the LoRA: what the user or Civitai says first, then modelspec, then kohya's
+    most frequent training tags (`ss_tag_frequency`)."""
+    words: list[str] = []
+    if activation_text.strip():
+        words += [w.strip() for w in activation_text.split(",")]
+    words += sidecar_words
+    phrase = metadata.get("modelspec.trigger_phrase", "")
+    if phrase:
+        words += [w.strip() for w in phrase.split(",")]
+    raw = metadata.get("ss_tag_frequency")
+    if raw and len(words) < MAX_TRIGGER_WORDS:
+        try:
+            frequencies = load_json(raw)
+        except ValueError:
+            frequencies = {}
+        counts: dict[str, int] = {}
+        for tags in frequencies.values() if isinstance(frequencies, dict) else ():
+            for tag, count in tags.items() if isinstance(tags, dict) else ():
+                if isinstance(count, int) and not isinstance(count, bool):
+                    counts[tag.strip()] = counts.get(tag.strip(), 0) + count
+        words += sorted(counts, key=lambda t: -counts[t])[:5]
+    kept: list[str] = []
+    for word in words:
+        word = clean_text(word)[:80]
+        if word and word.lower() not in (k.lower() for k in kept):
+            kept.append(word)
+    return kept[:MAX_TRIGGER_WORDS]
+
+
+class LoraRegistry:
+    def __init__(self, db: aiosqlite.Connection, models_root: Path, folders: list[Path] | None = None) -> None:
+        self._db = db
+        self.models_root = models_root.resolve()
+        self._folders = folders
+        self._hashes = HashCache(db)
+
+    @property
+    def folders(self) -> list[Path]:
+        return self._folders if self._folders is not None else lora_folders(self.models_root)
+
+    def default_folder(self) -> Path:
+        """Where a new LoRA goes (downloads): the first existing LoRA folder, else models/Lora."""
+        existing = self.folders
+        return existing[0] if existing else self.models_root / "Lora"
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    async def list(self, status: str | None = None, base: str | None = None) -> list[LoraEntry]:
+        clauses, params = [], []
+        if status:
+            clauses.append("status = ?")
+            params.append(status)
+        if base:
+            clauses.append("base = ?")
+            params.append(base)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        async with self._db.execute(f"SELECT * FROM loras{where} ORDER BY name COLLATE NOCASE", params) as cur:
+            return [_entry(row) for row in await cur.fetchall()]
+
+    async def find(self, ref: str) -> LoraEntry | None:
+        """By name (exact first, then any case), alias, or hash (AutoV2, A1111 short hash, sha256)."""
+        ref = ref.strip()
+        prefix = ref.lower() if re.fullmatch(r"[0-9a-fA-F]{10,64}", ref) else None
+        async with self._db.execute(
+            "SELECT * FROM loras WHERE name = ? COLLATE BINARY OR name = ? OR (alias != '' AND alias = ? COLLATE NOCASE) "
+            "OR (? IS NOT NULL AND (substr(sha256, 1, length(?)) = ? OR short_hash = ?)) "
+            "ORDER BY name = ? COLLATE BINARY DESC, name = ? DESC LIMIT 1",
+            (ref, ref, ref, prefix, prefix, prefix, prefix, ref, ref),
+        ) as cur:
+            row = await cur.fetchone()
+        return _entry(row) if row else None
+
+    async def get(self, ref: str) -> LoraEntry:
+        entry = await self.find(ref)
+        if entry is None:
+            raise RegistryError(f"no LoRA named {ref!r}; `loras list` shows what is installed")
+        return entry
+
+    # --- changes ---------------------------------------------------------------------------------
+
+    def holds(self, path: Path) -> bool:
+        """Whether `path` is a file in one of the LoRA folders (whatever its suffix)."""
+        return self._locate(path) is not None
+
+    def resolve_inside(self, path: Path) -> tuple[Path, Path]:
+        """The file's resolved path and the LoRA folder holding it; anything else is refused."""
+        located = self._locate(path)
+        if located is None:
+            names = ", ".join(str(f) for f in self.folders) or str(self.models_root / "Lora")
+            raise RegistryError(f"LoRA {path} is not a file inside a LoRA folder ({names}); move it there first")
+        if located[0].suffix.lower() != ".safetensors":
+            raise RegistryError(f"{path}: a LoRA must be a .safetensors file")
+        return located
+
+    def _locate(self, path: Path) -> tuple[Path, Path] | None:
+        candidates = [path.expanduser()]
+        if not path.is_absolute():  # as typed: from here, from the models folder, or from a LoRA folder
+            candidates += [self.models_root / path, *(folder / path for folder in self.folders)]
+        for candidate in candidates:
+            for folder in self.folders:
+                resolved = inside(candidate, folder)
+                if resolved is not None:
+                    return resolved, folder
+        return None
+
+    async def add(
+        self, path: Path, *, name: str | None = None, description: str | None = None, nsfw: bool | None = None
+    ) -> LoraEntry:
+        if any(isinstance(t, str) and has_lone_surrogate(t) for t in (name, description)):
+            raise RegistryError("the text holds characters that are not valid text (a lone surrogate); retype it")
+        resolved, folder = self.resolve_inside(path)
+        relative = resolved.relative_to(folder).as_posix()
+        if await self._one("SELECT * FROM loras WHERE path = ?", str(resolved)) is not None:
+            raise RegistryError(f"{relative} is already registered as a LoRA")
+        examined = await self._examine(resolved)
+        twin = await self._one("SELECT * FROM loras WHERE sha256 = ?", examined.sha256)
+        if twin is not None:
+            raise RegistryError(f"{relative} has the same content as the LoRA {twin.name!r}; not registered twice")
+        sidecars = await asyncio.to_thread(read_sidecars, resolved, folder)
+        base_name = _NAME_BAD.sub("_", (name or resolved.with_suffix("").name).strip()).strip("_")
+        if not base_name:
+            raise RegistryError("the name must contain at least one letter or digit")
+        if name is not None and await self.find(base_name) is not None:
+            raise RegistryError(f"the LoRA name {base_name!r} is already taken; choose another")
+        unique = base_name if name is not None else await self._free_name(base_name)
+        activation = str((sidecars.user_metadata or {}).get("activation text", ""))
+        civitai_words = list((sidecars.civitai or {}).get("trained_words", []))
+        now = time.time()
+        columns = {
+            "name": unique,
+            "alias": clean_text(examined.metadata.get("ss_output_name", ""))[:100],
+            "display_name": (name or examined.metadata.get("modelspec.title", "") or resolved.with_suffix("").name)[
+                :100
+            ],
+            "path": str(resolved),
+            "relative_path": relative,
+            "description": description if description is not None else sidecars.description,
+            "nsfw": int(nsfw if nsfw is not None else sidecars.nsfw),
+            "trigger_words_json": json.dumps(trigger_words(examined.metadata, civitai_words, activation)),
+            "status": "present",
+            "added_at": now,
+            **self._columns(examined, sidecars.preview),
+        }
+        try:
+            async with transaction(self._db) as db:
+                await db.execute(
+                    f"INSERT INTO loras ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    tuple(columns.values()),
+                )
+        except sqlite3.IntegrityError as e:
+            raise RegistryError(f"{relative} could not be registered: {e}") from None
+        entry = await self.get(unique)
+        log.info("LoRA registered: %s (%s, %s)", entry.name, entry.short_hash, entry.label)
+        return entry
+
+    async def remove(self, ref: str) -> LoraEntry:
+        """Forget a LoRA; the file stays where it is."""
+        entry = await self.get(ref)
+        async with transaction(self._db) as db:
+            await db.execute("DELETE FROM loras WHERE id = ?", (entry.id,))
+        log.info("LoRA removed from the registry: %s", entry.name)
+        return entry
+
+    async def scan(self) -> LoraScan:
+        """Register new files in the LoRA folders, refresh changed ones, mark vanished ones missing."""
+        report = LoraScan()
+        found, escaped = await asyncio.to_thread(_walk, self.folders)
+        report.errors.extend((rel, "links outside the LoRA folder; not registered") for rel in escaped)
+        known = {e.path: e for e in await self.list()}
+        for path in found:
+            entry = known.pop(path, None)
+            try:
+                if entry is None:
+                    report.added.append(await self.add(path))
+                    continue
+                stamp = await asyncio.to_thread(FileStamp.of, path)
+                if (stamp.size, stamp.mtime_ns) != (entry.file_size, entry.mtime_ns) or entry.status == "missing":
+                    report.updated.append(await self._refresh(entry, path))
+                else:
+                    report.unchanged += 1
+            except (CheckpointFileError, RegistryError) as e:
+                report.errors.append((path.name, str(e)))
+            except OSError as e:
+                report.errors.append((path.name, f"cannot read: {e.strerror or e}"))
+        for entry in known.values():
+            if entry.status != "missing":
+                await self._update(entry.id, {"status": "missing", "updated_at": time.time()})
+                report.missing.append(await self.get(entry.name))
+        log.info(
+            "LoRA scan: %d added, %d updated, %d missing, %d errors",
+            len(report.added),
+            len(report.updated),
+            len(report.missing),
+            len(report.errors),
+        )
+        return report
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    async def _examine(self, path: Path) -> ExaminedLora:
+        adapter, metadata, rank = await asyncio.to_thread(examine_lora, path)
+        stamp = await asyncio.to_thread(FileStamp.of, path)
+        cached = await self._hashes.get(stamp)
+        hashes = cached or await asyncio.to_thread(hash_file, path)
+        if cached is None and await asyncio.to_thread(FileStamp.of, path) == stamp:
+            await self._hashes.put(stamp, hashes)
+        short = (await asyncio.to_thread(addnet_hash, path))[:12]
+        return ExaminedLora(adapter, metadata, rank, hashes.sha256, short, stamp)
+
+    def _columns(self, examined: ExaminedLora, preview: Path | None) -> dict[str, object]:
+        adapter = examined.adapter
+        return {
+            "sha256": examined.sha256,
+            "short_hash": examined.short_hash,
+            "format": "safetensors",
+            "kind": adapter.kind,
+            "layout": adapter.layout,
+            "base": adapter.base,
+            "decided_by": adapter.decided_by,
+            "loadable": int(adapter.loadable),
+            "reason": adapter.reason,
+            "rank": examined.rank,
+            "metadata_json": json.dumps(group_metadata(examined.metadata)),
+            "preview_path": str(preview) if preview else None,
+            "file_size": examined.stamp.size,
+            "mtime_ns": examined.stamp.mtime_ns,
+            "updated_at": time.time(),
+        }
+
+    async def _refresh(self, entry: LoraEntry, path: Path) -> LoraEntry:
+        examined = await self._examine(path)
+        twin = await self._one("SELECT * FROM loras WHERE sha256 = ?", examined.sha256)
+        if twin is not None and twin.id != entry.id:
+            raise RegistryError(f"now has the same content as the LoRA {twin.name!r}; left as it was")
+        sidecars = await asyncio.to_thread(read_sidecars, path, path.parent)
+        await self._update(entry.id, {**self._columns(examined, sidecars.preview), "status": "present"})
+        log.info("LoRA %s changed on disk: now %s", entry.name, examined.short_hash)
+        return await self.get(entry.name)
+
+    async def _update(self, lora_id: int, columns: dict[str, object]) -> None:
+        async with transaction(self._db) as db:
+            await db.execute(
+                f"UPDATE loras SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                (*columns.values(), lora_id),
+            )
+
+    async def _one(self, sql: str, *params: object) -> LoraEntry | None:
+        async with self._db.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return _entry(row) if row else None
+
+    async def _free_name(self, base: str) -> str:
+        name, n = base, 1
+        while await self._one("SELECT * FROM loras WHERE name = ?", name) is not None:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+
+def _entry(row: sqlite3.Row) -> LoraEntry:
+    return LoraEntry(
+        id=row["id"],
+        name=row["name"],
+        alias=row["alias"],
+        display_name=row["display_name"],
+        path=Path(row["path"]),
+        relative_path=row["relative_path"],
+        sha256=row["sha256"],
+        short_hash=row["short_hash"],
+        format=row["format"],
+        kind=row["kind"],
+        layout=row["layout"],
+        base=row["base"],
+        decided_by=row["decided_by"],
+        loadable=bool(row["loadable"]),
+        reason=row["reason"],
+        rank=row["rank"],
+        trigger_words=json.loads(row["trigger_words_json"]),
+        description=row["description"],
+        nsfw=bool(row["nsfw"]),
+        preview_path=row["preview_path"],
+        metadata=json.loads(row["metadata_json"]),
+        file_size=row["file_size"],
+        mtime_ns=row["mtime_ns"],
+        status=row["status"],
+        added_at=row["added_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _walk(folders: list[Path]) -> tuple[list[Path], list[str]]:
+    """.safetensors files in the LoRA folders (resolved), and the names of links leading outside them."""
+    found: list[Path] = []
+    escaped: list[str] = []
+    for root in folders:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for file in sorted(files):
+                path = Path(folder) / file
+                if path.suffix.lower() != ".safetensors" or file.startswith("."):
+                    continue
+                resolved = path.resolve()
+                if not resolved.is_relative_to(root):
+                    escaped.append(path.relative_to(root).as_posix())
+                elif resolved.is_file() and resolved not in found:
+                    found.append(resolved)
+    return found, escaped

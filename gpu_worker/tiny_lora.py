@@ -1,0 +1,99 @@
+"""Random-weight LoRAs in kohya's layout (the one most files on Civitai have), for the tiny models.
+
+Keys as kohya-ss/sd-scripts writes them (networks/lora.py): `lora_unet_<module path with _>` and
+`lora_te_…` (SD1, SD2) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `lora_down.weight`
+(rank × in), `lora_up.weight` (out × rank) and `alpha`; SDXL UNet modules under their original
+(LDM) names, `input_blocks_4_1_…`, as sd-scripts' SDXL trainer saves them. The metadata is kohya's
+(`ss_base_model_version`, `ss_output_name`, `ss_tag_frequency`, …) and Stability's modelspec, so the
+registry reads base model and trigger words as it would from a real file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from bot.checkpoints.safetensors_writer import temp_path
+from gpu_worker.ldm_layout import unet_to_ldm
+from gpu_worker.tiny import TINY_ARCHS, tiny_components
+
+_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+_MODELSPEC = {
+    "sd1": "stable-diffusion-v1/lora",
+    "sd2": "stable-diffusion-v2-768-v/lora",
+    "sdxl": "stable-diffusion-xl-v1-base/lora",
+}
+_TEXT_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
+
+
+def _unet_modules(unet: torch.nn.Module, ldm_names: bool) -> dict[str, torch.nn.Linear]:
+    found = {}
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attentions." in name:
+            if ldm_names:
+                [ldm] = unet_to_ldm({f"{name}.weight": module.weight}, unet.config)
+                name = ldm.removeprefix("model.diffusion_model.").removesuffix(".weight")
+            found[name] = module
+    return found
+
+
+def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4, strength: float = 0.5) -> dict[str, torch.Tensor]:
+    """A kohya-layout LoRA for the tiny `base` model (sd1, sd2, sdxl): every attention and MLP layer."""
+    parts = tiny_components(base)
+    modules = {f"lora_unet_{n}": m for n, m in _unet_modules(parts["unet"], ldm_names=base == "sdxl").items()}
+    encoders = (
+        [("lora_te1_", parts["text_encoder"]), ("lora_te2_", parts["text_encoder_2"])]
+        if base == "sdxl"
+        else [("lora_te_", parts["text_encoder"])]
+    )
+    for prefix, encoder in encoders:
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(_TEXT_MODULES):
+                modules[prefix + name] = module
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in modules.items():
+        key = name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * strength
+        state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * strength
+        state[f"{key}.alpha"] = torch.tensor(float(rank))
+    return {k: v.contiguous().half() for k, v in state.items()}
+
+
+def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel style") -> Path:
+    """Write a tiny kohya-layout LoRA for `base` to `out` (.safetensors), atomically."""
+    if base not in TINY_ARCHS:
+        raise ValueError(f"unknown base {base!r}; choose one of {', '.join(TINY_ARCHS)}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    rank = 4
+    metadata = {
+        "ss_base_model_version": _BASE_VERSION[base],
+        "ss_v2": str(base == "sd2"),
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(float(rank)),
+        "ss_output_name": out.with_suffix("").name,
+        "ss_tag_frequency": json.dumps({"10_easel": {trigger: 10, "tiny": 4, "random": 2}}),
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _MODELSPEC[base],
+        "modelspec.title": f"Easel tiny {base.upper()} LoRA (random weights)",
+        "modelspec.date": datetime.date.today().isoformat(),
+        "modelspec.trigger_phrase": trigger,
+        "easel.tiny_seed": str(seed),
+    }
+    state = tiny_lora_state_dict(base, seed, rank)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
