@@ -22,7 +22,6 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.tensors import TensorInfo
 from bot.db import open_database
 from bot.errors import EaselError, RegistryError
@@ -189,7 +188,7 @@ async def test_a_lora_outside_the_lora_folder_is_not_taken_for_a_checkpoint(fold
 
 @on_module_loop
 async def test_hostile_and_escaping_files_in_the_lora_folder_change_nothing(folders, tmp_path: Path) -> None:
-    checkpoints, loras, models = folders
+    _, loras, models = folders
     lora_dir = models / "Lora"
     (lora_dir / "truncated.safetensors").write_bytes(struct.pack("<Q", 10_000) + b'{"a":')
     (lora_dir / "huge-header.safetensors").write_bytes(struct.pack("<Q", 2**62) + b"{}")
@@ -399,9 +398,8 @@ async def test_a_lora_file_that_no_longer_fits_fails_the_job_with_a_line_and_spa
 ) -> None:
     entry = await world.loras.get("more-0")
     before, _ = await picture(world, "a mill")
-    Path(entry.path).write_bytes(
-        (tiny_loras / "lora-sdxl.safetensors").read_bytes()
-    )  # changed behind the registry's back
+    # The file changes behind the registry's back: now an SDXL LoRA under an SD1 LoRA's name.
+    shutil.copyfile(tiny_loras / "lora-sdxl.safetensors", entry.path)
     [handle] = await world.jobs.start(await plan(world, "a mill <lora:more-0:1>"))
     failed = [e async for e in handle.events()][-1]
     assert isinstance(failed, Failed) and "LoRA more-0" in failed.message and "\n" not in failed.message
