@@ -28,8 +28,8 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
-from bot.loras.registry import LoraEntry, LoraRegistry
-from bot.loras.selection import lora_tags, resolve_loras, with_lora_tag
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry
+from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from gpu_worker.protocol import LoraUse
 
 VARIATIONS = 4  # pictures the Variations button asks for
@@ -128,11 +128,13 @@ class Jobs:
         generation: GenerationService,
         guild_settings: GuildSettings | None,
         loras: LoraRegistry | None = None,
+        embeddings: EmbeddingRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
         self.guild_settings = guild_settings
         self.loras = loras
+        self.embeddings = embeddings
 
     # --- what applies where ----------------------------------------------------------------------
 
@@ -158,7 +160,7 @@ class Jobs:
         """Checkpoints that can be used here: those shown here that can run."""
         return [e for e in await self.shown(place, here) if e.runnable]
 
-    async def loras_shown(self, place: Place, base: str | None = None) -> list[LoraEntry]:
+    async def loras_shown(self, place: Place, base: str | None = None) -> list[NetworkEntry]:
         """LoRAs shown here: present, NSFW-flagged ones only where NSFW is allowed; for `base` when given."""
         if self.loras is None:
             return []
@@ -181,7 +183,11 @@ class Jobs:
             width, height = options.size
         else:
             width, height = size_for(options.aspect or here.aspect, ref.native_size)
-        prompt = options.prompt if options.lora is None else with_lora_tag(options.prompt, options.lora, options.lora_strength)
+        prompt = (
+            options.prompt
+            if options.lora is None
+            else with_lora_tag(options.prompt, options.lora, options.lora_strength)
+        )
         request = self._request(
             asker,
             place,
@@ -297,8 +303,13 @@ class Jobs:
         limits = self.generation.limits
         specs = []
         for request, ref in items:
-            loras = await self._loras(request.prompt, ref, here.allow_nsfw(place.adult))
-            specs.append(validate(request, ref, limits, loras))
+            nsfw_allowed = here.allow_nsfw(place.adult)
+            loras = await self._loras(request.prompt, ref, nsfw_allowed)
+            embeddings, notes = (), ()
+            if self.embeddings is not None:
+                texts = [request.prompt, request.negative]
+                embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
+            specs.append(validate(request, ref, limits, loras, embeddings, notes))
         return JobPlan(specs, here, seed)
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:

@@ -1,19 +1,21 @@
-"""Model files of any kind, for the commands that take "a file": the LoRA folders hold LoRAs, the rest
-of the models directory checkpoints (as in A1111's models/Lora and models/Stable-diffusion)."""
+"""Model files of any kind, for the commands that take "a file": the LoRA and embeddings folders hold
+those, the rest of the models directory checkpoints (as A1111's models/Lora, embeddings and
+models/Stable-diffusion)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashProgress, ScanReport
 from bot.errors import RegistryError
-from bot.loras.registry import LoraEntry, LoraRegistry, LoraScan
+from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan
 
 
 async def add_model_file(
     checkpoints: CheckpointRegistry,
-    loras: LoraRegistry,
+    networks: Sequence[NetworkRegistry],
     path: Path,
     *,
     name: str | None = None,
@@ -21,22 +23,27 @@ async def add_model_file(
     tags: list[str] | None = None,
     nsfw: bool | None = None,
     progress: HashProgress | None = None,
-) -> CheckpointEntry | LoraEntry:
-    if await asyncio.to_thread(loras.holds, path):
-        return await loras.add(path, name=name, description=description, nsfw=nsfw)
+) -> CheckpointEntry | NetworkEntry:
+    for registry in networks:
+        if await asyncio.to_thread(registry.holds, path):
+            return await registry.add(path, name=name, description=description, nsfw=nsfw)
     return await checkpoints.add(path, name=name, description=description, tags=tags, nsfw=nsfw, progress=progress)
 
 
 async def scan_models(
-    checkpoints: CheckpointRegistry, loras: LoraRegistry, progress: HashProgress | None = None
-) -> tuple[ScanReport, LoraScan]:
-    return await checkpoints.scan(progress), await loras.scan()
+    checkpoints: CheckpointRegistry, networks: Sequence[NetworkRegistry], progress: HashProgress | None = None
+) -> tuple[ScanReport, list[NetworkScan]]:
+    report = await checkpoints.scan(progress)
+    return report, [await registry.scan() for registry in networks]
 
 
-async def remove_model(checkpoints: CheckpointRegistry, loras: LoraRegistry, ref: str) -> CheckpointEntry | LoraEntry:
-    """Forget a checkpoint, or else a LoRA, by name or hash; the file stays where it is."""
+async def remove_model(
+    checkpoints: CheckpointRegistry, networks: Sequence[NetworkRegistry], ref: str
+) -> CheckpointEntry | NetworkEntry:
+    """Forget a checkpoint, or else a LoRA or embedding, by name or hash; the file stays where it is."""
     if await checkpoints.find(ref) is not None:
         return await checkpoints.remove(ref)
-    if await loras.find(ref) is not None:
-        return await loras.remove(ref)
-    raise RegistryError(f"no checkpoint or LoRA named {ref!r}")
+    for registry in networks:
+        if await registry.find(ref) is not None:
+            return await registry.remove(ref)
+    raise RegistryError(f"no checkpoint, LoRA or embedding named {ref!r}")

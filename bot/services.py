@@ -18,7 +18,7 @@ from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
 from bot.jobs import Jobs
-from bot.loras.registry import LoraRegistry
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry
 
 
 @dataclass
@@ -33,6 +33,12 @@ class Services:
     guild_settings: GuildSettings
     jobs: Jobs  # every job is started here, whatever the front end
     loras: LoraRegistry
+    embeddings: EmbeddingRegistry
+
+    @property
+    def networks(self) -> list[NetworkRegistry]:
+        """The extra networks' registries (LoRAs, embeddings), for the commands that take any model file."""
+        return [self.loras, self.embeddings]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -73,8 +79,18 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    loras = LoraRegistry(db, registry.models_root)
-    jobs = Jobs(registry, generation, guild_settings, loras)
+    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
+    jobs = Jobs(registry, generation, guild_settings, loras, embeddings)
     return Services(
-        settings, db, registry, generation, MergeService(registry), catalog, downloads, guild_settings, jobs, loras
+        settings,
+        db,
+        registry,
+        generation,
+        MergeService(registry),
+        catalog,
+        downloads,
+        guild_settings,
+        jobs,
+        loras,
+        embeddings,
     )

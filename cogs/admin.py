@@ -14,8 +14,8 @@ from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import MergeRequest
 from bot.checkpoints.registry import CheckpointEntry
 from bot.errors import RegistryError
-from bot.loras.registry import LoraEntry
 from bot.model_files import add_model_file, scan_models
+from bot.networks.registry import NetworkEntry
 from cogs.catalog import info_embed
 from cogs.loras import lora_embed
 from cogs.utils.checkpoint_option import Registered
@@ -44,22 +44,23 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     )
     async def scan(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        report, loras = await scan_models(self.services.registry, self.services.loras)
+        report, others = await scan_models(self.services.registry, self.services.networks)
         lines = [
             f"{len(report.added)} added, {len(report.updated)} updated, {len(report.restored)} restored, "
-            f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped",
-            f"LoRAs: {len(loras.added)} added, {len(loras.updated)} updated, {len(loras.missing)} missing, "
-            f"{loras.unchanged} unchanged, {len(loras.errors)} skipped",
+            f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped"
         ]
+        for registry, scanned in zip(self.services.networks, others, strict=True):
+            lines.append(f"{registry.noun}s: {scanned.summary()}")
         lines += [f"+ {e.name} ({e.architecture})" for e in report.added]
-        lines += [f"+ LoRA {e.name} ({e.label})" for e in loras.added]
-        lines += [f"skipped {path}: {reason}" for path, reason in report.errors + loras.errors]
+        lines += [f"+ {e.name} ({e.label})" for scanned in others for e in scanned.added]
+        lines += [f"skipped {path}: {reason}" for path, reason in report.errors]
+        lines += [f"skipped {path}: {reason}" for scanned in others for path, reason in scanned.errors]
         await interaction.edit_original_response(content=clip("\n".join(lines), CONTENT_MAX))
 
     @owner_only()
     @app_commands.command(name="add", description="Register one checkpoint or LoRA file from the models folders")
     @app_commands.describe(
-        path="Path inside the models folder (a file in models/Lora is a LoRA)",
+        path="Path inside the models folder (models/Lora holds LoRAs, models/embeddings embeddings)",
         name="Name (default: the file's)",
         nsfw="Mark it NSFW",
     )
@@ -68,9 +69,9 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         entry = await add_model_file(
-            self.services.registry, self.services.loras, Path(path), name=name, nsfw=True if nsfw else None
+            self.services.registry, self.services.networks, Path(path), name=name, nsfw=True if nsfw else None
         )
-        embed = lora_embed(entry) if isinstance(entry, LoraEntry) else info_embed(entry)
+        embed = lora_embed(entry) if isinstance(entry, NetworkEntry) else info_embed(entry)
         await interaction.edit_original_response(content="Registered.", embed=embed)
 
     @owner_only()
@@ -109,7 +110,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         if (checkpoint is None) == (lora is None):
             raise RegistryError("name one checkpoint or one LoRA")
         if checkpoint is not None:
-            entry: CheckpointEntry | LoraEntry = await self.services.registry.remove(checkpoint)
+            entry: CheckpointEntry | NetworkEntry = await self.services.registry.remove(checkpoint)
         else:
             entry = await self.services.loras.remove(lora or "")
         await interaction.response.send_message(

@@ -12,7 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checkpoints.sidecars import read_preview
-from bot.loras.registry import LoraEntry
+from bot.networks.registry import NetworkEntry
 from cogs.utils.context import place
 from cogs.utils.errors import refuse
 from cogs.utils.formatting import CONTENT_MAX, EMBED_COLOUR, FIELD_MAX, clip
@@ -28,7 +28,7 @@ BASES = [
 ]
 
 
-def lora_embed(entry: LoraEntry) -> discord.Embed:
+def lora_embed(entry: NetworkEntry) -> discord.Embed:
     embed = discord.Embed(
         title=clip(entry.name, 256), colour=EMBED_COLOUR, description=clip(entry.description, 4096) or None
     )
@@ -45,7 +45,7 @@ def lora_embed(entry: LoraEntry) -> discord.Embed:
     return embed
 
 
-def lora_folder(entry: LoraEntry) -> Path:
+def lora_folder(entry: NetworkEntry) -> Path:
     """The LoRA folder the entry lies in: previews are read only from there."""
     return entry.path.parents[len(Path(entry.relative_path).parts) - 1]
 

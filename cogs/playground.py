@@ -46,7 +46,7 @@ async def run_playground(
     settings = await playground_settings(settings)
     services = await open_services(settings, preview_every=2)
     try:
-        await scan_models(services.registry, services.loras)
+        await scan_models(services.registry, services.networks)
         # Generations take real seconds on the worker: let the simulated Discord wait for them.
         bot = create_bot(services, always_sync=True)
         async with simcord.run(bot, settle_timeout=900) as env:

@@ -5,6 +5,7 @@ generate PATH …        one batch in this process, printing every event: for de
                        or the worker without the bot
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
 make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkpoints
+make-tiny-embedding    a tiny random textual-inversion embedding for them
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
 """
 
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-embedding")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectors", type=int, default=2)
+    p.add_argument("out")
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -65,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         from multiprocessing.connection import Connection
 
         return serve_embeddings(Connection(args.fd), args.threads, cache)
-    if args.command == "make-tiny-lora":
-        return _make_tiny_lora(args)
+    if args.command in ("make-tiny-lora", "make-tiny-embedding"):
+        return _make_tiny_network(args)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -78,15 +84,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _make_tiny_lora(args: argparse.Namespace) -> int:
-    from gpu_worker.tiny_lora import make_tiny_lora
+def _make_tiny_network(args: argparse.Namespace) -> int:
+    from gpu_worker.tiny_networks import make_tiny_embedding, make_tiny_lora
 
     try:
-        out = make_tiny_lora(args.base, Path(args.out), seed=args.seed)
+        if args.command == "make-tiny-lora":
+            out, what = make_tiny_lora(args.base, Path(args.out), seed=args.seed), "LoRA"
+        else:
+            out, what = make_tiny_embedding(args.base, Path(args.out), args.seed, args.vectors), "embedding"
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (tiny {args.base} LoRA, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)")
+    print(f"wrote {out} (tiny {args.base} {what}, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
 
 

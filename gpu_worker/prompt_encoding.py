@@ -16,6 +16,9 @@ modules/sd_emphasis.py:
   the pooled embedding from the second encoder on the first chunk.
 - Prompts of different lengths in one batch, and a prompt and its negative, are padded to the same
   number of chunks with empty chunks (BOS, then EOS), as A1111 pads cond and uncond.
+- Textual-inversion words (modules/sd_hijack.py `EmbeddingsWithFixes`): the token embeddings at a
+  word's place are replaced by the embedding's vectors, for this call only (a hook on the encoder's
+  token-embedding layer), so the pipeline itself is never changed.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 
 from bot.generation.prompt_chunks import CHUNK, Chunk, TokenIds, chunk_prompt, empty_chunk, token_ids
 from bot.generation.prompt_schedule import prompt_schedule, text_at
+from gpu_worker.textual_inversion import WordEmbeddings
 
 
 def _ids_tensor(chunks: Sequence[Chunk], ids: TokenIds, device: torch.device) -> torch.Tensor:
@@ -58,22 +62,48 @@ class Encoded:
     pooled: torch.Tensor | None = None  # (prompts, features) for SDXL
 
 
-def encode_prompts(pipe, prompts: Sequence[str], clip_skip: int = 1, chunks_at_least: int = 1) -> Encoded:
+def _with_vectors(encoder, flat: Sequence[Chunk], vectors_of):
+    """A hook that writes embeddings' vectors over their placeholders in the token embeddings."""
+    fixes = [(row, offset, name) for row, chunk in enumerate(flat) for offset, name in chunk.fixes]
+    if not fixes:
+        return None
+
+    def write(module, args, output):
+        output = output.clone()
+        for row, offset, name in fixes:
+            vector = vectors_of(name).to(output.device, output.dtype)
+            output[row, 1 + offset : 1 + offset + vector.shape[0]] = vector  # 1 + : after BOS
+        return output
+
+    return encoder.get_input_embeddings().register_forward_hook(write)
+
+
+def encode_prompts(
+    pipe, prompts: Sequence[str], clip_skip: int = 1, chunks_at_least: int = 1, words: WordEmbeddings | None = None
+) -> Encoded:
     """Embeddings for `prompts`, all padded to the same number of chunks (at least `chunks_at_least`)."""
     encoders = [(pipe.tokenizer, pipe.text_encoder)]
     if getattr(pipe, "text_encoder_2", None) is not None:
         encoders.append((pipe.tokenizer_2, pipe.text_encoder_2))
     sdxl = len(encoders) == 2
     # Each text chunked once per tokenizer; one count for both encoders, whose outputs are concatenated.
-    chunked = [[chunk_prompt(p, tokenizer) for p in prompts] for tokenizer, _ in encoders]
+    chunked = [
+        [chunk_prompt(p, tokenizer, words.words(tokenizer) if words else None) for p in prompts]
+        for tokenizer, _ in encoders
+    ]
     count = max(chunks_at_least, *(len(c) for per_tokenizer in chunked for c in per_tokenizer))
     per_encoder, pooled = [], None
     for number, (tokenizer, encoder) in enumerate(encoders):
         ids = token_ids(tokenizer)
         padded = [c + [empty_chunk(ids)] * (count - len(c)) for c in chunked[number]]
         flat = [chunk for c in padded for chunk in c]  # prompt-major: one encoder call for all chunks
-        with torch.no_grad():
-            output = encoder(_ids_tensor(flat, ids, encoder.device), output_hidden_states=True)
+        hook = _with_vectors(encoder, flat, lambda name, n=number: words.vector(name, n)) if words else None
+        try:
+            with torch.no_grad():
+                output = encoder(_ids_tensor(flat, ids, encoder.device), output_hidden_states=True)
+        finally:
+            if hook is not None:
+                hook.remove()
         if sdxl:
             hidden = output.hidden_states[-(clip_skip + 1)]  # penultimate for clip skip 1, as SDXL is trained
         elif clip_skip > 1:
@@ -91,15 +121,28 @@ def encode_prompts(pipe, prompts: Sequence[str], clip_skip: int = 1, chunks_at_l
     return Encoded(embeds, pooled)
 
 
-def chunk_count(pipe, text: str) -> int:
-    tokenizers = [pipe.tokenizer, getattr(pipe, "tokenizer_2", None)]
-    return max(len(chunk_prompt(text, tokenizer)) for tokenizer in tokenizers if tokenizer is not None)
+def _tokenizers(pipe) -> list:
+    return [t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None]
 
 
-def chunks_needed(pipe, prompt: str, negative: str, steps: int) -> int:
+def chunk_count(pipe, text: str, words: WordEmbeddings | None = None) -> int:
+    return max(len(chunk_prompt(text, t, words.words(t) if words else None)) for t in _tokenizers(pipe))
+
+
+def chunks_needed(pipe, prompt: str, negative: str, steps: int, words: WordEmbeddings | None = None) -> int:
     """The most chunks any text of the prompt's and negative's schedules needs."""
     texts = {text for source in (prompt, negative) for _, text in prompt_schedule(source, steps)}
-    return max(chunk_count(pipe, text) for text in texts)
+    return max(chunk_count(pipe, text, words) for text in texts)
+
+
+def words_used(pipe, prompt: str, negative: str, steps: int, words: WordEmbeddings) -> list[str]:
+    """The embeddings a job's texts use, in order of first use (for its infotext's `TI hashes`)."""
+    used: dict[str, None] = {}
+    for source in (prompt, negative):
+        for _, text in prompt_schedule(source, steps):
+            for chunk in chunk_prompt(text, pipe.tokenizer, words.words(pipe.tokenizer)):
+                used |= dict.fromkeys(name for _, name in chunk.fixes)
+    return list(used)
 
 
 class Conditioning:
@@ -109,11 +152,19 @@ class Conditioning:
     gives the pipeline's arguments at a step, `key` tells whether they changed from another step.
     """
 
-    def __init__(self, pipe, prompts: Sequence[str], negatives: Sequence[str], steps: int, clip_skip: int) -> None:
+    def __init__(
+        self,
+        pipe,
+        prompts: Sequence[str],
+        negatives: Sequence[str],
+        steps: int,
+        clip_skip: int,
+        words: WordEmbeddings | None = None,
+    ) -> None:
         self.positive = [prompt_schedule(p, steps) for p in prompts]
         self.negative = [prompt_schedule(n, steps) for n in negatives]
         texts = sorted({text for schedule in self.positive + self.negative for _, text in schedule})
-        self._encoded = encode_prompts(pipe, texts, clip_skip)  # all to the longest text's chunk count
+        self._encoded = encode_prompts(pipe, texts, clip_skip, words=words)  # all to the longest text's chunk count
         self._row = {text: i for i, text in enumerate(texts)}
         self.sdxl = self._encoded.pooled is not None
 

@@ -68,6 +68,16 @@ class LoraUse:
 
 
 @dataclass(frozen=True)
+class EmbeddingUse:
+    """A textual-inversion embedding whose name a prompt of the batch may use (the worker matches tokens)."""
+
+    name: str  # the word, as A1111 matches it (its tokens)
+    path: str
+    sha256: str  # identity: its vectors stay cached in the worker under it
+    short_hash: str  # A1111's 12 hex (infotext `TI hashes`)
+
+
+@dataclass(frozen=True)
 class RunBatch:
     batch_id: str
     load: LoadRequest
@@ -82,6 +92,7 @@ class RunBatch:
     model_name: str = ""  # file stem, for the infotext "Model" field
     preview_every: int = 0  # steps between previews; 0 = none
     loras: tuple[LoraUse, ...] = ()  # every job of a batch has the same LoRAs at the same strengths
+    embeddings: tuple[EmbeddingUse, ...] = ()  # those any job's prompt or negative may name
 
     @property
     def image_count(self) -> int:

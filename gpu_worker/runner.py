@@ -22,7 +22,7 @@ from gpu_worker.infotext import build_infotext
 from gpu_worker.loader import CheckpointLoadError
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
-from gpu_worker.prompt_encoding import Conditioning, chunks_needed
+from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
 from gpu_worker.protocol import (
     BatchFailed,
     BatchFinished,
@@ -36,6 +36,7 @@ from gpu_worker.protocol import (
 )
 from gpu_worker.render import png_with_infotext
 from gpu_worker.samplers import make_scheduler
+from gpu_worker.textual_inversion import EmbeddingCache, EmbeddingError, WordEmbeddings
 
 log = logging.getLogger(__name__)
 VERSION = "Easel 0.1.0"
@@ -51,7 +52,7 @@ class OutOfMemory(Exception):
     pass
 
 
-def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int) -> str:
+def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hashes: str = "") -> str:
     return build_infotext(
         prompt,
         negative,
@@ -70,6 +71,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int) -> str:
                 f"{use.name.replace(':', '').replace(',', '')}: {use.short_hash}" for use in batch.loras
             )
             or None,
+            "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
             "Version": VERSION,
         },
     )
@@ -89,6 +91,8 @@ class BatchRunner:
         # The conditioning of the pipeline call in progress, and the texts it was last set to.
         self._conditioning: Conditioning | None = None
         self._applied: tuple[str, ...] = ()
+        self.embeddings = EmbeddingCache()
+        self._words: WordEmbeddings | None = None  # the batch's textual-inversion words
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -101,7 +105,7 @@ class BatchRunner:
         except BatchCancelled:
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except (CheckpointLoadError, LoraError, OutOfMemory) as e:
+        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory) as e:
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
             log.exception("batch %s failed", batch.batch_id)
@@ -127,11 +131,13 @@ class BatchRunner:
             raise
         load_seconds = time.perf_counter() - started
         pipe = loaded.pipeline
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+        self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
-        groups = self._by_chunk_count(pipe, jobs, batch.steps)
+        groups = self._by_chunk_count(pipe, jobs, batch.steps, words)
         started = time.perf_counter()
         images_of: dict[str, list[Image.Image]] = {}
         for part, group in enumerate(groups):
@@ -157,8 +163,12 @@ class BatchRunner:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
             else:
+                used = words_used(pipe, job.prompt, job.negative, batch.steps, words) if words else []
+                ti_hashes = ", ".join(
+                    f"{name.replace(':', '').replace(',', '')}: {words.short_hashes[name]}" for name in used
+                )
                 results = tuple(
-                    _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed))
+                    _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed, ti_hashes))
                     for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)
                 )
                 self.send(
@@ -175,11 +185,11 @@ class BatchRunner:
                 )
 
     @staticmethod
-    def _by_chunk_count(pipe: DiffusionPipeline, jobs: list, steps: int) -> list[list]:
+    def _by_chunk_count(pipe: DiffusionPipeline, jobs: list, steps: int, words: WordEmbeddings | None) -> list[list]:
         """Jobs grouped by how many chunks their prompt and negative need, in the batch's order."""
         groups: dict[int, list] = {}
         for job in jobs:
-            groups.setdefault(chunks_needed(pipe, job.prompt, job.negative, steps), []).append(job)
+            groups.setdefault(chunks_needed(pipe, job.prompt, job.negative, steps, words), []).append(job)
         return list(groups.values())
 
     def _callback(
@@ -225,7 +235,7 @@ class BatchRunner:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
             # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
             # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
-            self._conditioning = Conditioning(pipe, p, n, batch.steps, batch.clip_skip)
+            self._conditioning = Conditioning(pipe, p, n, batch.steps, batch.clip_skip, self._words)
             self._applied = self._conditioning.key(1)
             return pipe(
                 **self._conditioning.inputs(1),

@@ -37,7 +37,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny kohya-layout LoRAs for the tiny SD1, SD2 and SDXL models (lora-sd1.safetensors, …)."""
-    from gpu_worker.tiny_lora import make_tiny_lora
+    from gpu_worker.tiny_networks import make_tiny_lora
 
     folder = tmp_path_factory.mktemp("tiny-loras")
     for base in ("sd1", "sd2", "sdxl"):

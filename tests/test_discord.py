@@ -36,7 +36,7 @@ async def services(
     shutil.copy(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "ink.safetensors")
     settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
-    await scan_models(services.registry, services.loras)
+    await scan_models(services.registry, services.networks)
     yield services
     await services.close()
 

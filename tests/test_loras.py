@@ -30,10 +30,10 @@ from bot.generation.prompt_syntax import extract_extra_networks
 from bot.generation.requests import GenerationError, Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from bot.loras.detection import detect_adapter
-from bot.loras.registry import LoraRegistry, lora_folders
-from bot.loras.selection import lora_tags, read_tag
 from bot.model_files import add_model_file, scan_models
+from bot.networks.detection import detect_adapter
+from bot.networks.registry import LORA_FOLDERS, LoraRegistry, network_folders
+from bot.networks.selection import lora_tags, read_tag
 from gpu_worker.worker import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.helpers import with_metadata
@@ -154,7 +154,7 @@ async def test_scan_registers_loras_apart_from_checkpoints(folders) -> None:
     checkpoints, loras, models = folders
     (models / "Lora" / "styles" / "inky.preview.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     (models / "Lora" / "styles" / "inky.civitai.info").write_text(json.dumps({"trainedWords": ["inkwash"]}))
-    report, lora_report = await scan_models(checkpoints, loras)
+    report, [lora_report] = await scan_models(checkpoints, [loras])
     assert [e.name for e in report.added] == ["tiny-sd1"] and not report.errors
     assert sorted(e.name for e in lora_report.added) == ["inky", "xl-ink"]
     inky = await loras.get("inky")
@@ -166,7 +166,7 @@ async def test_scan_registers_loras_apart_from_checkpoints(folders) -> None:
     assert len(inky.short_hash) == 12 and inky.alias == "lora-sd1"  # kohya's ss_output_name
     assert (await loras.find("LORA-SD1")) == inky and (await loras.find(inky.short_hash)) == inky
     assert (await loras.find(inky.autov2)) == inky
-    again, lora_again = await scan_models(checkpoints, loras)
+    again, [lora_again] = await scan_models(checkpoints, [loras])
     assert lora_again.unchanged == 2 and not lora_again.added and again.unchanged == 1
     (models / "Lora" / "xl-ink.safetensors").unlink()
     assert [e.name for e in (await loras.scan()).missing] == ["xl-ink"]
@@ -176,13 +176,13 @@ async def test_scan_registers_loras_apart_from_checkpoints(folders) -> None:
 async def test_a_lora_outside_the_lora_folder_is_not_taken_for_a_checkpoint(folders, tiny_loras: Path) -> None:
     checkpoints, loras, models = folders
     shutil.copy(tiny_loras / "lora-sd1.safetensors", models / "stray.safetensors")
-    report, _ = await scan_models(checkpoints, loras)
+    report, _ = await scan_models(checkpoints, [loras])
     assert report.errors == [
         ("stray.safetensors", "stray.safetensors is a LoRA, not a checkpoint; put it in the models/Lora folder")
     ]
     assert await checkpoints.find("stray") is None
     await loras.remove("xl-ink")  # and back, as `checkpoints add` and /admin add take it: the folder decides
-    entry = await add_model_file(checkpoints, loras, Path("Lora/xl-ink.safetensors"))
+    entry = await add_model_file(checkpoints, [loras], Path("Lora/xl-ink.safetensors"))
     assert entry.name == "xl-ink" and await loras.find("xl-ink") is not None
 
 
@@ -219,7 +219,7 @@ async def test_a1111_layout_keeps_loras_beside_the_stable_diffusion_folder(tmp_p
     (tmp_path / "models" / "Lora").mkdir()
     shutil.copy(tiny_loras / "lora-sd2.safetensors", tmp_path / "models" / "Lora" / "sd2-thing.safetensors")
     root = tmp_path / "models" / "Stable-diffusion"
-    assert lora_folders(root) == [(tmp_path / "models" / "Lora").resolve()]
+    assert network_folders(root, LORA_FOLDERS) == [(tmp_path / "models" / "Lora").resolve()]
     db = await open_database(tmp_path / "easel.sqlite3")
     try:
         report = await LoraRegistry(db, root).scan()
@@ -284,7 +284,7 @@ async def world(tiny_dir: Path, tiny_loras: Path, tmp_path_factory: pytest.TempP
     with_metadata(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "spicy.safetensors", {"n": "spicy"})
     db = await open_database(root / "easel.sqlite3")
     checkpoints, loras = CheckpointRegistry(db, models), LoraRegistry(db, models)
-    await scan_models(checkpoints, loras)
+    await scan_models(checkpoints, [loras])
     await db.execute("UPDATE loras SET nsfw = 1 WHERE name = 'spicy'")
     await db.commit()
     service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))

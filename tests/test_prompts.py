@@ -278,8 +278,8 @@ def test_the_bot_notes_tags_in_every_scheduled_text_before_queueing() -> None:
             Limits(),
         )
 
-    spec = check("a fox [<lora:fluffy:0.8>:<lora:sharp:1>:0.5]")
-    assert spec.notes and "<lora:fluffy:0.8>, <lora:sharp:1>" in spec.notes[0]
+    spec = check("a fox [<hypernet:fluffy:0.8>:<hypernet:sharp:1>:0.5]")
+    assert spec.notes and "<hypernet:fluffy:0.8>, <hypernet:sharp:1>" in spec.notes[0]
     assert check("a (fox:1.2) BREAK [snow|rain]").notes == ()
 
 

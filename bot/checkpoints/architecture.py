@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.checkpoints.tensors import TensorInfo
-from bot.loras.detection import is_adapter
+from bot.networks.detection import detect_embedding, is_adapter
 
 UNET = "model.diffusion_model."
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -76,6 +76,10 @@ def detect_architecture(
     if is_adapter(keys):
         key = next(k for k in keys if "lora" in k or "hada" in k or "lokr" in k)
         return unusable("lora", "LoRA (not a checkpoint)", key, "a LoRA adapter, not a full checkpoint")
+    embedding = detect_embedding(tensors, metadata)
+    if embedding is not None:
+        label = "textual-inversion embedding (not a checkpoint)"
+        return unusable("embedding", label, embedding.decided_by, "a textual-inversion embedding, not a checkpoint")
     for key in (
         "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
         "double_blocks.0.img_attn.norm.key_norm.scale",

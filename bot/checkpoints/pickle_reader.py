@@ -215,6 +215,8 @@ def _find_state_dict(root: object) -> tuple[dict, dict[str, object]]:
     state = root
     while isinstance(state.get("state_dict"), dict):  # Lightning nests it, sometimes twice
         state = state["state_dict"]
+    if isinstance(state.get("string_to_param"), dict):  # an A1111 textual-inversion embedding
+        state = {f"string_to_param.{k}": v for k, v in state["string_to_param"].items()}
     extras = {
         str(k): v
         for k, v in root.items()

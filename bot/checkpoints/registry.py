@@ -28,7 +28,7 @@ from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
 from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
-from bot.loras.registry import lora_folders
+from bot.networks.registry import extra_network_folders
 from bot.untrusted import has_lone_surrogate
 
 log = logging.getLogger(__name__)
@@ -251,8 +251,10 @@ class CheckpointRegistry:
             raise RegistryError(f"the name {slugify(name)!r} is already taken; choose another with --name")
 
         examined = await self._examine(resolved, progress)
-        if examined.inspection.architecture.family == "lora":
-            raise RegistryError(f"{relative} is a LoRA, not a checkpoint; put it in the models/Lora folder")
+        family = examined.inspection.architecture.family
+        if family in ("lora", "embedding"):
+            noun, folder = ("a LoRA", "models/Lora") if family == "lora" else ("an embedding", "models/embeddings")
+            raise RegistryError(f"{relative} is {noun}, not a checkpoint; put it in the {folder} folder")
         twin = await self.find_by_sha256(examined.hashes.sha256)
         if twin is not None:
             raise RegistryError(
@@ -489,12 +491,12 @@ def _title(inspection: Inspection, path: Path) -> str:
 def _walk_checkpoints(root: Path) -> tuple[list[Path], list[str]]:
     """Checkpoint files under root (resolved), and the relative paths of links that lead outside it.
 
-    Hidden folders, the LoRA folders (bot/loras/registry.py scans those) and A1111's VAE files
+    Hidden folders, the LoRA and embeddings folders (bot/networks/registry.py scans those) and A1111's VAE files
     (NAME.vae.pt) are skipped.
     """
     found: list[Path] = []
     escaped: list[str] = []
-    adapters = set(lora_folders(root))
+    adapters = set(extra_network_folders(root))
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(folder) / d).resolve() not in adapters)
         for file in sorted(files):

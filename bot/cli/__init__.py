@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from bot.cli import catalog, checkpoints, generate, loras, merge, prompt, run, server
+from bot.cli import catalog, checkpoints, generate, merge, networks, prompt, run, server
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run.add_parsers(sub)
     checkpoints.add_parsers(sub)
-    loras.add_parsers(sub)
+    networks.add_parsers(sub)
     generate.add_parsers(sub)
     merge.add_parsers(sub)
     catalog.add_parsers(sub)

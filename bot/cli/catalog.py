@@ -23,7 +23,7 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, Jobs, Place
-from bot.loras.registry import LoraRegistry
+from bot.networks.registry import network_registries
 
 
 @asynccontextmanager
@@ -122,7 +122,7 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
-    jobs = Jobs(registry, service, None, LoraRegistry(db, registry.models_root))
+    jobs = Jobs(registry, service, None, *network_registries(db, registry.models_root))
     try:
         # Every rule and every bad option is checked here, before a worker starts.
         plan = await jobs.plan_compare(

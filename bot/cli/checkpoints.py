@@ -17,14 +17,14 @@ from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry, HashProgress
-from bot.cli.loras import print_lora_scan, render_lora_line
+from bot.cli.networks import print_network_scan, render_network_line
 from bot.cli.output import render_entry, render_entry_line, render_inspection
 from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.loras.registry import LoraEntry, LoraRegistry
 from bot.model_files import add_model_file, remove_model, scan_models
+from bot.networks.registry import NetworkEntry, network_registries
 
 PROGRESS_MIN_BYTES = 64 << 20
 
@@ -91,7 +91,7 @@ async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
         entry = await add_model_file(
             registry,
-            LoraRegistry(registry.db, registry.models_root),
+            network_registries(registry.db, registry.models_root),
             Path(args.path),
             name=args.name,
             description=args.description,
@@ -101,8 +101,8 @@ async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.json:
         _print_json(entry.to_dict())
-    elif isinstance(entry, LoraEntry):
-        print(f"registered LoRA {render_lora_line(entry)}")
+    elif isinstance(entry, NetworkEntry):
+        print(f"registered {render_network_line(entry)}")
     else:
         print(f"registered {entry.name} ({entry.autov2.upper()}, {entry.architecture})")
         if not entry.runnable:
@@ -177,17 +177,18 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings, need_models_dir=False) as registry:
-        entry = await remove_model(registry, LoraRegistry(registry.db, registry.models_root), args.name)
-    kind = "the LoRA " if isinstance(entry, LoraEntry) else ""
+        entry = await remove_model(registry, network_registries(registry.db, registry.models_root), args.name)
+    kind = f"the {entry.label} " if isinstance(entry, NetworkEntry) else ""
     print(f"removed {kind}{entry.name} from the registry (the file {entry.relative_path} was left in place)")
     return 0
 
 
 async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
-        report, lora_report = await scan_models(registry, LoraRegistry(registry.db, registry.models_root), hash_progress())
+        networks = network_registries(registry.db, registry.models_root)
+        report, others = await scan_models(registry, networks, hash_progress())
     if args.json:
-        _print_json(report.to_dict() | {"loras": lora_report.to_dict()})
+        _print_json(report.to_dict() | {n.table: o.to_dict() for n, o in zip(networks, others, strict=True)})
         return 0
     for e in report.added:
         print(f"added     {render_entry_line(e)}")
@@ -203,8 +204,9 @@ async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
         f"scan done: {len(report.added)} added, {len(report.updated)} updated, {len(report.restored)} restored, "
         f"{len(report.missing)} missing, {report.unchanged} unchanged, {len(report.errors)} skipped"
     )
-    if lora_report.added or lora_report.updated or lora_report.missing or lora_report.errors or lora_report.unchanged:
-        print_lora_scan(lora_report)
+    for network, scanned in zip(networks, others, strict=True):
+        if scanned.added or scanned.updated or scanned.missing or scanned.errors or scanned.unchanged:
+            print_network_scan(network.noun, scanned)
     return 0
 
 

@@ -18,8 +18,8 @@ from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from bot.loras.registry import LoraRegistry
-from bot.loras.selection import lora_strength
+from bot.networks.registry import network_registries
+from bot.networks.selection import lora_strength
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -53,7 +53,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
-            jobs = Jobs(registry, service, None, LoraRegistry(db, registry.models_root))
+            jobs = Jobs(registry, service, None, *network_registries(db, registry.models_root))
             # Every rule and every bad option is checked here, before a worker starts.
             plan = await jobs.plan_imagine(
                 Asker.host(os.environ.get("USER", "cli")), Place.command_line(), options_from_args(args)
@@ -105,6 +105,8 @@ def write_images(job, out: Path) -> None:
     )
     if spec.loras:
         print("LoRAs: " + ", ".join(f"{use.name} {lora_strength(use)} [{use.short_hash}]" for use in spec.loras))
+    if spec.embeddings:
+        print("embeddings: " + ", ".join(f"{use.name} [{use.short_hash}]" for use in spec.embeddings))
     for note in spec.notes:
         print(f"note: {note}")
 

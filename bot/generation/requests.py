@@ -15,7 +15,7 @@ from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import LoraUse
+from gpu_worker.protocol import EmbeddingUse, LoraUse
 
 
 class GenerationError(EaselError):
@@ -79,7 +79,8 @@ class ValidRequest:
     schedule: str
     seeds: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
-    loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/loras/selection.py
+    loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/networks/selection.py
+    embeddings: tuple[EmbeddingUse, ...] = ()  # registered embeddings whose names the texts use
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -97,9 +98,15 @@ def random_seed() -> int:
 
 
 def validate(
-    request: GenerationRequest, checkpoint: CheckpointRef, limits: Limits, loras: tuple[LoraUse, ...] = ()
+    request: GenerationRequest,
+    checkpoint: CheckpointRef,
+    limits: Limits,
+    loras: tuple[LoraUse, ...] = (),
+    embeddings: tuple[EmbeddingUse, ...] = (),
+    notes: tuple[str, ...] = (),
 ) -> ValidRequest:
-    """Every value checked and made final; `loras` were resolved from the prompt's tags beforehand."""
+    """Every value checked and made final; LoRAs and embeddings were resolved beforehand
+    (bot/networks/selection.py), with `notes` on what of them was not applied."""
     if not has_visible_text(request.prompt):
         raise GenerationError("the prompt is empty; describe the picture you want")
     for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
@@ -107,7 +114,7 @@ def validate(
             raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
         if len(text) > limits.max_prompt_chars:
             raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
-    notes = _unused_tags(request)
+    notes = _unused_tags(request) + notes
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
     if not checkpoint.present:
@@ -137,7 +144,7 @@ def validate(
         raise GenerationError(str(e)) from None
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
-    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes, loras)
+    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings)
 
 
 def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:

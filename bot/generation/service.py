@@ -323,6 +323,8 @@ class GenerationService:
             model_name=spec.checkpoint.file_stem,
             preview_every=self.preview_every,
             loras=spec.loras,
+            # Embeddings are words: each prompt uses only its own, so the batch carries all of its jobs'.
+            embeddings=tuple(dict.fromkeys(use for job in jobs for use in job.spec.embeddings)),
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

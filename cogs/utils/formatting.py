@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 
 from bot.generation.jobs import Job
-from bot.loras.selection import lora_strength
+from bot.networks.selection import lora_strength
 
 TITLE_MAX = 256
 FIELD_MAX = 1024

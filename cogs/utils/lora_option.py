@@ -5,12 +5,12 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
-from bot.loras.registry import LoraEntry
+from bot.networks.registry import NetworkEntry
 from cogs.utils.context import place
 from cogs.utils.formatting import clip
 
 
-def lora_choices(entries: list[LoraEntry], current: str) -> list[app_commands.Choice[str]]:
+def lora_choices(entries: list[NetworkEntry], current: str) -> list[app_commands.Choice[str]]:
     """Names starting with what was typed first, then names, titles or trigger words holding it."""
     needle = current.lower().strip()
     scored = []

@@ -1,10 +1,12 @@
-"""The LoRA registry: adapters found in the LoRA folders, identified by sha256, picked by name in prompts.
+"""The registries of LoRAs and textual-inversion embeddings: files found in their folders, identified by
+sha256, picked by name in prompts.
 
-LoRAs live where A1111 users keep them: a `Lora` (or `LyCORIS`) folder inside the models directory,
-or beside it when the models directory is A1111's `models/Stable-diffusion`. Every file is read
-through the same safe header reader as checkpoints and must lie inside one of those folders after
-links are followed. The name a prompt uses is the file stem, as in A1111 (`<lora:add_detail:0.6>`);
-kohya's `ss_output_name` is accepted as an alias.
+They live where A1111 users keep them: `Lora` (or `LyCORIS`) and `embeddings` folders inside the
+models directory, or beside it when the models directory is A1111's `models/Stable-diffusion` (and
+A1111's `embeddings` at the WebUI's root). Every file is read through the same safe readers as
+checkpoints (the safetensors header reader; the allow-list unpickler for an embedding's .pt) and must
+lie inside one of those folders after links are followed. The name a prompt uses is the file stem, as
+in A1111 (`<lora:add_detail:0.6>`, `EasyNegative`); kohya's `ss_output_name` is accepted as an alias.
 """
 
 from __future__ import annotations
@@ -18,29 +20,33 @@ import sqlite3
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import aiosqlite
 
 from bot.checkpoints.confinement import inside
 from bot.checkpoints.hashing import FileStamp, HashCache, addnet_hash, hash_file
 from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_file
+from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.sidecars import read_sidecars
 from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
-from bot.loras.detection import BASE_LABELS, AdapterKind, detect_adapter
+from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
 from bot.untrusted import clean_text, has_lone_surrogate, load_json
 
 log = logging.getLogger(__name__)
 
 LORA_FOLDERS = ("Lora", "LyCORIS")  # A1111's models/Lora; the LyCORIS extension's models/LyCORIS
+EMBEDDING_FOLDERS = ("embeddings",)  # A1111's embeddings; ComfyUI's models/embeddings
 MAX_TRIGGER_WORDS = 12
 _NAME_BAD = re.compile(r"[<>:\s]+")  # characters a <lora:NAME:…> tag cannot carry
 
 
 @dataclass
-class LoraEntry:
+class NetworkEntry:
+    """A registered LoRA or (kind 'embedding') textual-inversion embedding."""
+
     id: int
     name: str
     alias: str
@@ -50,13 +56,13 @@ class LoraEntry:
     sha256: str
     short_hash: str
     format: str
-    kind: str
+    kind: str  # lora | locon | loha | lokr | embedding
     layout: str
     base: str
     decided_by: str
     loadable: bool
     reason: str
-    rank: int | None
+    rank: int | None  # a LoRA's rank; an embedding's number of vectors
     trigger_words: list[str]
     description: str
     nsfw: bool
@@ -78,6 +84,8 @@ class LoraEntry:
 
     @property
     def label(self) -> str:
+        if self.kind == "embedding":
+            return embedding_label(self.base, self.rank or 0)
         return AdapterKind(self.kind, self.layout, self.base, self.decided_by, self.loadable, self.reason).label
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,12 +94,18 @@ class LoraEntry:
 
 
 @dataclass
-class LoraScan:
-    added: list[LoraEntry] = field(default_factory=list)
-    updated: list[LoraEntry] = field(default_factory=list)
-    missing: list[LoraEntry] = field(default_factory=list)
+class NetworkScan:
+    added: list[NetworkEntry] = field(default_factory=list)
+    updated: list[NetworkEntry] = field(default_factory=list)
+    missing: list[NetworkEntry] = field(default_factory=list)
     unchanged: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.added)} added, {len(self.updated)} updated, {len(self.missing)} missing, "
+            f"{self.unchanged} unchanged, {len(self.errors)} skipped"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,22 +117,35 @@ class LoraScan:
         }
 
 
-@dataclass
-class ExaminedLora:
-    adapter: AdapterKind
+@dataclass(frozen=True)
+class FileKind:
+    """What a file is, from its header: the registry's columns that describe it."""
+
+    kind: str
+    layout: str
+    base: str
+    decided_by: str
+    loadable: bool
+    reason: str
+    size: int | None  # rank or vectors
     metadata: dict[str, str]
-    rank: int | None
+
+
+@dataclass
+class Examined:
+    found: FileKind
     sha256: str
     short_hash: str
     stamp: FileStamp
 
 
-def lora_folders(models_root: Path) -> list[Path]:
-    """The LoRA folders that exist: inside the models directory, and beside it for A1111's layout."""
+def network_folders(models_root: Path, names: tuple[str, ...]) -> list[Path]:
+    """The folders of these names that exist: inside the models directory, and for A1111's layout
+    (models/Stable-diffusion) beside it (models/Lora) and at the WebUI's root (embeddings)."""
     parents = [models_root]
-    if models_root.name.lower() == "stable-diffusion":  # A1111: models/Stable-diffusion and models/Lora
-        parents.append(models_root.parent)
-    wanted = {name.lower() for name in LORA_FOLDERS}
+    if models_root.name.lower() == "stable-diffusion":
+        parents += [models_root.parent, models_root.parent.parent]
+    wanted = {name.lower() for name in names}
     found: list[Path] = []
     for parent in parents:
         try:
@@ -133,7 +160,12 @@ def lora_folders(models_root: Path) -> list[Path]:
     return found
 
 
-def examine_lora(path: Path) -> tuple[AdapterKind, dict[str, str], int | None]:
+def extra_network_folders(models_root: Path) -> list[Path]:
+    """Every LoRA and embeddings folder: the checkpoint scan leaves them to these registries."""
+    return network_folders(models_root, LORA_FOLDERS + EMBEDDING_FOLDERS)
+
+
+def examine_lora(path: Path) -> FileKind:
     """The adapter in `path` from its header alone; CheckpointFileError when it is not one we can keep."""
     check_path(path)
     if is_pickle_file(path):
@@ -148,7 +180,29 @@ def examine_lora(path: Path) -> tuple[AdapterKind, dict[str, str], int | None]:
     if adapter is None:
         raise CheckpointFileError(f"{path.name}: not a LoRA (no lora_down/lora_up or lora_A/lora_B tensors)")
     ranks = [t.shape[0] for k, t in header.tensors.items() if k.endswith(("lora_down.weight", "lora_A.weight"))]
-    return adapter, dict(header.metadata), max(ranks) if ranks else None
+    a = adapter
+    return FileKind(
+        a.kind, a.layout, a.base, a.decided_by, a.loadable, a.reason, max(ranks) if ranks else None, header.metadata
+    )
+
+
+def examine_embedding(path: Path) -> FileKind:
+    """The embedding in `path` (.safetensors header, or a .pt/.bin through the allow-list unpickler)."""
+    check_path(path)
+    metadata: dict[str, str] = {}
+    try:
+        if is_pickle_file(path):
+            tensors = read_pickle_checkpoint(path).tensors
+        else:
+            header = read_header(path)
+            tensors, metadata = header.tensors, header.metadata
+    except CheckpointFileError as e:
+        raise CheckpointFileError(f"{path.name}: {e}") from None
+    found = detect_embedding(tensors, metadata)
+    if found is None:
+        raise CheckpointFileError(f"{path.name}: not a textual-inversion embedding")
+    f = found
+    return FileKind("embedding", f.layout, f.base, f.decided_by, f.loadable, f.reason, f.vectors, metadata)
 
 
 def trigger_words(metadata: dict[str, str], sidecar_words: list[str], activation_text: str = "") -> list[str]:
@@ -181,7 +235,15 @@ def trigger_words(metadata: dict[str, str], sidecar_words: list[str], activation
     return kept[:MAX_TRIGGER_WORDS]
 
 
-class LoraRegistry:
+class NetworkRegistry:
+    """One kind of extra network in its folders; LoraRegistry and EmbeddingRegistry say which."""
+
+    noun: ClassVar[str]
+    table: ClassVar[str]
+    folder_names: ClassVar[tuple[str, ...]]
+    suffixes: ClassVar[tuple[str, ...]]
+    list_command: ClassVar[str]
+
     def __init__(self, db: aiosqlite.Connection, models_root: Path, folders: list[Path] | None = None) -> None:
         self._db = db
         self.models_root = models_root.resolve()
@@ -190,16 +252,17 @@ class LoraRegistry:
 
     @property
     def folders(self) -> list[Path]:
-        return self._folders if self._folders is not None else lora_folders(self.models_root)
+        return self._folders if self._folders is not None else network_folders(self.models_root, self.folder_names)
 
-    def default_folder(self) -> Path:
-        """Where a new LoRA goes (downloads): the first existing LoRA folder, else models/Lora."""
-        existing = self.folders
-        return existing[0] if existing else self.models_root / "Lora"
+    def examine_file(self, path: Path) -> FileKind:
+        raise NotImplementedError
+
+    def short_hash(self, path: Path, sha256: str) -> str:
+        raise NotImplementedError
 
     # --- queries ---------------------------------------------------------------------------------
 
-    async def list(self, status: str | None = None, base: str | None = None) -> list[LoraEntry]:
+    async def list(self, status: str | None = None, base: str | None = None) -> list[NetworkEntry]:
         clauses, params = [], []
         if status:
             clauses.append("status = ?")
@@ -208,15 +271,16 @@ class LoraRegistry:
             clauses.append("base = ?")
             params.append(base)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        async with self._db.execute(f"SELECT * FROM loras{where} ORDER BY name COLLATE NOCASE", params) as cur:
+        sql = f"SELECT * FROM {self.table}{where} ORDER BY name COLLATE NOCASE"
+        async with self._db.execute(sql, params) as cur:
             return [_entry(row) for row in await cur.fetchall()]
 
-    async def find(self, ref: str) -> LoraEntry | None:
+    async def find(self, ref: str) -> NetworkEntry | None:
         """By name (exact first, then any case), alias, or hash (AutoV2, A1111 short hash, sha256)."""
         ref = ref.strip()
         prefix = ref.lower() if re.fullmatch(r"[0-9a-fA-F]{10,64}", ref) else None
         async with self._db.execute(
-            "SELECT * FROM loras WHERE name = ? COLLATE BINARY OR name = ? OR (alias != '' AND alias = ? COLLATE NOCASE) "
+            f"SELECT * FROM {self.table} WHERE name = ? COLLATE BINARY OR name = ? OR (alias != '' AND alias = ? COLLATE NOCASE) "
             "OR (? IS NOT NULL AND (substr(sha256, 1, length(?)) = ? OR short_hash = ?)) "
             "ORDER BY name = ? COLLATE BINARY DESC, name = ? DESC LIMIT 1",
             (ref, ref, ref, prefix, prefix, prefix, prefix, ref, ref),
@@ -224,26 +288,26 @@ class LoraRegistry:
             row = await cur.fetchone()
         return _entry(row) if row else None
 
-    async def get(self, ref: str) -> LoraEntry:
+    async def get(self, ref: str) -> NetworkEntry:
         entry = await self.find(ref)
         if entry is None:
-            raise RegistryError(f"no LoRA named {ref!r}; `loras list` shows what is installed")
+            raise RegistryError(f"no {self.noun} named {ref!r}; `{self.list_command}` shows what is installed")
         return entry
 
     # --- changes ---------------------------------------------------------------------------------
 
     def holds(self, path: Path) -> bool:
-        """Whether `path` is a file in one of the LoRA folders (whatever its suffix)."""
+        """Whether `path` is a file in one of this kind's folders (whatever its suffix)."""
         return self._locate(path) is not None
 
     def resolve_inside(self, path: Path) -> tuple[Path, Path]:
-        """The file's resolved path and the LoRA folder holding it; anything else is refused."""
+        """The file's resolved path and the folder holding it; anything else is refused."""
         located = self._locate(path)
         if located is None:
-            names = ", ".join(str(f) for f in self.folders) or str(self.models_root / "Lora")
-            raise RegistryError(f"LoRA {path} is not a file inside a LoRA folder ({names}); move it there first")
-        if located[0].suffix.lower() != ".safetensors":
-            raise RegistryError(f"{path}: a LoRA must be a .safetensors file")
+            names = ", ".join(str(f) for f in self.folders) or str(self.models_root / self.folder_names[0])
+            raise RegistryError(f"{self.noun} {path} is not a file inside its folder ({names}); move it there first")
+        if located[0].suffix.lower() not in self.suffixes:
+            raise RegistryError(f"{path}: a {self.noun} file ends in {' or '.join(self.suffixes)}")
         return located
 
     def _locate(self, path: Path) -> tuple[Path, Path] | None:
@@ -259,38 +323,40 @@ class LoraRegistry:
 
     async def add(
         self, path: Path, *, name: str | None = None, description: str | None = None, nsfw: bool | None = None
-    ) -> LoraEntry:
+    ) -> NetworkEntry:
         if any(isinstance(t, str) and has_lone_surrogate(t) for t in (name, description)):
             raise RegistryError("the text holds characters that are not valid text (a lone surrogate); retype it")
         resolved, folder = self.resolve_inside(path)
         relative = resolved.relative_to(folder).as_posix()
-        if await self._one("SELECT * FROM loras WHERE path = ?", str(resolved)) is not None:
-            raise RegistryError(f"{relative} is already registered as a LoRA")
+        if await self._one(f"SELECT * FROM {self.table} WHERE path = ?", str(resolved)) is not None:
+            raise RegistryError(f"{relative} is already registered as a {self.noun}")
         examined = await self._examine(resolved)
-        twin = await self._one("SELECT * FROM loras WHERE sha256 = ?", examined.sha256)
+        twin = await self._one(f"SELECT * FROM {self.table} WHERE sha256 = ?", examined.sha256)
         if twin is not None:
-            raise RegistryError(f"{relative} has the same content as the LoRA {twin.name!r}; not registered twice")
+            raise RegistryError(
+                f"{relative} has the same content as the {self.noun} {twin.name!r}; not registered twice"
+            )
         sidecars = await asyncio.to_thread(read_sidecars, resolved, folder)
         base_name = _NAME_BAD.sub("_", (name or resolved.with_suffix("").name).strip()).strip("_")
         if not base_name:
             raise RegistryError("the name must contain at least one letter or digit")
         if name is not None and await self.find(base_name) is not None:
-            raise RegistryError(f"the LoRA name {base_name!r} is already taken; choose another")
+            raise RegistryError(f"the {self.noun} name {base_name!r} is already taken; choose another")
         unique = base_name if name is not None else await self._free_name(base_name)
         activation = str((sidecars.user_metadata or {}).get("activation text", ""))
         civitai_words = list((sidecars.civitai or {}).get("trained_words", []))
         now = time.time()
         columns = {
             "name": unique,
-            "alias": clean_text(examined.metadata.get("ss_output_name", ""))[:100],
-            "display_name": (name or examined.metadata.get("modelspec.title", "") or resolved.with_suffix("").name)[
-                :100
-            ],
+            "alias": clean_text(examined.found.metadata.get("ss_output_name", ""))[:100],
+            "display_name": clean_text(
+                name or examined.found.metadata.get("modelspec.title", "") or resolved.with_suffix("").name
+            )[:100],
             "path": str(resolved),
             "relative_path": relative,
             "description": description if description is not None else sidecars.description,
             "nsfw": int(nsfw if nsfw is not None else sidecars.nsfw),
-            "trigger_words_json": json.dumps(trigger_words(examined.metadata, civitai_words, activation)),
+            "trigger_words_json": json.dumps(trigger_words(examined.found.metadata, civitai_words, activation)),
             "status": "present",
             "added_at": now,
             **self._columns(examined, sidecars.preview),
@@ -298,28 +364,28 @@ class LoraRegistry:
         try:
             async with transaction(self._db) as db:
                 await db.execute(
-                    f"INSERT INTO loras ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
+                    f"INSERT INTO {self.table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
                     tuple(columns.values()),
                 )
         except sqlite3.IntegrityError as e:
             raise RegistryError(f"{relative} could not be registered: {e}") from None
         entry = await self.get(unique)
-        log.info("LoRA registered: %s (%s, %s)", entry.name, entry.short_hash, entry.label)
+        log.info("%s registered: %s (%s, %s)", self.noun, entry.name, entry.short_hash, entry.label)
         return entry
 
-    async def remove(self, ref: str) -> LoraEntry:
-        """Forget a LoRA; the file stays where it is."""
+    async def remove(self, ref: str) -> NetworkEntry:
+        """Forget a file; it stays where it is."""
         entry = await self.get(ref)
         async with transaction(self._db) as db:
-            await db.execute("DELETE FROM loras WHERE id = ?", (entry.id,))
-        log.info("LoRA removed from the registry: %s", entry.name)
+            await db.execute(f"DELETE FROM {self.table} WHERE id = ?", (entry.id,))
+        log.info("%s removed from the registry: %s", self.noun, entry.name)
         return entry
 
-    async def scan(self) -> LoraScan:
-        """Register new files in the LoRA folders, refresh changed ones, mark vanished ones missing."""
-        report = LoraScan()
-        found, escaped = await asyncio.to_thread(_walk, self.folders)
-        report.errors.extend((rel, "links outside the LoRA folder; not registered") for rel in escaped)
+    async def scan(self) -> NetworkScan:
+        """Register new files in the folders, refresh changed ones, mark vanished ones missing."""
+        report = NetworkScan()
+        found, escaped = await asyncio.to_thread(_walk, self.folders, self.suffixes)
+        report.errors.extend((rel, f"links outside the {self.noun} folder; not registered") for rel in escaped)
         known = {e.path: e for e in await self.list()}
         for path in found:
             entry = known.pop(path, None)
@@ -341,7 +407,8 @@ class LoraRegistry:
                 await self._update(entry.id, {"status": "missing", "updated_at": time.time()})
                 report.missing.append(await self.get(entry.name))
         log.info(
-            "LoRA scan: %d added, %d updated, %d missing, %d errors",
+            "%s scan: %d added, %d updated, %d missing, %d errors",
+            self.noun,
             len(report.added),
             len(report.updated),
             len(report.missing),
@@ -351,68 +418,68 @@ class LoraRegistry:
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    async def _examine(self, path: Path) -> ExaminedLora:
-        adapter, metadata, rank = await asyncio.to_thread(examine_lora, path)
+    async def _examine(self, path: Path) -> Examined:
+        found = await asyncio.to_thread(self.examine_file, path)
         stamp = await asyncio.to_thread(FileStamp.of, path)
         cached = await self._hashes.get(stamp)
         hashes = cached or await asyncio.to_thread(hash_file, path)
         if cached is None and await asyncio.to_thread(FileStamp.of, path) == stamp:
             await self._hashes.put(stamp, hashes)
-        short = (await asyncio.to_thread(addnet_hash, path))[:12]
-        return ExaminedLora(adapter, metadata, rank, hashes.sha256, short, stamp)
+        short = await asyncio.to_thread(self.short_hash, path, hashes.sha256)
+        return Examined(found, hashes.sha256, short, stamp)
 
-    def _columns(self, examined: ExaminedLora, preview: Path | None) -> dict[str, object]:
-        adapter = examined.adapter
+    def _columns(self, examined: Examined, preview: Path | None) -> dict[str, object]:
+        found = examined.found
         return {
             "sha256": examined.sha256,
             "short_hash": examined.short_hash,
-            "format": "safetensors",
-            "kind": adapter.kind,
-            "layout": adapter.layout,
-            "base": adapter.base,
-            "decided_by": adapter.decided_by,
-            "loadable": int(adapter.loadable),
-            "reason": adapter.reason,
-            "rank": examined.rank,
-            "metadata_json": json.dumps(group_metadata(examined.metadata)),
+            "format": "safetensors" if found.layout not in ("a1111", "diffusers") else "pickle",
+            "kind": found.kind,
+            "layout": found.layout,
+            "base": found.base,
+            "decided_by": found.decided_by,
+            "loadable": int(found.loadable),
+            "reason": found.reason,
+            "rank": found.size,
+            "metadata_json": json.dumps(group_metadata(found.metadata)),
             "preview_path": str(preview) if preview else None,
             "file_size": examined.stamp.size,
             "mtime_ns": examined.stamp.mtime_ns,
             "updated_at": time.time(),
         }
 
-    async def _refresh(self, entry: LoraEntry, path: Path) -> LoraEntry:
+    async def _refresh(self, entry: NetworkEntry, path: Path) -> NetworkEntry:
         examined = await self._examine(path)
-        twin = await self._one("SELECT * FROM loras WHERE sha256 = ?", examined.sha256)
+        twin = await self._one(f"SELECT * FROM {self.table} WHERE sha256 = ?", examined.sha256)
         if twin is not None and twin.id != entry.id:
-            raise RegistryError(f"now has the same content as the LoRA {twin.name!r}; left as it was")
+            raise RegistryError(f"now has the same content as the {self.noun} {twin.name!r}; left as it was")
         sidecars = await asyncio.to_thread(read_sidecars, path, path.parent)
         await self._update(entry.id, {**self._columns(examined, sidecars.preview), "status": "present"})
-        log.info("LoRA %s changed on disk: now %s", entry.name, examined.short_hash)
+        log.info("%s %s changed on disk: now %s", self.noun, entry.name, examined.short_hash)
         return await self.get(entry.name)
 
     async def _update(self, lora_id: int, columns: dict[str, object]) -> None:
         async with transaction(self._db) as db:
             await db.execute(
-                f"UPDATE loras SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
+                f"UPDATE {self.table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?",
                 (*columns.values(), lora_id),
             )
 
-    async def _one(self, sql: str, *params: object) -> LoraEntry | None:
+    async def _one(self, sql: str, *params: object) -> NetworkEntry | None:
         async with self._db.execute(sql, params) as cur:
             row = await cur.fetchone()
         return _entry(row) if row else None
 
     async def _free_name(self, base: str) -> str:
         name, n = base, 1
-        while await self._one("SELECT * FROM loras WHERE name = ?", name) is not None:
+        while await self._one(f"SELECT * FROM {self.table} WHERE name = ?", name) is not None:
             n += 1
             name = f"{base}-{n}"
         return name
 
 
-def _entry(row: sqlite3.Row) -> LoraEntry:
-    return LoraEntry(
+def _entry(row: sqlite3.Row) -> NetworkEntry:
+    return NetworkEntry(
         id=row["id"],
         name=row["name"],
         alias=row["alias"],
@@ -442,8 +509,8 @@ def _entry(row: sqlite3.Row) -> LoraEntry:
     )
 
 
-def _walk(folders: list[Path]) -> tuple[list[Path], list[str]]:
-    """.safetensors files in the LoRA folders (resolved), and the names of links leading outside them."""
+def _walk(folders: list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], list[str]]:
+    """Files with these suffixes in the folders (resolved), and the names of links leading outside them."""
     found: list[Path] = []
     escaped: list[str] = []
     for root in folders:
@@ -451,7 +518,7 @@ def _walk(folders: list[Path]) -> tuple[list[Path], list[str]]:
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for file in sorted(files):
                 path = Path(folder) / file
-                if path.suffix.lower() != ".safetensors" or file.startswith("."):
+                if path.suffix.lower() not in suffixes or file.startswith("."):
                     continue
                 resolved = path.resolve()
                 if not resolved.is_relative_to(root):
@@ -459,3 +526,36 @@ def _walk(folders: list[Path]) -> tuple[list[Path], list[str]]:
                 elif resolved.is_file() and resolved not in found:
                     found.append(resolved)
     return found, escaped
+
+
+class LoraRegistry(NetworkRegistry):
+    noun = "LoRA"
+    table = "loras"
+    folder_names = LORA_FOLDERS
+    suffixes = (".safetensors",)
+    list_command = "loras list"
+
+    def examine_file(self, path: Path) -> FileKind:
+        return examine_lora(path)
+
+    def short_hash(self, path: Path, sha256: str) -> str:
+        return addnet_hash(path)[:12]  # A1111's LoRA hash: the tensors only
+
+
+class EmbeddingRegistry(NetworkRegistry):
+    noun = "embedding"
+    table = "embeddings"
+    folder_names = EMBEDDING_FOLDERS
+    suffixes = (".safetensors", ".pt", ".bin")
+    list_command = "embeddings list"
+
+    def examine_file(self, path: Path) -> FileKind:
+        return examine_embedding(path)
+
+    def short_hash(self, path: Path, sha256: str) -> str:
+        return sha256[:12]  # A1111 textual_inversion.py: the whole file's sha256
+
+
+def network_registries(db: aiosqlite.Connection, models_root: Path) -> list[NetworkRegistry]:
+    """Every extra network's registry: what `scan`, and the commands that take any model file, go through."""
+    return [LoraRegistry(db, models_root), EmbeddingRegistry(db, models_root)]

@@ -1,4 +1,5 @@
-"""From `<lora:name:te:unet>` tags in a prompt to the LoRAs a job applies, or one line saying why not.
+"""From `<lora:name:te:unet>` tags and embedding names in a prompt to the LoRAs and embeddings a job
+uses, or one line saying why not.
 
 Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui:
 - modules/processing.py: extra-network tags are read from the positive prompt, before prompt editing
@@ -13,15 +14,16 @@ Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_nsfw
 from bot.generation.prompt_syntax import ExtraNetwork, extract_extra_networks
 from bot.generation.requests import GenerationError, Limits
-from bot.loras.detection import BASE_LABELS
-from bot.loras.registry import LoraEntry, LoraRegistry
-from gpu_worker.protocol import LoraUse
+from bot.networks.detection import BASE_LABELS
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry
+from gpu_worker.protocol import EmbeddingUse, LoraUse
 
 LORA_TAGS = ("lora", "lyco")
 
@@ -105,7 +107,7 @@ async def resolve_loras(
     return tuple(uses)
 
 
-def _check(entry: LoraEntry, tag: LoraTag, checkpoint: CheckpointRef, limits: Limits) -> None:
+def _check(entry: NetworkEntry, tag: LoraTag, checkpoint: CheckpointRef, limits: Limits) -> None:
     if entry.status != "present":
         raise GenerationError(f"the LoRA {entry.name} is missing from its folder; an admin needs to rescan")
     if not entry.loadable:
@@ -126,3 +128,28 @@ def _check(entry: LoraEntry, tag: LoraTag, checkpoint: CheckpointRef, limits: Li
             raise GenerationError(
                 f"{tag.text}: {label} {value:g} is outside -{limits.max_lora_weight:g} to {limits.max_lora_weight:g}"
             )
+
+
+def names_word(name: str, text: str) -> bool:
+    """Whether `text` holds `name` as a word, in any case (CLIP lowercases; the worker then matches the
+    name's tokens exactly, as A1111 does)."""
+    return re.search(rf"(?<!\w){re.escape(name)}(?!\w)", text, re.IGNORECASE) is not None
+
+
+async def resolve_embeddings(
+    registry: EmbeddingRegistry, texts: list[str], checkpoint: CheckpointRef, nsfw_allowed: bool
+) -> tuple[tuple[EmbeddingUse, ...], tuple[str, ...]]:
+    """The embeddings whose names the texts use, for this checkpoint; and a note naming those that are
+    for another model (A1111 skips them too)."""
+    uses: list[EmbeddingUse] = []
+    skipped: list[str] = []
+    for entry in await registry.list(status="present"):
+        if not any(names_word(entry.name, text) for text in texts):
+            continue
+        if not entry.loadable or entry.base != checkpoint.family:
+            skipped.append(f"{entry.name} ({entry.label})")
+            continue
+        check_nsfw(f"the embedding {entry.name}", entry.nsfw, nsfw_allowed)
+        uses.append(EmbeddingUse(entry.name, str(entry.path), entry.sha256, entry.short_hash))
+    notes = (f"embeddings for another model are not applied: {', '.join(skipped)}",) if skipped else ()
+    return tuple(uses), notes

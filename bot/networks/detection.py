@@ -139,3 +139,63 @@ def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tup
             if base:
                 return base, key
     return "", ""
+
+
+# --- textual-inversion embeddings ------------------------------------------------------------------
+# Followed (facts, not code) from AUTOMATIC1111 modules/textual_inversion/textual_inversion.py
+# `create_embedding_from_data`: A1111's .pt holds `string_to_param` {"*": tensor (vectors, width)};
+# a .safetensors holds `emb_params`; a diffusers .bin one tensor under its token; SDXL embeddings
+# hold `clip_l` (768 wide) and `clip_g` (1280 wide), one per text encoder.
+_EMBEDDING_WIDTH = {768: "sd1", 1024: "sd2"}
+
+
+@dataclass(frozen=True)
+class EmbeddingKind:
+    layout: str  # a1111 | safetensors | diffusers | sdxl
+    base: str  # sd1 | sd2 | sdxl | ""
+    vectors: int
+    decided_by: str  # the tensor whose width told the base
+    loadable: bool
+    reason: str = ""
+
+
+def detect_embedding(
+    tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str] | None = None
+) -> EmbeddingKind | None:
+    """The embedding a file holds, or None when its tensors are not one. The base comes from modelspec
+    when the file says, else from the vectors' width."""
+    if "clip_l" in tensors and "clip_g" in tensors:
+        l_shape, g_shape = tensors["clip_l"].shape, tensors["clip_g"].shape
+        stated = str((metadata or {}).get("modelspec.architecture", "")).lower().startswith("stable-diffusion-xl")
+        widths_fit = stated or (l_shape[-1], g_shape[-1]) == (768, 1280)
+        if len(l_shape) == 2 and len(g_shape) == 2 and widths_fit and l_shape[0] == g_shape[0]:
+            return EmbeddingKind("sdxl", "sdxl", l_shape[0], "modelspec.architecture" if stated else "clip_g", True)
+        return EmbeddingKind(
+            "sdxl", "", 0, "clip_g", False, "its clip_l and clip_g tensors do not match SDXL's encoders"
+        )
+    if "emb_params" in tensors:
+        key, layout = "emb_params", "safetensors"
+    elif len(tensors) == 1 and next(iter(tensors)).startswith("string_to_param."):
+        key, layout = next(iter(tensors)), "a1111"
+    elif len(tensors) == 1:
+        key, layout = next(iter(tensors)), "diffusers"
+    else:
+        return None
+    shape = tensors[key].shape
+    if len(shape) == 1:
+        shape = (1, shape[0])
+    if len(shape) != 2 or not 1 <= shape[0] <= 75:
+        return None
+    base, decided_by = _EMBEDDING_WIDTH.get(shape[1], ""), key
+    architecture = str((metadata or {}).get("modelspec.architecture", "")).lower()
+    stated = next((b for prefix, b in _MODELSPEC_BASE if architecture.startswith(prefix)), "")
+    if stated in ("sd1", "sd2"):
+        base, decided_by = stated, "modelspec.architecture"
+    if layout == "diffusers" and not base:
+        return None  # one tensor under any name: an embedding only if it is as wide as one
+    reason = "" if base else f"its vectors are {shape[1]} wide; SD1 embeddings are 768 wide, SD2 1024"
+    return EmbeddingKind(layout, base, shape[0], decided_by, bool(base), reason)
+
+
+def embedding_label(base: str, vectors: int) -> str:
+    return f"embedding for {BASE_LABELS.get(base, base)} ({vectors} vector{'s' if vectors != 1 else ''})"

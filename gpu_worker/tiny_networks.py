@@ -1,4 +1,5 @@
-"""Random-weight LoRAs in kohya's layout (the one most files on Civitai have), for the tiny models.
+"""Random-weight LoRAs in kohya's layout (the one most files on Civitai have), and textual-inversion
+embeddings in A1111's safetensors layout, for the tiny models.
 
 Keys as kohya-ss/sd-scripts writes them (networks/lora.py): `lora_unet_<module path with _>` and
 `lora_te_…` (SD1, SD2) or `lora_te1_…` / `lora_te2_…` (SDXL), each module with `lora_down.weight`
@@ -42,15 +43,14 @@ def _unet_modules(unet: torch.nn.Module, ldm_names: bool) -> dict[str, torch.nn.
     return found
 
 
-def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4, strength: float = 0.5) -> dict[str, torch.Tensor]:
-    """A kohya-layout LoRA for the tiny `base` model (sd1, sd2, sdxl): every attention and MLP layer."""
-    parts = tiny_components(base)
+def lora_state_dict(
+    parts: dict[str, torch.nn.Module], base: str, seed: int = 0, rank: int = 4, strength: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """A kohya-layout LoRA on every attention and MLP layer of `parts` (a model's UNet and text encoders)."""
     modules = {f"lora_unet_{n}": m for n, m in _unet_modules(parts["unet"], ldm_names=base == "sdxl").items()}
-    encoders = (
-        [("lora_te1_", parts["text_encoder"]), ("lora_te2_", parts["text_encoder_2"])]
-        if base == "sdxl"
-        else [("lora_te_", parts["text_encoder"])]
-    )
+    encoders = [("lora_te_", parts["text_encoder"])]
+    if base == "sdxl":
+        encoders = [("lora_te1_", parts["text_encoder"]), ("lora_te2_", parts["text_encoder_2"])]
     for prefix, encoder in encoders:
         for name, module in encoder.named_modules():
             if isinstance(module, torch.nn.Linear) and name.endswith(_TEXT_MODULES):
@@ -59,10 +59,17 @@ def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4, strength: floa
     state: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         key = name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = torch.randn(rank, module.in_features, generator=generator) * strength
-        state[f"{key}.lora_up.weight"] = torch.randn(module.out_features, rank, generator=generator) * strength
-        state[f"{key}.alpha"] = torch.tensor(float(rank))
-    return {k: v.contiguous().half() for k, v in state.items()}
+        state[f"{key}.lora_down.weight"] = (
+            torch.randn(rank, module.in_features, generator=generator) * strength
+        ).half()
+        state[f"{key}.lora_up.weight"] = (torch.randn(module.out_features, rank, generator=generator) * strength).half()
+        state[f"{key}.alpha"] = torch.tensor(float(rank)).half()
+    return state
+
+
+def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A kohya-layout LoRA for the tiny `base` model (sd1, sd2, sdxl)."""
+    return lora_state_dict(tiny_components(base), base, seed, rank)
 
 
 def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel style") -> Path:
@@ -89,6 +96,50 @@ def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel st
         "easel.tiny_seed": str(seed),
     }
     state = tiny_lora_state_dict(base, seed, rank)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(out)
+    try:
+        save_file(state, str(tmp), metadata=metadata)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+_EMBEDDING_SPEC = {
+    "sd1": "stable-diffusion-v1/textual-inversion",
+    "sd2": "stable-diffusion-v2-768-v/textual-inversion",
+    "sdxl": "stable-diffusion-xl-v1-base/textual-inversion",
+}
+
+
+def make_tiny_embedding(base: str, out: Path, seed: int = 0, vectors: int = 2) -> Path:
+    """Write a tiny random embedding for `base` to `out` (.safetensors): `emb_params`, or SDXL's
+    `clip_l` and `clip_g`, as wide as the tiny model's text encoders."""
+    if base not in TINY_ARCHS:
+        raise ValueError(f"unknown base {base!r}; choose one of {', '.join(TINY_ARCHS)}")
+    if not 1 <= vectors <= 75:
+        raise ValueError("an embedding has 1 to 75 vectors")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    parts = tiny_components(base)
+    generator = torch.Generator().manual_seed(seed)
+
+    def vectors_for(encoder: torch.nn.Module) -> torch.Tensor:
+        width = encoder.get_input_embeddings().embedding_dim
+        return torch.randn(vectors, width, generator=generator).contiguous()
+
+    if base == "sdxl":
+        state = {"clip_l": vectors_for(parts["text_encoder"]), "clip_g": vectors_for(parts["text_encoder_2"])}
+    else:
+        state = {"emb_params": vectors_for(parts["text_encoder"])}
+    metadata = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": _EMBEDDING_SPEC[base],
+        "modelspec.title": f"Easel tiny {base.upper()} embedding (random vectors)",
+        "easel.tiny_seed": str(seed),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(out)
     try:

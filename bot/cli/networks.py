@@ -1,0 +1,172 @@
+"""CLI commands about extra networks: loras|embeddings list|info|add|remove|scan, make-tiny-lora,
+make-tiny-embedding."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from bot.cli.output import human_size
+from bot.cli.worker_tools import run_worker_tool
+from bot.config import Settings
+from bot.db import open_database
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry, NetworkScan
+
+
+@asynccontextmanager
+async def open_network(settings: Settings, kind: type[NetworkRegistry]) -> AsyncIterator[NetworkRegistry]:
+    db = await open_database(settings.database_path)
+    try:
+        yield kind(db, settings.models_dir.expanduser().resolve())
+    finally:
+        await db.close()
+
+
+def render_network_line(e: NetworkEntry) -> str:
+    flags = (
+        ("" if e.loadable else " [cannot apply]")
+        + (" [missing]" if e.status == "missing" else "")
+        + (" [nsfw]" if e.nsfw else "")
+    )
+    return f"{e.name:<32} {e.short_hash:<12}  {e.label:<24} {human_size(e.file_size):>9}  {e.relative_path}{flags}"
+
+
+def render_network(e: NetworkEntry) -> str:
+    use = (
+        f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
+        if e.kind != "embedding"
+        else (f"{e.name}  (the word itself, in the prompt or the negative prompt)")
+    )
+    size = f", rank {e.rank}" if e.rank and e.kind != "embedding" else ""
+    lines = [
+        f"Name:          {e.name}" + (f" (also {e.alias})" if e.alias and e.alias != e.name else ""),
+        f"Title:         {e.display_name}",
+        f"Use:           {use}",
+        f"Kind:          {e.label} (base decided by {e.decided_by or 'nothing'}), {e.layout} layout{size}",
+        f"Applies:       {'yes' if e.loadable else 'no: ' + e.reason}",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)})",
+        f"Hashes:        sha256 {e.sha256}, AutoV2 {e.autov2.upper()}, A1111 short hash {e.short_hash}",
+    ]
+    if e.trigger_words:
+        lines.append(f"Trigger words: {', '.join(e.trigger_words)}")
+    if e.description:
+        lines.append(f"Description:   {e.description[:300]}")
+    if e.nsfw:
+        lines.append("NSFW:          yes")
+    return "\n".join(lines)
+
+
+def print_network_scan(noun: str, report: NetworkScan) -> None:
+    for e in report.added:
+        print(f"added     {render_network_line(e)}")
+    for e in report.updated:
+        print(f"updated   {render_network_line(e)}")
+    for e in report.missing:
+        print(f"missing   {noun} {e.name} ({e.relative_path})")
+    for path, reason in report.errors:
+        print(f"skipped   {noun} {path}: {reason}")
+    print(f"{noun} scan done: {report.summary()}")
+
+
+async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_network(settings, args.kind) as registry:
+        entries = await registry.list(status=args.status, base=args.base)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+    elif not entries:
+        folder = args.kind.folder_names[0]
+        print(f"no {args.kind.noun}s registered; put files in models/{folder} and run `python bot.py checkpoints scan`")
+    else:
+        for e in entries:
+            print(render_network_line(e))
+    return 0
+
+
+async def cmd_info(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_network(settings, args.kind) as registry:
+        entry = await registry.get(args.name)
+    print(json.dumps(entry.to_dict(), indent=2) if args.json else render_network(entry))
+    return 0
+
+
+async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_network(settings, args.kind) as registry:
+        entry = await registry.add(Path(args.path), name=args.name, nsfw=True if args.nsfw else None)
+    print(json.dumps(entry.to_dict(), indent=2) if args.json else f"registered {render_network_line(entry)}")
+    return 0
+
+
+async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_network(settings, args.kind) as registry:
+        entry = await registry.remove(args.name)
+    print(f"removed the {args.kind.noun} {entry.name} from the registry (the file {entry.relative_path} stays)")
+    return 0
+
+
+async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
+    async with open_network(settings, args.kind) as registry:
+        report = await registry.scan()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_network_scan(args.kind.noun, report)
+    return 0
+
+
+async def cmd_make_tiny_lora(args: argparse.Namespace, settings: Settings) -> int:
+    print(await run_worker_tool("make-tiny-lora", "--base", args.base, "--seed", str(args.seed), args.out))
+    return 0
+
+
+async def cmd_make_tiny_embedding(args: argparse.Namespace, settings: Settings) -> int:
+    argv = ["make-tiny-embedding", "--base", args.base, "--seed", str(args.seed), "--vectors", str(args.vectors)]
+    print(await run_worker_tool(*argv, args.out))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-tiny-lora", help="write a tiny random-weight LoRA (kohya layout) for the tiny checkpoints")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
+    p.set_defaults(handler=cmd_make_tiny_lora)
+    p = sub.add_parser("make-tiny-embedding", help="write a tiny random textual-inversion embedding (.safetensors)")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vectors", type=int, default=2, help="vectors (tokens) the word stands for")
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_embedding)
+
+    for kind, command, folder in (
+        (LoraRegistry, "loras", "models/Lora"),
+        (EmbeddingRegistry, "embeddings", "models/embeddings"),
+    ):
+        group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
+            dest="action", required=True
+        )
+        p = group.add_parser("list", help=f"registered {kind.noun}s")
+        p.add_argument("--status", choices=("present", "missing"))
+        p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=cmd_list, kind=kind)
+        p = group.add_parser("info", help=f"one {kind.noun}: how to use it, its base, hashes")
+        p.add_argument("name")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=cmd_info, kind=kind)
+        p = group.add_parser("add", help=f"register a {kind.noun} file from {folder}")
+        p.add_argument("path")
+        p.add_argument("--name", help="the name prompts use (default: the file name)")
+        p.add_argument("--nsfw", action="store_true")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=cmd_add, kind=kind)
+        p = group.add_parser("remove", help=f"forget a {kind.noun} (the file stays)")
+        p.add_argument("name")
+        p.set_defaults(handler=cmd_remove, kind=kind)
+        p = group.add_parser("scan", help=f"register new files in {folder}, mark missing ones")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=cmd_scan, kind=kind)
