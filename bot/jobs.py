@@ -28,7 +28,7 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
-from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from gpu_worker.protocol import LoraUse
 
@@ -162,11 +162,20 @@ class Jobs:
 
     async def loras_shown(self, place: Place, base: str | None = None) -> list[NetworkEntry]:
         """LoRAs shown here: present, NSFW-flagged ones only where NSFW is allowed; for `base` when given."""
-        if self.loras is None:
+        return await self._networks_shown(self.loras, place, base)
+
+    async def embeddings_shown(self, place: Place, base: str | None = None) -> list[NetworkEntry]:
+        """Embeddings shown here, by the same rule as LoRAs."""
+        return await self._networks_shown(self.embeddings, place, base)
+
+    async def _networks_shown(
+        self, registry: NetworkRegistry | None, place: Place, base: str | None
+    ) -> list[NetworkEntry]:
+        if registry is None:
             return []
         here = await self.rules(place)
         nsfw_allowed = here.allow_nsfw(place.adult)
-        return [e for e in await self.loras.list(status="present", base=base) if nsfw_allowed or not e.nsfw]
+        return [e for e in await registry.list(status="present", base=base) if nsfw_allowed or not e.nsfw]
 
     @staticmethod
     def may_change(asker: Asker, requester_id: str | None) -> bool:

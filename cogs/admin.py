@@ -28,8 +28,6 @@ if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 
-
-
 @app_commands.allowed_installs(guilds=True, users=True)
 @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
 class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners: manage the checkpoints on disk"):
@@ -102,17 +100,28 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         await interaction.edit_original_response(content="Downloaded and registered.", embed=info_embed(entry))
 
     @owner_only()
-    @app_commands.command(name="remove", description="Forget a checkpoint or a LoRA (its file stays on disk)")
-    @app_commands.describe(checkpoint="A checkpoint", lora="Or a LoRA")
+    @app_commands.command(name="remove", description="Forget a checkpoint, LoRA or embedding (its file stays)")
+    @app_commands.describe(checkpoint="A checkpoint", lora="Or a LoRA", embedding="Or an embedding")
     async def remove(
-        self, interaction: discord.Interaction, checkpoint: Registered | None = None, lora: Lora | None = None
+        self,
+        interaction: discord.Interaction,
+        checkpoint: Registered | None = None,
+        lora: Lora | None = None,
+        embedding: str | None = None,
     ) -> None:
-        if (checkpoint is None) == (lora is None):
-            raise RegistryError("name one checkpoint or one LoRA")
-        if checkpoint is not None:
-            entry: CheckpointEntry | NetworkEntry = await self.services.registry.remove(checkpoint)
-        else:
-            entry = await self.services.loras.remove(lora or "")
+        named = [
+            (registry, ref)
+            for registry, ref in (
+                (self.services.registry, checkpoint),
+                (self.services.loras, lora),
+                (self.services.embeddings, embedding),
+            )
+            if ref
+        ]
+        if len(named) != 1:
+            raise RegistryError("name one checkpoint, one LoRA or one embedding")
+        [(registry, ref)] = named
+        entry: CheckpointEntry | NetworkEntry = await registry.remove(ref)
         await interaction.response.send_message(
             f"Removed **{entry.name}** from the catalog; the file {entry.relative_path} is still on disk.",
             ephemeral=True,

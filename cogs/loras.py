@@ -1,4 +1,5 @@
-"""/loras list and /loras info: the LoRAs this bot has, and how to use them in a prompt."""
+"""/loras list and /loras info: the LoRAs (and textual-inversion embeddings) this bot has, and how to
+use them in a prompt."""
 
 from __future__ import annotations
 
@@ -58,18 +59,22 @@ class Loras(commands.GroupCog, group_name="loras", group_description="The LoRAs 
         self.jobs = bot.services.jobs
         super().__init__()
 
-    @app_commands.command(name="list", description="LoRAs you can use here, with the base model each is for")
+    @app_commands.command(name="list", description="LoRAs and embeddings you can use here, and their base models")
     @app_commands.describe(base="Only LoRAs for this base model")
     @app_commands.choices(base=BASES)
     async def list(self, interaction: discord.Interaction, base: str | None = None) -> None:
         entries = await self.jobs.loras_shown(place(interaction), base)
-        if not entries:
+        words = await self.jobs.embeddings_shown(place(interaction), base)
+        if not entries and not words:
             await refuse(interaction, "no LoRA matches" if base else "no LoRA is installed yet")
             return
         lines = [
             f"`<lora:{e.name}:1>` · {e.label}" + (f" · {', '.join(e.trigger_words[:3])}" if e.trigger_words else "")
             for e in entries
         ]
+        if words:
+            lines.append("**Embeddings** (write the word in the prompt or the negative prompt):")
+            lines += [f"`{e.name}` · {e.label}" for e in words]
         text = "\n".join(lines)
         if len(text) > CONTENT_MAX:
             text = clip(text, CONTENT_MAX - 40) + f"\n… {len(entries)} in all; /loras info NAME"

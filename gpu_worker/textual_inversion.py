@@ -56,11 +56,14 @@ class EmbeddingCache:
         for use in uses:
             tensors = self._tensors(use)
             keys = ["clip_l", "clip_g"] if len(encoders) == 2 else ["emb_params"]
-            if len(encoders) == 2 and not {"clip_l", "clip_g"} <= set(tensors):
+            pair = {"clip_l", "clip_g"} <= set(tensors)
+            if len(encoders) == 2 and not pair:
                 raise EmbeddingError(f"the embedding {use.name} is not an SDXL embedding (no clip_l/clip_g)")
+            if len(encoders) == 1 and pair:
+                raise EmbeddingError(f"the embedding {use.name} is an SDXL embedding; this checkpoint is not SDXL")
             per_encoder = []
             for key, encoder in zip(keys, encoders, strict=True):
-                vector = tensors.get(key, next(iter(tensors.values())))
+                vector = tensors[key]
                 width = encoder.get_input_embeddings().embedding_dim
                 if vector.shape[-1] != width:
                     raise EmbeddingError(

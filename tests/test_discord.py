@@ -34,6 +34,8 @@ async def services(
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "tiny-sd1.safetensors")
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "tiny-xl.safetensors")
     shutil.copy(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "ink.safetensors")
+    (models / "embeddings").mkdir()
+    shutil.copy(tiny_loras / "embedding-sd1.safetensors", models / "embeddings" / "blotchy.safetensors")
     settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
     await scan_models(services.registry, services.networks)
@@ -224,6 +226,8 @@ async def test_admin_commands_are_for_owners_only(
     assert "still on disk" in removed.response.content and await services.registry.find("tiny-sd1-fp16") is None
     added = await owner.slash(channel, "admin add", path="tiny-sd1-fp16.safetensors", name="half")
     assert added.response.embeds[0].title == "half"
+    both = await owner.slash(channel, "admin remove", lora="ink", embedding="blotchy")
+    assert "name one checkpoint, one LoRA or one embedding" in both.response.content
     removed = await owner.slash(channel, "admin remove", lora="ink")
     assert "still on disk" in removed.response.content and await services.loras.find("ink") is None
     added = await owner.slash(channel, "admin add", path="Lora/ink.safetensors")  # the folder says: a LoRA
@@ -585,6 +589,7 @@ async def test_loras_are_listed_picked_from_a_menu_and_credited(env: simcord.Env
     _, channel, alice = world(env)
     listed = await alice.slash(channel, "loras list")
     assert listed.ephemeral and "`<lora:ink:1>` · LoRA for SD1.x" in listed.response.content
+    assert "`blotchy` · embedding for SD1.x (3 vectors)" in listed.response.content
     card = (await alice.slash(channel, "loras info", name="ink")).response.embeds[0]
     assert card.title == "ink" and "easel style" in {f.name: f.value for f in card.fields}["Trigger words"]
     result = await alice.slash(

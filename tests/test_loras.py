@@ -207,9 +207,9 @@ async def test_hostile_and_escaping_files_in_the_lora_folder_change_nothing(fold
     assert "not a LoRA" in reasons["checkpoint.safetensors"] and "outside" in reasons["link.safetensors"]
     assert all("\n" not in r for r in reasons.values())
     assert sorted(e.name for e in report.added) == ["inky", "xl-ink"]
-    with pytest.raises(RegistryError, match="not a file inside a LoRA folder"):
+    with pytest.raises(RegistryError, match="is not a file in the LoRA folders"):
         await loras.add(outside)
-    with pytest.raises(RegistryError, match="not a file inside a LoRA folder"):
+    with pytest.raises(RegistryError, match="is not a file in the LoRA folders"):
         await loras.add(Path("../../secret.safetensors"))
 
 

@@ -305,7 +305,7 @@ class NetworkRegistry:
         located = self._locate(path)
         if located is None:
             names = ", ".join(str(f) for f in self.folders) or str(self.models_root / self.folder_names[0])
-            raise RegistryError(f"{self.noun} {path} is not a file inside its folder ({names}); move it there first")
+            raise RegistryError(f"{self.noun} {path} is not a file in the {self.noun} folders ({names}); move it there first")
         if located[0].suffix.lower() not in self.suffixes:
             raise RegistryError(f"{path}: a {self.noun} file ends in {' or '.join(self.suffixes)}")
         return located
