@@ -48,7 +48,8 @@ def main() -> None:
         for n in range(REPEATS * 2 + 2):
             path = Path(tmp) / f"lora-{n}.safetensors"
             save_file(lora_state_dict(loaded.pipeline.components, "sd1", seed=n, rank=32, strength=0.02), str(path))
-            loras.append(LoraUse(f"l{n}", str(path), f"{n:064x}", f"{n:012x}", 0.8, 0.8))
+            sha = f"{n + 1:016x}" * 4  # the worker keeps adapters under their sha256: each one its own
+            loras.append(LoraUse(f"l{n}", str(path), sha, sha[:12], 0.8, 0.8))
         lora_mb = Path(loras[0].path).stat().st_size / 1e6
 
         times: dict[str, list[float]] = {"load": [], "new": [], "switch": [], "off": [], "plain": [], "two": []}

@@ -86,7 +86,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         db,
         registry,
         generation,
-        MergeService(registry),
+        MergeService(registry, loras),
         catalog,
         downloads,
         guild_settings,

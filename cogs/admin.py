@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_changes
 from bot.checkpoints.merge_plan import METHODS
-from bot.checkpoints.merging import MergeRequest
+from bot.checkpoints.merging import BakeRequest, MergeRequest
 from bot.checkpoints.registry import CheckpointEntry
 from bot.errors import RegistryError
 from bot.model_files import add_model_file, scan_models
@@ -165,6 +165,30 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             await edits.settle()  # progress edits land before the result, never after it
         parents = ", ".join(f"{p['name']} ({p['autov2'].upper()})" for p in entry.lineage)
         await edits.show(f"Merged **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\nParents: {parents}")
+
+    @owner_only()
+    @app_commands.command(name="bake", description="Write LoRAs into a copy of a checkpoint (merge LoRA to checkpoint)")
+    @app_commands.describe(
+        checkpoint="The checkpoint to start from",
+        loras="As in a prompt: <lora:NAME:0.8> <lora:OTHER:0.5>",
+        name="Name of the new checkpoint",
+    )
+    async def bake(
+        self,
+        interaction: discord.Interaction,
+        checkpoint: Registered,
+        loras: app_commands.Range[str, 1, 1000],
+        name: str | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        edits = ThrottledEdits(interaction)
+        try:
+            entry = await self.services.merges.bake(
+                BakeRequest(checkpoint, loras, name), lambda done, total: edits(f"Baking… {done}/{total} layers")
+            )
+        finally:
+            await edits.settle()
+        await edits.show(f"Baked **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\n{entry.description}")
 
     @owner_only()
     @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags, facets or NSFW flag")

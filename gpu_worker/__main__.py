@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default="Euler")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="worker-debug.png")
+    p = sub.add_parser("bake", help="bake LoRAs into a checkpoint (the bot's merge service starts this)")
+    p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return _debug_generate(args)
     if args.command == "merge":
         return _merge(args.fd)
+    if args.command == "bake":
+        return _bake(args.fd)
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 
@@ -118,6 +122,31 @@ def _merge(fd: int) -> int:
             decode_order(conn.recv_bytes(MAX_FRAME_BYTES)), lambda done, total: send({"done": done, "total": total})
         )
     except (BadFrame, CheckpointFileError, OSError, EOFError) as e:
+        send({"error": str(e) or type(e).__name__})
+        return 1
+    send({"peak_rss_bytes": peak_rss_bytes()})
+    return 0
+
+
+def _bake(fd: int) -> int:
+    """As _merge, for a BakeOrder."""
+    from multiprocessing.connection import Connection
+
+    from gpu_worker.bake import BakeError, run_bake
+    from gpu_worker.loader import CheckpointLoadError
+    from gpu_worker.loras import LoraError
+    from gpu_worker.merge import peak_rss_bytes
+    from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, decode_bake
+
+    conn = Connection(fd)
+
+    def send(message: dict) -> None:
+        conn.send_bytes(json.dumps(message).encode())
+
+    try:
+        order = decode_bake(conn.recv_bytes(MAX_FRAME_BYTES))
+        run_bake(order, lambda done, total: send({"done": done, "total": total}))
+    except (BadFrame, BakeError, CheckpointLoadError, LoraError, OSError, EOFError) as e:
         send({"error": str(e) or type(e).__name__})
         return 1
     send({"peak_rss_bytes": peak_rss_bytes()})

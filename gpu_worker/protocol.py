@@ -282,3 +282,28 @@ def decode_order(raw: bytes) -> MergeOrder:
         return TypeAdapter(MergeOrder).validate_json(raw)
     except ValidationError as e:
         raise BadFrame(f"malformed merge order: {e.errors()[0]['msg']}") from None
+
+
+# --- LoRAs baked into a checkpoint (bot -> `python -m gpu_worker bake`, as JSON on stdin) ------------
+
+
+@dataclass(frozen=True)
+class BakeOrder:
+    """LoRAs to write into a copy of a checkpoint; the bot resolved and checked them all."""
+
+    load: LoadRequest
+    loras: tuple[LoraUse, ...]
+    out: str
+    temp: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def encode_bake(order: BakeOrder) -> bytes:
+    return TypeAdapter(BakeOrder).dump_json(order)
+
+
+def decode_bake(raw: bytes) -> BakeOrder:
+    try:
+        return TypeAdapter(BakeOrder).validate_json(raw)
+    except ValidationError as e:
+        raise BadFrame(f"malformed bake order: {e.errors()[0]['msg']}") from None

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 from PIL import Image
 
 from bot.checkpoints.registry import CheckpointRegistry
+from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.tensors import TensorInfo
 from bot.db import open_database
 from bot.errors import EaselError, RegistryError
@@ -405,3 +407,45 @@ async def test_a_lora_file_that_no_longer_fits_fails_the_job_with_a_line_and_spa
     assert isinstance(failed, Failed) and "LoRA more-0" in failed.message and "\n" not in failed.message
     after, _ = await picture(world, "a mill")
     assert np.array_equal(after, before)
+
+
+# --- baking LoRAs into a checkpoint --------------------------------------------------------------
+
+
+@on_module_loop
+async def test_a_baked_checkpoint_draws_what_the_lora_draws(world: World) -> None:
+    from safetensors.torch import load_file
+
+    from bot.checkpoints.merging import BakeRequest, MergeService
+
+    checkpoints = world.jobs.registry
+    merges = MergeService(checkpoints, world.loras)
+    with pytest.raises(EaselError, match="is for SDXL"):
+        await merges.bake(BakeRequest("tiny-sd1", "<lora:ink-sdxl:1>"))
+    with pytest.raises(EaselError, match="name the LoRAs"):
+        await merges.bake(BakeRequest("tiny-sd1", "ink-sd1"))
+    entry = await merges.bake(BakeRequest("tiny-sd1", "<lora:ink-sd1:0.8:0.6>", name="inked"))
+    assert [p["role"] for p in entry.lineage] == ["primary"] and entry.lineage[0]["name"] == "tiny-sd1.safetensors"
+    recipe = json.loads(read_header(entry.path).metadata["sd_merge_recipe"])
+    lora = await world.loras.get("ink-sd1")
+    assert recipe["loras"] == [
+        {"name": "ink-sd1", "sha256": lora.sha256, "short_hash": lora.short_hash, "te": 0.8, "unet": 0.6}
+    ]
+    original, baked = load_file((await checkpoints.get("tiny-sd1")).path), load_file(entry.path)
+    changed = [k for k in original if not torch.equal(original[k], baked[k])]
+    modules = [k for k in load_file(lora.path) if k.endswith(".lora_down.weight")]
+    assert set(baked) == set(original) and len(changed) == len(modules)  # one tensor per LoRA layer, nothing else
+    assert not any(k.startswith("first_stage_model.") for k in changed)
+    # One step, so the comparison is not lost in a random model's chaos: the same picture, to rounding.
+    with_lora = await one_step(world, "a lighthouse <lora:ink-sd1:0.8:0.6>", "tiny-sd1")
+    from_baked = await one_step(world, "a lighthouse", "inked")
+    plain = await one_step(world, "a lighthouse", "tiny-sd1")
+    assert np.abs(with_lora - from_baked).max() <= 2 < np.abs(plain - from_baked).max()
+
+
+async def one_step(w: World, prompt: str, checkpoint: str) -> np.ndarray:
+    options = ImagineOptions(prompt=prompt, checkpoint=checkpoint, steps=1, seed=3)
+    [handle] = await w.jobs.start(await w.jobs.plan_imagine(HOST, HERE, options))
+    done = [e async for e in handle.events()][-1]
+    assert isinstance(done, Finished), done
+    return np.asarray(Image.open(io.BytesIO(done.job.images[0].png))).astype(int)

@@ -1,4 +1,5 @@
-"""The merge service: check a merge request, run it in a worker process, register the result.
+"""The merge service: check a merge request (or LoRAs to bake into a checkpoint), run it in a worker
+process, register the result.
 
 Every refusal comes before any tensor is read (inputs, architectures, shapes, name, disk space).
 The merge itself runs as `python -m gpu_worker merge` (torch stays out of the bot), writing to a
@@ -25,7 +26,11 @@ from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.checkpoints.safetensors_writer import temp_path
 from bot.child_process import ChildProcess
 from bot.errors import CheckpointFileError, EaselError, RegistryError
-from gpu_worker.protocol import MergeOrder, encode_order
+from bot.generation.checkpoint_ref import resolve_checkpoint
+from bot.generation.requests import Limits
+from bot.networks.registry import LoraRegistry
+from bot.networks.selection import lora_strength, lora_tags, resolve_loras
+from gpu_worker.protocol import BakeOrder, LoraUse, encode_bake, encode_order
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,6 +53,15 @@ class MergeRequest:
 
 
 @dataclass(frozen=True)
+class BakeRequest:
+    """LoRAs to bake into a copy of a checkpoint, as a prompt names them: "<lora:x:0.7> <lora:y:0.5:1>"."""
+
+    checkpoint: str  # registered name / hash, or (CLI) a file path
+    loras: str
+    name: str | None = None
+
+
+@dataclass(frozen=True)
 class MergeInput:
     path: Path
     name: str  # file name as A1111 shows it
@@ -59,8 +73,9 @@ class MergeInput:
 
 
 class MergeService:
-    def __init__(self, registry: CheckpointRegistry) -> None:
+    def __init__(self, registry: CheckpointRegistry, loras: LoraRegistry | None = None) -> None:
         self.registry = registry
+        self.loras = loras
         self.last_peak_rss: int | None = None  # of the last merge process, for logs and benchmarks
         self.running_pid: int | None = None  # the merge process now running, if any
 
@@ -87,16 +102,7 @@ class MergeService:
             prune=request.prune,
         )
         name = slugify(request.name or default_name(request, a, b, c))
-        if await self.registry.find(name) is not None:
-            raise RegistryError(f"the name {name!r} is already taken; choose another with --name")
-        out = self.registry.models_root / f"{name}.safetensors"
-        if out.exists():
-            raise RegistryError(f"{out.name} already exists in the models directory; choose another name")
-        free = shutil.disk_usage(out.parent).free
-        if free < plan.output_bytes + DISK_MARGIN:
-            raise EaselError(
-                f"not enough disk space: the merge needs {plan.output_bytes / 1e9:.1f} GB, {free / 1e9:.1f} GB free"
-            )
+        out = await self._output(name, plan.output_bytes)
 
         metadata = merge_metadata(request, plan, name, a, b, c, vae_path)
         inputs = {"a": a, "b": b, "c": c}
@@ -106,16 +112,66 @@ class MergeService:
             headers["vae"], paths["vae"] = vae_header, vae_path
         order = merge_order(plan, headers, paths, out=out, temp=temp_path(out), metadata=metadata)
         log.info("merge %s started: %s", name, metadata["sd_merge_recipe"])
+        return await self._produce(
+            encode_order(order), "merge", out, Path(order.temp), name, describe(request, a, b, c), progress
+        )
+
+    async def bake(self, request: BakeRequest, progress: MergeProgress | None = None) -> CheckpointEntry:
+        """A copy of a checkpoint with LoRAs written into its weights (A1111 SuperMerger's "merge LoRA to
+        checkpoint"), registered with the checkpoint as its parent and the LoRAs in its recipe."""
+        if self.loras is None:
+            raise EaselError("LoRAs are not available here")
+        a = await self._input(request.checkpoint, "checkpoint")
+        ref = await resolve_checkpoint(self.registry, str(a.path), allow_path=True)
+        if not lora_tags(request.loras):
+            raise EaselError("name the LoRAs to bake as a prompt does, e.g. <lora:NAME:0.8>")
+        uses = await resolve_loras(self.loras, request.loras, ref, Limits(), nsfw_allowed=True)
+        if not uses:
+            raise EaselError("every LoRA named has strength 0: there is nothing to bake")
+        stem = Path(a.name).with_suffix("").name
+        name = slugify(request.name or f"{stem}-{'-'.join(use.name for use in uses)}")
+        out = await self._output(name, a.path.stat().st_size)
+        metadata = bake_metadata(name, a, uses)
+        order = BakeOrder(ref.load_request(), uses, str(out), str(temp_path(out)), metadata)
+        log.info("bake %s started: %s", name, metadata["sd_merge_recipe"])
+        strengths = ", ".join(f"{use.name} {lora_strength(use)}" for use in uses)
+        description = f"{a.name} with LoRAs baked in: {strengths}"
+        return await self._produce(encode_bake(order), "bake", out, Path(order.temp), name, description, progress)
+
+    async def _output(self, name: str, size: int) -> Path:
+        """Where a new checkpoint of this name goes, once the name is free and the disk has room."""
+        if await self.registry.find(name) is not None:
+            raise RegistryError(f"the name {name!r} is already taken; choose another with --name")
+        out = self.registry.models_root / f"{name}.safetensors"
+        if out.exists():
+            raise RegistryError(f"{out.name} already exists in the models directory; choose another name")
+        free = shutil.disk_usage(out.parent).free
+        if free < size + DISK_MARGIN:
+            raise EaselError(f"not enough disk space: the result needs {size / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
+        return out
+
+    async def _produce(
+        self,
+        order: bytes,
+        command: str,
+        out: Path,
+        temp: Path,
+        name: str,
+        description: str,
+        progress: MergeProgress | None,
+    ) -> CheckpointEntry:
+        """Run the worker's `command` on the order (it writes `temp`, then renames it to `out`) and
+        register what it wrote."""
         try:
-            await self._run(order, progress)
-            entry = await self.registry.add(out, name=name, description=describe(request, a, b, c), tags=["merged"])
+            await self._run(order, command, temp, progress)
+            entry = await self.registry.add(out, name=name, description=description, tags=["merged"])
         except BaseException:
             # Failed, cancelled, or killed: no file without its catalog entry.
             if await self.registry.find(name) is None:
                 await asyncio.to_thread(out.unlink, missing_ok=True)
             raise
         peak = f"{self.last_peak_rss / 1e9:.2f} GB" if self.last_peak_rss else "unknown"
-        log.info("merge %s done: %s (%s), merge process peak RSS %s", name, entry.autov2, entry.architecture, peak)
+        log.info("%s %s done: %s (%s), process peak RSS %s", command, name, entry.autov2, entry.architecture, peak)
         return entry
 
     async def _input(self, ref: str, role: str) -> MergeInput:
@@ -152,8 +208,8 @@ class MergeService:
         require_safetensors(path)
         return path
 
-    async def _run(self, order: MergeOrder, progress: MergeProgress | None) -> None:
-        """Hand the order to `python -m gpu_worker merge` and follow it to its exit."""
+    async def _run(self, order: bytes, command: str, temp: Path, progress: MergeProgress | None) -> None:
+        """Hand the order to `python -m gpu_worker COMMAND` and follow it to its exit."""
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[int | None] = loop.create_future()
         failure: list[str] = []
@@ -179,22 +235,20 @@ class MergeService:
             if not exited.done():
                 exited.set_result(code)
 
-        child = ChildProcess("merge process", ["merge"], on_frame=on_frame, on_exit=on_exit)
+        child = ChildProcess(f"{command} process", [command], on_frame=on_frame, on_exit=on_exit)
         child.start()
         self.running_pid = child.pid
         try:
-            child.send(encode_order(order))  # the order, as data: the process does not plan again
+            child.send(order)  # the order, as data: the process does not plan again
             code = await exited
             if code != 0:
-                raise EaselError(failure[-1] if failure else f"the merge failed (exit code {code})")
+                raise EaselError(failure[-1] if failure else f"the {command} failed (exit code {code})")
         except BaseException:
             stopping = True
             child.kill()
             # The cleanup finishes even if the caller cancels again meanwhile.
             await _despite_cancellation(exited)
-            await _despite_cancellation(
-                asyncio.ensure_future(asyncio.to_thread(Path(order.temp).unlink, missing_ok=True))
-            )
+            await _despite_cancellation(asyncio.ensure_future(asyncio.to_thread(temp.unlink, missing_ok=True)))
             raise
         finally:
             self.running_pid = None
@@ -287,3 +341,24 @@ def _json(text: str | None) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return None
+
+
+def bake_metadata(name: str, a: MergeInput, uses: tuple[LoraUse, ...]) -> dict[str, str]:
+    """A merge recipe for a bake: the checkpoint as primary parent (so the registry records the lineage)
+    and each LoRA with its hashes and strengths."""
+    recipe = {
+        "type": "easel-lora-bake",
+        "primary_model_hash": a.sha256,
+        "custom_name": name,
+        "loras": [
+            {"name": u.name, "sha256": u.sha256, "short_hash": u.short_hash, "te": u.te, "unet": u.unet} for u in uses
+        ],
+    }
+    models = {
+        a.sha256: {
+            "name": a.name,
+            "legacy_hash": a.autov1,
+            "sd_merge_recipe": _json(a.header.metadata.get("sd_merge_recipe")),
+        }
+    }
+    return {"modelspec.title": name, "sd_merge_recipe": json.dumps(recipe), "sd_merge_models": json.dumps(models)}

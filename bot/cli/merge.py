@@ -1,4 +1,5 @@
-"""`python bot.py merge …`: the A1111 Checkpoint Merger, from the command line."""
+"""`python bot.py merge …`: the A1111 Checkpoint Merger, from the command line; `bake-lora …`: LoRAs
+written into a copy of a checkpoint."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import argparse
 from tqdm import tqdm
 
 from bot.checkpoints.merge_plan import METHODS
-from bot.checkpoints.merging import MergeRequest, MergeService
+from bot.checkpoints.merging import BakeRequest, MergeRequest, MergeService
 from bot.cli.checkpoints import open_registry
 from bot.cli.output import render_entry_line
 from bot.config import Settings
+from bot.networks.registry import LoraRegistry
 
 
 async def cmd_merge(args: argparse.Namespace, settings: Settings) -> int:
@@ -42,7 +44,31 @@ async def cmd_merge(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_bake(args: argparse.Namespace, settings: Settings) -> int:
+    bar = tqdm(unit="layer", desc="baking", disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        async with open_registry(settings) as registry:
+            service = MergeService(registry, LoraRegistry(registry.db, registry.models_root))
+            entry = await service.bake(BakeRequest(args.checkpoint, args.loras, args.name), progress)
+    finally:
+        bar.close()
+    print(f"baked: {render_entry_line(entry)}")
+    print(f"description: {entry.description}")
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bake-lora", help="write LoRAs into a copy of a checkpoint (SuperMerger's merge LoRA)")
+    p.add_argument("--checkpoint", required=True, help="registered name, hash, or .safetensors path")
+    p.add_argument("--loras", required=True, help='as in a prompt: "<lora:NAME:0.8> <lora:OTHER:0.5:1>"')
+    p.add_argument("--name", help="name of the new checkpoint (default: checkpoint-lora-…)")
+    p.set_defaults(handler=cmd_bake)
+
     p = sub.add_parser("merge", help="merge checkpoints as A1111's Checkpoint Merger does; the result is registered")
     p.add_argument("--primary", required=True, help="model A: registered name, hash, or .safetensors path")
     p.add_argument("--secondary", help="model B")
