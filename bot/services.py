@@ -75,11 +75,11 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         EmbeddingProcess(cache_dir=settings.data_dir / "cache") if settings.semantic_search else None,
         civitai_api_key=settings.civitai_key,
     )
-    downloads = Downloader.from_settings(registry, settings)
+    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings])
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
     jobs = Jobs(registry, generation, guild_settings, loras, embeddings)
     return Services(
         settings,

@@ -97,7 +97,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
             )
         finally:
             await edits.settle()  # progress edits land before the answer, never after it
-        await interaction.edit_original_response(content="Downloaded and registered.", embed=info_embed(entry))
+        embed = lora_embed(entry) if isinstance(entry, NetworkEntry) else info_embed(entry)
+        await interaction.edit_original_response(content="Downloaded and registered.", embed=embed)
 
     @owner_only()
     @app_commands.command(name="remove", description="Forget a checkpoint, LoRA or embedding (its file stays)")

@@ -33,9 +33,12 @@ def lora_embed(entry: NetworkEntry) -> discord.Embed:
     embed = discord.Embed(
         title=clip(entry.name, 256), colour=EMBED_COLOUR, description=clip(entry.description, 4096) or None
     )
-    embed.add_field(
-        name="Use", value=clip(f"`<lora:{entry.name}:1>` in the prompt, or /imagine's lora option", FIELD_MAX)
+    use = (
+        f"write `{entry.name}` in the prompt or the negative prompt"
+        if entry.kind == "embedding"
+        else f"`<lora:{entry.name}:1>` in the prompt, or /imagine's lora option"
     )
+    embed.add_field(name="Use", value=clip(use, FIELD_MAX))
     embed.add_field(name="Kind", value=entry.label)
     embed.add_field(name="Hashes", value=f"AutoV2 {entry.autov2.upper()} · A1111 {entry.short_hash}")
     if entry.trigger_words:

@@ -81,7 +81,9 @@ def _load(loaded: LoadedPipeline, use: LoraUse, name: str) -> None:
     except Exception as e:
         raise LoraError(f"LoRA {use.name} cannot be read: {_first_line(e)}") from None
     try:
-        loaded.pipeline.load_lora_weights(state, adapter_name=name)
+        # low_cpu_mem_usage: the adapter layers are made empty and filled from the file, not first
+        # initialised at random.
+        loaded.pipeline.load_lora_weights(state, adapter_name=name, low_cpu_mem_usage=True)
     except Exception as e:
         log.warning("LoRA %s failed on %s: %s", use.name, loaded.request.name, e)
         raise TaintedPipeline(f"LoRA {use.name} does not fit {loaded.request.name}: {_first_line(e)}") from None

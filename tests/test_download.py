@@ -47,6 +47,23 @@ async def test_download_by_url_registers_the_file(registry: CheckpointRegistry, 
     assert leftovers(registry) == ["fox.safetensors"] and seen[-1] == len(body)
 
 
+async def test_a_downloaded_lora_or_embedding_goes_to_its_own_folder(
+    registry: CheckpointRegistry, tiny_loras: Path
+) -> None:
+    from bot.networks.registry import network_registries
+
+    loras, embeddings = network_registries(registry.db, registry.models_root)
+    files = {
+        f"/m/{n}.safetensors": (tiny_loras / f"{n}.safetensors").read_bytes() for n in ("lora-sd1", "embedding-sd1")
+    }
+    downloader = Downloader(registry, max_bytes=10**9, transport=server(files, []), networks=[loras, embeddings])
+    lora = await downloader.download("https://example.org/m/lora-sd1.safetensors", name="ink")
+    word = await downloader.download("https://example.org/m/embedding-sd1.safetensors")
+    assert (lora.name, lora.label, lora.relative_path) == ("ink", "LoRA for SD1.x", "lora-sd1.safetensors")
+    assert word.kind == "embedding" and (registry.models_root / "embeddings" / "embedding-sd1.safetensors").is_file()
+    assert leftovers(registry) == ["Lora", "embeddings"] and await registry.list() == []
+
+
 async def test_civitai_version_download_checks_the_hash(registry: CheckpointRegistry, tiny_dir: Path) -> None:
     body = (tiny_dir / "tiny-sdxl.safetensors").read_bytes()
     version = {

@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -28,6 +28,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.checkpoints.safetensors_writer import temp_path
 from bot.config import Settings
 from bot.errors import CheckpointFileError, EaselError
+from bot.networks.registry import NetworkEntry, NetworkRegistry
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ class Downloader:
         civitai_url: str = CIVITAI_URL,
         transport: httpx.AsyncBaseTransport | None = None,
         policy: outbound.Policy | None = None,
+        networks: Sequence[NetworkRegistry] = (),
     ) -> None:
         self.registry = registry
+        self.networks = networks  # a LoRA or an embedding goes to its own folder and registry
         self.max_bytes = max_bytes
         self.civitai_api_key = civitai_api_key
         self.civitai_url = civitai_url
@@ -82,12 +85,15 @@ class Downloader:
         self.policy = policy or outbound.Policy()
 
     @classmethod
-    def from_settings(cls, registry: CheckpointRegistry, settings: Settings) -> Downloader:
+    def from_settings(
+        cls, registry: CheckpointRegistry, settings: Settings, networks: Sequence[NetworkRegistry] = ()
+    ) -> Downloader:
         return cls(
             registry,
             max_bytes=int(settings.download_max_gb * 1e9),
             civitai_api_key=settings.civitai_key,
             policy=settings.outbound_policy(),
+            networks=networks,
         )
 
     def _client(self) -> httpx.AsyncClient:
@@ -162,7 +168,7 @@ class Downloader:
         sha256: str | None = None,
         nsfw: bool | None = None,
         progress: DownloadProgress | None = None,
-    ) -> CheckpointEntry:
+    ) -> CheckpointEntry | NetworkEntry:
         plan = await self.plan(source)
         expected = (sha256 or plan.sha256 or "").lower() or None
         if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
@@ -179,15 +185,24 @@ class Downloader:
             if expected is not None and digest != expected:
                 raise DownloadError(f"sha256 mismatch: expected {expected[:10]}…, got {digest[:10]}…; nothing kept")
             try:
-                await asyncio.to_thread(inspect_file, temp)
+                inspection = await asyncio.to_thread(inspect_file, temp)
             except CheckpointFileError as e:
                 raise DownloadError(f"the download is not a usable checkpoint: {str(e).split(': ', 1)[-1]}") from None
+            kind = next((n for n in self.networks if n.family == inspection.architecture.family), None)
+            if kind is not None:  # a LoRA or an embedding: into its own folder, as A1111 keeps them
+                folder = kind.default_folder()
+                await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+                target = folder / plan.filename
+                if await asyncio.to_thread(target.exists):
+                    raise DownloadError(f"{plan.filename} already exists in {folder.name}; register it with add")
             await asyncio.to_thread(_place, temp, target)
         except BaseException:
             await asyncio.to_thread(temp.unlink, missing_ok=True)
             raise
         log.info("downloaded %s from %s (%s)", plan.filename, plan.source, digest[:10])
         try:
+            if kind is not None:
+                return await kind.add(target, name=name, nsfw=nsfw)
             return await self.registry.add(target, name=name, nsfw=nsfw)
         except EaselError:
             await asyncio.to_thread(target.unlink, missing_ok=True)  # e.g. the same content is registered already

@@ -17,7 +17,7 @@ from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry, HashProgress
-from bot.cli.networks import print_network_scan, render_network_line
+from bot.cli.networks import print_network_scan, render_network, render_network_line
 from bot.cli.output import render_entry, render_entry_line, render_inspection
 from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
@@ -163,7 +163,7 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
         bar.update(done - bar.n)
 
     async with open_registry(settings) as registry:
-        downloader = Downloader.from_settings(registry, settings)
+        downloader = Downloader.from_settings(registry, settings, network_registries(registry.db, registry.models_root))
         try:
             entry = await downloader.download(
                 args.source, name=args.name, sha256=args.sha256, nsfw=args.nsfw, progress=progress
@@ -171,7 +171,7 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(render_entry(entry))
+    print(render_network(entry) if isinstance(entry, NetworkEntry) else render_entry(entry))
     return 0
 
 

@@ -239,6 +239,7 @@ class NetworkRegistry:
     """One kind of extra network in its folders; LoraRegistry and EmbeddingRegistry say which."""
 
     noun: ClassVar[str]
+    family: ClassVar[str]
     table: ClassVar[str]
     folder_names: ClassVar[tuple[str, ...]]
     suffixes: ClassVar[tuple[str, ...]]
@@ -253,6 +254,11 @@ class NetworkRegistry:
     @property
     def folders(self) -> list[Path]:
         return self._folders if self._folders is not None else network_folders(self.models_root, self.folder_names)
+
+    def default_folder(self) -> Path:
+        """Where a new file of this kind goes (downloads): its first folder, else models/<Folder>."""
+        existing = self.folders
+        return existing[0] if existing else self.models_root / self.folder_names[0]
 
     def examine_file(self, path: Path) -> FileKind:
         raise NotImplementedError
@@ -530,6 +536,7 @@ def _walk(folders: list[Path], suffixes: tuple[str, ...]) -> tuple[list[Path], l
 
 class LoraRegistry(NetworkRegistry):
     noun = "LoRA"
+    family = "lora"  # what checkpoint inspection calls such a file
     table = "loras"
     folder_names = LORA_FOLDERS
     suffixes = (".safetensors",)
@@ -544,6 +551,7 @@ class LoraRegistry(NetworkRegistry):
 
 class EmbeddingRegistry(NetworkRegistry):
     noun = "embedding"
+    family = "embedding"
     table = "embeddings"
     folder_names = EMBEDDING_FOLDERS
     suffixes = (".safetensors", ".pt", ".bin")
