@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -103,6 +104,12 @@ def run_bot_py(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
     )
 
 
+def interruptible() -> None:
+    """In the child before exec: Ctrl-C (SIGINT) as a terminal sends it. A suite started in the
+    background (`./dev test &`) ignores SIGINT, and a child inherits that, so SIGINT would not stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_bot_py(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """Start `python bot.py ARGS` as a real process, its output piped; the caller ends it (by its pid)."""
     return subprocess.Popen(
@@ -112,6 +119,7 @@ def start_bot_py(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
 
 

@@ -201,3 +201,34 @@ async def test_an_embedding_file_changed_behind_the_registry_fails_the_job_in_on
     assert isinstance(failed, Failed) and "spare" in failed.message and "\n" not in failed.message
     with pytest.raises(EaselError, match="no embedding named"):
         await world.embeddings.get("nothing")
+
+
+@on_module_loop
+async def test_every_hostile_file_in_the_extra_network_folders_is_refused_by_name(tmp_path: Path) -> None:
+    """The checkpoint readers' hostile files, again as embeddings (.pt, .safetensors) and LoRAs."""
+    from tests.hostile_files import hostile_checkpoints
+
+    models = tmp_path / "models"
+    made = hostile_checkpoints(tmp_path / "made")
+    expected: dict[str, str] = {}
+    for name, (path, reason) in made.items():
+        stem, suffix = name.rsplit(".", 1)
+        as_embedding = f"{stem}.pt" if suffix in ("ckpt", "pt") else name
+        (models / "embeddings").mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, models / "embeddings" / as_embedding)
+        expected[as_embedding] = reason
+        if suffix == "safetensors":
+            (models / "Lora").mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, models / "Lora" / name)
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        lora_scan = await LoraRegistry(db, models).scan()
+        embedding_scan = await EmbeddingRegistry(db, models).scan()
+    finally:
+        await db.close()
+    assert not lora_scan.added and not embedding_scan.added
+    refused = dict(embedding_scan.errors)
+    assert set(refused) == set(expected)
+    for name, reason in expected.items():
+        assert reason in refused[name] and "\n" not in refused[name], (name, refused[name])
+    assert {n for n, _ in lora_scan.errors} == {n for n in made if n.endswith(".safetensors")}

@@ -90,14 +90,14 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
 
     from playwright.async_api import async_playwright
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, interruptible
 
     environment = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
     environment |= {"EASEL_MODELS_DIR": str(tmp_path / "models"), "EASEL_DATA_DIR": str(tmp_path / "data")}
     (tmp_path / "models").mkdir()
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "bot.py"), cwd=tmp_path, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, preexec_fn=interruptible,
     )  # fmt: skip
     try:
         line = b""
