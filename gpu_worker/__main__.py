@@ -136,7 +136,7 @@ def _bake(fd: int) -> int:
     from gpu_worker.loader import CheckpointLoadError
     from gpu_worker.loras import LoraError
     from gpu_worker.merge import peak_rss_bytes
-    from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, decode_bake
+    from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, BakeOrder, decode_order
 
     conn = Connection(fd)
 
@@ -144,7 +144,7 @@ def _bake(fd: int) -> int:
         conn.send_bytes(json.dumps(message).encode())
 
     try:
-        order = decode_bake(conn.recv_bytes(MAX_FRAME_BYTES))
+        order = decode_order(conn.recv_bytes(MAX_FRAME_BYTES), BakeOrder)
         run_bake(order, lambda done, total: send({"done": done, "total": total}))
     except (BadFrame, BakeError, CheckpointLoadError, LoraError, OSError, EOFError) as e:
         send({"error": str(e) or type(e).__name__})

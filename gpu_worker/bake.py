@@ -10,7 +10,6 @@ and renamed into place, so a failure leaves nothing.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -18,12 +17,12 @@ from pathlib import Path
 import torch
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm
 from gpu_worker.loader import load_pipeline
 from gpu_worker.loras import apply_loras
 from gpu_worker.protocol import BakeOrder
+from gpu_worker.save import save_atomically
 
 # Where each text encoder lies in a single file: (prefix, OpenCLIP layout?)
 _TEXT_ENCODERS = {
@@ -88,10 +87,5 @@ def run_bake(order: BakeOrder, progress: Callable[[int, int], None] | None = Non
         state[target] = updated.to(original.dtype).contiguous()
         if progress is not None:
             progress(done, len(layers))
-    tmp = Path(order.temp)
-    try:
-        save_file(state, str(tmp), metadata=metadata | order.metadata)
-        os.replace(tmp, order.out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_atomically(state, Path(order.out), metadata | order.metadata, Path(order.temp))
     return len(layers)

@@ -273,17 +273,6 @@ class MergeOrder:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def encode_order(order: MergeOrder) -> bytes:
-    return TypeAdapter(MergeOrder).dump_json(order)
-
-
-def decode_order(raw: bytes) -> MergeOrder:
-    try:
-        return TypeAdapter(MergeOrder).validate_json(raw)
-    except ValidationError as e:
-        raise BadFrame(f"malformed merge order: {e.errors()[0]['msg']}") from None
-
-
 # --- LoRAs baked into a checkpoint (bot -> `python -m gpu_worker bake`, as JSON on stdin) ------------
 
 
@@ -298,12 +287,15 @@ class BakeOrder:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def encode_bake(order: BakeOrder) -> bytes:
-    return TypeAdapter(BakeOrder).dump_json(order)
+Order = MergeOrder | BakeOrder
 
 
-def decode_bake(raw: bytes) -> BakeOrder:
+def encode_order(order: Order) -> bytes:
+    return TypeAdapter(type(order)).dump_json(order)
+
+
+def decode_order(raw: bytes, kind: type[Order] = MergeOrder) -> Order:
     try:
-        return TypeAdapter(BakeOrder).validate_json(raw)
+        return TypeAdapter(kind).validate_json(raw)
     except ValidationError as e:
-        raise BadFrame(f"malformed bake order: {e.errors()[0]['msg']}") from None
+        raise BadFrame(f"malformed {kind.__name__}: {e.errors()[0]['msg']}") from None

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from bot.checkpoints.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
 from gpu_worker.loader import CONFIG_ROOT
+from gpu_worker.save import save_atomically
 
 TINY_ARCHS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
 _MODELSPEC = {
@@ -103,11 +102,4 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
         "easel.tiny_seed": str(seed),
     }
     state = tiny_state_dict(arch, seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_atomically(state, out, metadata, temp_path(out))

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from bot.checkpoints.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import unet_to_ldm
+from gpu_worker.save import save_atomically
 from gpu_worker.tiny import TINY_ARCHS, tiny_components
 
 _BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
@@ -96,14 +95,7 @@ def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel st
         "easel.tiny_seed": str(seed),
     }
     state = tiny_lora_state_dict(base, seed, rank)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_atomically(state, out, metadata, temp_path(out))
 
 
 _EMBEDDING_SPEC = {
@@ -140,11 +132,4 @@ def make_tiny_embedding(base: str, out: Path, seed: int = 0, vectors: int = 2) -
         "modelspec.title": f"Easel tiny {base.upper()} embedding (random vectors)",
         "easel.tiny_seed": str(seed),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(out)
-    try:
-        save_file(state, str(tmp), metadata=metadata)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return save_atomically(state, out, metadata, temp_path(out))

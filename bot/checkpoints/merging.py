@@ -30,7 +30,7 @@ from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.requests import Limits
 from bot.networks.registry import LoraRegistry
 from bot.networks.selection import lora_strength, lora_tags, resolve_loras
-from gpu_worker.protocol import BakeOrder, LoraUse, encode_bake, encode_order
+from gpu_worker.protocol import BakeOrder, LoraUse, encode_order
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,7 @@ class MergeService:
         log.info("bake %s started: %s", name, metadata["sd_merge_recipe"])
         strengths = ", ".join(f"{use.name} {lora_strength(use)}" for use in uses)
         description = f"{a.name} with LoRAs baked in: {strengths}"
-        return await self._produce(encode_bake(order), "bake", out, Path(order.temp), name, description, progress)
+        return await self._produce(encode_order(order), "bake", out, Path(order.temp), name, description, progress)
 
     async def _output(self, name: str, size: int) -> Path:
         """Where a new checkpoint of this name goes, once the name is free and the disk has room."""

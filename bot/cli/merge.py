@@ -4,6 +4,7 @@ written into a copy of a checkpoint."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -13,6 +14,17 @@ from bot.cli.checkpoints import open_registry
 from bot.cli.output import render_entry_line
 from bot.config import Settings
 from bot.networks.registry import LoraRegistry
+
+
+def progress_bar(unit: str, desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
+    """A terminal progress bar and the (done, total) callback that moves it."""
+    bar = tqdm(unit=unit, desc=desc, disable=None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return bar, progress
 
 
 async def cmd_merge(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,11 +39,7 @@ async def cmd_merge(args: argparse.Namespace, settings: Settings) -> int:
         prune=args.prune,
         name=args.name,
     )
-    bar = tqdm(unit="tensor", desc="merging", disable=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    bar, progress = progress_bar("tensor", "merging")
 
     try:
         async with open_registry(settings) as registry:
@@ -45,11 +53,7 @@ async def cmd_merge(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_bake(args: argparse.Namespace, settings: Settings) -> int:
-    bar = tqdm(unit="layer", desc="baking", disable=None)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    bar, progress = progress_bar("layer", "baking")
 
     try:
         async with open_registry(settings) as registry:
