@@ -69,13 +69,14 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     except BaseException:
         await db.close()
         raise
+    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
     catalog = CatalogService(
         db,
         registry,
         EmbeddingProcess(cache_dir=settings.data_dir / "cache") if settings.semantic_search else None,
         civitai_api_key=settings.civitai_key,
+        loras=loras,
     )
-    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
     downloads = Downloader.from_settings(registry, settings, [loras, embeddings])
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms

@@ -255,6 +255,14 @@ def answer_embed(answer: Answer) -> discord.Embed:
         description=clip("\n\n".join(lines), 4096),
         colour=EMBED_COLOUR,
     )
+    if answer.loras:
+        embed.add_field(
+            name=clip(f"LoRAs for {answer.loras[0].entry.base_label} that fit", 256),
+            value=clip(
+                "\n".join(f"`<lora:{h.entry.name}:1>` · {', '.join(h.matched)}" for h in answer.loras), FIELD_MAX
+            ),
+            inline=False,
+        )
     footer = f"Read as: {answer.understood}" if answer.understood else "Read as free text"
     footer += "".join(f" · {note}" for note in answer.notes)
     embed.set_footer(text=clip(footer, 2048))

@@ -423,3 +423,32 @@ def test_common_words_are_left_to_facets_and_meaning_in_large_catalogs() -> None
     assert large.common("boats") and not large.common("castles")  # in every entry / in 2 % of them
     small = CatalogIndex(entries[:200], np.zeros((200, 0), np.float32))
     assert not small.common("boats")  # a small catalog keeps every word
+
+
+@aio
+async def test_answers_name_the_loras_that_fit_for_the_answers_base(
+    catalog: CatalogService, tiny_dir: Path, tiny_loras: Path
+) -> None:
+    from bot.networks.registry import LoraRegistry
+
+    models = catalog.registry.models_root
+    (models / "Lora").mkdir()
+    lora = tiny_loras / "lora-sd1.safetensors"
+    with_metadata(
+        lora, models / "Lora" / "anime-lineart.safetensors", {"ss_output_name": "x", "ss_base_model_version": "sd_v1"}
+    )
+    with_metadata(lora, models / "Lora" / "watercolor.safetensors", {"ss_base_model_version": "sd_v1"})
+    with_metadata(tiny_loras / "lora-sdxl.safetensors", models / "Lora" / "anime-xl.safetensors", {"n": "1"})
+    with_metadata(lora, models / "Lora" / "spicy-anime.safetensors", {"ss_base_model_version": "sd_v1", "n": "2"})
+    catalog.loras = LoraRegistry(catalog._db, models)
+    assert len((await catalog.loras.scan()).added) == 4
+    await catalog.loras._update((await catalog.loras.get("spicy-anime")).id, {"nsfw": 1})
+    meta = {"modelspec.title": "Pastel Anime", "modelspec.description": "soft anime girls"}
+    await catalog.registry.add(installed(catalog, tiny_dir, "pastel-anime.safetensors", meta))
+    answer = await catalog.search("which checkpoint for anime?", allow_nsfw=False)
+    assert answer.hits[0].entry.name == "pastel-anime" and answer.lora_family == "sd1"
+    assert [(h.entry.name, h.matched) for h in answer.loras] == [("anime-lineart", ("anime",))]
+    answer = await catalog.search("anime for sdxl")
+    assert [h.entry.name for h in answer.loras] == ["anime-xl"] and answer.to_dict()["loras"][0][
+        "use"
+    ] == "<lora:anime-xl:1>"

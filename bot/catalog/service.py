@@ -21,6 +21,7 @@ import numpy as np
 from bot.catalog.civitai import CivitaiCache, CivitaiClient, EnrichReport, enrich
 from bot.catalog.embeddings import EmbeddingProcess, EmbeddingsUnavailable
 from bot.catalog.entries import CatalogEntry
+from bot.catalog.loras import LoraHit, fitting_loras
 from bot.catalog.query import Query, parse_query
 from bot.catalog.ranking import CatalogIndex, Scored
 from bot.catalog.sources import installed_entry, reference_entries
@@ -28,6 +29,7 @@ from bot.catalog.taxonomy import BASES, REALISM, SPECIALITIES, STYLES
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import transaction
 from bot.generation.checkpoint_ref import NATIVE_SIZE
+from bot.networks.registry import LoraRegistry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class Answer:
     help: str | None = None  # set instead of hits when the question gives nothing to go on
     notes: list[str] = field(default_factory=list)
     understood: str = ""  # how the question was read, e.g. "style anime · base SDXL"
+    loras: list[LoraHit] = field(default_factory=list)  # installed LoRAs that fit, for the answer's family
+    lora_family: str = ""
 
     @property
     def installed(self) -> list[Hit]:
@@ -97,6 +101,7 @@ class Answer:
             "results": [h.to_dict() for h in self.hits],
             "help": self.help,
             "notes": self.notes,
+            "loras": [h.to_dict() for h in self.loras],
         }
 
 
@@ -174,9 +179,11 @@ class CatalogService:
         embedder: EmbeddingProcess | None,
         *,
         civitai_api_key: str | None = None,
+        loras: LoraRegistry | None = None,
     ) -> None:
         self._db = db
         self.registry = registry
+        self.loras = loras
         self.embedder = embedder
         self.civitai_cache = CivitaiCache(db)
         self.civitai_api_key = civitai_api_key
@@ -348,6 +355,13 @@ class CatalogService:
             answer.help = "No checkpoint fits those constraints" + (
                 " here (NSFW checkpoints are not shown in this channel)." if not allow_nsfw else "."
             )
+            return answer
+        # LoRAs for the family asked about, else for the best installed answer's.
+        family = next(iter(query.bases), "") if len(query.bases) == 1 else ""
+        family = family or next((h.entry.base for h in answer.installed), "")
+        if self.loras is not None and family:
+            answer.lora_family = family
+            answer.loras = fitting_loras(await self.loras.list(status="present"), query, family, allow_nsfw=allow_nsfw)
         return answer
 
     def semantic_state(self) -> str:

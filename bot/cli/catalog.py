@@ -23,7 +23,7 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, Jobs, Place
-from bot.networks.registry import network_registries
+from bot.networks.registry import LoraRegistry, network_registries
 
 
 @asynccontextmanager
@@ -36,10 +36,7 @@ async def open_catalog(settings: Settings, *, semantic: bool = True) -> AsyncIte
     if embedder is not None:
         embedder.start()  # loads while the database is read
     service = CatalogService(
-        db,
-        CheckpointRegistry(db, root),
-        embedder,
-        civitai_api_key=settings.civitai_key,
+        db, CheckpointRegistry(db, root), embedder, civitai_api_key=settings.civitai_key, loras=LoraRegistry(db, root)
     )
     try:
         yield service
@@ -58,6 +55,9 @@ def render_answer(answer: Answer) -> str:
         lines.append(f"{i}. {e.display_name} [{e.name}] ({where})")
         lines.append(f"   why: {hit.why}")
         lines.append(f"   try: {hit.try_}")
+    if answer.loras:
+        lines.append(f"LoRAs for {answer.loras[0].entry.base_label} that fit:")
+        lines.extend(f"   <lora:{h.entry.name}:1>  ({', '.join(h.matched)})" for h in answer.loras)
     lines.extend(f"note: {note}" for note in answer.notes)
     return "\n".join(lines)
 
