@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("make-tiny-lora")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--locon", action="store_true", help="LyCORIS LoCon: the ResNet convolutions too")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-embedding")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
@@ -93,7 +94,8 @@ def _make_tiny_network(args: argparse.Namespace) -> int:
 
     try:
         if args.command == "make-tiny-lora":
-            out, what = make_tiny_lora(args.base, Path(args.out), seed=args.seed), "LoRA"
+            out = make_tiny_lora(args.base, Path(args.out), seed=args.seed, locon=args.locon)
+            what = "LoCon" if args.locon else "LoRA"
         else:
             out, what = make_tiny_embedding(args.base, Path(args.out), args.seed, args.vectors), "embedding"
     except (ValueError, OSError) as e:

@@ -31,10 +31,13 @@ _MODELSPEC = {
 _TEXT_MODULES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2")
 
 
-def _unet_modules(unet: torch.nn.Module, ldm_names: bool) -> dict[str, torch.nn.Linear]:
+def _unet_modules(unet: torch.nn.Module, ldm_names: bool, locon: bool = False) -> dict[str, torch.nn.Module]:
+    """The UNet layers a LoRA adapts: attention and MLP layers; with `locon`, the ResNet convolutions too."""
     found = {}
     for name, module in unet.named_modules():
-        if isinstance(module, torch.nn.Linear) and ".attentions." in name:
+        attention = isinstance(module, torch.nn.Linear) and ".attentions." in name
+        convolution = locon and isinstance(module, torch.nn.Conv2d) and ".resnets." in name and name.endswith("conv1")
+        if attention or convolution:
             if ldm_names:
                 [ldm] = unet_to_ldm({f"{name}.weight": module.weight}, unet.config)
                 name = ldm.removeprefix("model.diffusion_model.").removesuffix(".weight")
@@ -43,10 +46,17 @@ def _unet_modules(unet: torch.nn.Module, ldm_names: bool) -> dict[str, torch.nn.
 
 
 def lora_state_dict(
-    parts: dict[str, torch.nn.Module], base: str, seed: int = 0, rank: int = 4, strength: float = 0.5
+    parts: dict[str, torch.nn.Module],
+    base: str,
+    seed: int = 0,
+    rank: int = 4,
+    strength: float = 0.5,
+    locon: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """A kohya-layout LoRA on every attention and MLP layer of `parts` (a model's UNet and text encoders)."""
-    modules = {f"lora_unet_{n}": m for n, m in _unet_modules(parts["unet"], ldm_names=base == "sdxl").items()}
+    """A kohya-layout LoRA on every attention and MLP layer of `parts` (a model's UNet and text encoders);
+    `locon` adds LyCORIS LoCon's convolution layers (down: rank × in × k × k, up: out × rank × 1 × 1)."""
+    unet = _unet_modules(parts["unet"], ldm_names=base == "sdxl", locon=locon)
+    modules = {f"lora_unet_{n}": m for n, m in unet.items()}
     encoders = [("lora_te_", parts["text_encoder"])]
     if base == "sdxl":
         encoders = [("lora_te1_", parts["text_encoder"]), ("lora_te2_", parts["text_encoder_2"])]
@@ -58,20 +68,22 @@ def lora_state_dict(
     state: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         key = name.replace(".", "_")
-        state[f"{key}.lora_down.weight"] = (
-            torch.randn(rank, module.in_features, generator=generator) * strength
-        ).half()
-        state[f"{key}.lora_up.weight"] = (torch.randn(module.out_features, rank, generator=generator) * strength).half()
+        if isinstance(module, torch.nn.Conv2d):
+            down_shape, up_shape = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
+        else:
+            down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
+        state[f"{key}.lora_down.weight"] = (torch.randn(down_shape, generator=generator) * strength).half()
+        state[f"{key}.lora_up.weight"] = (torch.randn(up_shape, generator=generator) * strength).half()
         state[f"{key}.alpha"] = torch.tensor(float(rank)).half()
     return state
 
 
-def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
-    """A kohya-layout LoRA for the tiny `base` model (sd1, sd2, sdxl)."""
-    return lora_state_dict(tiny_components(base), base, seed, rank)
+def tiny_lora_state_dict(base: str, seed: int = 0, rank: int = 4, locon: bool = False) -> dict[str, torch.Tensor]:
+    """A kohya-layout LoRA (or LoCon) for the tiny `base` model (sd1, sd2, sdxl)."""
+    return lora_state_dict(tiny_components(base), base, seed, rank, locon=locon)
 
 
-def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel style") -> Path:
+def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel style", locon: bool = False) -> Path:
     """Write a tiny kohya-layout LoRA for `base` to `out` (.safetensors), atomically."""
     if base not in TINY_ARCHS:
         raise ValueError(f"unknown base {base!r}; choose one of {', '.join(TINY_ARCHS)}")
@@ -82,7 +94,7 @@ def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel st
     metadata = {
         "ss_base_model_version": _BASE_VERSION[base],
         "ss_v2": str(base == "sd2"),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if locon else "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(rank)),
         "ss_output_name": out.with_suffix("").name,
@@ -94,7 +106,7 @@ def make_tiny_lora(base: str, out: Path, seed: int = 0, trigger: str = "easel st
         "modelspec.trigger_phrase": trigger,
         "easel.tiny_seed": str(seed),
     }
-    state = tiny_lora_state_dict(base, seed, rank)
+    state = tiny_lora_state_dict(base, seed, rank, locon)
     return save_atomically(state, out, metadata, temp_path(out))
 
 

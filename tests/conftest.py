@@ -38,13 +38,14 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny kohya-layout LoRAs and embeddings for the tiny SD1, SD2 and SDXL models (lora-sd1.safetensors,
-    embedding-sd1.safetensors, …)."""
+    embedding-sd1.safetensors, …), and a LyCORIS LoCon for SD1 (locon-sd1.safetensors)."""
     from gpu_worker.tiny_networks import make_tiny_embedding, make_tiny_lora
 
     folder = tmp_path_factory.mktemp("tiny-loras")
     for base in ("sd1", "sd2", "sdxl"):
         make_tiny_lora(base, folder / f"lora-{base}.safetensors", seed=1)
         make_tiny_embedding(base, folder / f"embedding-{base}.safetensors", seed=2, vectors=3)
+    make_tiny_lora("sd1", folder / "locon-sd1.safetensors", seed=3, locon=True)
     return folder
 
 

@@ -278,9 +278,10 @@ async def world(tiny_dir: Path, tiny_loras: Path, tmp_path_factory: pytest.TempP
     root = tmp_path_factory.mktemp("loras")
     models = root / "models"
     (models / "Lora").mkdir(parents=True)
-    for arch in ("sd1", "sdxl"):
+    for arch in ("sd1", "sd2", "sdxl"):
         shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", models / f"tiny-{arch}.safetensors")
         shutil.copy(tiny_loras / f"lora-{arch}.safetensors", models / "Lora" / f"ink-{arch}.safetensors")
+    shutil.copy(tiny_loras / "locon-sd1.safetensors", models / "Lora" / "grain.safetensors")
     for n in range(6):  # the same tensors under new metadata: six more LoRAs for the count limit
         with_metadata(tiny_loras / "lora-sd1.safetensors", models / "Lora" / f"more-{n}.safetensors", {"n": str(n)})
     with_metadata(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "spicy.safetensors", {"n": "spicy"})
@@ -449,3 +450,27 @@ async def one_step(w: World, prompt: str, checkpoint: str) -> np.ndarray:
     done = [e async for e in handle.events()][-1]
     assert isinstance(done, Finished), done
     return np.asarray(Image.open(io.BytesIO(done.job.images[0].png))).astype(int)
+
+
+@on_module_loop
+async def test_sd2_loras_and_lycoris_locon_apply_through_the_worker(world: World) -> None:
+    plain, _ = await picture(world, "a canyon", "tiny-sd2")
+    inked, params = await picture(world, "a canyon <lora:ink-sd2:1>", "tiny-sd2")
+    assert not np.array_equal(plain, inked) and params["Lora hashes"].startswith("ink-sd2: ")
+    grain = await world.loras.get("grain")
+    assert (grain.kind, grain.label) == ("locon", "LoCon (LyCORIS) for SD1.x")
+    before, _ = await picture(world, "a canyon")
+    with_locon, params = await picture(world, "a canyon <lora:grain:1>")
+    assert not np.array_equal(before, with_locon) and params["Lora hashes"] == f"grain: {grain.short_hash}"
+
+
+@on_module_loop
+async def test_the_lora_menu_offers_names_first_then_titles_and_trigger_words(world: World) -> None:
+    from cogs.utils.lora_option import lora_choices
+
+    entries = await world.jobs.loras_shown(HERE)
+    names = [c.value for c in lora_choices(entries, "ink")]
+    assert names[:3] == ["ink-sd1", "ink-sd2", "ink-sdxl"]
+    assert "grain" in [c.value for c in lora_choices(entries, "easel style")]  # its trigger words
+    assert [c.value for c in lora_choices(await world.jobs.loras_shown(HERE, "sdxl"), "")] == ["ink-sdxl"]
+    assert all(len(c.name) <= 100 for c in lora_choices(entries, "")) and len(lora_choices(entries, "")) <= 25

@@ -119,7 +119,8 @@ async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_make_tiny_lora(args: argparse.Namespace, settings: Settings) -> int:
-    print(await run_worker_tool("make-tiny-lora", "--base", args.base, "--seed", str(args.seed), args.out))
+    locon = ["--locon"] if args.locon else []
+    print(await run_worker_tool("make-tiny-lora", "--base", args.base, "--seed", str(args.seed), *locon, args.out))
     return 0
 
 
@@ -133,6 +134,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-lora", help="write a tiny random-weight LoRA (kohya layout) for the tiny checkpoints")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--locon", action="store_true", help="a LyCORIS LoCon: the ResNet convolutions too")
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
     p.set_defaults(handler=cmd_make_tiny_lora)
     p = sub.add_parser("make-tiny-embedding", help="write a tiny random textual-inversion embedding (.safetensors)")
