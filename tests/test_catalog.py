@@ -452,3 +452,23 @@ async def test_answers_name_the_loras_that_fit_for_the_answers_base(
     assert [h.entry.name for h in answer.loras] == ["anime-xl"] and answer.to_dict()["loras"][0][
         "use"
     ] == "<lora:anime-xl:1>"
+
+
+@aio
+async def test_civitai_enrichment_looks_up_loras_too(catalog: CatalogService, tiny_loras: Path) -> None:
+    from bot.networks.registry import LoraRegistry
+
+    (catalog.registry.models_root / "Lora").mkdir()
+    shutil.copy(tiny_loras / "lora-sd1.safetensors", catalog.registry.models_root / "Lora" / "mystery.safetensors")
+    catalog.loras = LoraRegistry(catalog._db, catalog.registry.models_root)
+    [lora] = (await catalog.loras.scan()).added
+    calls: list[str] = []
+    report = await catalog.enrich(
+        client=CivitaiClient(transport=civitai_transport(calls, known=frozenset({lora.sha256})))
+    )
+    assert report.found == ["LoRA mystery"]
+    after = await catalog.loras.get("mystery")
+    assert after.trigger_words[: len(lora.trigger_words)] == lora.trigger_words and "civ word" in after.trigger_words
+    assert after.metadata["civitai"]["tags"] == ["anime", "characters"] and after.description == "Soft anime look"
+    answer = await catalog.search("anime characters for sd1.5")
+    assert [h.entry.name for h in answer.loras] == ["mystery"]  # found by its Civitai tags

@@ -389,12 +389,18 @@ class CatalogService:
     # --- Civitai ----------------------------------------------------------------------------------
 
     async def enrich(self, *, refresh: bool = False, client: CivitaiClient | None = None) -> EnrichReport:
-        """Look up every installed checkpoint on Civitai by hash (cached; misses too)."""
+        """Look up every installed checkpoint and LoRA on Civitai by hash (cached; misses too); what is
+        found fills LoRAs' trigger words, tags and descriptions."""
         own = client is None
         client = client or CivitaiClient(self.civitai_api_key)
         try:
             files = [(c.name, c.sha256) for c in await self.registry.list()]
-            return await enrich(self.civitai_cache, client, files, refresh=refresh)
+            if self.loras is not None:
+                files += [(f"LoRA {e.name}", e.sha256) for e in await self.loras.list()]
+            report = await enrich(self.civitai_cache, client, files, refresh=refresh)
         finally:
             if own:
                 await client.close()
+        if self.loras is not None:
+            await self.loras.apply_civitai(await self.civitai_cache.all_found())
+        return report

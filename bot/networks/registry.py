@@ -311,7 +311,9 @@ class NetworkRegistry:
         located = self._locate(path)
         if located is None:
             names = ", ".join(str(f) for f in self.folders) or str(self.models_root / self.folder_names[0])
-            raise RegistryError(f"{self.noun} {path} is not a file in the {self.noun} folders ({names}); move it there first")
+            raise RegistryError(
+                f"{self.noun} {path} is not a file in the {self.noun} folders ({names}); move it there first"
+            )
         if located[0].suffix.lower() not in self.suffixes:
             raise RegistryError(f"{path}: a {self.noun} file ends in {' or '.join(self.suffixes)}")
         return located
@@ -421,6 +423,33 @@ class NetworkRegistry:
             len(report.errors),
         )
         return report
+
+    async def apply_civitai(self, found: dict[str, dict[str, Any]]) -> int:
+        """What Civitai says of files found there by hash (bot/catalog/civitai.py `parse_version`):
+        its trained words after the ones already known, its tags, and a description where there was
+        none. Returns how many entries changed."""
+        changed = 0
+        for entry in await self.list():
+            info = found.get(entry.sha256)
+            if not info:
+                continue
+            words = trigger_words({}, [*entry.trigger_words, *info.get("trained_words", [])])
+            civitai = {
+                "model_name": clean_text(str(info.get("model_name", "")))[:200],
+                "base_model": clean_text(str(info.get("base_model", "")))[:50],
+                "tags": [clean_text(t)[:50] for t in info.get("tags", [])][:20],
+            }
+            columns: dict[str, object] = {}
+            if words != entry.trigger_words:
+                columns["trigger_words_json"] = json.dumps(words)
+            if entry.metadata.get("civitai") != civitai:
+                columns["metadata_json"] = json.dumps(entry.metadata | {"civitai": civitai})
+            if not entry.description and info.get("description"):
+                columns["description"] = clean_text(str(info["description"]))[:2000]
+            if columns:
+                await self._update(entry.id, columns | {"updated_at": time.time()})
+                changed += 1
+        return changed
 
     # --- helpers ---------------------------------------------------------------------------------
 
