@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     )
     owner_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     models_dir: Path = Path("models")
+    # Extra-network folders; unset: models/Lora (and LyCORIS), models/embeddings, and A1111's own
+    # folders beside a models/Stable-diffusion models directory.
+    lora_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    embedding_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     data_dir: Path = Path("data")
     devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
     # Pipeline cache per worker: on the device (VRAM, or RAM for CPU workers) and, for GPU
@@ -64,6 +68,19 @@ class Settings(BaseSettings):
     def _parse_allow_hosts(cls, value: object) -> object:
         split = _split(value)
         return [str(h).strip("[]").lower().rstrip(".") for h in split] if isinstance(split, list) else split
+
+    @field_validator("lora_dirs", "embedding_dirs", mode="before")
+    @classmethod
+    def _parse_folders(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("lora_dirs", "embedding_dirs")
+    @classmethod
+    def _folders_exist(cls, value: list[Path]) -> list[Path]:
+        for folder in value:
+            if not folder.expanduser().is_dir():
+                raise ValueError(f"{folder} is not a folder")
+        return [folder.expanduser().resolve() for folder in value]
 
     @field_validator("blocked_words", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
 from bot.jobs import Jobs
-from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry
+from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
 
 
 @dataclass
@@ -69,7 +69,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     except BaseException:
         await db.close()
         raise
-    loras, embeddings = LoraRegistry(db, registry.models_root), EmbeddingRegistry(db, registry.models_root)
+    loras, embeddings = network_registries(db, settings)
     catalog = CatalogService(
         db,
         registry,

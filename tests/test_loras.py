@@ -474,3 +474,29 @@ async def test_the_lora_menu_offers_names_first_then_titles_and_trigger_words(wo
     assert "grain" in [c.value for c in lora_choices(entries, "easel style")]  # its trigger words
     assert [c.value for c in lora_choices(await world.jobs.loras_shown(HERE, "sdxl"), "")] == ["ink-sdxl"]
     assert all(len(c.name) <= 100 for c in lora_choices(entries, "")) and len(lora_choices(entries, "")) <= 25
+
+
+@on_module_loop
+async def test_lora_and_embedding_folders_may_be_named_in_the_configuration(
+    tmp_path: Path, tiny_loras: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.config import load_settings
+    from bot.errors import ConfigError
+    from bot.networks.registry import network_registries
+
+    (tmp_path / "models").mkdir()
+    shared = tmp_path / "shared-loras"
+    shared.mkdir()
+    shutil.copy(tiny_loras / "lora-sdxl.safetensors", shared / "far.safetensors")
+    monkeypatch.setenv("EASEL_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("EASEL_LORA_DIRS", f"{shared}")
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        loras, embeddings = network_registries(db, load_settings())
+        assert loras.folders == [shared.resolve()] and embeddings.folders == []
+        assert [(e.name, e.base) for e in (await loras.scan()).added] == [("far", "sdxl")]
+    finally:
+        await db.close()
+    monkeypatch.setenv("EASEL_EMBEDDING_DIRS", str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="embedding_dirs: .*nowhere is not a folder"):
+        load_settings()

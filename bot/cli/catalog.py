@@ -23,7 +23,7 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, Jobs, Place
-from bot.networks.registry import LoraRegistry, network_registries
+from bot.networks.registry import network_registries
 
 
 @asynccontextmanager
@@ -36,7 +36,11 @@ async def open_catalog(settings: Settings, *, semantic: bool = True) -> AsyncIte
     if embedder is not None:
         embedder.start()  # loads while the database is read
     service = CatalogService(
-        db, CheckpointRegistry(db, root), embedder, civitai_api_key=settings.civitai_key, loras=LoraRegistry(db, root)
+        db,
+        CheckpointRegistry(db, root),
+        embedder,
+        civitai_api_key=settings.civitai_key,
+        loras=network_registries(db, settings)[0],
     )
     try:
         yield service
@@ -122,7 +126,7 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
-    jobs = Jobs(registry, service, None, *network_registries(db, registry.models_root))
+    jobs = Jobs(registry, service, None, *network_registries(db, settings))
     try:
         # Every rule and every bad option is checked here, before a worker starts.
         plan = await jobs.plan_compare(

@@ -53,7 +53,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
-            jobs = Jobs(registry, service, None, *network_registries(db, registry.models_root))
+            jobs = Jobs(registry, service, None, *network_registries(db, settings))
             # Every rule and every bad option is checked here, before a worker starts.
             plan = await jobs.plan_imagine(
                 Asker.host(os.environ.get("USER", "cli")), Place.command_line(), options_from_args(args)

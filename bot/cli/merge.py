@@ -13,7 +13,7 @@ from bot.checkpoints.merging import BakeRequest, MergeRequest, MergeService
 from bot.cli.checkpoints import open_registry
 from bot.cli.output import render_entry_line
 from bot.config import Settings
-from bot.networks.registry import LoraRegistry
+from bot.networks.registry import network_registries
 
 
 def progress_bar(unit: str, desc: str) -> tuple[tqdm, Callable[[int, int], None]]:
@@ -57,7 +57,7 @@ async def cmd_bake(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         async with open_registry(settings) as registry:
-            service = MergeService(registry, LoraRegistry(registry.db, registry.models_root))
+            service = MergeService(registry, network_registries(registry.db, settings)[0])
             entry = await service.bake(BakeRequest(args.checkpoint, args.loras, args.name), progress)
     finally:
         bar.close()

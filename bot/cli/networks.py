@@ -14,14 +14,21 @@ from bot.cli.output import human_size
 from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
 from bot.db import open_database
-from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry, NetworkScan
+from bot.networks.registry import (
+    EmbeddingRegistry,
+    LoraRegistry,
+    NetworkEntry,
+    NetworkRegistry,
+    NetworkScan,
+    network_registries,
+)
 
 
 @asynccontextmanager
 async def open_network(settings: Settings, kind: type[NetworkRegistry]) -> AsyncIterator[NetworkRegistry]:
     db = await open_database(settings.database_path)
     try:
-        yield kind(db, settings.models_dir.expanduser().resolve())
+        yield next(r for r in network_registries(db, settings) if isinstance(r, kind))
     finally:
         await db.close()
 

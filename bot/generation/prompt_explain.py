@@ -63,7 +63,9 @@ def render(reading: dict[str, Any]) -> list[str]:
     """The reading as lines of text, for a terminal or a Discord code block."""
     lines = []
     if reading["extra_networks"]:
-        lines.append(f"taken out of the text (LoRAs apply to the whole picture): {', '.join(reading['extra_networks'])}")
+        lines.append(
+            f"taken out of the text (LoRAs apply to the whole picture): {', '.join(reading['extra_networks'])}"
+        )
     first = 1
     for entry in reading["schedule"]:
         if len(reading["schedule"]) > 1:

@@ -30,6 +30,7 @@ from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_fil
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.sidecars import read_sidecars
+from bot.config import Settings
 from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
 from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
@@ -593,6 +594,11 @@ class EmbeddingRegistry(NetworkRegistry):
         return sha256[:12]  # A1111 textual_inversion.py: the whole file's sha256
 
 
-def network_registries(db: aiosqlite.Connection, models_root: Path) -> list[NetworkRegistry]:
-    """Every extra network's registry: what `scan`, and the commands that take any model file, go through."""
-    return [LoraRegistry(db, models_root), EmbeddingRegistry(db, models_root)]
+def network_registries(db: aiosqlite.Connection, settings: Settings) -> tuple[LoraRegistry, EmbeddingRegistry]:
+    """The extra networks' registries, in the folders the settings name (or the usual ones): what
+    `scan`, the jobs, and the commands that take any model file go through."""
+    root = settings.models_dir.expanduser().resolve()
+    return (
+        LoraRegistry(db, root, settings.lora_dirs or None),
+        EmbeddingRegistry(db, root, settings.embedding_dirs or None),
+    )
