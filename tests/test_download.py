@@ -50,9 +50,12 @@ async def test_download_by_url_registers_the_file(registry: CheckpointRegistry, 
 async def test_a_downloaded_lora_or_embedding_goes_to_its_own_folder(
     registry: CheckpointRegistry, tiny_loras: Path
 ) -> None:
-    from bot.networks.registry import network_registries
+    from bot.networks.registry import EmbeddingRegistry, LoraRegistry
 
-    loras, embeddings = network_registries(registry.db, registry.models_root)
+    loras, embeddings = (
+        LoraRegistry(registry.db, registry.models_root),
+        EmbeddingRegistry(registry.db, registry.models_root),
+    )
     files = {
         f"/m/{n}.safetensors": (tiny_loras / f"{n}.safetensors").read_bytes() for n in ("lora-sd1", "embedding-sd1")
     }
