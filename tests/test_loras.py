@@ -498,5 +498,5 @@ async def test_lora_and_embedding_folders_may_be_named_in_the_configuration(
     finally:
         await db.close()
     monkeypatch.setenv("EASEL_EMBEDDING_DIRS", str(tmp_path / "nowhere"))
-    with pytest.raises(ConfigError, match="embedding_dirs: .*nowhere is not a folder"):
+    with pytest.raises(ConfigError, match=r"embedding_dirs: .*nowhere is not a folder"):
         load_settings()
