@@ -313,6 +313,7 @@ async def plan(w: World, prompt: str, checkpoint: str = "tiny-sd1", place: Place
         ("a fox <lora:ink-sd1:1>", "tiny-sdxl", "the LoRA ink-sd1 is for SD1.x and tiny-sdxl is SDXL base"),
         ("a fox <lora:ink-sdxl:1>", "tiny-sd1", "is for SDXL"),
         ("a fox <lora:ink-sd1:4.5>", "tiny-sd1", "strength 4.5 is outside -4 to 4"),
+        ("a fox <lora:ink-sd1:1> <lora:lora-sd1:0.5>", "tiny-sd1", "the LoRA ink-sd1 is named twice"),  # and its alias
         ("a fox <lora:ink-sd1:1:-9>", "tiny-sd1", "UNet strength -9 is outside"),
         (
             "a " + " ".join(f"<lora:more-{n}:0.1>" for n in range(6)),

@@ -289,7 +289,7 @@ class NetworkRegistry:
         async with self._db.execute(
             f"SELECT * FROM {self.table} WHERE name = ? COLLATE BINARY OR name = ? OR (alias != '' AND alias = ? COLLATE NOCASE) "
             "OR (? IS NOT NULL AND (substr(sha256, 1, length(?)) = ? OR short_hash = ?)) "
-            "ORDER BY name = ? COLLATE BINARY DESC, name = ? DESC LIMIT 1",
+            "ORDER BY name = ? COLLATE BINARY DESC, name = ? DESC, id LIMIT 1",
             (ref, ref, ref, prefix, prefix, prefix, prefix, ref, ref),
         ) as cur:
             row = await cur.fetchone()

@@ -95,10 +95,14 @@ async def resolve_loras(
     if len(tags) > limits.max_loras:
         raise GenerationError(f"at most {limits.max_loras} LoRAs per picture; this prompt names {len(tags)}")
     uses: list[LoraUse] = []
+    seen: set[str] = set()
     for tag in tags:
         entry = await registry.find(tag.name)
         if entry is None:
             raise GenerationError(f"no LoRA named {tag.name!r}; /loras list shows what is installed")
+        if entry.sha256 in seen:  # by its name and its alias, say
+            raise GenerationError(f"the LoRA {entry.name} is named twice; give it once")
+        seen.add(entry.sha256)
         _check(entry, tag, checkpoint, limits)
         check_nsfw(f"the LoRA {entry.name}", entry.nsfw, nsfw_allowed)
         if tag.te == 0 and tag.unet == 0:
