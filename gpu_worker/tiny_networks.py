@@ -52,9 +52,13 @@ def lora_state_dict(
     rank: int = 4,
     strength: float = 0.5,
     locon: bool = False,
+    peft: bool = False,
 ) -> dict[str, torch.Tensor]:
     """A kohya-layout LoRA on every attention and MLP layer of `parts` (a model's UNet and text encoders);
-    `locon` adds LyCORIS LoCon's convolution layers (down: rank × in × k × k, up: out × rank × 1 × 1)."""
+    `locon` adds LyCORIS LoCon's convolution layers (down: rank × in × k × k, up: out × rank × 1 × 1);
+    `peft` writes diffusers' own layout instead (`unet.<module>.lora_A.weight`, `lora_B`, no alpha)."""
+    if peft:
+        return _peft_layout(parts, seed, rank, strength)
     unet = _unet_modules(parts["unet"], ldm_names=base == "sdxl", locon=locon)
     modules = {f"lora_unet_{n}": m for n, m in unet.items()}
     encoders = [("lora_te_", parts["text_encoder"])]
@@ -75,6 +79,22 @@ def lora_state_dict(
         state[f"{key}.lora_down.weight"] = (torch.randn(down_shape, generator=generator) * strength).half()
         state[f"{key}.lora_up.weight"] = (torch.randn(up_shape, generator=generator) * strength).half()
         state[f"{key}.alpha"] = torch.tensor(float(rank)).half()
+    return state
+
+
+def _peft_layout(parts: dict[str, torch.nn.Module], seed: int, rank: int, strength: float) -> dict[str, torch.Tensor]:
+    """diffusers' LoRA layout (SD1/SD2): the UNet's attention layers and the text encoder's, by module path."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    layers = [(f"unet.{n}", m) for n, m in _unet_modules(parts["unet"], ldm_names=False).items()]
+    layers += [
+        (f"text_encoder.{n}", m)
+        for n, m in parts["text_encoder"].named_modules()
+        if isinstance(m, torch.nn.Linear) and n.endswith(_TEXT_MODULES)
+    ]
+    for name, module in layers:
+        state[f"{name}.lora_A.weight"] = (torch.randn(rank, module.in_features, generator=generator) * strength).half()
+        state[f"{name}.lora_B.weight"] = (torch.randn(module.out_features, rank, generator=generator) * strength).half()
     return state
 
 

@@ -6,6 +6,7 @@ the point (a job after a LoRA job on the same cached pipeline must equal one on 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -501,3 +502,20 @@ async def test_lora_and_embedding_folders_may_be_named_in_the_configuration(
     monkeypatch.setenv("EASEL_EMBEDDING_DIRS", str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match=r"embedding_dirs: .*nowhere is not a folder"):
         load_settings()
+
+
+@on_module_loop
+async def test_a_lora_in_diffusers_peft_layout_applies_too(world: World, tiny_dir: Path) -> None:
+    from safetensors.torch import save_file
+
+    from gpu_worker.tiny import tiny_components
+    from gpu_worker.tiny_networks import lora_state_dict
+
+    path = world.loras.folders[0] / "peft-style.safetensors"
+    state = lora_state_dict(tiny_components("sd1"), "sd1", seed=4, peft=True)
+    await asyncio.to_thread(save_file, state, str(path), {"ss_base_model_version": "sd_v1"})
+    entry = await world.loras.add(path)
+    assert (entry.layout, entry.base, entry.kind) == ("peft", "sd1", "lora")
+    before, _ = await picture(world, "a quarry")
+    after, params = await picture(world, "a quarry <lora:peft-style:1>")
+    assert not np.array_equal(before, after) and params["Lora hashes"] == f"peft-style: {entry.short_hash}"
