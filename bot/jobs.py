@@ -14,6 +14,7 @@ that server.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
+from bot.images.inputs import InputStore
+from bot.images.uploads import Upload, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from gpu_worker.protocol import LoraUse
@@ -82,6 +85,9 @@ class ImagineOptions:
     clip_skip: int = 1
     lora: str | None = None  # /imagine's LoRA option: added to the prompt as <lora:NAME:STRENGTH>
     lora_strength: float = 1.0
+    init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
+    strength: float = 0.75  # denoising strength (A1111's default)
+    resize_mode: str = "crop"
 
 
 @dataclass
@@ -129,12 +135,14 @@ class Jobs:
         guild_settings: GuildSettings | None,
         loras: LoraRegistry | None = None,
         embeddings: EmbeddingRegistry | None = None,
+        inputs: InputStore | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
         self.guild_settings = guild_settings
         self.loras = loras
         self.embeddings = embeddings
+        self.inputs = inputs
 
     # --- what applies where ----------------------------------------------------------------------
 
@@ -188,8 +196,11 @@ class Jobs:
         here = await self.rules(place)
         ref = await self._checkpoint(place, here, options.checkpoint)
         steps = here.steps if options.steps is None else options.steps
+        init = await self._keep_input(options.init_image) if options.init_image is not None else None
         if options.size is not None:
             width, height = options.size
+        elif init is not None and options.aspect is None:  # the picture's own shape, at the model's size
+            width, height = rescale(init.width, init.height, ref.native_size, self.generation.limits.min_size)
         else:
             width, height = size_for(options.aspect or here.aspect, ref.native_size)
         prompt = (
@@ -211,8 +222,19 @@ class Jobs:
             seed=options.seed,
             count=options.count,
             clip_skip=options.clip_skip,
+            init_image=init.sha256 if init else None,
+            strength=options.strength,
+            resize_mode=options.resize_mode,
         )
         return await self._checked([(request, ref)], here, place)
+
+    async def _keep_input(self, data: bytes) -> Upload:
+        """An uploaded picture, read safely (off the loop) and kept by its hash for this job and its reruns."""
+        if self.inputs is None:
+            raise EaselError("starting from a picture is not available here")
+        upload = await asyncio.to_thread(read_upload, data)
+        await self.inputs.put(upload.sha256, upload.png)
+        return upload
 
     async def plan_rerun(
         self,
@@ -249,6 +271,9 @@ class Jobs:
             seed=seed(record),
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
+            init_image=row["init_image_sha256"],
+            strength=row["denoising_strength"] or 0.75,
+            resize_mode=row["resize_mode"] or "crop",
         )
         return await self._checked([(request, ref)], here, place)
 
@@ -318,7 +343,12 @@ class Jobs:
             if self.embeddings is not None:
                 texts = [request.prompt, request.negative]
                 embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
-            specs.append(validate(request, ref, limits, loras, embeddings, notes))
+            init_png = None
+            if request.init_image is not None:
+                if self.inputs is None:
+                    raise EaselError("starting from a picture is not available here")
+                init_png = await self.inputs.get(request.init_image)
+            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png))
         return JobPlan(specs, here, seed)
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:

@@ -14,6 +14,7 @@ from bot.generation.prompt_explain import explain, render
 from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
 from bot.jobs import ImagineOptions
+from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
 from cogs.utils.formatting import code_block
@@ -46,6 +47,8 @@ class Generation(commands.Cog):
         count="How many pictures",
         lora="A LoRA to apply (added to the prompt as <lora:NAME:STRENGTH>)",
         lora_strength="How strongly the LoRA applies (1 = as trained)",
+        image="Start from this picture (img2img): PNG, JPEG or WebP",
+        strength="With a picture: how much of it is redrawn (denoising strength)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -67,6 +70,8 @@ class Generation(commands.Cog):
         count: app_commands.Range[int, 1, MAX_PICTURES_PER_COMMAND] = 1,
         lora: Lora | None = None,
         lora_strength: app_commands.Range[float, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT] = 1.0,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.01, 1.0] = 0.75,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -82,6 +87,8 @@ class Generation(commands.Cog):
             count=count,
             lora=lora,
             lora_strength=lora_strength,
+            init_image=await read_attachment(image) if image is not None else None,
+            strength=strength,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

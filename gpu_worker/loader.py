@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import diffusers
 import torch
 import transformers
-from diffusers import DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
@@ -53,6 +53,17 @@ class LoadedPipeline:
     base_scheduler_config: dict = field(default_factory=dict)
     # LoRA adapters injected into this pipeline (gpu_worker/loras.py), least recently used first.
     adapters: list[str] = field(default_factory=list)
+    img2img: DiffusionPipeline | None = None  # the same modules as an image-to-image pipeline
+
+
+def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
+    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline: made once, nothing
+    copied (diffusers `from_pipe`); it takes the text-to-image pipeline's scheduler of this batch."""
+    if loaded.img2img is None:
+        loaded.img2img = AutoPipelineForImage2Image.from_pipe(loaded.pipeline)
+        loaded.img2img.set_progress_bar_config(disable=True)
+    loaded.img2img.scheduler = loaded.pipeline.scheduler
+    return loaded.img2img
 
 
 def default_dtype(device: str) -> torch.dtype:

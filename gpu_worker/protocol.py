@@ -79,6 +79,8 @@ class EmbeddingUse:
 
 @dataclass(frozen=True)
 class RunBatch:
+    __pydantic_config__ = _BYTES_AS_BASE64
+
     batch_id: str
     load: LoadRequest
     jobs: tuple[JobPart, ...]
@@ -93,6 +95,14 @@ class RunBatch:
     preview_every: int = 0  # steps between previews; 0 = none
     loras: tuple[LoraUse, ...] = ()  # every job of a batch has the same LoRAs at the same strengths
     embeddings: tuple[EmbeddingUse, ...] = ()  # those any job's prompt or negative may name
+    init_image: bytes | None = None  # img2img: the picture every job of the batch starts from (RGB PNG)
+    strength: float = 0.75  # denoising strength, with init_image
+    resize_mode: str = "crop"  # resize | crop | fill: how init_image meets width × height
+
+    @property
+    def run_steps(self) -> int:
+        """Steps the sampler runs: img2img runs `steps × strength` (A1111's default), txt2img all."""
+        return self.steps if self.init_image is None else max(1, int(self.steps * self.strength))
 
     @property
     def image_count(self) -> int:

@@ -19,7 +19,8 @@ from PIL import Image
 
 from gpu_worker.cache import PipelineCache
 from gpu_worker.infotext import build_infotext
-from gpu_worker.loader import CheckpointLoadError
+from gpu_worker.init_images import prepare_init
+from gpu_worker.loader import CheckpointLoadError, image_to_image
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
@@ -65,6 +66,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
             "Model": batch.model_name or batch.load.name,
+            "Denoising strength": batch.strength if batch.init_image is not None else None,
             "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(
@@ -93,6 +95,7 @@ class BatchRunner:
         self._applied: tuple[str, ...] = ()
         self.embeddings = EmbeddingCache()
         self._words: WordEmbeddings | None = None  # the batch's textual-inversion words
+        self._init: Image.Image | None = None  # img2img: the batch's input picture, at its size
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -134,10 +137,14 @@ class BatchRunner:
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
         self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
+        self._init = None
+        if batch.init_image is not None:
+            self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
+            pipe = image_to_image(loaded)
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
-        groups = self._by_chunk_count(pipe, jobs, batch.steps, words)
+        groups = self._by_chunk_count(pipe, jobs, batch.run_steps, words)
         started = time.perf_counter()
         images_of: dict[str, list[Image.Image]] = {}
         for part, group in enumerate(groups):
@@ -163,7 +170,7 @@ class BatchRunner:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
             else:
-                used = words_used(pipe, job.prompt, job.negative, batch.steps, words) if words else []
+                used = words_used(pipe, job.prompt, job.negative, batch.run_steps, words) if words else []
                 ti_hashes = ", ".join(
                     f"{name.replace(':', '').replace(',', '')}: {words.short_hashes[name]}" for name in used
                 )
@@ -209,19 +216,20 @@ class BatchRunner:
             if all(self.is_cancelled(job.job_id) for job in everyone):
                 raise BatchCancelled
             # Second-order samplers run more model passes than steps; report in the user's steps.
-            step = min(batch.steps, math.ceil((index + 1) * batch.steps / max(pipe.num_timesteps, 1)))
-            done, total = number * batch.steps + step, parts * batch.steps
+            steps = batch.run_steps  # img2img runs steps × strength of them
+            step = min(steps, math.ceil((index + 1) * steps / max(pipe.num_timesteps, 1)))
+            done, total = number * steps + step, parts * steps
             elapsed = time.perf_counter() - started
             passes = number * max(pipe.num_timesteps, 1) + index + 1
             self.steps_per_second = passes / elapsed if elapsed > 0 else 0.0
             self.send(BatchProgress(batch.batch_id, done, total, elapsed, self.steps_per_second))
             conditioning = self._conditioning
-            if conditioning is not None and conditioning.changes and step < batch.steps:
+            if conditioning is not None and conditioning.changes and step < steps:
                 upcoming = conditioning.key(step + 1)  # the callback runs after a pass: it sets the next step
                 if upcoming != self._applied:
                     kwargs |= conditioning.replace(step + 1, pipe.do_classifier_free_guidance)
                     self._applied = upcoming
-            if batch.preview_every and step < batch.steps and (index + 1) % batch.preview_every == 0:
+            if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0:
                 latents = kwargs["latents"]
                 for job in jobs:
                     index_in_batch = first_index[job.job_id]
@@ -235,12 +243,15 @@ class BatchRunner:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
             # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
             # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
-            self._conditioning = Conditioning(pipe, p, n, batch.steps, batch.clip_skip, self._words)
+            self._conditioning = Conditioning(pipe, p, n, batch.run_steps, batch.clip_skip, self._words)
             self._applied = self._conditioning.key(1)
+            if self._init is None:
+                shape = {"width": batch.width, "height": batch.height}
+            else:  # img2img: the picture sets the size; strength says how much of it is redrawn
+                shape = {"image": [self._init] * len(s), "strength": batch.strength}
             return pipe(
                 **self._conditioning.inputs(1),
-                width=batch.width,
-                height=batch.height,
+                **shape,
                 num_inference_steps=batch.steps,
                 guidance_scale=batch.cfg,
                 # Noise from CPU generators: the same seed gives the same image on any GPU model.

@@ -603,3 +603,20 @@ async def test_loras_are_listed_picked_from_a_menu_and_credited(env: simcord.Env
     assert prompt == "a red fox <lora:ink:0.7>" and params["Lora hashes"] == f"ink: {entry.short_hash}"
     refused = await alice.slash(channel, "imagine", prompt="a red fox <lora:ink:1>", checkpoint="tiny-xl")
     assert "the LoRA ink is for SD1.x and tiny-xl is SDXL base" in refused.followups[0].content
+
+
+async def test_imagine_starts_from_an_uploaded_picture(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    picture = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(picture, format="PNG")
+    result = await alice.slash(
+        channel, "imagine", prompt="a red fox", checkpoint="tiny-sd1", steps=4, seed=7,
+        image=("fox.png", picture.getvalue()), strength=0.5,
+    )  # fmt: skip
+    embed = result.response.embeds[0]
+    fields = {f.name: f.value for f in embed.fields}
+    assert fields["From a picture"] == "denoising strength 0.5" and fields["Size"] == "96×64"
+    _, _, params = parse_infotext((await png_of(result.response)).info["parameters"])
+    assert params["Denoising strength"] == "0.5"
+    refused = await alice.slash(channel, "imagine", prompt="a fox", image=("fox.png", b"MZ\x90\x00not a picture"))
+    assert "not a PNG, JPEG or WebP picture" in refused.followups[0].content

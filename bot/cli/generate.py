@@ -17,6 +17,7 @@ from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, 
 from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
+from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
@@ -35,7 +36,17 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         seed=args.seed,
         count=args.count,
         clip_skip=args.clip_skip,
+        init_image=_read_input(args.init_image) if args.init_image else None,
+        strength=args.strength,
+        resize_mode=args.resize_mode,
     )
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as e:
+        raise EaselError(f"--init-image {path}: {e.strerror or e}") from None
 
 
 async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -53,7 +64,9 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
-            jobs = Jobs(registry, service, None, *network_registries(db, settings))
+            jobs = Jobs(
+                registry, service, None, *network_registries(db, settings), InputStore(settings.data_dir / "inputs")
+            )
             # Every rule and every bad option is checked here, before a worker starts.
             plan = await jobs.plan_imagine(
                 Asker.host(os.environ.get("USER", "cli")), Place.command_line(), options_from_args(args)
@@ -61,8 +74,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"starting the worker on {devices[0]}…", flush=True)
         await service.start()
         [handle] = await jobs.start(plan)
-        request = plan.items[0][0]
-        bar = tqdm(total=request.steps, unit="step", desc=f"job {handle.job.id}", disable=None)
+        bar = tqdm(total=plan.specs[0].denoising_steps, unit="step", desc=f"job {handle.job.id}", disable=None)
         try:
             async for event in handle.events():
                 if isinstance(event, Queued):
@@ -97,9 +109,10 @@ def write_images(job, out: Path) -> None:
         path.write_bytes(image.png)
         print(f"wrote {path}")
     spec = job.spec
+    source = f"from a picture at strength {spec.request.strength:g}, " if spec.request.init_image else ""
     print(
         f"job {job.id}: {spec.checkpoint.name} [{spec.checkpoint.autov2.upper()}], {spec.width}x{spec.height}, "
-        f"{spec.request.steps} steps, {spec.sampler} {spec.schedule}, CFG {spec.request.cfg:g}, "
+        f"{spec.request.steps} steps, {spec.sampler} {spec.schedule}, CFG {spec.request.cfg:g}, {source}"
         f"seed{'s' if len(job.images) > 1 else ''} {', '.join(str(i.seed) for i in job.images)}, "
         f"{job.inference_seconds:.2f} s on {job.device}"
     )
@@ -124,6 +137,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the checkpoint's native size)")
     p.add_argument("--count", type=int, default=1, help="images, with seeds counting up from --seed")
     p.add_argument("--clip-skip", type=int, default=1)
+    p.add_argument("--init-image", help="img2img: start from this picture (PNG, JPEG or WebP)")
+    p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength, above 0 up to 1")
+    p.add_argument(
+        "--resize-mode", choices=("crop", "resize", "fill"), default="crop", help="how the picture meets --size"
+    )
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.set_defaults(handler=cmd_generate)

@@ -24,8 +24,10 @@ def size_for(aspect: str, native: int) -> tuple[int, int]:
     return max(grid, round(width / grid) * grid), max(grid, round(height / grid) * grid)
 
 
-def rescale(width: int, height: int, native: int) -> tuple[int, int]:
-    """The same shape with the area of `native`², on the grid size_for uses."""
+def rescale(width: int, height: int, native: int, at_least: int = 0) -> tuple[int, int]:
+    """The same shape with the area of `native`², on the grid size_for uses; neither side under `at_least`
+    (then a little larger than native, the shape kept)."""
     grid = 64 if native >= 512 else 8
     factor = (native * native / (width * height)) ** 0.5
+    factor = max(factor, at_least / min(width, height))
     return max(grid, round(width * factor / grid) * grid), max(grid, round(height * factor / grid) * grid)

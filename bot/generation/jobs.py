@@ -65,12 +65,15 @@ class Job:
             s.schedule,
             s.request.clip_skip,
             s.loras,  # LoRAs and their strengths apply to the whole pipeline call
+            s.request.init_image,  # img2img: one input picture per call, at one strength
+            s.request.strength if s.request.init_image else None,
+            s.request.resize_mode if s.request.init_image else None,
         )
 
     @property
     def work_units(self) -> float:
         """Cost relative to one step of one 512x512 image, for ETAs."""
-        return self.spec.request.steps * self.image_count * self.spec.width * self.spec.height / (512 * 512)
+        return self.spec.denoising_steps * self.image_count * self.spec.width * self.spec.height / (512 * 512)
 
 
 # --- events for front ends -------------------------------------------------------------------

@@ -65,6 +65,13 @@ class GenerationRequest:
     requester_name: str = ""
     guild_id: str | None = None
     channel_id: str | None = None
+    init_image: str | None = None  # img2img: the sha256 of a kept input picture (bot/images/inputs.py)
+    strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
+    resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
+
+
+# A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
+RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,14 @@ class ValidRequest:
     notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
     loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/networks/selection.py
     embeddings: tuple[EmbeddingUse, ...] = ()  # registered embeddings whose names the texts use
+    init_png: bytes | None = None  # img2img: the input picture itself (plain RGB PNG)
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps actually run: img2img runs `steps × strength` of them, as A1111 does by default."""
+        if self.request.init_image is None:
+            return self.request.steps
+        return int(self.request.steps * self.request.strength)
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -104,6 +119,7 @@ def validate(
     loras: tuple[LoraUse, ...] = (),
     embeddings: tuple[EmbeddingUse, ...] = (),
     notes: tuple[str, ...] = (),
+    init_png: bytes | None = None,
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/networks/selection.py), with `notes` on what of them was not applied."""
@@ -138,13 +154,26 @@ def validate(
         raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}")
     if request.seed < -1 or request.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {request.seed}")
+    if request.init_image is not None:
+        if init_png is None:
+            raise GenerationError("the input picture is missing")
+        if not 0 < request.strength <= 1:
+            raise GenerationError(f"denoising strength must be above 0 and at most 1, not {request.strength:g}")
+        if int(request.steps * request.strength) < 1:
+            raise GenerationError(
+                f"at strength {request.strength:g}, {request.steps} steps redraw nothing; raise the steps or strength"
+            )
+        if request.resize_mode not in RESIZE_MODES:
+            raise GenerationError(f"resize mode {request.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
     try:
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:
         raise GenerationError(str(e)) from None
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
-    return ValidRequest(request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings)
+    return ValidRequest(
+        request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings, init_png
+    )
 
 
 def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:

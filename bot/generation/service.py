@@ -325,6 +325,9 @@ class GenerationService:
             loras=spec.loras,
             # Embeddings are words: each prompt uses only its own, so the batch carries all of its jobs'.
             embeddings=tuple(dict.fromkeys(use for job in jobs for use in job.spec.embeddings)),
+            init_image=spec.init_png,
+            strength=spec.request.strength,
+            resize_mode=spec.request.resize_mode,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs
@@ -421,7 +424,7 @@ class GenerationService:
         jobs = self._live(event.batch_id)
         worker.steps_per_second = event.it_per_s
         if event.it_per_s > 0 and jobs:
-            units_per_step = sum(j.work_units / j.spec.request.steps for j in jobs)
+            units_per_step = sum(j.work_units / j.spec.denoising_steps for j in jobs)
             measured = 1.0 / event.it_per_s / units_per_step
             previous = self._seconds_per_unit
             self._seconds_per_unit = measured if previous is None else 0.7 * previous + 0.3 * measured

@@ -58,7 +58,8 @@ class JobStore:
             await db.execute(
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-                "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, init_image_sha256, denoising_strength, resize_mode) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -79,6 +80,9 @@ class JobStore:
                     request.clip_skip,
                     json.dumps(list(spec.seeds)),
                     job.created_at,
+                    request.init_image,
+                    request.strength if request.init_image else None,
+                    request.resize_mode if request.init_image else None,
                 ),
             )
 

@@ -35,6 +35,8 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     embed.add_field(
         name="Seed" + ("s" if len(job.images) > 1 else ""), value=", ".join(str(i.seed) for i in job.images)
     )
+    if request.init_image:
+        embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}")
     if spec.loras:
         embed.add_field(
             name="LoRAs", value=clip(", ".join(f"{use.name} {lora_strength(use)}" for use in spec.loras), FIELD_MAX)

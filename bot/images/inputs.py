@@ -1,0 +1,44 @@
+"""Input pictures kept by content hash in the data directory, so a job can be run again from them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from pathlib import Path
+
+from bot.checkpoints.safetensors_writer import temp_path
+from bot.errors import EaselError
+
+
+class InputStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, sha256: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise EaselError("not an input picture's hash")
+        return self.folder / f"{sha256}.png"
+
+    async def put(self, sha256: str, png: bytes) -> None:
+        path = self._path(sha256)
+        await asyncio.to_thread(self._write, path, png)
+
+    async def get(self, sha256: str) -> bytes:
+        path = self._path(sha256)
+        try:
+            return await asyncio.to_thread(path.read_bytes)
+        except FileNotFoundError:
+            raise EaselError("the picture this job started from is no longer kept") from None
+
+    @staticmethod
+    def _write(path: Path, png: bytes) -> None:
+        if path.exists():
+            return  # the same content under the same name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
+        try:
+            tmp.write_bytes(png)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

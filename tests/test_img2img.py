@@ -1,0 +1,118 @@
+"""img2img through the real worker: the input picture, its strength, its size, and its reruns."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image, ImageDraw
+
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+from bot.errors import EaselError
+from bot.generation.jobs import Finished
+from bot.generation.requests import Limits
+from bot.generation.service import GenerationService
+from bot.images.inputs import InputStore
+from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from gpu_worker.worker import WorkerConfig
+from tests.a1111_infotext import parse_generation_parameters as parse_infotext
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+HOST, HERE = Asker.host(), Place.command_line()
+
+
+def picture_bytes(colour: tuple[int, int, int], shape: str, size: tuple[int, int] = (64, 64)) -> bytes:
+    image = Image.new("RGB", size, colour)
+    draw = ImageDraw.Draw(image)
+    if shape == "circle":
+        draw.ellipse((10, 10, size[0] - 10, size[1] - 10), fill=(20, 20, 220))
+    else:
+        draw.rectangle((5, size[1] // 2, size[0] - 5, size[1] - 5), fill=(250, 250, 250))
+    out = io.BytesIO()
+    image.save(out, format="JPEG")
+    return out.getvalue()
+
+
+RED_CIRCLE = picture_bytes((220, 30, 30), "circle")
+GREEN_BAR = picture_bytes((30, 200, 60), "bar")
+
+
+@dataclass
+class World:
+    jobs: Jobs
+    inputs: InputStore
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    root = tmp_path_factory.mktemp("img2img")
+    (root / "models").mkdir()
+    for arch in ("sd1", "sdxl"):
+        shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", root / "models" / f"tiny-{arch}.safetensors")
+    db = await open_database(root / "easel.sqlite3")
+    registry = CheckpointRegistry(db, root / "models")
+    await registry.scan()
+    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
+    await service.start()
+    inputs = InputStore(root / "data" / "inputs")
+    yield World(Jobs(registry, service, None, inputs=inputs), inputs)
+    await service.close()
+    await db.close()
+
+
+async def run(w: World, plan) -> tuple[np.ndarray, dict[str, str], str]:
+    [handle] = await w.jobs.start(plan)
+    done = [event async for event in handle.events()][-1]
+    assert isinstance(done, Finished), done
+    image = Image.open(io.BytesIO(done.job.images[0].png))
+    return np.asarray(image).astype(float), parse_infotext(image.info["parameters"])[2], done.job.id
+
+
+async def img2img(w: World, init: bytes, strength: float, checkpoint: str = "tiny-sd1", **more):
+    options = ImagineOptions(
+        prompt="a fox", checkpoint=checkpoint, steps=10, seed=3, init_image=init, strength=strength, **more
+    )
+    return await run(w, await w.jobs.plan_imagine(HOST, HERE, options))
+
+
+async def test_the_lower_the_strength_the_more_the_picture_follows_its_input(world: World) -> None:
+    # Random tiny models cannot reproduce a picture, but how much the output depends on its input can
+    # be measured: two different inputs, the same seed, at each strength.
+    gaps = {}
+    for strength in (0.1, 0.9):
+        a, params, _ = await img2img(world, RED_CIRCLE, strength)
+        b, _, _ = await img2img(world, GREEN_BAR, strength)
+        gaps[strength] = np.abs(a - b).mean()
+        assert params["Denoising strength"] == f"{strength}" and params["Steps"] == "10"
+    assert gaps[0.1] > 5 * gaps[0.9] > 0
+
+
+async def test_the_size_follows_the_pictures_shape_and_reruns_start_from_it_again(world: World) -> None:
+    wide = picture_bytes((220, 30, 30), "circle", size=(300, 200))
+    first, params, job_id = await img2img(world, wide, 0.6)
+    assert first.shape[:2] == (64, 96) and (params["Size-1"], params["Size-2"]) == ("96", "64")  # 3:2, ~64² area
+    again, _, _ = await run(world, await world.jobs.plan_rerun(HOST, HERE, job_id, seed=same_seed))
+    assert np.array_equal(first, again)  # the kept input, the same seed: the same picture
+    xl, params, _ = await img2img(world, wide, 0.6, checkpoint="tiny-sdxl", size=(64, 64), resize_mode="fill")
+    assert xl.shape[:2] == (64, 64) and params["Denoising strength"] == "0.6"
+
+
+async def test_bad_pictures_and_settings_are_refused_before_queueing(world: World) -> None:
+    with pytest.raises(EaselError, match="not a PNG, JPEG or WebP"):
+        await img2img(world, b"<svg onload=alert(1)>", 0.5)
+    with pytest.raises(EaselError, match="10 steps redraw nothing"):
+        await img2img(world, RED_CIRCLE, 0.05)
+    with pytest.raises(EaselError, match="resize mode 'zoom' is not one of resize, crop, fill"):
+        await img2img(world, RED_CIRCLE, 0.5, resize_mode="zoom")
+    _, _, job_id = await img2img(world, RED_CIRCLE, 0.5)
+    for kept in world.inputs.folder.iterdir():
+        kept.unlink()
+    with pytest.raises(EaselError, match="no longer kept"):
+        await world.jobs.plan_rerun(HOST, HERE, job_id)

@@ -1,0 +1,83 @@
+"""Uploaded pictures are hostile input (bot/images/uploads.py); and how an input meets a job's size."""
+
+from __future__ import annotations
+
+import io
+import struct
+import time
+import zlib
+
+import pytest
+from PIL import Image
+
+from bot.images.uploads import UploadError, read_upload, sniff
+from gpu_worker.init_images import prepare_init
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims `width × height` (a decompression bomb's first bytes)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_png_jpeg_and_webp_become_plain_rgb_png(fmt: str) -> None:
+    upload = read_upload(encoded(Image.new("RGB", (40, 30), (10, 200, 30)), fmt))
+    image = Image.open(io.BytesIO(upload.png))
+    assert (image.format, image.mode, image.size, (upload.width, upload.height)) == ("PNG", "RGB", (40, 30), (40, 30))
+    assert not image.info.get("parameters") and len(upload.sha256) == 64
+
+
+def test_transparency_is_flattened_on_white_and_exif_orientation_applied() -> None:
+    clear = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    assert Image.open(io.BytesIO(read_upload(encoded(clear, "PNG")).png)).getpixel((4, 4)) == (255, 255, 255)
+    tall = Image.new("RGB", (20, 10), (0, 0, 0))
+    exif = tall.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    upload = read_upload(encoded(tall, "JPEG", exif=exif.tobytes()))
+    assert (upload.width, upload.height) == (10, 20)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"GIF89a" + b"\0" * 64, "not a PNG, JPEG or WebP"),
+        (b"#!/bin/sh\nrm -rf /\n", "not a PNG, JPEG or WebP"),
+        (png_claiming(100_000, 100_000), "at most 16.8 megapixels"),
+        (png_claiming(5000, 5000), "5000×5000; at most 16.8 megapixels"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot be read"),
+        (encoded(Image.new("RGB", (64, 64)), "JPEG")[:200], "cannot be read"),
+    ],
+)
+def test_hostile_uploads_are_refused_in_one_line(data: bytes, message: str) -> None:
+    started = time.process_time()
+    with pytest.raises(UploadError, match=message) as refused:
+        read_upload(data)
+    assert "\n" not in str(refused.value)
+    assert time.process_time() - started < 5  # a bomb is refused from its header, never decoded
+
+
+def test_the_size_limit_comes_before_anything_is_read() -> None:
+    with pytest.raises(UploadError, match="the limit is 1 MB"):
+        read_upload(b"\x89PNG" + bytes(2 << 20), max_bytes=1 << 20)
+    assert sniff(b"RIFF\0\0\0\0WEBPVP8 ") == "WEBP"
+
+
+def test_resize_modes_as_a1111_names_them() -> None:
+    # A wide picture: left half red, right half blue, onto a square.
+    wide = Image.new("RGB", (200, 100), (255, 0, 0))
+    wide.paste((0, 0, 255), (100, 0, 200, 100))
+    png = encoded(wide, "PNG")
+    stretched = prepare_init(png, 64, 64, "resize")
+    assert stretched.getpixel((5, 32)) == (255, 0, 0) and stretched.getpixel((60, 32)) == (0, 0, 255)
+    cropped = prepare_init(png, 64, 64, "crop")  # covers the square, the middle kept: half red, half blue
+    assert cropped.size == (64, 64) and cropped.getpixel((2, 32))[0] > 200 and cropped.getpixel((61, 32))[2] > 200
+    filled = prepare_init(png, 64, 64, "fill")  # fits inside; bands above and below from its edge rows
+    assert filled.size == (64, 64) and filled.getpixel((2, 1))[0] > 200 and filled.getpixel((61, 62))[2] > 200
