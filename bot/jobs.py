@@ -1,6 +1,6 @@
 """Starting a job: the one place that decides whether and how a job runs.
 
-Every front end — /imagine, the Reroll, Variations and other-checkpoint buttons, the prompt modals,
+Every front end — /imagine, the Reroll, Vary and other-checkpoint buttons, the prompt modals,
 /checkpoints compare, and the CLI's `generate` and `catalog compare` — asks here. A plan resolves
 the checkpoint(s), fills what was left out with the place's defaults (channel, then server, then
 the bot), and applies every rule of the place: hidden checkpoints, NSFW policy, blocked words, most
@@ -35,7 +35,9 @@ from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry,
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from gpu_worker.protocol import LoraUse
 
-VARIATIONS = 4  # pictures the Variations button asks for
+# The Vary buttons: img2img from the picture, a new seed, at these denoising strengths.
+VARY_SUBTLE = 0.35
+VARY_STRONG = 0.65
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,6 @@ SeedChoice = Callable[[JobRecord], int]
 
 def reroll(record: JobRecord) -> int:
     return -1  # a new random seed
-
-
-def next_seeds(record: JobRecord) -> int:
-    return (record.seeds[-1] + 1) % 2**32  # the seeds after the ones already shown
 
 
 def same_seed(record: JobRecord) -> int:
@@ -245,9 +243,11 @@ class Jobs:
         seed: SeedChoice = reroll,
         count: int | None = None,
         checkpoint: str | None = None,
+        init_image: bytes | None = None,
+        strength: float | None = None,
     ) -> JobPlan:
-        """Another job from a stored one — a new seed, more pictures, or another checkpoint — under
-        the rules of the place where the button was pressed."""
+        """Another job from a stored one — a new seed, more pictures, another checkpoint, or (Vary) its
+        picture redrawn at `strength` — under the rules of the place where the button was pressed."""
         record = await self.generation.get_job(job_id)
         if record is None:
             raise EaselError(f"job {job_id} is not in the records any more")
@@ -271,8 +271,8 @@ class Jobs:
             seed=seed(record),
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
-            init_image=row["init_image_sha256"],
-            strength=row["denoising_strength"] or 0.75,
+            init_image=(await self._keep_input(init_image)).sha256 if init_image else row["init_image_sha256"],
+            strength=strength if strength is not None else row["denoising_strength"] or 0.75,
             resize_mode=row["resize_mode"] or "crop",
         )
         return await self._checked([(request, ref)], here, place)

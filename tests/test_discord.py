@@ -103,6 +103,7 @@ async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> 
     assert custom_ids(message) == [
         f"easel:reroll:{job_id}",
         f"easel:vary:{job_id}",
+        f"easel:varyx:{job_id}",
         f"easel:params:{job_id}",
         f"easel:delete:{job_id}",
         f"easel:other:{job_id}",
@@ -156,14 +157,16 @@ async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
     assert all(m.id != message.id for m in channel.history())
 
 
-async def test_variations_and_another_checkpoint(env: simcord.Env) -> None:
+async def test_vary_and_another_checkpoint(env: simcord.Env) -> None:
     _, channel, alice = world(env)
     message = (
-        await alice.slash(channel, "imagine", prompt="a windmill", checkpoint="tiny-sd1", steps=2, seed=10)
+        await alice.slash(channel, "imagine", prompt="a windmill", checkpoint="tiny-sd1", steps=3, seed=10)
     ).response
-    varied = (await alice.click(message, label="Variations")).response
-    assert len(varied.attachments) == 4
-    assert {f.name: f.value for f in varied.embeds[0].fields}["Seeds"] == "11, 12, 13, 14"
+    varied = (await alice.click(message, label="Vary (strong)")).response
+    fields = {f.name: f.value for f in varied.embeds[0].fields}
+    assert fields["From a picture"] == "denoising strength 0.65" and fields["Seed"] != "10"
+    subtle = (await alice.click(message, label="Vary (subtle)")).response
+    assert {f.name: f.value for f in subtle.embeds[0].fields}["From a picture"] == "denoising strength 0.35"
     other = (
         await alice.select(message, ["tiny-xl"], custom_id=next(c for c in custom_ids(message) if ":other:" in c))
     ).response

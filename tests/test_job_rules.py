@@ -7,6 +7,7 @@ No worker is needed: rules are applied when a job is planned, before anything is
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
@@ -22,12 +24,23 @@ from bot.generation.jobs import Job, new_job_id
 from bot.generation.requests import GenerationRequest, Limits, validate
 from bot.generation.service import GenerationService
 from bot.guilds.settings import GuildSettings
-from bot.jobs import VARIATIONS, Asker, ImagineOptions, JobPlan, Jobs, Place, next_seeds, reroll, same_seed
+from bot.images.inputs import InputStore
+from bot.jobs import VARY_SUBTLE, Asker, ImagineOptions, JobPlan, Jobs, Place, reroll, same_seed
 from tests.helpers import with_metadata
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PROMPT = "a castle on a hill"
+
+
+def _picture() -> bytes:
+    """A picture as a Vary button reads it from the message: a small PNG."""
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(out, format="PNG")
+    return out.getvalue()
+
+
+PICTURE = _picture()
 
 
 @dataclass
@@ -53,7 +66,7 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
     limits = Limits(max_queued_per_user=10)
     generation = GenerationService(db, [], limits)  # never started: plans need no worker
     settings = GuildSettings(db, registry, [], limits)
-    jobs = Jobs(registry, generation, settings)
+    jobs = Jobs(registry, generation, settings, inputs=InputStore(root / "inputs"))
     records = {}
     for name in ("plain", "spicy", "other"):
         from bot.generation.checkpoint_ref import resolve_checkpoint
@@ -81,8 +94,8 @@ async def reroll_button(w: World, place: Place, subject: Subject) -> JobPlan:
     return await w.jobs.plan_rerun(ALICE, place, w.records[subject], seed=reroll)
 
 
-async def variations_button(w: World, place: Place, subject: Subject) -> JobPlan:
-    return await w.jobs.plan_rerun(ALICE, place, w.records[subject], seed=next_seeds, count=VARIATIONS)
+async def vary_button(w: World, place: Place, subject: Subject) -> JobPlan:
+    return await w.jobs.plan_rerun(ALICE, place, w.records[subject], init_image=PICTURE, strength=VARY_SUBTLE)
 
 
 async def other_checkpoint_select(w: World, place: Place, subject: Subject) -> JobPlan:
@@ -96,7 +109,7 @@ async def compare(w: World, place: Place, subject: Subject) -> JobPlan:
 ENTRY_POINTS: dict[str, EntryPoint] = {
     "/imagine and the Use-this modal": imagine,
     "Reroll": reroll_button,
-    "Variations": variations_button,
+    "Vary": vary_button,
     "another checkpoint": other_checkpoint_select,
     "/checkpoints compare and Compare these": compare,
 }
@@ -152,7 +165,7 @@ async def test_the_place_defaults_fill_what_was_left_out(world: World, entry: st
     await world.settings.update(guild, None, {"negative": "blurry", "cfg": 4.5})
     plan = await ENTRY_POINTS[entry](world, Place(guild, "channel"), "plain")
     request, _ = plan.items[0]
-    if entry in ("Reroll", "Variations", "another checkpoint"):  # a rerun keeps the stored job's values
+    if entry in ("Reroll", "Vary", "another checkpoint"):  # a rerun keeps the stored job's values
         assert (request.negative, request.cfg) == ("", 7.0)
     else:
         assert (request.negative, request.cfg) == ("blurry", 4.5)

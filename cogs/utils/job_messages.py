@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
-from bot.jobs import VARIATIONS, JobPlan, next_seeds, reroll, same_seed
-from cogs.utils.attachments import fit_image
+from bot.jobs import VARY_STRONG, VARY_SUBTLE, JobPlan, reroll, same_seed
+from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse
 from cogs.utils.formatting import CONTENT_MAX, clip, code_block, eta_text, result_embed
@@ -156,7 +157,8 @@ class StatusMessage:
 
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    for item in (RerollButton(job_id), VariationsButton(job_id), ParametersButton(job_id), DeleteButton(job_id)):
+    buttons = (RerollButton(job_id), VaryButton(job_id), VaryButton(job_id, strong=True))
+    for item in (*buttons, ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
     if checkpoints:
         view.add_item(OtherCheckpointSelect(job_id, checkpoints))
@@ -193,16 +195,38 @@ class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         await self.rerun(interaction, seed=reroll)
 
 
-class VariationsButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary:" + JOB_ID):
-    """Same prompt and settings, the next four seeds after the ones already shown."""
+class VaryButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary(?P<strong>x?):" + JOB_ID):
+    """The picture redrawn from itself with a new seed: a little (subtle) or a lot (strong).
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Variations", emoji="🔀", custom_id=f"easel:vary:{job_id}"))
+    `easel:vary:` was once "the next four seeds"; such buttons on old messages now vary subtly.
+    """
+
+    def __init__(self, job_id: str, *, strong: bool = False) -> None:
+        label, key = ("Vary (strong)", "varyx") if strong else ("Vary (subtle)", "vary")
+        super().__init__(discord.ui.Button(label=label, emoji="🔀", custom_id=f"easel:{key}:{job_id}"))
         self.job_id = job_id
+        self.strong = strong
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
+        return cls(match["job"], strong=bool(match["strong"]))
 
     @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
-        await self.rerun(interaction, seed=next_seeds, count=VARIATIONS)
+        await interaction.response.defer(thinking=True)
+        attachments = interaction.message.attachments if interaction.message else []
+        pictures = [a for a in attachments if a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
+        if not pictures:
+            raise EaselError("this message has no picture left to vary")
+        plan = await services_of(interaction).jobs.plan_rerun(
+            asker(interaction),
+            place(interaction),
+            self.job_id,
+            seed=reroll,
+            init_image=await read_attachment(pictures[0]),
+            strength=VARY_STRONG if self.strong else VARY_SUBTLE,
+        )
+        await run_plan(interaction, plan)
 
 
 class OtherCheckpointSelect(FromJobId, discord.ui.DynamicItem[discord.ui.Select], template=r"easel:other:" + JOB_ID):
@@ -280,4 +304,4 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         )
 
 
-BUTTONS = (RerollButton, VariationsButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)
+BUTTONS = (RerollButton, VaryButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)
