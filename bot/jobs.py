@@ -38,6 +38,7 @@ from gpu_worker.protocol import LoraUse
 # The Vary buttons: img2img from the picture, a new seed, at these denoising strengths.
 VARY_SUBTLE = 0.35
 VARY_STRONG = 0.65
+UPSCALE = 2.0  # the Upscale button: the same job with A1111's hires fix at this factor
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class ImagineOptions:
     init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
     strength: float = 0.75  # denoising strength (A1111's default)
     resize_mode: str = "crop"
+    hires_scale: float = 0.0  # A1111's hires fix; 0 = off
+    hires_steps: int = 0
+    hires_denoise: float = 0.7
+    hires_upscaler: str = "Latent"
 
 
 @dataclass
@@ -223,6 +228,10 @@ class Jobs:
             init_image=init.sha256 if init else None,
             strength=options.strength,
             resize_mode=options.resize_mode,
+            hires_scale=options.hires_scale,
+            hires_steps=options.hires_steps,
+            hires_denoise=options.hires_denoise,
+            hires_upscaler=options.hires_upscaler,
         )
         return await self._checked([(request, ref)], here, place)
 
@@ -245,9 +254,11 @@ class Jobs:
         checkpoint: str | None = None,
         init_image: bytes | None = None,
         strength: float | None = None,
+        hires_scale: float | None = None,
     ) -> JobPlan:
-        """Another job from a stored one — a new seed, more pictures, another checkpoint, or (Vary) its
-        picture redrawn at `strength` — under the rules of the place where the button was pressed."""
+        """Another job from a stored one — a new seed, more pictures, another checkpoint, (Vary) its
+        picture redrawn at `strength`, or (Upscale) the hires fix at `hires_scale` — under the rules
+        of the place where the button was pressed."""
         record = await self.generation.get_job(job_id)
         if record is None:
             raise EaselError(f"job {job_id} is not in the records any more")
@@ -274,6 +285,7 @@ class Jobs:
             init_image=(await self._keep_input(init_image)).sha256 if init_image else row["init_image_sha256"],
             strength=strength if strength is not None else row["denoising_strength"] or 0.75,
             resize_mode=row["resize_mode"] or "crop",
+            **(record.hires | ({"hires_scale": hires_scale} if hires_scale else {})),
         )
         return await self._checked([(request, ref)], here, place)
 

@@ -99,10 +99,31 @@ class RunBatch:
     strength: float = 0.75  # denoising strength, with init_image
     resize_mode: str = "crop"  # resize | crop | fill: how init_image meets width × height
 
+    hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
+    hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one
+    hires_denoise: float = 0.7  # pass two's denoising strength
+    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
+
     @property
     def run_steps(self) -> int:
         """Steps the sampler runs: img2img runs `steps × strength` (A1111's default), txt2img all."""
         return self.steps if self.init_image is None else max(1, int(self.steps * self.strength))
+
+    @property
+    def hires_size(self) -> tuple[int, int]:
+        """Pass two's size: A1111's int(size × scale), on the latent's grid of 8."""
+        return int(self.width * self.hires_scale) // 8 * 8, int(self.height * self.hires_scale) // 8 * 8
+
+    @property
+    def hires_run_steps(self) -> int:
+        if not self.hires_scale:
+            return 0
+        return max(1, int((self.hires_steps or self.steps) * self.hires_denoise))
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of one pipeline call's passes together: what progress counts to."""
+        return self.run_steps + self.hires_run_steps
 
     @property
     def image_count(self) -> int:

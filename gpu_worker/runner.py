@@ -18,6 +18,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from gpu_worker.cache import PipelineCache
+from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
 from gpu_worker.init_images import prepare_init
 from gpu_worker.loader import CheckpointLoadError, image_to_image
@@ -66,8 +67,16 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
             "Model": batch.model_name or batch.load.name,
-            "Denoising strength": batch.strength if batch.init_image is not None else None,
+            "Denoising strength": batch.hires_denoise
+            if batch.hires_scale
+            else batch.strength
+            if batch.init_image
+            else None,
             "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
+            # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
+            "Hires upscale": f"{batch.hires_scale:g}" if batch.hires_scale else None,
+            "Hires steps": batch.hires_steps if batch.hires_scale and batch.hires_steps else None,
+            "Hires upscaler": batch.hires_upscaler if batch.hires_scale else None,
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(
                 f"{use.name.replace(':', '').replace(',', '')}: {use.short_hash}" for use in batch.loras
@@ -96,6 +105,9 @@ class BatchRunner:
         self.embeddings = EmbeddingCache()
         self._words: WordEmbeddings | None = None  # the batch's textual-inversion words
         self._init: Image.Image | None = None  # img2img: the batch's input picture, at its size
+        self._img2img: DiffusionPipeline | None = None  # the cached pipeline's modules, for img2img and hires
+        self._pass = (0, 0)  # (steps of earlier passes in this call, steps of this pass), for progress
+        self._model_passes = 0
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -138,14 +150,16 @@ class BatchRunner:
         self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
         self._init = None
+        self._img2img = image_to_image(loaded) if batch.init_image is not None or batch.hires_scale else None
         if batch.init_image is not None:
             self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
-            pipe = image_to_image(loaded)
+            pipe = self._img2img
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
         groups = self._by_chunk_count(pipe, jobs, batch.run_steps, words)
         started = time.perf_counter()
+        self._model_passes = 0
         images_of: dict[str, list[Image.Image]] = {}
         for part, group in enumerate(groups):
             if all(self.is_cancelled(job.job_id) for job in group):
@@ -216,12 +230,12 @@ class BatchRunner:
             if all(self.is_cancelled(job.job_id) for job in everyone):
                 raise BatchCancelled
             # Second-order samplers run more model passes than steps; report in the user's steps.
-            steps = batch.run_steps  # img2img runs steps × strength of them
+            before, steps = self._pass  # steps of this call's earlier pass (hires fix), steps of this one
             step = min(steps, math.ceil((index + 1) * steps / max(pipe.num_timesteps, 1)))
-            done, total = number * steps + step, parts * steps
+            done, total = number * batch.total_steps + before + step, parts * batch.total_steps
             elapsed = time.perf_counter() - started
-            passes = number * max(pipe.num_timesteps, 1) + index + 1
-            self.steps_per_second = passes / elapsed if elapsed > 0 else 0.0
+            self._model_passes += 1
+            self.steps_per_second = self._model_passes / elapsed if elapsed > 0 else 0.0
             self.send(BatchProgress(batch.batch_id, done, total, elapsed, self.steps_per_second))
             conditioning = self._conditioning
             if conditioning is not None and conditioning.changes and step < steps:
@@ -243,21 +257,34 @@ class BatchRunner:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
             # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
             # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
-            self._conditioning = Conditioning(pipe, p, n, batch.run_steps, batch.clip_skip, self._words)
-            self._applied = self._conditioning.key(1)
             if self._init is None:
                 shape = {"width": batch.width, "height": batch.height}
             else:  # img2img: the picture sets the size; strength says how much of it is redrawn
                 shape = {"image": [self._init] * len(s), "strength": batch.strength}
+            self._pass = (0, batch.run_steps)
+            first = sample(pipe, p, n, s, batch.steps, batch.run_steps, shape, "latent" if batch.hires_scale else "pil")
+            if not batch.hires_scale:
+                return first
+            # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
+            self._pass = (batch.run_steps, batch.hires_run_steps)
+            enlarged = upscale(pipe, first, batch.hires_size, batch.hires_upscaler)
+            shape = {"image": enlarged, "strength": batch.hires_denoise}
+            steps = batch.hires_steps or batch.steps
+            return sample(self._img2img, p, n, s, steps, batch.hires_run_steps, shape, "pil")
+
+        def sample(pipe, p: list[str], n: list[str], s: list[int], steps: int, run: int, shape: dict, output: str):
+            self._conditioning = Conditioning(pipe, p, n, run, batch.clip_skip, self._words)
+            self._applied = self._conditioning.key(1)
             return pipe(
                 **self._conditioning.inputs(1),
                 **shape,
-                num_inference_steps=batch.steps,
+                num_inference_steps=steps,
                 guidance_scale=batch.cfg,
                 # Noise from CPU generators: the same seed gives the same image on any GPU model.
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
                 callback_on_step_end=callback,
                 callback_on_step_end_tensor_inputs=["latents", *self._conditioning.tensor_inputs()],
+                output_type=output,
             ).images
 
         try:

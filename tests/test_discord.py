@@ -102,6 +102,7 @@ async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> 
     job_id = embed.footer.text.split()[1]
     assert custom_ids(message) == [
         f"easel:reroll:{job_id}",
+        f"easel:upscale:{job_id}",
         f"easel:vary:{job_id}",
         f"easel:varyx:{job_id}",
         f"easel:params:{job_id}",
@@ -167,6 +168,11 @@ async def test_vary_and_another_checkpoint(env: simcord.Env) -> None:
     assert fields["From a picture"] == "denoising strength 0.65" and fields["Seed"] != "10"
     subtle = (await alice.click(message, label="Vary (subtle)")).response
     assert {f.name: f.value for f in subtle.embeds[0].fields}["From a picture"] == "denoising strength 0.35"
+    upscaled = (await alice.click(message, label="Upscale")).response
+    assert {f.name: f.value for f in upscaled.embeds[0].fields}["Hires fix"] == "128×128 · Latent · denoising 0.7"
+    assert (await png_of(upscaled)).size == (128, 128)
+    _, _, params = parse_infotext((await png_of(upscaled)).info["parameters"])
+    assert params["Seed"] == "10" and params["Hires upscale"] == "2"  # the same seed, twice the size
     other = (
         await alice.select(message, ["tiny-xl"], custom_id=next(c for c in custom_ids(message) if ":other:" in c))
     ).response

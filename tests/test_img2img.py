@@ -116,3 +116,47 @@ async def test_bad_pictures_and_settings_are_refused_before_queueing(world: Worl
         kept.unlink()
     with pytest.raises(EaselError, match="no longer kept"):
         await world.jobs.plan_rerun(HOST, HERE, job_id)
+
+
+# --- the hires fix ------------------------------------------------------------------------------
+
+
+async def test_hires_fix_doubles_the_size_in_two_passes_and_says_so_as_a1111_does(world: World) -> None:
+    from bot.generation.jobs import Progress
+
+    for upscaler in ("Latent", "Lanczos"):
+        options = ImagineOptions(
+            prompt="a lighthouse",
+            checkpoint="tiny-sd1",
+            steps=4,
+            seed=8,
+            hires_scale=2,
+            hires_upscaler=upscaler.lower(),
+        )
+        [handle] = await world.jobs.start(await world.jobs.plan_imagine(HOST, HERE, options))
+        events = [event async for event in handle.events()]
+        done = events[-1]
+        assert isinstance(done, Finished)
+        image = Image.open(io.BytesIO(done.job.images[0].png))
+        params = parse_infotext(image.info["parameters"])[2]
+        assert image.size == (128, 128) and (params["Size-1"], params["Size-2"]) == ("64", "64")
+        assert (params["Hires upscale"], params["Hires upscaler"], params["Denoising strength"]) == (
+            "2",
+            upscaler,
+            "0.7",
+        )
+        steps = [(e.step, e.total) for e in events if isinstance(e, Progress)]
+        assert steps[-1] == (6, 6)  # 4 steps, then int(4 × 0.7) = 2 more, counted as one job
+
+
+async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
+    for values, message in (
+        ({"hires_scale": 5}, "hires upscale must be above 1 and at most 4"),
+        ({"hires_scale": 2, "hires_upscaler": "ESRGAN 4x"}, "unknown hires upscaler 'ESRGAN 4x'"),
+        ({"hires_scale": 2, "hires_denoise": 0.01}, "redraws nothing"),
+        ({"hires_scale": 4, "size": (1024, 1024)}, "would make 4096x4096"),
+        ({"hires_scale": 2, "init_image": RED_CIRCLE}, "the hires fix is for pictures made from text"),
+    ):
+        options = ImagineOptions(prompt="a lighthouse", checkpoint="tiny-sd1", steps=4, **values)
+        with pytest.raises(EaselError, match=message):
+            await world.jobs.plan_imagine(HOST, HERE, options)

@@ -14,7 +14,7 @@ from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
-from bot.generation.requests import Limits, parse_size
+from bot.generation.requests import Limits, hires_size, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.images.inputs import InputStore
@@ -39,6 +39,10 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         init_image=_read_input(args.init_image) if args.init_image else None,
         strength=args.strength,
         resize_mode=args.resize_mode,
+        hires_scale=args.hires or 0.0,
+        hires_steps=args.hires_steps,
+        hires_denoise=args.hires_denoise,
+        hires_upscaler=args.upscaler,
     )
 
 
@@ -110,6 +114,9 @@ def write_images(job, out: Path) -> None:
         print(f"wrote {path}")
     spec = job.spec
     source = f"from a picture at strength {spec.request.strength:g}, " if spec.request.init_image else ""
+    if spec.request.hires_scale:
+        big_w, big_h = hires_size(spec.width, spec.height, spec.request.hires_scale)
+        source += f"hires fix to {big_w}x{big_h} ({spec.request.hires_upscaler}), "
     print(
         f"job {job.id}: {spec.checkpoint.name} [{spec.checkpoint.autov2.upper()}], {spec.width}x{spec.height}, "
         f"{spec.request.steps} steps, {spec.sampler} {spec.schedule}, CFG {spec.request.cfg:g}, {source}"
@@ -142,6 +149,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resize-mode", choices=("crop", "resize", "fill"), default="crop", help="how the picture meets --size"
     )
+    p.add_argument("--hires", type=float, help="hires fix: a second pass at this size factor (e.g. 2)")
+    p.add_argument("--hires-steps", type=int, default=0, help="the second pass's steps (0: as many as the first)")
+    p.add_argument("--hires-denoise", type=float, default=0.7, help="the second pass's denoising strength")
+    p.add_argument("--upscaler", default="Latent", help='hires upscaler: "Latent", "Latent (bicubic)", "Lanczos", …')
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.set_defaults(handler=cmd_generate)

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bot.generation.requests import ValidRequest
+from bot.generation.requests import ValidRequest, hires_size
 from gpu_worker.protocol import ImageResult
 
 
@@ -68,12 +68,21 @@ class Job:
             s.request.init_image,  # img2img: one input picture per call, at one strength
             s.request.strength if s.request.init_image else None,
             s.request.resize_mode if s.request.init_image else None,
+            (s.request.hires_scale, s.request.hires_steps, s.request.hires_denoise, s.request.hires_upscaler)
+            if s.request.hires_scale
+            else None,
         )
 
     @property
     def work_units(self) -> float:
         """Cost relative to one step of one 512x512 image, for ETAs."""
-        return self.spec.denoising_steps * self.image_count * self.spec.width * self.spec.height / (512 * 512)
+        s = self.spec
+        units = s.denoising_steps * self.image_count * s.width * s.height / (512 * 512)
+        if s.request.hires_scale:  # pass two, at its size
+            big_w, big_h = hires_size(s.width, s.height, s.request.hires_scale)
+            steps = max(1, int((s.request.hires_steps or s.request.steps) * s.request.hires_denoise))
+            units += steps * self.image_count * big_w * big_h / (512 * 512)
+        return units
 
 
 # --- events for front ends -------------------------------------------------------------------

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import random
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
+from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import EmbeddingUse, LoraUse
 
@@ -68,6 +69,10 @@ class GenerationRequest:
     init_image: str | None = None  # img2img: the sha256 of a kept input picture (bot/images/inputs.py)
     strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
     resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
+    hires_scale: float = 0.0  # A1111's hires fix: 0 = off, else pass two's size factor (1-4)
+    hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
+    hires_denoise: float = 0.7  # pass two's denoising strength
+    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
 
 
 # A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
@@ -154,6 +159,9 @@ def validate(
         raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}")
     if request.seed < -1 or request.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {request.seed}")
+    if request.hires_scale:
+        _check_hires(request, width, height, limits)
+        request = replace(request, hires_upscaler=parse_upscaler(request.hires_upscaler))  # A1111's spelling
     if request.init_image is not None:
         if init_png is None:
             raise GenerationError("the input picture is missing")
@@ -174,6 +182,29 @@ def validate(
     return ValidRequest(
         request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings, init_png
     )
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """Pass two's size, as the worker computes it (gpu_worker/protocol.py RunBatch.hires_size)."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+def _check_hires(request: GenerationRequest, width: int, height: int, limits: Limits) -> None:
+    if request.init_image is not None:
+        raise GenerationError("the hires fix is for pictures made from text; starting from a picture, set the size")
+    if not 1 < request.hires_scale <= 4:
+        raise GenerationError(f"hires upscale must be above 1 and at most 4, not {request.hires_scale:g}")
+    big_w, big_h = hires_size(width, height, request.hires_scale)
+    if max(big_w, big_h) > limits.max_size or big_w * big_h > limits.max_pixels:
+        raise GenerationError(f"the hires fix would make {big_w}x{big_h}; that is over this bot's size limit")
+    if not 0 <= request.hires_steps <= limits.max_steps:
+        raise GenerationError(f"hires steps must be between 0 and {limits.max_steps}, not {request.hires_steps}")
+    if not 0 < request.hires_denoise <= 1 or int((request.hires_steps or request.steps) * request.hires_denoise) < 1:
+        raise GenerationError(f"hires denoising strength {request.hires_denoise:g} redraws nothing; use 0.1 to 1")
+    try:
+        parse_upscaler(request.hires_upscaler)
+    except ValueError as e:
+        raise GenerationError(str(e)) from None
 
 
 def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:

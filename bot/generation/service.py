@@ -328,6 +328,10 @@ class GenerationService:
             init_image=spec.init_png,
             strength=spec.request.strength,
             resize_mode=spec.request.resize_mode,
+            hires_scale=spec.request.hires_scale,
+            hires_steps=spec.request.hires_steps,
+            hires_denoise=spec.request.hires_denoise,
+            hires_upscaler=spec.request.hires_upscaler,  # in A1111's spelling since validation
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

@@ -13,6 +13,7 @@ import aiosqlite
 
 from bot.db import transaction
 from bot.generation.jobs import Job, JobState
+from bot.generation.requests import GenerationRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,29 @@ class JobRecord:
         return json.loads(self.row["seeds_json"])
 
     @property
+    def hires(self) -> dict[str, Any]:
+        """The stored job's hires fix, as GenerationRequest fields; empty when it had none."""
+        stored = json.loads(self.row.get("hires_json") or "null")
+        if not stored:
+            return {}
+        return {f"hires_{key}": value for key, value in stored.items()}
+
+    @property
     def infotexts(self) -> list[str]:
         return json.loads(self.row["infotexts_json"] or "[]")
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.row.items() if not k.endswith("_json")}
         return {**out, "seeds": self.seeds, "infotexts": self.infotexts}
+
+
+def hires_of(request: GenerationRequest) -> dict[str, Any]:
+    return {
+        "scale": request.hires_scale,
+        "steps": request.hires_steps,
+        "denoise": request.hires_denoise,
+        "upscaler": request.hires_upscaler,
+    }
 
 
 class JobStore:
@@ -58,8 +76,8 @@ class JobStore:
             await db.execute(
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-                "created_at, init_image_sha256, denoising_strength, resize_mode) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -83,6 +101,7 @@ class JobStore:
                     request.init_image,
                     request.strength if request.init_image else None,
                     request.resize_mode if request.init_image else None,
+                    json.dumps(hires_of(request)) if request.hires_scale else None,
                 ),
             )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import discord
 
 from bot.generation.jobs import Job
+from bot.generation.requests import hires_size
 from bot.networks.selection import lora_strength
 
 TITLE_MAX = 256
@@ -37,6 +38,12 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     )
     if request.init_image:
         embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}")
+    if request.hires_scale:
+        big_w, big_h = hires_size(spec.width, spec.height, request.hires_scale)
+        embed.add_field(
+            name="Hires fix",
+            value=f"{big_w}×{big_h} · {request.hires_upscaler} · denoising {request.hires_denoise:g}",
+        )
     if spec.loras:
         embed.add_field(
             name="LoRAs", value=clip(", ".join(f"{use.name} {lora_strength(use)}" for use in spec.loras), FIELD_MAX)

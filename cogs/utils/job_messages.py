@@ -17,7 +17,7 @@ import discord
 
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
-from bot.jobs import VARY_STRONG, VARY_SUBTLE, JobPlan, reroll, same_seed
+from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, reroll, same_seed
 from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse
@@ -157,7 +157,7 @@ class StatusMessage:
 
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    buttons = (RerollButton(job_id), VaryButton(job_id), VaryButton(job_id, strong=True))
+    buttons = (RerollButton(job_id), UpscaleButton(job_id), VaryButton(job_id), VaryButton(job_id, strong=True))
     for item in (*buttons, ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
     if checkpoints:
@@ -193,6 +193,18 @@ class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
     @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await self.rerun(interaction, seed=reroll)
+
+
+class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:upscale:" + JOB_ID):
+    """The same job, same seed, with A1111's hires fix at twice the size."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Upscale", emoji="🔍", custom_id=f"easel:upscale:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await self.rerun(interaction, seed=same_seed, hires_scale=UPSCALE)
 
 
 class VaryButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary(?P<strong>x?):" + JOB_ID):
@@ -304,4 +316,4 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         )
 
 
-BUTTONS = (RerollButton, VaryButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)
+BUTTONS = (RerollButton, UpscaleButton, VaryButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)

@@ -1,0 +1,29 @@
+"""The hires fix's middle step: pass one's result enlarged to pass two's size.
+
+Followed (facts, not code) from AUTOMATIC1111 modules/processing.py `sample_hr_pass`: a latent
+upscaler enlarges the latent itself with `interpolate` (the mode and antialiasing its name says), and
+pass two starts from that latent; a picture upscaler decodes the latent, enlarges the picture, and
+pass two encodes it again.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
+
+
+def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor | list:
+    """Pass two's input: an enlarged latent, or enlarged pictures (PIL)."""
+    width, height = size
+    if upscaler in LATENT_UPSCALERS:
+        mode, antialias = LATENT_UPSCALERS[upscaler]
+        options = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
+        return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, **options)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    pictures = pipe.image_processor.postprocess(decoded, output_type="pil")
+    resample = getattr(Image.Resampling, PICTURE_UPSCALERS[upscaler])
+    return [picture.resize((width, height), resample) for picture in pictures]
+
