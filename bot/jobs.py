@@ -15,8 +15,11 @@ that server.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from bot.catalog.compare import MAX_CHECKPOINTS as MAX_COMPARE
 from bot.catalog.compare import resolve_all
@@ -29,6 +32,7 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
+from bot.images.infotext import Infotext, parse_infotext, read_picture_parameters, render_infotext, size_of
 from bot.images.inputs import InputStore
 from bot.images.uploads import Upload, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
@@ -117,6 +121,27 @@ class JobPlan:
     @property
     def checkpoints(self) -> list[CheckpointRef]:
         return [spec.checkpoint for spec in self.specs]
+
+
+class MissingCheckpoint(EaselError):
+    """A picture's parameters name a checkpoint that is not installed here."""
+
+    def __init__(self, model: str, model_hash: str) -> None:
+        self.model, self.model_hash = model[:100], model_hash[:64]
+        shown = f"{self.model} [{self.model_hash}]" if self.model_hash else self.model
+        super().__init__(f"this picture was made with {shown}, which is not installed here")
+
+
+def _number(params: dict[str, str], key: str, kind: type[int] | type[float], default: object = None) -> Any:
+    """A parameter as a number, or `default` when the picture does not give it; a refusal when it is
+    not one."""
+    value = params.get(key, "").strip()
+    if not value:
+        return default
+    try:
+        return kind(float(value)) if kind is int and re.fullmatch(r"-?\d+(\.0+)?", value) else kind(value)
+    except ValueError:
+        raise EaselError(f"the picture's {key} {value[:40]!r} is not a number") from None
 
 
 SeedChoice = Callable[[JobRecord], int]
@@ -234,6 +259,50 @@ class Jobs:
             hires_upscaler=options.hires_upscaler,
         )
         return await self._checked([(request, ref)], here, place)
+
+    async def plan_from_infotext(self, asker: Asker, place: Place, info: Infotext) -> JobPlan:
+        """ "Make this here": a picture's A1111 parameters run with the installed checkpoint whose hash
+        (or file name) they name, under the rules of the place. MissingCheckpoint when it is not here."""
+        params = info.params
+        model_hash, model = params.get("Model hash", "").strip(), params.get("Model", "").strip()
+        entry = await self.registry.find(model_hash) if re.fullmatch(r"[0-9a-fA-F]{10,64}", model_hash) else None
+        if entry is None and model:
+            entry = await self.registry.find(model)
+        if entry is None or entry.status != "present":
+            raise MissingCheckpoint(model or "an unnamed checkpoint", model_hash)
+        size = size_of(params)
+        options = ImagineOptions(
+            prompt=info.prompt,
+            negative=info.negative,
+            checkpoint=entry.name,
+            size=size,
+            steps=_number(params, "Steps", int),
+            cfg=_number(params, "CFG scale", float),
+            sampler=params.get("Sampler"),
+            schedule=params.get("Schedule type"),
+            seed=_number(params, "Seed", int, -1),
+            clip_skip=_number(params, "Clip skip", int, 1),
+            hires_scale=_number(params, "Hires upscale", float, 0.0),
+            hires_steps=_number(params, "Hires steps", int, 0),
+            hires_denoise=_number(params, "Denoising strength", float, 0.7),
+            hires_upscaler=params.get("Hires upscaler", "Latent"),
+        )
+        return await self.plan_imagine(asker, place, options)
+
+    async def read_parameters(self, picture: bytes) -> tuple[str, Infotext]:
+        """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading)."""
+        if self.inputs is None:
+            raise EaselError("reading pictures is not available here")
+        info = await asyncio.to_thread(read_picture_parameters, picture)
+        text = render_infotext(info)
+        key = hashlib.sha256(text.encode()).hexdigest()
+        await self.inputs.put(key, text.encode(), ".txt")
+        return key, info
+
+    async def kept_parameters(self, key: str) -> Infotext:
+        if self.inputs is None:
+            raise EaselError("reading pictures is not available here")
+        return parse_infotext((await self.inputs.get(key, ".txt")).decode(errors="replace"))
 
     async def _keep_input(self, data: bytes) -> Upload:
         """An uploaded picture, read safely (off the loop) and kept by its hash for this job and its reruns."""

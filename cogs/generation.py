@@ -13,12 +13,13 @@ from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
 from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
+from bot.images.infotext import render_infotext
 from bot.jobs import ImagineOptions
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
 from cogs.utils.formatting import code_block
-from cogs.utils.job_messages import BUTTONS, run_plan
+from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
 
 if TYPE_CHECKING:
@@ -91,6 +92,16 @@ class Generation(commands.Cog):
             strength=strength,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
+
+    @app_commands.command(name="pnginfo", description="The generation parameters a picture carries (A1111 infotext)")
+    @app_commands.describe(image="A PNG, JPEG or WebP made by A1111, Forge, Easel…")
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    async def pnginfo(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        key, info = await self.jobs.read_parameters(await read_attachment(image))
+        view = discord.ui.View(timeout=None).add_item(MakeThisHereButton(key))
+        await interaction.followup.send(code_block(render_infotext(info)), view=view, ephemeral=True)
 
     @app_commands.command(name="explain", description="How a prompt is read: chunks of 75 tokens, weights, editing")
     @app_commands.describe(prompt="The prompt to read", steps="Sampling steps, for [from:to:when] and [a|b]")

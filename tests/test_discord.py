@@ -629,3 +629,17 @@ async def test_imagine_starts_from_an_uploaded_picture(env: simcord.Env) -> None
     assert params["Denoising strength"] == "0.5"
     refused = await alice.slash(channel, "imagine", prompt="a fox", image=("fox.png", b"MZ\x90\x00not a picture"))
     assert "not a PNG, JPEG or WebP picture" in refused.followups[0].content
+
+
+async def test_pnginfo_shows_a_pictures_parameters_and_makes_it_here(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    made = (await alice.slash(channel, "imagine", prompt="a lantern", checkpoint="tiny-sd1", steps=2, seed=77)).response
+    picture = await made.attachments[0].read()
+    shown = await alice.slash(channel, "pnginfo", image=("lantern.png", picture))
+    assert shown.ephemeral and "a lantern" in shown.response.content and "Seed: 77" in shown.response.content
+    remade = (await alice.click(shown.response, label="Make this here")).response
+    assert (await png_of(remade)).tobytes() == (await png_of(made)).tobytes()
+    plain = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(plain, format="PNG")
+    refused = await alice.slash(channel, "pnginfo", image=("plain.png", plain.getvalue()))
+    assert "carries no generation parameters" in (refused.followups or [refused.response])[0].content

@@ -160,3 +160,41 @@ async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
         options = ImagineOptions(prompt="a lighthouse", checkpoint="tiny-sd1", steps=4, **values)
         with pytest.raises(EaselError, match=message):
             await world.jobs.plan_imagine(HOST, HERE, options)
+
+
+# --- pictures' parameters: /pnginfo and "Make this here" -------------------------------------------
+
+
+async def test_a_pictures_parameters_are_read_and_made_again_here(world: World) -> None:
+    from bot.jobs import MissingCheckpoint
+
+    options = ImagineOptions(
+        prompt="a lighthouse, (storm:1.2)", negative="blurry", checkpoint="tiny-sd1", steps=4, seed=21
+    )
+    made, _, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
+    png = io.BytesIO()
+    Image.fromarray(made.astype("uint8")).save(png, format="PNG")  # pixels only: no parameters
+    with pytest.raises(EaselError, match="carries no generation parameters"):
+        await world.jobs.read_parameters(png.getvalue())
+    [handle] = await world.jobs.start(await world.jobs.plan_imagine(HOST, HERE, options))
+    original = [e async for e in handle.events()][-1].job.images[0].png
+    key, info = await world.jobs.read_parameters(original)
+    assert (info.prompt, info.negative, info.params["Seed"]) == ("a lighthouse, (storm:1.2)", "blurry", "21")
+    again, _, _ = await run(
+        world, await world.jobs.plan_from_infotext(HOST, HERE, await world.jobs.kept_parameters(key))
+    )
+    assert np.array_equal(again, made)  # the same parameters, the same checkpoint: the same picture
+    # The same picture as a JPEG with A1111's EXIF UserComment (piexif's "UNICODE" + UTF-16).
+    image = Image.open(io.BytesIO(original))
+    exif = image.getexif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + image.info["parameters"].encode("utf-16-be")
+    jpeg = io.BytesIO()
+    image.convert("RGB").save(jpeg, format="JPEG", exif=exif.tobytes())
+    assert (await world.jobs.read_parameters(jpeg.getvalue()))[1].params == info.params
+    info.params["Model hash"], info.params["Model"] = "0123456789", "elsewhere"
+    with pytest.raises(MissingCheckpoint, match=r"made with elsewhere \[0123456789\], which is not installed here"):
+        await world.jobs.plan_from_infotext(HOST, HERE, info)
+    info.params["Steps"] = "many"
+    info.params["Model"] = "tiny-sd1"
+    with pytest.raises(EaselError, match="the picture's Steps 'many' is not a number"):
+        await world.jobs.plan_from_infotext(HOST, HERE, info)

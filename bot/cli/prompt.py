@@ -1,12 +1,17 @@
-"""`python bot.py prompt explain "…"`: how Easel (and A1111) reads a prompt (bot/generation/prompt_explain.py)."""
+"""`python bot.py prompt explain "…"`: how Easel (and A1111) reads a prompt (bot/generation/prompt_explain.py);
+`python bot.py pnginfo PICTURE`: the generation parameters a picture carries (bot/images/infotext.py)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+from pathlib import Path
 
 from bot.config import Settings
+from bot.errors import EaselError
 from bot.generation.prompt_explain import explain, render
+from bot.images.infotext import read_picture_parameters, render_infotext
 
 
 async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
@@ -15,7 +20,23 @@ async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_pnginfo(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.path).expanduser()  # noqa: ASYNC240 (no I/O beyond reading $HOME)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as e:
+        raise EaselError(f"{args.path}: {e.strerror or e}") from None
+    info = await asyncio.to_thread(read_picture_parameters, data)
+    print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) if args.json else render_infotext(info))
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pnginfo", help="the A1111 generation parameters in a PNG, JPEG or WebP")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_pnginfo)
+
     prompt = sub.add_parser("prompt", help="how a prompt is read: chunks of 75 tokens, weights, extra-network tags")
     psub = prompt.add_subparsers(dest="prompt_command", required=True)
     p = psub.add_parser("explain", help="show the chunks and weights of a prompt, as A1111 reads it")

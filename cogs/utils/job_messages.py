@@ -17,7 +17,7 @@ import discord
 
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
-from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, reroll, same_seed
+from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, MissingCheckpoint, reroll, same_seed
 from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse
@@ -207,6 +207,37 @@ class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templa
         await self.rerun(interaction, seed=same_seed, hires_scale=UPSCALE)
 
 
+class MakeThisHereButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:remake:(?P<key>[0-9a-f]{64})"):
+    """/pnginfo's "Make this here": the picture's parameters, kept by their hash, run here."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(discord.ui.Button(label="Make this here", emoji="🖌️", custom_id=f"easel:remake:{key}"))
+        self.key = key
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Item, match: re.Match[str]):
+        return cls(match["key"])
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        services = services_of(interaction)
+        await interaction.response.defer(thinking=True)
+        info = await services.jobs.kept_parameters(self.key)
+        try:
+            plan = await services.jobs.plan_from_infotext(asker(interaction), place(interaction), info)
+        except MissingCheckpoint as missing:
+            raise EaselError(f"{missing}{await instead(services, missing)}") from None
+        await run_plan(interaction, plan)
+
+
+async def instead(services: Services, missing: MissingCheckpoint) -> str:
+    """What the catalog suggests in place of a checkpoint that is not installed: the best installed fit."""
+    question = missing.model.replace("_", " ").replace("-", " ")
+    answer = await services.catalog.search(question, limit=5, wait_for_model=False)
+    found = next((hit.entry for hit in answer.installed), None)
+    return f"; the nearest installed one is {found.name} (/checkpoints info {found.name})" if found else ""
+
+
 class VaryButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:vary(?P<strong>x?):" + JOB_ID):
     """The picture redrawn from itself with a new seed: a little (subtle) or a lot (strong).
 
@@ -316,4 +347,13 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
         )
 
 
-BUTTONS = (RerollButton, UpscaleButton, VaryButton, ParametersButton, DeleteButton, CancelButton, OtherCheckpointSelect)
+BUTTONS = (
+    RerollButton,
+    UpscaleButton,
+    VaryButton,
+    MakeThisHereButton,
+    ParametersButton,
+    DeleteButton,
+    CancelButton,
+    OtherCheckpointSelect,
+)
