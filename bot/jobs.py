@@ -95,6 +95,8 @@ class ImagineOptions:
     init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
     strength: float = 0.75  # denoising strength (A1111's default)
     resize_mode: str = "crop"
+    mask: bytes | None = None  # inpainting: the uploaded mask (white = redraw)
+    mask_blur: int = 4
     hires_scale: float = 0.0  # A1111's hires fix; 0 = off
     hires_steps: int = 0
     hires_denoise: float = 0.7
@@ -253,6 +255,8 @@ class Jobs:
             init_image=init.sha256 if init else None,
             strength=options.strength,
             resize_mode=options.resize_mode,
+            mask_image=(await self._keep_input(options.mask)).sha256 if options.mask is not None else None,
+            mask_blur=options.mask_blur,
             hires_scale=options.hires_scale,
             hires_steps=options.hires_steps,
             hires_denoise=options.hires_denoise,
@@ -304,6 +308,13 @@ class Jobs:
             raise EaselError("reading pictures is not available here")
         return parse_infotext((await self.inputs.get(key, ".txt")).decode(errors="replace"))
 
+    async def _kept_input(self, sha256: str | None) -> bytes | None:
+        if sha256 is None:
+            return None
+        if self.inputs is None:
+            raise EaselError("starting from a picture is not available here")
+        return await self.inputs.get(sha256)
+
     async def _keep_input(self, data: bytes) -> Upload:
         """An uploaded picture, read safely (off the loop) and kept by its hash for this job and its reruns."""
         if self.inputs is None:
@@ -354,6 +365,8 @@ class Jobs:
             init_image=(await self._keep_input(init_image)).sha256 if init_image else row["init_image_sha256"],
             strength=strength if strength is not None else row["denoising_strength"] or 0.75,
             resize_mode=row["resize_mode"] or "crop",
+            mask_image=row["mask_sha256"] if not init_image else None,  # a Vary starts from the whole picture
+            mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
             **(record.hires | ({"hires_scale": hires_scale} if hires_scale else {})),
         )
         return await self._checked([(request, ref)], here, place)
@@ -424,12 +437,9 @@ class Jobs:
             if self.embeddings is not None:
                 texts = [request.prompt, request.negative]
                 embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
-            init_png = None
-            if request.init_image is not None:
-                if self.inputs is None:
-                    raise EaselError("starting from a picture is not available here")
-                init_png = await self.inputs.get(request.init_image)
-            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png))
+            init_png = await self._kept_input(request.init_image)
+            mask_png = await self._kept_input(request.mask_image)
+            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png))
         return JobPlan(specs, here, seed)
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:

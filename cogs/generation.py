@@ -50,6 +50,7 @@ class Generation(commands.Cog):
         lora_strength="How strongly the LoRA applies (1 = as trained)",
         image="Start from this picture (img2img): PNG, JPEG or WebP",
         strength="With a picture: how much of it is redrawn (denoising strength)",
+        mask="With a picture: redraw only where this mask is white (inpainting)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -73,6 +74,7 @@ class Generation(commands.Cog):
         lora_strength: app_commands.Range[float, -MAX_LORA_WEIGHT, MAX_LORA_WEIGHT] = 1.0,
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] = 0.75,
+        mask: discord.Attachment | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -90,6 +92,7 @@ class Generation(commands.Cog):
             lora_strength=lora_strength,
             init_image=await read_attachment(image) if image is not None else None,
             strength=strength,
+            mask=await read_attachment(mask) if mask is not None else None,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image
+from PIL import Image, ImageFilter
 
 LANCZOS = Image.Resampling.LANCZOS
 
@@ -21,7 +21,9 @@ def prepare_init(png: bytes, width: int, height: int, mode: str) -> Image.Image:
         return image.resize((width, height), LANCZOS)
     if mode == "crop":
         ratio = max(width / image.width, height / image.height)
-        scaled = image.resize((max(width, round(image.width * ratio)), max(height, round(image.height * ratio))), LANCZOS)
+        scaled = image.resize(
+            (max(width, round(image.width * ratio)), max(height, round(image.height * ratio))), LANCZOS
+        )
         left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
         return scaled.crop((left, top, left + width, top + height))
     if mode == "fill":
@@ -44,3 +46,9 @@ def prepare_init(png: bytes, width: int, height: int, mode: str) -> Image.Image:
                 out.paste(scaled.crop(box).resize(size), where)
         return out
     raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def prepare_mask(png: bytes, width: int, height: int, mode: str, blur: int) -> Image.Image:
+    """The inpainting mask (white = redraw) fitted as its picture is, blurred by A1111's "Mask blur"."""
+    mask = prepare_init(png, width, height, mode).convert("L")
+    return mask.filter(ImageFilter.GaussianBlur(blur)) if blur > 0 else mask

@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import diffusers
 import torch
 import transformers
-from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
@@ -53,17 +53,28 @@ class LoadedPipeline:
     base_scheduler_config: dict = field(default_factory=dict)
     # LoRA adapters injected into this pipeline (gpu_worker/loras.py), least recently used first.
     adapters: list[str] = field(default_factory=list)
-    img2img: DiffusionPipeline | None = None  # the same modules as an image-to-image pipeline
+    # The same modules as image-to-image and inpainting pipelines, made when first needed.
+    derived: dict[str, DiffusionPipeline] = field(default_factory=dict)
 
 
 def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
-    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline: made once, nothing
-    copied (diffusers `from_pipe`); it takes the text-to-image pipeline's scheduler of this batch."""
-    if loaded.img2img is None:
-        loaded.img2img = AutoPipelineForImage2Image.from_pipe(loaded.pipeline)
-        loaded.img2img.set_progress_bar_config(disable=True)
-    loaded.img2img.scheduler = loaded.pipeline.scheduler
-    return loaded.img2img
+    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline."""
+    return _derived(loaded, "img2img", AutoPipelineForImage2Image)
+
+
+def inpainting(loaded: LoadedPipeline) -> DiffusionPipeline:
+    """The loaded pipeline's modules as an inpainting pipeline (a 4-channel UNet: the masked latents
+    are redrawn and the rest kept from the picture at every step, as A1111 does on normal models)."""
+    return _derived(loaded, "inpaint", AutoPipelineForInpainting)
+
+
+def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
+    """Made once, nothing copied (diffusers `from_pipe`); it takes this batch's scheduler."""
+    if kind not in loaded.derived:
+        loaded.derived[kind] = factory.from_pipe(loaded.pipeline)
+        loaded.derived[kind].set_progress_bar_config(disable=True)
+    loaded.derived[kind].scheduler = loaded.pipeline.scheduler
+    return loaded.derived[kind]
 
 
 def default_dtype(device: str) -> torch.dtype:

@@ -98,6 +98,8 @@ class RunBatch:
     init_image: bytes | None = None  # img2img: the picture every job of the batch starts from (RGB PNG)
     strength: float = 0.75  # denoising strength, with init_image
     resize_mode: str = "crop"  # resize | crop | fill: how init_image meets width × height
+    mask: bytes | None = None  # inpainting: white = redraw, fitted to the size as init_image is
+    mask_blur: int = 4  # A1111's "Mask blur" radius
 
     hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
     hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one

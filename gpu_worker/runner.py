@@ -20,8 +20,8 @@ from PIL import Image
 from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
-from gpu_worker.init_images import prepare_init
-from gpu_worker.loader import CheckpointLoadError, image_to_image
+from gpu_worker.init_images import prepare_init, prepare_mask
+from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
@@ -67,11 +67,8 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
             "Model": batch.model_name or batch.load.name,
-            "Denoising strength": batch.hires_denoise
-            if batch.hires_scale
-            else batch.strength
-            if batch.init_image
-            else None,
+            "Denoising strength": _denoising(batch),
+            "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
             "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
             # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
             "Hires upscale": f"{batch.hires_scale:g}" if batch.hires_scale else None,
@@ -86,6 +83,13 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Version": VERSION,
         },
     )
+
+
+def _denoising(batch: RunBatch) -> float | None:
+    """A1111's "Denoising strength": the hires pass's, else img2img's; none for plain txt2img."""
+    if batch.hires_scale:
+        return batch.hires_denoise
+    return batch.strength if batch.init_image is not None else None
 
 
 def _result(image: Image.Image, seed: int, infotext: str) -> ImageResult:
@@ -105,6 +109,7 @@ class BatchRunner:
         self.embeddings = EmbeddingCache()
         self._words: WordEmbeddings | None = None  # the batch's textual-inversion words
         self._init: Image.Image | None = None  # img2img: the batch's input picture, at its size
+        self._mask: Image.Image | None = None  # inpainting: its mask, at its size, blurred
         self._img2img: DiffusionPipeline | None = None  # the cached pipeline's modules, for img2img and hires
         self._pass = (0, 0)  # (steps of earlier passes in this call, steps of this pass), for progress
         self._model_passes = 0
@@ -149,11 +154,14 @@ class BatchRunner:
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
         self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
-        self._init = None
+        self._init, self._mask = None, None
         self._img2img = image_to_image(loaded) if batch.init_image is not None or batch.hires_scale else None
         if batch.init_image is not None:
             self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
             pipe = self._img2img
+        if batch.init_image is not None and batch.mask is not None:
+            self._mask = prepare_mask(batch.mask, batch.width, batch.height, batch.resize_mode, batch.mask_blur)
+            pipe = inpainting(loaded)
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
@@ -261,8 +269,12 @@ class BatchRunner:
                 shape = {"width": batch.width, "height": batch.height}
             else:  # img2img: the picture sets the size; strength says how much of it is redrawn
                 shape = {"image": [self._init] * len(s), "strength": batch.strength}
+            if self._mask is not None:  # inpainting: only where the mask is white
+                shape |= {"mask_image": [self._mask] * len(s), "width": batch.width, "height": batch.height}
             self._pass = (0, batch.run_steps)
             first = sample(pipe, p, n, s, batch.steps, batch.run_steps, shape, "latent" if batch.hires_scale else "pil")
+            if self._mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
+                return [Image.composite(image, self._init, self._mask) for image in first]
             if not batch.hires_scale:
                 return first
             # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.

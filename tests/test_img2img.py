@@ -198,3 +198,31 @@ async def test_a_pictures_parameters_are_read_and_made_again_here(world: World) 
     info.params["Model"] = "tiny-sd1"
     with pytest.raises(EaselError, match="the picture's Steps 'many' is not a number"):
         await world.jobs.plan_from_infotext(HOST, HERE, info)
+
+
+# --- inpainting -----------------------------------------------------------------------------------
+
+
+async def test_inpainting_redraws_only_inside_the_mask(world: World) -> None:
+    from gpu_worker.init_images import prepare_init, prepare_mask
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
+    mask_png = io.BytesIO()
+    mask.save(mask_png, format="PNG")
+    options = ImagineOptions(
+        prompt="a fox", checkpoint="tiny-sd1", steps=10, seed=3, init_image=RED_CIRCLE, strength=0.9,
+        mask=mask_png.getvalue(), mask_blur=2,
+    )  # fmt: skip
+    out, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
+    assert params["Mask blur"] == "2" and params["Denoising strength"] == "0.9"
+    kept = await world.inputs.get((await world.jobs._keep_input(RED_CIRCLE)).sha256)
+    init = np.asarray(prepare_init(kept, 64, 64, "crop")).astype(float)
+    blurred = np.asarray(prepare_mask(mask_png.getvalue(), 64, 64, "crop", 2))
+    outside, inside = blurred == 0, blurred == 255
+    assert np.array_equal(out[outside], init[outside])  # A1111's overlay: untouched outside the mask
+    assert np.abs(out[inside] - init[inside]).mean() > 5  # and redrawn inside it
+    with pytest.raises(EaselError, match="give the picture too"):
+        await world.jobs.plan_imagine(
+            HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", mask=mask_png.getvalue())
+        )

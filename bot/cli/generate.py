@@ -37,6 +37,8 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         count=args.count,
         clip_skip=args.clip_skip,
         init_image=_read_input(args.init_image) if args.init_image else None,
+        mask=_read_input(args.mask) if args.mask else None,
+        mask_blur=args.mask_blur,
         strength=args.strength,
         resize_mode=args.resize_mode,
         hires_scale=args.hires or 0.0,
@@ -50,7 +52,7 @@ def _read_input(path: str) -> bytes:
     try:
         return Path(path).expanduser().read_bytes()
     except OSError as e:
-        raise EaselError(f"--init-image {path}: {e.strerror or e}") from None
+        raise EaselError(f"{path}: {e.strerror or e}") from None
 
 
 async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
@@ -149,6 +151,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resize-mode", choices=("crop", "resize", "fill"), default="crop", help="how the picture meets --size"
     )
+    p.add_argument("--mask", help="inpainting: redraw only where this picture is white (with --init-image)")
+    p.add_argument("--mask-blur", type=int, default=4, help="the mask's blur, in pixels (A1111's Mask blur)")
     p.add_argument("--hires", type=float, help="hires fix: a second pass at this size factor (e.g. 2)")
     p.add_argument("--hires-steps", type=int, default=0, help="the second pass's steps (0: as many as the first)")
     p.add_argument("--hires-denoise", type=float, default=0.7, help="the second pass's denoising strength")

@@ -69,6 +69,8 @@ class GenerationRequest:
     init_image: str | None = None  # img2img: the sha256 of a kept input picture (bot/images/inputs.py)
     strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
     resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
+    mask_image: str | None = None  # inpainting: the sha256 of a kept mask (white = redraw), with init_image
+    mask_blur: int = 4  # A1111's "Mask blur": the mask's Gaussian blur radius, in pixels
     hires_scale: float = 0.0  # A1111's hires fix: 0 = off, else pass two's size factor (1-4)
     hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
@@ -94,6 +96,7 @@ class ValidRequest:
     loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/networks/selection.py
     embeddings: tuple[EmbeddingUse, ...] = ()  # registered embeddings whose names the texts use
     init_png: bytes | None = None  # img2img: the input picture itself (plain RGB PNG)
+    mask_png: bytes | None = None  # inpainting: the mask itself
 
     @property
     def denoising_steps(self) -> int:
@@ -125,6 +128,7 @@ def validate(
     embeddings: tuple[EmbeddingUse, ...] = (),
     notes: tuple[str, ...] = (),
     init_png: bytes | None = None,
+    mask_png: bytes | None = None,
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/networks/selection.py), with `notes` on what of them was not applied."""
@@ -173,6 +177,13 @@ def validate(
             )
         if request.resize_mode not in RESIZE_MODES:
             raise GenerationError(f"resize mode {request.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if request.mask_image is not None:
+        if request.init_image is None:
+            raise GenerationError("a mask says which part of a picture to redraw; give the picture too")
+        if mask_png is None:
+            raise GenerationError("the mask is missing")
+        if not 0 <= request.mask_blur <= 64:
+            raise GenerationError(f"mask blur must be between 0 and 64 pixels, not {request.mask_blur}")
     try:
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:
@@ -180,7 +191,7 @@ def validate(
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
     return ValidRequest(
-        request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings, init_png
+        request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings, init_png, mask_png
     )
 
 

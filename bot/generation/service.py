@@ -328,6 +328,8 @@ class GenerationService:
             init_image=spec.init_png,
             strength=spec.request.strength,
             resize_mode=spec.request.resize_mode,
+            mask=spec.mask_png,
+            mask_blur=spec.request.mask_blur,
             hires_scale=spec.request.hires_scale,
             hires_steps=spec.request.hires_steps,
             hires_denoise=spec.request.hires_denoise,

@@ -76,8 +76,8 @@ class JobStore:
             await db.execute(
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -102,6 +102,8 @@ class JobStore:
                     request.strength if request.init_image else None,
                     request.resize_mode if request.init_image else None,
                     json.dumps(hires_of(request)) if request.hires_scale else None,
+                    request.mask_image,
+                    request.mask_blur if request.mask_image else None,
                 ),
             )
 

@@ -37,7 +37,8 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
         name="Seed" + ("s" if len(job.images) > 1 else ""), value=", ".join(str(i.seed) for i in job.images)
     )
     if request.init_image:
-        embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}")
+        masked = f" · inpainting, mask blur {request.mask_blur}" if request.mask_image else ""
+        embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}{masked}")
     if request.hires_scale:
         big_w, big_h = hires_size(spec.width, spec.height, request.hires_scale)
         embed.add_field(
