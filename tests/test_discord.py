@@ -629,6 +629,14 @@ async def test_imagine_starts_from_an_uploaded_picture(env: simcord.Env) -> None
     assert params["Denoising strength"] == "0.5"
     refused = await alice.slash(channel, "imagine", prompt="a fox", image=("fox.png", b"MZ\x90\x00not a picture"))
     assert "not a PNG, JPEG or WebP picture" in refused.followups[0].content
+    mask = io.BytesIO()
+    Image.new("L", (96, 64), 255).save(mask, format="PNG")
+    inpainted = await alice.slash(
+        channel, "imagine", prompt="a red fox", checkpoint="tiny-sd1", steps=4, seed=7,
+        image=("fox.png", picture.getvalue()), mask=("mask.png", mask.getvalue()),
+    )  # fmt: skip
+    fields = {f.name: f.value for f in inpainted.response.embeds[0].fields}
+    assert fields["From a picture"] == "denoising strength 0.75 · inpainting, mask blur 4"
 
 
 async def test_pnginfo_shows_a_pictures_parameters_and_makes_it_here(env: simcord.Env) -> None:
