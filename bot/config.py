@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from bot import outbound
 from bot.errors import ConfigError
+from bot.images.inputs import InputStore
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -60,6 +61,7 @@ class Settings(BaseSettings):
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without
     download_max_gb: float = Field(default=20.0, gt=0)  # owners' downloads by URL or Civitai version
+    inputs_max_gb: float = Field(default=2.0, gt=0)  # uploaded pictures kept for reruns, least recently used go
     # Hosts downloads may reach even on a private address (a model server on the owner's LAN).
     download_allow_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -131,6 +133,9 @@ class Settings(BaseSettings):
 
     def outbound_policy(self) -> outbound.Policy:
         return outbound.Policy(allowed_hosts=frozenset(self.download_allow_hosts))
+
+    def input_store(self) -> InputStore:
+        return InputStore(self.data_dir / "inputs", int(self.inputs_max_gb * 1e9))
 
     @property
     def database_path(self) -> Path:

@@ -17,7 +17,6 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
-from bot.images.inputs import InputStore
 from bot.jobs import Jobs
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
 
@@ -82,7 +81,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, InputStore(settings.data_dir / "inputs"))
+    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store())
     return Services(
         settings,
         db,

@@ -81,3 +81,25 @@ def test_resize_modes_as_a1111_names_them() -> None:
     assert cropped.size == (64, 64) and cropped.getpixel((2, 32))[0] > 200 and cropped.getpixel((61, 32))[2] > 200
     filled = prepare_init(png, 64, 64, "fill")  # fits inside; bands above and below from its edge rows
     assert filled.size == (64, 64) and filled.getpixel((2, 1))[0] > 200 and filled.getpixel((61, 62))[2] > 200
+
+
+async def test_kept_inputs_are_capped_least_recently_used_first(tmp_path) -> None:
+    import os
+
+    from bot.errors import EaselError
+    from bot.images.inputs import InputStore
+
+    store = InputStore(tmp_path / "inputs")
+    names = [f"{i:064x}" for i in range(4)]
+    for age, name in enumerate(names):
+        await store.put(name, bytes(1000))
+        os.utime(store.folder / f"{name}.png", ns=(age * 10**9, age * 10**9))  # written in this order
+    await store.get(names[0])  # used again: now the most recent
+    store.max_bytes = 2500
+    await store.put(f"{9:064x}", bytes(1000))
+    kept = sorted(p.name[:64] for p in store.folder.iterdir())
+    assert kept == sorted([names[0], f"{9:064x}"])  # 2,000 bytes: the others went, oldest first
+    with pytest.raises(EaselError, match="no longer kept"):
+        await store.get(names[1])
+    with pytest.raises(EaselError, match="not a kept input"):
+        await store.get("../../etc/passwd")

@@ -17,7 +17,6 @@ from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, 
 from bot.generation.requests import Limits, hires_size, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
-from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
@@ -71,7 +70,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
             jobs = Jobs(
-                registry, service, None, *network_registries(db, settings), InputStore(settings.data_dir / "inputs")
+                registry, service, None, *network_registries(db, settings), settings.input_store()
             )
             # Every rule and every bad option is checked here, before a worker starts.
             plan = await jobs.plan_imagine(
