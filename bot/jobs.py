@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.catalog.compare import MAX_CHECKPOINTS as MAX_COMPARE
@@ -110,6 +110,7 @@ class JobPlan:
     specs: list[ValidRequest]  # validated once, here; the service queues them as they are
     here: Effective
     seed: int = -1
+    uploads: dict[str, bytes] = field(default_factory=dict)  # pictures to keep (by sha256) once it starts
 
     @property
     def items(self) -> list[tuple[GenerationRequest, CheckpointRef]]:
@@ -226,7 +227,8 @@ class Jobs:
         here = await self.rules(place)
         ref = await self._checkpoint(place, here, options.checkpoint)
         steps = here.steps if options.steps is None else options.steps
-        init = await self._keep_input(options.init_image) if options.init_image is not None else None
+        uploads: dict[str, bytes] = {}
+        init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
         if options.size is not None:
             width, height = options.size
         elif init is not None and options.aspect is None:  # the picture's own shape, at the model's size
@@ -255,17 +257,17 @@ class Jobs:
             init_image=init.sha256 if init else None,
             strength=options.strength,
             resize_mode=options.resize_mode,
-            mask_image=(await self._keep_input(options.mask)).sha256 if options.mask is not None else None,
+            mask_image=(await self._read_input(options.mask, uploads)).sha256 if options.mask is not None else None,
             mask_blur=options.mask_blur,
             hires_scale=options.hires_scale,
             hires_steps=options.hires_steps,
             hires_denoise=options.hires_denoise,
             hires_upscaler=options.hires_upscaler,
         )
-        return await self._checked([(request, ref)], here, place)
+        return await self._checked([(request, ref)], here, place, uploads=uploads)
 
     async def plan_from_infotext(self, asker: Asker, place: Place, info: Infotext) -> JobPlan:
-        """ "Make this here": a picture's A1111 parameters run with the installed checkpoint whose hash
+        """A picture's A1111 parameters ("Make this here") run with the installed checkpoint whose hash
         (or file name) they name, under the rules of the place. MissingCheckpoint when it is not here."""
         params = info.params
         model_hash, model = params.get("Model hash", "").strip(), params.get("Model", "").strip()
@@ -315,12 +317,13 @@ class Jobs:
             raise EaselError("starting from a picture is not available here")
         return await self.inputs.get(sha256)
 
-    async def _keep_input(self, data: bytes) -> Upload:
-        """An uploaded picture, read safely (off the loop) and kept by its hash for this job and its reruns."""
+    async def _read_input(self, data: bytes, uploads: dict[str, bytes]) -> Upload:
+        """An uploaded picture, read safely (off the loop), added to the plan's `uploads`: it is kept by
+        its hash for reruns only once the plan starts, so a refused plan leaves nothing behind."""
         if self.inputs is None:
             raise EaselError("starting from a picture is not available here")
         upload = await asyncio.to_thread(read_upload, data)
-        await self.inputs.put(upload.sha256, upload.png)
+        uploads[upload.sha256] = upload.png
         return upload
 
     async def plan_rerun(
@@ -342,6 +345,7 @@ class Jobs:
         record = await self.generation.get_job(job_id)
         if record is None:
             raise EaselError(f"job {job_id} is not in the records any more")
+        uploads: dict[str, bytes] = {}
         row = record.row
         here = await self.rules(place)
         ref = await resolve_checkpoint(self.registry, checkpoint or row["checkpoint_sha256"])
@@ -362,14 +366,14 @@ class Jobs:
             seed=seed(record),
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
-            init_image=(await self._keep_input(init_image)).sha256 if init_image else row["init_image_sha256"],
+            init_image=(await self._read_input(init_image, uploads)).sha256 if init_image else row["init_image_sha256"],
             strength=strength if strength is not None else row["denoising_strength"] or 0.75,
             resize_mode=row["resize_mode"] or "crop",
             mask_image=row["mask_sha256"] if not init_image else None,  # a Vary starts from the whole picture
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
             **(record.hires | ({"hires_scale": hires_scale} if hires_scale else {})),
         )
-        return await self._checked([(request, ref)], here, place)
+        return await self._checked([(request, ref)], here, place, uploads=uploads)
 
     async def plan_compare(
         self,
@@ -410,15 +414,26 @@ class Jobs:
         return await self._checked(items, here, place, seed)
 
     async def start(self, plan: JobPlan) -> list[JobHandle]:
-        """Queue a plan: all its jobs, or none (the service admits them under its lock)."""
+        """Queue a plan: all its jobs, or none (the service admits them under its lock); then keep its
+        uploaded pictures for reruns (the queued jobs carry their own copies)."""
         if len(plan.specs) == 1:
-            return [await self.generation.admit(plan.specs[0])]
-        return await self.generation.admit_group(plan.specs)
+            handles = [await self.generation.admit(plan.specs[0])]
+        else:
+            handles = await self.generation.admit_group(plan.specs)
+        if plan.uploads and self.inputs is not None:
+            for sha256, png in plan.uploads.items():
+                await self.inputs.put(sha256, png)
+        return handles
 
     # --- the rules ---------------------------------------------------------------------------------
 
     async def _checked(
-        self, items: list[tuple[GenerationRequest, CheckpointRef]], here: Effective, place: Place, seed: int = -1
+        self,
+        items: list[tuple[GenerationRequest, CheckpointRef]],
+        here: Effective,
+        place: Place,
+        seed: int = -1,
+        uploads: dict[str, bytes] | None = None,
     ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them."""
         pictures = sum(request.count for request, _ in items)
@@ -437,10 +452,11 @@ class Jobs:
             if self.embeddings is not None:
                 texts = [request.prompt, request.negative]
                 embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
-            init_png = await self._kept_input(request.init_image)
-            mask_png = await self._kept_input(request.mask_image)
+            uploads = uploads or {}
+            init_png = uploads.get(request.init_image or "") or await self._kept_input(request.init_image)
+            mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
             specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png))
-        return JobPlan(specs, here, seed)
+        return JobPlan(specs, here, seed, uploads or {})
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:
         """The LoRAs the prompt's tags name, each installed, for this checkpoint's base, within limits."""

@@ -20,6 +20,7 @@ from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
+from bot.images.uploads import read_upload
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
 from gpu_worker.worker import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
@@ -107,8 +108,10 @@ async def test_the_size_follows_the_pictures_shape_and_reruns_start_from_it_agai
 async def test_bad_pictures_and_settings_are_refused_before_queueing(world: World) -> None:
     with pytest.raises(EaselError, match="not a PNG, JPEG or WebP"):
         await img2img(world, b"<svg onload=alert(1)>", 0.5)
+    refused_picture = picture_bytes((1, 2, 3), "bar")
     with pytest.raises(EaselError, match="10 steps redraw nothing"):
-        await img2img(world, RED_CIRCLE, 0.05)
+        await img2img(world, refused_picture, 0.05)
+    assert not (world.inputs.folder / f"{read_upload(refused_picture).sha256}.png").exists()  # nothing kept
     with pytest.raises(EaselError, match="resize mode 'zoom' is not one of resize, crop, fill"):
         await img2img(world, RED_CIRCLE, 0.5, resize_mode="zoom")
     _, _, job_id = await img2img(world, RED_CIRCLE, 0.5)
@@ -216,7 +219,7 @@ async def test_inpainting_redraws_only_inside_the_mask(world: World) -> None:
     )  # fmt: skip
     out, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
     assert params["Mask blur"] == "2" and params["Denoising strength"] == "0.9"
-    kept = await world.inputs.get((await world.jobs._keep_input(RED_CIRCLE)).sha256)
+    kept = await world.inputs.get(read_upload(RED_CIRCLE).sha256)  # kept once the job started
     init = np.asarray(prepare_init(kept, 64, 64, "crop")).astype(float)
     blurred = np.asarray(prepare_mask(mask_png.getvalue(), 64, 64, "crop", 2))
     outside, inside = blurred == 0, blurred == 255
