@@ -174,6 +174,8 @@ class Jobs:
         self.loras = loras
         self.embeddings = embeddings
         self.inputs = inputs
+        # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
+        self._decoding = asyncio.Semaphore(2)
 
     # --- what applies where ----------------------------------------------------------------------
 
@@ -299,7 +301,8 @@ class Jobs:
         """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading)."""
         if self.inputs is None:
             raise EaselError("reading pictures is not available here")
-        info = await asyncio.to_thread(read_picture_parameters, picture)
+        async with self._decoding:
+            info = await asyncio.to_thread(read_picture_parameters, picture)
         text = render_infotext(info)
         key = hashlib.sha256(text.encode()).hexdigest()
         await self.inputs.put(key, text.encode(), ".txt")
@@ -322,7 +325,8 @@ class Jobs:
         its hash for reruns only once the plan starts, so a refused plan leaves nothing behind."""
         if self.inputs is None:
             raise EaselError("starting from a picture is not available here")
-        upload = await asyncio.to_thread(read_upload, data)
+        async with self._decoding:
+            upload = await asyncio.to_thread(read_upload, data)
         uploads[upload.sha256] = upload.png
         return upload
 

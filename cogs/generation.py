@@ -117,7 +117,8 @@ class Generation(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] = 20,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        reading = await asyncio.to_thread(explain, prompt, steps)  # the tokenizer blocks
+        words = {e.name: e.rank or 1 for e in await self.jobs.embeddings_shown(place(interaction))}
+        reading = await asyncio.to_thread(explain, prompt, steps, words)  # the tokenizer blocks
         await interaction.followup.send(code_block("\n".join(render(reading))), ephemeral=True)
 
 

@@ -232,3 +232,14 @@ async def test_every_hostile_file_in_the_extra_network_folders_is_refused_by_nam
     for name, reason in expected.items():
         assert reason in refused[name] and "\n" not in refused[name], (name, refused[name])
     assert {n for n, _ in lora_scan.errors} == {n for n in made if n.endswith(".safetensors")}
+
+
+def test_explain_shows_where_a_word_becomes_vectors() -> None:
+    from bot.generation.prompt_explain import explain, render
+
+    reading = explain("a cat, (EasyNegative:1.2), dog", 20, {"EasyNegative": 3})
+    lines = render(reading)
+    assert "   1.2000  <embedding EasyNegative: 3 vectors>" in lines
+    assert reading["schedule"][0]["tokens"] == 8  # a, cat, ",", three vectors, ",", dog: the vectors count
+    plain = render(explain("a cat, (EasyNegative:1.2), dog", 20))
+    assert not any("<embedding" in line for line in plain)

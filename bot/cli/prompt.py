@@ -9,13 +9,21 @@ import json
 from pathlib import Path
 
 from bot.config import Settings
+from bot.db import open_database
 from bot.errors import EaselError
 from bot.generation.prompt_explain import explain, render
 from bot.images.infotext import read_picture_parameters, render_infotext
+from bot.networks.registry import network_registries
 
 
 async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
-    reading = explain(args.text, args.steps)
+    db = await open_database(settings.database_path)
+    try:
+        _, embeddings = network_registries(db, settings)
+        words = {e.name: e.rank or 1 for e in await embeddings.list(status="present")}
+    finally:
+        await db.close()
+    reading = await asyncio.to_thread(explain, args.text, args.steps, words)
     print(json.dumps(reading, indent=2) if args.json else "\n".join(render(reading)))
     return 0
 

@@ -1,6 +1,7 @@
 """How Easel (and A1111) reads a prompt: which text holds at which steps (prompt editing,
-alternation), its 75-token chunks, the weight of every run of tokens, and the extra-network tags
-taken out. Behind `python bot.py prompt explain` and `/explain`. Tokenizer only: no torch.
+alternation), its 75-token chunks, the weight of every run of tokens, the textual-inversion words
+that become vectors, and the extra-network tags taken out. Behind `python bot.py prompt explain`
+and `/explain`. Tokenizer only: no torch.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import EaselError
-from bot.generation.prompt_chunks import CHUNK, Chunk, chunk_prompt
+from bot.generation.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for
 from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.requests import MAX_STEPS
@@ -29,33 +30,51 @@ def _tokenizer() -> Any:
     return CLIPTokenizer.from_pretrained(str(TOKENIZER))
 
 
-def explain(text: str, steps: int = 20) -> dict[str, Any]:
-    """The reading of `text` over `steps` sampling steps; blocking (tokenizer): call it off the loop."""
+def explain(text: str, steps: int = 20, embeddings: dict[str, int] | None = None) -> dict[str, Any]:
+    """The reading of `text` over `steps` sampling steps, with `embeddings` (name -> vectors) as the
+    words that stand for vectors; blocking (tokenizer): call it off the loop."""
     if not 1 <= steps <= MAX_STEPS:
         raise EaselError(f"steps must be between 1 and {MAX_STEPS}")
     tokenizer = _tokenizer()
+    words = words_for(tokenizer, embeddings) if embeddings else None
     schedule, tags = [], []
     for until_step, scheduled in prompt_schedule(text, steps):  # prompt editing and alternation
         tags += [tag.text for tag in parse_prompt(scheduled).extra_networks]
-        chunks = [_chunk_runs(chunk, tokenizer) for chunk in chunk_prompt(scheduled, tokenizer)]
+        chunks = [
+            _chunk_runs(chunk, tokenizer, embeddings or {}) for chunk in chunk_prompt(scheduled, tokenizer, words)
+        ]
         schedule.append(
             {"until_step": until_step, "text": scheduled, "chunks": chunks, "tokens": sum(c["tokens"] for c in chunks)}
         )
     return {"steps": steps, "schedule": schedule, "extra_networks": list(dict.fromkeys(tags))}
 
 
-def _chunk_runs(chunk: Chunk, tokenizer: Any) -> dict[str, Any]:
+def _chunk_runs(chunk: Chunk, tokenizer: Any, embeddings: dict[str, int]) -> dict[str, Any]:
+    """Runs of equal weight, decoded; an embedding's vectors are one run of their own."""
     body = list(zip(chunk.tokens[1:-1], chunk.weights[1:-1], strict=True))
-    used = [(token, weight) for token, weight in body if token != tokenizer.eos_token_id]
+    starts = {offset: name for offset, name in chunk.fixes}
     runs: list[dict[str, Any]] = []
-    for token, weight in used:
-        if runs and runs[-1]["weight"] == weight:
-            runs[-1]["tokens"].append(token)
-        else:
-            runs.append({"weight": weight, "tokens": [token]})
+    used, i = 0, 0
+    while i < len(body):
+        token, weight = body[i]
+        if i in starts:  # an embedding: its vectors, whatever placeholder tokens stand for them
+            name, vectors = starts[i], embeddings.get(starts[i], 1)
+            runs.append({"weight": weight, "text": f"<embedding {name}: {vectors} vectors>"})
+            used, i = used + vectors, i + vectors
+            continue
+        if token != tokenizer.eos_token_id:
+            if runs and runs[-1]["weight"] == weight and "tokens" in runs[-1]:
+                runs[-1]["tokens"].append(token)
+            else:
+                runs.append({"weight": weight, "tokens": [token]})
+            used += 1
+        i += 1
     return {
-        "tokens": len(used),
-        "runs": [{"weight": round(r["weight"], 4), "text": tokenizer.decode(r["tokens"])} for r in runs],
+        "tokens": used,
+        "runs": [
+            {"weight": round(r["weight"], 4), "text": r["text"] if "text" in r else tokenizer.decode(r["tokens"])}
+            for r in runs
+        ],
     }
 
 
