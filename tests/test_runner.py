@@ -212,3 +212,35 @@ def test_out_of_memory_retries_one_image_at_a_time_then_gives_up(
 
 def test_the_worker_maps_every_sampler_name_the_bot_accepts() -> None:
     assert set(SCHEDULERS) == set(SAMPLERS)
+
+
+def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
+    cache: PipelineCache, load_request: LoadRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-image-at-a-time retry runs the same passes: each image still starts from its picture,
+    and a hires job still ends at its hires size."""
+    import io
+
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    real_call = StableDiffusionImg2ImgPipeline.__call__
+    seen: list[tuple[int, float]] = []
+
+    def flaky(self, *args, **kwargs):
+        seen.append((len(kwargs["prompt_embeds"]), kwargs["strength"]))
+        if len(seen) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionImg2ImgPipeline, "__call__", flaky)
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_image=picture.getvalue(), strength=0.5))
+    assert seen == [(2, 0.5), (1, 0.5), (1, 0.5)] and len(rec.of(JobDone)[0].images) == 2
+    seen.clear()
+    rec.run(batch(load_request, JobPart("h", "a", "", (3, 4)), hires_scale=2.0, hires_denoise=0.5))
+    [done] = rec.of(JobDone)[-1:]
+    assert [Image.open(io.BytesIO(i.png)).size for i in done.images] == [(128, 128), (128, 128)]
+    assert [n for n, _ in seen] == [2, 1, 1]  # pass two of the whole batch failed; then image by image
