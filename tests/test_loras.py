@@ -519,3 +519,13 @@ async def test_a_lora_in_diffusers_peft_layout_applies_too(world: World, tiny_di
     before, _ = await picture(world, "a quarry")
     after, params = await picture(world, "a quarry <lora:peft-style:1>")
     assert not np.array_equal(before, after) and params["Lora hashes"] == f"peft-style: {entry.short_hash}"
+
+
+@on_module_loop
+async def test_a_lora_name_may_hold_spaces_as_in_a1111(world: World, tiny_loras: Path) -> None:
+    path = world.loras.folders[0] / "add detail.safetensors"
+    await asyncio.to_thread(with_metadata, tiny_loras / "lora-sd1.safetensors", path, {"n": "spaces"})
+    entry = await world.loras.add(path)
+    assert entry.name == "add detail"
+    _, params = await picture(world, "a quarry <lora:add detail:0.5>")
+    assert params["Lora hashes"] == f"add detail: {entry.short_hash}"

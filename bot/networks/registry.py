@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 LORA_FOLDERS = ("Lora", "LyCORIS")  # A1111's models/Lora; the LyCORIS extension's models/LyCORIS
 EMBEDDING_FOLDERS = ("embeddings",)  # A1111's embeddings; ComfyUI's models/embeddings
 MAX_TRIGGER_WORDS = 12
-_NAME_BAD = re.compile(r"[<>:\s]+")  # characters a <lora:NAME:…> tag cannot carry
+_NAME_BAD = re.compile(r"[<>:]+")  # characters a <lora:NAME:…> tag cannot carry (spaces it can, as in A1111)
 
 
 @dataclass
