@@ -356,6 +356,13 @@ class Jobs:
         width, height = row["width"], row["height"]
         if ref.sha256 != row["checkpoint_sha256"]:  # the same shape, at the new model's native size
             width, height = rescale(width, height, ref.native_size)
+        hires = record.hires | ({"hires_scale": hires_scale} if hires_scale else {})
+        picture = await self._read_input(init_image, uploads) if init_image else None
+        if picture is not None:  # Vary: redraw the picture as it is, at its own size (a hires one too)
+            width, height, hires = picture.width // 8 * 8, picture.height // 8 * 8, {}
+            limits = self.generation.limits
+            if not limits.min_size <= min(width, height) <= max(width, height) <= limits.max_size:
+                width, height = rescale(picture.width, picture.height, ref.native_size, limits.min_size)
         request = self._request(
             asker,
             place,
@@ -370,12 +377,12 @@ class Jobs:
             seed=seed(record),
             count=count or len(record.seeds),
             clip_skip=row["clip_skip"],
-            init_image=(await self._read_input(init_image, uploads)).sha256 if init_image else row["init_image_sha256"],
+            init_image=picture.sha256 if picture else row["init_image_sha256"],
             strength=strength if strength is not None else row["denoising_strength"] or 0.75,
             resize_mode=row["resize_mode"] or "crop",
-            mask_image=row["mask_sha256"] if not init_image else None,  # a Vary starts from the whole picture
+            mask_image=row["mask_sha256"] if picture is None else None,  # a Vary starts from the whole picture
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
-            **(record.hires | ({"hires_scale": hires_scale} if hires_scale else {})),
+            **hires,
         )
         return await self._checked([(request, ref)], here, place, uploads=uploads)
 

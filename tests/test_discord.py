@@ -173,6 +173,9 @@ async def test_vary_and_another_checkpoint(env: simcord.Env) -> None:
     assert (await png_of(upscaled)).size == (128, 128)
     _, _, params = parse_infotext((await png_of(upscaled)).info["parameters"])
     assert params["Seed"] == "10" and params["Hires upscale"] == "2"  # the same seed, twice the size
+    varied_big = (await alice.click(upscaled, label="Vary (subtle)")).response  # a hires picture, varied as it is
+    assert (await png_of(varied_big)).size == (128, 128)
+    assert {f.name: f.value for f in varied_big.embeds[0].fields}["Size"] == "128×128"
     other = (
         await alice.select(message, ["tiny-xl"], custom_id=next(c for c in custom_ids(message) if ":other:" in c))
     ).response
