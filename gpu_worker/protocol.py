@@ -24,6 +24,16 @@ MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame pa
 SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
 
 
+def denoising_steps(steps: int, strength: float) -> int:
+    """Steps a sampler runs from a picture: `steps × strength`, as A1111 does by default (0: none)."""
+    return int(steps * strength)
+
+
+def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The hires fix's pass-two size: A1111's int(size × scale), on the latent's grid of 8."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything the worker needs to turn a registered checkpoint into a pipeline."""
@@ -109,18 +119,17 @@ class RunBatch:
     @property
     def run_steps(self) -> int:
         """Steps the sampler runs: img2img runs `steps × strength` (A1111's default), txt2img all."""
-        return self.steps if self.init_image is None else max(1, int(self.steps * self.strength))
+        return self.steps if self.init_image is None else max(1, denoising_steps(self.steps, self.strength))
 
     @property
     def hires_size(self) -> tuple[int, int]:
-        """Pass two's size: A1111's int(size × scale), on the latent's grid of 8."""
-        return int(self.width * self.hires_scale) // 8 * 8, int(self.height * self.hires_scale) // 8 * 8
+        return hires_size(self.width, self.height, self.hires_scale)
 
     @property
     def hires_run_steps(self) -> int:
         if not self.hires_scale:
             return 0
-        return max(1, int((self.hires_steps or self.steps) * self.hires_denoise))
+        return max(1, denoising_steps(self.hires_steps or self.steps, self.hires_denoise))
 
     @property
     def total_steps(self) -> int:

@@ -75,14 +75,16 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Hires steps": batch.hires_steps if batch.hires_scale and batch.hires_steps else None,
             "Hires upscaler": batch.hires_upscaler if batch.hires_scale else None,
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
-            "Lora hashes": ", ".join(
-                f"{use.name.replace(':', '').replace(',', '')}: {use.short_hash}" for use in batch.loras
-            )
-            or None,
+            "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
             "Version": VERSION,
         },
     )
+
+
+def a1111_alias(name: str) -> str:
+    """A name as A1111 writes it in `Lora hashes` and `TI hashes`: without the list's `:` and `,`."""
+    return name.replace(":", "").replace(",", "")
 
 
 def _denoising(batch: RunBatch) -> float | None:
@@ -193,9 +195,7 @@ class BatchRunner:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
             else:
                 used = words_used(pipe, job.prompt, job.negative, batch.run_steps, words) if words else []
-                ti_hashes = ", ".join(
-                    f"{name.replace(':', '').replace(',', '')}: {words.short_hashes[name]}" for name in used
-                )
+                ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used)
                 results = tuple(
                     _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed, ti_hashes))
                     for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)

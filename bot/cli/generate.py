@@ -14,12 +14,13 @@ from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
-from bot.generation.requests import Limits, hires_size, parse_size
+from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
+from gpu_worker.protocol import hires_size
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:

@@ -7,8 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bot.generation.requests import ValidRequest, hires_size
-from gpu_worker.protocol import ImageResult
+from bot.generation.requests import ValidRequest
+from gpu_worker.protocol import ImageResult, denoising_steps, hires_size
 
 
 class JobState(StrEnum):
@@ -81,7 +81,7 @@ class Job:
         units = s.denoising_steps * self.image_count * s.width * s.height / (512 * 512)
         if s.request.hires_scale:  # pass two, at its size
             big_w, big_h = hires_size(s.width, s.height, s.request.hires_scale)
-            steps = max(1, int((s.request.hires_steps or s.request.steps) * s.request.hires_denoise))
+            steps = max(1, denoising_steps(s.request.hires_steps or s.request.steps, s.request.hires_denoise))
             units += steps * self.image_count * big_w * big_h / (512 * 512)
         return units
 

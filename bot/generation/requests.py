@@ -16,7 +16,7 @@ from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import EmbeddingUse, LoraUse
+from gpu_worker.protocol import EmbeddingUse, LoraUse, denoising_steps, hires_size
 
 
 class GenerationError(EaselError):
@@ -103,7 +103,7 @@ class ValidRequest:
         """Steps actually run: img2img runs `steps × strength` of them, as A1111 does by default."""
         if self.request.init_image is None:
             return self.request.steps
-        return int(self.request.steps * self.request.strength)
+        return denoising_steps(self.request.steps, self.request.strength)
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -171,7 +171,7 @@ def validate(
             raise GenerationError("the input picture is missing")
         if not 0 < request.strength <= 1:
             raise GenerationError(f"denoising strength must be above 0 and at most 1, not {request.strength:g}")
-        if int(request.steps * request.strength) < 1:
+        if denoising_steps(request.steps, request.strength) < 1:
             raise GenerationError(
                 f"at strength {request.strength:g}, {request.steps} steps redraw nothing; raise the steps or strength"
             )
@@ -195,11 +195,6 @@ def validate(
     )
 
 
-def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
-    """Pass two's size, as the worker computes it (gpu_worker/protocol.py RunBatch.hires_size)."""
-    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
-
-
 def _check_hires(request: GenerationRequest, width: int, height: int, limits: Limits) -> None:
     if request.init_image is not None:
         raise GenerationError("the hires fix is for pictures made from text; starting from a picture, set the size")
@@ -210,7 +205,10 @@ def _check_hires(request: GenerationRequest, width: int, height: int, limits: Li
         raise GenerationError(f"the hires fix would make {big_w}x{big_h}; that is over this bot's size limit")
     if not 0 <= request.hires_steps <= limits.max_steps:
         raise GenerationError(f"hires steps must be between 0 and {limits.max_steps}, not {request.hires_steps}")
-    if not 0 < request.hires_denoise <= 1 or int((request.hires_steps or request.steps) * request.hires_denoise) < 1:
+    if (
+        not 0 < request.hires_denoise <= 1
+        or denoising_steps(request.hires_steps or request.steps, request.hires_denoise) < 1
+    ):
         raise GenerationError(f"hires denoising strength {request.hires_denoise:g} redraws nothing; use 0.1 to 1")
     try:
         parse_upscaler(request.hires_upscaler)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import discord
 
 from bot.generation.jobs import Job
-from bot.generation.requests import hires_size
 from bot.networks.selection import lora_strength
+from gpu_worker.protocol import hires_size
 
 TITLE_MAX = 256
 FIELD_MAX = 1024
