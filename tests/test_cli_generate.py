@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
@@ -44,6 +46,14 @@ def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None
     assert (prompt, negative) == ("a red fox, forest", "blurry")
     assert params["Seed"] == "1235" and params["Sampler"] == "Euler a" and params["Steps"] == "4"
     assert "seeds 1234, 1235" in proc.stdout
+    # The picture's own parameters made again (as /pnginfo's "Make this here"): the same picture.
+    shutil.copy(tiny_dir / "tiny-sdxl.safetensors", env / "models" / "tiny-sdxl.safetensors")
+    assert run_bot_py("checkpoints", "add", "tiny-sdxl.safetensors", cwd=env, env={**os.environ}).returncode == 0
+    again = run_bot_py("generate", "--from-picture", str(files[1]), "--out", "again", cwd=env, env={**os.environ})
+    assert again.returncode == 0, again.stderr
+    [remade] = (env / "again").glob("*.png")
+    difference = np.abs(np.asarray(Image.open(remade), dtype=int) - np.asarray(image, dtype=int))
+    assert difference.max() <= 2 and remade.name.endswith("-1235.png")  # made in a batch of two: to rounding
 
 
 def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:

@@ -17,6 +17,7 @@ from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, 
 from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
+from bot.images.infotext import read_picture_parameters
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
@@ -74,9 +75,14 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 registry, service, None, *network_registries(db, settings), settings.input_store()
             )
             # Every rule and every bad option is checked here, before a worker starts.
-            plan = await jobs.plan_imagine(
-                Asker.host(os.environ.get("USER", "cli")), Place.command_line(), options_from_args(args)
-            )
+            asker = Asker.host(os.environ.get("USER", "cli"))
+            if args.from_picture:  # /pnginfo's "Make this here": a picture's own parameters
+                info = await asyncio.to_thread(read_picture_parameters, _read_input(args.from_picture))
+                plan = await jobs.plan_from_infotext(asker, Place.command_line(), info)
+            else:
+                if not (args.checkpoint and args.prompt):
+                    raise EaselError("give --checkpoint and --prompt, or --from-picture PICTURE")
+                plan = await jobs.plan_imagine(asker, Place.command_line(), options_from_args(args))
         print(f"starting the worker on {devices[0]}…", flush=True)
         await service.start()
         [handle] = await jobs.start(plan)
@@ -135,8 +141,9 @@ def write_images(job, out: Path) -> None:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images with a checkpoint (same service and worker as the bot)")
-    p.add_argument("--checkpoint", required=True, help="registered name, AutoV2 hash, or a checkpoint file path")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--checkpoint", help="registered name, AutoV2 hash, or a checkpoint file path")
+    p.add_argument("--prompt")
+    p.add_argument("--from-picture", help="make a picture's A1111 parameters again here (as /pnginfo's button)")
     p.add_argument("--negative", default="")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0)
