@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
 import os
 import socket
@@ -21,6 +22,7 @@ import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +137,69 @@ class ChildProcess:
         """SIGKILL, as a crash would; the exit is reported like any other."""
         if self._process is not None and self._process.poll() is None:
             self._process.kill()
+
+
+OrderProgress = Callable[[int, int], None]
+
+
+async def run_order(
+    command: str,
+    order: bytes,
+    progress: OrderProgress | None = None,
+    on_start: Callable[[int | None], None] | None = None,
+) -> int | None:
+    """Hand one order to a one-shot `python -m gpu_worker COMMAND` and follow it to its exit: its
+    progress frames go to `progress`, a refusal frame ({"error"}) becomes an EaselError, and the peak
+    memory it reports is returned. A cancelled caller kills the process and waits for its exit."""
+    from bot.errors import EaselError
+
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[int | None] = loop.create_future()
+    failure: list[str] = []
+    peak: list[int] = []
+    stopping = False
+
+    def on_frame(frame: bytes) -> None:
+        if stopping:  # cancelled or failed: late progress must not call back into the caller
+            return
+        try:
+            update = json.loads(frame)
+        except ValueError:
+            return
+        if not isinstance(update, dict):
+            return
+        if "error" in update:
+            failure.append(str(update["error"]))
+        elif "peak_rss_bytes" in update:
+            peak.append(int(update["peak_rss_bytes"]))
+        elif progress is not None:
+            progress(int(update["done"]), int(update["total"]))
+
+    def on_exit(code: int | None) -> None:
+        if not exited.done():
+            exited.set_result(code)
+
+    child = ChildProcess(f"{command} process", [command], on_frame=on_frame, on_exit=on_exit)
+    child.start()
+    if on_start is not None:
+        on_start(child.pid)
+    try:
+        child.send(order)  # the order, as data: the process does not plan again
+        code = await exited
+        if code != 0:
+            raise EaselError(failure[-1] if failure else f"the {command} failed (exit code {code})")
+    except BaseException:
+        stopping = True
+        child.kill()
+        await despite_cancellation(exited)  # the cleanup finishes even if the caller cancels again
+        raise
+    return peak[-1] if peak else None
+
+
+async def despite_cancellation(future: asyncio.Future[Any]) -> None:
+    """Wait for `future` to finish even if the waiting task is cancelled, again and again, meanwhile."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue

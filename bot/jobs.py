@@ -37,7 +37,8 @@ from bot.images.inputs import InputStore
 from bot.images.uploads import Upload, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
-from gpu_worker.protocol import LoraUse
+from bot.upscalers.service import Upscaled, UpscaleService
+from gpu_worker.protocol import LoraUse, UpscalerUse
 
 # The Vary buttons: img2img from the picture, a new seed, at these denoising strengths.
 VARY_SUBTLE = 0.35
@@ -167,6 +168,7 @@ class Jobs:
         loras: LoraRegistry | None = None,
         embeddings: EmbeddingRegistry | None = None,
         inputs: InputStore | None = None,
+        upscaling: UpscaleService | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
@@ -174,6 +176,8 @@ class Jobs:
         self.loras = loras
         self.embeddings = embeddings
         self.inputs = inputs
+        self.upscaling = upscaling
+        self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
         self._decoding = asyncio.Semaphore(2)
 
@@ -307,6 +311,17 @@ class Jobs:
         key = hashlib.sha256(text.encode()).hexdigest()
         await self.inputs.put(key, text.encode(), ".txt")
         return key, info
+
+    async def upscale(
+        self, picture: bytes, upscaler: str, scale: float, progress: Callable[[int, int], None] | None = None
+    ) -> Upscaled:
+        """An uploaded picture enlarged on its own (A1111's Extras): read as every upload is, then
+        upscaled to `scale` times its size by the upscaler named (a model, Lanczos or Nearest)."""
+        if self.upscaling is None:
+            raise EaselError("upscaling is not available here")
+        async with self._decoding:
+            upload = await asyncio.to_thread(read_upload, picture)
+        return await self.upscaling.upscale(upload.png, picture, upscaler, scale, progress)
 
     async def kept_parameters(self, key: str) -> Infotext:
         if self.inputs is None:
@@ -466,8 +481,16 @@ class Jobs:
             uploads = uploads or {}
             init_png = uploads.get(request.init_image or "") or await self._kept_input(request.init_image)
             mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
-            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png))
+            hires_model = await self._hires_model(request)
+            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model))
         return JobPlan(specs, here, seed, uploads or {})
+
+    async def _hires_model(self, request: GenerationRequest) -> UpscalerUse | None:
+        """The upscaler model a hires fix names, if it names one rather than a built-in upscaler."""
+        if not request.hires_scale or self.upscalers is None:
+            return None
+        found = await self.upscalers.resolve(request.hires_upscaler)
+        return found if isinstance(found, UpscalerUse) else None
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:
         """The LoRAs the prompt's tags name, each installed, for this checkpoint's base, within limits."""

@@ -1,6 +1,6 @@
-"""Model files of any kind, for the commands that take "a file": the LoRA and embeddings folders hold
-those, the rest of the models directory checkpoints (as A1111's models/Lora, embeddings and
-models/Stable-diffusion)."""
+"""Model files of any kind, for the commands that take "a file": the LoRA, embeddings and upscaler
+folders hold those, the rest of the models directory checkpoints (as A1111's models/Lora, embeddings,
+models/ESRGAN and models/Stable-diffusion)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
+import aiosqlite
+
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashProgress, ScanReport
+from bot.config import Settings
 from bot.errors import RegistryError
-from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan
+from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
+from bot.upscalers.registry import upscaler_registry
+
+
+def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[NetworkRegistry]:
+    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers."""
+    return [*network_registries(db, settings), upscaler_registry(db, settings)]
 
 
 async def add_model_file(
@@ -46,4 +55,4 @@ async def remove_model(
     for registry in networks:
         if await registry.find(ref) is not None:
             return await registry.remove(ref)
-    raise RegistryError(f"no checkpoint, LoRA or embedding named {ref!r}")
+    raise RegistryError(f"no checkpoint, LoRA, embedding or upscaler named {ref!r}")

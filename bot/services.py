@@ -19,6 +19,8 @@ from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
 from bot.jobs import Jobs
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
+from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
+from bot.upscalers.service import UpscaleService
 
 
 @dataclass
@@ -34,11 +36,14 @@ class Services:
     jobs: Jobs  # every job is started here, whatever the front end
     loras: LoraRegistry
     embeddings: EmbeddingRegistry
+    upscalers: UpscalerRegistry
+    upscaling: UpscaleService
 
     @property
     def networks(self) -> list[NetworkRegistry]:
-        """The extra networks' registries (LoRAs, embeddings), for the commands that take any model file."""
-        return [self.loras, self.embeddings]
+        """The registries of files beside checkpoints (LoRAs, embeddings, upscalers), for the commands
+        that take any model file."""
+        return [self.loras, self.embeddings, self.upscalers]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -77,11 +82,13 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         civitai_api_key=settings.civitai_key,
         loras=loras,
     )
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings])
+    upscalers = upscaler_registry(db, settings)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers])
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
-    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store())
+    upscaling = UpscaleService(upscalers)
+    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store(), upscaling)
     return Services(
         settings,
         db,
@@ -94,4 +101,6 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         jobs,
         loras,
         embeddings,
+        upscalers,
+        upscaling,
     )

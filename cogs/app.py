@@ -23,6 +23,7 @@ EXTENSIONS = (
     "cogs.generation",
     "cogs.catalog",
     "cogs.loras",
+    "cogs.upscale",
     "cogs.status",
     "cogs.admin",
     "cogs.moderation",

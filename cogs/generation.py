@@ -21,6 +21,7 @@ from cogs.utils.context import asker, place
 from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
+from cogs.utils.upscaler_option import HiresUpscaler
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -51,6 +52,8 @@ class Generation(commands.Cog):
         image="Start from this picture (img2img): PNG, JPEG or WebP",
         strength="With a picture: how much of it is redrawn (denoising strength)",
         mask="With a picture: redraw only where this mask is white (inpainting)",
+        hires="Hires fix: draw, enlarge by this factor, and draw again (A1111's Hires upscale)",
+        upscaler="Hires fix: how the first picture is enlarged (a latent mode, or an upscaler model)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -75,6 +78,8 @@ class Generation(commands.Cog):
         image: discord.Attachment | None = None,
         strength: app_commands.Range[float, 0.01, 1.0] = 0.75,
         mask: discord.Attachment | None = None,
+        hires: app_commands.Range[float, 1.1, 4.0] | None = None,
+        upscaler: HiresUpscaler = "Latent",
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -93,6 +98,8 @@ class Generation(commands.Cog):
             init_image=await read_attachment(image) if image is not None else None,
             strength=strength,
             mask=await read_attachment(mask) if mask is not None else None,
+            hires_scale=hires or 0.0,
+            hires_upscaler=upscaler,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -6,6 +6,8 @@ generate PATH …        one batch in this process, printing every event: for de
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
 make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkpoints
 make-tiny-embedding    a tiny random textual-inversion embedding for them
+make-tiny-upscaler     a tiny random-weight upscaler (ESRGAN, Real-ESRGAN or compact layout)
+upscale --fd N         enlarge one picture with an upscaler model (the bot's upscale service starts this)
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
 """
 
@@ -34,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="worker-debug.png")
     p = sub.add_parser("bake", help="bake LoRAs into a checkpoint (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
+    p = sub.add_parser(
+        "upscale", help="enlarge a picture with an upscaler model (the bot's upscale service starts this)"
+    )
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--device", default="auto")
+    p = sub.add_parser("make-tiny-upscaler")
+    p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
+    p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
@@ -69,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         return _merge(args.fd)
     if args.command == "bake":
         return _bake(args.fd)
+    if args.command == "upscale":
+        return _upscale(args.fd, args.device)
+    if args.command == "make-tiny-upscaler":
+        return _make_tiny_upscaler(args)
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 
@@ -152,6 +168,59 @@ def _bake(fd: int) -> int:
         send({"error": str(e) or type(e).__name__})
         return 1
     send({"peak_rss_bytes": peak_rss_bytes()})
+    return 0
+
+
+def _upscale(fd: int, device_name: str) -> int:
+    """As _merge, for an UpscaleOrder: progress is tiles done of the tiles of every pass."""
+    from multiprocessing.connection import Connection
+
+    import torch
+    from PIL import Image
+
+    from bot.upscalers.detection import UpscalerFileError
+    from gpu_worker.merge import peak_rss_bytes
+    from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, UpscaleOrder, decode_order
+    from gpu_worker.render import png_with_texts
+    from gpu_worker.upscale_models import load_upscaler, upscale_picture
+    from gpu_worker.worker import resolve_device
+
+    conn = Connection(fd)
+
+    def send(message: dict) -> None:
+        conn.send_bytes(json.dumps(message).encode())
+
+    try:
+        order = decode_order(conn.recv_bytes(MAX_FRAME_BYTES), UpscaleOrder)
+        upscaler = load_upscaler(Path(order.model.path), torch.device(resolve_device(device_name)))
+        with Image.open(order.source, formats=["PNG"]) as source:
+            picture = upscale_picture(
+                upscaler,
+                source.convert("RGB"),
+                (order.width, order.height),
+                progress=lambda done, total: send({"done": done, "total": total}),
+            )
+        out, temp = Path(order.out), Path(order.out + ".part")
+        temp.write_bytes(png_with_texts(picture, order.texts))
+        temp.replace(out)
+    except (BadFrame, UpscalerFileError, OSError, EOFError, ValueError) as e:
+        send({"error": str(e) or type(e).__name__})
+        return 1
+    send({"peak_rss_bytes": peak_rss_bytes()})
+    return 0
+
+
+def _make_tiny_upscaler(args: argparse.Namespace) -> int:
+    from gpu_worker.tiny_upscalers import make_tiny_upscaler
+
+    try:
+        out = make_tiny_upscaler(Path(args.out), args.layout, args.scale, args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out} (tiny {args.layout} {args.scale}x upscaler, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)"
+    )
     return 0
 
 

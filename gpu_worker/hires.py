@@ -3,7 +3,7 @@
 Followed (facts, not code) from AUTOMATIC1111 modules/processing.py `sample_hr_pass`: a latent
 upscaler enlarges the latent itself with `interpolate` (the mode and antialiasing its name says), and
 pass two starts from that latent; a picture upscaler decodes the latent, enlarges the picture, and
-pass two encodes it again.
+pass two encodes it again. An upscaler model is a picture upscaler (gpu_worker/upscale_models.py).
 """
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ import torch
 from PIL import Image
 
 from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
+from gpu_worker.upscale_models import Upscaler, upscale_picture
 
 
-def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str) -> torch.Tensor | list:
+def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str | Upscaler) -> torch.Tensor | list:
     """Pass two's input: an enlarged latent, or enlarged pictures (PIL)."""
     width, height = size
-    if upscaler in LATENT_UPSCALERS:
+    if isinstance(upscaler, str) and upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[upscaler]
         options = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
         return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, **options)
     with torch.no_grad():
         decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
     pictures = pipe.image_processor.postprocess(decoded, output_type="pil")
+    if isinstance(upscaler, Upscaler):
+        return [upscale_picture(upscaler, picture, size) for picture in pictures]
     resample = getattr(Image.Resampling, PICTURE_UPSCALERS[upscaler])
     return [picture.resize((width, height), resample) for picture in pictures]
-

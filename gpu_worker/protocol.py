@@ -88,6 +88,16 @@ class EmbeddingUse:
 
 
 @dataclass(frozen=True)
+class UpscalerUse:
+    """An upscaler model (ESRGAN family) a hires fix or an upscale runs."""
+
+    name: str  # as A1111 names it: the file stem, or its name for a Real-ESRGAN release
+    path: str
+    sha256: str  # identity: the model stays loaded in the worker under it
+    scale: int  # of one pass
+
+
+@dataclass(frozen=True)
 class RunBatch:
     __pydantic_config__ = _BYTES_AS_BASE64
 
@@ -114,7 +124,8 @@ class RunBatch:
     hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
     hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
-    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
+    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py, or hires_model's name
+    hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
 
     @property
     def run_steps(self) -> int:
@@ -329,7 +340,22 @@ class BakeOrder:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-Order = MergeOrder | BakeOrder
+# --- a picture enlarged by an upscaler model (bot -> `python -m gpu_worker upscale`) ----------------
+
+
+@dataclass(frozen=True)
+class UpscaleOrder:
+    """A picture to enlarge to an exact size; the bot read the picture and checked the size."""
+
+    source: str  # a plain RGB PNG the bot wrote
+    out: str  # where the PNG goes, with these text chunks (A1111: `parameters`, `postprocessing`)
+    model: UpscalerUse
+    width: int
+    height: int
+    texts: dict[str, str] = field(default_factory=dict)
+
+
+Order = MergeOrder | BakeOrder | UpscaleOrder
 
 
 def encode_order(order: Order) -> bytes:

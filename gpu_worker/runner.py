@@ -17,6 +17,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from bot.upscalers.detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
@@ -39,6 +40,7 @@ from gpu_worker.protocol import (
 from gpu_worker.render import png_with_infotext
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache, EmbeddingError, WordEmbeddings
+from gpu_worker.upscale_models import UpscalerCache
 
 log = logging.getLogger(__name__)
 VERSION = "Easel 0.1.0"
@@ -115,6 +117,7 @@ class BatchRunner:
         self._img2img: DiffusionPipeline | None = None  # the cached pipeline's modules, for img2img and hires
         self._pass = (0, 0)  # (steps of earlier passes in this call, steps of this pass), for progress
         self._model_passes = 0
+        self.upscalers = UpscalerCache(torch.device(device))
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -127,7 +130,7 @@ class BatchRunner:
         except BatchCancelled:
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory) as e:
+        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError) as e:
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
             log.exception("batch %s failed", batch.batch_id)
@@ -279,7 +282,9 @@ class BatchRunner:
                 return first
             # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
             self._pass = (batch.run_steps, batch.hires_run_steps)
-            enlarged = upscale(pipe, first, batch.hires_size, batch.hires_upscaler)
+            model = batch.hires_model
+            upscaler = self.upscalers.get(model.path, model.sha256) if model else batch.hires_upscaler
+            enlarged = upscale(pipe, first, batch.hires_size, upscaler)
             shape = {"image": enlarged, "strength": batch.hires_denoise}
             steps = batch.hires_steps or batch.steps
             return sample(self._img2img, p, n, s, steps, batch.hires_run_steps, shape, "pil")

@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
+from gpu_worker.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -36,6 +37,7 @@ async def services(
     shutil.copy(tiny_loras / "lora-sd1.safetensors", models / "Lora" / "ink.safetensors")
     (models / "embeddings").mkdir()
     shutil.copy(tiny_loras / "embedding-sd1.safetensors", models / "embeddings" / "blotchy.safetensors")
+    make_tiny_upscaler(models / "ESRGAN" / "2x-Tiny.pth", "esrgan", 2)
     settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
     await scan_models(services.registry, services.networks)
@@ -654,3 +656,22 @@ async def test_pnginfo_shows_a_pictures_parameters_and_makes_it_here(env: simcor
     Image.new("RGB", (8, 8)).save(plain, format="PNG")
     refused = await alice.slash(channel, "pnginfo", image=("plain.png", plain.getvalue()))
     assert "carries no generation parameters" in (refused.followups or [refused.response])[0].content
+
+
+async def test_upscale_enlarges_a_picture_and_imagine_takes_an_upscaler_for_its_hires_fix(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    options = {"prompt": "a lantern", "checkpoint": "tiny-sd1", "steps": 2, "seed": 5}
+    made = (await alice.slash(channel, "imagine", hires=2.0, upscaler="2x-Tiny", **options)).response
+    image = await png_of(made)
+    params = parse_infotext(image.info["parameters"])[2]
+    assert image.size == (128, 128) and (params["Hires upscale"], params["Hires upscaler"]) == ("2", "2x-Tiny")
+    picture = await made.attachments[0].read()
+    upscaled = (await alice.slash(channel, "upscale", image=("lantern.png", picture), upscaler="2x-Tiny", scale=2.0))
+    out = await png_of(upscaled.response)
+    assert out.size == (256, 256) and out.info["parameters"] == image.info["parameters"]
+    assert out.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: 2x-Tiny"
+    assert "256×256" in upscaled.response.content
+    refused = await alice.slash(channel, "upscale", image=("lantern.png", picture), upscaler="Latent", scale=2.0)
+    assert "inside the hires fix" in (refused.followups or [refused.response])[0].content
+    gif = await alice.slash(channel, "upscale", image=("x.png", b"GIF89a" + bytes(64)), scale=2.0)
+    assert "not a PNG, JPEG or WebP" in (gif.followups or [gif.response])[0].content

@@ -22,6 +22,9 @@ from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.images.uploads import read_upload
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from bot.upscalers.registry import UpscalerRegistry
+from bot.upscalers.service import UpscaleService
+from gpu_worker.tiny_upscalers import make_tiny_upscaler
 from gpu_worker.worker import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
@@ -57,13 +60,16 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
     (root / "models").mkdir()
     for arch in ("sd1", "sdxl"):
         shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", root / "models" / f"tiny-{arch}.safetensors")
+    make_tiny_upscaler(root / "models" / "ESRGAN" / "2x-Tiny.pth", "esrgan", 2)
     db = await open_database(root / "easel.sqlite3")
     registry = CheckpointRegistry(db, root / "models")
     await registry.scan()
+    upscalers = UpscalerRegistry(db, root / "models")
+    await upscalers.scan()
     service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
     await service.start()
     inputs = InputStore(root / "data" / "inputs")
-    yield World(Jobs(registry, service, None, inputs=inputs), inputs)
+    yield World(Jobs(registry, service, None, inputs=inputs, upscaling=UpscaleService(upscalers)), inputs)
     await service.close()
     await db.close()
 
@@ -127,14 +133,14 @@ async def test_bad_pictures_and_settings_are_refused_before_queueing(world: Worl
 async def test_hires_fix_doubles_the_size_in_two_passes_and_says_so_as_a1111_does(world: World) -> None:
     from bot.generation.jobs import Progress
 
-    for upscaler in ("Latent", "Lanczos"):
+    for upscaler in ("Latent", "Lanczos", "2x-Tiny"):
         options = ImagineOptions(
             prompt="a lighthouse",
             checkpoint="tiny-sd1",
             steps=4,
             seed=8,
             hires_scale=2,
-            hires_upscaler=upscaler.lower(),
+            hires_upscaler=upscaler.upper(),
         )
         [handle] = await world.jobs.start(await world.jobs.plan_imagine(HOST, HERE, options))
         events = [event async for event in handle.events()]
@@ -155,7 +161,7 @@ async def test_hires_fix_doubles_the_size_in_two_passes_and_says_so_as_a1111_doe
 async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
     for values, message in (
         ({"hires_scale": 5}, "hires upscale must be above 1 and at most 4"),
-        ({"hires_scale": 2, "hires_upscaler": "ESRGAN 4x"}, "unknown hires upscaler 'ESRGAN 4x'"),
+        ({"hires_scale": 2, "hires_upscaler": "ESRGAN 4x"}, "no upscaler named 'ESRGAN 4x'; choose one of Latent"),
         ({"hires_scale": 2, "hires_denoise": 0.01}, "redraws nothing"),
         ({"hires_scale": 4, "size": (1024, 1024)}, "would make 4096x4096"),
         ({"hires_scale": 2, "init_image": RED_CIRCLE}, "the hires fix is for pictures made from text"),

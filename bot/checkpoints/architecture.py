@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from bot.checkpoints.tensors import TensorInfo
 from bot.networks.detection import detect_embedding, is_adapter
+from bot.upscalers.detection import UpscalerFileError, detect_upscaler
 
 UNET = "model.diffusion_model."
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
@@ -80,6 +81,15 @@ def detect_architecture(
     if embedding is not None:
         label = "textual-inversion embedding (not a checkpoint)"
         return unusable("embedding", label, embedding.decided_by, "a textual-inversion embedding, not a checkpoint")
+    try:
+        upscaler = detect_upscaler({name: tensors[name].shape for name in keys})
+    except UpscalerFileError:
+        upscaler = None
+    if upscaler is not None:
+        first = next(iter(keys))
+        return unusable(
+            "upscaler", f"{upscaler.label} upscaler (not a checkpoint)", first, "an upscaler model, not a checkpoint"
+        )
     for key in (
         "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
         "double_blocks.0.img_attn.norm.key_norm.scale",

@@ -24,7 +24,7 @@ from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, merge_orde
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
 from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.checkpoints.safetensors_writer import temp_path
-from bot.child_process import ChildProcess
+from bot.child_process import despite_cancellation, run_order
 from bot.errors import CheckpointFileError, EaselError, RegistryError
 from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.requests import Limits
@@ -210,57 +210,18 @@ class MergeService:
 
     async def _run(self, order: bytes, command: str, temp: Path, progress: MergeProgress | None) -> None:
         """Hand the order to `python -m gpu_worker COMMAND` and follow it to its exit."""
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[int | None] = loop.create_future()
-        failure: list[str] = []
         self.last_peak_rss = None
 
-        stopping = False
+        def started(pid: int | None) -> None:
+            self.running_pid = pid
 
-        def on_frame(frame: bytes) -> None:
-            if stopping:  # cancelled or failed: late progress must not call back into the caller
-                return
-            try:
-                update = json.loads(frame)
-            except ValueError:
-                return
-            if "error" in update:
-                failure.append(str(update["error"]))
-            elif "peak_rss_bytes" in update:
-                self.last_peak_rss = update["peak_rss_bytes"]
-            elif progress is not None:
-                progress(int(update["done"]), int(update["total"]))
-
-        def on_exit(code: int | None) -> None:
-            if not exited.done():
-                exited.set_result(code)
-
-        child = ChildProcess(f"{command} process", [command], on_frame=on_frame, on_exit=on_exit)
-        child.start()
-        self.running_pid = child.pid
         try:
-            child.send(order)  # the order, as data: the process does not plan again
-            code = await exited
-            if code != 0:
-                raise EaselError(failure[-1] if failure else f"the {command} failed (exit code {code})")
+            self.last_peak_rss = await run_order(command, order, progress, started)
         except BaseException:
-            stopping = True
-            child.kill()
-            # The cleanup finishes even if the caller cancels again meanwhile.
-            await _despite_cancellation(exited)
-            await _despite_cancellation(asyncio.ensure_future(asyncio.to_thread(temp.unlink, missing_ok=True)))
+            await despite_cancellation(asyncio.ensure_future(asyncio.to_thread(temp.unlink, missing_ok=True)))
             raise
         finally:
             self.running_pid = None
-
-
-async def _despite_cancellation(future: asyncio.Future[Any]) -> None:
-    """Wait for `future` to finish even if the waiting task is cancelled, again and again, meanwhile."""
-    while not future.done():
-        try:
-            await asyncio.shield(future)
-        except asyncio.CancelledError:
-            continue
 
 
 def default_name(request: MergeRequest, a: MergeInput, b: MergeInput | None, c: MergeInput | None) -> str:

@@ -25,6 +25,7 @@ from bot.checkpoints.safe_pickle import (
 )
 from bot.checkpoints.tensors import DTYPE_SIZES
 from bot.errors import CheckpointFileError
+from bot.upscalers.detection import state_dict_of
 
 __all__ = ["STORAGE_DTYPES", "PickleCheckpoint", "PickledTensor", "read_pickle_checkpoint", "safe_unpickle"]
 
@@ -215,6 +216,7 @@ def _find_state_dict(root: object) -> tuple[dict, dict[str, object]]:
     state = root
     while isinstance(state.get("state_dict"), dict):  # Lightning nests it, sometimes twice
         state = state["state_dict"]
+    state = dict(state_dict_of(state))  # an upscaler saved by BasicSR / Real-ESRGAN
     if isinstance(state.get("string_to_param"), dict):  # an A1111 textual-inversion embedding
         state = {f"string_to_param.{k}": v for k, v in state["string_to_param"].items()}
     extras = {

@@ -252,8 +252,12 @@ class CheckpointRegistry:
 
         examined = await self._examine(resolved, progress)
         family = examined.inspection.architecture.family
-        if family in ("lora", "embedding"):
-            noun, folder = ("a LoRA", "models/Lora") if family == "lora" else ("an embedding", "models/embeddings")
+        if family in ("lora", "embedding", "upscaler"):
+            noun, folder = {
+                "lora": ("a LoRA", "models/Lora"),
+                "embedding": ("an embedding", "models/embeddings"),
+                "upscaler": ("an upscaler model", "models/ESRGAN"),
+            }[family]
             raise RegistryError(f"{relative} is {noun}, not a checkpoint; put it in the {folder} folder")
         twin = await self.find_by_sha256(examined.hashes.sha256)
         if twin is not None:

@@ -23,8 +23,8 @@ from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.model_files import add_model_file, remove_model, scan_models
-from bot.networks.registry import NetworkEntry, network_registries
+from bot.model_files import add_model_file, file_registries, remove_model, scan_models
+from bot.networks.registry import NetworkEntry
 
 PROGRESS_MIN_BYTES = 64 << 20
 
@@ -91,7 +91,7 @@ async def cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
         entry = await add_model_file(
             registry,
-            network_registries(registry.db, settings),
+            file_registries(registry.db, settings),
             Path(args.path),
             name=args.name,
             description=args.description,
@@ -163,7 +163,7 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
         bar.update(done - bar.n)
 
     async with open_registry(settings) as registry:
-        downloader = Downloader.from_settings(registry, settings, network_registries(registry.db, settings))
+        downloader = Downloader.from_settings(registry, settings, file_registries(registry.db, settings))
         try:
             entry = await downloader.download(
                 args.source, name=args.name, sha256=args.sha256, nsfw=args.nsfw, progress=progress
@@ -177,7 +177,7 @@ async def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings, need_models_dir=False) as registry:
-        entry = await remove_model(registry, network_registries(registry.db, settings), args.name)
+        entry = await remove_model(registry, file_registries(registry.db, settings), args.name)
     kind = f"the {entry.label} " if isinstance(entry, NetworkEntry) else ""
     print(f"removed {kind}{entry.name} from the registry (the file {entry.relative_path} was left in place)")
     return 0
@@ -185,7 +185,7 @@ async def cmd_remove(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_scan(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings) as registry:
-        networks = network_registries(registry.db, settings)
+        networks = file_registries(registry.db, settings)
         report, others = await scan_models(registry, networks, hash_progress())
     if args.json:
         _print_json(report.to_dict() | {n.table: o.to_dict() for n, o in zip(networks, others, strict=True)})

@@ -21,6 +21,8 @@ from bot.images.infotext import read_picture_parameters
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
+from bot.upscalers.registry import upscaler_registry
+from bot.upscalers.service import UpscaleService
 from gpu_worker.protocol import hires_size
 
 
@@ -71,9 +73,8 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
-            jobs = Jobs(
-                registry, service, None, *network_registries(db, settings), settings.input_store()
-            )
+            upscaling = UpscaleService(upscaler_registry(db, settings))
+            jobs = Jobs(registry, service, None, *network_registries(db, settings), settings.input_store(), upscaling)
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
             if args.from_picture:  # /pnginfo's "Make this here": a picture's own parameters
@@ -163,7 +164,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hires", type=float, help="hires fix: a second pass at this size factor (e.g. 2)")
     p.add_argument("--hires-steps", type=int, default=0, help="the second pass's steps (0: as many as the first)")
     p.add_argument("--hires-denoise", type=float, default=0.7, help="the second pass's denoising strength")
-    p.add_argument("--upscaler", default="Latent", help='hires upscaler: "Latent", "Latent (bicubic)", "Lanczos", …')
+    p.add_argument(
+        "--upscaler",
+        default="Latent",
+        help='hires upscaler: "Latent", "Latent (bicubic)", "Lanczos", or an upscaler model (`upscalers list`)',
+    )
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.set_defaults(handler=cmd_generate)

@@ -1,5 +1,5 @@
-"""CLI commands about extra networks: loras|embeddings list|info|add|remove|scan, make-tiny-lora,
-make-tiny-embedding."""
+"""CLI commands about the files beside checkpoints: loras|embeddings|upscalers list|info|add|remove|scan,
+make-tiny-lora, make-tiny-embedding, make-tiny-upscaler."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ from bot.networks.registry import (
     NetworkScan,
     network_registries,
 )
+from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
 
 
 @asynccontextmanager
 async def open_network(settings: Settings, kind: type[NetworkRegistry]) -> AsyncIterator[NetworkRegistry]:
     db = await open_database(settings.database_path)
     try:
-        yield next(r for r in network_registries(db, settings) if isinstance(r, kind))
+        registries = [*network_registries(db, settings), upscaler_registry(db, settings)]
+        yield next(r for r in registries if isinstance(r, kind))
     finally:
         await db.close()
 
@@ -43,6 +45,8 @@ def render_network_line(e: NetworkEntry) -> str:
 
 
 def render_network(e: NetworkEntry) -> str:
+    if e.kind == "upscaler":
+        return render_upscaler(e)
     use = (
         f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
         if e.kind != "embedding"
@@ -65,6 +69,19 @@ def render_network(e: NetworkEntry) -> str:
         lines.append(f"Description:   {e.description[:300]}")
     if e.nsfw:
         lines.append("NSFW:          yes")
+    return "\n".join(lines)
+
+
+def render_upscaler(e: NetworkEntry) -> str:
+    name = e.alias or e.name
+    lines = [
+        f"Name:          {name}" + (f" (file {e.name})" if e.alias else ""),
+        f"Use:           upscale PICTURE --upscaler {name!r} --scale 4; generate --hires 2 --upscaler {name!r}",
+        f"Network:       {e.label}, {e.layout} layout; one pass enlarges {e.rank}x",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
+        f"Hashes:        sha256 {e.sha256}, AutoV2 {e.autov2.upper()}",
+    ]
     return "\n".join(lines)
 
 
@@ -131,6 +148,12 @@ async def cmd_make_tiny_lora(args: argparse.Namespace, settings: Settings) -> in
     return 0
 
 
+async def cmd_make_tiny_upscaler(args: argparse.Namespace, settings: Settings) -> int:
+    argv = ["make-tiny-upscaler", "--layout", args.layout, "--scale", str(args.scale), "--seed", str(args.seed)]
+    print(await run_worker_tool(*argv, args.out))
+    return 0
+
+
 async def cmd_make_tiny_embedding(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["make-tiny-embedding", "--base", args.base, "--seed", str(args.seed), "--vectors", str(args.vectors)]
     print(await run_worker_tool(*argv, args.out))
@@ -150,17 +173,27 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vectors", type=int, default=2, help="vectors (tokens) the word stands for")
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_embedding)
+    p = sub.add_parser("make-tiny-upscaler", help="write a tiny random-weight upscaler (.pth or .safetensors)")
+    p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
+    p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_upscaler)
 
     for kind, command, folder in (
         (LoraRegistry, "loras", "models/Lora"),
         (EmbeddingRegistry, "embeddings", "models/embeddings"),
+        (UpscalerRegistry, "upscalers", "models/ESRGAN"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
+        if kind is not UpscalerRegistry:
+            p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
+        else:
+            p.set_defaults(base=None)
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=cmd_list, kind=kind)
         p = group.add_parser("info", help=f"one {kind.noun}: how to use it, its base, hashes")

@@ -16,7 +16,7 @@ from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import EmbeddingUse, LoraUse, denoising_steps, hires_size
+from gpu_worker.protocol import EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
 
 
 class GenerationError(EaselError):
@@ -97,6 +97,7 @@ class ValidRequest:
     embeddings: tuple[EmbeddingUse, ...] = ()  # registered embeddings whose names the texts use
     init_png: bytes | None = None  # img2img: the input picture itself (plain RGB PNG)
     mask_png: bytes | None = None  # inpainting: the mask itself
+    hires_model: UpscalerUse | None = None  # the hires fix's upscaler, when it is a model file
 
     @property
     def denoising_steps(self) -> int:
@@ -129,6 +130,7 @@ def validate(
     notes: tuple[str, ...] = (),
     init_png: bytes | None = None,
     mask_png: bytes | None = None,
+    hires_model: UpscalerUse | None = None,
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/networks/selection.py), with `notes` on what of them was not applied."""
@@ -164,8 +166,12 @@ def validate(
     if request.seed < -1 or request.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {request.seed}")
     if request.hires_scale:
-        _check_hires(request, width, height, limits)
-        request = replace(request, hires_upscaler=parse_upscaler(request.hires_upscaler))  # A1111's spelling
+        _check_hires(request, width, height, limits, hires_model)
+        # In A1111's spelling: a built-in's, or the model's as A1111 lists it.
+        name = hires_model.name if hires_model else parse_upscaler(request.hires_upscaler)
+        request = replace(request, hires_upscaler=name)
+    elif hires_model is not None:
+        raise GenerationError("an upscaler model was given without the hires fix")
     if request.init_image is not None:
         if init_png is None:
             raise GenerationError("the input picture is missing")
@@ -191,11 +197,25 @@ def validate(
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
     return ValidRequest(
-        request, checkpoint, width, height, sampler, schedule, seeds, notes, loras, embeddings, init_png, mask_png
+        request,
+        checkpoint,
+        width,
+        height,
+        sampler,
+        schedule,
+        seeds,
+        notes,
+        loras,
+        embeddings,
+        init_png,
+        mask_png,
+        hires_model,
     )
 
 
-def _check_hires(request: GenerationRequest, width: int, height: int, limits: Limits) -> None:
+def _check_hires(
+    request: GenerationRequest, width: int, height: int, limits: Limits, model: UpscalerUse | None
+) -> None:
     if request.init_image is not None:
         raise GenerationError("the hires fix is for pictures made from text; starting from a picture, set the size")
     if not 1 < request.hires_scale <= 4:
@@ -210,6 +230,8 @@ def _check_hires(request: GenerationRequest, width: int, height: int, limits: Li
         or denoising_steps(request.hires_steps or request.steps, request.hires_denoise) < 1
     ):
         raise GenerationError(f"hires denoising strength {request.hires_denoise:g} redraws nothing; use 0.1 to 1")
+    if model is not None:
+        return
     try:
         parse_upscaler(request.hires_upscaler)
     except ValueError as e:

@@ -334,6 +334,7 @@ class GenerationService:
             hires_steps=spec.request.hires_steps,
             hires_denoise=spec.request.hires_denoise,
             hires_upscaler=spec.request.hires_upscaler,  # in A1111's spelling since validation
+            hires_model=spec.hires_model,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

@@ -35,6 +35,7 @@ from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
 from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
 from bot.untrusted import clean_text, has_lone_surrogate, load_json
+from bot.upscalers.detection import UPSCALER_FOLDERS
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
+        if self.kind == "upscaler":
+            return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
         return AdapterKind(self.kind, self.layout, self.base, self.decided_by, self.loadable, self.reason).label
@@ -128,8 +131,9 @@ class FileKind:
     decided_by: str
     loadable: bool
     reason: str
-    size: int | None  # rank or vectors
+    size: int | None  # rank, vectors, or an upscaler's scale
     metadata: dict[str, str]
+    format: str = ""  # safetensors | pickle; unset: from the layout
 
 
 @dataclass
@@ -162,8 +166,8 @@ def network_folders(models_root: Path, names: tuple[str, ...]) -> list[Path]:
 
 
 def extra_network_folders(models_root: Path) -> list[Path]:
-    """Every LoRA and embeddings folder: the checkpoint scan leaves them to these registries."""
-    return network_folders(models_root, LORA_FOLDERS + EMBEDDING_FOLDERS)
+    """Every LoRA, embeddings and upscaler folder: the checkpoint scan leaves them to their registries."""
+    return network_folders(models_root, LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS)
 
 
 def examine_lora(path: Path) -> FileKind:
@@ -267,6 +271,10 @@ class NetworkRegistry:
     def short_hash(self, path: Path, sha256: str) -> str:
         raise NotImplementedError
 
+    def alias(self, path: Path, found: FileKind) -> str:
+        """A second name the file answers to: kohya's `ss_output_name` for a LoRA."""
+        return found.metadata.get("ss_output_name", "")
+
     # --- queries ---------------------------------------------------------------------------------
 
     async def list(self, status: str | None = None, base: str | None = None) -> list[NetworkEntry]:
@@ -357,7 +365,7 @@ class NetworkRegistry:
         now = time.time()
         columns = {
             "name": unique,
-            "alias": clean_text(examined.found.metadata.get("ss_output_name", ""))[:100],
+            "alias": clean_text(self.alias(resolved, examined.found))[:100],
             "display_name": clean_text(
                 name or examined.found.metadata.get("modelspec.title", "") or resolved.with_suffix("").name
             )[:100],
@@ -469,7 +477,7 @@ class NetworkRegistry:
         return {
             "sha256": examined.sha256,
             "short_hash": examined.short_hash,
-            "format": "safetensors" if found.layout not in ("a1111", "diffusers") else "pickle",
+            "format": found.format or ("safetensors" if found.layout not in ("a1111", "diffusers") else "pickle"),
             "kind": found.kind,
             "layout": found.layout,
             "base": found.base,

@@ -1,0 +1,137 @@
+"""A picture enlarged on its own, as A1111's Extras tab does it: by an upscaler model (in a one-shot
+`python -m gpu_worker upscale` process: torch stays out of the bot) or by Lanczos / Nearest (here,
+off the event loop).
+
+The size follows A1111's modules/upscaler.py: `scale` times each side, rounded down to a multiple
+of 8. The result keeps the picture's own `parameters` text and gains A1111's `postprocessing` text
+("Postprocess upscale by: 4, Postprocess upscaler: R-ESRGAN 4x+"), so /pnginfo and A1111's PNG Info
+read both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from bot.child_process import OrderProgress, run_order
+from bot.errors import EaselError
+from bot.generation.upscalers import PICTURE_UPSCALERS
+from bot.images.infotext import infotext_of
+from bot.images.uploads import MAX_UPLOAD_PIXELS
+from bot.upscalers.registry import UpscalerRegistry
+from gpu_worker.protocol import UpscaleOrder, UpscalerUse, encode_order
+from gpu_worker.render import png_with_texts
+
+log = logging.getLogger(__name__)
+
+MAX_SCALE = 8.0  # A1111's Extras "Resize" slider
+MAX_OUTPUT_PIXELS = MAX_UPLOAD_PIXELS  # 4096 × 4096: what Discord can show and a person can upload again
+MAX_WAITING = 8  # upscales waiting their turn; past this the service says it is busy
+
+
+@dataclass(frozen=True)
+class Upscaled:
+    png: bytes
+    width: int
+    height: int
+    upscaler: str  # as A1111 names it
+    scale: float
+    postprocessing: str  # the text A1111's Extras tab writes
+    seconds: float
+
+
+def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """A1111 modules/upscaler.py `Upscaler.upscale`: each side times the scale, down to a multiple of 8."""
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
+def check_scale(width: int, height: int, scale: float, max_pixels: int = MAX_OUTPUT_PIXELS) -> tuple[int, int]:
+    """The result's size; EaselError when the scale or the result is out of bounds."""
+    if not 1 < scale <= MAX_SCALE:
+        raise EaselError(f"the scale must be above 1 and at most {MAX_SCALE:g}, not {scale:g}")
+    big_w, big_h = upscaled_size(width, height, scale)
+    if big_w * big_h > max_pixels:
+        raise EaselError(
+            f"{width}x{height} at {scale:g}x would be {big_w}x{big_h}, over the "
+            f"{max_pixels / 1e6:.1f}-megapixel limit; choose a smaller scale"
+        )
+    if big_w < 8 or big_h < 8:
+        raise EaselError(f"{width}x{height} at {scale:g}x is too small to upscale")
+    return big_w, big_h
+
+
+class UpscaleService:
+    def __init__(self, registry: UpscalerRegistry, max_pixels: int = MAX_OUTPUT_PIXELS) -> None:
+        self.registry = registry
+        self.max_pixels = max_pixels
+        self._turn = asyncio.Semaphore(1)  # one upscale at a time: a model upscale fills the GPU it uses
+        self._waiting = 0
+        self.last_peak_rss: int | None = None
+
+    async def upscale(
+        self, png: bytes, original: bytes, upscaler: str, scale: float, progress: OrderProgress | None = None
+    ) -> Upscaled:
+        """`png`: the picture as bot/images/uploads.py read it (plain RGB); `original`: the bytes as
+        uploaded, whose A1111 parameters the result keeps."""
+        with Image.open(io.BytesIO(png), formats=["PNG"]) as probe:
+            width, height = probe.size
+        big_w, big_h = check_scale(width, height, scale, self.max_pixels)
+        choice = await self.registry.resolve(upscaler, latent=False)
+        name = choice.name if isinstance(choice, UpscalerUse) else choice
+        postprocessing = f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {name}"
+        texts = {"postprocessing": postprocessing}
+        parameters = await asyncio.to_thread(_parameters_of, original)
+        if parameters:
+            texts = {"parameters": parameters} | texts
+        if self._waiting >= MAX_WAITING:
+            raise EaselError("the upscaler is busy with other pictures; try again in a minute")
+        self._waiting += 1
+        try:
+            await self._turn.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            started = time.perf_counter()
+            if isinstance(choice, UpscalerUse):
+                data = await self._with_model(png, choice, (big_w, big_h), texts, progress)
+            else:
+                data = await asyncio.to_thread(_resampled, png, PICTURE_UPSCALERS[choice], (big_w, big_h), texts)
+        finally:
+            self._turn.release()
+        seconds = time.perf_counter() - started
+        log.info("upscale %dx%d -> %dx%d by %s in %.1f s", width, height, big_w, big_h, name, seconds)
+        return Upscaled(data, big_w, big_h, name, scale, postprocessing, seconds)
+
+    async def _with_model(
+        self,
+        png: bytes,
+        model: UpscalerUse,
+        size: tuple[int, int],
+        texts: dict[str, str],
+        progress: OrderProgress | None,
+    ) -> bytes:
+        with tempfile.TemporaryDirectory(prefix="easel-upscale-") as folder:
+            source, out = Path(folder) / "in.png", Path(folder) / "out.png"
+            await asyncio.to_thread(source.write_bytes, png)
+            order = UpscaleOrder(str(source), str(out), model, size[0], size[1], texts)
+            self.last_peak_rss = await run_order("upscale", encode_order(order), progress)
+            return await asyncio.to_thread(out.read_bytes)
+
+
+def _parameters_of(original: bytes) -> str:
+    try:
+        return infotext_of(original) or ""
+    except Exception:  # a picture whose metadata cannot be read simply has none to keep
+        return ""
+
+
+def _resampled(png: bytes, resample: str, size: tuple[int, int], texts: dict[str, str]) -> bytes:
+    with Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
+        return png_with_texts(picture.convert("RGB").resize(size, getattr(Image.Resampling, resample)), texts)
