@@ -23,6 +23,7 @@ from cogs.utils.checks import owner_only
 from cogs.utils.formatting import CONTENT_MAX, clip
 from cogs.utils.lora_option import Lora
 from cogs.utils.progress import ThrottledEdits
+from cogs.utils.upscaler_option import PictureUpscaler
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -58,7 +59,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
     @owner_only()
     @app_commands.command(name="add", description="Register one checkpoint or LoRA file from the models folders")
     @app_commands.describe(
-        path="Path inside the models folder (models/Lora holds LoRAs, models/embeddings embeddings)",
+        path="Path inside the models folder (models/Lora: LoRAs, models/embeddings, models/ESRGAN: upscalers)",
         name="Name (default: the file's)",
         nsfw="Mark it NSFW",
     )
@@ -101,14 +102,17 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         await interaction.edit_original_response(content="Downloaded and registered.", embed=embed)
 
     @owner_only()
-    @app_commands.command(name="remove", description="Forget a checkpoint, LoRA or embedding (its file stays)")
-    @app_commands.describe(checkpoint="A checkpoint", lora="Or a LoRA", embedding="Or an embedding")
+    @app_commands.command(name="remove", description="Forget a checkpoint, LoRA, embedding or upscaler (its file stays)")
+    @app_commands.describe(
+        checkpoint="A checkpoint", lora="Or a LoRA", embedding="Or an embedding", upscaler="Or an upscaler model"
+    )
     async def remove(
         self,
         interaction: discord.Interaction,
         checkpoint: Registered | None = None,
         lora: Lora | None = None,
         embedding: str | None = None,
+        upscaler: PictureUpscaler | None = None,
     ) -> None:
         named = [
             (registry, ref)
@@ -116,11 +120,12 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
                 (self.services.registry, checkpoint),
                 (self.services.loras, lora),
                 (self.services.embeddings, embedding),
+                (self.services.upscalers, upscaler),
             )
             if ref
         ]
         if len(named) != 1:
-            raise RegistryError("name one checkpoint, one LoRA or one embedding")
+            raise RegistryError("name one checkpoint, one LoRA, one embedding or one upscaler")
         [(registry, ref)] = named
         entry: CheckpointEntry | NetworkEntry = await registry.remove(ref)
         await interaction.response.send_message(

@@ -33,14 +33,15 @@ def lora_embed(entry: NetworkEntry) -> discord.Embed:
     embed = discord.Embed(
         title=clip(entry.name, 256), colour=EMBED_COLOUR, description=clip(entry.description, 4096) or None
     )
-    use = (
-        f"write `{entry.name}` in the prompt or the negative prompt"
-        if entry.kind == "embedding"
-        else f"`<lora:{entry.name}:1>` in the prompt, or /imagine's lora option"
-    )
+    uses = {
+        "embedding": f"write `{entry.name}` in the prompt or the negative prompt",
+        "upscaler": f"/upscale's or /imagine's upscaler option: `{entry.alias or entry.name}`",
+    }
+    use = uses.get(entry.kind, f"`<lora:{entry.name}:1>` in the prompt, or /imagine's lora option")
     embed.add_field(name="Use", value=clip(use, FIELD_MAX))
     embed.add_field(name="Kind", value=entry.label)
-    embed.add_field(name="Hashes", value=f"AutoV2 {entry.autov2.upper()} · A1111 {entry.short_hash}")
+    hashes = f"AutoV2 {entry.autov2.upper()}" + ("" if entry.kind == "upscaler" else f" · A1111 {entry.short_hash}")
+    embed.add_field(name="Hashes", value=hashes)
     if entry.trigger_words:
         embed.add_field(name="Trigger words", value=clip(", ".join(entry.trigger_words), FIELD_MAX), inline=False)
     if not entry.loadable:

@@ -241,12 +241,17 @@ async def test_admin_commands_are_for_owners_only(
     added = await owner.slash(channel, "admin add", path="tiny-sd1-fp16.safetensors", name="half")
     assert added.response.embeds[0].title == "half"
     both = await owner.slash(channel, "admin remove", lora="ink", embedding="blotchy")
-    assert "name one checkpoint, one LoRA or one embedding" in both.response.content
+    assert "name one checkpoint, one LoRA, one embedding or one upscaler" in both.response.content
     removed = await owner.slash(channel, "admin remove", lora="ink")
     assert "still on disk" in removed.response.content and await services.loras.find("ink") is None
     added = await owner.slash(channel, "admin add", path="Lora/ink.safetensors")  # the folder says: a LoRA
     fields = {f.name: f.value for f in added.response.embeds[0].fields}
     assert added.response.embeds[0].title == "ink" and fields["Kind"] == "LoRA for SD1.x"
+    removed = await owner.slash(channel, "admin remove", upscaler="2x-Tiny")
+    assert "still on disk" in removed.response.content and await services.upscalers.find("2x-Tiny") is None
+    added = await owner.slash(channel, "admin add", path="ESRGAN/2x-Tiny.pth")  # the folder says: an upscaler
+    fields = {f.name: f.value for f in added.response.embeds[0].fields}
+    assert fields["Kind"] == "ESRGAN 2x (8nf, 1 blocks)" and "upscaler option" in fields["Use"]
     outside = await owner.slash(channel, "admin add", path="/etc/passwd")
     assert "outside the models directory" in outside.followups[0].content
 
