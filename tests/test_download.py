@@ -67,6 +67,20 @@ async def test_a_downloaded_lora_or_embedding_goes_to_its_own_folder(
     assert leftovers(registry) == ["Lora", "embeddings"] and await registry.list() == []
 
 
+async def test_a_downloaded_upscaler_goes_to_models_esrgan(registry: CheckpointRegistry, tmp_path: Path) -> None:
+    from bot.upscalers.registry import UpscalerRegistry
+    from gpu_worker.tiny_upscalers import make_tiny_upscaler
+
+    upscalers = UpscalerRegistry(registry.db, registry.models_root)
+    body = make_tiny_upscaler(tmp_path / "RealESRGAN_x4plus.pth", "realesrgan", 4).read_bytes()
+    downloader = Downloader(
+        registry, max_bytes=10**9, transport=server({"/m/RealESRGAN_x4plus.pth": body}, []), networks=[upscalers]
+    )
+    entry = await downloader.download("https://example.org/m/RealESRGAN_x4plus.pth")
+    assert (entry.name, entry.alias, entry.rank, entry.format) == ("RealESRGAN_x4plus", "R-ESRGAN 4x+", 4, "pickle")
+    assert (registry.models_root / "ESRGAN" / "RealESRGAN_x4plus.pth").is_file() and await registry.list() == []
+
+
 async def test_civitai_version_download_checks_the_hash(registry: CheckpointRegistry, tiny_dir: Path) -> None:
     body = (tiny_dir / "tiny-sdxl.safetensors").read_bytes()
     version = {
