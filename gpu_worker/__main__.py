@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("make-tiny-checkpoint")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-lora")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
@@ -97,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
-        out = make_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed)
+        out = make_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed, inpainting=args.inpainting)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    kind = f"{args.arch} inpainting" if args.inpainting else args.arch
+    print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

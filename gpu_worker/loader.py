@@ -110,19 +110,49 @@ def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype 
 def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> DiffusionPipeline:
     if not request.pipeline_config:
         raise CheckpointLoadError(f"{request.name}: no bundled configuration fits this {request.architecture} file")
-    folder = CONFIG_ROOT / request.pipeline_config
+    base, _, variant = request.pipeline_config.partition("+")
+    folder = CONFIG_ROOT / base
     index = folder / "model_index.json"
-    if not index.is_file():
+    if not index.is_file() or variant not in ("", "inpainting"):
         raise CheckpointLoadError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
-    class_name = json.loads(index.read_text())["_class_name"]
-    pipeline_cls = getattr(diffusers, class_name)
     tokenizers = {sub.name: _tokenizer(str(sub)) for sub in folder.glob("tokenizer*")}
     # Every weight comes from the file: random initialisation of the text encoders first is waste
     # (a third of the load time for SD1.5 on a CPU).
-    with no_init_weights(), _named_for_diffusers(path, request.format) as readable:
+    with (
+        no_init_weights(),
+        _named_for_diffusers(path, request.format) as readable,
+        _config_folder(folder, variant) as config,
+    ):
+        pipeline_cls = getattr(diffusers, json.loads((config / "model_index.json").read_text())["_class_name"])
         return pipeline_cls.from_single_file(
-            str(readable), config=str(folder), torch_dtype=dtype, local_files_only=True, **tokenizers
+            str(readable), config=str(config), torch_dtype=dtype, local_files_only=True, **tokenizers
         )
+
+
+# An inpainting checkpoint's pipeline: its base's, whose UNet takes 9 channels (latents, mask, masked picture).
+_INPAINTING = {"StableDiffusionPipeline": "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline"}
+
+
+@contextmanager
+def _config_folder(folder: Path, variant: str) -> Iterator[Path]:
+    """The bundled folder itself, or for an inpainting checkpoint a private copy of it (links, and two
+    small JSON files) with the inpainting pipeline class and a 9-channel UNet."""
+    if not variant:
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="easel-config-") as temp:
+        copy = Path(temp)
+        for part in folder.iterdir():
+            if part.name not in ("model_index.json", "unet"):
+                (copy / part.name).symlink_to(part.resolve())
+        index = json.loads((folder / "model_index.json").read_text())
+        if index["_class_name"] not in _INPAINTING:
+            raise CheckpointLoadError(f"no inpainting pipeline for {index['_class_name']}")
+        (copy / "model_index.json").write_text(json.dumps(index | {"_class_name": _INPAINTING[index["_class_name"]]}))
+        (copy / "unet").mkdir()
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        (copy / "unet" / "config.json").write_text(json.dumps(unet | {"in_channels": 9}))
+        yield copy
 
 
 @contextmanager

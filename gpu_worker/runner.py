@@ -117,6 +117,7 @@ class BatchRunner:
         self._img2img: DiffusionPipeline | None = None  # the cached pipeline's modules, for img2img and hires
         self._pass = (0, 0)  # (steps of earlier passes in this call, steps of this pass), for progress
         self._model_passes = 0
+        self._nine = False  # the batch's checkpoint is an inpainting one (a 9-channel UNet)
         self.upscalers = UpscalerCache(torch.device(device))
 
     def run(self, batch: RunBatch) -> None:
@@ -160,13 +161,17 @@ class BatchRunner:
         self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
         self._init, self._mask = None, None
-        self._img2img = image_to_image(loaded) if batch.init_image is not None or batch.hires_scale else None
+        # An inpainting checkpoint (9-channel UNet) is loaded as its inpainting pipeline, which serves
+        # every kind of job: from text, from a picture, with a mask, and the hires fix's pass two.
+        self._nine = pipe.unet.config.in_channels == 9
+        needs_img2img = batch.init_image is not None or batch.hires_scale
+        self._img2img = (pipe if self._nine else image_to_image(loaded)) if needs_img2img else None
         if batch.init_image is not None:
             self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
             pipe = self._img2img
         if batch.init_image is not None and batch.mask is not None:
             self._mask = prepare_mask(batch.mask, batch.width, batch.height, batch.resize_mode, batch.mask_blur)
-            pipe = inpainting(loaded)
+            pipe = loaded.pipeline if self._nine else inpainting(loaded)
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
@@ -264,15 +269,42 @@ class BatchRunner:
 
         return on_step_end
 
+    def _inpainting_model_inputs(self, batch: RunBatch, n: int) -> dict:
+        """Pass one's inputs for an inpainting checkpoint, as A1111 feeds one (processing.py
+        `txt2img_image_conditioning` / `img2img_image_conditioning`): from text, a grey picture under a
+        full mask, redrawn from pure noise; from a picture, that picture under a full mask (or the
+        person's mask) at the job's denoising strength."""
+        size = (batch.width, batch.height)
+        picture = self._init if self._init is not None else Image.new("RGB", size, (128, 128, 128))
+        mask = self._mask if self._mask is not None else Image.new("L", size, 255)
+        strength = batch.strength if self._init is not None else 1.0
+        return {"image": [picture] * n, "mask_image": [mask] * n, "strength": strength, "width": size[0], "height": size[1]}
+
+    @staticmethod
+    def _full_mask(pipe, enlarged, size: tuple[int, int], n: int) -> dict:
+        """Pass two on an inpainting checkpoint: redraw everywhere. From a latent, the masked picture
+        (all grey) is encoded here: the pipeline would take an all-zero latent for it instead."""
+        width, height = size
+        inputs: dict = {"mask_image": [Image.new("L", size, 255)] * n, "width": width, "height": height}
+        if isinstance(enlarged, torch.Tensor):
+            vae = pipe.vae
+            grey = torch.zeros(1, 3, height, width, device=vae.device, dtype=vae.dtype)
+            with torch.no_grad():
+                latent = vae.encode(grey).latent_dist.mode() * vae.config.scaling_factor
+            inputs["masked_image_latents"] = latent.repeat(n, 1, 1, 1)
+        return inputs
+
     def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
             # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
             # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
-            if self._init is None:
+            if self._nine:
+                shape = self._inpainting_model_inputs(batch, len(s))
+            elif self._init is None:
                 shape = {"width": batch.width, "height": batch.height}
             else:  # img2img: the picture sets the size; strength says how much of it is redrawn
                 shape = {"image": [self._init] * len(s), "strength": batch.strength}
-            if self._mask is not None:  # inpainting: only where the mask is white
+            if self._mask is not None and not self._nine:  # inpainting: only where the mask is white
                 shape |= {"mask_image": [self._mask] * len(s), "width": batch.width, "height": batch.height}
             self._pass = (0, batch.run_steps)
             first = sample(pipe, p, n, s, batch.steps, batch.run_steps, shape, "latent" if batch.hires_scale else "pil")
@@ -286,6 +318,8 @@ class BatchRunner:
             upscaler = self.upscalers.get(model.path, model.sha256) if model else batch.hires_upscaler
             enlarged = upscale(pipe, first, batch.hires_size, upscaler)
             shape = {"image": enlarged, "strength": batch.hires_denoise}
+            if self._nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
+                shape |= self._full_mask(pipe, enlarged, batch.hires_size, len(s))
             steps = batch.hires_steps or batch.steps
             return sample(self._img2img, p, n, s, steps, batch.hires_run_steps, shape, "pil")
 

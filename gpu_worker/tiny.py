@@ -37,12 +37,14 @@ def _text_encoder(folder: Path, component: str, with_projection: bool = False) -
     return model_cls(config).eval()
 
 
-def components_from_config(config_id: str, seed: int = 0) -> dict[str, torch.nn.Module]:
-    """Randomly initialised modules for a bundled config folder, by pipeline component name."""
+def components_from_config(config_id: str, seed: int = 0, inpainting: bool = False) -> dict[str, torch.nn.Module]:
+    """Randomly initialised modules for a bundled config folder, by pipeline component name; with
+    `inpainting`, the UNet takes 9 channels (latents, mask, masked picture), as inpainting models do."""
     folder = CONFIG_ROOT / config_id
     torch.manual_seed(seed)
+    unet_config = _config(folder, "unet") | ({"in_channels": 9} if inpainting else {})
     parts: dict[str, torch.nn.Module] = {
-        "unet": UNet2DConditionModel.from_config(_config(folder, "unet")),
+        "unet": UNet2DConditionModel.from_config(unet_config),
         "vae": AutoencoderKL.from_config(_config(folder, "vae")),
         "text_encoder": _text_encoder(folder, "text_encoder"),
     }
@@ -51,9 +53,9 @@ def components_from_config(config_id: str, seed: int = 0) -> dict[str, torch.nn.
     return parts
 
 
-def tiny_components(arch: str, seed: int = 0) -> dict[str, torch.nn.Module]:
+def tiny_components(arch: str, seed: int = 0, inpainting: bool = False) -> dict[str, torch.nn.Module]:
     """Random diffusers/transformers modules of a tiny `arch` model (sd1, sd2, sdxl)."""
-    return components_from_config(TINY_ARCHS[arch], seed)
+    return components_from_config(TINY_ARCHS[arch], seed, inpainting)
 
 
 def single_file_state_dict(parts: dict[str, torch.nn.Module], family: str) -> dict[str, torch.Tensor]:
@@ -76,12 +78,12 @@ def single_file_state_dict(parts: dict[str, torch.nn.Module], family: str) -> di
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def tiny_state_dict(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def tiny_state_dict(arch: str, seed: int = 0, inpainting: bool = False) -> dict[str, torch.Tensor]:
     """The full single-file state dict of a tiny random model of `arch` (sd1, sd2, sdxl)."""
-    return single_file_state_dict(tiny_components(arch, seed), arch)
+    return single_file_state_dict(tiny_components(arch, seed, inpainting), arch)
 
 
-def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
+def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool = False) -> Path:
     """Write a tiny `arch` checkpoint to `out` (.safetensors), atomically."""
     if arch not in TINY_ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
@@ -93,13 +95,14 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0) -> Path:
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": spec,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-        "modelspec.title": f"Easel tiny {arch.upper()} (random weights)",
-        "modelspec.description": f"Random-weight {arch.upper()} checkpoint in the real single-file layout, for tests.",
+        "modelspec.title": f"Easel tiny {arch.upper()}{' inpainting' if inpainting else ''} (random weights)",
+        "modelspec.description": f"Random-weight {arch.upper()}{' inpainting (9-channel UNet)' if inpainting else ''} "
+        "checkpoint in the real single-file layout, for tests.",
         "modelspec.author": "Easel",
         "modelspec.date": datetime.date.today().isoformat(),
         "modelspec.prediction_type": prediction,
         "modelspec.resolution": resolution,
         "easel.tiny_seed": str(seed),
     }
-    state = tiny_state_dict(arch, seed)
+    state = tiny_state_dict(arch, seed, inpainting)
     return save_atomically(state, out, metadata, temp_path(out))

@@ -37,14 +37,14 @@ SDXL = {
 CASES = [
     # (id, tensors, metadata, extras, label, decided_by, runnable)
     ("sd1", SD1, {}, {}, "SD1.x", "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", True),
-    ("sd1-inpainting", {**SD1, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD1.x (inpainting)", "attn2.to_k", False),
+    ("sd1-inpainting", {**SD1, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD1.x (inpainting)", "attn2.to_k", True),
     ("sd1-pix2pix", {**SD1, UNET_IN: (320, 8, 3, 3)}, {}, {}, "SD1.x (instruct-pix2pix)", "attn2.to_k", False),
     ("sd2-unknown-prediction", SD2, {}, {}, "SD2.x", "resblocks.0.attn.in_proj_weight", True),
     ("sd2-v-key", {**SD2, "v_pred": (0,)}, {}, {}, "SD2.x v-prediction", "in_proj_weight", True),
     ("sd2-v-modelspec", SD2, {"modelspec.prediction_type": "v"}, {}, "SD2.x v-prediction", "in_proj_weight", True),
     ("sd2-eps-modelspec", SD2, {"modelspec.prediction_type": "epsilon"}, {}, "SD2.x", "in_proj_weight", True),
     ("sd2-base-global-step", SD2, {}, {"global_step": 875000}, "SD2.x", "in_proj_weight", True),
-    ("sd2-inpainting", {**SD2, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD2.x (inpainting)", "in_proj_weight", False),
+    ("sd2-inpainting", {**SD2, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SD2.x (inpainting)", "in_proj_weight", True),
     (
         "sd2-by-cross-attention",
         {
@@ -67,7 +67,7 @@ CASES = [
         "resblocks.9.mlp.c_proj.bias",
         True,
     ),
-    ("sdxl-inpainting", {**SDXL, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SDXL base (inpainting)", "ln_final", False),
+    ("sdxl-inpainting", {**SDXL, UNET_IN: (320, 9, 3, 3)}, {}, {}, "SDXL base (inpainting)", "ln_final", True),
     (
         "sdxl-edm",
         {**SDXL, "edm_mean": (1, 4, 1, 1), "edm_std": (1, 4, 1, 1)},

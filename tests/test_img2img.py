@@ -24,6 +24,7 @@ from bot.images.uploads import read_upload
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService
+from gpu_worker.tiny import make_tiny_checkpoint
 from gpu_worker.tiny_upscalers import make_tiny_upscaler
 from gpu_worker.worker import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
@@ -61,6 +62,7 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
     for arch in ("sd1", "sdxl"):
         shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", root / "models" / f"tiny-{arch}.safetensors")
     make_tiny_upscaler(root / "models" / "ESRGAN" / "2x-Tiny.pth", "esrgan", 2)
+    make_tiny_checkpoint("sd1", root / "models" / "tiny-sd1-inpainting.safetensors", seed=4, inpainting=True)
     db = await open_database(root / "easel.sqlite3")
     registry = CheckpointRegistry(db, root / "models")
     await registry.scan()
@@ -212,7 +214,9 @@ async def test_a_pictures_parameters_are_read_and_made_again_here(world: World) 
 # --- inpainting -----------------------------------------------------------------------------------
 
 
-async def test_inpainting_redraws_only_inside_the_mask(world: World) -> None:
+@pytest.mark.parametrize("checkpoint", ["tiny-sd1", "tiny-sd1-inpainting"])
+async def test_inpainting_redraws_only_inside_the_mask(world: World, checkpoint: str) -> None:
+    """On a normal checkpoint as A1111 does it there, and on an inpainting one (a 9-channel UNet)."""
     from gpu_worker.init_images import prepare_init, prepare_mask
 
     mask = Image.new("L", (64, 64), 0)
@@ -220,7 +224,7 @@ async def test_inpainting_redraws_only_inside_the_mask(world: World) -> None:
     mask_png = io.BytesIO()
     mask.save(mask_png, format="PNG")
     options = ImagineOptions(
-        prompt="a fox", checkpoint="tiny-sd1", steps=10, seed=3, init_image=RED_CIRCLE, strength=0.9,
+        prompt="a fox", checkpoint=checkpoint, steps=10, seed=3, init_image=RED_CIRCLE, strength=0.9,
         mask=mask_png.getvalue(), mask_blur=2,
     )  # fmt: skip
     out, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
@@ -235,3 +239,21 @@ async def test_inpainting_redraws_only_inside_the_mask(world: World) -> None:
         await world.jobs.plan_imagine(
             HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", mask=mask_png.getvalue())
         )
+
+
+async def test_an_inpainting_checkpoint_makes_pictures_from_text_from_pictures_and_with_hires(world: World) -> None:
+    """A 9-channel checkpoint runs every kind of job, as A1111 runs one: from text (a grey picture
+    under a full mask), from a picture (the strength still tells how much is kept), and the hires fix."""
+    record = await world.jobs.registry.get("tiny-sd1-inpainting")
+    assert record.runnable and record.pipeline_config == "tiny-sd1+inpainting"
+    text, params, _ = await run(
+        world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint=record.name, steps=4))
+    )
+    assert text.shape == (64, 64, 3) and params["Model"] == "tiny-sd1-inpainting"
+    near = (await img2img(world, RED_CIRCLE, 0.1, checkpoint=record.name))[0]
+    far = (await img2img(world, RED_CIRCLE, 0.9, checkpoint=record.name))[0]
+    init = np.asarray(Image.open(io.BytesIO(read_upload(RED_CIRCLE).png))).astype(float)
+    assert np.abs(near - init).mean() < np.abs(far - init).mean()
+    options = ImagineOptions(prompt="a fox", checkpoint=record.name, steps=4, hires_scale=2)
+    big, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
+    assert big.shape == (128, 128, 3) and params["Hires upscaler"] == "Latent"

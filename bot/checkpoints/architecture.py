@@ -128,14 +128,14 @@ def detect_architecture(
     if variant:
         label += f" ({variant})"
 
-    runnable = family in _RUNNABLE_FAMILIES and not variant
+    runnable = family in _RUNNABLE_FAMILIES and variant in ("", "inpainting")
     reason = ""
     if family == "sdxl-refiner":
         reason = "the SDXL refiner only refines other images; it cannot make an image from text alone"
     elif variant == "edm":
         reason = "EDM (Playground v2.5-style) checkpoints are not supported yet"
-    elif variant:
-        reason = f"{variant} checkpoints need an input image; text-to-image is not supported for them yet"
+    elif variant == "instruct-pix2pix":
+        reason = "instruct-pix2pix checkpoints edit a picture by instruction; that is not supported yet"
     elif not has(UNET_IN):
         runnable, reason = False, "the file has no UNet"
     elif prediction_source == "assumed":

@@ -1,7 +1,9 @@
 """Which bundled diffusers config folder (gpu_worker/configs/<id>) loads a checkpoint.
 
 Chosen from the architecture and the UNet's input width: 320 for the real SD1/SD2/SDXL models,
-32 for Easel's tiny test checkpoints. The worker never guesses, and never asks the hub.
+32 for Easel's tiny test checkpoints. An inpainting checkpoint (9-channel UNet) gets its base's folder
+with `+inpainting`: the worker loads it as that base's inpainting pipeline. The worker never guesses,
+and never asks the hub.
 """
 
 from __future__ import annotations
@@ -29,4 +31,4 @@ def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]
     config = CONFIGS.get((arch.family, width))
     if config is None:
         return None, f"no bundled configuration for a {arch.label} UNet {width} channels wide"
-    return config, ""
+    return (f"{config}+inpainting" if arch.variant == "inpainting" else config), ""

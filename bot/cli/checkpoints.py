@@ -82,7 +82,9 @@ async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
-    print(await run_worker_tool("make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), args.out))
+    inpainting = ["--inpainting"] if args.inpainting else []
+    argv = ["make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), *inpainting, args.out]
+    print(await run_worker_tool(*argv))
     return 0
 
 
@@ -224,6 +226,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
     p.add_argument("--arch", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
     p.set_defaults(handler=cmd_make_tiny)
 

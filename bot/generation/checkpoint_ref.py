@@ -41,8 +41,9 @@ class CheckpointRef:
 
     @property
     def native_size(self) -> int:
-        size = NATIVE_SIZE.get(self.pipeline_config or "", 512)
-        return 512 if self.pipeline_config == "sd2" and self.prediction == "epsilon" else size
+        config = (self.pipeline_config or "").partition("+")[0]  # an inpainting model: its base's size
+        size = NATIVE_SIZE.get(config, 512)
+        return 512 if config == "sd2" and self.prediction == "epsilon" else size
 
     def load_request(self) -> LoadRequest:
         return LoadRequest(
