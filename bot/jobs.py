@@ -98,6 +98,9 @@ class ImagineOptions:
     resize_mode: str = "crop"
     mask: bytes | None = None  # inpainting: the uploaded mask (white = redraw)
     mask_blur: int = 4
+    masked_content: str = "original"  # A1111's Masked content: fill | original | latent noise | latent nothing
+    only_masked: bool = False  # A1111's Inpaint area: Only masked
+    mask_padding: int = 32
     hires_scale: float = 0.0  # A1111's hires fix; 0 = off
     hires_steps: int = 0
     hires_denoise: float = 0.7
@@ -265,6 +268,9 @@ class Jobs:
             resize_mode=options.resize_mode,
             mask_image=(await self._read_input(options.mask, uploads)).sha256 if options.mask is not None else None,
             mask_blur=options.mask_blur,
+            masked_content=options.masked_content,
+            only_masked=options.only_masked,
+            mask_padding=options.mask_padding,
             hires_scale=options.hires_scale,
             hires_steps=options.hires_steps,
             hires_denoise=options.hires_denoise,
@@ -397,6 +403,7 @@ class Jobs:
             resize_mode=row["resize_mode"] or "crop",
             mask_image=row["mask_sha256"] if picture is None else None,  # a Vary starts from the whole picture
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
+            **(record.inpaint if picture is None else {}),
             **hires,
         )
         return await self._checked([(request, ref)], here, place, uploads=uploads)

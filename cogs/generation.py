@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
-from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_PICTURES_PER_COMMAND, MAX_STEPS
+from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
 from bot.images.infotext import render_infotext
 from bot.jobs import ImagineOptions
@@ -22,6 +22,7 @@ from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
 from cogs.utils.upscaler_option import HiresUpscaler
+from gpu_worker.protocol import MASKED_CONTENT
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -54,10 +55,15 @@ class Generation(commands.Cog):
         mask="With a picture: redraw only where this mask is white (inpainting)",
         hires="Hires fix: draw, enlarge by this factor, and draw again (A1111's Hires upscale)",
         upscaler="Hires fix: how the first picture is enlarged (a latent mode, or an upscaler model)",
+        masked_content="With a mask: what the masked part starts from (A1111's Masked content)",
+        inpaint_area="With a mask: redraw it within the whole picture, or only its region at full size",
+        mask_padding="With Only masked: pixels of context around the mask",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
         sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
+        masked_content=[app_commands.Choice(name=m, value=m) for m in MASKED_CONTENT],
+        inpaint_area=[app_commands.Choice(name=a, value=a) for a in ("Whole picture", "Only masked")],
     )
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
@@ -80,6 +86,9 @@ class Generation(commands.Cog):
         mask: discord.Attachment | None = None,
         hires: app_commands.Range[float, 1.1, 4.0] | None = None,
         upscaler: HiresUpscaler = "Latent",
+        masked_content: str = "original",
+        inpaint_area: str = "Whole picture",
+        mask_padding: app_commands.Range[int, 0, MAX_MASK_PADDING] = 32,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -100,6 +109,9 @@ class Generation(commands.Cog):
             mask=await read_attachment(mask) if mask is not None else None,
             hires_scale=hires or 0.0,
             hires_upscaler=upscaler,
+            masked_content=masked_content,
+            only_masked=inpaint_area == "Only masked",
+            mask_padding=mask_padding,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -34,6 +34,10 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
 
 
+# A1111's "Masked content" choices (modules/ui.py `inpainting_fill`), in its order.
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything the worker needs to turn a registered checkpoint into a pipeline."""
@@ -120,6 +124,9 @@ class RunBatch:
     resize_mode: str = "crop"  # resize | crop | fill: how init_image meets width × height
     mask: bytes | None = None  # inpainting: white = redraw, fitted to the size as init_image is
     mask_blur: int = 4  # A1111's "Mask blur" radius
+    masked_content: str = "original"  # A1111's "Masked content": see MASKED_CONTENT
+    only_masked: bool = False  # A1111's "Inpaint area: Only masked": the mask's region redrawn at the full size
+    mask_padding: int = 32  # A1111's "Masked area padding", in pixels, with only_masked
 
     hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
     hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one

@@ -22,6 +22,7 @@ from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
 from gpu_worker.init_images import prepare_init, prepare_mask
+from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
 from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
@@ -71,6 +72,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Model": batch.model_name or batch.load.name,
             "Denoising strength": _denoising(batch),
             "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
+            **_inpaint_parameters(batch),
             "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
             # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
             "Hires upscale": f"{batch.hires_scale:g}" if batch.hires_scale else None,
@@ -82,6 +84,17 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Version": VERSION,
         },
     )
+
+
+def _inpaint_parameters(batch: RunBatch) -> dict[str, object]:
+    """A1111 processing.py writes these only when they are not the defaults (original, whole picture)."""
+    if batch.init_image is None or batch.mask is None:
+        return {}
+    return {
+        "Masked content": batch.masked_content if batch.masked_content != "original" else None,
+        "Inpaint area": "Only masked" if batch.only_masked else None,
+        "Masked area padding": batch.mask_padding if batch.only_masked else None,
+    }
 
 
 def a1111_alias(name: str) -> str:
@@ -118,6 +131,8 @@ class BatchRunner:
         self._pass = (0, 0)  # (steps of earlier passes in this call, steps of this pass), for progress
         self._model_passes = 0
         self._nine = False  # the batch's checkpoint is an inpainting one (a 9-channel UNet)
+        self._original: Image.Image | None = None  # inpainting: the picture the overlay keeps
+        self._paste: tuple[Image.Image, Image.Image, tuple[int, int, int, int]] | None = None  # Only masked
         self.upscalers = UpscalerCache(torch.device(device))
 
     def run(self, batch: RunBatch) -> None:
@@ -169,9 +184,11 @@ class BatchRunner:
         if batch.init_image is not None:
             self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
             pipe = self._img2img
+        self._original, self._paste = None, None
         if batch.init_image is not None and batch.mask is not None:
             self._mask = prepare_mask(batch.mask, batch.width, batch.height, batch.resize_mode, batch.mask_blur)
             pipe = loaded.pipeline if self._nine else inpainting(loaded)
+            self._prepare_inpainting(batch)
 
         # Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
         # calls: padding a short prompt with empty chunks would change its picture.
@@ -269,6 +286,34 @@ class BatchRunner:
 
         return on_step_end
 
+    def _prepare_inpainting(self, batch: RunBatch) -> None:
+        """Inpaint area and masked content (gpu_worker/inpaint_options.py) applied to the batch's
+        picture and mask; what the overlay needs afterwards is kept."""
+        assert self._init is not None and self._mask is not None
+        size = (batch.width, batch.height)
+        box = crop_region(self._mask, batch.mask_padding, *size) if batch.only_masked else None
+        if box is not None:  # Only masked: that region, enlarged to the job's size
+            self._paste = (self._init, self._mask, box)
+            self._init = self._init.crop(box).resize(size, Image.Resampling.LANCZOS)
+            self._mask = self._mask.crop(box).resize(size, Image.Resampling.LANCZOS)
+        self._original = self._init  # the overlay keeps the picture as it was, not as filled
+        if batch.masked_content == "fill":
+            self._init = fill_masked(self._init, self._mask)
+
+    def _overlay(self, images: list[Image.Image]) -> list[Image.Image]:
+        """A1111's overlay: outside the (blurred) mask, the picture as it was; with Only masked, the
+        region shrunk back and pasted into the whole picture first."""
+        out = []
+        for image in images:
+            picture, mask = self._original, self._mask
+            if self._paste is not None:
+                picture, mask, box = self._paste
+                whole = picture.copy()
+                whole.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
+                image = whole
+            out.append(Image.composite(image, picture, mask))
+        return out
+
     def _inpainting_model_inputs(self, batch: RunBatch, n: int) -> dict:
         """Pass one's inputs for an inpainting checkpoint, as A1111 feeds one (processing.py
         `txt2img_image_conditioning` / `img2img_image_conditioning`): from text, a grey picture under a
@@ -306,10 +351,15 @@ class BatchRunner:
                 shape = {"image": [self._init] * len(s), "strength": batch.strength}
             if self._mask is not None and not self._nine:  # inpainting: only where the mask is white
                 shape |= {"mask_image": [self._mask] * len(s), "width": batch.width, "height": batch.height}
+            if self._mask is not None and batch.masked_content in ("latent noise", "latent nothing"):
+                shape["image"] = masked_start(pipe, self._init, self._mask, batch.masked_content, s)
+                # The masked picture's latent, which the pipeline cannot make from a latent start (an
+                # inpainting checkpoint reads it; a normal one needs it given so as not to try).
+                shape["masked_image_latents"] = masked_picture_latents(pipe, self._init, self._mask, len(s))
             self._pass = (0, batch.run_steps)
             first = sample(pipe, p, n, s, batch.steps, batch.run_steps, shape, "latent" if batch.hires_scale else "pil")
             if self._mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
-                return [Image.composite(image, self._init, self._mask) for image in first]
+                return self._overlay(first)
             if not batch.hires_scale:
                 return first
             # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.

@@ -63,6 +63,8 @@ def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
         ("--steps", "0"): "steps must be between 1 and 150",
         ("--sampler", "Warp 9"): "unknown sampler 'Warp 9'",
         ("--size", "huge"): "is not WIDTHxHEIGHT",
+        ("--masked-content", "fill"): "masked content and inpaint area are for inpainting; give a mask too",
+        ("--hires", "2", "--upscaler", "ESRGAN_4x"): "no upscaler named 'ESRGAN_4x'; choose one of Latent",
     }
     for extra, message in cases.items():
         proc = run_bot_py(

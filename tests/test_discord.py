@@ -647,6 +647,21 @@ async def test_imagine_starts_from_an_uploaded_picture(env: simcord.Env) -> None
     )  # fmt: skip
     fields = {f.name: f.value for f in inpainted.response.embeds[0].fields}
     assert fields["From a picture"] == "denoising strength 0.75 · inpainting, mask blur 4"
+    options = {"masked_content": "latent noise", "inpaint_area": "Only masked", "mask_padding": 8}
+    inpainted = await alice.slash(
+        channel, "imagine", prompt="a red fox", checkpoint="tiny-sd1", steps=4, seed=7,
+        image=("fox.png", picture.getvalue()), mask=("mask.png", mask.getvalue()), **options,
+    )  # fmt: skip
+    fields = {f.name: f.value for f in inpainted.response.embeds[0].fields}
+    assert fields["From a picture"] == (
+        "denoising strength 0.75 · inpainting, mask blur 4, masked content latent noise, only masked (padding 8)"
+    )
+    _, _, params = parse_infotext((await png_of(inpainted.response)).info["parameters"])
+    assert (params["Masked content"], params["Inpaint area"], params["Masked area padding"]) == (
+        "latent noise",
+        "Only masked",
+        "8",
+    )
 
 
 async def test_pnginfo_shows_a_pictures_parameters_and_makes_it_here(env: simcord.Env) -> None:

@@ -257,3 +257,53 @@ async def test_an_inpainting_checkpoint_makes_pictures_from_text_from_pictures_a
     options = ImagineOptions(prompt="a fox", checkpoint=record.name, steps=4, hires_scale=2)
     big, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
     assert big.shape == (128, 128, 3) and params["Hires upscaler"] == "Latent"
+
+
+def square_mask() -> bytes:
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((36, 36, 55, 55), fill=255)
+    out = io.BytesIO()
+    mask.save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("options", "written"),
+    [
+        ({"masked_content": "fill"}, {"Masked content": "fill"}),
+        ({"masked_content": "latent noise"}, {"Masked content": "latent noise"}),
+        (
+            {"masked_content": "latent nothing", "only_masked": True, "mask_padding": 8},
+            {"Masked content": "latent nothing", "Inpaint area": "Only masked", "Masked area padding": "8"},
+        ),
+        ({"only_masked": True}, {"Inpaint area": "Only masked", "Masked area padding": "32"}),
+    ],
+)
+async def test_masked_content_and_inpaint_area_change_only_the_masked_part_and_are_written(
+    world: World, options: dict, written: dict[str, str]
+) -> None:
+    base = {"prompt": "a fox", "checkpoint": "tiny-sd1", "steps": 6, "seed": 5, "init_image": RED_CIRCLE}
+    base |= {"strength": 0.8, "mask": square_mask(), "mask_blur": 0}
+    plain, plain_params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base)))
+    out, params, job_id = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base, **options)))
+    assert {key: params.get(key) for key in written} == written
+    assert not {"Masked content", "Inpaint area"} & set(plain_params)  # A1111's defaults are not written
+    outside = np.ones((64, 64), bool)
+    outside[36:56, 36:56] = False
+    init = np.asarray(Image.open(io.BytesIO(read_upload(RED_CIRCLE).png))).astype(float)
+    assert np.array_equal(out[outside], init[outside]) and np.array_equal(plain[outside], init[outside])
+    assert np.abs(out[~outside] - plain[~outside]).mean() > 1  # the option changed what was drawn
+    again, again_params, _ = await run(world, await world.jobs.plan_rerun(HOST, HERE, job_id, seed=same_seed))
+    assert again_params == params and np.array_equal(again, out)  # Reroll keeps them
+
+
+async def test_inpainting_options_without_a_mask_or_out_of_bounds_are_refused(world: World) -> None:
+    base = {"prompt": "a fox", "checkpoint": "tiny-sd1", "steps": 6, "init_image": RED_CIRCLE}
+    for values, message in (
+        ({"masked_content": "fill"}, "for inpainting; give a mask too"),
+        ({"only_masked": True}, "for inpainting; give a mask too"),
+        ({"mask": square_mask(), "masked_content": "noise"}, "masked content 'noise' is not one of fill, original"),
+        ({"mask": square_mask(), "only_masked": True, "mask_padding": 999}, "padding must be 0 to 256"),
+    ):
+        with pytest.raises(EaselError, match=message):
+            await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base, **values))

@@ -23,7 +23,7 @@ from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
-from gpu_worker.protocol import hires_size
+from gpu_worker.protocol import MASKED_CONTENT, hires_size
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -42,6 +42,9 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         init_image=_read_input(args.init_image) if args.init_image else None,
         mask=_read_input(args.mask) if args.mask else None,
         mask_blur=args.mask_blur,
+        masked_content=args.masked_content,
+        only_masked=args.only_masked,
+        mask_padding=args.mask_padding,
         strength=args.strength,
         resize_mode=args.resize_mode,
         hires_scale=args.hires or 0.0,
@@ -161,6 +164,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--mask", help="inpainting: redraw only where this picture is white (with --init-image)")
     p.add_argument("--mask-blur", type=int, default=4, help="the mask's blur, in pixels (A1111's Mask blur)")
+    p.add_argument(
+        "--masked-content", choices=MASKED_CONTENT, default="original", help="what the masked part starts from (A1111)"
+    )
+    p.add_argument("--only-masked", action="store_true", help="A1111's Inpaint area: Only masked (redrawn at full size)")
+    p.add_argument("--mask-padding", type=int, default=32, help="with --only-masked: pixels around the mask")
     p.add_argument("--hires", type=float, help="hires fix: a second pass at this size factor (e.g. 2)")
     p.add_argument("--hires-steps", type=int, default=0, help="the second pass's steps (0: as many as the first)")
     p.add_argument("--hires-denoise", type=float, default=0.7, help="the second pass's denoising strength")

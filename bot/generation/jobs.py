@@ -68,7 +68,9 @@ class Job:
             s.request.init_image,  # img2img: one input picture per call, at one strength
             s.request.strength if s.request.init_image else None,
             s.request.resize_mode if s.request.init_image else None,
-            (s.request.mask_image, s.request.mask_blur) if s.request.mask_image else None,
+            (s.request.mask_image, s.request.mask_blur, s.request.masked_content, s.request.only_masked, s.request.mask_padding)
+            if s.request.mask_image
+            else None,
             (s.request.hires_scale, s.request.hires_steps, s.request.hires_denoise, s.request.hires_upscaler)
             if s.request.hires_scale
             else None,

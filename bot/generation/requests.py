@@ -16,7 +16,7 @@ from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
+from gpu_worker.protocol import MASKED_CONTENT, EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
 
 
 class GenerationError(EaselError):
@@ -71,11 +71,16 @@ class GenerationRequest:
     resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
     mask_image: str | None = None  # inpainting: the sha256 of a kept mask (white = redraw), with init_image
     mask_blur: int = 4  # A1111's "Mask blur": the mask's Gaussian blur radius, in pixels
+    masked_content: str = "original"  # A1111's "Masked content" (gpu_worker/protocol.py MASKED_CONTENT)
+    only_masked: bool = False  # A1111's "Inpaint area": False = Whole picture, True = Only masked
+    mask_padding: int = 32  # A1111's "Masked area padding", with only_masked
     hires_scale: float = 0.0  # A1111's hires fix: 0 = off, else pass two's size factor (1-4)
     hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
 
+
+MAX_MASK_PADDING = 256  # A1111's slider goes to 256
 
 # A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
@@ -190,6 +195,12 @@ def validate(
             raise GenerationError("the mask is missing")
         if not 0 <= request.mask_blur <= 64:
             raise GenerationError(f"mask blur must be between 0 and 64 pixels, not {request.mask_blur}")
+        if request.masked_content not in MASKED_CONTENT:
+            raise GenerationError(f"masked content {request.masked_content!r} is not one of {', '.join(MASKED_CONTENT)}")
+        if not 0 <= request.mask_padding <= MAX_MASK_PADDING:
+            raise GenerationError(f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {request.mask_padding}")
+    elif request.masked_content != "original" or request.only_masked:
+        raise GenerationError("masked content and inpaint area are for inpainting; give a mask too")
     try:
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:

@@ -37,6 +37,13 @@ class JobRecord:
         return json.loads(self.row["seeds_json"])
 
     @property
+    def inpaint(self) -> dict[str, Any]:
+        """The stored job's inpainting options, as GenerationRequest fields; empty for the defaults."""
+        stored = json.loads(self.row.get("inpaint_json") or "null") or {}
+        names = {"masked_content": "masked_content", "only_masked": "only_masked", "padding": "mask_padding"}
+        return {names[key]: value for key, value in stored.items() if key in names}
+
+    @property
     def hires(self) -> dict[str, Any]:
         """The stored job's hires fix, as GenerationRequest fields; empty when it had none."""
         stored = json.loads(self.row.get("hires_json") or "null")
@@ -62,6 +69,16 @@ def hires_of(request: GenerationRequest) -> dict[str, Any]:
     }
 
 
+def inpaint_of(request: GenerationRequest) -> dict[str, Any]:
+    """An inpainting job's options that are not A1111's defaults."""
+    options: dict[str, Any] = {}
+    if request.masked_content != "original":
+        options["masked_content"] = request.masked_content
+    if request.only_masked:
+        options |= {"only_masked": True, "padding": request.mask_padding}
+    return options
+
+
 class JobStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -76,8 +93,8 @@ class JobStore:
             await db.execute(
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur, "
+                "inpaint_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -104,6 +121,7 @@ class JobStore:
                     json.dumps(hires_of(request)) if request.hires_scale else None,
                     request.mask_image,
                     request.mask_blur if request.mask_image else None,
+                    json.dumps(inpaint_of(request)) if request.mask_image and inpaint_of(request) else None,
                 ),
             )
 

@@ -38,6 +38,10 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     )
     if request.init_image:
         masked = f" · inpainting, mask blur {request.mask_blur}" if request.mask_image else ""
+        if request.mask_image and request.masked_content != "original":
+            masked += f", masked content {request.masked_content}"
+        if request.mask_image and request.only_masked:
+            masked += f", only masked (padding {request.mask_padding})"
         embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}{masked}")
     if request.hires_scale:
         big_w, big_h = hires_size(spec.width, spec.height, request.hires_scale)
