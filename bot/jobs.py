@@ -44,6 +44,9 @@ from gpu_worker.protocol import LoraUse, UpscalerUse
 VARY_SUBTLE = 0.35
 VARY_STRONG = 0.65
 UPSCALE = 2.0  # the Upscale button: the same job with A1111's hires fix at this factor
+# The Upscale button on a picture made from a picture: redrawn from itself, enlarged, at this strength
+# (the hires fix's second pass, applied to the picture as posted).
+UPSCALE_REDRAW = 0.35
 
 
 @dataclass(frozen=True)
@@ -366,7 +369,8 @@ class Jobs:
     ) -> JobPlan:
         """Another job from a stored one — a new seed, more pictures, another checkpoint, (Vary) its
         picture redrawn at `strength`, or (Upscale) the hires fix at `hires_scale` — under the rules
-        of the place where the button was pressed."""
+        of the place where the button was pressed. Upscale on a job that started from a picture has
+        no first pass to redo: its picture (`init_image`) is redrawn, enlarged, at UPSCALE_REDRAW."""
         record = await self.generation.get_job(job_id)
         if record is None:
             raise EaselError(f"job {job_id} is not in the records any more")
@@ -378,10 +382,23 @@ class Jobs:
         if ref.sha256 != row["checkpoint_sha256"]:  # the same shape, at the new model's native size
             width, height = rescale(width, height, ref.native_size)
         hires = record.hires | ({"hires_scale": hires_scale} if hires_scale else {})
+        enlarge = bool(hires_scale and row["init_image_sha256"])
+        if hires_scale and not enlarge:
+            init_image = None  # made from text: the hires fix draws it again from its seed
+        if enlarge and init_image is None:
+            raise EaselError("this message has no picture left to upscale")
         picture = await self._read_input(init_image, uploads) if init_image else None
-        if picture is not None:  # Vary: redraw the picture as it is, at its own size (a hires one too)
+        limits = self.generation.limits
+        if picture is not None and enlarge and hires_scale:
+            width, height = picture.width * hires_scale // 8 * 8, picture.height * hires_scale // 8 * 8
+            width, height, hires, strength = int(width), int(height), {}, UPSCALE_REDRAW
+            if max(width, height) > limits.max_size or width * height > limits.max_pixels:
+                raise EaselError(
+                    f"upscaled, this picture would be {width}x{height}, over this bot's size limit; "
+                    "/upscale enlarges it without redrawing"
+                )
+        elif picture is not None:  # Vary: redraw the picture as it is, at its own size (a hires one too)
             width, height, hires = picture.width // 8 * 8, picture.height // 8 * 8, {}
-            limits = self.generation.limits
             if not limits.min_size <= min(width, height) <= max(width, height) <= limits.max_size:
                 width, height = rescale(picture.width, picture.height, ref.native_size, limits.min_size)
         request = self._request(

@@ -635,6 +635,9 @@ async def test_imagine_starts_from_an_uploaded_picture(env: simcord.Env) -> None
     embed = result.response.embeds[0]
     fields = {f.name: f.value for f in embed.fields}
     assert fields["From a picture"] == "denoising strength 0.5" and fields["Size"] == "96×64"
+    upscaled = (await alice.click(result.response, label="Upscale")).response  # redrawn from itself, twice as big
+    assert (await png_of(upscaled)).size == (192, 128)
+    assert {f.name: f.value for f in upscaled.embeds[0].fields}["From a picture"] == "denoising strength 0.35"
     _, _, params = parse_infotext((await png_of(result.response)).info["parameters"])
     assert params["Denoising strength"] == "0.5"
     refused = await alice.slash(channel, "imagine", prompt="a fox", image=("fox.png", b"MZ\x90\x00not a picture"))

@@ -307,3 +307,21 @@ async def test_inpainting_options_without_a_mask_or_out_of_bounds_are_refused(wo
     ):
         with pytest.raises(EaselError, match=message):
             await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base, **values))
+
+
+async def test_upscale_of_a_picture_made_from_a_picture_redraws_it_at_twice_its_size(world: World) -> None:
+    first, params, job_id = await img2img(world, RED_CIRCLE, 0.6)
+    posted = io.BytesIO()
+    Image.fromarray(first.astype(np.uint8)).save(posted, format="PNG")
+    plan = await world.jobs.plan_rerun(HOST, HERE, job_id, seed=same_seed, hires_scale=2, init_image=posted.getvalue())
+    big, big_params, _ = await run(world, plan)
+    assert big.shape == (128, 128, 3) and big_params["Denoising strength"] == "0.35"
+    assert big_params["Seed"] == params["Seed"]  # the same seed, from the posted picture
+    shrunk = np.asarray(Image.fromarray(big.astype(np.uint8)).resize((64, 64), Image.Resampling.LANCZOS)).astype(float)
+    assert np.abs(shrunk - first).mean() < np.abs(shrunk - np.asarray(Image.new("RGB", (64, 64)))).mean()
+    with pytest.raises(EaselError, match="no picture left to upscale"):
+        await world.jobs.plan_rerun(HOST, HERE, job_id, seed=same_seed, hires_scale=2)
+    huge = io.BytesIO()
+    Image.new("RGB", (1536, 1024)).save(huge, format="PNG")
+    with pytest.raises(EaselError, match="would be 3072x2048, over this bot's size limit; /upscale"):
+        await world.jobs.plan_rerun(HOST, HERE, job_id, hires_scale=2, init_image=huge.getvalue())

@@ -196,7 +196,8 @@ class RerollButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
 
 
 class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:upscale:" + JOB_ID):
-    """The same job, same seed, with A1111's hires fix at twice the size."""
+    """The same job, same seed, with A1111's hires fix at twice the size (or, for a picture made from a
+    picture, that picture redrawn at twice its size)."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(discord.ui.Button(label="Upscale", emoji="🔍", custom_id=f"easel:upscale:{job_id}"))
@@ -204,7 +205,25 @@ class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templa
 
     @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
-        await self.rerun(interaction, seed=same_seed, hires_scale=UPSCALE)
+        await interaction.response.defer(thinking=True)
+        # A picture made from a picture is enlarged from itself (bot/jobs.py decides), so it goes along.
+        picture = first_picture(interaction)
+        plan = await services_of(interaction).jobs.plan_rerun(
+            asker(interaction),
+            place(interaction),
+            self.job_id,
+            seed=same_seed,
+            hires_scale=UPSCALE,
+            init_image=await read_attachment(picture) if picture is not None else None,
+        )
+        await run_plan(interaction, plan)
+
+
+def first_picture(interaction: discord.Interaction) -> discord.Attachment | None:
+    """The result's picture, if the message still has one."""
+    attachments = interaction.message.attachments if interaction.message else []
+    pictures = [a for a in attachments if a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
+    return pictures[0] if pictures else None
 
 
 class MakeThisHereButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:remake:(?P<key>[0-9a-f]{64})"):
@@ -257,16 +276,15 @@ class VaryButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=
     @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
-        attachments = interaction.message.attachments if interaction.message else []
-        pictures = [a for a in attachments if a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
-        if not pictures:
+        picture = first_picture(interaction)
+        if picture is None:
             raise EaselError("this message has no picture left to vary")
         plan = await services_of(interaction).jobs.plan_rerun(
             asker(interaction),
             place(interaction),
             self.job_id,
             seed=reroll,
-            init_image=await read_attachment(pictures[0]),
+            init_image=await read_attachment(picture),
             strength=VARY_STRONG if self.strong else VARY_SUBTLE,
         )
         await run_plan(interaction, plan)
