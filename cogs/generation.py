@@ -13,7 +13,7 @@ from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
 from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.generation.samplers import SAMPLERS
-from bot.images.infotext import render_infotext
+from bot.images.infotext import render_reading
 from bot.jobs import ImagineOptions
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
@@ -123,7 +123,7 @@ class Generation(commands.Cog):
         await interaction.response.defer(thinking=True, ephemeral=True)
         key, info = await self.jobs.read_parameters(await read_attachment(image))
         view = discord.ui.View(timeout=None).add_item(MakeThisHereButton(key))
-        await interaction.followup.send(code_block(render_infotext(info)), view=view, ephemeral=True)
+        await interaction.followup.send(code_block(render_reading(info)), view=view, ephemeral=True)
 
     @app_commands.command(name="explain", description="How a prompt is read: chunks of 75 tokens, weights, editing")
     @app_commands.describe(prompt="The prompt to read", steps="Sampling steps, for [from:to:when] and [a|b]")

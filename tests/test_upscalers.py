@@ -17,6 +17,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
 from bot.errors import EaselError
+from bot.images.infotext import read_picture_parameters, render_reading
 from bot.upscalers.detection import UpscalerFileError, canonical_names, detect_upscaler
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService, upscaled_size
@@ -187,6 +188,8 @@ async def test_an_upscale_keeps_the_pictures_parameters_and_adds_a1111s_postproc
             assert picture.info["parameters"].startswith("a cat\n")
             assert picture.info["postprocessing"] == f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {name}"
             assert bool(steps) == (name == "4x-Tiny")  # a model reports its tiles
+            reading = read_picture_parameters(done.png)  # what /pnginfo and `pnginfo` show
+            assert reading.prompt == "a cat" and render_reading(reading).endswith("\n\n" + done.postprocessing)
         for name, scale, message in (
             ("4x-Tiny", 1.0, "above 1 and at most 8"),
             ("4x-Tiny", 8.0, "would be 768x512, over the 0.3-megapixel limit"),

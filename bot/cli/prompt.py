@@ -12,7 +12,7 @@ from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
 from bot.generation.prompt_explain import explain, render
-from bot.images.infotext import read_picture_parameters, render_infotext
+from bot.images.infotext import read_picture_parameters, render_reading
 from bot.networks.registry import network_registries
 
 
@@ -35,7 +35,7 @@ async def cmd_pnginfo(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as e:
         raise EaselError(f"{args.path}: {e.strerror or e}") from None
     info = await asyncio.to_thread(read_picture_parameters, data)
-    print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) if args.json else render_infotext(info))
+    print(json.dumps(info.to_dict(), indent=2, ensure_ascii=False) if args.json else render_reading(info))
     return 0
 
 

@@ -33,9 +33,11 @@ class Infotext:
     prompt: str
     negative: str
     params: dict[str, str] = field(default_factory=dict)
+    postprocessing: str = ""  # A1111's Extras text ("Postprocess upscale by: 2, …"), shown, never run
 
     def to_dict(self) -> dict[str, object]:
-        return {"prompt": self.prompt, "negative": self.negative, "params": self.params}
+        out: dict[str, object] = {"prompt": self.prompt, "negative": self.negative, "params": self.params}
+        return out | ({"postprocessing": self.postprocessing} if self.postprocessing else {})
 
 
 def infotext_of(data: bytes) -> str | None:
@@ -97,12 +99,21 @@ def read_picture_parameters(data: bytes) -> Infotext:
         raise EaselError(f"the picture's metadata cannot be read ({type(e).__name__})") from None
     if not text:
         raise EaselError("this picture carries no generation parameters (no A1111 infotext)")
-    return parse_infotext(text)
+    info = parse_infotext(text)
+    extras = Image.open(io.BytesIO(data), formats=[sniff(data) or "PNG"]).info.get("postprocessing")
+    if isinstance(extras, str):
+        info.postprocessing = clean_text(extras[:1000]).strip()
+    return info
 
 
 def render_infotext(info: Infotext) -> str:
-    """The reading written back as A1111 infotext (what /pnginfo shows, and keeps for "Make this here")."""
+    """The reading written back as A1111 infotext (what /pnginfo keeps for "Make this here")."""
     return build_infotext(info.prompt, info.negative, dict(info.params))
+
+
+def render_reading(info: Infotext) -> str:
+    """What /pnginfo and `pnginfo` show: the infotext, then A1111's Extras text when there is one."""
+    return render_infotext(info) + (f"\n\n{info.postprocessing}" if info.postprocessing else "")
 
 
 def size_of(params: dict[str, str]) -> tuple[int, int] | None:
