@@ -108,6 +108,7 @@ class ImagineOptions:
     hires_steps: int = 0
     hires_denoise: float = 0.7
     hires_upscaler: str = "Latent"
+    cfg_rescale: float = 0.0  # "CFG Rescale φ"
 
 
 @dataclass
@@ -278,6 +279,7 @@ class Jobs:
             hires_steps=options.hires_steps,
             hires_denoise=options.hires_denoise,
             hires_upscaler=options.hires_upscaler,
+            cfg_rescale=options.cfg_rescale,
         )
         return await self._checked([(request, ref)], here, place, uploads=uploads)
 
@@ -307,6 +309,8 @@ class Jobs:
             hires_steps=_number(params, "Hires steps", int, 0),
             hires_denoise=_number(params, "Denoising strength", float, 0.7),
             hires_upscaler=params.get("Hires upscaler", "Latent"),
+            # The A1111 extension's key (Seshelle/CFG_Rescale_webui), or the plain one it also reads.
+            cfg_rescale=_number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
         )
         return await self.plan_imagine(asker, place, options)
 
@@ -420,6 +424,7 @@ class Jobs:
             resize_mode=row["resize_mode"] or "crop",
             mask_image=row["mask_sha256"] if picture is None else None,  # a Vary starts from the whole picture
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
+            cfg_rescale=row["cfg_rescale"] or 0.0,
             **(record.inpaint if picture is None else {}),
             **hires,
         )

@@ -98,7 +98,7 @@ def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype 
         raise
     except Exception as e:  # diffusers reports layout problems with many exception types
         raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e
-    _set_prediction_type(pipeline, request.prediction)
+    _set_prediction_type(pipeline, request.prediction, request.zero_snr)
     pipeline.set_progress_bar_config(disable=True)
     if device != "cpu":  # it was built on the CPU; walking every module to stay there costs 0.15 s
         pipeline.to(device)
@@ -189,7 +189,12 @@ def _load_folder(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
 
 
-def _set_prediction_type(pipeline: DiffusionPipeline, prediction: str) -> None:
-    wanted = "v_prediction" if prediction == "v" else "epsilon"
-    if pipeline.scheduler.config.get("prediction_type") != wanted:
-        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, prediction_type=wanted)
+def _set_prediction_type(pipeline: DiffusionPipeline, prediction: str, zero_snr: bool = False) -> None:
+    """The checkpoint's own sampling schedule. A zero-terminal-SNR model gets its betas rescaled so
+    that the last step is pure noise (Lin et al. 2023, algorithm 1; ComfyUI's `zsnr`), and the
+    steps then start from that last timestep ("trailing"), as ComfyUI's schedules start from sigma_max."""
+    wanted: dict[str, object] = {"prediction_type": "v_prediction" if prediction == "v" else "epsilon"}
+    if zero_snr:
+        wanted |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    if any(pipeline.scheduler.config.get(key) != value for key, value in wanted.items()):
+        pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, **wanted)

@@ -50,6 +50,7 @@ class LoadRequest:
     pipeline_config: str | None  # bundled config folder id; None for diffusers folders
     prediction: str = "epsilon"  # epsilon | v
     sha256: str = ""
+    zero_snr: bool = False  # the schedule rescaled to zero terminal SNR (a `ztsnr` v-prediction model)
 
     @property
     def cache_key(self) -> str:
@@ -133,6 +134,7 @@ class RunBatch:
     hires_denoise: float = 0.7  # pass two's denoising strength
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py, or hires_model's name
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
+    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
 
     @property
     def run_steps(self) -> int:

@@ -66,6 +66,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Sampler": batch.sampler,
             "Schedule type": None if batch.schedule == "Automatic" else batch.schedule,
             "CFG scale": batch.cfg,
+            "CFG Rescale φ": f"{batch.cfg_rescale:g}" if batch.cfg_rescale else None,
             "Seed": seed,
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
@@ -381,6 +382,7 @@ class BatchRunner:
                 **shape,
                 num_inference_steps=steps,
                 guidance_scale=batch.cfg,
+                **({"guidance_rescale": batch.cfg_rescale} if batch.cfg_rescale else {}),
                 # Noise from CPU generators: the same seed gives the same image on any GPU model.
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
                 callback_on_step_end=callback,

@@ -20,6 +20,9 @@ from gpu_worker.loader import CONFIG_ROOT
 from gpu_worker.save import save_atomically
 
 TINY_ARCHS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
+# Variants of those: (base, marker tensors). NoobAI-XL v-pred and its merges carry `v_pred` and
+# `ztsnr` as empty tensors (ComfyUI's model_detection reads them; its checkpoint saver writes them).
+TINY_VARIANTS = {"sdxl-vpred": ("sdxl", ("v_pred", "ztsnr"))}
 _MODELSPEC = {
     "sd1": ("stable-diffusion-v1", "epsilon", "64x64"),
     "sd2": ("stable-diffusion-v2-768-v", "v", "64x64"),
@@ -84,19 +87,22 @@ def tiny_state_dict(arch: str, seed: int = 0, inpainting: bool = False) -> dict[
 
 
 def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool = False) -> Path:
-    """Write a tiny `arch` checkpoint to `out` (.safetensors), atomically."""
-    if arch not in TINY_ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(TINY_ARCHS)}")
+    """Write a tiny `arch` checkpoint to `out` (.safetensors), atomically; `arch` may be a variant
+    (TINY_VARIANTS: its base's weights and its marker keys, the prediction type left to them)."""
+    if arch not in TINY_ARCHS and arch not in TINY_VARIANTS:
+        choices = ", ".join([*TINY_ARCHS, *TINY_VARIANTS])
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {choices}")
     out = Path(out)
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the output must end in .safetensors")
+    variant, (arch, markers) = arch, TINY_VARIANTS.get(arch, (arch, ()))
     spec, prediction, resolution = _MODELSPEC[arch]
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": spec,
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
-        "modelspec.title": f"Easel tiny {arch.upper()}{' inpainting' if inpainting else ''} (random weights)",
-        "modelspec.description": f"Random-weight {arch.upper()}{' inpainting (9-channel UNet)' if inpainting else ''} "
+        "modelspec.title": f"Easel tiny {variant.upper()}{' inpainting' if inpainting else ''} (random weights)",
+        "modelspec.description": f"Random-weight {variant.upper()}{' inpainting (9-channel UNet)' if inpainting else ''} "
         "checkpoint in the real single-file layout, for tests.",
         "modelspec.author": "Easel",
         "modelspec.date": datetime.date.today().isoformat(),
@@ -104,5 +110,7 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool =
         "modelspec.resolution": resolution,
         "easel.tiny_seed": str(seed),
     }
-    state = tiny_state_dict(arch, seed, inpainting)
+    if markers:  # the file's keys say its prediction type, as in the real ones
+        del metadata["modelspec.prediction_type"]
+    state = tiny_state_dict(arch, seed, inpainting) | {key: torch.tensor([]) for key in markers}
     return save_atomically(state, out, metadata, temp_path(out))

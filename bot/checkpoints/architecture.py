@@ -42,12 +42,16 @@ class Architecture:
     decided_by: str  # the key (or metadata field) behind the verdict
     runnable: bool
     reason: str = ""  # why not runnable, or a caveat
+    prediction_by: str = ""  # the key or metadata field that gave the prediction type
+    zero_snr: bool = False  # trained with zero terminal SNR (the `ztsnr` marker key): its noise schedule is rescaled
 
     def to_dict(self) -> dict[str, object]:
         return {
             "family": self.family,
             "variant": self.variant,
             "prediction": self.prediction,
+            "prediction_by": self.prediction_by,
+            "zero_snr": self.zero_snr,
             "label": self.label,
             "decided_by": self.decided_by,
             "runnable": self.runnable,
@@ -122,9 +126,14 @@ def detect_architecture(
         variant = "edm"
 
     prediction, prediction_source = _prediction(family, tensors, metadata, extras)
+    # ComfyUI supported_models.py (SDXL.model_type): `ztsnr` beside `v_pred` marks a zero-terminal-SNR
+    # v-prediction model (NoobAI-XL v-pred and its merges); its sampling schedule is rescaled to match.
+    zero_snr = prediction == "v" and has("ztsnr")
     label = {"sdxl-refiner": "SDXL refiner"}.get(family, _FAMILY_LABELS.get(family, family))
     if family == "sd2" and prediction == "v" and prediction_source != "assumed":
         label = "SD2.x v-prediction"
+    if family == "sdxl" and prediction == "v":
+        label = "SDXL v-prediction" + (", zero terminal SNR" if zero_snr else "")
     if variant:
         label += f" ({variant})"
 
@@ -140,7 +149,8 @@ def detect_architecture(
         runnable, reason = False, "the file has no UNet"
     elif prediction_source == "assumed":
         reason = "the file does not say its prediction type; assuming v-prediction, as for SD 2.x 768 models"
-    return Architecture(family, variant, prediction, label, decided_by, runnable, reason)
+    by = prediction_source + (" + ztsnr" if zero_snr else "")
+    return Architecture(family, variant, prediction, label, decided_by, runnable, reason, by, zero_snr)
 
 
 def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:

@@ -51,6 +51,7 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         hires_steps=args.hires_steps,
         hires_denoise=args.hires_denoise,
         hires_upscaler=args.upscaler,
+        cfg_rescale=args.cfg_rescale,
     )
 
 
@@ -151,6 +152,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default="")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG Rescale φ, 0-1 (0.7 for zero-terminal-SNR models)")
     p.add_argument("--sampler", default="DPM++ 2M", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras"')
     p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")

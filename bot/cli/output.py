@@ -42,6 +42,11 @@ def render_inspection(ins: Inspection) -> str:
         f"File:          {ins.path} ({human_size(ins.file_size)})",
         f"Format:        {ins.format}",
         f"Architecture:  {arch.label}" + (f"  [decided by {arch.decided_by}]" if arch.decided_by else ""),
+        *(
+            [f"Prediction:    {arch.prediction}" + (f"  [from {arch.prediction_by}]" if arch.prediction_by else "")]
+            if arch.prediction
+            else []
+        ),
     ]
     if arch.runnable:
         lines.append(

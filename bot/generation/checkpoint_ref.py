@@ -30,6 +30,7 @@ class CheckpointRef:
     reason: str
     present: bool
     nsfw: bool = False
+    zero_snr: bool = False
 
     @property
     def autov2(self) -> str:
@@ -55,6 +56,7 @@ class CheckpointRef:
             pipeline_config=self.pipeline_config,
             prediction=self.prediction,
             sha256=self.sha256,
+            zero_snr=self.zero_snr,
         )
 
     @classmethod
@@ -72,6 +74,7 @@ class CheckpointRef:
             reason=entry.inspection.get("architecture_info", {}).get("reason", ""),
             present=entry.status == "present",
             nsfw=entry.nsfw,
+            zero_snr=bool(entry.inspection.get("architecture_info", {}).get("zero_snr", False)),
         )
 
     @classmethod
@@ -90,6 +93,7 @@ class CheckpointRef:
             runnable=arch.runnable,
             reason=arch.reason,
             present=True,
+            zero_snr=arch.zero_snr,
         )
 
 

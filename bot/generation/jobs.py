@@ -61,6 +61,7 @@ class Job:
             s.height,
             s.request.steps,
             s.request.cfg,
+            s.request.cfg_rescale,
             s.sampler,
             s.schedule,
             s.request.clip_skip,

@@ -13,7 +13,7 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
-from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
+from bot.generation.samplers import DEFAULT_SAMPLER, ZERO_SNR_SAMPLERS, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import MASKED_CONTENT, EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
@@ -78,6 +78,7 @@ class GenerationRequest:
     hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
+    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023): 0 = off, 0.7 the paper's choice
 
 
 MAX_MASK_PADDING = 256  # A1111's slider goes to 256
@@ -205,6 +206,12 @@ def validate(
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+    if checkpoint.zero_snr and sampler not in ZERO_SNR_SAMPLERS:
+        raise GenerationError(
+            f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "
+            f"Choose one of {', '.join(ZERO_SNR_SAMPLERS)}"
+        )
+    _check_cfg_rescale(request, checkpoint)
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
     return ValidRequest(
@@ -247,6 +254,18 @@ def _check_hires(
         parse_upscaler(request.hires_upscaler)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+
+
+def _check_cfg_rescale(request: GenerationRequest, checkpoint: CheckpointRef) -> None:
+    if not 0 <= request.cfg_rescale <= 1:
+        raise GenerationError(f"CFG rescale must be between 0 and 1, not {request.cfg_rescale:g}")
+    # diffusers' SD1/SD2 image-to-image and inpainting pipelines have no guidance rescale (SDXL's do).
+    if request.cfg_rescale and checkpoint.family != "sdxl":
+        from_picture = request.init_image is not None or request.hires_scale or "inpainting" in (checkpoint.pipeline_config or "")
+        if from_picture:
+            raise GenerationError(
+                "CFG rescale works on SD1/SD2 checkpoints only for pictures made from text, without the hires fix"
+            )
 
 
 def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:

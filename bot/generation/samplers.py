@@ -37,6 +37,11 @@ SAMPLERS: dict[str, Sampler] = {
 DEFAULT_SAMPLER = "DPM++ 2M"
 
 
+# Samplers whose diffusers scheduler can rescale its betas to zero terminal SNR (`rescale_betas_zero_snr`),
+# the only ones that follow a `ztsnr` model's schedule; tests/test_vpred.py checks the list against diffusers.
+ZERO_SNR_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DDIM", "UniPC")
+
+
 def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
     """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
     names = {n.lower(): (n, None) for n in SAMPLERS}

@@ -338,6 +338,7 @@ class GenerationService:
             hires_denoise=spec.request.hires_denoise,
             hires_upscaler=spec.request.hires_upscaler,  # in A1111's spelling since validation
             hires_model=spec.hires_model,
+            cfg_rescale=spec.request.cfg_rescale,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

@@ -55,7 +55,8 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
         )
     embed.add_field(name="Size", value=f"{spec.width}×{spec.height}")
     embed.add_field(name="Steps", value=str(request.steps))
-    embed.add_field(name="CFG", value=f"{request.cfg:g}")
+    rescale = f" · rescale φ {request.cfg_rescale:g}" if request.cfg_rescale else ""
+    embed.add_field(name="CFG", value=f"{request.cfg:g}{rescale}")
     embed.add_field(name="Sampler", value=f"{spec.sampler} · {spec.schedule}")
     if job.inference_seconds is not None:
         embed.add_field(name="Time", value=f"{job.inference_seconds:.1f} s on {job.device}")
