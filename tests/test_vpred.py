@@ -135,7 +135,7 @@ async def test_a_zero_snr_model_draws_with_its_samplers_and_cfg_rescale_is_writt
     assert handle.job.spec.request.cfg_rescale == 0.7  # "Make this here" keeps it
     async for _ in handle.events():
         pass
-    with pytest.raises(EaselError, match="zero-terminal-SNR model; Heun cannot follow its schedule. Choose one of Euler"):
+    with pytest.raises(EaselError, match=r"zero-terminal-SNR model; Heun cannot follow its schedule\. Choose one of Euler"):
         await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-vpred", sampler="Heun"))
     with pytest.raises(EaselError, match="CFG rescale must be between 0 and 1"):
         await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-vpred", cfg_rescale=1.5))
