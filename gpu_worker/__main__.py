@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred"), required=True)
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("out")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
+from gpu_worker.latents import decode
 from gpu_worker.upscale_models import Upscaler, upscale_picture
 
 
@@ -22,8 +23,7 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str | 
         mode, antialias = LATENT_UPSCALERS[upscaler]
         options = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
         return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, **options)
-    with torch.no_grad():
-        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    decoded = decode(pipe.vae, latents)
     pictures = pipe.image_processor.postprocess(decoded, output_type="pil")
     if isinstance(upscaler, Upscaler):
         return [upscale_picture(upscaler, picture, size) for picture in pictures]

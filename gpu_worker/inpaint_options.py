@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from gpu_worker.latents import encode
+
 LANCZOS = Image.Resampling.LANCZOS
 # (blur radius, times composited), widest first: far pixels give the masked area its colour, near ones its detail.
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
@@ -74,10 +76,7 @@ def latent_mask(mask: Image.Image, latent_size: tuple[int, int]) -> torch.Tensor
 def masked_start(pipe, picture: Image.Image, mask: Image.Image, mode: str, seeds: list[int]) -> torch.Tensor:
     """The start latents for `latent noise` / `latent nothing`: the picture's latent with its masked
     part replaced by noise from each image's seed, or by zeros."""
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(picture).to(vae.device, vae.dtype)
-    with torch.no_grad():
-        latent = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor
+    latent = encode(pipe.vae, pipe.image_processor.preprocess(picture))
     where = latent_mask(mask, (latent.shape[-1], latent.shape[-2])).to(latent.device, latent.dtype)
     starts = []
     for seed in seeds:
@@ -93,9 +92,6 @@ def masked_start(pipe, picture: Image.Image, mask: Image.Image, mode: str, seeds
 def masked_picture_latents(pipe, picture: Image.Image, mask: Image.Image, n: int) -> torch.Tensor:
     """An inpainting checkpoint's masked-picture input, when the start is a latent: the picture with
     the masked part grey, encoded (what the pipeline computes itself from a picture)."""
-    vae = pipe.vae
     pixels = pipe.image_processor.preprocess(picture)
     keep = pipe.mask_processor.preprocess(mask) < 0.5
-    with torch.no_grad():
-        encoded = vae.encode((pixels * keep).to(vae.device, vae.dtype)).latent_dist.mode()
-    return (encoded * vae.config.scaling_factor).repeat(n, 1, 1, 1)
+    return encode(pipe.vae, pixels * keep).repeat(n, 1, 1, 1)

@@ -113,7 +113,7 @@ def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> D
     base, _, variant = request.pipeline_config.partition("+")
     folder = CONFIG_ROOT / base
     index = folder / "model_index.json"
-    if not index.is_file() or variant not in ("", "inpainting"):
+    if not index.is_file() or variant not in ("", "inpainting", "edm"):
         raise CheckpointLoadError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
     tokenizers = {sub.name: _tokenizer(str(sub)) for sub in folder.glob("tokenizer*")}
     # Every weight comes from the file: random initialisation of the text encoders first is waste
@@ -133,25 +133,57 @@ def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> D
 _INPAINTING = {"StableDiffusionPipeline": "StableDiffusionInpaintPipeline", "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline"}
 
 
+# Playground v2.5 (an EDM model on an SDXL UNet), as diffusers' release of it and ComfyUI's
+# SDXL_Playground_2_5 latent format describe it: an EDM schedule, and latents centred and scaled.
+EDM_SCHEDULER = {
+    "_class_name": "EDMDPMSolverMultistepScheduler",
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "sigma_data": 0.5,
+    "sigma_schedule": "karras",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "rho": 7.0,
+    "solver_order": 2,
+    "algorithm_type": "dpmsolver++",
+    "solver_type": "midpoint",
+    "lower_order_final": True,
+    "final_sigmas_type": "zero",
+}
+EDM_LATENTS = {"scaling_factor": 0.5, "latents_mean": [-1.6574, 1.886, -1.383, 2.5155], "latents_std": [8.4927, 5.9022, 6.5498, 5.2299]}
+
+
 @contextmanager
 def _config_folder(folder: Path, variant: str) -> Iterator[Path]:
-    """The bundled folder itself, or for an inpainting checkpoint a private copy of it (links, and two
-    small JSON files) with the inpainting pipeline class and a 9-channel UNet."""
+    """The bundled folder itself, or for a variant a private copy of it (links, and the few small
+    JSON files it changes): an inpainting checkpoint gets the inpainting pipeline class and a
+    9-channel UNet; an EDM one its scheduler and latent statistics."""
     if not variant:
         yield folder
         return
+    changed = {"inpainting": {"model_index.json", "unet"}, "edm": {"model_index.json", "scheduler", "vae"}}[variant]
     with tempfile.TemporaryDirectory(prefix="easel-config-") as temp:
         copy = Path(temp)
         for part in folder.iterdir():
-            if part.name not in ("model_index.json", "unet"):
+            if part.name not in changed:
                 (copy / part.name).symlink_to(part.resolve())
-        index = json.loads((folder / "model_index.json").read_text())
-        if index["_class_name"] not in _INPAINTING:
-            raise CheckpointLoadError(f"no inpainting pipeline for {index['_class_name']}")
-        (copy / "model_index.json").write_text(json.dumps(index | {"_class_name": _INPAINTING[index["_class_name"]]}))
-        (copy / "unet").mkdir()
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        (copy / "unet" / "config.json").write_text(json.dumps(unet | {"in_channels": 9}))
+
+        def write(name: str, values: dict) -> None:
+            original = json.loads((folder / name).read_text())
+            (copy / name).parent.mkdir(exist_ok=True)
+            (copy / name).write_text(json.dumps(original | values))
+
+        if variant == "edm":
+            write("model_index.json", {"scheduler": ["diffusers", EDM_SCHEDULER["_class_name"]]})
+            (copy / "scheduler").mkdir()
+            (copy / "scheduler" / "scheduler_config.json").write_text(json.dumps(EDM_SCHEDULER))
+            write("vae/config.json", EDM_LATENTS)
+        else:
+            index = json.loads((folder / "model_index.json").read_text())
+            if index["_class_name"] not in _INPAINTING:
+                raise CheckpointLoadError(f"no inpainting pipeline for {index['_class_name']}")
+            write("model_index.json", {"_class_name": _INPAINTING[index["_class_name"]]})
+            write("unet/config.json", {"in_channels": 9})
         yield copy
 
 

@@ -23,6 +23,7 @@ from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
+from gpu_worker.latents import encode
 from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import latents_to_images, png_bytes
@@ -333,11 +334,8 @@ class BatchRunner:
         width, height = size
         inputs: dict = {"mask_image": [Image.new("L", size, 255)] * n, "width": width, "height": height}
         if isinstance(enlarged, torch.Tensor):
-            vae = pipe.vae
-            grey = torch.zeros(1, 3, height, width, device=vae.device, dtype=vae.dtype)
-            with torch.no_grad():
-                latent = vae.encode(grey).latent_dist.mode() * vae.config.scaling_factor
-            inputs["masked_image_latents"] = latent.repeat(n, 1, 1, 1)
+            grey = encode(pipe.vae, torch.zeros(1, 3, height, width))
+            inputs["masked_image_latents"] = grey.repeat(n, 1, 1, 1)
         return inputs
 
     def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:

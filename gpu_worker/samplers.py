@@ -42,8 +42,22 @@ SCHEDULE_OPTIONS: dict[str, tuple[tuple[str, object], ...]] = {
 _RESET = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 
 
+# An EDM model's samplers: the ones diffusers implements in EDM form (sigmas, not betas).
+EDM_SCHEDULERS: dict[str, SchedulerFor] = {
+    "Euler": SchedulerFor("EDMEulerScheduler"),
+    "DPM++ 2M": SchedulerFor("EDMDPMSolverMultistepScheduler", (("algorithm_type", "dpmsolver++"),)),
+    "DPM++ 2M SDE": SchedulerFor("EDMDPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),)),
+}
+EDM_SCHEDULES = {"Automatic": "karras", "Karras": "karras", "Exponential": "exponential"}
+
+
 def make_scheduler(base_config: Mapping[str, object], sampler: str, schedule: str) -> SchedulerMixin:
     """A fresh scheduler from the checkpoint's own config (betas, prediction type, spacing)."""
+    if str(base_config.get("_class_name", "")).startswith("EDM"):
+        edm = EDM_SCHEDULERS[sampler]
+        config = {k: v for k, v in base_config.items() if k != "algorithm_type"}
+        options = dict(edm.options) | {"sigma_schedule": EDM_SCHEDULES[schedule]}
+        return getattr(diffusers, edm.scheduler).from_config(config, **options)
     spec = SCHEDULERS[sampler]
     scheduler_cls = getattr(diffusers, spec.scheduler)
     config = {k: v for k, v in base_config.items() if k != "algorithm_type"} | _RESET

@@ -22,7 +22,9 @@ from gpu_worker.save import save_atomically
 TINY_ARCHS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
 # Variants of those: (base, marker tensors). NoobAI-XL v-pred and its merges carry `v_pred` and
 # `ztsnr` as empty tensors (ComfyUI's model_detection reads them; its checkpoint saver writes them).
-TINY_VARIANTS = {"sdxl-vpred": ("sdxl", ("v_pred", "ztsnr"))}
+# Playground v2.5 carries `edm_mean` and `edm_std` (1×4×1×1: its latent statistics).
+TINY_VARIANTS = {"sdxl-vpred": ("sdxl", ("v_pred", "ztsnr")), "sdxl-edm": ("sdxl", ("edm_mean", "edm_std"))}
+_EDM_STATS = {"edm_mean": [-1.6574, 1.886, -1.383, 2.5155], "edm_std": [8.4927, 5.9022, 6.5498, 5.2299]}
 _MODELSPEC = {
     "sd1": ("stable-diffusion-v1", "epsilon", "64x64"),
     "sd2": ("stable-diffusion-v2-768-v", "v", "64x64"),
@@ -112,5 +114,6 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool =
     }
     if markers:  # the file's keys say its prediction type, as in the real ones
         del metadata["modelspec.prediction_type"]
-    state = tiny_state_dict(arch, seed, inpainting) | {key: torch.tensor([]) for key in markers}
+    marks = {key: torch.tensor(_EDM_STATS[key]).view(1, 4, 1, 1) if key in _EDM_STATS else torch.tensor([]) for key in markers}
+    state = tiny_state_dict(arch, seed, inpainting) | marks
     return save_atomically(state, out, metadata, temp_path(out))

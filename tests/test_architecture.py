@@ -73,9 +73,9 @@ CASES = [
         {**SDXL, "edm_mean": (1, 4, 1, 1), "edm_std": (1, 4, 1, 1)},
         {},
         {},
-        "SDXL base (edm)",
+        "SDXL EDM (Playground v2.5)",
         "ln_final",
-        False,
+        True,
     ),
     (
         "sdxl-refiner",

@@ -1,6 +1,7 @@
-"""v-prediction SDXL (NoobAI-XL v-pred and its merges): told apart by their marker keys, loaded with
-their schedule (v-prediction, zero terminal SNR), sampled only by samplers that follow it, and CFG
-rescale as A1111's extension writes it."""
+"""SDXL's other schedules. v-prediction (NoobAI-XL v-pred and its merges): told apart by their marker
+keys, loaded with their schedule (v-prediction, zero terminal SNR), sampled only by samplers that
+follow it, and CFG rescale as A1111's extension writes it. EDM (Playground v2.5): its EDM schedule
+and latent statistics, and the samplers diffusers has in EDM form."""
 
 from __future__ import annotations
 
@@ -42,6 +43,44 @@ HOST, HERE = Asker.host(), Place.command_line()
 @pytest.fixture(scope="module")
 def vpred_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_checkpoint("sdxl-vpred", tmp_path_factory.mktemp("vpred") / "tiny-xl-vpred.safetensors", seed=3)
+
+
+@pytest.fixture(scope="module")
+def edm_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_checkpoint("sdxl-edm", tmp_path_factory.mktemp("edm") / "tiny-xl-edm.safetensors", seed=4)
+
+
+def test_an_edm_model_loads_with_its_schedule_and_latent_statistics(edm_file: Path) -> None:
+    inspection = inspect_checkpoint(edm_file)
+    assert inspection.architecture.label == "SDXL EDM (Playground v2.5)"
+    assert inspection.runnable and inspection.pipeline_config == "tiny-sdxl+edm"
+    stray = detect_architecture(tensors({**SDXL, "edm_vpred.sigma_max": (), "edm_vpred.sigma_min": ()}))
+    assert not stray.runnable and "edm_vpred.sigma_max" in stray.reason
+    arch = inspection.architecture
+    loaded = load_pipeline(LoadRequest(str(edm_file), "e", "sdxl", arch.label, "safetensors", "tiny-sdxl+edm", "epsilon"))
+    config = loaded.base_scheduler_config
+    assert (config["_class_name"], config["sigma_data"], config["sigma_max"], config["sigma_min"]) == (
+        "EDMDPMSolverMultistepScheduler",
+        0.5,
+        80.0,
+        0.002,
+    )
+    vae = loaded.pipeline.vae.config
+    assert (vae.scaling_factor, vae.latents_mean) == (0.5, [-1.6574, 1.886, -1.383, 2.5155])  # ComfyUI's constants
+    sde = make_scheduler(config, "DPM++ 2M SDE", "Exponential")
+    assert (type(sde).__name__, sde.config.algorithm_type, sde.config.sigma_schedule) == (
+        "EDMDPMSolverMultistepScheduler",
+        "sde-dpmsolver++",
+        "exponential",
+    )
+    assert type(make_scheduler(config, "Euler", "Automatic")).__name__ == "EDMEulerScheduler"
+    from gpu_worker.latents import decode, encode
+
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    latents = encode(loaded.pipeline.vae, pixels)
+    assert torch.allclose(decode(loaded.pipeline.vae, latents), loaded.pipeline.vae.decode(
+        latents * torch.tensor(vae.latents_std).view(1, 4, 1, 1) / 0.5 + torch.tensor(vae.latents_mean).view(1, 4, 1, 1)
+    ).sample, atol=1e-5)
 
 
 def test_the_marker_keys_decide_and_inspect_names_them(vpred_file: Path) -> None:
@@ -98,10 +137,13 @@ def test_the_loaded_schedule_is_v_prediction_rescaled_to_zero_terminal_snr(vpred
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def jobs(vpred_file: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Jobs]:
+async def jobs(
+    vpred_file: Path, edm_file: Path, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Jobs]:
     root = tmp_path_factory.mktemp("vpred-jobs")
     (root / "models").mkdir()
     shutil.copy(vpred_file, root / "models" / vpred_file.name)
+    shutil.copy(edm_file, root / "models" / edm_file.name)
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", root / "models" / "tiny-sd1.safetensors")
     db = await open_database(root / "easel.sqlite3")
     registry = CheckpointRegistry(db, root / "models")
@@ -142,3 +184,14 @@ async def test_a_zero_snr_model_draws_with_its_samplers_and_cfg_rescale_is_writt
     with pytest.raises(EaselError, match="only for pictures made from text, without the hires fix"):
         options = ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", cfg_rescale=0.5, hires_scale=2)
         await jobs.plan_imagine(HOST, HERE, options)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_edm_model_draws_from_text_and_pictures_with_its_samplers(jobs: Jobs) -> None:
+    for sampler in ("Euler", "DPM++ 2M", "DPM++ 2M SDE Karras"):
+        image, params = await picture(jobs, checkpoint="tiny-xl-edm", sampler=sampler)
+        assert image.std() > 1 and params["Model"] == "tiny-xl-edm"
+    big, params = await picture(jobs, checkpoint="tiny-xl-edm", hires_scale=2)
+    assert big.shape == (128, 128, 3) and params["Hires upscale"] == "2"
+    with pytest.raises(EaselError, match=r"EDM model \(Playground v2\.5\); DDIM has no EDM form here\. Choose one of Euler"):
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-edm", sampler="DDIM"))

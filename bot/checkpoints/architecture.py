@@ -134,15 +134,24 @@ def detect_architecture(
         label = "SD2.x v-prediction"
     if family == "sdxl" and prediction == "v":
         label = "SDXL v-prediction" + (", zero terminal SNR" if zero_snr else "")
-    if variant:
+    if family == "sdxl" and variant == "edm":
+        label = "SDXL EDM (Playground v2.5)"
+    elif variant:
         label += f" ({variant})"
 
-    runnable = family in _RUNNABLE_FAMILIES and variant in ("", "inpainting")
+    # ComfyUI supported_models.py: `edm_mean`/`edm_std` is Playground v2.5's EDM (an SDXL UNet); an
+    # `edm_vpred.*` key is EDM v-prediction, which diffusers' EDM schedulers do not offer.
+    edm_vpred = next((k for k in tensors if k.startswith("edm_vpred.")), None)
+    runnable = (family in _RUNNABLE_FAMILIES and variant in ("", "inpainting")) or (family == "sdxl" and variant == "edm")
+    if edm_vpred:
+        runnable = False
     reason = ""
     if family == "sdxl-refiner":
         reason = "the SDXL refiner only refines other images; it cannot make an image from text alone"
-    elif variant == "edm":
-        reason = "EDM (Playground v2.5-style) checkpoints are not supported yet"
+    elif edm_vpred:
+        reason = f"EDM v-prediction checkpoints ({edm_vpred}) are not supported yet"
+    elif variant == "edm" and family != "sdxl":
+        reason = "EDM checkpoints are supported for SDXL (Playground v2.5) only"
     elif variant == "instruct-pix2pix":
         reason = "instruct-pix2pix checkpoints edit a picture by instruction; that is not supported yet"
     elif not has(UNET_IN):

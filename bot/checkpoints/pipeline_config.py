@@ -2,7 +2,8 @@
 
 Chosen from the architecture and the UNet's input width: 320 for the real SD1/SD2/SDXL models,
 32 for Easel's tiny test checkpoints. An inpainting checkpoint (9-channel UNet) gets its base's folder
-with `+inpainting`: the worker loads it as that base's inpainting pipeline. The worker never guesses,
+with `+inpainting`: the worker loads it as that base's inpainting pipeline; an EDM one (Playground
+v2.5) with `+edm`: its EDM schedule and latent statistics. The worker never guesses,
 and never asks the hub.
 """
 
@@ -31,4 +32,4 @@ def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]
     config = CONFIGS.get((arch.family, width))
     if config is None:
         return None, f"no bundled configuration for a {arch.label} UNet {width} channels wide"
-    return (f"{config}+inpainting" if arch.variant == "inpainting" else config), ""
+    return (f"{config}+{arch.variant}" if arch.variant in ("inpainting", "edm") else config), ""

@@ -224,7 +224,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred"), required=True)
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root

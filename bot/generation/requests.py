@@ -13,7 +13,7 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
-from bot.generation.samplers import DEFAULT_SAMPLER, ZERO_SNR_SAMPLERS, parse_sampler
+from bot.generation.samplers import DEFAULT_SAMPLER, EDM_SAMPLERS, ZERO_SNR_SAMPLERS, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import MASKED_CONTENT, EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
@@ -206,6 +206,11 @@ def validate(
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+    if (checkpoint.pipeline_config or "").endswith("+edm") and sampler not in EDM_SAMPLERS:
+        raise GenerationError(
+            f"{checkpoint.name} is an EDM model (Playground v2.5); {sampler} has no EDM form here. "
+            f"Choose one of {', '.join(EDM_SAMPLERS)}"
+        )
     if checkpoint.zero_snr and sampler not in ZERO_SNR_SAMPLERS:
         raise GenerationError(
             f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "

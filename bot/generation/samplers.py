@@ -42,6 +42,10 @@ DEFAULT_SAMPLER = "DPM++ 2M"
 ZERO_SNR_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DDIM", "UniPC")
 
 
+# An EDM model's samplers (Playground v2.5): those diffusers offers in EDM form (gpu_worker/samplers.py).
+EDM_SAMPLERS = ("Euler", "DPM++ 2M", "DPM++ 2M SDE")
+
+
 def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
     """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
     names = {n.lower(): (n, None) for n in SAMPLERS}
