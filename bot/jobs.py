@@ -19,11 +19,13 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bot.catalog.compare import MAX_CHECKPOINTS as MAX_COMPARE
 from bot.catalog.compare import resolve_all
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.components.registry import VaeRegistry
 from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
@@ -38,7 +40,7 @@ from bot.images.uploads import Upload, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.upscalers.service import Upscaled, UpscaleService
-from gpu_worker.protocol import LoraUse, UpscalerUse
+from gpu_worker.protocol import LoraUse, UpscalerUse, VaeUse
 
 # The Vary buttons: img2img from the picture, a new seed, at these denoising strengths.
 VARY_SUBTLE = 0.35
@@ -109,6 +111,7 @@ class ImagineOptions:
     hires_denoise: float = 0.7
     hires_upscaler: str = "Latent"
     cfg_rescale: float = 0.0  # "CFG Rescale φ"
+    vae: str | None = None  # a registered VAE; "none": the checkpoint's own; None: the checkpoint's default
 
 
 @dataclass
@@ -176,6 +179,7 @@ class Jobs:
         embeddings: EmbeddingRegistry | None = None,
         inputs: InputStore | None = None,
         upscaling: UpscaleService | None = None,
+        vaes: VaeRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
@@ -184,6 +188,7 @@ class Jobs:
         self.embeddings = embeddings
         self.inputs = inputs
         self.upscaling = upscaling
+        self.vaes = vaes
         self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
         self._decoding = asyncio.Semaphore(2)
@@ -280,6 +285,7 @@ class Jobs:
             hires_denoise=options.hires_denoise,
             hires_upscaler=options.hires_upscaler,
             cfg_rescale=options.cfg_rescale,
+            vae=options.vae,
         )
         return await self._checked([(request, ref)], here, place, uploads=uploads)
 
@@ -311,6 +317,7 @@ class Jobs:
             hires_upscaler=params.get("Hires upscaler", "Latent"),
             # The A1111 extension's key (Seshelle/CFG_Rescale_webui), or the plain one it also reads.
             cfg_rescale=_number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
+            vae=await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
         )
         return await self.plan_imagine(asker, place, options)
 
@@ -425,6 +432,7 @@ class Jobs:
             mask_image=row["mask_sha256"] if picture is None else None,  # a Vary starts from the whole picture
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
             cfg_rescale=row["cfg_rescale"] or 0.0,
+            vae=row["vae_sha256"] or "none",  # the VAE the job ran with, not what is the default now
             **(record.inpaint if picture is None else {}),
             **hires,
         )
@@ -511,8 +519,30 @@ class Jobs:
             init_png = uploads.get(request.init_image or "") or await self._kept_input(request.init_image)
             mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
             hires_model = await self._hires_model(request)
-            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model))
+            vae, vae_note = await self._vae(request, ref)
+            notes = (*notes, vae_note) if vae_note else notes
+            specs.append(
+                validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
+            )
         return JobPlan(specs, here, seed, uploads or {})
+
+    async def _vae(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[VaeUse | None, str]:
+        """The job's VAE: the one it names, else the checkpoint's default, else its own (None)."""
+        if self.vaes is None:
+            if request.vae and request.vae.strip().lower() not in ("none", "automatic"):
+                raise EaselError("choosing a VAE is not available here")
+            return None, ""
+        return await self.vaes.choose(request.vae, ref.vae_sha256, ref.family)
+
+    async def _vae_named(self, vae_hash: str, name: str) -> str | None:
+        """The installed VAE a picture's "VAE hash" (or "VAE" file name) names; None when none is here,
+        and the checkpoint's default then applies."""
+        if self.vaes is None:
+            return None
+        found = await self.vaes.find(vae_hash) if re.fullmatch(r"[0-9a-fA-F]{10,64}", vae_hash.strip()) else None
+        if found is None and name.strip():
+            found = await self.vaes.find(Path(name.strip()).stem)
+        return found.name if found is not None and found.status == "present" else None
 
     async def _hires_model(self, request: GenerationRequest) -> UpscalerUse | None:
         """The upscaler model a hires fix names, if it names one rather than a built-in upscaler."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiosqlite
 
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashProgress, ScanReport
+from bot.components.registry import vae_registry
 from bot.config import Settings
 from bot.errors import RegistryError
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
@@ -18,8 +19,8 @@ from bot.upscalers.registry import upscaler_registry
 
 
 def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[NetworkRegistry]:
-    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers."""
-    return [*network_registries(db, settings), upscaler_registry(db, settings)]
+    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers, VAEs."""
+    return [*network_registries(db, settings), upscaler_registry(db, settings), vae_registry(db, settings)]
 
 
 async def add_model_file(
@@ -55,4 +56,4 @@ async def remove_model(
     for registry in networks:
         if await registry.find(ref) is not None:
             return await registry.remove(ref)
-    raise RegistryError(f"no checkpoint, LoRA, embedding or upscaler named {ref!r}")
+    raise RegistryError(f"no checkpoint, LoRA, embedding, upscaler or VAE named {ref!r}")

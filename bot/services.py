@@ -11,6 +11,7 @@ from bot.catalog.service import CatalogService
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.merging import MergeService
 from bot.checkpoints.registry import CheckpointRegistry
+from bot.components.registry import VaeRegistry, vae_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.generation.requests import Limits
@@ -38,12 +39,13 @@ class Services:
     embeddings: EmbeddingRegistry
     upscalers: UpscalerRegistry
     upscaling: UpscaleService
+    vaes: VaeRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
         """The registries of files beside checkpoints (LoRAs, embeddings, upscalers), for the commands
         that take any model file."""
-        return [self.loras, self.embeddings, self.upscalers]
+        return [self.loras, self.embeddings, self.upscalers, self.vaes]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -83,12 +85,13 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         loras=loras,
     )
     upscalers = upscaler_registry(db, settings)
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers])
+    vaes = vae_registry(db, settings)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes])
     guild_settings = GuildSettings(
         db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
     )
     upscaling = UpscaleService(upscalers)
-    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store(), upscaling)
+    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store(), upscaling, vaes)
     return Services(
         settings,
         db,
@@ -103,4 +106,5 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         embeddings,
         upscalers,
         upscaling,
+        vaes,
     )

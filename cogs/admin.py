@@ -24,6 +24,7 @@ from cogs.utils.formatting import CONTENT_MAX, clip
 from cogs.utils.lora_option import Lora
 from cogs.utils.progress import ThrottledEdits
 from cogs.utils.upscaler_option import PictureUpscaler
+from cogs.utils.vae_option import Vae
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -197,7 +198,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         await edits.show(f"Baked **{entry.name}** [{entry.autov2.upper()}] · {entry.architecture}\n{entry.description}")
 
     @owner_only()
-    @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags, facets or NSFW flag")
+    @app_commands.command(name="edit", description="Change a checkpoint's name, description, tags, facets, VAE or NSFW flag")
     @app_commands.describe(
         checkpoint="The checkpoint to edit",
         name="New name",
@@ -209,6 +210,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         good_at=clip(f"Comma-separated: {', '.join(SPECIALITIES)}", 100),
         training="How it was made",
         trigger_words="Comma-separated words it was trained on",
+        vae="Its default VAE (A1111's SD VAE); none: its own again",
     )
     @app_commands.choices(
         training=[app_commands.Choice(name=t, value=t) for t in TRAINING]
@@ -227,6 +229,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
         good_at: str | None = None,
         training: str | None = None,
         trigger_words: str | None = None,
+        vae: Vae | None = None,
     ) -> None:
         def cleared(text: str | None) -> str | None:  # Discord has no empty option: "-" clears
             return "" if text is not None and text.strip() == "-" else text
@@ -239,6 +242,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
                 training=cleared(training),
                 trigger_words=cleared(trigger_words),
             )
+            target = await self.services.registry.get(checkpoint)
+            vae_sha256 = await self.services.vaes.default_sha256(vae, target.family) if vae is not None else None
             entry = await self.services.registry.edit(
                 checkpoint,
                 name=name,
@@ -246,6 +251,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Bot owners
                 tags=tags.split(",") if tags is not None else None,
                 nsfw=nsfw,
                 facets=facets,
+                vae_sha256=vae_sha256,
             )
         except ValueError as e:  # a facet outside the taxonomy: the owner's input, said as it is
             raise RegistryError(str(e)) from None

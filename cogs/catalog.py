@@ -45,6 +45,8 @@ def info_embed(entry: CheckpointEntry) -> discord.Embed:
     embed.add_field(name="Architecture", value=entry.architecture)
     embed.add_field(name="AutoV2", value=entry.autov2.upper())
     embed.add_field(name="Format", value=f"{entry.format} · {entry.file_size / 1e9:.2f} GB")
+    if entry.vae_sha256:
+        embed.add_field(name="VAE", value=f"its default: {entry.vae_sha256[:10]} (a file in models/VAE)")
     if entry.training:
         embed.add_field(name="Training", value=entry.training)
     if entry.tags:

@@ -22,6 +22,7 @@ from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
 from cogs.utils.upscaler_option import HiresUpscaler
+from cogs.utils.vae_option import Vae
 from gpu_worker.protocol import MASKED_CONTENT
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class Generation(commands.Cog):
         masked_content="With a mask: what the masked part starts from (A1111's Masked content)",
         inpaint_area="With a mask: redraw it within the whole picture, or only its region at full size",
         mask_padding="With Only masked: pixels of context around the mask",
+        vae="A VAE in place of the checkpoint's own (A1111's SD VAE)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -91,6 +93,7 @@ class Generation(commands.Cog):
         masked_content: str = "original",
         inpaint_area: str = "Whole picture",
         mask_padding: app_commands.Range[int, 0, MAX_MASK_PADDING] = 32,
+        vae: Vae | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -115,6 +118,7 @@ class Generation(commands.Cog):
             masked_content=masked_content,
             only_masked=inpaint_area == "Only masked",
             mask_padding=mask_padding,
+            vae=vae,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

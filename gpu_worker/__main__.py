@@ -6,6 +6,7 @@ generate PATH …        one batch in this process, printing every event: for de
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
 make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkpoints
 make-tiny-embedding    a tiny random textual-inversion embedding for them
+make-tiny-vae          a tiny random-weight VAE file (LDM layout) for those checkpoints
 make-tiny-upscaler     a tiny random-weight upscaler (ESRGAN, Real-ESRGAN or compact layout)
 upscale --fd N         enlarge one picture with an upscaler model (the bot's upscale service starts this)
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("make-tiny-vae")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -86,6 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         return _upscale(args.fd, args.device)
     if args.command == "make-tiny-upscaler":
         return _make_tiny_upscaler(args)
+    if args.command == "make-tiny-vae":
+        from gpu_worker.tiny import make_tiny_vae
+
+        try:
+            out = make_tiny_vae(args.base, Path(args.out), args.seed)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {out} (tiny {args.base} VAE, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+        return 0
     if args.command == "embed":
         from gpu_worker.embedder import serve_embeddings
 

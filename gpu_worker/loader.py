@@ -55,6 +55,7 @@ class LoadedPipeline:
     adapters: list[str] = field(default_factory=list)
     # The same modules as image-to-image and inpainting pipelines, made when first needed.
     derived: dict[str, DiffusionPipeline] = field(default_factory=dict)
+    own_vae: object | None = None  # the checkpoint's own VAE, while a job's VAE (gpu_worker/vaes.py) stands in
 
 
 def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
@@ -120,7 +121,7 @@ def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> D
     # (a third of the load time for SD1.5 on a CPU).
     with (
         no_init_weights(),
-        _named_for_diffusers(path, request.format) as readable,
+        named_for_diffusers(path, request.format) as readable,
         _config_folder(folder, variant) as config,
     ):
         pipeline_cls = getattr(diffusers, json.loads((config / "model_index.json").read_text())["_class_name"])
@@ -188,7 +189,7 @@ def _config_folder(folder: Path, variant: str) -> Iterator[Path]:
 
 
 @contextmanager
-def _named_for_diffusers(path: Path, fmt: str) -> Iterator[Path]:
+def named_for_diffusers(path: Path, fmt: str) -> Iterator[Path]:
     """`path` under a name diffusers reads by the format we found in its content.
 
     diffusers picks its reader by the exact, lower-case suffix (model_loading_utils.load_state_dict:

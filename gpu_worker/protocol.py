@@ -103,6 +103,16 @@ class UpscalerUse:
 
 
 @dataclass(frozen=True)
+class VaeUse:
+    """A VAE file that replaces the checkpoint's own for a batch (A1111's "SD VAE")."""
+
+    name: str  # the file's name, as A1111's infotext "VAE" gives it
+    path: str
+    sha256: str  # identity: the module stays cached in the worker under it; A1111's "VAE hash" is [:10]
+    format: str  # safetensors | pickle
+
+
+@dataclass(frozen=True)
 class RunBatch:
     __pydantic_config__ = _BYTES_AS_BASE64
 
@@ -135,6 +145,7 @@ class RunBatch:
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py, or hires_model's name
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
+    vae: VaeUse | None = None  # None: the checkpoint's own VAE
 
     @property
     def run_steps(self) -> int:

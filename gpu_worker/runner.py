@@ -43,6 +43,7 @@ from gpu_worker.render import png_with_infotext
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache, EmbeddingError, WordEmbeddings
 from gpu_worker.upscale_models import UpscalerCache
+from gpu_worker.vaes import VaeCache, VaeError
 
 log = logging.getLogger(__name__)
 VERSION = "Easel 0.1.0"
@@ -72,6 +73,9 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
             "Model": batch.model_name or batch.load.name,
+            # A1111 processing.py: after the model, the VAE that replaced its own (sha256[:10], file name).
+            "VAE hash": batch.vae.sha256[:10] if batch.vae else None,
+            "VAE": batch.vae.name if batch.vae else None,
             "Denoising strength": _denoising(batch),
             "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
             **_inpaint_parameters(batch),
@@ -136,6 +140,7 @@ class BatchRunner:
         self._original: Image.Image | None = None  # inpainting: the picture the overlay keeps
         self._paste: tuple[Image.Image, Image.Image, tuple[int, int, int, int]] | None = None  # Only masked
         self.upscalers = UpscalerCache(torch.device(device))
+        self.vaes = VaeCache()
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -148,7 +153,7 @@ class BatchRunner:
         except BatchCancelled:
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError) as e:
+        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError) as e:
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
             log.exception("batch %s failed", batch.batch_id)
@@ -172,6 +177,7 @@ class BatchRunner:
         except TaintedPipeline:
             self.cache.discard(batch.load.cache_key)
             raise
+        self.vaes.apply(loaded, batch.vae)
         load_seconds = time.perf_counter() - started
         pipe = loaded.pipeline
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]

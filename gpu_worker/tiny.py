@@ -117,3 +117,17 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool =
     marks = {key: torch.tensor(_EDM_STATS[key]).view(1, 4, 1, 1) if key in _EDM_STATS else torch.tensor([]) for key in markers}
     state = tiny_state_dict(arch, seed, inpainting) | marks
     return save_atomically(state, out, metadata, temp_path(out))
+
+
+def make_tiny_vae(base: str, out: Path, seed: int = 0) -> Path:
+    """A tiny VAE file for the tiny `base` checkpoints, as VAE files are shared: the original (LDM)
+    key layout without a prefix, .safetensors."""
+    if base not in TINY_ARCHS:
+        raise ValueError(f"unknown base {base!r}; choose one of {', '.join(TINY_ARCHS)}")
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    vae = tiny_components(base, seed)["vae"]
+    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
+    metadata = {"modelspec.title": f"Easel tiny {base.upper()} VAE (random weights)", "easel.tiny_seed": str(seed)}
+    return save_atomically(state, out, metadata, temp_path(out))

@@ -19,6 +19,7 @@ from bot.config import Settings
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
+from gpu_worker.tiny import make_tiny_vae
 from gpu_worker.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
@@ -38,6 +39,7 @@ async def services(
     (models / "embeddings").mkdir()
     shutil.copy(tiny_loras / "embedding-sd1.safetensors", models / "embeddings" / "blotchy.safetensors")
     make_tiny_upscaler(models / "ESRGAN" / "2x-Tiny.pth", "esrgan", 2)
+    make_tiny_vae("sd1", models / "VAE" / "soft.safetensors", seed=5)
     settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
     services = await open_services(settings, preview_every=1)
     await scan_models(services.registry, services.networks)
@@ -698,3 +700,23 @@ async def test_upscale_enlarges_a_picture_and_imagine_takes_an_upscaler_for_its_
     assert "inside the hires fix" in (refused.followups or [refused.response])[0].content
     gif = await alice.slash(channel, "upscale", image=("x.png", b"GIF89a" + bytes(64)), scale=2.0)
     assert "not a PNG, JPEG or WebP" in (gif.followups or [gif.response])[0].content
+
+
+async def test_a_vae_per_job_and_per_checkpoint(env: simcord.Env, services: Services, monkeypatch) -> None:
+    guild, channel, alice = world(env)
+    options = {"prompt": "a lantern", "checkpoint": "tiny-sd1", "steps": 2, "seed": 5}
+    made = (await alice.slash(channel, "imagine", vae="soft", **options)).response
+    assert {f.name: f.value for f in made.embeds[0].fields}["VAE"] == "soft.safetensors"
+    _, _, params = parse_infotext((await png_of(made)).info["parameters"])
+    assert params["VAE"] == "soft.safetensors"
+    owner = guild.add_member(env.create_user("vae-owner"))
+    monkeypatch.setattr(services.settings, "owner_ids", [owner.id])  # undone after the test
+    saved = await owner.slash(channel, "admin edit", checkpoint="tiny-sd1", vae="soft")
+    assert "its default" in {f.name: f.value for f in saved.response.embeds[0].fields}["VAE"]
+    try:
+        by_default = (await alice.slash(channel, "imagine", **options)).response
+        _, _, params = parse_infotext((await png_of(by_default)).info["parameters"])
+        assert params["VAE"] == "soft.safetensors"
+    finally:
+        await owner.slash(channel, "admin edit", checkpoint="tiny-sd1", vae="none")
+    assert (await services.registry.get("tiny-sd1")).vae_sha256 is None

@@ -74,6 +74,7 @@ class CheckpointEntry:
     lineage: list[dict[str, str]] = field(default_factory=list)  # merge parents, primary first
     tags: list[str] = field(default_factory=list)
     facets: dict[str, Any] = field(default_factory=dict)  # owner-set catalog facets (bot/catalog/sources.py)
+    vae_sha256: str | None = None  # its default VAE (A1111's "SD VAE" per checkpoint); None: its own
 
     @property
     def autov2(self) -> str:
@@ -305,8 +306,10 @@ class CheckpointRegistry:
         tags: list[str] | None = None,
         nsfw: bool | None = None,
         facets: dict[str, Any] | None = None,
+        vae_sha256: str | None = None,
     ) -> CheckpointEntry:
         """Change what people see of a checkpoint; the file and its identity stay as they are.
+        `vae_sha256` sets its default VAE ("" clears it: its own VAE again).
 
         `facets` (styles, realism, specialities, training, trigger_words) are merged into what an
         owner set before; an empty value clears that facet, so the next source's value shows again.
@@ -333,8 +336,10 @@ class CheckpointRegistry:
             changes["description"] = description.strip()
         if nsfw is not None:
             changes["nsfw"] = int(nsfw)
+        if vae_sha256 is not None:
+            changes["vae_sha256"] = vae_sha256 or None
         if not changes and tags is None:
-            raise RegistryError("nothing to change: give a new name, description, tags, facets or NSFW flag")
+            raise RegistryError("nothing to change: give a new name, description, tags, facets, VAE or NSFW flag")
         changes["updated_at"] = time.time()
         async with transaction(self._db) as db:
             await db.execute(

@@ -20,6 +20,7 @@ from bot.checkpoints.registry import CheckpointRegistry, HashProgress
 from bot.cli.networks import print_network_scan, render_network, render_network_line
 from bot.cli.output import render_entry, render_entry_line, render_inspection
 from bot.cli.worker_tools import run_worker_tool
+from bot.components.registry import vae_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
@@ -148,8 +149,18 @@ async def cmd_edit(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as e:
         raise EaselError(str(e)) from None
     async with open_registry(settings, need_models_dir=False) as registry:
+        vae = None
+        if args.vae is not None:
+            target = await registry.get(args.name)
+            vae = await vae_registry(registry.db, settings).default_sha256(args.vae, target.family)
         entry = await registry.edit(
-            args.name, name=args.rename, description=args.description, tags=tags, nsfw=args.nsfw, facets=facets
+            args.name,
+            name=args.rename,
+            description=args.description,
+            tags=tags,
+            nsfw=args.nsfw,
+            facets=facets,
+            vae_sha256=vae,
         )
     print(render_entry(entry))
     return 0
@@ -258,6 +269,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--good-at", help=f"comma-separated: {', '.join(SPECIALITIES)}")
     p.add_argument("--training", help=f"one of {', '.join(TRAINING)}")
     p.add_argument("--trigger-words", help="comma-separated words the checkpoint was trained on")
+    p.add_argument("--vae", help="its default VAE from models/VAE (A1111's SD VAE); none: its own again")
     p.set_defaults(handler=cmd_edit)
     p = ck.add_parser("download", help="download a checkpoint by URL or civitai:VERSION_ID and register it")
     p.add_argument("source", help="an http(s) URL of a .safetensors file, or civitai:VERSION_ID")

@@ -10,6 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bot.cli.checkpoints import open_registry
+from bot.components.registry import vae_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
@@ -52,6 +53,7 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         hires_denoise=args.hires_denoise,
         hires_upscaler=args.upscaler,
         cfg_rescale=args.cfg_rescale,
+        vae=args.vae,
     )
 
 
@@ -78,7 +80,15 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
             upscaling = UpscaleService(upscaler_registry(db, settings))
-            jobs = Jobs(registry, service, None, *network_registries(db, settings), settings.input_store(), upscaling)
+            jobs = Jobs(
+                registry,
+                service,
+                None,
+                *network_registries(db, settings),
+                settings.input_store(),
+                upscaling,
+                vae_registry(db, settings),
+            )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
             if args.from_picture:  # /pnginfo's "Make this here": a picture's own parameters
@@ -136,6 +146,8 @@ def write_images(job, out: Path) -> None:
         f"seed{'s' if len(job.images) > 1 else ''} {', '.join(str(i.seed) for i in job.images)}, "
         f"{job.inference_seconds:.2f} s on {job.device}"
     )
+    if spec.vae:
+        print(f"VAE: {spec.vae.name} [{spec.vae.sha256[:10]}]")
     if spec.loras:
         print("LoRAs: " + ", ".join(f"{use.name} {lora_strength(use)} [{use.short_hash}]" for use in spec.loras))
     if spec.embeddings:
@@ -179,6 +191,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="Latent",
         help='hires upscaler: "Latent", "Latent (bicubic)", "Lanczos", or an upscaler model (`upscalers list`)',
     )
+    p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.set_defaults(handler=cmd_generate)

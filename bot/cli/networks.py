@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bot.cli.output import human_size
 from bot.cli.worker_tools import run_worker_tool
+from bot.components.registry import VaeRegistry, vae_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.networks.registry import (
@@ -29,7 +30,7 @@ from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
 async def open_network(settings: Settings, kind: type[NetworkRegistry]) -> AsyncIterator[NetworkRegistry]:
     db = await open_database(settings.database_path)
     try:
-        registries = [*network_registries(db, settings), upscaler_registry(db, settings)]
+        registries = [*network_registries(db, settings), upscaler_registry(db, settings), vae_registry(db, settings)]
         yield next(r for r in registries if isinstance(r, kind))
     finally:
         await db.close()
@@ -47,6 +48,8 @@ def render_network_line(e: NetworkEntry) -> str:
 def render_network(e: NetworkEntry) -> str:
     if e.kind == "upscaler":
         return render_upscaler(e)
+    if e.kind == "vae":
+        return render_vae(e)
     use = (
         f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
         if e.kind != "embedding"
@@ -81,6 +84,18 @@ def render_upscaler(e: NetworkEntry) -> str:
         f"Status:        {e.status}",
         f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
         f"Hashes:        sha256 {e.sha256}, AutoV2 {e.autov2.upper()}",
+    ]
+    return "\n".join(lines)
+
+
+def render_vae(e: NetworkEntry) -> str:
+    lines = [
+        f"Name:          {e.name}",
+        f"Use:           generate --vae {e.name!r}; /imagine vae:{e.name}; checkpoints edit NAME --vae {e.name!r}",
+        f"Kind:          {e.label}, {e.layout} layout",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
+        f"Hashes:        sha256 {e.sha256}, VAE hash (A1111) {e.short_hash}",
     ]
     return "\n".join(lines)
 
@@ -148,6 +163,11 @@ async def cmd_make_tiny_lora(args: argparse.Namespace, settings: Settings) -> in
     return 0
 
 
+async def cmd_make_tiny_vae(args: argparse.Namespace, settings: Settings) -> int:
+    print(await run_worker_tool("make-tiny-vae", "--base", args.base, "--seed", str(args.seed), args.out))
+    return 0
+
+
 async def cmd_make_tiny_upscaler(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["make-tiny-upscaler", "--layout", args.layout, "--scale", str(args.scale), "--seed", str(args.seed)]
     print(await run_worker_tool(*argv, args.out))
@@ -173,6 +193,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vectors", type=int, default=2, help="vectors (tokens) the word stands for")
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_embedding)
+    p = sub.add_parser("make-tiny-vae", help="write a tiny random-weight VAE file for the tiny checkpoints")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_vae)
     p = sub.add_parser("make-tiny-upscaler", help="write a tiny random-weight upscaler (.pth or .safetensors)")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -184,13 +209,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         (LoraRegistry, "loras", "models/Lora"),
         (EmbeddingRegistry, "embeddings", "models/embeddings"),
         (UpscalerRegistry, "upscalers", "models/ESRGAN"),
+        (VaeRegistry, "vaes", "models/VAE"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        if kind is not UpscalerRegistry:
+        if kind not in (UpscalerRegistry, VaeRegistry):
             p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
         else:
             p.set_defaults(base=None)

@@ -121,6 +121,7 @@ def render_entry(e: CheckpointEntry) -> str:
         f"SHA256:        {e.sha256}",
         f"AutoV2:        {e.autov2.upper()}",
         f"AutoV1:        {e.autov1 or 'n/a'}",
+        *([f"VAE:           the one with sha256 {e.vae_sha256[:10]} (its default)"] if e.vae_sha256 else []),
         f"Training:      {e.training or 'unknown'}",
         f"Tags:          {', '.join(e.tags) or '-'}",
         f"NSFW:          {'yes' if e.nsfw else 'no'}",

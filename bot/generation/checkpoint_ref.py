@@ -31,6 +31,7 @@ class CheckpointRef:
     present: bool
     nsfw: bool = False
     zero_snr: bool = False
+    vae_sha256: str | None = None  # the checkpoint's default VAE (registry), if an owner chose one
 
     @property
     def autov2(self) -> str:
@@ -75,6 +76,7 @@ class CheckpointRef:
             present=entry.status == "present",
             nsfw=entry.nsfw,
             zero_snr=bool(entry.inspection.get("architecture_info", {}).get("zero_snr", False)),
+            vae_sha256=entry.vae_sha256,
         )
 
     @classmethod

@@ -62,6 +62,7 @@ class Job:
             s.request.steps,
             s.request.cfg,
             s.request.cfg_rescale,
+            s.vae,  # one VAE per pipeline call
             s.sampler,
             s.schedule,
             s.request.clip_skip,

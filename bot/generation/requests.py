@@ -16,7 +16,15 @@ from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.samplers import DEFAULT_SAMPLER, EDM_SAMPLERS, ZERO_SNR_SAMPLERS, parse_sampler
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import MASKED_CONTENT, EmbeddingUse, LoraUse, UpscalerUse, denoising_steps, hires_size
+from gpu_worker.protocol import (
+    MASKED_CONTENT,
+    EmbeddingUse,
+    LoraUse,
+    UpscalerUse,
+    VaeUse,
+    denoising_steps,
+    hires_size,
+)
 
 
 class GenerationError(EaselError):
@@ -79,6 +87,7 @@ class GenerationRequest:
     hires_denoise: float = 0.7  # pass two's denoising strength
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023): 0 = off, 0.7 the paper's choice
+    vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
 
 
 MAX_MASK_PADDING = 256  # A1111's slider goes to 256
@@ -104,6 +113,7 @@ class ValidRequest:
     init_png: bytes | None = None  # img2img: the input picture itself (plain RGB PNG)
     mask_png: bytes | None = None  # inpainting: the mask itself
     hires_model: UpscalerUse | None = None  # the hires fix's upscaler, when it is a model file
+    vae: VaeUse | None = None  # the VAE in place of the checkpoint's own (bot/components/registry.py)
 
     @property
     def denoising_steps(self) -> int:
@@ -137,6 +147,7 @@ def validate(
     init_png: bytes | None = None,
     mask_png: bytes | None = None,
     hires_model: UpscalerUse | None = None,
+    vae: VaeUse | None = None,
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/networks/selection.py), with `notes` on what of them was not applied."""
@@ -233,6 +244,7 @@ def validate(
         init_png,
         mask_png,
         hires_model,
+        vae,
     )
 
 

@@ -339,6 +339,7 @@ class GenerationService:
             hires_upscaler=spec.request.hires_upscaler,  # in A1111's spelling since validation
             hires_model=spec.hires_model,
             cfg_rescale=spec.request.cfg_rescale,
+            vae=spec.vae,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

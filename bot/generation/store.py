@@ -94,7 +94,8 @@ class JobStore:
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
                 "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur, "
-                "inpaint_json, cfg_rescale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "inpaint_json, cfg_rescale, vae_sha256) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -123,6 +124,7 @@ class JobStore:
                     request.mask_blur if request.mask_image else None,
                     json.dumps(inpaint_of(request)) if request.mask_image and inpaint_of(request) else None,
                     request.cfg_rescale or None,
+                    spec.vae.sha256 if spec.vae else None,
                 ),
             )
 

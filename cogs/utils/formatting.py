@@ -57,6 +57,8 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     embed.add_field(name="Steps", value=str(request.steps))
     rescale = f" · rescale φ {request.cfg_rescale:g}" if request.cfg_rescale else ""
     embed.add_field(name="CFG", value=f"{request.cfg:g}{rescale}")
+    if spec.vae:
+        embed.add_field(name="VAE", value=clip(spec.vae.name, FIELD_MAX))
     embed.add_field(name="Sampler", value=f"{spec.sampler} · {spec.schedule}")
     if job.inference_seconds is not None:
         embed.add_field(name="Time", value=f"{job.inference_seconds:.1f} s on {job.device}")

@@ -1,0 +1,48 @@
+"""What a VAE file holds, from its tensors' names and shapes alone (no torch).
+
+A VAE file is the autoencoder of a checkpoint on its own: the original (LDM) layout
+(`encoder.down.0.block.0…`, `decoder.conv_in.weight`, as `vae-ft-mse-840000-ema-pruned` and
+`sdxl_vae.safetensors` are), sometimes under the checkpoint's `first_stage_model.` prefix, or
+diffusers' layout (`decoder.up_blocks.…`). Its latent width says which models it can serve: 4
+channels for SD1, SD2 and SDXL (their VAEs share one shape), 16 for SD3 and Flux.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+VAE_FOLDERS = ("VAE",)  # A1111's models/VAE; ComfyUI's models/vae (folders match in any case)
+PREFIXES = ("first_stage_model.", "vae.")
+SD_LATENT_CHANNELS = 4
+
+
+class VaeFileError(ValueError):
+    """Not a VAE we can use; the message says why."""
+
+
+@dataclass(frozen=True)
+class VaeKind:
+    layout: str  # ldm | diffusers
+    prefix: str  # what the keys start with ("" or first_stage_model.)
+    latent_channels: int
+
+    @property
+    def label(self) -> str:
+        serves = "SD1/SD2/SDXL" if self.latent_channels == SD_LATENT_CHANNELS else "SD3/Flux"
+        return f"VAE for {serves} ({self.latent_channels}-channel latents)"
+
+
+def detect_vae(shapes: Mapping[str, Sequence[int]]) -> VaeKind:
+    if any(name.startswith(("model.diffusion_model.", "diffusion_model.")) for name in shapes):
+        raise VaeFileError("a whole checkpoint, not a VAE on its own; put it in the models folder")
+    prefix = next((p for p in PREFIXES if f"{p}decoder.conv_in.weight" in shapes), None)
+    if prefix is None and "decoder.conv_in.weight" in shapes:
+        prefix = ""
+    if prefix is None:
+        raise VaeFileError("not a VAE (no decoder.conv_in.weight)")
+    conv_in = shapes[f"{prefix}decoder.conv_in.weight"]
+    if len(conv_in) != 4:
+        raise VaeFileError(f"a VAE whose decoder.conv_in.weight has shape {list(conv_in)}")
+    layout = "diffusers" if any(".up_blocks." in name for name in shapes) else "ldm"
+    return VaeKind(layout, prefix, int(conv_in[1]))

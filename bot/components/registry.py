@@ -1,0 +1,107 @@
+"""The VAE registry (bot/networks/registry.py does the work, as for LoRAs) and the choice of a job's
+VAE: the one the job names, else the checkpoint's own default (A1111's "SD VAE", set per
+checkpoint), else the checkpoint's built-in one."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import aiosqlite
+
+from bot.checkpoints.inspection import check_path, is_pickle_file
+from bot.checkpoints.pickle_reader import read_pickle_checkpoint
+from bot.checkpoints.safetensors_header import read_header
+from bot.components.detection import SD_LATENT_CHANNELS, VAE_FOLDERS, VaeFileError, detect_vae
+from bot.config import Settings
+from bot.errors import CheckpointFileError, EaselError
+from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry
+from gpu_worker.protocol import VaeUse
+
+BUILT_IN = ("none", "automatic")  # A1111's "SD VAE" choices that mean the checkpoint's own
+
+
+def examine_vae(path: Path) -> FileKind:
+    check_path(path)
+    pickled = is_pickle_file(path)
+    try:
+        if pickled:
+            tensors, metadata = read_pickle_checkpoint(path).tensors, {}
+        else:
+            header = read_header(path)
+            tensors, metadata = header.tensors, header.metadata
+        kind = detect_vae({name: t.shape for name, t in tensors.items()})
+    except (CheckpointFileError, VaeFileError) as e:
+        raise CheckpointFileError(f"{path.name}: {e}") from None
+    base = "sd" if kind.latent_channels == SD_LATENT_CHANNELS else f"{kind.latent_channels}ch"
+    return FileKind(
+        "vae",
+        kind.layout,
+        base,
+        kind.label,
+        True,
+        "",
+        kind.latent_channels,
+        metadata,
+        "pickle" if pickled else "safetensors",
+    )
+
+
+class VaeRegistry(NetworkRegistry):
+    noun = "VAE"
+    family = "vae"
+    table = "vaes"
+    folder_names = VAE_FOLDERS
+    suffixes = (".safetensors", ".pt", ".ckpt", ".bin")
+    list_command = "vaes list"
+
+    def examine_file(self, path: Path) -> FileKind:
+        return examine_vae(path)
+
+    def short_hash(self, path: Path, sha256: str) -> str:
+        return sha256[:10]  # A1111's "VAE hash"
+
+    def alias(self, path: Path, found: FileKind) -> str:
+        return ""
+
+    async def choose(self, name: str | None, default_sha256: str | None, family: str) -> tuple[VaeUse | None, str]:
+        """(the job's VAE or None for the checkpoint's own, a note for the requester or ""). A
+        named VAE that does not fit or is not installed is refused; a default that went missing is
+        skipped with a note."""
+        if name is not None and name.strip().lower() in BUILT_IN:
+            return None, ""
+        if name is not None:
+            entry = await self.find(name)
+            if entry is None and re.fullmatch(r"[0-9a-f]{64}", name):  # a rerun of a job whose VAE went
+                raise EaselError(f"the VAE that job used (sha256 {name[:10]}) is not installed any more")
+            entry = entry or await self.get(name)
+            if entry.status != "present":
+                raise EaselError(f"the VAE {entry.name} is missing from its folder; an admin needs to rescan")
+            return self._fitting(entry, family), ""
+        if not default_sha256:
+            return None, ""
+        entry = await self.find(default_sha256)
+        if entry is None or entry.status != "present":
+            return None, "the checkpoint's chosen VAE is not installed any more; its own VAE was used"
+        return self._fitting(entry, family), ""
+
+    async def default_sha256(self, name: str, family: str) -> str:
+        """What a checkpoint's default VAE is set to by name: the VAE's sha256, or "" for its own."""
+        if name.strip().lower() in BUILT_IN:
+            return ""
+        entry = await self.get(name)
+        return self._fitting(entry, family).sha256
+
+    @staticmethod
+    def _fitting(entry: NetworkEntry, family: str) -> VaeUse:
+        if family in ("sd1", "sd2", "sdxl") and entry.rank != SD_LATENT_CHANNELS:
+            raise EaselError(f"{entry.name} is a {entry.label}; {family.upper()} checkpoints need a 4-channel VAE")
+        return vae_use(entry)
+
+
+def vae_use(entry: NetworkEntry) -> VaeUse:
+    return VaeUse(entry.path.name, str(entry.path), entry.sha256, entry.format)
+
+
+def vae_registry(db: aiosqlite.Connection, settings: Settings) -> VaeRegistry:
+    return VaeRegistry(db, settings.models_dir.expanduser().resolve(), settings.vae_dirs or None)
