@@ -147,16 +147,16 @@ async def run_order(
     order: bytes,
     progress: OrderProgress | None = None,
     on_start: Callable[[int | None], None] | None = None,
-) -> int | None:
+) -> dict[str, Any]:
     """Hand one order to a one-shot `python -m gpu_worker COMMAND` and follow it to its exit: its
-    progress frames go to `progress`, a refusal frame ({"error"}) becomes an EaselError, and the peak
-    memory it reports is returned. A cancelled caller kills the process and waits for its exit."""
+    progress frames go to `progress`, a refusal frame ({"error"}) becomes an EaselError, and its
+    last report ({"peak_rss_bytes", …}) is returned. A cancelled caller kills the process and waits."""
     from bot.errors import EaselError
 
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[int | None] = loop.create_future()
     failure: list[str] = []
-    peak: list[int] = []
+    report: dict[str, Any] = {}
     stopping = False
 
     def on_frame(frame: bytes) -> None:
@@ -171,7 +171,7 @@ async def run_order(
         if "error" in update:
             failure.append(str(update["error"]))
         elif "peak_rss_bytes" in update:
-            peak.append(int(update["peak_rss_bytes"]))
+            report.update(update)
         elif progress is not None:
             progress(int(update["done"]), int(update["total"]))
 
@@ -193,7 +193,7 @@ async def run_order(
         child.kill()
         await despite_cancellation(exited)  # the cleanup finishes even if the caller cancels again
         raise
-    return peak[-1] if peak else None
+    return report
 
 
 async def despite_cancellation(future: asyncio.Future[Any]) -> None:

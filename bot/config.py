@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -58,7 +58,14 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=100, ge=1)
     cooldown_seconds: float = Field(default=5.0, ge=0)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)  # refused in prompts
+    # Words added to the minors rule's lists (bot/generation/minors.py); its own cannot be removed.
+    minor_terms: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sexual_terms: Annotated[list[str], NoDecode] = Field(default_factory=list)
     nsfw_in_dms: bool = True  # NSFW-flagged checkpoints in DMs with the bot (servers decide for themselves)
+    # Pictures the picture check scores as likely nudity: the bot's defaults, which servers may change.
+    nsfw_pictures: Literal["withhold", "spoiler"] = "withhold"  # in ordinary channels
+    nsfw_pictures_adult: Literal["allow", "spoiler", "withhold"] = "allow"  # age-restricted channels and DMs
+    nsfw_threshold: float = Field(default=0.5, ge=0, le=1)
     # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without
@@ -86,7 +93,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{folder} is not a folder")
         return [folder.expanduser().resolve() for folder in value]
 
-    @field_validator("blocked_words", mode="before")
+    @field_validator("blocked_words", "minor_terms", "sexual_terms", mode="before")
     @classmethod
     def _parse_blocked_words(cls, value: object) -> object:
         return _split(value)

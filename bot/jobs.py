@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from bot.components.registry import VaeRegistry
 from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.minors import check_minors
 from bot.generation.policy import check_prompt
 from bot.generation.requests import GenerationRequest, ValidRequest, random_seed, validate
 from bot.generation.service import GenerationService, JobHandle
@@ -41,6 +43,8 @@ from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry,
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.upscalers.service import Upscaled, UpscaleService
 from gpu_worker.protocol import LoraUse, UpscalerUse, VaeUse
+
+log = logging.getLogger(__name__)
 
 # The Vary buttons: img2img from the picture, a new seed, at these denoising strengths.
 VARY_SUBTLE = 0.35
@@ -122,6 +126,7 @@ class JobPlan:
     here: Effective
     seed: int = -1
     uploads: dict[str, bytes] = field(default_factory=dict)  # pictures to keep (by sha256) once it starts
+    adult: bool = False  # asked in an age-restricted channel or a DM (or at the host's command line)
 
     @property
     def items(self) -> list[tuple[GenerationRequest, CheckpointRef]]:
@@ -131,6 +136,10 @@ class JobPlan:
     def spoiler(self) -> bool:
         """The place shows pictures behind a spoiler."""
         return self.here.spoiler
+
+    def verdict(self, nsfw_score: float) -> str:
+        """post | spoiler | withhold: what this place does with a picture the picture check scored so."""
+        return self.here.picture_verdict(nsfw_score, self.adult)
 
     @property
     def checkpoints(self) -> list[CheckpointRef]:
@@ -180,6 +189,7 @@ class Jobs:
         inputs: InputStore | None = None,
         upscaling: UpscaleService | None = None,
         vaes: VaeRegistry | None = None,
+        extra_terms: tuple[list[str], list[str]] = ([], []),
     ) -> None:
         self.registry = registry
         self.generation = generation
@@ -189,6 +199,7 @@ class Jobs:
         self.inputs = inputs
         self.upscaling = upscaling
         self.vaes = vaes
+        self.extra_terms = extra_terms  # owners' additions to the minors rule: (minor words, sexual words)
         self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
         self._decoding = asyncio.Semaphore(2)
@@ -342,6 +353,10 @@ class Jobs:
         async with self._decoding:
             upload = await asyncio.to_thread(read_upload, picture)
         return await self.upscaling.upscale(upload.png, picture, upscaler, scale, progress)
+
+    async def picture_verdict(self, place: Place, nsfw_score: float) -> str:
+        """post | spoiler | withhold: what `place` does with a picture the picture check scored so."""
+        return (await self.rules(place)).picture_verdict(nsfw_score, place.adult)
 
     async def kept_parameters(self, key: str) -> Infotext:
         if self.inputs is None:
@@ -500,6 +515,12 @@ class Jobs:
     ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them."""
         pictures = sum(request.count for request, _ in items)
+        for request, _ in items:  # everywhere, the host's command line too: no place relaxes it
+            try:
+                check_minors([request.prompt], *self.extra_terms)
+            except EaselError:
+                log.warning("prompt refused by the minors rule (requester %s, guild %s)", request.requester_id, place.guild_id)
+                raise
         for request, ref in items:
             if not place.host:  # the owner at the host's command line is bound by the bot's limits only
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
@@ -524,7 +545,7 @@ class Jobs:
             specs.append(
                 validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
             )
-        return JobPlan(specs, here, seed, uploads or {})
+        return JobPlan(specs, here, seed, uploads or {}, place.adult)
 
     async def _vae(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[VaeUse | None, str]:
         """The job's VAE: the one it names, else the checkpoint's default, else its own (None)."""

@@ -88,10 +88,25 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     vaes = vae_registry(db, settings)
     downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes])
     guild_settings = GuildSettings(
-        db, registry, settings.blocked_words, generation.limits, nsfw_in_dms=settings.nsfw_in_dms
+        db,
+        registry,
+        settings.blocked_words,
+        generation.limits,
+        nsfw_in_dms=settings.nsfw_in_dms,
+        pictures=(settings.nsfw_pictures, settings.nsfw_pictures_adult, settings.nsfw_threshold),
     )
     upscaling = UpscaleService(upscalers)
-    jobs = Jobs(registry, generation, guild_settings, loras, embeddings, settings.input_store(), upscaling, vaes)
+    jobs = Jobs(
+        registry,
+        generation,
+        guild_settings,
+        loras,
+        embeddings,
+        settings.input_store(),
+        upscaling,
+        vaes,
+        extra_terms=(settings.minor_terms, settings.sexual_terms),
+    )
     return Services(
         settings,
         db,

@@ -25,7 +25,7 @@ from cogs.utils.checkpoint_option import Offered, checkpoint_choices
 from cogs.utils.context import asker, place
 from cogs.utils.errors import AnsweringModal, answers_errors, refuse
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
-from cogs.utils.job_messages import post_result, run_plan, services_of
+from cogs.utils.job_messages import post_result, run_plan, services_of, tell_withheld
 from cogs.utils.views import OwnedView
 
 if TYPE_CHECKING:
@@ -370,9 +370,14 @@ async def run_compare_for(interaction: discord.Interaction, prompt: str, names: 
     embed.add_field(name="Checkpoints", value=clip(names_line, FIELD_MAX), inline=False)
     embed.add_field(name="Seed", value=str(result.seed))
     embed.set_footer(text=clip("jobs " + ", ".join(result.job_ids), 2048))
+    verdict = plan.verdict(result.nsfw_score)  # the picture check, as for any result (bot/jobs.py)
+    if verdict == "withhold":
+        await tell_withheld(interaction, ",".join(result.job_ids), 1, 1)
+        return
     data, extension = await asyncio.to_thread(fit_image, result.png, interaction.filesize_limit or 10 * 1024 * 1024)
-    files = [discord.File(io.BytesIO(data), filename=f"compare.{extension}", spoiler=plan.spoiler)]
-    if plan.spoiler:
+    spoiler = plan.spoiler or verdict == "spoiler"
+    files = [discord.File(io.BytesIO(data), filename=f"compare.{extension}", spoiler=spoiler)]
+    if spoiler:
         embed.description = clip(f"{prompt}\n\nThis server shows pictures behind a spoiler: click to see.", 4096)
     else:
         embed.set_image(url=f"attachment://compare.{extension}")

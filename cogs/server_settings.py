@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
+from bot.generation.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
 from bot.generation.requests import MAX_CFG
 from bot.generation.samplers import SAMPLERS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
@@ -100,8 +101,15 @@ class ServerSettings(
         max_steps=f"Most steps a member may ask for (1-{MAX_STEPS})",
         max_images=f"Most pictures per request (1-{MAX_IMAGES})",
         blocked_words='Comma-separated words refused in prompts here ("-" clears)',
+        nsfw_pictures="Pictures the picture check finds nudity in, in ordinary channels",
+        nsfw_pictures_adult="The same in age-restricted channels",
+        nsfw_threshold="How sure the check must be (0-1, default 0.5; lower catches more)",
     )
-    @app_commands.choices(nsfw=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES])
+    @app_commands.choices(
+        nsfw=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES],
+        nsfw_pictures=[app_commands.Choice(name=p, value=p) for p in PICTURE_ACTIONS],
+        nsfw_pictures_adult=[app_commands.Choice(name=p, value=p) for p in ADULT_PICTURE_ACTIONS],
+    )
     async def policy(
         self,
         interaction: discord.Interaction,
@@ -110,9 +118,17 @@ class ServerSettings(
         max_steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         max_images: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
         blocked_words: str | None = None,
+        nsfw_pictures: str | None = None,
+        nsfw_pictures_adult: str | None = None,
+        nsfw_threshold: app_commands.Range[float, 0.0, 1.0] | None = None,
     ) -> None:
         changes = {"nsfw": nsfw, "spoiler": spoiler, "max_steps": max_steps, "max_images": max_images}
-        await self.apply(interaction, changes | {"blocked_words": blocked_words}, False)
+        pictures = {
+            "nsfw_pictures": nsfw_pictures,
+            "nsfw_pictures_adult": nsfw_pictures_adult,
+            "nsfw_threshold": nsfw_threshold,
+        }
+        await self.apply(interaction, changes | {"blocked_words": blocked_words} | pictures, False)
 
     @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="hide", description="Stop offering a checkpoint in this server")

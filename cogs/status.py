@@ -38,6 +38,11 @@ class Status(commands.Cog):
         embed.add_field(
             name="Catalog search by meaning", value=clip(self.bot.services.catalog.semantic_state(), FIELD_MAX)
         )
+        if interaction.user.id in self.bot.services.settings.owner_ids:  # owners see what the picture check did
+            counts = await self.bot.services.generation.store.safety_counts()
+            embed.add_field(
+                name="Picture check", value=f"{counts['withhold']} withheld, {counts['spoiler']} behind a spoiler"
+            )
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
 

@@ -13,6 +13,8 @@ from discord.ext import commands
 
 from bot.upscalers.service import MAX_SCALE
 from cogs.utils.attachments import fit_image, read_attachment
+from cogs.utils.context import place
+from cogs.utils.job_messages import tell_withheld
 from cogs.utils.upscaler_option import PictureUpscaler
 
 if TYPE_CHECKING:
@@ -41,13 +43,17 @@ class Upscale(commands.Cog):
     ) -> None:
         await interaction.response.defer(thinking=True)
         result = await self.jobs.upscale(await read_attachment(image), upscaler, scale)
+        verdict = await self.jobs.picture_verdict(place(interaction), result.nsfw_score)
+        if verdict == "withhold":
+            await tell_withheld(interaction, "upscale", 1, 1)
+            return
         limit = interaction.filesize_limit or 10 * 1024 * 1024
         data, extension = await asyncio.to_thread(fit_image, result.png, limit)
         note = "" if extension == "png" else " (sent as JPEG to fit Discord's upload limit, without the parameters)"
         name = f"{image.filename.rsplit('.', 1)[0][:60]}-{result.scale:g}x.{extension}"
         await interaction.followup.send(
             f"{result.width}×{result.height} · {result.postprocessing} · {result.seconds:.1f} s{note}",
-            file=discord.File(io.BytesIO(data), filename=name),
+            file=discord.File(io.BytesIO(data), filename=name, spoiler=verdict == "spoiler"),
         )
 
 

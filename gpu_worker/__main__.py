@@ -8,6 +8,7 @@ make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkp
 make-tiny-embedding    a tiny random textual-inversion embedding for them
 make-tiny-vae          a tiny random-weight VAE file (LDM layout) for those checkpoints
 make-tiny-upscaler     a tiny random-weight upscaler (ESRGAN, Real-ESRGAN or compact layout)
+safety-check PNG       the picture check's scores for a picture (JSON)
 upscale --fd N         enlarge one picture with an upscaler model (the bot's upscale service starts this)
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
 """
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("safety-check", help="the picture check's scores for a PNG, as JSON")
+    p.add_argument("path")
     p = sub.add_parser("make-tiny-vae")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -91,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         return _upscale(args.fd, args.device)
     if args.command == "make-tiny-upscaler":
         return _make_tiny_upscaler(args)
+    if args.command == "safety-check":
+        from PIL import Image
+
+        from gpu_worker.safety import NudityScorer
+
+        with Image.open(args.path, formats=["PNG"]) as picture:
+            scores = NudityScorer().score(picture)
+        print(json.dumps({"score": scores.score, "labels": scores.labels}))
+        return 0
     if args.command == "make-tiny-vae":
         from gpu_worker.tiny import make_tiny_vae
 
@@ -199,6 +211,7 @@ def _upscale(fd: int, device_name: str) -> int:
     from gpu_worker.merge import peak_rss_bytes
     from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, UpscaleOrder, decode_order
     from gpu_worker.render import png_with_texts
+    from gpu_worker.safety import NudityScorer
     from gpu_worker.upscale_models import load_upscaler, upscale_picture
     from gpu_worker.worker import resolve_device
 
@@ -209,21 +222,26 @@ def _upscale(fd: int, device_name: str) -> int:
 
     try:
         order = decode_order(conn.recv_bytes(MAX_FRAME_BYTES), UpscaleOrder)
-        upscaler = load_upscaler(Path(order.model.path), torch.device(resolve_device(device_name)))
+        size = (order.width, order.height)
         with Image.open(order.source, formats=["PNG"]) as source:
-            picture = upscale_picture(
-                upscaler,
-                source.convert("RGB"),
-                (order.width, order.height),
-                progress=lambda done, total: send({"done": done, "total": total}),
-            )
+            if order.model is None:
+                picture = source.convert("RGB").resize(size, getattr(Image.Resampling, order.resample))
+            else:
+                upscaler = load_upscaler(Path(order.model.path), torch.device(resolve_device(device_name)))
+                picture = upscale_picture(
+                    upscaler,
+                    source.convert("RGB"),
+                    size,
+                    progress=lambda done, total: send({"done": done, "total": total}),
+                )
+        scores = NudityScorer().score(picture)  # as every picture a worker makes: checked before it goes
         out, temp = Path(order.out), Path(order.out + ".part")
         temp.write_bytes(png_with_texts(picture, order.texts))
         temp.replace(out)
     except (BadFrame, UpscalerFileError, OSError, EOFError, ValueError) as e:
         send({"error": str(e) or type(e).__name__})
         return 1
-    send({"peak_rss_bytes": peak_rss_bytes()})
+    send({"peak_rss_bytes": peak_rss_bytes(), "nsfw_score": scores.score, "nsfw_labels": scores.labels})
     return 0
 
 

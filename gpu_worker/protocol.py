@@ -226,6 +226,8 @@ class ImageResult:
     png: bytes
     seed: int
     infotext: str
+    nsfw_score: float = 0.0  # gpu_worker/safety.py: the highest exposed-nudity confidence in the picture
+    nsfw_labels: dict[str, float] = field(default_factory=dict)  # per class, those found
 
 
 @dataclass(frozen=True)
@@ -369,10 +371,11 @@ class UpscaleOrder:
 
     source: str  # a plain RGB PNG the bot wrote
     out: str  # where the PNG goes, with these text chunks (A1111: `parameters`, `postprocessing`)
-    model: UpscalerUse
+    model: UpscalerUse | None  # None: `resample` (PIL's Lanczos or Nearest)
     width: int
     height: int
     texts: dict[str, str] = field(default_factory=dict)
+    resample: str = "LANCZOS"
 
 
 Order = MergeOrder | BakeOrder | UpscaleOrder

@@ -40,6 +40,7 @@ from gpu_worker.protocol import (
     RunBatch,
 )
 from gpu_worker.render import png_with_infotext
+from gpu_worker.safety import NudityScorer, Scores
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache, EmbeddingError, WordEmbeddings
 from gpu_worker.upscale_models import UpscalerCache
@@ -115,8 +116,8 @@ def _denoising(batch: RunBatch) -> float | None:
     return batch.strength if batch.init_image is not None else None
 
 
-def _result(image: Image.Image, seed: int, infotext: str) -> ImageResult:
-    return ImageResult(png_with_infotext(image, infotext), seed, infotext)
+def _result(image: Image.Image, seed: int, infotext: str, scores: Scores) -> ImageResult:
+    return ImageResult(png_with_infotext(image, infotext), seed, infotext, scores.score, scores.labels)
 
 
 class BatchRunner:
@@ -141,6 +142,7 @@ class BatchRunner:
         self._paste: tuple[Image.Image, Image.Image, tuple[int, int, int, int]] | None = None  # Only masked
         self.upscalers = UpscalerCache(torch.device(device))
         self.vaes = VaeCache()
+        self.safety = NudityScorer()
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -230,7 +232,12 @@ class BatchRunner:
                 used = words_used(pipe, job.prompt, job.negative, batch.run_steps, words) if words else []
                 ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used)
                 results = tuple(
-                    _result(image, seed, infotext_for(batch, job.prompt, job.negative, seed, ti_hashes))
+                    _result(
+                        image,
+                        seed,
+                        infotext_for(batch, job.prompt, job.negative, seed, ti_hashes),
+                        self.safety.score(image),  # every picture is checked before it leaves the worker
+                    )
                     for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)
                 )
                 self.send(

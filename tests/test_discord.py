@@ -720,3 +720,29 @@ async def test_a_vae_per_job_and_per_checkpoint(env: simcord.Env, services: Serv
     finally:
         await owner.slash(channel, "admin edit", checkpoint="tiny-sd1", vae="none")
     assert (await services.registry.get("tiny-sd1")).vae_sha256 is None
+
+
+async def test_the_picture_check_withholds_or_spoilers_per_server(env: simcord.Env, services: Services) -> None:
+    guild, channel, alice = world(env)
+    options = {"prompt": "a lantern", "checkpoint": "tiny-sd1", "steps": 2, "seed": 5}
+    # A threshold of 0 makes every picture "over" it: the real check's real score goes through the rules.
+    await services.guild_settings.reset(str(guild.id), None)  # simcord's ids repeat between tests
+    await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})
+    withheld = await alice.slash(channel, "imagine", **options)
+    assert withheld.response.content.startswith("Nothing to show") and not withheld.response.attachments
+    [private] = [m for m in withheld.followups if "withheld" in m.content]
+    assert private.ephemeral and "age-restricted channel or in a DM" in private.content
+    await services.guild_settings.update(str(guild.id), None, {"nsfw_pictures": "spoiler"})
+    spoilered = (await alice.slash(channel, "imagine", **options)).response
+    assert spoilered.attachments[0].filename.startswith("SPOILER_")
+    assert "may be nudity" in spoilered.embeds[0].description
+    job_id = spoilered.embeds[0].footer.text.split()[1]
+    record = await services.generation.get_job(job_id)
+    assert json.loads(record.row["safety_json"])["verdicts"] == ["spoiler"]
+    upscaled = await alice.slash(channel, "upscale", image=("l.png", await spoilered.attachments[0].read()), scale=2.0)
+    assert upscaled.response.attachments[0].filename.startswith("SPOILER_")  # /upscale is checked too
+    in_dm = (await env.create_user("dora").slash("imagine", **options)).response  # the bot's defaults: allowed
+    assert not in_dm.attachments[0].filename.startswith("SPOILER_")
+    refused = await env.create_user("eve").slash("imagine", prompt="a n u d e l0li", checkpoint="tiny-sd1")
+    assert "cannot be generated here or anywhere" in (refused.followups or [refused.response])[0].content
+    await services.guild_settings.reset(str(guild.id), None)

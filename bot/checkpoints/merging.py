@@ -216,7 +216,7 @@ class MergeService:
             self.running_pid = pid
 
         try:
-            self.last_peak_rss = await run_order(command, order, progress, started)
+            self.last_peak_rss = (await run_order(command, order, progress, started)).get("peak_rss_bytes")
         except BaseException:
             await despite_cancellation(asyncio.ensure_future(asyncio.to_thread(temp.unlink, missing_ok=True)))
             raise

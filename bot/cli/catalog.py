@@ -126,7 +126,9 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
-    jobs = Jobs(registry, service, None, *network_registries(db, settings))
+    jobs = Jobs(
+        registry, service, None, *network_registries(db, settings), extra_terms=(settings.minor_terms, settings.sexual_terms)
+    )
     try:
         # Every rule and every bad option is checked here, before a worker starts.
         plan = await jobs.plan_compare(

@@ -88,6 +88,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 settings.input_store(),
                 upscaling,
                 vae_registry(db, settings),
+                extra_terms=(settings.minor_terms, settings.sexual_terms),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
@@ -134,7 +135,8 @@ def write_images(job, out: Path) -> None:
     for index, image in enumerate(job.images):
         path = out / f"{job.id}-{index}-{image.seed}.png"
         path.write_bytes(image.png)
-        print(f"wrote {path}")
+        found = ", ".join(f"{label} {score:.2f}" for label, score in image.nsfw_labels.items()) or "nothing found"
+        print(f"wrote {path} (picture check {image.nsfw_score:.2f}: {found})")
     spec = job.spec
     source = f"from a picture at strength {spec.request.strength:g}, " if spec.request.init_image else ""
     if spec.request.hires_scale:

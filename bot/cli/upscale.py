@@ -49,7 +49,10 @@ async def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await db.close()
     await asyncio.to_thread(out.write_bytes, result.png)
-    print(f"wrote {out}: {result.width}x{result.height}, {result.postprocessing}, {result.seconds:.1f} s")
+    print(
+        f"wrote {out}: {result.width}x{result.height}, {result.postprocessing}, {result.seconds:.1f} s, "
+        f"picture check {result.nsfw_score:.2f}"
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
-"""What may be generated where: NSFW checkpoints and blocked prompt words."""
+"""What may be generated and posted where: NSFW checkpoints, blocked prompt words, and what happens
+to a picture the picture check (gpu_worker/safety.py) scores as likely nudity."""
 
 from __future__ import annotations
 
@@ -17,3 +18,18 @@ def check_prompt(prompt: str, blocked: list[str]) -> None:
     for phrase in blocked:
         if phrase.strip() and re.search(rf"(?<!\w){re.escape(phrase.strip())}(?!\w)", prompt, re.IGNORECASE):
             raise GenerationError("your prompt contains a word this server does not allow; rephrase it")
+
+
+# What a place does with a picture scored at or over its threshold: in an ordinary channel Discord
+# allows no sexual content, so it is withheld or posted behind a spoiler; in an age-restricted
+# channel or a DM it may also simply be posted.
+PICTURE_ACTIONS = ("withhold", "spoiler")
+ADULT_PICTURE_ACTIONS = ("allow", "spoiler", "withhold")
+
+
+def picture_verdict(score: float, threshold: float, action: str, adult_action: str, adult: bool) -> str:
+    """post | spoiler | withhold, for one picture's score in one place."""
+    if score < threshold:
+        return "post"
+    chosen = adult_action if adult else action
+    return "post" if chosen == "allow" else chosen

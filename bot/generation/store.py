@@ -163,6 +163,27 @@ class JobStore:
                 ),
             )
 
+    async def set_safety(self, job_id: str, scores: list[float], verdicts: list[str]) -> None:
+        """What the picture check found and what was done with each picture (posted, spoilered, withheld)."""
+        async with transaction(self._db) as db:
+            await db.execute(
+                "UPDATE jobs SET safety_json = ? WHERE id = ?",
+                (json.dumps({"scores": scores, "verdicts": verdicts}), job_id),
+            )
+        for score, verdict in zip(scores, verdicts, strict=True):
+            if verdict != "post" or score >= 0.5:
+                log.info("job %s picture check: score %.2f, %s", job_id, score, verdict)
+
+    async def safety_counts(self) -> dict[str, int]:
+        """Pictures spoilered and withheld by the picture check, over every recorded job."""
+        counts = {"spoiler": 0, "withhold": 0}
+        async with self._db.execute("SELECT safety_json FROM jobs WHERE safety_json IS NOT NULL") as cur:
+            async for (raw,) in cur:
+                for verdict in json.loads(raw).get("verdicts", []):
+                    if verdict in counts:
+                        counts[verdict] += 1
+        return counts
+
     async def set_message(self, job_id: str, message_id: str) -> None:
         async with transaction(self._db) as db:
             await db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))

@@ -18,14 +18,23 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.db import transaction
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
-from bot.generation.policy import check_nsfw
+from bot.generation.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS, check_nsfw, picture_verdict
 from bot.generation.requests import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
 from bot.generation.requests import MAX_STEPS, Limits
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
 DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative")
-POLICY_KEYS = ("nsfw", "spoiler", "max_steps", "max_images", "blocked_words")
+POLICY_KEYS = (
+    "nsfw",
+    "spoiler",
+    "max_steps",
+    "max_images",
+    "blocked_words",
+    "nsfw_pictures",
+    "nsfw_pictures_adult",
+    "nsfw_threshold",
+)
 
 
 class SettingsError(EaselError):
@@ -49,6 +58,11 @@ class Effective:
     max_steps: int = MAX_STEPS
     max_images: int = MAX_IMAGES
     blocked_words: list[str] = field(default_factory=list)
+    # Pictures the picture check scores at or over the threshold: withheld or spoilered in ordinary
+    # channels; allowed, spoilered or withheld in age-restricted channels and DMs.
+    nsfw_pictures: str = "withhold"
+    nsfw_pictures_adult: str = "allow"
+    nsfw_threshold: float = 0.5
     hidden: set[str] = field(default_factory=set)  # sha256 of checkpoints this server hides
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -63,6 +77,12 @@ class Effective:
         if sha256 in self.hidden:
             raise SettingsError(f"{name} is not offered in this server")
         check_nsfw(name, nsfw, self.allow_nsfw(age_restricted_or_dm))
+
+    def picture_verdict(self, score: float, age_restricted_or_dm: bool) -> str:
+        """post | spoiler | withhold for a picture the check scored `score` here."""
+        return picture_verdict(
+            score, self.nsfw_threshold, self.nsfw_pictures, self.nsfw_pictures_adult, age_restricted_or_dm
+        )
 
     def check_request(self, steps: int, count: int) -> None:
         if steps > self.max_steps:
@@ -84,8 +104,10 @@ class GuildSettings:
         limits: Limits,
         *,
         nsfw_in_dms: bool = True,
+        pictures: tuple[str, str, float] = ("withhold", "allow", 0.5),
     ) -> None:
         self.nsfw_in_dms = nsfw_in_dms
+        self.pictures = pictures  # the bot's defaults: (ordinary channels, adult places and DMs, threshold)
         self._db = db
         self.registry = registry
         self.bot_blocked_words = list(blocked_words)
@@ -100,6 +122,7 @@ class GuildSettings:
 
     async def effective(self, guild_id: str | None, channel_id: str | None) -> Effective:
         result = Effective(guild_id, channel_id, blocked_words=list(self.bot_blocked_words))
+        result.nsfw_pictures, result.nsfw_pictures_adult, result.nsfw_threshold = self.pictures
         result.max_steps = min(MAX_STEPS, self.limits.max_steps)
         result.sources = {key: "bot" for key in (*DEFAULT_KEYS, *POLICY_KEYS)}
         if guild_id is None:  # a DM: the bot's configuration decides
@@ -195,6 +218,22 @@ class GuildSettings:
             if text not in NSFW_POLICIES:
                 raise SettingsError(f"nsfw must be one of {', '.join(NSFW_POLICIES)}")
             return text
+        if key == "nsfw_pictures":
+            if text not in PICTURE_ACTIONS:
+                raise SettingsError(f"nsfw_pictures must be one of {', '.join(PICTURE_ACTIONS)}")
+            return text
+        if key == "nsfw_pictures_adult":
+            if text not in ADULT_PICTURE_ACTIONS:
+                raise SettingsError(f"nsfw_pictures_adult must be one of {', '.join(ADULT_PICTURE_ACTIONS)}")
+            return text
+        if key == "nsfw_threshold":
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                raise SettingsError(f"nsfw_threshold must be a number, not {text!r}") from None
+            if not 0 <= number <= 1:
+                raise SettingsError("nsfw_threshold must be between 0 and 1 (0.5 by default; lower catches more)")
+            return number
         if key == "spoiler":
             if isinstance(value, bool):
                 return value

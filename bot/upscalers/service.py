@@ -1,6 +1,6 @@
-"""A picture enlarged on its own, as A1111's Extras tab does it: by an upscaler model (in a one-shot
-`python -m gpu_worker upscale` process: torch stays out of the bot) or by Lanczos / Nearest (here,
-off the event loop).
+"""A picture enlarged on its own, as A1111's Extras tab does it: by an upscaler model or by Lanczos /
+Nearest, in a one-shot `python -m gpu_worker upscale` process (torch and the picture check stay out
+of the bot).
 
 The size follows A1111's modules/upscaler.py: `scale` times each side, rounded down to a multiple
 of 8. The result keeps the picture's own `parameters` text and gains A1111's `postprocessing` text
@@ -27,7 +27,6 @@ from bot.images.infotext import infotext_of
 from bot.images.uploads import MAX_UPLOAD_PIXELS
 from bot.upscalers.registry import UpscalerRegistry
 from gpu_worker.protocol import UpscaleOrder, UpscalerUse, encode_order
-from gpu_worker.render import png_with_texts
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ class Upscaled:
     scale: float
     postprocessing: str  # the text A1111's Extras tab writes
     seconds: float
+    nsfw_score: float = 0.0  # the picture check's (gpu_worker/safety.py), run in the upscale process
 
 
 def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -99,30 +99,33 @@ class UpscaleService:
             self._waiting -= 1
         try:
             started = time.perf_counter()
-            if isinstance(choice, UpscalerUse):
-                data = await self._with_model(png, choice, (big_w, big_h), texts, progress)
-            else:
-                data = await asyncio.to_thread(_resampled, png, PICTURE_UPSCALERS[choice], (big_w, big_h), texts)
+            model = choice if isinstance(choice, UpscalerUse) else None
+            resample = "LANCZOS" if model else PICTURE_UPSCALERS[str(choice)]
+            data, report = await self._run(png, model, resample, (big_w, big_h), texts, progress)
         finally:
             self._turn.release()
         seconds = time.perf_counter() - started
         log.info("upscale %dx%d -> %dx%d by %s in %.1f s", width, height, big_w, big_h, name, seconds)
-        return Upscaled(data, big_w, big_h, name, scale, postprocessing, seconds)
+        score = float(report.get("nsfw_score", 1.0))  # no score reported: treated as the worst
+        return Upscaled(data, big_w, big_h, name, scale, postprocessing, seconds, score)
 
-    async def _with_model(
+    async def _run(
         self,
         png: bytes,
-        model: UpscalerUse,
+        model: UpscalerUse | None,
+        resample: str,
         size: tuple[int, int],
         texts: dict[str, str],
         progress: OrderProgress | None,
-    ) -> bytes:
+    ) -> tuple[bytes, dict]:
+        """In a one-shot worker process, Lanczos too: the picture check runs there, not in the bot."""
         with tempfile.TemporaryDirectory(prefix="easel-upscale-") as folder:
             source, out = Path(folder) / "in.png", Path(folder) / "out.png"
             await asyncio.to_thread(source.write_bytes, png)
-            order = UpscaleOrder(str(source), str(out), model, size[0], size[1], texts)
-            self.last_peak_rss = await run_order("upscale", encode_order(order), progress)
-            return await asyncio.to_thread(out.read_bytes)
+            order = UpscaleOrder(str(source), str(out), model, size[0], size[1], texts, resample)
+            report = await run_order("upscale", encode_order(order), progress)
+            self.last_peak_rss = report.get("peak_rss_bytes")
+            return await asyncio.to_thread(out.read_bytes), report
 
 
 def _parameters_of(original: bytes) -> str:
@@ -130,8 +133,3 @@ def _parameters_of(original: bytes) -> str:
         return infotext_of(original) or ""
     except Exception:  # a picture whose metadata cannot be read simply has none to keep
         return ""
-
-
-def _resampled(png: bytes, resample: str, size: tuple[int, int], texts: dict[str, str]) -> bytes:
-    with Image.open(io.BytesIO(png), formats=["PNG"]) as picture:
-        return png_with_texts(picture.convert("RGB").resize(size, getattr(Image.Resampling, resample)), texts)

@@ -42,10 +42,10 @@ def services_of(interaction: discord.Interaction) -> Services:
 async def run_plan(interaction: discord.Interaction, plan: JobPlan) -> None:
     """Queue a planned job (the interaction is already deferred) and follow it to its picture."""
     [handle] = await services_of(interaction).jobs.start(plan)
-    await follow(interaction, handle, spoiler=plan.spoiler)
+    await follow(interaction, handle, plan)
 
 
-async def follow(interaction: discord.Interaction, handle: JobHandle, *, spoiler: bool) -> None:
+async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobPlan) -> None:
     """Edit one message from queued to progress to the finished picture."""
     bot: EaselBot = interaction.client  # type: ignore[assignment]
     job = handle.job
@@ -65,7 +65,7 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, *, spoiler
         elif isinstance(event, Preview):
             status.preview = event.png
         elif isinstance(event, Finished):
-            await deliver(interaction, event.job, spoiler=spoiler)
+            await deliver(interaction, event.job, plan)
             return
         elif isinstance(event, Failed):
             await status.show(f"⚠️ {event.message}", force=True, final=True)
@@ -75,21 +75,36 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, *, spoiler
             return
 
 
-async def deliver(interaction: discord.Interaction, job: Job, *, spoiler: bool) -> None:
+async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan) -> None:
     services = services_of(interaction)
+    # The picture check's score for each picture, and what this place does with it (bot/jobs.py).
+    verdicts = [plan.verdict(image.nsfw_score) for image in job.images]
+    await services.generation.store.set_safety(job.id, [image.nsfw_score for image in job.images], verdicts)
+    shown = [(i, image) for i, image in enumerate(job.images) if verdicts[i] != "withhold"]
+    withheld = len(job.images) - len(shown)
+    if withheld:
+        await tell_withheld(interaction, job.id, withheld, len(job.images))
+    if not shown:
+        return
     # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
-    per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(job.images))
+    per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(shown))
     files, shrunk = [], False
-    for i, image in enumerate(job.images):
+    spoiler = plan.spoiler or any(verdicts[i] == "spoiler" for i, _ in shown)
+    for i, image in shown:
         data, extension = await asyncio.to_thread(fit_image, image.png, per_file)
         shrunk |= extension != "png"
-        files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}", spoiler=spoiler))
+        hidden = plan.spoiler or verdicts[i] == "spoiler"
+        files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}", spoiler=hidden))
     embed = result_embed(job, interaction.user.display_name)
     notes = list(job.spec.notes)
     if shrunk:
         notes.append("Re-encoded to fit Discord's upload limit; **Parameters** has every setting.")
-    if spoiler:
+    if withheld:
+        notes.append(f"{withheld} of {len(job.images)} pictures withheld by the picture check.")
+    if plan.spoiler:
         notes.append("This server shows pictures behind a spoiler: click them to see.")
+    elif spoiler:
+        notes.append("The picture check found what may be nudity: click to see.")
     elif files:
         embed.set_image(url=f"attachment://{files[0].filename}")  # the first picture inside the embed
     embed.description = "\n".join(notes) or None
@@ -105,17 +120,33 @@ async def deliver(interaction: discord.Interaction, job: Job, *, spoiler: bool) 
         await services.generation.store.set_message(job.id, str(message.id))
 
 
+async def tell_withheld(interaction: discord.Interaction, job_id: str, withheld: int, total: int) -> None:
+    """The requester hears privately why; the channel sees only that nothing was posted."""
+    everything = withheld == total
+    if everything:
+        await post_result(
+            interaction, embed=None, files=[], view=None, what=f"job {job_id}", content=f"Nothing to show (job {job_id})."
+        )
+    what = "The picture was" if total == 1 else (f"{withheld} of {total} pictures were" if not everything else "The pictures were")
+    await interaction.followup.send(
+        f"{what} withheld: the picture check found what may be nudity, which this channel does not show. "
+        "Run it again in an age-restricted channel or in a DM with the bot.",
+        ephemeral=True,
+    )
+
+
 async def post_result(
     interaction: discord.Interaction,
     *,
-    embed: discord.Embed,
+    embed: discord.Embed | None,
     files: list[discord.File],
     view: discord.ui.View | Any = discord.utils.MISSING,
     what: str,
+    content: str | None = None,
 ) -> discord.Message | None:
     """Replace the deferred placeholder with the result; after the token's 15 minutes, post to the channel."""
     try:
-        return await interaction.edit_original_response(content=None, embed=embed, attachments=files, view=view)
+        return await interaction.edit_original_response(content=content, embed=embed, attachments=files, view=view)
     except (discord.NotFound, discord.HTTPException) as e:
         # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
         if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
@@ -127,7 +158,7 @@ async def post_result(
         for file in files:
             file.reset()
         return await channel.send(
-            content=f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
+            content=content or f"{interaction.user.mention}, your picture is ready.", embed=embed, files=files, view=view
         )
 
 

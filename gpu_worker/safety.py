@@ -1,0 +1,50 @@
+"""The picture check: how likely a picture shows exposed nudity, before it is posted anywhere.
+
+NudeNet's detector (a small YOLOv8 model in ONNX, shipped inside the `nudenet` wheel, run by ONNX
+Runtime on the CPU) finds body parts with a confidence each; a picture's score is the highest
+confidence among the exposed classes below. It runs in the worker (and in the one-shot upscale
+process), never in the bot process: every picture a job makes is scored before its result leaves.
+Followed: notAI-tech/NudeNet's label set; the classes counted here are the ones its README calls
+exposed nudity (breasts, genitalia, buttocks, anus).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+EXPOSED = (
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
+)
+
+
+@dataclass(frozen=True)
+class Scores:
+    score: float  # 0-1: the highest exposed-class confidence; 0 when none was found
+    labels: dict[str, float] = field(default_factory=dict)  # exposed class -> its highest confidence
+
+
+class NudityScorer:
+    """Loaded on first use (about 0.1 s, 12 MB); about 20-30 ms per picture on one CPU core."""
+
+    def __init__(self) -> None:
+        self._detector = None
+
+    def score(self, picture: Image.Image) -> Scores:
+        if self._detector is None:
+            from nudenet import NudeDetector  # its import pulls in OpenCV: only where pictures are checked
+
+            self._detector = NudeDetector()
+        bgr = np.ascontiguousarray(np.asarray(picture.convert("RGB"))[:, :, ::-1])
+        labels: dict[str, float] = {}
+        for found in self._detector.detect(bgr):
+            name, confidence = str(found.get("class", "")), float(found.get("score", 0.0))
+            if name in EXPOSED:
+                labels[name] = round(max(labels.get(name, 0.0), confidence), 4)
+        return Scores(max(labels.values(), default=0.0), labels)
