@@ -104,6 +104,7 @@ class ServerSettings(
         nsfw_pictures="Pictures the picture check finds nudity in, in ordinary channels",
         nsfw_pictures_adult="The same in age-restricted channels",
         nsfw_threshold="How sure the check must be (0-1, default 0.5; lower catches more)",
+        this_channel="The picture-check settings for this channel only (the others are server-wide)",
     )
     @app_commands.choices(
         nsfw=[app_commands.Choice(name=p, value=p) for p in NSFW_POLICIES],
@@ -121,6 +122,7 @@ class ServerSettings(
         nsfw_pictures: str | None = None,
         nsfw_pictures_adult: str | None = None,
         nsfw_threshold: app_commands.Range[float, 0.0, 1.0] | None = None,
+        this_channel: bool = False,
     ) -> None:
         changes = {"nsfw": nsfw, "spoiler": spoiler, "max_steps": max_steps, "max_images": max_images}
         pictures = {
@@ -128,7 +130,7 @@ class ServerSettings(
             "nsfw_pictures_adult": nsfw_pictures_adult,
             "nsfw_threshold": nsfw_threshold,
         }
-        await self.apply(interaction, changes | {"blocked_words": blocked_words} | pictures, False)
+        await self.apply(interaction, changes | {"blocked_words": blocked_words} | pictures, this_channel)
 
     @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="hide", description="Stop offering a checkpoint in this server")

@@ -61,6 +61,11 @@ async def test_the_servers_picture_rules_are_checked(tmp_path: Path) -> None:
         await store.update("g", None, {"nsfw_pictures": "withhold", "nsfw_threshold": "0.3"})
         here = await store.effective("g", "c")
         assert (here.picture_verdict(0.35, False), here.picture_verdict(0.35, True)) == ("withhold", "post")
+        await store.update("g", "c", {"nsfw_pictures": "spoiler"})  # one channel may choose for itself
+        here, elsewhere = await store.effective("g", "c"), await store.effective("g", "d")
+        assert (here.nsfw_pictures, here.sources["nsfw_pictures"], elsewhere.nsfw_pictures) == ("spoiler", "channel", "withhold")
+        with pytest.raises(SettingsError, match="max_steps is a server-wide setting"):
+            await store.update("g", "c", {"max_steps": 5})
     finally:
         await db.close()
 

@@ -37,6 +37,11 @@ POLICY_KEYS = (
 )
 
 
+# Policy a channel may set for itself (else the server's applies): what happens to pictures the
+# picture check flags.
+CHANNEL_POLICY_KEYS = ("nsfw_pictures", "nsfw_pictures_adult", "nsfw_threshold")
+
+
 class SettingsError(EaselError):
     pass
 
@@ -136,8 +141,12 @@ class GuildSettings:
                     setattr(result, key, values[key])
                     result.sources[key] = scope
                     break
+        for key in CHANNEL_POLICY_KEYS:
+            if key in channel:
+                setattr(result, key, channel[key])
+                result.sources[key] = "channel"
         for key in POLICY_KEYS:
-            if key in server:
+            if key in server and result.sources.get(key) != "channel":
                 value = server[key]
                 if key == "blocked_words":
                     value = result.blocked_words + list(value)
@@ -159,7 +168,7 @@ class GuildSettings:
         async with transaction(self._db) as db:
             current = await self._row(guild_id, scope)
             for key, value in changes.items():
-                if key in POLICY_KEYS and scope:
+                if key in POLICY_KEYS and key not in CHANNEL_POLICY_KEYS and scope:
                     raise SettingsError(f"{key} is a server-wide setting; set it without the channel option")
                 if key not in DEFAULT_KEYS and key not in POLICY_KEYS:
                     raise SettingsError(f"unknown setting {key!r}; settings are {', '.join(DEFAULT_KEYS + POLICY_KEYS)}")
