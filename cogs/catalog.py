@@ -371,6 +371,8 @@ async def run_compare_for(interaction: discord.Interaction, prompt: str, names: 
     embed.add_field(name="Seed", value=str(result.seed))
     embed.set_footer(text=clip("jobs " + ", ".join(result.job_ids), 2048))
     verdict = plan.verdict(result.nsfw_score)  # the picture check, as for any result (bot/jobs.py)
+    for job_id, score in zip(result.job_ids, result.scores, strict=True):
+        await services.generation.store.set_safety(job_id, [score], [verdict])
     if verdict == "withhold":
         await tell_withheld(interaction, ",".join(result.job_ids), 1, 1)
         return

@@ -31,7 +31,12 @@ class CompareResult:
     seed: int
     tiles: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, AutoV2)
     job_ids: list[str] = field(default_factory=list)
-    nsfw_score: float = 0.0  # the highest picture-check score among the tiles: the grid is judged by it
+    scores: list[float] = field(default_factory=list)  # the picture check's, per tile (job)
+
+    @property
+    def nsfw_score(self) -> float:
+        """The highest among the tiles: the grid is judged by it."""
+        return max(self.scores, default=0.0)
 
 
 async def resolve_all(registry: CheckpointRegistry, names: list[str], max_checkpoints: int) -> list[CheckpointRef]:
@@ -72,7 +77,7 @@ async def finish_compare(generation: GenerationService, handles: list[JobHandle]
         seed=seed,
         tiles=[(job.spec.checkpoint.name, job.spec.checkpoint.autov2) for job in jobs],
         job_ids=[job.id for job in jobs],
-        nsfw_score=max((image.nsfw_score for job in jobs for image in job.images), default=0.0),
+        scores=[max((image.nsfw_score for image in job.images), default=0.0) for job in jobs],
     )
 
 
