@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import discord
 import simcord
 
 from bot.config import Settings
 from bot.model_files import scan_models
-from bot.services import open_services
+from bot.services import Services, open_services
 from cogs.app import create_bot
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,17 @@ async def playground_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"models_dir": demo_dir})
 
 
+def playground_world(env: simcord.Env, services: Services) -> tuple[simcord.ChannelHandle, simcord.MemberActor]:
+    """The playground's server: one channel, and you, who run the server and own the bot, so that
+    /settings, /queue and /admin are all yours to try."""
+    guild = env.create_guild()
+    channel = guild.create_text_channel("imagine")
+    managers = guild.create_role("Managers", permissions=discord.Permissions(manage_guild=True))
+    you = guild.add_member(env.create_user("you"), roles=[managers])
+    services.settings.owner_ids.append(you.id)
+    return channel, you
+
+
 async def run_playground(
     settings: Settings,
     *,
@@ -50,10 +62,7 @@ async def run_playground(
         # Generations take real seconds on the worker: let the simulated Discord wait for them.
         bot = create_bot(services, always_sync=True)
         async with simcord.run(bot, settle_timeout=900) as env:
-            guild = env.create_guild()
-            channel = guild.create_text_channel("imagine")
-            you = guild.add_member(env.create_user("you"))
-            services.settings.owner_ids.append(you.id)  # you own this bot: /admin works too
+            channel, you = playground_world(env, services)
             async with env.preview(channel, viewers=[you], layout="channel", port=port) as preview:
                 on_ready(preview.url)
                 await (stop or asyncio.Event()).wait()

@@ -34,7 +34,9 @@ class Status(commands.Cog):
             )
         embed.add_field(name="Queue", value=f"{status.queued} waiting, {status.running} running")
         if status.seconds_per_unit:
-            embed.add_field(name="Recent speed", value=f"{status.seconds_per_unit:.2f} s per step of a 512×512 image")
+            # In the workers' unit (it/s), scaled to one 512×512 picture: what the waiting times are computed from.
+            rate = 1 / status.seconds_per_unit
+            embed.add_field(name="Recent speed", value=f"{rate:.2f} it/s for one 512×512 picture")
         embed.add_field(
             name="Catalog search by meaning", value=clip(self.bot.services.catalog.semantic_state(), FIELD_MAX)
         )

