@@ -9,29 +9,20 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.checkpoints.inspection import check_path, is_pickle_file
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
-from bot.checkpoints.safetensors_header import read_header
 from bot.components.detection import SD_LATENT_CHANNELS, VAE_FOLDERS, VaeFileError, detect_vae
 from bot.config import Settings
 from bot.errors import CheckpointFileError, EaselError
-from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry
+from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
 from gpu_worker.protocol import VaeUse
 
 BUILT_IN = ("none", "automatic")  # A1111's "SD VAE" choices that mean the checkpoint's own
 
 
 def examine_vae(path: Path) -> FileKind:
-    check_path(path)
-    pickled = is_pickle_file(path)
+    tensors, metadata, pickled = read_tensor_map(path)
     try:
-        if pickled:
-            tensors, metadata = read_pickle_checkpoint(path).tensors, {}
-        else:
-            header = read_header(path)
-            tensors, metadata = header.tensors, header.metadata
         kind = detect_vae({name: t.shape for name, t in tensors.items()})
-    except (CheckpointFileError, VaeFileError) as e:
+    except VaeFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
     base = "sd" if kind.latent_channels == SD_LATENT_CHANNELS else f"{kind.latent_channels}ch"
     return FileKind(

@@ -192,18 +192,23 @@ def examine_lora(path: Path) -> FileKind:
     )
 
 
-def examine_embedding(path: Path) -> FileKind:
-    """The embedding in `path` (.safetensors header, or a .pt/.bin through the allow-list unpickler)."""
+def read_tensor_map(path: Path) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """(tensor descriptors by name, metadata, pickled?) of a file beside checkpoints: a safetensors
+    header, or a .pt/.pth/.bin through the allow-list unpickler; the file's name leads any refusal."""
     check_path(path)
-    metadata: dict[str, str] = {}
+    pickled = is_pickle_file(path)
     try:
-        if is_pickle_file(path):
-            tensors = read_pickle_checkpoint(path).tensors
-        else:
-            header = read_header(path)
-            tensors, metadata = header.tensors, header.metadata
+        if pickled:
+            return dict(read_pickle_checkpoint(path).tensors), {}, True
+        header = read_header(path)
+        return dict(header.tensors), header.metadata, False
     except CheckpointFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
+
+
+def examine_embedding(path: Path) -> FileKind:
+    """The embedding in `path` (.safetensors header, or a .pt/.bin through the allow-list unpickler)."""
+    tensors, metadata, _ = read_tensor_map(path)
     found = detect_embedding(tensors, metadata)
     if found is None:
         raise CheckpointFileError(f"{path.name}: not a textual-inversion embedding")

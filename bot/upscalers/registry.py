@@ -12,13 +12,10 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.checkpoints.inspection import check_path, is_pickle_file
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
-from bot.checkpoints.safetensors_header import read_header
 from bot.config import Settings
 from bot.errors import CheckpointFileError, EaselError
 from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
-from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry
+from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
 from bot.upscalers.detection import UPSCALER_FOLDERS, UpscalerFileError, detect_upscaler
 from gpu_worker.protocol import UpscalerUse
 
@@ -36,13 +33,10 @@ A1111_NAMES = {
 
 def examine_upscaler(path: Path) -> FileKind:
     """The network in `path`, from its header or its vetted pickle alone."""
-    check_path(path)
-    pickled = is_pickle_file(path)
+    tensors, metadata, pickled = read_tensor_map(path)
     try:
-        tensors = read_pickle_checkpoint(path).tensors if pickled else read_header(path).tensors
-        metadata = {} if pickled else read_header(path).metadata
         kind = detect_upscaler({name: t.shape for name, t in tensors.items()})
-    except (CheckpointFileError, UpscalerFileError) as e:
+    except UpscalerFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
     return FileKind(
         "upscaler",
