@@ -254,7 +254,7 @@ class Jobs:
 
     async def plan_imagine(self, asker: Asker, place: Place, options: ImagineOptions) -> JobPlan:
         here = await self.rules(place)
-        ref = await self._checkpoint(place, here, options.checkpoint)
+        ref, switched = await self._checkpoint(place, here, options.checkpoint)
         steps = here.steps if options.steps is None else options.steps
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
@@ -298,7 +298,7 @@ class Jobs:
             cfg_rescale=options.cfg_rescale,
             vae=options.vae,
         )
-        return await self._checked([(request, ref)], here, place, uploads=uploads)
+        return await self._checked([(request, ref)], here, place, uploads=uploads, note=switched)
 
     async def plan_from_infotext(self, asker: Asker, place: Place, info: Infotext) -> JobPlan:
         """A picture's A1111 parameters ("Make this here") run with the installed checkpoint whose hash
@@ -512,8 +512,10 @@ class Jobs:
         place: Place,
         seed: int = -1,
         uploads: dict[str, bytes] | None = None,
+        note: str = "",
     ) -> JobPlan:
-        """Every rule of the place, for every job of the plan: the one copy of them."""
+        """Every rule of the place, for every job of the plan: the one copy of them; `note` is said
+        to the requester with each job."""
         pictures = sum(request.count for request, _ in items)
         for request, _ in items:  # everywhere, the host's command line too: no place relaxes it
             try:
@@ -541,7 +543,7 @@ class Jobs:
             mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
             hires_model = await self._hires_model(request)
             vae, vae_note = await self._vae(request, ref)
-            notes = (*notes, vae_note) if vae_note else notes
+            notes = (*notes, *(n for n in (vae_note, note) if n))
             specs.append(
                 validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
             )
@@ -580,18 +582,23 @@ class Jobs:
             return ()
         return await resolve_loras(self.loras, prompt, ref, self.generation.limits, nsfw_allowed)
 
-    async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> CheckpointRef:
-        """The named checkpoint, else the place's default, else the first one offered here."""
+    async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> tuple[CheckpointRef, str]:
+        """The named checkpoint, else the place's default, else the first one offered here; and, when
+        the place's default could not be used, a note that says so (never a silent switch)."""
         if name:
-            return await resolve_checkpoint(self.registry, name, allow_path=place.host)
+            return await resolve_checkpoint(self.registry, name, allow_path=place.host), ""
+        note = ""
         if here.checkpoint:
             entry = await self.registry.find(here.checkpoint)
             if entry is not None and entry.status == "present" and entry.runnable:
-                return CheckpointRef.from_entry(entry)
+                return CheckpointRef.from_entry(entry), ""
+            missing = entry.name if entry is not None else "no longer registered"
+            note = f"this channel's default checkpoint ({missing}) cannot be used now"
         offered = await self.offered(place, here)
         if not offered:
             raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
-        return CheckpointRef.from_entry(offered[0])
+        chosen = CheckpointRef.from_entry(offered[0])
+        return chosen, f"{note}: {chosen.name} was used instead" if note else ""
 
     @staticmethod
     def _request(asker: Asker, place: Place, **values: object) -> GenerationRequest:

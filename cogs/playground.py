@@ -23,18 +23,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 async def playground_settings(settings: Settings) -> Settings:
-    """The user's models when a runnable one is there; otherwise a tiny demo model of our own."""
+    """The user's models when a runnable one is there; otherwise a tiny demo model of our own, in a
+    world of its own (its own data folder and database): the demo's folder and the real models folder
+    never share a registry, so neither marks the other's checkpoints missing."""
     root = settings.models_dir.expanduser()
     if root.is_dir() and any(p.suffix in (".safetensors", ".ckpt") for p in root.rglob("*")):
         return settings
-    demo_dir = settings.data_dir / "playground-models"
+    demo_data = settings.data_dir / "playground"
+    demo_dir = demo_data / "models"
     demo = demo_dir / "easel-demo-tiny-sd1.safetensors"
     if not demo.exists():
         demo_dir.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "gpu_worker", "make-tiny-checkpoint", "--arch", "sd1", str(demo)]
         await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, cwd=REPO_ROOT)
     log.info("no checkpoints in %s: the playground uses a tiny demo model (random weights: noise, not art)", root)
-    return settings.model_copy(update={"models_dir": demo_dir})
+    return settings.model_copy(update={"models_dir": demo_dir, "data_dir": demo_data})
 
 
 def playground_world(env: simcord.Env, services: Services) -> tuple[simcord.ChannelHandle, simcord.MemberActor]:

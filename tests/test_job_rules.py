@@ -184,3 +184,20 @@ async def test_one_moderator_role() -> None:
     assert Jobs.may_change(Asker("bob", manages_server=True), "alice")
     assert Jobs.may_change(Asker("alice"), "alice")
     assert not Jobs.may_change(Asker("bob"), "alice")
+
+
+async def test_a_channel_default_that_cannot_be_used_is_replaced_and_said(world: World) -> None:
+    place = Place("g-default", "c")
+    await world.settings.update("g-default", None, {"checkpoint": "plain"})
+    entry = await world.registry.get("plain")
+    await world.registry.db.execute("UPDATE checkpoints SET status = 'missing' WHERE id = ?", (entry.id,))
+    await world.registry.db.commit()
+    try:
+        plan = await world.jobs.plan_imagine(ALICE, place, ImagineOptions(prompt=PROMPT, steps=3))
+        [spec] = plan.specs
+        assert spec.checkpoint.name != "plain"
+        assert f"this channel's default checkpoint (plain) cannot be used now: {spec.checkpoint.name} was used instead" in spec.notes
+    finally:
+        await world.registry.db.execute("UPDATE checkpoints SET status = 'present' WHERE id = ?", (entry.id,))
+        await world.registry.db.commit()
+        await world.settings.reset("g-default", None)

@@ -16,7 +16,7 @@ from bot.config import Settings
 from cogs.playground import run_playground
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
+BROWSER = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (apt-get install chromium)"
 )
 BROWSER_ARGS = [
@@ -44,6 +44,7 @@ async def imagine_in_browser(p, address: str, prompt: str):
     return browser, page
 
 
+@BROWSER
 async def test_imagine_in_the_browser(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
@@ -82,6 +83,7 @@ def _maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
 
+@BROWSER
 async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) -> None:
     """The rule is about the bot process while it works: torch is mapped in its worker, never in it."""
     import os
@@ -119,3 +121,17 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
         process.send_signal(signal.SIGINT)
         await asyncio.wait_for(process.wait(), timeout=60)
         errors.close()
+
+
+async def test_the_demo_world_keeps_its_own_registry(tmp_path: Path, tiny_dir: Path) -> None:
+    """The demo model and a real models folder never share a database: neither marks the other missing."""
+    from cogs.playground import playground_settings
+
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    demo = await playground_settings(settings)
+    assert demo.data_dir == tmp_path / "data" / "playground" and demo.models_dir == demo.data_dir / "models"
+    assert demo.database_path != settings.database_path
+    assert [p.name for p in demo.models_dir.iterdir()] == ["easel-demo-tiny-sd1.safetensors"]
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp_path / "models" / "mine.safetensors")
+    assert await playground_settings(settings) == settings  # a real checkpoint: the real world
