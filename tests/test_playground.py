@@ -40,7 +40,8 @@ async def imagine_in_browser(p, address: str, prompt: str):
     await page.keyboard.press("Enter")
     await page.keyboard.type(prompt)
     await page.keyboard.press("Enter")
-    await page.get_by_role("button", name="Reroll").wait_for(timeout=60_000)
+    # A loaded CI machine may start the worker slowly: up to two minutes for the first picture.
+    await page.get_by_role("button", name="Reroll").wait_for(timeout=120_000)
     return browser, page
 
 
