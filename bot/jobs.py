@@ -36,12 +36,19 @@ from bot.generation.requests import GenerationRequest, ValidRequest, random_seed
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
-from bot.images.infotext import Infotext, parse_infotext, read_picture_parameters, render_infotext, size_of
+from bot.images.infotext import (
+    Infotext,
+    parse_infotext,
+    read_picture,
+    read_picture_parameters,
+    render_infotext,
+    size_of,
+)
 from bot.images.inputs import InputStore
-from bot.images.uploads import Upload, read_upload
+from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
-from bot.upscalers.service import Upscaled, UpscaleService
+from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from gpu_worker.protocol import LoraUse, UpscalerUse, VaeUse
 
 log = logging.getLogger(__name__)
@@ -351,8 +358,14 @@ class Jobs:
         if self.upscaling is None:
             raise EaselError("upscaling is not available here")
         async with self._decoding:
-            upload = await asyncio.to_thread(read_upload, picture)
-        return await self.upscaling.upscale(upload.png, picture, upscaler, scale, progress)
+            try:
+                read = await asyncio.to_thread(read_picture, picture)
+                upload, parameters = read.upload, read.parameters
+            except UploadError:
+                raise
+            except Exception:  # metadata PIL cannot read: a picture without parameters to keep
+                upload, parameters = await asyncio.to_thread(read_upload, picture), None
+        return await self.upscaling.upscale(upload, parameters, upscaler, scale, progress)
 
     async def picture_verdict(self, place: Place, nsfw_score: float) -> str:
         """post | spoiler | withhold: what `place` does with a picture the picture check scored so."""
@@ -407,17 +420,17 @@ class Jobs:
         width, height = row["width"], row["height"]
         if ref.sha256 != row["checkpoint_sha256"]:  # the same shape, at the new model's native size
             width, height = rescale(width, height, ref.native_size)
-        hires = record.hires | ({"hires_scale": hires_scale} if hires_scale else {})
-        enlarge = bool(hires_scale and row["init_image_sha256"])
-        if hires_scale and not enlarge:
+        scale = hires_scale or 0.0
+        hires = record.hires | ({"hires_scale": scale} if scale else {})
+        enlarge = bool(scale and row["init_image_sha256"])
+        if scale and not enlarge:
             init_image = None  # made from text: the hires fix draws it again from its seed
         if enlarge and init_image is None:
             raise EaselError("this message has no picture left to upscale")
         picture = await self._read_input(init_image, uploads) if init_image else None
         limits = self.generation.limits
-        if picture is not None and enlarge and hires_scale:
-            width, height = picture.width * hires_scale // 8 * 8, picture.height * hires_scale // 8 * 8
-            width, height, hires, strength = int(width), int(height), {}, UPSCALE_REDRAW
+        if picture is not None and enlarge:
+            (width, height), hires, strength = upscaled_size(picture.width, picture.height, scale), {}, UPSCALE_REDRAW
             if max(width, height) > limits.max_size or width * height > limits.max_pixels:
                 raise EaselError(
                     f"upscaled, this picture would be {width}x{height}, over this bot's size limit; "

@@ -26,7 +26,7 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
-from gpu_worker.protocol import SUPPORTED_FAMILIES, LoadRequest
+from gpu_worker.protocol import SUPPORTED_FAMILIES, LoadRequest, config_parts
 
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
 diffusers.utils.logging.set_verbosity_error()
@@ -111,7 +111,7 @@ def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype 
 def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> DiffusionPipeline:
     if not request.pipeline_config:
         raise CheckpointLoadError(f"{request.name}: no bundled configuration fits this {request.architecture} file")
-    base, _, variant = request.pipeline_config.partition("+")
+    base, variant = config_parts(request.pipeline_config)
     folder = CONFIG_ROOT / base
     index = folder / "model_index.json"
     if not index.is_file() or variant not in ("", "inpainting", "edm"):

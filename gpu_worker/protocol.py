@@ -38,6 +38,12 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 
 
+def config_parts(pipeline_config: str | None) -> tuple[str, str]:
+    """A config id's bundled folder and variant: "tiny-sdxl+edm" -> ("tiny-sdxl", "edm")."""
+    base, _, variant = (pipeline_config or "").partition("+")
+    return base, variant
+
+
 @dataclass(frozen=True)
 class LoadRequest:
     """Everything the worker needs to turn a registered checkpoint into a pipeline."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from diffusers import AutoencoderKL
 
 from gpu_worker.loader import CONFIG_ROOT, LoadedPipeline, named_for_diffusers
-from gpu_worker.protocol import VaeUse
+from gpu_worker.protocol import VaeUse, config_parts
 
 RESIDENT = 2  # 80-160 MB each
 
@@ -52,7 +52,7 @@ class VaeCache:
         path = Path(use.path)
         if not path.is_file():
             raise VaeError(f"the VAE {use.name} is no longer on disk")
-        folder = CONFIG_ROOT / (loaded.request.pipeline_config or "").partition("+")[0]
+        folder = CONFIG_ROOT / config_parts(loaded.request.pipeline_config)[0]
         try:
             with named_for_diffusers(path, use.format) as readable:
                 vae = AutoencoderKL.from_single_file(

@@ -17,7 +17,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
 from bot.errors import EaselError
-from bot.images.infotext import read_picture_parameters, render_reading
+from bot.images.infotext import read_picture, read_picture_parameters, render_reading
 from bot.upscalers.detection import UpscalerFileError, canonical_names, detect_upscaler
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService, upscaled_size
@@ -176,7 +176,8 @@ async def test_an_upscale_keeps_the_pictures_parameters_and_adds_a1111s_postproc
         registry = UpscalerRegistry(db, models)
         await registry.scan()
         service = UpscaleService(registry, max_pixels=300_000)
-        plain = buffer.getvalue()
+        read = read_picture(original)  # as Jobs.upscale reads an upload
+        plain, original = read.upload, read.parameters
         for name, scale in (("4x-Tiny", 3.0), ("Lanczos", 2.5)):
             steps: list[tuple[int, int]] = []
             done = await service.upscale(plain, original, name, scale, lambda *p, s=steps: s.append(p))

@@ -10,7 +10,7 @@ from bot.checkpoints.hashing import FileHashes
 from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.errors import EaselError
-from gpu_worker.protocol import LoadRequest
+from gpu_worker.protocol import LoadRequest, config_parts
 
 # Native square size per bundled config: what "1:1" means for a checkpoint.
 NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "tiny-sd1": 64, "tiny-sd2": 64, "tiny-sdxl": 64}
@@ -43,7 +43,7 @@ class CheckpointRef:
 
     @property
     def native_size(self) -> int:
-        config = (self.pipeline_config or "").partition("+")[0]  # an inpainting model: its base's size
+        config = config_parts(self.pipeline_config)[0]  # a variant (inpainting, EDM): its base's size
         size = NATIVE_SIZE.get(config, 512)
         return 512 if config == "sd2" and self.prediction == "epsilon" else size
 

@@ -22,6 +22,7 @@ from gpu_worker.protocol import (
     LoraUse,
     UpscalerUse,
     VaeUse,
+    config_parts,
     denoising_steps,
     hires_size,
 )
@@ -217,7 +218,7 @@ def validate(
         sampler, schedule = parse_sampler(request.sampler, request.schedule)
     except ValueError as e:
         raise GenerationError(str(e)) from None
-    if (checkpoint.pipeline_config or "").endswith("+edm") and sampler not in EDM_SAMPLERS:
+    if config_parts(checkpoint.pipeline_config)[1] == "edm" and sampler not in EDM_SAMPLERS:
         raise GenerationError(
             f"{checkpoint.name} is an EDM model (Playground v2.5); {sampler} has no EDM form here. "
             f"Choose one of {', '.join(EDM_SAMPLERS)}"
@@ -278,7 +279,8 @@ def _check_cfg_rescale(request: GenerationRequest, checkpoint: CheckpointRef) ->
         raise GenerationError(f"CFG rescale must be between 0 and 1, not {request.cfg_rescale:g}")
     # diffusers' SD1/SD2 image-to-image and inpainting pipelines have no guidance rescale (SDXL's do).
     if request.cfg_rescale and checkpoint.family != "sdxl":
-        from_picture = request.init_image is not None or request.hires_scale or "inpainting" in (checkpoint.pipeline_config or "")
+        inpainting_model = config_parts(checkpoint.pipeline_config)[1] == "inpainting"
+        from_picture = request.init_image is not None or request.hires_scale or inpainting_model
         if from_picture:
             raise GenerationError(
                 "CFG rescale works on SD1/SD2 checkpoints only for pictures made from text, without the hires fix"

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from bot.errors import EaselError
-from bot.images.uploads import UploadError, read_upload, sniff
+from bot.images.uploads import Upload, UploadError, read_upload, sniff
 from bot.untrusted import clean_text, load_json
 from gpu_worker.infotext import build_infotext
 
@@ -40,16 +40,30 @@ class Infotext:
         return out | ({"postprocessing": self.postprocessing} if self.postprocessing else {})
 
 
-def infotext_of(data: bytes) -> str | None:
-    """The picture's A1111 "parameters" text, or None when it has none. The picture is checked as
-    any upload is (format by content, pixel count from the header) before its metadata is read."""
-    read_upload(data)  # refuses what is not a safe picture, in one line
-    image = Image.open(io.BytesIO(data), formats=[sniff(data) or "PNG"])
+@dataclass(frozen=True)
+class PictureTexts:
+    """A picture read as any upload is, with the A1111 texts it carries."""
+
+    upload: Upload
+    parameters: str | None  # A1111's infotext (PNG text chunk, or JPEG/WebP EXIF UserComment)
+    postprocessing: str | None  # A1111's Extras text (PNG `postprocessing`)
+
+
+def read_picture(data: bytes) -> PictureTexts:
+    """The picture is checked and decoded once (format by content, pixel count from the header);
+    UploadError when it is no safe picture. Metadata that PIL cannot read raises what PIL raises."""
+    upload = read_upload(data)  # refuses what is not a safe picture, in one line
+    image = Image.open(io.BytesIO(data), formats=[sniff(data) or "PNG"])  # the header and text chunks
     text = image.info.get("parameters")
     if not isinstance(text, str):
         comment = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
         text = _user_comment(comment) if isinstance(comment, bytes) else None
-    return clean_text(text[:MAX_INFOTEXT_CHARS]) if text else None
+    extras = image.info.get("postprocessing")
+    return PictureTexts(
+        upload,
+        clean_text(text[:MAX_INFOTEXT_CHARS]) if text else None,
+        clean_text(extras[:1000]).strip() or None if isinstance(extras, str) else None,
+    )
 
 
 def _user_comment(raw: bytes) -> str | None:
@@ -92,17 +106,15 @@ def parse_infotext(text: str) -> Infotext:
 def read_picture_parameters(data: bytes) -> Infotext:
     """The parameters a picture carries; UploadError when it is no picture, EaselError when it has none."""
     try:
-        text = infotext_of(data)
+        texts = read_picture(data)
     except UploadError:
         raise
     except Exception as e:  # a picture whose metadata PIL cannot read is one without parameters
         raise EaselError(f"the picture's metadata cannot be read ({type(e).__name__})") from None
-    if not text:
+    if not texts.parameters:
         raise EaselError("this picture carries no generation parameters (no A1111 infotext)")
-    info = parse_infotext(text)
-    extras = Image.open(io.BytesIO(data), formats=[sniff(data) or "PNG"]).info.get("postprocessing")
-    if isinstance(extras, str):
-        info.postprocessing = clean_text(extras[:1000]).strip()
+    info = parse_infotext(texts.parameters)
+    info.postprocessing = texts.postprocessing or ""
     return info
 
 

@@ -11,20 +11,16 @@ read both.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from bot.child_process import OrderProgress, run_order
 from bot.errors import EaselError
 from bot.generation.upscalers import PICTURE_UPSCALERS
-from bot.images.infotext import infotext_of
-from bot.images.uploads import MAX_UPLOAD_PIXELS
+from bot.images.uploads import MAX_UPLOAD_PIXELS, Upload
 from bot.upscalers.registry import UpscalerRegistry
 from gpu_worker.protocol import UpscaleOrder, UpscalerUse, encode_order
 
@@ -76,18 +72,21 @@ class UpscaleService:
         self.last_peak_rss: int | None = None
 
     async def upscale(
-        self, png: bytes, original: bytes, upscaler: str, scale: float, progress: OrderProgress | None = None
+        self,
+        upload: Upload,
+        parameters: str | None,
+        upscaler: str,
+        scale: float,
+        progress: OrderProgress | None = None,
     ) -> Upscaled:
-        """`png`: the picture as bot/images/uploads.py read it (plain RGB); `original`: the bytes as
-        uploaded, whose A1111 parameters the result keeps."""
-        with Image.open(io.BytesIO(png), formats=["PNG"]) as probe:
-            width, height = probe.size
+        """`upload`: the picture as bot/images/uploads.py read it (plain RGB); `parameters`: its A1111
+        infotext, which the result keeps."""
+        width, height, png = upload.width, upload.height, upload.png
         big_w, big_h = check_scale(width, height, scale, self.max_pixels)
         choice = await self.registry.resolve(upscaler, latent=False)
         name = choice.name if isinstance(choice, UpscalerUse) else choice
         postprocessing = f"Postprocess upscale by: {scale:g}, Postprocess upscaler: {name}"
         texts = {"postprocessing": postprocessing}
-        parameters = await asyncio.to_thread(_parameters_of, original)
         if parameters:
             texts = {"parameters": parameters} | texts
         if self._waiting >= MAX_WAITING:
@@ -126,10 +125,3 @@ class UpscaleService:
             report = await run_order("upscale", encode_order(order), progress)
             self.last_peak_rss = report.get("peak_rss_bytes")
             return await asyncio.to_thread(out.read_bytes), report
-
-
-def _parameters_of(original: bytes) -> str:
-    try:
-        return infotext_of(original) or ""
-    except Exception:  # a picture whose metadata cannot be read simply has none to keep
-        return ""
