@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     embedding_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     upscaler_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/ESRGAN …
     vae_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/VAE
+    text_encoder_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/text_encoders, models/clip
     data_dir: Path = Path("data")
     devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
     # Pipeline cache per worker: on the device (VRAM, or RAM for CPU workers) and, for GPU
@@ -80,12 +81,12 @@ class Settings(BaseSettings):
         split = _split(value)
         return [str(h).strip("[]").lower().rstrip(".") for h in split] if isinstance(split, list) else split
 
-    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", mode="before")
+    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs", mode="before")
     @classmethod
     def _parse_folders(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs")
+    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs")
     @classmethod
     def _folders_exist(cls, value: list[Path]) -> list[Path]:
         for folder in value:

@@ -19,20 +19,29 @@ import hashlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bot.catalog.compare import MAX_CHECKPOINTS as MAX_COMPARE
 from bot.catalog.compare import resolve_all
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
+from bot.components.text_encoders import TextEncoderRegistry
 from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.minors import check_minors
 from bot.generation.policy import check_prompt
-from bot.generation.requests import GenerationRequest, ValidRequest, random_seed, validate
+from bot.generation.requests import (
+    DEFAULT_DISTILLED_CFG,
+    GenerationRequest,
+    ValidRequest,
+    family_defaults,
+    random_seed,
+    validate,
+)
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
@@ -123,6 +132,7 @@ class ImagineOptions:
     hires_upscaler: str = "Latent"
     cfg_rescale: float = 0.0  # "CFG Rescale φ"
     vae: str | None = None  # a registered VAE; "none": the checkpoint's own; None: the checkpoint's default
+    distilled_cfg: float | None = None  # Forge's "Distilled CFG Scale" (Flux dev); None: its default, 3.5
 
 
 @dataclass
@@ -197,6 +207,7 @@ class Jobs:
         upscaling: UpscaleService | None = None,
         vaes: VaeRegistry | None = None,
         extra_terms: tuple[list[str], list[str]] = ([], []),
+        text_encoders: TextEncoderRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
@@ -206,6 +217,7 @@ class Jobs:
         self.inputs = inputs
         self.upscaling = upscaling
         self.vaes = vaes
+        self.text_encoders = text_encoders
         self.extra_terms = extra_terms  # owners' additions to the minors rule: (minor words, sexual words)
         self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
@@ -262,7 +274,8 @@ class Jobs:
     async def plan_imagine(self, asker: Asker, place: Place, options: ImagineOptions) -> JobPlan:
         here = await self.rules(place)
         ref, switched = await self._checkpoint(place, here, options.checkpoint)
-        steps = here.steps if options.steps is None else options.steps
+        steps, cfg, sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
+        steps = steps if options.steps is None else options.steps
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
         if options.size is not None:
@@ -284,8 +297,8 @@ class Jobs:
             width=width,
             height=height,
             steps=steps,
-            cfg=here.cfg if options.cfg is None else options.cfg,
-            sampler=options.sampler or here.sampler,
+            cfg=cfg if options.cfg is None else options.cfg,
+            sampler=options.sampler or sampler,
             schedule=options.schedule,
             seed=options.seed,
             count=options.count,
@@ -304,6 +317,7 @@ class Jobs:
             hires_upscaler=options.hires_upscaler,
             cfg_rescale=options.cfg_rescale,
             vae=options.vae,
+            distilled_cfg=DEFAULT_DISTILLED_CFG if options.distilled_cfg is None else options.distilled_cfg,
         )
         return await self._checked([(request, ref)], here, place, uploads=uploads, note=switched)
 
@@ -336,6 +350,7 @@ class Jobs:
             # The A1111 extension's key (Seshelle/CFG_Rescale_webui), or the plain one it also reads.
             cfg_rescale=_number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
             vae=await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
+            distilled_cfg=_number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
         )
         return await self.plan_imagine(asker, place, options)
 
@@ -461,6 +476,7 @@ class Jobs:
             mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
             cfg_rescale=row["cfg_rescale"] or 0.0,
             vae=row["vae_sha256"] or "none",  # the VAE the job ran with, not what is the default now
+            distilled_cfg=row["distilled_cfg"] if row["distilled_cfg"] is not None else DEFAULT_DISTILLED_CFG,
             **(record.inpaint if picture is None else {}),
             **hires,
         )
@@ -484,24 +500,22 @@ class Jobs:
         most = MAX_COMPARE if place.host else min(MAX_COMPARE, self.generation.limits.max_queued_per_user)
         refs = await resolve_all(self.registry, checkpoints, most)
         seed = seed if seed >= 0 else random_seed()
-        items = [
-            (
-                self._request(
-                    asker,
-                    place,
-                    prompt=prompt,
-                    negative=here.negative if negative is None else negative,
-                    width=None,
-                    height=None,
-                    steps=here.steps if steps is None else steps,
-                    cfg=here.cfg if cfg is None else cfg,
-                    sampler=sampler or here.sampler,
-                    seed=seed,
-                ),
-                ref,
+        items = []
+        for ref in refs:  # each at its family's defaults where none was given (Flux: Euler, CFG 1)
+            own_steps, own_cfg, own_sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
+            request = self._request(
+                asker,
+                place,
+                prompt=prompt,
+                negative=here.negative if negative is None else negative,
+                width=None,
+                height=None,
+                steps=own_steps if steps is None else steps,
+                cfg=own_cfg if cfg is None else cfg,
+                sampler=sampler or own_sampler,
+                seed=seed,
             )
-            for ref in refs
-        ]
+            items.append((request, ref))
         return await self._checked(items, here, place, seed)
 
     async def start(self, plan: JobPlan) -> list[JobHandle]:
@@ -555,12 +569,26 @@ class Jobs:
             init_png = uploads.get(request.init_image or "") or await self._kept_input(request.init_image)
             mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
             hires_model = await self._hires_model(request)
-            vae, vae_note = await self._vae(request, ref)
+            ref, vae, vae_note = await self._parts(request, ref)
             notes = (*notes, *(n for n in (vae_note, note) if n))
             specs.append(
                 validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
             )
         return JobPlan(specs, here, seed, uploads or {}, place.adult)
+
+    async def _parts(
+        self, request: GenerationRequest, ref: CheckpointRef
+    ) -> tuple[CheckpointRef, VaeUse | None, str]:
+        """The checkpoint with what it lacks from the component store (a transformer-only Flux file:
+        its text encoders and VAE), the job's VAE, and a note; a missing part is refused here, in one
+        line that says which file goes where, before anything is queued."""
+        vae, note = await self._vae(request, ref)
+        if not ref.needs:
+            return ref, vae, note
+        parts = await find_parts(ref.needs, ref.family, self.text_encoders, self.vaes, vae)
+        if parts.missing:
+            raise parts.refusal(ref.name)
+        return replace(ref, components=parts.found), None, note  # its VAE is one of the parts
 
     async def _vae(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[VaeUse | None, str]:
         """The job's VAE: the one it names, else the checkpoint's default, else its own (None)."""

@@ -12,6 +12,7 @@ import aiosqlite
 
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashProgress, ScanReport
 from bot.components.registry import vae_registry
+from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.errors import RegistryError
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
@@ -19,8 +20,13 @@ from bot.upscalers.registry import upscaler_registry
 
 
 def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[NetworkRegistry]:
-    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers, VAEs."""
-    return [*network_registries(db, settings), upscaler_registry(db, settings), vae_registry(db, settings)]
+    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers, VAEs, text encoders."""
+    return [
+        *network_registries(db, settings),
+        upscaler_registry(db, settings),
+        vae_registry(db, settings),
+        text_encoder_registry(db, settings),
+    ]
 
 
 async def add_model_file(

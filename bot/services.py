@@ -12,6 +12,7 @@ from bot.checkpoints.download import Downloader
 from bot.checkpoints.merging import MergeService
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry, vae_registry
+from bot.components.text_encoders import TextEncoderRegistry, text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.generation.requests import Limits
@@ -40,12 +41,13 @@ class Services:
     upscalers: UpscalerRegistry
     upscaling: UpscaleService
     vaes: VaeRegistry
+    text_encoders: TextEncoderRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
-        """The registries of files beside checkpoints (LoRAs, embeddings, upscalers), for the commands
-        that take any model file."""
-        return [self.loras, self.embeddings, self.upscalers, self.vaes]
+        """The registries of files beside checkpoints (LoRAs, embeddings, upscalers, VAEs, text
+        encoders), for the commands that take any model file."""
+        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -86,7 +88,8 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
     )
     upscalers = upscaler_registry(db, settings)
     vaes = vae_registry(db, settings)
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes])
+    text_encoders = text_encoder_registry(db, settings)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders])
     guild_settings = GuildSettings(
         db,
         registry,
@@ -106,6 +109,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         upscaling,
         vaes,
         extra_terms=(settings.minor_terms, settings.sexual_terms),
+        text_encoders=text_encoders,
     )
     return Services(
         settings,
@@ -122,4 +126,5 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         upscalers,
         upscaling,
         vaes,
+        text_encoders,
     )

@@ -19,6 +19,8 @@ from bot.catalog.compare import finish_compare
 from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
 from bot.checkpoints.sidecars import read_preview
+from bot.components.parts import parts_of_entry
+from bot.generation.checkpoint_ref import CheckpointRef
 from bot.jobs import ImagineOptions
 from cogs.utils.attachments import fit_image
 from cogs.utils.checkpoint_option import Offered, checkpoint_choices
@@ -38,7 +40,7 @@ FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl"}
 PREVIEW_MAX_BYTES = 4 << 20
 
 
-def info_embed(entry: CheckpointEntry) -> discord.Embed:
+def info_embed(entry: CheckpointEntry, parts: list[str] | None = None) -> discord.Embed:
     embed = discord.Embed(
         title=clip(entry.name, 256), colour=EMBED_COLOUR, description=clip(entry.description, 4096) or None
     )
@@ -57,6 +59,8 @@ def info_embed(entry: CheckpointEntry) -> discord.Embed:
     if entry.lineage:
         parents = "\n".join(f"{p['role']}: {p['name'] or '?'} ({p['autov2'].upper()})" for p in entry.lineage)
         embed.add_field(name="Merged from", value=clip(parents, FIELD_MAX), inline=False)
+    if parts:  # a transformer-only file: the text encoders and VAE it runs with, or what it lacks
+        embed.add_field(name="Needs", value=clip("\n".join(parts), FIELD_MAX), inline=False)
     if not entry.runnable:
         embed.add_field(
             name="Cannot be run", value=clip(entry.inspection.get("architecture_info", {}).get("reason", ""), FIELD_MAX)
@@ -135,7 +139,10 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         view = (
             discord.ui.View(timeout=None).add_item(UseButton(entry.name)) if entry.runnable else discord.utils.MISSING
         )
-        embed, files = info_embed(entry), []
+        ref = CheckpointRef.from_entry(entry)
+        services = self.bot.services
+        parts = await parts_of_entry(ref.needs, ref.family, ref.vae_sha256, services.text_encoders, services.vaes)
+        embed, files = info_embed(entry, parts.lines()), []
         preview = await asyncio.to_thread(
             read_preview, entry.preview_path, self.registry.models_root, PREVIEW_MAX_BYTES
         )

@@ -61,6 +61,7 @@ class Generation(commands.Cog):
         inpaint_area="With a mask: redraw it within the whole picture, or only its region at full size",
         mask_padding="With Only masked: pixels of context around the mask",
         vae="A VAE in place of the checkpoint's own (A1111's SD VAE)",
+        distilled_cfg="Flux dev: its guidance strength (Forge's Distilled CFG Scale; 3.5 by default)",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -94,6 +95,7 @@ class Generation(commands.Cog):
         inpaint_area: str = "Whole picture",
         mask_padding: app_commands.Range[int, 0, MAX_MASK_PADDING] = 32,
         vae: Vae | None = None,
+        distilled_cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -119,6 +121,7 @@ class Generation(commands.Cog):
             only_masked=inpaint_area == "Only masked",
             mask_padding=mask_padding,
             vae=vae,
+            distilled_cfg=distilled_cfg,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

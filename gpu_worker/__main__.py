@@ -7,6 +7,7 @@ make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
 make-tiny-lora         a tiny random-weight LoRA (kohya layout) for those checkpoints
 make-tiny-embedding    a tiny random textual-inversion embedding for them
 make-tiny-vae          a tiny random-weight VAE file (LDM layout) for those checkpoints
+make-tiny-component    a tiny CLIP-L, T5-XXL or Flux VAE file for the tiny transformer-only Flux file
 make-tiny-upscaler     a tiny random-weight upscaler (ESRGAN, Real-ESRGAN or compact layout)
 safety-check PNG       the picture check's scores for a picture (JSON)
 upscale --fd N         enlarge one picture with an upscaler model (the bot's upscale service starts this)
@@ -61,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm"), required=True)
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
+    p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
+    p.add_argument("out")
+    p = sub.add_parser("make-tiny-component")
+    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae"), required=True)
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-lora")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
@@ -122,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_embeddings(Connection(args.fd), args.threads, cache)
     if args.command in ("make-tiny-lora", "make-tiny-embedding"):
         return _make_tiny_network(args)
+    if args.command == "make-tiny-component" or args.arch.startswith("flux"):
+        return _make_tiny_flux(args)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -130,6 +138,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     kind = f"{args.arch} inpainting" if args.inpainting else args.arch
+    print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_flux(args: argparse.Namespace) -> int:
+    """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; or one component."""
+    from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux
+
+    try:
+        if args.command == "make-tiny-component":
+            out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
+        else:
+            if args.inpainting:
+                raise ValueError("there are no Flux inpainting checkpoints to imitate")
+            shape = "transformer" if args.arch.endswith("-transformer") else "all-in-one"
+            out = make_tiny_flux(Path(args.out), args.seed, shape, schnell="schnell" in args.arch, fp8=args.fp8)
+            kind = args.arch + (" fp8" if args.fp8 else "")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

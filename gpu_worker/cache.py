@@ -3,6 +3,11 @@
 A pipeline evicted from the device moves to CPU RAM when it fits there, so switching back costs a
 copy, not a load from disk (what A1111 does with `sd_checkpoints_keep_in_cpu`). On a CPU worker
 the device *is* RAM, so there is one tier.
+
+Pipelines may share modules (Flux checkpoints that take the same T5-XXL and VAE from the component
+store, gpu_worker/flux_loader.py): memory is counted per module, so a shared part counts once, and
+a pipeline that shares a part with another is dropped rather than moved to CPU RAM (moving it would
+move the part out from under the other).
 """
 
 from __future__ import annotations
@@ -22,19 +27,36 @@ from gpu_worker.protocol import LoadRequest
 log = logging.getLogger(__name__)
 
 
-def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
-    total = 0
+def module_bytes(pipeline: DiffusionPipeline) -> dict[int, int]:
+    """Bytes per module of the pipeline, by the module's identity (shared modules have one)."""
+    sizes: dict[int, int] = {}
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):
-            total += sum(t.numel() * t.element_size() for t in component.parameters())
-            total += sum(t.numel() * t.element_size() for t in component.buffers())
-    return total
+            tensors = [*component.parameters(), *component.buffers()]
+            sizes[id(component)] = sum(t.numel() * t.element_size() for t in tensors)
+    return sizes
+
+
+def _resident(loaded: LoadedPipeline) -> dict[int, int]:
+    """What a pipeline keeps on the device: all of it, or offloaded, its largest part at a time."""
+    sizes = module_bytes(loaded.pipeline)
+    if loaded.offloaded:
+        return {id(loaded.pipeline): max(sizes.values(), default=0)}
+    return sizes
+
+
+def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
+    return sum(module_bytes(pipeline).values())
 
 
 @dataclass
 class CacheEntry:
     loaded: LoadedPipeline
-    nbytes: int
+    modules: dict[int, int]  # module id -> bytes
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.modules.values())
 
 
 @dataclass
@@ -76,7 +98,7 @@ class PipelineCache:
             return self._device[key].loaded, "device"
         if key in self._cpu:
             entry = self._cpu.pop(key)
-            self._make_room(entry.nbytes)
+            self._make_room(self._added(entry.modules))
             entry.loaded.pipeline.to(self.device)
             entry.loaded.device = self.device
             self._device[key] = entry
@@ -84,9 +106,11 @@ class PipelineCache:
             return entry.loaded, "cpu"
         # Free the device before loading: the new pipeline must fit beside what stays.
         loaded = self._load(request)
-        entry = CacheEntry(loaded, pipeline_bytes(loaded.pipeline))
-        self._make_room(entry.nbytes)
-        if entry.nbytes > self.device_budget:
+        entry = CacheEntry(loaded, _resident(loaded))
+        self._make_room(self._added(entry.modules))
+        if loaded.offloaded:
+            log.info("cache: %s is over the %.1f GB budget; it runs with model CPU offload", request.name, self.device_budget / 1e9)
+        elif entry.nbytes > self.device_budget:
             log.warning(
                 "%s needs %.1f GB, over the %.1f GB cache budget",
                 request.name,
@@ -103,8 +127,8 @@ class PipelineCache:
         if entry is None:
             return
         del self._device[key]
-        entry.nbytes = pipeline_bytes(entry.loaded.pipeline)
-        self._make_room(entry.nbytes)
+        entry.modules = _resident(entry.loaded)
+        self._make_room(self._added(entry.modules))
         self._device[key] = entry
 
     def discard(self, key: str) -> None:
@@ -117,7 +141,9 @@ class PipelineCache:
         while self._device and self._used(self._device) + nbytes > self.device_budget:
             key, entry = self._device.popitem(last=False)
             self.stats.evictions += 1
-            if entry.nbytes <= self.cpu_budget:
+            shares = any(entry.modules.keys() & other.modules.keys() for other in (*self._device.values(), *self._cpu.values()))
+            # an offloaded pipeline already lives in CPU RAM: dropping it frees that too
+            if entry.nbytes <= self.cpu_budget and not shares and not entry.loaded.offloaded:
                 while self._cpu and self._used(self._cpu) + entry.nbytes > self.cpu_budget:
                     self._cpu.popitem(last=False)
                 entry.loaded.pipeline.to("cpu")
@@ -131,6 +157,14 @@ class PipelineCache:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
+    def _added(self, modules: dict[int, int]) -> int:
+        """What a pipeline adds to the device: its modules not already there (shared parts count once)."""
+        present = {m for e in self._device.values() for m in e.modules}
+        return sum(size for m, size in modules.items() if m not in present)
+
+    def device_bytes(self) -> int:
+        return self._used(self._device)
+
     @staticmethod
     def _used(tier: OrderedDict[str, CacheEntry]) -> int:
-        return sum(e.nbytes for e in tier.values())
+        return sum({m: size for e in tier.values() for m, size in e.modules.items()}.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model hash", "Model")
+KEY_ORDER = ("Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale", "Seed", "Size", "Model hash", "Model")
 
 
 def quote(value: object) -> str:

@@ -26,7 +26,8 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
-from gpu_worker.protocol import SUPPORTED_FAMILIES, LoadRequest, config_parts
+from gpu_worker.flux_loader import FluxLoadError, flux_pipeline
+from gpu_worker.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES, LoadRequest, config_parts
 
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
 diffusers.utils.logging.set_verbosity_error()
@@ -56,6 +57,9 @@ class LoadedPipeline:
     # The same modules as image-to-image and inpainting pipelines, made when first needed.
     derived: dict[str, DiffusionPipeline] = field(default_factory=dict)
     own_vae: object | None = None  # the checkpoint's own VAE, while a job's VAE (gpu_worker/vaes.py) stands in
+    # Larger than the device's budget: kept in CPU RAM, each part moved to the device while it runs
+    # (diffusers' model CPU offload) rather than failing.
+    offloaded: bool = False
 
 
 def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
@@ -78,12 +82,17 @@ def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
     return loaded.derived[kind]
 
 
-def default_dtype(device: str) -> torch.dtype:
-    return torch.float16 if device.startswith("cuda") else torch.float32
+def default_dtype(device: str, family: str = "sd1") -> torch.dtype:
+    """fp16 on a GPU; Flux in bf16, as BFL and ComfyUI run it (its T5 overflows fp16)."""
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if family in FLOW_FAMILIES else torch.float16
 
 
-def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedPipeline:
-    dtype = dtype or default_dtype(device)
+def load_pipeline(
+    request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None, budget: int | None = None
+) -> LoadedPipeline:
+    dtype = dtype or default_dtype(device, request.family)
     path = Path(request.path)
     if request.family not in SUPPORTED_FAMILIES:
         raise CheckpointLoadError(f"{request.name}: {request.architecture} checkpoints cannot be run by Easel")
@@ -91,21 +100,34 @@ def load_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype 
         raise CheckpointLoadError(f"{request.name}: the file {path} is missing from disk")
     started = time.perf_counter()
     try:
-        if request.format == "diffusers":
+        if request.family in FLOW_FAMILIES:
+            pipeline = flux_pipeline(request, dtype, CONFIG_ROOT, device)
+        elif request.format == "diffusers":
             pipeline = _load_folder(path, dtype)
         else:
             pipeline = _load_single_file(path, request, dtype)
     except CheckpointLoadError:
         raise
+    except FluxLoadError as e:
+        raise CheckpointLoadError(str(e)) from None
     except Exception as e:  # diffusers reports layout problems with many exception types
         raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e
-    _set_prediction_type(pipeline, request.prediction, request.zero_snr)
+    if request.family not in FLOW_FAMILIES:
+        _set_prediction_type(pipeline, request.prediction, request.zero_snr)
     pipeline.set_progress_bar_config(disable=True)
+    offloaded = False
     if device != "cpu":  # it was built on the CPU; walking every module to stay there costs 0.15 s
-        pipeline.to(device)
-    return LoadedPipeline(
+        size = sum(p.numel() * p.element_size() for m in pipeline.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+        offloaded = budget is not None and size > budget
+        if offloaded:  # too big for the device: each part goes there while it runs (FLUX.1 on a 16 GB card)
+            pipeline.enable_model_cpu_offload(device=device)
+        else:
+            pipeline.to(device)
+    loaded = LoadedPipeline(
         pipeline, request, device, dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
     )
+    loaded.offloaded = offloaded
+    return loaded
 
 
 def _load_single_file(path: Path, request: LoadRequest, dtype: torch.dtype) -> DiffusionPipeline:

@@ -21,7 +21,9 @@ from pydantic import ConfigDict, TypeAdapter, ValidationError
 _BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
 
-SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl")
+SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl", "flux")
+# Families that denoise by flow matching (a transformer, no UNet): samplers and rules differ.
+FLOW_FAMILIES = ("flux",)
 
 
 def denoising_steps(steps: int, strength: float) -> int:
@@ -45,6 +47,16 @@ def config_parts(pipeline_config: str | None) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
+class ComponentUse:
+    """A part a checkpoint file lacks, from the component store: a text encoder or a VAE file."""
+
+    role: str  # clip_l | t5xxl | vae
+    name: str  # the file's name, for messages
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class LoadRequest:
     """Everything the worker needs to turn a registered checkpoint into a pipeline."""
 
@@ -57,10 +69,14 @@ class LoadRequest:
     prediction: str = "epsilon"  # epsilon | v
     sha256: str = ""
     zero_snr: bool = False  # the schedule rescaled to zero terminal SNR (a `ztsnr` v-prediction model)
+    # What the file lacks (a transformer-only Flux file: its text encoders and VAE), by role.
+    components: tuple[ComponentUse, ...] = ()
 
     @property
     def cache_key(self) -> str:
-        return self.sha256 or self.path
+        """One pipeline per file and set of components: the same transformer with another T5 is another model."""
+        key = self.sha256 or self.path
+        return "+".join([key, *(f"{c.role}:{c.sha256}" for c in self.components)])
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -152,6 +168,7 @@ class RunBatch:
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
     vae: VaeUse | None = None  # None: the checkpoint's own VAE
+    distilled_cfg: float = 3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg then runs true CFG when > 1)
 
     @property
     def run_steps(self) -> int:

@@ -26,9 +26,10 @@ from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_
 from gpu_worker.latents import encode
 from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
-from gpu_worker.previews import latents_to_images, png_bytes
+from gpu_worker.previews import flow_previews, latents_to_images, png_bytes
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
 from gpu_worker.protocol import (
+    FLOW_FAMILIES,
     BatchFailed,
     BatchFinished,
     BatchLoading,
@@ -69,6 +70,8 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Sampler": batch.sampler,
             "Schedule type": None if batch.schedule == "Automatic" else batch.schedule,
             "CFG scale": batch.cfg,
+            # Forge writes Flux dev's guidance input beside the CFG scale (1 unless true CFG runs too).
+            "Distilled CFG Scale": f"{batch.distilled_cfg:g}" if _distilled(batch) else None,
             "CFG Rescale φ": f"{batch.cfg_rescale:g}" if batch.cfg_rescale else None,
             "Seed": seed,
             "Size": f"{batch.width}x{batch.height}",
@@ -77,6 +80,8 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             # A1111 processing.py: after the model, the VAE that replaced its own (sha256[:10], file name).
             "VAE hash": batch.vae.sha256[:10] if batch.vae else None,
             "VAE": batch.vae.name if batch.vae else None,
+            # Forge's names for the separate parts a transformer-only file ran with (file stems).
+            **{f"Module {i}": Path(use.name).stem for i, use in enumerate(_modules(batch), start=1)},
             "Denoising strength": _denoising(batch),
             "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
             **_inpaint_parameters(batch),
@@ -91,6 +96,17 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Version": VERSION,
         },
     )
+
+
+def _modules(batch: RunBatch) -> list:
+    """A transformer-only file's parts as Forge lists them: the VAE, then the text encoders."""
+    order = {"vae": 0, "clip_l": 1, "t5xxl": 2}
+    return sorted(batch.load.components, key=lambda use: order.get(use.role, 3))
+
+
+def _distilled(batch: RunBatch) -> bool:
+    """Flux dev's guidance input was used (the bot sends 0 for schnell, which has none)."""
+    return batch.load.family in FLOW_FAMILIES and batch.distilled_cfg > 0
 
 
 def _inpaint_parameters(batch: RunBatch) -> dict[str, object]:
@@ -181,6 +197,9 @@ class BatchRunner:
             raise
         self.vaes.apply(loaded, batch.vae)
         load_seconds = time.perf_counter() - started
+        if batch.load.family in FLOW_FAMILIES:
+            self._run_flow(batch, jobs, loaded.pipeline, loaded.base_scheduler_config, source, load_seconds)
+            return
         pipe = loaded.pipeline
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
         self._words = words = self.embeddings.for_batch(batch.embeddings, encoders)
@@ -223,8 +242,31 @@ class BatchRunner:
             for job in group:
                 images_of[job.job_id] = images[first_index[job.job_id] : first_index[job.job_id] + len(job.seeds)]
         inference_seconds = time.perf_counter() - started
-        seeds = [seed for job in jobs for seed in job.seeds]
+        self._send_results(batch, jobs, images_of, pipe, words, load_seconds, inference_seconds, source)
 
+    def _run_flow(self, batch: RunBatch, jobs: list, pipe, scheduler_config: dict, source: str, load_seconds: float) -> None:
+        """A flow-matching model (Flux): plain prompts through its own encoders (CLIP-L pooled, T5
+        sequence), its distilled guidance, one pipeline call for the batch."""
+        if batch.init_image is not None or batch.hires_scale or batch.loras or batch.embeddings:
+            raise CheckpointLoadError(f"{batch.load.name}: Flux runs from text only here, without LoRAs or embeddings")
+        pipe.scheduler = make_scheduler(scheduler_config, batch.sampler, batch.schedule)
+        self._conditioning, self._words, self._nine = None, None, False
+        first_index, offset = {}, 0
+        for job in jobs:
+            first_index[job.job_id] = offset
+            offset += len(job.seeds)
+        started = time.perf_counter()
+        self._model_passes, self._pass = 0, (0, batch.run_steps)
+        callback = self._callback(batch, jobs, jobs, first_index, started, batch.load.family, (0, 1))
+        prompts = [job.prompt for job in jobs for _ in job.seeds]
+        negatives = [job.negative for job in jobs for _ in job.seeds]
+        seeds = [seed for job in jobs for seed in job.seeds]
+        images = self._generate_with_oom_retry(pipe, batch, prompts, negatives, seeds, callback)
+        images_of = {job.job_id: images[first_index[job.job_id] : first_index[job.job_id] + len(job.seeds)] for job in jobs}
+        self._send_results(batch, jobs, images_of, pipe, None, load_seconds, time.perf_counter() - started, source)
+
+    def _send_results(self, batch: RunBatch, jobs: list, images_of: dict, pipe, words, load_seconds: float, inference_seconds: float, source: str) -> None:
+        seeds = [seed for job in jobs for seed in job.seeds]
         for job in jobs:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
@@ -295,7 +337,11 @@ class BatchRunner:
                 latents = kwargs["latents"]
                 for job in jobs:
                     index_in_batch = first_index[job.job_id]
-                    [image] = latents_to_images(latents[index_in_batch : index_in_batch + 1], family)
+                    one = latents[index_in_batch : index_in_batch + 1]
+                    if family in FLOW_FAMILIES:
+                        [image] = flow_previews(pipe, one, batch.height, batch.width)
+                    else:
+                        [image] = latents_to_images(one, family)
                     self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image)))
             return kwargs
 
@@ -353,6 +399,8 @@ class BatchRunner:
 
     def _generate_with_oom_retry(self, pipe, batch: RunBatch, prompts, negatives, seeds, callback) -> list[Image.Image]:
         def call(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
+            if batch.load.family in FLOW_FAMILIES:
+                return flow_sample(p, n, s)
             # Prompts read as A1111 reads them: emphasis, BREAK, chunks past 77 tokens, clip skip, and
             # prompt editing / alternation, whose embeddings the step callback swaps in as they change.
             if self._nine:
@@ -401,6 +449,25 @@ class BatchRunner:
                 output_type=output,
             ).images
 
+        def flow_sample(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
+            # Flux dev takes its guidance as an input (Forge's "Distilled CFG Scale"); a CFG scale above 1
+            # also runs true classifier-free guidance with the negative prompt, as Forge does (twice the work).
+            schnell = not pipe.transformer.config.guidance_embeds
+            true_cfg = {"true_cfg_scale": batch.cfg, "negative_prompt": n} if batch.cfg > 1 else {}
+            return pipe(
+                prompt=p,
+                width=batch.width,
+                height=batch.height,
+                num_inference_steps=batch.steps,
+                guidance_scale=batch.distilled_cfg,
+                max_sequence_length=256 if schnell else 512,  # BFL's T5 lengths for schnell and dev
+                generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
+                callback_on_step_end=callback,
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="pil",
+                **true_cfg,
+            ).images
+
         try:
             return call(prompts, negatives, seeds)
         except torch.OutOfMemoryError:
@@ -408,7 +475,9 @@ class BatchRunner:
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
-        pipe.enable_attention_slicing()
+        flow = batch.load.family in FLOW_FAMILIES  # a transformer: no attention slicing to switch on
+        if not flow:
+            pipe.enable_attention_slicing()
         pipe.vae.enable_tiling()
         try:
             return [
@@ -422,5 +491,6 @@ class BatchRunner:
                 "try a smaller size"
             ) from None
         finally:
-            pipe.disable_attention_slicing()
+            if not flow:
+                pipe.disable_attention_slicing()
             pipe.vae.disable_tiling()

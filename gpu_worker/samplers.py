@@ -6,6 +6,7 @@ validated before a job reaches the worker; this maps them to diffusers (its sche
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,6 +51,15 @@ EDM_SCHEDULERS: dict[str, SchedulerFor] = {
 }
 EDM_SCHEDULES = {"Automatic": "karras", "Karras": "karras", "Exponential": "exponential"}
 
+# A flow-matching model's samplers (Flux): diffusers' flow-matching Euler, and the multistep solvers
+# in their flow form (`use_flow_sigmas`, `flow_prediction`), which take the pipeline's shift `mu`.
+FLOW_SCHEDULERS: dict[str, SchedulerFor] = {
+    "Euler": SchedulerFor("FlowMatchEulerDiscreteScheduler"),
+    "DPM++ 2M": SchedulerFor("DPMSolverMultistepScheduler", (("algorithm_type", "dpmsolver++"),)),
+    "UniPC": SchedulerFor("UniPCMultistepScheduler"),
+}
+_FLOW_FORM = {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "time_shift_type": "exponential"}
+
 
 def make_scheduler(base_config: Mapping[str, object], sampler: str, schedule: str) -> SchedulerMixin:
     """A fresh scheduler from the checkpoint's own config (betas, prediction type, spacing)."""
@@ -58,7 +68,26 @@ def make_scheduler(base_config: Mapping[str, object], sampler: str, schedule: st
         config = {k: v for k, v in base_config.items() if k != "algorithm_type"}
         options = dict(edm.options) | {"sigma_schedule": EDM_SCHEDULES[schedule]}
         return getattr(diffusers, edm.scheduler).from_config(config, **options)
+    if base_config.get("_class_name") == "FlowMatchEulerDiscreteScheduler":
+        return _flow_scheduler(base_config, sampler, schedule)
     spec = SCHEDULERS[sampler]
     scheduler_cls = getattr(diffusers, spec.scheduler)
     config = {k: v for k, v in base_config.items() if k != "algorithm_type"} | _RESET
     return scheduler_cls.from_config(config, **(dict(spec.options) | dict(SCHEDULE_OPTIONS[schedule])))
+
+
+def _flow_scheduler(base_config: Mapping[str, object], sampler: str, schedule: str) -> SchedulerMixin:
+    spec = FLOW_SCHEDULERS[sampler]
+    options = dict(spec.options) | dict(SCHEDULE_OPTIONS[schedule])
+    config = dict(base_config) | _RESET
+    if spec.scheduler != "FlowMatchEulerDiscreteScheduler":
+        # The multistep solvers take the shift as exp(mu), mu computed by the pipeline from the image
+        # size (FluxPipeline calculate_shift, from base_shift to max_shift). A fixed shift (schnell's
+        # 1.0) is the same rule with both ends at log(shift).
+        # (base_shift and max_shift are not the solvers' own settings: the pipeline reads them from
+        # the config, so they go there.)
+        options |= _FLOW_FORM | {"use_dynamic_shifting": True}
+        if not base_config.get("use_dynamic_shifting"):
+            fixed = math.log(float(base_config.get("shift", 1.0)))  # type: ignore[arg-type]
+            config |= {"base_shift": fixed, "max_shift": fixed}
+    return getattr(diffusers, spec.scheduler).from_config(config, **options)

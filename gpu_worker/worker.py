@@ -69,11 +69,12 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
 
     device = resolve_device(config.device)
     device_budget, cpu_budget = default_budgets(device)
+    budget = config.device_budget_bytes or device_budget
     cache = PipelineCache(
         device,
-        config.device_budget_bytes or device_budget,
+        budget,
         config.cpu_budget_bytes if config.cpu_budget_bytes is not None else cpu_budget,
-        lambda request: load_pipeline(request, device),
+        lambda request: load_pipeline(request, device, budget=budget),
     )
     cancelled: set[str] = set()
     lock = threading.Lock()

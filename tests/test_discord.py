@@ -759,3 +759,30 @@ async def test_in_the_playground_you_run_the_server_and_own_the_bot(env: simcord
     assert "only members who can manage" not in (queue.response.content or "")
     scanned = await you.slash(channel, "admin scan")
     assert "only the bot's owners" not in (scanned.response.content or "")
+
+
+async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: simcord.Env, services: Services) -> None:
+    from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux
+
+    _, channel, alice = world(env)
+    models = services.registry.models_root
+    entry = await services.registry.add(make_tiny_flux(models / "flux-alone.safetensors", shape="transformer"))
+    try:
+        info = await alice.slash(channel, "checkpoints info", name="flux-alone")
+        fields = {f.name: f.value for f in info.response.embeds[0].fields}
+        assert fields["Architecture"] == "FLUX.1 dev (transformer only)"
+        assert "T5-XXL text encoder: missing (put t5xxl_fp16.safetensors in models/text_encoders)" in fields["Needs"]
+        refused = await alice.slash(channel, "imagine", prompt="a red circle", checkpoint="flux-alone")
+        assert refused.followups[0].content.count("\n") == 0 and "flux-alone needs a CLIP-L text encoder" in refused.followups[0].content
+        make_tiny_component("clip-l", models / "text_encoders" / "clip_l.safetensors")
+        make_tiny_component("t5xxl", models / "text_encoders" / "t5xxl_fp16.safetensors")
+        make_tiny_component("flux-vae", models / "VAE" / "ae.safetensors")
+        await scan_models(services.registry, services.networks)
+        made = (await alice.slash(channel, "imagine", prompt="a red circle", checkpoint="flux-alone", distilled_cfg=2.5)).response
+        _, _, params = parse_infotext((await png_of(made)).info["parameters"])
+        assert (params["Distilled CFG Scale"], params["Sampler"], params["Module 3"]) == ("2.5", "Euler", "t5xxl_fp16")
+    finally:
+        await services.registry.remove(entry.name)
+        for kind, name in ((services.text_encoders, "clip_l"), (services.text_encoders, "t5xxl_fp16"), (services.vaes, "ae")):
+            if await kind.find(name) is not None:
+                await kind.remove(name)

@@ -86,8 +86,8 @@ def test_diffusers_folder(tmp_path: Path, tiny_dir: Path) -> None:
     "request_,message",
     [
         (
-            LoadRequest("/x.safetensors", "fluxy", "flux", "Flux", "safetensors", None),
-            "fluxy: Flux checkpoints cannot be run",
+            LoadRequest("/x.safetensors", "sd3", "sd3", "SD3", "safetensors", None),
+            "sd3: SD3 checkpoints cannot be run",
         ),
         (
             LoadRequest("/x.safetensors", "ref", "sdxl-refiner", "SDXL refiner", "safetensors", None),
@@ -124,10 +124,13 @@ def test_every_chosen_config_is_bundled() -> None:
     for config in CONFIGS.values():
         folder = CONFIG_ROOT / config
         assert (folder / "model_index.json").is_file(), config
-        for sub in ("unet", "vae", "text_encoder"):
+        denoiser = "transformer" if "flux" in config else "unet"
+        for sub in (denoiser, "vae", "text_encoder"):
             assert (folder / sub / "config.json").is_file(), (config, sub)
-        for tok in folder.glob("tokenizer*"):
-            assert (tok / "vocab.json").is_file() and (tok / "merges.txt").is_file(), tok
+        assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
+        for tok in folder.glob("tokenizer_2"):  # SDXL's second CLIP; Flux's T5
+            files = ("tokenizer.json",) if "flux" in config else ("vocab.json", "merges.txt")
+            assert all((tok / name).is_file() for name in files), tok
 
 
 @pytest.mark.parametrize(

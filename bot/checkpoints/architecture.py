@@ -44,9 +44,13 @@ class Architecture:
     reason: str = ""  # why not runnable, or a caveat
     prediction_by: str = ""  # the key or metadata field that gave the prediction type
     zero_snr: bool = False  # trained with zero terminal SNR (the `ztsnr` marker key): its noise schedule is rescaled
+    # Parts the file lacks and must come from the component store, with the width each must have:
+    # (("clip_l", 768), ("t5xxl", 4096), ("vae", 16)) for a transformer-only Flux file.
+    needs: tuple[tuple[str, int], ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {
+            "needs": [list(need) for need in self.needs],
             "family": self.family,
             "variant": self.variant,
             "prediction": self.prediction,
@@ -94,12 +98,10 @@ def detect_architecture(
         return unusable(
             "upscaler", f"{upscaler.label} upscaler (not a checkpoint)", first, "an upscaler model, not a checkpoint"
         )
-    for key in (
-        "model.diffusion_model.double_blocks.0.img_attn.norm.key_norm.scale",
-        "double_blocks.0.img_attn.norm.key_norm.scale",
-    ):
+    for prefix in (FLUX_PREFIX, ""):
+        key = f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale"
         if has(key):
-            return unusable("flux", "Flux", key, "Flux checkpoints are not supported yet")
+            return _flux(tensors, prefix, key)
     for key in (
         "model.diffusion_model.x_embedder.proj.weight",
         "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias",
@@ -162,6 +164,34 @@ def detect_architecture(
     return Architecture(family, variant, prediction, label, decided_by, runnable, reason, by, zero_snr)
 
 
+FLUX_PREFIX = "model.diffusion_model."
+# Where an all-in-one Flux file keeps each part (ComfyUI's checkpoint saver), and the tensor whose
+# width the part must match: T5's hidden size is the transformer's `txt_in` input, CLIP-L's pooled
+# output its `vector_in` input, the VAE's latent channels a quarter of its `img_in` input (2x2 patches).
+FLUX_PARTS = {
+    "clip_l": ("text_encoders.clip_l.transformer.", "vector_in.in_layer.weight"),
+    "t5xxl": ("text_encoders.t5xxl.transformer.", "txt_in.weight"),
+    "vae": ("vae.", "img_in.weight"),
+}
+
+
+def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Architecture:
+    """FLUX.1 dev or schnell (ComfyUI model_detection: `guidance_in` marks the guidance-distilled dev),
+    all-in-one or transformer only; what it lacks is listed in `needs`."""
+    if f"{prefix}vector_in.in_layer.weight" not in tensors:
+        label = "Flux-like transformer without CLIP input (Chroma or similar)"
+        return Architecture("flux", "", "", label, decided_by, False, "Flux variants without CLIP input are not supported")
+    dev = f"{prefix}guidance_in.in_layer.weight" in tensors
+    needs = []
+    for role, (part_prefix, width_key) in FLUX_PARTS.items():
+        if not any(name.startswith(part_prefix) for name in tensors):
+            width = tensors[prefix + width_key].shape[1]
+            needs.append((role, width // 4 if role == "vae" else width))
+    label = "FLUX.1 " + ("dev" if dev else "schnell") + ("" if prefix else " (transformer only)")
+    variant = "dev" if dev else "schnell"
+    return Architecture("flux", variant, "flow", label, decided_by, True, "", "", False, tuple(needs))
+
+
 def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
     for key in (SDXL_BIGG_LN, SDXL_BIGG_LAYER9):
         if key in tensors:
@@ -207,11 +237,29 @@ def _prediction(
     return "v", "assumed"
 
 
+NEEDS_LABELS = {"clip_l": "CLIP-L text encoder", "t5xxl": "T5-XXL text encoder", "vae": "Flux VAE (16-channel)"}
+# The file names people have for each part, for advice ("put t5xxl_fp16.safetensors in models/text_encoders").
+NEEDS_FILES = {"clip_l": "clip_l.safetensors", "t5xxl": "t5xxl_fp16.safetensors", "vae": "ae.safetensors"}
+NEEDS_FOLDERS = {"clip_l": "models/text_encoders", "t5xxl": "models/text_encoders", "vae": "models/VAE"}
+
+
+def describe_needs(needs: tuple[tuple[str, int], ...] | list) -> str:
+    """What a file lacks, as a person reads it: "CLIP-L text encoder (768 wide), T5-XXL …"."""
+    return ", ".join(
+        f"{NEEDS_LABELS.get(role, role)}" + ("" if role == "vae" else f" ({width} wide)") for role, width in needs
+    )
+
+
 def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]]:
     """Per component: tensor count, parameter count and dtypes, for the parts the file holds."""
+    prefixes: Mapping[str, tuple[str, ...]] = COMPONENT_PREFIXES
+    if any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors):
+        parts = {role: (part_prefix,) for role, (part_prefix, _) in FLUX_PARTS.items()}
+        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
+        prefixes = {"transformer": transformer, **parts}
     out: dict[str, dict[str, object]] = {}
-    for component, prefixes in COMPONENT_PREFIXES.items():
-        members = [t for name, t in tensors.items() if name.startswith(prefixes)]
+    for component, starts in prefixes.items():
+        members = [t for name, t in tensors.items() if name.startswith(starts)]
         if members:
             out[component] = {
                 "tensors": len(members),

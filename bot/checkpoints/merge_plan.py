@@ -24,7 +24,7 @@ from gpu_worker.protocol import MergeOrder, MergeSource, MergeStep
 
 METHODS = ("weighted_sum", "add_difference", "copy")
 A1111_METHOD_NAMES = {"weighted_sum": "Weighted sum", "add_difference": "Add difference", "copy": "No interpolation"}
-FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 VAE_PREFIX = "first_stage_model."
 
 
@@ -64,7 +64,11 @@ def plan_merge(
     vae: SafetensorsHeader | None = None,
     fp16: bool = False,
     prune: bool = False,
+    merged_part: str | None = None,
 ) -> MergePlan:
+    """`merged_part`: which tensors are merged when not A1111's "model" keys: those under this prefix
+    ("" = every tensor the inputs share). Flux: the transformer only, as ComfyUI merges a model
+    (`model.diffusion_model.` of an all-in-one file; all of a transformer-only file)."""
     if method not in METHODS:
         raise CheckpointFileError(f"unknown merge method {method!r}; use {', '.join(METHODS)}")
     if method != "copy" and b is None:
@@ -96,7 +100,8 @@ def plan_merge(
             plan.tensors.append(PlannedTensor(name, dtype, ta.shape, "vae"))
             continue
         tb = b.tensors.get(name) if b else None
-        if method == "copy" or "model" not in name or tb is None:
+        mergeable = "model" in name if merged_part is None else name.startswith(merged_part)
+        if method == "copy" or not mergeable or tb is None:
             plan.tensors.append(PlannedTensor(name, dtype, ta.shape, "copy"))
             continue
         if method == "add_difference":

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.checkpoints.architecture import FLUX_PREFIX
 from bot.checkpoints.confinement import resolve_inside
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, merge_order, plan_merge, require_safetensors
@@ -72,6 +73,26 @@ class MergeInput:
     header: SafetensorsHeader
 
 
+def _check_flux_shapes(
+    a: MergeInput, b: MergeInput | None, c: MergeInput | None, transformer_only: bool, bake_vae: bool
+) -> None:
+    """Flux files merge with files of the same shape: all-in-one with all-in-one (the transformers
+    merged, the text encoders and VAE kept from A, as ComfyUI's model merge does), transformer-only
+    with transformer-only."""
+    if bake_vae:
+        raise CheckpointFileError(f"{a.name} is {a.label}; a VAE can be baked into SD1, SD2 and SDXL checkpoints")
+    for other in (b, c):
+        if other is None:
+            continue
+        other_alone = not any(k.startswith(FLUX_PREFIX) for k in other.header.tensors)
+        if other_alone != transformer_only:
+            shapes = {True: "transformer-only", False: "all-in-one"}
+            raise CheckpointFileError(
+                f"{a.name} is a {shapes[transformer_only]} Flux file and {other.name} a {shapes[other_alone]} one; "
+                "merge files of one shape"
+            )
+
+
 class MergeService:
     def __init__(self, registry: CheckpointRegistry, loras: LoraRegistry | None = None) -> None:
         self.registry = registry
@@ -88,6 +109,9 @@ class MergeService:
                 raise CheckpointFileError(
                     f"{a.name} is {a.label} but {other.name} is {other.label}: models of different architectures cannot be merged"
                 )
+        transformer_only = a.family == "flux" and not any(k.startswith(FLUX_PREFIX) for k in a.header.tensors)
+        if a.family == "flux":
+            _check_flux_shapes(a, b, c, transformer_only, bool(request.bake_vae))
         vae_path = self._vae_path(request.bake_vae) if request.bake_vae else None
         vae_header = await asyncio.to_thread(read_header, vae_path) if vae_path else None
         plan = await asyncio.to_thread(
@@ -100,6 +124,7 @@ class MergeService:
             vae=vae_header,
             fp16=request.fp16,
             prune=request.prune,
+            merged_part=("" if transformer_only else FLUX_PREFIX) if a.family == "flux" else None,
         )
         name = slugify(request.name or default_name(request, a, b, c))
         out = await self._output(name, plan.output_bytes)
@@ -122,6 +147,8 @@ class MergeService:
         if self.loras is None:
             raise EaselError("LoRAs are not available here")
         a = await self._input(request.checkpoint, "checkpoint")
+        if a.family == "flux":
+            raise CheckpointFileError(f"{a.name} is {a.label}; LoRAs can be baked into SD1, SD2 and SDXL checkpoints")
         ref = await resolve_checkpoint(self.registry, str(a.path), allow_path=True)
         if not lora_tags(request.loras):
             raise EaselError("name the LoRAs to bake as a prompt does, e.g. <lora:NAME:0.8>")
@@ -185,9 +212,9 @@ class MergeService:
         header = await asyncio.to_thread(read_header, path)
         hashes = await self.registry.hashes(path)
         arch = inspection.architecture
-        if arch.family in ("lora", "unknown", "flux", "sd3", "stable-cascade"):
+        if arch.family in ("lora", "unknown", "sd3", "stable-cascade"):
             raise CheckpointFileError(
-                f"{role} model {path.name} is {arch.label}; Easel merges SD1, SD2 and SDXL checkpoints"
+                f"{role} model {path.name} is {arch.label}; Easel merges SD1, SD2, SDXL and Flux checkpoints"
             )
         name = entry.relative_path if entry else path.name
         return MergeInput(path, name, hashes.sha256, hashes.autov1, arch.family, arch.label, header)

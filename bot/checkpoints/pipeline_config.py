@@ -21,6 +21,8 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sd1", 32): "tiny-sd1",
     ("sd2", 32): "tiny-sd2",
     ("sdxl", 32): "tiny-sdxl",
+    ("flux", 3072): "flux",
+    ("flux", 32): "tiny-flux",
 }
 
 
@@ -28,6 +30,12 @@ def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]
     """(config id, reason when there is none)."""
     if not arch.runnable:
         return None, arch.reason
+    if arch.family == "flux":  # a transformer: its hidden width (img_in's output) picks the folder
+        width = tensors[arch.decided_by.replace("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight")].shape[0]
+        config = CONFIGS.get((arch.family, width))
+        if config is None:
+            return None, f"no bundled configuration for a {arch.label} transformer {width} wide"
+        return config, ""
     width = tensors[UNET_IN].shape[0]
     config = CONFIGS.get((arch.family, width))
     if config is None:

@@ -20,10 +20,13 @@ from bot.checkpoints.registry import CheckpointRegistry, HashProgress
 from bot.cli.networks import print_network_scan, render_network, render_network_line
 from bot.cli.output import render_entry, render_entry_line, render_inspection
 from bot.cli.worker_tools import run_worker_tool
+from bot.components.parts import parts_of_entry
 from bot.components.registry import vae_registry
+from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
+from bot.generation.checkpoint_ref import CheckpointRef
 from bot.model_files import add_model_file, file_registries, remove_model, scan_models
 from bot.networks.registry import NetworkEntry
 
@@ -83,9 +86,14 @@ async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
-    inpainting = ["--inpainting"] if args.inpainting else []
-    argv = ["make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), *inpainting, args.out]
+    flags = [flag for flag, on in (("--inpainting", args.inpainting), ("--fp8", args.fp8)) if on]
+    argv = ["make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), *flags, args.out]
     print(await run_worker_tool(*argv))
+    return 0
+
+
+async def cmd_make_tiny_component(args: argparse.Namespace, settings: Settings) -> int:
+    print(await run_worker_tool("make-tiny-component", "--kind", args.kind, "--seed", str(args.seed), args.out))
     return 0
 
 
@@ -129,10 +137,16 @@ async def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     async with open_registry(settings, need_models_dir=False) as registry:
         entry = await registry.get(args.name)
+        ref = CheckpointRef.from_entry(entry)
+        parts = await parts_of_entry(
+            ref.needs, ref.family, ref.vae_sha256, text_encoder_registry(registry.db, settings), vae_registry(registry.db, settings)
+        )
     if args.json:
-        _print_json(entry.to_dict())
+        _print_json(entry.to_dict() | ({"parts": parts.lines()} if ref.needs else {}))
     else:
         print(render_entry(entry))
+        for line in parts.lines():  # what a transformer-only file runs with, and what it still lacks
+            print(f"Needs:         {line}")
     return 0
 
 
@@ -235,11 +249,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_convert)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm"), required=True)
+    p.add_argument(
+        "--arch",
+        choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer"),
+        required=True,
+        help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file (see make-tiny-component)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
+    p.add_argument("--fp8", action="store_true", help="Flux: store the transformer's matrices as float8_e4m3fn")
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
     p.set_defaults(handler=cmd_make_tiny)
+
+    p = sub.add_parser(
+        "make-tiny-component", help="write a tiny CLIP-L, T5-XXL or Flux VAE file, for a tiny transformer-only Flux file"
+    )
+    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae"), required=True)
+    p.add_argument("--seed", type=int, default=0, help="the seed of the tiny Flux file it goes with")
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_component)
 
     ck = sub.add_parser("checkpoints", help="the checkpoint registry").add_subparsers(dest="action", required=True)
     p = ck.add_parser("add", help="register a checkpoint file from the models directory")

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from bot.cli.checkpoints import open_registry
 from bot.components.registry import vae_registry
+from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
@@ -54,6 +55,7 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         hires_upscaler=args.upscaler,
         cfg_rescale=args.cfg_rescale,
         vae=args.vae,
+        distilled_cfg=args.distilled_cfg,
     )
 
 
@@ -89,6 +91,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 upscaling,
                 vae_registry(db, settings),
                 extra_terms=(settings.minor_terms, settings.sexual_terms),
+                text_encoders=text_encoder_registry(db, settings),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
@@ -164,10 +167,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt")
     p.add_argument("--from-picture", help="make a picture's A1111 parameters again here (as /pnginfo's button)")
     p.add_argument("--negative", default="")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--cfg", type=float, default=7.0)
+    p.add_argument("--steps", type=int, help="default 20 (FLUX.1 schnell: 4)")
+    p.add_argument("--cfg", type=float, help="default 7 (Flux: 1, its guidance is distilled; above 1 adds true CFG)")
+    p.add_argument("--distilled-cfg", type=float, help="Flux dev's guidance (Forge's Distilled CFG Scale), default 3.5")
     p.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG Rescale φ, 0-1 (0.7 for zero-terminal-SNR models)")
-    p.add_argument("--sampler", default="DPM++ 2M", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras"')
+    p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
     p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the checkpoint's native size)")

@@ -12,25 +12,26 @@ from pathlib import Path
 
 from bot.cli.output import human_size
 from bot.cli.worker_tools import run_worker_tool
-from bot.components.registry import VaeRegistry, vae_registry
+from bot.components.registry import VaeRegistry
+from bot.components.text_encoders import TextEncoderRegistry
 from bot.config import Settings
 from bot.db import open_database
+from bot.model_files import file_registries
 from bot.networks.registry import (
     EmbeddingRegistry,
     LoraRegistry,
     NetworkEntry,
     NetworkRegistry,
     NetworkScan,
-    network_registries,
 )
-from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
+from bot.upscalers.registry import UpscalerRegistry
 
 
 @asynccontextmanager
 async def open_network(settings: Settings, kind: type[NetworkRegistry]) -> AsyncIterator[NetworkRegistry]:
     db = await open_database(settings.database_path)
     try:
-        registries = [*network_registries(db, settings), upscaler_registry(db, settings), vae_registry(db, settings)]
+        registries = file_registries(db, settings)
         yield next(r for r in registries if isinstance(r, kind))
     finally:
         await db.close()
@@ -50,6 +51,8 @@ def render_network(e: NetworkEntry) -> str:
         return render_upscaler(e)
     if e.kind == "vae":
         return render_vae(e)
+    if e.kind == "text_encoder":
+        return render_text_encoder(e)
     use = (
         f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
         if e.kind != "embedding"
@@ -96,6 +99,18 @@ def render_vae(e: NetworkEntry) -> str:
         f"Status:        {e.status}",
         f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
         f"Hashes:        sha256 {e.sha256}, VAE hash (A1111) {e.short_hash}",
+    ]
+    return "\n".join(lines)
+
+
+def render_text_encoder(e: NetworkEntry) -> str:
+    lines = [
+        f"Name:          {e.name}",
+        f"Use:           taken by transformer-only checkpoints that need a {e.label} {e.rank} wide (Flux)",
+        f"Kind:          {e.label}",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
+        f"Hashes:        sha256 {e.sha256}",
     ]
     return "\n".join(lines)
 
@@ -210,13 +225,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         (EmbeddingRegistry, "embeddings", "models/embeddings"),
         (UpscalerRegistry, "upscalers", "models/ESRGAN"),
         (VaeRegistry, "vaes", "models/VAE"),
+        (TextEncoderRegistry, "text-encoders", "models/text_encoders"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        if kind not in (UpscalerRegistry, VaeRegistry):
+        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry):
             p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
         else:
             p.set_defaults(base=None)

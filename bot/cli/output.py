@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bot.checkpoints.architecture import describe_needs
 from bot.checkpoints.inspection import Inspection
 from bot.checkpoints.registry import CheckpointEntry
 
@@ -59,6 +60,8 @@ def render_inspection(ins: Inspection) -> str:
         for name, info in ins.components.items()
     ]
     lines.append(f"Components:    {', '.join(parts) or 'none recognised'}")
+    if arch.needs:
+        lines.append(f"Needs:         {describe_needs(arch.needs)}, from the component store")
     lines.append(f"Parameters:    {ins.parameters:,} in {ins.tensor_count:,} tensors, mostly {ins.dtype}")
     if ins.hashes:
         lines.append(f"SHA256:        {ins.hashes.sha256}")

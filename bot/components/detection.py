@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 VAE_FOLDERS = ("VAE",)  # A1111's models/VAE; ComfyUI's models/vae (folders match in any case)
+# ComfyUI's models/text_encoders (and its older models/clip): bot/components/text_encoders.py
+TEXT_ENCODER_FOLDERS = ("text_encoders", "clip")
 PREFIXES = ("first_stage_model.", "vae.")
 SD_LATENT_CHANNELS = 4
 

@@ -83,11 +83,23 @@ class VaeRegistry(NetworkRegistry):
         entry = await self.get(name)
         return self._fitting(entry, family).sha256
 
+    async def first_fitting(self, family: str) -> VaeUse | None:
+        """The first installed VAE (by name) that fits `family`: what a transformer-only Flux file takes
+        when neither the job nor the checkpoint names one."""
+        for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):
+            if entry.rank == _LATENT_CHANNELS.get(family):
+                return vae_use(entry)
+        return None
+
     @staticmethod
     def _fitting(entry: NetworkEntry, family: str) -> VaeUse:
-        if family in ("sd1", "sd2", "sdxl") and entry.rank != SD_LATENT_CHANNELS:
-            raise EaselError(f"{entry.name} is a {entry.label}; {family.upper()} checkpoints need a 4-channel VAE")
+        needed = _LATENT_CHANNELS.get(family)
+        if needed is not None and entry.rank != needed:
+            raise EaselError(f"{entry.name} is a {entry.label}; {family.upper()} checkpoints need a {needed}-channel VAE")
         return vae_use(entry)
+
+
+_LATENT_CHANNELS = {"sd1": SD_LATENT_CHANNELS, "sd2": SD_LATENT_CHANNELS, "sdxl": SD_LATENT_CHANNELS, "flux": 16}
 
 
 def vae_use(entry: NetworkEntry) -> VaeUse:

@@ -10,10 +10,19 @@ from bot.checkpoints.hashing import FileHashes
 from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.errors import EaselError
-from gpu_worker.protocol import LoadRequest, config_parts
+from gpu_worker.protocol import ComponentUse, LoadRequest, config_parts
 
 # Native square size per bundled config: what "1:1" means for a checkpoint.
-NATIVE_SIZE = {"sd1": 512, "sd2": 768, "sdxl": 1024, "tiny-sd1": 64, "tiny-sd2": 64, "tiny-sdxl": 64}
+NATIVE_SIZE = {
+    "sd1": 512,
+    "sd2": 768,
+    "sdxl": 1024,
+    "flux": 1024,
+    "tiny-sd1": 64,
+    "tiny-sd2": 64,
+    "tiny-sdxl": 64,
+    "tiny-flux": 64,
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,9 @@ class CheckpointRef:
     nsfw: bool = False
     zero_snr: bool = False
     vae_sha256: str | None = None  # the checkpoint's default VAE (registry), if an owner chose one
+    variant: str = ""  # Flux: dev | schnell; SD: inpainting, edm, …
+    needs: tuple[tuple[str, int], ...] = ()  # parts the file lacks (role, width): a transformer-only Flux file
+    components: tuple[ComponentUse, ...] = ()  # those parts, chosen from the component store for a job
 
     @property
     def autov2(self) -> str:
@@ -58,6 +70,7 @@ class CheckpointRef:
             prediction=self.prediction,
             sha256=self.sha256,
             zero_snr=self.zero_snr,
+            components=self.components,
         )
 
     @classmethod
@@ -77,6 +90,8 @@ class CheckpointRef:
             nsfw=entry.nsfw,
             zero_snr=bool(entry.inspection.get("architecture_info", {}).get("zero_snr", False)),
             vae_sha256=entry.vae_sha256,
+            variant=str(entry.inspection.get("architecture_info", {}).get("variant", "")),
+            needs=_needs(entry.inspection.get("architecture_info", {}).get("needs", [])),
         )
 
     @classmethod
@@ -96,7 +111,16 @@ class CheckpointRef:
             reason=arch.reason,
             present=True,
             zero_snr=arch.zero_snr,
+            variant=arch.variant,
+            needs=arch.needs,
         )
+
+
+def _needs(stored: object) -> tuple[tuple[str, int], ...]:
+    """The `needs` list of a stored inspection, as (role, width) pairs."""
+    if not isinstance(stored, list):
+        return ()
+    return tuple((str(role), int(width)) for role, width in stored)
 
 
 async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_path: bool = False) -> CheckpointRef:

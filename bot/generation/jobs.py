@@ -62,6 +62,8 @@ class Job:
             s.request.steps,
             s.request.cfg,
             s.request.cfg_rescale,
+            s.request.distilled_cfg,
+            s.checkpoint.components,  # a transformer-only checkpoint's text encoders and VAE
             s.vae,  # one VAE per pipeline call
             s.sampler,
             s.schedule,

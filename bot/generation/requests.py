@@ -13,10 +13,18 @@ from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.prompt_schedule import prompt_schedule
 from bot.generation.prompt_syntax import parse_prompt
-from bot.generation.samplers import DEFAULT_SAMPLER, EDM_SAMPLERS, ZERO_SNR_SAMPLERS, parse_sampler
+from bot.generation.samplers import (
+    DEFAULT_SAMPLER,
+    EDM_SAMPLERS,
+    FLOW_DEFAULT_SAMPLER,
+    FLOW_SAMPLERS,
+    ZERO_SNR_SAMPLERS,
+    parse_sampler,
+)
 from bot.generation.upscalers import parse_upscaler
 from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import (
+    FLOW_FAMILIES,
     MASKED_CONTENT,
     EmbeddingUse,
     LoraUse,
@@ -89,9 +97,21 @@ class GenerationRequest:
     hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023): 0 = off, 0.7 the paper's choice
     vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
+    distilled_cfg: float = 3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg > 1 adds true CFG)
 
 
 MAX_MASK_PADDING = 256  # A1111's slider goes to 256
+DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
+FLUX_SCHNELL_STEPS = 4  # what schnell was distilled for (BFL's model card; ComfyUI's example workflow)
+
+
+def family_defaults(checkpoint: CheckpointRef, steps: int, cfg: float, sampler: str) -> tuple[int, float, str]:
+    """(steps, CFG, sampler) for a job that names none: the place's defaults, which are for SD
+    checkpoints; a flow model (Flux) takes its own as Forge's and ComfyUI's presets do: Euler,
+    CFG 1 (its guidance is distilled), and 4 steps for schnell."""
+    if checkpoint.family not in FLOW_FAMILIES:
+        return steps, cfg, sampler
+    return (FLUX_SCHNELL_STEPS if checkpoint.variant == "schnell" else steps), 1.0, FLOW_DEFAULT_SAMPLER
 
 # A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
@@ -223,12 +243,19 @@ def validate(
             f"{checkpoint.name} is an EDM model (Playground v2.5); {sampler} has no EDM form here. "
             f"Choose one of {', '.join(EDM_SAMPLERS)}"
         )
+    if checkpoint.family in FLOW_FAMILIES and sampler not in FLOW_SAMPLERS:
+        raise GenerationError(
+            f"{checkpoint.name} is a flow-matching model ({checkpoint.architecture}); {sampler} has no flow form here. "
+            f"Choose one of {', '.join(FLOW_SAMPLERS)}"
+        )
     if checkpoint.zero_snr and sampler not in ZERO_SNR_SAMPLERS:
         raise GenerationError(
             f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "
             f"Choose one of {', '.join(ZERO_SNR_SAMPLERS)}"
         )
     _check_cfg_rescale(request, checkpoint)
+    if checkpoint.family in FLOW_FAMILIES:
+        request = _check_flow(request, checkpoint, width, height, sampler, loras, embeddings)
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
     return ValidRequest(
@@ -272,6 +299,34 @@ def _check_hires(
         parse_upscaler(request.hires_upscaler)
     except ValueError as e:
         raise GenerationError(str(e)) from None
+
+
+def _check_flow(
+    request: GenerationRequest,
+    checkpoint: CheckpointRef,
+    width: int,
+    height: int,
+    sampler: str,
+    loras: tuple[LoraUse, ...],
+    embeddings: tuple[EmbeddingUse, ...],
+) -> GenerationRequest:
+    """What a Flux job may ask here, and its distilled guidance made final (schnell has none: 0)."""
+    unsupported = (
+        ("starting from a picture", request.init_image is not None),
+        ("the hires fix", bool(request.hires_scale)),
+        ("LoRAs", bool(loras)),
+        ("textual-inversion embeddings", bool(embeddings)),
+        ("CFG rescale", bool(request.cfg_rescale)),
+        ("clip skip", request.clip_skip > 1),
+    )
+    refused = [what for what, asked in unsupported if asked]
+    if refused:
+        raise GenerationError(f"{checkpoint.name} is a Flux checkpoint; {', '.join(refused)} is not supported on Flux yet")
+    if width % 16 or height % 16:  # 8x the VAE, then 2x2 patches
+        raise GenerationError(f"Flux needs sizes in multiples of 16, not {width}x{height}")
+    if not 0 <= request.distilled_cfg <= MAX_CFG:
+        raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {request.distilled_cfg:g}")
+    return replace(request, distilled_cfg=0.0) if checkpoint.variant == "schnell" else request
 
 
 def _check_cfg_rescale(request: GenerationRequest, checkpoint: CheckpointRef) -> None:

@@ -46,6 +46,12 @@ ZERO_SNR_SAMPLERS = ("Euler", "Euler a", "DPM++ 2M", "DPM++ 2M SDE", "DDIM", "Un
 EDM_SAMPLERS = ("Euler", "DPM++ 2M", "DPM++ 2M SDE")
 
 
+# A flow-matching model's samplers (Flux), as Forge and ComfyUI offer them and diffusers has them in
+# flow form (gpu_worker/samplers.py FLOW_SCHEDULERS); Euler is what BFL, Forge and ComfyUI default to.
+FLOW_SAMPLERS = ("Euler", "DPM++ 2M", "UniPC")
+FLOW_DEFAULT_SAMPLER = "Euler"
+
+
 def parse_sampler(text: str, schedule: str | None = None) -> tuple[str, str]:
     """'DPM++ 2M Karras' or ('DPM++ 2M', 'Karras') -> canonical (sampler, schedule); ValueError if unknown."""
     names = {n.lower(): (n, None) for n in SAMPLERS}

@@ -340,6 +340,7 @@ class GenerationService:
             hires_model=spec.hires_model,
             cfg_rescale=spec.request.cfg_rescale,
             vae=spec.vae,
+            distilled_cfg=spec.request.distilled_cfg,
         )
         worker.batch = batch
         self._batches[batch.batch_id] = jobs

@@ -14,6 +14,7 @@ import aiosqlite
 from bot.db import transaction
 from bot.generation.jobs import Job, JobState
 from bot.generation.requests import GenerationRequest
+from gpu_worker.protocol import FLOW_FAMILIES
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ class JobStore:
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
                 "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur, "
-                "inpaint_json, cfg_rescale, vae_sha256) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "inpaint_json, cfg_rescale, vae_sha256, distilled_cfg) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -125,6 +126,7 @@ class JobStore:
                     json.dumps(inpaint_of(request)) if request.mask_image and inpaint_of(request) else None,
                     request.cfg_rescale or None,
                     spec.vae.sha256 if spec.vae else None,
+                    request.distilled_cfg if spec.checkpoint.family in FLOW_FAMILIES else None,
                 ),
             )
 

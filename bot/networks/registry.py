@@ -30,7 +30,7 @@ from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_fil
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.sidecars import read_sidecars
-from bot.components.detection import VAE_FOLDERS
+from bot.components.detection import TEXT_ENCODER_FOLDERS, VAE_FOLDERS
 from bot.config import Settings
 from bot.db import transaction
 from bot.errors import CheckpointFileError, RegistryError
@@ -87,7 +87,7 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
-        if self.kind in ("upscaler", "vae"):
+        if self.kind in ("upscaler", "vae", "text_encoder"):
             return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
@@ -168,7 +168,9 @@ def network_folders(models_root: Path, names: tuple[str, ...]) -> list[Path]:
 
 def extra_network_folders(models_root: Path) -> list[Path]:
     """Every LoRA, embeddings and upscaler folder: the checkpoint scan leaves them to their registries."""
-    return network_folders(models_root, LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS)
+    return network_folders(
+        models_root, LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS
+    )
 
 
 def examine_lora(path: Path) -> FileKind:

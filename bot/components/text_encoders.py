@@ -1,0 +1,106 @@
+"""Text encoders on their own (the component store): CLIP-L, CLIP-G and T5-XXL files that a
+transformer-only checkpoint (Flux's flux1-dev.safetensors) needs beside it.
+
+They live where ComfyUI and Forge users keep them: `models/text_encoders` (ComfyUI's current name)
+or `models/clip` (its older one), found, hashed and read as every other file (the safetensors header
+reader; the registry machinery of bot/networks/registry.py). What a file is comes from its tensor
+names and widths alone: CLIP's `…text_model.embeddings.token_embedding.weight` (768 wide for CLIP-L,
+1280 for CLIP-G), T5's `…encoder.block.0.layer.0.SelfAttention.q.weight` (4096 wide for T5-XXL), under
+any of the prefixes real files carry (none; ComfyUI's `text_encoders.t5xxl.transformer.`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from bot.components.detection import TEXT_ENCODER_FOLDERS
+from bot.config import Settings
+from bot.errors import CheckpointFileError
+from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
+from gpu_worker.protocol import ComponentUse
+
+_T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_CLIP_TOKENS = "embeddings.token_embedding.weight"
+_KNOWN_WIDTHS = {("t5xxl", 4096): "T5-XXL", ("clip-l", 768): "CLIP-L", ("clip-g", 1280): "CLIP-G"}
+
+
+class TextEncoderFileError(ValueError):
+    """Not a text encoder we can use; the message says why."""
+
+
+@dataclass(frozen=True)
+class TextEncoderKind:
+    role: str  # clip-l | clip-g | t5xxl
+    width: int  # hidden size: what the checkpoint's transformer must take
+    prefix: str
+
+    @property
+    def label(self) -> str:
+        name = _KNOWN_WIDTHS.get((self.role, self.width))
+        if name:
+            return f"{name} text encoder"
+        family = "T5" if self.role == "t5xxl" else "CLIP"
+        return f"{family} text encoder ({self.width} wide)"
+
+
+def detect_text_encoder(shapes: Mapping[str, Sequence[int]]) -> TextEncoderKind:
+    if any(name.startswith(("model.diffusion_model.", "double_blocks.", "joint_blocks.")) for name in shapes):
+        raise TextEncoderFileError("a whole checkpoint or transformer, not a text encoder; put it in the models folder")
+    for name, shape in shapes.items():
+        if name.endswith(_T5_Q) and len(shape) == 2:
+            return TextEncoderKind("t5xxl", int(shape[1]), name[: -len(_T5_Q)])
+    for name, shape in shapes.items():
+        if name.endswith(_CLIP_TOKENS) and len(shape) == 2:
+            width = int(shape[1])
+            prefix = name[: -len(_CLIP_TOKENS)].removesuffix("text_model.")
+            return TextEncoderKind("clip-g" if width == 1280 else "clip-l", width, prefix)
+    raise TextEncoderFileError(f"not a CLIP or T5 text encoder (no …{_CLIP_TOKENS} or …{_T5_Q})")
+
+
+def examine_text_encoder(path: Path) -> FileKind:
+    tensors, metadata, pickled = read_tensor_map(path)
+    if pickled:
+        raise CheckpointFileError(f"{path.name}: text encoders are read from .safetensors files only")
+    try:
+        kind = detect_text_encoder({name: t.shape for name, t in tensors.items()})
+    except TextEncoderFileError as e:
+        raise CheckpointFileError(f"{path.name}: {e}") from None
+    return FileKind("text_encoder", "hf", kind.role, kind.label, True, "", kind.width, metadata, "safetensors")
+
+
+class TextEncoderRegistry(NetworkRegistry):
+    noun = "text encoder"
+    family = "text_encoder"
+    table = "text_encoders"
+    folder_names = TEXT_ENCODER_FOLDERS
+    suffixes = (".safetensors",)
+    list_command = "text-encoders list"
+
+    def examine_file(self, path: Path) -> FileKind:
+        return examine_text_encoder(path)
+
+    def short_hash(self, path: Path, sha256: str) -> str:
+        return sha256[:10]
+
+    def alias(self, path: Path, found: FileKind) -> str:
+        return ""
+
+    async def fitting(self, role: str, width: int) -> NetworkEntry | None:
+        """The installed encoder for `role` ("clip_l", "t5xxl") of `width`; of several, the first by name."""
+        wanted = role.replace("_", "-")
+        for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):
+            if entry.base == wanted and entry.rank == width:
+                return entry
+        return None
+
+
+def component_use(role: str, entry: NetworkEntry) -> ComponentUse:
+    return ComponentUse(role, entry.path.name, str(entry.path), entry.sha256)
+
+
+def text_encoder_registry(db: aiosqlite.Connection, settings: Settings) -> TextEncoderRegistry:
+    return TextEncoderRegistry(db, settings.models_dir.expanduser().resolve(), settings.text_encoder_dirs or None)

@@ -1,0 +1,109 @@
+"""Tiny random-weight Flux.1 files in the real single-file layouts, for tests and the playground.
+
+`make_tiny_flux` writes either shape people have: an all-in-one file (ComfyUI's prefixes, as
+Comfy-Org's flux1-dev-fp8.safetensors) or a transformer-only file (BFL's layout, as
+flux1-dev.safetensors); `make_tiny_component` writes the separate parts (clip_l.safetensors,
+t5xxl_fp16.safetensors, ae.safetensors). Each part is drawn from its own seed, so the all-in-one
+file and the separate files made with one seed hold the same weights.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FluxTransformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+from bot.checkpoints.safetensors_writer import temp_path
+from gpu_worker.flux_layout import to_original
+from gpu_worker.flux_loader import PART_PREFIXES, TRANSFORMER_PREFIX
+from gpu_worker.ldm_layout import vae_to_ldm
+from gpu_worker.loader import CONFIG_ROOT
+from gpu_worker.save import save_atomically
+
+FOLDER = CONFIG_ROOT / "tiny-flux"
+SHAPES = ("all-in-one", "transformer")
+COMPONENTS = ("clip-l", "t5xxl", "flux-vae")
+_PART_SEEDS = {"transformer": 0, "clip_l": 1, "t5xxl": 2, "vae": 3}
+
+
+def _config(part: str, folder: Path = FOLDER) -> dict:
+    return json.loads((folder / part / "config.json").read_text())
+
+
+def _seeded(part: str, seed: int) -> None:
+    torch.manual_seed(seed * 16 + _PART_SEEDS[part])
+
+
+def transformer_state(seed: int = 0, schnell: bool = False, folder: Path = FOLDER) -> dict[str, torch.Tensor]:
+    """Random transformer weights in BFL's layout, of the sizes `folder`'s config gives (tiny-flux's)."""
+    _seeded("transformer", seed)
+    model = FluxTransformer2DModel.from_config(_config("transformer", folder) | {"guidance_embeds": not schnell})
+    return to_original(model.state_dict())
+
+
+def part_state(role: str, seed: int = 0, folder: Path = FOLDER) -> dict[str, torch.Tensor]:
+    """One part's tensors, keys as its separate file has them."""
+    _seeded(role, seed)
+    if role == "clip_l":
+        clip = CLIPTextModel(CLIPTextConfig(**_config("text_encoder", folder)))
+        # as clip_l.safetensors names them (the Hugging Face layout under `text_model.`)
+        return {f"text_model.{k.removeprefix('text_model.')}": v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    if role == "t5xxl":
+        t5 = T5EncoderModel(T5Config(**_config("text_encoder_2", folder)))
+        return {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}  # stored once, as `shared`
+    vae = AutoencoderKL.from_config(_config("vae", folder))
+    return {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
+
+
+def _metadata(title: str, seed: int) -> dict[str, str]:
+    return {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.title": title,
+        "modelspec.author": "Easel",
+        "modelspec.date": datetime.date.today().isoformat(),
+        "easel.tiny_seed": str(seed),
+    }
+
+
+def make_tiny_flux(
+    out: Path, seed: int = 0, shape: str = "all-in-one", schnell: bool = False, fp8: bool = False, folder: Path = FOLDER
+) -> Path:
+    """A tiny Flux dev (or schnell) file; `fp8` stores the transformer's weight matrices as
+    float8_e4m3fn, as the fp8 releases people download do."""
+    out = Path(out)
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    transformer = transformer_state(seed, schnell, folder)
+    if fp8:
+        transformer = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in transformer.items()}
+    state: dict[str, torch.Tensor]
+    if shape == "transformer":
+        state = transformer
+    else:
+        state = {TRANSFORMER_PREFIX + k: v for k, v in transformer.items()}
+        for role in ("clip_l", "t5xxl", "vae"):
+            state |= {PART_PREFIXES[role][0] + k: v for k, v in part_state(role, seed, folder).items()}
+    variant = "schnell" if schnell else "dev"
+    what = "all-in-one" if shape == "all-in-one" else "transformer only"
+    metadata = _metadata(f"Easel tiny FLUX.1 {variant} ({what}, random weights)", seed)
+    metadata["modelspec.architecture"] = f"flux-1-{variant}"
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
+def make_tiny_component(kind: str, out: Path, seed: int = 0, folder: Path = FOLDER) -> Path:
+    """A tiny CLIP-L, T5-XXL or Flux VAE file, the weights an all-in-one tiny file of `seed` holds."""
+    out = Path(out)
+    roles = {"clip-l": "clip_l", "t5xxl": "t5xxl", "flux-vae": "vae"}
+    if kind not in roles:
+        raise ValueError(f"unknown component {kind!r}; choose one of {', '.join(COMPONENTS)}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    state = part_state(roles[kind], seed, folder)
+    metadata = _metadata(f"Easel tiny {kind} for tiny Flux (random weights)", seed)
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
