@@ -62,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer"), required=True)
+    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer", "sd35", "sd35-medium", "sd35-all-in-one"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
-    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae"), required=True)
+    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-lora")
@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_embeddings(Connection(args.fd), args.threads, cache)
     if args.command in ("make-tiny-lora", "make-tiny-embedding"):
         return _make_tiny_network(args)
-    if args.command == "make-tiny-component" or args.arch.startswith("flux"):
-        return _make_tiny_flux(args)
+    if args.command == "make-tiny-component" or args.arch.startswith(("flux", "sd35")):
+        return _make_tiny_transformer(args)
     from gpu_worker.tiny import make_tiny_checkpoint
 
     try:
@@ -142,16 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _make_tiny_flux(args: argparse.Namespace) -> int:
-    """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; or one component."""
+def _make_tiny_transformer(args: argparse.Namespace) -> int:
+    """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
+    shape or all-in-one; or one component for them."""
     from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux
+    from gpu_worker.tiny_sd3 import make_tiny_sd3
 
     try:
         if args.command == "make-tiny-component":
             out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
+        elif args.inpainting:
+            raise ValueError("there are no Flux or SD3 inpainting checkpoints to imitate")
+        elif args.arch.startswith("sd35"):
+            if args.fp8:
+                raise ValueError("--fp8 is for the tiny Flux files")
+            out, kind = make_tiny_sd3(Path(args.out), args.arch, args.seed), args.arch
         else:
-            if args.inpainting:
-                raise ValueError("there are no Flux inpainting checkpoints to imitate")
             shape = "transformer" if args.arch.endswith("-transformer") else "all-in-one"
             out = make_tiny_flux(Path(args.out), args.seed, shape, schnell="schnell" in args.arch, fp8=args.fp8)
             kind = args.arch + (" fp8" if args.fp8 else "")

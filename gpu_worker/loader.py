@@ -26,8 +26,10 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
-from gpu_worker.flux_loader import FluxLoadError, flux_pipeline
+from gpu_worker.flux_loader import flux_pipeline
+from gpu_worker.model_parts import PartError
 from gpu_worker.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES, LoadRequest, config_parts
+from gpu_worker.sd3_loader import sd3_pipeline
 
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
 diffusers.utils.logging.set_verbosity_error()
@@ -83,7 +85,7 @@ def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
 
 
 def default_dtype(device: str, family: str = "sd1") -> torch.dtype:
-    """fp16 on a GPU; Flux in bf16, as BFL and ComfyUI run it (its T5 overflows fp16)."""
+    """fp16 on a GPU; Flux and SD3 in bf16, as BFL, SAI and ComfyUI run them (T5 overflows fp16)."""
     if not device.startswith("cuda"):
         return torch.float32
     return torch.bfloat16 if family in FLOW_FAMILIES else torch.float16
@@ -100,15 +102,17 @@ def load_pipeline(
         raise CheckpointLoadError(f"{request.name}: the file {path} is missing from disk")
     started = time.perf_counter()
     try:
-        if request.family in FLOW_FAMILIES:
+        if request.family == "flux":
             pipeline = flux_pipeline(request, dtype, CONFIG_ROOT, device)
+        elif request.family == "sd3":
+            pipeline = sd3_pipeline(request, dtype, CONFIG_ROOT, device)
         elif request.format == "diffusers":
             pipeline = _load_folder(path, dtype)
         else:
             pipeline = _load_single_file(path, request, dtype)
     except CheckpointLoadError:
         raise
-    except FluxLoadError as e:
+    except PartError as e:
         raise CheckpointLoadError(str(e)) from None
     except Exception as e:  # diffusers reports layout problems with many exception types
         raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e

@@ -38,11 +38,12 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def flow_previews(pipe, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-    """Flux's packed latents (B, tokens, 64) -> pictures, through the VAE (A1111's "Full" preview):
-    no fitted linear map is bundled for its 16-channel latent space."""
+    """Flux's packed latents (B, tokens, 64) or SD3's (B, 16, h, w) -> pictures, through the VAE
+    (A1111's "Full" preview): no fitted linear map is bundled for their 16-channel latent spaces."""
     with torch.no_grad():
-        unpacked = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+        if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
+            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
         config = pipe.vae.config
-        decoded = pipe.vae.decode(unpacked / config.scaling_factor + config.shift_factor).sample
+        decoded = pipe.vae.decode(latents / config.scaling_factor + config.shift_factor).sample
     pixels = ((decoded.float().cpu() + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(p) for p in pixels]

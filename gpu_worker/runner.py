@@ -100,8 +100,8 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
 
 def _modules(batch: RunBatch) -> list:
     """A transformer-only file's parts as Forge lists them: the VAE, then the text encoders."""
-    order = {"vae": 0, "clip_l": 1, "t5xxl": 2}
-    return sorted(batch.load.components, key=lambda use: order.get(use.role, 3))
+    order = {"vae": 0, "clip_l": 1, "clip_g": 2, "t5xxl": 3}
+    return sorted(batch.load.components, key=lambda use: order.get(use.role, 4))
 
 
 def _distilled(batch: RunBatch) -> bool:
@@ -450,22 +450,27 @@ class BatchRunner:
             ).images
 
         def flow_sample(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
-            # Flux dev takes its guidance as an input (Forge's "Distilled CFG Scale"); a CFG scale above 1
-            # also runs true classifier-free guidance with the negative prompt, as Forge does (twice the work).
-            schnell = not pipe.transformer.config.guidance_embeds
-            true_cfg = {"true_cfg_scale": batch.cfg, "negative_prompt": n} if batch.cfg > 1 else {}
+            if batch.load.family == "sd3":  # classifier-free guidance with the negative prompt, as SAI runs it
+                guidance = {"guidance_scale": batch.cfg, "negative_prompt": n, "max_sequence_length": 256}
+            else:
+                # Flux dev takes its guidance as an input (Forge's "Distilled CFG Scale"); a CFG scale above 1
+                # also runs true classifier-free guidance with the negative prompt, as Forge does (twice the work).
+                schnell = not pipe.transformer.config.guidance_embeds
+                guidance = {
+                    "guidance_scale": batch.distilled_cfg,
+                    "max_sequence_length": 256 if schnell else 512,  # BFL's T5 lengths for schnell and dev
+                    **({"true_cfg_scale": batch.cfg, "negative_prompt": n} if batch.cfg > 1 else {}),
+                }
             return pipe(
                 prompt=p,
                 width=batch.width,
                 height=batch.height,
                 num_inference_steps=batch.steps,
-                guidance_scale=batch.distilled_cfg,
-                max_sequence_length=256 if schnell else 512,  # BFL's T5 lengths for schnell and dev
                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
                 callback_on_step_end=callback,
                 callback_on_step_end_tensor_inputs=["latents"],
                 output_type="pil",
-                **true_cfg,
+                **guidance,
             ).images
 
         try:

@@ -15,19 +15,27 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from bot.checkpoints.safetensors_writer import temp_path
 from gpu_worker.flux_layout import to_original
-from gpu_worker.flux_loader import PART_PREFIXES, TRANSFORMER_PREFIX
 from gpu_worker.ldm_layout import vae_to_ldm
 from gpu_worker.loader import CONFIG_ROOT
+from gpu_worker.model_parts import IN_FILE, TRANSFORMER_PREFIX
 from gpu_worker.save import save_atomically
 
 FOLDER = CONFIG_ROOT / "tiny-flux"
 SHAPES = ("all-in-one", "transformer")
-COMPONENTS = ("clip-l", "t5xxl", "flux-vae")
-_PART_SEEDS = {"transformer": 0, "clip_l": 1, "t5xxl": 2, "vae": 3}
+# Parts for the tiny Flux files, and (sd3-…) for the tiny SD3.5 files, whose encoders are wider.
+COMPONENTS = {
+    "clip-l": ("clip_l", "tiny-flux"),
+    "t5xxl": ("t5xxl", "tiny-flux"),
+    "flux-vae": ("vae", "tiny-flux"),
+    "sd3-clip-l": ("clip_l", "tiny-sd3"),
+    "sd3-clip-g": ("clip_g", "tiny-sd3"),
+    "sd3-t5xxl": ("t5xxl", "tiny-sd3"),
+}
+_PART_SEEDS = {"transformer": 0, "clip_l": 1, "t5xxl": 2, "vae": 3, "clip_g": 4}
 
 
 def _config(part: str, folder: Path = FOLDER) -> dict:
@@ -48,12 +56,20 @@ def transformer_state(seed: int = 0, schnell: bool = False, folder: Path = FOLDE
 def part_state(role: str, seed: int = 0, folder: Path = FOLDER) -> dict[str, torch.Tensor]:
     """One part's tensors, keys as its separate file has them."""
     _seeded(role, seed)
-    if role == "clip_l":
-        clip = CLIPTextModel(CLIPTextConfig(**_config("text_encoder", folder)))
+    sd3 = (folder / "text_encoder_3").is_dir()
+    config_of = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5xxl": "text_encoder_3" if sd3 else "text_encoder_2"}
+    if role in ("clip_l", "clip_g"):
+        # with its projection, as ComfyUI's clip_l.safetensors has it: one file serves Flux (which
+        # does not use it) and SD3 (which does)
+        clip = CLIPTextModelWithProjection(CLIPTextConfig(**_config(config_of[role], folder)))
         # as clip_l.safetensors names them (the Hugging Face layout under `text_model.`)
-        return {f"text_model.{k.removeprefix('text_model.')}": v for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+        return {
+            (k if k == "text_projection.weight" else f"text_model.{k.removeprefix('text_model.')}"): v
+            for k, v in clip.state_dict().items()
+            if not k.endswith("position_ids")
+        }
     if role == "t5xxl":
-        t5 = T5EncoderModel(T5Config(**_config("text_encoder_2", folder)))
+        t5 = T5EncoderModel(T5Config(**_config(config_of[role], folder)))
         return {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}  # stored once, as `shared`
     vae = AutoencoderKL.from_config(_config("vae", folder))
     return {k.removeprefix("first_stage_model."): v for k, v in vae_to_ldm(vae.state_dict(), vae.config).items()}
@@ -88,7 +104,7 @@ def make_tiny_flux(
     else:
         state = {TRANSFORMER_PREFIX + k: v for k, v in transformer.items()}
         for role in ("clip_l", "t5xxl", "vae"):
-            state |= {PART_PREFIXES[role][0] + k: v for k, v in part_state(role, seed, folder).items()}
+            state |= {IN_FILE[role][0] + k: v for k, v in part_state(role, seed, folder).items()}
     variant = "schnell" if schnell else "dev"
     what = "all-in-one" if shape == "all-in-one" else "transformer only"
     metadata = _metadata(f"Easel tiny FLUX.1 {variant} ({what}, random weights)", seed)
@@ -96,14 +112,15 @@ def make_tiny_flux(
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
 
 
-def make_tiny_component(kind: str, out: Path, seed: int = 0, folder: Path = FOLDER) -> Path:
-    """A tiny CLIP-L, T5-XXL or Flux VAE file, the weights an all-in-one tiny file of `seed` holds."""
+def make_tiny_component(kind: str, out: Path, seed: int = 0, folder: Path | None = None) -> Path:
+    """A tiny text encoder or VAE file (COMPONENTS), the weights an all-in-one tiny file of `seed`
+    holds; `folder` gives other sizes (benchmarks)."""
     out = Path(out)
-    roles = {"clip-l": "clip_l", "t5xxl": "t5xxl", "flux-vae": "vae"}
-    if kind not in roles:
+    if kind not in COMPONENTS:
         raise ValueError(f"unknown component {kind!r}; choose one of {', '.join(COMPONENTS)}")
     if out.suffix != ".safetensors":
         raise ValueError(f"{out}: the output must end in .safetensors")
-    state = part_state(roles[kind], seed, folder)
-    metadata = _metadata(f"Easel tiny {kind} for tiny Flux (random weights)", seed)
+    role, config = COMPONENTS[kind]
+    state = part_state(role, seed, folder or CONFIG_ROOT / config)
+    metadata = _metadata(f"Easel tiny {kind} (random weights)", seed)
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))

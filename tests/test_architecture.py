@@ -86,8 +86,23 @@ CASES = [
         "conditioner.embedders.0.model.ln_final.weight",
         False,
     ),
-    ("sd3", {"model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2)}, {}, {}, "SD3", "x_embedder", False),
-    ("sd3-bare", {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (1,)}, {}, {}, "SD3", "joint_blocks", False),
+    ("sd3-incomplete", {"model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2)}, {}, {}, "SD3 (incomplete)", "x_embedder", False),
+    ("sd3-bare", {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (1,)}, {}, {}, "SD3 (incomplete)", "joint_blocks", False),
+    (
+        "sd3-medium-sai",
+        {
+            "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,),
+            "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2),
+            "model.diffusion_model.y_embedder.mlp.0.weight": (1536, 2048),
+            "model.diffusion_model.context_embedder.weight": (1536, 4096),
+            "first_stage_model.decoder.conv_in.weight": (512, 16, 3, 3),
+        },
+        {},
+        {},
+        "SD3 Medium",
+        "joint_blocks",
+        True,
+    ),
     (
         "flux-without-clip-input",  # Chroma and the like
         {"double_blocks.0.img_attn.norm.key_norm.scale": (128,)},

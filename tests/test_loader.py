@@ -86,8 +86,8 @@ def test_diffusers_folder(tmp_path: Path, tiny_dir: Path) -> None:
     "request_,message",
     [
         (
-            LoadRequest("/x.safetensors", "sd3", "sd3", "SD3", "safetensors", None),
-            "sd3: SD3 checkpoints cannot be run",
+            LoadRequest("/x.safetensors", "cascade", "stable-cascade", "Stable Cascade", "safetensors", None),
+            "cascade: Stable Cascade checkpoints cannot be run",
         ),
         (
             LoadRequest("/x.safetensors", "ref", "sdxl-refiner", "SDXL refiner", "safetensors", None),
@@ -124,13 +124,16 @@ def test_every_chosen_config_is_bundled() -> None:
     for config in CONFIGS.values():
         folder = CONFIG_ROOT / config
         assert (folder / "model_index.json").is_file(), config
-        denoiser = "transformer" if "flux" in config else "unet"
+        transformer = "flux" in config or "sd3" in config
+        denoiser = "transformer" if transformer else "unet"
         for sub in (denoiser, "vae", "text_encoder"):
             assert (folder / sub / "config.json").is_file(), (config, sub)
         assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "tokenizer" / "merges.txt").is_file()
-        for tok in folder.glob("tokenizer_2"):  # SDXL's second CLIP; Flux's T5
-            files = ("tokenizer.json",) if "flux" in config else ("vocab.json", "merges.txt")
+        for tok in folder.glob("tokenizer_*"):  # SDXL's and SD3's second CLIP; Flux's and SD3's T5
+            t5 = (tok / "tokenizer.json").is_file()
+            files = ("tokenizer.json",) if t5 else ("vocab.json", "merges.txt")
             assert all((tok / name).is_file() for name in files), tok
+            assert t5 == (tok.name == "tokenizer_3" or "flux" in config), tok
 
 
 @pytest.mark.parametrize(

@@ -102,13 +102,10 @@ def detect_architecture(
         key = f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale"
         if has(key):
             return _flux(tensors, prefix, key)
-    for key in (
-        "model.diffusion_model.x_embedder.proj.weight",
-        "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias",
-        "joint_blocks.0.context_block.adaLN_modulation.1.bias",
-    ):
-        if has(key):
-            return unusable("sd3", "SD3", key, "SD3 checkpoints are not supported yet")
+    for prefix in (FLUX_PREFIX, ""):
+        key = f"{prefix}joint_blocks.0.context_block.adaLN_modulation.1.bias"
+        if has(key) or (has(f"{prefix}x_embedder.proj.weight") and prefix):
+            return _sd3(tensors, prefix, key if has(key) else f"{prefix}x_embedder.proj.weight")
     if has("clip_txt_mapper.weight") or has("down_blocks.1.0.channelwise.0.weight"):
         return unusable("stable-cascade", "Stable Cascade", "clip_txt_mapper.weight", "Stable Cascade is not supported")
 
@@ -192,6 +189,42 @@ def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Ar
     return Architecture("flux", variant, "flow", label, decided_by, True, "", "", False, tuple(needs))
 
 
+# Where SD3 files keep each part: SAI's keep the VAE under `first_stage_model.` and their text
+# encoders apart (sd3.5_large.safetensors); all-in-one ones carry them under `text_encoders.`.
+SD3_PARTS = {
+    "clip_l": ("text_encoders.clip_l.transformer.",),
+    "clip_g": ("text_encoders.clip_g.transformer.",),
+    "t5xxl": ("text_encoders.t5xxl.transformer.",),
+    "vae": ("first_stage_model.", "vae."),
+}
+SD3_POOLED = {2048: (768, 1280)}  # CLIP-L's and CLIP-G's projections, concatenated
+
+
+def _sd3(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Architecture:
+    """SD3 Medium, SD3.5 Medium (a second attention in its first blocks) or SD3.5 Large (2432 wide),
+    from the MMDiT's tensors (ComfyUI model_detection: `x_block.attn2`, `ln_q`); what the file lacks
+    is listed in `needs`."""
+    embed, pooled, context = (tensors.get(prefix + k) for k in ("x_embedder.proj.weight", "y_embedder.mlp.0.weight", "context_embedder.weight"))
+    if embed is None or pooled is None or context is None:
+        return Architecture("sd3", "", "", "SD3 (incomplete)", decided_by, False, "the file lacks the SD3 transformer's embedders")
+    hidden = embed.shape[0]
+    dual = any(name.startswith(prefix + "joint_blocks.") and ".x_block.attn2." in name for name in tensors)
+    qk_norm = f"{prefix}joint_blocks.0.x_block.attn.ln_q.weight" in tensors
+    if dual:
+        variant, label = "medium", "SD3.5 Medium"
+    elif qk_norm:
+        variant, label = "large", "SD3.5 Large" if hidden == 2432 else f"SD3.5 ({hidden} wide)"
+    else:
+        variant, label = "sd3-medium", "SD3 Medium" if hidden == 1536 else f"SD3 ({hidden} wide)"
+    clip_l, clip_g = SD3_POOLED.get(pooled.shape[1], (0, 0))  # 0: the file does not say
+    widths = {"clip_l": clip_l, "clip_g": clip_g, "t5xxl": context.shape[1], "vae": 16}
+    needs = tuple(
+        (role, widths[role]) for role, starts in SD3_PARTS.items() if not any(name.startswith(starts) for name in tensors)
+    )
+    label += "" if prefix else " (transformer only)"
+    return Architecture("sd3", variant, "flow", label, decided_by, True, "", "", False, needs)
+
+
 def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
     for key in (SDXL_BIGG_LN, SDXL_BIGG_LAYER9):
         if key in tensors:
@@ -237,25 +270,46 @@ def _prediction(
     return "v", "assumed"
 
 
-NEEDS_LABELS = {"clip_l": "CLIP-L text encoder", "t5xxl": "T5-XXL text encoder", "vae": "Flux VAE (16-channel)"}
+NEEDS_LABELS = {
+    "clip_l": "CLIP-L text encoder",
+    "clip_g": "CLIP-G text encoder",
+    "t5xxl": "T5-XXL text encoder",
+    "vae": "16-channel VAE",
+}
 # The file names people have for each part, for advice ("put t5xxl_fp16.safetensors in models/text_encoders").
-NEEDS_FILES = {"clip_l": "clip_l.safetensors", "t5xxl": "t5xxl_fp16.safetensors", "vae": "ae.safetensors"}
-NEEDS_FOLDERS = {"clip_l": "models/text_encoders", "t5xxl": "models/text_encoders", "vae": "models/VAE"}
+NEEDS_FILES = {
+    "clip_l": "clip_l.safetensors",
+    "clip_g": "clip_g.safetensors",
+    "t5xxl": "t5xxl_fp16.safetensors",
+    "vae": "ae.safetensors",  # Flux's; an SD3 file carries its own (NEEDS_FILES_SD3)
+}
+NEEDS_FILES_SD3 = NEEDS_FILES | {"vae": "the SD3 VAE file"}
+NEEDS_FOLDERS = {
+    "clip_l": "models/text_encoders",
+    "clip_g": "models/text_encoders",
+    "t5xxl": "models/text_encoders",
+    "vae": "models/VAE",
+}
 
 
 def describe_needs(needs: tuple[tuple[str, int], ...] | list) -> str:
     """What a file lacks, as a person reads it: "CLIP-L text encoder (768 wide), T5-XXL …"."""
     return ", ".join(
-        f"{NEEDS_LABELS.get(role, role)}" + ("" if role == "vae" else f" ({width} wide)") for role, width in needs
+        f"{NEEDS_LABELS.get(role, role)}" + ("" if role == "vae" or not width else f" ({width} wide)") for role, width in needs
     )
 
 
 def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]]:
     """Per component: tensor count, parameter count and dtypes, for the parts the file holds."""
     prefixes: Mapping[str, tuple[str, ...]] = COMPONENT_PREFIXES
-    if any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors):
-        parts = {role: (part_prefix,) for role, (part_prefix, _) in FLUX_PARTS.items()}
-        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
+    flux = any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors)
+    sd3 = any(".joint_blocks." in name or name.startswith("joint_blocks.") for name in tensors)
+    if flux or sd3:
+        parts = {role: (part_prefix,) for role, (part_prefix, _) in FLUX_PARTS.items()} if flux else dict(SD3_PARTS)
+        alone = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
+        if sd3:
+            alone = ("joint_blocks.", "x_embedder.", "t_embedder.", "y_embedder.", "context_embedder.", "pos_embed", "final_layer.")
+        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
         prefixes = {"transformer": transformer, **parts}
     out: dict[str, dict[str, object]] = {}
     for component, starts in prefixes.items():

@@ -31,7 +31,7 @@ from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.requests import Limits
 from bot.networks.registry import LoraRegistry
 from bot.networks.selection import lora_strength, lora_tags, resolve_loras
-from gpu_worker.protocol import BakeOrder, LoraUse, encode_order
+from gpu_worker.protocol import FLOW_FAMILIES, BakeOrder, LoraUse, encode_order
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,11 +73,11 @@ class MergeInput:
     header: SafetensorsHeader
 
 
-def _check_flux_shapes(
+def _check_transformer_shapes(
     a: MergeInput, b: MergeInput | None, c: MergeInput | None, transformer_only: bool, bake_vae: bool
 ) -> None:
-    """Flux files merge with files of the same shape: all-in-one with all-in-one (the transformers
-    merged, the text encoders and VAE kept from A, as ComfyUI's model merge does), transformer-only
+    """Flux and SD3 files merge with files of the same shape: with their parts (the transformers
+    merged, the text encoders and VAE kept from A, as ComfyUI's model merge does), or transformer-only
     with transformer-only."""
     if bake_vae:
         raise CheckpointFileError(f"{a.name} is {a.label}; a VAE can be baked into SD1, SD2 and SDXL checkpoints")
@@ -88,7 +88,7 @@ def _check_flux_shapes(
         if other_alone != transformer_only:
             shapes = {True: "transformer-only", False: "all-in-one"}
             raise CheckpointFileError(
-                f"{a.name} is a {shapes[transformer_only]} Flux file and {other.name} a {shapes[other_alone]} one; "
+                f"{a.name} is a {shapes[transformer_only]} file and {other.name} a {shapes[other_alone]} one; "
                 "merge files of one shape"
             )
 
@@ -109,9 +109,10 @@ class MergeService:
                 raise CheckpointFileError(
                     f"{a.name} is {a.label} but {other.name} is {other.label}: models of different architectures cannot be merged"
                 )
-        transformer_only = a.family == "flux" and not any(k.startswith(FLUX_PREFIX) for k in a.header.tensors)
-        if a.family == "flux":
-            _check_flux_shapes(a, b, c, transformer_only, bool(request.bake_vae))
+        transformer_model = a.family in FLOW_FAMILIES
+        transformer_only = transformer_model and not any(k.startswith(FLUX_PREFIX) for k in a.header.tensors)
+        if transformer_model:
+            _check_transformer_shapes(a, b, c, transformer_only, bool(request.bake_vae))
         vae_path = self._vae_path(request.bake_vae) if request.bake_vae else None
         vae_header = await asyncio.to_thread(read_header, vae_path) if vae_path else None
         plan = await asyncio.to_thread(
@@ -124,7 +125,7 @@ class MergeService:
             vae=vae_header,
             fp16=request.fp16,
             prune=request.prune,
-            merged_part=("" if transformer_only else FLUX_PREFIX) if a.family == "flux" else None,
+            merged_part=("" if transformer_only else FLUX_PREFIX) if transformer_model else None,
         )
         name = slugify(request.name or default_name(request, a, b, c))
         out = await self._output(name, plan.output_bytes)
@@ -147,7 +148,7 @@ class MergeService:
         if self.loras is None:
             raise EaselError("LoRAs are not available here")
         a = await self._input(request.checkpoint, "checkpoint")
-        if a.family == "flux":
+        if a.family in FLOW_FAMILIES:
             raise CheckpointFileError(f"{a.name} is {a.label}; LoRAs can be baked into SD1, SD2 and SDXL checkpoints")
         ref = await resolve_checkpoint(self.registry, str(a.path), allow_path=True)
         if not lora_tags(request.loras):
@@ -212,9 +213,9 @@ class MergeService:
         header = await asyncio.to_thread(read_header, path)
         hashes = await self.registry.hashes(path)
         arch = inspection.architecture
-        if arch.family in ("lora", "unknown", "sd3", "stable-cascade"):
+        if arch.family in ("lora", "unknown", "stable-cascade"):
             raise CheckpointFileError(
-                f"{role} model {path.name} is {arch.label}; Easel merges SD1, SD2, SDXL and Flux checkpoints"
+                f"{role} model {path.name} is {arch.label}; Easel merges SD1, SD2, SDXL, Flux and SD3 checkpoints"
             )
         name = entry.relative_path if entry else path.name
         return MergeInput(path, name, hashes.sha256, hashes.autov1, arch.family, arch.label, header)

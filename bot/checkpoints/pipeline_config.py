@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from bot.checkpoints.architecture import UNET_IN, Architecture
+from bot.checkpoints.architecture import FLUX_PREFIX, UNET_IN, Architecture
 from bot.checkpoints.tensors import TensorInfo
 
 CONFIGS: dict[tuple[str, int], str] = {
@@ -23,6 +23,9 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sdxl", 32): "tiny-sdxl",
     ("flux", 3072): "flux",
     ("flux", 32): "tiny-flux",
+    ("sd3", 1536): "sd3",  # SD3 Medium, SD3.5 Medium
+    ("sd3", 2432): "sd3",  # SD3.5 Large
+    ("sd3", 32): "tiny-sd3",
 }
 
 
@@ -30,8 +33,10 @@ def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]
     """(config id, reason when there is none)."""
     if not arch.runnable:
         return None, arch.reason
-    if arch.family == "flux":  # a transformer: its hidden width (img_in's output) picks the folder
-        width = tensors[arch.decided_by.replace("double_blocks.0.img_attn.norm.key_norm.scale", "img_in.weight")].shape[0]
+    if arch.family in ("flux", "sd3"):  # a transformer: its hidden width (the patch embedder's output) picks the folder
+        prefix = FLUX_PREFIX if arch.decided_by.startswith(FLUX_PREFIX) else ""
+        embedder = "img_in.weight" if arch.family == "flux" else "x_embedder.proj.weight"
+        width = tensors[prefix + embedder].shape[0]
         config = CONFIGS.get((arch.family, width))
         if config is None:
             return None, f"no bundled configuration for a {arch.label} transformer {width} wide"

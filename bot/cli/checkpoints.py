@@ -251,9 +251,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
     p.add_argument(
         "--arch",
-        choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer"),
+        choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer", "sd35", "sd35-medium", "sd35-all-in-one"),
         required=True,
-        help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file (see make-tiny-component)",
+        help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file; sd35, sd35-medium: "
+        "SAI's shape (text encoders apart); sd35-all-in-one (see make-tiny-component)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
@@ -262,9 +263,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_make_tiny)
 
     p = sub.add_parser(
-        "make-tiny-component", help="write a tiny CLIP-L, T5-XXL or Flux VAE file, for a tiny transformer-only Flux file"
+        "make-tiny-component", help="write a tiny text encoder or VAE file, for the tiny Flux (clip-l, t5xxl, flux-vae) or SD3.5 (sd3-…) files"
     )
-    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae"), required=True)
+    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True)
     p.add_argument("--seed", type=int, default=0, help="the seed of the tiny Flux file it goes with")
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_component)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FOLDERS, NEEDS_LABELS
+from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_SD3, NEEDS_FOLDERS, NEEDS_LABELS
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry, component_use
 from bot.errors import EaselError
@@ -16,19 +16,22 @@ from gpu_worker.protocol import ComponentUse, VaeUse
 @dataclass(frozen=True)
 class PartsFound:
     found: tuple[ComponentUse, ...]
-    missing: tuple[str, ...]  # roles: clip_l | t5xxl | vae
+    missing: tuple[str, ...]  # roles: clip_l | clip_g | t5xxl | vae
+    family: str = "flux"
+
+    def _advice(self, role: str) -> str:
+        files = NEEDS_FILES_SD3 if self.family == "sd3" else NEEDS_FILES
+        return f"put {files[role]} in {NEEDS_FOLDERS[role]}"
 
     def refusal(self, name: str) -> EaselError:
         """One line for everything missing: what, the file people have for it, and where it goes."""
-        parts = [f"a {NEEDS_LABELS[role]} (put {NEEDS_FILES[role]} in {NEEDS_FOLDERS[role]})" for role in self.missing]
+        parts = [f"a {NEEDS_LABELS[role]} ({self._advice(role)})" for role in self.missing]
         return EaselError(f"{name} needs {' and '.join(parts)}; then rescan")
 
     def lines(self) -> list[str]:
         """Per part: the file that will be used, or what to put where."""
         out = [f"{NEEDS_LABELS[use.role]}: {use.name}" for use in self.found]
-        out += [
-            f"{NEEDS_LABELS[role]}: missing (put {NEEDS_FILES[role]} in {NEEDS_FOLDERS[role]})" for role in self.missing
-        ]
+        out += [f"{NEEDS_LABELS[role]}: missing ({self._advice(role)})" for role in self.missing]
         return out
 
 
@@ -72,4 +75,4 @@ async def find_parts(
             missing.append(role)
         else:
             found.append(use)
-    return PartsFound(tuple(found), tuple(missing))
+    return PartsFound(tuple(found), tuple(missing), family)

@@ -99,7 +99,7 @@ class VaeRegistry(NetworkRegistry):
         return vae_use(entry)
 
 
-_LATENT_CHANNELS = {"sd1": SD_LATENT_CHANNELS, "sd2": SD_LATENT_CHANNELS, "sdxl": SD_LATENT_CHANNELS, "flux": 16}
+_LATENT_CHANNELS = {"sd1": SD_LATENT_CHANNELS, "sd2": SD_LATENT_CHANNELS, "sdxl": SD_LATENT_CHANNELS, "flux": 16, "sd3": 16}
 
 
 def vae_use(entry: NetworkEntry) -> VaeUse:

@@ -47,7 +47,9 @@ class TextEncoderKind:
         return f"{family} text encoder ({self.width} wide)"
 
 
-def detect_text_encoder(shapes: Mapping[str, Sequence[int]]) -> TextEncoderKind:
+def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = "") -> TextEncoderKind:
+    """What a text-encoder file is. CLIP-L and CLIP-G differ only in width (768, 1280); a CLIP of
+    another width (a test file) is CLIP-G when its file name says so (clip_g.safetensors), else CLIP-L."""
     if any(name.startswith(("model.diffusion_model.", "double_blocks.", "joint_blocks.")) for name in shapes):
         raise TextEncoderFileError("a whole checkpoint or transformer, not a text encoder; put it in the models folder")
     for name, shape in shapes.items():
@@ -57,7 +59,9 @@ def detect_text_encoder(shapes: Mapping[str, Sequence[int]]) -> TextEncoderKind:
         if name.endswith(_CLIP_TOKENS) and len(shape) == 2:
             width = int(shape[1])
             prefix = name[: -len(_CLIP_TOKENS)].removesuffix("text_model.")
-            return TextEncoderKind("clip-g" if width == 1280 else "clip-l", width, prefix)
+            named_g = "clip_g" in file_name.lower() or "clip-g" in file_name.lower()
+            role = "clip-g" if width == 1280 or (width != 768 and named_g) else "clip-l"
+            return TextEncoderKind(role, width, prefix)
     raise TextEncoderFileError(f"not a CLIP or T5 text encoder (no …{_CLIP_TOKENS} or …{_T5_Q})")
 
 
@@ -66,7 +70,7 @@ def examine_text_encoder(path: Path) -> FileKind:
     if pickled:
         raise CheckpointFileError(f"{path.name}: text encoders are read from .safetensors files only")
     try:
-        kind = detect_text_encoder({name: t.shape for name, t in tensors.items()})
+        kind = detect_text_encoder({name: t.shape for name, t in tensors.items()}, path.name)
     except TextEncoderFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
     return FileKind("text_encoder", "hf", kind.role, kind.label, True, "", kind.width, metadata, "safetensors")
@@ -90,10 +94,11 @@ class TextEncoderRegistry(NetworkRegistry):
         return ""
 
     async def fitting(self, role: str, width: int) -> NetworkEntry | None:
-        """The installed encoder for `role` ("clip_l", "t5xxl") of `width`; of several, the first by name."""
+        """The installed encoder for `role` ("clip_l", "clip_g", "t5xxl") of `width` (0: any, when the
+        checkpoint does not say); of several, the first by name."""
         wanted = role.replace("_", "-")
         for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):
-            if entry.base == wanted and entry.rank == width:
+            if entry.base == wanted and (entry.rank == width or not width):
                 return entry
         return None
 

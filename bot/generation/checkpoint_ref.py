@@ -18,10 +18,12 @@ NATIVE_SIZE = {
     "sd2": 768,
     "sdxl": 1024,
     "flux": 1024,
+    "sd3": 1024,
     "tiny-sd1": 64,
     "tiny-sd2": 64,
     "tiny-sdxl": 64,
     "tiny-flux": 64,
+    "tiny-sd3": 64,
 }
 
 

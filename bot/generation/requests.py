@@ -102,16 +102,26 @@ class GenerationRequest:
 
 MAX_MASK_PADDING = 256  # A1111's slider goes to 256
 DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
-FLUX_SCHNELL_STEPS = 4  # what schnell was distilled for (BFL's model card; ComfyUI's example workflow)
+# (steps, CFG) a flow model runs with when the job names none, by family and variant: FLUX.1 with
+# CFG 1 (its guidance is distilled; schnell in 4 steps, BFL's model card), SD3.x as SAI's model cards
+# run them (SD3.5 Large 28 steps at 3.5, SD3.5 Medium 40 at 4.5, SD3 Medium 28 at 7). None: the place's.
+FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
+    ("flux", "dev"): (None, 1.0),
+    ("flux", "schnell"): (4, 1.0),
+    ("sd3", "large"): (28, 3.5),
+    ("sd3", "medium"): (40, 4.5),
+    ("sd3", "sd3-medium"): (28, 7.0),
+}
 
 
 def family_defaults(checkpoint: CheckpointRef, steps: int, cfg: float, sampler: str) -> tuple[int, float, str]:
     """(steps, CFG, sampler) for a job that names none: the place's defaults, which are for SD
-    checkpoints; a flow model (Flux) takes its own as Forge's and ComfyUI's presets do: Euler,
-    CFG 1 (its guidance is distilled), and 4 steps for schnell."""
+    checkpoints; a flow model (Flux, SD3) takes its own as Forge's and ComfyUI's presets do: Euler,
+    and its model card's steps and CFG (FLOW_DEFAULTS)."""
     if checkpoint.family not in FLOW_FAMILIES:
         return steps, cfg, sampler
-    return (FLUX_SCHNELL_STEPS if checkpoint.variant == "schnell" else steps), 1.0, FLOW_DEFAULT_SAMPLER
+    own_steps, own_cfg = FLOW_DEFAULTS.get((checkpoint.family, checkpoint.variant), (None, cfg))
+    return own_steps or steps, own_cfg, FLOW_DEFAULT_SAMPLER
 
 # A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
@@ -310,7 +320,8 @@ def _check_flow(
     loras: tuple[LoraUse, ...],
     embeddings: tuple[EmbeddingUse, ...],
 ) -> GenerationRequest:
-    """What a Flux job may ask here, and its distilled guidance made final (schnell has none: 0)."""
+    """What a Flux or SD3 job may ask here, and its distilled guidance made final (only Flux dev has
+    one; the others 0)."""
     unsupported = (
         ("starting from a picture", request.init_image is not None),
         ("the hires fix", bool(request.hires_scale)),
@@ -320,13 +331,17 @@ def _check_flow(
         ("clip skip", request.clip_skip > 1),
     )
     refused = [what for what, asked in unsupported if asked]
+    family, article = ("Flux", "a") if checkpoint.family == "flux" else ("SD3", "an")
     if refused:
-        raise GenerationError(f"{checkpoint.name} is a Flux checkpoint; {', '.join(refused)} is not supported on Flux yet")
+        raise GenerationError(
+            f"{checkpoint.name} is {article} {family} checkpoint; {', '.join(refused)} is not supported on {family} yet"
+        )
     if width % 16 or height % 16:  # 8x the VAE, then 2x2 patches
-        raise GenerationError(f"Flux needs sizes in multiples of 16, not {width}x{height}")
+        raise GenerationError(f"{family} needs sizes in multiples of 16, not {width}x{height}")
     if not 0 <= request.distilled_cfg <= MAX_CFG:
         raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {request.distilled_cfg:g}")
-    return replace(request, distilled_cfg=0.0) if checkpoint.variant == "schnell" else request
+    guided = checkpoint.family == "flux" and checkpoint.variant == "dev"
+    return request if guided else replace(request, distilled_cfg=0.0)
 
 
 def _check_cfg_rescale(request: GenerationRequest, checkpoint: CheckpointRef) -> None:

@@ -1,0 +1,223 @@
+"""The parts of a transformer checkpoint (Flux, SD3) read from the files people have, with no network.
+
+Such checkpoints come in two shapes: all-in-one files, whose text encoders and VAE sit beside the
+transformer under known prefixes (ComfyUI's and SAI's savers: `text_encoders.clip_l.transformer.`,
+`text_encoders.clip_g.transformer.`, `text_encoders.t5xxl.transformer.`, `vae.` or
+`first_stage_model.`), and transformer-only files whose parts are separate files from the component
+store (LoadRequest.components). Either way each part is read here the same way.
+
+Tensors are read one by one from the safetensors file (never the whole file at once, nor through
+pickle) and cast to the compute dtype, which upcasts fp8 (e4m3fn / e5m2) weights as ComfyUI does
+when it computes in bf16. Every part must hold exactly the tensors its model has (load_exact).
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+from safetensors import safe_open
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+from transformers.initialization import no_init_weights
+
+from gpu_worker.protocol import ComponentUse
+
+TRANSFORMER_PREFIX = "model.diffusion_model."
+# Where each part sits in an all-in-one file (ComfyUI's saver; SAI's keeps the VAE under
+# `first_stage_model.`), and the prefixes a separate file of it may carry.
+IN_FILE = {
+    "clip_l": ("text_encoders.clip_l.transformer.",),
+    "clip_g": ("text_encoders.clip_g.transformer.",),
+    "t5xxl": ("text_encoders.t5xxl.transformer.",),
+    "vae": ("vae.", "first_stage_model."),
+}
+PART_PREFIXES = {
+    "clip_l": ("text_encoders.clip_l.transformer.", "text_encoders.clip_l.", "cond_stage_model.transformer.", "transformer."),
+    "clip_g": ("text_encoders.clip_g.transformer.", "text_encoders.clip_g.", "transformer."),
+    "t5xxl": ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "transformer."),
+    "vae": ("vae.", "first_stage_model."),
+}
+ROLE_LABELS = {
+    "clip_l": "CLIP-L text encoder",
+    "clip_g": "CLIP-G text encoder",
+    "t5xxl": "T5-XXL text encoder",
+    "vae": "VAE (16 channels)",
+}
+# Keys that real files carry and the models do not take: CLIP's logit scale and position ids buffer
+# (older exports); its projection where the model has none (Flux's CLIP-L).
+_ALWAYS_SKIPPED = ("position_ids", "logit_scale")
+
+
+# Parts from the component store, shared by every pipeline that uses them: a second transformer-only
+# checkpoint with the same T5-XXL (9.5 GB in bf16) takes the one already loaded. Held weakly: a part
+# lives as long as a cached pipeline uses it (gpu_worker/cache.py counts it once).
+_SHARED: weakref.WeakValueDictionary[tuple[str, str, str, str], torch.nn.Module] = weakref.WeakValueDictionary()
+
+
+class PartError(Exception):
+    """A file or one of its parts cannot be used; the message says which and why, for the user."""
+
+
+class TensorFile:
+    """One safetensors file, read a tensor at a time, cast to `dtype` as it is read."""
+
+    def __init__(self, path: Path, dtype: torch.dtype) -> None:
+        self.path = path
+        self.dtype = dtype
+        self._file = safe_open(str(path), framework="pt", device="cpu")
+        self.keys = list(self._file.keys())
+
+    def has_prefix(self, prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in self.keys)
+
+    def tensors(self, prefix: str = "", keep: Callable[[str], bool] = lambda _: True) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in self.keys:
+            if key.startswith(prefix) and keep(key[len(prefix) :]):
+                tensor = self._file.get_tensor(key)
+                if tensor.is_floating_point() and tensor.dtype != self.dtype:
+                    tensor = tensor.to(self.dtype)
+                else:
+                    # Copied into memory of its own: a tensor left where the file put it is aligned as
+                    # its offset in the file happens to be, and vectorised kernels then round a little
+                    # differently, so one weight in two files of different layout gave two pictures.
+                    tensor = tensor.clone()
+                out[key[len(prefix) :]] = tensor
+        return out
+
+
+def transformer_tensors(main: TensorFile) -> dict[str, torch.Tensor]:
+    """The transformer's tensors, without prefix: under `model.diffusion_model.`, or the whole file
+    when it is a transformer alone."""
+    return main.tensors(TRANSFORMER_PREFIX) if main.has_prefix(TRANSFORMER_PREFIX) else main.tensors()
+
+
+def config(folder: Path, part: str) -> dict:
+    return json.loads((folder / part / "config.json").read_text())
+
+
+class Parts:
+    """Reads the parts of one checkpoint: from its component files when given, else from the file."""
+
+    def __init__(self, main: TensorFile, given: tuple[ComponentUse, ...], folder: Path, device: str) -> None:
+        self.main = main
+        self.given = {use.role: use for use in given}
+        self.folder = folder
+        self.device = device
+
+    def part(self, role: str, build: Callable[[str, dict[str, torch.Tensor]], torch.nn.Module], keep=None) -> torch.nn.Module:
+        """The part for `role`, built by `build(where, tensors)`; a component already loaded on this
+        device for another checkpoint is shared."""
+        use = self.given.get(role)
+        key = (role, use.sha256, str(self.main.dtype), self.folder.name) if use is not None else None
+        shared = _SHARED.get(key) if key is not None else None
+        if shared is not None and next(shared.parameters()).device == torch.device(self.device):
+            return shared
+        module = build(*self._read(role, keep or (lambda k: not k.endswith(_ALWAYS_SKIPPED))))
+        if key is not None:
+            _SHARED[key] = module
+        return module
+
+    def _read(self, role: str, keep: Callable[[str], bool]) -> tuple[str, dict[str, torch.Tensor]]:
+        if role in self.given:
+            use = self.given[role]
+            if not Path(use.path).is_file():
+                raise PartError(f"the {ROLE_LABELS[role]} {use.name} is no longer on disk")
+            source = TensorFile(Path(use.path), self.main.dtype)
+            prefix = next((p for p in PART_PREFIXES[role] if source.has_prefix(p)), "")
+            return use.name, source.tensors(prefix, keep)
+        prefix = next((p for p in IN_FILE[role] if self.main.has_prefix(p)), None)
+        if prefix is None:
+            raise PartError(f"{self.main.path.name} has no {ROLE_LABELS[role]} and none was given")
+        return f"{self.main.path.name} ({role})", self.main.tensors(prefix, keep)
+
+
+def clip_builder(folder: Path, part: str, dtype: torch.dtype, projection: bool) -> Callable[[str, dict], torch.nn.Module]:
+    """CLIP in the Hugging Face layout (`text_model.…`), with its projection for SD3 (whose pooled
+    prompt is the projected one), without for Flux."""
+
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        model_cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+        with no_init_weights():  # every weight comes from the file
+            model = model_cls(CLIPTextConfig(**config(folder, part))).to(dtype)
+        # Files name CLIP's tensors `text_model.…`; the model may list them without it.
+        own = "text_model." if next(iter(model.state_dict())).startswith("text_model.") else ""
+        state = {(k if k == "text_projection.weight" else own + k.removeprefix("text_model.")): v for k, v in state.items()}
+        if not projection:
+            state.pop("text_projection.weight", None)
+        load_exact(model, state, where)
+        return model
+
+    return build
+
+
+def t5_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str, dict], torch.nn.Module]:
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        # The token embedding is stored once, as `shared` (or only as the encoder's): both names take it.
+        embedding = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
+        if embedding is not None:
+            state.setdefault("shared.weight", embedding)
+            state.setdefault("encoder.embed_tokens.weight", embedding)
+        with no_init_weights():
+            model = T5EncoderModel(T5Config(**config(folder, part))).to(dtype)
+        load_exact(model, state, where)
+        return model
+
+    return build
+
+
+def vae_builder(folder: Path) -> Callable[[str, dict], torch.nn.Module]:
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        settings = config(folder, "vae")
+        if not any(".up_blocks." in k for k in state):  # the original (LDM) layout, as ae.safetensors
+            state = convert_ldm_vae_checkpoint(state, settings)
+        with torch.device("meta"):  # no buffers outside its state dict: every tensor comes from the file
+            model = AutoencoderKL.from_config(settings)
+        load_exact(model, state, where)
+        return model
+
+    return build
+
+
+def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Every parameter from the file, or a one-line refusal: a missing, extra or misshapen tensor
+    means the file is not what its names say. (Models built on the meta device have no buffers
+    outside their state dict, so the file's tensors are all of them.)"""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = [k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if missing or extra or wrong:
+        detail = (
+            f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing
+            else f"{len(extra)} unexpected tensors (e.g. {extra[0]})" if extra
+            else f"{wrong[0]} is {list(state[wrong[0]].shape)}, not {list(expected[wrong[0]].shape)}"
+        )
+        raise PartError(f"{where} does not fit {type(model).__name__}: {detail}")
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+
+
+@cache
+def clip_tokenizer(folder: str) -> CLIPTokenizer:
+    """Tokenizers depend only on their folder and are read-only: built once (0.1-0.2 s each)."""
+    return CLIPTokenizer.from_pretrained(folder)
+
+
+@cache
+def t5_tokenizer(folder: str) -> T5TokenizerFast:
+    return T5TokenizerFast.from_pretrained(folder)
