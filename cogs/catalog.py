@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 PAGE = 10
-FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl"}
+FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl", "Flux": "flux", "SD 3.x": "sd3"}
 
 
 PREVIEW_MAX_BYTES = 4 << 20

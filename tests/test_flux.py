@@ -8,6 +8,7 @@ import hashlib
 import io
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -396,3 +397,32 @@ def test_parts_shared_by_two_checkpoints_are_loaded_and_counted_once(flux_dir: P
     assert two.transformer is not one.transformer
     own = module_bytes(two)[id(two.transformer)]
     assert cache.device_bytes() == pipeline_bytes(one) + own  # the shared parts once
+
+
+def test_loading_and_running_flux_and_sd3_reach_no_network(flux_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the hub's offline switches off and every socket connection refused and recorded, both
+    families load (configs, tokenizers) and draw: everything comes from the bundled folders."""
+    import socket
+
+    import huggingface_hub.constants
+
+    from gpu_worker.model_parts import clip_tokenizer, t5_tokenizer
+    from gpu_worker.tiny_sd3 import make_tiny_sd3
+
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object, *args: object) -> None:
+        attempts.append(address)
+        raise OSError("this test has no network")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    clip_tokenizer.cache_clear()  # built again, under the guard
+    t5_tokenizer.cache_clear()
+    sd3 = request(make_tiny_sd3(tmp_path / "sd3.safetensors", "sd35-all-in-one"))
+    for load in (request(flux_dir / "flux-dev.safetensors"), replace(sd3, family="sd3")):
+        pipe = load_pipeline(load).pipeline
+        image = pipe("a red circle", width=64, height=64, num_inference_steps=2, output_type="np").images[0]
+        assert image.std() > 0.01
+    assert attempts == []
