@@ -44,7 +44,7 @@ def _ids_tensor(chunks: Sequence[Chunk], ids: TokenIds, device: torch.device) ->
     return torch.tensor(rows, dtype=torch.long, device=device)
 
 
-def _emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """A1111's "Original" emphasis, for one prompt: weights applied, the mean restored."""
     if bool((weights == 1.0).all()):
         return z  # exactly what plain encoding gives (A1111 restores the mean per chunk, as here)
@@ -113,7 +113,7 @@ def encode_prompts(
         else:
             hidden = output.last_hidden_state
         weights = torch.tensor([chunk.weights for chunk in flat], dtype=hidden.dtype, device=hidden.device)
-        hidden = torch.stack([_emphasize(z, w) for z, w in zip(hidden, weights, strict=True)])  # chunk by chunk
+        hidden = torch.stack([emphasize(z, w) for z, w in zip(hidden, weights, strict=True)])  # chunk by chunk
         per_encoder.append(hidden.reshape(len(prompts), count * (CHUNK + 2), -1))
         if sdxl and number == 1:  # the second encoder's projection of each prompt's first chunk
             pooled = output[0].reshape(len(prompts), count, -1)[:, 0]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from bot.upscalers.detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
+from gpu_worker.flow_prompts import flux_inputs, sd3_inputs
 from gpu_worker.hires import upscale
 from gpu_worker.infotext import build_infotext
 from gpu_worker.init_images import prepare_init, prepare_mask
@@ -450,19 +451,20 @@ class BatchRunner:
             ).images
 
         def flow_sample(p: list[str], n: list[str], s: list[int]) -> list[Image.Image]:
+            # Prompts read as A1111 reads them (tags out, emphasis on the encoders' tokens): flow_prompts.py.
             if batch.load.family == "sd3":  # classifier-free guidance with the negative prompt, as SAI runs it
-                guidance = {"guidance_scale": batch.cfg, "negative_prompt": n, "max_sequence_length": 256}
+                guidance = {"guidance_scale": batch.cfg, **sd3_inputs(pipe, p, n, 256)}
             else:
                 # Flux dev takes its guidance as an input (Forge's "Distilled CFG Scale"); a CFG scale above 1
                 # also runs true classifier-free guidance with the negative prompt, as Forge does (twice the work).
-                schnell = not pipe.transformer.config.guidance_embeds
+                length = 512 if pipe.transformer.config.guidance_embeds else 256  # BFL's T5 lengths: dev, schnell
+                true_cfg = batch.cfg > 1
                 guidance = {
                     "guidance_scale": batch.distilled_cfg,
-                    "max_sequence_length": 256 if schnell else 512,  # BFL's T5 lengths for schnell and dev
-                    **({"true_cfg_scale": batch.cfg, "negative_prompt": n} if batch.cfg > 1 else {}),
+                    **({"true_cfg_scale": batch.cfg} if true_cfg else {}),
+                    **flux_inputs(pipe, p, n, length, true_cfg),
                 }
             return pipe(
-                prompt=p,
                 width=batch.width,
                 height=batch.height,
                 num_inference_steps=batch.steps,

@@ -198,6 +198,10 @@ def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> N
     assert not np.array_equal(whole[0], guided[0])  # the guidance input reaches the transformer
     true_cfg = run(request(flux_dir / "flux-dev.safetensors"), cfg=4.0)
     assert not np.array_equal(whole[0], true_cfg[0])  # CFG above 1 runs the negative prompt too
+    events.clear()
+    runner.run(RunBatch("b", request(flux_dir / "flux-dev.safetensors"), (JobPart("j", "a (red:1.6) circle <lora:x:1>", "", (7,)),), 64, 64, 4, 1.0, "Euler", "Automatic"))
+    [emphasised] = [np.asarray(Image.open(io.BytesIO(e.images[0].png))) for e in events if isinstance(e, JobDone)]
+    assert not np.array_equal(emphasised, whole[0])  # (red:1.6) weighs on T5's tokens
     for sampler in ("DPM++ 2M", "UniPC"):
         other = run(request(flux_dir / "flux-dev.safetensors"), sampler=sampler)
         assert other[0].std() > 1 and not np.array_equal(other[0], whole[0])
@@ -291,10 +295,13 @@ async def test_flux_takes_its_own_defaults_and_refuses_what_it_cannot_do(jobs: J
         "the hires fix is not supported on Flux yet": {"hires_scale": 2.0},
         "clip skip is not supported on Flux yet": {"clip_skip": 2},
         "Flux needs sizes in multiples of 16, not 72x64": {"size": (72, 64)},
+        r"prompt editing and alternation \(\[a:b:0\.5\], \[a\|b\]\) is not supported on Flux yet": {"prompt": "a [red:blue:0.5] circle"},
     }
     for message, options in refusals.items():
-        with pytest.raises(EaselError, match=message.replace("(", r"\(").replace("+", r"\+")):
-            await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-dev", **options))
+        values = {"prompt": "a red circle", "checkpoint": "flux-dev"} | options
+        pattern = message if message.startswith("prompt editing") else message.replace("(", r"\(").replace("+", r"\+")
+        with pytest.raises(EaselError, match=pattern):
+            await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values))
 
 
 async def test_flux_files_merge_within_their_shape(flux_dir: Path, tmp_path: Path, tiny_dir: Path) -> None:
@@ -426,3 +433,17 @@ def test_loading_and_running_flux_and_sd3_reach_no_network(flux_dir: Path, tmp_p
         image = pipe("a red circle", width=64, height=64, num_inference_steps=2, output_type="np").images[0]
         assert image.std() > 0.01
     assert attempts == []
+
+
+def test_prompts_are_read_as_a1111_reads_them_and_emphasis_weighs_t5(flux_dir: Path) -> None:
+    from gpu_worker.flow_prompts import _encode, _sd3_weighted, plain, weighted
+    from gpu_worker.tiny_sd3 import make_tiny_sd3
+
+    assert plain("a (red:1.5) circle <lora:ink:0.8>, BREAK [blue] sky") == "a red circle , blue sky"
+    assert weighted("a (red:1.5) circle") and not weighted("a red circle <lora:ink:1>")
+    flux = load_pipeline(request(flux_dir / "flux-dev.safetensors")).pipeline
+    ours = _encode(flux.text_encoder_2, flux.tokenizer_2, ["a red circle"], 512, t5=True)
+    assert torch.equal(ours, flux._get_t5_prompt_embeds("a red circle", max_sequence_length=512))  # the same tokens
+    sd3 = load_pipeline(replace(request(make_tiny_sd3(flux_dir.parent / "sd3.safetensors", "sd35-all-in-one")), family="sd3")).pipeline
+    embeds = sd3.encode_prompt("a red circle", "a red circle", "a red circle", do_classifier_free_guidance=False, max_sequence_length=256)[0]
+    assert torch.allclose(_sd3_weighted(sd3, ["a red circle"], 256, embeds), embeds, atol=1e-6)  # CLIP-L, CLIP-G, T5 alike

@@ -330,6 +330,8 @@ def _check_flow(
         ("CFG rescale", bool(request.cfg_rescale)),
         ("clip skip", request.clip_skip > 1),
     )
+    editing = any(len(prompt_schedule(text, max(1, request.steps))) > 1 for text in (request.prompt, request.negative))
+    unsupported += (("prompt editing and alternation ([a:b:0.5], [a|b])", editing),)
     refused = [what for what, asked in unsupported if asked]
     family, article = ("Flux", "a") if checkpoint.family == "flux" else ("SD3", "an")
     if refused:
