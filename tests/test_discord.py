@@ -752,13 +752,17 @@ async def test_in_the_playground_you_run_the_server_and_own_the_bot(env: simcord
     from cogs.playground import playground_world
 
     monkeypatch.setattr(services.settings, "owner_ids", [])  # undone after the test
-    channel, you = playground_world(env, services)
+    channel, you, member = playground_world(env, services)
     shown = await you.slash(channel, "settings policy", spoiler=False)  # a manager's command
     assert shown.ephemeral and shown.response.embeds and "only members who can manage" not in (shown.response.content or "")
     queue = await you.slash(channel, "queue")
     assert "only members who can manage" not in (queue.response.content or "")
     scanned = await you.slash(channel, "admin scan")
     assert "only the bot's owners" not in (scanned.response.content or "")
+    # the second member sees what ordinary users see: no server commands, owners' commands refused
+    with pytest.raises(simcord.SetupError, match="not visible to this user"):
+        await member.slash(channel, "queue")
+    assert "only the bot's owners" in ((await member.slash(channel, "admin scan")).response.content or "")
 
 
 async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: simcord.Env, services: Services) -> None:

@@ -7,6 +7,7 @@ drives it, no browser download.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -29,34 +30,73 @@ BROWSER_ARGS = [
 ]
 
 
-async def imagine_in_browser(p, address: str, prompt: str):
+async def settled(page) -> None:
+    """The page takes one action at a time: wait until the last one is through."""
+    await page.get_by_text("Completing action").wait_for(state="hidden", timeout=120_000)
+
+
+async def command(page, name: str, **options: object) -> None:
+    """Type /NAME in the composer, fill its options (optional ones added through "+ N more"), send."""
+    await settled(page)
+    composer = page.locator("#channel-composer-input")
+    await composer.click()
+    await composer.type(f"/{name}")
+    await page.keyboard.press("Enter")
+    for option, value in options.items():
+        if option != "prompt":  # the required option is offered at once
+            await page.locator(".command-ghost").first.click()
+            await page.locator(".command-popup").get_by_text(option, exact=True).click()
+        await page.locator(f'.command-option-input[data-option="{option}"]').fill(str(value))
+    await page.keyboard.press("Enter")
+
+
+async def watch(page, until: str, seconds: float = 120) -> list[str]:
+    """The job states the page shows, in order, until `until` appears (a loaded CI machine may start
+    the worker slowly: up to two minutes)."""
+    seen: list[str] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        text = await page.locator("main").inner_text()
+        for state in ("Queued", "Starting", "Step ", until):
+            if state in text and state not in seen:
+                seen.append(state)
+        if until in seen:
+            return seen
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{until!r} did not appear; saw {seen}")
+
+
+async def imagine_in_browser(p, address: str, prompt: str, **options: object):
     """Open the playground page, run /imagine with `prompt`, wait for the result's buttons; the page."""
     browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     await page.goto(address)
-    composer = page.locator("#channel-composer-input")
-    await composer.click()
-    await composer.type("/imagine")
-    await page.keyboard.press("Enter")
-    await page.keyboard.type(prompt)
-    await page.keyboard.press("Enter")
-    # A loaded CI machine may start the worker slowly: up to two minutes for the first picture.
+    await command(page, "imagine", prompt=prompt, **options)
     await page.get_by_role("button", name="Reroll").wait_for(timeout=120_000)
     return browser, page
 
 
 @BROWSER
 async def test_imagine_in_the_browser(tmp_path: Path) -> None:
+    """/imagine shows its progress (the page used to freeze on "Completing action…" to the end), Cancel
+    cancels, and the server's own commands answer the playground's user."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
     from playwright.async_api import async_playwright
 
-    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data", devices=["cpu"])
+    settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data", devices=["cpu"], cooldown_seconds=0)
     url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     server = asyncio.create_task(run_playground(settings, on_ready=url.set_result, stop=stop))
     try:
         address = await asyncio.wait_for(asyncio.shield(url), timeout=120)
         async with async_playwright() as p:
-            browser, page = await imagine_in_browser(p, address, "a lighthouse at dusk, oil painting")
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+            await page.goto(address)
+            await command(page, "imagine", prompt="a lighthouse at dusk, oil painting", steps=150)
+            seen = await watch(page, "Reroll")
+            assert "Step " in seen and seen.index("Step ") < seen.index("Reroll"), seen  # progress before the picture
             text = await page.locator("body").inner_text()
             assert "a lighthouse at dusk, oil painting" in text and "easel-demo-tiny-sd1" in text
             picture = page.get_by_alt_text("Embed 1 image")
@@ -66,11 +106,32 @@ async def test_imagine_in_the_browser(tmp_path: Path) -> None:
             )
             assert await picture.evaluate("img => img.naturalWidth") == 64  # the real 64-px picture, decoded
             await page.screenshot(path=str(tmp_path / "playground.png"))
+
+            await command(page, "imagine", prompt="a second lighthouse", steps=150, hires=2)
+            cancel = page.get_by_role("button", name="Cancel")
+            await cancel.wait_for(timeout=120_000)
+            await page.screenshot(path=str(tmp_path / "running.png"))
+            # A click that crosses a progress edit in flight is refused as stale by the page, as a
+            # person would see it, and clicked again.
+            for _ in range(3):
+                await settled(page)
+                await cancel.click()
+                with contextlib.suppress(PlaywrightTimeout):
+                    await page.get_by_text("Cancelling").or_(page.get_by_text("Cancelled")).first.wait_for(timeout=5_000)
+                    break
+            await page.locator("main").get_by_text("Cancelled (job").first.wait_for(timeout=60_000)
+
+            await command(page, "queue")
+            await page.locator("main").get_by_text("Nothing is waiting or running in this server.").first.wait_for(timeout=30_000)
+            await command(page, "settings show")
+            await page.locator("main").get_by_text("Settings here").first.wait_for(timeout=30_000)
+            await page.screenshot(path=str(tmp_path / "commands.png"))
             await browser.close()
     finally:
         stop.set()
         await asyncio.wait_for(server, timeout=60)
-    assert (tmp_path / "playground.png").stat().st_size > 10_000
+    for shot in ("playground.png", "running.png", "commands.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000
 
 
 def _children(pid: int) -> list[int]:
