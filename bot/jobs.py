@@ -44,6 +44,7 @@ from bot.generation.requests import (
 )
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
+from bot.generation.upscalers import LATENT_UPSCALERS
 from bot.guilds.settings import Effective, GuildSettings
 from bot.images.infotext import (
     Infotext,
@@ -58,7 +59,7 @@ from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
-from gpu_worker.protocol import LoraUse, UpscalerUse, VaeUse
+from gpu_worker.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse
 
 log = logging.getLogger(__name__)
 
@@ -437,6 +438,8 @@ class Jobs:
             width, height = rescale(width, height, ref.native_size)
         scale = hires_scale or 0.0
         hires = record.hires | ({"hires_scale": scale} if scale else {})
+        if scale and ref.family in FLOW_FAMILIES and hires.get("hires_upscaler", "Latent") in LATENT_UPSCALERS:
+            hires["hires_upscaler"] = "Lanczos"  # a flow model's latent is not enlarged here; its picture is
         enlarge = bool(scale and row["init_image_sha256"])
         if scale and not enlarge:
             init_image = None  # made from text: the hires fix draws it again from its seed
@@ -452,7 +455,8 @@ class Jobs:
                     "/upscale enlarges it without redrawing"
                 )
         elif picture is not None:  # Vary: redraw the picture as it is, at its own size (a hires one too)
-            width, height, hires = picture.width // 8 * 8, picture.height // 8 * 8, {}
+            grid = 16 if ref.family in FLOW_FAMILIES else 8  # a flow model's latent is in 2x2 patches
+            width, height, hires = picture.width // grid * grid, picture.height // grid * grid, {}
             if not limits.min_size <= min(width, height) <= max(width, height) <= limits.max_size:
                 width, height = rescale(picture.width, picture.height, ref.native_size, limits.min_size)
         request = self._request(

@@ -24,8 +24,12 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str | 
         options = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
         return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, **options)
     decoded = decode(pipe.vae, latents)
-    pictures = pipe.image_processor.postprocess(decoded, output_type="pil")
+    return enlarge(pipe.image_processor.postprocess(decoded, output_type="pil"), size, upscaler)
+
+
+def enlarge(pictures: list[Image.Image], size: tuple[int, int], upscaler: str | Upscaler) -> list[Image.Image]:
+    """Pictures enlarged by a picture upscaler (a resampling filter or an upscaler model)."""
     if isinstance(upscaler, Upscaler):
         return [upscale_picture(upscaler, picture, size) for picture in pictures]
     resample = getattr(Image.Resampling, PICTURE_UPSCALERS[upscaler])
-    return [picture.resize((width, height), resample) for picture in pictures]
+    return [picture.resize(size, resample) for picture in pictures]

@@ -20,7 +20,7 @@ from PIL import Image
 from bot.upscalers.detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
 from gpu_worker.flow_prompts import flux_inputs, sd3_inputs
-from gpu_worker.hires import upscale
+from gpu_worker.hires import enlarge, upscale
 from gpu_worker.infotext import build_infotext
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
@@ -157,6 +157,7 @@ class BatchRunner:
         self._nine = False  # the batch's checkpoint is an inpainting one (a 9-channel UNet)
         self._original: Image.Image | None = None  # inpainting: the picture the overlay keeps
         self._paste: tuple[Image.Image, Image.Image, tuple[int, int, int, int]] | None = None  # Only masked
+        self._size = (0, 0)  # a flow model's pass in progress: its (width, height), for previews
         self.upscalers = UpscalerCache(torch.device(device))
         self.vaes = VaeCache()
         self.safety = NudityScorer()
@@ -199,7 +200,7 @@ class BatchRunner:
         self.vaes.apply(loaded, batch.vae)
         load_seconds = time.perf_counter() - started
         if batch.load.family in FLOW_FAMILIES:
-            self._run_flow(batch, jobs, loaded.pipeline, loaded.base_scheduler_config, source, load_seconds)
+            self._run_flow(batch, jobs, loaded, source, load_seconds)
             return
         pipe = loaded.pipeline
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
@@ -245,13 +246,19 @@ class BatchRunner:
         inference_seconds = time.perf_counter() - started
         self._send_results(batch, jobs, images_of, pipe, words, load_seconds, inference_seconds, source)
 
-    def _run_flow(self, batch: RunBatch, jobs: list, pipe, scheduler_config: dict, source: str, load_seconds: float) -> None:
-        """A flow-matching model (Flux): plain prompts through its own encoders (CLIP-L pooled, T5
-        sequence), its distilled guidance, one pipeline call for the batch."""
-        if batch.init_image is not None or batch.hires_scale or batch.loras or batch.embeddings:
-            raise CheckpointLoadError(f"{batch.load.name}: Flux runs from text only here, without LoRAs or embeddings")
-        pipe.scheduler = make_scheduler(scheduler_config, batch.sampler, batch.schedule)
-        self._conditioning, self._words, self._nine = None, None, False
+    def _run_flow(self, batch: RunBatch, jobs: list, loaded, source: str, load_seconds: float) -> None:
+        """A flow-matching model (Flux, SD3): prompts through its own encoders (gpu_worker/flow_prompts.py),
+        one pipeline call for the batch; from a picture (img2img) and with the hires fix through the
+        same modules as an image-to-image pipeline."""
+        if batch.mask is not None or batch.loras or batch.embeddings:
+            raise CheckpointLoadError(f"{batch.load.name}: inpainting, LoRAs and embeddings are not supported on it yet")
+        pipe = loaded.pipeline
+        pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
+        self._conditioning, self._words, self._nine, self._mask = None, None, False, None
+        self._img2img = image_to_image(loaded) if batch.init_image is not None or batch.hires_scale else None
+        self._init = None
+        if batch.init_image is not None:
+            self._init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
         first_index, offset = {}, 0
         for job in jobs:
             first_index[job.job_id] = offset
@@ -340,7 +347,8 @@ class BatchRunner:
                     index_in_batch = first_index[job.job_id]
                     one = latents[index_in_batch : index_in_batch + 1]
                     if family in FLOW_FAMILIES:
-                        [image] = flow_previews(pipe, one, batch.height, batch.width)
+                        width, height = self._size  # this pass's (the hires fix's second is larger)
+                        [image] = flow_previews(pipe, one, height, width)
                     else:
                         [image] = latents_to_images(one, family)
                     self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image)))
@@ -464,16 +472,36 @@ class BatchRunner:
                     **({"true_cfg_scale": batch.cfg} if true_cfg else {}),
                     **flux_inputs(pipe, p, n, length, true_cfg),
                 }
-            return pipe(
-                width=batch.width,
-                height=batch.height,
-                num_inference_steps=batch.steps,
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
-                callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=["latents"],
-                output_type="pil",
-                **guidance,
-            ).images
+            def run(model, steps: int, size: tuple[int, int], **shape) -> list[Image.Image]:
+                self._size = size
+                return model(
+                    width=size[0],
+                    height=size[1],
+                    num_inference_steps=steps,
+                    # Noise from CPU generators: the same seed gives the same picture on any GPU model.
+                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in s],
+                    callback_on_step_end=callback,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    output_type="pil",
+                    **guidance,
+                    **shape,
+                ).images
+
+            size = (batch.width, batch.height)
+            self._pass = (0, batch.run_steps)
+            if self._init is not None:  # img2img: strength says how much of the picture is redrawn
+                first = run(self._img2img, batch.steps, size, image=[self._init] * len(s), strength=batch.strength)
+            else:
+                first = run(pipe, batch.steps, size)
+            if not batch.hires_scale:
+                return first
+            # Hires fix (A1111): pass one's picture enlarged by a picture upscaler, redrawn by img2img.
+            self._pass = (batch.run_steps, batch.hires_run_steps)
+            model = batch.hires_model
+            upscaler = self.upscalers.get(model.path, model.sha256) if model else batch.hires_upscaler
+            enlarged = enlarge(first, batch.hires_size, upscaler)
+            steps = batch.hires_steps or batch.steps
+            return run(self._img2img, steps, batch.hires_size, image=enlarged, strength=batch.hires_denoise)
 
         try:
             return call(prompts, negatives, seeds)

@@ -28,6 +28,7 @@ from bot.errors import EaselError
 from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
+from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
 from gpu_worker.flux_layout import to_diffusers, to_original
 from gpu_worker.loader import CONFIG_ROOT, load_pipeline
@@ -194,6 +195,16 @@ def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> N
     split = run(request(flux_dir / "flux-transformer.safetensors", parts(flux_dir)))
     assert all(np.array_equal(a, b) for a, b in zip(whole, split, strict=True))  # bit for bit
     assert not np.array_equal(whole[0], whole[1])  # one seed each
+    buffer = io.BytesIO()
+    Image.fromarray(whole[0]).save(buffer, format="PNG")
+    redrawn = run(request(flux_dir / "flux-dev.safetensors"), init_image=buffer.getvalue(), strength=0.5)
+    assert redrawn[0].shape == whole[0].shape and not np.array_equal(redrawn[0], whole[0])  # img2img
+    assert [e.step for e in events if isinstance(e, BatchProgress)][-1] == 2  # 4 steps x 0.5
+    hires = run(request(flux_dir / "flux-dev.safetensors"), hires_scale=2.0, hires_upscaler="Lanczos", hires_denoise=0.5, preview_every=1)
+    assert hires[0].shape == (128, 128, 3)  # pass two at twice the size
+    assert [e.step for e in events if isinstance(e, BatchProgress)][-1] == 6  # 4 + 4 x 0.5, one count
+    sizes = {Image.open(io.BytesIO(e.png)).size for e in events if isinstance(e, JobPreview)}
+    assert sizes == {(64, 64), (128, 128)}  # each pass's previews at its own size
     guided = run(request(flux_dir / "flux-dev.safetensors"), distilled_cfg=1.0)
     assert not np.array_equal(whole[0], guided[0])  # the guidance input reaches the transformer
     true_cfg = run(request(flux_dir / "flux-dev.safetensors"), cfg=4.0)
@@ -237,7 +248,8 @@ async def jobs(flux_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asyn
     await registry.scan()
     service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
     await service.start()
-    yield Jobs(registry, service, None, vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
+    inputs = InputStore(root / "inputs")  # Vary keeps the picture it starts from
+    yield Jobs(registry, service, None, inputs=inputs, vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
     await service.close()
     await db.close()
 
@@ -292,14 +304,25 @@ async def test_flux_takes_its_own_defaults_and_refuses_what_it_cannot_do(jobs: J
     assert "Distilled CFG Scale" not in params and params["Steps"] == "3"
     refusals = {
         "DPM++ SDE has no flow form here. Choose one of Euler, DPM++ 2M, UniPC": {"sampler": "DPM++ SDE"},
-        "the hires fix is not supported on Flux yet": {"hires_scale": 2.0},
+        r"a latent upscaler for the hires fix \(choose Lanczos or an upscaler model\) is not supported on Flux yet": {"hires_scale": 2.0},
         "clip skip is not supported on Flux yet": {"clip_skip": 2},
         "Flux needs sizes in multiples of 16, not 72x64": {"size": (72, 64)},
         r"prompt editing and alternation \(\[a:b:0\.5\], \[a\|b\]\) is not supported on Flux yet": {"prompt": "a [red:blue:0.5] circle"},
     }
+    # Vary and Upscale on a Flux picture: img2img, and the hires fix with a picture upscaler
+    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-dev", steps=2)))
+    made = [event async for event in handle.events()][-1]
+    assert isinstance(made, Finished)
+    for how, size in (({"init_image": made.job.images[0].png, "strength": 0.5}, (64, 64)), ({"hires_scale": 2.0}, (128, 128))):
+        [handle] = await jobs.start(await jobs.plan_rerun(HOST, HERE, made.job.id, **how))
+        done = [event async for event in handle.events()][-1]
+        assert isinstance(done, Finished), done
+        assert Image.open(io.BytesIO(done.job.images[0].png)).size == size
+    params = parse_generation_parameters(Image.open(io.BytesIO(done.job.images[0].png)).info["parameters"])[2]
+    assert (params["Hires upscale"], params["Hires upscaler"]) == ("2", "Lanczos")
     for message, options in refusals.items():
         values = {"prompt": "a red circle", "checkpoint": "flux-dev"} | options
-        pattern = message if message.startswith("prompt editing") else message.replace("(", r"\(").replace("+", r"\+")
+        pattern = message if message.startswith(("prompt editing", "a latent")) else message.replace("(", r"\(").replace("+", r"\+")
         with pytest.raises(EaselError, match=pattern):
             await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values))
 

@@ -196,12 +196,14 @@ async def test_sd3_takes_its_model_cards_defaults_and_refuses_what_it_cannot_do(
     assert (medium.request.steps, medium.request.cfg) == (40, 4.5)
     refusals = {
         r"LMS has no flow form here\. Choose one of Euler, DPM\+\+ 2M, UniPC": {"sampler": "LMS"},
-        "sd35 is an SD3 checkpoint; the hires fix is not supported on SD3 yet": {"hires_scale": 2.0},
+        r"sd35 is an SD3 checkpoint; a latent upscaler for the hires fix \(choose Lanczos or an upscaler model\) is not supported on SD3 yet": {"hires_scale": 2.0},
         "SD3 needs sizes in multiples of 16, not 72x64": {"size": (72, 64)},
     }
     for message, options in refusals.items():
         with pytest.raises(EaselError, match=message):
             await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="sd35", **options))
+    hires, params = await picture(jobs, hires_scale=2.0, hires_upscaler="Lanczos", steps=2)
+    assert hires.shape == (128, 128, 3) and params["Hires upscaler"] == "Lanczos"  # pass two by SD3's img2img
     assert jobs.text_encoders is not None
     await jobs.text_encoders.remove("clip_g")
     try:

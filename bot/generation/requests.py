@@ -21,7 +21,7 @@ from bot.generation.samplers import (
     ZERO_SNR_SAMPLERS,
     parse_sampler,
 )
-from bot.generation.upscalers import parse_upscaler
+from bot.generation.upscalers import LATENT_UPSCALERS, parse_upscaler
 from bot.untrusted import has_lone_surrogate
 from gpu_worker.protocol import (
     FLOW_FAMILIES,
@@ -322,9 +322,10 @@ def _check_flow(
 ) -> GenerationRequest:
     """What a Flux or SD3 job may ask here, and its distilled guidance made final (only Flux dev has
     one; the others 0)."""
+    latent_hires = bool(request.hires_scale) and request.hires_upscaler in LATENT_UPSCALERS
     unsupported = (
-        ("starting from a picture", request.init_image is not None),
-        ("the hires fix", bool(request.hires_scale)),
+        ("inpainting", request.mask_image is not None),
+        ("a latent upscaler for the hires fix (choose Lanczos or an upscaler model)", latent_hires),
         ("LoRAs", bool(loras)),
         ("textual-inversion embeddings", bool(embeddings)),
         ("CFG rescale", bool(request.cfg_rescale)),
@@ -338,8 +339,10 @@ def _check_flow(
         raise GenerationError(
             f"{checkpoint.name} is {article} {family} checkpoint; {', '.join(refused)} is not supported on {family} yet"
         )
-    if width % 16 or height % 16:  # 8x the VAE, then 2x2 patches
-        raise GenerationError(f"{family} needs sizes in multiples of 16, not {width}x{height}")
+    sizes = [(width, height)] + ([hires_size(width, height, request.hires_scale)] if request.hires_scale else [])
+    for w, h in sizes:
+        if w % 16 or h % 16:  # 8x the VAE, then 2x2 patches
+            raise GenerationError(f"{family} needs sizes in multiples of 16, not {w}x{h}")
     if not 0 <= request.distilled_cfg <= MAX_CFG:
         raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {request.distilled_cfg:g}")
     guided = checkpoint.family == "flux" and checkpoint.variant == "dev"
