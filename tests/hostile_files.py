@@ -242,3 +242,22 @@ def big_metadata_safetensors(path: Path, header_bytes: int) -> Path:
     overhead = len(json.dumps({**base, "__metadata__": {"ss_tag_frequency": ""}}).encode())
     header = {**base, "__metadata__": {"ss_tag_frequency": "a" * max(0, header_bytes - overhead)}}
     return safetensors(path, json.dumps(header).encode(), bytes(4))
+
+
+async def scan_hostile_folder(tmp_path: Path, folder_name: str, registry_class) -> tuple[dict[str, tuple[Path, str]], object]:
+    """Every hostile file copied into models/`folder_name` and scanned by a fresh `registry_class`:
+    (the files made, the scan's report)."""
+    import shutil
+
+    from bot.db import open_database
+
+    folder = tmp_path / "models" / folder_name
+    folder.mkdir(parents=True)
+    made = hostile_checkpoints(tmp_path / "made")
+    for name, (path, _) in made.items():
+        shutil.copy(path, folder / name)
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        return made, await registry_class(db, tmp_path / "models").scan()
+    finally:
+        await db.close()

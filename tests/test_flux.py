@@ -366,18 +366,9 @@ async def test_flux_files_merge_within_their_shape(flux_dir: Path, tmp_path: Pat
 
 
 async def test_every_hostile_file_in_the_text_encoder_folder_is_refused_by_name(tmp_path: Path) -> None:
-    from tests.hostile_files import hostile_checkpoints
+    from tests.hostile_files import scan_hostile_folder
 
-    folder = tmp_path / "models" / "text_encoders"
-    folder.mkdir(parents=True)
-    made = hostile_checkpoints(tmp_path / "made")
-    for name, (path, _) in made.items():
-        shutil.copy(path, folder / name)
-    db = await open_database(tmp_path / "easel.sqlite3")
-    try:
-        report = await TextEncoderRegistry(db, tmp_path / "models").scan()
-    finally:
-        await db.close()
+    made, report = await scan_hostile_folder(tmp_path, "text_encoders", TextEncoderRegistry)
     refused = dict(report.errors)
     assert not report.added and set(refused) == {name for name in made if name.endswith(".safetensors")}
     assert all("\n" not in reason for reason in refused.values())

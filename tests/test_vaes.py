@@ -134,18 +134,9 @@ async def test_a_checkpoints_default_vae_applies_unless_the_job_says_none(jobs: 
 
 
 async def test_every_hostile_file_in_the_vae_folder_is_refused_by_name(tmp_path: Path) -> None:
-    from tests.hostile_files import hostile_checkpoints
+    from tests.hostile_files import scan_hostile_folder
 
-    folder = tmp_path / "models" / "VAE"
-    folder.mkdir(parents=True)
-    made = hostile_checkpoints(tmp_path / "made")
-    for name, (path, _) in made.items():
-        shutil.copy(path, folder / name)
-    db = await open_database(tmp_path / "easel.sqlite3")
-    try:
-        report = await VaeRegistry(db, tmp_path / "models").scan()
-    finally:
-        await db.close()
+    made, report = await scan_hostile_folder(tmp_path, "VAE", VaeRegistry)
     refused = dict(report.errors)
     assert not report.added and set(refused) == set(made)
     assert all("\n" not in reason for reason in refused.values())
