@@ -61,7 +61,8 @@ def apply_loras(loaded: LoadedPipeline, loras: tuple[LoraUse, ...]) -> bool:
     present = pipe.get_list_adapters()  # {"unet": [...], "text_encoder": [...], ...}
     weights = [
         {
-            component: use.unet if component == "unet" else use.te
+            # the model's own strength for the denoiser (a UNet, or Flux's and SD3's transformer)
+            component: use.unet if component in ("unet", "transformer") else use.te
             for component, names in present.items()
             if name in names
         }

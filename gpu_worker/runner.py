@@ -250,8 +250,8 @@ class BatchRunner:
         """A flow-matching model (Flux, SD3): prompts through its own encoders (gpu_worker/flow_prompts.py),
         one pipeline call for the batch; from a picture (img2img) and with the hires fix through the
         same modules as an image-to-image pipeline."""
-        if batch.mask is not None or batch.loras or batch.embeddings:
-            raise CheckpointLoadError(f"{batch.load.name}: inpainting, LoRAs and embeddings are not supported on it yet")
+        if batch.mask is not None or batch.embeddings:
+            raise CheckpointLoadError(f"{batch.load.name}: inpainting and embeddings are not supported on it yet")
         pipe = loaded.pipeline
         pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
         self._conditioning, self._words, self._nine, self._mask = None, None, False, None

@@ -124,3 +124,22 @@ def make_tiny_component(kind: str, out: Path, seed: int = 0, folder: Path | None
     state = part_state(role, seed, folder or CONFIG_ROOT / config)
     metadata = _metadata(f"Easel tiny {kind} (random weights)", seed)
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
+def make_tiny_flux_lora(out: Path, seed: int = 0, rank: int = 4, strength: float = 0.5) -> Path:
+    """A tiny Flux LoRA in the layout ostris' ai-toolkit writes (diffusers' own: `transformer.<module>
+    .lora_A.weight` / `lora_B`), on every attention projection of the tiny transformer."""
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    with torch.device("meta"):
+        model = FluxTransformer2DModel.from_config(_config("transformer"))
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and ".attn." in name and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator)
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * strength
+    metadata = _metadata(f"Easel tiny Flux LoRA (random weights, rank {rank})", seed)
+    metadata |= {"ss_base_model_version": "flux1", "ss_output_name": out.stem}
+    return save_atomically(state, out, metadata, temp_path(out))

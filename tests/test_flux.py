@@ -461,3 +461,32 @@ def test_prompts_are_read_as_a1111_reads_them_and_emphasis_weighs_t5(flux_dir: P
     sd3 = load_pipeline(replace(request(make_tiny_sd3(flux_dir.parent / "sd3.safetensors", "sd35-all-in-one")), family="sd3")).pipeline
     embeds = sd3.encode_prompt("a red circle", "a red circle", "a red circle", do_classifier_free_guidance=False, max_sequence_length=256)[0]
     assert torch.allclose(_sd3_weighted(sd3, ["a red circle"], 256, embeds), embeds, atol=1e-6)  # CLIP-L, CLIP-G, T5 alike
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_flux_lora_applies_at_its_strength_and_leaves_no_trace(jobs: Jobs, flux_dir: Path) -> None:
+    """A LoRA in ai-toolkit's layout (diffusers' own) on the Flux transformer, picked by its prompt
+    tag: it changes the picture, more at a higher strength, and the next job without it is
+    bit-identical to one before it."""
+    from bot.networks.registry import LoraRegistry
+    from gpu_worker.tiny_flux import make_tiny_flux_lora
+
+    folder = jobs.registry.models_root / "Lora"
+    folder.mkdir(exist_ok=True)
+    make_tiny_flux_lora(folder / "glow.safetensors", seed=3)
+    jobs.loras = LoraRegistry(jobs.registry.db, jobs.registry.models_root)
+    [entry] = (await jobs.loras.scan()).added
+    assert (entry.base, entry.loadable) == ("flux", True)
+    before, _, _ = await picture(jobs)
+    strong, params, _ = await picture(jobs, prompt="a red circle <lora:glow:1>")
+    weak, _, _ = await picture(jobs, prompt="a red circle <lora:glow:0.3>")
+    after, _, _ = await picture(jobs)
+    assert params["Lora hashes"].startswith("glow: ")
+    assert np.array_equal(before, after)  # the adapter is off for jobs without it
+    assert np.abs(strong.astype(float) - before).mean() > np.abs(weak.astype(float) - before).mean() > 0
+    with pytest.raises(EaselError, match="is for"):  # an SD1 LoRA is not offered to a Flux checkpoint
+        from gpu_worker.tiny_networks import make_tiny_lora
+
+        make_tiny_lora("sd1", folder / "sd1-ink.safetensors", seed=1)
+        await jobs.loras.scan()
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="x <lora:sd1-ink:1>", checkpoint="flux-dev"))

@@ -265,7 +265,7 @@ def validate(
         )
     _check_cfg_rescale(request, checkpoint)
     if checkpoint.family in FLOW_FAMILIES:
-        request = _check_flow(request, checkpoint, width, height, sampler, loras, embeddings)
+        request = _check_flow(request, checkpoint, width, height, embeddings)
     first = random_seed() if request.seed == -1 else request.seed
     seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
     return ValidRequest(
@@ -316,8 +316,6 @@ def _check_flow(
     checkpoint: CheckpointRef,
     width: int,
     height: int,
-    sampler: str,
-    loras: tuple[LoraUse, ...],
     embeddings: tuple[EmbeddingUse, ...],
 ) -> GenerationRequest:
     """What a Flux or SD3 job may ask here, and its distilled guidance made final (only Flux dev has
@@ -326,7 +324,6 @@ def _check_flow(
     unsupported = (
         ("inpainting", request.mask_image is not None),
         ("a latent upscaler for the hires fix (choose Lanczos or an upscaler model)", latent_hires),
-        ("LoRAs", bool(loras)),
         ("textual-inversion embeddings", bool(embeddings)),
         ("CFG rescale", bool(request.cfg_rescale)),
         ("clip skip", request.clip_skip > 1),

@@ -91,8 +91,6 @@ def detect_adapter(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str
     if kind in ("loha", "lokr"):
         name = {"loha": "LoHa", "lokr": "LoKr"}[kind]
         reason = f"LyCORIS {name} adapters cannot be applied yet (diffusers loads LoRA and LoCon only)"
-    elif base in ("flux", "sd3"):
-        reason = f"a {BASE_LABELS[base]} LoRA; Easel does not run {BASE_LABELS[base]} checkpoints yet"
     elif not base:
         reason = "its base model could not be told from its metadata or keys"
     return AdapterKind(kind, layout, base, decided_by, not reason, reason)
