@@ -28,8 +28,10 @@ CREATE TABLE text_encoders (
     updated_at         REAL    NOT NULL
 );
 
--- Flux checkpoints registered when Flux could not run: inspected again at the next scan (they may run now).
-UPDATE checkpoints SET mtime_ns = 0 WHERE family = 'flux';
+-- Flux and SD3 checkpoints, and LoRAs for them, registered when they could not run: inspected again
+-- at the next scan (they may run now).
+UPDATE checkpoints SET mtime_ns = 0 WHERE family IN ('flux', 'sd3');
+UPDATE loras SET mtime_ns = 0 WHERE base IN ('flux', 'sd3');
 
 -- Forge's "Distilled CFG Scale": a Flux dev job's guidance input; NULL for every other job.
 ALTER TABLE jobs ADD COLUMN distilled_cfg REAL;
