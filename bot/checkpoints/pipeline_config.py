@@ -19,6 +19,7 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sd2", 320): "sd2",
     ("sdxl", 320): "sdxl",
     ("sd1", 32): "tiny-sd1",
+    ("sd1", 40): "demo-sd1",  # Easel's trained demo model (tools/train_demo_model.py)
     ("sd2", 32): "tiny-sd2",
     ("sdxl", 32): "tiny-sdxl",
     ("flux", 3072): "flux",

@@ -20,6 +20,7 @@ NATIVE_SIZE = {
     "flux": 1024,
     "sd3": 1024,
     "tiny-sd1": 64,
+    "demo-sd1": 64,  # tools/train_demo_model.py's
     "tiny-sd2": 64,
     "tiny-sdxl": 64,
     "tiny-flux": 64,
