@@ -36,18 +36,28 @@ async def settled(page) -> None:
 
 
 async def command(page, name: str, **options: object) -> None:
-    """Type /NAME in the composer, fill its options (optional ones added through "+ N more"), send."""
-    await settled(page)
-    composer = page.locator("#channel-composer-input")
-    await composer.click()
-    await composer.type(f"/{name}")
-    await page.keyboard.press("Enter")
-    for option, value in options.items():
-        if option != "prompt":  # the required option is offered at once
-            await page.locator(".command-ghost").first.click()
-            await page.locator(".command-popup").get_by_text(option, exact=True).click()
-        await page.locator(f'.command-option-input[data-option="{option}"]').fill(str(value))
-    await page.keyboard.press("Enter")
+    """Type /NAME in the composer, fill its options (optional ones added through "+ N more"), send;
+    and again, as a person would, when the page was still busy and did not take it."""
+    used = page.locator("main").get_by_text(f"used /{name.split()[0]}")
+    before = await used.count()
+    for _ in range(3):
+        await settled(page)
+        composer = page.locator("#channel-composer-input")
+        await composer.click()
+        await composer.type(f"/{name}")
+        await page.keyboard.press("Enter")
+        for option, value in options.items():
+            if option != "prompt":  # the required option is offered at once
+                await page.locator(".command-ghost").first.click()
+                await page.locator(".command-popup").get_by_text(option, exact=True).click()
+            await page.locator(f'.command-option-input[data-option="{option}"]').fill(str(value))
+        await page.keyboard.press("Enter")
+        for _ in range(200):  # up to 20 s for the page to show the command was used
+            if await used.count() > before:
+                return
+            await asyncio.sleep(0.1)
+        await page.keyboard.press("Escape")
+    raise AssertionError(f"/{name} was not taken by the page")
 
 
 async def watch(page, until: str, seconds: float = 120) -> list[str]:
