@@ -16,43 +16,37 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from gpu_worker.flux_layout import to_diffusers, transformer_config
+from gpu_worker import flux_layout
 from gpu_worker.model_parts import (
-    PartError,
-    Parts,
-    TensorFile,
+    build_transformer,
+    check_widths,
     clip_builder,
     clip_tokenizer,
-    config,
-    load_exact,
+    open_checkpoint,
     t5_builder,
     t5_tokenizer,
-    transformer_tensors,
     vae_builder,
 )
-from gpu_worker.protocol import LoadRequest, config_parts
+from gpu_worker.protocol import LoadRequest
 
 
 def flux_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str = "cpu") -> FluxPipeline:
     """The pipeline for a Flux checkpoint `request`; PartError says what is wrong or missing.
     A part from the component store already loaded on `device` (for another checkpoint) is shared."""
-    folder = config_root / config_parts(request.pipeline_config)[0]
-    if not (folder / "transformer" / "config.json").is_file():
-        raise PartError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
-    main = TensorFile(Path(request.path), dtype)
-    parts = Parts(main, request.components, folder, device)
-    transformer = _transformer(main, folder)
+    parts = open_checkpoint(request, dtype, config_root, device)
+    folder = parts.folder
+    transformer = build_transformer(parts, FluxTransformer2DModel, flux_layout, "Flux")
     clip = parts.part("clip_l", clip_builder(folder, "text_encoder", dtype, projection=False))
     t5 = parts.part("t5xxl", t5_builder(folder, "text_encoder_2", dtype))
     vae = parts.part("vae", vae_builder(folder))
-    checks = (
-        ("T5-XXL text encoder", t5.config.d_model, transformer.config.joint_attention_dim),
-        ("CLIP-L text encoder", clip.config.hidden_size, transformer.config.pooled_projection_dim),
-        ("VAE", vae.config.latent_channels * 4, transformer.config.in_channels),  # 2x2 patches
+    check_widths(
+        request.name,
+        (
+            ("T5-XXL text encoder", t5.config.d_model, transformer.config.joint_attention_dim),
+            ("CLIP-L text encoder", clip.config.hidden_size, transformer.config.pooled_projection_dim),
+            ("VAE", vae.config.latent_channels * 4, transformer.config.in_channels),  # 2x2 patches: 4x its channels
+        ),
     )
-    for label, has, needs in checks:
-        if has != needs:
-            raise PartError(f"{request.name}: its {label} is {has} wide where the transformer needs {needs}")
     return FluxPipeline(
         scheduler=flow_scheduler(folder, schnell=not transformer.config.guidance_embeds),
         vae=vae,
@@ -71,16 +65,3 @@ def flow_scheduler(folder: Path, schnell: bool) -> FlowMatchEulerDiscreteSchedul
     if schnell:
         settings |= {"use_dynamic_shifting": False, "shift": 1.0}
     return FlowMatchEulerDiscreteScheduler.from_config(settings)
-
-
-def _transformer(main: TensorFile, folder: Path) -> FluxTransformer2DModel:
-    state = transformer_tensors(main)
-    try:
-        settings = transformer_config({k: tuple(v.shape) for k, v in state.items()}, config(folder, "transformer"))
-        converted = to_diffusers(state)
-    except (KeyError, ValueError) as e:
-        raise PartError(f"{main.path.name} is not a Flux transformer this can read: {e}") from None
-    with torch.device("meta"):  # every tensor comes from the file: no random initialisation first
-        model = FluxTransformer2DModel.from_config(settings)
-    load_exact(model, converted, f"{main.path.name} (transformer)")
-    return model

@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
-from gpu_worker.protocol import ComponentUse
+from gpu_worker.protocol import ComponentUse, LoadRequest, config_parts
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 # Where each part sits in an all-in-one file (ComfyUI's saver; SAI's keeps the VAE under
@@ -60,6 +60,10 @@ ROLE_LABELS = {
 # Keys that real files carry and the models do not take: CLIP's logit scale and position ids buffer
 # (older exports); its projection where the model has none (Flux's CLIP-L).
 _ALWAYS_SKIPPED = ("position_ids", "logit_scale")
+
+
+def _wanted(key: str) -> bool:
+    return not key.endswith(_ALWAYS_SKIPPED)
 
 
 # Parts from the component store, shared by every pipeline that uses them: a second transformer-only
@@ -119,7 +123,7 @@ class Parts:
         self.folder = folder
         self.device = device
 
-    def part(self, role: str, build: Callable[[str, dict[str, torch.Tensor]], torch.nn.Module], keep=None) -> torch.nn.Module:
+    def part(self, role: str, build: Callable[[str, dict[str, torch.Tensor]], torch.nn.Module]) -> torch.nn.Module:
         """The part for `role`, built by `build(where, tensors)`; a component already loaded on this
         device for another checkpoint is shared."""
         use = self.given.get(role)
@@ -127,12 +131,13 @@ class Parts:
         shared = _SHARED.get(key) if key is not None else None
         if shared is not None and next(shared.parameters()).device == torch.device(self.device):
             return shared
-        module = build(*self._read(role, keep or (lambda k: not k.endswith(_ALWAYS_SKIPPED))))
+        module = build(*self._read(role))
         if key is not None:
             _SHARED[key] = module
         return module
 
-    def _read(self, role: str, keep: Callable[[str], bool]) -> tuple[str, dict[str, torch.Tensor]]:
+    def _read(self, role: str) -> tuple[str, dict[str, torch.Tensor]]:
+        keep = _wanted
         if role in self.given:
             use = self.given[role]
             if not Path(use.path).is_file():
@@ -144,6 +149,38 @@ class Parts:
         if prefix is None:
             raise PartError(f"{self.main.path.name} has no {ROLE_LABELS[role]} and none was given")
         return f"{self.main.path.name} ({role})", self.main.tensors(prefix, keep)
+
+
+def open_checkpoint(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str) -> Parts:
+    """The checkpoint's file and its bundled config folder, ready to read its parts from."""
+    folder = config_root / config_parts(request.pipeline_config)[0]
+    if not (folder / "transformer" / "config.json").is_file():
+        raise PartError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
+    return Parts(TensorFile(Path(request.path), dtype), request.components, folder, device)
+
+
+def build_transformer(parts: Parts, model_cls, layout, family: str) -> torch.nn.Module:
+    """The transformer from its original-layout tensors: `layout` (flux_layout, sd3_layout) gives
+    the config from their shapes and the diffusers names; built on the meta device, every tensor
+    then comes from the file."""
+    main = parts.main
+    state = transformer_tensors(main)
+    try:
+        settings = layout.transformer_config({k: tuple(v.shape) for k, v in state.items()}, config(parts.folder, "transformer"))
+        converted = layout.to_diffusers(state)
+    except (KeyError, ValueError) as e:
+        raise PartError(f"{main.path.name} is not a {family} transformer this can read: {e}") from None
+    with torch.device("meta"):
+        model = model_cls.from_config(settings)
+    load_exact(model, converted, f"{main.path.name} (transformer)")
+    return model
+
+
+def check_widths(name: str, checks: tuple[tuple[str, int, int], ...]) -> None:
+    """The parts must fit together: (label, what the part gives, what the transformer takes)."""
+    for label, has, needs in checks:
+        if has != needs:
+            raise PartError(f"{name}: its {label} give {has} where the transformer takes {needs}")
 
 
 def clip_builder(folder: Path, part: str, dtype: torch.dtype, projection: bool) -> Callable[[str, dict], torch.nn.Module]:

@@ -13,45 +13,39 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
+from gpu_worker import sd3_layout
 from gpu_worker.model_parts import (
-    PartError,
-    Parts,
-    TensorFile,
+    build_transformer,
+    check_widths,
     clip_builder,
     clip_tokenizer,
-    config,
-    load_exact,
+    open_checkpoint,
     t5_builder,
     t5_tokenizer,
-    transformer_tensors,
     vae_builder,
 )
-from gpu_worker.protocol import LoadRequest, config_parts
-from gpu_worker.sd3_layout import to_diffusers, transformer_config
+from gpu_worker.protocol import LoadRequest
 
 
 def sd3_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str = "cpu") -> StableDiffusion3Pipeline:
     """The pipeline for an SD3 checkpoint `request`; PartError says what is wrong or missing."""
-    folder = config_root / config_parts(request.pipeline_config)[0]
-    if not (folder / "transformer" / "config.json").is_file():
-        raise PartError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
-    main = TensorFile(Path(request.path), dtype)
-    parts = Parts(main, request.components, folder, device)
-    transformer = _transformer(main, folder)
+    parts = open_checkpoint(request, dtype, config_root, device)
+    folder = parts.folder
+    transformer = build_transformer(parts, SD3Transformer2DModel, sd3_layout, "SD3")
     clip_l = parts.part("clip_l", clip_builder(folder, "text_encoder", dtype, projection=True))
     clip_g = parts.part("clip_g", clip_builder(folder, "text_encoder_2", dtype, projection=True))
     t5 = parts.part("t5xxl", t5_builder(folder, "text_encoder_3", dtype))
     vae = parts.part("vae", vae_builder(folder))
     settings = transformer.config
     pooled = clip_l.config.projection_dim + clip_g.config.projection_dim
-    checks = (
-        ("CLIP-L and CLIP-G text encoders", pooled, settings.pooled_projection_dim),
-        ("T5-XXL text encoder", t5.config.d_model, settings.joint_attention_dim),
-        ("VAE", vae.config.latent_channels, settings.in_channels),
+    check_widths(
+        request.name,
+        (
+            ("CLIP-L and CLIP-G text encoders", pooled, settings.pooled_projection_dim),
+            ("T5-XXL text encoder", t5.config.d_model, settings.joint_attention_dim),
+            ("VAE", vae.config.latent_channels, settings.in_channels),
+        ),
     )
-    for label, has, needs in checks:
-        if has != needs:
-            raise PartError(f"{request.name}: its {label} give {has} where the transformer takes {needs}")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
     return StableDiffusion3Pipeline(
         transformer=transformer,
@@ -64,16 +58,3 @@ def sd3_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, de
         text_encoder_3=t5,
         tokenizer_3=t5_tokenizer(str(folder / "tokenizer_3")),
     )
-
-
-def _transformer(main: TensorFile, folder: Path) -> SD3Transformer2DModel:
-    state = transformer_tensors(main)
-    try:
-        settings = transformer_config({k: tuple(v.shape) for k, v in state.items()}, config(folder, "transformer"))
-        converted = to_diffusers(state)
-    except (KeyError, ValueError) as e:
-        raise PartError(f"{main.path.name} is not an SD3 transformer this can read: {e}") from None
-    with torch.device("meta"):  # every tensor comes from the file (pos_embed too: it is in the state dict)
-        model = SD3Transformer2DModel.from_config(settings)
-    load_exact(model, converted, f"{main.path.name} (transformer)")
-    return model

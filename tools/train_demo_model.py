@@ -234,9 +234,9 @@ def evaluate(model: Path, seed: int = 0, count: int = 40, cfg: float = 7.0) -> d
     from gpu_worker.loader import load_pipeline
     from gpu_worker.protocol import LoadRequest
 
-    recipe = json.loads(inspect_file(model).metadata.get("other", {}).get("easel.training", "{}") or "{}")
+    ins = inspect_file(model)  # read once: its recipe and its config
+    recipe = json.loads(ins.metadata.get("other", {}).get("easel.training", "{}") or "{}")
     held = [tuple(p) for p in recipe.get("held_out_colour_pairs", [])] or colour_pairs(seed)[1]
-    ins = inspect_file(model)
     request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
     pipe = load_pipeline(request).pipeline
     rng = random.Random(seed + 1)
