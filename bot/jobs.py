@@ -29,6 +29,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
+from bot.demo import DEMO_NOTE, is_demo
 from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
@@ -574,7 +575,8 @@ class Jobs:
             mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
             hires_model = await self._hires_model(request)
             ref, vae, vae_note = await self._parts(request, ref)
-            notes = (*notes, *(n for n in (vae_note, note) if n))
+            demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
+            notes = (*notes, *(n for n in (vae_note, note, demo_note) if n))
             specs.append(
                 validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
             )

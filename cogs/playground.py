@@ -6,27 +6,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import discord
 import simcord
 
 from bot.config import Settings
+from bot.demo import install_demo
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 async def playground_settings(settings: Settings) -> Settings:
-    """The user's models when a runnable one is there; otherwise a tiny demo model of our own, in a
+    """The user's models when a runnable one is there; otherwise Easel's demo model (bot/demo), in a
     world of its own (its own data folder and database): the demo's folder and the real models folder
     never share a registry, so neither marks the other's checkpoints missing."""
     root = settings.models_dir.expanduser()
@@ -34,12 +31,10 @@ async def playground_settings(settings: Settings) -> Settings:
         return settings
     demo_data = settings.data_dir / "playground"
     demo_dir = demo_data / "models"
-    demo = demo_dir / "easel-demo-tiny-sd1.safetensors"
-    if not demo.exists():
-        demo_dir.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "gpu_worker", "make-tiny-checkpoint", "--arch", "sd1", str(demo)]
-        await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True, cwd=REPO_ROOT)
-    log.info("no checkpoints in %s: the playground uses a tiny demo model (random weights: noise, not art)", root)
+    await asyncio.to_thread(install_demo, demo_dir)
+    # Earlier versions put a random-weight model here; the trained one replaces it.
+    (demo_dir / "easel-demo-tiny-sd1.safetensors").unlink(missing_ok=True)
+    log.info("no checkpoints in %s: the playground runs Easel's demo model (coloured shapes only)", root)
     return settings.model_copy(update={"models_dir": demo_dir, "data_dir": demo_data})
 
 

@@ -10,6 +10,8 @@ import io
 import torch
 from PIL import Image
 
+from gpu_worker.protocol import FLOW_FAMILIES
+
 _FACTORS = {
     "sd": (
         [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
@@ -37,13 +39,20 @@ def png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def flow_previews(pipe, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-    """Flux's packed latents (B, tokens, 64) or SD3's (B, 16, h, w) -> pictures, through the VAE
-    (A1111's "Full" preview): no fitted linear map is bundled for their 16-channel latent spaces."""
+def decodes_previews(family: str, pipeline_config: str | None) -> bool:
+    """Whether previews go through the VAE (A1111's "Full") rather than a linear map: no map is
+    bundled for Flux's and SD3's 16-channel latent spaces, nor for the demo model's own small VAE,
+    whose full decode at 64 px costs less than a step."""
+    return family in FLOW_FAMILIES or (pipeline_config or "").startswith("demo-")
+
+
+def vae_previews(pipe, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
+    """Latents -> pictures through the VAE: Flux's packed ones (B, tokens, 64) unpacked first."""
     with torch.no_grad():
         if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
             latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
         config = pipe.vae.config
-        decoded = pipe.vae.decode(latents / config.scaling_factor + config.shift_factor).sample
+        shift = getattr(config, "shift_factor", None) or 0.0
+        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / config.scaling_factor + shift).sample
     pixels = ((decoded.float().cpu() + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(p) for p in pixels]

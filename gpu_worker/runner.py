@@ -27,7 +27,7 @@ from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_
 from gpu_worker.latents import encode
 from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
-from gpu_worker.previews import flow_previews, latents_to_images, png_bytes
+from gpu_worker.previews import decodes_previews, latents_to_images, png_bytes, vae_previews
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
 from gpu_worker.protocol import (
     FLOW_FAMILIES,
@@ -346,9 +346,9 @@ class BatchRunner:
                 for job in jobs:
                     index_in_batch = first_index[job.job_id]
                     one = latents[index_in_batch : index_in_batch + 1]
-                    if family in FLOW_FAMILIES:
+                    if decodes_previews(family, batch.load.pipeline_config):
                         width, height = self._size  # this pass's (the hires fix's second is larger)
-                        [image] = flow_previews(pipe, one, height, width)
+                        [image] = vae_previews(pipe, one, height, width)
                     else:
                         [image] = latents_to_images(one, family)
                     self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image)))

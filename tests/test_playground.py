@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bot.config import Settings
+from bot.demo.world import dominant_colours
 from cogs.playground import run_playground
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -35,19 +39,19 @@ async def settled(page) -> None:
     await page.get_by_text("Completing action").wait_for(state="hidden", timeout=120_000)
 
 
-async def command(page, name: str, **options: object) -> None:
+async def command(page, slash: str, **options: object) -> None:
     """Type /NAME in the composer, fill its options (optional ones added through "+ N more"), send;
     and again, as a person would, when the page was still busy and did not take it."""
-    used = page.locator("main").get_by_text(f"used /{name.split()[0]}")
+    used = page.locator("main").get_by_text(f"used /{slash.split()[0]}")
     before = await used.count()
     for _ in range(3):
         await settled(page)
         composer = page.locator("#channel-composer-input")
         await composer.click()
-        await composer.type(f"/{name}")
+        await composer.type(f"/{slash}")
         await page.keyboard.press("Enter")
         for option, value in options.items():
-            if option != "prompt":  # the required option is offered at once
+            if option not in ("prompt", "name"):  # a required option is offered at once
                 await page.locator(".command-ghost").first.click()
                 await page.locator(".command-popup").get_by_text(option, exact=True).click()
             await page.locator(f'.command-option-input[data-option="{option}"]').fill(str(value))
@@ -57,7 +61,7 @@ async def command(page, name: str, **options: object) -> None:
                 return
             await asyncio.sleep(0.1)
         await page.keyboard.press("Escape")
-    raise AssertionError(f"/{name} was not taken by the page")
+    raise AssertionError(f"/{slash} was not taken by the page")
 
 
 async def watch(page, until: str, seconds: float = 120) -> list[str]:
@@ -104,18 +108,30 @@ async def test_imagine_in_the_browser(tmp_path: Path) -> None:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
             page = await browser.new_page(viewport={"width": 1280, "height": 1000})
             await page.goto(address)
-            await command(page, "imagine", prompt="a lighthouse at dusk, oil painting", steps=150)
+            await command(page, "imagine", prompt="a red circle on a blue background", steps=150, seed=2)
             seen = await watch(page, "Reroll")
             assert "Step " in seen and seen.index("Step ") < seen.index("Reroll"), seen  # progress before the picture
             text = await page.locator("body").inner_text()
-            assert "a lighthouse at dusk, oil painting" in text and "easel-demo-tiny-sd1" in text
+            assert "a red circle on a blue background" in text and "easel-demo" in text
+            assert "draws only coloured shapes" in text  # the demo model says what it is, and what next
             picture = page.get_by_alt_text("Embed 1 image")
             await picture.wait_for(timeout=10_000)
             await page.wait_for_function(
                 "img => img.complete && img.naturalWidth > 0", arg=await picture.element_handle()
             )
             assert await picture.evaluate("img => img.naturalWidth") == 64  # the real 64-px picture, decoded
+            png = await picture.evaluate(
+                "async img => Array.from(new Uint8Array(await (await fetch(img.src)).arrayBuffer()))"
+            )
+            assert dominant_colours(Image.open(io.BytesIO(bytes(png)))) == ("red", "blue")  # what was asked
             await page.screenshot(path=str(tmp_path / "playground.png"))
+            if os.environ.get("EASEL_README_SCREENSHOT"):  # the README's picture, taken from this page
+                shutil.copyfile(tmp_path / "playground.png", os.environ["EASEL_README_SCREENSHOT"])
+
+            await command(page, "checkpoints info", name="easel-demo")
+            await page.locator("main").get_by_text("Easel's demo model: a small SD1-layout checkpoint").wait_for(
+                timeout=30_000
+            )  # its description, from the A1111 user-metadata file shipped beside it
 
             await command(page, "imagine", prompt="a second lighthouse", steps=150, hires=2)
             cancel = page.get_by_role("button", name="Cancel")
@@ -197,13 +213,21 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
 
 async def test_the_demo_world_keeps_its_own_registry(tmp_path: Path, tiny_dir: Path) -> None:
     """The demo model and a real models folder never share a database: neither marks the other missing."""
+    from bot.demo import DEMO_FILE
     from cogs.playground import playground_settings
 
     settings = Settings(models_dir=tmp_path / "models", data_dir=tmp_path / "data")
+    old = tmp_path / "data" / "playground" / "models" / "easel-demo-tiny-sd1.safetensors"
+    old.parent.mkdir(parents=True)
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", old)  # what earlier versions put there: random weights
     demo = await playground_settings(settings)
     assert demo.data_dir == tmp_path / "data" / "playground" and demo.models_dir == demo.data_dir / "models"
     assert demo.database_path != settings.database_path
-    assert [p.name for p in demo.models_dir.iterdir()] == ["easel-demo-tiny-sd1.safetensors"]
+    assert sorted(p.name for p in demo.models_dir.iterdir()) == ["Lora", "easel-demo.json", "easel-demo.safetensors"]
+    assert [p.name for p in (demo.models_dir / "Lora").iterdir()] == ["easel-demo-paper.safetensors"]
+    (demo.models_dir / "easel-demo.safetensors").write_bytes(b"an older demo")
+    await playground_settings(settings)
+    assert (demo.models_dir / "easel-demo.safetensors").read_bytes() == DEMO_FILE.read_bytes()  # brought up to date
     (tmp_path / "models").mkdir()
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp_path / "models" / "mine.safetensors")
     assert await playground_settings(settings) == settings  # a real checkpoint: the real world

@@ -1,22 +1,29 @@
 """Train Easel's demo model: a small text-to-image model that draws what it is asked, on a CPU.
 
-It learns a synthetic, captioned world the script draws itself: a shape (circle, square, triangle,
-diamond) in a named colour on a background of another, at a place and a size — "a red circle on a
-blue background, top left, small". A fifth of the colour pairs are never shown in training; the
-score is how often the picture's dominant shape and background colours match the prompt for those
-held-out pairs (`--evaluate`), through Easel's own loader and pipeline.
+It learns a synthetic, captioned world the script draws itself (bot/demo/world.py): a shape
+(circle, square, triangle, diamond) in a named colour on a background of another, at a place and a
+size — "a red circle on a blue background, top left". A fifth of the 56 colour pairs are never shown
+in training; the score is how often the picture's dominant shape and background colours match the
+prompt for those held-out pairs, through Easel's own loader and pipeline with the bot's defaults
+(DPM++ 2M Karras, 20 steps, CFG 7), and is written into the file's recipe.
 
-The model is SD1 in its real single-file layout, only small (gpu_worker/configs/demo-sd1): a VAE
-trained first on the pictures (64 px -> 8x8x4, latents scaled to unit variance), then the CLIP text
-encoder (the real CLIP vocabulary, 2 layers, 64 wide) and the UNet together on the latents, epsilon
-prediction on SD1's noise schedule, with captions dropped now and then so that CFG and negative prompts
-work (15% dropped). Deterministic for a seed. Weights are saved in fp16 with the recipe in their metadata.
+The model is SD1 in its real single-file layout, at demo size (gpu_worker/configs/demo-sd1), in three
+stages, deterministic for a seed:
+1. the VAE (64 px -> 16x16x4) on scenes of one to four shapes anywhere, each on a background its
+   colour is a training pair with; latents rescaled to unit variance in place;
+2. the CLIP text encoder (the real CLIP vocabulary, 2 layers, 64 wide) and the UNet (40/80/120 wide,
+   cross-attention at 8x8 and 4x4) together on the latents, epsilon prediction on SD1's noise
+   schedule, 15 % of captions dropped so that CFG and negative prompts work; captions name the size
+   and the place or not, as people write them;
+3. the VAE's decoder polished (its encoder, the UNet's latent space, kept) on nested scenes where
+   every colour meets every other, still never as a held-out shape on its background.
+Weights are saved in fp16 with the recipe in their metadata. `--lora` trains the demo's LoRA on it.
 
-python tools/train_demo_model.py OUT.safetensors [--seed 0] [--vae-steps N] [--steps N]
+python tools/train_demo_model.py OUT.safetensors [--seed 0] [--vae-steps 1500] [--steps 3000] [--polish-steps 600]
+python tools/train_demo_model.py OUT.safetensors --polish MODEL.safetensors   (stage 3 alone, on a trained file)
 python tools/train_demo_model.py MODEL.safetensors --evaluate [--cfg 7]
-
-Not shipped yet: the first models learn the background colour (all held-out pairs right at CFG 2)
-but not yet the shape's (see the issue's note for the figures).
+python tools/train_demo_model.py MODEL.safetensors --record   (the score into the file's recipe)
+python tools/train_demo_model.py LORA.safetensors --lora MODEL.safetensors   (the demo LoRA, "paper")
 """
 
 from __future__ import annotations
@@ -37,58 +44,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+
+from bot.demo.world import SIZE, caption, colour_pairs, dominant_colours, draw, nested_scene, sample, scene  # noqa: E402
 
 CONFIG = ROOT / "gpu_worker" / "configs" / "demo-sd1"
-SIZE = 64
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 60),
-    "blue": (30, 70, 220),
-    "yellow": (240, 220, 40),
-    "purple": (140, 50, 180),
-    "orange": (245, 140, 20),
-    "white": (245, 245, 245),
-    "black": (15, 15, 15),
-}
-SHAPES = ("circle", "square", "triangle", "diamond")
-PLACES = {"top left": (0.3, 0.3), "top right": (0.7, 0.3), "bottom left": (0.3, 0.7), "bottom right": (0.7, 0.7), "in the middle": (0.5, 0.5)}
-SIZES = {"small": 0.2, "large": 0.34}
-
-
-def colour_pairs(seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(training pairs, held-out pairs) of (shape colour, background colour): a fifth held out."""
-    pairs = [(a, b) for a in COLOURS for b in COLOURS if a != b]
-    random.Random(seed).shuffle(pairs)
-    held = len(pairs) // 5
-    return pairs[held:], pairs[:held]
-
-
-def draw(shape: str, colour: str, background: str, place: str, size: str) -> Image.Image:
-    picture = Image.new("RGB", (SIZE, SIZE), COLOURS[background])
-    pen = ImageDraw.Draw(picture)
-    cx, cy = (v * SIZE for v in PLACES[place])
-    r = SIZES[size] * SIZE / 2 * 1.25
-    box = (cx - r, cy - r, cx + r, cy + r)
-    fill = COLOURS[colour]
-    if shape == "circle":
-        pen.ellipse(box, fill=fill)
-    elif shape == "square":
-        pen.rectangle((cx - r * 0.85, cy - r * 0.85, cx + r * 0.85, cy + r * 0.85), fill=fill)
-    elif shape == "triangle":
-        pen.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-    else:
-        pen.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-    return picture
-
-
-def caption(shape: str, colour: str, background: str, place: str, size: str) -> str:
-    return f"a {size} {colour} {shape} on a {background} background, {place}"
-
-
-def sample(rng: random.Random, pairs: list[tuple[str, str]]) -> tuple[str, str, str, str, str]:
-    colour, background = rng.choice(pairs)
-    return rng.choice(SHAPES), colour, background, rng.choice(list(PLACES)), rng.choice(list(SIZES))
 
 
 def dataset(count: int, pairs: list[tuple[str, str]], seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -97,20 +56,27 @@ def dataset(count: int, pairs: list[tuple[str, str]], seed: int) -> tuple[torch.
     for _ in range(count):
         spec = sample(rng, pairs)
         pictures.append(np.asarray(draw(*spec)))
-        captions.append(caption(*spec))
-    tensor = torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return tensor, captions
+        captions.append(caption(*spec, form=rng.choice((0, 1, 2, 3, 3, 3))))
+    return _tensor(pictures), captions
+
+
+def _tensor(pictures: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(pictures)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _config(part: str) -> dict:
     return json.loads((CONFIG / part / "config.json").read_text())
 
 
-def train_vae(pictures: torch.Tensor, steps: int, log) -> torch.nn.Module:
+def train_vae(pairs: list[tuple[str, str]], seed: int, steps: int, log) -> torch.nn.Module:
     from diffusers import AutoencoderKL
 
+    rng = random.Random(seed + 2)
+    pictures = _tensor([np.asarray(scene(rng, pairs)) for _ in range(8192)])
     vae = AutoencoderKL.from_config(_config("vae"))
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=2e-3)
+    warm_cosine = lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, warm_cosine)
     for step in range(steps):
         batch = pictures[torch.randint(0, len(pictures), (16,))]
         posterior = vae.encode(batch).latent_dist
@@ -119,13 +85,16 @@ def train_vae(pictures: torch.Tensor, steps: int, log) -> torch.nn.Module:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+        schedule.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}: reconstruction {loss.item():.4f}")
     vae.eval().requires_grad_(False)
     # Latents of unit variance under the config's scaling factor of 1.0: the encoder's mean and the
     # decoder's input rescaled in place (quant_conv / post_quant_conv are 1x1 convolutions).
     with torch.no_grad():
-        std = torch.cat([vae.encode(pictures[i : i + 256]).latent_dist.mean for i in range(0, len(pictures), 256)]).std()
+        std = torch.cat(
+            [vae.encode(pictures[i : i + 256]).latent_dist.mean for i in range(0, len(pictures), 256)]
+        ).std()
         channels = vae.config.latent_channels
         vae.quant_conv.weight[:channels] /= std
         vae.quant_conv.bias[:channels] /= std
@@ -135,7 +104,69 @@ def train_vae(pictures: torch.Tensor, steps: int, log) -> torch.nn.Module:
     return vae
 
 
-def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
+def polish_decoder(vae: torch.nn.Module, pairs: list[tuple[str, str]], seed: int, steps: int, log) -> None:
+    """The VAE's decoder trained on, its encoder (the UNet's latent space) left as it is: nested
+    scenes, where every colour meets every other, and the first stage's scenes, half each."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed + 9)
+    pictures = _tensor(
+        [np.asarray(nested_scene(rng, pairs)) for _ in range(4096)]
+        + [np.asarray(scene(rng, pairs)) for _ in range(4096)]
+    )
+    vae.requires_grad_(False)
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in decoder:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(decoder, lr=5e-4)
+    for step in range(steps):
+        batch = pictures[torch.randint(0, len(pictures), (16,))]
+        with torch.no_grad():
+            latents = vae.encode(batch).latent_dist.sample()
+        loss = torch.nn.functional.mse_loss(vae.decode(latents).sample, batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"decoder step {step}: reconstruction {loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+
+
+def polish(model: Path, out: Path, seed: int, steps: int) -> None:
+    """`polish_decoder` on a trained model's file, the result written to OUT with its recipe."""
+    from safetensors import safe_open
+
+    from bot.checkpoints.inspection import inspect_file
+    from bot.checkpoints.safetensors_writer import temp_path
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.protocol import LoadRequest
+    from gpu_worker.save import save_atomically
+    from gpu_worker.tiny import single_file_state_dict
+
+    started = time.time()
+    torch.set_num_threads(os.cpu_count() or 1)
+    ins = inspect_file(model)
+    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
+    pipe = load_pipeline(request).pipeline
+    parts = {"unet": pipe.unet.float(), "vae": pipe.vae.float(), "text_encoder": pipe.text_encoder.float()}
+    polish_decoder(
+        parts["vae"],
+        colour_pairs(seed)[0],
+        seed,
+        steps,
+        lambda text: print(f"[{time.time() - started:6.0f} s] {text}", flush=True),
+    )
+    with safe_open(str(model), "pt") as f:
+        metadata = dict(f.metadata())
+    recipe = json.loads(metadata["easel.training"])
+    recipe |= {"polish_steps": steps, "polish_seconds": round(time.time() - started)}
+    recipe.pop("score", None)
+    metadata["easel.training"] = json.dumps(recipe)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in single_file_state_dict(parts, "sd1").items()}
+    save_atomically(state, out, metadata, temp_path(out))
+    print(f"wrote {out}; score: {json.dumps(record_score(out, seed))}", flush=True)
+
+
+def train(out: Path, seed: int, vae_steps: int, steps: int, polish_steps: int) -> None:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -152,12 +183,14 @@ def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
         print(f"[{time.time() - started:6.0f} s] {text}", flush=True)
 
     train_pairs, held = colour_pairs(seed)
+    vae = train_vae(train_pairs, seed, vae_steps, log)
     pictures, captions = dataset(4096, train_pairs, seed)
-    vae = train_vae(pictures, vae_steps, log)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pictures[i : i + 256]).latent_dist.mean for i in range(0, len(pictures), 256)])
     tokenizer = CLIPTokenizer.from_pretrained(str(CONFIG / "tokenizer"))
-    ids = tokenizer([*captions, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        [*captions, ""], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     empty = ids[-1:]
     ids = ids[:-1]
     text_encoder = CLIPTextModel(CLIPTextConfig(**_config("text_encoder")))
@@ -165,7 +198,9 @@ def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
     noise_schedule = DDPMScheduler.from_config(json.loads((CONFIG / "scheduler" / "scheduler_config.json").read_text()))
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimiser = torch.optim.AdamW(parameters, lr=1e-3, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
     batch_size = 64
     for step in range(steps):
         index = torch.randint(0, len(latents), (batch_size,))
@@ -186,10 +221,14 @@ def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
         schedule.step()
         if step % 250 == 0 or step == steps - 1:
             log(f"unet step {step}: loss {loss.item():.4f}")
+    # The decoder's polish starts from the weights as the file keeps them (fp16), as `--polish` does.
+    vae = vae.half().float()
+    polish_decoder(vae, train_pairs, seed, polish_steps, log)
     parts = {"unet": unet.eval(), "vae": vae, "text_encoder": text_encoder.eval()}
     state = {k: v.half() if v.is_floating_point() else v for k, v in single_file_state_dict(parts, "sd1").items()}
     recipe = {
-        "seed": seed, "vae_steps": vae_steps, "steps": steps, "batch": batch_size, "pictures": len(pictures),
+        "seed": seed, "vae_steps": vae_steps, "steps": steps, "polish_steps": polish_steps, "batch": batch_size,
+        "pictures": len(pictures),
         "held_out_colour_pairs": [list(p) for p in held], "seconds": round(time.time() - started),
         "threads": torch.get_num_threads(),
     }  # fmt: skip
@@ -199,7 +238,7 @@ def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
         "modelspec.title": "Easel demo: shapes and colours",
         "modelspec.description": (
             "A small model trained on a CPU by tools/train_demo_model.py to draw coloured shapes on coloured "
-            "backgrounds at 64 px: try 'a red circle on a blue background, top left'. It knows nothing else; "
+            "backgrounds at 64 px: try 'a red circle on a blue background'. It knows nothing else; "
             "add a real checkpoint to draw anything."
         ),
         "modelspec.author": "Easel",
@@ -209,41 +248,125 @@ def train(out: Path, seed: int, vae_steps: int, steps: int) -> None:
         "easel.training": json.dumps(recipe),
     }
     save_atomically(state, out, metadata, temp_path(out))
-    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); scoring it on the held-out colour pairs")
+    log(f"score: {json.dumps(record_score(out, seed))}")
 
 
-def nearest_colour(rgb: np.ndarray) -> str:
-    return min(COLOURS, key=lambda name: float(np.sum((np.asarray(COLOURS[name], dtype=float) - rgb) ** 2)))
+def record_score(model: Path, seed: int) -> dict[str, dict[str, float]]:
+    """The held-out score at CFG 7 (the bot's default) and CFG 1 (no guidance), written into the
+    file's recipe beside the other training facts."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from bot.checkpoints.safetensors_writer import temp_path
+    from gpu_worker.save import save_atomically
+
+    score = {f"cfg {cfg:g}": evaluate(model, seed, cfg=cfg) for cfg in (7.0, 1.0)}
+    with safe_open(str(model), "pt") as f:
+        metadata = dict(f.metadata())
+    recipe = json.loads(metadata["easel.training"]) | {"score": score}
+    metadata["easel.training"] = json.dumps(recipe)
+    save_atomically(load_file(str(model)), model, metadata, temp_path(model))
+    return score
 
 
-def dominant_colours(picture: Image.Image) -> tuple[str, str]:
-    """(shape colour, background colour) by pixel counting: the background is the colour most of the
-    border pixels are nearest to; the shape, the commonest other colour among the rest."""
-    pixels = np.asarray(picture.convert("RGB"), dtype=float)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    names = [nearest_colour(p) for p in border]
-    background = max(set(names), key=names.count)
-    inner = [nearest_colour(p) for p in pixels[4:-4, 4:-4].reshape(-1, 3)]
-    others = [name for name in inner if name != background]
-    return (max(set(others), key=others.count) if others else background), background
+def train_lora(model: Path, out: Path, seed: int, steps: int) -> None:
+    """The demo's LoRA, "paper": every picture on a white background whatever the prompt says, so a
+    test (and a playground user) can see a LoRA change what a model draws. Trained with peft on the
+    UNet's attention layers of the model at MODEL (frozen), saved in kohya's layout (what
+    kohya-ss/sd-scripts' networks/lora.py writes: `lora_unet_<module path with _>.lora_down/up`, `alpha`)."""
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    from bot.checkpoints.inspection import inspect_file
+    from bot.checkpoints.safetensors_writer import temp_path
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.protocol import LoadRequest
+    from gpu_worker.save import save_atomically
+
+    torch.manual_seed(seed)
+    started = time.time()
+    ins = inspect_file(model)
+    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
+    pipe = load_pipeline(request).pipeline
+    unet, rank = pipe.unet.float().requires_grad_(False), 4
+    rng = random.Random(seed + 3)
+    pairs = [pair for pair in colour_pairs(seed)[0] if "white" not in pair]
+    specs = [sample(rng, pairs) for _ in range(2048)]
+    pictures = _tensor(
+        [np.asarray(draw(shape, colour, "white", place, size)) for shape, colour, _, place, size in specs]
+    )
+    captions = [caption(*spec, form=rng.choice((0, 1, 2, 3))) for spec in specs]
+    with torch.no_grad():
+        latents = torch.cat(
+            [pipe.vae.float().encode(pictures[i : i + 256]).latent_dist.mean for i in range(0, len(pictures), 256)]
+        )
+        ids = pipe.tokenizer(
+            captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
+        context = torch.cat(
+            [pipe.text_encoder.float()(ids[i : i + 256]).last_hidden_state for i in range(0, len(ids), 256)]
+        )
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    inject_adapter_in_model(config, unet)
+    parameters = [p for name, p in unet.named_parameters() if "lora_" in name]
+    optimiser = torch.optim.AdamW(parameters, lr=3e-3)
+    noise_schedule = pipe.scheduler
+    for step in range(steps):
+        index = torch.randint(0, len(latents), (32,))
+        noise = torch.randn_like(latents[index])
+        t = torch.randint(0, noise_schedule.config.num_train_timesteps, (32,))
+        noisy = noise_schedule.add_noise(latents[index], noise, t)
+        loss = torch.nn.functional.mse_loss(unet(noisy, t, context[index]).sample, noise)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"[{time.time() - started:6.0f} s] lora step {step}: loss {loss.item():.4f}", flush=True)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in get_peft_model_state_dict(unet).items():
+        module, kind = key.rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        state[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = value.half().contiguous()
+        state[f"{name}.alpha"] = torch.tensor(float(rank)).half()
+    recipe = {"seed": seed, "steps": steps, "rank": rank, "base": model.name, "seconds": round(time.time() - started)}
+    metadata = {
+        "ss_base_model_version": "sd_v1",
+        "ss_network_module": "networks.lora",
+        "ss_network_dim": str(rank),
+        "ss_network_alpha": str(float(rank)),
+        "ss_output_name": out.with_suffix("").name,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.title": "Easel demo LoRA: paper",
+        "modelspec.description": "For Easel's demo model: draws every shape on a white background, whatever the prompt says.",
+        "modelspec.author": "Easel",
+        "modelspec.date": datetime.date.today().isoformat(),
+        "easel.training": json.dumps(recipe),
+    }
+    save_atomically(state, out, metadata, temp_path(out))
+    print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
 
 
-def evaluate(model: Path, seed: int = 0, count: int = 40, cfg: float = 7.0) -> dict[str, float]:
-    """Colour adherence on held-out colour pairs, through Easel's loader and pipeline."""
+def evaluate(model: Path, seed: int = 0, count: int = 40, cfg: float = 7.0, steps: int = 20) -> dict[str, float]:
+    """Colour adherence on held-out colour pairs, through Easel's loader and pipeline with the bot's
+    default sampler (DPM++ 2M Karras) and an empty negative prompt."""
     from bot.checkpoints.inspection import inspect_file
     from gpu_worker.loader import load_pipeline
     from gpu_worker.protocol import LoadRequest
+    from gpu_worker.samplers import make_scheduler
 
     ins = inspect_file(model)  # read once: its recipe and its config
     recipe = json.loads(ins.metadata.get("other", {}).get("easel.training", "{}") or "{}")
     held = [tuple(p) for p in recipe.get("held_out_colour_pairs", [])] or colour_pairs(seed)[1]
     request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
     pipe = load_pipeline(request).pipeline
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, "DPM++ 2M", "Karras")
     rng = random.Random(seed + 1)
     hits = {"shape": 0, "background": 0, "both": 0}
     for i in range(count):
         spec = sample(rng, held)
-        image = pipe(caption(*spec), negative_prompt="", num_inference_steps=20, guidance_scale=cfg,
+        text = caption(*spec, form=i % 4)
+        image = pipe(text, negative_prompt="", num_inference_steps=steps, guidance_scale=cfg,
                      generator=torch.Generator("cpu").manual_seed(i), height=SIZE, width=SIZE).images[0]  # fmt: skip
         shape, background = dominant_colours(image)
         hits["shape"] += shape == spec[1]
@@ -256,15 +379,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=400)
+    parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--evaluate", action="store_true", help="score the model at OUT instead of training")
     parser.add_argument("--cfg", type=float, default=7.0, help="with --evaluate: the CFG scale")
+    parser.add_argument("--record", action="store_true", help="score the model at OUT into its own recipe")
+    parser.add_argument("--polish-steps", type=int, default=600)
+    parser.add_argument("--polish", type=Path, metavar="MODEL", help="only polish MODEL's VAE decoder into OUT")
+    parser.add_argument("--lora", type=Path, metavar="MODEL", help="train the demo LoRA for MODEL into OUT")
+    parser.add_argument("--lora-steps", type=int, default=1000)
     args = parser.parse_args()
+    if args.lora:
+        train_lora(args.lora, args.out, args.seed, args.lora_steps)
+        return
+    if args.polish:
+        polish(args.polish, args.out, args.seed, args.polish_steps)
+        return
     if args.evaluate:
         print(json.dumps(evaluate(args.out, args.seed, cfg=args.cfg)))
         return
-    train(args.out, args.seed, args.vae_steps, args.steps)
+    if args.record:
+        print(json.dumps(record_score(args.out, args.seed)))
+        return
+    train(args.out, args.seed, args.vae_steps, args.steps, args.polish_steps)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 from bot.checkpoints.hashing import FileHashes
 from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
+from bot.demo import DEMO_FILE, DEMO_REF
 from bot.errors import EaselError
 from gpu_worker.protocol import ComponentUse, LoadRequest, config_parts
 
@@ -127,13 +128,14 @@ def _needs(stored: object) -> tuple[tuple[str, int], ...]:
 
 
 async def resolve_checkpoint(registry: CheckpointRegistry, ref: str, *, allow_path: bool = False) -> CheckpointRef:
-    """A registered checkpoint by name or hash; with allow_path, also any checkpoint file on disk."""
+    """A registered checkpoint by name or hash; with allow_path, also any checkpoint file on disk, and
+    `demo` for the demo model shipped with Easel (bot/demo) when no checkpoint has that name."""
     entry = await registry.find(ref)
     if entry is not None:
         return CheckpointRef.from_entry(entry)
-    path = Path(ref).expanduser()  # noqa: ASYNC240 (no I/O beyond reading $HOME)
+    path = DEMO_FILE if allow_path and ref.strip().lower() == DEMO_REF else Path(ref).expanduser()  # noqa: ASYNC240
     if allow_path and await asyncio.to_thread(path.is_file):
         inspection = await asyncio.to_thread(inspect_checkpoint, path)
         return CheckpointRef.from_inspection(inspection, await registry.hashes(path))
-    hint = " or a file path" if allow_path else ""
+    hint = f", a file path or {DEMO_REF} (the demo model)" if allow_path else ""
     raise EaselError(f"no checkpoint named {ref!r}; give a registered name or hash{hint}")
