@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.catalog.compare import finish_compare
+from bot.catalog.query import REFINEMENTS, refined
 from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
 from bot.checkpoints.sidecars import read_preview
@@ -76,7 +77,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         super().__init__()
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(UseButton, UsePick, CompareButton)
+        self.bot.add_dynamic_items(UseButton, UsePick, CompareButton, RefineButton)
 
     @app_commands.command(name="search", description="Which checkpoint for…? Ask in words")
     @app_commands.describe(question="e.g. which checkpoint for anime? · realistic portraits for sdxl · no nsfw")
@@ -84,15 +85,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def search(self, interaction: discord.Interaction, question: app_commands.Range[str, 1, 300]) -> None:
         await interaction.response.defer(thinking=True)
-        where = place(interaction)
-        here = await self.bot.services.jobs.rules(where)
-        answer = await self.bot.services.catalog.search(
-            question, allow_nsfw=here.allow_nsfw(where.adult), limit=5, hidden=here.hidden
-        )
-        if answer.help:
-            await refuse(interaction, answer.help)
-            return
-        await interaction.edit_original_response(embed=answer_embed(answer), view=answer_view(answer))
+        await show_answer(interaction, await ask(interaction, question))
 
     @app_commands.command(name="compare", description="The same prompt and seed on several checkpoints, in one grid")
     @app_commands.describe(
@@ -260,7 +253,7 @@ def answer_embed(answer: Answer) -> discord.Embed:
         title = f"{'✅' if e.installed else '📚'} **{i}. {e.display_name}**" + (f" `{e.name}`" if e.installed else "")
         lines.append(f"{title}\n↳ {hit.why}\n↳ try: {hit.try_}")
     embed = discord.Embed(
-        title=clip(f"Which checkpoint: {answer.question}", 256),
+        title=clip(ANSWER_TITLE + answer.question, 256),
         description=clip("\n\n".join(lines), 4096),
         colour=EMBED_COLOUR,
     )
@@ -278,15 +271,64 @@ def answer_embed(answer: Answer) -> discord.Embed:
     return embed
 
 
-def answer_view(answer: Answer) -> discord.ui.View | Any:
-    runnable = [h.entry for h in answer.hits if h.entry.installed and h.entry.runnable]
-    if not runnable:
-        return discord.utils.MISSING
+ANSWER_TITLE = "Which checkpoint: "
+
+
+async def ask(interaction: discord.Interaction, question: str) -> Answer:
+    """The catalog's answer under this place's rules (NSFW, hidden checkpoints)."""
+    bot: EaselBot = interaction.client  # type: ignore[assignment]
+    where = place(interaction)
+    here = await bot.services.jobs.rules(where)
+    return await bot.services.catalog.search(
+        question, allow_nsfw=here.allow_nsfw(where.adult), limit=5, hidden=here.hidden
+    )
+
+
+async def show_answer(interaction: discord.Interaction, answer: Answer) -> None:
+    if answer.help:
+        await refuse(interaction, answer.help)
+        return
+    await interaction.edit_original_response(embed=answer_embed(answer), view=answer_view(answer))
+
+
+def answer_view(answer: Answer) -> discord.ui.View:
+    """Use one (installed answers), compare them, or ask again with a constraint added."""
     view = discord.ui.View(timeout=None)
-    view.add_item(UsePick([e.name for e in runnable]))
+    runnable = [h.entry for h in answer.hits if h.entry.installed and h.entry.runnable]
+    if runnable:
+        view.add_item(UsePick([e.name for e in runnable]))
     if len(runnable) >= 2:
         view.add_item(CompareButton(fit_names([e.name for e in runnable][:COMPARE_BUTTON_MAX])))
+    for key in REFINEMENTS:
+        view.add_item(RefineButton(key))
     return view
+
+
+class RefineButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:refine:(?P<key>[a-z]+)"):
+    """Ask the answer's question again with a constraint added ("More realistic", "SDXL only"): the
+    question is read back from the answer's title, so the button works on any answer, however old."""
+
+    def __init__(self, key: str) -> None:
+        label = REFINEMENTS[key][0] if key in REFINEMENTS else key
+        super().__init__(
+            discord.ui.Button(label=label, style=discord.ButtonStyle.secondary, custom_id=f"easel:refine:{key}")
+        )
+        self.key = key
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match) -> RefineButton:
+        return cls(match["key"])
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        embeds = interaction.message.embeds if interaction.message else []
+        title = embeds[0].title or "" if embeds else ""
+        if self.key not in REFINEMENTS or not title.startswith(ANSWER_TITLE):
+            await refuse(interaction, "this answer can no longer be refined; ask again with /checkpoints search")
+            return
+        await interaction.response.defer(thinking=True)
+        question = refined(title.removeprefix(ANSWER_TITLE).rstrip("…"), REFINEMENTS[self.key][1])
+        await show_answer(interaction, await ask(interaction, question))
 
 
 COMPARE_BUTTON_MAX = 4  # names that fit the Compare-these button's custom id; bot/jobs.py sets the rule

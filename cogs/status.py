@@ -27,6 +27,8 @@ class Status(commands.Cog):
         for worker in status.workers[:20]:
             loaded = ", ".join(worker.loaded) or "nothing loaded"
             speed = f" · {worker.steps_per_second:.1f} it/s" if worker.steps_per_second else ""
+            if speed and worker.speed_measured_on:  # the speed of what it last drew, said with its size
+                speed += f" on {worker.speed_measured_on}"
             embed.add_field(
                 name=f"Worker {worker.slot} · {worker.device}",
                 value=clip(f"{worker.state}{speed}\n{loaded}", FIELD_MAX),

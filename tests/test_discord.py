@@ -203,9 +203,11 @@ async def test_imagine_in_a_dm(env: simcord.Env) -> None:
 
 async def test_status(env: simcord.Env) -> None:
     _, channel, alice = world(env)
+    await alice.slash(channel, "imagine", prompt="a speed test", checkpoint="tiny-sd1", steps=2)
     result = await alice.slash(channel, "status")
     embed = result.response.embeds[0]
     assert result.ephemeral and embed.fields[0].name == "Worker 0 · cpu"
+    assert " it/s on 64×64" in embed.fields[0].value  # a speed says what it was measured on
     catalog = next(f.value for f in embed.fields if f.name == "Catalog search by meaning")
     assert catalog == "loading…" or catalog.startswith("ready (all-MiniLM-L6-v2")
 
@@ -378,6 +380,14 @@ async def test_checkpoint_search_use_and_compare(env: simcord.Env, services: Ser
         modal = await alice.select(result.response, ["tiny-xl"], custom_id="easel:usepick")
         picture = await alice.submit_modal(modal, {"prompt": "a fox"})
         assert parse_infotext((await png_of(picture.response)).info["parameters"])[2]["Model"] == "tiny-xl"
+
+        # Refinement buttons ask the question again with a constraint added, as a new answer.
+        sdxl = (await alice.click(result.response, label="SDXL only")).response.embeds[0]
+        assert sdxl.title == "Which checkpoint: which checkpoint for anime, sdxl only"
+        assert "`tiny-xl`" in sdxl.description and "`tiny-sd1`" not in sdxl.description
+        assert all("SDXL: 1024²" in b or "SDXL: 64²" in b for b in sdxl.description.split("\n\n")), sdxl.description
+        mine = (await alice.click(result.response, label="Only installed")).response.embeds[0]
+        assert all(b.startswith("✅") for b in mine.description.split("\n\n")) and "installed only" in mine.footer.text
 
         modal = await alice.click(result.response, label="Compare these")
         grid = await alice.submit_modal(modal, {"prompt": "a boat"})

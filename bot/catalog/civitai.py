@@ -53,7 +53,23 @@ def parse_version(data: dict[str, Any]) -> dict[str, Any]:
         "nsfw": bool(model.get("nsfw")),
         "checkpoint_type": str(model.get("checkpointType") or data.get("checkpointType") or ""),
         "description": _strip_html(str(data.get("description") or model.get("description") or "")),
+        **_figures(data),
     }
+
+
+def _figures(data: dict[str, Any]) -> dict[str, Any]:
+    """A version's public figures (its `stats`) and publication date, where the answer has them: the
+    catalog's currency signal. Anything not a plain count or an ISO date is left out."""
+    stats = data.get("stats") if isinstance(data.get("stats"), dict) else {}
+    figures: dict[str, Any] = {}
+    for key, name in (("downloadCount", "downloads"), ("thumbsUpCount", "thumbs_up")):
+        value = _id(stats.get(key))
+        if value is not None:
+            figures[name] = value
+    published = data.get("publishedAt") or data.get("createdAt")
+    if isinstance(published, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}.*", published[:40]):
+        figures["published"] = published[:10]
+    return figures
 
 
 def _id(value: object) -> int | None:

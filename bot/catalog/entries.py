@@ -37,6 +37,17 @@ class CatalogEntry:
     preview: str = ""  # path of the A1111 preview image beside the file, if any
     sources: dict[str, str] = field(default_factory=dict)  # facet -> where its value came from
     native_size: int = 0  # an installed checkpoint's square size (its config's); 0: by its base
+    # Currency and what it takes to run (the reference list's facts; an installed file takes them
+    # from the entry it is recognised as, and its Civitai figures from `catalog enrich`).
+    released: str = ""  # the line's first release: "2024-09", or "2024" where the month is not certain
+    updated: str = ""  # the year of its latest version, where known
+    superseded_by: str = ""  # the same makers' newer model
+    settings: dict[str, Any] = field(default_factory=dict)  # from its card: sampler, steps, cfg, clip_skip, size
+    # The parts a transformer-only file runs with: t5xxl, clip_l, clip_g, vae.
+    needs: list[str] = field(default_factory=list)
+    parameters_b: float = 0.0  # billions of parameters (Flux, SD3), for the VRAM estimate
+    fast: bool = False  # made for a few steps (Turbo, Lightning, schnell)
+    popularity: dict[str, Any] = field(default_factory=dict)  # Civitai's figures: downloads, thumbs_up, published
 
     @property
     def base_label(self) -> str:

@@ -4,12 +4,19 @@ Everything per entry lives in numpy arrays built once per catalog change, so a s
 entries is a handful of vector operations rather than a Python loop.
 
 score = facet fit (when the question names facets) + full-text + semantic similarity
-        + a bonus for installed checkpoints, so they rank above reference-only ones of similar fit.
-Base model and NSFW are filters, not hints: an entry that fails them is never returned.
+        + a bonus for checkpoints that run here now (less for installed ones that cannot), so they
+          rank above reference-only ones of similar fit
+        + a currency prior (bot/catalog/running.py: how recent the line is, halved when its makers
+          superseded it, and Civitai's download figures when enriched), small beside fit so a
+          well-fitting current model beats a well-fitting abandoned one without beating a better fit;
+          "newest" in the question leans on it harder, "classic" turns it round.
+Base model, NSFW and a stated VRAM size ("on 6 GB") are filters, not hints: an entry that fails
+them is never returned. "fast" / "few steps" is a facet: models made for few steps fit it.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,12 +24,17 @@ import numpy as np
 
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.query import Query
+from bot.catalog.running import EARLIEST, latest_year, least_vram_gb, popularity, recency
+from bot.catalog.sources import match_key
 from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, realism_closeness, words
 
 # Weights when the question names facets / when it is free text only.
 W_FACET, W_TEXT, W_MEANING = 0.60, 0.15, 0.25
 W_TEXT_ONLY, W_MEANING_ONLY = 0.45, 0.55
-INSTALLED_BONUS = 0.10
+W_NAME = 0.25  # the question names the model ("epic realism xl", "realvis"): above any facet tie
+NAME_MIN = 5  # shorter squashed names ("sd", "v5") are too common to mean a model
+RUNNABLE_BONUS, INSTALLED_BONUS = 0.10, 0.03  # runs here now / installed but cannot run now
+W_PRIOR, W_PRIOR_ASKED = 0.08, 0.35  # the currency prior: by default / when the question asks for new or classic
 COMMON_SHARE, COMMON_MIN_ENTRIES = 0.05, 1000
 GENERAL_PURPOSE_CREDIT = 0.3  # a general-purpose model half-answers any style question
 # Cosine similarities of all-MiniLM-L6-v2 between a question and an unrelated text sit near 0.1; a
@@ -30,6 +42,24 @@ GENERAL_PURPOSE_CREDIT = 0.3  # a general-purpose model half-answers any style q
 COS_FLOOR, COS_SPAN = 0.10, 0.45
 # A free-text question with no full-text hit and nothing closer than this is treated as nonsense.
 NONSENSE_COS = 0.30
+
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+def name_keys(entry: CatalogEntry) -> dict[str, float]:
+    """How a question may name an entry, and how surely: its names and aliases squashed with their
+    version (1.0: "animagine xl 3.1" is Animagine XL 3.1, not 4.0), or without it and without a
+    trailing "xl" as match_key squashes them (0.8: "animagine" is either)."""
+    keys: dict[str, float] = {}
+    for name in (entry.display_name, entry.name, entry.known_as, *entry.tags):
+        if not name:
+            continue
+        loose = match_key(name)
+        for key, sure in ((loose, 0.8), (loose.removesuffix("xl"), 0.8), (_NOT_ALNUM.sub("", name.lower()), 1.0)):
+            if len(key) >= NAME_MIN:
+                keys[key] = max(sure, keys.get(key, 0.0))
+    return keys
 
 
 def _bits(values: list[str], vocabulary: tuple[str, ...]) -> int:
@@ -71,8 +101,24 @@ class CatalogIndex:
         self.base = np.array([self.base_codes[e.base] for e in self.entries], dtype=np.int16).reshape(n)
         self.nsfw = np.array([e.nsfw for e in self.entries], dtype=bool).reshape(n)
         self.installed = np.array([e.installed for e in self.entries], dtype=bool).reshape(n)
+        self.runnable = np.array([e.installed and e.runnable for e in self.entries], dtype=bool).reshape(n)
+        self.fast = np.array([e.fast for e in self.entries], dtype=bool).reshape(n)
+        self.least_vram = np.array([least_vram_gb(e) for e in self.entries], dtype=np.float32).reshape(n)
+        years = [latest_year(e) for e in self.entries]
+        newest = max((y for y in years if y is not None), default=EARLIEST + 1)
+        self.recency = np.array([recency(e, newest) for e in self.entries], dtype=np.float32).reshape(n)
+        self.age = 1.0 - np.array(
+            [recency(e, newest, superseded=False) for e in self.entries], dtype=np.float32
+        ).reshape(n)
+        known = [popularity(e) for e in self.entries]
+        self.popularity = np.array([p if p is not None else np.nan for p in known], dtype=np.float32).reshape(n)
         self.has_vector = np.any(self.vectors != 0, axis=1) if n else np.zeros(0, dtype=bool)
         self.doc_freq = Counter(w for e in self.entries for w in set(words(f"{e.document()} {e.name}")))
+        self.names: dict[str, list[tuple[int, float]]] = {}  # squashed name (and alias) -> (entry, sureness)
+        for i, e in enumerate(self.entries):
+            for key, sure in name_keys(e).items():
+                self.names.setdefault(key, []).append((i, sure))
+        self.longest_name = max(map(len, self.names), default=0)
 
     def common(self, word: str) -> bool:
         """A word in more than 5 % of a large catalog says little about which entry fits, and makes
@@ -89,7 +135,21 @@ class CatalogIndex:
             mask &= np.isin(self.base, [self.base_codes[b] for b in query.bases if b in self.base_codes])
         if query.sfw_only or not allow_nsfw:
             mask &= ~self.nsfw
+        if query.max_vram_gb:
+            mask &= self.least_vram <= query.max_vram_gb
+        if query.installed_only:
+            mask &= self.installed
         return mask
+
+    def prior(self, query: Query) -> tuple[np.ndarray, float]:
+        """(the currency prior per entry, 0..1, and its weight) for this question."""
+        if query.era == "classic":  # the oldest lines first, superseded or not
+            return self.age, W_PRIOR_ASKED
+        if query.era == "newest":
+            return self.recency, W_PRIOR_ASKED
+        known = ~np.isnan(self.popularity)
+        blended = np.where(known, 0.5 * self.recency + 0.5 * np.nan_to_num(self.popularity), self.recency)
+        return blended.astype(np.float32), W_PRIOR
 
     def facet_scores(self, query: Query) -> np.ndarray | None:
         """Mean over the facet groups the question names of how well each entry fits; None if it names none."""
@@ -108,9 +168,22 @@ class CatalogIndex:
             groups.append(self.realism[:, columns].max(axis=1))
         if f.training:
             groups.append(((self.training & _bits(sorted(f.training), TRAINING)) != 0).astype(np.float32))
+        if query.fast:
+            groups.append(self.fast.astype(np.float32))
         if not groups:
             return None
         return np.mean(groups, axis=0).astype(np.float32)
+
+    def name_scores(self, text: str) -> np.ndarray:
+        """How surely the question names each entry (name_keys), its words squashed as names are
+        ("Epic Realism XL" -> epicrealismxl): every substring of it is looked up once."""
+        scores = np.zeros(len(self.entries), dtype=np.float32)
+        squashed = _NOT_ALNUM.sub("", text.lower())
+        for start in range(len(squashed)):
+            for end in range(start + NAME_MIN, min(len(squashed), start + self.longest_name) + 1):
+                for i, sure in self.names.get(squashed[start:end], ()):
+                    scores[i] = max(scores[i], sure)
+        return scores
 
     def meaning_scores(self, query_vector: np.ndarray | None) -> tuple[np.ndarray, float]:
         """Rescaled cosine similarity per entry, and the best raw cosine."""
@@ -141,8 +214,10 @@ class CatalogIndex:
         allow_nsfw: bool,
         limit: int,
         exclude: set[str] = frozenset(),  # type: ignore[assignment]
+        signal: str = "",
     ) -> tuple[list[Scored], bool]:
-        """The best `limit` entries, and whether the question looked like nonsense."""
+        """The best `limit` entries, and whether the question looked like nonsense. `signal` (facets,
+        text, meaning or prior) ranks by that signal alone, for the evaluation's comparison."""
         n = len(self.entries)
         if not n:
             return [], False
@@ -163,7 +238,19 @@ class CatalogIndex:
             facet = np.zeros(n, dtype=np.float32)
             score = np.where(self.general, 0.5, 0.0).astype(np.float32) + 0.01 * meaning
             nonsense = False
-        score = score + np.where(self.installed, INSTALLED_BONUS, 0.0)
+        named = self.name_scores(query.text)
+        score = score + W_NAME * named
+        score = score + np.where(self.runnable, RUNNABLE_BONUS, np.where(self.installed, INSTALLED_BONUS, 0.0))
+        prior, weight = self.prior(query)
+        score = score + weight * prior
+        if signal:
+            alone = {
+                "facets": facet if facet is not None else np.zeros(n),
+                "text": text,
+                "meaning": meaning,
+                "name": named,
+            }
+            score = alone.get(signal, prior).astype(np.float32)
         score = np.where(mask, score, -np.inf)
         count = min(limit, int(mask.sum()))
         if count <= 0:

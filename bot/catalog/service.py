@@ -24,6 +24,7 @@ from bot.catalog.entries import CatalogEntry
 from bot.catalog.loras import LoraHit, fitting_loras
 from bot.catalog.query import Query, parse_query
 from bot.catalog.ranking import CatalogIndex, Scored
+from bot.catalog.running import latest_year, running_line, settings_line
 from bot.catalog.sources import installed_entry, reference_entries
 from bot.catalog.taxonomy import BASES, REALISM, SPECIALITIES, STYLES
 from bot.checkpoints.registry import CheckpointRegistry
@@ -74,6 +75,12 @@ class Hit:
             "trigger_words": e.trigger_words,
             "autov2": e.autov2,
             "source_url": e.source_url,
+            "runs": running_line(e),
+            "released": e.released,
+            "updated": e.updated,
+            "superseded_by": e.superseded_by,
+            "settings": e.settings,
+            "popularity": e.popularity,
             "score": round(self.score, 4),
             "why": self.why,
             "try": self.try_,
@@ -116,6 +123,14 @@ def describe_query(query: Query) -> str:
     ]
     if query.sfw_only:
         parts.append("SFW only")
+    if query.era:
+        parts.append(query.era)
+    if query.max_vram_gb:
+        parts.append(f"at most {query.max_vram_gb:g} GB of VRAM")
+    if query.fast:
+        parts.append("few steps")
+    if query.installed_only:
+        parts.append("installed only")
     if query.rest:
         parts.append("“" + " ".join(query.rest) + "”")
     return " · ".join(parts)
@@ -140,11 +155,17 @@ def explain(scored: Scored, query: Query) -> tuple[str, str]:
         reasons.append(f"good at {', '.join(good_at)}")
     if f.training and e.training in f.training:
         reasons.append(e.training)
-    reasons.append(f"{e.base_label} base")
+    if query.fast and e.fast:
+        reasons.append("made for few steps")
     if e.installed:
         reasons.append("installed here" if e.runnable else "installed here but cannot run now")
     else:
         reasons.append("not installed here")
+    reasons.append(running_line(e))
+    if e.superseded_by:
+        reasons.append(f"superseded by {e.superseded_by}")
+    elif year := latest_year(e):
+        reasons.append(f"{'updated' if e.updated else 'from'} {int(year)}")
     if e.known_as and e.known_as != e.display_name:
         reasons.append(f"recognised as {e.known_as}")
     if e.trigger_words:
@@ -153,17 +174,18 @@ def explain(scored: Scored, query: Query) -> tuple[str, str]:
         reasons.append("NSFW")
 
     side = e.native_size or NATIVE_SIZE.get(e.base, 512)
+    settings = settings_line(e)
     if e.installed and e.runnable:
         start = f"/imagine checkpoint:{e.name}"
         if e.trigger_words:
             start += f' prompt:"{e.trigger_words[0]}, …"'
-        try_ = f"{start} · native {side}×{side}"
+        try_ = f"{start} · native {side}×{side}" + (f" · its card: {settings}" if settings else "")
     elif e.installed:
         try_ = "ask an owner to fix or re-register it"
     else:
         try_ = (
             "ask an owner to install it" + (f" ({e.source_url})" if e.source_url else "") + f"; runs at {side}×{side}"
-        )
+        ) + (f"; its card: {settings}" if settings else "")
     return " · ".join(reasons), try_
 
 
@@ -317,6 +339,7 @@ class CatalogService:
         limit: int = 5,
         wait_for_model: bool = True,
         hidden: set[str] = frozenset(),  # type: ignore[assignment]  # sha256 of checkpoints hidden here
+        signal: str = "",  # one signal alone (facets, text, meaning, prior): bench/catalog_eval.py's comparison
     ) -> Answer:
         """Rank the catalog for a question. Refuses nothing: a question with nothing to go on gets help."""
         question = " ".join(question.split())[:MAX_QUESTION]
@@ -346,6 +369,7 @@ class CatalogService:
             allow_nsfw=allow_nsfw,
             limit=limit,
             exclude={f"ckpt:{sha}" for sha in hidden},
+            signal=signal,
         )
         if nonsense:
             answer.help = f"Nothing in the catalog matches “{question}”.\n" + HELP

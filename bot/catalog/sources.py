@@ -169,9 +169,15 @@ def reference_entries() -> tuple[CatalogEntry, ...]:
                 source_url=item.get("source", ""),
                 tags=[alias for alias in item.get("aliases", [])],
                 sources={facet: "reference" for facet in LAYERED},
+                **{key: item[key] for key in REFERENCE_FACTS if key in item},
             )
         )
     return tuple(entries)
+
+
+# The reference list's facts about currency and running that an installed file recognised as one of
+# its entries takes over.
+REFERENCE_FACTS = ("released", "updated", "superseded_by", "settings", "needs", "parameters_b", "fast")
 
 
 MIN_PREFIX = 6
@@ -258,5 +264,8 @@ def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> Ca
         preview=ckpt.preview_path or "",
         sources=sources,
         native_size=CheckpointRef.from_entry(ckpt).native_size,
+        popularity={k: civitai[k] for k in ("downloads", "thumbs_up", "published") if k in (civitai or {})},
+        needs=[str(role) for role, _ in (ckpt.inspection or {}).get("architecture_info", {}).get("needs", [])],
+        **{key: getattr(ref, key) for key in REFERENCE_FACTS if ref is not None and key != "needs"},
         **values,
     )

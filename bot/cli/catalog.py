@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.catalog.compare import finish_compare
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.entries import CatalogEntry
+from bot.catalog.query import REFINEMENTS, refined
 from bot.catalog.service import Answer, CatalogService
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
@@ -97,7 +98,10 @@ def render_entry(entry: CatalogEntry) -> str:
 
 async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     async with open_catalog(settings, semantic=not args.no_semantic) as catalog:
-        answer = await catalog.search(args.question, allow_nsfw=not args.sfw, limit=args.limit)
+        question = args.question
+        for key in args.refine or []:  # what the answer's buttons add on Discord
+            question = refined(question, REFINEMENTS[key][1])
+        answer = await catalog.search(question, allow_nsfw=not args.sfw, limit=args.limit)
     print(json.dumps(answer.to_dict(), indent=2) if args.json else render_answer(answer))
     return 0
 
@@ -161,6 +165,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("question")
     p.add_argument("--limit", type=int, default=5, choices=range(1, 26), metavar="1..25")
     p.add_argument("--sfw", action="store_true", help="leave out NSFW checkpoints")
+    p.add_argument(
+        "--refine", action="append", choices=sorted(REFINEMENTS), help="ask again with this added (repeatable)"
+    )
     p.add_argument("--no-semantic", action="store_true", help="facets and full text only (no embedding model)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_search)

@@ -95,6 +95,7 @@ class WorkerStatus:
     pid: int | None
     loaded: list[str]
     steps_per_second: float
+    speed_measured_on: str = ""  # what the speed was measured on: "64×64", "1024×1024, 4 pictures"
 
 
 @dataclass
@@ -277,7 +278,13 @@ class GenerationService:
             )
             workers.append(
                 WorkerStatus(
-                    w.slot, w.device, state, w.pid, [self._names.get(k, k[:10]) for k in w.loaded], w.steps_per_second
+                    w.slot,
+                    w.device,
+                    state,
+                    w.pid,
+                    [self._names.get(k, k[:10]) for k in w.loaded],
+                    w.steps_per_second,
+                    w.speed_measured_on,
                 )
             )
         running = sum(1 for h in self._handles.values() if h.job.state is JobState.RUNNING)
@@ -436,6 +443,10 @@ class GenerationService:
     def _on_progress(self, worker: WorkerProcess, event: BatchProgress) -> None:
         jobs = self._live(event.batch_id)
         worker.steps_per_second = event.it_per_s
+        if jobs:
+            pictures = sum(j.spec.request.count for j in jobs)
+            size = f"{jobs[0].spec.width}×{jobs[0].spec.height}"
+            worker.speed_measured_on = size + (f", {pictures} pictures" if pictures > 1 else "")
         if event.it_per_s > 0 and jobs:
             units_per_step = sum(j.work_units / j.spec.denoising_steps for j in jobs)
             measured = 1.0 / event.it_per_s / units_per_step

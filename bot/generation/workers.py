@@ -46,6 +46,7 @@ class WorkerProcess:
         self.batch: RunBatch | None = None
         self.loaded: tuple[str, ...] = ()
         self.steps_per_second = 0.0
+        self.speed_measured_on = ""  # the batch the speed was measured on (its size, its pictures)
         self.generation = 0  # restarts of this slot
         self._child: ChildProcess | None = None
 
