@@ -285,7 +285,14 @@ async def test_stated_constraints_filter_and_lean(catalog: CatalogService) -> No
 
 @aio
 async def test_a_named_model_comes_first(catalog: CatalogService) -> None:
-    for question, name in (("epic realism xl", "epicrealism-xl"), ("realvis", "realvisxl"), ("pony realism", "pony-realism")):
+    for question, name in (
+        ("epic realism xl", "epicrealism-xl"),
+        ("realvis", "realvisxl"),
+        ("pony realism", "pony-realism"),
+        ("animagine xl 3.1", "animagine-xl-3.1"),  # the version named wins over the newer one
+        ("ponny diffusion", "pony-diffusion-v6-xl"),  # a letter too many
+        ("juggernautt", "juggernaut-xl"),
+    ):
         assert (await catalog.search(question, limit=1)).hits[0].entry.name == name, question
 
 

@@ -33,6 +33,7 @@ W_FACET, W_TEXT, W_MEANING = 0.60, 0.15, 0.25
 W_TEXT_ONLY, W_MEANING_ONLY = 0.45, 0.55
 W_NAME = 0.25  # the question names the model ("epic realism xl", "realvis"): above any facet tie
 NAME_MIN = 5  # shorter squashed names ("sd", "v5") are too common to mean a model
+MISSPELT = 0.7  # how surely a name with one letter too many names the model
 RUNNABLE_BONUS, INSTALLED_BONUS = 0.10, 0.03  # runs here now / installed but cannot run now
 W_PRIOR, W_PRIOR_ASKED = 0.08, 0.35  # the currency prior: by default / when the question asks for new or classic
 COMMON_SHARE, COMMON_MIN_ENTRIES = 0.05, 1000
@@ -50,13 +51,20 @@ _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 def name_keys(entry: CatalogEntry) -> dict[str, float]:
     """How a question may name an entry, and how surely: its names and aliases squashed with their
     version (1.0: "animagine xl 3.1" is Animagine XL 3.1, not 4.0), or without it and without a
-    trailing "xl" as match_key squashes them (0.8: "animagine" is either)."""
+    trailing "xl" as match_key squashes them (0.8: "animagine" is either; "pony diffusion" is Pony
+    Diffusion V6 XL)."""
     keys: dict[str, float] = {}
     for name in (entry.display_name, entry.name, entry.known_as, *entry.tags):
         if not name:
             continue
         loose = match_key(name)
-        for key, sure in ((loose, 0.8), (loose.removesuffix("xl"), 0.8), (_NOT_ALNUM.sub("", name.lower()), 1.0)):
+        unversioned = match_key(re.sub(r"[\s_-]*xl$", "", name, flags=re.IGNORECASE))  # "Pony Diffusion V6 XL"
+        for key, sure in (
+            (loose, 0.8),
+            (loose.removesuffix("xl"), 0.8),
+            (unversioned, 0.8),
+            (_NOT_ALNUM.sub("", name.lower()), 1.0),
+        ):
             if len(key) >= NAME_MIN:
                 keys[key] = max(sure, keys.get(key, 0.0))
     return keys
@@ -183,7 +191,26 @@ class CatalogIndex:
             for end in range(start + NAME_MIN, min(len(squashed), start + self.longest_name) + 1):
                 for i, sure in self.names.get(squashed[start:end], ()):
                     scores[i] = max(scores[i], sure)
+        if not scores.any():
+            self._misspelt_names(text, scores)
         return scores
+
+    def _misspelt_names(self, text: str, scores: np.ndarray) -> None:
+        """A name typed with one letter too many ("ponny diffusion", "juggernautt"): each run of the
+        question's words, squashed, with one letter left out, looked up as a name (less surely).
+        Runs start at a word, so a question costs a few thousand lookups, not a scan of the names."""
+        words = [w for w in _NOT_ALNUM.split(text.lower()) if w]
+        for first in range(len(words)):
+            run = ""
+            for word in words[first:]:
+                run += word
+                if len(run) > self.longest_name + 1:
+                    break
+                if len(run) <= NAME_MIN:
+                    continue
+                for cut in range(len(run)):
+                    for i, sure in self.names.get(run[:cut] + run[cut + 1 :], ()):
+                        scores[i] = max(scores[i], MISSPELT * sure)
 
     def meaning_scores(self, query_vector: np.ndarray | None) -> tuple[np.ndarray, float]:
         """Rescaled cosine similarity per entry, and the best raw cosine."""
@@ -226,6 +253,7 @@ class CatalogIndex:
             if key in self.keys:
                 mask[self.keys[key]] = False
         facet = self.facet_scores(query)
+        named = self.name_scores(query.text)
         text = self.text_scores(bm25)
         meaning, best_cos = self.meaning_scores(query_vector)
         if facet is not None:
@@ -233,12 +261,11 @@ class CatalogIndex:
             nonsense = False
         elif query.rest:
             score = W_TEXT_ONLY * text + W_MEANING_ONLY * meaning
-            nonsense = not bm25 and (query_vector is None or best_cos < NONSENSE_COS)
+            nonsense = not bm25 and (query_vector is None or best_cos < NONSENSE_COS) and not named.any()
         else:  # only constraints ("sdxl models", "no nsfw"): the allowed ones, general-purpose first
             facet = np.zeros(n, dtype=np.float32)
             score = np.where(self.general, 0.5, 0.0).astype(np.float32) + 0.01 * meaning
             nonsense = False
-        named = self.name_scores(query.text)
         score = score + W_NAME * named
         score = score + np.where(self.runnable, RUNNABLE_BONUS, np.where(self.installed, INSTALLED_BONUS, 0.0))
         prior, weight = self.prior(query)
