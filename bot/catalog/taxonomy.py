@@ -40,6 +40,8 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
         "waifu",
         "animagine",
         "japanese animation",
+        "ghibli",
+        "studio ghibli",
         "hentai",
         "danbooru",
     ),
