@@ -104,6 +104,32 @@ def train_vae(pairs: list[tuple[str, str]], seed: int, steps: int, log) -> torch
     return vae
 
 
+def open_model(model: Path):
+    """(the model's pipeline through Easel's own loader, its file's inspection): read once."""
+    from bot.checkpoints.inspection import inspect_file
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.protocol import LoadRequest
+
+    ins = inspect_file(model)
+    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
+    return load_pipeline(request).pipeline, ins
+
+
+def rewrite_recipe(model: Path, out: Path, tensors: dict[str, torch.Tensor] | None = None, **changes: object) -> None:
+    """MODEL's tensors (or `tensors`) written to OUT with its recipe changed (a None value drops a key)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from bot.checkpoints.safetensors_writer import temp_path
+    from gpu_worker.save import save_atomically
+
+    with safe_open(str(model), "pt") as f:
+        metadata = dict(f.metadata())
+    recipe = json.loads(metadata["easel.training"]) | changes
+    metadata["easel.training"] = json.dumps({k: v for k, v in recipe.items() if v is not None})
+    save_atomically(tensors if tensors is not None else load_file(str(model)), out, metadata, temp_path(out))
+
+
 def polish_decoder(vae: torch.nn.Module, pairs: list[tuple[str, str]], seed: int, steps: int, log) -> None:
     """The VAE's decoder trained on, its encoder (the UNet's latent space) left as it is: nested
     scenes, where every colour meets every other, and the first stage's scenes, half each."""
@@ -133,20 +159,11 @@ def polish_decoder(vae: torch.nn.Module, pairs: list[tuple[str, str]], seed: int
 
 def polish(model: Path, out: Path, seed: int, steps: int) -> None:
     """`polish_decoder` on a trained model's file, the result written to OUT with its recipe."""
-    from safetensors import safe_open
-
-    from bot.checkpoints.inspection import inspect_file
-    from bot.checkpoints.safetensors_writer import temp_path
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import LoadRequest
-    from gpu_worker.save import save_atomically
     from gpu_worker.tiny import single_file_state_dict
 
     started = time.time()
     torch.set_num_threads(os.cpu_count() or 1)
-    ins = inspect_file(model)
-    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
-    pipe = load_pipeline(request).pipeline
+    pipe, _ = open_model(model)
     parts = {"unet": pipe.unet.float(), "vae": pipe.vae.float(), "text_encoder": pipe.text_encoder.float()}
     polish_decoder(
         parts["vae"],
@@ -155,14 +172,8 @@ def polish(model: Path, out: Path, seed: int, steps: int) -> None:
         steps,
         lambda text: print(f"[{time.time() - started:6.0f} s] {text}", flush=True),
     )
-    with safe_open(str(model), "pt") as f:
-        metadata = dict(f.metadata())
-    recipe = json.loads(metadata["easel.training"])
-    recipe |= {"polish_steps": steps, "polish_seconds": round(time.time() - started)}
-    recipe.pop("score", None)
-    metadata["easel.training"] = json.dumps(recipe)
     state = {k: v.half() if v.is_floating_point() else v for k, v in single_file_state_dict(parts, "sd1").items()}
-    save_atomically(state, out, metadata, temp_path(out))
+    rewrite_recipe(model, out, state, polish_steps=steps, polish_seconds=round(time.time() - started), score=None)
     print(f"wrote {out}; score: {json.dumps(record_score(out, seed))}", flush=True)
 
 
@@ -255,18 +266,9 @@ def train(out: Path, seed: int, vae_steps: int, steps: int, polish_steps: int) -
 def record_score(model: Path, seed: int) -> dict[str, dict[str, float]]:
     """The held-out score at CFG 7 (the bot's default) and CFG 1 (no guidance), written into the
     file's recipe beside the other training facts."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from bot.checkpoints.safetensors_writer import temp_path
-    from gpu_worker.save import save_atomically
-
-    score = {f"cfg {cfg:g}": evaluate(model, seed, cfg=cfg) for cfg in (7.0, 1.0)}
-    with safe_open(str(model), "pt") as f:
-        metadata = dict(f.metadata())
-    recipe = json.loads(metadata["easel.training"]) | {"score": score}
-    metadata["easel.training"] = json.dumps(recipe)
-    save_atomically(load_file(str(model)), model, metadata, temp_path(model))
+    pipe, ins = open_model(model)
+    score = {f"cfg {cfg:g}": score_pipeline(pipe, held_out(ins, seed), seed, cfg=cfg) for cfg in (7.0, 1.0)}
+    rewrite_recipe(model, model, score=score)
     return score
 
 
@@ -277,17 +279,12 @@ def train_lora(model: Path, out: Path, seed: int, steps: int) -> None:
     kohya-ss/sd-scripts' networks/lora.py writes: `lora_unet_<module path with _>.lora_down/up`, `alpha`)."""
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-    from bot.checkpoints.inspection import inspect_file
     from bot.checkpoints.safetensors_writer import temp_path
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import LoadRequest
     from gpu_worker.save import save_atomically
 
     torch.manual_seed(seed)
     started = time.time()
-    ins = inspect_file(model)
-    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
-    pipe = load_pipeline(request).pipeline
+    pipe, _ = open_model(model)
     unet, rank = pipe.unet.float().requires_grad_(False), 4
     rng = random.Random(seed + 3)
     pairs = [pair for pair in colour_pairs(seed)[0] if "white" not in pair]
@@ -347,19 +344,25 @@ def train_lora(model: Path, out: Path, seed: int, steps: int) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e3:.0f} kB)")
 
 
+def held_out(ins, seed: int) -> list[tuple[str, str]]:
+    """The colour pairs a model never saw, as its recipe lists them (else the seed's)."""
+    recipe = json.loads(ins.metadata.get("other", {}).get("easel.training", "{}") or "{}")
+    return [tuple(p) for p in recipe.get("held_out_colour_pairs", [])] or colour_pairs(seed)[1]
+
+
 def evaluate(model: Path, seed: int = 0, count: int = 40, cfg: float = 7.0, steps: int = 20) -> dict[str, float]:
-    """Colour adherence on held-out colour pairs, through Easel's loader and pipeline with the bot's
-    default sampler (DPM++ 2M Karras) and an empty negative prompt."""
-    from bot.checkpoints.inspection import inspect_file
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import LoadRequest
+    """Colour adherence on held-out colour pairs, through Easel's loader and pipeline."""
+    pipe, ins = open_model(model)
+    return score_pipeline(pipe, held_out(ins, seed), seed, count, cfg, steps)
+
+
+def score_pipeline(
+    pipe, held: list[tuple[str, str]], seed: int, count: int = 40, cfg: float = 7.0, steps: int = 20
+) -> dict[str, float]:
+    """How often the shape's and the background's colours are right for `count` held-out prompts
+    (every caption form), with the bot's default sampler (DPM++ 2M Karras) and no negative prompt."""
     from gpu_worker.samplers import make_scheduler
 
-    ins = inspect_file(model)  # read once: its recipe and its config
-    recipe = json.loads(ins.metadata.get("other", {}).get("easel.training", "{}") or "{}")
-    held = [tuple(p) for p in recipe.get("held_out_colour_pairs", [])] or colour_pairs(seed)[1]
-    request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
-    pipe = load_pipeline(request).pipeline
     pipe.scheduler = make_scheduler(pipe.scheduler.config, "DPM++ 2M", "Karras")
     rng = random.Random(seed + 1)
     hits = {"shape": 0, "background": 0, "both": 0}

@@ -25,7 +25,7 @@ import numpy as np
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.query import Query
 from bot.catalog.running import EARLIEST, latest_year, least_vram_gb, popularity, recency
-from bot.catalog.sources import match_key
+from bot.catalog.sources import match_key, squash
 from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, realism_closeness, words
 
 # Weights when the question names facets / when it is free text only.
@@ -45,9 +45,6 @@ COS_FLOOR, COS_SPAN = 0.10, 0.45
 NONSENSE_COS = 0.30
 
 
-_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
-
-
 def name_keys(entry: CatalogEntry) -> dict[str, float]:
     """How a question may name an entry, and how surely: its names and aliases squashed with their
     version (1.0: "animagine xl 3.1" is Animagine XL 3.1, not 4.0), or without it and without a
@@ -63,7 +60,7 @@ def name_keys(entry: CatalogEntry) -> dict[str, float]:
             (loose, 0.8),
             (loose.removesuffix("xl"), 0.8),
             (unversioned, 0.8),
-            (_NOT_ALNUM.sub("", name.lower()), 1.0),
+            (squash(name), 1.0),
         ):
             if len(key) >= NAME_MIN:
                 keys[key] = max(sure, keys.get(key, 0.0))
@@ -186,7 +183,7 @@ class CatalogIndex:
         """How surely the question names each entry (name_keys), its words squashed as names are
         ("Epic Realism XL" -> epicrealismxl): every substring of it is looked up once."""
         scores = np.zeros(len(self.entries), dtype=np.float32)
-        squashed = _NOT_ALNUM.sub("", text.lower())
+        squashed = squash(text)
         for start in range(len(squashed)):
             for end in range(start + NAME_MIN, min(len(squashed), start + self.longest_name) + 1):
                 for i, sure in self.names.get(squashed[start:end], ()):
@@ -199,7 +196,7 @@ class CatalogIndex:
         """A name typed with one letter too many ("ponny diffusion", "juggernautt"): each run of the
         question's words, squashed, with one letter left out, looked up as a name (less surely).
         Runs start at a word, so a question costs a few thousand lookups, not a scan of the names."""
-        words = [w for w in _NOT_ALNUM.split(text.lower()) if w]
+        words = re.findall(r"[a-z0-9]+", text.lower())
         for first in range(len(words)):
             run = ""
             for word in words[first:]:

@@ -185,6 +185,11 @@ _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 _VERSION = re.compile(r"(?:[_ .-]?v?\d+(?:\.\d+)*[a-z]?\d*)+$")
 
 
+def squash(text: str) -> str:
+    """Lower case, letters and digits only: how a question and a name are compared."""
+    return _NOT_ALNUM.sub("", text.lower())
+
+
 def match_key(name: str) -> str:
     """A file or model name reduced for recognition: case, punctuation and a trailing version dropped."""
     low = name.lower().rsplit(".", 1)[0] if name.lower().endswith((".safetensors", ".ckpt")) else name.lower()
