@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without
+    # The catalog asks Civitai live for checkpoints nobody here has installed (an owner's choice: off).
+    catalog_live_search: bool = False
     download_max_gb: float = Field(default=20.0, gt=0)  # owners' downloads by URL or Civitai version
     inputs_max_gb: float = Field(default=2.0, gt=0)  # uploaded pictures kept for reruns, least recently used go
     # Hosts downloads may reach even on a private address (a model server on the owner's LAN).

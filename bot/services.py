@@ -84,6 +84,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         registry,
         EmbeddingProcess(cache_dir=settings.data_dir / "cache") if settings.semantic_search else None,
         civitai_api_key=settings.civitai_key,
+        live_search=settings.catalog_live_search,
         loras=loras,
     )
     upscalers = upscaler_registry(db, settings)

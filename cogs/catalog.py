@@ -16,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.catalog.compare import finish_compare
+from bot.catalog.live import civitai_line
 from bot.catalog.query import REFINEMENTS, refined
 from bot.catalog.service import Answer
 from bot.checkpoints.registry import CheckpointEntry
@@ -263,6 +264,12 @@ def answer_embed(answer: Answer) -> discord.Embed:
             value=clip(
                 "\n".join(f"`<lora:{h.entry.name}:1>` · {', '.join(h.matched)}" for h in answer.loras), FIELD_MAX
             ),
+            inline=False,
+        )
+    if answer.civitai:
+        embed.add_field(
+            name="Also on Civitai (not installed here)",
+            value=clip("\n".join(civitai_line(m) for m in answer.civitai), FIELD_MAX),
             inline=False,
         )
     footer = f"Read as: {answer.understood}" if answer.understood else "Read as free text"

@@ -18,6 +18,7 @@ from bot.catalog.service import CatalogService
 from bot.catalog.sources import reference_entries
 from bot.catalog.taxonomy import facet_changes
 from bot.checkpoints.registry import CheckpointRegistry
+from bot.cli.catalog import render_answer
 from bot.db import open_database
 from bot.errors import RegistryError
 from tests.helpers import with_metadata
@@ -292,8 +293,33 @@ async def test_a_named_model_comes_first(catalog: CatalogService) -> None:
         ("animagine xl 3.1", "animagine-xl-3.1"),  # the version named wins over the newer one
         ("ponny diffusion", "pony-diffusion-v6-xl"),  # a letter too many
         ("juggernautt", "juggernaut-xl"),
+        ("illustrius", "illustrious-xl"),  # a letter missing
+        ("juggernaught xl", "juggernaut-xl"),  # a letter wrong
+        ("dreamshapr xl", "dreamshaper-xl"),
     ):
         assert (await catalog.search(question, limit=1)).hits[0].entry.name == name, question
+
+
+@aio
+async def test_logos_are_answered_by_models_that_write_text(catalog: CatalogService) -> None:
+    answer = await catalog.search("which model for logos with lettering?", limit=3)
+    assert {h.entry.base for h in answer.hits} <= {"sd3", "flux"} and "logos/icons" in answer.understood
+
+
+def test_a_refinement_replaces_what_it_contradicts() -> None:
+    from bot.catalog.query import REFINEMENTS, refined
+
+    realistic, stylised, sdxl = (REFINEMENTS[k][1] for k in ("realistic", "stylised", "sdxl"))
+    assert refined("anime", stylised) == "anime, stylised illustration"
+    assert refined(refined("anime", stylised), realistic) == "anime, more realistic"  # back and forth
+    assert refined(refined(refined("anime", stylised), realistic), stylised) == "anime, stylised illustration"
+    assert refined("2D anime girls", realistic) == "anime girls, more realistic"  # another realism grade
+    assert refined("realistic portraits", stylised) == "portraits, stylised illustration"
+    assert refined("photo of cats, SD1.5", sdxl) == "photo of cats, sdxl only"  # another family
+    assert refined("which checkpoint for anime?", sdxl) == "which checkpoint for anime, sdxl only"
+    for question in ("anime, sd1.5", "anime, stylised illustration"):
+        once = parse_query(refined(question, sdxl if "sd1.5" in question else realistic))
+        assert once.bases <= {"sdxl"} and "illustration" not in once.facets.styles
 
 
 # --- Civitai ---------------------------------------------------------------------------------------
@@ -364,6 +390,119 @@ async def test_civitai_unreachable_leaves_entries_and_says_so_once(catalog: Cata
     assert [e.to_dict() for e in (await catalog.refresh(force=True)).entries] == before
     async with catalog._db.execute("SELECT count(*) FROM civitai_lookups") as cur:
         assert (await cur.fetchone())[0] == 0
+
+
+def civitai_search_transport(
+    calls: list[httpx.Request], answers: list[httpx.Response | Exception]
+) -> httpx.MockTransport:
+    """Civitai's `GET /api/v1/models`, answering each request with the next of `answers`."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return httpx.MockTransport(handler)
+
+
+def civitai_models(*names: str, nsfw: bool = False) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={
+            "items": [
+                {
+                    "id": 100 + i,
+                    "name": name,
+                    "type": "Checkpoint",
+                    "nsfw": nsfw,
+                    "tags": ["anime"],
+                    "stats": {"downloadCount": 5000 - i},
+                    "modelVersions": [
+                        {"name": "v1", "baseModel": "Illustrious", "publishedAt": "2026-10-01T00:00:00Z"}
+                    ],
+                }
+                for i, name in enumerate(names)
+            ]
+            + [{"id": "not a number", "name": "broken"}, "not an object"],
+            "metadata": {},
+        },
+    )
+
+
+@aio
+async def test_live_civitai_search_suggests_what_is_not_known_and_caches(catalog: CatalogService) -> None:
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [civitai_models("Illustrious XL", "Nova Anime XL", "Moonlit Cel XL")]
+    live = CatalogService(
+        catalog._db,
+        catalog.registry,
+        None,
+        live_search=True,
+        civitai_client=CivitaiClient(transport=civitai_search_transport(calls, answers)),
+    )
+    answer = await live.search("anime for sdxl, newest", allow_nsfw=False)
+    [request] = calls
+    assert request.url.path == "/api/v1/models"
+    params = request.url.params
+    assert params["types"] == "Checkpoint" and params["sort"] == "Newest" and params["nsfw"] == "false"
+    assert params.get_list("baseModels") == ["SDXL 1.0", "Pony", "Illustrious", "NoobAI"]
+    assert params["query"] == "anime"  # the family went into baseModels, not the words
+    # Illustrious XL is in the catalog already (a reference entry): not suggested twice; broken items dropped.
+    assert [m["name"] for m in answer.civitai] == ["Nova Anime XL", "Moonlit Cel XL"]
+    assert answer.civitai[0]["family"] == "sdxl" and answer.civitai[0]["url"] == "https://civitai.com/models/101"
+    assert not answer.notes
+    assert "Nova Anime XL · Illustrious · 4,999 downloads" in render_answer(answer)
+    again = await live.search("anime for sdxl, newest", allow_nsfw=False)
+    assert len(calls) == 1 and [m["name"] for m in again.civitai] == ["Nova Anime XL", "Moonlit Cel XL"]  # cached
+    # A place that allows NSFW asks with other parameters: asked anew, not served the SFW answer.
+    answers.append(civitai_models())
+    nothing = await live.search("anime for sdxl, newest")
+    assert len(calls) == 2 and "nsfw" not in calls[1].url.params
+    assert nothing.civitai == [] and nothing.notes == ["Civitai lists nothing more for this"]
+    assert nothing.hits  # the catalog's own answer is there either way
+    await live.close()
+
+
+@aio
+async def test_live_civitai_search_fails_politely(catalog: CatalogService) -> None:
+    from bot.catalog.civitai import retry_after_seconds
+
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [
+        httpx.Response(200, content=b"{not json"),
+        httpx.Response(429, headers={"Retry-After": "120"}),
+    ]
+    live = CatalogService(
+        catalog._db,
+        catalog.registry,
+        None,
+        live_search=True,
+        civitai_client=CivitaiClient(transport=civitai_search_transport(calls, answers)),
+    )
+    malformed = await live.search("realistic portraits")
+    assert malformed.hits and malformed.civitai == []
+    assert malformed.notes[0].startswith("live Civitai search unavailable: Civitai's answer is not usable JSON")
+    limited = await live.search("realistic portraits")
+    assert "Civitai asked us to wait (rate limit); live suggestions again in 120 s" in limited.notes[0]
+    quiet = await live.search("realistic landscapes")  # inside the Retry-After: Civitai is not asked at all
+    assert len(calls) == 2 and "rate limit" in quiet.notes[0] and quiet.hits
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480.0 - 30) == 30.0
+    assert retry_after_seconds("soon") == 60.0 and retry_after_seconds("999999") == 3600.0
+
+    # Offline: what was cached for the same question is shown, with its date; nothing cached: said so.
+    answers[:] = [civitai_models("Nova Anime XL"), httpx.ConnectError("no route to host"), httpx.ConnectError("x")]
+    live._live._quiet_until = 0.0
+    await live.search("anime for sdxl")
+    await live._db.execute("UPDATE civitai_searches SET fetched_at = fetched_at - 2 * 86400")  # a stale answer
+    await live._db.commit()
+    offline = await live.search("anime for sdxl")
+    assert [m["name"] for m in offline.civitai] == ["Nova Anime XL"]
+    assert "could not be reached" in offline.notes[0] and "Civitai suggestions from 20" in offline.notes[0]
+    fresh = await live.search("photo of cats")
+    assert fresh.civitai == [] and fresh.notes[0].endswith("answered from what the catalog knows")
+    await live.close()
 
 
 # --- the command line --------------------------------------------------------------------------------

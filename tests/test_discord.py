@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import discord
+import httpx
 import pytest
 import pytest_asyncio
 import simcord
@@ -408,6 +409,34 @@ async def test_checkpoint_search_use_and_compare(env: simcord.Env, services: Ser
     finally:
         await services.registry.edit("tiny-sd1", facets={"styles": []})
         await services.registry.edit("tiny-xl", facets={"styles": [], "trigger_words": []})
+
+
+async def test_checkpoint_search_lists_live_civitai_suggestions(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.catalog.civitai import CivitaiClient
+
+    asked: list[httpx.Request] = []
+
+    def civitai(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        item = {"id": 7, "name": "Discord Live XL", "type": "Checkpoint", "nsfw": False,
+                "modelVersions": [{"baseModel": "Illustrious"}], "stats": {"downloadCount": 1234}}  # fmt: skip
+        return httpx.Response(200, json={"items": [item]})
+
+    client = CivitaiClient(transport=httpx.MockTransport(civitai))
+    monkeypatch.setattr(services.catalog, "live_search", True)  # the owner's switch; undone after the test
+    monkeypatch.setattr(services.catalog, "_civitai_client", client)
+    monkeypatch.setattr(services.catalog, "_live", None)
+    _, channel, alice = world(env)
+    try:
+        result = await alice.slash(channel, "checkpoints search", question="dreamy pastel castles")
+        embed = result.response.embeds[0]
+        field = next(f for f in embed.fields if f.name == "Also on Civitai (not installed here)")
+        assert field.value == "Discord Live XL · Illustrious · 1,234 downloads · https://civitai.com/models/7"
+        assert asked[0].url.params["nsfw"] == "false"  # an ordinary channel hides NSFW checkpoints
+    finally:
+        await client.close()
 
 
 async def test_owners_edit_facets_and_enrich(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bot.catalog.taxonomy import Facets, find_facets, mentions_sfw, words
+from bot.catalog.taxonomy import Facets, find_facets, mentions_sfw, without_phrases, words
 
 FILLER = frozenset(
     """a an the and or of for to in on at with by from as is are be it its this that these those i me my we
@@ -99,7 +99,26 @@ REFINEMENTS = {
 }
 
 
+_STYLISED = re.compile(r"\b(?:more\s+)?styli[sz]ed(?:\s+illustrations?)?\b", re.IGNORECASE)
+
+
 def refined(question: str, addition: str) -> str:
     """A question with a constraint added, as an answer's refinement buttons ask it again ("anime" +
-    "SDXL only" -> "anime, SDXL only"): the later words are read with the earlier ones."""
-    return f"{question.strip().rstrip('?.!,')}, {addition.strip()}"
+    "SDXL only" -> "anime, SDXL only"): the later words are read with the earlier ones. What the
+    addition contradicts goes first, so refinements can be pressed back and forth: another base
+    ("sd1.5" before "SDXL only"), another realism grade or "stylised" before "more realistic",
+    realism and photo words before "stylised"."""
+    wanted = find_facets(addition)
+    text = question
+    if wanted.bases:
+        text = without_phrases(text, {"base"})
+    if wanted.realism:
+        text = without_phrases(_STYLISED.sub(" ", text), {"realism"})
+    if _STYLISED.search(addition):
+        text = re.sub(r"\bmore\s+(?=realistic\b)", " ", text, flags=re.IGNORECASE)
+        text = without_phrases(text, {"realism"}, {"photorealistic"})
+    # Tidy what a removal leaves: empty list items, doubled spaces, a dangling "more".
+    parts = [" ".join(p.split()) for p in text.split(",")]
+    text = ", ".join(p for p in parts if p and p.lower() not in {"more", "only"})
+    text = text.strip().rstrip("?.!,")
+    return f"{text}, {addition.strip()}" if text else addition.strip()

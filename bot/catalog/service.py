@@ -18,9 +18,10 @@ from typing import Any
 import aiosqlite
 import numpy as np
 
-from bot.catalog.civitai import CivitaiCache, CivitaiClient, EnrichReport, enrich
+from bot.catalog.civitai import CivitaiCache, CivitaiClient, EnrichReport, SearchCache, enrich
 from bot.catalog.embeddings import EmbeddingProcess, EmbeddingsUnavailable
 from bot.catalog.entries import CatalogEntry
+from bot.catalog.live import LiveSearch
 from bot.catalog.loras import LoraHit, fitting_loras
 from bot.catalog.query import Query, parse_query
 from bot.catalog.ranking import CatalogIndex, Scored
@@ -96,6 +97,7 @@ class Answer:
     understood: str = ""  # how the question was read, e.g. "style anime · base SDXL"
     loras: list[LoraHit] = field(default_factory=list)  # installed LoRAs that fit, for the answer's family
     lora_family: str = ""
+    civitai: list[dict[str, Any]] = field(default_factory=list)  # live suggestions (bot/catalog/live.py)
 
     @property
     def installed(self) -> list[Hit]:
@@ -109,6 +111,7 @@ class Answer:
             "help": self.help,
             "notes": self.notes,
             "loras": [h.to_dict() for h in self.loras],
+            "civitai": self.civitai,
         }
 
 
@@ -202,6 +205,8 @@ class CatalogService:
         *,
         civitai_api_key: str | None = None,
         loras: LoraRegistry | None = None,
+        live_search: bool = False,
+        civitai_client: CivitaiClient | None = None,
     ) -> None:
         self._db = db
         self.registry = registry
@@ -209,6 +214,10 @@ class CatalogService:
         self.embedder = embedder
         self.civitai_cache = CivitaiCache(db)
         self.civitai_api_key = civitai_api_key
+        self.live_search = live_search  # an owner's choice: ask Civitai for checkpoints not installed
+        self._civitai_client = civitai_client  # made on first use; given by tests
+        self._own_client = civitai_client is None
+        self._live: LiveSearch | None = None
         self._index = CatalogIndex([], np.zeros((0, 0), dtype=np.float32))
         self._fingerprint: tuple[Any, ...] | None = None
         self._refresh_lock = asyncio.Lock()
@@ -386,7 +395,22 @@ class CatalogService:
         if self.loras is not None and family:
             answer.lora_family = family
             answer.loras = fitting_loras(await self.loras.list(status="present"), query, family, allow_nsfw=allow_nsfw)
+        if self.live_search and not signal:
+            live = await self._live_search().suggest(query, allow_nsfw, set(index.names))
+            answer.civitai = live.suggestions
+            if live.note:
+                answer.notes.append(live.note)
         return answer
+
+    def _client(self) -> CivitaiClient:
+        if self._civitai_client is None:
+            self._civitai_client = CivitaiClient(self.civitai_api_key)
+        return self._civitai_client
+
+    def _live_search(self) -> LiveSearch:
+        if self._live is None:
+            self._live = LiveSearch(SearchCache(self._db), self._client())
+        return self._live
 
     def semantic_state(self) -> str:
         """For /status: whether questions are matched by meaning right now."""
@@ -402,9 +426,12 @@ class CatalogService:
         return "loading…"
 
     async def close(self) -> None:
-        """Close what the catalog owns (its embedding process); the database belongs to the caller."""
+        """Close what the catalog owns (its embedding process, its Civitai client); the database
+        belongs to the caller."""
         if self.embedder is not None:
             await self.embedder.close()
+        if self._own_client and self._civitai_client is not None:
+            await self._civitai_client.close()
 
     async def get(self, name: str) -> CatalogEntry | None:
         index = await self.refresh()
@@ -415,16 +442,10 @@ class CatalogService:
     async def enrich(self, *, refresh: bool = False, client: CivitaiClient | None = None) -> EnrichReport:
         """Look up every installed checkpoint and LoRA on Civitai by hash (cached; misses too); what is
         found fills LoRAs' trigger words, tags and descriptions."""
-        own = client is None
-        client = client or CivitaiClient(self.civitai_api_key)
-        try:
-            files = [(c.name, c.sha256) for c in await self.registry.list()]
-            if self.loras is not None:
-                files += [(f"LoRA {e.name}", e.sha256) for e in await self.loras.list()]
-            report = await enrich(self.civitai_cache, client, files, refresh=refresh)
-        finally:
-            if own:
-                await client.close()
+        files = [(c.name, c.sha256) for c in await self.registry.list()]
+        if self.loras is not None:
+            files += [(f"LoRA {e.name}", e.sha256) for e in await self.loras.list()]
+        report = await enrich(self.civitai_cache, client or self._client(), files, refresh=refresh)
         if self.loras is not None:
             await self.loras.apply_civitai(await self.civitai_cache.all_found())
         return report

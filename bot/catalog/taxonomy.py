@@ -159,7 +159,22 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
         "e-commerce",
         "advertising",
     ),
-    ("speciality", "logos/icons"): ("logo", "logos", "icon", "icons", "emblem", "badge", "sticker", "stickers"),
+    ("speciality", "logos/icons"): (
+        "logo",
+        "logos",
+        "icon",
+        "icons",
+        "emblem",
+        "badge",
+        "sticker",
+        "stickers",
+        "typography",
+        "lettering",
+        "text rendering",
+        "legible text",
+        "wordmark",
+        "wordmarks",
+    ),
     ("speciality", "backgrounds"): ("background", "backgrounds", "wallpaper", "wallpapers", "backdrop", "backdrops"),
     ("speciality", "characters"): (
         "character",
@@ -261,6 +276,15 @@ def find_facets(text: str) -> Facets:
             rest = pattern.sub(" ", rest)
     found.rest = " ".join(rest.split())
     return found
+
+
+def without_phrases(text: str, facets: set[str], values: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """The text (its case kept) with every phrase of these facets ("base", "realism") or facet values
+    ("photorealistic") taken out: how a refinement replaces what it contradicts."""
+    for phrase, (facet, value) in _PHRASES:
+        if facet in facets or value in values:
+            text = re.sub(_pattern(phrase).pattern, " ", text, flags=re.IGNORECASE)
+    return text
 
 
 def mentions_sfw(text: str) -> tuple[bool, str]:

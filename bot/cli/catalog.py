@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.catalog.compare import finish_compare
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.entries import CatalogEntry
+from bot.catalog.live import civitai_line
 from bot.catalog.query import REFINEMENTS, refined
 from bot.catalog.service import Answer, CatalogService
 from bot.checkpoints.registry import CheckpointRegistry
@@ -28,7 +29,9 @@ from bot.networks.registry import network_registries
 
 
 @asynccontextmanager
-async def open_catalog(settings: Settings, *, semantic: bool = True) -> AsyncIterator[CatalogService]:
+async def open_catalog(
+    settings: Settings, *, semantic: bool = True, live: bool = False
+) -> AsyncIterator[CatalogService]:
     root = settings.models_root()
     db = await open_database(settings.database_path)
     embedder = (
@@ -42,6 +45,7 @@ async def open_catalog(settings: Settings, *, semantic: bool = True) -> AsyncIte
         embedder,
         civitai_api_key=settings.civitai_key,
         loras=network_registries(db, settings)[0],
+        live_search=live or settings.catalog_live_search,
     )
     try:
         yield service
@@ -63,6 +67,9 @@ def render_answer(answer: Answer) -> str:
     if answer.loras:
         lines.append(f"LoRAs for {answer.loras[0].entry.base_label} that fit:")
         lines.extend(f"   <lora:{h.entry.name}:1>  ({', '.join(h.matched)})" for h in answer.loras)
+    if answer.civitai:
+        lines.append("Also on Civitai (not installed here; live search):")
+        lines.extend(f"   {civitai_line(m)}" for m in answer.civitai)
     lines.extend(f"note: {note}" for note in answer.notes)
     return "\n".join(lines)
 
@@ -97,7 +104,7 @@ def render_entry(entry: CatalogEntry) -> str:
 
 
 async def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
-    async with open_catalog(settings, semantic=not args.no_semantic) as catalog:
+    async with open_catalog(settings, semantic=not args.no_semantic, live=args.live) as catalog:
         question = args.question
         for key in args.refine or []:  # what the answer's buttons add on Discord
             question = refined(question, REFINEMENTS[key][1])
@@ -131,7 +138,11 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
     service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None), limits)
     jobs = Jobs(
-        registry, service, None, *network_registries(db, settings), extra_terms=(settings.minor_terms, settings.sexual_terms)
+        registry,
+        service,
+        None,
+        *network_registries(db, settings),
+        extra_terms=(settings.minor_terms, settings.sexual_terms),
     )
     try:
         # Every rule and every bad option is checked here, before a worker starts.
@@ -169,6 +180,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--refine", action="append", choices=sorted(REFINEMENTS), help="ask again with this added (repeatable)"
     )
     p.add_argument("--no-semantic", action="store_true", help="facets and full text only (no embedding model)")
+    p.add_argument(
+        "--live", action="store_true", help="also ask Civitai for checkpoints not installed (EASEL_CATALOG_LIVE_SEARCH)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_search)
     p = csub.add_parser("show", help="everything the catalog knows of one entry, with where each facet came from")
