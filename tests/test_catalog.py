@@ -505,6 +505,38 @@ async def test_live_civitai_search_fails_politely(catalog: CatalogService) -> No
     await live.close()
 
 
+@aio
+async def test_bundled_figures_snapshot_is_taken_by_exact_name_and_dated(
+    catalog: CatalogService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bot.catalog import figures
+
+    calls: list[httpx.Request] = []
+    answers: list[httpx.Response | Exception] = [
+        civitai_models("Hassaku XL (Illustrious)"),  # exactly the entry's name
+        civitai_models("Animagine XL 4.0 Remix"),  # a different model: no figures for Animagine XL 4.0
+        httpx.Response(429, headers={"Retry-After": "30"}),
+    ]
+    refs = {e.name: e for e in reference_entries()}
+    wanted = [refs["hassaku-xl-illustrious"], refs["animagine-xl-4.0"], refs["illustrious-xl"]]
+    client = CivitaiClient(transport=civitai_search_transport(calls, answers))
+    snapshot = await figures.take_snapshot(client, wanted)
+    await client.close()
+    assert [r.url.params["query"] for r in calls] == ["Hassaku XL (Illustrious)", "Animagine XL 4.0", "Illustrious XL"]
+    assert snapshot.figures == {"hassaku-xl-illustrious": {"downloads": 5000, "published": "2026-10-01"}}
+    assert snapshot.missing == ["animagine-xl-4.0"] and "HTTP 429" in snapshot.error
+    (tmp_path / "snap").mkdir()
+    path = tmp_path / "snap" / "figures.json"
+    figures.write_snapshot(snapshot, path)
+    assert [p.name for p in path.parent.iterdir()] == ["figures.json"]  # no temporary file left
+    monkeypatch.setattr(figures, "bundled", lambda: figures.read_snapshot(path))
+    hit = next(h for h in (await catalog.search("anime", limit=10)).hits if h.entry.name == "hassaku-xl-illustrious")
+    assert f"5,000 downloads on Civitai (as of {snapshot.as_of})" in hit.why
+    assert figures.read_snapshot(tmp_path / "snap" / "absent.json").figures == {}
+    path.write_text('{"figures": {"x": {"downloads": 1, "script": "<b>"}}, "as_of": 5}')
+    assert figures.read_snapshot(path).figures == {"x": {"downloads": 1}}
+
+
 # --- the command line --------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiosqlite
@@ -21,6 +21,7 @@ import numpy as np
 from bot.catalog.civitai import CivitaiCache, CivitaiClient, EnrichReport, SearchCache, enrich
 from bot.catalog.embeddings import EmbeddingProcess, EmbeddingsUnavailable
 from bot.catalog.entries import CatalogEntry
+from bot.catalog.figures import figures_for
 from bot.catalog.live import LiveSearch
 from bot.catalog.loras import LoraHit, fitting_loras
 from bot.catalog.query import Query, parse_query
@@ -28,7 +29,7 @@ from bot.catalog.ranking import CatalogIndex, Scored
 from bot.catalog.running import latest_year, running_line, settings_line
 from bot.catalog.sources import installed_entry, reference_entries
 from bot.catalog.taxonomy import BASES, REALISM, SPECIALITIES, STYLES
-from bot.checkpoints.registry import CheckpointRegistry
+from bot.checkpoints.registry import CheckpointRegistry, slugify
 from bot.db import transaction
 from bot.generation.checkpoint_ref import NATIVE_SIZE
 from bot.networks.registry import LoraRegistry
@@ -165,6 +166,10 @@ def explain(scored: Scored, query: Query) -> tuple[str, str]:
     else:
         reasons.append("not installed here")
     reasons.append(running_line(e))
+    downloads = e.popularity.get("downloads")
+    if isinstance(downloads, int):
+        as_of = e.popularity.get("as_of")
+        reasons.append(f"{downloads:,} downloads on Civitai" + (f" (as of {as_of})" if as_of else ""))
     if e.superseded_by:
         reasons.append(f"superseded by {e.superseded_by}")
     elif year := latest_year(e):
@@ -241,7 +246,12 @@ class CatalogService:
         civitai = await self.civitai_cache.all_found()
         installed = [installed_entry(c, civitai.get(c.sha256)) for c in await self.registry.list()]
         known_here = {e.known_as for e in installed if e.known_as}
-        return installed + [r for r in reference_entries() if r.display_name not in known_here]
+        entries = installed + [r for r in reference_entries() if r.display_name not in known_here]
+        # Figures from a lookup of the file itself come first; else the bundled snapshot's, dated.
+        return [
+            e if e.popularity else replace(e, popularity=figures_for(slugify(e.known_as) if e.installed else e.name))
+            for e in entries
+        ]
 
     async def refresh(self, *, force: bool = False, wait_for_model: bool = True) -> CatalogIndex:
         async with self._refresh_lock:
