@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -49,7 +49,13 @@ class Settings(BaseSettings):
     vae_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/VAE
     text_encoder_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/text_encoders, models/clip
     data_dir: Path = Path("data")
-    devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])  # "none": remote workers only
+    # GPU workers on other machines (`python -m gpu_worker remote`) join through this Redis broker:
+    # redis://[user:password@]host:port[/db], rediss:// for TLS. Unset: only the bot's own workers.
+    broker: SecretStr | None = None
+    # A Prometheus endpoint for operators (prometheus-client); unset: none.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
     # Pipeline cache per worker: on the device (VRAM, or RAM for CPU workers) and, for GPU
     # workers, a second tier in CPU RAM. Unset: derived from the memory each has.
     cache_device_gb: float | None = Field(default=None, gt=0)
@@ -127,17 +133,38 @@ class Settings(BaseSettings):
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, value: list[str]) -> list[str]:
+        if value == ["none"]:
+            return []
         for device in value:
             if not _DEVICE.match(device):
-                raise ValueError(f"{device!r} is not a device; use auto, cpu, mps, cuda or cuda:N")
+                raise ValueError(f"{device!r} is not a device; use auto, cpu, mps, cuda or cuda:N (none: remote workers only)")
         if not value:
-            raise ValueError("at least one device is needed (auto, cpu, mps, cuda:N)")
+            raise ValueError("at least one device is needed (auto, cpu, mps, cuda:N), or none with EASEL_BROKER")
         return value
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// (TLS) or unix:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _some_worker(self) -> Settings:
+        if not self.devices and self.broker is None:
+            raise ValueError("EASEL_DEVICES=none needs EASEL_BROKER: with neither, no worker could run a job")
+        return self
 
     @field_validator("discord_token")
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value().strip() else None
+
+    @property
+    def broker_url(self) -> str | None:
+        return self.broker.get_secret_value() if self.broker else None
 
     @property
     def civitai_key(self) -> str | None:

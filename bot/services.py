@@ -51,6 +51,7 @@ class Services:
 
     async def close(self) -> None:
         await self.generation.close()
+        self.generation.metrics.close()
         await self.catalog.close()
         await self.db.close()
 
@@ -66,6 +67,7 @@ def limits_from(settings: Settings) -> Limits:
 async def open_services(settings: Settings, *, limits: Limits | None = None, preview_every: int = 5) -> Services:
     """Open the database, the registry and the merge service, and start one worker per device."""
     db = await open_database(settings.database_path)
+    generation: GenerationService | None = None
     try:
         registry = CheckpointRegistry(db, settings.models_root())
         generation = GenerationService(
@@ -73,9 +75,15 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
             worker_configs(settings.devices, settings.cache_device_gb, settings.cache_cpu_gb),
             limits or limits_from(settings),
             preview_every=preview_every,
+            broker_url=settings.broker_url,
         )
-        await generation.start()
+        if settings.metrics_port:
+            generation.metrics.serve(settings.metrics_host, settings.metrics_port)
+        # The bot's own workers are waited for; remote ones join when they come (jobs wait for them).
+        await generation.start(wait=bool(settings.devices))
     except BaseException:
+        if generation is not None:
+            generation.metrics.close()
         await db.close()
         raise
     loras, embeddings = network_registries(db, settings)

@@ -8,6 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.generation.worker_status import describe
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 
 if TYPE_CHECKING:
@@ -25,15 +26,10 @@ class Status(commands.Cog):
         status = self.bot.services.generation.status()
         embed = discord.Embed(title="Easel status", colour=EMBED_COLOUR)
         for worker in status.workers[:20]:
-            loaded = ", ".join(worker.loaded) or "nothing loaded"
-            speed = f" · {worker.steps_per_second:.1f} it/s" if worker.steps_per_second else ""
-            if speed and worker.speed_measured_on:  # the speed of what it last drew, said with its size
-                speed += f" on {worker.speed_measured_on}"
-            embed.add_field(
-                name=f"Worker {worker.slot} · {worker.device}",
-                value=clip(f"{worker.state}{speed}\n{loaded}", FIELD_MAX),
-                inline=False,
-            )
+            title, body = describe(worker)
+            embed.add_field(name=clip(title, 256), value=clip(body, FIELD_MAX), inline=False)
+        if status.broker:
+            embed.add_field(name="Remote workers' broker", value=clip(status.broker, FIELD_MAX), inline=False)
         embed.add_field(name="Queue", value=f"{status.queued} waiting, {status.running} running")
         if status.seconds_per_unit:
             # In the workers' unit (it/s), scaled to one 512×512 picture: what the waiting times are computed from.

@@ -1,6 +1,7 @@
 """`python -m gpu_worker …`: the worker on its own.
 
 serve --fd N           the bot's worker process (the bot starts it; see bot/generation/workers.py)
+remote --broker URL    this machine's GPUs as workers of a bot on another machine, through Redis
 generate PATH …        one batch in this process, printing every event: for debugging a checkpoint
                        or the worker without the bot
 make-tiny-checkpoint   a tiny random-weight checkpoint for tests and demos
@@ -21,6 +22,8 @@ import json
 import sys
 from pathlib import Path
 
+from gpu_worker.protocol import SUPPORTED_FAMILIES
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gpu_worker")
@@ -28,6 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("serve", help="run as the bot's worker, on the pipe the bot passes as --fd")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--config", default="{}", help="WorkerConfig as JSON")
+    p = sub.add_parser("remote", help="serve a bot on another machine through a Redis broker (Streams)")
+    p.add_argument(
+        "--broker",
+        default=None,
+        help="redis://[user:password@]host:port[/db] or rediss:// for TLS (default: $EASEL_BROKER)",
+    )
+    p.add_argument(
+        "--models-dir", type=Path, required=True, help="this machine's model files, found by sha256 under any name"
+    )
+    p.add_argument(
+        "--devices", default="auto", help="comma-separated: auto, cpu, cuda:0, cuda:1, mps (one worker each)"
+    )
+    p.add_argument(
+        "--max-pixels", type=int, default=0, help="the largest width × height it takes (0: no limit of its own)"
+    )
+    p.add_argument("--families", default=",".join(SUPPORTED_FAMILIES), help="the model families it runs")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics here (one port per device, counting up)",
+    )
+    p.add_argument(
+        "--cache-device-gb", type=float, default=None, help="pipeline cache on the device (default: from its memory)"
+    )
+    p.add_argument("--log-level", default="INFO")
     p = sub.add_parser("generate", help="run one batch here and print its events")
     p.add_argument("path")
     p.add_argument("--prompt", required=True)
@@ -62,13 +91,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cache-dir", help="where the ONNX export of the model is kept (default: the temp folder)")
     p = sub.add_parser("make-tiny-checkpoint")
-    p.add_argument("--arch", choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer", "sd35", "sd35-medium", "sd35-all-in-one"), required=True)
+    p.add_argument(
+        "--arch",
+        choices=(
+            "sd1",
+            "sd2",
+            "sdxl",
+            "sdxl-vpred",
+            "sdxl-edm",
+            "flux",
+            "flux-schnell",
+            "flux-transformer",
+            "flux-schnell-transformer",
+            "sd35",
+            "sd35-medium",
+            "sd35-all-in-one",
+        ),
+        required=True,
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
-    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True)
+    p.add_argument(
+        "--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-lora")
@@ -90,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(Connection(args.fd), WorkerConfig(**json.loads(args.config)))
         return 0
+    if args.command == "remote":
+        return _remote(args)
     if args.command == "generate":
         return _debug_generate(args)
     if args.command == "merge":
@@ -140,6 +190,35 @@ def main(argv: list[str] | None = None) -> int:
     kind = f"{args.arch} inpainting" if args.inpainting else args.arch
     print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _remote(args: argparse.Namespace) -> int:
+    import os
+
+    from gpu_worker.remote import RemoteOptions, run_devices
+
+    broker = args.broker or os.environ.get("EASEL_BROKER", "")
+    if not broker.startswith(("redis://", "rediss://", "unix://")):
+        print("error: give --broker redis://host:port (or rediss:// for TLS), or set EASEL_BROKER", file=sys.stderr)
+        return 2
+    if not args.models_dir.is_dir():
+        print(f"error: --models-dir {args.models_dir} is not a folder", file=sys.stderr)
+        return 2
+    families = tuple(f for f in args.families.split(",") if f)
+    unknown = set(families) - set(SUPPORTED_FAMILIES)
+    if unknown or not families:
+        print(f"error: --families takes {', '.join(SUPPORTED_FAMILIES)}", file=sys.stderr)
+        return 2
+    options = RemoteOptions(
+        broker=broker,
+        models_dir=args.models_dir,
+        max_pixels=max(0, args.max_pixels),
+        families=families,
+        metrics_port=args.metrics_port,
+        cache_device_gb=args.cache_device_gb,
+        log_level=args.log_level,
+    )
+    return run_devices(options, [d.strip() for d in args.devices.split(",") if d.strip()])
 
 
 def _make_tiny_transformer(args: argparse.Namespace) -> int:

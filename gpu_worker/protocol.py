@@ -168,7 +168,9 @@ class RunBatch:
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
     vae: VaeUse | None = None  # None: the checkpoint's own VAE
-    distilled_cfg: float = 3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg then runs true CFG when > 1)
+    distilled_cfg: float = (
+        3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg then runs true CFG when > 1)
+    )
 
     @property
     def run_steps(self) -> int:
@@ -287,6 +289,27 @@ class BatchFinished:
     steps_per_second: float = 0.0
 
 
+@dataclass(frozen=True)
+class WorkerHeartbeat:
+    """A remote worker, every second on the broker (gpu_worker/remote.py): who it is, what it can run,
+    what it is doing. The bot presumes it gone when none arrives for a lease (bot/generation/remote.py)."""
+
+    worker_id: str  # unique per process start: a restarted worker is a new worker
+    machine: str
+    device: str
+    pid: int
+    started_at: float
+    memory_total: int  # bytes, of the device (RAM for a CPU worker)
+    memory_free: int
+    families: tuple[str, ...]  # of SUPPORTED_FAMILIES
+    max_pixels: int  # the largest width × height it takes (0: no limit of its own)
+    holds: tuple[str, ...]  # sha256 of every model file in its own models folder
+    loaded: tuple[str, ...]  # cache keys of pipelines on its device
+    batches: tuple[str, ...]  # batch ids received and not yet finished, the running one first
+    steps_per_second: float = 0.0
+    sent_at: float = 0.0  # the worker's clock, for `python bot.py workers` (the bot times leases by its own)
+
+
 # --- the wire ----------------------------------------------------------------------------------
 
 MESSAGES: dict[str, type] = {
@@ -303,6 +326,7 @@ MESSAGES: dict[str, type] = {
         JobCancelled,
         BatchFailed,
         BatchFinished,
+        WorkerHeartbeat,
     )
 }
 
@@ -332,6 +356,37 @@ def decode(frame: bytes) -> object:
         return _adapter(kind).validate_json(body)
     except ValidationError as e:
         raise BadFrame(f"malformed {kind}: {e.error_count()} problem(s), first: {e.errors()[0]['msg']}") from None
+
+
+# --- the broker (Redis Streams, for workers on other machines) --------------------------------------
+#
+# Commands to one worker go on its own stream, read by its consumer group; every worker's events go
+# on one stream the bot's group reads. An entry is two fields: the worker's id and one frame as
+# above (JSON, validated on the way in), so a forged entry is refused as a bad frame would be.
+
+EVENTS_STREAM = "easel:events"
+WORKER_KEY_PREFIX = "easel:worker:"  # + worker id: its latest heartbeat frame, expiring (`bot.py workers`)
+WORKER_KEY_SECONDS = 300
+BOT_GROUP, WORKER_GROUP = "bot", "worker"
+EVENTS_MAXLEN = 20_000  # trimmed (approximately) as it is written: heartbeats alone are one a second per worker
+
+
+def commands_stream(worker_id: str) -> str:
+    return f"easel:cmd:{worker_id}"
+
+
+def broker_entry(worker_id: str, message: object) -> dict[str, bytes]:
+    return {"w": worker_id.encode(), "m": encode(message)}
+
+
+def read_broker_entry(fields: dict[bytes, bytes]) -> tuple[str, object]:
+    """(sender, message) of a stream entry; BadFrame if it is not one of ours."""
+    if not isinstance(fields, dict) or set(fields) != {b"w", b"m"}:
+        raise BadFrame("a broker entry has exactly the fields w and m")
+    sender = fields[b"w"].decode("utf-8", errors="replace")
+    if not 0 < len(sender) <= 200:
+        raise BadFrame("a broker entry's sender is empty or too long")
+    return sender, decode(fields[b"m"])
 
 
 # --- merges (bot -> `python -m gpu_worker merge`, as JSON on stdin) ------------------------------

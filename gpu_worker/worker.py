@@ -11,10 +11,22 @@ import logging
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, CancelJob, RunBatch, Shutdown, WorkerReady, decode, encode
+from gpu_worker.protocol import (
+    MAX_FRAME_BYTES,
+    BadFrame,
+    BatchFailed,
+    BatchFinished,
+    CancelJob,
+    RunBatch,
+    Shutdown,
+    WorkerReady,
+    decode,
+    encode,
+)
 
 log = logging.getLogger("easel.worker")
 
@@ -56,6 +68,30 @@ def default_budgets(device: str) -> tuple[int, int]:
 
 
 def serve(conn: Connection, config: WorkerConfig) -> None:
+    """The bot's own worker: commands and events as frames on the pipe the bot passed."""
+
+    def receive() -> object:
+        try:
+            return decode(conn.recv_bytes(MAX_FRAME_BYTES))
+        except (EOFError, OSError):  # the bot went away: finish up and exit
+            return Shutdown()
+
+    run_worker(config, receive, lambda event: conn.send_bytes(encode(event)))
+
+
+Receive = Callable[[], object]  # the next command (BadFrame for one that is not); Shutdown to stop
+Localise = Callable[[RunBatch], RunBatch]  # a batch's files as this machine has them (LocalFileError if not)
+
+
+class LocalFileError(Exception):
+    """A batch names a file this worker does not hold (by sha256); the message is for the user."""
+
+
+def run_worker(
+    config: WorkerConfig, receive: Receive, send: Callable[[object], None], *, localise: Localise | None = None
+) -> None:
+    """Load torch, say WorkerReady, then run batches until Shutdown. A reader thread takes commands
+    while the main thread generates, so a cancel reaches a running batch between two steps."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The worker is batch work and the bot answers people: when they share CPU cores, the bot's
     # event loop should win (bench/event_loop_stall.py). Idle cores still all go to the worker.
@@ -87,23 +123,19 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
     def read_commands() -> None:
         while True:
             try:
-                command = decode(conn.recv_bytes(MAX_FRAME_BYTES))
-            except (EOFError, OSError):  # the bot went away: finish up and exit
-                inbox.put(Shutdown())
-                return
+                command = receive()
             except BadFrame as e:
                 log.error("ignored a frame that is not a command: %s", e)
                 continue
             if isinstance(command, CancelJob):
                 with lock:
                     cancelled.add(command.job_id)
-            else:
+            elif isinstance(command, RunBatch | Shutdown):
                 inbox.put(command)
                 if isinstance(command, Shutdown):
                     return
-
-    def send(event: object) -> None:
-        conn.send_bytes(encode(event))
+            else:
+                log.error("ignored a %s: not a command", type(command).__name__)
 
     runner = BatchRunner(device, cache, send, is_cancelled)
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
@@ -111,7 +143,14 @@ def serve(conn: Connection, config: WorkerConfig) -> None:
     log.info("worker ready on %s (cache budget %.1f GB)", device, cache.device_budget / 1e9)
     while not isinstance(command := inbox.get(), Shutdown):
         log.info("batch %s started: %d image(s) of %s", command.batch_id, command.image_count, command.load.name)
-        runner.run(command)
+        try:
+            batch = localise(command) if localise else command
+        except LocalFileError as e:
+            jobs = tuple(job.job_id for job in command.jobs)
+            send(BatchFailed(command.batch_id, str(e), jobs))
+            send(BatchFinished(command.batch_id, tuple(cache.loaded_keys()), runner.steps_per_second))
+            continue
+        runner.run(batch)
         with lock:
             cancelled.difference_update(job.job_id for job in command.jobs)
         log.info("batch %s finished", command.batch_id)

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from bot.cli import catalog, checkpoints, generate, merge, networks, prompt, run, safety, server, upscale
+from bot.cli import catalog, checkpoints, generate, merge, networks, prompt, run, safety, server, upscale, workers
 from bot.config import load_settings
 from bot.errors import EaselError
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_parsers(sub)
     upscale.add_parsers(sub)
     safety.add_parsers(sub)
+    workers.add_parsers(sub)
     return parser
 
 

@@ -71,13 +71,15 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     if await asyncio.to_thread(lambda: out.exists() and not out.is_dir()):
         raise EaselError(f"--out {out} exists and is not a directory")
     limits = Limits()
-    devices = [args.device] if args.device else settings.devices[:1]
+    # --broker: through remote workers only (`python -m gpu_worker remote` on any machine).
+    devices = [] if args.broker else [args.device] if args.device else settings.devices[:1]
     db = await open_database(settings.database_path)
     service = GenerationService(
         db,
         worker_configs(devices, settings.cache_device_gb, settings.cache_cpu_gb, "INFO" if args.verbose else "WARNING"),
         limits,
         preview_every=0,
+        broker_url=args.broker,
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:
@@ -102,8 +104,11 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 if not (args.checkpoint and args.prompt):
                     raise EaselError("give --checkpoint and --prompt, or --from-picture PICTURE")
                 plan = await jobs.plan_imagine(asker, Place.command_line(), options_from_args(args))
-        print(f"starting the worker on {devices[0]}…", flush=True)
-        await service.start()
+        if devices:
+            print(f"starting the worker on {devices[0]}…", flush=True)
+        else:
+            print("waiting for a remote worker on the broker…", flush=True)
+        await service.start(ready_within=300.0 if devices else BROKER_WAIT_SECONDS)
         [handle] = await jobs.start(plan)
         bar = tqdm(total=plan.specs[0].denoising_steps, unit="step", desc=f"job {handle.job.id}", disable=None)
         try:
@@ -131,6 +136,15 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         await service.close()
         await db.close()
     return 0
+
+
+BROKER_WAIT_SECONDS = 60.0
+
+
+def broker_url(value: str) -> str:
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise argparse.ArgumentTypeError("give a redis://host:port URL (rediss:// for TLS)")
+    return value
 
 
 def write_images(job, out: Path) -> None:
@@ -170,7 +184,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="default 20 (FLUX.1 schnell: 4)")
     p.add_argument("--cfg", type=float, help="default 7 (Flux: 1, its guidance is distilled; above 1 adds true CFG)")
     p.add_argument("--distilled-cfg", type=float, help="Flux dev's guidance (Forge's Distilled CFG Scale), default 3.5")
-    p.add_argument("--cfg-rescale", type=float, default=0.0, help="CFG Rescale φ, 0-1 (0.7 for zero-terminal-SNR models)")
+    p.add_argument(
+        "--cfg-rescale", type=float, default=0.0, help="CFG Rescale φ, 0-1 (0.7 for zero-terminal-SNR models)"
+    )
     p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
     p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
@@ -187,7 +203,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--masked-content", choices=MASKED_CONTENT, default="original", help="what the masked part starts from (A1111)"
     )
-    p.add_argument("--only-masked", action="store_true", help="A1111's Inpaint area: Only masked (redrawn at full size)")
+    p.add_argument(
+        "--only-masked", action="store_true", help="A1111's Inpaint area: Only masked (redrawn at full size)"
+    )
     p.add_argument("--mask-padding", type=int, default=32, help="with --only-masked: pixels around the mask")
     p.add_argument("--hires", type=float, help="hires fix: a second pass at this size factor (e.g. 2)")
     p.add_argument("--hires-steps", type=int, default=0, help="the second pass's steps (0: as many as the first)")
@@ -199,5 +217,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
+    p.add_argument(
+        "--broker",
+        type=broker_url,
+        help="run on remote workers through this Redis broker (redis://…, rediss:// for TLS) instead of a local one",
+    )
     p.add_argument("--out", required=True, help="folder for the PNGs")
     p.set_defaults(handler=cmd_generate)

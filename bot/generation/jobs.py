@@ -42,6 +42,7 @@ class Job:
     load_seconds: float | None = None
     inference_seconds: float | None = None
     images: tuple[ImageResult, ...] = ()
+    attempts: int = 0  # times the worker running it was lost (bot/generation/remote.py)
 
     @property
     def requester_id(self) -> str:
@@ -72,7 +73,13 @@ class Job:
             s.request.init_image,  # img2img: one input picture per call, at one strength
             s.request.strength if s.request.init_image else None,
             s.request.resize_mode if s.request.init_image else None,
-            (s.request.mask_image, s.request.mask_blur, s.request.masked_content, s.request.only_masked, s.request.mask_padding)
+            (
+                s.request.mask_image,
+                s.request.mask_blur,
+                s.request.masked_content,
+                s.request.only_masked,
+                s.request.mask_padding,
+            )
             if s.request.mask_image
             else None,
             (s.request.hires_scale, s.request.hires_steps, s.request.hires_denoise, s.request.hires_upscaler)

@@ -41,6 +41,12 @@ class FairQueue:
         self.check_room(job.requester_id)
         self._users.setdefault(job.requester_id, deque()).append(job)
 
+    def push_front(self, job: Job) -> None:
+        """A job taken back from a worker that was lost: first in the queue again, without a room
+        check (it had its place already)."""
+        self._users.setdefault(job.requester_id, deque()).appendleft(job)
+        self._users.move_to_end(job.requester_id, last=False)
+
     def remove(self, job_id: str) -> Job | None:
         for user, jobs in self._users.items():
             for job in jobs:

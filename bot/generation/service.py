@@ -34,7 +34,15 @@ from bot.generation.jobs import (
     Started,
     new_job_id,
 )
+from bot.generation.metrics import ServiceMetrics
 from bot.generation.queue import FairQueue
+from bot.generation.remote import (
+    LEASE_SECONDS,
+    LOST_BATCH_SECONDS,
+    BrokerClient,
+    BrokerUnavailable,
+    RemoteWorker,
+)
 from bot.generation.requests import GenerationError, GenerationRequest, Limits, ValidRequest, validate
 from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
@@ -49,6 +57,7 @@ from gpu_worker.protocol import (
     JobPart,
     JobPreview,
     RunBatch,
+    WorkerHeartbeat,
     WorkerReady,
 )
 from gpu_worker.worker import WorkerConfig
@@ -56,6 +65,10 @@ from gpu_worker.worker import WorkerConfig
 log = logging.getLogger(__name__)
 
 CRASH_LOOP_LIMIT = 3  # deaths before a worker ever became ready: stop restarting that slot
+MAX_ATTEMPTS = 2  # a job whose worker was lost this many times fails instead of going back in the queue
+LEASE_CHECK_SECONDS = 0.5
+
+Worker = WorkerProcess | RemoteWorker
 
 
 class JobHandle:
@@ -96,6 +109,12 @@ class WorkerStatus:
     loaded: list[str]
     steps_per_second: float
     speed_measured_on: str = ""  # what the speed was measured on: "64×64", "1024×1024, 4 pictures"
+    machine: str = ""  # a remote worker's host; "" for the bot's own
+    worker_id: str = ""  # a remote worker's id
+    memory_total: int = 0  # bytes, as its last heartbeat said (remote workers)
+    memory_free: int = 0
+    jobs: list[str] = field(default_factory=list)  # what it is running now
+    heartbeat_age: float | None = None  # seconds since its last heartbeat (remote workers)
 
 
 @dataclass
@@ -105,6 +124,7 @@ class ServiceStatus:
     running: int
     seconds_per_unit: float | None  # one step of one 512x512 image, measured
     recent: dict[str, float] = field(default_factory=dict)
+    broker: str = ""  # with remote workers: the broker's state ("connected since …", "unreachable since …")
 
 
 class GenerationService:
@@ -116,6 +136,7 @@ class GenerationService:
         *,
         preview_every: int = 5,
         restart_delay: float = 0.5,
+        broker_url: str | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.preview_every = preview_every
@@ -123,7 +144,20 @@ class GenerationService:
         self.store = JobStore(db)
         self._queue = FairQueue(self.limits)
         self.cooldowns = Cooldowns(self.limits.cooldown_seconds)
-        self._workers = [WorkerProcess(i, c, self._on_event, self._on_exit) for i, c in enumerate(workers)]
+        self._workers: list[Worker] = [
+            WorkerProcess(i, c, self._on_event, self._on_exit) for i, c in enumerate(workers)
+        ]
+        self._local = len(self._workers)
+        self._next_slot = len(self._workers)
+        self._remote: dict[str, RemoteWorker] = {}
+        self.metrics = ServiceMetrics(self.status)
+        self._broker = (
+            BrokerClient(broker_url, self._on_heartbeat, self._on_remote_event, on_refused=self.metrics.refused.inc)
+            if broker_url
+            else None
+        )
+        self._lease_task: asyncio.Task[None] | None = None
+        self._steps_seen: dict[str, int] = {}  # batch id -> steps counted in the metrics so far
         self._handles: dict[str, JobHandle] = {}  # jobs not yet finished
         self._batches: dict[str, list[Job]] = {}
         self._names: dict[str, str] = {}  # checkpoint sha256 -> name, for status
@@ -142,23 +176,49 @@ class GenerationService:
         if interrupted:
             log.info("%d job(s) from the previous run marked interrupted", interrupted)
         self._changed = asyncio.Event()
-        for worker in self._workers:
+        for worker in self._local_workers():
             worker.start()
+        if self._broker is not None:
+            await self._broker.start()
+            self._lease_task = asyncio.get_running_loop().create_task(self._watch_leases(), name="worker leases")
         if wait:
             try:
                 await asyncio.wait_for(self._until_settled(), ready_within)
             except TimeoutError:
+                if not self._local and self._broker is not None:
+                    raise GenerationError(
+                        f"no remote worker joined within {ready_within:.0f} s (the broker is "
+                        f"{self._broker.state.describe()}); start one with `python -m gpu_worker remote`"
+                    ) from None
                 raise GenerationError(
                     f"the GPU worker did not start within {ready_within:.0f} s; see the log"
                 ) from None
             if not any(w.ready for w in self._workers):
                 raise GenerationError("no GPU worker could start; see the log for the reason")
 
+    async def _watch_leases(self) -> None:
+        """The one loop the broker needs: remote workers unheard for a lease are presumed gone."""
+        while not self._closing:
+            await asyncio.sleep(LEASE_CHECK_SECONDS)
+            now = time.monotonic()
+            for worker in list(self._remote.values()):
+                silent = now - worker.last_seen
+                if silent > LEASE_SECONDS:
+                    self._lose(
+                        worker, f"the GPU worker {worker.name} stopped answering (no heartbeat for {silent:.0f} s)"
+                    )
+
     async def _until_settled(self) -> None:
+        """Every local worker ready (or given up on); with only remote workers, the first of them."""
         assert self._changed is not None
-        while not all(w.ready or w.slot in self._stopped for w in self._workers):
+        while not (
+            all(w.ready or w.slot in self._stopped for w in self._local_workers()) and (self._local or self._remote)
+        ):
             self._changed.clear()
             await self._changed.wait()
+
+    def _local_workers(self) -> list[WorkerProcess]:
+        return [w for w in self._workers if isinstance(w, WorkerProcess)]
 
     async def close(self) -> None:
         """Stop the workers; queued and running jobs end as interrupted, with a message."""
@@ -167,6 +227,11 @@ class GenerationService:
             self._queue.remove(handle.job.id)
             self._finish(handle.job, JobState.INTERRUPTED, "the bot is shutting down; this job did not finish")
         await asyncio.gather(*(w.stop() for w in self._workers))
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            await asyncio.gather(self._lease_task, return_exceptions=True)
+        if self._broker is not None:
+            await self._broker.close()
         await self.flush()
 
     async def flush(self) -> None:
@@ -218,7 +283,7 @@ class GenerationService:
     def _check_running(self) -> None:
         if self._closing:
             raise GenerationError("the bot is shutting down; try again in a minute")
-        if len(self._stopped) == len(self._workers):
+        if self._broker is None and len(self._stopped) == self._local:
             raise GenerationError("no GPU worker is running, so nothing can be generated; tell the bot's owner")
 
     async def _enqueue(self, spec: ValidRequest) -> JobHandle:
@@ -272,23 +337,34 @@ class GenerationService:
 
     def status(self) -> ServiceStatus:
         workers = []
+        now = time.monotonic()
         for w in self._workers:
             state = (
-                "stopped" if w.slot in self._stopped else "starting" if not w.ready else "busy" if w.batch else "idle"
+                "stopped" if w.slot in self._stopped else "starting" if not w.ready else "idle" if w.idle else "busy"
             )
+            remote = w if isinstance(w, RemoteWorker) else None
             workers.append(
                 WorkerStatus(
                     w.slot,
                     w.device,
                     state,
                     w.pid,
-                    [self._names.get(k, k[:10]) for k in w.loaded],
+                    [self._names.get(k.split("+")[0], k[:10]) for k in w.loaded],
                     w.steps_per_second,
                     w.speed_measured_on,
+                    machine=remote.machine if remote else "",
+                    worker_id=remote.worker_id if remote else "",
+                    memory_total=remote.heartbeat.memory_total if remote else 0,
+                    memory_free=remote.heartbeat.memory_free if remote else 0,
+                    jobs=[part.job_id for part in w.batch.jobs] if w.batch else [],
+                    heartbeat_age=now - remote.last_seen if remote else None,
                 )
             )
         running = sum(1 for h in self._handles.values() if h.job.state is JobState.RUNNING)
-        return ServiceStatus(workers, len(self._queue), running, self._seconds_per_unit)
+        broker = self._broker.state.describe() if self._broker else ""
+        if self._broker is not None and not self._remote:
+            broker += "; no remote worker has been heard from" + (", so jobs wait" if not self._local else "")
+        return ServiceStatus(workers, len(self._queue), running, self._seconds_per_unit, broker=broker)
 
     def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
@@ -307,12 +383,38 @@ class GenerationService:
             head = self._queue.peek()
             if not idle or head is None:
                 break
+            capable = [w for w in idle if w.can_run(head.spec) is None]
+            if not capable:
+                if self._no_worker_can_run(head):
+                    continue
+                break  # a busy worker can run it: it waits for that one
             key = head.spec.checkpoint.sha256
-            worker = next((w for w in idle if key in w.loaded), None) or min(idle, key=lambda w: len(w.loaded))
-            self._dispatch(worker, self._queue.pop_batch(self.limits.max_batch_images))
+            worker = next((w for w in capable if key in w.loaded), None) or min(capable, key=lambda w: len(w.loaded))
+            jobs = self._queue.pop_batch(self.limits.max_batch_images)
+            # Jobs batched with the head may name files (embeddings) this worker lacks: they wait.
+            kept = [j for j in jobs if worker.can_run(j.spec) is None]
+            for job in reversed([j for j in jobs if j not in kept]):
+                self._queue.push_front(job)
+            self._dispatch(worker, kept)
         self._announce_positions()
 
-    def _dispatch(self, worker: WorkerProcess, jobs: list[Job]) -> None:
+    def _no_worker_can_run(self, head: Job) -> bool:
+        """Fail the head job when no running worker can run it (and say why); False while some
+        worker could, or none is up yet (then it waits)."""
+        up = [w for w in self._workers if w.ready]
+        reasons = [w.can_run(head.spec) for w in up]
+        if not up or any(r is None for r in reasons):
+            return False
+        self._queue.remove(head.id)
+        self._finish(
+            head,
+            JobState.FAILED,
+            "no GPU worker can run this job: " + "; ".join(dict.fromkeys(r for r in reasons if r))[:1500],
+            reason="no_capable_worker",
+        )
+        return True
+
+    def _dispatch(self, worker: Worker, jobs: list[Job]) -> None:
         spec = jobs[0].spec
         batch = RunBatch(
             batch_id=new_job_id(),
@@ -350,13 +452,15 @@ class GenerationService:
             distilled_cfg=spec.request.distilled_cfg,
         )
         worker.batch = batch
+        worker.dispatched_at = time.monotonic()
         self._batches[batch.batch_id] = jobs
         now = time.time()
         for job in jobs:
+            self.metrics.wait_seconds.observe(max(0.0, now - job.created_at))
             job.state, job.started_at, job.device, job.batch_size = (
                 JobState.RUNNING,
                 now,
-                worker.device,
+                worker.label,
                 batch.image_count,
             )
             self._handles[job.id].emit(Started(job.id, batch.image_count))
@@ -365,7 +469,7 @@ class GenerationService:
                 "job %s running on worker %d (%s), batch %s of %d image(s)",
                 job.id,
                 worker.slot,
-                worker.device,
+                worker.name,
                 batch.batch_id,
                 batch.image_count,
             )
@@ -397,7 +501,112 @@ class GenerationService:
 
     # --- worker events -------------------------------------------------------------------------
 
-    def _on_event(self, worker: WorkerProcess, event: object) -> None:
+    def _on_heartbeat(self, heartbeat: WorkerHeartbeat) -> None:
+        worker = self._remote.get(heartbeat.worker_id)
+        if worker is None:
+            worker = RemoteWorker(self._next_slot, heartbeat, self._send_remote)
+            self._next_slot += 1
+            self._remote[worker.worker_id] = worker
+            self._workers.append(worker)
+            log.info(
+                "remote worker %s joined as worker %d: %s, %d file(s) held, families %s",
+                worker.worker_id,
+                worker.slot,
+                worker.name,
+                len(worker.holds),
+                ",".join(heartbeat.families),
+            )
+            self._signal()
+        else:
+            worker.update(heartbeat)
+        batch = worker.batch
+        assert self._broker is not None
+        reconnected = self._broker.connected_at
+        if (
+            batch is not None
+            and batch.batch_id not in heartbeat.batches
+            and worker.dispatched_at < reconnected < time.monotonic() - LOST_BATCH_SECONDS
+        ):
+            # Sent before the broker went away and came back, and not among what the worker has: the
+            # broker lost it (a restart without its data), or lost the worker's word that it ended.
+            # Heartbeats follow a worker's events on one stream, so had it ended, the service would know.
+            worker.batch = None
+            self._requeue(batch, f"the broker lost the batch sent to the GPU worker {worker.name}")
+        self._pump()
+
+    def _on_remote_event(self, sender: str, event: object) -> None:
+        worker = self._remote.get(sender)
+        if worker is None:  # a worker presumed gone, or a message not from any worker: its work is void
+            log.info("discarded a %s from %s, not a worker of this bot now", type(event).__name__, sender[:60])
+            return
+        self._on_event(worker, event)
+
+    def _send_remote(self, worker: RemoteWorker, command: object) -> None:
+        assert self._broker is not None
+        broker = self._broker
+
+        async def send() -> None:
+            try:
+                await broker.send(worker.worker_id, command)
+            except BrokerUnavailable as e:
+                if isinstance(command, RunBatch) and worker.batch is command:
+                    worker.batch = None
+                    self._requeue(command, f"the batch could not be sent to {worker.name} ({e})")
+                    self._pump()
+                else:
+                    log.warning("a %s for worker %s was not sent: %s", type(command).__name__, worker.worker_id, e)
+
+        # Commands to one worker keep their order (a cancel never overtakes its batch).
+        previous = worker.sending
+
+        async def in_order() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await send()
+
+        worker.sending = asyncio.get_running_loop().create_task(in_order())
+        self._tasks.add(worker.sending)
+        worker.sending.add_done_callback(self._tasks.discard)
+
+    def _lose(self, worker: RemoteWorker, reason: str) -> None:
+        """A remote worker presumed gone: forgotten (anything it sends later is discarded), its batch
+        back in the queue."""
+        log.error("%s; its jobs go back in the queue", reason)
+        self._remote.pop(worker.worker_id, None)
+        self._workers.remove(worker)
+        batch, worker.batch = worker.batch, None
+        if batch is not None:
+            self._requeue(batch, reason)
+        self._signal()
+        self._pump()
+
+    def _requeue(self, batch: RunBatch, reason: str) -> None:
+        """A batch's unfinished jobs to the head of the queue for another worker; a job that was lost
+        MAX_ATTEMPTS times fails instead, saying why."""
+        jobs = self._live(batch.batch_id)
+        self._batches.pop(batch.batch_id, None)
+        for job in reversed(jobs):
+            job.attempts += 1
+            if job.attempts >= MAX_ATTEMPTS:
+                self._finish(
+                    job, JobState.FAILED, f"{reason} while running job {job.id}; it was tried {job.attempts} times"
+                )
+                continue
+            job.state, job.started_at, job.device, job.batch_size = JobState.QUEUED, None, None, None
+            self._handles[job.id].last_position = None
+            self._queue.push_front(job)
+            self._save(job)
+            log.info("job %s queued again: %s", job.id, reason)
+
+    def _on_event(self, worker: Worker, event: object) -> None:
+        batch_id = getattr(event, "batch_id", None)
+        if batch_id is not None and (worker.batch is None or worker.batch.batch_id != batch_id):
+            # Not the batch this worker runs for the service: a late word about a batch taken back,
+            # or a forged one. A job ends once.
+            log.info(
+                "discarded a %s for batch %s from worker %d", type(event).__name__, str(batch_id)[:40], worker.slot
+            )
+            return
         if isinstance(event, WorkerReady):
             log.info(
                 "worker %d ready on %s (pid %d, torch %s, %s)",
@@ -411,6 +620,7 @@ class GenerationService:
             self._signal()
             self._pump()
         elif isinstance(event, BatchLoading):
+            self.metrics.loads.labels(event.cache).inc()
             for job in self._live(event.batch_id):
                 self._handles[job.id].emit(Loading(job.id, event.checkpoint, event.cache))
         elif isinstance(event, BatchProgress):
@@ -421,7 +631,8 @@ class GenerationService:
         elif isinstance(event, JobDone):
             job = self._job(event.batch_id, event.job_id)
             if job is not None:
-                job.images, job.device = event.images, event.device
+                job.images, job.device = event.images, worker.label
+                self.metrics.images.inc(len(event.images))
                 job.load_seconds, job.inference_seconds = event.load_seconds, event.inference_seconds
                 self._finish(job, JobState.DONE, None)
         elif isinstance(event, JobCancelled):
@@ -431,17 +642,27 @@ class GenerationService:
         elif isinstance(event, BatchFailed):
             for job in self._live(event.batch_id):
                 if job.id in event.job_ids or not event.job_ids:
-                    self._finish(job, JobState.FAILED, event.message)
+                    self._finish(job, JobState.FAILED, event.message, reason="worker_error")
         elif isinstance(event, BatchFinished):
             for job in self._live(event.batch_id):
-                self._finish(job, JobState.FAILED, "the worker finished the batch without returning this job")
+                self._finish(
+                    job,
+                    JobState.FAILED,
+                    "the worker finished the batch without returning this job",
+                    reason="worker_error",
+                )
             self._batches.pop(event.batch_id, None)
+            self._steps_seen.pop(event.batch_id, None)
             worker.batch = None
             worker.loaded = event.loaded
+            if isinstance(worker, RemoteWorker):
+                worker.finished(event.batch_id)
             self._pump()
 
-    def _on_progress(self, worker: WorkerProcess, event: BatchProgress) -> None:
+    def _on_progress(self, worker: Worker, event: BatchProgress) -> None:
         jobs = self._live(event.batch_id)
+        self.metrics.steps.inc(max(0, event.step - self._steps_seen.get(event.batch_id, 0)))
+        self._steps_seen[event.batch_id] = event.step
         worker.steps_per_second = event.it_per_s
         if jobs:
             pictures = sum(j.spec.request.count for j in jobs)
@@ -470,6 +691,7 @@ class GenerationService:
                     JobState.FAILED,
                     f"the GPU worker stopped unexpectedly (exit code {exitcode}) while running job {job.id}; "
                     "it has been restarted, so please try again",
+                    reason="worker_crashed",
                 )
             self._batches.pop(batch.batch_id, None)
         if not was_ready:
@@ -481,7 +703,12 @@ class GenerationService:
             if len(self._stopped) == len(self._workers):
                 for handle in list(self._handles.values()):
                     self._queue.remove(handle.job.id)
-                    self._finish(handle.job, JobState.FAILED, "no GPU worker could start; tell the bot's owner")
+                    self._finish(
+                        handle.job,
+                        JobState.FAILED,
+                        "no GPU worker could start; tell the bot's owner",
+                        reason="worker_crashed",
+                    )
             return
         asyncio.get_running_loop().call_later(self.restart_delay, self._restart, worker)
 
@@ -502,8 +729,16 @@ class GenerationService:
     def _job(self, batch_id: str, job_id: str) -> Job | None:
         return next((j for j in self._live(batch_id) if j.id == job_id), None)
 
-    def _finish(self, job: Job, state: JobState, error: str | None, *, notify: bool = True) -> None:
+    def _finish(
+        self, job: Job, state: JobState, error: str | None, *, notify: bool = True, reason: str = "shutdown"
+    ) -> None:
+        """`reason`: why a failed or interrupted job did not finish (metrics.FAILURE_REASONS)."""
         job.state, job.error, job.finished_at = state, error, time.time()
+        self.metrics.finished.labels(state.value).inc()
+        if state in (JobState.FAILED, JobState.INTERRUPTED):
+            self.metrics.failures.labels(reason).inc()
+        if job.started_at is not None:
+            self.metrics.run_seconds.observe(max(0.0, job.finished_at - job.started_at))
         handle = self._handles.pop(job.id, None)
         if handle is not None and notify:
             if state is JobState.DONE:

@@ -36,6 +36,8 @@ ExitCallback = Callable[["WorkerProcess", "int | None"], None]
 class WorkerProcess:
     """One GPU worker: a ChildProcess that speaks the worker protocol, and what the service knows of it."""
 
+    remote = False
+
     def __init__(self, slot: int, config: WorkerConfig, on_event: EventCallback, on_exit: ExitCallback) -> None:
         self.slot = slot
         self.config = config
@@ -48,6 +50,7 @@ class WorkerProcess:
         self.steps_per_second = 0.0
         self.speed_measured_on = ""  # the batch the speed was measured on (its size, its pictures)
         self.generation = 0  # restarts of this slot
+        self.dispatched_at = 0.0
         self._child: ChildProcess | None = None
 
     @property
@@ -57,6 +60,18 @@ class WorkerProcess:
     @property
     def idle(self) -> bool:
         return self.ready and self.batch is None
+
+    @property
+    def name(self) -> str:
+        return self.device
+
+    @property
+    def label(self) -> str:
+        return self.device
+
+    def can_run(self, spec: object) -> str | None:
+        """The bot's own worker reads the registry's files where they are: it can run any job."""
+        return None
 
     def start(self) -> None:
         self.ready = False

@@ -1,0 +1,396 @@
+"""GPU workers on other machines: a real redis-server on loopback, two real remote worker processes
+(`python -m gpu_worker remote`) with models folders of their own, and the real generation service.
+
+Worker a holds tiny SD1 and SDXL; worker b holds the same SD1 file under another name in a
+subfolder; neither holds SD2. The tests that kill a worker or restart Redis bring the cluster back
+before they end, so none depends on running last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from bot.checkpoints.registry import CheckpointRegistry
+from bot.db import open_database
+from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Progress, Started
+from bot.generation.requests import GenerationRequest, Limits
+from bot.generation.service import GenerationService, JobHandle
+from gpu_worker.protocol import (
+    EVENTS_STREAM,
+    BatchFailed,
+    JobDone,
+    JobPart,
+    RunBatch,
+    WorkerHeartbeat,
+    broker_entry,
+    commands_stream,
+    read_broker_entry,
+)
+from tests.conftest import REPO, run_bot_py
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed (./dev test installs it as root)"),
+]
+
+
+def ends_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, however it dies, so a worker
+    (which otherwise retries its broker for ever) never outlives the suite."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait for a condition the cluster reaches by itself (a worker joining, a lease running out)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.0f} s: {what}")
+        await asyncio.sleep(0.05)
+
+
+class RedisServer:
+    """redis-server on a free loopback port, nothing saved to disk; stopped by its pid."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [*argv, "--dir", str(self.folder)], stdout=log, stderr=log, preexec_fn=ends_with_parent
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start; see {self.folder / 'redis.log'}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    redis: RedisServer
+    service: GenerationService
+    checkpoints: dict[str, CheckpointRef]
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    folders: dict[str, Path] = field(default_factory=dict)
+    metrics_port: int = 0
+
+    def start_worker(self, name: str, url: str | None = None, *extra: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"worker-{name}.log").open("ab")
+        argv = [sys.executable, "-m", "gpu_worker", "remote", "--broker", url or self.redis.url]
+        argv += ["--models-dir", str(self.folders[name]), "--devices", "cpu", "--log-level", "INFO", *extra]
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            preexec_fn=ends_with_parent,
+        )
+        self.workers[name] = process
+        return process
+
+    def worker_id(self, name: str) -> str | None:
+        pid = self.workers[name].pid
+        return next((w.worker_id for w in self.service.status().workers if w.pid == pid), None)
+
+    async def joined(self, *names: str) -> None:
+        await until(lambda: all(self.worker_id(n) for n in names), 60, f"workers {names} joined")
+
+    def stop_workers(self) -> None:
+        for process in self.workers.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.workers.values():
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("remote")
+    server = RedisServer(tmp)
+    server.start()
+    db = await open_database(tmp / "easel.sqlite3")
+    registry = CheckpointRegistry(db, tiny_dir)
+    checkpoints = {
+        arch: await resolve_checkpoint(registry, str(tiny_dir / f"tiny-{arch}.safetensors"), allow_path=True)
+        for arch in ("sd1", "sd2", "sdxl")
+    }
+    service = GenerationService(db, [], Limits(max_queued_per_user=10, max_batch_images=1), broker_url=server.url)
+    cluster = Cluster(tmp, server, service, checkpoints, metrics_port=free_port())
+    a, b = tmp / "models-a", tmp / "models-b"
+    (b / "sub").mkdir(parents=True)
+    a.mkdir()
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", a / "a-sd1.safetensors")
+    shutil.copy(tiny_dir / "tiny-sdxl.safetensors", a / "tiny-sdxl.safetensors")
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", b / "sub" / "renamed.safetensors")
+    cluster.folders = {"a": a, "b": b}
+    cluster.start_worker("a", None, "--metrics-port", str(cluster.metrics_port))
+    cluster.start_worker("b")
+    try:
+        await service.start(ready_within=60)
+        await cluster.joined("a", "b")
+        yield cluster
+    finally:
+        await service.close()
+        cluster.stop_workers()
+        server.stop()
+        await db.close()
+
+
+def request(user: str, **values) -> GenerationRequest:
+    return GenerationRequest(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
+
+
+async def finished(handle: JobHandle, within: float = 60) -> list[object]:
+    async def collect() -> list[object]:
+        return [event async for event in handle.events()]
+
+    return await asyncio.wait_for(collect(), within)
+
+
+async def test_workers_join_and_say_what_they_hold(cluster: Cluster) -> None:
+    status = cluster.service.status()
+    assert status.broker.startswith("connected since")
+    remote = {w.worker_id: w for w in status.workers}
+    assert set(remote) == {cluster.worker_id("a"), cluster.worker_id("b")}
+    for worker in remote.values():
+        assert worker.machine == socket.gethostname() and worker.device == "cpu"
+        assert worker.memory_total > worker.memory_free > 0 and worker.heartbeat_age < 3
+
+
+async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -> None:
+    service, ck = cluster.service, cluster.checkpoints
+    a, b = cluster.worker_id("a"), cluster.worker_id("b")
+    # SDXL: only a holds it, so both go to a, even when b is idle.
+    handles = [await service.submit(request(f"xl{i}"), ck["sdxl"]) for i in range(2)]
+    for handle in handles:
+        assert isinstance((await finished(handle))[-1], Finished)
+        assert a in handle.job.device
+    # SD1: both hold it (b under another name): two at once run on both workers.
+    handles = [await service.submit(request(f"sd1-{i}", steps=20), ck["sd1"]) for i in range(2)]
+    for handle in handles:
+        assert isinstance((await finished(handle))[-1], Finished)
+    assert {a in h.job.device for h in handles} == {True, False} and any(b in h.job.device for h in handles)
+    # Affinity: the next SD1 job goes where SD1 is loaded already (once both have said they are done).
+    await until(lambda: all(w.state == "idle" for w in service.status().workers), 10, "both workers idle")
+    loaded_on = {w.worker_id for w in service.status().workers if "tiny-sd1" in w.loaded}
+    again = await service.submit(request("sd1-again"), ck["sd1"])
+    await finished(again)
+    assert any(worker in again.job.device for worker in loaded_on), (loaded_on, again.job.device)
+    # SD2: no worker holds it: refused at once, saying which file and who lacks it.
+    [*_, failed] = await finished(await service.submit(request("sd2"), ck["sd2"]))
+    assert isinstance(failed, Failed) and "no GPU worker can run this job" in failed.message
+    assert f"does not hold checkpoint tiny-sd2 [{ck['sd2'].sha256[:10]}]" in failed.message
+
+
+async def test_cancel_reaches_a_remote_worker_between_steps(cluster: Cluster) -> None:
+    handle = await cluster.service.submit(
+        request("canceller", steps=150, width=192, height=192), cluster.checkpoints["sd1"]
+    )
+    async for event in handle.events():
+        if isinstance(event, Progress):
+            break
+    assert await cluster.service.cancel(handle.job.id) == "cancelling"
+    assert isinstance((await finished(handle, 30))[-1], Cancelled)
+
+
+async def test_forged_entries_are_refused(cluster: Cluster) -> None:
+    service = cluster.service
+    client = aioredis.Redis.from_url(cluster.redis.url)
+    refused = service._broker.refused
+    handle = await service.submit(request("forged", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
+    async for event in handle.events():
+        if isinstance(event, Started):
+            break
+    running = next(w for w in service.status().workers if handle.job.id in w.jobs)
+    batch_id = next(w.batch.batch_id for w in service._workers if w.batch and w.batch.jobs[0].job_id == handle.job.id)
+    fake = JobDone(batch_id, handle.job.id, (), "cpu", 0.0, 0.0, "device", 1)
+    forged = [
+        {"x": b"1"},  # not our fields
+        {"w": b"a", "m": b"RunBatch\n{not json"},  # not a frame
+        {"w": b"a", "m": b"Pickle\n\x80\x04\x95"},  # not one of our messages
+        broker_entry("intruder", WorkerHeartbeat(running.worker_id, "x", "cpu", 1, 0, 1, 1, ("sd1",), 0, (), (), ())),
+    ]
+    for fields in forged:
+        await client.xadd(EVENTS_STREAM, fields)
+    # A well-formed result, but from no worker of this bot, and then from the other worker: discarded.
+    other = next(w.worker_id for w in service.status().workers if w.worker_id != running.worker_id)
+    await client.xadd(EVENTS_STREAM, broker_entry("intruder", fake))
+    await client.xadd(EVENTS_STREAM, broker_entry(other, fake))
+    [*_, done] = await finished(handle)
+    assert isinstance(done, Finished) and len(done.job.images) == 1  # the real result, not the forged empty one
+    assert service._broker.refused == refused + 4
+
+    # A forged command naming a file the worker does not hold, at a path it must not open.
+    idle = cluster.worker_id("b")
+    secret = cluster.tmp / "secret.safetensors"
+    secret.write_bytes(b"not a model")
+    load = cluster.checkpoints["sd1"].load_request()
+    bogus = RunBatch(
+        batch_id="forgedbatch1",
+        load=dataclasses.replace(load, path=str(secret), sha256=hashlib.sha256(b"x").hexdigest()),
+        jobs=(JobPart("forgedjob", "x", "", (1,)),),
+        width=64,
+        height=64,
+        steps=2,
+        cfg=7.0,
+        sampler="Euler",
+        schedule="Automatic",
+    )
+    start = (await client.xinfo_stream(EVENTS_STREAM))["last-generated-id"]
+    await client.xadd(commands_stream(idle), broker_entry("bot", bogus))
+
+    async def refusal() -> BatchFailed:
+        while True:
+            for _, fields in await client.xrange(EVENTS_STREAM, min=start):
+                sender, message = read_broker_entry(fields)
+                if isinstance(message, BatchFailed) and message.batch_id == "forgedbatch1":
+                    assert sender == idle
+                    return message
+            await asyncio.sleep(0.05)
+
+    failure = await asyncio.wait_for(refusal(), 30)
+    assert "does not hold checkpoint tiny-sd1" in failure.message
+    await client.aclose()
+
+
+async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> None:
+    service = cluster.service
+    handle = await service.submit(request("victim", steps=80, width=128, height=128), cluster.checkpoints["sd1"])
+    events: list[object] = []
+    async for event in handle.events():
+        events.append(event)
+        if isinstance(event, Progress):
+            break
+    [running] = [w for w in service.status().workers if handle.job.id in w.jobs]
+    name = next(n for n, p in cluster.workers.items() if p.pid == running.pid)
+    killed = time.monotonic()
+    os.kill(running.pid, signal.SIGKILL)
+    restarted = None
+    async for event in handle.events():
+        events.append(event)
+        if isinstance(event, Started) and restarted is None:
+            restarted = time.monotonic() - killed
+    assert restarted is not None and restarted <= 10, f"re-run after {restarted} s"
+    assert isinstance(events[-1], Finished) and sum(isinstance(e, Finished | Failed) for e in events) == 1
+    assert running.worker_id not in handle.job.device and handle.job.attempts == 1
+    await service.flush()
+    assert (await service.get_job(handle.job.id)).state is JobState.DONE
+    cluster.workers[name].wait()
+    cluster.start_worker(name, None, *(["--metrics-port", str(cluster.metrics_port)] if name == "a" else []))
+    await cluster.joined(name)
+
+
+async def test_metrics_endpoints(cluster: Cluster) -> None:
+    await finished(
+        await cluster.service.submit(request("metrics"), cluster.checkpoints["sd2"])
+    )  # fails: no worker holds it
+    port = free_port()
+    cluster.service.metrics.serve("127.0.0.1", port)
+    try:
+        async with httpx.AsyncClient() as client:
+            bot = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            worker = (await client.get(f"http://127.0.0.1:{cluster.metrics_port}/metrics")).text
+    finally:
+        cluster.service.metrics.close()
+    for line in ('easel_jobs{state="queued"} 0.0', "easel_broker_up 1.0", 'easel_workers{state="idle"} 2.0'):
+        assert line in bot
+    for name in ("easel_job_wait_seconds_bucket", "easel_job_run_seconds_count", "easel_images_total"):
+        assert name in bot
+    assert 'easel_job_failures_total{reason="no_capable_worker"}' in bot
+    assert "easel_worker_busy" in worker and "easel_worker_broker_up" in worker
+
+
+async def test_redis_restart_mid_run_every_job_ends(cluster: Cluster) -> None:
+    service = cluster.service
+    handles = [
+        await service.submit(request(f"outage{i}", steps=40, width=128, height=128), cluster.checkpoints["sd1"])
+        for i in range(4)
+    ]
+    async for event in handles[0].events():
+        if isinstance(event, Progress):
+            break
+    cluster.redis.stop()
+    await until(lambda: service.status().broker.startswith("unreachable"), 15, "the bot noticed the broker gone")
+    cluster.redis.start()
+    results = await asyncio.wait_for(asyncio.gather(*(finished(h, 120) for h in handles[1:])), 150)
+    first = await finished(handles[0], 120)
+    for events in [first, *results]:
+        assert sum(isinstance(e, Finished | Failed | Cancelled) for e in events) == 1
+    await service.flush()
+    for handle in handles:
+        assert (await service.get_job(handle.job.id)).state in (JobState.DONE, JobState.FAILED)
+    await until(lambda: service.status().broker.startswith("connected"), 15, "the bot reconnected")
+    await cluster.joined("a", "b")
+    after = await service.submit(request("after-outage"), cluster.checkpoints["sd1"])
+    assert isinstance((await finished(after))[-1], Finished)
+
+
+async def test_cli_generate_through_a_broker_and_list_workers(cluster: Cluster, tiny_dir: Path, tmp_path: Path) -> None:
+    # Its own broker database: one bot (the CLI here) schedules per broker database.
+    url = cluster.redis.url.rsplit("/", 1)[0] + "/1"
+    cluster.folders["cli"] = cluster.folders["a"]
+    worker = cluster.start_worker("cli", url)
+    env = {**os.environ, "EASEL_MODELS_DIR": str(tiny_dir), "EASEL_DATA_DIR": str(tmp_path / "data")}
+    try:
+        made = await asyncio.to_thread(
+            run_bot_py,
+            "generate", "--broker", url, "--checkpoint", str(tiny_dir / "tiny-sd1.safetensors"), "--prompt", "a fox", "--steps", "2",
+            "--out", str(tmp_path / "out"), cwd=tmp_path, env=env,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        assert "waiting for a remote worker" in made.stdout and f"({socket.gethostname()}-cpu-" in made.stdout
+        listed = await asyncio.to_thread(run_bot_py, "workers", "--broker", url, cwd=tmp_path, env=env)
+        assert listed.returncode == 0 and "Worker 0 · cpu on " in listed.stdout and "last heartbeat" in listed.stdout
+        bad_url = ("generate", "--broker", "http://x", "--checkpoint", "a", "--prompt", "b", "--out", "o")
+        bad = await asyncio.to_thread(run_bot_py, *bad_url, cwd=tmp_path, env=env)
+        assert bad.returncode == 2 and "redis://" in bad.stderr
+    finally:
+        worker.terminate()
+        worker.wait(10)
