@@ -34,6 +34,7 @@ from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Progress, Started
 from bot.generation.requests import GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle
+from bot.generation.worker_status import describe
 from gpu_worker.protocol import (
     EVENTS_STREAM,
     BatchFailed,
@@ -202,6 +203,9 @@ async def test_workers_join_and_say_what_they_hold(cluster: Cluster) -> None:
     for worker in remote.values():
         assert worker.machine == socket.gethostname() and worker.device == "cpu"
         assert worker.memory_total > worker.memory_free > 0 and worker.heartbeat_age < 3
+        title, body = describe(worker)  # as /status and `bot.py workers` show it
+        assert title == f"Worker {worker.slot} · cpu on {worker.machine}"
+        assert "GB free" in body and f"last heartbeat {worker.heartbeat_age:.1f} s ago · {worker.worker_id}" in body
 
 
 async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -> None:
@@ -327,6 +331,57 @@ async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> No
     await cluster.joined(name)
 
 
+async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarded(cluster: Cluster) -> None:
+    """SIGSTOP is a pulled cable as the bot sees it: no heartbeat, no word. The job runs again
+    elsewhere; when the worker comes back (SIGCONT) and finishes, what it sends is discarded."""
+    service = cluster.service
+    handle = await service.submit(request("cable", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
+    events: list[object] = []
+    async for event in handle.events():
+        events.append(event)
+        if isinstance(event, Progress):
+            break
+    [running] = [w for w in service.status().workers if handle.job.id in w.jobs]
+    os.kill(running.pid, signal.SIGSTOP)
+    try:
+        async for event in handle.events():
+            events.append(event)
+    finally:
+        os.kill(running.pid, signal.SIGCONT)
+    assert isinstance(events[-1], Finished) and running.worker_id not in handle.job.device
+    assert sum(isinstance(e, Started) for e in events) == 2
+    # Back, it finishes the old batch and says so; the job stays as the other worker made it.
+    await until(lambda: any(w.worker_id == running.worker_id for w in service.status().workers), 30, "it came back")
+    await until(lambda: all(w.state == "idle" for w in service.status().workers), 60, "its old batch ended")
+    record = await service.get_job(handle.job.id)
+    assert record.state is JobState.DONE and running.worker_id not in (record.row["device"] or "")
+    assert handle.job.images == events[-1].job.images and len(handle.job.images) == 1
+
+
+async def test_local_and_remote_workers_serve_one_bot(cluster: Cluster, tmp_path: Path) -> None:
+    from gpu_worker.worker import WorkerConfig
+
+    url = cluster.redis.url.rsplit("/", 1)[0] + "/2"  # a bot of its own: its own broker database
+    cluster.folders["mixed"] = cluster.folders["b"]
+    worker = cluster.start_worker("mixed", url)
+    db = await open_database(tmp_path / "mixed.sqlite3")
+    service = GenerationService(
+        db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_batch_images=1), broker_url=url
+    )
+    try:
+        await service.start(ready_within=60)
+        await until(lambda: len(service.status().workers) == 2, 60, "the remote worker joined")
+        handles = [await service.submit(request(f"mixed{i}", steps=30), cluster.checkpoints["sd1"]) for i in range(2)]
+        for handle in handles:
+            assert isinstance((await finished(handle))[-1], Finished)
+        assert sorted(h.job.device == "cpu" for h in handles) == [False, True]  # one here, one remote
+    finally:
+        await service.close()
+        await db.close()
+        worker.terminate()
+        worker.wait(10)
+
+
 async def test_metrics_endpoints(cluster: Cluster) -> None:
     await finished(
         await cluster.service.submit(request("metrics"), cluster.checkpoints["sd2"])
@@ -394,3 +449,54 @@ async def test_cli_generate_through_a_broker_and_list_workers(cluster: Cluster, 
     finally:
         worker.terminate()
         worker.wait(10)
+
+
+ACL = "on >s3cret ~easel:* -@all +@stream +@connection +set +get +mget +scan +client"  # as docs/remote-workers.md
+
+
+def start_tls_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """redis-server with TLS only (a test CA made with openssl) and one ACL user, easel; the
+    default user off."""
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for argv in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
+         "-days", "1", "-extfile", "ext.cnf"],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True)
+    port = free_port()
+    log = (folder / "redis.log").open("ab")
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--tls-cert-file", "server.pem", "--tls-key-file", "server.key", "--tls-ca-cert-file", "ca.pem",
+         "--tls-auth-clients", "no", "--user", "default", "off", "--user", "easel", *ACL.split(), "--dir", str(folder)],
+        cwd=folder, stdout=log, stderr=log, preexec_fn=ends_with_parent,
+    )  # fmt: skip
+    return server, port
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make the test certificates")
+async def test_a_broker_with_tls_and_an_acl_user(cluster: Cluster, tmp_path: Path) -> None:
+    server, port = await asyncio.to_thread(start_tls_redis, tmp_path)
+    url = f"rediss://easel:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"
+    cluster.folders["tls"] = cluster.folders["b"]
+    worker = cluster.start_worker("tls", url)
+    db = await open_database(tmp_path / "tls.sqlite3")
+    service = GenerationService(db, [], Limits(), broker_url=url)
+    wrong = GenerationService(db, [], Limits(), broker_url=url.replace("s3cret", "guess"))
+    try:
+        await service.start(ready_within=60)
+        handle = await service.submit(request("tls"), cluster.checkpoints["sd1"])
+        assert isinstance((await finished(handle))[-1], Finished)
+        await wrong.start(wait=False)
+        await until(lambda: "unreachable" in wrong.status().broker, 15, "a wrong password is refused")
+        assert "s3cret" not in wrong.status().broker and "guess" not in wrong.status().broker
+    finally:
+        await service.close()
+        await wrong.close()
+        await db.close()
+        worker.terminate()
+        worker.wait(10)
+        server.terminate()
+        server.wait(10)

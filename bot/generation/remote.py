@@ -232,9 +232,13 @@ class BrokerClient:
             except (redis.RedisError, OSError) as e:
                 if self._closing:
                     return
+                reason = f"{type(e).__name__}: {e}"
                 if self.state.connected or not self.state.reason:
-                    self.state = BrokerState(False, time.time(), f"{type(e).__name__}: {e}")
+                    self.state = BrokerState(False, time.time(), reason)
                     log.warning("broker %s; retrying with backoff", self.state.describe())
+                elif reason != self.state.reason:  # still down, for another reason now: said once
+                    self.state.reason = reason
+                    log.warning("broker still unreachable: %s", reason)
                 delay = min(BACKOFF_MAX, max(BACKOFF_FIRST, delay * 2))
                 await asyncio.sleep(delay)
 
