@@ -129,7 +129,11 @@ async def main() -> None:
             local, local_db = await start_service(tmp / "local", Limits(max_queued_per_user=JOBS))
             remote_db = await open_database(tmp / "remote.sqlite3")
             remote = GenerationService(
-                remote_db, [], Limits(max_queued_per_user=JOBS, max_batch_images=1), broker_url=url
+                remote_db,
+                [],
+                Limits(max_queued_per_user=JOBS, max_batch_images=1),
+                preview_every=0,  # as the local service: no previews on either side
+                broker_url=url,
             )
             workers.append(start_worker(url, models, tmp / "worker-1.log"))
             await remote.start(ready_within=120)

@@ -383,6 +383,8 @@ def read_broker_entry(fields: dict[bytes, bytes]) -> tuple[str, object]:
     """(sender, message) of a stream entry; BadFrame if it is not one of ours."""
     if not isinstance(fields, dict) or set(fields) != {b"w", b"m"}:
         raise BadFrame("a broker entry has exactly the fields w and m")
+    if len(fields[b"m"]) > MAX_FRAME_BYTES:
+        raise BadFrame(f"a broker entry of {len(fields[b'm']):,} bytes; at most {MAX_FRAME_BYTES:,}")
     sender = fields[b"w"].decode("utf-8", errors="replace")
     if not 0 < len(sender) <= 200:
         raise BadFrame("a broker entry's sender is empty or too long")

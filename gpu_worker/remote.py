@@ -60,6 +60,7 @@ HEARTBEAT_SECONDS = 1.0
 RESCAN_SECONDS = 30.0
 READ_BLOCK_MS = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+PROGRESS_EVERY_SECONDS = 0.25
 
 
 @dataclass
@@ -113,6 +114,7 @@ class BrokerLink:
         self._pending: dict[str, bytes] = {}  # batch id -> its command's entry id (XACK when it finishes)
         self._received: list[str] = []  # batch ids received and not yet finished, in order
         self._loaded: tuple[str, ...] = ()
+        self._progress_sent: dict[str, float] = {}  # batch id -> when its last progress went out
         self._speed = 0.0
         self._group_ready = False
         self.device = options.device
@@ -177,8 +179,12 @@ class BrokerLink:
         self._group_ready = True
 
     def _ack(self, entry_id: bytes) -> None:
+        """Acknowledged and deleted: a batch's command may carry pictures, and is done with."""
         try:
-            self._writer.xack(self._commands, WORKER_GROUP, entry_id)
+            pipe = self._writer.pipeline(transaction=False)
+            pipe.xack(self._commands, WORKER_GROUP, entry_id)
+            pipe.xdel(self._commands, entry_id)
+            pipe.execute()
         except redis.RedisError as e:  # the entry stays pending; a batch id is never run twice here
             log.warning("could not acknowledge command %s: %s", entry_id.decode(), e)
 
@@ -190,12 +196,20 @@ class BrokerLink:
         if isinstance(event, WorkerReady):
             self.ready.set()
         with self._lock:
-            if isinstance(event, BatchFinished):
-                self._loaded, self._speed = event.loaded, event.steps_per_second
-                if event.batch_id in self._received:
-                    self._received.remove(event.batch_id)
             if self.metrics is not None:
                 self.metrics.saw(event)
+            if isinstance(event, BatchFinished):
+                self._loaded, self._speed = event.loaded, event.steps_per_second
+                self._progress_sent.pop(event.batch_id, None)
+                if event.batch_id in self._received:
+                    self._received.remove(event.batch_id)
+            elif isinstance(event, BatchProgress) and event.step < event.total:
+                # Every step is an event on the pipe; on the broker, a few a second say as much (a
+                # Discord message shows progress every 1.5 s) for a fraction of the traffic.
+                now = time.monotonic()
+                if now - self._progress_sent.get(event.batch_id, 0.0) < PROGRESS_EVERY_SECONDS:
+                    return
+                self._progress_sent[event.batch_id] = now
             self._outbox.put(event)
 
     def run_sender(self) -> None:

@@ -146,6 +146,7 @@ def run_worker(
         try:
             batch = localise(command) if localise else command
         except LocalFileError as e:
+            log.warning("batch %s refused: %s", command.batch_id, e)
             jobs = tuple(job.job_id for job in command.jobs)
             send(BatchFailed(command.batch_id, str(e), jobs))
             send(BatchFinished(command.batch_id, tuple(cache.loaded_keys()), runner.steps_per_second))

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from gpu_worker.protocol import (
+    MAX_FRAME_BYTES,
     MESSAGES,
     BadFrame,
     BatchFailed,
@@ -23,9 +24,12 @@ from gpu_worker.protocol import (
     LoadRequest,
     RunBatch,
     Shutdown,
+    WorkerHeartbeat,
     WorkerReady,
+    broker_entry,
     decode,
     encode,
+    read_broker_entry,
 )
 
 LOAD = LoadRequest("/m/x.safetensors", "x", "sd1", "SD1.x", "safetensors", "sd1", "epsilon", "ab" * 32)
@@ -41,6 +45,9 @@ SAMPLES = [
     JobCancelled("b1", "j1"),
     BatchFailed("b1", "out of memory", ("j1",)),
     BatchFinished("b1", ("key",), 3.5),
+    WorkerHeartbeat(
+        "host-cpu-1", "host", "cpu", 7, 1.0, 8 << 30, 4 << 30, ("sd1",), 0, ("ab" * 32,), (), ("b1",), 2.0, 3.0
+    ),
 ]
 
 
@@ -71,3 +78,19 @@ def test_a_pickle_is_refused_and_never_run(tmp_path) -> None:
 def test_fields_are_checked_on_the_way_in() -> None:
     with pytest.raises(BadFrame, match="malformed BatchProgress"):
         decode(b'BatchProgress\n{"batch_id": "b", "step": "two", "total": 4, "elapsed": 0, "it_per_s": 0}')
+
+
+def test_broker_entries_are_a_sender_and_one_frame() -> None:
+    """On Redis Streams a message is the entry {w: sender, m: frame}; anything else is refused."""
+    assert read_broker_entry(broker_entry("host-cpu-1", CancelJob("j1"))) == ("host-cpu-1", CancelJob("j1"))
+    frame = encode(CancelJob("j1"))
+    for fields in (
+        {b"m": frame},  # no sender
+        {b"w": b"x", b"m": frame, b"extra": b"1"},
+        {b"w": b"", b"m": frame},
+        {b"w": b"x" * 201, b"m": frame},
+        {b"w": b"x", b"m": pickle.dumps(CancelJob("j1"))},
+        {b"w": b"x", b"m": b"CancelJob\n" + b" " * (MAX_FRAME_BYTES + 1)},
+    ):
+        with pytest.raises(BadFrame):
+            read_broker_entry(fields)

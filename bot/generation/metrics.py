@@ -73,6 +73,8 @@ class ServiceMetrics:
         )
         self.finished = Counter("easel_jobs_finished", "jobs that ended, by state", ["state"], registry=self.registry)
         self.failures = Counter("easel_job_failures", "jobs that failed, by reason", ["reason"], registry=self.registry)
+        for reason in FAILURE_REASONS:  # every series from the start, at 0, so rate() and alerts see them
+            self.failures.labels(reason)
         self.images = Counter("easel_images", "pictures made", registry=self.registry)
         self.steps = Counter("easel_steps", "denoising steps run (one step of one batch)", registry=self.registry)
         self.loads = Counter(

@@ -88,6 +88,7 @@ class RemoteWorker:
         self.generation = 0
         self.pid: int | None = heartbeat.pid
         self.sending: asyncio.Task[None] | None = None  # the last command on its way (they keep their order)
+        self.steps_per_second = 0.0
         self.update(heartbeat)
 
     def update(self, heartbeat: WorkerHeartbeat) -> None:
@@ -96,7 +97,7 @@ class RemoteWorker:
         self.device = heartbeat.device
         self.machine = heartbeat.machine
         self.loaded = heartbeat.loaded
-        self.steps_per_second = heartbeat.steps_per_second or getattr(self, "steps_per_second", 0.0)
+        self.steps_per_second = heartbeat.steps_per_second or self.steps_per_second
         self.holds = frozenset(heartbeat.holds)
 
     @property
@@ -214,6 +215,15 @@ class BrokerClient:
         except redis.RedisError as e:
             raise BrokerUnavailable(f"the broker did not take the command ({type(e).__name__}: {e})") from None
 
+    async def forget(self, worker_id: str) -> None:
+        """A worker presumed gone: the commands it had not taken are dropped (they may hold pictures);
+        its group stays, should it come back and read on."""
+        if self._redis is not None and self.state.connected:
+            try:
+                await self._redis.xtrim(commands_stream(worker_id), maxlen=0)
+            except redis.RedisError as e:
+                log.warning("could not clear the commands of worker %s: %s", worker_id, e)
+
     async def _read_forever(self) -> None:
         delay = 0.0
         while not self._closing:
@@ -271,7 +281,13 @@ class BrokerClient:
                 for entry_id, fields in entries:
                     self._handle(entry_id, fields)
                 if entries:
-                    await client.xack(EVENTS_STREAM, BOT_GROUP, *(entry_id for entry_id, _ in entries))
+                    # Handled: acknowledged, and deleted, so the stream holds only what is unread
+                    # (results carry pictures; MAXLEN alone would keep thousands of them).
+                    ids = [entry_id for entry_id, _ in entries]
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.xack(EVENTS_STREAM, BOT_GROUP, *ids)
+                        pipe.xdel(EVENTS_STREAM, *ids)
+                        await pipe.execute()
 
     def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         try:

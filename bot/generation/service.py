@@ -574,6 +574,8 @@ class GenerationService:
         log.error("%s; its jobs go back in the queue", reason)
         self._remote.pop(worker.worker_id, None)
         self._workers.remove(worker)
+        if self._broker is not None:
+            self._spawn(self._broker.forget(worker.worker_id))
         batch, worker.batch = worker.batch, None
         if batch is not None:
             self._requeue(batch, reason)
@@ -589,7 +591,10 @@ class GenerationService:
             job.attempts += 1
             if job.attempts >= MAX_ATTEMPTS:
                 self._finish(
-                    job, JobState.FAILED, f"{reason} while running job {job.id}; it was tried {job.attempts} times"
+                    job,
+                    JobState.FAILED,
+                    f"{reason} while running job {job.id}; it was tried {job.attempts} times",
+                    reason="worker_lost",
                 )
                 continue
             job.state, job.started_at, job.device, job.batch_size = JobState.QUEUED, None, None, None
@@ -700,7 +705,7 @@ class GenerationService:
             log.error("worker %d died %d times before becoming ready; not restarting it", worker.slot, CRASH_LOOP_LIMIT)
             self._stopped.add(worker.slot)
             self._signal()
-            if len(self._stopped) == len(self._workers):
+            if len(self._stopped) == self._local and self._broker is None:  # with a broker, jobs wait for remote ones
                 for handle in list(self._handles.values()):
                     self._queue.remove(handle.job.id)
                     self._finish(
