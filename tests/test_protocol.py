@@ -82,7 +82,8 @@ def test_fields_are_checked_on_the_way_in() -> None:
 
 def test_broker_entries_are_a_sender_and_one_frame() -> None:
     """On Redis Streams a message is the entry {w: sender, m: frame}; anything else is refused."""
-    assert read_broker_entry(broker_entry("host-cpu-1", CancelJob("j1"))) == ("host-cpu-1", CancelJob("j1"))
+    entry = {key.encode(): value for key, value in broker_entry("host-cpu-1", CancelJob("j1")).items()}  # as read back
+    assert read_broker_entry(entry) == ("host-cpu-1", CancelJob("j1"))
     frame = encode(CancelJob("j1"))
     for fields in (
         {b"m": frame},  # no sender
