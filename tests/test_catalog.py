@@ -431,17 +431,21 @@ def civitai_models(*names: str, nsfw: bool = False) -> httpx.Response:
     )
 
 
+def live_catalog(
+    catalog: CatalogService, calls: list[httpx.Request], answers: list[httpx.Response | Exception]
+) -> CatalogService:
+    """The catalog with live search on, Civitai answering from `answers` (no embedding model)."""
+    transport = civitai_search_transport(calls, answers)
+    return CatalogService(
+        catalog._db, catalog.registry, None, live_search=True, civitai_client=CivitaiClient(transport=transport)
+    )
+
+
 @aio
 async def test_live_civitai_search_suggests_what_is_not_known_and_caches(catalog: CatalogService) -> None:
     calls: list[httpx.Request] = []
     answers: list[httpx.Response | Exception] = [civitai_models("Illustrious XL", "Nova Anime XL", "Moonlit Cel XL")]
-    live = CatalogService(
-        catalog._db,
-        catalog.registry,
-        None,
-        live_search=True,
-        civitai_client=CivitaiClient(transport=civitai_search_transport(calls, answers)),
-    )
+    live = live_catalog(catalog, calls, answers)
     answer = await live.search("anime for sdxl, newest", allow_nsfw=False)
     [request] = calls
     assert request.url.path == "/api/v1/models"
@@ -474,13 +478,7 @@ async def test_live_civitai_search_fails_politely(catalog: CatalogService) -> No
         httpx.Response(200, content=b"{not json"),
         httpx.Response(429, headers={"Retry-After": "120"}),
     ]
-    live = CatalogService(
-        catalog._db,
-        catalog.registry,
-        None,
-        live_search=True,
-        civitai_client=CivitaiClient(transport=civitai_search_transport(calls, answers)),
-    )
+    live = live_catalog(catalog, calls, answers)
     malformed = await live.search("realistic portraits")
     assert malformed.hits and malformed.civitai == []
     assert malformed.notes[0].startswith("live Civitai search unavailable: Civitai's answer is not usable JSON")

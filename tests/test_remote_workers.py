@@ -33,7 +33,7 @@ from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Preview, Progress, Started
 from bot.generation.requests import GenerationRequest, Limits
-from bot.generation.service import GenerationService, JobHandle
+from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
 from gpu_worker.protocol import (
     EVENTS_STREAM,
@@ -293,15 +293,21 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     await client.aclose()
 
 
-async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> None:
-    service = cluster.service
-    handle = await service.submit(request("victim", steps=80, width=128, height=128), cluster.checkpoints["sd1"])
+async def running_job(cluster: Cluster, user: str, steps: int) -> tuple[JobHandle, list[object], WorkerStatus]:
+    """A 128×128 SD1 job, once it is past its first step: its handle, its events so far, its worker."""
+    handle = await cluster.service.submit(request(user, steps=steps, width=128, height=128), cluster.checkpoints["sd1"])
     events: list[object] = []
     async for event in handle.events():
         events.append(event)
         if isinstance(event, Progress):
             break
-    [running] = [w for w in service.status().workers if handle.job.id in w.jobs]
+    [running] = [w for w in cluster.service.status().workers if handle.job.id in w.jobs]
+    return handle, events, running
+
+
+async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> None:
+    service = cluster.service
+    handle, events, running = await running_job(cluster, "victim", steps=80)
     name = next(n for n, p in cluster.workers.items() if p.pid == running.pid)
     killed = time.monotonic()
     os.kill(running.pid, signal.SIGKILL)
@@ -324,13 +330,7 @@ async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarde
     """SIGSTOP is a pulled cable as the bot sees it: no heartbeat, no word. The job runs again
     elsewhere; when the worker comes back (SIGCONT) and finishes, what it sends is discarded."""
     service = cluster.service
-    handle = await service.submit(request("cable", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
-    events: list[object] = []
-    async for event in handle.events():
-        events.append(event)
-        if isinstance(event, Progress):
-            break
-    [running] = [w for w in service.status().workers if handle.job.id in w.jobs]
+    handle, events, running = await running_job(cluster, "cable", steps=60)
     os.kill(running.pid, signal.SIGSTOP)
     try:
         async for event in handle.events():
