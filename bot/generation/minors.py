@@ -32,22 +32,7 @@ SEXUAL_TERMS = (
     "bdsm", "fetish", "ahegao", "breasts", "boobs", "tits", "ass", "butt", "panties", "seductive", "onlyfans",
 )  # fmt: skip
 
-_LEET = str.maketrans(
-    {
-        "0": "o",
-        "1": "i",
-        "!": "i",
-        "|": "i",
-        "3": "e",
-        "4": "a",
-        "@": "a",
-        "5": "s",
-        "$": "s",
-        "7": "t",
-        "+": "t",
-        "8": "b",
-    }
-)
+_LEET = str.maketrans({"0": "o", "1": "i", "!": "i", "|": "i", "3": "e", "4": "a", "@": "a", "5": "s", "$": "s", "7": "t", "+": "t", "8": "b"})
 _AGE = re.compile(r"(?<!\d)(?:[0-9]|1[0-7])\s*(?:-\s*)?(?:yo|y/o|y\.o\.|yrs?|years?)(?:\s*-?\s*old)?\b")
 
 
@@ -77,7 +62,9 @@ def _found(words: str, terms: Iterable[str]) -> str | None:
     return None
 
 
-def check_minors(texts: Iterable[str], extra_minor: Iterable[str] = (), extra_sexual: Iterable[str] = ()) -> None:
+def check_minors(
+    texts: Iterable[str], extra_minor: Iterable[str] = (), extra_sexual: Iterable[str] = ()
+) -> None:
     """GenerationError (a neutral one) when the texts together name minors and sexual content."""
     joined = " \n ".join(texts)
     words = normalise(joined)

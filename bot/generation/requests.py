@@ -123,7 +123,6 @@ def family_defaults(checkpoint: CheckpointRef, steps: int, cfg: float, sampler: 
     own_steps, own_cfg = FLOW_DEFAULTS.get((checkpoint.family, checkpoint.variant), (None, cfg))
     return own_steps or steps, own_cfg, FLOW_DEFAULT_SAMPLER
 
-
 # A1111's img2img "Resize mode" (modules/images.py resize_image), by the names we take.
 RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Resize and fill"}
 
@@ -240,13 +239,9 @@ def validate(
         if not 0 <= request.mask_blur <= 64:
             raise GenerationError(f"mask blur must be between 0 and 64 pixels, not {request.mask_blur}")
         if request.masked_content not in MASKED_CONTENT:
-            raise GenerationError(
-                f"masked content {request.masked_content!r} is not one of {', '.join(MASKED_CONTENT)}"
-            )
+            raise GenerationError(f"masked content {request.masked_content!r} is not one of {', '.join(MASKED_CONTENT)}")
         if not 0 <= request.mask_padding <= MAX_MASK_PADDING:
-            raise GenerationError(
-                f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {request.mask_padding}"
-            )
+            raise GenerationError(f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {request.mask_padding}")
     elif request.masked_content != "original" or request.only_masked:
         raise GenerationError("masked content and inpaint area are for inpainting; give a mask too")
     try:
