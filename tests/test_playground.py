@@ -47,6 +47,9 @@ async def command(page, slash: str, **options: object) -> None:
     for _ in range(3):
         await settled(page)
         composer = page.locator("#channel-composer-input")
+        # The page draws the composer once it has the server's state: on a loaded machine that can take
+        # longer than a click's 30 s (the same two minutes `settled` allows).
+        await composer.wait_for(state="visible", timeout=120_000)
         await composer.click()
         await composer.type(f"/{slash}")
         await page.keyboard.press("Enter")
