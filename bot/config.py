@@ -23,6 +23,7 @@ from pydantic_settings import (
 from bot import outbound
 from bot.errors import ConfigError
 from bot.images.inputs import InputStore
+from gpu_worker.protocol import is_broker_url
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -147,7 +148,7 @@ class Settings(BaseSettings):
     def _check_broker(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value().strip():
             return None
-        if not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+        if not is_broker_url(value.get_secret_value()):
             raise ValueError("must be a redis://, rediss:// (TLS) or unix:// URL")
         return value
 

@@ -22,7 +22,7 @@ import json
 import sys
 from pathlib import Path
 
-from gpu_worker.protocol import SUPPORTED_FAMILIES
+from gpu_worker.protocol import SUPPORTED_FAMILIES, is_broker_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +198,7 @@ def _remote(args: argparse.Namespace) -> int:
     from gpu_worker.remote import RemoteOptions, run_devices
 
     broker = args.broker or os.environ.get("EASEL_BROKER", "")
-    if not broker.startswith(("redis://", "rediss://", "unix://")):
+    if not is_broker_url(broker):
         print("error: give --broker redis://host:port (or rediss:// for TLS), or set EASEL_BROKER", file=sys.stderr)
         return 2
     if not args.models_dir.is_dir():

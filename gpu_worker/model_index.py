@@ -10,7 +10,6 @@ since is hashed again before it is used, so a worker never runs a file whose has
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from bot.checkpoints.hashing import sha256_file
 from gpu_worker.protocol import RunBatch
 from gpu_worker.worker import LocalFileError
 
@@ -25,15 +25,6 @@ log = logging.getLogger(__name__)
 
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 CACHE_NAME = ".easel-hashes.json"
-CHUNK = 8 << 20
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelIndex:
@@ -64,7 +55,7 @@ class ModelIndex:
         for rel, (size, mtime) in found.items():
             if rel in stale or rel not in self._known:
                 try:
-                    fresh[rel] = (size, mtime, sha256_of(self.root / rel))
+                    fresh[rel] = (size, mtime, sha256_file(self.root / rel))
                     hashed += 1
                 except OSError as e:
                     log.warning("could not hash %s: %s", rel, e)
@@ -86,7 +77,7 @@ class ModelIndex:
                 continue
             with self._lock:
                 size, mtime, _ = self._known.get(rel, (-1, -1, ""))
-            if (st.st_size, st.st_mtime_ns) == (size, mtime) or sha256_of(path) == sha256:
+            if (st.st_size, st.st_mtime_ns) == (size, mtime) or sha256_file(path) == sha256:
                 return path
         return None
 

@@ -364,6 +364,13 @@ def decode(frame: bytes) -> object:
 # on one stream the bot's group reads. An entry is two fields: the worker's id and one frame as
 # above (JSON, validated on the way in), so a forged entry is refused as a bad frame would be.
 
+BROKER_SCHEMES = ("redis://", "rediss://", "unix://")  # rediss:// is TLS
+
+
+def is_broker_url(url: str) -> bool:
+    return url.startswith(BROKER_SCHEMES)
+
+
 EVENTS_STREAM = "easel:events"
 WORKER_KEY_PREFIX = "easel:worker:"  # + worker id: its latest heartbeat frame, expiring (`bot.py workers`)
 WORKER_KEY_SECONDS = 300

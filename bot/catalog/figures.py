@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.catalog.civitai import CivitaiClient, CivitaiError
 from bot.catalog.entries import CatalogEntry
-from bot.catalog.sources import match_key, squash
+from bot.catalog.sources import spellings
 
 FIGURES_FILE = Path(__file__).with_name("figures.json")
 KEPT = ("downloads", "thumbs_up", "published")
@@ -70,15 +70,13 @@ async def take_snapshot(client: CivitaiClient, entries: list[CatalogEntry]) -> S
     alias). The first failure stops it (the snapshot then says why); what was found is kept."""
     snapshot = Snapshot(as_of=time.strftime("%Y-%m-%d", time.gmtime()))
     for entry in entries:
-        names = {squash(n) for n in (entry.display_name, *entry.tags)} | {
-            match_key(n) for n in (entry.display_name, *entry.tags)
-        }
+        names = set().union(*(spellings(n) for n in (entry.display_name, *entry.tags)))
         try:
             models = await client.search_models({"types": "Checkpoint", "query": entry.display_name, "limit": "10"})
         except CivitaiError as e:
             snapshot.error = str(e)
             break
-        match = next((m for m in models if {squash(m["name"]), match_key(m["name"])} & names), None)
+        match = next((m for m in models if spellings(m["name"]) & names), None)
         if match is None:
             snapshot.missing.append(entry.name)
             continue

@@ -26,7 +26,7 @@ from bot.catalog.civitai import (
     params_key,
 )
 from bot.catalog.query import Query
-from bot.catalog.sources import match_key, squash
+from bot.catalog.sources import spellings
 from bot.catalog.taxonomy import without_phrases
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class LiveSearch:
         for m in models:
             if m.get("type") not in ("", "Checkpoint") or (m.get("nsfw") and not allow_nsfw):
                 continue
-            if {squash(m["name"]), match_key(m["name"])} & known:
+            if spellings(m["name"]) & known:
                 continue
             kept.append(m)
         return kept[:SHOWN]

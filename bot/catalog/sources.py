@@ -197,6 +197,11 @@ def match_key(name: str) -> str:
     return _NOT_ALNUM.sub("", stem)
 
 
+def spellings(name: str) -> set[str]:
+    """A name as questions and other sources may write it: squashed whole, or as match_key reduces it."""
+    return {squash(name), match_key(name)}
+
+
 @cache
 def _reference_by_key() -> dict[str, CatalogEntry]:
     table: dict[str, CatalogEntry] = {}

@@ -25,7 +25,7 @@ from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
-from gpu_worker.protocol import MASKED_CONTENT, hires_size
+from gpu_worker.protocol import MASKED_CONTENT, hires_size, is_broker_url
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -142,7 +142,7 @@ BROKER_WAIT_SECONDS = 60.0
 
 
 def broker_url(value: str) -> str:
-    if not value.startswith(("redis://", "rediss://", "unix://")):
+    if not is_broker_url(value):
         raise argparse.ArgumentTypeError("give a redis://host:port URL (rediss:// for TLS)")
     return value
 

@@ -543,9 +543,11 @@ class GenerationService:
 
     def _send_remote(self, worker: RemoteWorker, command: object) -> None:
         assert self._broker is not None
-        broker = self._broker
+        broker, previous = self._broker, worker.sending
 
-        async def send() -> None:
+        async def send_after_previous() -> None:
+            if previous is not None:  # commands to one worker keep their order: a cancel never overtakes its batch
+                await asyncio.gather(previous, return_exceptions=True)
             try:
                 await broker.send(worker.worker_id, command)
             except BrokerUnavailable as e:
@@ -556,15 +558,7 @@ class GenerationService:
                 else:
                     log.warning("a %s for worker %s was not sent: %s", type(command).__name__, worker.worker_id, e)
 
-        # Commands to one worker keep their order (a cancel never overtakes its batch).
-        previous = worker.sending
-
-        async def in_order() -> None:
-            if previous is not None:
-                await asyncio.gather(previous, return_exceptions=True)
-            await send()
-
-        worker.sending = asyncio.get_running_loop().create_task(in_order())
+        worker.sending = asyncio.get_running_loop().create_task(send_after_previous())
         self._tasks.add(worker.sending)
         worker.sending.add_done_callback(self._tasks.discard)
 
