@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import discord
 import simcord
+from discord.ext import commands
 
 from bot.config import Settings
 from bot.demo import install_demo
@@ -19,7 +20,6 @@ from bot.services import Services, open_services
 from cogs.app import create_bot
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 async def playground_settings(settings: Settings) -> Settings:
@@ -60,9 +60,12 @@ class LivePage:
     action…" to the end, and, the clock standing still, progress edits (at most one per 1.5 s) and
     cooldowns never came due. Here the bot's waits on the worker are declared external
     (`Env.external_wait`: the action settles once the job is queued), the simulated clock follows the
-    wall clock, and a job event that changed the channel republishes the page (`Preview.refresh`),
-    which the page polls. Only a real change republishes: a click is refused as stale when the page
-    was republished since the browser last read it."""
+    wall clock, and a message the bot posts, edits or deletes republishes the page (`Preview.refresh`),
+    which the page polls. The cue is Discord's own message events (simulated gateway), which come
+    after the change, not the end of the bot's wait on the worker: the bot posts the finished
+    picture some awaits after that, and a look taken at the wait's end could miss the post for good
+    (the page then showed the job running forever). Only a real change republishes: a click is
+    refused as stale when the page was republished since the browser last read it."""
 
     TICK = 0.25  # seconds between clock moves
 
@@ -70,6 +73,7 @@ class LivePage:
         self.env = env
         self.channel = channel
         self.changed = asyncio.Event()
+        self.turn = asyncio.Lock()  # simcord's operations, ours and a person's actions, one at a time
         self._shown: tuple = ()
 
     def _fingerprint(self) -> tuple:
@@ -79,11 +83,29 @@ class LivePage:
             for m in self.channel.history()[-20:]
         )
 
-    async def external_wait(self, awaitable: Awaitable[T], *, reason: str) -> T:
-        try:
-            return await self.env.external_wait(awaitable, reason=reason)
-        finally:
-            self.changed.set()  # the bot edits its message next; the refresh settles that edit first
+    def follow(self, bot: commands.Bot) -> None:
+        """Look at the channel whenever Discord tells the bot a message changed."""
+
+        async def changed(*_: object) -> None:
+            self.changed.set()
+
+        for event in ("on_message", "on_raw_message_edit", "on_raw_message_delete"):
+            bot.add_listener(changed, event)
+
+    def take_turns(self, preview: Any) -> None:
+        """A person's action waits while the clock is moved or the page republished, and the other way
+        round. simcord runs one operation at a time and answers an action that overlaps another with
+        HTTP 400, which the page takes as "Action outcome uncertain. It will not be retried": the
+        command was lost (on a loaded machine, where moving the clock takes longer, one in a few runs).
+        simcord 3.2 has no public way to queue an action behind an operation, so its entry point for
+        the page's actions is wrapped here."""
+        act = preview._action
+
+        async def one_at_a_time(context_id: str | None, body: Any) -> Any:
+            async with self.turn:
+                return await act(context_id, body)
+
+        preview._action = one_at_a_time
 
     async def run(self, preview: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -91,18 +113,19 @@ class LivePage:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), self.TICK)
-            try:
-                now = loop.time()
-                await self.env.advance_time(now - last)
-                last = now
-                if self.changed.is_set():
-                    self.changed.clear()
-                    shown = self._fingerprint()
-                    if shown != self._shown:
-                        await preview.refresh()
-                        self._shown = shown
-            except simcord.SetupError:  # a person's action is settling (and publishes); again next tick
-                continue
+            async with self.turn:
+                try:
+                    now = loop.time()
+                    await self.env.advance_time(now - last)
+                    last = now
+                    if self.changed.is_set():
+                        self.changed.clear()
+                        shown = self._fingerprint()
+                        if shown != self._shown:
+                            await preview.refresh()
+                            self._shown = shown
+                except simcord.SetupError:  # simcord was busy with work of its own: look again next tick
+                    self.changed.set()
 
 
 async def run_playground(
@@ -121,8 +144,10 @@ async def run_playground(
         async with simcord.run(bot, settle_timeout=900) as env:
             channel, you, member = playground_world(env, services)
             live = LivePage(env, channel)
-            bot.external_wait = live.external_wait
+            bot.external_wait = env.external_wait
+            live.follow(bot)
             async with env.preview(channel, viewers=[you, member], layout="channel", port=port) as preview:
+                live.take_turns(preview)
                 republishing = asyncio.create_task(live.run(preview))
                 on_ready(preview.url)
                 try:

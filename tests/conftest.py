@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# One compute thread per process (inherited by the workers the tests start). The tiny models gain
+# nothing from a second thread, and on a shared 2-core machine OpenMP's threads spin at every
+# barrier waiting for one another: with two busy processes beside it, the demo model's 20 steps took
+# 152 s instead of 8 (one thread: 8 s). Benchmarks (bench/) keep the machine's default.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 

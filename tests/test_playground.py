@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import discord
 import pytest
 from PIL import Image
 
@@ -46,10 +47,19 @@ async def command(page, slash: str, **options: object) -> None:
     before = await used.count()
     for _ in range(3):
         await settled(page)
+        # A command the page did not take (refused as stale: the page was republished as it was sent)
+        # stays drafted, the message box hidden behind it: leave it, as a person clicks its ×.
+        leave = page.get_by_role("button", name="Exit command mode")
+        if await leave.count():
+            await leave.first.click()
         composer = page.locator("#channel-composer-input")
         # The page draws the composer once it has the server's state: on a loaded machine that can take
         # longer than a click's 30 s (the same two minutes `settled` allows).
-        await composer.wait_for(state="visible", timeout=120_000)
+        try:
+            await composer.wait_for(state="visible", timeout=120_000)
+        except Exception as e:
+            raise AssertionError(f"{e}\nthe page showed:\n{(await page.locator('body').inner_text())[-2000:]}") from e
+        await composer.fill("")  # leaving a command puts "/name" back in the box
         await composer.click()
         await composer.type(f"/{slash}")
         await page.keyboard.press("Enter")
@@ -63,7 +73,6 @@ async def command(page, slash: str, **options: object) -> None:
             if await used.count() > before:
                 return
             await asyncio.sleep(0.1)
-        await page.keyboard.press("Escape")
     raise AssertionError(f"/{slash} was not taken by the page")
 
 
@@ -90,7 +99,10 @@ async def imagine_in_browser(p, address: str, prompt: str, **options: object):
     page = await browser.new_page(viewport={"width": 1280, "height": 1000})
     await page.goto(address)
     await command(page, "imagine", prompt=prompt, **options)
-    await page.get_by_role("button", name="Reroll").wait_for(timeout=120_000)
+    try:
+        await page.get_by_role("button", name="Reroll").wait_for(timeout=120_000)
+    except Exception as e:
+        raise AssertionError(f"{e}\nthe page showed:\n{(await page.locator('main').inner_text())[-1500:]}") from e
     return browser, page
 
 
@@ -234,3 +246,33 @@ async def test_the_demo_world_keeps_its_own_registry(tmp_path: Path, tiny_dir: P
     (tmp_path / "models").mkdir()
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp_path / "models" / "mine.safetensors")
     assert await playground_settings(settings) == settings  # a real checkpoint: the real world
+
+
+async def test_a_message_the_bot_posts_on_its_own_reaches_the_page() -> None:
+    """The finished picture is posted some awaits after the worker's last event, with no person acting:
+    the page is republished for it all the same (it once waited for a job event that never came)."""
+    import simcord
+    from discord.ext import commands
+
+    from cogs.playground import LivePage
+
+    bot = commands.Bot(command_prefix="!", intents=discord.Intents.default())
+    async with simcord.run(bot) as env:
+        channel = env.create_guild().create_text_channel("imagine")
+        live = LivePage(env, channel)
+        live.follow(bot)
+        shown = asyncio.Event()
+
+        class Page:  # what LivePage needs of simcord's Preview: the republish, recorded
+            async def refresh(self) -> None:
+                if any(m.content == "the picture" for m in channel.history()):
+                    shown.set()
+
+        republishing = asyncio.create_task(live.run(Page()))
+        try:
+            await bot.get_channel(channel.id).send("the picture")
+            await asyncio.wait_for(shown.wait(), timeout=30)
+        finally:
+            republishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await republishing
