@@ -110,22 +110,25 @@ class LivePage:
     async def run(self, preview: Any) -> None:
         loop = asyncio.get_running_loop()
         last = loop.time()
+        unseen = False  # a change not yet looked at (simcord was busy when it came)
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), self.TICK)
+            unseen |= self.changed.is_set()
+            self.changed.clear()
             async with self.turn:
                 try:
                     now = loop.time()
                     await self.env.advance_time(now - last)
                     last = now
-                    if self.changed.is_set():
-                        self.changed.clear()
+                    if unseen:
                         shown = self._fingerprint()
                         if shown != self._shown:
                             await preview.refresh()
                             self._shown = shown
-                except simcord.SetupError:  # simcord was busy with work of its own: look again next tick
-                    self.changed.set()
+                        unseen = False
+                except simcord.SetupError:  # simcord was busy with work of its own: again at the next tick
+                    continue
 
 
 async def run_playground(
