@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     nsfw_pictures: Literal["withhold", "spoiler"] = "withhold"  # in ordinary channels
     nsfw_pictures_adult: Literal["allow", "spoiler", "withhold"] = "allow"  # age-restricted channels and DMs
     nsfw_threshold: float = Field(default=0.5, ge=0, le=1)
+    preview_every: int = Field(default=5, ge=0, le=1000)  # steps between progress previews; 0: none
     # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without

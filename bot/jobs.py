@@ -39,6 +39,7 @@ from bot.generation.requests import (
     DEFAULT_DISTILLED_CFG,
     GenerationRequest,
     ValidRequest,
+    check_texts,
     family_defaults,
     random_seed,
     validate,
@@ -56,6 +57,7 @@ from bot.images.infotext import (
     size_of,
 )
 from bot.images.inputs import InputStore
+from bot.images.picture_check import PictureCheck
 from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
@@ -156,8 +158,9 @@ class JobPlan:
         """The place shows pictures behind a spoiler."""
         return self.here.spoiler
 
-    def verdict(self, nsfw_score: float) -> str:
-        """post | spoiler | withhold: what this place does with a picture the picture check scored so."""
+    def verdict(self, nsfw_score: float | None) -> str:
+        """post | spoiler | withhold: what this place does with a picture the picture check scored so
+        (None or an unreadable score: as if over the threshold, and never merely spoilered)."""
         return self.here.picture_verdict(nsfw_score, self.adult)
 
     @property
@@ -210,6 +213,7 @@ class Jobs:
         vaes: VaeRegistry | None = None,
         extra_terms: tuple[list[str], list[str]] = ([], []),
         text_encoders: TextEncoderRegistry | None = None,
+        picture_check: PictureCheck | None = None,
     ) -> None:
         self.registry = registry
         self.generation = generation
@@ -220,6 +224,7 @@ class Jobs:
         self.upscaling = upscaling
         self.vaes = vaes
         self.text_encoders = text_encoders
+        self.picture_check = picture_check  # for pictures no job made (models' previews)
         self.extra_terms = extra_terms  # owners' additions to the minors rule: (minor words, sexual words)
         self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
@@ -384,9 +389,22 @@ class Jobs:
                 upload, parameters = await asyncio.to_thread(read_upload, picture), None
         return await self.upscaling.upscale(upload, parameters, upscaler, scale, progress)
 
-    async def picture_verdict(self, place: Place, nsfw_score: float) -> str:
+    async def picture_verdict(self, place: Place, nsfw_score: float | None) -> str:
         """post | spoiler | withhold: what `place` does with a picture the picture check scored so."""
         return (await self.rules(place)).picture_verdict(nsfw_score, place.adult)
+
+    async def checks_pictures(self, place: Place) -> bool:
+        """Whether a picture shown in `place` must pass the picture check first."""
+        return (await self.rules(place)).checks_pictures(place.adult)
+
+    async def model_preview_verdict(self, place: Place, picture: bytes) -> str:
+        """post | spoiler | withhold for a preview shipped beside a model, to be shown in `place`:
+        scored first wherever the picture check decides anything; unscored, it is withheld there."""
+        here = await self.rules(place)
+        if not here.checks_pictures(place.adult):
+            return "post"
+        score = await self.picture_check.score(picture) if self.picture_check is not None else None
+        return here.picture_verdict(score, place.adult)
 
     async def kept_parameters(self, key: str) -> Infotext:
         if self.inputs is None:
@@ -549,9 +567,12 @@ class Jobs:
         """Every rule of the place, for every job of the plan: the one copy of them; `note` is said
         to the requester with each job."""
         pictures = sum(request.count for request, _ in items)
+        limits = self.generation.limits
         for request, _ in items:  # everywhere, the host's command line too: no place relaxes it
+            check_texts(request, limits)  # bounded before the rule reads it
+            # The text as the model gets it (LoRA tags included), read off the loop.
             try:
-                check_minors([request.prompt], *self.extra_terms)
+                await asyncio.to_thread(check_minors, [request.prompt], *self.extra_terms)
             except EaselError:
                 log.warning("prompt refused by the minors rule (requester %s, guild %s)", request.requester_id, place.guild_id)
                 raise
@@ -561,7 +582,6 @@ class Jobs:
                 check_prompt(request.prompt, here.blocked_words)
                 here.check_request(request.steps, pictures)
         # LoRAs, sizes, CFG, sampler, seeds: before any queue, and only here.
-        limits = self.generation.limits
         specs = []
         for request, ref in items:
             nsfw_allowed = here.allow_nsfw(place.adult)

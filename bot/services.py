@@ -19,6 +19,7 @@ from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
+from bot.images.picture_check import PictureCheck
 from bot.jobs import Jobs
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
 from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
@@ -64,7 +65,9 @@ def limits_from(settings: Settings) -> Limits:
     )
 
 
-async def open_services(settings: Settings, *, limits: Limits | None = None, preview_every: int = 5) -> Services:
+async def open_services(
+    settings: Settings, *, limits: Limits | None = None, preview_every: int | None = None
+) -> Services:
     """Open the database, the registry and the merge service, and start one worker per device."""
     db = await open_database(settings.database_path)
     generation: GenerationService | None = None
@@ -74,7 +77,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
             db,
             worker_configs(settings.devices, settings.cache_device_gb, settings.cache_cpu_gb),
             limits or limits_from(settings),
-            preview_every=preview_every,
+            preview_every=settings.preview_every if preview_every is None else preview_every,
             broker_url=settings.broker_url,
         )
         if settings.metrics_port:
@@ -119,6 +122,7 @@ async def open_services(settings: Settings, *, limits: Limits | None = None, pre
         vaes,
         extra_terms=(settings.minor_terms, settings.sexual_terms),
         text_encoders=text_encoders,
+        picture_check=PictureCheck(),
     )
     return Services(
         settings,

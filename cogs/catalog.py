@@ -30,6 +30,7 @@ from cogs.utils.context import asker, place
 from cogs.utils.errors import AnsweringModal, answers_errors, refuse
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 from cogs.utils.job_messages import post_result, run_plan, services_of, tell_withheld
+from cogs.utils.model_previews import send_card
 from cogs.utils.views import OwnedView
 
 if TYPE_CHECKING:
@@ -136,15 +137,11 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
         ref = CheckpointRef.from_entry(entry)
         services = self.bot.services
         parts = await parts_of_entry(ref.needs, ref.family, ref.vae_sha256, services.text_encoders, services.vaes)
-        embed, files = info_embed(entry, parts.lines()), []
         preview = await asyncio.to_thread(
             read_preview, entry.preview_path, self.registry.models_root, PREVIEW_MAX_BYTES
         )
-        if preview is not None:
-            name = "preview" + Path(entry.preview_path or "").suffix.lower()
-            files.append(discord.File(io.BytesIO(preview), filename=name))
-            embed.set_thumbnail(url=f"attachment://{name}")
-        await interaction.response.send_message(embed=embed, view=view, files=files)
+        suffix = Path(entry.preview_path or "").suffix.lower()
+        await send_card(interaction, services.jobs, info_embed(entry, parts.lines()), preview, suffix, view=view)
 
     @info.autocomplete("name")
     async def names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -430,7 +427,7 @@ async def run_compare_for(interaction: discord.Interaction, prompt: str, names: 
     for job_id, score in zip(result.job_ids, result.scores, strict=True):
         await services.generation.store.set_safety(job_id, [score], [verdict])
     if verdict == "withhold":
-        await tell_withheld(interaction, ",".join(result.job_ids), 1, 1)
+        await tell_withheld(interaction, ",".join(result.job_ids), 1, 1, unchecked=result.nsfw_score is None)
         return
     data, extension = await asyncio.to_thread(fit_image, result.png, interaction.filesize_limit or 10 * 1024 * 1024)
     spoiler = plan.spoiler or verdict == "spoiler"

@@ -4,7 +4,6 @@ use them in a prompt."""
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ from cogs.utils.context import place
 from cogs.utils.errors import refuse
 from cogs.utils.formatting import CONTENT_MAX, EMBED_COLOUR, FIELD_MAX, clip
 from cogs.utils.lora_option import Lora
+from cogs.utils.model_previews import send_card
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -90,13 +90,9 @@ class Loras(commands.GroupCog, group_name="loras", group_description="The LoRAs 
         if entry is None or entry.name not in {e.name for e in await self.jobs.loras_shown(place(interaction))}:
             await refuse(interaction, f"no LoRA named {name!r} here; /loras list shows them")
             return
-        embed, files = lora_embed(entry), []
         preview = await asyncio.to_thread(read_preview, entry.preview_path, lora_folder(entry), PREVIEW_MAX_BYTES)
-        if preview is not None:
-            filename = "preview" + Path(entry.preview_path or "").suffix.lower()
-            files.append(discord.File(io.BytesIO(preview), filename=filename))
-            embed.set_thumbnail(url=f"attachment://{filename}")
-        await interaction.response.send_message(embed=embed, files=files, ephemeral=True)
+        suffix = Path(entry.preview_path or "").suffix.lower()
+        await send_card(interaction, self.jobs, lora_embed(entry), preview, suffix, ephemeral=True)
 
 
 async def setup(bot: EaselBot) -> None:

@@ -45,7 +45,7 @@ class Upscale(commands.Cog):
         result = await self.jobs.upscale(await read_attachment(image), upscaler, scale)
         verdict = await self.jobs.picture_verdict(place(interaction), result.nsfw_score)
         if verdict == "withhold":
-            await tell_withheld(interaction, "upscale", 1, 1)
+            await tell_withheld(interaction, "upscale", 1, 1, unchecked=result.nsfw_score is None)
             return
         limit = interaction.filesize_limit or 10 * 1024 * 1024
         data, extension = await asyncio.to_thread(fit_image, result.png, limit)

@@ -242,6 +242,9 @@ class JobPreview:
     job_id: str
     step: int
     png: bytes
+    # The picture check's score of this very preview (gpu_worker/safety.py); None: not checked, and
+    # then the bot shows it only where the check decides nothing.
+    nsfw_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -251,7 +254,9 @@ class ImageResult:
     png: bytes
     seed: int
     infotext: str
-    nsfw_score: float = 0.0  # gpu_worker/safety.py: the highest exposed-nudity confidence in the picture
+    # gpu_worker/safety.py: the highest exposed-nudity confidence in the picture; None: not checked,
+    # which the bot treats as over every threshold (bot/generation/policy.py).
+    nsfw_score: float | None = None
     nsfw_labels: dict[str, float] = field(default_factory=dict)  # per class, those found
 
 

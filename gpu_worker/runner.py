@@ -351,7 +351,9 @@ class BatchRunner:
                         [image] = vae_previews(pipe, one, height, width)
                     else:
                         [image] = latents_to_images(one, family)
-                    self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image)))
+                    # Checked like every picture that leaves the worker: the bot decides where it may be shown.
+                    score = self.safety.score(image).score
+                    self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image), score))
             return kwargs
 
         return on_step_end

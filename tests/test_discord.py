@@ -525,19 +525,37 @@ async def test_server_settings_shape_imagine(env: simcord.Env, services: Service
     assert after["Steps"] == "20"
 
 
+def answer(result) -> discord.Message:
+    """The one message a command answered with (a deferred answer comes as a follow-up)."""
+    return (result.followups or [result.response])[0]
+
+
 async def test_info_shows_the_preview_image(env: simcord.Env, services: Services) -> None:
-    _, channel, alice = world(env)
+    guild, channel, alice = world(env)
     entry = await services.registry.get("tiny-sd1")
     preview = Path(services.settings.models_dir) / "tiny-sd1.preview.png"
     Image.new("RGB", (32, 32), "red").save(preview)
     await services.db.execute("UPDATE checkpoints SET preview_path = ? WHERE id = ?", (str(preview), entry.id))
     await services.db.commit()
+    await services.guild_settings.reset(str(guild.id), None)
     try:
-        info = await alice.slash(channel, "checkpoints info", name="tiny-sd1")
-        [attachment] = info.response.attachments
-        assert attachment.filename == "preview.png" and "preview.png" in info.response.embeds[0].thumbnail.url
-        assert (await png_of(info.response)).size == (32, 32)
+        card = answer(await alice.slash(channel, "checkpoints info", name="tiny-sd1"))
+        [attachment] = card.attachments
+        assert attachment.filename == "preview.png" and "preview.png" in card.embeds[0].thumbnail.url
+        assert (await png_of(card)).size == (32, 32)
+        # A model's preview is a picture like any other: scored by the real check before it is shown.
+        await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})
+        withheld = answer(await alice.slash(channel, "checkpoints info", name="tiny-sd1"))
+        fields = {f.name: f.value for f in withheld.embeds[0].fields}
+        assert not withheld.attachments and "withheld by the picture check" in fields["Preview"]
+        await services.guild_settings.update(str(guild.id), None, {"nsfw_pictures": "spoiler"})
+        spoilered = answer(await alice.slash(channel, "checkpoints info", name="tiny-sd1"))
+        assert [a.filename for a in spoilered.attachments] == ["SPOILER_preview.png"]
+        assert not spoilered.embeds[0].thumbnail  # an embed would show it uncovered
+        in_dm = answer(await env.create_user("fay").slash("checkpoints info", name="tiny-sd1"))  # allowed there
+        assert [a.filename for a in in_dm.attachments] == ["preview.png"]
     finally:
+        await services.guild_settings.reset(str(guild.id), None)
         await services.db.execute("UPDATE checkpoints SET preview_path = NULL WHERE id = ?", (entry.id,))
         await services.db.commit()
         preview.unlink()
@@ -829,3 +847,102 @@ async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: si
         for kind, name in ((services.text_encoders, "clip_l"), (services.text_encoders, "t5xxl_fp16"), (services.vaes, "ae")):
             if await kind.find(name) is not None:
                 await kind.remove(name)
+
+
+# --- previews are pictures: they obey the picture rule ----------------------------------------------
+
+
+def preview_uploads(env: simcord.Env, since: int) -> list[str]:
+    """File names of every picture the bot sent to Discord since request number `since`."""
+    names = []
+    for request in env.http_requests[since:]:
+        payload = request.json if isinstance(request.json, dict) else {}
+        names += [a.get("filename", "") for a in payload.get("attachments") or [] if isinstance(a, dict)]
+    return names
+
+
+@pytest.fixture
+def every_event_edits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each progress event edits the job's message (no 1.5 s throttle): every preview is offered."""
+    from cogs.utils import job_messages
+    from cogs.utils.progress import Throttle
+
+    monkeypatch.setattr(job_messages, "Throttle", lambda: Throttle(0.0))
+
+
+async def test_previews_are_checked_like_the_picture(env: simcord.Env, services: Services, every_event_edits) -> None:
+    guild, channel, alice = world(env)
+    options = {"prompt": "a lantern", "checkpoint": "tiny-sd1", "steps": 6, "seed": 5}
+    await services.guild_settings.reset(str(guild.id), None)
+    # Every picture over the threshold: the real check's real score decides each preview too.
+    await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})
+    try:
+        since = len(env.http_requests)
+        withheld = await alice.slash(channel, "imagine", **options)
+        assert withheld.response.content.startswith("Nothing to show") and not withheld.response.attachments
+        assert "Step " in " ".join(str(r.json) for r in env.http_requests[since:])  # it did show progress
+        assert preview_uploads(env, since) == []  # but never a preview
+        await services.guild_settings.update(str(guild.id), None, {"nsfw_pictures": "spoiler"})
+        since = len(env.http_requests)
+        await alice.slash(channel, "imagine", **options)
+        shown = preview_uploads(env, since)
+        assert "SPOILER_preview.png" in shown and "preview.png" not in shown
+        since = len(env.http_requests)  # a DM allows by the bot's defaults: previews as they come
+        await env.create_user("dora").slash("imagine", **options)
+        assert "preview.png" in preview_uploads(env, since)
+    finally:
+        await services.guild_settings.reset(str(guild.id), None)
+
+
+async def test_after_the_token_expired_no_preview_stays_behind(services: Services, every_event_edits) -> None:
+    from bot.generation.checkpoint_ref import resolve_checkpoint
+    from bot.generation.requests import GenerationRequest
+
+    bot = create_bot(services, always_sync=True)
+    env = simcord.Env(bot, settle_timeout=60)
+    bot.external_wait = env.external_wait  # the job's waits are on the worker: simcord's clock may move
+    await env.start()
+    try:
+        with env.time_context():
+            guild, channel, alice = world(env)
+            await services.guild_settings.reset(str(guild.id), None)
+            await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})
+            checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
+            for mode in ("spoiler", "withhold"):
+                await services.guild_settings.update(str(guild.id), None, {"nsfw_pictures": mode})
+                since = len(env.http_requests)
+                if mode == "spoiler":  # the job runs and shows previews when the token dies
+                    result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", aspect="1:1", steps=150)
+                    for _ in range(600):
+                        if "SPOILER_preview.png" in preview_uploads(env, since):
+                            break
+                        await asyncio.sleep(0.1)
+                else:  # the job waits behind another when the token dies
+                    blocker = await services.generation.submit(
+                        GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
+                        checkpoint,
+                    )
+                    result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=6)
+                original = result.response
+                await env.advance_time(901)  # 15 minutes later the interaction token is dead
+                expired = len(env.http_requests)
+                if mode == "withhold":
+                    await services.generation.cancel(blocker.job.id)
+                for _ in range(900):  # the job now runs on the worker, in real time
+                    last = channel.last_message
+                    if last is not None and last.id != original.id and (last.attachments or "Nothing" in last.content):
+                        break
+                    await asyncio.sleep(0.1)
+                await env.settle(timeout=30)
+                if mode == "spoiler":  # previews went on, through the channel, behind a spoiler
+                    assert "SPOILER_preview.png" in preview_uploads(env, expired)
+                    assert "preview.png" not in preview_uploads(env, since)
+                    assert last.attachments[0].filename.startswith("SPOILER_")
+                else:
+                    assert preview_uploads(env, since) == []
+                    assert last.content.startswith("Nothing to show") and not last.attachments
+                [kept] = [m for m in channel.history() if m.id == original.id]
+                assert not kept.attachments and not kept.components  # no preview, no Cancel button left
+    finally:
+        await services.guild_settings.reset(str(guild.id), None)
+        await env.shutdown()

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -37,12 +38,14 @@ from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
 from gpu_worker.protocol import (
     EVENTS_STREAM,
+    ImageResult,
     JobDone,
     JobPart,
     RunBatch,
     WorkerHeartbeat,
     broker_entry,
     commands_stream,
+    encode,
 )
 from tests.conftest import REPO, run_bot_py
 
@@ -290,6 +293,31 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     log = cluster.tmp / "worker-b.log"
     await until(lambda: "batch forgedbatch1 refused" in log.read_text(), 30, "the worker refused the forged batch")
     assert "batch forgedbatch1 refused: this GPU worker does not hold checkpoint tiny-sd1" in log.read_text()
+    await client.aclose()
+
+
+async def test_a_result_without_a_picture_check_score_is_withheld(cluster: Cluster) -> None:
+    """A worker that does not run the picture check (or a forged result in its name): its picture
+    has no score, which the rules read as over every threshold (fail closed)."""
+    from bot.guilds.settings import Effective
+
+    service = cluster.service
+    client = aioredis.Redis.from_url(cluster.redis.url)
+    handle = await service.submit(request("unscored", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
+    async for event in handle.events():
+        if isinstance(event, Started):
+            break
+    running = next(w for w in service.status().workers if handle.job.id in w.jobs)
+    batch_id = next(w.batch.batch_id for w in service._workers if w.batch and w.batch.jobs[0].job_id == handle.job.id)
+    result = ImageResult(b"\x89PNG\r\n\x1a\n", 5, "a lighthouse\nSteps: 60")
+    body = json.loads(encode(JobDone(batch_id, handle.job.id, (result,), "cpu", 0.0, 0.0, "device", 1)).partition(b"\n")[2])
+    del body["images"][0]["nsfw_score"]  # as a worker that never heard of the check would send it
+    await client.xadd(EVENTS_STREAM, {"w": running.worker_id.encode(), "m": b"JobDone\n" + json.dumps(body).encode()})
+    [*_, done] = await finished(handle)
+    assert isinstance(done, Finished) and done.job.images[0].nsfw_score is None
+    ordinary = Effective(None, None)  # the bot's defaults: withhold in ordinary channels, allow in adult ones
+    assert ordinary.picture_verdict(done.job.images[0].nsfw_score, False) == "withhold"
+    assert ordinary.picture_verdict(done.job.images[0].nsfw_score, True) == "post"
     await client.aclose()
 
 

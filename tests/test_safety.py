@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from bot.errors import EaselError
-from bot.generation.minors import check_minors
-from bot.generation.policy import picture_verdict
+from bot.generation.minors import check_minors, find_minors
+from bot.generation.policy import picture_verdict, readable_score
 from gpu_worker.safety import EXPOSED, NudityScorer
 
 
@@ -32,7 +37,17 @@ def test_the_real_detector_scores_harmless_pictures_low() -> None:
         (0.9, "spoiler", "allow", False, "spoiler"),
         (0.9, "withhold", "allow", True, "post"),  # an age-restricted channel or a DM
         (0.9, "withhold", "spoiler", True, "spoiler"),
-        (0.9, "spoiler", "withhold", True, "withhold"),
+            (0.9, "spoiler", "withhold", True, "withhold"),
+        # Fail closed: no score, or one that cannot be read, counts as over the threshold, and is
+        # withheld where the place would only have spoilered it; allowed only where all is allowed.
+        (None, "withhold", "allow", False, "withhold"),
+        (None, "spoiler", "allow", False, "withhold"),
+        (float("nan"), "spoiler", "allow", False, "withhold"),
+        (7.5, "spoiler", "allow", False, "withhold"),
+        (-0.1, "withhold", "allow", False, "withhold"),
+        ("0.1", "withhold", "allow", False, "withhold"),
+        (None, "withhold", "spoiler", True, "withhold"),
+        (None, "withhold", "allow", True, "post"),
     ],
 )
 def test_what_a_place_does_with_a_score(score: float, action: str, adult_action: str, adult: bool, expected: str) -> None:
@@ -124,3 +139,146 @@ def test_the_cli_scores_a_picture(cli, tmp_path: Path) -> None:
     assert done.code == 0 and "score 0.00" in done.out and "post in ordinary channels" in done.out
     refused = cli("safety", "check", str(tmp_path / "missing.png"))
     assert refused.code == 1 and "No such file" in refused.err
+
+
+# --- the minors rule, measured and attacked -----------------------------------------------------------
+
+
+def test_the_evaluation_set_meets_its_targets() -> None:
+    """bench/data/minors_eval.jsonl: the test half was written with the dev half, before the rule ran
+    on either, and never tuned on (python bench/minors_eval.py --misses prints the misses)."""
+    from bench.minors_eval import evaluate, load_cases
+
+    cases = load_cases()
+    halves = evaluate(cases)
+    assert len(cases) >= 300 and {c["refuse"] for c in cases} == {True, False}
+    test, dev = halves["test"], halves["dev"]
+    assert test["refuse"] >= 90 and test["innocent"] >= 90
+    assert test["recall"] >= 0.97 and test["false_refusal_rate"] <= 0.02, test["misses"]
+    assert dev["recall"] >= 0.97 and dev["false_refusal_rate"] <= 0.05, dev["misses"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "minor"),
+    [
+        ("14yo, nude", "14yo"),
+        ("a 14 y.o., nude", "14 y.o"),
+        ("fourteen-year-old, nude", "fourteen-year-old"),
+        ("aged 12, nude", "aged 12"),
+        ("ein 12 Jahre altes Mädchen, nackt", "12 jahre alt"),
+        ("12歳 ヌード", "12歳"),
+        ("5th grader, nude", "5th grade"),
+        ("Kind, nackt", "Kind"),
+    ],
+)
+def test_ages_grades_and_words_that_name_minors(prompt: str, minor: str) -> None:
+    found = find_minors([prompt])
+    assert found is not None and found.minor == minor
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "ten hot air balloons as the sun rises, sexy pilot",
+        "a sexy couple celebrating 10 years of marriage",
+        "a 12 year old whisky, nude woman",
+        "a 25yo woman, nude",
+        "aged 19, nude",
+        "a kind woman, nude",
+        "a sexy woman with a kid goat",
+        "nude, minor details",
+        "a child looking tired but happy",
+        "a sexy woman, 16 Jahre Erfahrung",
+        "12 años de matrimonio, pareja sexy",
+        "子供の裸足, beach",  # barefoot, not naked
+    ],
+)
+def test_quantities_durations_things_and_look_alikes_are_not_minors(prompt: str) -> None:
+    assert find_minors([prompt]) is None
+
+
+_LOOK_ALIKE = {"o": "\u043e", "a": "\u0430", "e": "\u0435", "i": "\u0456", "c": "\u0441", "s": "\u0455", "h": "\u04bb", "p": "\u0440", "x": "\u0445"}
+_LEET = {"o": "0", "i": "1", "e": "3", "a": "4", "s": "5", "t": "7"}
+
+
+@st.composite
+def disguised(draw: st.DrawFn, word: str) -> str:
+    """The word as an evader might write it: each letter maybe swapped for a look-alike, a leet digit,
+    its full-width or upper-case form, maybe repeated, with the same separator between every letter."""
+    separator = draw(st.sampled_from(["", "", ".", "-", "_", "*", " ", "\u200b", "\u00b7"]))
+    letters = []
+    for ch in word:
+        form = draw(st.sampled_from(["plain", "upper", "look-alike", "leet", "full-width"]))
+        if form == "upper":
+            ch = ch.upper()
+        elif form == "look-alike":
+            ch = _LOOK_ALIKE.get(ch, ch)
+        elif form == "leet" and separator != "*":
+            ch = _LEET.get(ch, ch)
+        elif form == "full-width":
+            ch = chr(ord(ch) + 0xFEE0)
+        letters.append(ch * draw(st.integers(1, 3)))
+    return separator.join(letters)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    minor=st.sampled_from(["loli", "shota", "child", "toddler", "preteen", "underage"]).flatmap(disguised),
+    sexual=st.sampled_from(["nude", "naked", "hentai", "porn", "topless"]).flatmap(disguised),
+    filler=st.sampled_from(["", "masterpiece, ", "(best quality:1.2), 1girl, ", "<lora:ink:0.8> "]),
+)
+def test_disguised_terms_are_still_refused(minor: str, sexual: str, filler: str) -> None:
+    assert find_minors([f"{filler}{minor}, {sexual}"]) is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_is_read_without_error(text: str) -> None:
+    find_minors([text])  # no exception, whatever the characters
+
+
+def test_cli_checks_prompts(cli, env: Path, tmp_path: Path) -> None:
+    refused = cli("safety", "prompt", "l0li, nude")
+    assert refused.code == 1 and "refused: the minors rule (minor: 'loli'; sexual: 'nude')" in refused.out
+    allowed = cli("safety", "prompt", "a cat on a sofa", "--json")
+    assert allowed.code == 0 and json.loads(allowed.out) == {"prompt": "a cat on a sofa", "refused": False, "reason": None}
+    listing = tmp_path / "prompts.txt"
+    listing.write_text("a cat\nniña desnuda\n\na lighthouse at dusk\n", encoding="utf-8")
+    lines = cli("safety", "prompt", "--file", str(listing))
+    rows = [json.loads(line) for line in lines.out.splitlines()]
+    assert lines.code == 1 and [r["refused"] for r in rows] == [False, True, False]
+    assert rows[1]["reason"] == "the minors rule (minor: 'niña'; sexual: 'desnuda')"
+    # A server's own blocked words, as /settings keeps them.
+    assert cli("server", "set", "42", "blocked_words=lighthouse").code == 0
+    theirs = cli("safety", "prompt", "a lighthouse at dusk", "--guild", "42")
+    assert theirs.code == 1 and "refused: blocked word 'lighthouse'" in theirs.out
+    assert cli("safety", "prompt", "a lighthouse at dusk").code == 0  # not the bot's own list
+    assert cli("safety", "prompt").code == 1 and cli("safety", "prompt", "--file", str(tmp_path / "none")).code == 1
+
+
+# --- pictures no job made: models' previews ---------------------------------------------------------
+
+
+def test_a_preview_is_scored_once_and_an_unreadable_one_never_counts_as_checked() -> None:
+    from bot.errors import EaselError
+    from bot.images.picture_check import PictureCheck
+
+    calls: list[Path] = []
+
+    async def tool(png: Path) -> str:
+        calls.append(png)
+        assert Image.open(png).format == "PNG"  # re-encoded, as every upload is
+        return json.dumps({"score": 0.7, "labels": {}})
+
+    async def broken(png: Path) -> str:
+        raise EaselError("the detector is not installed")
+
+    picture = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(picture, format="JPEG")
+    check = PictureCheck(tool)
+    assert asyncio.run(check.score(picture.getvalue())) == 0.7
+    assert asyncio.run(check.score(picture.getvalue())) == 0.7 and len(calls) == 1  # remembered by its hash
+    assert asyncio.run(check.score(b"not a picture")) is None
+    failing = PictureCheck(broken)
+    assert asyncio.run(failing.score(picture.getvalue())) is None  # and tried again next time
+    assert readable_score(0.7) == 0.7 and readable_score(True) is None

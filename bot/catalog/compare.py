@@ -17,6 +17,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Job, JobState
+from bot.generation.policy import readable_score
 from bot.generation.service import GenerationService, JobHandle
 
 MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 6
@@ -31,12 +32,20 @@ class CompareResult:
     seed: int
     tiles: list[tuple[str, str]] = field(default_factory=list)  # (checkpoint name, AutoV2)
     job_ids: list[str] = field(default_factory=list)
-    scores: list[float] = field(default_factory=list)  # the picture check's, per tile (job)
+    scores: list[float | None] = field(default_factory=list)  # the picture check's, per tile (job)
 
     @property
-    def nsfw_score(self) -> float:
-        """The highest among the tiles: the grid is judged by it."""
-        return max(self.scores, default=0.0)
+    def nsfw_score(self) -> float | None:
+        """The highest among the tiles: the grid is judged by it; None when any tile has no readable
+        score (the grid then counts as unchecked)."""
+        readable = [readable_score(score) for score in self.scores]
+        return None if None in readable else max((s for s in readable if s is not None), default=0.0)
+
+
+def _worst(job: Job) -> float | None:
+    """A job's highest picture-check score; None when one of its pictures has no readable score."""
+    readable = [readable_score(image.nsfw_score) for image in job.images]
+    return None if None in readable else max((s for s in readable if s is not None), default=0.0)
 
 
 async def resolve_all(registry: CheckpointRegistry, names: list[str], max_checkpoints: int) -> list[CheckpointRef]:
@@ -77,7 +86,7 @@ async def finish_compare(generation: GenerationService, handles: list[JobHandle]
         seed=seed,
         tiles=[(job.spec.checkpoint.name, job.spec.checkpoint.autov2) for job in jobs],
         job_ids=[job.id for job in jobs],
-        scores=[max((image.nsfw_score for image in job.images), default=0.0) for job in jobs],
+        scores=[_worst(job) for job in jobs],
     )
 
 

@@ -16,6 +16,7 @@ from bot.config import Settings
 from bot.db import open_database
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
+from bot.generation.policy import readable_score
 from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
@@ -153,7 +154,9 @@ def write_images(job, out: Path) -> None:
         path = out / f"{job.id}-{index}-{image.seed}.png"
         path.write_bytes(image.png)
         found = ", ".join(f"{label} {score:.2f}" for label, score in image.nsfw_labels.items()) or "nothing found"
-        print(f"wrote {path} (picture check {image.nsfw_score:.2f}: {found})")
+        score = readable_score(image.nsfw_score)
+        checked = "no readable score" if score is None else f"{score:.2f}: {found}"
+        print(f"wrote {path} (picture check {checked})")
     spec = job.spec
     source = f"from a picture at strength {spec.request.strength:g}, " if spec.request.init_image else ""
     if spec.request.hires_scale:

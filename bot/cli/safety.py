@@ -1,4 +1,7 @@
-"""`python bot.py safety check PICTURE`: the picture check's scores, as the bot would see them."""
+"""`python bot.py safety check PICTURE`: the picture check's scores, as the bot would see them.
+`python bot.py safety prompt TEXT | --file F [--guild ID [--channel ID]] [--json]`: the prompt rules —
+the minors rule, and the bot's (or that server's) blocked words — as /imagine applies them. Exit 1
+when any prompt was refused: for owners checking their own word lists."""
 
 from __future__ import annotations
 
@@ -9,10 +12,15 @@ import tempfile
 from pathlib import Path
 
 from bot.cli.generate import _read_input
+from bot.cli.server import open_store
 from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
-from bot.generation.policy import picture_verdict
+from bot.errors import EaselError
+from bot.generation.minors import find_minors
+from bot.generation.policy import blocked_word, picture_verdict
 from bot.images.uploads import read_upload
+
+MAX_PROMPTS = 100_000  # lines of a --file
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -33,9 +41,54 @@ async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    if args.file is None:
+        if args.text is None:
+            raise EaselError("give a prompt, or --file F with one prompt a line")
+        return [args.text]
+    if args.text is not None:
+        raise EaselError("give a prompt or --file, not both")
+    try:
+        with open(args.file, encoding="utf-8", errors="strict") as f:
+            lines = [line.rstrip("\n") for _, line in zip(range(MAX_PROMPTS + 1), f, strict=False)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise EaselError(f"cannot read {args.file}: {e}") from None
+    if len(lines) > MAX_PROMPTS:
+        raise EaselError(f"{args.file} has more than {MAX_PROMPTS:,} lines; split it")
+    return [line for line in lines if line.strip()]
+
+
+async def cmd_prompt(args: argparse.Namespace, settings: Settings) -> int:
+    prompts = _prompts(args)
+    blocked = settings.blocked_words
+    if args.guild is not None:
+        async with open_store(settings) as store:
+            blocked = (await store.effective(args.guild, args.channel)).blocked_words
+    refused_any = False
+    for prompt in prompts:
+        found = await asyncio.to_thread(find_minors, [prompt], settings.minor_terms, settings.sexual_terms)
+        word = blocked_word(prompt, blocked)
+        reason = (
+            f"the minors rule ({found})" if found else f"blocked word {word!r}" if word is not None else None
+        )
+        refused_any |= reason is not None
+        if args.json or args.file is not None:
+            print(json.dumps({"prompt": prompt, "refused": reason is not None, "reason": reason}, ensure_ascii=False))
+        else:
+            print(f"refused: {reason}" if reason else "allowed")
+    return 1 if refused_any else 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("safety", help="the picture check").add_subparsers(dest="action", required=True)
     p = group.add_parser("check", help="score a picture as the bot scores every picture it makes")
     p.add_argument("picture", help="a PNG, JPEG or WebP")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_check)
+    p = group.add_parser("prompt", help="whether the prompt rules refuse a prompt (exit 1 if any was refused)")
+    p.add_argument("text", nargs="?", help="the prompt")
+    p.add_argument("--file", help="one prompt a line; one JSON line each")
+    p.add_argument("--guild", help="apply this server's blocked words (from /settings) instead of the bot's")
+    p.add_argument("--channel", help="with --guild: that channel's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_prompt)

@@ -51,7 +51,7 @@ async def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:
     await asyncio.to_thread(out.write_bytes, result.png)
     print(
         f"wrote {out}: {result.width}x{result.height}, {result.postprocessing}, {result.seconds:.1f} s, "
-        f"picture check {result.nsfw_score:.2f}"
+        "picture check " + ("no readable score" if result.nsfw_score is None else f"{result.nsfw_score:.2f}")
     )
     return 0
 

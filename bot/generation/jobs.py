@@ -136,6 +136,7 @@ class Preview:
     job_id: str
     step: int
     png: bytes
+    nsfw_score: float | None = None  # the picture check's, of this preview; None: not checked
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,17 @@ def random_seed() -> int:
     return random.randrange(4294967294)  # A1111's range
 
 
+def check_texts(request: GenerationRequest, limits: Limits) -> None:
+    """The prompt and negative prompt as text: not empty, valid, within the length limit."""
+    if not has_visible_text(request.prompt):
+        raise GenerationError("the prompt is empty; describe the picture you want")
+    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
+        if has_lone_surrogate(text):
+            raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
+        if len(text) > limits.max_prompt_chars:
+            raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
+
+
 def validate(
     request: GenerationRequest,
     checkpoint: CheckpointRef,
@@ -182,13 +193,7 @@ def validate(
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/networks/selection.py), with `notes` on what of them was not applied."""
-    if not has_visible_text(request.prompt):
-        raise GenerationError("the prompt is empty; describe the picture you want")
-    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
-        if has_lone_surrogate(text):
-            raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
-        if len(text) > limits.max_prompt_chars:
-            raise GenerationError(f"the {label} is {len(text):,} characters; the limit is {limits.max_prompt_chars:,}")
+    check_texts(request, limits)
     notes = _unused_tags(request) + notes
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")

@@ -626,7 +626,7 @@ class GenerationService:
             self._on_progress(worker, event)
         elif isinstance(event, JobPreview):
             if event.job_id in self._handles:
-                self._handles[event.job_id].emit(Preview(event.job_id, event.step, event.png))
+                self._handles[event.job_id].emit(Preview(event.job_id, event.step, event.png, event.nsfw_score))
         elif isinstance(event, JobDone):
             job = self._job(event.batch_id, event.job_id)
             if job is not None:

@@ -13,6 +13,7 @@ import aiosqlite
 
 from bot.db import transaction
 from bot.generation.jobs import Job, JobState
+from bot.generation.policy import readable_score
 from bot.generation.requests import GenerationRequest
 from gpu_worker.protocol import FLOW_FAMILIES
 
@@ -165,16 +166,19 @@ class JobStore:
                 ),
             )
 
-    async def set_safety(self, job_id: str, scores: list[float], verdicts: list[str]) -> None:
-        """What the picture check found and what was done with each picture (posted, spoilered, withheld)."""
+    async def set_safety(self, job_id: str, scores: list[float | None], verdicts: list[str]) -> None:
+        """What the picture check found and what was done with each picture (posted, spoilered,
+        withheld); a score that was missing or unreadable is kept as null."""
+        kept = [readable_score(score) for score in scores]
         async with transaction(self._db) as db:
             await db.execute(
                 "UPDATE jobs SET safety_json = ? WHERE id = ?",
-                (json.dumps({"scores": scores, "verdicts": verdicts}), job_id),
+                (json.dumps({"scores": kept, "verdicts": verdicts}), job_id),
             )
-        for score, verdict in zip(scores, verdicts, strict=True):
-            if verdict != "post" or score >= 0.5:
-                log.info("job %s picture check: score %.2f, %s", job_id, score, verdict)
+        for score, verdict in zip(kept, verdicts, strict=True):
+            if score is None or verdict != "post" or score >= 0.5:
+                shown = "none" if score is None else f"{score:.2f}"
+                log.info("job %s picture check: score %s, %s", job_id, shown, verdict)
 
     async def safety_counts(self) -> dict[str, int]:
         """Pictures spoilered and withheld by the picture check, over every recorded job."""

@@ -18,7 +18,13 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.db import transaction
 from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
-from bot.generation.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS, check_nsfw, picture_verdict
+from bot.generation.policy import (
+    ADULT_PICTURE_ACTIONS,
+    PICTURE_ACTIONS,
+    check_nsfw,
+    checks_pictures,
+    picture_verdict,
+)
 from bot.generation.requests import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
 from bot.generation.requests import MAX_STEPS, Limits
 from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
@@ -83,11 +89,15 @@ class Effective:
             raise SettingsError(f"{name} is not offered in this server")
         check_nsfw(name, nsfw, self.allow_nsfw(age_restricted_or_dm))
 
-    def picture_verdict(self, score: float, age_restricted_or_dm: bool) -> str:
-        """post | spoiler | withhold for a picture the check scored `score` here."""
+    def picture_verdict(self, score: float | None, age_restricted_or_dm: bool) -> str:
+        """post | spoiler | withhold for a picture the check scored `score` here (None: not checked)."""
         return picture_verdict(
             score, self.nsfw_threshold, self.nsfw_pictures, self.nsfw_pictures_adult, age_restricted_or_dm
         )
+
+    def checks_pictures(self, age_restricted_or_dm: bool) -> bool:
+        """Whether pictures shown here must pass the picture check first."""
+        return checks_pictures(self.nsfw_pictures, self.nsfw_pictures_adult, age_restricted_or_dm)
 
     def check_request(self, steps: int, count: int) -> None:
         if steps > self.max_steps:

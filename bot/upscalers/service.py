@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bot.child_process import OrderProgress, run_order
 from bot.errors import EaselError
+from bot.generation.policy import readable_score
 from bot.generation.upscalers import PICTURE_UPSCALERS
 from bot.images.uploads import MAX_UPLOAD_PIXELS, Upload
 from bot.upscalers.registry import UpscalerRegistry
@@ -40,7 +41,7 @@ class Upscaled:
     scale: float
     postprocessing: str  # the text A1111's Extras tab writes
     seconds: float
-    nsfw_score: float = 0.0  # the picture check's (gpu_worker/safety.py), run in the upscale process
+    nsfw_score: float | None = None  # the picture check's (gpu_worker/safety.py), run in the upscale process
 
 
 def upscaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -105,7 +106,7 @@ class UpscaleService:
             self._turn.release()
         seconds = time.perf_counter() - started
         log.info("upscale %dx%d -> %dx%d by %s in %.1f s", width, height, big_w, big_h, name, seconds)
-        score = float(report.get("nsfw_score", 1.0))  # no score reported: treated as the worst
+        score = readable_score(report.get("nsfw_score"))  # none, or unreadable: the verdict fails closed
         return Upscaled(data, big_w, big_h, name, scale, postprocessing, seconds, score)
 
     async def _run(

@@ -17,6 +17,7 @@ import discord
 
 from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
+from bot.generation.policy import readable_score
 from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, MissingCheckpoint, reroll, same_seed
 from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
@@ -49,7 +50,7 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
     """Edit one message from queued to progress to the finished picture."""
     bot: EaselBot = interaction.client  # type: ignore[assignment]
     job = handle.job
-    status = StatusMessage(interaction, job)
+    status = StatusMessage(interaction, job, plan)
     while True:
         event = await bot.wait_external(handle.next_event(), f"job {job.id} on the GPU worker")
         if isinstance(event, Queued):
@@ -63,9 +64,9 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
                 f"Step {event.step}/{event.total} · {event.it_per_s:.1f} it/s{eta_text(event.eta_seconds)}"
             )
         elif isinstance(event, Preview):
-            status.preview = event.png
+            status.offer_preview(event)
         elif isinstance(event, Finished):
-            await deliver(interaction, event.job, plan)
+            await deliver(interaction, event.job, plan, status)
             return
         elif isinstance(event, Failed):
             await status.show(f"⚠️ {event.message}", force=True, final=True)
@@ -75,15 +76,18 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
             return
 
 
-async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan) -> None:
+async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, status: StatusMessage | None = None) -> None:
     services = services_of(interaction)
     # The picture check's score for each picture, and what this place does with it (bot/jobs.py).
     verdicts = [plan.verdict(image.nsfw_score) for image in job.images]
+    unchecked = sum(readable_score(image.nsfw_score) is None and verdicts[i] == "withhold" for i, image in enumerate(job.images))
+    if unchecked:
+        log.warning("job %s: %d picture(s) came back without a readable picture-check score; withheld", job.id, unchecked)
     await services.generation.store.set_safety(job.id, [image.nsfw_score for image in job.images], verdicts)
     shown = [(i, image) for i, image in enumerate(job.images) if verdicts[i] != "withhold"]
     withheld = len(job.images) - len(shown)
     if withheld:
-        await tell_withheld(interaction, job.id, withheld, len(job.images))
+        await tell_withheld(interaction, job.id, withheld, len(job.images), status, unchecked=bool(unchecked))
     if not shown:
         return
     # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
@@ -114,25 +118,45 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan) -> 
         if e.sha256 != job.spec.checkpoint.sha256
     ][:25]
     message = await post_result(
-        interaction, embed=embed, files=files, view=result_view(job.id, others), what=f"job {job.id}"
+        interaction, embed=embed, files=files, view=result_view(job.id, others), what=f"job {job.id}", status=status
     )
     if message is not None:
         await services.generation.store.set_message(job.id, str(message.id))
 
 
-async def tell_withheld(interaction: discord.Interaction, job_id: str, withheld: int, total: int) -> None:
+async def tell_withheld(
+    interaction: discord.Interaction,
+    job_id: str,
+    withheld: int,
+    total: int,
+    status: StatusMessage | None = None,
+    *,
+    unchecked: bool = False,
+) -> None:
     """The requester hears privately why; the channel sees only that nothing was posted."""
     everything = withheld == total
     if everything:
         await post_result(
-            interaction, embed=None, files=[], view=None, what=f"job {job_id}", content=f"Nothing to show (job {job_id})."
+            interaction,
+            embed=None,
+            files=[],
+            view=None,
+            what=f"job {job_id}",
+            content=f"Nothing to show (job {job_id}).",
+            status=status,
         )
     what = "The picture was" if total == 1 else (f"{withheld} of {total} pictures were" if not everything else "The pictures were")
-    await interaction.followup.send(
-        f"{what} withheld: the picture check found what may be nudity, which this channel does not show. "
-        "Run it again in an age-restricted channel or in a DM with the bot.",
-        ephemeral=True,
+    why = (
+        "the picture check could not score it, and this channel shows only checked pictures. Try again, "
+        "or ask the bot's owner to look at the GPU worker's log."
+        if unchecked
+        else "the picture check found what may be nudity, which this channel does not show. "
+        "Run it again in an age-restricted channel or in a DM with the bot."
     )
+    try:
+        await interaction.followup.send(f"{what} withheld: {why}", ephemeral=True)
+    except discord.HTTPException:  # the token's 15 minutes are over: no private message can be sent
+        log.info("job %s: withheld, and the requester could not be told privately (token expired)", job_id)
 
 
 async def post_result(
@@ -143,14 +167,18 @@ async def post_result(
     view: discord.ui.View | Any = discord.utils.MISSING,
     what: str,
     content: str | None = None,
+    status: StatusMessage | None = None,
 ) -> discord.Message | None:
-    """Replace the deferred placeholder with the result; after the token's 15 minutes, post to the channel."""
+    """Replace the deferred placeholder with the result; after the token's 15 minutes, post to the
+    channel, and take the placeholder's last preview and Cancel button off (`status`)."""
     try:
         return await interaction.edit_original_response(content=content, embed=embed, attachments=files, view=view)
     except (discord.NotFound, discord.HTTPException) as e:
         # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
         if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
             raise
+        if status is not None:
+            await status.close(content or "Finished: see below.")
         channel = interaction.channel
         if channel is None:
             log.warning("%s: token expired and no channel to post to", what)
@@ -163,27 +191,61 @@ async def post_result(
 
 
 class StatusMessage:
-    """The job's message while it waits and runs: edited at most once per EDIT_INTERVAL."""
+    """The job's message while it waits and runs: edited at most once per EDIT_INTERVAL.
 
-    def __init__(self, interaction: discord.Interaction, job: Job) -> None:
+    Previews are pictures like any other: each comes scored by the picture check, and is shown only
+    as this place would show the finished picture (posted, behind a spoiler, or not at all). Once one
+    is withheld, none of that job's later previews is shown. After the interaction token's 15
+    minutes the bot edits the message through the channel instead, so a preview never stays behind."""
+
+    def __init__(self, interaction: discord.Interaction, job: Job, plan: JobPlan) -> None:
         self.interaction = interaction
         self.job = job
-        self.preview: bytes | None = None
+        self.plan = plan
+        self.preview: discord.File | None = None
+        self.previews_withheld = False
         self._throttle = Throttle()
         self._expired = False
+        self._message_id: int | None = None
+
+    def offer_preview(self, preview: Preview) -> None:
+        verdict = self.plan.verdict(preview.nsfw_score)
+        if verdict == "withhold" or self.previews_withheld:
+            self.previews_withheld, self.preview = True, None  # the next edit takes the last one off
+            return
+        spoiler = self.plan.spoiler or verdict == "spoiler"
+        self.preview = discord.File(io.BytesIO(preview.png), filename="preview.png", spoiler=spoiler)
 
     async def show(self, text: str, *, force: bool = False, final: bool = False) -> None:
-        if self._expired or not self._throttle.ready(force=force):
+        if not self._throttle.ready(force=force):
             return
         content = clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX)
         attachments = []
         if self.preview is not None and not final:
-            attachments = [discord.File(io.BytesIO(self.preview), filename="preview.png")]
+            self.preview.reset()
+            attachments = [self.preview]
         view = None if final else discord.ui.View(timeout=None).add_item(CancelButton(self.job.id))
-        try:
-            await self.interaction.edit_original_response(content=content, attachments=attachments, view=view)
-        except (discord.NotFound, discord.HTTPException):
-            self._expired = True  # the token is dead; the result will be posted to the channel
+        await self._edit(content=content, attachments=attachments, view=view)
+
+    async def close(self, text: str) -> None:
+        """The message's last state once the result went elsewhere: no preview, no Cancel button."""
+        await self._edit(content=clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX), attachments=[], view=None)
+
+    async def _edit(self, **fields: Any) -> None:
+        if not self._expired:
+            try:
+                message = await self.interaction.edit_original_response(**fields)
+                self._message_id = message.id
+                return
+            except (discord.NotFound, discord.HTTPException):
+                self._expired = True  # the token is dead; the result will be posted to the channel
+        channel = self.interaction.channel
+        if self._message_id is None or channel is None or not hasattr(channel, "get_partial_message"):
+            return
+        try:  # the bot's own message, edited with the bot's own token
+            await channel.get_partial_message(self._message_id).edit(**fields)
+        except discord.HTTPException as e:
+            log.warning("job %s: could not edit its message after the token expired: %s", self.job.id, e)
 
 
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
