@@ -80,37 +80,66 @@ async def connect(path: Path) -> aiosqlite.Connection:
 
 
 async def migrate(db: aiosqlite.Connection, migrations: list[Migration] | None = None) -> list[int]:
-    """Apply pending migrations in order, each in its own transaction; return the versions applied."""
+    """Apply pending migrations in order, each whole or not at all, under SQLite's write lock; return
+    the versions applied. The lock is taken before the applied set is read, so a second process starting
+    on the same fresh database (the bot and the CLI at once) waits for the first, then finds the work
+    done, instead of applying a migration twice."""
     migrations = load_migrations() if migrations is None else migrations
     await db.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
     )
     await db.commit()
-    async with db.execute("SELECT version FROM schema_migrations") as cur:
-        applied = {row[0] for row in await cur.fetchall()}
-    known = {m.version for m in migrations}
-    if applied - known:
-        newest = max(applied - known)
-        raise ConfigError(
-            f"the database has migration {newest:04d}, which this version of Easel does not know; upgrade Easel"
-        )
-    done = []
-    for m in migrations:
-        if m.version in applied:
-            continue
-        script = (
-            f"BEGIN;\n{m.sql}\n;"
-            f"INSERT INTO schema_migrations (version, name, applied_at) VALUES ({m.version}, '{m.name}', {time.time()});\n"
-            "COMMIT;"
-        )
-        try:
-            await db.executescript(script)
-        except Exception as e:
-            if db.in_transaction:
-                await db.rollback()
-            raise ConfigError(f"migration {m.name} failed: {e}") from e
-        done.append(m.version)
+    await db.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for another writer
+    try:
+        async with db.execute("SELECT version FROM schema_migrations") as cur:
+            applied = {row[0] for row in await cur.fetchall()}
+        known = {m.version for m in migrations}
+        if applied - known:
+            newest = max(applied - known)
+            raise ConfigError(
+                f"the database has migration {newest:04d}, which this version of Easel does not know; upgrade Easel"
+            )
+        done = []
+        for m in migrations:
+            if m.version in applied:
+                continue
+            await db.execute("SAVEPOINT migration")  # a failing one changes nothing; those before it stay
+            try:
+                for statement in _statements(m.sql):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (m.version, m.name, time.time()),
+                )
+            except sqlite3.Error as e:
+                await db.execute("ROLLBACK TO migration")
+                await db.execute("RELEASE migration")
+                await db.commit()
+                raise ConfigError(f"migration {m.name} failed: {e}") from e
+            await db.execute("RELEASE migration")
+            done.append(m.version)
+        await db.commit()
+    except BaseException:
+        if db.in_transaction:
+            await db.rollback()
+        raise
     return done
+
+
+def _statements(sql: str) -> list[str]:
+    """A migration's statements, each ended where SQLite itself would end it."""
+    statements, current = [], ""
+    for line in sql.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+    if _COMMENTS.sub("", current).strip():
+        statements.append(current)  # unfinished: executing it says what is wrong
+    return statements
+
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 
 
 async def open_database(path: Path) -> aiosqlite.Connection:

@@ -33,6 +33,7 @@ from bot.demo import DEMO_NOTE, is_demo
 from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
+from bot.generation.cooldowns import Cooldowns
 from bot.generation.minors import check_minors
 from bot.generation.policy import check_prompt
 from bot.generation.requests import (
@@ -229,6 +230,9 @@ class Jobs:
         self.upscalers = upscaling.registry if upscaling is not None else None
         # A picture decodes to up to ~50 MB in the bot's memory: two at a time, however many people upload.
         self._decoding = asyncio.Semaphore(2)
+        # Reading a picture's parameters or enlarging it costs the bot's CPU with no queue in front:
+        # one per person per cooldown (the generation queue's own cooldown, for jobs, is the service's).
+        self.picture_cooldowns = Cooldowns(generation.limits.cooldown_seconds)
 
     # --- what applies where ----------------------------------------------------------------------
 
@@ -361,10 +365,12 @@ class Jobs:
         )
         return await self.plan_imagine(asker, place, options)
 
-    async def read_parameters(self, picture: bytes) -> tuple[str, Infotext]:
-        """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading)."""
+    async def read_parameters(self, picture: bytes, requester: str | None = None) -> tuple[str, Infotext]:
+        """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading).
+        `requester` (None: the host) is held to the per-person cooldown."""
         if self.inputs is None:
             raise EaselError("reading pictures is not available here")
+        self._cool_down(requester)
         async with self._decoding:
             info = await asyncio.to_thread(read_picture_parameters, picture)
         text = render_infotext(info)
@@ -373,12 +379,18 @@ class Jobs:
         return key, info
 
     async def upscale(
-        self, picture: bytes, upscaler: str, scale: float, progress: Callable[[int, int], None] | None = None
+        self,
+        picture: bytes,
+        upscaler: str,
+        scale: float,
+        progress: Callable[[int, int], None] | None = None,
+        requester: str | None = None,
     ) -> Upscaled:
         """An uploaded picture enlarged on its own (A1111's Extras): read as every upload is, then
         upscaled to `scale` times its size by the upscaler named (a model, Lanczos or Nearest)."""
         if self.upscaling is None:
             raise EaselError("upscaling is not available here")
+        self._cool_down(requester)
         async with self._decoding:
             try:
                 read = await asyncio.to_thread(read_picture, picture)
@@ -406,10 +418,16 @@ class Jobs:
         score = await self.picture_check.score(picture) if self.picture_check is not None else None
         return here.picture_verdict(score, place.adult)
 
+    def _cool_down(self, requester: str | None) -> None:
+        if requester is not None:
+            self.picture_cooldowns.check(requester)
+            self.picture_cooldowns.record(requester)
+
     async def kept_parameters(self, key: str) -> Infotext:
         if self.inputs is None:
             raise EaselError("reading pictures is not available here")
-        return parse_infotext((await self.inputs.get(key, ".txt")).decode(errors="replace"))
+        text = (await self.inputs.get(key, ".txt")).decode(errors="replace")
+        return await asyncio.to_thread(parse_infotext, text)
 
     async def _kept_input(self, sha256: str | None) -> bytes | None:
         if sha256 is None:

@@ -131,7 +131,7 @@ class Generation(commands.Cog):
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def pnginfo(self, interaction: discord.Interaction, image: discord.Attachment) -> None:
         await interaction.response.defer(thinking=True, ephemeral=True)
-        key, info = await self.jobs.read_parameters(await read_attachment(image))
+        key, info = await self.jobs.read_parameters(await read_attachment(image), asker(interaction).user_id)
         view = discord.ui.View(timeout=None).add_item(MakeThisHereButton(key))
         await interaction.followup.send(code_block(render_reading(info)), view=view, ephemeral=True)
 

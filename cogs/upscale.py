@@ -13,7 +13,7 @@ from discord.ext import commands
 
 from bot.upscalers.service import MAX_SCALE
 from cogs.utils.attachments import fit_image, read_attachment
-from cogs.utils.context import place
+from cogs.utils.context import asker, place
 from cogs.utils.job_messages import tell_withheld
 from cogs.utils.upscaler_option import PictureUpscaler
 
@@ -42,7 +42,9 @@ class Upscale(commands.Cog):
         scale: app_commands.Range[float, 1.1, MAX_SCALE] = 2.0,
     ) -> None:
         await interaction.response.defer(thinking=True)
-        result = await self.jobs.upscale(await read_attachment(image), upscaler, scale)
+        result = await self.jobs.upscale(
+            await read_attachment(image), upscaler, scale, requester=asker(interaction).user_id
+        )
         verdict = await self.jobs.picture_verdict(place(interaction), result.nsfw_score)
         if verdict == "withhold":
             await tell_withheld(interaction, "upscale", 1, 1, unchecked=result.nsfw_score is None)

@@ -261,3 +261,48 @@ async def scan_hostile_folder(tmp_path: Path, folder_name: str, registry_class) 
         return made, await registry_class(db, tmp_path / "models").scan()
     finally:
         await db.close()
+
+
+def _conv_names(path: Path, names: list[str]) -> Path:
+    """A safetensors file of 1×1×1×1 convolution weights under the names given (a PReLU's one
+    weight for the compact network's body.1)."""
+    entries = {
+        n: {"dtype": "F32", "shape": [1] if n == "body.1.weight" else [1, 1, 1, 1], "data_offsets": [4 * i, 4 * i + 4]}
+        for i, n in enumerate(names)
+    }
+    return safetensors(path, json.dumps(entries).encode(), bytes(4 * len(names)))
+
+
+_RRDB_START = ["model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"]
+# Layer numbers inside tensor names, which upscaler detection once turned into list lengths: the
+# file name, and the phrase its one-line refusal must contain.
+UPSCALER_NUMBERS: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "rrdb_30m.safetensors": (lambda p: _conv_names(p, [*_RRDB_START, "model.30000004.weight"]), "not a layout we know"),
+    "rrdb_2g.safetensors": (lambda p: _conv_names(p, [*_RRDB_START, "model.2000000002.weight"]), "not a layout we know"),
+    "rrdb_5000_digits.safetensors": (lambda p: _conv_names(p, [*_RRDB_START, f"model.{'9' * 5000}.weight"]), "not a layout we know"),
+    "rrdb_blocks.safetensors": (
+        lambda p: _conv_names(p, [*_RRDB_START, "model.1.sub.99999999.RDB1.conv1.0.weight", "model.10.weight"]),
+        "an RRDB upscaler without model.3.weight",
+    ),
+    "rrdb_upconvs.safetensors": (lambda p: _conv_names(p, [*_RRDB_START, "model.997.weight"]), "331 upsampling layers"),
+    "compact_2g.safetensors": (
+        lambda p: _conv_names(p, ["body.0.weight", "body.1.weight", "body.2000000000.weight"]),
+        "not numbered conv, PReLU",
+    ),
+}
+
+
+def scan_bomb_jpeg(size: int = 1024, repeats: int = 3000) -> bytes:
+    """A progressive JPEG whose last scan is repeated `repeats` times: small to send, and each repeat
+    makes the decoder go over the whole picture again."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.new("RGB", (size, size), (120, 80, 200))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last_scan = data.rfind(b"\xff\xda")
+    scan = data[last_scan:-2]  # the last SOS segment and its data, up to EOI
+    return data[:-2] + scan * repeats + b"\xff\xd9"

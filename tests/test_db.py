@@ -126,3 +126,35 @@ def test_every_write_goes_through_the_transaction_helper() -> None:
             if ".commit()" in line or ".rollback()" in line:
                 offenders.append(f"{path.relative_to(REPO)}:{number}")
     assert offenders == []
+
+
+def test_first_start_from_several_processes_at_once_migrates_once(tmp_path: Path) -> None:
+    """The bot and the CLI started together on a fresh data folder: each waits for the other's
+    migrations under SQLite's write lock, then finds them done ("already exists" and "duplicate
+    column" came from reading the applied set outside the lock)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "easel.sqlite3"
+    code = (
+        "import asyncio, sys; from bot.db import open_database\n"
+        "async def main():\n    db = await open_database(__import__('pathlib').Path(sys.argv[1])); await db.close()\n"
+        "asyncio.run(main())"
+    )
+    for _ in range(3):  # fresh each time: the race is at the first start
+        path.unlink(missing_ok=True)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+            for _ in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+    async def versions() -> list[int]:
+        db = await connect(path)
+        try:
+            async with db.execute("SELECT version FROM schema_migrations ORDER BY version") as cur:
+                return [r[0] for r in await cur.fetchall()]
+        finally:
+            await db.close()
+
+    assert asyncio.run(versions()) == [m.version for m in load_migrations()]

@@ -201,3 +201,28 @@ async def test_a_channel_default_that_cannot_be_used_is_replaced_and_said(world:
         await world.registry.db.execute("UPDATE checkpoints SET status = 'present' WHERE id = ?", (entry.id,))
         await world.registry.db.commit()
         await world.settings.reset("g-default", None)
+
+
+async def test_reading_a_pictures_parameters_is_one_per_person_per_cooldown(world: World) -> None:
+    """/pnginfo (and /upscale) decode on the bot's CPU with no queue in front: a person waits out
+    the cooldown between two; the host's command line does not."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from bot.generation.cooldowns import Cooldowns
+
+    info = PngInfo()
+    info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64")
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "white").save(buffer, format="PNG", pnginfo=info)
+    before = world.jobs.picture_cooldowns
+    world.jobs.picture_cooldowns = Cooldowns(60)
+    try:
+        _, read = await world.jobs.read_parameters(buffer.getvalue(), "mallory")
+        assert read.params["Steps"] == "20"
+        with pytest.raises(EaselError, match="slow down a little: you can ask again in 60 s"):
+            await world.jobs.read_parameters(buffer.getvalue(), "mallory")
+        await world.jobs.read_parameters(buffer.getvalue(), "someone else")
+        for _ in range(3):
+            await world.jobs.read_parameters(buffer.getvalue())  # the host
+    finally:
+        world.jobs.picture_cooldowns = before

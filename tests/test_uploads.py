@@ -10,7 +10,8 @@ import zlib
 import pytest
 from PIL import Image
 
-from bot.images.uploads import UploadError, read_upload, sniff
+from bot.images.uploads import MAX_JPEG_SCANS, UploadError, jpeg_scans, read_upload, sniff
+from tests.hostile_files import scan_bomb_jpeg
 from gpu_worker.init_images import prepare_init
 
 
@@ -45,6 +46,12 @@ def test_transparency_is_flattened_on_white_and_exif_orientation_applied() -> No
     assert (upload.width, upload.height) == (10, 20)
 
 
+def bad_header_crc() -> bytes:
+    data = bytearray(encoded(Image.new("RGB", (8, 8), "red"), "PNG"))
+    data[29] ^= 0xFF  # the IHDR chunk's CRC
+    return bytes(data)
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -54,6 +61,8 @@ def test_transparency_is_flattened_on_white_and_exif_orientation_applied() -> No
         (png_claiming(5000, 5000), "5000×5000; at most 16.8 megapixels"),
         (b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "cannot be read"),
         (encoded(Image.new("RGB", (64, 64)), "JPEG")[:200], "cannot be read"),
+        (scan_bomb_jpeg(1024, 3000), "more than 64 progressive scans"),  # cheap to send, minutes to decode
+        (bad_header_crc(), r"cannot be read \(cannot identify image file\)$"),  # no object address in it
     ],
 )
 def test_hostile_uploads_are_refused_in_one_line(data: bytes, message: str) -> None:
@@ -103,3 +112,15 @@ async def test_kept_inputs_are_capped_least_recently_used_first(tmp_path) -> Non
         await store.get(names[1])
     with pytest.raises(EaselError, match="not a kept input"):
         await store.get("../../etc/passwd")
+
+
+def test_scans_are_counted_as_the_decoder_would_meet_them() -> None:
+    """Baseline, progressive, restart markers and stuffed bytes: counted from the segments alone."""
+    noise = Image.effect_noise((256, 256), 80).convert("RGB")
+    assert jpeg_scans(encoded(noise, "JPEG"), MAX_JPEG_SCANS) == 1
+    assert jpeg_scans(encoded(noise, "JPEG", progressive=True), MAX_JPEG_SCANS) == 10
+    buffer = io.BytesIO()
+    noise.save(buffer, format="JPEG", progressive=True, restart_marker_blocks=1)
+    assert jpeg_scans(buffer.getvalue(), MAX_JPEG_SCANS) == 10
+    assert jpeg_scans(scan_bomb_jpeg(64, 100_000), MAX_JPEG_SCANS) == MAX_JPEG_SCANS + 1  # stops counting
+    read_upload(buffer.getvalue())  # an ordinary progressive picture is read as before

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
@@ -120,7 +122,7 @@ def shapes_of_kind(layout: str, scale: int, blocks: int = 1) -> dict[str, tuple[
 
 
 async def test_the_registry_finds_upscalers_in_a1111s_and_comfyuis_folders(tmp_path: Path, tiny_upscalers: Path) -> None:
-    from tests.hostile_files import hostile_checkpoints
+    from tests.hostile_files import UPSCALER_NUMBERS, hostile_checkpoints
 
     models = tmp_path / "models"
     for folder, name in (("ESRGAN", "4x-Tiny.pth"), ("RealESRGAN", "RealESRGAN_x4plus.pth")):
@@ -131,14 +133,18 @@ async def test_the_registry_finds_upscalers_in_a1111s_and_comfyuis_folders(tmp_p
     hostile = hostile_checkpoints(tmp_path / "made")
     for name, (path, _) in hostile.items():
         shutil.copy(path, models / "ESRGAN" / (name.rsplit(".", 1)[0] + (".safetensors" if name.endswith("safetensors") else ".pth")))
+    numbers = {name: (make(models / "ESRGAN" / name), reason) for name, (make, reason) in UPSCALER_NUMBERS.items()}
     db = await open_database(tmp_path / "easel.sqlite3")
     try:
         registry = UpscalerRegistry(db, models)
         report = await registry.scan()
         checkpoints = await CheckpointRegistry(db, models).scan()
         assert {e.name for e in report.added} == {"4x-Tiny", "RealESRGAN_x4plus", "2x-Tiny"}
-        assert len(report.errors) == len(hostile)  # every hostile file, refused by name, in one line
+        assert len(report.errors) == len(hostile) + len(numbers)  # every hostile file, refused by name, in one line
         assert all("\n" not in reason for _, reason in report.errors)
+        refused = {Path(str(path)).name: reason for path, reason in report.errors}
+        for name, (_, reason) in numbers.items():  # layer numbers in names bound nothing
+            assert reason in refused[name], (name, refused[name])
         assert not checkpoints.added and not checkpoints.errors  # the checkpoint scan leaves these folders alone
         real = await registry.get("R-ESRGAN 4x+")  # A1111's name for the release, from its file name
         assert (real.name, real.alias, real.rank, real.format, real.label) == (
@@ -224,3 +230,20 @@ def test_the_cli_lists_and_upscales(cli, models: Path, tiny_upscalers: Path, tmp
     bad = cli("upscale", str(tmp_path / "in.jpg"), "--upscaler", "ESRGAN_4x", "--out", str(tmp_path / "x.png"))
     assert bad.code == 1 and "no upscaler named 'ESRGAN_4x'; choose one of Lanczos, Nearest, R-ESRGAN 2x+" in bad.err
     assert not (tmp_path / "x.png").exists()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    layout=st.sampled_from(["model.{}.weight", "model.1.sub.{}.RDB1.conv1.0.weight", "body.{}.weight", "body.{}.rdb1.conv1.weight"]),
+    number=st.one_of(st.integers(0, 10**12), st.integers(10**12, 10**40), st.text("0123456789", min_size=1, max_size=6000)),
+)
+def test_any_layer_number_in_a_name_is_read_or_refused_at_once(layout: str, number: object) -> None:
+    """However large the number an attacker writes into a tensor's name, detection builds nothing
+    its size: it is refused (or, if small, read) in bounded time and memory."""
+    compact = {"body.0.weight": (8, 3, 3, 3), "body.1.weight": (8,), "body.2.weight": (48, 8, 3, 3)}
+    for start in (shapes_of_kind("esrgan", 4), shapes_of_kind("realesrgan", 4), compact):
+        shapes = start | {layout.format(number): (8, 8, 3, 3)}
+        try:
+            detect_upscaler(shapes)
+        except UpscalerFileError:
+            pass

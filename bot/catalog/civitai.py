@@ -76,7 +76,22 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
 
 
 def _strip_html(text: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text)).strip()
+    """Tags (`<…>`) as spaces, runs of white space as one. Found with str.find, not the regex
+    `<[^>]+>`, which rescans to the end from every "<" when no ">" follows (quadratic in a page of
+    "<" that anyone may write into a model's description)."""
+    kept, at = [], 0
+    while (opening := text.find("<", at)) >= 0:
+        closing = text.find(">", opening + 1)
+        if closing < 0:
+            break
+        if closing == opening + 1:  # "<>" is no tag
+            kept.append(text[at : opening + 1])
+            at = opening + 1
+            continue
+        kept += [text[at:opening], " "]
+        at = closing + 1
+    kept.append(text[at:])
+    return re.sub(r"\s+", " ", "".join(kept)).strip()
 
 
 def parse_version(data: dict[str, Any]) -> dict[str, Any]:

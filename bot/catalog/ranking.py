@@ -48,6 +48,17 @@ COS_FLOOR, COS_SPAN = 0.10, 0.45
 NONSENSE_COS = 0.30
 
 
+
+def without_xl(name: str) -> str:
+    """The name without a trailing "XL" and the separators before it (as `[\\s_-]*xl$` would strip,
+    without its quadratic backtracking on a long run of spaces)."""
+    if not name.lower().endswith("xl"):
+        return name
+    stem = name[:-2]
+    while stem and (stem[-1].isspace() or stem[-1] in "_-"):
+        stem = stem[:-1]
+    return stem
+
 def name_keys(entry: CatalogEntry) -> dict[str, float]:
     """How a question may name an entry, and how surely: its names and aliases squashed with their
     version (1.0: "animagine xl 3.1" is Animagine XL 3.1, not 4.0), or without it and without a
@@ -58,7 +69,7 @@ def name_keys(entry: CatalogEntry) -> dict[str, float]:
         if not name:
             continue
         loose = match_key(name)
-        unversioned = match_key(re.sub(r"[\s_-]*xl$", "", name, flags=re.IGNORECASE))  # "Pony Diffusion V6 XL"
+        unversioned = match_key(without_xl(name))  # "Pony Diffusion V6 XL"
         for key, sure in (
             (loose, 0.8),
             (loose.removesuffix("xl"), 0.8),

@@ -182,7 +182,10 @@ REFERENCE_FACTS = ("released", "updated", "superseded_by", "settings", "needs", 
 
 MIN_PREFIX = 6
 _NOT_ALNUM = re.compile(r"[^a-z0-9]+")
-_VERSION = re.compile(r"(?:[_ .-]?v?\d+(?:\.\d+)*[a-z]?\d*)+$")
+# A trailing version: one or more of [_ .-]? v? digits (.digits)* [a-z]? digits*, as in "_v2", "-1.5",
+# " V6 XL"'s "v6"... read by trailing_version() below (a regex for it backtracks exponentially on
+# "1111111111111111111!": minutes for a 22-character name).
+_SEPARATORS = "_ .-"
 
 
 def squash(text: str) -> str:
@@ -193,8 +196,47 @@ def squash(text: str) -> str:
 def match_key(name: str) -> str:
     """A file or model name reduced for recognition: case, punctuation and a trailing version dropped."""
     low = name.lower().rsplit(".", 1)[0] if name.lower().endswith((".safetensors", ".ckpt")) else name.lower()
-    stem = _VERSION.sub("", low) or low
+    stem = low[: len(low) - trailing_version(low)] or low
     return _NOT_ALNUM.sub("", stem)
+
+
+def trailing_version(text: str) -> int:
+    """How many characters at the end of `text` are a version (see above; 0 for none): the longest
+    such suffix, found in one pass from the end by following every way of reading it at once."""
+    # Read backwards, a version unit is digits* [a-z]? (digits+ ".")* digits+ "v"? [_ .-]?; the states
+    # say where in a unit the characters read so far may be. "end" states close a unit.
+    starts = {"start"}
+    states: set[str] = set()
+    longest = 0
+    for count, ch in enumerate(reversed(text), 1):
+        digit, letter = ch.isdecimal(), "a" <= ch <= "z"
+        following: set[str] = set()
+        for state in states | starts:
+            if state in ("start", "lead") and digit:
+                following |= {"lead", "group", "last"}
+            elif state in ("start", "lead") and letter:
+                following.add("letter")
+            elif state in ("letter", "dot") and digit:
+                following |= {"group", "last"}
+            elif state == "group" and digit:
+                following.add("group")
+            elif state == "group" and ch == ".":
+                following.add("dot")
+            elif state == "last" and digit:
+                following.add("last")
+            elif state == "last" and ch == "v":
+                following.add("v")
+            if state in ("last", "v") and ch in _SEPARATORS:
+                following.add("separator")
+        states = following
+        if not states:
+            break
+        if states & {"last", "v", "separator"}:
+            longest = count
+            starts = {"start"}
+        else:
+            starts = set()
+    return longest
 
 
 def spellings(name: str) -> set[str]:

@@ -22,7 +22,6 @@ from bot.untrusted import clean_text, load_json
 from gpu_worker.infotext import build_infotext
 
 MAX_INFOTEXT_CHARS = 20_000
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
 _USER_COMMENT = 0x9286
 _EXIF_IFD = 0x8769
@@ -81,7 +80,8 @@ def parse_infotext(text: str) -> Infotext:
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
     *lines, last = text.strip().split("\n")
-    if len(_PARAM.findall(last)) < 3:
+    pairs = parameter_pairs(last)
+    if len(pairs) < 3:
         lines.append(last)
         last = ""
     in_negative = False
@@ -92,7 +92,7 @@ def parse_infotext(text: str) -> Infotext:
             line = line[16:].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
     params: dict[str, str] = {}
-    for key, value in _PARAM.findall(last):
+    for key, value in pairs if last else []:
         if len(value) > 1 and value[0] == value[-1] == '"':
             try:
                 decoded = load_json(value)
@@ -101,6 +101,59 @@ def parse_infotext(text: str) -> Infotext:
                 pass
         params[key.strip()] = value.strip()
     return Infotext("\n".join(prompt_lines), "\n".join(negative_lines), params)
+
+
+def _is_key_char(ch: str) -> bool:
+    return ch.isalnum() or ch in " _-/"
+
+
+def _is_word_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "_"
+
+
+def parameter_pairs(line: str) -> list[tuple[str, str]]:
+    """The `key: value` pairs of an infotext's last line, exactly as A1111's pattern
+    `\\s*(\\w[\\w \\-/]+):\\s*("(?:\\\\.|[^\\\\"])+"|[^,]*)(?:,|$)` finds them, in one pass: the
+    pattern backtracks quadratically on a long line without a colon (seconds for 20,000 characters,
+    holding the GIL), this reads each character a bounded number of times."""
+    pairs: list[tuple[str, str]] = []
+    pos, end = 0, len(line)
+    while (colon := line.find(":", pos)) >= 0:
+        start = colon
+        while start > pos and _is_key_char(line[start - 1]):  # the run of key characters before the colon
+            start -= 1
+        while start < colon and not _is_word_char(line[start]):  # the key begins with a word character
+            start += 1
+        if colon - start < 2:  # one character is no key
+            pos = colon + 1
+            continue
+        value_at = colon + 1
+        while value_at < end and line[value_at].isspace():
+            value_at += 1
+        closing = _closing_quote(line, value_at)
+        if closing is not None and (closing + 1 == end or line[closing + 1] == ","):
+            value, pos = line[value_at : closing + 1], closing + 2
+        else:
+            comma = line.find(",", value_at)
+            comma = end if comma < 0 else comma
+            value, pos = line[value_at:comma], comma + 1
+        pairs.append((line[start:colon], value))
+    return pairs
+
+
+def _closing_quote(line: str, at: int) -> int | None:
+    """Where a quoted value starting at `at` ends (a backslash escapes the next character), if it is one."""
+    if at >= len(line) or line[at] != '"':
+        return None
+    i = at + 1
+    while i < len(line):
+        if line[i] == "\\":
+            i += 2
+        elif line[i] == '"':
+            return i if i > at + 1 else None
+        else:
+            i += 1
+    return None
 
 
 def read_picture_parameters(data: bytes) -> Infotext:

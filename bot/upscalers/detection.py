@@ -28,12 +28,16 @@ SCALES = (1, 2, 4, 8)
 
 Shapes = Mapping[str, Sequence[int]]
 
-_OLD_RDB = re.compile(r"model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.(weight|bias)")
-_BSRGAN_RDB = re.compile(r"RRDB_trunk\.(\d+)\.RDB(\d)\.conv(\d)\.(weight|bias)")
-_NEW_RDB = re.compile(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)")
-_OLD_TOP = re.compile(r"model\.(\d+)\.(weight|bias)")
+# A layer number in a name is a number an attacker chose: at most three digits are read as one (no
+# network here has 1,000 layers), so a name like "model.30000004.weight" or one with 5,000 digits
+# matches nothing and the file is refused as an unknown layout, before any list is built from it.
+_N = r"(0|[1-9]\d{0,2})"
+_OLD_RDB = re.compile(rf"model\.1\.sub\.{_N}\.RDB(\d)\.conv(\d)\.0\.(weight|bias)")
+_BSRGAN_RDB = re.compile(rf"RRDB_trunk\.{_N}\.RDB(\d)\.conv(\d)\.(weight|bias)")
+_NEW_RDB = re.compile(rf"body\.{_N}\.rdb(\d)\.conv(\d)\.(weight|bias)")
+_OLD_TOP = re.compile(rf"model\.{_N}\.(weight|bias)")
 _UPCONV = re.compile(r"(?:conv_up|upconv)(\d)\.(weight|bias)")
-_COMPACT = re.compile(r"body\.(\d+)\.(weight|bias)")
+_COMPACT = re.compile(rf"body\.{_N}\.(weight|bias)")
 
 
 class UpscalerFileError(ValueError):
@@ -148,6 +152,8 @@ def _rrdb(shapes: Shapes, layout: str) -> UpscalerKind:
         if last < 4 or (last - 4) % 3:
             raise UpscalerFileError(f"an ESRGAN model whose last layer is model.{last}: not a layout we know")
         upconvs = (last - 4) // 3
+        if upconvs > 3:  # 2**3 = 8, the largest scale that runs here
+            raise UpscalerFileError(f"an ESRGAN model with {upconvs} upsampling layers; at most 3 run here")
         expected = [f"model.{3 * (i + 1)}.weight" for i in range(upconvs)] + [f"model.{last - 2}.weight"]
         final = f"model.{last}.weight"
     else:
@@ -178,7 +184,7 @@ def _rrdb(shapes: Shapes, layout: str) -> UpscalerKind:
 def _compact(shapes: Shapes) -> UpscalerKind:
     indices = sorted({int(m[1]) for n in shapes if (m := _COMPACT.fullmatch(n))})
     last = indices[-1]
-    if last < 2 or last % 2 or indices != list(range(last + 1)):
+    if last < 2 or last % 2 or last > 2 * MAX_CONVS + 2 or indices != list(range(last + 1)):
         raise UpscalerFileError("a compact upscaler whose layers are not numbered conv, PReLU, …, conv")
     first = shapes["body.0.weight"]
     in_channels, filters = _dim(first, 1), _dim(first, 0)

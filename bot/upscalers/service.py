@@ -107,6 +107,8 @@ class UpscaleService:
         seconds = time.perf_counter() - started
         log.info("upscale %dx%d -> %dx%d by %s in %.1f s", width, height, big_w, big_h, name, seconds)
         score = readable_score(report.get("nsfw_score"))  # none, or unreadable: the verdict fails closed
+        if score is None:
+            log.warning("upscale by %s: no readable picture-check score came back; treated as over the threshold", name)
         return Upscaled(data, big_w, big_h, name, scale, postprocessing, seconds, score)
 
     async def _run(
