@@ -352,11 +352,27 @@ def encode(message: object) -> bytes:
     return name.encode() + b"\n" + _adapter(name).dump_json(message)
 
 
+# The largest frame of each message: past it a frame is refused before its JSON is parsed (three
+# 60 MB heartbeats once held the bot's event loop for a second). Pictures travel in RunBatch (an
+# img2img input), JobPreview and JobDone; everything else is a few lines.
+MESSAGE_BYTES = {
+    "RunBatch": MAX_FRAME_BYTES,
+    "JobDone": MAX_FRAME_BYTES,
+    "JobPreview": 16 << 20,  # a flow model's preview is decoded at the job's size
+    "WorkerHeartbeat": 4 << 20,  # the sha256 of every file a worker holds: ~70 bytes each
+}
+OTHER_MESSAGE_BYTES = 64 << 10
+
+
 def decode(frame: bytes) -> object:
-    name, _, body = frame.partition(b"\n")
+    name, _, body = frame[:64].partition(b"\n")
     kind = name.decode("ascii", errors="replace")
     if kind not in MESSAGES:
         raise BadFrame(f"unknown message type {kind[:40]!r}")
+    most = MESSAGE_BYTES.get(kind, OTHER_MESSAGE_BYTES)
+    if len(frame) > most:
+        raise BadFrame(f"a {kind} of {len(frame):,} bytes; at most {most:,}")
+    body = frame[len(name) + 1 :]
     try:
         return _adapter(kind).validate_json(body)
     except ValidationError as e:

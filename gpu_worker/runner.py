@@ -11,6 +11,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -161,6 +162,11 @@ class BatchRunner:
         self.upscalers = UpscalerCache(torch.device(device))
         self.vaes = VaeCache()
         self.safety = NudityScorer()
+        # Previews are checked beside the denoising, on a thread of their own (ONNX Runtime lets go of
+        # the GIL): on a GPU the check then costs the steps nothing. One step's previews at a time; a
+        # step whose previews come while the last are still being checked shows none.
+        self._checking = ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview-check")
+        self._checked: Future[None] | None = None
 
     def run(self, batch: RunBatch) -> None:
         active = [job for job in batch.jobs if not self.is_cancelled(job.job_id)]
@@ -171,18 +177,22 @@ class BatchRunner:
             if active:
                 self._run(batch, active)
         except BatchCancelled:
+            self._previews_sent()
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
         except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError) as e:
+            self._previews_sent()
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
             log.exception("batch %s failed", batch.batch_id)
+            self._previews_sent()
             self.send(
                 BatchFailed(
                     batch.batch_id, f"generation failed: {type(e).__name__}: {e}", tuple(j.job_id for j in active)
                 )
             )
         finally:
+            self._previews_sent()
             self.send(BatchFinished(batch.batch_id, tuple(self.cache.loaded_keys()), self.steps_per_second))
 
     def _run(self, batch: RunBatch, jobs: list) -> None:
@@ -274,6 +284,7 @@ class BatchRunner:
         self._send_results(batch, jobs, images_of, pipe, None, load_seconds, time.perf_counter() - started, source)
 
     def _send_results(self, batch: RunBatch, jobs: list, images_of: dict, pipe, words, load_seconds: float, inference_seconds: float, source: str) -> None:
+        self._previews_sent()
         seeds = [seed for job in jobs for seed in job.seeds]
         for job in jobs:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
@@ -341,8 +352,11 @@ class BatchRunner:
                 if upcoming != self._applied:
                     kwargs |= conditioning.replace(step + 1, pipe.do_classifier_free_guidance)
                     self._applied = upcoming
-            if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0:
+            previous = self._checked
+            checking = previous is not None and not previous.done()
+            if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0 and not checking:
                 latents = kwargs["latents"]
+                images = []
                 for job in jobs:
                     index_in_batch = first_index[job.job_id]
                     one = latents[index_in_batch : index_in_batch + 1]
@@ -351,12 +365,27 @@ class BatchRunner:
                         [image] = vae_previews(pipe, one, height, width)
                     else:
                         [image] = latents_to_images(one, family)
-                    # Checked like every picture that leaves the worker: the bot decides where it may be shown.
-                    score = self.safety.score(image).score
-                    self.send(JobPreview(batch.batch_id, job.job_id, done, png_bytes(image), score))
+                    images.append((job.job_id, image))
+                self._checked = self._checking.submit(self._send_previews, batch.batch_id, done, images)
             return kwargs
 
         return on_step_end
+
+    def _send_previews(self, batch_id: str, step: int, images: list[tuple[str, Image.Image]]) -> None:
+        """Each preview checked like every picture that leaves the worker; the bot decides where it
+        may be shown (bot/generation/policy.py)."""
+        try:
+            for job_id, image in images:
+                score = self.safety.score(image).score
+                self.send(JobPreview(batch_id, job_id, step, png_bytes(image), score))
+        except Exception:  # a preview is a courtesy: the job goes on without it
+            log.exception("batch %s: a preview could not be checked", batch_id)
+
+    def _previews_sent(self) -> None:
+        """Wait for the previews being checked, so none arrives after its job's result."""
+        if self._checked is not None:
+            self._checked.result()
+            self._checked = None
 
     def _prepare_inpainting(self, batch: RunBatch) -> None:
         """Inpaint area and masked content (gpu_worker/inpaint_options.py) applied to the batch's

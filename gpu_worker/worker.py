@@ -87,11 +87,23 @@ class LocalFileError(Exception):
     """A batch names a file this worker does not hold (by sha256); the message is for the user."""
 
 
+def _one_at_a_time(send: Callable[[object], None]) -> Callable[[object], None]:
+    """`send`, safe to call from several threads: one frame is written whole before the next."""
+    lock = threading.Lock()
+
+    def send_one(message: object) -> None:
+        with lock:
+            send(message)
+
+    return send_one
+
+
 def run_worker(
     config: WorkerConfig, receive: Receive, send: Callable[[object], None], *, localise: Localise | None = None
 ) -> None:
     """Load torch, say WorkerReady, then run batches until Shutdown. A reader thread takes commands
     while the main thread generates, so a cancel reaches a running batch between two steps."""
+    send = _one_at_a_time(send)  # the runner sends checked previews from a thread of its own
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The worker is batch work and the bot answers people: when they share CPU cores, the bot's
     # event loop should win (bench/event_loop_stall.py). Idle cores still all go to the worker.

@@ -192,7 +192,7 @@ HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
     "text.safetensors": (lambda p: _write(p, b"this is a text file, not a model\n" * 4), "not a safetensors file"),
     "deep_json.safetensors": (
         lambda p: safetensors(p, b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
-        "nests JSON too deeply",
+        "100,001 JSON objects and lists for 0 tensors",  # counted before parsing (it once nested too deeply)
     ),
     "long_int.safetensors": (
         lambda p: safetensors(
@@ -213,6 +213,11 @@ HOSTILE: dict[str, tuple[Callable[[Path], Path], str]] = {
         lambda p: safetensors(p, b'{"a":{"dtype":"F32","shape":[NaN],"data_offsets":[0,4]}}', _FOUR[:4]),
         "NaN",
     ),
+    "many_metadata_keys.safetensors": (lambda p: _many_metadata_keys(p, 300_000), "metadata may have at most 1,000 keys"),
+    "empty_objects.safetensors": (
+        lambda p: safetensors(p, b'{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"x":[' + b"{}," * 500_000 + b'{}]}', _FOUR[:4]),
+        "500,006 JSON objects and lists for 1 tensors",
+    ),
     "surrogate_name.safetensors": (
         lambda p: safetensors(p, b'{"\\ud800":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}', _FOUR[:4]),
         "not valid Unicode",
@@ -229,6 +234,12 @@ def hostile_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def _many_metadata_keys(path: Path, count: int) -> Path:
+    keys = ",".join(f'"k{i}":""' for i in range(count))
+    header = '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"__metadata__":{' + keys + "}}"
+    return safetensors(path, header.encode(), bytes(4))
 
 
 def _many_tensors(path: Path, count: int) -> Path:

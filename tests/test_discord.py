@@ -946,3 +946,44 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
     finally:
         await services.guild_settings.reset(str(guild.id), None)
         await env.shutdown()
+
+
+async def test_a_database_that_refuses_bookkeeping_never_stops_a_delivery(
+    env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full after the picture is made: the picture is posted all the same, the failed writes
+    are logged and written once the database takes writes again."""
+    import contextlib
+    import sqlite3
+
+    from bot.generation import store as store_module
+
+    real = store_module.transaction
+    full = {"on": True}
+
+    class Refusing:
+        def __init__(self, db) -> None:
+            self.db = db
+
+        async def execute(self, sql: str, params=()):
+            if full["on"] and ("safety_json" in sql or "message_id" in sql):
+                raise sqlite3.OperationalError("database or disk is full")
+            return await self.db.execute(sql, params)
+
+    @contextlib.asynccontextmanager
+    async def refusing(db):
+        async with real(db) as inner:
+            yield Refusing(inner)
+
+    monkeypatch.setattr(store_module, "transaction", refusing)
+    _, channel, alice = world(env)
+    result = await alice.slash(channel, "imagine", prompt="a full disk", checkpoint="tiny-sd1", steps=2, seed=3)
+    assert result.response.attachments and result.response.embeds[0].title == "a full disk"
+    job_id = result.response.embeds[0].footer.text.split()[1]
+    record = await services.generation.get_job(job_id)
+    assert record.row["state"] == "done" and record.row["message_id"] is None and record.row["safety_json"] is None
+    full["on"] = False  # room again: the next write takes the notes along
+    await services.generation.flush()
+    record = await services.generation.get_job(job_id)
+    assert record.row["message_id"] == str(result.response.id)
+    assert json.loads(record.row["safety_json"])["verdicts"] == ["post"]

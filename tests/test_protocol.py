@@ -95,3 +95,19 @@ def test_broker_entries_are_a_sender_and_one_frame() -> None:
     ):
         with pytest.raises(BadFrame):
             read_broker_entry(fields)
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "refused"),
+    [
+        ("WorkerHeartbeat", 60 << 20, True),  # three of these held the bot's loop for a second
+        ("WorkerHeartbeat", (4 << 20) + 1, True),
+        ("BatchProgress", (64 << 10) + 1, True),
+        ("JobPreview", (16 << 20) + 1, True),
+        ("JobDone", 20 << 20, False),  # pictures: refused only past the frame limit
+    ],
+)
+def test_each_message_is_refused_past_its_size_before_it_is_parsed(kind: str, size: int, refused: bool) -> None:
+    frame = kind.encode() + b"\n" + b"[" * (size - len(kind) - 1)  # never valid JSON: parsing would say "malformed"
+    with pytest.raises(BadFrame, match="at most" if refused else "malformed"):
+        read_broker_entry({b"w": b"worker-1", b"m": frame})

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from bot.images.uploads import MAX_JPEG_SCANS, UploadError, jpeg_scans, read_upload, sniff
-from tests.hostile_files import scan_bomb_jpeg
 from gpu_worker.init_images import prepare_init
+from tests.hostile_files import scan_bomb_jpeg
 
 
 def encoded(image: Image.Image, fmt: str, **params) -> bytes:

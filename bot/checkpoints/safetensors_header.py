@@ -23,6 +23,15 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_TENSORS = 100_000
 MAX_DIMS = 32
 _MAX_DIGITS = 20
+# Real metadata (kohya's ss_*, modelspec.*, A1111's merge recipe) is tens of keys; millions of them
+# took gigabytes to parse, and were stored and parsed again on every listing.
+MAX_METADATA_KEYS = 1_000
+# The JSON's shape, counted on its bytes before parsing: a tensor's entry is five strings (name,
+# "dtype", its value, "shape", "data_offsets") and three containers; metadata is two strings a key
+# (quotes escaped inside a string, as in kohya's JSON-in-a-string tag counts, are not strings).
+# Braces inside strings count as containers, so some room is left for them.
+_SPARE_STRINGS = 64
+_SPARE_CONTAINERS = 10_000
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,18 @@ def _decode(raw: bytes) -> str:
     count = raw.count(b'"data_offsets"')
     if count > MAX_TENSORS:  # counted on the bytes, before any parsing
         raise CheckpointFileError(f"header describes {count:,} tensors, over the limit of {MAX_TENSORS:,}")
+    # Strings and containers beyond what the tensors and the metadata can use: refused before
+    # anything is parsed (millions of metadata keys, or of empty objects under an ignored key, took
+    # gigabytes and seconds to parse).
+    strings = (raw.count(b'"') - raw.count(b'\\"')) // 2
+    if strings > 5 * count + 2 * MAX_METADATA_KEYS + _SPARE_STRINGS:
+        raise CheckpointFileError(
+            f"header holds {strings:,} strings for {count:,} tensors; metadata may have at most "
+            f"{MAX_METADATA_KEYS:,} keys"
+        )
+    containers = raw.count(b"{") + raw.count(b"[")
+    if containers > 3 * count + _SPARE_CONTAINERS:
+        raise CheckpointFileError(f"header holds {containers:,} JSON objects and lists for {count:,} tensors")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -128,6 +149,8 @@ def _tensor_name(name: str) -> str:
 def _parse_metadata(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise CheckpointFileError("__metadata__ is not a JSON object")
+    if len(value) > MAX_METADATA_KEYS:
+        raise CheckpointFileError(f"metadata has {len(value):,} keys, over the limit of {MAX_METADATA_KEYS:,}")
     clean: dict[str, str] = {}
     for key, item in value.items():
         if not isinstance(item, str):

@@ -239,6 +239,7 @@ class GenerationService:
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
         await self.store.write_unsaved()
+        await self.store.write_notes()
 
     # --- front-end API -------------------------------------------------------------------------
 

@@ -81,6 +81,10 @@ def inpaint_of(request: GenerationRequest) -> dict[str, Any]:
     return options
 
 
+_NOTE_COLUMNS = ("safety_json", "message_id")
+MAX_NOTES = 10_000
+
+
 class JobStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -88,6 +92,8 @@ class JobStore:
         # write that succeeds, and at shutdown. What is still unwritten at a crash is settled at the
         # next start (mark_interrupted), so a row never stays queued or running.
         self._unsaved: dict[str, Job] = {}
+        # A delivered job's notes (safety verdicts, message id) whose write failed: the same.
+        self._notes: dict[tuple[str, str], str] = {}
 
     async def insert(self, job: Job) -> None:
         spec, request = job.spec, job.spec.request
@@ -133,7 +139,8 @@ class JobStore:
 
     async def save_state(self, job: Job) -> None:
         self._unsaved[job.id] = job
-        await self.write_unsaved()
+        if await self.write_unsaved():
+            await self.write_notes()
 
     async def write_unsaved(self) -> bool:
         """Write every job state not yet recorded; False if the database still refuses."""
@@ -170,11 +177,7 @@ class JobStore:
         """What the picture check found and what was done with each picture (posted, spoilered,
         withheld); a score that was missing or unreadable is kept as null."""
         kept = [readable_score(score) for score in scores]
-        async with transaction(self._db) as db:
-            await db.execute(
-                "UPDATE jobs SET safety_json = ? WHERE id = ?",
-                (json.dumps({"scores": kept, "verdicts": verdicts}), job_id),
-            )
+        await self._note(job_id, "safety_json", json.dumps({"scores": kept, "verdicts": verdicts}))
         for score, verdict in zip(kept, verdicts, strict=True):
             if score is None or verdict != "post" or score >= 0.5:
                 shown = "none" if score is None else f"{score:.2f}"
@@ -191,8 +194,32 @@ class JobStore:
         return counts
 
     async def set_message(self, job_id: str, message_id: str) -> None:
-        async with transaction(self._db) as db:
-            await db.execute("UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))
+        await self._note(job_id, "message_id", message_id)
+
+    async def _note(self, job_id: str, column: str, value: str) -> None:
+        """Bookkeeping of a delivery (its verdicts, its message): never in the way of the delivery.
+        A write the database refuses (disk full) is logged and tried again with every later write."""
+        if column not in _NOTE_COLUMNS:
+            raise ValueError(f"not a bookkeeping column: {column}")
+        self._notes[(job_id, column)] = value
+        while len(self._notes) > MAX_NOTES:  # a database that never comes back: the oldest go
+            dropped = next(iter(self._notes))
+            del self._notes[dropped]
+            log.error("job %s: gave up recording %s", *dropped)
+        await self.write_notes()
+
+    async def write_notes(self) -> bool:
+        """Write every delivery note not yet recorded; False if the database still refuses."""
+        for (job_id, column), value in list(self._notes.items()):
+            try:
+                async with transaction(self._db) as db:
+                    await db.execute(f"UPDATE jobs SET {column} = ? WHERE id = ?", (value, job_id))
+            except sqlite3.Error as e:  # rolled back: later writes start clean
+                log.error("job %s: could not record %s (%s); will retry with the next write", job_id, column, e)
+                return False
+            if self._notes.get((job_id, column)) == value:
+                del self._notes[(job_id, column)]
+        return True
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cur:
