@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -63,7 +64,7 @@ from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
-from gpu_worker.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse
+from gpu_worker.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
 
 log = logging.getLogger(__name__)
 
@@ -475,6 +476,10 @@ class Jobs:
             width, height = rescale(width, height, ref.native_size)
         scale = hires_scale or 0.0
         hires = record.hires | ({"hires_scale": scale} if scale else {})
+        if scale:  # a short job's second pass still runs at least one step (a 1-step job at 0.7: two)
+            denoise = hires.get("hires_denoise", GenerationRequest.hires_denoise)
+            if denoise > 0 and denoising_steps(hires.get("hires_steps") or row["steps"], denoise) < 1:
+                hires["hires_steps"] = math.ceil(1 / denoise)
         if scale and ref.family in FLOW_FAMILIES and hires.get("hires_upscaler", "Latent") in LATENT_UPSCALERS:
             hires["hires_upscaler"] = "Lanczos"  # a flow model's latent is not enlarged here; its picture is
         enlarge = bool(scale and row["init_image_sha256"])

@@ -70,13 +70,29 @@ def default_budgets(device: str) -> tuple[int, int]:
 def serve(conn: Connection, config: WorkerConfig) -> None:
     """The bot's own worker: commands and events as frames on the pipe the bot passed."""
 
+    gone = threading.Event()
+
     def receive() -> object:
         try:
             return decode(conn.recv_bytes(MAX_FRAME_BYTES))
-        except (EOFError, OSError):  # the bot went away: finish up and exit
+        except (EOFError, OSError):  # the bot went away: stop the batch in hand, then exit
+            went_away()
             return Shutdown()
 
-    run_worker(config, receive, lambda event: conn.send_bytes(encode(event)))
+    def send(event: object) -> None:
+        if gone.is_set():  # nobody reads any more
+            return
+        try:
+            conn.send_bytes(encode(event))
+        except OSError:  # a broken pipe: the bot went away
+            went_away()
+
+    def went_away() -> None:
+        if not gone.is_set():
+            gone.set()
+            log.info("the bot went away: the batch in hand stops at its next step, then this worker")
+
+    run_worker(config, receive, send, gone=gone.is_set)
 
 
 Receive = Callable[[], object]  # the next command (BadFrame for one that is not); Shutdown to stop
@@ -99,7 +115,12 @@ def _one_at_a_time(send: Callable[[object], None]) -> Callable[[object], None]:
 
 
 def run_worker(
-    config: WorkerConfig, receive: Receive, send: Callable[[object], None], *, localise: Localise | None = None
+    config: WorkerConfig,
+    receive: Receive,
+    send: Callable[[object], None],
+    *,
+    localise: Localise | None = None,
+    gone: Callable[[], bool] = lambda: False,
 ) -> None:
     """Load torch, say WorkerReady, then run batches until Shutdown. A reader thread takes commands
     while the main thread generates, so a cancel reaches a running batch between two steps."""
@@ -130,7 +151,7 @@ def run_worker(
 
     def is_cancelled(job_id: str) -> bool:
         with lock:
-            return job_id in cancelled
+            return job_id in cancelled or gone()  # nobody is waiting for any job once the bot is gone
 
     def read_commands() -> None:
         while True:

@@ -226,3 +226,22 @@ async def test_reading_a_pictures_parameters_is_one_per_person_per_cooldown(worl
             await world.jobs.read_parameters(buffer.getvalue())  # the host
     finally:
         world.jobs.picture_cooldowns = before
+
+
+async def test_upscaling_a_one_step_job_runs_its_second_pass_for_a_step(world: World) -> None:
+    """The Upscale button on a 1-step job (int(1 × 0.7) = 0 steps at the default strength) gives
+    the second pass the steps it needs instead of blaming a strength nobody chose."""
+    from bot.generation.checkpoint_ref import resolve_checkpoint
+
+    limits = world.jobs.generation.limits
+    ref = await resolve_checkpoint(world.registry, "plain")
+    request = GenerationRequest(prompt=PROMPT, requester_id="alice", steps=1, seed=1, guild_id="g")
+    job = Job(new_job_id(), validate(request, ref, limits))
+    await world.jobs.generation.store.insert(job)
+    plan = await world.jobs.plan_rerun(Asker("alice"), Place("g", "c"), job.id, seed=same_seed, hires_scale=2.0)
+    [spec] = plan.specs
+    assert (spec.request.steps, spec.request.hires_steps, spec.request.hires_scale) == (1, 2, 2.0)
+    with pytest.raises(EaselError, match=r"second pass would run no step \(1 step\(s\) × denoising strength 0.7"):
+        await world.jobs.plan_imagine(
+            Asker("alice"), Place("g", "c"), ImagineOptions(prompt=PROMPT, checkpoint="plain", steps=1, hires_scale=2.0)
+        )

@@ -137,8 +137,13 @@ def test_progress_previews_and_loading(cache: PipelineCache, load_request: LoadR
     rec.run(batch(load_request, JobPart("j", "a cat", "", (1,)), steps=4, preview_every=1))
     assert [p.step for p in rec.of(BatchProgress)] == [1, 2, 3, 4]
     previews = rec.of(JobPreview)
-    assert [p.step for p in previews] == [1, 2, 3]  # none after the last step: the real image follows
+    # The first step's preview always; later ones unless the last is still being checked (the check
+    # runs beside the steps); none after the last step: the real image follows.
+    steps = [p.step for p in previews]
+    assert steps[0] == 1 and steps == sorted(set(steps)) and set(steps) <= {1, 2, 3}
+    assert all(p.nsfw_score is not None and 0 <= p.nsfw_score <= 1 for p in previews)  # each one checked
     assert Image.open(io.BytesIO(previews[0].png)).size == (8, 8)  # latent resolution, no VAE pass
+    assert rec.events.index(previews[-1]) < rec.events.index(rec.of(JobDone)[0])  # before the result
     assert rec.of(BatchLoading)[0].cache == "device"
 
 

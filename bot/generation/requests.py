@@ -303,11 +303,14 @@ def _check_hires(
         raise GenerationError(f"the hires fix would make {big_w}x{big_h}; that is over this bot's size limit")
     if not 0 <= request.hires_steps <= limits.max_steps:
         raise GenerationError(f"hires steps must be between 0 and {limits.max_steps}, not {request.hires_steps}")
-    if (
-        not 0 < request.hires_denoise <= 1
-        or denoising_steps(request.hires_steps or request.steps, request.hires_denoise) < 1
-    ):
+    if not 0 < request.hires_denoise <= 1:
         raise GenerationError(f"hires denoising strength {request.hires_denoise:g} redraws nothing; use 0.1 to 1")
+    steps = request.hires_steps or request.steps
+    if denoising_steps(steps, request.hires_denoise) < 1:
+        raise GenerationError(
+            f"the hires fix's second pass would run no step ({steps} step(s) × denoising strength "
+            f"{request.hires_denoise:g} rounds to 0); give it more hires steps"
+        )
     if model is not None:
         return
     try:
