@@ -250,3 +250,18 @@ def test_undecodable_command_line_text_is_refused_in_one_line(env: Path, models:
         assert proc.returncode == 1 and len(lines) == 1 and "not valid text" in lines[0], (args, proc.stderr)
     shown = json.loads(run_bot_py("checkpoints", "show", "m", "--json", cwd=env, env=environment).stdout)
     assert shown["description"] == ""
+
+
+def test_what_is_kept_of_a_files_metadata_is_bounded(tmp_path: Path) -> None:
+    """The registry stores a file's metadata and parses it again on every listing (autocomplete too):
+    however much a file holds, at most 1,000 keys are read and about 256 KiB of them kept."""
+    from tests.hostile_files import safetensors
+
+    metadata = {f"k{i}": "v" * 60_000 for i in range(1000)} | {"x" * 1_000_000: "long key"}
+    header = {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, "__metadata__": metadata}
+    with pytest.raises(CheckpointFileError, match="metadata has 1,001 keys, over the limit of 1,000"):
+        inspect_file(safetensors(tmp_path / "over.safetensors", json.dumps(header).encode(), bytes(4)))
+    del metadata["k0"]
+    path = safetensors(tmp_path / "fat.safetensors", json.dumps(header).encode(), bytes(4))
+    kept = json.dumps(inspect_file(path).to_dict())
+    assert len(kept) < 400_000 and "x" * 201 not in kept and "60,000 characters, not shown" in kept

@@ -272,6 +272,14 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     [*_, done] = await finished(handle)
     assert isinstance(done, Finished) and len(done.job.images) == 1  # the real result, not the forged empty one
     assert service._broker.refused == refused + 4
+    # A heartbeat from a "worker" that never started (nobody reads its command stream): no worker,
+    # no prompt sent there, however often it beats.
+    ghost = WorkerHeartbeat("ghost-1", "x", "cpu", 1, 0, 1 << 30, 1 << 30, ("sd1", "sdxl"), 0, (), (), ())
+    for _ in range(3):
+        await client.xadd(EVENTS_STREAM, broker_entry("ghost-1", ghost))
+    await until(lambda: service._broker.refused == refused + 5, 10, "the ghost's heartbeats refused")
+    assert "ghost-1" not in {w.worker_id for w in service.status().workers}
+    assert await client.xlen(commands_stream("ghost-1")) == 0
 
     # A forged command naming a file the worker does not hold, at a path it must not open.
     idle = cluster.worker_id("b")

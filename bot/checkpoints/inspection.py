@@ -23,6 +23,9 @@ from bot.errors import CheckpointFileError
 from bot.untrusted import load_json
 
 MAX_KEPT_METADATA_CHARS = 64 * 1024
+# All the metadata kept of one file: the registry stores it and parses it again on every listing
+# (autocomplete included), so it stays small whatever the file holds.
+MAX_KEPT_METADATA_TOTAL = 256 * 1024
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
 CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES
@@ -152,10 +155,13 @@ def inspect_checkpoint(path: Path) -> Inspection:
 def group_metadata(raw: dict[str, str]) -> dict[str, Any]:
     """Sort safetensors metadata into modelspec, kohya, merge recipe and the rest (kept raw)."""
     grouped: dict[str, Any] = {"modelspec": {}, "kohya": {}, "merge": {}, "other": {}}
+    kept = 0
     for key, value in raw.items():
-        if len(value) > MAX_KEPT_METADATA_CHARS:
+        if len(value) > MAX_KEPT_METADATA_CHARS or kept + len(key) + len(value) > MAX_KEPT_METADATA_TOTAL:
             # An embedded thumbnail or a dataset's tag counts: kept out of the registry and every answer.
             value = f"({len(value):,} characters, not shown)"
+        key = key[:200]
+        kept += len(key) + len(value)
         if key.startswith("modelspec."):
             grouped["modelspec"][key.removeprefix("modelspec.")] = value
         elif key.startswith("ss_"):

@@ -34,6 +34,7 @@ from gpu_worker.protocol import (
     BOT_GROUP,
     EVENTS_STREAM,
     MAX_FRAME_BYTES,
+    WORKER_GROUP,
     WORKER_KEY_PREFIX,
     BadFrame,
     RunBatch,
@@ -52,6 +53,8 @@ LOST_BATCH_SECONDS = 3.0  # after a reconnection: a batch sent before it that he
 READ_BLOCK_MS = 500
 COMMANDS_MAXLEN = 1000
 BACKOFF_FIRST, BACKOFF_MAX = 0.2, 5.0
+LOOK_AGAIN_SECONDS = 5.0  # a heartbeat from a worker not seen reading its commands: looked at again after this
+MAX_LOOKED_AT = 1000
 
 
 class BrokerUnavailable(Exception):
@@ -186,6 +189,13 @@ class BrokerClient:
         self._first_connect = True
         self._closing = False
         self.connected_at = 0.0  # time.monotonic() of the latest (re)connection
+        # A heartbeat makes a worker only when that worker reads its own command stream (the stream
+        # has the workers' consumer group, which a worker makes before it says it is ready): a
+        # heartbeat alone, forged by anyone who may write the events stream, would otherwise be sent
+        # real prompts. (Signed frames, for a broker one does not trust, are another matter.) Checked once per worker, again at most every
+        # LOOK_AGAIN_SECONDS for one not found; forged ids do not pile up (MAX_LOOKED_AT).
+        self._readers: set[str] = set()
+        self._looked_at: dict[str, float] = {}
 
     def _client(self) -> aioredis.Redis:
         return aioredis.Redis.from_url(self._url, socket_timeout=READ_BLOCK_MS / 1000 + 5, socket_connect_timeout=5)
@@ -300,9 +310,37 @@ class BrokerClient:
             log.warning("refused broker entry %s: %s", entry_id.decode(errors="replace"), e)
             return
         if isinstance(message, WorkerHeartbeat):
-            self._on_heartbeat(message)
+            if message.worker_id in self._readers:
+                self._on_heartbeat(message)
+            else:
+                self._look_for_reader(message.worker_id)
         else:
             self._on_event(sender, message)
+
+    def _look_for_reader(self, worker_id: str) -> None:
+        now = time.monotonic()
+        if now - self._looked_at.get(worker_id, -LOOK_AGAIN_SECONDS) < LOOK_AGAIN_SECONDS or self._redis is None:
+            return
+        self._looked_at[worker_id] = now
+        while len(self._looked_at) > MAX_LOOKED_AT:
+            del self._looked_at[next(iter(self._looked_at))]
+        asyncio.get_running_loop().create_task(self._reads_its_commands(self._redis, worker_id), name="broker: a new worker")
+
+    async def _reads_its_commands(self, client: aioredis.Redis, worker_id: str) -> None:
+        try:
+            groups = await client.xinfo_groups(commands_stream(worker_id))
+        except redis.ResponseError:  # no such stream
+            groups = []
+        except redis.RedisError:  # the broker is away: the next heartbeat asks again
+            self._looked_at.pop(worker_id, None)
+            return
+        names = {g["name"].decode(errors="replace") if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        if WORKER_GROUP in names:
+            self._readers.add(worker_id)
+            return
+        self.refused += 1
+        self._on_refused()
+        log.warning("refused the heartbeats of %s: no worker of that name reads its commands", worker_id[:60])
 
 
 async def list_workers(url: str) -> list[WorkerHeartbeat]:
