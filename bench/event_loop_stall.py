@@ -7,7 +7,9 @@ users, each followed to its picture: progress edits, previews, the result with i
 The whole-bot case also lists the slowest loop steps asyncio saw (debug mode), by task, so a stall
 can be traced to its code. simcord's own work (its in-process Discord) runs on the same loop.
 
-python bench/event_loop_stall.py [SECONDS] [--bot-only] [--debug]   (default 20; writes bench/results/event_loop_stall.json)
+A third case, members against the worst inputs still accepted (/pnginfo, autocomplete): target max <= 50 ms.
+
+python bench/event_loop_stall.py [SECONDS] [--bot-only] [--hostile-only] [--debug]   (default 20; writes bench/results/event_loop_stall.json)
 """
 
 from __future__ import annotations
@@ -190,6 +192,67 @@ async def bot_case(jobs: int = 100, users: int = 20) -> dict[str, object]:
     }
 
 
+async def hostile_case(rounds: int = 20) -> dict[str, object]:
+    """Members against the worst inputs that are still accepted: /pnginfo on a picture whose last
+    infotext line is 20,000 characters without a colon (A1111's pattern took 2.3-4 s on it, holding
+    the GIL), and checkpoint autocomplete with a registered file carrying 980 metadata keys of
+    60,000 characters each (what is kept of it is bounded). The loop's lag, measured all along."""
+    import io
+    import json as jsonlib
+    import shutil
+
+    import simcord
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from bot.config import Settings
+    from bot.services import open_services
+    from cogs.app import create_bot
+    from tests.helpers import with_metadata
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "models").mkdir()
+        tiny = tiny_checkpoint(root)
+        shutil.copy(tiny, root / "models" / "tiny.safetensors")
+        with_metadata(tiny, root / "models" / "fat.safetensors", {f"k{i}": "v" * 60_000 for i in range(980)})
+        settings = Settings(
+            models_dir=root / "models", data_dir=root / "data", devices=["cpu"], cooldown_seconds=0, semantic_search=False
+        )
+        services = await open_services(settings)
+        await services.registry.scan()
+        kept = max(len(jsonlib.dumps(e.inspection)) for e in await services.registry.list())
+        info = PngInfo()
+        info.add_text("parameters", "a cat\n" + "x" * 20_000)
+        picture = io.BytesIO()
+        Image.new("RGB", (512, 512), "white").save(picture, format="PNG", pnginfo=info)
+        bot = create_bot(services, always_sync=True)
+        env = simcord.Env(bot, settle_timeout=120)
+        await env.start()
+        try:
+            guild = env.create_guild()
+            channel = guild.create_text_channel("bench")
+            member = guild.add_member(env.create_user("mallory"))
+            lags: list[float] = []
+            done = asyncio.Event()
+            watch = asyncio.create_task(_tick_until(lags, done.is_set))
+            for _ in range(rounds):
+                await member.slash(channel, "pnginfo", image=("worst.png", picture.getvalue()))
+                await member.autocomplete(channel, "imagine", "checkpoint", "f", prompt="x")
+            done.set()
+            await watch
+        finally:
+            await env.shutdown()
+            await services.close()
+    ms = 1000
+    return {
+        "hostile_rounds": rounds,
+        "hostile_kept_inspection_json_bytes": kept,
+        "hostile_p99_ms": round(percentile(lags, 99) * ms, 3),
+        "hostile_max_ms": round(max(lags) * ms, 3),
+    }
+
+
 async def _tick_until(lags: list[float], stop) -> None:
     expected = time.perf_counter() + TICK
     while not stop():
@@ -203,9 +266,13 @@ async def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     seconds = float(args[0]) if args else 20.0
     figures: dict[str, object] = {}
+    if "--hostile-only" in sys.argv:
+        report("event_loop_stall_hostile", await hostile_case())
+        return
     if "--bot-only" not in sys.argv:
         figures |= await service_case(seconds)
     figures |= await bot_case()
+    figures |= await hostile_case()
     report("event_loop_stall", figures)
 
 
