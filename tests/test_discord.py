@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import shutil
@@ -261,37 +262,45 @@ async def test_admin_commands_are_for_owners_only(
     assert "outside the models directory" in outside.followups[0].content
 
 
+@contextlib.asynccontextmanager
+async def clock_moving_env(services: Services) -> AsyncIterator[simcord.Env]:
+    """A bot whose waits on the worker are external to simcord, so its clock may move (a token can
+    expire) while jobs run."""
+    bot = create_bot(services, always_sync=True)
+    env = simcord.Env(bot, settle_timeout=60)
+    bot.external_wait = env.external_wait
+    await env.start()
+    try:
+        with env.time_context():
+            yield env
+    finally:
+        await env.shutdown()
+
+
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
     from bot.generation.requests import GenerationRequest
 
-    bot = create_bot(services, always_sync=True)
-    env = simcord.Env(bot, settle_timeout=60)
-    bot.external_wait = env.external_wait  # the job's waits are on the worker: simcord's clock may move
-    await env.start()
-    try:
-        with env.time_context():
-            _, channel, alice = world(env)
-            checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
-            blocker = await services.generation.submit(
-                GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
-            )
-            result = await alice.slash(
-                channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
-            )
-            assert "Queued: #1 in line" in result.response.content  # returned while the job waits
-            await env.advance_time(901)  # 15 minutes later the interaction token is dead
-            await services.generation.cancel(blocker.job.id)
-            for _ in range(600):  # the job now runs on the worker, in real time
-                message = channel.last_message
-                if message is not None and message.attachments:
-                    break
-                await asyncio.sleep(0.1)
-            await env.settle(timeout=30)
-            assert alice.mention in message.content and "ready" in message.content
-            assert message.attachments and message.embeds[0].title == "a patient fox"
-    finally:
-        await env.shutdown()
+    async with clock_moving_env(services) as env:
+        _, channel, alice = world(env)
+        checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
+        blocker = await services.generation.submit(
+            GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
+        )
+        result = await alice.slash(
+            channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
+        )
+        assert "Queued: #1 in line" in result.response.content  # returned while the job waits
+        await env.advance_time(901)  # 15 minutes later the interaction token is dead
+        await services.generation.cancel(blocker.job.id)
+        for _ in range(600):  # the job now runs on the worker, in real time
+            message = channel.last_message
+            if message is not None and message.attachments:
+                break
+            await asyncio.sleep(0.1)
+        await env.settle(timeout=30)
+        assert alice.mention in message.content and "ready" in message.content
+        assert message.attachments and message.embeds[0].title == "a patient fox"
 
 
 async def test_checkpoint_list_info_and_use_this(env: simcord.Env, services: Services) -> None:
@@ -898,13 +907,9 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
     from bot.generation.checkpoint_ref import resolve_checkpoint
     from bot.generation.requests import GenerationRequest
 
-    bot = create_bot(services, always_sync=True)
-    env = simcord.Env(bot, settle_timeout=60)
-    bot.external_wait = env.external_wait  # the job's waits are on the worker: simcord's clock may move
-    await env.start()
-    try:
-        with env.time_context():
-            guild, channel, alice = world(env)
+    async with clock_moving_env(services) as env:
+        guild, channel, alice = world(env)
+        try:
             await services.guild_settings.reset(str(guild.id), None)
             await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})
             checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
@@ -943,9 +948,8 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
                     assert last.content.startswith("Nothing to show") and not last.attachments
                 [kept] = [m for m in channel.history() if m.id == original.id]
                 assert not kept.attachments and not kept.components  # no preview, no Cancel button left
-    finally:
-        await services.guild_settings.reset(str(guild.id), None)
-        await env.shutdown()
+        finally:
+            await services.guild_settings.reset(str(guild.id), None)
 
 
 async def test_a_database_that_refuses_bookkeeping_never_stops_a_delivery(

@@ -164,7 +164,7 @@ async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
     for values, message in (
         ({"hires_scale": 5}, "hires upscale must be above 1 and at most 4"),
         ({"hires_scale": 2, "hires_upscaler": "ESRGAN 4x"}, "no upscaler named 'ESRGAN 4x'; choose one of Latent"),
-        ({"hires_scale": 2, "hires_denoise": 0.01}, "redraws nothing"),
+        ({"hires_scale": 2, "hires_denoise": 0.01}, "second pass would run no step"),
         ({"hires_scale": 4, "size": (1024, 1024)}, "would make 4096x4096"),
         ({"hires_scale": 2, "init_image": RED_CIRCLE}, "the hires fix is for pictures made from text"),
     ):

@@ -246,16 +246,23 @@ async def test_cancel_reaches_a_remote_worker_between_steps(cluster: Cluster) ->
     assert isinstance((await finished(handle, 30))[-1], Cancelled)
 
 
-async def test_forged_entries_are_refused(cluster: Cluster) -> None:
+async def started(cluster: Cluster, user: str) -> tuple[JobHandle, WorkerStatus, str]:
+    """A 60-step SD1 job, once a worker has started it: its handle, that worker, and its batch id."""
     service = cluster.service
-    client = aioredis.Redis.from_url(cluster.redis.url)
-    refused = service._broker.refused
-    handle = await service.submit(request("forged", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
+    handle = await service.submit(request(user, steps=60, width=128, height=128), cluster.checkpoints["sd1"])
     async for event in handle.events():
         if isinstance(event, Started):
             break
     running = next(w for w in service.status().workers if handle.job.id in w.jobs)
     batch_id = next(w.batch.batch_id for w in service._workers if w.batch and w.batch.jobs[0].job_id == handle.job.id)
+    return handle, running, batch_id
+
+
+async def test_forged_entries_are_refused(cluster: Cluster) -> None:
+    service = cluster.service
+    client = aioredis.Redis.from_url(cluster.redis.url)
+    refused = service._broker.refused
+    handle, running, batch_id = await started(cluster, "forged")
     fake = JobDone(batch_id, handle.job.id, (), "cpu", 0.0, 0.0, "device", 1)
     forged = [
         {"x": b"1"},  # not our fields
@@ -309,14 +316,8 @@ async def test_a_result_without_a_picture_check_score_is_withheld(cluster: Clust
     has no score, which the rules read as over every threshold (fail closed)."""
     from bot.guilds.settings import Effective
 
-    service = cluster.service
     client = aioredis.Redis.from_url(cluster.redis.url)
-    handle = await service.submit(request("unscored", steps=60, width=128, height=128), cluster.checkpoints["sd1"])
-    async for event in handle.events():
-        if isinstance(event, Started):
-            break
-    running = next(w for w in service.status().workers if handle.job.id in w.jobs)
-    batch_id = next(w.batch.batch_id for w in service._workers if w.batch and w.batch.jobs[0].job_id == handle.job.id)
+    handle, running, batch_id = await started(cluster, "unscored")
     result = ImageResult(b"\x89PNG\r\n\x1a\n", 5, "a lighthouse\nSteps: 60")
     body = json.loads(encode(JobDone(batch_id, handle.job.id, (result,), "cpu", 0.0, 0.0, "device", 1)).partition(b"\n")[2])
     del body["images"][0]["nsfw_score"]  # as a worker that never heard of the check would send it

@@ -8,6 +8,8 @@ import time
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bot.images.uploads import MAX_JPEG_SCANS, UploadError, jpeg_scans, read_upload, sniff
@@ -124,3 +126,11 @@ def test_scans_are_counted_as_the_decoder_would_meet_them() -> None:
     assert jpeg_scans(buffer.getvalue(), MAX_JPEG_SCANS) == 10
     assert jpeg_scans(scan_bomb_jpeg(64, 100_000), MAX_JPEG_SCANS) == MAX_JPEG_SCANS + 1  # stops counting
     read_upload(buffer.getvalue())  # an ordinary progressive picture is read as before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.integers(0, 100))
+def test_counting_scans_never_fails_on_any_bytes(tail: bytes, stop_after: int) -> None:
+    """Whatever follows the JPEG signature, counting its scans ends, without an exception, having
+    counted no further than one past the limit."""
+    assert 0 <= jpeg_scans(b"\xff\xd8" + tail, stop_after) <= stop_after + 1

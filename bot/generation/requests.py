@@ -309,7 +309,7 @@ def _check_hires(
     if denoising_steps(steps, request.hires_denoise) < 1:
         raise GenerationError(
             f"the hires fix's second pass would run no step ({steps} step(s) × denoising strength "
-            f"{request.hires_denoise:g} rounds to 0); give it more hires steps"
+            f"{request.hires_denoise:g} rounds to 0); raise the hires steps or the strength"
         )
     if model is not None:
         return
