@@ -934,19 +934,21 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
                 if mode == "withhold":
                     await services.generation.cancel(blocker.job.id)
                 for _ in range(900):  # the job now runs on the worker, in real time
+                    [kept] = [m for m in channel.history() if m.id == original.id]
                     last = channel.last_message
-                    if last is not None and last.id != original.id and (last.attachments or "Nothing" in last.content):
+                    if (last.id != original.id and last.attachments) or kept.content.startswith("Nothing"):
                         break
                     await asyncio.sleep(0.1)
                 await env.settle(timeout=30)
+                [kept] = [m for m in channel.history() if m.id == original.id]
                 if mode == "spoiler":  # previews went on, through the channel, behind a spoiler
                     assert "SPOILER_preview.png" in preview_uploads(env, expired)
                     assert "preview.png" not in preview_uploads(env, since)
-                    assert last.attachments[0].filename.startswith("SPOILER_")
-                else:
+                    assert channel.last_message.attachments[0].filename.startswith("SPOILER_")
+                    assert alice.mention in channel.last_message.content  # the result pings who asked
+                else:  # nothing to show: said on the placeholder itself, once
                     assert preview_uploads(env, since) == []
-                    assert last.content.startswith("Nothing to show") and not last.attachments
-                [kept] = [m for m in channel.history() if m.id == original.id]
+                    assert kept.content.startswith("Nothing to show") and channel.last_message.id == original.id
                 assert not kept.attachments and not kept.components  # no preview, no Cancel button left
         finally:
             await services.guild_settings.reset(str(guild.id), None)

@@ -177,8 +177,9 @@ async def post_result(
         # The interaction token lives 15 minutes; a long queue outlives it. Post instead.
         if not isinstance(e, discord.NotFound) and getattr(e, "code", None) not in (10015, 50027):
             raise
-        if status is not None:
-            await status.close(content or "Finished: see below.")
+        if status is not None:  # a text alone ("Nothing to show") goes on the placeholder itself
+            if await status.close(content or "Finished: see below.") and not files and embed is None:
+                return None
         channel = interaction.channel
         if channel is None:
             log.warning("%s: token expired and no channel to post to", what)
@@ -227,25 +228,28 @@ class StatusMessage:
         view = None if final else discord.ui.View(timeout=None).add_item(CancelButton(self.job.id))
         await self._edit(content=content, attachments=attachments, view=view)
 
-    async def close(self, text: str) -> None:
-        """The message's last state once the result went elsewhere: no preview, no Cancel button."""
-        await self._edit(content=clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX), attachments=[], view=None)
+    async def close(self, text: str) -> bool:
+        """The message's last state once the result went elsewhere: `text`, no preview, no Cancel
+        button. False when the message could not be edited."""
+        return await self._edit(content=clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX), attachments=[], view=None)
 
-    async def _edit(self, **fields: Any) -> None:
+    async def _edit(self, **fields: Any) -> bool:
         if not self._expired:
             try:
                 message = await self.interaction.edit_original_response(**fields)
                 self._message_id = message.id
-                return
+                return True
             except (discord.NotFound, discord.HTTPException):
                 self._expired = True  # the token is dead; the result will be posted to the channel
         channel = self.interaction.channel
         if self._message_id is None or channel is None or not hasattr(channel, "get_partial_message"):
-            return
+            return False
         try:  # the bot's own message, edited with the bot's own token
             await channel.get_partial_message(self._message_id).edit(**fields)
         except discord.HTTPException as e:
             log.warning("job %s: could not edit its message after the token expired: %s", self.job.id, e)
+            return False
+        return True
 
 
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
