@@ -27,8 +27,10 @@ _FACTORS = {
 def latents_to_images(latents: torch.Tensor, family: str) -> list[Image.Image]:
     """(B, 4, h, w) latents -> B small RGB images of h x w."""
     factors, bias = _FACTORS["sdxl" if family == "sdxl" else "sd"]
-    weight = torch.tensor(factors, dtype=torch.float32)
-    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().cpu(), weight) + torch.tensor(bias)
+    cpu = torch.device("cpu")  # a few thousand numbers: on the CPU, where the PNG is made
+    weight = torch.tensor(factors, dtype=torch.float32, device=cpu)
+    rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().to(cpu), weight)
+    rgb = rgb + torch.tensor(bias, dtype=torch.float32, device=cpu)
     pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).numpy()
     return [Image.fromarray(p) for p in pixels]
 
