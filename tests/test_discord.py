@@ -572,6 +572,28 @@ async def test_info_shows_the_preview_image(env: simcord.Env, services: Services
         preview.unlink()
 
 
+async def test_a_loras_preview_is_checked_like_a_checkpoints(env: simcord.Env, services: Services) -> None:
+    guild, channel, alice = world(env)
+    entry = await services.loras.get("ink")
+    preview = Path(services.settings.models_dir) / "Lora" / "ink.preview.png"
+    Image.new("RGB", (32, 32), "blue").save(preview)
+    await services.db.execute("UPDATE loras SET preview_path = ? WHERE sha256 = ?", (str(preview), entry.sha256))
+    await services.db.commit()
+    await services.guild_settings.reset(str(guild.id), None)
+    await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})  # every picture "over" it
+    try:
+        withheld = answer(await alice.slash(channel, "loras info", name="ink"))
+        fields = {f.name: f.value for f in withheld.embeds[0].fields}
+        assert withheld.ephemeral and not withheld.attachments and "withheld by the picture check" in fields["Preview"]
+        in_dm = answer(await env.create_user("gus").slash("loras info", name="ink"))
+        assert [a.filename for a in in_dm.attachments] == ["preview.png"]
+    finally:
+        await services.guild_settings.reset(str(guild.id), None)
+        await services.db.execute("UPDATE loras SET preview_path = NULL WHERE sha256 = ?", (entry.sha256,))
+        await services.db.commit()
+        preview.unlink()
+
+
 # --- unexpected errors: every entry point answers in one private line ------------------------------
 
 
