@@ -564,6 +564,7 @@ def test_cli_search_show_and_edit(cli, add_tiny, monkeypatch: pytest.MonkeyPatch
     assert "base SDXL" in json.loads(cli("catalog", "search", "anime", "--refine", "sdxl", "--json").out)["understood"]
 
 
+@pytest.mark.slow
 def test_cli_compare_makes_one_labelled_grid(cli, add_tiny, env: Path) -> None:
     add_tiny("sd1", "one.safetensors")
     add_tiny("sd2", "two.safetensors")

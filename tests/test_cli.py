@@ -156,6 +156,7 @@ def test_convert_via_cli(cli, env: Path) -> None:
     assert "python bot.py convert" in r.out
 
 
+@pytest.mark.slow
 def test_make_tiny_checkpoint_via_cli(cli, env: Path) -> None:
     r = cli("make-tiny-checkpoint", "--arch", "sd2", "out/tiny.safetensors")
     assert r.code == 0, r.err
@@ -165,6 +166,7 @@ def test_make_tiny_checkpoint_via_cli(cli, env: Path) -> None:
     assert bad.code == 1 and "must end in .safetensors" in bad.err
 
 
+@pytest.mark.slow
 def test_without_a_token_the_bot_starts_the_playground(env: Path) -> None:
     import signal
 

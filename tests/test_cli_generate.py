@@ -7,12 +7,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.conftest import run_bot_py
 
 
+@pytest.mark.slow
 def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None:
     proc = run_bot_py(
         "generate",

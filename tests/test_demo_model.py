@@ -104,6 +104,7 @@ async def held_out_score(world: World, **options: object) -> dict[str, int]:
 
 
 @aio
+@pytest.mark.slow
 async def test_it_draws_the_colours_asked_for_pairs_it_never_saw(world: World) -> None:
     """The issue's bar: shape and background colour right for >= 90 % of held-out prompts, with the
     bot's defaults (DPM++ 2M Karras, 20 steps, CFG 7, no negative prompt); and CFG matters: without
@@ -115,6 +116,7 @@ async def test_it_draws_the_colours_asked_for_pairs_it_never_saw(world: World) -
 
 
 @aio
+@pytest.mark.slow
 async def test_the_negative_prompt_keeps_out_what_it_names(world: World) -> None:
     prompt = "a circle on a blue background"  # no colour for the circle: the model picks one
     free = [(await world.imagine(prompt, seed=s)).colours[0] for s in range(8)]
@@ -157,6 +159,7 @@ async def test_the_hires_fix_keeps_the_composition(world: World) -> None:
 
 
 @aio
+@pytest.mark.slow
 async def test_its_lora_changes_what_it_draws(world: World) -> None:
     """The shipped LoRA ("paper") puts shapes on a white background, as far as its strength says,
     and leaves their colour alone (measured: 10 of 12 white at strength 1, none at 0)."""

@@ -107,6 +107,7 @@ async def imagine_in_browser(p, address: str, prompt: str, **options: object):
 
 
 @BROWSER
+@pytest.mark.slow
 async def test_imagine_in_the_browser(tmp_path: Path) -> None:
     """/imagine shows its progress (the page used to freeze on "Completing action…" to the end), Cancel
     cancels, and the server's own commands answer the playground's user."""
@@ -187,6 +188,7 @@ def _maps_torch(pid: int) -> bool:
 
 
 @BROWSER
+@pytest.mark.slow
 async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) -> None:
     """The rule is about the bot process while it works: torch is mapped in its worker, never in it."""
     import os

@@ -342,6 +342,7 @@ async def running_job(cluster: Cluster, user: str, steps: int) -> tuple[JobHandl
     return handle, events, running
 
 
+@pytest.mark.slow
 async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> None:
     service = cluster.service
     handle, events, running = await running_job(cluster, "victim", steps=80)
@@ -363,6 +364,7 @@ async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> No
     await cluster.joined(name)
 
 
+@pytest.mark.slow
 async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarded(cluster: Cluster) -> None:
     """SIGSTOP is a pulled cable as the bot sees it: no heartbeat, no word. The job runs again
     elsewhere; when the worker comes back (SIGCONT) and finishes, what it sends is discarded."""
@@ -479,6 +481,7 @@ def start_tls_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make the test certificates")
+@pytest.mark.slow
 async def test_local_and_remote_workers_serve_one_bot_through_tls_and_an_acl_user(
     cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -218,6 +218,7 @@ async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     assert (await service.get_job(handle.job.id)).state is JobState.FAILED
 
 
+@pytest.mark.slow
 async def test_close_interrupts_unfinished_jobs(tiny_dir: Path, tmp_path: Path) -> None:
     """Jobs never stay 'queued' or 'running' forever. A service of its own, so test order does not matter."""
     db = await open_database(tmp_path / "easel.sqlite3")
