@@ -42,7 +42,7 @@ class BakeError(Exception):
 
 def _targets(component: str, key: str, family: str, unet_config) -> tuple[str, int | None]:
     """The single-file name of a diffusers weight, and for OpenCLIP's fused q/k/v which third of it."""
-    probe = {key: torch.empty(0)}
+    probe = {key: torch.empty(0, device="cpu")}
     if component == "unet":
         return next(iter(unet_to_ldm(probe, unet_config))), None
     prefix, open_clip = _TEXT_ENCODERS[family][component]

@@ -81,7 +81,8 @@ def masked_start(pipe, picture: Image.Image, mask: Image.Image, mode: str, seeds
     starts = []
     for seed in seeds:
         if mode == "latent noise":
-            noise = torch.randn(latent.shape, generator=torch.Generator("cpu").manual_seed(seed))
+            cpu = torch.device("cpu")  # drawn on the CPU, as A1111's CPU source does, then moved
+            noise = torch.randn(latent.shape, generator=torch.Generator(cpu).manual_seed(seed), device=cpu)
             fill = noise.to(latent.device, latent.dtype)
         else:
             fill = torch.zeros_like(latent)

@@ -72,10 +72,11 @@ class Buffers:
 
     def __init__(self) -> None:
         raw = CHUNK_ELEMENTS * 8  # room for the widest dtype
-        self.raw = {role: torch.empty(raw, dtype=torch.uint8) for role in ("a", "b", "c", "out")}
-        self.fa = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32)
-        self.fb = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32)
-        self.fc = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32)
+        cpu = torch.device("cpu")  # merging streams files through RAM, never the GPU
+        self.raw = {role: torch.empty(raw, dtype=torch.uint8, device=cpu) for role in ("a", "b", "c", "out")}
+        self.fa = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32, device=cpu)
+        self.fb = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32, device=cpu)
+        self.fc = torch.empty(CHUNK_ELEMENTS, dtype=torch.float32, device=cpu)
 
 
 def run_merge(order: MergeOrder, progress: Callable[[int, int], None] | None = None) -> None:

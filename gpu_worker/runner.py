@@ -433,7 +433,7 @@ class BatchRunner:
         width, height = size
         inputs: dict = {"mask_image": [Image.new("L", size, 255)] * n, "width": width, "height": height}
         if isinstance(enlarged, torch.Tensor):
-            grey = encode(pipe.vae, torch.zeros(1, 3, height, width))
+            grey = encode(pipe.vae, torch.zeros(1, 3, height, width, device=pipe.vae.device, dtype=pipe.vae.dtype))
             inputs["masked_image_latents"] = grey.repeat(n, 1, 1, 1)
         return inputs
 

@@ -79,7 +79,7 @@ def single_file_state_dict(parts: dict[str, torch.nn.Module], family: str) -> di
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
     state["betas"] = betas.float()
     state["alphas_cumprod"] = alphas_cumprod.float()
-    state["alphas_cumprod_prev"] = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]]).float()
+    state["alphas_cumprod_prev"] = torch.cat([torch.ones(1, dtype=torch.float64, device="cpu"), alphas_cumprod[:-1]]).float()
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
@@ -114,7 +114,7 @@ def make_tiny_checkpoint(arch: str, out: Path, seed: int = 0, inpainting: bool =
     }
     if markers:  # the file's keys say its prediction type, as in the real ones
         del metadata["modelspec.prediction_type"]
-    marks = {key: torch.tensor(_EDM_STATS[key]).view(1, 4, 1, 1) if key in _EDM_STATS else torch.tensor([]) for key in markers}
+    marks = {key: torch.tensor(_EDM_STATS[key], device="cpu").view(1, 4, 1, 1) if key in _EDM_STATS else torch.tensor([], device="cpu") for key in markers}
     state = tiny_state_dict(arch, seed, inpainting) | marks
     return save_atomically(state, out, metadata, temp_path(out))
 

@@ -138,8 +138,8 @@ def make_tiny_flux_lora(out: Path, seed: int = 0, rank: int = 4, strength: float
     state: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) and ".attn." in name and name.rsplit(".", 1)[-1] in ("to_q", "to_k", "to_v"):
-            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator)
-            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * strength
+            state[f"transformer.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator, device="cpu")
+            state[f"transformer.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator, device="cpu") * strength
     metadata = _metadata(f"Easel tiny Flux LoRA (random weights, rank {rank})", seed)
     metadata |= {"ss_base_model_version": "flux1", "ss_output_name": out.stem}
     return save_atomically(state, out, metadata, temp_path(out))

@@ -76,9 +76,9 @@ def lora_state_dict(
             down_shape, up_shape = (rank, module.in_channels, *module.kernel_size), (module.out_channels, rank, 1, 1)
         else:
             down_shape, up_shape = (rank, module.in_features), (module.out_features, rank)
-        state[f"{key}.lora_down.weight"] = (torch.randn(down_shape, generator=generator) * strength).half()
-        state[f"{key}.lora_up.weight"] = (torch.randn(up_shape, generator=generator) * strength).half()
-        state[f"{key}.alpha"] = torch.tensor(float(rank)).half()
+        state[f"{key}.lora_down.weight"] = (torch.randn(down_shape, generator=generator, device="cpu") * strength).half()
+        state[f"{key}.lora_up.weight"] = (torch.randn(up_shape, generator=generator, device="cpu") * strength).half()
+        state[f"{key}.alpha"] = torch.tensor(float(rank), device="cpu").half()
     return state
 
 
@@ -93,8 +93,8 @@ def _peft_layout(parts: dict[str, torch.nn.Module], seed: int, rank: int, streng
         if isinstance(m, torch.nn.Linear) and n.endswith(_TEXT_MODULES)
     ]
     for name, module in layers:
-        state[f"{name}.lora_A.weight"] = (torch.randn(rank, module.in_features, generator=generator) * strength).half()
-        state[f"{name}.lora_B.weight"] = (torch.randn(module.out_features, rank, generator=generator) * strength).half()
+        state[f"{name}.lora_A.weight"] = (torch.randn(rank, module.in_features, generator=generator, device="cpu") * strength).half()
+        state[f"{name}.lora_B.weight"] = (torch.randn(module.out_features, rank, generator=generator, device="cpu") * strength).half()
     return state
 
 
@@ -152,7 +152,7 @@ def make_tiny_embedding(base: str, out: Path, seed: int = 0, vectors: int = 2) -
 
     def vectors_for(encoder: torch.nn.Module) -> torch.Tensor:
         width = encoder.get_input_embeddings().embedding_dim
-        return torch.randn(vectors, width, generator=generator).contiguous()
+        return torch.randn(vectors, width, generator=generator, device="cpu").contiguous()
 
     if base == "sdxl":
         state = {"clip_l": vectors_for(parts["text_encoder"]), "clip_g": vectors_for(parts["text_encoder_2"])}

@@ -541,15 +541,28 @@ def answer(result) -> discord.Message:
     return (result.followups or [result.response])[0]
 
 
+@contextlib.asynccontextmanager
+async def model_preview(services: Services, guild_id: str, table: str, sha256: str, path: Path) -> AsyncIterator[None]:
+    """A red preview picture beside a registered model (`table`: checkpoints or loras), and the
+    server's picture rules at the bot's defaults; both undone afterwards."""
+    Image.new("RGB", (32, 32), "red").save(path)
+    await services.db.execute(f"UPDATE {table} SET preview_path = ? WHERE sha256 = ?", (str(path), sha256))
+    await services.db.commit()
+    await services.guild_settings.reset(guild_id, None)
+    try:
+        yield
+    finally:
+        await services.guild_settings.reset(guild_id, None)
+        await services.db.execute(f"UPDATE {table} SET preview_path = NULL WHERE sha256 = ?", (sha256,))
+        await services.db.commit()
+        await asyncio.to_thread(path.unlink)
+
+
 async def test_info_shows_the_preview_image(env: simcord.Env, services: Services) -> None:
     guild, channel, alice = world(env)
     entry = await services.registry.get("tiny-sd1")
     preview = Path(services.settings.models_dir) / "tiny-sd1.preview.png"
-    Image.new("RGB", (32, 32), "red").save(preview)
-    await services.db.execute("UPDATE checkpoints SET preview_path = ? WHERE id = ?", (str(preview), entry.id))
-    await services.db.commit()
-    await services.guild_settings.reset(str(guild.id), None)
-    try:
+    async with model_preview(services, str(guild.id), "checkpoints", entry.sha256, preview):
         card = answer(await alice.slash(channel, "checkpoints info", name="tiny-sd1"))
         [attachment] = card.attachments
         assert attachment.filename == "preview.png" and "preview.png" in card.embeds[0].thumbnail.url
@@ -565,33 +578,19 @@ async def test_info_shows_the_preview_image(env: simcord.Env, services: Services
         assert not spoilered.embeds[0].thumbnail  # an embed would show it uncovered
         in_dm = answer(await env.create_user("fay").slash("checkpoints info", name="tiny-sd1"))  # allowed there
         assert [a.filename for a in in_dm.attachments] == ["preview.png"]
-    finally:
-        await services.guild_settings.reset(str(guild.id), None)
-        await services.db.execute("UPDATE checkpoints SET preview_path = NULL WHERE id = ?", (entry.id,))
-        await services.db.commit()
-        preview.unlink()
 
 
 async def test_a_loras_preview_is_checked_like_a_checkpoints(env: simcord.Env, services: Services) -> None:
     guild, channel, alice = world(env)
     entry = await services.loras.get("ink")
     preview = Path(services.settings.models_dir) / "Lora" / "ink.preview.png"
-    Image.new("RGB", (32, 32), "blue").save(preview)
-    await services.db.execute("UPDATE loras SET preview_path = ? WHERE sha256 = ?", (str(preview), entry.sha256))
-    await services.db.commit()
-    await services.guild_settings.reset(str(guild.id), None)
-    await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})  # every picture "over" it
-    try:
+    async with model_preview(services, str(guild.id), "loras", entry.sha256, preview):
+        await services.guild_settings.update(str(guild.id), None, {"nsfw_threshold": 0.0})  # every picture "over" it
         withheld = answer(await alice.slash(channel, "loras info", name="ink"))
         fields = {f.name: f.value for f in withheld.embeds[0].fields}
         assert withheld.ephemeral and not withheld.attachments and "withheld by the picture check" in fields["Preview"]
         in_dm = answer(await env.create_user("gus").slash("loras info", name="ink"))
         assert [a.filename for a in in_dm.attachments] == ["preview.png"]
-    finally:
-        await services.guild_settings.reset(str(guild.id), None)
-        await services.db.execute("UPDATE loras SET preview_path = NULL WHERE sha256 = ?", (entry.sha256,))
-        await services.db.commit()
-        preview.unlink()
 
 
 # --- unexpected errors: every entry point answers in one private line ------------------------------
