@@ -22,9 +22,9 @@ import torch
 
 from bench.common import median, report
 from bench.load_single_file import write_full_size_sd1
+from common.protocol import LoadRequest
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import LoadRequest
 
 
 def drop_page_cache(path: Path) -> None:

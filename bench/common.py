@@ -64,7 +64,7 @@ async def start_service(folder: Path, limits=None, preview_every: int = 0, devic
     """A GenerationService with one worker, its database in `folder`."""
     from bot.db import open_database
     from bot.generation.service import GenerationService
-    from gpu_worker.worker import WorkerConfig
+    from common.worker_config import WorkerConfig
 
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     db = await open_database(folder / "bench.sqlite3")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def config_folder(root: Path) -> Path:
-    from gpu_worker.loader import CONFIG_ROOT
+    from common.bundled import CONFIG_ROOT
 
     folder = root / "bench-flux"
     shutil.copytree(CONFIG_ROOT / "flux", folder)  # links followed: the real tokenizers, CLIP-L and VAE
@@ -45,9 +45,9 @@ def main() -> None:
     import torch
 
     from bench.common import report
+    from common.protocol import ComponentUse, LoadRequest
     from gpu_worker import flux_loader
-    from gpu_worker.protocol import ComponentUse, LoadRequest
-    from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux
+    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
 
     torch.set_num_threads(2)
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3

@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, report, time_interleaved
-from bot.checkpoints.hashing import hash_file
+from common.hashing import hash_file
 
 
 def raw_hashlib(path: Path) -> str:

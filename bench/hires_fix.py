@@ -24,9 +24,9 @@ from PIL import Image
 
 from bench.common import median, report
 from bench.load_single_file import write_full_size_sd1
+from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 
 

@@ -27,7 +27,7 @@ def child(command: str, path: str) -> None:
     """Run one command on one file in this (fresh) process; print its outcome, time and peak RSS."""
     from bot.checkpoints.convert import convert_to_safetensors
     from bot.checkpoints.inspection import inspect_file
-    from bot.errors import CheckpointFileError
+    from common.errors import CheckpointFileError
 
     started = time.perf_counter()
     try:

@@ -21,9 +21,9 @@ from safetensors.torch import load_file, save_file
 
 from bench.common import median, report, time_interleaved
 from bot.checkpoints.inspection import inspect_file
+from common.protocol import LoadRequest
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import LoadRequest
-from gpu_worker.tiny import components_from_config, single_file_state_dict
+from gpu_worker.testing.tiny import components_from_config, single_file_state_dict
 
 
 def write_full_size_sd1(path: Path) -> None:

@@ -27,10 +27,10 @@ from safetensors.torch import save_file
 
 from bench.common import median, report
 from bench.load_single_file import write_full_size_sd1
+from common.protocol import LoadRequest, LoraUse
 from gpu_worker.loader import load_pipeline
 from gpu_worker.loras import apply_loras
-from gpu_worker.protocol import LoadRequest, LoraUse
-from gpu_worker.tiny_networks import lora_state_dict
+from gpu_worker.testing.tiny_networks import lora_state_dict
 
 REPEATS = 3
 SIZE, STEPS = 256, 4  # a short job on a CPU; the ratio is what matters

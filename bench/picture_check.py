@@ -25,9 +25,9 @@ from PIL import Image
 
 from bench.common import median, report
 from bench.load_single_file import write_full_size_sd1
+from common.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 from gpu_worker.safety import NudityScorer
 

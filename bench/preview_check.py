@@ -27,9 +27,9 @@ from PIL import Image
 
 from bench.common import median, report, tiny_checkpoint
 from bench.load_single_file import write_full_size_sd1
+from common.protocol import JobPart, JobPreview, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import JobPart, JobPreview, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 from gpu_worker.safety import NudityScorer, Scores
 

@@ -28,7 +28,7 @@ def main() -> None:
     from gpu_worker.prompt_encoding import Conditioning
 
     torch.manual_seed(0)
-    folder = ROOT / "gpu_worker" / "configs" / "sd1"
+    folder = ROOT / "common" / "configs" / "sd1"
     encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(str(folder / "text_encoder"))).eval()
     pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")), text_encoder=encoder)
     short = "a lighthouse on a cliff at dusk, dramatic sky, oil painting, highly detailed"

@@ -50,7 +50,7 @@ def child(mode: str, model: str, size: int) -> None:
 def make_model(path: Path, filters: int) -> None:
     import torch
 
-    from gpu_worker.tiny_upscalers import tiny_kind
+    from gpu_worker.testing.tiny_upscalers import tiny_kind
     from gpu_worker.upscaler_nets import build_network
 
     network = build_network(tiny_kind("realesrgan", 4, filters=filters, blocks=1))

@@ -151,7 +151,7 @@ async def run_order(
     """Hand one order to a one-shot `python -m gpu_worker COMMAND` and follow it to its exit: its
     progress frames go to `progress`, a refusal frame ({"error"}) becomes an EaselError, and its
     last report ({"peak_rss_bytes", …}) is returned. A cancelled caller kills the process and waits."""
-    from bot.errors import EaselError
+    from common.errors import EaselError
 
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[int | None] = loop.create_future()

@@ -21,9 +21,9 @@ from pydantic_settings import (
 )
 
 from bot import outbound
-from bot.errors import ConfigError
 from bot.images.inputs import InputStore
-from gpu_worker.protocol import is_broker_url
+from common.errors import ConfigError
+from common.protocol import is_broker_url
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.errors import ConfigError
+from common.errors import ConfigError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")

@@ -31,7 +31,6 @@ from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.demo import DEMO_NOTE, is_demo
-from bot.errors import EaselError
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.cooldowns import Cooldowns
@@ -48,7 +47,6 @@ from bot.generation.requests import (
 )
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
-from bot.generation.upscalers import LATENT_UPSCALERS
 from bot.guilds.settings import Effective, GuildSettings
 from bot.images.infotext import (
     Infotext,
@@ -64,7 +62,9 @@ from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
-from gpu_worker.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
+from common.errors import EaselError
+from common.hires_upscalers import LATENT_UPSCALERS
+from common.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashPr
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
-from bot.errors import RegistryError
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
 from bot.upscalers.registry import upscaler_registry
+from common.errors import RegistryError
 
 
 def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[NetworkRegistry]:

@@ -23,7 +23,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from bot.errors import EaselError
+from common.errors import EaselError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]

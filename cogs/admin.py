@@ -13,7 +13,6 @@ from bot.catalog.taxonomy import REALISM, SPECIALITIES, STYLES, TRAINING, facet_
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import BakeRequest, MergeRequest
 from bot.checkpoints.registry import CheckpointEntry
-from bot.errors import RegistryError
 from bot.model_files import add_model_file, scan_models
 from bot.networks.registry import NetworkEntry
 from cogs.catalog import info_embed
@@ -25,6 +24,7 @@ from cogs.utils.lora_option import Lora
 from cogs.utils.progress import ThrottledEdits
 from cogs.utils.upscaler_option import PictureUpscaler
 from cogs.utils.vae_option import Vae
+from common.errors import RegistryError
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot

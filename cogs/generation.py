@@ -12,7 +12,6 @@ from discord.ext import commands
 from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
 from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
-from bot.generation.samplers import SAMPLERS
 from bot.images.infotext import render_reading
 from bot.jobs import ImagineOptions
 from cogs.utils.attachments import read_attachment
@@ -23,7 +22,8 @@ from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
 from cogs.utils.upscaler_option import HiresUpscaler
 from cogs.utils.vae_option import Vae
-from gpu_worker.protocol import MASKED_CONTENT
+from common.protocol import MASKED_CONTENT
+from common.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot

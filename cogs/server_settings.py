@@ -16,11 +16,11 @@ from discord.ext import commands
 from bot.generation.aspects import ASPECTS
 from bot.generation.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
 from bot.generation.requests import MAX_CFG
-from bot.generation.samplers import SAMPLERS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
 from cogs.utils.checkpoint_option import Registered
 from cogs.utils.checks import is_manager, manager_group
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from common.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot

@@ -18,10 +18,10 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 
+from common.protocol import BakeOrder
 from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm
 from gpu_worker.loader import load_pipeline
 from gpu_worker.loras import apply_loras
-from gpu_worker.protocol import BakeOrder
 from gpu_worker.save import save_atomically
 
 # Where each text encoder lies in a single file: (prefix, OpenCLIP layout?)

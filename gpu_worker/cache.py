@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import DiffusionPipeline
 
+from common.protocol import LoadRequest
 from gpu_worker.loader import LoadedPipeline
-from gpu_worker.protocol import LoadRequest
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bot.generation.prompt_syntax import BREAK, parse_prompt
+from common.prompt_syntax import BREAK, parse_prompt
 from gpu_worker.prompt_encoding import emphasize
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+from common.protocol import LoadRequest
 from gpu_worker import flux_layout
 from gpu_worker.model_parts import (
     build_transformer,
@@ -27,7 +28,6 @@ from gpu_worker.model_parts import (
     t5_tokenizer,
     vae_builder,
 )
-from gpu_worker.protocol import LoadRequest
 
 
 def flux_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str = "cpu") -> FluxPipeline:

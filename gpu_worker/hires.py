@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
+from common.hires_upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
 from gpu_worker.latents import decode
 from gpu_worker.upscale_models import Upscaler, upscale_picture
 

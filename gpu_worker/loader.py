@@ -26,9 +26,10 @@ from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, Dif
 from transformers import CLIPTokenizer
 from transformers.initialization import no_init_weights
 
+from common.bundled import CONFIG_ROOT
+from common.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES, LoadRequest, config_parts
 from gpu_worker.flux_loader import flux_pipeline
 from gpu_worker.model_parts import PartError
-from gpu_worker.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES, LoadRequest, config_parts
 from gpu_worker.sd3_loader import sd3_pipeline
 
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
@@ -36,7 +37,6 @@ diffusers.utils.logging.set_verbosity_error()
 diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, e.g. for LoRA text-encoder layers
 
-CONFIG_ROOT = Path(__file__).resolve().parent / "configs"
 PIPELINE_CLASSES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from common.protocol import LoraUse
 from gpu_worker.loader import LoadedPipeline
-from gpu_worker.protocol import LoraUse
 
 log = logging.getLogger(__name__)
 

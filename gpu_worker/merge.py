@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from bot.checkpoints.safetensors_writer import write_safetensors
-from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
-from gpu_worker.protocol import MergeOrder, MergeSource, MergeStep
+from common.protocol import MergeOrder, MergeSource, MergeStep
+from common.safetensors_writer import write_safetensors
+from common.tensors import DTYPE_SIZES, TensorInfo
 
 CHUNK_ELEMENTS = 1 << 22  # 4 M elements: 16 MB per float32 work buffer
 

@@ -17,8 +17,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from bot.checkpoints.hashing import sha256_file
-from gpu_worker.protocol import RunBatch
+from common.hashing import sha256_file
+from common.protocol import RunBatch
 from gpu_worker.worker import LocalFileError
 
 log = logging.getLogger(__name__)

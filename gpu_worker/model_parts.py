@@ -34,7 +34,7 @@ from transformers import (
 )
 from transformers.initialization import no_init_weights
 
-from gpu_worker.protocol import ComponentUse, LoadRequest, config_parts
+from common.protocol import ComponentUse, LoadRequest, config_parts
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 # Where each part sits in an all-in-one file (ComfyUI's saver; SAI's keeps the VAE under

@@ -10,7 +10,7 @@ import io
 import torch
 from PIL import Image
 
-from gpu_worker.protocol import FLOW_FAMILIES
+from common.protocol import FLOW_FAMILIES
 
 _FACTORS = {
     "sd": (

@@ -2,7 +2,7 @@
 
 Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui modules/sd_hijack_clip.py and
 modules/sd_emphasis.py:
-- A prompt is parsed (bot/generation/prompt_syntax.py), its segments tokenized without special
+- A prompt is parsed (common/prompt_syntax.py), its segments tokenized without special
   tokens, and cut into chunks of 75 tokens; when a chunk fills up and a comma lies within its last
   20 tokens, what follows the comma moves to the next chunk. BREAK closes the chunk early. Each
   chunk is padded with the end token to 75, then wrapped in BOS/EOS (77 tokens); where the pad token
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bot.generation.prompt_chunks import CHUNK, Chunk, TokenIds, chunk_prompt, empty_chunk, token_ids
-from bot.generation.prompt_schedule import prompt_schedule, text_at
+from common.prompt_chunks import CHUNK, Chunk, TokenIds, chunk_prompt, empty_chunk, token_ids
+from common.prompt_schedule import prompt_schedule, text_at
 from gpu_worker.textual_inversion import WordEmbeddings
 
 

@@ -29,8 +29,7 @@ from pathlib import Path
 
 import redis
 
-from gpu_worker.model_index import ModelIndex
-from gpu_worker.protocol import (
+from common.protocol import (
     EVENTS_MAXLEN,
     EVENTS_STREAM,
     SUPPORTED_FAMILIES,
@@ -52,7 +51,9 @@ from gpu_worker.protocol import (
     encode,
     read_broker_entry,
 )
-from gpu_worker.worker import WorkerConfig, resolve_device, run_worker
+from common.worker_config import WorkerConfig
+from gpu_worker.model_index import ModelIndex
+from gpu_worker.worker import resolve_device, run_worker
 
 log = logging.getLogger("easel.remote")
 

@@ -18,19 +18,8 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
-from bot.upscalers.detection import UpscalerFileError
-from gpu_worker.cache import PipelineCache
-from gpu_worker.flow_prompts import flux_inputs, sd3_inputs
-from gpu_worker.hires import enlarge, upscale
-from gpu_worker.infotext import build_infotext
-from gpu_worker.init_images import prepare_init, prepare_mask
-from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
-from gpu_worker.latents import encode
-from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
-from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
-from gpu_worker.previews import decodes_previews, latents_to_images, png_bytes, vae_previews
-from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
-from gpu_worker.protocol import (
+from common.infotext import build_infotext
+from common.protocol import (
     FLOW_FAMILIES,
     BatchFailed,
     BatchFinished,
@@ -42,6 +31,17 @@ from gpu_worker.protocol import (
     JobPreview,
     RunBatch,
 )
+from common.upscaler_detection import UpscalerFileError
+from gpu_worker.cache import PipelineCache
+from gpu_worker.flow_prompts import flux_inputs, sd3_inputs
+from gpu_worker.hires import enlarge, upscale
+from gpu_worker.init_images import prepare_init, prepare_mask
+from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
+from gpu_worker.latents import encode
+from gpu_worker.loader import CheckpointLoadError, image_to_image, inpainting
+from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
+from gpu_worker.previews import decodes_previews, latents_to_images, png_bytes, vae_previews
+from gpu_worker.prompt_encoding import Conditioning, chunks_needed, words_used
 from gpu_worker.render import png_with_infotext
 from gpu_worker.safety import NudityScorer, Scores
 from gpu_worker.samplers import make_scheduler

@@ -1,6 +1,6 @@
 """Build the diffusers scheduler for an A1111 sampler name and schedule type.
 
-The names and which schedules each takes are the bot's vocabulary (bot/generation/samplers.py),
+The names and which schedules each takes are the bot's vocabulary (common/samplers.py),
 validated before a job reaches the worker; this maps them to diffusers (its scheduler overview).
 """
 

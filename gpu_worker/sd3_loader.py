@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
+from common.protocol import LoadRequest
 from gpu_worker import sd3_layout
 from gpu_worker.model_parts import (
     build_transformer,
@@ -24,7 +25,6 @@ from gpu_worker.model_parts import (
     t5_tokenizer,
     vae_builder,
 )
-from gpu_worker.protocol import LoadRequest
 
 
 def sd3_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str = "cpu") -> StableDiffusion3Pipeline:

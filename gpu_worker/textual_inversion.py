@@ -2,7 +2,7 @@
 
 Followed (facts, not code) from AUTOMATIC1111 modules/textual_inversion/textual_inversion.py and
 modules/sd_hijack.py `EmbeddingsWithFixes`: an embedding's name, where its tokens appear in a prompt
-(bot/generation/prompt_chunks.py finds them), is replaced by its vectors in the text encoder's token
+(common/prompt_chunks.py finds them), is replaced by its vectors in the text encoder's token
 embeddings; SDXL embeddings carry one set per encoder (`clip_l`, `clip_g`). The pipeline itself is
 never changed (no tokens added, no embedding matrix resized), so a prompt without the word encodes
 exactly as before.
@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bot.generation.prompt_chunks import Words, words_for
-from gpu_worker.protocol import EmbeddingUse
+from common.prompt_chunks import Words, words_for
+from common.protocol import EmbeddingUse
 
 MAX_CACHED = 256  # embeddings are a few kB each
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 from torch.nn import functional as F
 
-from bot.upscalers.detection import UpscalerFileError, UpscalerKind, canonical_names, detect_upscaler, state_dict_of
+from common.upscaler_detection import UpscalerFileError, UpscalerKind, canonical_names, detect_upscaler, state_dict_of
 from gpu_worker.upscaler_nets import build_network
 
 TILE = 192

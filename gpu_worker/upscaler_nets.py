@@ -1,4 +1,4 @@
-"""The ESRGAN-family networks, built from bot/upscalers/detection.py's description of a file.
+"""The ESRGAN-family networks, built from common/upscaler_detection.py's description of a file.
 
 Written here rather than taken from spandrel, the maintained library that A1111 and ComfyUI use:
 spandrel imports torchvision when it is imported, and PyPI's torchvision cannot load beside the
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bot.upscalers.detection import UpscalerKind
+from common.upscaler_detection import UpscalerKind
 
 _SLOPE = 0.2  # leaky ReLU of every RRDB network
 _RESIDUAL = 0.2  # the dense blocks' residual scaling (ESRGAN paper, section 3.1)

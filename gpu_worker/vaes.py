@@ -15,8 +15,9 @@ from pathlib import Path
 
 from diffusers import AutoencoderKL
 
-from gpu_worker.loader import CONFIG_ROOT, LoadedPipeline, named_for_diffusers
-from gpu_worker.protocol import VaeUse, config_parts
+from common.bundled import CONFIG_ROOT
+from common.protocol import VaeUse, config_parts
+from gpu_worker.loader import LoadedPipeline, named_for_diffusers
 
 RESIDENT = 2  # 80-160 MB each
 

@@ -12,10 +12,9 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
-from gpu_worker.protocol import (
+from common.protocol import (
     MAX_FRAME_BYTES,
     BadFrame,
     BatchFailed,
@@ -27,16 +26,9 @@ from gpu_worker.protocol import (
     decode,
     encode,
 )
+from common.worker_config import WorkerConfig
 
 log = logging.getLogger("easel.worker")
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    device: str = "auto"  # auto | cpu | mps | cuda | cuda:N
-    device_budget_bytes: int | None = None  # pipeline cache on the device; None = derived from memory size
-    cpu_budget_bytes: int | None = None  # second tier (GPU workers only)
-    log_level: str = "INFO"
 
 
 WORKER_NICENESS = 10

@@ -2,7 +2,7 @@
 
 Source: AUTOMATIC1111/stable-diffusion-webui modules/infotext_utils.py `parse_generation_parameters`
 (the regex `re_param_code` and `re_imagesize` verbatim; the line handling as it does it). Easel
-only writes infotext (gpu_worker/infotext.py); the tests read it back the way A1111 does, so a
+only writes infotext (common/infotext.py); the tests read it back the way A1111 does, so a
 PNG of ours reproduces its settings in A1111 and on Civitai.
 """
 

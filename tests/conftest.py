@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny SD1/SD2/SDXL checkpoints, made once per run with the real maker."""
-    from gpu_worker.tiny import make_tiny_checkpoint
+    from gpu_worker.testing.tiny import make_tiny_checkpoint
 
     folder = tmp_path_factory.mktemp("tiny")
     for arch in ("sd1", "sd2", "sdxl"):
@@ -44,7 +44,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_loras(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny kohya-layout LoRAs and embeddings for the tiny SD1, SD2 and SDXL models (lora-sd1.safetensors,
     embedding-sd1.safetensors, …), and a LyCORIS LoCon for SD1 (locon-sd1.safetensors)."""
-    from gpu_worker.tiny_networks import make_tiny_embedding, make_tiny_lora
+    from gpu_worker.testing.tiny_networks import make_tiny_embedding, make_tiny_lora
 
     folder = tmp_path_factory.mktemp("tiny-loras")
     for base in ("sd1", "sd2", "sdxl"):
@@ -93,7 +93,7 @@ class CliResult:
 @pytest.fixture
 def cli(env: Path, capsys: pytest.CaptureFixture[str]):
     """Run `python bot.py ARGS` in-process (fast) and capture its output."""
-    from bot.cli import main
+    from cli import main
 
     def run(*args: str) -> CliResult:
         code = main(list(args))

@@ -8,7 +8,7 @@ import pytest
 
 from bot.checkpoints.architecture import detect_architecture
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.tensors import TensorInfo
+from common.tensors import TensorInfo
 
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 

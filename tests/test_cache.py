@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from common.protocol import LoadRequest
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import LoadedPipeline
-from gpu_worker.protocol import LoadRequest
 
 MB = 1 << 20
 

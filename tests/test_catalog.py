@@ -18,9 +18,9 @@ from bot.catalog.service import CatalogService
 from bot.catalog.sources import reference_entries
 from bot.catalog.taxonomy import facet_changes
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.cli.catalog import render_answer
 from bot.db import open_database
-from bot.errors import RegistryError
+from cli.catalog import render_answer
+from common.errors import RegistryError
 from tests.helpers import with_metadata
 
 aio = pytest.mark.asyncio(loop_scope="module")

@@ -143,7 +143,7 @@ def test_bad_file_one_line_nonzero_nothing_written(cli, env: Path, case: str) ->
 def test_convert_via_cli(cli, env: Path) -> None:
     import torch
 
-    from gpu_worker.tiny import tiny_state_dict
+    from gpu_worker.testing.tiny import tiny_state_dict
 
     ckpt = env / "m.ckpt"
     torch.save({"state_dict": tiny_state_dict("sd1")}, ckpt)
@@ -189,7 +189,7 @@ def test_without_a_token_the_bot_starts_the_playground(env: Path) -> None:
 
 def test_bot_process_does_not_import_torch(env: Path, tiny_dir: Path) -> None:
     code = (
-        "import sys; from bot.cli import main; "
+        "import sys; from cli import main; "
         f"main(['inspect', {str(tiny_dir / 'tiny-sd1.safetensors')!r}]); "
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'torch imported'"
     )

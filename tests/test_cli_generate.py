@@ -94,6 +94,8 @@ def test_worker_runs_on_its_own_for_debugging(tmp_path: Path, tiny_dir: Path, ca
                 str(tiny_dir / "tiny-sd1.safetensors"),
                 "--prompt",
                 "a cat",
+                "--config",
+                "tiny-sd1",
                 "--steps",
                 "2",
                 "--device",

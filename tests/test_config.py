@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_settings
-from bot.errors import ConfigError
+from common.errors import ConfigError
 
 
 def test_defaults(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,7 @@ import aiosqlite
 import pytest
 
 from bot.db import Migration, connect, load_migrations, migrate, open_database, transaction
-from bot.errors import ConfigError
+from common.errors import ConfigError
 from tests.conftest import REPO
 
 

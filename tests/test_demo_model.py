@@ -29,7 +29,7 @@ from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import LoraRegistry
-from gpu_worker.worker import WorkerConfig
+from common.worker_config import WorkerConfig
 
 aio = pytest.mark.asyncio(loop_scope="module")  # the async tests share the module's worker
 HOST, HERE = Asker.host(), Place.command_line()

@@ -21,8 +21,8 @@ from bot.config import Settings
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
-from gpu_worker.tiny import make_tiny_vae
-from gpu_worker.tiny_upscalers import make_tiny_upscaler
+from gpu_worker.testing.tiny import make_tiny_vae
+from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -71,7 +71,7 @@ async def env(services: Services) -> AsyncIterator[simcord.Env]:
 def is_refusal(error: BaseException) -> bool:
     from discord import app_commands
 
-    from bot.errors import EaselError
+    from common.errors import EaselError
 
     cause = error.__cause__ if isinstance(error, app_commands.CommandInvokeError) else error
     return isinstance(cause, EaselError | app_commands.CheckFailure)
@@ -855,7 +855,7 @@ async def test_in_the_playground_you_run_the_server_and_own_the_bot(env: simcord
 
 
 async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: simcord.Env, services: Services) -> None:
-    from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux
+    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
 
     _, channel, alice = world(env)
     models = services.registry.models_root

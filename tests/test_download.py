@@ -10,7 +10,7 @@ import pytest
 
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.errors import EaselError
+from common.errors import EaselError
 
 
 def server(files: dict[str, bytes], calls: list[str], *, civitai: dict | None = None, length: bool = True):
@@ -69,7 +69,7 @@ async def test_a_downloaded_lora_or_embedding_goes_to_its_own_folder(
 
 async def test_a_downloaded_upscaler_goes_to_models_esrgan(registry: CheckpointRegistry, tmp_path: Path) -> None:
     from bot.upscalers.registry import UpscalerRegistry
-    from gpu_worker.tiny_upscalers import make_tiny_upscaler
+    from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 
     upscalers = UpscalerRegistry(registry.db, registry.models_root)
     body = make_tiny_upscaler(tmp_path / "RealESRGAN_x4plus.pth", "realesrgan", 4).read_bytes()

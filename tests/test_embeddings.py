@@ -16,18 +16,18 @@ from PIL import Image
 
 from bot.checkpoints.architecture import detect_architecture
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.checkpoints.tensors import TensorInfo
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Failed, Finished
-from bot.generation.prompt_chunks import CHUNK, PLACEHOLDER, chunk_prompt, words_for
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.model_files import scan_models
 from bot.networks.detection import detect_embedding
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry
-from gpu_worker.worker import WorkerConfig
+from common.errors import EaselError
+from common.prompt_chunks import CHUNK, PLACEHOLDER, chunk_prompt, words_for
+from common.tensors import TensorInfo
+from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.helpers import with_metadata
 
@@ -90,7 +90,8 @@ def test_a_word_becomes_its_vectors_in_one_chunk(clip_tokenizer) -> None:
 
 @pytest.fixture(scope="module")
 def clip_tokenizer():
-    from gpu_worker.loader import CONFIG_ROOT, _tokenizer
+    from common.bundled import CONFIG_ROOT
+    from gpu_worker.loader import _tokenizer
 
     assert (CONFIG_ROOT / "sd1" / "tokenizer").is_dir()
     return _tokenizer(str(CONFIG_ROOT / "sd1" / "tokenizer"))

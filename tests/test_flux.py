@@ -24,17 +24,18 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderFileError, TextEncoderRegistry, detect_text_encoder
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from common.bundled import CONFIG_ROOT
+from common.errors import EaselError
+from common.protocol import ComponentUse, JobPart, LoadRequest, RunBatch
+from common.worker_config import WorkerConfig
 from gpu_worker.flux_layout import to_diffusers, to_original
-from gpu_worker.loader import CONFIG_ROOT, load_pipeline
-from gpu_worker.protocol import ComponentUse, JobPart, LoadRequest, RunBatch
-from gpu_worker.tiny_flux import make_tiny_component, make_tiny_flux, transformer_state
-from gpu_worker.worker import WorkerConfig
+from gpu_worker.loader import load_pipeline
+from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux, transformer_state
 from tests.a1111_infotext import parse_generation_parameters
 
 HOST, HERE = Asker.host(), Place.command_line()
@@ -173,8 +174,8 @@ def test_a_part_that_does_not_fit_is_refused_by_name(flux_dir: Path, tiny_dir: P
 
 
 def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> None:
+    from common.protocol import BatchProgress, JobDone, JobPreview
     from gpu_worker.cache import PipelineCache
-    from gpu_worker.protocol import BatchProgress, JobDone, JobPreview
     from gpu_worker.runner import BatchRunner
 
     events: list[object] = []
@@ -385,7 +386,7 @@ def test_the_bundled_real_configs_are_flux1_devs_shapes() -> None:
 
     from bot.checkpoints.architecture import detect_architecture
     from bot.checkpoints.pipeline_config import choose_pipeline_config
-    from bot.checkpoints.tensors import TensorInfo
+    from common.tensors import TensorInfo
     from gpu_worker.flux_layout import transformer_config
 
     folder = CONFIG_ROOT / "flux"
@@ -428,7 +429,7 @@ def test_loading_and_running_flux_and_sd3_reach_no_network(flux_dir: Path, tmp_p
     import huggingface_hub.constants
 
     from gpu_worker.model_parts import clip_tokenizer, t5_tokenizer
-    from gpu_worker.tiny_sd3 import make_tiny_sd3
+    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
     attempts: list[object] = []
 
@@ -451,7 +452,7 @@ def test_loading_and_running_flux_and_sd3_reach_no_network(flux_dir: Path, tmp_p
 
 def test_prompts_are_read_as_a1111_reads_them_and_emphasis_weighs_t5(flux_dir: Path) -> None:
     from gpu_worker.flow_prompts import _encode, _sd3_weighted, plain, weighted
-    from gpu_worker.tiny_sd3 import make_tiny_sd3
+    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
     assert plain("a (red:1.5) circle <lora:ink:0.8>, BREAK [blue] sky") == "a red circle , blue sky"
     assert weighted("a (red:1.5) circle") and not weighted("a red circle <lora:ink:1>")
@@ -469,7 +470,7 @@ async def test_a_flux_lora_applies_at_its_strength_and_leaves_no_trace(jobs: Job
     tag: it changes the picture, more at a higher strength, and the next job without it is
     bit-identical to one before it."""
     from bot.networks.registry import LoraRegistry
-    from gpu_worker.tiny_flux import make_tiny_flux_lora
+    from gpu_worker.testing.tiny_flux import make_tiny_flux_lora
 
     folder = jobs.registry.models_root / "Lora"
     folder.mkdir(exist_ok=True)
@@ -485,7 +486,7 @@ async def test_a_flux_lora_applies_at_its_strength_and_leaves_no_trace(jobs: Job
     assert np.array_equal(before, after)  # the adapter is off for jobs without it
     assert np.abs(strong.astype(float) - before).mean() > np.abs(weak.astype(float) - before).mean() > 0
     with pytest.raises(EaselError, match="is for"):  # an SD1 LoRA is not offered to a Flux checkpoint
-        from gpu_worker.tiny_networks import make_tiny_lora
+        from gpu_worker.testing.tiny_networks import make_tiny_lora
 
         make_tiny_lora("sd1", folder / "sd1-ink.safetensors", seed=1)
         await jobs.loras.scan()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safe_pickle import StorageRef, StorageType, safe_unpickle
 from bot.checkpoints.safetensors_header import read_header
-from bot.errors import CheckpointFileError
+from common.errors import CheckpointFileError
 
 FUZZ = settings(
     max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

@@ -11,9 +11,9 @@ import pytest_asyncio
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.requests import Limits
 from bot.guilds.settings import GuildSettings
+from common.errors import EaselError
 
 
 @pytest_asyncio.fixture

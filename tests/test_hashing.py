@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.checkpoints import hashing
-from bot.checkpoints.hashing import FileStamp, HashCache, autov1, hash_file
+from bot.checkpoints.hash_cache import FileStamp, HashCache
 from bot.db import open_database
+from common import hashing
+from common.hashing import autov1, hash_file
 
 
 def a1111_model_hash(path: Path) -> str:

@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
@@ -24,9 +23,10 @@ from bot.images.uploads import read_upload
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService
-from gpu_worker.tiny import make_tiny_checkpoint
-from gpu_worker.tiny_upscalers import make_tiny_upscaler
-from gpu_worker.worker import WorkerConfig
+from common.errors import EaselError
+from common.worker_config import WorkerConfig
+from gpu_worker.testing.tiny import make_tiny_checkpoint
+from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -13,7 +13,7 @@ from bot.catalog.ranking import without_xl
 from bot.catalog.sources import trailing_version
 from bot.images.infotext import parameter_pairs
 from bot.images.infotext import parse_infotext as easel_parse_infotext
-from gpu_worker.infotext import build_infotext
+from common.infotext import build_infotext
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 CASES = [

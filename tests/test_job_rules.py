@@ -19,13 +19,13 @@ from PIL import Image
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Job, new_job_id
 from bot.generation.requests import GenerationRequest, Limits, validate
 from bot.generation.service import GenerationService
 from bot.guilds.settings import GuildSettings
 from bot.images.inputs import InputStore
 from bot.jobs import VARY_SUBTLE, Asker, ImagineOptions, JobPlan, Jobs, Place, reroll, same_seed
+from common.errors import EaselError
 from tests.helpers import with_metadata
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

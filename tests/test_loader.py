@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from bot.checkpoints.inspection import inspect_file
-from gpu_worker.loader import CONFIG_ROOT, CheckpointLoadError, load_pipeline
-from gpu_worker.protocol import LoadRequest
-from gpu_worker.tiny import make_tiny_checkpoint, tiny_components
+from common.bundled import CONFIG_ROOT
+from common.protocol import LoadRequest
+from gpu_worker.loader import CheckpointLoadError, load_pipeline
+from gpu_worker.testing.tiny import make_tiny_checkpoint, tiny_components
 
 
 def request_for(path: Path, name: str = "test") -> LoadRequest:
@@ -65,7 +66,7 @@ def test_generates_a_64px_image_deterministically(tiny_dir: Path, arch: str) -> 
 
 
 def test_ckpt_loads_through_the_same_path(tmp_path: Path) -> None:
-    from gpu_worker.tiny import tiny_state_dict
+    from gpu_worker.testing.tiny import tiny_state_dict
 
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": tiny_state_dict("sd1", seed=5), "global_step": 1}, path)

@@ -25,11 +25,8 @@ from PIL import Image
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
-from bot.checkpoints.tensors import TensorInfo
 from bot.db import open_database
-from bot.errors import EaselError, RegistryError
 from bot.generation.jobs import Failed, Finished, Job, new_job_id
-from bot.generation.prompt_syntax import extract_extra_networks
 from bot.generation.requests import GenerationError, Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
@@ -37,7 +34,10 @@ from bot.model_files import add_model_file, scan_models
 from bot.networks.detection import detect_adapter
 from bot.networks.registry import LORA_FOLDERS, LoraRegistry, network_folders
 from bot.networks.selection import lora_tags, read_tag
-from gpu_worker.worker import WorkerConfig
+from common.errors import EaselError, RegistryError
+from common.prompt_syntax import extract_extra_networks
+from common.tensors import TensorInfo
+from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.helpers import with_metadata
 
@@ -123,7 +123,7 @@ def test_lycoris_loha_and_lokr_are_recognised_and_refused_with_a_reason() -> Non
 
 
 def test_a1111_short_hash_is_the_sha256_after_the_header(tiny_loras: Path, tmp_path: Path) -> None:
-    from bot.checkpoints.hashing import addnet_hash
+    from common.hashing import addnet_hash
 
     path = tiny_loras / "lora-sd1.safetensors"
     data = path.read_bytes()
@@ -483,8 +483,8 @@ async def test_lora_and_embedding_folders_may_be_named_in_the_configuration(
     tmp_path: Path, tiny_loras: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from bot.config import load_settings
-    from bot.errors import ConfigError
     from bot.networks.registry import network_registries
+    from common.errors import ConfigError
 
     (tmp_path / "models").mkdir()
     shared = tmp_path / "shared-loras"
@@ -508,8 +508,8 @@ async def test_lora_and_embedding_folders_may_be_named_in_the_configuration(
 async def test_a_lora_in_diffusers_peft_layout_applies_too(world: World, tiny_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    from gpu_worker.tiny import tiny_components
-    from gpu_worker.tiny_networks import lora_state_dict
+    from gpu_worker.testing.tiny import tiny_components
+    from gpu_worker.testing.tiny_networks import lora_state_dict
 
     path = world.loras.folders[0] / "peft-style.safetensors"
     state = lora_state_dict(tiny_components("sd1"), "sd1", seed=4, peft=True)

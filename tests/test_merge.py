@@ -21,9 +21,9 @@ from bot.checkpoints.merging import MergeRequest, MergeService
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
-from bot.errors import EaselError
-from gpu_worker.protocol import MergeOrder
-from gpu_worker.tiny import tiny_state_dict
+from common.errors import EaselError
+from common.protocol import MergeOrder
+from gpu_worker.testing.tiny import tiny_state_dict
 
 M = 0.3
 
@@ -206,8 +206,8 @@ async def test_killed_merge_process_leaves_nothing(service: MergeService, models
 
 
 async def test_merged_checkpoint_loads_and_generates(service: MergeService, models: Path) -> None:
+    from common.protocol import LoadRequest
     from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import LoadRequest
 
     entry = await service.merge(MergeRequest("a", "weighted_sum", 0.5, secondary="b", name="gen"))
     assert entry.runnable and entry.architecture == "SD1.x"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from common.protocol import JobPart, LoadRequest, LoraUse, RunBatch
 from gpu_worker.model_index import CACHE_NAME, ModelIndex
-from gpu_worker.protocol import JobPart, LoadRequest, LoraUse, RunBatch
 from gpu_worker.worker import LocalFileError
 
 

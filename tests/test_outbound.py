@@ -20,7 +20,7 @@ import pytest
 from bot import outbound
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.errors import EaselError
+from common.errors import EaselError
 from tests.conftest import start_bot_py
 
 

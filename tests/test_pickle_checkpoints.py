@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.inspection import inspect_file
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
-from bot.errors import CheckpointFileError
+from common.errors import CheckpointFileError
 
 
 class Payload:
@@ -39,7 +39,7 @@ def torch_like_zip(path: Path, payload: object, extra_members: dict[str, bytes] 
 
 @pytest.fixture(scope="module")
 def sd1_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    from gpu_worker.tiny import tiny_state_dict
+    from gpu_worker.testing.tiny import tiny_state_dict
 
     state = tiny_state_dict("sd1")
     state["nc"] = torch.arange(12, dtype=torch.float32).reshape(3, 4).t()  # a non-contiguous view
@@ -90,7 +90,7 @@ def test_convert_refuses_to_overwrite(sd1_ckpt: tuple[Path, dict[str, torch.Tens
 
 
 def test_sd2_global_step_survives_conversion(tmp_path: Path) -> None:
-    from gpu_worker.tiny import tiny_state_dict
+    from gpu_worker.testing.tiny import tiny_state_dict
 
     path = tmp_path / "sd2.ckpt"
     torch.save({"state_dict": tiny_state_dict("sd2"), "global_step": 875000}, path)

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from bot.generation.prompt_chunks import CHUNK, chunk_prompt
-from bot.generation.prompt_syntax import extract_extra_networks, parse_attention
+from common.prompt_chunks import CHUNK, chunk_prompt
+from common.prompt_syntax import extract_extra_networks, parse_attention
+from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
 from gpu_worker.prompt_encoding import encode_prompts
-from gpu_worker.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.runner import BatchRunner
 
 # A NaN anywhere in a picture shows as diffusers' "invalid value encountered in cast": fail on it.
@@ -100,14 +100,14 @@ A1111_SCHEDULES = {
 
 @pytest.mark.parametrize(("text", "expected"), list(A1111_SCHEDULES.items()))
 def test_schedules(text: str, expected: list[tuple[int, str]]) -> None:
-    from bot.generation.prompt_schedule import prompt_schedule
+    from common.prompt_schedule import prompt_schedule
 
     assert prompt_schedule(text, 10) == expected
 
 
 def test_schedule_parsing_is_linear_and_nesting_is_bounded() -> None:
-    from bot.errors import EaselError
-    from bot.generation.prompt_schedule import prompt_schedule
+    from common.errors import EaselError
+    from common.prompt_schedule import prompt_schedule
 
     # A1111's Earley grammar takes minutes on this; a parser that backtracked would hang the suite.
     schedule = prompt_schedule("(a:1.1) [b] [c:d:0.5] [e|f] " * 280, 30)
@@ -123,7 +123,7 @@ def test_schedule_parsing_is_linear_and_nesting_is_bounded() -> None:
 def clip_tokenizer():
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(Path("gpu_worker/configs/sd1/tokenizer").resolve()))
+    return CLIPTokenizer.from_pretrained(str(Path("common/configs/sd1/tokenizer").resolve()))
 
 
 def test_a_long_prompt_is_cut_into_77_token_chunks_at_a_comma(clip_tokenizer) -> None:

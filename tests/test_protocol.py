@@ -7,7 +7,7 @@ import pickle
 
 import pytest
 
-from gpu_worker.protocol import (
+from common.protocol import (
     MAX_FRAME_BYTES,
     MESSAGES,
     BadFrame,

@@ -36,7 +36,7 @@ from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Preview, 
 from bot.generation.requests import GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
-from gpu_worker.protocol import (
+from common.protocol import (
     EVENTS_STREAM,
     ImageResult,
     JobDone,
@@ -485,7 +485,7 @@ def start_tls_redis(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
 async def test_local_and_remote_workers_serve_one_bot_through_tls_and_an_acl_user(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    from gpu_worker.worker import WorkerConfig
+    from common.worker_config import WorkerConfig
 
     server, port = await asyncio.to_thread(start_tls_redis, tmp_path)
     url = f"rediss://easel:s3cret@127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.pem'}"

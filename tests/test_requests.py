@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.generation.requests import GenerationError, GenerationRequest, Limits, parse_size, validate
-from bot.generation.samplers import SAMPLERS, parse_sampler
+from common.samplers import SAMPLERS, parse_sampler
 from tests.helpers import checkpoint_ref
 
 

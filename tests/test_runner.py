@@ -12,10 +12,7 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from bot.generation.samplers import SAMPLERS
-from gpu_worker.cache import PipelineCache
-from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import (
+from common.protocol import (
     BatchFailed,
     BatchFinished,
     BatchLoading,
@@ -27,6 +24,9 @@ from gpu_worker.protocol import (
     LoadRequest,
     RunBatch,
 )
+from common.samplers import SAMPLERS
+from gpu_worker.cache import PipelineCache
+from gpu_worker.loader import load_pipeline
 from gpu_worker.runner import BatchRunner
 from gpu_worker.samplers import SCHEDULERS
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from bot.checkpoints.safetensors_header import read_header
-from bot.errors import CheckpointFileError
+from common.errors import CheckpointFileError
 
 
 def raw_file(

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from bot.errors import EaselError
 from bot.generation.minors import check_minors, find_minors
 from bot.generation.policy import picture_verdict, readable_score
+from common.errors import EaselError
 from gpu_worker.safety import EXPOSED, NudityScorer
 
 
@@ -260,8 +260,8 @@ def test_cli_checks_prompts(cli, env: Path, tmp_path: Path) -> None:
 
 
 def test_a_preview_is_scored_once_and_an_unreadable_one_never_counts_as_checked() -> None:
-    from bot.errors import EaselError
     from bot.images.picture_check import PictureCheck
+    from common.errors import EaselError
 
     calls: list[Path] = []
 

@@ -23,17 +23,18 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from gpu_worker.loader import CONFIG_ROOT, load_pipeline
-from gpu_worker.protocol import LoadRequest
+from common.bundled import CONFIG_ROOT
+from common.errors import EaselError
+from common.protocol import LoadRequest
+from common.worker_config import WorkerConfig
+from gpu_worker.loader import load_pipeline
 from gpu_worker.sd3_layout import to_diffusers, to_original
-from gpu_worker.tiny_flux import make_tiny_component
-from gpu_worker.tiny_sd3 import make_tiny_sd3, transformer_state
-from gpu_worker.worker import WorkerConfig
+from gpu_worker.testing.tiny_flux import make_tiny_component
+from gpu_worker.testing.tiny_sd3 import make_tiny_sd3, transformer_state
 from tests.a1111_infotext import parse_generation_parameters
 
 HOST, HERE = Asker.host(), Place.command_line()
@@ -94,7 +95,7 @@ def test_the_bundled_real_config_fits_each_release(overrides: dict, label: str, 
 
     from bot.checkpoints.architecture import detect_architecture
     from bot.checkpoints.pipeline_config import choose_pipeline_config
-    from bot.checkpoints.tensors import TensorInfo
+    from common.tensors import TensorInfo
     from gpu_worker.sd3_layout import transformer_config
 
     bundled = json.loads((CONFIG_ROOT / "sd3" / "transformer" / "config.json").read_text())
@@ -114,7 +115,7 @@ def test_the_bundled_real_config_fits_each_release(overrides: dict, label: str, 
 
 
 def request(path: Path, root: Path | None = None) -> LoadRequest:
-    from gpu_worker.protocol import ComponentUse
+    from common.protocol import ComponentUse
 
     ins = inspect_file(path)
     components = ()

@@ -21,7 +21,7 @@ from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Loading, Progress, Queued, Started
 from bot.generation.requests import GenerationError, GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle
-from gpu_worker.worker import WorkerConfig
+from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -250,7 +250,7 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
     import sys
     from multiprocessing.connection import Connection
 
-    from gpu_worker.protocol import BatchProgress, JobPart, LoadRequest, RunBatch, WorkerReady, decode, encode
+    from common.protocol import BatchProgress, JobPart, LoadRequest, RunBatch, WorkerReady, decode, encode
     from tests.conftest import REPO
 
     ours, theirs = socket.socketpair()

@@ -97,8 +97,8 @@ def test_resize_modes_as_a1111_names_them() -> None:
 async def test_kept_inputs_are_capped_least_recently_used_first(tmp_path) -> None:
     import os
 
-    from bot.errors import EaselError
     from bot.images.inputs import InputStore
+    from common.errors import EaselError
 
     store = InputStore(tmp_path / "inputs")
     names = [f"{i:064x}" for i in range(4)]

@@ -18,12 +18,12 @@ from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.images.infotext import read_picture, read_picture_parameters, render_reading
-from bot.upscalers.detection import UpscalerFileError, canonical_names, detect_upscaler
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService, upscaled_size
-from gpu_worker.tiny_upscalers import esrgan_names, make_tiny_upscaler, tiny_kind
+from common.errors import EaselError
+from common.upscaler_detection import UpscalerFileError, canonical_names, detect_upscaler
+from gpu_worker.testing.tiny_upscalers import esrgan_names, make_tiny_upscaler, tiny_kind
 from gpu_worker.upscale_models import enlarge, load_upscaler, planned_passes, upscale_picture
 
 CPU = torch.device("cpu")

@@ -19,14 +19,14 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.detection import VaeFileError, detect_vae
 from bot.components.registry import VaeRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Failed, Finished
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
-from gpu_worker.tiny import make_tiny_vae
-from gpu_worker.worker import WorkerConfig
+from common.errors import EaselError
+from common.worker_config import WorkerConfig
+from gpu_worker.testing.tiny import make_tiny_vae
 from tests.a1111_infotext import parse_generation_parameters
 
 HOST, HERE = Asker.host(), Place.command_line()

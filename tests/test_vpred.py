@@ -22,18 +22,18 @@ from bot.checkpoints.architecture import detect_architecture
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Finished
 from bot.generation.requests import Limits
-from bot.generation.samplers import SAMPLERS, ZERO_SNR_SAMPLERS
 from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
+from common.errors import EaselError
+from common.protocol import LoadRequest
+from common.samplers import SAMPLERS, ZERO_SNR_SAMPLERS
+from common.worker_config import WorkerConfig
 from gpu_worker.loader import load_pipeline
-from gpu_worker.protocol import LoadRequest
 from gpu_worker.samplers import SCHEDULERS, make_scheduler
-from gpu_worker.tiny import make_tiny_checkpoint
-from gpu_worker.worker import WorkerConfig
+from gpu_worker.testing.tiny import make_tiny_checkpoint
 from tests.a1111_infotext import parse_generation_parameters
 from tests.test_architecture import SDXL, tensors
 

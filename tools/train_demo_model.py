@@ -7,7 +7,7 @@ in training; the score is how often the picture's dominant shape and background 
 prompt for those held-out pairs, through Easel's own loader and pipeline with the bot's defaults
 (DPM++ 2M Karras, 20 steps, CFG 7), and is written into the file's recipe.
 
-The model is SD1 in its real single-file layout, at demo size (gpu_worker/configs/demo-sd1), in three
+The model is SD1 in its real single-file layout, at demo size (common/configs/demo-sd1), in three
 stages, deterministic for a seed:
 1. the VAE (64 px -> 16x16x4) on scenes of one to four shapes anywhere, each on a background its
    colour is a training pair with; latents rescaled to unit variance in place;
@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 from bot.demo.world import SIZE, caption, colour_pairs, dominant_colours, draw, nested_scene, sample, scene  # noqa: E402
 
-CONFIG = ROOT / "gpu_worker" / "configs" / "demo-sd1"
+CONFIG = ROOT / "common" / "configs" / "demo-sd1"
 
 
 def dataset(count: int, pairs: list[tuple[str, str]], seed: int) -> tuple[torch.Tensor, list[str]]:
@@ -107,8 +107,8 @@ def train_vae(pairs: list[tuple[str, str]], seed: int, steps: int, log) -> torch
 def open_model(model: Path):
     """(the model's pipeline through Easel's own loader, its file's inspection): read once."""
     from bot.checkpoints.inspection import inspect_file
+    from common.protocol import LoadRequest
     from gpu_worker.loader import load_pipeline
-    from gpu_worker.protocol import LoadRequest
 
     ins = inspect_file(model)
     request = LoadRequest(str(model), model.stem, "sd1", "SD1.x", "safetensors", ins.pipeline_config, "epsilon", "demo")
@@ -120,7 +120,7 @@ def rewrite_recipe(model: Path, out: Path, tensors: dict[str, torch.Tensor] | No
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from bot.checkpoints.safetensors_writer import temp_path
+    from common.safetensors_writer import temp_path
     from gpu_worker.save import save_atomically
 
     with safe_open(str(model), "pt") as f:
@@ -159,7 +159,7 @@ def polish_decoder(vae: torch.nn.Module, pairs: list[tuple[str, str]], seed: int
 
 def polish(model: Path, out: Path, seed: int, steps: int) -> None:
     """`polish_decoder` on a trained model's file, the result written to OUT with its recipe."""
-    from gpu_worker.tiny import single_file_state_dict
+    from gpu_worker.testing.tiny import single_file_state_dict
 
     started = time.time()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -181,9 +181,9 @@ def train(out: Path, seed: int, vae_steps: int, steps: int, polish_steps: int) -
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from bot.checkpoints.safetensors_writer import temp_path
+    from common.safetensors_writer import temp_path
     from gpu_worker.save import save_atomically
-    from gpu_worker.tiny import single_file_state_dict
+    from gpu_worker.testing.tiny import single_file_state_dict
 
     torch.manual_seed(seed)
     random.seed(seed)
@@ -279,7 +279,7 @@ def train_lora(model: Path, out: Path, seed: int, steps: int) -> None:
     kohya-ss/sd-scripts' networks/lora.py writes: `lora_unet_<module path with _>.lora_down/up`, `alpha`)."""
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-    from bot.checkpoints.safetensors_writer import temp_path
+    from common.safetensors_writer import temp_path
     from gpu_worker.save import save_atomically
 
     torch.manual_seed(seed)

@@ -26,8 +26,8 @@ import httpx
 
 from bot import outbound
 from bot.db import transaction
-from bot.errors import EaselError
 from bot.untrusted import load_json
+from common.errors import EaselError
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Job, JobState
 from bot.generation.policy import readable_score
 from bot.generation.service import GenerationService, JobHandle
+from common.errors import EaselError
 
 MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 6
 TILE_MAX = 512

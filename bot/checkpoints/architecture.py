@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bot.checkpoints.tensors import TensorInfo
 from bot.networks.detection import detect_embedding, is_adapter
-from bot.upscalers.detection import UpscalerFileError, detect_upscaler
+from common.tensors import TensorInfo
+from common.upscaler_detection import UpscalerFileError, detect_upscaler
 
 UNET = "model.diffusion_model."
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"

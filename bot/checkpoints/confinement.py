@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.errors import RegistryError
+from common.errors import RegistryError
 
 
 def inside(path: Path, root: Path) -> Path | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from bot.checkpoints.inspection import check_path, inspect_file, is_pickle_file
 from bot.checkpoints.pickle_reader import PickledTensor, by_storage, read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
-from bot.checkpoints.safetensors_writer import write_safetensors
-from bot.checkpoints.tensors import TensorInfo
-from bot.errors import CheckpointFileError
+from common.errors import CheckpointFileError
+from common.safetensors_writer import write_safetensors
+from common.tensors import TensorInfo
 
 
 def convert_to_safetensors(path: Path, out: Path | None = None) -> Path:

@@ -25,10 +25,10 @@ from bot import outbound
 from bot.catalog.civitai import CIVITAI_URL, CivitaiError, read_answer
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, inspect_file
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
-from bot.checkpoints.safetensors_writer import temp_path
 from bot.config import Settings
-from bot.errors import CheckpointFileError, EaselError
 from bot.networks.registry import NetworkEntry, NetworkRegistry
+from common.errors import CheckpointFileError, EaselError
+from common.safetensors_writer import temp_path
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.checkpoints.architecture import Architecture, components, detect_architecture
-from bot.checkpoints.hashing import FileHashes
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.pipeline_config import choose_pipeline_config
 from bot.checkpoints.safetensors_header import read_header
-from bot.checkpoints.tensors import TensorInfo
-from bot.errors import CheckpointFileError
 from bot.untrusted import load_json
+from common.errors import CheckpointFileError
+from common.hashing import FileHashes
+from common.tensors import TensorInfo
 
 MAX_KEPT_METADATA_CHARS = 64 * 1024
 # All the metadata kept of one file: the registry stores it and parses it again on every listing

@@ -18,9 +18,9 @@ from pathlib import Path
 from bot.checkpoints.architecture import UNET_IN
 from bot.checkpoints.inspection import is_pickle_file
 from bot.checkpoints.safetensors_header import SafetensorsHeader, StoredTensor
-from bot.checkpoints.tensors import TensorInfo
-from bot.errors import CheckpointFileError
-from gpu_worker.protocol import MergeOrder, MergeSource, MergeStep
+from common.errors import CheckpointFileError
+from common.protocol import MergeOrder, MergeSource, MergeStep
+from common.tensors import TensorInfo
 
 METHODS = ("weighted_sum", "add_difference", "copy")
 A1111_METHOD_NAMES = {"weighted_sum": "Weighted sum", "add_difference": "Add difference", "copy": "No interpolation"}

@@ -24,14 +24,14 @@ from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.merge_plan import A1111_METHOD_NAMES, MergePlan, merge_order, plan_merge, require_safetensors
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugify
 from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
-from bot.checkpoints.safetensors_writer import temp_path
 from bot.child_process import despite_cancellation, run_order
-from bot.errors import CheckpointFileError, EaselError, RegistryError
 from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.requests import Limits
 from bot.networks.registry import LoraRegistry
 from bot.networks.selection import lora_strength, lora_tags, resolve_loras
-from gpu_worker.protocol import FLOW_FAMILIES, BakeOrder, LoraUse, encode_order
+from common.errors import CheckpointFileError, EaselError, RegistryError
+from common.protocol import FLOW_FAMILIES, BakeOrder, LoraUse, encode_order
+from common.safetensors_writer import temp_path
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]

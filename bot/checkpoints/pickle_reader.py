@@ -23,9 +23,9 @@ from bot.checkpoints.safe_pickle import (
     StorageType,
     safe_unpickle,
 )
-from bot.checkpoints.tensors import DTYPE_SIZES
-from bot.errors import CheckpointFileError
-from bot.upscalers.detection import state_dict_of
+from common.errors import CheckpointFileError
+from common.tensors import DTYPE_SIZES
+from common.upscaler_detection import state_dict_of
 
 __all__ = ["STORAGE_DTYPES", "PickleCheckpoint", "PickledTensor", "read_pickle_checkpoint", "safe_unpickle"]
 

@@ -1,4 +1,4 @@
-"""Which bundled diffusers config folder (gpu_worker/configs/<id>) loads a checkpoint.
+"""Which bundled diffusers config folder (common/configs/<id>) loads a checkpoint.
 
 Chosen from the architecture and the UNet's input width: 320 for the real SD1/SD2/SDXL models,
 32 for Easel's tiny test checkpoints. An inpainting checkpoint (9-channel UNet) gets its base's folder
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from bot.checkpoints.architecture import FLUX_PREFIX, UNET_IN, Architecture
-from bot.checkpoints.tensors import TensorInfo
+from common.tensors import TensorInfo
 
 CONFIGS: dict[tuple[str, int], str] = {
     ("sd1", 320): "sd1",

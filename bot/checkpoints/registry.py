@@ -23,13 +23,14 @@ import aiosqlite
 
 from bot.catalog.taxonomy import FACET_KEYS, check_facets
 from bot.checkpoints.confinement import resolve_inside
-from bot.checkpoints.hashing import FileHashes, FileStamp, HashCache, hash_file
+from bot.checkpoints.hash_cache import FileStamp, HashCache
 from bot.checkpoints.inspection import CHECKPOINT_SUFFIXES, Inspection, inspect_file
 from bot.checkpoints.sidecars import Sidecars, read_sidecars
 from bot.db import transaction
-from bot.errors import CheckpointFileError, RegistryError
 from bot.networks.registry import extra_network_folders
 from bot.untrusted import has_lone_surrogate
+from common.errors import CheckpointFileError, RegistryError
+from common.hashing import FileHashes, hash_file
 
 log = logging.getLogger(__name__)
 

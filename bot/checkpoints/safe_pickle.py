@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.checkpoints.tensors import TensorInfo
-from bot.errors import CheckpointFileError
+from common.errors import CheckpointFileError
+from common.tensors import TensorInfo
 
 MAX_PICKLE_BYTES = 16 << 20  # a state dict's pickle is ~200 bytes a tensor: 16 MiB is ~80,000 tensors
 MAX_OBJECTS = 500_000

@@ -13,9 +13,9 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.checkpoints.tensors import DTYPE_SIZES, TensorInfo
-from bot.errors import CheckpointFileError
 from bot.untrusted import RefusedValue, bounded_int, clean_text, has_lone_surrogate, no_constant
+from common.errors import CheckpointFileError
+from common.tensors import DTYPE_SIZES, TensorInfo
 
 MAX_HEADER_BYTES = 100_000_000
 # The largest real files (an all-in-one Flux or SD3.5 checkpoint, a big LyCORIS) hold a few

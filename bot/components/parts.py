@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_SD3, NEEDS_FOLDERS, NEEDS_LABELS
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry, component_use
-from bot.errors import EaselError
-from gpu_worker.protocol import ComponentUse, VaeUse
+from common.errors import EaselError
+from common.protocol import ComponentUse, VaeUse
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import aiosqlite
 
 from bot.components.detection import SD_LATENT_CHANNELS, VAE_FOLDERS, VaeFileError, detect_vae
 from bot.config import Settings
-from bot.errors import CheckpointFileError, EaselError
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
-from gpu_worker.protocol import VaeUse
+from common.errors import CheckpointFileError, EaselError
+from common.protocol import VaeUse
 
 BUILT_IN = ("none", "automatic")  # A1111's "SD VAE" choices that mean the checkpoint's own
 

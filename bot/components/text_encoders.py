@@ -19,9 +19,9 @@ import aiosqlite
 
 from bot.components.detection import TEXT_ENCODER_FOLDERS
 from bot.config import Settings
-from bot.errors import CheckpointFileError
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
-from gpu_worker.protocol import ComponentUse
+from common.errors import CheckpointFileError
+from common.protocol import ComponentUse
 
 _T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _CLIP_TOKENS = "embeddings.token_embedding.weight"

@@ -6,12 +6,12 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.checkpoints.hashing import FileHashes
 from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.demo import DEMO_FILE, DEMO_REF
-from bot.errors import EaselError
-from gpu_worker.protocol import ComponentUse, LoadRequest, config_parts
+from common.errors import EaselError
+from common.hashing import FileHashes
+from common.protocol import ComponentUse, LoadRequest, config_parts
 
 # Native square size per bundled config: what "1:1" means for a checkpoint.
 NATIVE_SIZE = {

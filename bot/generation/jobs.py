@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from bot.generation.requests import ValidRequest
-from gpu_worker.protocol import ImageResult, denoising_steps, hires_size
+from common.protocol import ImageResult, denoising_steps, hires_size
 
 
 class JobState(StrEnum):

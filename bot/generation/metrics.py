@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from bot.errors import EaselError
+from common.errors import EaselError
 
 if TYPE_CHECKING:
     from bot.generation.service import ServiceStatus

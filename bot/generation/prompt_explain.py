@@ -7,17 +7,17 @@ and `/explain`. Tokenizer only: no torch.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-from bot.errors import EaselError
-from bot.generation.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for
-from bot.generation.prompt_schedule import prompt_schedule
-from bot.generation.prompt_syntax import parse_prompt
 from bot.generation.requests import MAX_STEPS
+from common.bundled import CONFIG_ROOT
+from common.errors import EaselError
+from common.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for
+from common.prompt_schedule import prompt_schedule
+from common.prompt_syntax import parse_prompt
 
 # Every architecture Easel runs uses CLIP's BPE vocabulary; SD1's bundled tokenizer stands for all.
-TOKENIZER = Path(__file__).resolve().parents[2] / "gpu_worker" / "configs" / "sd1" / "tokenizer"
+TOKENIZER = CONFIG_ROOT / "sd1" / "tokenizer"
 
 
 @cache

@@ -30,7 +30,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bot.generation.requests import ValidRequest
-from gpu_worker.protocol import (
+from common.protocol import (
     BOT_GROUP,
     EVENTS_STREAM,
     MAX_FRAME_BYTES,

@@ -9,21 +9,13 @@ import random
 import unicodedata
 from dataclasses import dataclass, replace
 
-from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
-from bot.generation.prompt_schedule import prompt_schedule
-from bot.generation.prompt_syntax import parse_prompt
-from bot.generation.samplers import (
-    DEFAULT_SAMPLER,
-    EDM_SAMPLERS,
-    FLOW_DEFAULT_SAMPLER,
-    FLOW_SAMPLERS,
-    ZERO_SNR_SAMPLERS,
-    parse_sampler,
-)
-from bot.generation.upscalers import LATENT_UPSCALERS, parse_upscaler
 from bot.untrusted import has_lone_surrogate
-from gpu_worker.protocol import (
+from common.errors import EaselError
+from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
+from common.prompt_schedule import prompt_schedule
+from common.prompt_syntax import parse_prompt
+from common.protocol import (
     FLOW_FAMILIES,
     MASKED_CONTENT,
     EmbeddingUse,
@@ -33,6 +25,14 @@ from gpu_worker.protocol import (
     config_parts,
     denoising_steps,
     hires_size,
+)
+from common.samplers import (
+    DEFAULT_SAMPLER,
+    EDM_SAMPLERS,
+    FLOW_DEFAULT_SAMPLER,
+    FLOW_SAMPLERS,
+    ZERO_SNR_SAMPLERS,
+    parse_sampler,
 )
 
 
@@ -88,13 +88,13 @@ class GenerationRequest:
     resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
     mask_image: str | None = None  # inpainting: the sha256 of a kept mask (white = redraw), with init_image
     mask_blur: int = 4  # A1111's "Mask blur": the mask's Gaussian blur radius, in pixels
-    masked_content: str = "original"  # A1111's "Masked content" (gpu_worker/protocol.py MASKED_CONTENT)
+    masked_content: str = "original"  # A1111's "Masked content" (common/protocol.py MASKED_CONTENT)
     only_masked: bool = False  # A1111's "Inpaint area": False = Whole picture, True = Only masked
     mask_padding: int = 32  # A1111's "Masked area padding", with only_masked
     hires_scale: float = 0.0  # A1111's hires fix: 0 = off, else pass two's size factor (1-4)
     hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
-    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py
+    hires_upscaler: str = "Latent"  # common/hires_upscalers.py
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023): 0 = off, 0.7 the paper's choice
     vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
     distilled_cfg: float = 3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg > 1 adds true CFG)

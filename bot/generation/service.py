@@ -46,7 +46,7 @@ from bot.generation.remote import (
 from bot.generation.requests import GenerationError, GenerationRequest, Limits, ValidRequest, validate
 from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
-from gpu_worker.protocol import (
+from common.protocol import (
     BatchFailed,
     BatchFinished,
     BatchLoading,
@@ -60,7 +60,7 @@ from gpu_worker.protocol import (
     WorkerHeartbeat,
     WorkerReady,
 )
-from gpu_worker.worker import WorkerConfig
+from common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 

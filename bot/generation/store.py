@@ -15,7 +15,7 @@ from bot.db import transaction
 from bot.generation.jobs import Job, JobState
 from bot.generation.policy import readable_score
 from bot.generation.requests import GenerationRequest
-from gpu_worker.protocol import FLOW_FAMILIES
+from common.protocol import FLOW_FAMILIES
 
 log = logging.getLogger(__name__)
 

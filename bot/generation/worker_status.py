@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from bot.generation.service import WorkerStatus
-from gpu_worker.protocol import WorkerHeartbeat
+from common.protocol import WorkerHeartbeat
 
 STALE_SECONDS = 10.0  # a heartbeat older than this: the worker is probably gone
 

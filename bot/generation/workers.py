@@ -1,5 +1,5 @@
 """One worker process per device: `python -m gpu_worker serve`, supervised by bot/child_process.py,
-speaking the worker protocol (gpu_worker/protocol.py: JSON frames, never pickles).
+speaking the worker protocol (common/protocol.py: JSON frames, never pickles).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import asdict
 
 from bot.child_process import ChildProcess
-from gpu_worker.protocol import MAX_FRAME_BYTES, BadFrame, RunBatch, Shutdown, WorkerReady, decode, encode
-from gpu_worker.worker import WorkerConfig
+from common.protocol import MAX_FRAME_BYTES, BadFrame, RunBatch, Shutdown, WorkerReady, decode, encode
+from common.worker_config import WorkerConfig
 
 
 def worker_configs(

@@ -16,7 +16,6 @@ import aiosqlite
 
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.db import transaction
-from bot.errors import EaselError
 from bot.generation.aspects import ASPECTS
 from bot.generation.policy import (
     ADULT_PICTURE_ACTIONS,
@@ -27,7 +26,8 @@ from bot.generation.policy import (
 )
 from bot.generation.requests import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
 from bot.generation.requests import MAX_STEPS, Limits
-from bot.generation.samplers import DEFAULT_SAMPLER, parse_sampler
+from common.errors import EaselError
+from common.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
 DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative")

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from bot.errors import EaselError
 from bot.images.uploads import Upload, UploadError, read_upload, sniff
 from bot.untrusted import clean_text, load_json
-from gpu_worker.infotext import build_infotext
+from common.errors import EaselError
+from common.infotext import build_infotext
 
 MAX_INFOTEXT_CHARS = 20_000
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")

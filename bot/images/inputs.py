@@ -11,8 +11,8 @@ import os
 import re
 from pathlib import Path
 
-from bot.checkpoints.safetensors_writer import temp_path
-from bot.errors import EaselError
+from common.errors import EaselError
+from common.safetensors_writer import temp_path
 
 DEFAULT_MAX_BYTES = 2 << 30
 

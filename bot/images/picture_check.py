@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bot.errors import EaselError
 from bot.generation.policy import readable_score
 from bot.images.uploads import UploadError, read_upload
+from common.errors import EaselError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ ScoreTool = Callable[[Path], Awaitable[str]]
 
 
 async def _worker_tool(png: Path) -> str:
-    from bot.cli.worker_tools import run_worker_tool
+    from bot.worker_tools import run_worker_tool
 
     return await run_worker_tool("safety-check", str(png))
 

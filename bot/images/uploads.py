@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from bot.errors import EaselError
+from common.errors import EaselError
 
 MAX_UPLOAD_BYTES = 20 << 20
 MAX_UPLOAD_PIXELS = 4096 * 4096

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bot.checkpoints.tensors import TensorInfo
+from common.tensors import TensorInfo
 
 BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD3", "": "unknown base"}
 _CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import aiosqlite
 
 from bot.checkpoints.confinement import inside
-from bot.checkpoints.hashing import FileStamp, HashCache, addnet_hash, hash_file
+from bot.checkpoints.hash_cache import FileStamp, HashCache
 from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_file
 from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
@@ -33,10 +33,11 @@ from bot.checkpoints.sidecars import read_sidecars
 from bot.components.detection import TEXT_ENCODER_FOLDERS, VAE_FOLDERS
 from bot.config import Settings
 from bot.db import transaction
-from bot.errors import CheckpointFileError, RegistryError
 from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
 from bot.untrusted import clean_text, has_lone_surrogate, load_json
-from bot.upscalers.detection import UPSCALER_FOLDERS
+from common.errors import CheckpointFileError, RegistryError
+from common.hashing import addnet_hash, hash_file
+from common.upscaler_detection import UPSCALER_FOLDERS
 
 log = logging.getLogger(__name__)
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.policy import check_nsfw
-from bot.generation.prompt_syntax import ExtraNetwork, extract_extra_networks
 from bot.generation.requests import GenerationError, Limits
 from bot.networks.detection import BASE_LABELS
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry
-from gpu_worker.protocol import EmbeddingUse, LoraUse
+from common.prompt_syntax import ExtraNetwork, extract_extra_networks
+from common.protocol import EmbeddingUse, LoraUse
 
 LORA_TAGS = ("lora", "lyco")
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import aiosqlite
 
 from bot.config import Settings
-from bot.errors import CheckpointFileError, EaselError
-from bot.generation.upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
-from bot.upscalers.detection import UPSCALER_FOLDERS, UpscalerFileError, detect_upscaler
-from gpu_worker.protocol import UpscalerUse
+from common.errors import CheckpointFileError, EaselError
+from common.hires_upscalers import LATENT_UPSCALERS, PICTURE_UPSCALERS
+from common.protocol import UpscalerUse
+from common.upscaler_detection import UPSCALER_FOLDERS, UpscalerFileError, detect_upscaler
 
 # A1111's names for the Real-ESRGAN releases it offers (modules/realesrgan_model.py), by file stem:
 # an infotext's "Hires upscaler: R-ESRGAN 4x+" finds RealESRGAN_x4plus.pth under that name.

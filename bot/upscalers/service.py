@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.child_process import OrderProgress, run_order
-from bot.errors import EaselError
 from bot.generation.policy import readable_score
-from bot.generation.upscalers import PICTURE_UPSCALERS
 from bot.images.uploads import MAX_UPLOAD_PIXELS, Upload
 from bot.upscalers.registry import UpscalerRegistry
-from gpu_worker.protocol import UpscaleOrder, UpscalerUse, encode_order
+from common.errors import EaselError
+from common.hires_upscalers import PICTURE_UPSCALERS
+from common.protocol import UpscaleOrder, UpscalerUse, encode_order
 
 log = logging.getLogger(__name__)
 

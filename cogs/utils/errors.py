@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
-from bot.errors import EaselError
 from cogs.utils.formatting import CONTENT_MAX, clip
+from common.errors import EaselError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import discord
 
 from bot.generation.jobs import Job
 from bot.networks.selection import lora_strength
-from gpu_worker.protocol import hires_size
+from common.protocol import hires_size
 
 TITLE_MAX = 256
 FIELD_MAX = 1024

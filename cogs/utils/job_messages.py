@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
 from bot.generation.policy import readable_score
 from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, MissingCheckpoint, reroll, same_seed
@@ -24,6 +23,7 @@ from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse
 from cogs.utils.formatting import CONTENT_MAX, clip, code_block, eta_text, result_embed
 from cogs.utils.progress import Throttle
+from common.errors import EaselError
 
 if TYPE_CHECKING:
     from bot.generation.service import JobHandle

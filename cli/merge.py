@@ -10,10 +10,10 @@ from tqdm import tqdm
 
 from bot.checkpoints.merge_plan import METHODS
 from bot.checkpoints.merging import BakeRequest, MergeRequest, MergeService
-from bot.cli.checkpoints import open_registry
-from bot.cli.output import render_entry_line
 from bot.config import Settings
 from bot.networks.registry import network_registries
+from cli.checkpoints import open_registry
+from cli.output import render_entry_line
 
 
 def progress_bar(unit: str, desc: str) -> tuple[tqdm, Callable[[int, int], None]]:

@@ -7,7 +7,7 @@ Followed (facts, not code) from AUTOMATIC1111/stable-diffusion-webui:
   as a word) ends the chunk, runs of equal weight are merged.
 - modules/extra_networks.py: `<name:arg:arg>` tags (lora, lyco, hypernet) are taken out of the text.
 - Prompt editing `[from:to:when]` and alternation `[a|b]` are resolved first, step by step, by
-  bot/generation/prompt_schedule.py; this reads each resulting text.
+  common/prompt_schedule.py; this reads each resulting text.
 
 The worker (gpu_worker/prompt_encoding.py) turns the parsed form into embeddings; the bot uses the
 same parser to refuse what cannot run before a job is queued, and `python bot.py prompt explain`

@@ -164,7 +164,7 @@ class RunBatch:
     hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
     hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one
     hires_denoise: float = 0.7  # pass two's denoising strength
-    hires_upscaler: str = "Latent"  # bot/generation/upscalers.py, or hires_model's name
+    hires_upscaler: str = "Latent"  # common/hires_upscalers.py, or hires_model's name
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
     cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
     vae: VaeUse | None = None  # None: the checkpoint's own VAE

@@ -17,18 +17,18 @@ from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.download import Downloader
 from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry, HashProgress
-from bot.cli.networks import print_network_scan, render_network, render_network_line
-from bot.cli.output import render_entry, render_entry_line, render_inspection
-from bot.cli.worker_tools import run_worker_tool
 from bot.components.parts import parts_of_entry
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.model_files import add_model_file, file_registries, remove_model, scan_models
 from bot.networks.registry import NetworkEntry
+from bot.worker_tools import run_worker_tool
+from cli.networks import print_network_scan, render_network, render_network_line
+from cli.output import render_entry, render_entry_line, render_inspection
+from common.errors import EaselError
 
 PROGRESS_MIN_BYTES = 64 << 20
 

@@ -14,9 +14,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from bot.checkpoints.safetensors_writer import temp_path
+from common.bundled import CONFIG_ROOT
+from common.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import clip_to_ldm, open_clip_to_ldm, unet_to_ldm, vae_to_ldm
-from gpu_worker.loader import CONFIG_ROOT
 from gpu_worker.save import save_atomically
 
 TINY_ARCHS = {"sd1": "tiny-sd1", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}

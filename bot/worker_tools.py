@@ -9,9 +9,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bot.errors import EaselError
+from common.errors import EaselError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 async def run_worker_tool(*argv: str) -> str:

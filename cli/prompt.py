@@ -10,10 +10,10 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.prompt_explain import explain, render
 from bot.images.infotext import read_picture_parameters, render_reading
 from bot.networks.registry import network_registries
+from common.errors import EaselError
 
 
 async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bot.generation.prompt_syntax import BREAK, BREAK_WEIGHT, parse_prompt
+from common.prompt_syntax import BREAK, BREAK_WEIGHT, parse_prompt
 
 CHUNK = 75
 COMMA_BACKTRACK = 20  # A1111's default "comma_padding_backtrack"

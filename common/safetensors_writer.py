@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from bot.checkpoints.tensors import TensorInfo
+from common.tensors import TensorInfo
 
 
 def write_safetensors(

@@ -9,12 +9,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bot.cli.checkpoints import open_registry
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
 from bot.generation.policy import readable_score
 from bot.generation.requests import Limits, parse_size
@@ -26,7 +24,9 @@ from bot.networks.registry import network_registries
 from bot.networks.selection import lora_strength
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
-from gpu_worker.protocol import MASKED_CONTENT, hires_size, is_broker_url
+from cli.checkpoints import open_registry
+from common.errors import EaselError
+from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bot.cli.checkpoints import open_registry
-from bot.cli.generate import _read_input
 from bot.config import Settings
 from bot.db import open_database
-from bot.errors import EaselError
 from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Jobs
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
+from cli.checkpoints import open_registry
+from cli.generate import _read_input
+from common.errors import EaselError
 
 
 async def cmd_upscale(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,8 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bot.cli.output import human_size
-from bot.cli.worker_tools import run_worker_tool
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.config import Settings
@@ -25,6 +23,8 @@ from bot.networks.registry import (
     NetworkScan,
 )
 from bot.upscalers.registry import UpscalerRegistry
+from bot.worker_tools import run_worker_tool
+from cli.output import human_size
 
 
 @asynccontextmanager

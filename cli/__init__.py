@@ -10,9 +10,9 @@ import sys
 from collections.abc import Coroutine
 from typing import Any
 
-from bot.cli import catalog, checkpoints, generate, merge, networks, prompt, run, safety, server, upscale, workers
 from bot.config import load_settings
-from bot.errors import EaselError
+from cli import catalog, checkpoints, generate, merge, networks, prompt, run, safety, server, upscale, workers
+from common.errors import EaselError
 
 log = logging.getLogger("easel")
 

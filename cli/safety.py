@@ -11,14 +11,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from bot.cli.generate import _read_input
-from bot.cli.server import open_store
-from bot.cli.worker_tools import run_worker_tool
 from bot.config import Settings
-from bot.errors import EaselError
 from bot.generation.minors import find_minors
 from bot.generation.policy import blocked_word, picture_verdict
 from bot.images.uploads import read_upload
+from bot.worker_tools import run_worker_tool
+from cli.generate import _read_input
+from cli.server import open_store
+from common.errors import EaselError
 
 MAX_PROMPTS = 100_000  # lines of a --file
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from bot.checkpoints.safetensors_writer import temp_path
-from bot.upscalers.detection import UpscalerKind
+from common.safetensors_writer import temp_path
+from common.upscaler_detection import UpscalerKind
 from gpu_worker.save import save_atomically
 from gpu_worker.upscaler_nets import build_network
 

@@ -4,7 +4,7 @@
 `first_stage_model.`; CLIP-L, CLIP-G and T5-XXL separate, as sd3.5_large.safetensors comes) or an
 all-in-one file with the encoders inside (ComfyUI's `text_encoders.*`, as
 sd3_medium_incl_clips_t5xxlfp8.safetensors); Large's blocks (QK norm) or Medium's (a second
-attention in the first blocks). `make_tiny_component` (gpu_worker/tiny_flux.py) writes the separate
+attention in the first blocks). `make_tiny_component` (gpu_worker/testing/tiny_flux.py) writes the separate
 encoders with `folder=` this one.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 from diffusers import SD3Transformer2DModel
 
-from bot.checkpoints.safetensors_writer import temp_path
-from gpu_worker.loader import CONFIG_ROOT
+from common.bundled import CONFIG_ROOT
+from common.safetensors_writer import temp_path
 from gpu_worker.model_parts import IN_FILE, TRANSFORMER_PREFIX
 from gpu_worker.save import save_atomically
 from gpu_worker.sd3_layout import to_original
-from gpu_worker.tiny_flux import _config, _metadata, _seeded, part_state
+from gpu_worker.testing.tiny_flux import _config, _metadata, _seeded, part_state
 
 FOLDER = CONFIG_ROOT / "tiny-sd3"
 ARCHS = ("sd35", "sd35-medium", "sd35-all-in-one")

@@ -8,9 +8,9 @@ import json
 from dataclasses import asdict
 
 from bot.config import Settings
-from bot.errors import EaselError
 from bot.generation.remote import BrokerUnavailable, list_workers
 from bot.generation.worker_status import describe, from_heartbeat
+from common.errors import EaselError
 
 
 async def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:

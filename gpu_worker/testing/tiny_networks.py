@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from bot.checkpoints.safetensors_writer import temp_path
+from common.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import unet_to_ldm
 from gpu_worker.save import save_atomically
-from gpu_worker.tiny import TINY_ARCHS, tiny_components
+from gpu_worker.testing.tiny import TINY_ARCHS, tiny_components
 
 _BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _MODELSPEC = {

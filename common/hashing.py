@@ -3,21 +3,15 @@
 sha256 of the whole file is Easel's identity for a checkpoint; AutoV2 is its first 10 hex digits;
 the legacy AutoV1 is the sha256 of 0x10000 bytes at offset 0x100000, first 8 hex digits (only for
 files of at least 2 MiB). Hashing streams the file once with a reusable buffer; results are
-cached by (path, size, mtime) so a file is read in full only when it changed.
+cached by the bot (bot/checkpoints/hash_cache.py) so a file is read in full only when it changed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import aiosqlite
-
-from bot.db import transaction
 
 CHUNK = 8 << 20
 AUTOV1_OFFSET = 0x100000
@@ -75,41 +69,3 @@ def addnet_hash(path: Path) -> str:
 
 def hash_file(path: Path, progress: Callable[[int], None] | None = None) -> FileHashes:
     return FileHashes(sha256=sha256_file(path, progress), autov1=autov1(path))
-
-
-@dataclass(frozen=True)
-class FileStamp:
-    """What must be unchanged for a cached hash to still hold."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, path: Path) -> FileStamp:
-        st = os.stat(path)
-        return cls(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-class HashCache:
-    """Hashes keyed by (path, size, mtime) in the hash_cache table."""
-
-    def __init__(self, db: aiosqlite.Connection) -> None:
-        self._db = db
-
-    async def get(self, stamp: FileStamp) -> FileHashes | None:
-        async with self._db.execute(
-            "SELECT sha256, autov1 FROM hash_cache WHERE path = ? AND size = ? AND mtime_ns = ?",
-            (stamp.path, stamp.size, stamp.mtime_ns),
-        ) as cur:
-            row = await cur.fetchone()
-        return FileHashes(sha256=row[0], autov1=row[1]) if row else None
-
-    async def put(self, stamp: FileStamp, hashes: FileHashes) -> None:
-        async with transaction(self._db) as db:
-            await db.execute(
-                "INSERT INTO hash_cache (path, size, mtime_ns, sha256, autov1, hashed_at) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
-                "sha256 = excluded.sha256, autov1 = excluded.autov1, hashed_at = excluded.hashed_at",
-                (stamp.path, stamp.size, stamp.mtime_ns, hashes.sha256, hashes.autov1, time.time()),
-            )

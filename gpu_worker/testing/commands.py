@@ -1,0 +1,150 @@
+"""`python -m gpu_worker make-tiny-…`: tiny random-weight model files in the real single-file
+layouts, for tests, benches and the demo. They load through exactly the path users' files take."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+Handler = Callable[[argparse.Namespace], int]
+CHECKPOINT_KINDS = (
+    "sd1",
+    "sd2",
+    "sdxl",
+    "sdxl-vpred",
+    "sdxl-edm",
+    "flux",
+    "flux-schnell",
+    "flux-transformer",
+    "flux-schnell-transformer",
+    "sd35",
+    "sd35-medium",
+    "sd35-all-in-one",
+)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
+    """The make-tiny-… subcommands on `sub`, and the function that runs each."""
+    p = sub.add_parser("make-tiny-checkpoint")
+    p.add_argument("--arch", choices=CHECKPOINT_KINDS, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
+    p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
+    p.add_argument("out")
+    p = sub.add_parser("make-tiny-component")
+    p.add_argument(
+        "--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
+    for name in ("make-tiny-lora", "make-tiny-embedding"):
+        p = sub.add_parser(name)
+        p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+        p.add_argument("--seed", type=int, default=0)
+        if name == "make-tiny-lora":
+            p.add_argument("--locon", action="store_true", help="LyCORIS LoCon: the ResNet convolutions too")
+        else:
+            p.add_argument("--vectors", type=int, default=2)
+        p.add_argument("out")
+    p = sub.add_parser("make-tiny-vae")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
+    p = sub.add_parser("make-tiny-upscaler")
+    p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
+    p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
+    return {
+        "make-tiny-checkpoint": _make_tiny_checkpoint,
+        "make-tiny-component": _make_tiny_transformer,
+        "make-tiny-lora": _make_tiny_network,
+        "make-tiny-embedding": _make_tiny_network,
+        "make-tiny-vae": _make_tiny_vae,
+        "make-tiny-upscaler": _make_tiny_upscaler,
+    }
+
+
+def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
+    if args.arch.startswith(("flux", "sd35")):
+        return _make_tiny_transformer(args)
+    from gpu_worker.testing.tiny import make_tiny_checkpoint
+
+    try:
+        out = make_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed, inpainting=args.inpainting)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    kind = f"{args.arch} inpainting" if args.inpainting else args.arch
+    print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_vae(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny import make_tiny_vae
+
+    try:
+        out = make_tiny_vae(args.base, Path(args.out), args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.base} VAE, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_transformer(args: argparse.Namespace) -> int:
+    """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
+    shape or all-in-one; or one component for them."""
+    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
+    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
+
+    try:
+        if args.command == "make-tiny-component":
+            out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
+        elif args.inpainting:
+            raise ValueError("there are no Flux or SD3 inpainting checkpoints to imitate")
+        elif args.arch.startswith("sd35"):
+            if args.fp8:
+                raise ValueError("--fp8 is for the tiny Flux files")
+            out, kind = make_tiny_sd3(Path(args.out), args.arch, args.seed), args.arch
+        else:
+            shape = "transformer" if args.arch.endswith("-transformer") else "all-in-one"
+            out = make_tiny_flux(Path(args.out), args.seed, shape, schnell="schnell" in args.arch, fp8=args.fp8)
+            kind = args.arch + (" fp8" if args.fp8 else "")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_network(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_networks import make_tiny_embedding, make_tiny_lora
+
+    try:
+        if args.command == "make-tiny-lora":
+            out = make_tiny_lora(args.base, Path(args.out), seed=args.seed, locon=args.locon)
+            what = "LoCon" if args.locon else "LoRA"
+        else:
+            out, what = make_tiny_embedding(args.base, Path(args.out), args.seed, args.vectors), "embedding"
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.base} {what}, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)")
+    return 0
+
+
+def _make_tiny_upscaler(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
+
+    try:
+        out = make_tiny_upscaler(Path(args.out), args.layout, args.scale, args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {out} (tiny {args.layout} {args.scale}x upscaler, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)"
+    )
+    return 0
