@@ -1,6 +1,6 @@
 """Load time of a transformer-only Flux file with its parts from the component store, against the
 all-in-one file of the same weights: cold (every part read from disk) and with the parts already
-loaded for another checkpoint (what a second Flux fine-tune costs; gpu_worker/flux_loader.py shares them).
+loaded for another checkpoint (what a second Flux fine-tune costs; gpu_worker/families/flux.py shares them).
 
 Real FLUX.1 files are 12-23 GB and do not fit this machine's tests, so the files are made here at a
 middle size, from a config folder beside them: a transformer 512 wide (4 double and 8 single
@@ -46,7 +46,7 @@ def main() -> None:
 
     from bench.common import report
     from common.protocol import ComponentUse, LoadRequest
-    from gpu_worker import flux_loader
+    from gpu_worker.families.flux import flux_pipeline
     from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
 
     torch.set_num_threads(2)
@@ -66,7 +66,7 @@ def main() -> None:
             return LoadRequest(str(path), path.stem, "flux", "Flux", "safetensors", folder.name, "flow", path.stem, components=components)
 
         def load(req: LoadRequest):
-            return flux_loader.flux_pipeline(req, torch.float32, root)
+            return flux_pipeline(req, torch.float32, config_root=root)
 
         times: dict[str, list[float]] = {"all_in_one": [], "transformer_cold": [], "transformer_parts_cached": []}
         for _ in range(repeats):

@@ -192,7 +192,7 @@ def _bake(fd: int) -> int:
 
     from common.protocol import MAX_FRAME_BYTES, BadFrame, BakeOrder, decode_order
     from gpu_worker.bake import BakeError, run_bake
-    from gpu_worker.loader import CheckpointLoadError
+    from gpu_worker.loaded import CheckpointLoadError
     from gpu_worker.loras import LoraError
     from gpu_worker.merge import peak_rss_bytes
 

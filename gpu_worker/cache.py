@@ -5,7 +5,7 @@ copy, not a load from disk (what A1111 does with `sd_checkpoints_keep_in_cpu`). 
 the device *is* RAM, so there is one tier.
 
 Pipelines may share modules (Flux checkpoints that take the same T5-XXL and VAE from the component
-store, gpu_worker/flux_loader.py): memory is counted per module, so a shared part counts once, and
+store, gpu_worker/families/flux.py): memory is counted per module, so a shared part counts once, and
 a pipeline that shares a part with another is dropped rather than moved to CPU RAM (moving it would
 move the part out from under the other).
 """
@@ -22,7 +22,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from common.protocol import LoadRequest
-from gpu_worker.loader import LoadedPipeline
+from gpu_worker.loaded import LoadedPipeline
 
 log = logging.getLogger(__name__)
 

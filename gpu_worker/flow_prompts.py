@@ -55,7 +55,7 @@ def _weighted_ids(tokenizer, text: str, length: int, end: bool) -> tuple[list[in
     return ids + [pad] * (length - len(ids)), weights + [1.0] * (length - len(weights))
 
 
-def _encode(encoder, tokenizer, texts: Sequence[str], length: int, t5: bool, hidden_layer: int | None = None) -> torch.Tensor:
+def encode_weighted(encoder, tokenizer, texts: Sequence[str], length: int, t5: bool, hidden_layer: int | None = None) -> torch.Tensor:
     rows = [_weighted_ids(tokenizer, text, length, end=t5) for text in texts]
     ids = torch.tensor([r[0] for r in rows], device=encoder.device)
     with torch.no_grad():
@@ -63,47 +63,3 @@ def _encode(encoder, tokenizer, texts: Sequence[str], length: int, t5: bool, hid
     z = output[0] if hidden_layer is None else output.hidden_states[hidden_layer]
     weights = torch.tensor([r[1] for r in rows], dtype=z.dtype, device=z.device)
     return torch.stack([emphasize(row, w) for row, w in zip(z, weights, strict=True)])
-
-
-def flux_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], max_length: int, true_cfg: bool) -> dict:
-    """The FluxPipeline's text inputs for these prompts (and negatives, with true CFG)."""
-    inputs: dict = {}
-    for kind, texts in (("", prompts), ("negative_", negatives if true_cfg else [])):
-        if not texts:
-            continue
-        plains = [plain(t) for t in texts]
-        embeds, pooled, _ = pipe.encode_prompt(prompt=plains, prompt_2=plains, max_sequence_length=max_length)
-        if any(weighted(t) for t in texts):
-            embeds = _encode(pipe.text_encoder_2, pipe.tokenizer_2, texts, max_length, t5=True).to(embeds.dtype)
-        inputs |= {f"{kind}prompt_embeds": embeds, f"{kind}pooled_prompt_embeds": pooled}
-    return inputs
-
-
-def sd3_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], max_length: int) -> dict:
-    """The StableDiffusion3Pipeline's text inputs: CLIP-L's and CLIP-G's penultimate layers side by
-    side, padded to T5's width, then T5's tokens after them; the two CLIPs' projections pooled."""
-    plains, plain_negatives = [plain(t) for t in prompts], [plain(t) for t in negatives]
-    embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=plains, prompt_2=plains, prompt_3=plains,
-        negative_prompt=plain_negatives, negative_prompt_2=plain_negatives, negative_prompt_3=plain_negatives,
-        do_classifier_free_guidance=True, max_sequence_length=max_length,
-    )  # fmt: skip
-    inputs = {"prompt_embeds": embeds, "negative_prompt_embeds": negative_embeds}
-    for key, texts in (("prompt_embeds", prompts), ("negative_prompt_embeds", negatives)):
-        if any(weighted(t) for t in texts):
-            inputs[key] = _sd3_weighted(pipe, texts, max_length, inputs[key])
-    return inputs | {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
-
-
-def _sd3_weighted(pipe, texts: Sequence[str], max_length: int, unweighted: torch.Tensor) -> torch.Tensor:
-    length = pipe.tokenizer_max_length
-    clip = torch.cat(
-        [
-            _encode(pipe.text_encoder, pipe.tokenizer, texts, length, t5=False, hidden_layer=-2),
-            _encode(pipe.text_encoder_2, pipe.tokenizer_2, texts, length, t5=False, hidden_layer=-2),
-        ],
-        dim=-1,
-    )
-    clip = torch.nn.functional.pad(clip, (0, unweighted.shape[-1] - clip.shape[-1]))
-    t5 = _encode(pipe.text_encoder_3, pipe.tokenizer_3, texts, max_length, t5=True)
-    return torch.cat([clip, t5], dim=-2).to(unweighted.dtype)

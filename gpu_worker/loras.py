@@ -17,7 +17,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from common.protocol import LoraUse
-from gpu_worker.loader import LoadedPipeline
+from gpu_worker.loaded import LoadedPipeline
 
 log = logging.getLogger(__name__)
 

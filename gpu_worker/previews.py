@@ -1,7 +1,5 @@
-"""Cheap previews: latents -> RGB by a linear map (no VAE pass), as A1111's "Approx cheap" does.
-
-Factors from ComfyUI's latent_formats (SD15 and SDXL), fitted to each VAE's latent space.
-"""
+"""Previews of a step's latents: by a family's linear map (no VAE pass, A1111's "Approx cheap"),
+or through the VAE (A1111's "Full") where no map is bundled (Flux's and SD3's 16-channel latents)."""
 
 from __future__ import annotations
 
@@ -10,23 +8,9 @@ import io
 import torch
 from PIL import Image
 
-from common.protocol import FLOW_FAMILIES
 
-_FACTORS = {
-    "sd": (
-        [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
-        [0.0, 0.0, 0.0],
-    ),
-    "sdxl": (
-        [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
-        [0.1084, -0.0175, -0.0011],
-    ),
-}
-
-
-def latents_to_images(latents: torch.Tensor, family: str) -> list[Image.Image]:
-    """(B, 4, h, w) latents -> B small RGB images of h x w."""
-    factors, bias = _FACTORS["sdxl" if family == "sdxl" else "sd"]
+def latents_to_images(latents: torch.Tensor, factors: list[list[float]], bias: list[float]) -> list[Image.Image]:
+    """(B, C, h, w) latents -> B small RGB images of h x w, by the family's C x 3 map and bias."""
     cpu = torch.device("cpu")  # a few thousand numbers: on the CPU, where the PNG is made
     weight = torch.tensor(factors, dtype=torch.float32, device=cpu)
     rgb = torch.einsum("bchw,cr->bhwr", latents.detach().float().to(cpu), weight)
@@ -39,13 +23,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def decodes_previews(family: str, pipeline_config: str | None) -> bool:
-    """Whether previews go through the VAE (A1111's "Full") rather than a linear map: no map is
-    bundled for Flux's and SD3's 16-channel latent spaces, nor for the demo model's own small VAE,
-    whose full decode at 64 px costs less than a step."""
-    return family in FLOW_FAMILIES or (pipeline_config or "").startswith("demo-")
 
 
 def vae_previews(pipe, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:

@@ -17,7 +17,8 @@ from diffusers import AutoencoderKL
 
 from common.bundled import CONFIG_ROOT
 from common.protocol import VaeUse, config_parts
-from gpu_worker.loader import LoadedPipeline, named_for_diffusers
+from gpu_worker.families.sd_build import named_for_diffusers
+from gpu_worker.loaded import LoadedPipeline
 
 RESIDENT = 2  # 80-160 MB each
 

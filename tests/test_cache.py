@@ -6,7 +6,7 @@ import torch
 
 from common.protocol import LoadRequest
 from gpu_worker.cache import PipelineCache
-from gpu_worker.loader import LoadedPipeline
+from gpu_worker.loaded import LoadedPipeline
 
 MB = 1 << 20
 

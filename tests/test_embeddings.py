@@ -91,7 +91,7 @@ def test_a_word_becomes_its_vectors_in_one_chunk(clip_tokenizer) -> None:
 @pytest.fixture(scope="module")
 def clip_tokenizer():
     from common.bundled import CONFIG_ROOT
-    from gpu_worker.loader import _tokenizer
+    from gpu_worker.families.sd_build import _tokenizer
 
     assert (CONFIG_ROOT / "sd1" / "tokenizer").is_dir()
     return _tokenizer(str(CONFIG_ROOT / "sd1" / "tokenizer"))

@@ -33,7 +33,7 @@ from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.protocol import ComponentUse, JobPart, LoadRequest, RunBatch
 from common.worker_config import WorkerConfig
-from gpu_worker.flux_layout import to_diffusers, to_original
+from gpu_worker.families.flux_layout import to_diffusers, to_original
 from gpu_worker.loader import load_pipeline
 from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux, transformer_state
 from tests.a1111_infotext import parse_generation_parameters
@@ -164,7 +164,7 @@ def test_every_parameter_of_the_loaded_model_is_the_files(flux_dir: Path) -> Non
 
 
 def test_a_part_that_does_not_fit_is_refused_by_name(flux_dir: Path, tiny_dir: Path) -> None:
-    from gpu_worker.loader import CheckpointLoadError
+    from gpu_worker.loaded import CheckpointLoadError
 
     wrong = (*parts(flux_dir)[:2], ComponentUse("vae", "sd1.safetensors", str(tiny_dir / "tiny-sd1.safetensors"), "x" * 64))
     with pytest.raises(CheckpointLoadError, match=r"sd1\.safetensors does not fit AutoencoderKL"):
@@ -225,7 +225,7 @@ def test_the_flow_solvers_follow_the_models_shift() -> None:
     """DPM++ 2M and UniPC in flow form step through the sigmas flow-matching Euler does: shifted by
     image size for dev (exp(mu)), unshifted for schnell. (Their grid starts one training step below
     sigma 1 and ends a little higher: 0.2% at most, hence the tolerance.)"""
-    from gpu_worker.flux_loader import flow_scheduler
+    from gpu_worker.families.flux import flow_scheduler
     from gpu_worker.samplers import make_scheduler
 
     for schnell in (False, True):
@@ -387,7 +387,7 @@ def test_the_bundled_real_configs_are_flux1_devs_shapes() -> None:
     from bot.checkpoints.architecture import detect_architecture
     from bot.checkpoints.pipeline_config import choose_pipeline_config
     from common.tensors import TensorInfo
-    from gpu_worker.flux_layout import transformer_config
+    from gpu_worker.families.flux_layout import transformer_config
 
     folder = CONFIG_ROOT / "flux"
     bundled = json.loads((folder / "transformer" / "config.json").read_text())
@@ -451,13 +451,14 @@ def test_loading_and_running_flux_and_sd3_reach_no_network(flux_dir: Path, tmp_p
 
 
 def test_prompts_are_read_as_a1111_reads_them_and_emphasis_weighs_t5(flux_dir: Path) -> None:
-    from gpu_worker.flow_prompts import _encode, _sd3_weighted, plain, weighted
+    from gpu_worker.families.sd3 import _sd3_weighted
+    from gpu_worker.flow_prompts import encode_weighted, plain, weighted
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
     assert plain("a (red:1.5) circle <lora:ink:0.8>, BREAK [blue] sky") == "a red circle , blue sky"
     assert weighted("a (red:1.5) circle") and not weighted("a red circle <lora:ink:1>")
     flux = load_pipeline(request(flux_dir / "flux-dev.safetensors")).pipeline
-    ours = _encode(flux.text_encoder_2, flux.tokenizer_2, ["a red circle"], 512, t5=True)
+    ours = encode_weighted(flux.text_encoder_2, flux.tokenizer_2, ["a red circle"], 512, t5=True)
     assert torch.equal(ours, flux._get_t5_prompt_embeds("a red circle", max_sequence_length=512))  # the same tokens
     sd3 = load_pipeline(replace(request(make_tiny_sd3(flux_dir.parent / "sd3.safetensors", "sd35-all-in-one")), family="sd3")).pipeline
     embeds = sd3.encode_prompt("a red circle", "a red circle", "a red circle", do_classifier_free_guidance=False, max_sequence_length=256)[0]

@@ -10,7 +10,8 @@ import torch
 from bot.checkpoints.inspection import inspect_file
 from common.bundled import CONFIG_ROOT
 from common.protocol import LoadRequest
-from gpu_worker.loader import CheckpointLoadError, load_pipeline
+from gpu_worker.loaded import CheckpointLoadError
+from gpu_worker.loader import load_pipeline
 from gpu_worker.testing.tiny import make_tiny_checkpoint, tiny_components
 
 

@@ -249,3 +249,40 @@ def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
     [done] = rec.of(JobDone)[-1:]
     assert [Image.open(io.BytesIO(i.png)).size for i in done.images] == [(128, 128), (128, 128)]
     assert [n for n, _ in seen] == [2, 1, 1]  # pass two of the whole batch failed; then image by image
+
+
+def test_every_family_the_protocol_names_has_its_module_in_the_worker() -> None:
+    from common.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES
+    from gpu_worker.families import FAMILIES
+
+    assert tuple(FAMILIES) == SUPPORTED_FAMILIES
+    assert tuple(name for name, family in FAMILIES.items() if family.flow) == FLOW_FAMILIES
+    assert {FAMILIES[name].gpu_dtype for name in FLOW_FAMILIES} == {torch.bfloat16}  # T5 overflows fp16
+
+
+def test_a_draw_splits_its_pictures_back_to_its_jobs_and_retries_one_by_one() -> None:
+    from common.protocol import JobPart
+    from gpu_worker.families.base import Draw
+
+    draw = Draw((JobPart("a", "cat", "", (1, 2)), JobPart("b", "dog", "blur", (7,))))
+    assert draw.prompts == ["cat", "cat", "dog"] and draw.negatives == ["", "", "blur"] and draw.seeds == [1, 2, 7]
+    pictures = [Image.new("RGB", (1, 1), (value, 0, 0)) for value in (10, 20, 30)]
+    assert {job: [p.getpixel((0, 0))[0] for p in got] for job, got in draw.split(pictures).items()} == {
+        "a": [10, 20],
+        "b": [30],
+    }
+    singles = draw.one_by_one()
+    assert [(d.jobs[0].job_id, d.seeds) for d in singles] == [("a", [1]), ("a", [2]), ("b", [7])]
+
+
+def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRequest) -> None:
+    from dataclasses import replace
+
+    from gpu_worker.families import FAMILIES
+
+    batch = RunBatch(
+        "b1", replace(load_request, family="flux", name="flux-dev"), (JobPart("j", "a cat", "", (1,)),), 64, 64, 4, 1.0,
+        "Euler", "Automatic", mask=b"mask",
+    )  # fmt: skip
+    assert FAMILIES["flux"].refuses(batch) == "flux-dev: inpainting and embeddings are not supported on it yet"
+    assert FAMILIES["sd1"].refuses(batch) is None

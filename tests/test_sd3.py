@@ -31,8 +31,8 @@ from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.protocol import LoadRequest
 from common.worker_config import WorkerConfig
+from gpu_worker.families.sd3_layout import to_diffusers, to_original
 from gpu_worker.loader import load_pipeline
-from gpu_worker.sd3_layout import to_diffusers, to_original
 from gpu_worker.testing.tiny_flux import make_tiny_component
 from gpu_worker.testing.tiny_sd3 import make_tiny_sd3, transformer_state
 from tests.a1111_infotext import parse_generation_parameters
@@ -96,7 +96,7 @@ def test_the_bundled_real_config_fits_each_release(overrides: dict, label: str, 
     from bot.checkpoints.architecture import detect_architecture
     from bot.checkpoints.pipeline_config import choose_pipeline_config
     from common.tensors import TensorInfo
-    from gpu_worker.sd3_layout import transformer_config
+    from gpu_worker.families.sd3_layout import transformer_config
 
     bundled = json.loads((CONFIG_ROOT / "sd3" / "transformer" / "config.json").read_text())
     settings = bundled | overrides

@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, 
 
 from common.bundled import CONFIG_ROOT
 from common.safetensors_writer import temp_path
-from gpu_worker.flux_layout import to_original
+from gpu_worker.families.flux_layout import to_original
 from gpu_worker.ldm_layout import vae_to_ldm
 from gpu_worker.model_parts import IN_FILE, TRANSFORMER_PREFIX
 from gpu_worker.save import save_atomically

@@ -17,9 +17,9 @@ from diffusers import SD3Transformer2DModel
 
 from common.bundled import CONFIG_ROOT
 from common.safetensors_writer import temp_path
+from gpu_worker.families.sd3_layout import to_original
 from gpu_worker.model_parts import IN_FILE, TRANSFORMER_PREFIX
 from gpu_worker.save import save_atomically
-from gpu_worker.sd3_layout import to_original
 from gpu_worker.testing.tiny_flux import _config, _metadata, _seeded, part_state
 
 FOLDER = CONFIG_ROOT / "tiny-sd3"

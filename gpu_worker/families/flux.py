@@ -1,23 +1,32 @@
-"""Flux.1 checkpoints as a diffusers FluxPipeline, from the files people have, with no network.
+"""Flux.1 (dev and schnell): a flow-matching transformer, CLIP-L and T5-XXL, from the files people
+have, as a diffusers FluxPipeline, with no network.
 
 Two shapes of file (what ComfyUI and Forge users download): all-in-one (the transformer under
 `model.diffusion_model.`, CLIP-L, T5-XXL and the VAE beside it: Comfy-Org's flux1-dev-fp8.safetensors)
 or the transformer alone in BFL's layout (flux1-dev.safetensors) with CLIP-L, T5-XXL and the VAE
 (ae.safetensors) from the component store; gpu_worker/model_parts.py reads the parts either way.
 Configs and tokenizers come from the bundled `configs/flux` (or `tiny-flux`) folder; the
-transformer's depth and widths from the file itself (gpu_worker/flux_layout.py).
+transformer's depth and widths from the file itself (gpu_worker/families/flux_layout.py).
+
+Dev takes its guidance as an input (Forge's "Distilled CFG Scale"); a CFG scale above 1 also runs
+true classifier-free guidance with the negative prompt, as Forge does (twice the work).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
+from common.bundled import CONFIG_ROOT
 from common.protocol import LoadRequest
-from gpu_worker import flux_layout
+from gpu_worker.families import flux_layout
+from gpu_worker.families.base import BatchRun, Draw
+from gpu_worker.families.flow import FlowFamily
+from gpu_worker.flow_prompts import encode_weighted, plain, weighted
 from gpu_worker.model_parts import (
     build_transformer,
     check_widths,
@@ -30,7 +39,9 @@ from gpu_worker.model_parts import (
 )
 
 
-def flux_pipeline(request: LoadRequest, dtype: torch.dtype, config_root: Path, device: str = "cpu") -> FluxPipeline:
+def flux_pipeline(
+    request: LoadRequest, dtype: torch.dtype, device: str = "cpu", config_root: Path = CONFIG_ROOT
+) -> FluxPipeline:
     """The pipeline for a Flux checkpoint `request`; PartError says what is wrong or missing.
     A part from the component store already loaded on `device` (for another checkpoint) is shared."""
     parts = open_checkpoint(request, dtype, config_root, device)
@@ -65,3 +76,37 @@ def flow_scheduler(folder: Path, schnell: bool) -> FlowMatchEulerDiscreteSchedul
     if schnell:
         settings |= {"use_dynamic_shifting": False, "shift": 1.0}
     return FlowMatchEulerDiscreteScheduler.from_config(settings)
+
+
+def _text_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], max_length: int, true_cfg: bool) -> dict:
+    """The FluxPipeline's text inputs for these prompts (and negatives, with true CFG)."""
+    inputs: dict = {}
+    for kind, texts in (("", prompts), ("negative_", negatives if true_cfg else [])):
+        if not texts:
+            continue
+        plains = [plain(t) for t in texts]
+        embeds, pooled, _ = pipe.encode_prompt(prompt=plains, prompt_2=plains, max_sequence_length=max_length)
+        if any(weighted(t) for t in texts):
+            embeds = encode_weighted(pipe.text_encoder_2, pipe.tokenizer_2, texts, max_length, t5=True).to(embeds.dtype)
+        inputs |= {f"{kind}prompt_embeds": embeds, f"{kind}pooled_prompt_embeds": pooled}
+    return inputs
+
+
+class Flux(FlowFamily):
+    name = "flux"
+
+    def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> FluxPipeline:
+        return flux_pipeline(request, dtype, device)
+
+    def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
+        batch, pipe = run.batch, run.loaded.pipeline
+        length = 512 if pipe.transformer.config.guidance_embeds else 256  # BFL's T5 lengths: dev, schnell
+        true_cfg = batch.cfg > 1
+        return {
+            "guidance_scale": batch.distilled_cfg,
+            **({"true_cfg_scale": batch.cfg} if true_cfg else {}),
+            **_text_inputs(pipe, draw.prompts, draw.negatives, length, true_cfg),
+        }
+
+
+FLUX = Flux()

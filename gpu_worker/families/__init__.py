@@ -1,0 +1,16 @@
+"""One module per model family (diffusers' way): sd.py (SD1, SD2, SDXL), flux.py, sd3.py, with what
+the flow families share in flow.py and the contract in base.py.
+
+A new family is a module with a `Family` subclass — its pipeline build, prompt encoding, call
+arguments, preview map and what it refuses — and a row in FAMILIES (and in common/families.py,
+which says what the bot knows of it).
+"""
+
+from __future__ import annotations
+
+from gpu_worker.families.base import Family
+from gpu_worker.families.flux import FLUX
+from gpu_worker.families.sd import SD1, SD2, SDXL
+from gpu_worker.families.sd3 import SD3
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD1, SD2, SDXL, FLUX, SD3)}

@@ -1,0 +1,139 @@
+"""What a model family is to the worker, and the record a batch carries through it.
+
+A family builds its pipeline from a file, refuses what it cannot do, prepares a batch (its input
+picture, its mask, its prompts' words), draws the pictures of one pipeline call (prompt encoding,
+call arguments, the hires fix), maps a step's latents to a preview, and knows which memory savers
+it can switch on. The runner (gpu_worker/runner.py) calls these in order and knows no family by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from common.protocol import JobPart, LoadRequest, RunBatch
+from gpu_worker.loaded import LoadedPipeline
+from gpu_worker.prompt_encoding import Conditioning
+from gpu_worker.textual_inversion import EmbeddingCache, WordEmbeddings
+from gpu_worker.upscale_models import UpscalerCache
+
+StepCallback = Callable[[DiffusionPipeline, int, object, dict], dict]
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One pipeline call's share of a batch: its jobs, one picture per seed, in the batch's order."""
+
+    jobs: tuple[JobPart, ...]
+
+    @property
+    def prompts(self) -> list[str]:
+        return [job.prompt for job in self.jobs for _ in job.seeds]
+
+    @property
+    def negatives(self) -> list[str]:
+        return [job.negative for job in self.jobs for _ in job.seeds]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [seed for job in self.jobs for seed in job.seeds]
+
+    def first_index(self) -> dict[str, int]:
+        """Each job's first picture's place among the call's pictures."""
+        places, offset = {}, 0
+        for job in self.jobs:
+            places[job.job_id] = offset
+            offset += len(job.seeds)
+        return places
+
+    def one_by_one(self) -> list[Draw]:
+        """A call per picture (the retry after running out of memory)."""
+        return [Draw((replace(job, seeds=(seed,)),)) for job in self.jobs for seed in job.seeds]
+
+    def split(self, images: list[Image.Image]) -> dict[str, list[Image.Image]]:
+        places = self.first_index()
+        return {job.job_id: images[places[job.job_id] : places[job.job_id] + len(job.seeds)] for job in self.jobs}
+
+
+@dataclass
+class BatchRun:
+    """One batch on its loaded pipeline: what the family prepared, and what the pass in progress
+    tells the step callback."""
+
+    batch: RunBatch
+    loaded: LoadedPipeline
+    upscalers: UpscalerCache
+    pipe: DiffusionPipeline  # the pipeline pass one runs on (text, img2img or inpainting)
+    img2img: DiffusionPipeline | None = None  # from a picture, and the hires fix's pass two
+    init: Image.Image | None = None  # img2img: the input picture at the job's size (filled, with a mask)
+    mask: Image.Image | None = None  # inpainting: the mask at the job's size, blurred
+    original: Image.Image | None = None  # inpainting: the picture the overlay keeps
+    paste: tuple[Image.Image, Image.Image, tuple[int, int, int, int]] | None = None  # Only masked
+    nine: bool = False  # an inpainting checkpoint (a 9-channel UNet)
+    words: WordEmbeddings | None = None  # the batch's textual-inversion words
+    # The pass in progress: steps of earlier passes in this call and of this one, its size (for
+    # previews), and its prompts' conditioning with the texts it was last set to (prompt editing).
+    pass_steps: tuple[int, int] = (0, 0)
+    size: tuple[int, int] = (0, 0)
+    conditioning: Conditioning | None = None
+    applied: tuple[str, ...] = ()
+
+    def hires_upscaler(self) -> object:
+        """The hires fix's upscaler: a model from the cache, or an A1111 name."""
+        model = self.batch.hires_model
+        return self.upscalers.get(model.path, model.sha256) if model else self.batch.hires_upscaler
+
+
+class Family:
+    """The worker's side of a model family; one instance per row of FAMILIES."""
+
+    name: str = ""
+    flow: bool = False  # denoises by flow matching (a transformer, no UNet)
+    gpu_dtype: torch.dtype = torch.float16
+
+    def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:
+        """The pipeline for a file of this family, on the CPU (or sharing parts already on `device`)."""
+        raise NotImplementedError
+
+    def refuses(self, batch: RunBatch) -> str | None:
+        """Why this family cannot run the batch, in one line for the person; None when it can."""
+        return None
+
+    def writes_distilled_cfg(self, batch: RunBatch) -> bool:
+        """Whether the infotext carries Forge's "Distilled CFG Scale" (a guidance input was used)."""
+        return False
+
+    def prepare(self, run: BatchRun, embeddings: EmbeddingCache) -> None:
+        """The batch's pictures, mask and words on `run`; `run.pipe` set to the pipeline pass one uses."""
+        raise NotImplementedError
+
+    def draws(self, run: BatchRun, jobs: list[JobPart]) -> list[Draw]:
+        """The pipeline calls that serve the batch's jobs: one, unless the family needs several."""
+        return [Draw(tuple(jobs))]
+
+    def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
+        """One call's pictures: pass one and, with the hires fix, pass two."""
+        raise NotImplementedError
+
+    def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
+        """One picture's preview from its latents at a step."""
+        raise NotImplementedError
+
+    @contextmanager
+    def memory_savers(self, pipe: DiffusionPipeline) -> Iterator[None]:
+        """Savers on for a retry after running out of memory, off again afterwards."""
+        pipe.vae.enable_tiling()
+        try:
+            yield
+        finally:
+            pipe.vae.disable_tiling()
+
+
+def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
+    """Noise from CPU generators: the same seed gives the same picture on any GPU model."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]

@@ -1,0 +1,110 @@
+"""What the flow-matching families (Flux, SD3) share: one pipeline call for the batch, prompts read
+as A1111-style prompts (gpu_worker/flow_prompts.py), from a picture and with the hires fix through
+the same modules as an image-to-image pipeline (the hires fix enlarges a picture, never a latent),
+and previews through the VAE (no linear map is bundled for their 16-channel latents)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from common.protocol import RunBatch
+from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_generators
+from gpu_worker.hires import enlarge
+from gpu_worker.init_images import prepare_init
+from gpu_worker.loaded import image_to_image
+from gpu_worker.previews import vae_previews
+from gpu_worker.samplers import make_scheduler
+from gpu_worker.textual_inversion import EmbeddingCache
+
+
+class FlowFamily(Family):
+    flow = True
+    gpu_dtype = torch.bfloat16  # as BFL, SAI and ComfyUI run them (T5 overflows fp16)
+
+    def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
+        """The pipeline's guidance and text arguments for the call's prompts."""
+        raise NotImplementedError
+
+    def refuses(self, batch: RunBatch) -> str | None:
+        if batch.mask is not None or batch.embeddings:
+            return f"{batch.load.name}: inpainting and embeddings are not supported on it yet"
+        return None
+
+    def writes_distilled_cfg(self, batch: RunBatch) -> bool:
+        return batch.distilled_cfg > 0  # the bot sends 0 where the model has no guidance input (schnell)
+
+    def prepare(self, run: BatchRun, embeddings: EmbeddingCache) -> None:
+        batch, loaded = run.batch, run.loaded
+        run.pipe = loaded.pipeline
+        run.pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
+        if batch.init_image is not None or batch.hires_scale:
+            run.img2img = image_to_image(loaded)
+        if batch.init_image is not None:
+            run.init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
+
+    def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
+        batch, n = run.batch, len(draw.seeds)
+        arguments = self.text_inputs(run, draw)
+        run.pass_steps = (0, batch.run_steps)
+        size = (batch.width, batch.height)
+        if run.init is not None:  # img2img: strength says how much of the picture is redrawn
+            first = _call(
+                run,
+                run.img2img,
+                draw,
+                callback,
+                arguments,
+                batch.steps,
+                size,
+                image=[run.init] * n,
+                strength=batch.strength,
+            )
+        else:
+            first = _call(run, run.pipe, draw, callback, arguments, batch.steps, size)
+        if not batch.hires_scale:
+            return first
+        # Hires fix (A1111): pass one's picture enlarged by a picture upscaler, redrawn by img2img.
+        run.pass_steps = (batch.run_steps, batch.hires_run_steps)
+        enlarged = enlarge(first, batch.hires_size, run.hires_upscaler())
+        steps = batch.hires_steps or batch.steps
+        return _call(
+            run,
+            run.img2img,
+            draw,
+            callback,
+            arguments,
+            steps,
+            batch.hires_size,
+            image=enlarged,
+            strength=batch.hires_denoise,
+        )
+
+    def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
+        width, height = run.size  # this pass's (the hires fix's second is larger)
+        return vae_previews(pipe, latents, height, width)[0]
+
+
+def _call(
+    run: BatchRun,
+    pipe: DiffusionPipeline,
+    draw: Draw,
+    callback: StepCallback,
+    arguments: dict,
+    steps: int,
+    size: tuple[int, int],
+    **inputs: object,
+) -> list[Image.Image]:
+    run.size = size
+    return pipe(
+        width=size[0],
+        height=size[1],
+        num_inference_steps=steps,
+        generator=cpu_generators(draw.seeds),
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents"],
+        output_type="pil",
+        **arguments,
+        **inputs,
+    ).images

@@ -1,0 +1,218 @@
+"""SD1, SD2 and SDXL (epsilon, v-prediction, zero-terminal-SNR and EDM models): a UNet and CLIP.
+
+Prompts are read as A1111 reads them — emphasis, BREAK, chunks past 77 tokens, clip skip, textual
+inversion words, and prompt editing / alternation, whose embeddings the step callback swaps in as
+they change (gpu_worker/prompt_encoding.py). From a picture, with a mask (A1111's inpainting
+options), on inpainting checkpoints (9-channel UNets), and the hires fix from a latent or a picture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers import DiffusionPipeline
+from PIL import Image
+
+from common.protocol import JobPart, LoadRequest
+from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_generators
+from gpu_worker.families.sd_build import build_sd
+from gpu_worker.hires import upscale
+from gpu_worker.init_images import prepare_init, prepare_mask
+from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
+from gpu_worker.latents import encode
+from gpu_worker.loaded import image_to_image, inpainting
+from gpu_worker.previews import latents_to_images, vae_previews
+from gpu_worker.prompt_encoding import Conditioning, chunks_needed
+from gpu_worker.samplers import make_scheduler
+from gpu_worker.textual_inversion import EmbeddingCache
+
+# The cheap preview's linear map from latents to RGB (A1111's "Approx cheap"), from ComfyUI's
+# latent_formats (SD15 and SDXL), fitted to each VAE's latent space: (factors, bias).
+SD_PREVIEW = (
+    [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]],
+    [0.0, 0.0, 0.0],
+)
+SDXL_PREVIEW = (
+    [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]],
+    [0.1084, -0.0175, -0.0011],
+)
+
+
+class StableDiffusion(Family):
+    def __init__(self, name: str, preview_map: tuple[list[list[float]], list[float]]) -> None:
+        self.name = name
+        self.preview_map = preview_map
+
+    def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:
+        return build_sd(request, dtype)
+
+    def prepare(self, run: BatchRun, embeddings: EmbeddingCache) -> None:
+        batch, loaded = run.batch, run.loaded
+        pipe = loaded.pipeline
+        encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+        run.words = embeddings.for_batch(batch.embeddings, encoders)
+        pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
+        # An inpainting checkpoint (9-channel UNet) is loaded as its inpainting pipeline, which serves
+        # every kind of job: from text, from a picture, with a mask, and the hires fix's pass two.
+        run.nine = pipe.unet.config.in_channels == 9
+        if batch.init_image is not None or batch.hires_scale:
+            run.img2img = pipe if run.nine else image_to_image(loaded)
+        run.pipe = pipe
+        if batch.init_image is not None:
+            run.init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
+            run.pipe = run.img2img
+        if batch.init_image is not None and batch.mask is not None:
+            run.mask = prepare_mask(batch.mask, batch.width, batch.height, batch.resize_mode, batch.mask_blur)
+            run.pipe = pipe if run.nine else inpainting(loaded)
+            _prepare_inpainting(run)
+
+    def draws(self, run: BatchRun, jobs: list[JobPart]) -> list[Draw]:
+        """Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
+        calls: padding a short prompt with empty chunks would change its picture."""
+        groups: dict[int, list[JobPart]] = {}
+        for job in jobs:
+            chunks = chunks_needed(run.pipe, job.prompt, job.negative, run.batch.run_steps, run.words)
+            groups.setdefault(chunks, []).append(job)
+        return [Draw(tuple(group)) for group in groups.values()]
+
+    def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
+        batch, n = run.batch, len(draw.seeds)
+        run.pass_steps, run.size = (0, batch.run_steps), (batch.width, batch.height)
+        output = "latent" if batch.hires_scale else "pil"
+        first = _sample(
+            run, run.pipe, draw, callback, batch.steps, batch.run_steps, _pass_one_inputs(run, draw), output
+        )
+        if run.mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
+            return _overlay(run, first)
+        if not batch.hires_scale:
+            return first
+        # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
+        run.pass_steps, run.size = (batch.run_steps, batch.hires_run_steps), batch.hires_size
+        enlarged = upscale(run.pipe, first, batch.hires_size, run.hires_upscaler())
+        inputs = {"image": enlarged, "strength": batch.hires_denoise}
+        if run.nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
+            inputs |= _full_mask(run.pipe, enlarged, batch.hires_size, n)
+        steps = batch.hires_steps or batch.steps
+        return _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs, "pil")
+
+    def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
+        # The demo model's small VAE decodes a 64 px preview in less than a step: A1111's "Full".
+        if (run.batch.load.pipeline_config or "").startswith("demo-"):
+            return vae_previews(pipe, latents, *reversed(run.size))[0]
+        return latents_to_images(latents, *self.preview_map)[0]
+
+    @contextmanager
+    def memory_savers(self, pipe: DiffusionPipeline) -> Iterator[None]:
+        pipe.enable_attention_slicing()
+        try:
+            with super().memory_savers(pipe):
+                yield
+        finally:
+            pipe.disable_attention_slicing()
+
+
+def _pass_one_inputs(run: BatchRun, draw: Draw) -> dict:
+    """Pass one's size, picture, strength and mask, as the job asks."""
+    batch, n = run.batch, len(draw.seeds)
+    if run.nine:
+        inputs = _inpainting_model_inputs(run, n)
+    elif run.init is None:
+        inputs = {"width": batch.width, "height": batch.height}
+    else:  # img2img: the picture sets the size; strength says how much of it is redrawn
+        inputs = {"image": [run.init] * n, "strength": batch.strength}
+    if run.mask is not None and not run.nine:  # inpainting: only where the mask is white
+        inputs |= {"mask_image": [run.mask] * n, "width": batch.width, "height": batch.height}
+    if run.mask is not None and batch.masked_content in ("latent noise", "latent nothing"):
+        inputs["image"] = masked_start(run.pipe, run.init, run.mask, batch.masked_content, draw.seeds)
+        # The masked picture's latent, which the pipeline cannot make from a latent start (an
+        # inpainting checkpoint reads it; a normal one needs it given so as not to try).
+        inputs["masked_image_latents"] = masked_picture_latents(run.pipe, run.init, run.mask, n)
+    return inputs
+
+
+def _sample(
+    run: BatchRun,
+    pipe: DiffusionPipeline,
+    draw: Draw,
+    callback: StepCallback,
+    steps: int,
+    run_steps: int,
+    inputs: dict,
+    output: str,
+) -> list:
+    batch = run.batch
+    run.conditioning = Conditioning(pipe, draw.prompts, draw.negatives, run_steps, batch.clip_skip, run.words)
+    run.applied = run.conditioning.key(1)
+    return pipe(
+        **run.conditioning.inputs(1),
+        **inputs,
+        num_inference_steps=steps,
+        guidance_scale=batch.cfg,
+        **({"guidance_rescale": batch.cfg_rescale} if batch.cfg_rescale else {}),
+        generator=cpu_generators(draw.seeds),
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
+        output_type=output,
+    ).images
+
+
+def _prepare_inpainting(run: BatchRun) -> None:
+    """Inpaint area and masked content (gpu_worker/inpaint_options.py) applied to the batch's
+    picture and mask; what the overlay needs afterwards is kept."""
+    batch = run.batch
+    assert run.init is not None and run.mask is not None
+    size = (batch.width, batch.height)
+    box = crop_region(run.mask, batch.mask_padding, *size) if batch.only_masked else None
+    if box is not None:  # Only masked: that region, enlarged to the job's size
+        run.paste = (run.init, run.mask, box)
+        run.init = run.init.crop(box).resize(size, Image.Resampling.LANCZOS)
+        run.mask = run.mask.crop(box).resize(size, Image.Resampling.LANCZOS)
+    run.original = run.init  # the overlay keeps the picture as it was, not as filled
+    if batch.masked_content == "fill":
+        run.init = fill_masked(run.init, run.mask)
+
+
+def _overlay(run: BatchRun, images: list[Image.Image]) -> list[Image.Image]:
+    """A1111's overlay: outside the (blurred) mask, the picture as it was; with Only masked, the
+    region shrunk back and pasted into the whole picture first."""
+    out = []
+    for image in images:
+        picture, mask = run.original, run.mask
+        if run.paste is not None:
+            picture, mask, box = run.paste
+            whole = picture.copy()
+            whole.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
+            image = whole
+        out.append(Image.composite(image, picture, mask))
+    return out
+
+
+def _inpainting_model_inputs(run: BatchRun, n: int) -> dict:
+    """Pass one's inputs for an inpainting checkpoint, as A1111 feeds one (processing.py
+    `txt2img_image_conditioning` / `img2img_image_conditioning`): from text, a grey picture under a
+    full mask, redrawn from pure noise; from a picture, that picture under a full mask (or the
+    person's mask) at the job's denoising strength."""
+    batch = run.batch
+    size = (batch.width, batch.height)
+    picture = run.init if run.init is not None else Image.new("RGB", size, (128, 128, 128))
+    mask = run.mask if run.mask is not None else Image.new("L", size, 255)
+    strength = batch.strength if run.init is not None else 1.0
+    return {"image": [picture] * n, "mask_image": [mask] * n, "strength": strength, "width": size[0], "height": size[1]}
+
+
+def _full_mask(pipe: DiffusionPipeline, enlarged: object, size: tuple[int, int], n: int) -> dict:
+    """Pass two on an inpainting checkpoint: redraw everywhere. From a latent, the masked picture
+    (all grey) is encoded here: the pipeline would take an all-zero latent for it instead."""
+    width, height = size
+    inputs: dict = {"mask_image": [Image.new("L", size, 255)] * n, "width": width, "height": height}
+    if isinstance(enlarged, torch.Tensor):
+        grey = encode(pipe.vae, torch.zeros(1, 3, height, width, device=pipe.vae.device, dtype=pipe.vae.dtype))
+        inputs["masked_image_latents"] = grey.repeat(n, 1, 1, 1)
+    return inputs
+
+
+SD1 = StableDiffusion("sd1", SD_PREVIEW)
+SD2 = StableDiffusion("sd2", SD_PREVIEW)
+SDXL = StableDiffusion("sdxl", SDXL_PREVIEW)

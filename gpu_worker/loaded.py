@@ -1,0 +1,57 @@
+"""A checkpoint loaded as a pipeline, and the same modules as image-to-image and inpainting pipelines.
+
+The record every part of the worker shares (cache, LoRAs, VAEs, families, runner); loader.py makes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
+
+from common.protocol import LoadRequest
+
+
+class CheckpointLoadError(Exception):
+    """The checkpoint cannot be loaded; the message says why in one line, for the user."""
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: DiffusionPipeline
+    request: LoadRequest
+    device: str
+    dtype: torch.dtype
+    load_seconds: float
+    # The checkpoint's own scheduler config: every job's sampler is built from this, never from
+    # the previous job's scheduler, so one job's sampler options cannot leak into the next.
+    base_scheduler_config: dict = field(default_factory=dict)
+    # LoRA adapters injected into this pipeline (gpu_worker/loras.py), least recently used first.
+    adapters: list[str] = field(default_factory=list)
+    # The same modules as image-to-image and inpainting pipelines, made when first needed.
+    derived: dict[str, DiffusionPipeline] = field(default_factory=dict)
+    own_vae: object | None = None  # the checkpoint's own VAE, while a job's VAE (gpu_worker/vaes.py) stands in
+    # Larger than the device's budget: kept in CPU RAM, each part moved to the device while it runs
+    # (diffusers' model CPU offload) rather than failing.
+    offloaded: bool = False
+
+
+def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
+    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline."""
+    return _derived(loaded, "img2img", AutoPipelineForImage2Image)
+
+
+def inpainting(loaded: LoadedPipeline) -> DiffusionPipeline:
+    """The loaded pipeline's modules as an inpainting pipeline (a 4-channel UNet: the masked latents
+    are redrawn and the rest kept from the picture at every step, as A1111 does on normal models)."""
+    return _derived(loaded, "inpaint", AutoPipelineForInpainting)
+
+
+def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
+    """Made once, nothing copied (diffusers `from_pipe`); it takes this batch's scheduler."""
+    if kind not in loaded.derived:
+        loaded.derived[kind] = factory.from_pipe(loaded.pipeline)
+        loaded.derived[kind].set_progress_bar_config(disable=True)
+    loaded.derived[kind].scheduler = loaded.pipeline.scheduler
+    return loaded.derived[kind]

@@ -1,0 +1,83 @@
+"""A picture's A1111 infotext from its batch: the parameters A1111 and Forge write, under their keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.infotext import build_infotext
+from common.protocol import RunBatch
+from gpu_worker.families import FAMILIES
+
+VERSION = "Easel 0.1.0"
+
+
+def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hashes: str = "") -> str:
+    return build_infotext(
+        prompt,
+        negative,
+        {
+            "Steps": batch.steps,
+            "Sampler": batch.sampler,
+            "Schedule type": None if batch.schedule == "Automatic" else batch.schedule,
+            "CFG scale": batch.cfg,
+            # Forge writes Flux dev's guidance input beside the CFG scale (1 unless true CFG runs too).
+            "Distilled CFG Scale": f"{batch.distilled_cfg:g}" if _distilled(batch) else None,
+            "CFG Rescale φ": f"{batch.cfg_rescale:g}" if batch.cfg_rescale else None,
+            "Seed": seed,
+            "Size": f"{batch.width}x{batch.height}",
+            "Model hash": batch.load.sha256[:10] or None,
+            "Model": batch.model_name or batch.load.name,
+            # A1111 processing.py: after the model, the VAE that replaced its own (sha256[:10], file name).
+            "VAE hash": batch.vae.sha256[:10] if batch.vae else None,
+            "VAE": batch.vae.name if batch.vae else None,
+            # Forge's names for the separate parts a transformer-only file ran with (file stems).
+            **{f"Module {i}": Path(use.name).stem for i, use in enumerate(_modules(batch), start=1)},
+            "Denoising strength": _denoising(batch),
+            "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
+            **_inpaint_parameters(batch),
+            "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
+            # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
+            "Hires upscale": f"{batch.hires_scale:g}" if batch.hires_scale else None,
+            "Hires steps": batch.hires_steps if batch.hires_scale and batch.hires_steps else None,
+            "Hires upscaler": batch.hires_upscaler if batch.hires_scale else None,
+            # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
+            "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
+            "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
+            "Version": VERSION,
+        },
+    )
+
+
+def _modules(batch: RunBatch) -> list:
+    """A transformer-only file's parts as Forge lists them: the VAE, then the text encoders."""
+    order = {"vae": 0, "clip_l": 1, "clip_g": 2, "t5xxl": 3}
+    return sorted(batch.load.components, key=lambda use: order.get(use.role, 4))
+
+
+def _distilled(batch: RunBatch) -> bool:
+    """A guidance input was used (Flux dev's), as the family says."""
+    family = FAMILIES.get(batch.load.family)
+    return family is not None and family.writes_distilled_cfg(batch)
+
+
+def _inpaint_parameters(batch: RunBatch) -> dict[str, object]:
+    """A1111 processing.py writes these only when they are not the defaults (original, whole picture)."""
+    if batch.init_image is None or batch.mask is None:
+        return {}
+    return {
+        "Masked content": batch.masked_content if batch.masked_content != "original" else None,
+        "Inpaint area": "Only masked" if batch.only_masked else None,
+        "Masked area padding": batch.mask_padding if batch.only_masked else None,
+    }
+
+
+def a1111_alias(name: str) -> str:
+    """A name as A1111 writes it in `Lora hashes` and `TI hashes`: without the list's `:` and `,`."""
+    return name.replace(":", "").replace(",", "")
+
+
+def _denoising(batch: RunBatch) -> float | None:
+    """A1111's "Denoising strength": the hires pass's, else img2img's; none for plain txt2img."""
+    if batch.hires_scale:
+        return batch.hires_denoise
+    return batch.strength if batch.init_image is not None else None
