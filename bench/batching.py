@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import checkpoint_ref, median, report, start_service, tiny_checkpoint
-from bot.generation.requests import GenerationRequest, Limits
+from bot.rules.limits import GenerationRequest, Limits
 
 
 async def images_per_second(service, ref, n: int, size: int, steps: int, round_: int) -> float:

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import checkpoint_ref, percentile, report, start_service, tiny_checkpoint
-from bot.generation.requests import GenerationRequest, Limits
+from bot.rules.limits import GenerationRequest, Limits
 
 TICK = 0.010
 

@@ -26,7 +26,7 @@ async def main() -> None:
     repeats = 5
     import torch
 
-    from bot.generation.requests import GenerationRequest, Limits
+    from bot.rules.limits import GenerationRequest, Limits
     from gpu_worker.loader import load_pipeline
     from gpu_worker.samplers import make_scheduler
 

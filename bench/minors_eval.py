@@ -1,4 +1,4 @@
-"""How well the minors rule (bot/generation/minors.py) tells prompts that sexualise minors from
+"""How well the minors rule (bot/rules/minors.py) tells prompts that sexualise minors from
 innocent ones that look like them: recall (refused among those that should be) and the false-refusal
 rate (refused among the innocent), on a development half (bench/data/minors_eval.jsonl, split "dev":
 the rule may be tuned on it) and a test half (split "test": written with the dev half, before the
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report
-from bot.generation.minors import find_minors
+from bot.rules.minors import find_minors
 
 DATA = Path(__file__).resolve().parent / "data" / "minors_eval.jsonl"
 

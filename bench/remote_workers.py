@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import checkpoint_ref, median, report, start_service, tiny_checkpoint
 from bot.db import open_database
 from bot.generation.jobs import Finished, Progress, Started
-from bot.generation.requests import GenerationRequest, Limits
 from bot.generation.service import GenerationService
+from bot.rules.limits import GenerationRequest, Limits
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 140  # about 2 s of the tiny SD1 at 64×64 on one of these CPUs

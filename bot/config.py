@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=100, ge=1)
     cooldown_seconds: float = Field(default=5.0, ge=0)
     blocked_words: Annotated[list[str], NoDecode] = Field(default_factory=list)  # refused in prompts
-    # Words added to the minors rule's lists (bot/generation/minors.py); its own cannot be removed.
+    # Words added to the minors rule's lists (bot/rules/minors.py); its own cannot be removed.
     minor_terms: Annotated[list[str], NoDecode] = Field(default_factory=list)
     sexual_terms: Annotated[list[str], NoDecode] = Field(default_factory=list)
     nsfw_in_dms: bool = True  # NSFW-flagged checkpoints in DMs with the bot (servers decide for themselves)

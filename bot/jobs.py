@@ -33,18 +33,6 @@ from bot.components.text_encoders import TextEncoderRegistry
 from bot.demo import DEMO_NOTE, is_demo
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
-from bot.generation.cooldowns import Cooldowns
-from bot.generation.minors import check_minors
-from bot.generation.policy import check_prompt
-from bot.generation.requests import (
-    DEFAULT_DISTILLED_CFG,
-    GenerationRequest,
-    ValidRequest,
-    check_texts,
-    family_defaults,
-    random_seed,
-    validate,
-)
 from bot.generation.service import GenerationService, JobHandle
 from bot.generation.store import JobRecord
 from bot.guilds.settings import Effective, GuildSettings
@@ -60,7 +48,19 @@ from bot.images.inputs import InputStore
 from bot.images.picture_check import PictureCheck
 from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
-from bot.networks.selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
+from bot.rules.cooldowns import Cooldowns
+from bot.rules.limits import (
+    DEFAULT_DISTILLED_CFG,
+    GenerationRequest,
+    ValidRequest,
+    check_texts,
+    family_defaults,
+    random_seed,
+    validate,
+)
+from bot.rules.minors import check_minors
+from bot.rules.network_selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
+from bot.rules.policy import check_prompt
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from common.errors import EaselError
 from common.hires_upscalers import LATENT_UPSCALERS

@@ -15,13 +15,13 @@ from bot.components.registry import VaeRegistry, vae_registry
 from bot.components.text_encoders import TextEncoderRegistry, text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
 from bot.images.picture_check import PictureCheck
 from bot.jobs import Jobs
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
+from bot.rules.limits import Limits
 from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
 from bot.upscalers.service import UpscaleService
 

@@ -20,11 +20,11 @@ from bot.catalog.service import Answer, CatalogService
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
 from bot.db import open_database
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.jobs import Asker, Jobs, Place
 from bot.networks.registry import network_registries
+from bot.rules.limits import Limits
 from common.errors import EaselError
 
 

@@ -14,14 +14,14 @@ from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
 from bot.db import open_database
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
-from bot.generation.policy import readable_score
-from bot.generation.requests import Limits, parse_size
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.images.infotext import read_picture_parameters
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
-from bot.networks.selection import lora_strength
+from bot.rules.limits import Limits, parse_size
+from bot.rules.network_selection import lora_strength
+from bot.rules.policy import readable_score
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry

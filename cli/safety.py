@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from bot.config import Settings
-from bot.generation.minors import find_minors
-from bot.generation.policy import blocked_word, picture_verdict
 from bot.images.uploads import read_upload
+from bot.rules.minors import find_minors
+from bot.rules.policy import blocked_word, picture_verdict
 from bot.worker_tools import run_worker_tool
 from cli.generate import _read_input
 from cli.server import open_store

@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.config import Settings
 from bot.db import open_database
-from bot.generation.requests import Limits
 from bot.guilds.settings import DEFAULT_KEYS, POLICY_KEYS, GuildSettings
+from bot.rules.limits import Limits
 from common.errors import EaselError
 
 

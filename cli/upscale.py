@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from bot.config import Settings
 from bot.db import open_database
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Jobs
+from bot.rules.limits import Limits
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry

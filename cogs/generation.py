@@ -11,9 +11,9 @@ from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
-from bot.generation.requests import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from bot.images.infotext import render_reading
 from bot.jobs import ImagineOptions
+from bot.rules.limits import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place

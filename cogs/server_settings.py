@@ -14,9 +14,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
-from bot.generation.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
-from bot.generation.requests import MAX_CFG
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
+from bot.rules.limits import MAX_CFG
+from bot.rules.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
 from cogs.utils.checkpoint_option import Registered
 from cogs.utils.checks import is_manager, manager_group
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip

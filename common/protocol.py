@@ -255,7 +255,7 @@ class ImageResult:
     seed: int
     infotext: str
     # gpu_worker/safety.py: the highest exposed-nudity confidence in the picture; None: not checked,
-    # which the bot treats as over every threshold (bot/generation/policy.py).
+    # which the bot treats as over every threshold (bot/rules/policy.py).
     nsfw_score: float | None = None
     nsfw_labels: dict[str, float] = field(default_factory=dict)  # per class, those found
 

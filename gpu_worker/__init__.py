@@ -1,7 +1,6 @@
 """The GPU worker: the only place torch and diffusers are imported.
 
-Submodules import torch; this package's __init__ and `protocol` do not, so the bot can share the
-request/event dataclasses without paying for torch.
+The bot never imports this package (it starts it as a process); what both sides speak is in common/.
 """
 
 import logging

@@ -7,7 +7,7 @@ emphasis, gpu_worker/prompt_encoding.py `emphasize`).
 A prompt with no emphasis is encoded by the pipeline itself from the plain text, so the common case
 is exactly diffusers'; with emphasis, the weighted encoders' outputs replace the pipeline's.
 Prompt editing and alternation are refused for these models before a job is queued
-(bot/generation/requests.py).
+(bot/rules/limits.py).
 """
 
 from __future__ import annotations

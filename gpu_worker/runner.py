@@ -196,7 +196,7 @@ class BatchRunner:
 
     def _send_previews(self, batch_id: str, step: int, images: list[tuple[str, Image.Image]]) -> None:
         """Each preview checked like every picture that leaves the worker; the bot decides where it
-        may be shown (bot/generation/policy.py)."""
+        may be shown (bot/rules/policy.py)."""
         try:
             for job_id, image in images:
                 score = self.safety.score(image).score

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.jobs import Job, new_job_id
-from bot.generation.requests import GenerationRequest, Limits, validate
+from bot.rules.limits import GenerationRequest, Limits, validate
 
 
 def checkpoint_ref(

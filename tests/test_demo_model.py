@@ -24,11 +24,11 @@ from bot.db import open_database
 from bot.demo import DEMO_FILE, DEMO_NOTE, install_demo
 from bot.demo.world import COLOURS, caption, colour_names, colour_pairs, dominant_colours, draw, sample
 from bot.generation.jobs import Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.networks.registry import LoraRegistry
+from bot.rules.limits import Limits
 from common.worker_config import WorkerConfig
 
 aio = pytest.mark.asyncio(loop_scope="module")  # the async tests share the module's worker

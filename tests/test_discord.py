@@ -281,7 +281,7 @@ async def clock_moving_env(services: Services) -> AsyncIterator[simcord.Env]:
 
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
-    from bot.generation.requests import GenerationRequest
+    from bot.rules.limits import GenerationRequest
 
     async with clock_moving_env(services) as env:
         _, channel, alice = world(env)
@@ -342,7 +342,7 @@ async def test_checkpoint_list_info_and_use_this(env: simcord.Env, services: Ser
 async def test_moderators_see_and_cancel_their_servers_queue(env: simcord.Env, services: Services) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
     from bot.generation.jobs import JobState
-    from bot.generation.requests import GenerationRequest
+    from bot.rules.limits import GenerationRequest
 
     guild, channel, alice = world(env)
     mods = guild.create_role("Mods", permissions=discord.Permissions(manage_guild=True))
@@ -928,7 +928,7 @@ async def test_previews_are_checked_like_the_picture(env: simcord.Env, services:
 
 async def test_after_the_token_expired_no_preview_stays_behind(services: Services, every_event_edits) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
-    from bot.generation.requests import GenerationRequest
+    from bot.rules.limits import GenerationRequest
 
     async with clock_moving_env(services) as env:
         guild, channel, alice = world(env)

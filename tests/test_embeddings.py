@@ -18,12 +18,12 @@ from bot.checkpoints.architecture import detect_architecture
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.jobs import Failed, Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.model_files import scan_models
 from bot.networks.detection import detect_embedding
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry
+from bot.rules.limits import Limits
 from common.errors import EaselError
 from common.prompt_chunks import CHUNK, PLACEHOLDER, chunk_prompt, words_for
 from common.tensors import TensorInfo

@@ -25,10 +25,10 @@ from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderFileError, TextEncoderRegistry, detect_text_encoder
 from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from bot.rules.limits import Limits
 from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.protocol import ComponentUse, JobPart, LoadRequest, RunBatch

@@ -11,8 +11,8 @@ import pytest_asyncio
 
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
-from bot.generation.requests import Limits
 from bot.guilds.settings import GuildSettings
+from bot.rules.limits import Limits
 from common.errors import EaselError
 
 

@@ -16,11 +16,11 @@ from PIL import Image, ImageDraw
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.inputs import InputStore
 from bot.images.uploads import read_upload
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from bot.rules.limits import Limits
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService
 from common.errors import EaselError

@@ -20,11 +20,11 @@ from PIL import Image
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.jobs import Job, new_job_id
-from bot.generation.requests import GenerationRequest, Limits, validate
 from bot.generation.service import GenerationService
 from bot.guilds.settings import GuildSettings
 from bot.images.inputs import InputStore
 from bot.jobs import VARY_SUBTLE, Asker, ImagineOptions, JobPlan, Jobs, Place, reroll, same_seed
+from bot.rules.limits import GenerationRequest, Limits, validate
 from common.errors import EaselError
 from tests.helpers import with_metadata
 
@@ -208,7 +208,7 @@ async def test_reading_a_pictures_parameters_is_one_per_person_per_cooldown(worl
     the cooldown between two; the host's command line does not."""
     from PIL.PngImagePlugin import PngInfo
 
-    from bot.generation.cooldowns import Cooldowns
+    from bot.rules.cooldowns import Cooldowns
 
     info = PngInfo()
     info.add_text("parameters", "a cat\nSteps: 20, Sampler: Euler, Seed: 1, Size: 64x64")

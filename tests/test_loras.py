@@ -27,13 +27,13 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
 from bot.generation.jobs import Failed, Finished, Job, new_job_id
-from bot.generation.requests import GenerationError, Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.model_files import add_model_file, scan_models
 from bot.networks.detection import detect_adapter
 from bot.networks.registry import LORA_FOLDERS, LoraRegistry, network_folders
-from bot.networks.selection import lora_tags, read_tag
+from bot.rules.limits import GenerationError, Limits
+from bot.rules.network_selection import lora_tags, read_tag
 from common.errors import EaselError, RegistryError
 from common.prompt_syntax import extract_extra_networks
 from common.tensors import TensorInfo

@@ -258,7 +258,7 @@ def test_the_infotext_keeps_the_prompt_as_typed(tiny_dir: Path, cache: PipelineC
 
 
 def test_the_bot_notes_tags_in_every_scheduled_text_before_queueing() -> None:
-    from bot.generation.requests import GenerationRequest, Limits, validate
+    from bot.rules.limits import GenerationRequest, Limits, validate
     from tests.helpers import checkpoint_ref
 
     def check(prompt: str, negative: str = ""):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bot.generation.queue import FairQueue
-from bot.generation.requests import GenerationError, Limits
+from bot.rules.limits import GenerationError, Limits
 from tests.helpers import make_job
 
 
@@ -64,7 +64,7 @@ def test_remove() -> None:
 
 
 def test_cooldown_names_the_wait() -> None:
-    from bot.generation.cooldowns import Cooldowns
+    from bot.rules.cooldowns import Cooldowns
 
     now = [100.0]
     cooldowns = Cooldowns(10, clock=lambda: now[0])

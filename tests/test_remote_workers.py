@@ -33,9 +33,9 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Preview, Progress, Started
-from bot.generation.requests import GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
+from bot.rules.limits import GenerationRequest, Limits
 from common.protocol import (
     EVENTS_STREAM,
     ImageResult,

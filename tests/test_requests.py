@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.generation.requests import GenerationError, GenerationRequest, Limits, parse_size, validate
+from bot.rules.limits import GenerationError, GenerationRequest, Limits, parse_size, validate
 from common.samplers import SAMPLERS, parse_sampler
 from tests.helpers import checkpoint_ref
 
@@ -86,7 +86,7 @@ def test_parse_size() -> None:
 
 
 def test_prompt_block_list_matches_whole_words() -> None:
-    from bot.generation.policy import check_prompt
+    from bot.rules.policy import check_prompt
 
     check_prompt("concatenate the scatter plot", ["cat"])  # not a whole word
     with pytest.raises(GenerationError, match="does not allow"):
@@ -97,7 +97,7 @@ def test_prompt_block_list_matches_whole_words() -> None:
 
 
 def test_nsfw_checkpoints_need_an_allowed_place() -> None:
-    from bot.generation.policy import check_nsfw
+    from bot.rules.policy import check_nsfw
 
     check_nsfw("m", False, False)
     check_nsfw("m", True, True)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from bot.generation.minors import check_minors, find_minors
-from bot.generation.policy import picture_verdict, readable_score
+from bot.rules.minors import check_minors, find_minors
+from bot.rules.policy import picture_verdict, readable_score
 from common.errors import EaselError
 from gpu_worker.safety import EXPOSED, NudityScorer
 
@@ -57,8 +57,8 @@ def test_what_a_place_does_with_a_score(score: float, action: str, adult_action:
 async def test_the_servers_picture_rules_are_checked(tmp_path: Path) -> None:
     from bot.checkpoints.registry import CheckpointRegistry
     from bot.db import open_database
-    from bot.generation.requests import Limits
     from bot.guilds.settings import GuildSettings, SettingsError
+    from bot.rules.limits import Limits
 
     db = await open_database(tmp_path / "easel.sqlite3")
     try:

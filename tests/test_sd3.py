@@ -24,9 +24,9 @@ from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
+from bot.rules.limits import Limits
 from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.protocol import LoadRequest

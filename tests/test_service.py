@@ -19,8 +19,8 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Loading, Progress, Queued, Started
-from bot.generation.requests import GenerationError, GenerationRequest, Limits
 from bot.generation.service import GenerationService, JobHandle
+from bot.rules.limits import GenerationError, GenerationRequest, Limits
 from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 

@@ -20,10 +20,10 @@ from bot.components.detection import VaeFileError, detect_vae
 from bot.components.registry import VaeRegistry
 from bot.db import open_database
 from bot.generation.jobs import Failed, Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
 from bot.jobs import Asker, ImagineOptions, Jobs, Place, same_seed
+from bot.rules.limits import Limits
 from common.errors import EaselError
 from common.worker_config import WorkerConfig
 from gpu_worker.testing.tiny import make_tiny_vae

@@ -23,10 +23,10 @@ from bot.checkpoints.inspection import inspect_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.requests import Limits
 from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
+from bot.rules.limits import Limits
 from common.errors import EaselError
 from common.protocol import LoadRequest
 from common.samplers import SAMPLERS, ZERO_SNR_SAMPLERS

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Job, JobState
-from bot.generation.policy import readable_score
 from bot.generation.service import GenerationService, JobHandle
+from bot.rules.policy import readable_score
 from common.errors import EaselError
 
 MIN_CHECKPOINTS, MAX_CHECKPOINTS = 2, 6

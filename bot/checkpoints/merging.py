@@ -26,9 +26,9 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, slugif
 from bot.checkpoints.safetensors_header import SafetensorsHeader, read_header
 from bot.child_process import despite_cancellation, run_order
 from bot.generation.checkpoint_ref import resolve_checkpoint
-from bot.generation.requests import Limits
 from bot.networks.registry import LoraRegistry
-from bot.networks.selection import lora_strength, lora_tags, resolve_loras
+from bot.rules.limits import Limits
+from bot.rules.network_selection import lora_strength, lora_tags, resolve_loras
 from common.errors import CheckpointFileError, EaselError, RegistryError
 from common.protocol import FLOW_FAMILIES, BakeOrder, LoraUse, encode_order
 from common.safetensors_writer import temp_path

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from bot.generation.requests import ValidRequest
+from bot.rules.limits import ValidRequest
 from common.protocol import ImageResult, denoising_steps, hires_size
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from bot.generation.requests import MAX_STEPS
+from bot.rules.limits import MAX_STEPS
 from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for

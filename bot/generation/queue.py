@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 
 from bot.generation.jobs import Job
-from bot.generation.requests import GenerationError, Limits
+from bot.rules.limits import GenerationError, Limits
 
 
 class FairQueue:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 
-from bot.generation.requests import ValidRequest
+from bot.rules.limits import ValidRequest
 from common.protocol import (
     BOT_GROUP,
     EVENTS_STREAM,

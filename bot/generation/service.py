@@ -18,7 +18,6 @@ from typing import Any
 import aiosqlite
 
 from bot.generation.checkpoint_ref import CheckpointRef
-from bot.generation.cooldowns import Cooldowns
 from bot.generation.jobs import (
     TERMINAL,
     Cancelled,
@@ -43,9 +42,10 @@ from bot.generation.remote import (
     BrokerUnavailable,
     RemoteWorker,
 )
-from bot.generation.requests import GenerationError, GenerationRequest, Limits, ValidRequest, validate
 from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
+from bot.rules.cooldowns import Cooldowns
+from bot.rules.limits import GenerationError, GenerationRequest, Limits, ValidRequest, validate
 from common.protocol import (
     BatchFailed,
     BatchFinished,

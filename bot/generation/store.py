@@ -13,8 +13,8 @@ import aiosqlite
 
 from bot.db import transaction
 from bot.generation.jobs import Job, JobState
-from bot.generation.policy import readable_score
-from bot.generation.requests import GenerationRequest
+from bot.rules.limits import GenerationRequest
+from bot.rules.policy import readable_score
 from common.protocol import FLOW_FAMILIES
 
 log = logging.getLogger(__name__)

@@ -17,15 +17,15 @@ import aiosqlite
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.db import transaction
 from bot.generation.aspects import ASPECTS
-from bot.generation.policy import (
+from bot.rules.limits import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
+from bot.rules.limits import MAX_STEPS, Limits
+from bot.rules.policy import (
     ADULT_PICTURE_ACTIONS,
     PICTURE_ACTIONS,
     check_nsfw,
     checks_pictures,
     picture_verdict,
 )
-from bot.generation.requests import MAX_PICTURES_PER_COMMAND as MAX_IMAGES
-from bot.generation.requests import MAX_STEPS, Limits
 from common.errors import EaselError
 from common.samplers import DEFAULT_SAMPLER, parse_sampler
 

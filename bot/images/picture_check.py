@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bot.generation.policy import readable_score
 from bot.images.uploads import UploadError, read_upload
+from bot.rules.policy import readable_score
 from common.errors import EaselError
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.child_process import OrderProgress, run_order
-from bot.generation.policy import readable_score
 from bot.images.uploads import MAX_UPLOAD_PIXELS, Upload
+from bot.rules.policy import readable_score
 from bot.upscalers.registry import UpscalerRegistry
 from common.errors import EaselError
 from common.hires_upscalers import PICTURE_UPSCALERS

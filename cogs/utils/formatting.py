@@ -5,7 +5,7 @@ from __future__ import annotations
 import discord
 
 from bot.generation.jobs import Job
-from bot.networks.selection import lora_strength
+from bot.rules.network_selection import lora_strength
 from common.protocol import hires_size
 
 TITLE_MAX = 256

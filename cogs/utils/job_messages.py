@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.generation.jobs import Cancelled, Failed, Finished, Job, Loading, Preview, Progress, Queued, Started
-from bot.generation.policy import readable_score
 from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, MissingCheckpoint, reroll, same_seed
+from bot.rules.policy import readable_score
 from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
 from cogs.utils.errors import answers_errors, refuse

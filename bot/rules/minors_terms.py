@@ -1,4 +1,4 @@
-"""The minors rule's word lists (bot/generation/minors.py reads them).
+"""The minors rule's word lists (bot/rules/minors.py reads them).
 
 Latin-script terms are whole words or phrases, matched after disguises are undone; a term may list
 words that, right after it, make it something else ("kid goat", "minor details", "naked flame"), and,

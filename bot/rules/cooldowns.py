@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from bot.generation.requests import GenerationError
+from bot.rules.limits import GenerationError
 
 
 class Cooldowns:

@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 
 from bot.generation.checkpoint_ref import CheckpointRef
-from bot.generation.policy import check_nsfw
-from bot.generation.requests import GenerationError, Limits
 from bot.networks.detection import BASE_LABELS
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry
+from bot.rules.limits import GenerationError, Limits
+from bot.rules.policy import check_nsfw
 from common.prompt_syntax import ExtraNetwork, extract_extra_networks
 from common.protocol import EmbeddingUse, LoraUse
 

@@ -139,7 +139,7 @@ class ValidRequest:
     schedule: str
     seeds: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
-    loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/networks/selection.py
+    loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/rules/network_selection.py
     embeddings: tuple[EmbeddingUse, ...] = ()  # registered embeddings whose names the texts use
     init_png: bytes | None = None  # img2img: the input picture itself (plain RGB PNG)
     mask_png: bytes | None = None  # inpainting: the mask itself
@@ -192,7 +192,7 @@ def validate(
     vae: VaeUse | None = None,
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
-    (bot/networks/selection.py), with `notes` on what of them was not applied."""
+    (bot/rules/network_selection.py), with `notes` on what of them was not applied."""
     check_texts(request, limits)
     notes = _unused_tags(request) + notes
     if not checkpoint.runnable:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 
-from bot.generation.requests import GenerationError
+from bot.rules.limits import GenerationError
 
 
 def check_nsfw(checkpoint_name: str, checkpoint_nsfw: bool, nsfw_allowed_here: bool) -> None:

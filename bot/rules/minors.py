@@ -14,7 +14,7 @@ of the text of its own so that undoing one never invents another word:
 Ages up to 17 count as minors in the forms people write them ("14yo", "14 y.o.", "fourteen-year-old",
 "aged 12", "12 Jahre alt", "12歳"), and so do school grades; quantities ("ten balloons"), durations
 ("10 years of marriage") and things with an age ("a 12 year old whisky") do not.
-The word lists (bot/generation/minors_terms.py) cover English, Spanish, Portuguese, French, German,
+The word lists (bot/rules/minors_terms.py) cover English, Spanish, Portuguese, French, German,
 Russian, Japanese, Chinese and Korean. Owners may add words (EASEL_MINOR_TERMS, EASEL_SEXUAL_TERMS)
 but not remove these. Measured on bench/data/minors_eval.jsonl by bench/minors_eval.py.
 """
@@ -27,8 +27,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
-from bot.generation import minors_terms as terms
-from bot.generation.requests import GenerationError
+from bot.rules import minors_terms as terms
+from bot.rules.limits import GenerationError
 
 REFUSAL = "this prompt cannot be generated here or anywhere; please rephrase it"
 
