@@ -24,7 +24,7 @@ async def images_per_second(service, ref, n: int, size: int, steps: int, round_:
     started = time.perf_counter()
     handles = [
         await service.submit(
-            GenerationRequest(
+            GenerationRequest.of(
                 prompt=f"prompt {round_} {i}", requester_id=f"user{i}", steps=steps, width=size, height=size, seed=i
             ),
             ref,
@@ -49,7 +49,7 @@ async def main() -> None:
                 Path(tmp) / name, Limits(max_batch_images=max_batch, max_queued_per_user=n)
             )
             ref = await checkpoint_ref(db, path)
-            warm = GenerationRequest(prompt="warm", requester_id="w", steps=2, width=size, height=size)
+            warm = GenerationRequest.of(prompt="warm", requester_id="w", steps=2, width=size, height=size)
             await (await service.submit(warm, ref)).wait()
             services[name] = (service, db, ref)
         rates: dict[str, list[float]] = {"single": [], "batched": []}

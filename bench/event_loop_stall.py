@@ -56,7 +56,7 @@ async def service_case(seconds: float) -> dict[str, object]:
         async def keep_busy() -> None:
             # Many small jobs with a preview every step: the most events per second the loop must take.
             for i in range(400):
-                request = GenerationRequest(
+                request = GenerationRequest.of(
                     prompt=f"p{i}", requester_id=f"u{i % 20}", steps=8, width=64, height=64, seed=i
                 )
                 handles.append(await service.submit(request, ref))

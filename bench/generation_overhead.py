@@ -52,7 +52,7 @@ async def main() -> None:
             return buffer.getvalue()
 
         async def run_service(seed: int) -> bytes:
-            request = GenerationRequest(
+            request = GenerationRequest.of(
                 prompt="a lighthouse at dusk", requester_id="bench", steps=steps, width=size, height=size, seed=seed
             )
             job = await (await service.submit(request, ref)).wait()

@@ -51,12 +51,12 @@ def main() -> None:
                 "batch_id": "b", "load": load, "jobs": (JobPart("j", "a lighthouse", "", (1,)),),
                 "width": size, "height": size, "steps": steps, "cfg": 7.0, "sampler": "Euler", "schedule": "Automatic",
             }  # fmt: skip
-            return RunBatch(**(base | values))
+            return RunBatch.of(**(base | values))
 
         cases = {
             "hires": batch(hires_scale=2.0, hires_denoise=denoise),
             "pass_one": batch(),
-            "pass_two": batch(width=size * 2, height=size * 2, init_image=picture.getvalue(), strength=denoise),
+            "pass_two": batch(width=size * 2, height=size * 2, init_png=picture.getvalue(), strength=denoise),
         }
         runner.run(cases["pass_one"])  # load and warm up
         times: dict[str, list[float]] = {name: [] for name in cases}

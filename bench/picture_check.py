@@ -46,8 +46,8 @@ def main() -> None:
         load = LoadRequest(str(path), "sd15", "sd1", "SD1.x", "safetensors", "sd1", "epsilon", "d" * 64)
         cache = PipelineCache(device, 1 << 40, 0, lambda r: load_pipeline(r, device))
         runner = BatchRunner(device, cache, lambda e: None, lambda _: False)
-        job = RunBatch("b", load, (JobPart("j", "a lighthouse", "", (1,)),), size, size, steps, 7.0, "Euler", "Automatic")
-        runner.run(RunBatch("w", load, job.jobs, size, size, 1, 7.0, "Euler", "Automatic"))  # load and warm up
+        job = RunBatch.of("b", load, (JobPart("j", "a lighthouse", "", (1,)),), size, size, steps, 7.0, "Euler", "Automatic")
+        runner.run(RunBatch.of("w", load, job.jobs, size, size, 1, 7.0, "Euler", "Automatic"))  # load and warm up
         job_times, check_times = [], []
         for _ in range(rounds):
             started = time.perf_counter()

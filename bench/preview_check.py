@@ -59,7 +59,7 @@ def run_cases(runner: BatchRunner, scorer: TimedScorer, load: LoadRequest, size:
     jobs = (JobPart("j", "a lighthouse", "", (1,)),)
 
     def batch(every: int, n: int = steps) -> RunBatch:
-        return RunBatch("b", load, jobs, size, size, n, 7.0, "Euler", "Automatic", preview_every=every)
+        return RunBatch.of("b", load, jobs, size, size, n, 7.0, "Euler", "Automatic", preview_every=every)
 
     runner.run(batch(1, 2))  # load, warm up, and load the detector
     scorer.preview_seconds.clear()

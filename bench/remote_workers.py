@@ -108,7 +108,7 @@ async def until_gone(service: GenerationService) -> None:
 async def run_job(service: GenerationService, checkpoint, user: str, steps: int = STEPS) -> float:
     started = time.perf_counter()
     handle = await service.submit(
-        GenerationRequest(prompt="a harbour", requester_id=user, steps=steps, seed=1), checkpoint
+        GenerationRequest.of(prompt="a harbour", requester_id=user, steps=steps, seed=1), checkpoint
     )
     events = [event async for event in handle.events()]
     if not isinstance(events[-1], Finished):
@@ -173,7 +173,7 @@ async def main() -> None:
             failovers, dones = [], []
             for i in range(3):
                 handle = await remote.submit(
-                    GenerationRequest(prompt="a fox", requester_id=f"f{i}", steps=120, width=128, height=128, seed=1),
+                    GenerationRequest.of(prompt="a fox", requester_id=f"f{i}", steps=120, width=128, height=128, seed=1),
                     checkpoint,
                 )
                 async for event in handle.events():

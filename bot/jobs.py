@@ -19,7 +19,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,6 @@ from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.rules.cooldowns import Cooldowns
 from bot.rules.limits import (
-    DEFAULT_DISTILLED_CFG,
     GenerationRequest,
     ValidRequest,
     check_texts,
@@ -64,6 +63,7 @@ from bot.rules.policy import check_prompt
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from common.errors import EaselError
 from common.hires_upscalers import LATENT_UPSCALERS
+from common.parameters import Parameters
 from common.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
 
 log = logging.getLogger(__name__)
@@ -108,37 +108,29 @@ class Place:
 
 @dataclass(frozen=True)
 class ImagineOptions:
-    """What /imagine (or `generate`) asks for; None takes the place's default."""
+    """What /imagine (or `generate`, or a picture's parameters) asks for. `given` holds the picture's
+    parameters the person set, by their common/parameters.py names (None: not set); those left out
+    take the place's defaults (negative, steps, CFG, sampler), the checkpoint family's, or the record's."""
 
     prompt: str
-    negative: str | None = None
+    given: Mapping[str, object] = field(default_factory=dict)
     checkpoint: str | None = None
     aspect: str | None = None
     size: tuple[int, int] | None = None  # the CLI's exact --size; the bot offers aspects
-    steps: int | None = None
-    cfg: float | None = None
-    sampler: str | None = None
-    schedule: str | None = None
-    seed: int = -1
-    count: int = 1
-    clip_skip: int = 1
     lora: str | None = None  # /imagine's LoRA option: added to the prompt as <lora:NAME:STRENGTH>
     lora_strength: float = 1.0
     init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
-    strength: float = 0.75  # denoising strength (A1111's default)
-    resize_mode: str = "crop"
     mask: bytes | None = None  # inpainting: the uploaded mask (white = redraw)
-    mask_blur: int = 4
-    masked_content: str = "original"  # A1111's Masked content: fill | original | latent noise | latent nothing
-    only_masked: bool = False  # A1111's Inpaint area: Only masked
-    mask_padding: int = 32
-    hires_scale: float = 0.0  # A1111's hires fix; 0 = off
-    hires_steps: int = 0
-    hires_denoise: float = 0.7
-    hires_upscaler: str = "Latent"
-    cfg_rescale: float = 0.0  # "CFG Rescale φ"
-    vae: str | None = None  # a registered VAE; "none": the checkpoint's own; None: the checkpoint's default
-    distilled_cfg: float | None = None  # Forge's "Distilled CFG Scale" (Flux dev); None: its default, 3.5
+
+    @classmethod
+    def of(cls, prompt: str, **values: Any) -> ImagineOptions:
+        """Options from keyword values (tests, benches): this record's own fields, and the picture's
+        parameters by their names."""
+        own = {name: values.pop(name) for name in list(values) if name in _OWN_OPTIONS}
+        return cls(prompt, values, **own)
+
+
+_OWN_OPTIONS = ("checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask")
 
 
 @dataclass
@@ -287,9 +279,11 @@ class Jobs:
         here = await self.rules(place)
         ref, switched = await self._checkpoint(place, here, options.checkpoint)
         steps, cfg, sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
-        steps = steps if options.steps is None else options.steps
+        defaults = Parameters(negative=here.negative, steps=steps, cfg=cfg, sampler=sampler)
+        given = {name: value for name, value in options.given.items() if value is not None}
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
+        mask = await self._read_input(options.mask, uploads) if options.mask is not None else None
         if options.size is not None:
             width, height = options.size
         elif init is not None and options.aspect is None:  # the picture's own shape, at the model's size
@@ -301,36 +295,15 @@ class Jobs:
             if options.lora is None
             else with_lora_tag(options.prompt, options.lora, options.lora_strength)
         )
-        request = self._request(
-            asker,
-            place,
-            prompt=prompt,
-            negative=here.negative if options.negative is None else options.negative,
-            width=width,
-            height=height,
-            steps=steps,
-            cfg=cfg if options.cfg is None else options.cfg,
-            sampler=options.sampler or sampler,
-            schedule=options.schedule,
-            seed=options.seed,
-            count=options.count,
-            clip_skip=options.clip_skip,
-            init_image=init.sha256 if init else None,
-            strength=options.strength,
-            resize_mode=options.resize_mode,
-            mask_image=(await self._read_input(options.mask, uploads)).sha256 if options.mask is not None else None,
-            mask_blur=options.mask_blur,
-            masked_content=options.masked_content,
-            only_masked=options.only_masked,
-            mask_padding=options.mask_padding,
-            hires_scale=options.hires_scale,
-            hires_steps=options.hires_steps,
-            hires_denoise=options.hires_denoise,
-            hires_upscaler=options.hires_upscaler,
-            cfg_rescale=options.cfg_rescale,
-            vae=options.vae,
-            distilled_cfg=DEFAULT_DISTILLED_CFG if options.distilled_cfg is None else options.distilled_cfg,
-        )
+        asked = {
+            **given,
+            "prompt": prompt,
+            "width": width,
+            "height": height,
+            "init_image": init.sha256 if init else None,
+            "mask_image": mask.sha256 if mask else None,
+        }
+        request = self._request(asker, place, Parameters.of(asked, defaults))
         return await self._checked([(request, ref)], here, place, uploads=uploads, note=switched)
 
     async def plan_from_infotext(self, asker: Asker, place: Place, info: Infotext) -> JobPlan:
@@ -344,26 +317,24 @@ class Jobs:
         if entry is None or entry.status != "present":
             raise MissingCheckpoint(model or "an unnamed checkpoint", model_hash)
         size = size_of(params)
-        options = ImagineOptions(
-            prompt=info.prompt,
-            negative=info.negative,
-            checkpoint=entry.name,
-            size=size,
-            steps=_number(params, "Steps", int),
-            cfg=_number(params, "CFG scale", float),
-            sampler=params.get("Sampler"),
-            schedule=params.get("Schedule type"),
-            seed=_number(params, "Seed", int, -1),
-            clip_skip=_number(params, "Clip skip", int, 1),
-            hires_scale=_number(params, "Hires upscale", float, 0.0),
-            hires_steps=_number(params, "Hires steps", int, 0),
-            hires_denoise=_number(params, "Denoising strength", float, 0.7),
-            hires_upscaler=params.get("Hires upscaler", "Latent"),
+        given = {
+            "negative": info.negative,
+            "steps": _number(params, "Steps", int),
+            "cfg": _number(params, "CFG scale", float),
+            "sampler": params.get("Sampler"),
+            "schedule": params.get("Schedule type"),
+            "seed": _number(params, "Seed", int, -1),
+            "clip_skip": _number(params, "Clip skip", int, 1),
+            "hires_scale": _number(params, "Hires upscale", float, 0.0),
+            "hires_steps": _number(params, "Hires steps", int, 0),
+            "hires_denoise": _number(params, "Denoising strength", float, 0.7),
+            "hires_upscaler": params.get("Hires upscaler", "Latent"),
             # The A1111 extension's key (Seshelle/CFG_Rescale_webui), or the plain one it also reads.
-            cfg_rescale=_number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
-            vae=await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
-            distilled_cfg=_number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
-        )
+            "cfg_rescale": _number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
+            "vae": await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
+            "distilled_cfg": _number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
+        }
+        options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
         return await self.plan_imagine(asker, place, options)
 
     async def read_parameters(self, picture: bytes, requester: str | None = None) -> tuple[str, Infotext]:
@@ -468,21 +439,22 @@ class Jobs:
         if record is None:
             raise EaselError(f"job {job_id} is not in the records any more")
         uploads: dict[str, bytes] = {}
-        row = record.row
+        row, stored = record.row, record.parameters
         here = await self.rules(place)
         ref = await resolve_checkpoint(self.registry, checkpoint or row["checkpoint_sha256"])
         width, height = row["width"], row["height"]
         if ref.sha256 != row["checkpoint_sha256"]:  # the same shape, at the new model's native size
             width, height = rescale(width, height, ref.native_size)
         scale = hires_scale or 0.0
-        hires = record.hires | ({"hires_scale": scale} if scale else {})
+        hires = _hires_of(stored)
         if scale:  # a short job's second pass still runs at least one step (a 1-step job at 0.7: two)
-            denoise = hires.get("hires_denoise", GenerationRequest.hires_denoise)
-            if denoise > 0 and denoising_steps(hires.get("hires_steps") or row["steps"], denoise) < 1:
+            hires = {**_HIRES_OFF, **hires, "hires_scale": scale}
+            denoise = hires["hires_denoise"]
+            if denoise > 0 and denoising_steps(hires["hires_steps"] or stored.steps, denoise) < 1:
                 hires["hires_steps"] = math.ceil(1 / denoise)
-        if scale and ref.family in FLOW_FAMILIES and hires.get("hires_upscaler", "Latent") in LATENT_UPSCALERS:
+        if scale and ref.family in FLOW_FAMILIES and hires["hires_upscaler"] in LATENT_UPSCALERS:
             hires["hires_upscaler"] = "Lanczos"  # a flow model's latent is not enlarged here; its picture is
-        enlarge = bool(scale and row["init_image_sha256"])
+        enlarge = bool(scale and stored.init_image)
         if scale and not enlarge:
             init_image = None  # made from text: the hires fix draws it again from its seed
         if enlarge and init_image is None:
@@ -501,31 +473,19 @@ class Jobs:
             width, height, hires = picture.width // grid * grid, picture.height // grid * grid, {}
             if not limits.min_size <= min(width, height) <= max(width, height) <= limits.max_size:
                 width, height = rescale(picture.width, picture.height, ref.native_size, limits.min_size)
-        request = self._request(
-            asker,
-            place,
-            prompt=row["prompt"],
-            negative=row["negative"],
-            width=width,
-            height=height,
-            steps=row["steps"],
-            cfg=row["cfg"],
-            sampler=row["sampler"],
-            schedule=row["schedule"],
-            seed=seed(record),
-            count=count or len(record.seeds),
-            clip_skip=row["clip_skip"],
-            init_image=picture.sha256 if picture else row["init_image_sha256"],
-            strength=strength if strength is not None else row["denoising_strength"] or 0.75,
-            resize_mode=row["resize_mode"] or "crop",
-            mask_image=row["mask_sha256"] if picture is None else None,  # a Vary starts from the whole picture
-            mask_blur=row["mask_blur"] if row["mask_blur"] is not None else 4,
-            cfg_rescale=row["cfg_rescale"] or 0.0,
-            vae=row["vae_sha256"] or "none",  # the VAE the job ran with, not what is the default now
-            distilled_cfg=row["distilled_cfg"] if row["distilled_cfg"] is not None else DEFAULT_DISTILLED_CFG,
-            **(record.inpaint if picture is None else {}),
-            **hires,
-        )
+        changes: dict[str, object] = {
+            "width": width,
+            "height": height,
+            "seed": seed(record),
+            "count": count or len(record.seeds),
+            "vae": row["vae_sha256"] or "none",  # the VAE the job ran with, not what is the default now
+            **(_HIRES_OFF | hires),
+        }
+        if strength is not None:
+            changes["strength"] = strength
+        if picture is not None:  # a Vary or an Upscale starts from the whole picture: no mask
+            changes |= {"init_image": picture.sha256, "mask_image": None, **_WHOLE_PICTURE}
+        request = self._request(asker, place, Parameters.of(changes, stored))
         return await self._checked([(request, ref)], here, place, uploads=uploads)
 
     async def plan_compare(
@@ -549,18 +509,15 @@ class Jobs:
         items = []
         for ref in refs:  # each at its family's defaults where none was given (Flux: Euler, CFG 1)
             own_steps, own_cfg, own_sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
-            request = self._request(
-                asker,
-                place,
+            parameters = Parameters(
                 prompt=prompt,
                 negative=here.negative if negative is None else negative,
-                width=None,
-                height=None,
                 steps=own_steps if steps is None else steps,
                 cfg=own_cfg if cfg is None else cfg,
                 sampler=sampler or own_sampler,
                 seed=seed,
             )
+            request = self._request(asker, place, parameters)
             items.append((request, ref))
         return await self._checked(items, here, place, seed)
 
@@ -589,45 +546,47 @@ class Jobs:
     ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them; `note` is said
         to the requester with each job."""
-        pictures = sum(request.count for request, _ in items)
+        pictures = sum(request.parameters.count for request, _ in items)
         limits = self.generation.limits
         for request, _ in items:  # everywhere, the host's command line too: no place relaxes it
-            check_texts(request, limits)  # bounded before the rule reads it
+            check_texts(request.parameters, limits)  # bounded before the rule reads it
             # The text as the model gets it (LoRA tags included), read off the loop.
             try:
-                await asyncio.to_thread(check_minors, [request.prompt], *self.extra_terms)
+                await asyncio.to_thread(check_minors, [request.parameters.prompt], *self.extra_terms)
             except EaselError:
-                log.warning("prompt refused by the minors rule (requester %s, guild %s)", request.requester_id, place.guild_id)
+                log.warning(
+                    "prompt refused by the minors rule (requester %s, guild %s)", request.requester_id, place.guild_id
+                )
                 raise
         for request, ref in items:
             if not place.host:  # the owner at the host's command line is bound by the bot's limits only
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
-                check_prompt(request.prompt, here.blocked_words)
-                here.check_request(request.steps, pictures)
+                check_prompt(request.parameters.prompt, here.blocked_words)
+                here.check_request(request.parameters.steps, pictures)
         # LoRAs, sizes, CFG, sampler, seeds: before any queue, and only here.
         specs = []
         for request, ref in items:
             nsfw_allowed = here.allow_nsfw(place.adult)
-            loras = await self._loras(request.prompt, ref, nsfw_allowed)
+            loras = await self._loras(request.parameters.prompt, ref, nsfw_allowed)
             embeddings, notes = (), ()
             if self.embeddings is not None:
-                texts = [request.prompt, request.negative]
+                texts = [request.parameters.prompt, request.parameters.negative]
                 embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
             uploads = uploads or {}
-            init_png = uploads.get(request.init_image or "") or await self._kept_input(request.init_image)
-            mask_png = uploads.get(request.mask_image or "") or await self._kept_input(request.mask_image)
+            init_png = uploads.get(request.parameters.init_image or "") or await self._kept_input(
+                request.parameters.init_image
+            )
+            mask_png = uploads.get(request.parameters.mask_image or "") or await self._kept_input(
+                request.parameters.mask_image
+            )
             hires_model = await self._hires_model(request)
             ref, vae, vae_note = await self._parts(request, ref)
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
             notes = (*notes, *(n for n in (vae_note, note, demo_note) if n))
-            specs.append(
-                validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
-            )
+            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae))
         return JobPlan(specs, here, seed, uploads or {}, place.adult)
 
-    async def _parts(
-        self, request: GenerationRequest, ref: CheckpointRef
-    ) -> tuple[CheckpointRef, VaeUse | None, str]:
+    async def _parts(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[CheckpointRef, VaeUse | None, str]:
         """The checkpoint with what it lacks from the component store (a transformer-only Flux file:
         its text encoders and VAE), the job's VAE, and a note; a missing part is refused here, in one
         line that says which file goes where, before anything is queued."""
@@ -642,10 +601,10 @@ class Jobs:
     async def _vae(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[VaeUse | None, str]:
         """The job's VAE: the one it names, else the checkpoint's default, else its own (None)."""
         if self.vaes is None:
-            if request.vae and request.vae.strip().lower() not in ("none", "automatic"):
+            if request.parameters.vae and request.parameters.vae.strip().lower() not in ("none", "automatic"):
                 raise EaselError("choosing a VAE is not available here")
             return None, ""
-        return await self.vaes.choose(request.vae, ref.vae_sha256, ref.family)
+        return await self.vaes.choose(request.parameters.vae, ref.vae_sha256, ref.family)
 
     async def _vae_named(self, vae_hash: str, name: str) -> str | None:
         """The installed VAE a picture's "VAE hash" (or "VAE" file name) names; None when none is here,
@@ -659,9 +618,9 @@ class Jobs:
 
     async def _hires_model(self, request: GenerationRequest) -> UpscalerUse | None:
         """The upscaler model a hires fix names, if it names one rather than a built-in upscaler."""
-        if not request.hires_scale or self.upscalers is None:
+        if not request.parameters.hires_scale or self.upscalers is None:
             return None
-        found = await self.upscalers.resolve(request.hires_upscaler)
+        found = await self.upscalers.resolve(request.parameters.hires_upscaler)
         return found if isinstance(found, UpscalerUse) else None
 
     async def _loras(self, prompt: str, ref: CheckpointRef, nsfw_allowed: bool) -> tuple[LoraUse, ...]:
@@ -691,11 +650,19 @@ class Jobs:
         return chosen, f"{note}: {chosen.name} was used instead" if note else ""
 
     @staticmethod
-    def _request(asker: Asker, place: Place, **values: object) -> GenerationRequest:
-        return GenerationRequest(
-            requester_id=asker.user_id,
-            requester_name=asker.name,
-            guild_id=place.guild_id,
-            channel_id=place.channel_id,
-            **values,  # type: ignore[arg-type]
-        )
+    def _request(asker: Asker, place: Place, parameters: Parameters) -> GenerationRequest:
+        return GenerationRequest(parameters, asker.user_id, asker.name, place.guild_id, place.channel_id)
+
+
+_DEFAULTS = Parameters()
+_HIRES_FIELDS = ("hires_scale", "hires_steps", "hires_denoise", "hires_upscaler")
+_HIRES_OFF = {name: getattr(_DEFAULTS, name) for name in _HIRES_FIELDS}
+# A1111's inpainting defaults (original content, the whole picture), for a rerun that drops the mask.
+_WHOLE_PICTURE = {name: getattr(_DEFAULTS, name) for name in ("masked_content", "only_masked", "mask_padding")}
+
+
+def _hires_of(parameters: Parameters) -> dict[str, Any]:
+    """A stored job's hires fix, as parameters; empty when it had none."""
+    if not parameters.hires_scale:
+        return {}
+    return {name: getattr(parameters, name) for name in _HIRES_FIELDS}

@@ -26,37 +26,22 @@ from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry
 from common.errors import EaselError
+from common.parameters import Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
+    # Every flag named as its field in common/parameters.py is a parameter of the picture (None: not
+    # given); a few flags keep A1111's shorter names.
+    given = {name: value for name, value in vars(args).items() if name in Parameters.names()}
+    given |= {"hires_scale": args.hires or 0.0, "hires_upscaler": args.upscaler}
     return ImagineOptions(
         prompt=args.prompt,
-        negative=args.negative,
+        given=given,
         checkpoint=args.checkpoint,
         size=parse_size(args.size) if args.size else None,
-        steps=args.steps,
-        cfg=args.cfg,
-        sampler=args.sampler,
-        schedule=args.schedule,
-        seed=args.seed,
-        count=args.count,
-        clip_skip=args.clip_skip,
         init_image=_read_input(args.init_image) if args.init_image else None,
         mask=_read_input(args.mask) if args.mask else None,
-        mask_blur=args.mask_blur,
-        masked_content=args.masked_content,
-        only_masked=args.only_masked,
-        mask_padding=args.mask_padding,
-        strength=args.strength,
-        resize_mode=args.resize_mode,
-        hires_scale=args.hires or 0.0,
-        hires_steps=args.hires_steps,
-        hires_denoise=args.hires_denoise,
-        hires_upscaler=args.upscaler,
-        cfg_rescale=args.cfg_rescale,
-        vae=args.vae,
-        distilled_cfg=args.distilled_cfg,
     )
 
 
@@ -158,13 +143,13 @@ def write_images(job, out: Path) -> None:
         checked = "no readable score" if score is None else f"{score:.2f}: {found}"
         print(f"wrote {path} (picture check {checked})")
     spec = job.spec
-    source = f"from a picture at strength {spec.request.strength:g}, " if spec.request.init_image else ""
-    if spec.request.hires_scale:
-        big_w, big_h = hires_size(spec.width, spec.height, spec.request.hires_scale)
-        source += f"hires fix to {big_w}x{big_h} ({spec.request.hires_upscaler}), "
+    source = f"from a picture at strength {spec.parameters.strength:g}, " if spec.parameters.init_image else ""
+    if spec.parameters.hires_scale:
+        big_w, big_h = hires_size(spec.width, spec.height, spec.parameters.hires_scale)
+        source += f"hires fix to {big_w}x{big_h} ({spec.parameters.hires_upscaler}), "
     print(
         f"job {job.id}: {spec.checkpoint.name} [{spec.checkpoint.autov2.upper()}], {spec.width}x{spec.height}, "
-        f"{spec.request.steps} steps, {spec.sampler} {spec.schedule}, CFG {spec.request.cfg:g}, {source}"
+        f"{spec.parameters.steps} steps, {spec.parameters.sampler} {spec.parameters.schedule}, CFG {spec.parameters.cfg:g}, {source}"
         f"seed{'s' if len(job.images) > 1 else ''} {', '.join(str(i.seed) for i in job.images)}, "
         f"{job.inference_seconds:.2f} s on {job.device}"
     )

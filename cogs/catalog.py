@@ -235,11 +235,9 @@ class PromptModal(AnsweringModal, title="Imagine"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(thinking=True)
-        options = ImagineOptions(
-            prompt=str(self.prompt),
-            negative=str(self.negative) or None,  # left empty: the negative prompt set for this place
-            checkpoint=self.checkpoint,
-        )
+        # Left empty, the negative prompt is the one set for this place.
+        given = {"negative": str(self.negative) or None}
+        options = ImagineOptions(prompt=str(self.prompt), given=given, checkpoint=self.checkpoint)
         jobs = services_of(interaction).jobs
         await run_plan(interaction, await jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -99,29 +99,33 @@ class Generation(commands.Cog):
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
+        # The picture's parameters by their names in common/parameters.py; None: not given.
+        given = {
+            "negative": negative,
+            "steps": steps,
+            "cfg": cfg,
+            "cfg_rescale": cfg_rescale,
+            "sampler": sampler,
+            "seed": seed,
+            "count": count,
+            "strength": strength,
+            "hires_scale": hires or 0.0,
+            "hires_upscaler": upscaler,
+            "masked_content": masked_content,
+            "only_masked": inpaint_area == "Only masked",
+            "mask_padding": mask_padding,
+            "vae": vae,
+            "distilled_cfg": distilled_cfg,
+        }
         options = ImagineOptions(
             prompt=prompt,
-            negative=negative,
+            given=given,
             checkpoint=checkpoint,
             aspect=aspect,
-            steps=steps,
-            cfg=cfg,
-            cfg_rescale=cfg_rescale,
-            sampler=sampler,
-            seed=seed,
-            count=count,
             lora=lora,
             lora_strength=lora_strength,
             init_image=await read_attachment(image) if image is not None else None,
-            strength=strength,
             mask=await read_attachment(mask) if mask is not None else None,
-            hires_scale=hires or 0.0,
-            hires_upscaler=upscaler,
-            masked_content=masked_content,
-            only_masked=inpaint_area == "Only masked",
-            mask_padding=mask_padding,
-            vae=vae,
-            distilled_cfg=distilled_cfg,
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -23,7 +23,7 @@ SHOWN = 25  # one select menu's worth
 def describe(job: Job, position: int | None) -> str:
     where = "running" if job.state is JobState.RUNNING else f"#{position} in line"
     who = job.spec.request.requester_name or job.requester_id
-    return f"{where} · {who} · {job.spec.checkpoint.name} · {job.spec.request.prompt.strip()}"
+    return f"{where} · {who} · {job.spec.checkpoint.name} · {job.spec.parameters.prompt.strip()}"
 
 
 class Moderation(commands.Cog):
@@ -49,7 +49,7 @@ class CancelPicker(OwnedView):
         super().__init__(owner_id, timeout=300)
         self.generation = generation
         self.pick.options = [
-            discord.SelectOption(label=clip(f"{job.id} · {job.spec.request.prompt.strip()}", 100), value=job.id)
+            discord.SelectOption(label=clip(f"{job.id} · {job.spec.parameters.prompt.strip()}", 100), value=job.id)
             for job in jobs
         ]
 

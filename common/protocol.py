@@ -18,6 +18,8 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from common.parameters import Parameters
+
 _BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
 
@@ -141,51 +143,62 @@ class RunBatch:
     batch_id: str
     load: LoadRequest
     jobs: tuple[JobPart, ...]
-    width: int
-    height: int
-    steps: int
-    cfg: float
-    sampler: str
-    schedule: str
-    clip_skip: int = 1  # A1111 semantics: 1 = last layer
+    # What every job of the batch shares, final (size, sampler, schedule); each job's own prompt,
+    # negative and seeds are its JobPart's.
+    parameters: Parameters
     model_name: str = ""  # file stem, for the infotext "Model" field
     preview_every: int = 0  # steps between previews; 0 = none
     loras: tuple[LoraUse, ...] = ()  # every job of a batch has the same LoRAs at the same strengths
     embeddings: tuple[EmbeddingUse, ...] = ()  # those any job's prompt or negative may name
-    init_image: bytes | None = None  # img2img: the picture every job of the batch starts from (RGB PNG)
-    strength: float = 0.75  # denoising strength, with init_image
-    resize_mode: str = "crop"  # resize | crop | fill: how init_image meets width × height
-    mask: bytes | None = None  # inpainting: white = redraw, fitted to the size as init_image is
-    mask_blur: int = 4  # A1111's "Mask blur" radius
-    masked_content: str = "original"  # A1111's "Masked content": see MASKED_CONTENT
-    only_masked: bool = False  # A1111's "Inpaint area: Only masked": the mask's region redrawn at the full size
-    mask_padding: int = 32  # A1111's "Masked area padding", in pixels, with only_masked
-
-    hires_scale: float = 0.0  # hires fix: 0 = off; else A1111's "Hires upscale" (pass two's size factor)
-    hires_steps: int = 0  # pass two's steps before its denoising strength applies; 0 = as many as pass one
-    hires_denoise: float = 0.7  # pass two's denoising strength
-    hires_upscaler: str = "Latent"  # common/hires_upscalers.py, or hires_model's name
+    init_png: bytes | None = None  # img2img: the picture every job of the batch starts from (RGB PNG)
+    mask_png: bytes | None = None  # inpainting: white = redraw, fitted to the size as init_png is
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
-    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
     vae: VaeUse | None = None  # None: the checkpoint's own VAE
-    distilled_cfg: float = (
-        3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg then runs true CFG when > 1)
-    )
+
+    @classmethod
+    def of(
+        cls,
+        batch_id: str,
+        load: LoadRequest,
+        jobs: tuple[JobPart, ...],
+        width: int,
+        height: int,
+        steps: int,
+        cfg: float = 7.0,
+        sampler: str = "Euler",
+        schedule: str = "Automatic",
+        **values: Any,
+    ) -> RunBatch:
+        """A batch from keyword values (tests, benches, the worker's debug run): the batch's own
+        fields, and the parameters by their names."""
+        own = {name: values.pop(name) for name in list(values) if name in _BATCH_FIELDS}
+        shared = {"width": width, "height": height, "steps": steps, "cfg": cfg, "sampler": sampler, "schedule": schedule}
+        return cls(batch_id, load, jobs, Parameters.of(shared | values), **own)
+
+    @property
+    def width(self) -> int:
+        return self.parameters.width or 0
+
+    @property
+    def height(self) -> int:
+        return self.parameters.height or 0
 
     @property
     def run_steps(self) -> int:
         """Steps the sampler runs: img2img runs `steps × strength` (A1111's default), txt2img all."""
-        return self.steps if self.init_image is None else max(1, denoising_steps(self.steps, self.strength))
+        p = self.parameters
+        return p.steps if self.init_png is None else max(1, denoising_steps(p.steps, p.strength))
 
     @property
     def hires_size(self) -> tuple[int, int]:
-        return hires_size(self.width, self.height, self.hires_scale)
+        return hires_size(self.width, self.height, self.parameters.hires_scale)
 
     @property
     def hires_run_steps(self) -> int:
-        if not self.hires_scale:
+        p = self.parameters
+        if not p.hires_scale:
             return 0
-        return max(1, denoising_steps(self.hires_steps or self.steps, self.hires_denoise))
+        return max(1, denoising_steps(p.hires_steps or p.steps, p.hires_denoise))
 
     @property
     def total_steps(self) -> int:
@@ -195,6 +208,11 @@ class RunBatch:
     @property
     def image_count(self) -> int:
         return sum(len(j.seeds) for j in self.jobs)
+
+
+_BATCH_FIELDS = (
+    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.parameters import Parameters
 from common.protocol import SUPPORTED_FAMILIES, JobDone, JobPart, LoadRequest, RunBatch
 from common.samplers import parse_sampler
 
@@ -63,9 +64,10 @@ def debug_generate(args: argparse.Namespace) -> int:
         print(type(event).__name__, shown, flush=True)
 
     part = JobPart("debug", args.prompt, "", (args.seed,))
-    batch = RunBatch(
-        "debug", load, (part,), args.size, args.size, args.steps, 7.0, sampler, schedule, model_name=load.name
+    parameters = Parameters(
+        prompt=args.prompt, width=args.size, height=args.size, steps=args.steps, sampler=sampler, schedule=schedule
     )
+    batch = RunBatch("debug", load, (part,), parameters, model_name=load.name)
     BatchRunner(device, cache, send, lambda job_id: False).run(batch)
     done = [e for e in outcome if isinstance(e, JobDone)]
     if not done:

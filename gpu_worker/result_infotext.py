@@ -12,17 +12,18 @@ VERSION = "Easel 0.1.0"
 
 
 def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hashes: str = "") -> str:
+    p = batch.parameters
     return build_infotext(
         prompt,
         negative,
         {
-            "Steps": batch.steps,
-            "Sampler": batch.sampler,
-            "Schedule type": None if batch.schedule == "Automatic" else batch.schedule,
-            "CFG scale": batch.cfg,
+            "Steps": p.steps,
+            "Sampler": p.sampler,
+            "Schedule type": None if p.schedule == "Automatic" else p.schedule,
+            "CFG scale": p.cfg,
             # Forge writes Flux dev's guidance input beside the CFG scale (1 unless true CFG runs too).
-            "Distilled CFG Scale": f"{batch.distilled_cfg:g}" if _distilled(batch) else None,
-            "CFG Rescale φ": f"{batch.cfg_rescale:g}" if batch.cfg_rescale else None,
+            "Distilled CFG Scale": f"{p.distilled_cfg:g}" if _distilled(batch) else None,
+            "CFG Rescale φ": f"{p.cfg_rescale:g}" if p.cfg_rescale else None,
             "Seed": seed,
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
@@ -33,13 +34,13 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             # Forge's names for the separate parts a transformer-only file ran with (file stems).
             **{f"Module {i}": Path(use.name).stem for i, use in enumerate(_modules(batch), start=1)},
             "Denoising strength": _denoising(batch),
-            "Mask blur": batch.mask_blur if batch.init_image is not None and batch.mask is not None else None,
+            "Mask blur": p.mask_blur if batch.init_png is not None and batch.mask_png is not None else None,
             **_inpaint_parameters(batch),
-            "Clip skip": batch.clip_skip if batch.clip_skip > 1 else None,
+            "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
             # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
-            "Hires upscale": f"{batch.hires_scale:g}" if batch.hires_scale else None,
-            "Hires steps": batch.hires_steps if batch.hires_scale and batch.hires_steps else None,
-            "Hires upscaler": batch.hires_upscaler if batch.hires_scale else None,
+            "Hires upscale": f"{p.hires_scale:g}" if p.hires_scale else None,
+            "Hires steps": p.hires_steps if p.hires_scale and p.hires_steps else None,
+            "Hires upscaler": p.hires_upscaler if p.hires_scale else None,
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
@@ -62,12 +63,13 @@ def _distilled(batch: RunBatch) -> bool:
 
 def _inpaint_parameters(batch: RunBatch) -> dict[str, object]:
     """A1111 processing.py writes these only when they are not the defaults (original, whole picture)."""
-    if batch.init_image is None or batch.mask is None:
+    if batch.init_png is None or batch.mask_png is None:
         return {}
+    p = batch.parameters
     return {
-        "Masked content": batch.masked_content if batch.masked_content != "original" else None,
-        "Inpaint area": "Only masked" if batch.only_masked else None,
-        "Masked area padding": batch.mask_padding if batch.only_masked else None,
+        "Masked content": p.masked_content if p.masked_content != "original" else None,
+        "Inpaint area": "Only masked" if p.only_masked else None,
+        "Masked area padding": p.mask_padding if p.only_masked else None,
     }
 
 
@@ -78,6 +80,7 @@ def a1111_alias(name: str) -> str:
 
 def _denoising(batch: RunBatch) -> float | None:
     """A1111's "Denoising strength": the hires pass's, else img2img's; none for plain txt2img."""
-    if batch.hires_scale:
-        return batch.hires_denoise
-    return batch.strength if batch.init_image is not None else None
+    p = batch.parameters
+    if p.hires_scale:
+        return p.hires_denoise
+    return p.strength if batch.init_png is not None else None

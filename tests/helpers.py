@@ -29,7 +29,7 @@ def checkpoint_ref(
 
 
 def make_job(user: str, *, steps: int = 4, count: int = 1, sha: str = "a" * 64, prompt: str = "a cat") -> Job:
-    request = GenerationRequest(prompt=prompt, requester_id=user, steps=steps, count=count, seed=1)
+    request = GenerationRequest.of(prompt=prompt, requester_id=user, steps=steps, count=count, seed=1)
     return Job(new_job_id(), validate(request, checkpoint_ref(sha=sha), Limits()))
 
 

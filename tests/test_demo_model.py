@@ -58,7 +58,7 @@ class World:
 
     async def imagine(self, prompt: str, seed: int, **options: object) -> Made:
         plan = await self.jobs.plan_imagine(
-            HOST, HERE, ImagineOptions(prompt=prompt, checkpoint="easel-demo", seed=seed, **options)
+            HOST, HERE, ImagineOptions.of(prompt=prompt, checkpoint="easel-demo", seed=seed, **options)
         )
         [handle] = await self.jobs.start(plan)
         done = [event async for event in handle.events()][-1]

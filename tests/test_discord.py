@@ -287,7 +287,7 @@ async def test_result_after_the_token_expired_is_posted_to_the_channel(services:
         _, channel, alice = world(env)
         checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
         blocker = await services.generation.submit(
-            GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
+            GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
         )
         result = await alice.slash(
             channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
@@ -352,7 +352,7 @@ async def test_moderators_see_and_cancel_their_servers_queue(env: simcord.Env, s
     checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
 
     def request(prompt: str, guild_id: int, steps: int) -> GenerationRequest:
-        return GenerationRequest(
+        return GenerationRequest.of(
             prompt=prompt, requester_id=prompt, guild_id=str(guild_id), steps=steps, width=256, height=256
         )
 
@@ -947,7 +947,7 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
                         await asyncio.sleep(0.1)
                 else:  # the job waits behind another when the token dies
                     blocker = await services.generation.submit(
-                        GenerationRequest(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
+                        GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
                         checkpoint,
                     )
                     result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=6)

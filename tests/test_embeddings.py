@@ -136,7 +136,7 @@ async def world(tiny_dir: Path, tiny_loras: Path, tmp_path_factory: pytest.TempP
 
 
 async def picture(w: World, prompt: str, negative: str = "", checkpoint: str = "tiny-sd1"):
-    options = ImagineOptions(prompt=prompt, negative=negative, checkpoint=checkpoint, steps=3, seed=21)
+    options = ImagineOptions.of(prompt=prompt, negative=negative, checkpoint=checkpoint, steps=3, seed=21)
     plan = await w.jobs.plan_imagine(Asker.host(), Place.command_line(), options)
     [handle] = await w.jobs.start(plan)
     done = [event async for event in handle.events()][-1]
@@ -195,7 +195,7 @@ async def test_an_embedding_file_changed_behind_the_registry_fails_the_job_in_on
     await world.embeddings.add(target)
     shutil.copyfile(tiny_loras / "embedding-sdxl.safetensors", target)  # now an SDXL pair under an SD1 name
     plan = await world.jobs.plan_imagine(
-        Asker.host(), Place.command_line(), ImagineOptions(prompt="spare parts, spare", checkpoint="tiny-sd1", steps=3)
+        Asker.host(), Place.command_line(), ImagineOptions.of(prompt="spare parts, spare", checkpoint="tiny-sd1", steps=3)
     )
     [handle] = await world.jobs.start(plan)
     failed = [event async for event in handle.events()][-1]

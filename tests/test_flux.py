@@ -185,7 +185,7 @@ def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> N
     def run(load: LoadRequest, **values) -> list[np.ndarray]:
         events.clear()
         settings = {"cfg": 1.0, "sampler": "Euler"} | values
-        batch = RunBatch("b", load, (JobPart("j", "a red circle", "blurry", (7, 8)),), 64, 64, 4, schedule="Automatic", **settings)
+        batch = RunBatch.of("b", load, (JobPart("j", "a red circle", "blurry", (7, 8)),), 64, 64, 4, schedule="Automatic", **settings)
         runner.run(batch)
         [done] = [e for e in events if isinstance(e, JobDone)]
         return [np.asarray(Image.open(io.BytesIO(r.png))) for r in done.images]
@@ -198,7 +198,7 @@ def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> N
     assert not np.array_equal(whole[0], whole[1])  # one seed each
     buffer = io.BytesIO()
     Image.fromarray(whole[0]).save(buffer, format="PNG")
-    redrawn = run(request(flux_dir / "flux-dev.safetensors"), init_image=buffer.getvalue(), strength=0.5)
+    redrawn = run(request(flux_dir / "flux-dev.safetensors"), init_png=buffer.getvalue(), strength=0.5)
     assert redrawn[0].shape == whole[0].shape and not np.array_equal(redrawn[0], whole[0])  # img2img
     assert [e.step for e in events if isinstance(e, BatchProgress)][-1] == 2  # 4 steps x 0.5
     hires = run(request(flux_dir / "flux-dev.safetensors"), hires_scale=2.0, hires_upscaler="Lanczos", hires_denoise=0.5, preview_every=1)
@@ -211,7 +211,7 @@ def test_the_runner_makes_the_same_picture_from_both_shapes(flux_dir: Path) -> N
     true_cfg = run(request(flux_dir / "flux-dev.safetensors"), cfg=4.0)
     assert not np.array_equal(whole[0], true_cfg[0])  # CFG above 1 runs the negative prompt too
     events.clear()
-    runner.run(RunBatch("b", request(flux_dir / "flux-dev.safetensors"), (JobPart("j", "a (red:1.6) circle <lora:x:1>", "", (7,)),), 64, 64, 4, 1.0, "Euler", "Automatic"))
+    runner.run(RunBatch.of("b", request(flux_dir / "flux-dev.safetensors"), (JobPart("j", "a (red:1.6) circle <lora:x:1>", "", (7,)),), 64, 64, 4, 1.0, "Euler", "Automatic"))
     [emphasised] = [np.asarray(Image.open(io.BytesIO(e.images[0].png))) for e in events if isinstance(e, JobDone)]
     assert not np.array_equal(emphasised, whole[0])  # (red:1.6) weighs on T5's tokens
     for sampler in ("DPM++ 2M", "UniPC"):
@@ -257,7 +257,7 @@ async def jobs(flux_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asyn
 
 async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, dict[str, str], str]:
     values = {"prompt": "a red circle", "checkpoint": "flux-dev", "seed": 4, "steps": 3} | options
-    plan = plan or await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values))
+    plan = plan or await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**values))
     [handle] = await jobs.start(plan)
     done = [event async for event in handle.events()][-1]
     assert isinstance(done, Finished), done
@@ -269,7 +269,7 @@ async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, dict[st
 async def test_a_transformer_only_file_says_what_it_lacks_before_anything_is_queued(jobs: Jobs, flux_dir: Path) -> None:
     assert jobs.text_encoders is not None and jobs.vaes is not None
     with pytest.raises(EaselError) as refused:
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-transformer"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="flux-transformer"))
     message = str(refused.value)
     assert "\n" not in message and message.startswith("flux-transformer needs a CLIP-L text encoder")
     assert "put t5xxl_fp16.safetensors in models/text_encoders" in message and "put ae.safetensors in models/VAE" in message
@@ -280,7 +280,7 @@ async def test_a_transformer_only_file_says_what_it_lacks_before_anything_is_que
         shutil.copy(flux_dir / "text_encoders" / f"{name}.safetensors", folder / f"{name}.safetensors")
     assert {e.name for e in (await jobs.text_encoders.scan()).added} == {"clip_l", "t5xxl_fp16"}
     with pytest.raises(EaselError, match=r"^flux-transformer needs a 16-channel VAE \(put ae.safetensors in models/VAE\)"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-transformer"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="flux-transformer"))
     jobs.vaes.default_folder().mkdir(parents=True)
     shutil.copy(flux_dir / "VAE" / "ae.safetensors", jobs.vaes.default_folder() / "ae.safetensors")
     await jobs.vaes.scan()
@@ -296,11 +296,11 @@ async def test_a_transformer_only_file_says_what_it_lacks_before_anything_is_que
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_flux_takes_its_own_defaults_and_refuses_what_it_cannot_do(jobs: Jobs) -> None:
-    plan = await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-schnell"))
+    plan = await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="flux-schnell"))
     [spec] = plan.specs
-    assert (spec.request.steps, spec.request.cfg, spec.sampler, spec.request.distilled_cfg) == (4, 1.0, "Euler", 0.0)
-    [dev] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-dev"))).specs
-    assert (dev.request.steps, dev.request.cfg, dev.request.distilled_cfg) == (20, 1.0, 3.5)
+    assert (spec.parameters.steps, spec.parameters.cfg, spec.parameters.sampler, spec.parameters.distilled_cfg) == (4, 1.0, "Euler", 0.0)
+    [dev] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="flux-dev"))).specs
+    assert (dev.parameters.steps, dev.parameters.cfg, dev.parameters.distilled_cfg) == (20, 1.0, 3.5)
     _, params, _ = await picture(jobs, checkpoint="flux-schnell")
     assert "Distilled CFG Scale" not in params and params["Steps"] == "3"
     refusals = {
@@ -311,7 +311,7 @@ async def test_flux_takes_its_own_defaults_and_refuses_what_it_cannot_do(jobs: J
         r"prompt editing and alternation \(\[a:b:0\.5\], \[a\|b\]\) is not supported on Flux yet": {"prompt": "a [red:blue:0.5] circle"},
     }
     # Vary and Upscale on a Flux picture: img2img, and the hires fix with a picture upscaler
-    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="flux-dev", steps=2)))
+    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="flux-dev", steps=2)))
     made = [event async for event in handle.events()][-1]
     assert isinstance(made, Finished)
     for how, size in (({"init_image": made.job.images[0].png, "strength": 0.5}, (64, 64)), ({"hires_scale": 2.0}, (128, 128))):
@@ -325,7 +325,7 @@ async def test_flux_takes_its_own_defaults_and_refuses_what_it_cannot_do(jobs: J
         values = {"prompt": "a red circle", "checkpoint": "flux-dev"} | options
         pattern = message if message.startswith(("prompt editing", "a latent")) else message.replace("(", r"\(").replace("+", r"\+")
         with pytest.raises(EaselError, match=pattern):
-            await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values))
+            await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**values))
 
 
 async def test_flux_files_merge_within_their_shape(flux_dir: Path, tmp_path: Path, tiny_dir: Path) -> None:
@@ -491,4 +491,4 @@ async def test_a_flux_lora_applies_at_its_strength_and_leaves_no_trace(jobs: Job
 
         make_tiny_lora("sd1", folder / "sd1-ink.safetensors", seed=1)
         await jobs.loras.scan()
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="x <lora:sd1-ink:1>", checkpoint="flux-dev"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="x <lora:sd1-ink:1>", checkpoint="flux-dev"))

@@ -85,7 +85,7 @@ async def run(w: World, plan) -> tuple[np.ndarray, dict[str, str], str]:
 
 
 async def img2img(w: World, init: bytes, strength: float, checkpoint: str = "tiny-sd1", **more):
-    options = ImagineOptions(
+    options = ImagineOptions.of(
         prompt="a fox", checkpoint=checkpoint, steps=10, seed=3, init_image=init, strength=strength, **more
     )
     return await run(w, await w.jobs.plan_imagine(HOST, HERE, options))
@@ -136,7 +136,7 @@ async def test_hires_fix_doubles_the_size_in_two_passes_and_says_so_as_a1111_doe
     from bot.generation.jobs import Progress
 
     for upscaler in ("Latent", "Lanczos", "2x-Tiny"):
-        options = ImagineOptions(
+        options = ImagineOptions.of(
             prompt="a lighthouse",
             checkpoint="tiny-sd1",
             steps=4,
@@ -168,7 +168,7 @@ async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
         ({"hires_scale": 4, "size": (1024, 1024)}, "would make 4096x4096"),
         ({"hires_scale": 2, "init_image": RED_CIRCLE}, "the hires fix is for pictures made from text"),
     ):
-        options = ImagineOptions(prompt="a lighthouse", checkpoint="tiny-sd1", steps=4, **values)
+        options = ImagineOptions.of(prompt="a lighthouse", checkpoint="tiny-sd1", steps=4, **values)
         with pytest.raises(EaselError, match=message):
             await world.jobs.plan_imagine(HOST, HERE, options)
 
@@ -179,7 +179,7 @@ async def test_hires_settings_out_of_bounds_are_refused(world: World) -> None:
 async def test_a_pictures_parameters_are_read_and_made_again_here(world: World) -> None:
     from bot.jobs import MissingCheckpoint
 
-    options = ImagineOptions(
+    options = ImagineOptions.of(
         prompt="a lighthouse, (storm:1.2)", negative="blurry", checkpoint="tiny-sd1", steps=4, seed=21
     )
     made, _, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
@@ -223,7 +223,7 @@ async def test_inpainting_redraws_only_inside_the_mask(world: World, checkpoint:
     ImageDraw.Draw(mask).rectangle((16, 16, 47, 47), fill=255)
     mask_png = io.BytesIO()
     mask.save(mask_png, format="PNG")
-    options = ImagineOptions(
+    options = ImagineOptions.of(
         prompt="a fox", checkpoint=checkpoint, steps=10, seed=3, init_image=RED_CIRCLE, strength=0.9,
         mask=mask_png.getvalue(), mask_blur=2,
     )  # fmt: skip
@@ -237,7 +237,7 @@ async def test_inpainting_redraws_only_inside_the_mask(world: World, checkpoint:
     assert np.abs(out[inside] - init[inside]).mean() > 5  # and redrawn inside it
     with pytest.raises(EaselError, match="give the picture too"):
         await world.jobs.plan_imagine(
-            HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", mask=mask_png.getvalue())
+            HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", mask=mask_png.getvalue())
         )
 
 
@@ -247,14 +247,14 @@ async def test_an_inpainting_checkpoint_makes_pictures_from_text_from_pictures_a
     record = await world.jobs.registry.get("tiny-sd1-inpainting")
     assert record.runnable and record.pipeline_config == "tiny-sd1+inpainting"
     text, params, _ = await run(
-        world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint=record.name, steps=4))
+        world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint=record.name, steps=4))
     )
     assert text.shape == (64, 64, 3) and params["Model"] == "tiny-sd1-inpainting"
     near = (await img2img(world, RED_CIRCLE, 0.1, checkpoint=record.name))[0]
     far = (await img2img(world, RED_CIRCLE, 0.9, checkpoint=record.name))[0]
     init = np.asarray(Image.open(io.BytesIO(read_upload(RED_CIRCLE).png))).astype(float)
     assert np.abs(near - init).mean() < np.abs(far - init).mean()
-    options = ImagineOptions(prompt="a fox", checkpoint=record.name, steps=4, hires_scale=2)
+    options = ImagineOptions.of(prompt="a fox", checkpoint=record.name, steps=4, hires_scale=2)
     big, params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, options))
     assert big.shape == (128, 128, 3) and params["Hires upscaler"] == "Latent"
 
@@ -284,8 +284,8 @@ async def test_masked_content_and_inpaint_area_change_only_the_masked_part_and_a
 ) -> None:
     base = {"prompt": "a fox", "checkpoint": "tiny-sd1", "steps": 6, "seed": 5, "init_image": RED_CIRCLE}
     base |= {"strength": 0.8, "mask": square_mask(), "mask_blur": 0}
-    plain, plain_params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base)))
-    out, params, job_id = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base, **options)))
+    plain, plain_params, _ = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**base)))
+    out, params, job_id = await run(world, await world.jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**base, **options)))
     assert {key: params.get(key) for key in written} == written
     assert not {"Masked content", "Inpaint area"} & set(plain_params)  # A1111's defaults are not written
     outside = np.ones((64, 64), bool)
@@ -306,7 +306,7 @@ async def test_inpainting_options_without_a_mask_or_out_of_bounds_are_refused(wo
         ({"mask": square_mask(), "only_masked": True, "mask_padding": 999}, "padding must be 0 to 256"),
     ):
         with pytest.raises(EaselError, match=message):
-            await world.jobs.plan_imagine(HOST, HERE, ImagineOptions(**base, **values))
+            await world.jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**base, **values))
 
 
 async def test_upscale_of_a_picture_made_from_a_picture_redraws_it_at_twice_its_size(world: World) -> None:

@@ -72,7 +72,7 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
         from bot.generation.checkpoint_ref import resolve_checkpoint
 
         ref = await resolve_checkpoint(registry, name)
-        request = GenerationRequest(prompt=PROMPT, requester_id="alice", steps=3, count=2, seed=1, guild_id="g")
+        request = GenerationRequest.of(prompt=PROMPT, requester_id="alice", steps=3, count=2, seed=1, guild_id="g")
         job = Job(new_job_id(), validate(request, ref, limits))
         await generation.store.insert(job)
         records[name] = job.id
@@ -86,7 +86,7 @@ ALICE = Asker("alice", "alice")
 
 
 async def imagine(w: World, place: Place, subject: Subject) -> JobPlan:
-    options = ImagineOptions(prompt=PROMPT, checkpoint=subject, steps=3, count=2)
+    options = ImagineOptions.of(prompt=PROMPT, checkpoint=subject, steps=3, count=2)
     return await w.jobs.plan_imagine(ALICE, place, options)
 
 
@@ -165,19 +165,20 @@ async def test_the_place_defaults_fill_what_was_left_out(world: World, entry: st
     await world.settings.update(guild, None, {"negative": "blurry", "cfg": 4.5})
     plan = await ENTRY_POINTS[entry](world, Place(guild, "channel"), "plain")
     request, _ = plan.items[0]
+    asked = request.parameters
     if entry in ("Reroll", "Vary", "another checkpoint"):  # a rerun keeps the stored job's values
-        assert (request.negative, request.cfg) == ("", 7.0)
+        assert (asked.negative, asked.cfg) == ("", 7.0)
     else:
-        assert (request.negative, request.cfg) == ("blurry", 4.5)
+        assert (asked.negative, asked.cfg) == ("blurry", 4.5)
 
 
 async def test_the_command_line_is_the_owner_at_the_host(world: World) -> None:
     """Server rules do not apply on the host's command line; the bot's own limits still do."""
     host = Place.command_line()
-    plan = await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions(prompt=PROMPT, checkpoint="spicy"))
+    plan = await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions.of(prompt=PROMPT, checkpoint="spicy"))
     assert plan.items[0][1].name == "spicy"
     with pytest.raises(EaselError, match="steps must be between 1 and 150"):
-        await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions(prompt=PROMPT, checkpoint="plain", steps=500))
+        await world.jobs.plan_imagine(Asker.host(), host, ImagineOptions.of(prompt=PROMPT, checkpoint="plain", steps=500))
 
 
 async def test_one_moderator_role() -> None:
@@ -193,7 +194,7 @@ async def test_a_channel_default_that_cannot_be_used_is_replaced_and_said(world:
     await world.registry.db.execute("UPDATE checkpoints SET status = 'missing' WHERE id = ?", (entry.id,))
     await world.registry.db.commit()
     try:
-        plan = await world.jobs.plan_imagine(ALICE, place, ImagineOptions(prompt=PROMPT, steps=3))
+        plan = await world.jobs.plan_imagine(ALICE, place, ImagineOptions.of(prompt=PROMPT, steps=3))
         [spec] = plan.specs
         assert spec.checkpoint.name != "plain"
         assert f"this channel's default checkpoint (plain) cannot be used now: {spec.checkpoint.name} was used instead" in spec.notes
@@ -235,13 +236,13 @@ async def test_upscaling_a_one_step_job_runs_its_second_pass_for_a_step(world: W
 
     limits = world.jobs.generation.limits
     ref = await resolve_checkpoint(world.registry, "plain")
-    request = GenerationRequest(prompt=PROMPT, requester_id="alice", steps=1, seed=1, guild_id="g")
+    request = GenerationRequest.of(prompt=PROMPT, requester_id="alice", steps=1, seed=1, guild_id="g")
     job = Job(new_job_id(), validate(request, ref, limits))
     await world.jobs.generation.store.insert(job)
     plan = await world.jobs.plan_rerun(Asker("alice"), Place("g", "c"), job.id, seed=same_seed, hires_scale=2.0)
     [spec] = plan.specs
-    assert (spec.request.steps, spec.request.hires_steps, spec.request.hires_scale) == (1, 2, 2.0)
+    assert (spec.parameters.steps, spec.parameters.hires_steps, spec.parameters.hires_scale) == (1, 2, 2.0)
     with pytest.raises(EaselError, match=r"second pass would run no step \(1 step\(s\) × denoising strength 0.7"):
         await world.jobs.plan_imagine(
-            Asker("alice"), Place("g", "c"), ImagineOptions(prompt=PROMPT, checkpoint="plain", steps=1, hires_scale=2.0)
+            Asker("alice"), Place("g", "c"), ImagineOptions.of(prompt=PROMPT, checkpoint="plain", steps=1, hires_scale=2.0)
         )

@@ -302,7 +302,7 @@ async def plan(w: World, prompt: str, checkpoint: str = "tiny-sd1", place: Place
     return await w.jobs.plan_imagine(
         HOST if place.host else ALICE,
         place,
-        ImagineOptions(prompt=prompt, checkpoint=checkpoint, steps=3, seed=11, **options),
+        ImagineOptions.of(prompt=prompt, checkpoint=checkpoint, steps=3, seed=11, **options),
     )
 
 
@@ -340,7 +340,7 @@ async def test_an_nsfw_lora_only_where_nsfw_is_allowed_and_the_menu_option_becom
     assert "spicy" not in [e.name for e in await world.jobs.loras_shown(SERVER)]
     assert [e.name for e in await world.jobs.loras_shown(HERE, "sdxl")] == ["ink-sdxl"]
     spec = (await plan(world, "a fox", lora="ink-sd1", lora_strength=0.75)).specs[0]
-    assert spec.request.prompt == "a fox <lora:ink-sd1:0.75>" and spec.loras[0].te == 0.75
+    assert spec.parameters.prompt == "a fox <lora:ink-sd1:0.75>" and spec.loras[0].te == 0.75
 
 
 @on_module_loop
@@ -447,7 +447,7 @@ async def test_a_baked_checkpoint_draws_what_the_lora_draws(world: World) -> Non
 
 
 async def one_step(w: World, prompt: str, checkpoint: str) -> np.ndarray:
-    options = ImagineOptions(prompt=prompt, checkpoint=checkpoint, steps=1, seed=3)
+    options = ImagineOptions.of(prompt=prompt, checkpoint=checkpoint, steps=1, seed=3)
     [handle] = await w.jobs.start(await w.jobs.plan_imagine(HOST, HERE, options))
     done = [e async for e in handle.events()][-1]
     assert isinstance(done, Finished), done

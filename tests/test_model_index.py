@@ -24,7 +24,7 @@ def batch(checkpoint: bytes, lora: bytes | None = None) -> RunBatch:
     loras = (
         (LoraUse("style", "/bot/models/Lora/style.safetensors", sha(lora), sha(lora)[:12], 1.0, 1.0),) if lora else ()
     )
-    return RunBatch("b1", load, (JobPart("j1", "a cat", "", (1,)),), 64, 64, 4, 7.0, "Euler", "Automatic", loras=loras)
+    return RunBatch.of("b1", load, (JobPart("j1", "a cat", "", (1,)),), 64, 64, 4, 7.0, "Euler", "Automatic", loras=loras)
 
 
 def test_files_are_found_by_hash_under_any_name(tmp_path: Path) -> None:

@@ -187,7 +187,7 @@ def render(cache: PipelineCache, load: LoadRequest, *jobs: tuple[str, str], clip
     runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
     parts = tuple(JobPart(job_id, prompt, "", (7,)) for job_id, prompt in jobs)
     runner.run(
-        RunBatch("b", load, parts, 64, 64, steps, 7.0, "Euler", "Automatic", clip_skip=clip_skip, model_name=load.name)
+        RunBatch.of("b", load, parts, 64, 64, steps, 7.0, "Euler", "Automatic", clip_skip=clip_skip, model_name=load.name)
     )
     return events
 
@@ -263,7 +263,7 @@ def test_the_bot_notes_tags_in_every_scheduled_text_before_queueing() -> None:
 
     def check(prompt: str, negative: str = ""):
         return validate(
-            GenerationRequest(prompt=prompt, negative=negative, requester_id="u", steps=10),
+            GenerationRequest.of(prompt=prompt, negative=negative, requester_id="u", steps=10),
             checkpoint_ref(),
             Limits(),
         )

@@ -34,7 +34,7 @@ from common.protocol import (
 
 LOAD = LoadRequest("/m/x.safetensors", "x", "sd1", "SD1.x", "safetensors", "sd1", "epsilon", "ab" * 32)
 SAMPLES = [
-    RunBatch("b1", LOAD, (JobPart("j1", "a cat", "", (1, 2)),), 64, 64, 4, 7.0, "Euler", "Automatic", 2, "x", 1),
+    RunBatch.of("b1", LOAD, (JobPart("j1", "a cat", "", (1, 2)),), 64, 64, 4, clip_skip=2, model_name="x", preview_every=1),
     CancelJob("j1"),
     Shutdown(),
     WorkerReady("cpu", 123, "2.13.0", "float32"),

@@ -186,7 +186,7 @@ async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> A
 
 
 def request(user: str, **values) -> GenerationRequest:
-    return GenerationRequest(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
+    return GenerationRequest.of(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
 
 
 async def finished(handle: JobHandle, within: float = 60) -> list[object]:
@@ -293,7 +293,7 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     secret = cluster.tmp / "secret.safetensors"
     secret.write_bytes(b"not a model")
     load = cluster.checkpoints["sd1"].load_request()
-    bogus = RunBatch(
+    bogus = RunBatch.of(
         batch_id="forgedbatch1",
         load=dataclasses.replace(load, path=str(secret), sha256=hashlib.sha256(b"x").hexdigest()),
         jobs=(JobPart("forgedjob", "x", "", (1,)),),

@@ -10,7 +10,7 @@ from tests.helpers import checkpoint_ref
 
 
 def check(**changes) -> object:
-    request = GenerationRequest(**({"prompt": "a cat", "requester_id": "u"} | changes))
+    request = GenerationRequest.of(**({"prompt": "a cat", "requester_id": "u"} | changes))
     return validate(request, checkpoint_ref(), Limits())
 
 
@@ -40,7 +40,7 @@ def test_bad_values(changes: dict, message: str | None) -> None:
 
 
 def test_checkpoint_must_be_runnable_and_present() -> None:
-    request = GenerationRequest(prompt="a", requester_id="u")
+    request = GenerationRequest.of(prompt="a", requester_id="u")
     with pytest.raises(GenerationError, match="cannot be run: Flux"):
         validate(request, checkpoint_ref(runnable=False, reason="Flux checkpoints are not supported yet"), Limits())
     with pytest.raises(GenerationError, match="missing from the models directory"):
@@ -51,11 +51,11 @@ def test_resolution_of_defaults() -> None:
     spec = check(seed=10, count=3)
     assert spec.seeds == (10, 11, 12)  # A1111: one seed per image, counting up
     assert (spec.width, spec.height) == (64, 64)  # the tiny config's native size
-    assert (spec.sampler, spec.schedule) == ("DPM++ 2M", "Karras")
+    assert (spec.parameters.sampler, spec.parameters.schedule) == ("DPM++ 2M", "Karras")
     random_spec = check()
     assert 0 <= random_spec.seeds[0] < 2**32
     sdxl = validate(
-        GenerationRequest(prompt="a", requester_id="u"), checkpoint_ref(pipeline_config="sdxl", family="sdxl"), Limits()
+        GenerationRequest.of(prompt="a", requester_id="u"), checkpoint_ref(pipeline_config="sdxl", family="sdxl"), Limits()
     )
     assert (sdxl.width, sdxl.height) == (1024, 1024)
 

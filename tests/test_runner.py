@@ -73,7 +73,7 @@ def batch(load: LoadRequest, *jobs: JobPart, **overrides) -> RunBatch:
         schedule="Automatic",
         model_name="tiny-sd1",
     )
-    return RunBatch(**(values | overrides))
+    return RunBatch.of(**(values | overrides))
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -242,7 +242,7 @@ def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
     picture = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
     rec = Recorder(cache)
-    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_image=picture.getvalue(), strength=0.5))
+    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_png=picture.getvalue(), strength=0.5))
     assert seen == [(2, 0.5), (1, 0.5), (1, 0.5)] and len(rec.of(JobDone)[0].images) == 2
     seen.clear()
     rec.run(batch(load_request, JobPart("h", "a", "", (3, 4)), hires_scale=2.0, hires_denoise=0.5))
@@ -280,9 +280,9 @@ def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRe
 
     from gpu_worker.families import FAMILIES
 
-    batch = RunBatch(
+    batch = RunBatch.of(
         "b1", replace(load_request, family="flux", name="flux-dev"), (JobPart("j", "a cat", "", (1,)),), 64, 64, 4, 1.0,
-        "Euler", "Automatic", mask=b"mask",
+        "Euler", "Automatic", mask_png=b"mask",
     )  # fmt: skip
     assert FAMILIES["flux"].refuses(batch) == "flux-dev: inpainting and embeddings are not supported on it yet"
     assert FAMILIES["sd1"].refuses(batch) is None

@@ -170,7 +170,7 @@ async def jobs(sd3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Async
 
 async def picture(jobs: Jobs, **options) -> tuple[np.ndarray, dict[str, str]]:
     values = {"prompt": "a red circle", "checkpoint": "sd35", "seed": 4, "steps": 3} | options
-    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values)))
+    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**values)))
     done = [event async for event in handle.events()][-1]
     assert isinstance(done, Finished), done
     image = Image.open(io.BytesIO(done.job.images[0].png))
@@ -191,10 +191,10 @@ async def test_sais_shape_with_its_encoders_apart_makes_the_all_in_one_files_pic
 
 @pytest.mark.asyncio(loop_scope="module")
 async def test_sd3_takes_its_model_cards_defaults_and_refuses_what_it_cannot_do(jobs: Jobs) -> None:
-    [large] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="sd35"))).specs
-    assert (large.request.steps, large.request.cfg, large.sampler, large.request.distilled_cfg) == (28, 3.5, "Euler", 0.0)
-    [medium] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="x", checkpoint="sd35-medium"))).specs
-    assert (medium.request.steps, medium.request.cfg) == (40, 4.5)
+    [large] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="sd35"))).specs
+    assert (large.parameters.steps, large.parameters.cfg, large.parameters.sampler, large.parameters.distilled_cfg) == (28, 3.5, "Euler", 0.0)
+    [medium] = (await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="x", checkpoint="sd35-medium"))).specs
+    assert (medium.parameters.steps, medium.parameters.cfg) == (40, 4.5)
     refusals = {
         r"LMS has no flow form here\. Choose one of Euler, DPM\+\+ 2M, UniPC": {"sampler": "LMS"},
         r"sd35 is an SD3 checkpoint; a latent upscaler for the hires fix \(choose Lanczos or an upscaler model\) is not supported on SD3 yet": {"hires_scale": 2.0},
@@ -202,14 +202,14 @@ async def test_sd3_takes_its_model_cards_defaults_and_refuses_what_it_cannot_do(
     }
     for message, options in refusals.items():
         with pytest.raises(EaselError, match=message):
-            await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="sd35", **options))
+            await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="sd35", **options))
     hires, params = await picture(jobs, hires_scale=2.0, hires_upscaler="Lanczos", steps=2)
     assert hires.shape == (128, 128, 3) and params["Hires upscaler"] == "Lanczos"  # pass two by SD3's img2img
     assert jobs.text_encoders is not None
     await jobs.text_encoders.remove("clip_g")
     try:
         with pytest.raises(EaselError, match=r"^sd35 needs a CLIP-G text encoder \(put clip_g\.safetensors in models/text_encoders\); then rescan$"):
-            await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a red circle", checkpoint="sd35"))
+            await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a red circle", checkpoint="sd35"))
     finally:
         await jobs.text_encoders.scan()
 

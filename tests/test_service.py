@@ -43,7 +43,7 @@ async def setup(
 
 
 def request(user: str = "u1", **values) -> GenerationRequest:
-    return GenerationRequest(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
+    return GenerationRequest.of(**({"prompt": "a lighthouse", "requester_id": user, "steps": 3, "seed": 5} | values))
 
 
 async def collect(handle: JobHandle) -> list[object]:
@@ -267,7 +267,7 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
     try:
         assert isinstance(decode(conn.recv_bytes()), WorkerReady)
         load = LoadRequest(str(tiny_dir / "tiny-sd1.safetensors"), "tiny", "sd1", "SD1.x", "safetensors", "tiny-sd1")
-        batch = RunBatch("orphan", load, (JobPart("j", "a lighthouse", "", (1,)),), 128, 128, 400, 7.0, "Euler", "Automatic", preview_every=2)
+        batch = RunBatch.of("orphan", load, (JobPart("j", "a lighthouse", "", (1,)),), 128, 128, 400, 7.0, "Euler", "Automatic", preview_every=2)
         conn.send_bytes(encode(batch))
         while not isinstance(decode(conn.recv_bytes()), BatchProgress):
             pass

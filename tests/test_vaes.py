@@ -79,7 +79,7 @@ async def jobs(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asyn
 
 async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, dict[str, str], str]:
     values = {"prompt": "a fox", "checkpoint": "tiny-sd1", "steps": 3, "seed": 4} | options
-    plan = plan or await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values))
+    plan = plan or await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**values))
     [handle] = await jobs.start(plan)
     done = [event async for event in handle.events()][-1]
     assert isinstance(done, Finished), done
@@ -106,9 +106,9 @@ async def test_a_jobs_vae_replaces_the_checkpoints_own_and_is_written_as_a1111_d
     remade, _, _ = await picture(jobs, plan=await jobs.plan_from_infotext(HOST, HERE, info))
     assert np.array_equal(remade, soft)  # "Make this here" finds the VAE by its hash
     with pytest.raises(EaselError, match=r"wide is a VAE for SD3/Flux .*SD1 checkpoints need a 4-channel VAE"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", vae="wide"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", vae="wide"))
     with pytest.raises(EaselError, match="no VAE named 'nope'"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", vae="nope"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", vae="nope"))
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -125,7 +125,7 @@ async def test_a_checkpoints_default_vae_applies_unless_the_job_says_none(jobs: 
         gone = make_tiny_vae("sd1", jobs.vaes.folders[0] / "gone.safetensors", seed=9)
         await jobs.vaes.add(gone)
         gone.unlink()  # the file goes behind the registry's back, before any worker loaded it
-        plan = await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", vae="gone"))
+        plan = await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", vae="gone"))
         [handle] = await jobs.start(plan)
         done = [event async for event in handle.events()][-1]
         assert isinstance(done, Failed) and done.message.startswith("the VAE gone.safetensors is no longer on disk")

@@ -157,7 +157,7 @@ async def jobs(
 
 async def picture(jobs: Jobs, **options) -> tuple[np.ndarray, dict[str, str]]:
     values = {"prompt": "a fox", "checkpoint": "tiny-xl-vpred", "steps": 4, "seed": 9, "sampler": "Euler"} | options
-    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions(**values)))
+    [handle] = await jobs.start(await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(**values)))
     done = [event async for event in handle.events()][-1]
     assert isinstance(done, Finished), done
     image = Image.open(io.BytesIO(done.job.images[0].png))
@@ -174,15 +174,15 @@ async def test_a_zero_snr_model_draws_with_its_samplers_and_cfg_rescale_is_writt
     assert np.abs(rescaled - unrescaled).mean() > 0.5  # it changes the picture
     info = parse_infotext("a fox\nSteps: 4, Sampler: Euler, CFG scale: 9, Seed: 9, Size: 64x64, Model: tiny-xl-vpred, CFG Rescale φ: 0.7")
     [handle] = await jobs.start(await jobs.plan_from_infotext(HOST, HERE, info))
-    assert handle.job.spec.request.cfg_rescale == 0.7  # "Make this here" keeps it
+    assert handle.job.spec.parameters.cfg_rescale == 0.7  # "Make this here" keeps it
     async for _ in handle.events():
         pass
     with pytest.raises(EaselError, match=r"zero-terminal-SNR model; Heun cannot follow its schedule\. Choose one of Euler"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-vpred", sampler="Heun"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-xl-vpred", sampler="Heun"))
     with pytest.raises(EaselError, match="CFG rescale must be between 0 and 1"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-vpred", cfg_rescale=1.5))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-xl-vpred", cfg_rescale=1.5))
     with pytest.raises(EaselError, match="only for pictures made from text, without the hires fix"):
-        options = ImagineOptions(prompt="a fox", checkpoint="tiny-sd1", cfg_rescale=0.5, hires_scale=2)
+        options = ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", cfg_rescale=0.5, hires_scale=2)
         await jobs.plan_imagine(HOST, HERE, options)
 
 
@@ -194,4 +194,4 @@ async def test_an_edm_model_draws_from_text_and_pictures_with_its_samplers(jobs:
     big, params = await picture(jobs, checkpoint="tiny-xl-edm", hires_scale=2)
     assert big.shape == (128, 128, 3) and params["Hires upscale"] == "2"
     with pytest.raises(EaselError, match=r"EDM model \(Playground v2\.5\); DDIM has no EDM form here\. Choose one of Euler"):
-        await jobs.plan_imagine(HOST, HERE, ImagineOptions(prompt="a fox", checkpoint="tiny-xl-edm", sampler="DDIM"))
+        await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-xl-edm", sampler="DDIM"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from bot.rules.limits import ValidRequest
@@ -54,47 +54,23 @@ class Job:
 
     @property
     def batch_key(self) -> tuple[object, ...]:
-        """Jobs with equal keys can share one pipeline call."""
+        """Jobs with equal keys can share one pipeline call: the same parameters but for each job's
+        own prompt, negative and seeds, and the same files (a new parameter keeps its jobs apart
+        without a word here)."""
         s = self.spec
-        return (
-            s.checkpoint.sha256,
-            s.width,
-            s.height,
-            s.request.steps,
-            s.request.cfg,
-            s.request.cfg_rescale,
-            s.request.distilled_cfg,
-            s.checkpoint.components,  # a transformer-only checkpoint's text encoders and VAE
-            s.vae,  # one VAE per pipeline call
-            s.sampler,
-            s.schedule,
-            s.request.clip_skip,
-            s.loras,  # LoRAs and their strengths apply to the whole pipeline call
-            s.request.init_image,  # img2img: one input picture per call, at one strength
-            s.request.strength if s.request.init_image else None,
-            s.request.resize_mode if s.request.init_image else None,
-            (
-                s.request.mask_image,
-                s.request.mask_blur,
-                s.request.masked_content,
-                s.request.only_masked,
-                s.request.mask_padding,
-            )
-            if s.request.mask_image
-            else None,
-            (s.request.hires_scale, s.request.hires_steps, s.request.hires_denoise, s.request.hires_upscaler)
-            if s.request.hires_scale
-            else None,
-        )
+        shared = replace(s.parameters, prompt="", negative="", seed=-1, count=1)
+        # A transformer-only checkpoint's text encoders and VAE, the job's VAE and its LoRAs (at their
+        # strengths) apply to the whole pipeline call.
+        return (s.checkpoint.sha256, s.checkpoint.components, s.vae, s.loras, shared)
 
     @property
     def work_units(self) -> float:
         """Cost relative to one step of one 512x512 image, for ETAs."""
         s = self.spec
         units = s.denoising_steps * self.image_count * s.width * s.height / (512 * 512)
-        if s.request.hires_scale:  # pass two, at its size
-            big_w, big_h = hires_size(s.width, s.height, s.request.hires_scale)
-            steps = max(1, denoising_steps(s.request.hires_steps or s.request.steps, s.request.hires_denoise))
+        if s.parameters.hires_scale:  # pass two, at its size
+            big_w, big_h = hires_size(s.width, s.height, s.parameters.hires_scale)
+            steps = max(1, denoising_steps(s.parameters.hires_steps or s.parameters.steps, s.parameters.hires_denoise))
             units += steps * self.image_count * big_w * big_h / (512 * 512)
         return units
 

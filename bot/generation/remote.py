@@ -133,8 +133,8 @@ class RemoteWorker:
         if spec.checkpoint.family not in self.heartbeat.families:
             return f"worker {self.worker_id} does not run {spec.checkpoint.family} models"
         width, height = spec.width, spec.height
-        if spec.request.hires_scale:
-            width, height = hires_size(width, height, spec.request.hires_scale)
+        if spec.parameters.hires_scale:
+            width, height = hires_size(width, height, spec.parameters.hires_scale)
         if self.heartbeat.max_pixels and width * height > self.heartbeat.max_pixels:
             return f"worker {self.worker_id} takes at most {self.heartbeat.max_pixels:,} pixels"
         missing = [f"{what} [{sha[:10] or 'no hash'}]" for what, sha in files_needed(spec) if sha not in self.holds]

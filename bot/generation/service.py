@@ -305,7 +305,7 @@ class GenerationService:
             spec.checkpoint.name,
             spec.width,
             spec.height,
-            spec.request.steps,
+            spec.parameters.steps,
             job.image_count,
             job.requester_id,
         )
@@ -420,37 +420,17 @@ class GenerationService:
         batch = RunBatch(
             batch_id=new_job_id(),
             load=spec.checkpoint.load_request(),
-            jobs=tuple(
-                JobPart(j.id, j.spec.request.prompt.strip(), j.spec.request.negative, j.spec.seeds) for j in jobs
-            ),
-            width=spec.width,
-            height=spec.height,
-            steps=spec.request.steps,
-            cfg=spec.request.cfg,
-            sampler=spec.sampler,
-            schedule=spec.schedule,
-            clip_skip=spec.request.clip_skip,
+            jobs=tuple(JobPart(j.id, j.spec.parameters.prompt, j.spec.parameters.negative, j.spec.seeds) for j in jobs),
+            parameters=spec.parameters,
             model_name=spec.checkpoint.file_stem,
             preview_every=self.preview_every,
             loras=spec.loras,
             # Embeddings are words: each prompt uses only its own, so the batch carries all of its jobs'.
             embeddings=tuple(dict.fromkeys(use for job in jobs for use in job.spec.embeddings)),
-            init_image=spec.init_png,
-            strength=spec.request.strength,
-            resize_mode=spec.request.resize_mode,
-            mask=spec.mask_png,
-            mask_blur=spec.request.mask_blur,
-            masked_content=spec.request.masked_content,
-            only_masked=spec.request.only_masked,
-            mask_padding=spec.request.mask_padding,
-            hires_scale=spec.request.hires_scale,
-            hires_steps=spec.request.hires_steps,
-            hires_denoise=spec.request.hires_denoise,
-            hires_upscaler=spec.request.hires_upscaler,  # in A1111's spelling since validation
+            init_png=spec.init_png,
+            mask_png=spec.mask_png,
             hires_model=spec.hires_model,
-            cfg_rescale=spec.request.cfg_rescale,
             vae=spec.vae,
-            distilled_cfg=spec.request.distilled_cfg,
         )
         worker.batch = batch
         worker.dispatched_at = time.monotonic()
@@ -665,7 +645,7 @@ class GenerationService:
         self._steps_seen[event.batch_id] = event.step
         worker.steps_per_second = event.it_per_s
         if jobs:
-            pictures = sum(j.spec.request.count for j in jobs)
+            pictures = sum(j.spec.parameters.count for j in jobs)
             size = f"{jobs[0].spec.width}×{jobs[0].spec.height}"
             worker.speed_measured_on = size + (f", {pictures} pictures" if pictures > 1 else "")
         if event.it_per_s > 0 and jobs:

@@ -6,16 +6,15 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiosqlite
 
 from bot.db import transaction
 from bot.generation.jobs import Job, JobState
-from bot.rules.limits import GenerationRequest
 from bot.rules.policy import readable_score
-from common.protocol import FLOW_FAMILIES
+from common.parameters import Parameters
 
 log = logging.getLogger(__name__)
 
@@ -39,46 +38,17 @@ class JobRecord:
         return json.loads(self.row["seeds_json"])
 
     @property
-    def inpaint(self) -> dict[str, Any]:
-        """The stored job's inpainting options, as GenerationRequest fields; empty for the defaults."""
-        stored = json.loads(self.row.get("inpaint_json") or "null") or {}
-        names = {"masked_content": "masked_content", "only_masked": "only_masked", "padding": "mask_padding"}
-        return {names[key]: value for key, value in stored.items() if key in names}
-
-    @property
-    def hires(self) -> dict[str, Any]:
-        """The stored job's hires fix, as GenerationRequest fields; empty when it had none."""
-        stored = json.loads(self.row.get("hires_json") or "null")
-        if not stored:
-            return {}
-        return {f"hires_{key}": value for key, value in stored.items()}
+    def parameters(self) -> Parameters:
+        """What shaped the job's pictures, final (the first seed; the others count up from it)."""
+        return Parameters.from_json(self.row["parameters_json"])
 
     @property
     def infotexts(self) -> list[str]:
         return json.loads(self.row["infotexts_json"] or "[]")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.row.items() if not k.endswith("_json")}
-        return {**out, "seeds": self.seeds, "infotexts": self.infotexts}
-
-
-def hires_of(request: GenerationRequest) -> dict[str, Any]:
-    return {
-        "scale": request.hires_scale,
-        "steps": request.hires_steps,
-        "denoise": request.hires_denoise,
-        "upscaler": request.hires_upscaler,
-    }
-
-
-def inpaint_of(request: GenerationRequest) -> dict[str, Any]:
-    """An inpainting job's options that are not A1111's defaults."""
-    options: dict[str, Any] = {}
-    if request.masked_content != "original":
-        options["masked_content"] = request.masked_content
-    if request.only_masked:
-        options |= {"only_masked": True, "padding": request.mask_padding}
-    return options
+        out = {k: v for k, v in self.row.items() if not k.endswith("_json") and v is not None}
+        return {**out, "seeds": self.seeds, "infotexts": self.infotexts, "parameters": asdict(self.parameters)}
 
 
 _NOTE_COLUMNS = ("safety_json", "message_id")
@@ -96,14 +66,13 @@ class JobStore:
         self._notes: dict[tuple[str, str], str] = {}
 
     async def insert(self, job: Job) -> None:
-        spec, request = job.spec, job.spec.request
+        spec, request, p = job.spec, job.spec.request, job.spec.parameters
         async with transaction(self._db) as db:
             await db.execute(
                 "INSERT INTO jobs (id, state, requester_id, requester_name, guild_id, channel_id, checkpoint_name, "
                 "checkpoint_sha256, prompt, negative, width, height, steps, cfg, sampler, schedule, clip_skip, seeds_json, "
-                "created_at, init_image_sha256, denoising_strength, resize_mode, hires_json, mask_sha256, mask_blur, "
-                "inpaint_json, cfg_rescale, vae_sha256, distilled_cfg) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, init_image_sha256, mask_sha256, vae_sha256, parameters_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.state.value,
@@ -113,27 +82,21 @@ class JobStore:
                     request.channel_id,
                     spec.checkpoint.name,
                     spec.checkpoint.sha256,
-                    request.prompt.strip(),
-                    request.negative,
+                    p.prompt.strip(),
+                    p.negative,
                     spec.width,
                     spec.height,
-                    request.steps,
-                    request.cfg,
-                    spec.sampler,
-                    spec.schedule,
-                    request.clip_skip,
+                    p.steps,
+                    p.cfg,
+                    p.sampler,
+                    p.schedule,
+                    p.clip_skip,
                     json.dumps(list(spec.seeds)),
                     job.created_at,
-                    request.init_image,
-                    request.strength if request.init_image else None,
-                    request.resize_mode if request.init_image else None,
-                    json.dumps(hires_of(request)) if request.hires_scale else None,
-                    request.mask_image,
-                    request.mask_blur if request.mask_image else None,
-                    json.dumps(inpaint_of(request)) if request.mask_image and inpaint_of(request) else None,
-                    request.cfg_rescale or None,
+                    p.init_image,
+                    p.mask_image,
                     spec.vae.sha256 if spec.vae else None,
-                    request.distilled_cfg if spec.checkpoint.family in FLOW_FAMILIES else None,
+                    p.to_json(),
                 ),
             )
 

@@ -13,6 +13,7 @@ from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.errors import EaselError
 from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
+from common.parameters import Parameters
 from common.prompt_schedule import prompt_schedule
 from common.prompt_syntax import parse_prompt
 from common.protocol import (
@@ -27,7 +28,6 @@ from common.protocol import (
     hires_size,
 )
 from common.samplers import (
-    DEFAULT_SAMPLER,
     EDM_SAMPLERS,
     FLOW_DEFAULT_SAMPLER,
     FLOW_SAMPLERS,
@@ -68,40 +68,21 @@ class Limits:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    prompt: str
+    """Who asks, where, and for what (the parameters as given; validate() makes them final)."""
+
+    parameters: Parameters
     requester_id: str
-    negative: str = ""
-    width: int | None = None  # None: the checkpoint's native size
-    height: int | None = None
-    steps: int = 20
-    cfg: float = 7.0
-    sampler: str = DEFAULT_SAMPLER
-    schedule: str | None = None  # None: the sampler's default (A1111's "Automatic")
-    seed: int = -1  # -1: random; the seed used is always reported
-    count: int = 1
-    clip_skip: int = 1
     requester_name: str = ""
     guild_id: str | None = None
     channel_id: str | None = None
-    init_image: str | None = None  # img2img: the sha256 of a kept input picture (bot/images/inputs.py)
-    strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
-    resize_mode: str = "crop"  # how the input meets the job's size; see RESIZE_MODES
-    mask_image: str | None = None  # inpainting: the sha256 of a kept mask (white = redraw), with init_image
-    mask_blur: int = 4  # A1111's "Mask blur": the mask's Gaussian blur radius, in pixels
-    masked_content: str = "original"  # A1111's "Masked content" (common/protocol.py MASKED_CONTENT)
-    only_masked: bool = False  # A1111's "Inpaint area": False = Whole picture, True = Only masked
-    mask_padding: int = 32  # A1111's "Masked area padding", with only_masked
-    hires_scale: float = 0.0  # A1111's hires fix: 0 = off, else pass two's size factor (1-4)
-    hires_steps: int = 0  # pass two's steps; 0 = as many as pass one
-    hires_denoise: float = 0.7  # pass two's denoising strength
-    hires_upscaler: str = "Latent"  # common/hires_upscalers.py
-    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023): 0 = off, 0.7 the paper's choice
-    vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
-    distilled_cfg: float = 3.5  # Forge's "Distilled CFG Scale": Flux dev's guidance input (cfg > 1 adds true CFG)
+
+    @classmethod
+    def of(cls, requester_id: str, guild_id: str | None = None, **parameters: object) -> GenerationRequest:
+        """A request from keyword values (benches and tests): the parameters by their names."""
+        return cls(Parameters.of(parameters), requester_id, guild_id=guild_id)
 
 
 MAX_MASK_PADDING = 256  # A1111's slider goes to 256
-DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
 # (steps, CFG) a flow model runs with when the job names none, by family and variant: FLUX.1 with
 # CFG 1 (its guidance is distilled; schnell in 4 steps, BFL's model card), SD3.x as SAI's model cards
 # run them (SD3.5 Large 28 steps at 3.5, SD3.5 Medium 40 at 4.5, SD3 Medium 28 at 7). None: the place's.
@@ -129,14 +110,12 @@ RESIZE_MODES = {"resize": "Just resize", "crop": "Crop and resize", "fill": "Res
 
 @dataclass(frozen=True)
 class ValidRequest:
-    """A request after validation: every value final, seeds drawn."""
+    """A request after validation: every value final (size, the sampler and schedule by their A1111
+    names, the hires upscaler as A1111 spells it, the first seed drawn), the files it uses resolved."""
 
-    request: GenerationRequest
+    request: GenerationRequest  # as asked
     checkpoint: CheckpointRef
-    width: int
-    height: int
-    sampler: str
-    schedule: str
+    parameters: Parameters  # final
     seeds: tuple[int, ...]
     notes: tuple[str, ...] = ()  # what the requester should know, e.g. tags that were not applied
     loras: tuple[LoraUse, ...] = ()  # resolved from the prompt's <lora:…> tags by bot/rules/network_selection.py
@@ -147,11 +126,18 @@ class ValidRequest:
     vae: VaeUse | None = None  # the VAE in place of the checkpoint's own (bot/components/registry.py)
 
     @property
+    def width(self) -> int:
+        return self.parameters.width or 0
+
+    @property
+    def height(self) -> int:
+        return self.parameters.height or 0
+
+    @property
     def denoising_steps(self) -> int:
         """Steps actually run: img2img runs `steps × strength` of them, as A1111 does by default."""
-        if self.request.init_image is None:
-            return self.request.steps
-        return denoising_steps(self.request.steps, self.request.strength)
+        p = self.parameters
+        return p.steps if p.init_image is None else denoising_steps(p.steps, p.strength)
 
 
 # Characters that draw nothing although Unicode files some of them as letters or symbols.
@@ -168,11 +154,11 @@ def random_seed() -> int:
     return random.randrange(4294967294)  # A1111's range
 
 
-def check_texts(request: GenerationRequest, limits: Limits) -> None:
+def check_texts(p: Parameters, limits: Limits) -> None:
     """The prompt and negative prompt as text: not empty, valid, within the length limit."""
-    if not has_visible_text(request.prompt):
+    if not has_visible_text(p.prompt):
         raise GenerationError("the prompt is empty; describe the picture you want")
-    for label, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
+    for label, text in (("prompt", p.prompt), ("negative prompt", p.negative)):
         if has_lone_surrogate(text):
             raise GenerationError(f"the {label} holds characters that are not valid text; retype it")
         if len(text) > limits.max_prompt_chars:
@@ -193,14 +179,15 @@ def validate(
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/rules/network_selection.py), with `notes` on what of them was not applied."""
-    check_texts(request, limits)
-    notes = _unused_tags(request) + notes
+    p = request.parameters
+    check_texts(p, limits)
+    notes = _unused_tags(p) + notes
     if not checkpoint.runnable:
         raise GenerationError(f"{checkpoint.name} ({checkpoint.architecture}) cannot be run: {checkpoint.reason}")
     if not checkpoint.present:
         raise GenerationError(f"{checkpoint.name} is missing from the models directory; an admin needs to rescan")
-    width = request.width or checkpoint.native_size
-    height = request.height or checkpoint.native_size
+    width = p.width or checkpoint.native_size
+    height = p.height or checkpoint.native_size
     for label, value in (("width", width), ("height", height)):
         if value % 8:
             raise GenerationError(f"{label} {value} is not a multiple of 8")
@@ -208,49 +195,48 @@ def validate(
             raise GenerationError(f"{label} {value} is outside {limits.min_size}-{limits.max_size}")
     if width * height > limits.max_pixels:
         raise GenerationError(f"{width}x{height} is over the {limits.max_pixels / 1e6:.1f}-megapixel limit")
-    if not 1 <= request.steps <= limits.max_steps:
-        raise GenerationError(f"steps must be between 1 and {limits.max_steps}, not {request.steps}")
-    if not 0 <= request.cfg <= limits.max_cfg:
-        raise GenerationError(f"CFG scale must be between 0 and {limits.max_cfg:g}, not {request.cfg:g}")
-    if not 1 <= request.count <= limits.max_count:
-        raise GenerationError(f"count must be between 1 and {limits.max_count}, not {request.count}")
-    if not 1 <= request.clip_skip <= limits.max_clip_skip:
-        raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {request.clip_skip}")
-    if request.seed < -1 or request.seed >= 2**32:
-        raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {request.seed}")
-    if request.hires_scale:
-        _check_hires(request, width, height, limits, hires_model)
+    if not 1 <= p.steps <= limits.max_steps:
+        raise GenerationError(f"steps must be between 1 and {limits.max_steps}, not {p.steps}")
+    if not 0 <= p.cfg <= limits.max_cfg:
+        raise GenerationError(f"CFG scale must be between 0 and {limits.max_cfg:g}, not {p.cfg:g}")
+    if not 1 <= p.count <= limits.max_count:
+        raise GenerationError(f"count must be between 1 and {limits.max_count}, not {p.count}")
+    if not 1 <= p.clip_skip <= limits.max_clip_skip:
+        raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {p.clip_skip}")
+    if p.seed < -1 or p.seed >= 2**32:
+        raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {p.seed}")
+    if p.hires_scale:
+        _check_hires(p, width, height, limits, hires_model)
         # In A1111's spelling: a built-in's, or the model's as A1111 lists it.
-        name = hires_model.name if hires_model else parse_upscaler(request.hires_upscaler)
-        request = replace(request, hires_upscaler=name)
+        p = replace(p, hires_upscaler=hires_model.name if hires_model else parse_upscaler(p.hires_upscaler))
     elif hires_model is not None:
         raise GenerationError("an upscaler model was given without the hires fix")
-    if request.init_image is not None:
+    if p.init_image is not None:
         if init_png is None:
             raise GenerationError("the input picture is missing")
-        if not 0 < request.strength <= 1:
-            raise GenerationError(f"denoising strength must be above 0 and at most 1, not {request.strength:g}")
-        if denoising_steps(request.steps, request.strength) < 1:
+        if not 0 < p.strength <= 1:
+            raise GenerationError(f"denoising strength must be above 0 and at most 1, not {p.strength:g}")
+        if denoising_steps(p.steps, p.strength) < 1:
             raise GenerationError(
-                f"at strength {request.strength:g}, {request.steps} steps redraw nothing; raise the steps or strength"
+                f"at strength {p.strength:g}, {p.steps} steps redraw nothing; raise the steps or strength"
             )
-        if request.resize_mode not in RESIZE_MODES:
-            raise GenerationError(f"resize mode {request.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
-    if request.mask_image is not None:
-        if request.init_image is None:
+        if p.resize_mode not in RESIZE_MODES:
+            raise GenerationError(f"resize mode {p.resize_mode!r} is not one of {', '.join(RESIZE_MODES)}")
+    if p.mask_image is not None:
+        if p.init_image is None:
             raise GenerationError("a mask says which part of a picture to redraw; give the picture too")
         if mask_png is None:
             raise GenerationError("the mask is missing")
-        if not 0 <= request.mask_blur <= 64:
-            raise GenerationError(f"mask blur must be between 0 and 64 pixels, not {request.mask_blur}")
-        if request.masked_content not in MASKED_CONTENT:
-            raise GenerationError(f"masked content {request.masked_content!r} is not one of {', '.join(MASKED_CONTENT)}")
-        if not 0 <= request.mask_padding <= MAX_MASK_PADDING:
-            raise GenerationError(f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {request.mask_padding}")
-    elif request.masked_content != "original" or request.only_masked:
+        if not 0 <= p.mask_blur <= 64:
+            raise GenerationError(f"mask blur must be between 0 and 64 pixels, not {p.mask_blur}")
+        if p.masked_content not in MASKED_CONTENT:
+            raise GenerationError(f"masked content {p.masked_content!r} is not one of {', '.join(MASKED_CONTENT)}")
+        if not 0 <= p.mask_padding <= MAX_MASK_PADDING:
+            raise GenerationError(f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {p.mask_padding}")
+    elif p.masked_content != "original" or p.only_masked:
         raise GenerationError("masked content and inpaint area are for inpainting; give a mask too")
     try:
-        sampler, schedule = parse_sampler(request.sampler, request.schedule)
+        sampler, schedule = parse_sampler(p.sampler, p.schedule)
     except ValueError as e:
         raise GenerationError(str(e)) from None
     if config_parts(checkpoint.pipeline_config)[1] == "edm" and sampler not in EDM_SAMPLERS:
@@ -268,18 +254,18 @@ def validate(
             f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "
             f"Choose one of {', '.join(ZERO_SNR_SAMPLERS)}"
         )
-    _check_cfg_rescale(request, checkpoint)
+    _check_cfg_rescale(p, checkpoint)
     if checkpoint.family in FLOW_FAMILIES:
-        request = _check_flow(request, checkpoint, width, height, embeddings)
-    first = random_seed() if request.seed == -1 else request.seed
-    seeds = tuple((first + i) % 2**32 for i in range(request.count))  # A1111: one seed per image, counting up
+        p = _check_flow(p, checkpoint, width, height, embeddings)
+    first = random_seed() if p.seed == -1 else p.seed
+    seeds = tuple((first + i) % 2**32 for i in range(p.count))  # A1111: one seed per image, counting up
+    final = replace(
+        p, prompt=p.prompt.strip(), width=width, height=height, sampler=sampler, schedule=schedule, seed=first
+    )
     return ValidRequest(
         request,
         checkpoint,
-        width,
-        height,
-        sampler,
-        schedule,
+        final,
         seeds,
         notes,
         loras,
@@ -292,51 +278,51 @@ def validate(
 
 
 def _check_hires(
-    request: GenerationRequest, width: int, height: int, limits: Limits, model: UpscalerUse | None
+    p: Parameters, width: int, height: int, limits: Limits, model: UpscalerUse | None
 ) -> None:
-    if request.init_image is not None:
+    if p.init_image is not None:
         raise GenerationError("the hires fix is for pictures made from text; starting from a picture, set the size")
-    if not 1 < request.hires_scale <= 4:
-        raise GenerationError(f"hires upscale must be above 1 and at most 4, not {request.hires_scale:g}")
-    big_w, big_h = hires_size(width, height, request.hires_scale)
+    if not 1 < p.hires_scale <= 4:
+        raise GenerationError(f"hires upscale must be above 1 and at most 4, not {p.hires_scale:g}")
+    big_w, big_h = hires_size(width, height, p.hires_scale)
     if max(big_w, big_h) > limits.max_size or big_w * big_h > limits.max_pixels:
         raise GenerationError(f"the hires fix would make {big_w}x{big_h}; that is over this bot's size limit")
-    if not 0 <= request.hires_steps <= limits.max_steps:
-        raise GenerationError(f"hires steps must be between 0 and {limits.max_steps}, not {request.hires_steps}")
-    if not 0 < request.hires_denoise <= 1:
-        raise GenerationError(f"hires denoising strength {request.hires_denoise:g} redraws nothing; use 0.1 to 1")
-    steps = request.hires_steps or request.steps
-    if denoising_steps(steps, request.hires_denoise) < 1:
+    if not 0 <= p.hires_steps <= limits.max_steps:
+        raise GenerationError(f"hires steps must be between 0 and {limits.max_steps}, not {p.hires_steps}")
+    if not 0 < p.hires_denoise <= 1:
+        raise GenerationError(f"hires denoising strength {p.hires_denoise:g} redraws nothing; use 0.1 to 1")
+    steps = p.hires_steps or p.steps
+    if denoising_steps(steps, p.hires_denoise) < 1:
         raise GenerationError(
             f"the hires fix's second pass would run no step ({steps} step(s) × denoising strength "
-            f"{request.hires_denoise:g} rounds to 0); raise the hires steps or the strength"
+            f"{p.hires_denoise:g} rounds to 0); raise the hires steps or the strength"
         )
     if model is not None:
         return
     try:
-        parse_upscaler(request.hires_upscaler)
+        parse_upscaler(p.hires_upscaler)
     except ValueError as e:
         raise GenerationError(str(e)) from None
 
 
 def _check_flow(
-    request: GenerationRequest,
+    p: Parameters,
     checkpoint: CheckpointRef,
     width: int,
     height: int,
     embeddings: tuple[EmbeddingUse, ...],
-) -> GenerationRequest:
+) -> Parameters:
     """What a Flux or SD3 job may ask here, and its distilled guidance made final (only Flux dev has
     one; the others 0)."""
-    latent_hires = bool(request.hires_scale) and request.hires_upscaler in LATENT_UPSCALERS
+    latent_hires = bool(p.hires_scale) and p.hires_upscaler in LATENT_UPSCALERS
     unsupported = (
-        ("inpainting", request.mask_image is not None),
+        ("inpainting", p.mask_image is not None),
         ("a latent upscaler for the hires fix (choose Lanczos or an upscaler model)", latent_hires),
         ("textual-inversion embeddings", bool(embeddings)),
-        ("CFG rescale", bool(request.cfg_rescale)),
-        ("clip skip", request.clip_skip > 1),
+        ("CFG rescale", bool(p.cfg_rescale)),
+        ("clip skip", p.clip_skip > 1),
     )
-    editing = any(len(prompt_schedule(text, max(1, request.steps))) > 1 for text in (request.prompt, request.negative))
+    editing = any(len(prompt_schedule(text, max(1, p.steps))) > 1 for text in (p.prompt, p.negative))
     unsupported += (("prompt editing and alternation ([a:b:0.5], [a|b])", editing),)
     refused = [what for what, asked in unsupported if asked]
     family, article = ("Flux", "a") if checkpoint.family == "flux" else ("SD3", "an")
@@ -344,35 +330,35 @@ def _check_flow(
         raise GenerationError(
             f"{checkpoint.name} is {article} {family} checkpoint; {', '.join(refused)} is not supported on {family} yet"
         )
-    sizes = [(width, height)] + ([hires_size(width, height, request.hires_scale)] if request.hires_scale else [])
+    sizes = [(width, height)] + ([hires_size(width, height, p.hires_scale)] if p.hires_scale else [])
     for w, h in sizes:
         if w % 16 or h % 16:  # 8x the VAE, then 2x2 patches
             raise GenerationError(f"{family} needs sizes in multiples of 16, not {w}x{h}")
-    if not 0 <= request.distilled_cfg <= MAX_CFG:
-        raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {request.distilled_cfg:g}")
+    if not 0 <= p.distilled_cfg <= MAX_CFG:
+        raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {p.distilled_cfg:g}")
     guided = checkpoint.family == "flux" and checkpoint.variant == "dev"
-    return request if guided else replace(request, distilled_cfg=0.0)
+    return p if guided else replace(p, distilled_cfg=0.0)
 
 
-def _check_cfg_rescale(request: GenerationRequest, checkpoint: CheckpointRef) -> None:
-    if not 0 <= request.cfg_rescale <= 1:
-        raise GenerationError(f"CFG rescale must be between 0 and 1, not {request.cfg_rescale:g}")
+def _check_cfg_rescale(p: Parameters, checkpoint: CheckpointRef) -> None:
+    if not 0 <= p.cfg_rescale <= 1:
+        raise GenerationError(f"CFG rescale must be between 0 and 1, not {p.cfg_rescale:g}")
     # diffusers' SD1/SD2 image-to-image and inpainting pipelines have no guidance rescale (SDXL's do).
-    if request.cfg_rescale and checkpoint.family != "sdxl":
+    if p.cfg_rescale and checkpoint.family != "sdxl":
         inpainting_model = config_parts(checkpoint.pipeline_config)[1] == "inpainting"
-        from_picture = request.init_image is not None or request.hires_scale or inpainting_model
+        from_picture = p.init_image is not None or p.hires_scale or inpainting_model
         if from_picture:
             raise GenerationError(
                 "CFG rescale works on SD1/SD2 checkpoints only for pictures made from text, without the hires fix"
             )
 
 
-def _unused_tags(request: GenerationRequest) -> tuple[str, ...]:
+def _unused_tags(p: Parameters) -> tuple[str, ...]:
     """Extra-network tags that are read but not applied: hypernetworks, and any tag in the negative
     prompt (A1111 takes LoRAs from the prompt only)."""
     unused: dict[str, str] = {}
-    for where, text in (("prompt", request.prompt), ("negative prompt", request.negative)):
-        for _, scheduled in prompt_schedule(text, max(1, request.steps)):  # prompt editing, alternation
+    for where, text in (("prompt", p.prompt), ("negative prompt", p.negative)):
+        for _, scheduled in prompt_schedule(text, max(1, p.steps)):  # prompt editing, alternation
             for tag in parse_prompt(scheduled).extra_networks:
                 if where == "negative prompt" or tag.kind.lower() not in ("lora", "lyco"):
                     unused.setdefault(tag.text, where)

@@ -26,7 +26,7 @@ def code_block(text: str) -> str:
 
 
 def result_embed(job: Job, requester: str) -> discord.Embed:
-    spec, request = job.spec, job.spec.request
+    spec, request = job.spec, job.spec.parameters
     embed = discord.Embed(title=clip(request.prompt.strip(), TITLE_MAX), colour=EMBED_COLOUR)
     if request.negative:
         embed.add_field(name="Negative", value=clip(request.negative, FIELD_MAX), inline=False)
@@ -59,7 +59,7 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
     embed.add_field(name="CFG", value=f"{request.cfg:g}{rescale}")
     if spec.vae:
         embed.add_field(name="VAE", value=clip(spec.vae.name, FIELD_MAX))
-    embed.add_field(name="Sampler", value=f"{spec.sampler} · {spec.schedule}")
+    embed.add_field(name="Sampler", value=f"{spec.parameters.sampler} · {spec.parameters.schedule}")
     if job.inference_seconds is not None:
         embed.add_field(name="Time", value=f"{job.inference_seconds:.1f} s on {job.device}")
     embed.set_footer(text=clip(f"job {job.id} · requested by {requester}", 2048))

@@ -86,7 +86,7 @@ class BatchRun:
     def hires_upscaler(self) -> object:
         """The hires fix's upscaler: a model from the cache, or an A1111 name."""
         model = self.batch.hires_model
-        return self.upscalers.get(model.path, model.sha256) if model else self.batch.hires_upscaler
+        return self.upscalers.get(model.path, model.sha256) if model else self.batch.parameters.hires_upscaler
 
 
 class Family:

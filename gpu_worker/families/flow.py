@@ -28,21 +28,23 @@ class FlowFamily(Family):
         raise NotImplementedError
 
     def refuses(self, batch: RunBatch) -> str | None:
-        if batch.mask is not None or batch.embeddings:
+        if batch.mask_png is not None or batch.embeddings:
             return f"{batch.load.name}: inpainting and embeddings are not supported on it yet"
         return None
 
     def writes_distilled_cfg(self, batch: RunBatch) -> bool:
-        return batch.distilled_cfg > 0  # the bot sends 0 where the model has no guidance input (schnell)
+        return batch.parameters.distilled_cfg > 0  # the bot sends 0 where the model has no guidance input (schnell)
 
     def prepare(self, run: BatchRun, embeddings: EmbeddingCache) -> None:
         batch, loaded = run.batch, run.loaded
         run.pipe = loaded.pipeline
-        run.pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
-        if batch.init_image is not None or batch.hires_scale:
+        run.pipe.scheduler = make_scheduler(
+            loaded.base_scheduler_config, batch.parameters.sampler, batch.parameters.schedule
+        )
+        if batch.init_png is not None or batch.parameters.hires_scale:
             run.img2img = image_to_image(loaded)
-        if batch.init_image is not None:
-            run.init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
+        if batch.init_png is not None:
+            run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
 
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)
@@ -56,19 +58,19 @@ class FlowFamily(Family):
                 draw,
                 callback,
                 arguments,
-                batch.steps,
+                batch.parameters.steps,
                 size,
                 image=[run.init] * n,
-                strength=batch.strength,
+                strength=batch.parameters.strength,
             )
         else:
-            first = _call(run, run.pipe, draw, callback, arguments, batch.steps, size)
-        if not batch.hires_scale:
+            first = _call(run, run.pipe, draw, callback, arguments, batch.parameters.steps, size)
+        if not batch.parameters.hires_scale:
             return first
         # Hires fix (A1111): pass one's picture enlarged by a picture upscaler, redrawn by img2img.
         run.pass_steps = (batch.run_steps, batch.hires_run_steps)
         enlarged = enlarge(first, batch.hires_size, run.hires_upscaler())
-        steps = batch.hires_steps or batch.steps
+        steps = batch.parameters.hires_steps or batch.parameters.steps
         return _call(
             run,
             run.img2img,
@@ -78,7 +80,7 @@ class FlowFamily(Family):
             steps,
             batch.hires_size,
             image=enlarged,
-            strength=batch.hires_denoise,
+            strength=batch.parameters.hires_denoise,
         )
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:

@@ -101,10 +101,10 @@ class Flux(FlowFamily):
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
         batch, pipe = run.batch, run.loaded.pipeline
         length = 512 if pipe.transformer.config.guidance_embeds else 256  # BFL's T5 lengths: dev, schnell
-        true_cfg = batch.cfg > 1
+        true_cfg = batch.parameters.cfg > 1
         return {
-            "guidance_scale": batch.distilled_cfg,
-            **({"true_cfg_scale": batch.cfg} if true_cfg else {}),
+            "guidance_scale": batch.parameters.distilled_cfg,
+            **({"true_cfg_scale": batch.parameters.cfg} if true_cfg else {}),
             **_text_inputs(pipe, draw.prompts, draw.negatives, length, true_cfg),
         }
 

@@ -53,18 +53,22 @@ class StableDiffusion(Family):
         pipe = loaded.pipeline
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
         run.words = embeddings.for_batch(batch.embeddings, encoders)
-        pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.sampler, batch.schedule)
+        pipe.scheduler = make_scheduler(
+            loaded.base_scheduler_config, batch.parameters.sampler, batch.parameters.schedule
+        )
         # An inpainting checkpoint (9-channel UNet) is loaded as its inpainting pipeline, which serves
         # every kind of job: from text, from a picture, with a mask, and the hires fix's pass two.
         run.nine = pipe.unet.config.in_channels == 9
-        if batch.init_image is not None or batch.hires_scale:
+        if batch.init_png is not None or batch.parameters.hires_scale:
             run.img2img = pipe if run.nine else image_to_image(loaded)
         run.pipe = pipe
-        if batch.init_image is not None:
-            run.init = prepare_init(batch.init_image, batch.width, batch.height, batch.resize_mode)
+        if batch.init_png is not None:
+            run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
             run.pipe = run.img2img
-        if batch.init_image is not None and batch.mask is not None:
-            run.mask = prepare_mask(batch.mask, batch.width, batch.height, batch.resize_mode, batch.mask_blur)
+        if batch.init_png is not None and batch.mask_png is not None:
+            run.mask = prepare_mask(
+                batch.mask_png, batch.width, batch.height, batch.parameters.resize_mode, batch.parameters.mask_blur
+            )
             run.pipe = pipe if run.nine else inpainting(loaded)
             _prepare_inpainting(run)
 
@@ -80,21 +84,21 @@ class StableDiffusion(Family):
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)
         run.pass_steps, run.size = (0, batch.run_steps), (batch.width, batch.height)
-        output = "latent" if batch.hires_scale else "pil"
+        output = "latent" if batch.parameters.hires_scale else "pil"
         first = _sample(
-            run, run.pipe, draw, callback, batch.steps, batch.run_steps, _pass_one_inputs(run, draw), output
+            run, run.pipe, draw, callback, batch.parameters.steps, batch.run_steps, _pass_one_inputs(run, draw), output
         )
         if run.mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
             return _overlay(run, first)
-        if not batch.hires_scale:
+        if not batch.parameters.hires_scale:
             return first
         # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
         run.pass_steps, run.size = (batch.run_steps, batch.hires_run_steps), batch.hires_size
         enlarged = upscale(run.pipe, first, batch.hires_size, run.hires_upscaler())
-        inputs = {"image": enlarged, "strength": batch.hires_denoise}
+        inputs = {"image": enlarged, "strength": batch.parameters.hires_denoise}
         if run.nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
             inputs |= _full_mask(run.pipe, enlarged, batch.hires_size, n)
-        steps = batch.hires_steps or batch.steps
+        steps = batch.parameters.hires_steps or batch.parameters.steps
         return _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs, "pil")
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
@@ -121,11 +125,11 @@ def _pass_one_inputs(run: BatchRun, draw: Draw) -> dict:
     elif run.init is None:
         inputs = {"width": batch.width, "height": batch.height}
     else:  # img2img: the picture sets the size; strength says how much of it is redrawn
-        inputs = {"image": [run.init] * n, "strength": batch.strength}
+        inputs = {"image": [run.init] * n, "strength": batch.parameters.strength}
     if run.mask is not None and not run.nine:  # inpainting: only where the mask is white
         inputs |= {"mask_image": [run.mask] * n, "width": batch.width, "height": batch.height}
-    if run.mask is not None and batch.masked_content in ("latent noise", "latent nothing"):
-        inputs["image"] = masked_start(run.pipe, run.init, run.mask, batch.masked_content, draw.seeds)
+    if run.mask is not None and batch.parameters.masked_content in ("latent noise", "latent nothing"):
+        inputs["image"] = masked_start(run.pipe, run.init, run.mask, batch.parameters.masked_content, draw.seeds)
         # The masked picture's latent, which the pipeline cannot make from a latent start (an
         # inpainting checkpoint reads it; a normal one needs it given so as not to try).
         inputs["masked_image_latents"] = masked_picture_latents(run.pipe, run.init, run.mask, n)
@@ -143,14 +147,16 @@ def _sample(
     output: str,
 ) -> list:
     batch = run.batch
-    run.conditioning = Conditioning(pipe, draw.prompts, draw.negatives, run_steps, batch.clip_skip, run.words)
+    run.conditioning = Conditioning(
+        pipe, draw.prompts, draw.negatives, run_steps, batch.parameters.clip_skip, run.words
+    )
     run.applied = run.conditioning.key(1)
     return pipe(
         **run.conditioning.inputs(1),
         **inputs,
         num_inference_steps=steps,
-        guidance_scale=batch.cfg,
-        **({"guidance_rescale": batch.cfg_rescale} if batch.cfg_rescale else {}),
+        guidance_scale=batch.parameters.cfg,
+        **({"guidance_rescale": batch.parameters.cfg_rescale} if batch.parameters.cfg_rescale else {}),
         generator=cpu_generators(draw.seeds),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
@@ -164,13 +170,13 @@ def _prepare_inpainting(run: BatchRun) -> None:
     batch = run.batch
     assert run.init is not None and run.mask is not None
     size = (batch.width, batch.height)
-    box = crop_region(run.mask, batch.mask_padding, *size) if batch.only_masked else None
+    box = crop_region(run.mask, batch.parameters.mask_padding, *size) if batch.parameters.only_masked else None
     if box is not None:  # Only masked: that region, enlarged to the job's size
         run.paste = (run.init, run.mask, box)
         run.init = run.init.crop(box).resize(size, Image.Resampling.LANCZOS)
         run.mask = run.mask.crop(box).resize(size, Image.Resampling.LANCZOS)
     run.original = run.init  # the overlay keeps the picture as it was, not as filled
-    if batch.masked_content == "fill":
+    if batch.parameters.masked_content == "fill":
         run.init = fill_masked(run.init, run.mask)
 
 
@@ -198,7 +204,7 @@ def _inpainting_model_inputs(run: BatchRun, n: int) -> dict:
     size = (batch.width, batch.height)
     picture = run.init if run.init is not None else Image.new("RGB", size, (128, 128, 128))
     mask = run.mask if run.mask is not None else Image.new("L", size, 255)
-    strength = batch.strength if run.init is not None else 1.0
+    strength = batch.parameters.strength if run.init is not None else 1.0
     return {"image": [picture] * n, "mask_image": [mask] * n, "strength": strength, "width": size[0], "height": size[1]}
 
 

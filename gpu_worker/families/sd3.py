@@ -108,7 +108,7 @@ class StableDiffusion3(FlowFamily):
 
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
         pipe = run.loaded.pipeline
-        return {"guidance_scale": run.batch.cfg, **_text_inputs(pipe, draw.prompts, draw.negatives, 256)}
+        return {"guidance_scale": run.batch.parameters.cfg, **_text_inputs(pipe, draw.prompts, draw.negatives, 256)}
 
 
 SD3 = StableDiffusion3()

@@ -1,0 +1,101 @@
+"""Everything that shapes a picture, as one record from the front end to the pipeline.
+
+The Discord options and the CLI's flags fill it (by field name), the job rules check it
+(bot/rules/limits.py), the job store keeps it as one JSON column, the protocol carries it to the
+worker, and the worker's family reads it. A new option is a field here, the front ends that offer
+it, and the family that uses it: no migration, no copying field by field.
+
+Who asked and where is not here (bot/rules/limits.py `GenerationRequest`), nor the files a job
+resolved to (the protocol's LoraUse, VaeUse, … on `RunBatch`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from common.errors import EaselError
+from common.samplers import DEFAULT_SAMPLER
+
+DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
+
+
+@dataclass(frozen=True)
+class Parameters:
+    prompt: str = ""
+    negative: str = ""
+    width: int | None = None  # None: the checkpoint's native size (final once validated)
+    height: int | None = None
+    steps: int = 20
+    cfg: float = 7.0
+    sampler: str = DEFAULT_SAMPLER  # A1111's name (canonical once validated)
+    schedule: str | None = None  # None: the sampler's default, A1111's "Automatic"
+    seed: int = -1  # -1: random; once validated, the first picture's seed (the others count up)
+    count: int = 1
+    clip_skip: int = 1  # A1111 semantics: 1 = the last layer
+    # img2img and inpainting: the kept input picture and mask, by sha256 (bot/images/inputs.py)
+    init_image: str | None = None
+    strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
+    resize_mode: str = "crop"  # resize | crop | fill: how the input meets the job's size
+    mask_image: str | None = None  # white = redraw, with init_image
+    mask_blur: int = 4  # A1111's "Mask blur" radius, in pixels
+    masked_content: str = "original"  # A1111's "Masked content" (common/protocol.py MASKED_CONTENT)
+    only_masked: bool = False  # A1111's "Inpaint area": False = Whole picture, True = Only masked
+    mask_padding: int = 32  # A1111's "Masked area padding", with only_masked
+    # A1111's hires fix: 0 = off, else pass two's size factor; its steps (0: as pass one's), its
+    # denoising strength, and what enlarges pass one's result (common/hires_upscalers.py, or a model)
+    hires_scale: float = 0.0
+    hires_steps: int = 0
+    hires_denoise: float = 0.7
+    hires_upscaler: str = "Latent"
+    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
+    vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
+    distilled_cfg: float = DEFAULT_DISTILLED_CFG  # Forge's "Distilled CFG Scale": Flux dev's guidance input
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return _names()
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any], base: Parameters | None = None) -> Parameters:
+        """`base` (the defaults) with `values` in place: each a field of the record, of its type;
+        EaselError naming the first that is not."""
+        unknown = sorted(set(values) - _names())
+        if unknown:
+            raise EaselError(f"{unknown[0]} is not a generation parameter")
+        merged = {**_as_dict(base or cls()), **values}
+        try:
+            return _adapter().validate_python(merged, strict=False)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise EaselError(f"{where}: {first['msg'].lower()}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(_as_dict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> Parameters:
+        """A stored record: keys this version does not know are left out (a newer writer), keys it
+        lacks take their defaults (an older one)."""
+        stored = json.loads(text)
+        return cls.of({key: value for key, value in stored.items() if key in _names()})
+
+
+def _as_dict(parameters: Parameters) -> dict[str, Any]:
+    return {f.name: getattr(parameters, f.name) for f in fields(parameters)}
+
+
+@cache
+def _names() -> frozenset[str]:
+    return frozenset(f.name for f in fields(Parameters))
+
+
+@cache
+def _adapter() -> TypeAdapter[Parameters]:
+    return TypeAdapter(Parameters)

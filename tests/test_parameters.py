@@ -1,0 +1,93 @@
+"""One parameters record from the front end to the pipeline: checked by name and type, stored as one
+JSON column (older jobs folded into it by their migration), read back across versions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+from bot.db import connect, load_migrations, migrate
+from bot.generation.store import JobRecord
+from common.errors import EaselError
+from common.parameters import Parameters
+from common.protocol import JobPart, LoadRequest, RunBatch, decode, encode
+
+LOAD = LoadRequest("/m/a.safetensors", "a", "sd1", "SD1.x", "safetensors", "sd1")
+
+
+def test_values_are_checked_by_name_and_type_over_the_defaults() -> None:
+    base = Parameters(negative="blurry", steps=30)
+    asked = Parameters.of({"prompt": "a fox", "cfg": 5, "cfg_rescale": 0.7}, base)
+    assert (asked.prompt, asked.negative, asked.steps, asked.cfg, asked.cfg_rescale) == ("a fox", "blurry", 30, 5.0, 0.7)
+    with pytest.raises(EaselError, match=r"^cfg_rescal is not a generation parameter$"):
+        Parameters.of({"cfg_rescal": 0.7})
+    with pytest.raises(EaselError, match=r"^steps: input should be a valid integer"):
+        Parameters.of({"steps": "many"})
+
+
+def test_a_stored_record_reads_back_across_versions() -> None:
+    asked = Parameters(prompt="a fox", width=512, height=768, seed=7, hires_scale=2.0, only_masked=True)
+    assert Parameters.from_json(asked.to_json()) == asked
+    newer = json.loads(asked.to_json()) | {"an_option_from_a_later_version": 1}
+    assert Parameters.from_json(json.dumps(newer)) == asked  # a newer writer's keys are left out
+    older = {"prompt": "a fox", "steps": 12}
+    assert Parameters.from_json(json.dumps(older)) == Parameters(prompt="a fox", steps=12)  # the rest: defaults
+
+
+def test_the_record_crosses_to_the_worker_whole() -> None:
+    batch = RunBatch.of("b", LOAD, (JobPart("j", "a fox", "", (1,)),), 64, 96, 4, cfg_rescale=0.5, preview_every=2)
+    back = decode(encode(batch))
+    assert back == batch and back.parameters.cfg_rescale == 0.5 and (back.width, back.height) == (64, 96)
+
+
+async def test_jobs_recorded_before_the_record_are_folded_into_it(tmp_path: Path) -> None:
+    """A database from before migration 0016 keeps every job reproducible: the columns it had become
+    the record, with A1111's defaults where a column was empty."""
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 16]
+    db = await connect(tmp_path / "old.sqlite3")
+    try:
+        await migrate(db, before)
+        common = (
+            "INSERT INTO jobs (id, state, requester_id, checkpoint_name, checkpoint_sha256, prompt, negative, width, "
+            "height, steps, cfg, sampler, schedule, clip_skip, seeds_json, created_at, init_image_sha256, "
+            "denoising_strength, resize_mode, mask_sha256, mask_blur, hires_json, inpaint_json, cfg_rescale, "
+            "vae_sha256, distilled_cfg) VALUES (?, 'done', 'u', 'a', 'aa', ?, 'blurry', 512, 768, 25, 6.5, 'Euler a', "
+            "'Automatic', 2, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        await db.execute(common, ("plain", "a fox", "[11, 12]", None, None, None, None, None, None, None, None, None, None))
+        inpaint = '{"masked_content": "fill", "only_masked": true, "padding": 48}'
+        hires = '{"scale": 2.0, "steps": 5, "denoise": 0.4, "upscaler": "Lanczos"}'
+        await db.execute(
+            common, ("full", "a cat", "[3]", "p" * 64, 0.6, "fill", "m" * 64, 8, hires, inpaint, 0.7, "v" * 64, 0.0)
+        )
+        await db.commit()
+        await migrate(db, migrations)
+        rows = {}
+        async with db.execute("SELECT * FROM jobs") as cur:
+            cur.row_factory = None
+            names = [d[0] for d in cur.description]
+            for values in await cur.fetchall():
+                rows[values[0]] = dict(zip(names, values, strict=True))
+        plain, full = JobRecord(rows["plain"]).parameters, JobRecord(rows["full"]).parameters
+    finally:
+        await db.close()
+    assert plain == Parameters(
+        prompt="a fox", negative="blurry", width=512, height=768, steps=25, cfg=6.5, sampler="Euler a",
+        schedule="Automatic", seed=11, count=2, clip_skip=2,
+    )  # fmt: skip
+    assert full == Parameters(
+        prompt="a cat", negative="blurry", width=512, height=768, steps=25, cfg=6.5, sampler="Euler a",
+        schedule="Automatic", seed=3, count=1, clip_skip=2, init_image="p" * 64, strength=0.6, resize_mode="fill",
+        mask_image="m" * 64, mask_blur=8, masked_content="fill", only_masked=True, mask_padding=48, hires_scale=2.0,
+        hires_steps=5, hires_denoise=0.4, hires_upscaler="Lanczos", cfg_rescale=0.7, vae="v" * 64, distilled_cfg=0.0,
+    )  # fmt: skip
+
+
+def test_every_field_has_a_default() -> None:
+    """A record from any older writer reads back: no field may be required."""
+    assert Parameters() == Parameters.from_json("{}")
+    assert [f.name for f in fields(Parameters) if f.default is MISSING and f.default_factory is MISSING] == []
