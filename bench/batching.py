@@ -18,12 +18,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import checkpoint_ref, median, report, start_service, tiny_checkpoint
 from bot.rules.limits import GenerationRequest, Limits
+from tests.helpers import queue_unchecked
 
 
 async def images_per_second(service, ref, n: int, size: int, steps: int, round_: int) -> float:
     started = time.perf_counter()
     handles = [
-        await service.submit(
+        await queue_unchecked(
+            service,
             GenerationRequest.of(
                 prompt=f"prompt {round_} {i}", requester_id=f"user{i}", steps=steps, width=size, height=size, seed=i
             ),
@@ -50,7 +52,7 @@ async def main() -> None:
             )
             ref = await checkpoint_ref(db, path)
             warm = GenerationRequest.of(prompt="warm", requester_id="w", steps=2, width=size, height=size)
-            await (await service.submit(warm, ref)).wait()
+            await (await queue_unchecked(service, warm, ref)).wait()
             services[name] = (service, db, ref)
         rates: dict[str, list[float]] = {"single": [], "batched": []}
         try:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import checkpoint_ref, percentile, report, start_service, tiny_checkpoint
 from bot.rules.limits import GenerationRequest, Limits
+from tests.helpers import queue_unchecked
 
 TICK = 0.010
 
@@ -59,7 +60,7 @@ async def service_case(seconds: float) -> dict[str, object]:
                 request = GenerationRequest.of(
                     prompt=f"p{i}", requester_id=f"u{i % 20}", steps=8, width=64, height=64, seed=i
                 )
-                handles.append(await service.submit(request, ref))
+                handles.append(await queue_unchecked(service, request, ref))
                 if len(service._queue) > 30:
                     await asyncio.sleep(0.2)
 
@@ -217,7 +218,11 @@ async def hostile_case(rounds: int = 20) -> dict[str, object]:
         shutil.copy(tiny, root / "models" / "tiny.safetensors")
         with_metadata(tiny, root / "models" / "fat.safetensors", {f"k{i}": "v" * 60_000 for i in range(980)})
         settings = Settings(
-            models_dir=root / "models", data_dir=root / "data", devices=["cpu"], cooldown_seconds=0, semantic_search=False
+            models_dir=root / "models",
+            data_dir=root / "data",
+            devices=["cpu"],
+            cooldown_seconds=0,
+            semantic_search=False,
         )
         services = await open_services(settings)
         await services.registry.scan()

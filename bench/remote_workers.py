@@ -38,6 +38,7 @@ from bot.db import open_database
 from bot.generation.jobs import Finished, Progress, Started
 from bot.generation.service import GenerationService
 from bot.rules.limits import GenerationRequest, Limits
+from tests.helpers import queue_unchecked
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 140  # about 2 s of the tiny SD1 at 64×64 on one of these CPUs
@@ -107,8 +108,8 @@ async def until_gone(service: GenerationService) -> None:
 
 async def run_job(service: GenerationService, checkpoint, user: str, steps: int = STEPS) -> float:
     started = time.perf_counter()
-    handle = await service.submit(
-        GenerationRequest.of(prompt="a harbour", requester_id=user, steps=steps, seed=1), checkpoint
+    handle = await queue_unchecked(
+        service, GenerationRequest.of(prompt="a harbour", requester_id=user, steps=steps, seed=1), checkpoint
     )
     events = [event async for event in handle.events()]
     if not isinstance(events[-1], Finished):
@@ -172,8 +173,11 @@ async def main() -> None:
 
             failovers, dones = [], []
             for i in range(3):
-                handle = await remote.submit(
-                    GenerationRequest.of(prompt="a fox", requester_id=f"f{i}", steps=120, width=128, height=128, seed=1),
+                handle = await queue_unchecked(
+                    remote,
+                    GenerationRequest.of(
+                        prompt="a fox", requester_id=f"f{i}", steps=120, width=128, height=128, seed=1
+                    ),
                     checkpoint,
                 )
                 async for event in handle.events():

@@ -63,7 +63,7 @@ from bot.rules.policy import check_prompt
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from common.errors import EaselError
 from common.hires_upscalers import LATENT_UPSCALERS
-from common.parameters import Parameters
+from common.parameters import Parameters, infotext_keys
 from common.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,20 @@ def _number(params: dict[str, str], key: str, kind: type[int] | type[float], def
         return kind(float(value)) if kind is int and re.fullmatch(r"-?\d+(\.0+)?", value) else kind(value)
     except ValueError:
         raise EaselError(f"the picture's {key} {value[:40]!r} is not a number") from None
+
+
+def _read_back(params: dict[str, str]) -> dict[str, Any]:
+    """The parameters that carry their own infotext key, read back (common/parameters.py)."""
+    found = {}
+    for key in infotext_keys():
+        present = [k for k in key.keys if params.get(k, "").strip()]
+        if not present:
+            continue
+        if key.kind in (int, float):
+            found[key.name] = _number(params, present[0], key.kind)
+        else:
+            found[key.name] = params[present[0]].strip()
+    return found
 
 
 SeedChoice = Callable[[JobRecord], int]
@@ -324,15 +338,13 @@ class Jobs:
             "sampler": params.get("Sampler"),
             "schedule": params.get("Schedule type"),
             "seed": _number(params, "Seed", int, -1),
-            "clip_skip": _number(params, "Clip skip", int, 1),
             "hires_scale": _number(params, "Hires upscale", float, 0.0),
             "hires_steps": _number(params, "Hires steps", int, 0),
             "hires_denoise": _number(params, "Denoising strength", float, 0.7),
             "hires_upscaler": params.get("Hires upscaler", "Latent"),
-            # The A1111 extension's key (Seshelle/CFG_Rescale_webui), or the plain one it also reads.
-            "cfg_rescale": _number(params, "CFG Rescale φ", float, None) or _number(params, "CFG Rescale", float, 0.0),
             "vae": await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
             "distilled_cfg": _number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
+            **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
         return await self.plan_imagine(asker, place, options)

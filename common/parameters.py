@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cache
 from typing import Any
 
@@ -23,6 +23,12 @@ from common.errors import EaselError
 from common.samplers import DEFAULT_SAMPLER
 
 DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
+
+
+def _written_as(key: str, *also_read: str) -> dict[str, tuple[str, ...]]:
+    """A parameter a picture's A1111 infotext carries under `key` when it is not the default, and that
+    "Make this here" reads back from it (or from an older key in `also_read`)."""
+    return {"infotext": (key, *also_read)}
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,7 @@ class Parameters:
     schedule: str | None = None  # None: the sampler's default, A1111's "Automatic"
     seed: int = -1  # -1: random; once validated, the first picture's seed (the others count up)
     count: int = 1
-    clip_skip: int = 1  # A1111 semantics: 1 = the last layer
+    clip_skip: int = field(default=1, metadata=_written_as("Clip skip"))  # A1111's: 1 = the last layer
     # img2img and inpainting: the kept input picture and mask, by sha256 (bot/images/inputs.py)
     init_image: str | None = None
     strength: float = 0.75  # A1111's "Denoising strength": how much of the input is redrawn
@@ -53,7 +59,9 @@ class Parameters:
     hires_steps: int = 0
     hires_denoise: float = 0.7
     hires_upscaler: str = "Latent"
-    cfg_rescale: float = 0.0  # "CFG Rescale φ" (Lin et al. 2023, eq. 16): 0 = off
+    # Lin et al. 2023, eq. 16: 0 = off. The A1111 extension's key (Seshelle/CFG_Rescale_webui), and
+    # the plain one it also reads.
+    cfg_rescale: float = field(default=0.0, metadata=_written_as("CFG Rescale φ", "CFG Rescale"))
     vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
     distilled_cfg: float = DEFAULT_DISTILLED_CFG  # Forge's "Distilled CFG Scale": Flux dev's guidance input
 
@@ -85,6 +93,35 @@ class Parameters:
         lacks take their defaults (an older one)."""
         stored = json.loads(text)
         return cls.of({key: value for key, value in stored.items() if key in _names()})
+
+
+@dataclass(frozen=True)
+class InfotextKey:
+    name: str  # the parameter
+    keys: tuple[str, ...]  # written under the first, read from any
+    kind: type  # int, float, str or bool: the default's type
+    default: Any
+
+
+@cache
+def infotext_keys() -> tuple[InfotextKey, ...]:
+    """The parameters an infotext carries by their field's own key (the rest are written and read
+    where their rules are: sizes, seeds, the hires fix, inpainting)."""
+    return tuple(
+        InfotextKey(f.name, f.metadata["infotext"], type(f.default), f.default)
+        for f in fields(Parameters)
+        if "infotext" in f.metadata
+    )
+
+
+def written(parameters: Parameters) -> dict[str, str]:
+    """Those parameters as infotext pairs, each only when it is not its default (as A1111 writes)."""
+    pairs = {}
+    for key in infotext_keys():
+        value = getattr(parameters, key.name)
+        if value != key.default:
+            pairs[key.keys[0]] = f"{value:g}" if isinstance(value, float) else str(value)
+    return pairs
 
 
 def _as_dict(parameters: Parameters) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.infotext import build_infotext
+from common.parameters import written
 from common.protocol import RunBatch
 from gpu_worker.families import FAMILIES
 
@@ -23,7 +24,6 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "CFG scale": p.cfg,
             # Forge writes Flux dev's guidance input beside the CFG scale (1 unless true CFG runs too).
             "Distilled CFG Scale": f"{p.distilled_cfg:g}" if _distilled(batch) else None,
-            "CFG Rescale φ": f"{p.cfg_rescale:g}" if p.cfg_rescale else None,
             "Seed": seed,
             "Size": f"{batch.width}x{batch.height}",
             "Model hash": batch.load.sha256[:10] or None,
@@ -36,7 +36,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             "Denoising strength": _denoising(batch),
             "Mask blur": p.mask_blur if batch.init_png is not None and batch.mask_png is not None else None,
             **_inpaint_parameters(batch),
-            "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+            **written(p),  # the parameters that carry their own infotext key (common/parameters.py)
             # A1111 processing.py (txt2img with hires fix): its extra generation parameters.
             "Hires upscale": f"{p.hires_scale:g}" if p.hires_scale else None,
             "Hires steps": p.hires_steps if p.hires_scale and p.hires_steps else None,

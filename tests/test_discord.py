@@ -24,6 +24,7 @@ from cogs.app import create_bot
 from gpu_worker.testing.tiny import make_tiny_vae
 from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
+from tests.helpers import queue_unchecked
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -286,8 +287,7 @@ async def test_result_after_the_token_expired_is_posted_to_the_channel(services:
     async with clock_moving_env(services) as env:
         _, channel, alice = world(env)
         checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
-        blocker = await services.generation.submit(
-            GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
+        blocker = await queue_unchecked(services.generation, GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
         )
         result = await alice.slash(
             channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
@@ -356,9 +356,9 @@ async def test_moderators_see_and_cancel_their_servers_queue(env: simcord.Env, s
             prompt=prompt, requester_id=prompt, guild_id=str(guild_id), steps=steps, width=256, height=256
         )
 
-    running = await services.generation.submit(request("long one", guild.id, 150), checkpoint)
-    waiting = await services.generation.submit(request("waiting one", guild.id, 2), checkpoint)
-    elsewhere = await services.generation.submit(request("other server", guild.id + 1, 3), checkpoint)
+    running = await queue_unchecked(services.generation, request("long one", guild.id, 150), checkpoint)
+    waiting = await queue_unchecked(services.generation, request("waiting one", guild.id, 2), checkpoint)
+    elsewhere = await queue_unchecked(services.generation, request("other server", guild.id + 1, 3), checkpoint)
     try:
         shown = await mod.slash(channel, "queue")
         text = shown.response.embeds[0].description
@@ -946,8 +946,7 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
                             break
                         await asyncio.sleep(0.1)
                 else:  # the job waits behind another when the token dies
-                    blocker = await services.generation.submit(
-                        GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
+                    blocker = await queue_unchecked(services.generation, GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
                         checkpoint,
                     )
                     result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=6)

@@ -91,3 +91,10 @@ def test_every_field_has_a_default() -> None:
     """A record from any older writer reads back: no field may be required."""
     assert Parameters() == Parameters.from_json("{}")
     assert [f.name for f in fields(Parameters) if f.default is MISSING and f.default_factory is MISSING] == []
+
+
+def test_a_parameter_with_its_own_infotext_key_is_written_only_when_set() -> None:
+    from common.parameters import written
+
+    assert written(Parameters()) == {}
+    assert written(Parameters(cfg_rescale=0.7, clip_skip=2)) == {"Clip skip": "2", "CFG Rescale φ": "0.7"}

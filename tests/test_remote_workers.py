@@ -48,6 +48,7 @@ from common.protocol import (
     encode,
 )
 from tests.conftest import REPO, run_bot_py
+from tests.helpers import queue_unchecked
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
@@ -213,12 +214,12 @@ async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -
     service, ck = cluster.service, cluster.checkpoints
     a, b = cluster.worker_id("a"), cluster.worker_id("b")
     # SDXL: only a holds it, so both go to a, even when b is idle.
-    handles = [await service.submit(request(f"xl{i}"), ck["sdxl"]) for i in range(2)]
+    handles = [await queue_unchecked(service, request(f"xl{i}"), ck["sdxl"]) for i in range(2)]
     for handle in handles:
         assert isinstance((await finished(handle))[-1], Finished)
         assert a in handle.job.device
     # SD1: both hold it (b under another name): two at once run on both workers.
-    handles = [await service.submit(request(f"sd1-{i}", steps=20), ck["sd1"]) for i in range(2)]
+    handles = [await queue_unchecked(service, request(f"sd1-{i}", steps=20), ck["sd1"]) for i in range(2)]
     for handle in handles:
         events = await finished(handle)
         assert isinstance(events[-1], Finished) and any(isinstance(e, Preview) for e in events)  # previews stream back
@@ -226,18 +227,17 @@ async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -
     # Affinity: the next SD1 job goes where SD1 is loaded already (once both have said they are done).
     await until(lambda: all(w.state == "idle" for w in service.status().workers), 10, "both workers idle")
     loaded_on = {w.worker_id for w in service.status().workers if "tiny-sd1" in w.loaded}
-    again = await service.submit(request("sd1-again"), ck["sd1"])
+    again = await queue_unchecked(service, request("sd1-again"), ck["sd1"])
     await finished(again)
     assert any(worker in again.job.device for worker in loaded_on), (loaded_on, again.job.device)
     # SD2: no worker holds it: refused at once, saying which file and who lacks it.
-    [*_, failed] = await finished(await service.submit(request("sd2"), ck["sd2"]))
+    [*_, failed] = await finished(await queue_unchecked(service, request("sd2"), ck["sd2"]))
     assert isinstance(failed, Failed) and "no GPU worker can run this job" in failed.message
     assert f"does not hold checkpoint tiny-sd2 [{ck['sd2'].sha256[:10]}]" in failed.message
 
 
 async def test_cancel_reaches_a_remote_worker_between_steps(cluster: Cluster) -> None:
-    handle = await cluster.service.submit(
-        request("canceller", steps=150, width=192, height=192), cluster.checkpoints["sd1"]
+    handle = await queue_unchecked(cluster.service, request("canceller", steps=150, width=192, height=192), cluster.checkpoints["sd1"]
     )
     async for event in handle.events():
         if isinstance(event, Progress):
@@ -249,7 +249,7 @@ async def test_cancel_reaches_a_remote_worker_between_steps(cluster: Cluster) ->
 async def started(cluster: Cluster, user: str) -> tuple[JobHandle, WorkerStatus, str]:
     """A 60-step SD1 job, once a worker has started it: its handle, that worker, and its batch id."""
     service = cluster.service
-    handle = await service.submit(request(user, steps=60, width=128, height=128), cluster.checkpoints["sd1"])
+    handle = await queue_unchecked(service, request(user, steps=60, width=128, height=128), cluster.checkpoints["sd1"])
     async for event in handle.events():
         if isinstance(event, Started):
             break
@@ -332,7 +332,7 @@ async def test_a_result_without_a_picture_check_score_is_withheld(cluster: Clust
 
 async def running_job(cluster: Cluster, user: str, steps: int) -> tuple[JobHandle, list[object], WorkerStatus]:
     """A 128×128 SD1 job, once it is past its first step: its handle, its events so far, its worker."""
-    handle = await cluster.service.submit(request(user, steps=steps, width=128, height=128), cluster.checkpoints["sd1"])
+    handle = await queue_unchecked(cluster.service, request(user, steps=steps, width=128, height=128), cluster.checkpoints["sd1"])
     events: list[object] = []
     async for event in handle.events():
         events.append(event)
@@ -388,7 +388,7 @@ async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarde
 
 async def test_metrics_endpoints(cluster: Cluster) -> None:
     await finished(
-        await cluster.service.submit(request("metrics"), cluster.checkpoints["sd2"])
+        await queue_unchecked(cluster.service, request("metrics"), cluster.checkpoints["sd2"])
     )  # fails: no worker holds it
     port = free_port()
     cluster.service.metrics.serve("127.0.0.1", port)
@@ -409,7 +409,7 @@ async def test_metrics_endpoints(cluster: Cluster) -> None:
 async def test_redis_restart_mid_run_every_job_ends(cluster: Cluster) -> None:
     service = cluster.service
     handles = [
-        await service.submit(request(f"outage{i}", steps=30, width=128, height=128), cluster.checkpoints["sd1"])
+        await queue_unchecked(service, request(f"outage{i}", steps=30, width=128, height=128), cluster.checkpoints["sd1"])
         for i in range(3)
     ]
     async for event in handles[0].events():
@@ -427,7 +427,7 @@ async def test_redis_restart_mid_run_every_job_ends(cluster: Cluster) -> None:
         assert (await service.get_job(handle.job.id)).state in (JobState.DONE, JobState.FAILED)
     await until(lambda: service.status().broker.startswith("connected"), 15, "the bot reconnected")
     await cluster.joined("a", "b")
-    after = await service.submit(request("after-outage"), cluster.checkpoints["sd1"])
+    after = await queue_unchecked(service, request("after-outage"), cluster.checkpoints["sd1"])
     assert isinstance((await finished(after))[-1], Finished)
 
 
@@ -499,7 +499,7 @@ async def test_local_and_remote_workers_serve_one_bot_through_tls_and_an_acl_use
     try:
         await service.start(ready_within=60)
         await until(lambda: len(service.status().workers) == 2, 60, "the remote worker joined")
-        handles = [await service.submit(request(f"tls{i}", steps=30), cluster.checkpoints["sd1"]) for i in range(2)]
+        handles = [await queue_unchecked(service, request(f"tls{i}", steps=30), cluster.checkpoints["sd1"]) for i in range(2)]
         for handle in handles:
             assert isinstance((await finished(handle))[-1], Finished)
         assert sorted(h.job.device == "cpu" for h in handles) == [False, True]  # one here, one remote

@@ -23,6 +23,7 @@ from bot.generation.service import GenerationService, JobHandle
 from bot.rules.limits import GenerationError, GenerationRequest, Limits
 from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
+from tests.helpers import queue_unchecked
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -52,7 +53,7 @@ async def collect(handle: JobHandle) -> list[object]:
 
 async def blocker(service: GenerationService, checkpoint: CheckpointRef) -> JobHandle:
     """A long job that keeps the worker busy until cancelled; returns once it is running."""
-    handle = await service.submit(request("blocker", steps=150, width=256, height=256), checkpoint)
+    handle = await queue_unchecked(service, request("blocker", steps=150, width=256, height=256), checkpoint)
     async for event in handle.events():
         if isinstance(event, Progress):
             return handle
@@ -61,7 +62,7 @@ async def blocker(service: GenerationService, checkpoint: CheckpointRef) -> JobH
 
 async def test_job_runs_reports_and_is_recorded(setup) -> None:
     service, checkpoint = setup
-    handle = await service.submit(request(negative="blurry", count=2, seed=11), checkpoint)
+    handle = await queue_unchecked(service, request(negative="blurry", count=2, seed=11), checkpoint)
     events = await collect(handle)
     kinds = [type(e).__name__ for e in events]
     assert kinds[0] == "Started" and kinds[-1] == "Finished"
@@ -84,8 +85,8 @@ async def test_job_runs_reports_and_is_recorded(setup) -> None:
 
 async def test_second_job_finds_the_checkpoint_loaded(setup) -> None:
     service, checkpoint = setup
-    await collect(await service.submit(request(steps=2), checkpoint))
-    events = await collect(await service.submit(request(steps=4), checkpoint))
+    await collect(await queue_unchecked(service, request(steps=2), checkpoint))
+    events = await collect(await queue_unchecked(service, request(steps=4), checkpoint))
     assert next(e for e in events if isinstance(e, Loading)).cache == "device"
 
 
@@ -99,8 +100,8 @@ async def test_fairness_one_users_ten_jobs_do_not_starve_anothers_one(setup) -> 
         finished.append(label)
 
     # Distinct step counts so nothing is batched: this tests the order alone.
-    a_handles = [await service.submit(request("A", steps=2 + i), checkpoint) for i in range(10)]
-    b_handle = await service.submit(request("B", steps=20), checkpoint)
+    a_handles = [await queue_unchecked(service, request("A", steps=2 + i), checkpoint) for i in range(10)]
+    b_handle = await queue_unchecked(service, request("B", steps=20), checkpoint)
     positions = {h.job.id: service.position(h.job.id) for h in [*a_handles, b_handle]}
     assert positions[b_handle.job.id] == 2
     tasks = [asyncio.create_task(track(h, f"A{i}")) for i, h in enumerate(a_handles)]
@@ -114,7 +115,7 @@ async def test_compatible_waiting_jobs_are_batched(setup) -> None:
     service, checkpoint = setup
     block = await blocker(service, checkpoint)
     handles = [
-        await service.submit(request(f"user{i}", prompt=f"prompt {i}", seed=100 + i), checkpoint) for i in range(3)
+        await queue_unchecked(service, request(f"user{i}", prompt=f"prompt {i}", seed=100 + i), checkpoint) for i in range(3)
     ]
     await service.cancel(block.job.id)
     results = [await collect(h) for h in handles]
@@ -129,8 +130,8 @@ async def test_compatible_waiting_jobs_are_batched(setup) -> None:
 async def test_queued_jobs_hear_their_position(setup) -> None:
     service, checkpoint = setup
     block = await blocker(service, checkpoint)
-    first = await service.submit(request("p1", steps=5), checkpoint)
-    second = await service.submit(request("p2", steps=6), checkpoint)
+    first = await queue_unchecked(service, request("p1", steps=5), checkpoint)
+    second = await queue_unchecked(service, request("p2", steps=6), checkpoint)
     await service.cancel(block.job.id)
     first_events, second_events = await collect(first), await collect(second)
     assert [e.position for e in first_events if isinstance(e, Queued)] == [1]
@@ -140,7 +141,7 @@ async def test_queued_jobs_hear_their_position(setup) -> None:
 async def test_cancel_queued_job(setup) -> None:
     service, checkpoint = setup
     block = await blocker(service, checkpoint)
-    queued = await service.submit(request("q"), checkpoint)
+    queued = await queue_unchecked(service, request("q"), checkpoint)
     with pytest.raises(GenerationError, match="only the person who asked"):
         await service.cancel(queued.job.id, requester_id="someone-else")
     assert await service.cancel(queued.job.id, requester_id="q") == "cancelled"
@@ -167,9 +168,9 @@ async def test_cancel_running_job_stops_between_steps(setup) -> None:
 async def test_bad_requests_are_refused_before_queueing(setup) -> None:
     service, checkpoint = setup
     with pytest.raises(GenerationError, match="prompt is empty"):
-        await service.submit(request(prompt=" "), checkpoint)
+        await queue_unchecked(service, request(prompt=" "), checkpoint)
     with pytest.raises(GenerationError, match="unknown sampler"):
-        await service.submit(request(sampler="Nope"), checkpoint)
+        await queue_unchecked(service, request(sampler="Nope"), checkpoint)
     assert service.status().queued == 0
 
 
@@ -179,7 +180,7 @@ async def test_concurrent_requests_cannot_slip_past_the_cooldown_or_the_queue_li
     service.cooldowns.seconds = 60
     try:
         results = await asyncio.gather(
-            *(service.submit(request("racer", steps=1), checkpoint) for _ in range(5)), return_exceptions=True
+            *(queue_unchecked(service, request("racer", steps=1), checkpoint) for _ in range(5)), return_exceptions=True
         )
     finally:
         service.cooldowns.seconds = 0
@@ -190,7 +191,7 @@ async def test_concurrent_requests_cannot_slip_past_the_cooldown_or_the_queue_li
 
     running = await blocker(service, checkpoint)
     results = await asyncio.gather(
-        *(service.submit(request("crowd", steps=1), checkpoint) for _ in range(20)), return_exceptions=True
+        *(queue_unchecked(service, request("crowd", steps=1), checkpoint) for _ in range(20)), return_exceptions=True
     )
     accepted = [r for r in results if isinstance(r, JobHandle)]
     assert len(accepted) == service.limits.max_queued_per_user
@@ -210,7 +211,7 @@ async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     assert isinstance(events[-1], Failed)
     assert "stopped unexpectedly" in events[-1].message and handle.job.id in events[-1].message
     # The next job waits for the restarted worker and succeeds.
-    after = await service.submit(request(steps=2), checkpoint)
+    after = await queue_unchecked(service, request(steps=2), checkpoint)
     final = (await asyncio.wait_for(collect(after), timeout=120))[-1]
     assert isinstance(final, Finished)
     assert worker.pid != old_pid
@@ -228,7 +229,7 @@ async def test_close_interrupts_unfinished_jobs(tiny_dir: Path, tmp_path: Path) 
         service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=4))
         await service.start()
         running = await blocker(service, checkpoint)
-        queued = await service.submit(request("later"), checkpoint)
+        queued = await queue_unchecked(service, request("later"), checkpoint)
         await service.close()
         for handle in (running, queued):
             events = await collect(handle)
@@ -236,7 +237,7 @@ async def test_close_interrupts_unfinished_jobs(tiny_dir: Path, tmp_path: Path) 
         for handle in (running, queued):
             assert (await service.get_job(handle.job.id)).state is JobState.INTERRUPTED
         with pytest.raises(GenerationError, match="shutting down"):
-            await service.submit(request(), checkpoint)
+            await queue_unchecked(service, request(), checkpoint)
     finally:
         await db.close()
 

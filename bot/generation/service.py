@@ -1,6 +1,7 @@
 """The generation service: fair queue, batching, worker supervision, job records, event streams.
 
-Front ends (the CLI, the cogs) call `submit` and read the returned handle's events. Nothing here
+Jobs come in through bot/jobs.py `Jobs.start` — the one door, after every rule of the place — as
+`admit` / `admit_group`; front ends read the returned handles' events. Nothing here
 idles in a background task: work moves when a job is submitted or a worker reports, so the bot's
 event loop only ever does short bookkeeping.
 """
@@ -17,7 +18,6 @@ from typing import Any
 
 import aiosqlite
 
-from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.jobs import (
     TERMINAL,
     Cancelled,
@@ -45,7 +45,7 @@ from bot.generation.remote import (
 from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
 from bot.rules.cooldowns import Cooldowns
-from bot.rules.limits import GenerationError, GenerationRequest, Limits, ValidRequest, validate
+from bot.rules.limits import GenerationError, Limits, ValidRequest
 from common.protocol import (
     BatchFailed,
     BatchFinished,
@@ -242,9 +242,6 @@ class GenerationService:
         await self.store.write_notes()
 
     # --- front-end API -------------------------------------------------------------------------
-
-    async def submit(self, request: GenerationRequest, checkpoint: CheckpointRef) -> JobHandle:
-        return await self.admit(validate(request, checkpoint, self.limits))
 
     async def admit_group(self, specs: list[ValidRequest]) -> list[JobHandle]:
         """Jobs asked for together (a comparison): refused as a whole before any is queued, one cooldown."""
