@@ -62,9 +62,10 @@ from bot.rules.network_selection import lora_tags, resolve_embeddings, resolve_l
 from bot.rules.policy import check_prompt
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from common.errors import EaselError
+from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS
 from common.parameters import Parameters, infotext_keys
-from common.protocol import FLOW_FAMILIES, LoraUse, UpscalerUse, VaeUse, denoising_steps
+from common.protocol import LoraUse, UpscalerUse, VaeUse, denoising_steps
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +482,7 @@ class Jobs:
                     "/upscale enlarges it without redrawing"
                 )
         elif picture is not None:  # Vary: redraw the picture as it is, at its own size (a hires one too)
-            grid = 16 if ref.family in FLOW_FAMILIES else 8  # a flow model's latent is in 2x2 patches
+            grid = FAMILIES[ref.family].latent_grid if ref.family in FAMILIES else 8
             width, height, hires = picture.width // grid * grid, picture.height // grid * grid, {}
             if not limits.min_size <= min(width, height) <= max(width, height) <= limits.max_size:
                 width, height = rescale(picture.width, picture.height, ref.native_size, limits.min_size)

@@ -32,12 +32,13 @@ from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 from cogs.utils.job_messages import post_result, run_plan, services_of, tell_withheld
 from cogs.utils.model_previews import send_card
 from cogs.utils.views import OwnedView
+from common.families import FAMILIES
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 PAGE = 10
-FAMILIES = {"SD 1.x": "sd1", "SD 2.x": "sd2", "SDXL": "sdxl", "Flux": "flux", "SD 3.x": "sd3"}
+FAMILY_CHOICES = {family.label: name for name, family in FAMILIES.items()}
 
 
 PREVIEW_MAX_BYTES = 4 << 20
@@ -112,7 +113,7 @@ class Catalog(commands.GroupCog, group_name="checkpoints", group_description="Th
 
     @app_commands.command(name="list", description="The checkpoints installed here")
     @app_commands.describe(base="Only this base model")
-    @app_commands.choices(base=[app_commands.Choice(name=k, value=v) for k, v in FAMILIES.items()])
+    @app_commands.choices(base=[app_commands.Choice(name=k, value=v) for k, v in FAMILY_CHOICES.items()])
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def list_(self, interaction: discord.Interaction, base: str | None = None) -> None:

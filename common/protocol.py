@@ -23,9 +23,6 @@ from common.parameters import Parameters
 _BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
 
-SUPPORTED_FAMILIES = ("sd1", "sd2", "sdxl", "flux", "sd3")
-# Families that denoise by flow matching (a transformer, no UNet): samplers and rules differ.
-FLOW_FAMILIES = ("flux", "sd3")
 
 
 def denoising_steps(steps: int, strength: float) -> int:

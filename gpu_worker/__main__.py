@@ -21,7 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from common.protocol import SUPPORTED_FAMILIES, is_broker_url
+from common.families import SUPPORTED_FAMILIES
+from common.protocol import is_broker_url
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.families import SUPPORTED_FAMILIES
 from common.parameters import Parameters
-from common.protocol import SUPPORTED_FAMILIES, JobDone, JobPart, LoadRequest, RunBatch
+from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from common.samplers import parse_sampler
 
 

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import redis
 
+from common.families import SUPPORTED_FAMILIES
 from common.protocol import (
     EVENTS_MAXLEN,
     EVENTS_STREAM,
-    SUPPORTED_FAMILIES,
     WORKER_GROUP,
     WORKER_KEY_PREFIX,
     WORKER_KEY_SECONDS,

@@ -251,8 +251,9 @@ def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
     assert [n for n, _ in seen] == [2, 1, 1]  # pass two of the whole batch failed; then image by image
 
 
-def test_every_family_the_protocol_names_has_its_module_in_the_worker() -> None:
-    from common.protocol import FLOW_FAMILIES, SUPPORTED_FAMILIES
+def test_every_family_in_the_table_has_its_module_in_the_worker() -> None:
+    """common/families.py (what the bot knows) and gpu_worker/families/ (what the worker runs) agree."""
+    from common.families import FLOW_FAMILIES, SUPPORTED_FAMILIES
     from gpu_worker.families import FAMILIES
 
     assert tuple(FAMILIES) == SUPPORTED_FAMILIES

@@ -16,12 +16,12 @@ import re
 
 from bot.catalog.entries import CatalogEntry
 from bot.checkpoints.architecture import NEEDS_LABELS
+from common.families import FAMILIES
 
 UNET_VRAM_GB = {"sd1": 4.0, "sd2": 5.0, "sdxl": 8.0}
 DEFAULT_PARAMETERS_B = {"flux": 11.9, "sd3": 8.1}  # FLUX.1, SD 3.5 Large: when the entry does not say
 T5_PARAMETERS_B = 4.7
 OVERHEAD_GB = 2.0
-SIZES = {"sd1": 512, "sd2": 768, "sdxl": 1024, "flux": 1024, "sd3": 1024}
 EARLIEST = 2022.5  # SD 1.x's public release: the start of the currency scale
 
 
@@ -43,7 +43,8 @@ def least_vram_gb(entry: CatalogEntry) -> float:
 
 def running_line(entry: CatalogEntry) -> str:
     """What it takes to run, e.g. "SDXL: 1024², about 8 GB of VRAM", and the parts a file lacks."""
-    side = entry.native_size or SIZES.get(entry.base, 512)
+    family = FAMILIES.get(entry.base)
+    side = entry.native_size or (family.native_size if family else 512)
     text = f"{entry.base_label}: {side}²"
     full = vram_gb(entry)
     if full:

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.families import FAMILIES
+
 TRAINING = ("base", "fine-tuned", "merged")
 STYLES = ("photorealistic", "digital painting", "render/3D", "anime", "illustration", "general purpose")
 REALISM = ("realistic", "semi-realistic", "2.8D", "2.5D", "2D")
@@ -27,7 +29,7 @@ SPECIALITIES = (
     "sci-fi",
 )
 # Registry families a person can ask for, with display names.
-BASES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "sd3": "SD 3.x", "flux": "Flux"}
+BASES = {name: family.label for name, family in FAMILIES.items()}
 
 # Phrases (lower case, matched on word boundaries, longest first) -> (facet, value).
 SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {

@@ -30,7 +30,8 @@ from bot.networks.registry import LoraRegistry
 from bot.rules.limits import Limits
 from bot.rules.network_selection import lora_strength, lora_tags, resolve_loras
 from common.errors import CheckpointFileError, EaselError, RegistryError
-from common.protocol import FLOW_FAMILIES, BakeOrder, LoraUse, encode_order
+from common.families import FLOW_FAMILIES
+from common.protocol import BakeOrder, LoraUse, encode_order
 from common.safetensors_writer import temp_path
 
 log = logging.getLogger(__name__)

@@ -13,6 +13,7 @@ from bot.components.detection import SD_LATENT_CHANNELS, VAE_FOLDERS, VaeFileErr
 from bot.config import Settings
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
 from common.errors import CheckpointFileError, EaselError
+from common.families import FAMILIES
 from common.protocol import VaeUse
 
 BUILT_IN = ("none", "automatic")  # A1111's "SD VAE" choices that mean the checkpoint's own
@@ -99,7 +100,7 @@ class VaeRegistry(NetworkRegistry):
         return vae_use(entry)
 
 
-_LATENT_CHANNELS = {"sd1": SD_LATENT_CHANNELS, "sd2": SD_LATENT_CHANNELS, "sdxl": SD_LATENT_CHANNELS, "flux": 16, "sd3": 16}
+_LATENT_CHANNELS = {name: family.latent_channels for name, family in FAMILIES.items()}
 
 
 def vae_use(entry: NetworkEntry) -> VaeUse:

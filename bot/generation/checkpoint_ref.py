@@ -10,16 +10,13 @@ from bot.checkpoints.inspection import Inspection, inspect_checkpoint
 from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.demo import DEMO_FILE, DEMO_REF
 from common.errors import EaselError
+from common.families import FAMILIES
 from common.hashing import FileHashes
 from common.protocol import ComponentUse, LoadRequest, config_parts
 
 # Native square size per bundled config: what "1:1" means for a checkpoint.
 NATIVE_SIZE = {
-    "sd1": 512,
-    "sd2": 768,
-    "sdxl": 1024,
-    "flux": 1024,
-    "sd3": 1024,
+    **{name: family.native_size for name, family in FAMILIES.items()},
     "tiny-sd1": 64,
     "demo-sd1": 64,  # tools/train_demo_model.py's
     "tiny-sd2": 64,

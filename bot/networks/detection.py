@@ -17,9 +17,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from common.families import FAMILIES
 from common.tensors import TensorInfo
 
-BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "Flux", "sd3": "SD3", "": "unknown base"}
+BASE_LABELS = {**{name: family.short_label for name, family in FAMILIES.items()}, "": "unknown base"}
 _CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # modelspec.architecture prefixes (Stability's model spec), e.g. "stable-diffusion-xl-v1-base/lora".
 _MODELSPEC_BASE = (

@@ -12,12 +12,12 @@ from dataclasses import dataclass, replace
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.errors import EaselError
+from common.families import FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
 from common.parameters import Parameters
 from common.prompt_schedule import prompt_schedule
 from common.prompt_syntax import parse_prompt
 from common.protocol import (
-    FLOW_FAMILIES,
     MASKED_CONTENT,
     EmbeddingUse,
     LoraUse,
