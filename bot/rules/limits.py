@@ -188,6 +188,40 @@ def validate(
         raise GenerationError(f"{checkpoint.name} is missing from the models directory; an admin needs to rescan")
     width = p.width or checkpoint.native_size
     height = p.height or checkpoint.native_size
+    _check_numbers(p, width, height, limits)
+    if p.hires_scale:
+        _check_hires(p, width, height, limits, hires_model)
+        # In A1111's spelling: a built-in's, or the model's as A1111 lists it.
+        p = replace(p, hires_upscaler=hires_model.name if hires_model else parse_upscaler(p.hires_upscaler))
+    elif hires_model is not None:
+        raise GenerationError("an upscaler model was given without the hires fix")
+    _check_inputs(p, init_png, mask_png)
+    sampler, schedule = _sampler_for(p, checkpoint)
+    _check_cfg_rescale(p, checkpoint)
+    if checkpoint.family in FLOW_FAMILIES:
+        p = _check_flow(p, checkpoint, width, height, embeddings)
+    first = random_seed() if p.seed == -1 else p.seed
+    seeds = tuple((first + i) % 2**32 for i in range(p.count))  # A1111: one seed per image, counting up
+    final = replace(
+        p, prompt=p.prompt.strip(), width=width, height=height, sampler=sampler, schedule=schedule, seed=first
+    )
+    return ValidRequest(
+        request,
+        checkpoint,
+        final,
+        seeds,
+        notes,
+        loras,
+        embeddings,
+        init_png,
+        mask_png,
+        hires_model,
+        vae,
+    )
+
+
+def _check_numbers(p: Parameters, width: int, height: int, limits: Limits) -> None:
+    """The size, steps, CFG, count, clip skip and seed, within this bot's limits."""
     for label, value in (("width", width), ("height", height)):
         if value % 8:
             raise GenerationError(f"{label} {value} is not a multiple of 8")
@@ -205,12 +239,10 @@ def validate(
         raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {p.clip_skip}")
     if p.seed < -1 or p.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {p.seed}")
-    if p.hires_scale:
-        _check_hires(p, width, height, limits, hires_model)
-        # In A1111's spelling: a built-in's, or the model's as A1111 lists it.
-        p = replace(p, hires_upscaler=hires_model.name if hires_model else parse_upscaler(p.hires_upscaler))
-    elif hires_model is not None:
-        raise GenerationError("an upscaler model was given without the hires fix")
+
+
+def _check_inputs(p: Parameters, init_png: bytes | None, mask_png: bytes | None) -> None:
+    """A picture to start from and a mask: present, with options that fit them (and none without)."""
     if p.init_image is not None:
         if init_png is None:
             raise GenerationError("the input picture is missing")
@@ -235,6 +267,10 @@ def validate(
             raise GenerationError(f"masked area padding must be 0 to {MAX_MASK_PADDING} pixels, not {p.mask_padding}")
     elif p.masked_content != "original" or p.only_masked:
         raise GenerationError("masked content and inpaint area are for inpainting; give a mask too")
+
+
+def _sampler_for(p: Parameters, checkpoint: CheckpointRef) -> tuple[str, str]:
+    """The sampler and schedule by their A1111 names, if the checkpoint's kind of model can follow them."""
     try:
         sampler, schedule = parse_sampler(p.sampler, p.schedule)
     except ValueError as e:
@@ -254,27 +290,7 @@ def validate(
             f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "
             f"Choose one of {', '.join(ZERO_SNR_SAMPLERS)}"
         )
-    _check_cfg_rescale(p, checkpoint)
-    if checkpoint.family in FLOW_FAMILIES:
-        p = _check_flow(p, checkpoint, width, height, embeddings)
-    first = random_seed() if p.seed == -1 else p.seed
-    seeds = tuple((first + i) % 2**32 for i in range(p.count))  # A1111: one seed per image, counting up
-    final = replace(
-        p, prompt=p.prompt.strip(), width=width, height=height, sampler=sampler, schedule=schedule, seed=first
-    )
-    return ValidRequest(
-        request,
-        checkpoint,
-        final,
-        seeds,
-        notes,
-        loras,
-        embeddings,
-        init_png,
-        mask_png,
-        hires_model,
-        vae,
-    )
+    return sampler, schedule
 
 
 def _check_hires(
