@@ -47,7 +47,7 @@ class JobRecord:
         return json.loads(self.row["infotexts_json"] or "[]")
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.row.items() if not k.endswith("_json") and v is not None}
+        out = {k: v for k, v in self.row.items() if not k.endswith("_json")}
         return {**out, "seeds": self.seeds, "infotexts": self.infotexts, "parameters": asdict(self.parameters)}
 
 
