@@ -1,7 +1,11 @@
-"""Small builders shared by tests."""
+"""Small builders shared by tests, and the one way a test waits."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bot.generation.checkpoint_ref import CheckpointRef
@@ -56,3 +60,32 @@ def with_metadata(source: Path, target: Path, metadata: dict[str, str]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(struct.pack("<Q", len(encoded)) + encoded + raw[8 + length :])
     return target
+
+
+# How long a test waits for something the system does by itself before it calls it a hang: long enough
+# never to decide a verdict on a loaded machine (the per-test timeout, 300 s, is the outer bound).
+HANG_GUARD = 120.0
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    """Wait for a condition the system reaches by itself (a worker joining, a lease running out);
+    the wait is bounded only against a hang, never as a measure of speed."""
+    deadline = time.monotonic() + HANG_GUARD
+    while True:
+        reached = condition()
+        if inspect.isawaitable(reached):
+            reached = await reached
+        if reached:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened (waited {HANG_GUARD:.0f} s): {what}")
+        await asyncio.sleep(0.02)
+
+
+def eventually_sync(condition: Callable[[], bool], what: str) -> None:
+    """`eventually` for tests that run no event loop."""
+    deadline = time.monotonic() + HANG_GUARD
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened (waited {HANG_GUARD:.0f} s): {what}")
+        time.sleep(0.02)

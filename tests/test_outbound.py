@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from bot.checkpoints.download import Downloader
 from bot.checkpoints.registry import CheckpointRegistry
 from common.errors import EaselError
 from tests.conftest import start_bot_py
+from tests.helpers import eventually_sync
 
 
 class Site:
@@ -227,10 +227,7 @@ def test_sigterm_during_a_download_leaves_nothing(env: Path, models: Path, site:
     proc = start_bot_py("checkpoints", "download", site.url("/slow.safetensors"), cwd=env, env=environment)
     try:
         assert site.streaming.wait(60), "the download never started"
-        deadline = time.monotonic() + 30
-        while not any(models.iterdir()) and time.monotonic() < deadline:  # the temporary file appears
-            time.sleep(0.02)
-        assert any(models.iterdir())
+        eventually_sync(lambda: any(models.iterdir()), "the download's temporary file appeared")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

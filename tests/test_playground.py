@@ -20,6 +20,7 @@ from PIL import Image
 from bot.config import Settings
 from bot.demo.world import dominant_colours
 from cogs.playground import run_playground
+from tests.helpers import eventually
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 BROWSER = pytest.mark.skipif(
@@ -76,21 +77,19 @@ async def command(page, slash: str, **options: object) -> None:
     raise AssertionError(f"/{slash} was not taken by the page")
 
 
-async def watch(page, until: str, seconds: float = 120) -> list[str]:
-    """The job states the page shows, in order, until `until` appears (a loaded CI machine may start
-    the worker slowly: up to two minutes)."""
+async def watch(page, until: str) -> list[str]:
+    """The job states the page shows, in order, until `until` appears."""
     seen: list[str] = []
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
+
+    async def shown() -> bool:
         text = await page.locator("main").inner_text()
         for state in ("Queued", "Starting", "Step ", until):
             if state in text and state not in seen:
                 seen.append(state)
-        if until in seen:
-            return seen
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{until!r} did not appear; saw {seen}")
+        return until in seen
+
+    await eventually(shown, f"{until!r} appeared on the page")
+    return seen
 
 
 async def imagine_in_browser(p, address: str, prompt: str, **options: object):

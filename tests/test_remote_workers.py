@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Preview, Progress, Started
+from bot.generation.remote import LEASE_SECONDS
 from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
 from bot.rules.limits import GenerationRequest, Limits
@@ -48,7 +49,7 @@ from common.protocol import (
     encode,
 )
 from tests.conftest import REPO, run_bot_py
-from tests.helpers import queue_unchecked
+from tests.helpers import eventually, queue_unchecked
 
 REDIS_SERVER = shutil.which("redis-server")
 pytestmark = [
@@ -67,15 +68,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Wait for a condition the cluster reaches by itself (a worker joining, a lease running out)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within:.0f} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 class RedisServer:
@@ -139,7 +131,7 @@ class Cluster:
         return next((w.worker_id for w in self.service.status().workers if w.pid == pid), None)
 
     async def joined(self, *names: str) -> None:
-        await until(lambda: all(self.worker_id(n) for n in names), 60, f"workers {names} joined")
+        await eventually(lambda: all(self.worker_id(n) for n in names), f"workers {names} joined")
 
     def stop_workers(self) -> None:
         for process in self.workers.values():
@@ -204,7 +196,8 @@ async def test_workers_join_and_say_what_they_hold(cluster: Cluster) -> None:
     assert set(remote) == {cluster.worker_id("a"), cluster.worker_id("b")}
     for worker in remote.values():
         assert worker.machine == socket.gethostname() and worker.device == "cpu"
-        assert worker.memory_total > worker.memory_free > 0 and worker.heartbeat_age < 3
+        # A worker listed is one heard within its lease (an older one is presumed gone, not listed).
+        assert worker.memory_total > worker.memory_free > 0 and 0 <= worker.heartbeat_age < LEASE_SECONDS
         title, body = describe(worker)  # as /status and `bot.py workers` show it
         assert title == f"Worker {worker.slot} · cpu on {worker.machine}"
         assert "GB free" in body and f"last heartbeat {worker.heartbeat_age:.1f} s ago · {worker.worker_id}" in body
@@ -225,7 +218,7 @@ async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -
         assert isinstance(events[-1], Finished) and any(isinstance(e, Preview) for e in events)  # previews stream back
     assert {a in h.job.device for h in handles} == {True, False} and any(b in h.job.device for h in handles)
     # Affinity: the next SD1 job goes where SD1 is loaded already (once both have said they are done).
-    await until(lambda: all(w.state == "idle" for w in service.status().workers), 10, "both workers idle")
+    await eventually(lambda: all(w.state == "idle" for w in service.status().workers), "both workers idle")
     loaded_on = {w.worker_id for w in service.status().workers if "tiny-sd1" in w.loaded}
     again = await queue_unchecked(service, request("sd1-again"), ck["sd1"])
     await finished(again)
@@ -284,7 +277,7 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     ghost = WorkerHeartbeat("ghost-1", "x", "cpu", 1, 0, 1 << 30, 1 << 30, ("sd1", "sdxl"), 0, (), (), ())
     for _ in range(3):
         await client.xadd(EVENTS_STREAM, broker_entry("ghost-1", ghost))
-    await until(lambda: service._broker.refused == refused + 5, 10, "the ghost's heartbeats refused")
+    await eventually(lambda: service._broker.refused == refused + 5, "the ghost's heartbeats refused")
     assert "ghost-1" not in {w.worker_id for w in service.status().workers}
     assert await client.xlen(commands_stream("ghost-1")) == 0
 
@@ -306,7 +299,7 @@ async def test_forged_entries_are_refused(cluster: Cluster) -> None:
     )
     await client.xadd(commands_stream(idle), broker_entry("bot", bogus))
     log = cluster.tmp / "worker-b.log"
-    await until(lambda: "batch forgedbatch1 refused" in log.read_text(), 30, "the worker refused the forged batch")
+    await eventually(lambda: "batch forgedbatch1 refused" in log.read_text(), "the worker refused the forged batch")
     assert "batch forgedbatch1 refused: this GPU worker does not hold checkpoint tiny-sd1" in log.read_text()
     await client.aclose()
 
@@ -347,14 +340,12 @@ async def test_kill_9_mid_job_reruns_on_the_other_worker(cluster: Cluster) -> No
     service = cluster.service
     handle, events, running = await running_job(cluster, "victim", steps=80)
     name = next(n for n, p in cluster.workers.items() if p.pid == running.pid)
-    killed = time.monotonic()
     os.kill(running.pid, signal.SIGKILL)
-    restarted = None
-    async for event in handle.events():
-        events.append(event)
-        if isinstance(event, Started) and restarted is None:
-            restarted = time.monotonic() - killed
-    assert restarted is not None and restarted <= 10, f"re-run after {restarted} s"
+    after_kill: list[object] = []
+    async for event in handle.events():  # the lease runs out, the job goes back to the head of the queue
+        after_kill.append(event)
+    events += after_kill
+    assert any(isinstance(e, Started) for e in after_kill), "the job never started again"
     assert isinstance(events[-1], Finished) and sum(isinstance(e, Finished | Failed) for e in events) == 1
     assert running.worker_id not in handle.job.device and handle.job.attempts == 1
     await service.flush()
@@ -379,8 +370,8 @@ async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarde
     assert isinstance(events[-1], Finished) and running.worker_id not in handle.job.device
     assert sum(isinstance(e, Started) for e in events) == 2
     # Back, it finishes the old batch and says so; the job stays as the other worker made it.
-    await until(lambda: any(w.worker_id == running.worker_id for w in service.status().workers), 30, "it came back")
-    await until(lambda: all(w.state == "idle" for w in service.status().workers), 60, "its old batch ended")
+    await eventually(lambda: any(w.worker_id == running.worker_id for w in service.status().workers), "it came back")
+    await eventually(lambda: all(w.state == "idle" for w in service.status().workers), "its old batch ended")
     record = await service.get_job(handle.job.id)
     assert record.state is JobState.DONE and running.worker_id not in (record.row["device"] or "")
     assert handle.job.images == events[-1].job.images and len(handle.job.images) == 1
@@ -416,7 +407,7 @@ async def test_redis_restart_mid_run_every_job_ends(cluster: Cluster) -> None:
         if isinstance(event, Progress):
             break
     cluster.redis.stop()
-    await until(lambda: service.status().broker.startswith("unreachable"), 15, "the bot noticed the broker gone")
+    await eventually(lambda: service.status().broker.startswith("unreachable"), "the bot noticed the broker gone")
     cluster.redis.start()
     results = await asyncio.wait_for(asyncio.gather(*(finished(h, 120) for h in handles[1:])), 150)
     first = await finished(handles[0], 120)
@@ -425,7 +416,7 @@ async def test_redis_restart_mid_run_every_job_ends(cluster: Cluster) -> None:
     await service.flush()
     for handle in handles:
         assert (await service.get_job(handle.job.id)).state in (JobState.DONE, JobState.FAILED)
-    await until(lambda: service.status().broker.startswith("connected"), 15, "the bot reconnected")
+    await eventually(lambda: service.status().broker.startswith("connected"), "the bot reconnected")
     await cluster.joined("a", "b")
     after = await queue_unchecked(service, request("after-outage"), cluster.checkpoints["sd1"])
     assert isinstance((await finished(after))[-1], Finished)
@@ -498,13 +489,13 @@ async def test_local_and_remote_workers_serve_one_bot_through_tls_and_an_acl_use
     wrong = GenerationService(db, [], Limits(), broker_url=url.replace("s3cret", "guess"))
     try:
         await service.start(ready_within=60)
-        await until(lambda: len(service.status().workers) == 2, 60, "the remote worker joined")
+        await eventually(lambda: len(service.status().workers) == 2, "the remote worker joined")
         handles = [await queue_unchecked(service, request(f"tls{i}", steps=30), cluster.checkpoints["sd1"]) for i in range(2)]
         for handle in handles:
             assert isinstance((await finished(handle))[-1], Finished)
         assert sorted(h.job.device == "cpu" for h in handles) == [False, True]  # one here, one remote
         await wrong.start(wait=False)
-        await until(lambda: "unreachable" in wrong.status().broker, 15, "a wrong password is refused")
+        await eventually(lambda: "unreachable" in wrong.status().broker, "a wrong password is refused")
         assert "s3cret" not in wrong.status().broker and "guess" not in wrong.status().broker
     finally:
         await service.close()
