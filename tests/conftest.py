@@ -7,7 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +27,15 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left_held() -> Iterator[None]:
+    """A test that fails while it holds a worker (tests/helpers.HeldWorker) lets it go on afterwards."""
+    yield
+    from tests.helpers import resume_held_workers
+
+    resume_held_workers()
 
 
 @pytest.fixture(scope="session")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import os
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bot.generation.checkpoint_ref import CheckpointRef
-from bot.generation.jobs import Job, new_job_id
+from bot.generation.jobs import Job, Progress, new_job_id
 from bot.generation.service import GenerationService, JobHandle
-from bot.rules.limits import GenerationRequest, Limits, validate
+from bot.rules.limits import GenerationError, GenerationRequest, Limits, validate
 
 
 def checkpoint_ref(
@@ -89,3 +93,62 @@ def eventually_sync(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"never happened (waited {HANG_GUARD:.0f} s): {what}")
         time.sleep(0.02)
+
+
+# Local workers a test has stopped (SIGSTOP), by pid: conftest lets them all go on after every test.
+_HELD: set[int] = set()
+
+
+class HeldWorker:
+    """The local worker running a job, stopped (SIGSTOP): the job stays running, however fast the
+    machine, until `resume`. A worker of the test's own service, ended by pid."""
+
+    def __init__(self, service: GenerationService, job_id: str) -> None:
+        [self.pid] = [w.pid for w in service.status().workers if job_id in w.jobs]
+        os.kill(self.pid, signal.SIGSTOP)
+        _HELD.add(self.pid)
+
+    def resume(self) -> None:
+        if self.pid in _HELD:
+            _HELD.discard(self.pid)
+            with contextlib.suppress(ProcessLookupError):  # killed meanwhile (a test of that)
+                os.kill(self.pid, signal.SIGCONT)
+
+
+def resume_held_workers() -> None:
+    for pid in list(_HELD):
+        _HELD.discard(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+@dataclass
+class Blocker:
+    """A job that keeps its worker busy by construction (the worker held once the job runs), so the
+    jobs a test queues next wait; `release` lets the worker go on and cancels it."""
+
+    service: GenerationService
+    handle: JobHandle
+    held: HeldWorker
+
+    @property
+    def job(self) -> Job:
+        return self.handle.job
+
+    async def release(self) -> None:
+        self.held.resume()
+        with contextlib.suppress(GenerationError):  # ended meanwhile
+            await self.service.cancel(self.handle.job.id)
+
+    async def wait(self) -> None:
+        await self.handle.wait()
+
+
+async def blocker(service: GenerationService, checkpoint: CheckpointRef, user: str = "blocker") -> Blocker:
+    """A job that holds the service's worker from its first step until released."""
+    request = GenerationRequest.of(prompt="a long job", requester_id=user, steps=150, width=128, height=128)
+    handle = await queue_unchecked(service, request, checkpoint)
+    async for event in handle.events():
+        if isinstance(event, Progress):
+            return Blocker(service, handle, HeldWorker(service, handle.job.id))
+    raise AssertionError("the blocking job ended before its first step")

@@ -24,7 +24,7 @@ from cogs.app import create_bot
 from gpu_worker.testing.tiny import make_tiny_vae
 from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
-from tests.helpers import queue_unchecked
+from tests.helpers import HeldWorker, blocker, eventually, queue_unchecked
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -282,24 +282,21 @@ async def clock_moving_env(services: Services) -> AsyncIterator[simcord.Env]:
 
 async def test_result_after_the_token_expired_is_posted_to_the_channel(services: Services) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
-    from bot.rules.limits import GenerationRequest
 
     async with clock_moving_env(services) as env:
         _, channel, alice = world(env)
         checkpoint = await resolve_checkpoint(services.registry, "tiny-sd1")
-        blocker = await queue_unchecked(services.generation, GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256), checkpoint
-        )
-        result = await alice.slash(
-            channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5
-        )
+        block = await blocker(services.generation, checkpoint)
+        result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=2, seed=5)
         assert "Queued: #1 in line" in result.response.content  # returned while the job waits
         await env.advance_time(901)  # 15 minutes later the interaction token is dead
-        await services.generation.cancel(blocker.job.id)
-        for _ in range(600):  # the job now runs on the worker, in real time
-            message = channel.last_message
-            if message is not None and message.attachments:
-                break
-            await asyncio.sleep(0.1)
+        await block.release()
+        # The job now runs on the worker, in real time.
+        await eventually(
+            lambda: channel.last_message is not None and bool(channel.last_message.attachments),
+            "the picture was posted",
+        )
+        message = channel.last_message
         await env.settle(timeout=30)
         assert alice.mention in message.content and "ready" in message.content
         assert message.attachments and message.embeds[0].title == "a patient fox"
@@ -780,7 +777,7 @@ async def test_upscale_enlarges_a_picture_and_imagine_takes_an_upscaler_for_its_
     params = parse_infotext(image.info["parameters"])[2]
     assert image.size == (128, 128) and (params["Hires upscale"], params["Hires upscaler"]) == ("2", "2x-Tiny")
     picture = await made.attachments[0].read()
-    upscaled = (await alice.slash(channel, "upscale", image=("lantern.png", picture), upscaler="2x-Tiny", scale=2.0))
+    upscaled = await alice.slash(channel, "upscale", image=("lantern.png", picture), upscaler="2x-Tiny", scale=2.0)
     out = await png_of(upscaled.response)
     assert out.size == (256, 256) and out.info["parameters"] == image.info["parameters"]
     assert out.info["postprocessing"] == "Postprocess upscale by: 2, Postprocess upscaler: 2x-Tiny"
@@ -837,13 +834,19 @@ async def test_the_picture_check_withholds_or_spoilers_per_server(env: simcord.E
     await services.guild_settings.reset(str(guild.id), None)
 
 
-async def test_in_the_playground_you_run_the_server_and_own_the_bot(env: simcord.Env, services: Services, monkeypatch) -> None:
+async def test_in_the_playground_you_run_the_server_and_own_the_bot(
+    env: simcord.Env, services: Services, monkeypatch
+) -> None:
     from cogs.playground import playground_world
 
     monkeypatch.setattr(services.settings, "owner_ids", [])  # undone after the test
     channel, you, member = playground_world(env, services)
     shown = await you.slash(channel, "settings policy", spoiler=False)  # a manager's command
-    assert shown.ephemeral and shown.response.embeds and "only members who can manage" not in (shown.response.content or "")
+    assert (
+        shown.ephemeral
+        and shown.response.embeds
+        and "only members who can manage" not in (shown.response.content or "")
+    )
     queue = await you.slash(channel, "queue")
     assert "only members who can manage" not in (queue.response.content or "")
     scanned = await you.slash(channel, "admin scan")
@@ -866,17 +869,26 @@ async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: si
         assert fields["Architecture"] == "FLUX.1 dev (transformer only)"
         assert "T5-XXL text encoder: missing (put t5xxl_fp16.safetensors in models/text_encoders)" in fields["Needs"]
         refused = await alice.slash(channel, "imagine", prompt="a red circle", checkpoint="flux-alone")
-        assert refused.followups[0].content.count("\n") == 0 and "flux-alone needs a CLIP-L text encoder" in refused.followups[0].content
+        assert (
+            refused.followups[0].content.count("\n") == 0
+            and "flux-alone needs a CLIP-L text encoder" in refused.followups[0].content
+        )
         make_tiny_component("clip-l", models / "text_encoders" / "clip_l.safetensors")
         make_tiny_component("t5xxl", models / "text_encoders" / "t5xxl_fp16.safetensors")
         make_tiny_component("flux-vae", models / "VAE" / "ae.safetensors")
         await scan_models(services.registry, services.networks)
-        made = (await alice.slash(channel, "imagine", prompt="a red circle", checkpoint="flux-alone", distilled_cfg=2.5)).response
+        made = (
+            await alice.slash(channel, "imagine", prompt="a red circle", checkpoint="flux-alone", distilled_cfg=2.5)
+        ).response
         _, _, params = parse_infotext((await png_of(made)).info["parameters"])
         assert (params["Distilled CFG Scale"], params["Sampler"], params["Module 3"]) == ("2.5", "Euler", "t5xxl_fp16")
     finally:
         await services.registry.remove(entry.name)
-        for kind, name in ((services.text_encoders, "clip_l"), (services.text_encoders, "t5xxl_fp16"), (services.vaes, "ae")):
+        for kind, name in (
+            (services.text_encoders, "clip_l"),
+            (services.text_encoders, "t5xxl_fp16"),
+            (services.vaes, "ae"),
+        ):
             if await kind.find(name) is not None:
                 await kind.remove(name)
 
@@ -928,7 +940,6 @@ async def test_previews_are_checked_like_the_picture(env: simcord.Env, services:
 
 async def test_after_the_token_expired_no_preview_stays_behind(services: Services, every_event_edits) -> None:
     from bot.generation.checkpoint_ref import resolve_checkpoint
-    from bot.rules.limits import GenerationRequest
 
     async with clock_moving_env(services) as env:
         guild, channel, alice = world(env)
@@ -940,27 +951,33 @@ async def test_after_the_token_expired_no_preview_stays_behind(services: Service
                 await services.guild_settings.update(str(guild.id), None, {"nsfw_pictures": mode})
                 since = len(env.http_requests)
                 if mode == "spoiler":  # the job runs and shows previews when the token dies
-                    result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", aspect="1:1", steps=150)
-                    for _ in range(600):
-                        if "SPOILER_preview.png" in preview_uploads(env, since):
-                            break
-                        await asyncio.sleep(0.1)
-                else:  # the job waits behind another when the token dies
-                    blocker = await queue_unchecked(services.generation, GenerationRequest.of(prompt="long", requester_id="blocker", steps=150, width=256, height=256),
-                        checkpoint,
+                    result = await alice.slash(
+                        channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", aspect="1:1", steps=150
                     )
-                    result = await alice.slash(channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=6)
+                    await eventually(
+                        lambda since=since: "SPOILER_preview.png" in preview_uploads(env, since), "a preview was shown"
+                    )
+                    [running] = [w for w in services.generation.status().workers if w.jobs]
+                    held = HeldWorker(services.generation, running.jobs[0])  # still running when the token dies
+                else:  # the job waits behind another when the token dies
+                    block = await blocker(services.generation, checkpoint)
+                    result = await alice.slash(
+                        channel, "imagine", prompt="a patient fox", checkpoint="tiny-sd1", steps=6
+                    )
                 original = result.response
                 await env.advance_time(901)  # 15 minutes later the interaction token is dead
                 expired = len(env.http_requests)
                 if mode == "withhold":
-                    await services.generation.cancel(blocker.job.id)
-                for _ in range(900):  # the job now runs on the worker, in real time
+                    await block.release()
+                else:
+                    held.resume()
+
+                def delivered(original: discord.Message = original) -> bool:  # the job runs now, in real time
                     [kept] = [m for m in channel.history() if m.id == original.id]
                     last = channel.last_message
-                    if (last.id != original.id and last.attachments) or kept.content.startswith("Nothing"):
-                        break
-                    await asyncio.sleep(0.1)
+                    return (last.id != original.id and bool(last.attachments)) or kept.content.startswith("Nothing")
+
+                await eventually(delivered, "the job's result (or its refusal) was delivered")
                 await env.settle(timeout=30)
                 [kept] = [m for m in channel.history() if m.id == original.id]
                 if mode == "spoiler":  # previews went on, through the channel, behind a spoiler

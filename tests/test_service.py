@@ -23,7 +23,7 @@ from bot.generation.service import GenerationService, JobHandle
 from bot.rules.limits import GenerationError, GenerationRequest, Limits
 from common.worker_config import WorkerConfig
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
-from tests.helpers import queue_unchecked
+from tests.helpers import blocker, queue_unchecked
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -49,15 +49,6 @@ def request(user: str = "u1", **values) -> GenerationRequest:
 
 async def collect(handle: JobHandle) -> list[object]:
     return [event async for event in handle.events()]
-
-
-async def blocker(service: GenerationService, checkpoint: CheckpointRef) -> JobHandle:
-    """A long job that keeps the worker busy until cancelled; returns once it is running."""
-    handle = await queue_unchecked(service, request("blocker", steps=150, width=256, height=256), checkpoint)
-    async for event in handle.events():
-        if isinstance(event, Progress):
-            return handle
-    raise AssertionError("the blocking job ended early")
 
 
 async def test_job_runs_reports_and_is_recorded(setup) -> None:
@@ -106,7 +97,7 @@ async def test_fairness_one_users_ten_jobs_do_not_starve_anothers_one(setup) -> 
     assert positions[b_handle.job.id] == 2
     tasks = [asyncio.create_task(track(h, f"A{i}")) for i, h in enumerate(a_handles)]
     tasks.append(asyncio.create_task(track(b_handle, "B")))
-    await service.cancel(block.job.id)
+    await block.release()
     await asyncio.gather(*tasks)
     assert finished.index("B") == 1, finished
 
@@ -115,9 +106,10 @@ async def test_compatible_waiting_jobs_are_batched(setup) -> None:
     service, checkpoint = setup
     block = await blocker(service, checkpoint)
     handles = [
-        await queue_unchecked(service, request(f"user{i}", prompt=f"prompt {i}", seed=100 + i), checkpoint) for i in range(3)
+        await queue_unchecked(service, request(f"user{i}", prompt=f"prompt {i}", seed=100 + i), checkpoint)
+        for i in range(3)
     ]
-    await service.cancel(block.job.id)
+    await block.release()
     results = [await collect(h) for h in handles]
     for i, events in enumerate(results):
         started = next(e for e in events if isinstance(e, Started))
@@ -132,7 +124,7 @@ async def test_queued_jobs_hear_their_position(setup) -> None:
     block = await blocker(service, checkpoint)
     first = await queue_unchecked(service, request("p1", steps=5), checkpoint)
     second = await queue_unchecked(service, request("p2", steps=6), checkpoint)
-    await service.cancel(block.job.id)
+    await block.release()
     first_events, second_events = await collect(first), await collect(second)
     assert [e.position for e in first_events if isinstance(e, Queued)] == [1]
     assert [e.position for e in second_events if isinstance(e, Queued)] == [2, 1]
@@ -149,20 +141,21 @@ async def test_cancel_queued_job(setup) -> None:
     assert isinstance(events[-1], Cancelled) and not any(isinstance(e, Started) for e in events)
     with pytest.raises(GenerationError, match="already ended"):
         await service.cancel(queued.job.id)
-    await service.cancel(block.job.id)
+    await block.release()
     await block.wait()
 
 
 async def test_cancel_running_job_stops_between_steps(setup) -> None:
     service, checkpoint = setup
-    handle = await blocker(service, checkpoint)
-    assert await service.cancel(handle.job.id, requester_id="blocker") == "cancelling"
-    events = await collect(handle)
+    block = await blocker(service, checkpoint)
+    assert await service.cancel(block.job.id, requester_id="blocker") == "cancelling"
+    block.held.resume()  # the cancel waits in the pipe: it lands between two steps
+    events = await collect(block.handle)
     assert isinstance(events[-1], Cancelled)
     steps_run = max((e.step for e in events if isinstance(e, Progress)), default=1)
     assert steps_run < 150  # it stopped between steps, long before the end
     await service.flush()
-    assert (await service.get_job(handle.job.id)).state is JobState.CANCELLED
+    assert (await service.get_job(block.job.id)).state is JobState.CANCELLED
 
 
 async def test_bad_requests_are_refused_before_queueing(setup) -> None:
@@ -196,14 +189,15 @@ async def test_concurrent_requests_cannot_slip_past_the_cooldown_or_the_queue_li
     accepted = [r for r in results if isinstance(r, JobHandle)]
     assert len(accepted) == service.limits.max_queued_per_user
     assert all("you already have" in str(r) for r in results if not isinstance(r, JobHandle))
-    for handle in [*accepted, running]:
+    for handle in accepted:
         await service.cancel(handle.job.id)
-    await asyncio.gather(*(collect(h) for h in [*accepted, running]))
+    await running.release()
+    await asyncio.gather(*(collect(h) for h in [*accepted, running.handle]))
 
 
 async def test_killed_worker_fails_its_job_and_comes_back(setup) -> None:
     service, checkpoint = setup
-    handle = await blocker(service, checkpoint)
+    handle = (await blocker(service, checkpoint)).handle  # held: killed mid-job, whatever the speed
     worker = service._workers[0]
     old_pid = worker.pid
     worker.kill()
@@ -230,11 +224,12 @@ async def test_close_interrupts_unfinished_jobs(tiny_dir: Path, tmp_path: Path) 
         await service.start()
         running = await blocker(service, checkpoint)
         queued = await queue_unchecked(service, request("later"), checkpoint)
+        running.held.resume()  # a running job, closed under it
         await service.close()
-        for handle in (running, queued):
+        for handle in (running.handle, queued):
             events = await collect(handle)
             assert isinstance(events[-1], Failed) and "shutting down" in events[-1].message
-        for handle in (running, queued):
+        for handle in (running.handle, queued):
             assert (await service.get_job(handle.job.id)).state is JobState.INTERRUPTED
         with pytest.raises(GenerationError, match="shutting down"):
             await queue_unchecked(service, request(), checkpoint)
@@ -268,7 +263,18 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
     try:
         assert isinstance(decode(conn.recv_bytes()), WorkerReady)
         load = LoadRequest(str(tiny_dir / "tiny-sd1.safetensors"), "tiny", "sd1", "SD1.x", "safetensors", "tiny-sd1")
-        batch = RunBatch.of("orphan", load, (JobPart("j", "a lighthouse", "", (1,)),), 128, 128, 400, 7.0, "Euler", "Automatic", preview_every=2)
+        batch = RunBatch.of(
+            "orphan",
+            load,
+            (JobPart("j", "a lighthouse", "", (1,)),),
+            128,
+            128,
+            400,
+            7.0,
+            "Euler",
+            "Automatic",
+            preview_every=2,
+        )
         conn.send_bytes(encode(batch))
         while not isinstance(decode(conn.recv_bytes()), BatchProgress):
             pass

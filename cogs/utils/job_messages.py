@@ -63,8 +63,9 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
             await status.show(
                 f"Step {event.step}/{event.total} · {event.it_per_s:.1f} it/s{eta_text(event.eta_seconds)}"
             )
-        elif isinstance(event, Preview):
+        elif isinstance(event, Preview):  # shown at once: a late one would wait for a step that never comes
             status.offer_preview(event)
+            await status.refresh()
         elif isinstance(event, Finished):
             await deliver(interaction, event.job, plan, status)
             return
@@ -206,6 +207,7 @@ class StatusMessage:
         self.preview: discord.File | None = None
         self.previews_withheld = False
         self._throttle = Throttle()
+        self._text = "Starting…"  # the last state shown, which a new preview is shown under
         self._expired = False
         self._message_id: int | None = None
 
@@ -218,6 +220,7 @@ class StatusMessage:
         self.preview = discord.File(io.BytesIO(preview.png), filename="preview.png", spoiler=spoiler)
 
     async def show(self, text: str, *, force: bool = False, final: bool = False) -> None:
+        self._text = text
         if not self._throttle.ready(force=force):
             return
         content = clip(f"{text}\n-# job {self.job.id}", CONTENT_MAX)
@@ -227,6 +230,10 @@ class StatusMessage:
             attachments = [self.preview]
         view = None if final else discord.ui.View(timeout=None).add_item(CancelButton(self.job.id))
         await self._edit(content=content, attachments=attachments, view=view)
+
+    async def refresh(self) -> None:
+        """The last state again, with the preview as it now is (when the edit rate allows)."""
+        await self.show(self._text)
 
     async def close(self, text: str) -> bool:
         """The message's last state once the result went elsewhere: `text`, no preview, no Cancel
