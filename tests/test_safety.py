@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,6 +28,68 @@ def test_the_real_detector_scores_harmless_pictures_low() -> None:
     for picture in (landscape, Image.new("RGB", (64, 64), (128, 128, 128))):
         scores = scorer.score(picture)
         assert scores.score < 0.2 and set(scores.labels) <= set(EXPOSED)
+
+
+class ModelStandIn:
+    """The detector's ONNX model alone replaced (NudeNet's own pre- and post-processing and ours run
+    as they are): it records the picture it was given and answers with one box of a chosen class."""
+
+    def __init__(self, label: str, confidence: float) -> None:
+        import nudenet.nudenet
+
+        labels = nudenet.nudenet.__dict__["__labels"]
+        # YOLOv8 at 320 px: (x, y, w, h, a score per class) for each anchor of its 8-, 16- and 32-px grids
+        anchors = sum((320 // stride) ** 2 for stride in (8, 16, 32))
+        self.shape = (1, 4 + len(labels), anchors)
+        self.class_index = labels.index(label)
+        self.confidence = confidence
+        self.seen: list[np.ndarray] = []
+
+    def run(self, names, feeds: dict) -> list[np.ndarray]:
+        [blob] = feeds.values()
+        self.seen.append(blob)
+        out = np.zeros(self.shape, dtype=np.float32)
+        out[0, :4, 0] = (160, 160, 80, 80)  # one box in the middle of the 320-px input
+        out[0, 4 + self.class_index, 0] = self.confidence
+        return [out]
+
+
+@pytest.mark.parametrize(
+    ("label", "counted"),
+    [("FEMALE_BREAST_EXPOSED", True), ("BUTTOCKS_EXPOSED", True), ("FEMALE_BREAST_COVERED", False), ("FACE_FEMALE", False)],
+)
+def test_the_detectors_classes_reach_the_score_by_name(label: str, counted: bool) -> None:
+    """What the model finds is counted by its class's name: an exposed class scores, a covered one or
+    a face does not (a wrong name or a shifted label list would fail here)."""
+    scorer = NudityScorer()
+    scorer.score(Image.new("RGB", (8, 8)))  # loads the detector
+    stand_in = ModelStandIn(label, 0.875)
+    scorer._detector.onnx_session = stand_in
+    scores = scorer.score(Image.new("RGB", (320, 320), (200, 150, 120)))
+    assert (scores.score, scores.labels) == ((0.875, {label: 0.875}) if counted else (0.0, {}))
+
+
+def test_every_class_counted_is_one_the_detector_knows() -> None:
+    import nudenet.nudenet
+
+    assert set(EXPOSED) <= set(nudenet.nudenet.__dict__["__labels"])
+
+
+def test_the_detector_sees_a_picture_as_from_nudenets_own_file_path(tmp_path: Path) -> None:
+    """The model gets the picture's planes in the order NudeNet's reference use gives them (a file
+    path, read by OpenCV as BGR): the scorer's in-memory picture must reach it the same, red as red."""
+    picture = Image.new("RGB", (64, 48), (255, 0, 0))
+    picture.paste((0, 0, 255), (0, 0, 16, 16))  # and a blue corner: a flipped order cannot pass
+    picture.save(tmp_path / "red.png")
+    scorer = NudityScorer()
+    scorer.score(Image.new("RGB", (8, 8)))
+    stand_in = ModelStandIn("FACE_FEMALE", 0.0)
+    scorer._detector.onnx_session = stand_in
+    scorer._detector.detect(str(tmp_path / "red.png"))  # NudeNet's own reading of the file
+    scorer.score(picture)  # ours, from memory
+    reference, ours = stand_in.seen
+    assert reference.shape == ours.shape == (1, 3, 320, 320)
+    assert np.array_equal(reference, ours)
 
 
 @pytest.mark.parametrize(
