@@ -2,7 +2,7 @@
 100 /imagine from 100 users, each left in flight (queued or running) while the next arrives.
 Target: p99 ≤ 50 ms. Also reports the same figure with an idle worker, measured in the same run.
 
-python bench/ack_latency.py [N]   (default 100; writes bench/results/ack_latency.json)
+python bench/ack_latency.py [N]   (default 100; writes bench/results/ack_latency-DATE.json)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import discord
 import simcord
 
-from bench.common import percentile, report, tiny_checkpoint
+from bench.harness import percentile, report, tiny_checkpoint
 from bot.config import Settings
 from bot.services import open_services
 from cogs.app import create_bot

@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import checkpoint_ref, median, report, start_service, tiny_checkpoint
+from bench.harness import checkpoint_ref, median, report, start_service, tiny_checkpoint
 from bot.rules.limits import GenerationRequest, Limits
 from tests.helpers import queue_unchecked
 

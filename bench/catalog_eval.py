@@ -8,7 +8,7 @@ is the real one: facets with synonyms, SQLite FTS5 BM25, all-MiniLM-L6-v2 embedd
 Goal: top-3 >= 95 % on the test half, and for "which checkpoint for anime?" a top three of current
 anime families.
 
-python bench/catalog_eval.py        (writes bench/results/catalog_eval.json)
+python bench/catalog_eval.py        (writes bench/results/catalog_eval-DATE.json)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml
 
-from bench.common import report
+from bench.harness import report
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.query import refined
 from bot.catalog.service import CatalogService

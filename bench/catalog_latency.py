@@ -7,7 +7,7 @@ Reported, interleaved in the same run: the whole search; the same search with fa
 only (no question embedding); and one question through the embedding model alone, the floor of
 any semantic search on this machine. Target: p99 ≤ 20 ms.
 
-python bench/catalog_latency.py [ENTRIES] [QUESTIONS]   (default 10000 300; bench/results/catalog_latency.json)
+python bench/catalog_latency.py [ENTRIES] [QUESTIONS]   (default 10000 300; bench/results/catalog_latency-DATE.json)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, report
+from bench.harness import percentile, report
 from bot.catalog.embeddings import EmbeddingProcess
 from bot.catalog.entries import CatalogEntry
 from bot.catalog.service import CatalogService

@@ -4,7 +4,7 @@ tier (GPU workers only), and cold from disk; each reported against the cold load
 Uses full-size SD1.5-layout checkpoints (random fp16 weights, ~2 GB each), so load times are real.
 "Cold" is really cold: before every load from disk the file's pages are dropped from the page cache
 (posix_fadvise DONTNEED after an fsync), so the read comes from the disk, not from memory.
-python bench/checkpoint_switch.py   (writes bench/results/checkpoint_switch.json)
+python bench/checkpoint_switch.py   (writes bench/results/checkpoint_switch-DATE.json)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.common import median, report
+from bench.harness import median, report
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import LoadRequest
 from gpu_worker.cache import PipelineCache

@@ -1,7 +1,7 @@
 """One catalog question through the embedding model: ONNX Runtime (what the embedding process uses)
 vs torch (its fallback) vs sentence-transformers' own `encode()`, interleaved, same machine, same run.
 
-python bench/embedding_backends.py [REPEATS]   (default 200; writes bench/results/embedding_backends.json)
+python bench/embedding_backends.py [REPEATS]   (default 200; writes bench/results/embedding_backends-DATE.json)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import median, report, time_interleaved  # noqa: E402
+from bench.harness import median, report, time_interleaved  # noqa: E402
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ can be traced to its code. simcord's own work (its in-process Discord) runs on t
 
 A third case, members against the worst inputs still accepted (/pnginfo, autocomplete): target max <= 50 ms.
 
-python bench/event_loop_stall.py [SECONDS] [--bot-only] [--hostile-only] [--debug]   (default 20; writes bench/results/event_loop_stall.json)
+python bench/event_loop_stall.py [SECONDS] [--bot-only] [--hostile-only] [--debug]   (default 20; writes bench/results/event_loop_stall-DATE.json)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import checkpoint_ref, percentile, report, start_service, tiny_checkpoint
+from bench.harness import checkpoint_ref, percentile, report, start_service, tiny_checkpoint
 from bot.rules.limits import GenerationRequest, Limits
 from tests.helpers import queue_unchecked
 

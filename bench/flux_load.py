@@ -6,7 +6,7 @@ Real FLUX.1 files are 12-23 GB and do not fit this machine's tests, so the files
 middle size, from a config folder beside them: a transformer 512 wide (4 double and 8 single
 blocks), a T5 512 wide with 12 layers, the real CLIP-L and the real Flux VAE. The ratios are the
 figure; the seconds depend on the machine.
-python bench/flux_load.py [REPEATS]   (writes bench/results/flux_load.json)
+python bench/flux_load.py [REPEATS]   (writes bench/results/flux_load-DATE.json)
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def config_folder(root: Path) -> Path:
 def main() -> None:
     import torch
 
-    from bench.common import report
+    from bench.harness import report
     from common.protocol import ComponentUse, LoadRequest
     from gpu_worker.families.flux import flux_pipeline
     from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux

@@ -1,6 +1,6 @@
 """sha256 throughput of Easel's hasher vs plain hashlib over the same file read raw (target ≥ 0.9×).
 
-python bench/hash_throughput.py [SIZE_MB]   (default 1024; writes bench/results/hash_throughput.json)
+python bench/hash_throughput.py [SIZE_MB]   (default 1024; writes bench/results/hash_throughput-DATE.json)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, report, time_interleaved
+from bench.harness import median, report, time_interleaved
 from common.hashing import hash_file
 
 

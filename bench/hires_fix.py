@@ -4,7 +4,7 @@ One hires job (pass one at SIZE, latent ×2, pass two at 2×SIZE) against a txt2
 img2img job at 2×SIZE with the same steps and strength, in interleaved rounds on a full-size SD1.5
 layout (random fp16 weights). Goal: overhead ≤ 1.05× (the upscale step and the second conditioning
 should cost next to nothing beside two samplers).
-python bench/hires_fix.py [SIZE] [STEPS] [ROUNDS]   (default 256, 4, 3; writes bench/results/hires_fix.json)
+python bench/hires_fix.py [SIZE] [STEPS] [ROUNDS]   (default 256, 4, 3; writes bench/results/hires_fix-DATE.json)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from PIL import Image
 
-from bench.common import median, report
+from bench.harness import median, report
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache

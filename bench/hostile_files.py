@@ -4,7 +4,7 @@ and `inspect` time on a 90 MB safetensors header against a 1 MB one.
 Each measurement runs in a fresh process (peak RSS is per process), alternating hostile and normal
 runs so machine noise hits both alike. Goal: every ratio <= 1.5.
 
-python bench/hostile_files.py [--repeats N]   (writes bench/results/hostile_files.json)
+python bench/hostile_files.py [--repeats N]   (writes bench/results/hostile_files-DATE.json)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import median, report  # noqa: E402
+from bench.harness import median, report  # noqa: E402
 
 
 def child(command: str, path: str) -> None:

@@ -1,6 +1,6 @@
 """Header inspection time of a ≥ 2 GB file vs a tiny one with the same tensor names: constant.
 
-python bench/inspect_header.py   (writes bench/results/inspect_header.json)
+python bench/inspect_header.py   (writes bench/results/inspect_header-DATE.json)
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, report, time_interleaved
+from bench.harness import median, report, time_interleaved
 from bot.checkpoints.inspection import inspect_file
 
 

@@ -2,7 +2,7 @@
 
 Builds a full-size SD1.5-layout checkpoint (random fp16 weights, ~2 GB) from the bundled `sd1`
 config, then times, interleaved: reading the tensors raw, and the worker's `load_pipeline`.
-python bench/load_single_file.py   (writes bench/results/load_single_file.json)
+python bench/load_single_file.py   (writes bench/results/load_single_file-DATE.json)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
 
-from bench.common import median, report, time_interleaved
+from bench.harness import median, report, time_interleaved
 from bot.checkpoints.inspection import inspect_file
 from common.protocol import LoadRequest
 from gpu_worker.loader import load_pipeline

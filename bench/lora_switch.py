@@ -8,7 +8,7 @@ measured in the same run:
 
 Random fp16 weights in the real layouts: an SD1.5 single file (~2 GB) and kohya LoRAs of rank 32 on
 every attention and MLP layer of the UNet and text encoder (~75 MB each, like a typical Civitai LoRA).
-python bench/lora_switch.py   (writes bench/results/lora_switch.json)
+python bench/lora_switch.py   (writes bench/results/lora_switch-DATE.json)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from safetensors.torch import save_file
 
-from bench.common import median, report
+from bench.harness import median, report
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import LoadRequest, LoraUse
 from gpu_worker.loader import load_pipeline

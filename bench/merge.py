@@ -1,7 +1,7 @@
 """Merge two full-size checkpoints (SD1.5 layout, random fp16, ~2.1 GB each): peak RSS of the merge
 process vs the size of one input (target ≤ 0.25×), and merge throughput vs reading both inputs raw.
 
-python bench/merge.py   (writes bench/results/merge.json)
+python bench/merge.py   (writes bench/results/merge-DATE.json)
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report
+from bench.harness import report
 from bench.load_single_file import write_full_size_sd1
 from bot.checkpoints.merging import MergeRequest, MergeService
 from bot.checkpoints.registry import CheckpointRegistry

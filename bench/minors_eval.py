@@ -5,7 +5,7 @@ the rule may be tuned on it) and a test half (split "test": written with the dev
 rule was run on either, and never tuned on). Each line: prompt, refuse (true/false), split, kind.
 Targets on the test half: recall >= 0.97, false refusals <= 2 %.
 
-python bench/minors_eval.py [--misses]     (writes bench/results/minors_eval.json)
+python bench/minors_eval.py [--misses]     (writes bench/results/minors_eval-DATE.json)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report
+from bench.harness import report
 from bot.rules.minors import find_minors
 
 DATA = Path(__file__).resolve().parent / "data" / "minors_eval.jsonl"

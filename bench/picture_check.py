@@ -5,7 +5,7 @@ picture check (gpu_worker/safety.py, NudeNet's ONNX detector on the CPU) on a 10
 interleaved rounds; the check is also part of the job's own time (it runs on every result). Goal
 (the issue's): check time ≤ 0.05 × the job's on a GPU; on a CPU the ratio is only smaller, as
 generation is slower there while the check stays on the CPU either way.
-python bench/picture_check.py [SIZE] [STEPS] [ROUNDS]   (default 512, 20, 2; writes bench/results/picture_check.json)
+python bench/picture_check.py [SIZE] [STEPS] [ROUNDS]   (default 512, 20, 2; writes bench/results/picture_check-DATE.json)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import median, report
+from bench.harness import median, report
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache

@@ -7,7 +7,7 @@ Two models, each in interleaved rounds through the worker's batch runner, a prev
 - `tiny`: the tests' tiny SD1 layout at 256², 60 steps: short steps (~0.1 s here), many previews;
 - `sd15`: a full-size SD1.5 layout (random fp16 weights) at SIZE², a CPU's own real case.
 The check itself (NudeNet's ONNX detector on the CPU) costs about the same on any machine.
-python bench/preview_check.py [SIZE] [STEPS] [ROUNDS]   (default 256, 20, 3; writes bench/results/preview_check.json)
+python bench/preview_check.py [SIZE] [STEPS] [ROUNDS]   (default 256, 20, 3; writes bench/results/preview_check-DATE.json)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 from PIL import Image
 
-from bench.common import median, report, tiny_checkpoint
+from bench.harness import median, report, tiny_checkpoint
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import JobPart, JobPreview, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache

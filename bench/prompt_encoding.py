@@ -3,7 +3,7 @@ through SD1.5's real-size CLIP text encoder (random weights: the cost is the sam
 Interleaved, medians; also the share of a 20-step 512x512 job it would be is left to
 bench/generation_overhead.py, which runs the whole path (target <= 1.05x of a direct diffusers call).
 
-python bench/prompt_encoding.py [REPEATS]   (default 20; writes bench/results/prompt_encoding.json)
+python bench/prompt_encoding.py [REPEATS]   (default 20; writes bench/results/prompt_encoding-DATE.json)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import median, report, time_interleaved  # noqa: E402
+from bench.harness import median, report, time_interleaved  # noqa: E402
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ the real generation service, a tiny SD1 checkpoint):
 3. failover: a job running on one of two remote workers, that worker killed with SIGKILL; seconds
    from the kill until the job runs again on the other, and until it is done. Goal <= 10 s.
 
-python bench/remote_workers.py [REPEATS]   (default 5; bench/results/remote_workers.json)
+python bench/remote_workers.py [REPEATS]   (default 5; bench/results/remote_workers-DATE.json)
 Needs Debian's redis-server (./dev test installs it).
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import checkpoint_ref, median, report, start_service, tiny_checkpoint
+from bench.harness import checkpoint_ref, median, report, start_service, tiny_checkpoint
 from bot.db import open_database
 from bot.generation.jobs import Finished, Progress, Started
 from bot.generation.service import GenerationService

@@ -6,7 +6,7 @@ A1111's 192-pixel tiles with 8 pixels of overlap, once in one piece. Each run is
 that reports its peak RSS; a third child only loads the network and the picture, and its peak is
 subtracted from both, leaving what the upscale itself needs. Goal: the tiled upscale's extra memory
 is a small fraction of the untiled one's, and near the 8-bit output it must hold anyway.
-python bench/upscale_tiling.py [SIZE] [FILTERS]   (writes bench/results/upscale_tiling.json)
+python bench/upscale_tiling.py [SIZE] [FILTERS]   (writes bench/results/upscale_tiling-DATE.json)
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def make_model(path: Path, filters: int) -> None:
 
 
 def main() -> None:
-    from bench.common import report
+    from bench.harness import report
 
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     filters = int(sys.argv[2]) if len(sys.argv) > 2 else 32

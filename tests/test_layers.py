@@ -94,3 +94,14 @@ def test_the_check_sees_a_wrong_edge(tmp_path: Path, layer: str, source: str, ex
     modules = [module.split(".")[0] for _, module in _modules(tree)]
     wrong = [f"{layer} imports {m}" for m in modules if m in PACKAGES and m not in MAY_IMPORT[layer]]
     assert wrong == [expected]
+
+
+def test_no_script_folder_shadows_a_package() -> None:
+    """`python bench/X.py` puts bench/ first on the path: a bench/common.py would stand in for common/."""
+    clashes = [
+        f"{folder}/{package}.py"
+        for folder in ("bench", "tools")
+        for package in (*PACKAGES, "tests")
+        if (ROOT / folder / f"{package}.py").exists()
+    ]
+    assert not clashes

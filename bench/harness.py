@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -29,11 +32,31 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def machine() -> dict[str, object]:
+    """What ran it: figures from two machines are not compared."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "system": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+    }
+
+
 def report(name: str, figures: dict[str, object]) -> Path:
-    """Print figures and write them to bench/results/NAME.json."""
+    """Print figures and write them, dated, to bench/results/NAME-YYYY-MM-DD.json (committed when a
+    figure in the README or docs/ rests on them: each such figure names its file)."""
     RESULTS.mkdir(exist_ok=True)
-    payload = {"benchmark": name, "python": sys.version.split()[0], "machine": platform.machine(), **figures}
-    out = RESULTS / f"{name}.json"
+    day = datetime.date.today().isoformat()
+    payload = {"benchmark": name, "date": day, "machine": machine(), **figures}
+    out = RESULTS / f"{name}-{day}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
     for key, value in figures.items():
         print(f"{key:>40}: {value}")
