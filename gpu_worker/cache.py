@@ -37,10 +37,17 @@ def module_bytes(pipeline: DiffusionPipeline) -> dict[int, int]:
     return sizes
 
 
-def _resident(loaded: LoadedPipeline) -> dict[int, int]:
-    """What a pipeline keeps on the device: all of it, or offloaded, its largest part at a time."""
+def offloads(nbytes: int, budget: int | None) -> bool:
+    """A pipeline larger than the device's budget runs with model CPU offload (FLUX.1 on a 16 GB card)."""
+    return budget is not None and nbytes > budget
+
+
+def _resident(loaded: LoadedPipeline, budget: int | None = None) -> dict[int, int]:
+    """What a pipeline keeps on the device: all of it, or offloaded, its largest part at a time
+    (`budget`: as it will be once placed under that budget)."""
     sizes = module_bytes(loaded.pipeline)
-    if loaded.offloaded:
+    offloaded = loaded.offloaded if budget is None else offloads(sum(sizes.values()), budget)
+    if offloaded:
         return {id(loaded.pipeline): max(sizes.values(), default=0)}
     return sizes
 
@@ -74,11 +81,15 @@ class PipelineCache:
         device_budget: int,
         cpu_budget: int,
         load: Callable[[LoadRequest], LoadedPipeline],
+        place: Callable[[LoadedPipeline], None] | None = None,
     ) -> None:
+        """`load` builds a pipeline; `place` (when given) puts a built one on the device, which the
+        cache calls only once it has made room for it. Without `place`, `load` returns it placed."""
         self.device = device
         self.device_budget = device_budget
         self.cpu_budget = 0 if device == "cpu" else cpu_budget
         self._load = load
+        self._place = place
         self._device: OrderedDict[str, CacheEntry] = OrderedDict()
         self._cpu: OrderedDict[str, CacheEntry] = OrderedDict()
         self.stats = CacheStats()
@@ -104,8 +115,10 @@ class PipelineCache:
             self._device[key] = entry
             self.stats.cpu_hits += 1
             return entry.loaded, "cpu"
-        # Free the device before loading: the new pipeline must fit beside what stays.
         loaded = self._load(request)
+        if self._place is not None:  # room first: near the budget, placing it beside the rest would fail
+            self._make_room(self._added(_resident(loaded, self.device_budget)))
+            self._place(loaded)
         entry = CacheEntry(loaded, _resident(loaded))
         self._make_room(self._added(entry.modules))
         if loaded.offloaded:

@@ -17,6 +17,7 @@ import torch
 import transformers
 
 from common.protocol import LoadRequest
+from gpu_worker.cache import offloads, pipeline_bytes
 from gpu_worker.families import FAMILIES
 from gpu_worker.loaded import CheckpointLoadError, LoadedPipeline
 from gpu_worker.model_parts import PartError
@@ -37,6 +38,15 @@ def default_dtype(device: str, family: str = "sd1") -> torch.dtype:
 def load_pipeline(
     request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None, budget: int | None = None
 ) -> LoadedPipeline:
+    """Built, then placed on `device` (tests, benches, the debug run; the cache makes room between the two)."""
+    loaded = build_pipeline(request, device, dtype)
+    place(loaded, device, budget)
+    return loaded
+
+
+def build_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedPipeline:
+    """The checkpoint's pipeline in CPU RAM, in the dtype it will run in on `device` (parts from the
+    component store already on `device` are shared, not copied)."""
     family = FAMILIES.get(request.family)
     if family is None:
         raise CheckpointLoadError(f"{request.name}: {request.architecture} checkpoints cannot be run by Easel")
@@ -54,21 +64,21 @@ def load_pipeline(
     except Exception as e:  # diffusers reports layout problems with many exception types
         raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e
     pipeline.set_progress_bar_config(disable=True)
-    offloaded = False
+    return LoadedPipeline(
+        pipeline, request, "cpu", dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
+    )
+
+
+def place(loaded: LoadedPipeline, device: str, budget: int | None = None) -> None:
+    """A built pipeline onto its device, or, larger than the budget, left in CPU RAM with each part
+    moved to the device while it runs."""
+    started = time.perf_counter()
     if device != "cpu":  # it was built on the CPU; walking every module to stay there costs 0.15 s
-        size = sum(
-            p.numel() * p.element_size()
-            for m in pipeline.components.values()
-            if isinstance(m, torch.nn.Module)
-            for p in m.parameters()
-        )
-        offloaded = budget is not None and size > budget
-        if offloaded:  # too big for the device: each part goes there while it runs (FLUX.1 on a 16 GB card)
+        pipeline = loaded.pipeline
+        loaded.offloaded = offloads(pipeline_bytes(pipeline), budget)
+        if loaded.offloaded:
             pipeline.enable_model_cpu_offload(device=device)
         else:
             pipeline.to(device)
-    loaded = LoadedPipeline(
-        pipeline, request, device, dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
-    )
-    loaded.offloaded = offloaded
-    return loaded
+    loaded.device = device
+    loaded.load_seconds += time.perf_counter() - started

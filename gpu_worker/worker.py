@@ -125,7 +125,7 @@ def run_worker(
     import torch
 
     from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import default_dtype, load_pipeline
+    from gpu_worker.loader import build_pipeline, default_dtype, place
     from gpu_worker.runner import BatchRunner
 
     device = resolve_device(config.device)
@@ -135,7 +135,8 @@ def run_worker(
         device,
         budget,
         config.cpu_budget_bytes if config.cpu_budget_bytes is not None else cpu_budget,
-        lambda request: load_pipeline(request, device, budget=budget),
+        lambda request: build_pipeline(request, device),
+        lambda loaded: place(loaded, device, budget),
     )
     cancelled: set[str] = set()
     lock = threading.Lock()

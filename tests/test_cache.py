@@ -63,3 +63,50 @@ def test_gpu_worker_keeps_evicted_pipelines_in_cpu_ram() -> None:
     cache.get(req("d"))  # RAM tier holds two: the oldest there (b) is dropped
     assert cache.where(req("b").cache_key) == "disk"
     assert cache.stats.cpu_hits == 1
+
+
+def test_room_is_made_before_a_new_pipeline_goes_on_the_device() -> None:
+    """Near the budget a new model is placed only after the old one left the device: placing it
+    beside the rest first would run the card out of memory (a GPU worker builds in CPU RAM, then places)."""
+    on_device_when_placed: list[list[str]] = []
+    cache: PipelineCache
+
+    def build(request: LoadRequest) -> LoadedPipeline:
+        return LoadedPipeline(FakePipeline(4 * MB), request, "cpu", torch.float32, 0.0)  # type: ignore[arg-type]
+
+    def place(loaded: LoadedPipeline) -> None:
+        on_device_when_placed.append([key[:1] for key in cache.loaded_keys()])
+        loaded.pipeline.to("cuda:0")
+        loaded.device = "cuda:0"
+
+    cache = PipelineCache("cuda:0", 5 * MB, 9 * MB, build, place)  # one 4 MB pipeline fits on the device
+    cache.get(req("a"))
+    cache.get(req("b"))
+    assert on_device_when_placed == [[], []]  # b was placed after a had gone to CPU RAM
+    assert cache.where(req("a").cache_key) == "cpu" and cache.loaded_keys() == [req("b").cache_key]
+
+
+def test_a_pipeline_over_the_budget_is_counted_as_offloaded_before_it_is_placed() -> None:
+    """Offloaded, a pipeline keeps one part at a time on the device: room is made for that part only,
+    so what else is there stays."""
+    cache: PipelineCache
+    kept: list[list[str]] = []
+
+    def build(request: LoadRequest) -> LoadedPipeline:
+        pipeline = FakePipeline(2 * MB)
+        if request.name == "big":  # 20 MB in two 10 MB parts, over the 16 MB budget
+            pipeline.components = {
+                "unet": torch.nn.Linear(10 * MB // 4, 1, bias=False),
+                "text_encoder": torch.nn.Linear(10 * MB // 4, 1, bias=False),
+            }
+        return LoadedPipeline(pipeline, request, "cpu", torch.float32, 0.0)  # type: ignore[arg-type]
+
+    def place(loaded: LoadedPipeline) -> None:
+        kept.append([key[:1] for key in cache.loaded_keys()])
+        loaded.offloaded = loaded.request.name == "big"
+
+    cache = PipelineCache("cuda:0", 16 * MB, 0, build, place)
+    cache.get(req("a"))
+    cache.get(req("big"))
+    assert kept == [[], ["a"]]  # a (2 MB) and one 10 MB part at a time fit in 16 MB: a stayed
+    assert cache.loaded_keys() == [req("a").cache_key, req("big").cache_key]
