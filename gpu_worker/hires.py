@@ -22,7 +22,8 @@ def upscale(pipe, latents: torch.Tensor, size: tuple[int, int], upscaler: str | 
     if isinstance(upscaler, str) and upscaler in LATENT_UPSCALERS:
         mode, antialias = LATENT_UPSCALERS[upscaler]
         options = {"antialias": antialias} if mode in ("bilinear", "bicubic") else {}
-        return torch.nn.functional.interpolate(latents, size=(height // 8, width // 8), mode=mode, **options)
+        scale = pipe.vae_scale_factor  # the VAE's own: 8 for SD's, 4 for the demo model's
+        return torch.nn.functional.interpolate(latents, size=(height // scale, width // scale), mode=mode, **options)
     decoded = decode(pipe.vae, latents)
     return enlarge(pipe.image_processor.postprocess(decoded, output_type="pil"), size, upscaler)
 

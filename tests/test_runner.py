@@ -287,3 +287,17 @@ def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRe
     )  # fmt: skip
     assert FAMILIES["flux"].refuses(batch) == "flux-dev: inpainting and embeddings are not supported on it yet"
     assert FAMILIES["sd1"].refuses(batch) is None
+
+
+def test_the_latent_hires_fix_enlarges_by_the_vaes_own_scale() -> None:
+    """The demo model's VAE shrinks 4x, not 8x: a 64 px job at hires 2 is 128 px, by a latent upscaler too."""
+    from bot.demo import DEMO_FILE
+
+    ins = inspect_file(DEMO_FILE)
+    load = LoadRequest(str(DEMO_FILE), "easel-demo", "sd1", "SD1.x", ins.format, ins.pipeline_config, "epsilon")
+    events: list[object] = []
+    cache = PipelineCache("cpu", 1 << 40, 0, lambda request: load_pipeline(request, "cpu"))
+    runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
+    runner.run(batch(load, JobPart("j", "a red circle", "", (1,)), steps=2, hires_scale=2.0, hires_upscaler="Latent"))
+    [done] = [e for e in events if isinstance(e, JobDone)]
+    assert Image.open(io.BytesIO(done.images[0].png)).size == (128, 128)
