@@ -492,3 +492,36 @@ async def test_a_flux_lora_applies_at_its_strength_and_leaves_no_trace(jobs: Job
         make_tiny_lora("sd1", folder / "sd1-ink.safetensors", seed=1)
         await jobs.loras.scan()
         await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="x <lora:sd1-ink:1>", checkpoint="flux-dev"))
+
+
+def test_an_offloaded_flow_model_is_previewed_without_its_vae(flux_dir: Path) -> None:
+    """Offloaded, waking the VAE for a preview would drag the transformer off the device every few
+    steps: the preview comes from the latents by ComfyUI's linear map; the VAE decodes the result only."""
+    from common.protocol import JobDone, JobPreview
+    from gpu_worker.cache import PipelineCache
+    from gpu_worker.runner import BatchRunner
+
+    events: list[object] = []
+    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
+    runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
+    load = request(flux_dir / "flux-dev.safetensors")
+    loaded, _ = cache.get(load)
+    loaded.offloaded = True  # as on a card smaller than the model (the cache sets it when placing)
+    decodes: list[tuple[int, ...]] = []
+    real_decode = loaded.pipeline.vae.decode
+
+    def decode(latents, *args, **kwargs):
+        decodes.append(tuple(latents.shape))
+        return real_decode(latents, *args, **kwargs)
+
+    loaded.pipeline.vae.decode = decode
+    try:
+        batch = RunBatch.of("b", load, (JobPart("j", "a red circle", "", (7,)),), 64, 64, 4, cfg=1.0, preview_every=1)
+        runner.run(batch)
+    finally:
+        del loaded.pipeline.vae.decode
+        loaded.offloaded = False
+    previews = [e for e in events if isinstance(e, JobPreview)]
+    assert previews and len(decodes) == 1  # the finished picture's decode only
+    assert Image.open(io.BytesIO(previews[0].png)).size == (8, 8)  # the latent's size: 64 px / 8
+    assert [e for e in events if isinstance(e, JobDone)]

@@ -14,7 +14,7 @@ from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_g
 from gpu_worker.hires import enlarge
 from gpu_worker.init_images import prepare_init
 from gpu_worker.loaded import image_to_image
-from gpu_worker.previews import vae_previews
+from gpu_worker.previews import latents_to_images, vae_previews
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache
 
@@ -22,6 +22,10 @@ from gpu_worker.textual_inversion import EmbeddingCache
 class FlowFamily(Family):
     flow = True
     gpu_dtype = torch.bfloat16  # as BFL, SAI and ComfyUI run them (T5 overflows fp16)
+    # The cheap preview's 16 x 3 map from latents to RGB and its bias (ComfyUI's latent_formats),
+    # for a model whose VAE must not be woken for a preview (offloaded: it would drag the
+    # transformer off the device every few steps).
+    preview_map: tuple[list[list[float]], list[float]] = ([], [])
 
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
         """The pipeline's guidance and text arguments for the call's prompts."""
@@ -85,6 +89,10 @@ class FlowFamily(Family):
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
         width, height = run.size  # this pass's (the hires fix's second is larger)
+        if run.loaded.offloaded:
+            if latents.ndim == 3:  # Flux packs 2x2 patches into tokens: a reshape, no model
+                latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            return latents_to_images(latents, *self.preview_map)[0]
         return vae_previews(pipe, latents, height, width)[0]
 
 

@@ -102,6 +102,16 @@ def _sd3_weighted(pipe, texts: Sequence[str], max_length: int, unweighted: torch
 
 class StableDiffusion3(FlowFamily):
     name = "sd3"
+    # ComfyUI comfy/latent_formats.py `SD3`: latent_rgb_factors and latent_rgb_factors_bias.
+    preview_map = (
+        [
+            [-0.0922, -0.0175, 0.0749], [0.0311, 0.0633, 0.0954], [0.1994, 0.0927, 0.0458], [0.0856, 0.0339, 0.0902],
+            [0.0587, 0.0272, -0.0496], [-0.0006, 0.1104, 0.0309], [0.0978, 0.0306, 0.0427], [-0.0042, 0.1038, 0.1358],
+            [-0.0194, 0.0020, 0.0669], [-0.0488, 0.0130, -0.0268], [0.0922, 0.0988, 0.0951], [-0.0278, 0.0524, -0.0542],
+            [0.0332, 0.0456, 0.0895], [-0.0069, -0.0030, -0.0810], [-0.0596, -0.0465, -0.0293], [-0.1448, -0.1463, -0.1189],
+        ],
+        [0.2394, 0.2135, 0.1925],
+    )  # fmt: skip
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> StableDiffusion3Pipeline:
         return sd3_pipeline(request, dtype, device)
