@@ -144,6 +144,15 @@ class PipelineCache:
         self._make_room(self._added(entry.modules))
         self._device[key] = entry
 
+    def keep_only(self, key: str) -> int:
+        """Every other pipeline off the device (to CPU RAM where it fits, else away): what a job that
+        ran out of memory tries before its retry. Returns how many left."""
+        others = [k for k in self._device if k != key]
+        for other in others:
+            self._evict(other)
+        self._released()
+        return len(others)
+
     def discard(self, key: str) -> None:
         """Forget a pipeline whose state is in doubt; the next job loads it afresh."""
         self._device.pop(key, None)
@@ -152,20 +161,26 @@ class PipelineCache:
 
     def _make_room(self, nbytes: int) -> None:
         while self._device and self._used(self._device) + nbytes > self.device_budget:
-            key, entry = self._device.popitem(last=False)
-            self.stats.evictions += 1
-            shares = any(entry.modules.keys() & other.modules.keys() for other in (*self._device.values(), *self._cpu.values()))
-            # an offloaded pipeline already lives in CPU RAM: dropping it frees that too
-            if entry.nbytes <= self.cpu_budget and not shares and not entry.loaded.offloaded:
-                while self._cpu and self._used(self._cpu) + entry.nbytes > self.cpu_budget:
-                    self._cpu.popitem(last=False)
-                entry.loaded.pipeline.to("cpu")
-                entry.loaded.device = "cpu"
-                self._cpu[key] = entry
-                log.info("cache: %s moved to CPU RAM", entry.loaded.request.name)
-            else:
-                log.info("cache: %s evicted", entry.loaded.request.name)
-            del entry
+            self._evict(next(iter(self._device)))  # the least recently used
+        self._released()
+
+    def _evict(self, key: str) -> None:
+        """One pipeline off the device: to CPU RAM when it fits there and shares no part, else away."""
+        entry = self._device.pop(key)
+        self.stats.evictions += 1
+        shares = any(entry.modules.keys() & other.modules.keys() for other in (*self._device.values(), *self._cpu.values()))
+        # an offloaded pipeline already lives in CPU RAM: dropping it frees that too
+        if entry.nbytes <= self.cpu_budget and not shares and not entry.loaded.offloaded:
+            while self._cpu and self._used(self._cpu) + entry.nbytes > self.cpu_budget:
+                self._cpu.popitem(last=False)
+            entry.loaded.pipeline.to("cpu")
+            entry.loaded.device = "cpu"
+            self._cpu[key] = entry
+            log.info("cache: %s moved to CPU RAM", entry.loaded.request.name)
+        else:
+            log.info("cache: %s evicted", entry.loaded.request.name)
+
+    def _released(self) -> None:
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

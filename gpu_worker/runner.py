@@ -149,7 +149,13 @@ class BatchRunner:
         try:
             return family.draw(run, draw, callback)
         except torch.OutOfMemoryError:
-            log.warning("batch %s: out of memory; retrying one image at a time with memory savers", run.batch.batch_id)
+            freed = self.cache.keep_only(run.loaded.request.cache_key)  # the other models make room
+            log.warning(
+                "batch %s: out of memory; %d other model(s) moved off the device, retrying one image at a time "
+                "with memory savers",
+                run.batch.batch_id,
+                freed,
+            )
         gc.collect()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

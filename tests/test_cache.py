@@ -110,3 +110,14 @@ def test_a_pipeline_over_the_budget_is_counted_as_offloaded_before_it_is_placed(
     cache.get(req("big"))
     assert kept == [[], ["a"]]  # a (2 MB) and one 10 MB part at a time fit in 16 MB: a stayed
     assert cache.loaded_keys() == [req("a").cache_key, req("big").cache_key]
+
+
+def test_keep_only_moves_every_other_model_off_the_device() -> None:
+    """What a job that ran out of memory does before its retry: the others go to CPU RAM (or away)."""
+    cache, _ = make_cache("cuda:0", device_mb=13, cpu_mb=5)  # three on the device, one in RAM
+    for name in ("a", "b", "c"):
+        cache.get(req(name))
+    assert cache.keep_only(req("b").cache_key) == 2
+    assert cache.loaded_keys() == [req("b").cache_key]
+    assert {cache.where(req(n).cache_key) for n in ("a", "c")} == {"cpu", "disk"}  # RAM held one of them
+    assert cache.keep_only(req("b").cache_key) == 0

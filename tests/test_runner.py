@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -201,9 +202,12 @@ def test_out_of_memory_retries_one_image_at_a_time_then_gives_up(
         return real_call(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", flaky)
+    other = replace(load_request, sha256="f" * 64)  # another model in the cache
+    cache.get(other)
     rec = Recorder(cache)
     rec.run(batch(load_request, JobPart("j", "a", "", (1, 2))))
     assert calls == [2, 1, 1]  # whole batch, then each image alone
+    assert cache.where(other.cache_key) != "device"  # the others made room before the retry
     assert [i.seed for i in rec.of(JobDone)[0].images] == [1, 2]
     pipe, _ = cache.get(load_request)
     assert not pipe.pipeline.vae.use_tiling  # savers are switched off again afterwards
@@ -277,7 +281,6 @@ def test_a_draw_splits_its_pictures_back_to_its_jobs_and_retries_one_by_one() ->
 
 
 def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRequest) -> None:
-    from dataclasses import replace
 
     from gpu_worker.families import FAMILIES
 
