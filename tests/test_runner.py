@@ -281,7 +281,6 @@ def test_a_draw_splits_its_pictures_back_to_its_jobs_and_retries_one_by_one() ->
 
 
 def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRequest) -> None:
-
     from gpu_worker.families import FAMILIES
 
     batch = RunBatch.of(
