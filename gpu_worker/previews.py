@@ -8,6 +8,8 @@ import io
 import torch
 from PIL import Image
 
+from gpu_worker.latents import decode
+
 
 def latents_to_images(latents: torch.Tensor, factors: list[list[float]], bias: list[float]) -> list[Image.Image]:
     """(B, C, h, w) latents -> B small RGB images of h x w, by the family's C x 3 map and bias."""
@@ -26,12 +28,10 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def vae_previews(pipe, latents: torch.Tensor, height: int, width: int) -> list[Image.Image]:
-    """Latents -> pictures through the VAE: Flux's packed ones (B, tokens, 64) unpacked first."""
-    with torch.no_grad():
-        if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
-            latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
-        config = pipe.vae.config
-        shift = getattr(config, "shift_factor", None) or 0.0
-        decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / config.scaling_factor + shift).sample
+    """Latents -> pictures through the VAE (gpu_worker/latents.py): Flux's packed ones (B, tokens, 64)
+    unpacked first."""
+    if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    decoded = decode(pipe.vae, latents)
     pixels = ((decoded.float().cpu() + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(p) for p in pixels]
