@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # workers, a second tier in CPU RAM. Unset: derived from the memory each has.
     cache_device_gb: float | None = Field(default=None, gt=0)
     cache_cpu_gb: float | None = Field(default=None, ge=0)
+    # What the models compute in (A1111's --no-half): auto, full (float32), half (fp16) or bf16.
+    precision: Literal["auto", "full", "half", "bf16"] = "auto"
     # Fairness limits for the bot's users (the CLI is not limited).
     max_queued_per_user: int = Field(default=3, ge=1)
     max_queue: int = Field(default=100, ge=1)

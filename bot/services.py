@@ -75,7 +75,9 @@ async def open_services(
         registry = CheckpointRegistry(db, settings.models_root())
         generation = GenerationService(
             db,
-            worker_configs(settings.devices, settings.cache_device_gb, settings.cache_cpu_gb),
+            worker_configs(
+                settings.devices, settings.cache_device_gb, settings.cache_cpu_gb, precision=settings.precision
+            ),
             limits or limits_from(settings),
             preview_every=settings.preview_every if preview_every is None else preview_every,
             broker_url=settings.broker_url,

@@ -28,6 +28,7 @@ from cli.checkpoints import open_registry
 from common.errors import EaselError
 from common.parameters import Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
+from common.worker_config import PRECISIONS
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -62,7 +63,13 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
     db = await open_database(settings.database_path)
     service = GenerationService(
         db,
-        worker_configs(devices, settings.cache_device_gb, settings.cache_cpu_gb, "INFO" if args.verbose else "WARNING"),
+        worker_configs(
+            devices,
+            settings.cache_device_gb,
+            settings.cache_cpu_gb,
+            "INFO" if args.verbose else "WARNING",
+            args.precision or settings.precision,
+        ),
         limits,
         preview_every=0,
         broker_url=args.broker,
@@ -205,6 +212,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="what the model computes in: auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 "
+        "(default: EASEL_PRECISION)",
+    )
     p.add_argument(
         "--broker",
         type=broker_url,

@@ -11,3 +11,9 @@ class WorkerConfig:
     device_budget_bytes: int | None = None  # pipeline cache on the device; None = derived from memory size
     cpu_budget_bytes: int | None = None  # second tier (GPU workers only)
     log_level: str = "INFO"
+    # What the models compute in, as A1111's --no-half and --precision: auto (fp16 for SD families
+    # and bf16 for flow models on CUDA, float32 on a CPU), full (float32), half (fp16) or bf16.
+    precision: str = "auto"
+
+
+PRECISIONS = ("auto", "full", "half", "bf16")

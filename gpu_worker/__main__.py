@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from common.families import SUPPORTED_FAMILIES
 from common.protocol import is_broker_url
+from common.worker_config import PRECISIONS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -101,6 +103,12 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
         "--cache-device-gb", type=float, default=None, help="pipeline cache on the device (default: from its memory)"
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=os.environ.get("EASEL_PRECISION", "auto"),
+        help="auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 (default: $EASEL_PRECISION or auto)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -158,6 +166,7 @@ def _remote(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         cache_device_gb=args.cache_device_gb,
         log_level=args.log_level,
+        precision=args.precision,
     )
     return run_devices(options, [d.strip() for d in args.devices.split(",") if d.strip()])
 

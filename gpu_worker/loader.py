@@ -28,8 +28,11 @@ diffusers.utils.logging.disable_progress_bar()
 transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, e.g. for LoRA text-encoder layers
 
 
-def default_dtype(device: str, family: str = "sd1") -> torch.dtype:
-    """float32 on a CPU; on a GPU the family's own (fp16 for SD, bf16 for Flux and SD3)."""
+def default_dtype(device: str, family: str = "sd1", precision: str = "auto") -> torch.dtype:
+    """The dtype a model runs in: the precision asked for (half and bf16 work on a CPU too), or by
+    default float32 on a CPU and on a GPU the family's own (fp16 for SD, bf16 for Flux and SD3)."""
+    if precision != "auto":
+        return {"full": torch.float32, "half": torch.float16, "bf16": torch.bfloat16}[precision]
     if not device.startswith("cuda"):
         return torch.float32
     return FAMILIES[family].gpu_dtype if family in FAMILIES else torch.float16

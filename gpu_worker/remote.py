@@ -74,6 +74,7 @@ class RemoteOptions:
     metrics_port: int | None = None
     cache_device_gb: float | None = None
     log_level: str = "INFO"
+    precision: str = "auto"
     worker_id: str = field(default="")
 
 
@@ -366,7 +367,8 @@ def run_remote(options: RemoteOptions) -> int:
     threading.Thread(target=link.run_heartbeats, name="heartbeats", daemon=True).start()
     log.info("worker %s on %s serving %s", options.worker_id, device, redacted(options.broker))
     budget = int(options.cache_device_gb * 1e9) if options.cache_device_gb else None
-    run_worker(WorkerConfig(device, budget, None, options.log_level), link.receive, link.send, localise=index.localise)
+    config = WorkerConfig(device, budget, None, options.log_level, options.precision)
+    run_worker(config, link.receive, link.send, localise=index.localise)
     return 0
 
 
@@ -388,7 +390,7 @@ def run_devices(options: RemoteOptions, devices: list[str]) -> int:
     for i, device in enumerate(devices):
         argv = [sys.executable, "-m", "gpu_worker", "remote", "--models-dir", str(options.models_dir)]
         argv += ["--devices", device, "--max-pixels", str(options.max_pixels), "--families", ",".join(options.families)]
-        argv += ["--log-level", options.log_level]
+        argv += ["--log-level", options.log_level, "--precision", options.precision]
         if options.metrics_port is not None:
             argv += ["--metrics-port", str(options.metrics_port + i)]
         if options.cache_device_gb:

@@ -135,7 +135,7 @@ def run_worker(
         device,
         budget,
         config.cpu_budget_bytes if config.cpu_budget_bytes is not None else cpu_budget,
-        lambda request: build_pipeline(request, device),
+        lambda request: build_pipeline(request, device, default_dtype(device, request.family, config.precision)),
         lambda loaded: place(loaded, device, budget),
     )
     cancelled: set[str] = set()
@@ -165,8 +165,9 @@ def run_worker(
 
     runner = BatchRunner(device, cache, send, is_cancelled)
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
-    send(WorkerReady(device, os.getpid(), str(torch.__version__), str(default_dtype(device)).removeprefix("torch.")))
-    log.info("worker ready on %s (cache budget %.1f GB)", device, cache.device_budget / 1e9)
+    dtype = str(default_dtype(device, "sd1", config.precision)).removeprefix("torch.")
+    send(WorkerReady(device, os.getpid(), str(torch.__version__), dtype))
+    log.info("worker ready on %s, precision %s (cache budget %.1f GB)", device, config.precision, cache.device_budget / 1e9)
     while not isinstance(command := inbox.get(), Shutdown):
         log.info("batch %s started: %d image(s) of %s", command.batch_id, command.image_count, command.load.name)
         try:

@@ -110,3 +110,20 @@ def test_worker_runs_on_its_own_for_debugging(tmp_path: Path, tiny_dir: Path, ca
     assert "BatchProgress" in printed and "JobDone" in printed
     assert parse_infotext(Image.open(out).info["parameters"])[0] == "a cat"
     assert main(["generate", str(tiny_dir / "missing.safetensors"), "--prompt", "x"]) == 1
+
+
+@pytest.mark.slow
+def test_precision_reaches_the_model(env: Path, tiny_dir: Path) -> None:
+    """EASEL_PRECISION=bf16 (the bot's setting too) and `--precision full` draw the same picture to
+    within bf16's rounding, and not bit for bit: each ran in the precision it asked for."""
+    common = ["generate", "--checkpoint", str(tiny_dir / "tiny-sd1.safetensors"), "--prompt", "a red fox"]
+    common += ["--steps", "3", "--seed", "7", "--size", "64x64"]
+    half = run_bot_py(*common, "--out", "bf16", cwd=env, env={**os.environ, "EASEL_PRECISION": "bf16"})
+    assert half.returncode == 0, half.stderr
+    full = run_bot_py(*common, "--precision", "full", "--out", "full", cwd=env, env={**os.environ, "EASEL_PRECISION": "bf16"})
+    assert full.returncode == 0, full.stderr
+    [a], [b] = (list((env / folder).glob("*.png")) for folder in ("bf16", "full"))
+    difference = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
+    assert 0 < difference.mean() < 20  # bf16 keeps 8 bits of mantissa: close, never identical
+    bad = run_bot_py(*common, "--precision", "quarter", "--out", "x", cwd=env, env={**os.environ})
+    assert bad.returncode != 0 and "invalid choice: 'quarter'" in bad.stderr

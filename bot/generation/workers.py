@@ -15,14 +15,21 @@ from common.worker_config import WorkerConfig
 
 
 def worker_configs(
-    devices: list[str], cache_device_gb: float | None, cache_cpu_gb: float | None, log_level: str = "INFO"
+    devices: list[str],
+    cache_device_gb: float | None,
+    cache_cpu_gb: float | None,
+    log_level: str = "INFO",
+    precision: str = "auto",
 ) -> list[WorkerConfig]:
     """One worker per configured device."""
 
     def to_bytes(gb: float | None) -> int | None:
         return None if gb is None else int(gb * 1e9)
 
-    return [WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level) for device in devices]
+    return [
+        WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level, precision)
+        for device in devices
+    ]
 
 
 log = logging.getLogger(__name__)
