@@ -49,13 +49,15 @@ def resolve_device(device: str) -> str:
 
 
 def default_budgets(device: str) -> tuple[int, int]:
+    """(device, CPU RAM) cache budgets from the memory free when the worker starts: another process
+    on the same card (a second worker, a desktop, another program) keeps what it holds."""
     import psutil
     import torch
 
-    ram = psutil.virtual_memory().total
+    ram = psutil.virtual_memory().available
     if device.startswith("cuda"):
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        return max(total - (3 << 30), total // 2), int(ram * 0.4)  # room left for activations
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return max(free - (3 << 30), free // 2), int(ram * 0.4)  # room left for activations
     return int(ram * 0.5), 0
 
 

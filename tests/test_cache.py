@@ -121,3 +121,18 @@ def test_keep_only_moves_every_other_model_off_the_device() -> None:
     assert cache.loaded_keys() == [req("b").cache_key]
     assert {cache.where(req(n).cache_key) for n in ("a", "c")} == {"cpu", "disk"}  # RAM held one of them
     assert cache.keep_only(req("b").cache_key) == 0
+
+
+def test_a_gpu_workers_budget_comes_from_the_memory_free_when_it_starts(monkeypatch) -> None:
+    """A card another program already half fills gets a budget from what is left, not from its size."""
+    import psutil
+
+    from gpu_worker.worker import default_budgets
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 24 * gib))  # 14 GiB in use
+    monkeypatch.setattr(
+        psutil, "virtual_memory", lambda: type("Memory", (), {"available": 64 * gib, "total": 128 * gib})
+    )
+    assert default_budgets("cuda:0") == (7 * gib, int(64 * gib * 0.4))  # 10 GiB free less room for activations
+    assert default_budgets("cpu") == (32 * gib, 0)
