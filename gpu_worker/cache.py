@@ -66,6 +66,10 @@ class CacheEntry:
         return sum(self.modules.values())
 
 
+def _parts(entry: CacheEntry) -> set[int]:
+    return set(entry.modules) | set(module_bytes(entry.loaded.pipeline))
+
+
 @dataclass
 class CacheStats:
     device_hits: int = 0
@@ -168,7 +172,10 @@ class PipelineCache:
         """One pipeline off the device: to CPU RAM when it fits there and shares no part, else away."""
         entry = self._device.pop(key)
         self.stats.evictions += 1
-        shares = any(entry.modules.keys() & other.modules.keys() for other in (*self._device.values(), *self._cpu.values()))
+        # Parts as they are now, not only as loaded: a job's VAE (gpu_worker/vaes.py) is one object
+        # put into every pipeline that runs with it.
+        mine = _parts(entry)
+        shares = any(mine & _parts(other) for other in (*self._device.values(), *self._cpu.values()))
         # an offloaded pipeline already lives in CPU RAM: dropping it frees that too
         if entry.nbytes <= self.cpu_budget and not shares and not entry.loaded.offloaded:
             while self._cpu and self._used(self._cpu) + entry.nbytes > self.cpu_budget:

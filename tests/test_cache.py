@@ -136,3 +136,16 @@ def test_a_gpu_workers_budget_comes_from_the_memory_free_when_it_starts(monkeypa
     )
     assert default_budgets("cuda:0") == (7 * gib, int(64 * gib * 0.4))  # 10 GiB free less room for activations
     assert default_budgets("cpu") == (32 * gib, 0)
+
+
+def test_a_part_two_pipelines_took_up_later_is_never_moved_from_under_one() -> None:
+    """A job's VAE is one object in every pipeline that ran with it: the pipeline that leaves the
+    device is dropped, not moved to CPU RAM with the VAE the other still uses there."""
+    cache, _ = make_cache("cuda:0", device_mb=9, cpu_mb=100)  # two 4 MB pipelines on the device
+    a, _ = cache.get(req("a"))
+    b, _ = cache.get(req("b"))
+    shared_vae = torch.nn.Linear(4, 1, bias=False)
+    a.pipeline.components["vae"] = b.pipeline.components["vae"] = shared_vae  # as VaeCache.apply does
+    cache.get(req("c"))  # room for c: a, the oldest, leaves the device
+    assert cache.where(req("a").cache_key) == "disk" and "cpu" not in a.pipeline.moves
+    assert cache.where(req("b").cache_key) == "device"
