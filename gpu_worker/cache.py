@@ -67,7 +67,10 @@ class CacheEntry:
 
 
 def _parts(entry: CacheEntry) -> set[int]:
-    return set(entry.modules) | set(module_bytes(entry.loaded.pipeline))
+    """The pipeline's modules by identity, as counted and as they are now (no sizes: nothing walks
+    the parameters of every cached model on each eviction)."""
+    now = {id(c) for c in entry.loaded.pipeline.components.values() if isinstance(c, torch.nn.Module)}
+    return set(entry.modules) | now
 
 
 @dataclass
