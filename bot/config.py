@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     cache_cpu_gb: float | None = Field(default=None, ge=0)
     # What the models compute in (A1111's --no-half): auto, full (float32), half (fp16) or bf16.
     precision: Literal["auto", "full", "half", "bf16"] = "auto"
+    # The VAE's (A1111's --no-half-vae): auto (the model's, float32 where fp16 overflows) or full.
+    vae_precision: Literal["auto", "full"] = "auto"
     # Fairness limits for the bot's users (the CLI is not limited).
     max_queued_per_user: int = Field(default=3, ge=1)
     max_queue: int = Field(default=100, ge=1)

@@ -76,7 +76,11 @@ async def open_services(
         generation = GenerationService(
             db,
             worker_configs(
-                settings.devices, settings.cache_device_gb, settings.cache_cpu_gb, precision=settings.precision
+                settings.devices,
+                settings.cache_device_gb,
+                settings.cache_cpu_gb,
+                precision=settings.precision,
+                vae_precision=settings.vae_precision,
             ),
             limits or limits_from(settings),
             preview_every=settings.preview_every if preview_every is None else preview_every,

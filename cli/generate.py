@@ -28,7 +28,7 @@ from cli.checkpoints import open_registry
 from common.errors import EaselError
 from common.parameters import Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
-from common.worker_config import PRECISIONS
+from common.worker_config import PRECISIONS, VAE_PRECISIONS
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -69,6 +69,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             settings.cache_cpu_gb,
             "INFO" if args.verbose else "WARNING",
             args.precision or settings.precision,
+            args.vae_precision or settings.vae_precision,
         ),
         limits,
         preview_every=0,
@@ -217,6 +218,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         help="what the model computes in: auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 "
         "(default: EASEL_PRECISION)",
+    )
+    p.add_argument(
+        "--vae-precision",
+        choices=VAE_PRECISIONS,
+        help="the VAE's: auto (the model's, float32 where fp16 overflows) or full, as A1111's --no-half-vae "
+        "(default: EASEL_VAE_PRECISION)",
     )
     p.add_argument(
         "--broker",

@@ -231,6 +231,8 @@ class WorkerReady:
     pid: int
     torch_version: str
     dtype: str
+    memory_total: int = 0  # bytes, of the device (RAM for a CPU worker)
+    memory_free: int = 0
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,8 @@ class BatchFinished:
     batch_id: str
     loaded: tuple[str, ...] = ()  # cache keys of pipelines on the device, most recent last
     steps_per_second: float = 0.0
+    memory_total: int = 0  # bytes, of the device (RAM for a CPU worker), as the batch ends
+    memory_free: int = 0
 
 
 @dataclass(frozen=True)

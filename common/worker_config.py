@@ -14,6 +14,11 @@ class WorkerConfig:
     # What the models compute in, as A1111's --no-half and --precision: auto (fp16 for SD families
     # and bf16 for flow models on CUDA, float32 on a CPU), full (float32), half (fp16) or bf16.
     precision: str = "auto"
+    # The VAE's, as A1111's --no-half-vae: auto (the model's; in fp16, a call whose result overflows
+    # runs again in float32, and that VAE's calls stay in float32: gpu_worker/latents.py) or full
+    # (every VAE held in float32).
+    vae_precision: str = "auto"
 
 
 PRECISIONS = ("auto", "full", "half", "bf16")
+VAE_PRECISIONS = ("auto", "full")

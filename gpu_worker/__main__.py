@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.families import SUPPORTED_FAMILIES
 from common.protocol import is_broker_url
-from common.worker_config import PRECISIONS
+from common.worker_config import PRECISIONS, VAE_PRECISIONS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -109,6 +109,13 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("EASEL_PRECISION", "auto"),
         help="auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 (default: $EASEL_PRECISION or auto)",
     )
+    p.add_argument(
+        "--vae-precision",
+        choices=VAE_PRECISIONS,
+        default=os.environ.get("EASEL_VAE_PRECISION", "auto"),
+        help="the VAE's: auto (the model's, float32 where fp16 overflows) or full, as A1111's --no-half-vae "
+        "(default: $EASEL_VAE_PRECISION or auto)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -167,6 +174,7 @@ def _remote(args: argparse.Namespace) -> int:
         cache_device_gb=args.cache_device_gb,
         log_level=args.log_level,
         precision=args.precision,
+        vae_precision=args.vae_precision,
     )
     return run_devices(options, [d.strip() for d in args.devices.split(",") if d.strip()])
 

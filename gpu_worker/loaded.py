@@ -55,3 +55,34 @@ def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
         loaded.derived[kind].set_progress_bar_config(disable=True)
     loaded.derived[kind].scheduler = loaded.pipeline.scheduler
     return loaded.derived[kind]
+
+
+Held = dict[str, tuple[torch.dtype, torch.device]]
+
+
+def held(loaded: LoadedPipeline) -> Held:
+    """Each module's dtype and device (its first weight's), as a call starts."""
+    states = {}
+    for name, component in loaded.pipeline.components.items():
+        weight = next(component.parameters(), None) if isinstance(component, torch.nn.Module) else None
+        if weight is not None:
+            states[name] = (weight.dtype, weight.device)
+    return states
+
+
+def restore(loaded: LoadedPipeline, before: Held) -> list[str]:
+    """Modules a failed call left in another dtype or on another device (diffusers upcasts a VAE and
+    casts it back only when the decode succeeds) put back as they were; their names. An offloaded
+    pipeline's parts move by design, so only their dtypes are restored."""
+    now = held(loaded)
+    changed = []
+    for name, (dtype, device) in before.items():
+        if name not in now or now[name] == (dtype, device):
+            continue
+        module = loaded.pipeline.components[name]
+        if loaded.offloaded:
+            module.to(dtype=dtype)
+        else:
+            module.to(device, dtype)
+        changed.append(name)
+    return changed

@@ -47,9 +47,16 @@ def load_pipeline(
     return loaded
 
 
-def build_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedPipeline:
+def vae_dtype(vae_precision: str) -> torch.dtype | None:
+    """The dtype every VAE is held in (full: float32, A1111's --no-half-vae); None: the model's."""
+    return torch.float32 if vae_precision == "full" else None
+
+
+def build_pipeline(
+    request: LoadRequest, device: str = "cpu", dtype: torch.dtype | None = None, vae: torch.dtype | None = None
+) -> LoadedPipeline:
     """The checkpoint's pipeline in CPU RAM, in the dtype it will run in on `device` (parts from the
-    component store already on `device` are shared, not copied)."""
+    component store already on `device` are shared, not copied), its VAE in `vae` if given."""
     family = FAMILIES.get(request.family)
     if family is None:
         raise CheckpointLoadError(f"{request.name}: {request.architecture} checkpoints cannot be run by Easel")
@@ -67,6 +74,8 @@ def build_pipeline(request: LoadRequest, device: str = "cpu", dtype: torch.dtype
     except Exception as e:  # diffusers reports layout problems with many exception types
         raise CheckpointLoadError(f"{request.name}: could not build a pipeline: {type(e).__name__}: {e}") from e
     pipeline.set_progress_bar_config(disable=True)
+    if vae is not None:  # the pipelines are given and return latents: only gpu_worker/latents.py calls it
+        pipeline.vae.to(dtype=vae)
     return LoadedPipeline(
         pipeline, request, "cpu", dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
     )

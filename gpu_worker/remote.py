@@ -75,6 +75,7 @@ class RemoteOptions:
     cache_device_gb: float | None = None
     log_level: str = "INFO"
     precision: str = "auto"
+    vae_precision: str = "auto"
     worker_id: str = field(default="")
 
 
@@ -251,6 +252,8 @@ class BrokerLink:
 
     def queue_heartbeat(self) -> None:
         """A heartbeat, built and queued in one step with the lock send holds: see send."""
+        from gpu_worker.device_memory import memory  # torch, loaded by the worker by now
+
         total, free = memory(self.device)
         holds = self.index.holds
         with self._lock:
@@ -285,19 +288,6 @@ class BrokerLink:
                     log.info("models folder rescanned: %d new or changed file(s) hashed", hashed)
                 last_scan = time.monotonic()
             time.sleep(HEARTBEAT_SECONDS)
-
-
-def memory(device: str) -> tuple[int, int]:
-    """(total, free) bytes of the device, or of RAM for a CPU worker."""
-    if device.startswith("cuda"):
-        import torch
-
-        free, total = torch.cuda.mem_get_info(torch.device(device))
-        return int(total), int(free)
-    import psutil
-
-    vm = psutil.virtual_memory()
-    return int(vm.total), int(vm.available)
 
 
 class WorkerMetrics:
@@ -367,7 +357,7 @@ def run_remote(options: RemoteOptions) -> int:
     threading.Thread(target=link.run_heartbeats, name="heartbeats", daemon=True).start()
     log.info("worker %s on %s serving %s", options.worker_id, device, redacted(options.broker))
     budget = int(options.cache_device_gb * 1e9) if options.cache_device_gb else None
-    config = WorkerConfig(device, budget, None, options.log_level, options.precision)
+    config = WorkerConfig(device, budget, None, options.log_level, options.precision, options.vae_precision)
     run_worker(config, link.receive, link.send, localise=index.localise)
     return 0
 
@@ -391,6 +381,7 @@ def run_devices(options: RemoteOptions, devices: list[str]) -> int:
         argv = [sys.executable, "-m", "gpu_worker", "remote", "--models-dir", str(options.models_dir)]
         argv += ["--devices", device, "--max-pixels", str(options.max_pixels), "--families", ",".join(options.families)]
         argv += ["--log-level", options.log_level, "--precision", options.precision]
+        argv += ["--vae-precision", options.vae_precision]
         if options.metrics_port is not None:
             argv += ["--metrics-port", str(options.metrics_port + i)]
         if options.cache_device_gb:

@@ -35,9 +35,10 @@ from common.protocol import (
 )
 from common.upscaler_detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
+from gpu_worker.device_memory import in_use, memory
 from gpu_worker.families import FAMILIES
 from gpu_worker.families.base import BatchRun, Draw
-from gpu_worker.loaded import CheckpointLoadError
+from gpu_worker.loaded import CheckpointLoadError, held, restore
 from gpu_worker.loras import LoraError, TaintedPipeline, apply_loras
 from gpu_worker.previews import png_bytes
 from gpu_worker.prompt_encoding import words_used
@@ -104,7 +105,8 @@ class BatchRunner:
             )
         finally:
             self._previews_sent()
-            self.send(BatchFinished(batch.batch_id, tuple(self.cache.loaded_keys()), self.steps_per_second))
+            loaded = tuple(self.cache.loaded_keys())
+            self.send(BatchFinished(batch.batch_id, loaded, self.steps_per_second, *memory(self.device)))
 
     def _run(self, batch: RunBatch, jobs: list[JobPart]) -> None:
         family = FAMILIES.get(batch.load.family)
@@ -146,14 +148,17 @@ class BatchRunner:
         """The family draws the call's pictures; out of memory, once more a picture at a time with
         its memory savers on."""
         family = FAMILIES[run.batch.load.family]
+        before = held(run.loaded)
         try:
             return family.draw(run, draw, callback)
         except torch.OutOfMemoryError:
+            restored = restore(run.loaded, before)  # as the failed call left them, they would break every later job
             freed = self.cache.keep_only(run.loaded.request.cache_key)  # the other models make room
             log.warning(
-                "batch %s: out of memory; %d other model(s) moved off the device, retrying one image at a time "
-                "with memory savers",
+                "batch %s: out of memory; %s restored, %d other model(s) moved off the device, retrying one image "
+                "at a time with memory savers",
                 run.batch.batch_id,
+                ", ".join(restored) or "nothing to be",
                 freed,
             )
         gc.collect()
@@ -163,9 +168,10 @@ class BatchRunner:
             with family.memory_savers(run.pipe):
                 return [image for one in draw.one_by_one() for image in family.draw(run, one, callback)]
         except torch.OutOfMemoryError:
+            restore(run.loaded, before)
             raise OutOfMemory(
                 f"out of GPU memory at {run.batch.width}x{run.batch.height} even one image at a time with memory "
-                "savers; try a smaller size"
+                f"savers ({in_use(self.device)}); try a smaller size"
             ) from None
 
     def _send_results(

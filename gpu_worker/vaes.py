@@ -65,4 +65,5 @@ class VaeCache:
         # Scaled as this checkpoint's own VAE is: that is the family's (an EDM model's statistics too).
         own = loaded.own_vae.config
         vae.register_to_config(**{k: own[k] for k in ("scaling_factor", "latents_mean", "latents_std") if k in own})
-        return vae.to(loaded.device, loaded.dtype).eval().requires_grad_(False)
+        # In the dtype the checkpoint's own is held in (float32 with EASEL_VAE_PRECISION=full).
+        return vae.to(loaded.device, loaded.own_vae.dtype).eval().requires_grad_(False)

@@ -48,19 +48,6 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def default_budgets(device: str) -> tuple[int, int]:
-    """(device, CPU RAM) cache budgets from the memory free when the worker starts: another process
-    on the same card (a second worker, a desktop, another program) keeps what it holds."""
-    import psutil
-    import torch
-
-    ram = psutil.virtual_memory().available
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return max(free - (3 << 30), free // 2), int(ram * 0.4)  # room left for activations
-    return int(ram * 0.5), 0
-
-
 def serve(conn: Connection, config: WorkerConfig) -> None:
     """The bot's own worker: commands and events as frames on the pipe the bot passed."""
 
@@ -127,7 +114,8 @@ def run_worker(
     import torch
 
     from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import build_pipeline, default_dtype, place
+    from gpu_worker.device_memory import default_budgets, memory
+    from gpu_worker.loader import build_pipeline, default_dtype, place, vae_dtype
     from gpu_worker.runner import BatchRunner
 
     device = resolve_device(config.device)
@@ -137,7 +125,9 @@ def run_worker(
         device,
         budget,
         config.cpu_budget_bytes if config.cpu_budget_bytes is not None else cpu_budget,
-        lambda request: build_pipeline(request, device, default_dtype(device, request.family, config.precision)),
+        lambda request: build_pipeline(
+            request, device, default_dtype(device, request.family, config.precision), vae_dtype(config.vae_precision)
+        ),
         lambda loaded: place(loaded, device, budget),
     )
     cancelled: set[str] = set()
@@ -168,8 +158,14 @@ def run_worker(
     runner = BatchRunner(device, cache, send, is_cancelled)
     threading.Thread(target=read_commands, name="commands", daemon=True).start()
     dtype = str(default_dtype(device, "sd1", config.precision)).removeprefix("torch.")
-    send(WorkerReady(device, os.getpid(), str(torch.__version__), dtype))
-    log.info("worker ready on %s, precision %s (cache budget %.1f GB)", device, config.precision, cache.device_budget / 1e9)
+    send(WorkerReady(device, os.getpid(), str(torch.__version__), dtype, *memory(device)))
+    log.info(
+        "worker ready on %s, precision %s, VAE precision %s (cache budget %.1f GB)",
+        device,
+        config.precision,
+        config.vae_precision,
+        cache.device_budget / 1e9,
+    )
     while not isinstance(command := inbox.get(), Shutdown):
         log.info("batch %s started: %d image(s) of %s", command.batch_id, command.image_count, command.load.name)
         try:
@@ -178,7 +174,7 @@ def run_worker(
             log.warning("batch %s refused: %s", command.batch_id, e)
             jobs = tuple(job.job_id for job in command.jobs)
             send(BatchFailed(command.batch_id, str(e), jobs))
-            send(BatchFinished(command.batch_id, tuple(cache.loaded_keys()), runner.steps_per_second))
+            send(BatchFinished(command.batch_id, tuple(cache.loaded_keys()), runner.steps_per_second, *memory(device)))
             continue
         runner.run(batch)
         with lock:

@@ -127,7 +127,7 @@ def test_a_gpu_workers_budget_comes_from_the_memory_free_when_it_starts(monkeypa
     """A card another program already half fills gets a budget from what is left, not from its size."""
     import psutil
 
-    from gpu_worker.worker import default_budgets
+    from gpu_worker.device_memory import default_budgets
 
     gib = 1 << 30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (10 * gib, 24 * gib))  # 14 GiB in use

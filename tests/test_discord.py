@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import re
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -213,6 +214,8 @@ async def test_status(env: simcord.Env) -> None:
     embed = result.response.embeds[0]
     assert result.ephemeral and embed.fields[0].name == "Worker 0 · cpu"
     assert " it/s on 64×64" in embed.fields[0].value  # a speed says what it was measured on
+    used, free, total = map(float, re.search(r"memory: ([\d.]+) GB used, ([\d.]+) GB free of ([\d.]+) GB", embed.fields[0].value).groups())
+    assert total > 0 and abs(used + free - total) < 0.2  # the bot's own worker says its device's memory
     catalog = next(f.value for f in embed.fields if f.name == "Catalog search by meaning")
     assert catalog == "loading…" or catalog.startswith("ready (all-MiniLM-L6-v2")
 

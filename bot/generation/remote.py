@@ -101,6 +101,7 @@ class RemoteWorker:
         self.machine = heartbeat.machine
         self.loaded = heartbeat.loaded
         self.steps_per_second = heartbeat.steps_per_second or self.steps_per_second
+        self.memory_total, self.memory_free = heartbeat.memory_total, heartbeat.memory_free
         self.holds = frozenset(heartbeat.holds)
 
     @property

@@ -111,7 +111,7 @@ class WorkerStatus:
     speed_measured_on: str = ""  # what the speed was measured on: "64×64", "1024×1024, 4 pictures"
     machine: str = ""  # a remote worker's host; "" for the bot's own
     worker_id: str = ""  # a remote worker's id
-    memory_total: int = 0  # bytes, as its last heartbeat said (remote workers)
+    memory_total: int = 0  # bytes of its device, as its last word (heartbeat, batch end) said
     memory_free: int = 0
     jobs: list[str] = field(default_factory=list)  # what it is running now
     heartbeat_age: float | None = None  # seconds since its last heartbeat (remote workers)
@@ -352,8 +352,8 @@ class GenerationService:
                     w.speed_measured_on,
                     machine=remote.machine if remote else "",
                     worker_id=remote.worker_id if remote else "",
-                    memory_total=remote.heartbeat.memory_total if remote else 0,
-                    memory_free=remote.heartbeat.memory_free if remote else 0,
+                    memory_total=w.memory_total,
+                    memory_free=w.memory_free,
                     jobs=[part.job_id for part in w.batch.jobs] if w.batch else [],
                     heartbeat_age=now - remote.last_seen if remote else None,
                 )
@@ -594,6 +594,7 @@ class GenerationService:
                 event.dtype,
             )
             self._early_deaths[worker.slot] = 0
+            worker.memory_total, worker.memory_free = event.memory_total, event.memory_free
             self._signal()
             self._pump()
         elif isinstance(event, BatchLoading):
@@ -632,6 +633,8 @@ class GenerationService:
             self._steps_seen.pop(event.batch_id, None)
             worker.batch = None
             worker.loaded = event.loaded
+            if event.memory_total:
+                worker.memory_total, worker.memory_free = event.memory_total, event.memory_free
             if isinstance(worker, RemoteWorker):
                 worker.finished(event.batch_id)
             self._pump()

@@ -23,7 +23,8 @@ def describe(worker: WorkerStatus) -> tuple[str, str]:
         lines.append("running job " + ", ".join(worker.jobs))
     lines.append(", ".join(worker.loaded) or "nothing loaded")
     if worker.memory_total:
-        lines.append(f"memory: {worker.memory_free / 1e9:.1f} of {worker.memory_total / 1e9:.1f} GB free")
+        used, free, total = (n / 1e9 for n in (worker.memory_total - worker.memory_free, worker.memory_free, worker.memory_total))
+        lines.append(f"memory: {used:.1f} GB used, {free:.1f} GB free of {total:.1f} GB")
     if worker.heartbeat_age is not None:
         lines.append(f"last heartbeat {worker.heartbeat_age:.1f} s ago · {worker.worker_id}")
     return title, "\n".join(lines)

@@ -20,6 +20,7 @@ def worker_configs(
     cache_cpu_gb: float | None,
     log_level: str = "INFO",
     precision: str = "auto",
+    vae_precision: str = "auto",
 ) -> list[WorkerConfig]:
     """One worker per configured device."""
 
@@ -27,7 +28,7 @@ def worker_configs(
         return None if gb is None else int(gb * 1e9)
 
     return [
-        WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level, precision)
+        WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level, precision, vae_precision)
         for device in devices
     ]
 
@@ -55,6 +56,8 @@ class WorkerProcess:
         self.batch: RunBatch | None = None
         self.loaded: tuple[str, ...] = ()
         self.steps_per_second = 0.0
+        self.memory_total = 0  # bytes of its device, as its last word said
+        self.memory_free = 0
         self.speed_measured_on = ""  # the batch the speed was measured on (its size, its pictures)
         self.generation = 0  # restarts of this slot
         self.dispatched_at = 0.0

@@ -13,6 +13,7 @@ from common.protocol import RunBatch
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_generators
 from gpu_worker.hires import enlarge
 from gpu_worker.init_images import prepare_init
+from gpu_worker.latents import decode_pictures, encode_pictures
 from gpu_worker.loaded import image_to_image
 from gpu_worker.previews import latents_to_images, vae_previews
 from gpu_worker.samplers import make_scheduler
@@ -64,7 +65,7 @@ class FlowFamily(Family):
                 arguments,
                 batch.parameters.steps,
                 size,
-                image=[run.init] * n,
+                image=encode_pictures(run.img2img, [run.init]).repeat(n, 1, 1, 1),
                 strength=batch.parameters.strength,
             )
         else:
@@ -83,7 +84,7 @@ class FlowFamily(Family):
             arguments,
             steps,
             batch.hires_size,
-            image=enlarged,
+            image=encode_pictures(run.img2img, enlarged),
             strength=batch.parameters.hires_denoise,
         )
 
@@ -107,14 +108,17 @@ def _call(
     **inputs: object,
 ) -> list[Image.Image]:
     run.size = size
-    return pipe(
+    latents = pipe(
         width=size[0],
         height=size[1],
         num_inference_steps=steps,
         generator=cpu_generators(draw.seeds),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents"],
-        output_type="pil",
+        output_type="latent",
         **arguments,
         **inputs,
     ).images
+    if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
+        latents = pipe._unpack_latents(latents, size[1], size[0], pipe.vae_scale_factor)
+    return decode_pictures(pipe, latents)

@@ -21,7 +21,7 @@ from gpu_worker.families.sd_build import build_sd
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
-from gpu_worker.latents import encode
+from gpu_worker.latents import decode_pictures, encode, encode_pictures
 from gpu_worker.loaded import image_to_image, inpainting
 from gpu_worker.previews import latents_to_images, vae_previews
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed
@@ -84,22 +84,21 @@ class StableDiffusion(Family):
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)
         run.pass_steps, run.size = (0, batch.run_steps), (batch.width, batch.height)
-        output = "latent" if batch.parameters.hires_scale else "pil"
-        first = _sample(
-            run, run.pipe, draw, callback, batch.parameters.steps, batch.run_steps, _pass_one_inputs(run, draw), output
-        )
+        first = _sample(run, run.pipe, draw, callback, batch.parameters.steps, batch.run_steps, _pass_one_inputs(run, draw))
         if run.mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
-            return _overlay(run, first)
+            return _overlay(run, decode_pictures(run.pipe, first))
         if not batch.parameters.hires_scale:
-            return first
+            return decode_pictures(run.pipe, first)
         # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
         run.pass_steps, run.size = (batch.run_steps, batch.hires_run_steps), batch.hires_size
         enlarged = upscale(run.pipe, first, batch.hires_size, run.hires_upscaler())
+        if not isinstance(enlarged, torch.Tensor):  # a picture upscaler's pictures
+            enlarged = encode_pictures(run.pipe, enlarged)
         inputs = {"image": enlarged, "strength": batch.parameters.hires_denoise}
         if run.nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
-            inputs |= _full_mask(run.pipe, enlarged, batch.hires_size, n)
+            inputs |= _full_mask(run.pipe, batch.hires_size, n)
         steps = batch.parameters.hires_steps or batch.parameters.steps
-        return _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs, "pil")
+        return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs))
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
         # The demo model's small VAE decodes a 64 px preview in less than a step: A1111's "Full".
@@ -118,20 +117,24 @@ class StableDiffusion(Family):
 
 
 def _pass_one_inputs(run: BatchRun, draw: Draw) -> dict:
-    """Pass one's size, picture, strength and mask, as the job asks."""
+    """Pass one's size, picture, strength and mask, as the job asks; pictures as latents (the
+    pipelines take latents as they are, and every VAE call goes through gpu_worker/latents.py)."""
     batch, n = run.batch, len(draw.seeds)
     if run.nine:
         inputs = _inpainting_model_inputs(run, n)
     elif run.init is None:
         inputs = {"width": batch.width, "height": batch.height}
     else:  # img2img: the picture sets the size; strength says how much of it is redrawn
-        inputs = {"image": [run.init] * n, "strength": batch.parameters.strength}
+        inputs = {"image": encode_pictures(run.pipe, [run.init]).repeat(n, 1, 1, 1), "strength": batch.parameters.strength}
     if run.mask is not None and not run.nine:  # inpainting: only where the mask is white
+        # A UNet of 4 channels never reads the masked picture, but the pipeline, given latents,
+        # needs latents there too (it would mask the latents by a picture-sized mask).
         inputs |= {"mask_image": [run.mask] * n, "width": batch.width, "height": batch.height}
+        inputs["masked_image_latents"] = inputs["image"]
     if run.mask is not None and batch.parameters.masked_content in ("latent noise", "latent nothing"):
         inputs["image"] = masked_start(run.pipe, run.init, run.mask, batch.parameters.masked_content, draw.seeds)
         # The masked picture's latent, which the pipeline cannot make from a latent start (an
-        # inpainting checkpoint reads it; a normal one needs it given so as not to try).
+        # inpainting checkpoint reads it).
         inputs["masked_image_latents"] = masked_picture_latents(run.pipe, run.init, run.mask, n)
     return inputs
 
@@ -144,8 +147,8 @@ def _sample(
     steps: int,
     run_steps: int,
     inputs: dict,
-    output: str,
-) -> list:
+) -> torch.Tensor:
+    """One pass; its latents, which the caller decodes (or enlarges for the hires fix)."""
     batch = run.batch
     run.conditioning = Conditioning(
         pipe, draw.prompts, draw.negatives, run_steps, batch.parameters.clip_skip, run.words
@@ -160,7 +163,7 @@ def _sample(
         generator=cpu_generators(draw.seeds),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
-        output_type=output,
+        output_type="latent",
     ).images
 
 
@@ -200,23 +203,31 @@ def _inpainting_model_inputs(run: BatchRun, n: int) -> dict:
     `txt2img_image_conditioning` / `img2img_image_conditioning`): from text, a grey picture under a
     full mask, redrawn from pure noise; from a picture, that picture under a full mask (or the
     person's mask) at the job's denoising strength."""
-    batch = run.batch
+    batch, pipe = run.batch, run.pipe
     size = (batch.width, batch.height)
     picture = run.init if run.init is not None else Image.new("RGB", size, (128, 128, 128))
     mask = run.mask if run.mask is not None else Image.new("L", size, 255)
     strength = batch.parameters.strength if run.init is not None else 1.0
-    return {"image": [picture] * n, "mask_image": [mask] * n, "strength": strength, "width": size[0], "height": size[1]}
+    return {
+        "image": encode_pictures(pipe, [picture]).repeat(n, 1, 1, 1),
+        "mask_image": [mask] * n,
+        "masked_image_latents": masked_picture_latents(pipe, picture, mask, n),
+        "strength": strength,
+        "width": size[0],
+        "height": size[1],
+    }
 
 
-def _full_mask(pipe: DiffusionPipeline, enlarged: object, size: tuple[int, int], n: int) -> dict:
-    """Pass two on an inpainting checkpoint: redraw everywhere. From a latent, the masked picture
-    (all grey) is encoded here: the pipeline would take an all-zero latent for it instead."""
+def _full_mask(pipe: DiffusionPipeline, size: tuple[int, int], n: int) -> dict:
+    """Pass two on an inpainting checkpoint: redraw everywhere, the masked picture all grey."""
     width, height = size
-    inputs: dict = {"mask_image": [Image.new("L", size, 255)] * n, "width": width, "height": height}
-    if isinstance(enlarged, torch.Tensor):
-        grey = encode(pipe.vae, torch.zeros(1, 3, height, width, device=pipe.vae.device, dtype=pipe.vae.dtype))
-        inputs["masked_image_latents"] = grey.repeat(n, 1, 1, 1)
-    return inputs
+    grey = encode(pipe.vae, torch.zeros(1, 3, height, width, device=pipe.vae.device, dtype=pipe.vae.dtype))
+    return {
+        "mask_image": [Image.new("L", size, 255)] * n,
+        "masked_image_latents": grey.repeat(n, 1, 1, 1),
+        "width": width,
+        "height": height,
+    }
 
 
 SD1 = StableDiffusion("sd1", SD_PREVIEW)
