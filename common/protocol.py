@@ -311,6 +311,7 @@ class BatchFinished:
     steps_per_second: float = 0.0
     memory_total: int = 0  # bytes, of the device (RAM for a CPU worker), as the batch ends
     memory_free: int = 0
+    held_as: tuple[str, ...] = ()  # how each of `loaded` sits in memory: "whole", "model offload", … (gpu_worker/placement.py)
 
 
 @dataclass(frozen=True)
@@ -332,6 +333,7 @@ class WorkerHeartbeat:
     batches: tuple[str, ...]  # batch ids received and not yet finished, the running one first
     steps_per_second: float = 0.0
     sent_at: float = 0.0  # the worker's clock, for `python bot.py workers` (the bot times leases by its own)
+    held_as: tuple[str, ...] = ()  # how each of `loaded` sits in memory (gpu_worker/placement.py)
 
 
 # --- the wire ----------------------------------------------------------------------------------

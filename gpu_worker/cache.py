@@ -23,6 +23,7 @@ from diffusers import DiffusionPipeline
 
 from common.protocol import LoadRequest
 from gpu_worker.loaded import LoadedPipeline
+from gpu_worker.placement import WHOLE, choose, resident
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,13 @@ def module_bytes(pipeline: DiffusionPipeline) -> dict[int, int]:
     return sizes
 
 
-def offloads(nbytes: int, budget: int | None) -> bool:
-    """A pipeline larger than the device's budget runs with model CPU offload (FLUX.1 on a 16 GB card)."""
-    return budget is not None and nbytes > budget
-
-
 def _resident(loaded: LoadedPipeline, budget: int | None = None) -> dict[int, int]:
-    """What a pipeline keeps on the device: all of it, or offloaded, its largest part at a time
-    (`budget`: as it will be once placed under that budget)."""
-    sizes = module_bytes(loaded.pipeline)
-    offloaded = loaded.offloaded if budget is None else offloads(sum(sizes.values()), budget)
-    if offloaded:
-        return {id(loaded.pipeline): max(sizes.values(), default=0)}
-    return sizes
+    """What a pipeline keeps on the device: all of it, or offloaded, the most its placement holds at
+    once (gpu_worker/placement.py); `budget`: as it will be once placed under that budget."""
+    kind = loaded.placement if budget is None else choose(loaded.pipeline, budget, loaded.fp8_storage)
+    if kind != WHOLE:
+        return {id(loaded.pipeline): resident(loaded.pipeline, kind)}
+    return module_bytes(loaded.pipeline)
 
 
 def pipeline_bytes(pipeline: DiffusionPipeline) -> int:
@@ -108,6 +103,10 @@ class PipelineCache:
     def loaded_keys(self) -> list[str]:
         return list(self._device)
 
+    def placements(self) -> list[str]:
+        """How each pipeline of `loaded_keys()` sits in device memory (gpu_worker/placement.py)."""
+        return [entry.loaded.placement for entry in self._device.values()]
+
     def get(self, request: LoadRequest) -> tuple[LoadedPipeline, str]:
         key = request.cache_key
         if key in self._device:
@@ -129,7 +128,9 @@ class PipelineCache:
         entry = CacheEntry(loaded, _resident(loaded))
         self._make_room(self._added(entry.modules))
         if loaded.offloaded:
-            log.info("cache: %s is over the %.1f GB budget; it runs with model CPU offload", request.name, self.device_budget / 1e9)
+            log.info(
+                "cache: %s is over the %.1f GB budget; it runs with %s", request.name, self.device_budget / 1e9, loaded.placement
+            )
         elif entry.nbytes > self.device_budget:
             log.warning(
                 "%s needs %.1f GB, over the %.1f GB cache budget",

@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
 
 from common.protocol import LoadRequest
+from gpu_worker.placement import WHOLE
 
 
 class CheckpointLoadError(Exception):
@@ -32,9 +33,14 @@ class LoadedPipeline:
     # The same modules as image-to-image and inpainting pipelines, made when first needed.
     derived: dict[str, DiffusionPipeline] = field(default_factory=dict)
     own_vae: object | None = None  # the checkpoint's own VAE, while a job's VAE (gpu_worker/vaes.py) stands in
-    # Larger than the device's budget: kept in CPU RAM, each part moved to the device while it runs
-    # (diffusers' model CPU offload) rather than failing.
-    offloaded: bool = False
+    # How it sits in device memory (gpu_worker/placement.py): whole, or larger than the budget,
+    # kept in CPU RAM with its parts (or their blocks) moved to the device while they run.
+    placement: str = WHOLE
+    fp8_storage: bool = False  # its family may store the denoiser's weights in fp8 when that makes it fit
+
+    @property
+    def offloaded(self) -> bool:
+        return self.placement != WHOLE
 
 
 def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:

@@ -17,10 +17,10 @@ import torch
 import transformers
 
 from common.protocol import LoadRequest
-from gpu_worker.cache import offloads, pipeline_bytes
 from gpu_worker.families import FAMILIES
 from gpu_worker.loaded import CheckpointLoadError, LoadedPipeline
 from gpu_worker.model_parts import PartError
+from gpu_worker.placement import apply, choose
 
 # Operators read our log lines; diffusers' per-load progress bars and cast notes are noise there.
 diffusers.utils.logging.set_verbosity_error()
@@ -76,21 +76,19 @@ def build_pipeline(
     pipeline.set_progress_bar_config(disable=True)
     if vae is not None:  # the pipelines are given and return latents: only gpu_worker/latents.py calls it
         pipeline.vae.to(dtype=vae)
-    return LoadedPipeline(
+    loaded = LoadedPipeline(
         pipeline, request, "cpu", dtype, time.perf_counter() - started, dict(pipeline.scheduler.config)
     )
+    loaded.fp8_storage = family.fp8_storage
+    return loaded
 
 
 def place(loaded: LoadedPipeline, device: str, budget: int | None = None) -> None:
-    """A built pipeline onto its device, or, larger than the budget, left in CPU RAM with each part
-    moved to the device while it runs."""
+    """A built pipeline onto its device, whole or, larger than the budget, as gpu_worker/placement.py
+    chooses (on a CPU worker the device is the RAM it was built in: it stays)."""
     started = time.perf_counter()
     if device != "cpu":  # it was built on the CPU; walking every module to stay there costs 0.15 s
-        pipeline = loaded.pipeline
-        loaded.offloaded = offloads(pipeline_bytes(pipeline), budget)
-        if loaded.offloaded:
-            pipeline.enable_model_cpu_offload(device=device)
-        else:
-            pipeline.to(device)
+        loaded.placement = choose(loaded.pipeline, budget, loaded.fp8_storage)
+        apply(loaded.pipeline, loaded.placement, device, loaded.dtype)
     loaded.device = device
     loaded.load_seconds += time.perf_counter() - started

@@ -117,6 +117,7 @@ class BrokerLink:
         self._pending: dict[str, bytes] = {}  # batch id -> its command's entry id (XACK when it finishes)
         self._received: list[str] = []  # batch ids received and not yet finished, in order
         self._loaded: tuple[str, ...] = ()
+        self._held_as: tuple[str, ...] = ()
         self._progress_sent: dict[str, float] = {}  # batch id -> when its last progress went out
         self._speed = 0.0
         self._group_ready = False
@@ -202,7 +203,7 @@ class BrokerLink:
             if self.metrics is not None:
                 self.metrics.saw(event)
             if isinstance(event, BatchFinished):
-                self._loaded, self._speed = event.loaded, event.steps_per_second
+                self._loaded, self._held_as, self._speed = event.loaded, event.held_as, event.steps_per_second
                 self._progress_sent.pop(event.batch_id, None)
                 if event.batch_id in self._received:
                     self._received.remove(event.batch_id)
@@ -269,6 +270,7 @@ class BrokerLink:
                 max_pixels=self.options.max_pixels,
                 holds=holds,
                 loaded=self._loaded,
+                held_as=self._held_as,
                 batches=tuple(self._received),
                 steps_per_second=self._speed,
                 sent_at=time.time(),

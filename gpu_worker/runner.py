@@ -106,7 +106,8 @@ class BatchRunner:
         finally:
             self._previews_sent()
             loaded = tuple(self.cache.loaded_keys())
-            self.send(BatchFinished(batch.batch_id, loaded, self.steps_per_second, *memory(self.device)))
+            held_as = tuple(self.cache.placements())
+            self.send(BatchFinished(batch.batch_id, loaded, self.steps_per_second, *memory(self.device), held_as))
 
     def _run(self, batch: RunBatch, jobs: list[JobPart]) -> None:
         family = FAMILIES.get(batch.load.family)
@@ -122,6 +123,7 @@ class BatchRunner:
         self.send(BatchLoading(batch.batch_id, batch.load.name, self.cache.where(batch.load.cache_key)))
         started = time.perf_counter()
         loaded, source = self.cache.get(batch.load)
+        log.info("batch %s: %s from %s, %s on %s", batch.batch_id, batch.load.name, source, loaded.placement, self.device)
         try:
             if apply_loras(loaded, batch.loras):
                 self.cache.remeasure(batch.load.cache_key)

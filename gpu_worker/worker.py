@@ -174,7 +174,8 @@ def run_worker(
             log.warning("batch %s refused: %s", command.batch_id, e)
             jobs = tuple(job.job_id for job in command.jobs)
             send(BatchFailed(command.batch_id, str(e), jobs))
-            send(BatchFinished(command.batch_id, tuple(cache.loaded_keys()), runner.steps_per_second, *memory(device)))
+            loaded, held_as = tuple(cache.loaded_keys()), tuple(cache.placements())
+            send(BatchFinished(command.batch_id, loaded, runner.steps_per_second, *memory(device), held_as))
             continue
         runner.run(batch)
         with lock:

@@ -7,6 +7,7 @@ import torch
 from common.protocol import LoadRequest
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loaded import LoadedPipeline
+from gpu_worker.placement import OFFLOAD, WHOLE
 
 MB = 1 << 20
 
@@ -103,7 +104,7 @@ def test_a_pipeline_over_the_budget_is_counted_as_offloaded_before_it_is_placed(
 
     def place(loaded: LoadedPipeline) -> None:
         kept.append([key[:1] for key in cache.loaded_keys()])
-        loaded.offloaded = loaded.request.name == "big"
+        loaded.placement = OFFLOAD if loaded.request.name == "big" else WHOLE
 
     cache = PipelineCache("cuda:0", 16 * MB, 0, build, place)
     cache.get(req("a"))

@@ -499,6 +499,7 @@ def test_an_offloaded_flow_model_is_previewed_without_its_vae(flux_dir: Path) ->
     steps: the preview comes from the latents by ComfyUI's linear map; the VAE decodes the result only."""
     from common.protocol import JobDone, JobPreview
     from gpu_worker.cache import PipelineCache
+    from gpu_worker.placement import OFFLOAD, WHOLE
     from gpu_worker.runner import BatchRunner
 
     events: list[object] = []
@@ -506,7 +507,7 @@ def test_an_offloaded_flow_model_is_previewed_without_its_vae(flux_dir: Path) ->
     runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
     load = request(flux_dir / "flux-dev.safetensors")
     loaded, _ = cache.get(load)
-    loaded.offloaded = True  # as on a card smaller than the model (the cache sets it when placing)
+    loaded.placement = OFFLOAD  # as on a card smaller than the model (the cache sets it when placing)
     decodes: list[tuple[int, ...]] = []
     real_decode = loaded.pipeline.vae.decode
 
@@ -520,7 +521,7 @@ def test_an_offloaded_flow_model_is_previewed_without_its_vae(flux_dir: Path) ->
         runner.run(batch)
     finally:
         del loaded.pipeline.vae.decode
-        loaded.offloaded = False
+        loaded.placement = WHOLE
     previews = [e for e in events if isinstance(e, JobPreview)]
     assert previews and len(decodes) == 1  # the finished picture's decode only
     assert Image.open(io.BytesIO(previews[0].png)).size == (8, 8)  # the latent's size: 64 px / 8

@@ -352,3 +352,27 @@ def run_on(cache: PipelineCache, batch: RunBatch) -> list[np.ndarray]:
     done = [e for e in events if isinstance(e, JobDone)]
     assert done, [e.message for e in events if isinstance(e, BatchFailed)]
     return [np.asarray(Image.open(io.BytesIO(i.png)).convert("RGB"), dtype=np.float32) for i in done[0].images]
+
+
+def test_a_picture_past_the_tiling_size_is_decoded_and_encoded_in_tiles(
+    tiny_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past TILE_PIXELS a VAE call runs tiled (an untiled SDXL decode at 2048² needs ~15 GB), and the
+    VAE is left untiled after it."""
+    from diffusers import AutoencoderKL
+
+    import gpu_worker.latents as gateway
+
+    pipe = load_pipeline(sd1_request(tiny_dir), "cpu", dtype=torch.float32).pipeline
+    vae = pipe.vae
+    vae.tile_sample_min_size, vae.tile_latent_min_size = 32, 4  # tiles of the tiny size
+    tiled: list[str] = []
+    for name in ("tiled_decode", "_tiled_encode"):
+        real = getattr(AutoencoderKL, name)
+        monkeypatch.setattr(AutoencoderKL, name, lambda self, *a, _real=real, _name=name, **k: tiled.append(_name) or _real(self, *a, **k))
+    latents = latents_for(pipe).float()
+    decode(vae, latents)
+    assert tiled == []  # 64 x 64: under the size
+    monkeypatch.setattr(gateway, "TILE_PIXELS", 32 * 32)
+    encode(vae, decode(vae, latents).clamp(-1, 1))
+    assert tiled == ["tiled_decode", "_tiled_encode"] and not vae.use_tiling

@@ -44,9 +44,9 @@ SAMPLES = [
     JobDone("b1", "j1", (ImageResult(b"\x89PNG\x00", 1, "a cat\nSteps: 4"),), "cpu", 0.1, 0.2, "disk", 1),
     JobCancelled("b1", "j1"),
     BatchFailed("b1", "out of memory", ("j1",)),
-    BatchFinished("b1", ("key",), 3.5),
+    BatchFinished("b1", ("key",), 3.5, 8 << 30, 4 << 30, ("fp8 weights + model offload",)),
     WorkerHeartbeat(
-        "host-cpu-1", "host", "cpu", 7, 1.0, 8 << 30, 4 << 30, ("sd1",), 0, ("ab" * 32,), (), ("b1",), 2.0, 3.0
+        "host-cpu-1", "host", "cpu", 7, 1.0, 8 << 30, 4 << 30, ("sd1",), 0, ("ab" * 32,), ("key",), ("b1",), 2.0, 3.0, ("whole",)
     ),
 ]
 

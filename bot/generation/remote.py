@@ -99,7 +99,7 @@ class RemoteWorker:
         self.last_seen = time.monotonic()
         self.device = heartbeat.device
         self.machine = heartbeat.machine
-        self.loaded = heartbeat.loaded
+        self.loaded, self.held_as = heartbeat.loaded, heartbeat.held_as
         self.steps_per_second = heartbeat.steps_per_second or self.steps_per_second
         self.memory_total, self.memory_free = heartbeat.memory_total, heartbeat.memory_free
         self.holds = frozenset(heartbeat.holds)

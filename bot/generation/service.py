@@ -100,6 +100,16 @@ class JobHandle:
         return self.job
 
 
+def loaded_names(keys: tuple[str, ...], held_as: tuple[str, ...], names: dict[str, str]) -> list[str]:
+    """The checkpoints a worker holds, by name, each with its placement when not whole."""
+    out = []
+    for number, key in enumerate(keys):
+        placement = held_as[number] if number < len(held_as) else "whole"
+        name = names.get(key.split("+")[0], key[:10])
+        out.append(name if placement == "whole" else f"{name} ({placement})")
+    return out
+
+
 @dataclass
 class WorkerStatus:
     slot: int
@@ -347,7 +357,7 @@ class GenerationService:
                     w.device,
                     state,
                     w.pid,
-                    [self._names.get(k.split("+")[0], k[:10]) for k in w.loaded],
+                    loaded_names(w.loaded, w.held_as, self._names),
                     w.steps_per_second,
                     w.speed_measured_on,
                     machine=remote.machine if remote else "",
@@ -632,7 +642,7 @@ class GenerationService:
             self._batches.pop(event.batch_id, None)
             self._steps_seen.pop(event.batch_id, None)
             worker.batch = None
-            worker.loaded = event.loaded
+            worker.loaded, worker.held_as = event.loaded, event.held_as
             if event.memory_total:
                 worker.memory_total, worker.memory_free = event.memory_total, event.memory_free
             if isinstance(worker, RemoteWorker):

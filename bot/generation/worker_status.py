@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from bot.generation.service import WorkerStatus
+from bot.generation.service import WorkerStatus, loaded_names
 from common.protocol import WorkerHeartbeat
 
 STALE_SECONDS = 10.0  # a heartbeat older than this: the worker is probably gone
@@ -39,7 +39,7 @@ def from_heartbeat(heartbeat: WorkerHeartbeat, slot: int, now: float | None = No
         heartbeat.device,
         state,
         heartbeat.pid,
-        [key[:10] for key in heartbeat.loaded],
+        loaded_names(heartbeat.loaded, heartbeat.held_as, {}),
         heartbeat.steps_per_second,
         machine=heartbeat.machine,
         worker_id=heartbeat.worker_id,

@@ -55,6 +55,7 @@ class WorkerProcess:
         self.ready = False
         self.batch: RunBatch | None = None
         self.loaded: tuple[str, ...] = ()
+        self.held_as: tuple[str, ...] = ()  # how each of `loaded` sits in its memory
         self.steps_per_second = 0.0
         self.memory_total = 0  # bytes of its device, as its last word said
         self.memory_free = 0

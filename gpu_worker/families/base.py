@@ -95,6 +95,7 @@ class Family:
     name: str = ""
     flow: bool = False  # denoises by flow matching (a transformer, no UNet)
     gpu_dtype: torch.dtype = torch.float16
+    fp8_storage: bool = False  # its denoiser may be stored in fp8 when the card is too small (gpu_worker/placement.py)
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:
         """The pipeline for a file of this family, on the CPU (or sharing parts already on `device`)."""

@@ -23,6 +23,7 @@ from gpu_worker.textual_inversion import EmbeddingCache
 class FlowFamily(Family):
     flow = True
     gpu_dtype = torch.bfloat16  # as BFL, SAI and ComfyUI run them (T5 overflows fp16)
+    fp8_storage = True  # as Forge stores FLUX.1 for 12-16 GB cards
     # The cheap preview's 16 x 3 map from latents to RGB and its bias (ComfyUI's latent_formats),
     # for a model whose VAE must not be woken for a preview (offloaded: it would drag the
     # transformer off the device every few steps).
