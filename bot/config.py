@@ -24,6 +24,7 @@ from bot import outbound
 from bot.images.inputs import InputStore
 from common.errors import ConfigError
 from common.protocol import is_broker_url
+from common.worker_config import ENGINE
 
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -65,6 +66,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "full", "half", "bf16"] = "auto"
     # The VAE's (A1111's --no-half-vae): auto (the model's, float32 where fp16 overflows) or full.
     vae_precision: Literal["auto", "full"] = "auto"
+    # torch.compile of the denoiser's repeated blocks on CUDA (slower first picture per size, then faster).
+    compile: bool = False
+    # First-block cache on Flux (0 = off; 0.05-0.1 usual): faster, changes pictures (written in their infotext).
+    cache_threshold: float = Field(default=0.0, ge=0, le=1)
     # Fairness limits for the bot's users (the CLI is not limited).
     max_queued_per_user: int = Field(default=3, ge=1)
     max_queue: int = Field(default=100, ge=1)
@@ -181,6 +186,10 @@ class Settings(BaseSettings):
 
     def input_store(self) -> InputStore:
         return InputStore(self.data_dir / "inputs", int(self.inputs_max_gb * 1e9))
+
+    def engine(self) -> dict[str, object]:
+        """The workers' engine options (common/worker_config.py ENGINE)."""
+        return {name: getattr(self, name) for name in ENGINE}
 
     @property
     def database_path(self) -> Path:

@@ -28,7 +28,7 @@ from cli.checkpoints import open_registry
 from common.errors import EaselError
 from common.parameters import Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
-from common.worker_config import PRECISIONS, VAE_PRECISIONS
+from common.worker_config import add_engine_arguments, engine_of
 
 
 def options_from_args(args: argparse.Namespace) -> ImagineOptions:
@@ -68,8 +68,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             settings.cache_device_gb,
             settings.cache_cpu_gb,
             "INFO" if args.verbose else "WARNING",
-            args.precision or settings.precision,
-            args.vae_precision or settings.vae_precision,
+            **(settings.engine() | engine_of(args)),
         ),
         limits,
         preview_every=0,
@@ -213,18 +212,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="what the model computes in: auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 "
-        "(default: EASEL_PRECISION)",
-    )
-    p.add_argument(
-        "--vae-precision",
-        choices=VAE_PRECISIONS,
-        help="the VAE's: auto (the model's, float32 where fp16 overflows) or full, as A1111's --no-half-vae "
-        "(default: EASEL_VAE_PRECISION)",
-    )
+    add_engine_arguments(p)  # --precision, --vae-precision, --compile, --cache-threshold (default: the settings')
     p.add_argument(
         "--broker",
         type=broker_url,

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from common.families import SUPPORTED_FAMILIES
 from common.protocol import is_broker_url
-from common.worker_config import PRECISIONS, VAE_PRECISIONS
+from common.worker_config import add_engine_arguments, engine_of
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -103,19 +103,7 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
         "--cache-device-gb", type=float, default=None, help="pipeline cache on the device (default: from its memory)"
     )
     p.add_argument("--log-level", default="INFO")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=os.environ.get("EASEL_PRECISION", "auto"),
-        help="auto (fp16/bf16 on a GPU, float32 on a CPU), full, half or bf16 (default: $EASEL_PRECISION or auto)",
-    )
-    p.add_argument(
-        "--vae-precision",
-        choices=VAE_PRECISIONS,
-        default=os.environ.get("EASEL_VAE_PRECISION", "auto"),
-        help="the VAE's: auto (the model's, float32 where fp16 overflows) or full, as A1111's --no-half-vae "
-        "(default: $EASEL_VAE_PRECISION or auto)",
-    )
+    add_engine_arguments(p, os.environ)  # --precision, --vae-precision, --compile, --cache-threshold
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -173,8 +161,7 @@ def _remote(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         cache_device_gb=args.cache_device_gb,
         log_level=args.log_level,
-        precision=args.precision,
-        vae_precision=args.vae_precision,
+        engine=engine_of(args),
     )
     return run_devices(options, [d.strip() for d in args.devices.split(",") if d.strip()])
 

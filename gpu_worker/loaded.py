@@ -37,6 +37,10 @@ class LoadedPipeline:
     # kept in CPU RAM with its parts (or their blocks) moved to the device while they run.
     placement: str = WHOLE
     fp8_storage: bool = False  # its family may store the denoiser's weights in fp8 when that makes it fit
+    # The speed options applied to it (gpu_worker/speed.py): its repeated blocks compiled, and the
+    # first-block cache's threshold (0: off), which its pictures' infotext says.
+    compiled: bool = False
+    first_block_cache: float = 0.0
 
     @property
     def offloaded(self) -> bool:

@@ -51,7 +51,7 @@ from common.protocol import (
     encode,
     read_broker_entry,
 )
-from common.worker_config import WorkerConfig
+from common.worker_config import WorkerConfig, engine_flags
 from gpu_worker.model_index import ModelIndex
 from gpu_worker.worker import resolve_device, run_worker
 
@@ -74,8 +74,7 @@ class RemoteOptions:
     metrics_port: int | None = None
     cache_device_gb: float | None = None
     log_level: str = "INFO"
-    precision: str = "auto"
-    vae_precision: str = "auto"
+    engine: dict[str, object] = field(default_factory=dict)  # WorkerConfig's engine options (common/worker_config.py)
     worker_id: str = field(default="")
 
 
@@ -359,7 +358,7 @@ def run_remote(options: RemoteOptions) -> int:
     threading.Thread(target=link.run_heartbeats, name="heartbeats", daemon=True).start()
     log.info("worker %s on %s serving %s", options.worker_id, device, redacted(options.broker))
     budget = int(options.cache_device_gb * 1e9) if options.cache_device_gb else None
-    config = WorkerConfig(device, budget, None, options.log_level, options.precision, options.vae_precision)
+    config = WorkerConfig(device, budget, None, options.log_level, **options.engine)  # type: ignore[arg-type]
     run_worker(config, link.receive, link.send, localise=index.localise)
     return 0
 
@@ -382,8 +381,7 @@ def run_devices(options: RemoteOptions, devices: list[str]) -> int:
     for i, device in enumerate(devices):
         argv = [sys.executable, "-m", "gpu_worker", "remote", "--models-dir", str(options.models_dir)]
         argv += ["--devices", device, "--max-pixels", str(options.max_pixels), "--families", ",".join(options.families)]
-        argv += ["--log-level", options.log_level, "--precision", options.precision]
-        argv += ["--vae-precision", options.vae_precision]
+        argv += ["--log-level", options.log_level, *engine_flags(options.engine)]
         if options.metrics_port is not None:
             argv += ["--metrics-port", str(options.metrics_port + i)]
         if options.cache_device_gb:

@@ -12,7 +12,9 @@ from gpu_worker.families import FAMILIES
 VERSION = "Easel 0.1.0"
 
 
-def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hashes: str = "") -> str:
+def infotext_for(
+    batch: RunBatch, prompt: str, negative: str, seed: int, ti_hashes: str = "", first_block_cache: float = 0.0
+) -> str:
     p = batch.parameters
     return build_infotext(
         prompt,
@@ -44,6 +46,7 @@ def infotext_for(batch: RunBatch, prompt: str, negative: str, seed: int, ti_hash
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
+            "First block cache": f"{first_block_cache:g}" if first_block_cache else None,  # gpu_worker/speed.py
             "Version": VERSION,
         },
     )

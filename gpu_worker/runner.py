@@ -196,7 +196,11 @@ class BatchRunner:
             used = words_used(run.pipe, job.prompt, job.negative, batch.run_steps, words) if words else []
             ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used) if words else ""
             results = tuple(
-                self._result(image, seed, infotext_for(batch, job.prompt, job.negative, seed, ti_hashes))
+                self._result(
+                    image,
+                    seed,
+                    infotext_for(batch, job.prompt, job.negative, seed, ti_hashes, run.loaded.first_block_cache),
+                )
                 for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)
             )
             done = JobDone(

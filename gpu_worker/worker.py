@@ -115,12 +115,19 @@ def run_worker(
 
     from gpu_worker.cache import PipelineCache
     from gpu_worker.device_memory import default_budgets, memory
+    from gpu_worker.loaded import LoadedPipeline
     from gpu_worker.loader import build_pipeline, default_dtype, place, vae_dtype
     from gpu_worker.runner import BatchRunner
+    from gpu_worker.speed import speed_up
 
     device = resolve_device(config.device)
     device_budget, cpu_budget = default_budgets(device)
     budget = config.device_budget_bytes or device_budget
+
+    def placed(loaded: LoadedPipeline) -> None:
+        place(loaded, device, budget)
+        speed_up(loaded, config, device)
+
     cache = PipelineCache(
         device,
         budget,
@@ -128,7 +135,7 @@ def run_worker(
         lambda request: build_pipeline(
             request, device, default_dtype(device, request.family, config.precision), vae_dtype(config.vae_precision)
         ),
-        lambda loaded: place(loaded, device, budget),
+        placed,
     )
     cancelled: set[str] = set()
     lock = threading.Lock()

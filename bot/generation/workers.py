@@ -19,16 +19,15 @@ def worker_configs(
     cache_device_gb: float | None,
     cache_cpu_gb: float | None,
     log_level: str = "INFO",
-    precision: str = "auto",
-    vae_precision: str = "auto",
+    **engine: object,
 ) -> list[WorkerConfig]:
-    """One worker per configured device."""
+    """One worker per configured device; `engine`: WorkerConfig's engine options (precision, …)."""
 
     def to_bytes(gb: float | None) -> int | None:
         return None if gb is None else int(gb * 1e9)
 
     return [
-        WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level, precision, vae_precision)
+        WorkerConfig(device, to_bytes(cache_device_gb), to_bytes(cache_cpu_gb), log_level, **engine)  # type: ignore[arg-type]
         for device in devices
     ]
 
