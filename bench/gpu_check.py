@@ -1,0 +1,416 @@
+"""The GPU acceptance check: every family on every path through Easel's real worker code (the batch
+runner, its cache, placement, VAE gateway), each picture checked, timed and measured against a bare
+diffusers call of the same work on the same pipeline.
+
+    python bench/gpu_check.py                                  # the first CUDA device, real shapes, random weights
+    python bench/gpu_check.py --checkpoint sdxl=/models/x.safetensors --checkpoint flux=/models/f.safetensors
+    python bench/gpu_check.py --cpu --quick                    # the same logic on the tiny models in fp16 on a CPU
+
+Per family (SD1.5, SDXL, FLUX.1, SD3.5) and path (txt2img, img2img, inpaint, hires through
+Latent/Lanczos/an ESRGAN model, a LoRA switched in, previews on, offloaded as the placement a small card
+gets): whether the pictures are finite and not black, seconds per step and peak device memory. The
+txt2img path also runs as a bare diffusers call (same pipeline, size, steps): the ratio of Easel's
+s/it and peak memory to it. Then an out-of-memory error injected into a pipeline call (the batch is
+retried a picture at a time and must finish), and a cache filled past its budget with one more model
+loaded. Without --checkpoint a family runs with random weights in its real shapes (built from the
+bundled configs on the device): random weights can overflow half precision in the model itself,
+so a picture that is not finite counts as Easel's fault only where the bare call's was finite.
+
+Writes bench/results/gpu_check-DATE.json with the device's name; exits 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import io
+import json
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.harness import report
+from common.bundled import CONFIG_ROOT
+from common.protocol import BatchFailed, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, UpscalerUse
+from gpu_worker.cache import PipelineCache, pipeline_bytes
+from gpu_worker.loaded import LoadedPipeline
+from gpu_worker.loader import build_pipeline, default_dtype, place
+from gpu_worker.placement import FP8, GROUP, OFFLOAD, apply
+from gpu_worker.runner import BatchRunner
+
+# family -> (real config, tiny config, prediction, size, steps)
+FAMILIES = {
+    "sd1": ("sd1", "tiny-sd1", "epsilon", 512, 20),
+    "sdxl": ("sdxl", "tiny-sdxl", "epsilon", 1024, 20),
+    "flux": ("flux", "tiny-flux", "flow", 1024, 20),
+    "sd3": ("sd3", "tiny-sd3", "flow", 1024, 20),
+}
+SD_PATHS = ("txt2img", "img2img", "inpaint", "hires Latent", "hires Lanczos", "hires ESRGAN", "LoRA", "previews", "offloaded")
+FLOW_PATHS = ("txt2img", "img2img", "hires Lanczos", "previews", "offloaded")
+
+
+@dataclass
+class Setup:
+    device: str
+    quick: bool
+    precision: str
+    folder: Path  # LoRAs, upscalers and pictures made for the run
+
+
+@contextmanager
+def default_dtype_of(dtype: torch.dtype):
+    """Modules built in `dtype` from the start: a 12B model is not made in float32 first."""
+    was = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(was)
+
+
+def random_pipeline(config: str, dtype: torch.dtype, device: str):
+    """A pipeline in a bundled config's shapes with random weights, built on `device`."""
+    import diffusers
+    import transformers
+
+    folder = CONFIG_ROOT / config
+    index = json.loads((folder / "model_index.json").read_text())
+    parts: dict[str, object] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list):
+            continue
+        library, class_name = entry
+        if library is None:
+            parts[name] = None
+            continue
+        cls = getattr(importlib.import_module(library), class_name)
+        where = folder / name
+        if "Tokenizer" in class_name:
+            parts[name] = cls.from_pretrained(where)
+        elif name == "scheduler":
+            parts[name] = cls.from_config(cls.load_config(where))
+        elif library == "diffusers":
+            with default_dtype_of(dtype), torch.device(device):
+                parts[name] = cls.from_config(cls.load_config(where)).to(dtype).eval()
+        else:
+            config_object = transformers.AutoConfig.from_pretrained(where)
+            with default_dtype_of(dtype), torch.device(device):
+                parts[name] = cls(config_object).to(dtype).eval()  # a few layers are made in float32 regardless
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    if "requires_safety_checker" in inspect.signature(pipeline_class).parameters:
+        parts["requires_safety_checker"] = False
+    pipeline = pipeline_class(**parts)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def request_for(family: str, setup: Setup, checkpoint: Path | None) -> LoadRequest:
+    real, tiny, prediction, _, _ = FAMILIES[family]
+    if checkpoint is not None:
+        from bot.checkpoints.inspection import inspect_file
+
+        ins = inspect_file(checkpoint)
+        return LoadRequest(str(checkpoint), checkpoint.stem, family, ins.architecture.label, ins.format, ins.pipeline_config, prediction, checkpoint.stem)  # fmt: skip
+    config = tiny if setup.quick else real
+    return LoadRequest(str(CONFIG_ROOT / config), f"random-{config}", family, family, "diffusers", config, prediction, f"random-{config}")  # fmt: skip
+
+
+def loader(setup: Setup, checkpoints: dict[str, Path]):
+    def load(request: LoadRequest) -> LoadedPipeline:
+        dtype = default_dtype(setup.device, request.family, setup.precision)
+        if request.family in checkpoints:
+            return build_pipeline(request, setup.device, dtype)
+        pipeline = random_pipeline(request.pipeline_config or "", dtype, "cpu" if setup.quick else setup.device)
+        return LoadedPipeline(pipeline, request, "cpu", dtype, 0.0, dict(pipeline.scheduler.config))
+
+    return load
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak(device: str) -> int:
+    return int(torch.cuda.max_memory_allocated(device)) if device.startswith("cuda") else 0
+
+
+def verdict(pictures: list[np.ndarray]) -> dict[str, object]:
+    finite = all(np.isfinite(p).all() for p in pictures)
+    black = any(p.mean() < 2 and p.std() < 2 for p in pictures)  # a NaN decode is saved as black
+    return {"finite": bool(finite), "not_black": not black}
+
+
+def png_pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+
+
+def make_lora(pipeline, folder: Path, name: str) -> Path:
+    """A random LoRA in diffusers' PEFT layout for the pipeline's denoiser (attention projections)."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    attribute = "transformer" if getattr(pipeline, "transformer", None) is not None else "unet"
+    denoiser = getattr(pipeline, attribute)
+    denoiser.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v"]), "check"
+    )
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in get_peft_model_state_dict(denoiser, adapter_name="check").items()}
+    denoiser.delete_adapters("check")
+    out = folder / name
+    type(pipeline).save_lora_weights(str(out), **{f"{attribute}_lora_layers": state})
+    return out / "pytorch_lora_weights.safetensors"
+
+
+def pictures_for(setup: Setup, size: int) -> tuple[bytes, bytes]:
+    picture = Image.new("RGB", (size, size), (200, 60, 40))
+    picture.paste((40, 160, 60), (size // 4, size // 4, size * 3 // 4, size * 3 // 4))
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 8, size // 8, size // 2, size // 2))
+    out = []
+    for image in (picture, mask):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out[0], out[1]
+
+
+def batch_for(request: LoadRequest, path: str, setup: Setup, lora: Path | None, upscaler: Path | None) -> RunBatch:
+    _, _, _, size, steps = FAMILIES[request.family]
+    if setup.quick:
+        size, steps = 64, 4
+    flow = request.prediction == "flow"
+    options: dict[str, object] = {"cfg": 3.5 if flow else 7.0}
+    picture, mask = pictures_for(setup, size)
+    if path in ("img2img", "inpaint"):
+        options |= {"init_png": picture, "strength": 0.6}
+    if path == "inpaint":
+        options["mask_png"] = mask
+    if path.startswith("hires"):
+        options |= {"hires_scale": 1.5, "hires_denoise": 0.5, "hires_upscaler": path.split(" ", 1)[1]}
+        if path == "hires ESRGAN" and upscaler is not None:
+            options |= {"hires_upscaler": upscaler.stem, "hires_model": UpscalerUse(upscaler.stem, str(upscaler), "e" * 64, 4)}
+    if path == "LoRA" and lora is not None:
+        options["loras"] = (LoraUse("check", str(lora), "c" * 64, "c" * 12, 0.8, 0.8),)
+    if path == "previews":
+        options["preview_every"] = 2
+    return RunBatch.of(f"check-{path}", request, (JobPart("j", "a lighthouse on a cliff at dusk", "", (1, 2)),), size, size, steps, model_name=request.name, **options)  # fmt: skip
+
+
+def run_batch(cache: PipelineCache, batch: RunBatch, device: str) -> dict[str, object]:
+    events: list[object] = []
+    runner = BatchRunner(device, cache, events.append, lambda job_id: False)
+    peak_reset(device)
+    synchronize(device)
+    started = time.perf_counter()
+    runner.run(batch)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    done = [e for e in events if isinstance(e, JobDone)]
+    if not done:
+        failed = [e.message for e in events if isinstance(e, BatchFailed)]
+        return {"ok": False, "error": failed[0] if failed else "no result"}
+    pictures = [png_pixels(image.png) for image in done[0].images]
+    steps = batch.total_steps
+    return {
+        "ok": True,
+        **verdict(pictures),
+        "seconds": round(seconds, 3),
+        "inference_s_per_step": round(done[0].inference_seconds / max(steps, 1), 4),
+        "peak_gb": round(peak(device) / 1e9, 3),
+    }
+
+
+def bare_call(cache: PipelineCache, request: LoadRequest, batch: RunBatch, device: str) -> dict[str, object]:
+    """The same txt2img work as one plain diffusers call on the same pipeline."""
+    loaded, _ = cache.get(request)
+    pipe = loaded.pipeline
+    peak_reset(device)
+    synchronize(device)
+    started = time.perf_counter()
+    images = pipe(
+        prompt=["a lighthouse on a cliff at dusk"] * 2,
+        width=batch.width,
+        height=batch.height,
+        num_inference_steps=batch.parameters.steps,
+        guidance_scale=batch.parameters.cfg,
+        generator=[torch.Generator("cpu").manual_seed(s) for s in (1, 2)],
+        output_type="np",
+    ).images
+    synchronize(device)
+    seconds = time.perf_counter() - started
+    pictures = [np.nan_to_num(image * 255, nan=0.0) for image in images]
+    return {
+        **verdict(pictures),
+        "s_per_step": round(seconds / batch.parameters.steps, 4),
+        "peak_gb": round(peak(device) / 1e9, 3),
+    }
+
+
+def check_family(family: str, setup: Setup, checkpoint: Path | None, paths: list[str]) -> dict[str, object]:
+    request = request_for(family, setup, checkpoint)
+    checkpoints = {family: checkpoint} if checkpoint else {}
+    budget = 1 << 40
+
+    def placed(loaded: LoadedPipeline) -> None:
+        place(loaded, setup.device, budget)
+
+    cache = PipelineCache(setup.device, budget, 0, loader(setup, checkpoints), placed)
+    loaded, _ = cache.get(request)
+    flow = request.prediction == "flow"
+    lora = make_lora(loaded.pipeline, setup.folder, family) if not flow and "LoRA" in paths else None
+    upscaler = None
+    if "hires ESRGAN" in paths and not flow:
+        from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
+
+        upscaler = make_tiny_upscaler(setup.folder / "esrgan-check.safetensors")
+    results: dict[str, object] = {}
+    for path in [p for p in (FLOW_PATHS if flow else SD_PATHS) if p in paths]:
+        batch = batch_for(request, "txt2img" if path == "offloaded" else path, setup, lora, upscaler)
+        if path == "offloaded":  # as on a card smaller than the model: the placement it would get
+            results[path] = {}
+            for placement in (OFFLOAD, FP8, GROUP) if flow else (OFFLOAD, GROUP):
+                offloaded = PipelineCache(setup.device, budget, 0, loader(setup, checkpoints), lambda loaded, p=placement: _force(loaded, p, setup.device))  # fmt: skip
+                results[path][placement] = run_batch(offloaded, replace(batch, batch_id=f"check-{placement}"), setup.device)
+                del offloaded
+            continue
+        results[path] = run_batch(cache, batch, setup.device)
+        if path == "txt2img":
+            bare = bare_call(cache, request, batch, setup.device)
+            easel = results[path]
+            results["bare diffusers txt2img"] = bare
+            if easel.get("ok") and bare["s_per_step"]:
+                easel["s_per_step_vs_bare"] = round(easel["inference_s_per_step"] / bare["s_per_step"], 3)
+                easel["peak_vs_bare"] = round(easel["peak_gb"] / bare["peak_gb"], 3) if bare["peak_gb"] else None
+                # random weights that overflow in the model itself are the model's, not Easel's
+                easel["blame_easel"] = bool(bare["finite"] and bare["not_black"]) and not (easel["finite"] and easel["not_black"])
+    if "oom" in paths:
+        results["out of memory once"] = out_of_memory_once(cache, request, setup)
+    return results
+
+
+def _force(loaded: LoadedPipeline, placement: str, device: str) -> None:
+    loaded.placement = placement
+    apply(loaded.pipeline, placement, device, loaded.dtype)
+    loaded.device = device
+
+
+def out_of_memory_once(cache: PipelineCache, request: LoadRequest, setup: Setup) -> dict[str, object]:
+    """A pipeline call that runs out of memory once: the batch must finish, a picture at a time."""
+    loaded, _ = cache.get(request)
+    pipeline_class = type(loaded.pipeline)
+    real = pipeline_class.__call__
+    calls: list[int] = []
+
+    def once(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected by gpu_check)")
+        return real(self, *args, **kwargs)
+
+    pipeline_class.__call__ = once
+    try:
+        outcome = run_batch(cache, batch_for(request, "txt2img", setup, None, None), setup.device)
+    finally:
+        pipeline_class.__call__ = real
+    again = run_batch(cache, batch_for(request, "txt2img", setup, None, None), setup.device)
+    return {"recovered": bool(outcome.get("ok")), "calls": len(calls), "next_job_ok": bool(again.get("ok"))}
+
+
+def cache_past_budget(setup: Setup, families: list[str], checkpoints: dict[str, Path]) -> dict[str, object]:
+    """Room for about two of the models: loading every one evicts, and the last job still runs."""
+    requests = [request_for(f, setup, checkpoints.get(f)) for f in families]
+    sizes = []
+    probe = loader(setup, checkpoints)
+    for request in requests[:2]:
+        loaded = probe(request)
+        sizes.append(pipeline_bytes(loaded.pipeline))
+        del loaded
+    budget = int(sum(sizes) * 1.1)
+    cache = PipelineCache(setup.device, budget, 0, loader(setup, checkpoints), lambda loaded: place(loaded, setup.device, budget))
+    outcomes = [run_batch(cache, batch_for(r, "txt2img", setup, None, None), setup.device).get("ok") for r in requests]
+    return {
+        "budget_gb": round(budget / 1e9, 3),
+        "models": len(requests),
+        "evictions": cache.stats.evictions,
+        "every_job_ok": all(outcomes),
+        "device_gb_after": round(cache.device_bytes() / 1e9, 3),
+    }
+
+
+def failures(results: dict[str, object]) -> list[str]:
+    found = []
+    for family, paths in results["families"].items():
+        for path, outcome in paths.items():
+            cases = outcome.values() if path == "offloaded" else [outcome]
+            for case in cases:
+                if "ok" in case and not case["ok"]:
+                    found.append(f"{family} {path}: {case.get('error')}")
+                elif case.get("blame_easel"):
+                    found.append(f"{family} {path}: black or NaN where the bare call was not")
+                elif path == "out of memory once" and not (case["recovered"] and case["next_job_ok"]):
+                    found.append(f"{family}: not recovered from out of memory")
+    if not results.get("cache past budget", {}).get("every_job_ok", True):
+        found.append("cache past its budget: a job failed")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (with --quick: what CI can run)")
+    parser.add_argument("--quick", action="store_true", help="the tiny models at 64 px, 4 steps, in fp16")
+    parser.add_argument("--checkpoint", action="append", default=[], help="FAMILY=PATH: a real file for a family")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="which families (default: all)")
+    parser.add_argument("--paths", default=",".join(dict.fromkeys((*SD_PATHS, *FLOW_PATHS, "oom", "cache"))), help="which paths")
+    args = parser.parse_args(argv)
+    if not args.cpu and not torch.cuda.is_available():
+        print("no CUDA device: run with --cpu (--quick for the tiny models)", file=sys.stderr)
+        return 2
+    device = "cpu" if args.cpu else "cuda:0"
+    checkpoints = {}
+    for item in args.checkpoint:
+        family, _, path = item.partition("=")
+        if family not in FAMILIES or not Path(path).is_file():
+            print(f"--checkpoint {item}: FAMILY=PATH with a family of {', '.join(FAMILIES)} and a file", file=sys.stderr)
+            return 2
+        checkpoints[family] = Path(path)
+    families = [f for f in args.families.split(",") if f in FAMILIES]
+    paths = args.paths.split(",")
+    with tempfile.TemporaryDirectory() as folder:
+        setup = Setup(device, args.quick, "half" if args.quick else "auto", Path(folder))
+        results: dict[str, object] = {
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+            "torch": torch.__version__,
+            "quick": args.quick,
+            "precision": setup.precision,
+            "weights": {f: str(checkpoints.get(f, "random, real shapes" if not args.quick else "random, tiny")) for f in families},
+            "families": {},
+        }
+        for family in families:
+            started = time.perf_counter()
+            results["families"][family] = check_family(family, setup, checkpoints.get(family), paths)
+            print(f"{family}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+        if len(families) >= 3 and "cache" in paths:
+            results["cache past budget"] = cache_past_budget(setup, families, checkpoints)
+    results["failures"] = failures(results)
+    report("gpu_check", results)
+    return 1 if results["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
