@@ -123,7 +123,9 @@ class PipelineCache:
             return entry.loaded, "cpu"
         loaded = self._load(request)
         if self._place is not None:  # room first: near the budget, placing it beside the rest would fail
-            self._make_room(self._added(_resident(loaded, self.device_budget)))
+            resident = _resident(loaded, self.device_budget)
+            self._part_from_other_placements(loaded, offloaded=id(loaded.pipeline) in resident)
+            self._make_room(self._added(resident))
             self._place(loaded)
         entry = CacheEntry(loaded, _resident(loaded))
         self._make_room(self._added(entry.modules))
@@ -166,6 +168,16 @@ class PipelineCache:
         self._device.pop(key, None)
         self._cpu.pop(key, None)
         gc.collect()
+
+    def _part_from_other_placements(self, loaded: LoadedPipeline, offloaded: bool) -> None:
+        """Off the device, every pipeline that shares a part with `loaded` (a Flux T5 from the
+        component store) unless both are whole: offloading moves a part between CPU RAM and the
+        device as its own pipeline runs, out from under a whole one that expects it in place."""
+        mine = {id(c) for c in loaded.pipeline.components.values() if isinstance(c, torch.nn.Module)}
+        for key, entry in list(self._device.items()):
+            if (offloaded or entry.loaded.offloaded) and mine & _parts(entry):
+                log.info("cache: %s shares parts with %s, placed otherwise: it leaves", entry.loaded.request.name, loaded.request.name)
+                self._evict(key)
 
     def _make_room(self, nbytes: int) -> None:
         while self._device and self._used(self._device) + nbytes > self.device_budget:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from common.protocol import LoadRequest
@@ -111,6 +112,30 @@ def test_a_pipeline_over_the_budget_is_counted_as_offloaded_before_it_is_placed(
     cache.get(req("big"))
     assert kept == [[], ["a"]]  # a (2 MB) and one 10 MB part at a time fit in 16 MB: a stayed
     assert cache.loaded_keys() == [req("a").cache_key, req("big").cache_key]
+
+
+@pytest.mark.parametrize(("big_mb", "a_stays"), [(10, True), (20, False)])
+def test_a_part_shared_by_a_whole_and_an_offloaded_model_leaves_with_the_whole_one(big_mb: int, a_stays: bool) -> None:
+    """Two Flux checkpoints with the component store's one T5: both whole, they share it on the
+    device; once one is offloaded (it moves the T5 between RAM and the device as it runs), the whole
+    one leaves first rather than find its T5 gone."""
+    shared = torch.nn.Linear(2 * MB // 4, 1, bias=False)  # 2 MB, in both
+
+    def build(request: LoadRequest) -> LoadedPipeline:
+        pipeline = FakePipeline(4 * MB)
+        if request.name == "big":  # in parts of 10 MB at most: offloaded, one part at a time fits beside a
+            pipeline.components = {f"part{i}": torch.nn.Linear(10 * MB // 4, 1, bias=False) for i in range(big_mb // 10)}
+        pipeline.components["text_encoder_2"] = shared
+        return LoadedPipeline(pipeline, request, "cpu", torch.float32, 0.0)  # type: ignore[arg-type]
+
+    def place(loaded: LoadedPipeline) -> None:
+        loaded.placement = WHOLE if sum(p.numel() * 4 for c in loaded.pipeline.components.values() for p in c.parameters()) <= 16 * MB else OFFLOAD
+
+    cache = PipelineCache("cuda:0", 16 * MB, 0, build, place)
+    cache.get(req("a"))
+    cache.get(req("big"))
+    assert (req("a").cache_key in cache.loaded_keys()) is a_stays
+    assert cache.where(req("a").cache_key) == ("device" if a_stays else "disk")  # shared: dropped, not kept in RAM
 
 
 def test_keep_only_moves_every_other_model_off_the_device() -> None:
