@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "full", "half", "bf16"] = "auto"
     # The VAE's (A1111's --no-half-vae): auto (the model's, float32 where fp16 overflows) or full.
     vae_precision: Literal["auto", "full"] = "auto"
+    # Where a picture's starting noise comes from, as A1111's "Random number generator source": GPU
+    # (A1111's default; computed as CUDA draws it where there is no CUDA), CPU or NV.
+    rng: Literal["GPU", "CPU", "NV"] = "GPU"
     # torch.compile of the denoiser's repeated blocks on CUDA (slower first picture per size, then faster).
     compile: bool = False
     # First-block cache on Flux (0 = off; 0.05-0.1 usual): faster, changes pictures (written in their infotext).

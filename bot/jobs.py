@@ -294,7 +294,7 @@ class Jobs:
         here = await self.rules(place)
         ref, switched = await self._checkpoint(place, here, options.checkpoint)
         steps, cfg, sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
-        defaults = Parameters(negative=here.negative, steps=steps, cfg=cfg, sampler=sampler)
+        defaults = Parameters(negative=here.negative, steps=steps, cfg=cfg, sampler=sampler, rng=here.rng)
         given = {name: value for name, value in options.given.items() if value is not None}
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
@@ -345,6 +345,7 @@ class Jobs:
             "hires_upscaler": params.get("Hires upscaler", "Latent"),
             "vae": await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
             "distilled_cfg": _number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
+            "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)

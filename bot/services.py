@@ -114,6 +114,7 @@ async def open_services(
         generation.limits,
         nsfw_in_dms=settings.nsfw_in_dms,
         pictures=(settings.nsfw_pictures, settings.nsfw_pictures_adult, settings.nsfw_threshold),
+        rng=settings.rng,
     )
     upscaling = UpscaleService(upscalers)
     jobs = Jobs(

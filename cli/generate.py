@@ -26,7 +26,7 @@ from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry
 from common.errors import EaselError
-from common.parameters import Parameters
+from common.parameters import RNG_SOURCES, Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
 from common.worker_config import add_engine_arguments, engine_of
 
@@ -96,6 +96,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 if not (args.checkpoint and args.prompt):
                     raise EaselError("give --checkpoint and --prompt, or --from-picture PICTURE")
+                args.rng = args.rng or settings.rng  # the bot's default source (EASEL_RNG) where none was given
                 plan = await jobs.plan_imagine(asker, Place.command_line(), options_from_args(args))
         if devices:
             print(f"starting the worker on {devices[0]}…", flush=True)
@@ -185,6 +186,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
     p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
+    p.add_argument(
+        "--rng",
+        type=str.upper,
+        choices=RNG_SOURCES,
+        help="where the starting noise comes from, as A1111's RNG source: GPU (A1111's default; computed as "
+        "CUDA draws it where there is no CUDA), CPU or NV (default: EASEL_RNG or GPU)",
+    )
+    p.add_argument("--subseed", type=int, help="A1111's variation seed (-1: random), mixed in at --subseed-strength")
+    p.add_argument("--subseed-strength", type=float, help="how much of the variation seed's noise, 0-1")
+    p.add_argument("--seed-resize-from", help="WIDTHxHEIGHT: the seed's noise as drawn at that size (A1111's)")
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the checkpoint's native size)")
     p.add_argument("--count", type=int, default=1, help="images, with seeds counting up from --seed")
     p.add_argument("--clip-skip", type=int, default=1)

@@ -20,7 +20,9 @@ async def open_store(settings: Settings) -> AsyncIterator[GuildSettings]:
     db = await open_database(settings.database_path)
     try:
         registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
-        yield GuildSettings(db, registry, settings.blocked_words, Limits(), nsfw_in_dms=settings.nsfw_in_dms)
+        yield GuildSettings(
+            db, registry, settings.blocked_words, Limits(), nsfw_in_dms=settings.nsfw_in_dms, rng=settings.rng
+        )
     finally:
         await db.close()
 

@@ -20,6 +20,7 @@ from bot.rules.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
 from cogs.utils.checkpoint_option import Registered
 from cogs.utils.checks import is_manager, manager_group
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
+from common.parameters import RNG_SOURCES
 from common.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -73,11 +74,13 @@ class ServerSettings(
         sampler="Default sampler",
         aspect="Default shape",
         negative='Default negative prompt ("-" clears)',
+        rng="Where the starting noise comes from, as A1111's RNG source (GPU: A1111's default)",
         this_channel="Only in this channel (default: the whole server)",
     )
     @app_commands.choices(
         sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
+        rng=[app_commands.Choice(name=s, value=s) for s in RNG_SOURCES],
     )
     async def defaults(
         self,
@@ -88,10 +91,11 @@ class ServerSettings(
         sampler: str | None = None,
         aspect: str | None = None,
         negative: app_commands.Range[str, 0, 1000] | None = None,
+        rng: str | None = None,
         this_channel: bool = False,
     ) -> None:
         changes = {"checkpoint": checkpoint, "steps": steps, "cfg": cfg, "sampler": sampler, "aspect": aspect}
-        await self.apply(interaction, changes | {"negative": negative}, this_channel)
+        await self.apply(interaction, changes | {"negative": negative, "rng": rng}, this_channel)
 
     @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="policy", description="NSFW, spoilers, limits and blocked words for the whole server")

@@ -23,6 +23,7 @@ from common.errors import EaselError
 from common.samplers import DEFAULT_SAMPLER
 
 DEFAULT_DISTILLED_CFG = 3.5  # Forge's and ComfyUI's FluxGuidance default for Flux dev
+RNG_SOURCES = ("GPU", "CPU", "NV")  # A1111's "Random number generator source" (gpu_worker/noise.py)
 
 
 def _written_as(key: str, *also_read: str) -> dict[str, tuple[str, ...]]:
@@ -64,6 +65,14 @@ class Parameters:
     cfg_rescale: float = field(default=0.0, metadata=_written_as("CFG Rescale φ", "CFG Rescale"))
     vae: str | None = None  # a registered VAE's name or hash; "none": the checkpoint's own; None: its default
     distilled_cfg: float = DEFAULT_DISTILLED_CFG  # Forge's "Distilled CFG Scale": Flux dev's guidance input
+    # The starting noise, as A1111 draws it (gpu_worker/noise.py): its "Random number generator
+    # source" (GPU, CPU or NV; GPU, A1111's default, is not written), and its "Extra" seed options: a
+    # variation seed mixed in at a strength (the seed is written only with a strength; once validated,
+    # the first picture's, the others counting up) and the size ("WxH") the seed's noise is drawn at.
+    rng: str = field(default="GPU", metadata=_written_as("RNG"))
+    subseed: int = field(default=-1, metadata=_written_as("Variation seed"))
+    subseed_strength: float = field(default=0.0, metadata=_written_as("Variation seed strength"))
+    seed_resize_from: str = field(default="", metadata=_written_as("Seed resize from"))
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -89,6 +89,7 @@ class JobPart:
     prompt: str
     negative: str
     seeds: tuple[int, ...]
+    subseeds: tuple[int, ...] = ()  # A1111's variation seeds, one per seed, with a strength (gpu_worker/noise.py)
 
 
 @dataclass(frozen=True)

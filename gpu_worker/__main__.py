@@ -60,6 +60,15 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
     p.add_argument("--device", default="auto")
     p = sub.add_parser("safety-check", help="the picture check's scores for a PNG, as JSON")
     p.add_argument("path")
+    p = sub.add_parser("noise", help="the starting noise of pictures, as JSON (`python bot.py noise` checks the flags)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--shape", required=True, help="CxHxW")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--rng", default="GPU")
+    p.add_argument("--subseed", type=int, default=-1)
+    p.add_argument("--subseed-strength", type=float, default=0.0)
+    p.add_argument("--seed-resize-from", default="")
+    p.add_argument("--device", default="auto")
     p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
@@ -72,6 +81,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
         "bake": lambda args: _bake(args.fd),
         "upscale": lambda args: _upscale(args.fd, args.device),
         "safety-check": _safety_check,
+        "noise": _noise,
         "merge": lambda args: _merge(args.fd),
         "embed": _embed,
     }
@@ -124,6 +134,20 @@ def _safety_check(args: argparse.Namespace) -> int:
     with Image.open(args.path, formats=["PNG"]) as picture:
         scores = NudityScorer().score(picture)
     print(json.dumps({"score": scores.score, "labels": scores.labels}))
+    return 0
+
+
+def _noise(args: argparse.Namespace) -> int:
+    from gpu_worker.noise import initial_noise
+    from gpu_worker.worker import resolve_device
+
+    device = resolve_device(args.device)
+    shape = tuple(int(n) for n in args.shape.split("x"))
+    seeds = [(args.seed + i) % 2**32 for i in range(args.count)]
+    subseeds = [(args.subseed + i) % 2**32 for i in range(args.count)] if args.subseed_strength else None
+    resize = tuple(int(n) for n in args.seed_resize_from.split("x")) if args.seed_resize_from else None
+    noise, _ = initial_noise(args.rng, device, shape, seeds, subseeds, args.subseed_strength, resize)  # type: ignore[arg-type]
+    print(json.dumps({"rng": args.rng, "device": device, "seeds": seeds, "noise": noise.tolist()}))
     return 0
 
 

@@ -427,7 +427,10 @@ class GenerationService:
         batch = RunBatch(
             batch_id=new_job_id(),
             load=spec.checkpoint.load_request(),
-            jobs=tuple(JobPart(j.id, j.spec.parameters.prompt, j.spec.parameters.negative, j.spec.seeds) for j in jobs),
+            jobs=tuple(
+                JobPart(j.id, j.spec.parameters.prompt, j.spec.parameters.negative, j.spec.seeds, j.spec.subseeds)
+                for j in jobs
+            ),
             parameters=spec.parameters,
             model_name=spec.checkpoint.file_stem,
             preview_every=self.preview_every,

@@ -27,10 +27,11 @@ from bot.rules.policy import (
     picture_verdict,
 )
 from common.errors import EaselError
+from common.parameters import RNG_SOURCES
 from common.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
-DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative")
+DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative", "rng")
 POLICY_KEYS = (
     "nsfw",
     "spoiler",
@@ -64,6 +65,7 @@ class Effective:
     sampler: str = DEFAULT_SAMPLER
     aspect: str = "1:1"
     negative: str = ""
+    rng: str = "GPU"  # A1111's random number generator source (common/parameters.py)
     nsfw: str = "age-restricted"
     spoiler: bool = False
     max_steps: int = MAX_STEPS
@@ -120,7 +122,9 @@ class GuildSettings:
         *,
         nsfw_in_dms: bool = True,
         pictures: tuple[str, str, float] = ("withhold", "allow", 0.5),
+        rng: str = "GPU",
     ) -> None:
+        self.rng = rng  # the bot's default noise source (EASEL_RNG)
         self.nsfw_in_dms = nsfw_in_dms
         self.pictures = pictures  # the bot's defaults: (ordinary channels, adult places and DMs, threshold)
         self._db = db
@@ -136,7 +140,7 @@ class GuildSettings:
         return json.loads(row[0]) if row else {}
 
     async def effective(self, guild_id: str | None, channel_id: str | None) -> Effective:
-        result = Effective(guild_id, channel_id, blocked_words=list(self.bot_blocked_words))
+        result = Effective(guild_id, channel_id, rng=self.rng, blocked_words=list(self.bot_blocked_words))
         result.nsfw_pictures, result.nsfw_pictures_adult, result.nsfw_threshold = self.pictures
         result.max_steps = min(MAX_STEPS, self.limits.max_steps)
         result.sources = {key: "bot" for key in (*DEFAULT_KEYS, *POLICY_KEYS)}
@@ -225,6 +229,10 @@ class GuildSettings:
             except ValueError as e:
                 raise SettingsError(str(e)) from None
             return sampler if " ".join(text.split()).lower() == sampler.lower() else f"{sampler} {schedule}"
+        if key == "rng":
+            if text.upper() not in RNG_SOURCES:
+                raise SettingsError(f"rng must be one of {', '.join(RNG_SOURCES)} (GPU: A1111's default)")
+            return text.upper()
         if key == "aspect":
             if text not in ASPECTS:
                 raise SettingsError(f"aspect must be one of {', '.join(ASPECTS)}")

@@ -6,6 +6,7 @@ Validation happens before anything is queued or sent to a GPU: every problem is 
 from __future__ import annotations
 
 import random
+import re
 import unicodedata
 from dataclasses import dataclass, replace
 
@@ -14,7 +15,7 @@ from bot.untrusted import has_lone_surrogate
 from common.errors import EaselError
 from common.families import FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
-from common.parameters import Parameters
+from common.parameters import RNG_SOURCES, Parameters
 from common.prompt_schedule import prompt_schedule
 from common.prompt_syntax import parse_prompt
 from common.protocol import (
@@ -130,6 +131,12 @@ class ValidRequest:
         return self.parameters.width or 0
 
     @property
+    def subseeds(self) -> tuple[int, ...]:
+        """One variation seed per picture, counting up as the seeds do (none without a strength)."""
+        p = self.parameters
+        return tuple((p.subseed + i) % 2**32 for i in range(p.count)) if p.subseed_strength else ()
+
+    @property
     def height(self) -> int:
         return self.parameters.height or 0
 
@@ -196,6 +203,7 @@ def validate(
     elif hires_model is not None:
         raise GenerationError("an upscaler model was given without the hires fix")
     _check_inputs(p, init_png, mask_png)
+    p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
     _check_cfg_rescale(p, checkpoint)
     if checkpoint.family in FLOW_FAMILIES:
@@ -239,6 +247,30 @@ def _check_numbers(p: Parameters, width: int, height: int, limits: Limits) -> No
         raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {p.clip_skip}")
     if p.seed < -1 or p.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {p.seed}")
+
+
+def _check_noise(p: Parameters, limits: Limits) -> Parameters:
+    """The noise's source and A1111's variation seed and seed resize, checked; the variation seed
+    drawn when a strength asks for one, and cleared when none does (A1111 writes it only then)."""
+    rng = p.rng.strip().upper()
+    if rng not in RNG_SOURCES:
+        raise GenerationError(f"RNG {p.rng[:20]!r} is not one of {', '.join(RNG_SOURCES)}")
+    if not 0 <= p.subseed_strength <= 1:
+        raise GenerationError(f"variation seed strength must be between 0 and 1, not {p.subseed_strength:g}")
+    if p.subseed < -1 or p.subseed >= 2**32:
+        raise GenerationError(f"variation seed must be -1 (random) or between 0 and {2**32 - 1}, not {p.subseed}")
+    subseed = -1 if not p.subseed_strength else random_seed() if p.subseed == -1 else p.subseed
+    resize = p.seed_resize_from.strip().lower()
+    if resize:
+        found = re.fullmatch(r"(\d{1,5})x(\d{1,5})", resize)
+        if found is None:
+            raise GenerationError(f"seed resize from {p.seed_resize_from[:20]!r} is not WIDTHxHEIGHT")
+        width, height = int(found[1]), int(found[2])
+        if not (limits.min_size <= width <= limits.max_size and limits.min_size <= height <= limits.max_size):
+            raise GenerationError(f"seed resize from {resize} is outside {limits.min_size}-{limits.max_size}")
+        if width % 8 or height % 8:
+            raise GenerationError(f"seed resize from {resize} is not in multiples of 8")
+    return replace(p, rng=rng, subseed=subseed, seed_resize_from=resize)
 
 
 def _check_inputs(p: Parameters, init_png: bytes | None, mask_png: bytes | None) -> None:

@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.protocol import JobPart, LoadRequest, RunBatch
+from gpu_worker import noise
 from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.prompt_encoding import Conditioning
 from gpu_worker.textual_inversion import EmbeddingCache, WordEmbeddings
@@ -43,6 +44,10 @@ class Draw:
     def seeds(self) -> list[int]:
         return [seed for job in self.jobs for seed in job.seeds]
 
+    @property
+    def subseeds(self) -> list[int]:
+        return [subseed for job in self.jobs for subseed in job.subseeds]
+
     def first_index(self) -> dict[str, int]:
         """Each job's first picture's place among the call's pictures."""
         places, offset = {}, 0
@@ -53,7 +58,11 @@ class Draw:
 
     def one_by_one(self) -> list[Draw]:
         """A call per picture (the retry after running out of memory)."""
-        return [Draw((replace(job, seeds=(seed,)),)) for job in self.jobs for seed in job.seeds]
+        return [
+            Draw((replace(job, seeds=(seed,), subseeds=job.subseeds[i : i + 1]),))
+            for job in self.jobs
+            for i, seed in enumerate(job.seeds)
+        ]
 
     def split(self, images: list[Image.Image]) -> dict[str, list[Image.Image]]:
         places = self.first_index()
@@ -135,6 +144,23 @@ class Family:
             pipe.vae.disable_tiling()
 
 
-def cpu_generators(seeds: list[int]) -> list[torch.Generator]:
-    """Noise from CPU generators: the same seed gives the same picture on any GPU model."""
-    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+def noise_inputs(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[int, int], from_text: bool) -> dict:
+    """The pipeline call's noise, as A1111 draws it (gpu_worker/noise.py): each picture's generator,
+    and from text, the starting latents themselves (the source, variation seed and seed resize apply
+    there; a call from a picture draws its noise from the generators)."""
+    p, device = run.batch.parameters, run.loaded.device
+    if not from_text:
+        return {"generator": noise.generators(p.rng if not noise.computed(p.rng, device) else "CPU", device, draw.seeds)}
+    scale = pipe.vae_scale_factor
+    width, height = size
+    if getattr(pipe, "_pack_latents", None) is not None:  # Flux: an even latent grid, packed into 2x2 tokens
+        width, height = width // (scale * 2) * scale * 2, height // (scale * 2) * scale * 2
+    shape = (pipe.vae.config.latent_channels, height // scale, width // scale)
+    resize = tuple(int(n) for n in p.seed_resize_from.split("x")) if p.seed_resize_from else None
+    start, generators = noise.initial_noise(
+        p.rng, device, shape, draw.seeds, draw.subseeds or None, p.subseed_strength, resize, scale  # type: ignore[arg-type]
+    )
+    latents = start.to(pipe._execution_device, run.loaded.dtype)
+    if getattr(pipe, "_pack_latents", None) is not None:
+        latents = pipe._pack_latents(latents, *latents.shape)
+    return {"latents": latents, "generator": generators}

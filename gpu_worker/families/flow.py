@@ -10,7 +10,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.protocol import RunBatch
-from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_generators
+from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.hires import enlarge
 from gpu_worker.init_images import prepare_init
 from gpu_worker.latents import decode_pictures, encode_pictures
@@ -113,7 +113,7 @@ def _call(
         width=size[0],
         height=size[1],
         num_inference_steps=steps,
-        generator=cpu_generators(draw.seeds),
+        **noise_inputs(run, draw, pipe, size, "image" not in inputs),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents"],
         output_type="latent",

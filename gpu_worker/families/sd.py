@@ -16,7 +16,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.protocol import JobPart, LoadRequest
-from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, cpu_generators
+from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.families.sd_build import build_sd
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
@@ -160,7 +160,7 @@ def _sample(
         num_inference_steps=steps,
         guidance_scale=batch.parameters.cfg,
         **({"guidance_rescale": batch.parameters.cfg_rescale} if batch.parameters.cfg_rescale else {}),
-        generator=cpu_generators(draw.seeds),
+        **noise_inputs(run, draw, pipe, (inputs.get("width", batch.width), inputs.get("height", batch.height)), "image" not in inputs),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
         output_type="latent",
