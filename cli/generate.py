@@ -196,6 +196,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subseed", type=int, help="A1111's variation seed (-1: random), mixed in at --subseed-strength")
     p.add_argument("--subseed-strength", type=float, help="how much of the variation seed's noise, 0-1")
     p.add_argument("--seed-resize-from", help="WIDTHxHEIGHT: the seed's noise as drawn at that size (A1111's)")
+    p.add_argument(
+        "--ensd", type=int, help="A1111's eta noise seed delta for ancestral and SDE samplers (NovelAI's: 31337)"
+    )
     p.add_argument("--size", help="WIDTHxHEIGHT, multiples of 8 (default: the checkpoint's native size)")
     p.add_argument("--count", type=int, default=1, help="images, with seeds counting up from --seed")
     p.add_argument("--clip-skip", type=int, default=1)

@@ -73,6 +73,10 @@ class Parameters:
     subseed: int = field(default=-1, metadata=_written_as("Variation seed"))
     subseed_strength: float = field(default=0.0, metadata=_written_as("Variation seed strength"))
     seed_resize_from: str = field(default="", metadata=_written_as("Seed resize from"))
+    # A1111's "Eta noise seed delta": a sampler that draws noise at each step draws it from
+    # generators seeded with seed + this after the first draw (NovelAI's 31337). Kept only for such a
+    # sampler, and written then, as A1111 writes it.
+    ensd: int = field(default=0, metadata=_written_as("ENSD"))
 
     @classmethod
     def names(cls) -> frozenset[str]:

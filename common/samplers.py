@@ -15,22 +15,24 @@ SCHEDULES = ("Automatic", "Karras", "Exponential")
 class Sampler:
     schedules: tuple[str, ...] = ("Automatic",)  # schedule types it supports
     default_schedule: str = "Automatic"  # what "Automatic" means for it (A1111's per-sampler default)
+    noisy: bool = False  # draws fresh noise at each step (ancestral, SDE): A1111's ENSD applies to it
 
 
 _SIGMA = Sampler(schedules=SCHEDULES)
 _KARRAS = Sampler(schedules=SCHEDULES, default_schedule="Karras")
+_KARRAS_NOISY = Sampler(schedules=SCHEDULES, default_schedule="Karras", noisy=True)
 
 # A1111 sampler names (modules/sd_samplers_kdiffusion.py samplers_k_diffusion, and DDIM, UniPC).
 SAMPLERS: dict[str, Sampler] = {
     "Euler": _SIGMA,
-    "Euler a": Sampler(),
+    "Euler a": Sampler(noisy=True),
     "Heun": _SIGMA,
     "LMS": Sampler(),
     "DPM2": _KARRAS,
-    "DPM2 a": _KARRAS,
+    "DPM2 a": _KARRAS_NOISY,
     "DPM++ 2M": _KARRAS,
-    "DPM++ 2M SDE": _KARRAS,
-    "DPM++ SDE": _KARRAS,
+    "DPM++ 2M SDE": _KARRAS_NOISY,
+    "DPM++ SDE": _KARRAS_NOISY,
     "DDIM": Sampler(),
     "UniPC": _SIGMA,
 }

@@ -82,10 +82,12 @@ def initial_noise(
     subseed_strength: float = 0.0,
     resize_from: tuple[int, int] | None = None,
     scale: int = 8,
+    ensd: int = 0,
 ) -> tuple[torch.Tensor, list[torch.Generator]]:
     """The pictures' starting noise (B x C x H x W, float32 on the CPU) and the generators the
     pipeline then draws its step noise from. `resize_from`: (width, height) in pixels; `scale`: the
-    VAE's scale factor."""
+    VAE's scale factor; `ensd`: A1111's eta noise seed delta, the step generators then seeded with
+    seed + ensd."""
     own = generators(source, device, seeds)
     drawn_shape = shape if not resize_from else (shape[0], resize_from[1] // scale, resize_from[0] // scale)
     pictures = []
@@ -97,5 +99,7 @@ def initial_noise(
         if drawn_shape != shape:
             noise = paste_centred(noise, first_draw(source, device, seed, shape, generator))
         pictures.append(noise)
-    step_generators = own if not computed(source, device) else generators("CPU", device, seeds)
-    return torch.stack(pictures), step_generators
+    step_source = source if not computed(source, device) else "CPU"
+    if ensd:
+        return torch.stack(pictures), generators(step_source, device, [(seed + ensd) % 2**64 for seed in seeds])
+    return torch.stack(pictures), own if step_source == source else generators("CPU", device, seeds)

@@ -205,3 +205,23 @@ async def test_sources_and_a_full_variation_through_the_worker(jobs: Jobs) -> No
 async def test_bad_noise_options_are_refused_in_one_line(jobs: Jobs, options: dict, message: str) -> None:
     with pytest.raises(EaselError, match=message.replace("(", r"\(").replace(")", r"\)")):
         await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", **options))
+
+
+def test_ensd_reseeds_the_step_noise_after_the_first_draw() -> None:
+    shape = (4, 8, 8)
+    start, steps = initial_noise("CPU", "cpu", shape, [7, 8], ensd=31337)
+    plain, _ = initial_noise("CPU", "cpu", shape, [7, 8])
+    assert torch.equal(start, plain)  # the first draw is the seed's
+    for generator, seed in zip(steps, (7, 8), strict=True):
+        expected = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + 31337))
+        assert torch.equal(torch.randn(shape, generator=generator), expected)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_ensd_changes_an_ancestral_samplers_picture_only_and_is_written_then(jobs: Jobs) -> None:
+    ancestral, _, _ = await picture(jobs, seed=5, sampler="Euler a", rng="CPU")
+    reseeded, params, _ = await picture(jobs, seed=5, sampler="Euler a", rng="CPU", ensd=31337)
+    assert params["ENSD"] == "31337" and not np.array_equal(ancestral, reseeded)
+    plain, _, _ = await picture(jobs, seed=5, sampler="Euler", rng="CPU")
+    ignored, euler_params, _ = await picture(jobs, seed=5, sampler="Euler", rng="CPU", ensd=31337)
+    assert "ENSD" not in euler_params and np.array_equal(plain, ignored)  # no step noise: as A1111, none written

@@ -32,6 +32,7 @@ from common.samplers import (
     EDM_SAMPLERS,
     FLOW_DEFAULT_SAMPLER,
     FLOW_SAMPLERS,
+    SAMPLERS,
     ZERO_SNR_SAMPLERS,
     parse_sampler,
 )
@@ -205,6 +206,10 @@ def validate(
     _check_inputs(p, init_png, mask_png)
     p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
+    if not 0 <= p.ensd < 2**32:
+        raise GenerationError(f"ENSD (eta noise seed delta) must be between 0 and {2**32 - 1}, not {p.ensd}")
+    if not SAMPLERS[sampler].noisy or checkpoint.family in FLOW_FAMILIES:
+        p = replace(p, ensd=0)  # no step noise to reseed: A1111 writes none
     _check_cfg_rescale(p, checkpoint)
     if checkpoint.family in FLOW_FAMILIES:
         p = _check_flow(p, checkpoint, width, height, embeddings)

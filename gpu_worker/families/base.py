@@ -158,7 +158,7 @@ def noise_inputs(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple
     shape = (pipe.vae.config.latent_channels, height // scale, width // scale)
     resize = tuple(int(n) for n in p.seed_resize_from.split("x")) if p.seed_resize_from else None
     start, generators = noise.initial_noise(
-        p.rng, device, shape, draw.seeds, draw.subseeds or None, p.subseed_strength, resize, scale  # type: ignore[arg-type]
+        p.rng, device, shape, draw.seeds, draw.subseeds or None, p.subseed_strength, resize, scale, p.ensd  # type: ignore[arg-type]
     )
     latents = start.to(pipe._execution_device, run.loaded.dtype)
     if getattr(pipe, "_pack_latents", None) is not None:
