@@ -1,5 +1,6 @@
 """Load time of a transformer-only Flux file with its parts from the component store, against the
-all-in-one file of the same weights: cold (every part read from disk) and with the parts already
+all-in-one file of the same weights: cold (every file dropped from the page cache first, so read from
+the disk) and with the parts already
 loaded for another checkpoint (what a second Flux fine-tune costs; gpu_worker/families/flux.py shares them).
 
 Real FLUX.1 files are 12-23 GB and do not fit this machine's tests, so the files are made here at a
@@ -44,13 +45,13 @@ def config_folder(root: Path) -> Path:
 def main() -> None:
     import torch
 
-    from bench.harness import report
+    from bench.harness import drop_from_page_cache, report, spread
     from common.protocol import ComponentUse, LoadRequest
     from gpu_worker.families.flux import flux_pipeline
     from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
 
     torch.set_num_threads(2)
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder = config_folder(root)
@@ -73,6 +74,9 @@ def main() -> None:
             for case in times:
                 keep = load(request(alone[1], parts)) if case == "transformer_parts_cached" else None
                 gc.collect()
+                # Cold: the files read from the disk, not from the page cache a previous round filled.
+                # (The parts' files too, except where this case keeps them loaded.)
+                drop_from_page_cache(aio, alone[0], *(() if keep is not None else (Path(p.path) for p in parts)))
                 started = time.perf_counter()
                 pipe = load(request(aio) if case == "all_in_one" else request(alone[0], parts))
                 times[case].append(time.perf_counter() - started)
@@ -84,6 +88,7 @@ def main() -> None:
     figures: dict[str, object] = {**sizes, "repeats": repeats}
     for case, values in times.items():
         figures[f"{case}_seconds"] = round(statistics.median(values), 3)
+        figures[f"{case}_seconds_spread"] = spread(values)
     base = figures["all_in_one_seconds"]
     figures["transformer_cold_vs_all_in_one"] = round(figures["transformer_cold_seconds"] / base, 2)  # type: ignore[operator]
     figures["transformer_parts_cached_vs_all_in_one"] = round(figures["transformer_parts_cached_seconds"] / base, 2)  # type: ignore[operator]

@@ -32,6 +32,28 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def spread(values: list[float], digits: int = 3) -> dict[str, object]:
+    """A case's samples as the JSON keeps them: median, the lowest and highest, and how many."""
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+        "n": len(values),
+    }
+
+
+def drop_from_page_cache(*paths: Path) -> None:
+    """The files' pages out of the kernel's page cache (posix_fadvise DONTNEED, no root needed): the
+    next read of them comes from the disk, as after a reboot."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def machine() -> dict[str, object]:
     """What ran it: figures from two machines are not compared."""
     cpu = platform.processor() or platform.machine()

@@ -1,7 +1,9 @@
 """Merge two full-size checkpoints (SD1.5 layout, random fp16, ~2.1 GB each): peak RSS of the merge
 process vs the size of one input (target ≤ 0.25×), and merge throughput vs reading both inputs raw.
+A warm-up read puts both inputs in the page cache (so both cases read from memory), then REPEATS
+rounds (default 5) each read them raw and merge them, interleaved; medians and spread.
 
-python bench/merge.py   (writes bench/results/merge-DATE.json)
+python bench/merge.py [REPEATS]   (writes bench/results/merge-DATE.json)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import report
+from bench.harness import median, report, spread
 from bench.load_single_file import write_full_size_sd1
 from bot.checkpoints.merging import MergeRequest, MergeService
 from bot.checkpoints.registry import CheckpointRegistry
@@ -34,6 +36,7 @@ def read_raw(paths: list[Path]) -> int:
 
 
 async def main() -> None:
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         models.mkdir()
@@ -44,20 +47,25 @@ async def main() -> None:
         registry = CheckpointRegistry(db, models)
         for path in inputs:
             await registry.hashes(path)  # hash outside the timed merge, as a registered model would be
-        started = time.perf_counter()
-        raw_bytes = read_raw(inputs)
-        raw_seconds = time.perf_counter() - started
-        started = time.perf_counter()
+        raw_bytes = read_raw(inputs)  # warm-up: both inputs in the page cache
+        raw_times, merge_times, peaks = [], [], []
         service = MergeService(registry)
-        entry = await service.merge(
-            MergeRequest(str(inputs[0]), "weighted_sum", 0.5, secondary=str(inputs[1]), name="merged")
-        )
-        merge_seconds = time.perf_counter() - started
-        # The merge process's own VmHWM: getrusage's maxrss for children would also count this
-        # process's pages, which a forked child shares until it execs.
-        peak = service.last_peak_rss or 0
+        for number in range(repeats):
+            started = time.perf_counter()
+            read_raw(inputs)
+            raw_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            entry = await service.merge(
+                MergeRequest(str(inputs[0]), "weighted_sum", 0.5, secondary=str(inputs[1]), name=f"merged-{number}")
+            )
+            merge_times.append(time.perf_counter() - started)
+            # The merge process's own VmHWM: getrusage's maxrss for children would also count this
+            # process's pages, which a forked child shares until it execs.
+            peaks.append(service.last_peak_rss or 0)
+            await asyncio.to_thread(Path(entry.path).unlink)  # the next round writes its own
         input_size = inputs[0].stat().st_size
         await db.close()
+    raw_seconds, merge_seconds, peak = median(raw_times), median(merge_times), max(peaks)
     report(
         "merge",
         {
@@ -69,6 +77,10 @@ async def main() -> None:
             "merge_input_mb_per_s": round(raw_bytes / merge_seconds / 1e6, 1),
             "ratio_merge_vs_raw_read_throughput": round(raw_seconds / merge_seconds, 3),
             "merge_seconds_including_registration": round(merge_seconds, 2),
+            "repeats": repeats,
+            "raw_read_seconds": spread(raw_times),
+            "merge_seconds": spread(merge_times),
+            "merge_process_peak_rss_bytes_each": peaks,
         },
     )
 

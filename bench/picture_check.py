@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.harness import median, report
+from bench.harness import median, report, spread
 from bench.load_single_file import write_full_size_sd1
 from common.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
@@ -35,7 +35,7 @@ from gpu_worker.safety import NudityScorer
 def main() -> None:
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 512
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 20
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     scorer = NudityScorer()
     picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (1024, 1024, 3), dtype=np.uint8))
@@ -66,6 +66,9 @@ def main() -> None:
             "job_s": round(generation, 3),
             "check_1024_s": round(check, 4),
             "ratio_check_vs_job": round(check / generation, 4),
+            "rounds": rounds,
+            "job_s_spread": spread(job_times),
+            "check_1024_s_spread": spread(check_times, 4),
         },
     )
 

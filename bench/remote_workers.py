@@ -166,7 +166,12 @@ async def main() -> None:
             stop(workers)
             workers.clear()
             await until_gone(remote)
-            workers += [start_worker(url, models, tmp / f"worker-single-{i}.log", threads=1) for i in range(2)]
+            # One worker with one thread, then two with one each: the same threads per worker.
+            workers.append(start_worker(url, models, tmp / "worker-single-0.log", threads=1))
+            await joined(remote, 1)
+            await run_job(remote, checkpoint, "warm5")
+            one_single = await throughput()
+            workers.append(start_worker(url, models, tmp / "worker-single-1.log", threads=1))
             await joined(remote, 2)
             await warm_pair()
             two_single = await throughput()
@@ -216,8 +221,12 @@ async def main() -> None:
             "throughput_1_worker_jobs_per_s": round(one, 3),
             "throughput_2_workers_jobs_per_s": round(two, 3),
             "throughput_ratio_2_over_1": round(two / one, 3),
+            "throughput_1_worker_1_thread_jobs_per_s": round(one_single, 3),
             "throughput_2_workers_1_thread_each_jobs_per_s": round(two_single, 3),
-            "throughput_ratio_2_workers_1_thread_each_over_1": round(two_single / one, 3),
+            # the same threads per worker: how the pair scales
+            "throughput_ratio_2_over_1_at_1_thread_each": round(two_single / one_single, 3),
+            # the same cores in all: two one-thread workers against one worker with torch's default threads
+            "throughput_ratio_2_workers_1_thread_each_over_1_worker_default_threads": round(two_single / one, 3),
             "cpu_cores": os.cpu_count(),
             "failover_to_rerun_s": [round(x, 2) for x in failovers],
             "failover_to_done_s": [round(x, 2) for x in dones],

@@ -5,8 +5,9 @@ one block: the layer widths that set activation memory, without the 23 blocks' c
 A1111's 192-pixel tiles with 8 pixels of overlap, once in one piece. Each run is a child process
 that reports its peak RSS; a third child only loads the network and the picture, and its peak is
 subtracted from both, leaving what the upscale itself needs. Goal: the tiled upscale's extra memory
-is a small fraction of the untiled one's, and near the 8-bit output it must hold anyway.
-python bench/upscale_tiling.py [SIZE] [FILTERS]   (writes bench/results/upscale_tiling-DATE.json)
+is a small fraction of the untiled one's, and near the 8-bit output it must hold anyway. ROUNDS
+rounds (default 5), the three children interleaved in each; medians and spread.
+python bench/upscale_tiling.py [SIZE] [FILTERS] [ROUNDS]   (writes bench/results/upscale_tiling-DATE.json)
 """
 
 from __future__ import annotations
@@ -58,35 +59,42 @@ def make_model(path: Path, filters: int) -> None:
 
 
 def main() -> None:
-    from bench.harness import report
+    from bench.harness import median, report, spread
 
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
     filters = int(sys.argv[2]) if len(sys.argv) > 2 else 32
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+    samples: dict[str, list[dict]] = {"baseline": [], "tiled": [], "whole": []}
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "4x.pth"
         make_model(model, filters)
-        runs = {}
-        for mode in ("baseline", "tiled", "whole"):
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", mode, str(model), str(size)],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-            )
-            if done.returncode != 0:
-                runs[mode] = {"failed": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}
-                continue
-            runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = runs["baseline"]["peak_rss"]
-    figures: dict[str, object] = {"size": size, "filters": filters, "output_bytes": (size * 4) ** 2 * 3}
+        for _ in range(rounds):
+            for mode in samples:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--child", mode, str(model), str(size)],
+                    capture_output=True,
+                    text=True,
+                    cwd=ROOT,
+                )
+                if done.returncode != 0:
+                    failed[mode] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else str(done.returncode)
+                    continue
+                samples[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    base = median([run["peak_rss"] for run in samples["baseline"]])
+    figures: dict[str, object] = {"size": size, "filters": filters, "rounds": rounds, "output_bytes": (size * 4) ** 2 * 3}
     for mode in ("tiled", "whole"):
-        if "failed" in runs[mode]:
-            figures[f"{mode}_failed"] = runs[mode]["failed"]
+        if mode in failed or not samples[mode]:
+            figures[f"{mode}_failed"] = failed.get(mode, "no run")
             continue
-        figures[f"{mode}_extra_rss_mb"] = round((runs[mode]["peak_rss"] - base) / 1e6, 1)
-        figures[f"{mode}_seconds"] = round(runs[mode]["seconds"], 2)
-        if runs[mode]["peak_gpu"]:
-            figures[f"{mode}_peak_gpu_mb"] = round(runs[mode]["peak_gpu"] / 1e6, 1)
+        extra = [(run["peak_rss"] - base) / 1e6 for run in samples[mode]]
+        seconds = [run["seconds"] for run in samples[mode]]
+        figures[f"{mode}_extra_rss_mb"] = round(median(extra), 1)
+        figures[f"{mode}_seconds"] = round(median(seconds), 2)
+        figures[f"{mode}_extra_rss_mb_spread"] = spread(extra, 1)
+        figures[f"{mode}_seconds_spread"] = spread(seconds, 2)
+        if samples[mode][0]["peak_gpu"]:
+            figures[f"{mode}_peak_gpu_mb"] = round(median([run["peak_gpu"] for run in samples[mode]]) / 1e6, 1)
     if "tiled_extra_rss_mb" in figures and "whole_extra_rss_mb" in figures:
         figures["tiled_vs_whole_extra_memory"] = round(figures["tiled_extra_rss_mb"] / figures["whole_extra_rss_mb"], 3)
         figures["tiled_vs_whole_time"] = round(figures["tiled_seconds"] / figures["whole_seconds"], 2)
