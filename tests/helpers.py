@@ -16,6 +16,7 @@ from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.jobs import Job, Progress, new_job_id
 from bot.generation.service import GenerationService, JobHandle
 from bot.rules.limits import GenerationError, GenerationRequest, Limits, validate
+from common.protocol import LoadRequest
 
 
 def checkpoint_ref(
@@ -152,3 +153,15 @@ async def blocker(service: GenerationService, checkpoint: CheckpointRef, user: s
         if isinstance(event, Progress):
             return Blocker(service, handle, HeldWorker(service, handle.job.id))
     raise AssertionError("the blocking job ended before its first step")
+
+
+def tiny_flux_request(path: Path) -> LoadRequest:
+    """A tiny all-in-one Flux dev file made at `path`, and the worker's request for it."""
+    from bot.checkpoints.inspection import inspect_file
+    from gpu_worker.testing.tiny_flux import make_tiny_flux
+
+    make_tiny_flux(path)
+    ins = inspect_file(path)
+    return LoadRequest(
+        str(path), path.stem, "flux", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", path.stem
+    )

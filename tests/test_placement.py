@@ -12,7 +12,6 @@ from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionMode
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from bot.checkpoints.inspection import inspect_file
 from common.bundled import CONFIG_ROOT
 from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
@@ -21,7 +20,7 @@ from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.loader import load_pipeline
 from gpu_worker.placement import FP8, GROUP, OFFLOAD, WHOLE, apply, choose, resident, store_in_fp8
 from gpu_worker.runner import BatchRunner
-from gpu_worker.testing.tiny_flux import make_tiny_flux
+from tests.helpers import tiny_flux_request
 
 GB = 1 << 30
 
@@ -93,10 +92,7 @@ def test_sdxl_takes_the_first_placement_that_fits_each_card(
 
 @pytest.fixture(scope="module")
 def flux_request(tmp_path_factory: pytest.TempPathFactory) -> LoadRequest:
-    path = tmp_path_factory.mktemp("placement") / "flux-dev.safetensors"
-    make_tiny_flux(path)
-    ins = inspect_file(path)
-    return LoadRequest(str(path), "flux-dev", "flux", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "flux-dev")  # fmt: skip
+    return tiny_flux_request(tmp_path_factory.mktemp("placement") / "flux-dev.safetensors")
 
 
 def draw(request: LoadRequest, placement: str) -> np.ndarray:

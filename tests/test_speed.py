@@ -19,16 +19,13 @@ from gpu_worker import speed
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
 from gpu_worker.runner import BatchRunner
-from gpu_worker.testing.tiny_flux import make_tiny_flux
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import tiny_flux_request
 
 
 @pytest.fixture(scope="module")
 def flux(tmp_path_factory: pytest.TempPathFactory) -> LoadRequest:
-    path = tmp_path_factory.mktemp("speed") / "flux-dev.safetensors"
-    make_tiny_flux(path)
-    ins = inspect_file(path)
-    return LoadRequest(str(path), "flux-dev", "flux", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "flux-dev")  # fmt: skip
+    return tiny_flux_request(tmp_path_factory.mktemp("speed") / "flux-dev.safetensors")
 
 
 def drawn(request: LoadRequest, config: WorkerConfig, count_blocks: list | None = None) -> tuple[np.ndarray, dict]:
