@@ -139,7 +139,7 @@ def png(picture: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def tier_batch(load: LoadRequest, path: str, loras: Path) -> RunBatch:
+def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...] = (7,)) -> RunBatch:
     options = dict(PATHS[path])
     extra: dict = {}
     if options.pop("init", False):
@@ -156,7 +156,7 @@ def tier_batch(load: LoadRequest, path: str, loras: Path) -> RunBatch:
         # layer doubles a rounding difference: 70 % apart at its output in fp16, 0.2 % at 0.25).
         extra["loras"] = (LoraUse("tiny", str(file), "1" * 64, "1" * 12, 0.1, 0.1),)
     return RunBatch.of(
-        batch_id=f"half-{path}", load=load, jobs=(JobPart("j", "a red fox", "", (7, 8)),), width=64, height=64,
+        batch_id=f"half-{path}", load=load, jobs=(JobPart("j", "a red fox", "", seeds),), width=64, height=64,
         steps=3, cfg=5.0, sampler="Euler", schedule="Automatic", model_name=load.name, **options, **extra,
     )  # fmt: skip
 
@@ -282,7 +282,7 @@ def test_out_of_memory_in_the_vae_is_recovered_and_the_next_job_on_the_model_wor
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(AutoencoderKL, "decode", decode_once_out_of_memory)
-    batch = tier_batch(load, "txt2img", tiny_loras)
+    batch = tier_batch(load, "txt2img", tiny_loras, seeds=(7, 8))
     first = sd_tier.run(load, batch, "half")
     assert failures and all(picture.std() > 1 for picture in first)
     loaded, _ = sd_tier.caches["half"].get(load)
@@ -313,7 +313,7 @@ def test_a_module_a_failed_call_left_upcast_is_put_back_before_the_retry(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(StableDiffusionPipeline, "__call__", upcast_then_out_of_memory)
-    sd_tier.run(load, tier_batch(load, "txt2img", tiny_loras), "half")
+    sd_tier.run(load, tier_batch(load, "txt2img", tiny_loras, seeds=(7, 8)), "half")
     assert seen == [torch.float16] * 3  # the failed call, then each picture alone, all on the fp16 VAE
     loaded, _ = sd_tier.caches["half"].get(load)
     assert {p.dtype for p in loaded.pipeline.vae.parameters()} == {torch.float16}
