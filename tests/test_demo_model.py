@@ -124,10 +124,12 @@ async def test_it_draws_the_colours_asked_for_pairs_it_never_saw(world: World) -
 @pytest.mark.slow
 async def test_the_negative_prompt_keeps_out_what_it_names(world: World) -> None:
     prompt = "a circle on a blue background"  # no colour for the circle: the model picks one
-    free = [(await world.imagine(prompt, seed=s)).colours[0] for s in range(8)]
+    free = [made.colours[0] for made in await asyncio.gather(*(world.imagine(prompt, seed=s) for s in range(8)))]
     assert sum(colour in ("yellow", "orange") for colour in free) >= 6, free
+    negative = "a yellow circle, an orange circle"
     kept_out = [
-        (await world.imagine(prompt, seed=s, negative="a yellow circle, an orange circle")).colours[0] for s in range(8)
+        made.colours[0]
+        for made in await asyncio.gather(*(world.imagine(prompt, seed=s, negative=negative) for s in range(8)))
     ]
     assert not {"yellow", "orange"} & set(kept_out), kept_out
 
@@ -173,7 +175,8 @@ async def test_its_lora_changes_what_it_draws(world: World) -> None:
     counts = {}
     for strength in (0, 0.1, 1):
         tag = f" <lora:easel-demo-paper:{strength}>" if strength else ""
-        made = [(await world.imagine(caption(*spec, form=1) + tag, seed=i)).colours for i, spec in enumerate(specs)]
+        asked = (world.imagine(caption(*spec, form=1) + tag, seed=i) for i, spec in enumerate(specs))
+        made = [picture.colours for picture in await asyncio.gather(*asked)]
         counts[strength] = sum(background == "white" for _, background in made)
         assert sum(shape == spec[1] for (shape, _), spec in zip(made, specs, strict=True)) >= 7
     assert counts[0] == 0 and counts[0.1] <= 1 and counts[1] >= 6, counts
