@@ -151,3 +151,13 @@ async def registry(tmp_path: Path) -> AsyncIterator[CheckpointRegistry]:
     db = await open_database(tmp_path / "easel.sqlite3")
     yield CheckpointRegistry(db, tmp_path / "models")
     await db.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first (each file's tests in their order): xdist hands whole files to
+    its processes as they come free, so a long file left for the end would run alone while the
+    other process waits."""
+    slow: dict[str, int] = {}
+    for item in items:
+        slow[item.nodeid.split("::")[0]] = slow.get(item.nodeid.split("::")[0], 0) + bool(item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.nodeid.split("::")[0]])
