@@ -8,11 +8,10 @@ import io
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, FluxTransformer2DModel, UNet2DConditionModel
+from diffusers import DiffusionPipeline
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from common.bundled import CONFIG_ROOT
+from bench.gpu_check import random_pipeline
 from common.protocol import JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.cache import PipelineCache
 from gpu_worker.device_memory import default_budgets
@@ -25,39 +24,12 @@ from tests.helpers import tiny_flux_request
 GB = 1 << 30
 
 
-class OnPaper:
-    """A pipeline's parts at their real sizes, without their memory (the meta device)."""
-
-    def __init__(self, **parts: torch.nn.Module) -> None:
-        self.components = parts
-        for name, part in parts.items():
-            setattr(self, name, part)
-
-
-def _config(family: str, part: str) -> str:
-    return str(CONFIG_ROOT / family / part)
-
-
 @pytest.fixture(scope="module")
-def real_flux() -> OnPaper:
-    with torch.device("meta"):
-        return OnPaper(
-            transformer=FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(_config("flux", "transformer"))).to(torch.bfloat16),
-            text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(_config("flux", "text_encoder"))).to(torch.bfloat16),
-            text_encoder_2=T5EncoderModel(T5Config.from_pretrained(_config("flux", "text_encoder_2"))).to(torch.bfloat16),
-            vae=AutoencoderKL.from_config(AutoencoderKL.load_config(_config("flux", "vae"))).to(torch.bfloat16),
-        )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def real_sdxl() -> OnPaper:
-    with torch.device("meta"):
-        return OnPaper(
-            unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(_config("sdxl", "unet"))).to(torch.float16),
-            text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(_config("sdxl", "text_encoder"))).to(torch.float16),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(_config("sdxl", "text_encoder_2"))).to(torch.float16),
-            vae=AutoencoderKL.from_config(AutoencoderKL.load_config(_config("sdxl", "vae"))).to(torch.float16),
-        )  # fmt: skip
+def on_paper() -> dict[str, DiffusionPipeline]:
+    """Each family's pipeline at its real size without its memory: bench/gpu_check.py's random
+    pipelines, built from the bundled configs on the meta device (which also shows they build)."""
+    dtypes = {"sd1": torch.float16, "sdxl": torch.float16, "flux": torch.bfloat16, "sd3": torch.bfloat16}
+    return {config: random_pipeline(config, dtype, "meta") for config, dtype in dtypes.items()}
 
 
 def budget_of(card_gb: int, monkeypatch: pytest.MonkeyPatch) -> int:
@@ -70,24 +42,34 @@ def budget_of(card_gb: int, monkeypatch: pytest.MonkeyPatch) -> int:
     ("card_gb", "placement"), [(48, WHOLE), (32, OFFLOAD), (24, FP8), (16, FP8), (12, GROUP)]
 )
 def test_flux_dev_takes_the_first_placement_that_fits_each_card(
-    real_flux: OnPaper, card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FLUX.1 dev in bf16: a 23.8 GB transformer and a 9.5 GB T5. On a 16 or 24 GB card its weights
     are stored in fp8 (11.9 GB) and each part moved in while it runs; on 12 GB, block by block."""
     budget = budget_of(card_gb, monkeypatch)
-    chosen = choose(real_flux, budget, fp8=True)  # type: ignore[arg-type]
+    chosen = choose(on_paper["flux"], budget, fp8=True)
     assert chosen == placement
-    assert resident(real_flux, chosen) <= budget  # type: ignore[arg-type]
+    assert resident(on_paper["flux"], chosen) <= budget
 
 
 @pytest.mark.parametrize(("card_gb", "placement"), [(12, WHOLE), (8, GROUP)])
 def test_sdxl_takes_the_first_placement_that_fits_each_card(
-    real_sdxl: OnPaper, card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SDXL in fp16 (6.9 GB): whole on 12 GB; on 8 GB (4.5 GB of budget after room for activations)
     its 5.1 GB UNet is moved in block by block (SD models are never stored in fp8: it shows)."""
     budget = budget_of(card_gb, monkeypatch)
-    assert choose(real_sdxl, budget, fp8=False) == placement  # type: ignore[arg-type]
+    assert choose(on_paper["sdxl"], budget, fp8=False) == placement
+
+
+@pytest.mark.parametrize(("card_gb", "placement"), [(48, WHOLE), (24, OFFLOAD), (16, FP8), (12, GROUP)])
+def test_sd35_large_takes_the_first_placement_that_fits_each_card(
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SD3.5 Large in bf16: a 16.3 GB transformer and a 9.5 GB T5. On 12 GB even the T5 alone is over
+    the budget: block by block."""
+    budget = budget_of(card_gb, monkeypatch)
+    assert choose(on_paper["sd3"], budget, fp8=True) == placement
 
 
 @pytest.fixture(scope="module")
@@ -126,19 +108,17 @@ def test_every_placement_draws_the_same_picture(flux_request: LoadRequest) -> No
 def test_fp8_storage_halves_flux_as_the_budget_counted_it() -> None:
     """FLUX.1 dev's transformer in fp8: 11.9 GB, what the choice counted (the layers left as they
     were are a rounding error of it), down from 23.8 GB."""
-    with torch.device("meta"):
-        transformer = FluxTransformer2DModel.from_config(FluxTransformer2DModel.load_config(_config("flux", "transformer")))
-    paper = OnPaper(transformer=transformer.to(torch.bfloat16))
-    before = sum(p.numel() * p.element_size() for p in transformer.parameters())
-    counted = resident(paper, FP8)  # type: ignore[arg-type]
-    store_in_fp8(paper, torch.bfloat16)  # type: ignore[arg-type]
-    stored = sum(p.numel() * p.element_size() for p in transformer.parameters())
+    flux = random_pipeline("flux", torch.bfloat16, "meta")  # its own: storing in fp8 changes it
+    before = sum(p.numel() * p.element_size() for p in flux.transformer.parameters())
+    counted = resident(flux, FP8)
+    store_in_fp8(flux, torch.bfloat16)
+    stored = sum(p.numel() * p.element_size() for p in flux.transformer.parameters())
     assert 23.5e9 < before < 24e9 and stored < 0.51 * before
     assert abs(stored - counted) < 0.01 * counted
 
 
-def test_a_worker_without_a_budget_keeps_every_model_whole() -> None:
-    assert choose(OnPaper(unet=torch.nn.Linear(4, 4)), None, fp8=False) == WHOLE  # type: ignore[arg-type]
+def test_a_worker_without_a_budget_keeps_every_model_whole(on_paper: dict[str, DiffusionPipeline]) -> None:
+    assert {choose(pipeline, None, fp8=True) for pipeline in on_paper.values()} == {WHOLE}
 
 
 def test_status_names_how_each_loaded_model_sits_in_memory() -> None:
