@@ -11,7 +11,21 @@ from collections.abc import Coroutine
 from typing import Any
 
 from bot.config import load_settings
-from cli import catalog, checkpoints, generate, merge, networks, noise, prompt, run, safety, server, upscale, workers
+from cli import (
+    catalog,
+    checkpoints,
+    generate,
+    merge,
+    networks,
+    noise,
+    prompt,
+    run,
+    safety,
+    sampler,
+    server,
+    upscale,
+    workers,
+)
 from common.errors import EaselError
 
 log = logging.getLogger("easel")
@@ -34,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     upscale.add_parsers(sub)
     safety.add_parsers(sub)
     noise.add_parsers(sub)
+    sampler.add_parsers(sub)
     workers.add_parsers(sub)
     return parser
 

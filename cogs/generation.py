@@ -20,10 +20,10 @@ from cogs.utils.context import asker, place
 from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
+from cogs.utils.sampler_option import Sampler
 from cogs.utils.upscaler_option import HiresUpscaler
 from cogs.utils.vae_option import Vae
 from common.protocol import MASKED_CONTENT
-from common.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -47,7 +47,7 @@ class Generation(commands.Cog):
         steps="Denoising steps (more: slower, often finer)",
         cfg="How closely to follow the prompt (CFG scale)",
         cfg_rescale="CFG Rescale φ: tames washed-out or burnt colours at high CFG (0.7 for v-prediction models)",
-        sampler="Sampler, as named in the A1111 WebUI",
+        sampler="Sampler, as named in the A1111 WebUI; a schedule type may follow (DPM++ 2M SGM Uniform)",
         seed="Seed; -1 for a random one",
         count="How many pictures",
         lora="A LoRA to apply (added to the prompt as <lora:NAME:STRENGTH>)",
@@ -65,7 +65,6 @@ class Generation(commands.Cog):
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
-        sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS],
         masked_content=[app_commands.Choice(name=m, value=m) for m in MASKED_CONTENT],
         inpaint_area=[app_commands.Choice(name=a, value=a) for a in ("Whole picture", "Only masked")],
     )
@@ -81,7 +80,7 @@ class Generation(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] | None = None,
         cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         cfg_rescale: app_commands.Range[float, 0.0, 1.0] = 0.0,
-        sampler: str | None = None,
+        sampler: Sampler | None = None,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
         count: app_commands.Range[int, 1, MAX_PICTURES_PER_COMMAND] = 1,
         lora: Lora | None = None,

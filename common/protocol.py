@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from common.parameters import Parameters
+from common.samplers import a1111_sampling, img2img_steps
 
 _BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
@@ -182,10 +183,21 @@ class RunBatch:
         return self.parameters.height or 0
 
     @property
+    def a1111_sampling(self) -> bool:
+        """Whether the sampler runs in A1111's k-diffusion form (common/samplers.py `a1111_sampling`)."""
+        load = self.load
+        return a1111_sampling(self.parameters.sampler, load.family, config_parts(load.pipeline_config)[1], load.zero_snr)
+
+    @property
     def run_steps(self) -> int:
-        """Steps the sampler runs: img2img runs `steps × strength` (A1111's default), txt2img all."""
+        """Steps the sampler runs: txt2img all; img2img A1111's `steps × strength` (rounded down, and
+        one more in A1111's own samplers)."""
         p = self.parameters
-        return p.steps if self.init_png is None else max(1, denoising_steps(p.steps, p.strength))
+        if self.init_png is None:
+            return p.steps
+        if self.a1111_sampling:
+            return img2img_steps(p.steps, p.strength, exact=False)[1] + 1
+        return max(1, denoising_steps(p.steps, p.strength))
 
     @property
     def hires_size(self) -> tuple[int, int]:
@@ -196,6 +208,8 @@ class RunBatch:
         p = self.parameters
         if not p.hires_scale:
             return 0
+        if self.a1111_sampling:  # A1111 runs pass two's steps as asked, whatever the denoising
+            return p.hires_steps or p.steps
         return max(1, denoising_steps(p.hires_steps or p.steps, p.hires_denoise))
 
     @property

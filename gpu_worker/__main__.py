@@ -69,6 +69,12 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
     p.add_argument("--subseed-strength", type=float, default=0.0)
     p.add_argument("--seed-resize-from", default="")
     p.add_argument("--device", default="auto")
+    p = sub.add_parser("sigmas", help="a sampler's noise levels on a checkpoint, as JSON (`python bot.py sampler explain`)")
+    p.add_argument("--load", required=True, help="the checkpoint's load request, as JSON")
+    p.add_argument("--sampler", required=True)
+    p.add_argument("--schedule", required=True)
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--denoise", type=float, default=None)
     p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
@@ -82,6 +88,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
         "upscale": lambda args: _upscale(args.fd, args.device),
         "safety-check": _safety_check,
         "noise": _noise,
+        "sigmas": _sigmas,
         "merge": lambda args: _merge(args.fd),
         "embed": _embed,
     }
@@ -148,6 +155,21 @@ def _noise(args: argparse.Namespace) -> int:
     resize = tuple(int(n) for n in args.seed_resize_from.split("x")) if args.seed_resize_from else None
     noise, _ = initial_noise(args.rng, device, shape, seeds, subseeds, args.subseed_strength, resize)  # type: ignore[arg-type]
     print(json.dumps({"rng": args.rng, "device": device, "seeds": seeds, "noise": noise.tolist()}))
+    return 0
+
+
+def _sigmas(args: argparse.Namespace) -> int:
+    from common.protocol import LoadRequest
+    from gpu_worker.loaded import CheckpointLoadError
+    from gpu_worker.sampling.explain import explain
+
+    values = json.loads(args.load)
+    request = LoadRequest(**{key: value for key, value in values.items() if key != "components"})
+    try:
+        print(json.dumps(explain(request, args.sampler, args.schedule, args.steps, args.denoise)))
+    except (ValueError, OSError, CheckpointLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from gpu_worker.latents import encode
+from gpu_worker.noise import first_draw
 
-LANCZOS = Image.Resampling.LANCZOS
 # (blur radius, times composited), widest first: far pixels give the masked area its colour, near ones its detail.
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
 
@@ -68,22 +68,22 @@ def _widen(low: int, high: int, size: int, limit: int) -> tuple[int, int]:
 
 
 def latent_mask(mask: Image.Image, latent_size: tuple[int, int]) -> torch.Tensor:
-    """1 where the latent is redrawn: the blurred mask at latent size, rounded (A1111)."""
-    small = mask.convert("L").resize(latent_size, LANCZOS)
+    """1 where the latent is redrawn: the blurred mask at latent size, rounded (A1111's `latmask`:
+    a resize without a filter named, which is Pillow's bicubic)."""
+    small = mask.convert("L").resize(latent_size, Image.Resampling.BICUBIC)
     return torch.from_numpy(np.around(np.asarray(small, dtype=np.float32) / 255))[None, None]
 
 
-def masked_start(pipe, picture: Image.Image, mask: Image.Image, mode: str, seeds: list[int]) -> torch.Tensor:
+def masked_start(pipe, picture: Image.Image, mask: Image.Image, mode: str, seeds: list[int], rng: str, device: str) -> torch.Tensor:
     """The start latents for `latent noise` / `latent nothing`: the picture's latent with its masked
-    part replaced by noise from each image's seed, or by zeros."""
+    part replaced by noise from each image's seed (the job's noise source, a first draw as A1111's
+    `create_random_tensors`), or by zeros."""
     latent = encode(pipe.vae, pipe.image_processor.preprocess(picture))
     where = latent_mask(mask, (latent.shape[-1], latent.shape[-2])).to(latent.device, latent.dtype)
     starts = []
     for seed in seeds:
         if mode == "latent noise":
-            cpu = torch.device("cpu")  # drawn on the CPU, as A1111's CPU source does, then moved
-            noise = torch.randn(latent.shape, generator=torch.Generator(cpu).manual_seed(seed), device=cpu)
-            fill = noise.to(latent.device, latent.dtype)
+            fill = first_draw(rng, device, seed, tuple(latent.shape[1:]))[None].to(latent.device, latent.dtype)
         else:
             fill = torch.zeros_like(latent)
         starts.append(latent * (1 - where) + fill * where)

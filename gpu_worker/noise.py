@@ -14,12 +14,17 @@ not code), so an A1111 picture's parameters start from the same noise here.
 - **Seed resize from** WxH: the seed's noise (and the variation's) drawn at that size's latent shape,
   mixed there, then pasted centred into a full-size draw from the same seed (cropped when larger).
 
-The step noise of ancestral and SDE samplers comes from the generators handed to the pipeline:
-for CPU, and for GPU on CUDA, they are the pictures' own generators after this first draw, as in
-A1111; where the noise was computed (NV, or GPU without CUDA) they are CPU generators of the seeds.
+After the first draw each picture's generator goes on giving its step noise (A1111's `rng.next()`,
+which its k-diffusion samplers' `randn_like` is made to call): `PictureNoise.next()`; with ENSD the
+generators are first reseeded with seed + ENSD. Where the numbers are computed (NV, or GPU without
+CUDA) the Philox stream goes on too, as A1111's NV generator does. Samplers that still run through
+diffusers' schedulers (DDIM, UniPC, EDM and flow models) take torch generators: the pictures' own
+(CPU; GPU on CUDA), CPU generators of the seeds where the noise is computed.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -39,13 +44,43 @@ def generators(source: str, device: str, seeds: list[int]) -> list[torch.Generat
     return [torch.Generator(where).manual_seed(int(seed)) for seed in seeds]
 
 
-def first_draw(source: str, device: str, seed: int, shape: tuple[int, ...], generator: torch.Generator | None = None) -> torch.Tensor:
-    """The first draw from `seed` (from `generator`, when given, which it then advances), on the CPU in float32."""
-    if computed(source, device):
-        return torch.from_numpy(PhiloxNormal(seed).randn(shape))
-    if generator is None:
-        generator = generators(source, device, [seed])[0]
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).cpu()
+class Stream:
+    """One picture's generator: torch's, or the Philox computation; each draw continues it."""
+
+    def __init__(self, source: str, device: str, seed: int) -> None:
+        self.source, self.device, self.seed = source, device, int(seed)
+        self._philox = PhiloxNormal(seed) if computed(source, device) else None
+        self._torch = None if self._philox is not None else generators(source, device, [seed])[0]
+
+    def draw(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The next draw, on the CPU in float32."""
+        if self._philox is not None:
+            return torch.from_numpy(self._philox.randn(shape))
+        assert self._torch is not None
+        return torch.randn(shape, generator=self._torch, device=self._torch.device, dtype=torch.float32).cpu()
+
+    def torch_generator(self) -> torch.Generator:
+        """For a diffusers scheduler: this generator, or where it is computed, a CPU one of its seed."""
+        return self._torch if self._torch is not None else generators("CPU", self.device, [self.seed])[0]
+
+
+def first_draw(source: str, device: str, seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """The first draw from `seed`, on the CPU in float32."""
+    return Stream(source, device, seed).draw(shape)
+
+
+@dataclass
+class PictureNoise:
+    """The pictures' generators after their first draw: each call to `next` is one step's noise."""
+
+    streams: list[Stream]
+    shape: tuple[int, int, int]
+
+    def next(self) -> torch.Tensor:
+        return torch.stack([stream.draw(self.shape) for stream in self.streams])
+
+    def torch_generators(self) -> list[torch.Generator]:
+        return [stream.torch_generator() for stream in self.streams]
 
 
 def slerp(strength: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -83,23 +118,22 @@ def initial_noise(
     resize_from: tuple[int, int] | None = None,
     scale: int = 8,
     ensd: int = 0,
-) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """The pictures' starting noise (B x C x H x W, float32 on the CPU) and the generators the
-    pipeline then draws its step noise from. `resize_from`: (width, height) in pixels; `scale`: the
-    VAE's scale factor; `ensd`: A1111's eta noise seed delta, the step generators then seeded with
+) -> tuple[torch.Tensor, PictureNoise]:
+    """The pictures' starting noise (B x C x H x W, float32 on the CPU) and their generators, from
+    which the sampler then draws its step noise. `resize_from`: (width, height) in pixels; `scale`:
+    the VAE's scale factor; `ensd`: A1111's eta noise seed delta, the generators then reseeded with
     seed + ensd."""
-    own = generators(source, device, seeds)
+    own = [Stream(source, device, seed) for seed in seeds]
     drawn_shape = shape if not resize_from else (shape[0], resize_from[1] // scale, resize_from[0] // scale)
     pictures = []
-    for index, (seed, generator) in enumerate(zip(seeds, own, strict=True)):
-        noise = first_draw(source, device, seed, drawn_shape, None if drawn_shape != shape else generator)
+    for index, (seed, stream) in enumerate(zip(seeds, own, strict=True)):
+        noise = stream.draw(shape) if drawn_shape == shape else first_draw(source, device, seed, drawn_shape)
         if subseeds is not None and subseed_strength:
             variation = first_draw(source, device, subseeds[index] if index < len(subseeds) else 0, drawn_shape)
             noise = slerp(subseed_strength, noise, variation)
         if drawn_shape != shape:
-            noise = paste_centred(noise, first_draw(source, device, seed, shape, generator))
+            noise = paste_centred(noise, stream.draw(shape))
         pictures.append(noise)
-    step_source = source if not computed(source, device) else "CPU"
     if ensd:
-        return torch.stack(pictures), generators(step_source, device, [(seed + ensd) % 2**64 for seed in seeds])
-    return torch.stack(pictures), own if step_source == source else generators("CPU", device, seeds)
+        own = [Stream(source, device, (seed + ensd) % 2**64) for seed in seeds]
+    return torch.stack(pictures), PictureNoise(own, shape)

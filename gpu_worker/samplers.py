@@ -1,7 +1,9 @@
 """Build the diffusers scheduler for an A1111 sampler name and schedule type.
 
 The names and which schedules each takes are the bot's vocabulary (common/samplers.py),
-validated before a job reaches the worker; this maps them to diffusers (its scheduler overview).
+validated before a job reaches the worker; this maps them to diffusers (its scheduler overview) for
+the jobs A1111's own samplers (gpu_worker/sampling/) do not run: DDIM and UniPC, and EDM,
+zero-terminal-SNR and flow models.
 """
 
 from __future__ import annotations
@@ -20,16 +22,13 @@ class SchedulerFor:
     options: tuple[tuple[str, object], ...] = ()
 
 
+# The samplers diffusers runs: DDIM and UniPC always, and on a zero-terminal-SNR model the ones whose
+# scheduler can rescale its betas (the others run as A1111 runs them, gpu_worker/sampling/).
 SCHEDULERS: dict[str, SchedulerFor] = {
     "Euler": SchedulerFor("EulerDiscreteScheduler"),
     "Euler a": SchedulerFor("EulerAncestralDiscreteScheduler"),
-    "Heun": SchedulerFor("HeunDiscreteScheduler"),
-    "LMS": SchedulerFor("LMSDiscreteScheduler"),
-    "DPM2": SchedulerFor("KDPM2DiscreteScheduler"),
-    "DPM2 a": SchedulerFor("KDPM2AncestralDiscreteScheduler"),
     "DPM++ 2M": SchedulerFor("DPMSolverMultistepScheduler"),
     "DPM++ 2M SDE": SchedulerFor("DPMSolverMultistepScheduler", (("algorithm_type", "sde-dpmsolver++"),)),
-    "DPM++ SDE": SchedulerFor("DPMSolverSinglestepScheduler"),
     "DDIM": SchedulerFor("DDIMScheduler"),
     "UniPC": SchedulerFor("UniPCMultistepScheduler"),
 }

@@ -22,6 +22,7 @@ from bot.config import Settings
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
+from common.samplers import SAMPLERS
 from gpu_worker.testing.tiny import make_tiny_vae
 from gpu_worker.testing.tiny_upscalers import make_tiny_upscaler
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
@@ -150,6 +151,19 @@ async def test_checkpoint_autocomplete(env: simcord.Env) -> None:
     choices = await alice.autocomplete(channel, "imagine", "checkpoint", "xl", prompt="x")
     assert [c["value"] for c in choices] == ["tiny-xl"]
     assert "SDXL base" in choices[0]["name"]
+
+
+async def test_the_sampler_option_offers_every_schedule_type_and_the_picture_follows_it(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    choices = await alice.autocomplete(channel, "imagine", "sampler", "2m sgm", prompt="x")
+    assert [c["value"] for c in choices] == ["DPM++ 2M SGM Uniform", "DPM++ 2M SDE SGM Uniform", "DPM++ 2M SDE Heun SGM Uniform"]
+    offered = [c["value"] for c in await alice.autocomplete(channel, "imagine", "sampler", "", prompt="x")]
+    assert offered[:14] == list(SAMPLERS) and len(offered) == 25  # the names alone first
+    result = await alice.slash(channel, "imagine", prompt="a fox", checkpoint="tiny-sd1", steps=2, sampler="DPM++ 2M SGM Uniform")
+    params = parse_infotext((await png_of(result.response)).info["parameters"])[2]
+    assert (params["Sampler"], params["Schedule type"]) == ("DPM++ 2M", "SGM Uniform")
+    refused = await alice.slash(channel, "imagine", prompt="a fox", checkpoint="tiny-sd1", sampler="DPM++ 2M Sigmoid")
+    assert "unknown sampler 'DPM++ 2M Sigmoid'" in refused.followups[0].content
 
 
 async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:

@@ -75,17 +75,23 @@ def test_philox_gives_a1111s_documented_cuda_numbers() -> None:
 def test_each_source_per_picture_and_a_batch_as_its_single_pictures() -> None:
     shape = (4, 8, 8)
     batch, step = initial_noise("CPU", "cpu", shape, [7, 8, 9])
+    steps = step.next(), step.next()
     for index, seed in enumerate((7, 8, 9)):
         generator = torch.Generator("cpu").manual_seed(seed)
         assert torch.equal(batch[index], torch.randn(shape, generator=generator))  # A1111's CPU source
-        # the step noise goes on from the same generator, as A1111's sampler draws it
-        assert torch.equal(torch.randn(shape, generator=step[index]), torch.randn(shape, generator=generator))
+        # the step noise goes on from the same generator, as A1111's sampler draws it (rng.next())
+        for drawn in steps:
+            assert torch.equal(drawn[index], torch.randn(shape, generator=generator))
         alone, _ = initial_noise("CPU", "cpu", shape, [seed])
         assert torch.equal(alone[0], batch[index])
-    nv, _ = initial_noise("NV", "cpu", shape, [7, 8])
+    nv, nv_steps = initial_noise("NV", "cpu", shape, [7, 8])
     gpu_here, _ = initial_noise("GPU", "cpu", shape, [7, 8])  # no CUDA: computed as CUDA draws it
     assert torch.equal(nv, gpu_here) and torch.equal(nv[1], torch.from_numpy(PhiloxNormal(8).randn(shape)))
     assert not torch.equal(nv, batch[:2])
+    # NV's step noise goes on with the Philox stream (A1111's NV generator's offset moves on by one a draw)
+    philox = PhiloxNormal(8)
+    philox.randn(shape)
+    assert torch.equal(nv_steps.next()[1], torch.from_numpy(philox.randn(shape)))
 
 
 def a1111_slerp(val: float, low: np.ndarray, high: np.ndarray) -> np.ndarray:
@@ -212,9 +218,13 @@ def test_ensd_reseeds_the_step_noise_after_the_first_draw() -> None:
     start, steps = initial_noise("CPU", "cpu", shape, [7, 8], ensd=31337)
     plain, _ = initial_noise("CPU", "cpu", shape, [7, 8])
     assert torch.equal(start, plain)  # the first draw is the seed's
-    for generator, seed in zip(steps, (7, 8), strict=True):
+    drawn = steps.next()
+    for index, seed in enumerate((7, 8)):
         expected = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + 31337))
-        assert torch.equal(torch.randn(shape, generator=generator), expected)
+        assert torch.equal(drawn[index], expected)
+    # samplers diffusers runs take torch generators: the same reseeded ones
+    _, nv_steps = initial_noise("NV", "cpu", shape, [7], ensd=5)
+    assert torch.equal(torch.randn(shape, generator=nv_steps.torch_generators()[0]), torch.randn(shape, generator=torch.Generator().manual_seed(12)))
 
 
 @pytest.mark.asyncio(loop_scope="module")

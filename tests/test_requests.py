@@ -28,7 +28,8 @@ def check(**changes) -> object:
         ({"clip_skip": 0}, "clip skip must be between"),
         ({"seed": -2}, "seed must be -1"),
         ({"sampler": "Foo"}, "unknown sampler 'Foo'"),
-        ({"sampler": "Euler a", "schedule": "Karras"}, "does not support the 'Karras' schedule"),
+        ({"sampler": "DDIM", "schedule": "Karras"}, "does not support the 'Karras' schedule"),
+            ({"sampler": "Euler a", "schedule": "Sigmoid"}, "does not support the 'Sigmoid' schedule"),
     ],
 )
 def test_bad_values(changes: dict, message: str | None) -> None:

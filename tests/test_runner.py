@@ -25,11 +25,13 @@ from common.protocol import (
     LoadRequest,
     RunBatch,
 )
-from common.samplers import SAMPLERS
+from common.samplers import SAMPLERS, ZERO_SNR_SAMPLERS
 from gpu_worker.cache import PipelineCache
 from gpu_worker.loader import load_pipeline
 from gpu_worker.runner import BatchRunner
 from gpu_worker.samplers import SCHEDULERS
+from gpu_worker.sampling.scheduler import A1111Scheduler
+from gpu_worker.sampling.solvers import SOLVERS
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 
 
@@ -111,7 +113,9 @@ def test_batch_keeps_each_jobs_prompt_and_seed(cache: PipelineCache, load_reques
 @pytest.mark.parametrize(
     "sampler,schedule",
     [(name, spec.default_schedule) for name, spec in SAMPLERS.items()]
-    + [("Euler", "Karras"), ("DPM++ 2M", "Exponential")],
+    + [("Euler", "Karras"), ("DPM++ 2M", "Exponential"), ("UniPC", "Karras"), ("Euler a", "SGM Uniform")]
+    + [("DPM++ 2M", "Align Your Steps"), ("DPM++ SDE", "Beta"), ("Heun", "KL Optimal"), ("LMS", "Polyexponential")]
+    + [("DPM2", "Simple"), ("Euler", "Normal"), ("DPM++ 2S a", "DDIM"), ("DPM++ 3M SDE", "Uniform")],
 )
 def test_every_mapped_sampler_runs(
     cache: PipelineCache, load_request: LoadRequest, sampler: str, schedule: str
@@ -126,6 +130,9 @@ def test_every_mapped_sampler_runs(
     progress = rec.of(BatchProgress)
     assert progress[-1].step == 3 and progress[-1].total == 3  # in the user's steps, even for 2nd-order samplers
     scheduler = cache.get(load_request)[0].pipeline.scheduler
+    if SAMPLERS[sampler].kdiffusion:  # A1111's own form (gpu_worker/sampling/)
+        assert isinstance(scheduler, A1111Scheduler) and scheduler.config.sampler == sampler
+        return
     assert type(scheduler).__name__ == SCHEDULERS[sampler].scheduler
     assert scheduler.config.get("use_karras_sigmas", False) == (schedule == "Karras")
     assert scheduler.config.get("algorithm_type", "dpmsolver++") == dict(SCHEDULERS[sampler].options).get(
@@ -219,8 +226,10 @@ def test_out_of_memory_retries_one_image_at_a_time_then_gives_up(
     assert "out of GPU memory at 128x128" in failed.message
 
 
-def test_the_worker_maps_every_sampler_name_the_bot_accepts() -> None:
-    assert set(SCHEDULERS) == set(SAMPLERS)
+def test_the_worker_runs_every_sampler_name_the_bot_accepts() -> None:
+    assert {name for name, spec in SAMPLERS.items() if spec.kdiffusion} == set(SOLVERS)
+    assert {name for name, spec in SAMPLERS.items() if not spec.kdiffusion} <= set(SCHEDULERS)
+    assert set(ZERO_SNR_SAMPLERS) <= set(SCHEDULERS)
 
 
 def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
@@ -246,13 +255,51 @@ def test_out_of_memory_retry_keeps_img2img_and_hires_settings(
     picture = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
     rec = Recorder(cache)
-    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_png=picture.getvalue(), strength=0.5))
+    # UniPC runs through diffusers' img2img pipeline; A1111's own samplers are the test below.
+    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_png=picture.getvalue(), strength=0.5, sampler="UniPC"))
     assert seen == [(2, 0.5), (1, 0.5), (1, 0.5)] and len(rec.of(JobDone)[0].images) == 2
     seen.clear()
-    rec.run(batch(load_request, JobPart("h", "a", "", (3, 4)), hires_scale=2.0, hires_denoise=0.5))
+    rec.run(batch(load_request, JobPart("h", "a", "", (3, 4)), hires_scale=2.0, hires_denoise=0.5, sampler="UniPC"))
     [done] = rec.of(JobDone)[-1:]
     assert [Image.open(io.BytesIO(i.png)).size for i in done.images] == [(128, 128), (128, 128)]
     assert [n for n, _ in seen] == [2, 1, 1]  # pass two of the whole batch failed; then image by image
+
+
+def test_out_of_memory_retry_under_a1111_samplers_starts_each_image_from_its_own_pass(
+    cache: PipelineCache, load_request: LoadRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A1111's samplers run img2img and the hires fix's pass two in the text pipeline, from latents
+    set up per call: the retry sets them up again for each image (its picture, its noise, its window)."""
+    import io
+
+    from diffusers import StableDiffusionPipeline
+    from PIL import Image
+
+    real_call = StableDiffusionPipeline.__call__
+    seen: list[tuple[int, int, int]] = []
+
+    def flaky(self, *args, **kwargs):
+        seen.append((len(kwargs["latents"]), kwargs["latents"].shape[-1], len(self.scheduler.sigmas) - 1))
+        if len(seen) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", flaky)
+    picture = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 40, 40)).save(picture, format="PNG")
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a", "", (1, 2)), init_png=picture.getvalue(), strength=0.5, steps=10))
+    assert len(rec.of(JobDone)[0].images) == 2
+    # 10 steps at 0.5: A1111 runs int(0.5 x 10) + 1 = 6 of them (Euler: one model call each)
+    assert [(n, width) for n, width, _ in seen] == [(2, 8), (1, 8), (1, 8)] and {steps for *_, steps in seen} == {6}
+    seen.clear()
+    rec.run(batch(load_request, JobPart("h", "a", "", (3, 4)), hires_scale=2.0, hires_denoise=0.5, steps=4))
+    [done] = rec.of(JobDone)[-1:]
+    assert [Image.open(io.BytesIO(i.png)).size for i in done.images] == [(128, 128), (128, 128)]
+    # pass one of both failed; then image by image, each with its two passes; pass two runs its
+    # steps as asked (4), not 4 x 0.5
+    assert [(n, width) for n, width, _ in seen] == [(2, 8), (1, 8), (1, 16), (1, 8), (1, 16)]
+    assert [steps for *_, steps in seen] == [4, 4, 4, 4, 4]
 
 
 def test_every_family_in_the_table_has_its_module_in_the_worker() -> None:

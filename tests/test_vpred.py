@@ -29,7 +29,7 @@ from bot.jobs import Asker, ImagineOptions, Jobs, Place
 from bot.rules.limits import Limits
 from common.errors import EaselError
 from common.protocol import LoadRequest
-from common.samplers import SAMPLERS, ZERO_SNR_SAMPLERS
+from common.samplers import ZERO_SNR_SAMPLERS
 from common.worker_config import WorkerConfig
 from gpu_worker.loader import load_pipeline
 from gpu_worker.samplers import SCHEDULERS, make_scheduler
@@ -98,10 +98,10 @@ def test_the_marker_keys_decide_and_inspect_names_them(vpred_file: Path) -> None
 def test_the_zero_snr_samplers_are_those_whose_schedulers_can_rescale() -> None:
     can = {
         name
-        for name in SAMPLERS
+        for name in SCHEDULERS
         if "rescale_betas_zero_snr" in inspect.signature(getattr(diffusers, SCHEDULERS[name].scheduler)).parameters
     }
-    assert can == set(ZERO_SNR_SAMPLERS)
+    assert can == set(ZERO_SNR_SAMPLERS) == set(SCHEDULERS)
 
 
 def test_the_loaded_schedule_is_v_prediction_rescaled_to_zero_terminal_snr(vpred_file: Path) -> None:

@@ -29,11 +29,13 @@ from common.protocol import (
     hires_size,
 )
 from common.samplers import (
+    DIFFUSERS_SCHEDULES,
     EDM_SAMPLERS,
     FLOW_DEFAULT_SAMPLER,
     FLOW_SAMPLERS,
     SAMPLERS,
     ZERO_SNR_SAMPLERS,
+    a1111_sampling,
     parse_sampler,
 )
 
@@ -307,9 +309,13 @@ def _check_inputs(p: Parameters, init_png: bytes | None, mask_png: bytes | None)
 
 
 def _sampler_for(p: Parameters, checkpoint: CheckpointRef) -> tuple[str, str]:
+    return check_sampler(p.sampler, p.schedule, checkpoint)
+
+
+def check_sampler(text: str, schedule_text: str | None, checkpoint: CheckpointRef) -> tuple[str, str]:
     """The sampler and schedule by their A1111 names, if the checkpoint's kind of model can follow them."""
     try:
-        sampler, schedule = parse_sampler(p.sampler, p.schedule)
+        sampler, schedule = parse_sampler(text, schedule_text)
     except ValueError as e:
         raise GenerationError(str(e)) from None
     if config_parts(checkpoint.pipeline_config)[1] == "edm" and sampler not in EDM_SAMPLERS:
@@ -326,6 +332,12 @@ def _sampler_for(p: Parameters, checkpoint: CheckpointRef) -> tuple[str, str]:
         raise GenerationError(
             f"{checkpoint.name} is a zero-terminal-SNR model; {sampler} cannot follow its schedule. "
             f"Choose one of {', '.join(ZERO_SNR_SAMPLERS)}"
+        )
+    variant = config_parts(checkpoint.pipeline_config)[1]
+    if schedule not in DIFFUSERS_SCHEDULES and not a1111_sampling(sampler, checkpoint.family, variant, checkpoint.zero_snr):
+        raise GenerationError(
+            f"the {schedule} schedule is for A1111's samplers on SD1, SD2 and SDXL models; "
+            f"with {sampler} on {checkpoint.name} choose one of {', '.join(DIFFUSERS_SCHEDULES)}"
         )
     return sampler, schedule
 

@@ -144,23 +144,35 @@ class Family:
             pipe.vae.disable_tiling()
 
 
+def latent_shape(pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[int, int, int]:
+    """One picture's latent shape at a size (Flux's grid even, for its 2x2 tokens)."""
+    scale = pipe.vae_scale_factor
+    width, height = size
+    if getattr(pipe, "_pack_latents", None) is not None:
+        width, height = width // (scale * 2) * scale * 2, height // (scale * 2) * scale * 2
+    return (pipe.vae.config.latent_channels, height // scale, width // scale)
+
+
+def first_noise(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[torch.Tensor, noise.PictureNoise]:
+    """The call's first draw (source, variation seed and seed resize applied; float32 on the CPU)
+    and the pictures' generators for the step noise after it (gpu_worker/noise.py)."""
+    p = run.batch.parameters
+    resize = tuple(int(n) for n in p.seed_resize_from.split("x")) if p.seed_resize_from else None
+    return noise.initial_noise(
+        p.rng, run.loaded.device, latent_shape(pipe, size), draw.seeds, draw.subseeds or None,
+        p.subseed_strength, resize, pipe.vae_scale_factor, p.ensd,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 def noise_inputs(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[int, int], from_text: bool) -> dict:
-    """The pipeline call's noise, as A1111 draws it (gpu_worker/noise.py): each picture's generator,
-    and from text, the starting latents themselves (the source, variation seed and seed resize apply
-    there; a call from a picture draws its noise from the generators)."""
+    """A diffusers-sampled call's noise, as A1111 draws it: each picture's generator, and from text,
+    the starting latents themselves (the source, variation seed and seed resize apply there; a call
+    from a picture draws its noise from the generators)."""
     p, device = run.batch.parameters, run.loaded.device
     if not from_text:
         return {"generator": noise.generators(p.rng if not noise.computed(p.rng, device) else "CPU", device, draw.seeds)}
-    scale = pipe.vae_scale_factor
-    width, height = size
-    if getattr(pipe, "_pack_latents", None) is not None:  # Flux: an even latent grid, packed into 2x2 tokens
-        width, height = width // (scale * 2) * scale * 2, height // (scale * 2) * scale * 2
-    shape = (pipe.vae.config.latent_channels, height // scale, width // scale)
-    resize = tuple(int(n) for n in p.seed_resize_from.split("x")) if p.seed_resize_from else None
-    start, generators = noise.initial_noise(
-        p.rng, device, shape, draw.seeds, draw.subseeds or None, p.subseed_strength, resize, scale, p.ensd  # type: ignore[arg-type]
-    )
+    start, streams = first_noise(run, draw, pipe, size)
     latents = start.to(pipe._execution_device, run.loaded.dtype)
     if getattr(pipe, "_pack_latents", None) is not None:
         latents = pipe._pack_latents(latents, *latents.shape)
-    return {"latents": latents, "generator": generators}
+    return {"latents": latents, "generator": streams.torch_generators()}

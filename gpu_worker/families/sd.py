@@ -18,6 +18,7 @@ from PIL import Image
 from common.protocol import JobPart, LoadRequest
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.families.sd_build import build_sd
+from gpu_worker.families.sd_passes import a1111_scheduler, begin_pass
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
@@ -53,14 +54,18 @@ class StableDiffusion(Family):
         pipe = loaded.pipeline
         encoders = [e for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
         run.words = embeddings.for_batch(batch.embeddings, encoders)
-        pipe.scheduler = make_scheduler(
-            loaded.base_scheduler_config, batch.parameters.sampler, batch.parameters.schedule
-        )
         # An inpainting checkpoint (9-channel UNet) is loaded as its inpainting pipeline, which serves
         # every kind of job: from text, from a picture, with a mask, and the hires fix's pass two.
         run.nine = pipe.unet.config.in_channels == 9
+        # A1111's own samplers start every pass from latents they make (gpu_worker/families/sd_passes.py),
+        # so the text pipeline serves pictures and masks too; diffusers' need its img2img and inpainting ones.
+        own = batch.a1111_sampling
+        if own:
+            pipe.scheduler = a1111_scheduler(loaded, batch.parameters.sampler)
+        else:
+            pipe.scheduler = make_scheduler(loaded.base_scheduler_config, batch.parameters.sampler, batch.parameters.schedule)
         if batch.init_png is not None or batch.parameters.hires_scale:
-            run.img2img = pipe if run.nine else image_to_image(loaded)
+            run.img2img = pipe if run.nine or own else image_to_image(loaded)
         run.pipe = pipe
         if batch.init_png is not None:
             run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
@@ -69,7 +74,7 @@ class StableDiffusion(Family):
             run.mask = prepare_mask(
                 batch.mask_png, batch.width, batch.height, batch.parameters.resize_mode, batch.parameters.mask_blur
             )
-            run.pipe = pipe if run.nine else inpainting(loaded)
+            run.pipe = pipe if run.nine or own else inpainting(loaded)
             _prepare_inpainting(run)
 
     def draws(self, run: BatchRun, jobs: list[JobPart]) -> list[Draw]:
@@ -94,10 +99,16 @@ class StableDiffusion(Family):
         enlarged = upscale(run.pipe, first, batch.hires_size, run.hires_upscaler())
         if not isinstance(enlarged, torch.Tensor):  # a picture upscaler's pictures
             enlarged = encode_pictures(run.pipe, enlarged)
+        steps = batch.parameters.hires_steps or batch.parameters.steps
+        if batch.a1111_sampling:
+            inputs = {"width": batch.hires_size[0], "height": batch.hires_size[1]}
+            if run.nine:
+                inputs |= {"image": enlarged, "strength": 1.0} | _full_mask(run.pipe, batch.hires_size, n)
+            start = begin_pass(run, draw, run.img2img, batch.hires_size, steps, enlarged, batch.parameters.hires_denoise, exact=True)
+            return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs | {"latents": start}))
         inputs = {"image": enlarged, "strength": batch.parameters.hires_denoise}
         if run.nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
             inputs |= _full_mask(run.pipe, batch.hires_size, n)
-        steps = batch.parameters.hires_steps or batch.parameters.steps
         return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs))
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
@@ -119,6 +130,8 @@ class StableDiffusion(Family):
 def _pass_one_inputs(run: BatchRun, draw: Draw) -> dict:
     """Pass one's size, picture, strength and mask, as the job asks; pictures as latents (the
     pipelines take latents as they are, and every VAE call goes through gpu_worker/latents.py)."""
+    if run.batch.a1111_sampling:
+        return _a1111_pass_one(run, draw)
     batch, n = run.batch, len(draw.seeds)
     if run.nine:
         inputs = _inpainting_model_inputs(run, n)
@@ -132,11 +145,36 @@ def _pass_one_inputs(run: BatchRun, draw: Draw) -> dict:
         inputs |= {"mask_image": [run.mask] * n, "width": batch.width, "height": batch.height}
         inputs["masked_image_latents"] = inputs["image"]
     if run.mask is not None and batch.parameters.masked_content in ("latent noise", "latent nothing"):
-        inputs["image"] = masked_start(run.pipe, run.init, run.mask, batch.parameters.masked_content, draw.seeds)
+        inputs["image"] = _masked_start(run, draw)
         # The masked picture's latent, which the pipeline cannot make from a latent start (an
         # inpainting checkpoint reads it).
         inputs["masked_image_latents"] = masked_picture_latents(run.pipe, run.init, run.mask, n)
     return inputs
+
+
+def _masked_start(run: BatchRun, draw: Draw) -> torch.Tensor:
+    p = run.batch.parameters
+    assert run.init is not None and run.mask is not None
+    return masked_start(run.pipe, run.init, run.mask, p.masked_content, draw.seeds, p.rng, run.loaded.device)
+
+
+def _a1111_pass_one(run: BatchRun, draw: Draw) -> dict:
+    """Pass one under A1111's own samplers: the text pipeline (or an inpainting checkpoint's) given
+    the starting latents; from a picture, its latents (or its masked start) noised to the window's
+    first sigma, and with a mask, the original kept outside it."""
+    batch, n = run.batch, len(draw.seeds)
+    size = (batch.width, batch.height)
+    inputs = _inpainting_model_inputs(run, n) | {"strength": 1.0} if run.nine else {"width": size[0], "height": size[1]}
+    if run.init is None:
+        return inputs | {"latents": begin_pass(run, draw, run.pipe, size, batch.parameters.steps)}
+    if run.mask is not None and batch.parameters.masked_content in ("latent noise", "latent nothing"):
+        picture = _masked_start(run, draw)
+        if run.nine:
+            inputs["masked_image_latents"] = masked_picture_latents(run.pipe, run.init, run.mask, n)
+    else:
+        picture = encode_pictures(run.pipe, [run.init])
+    start = begin_pass(run, draw, run.pipe, size, batch.parameters.steps, picture, batch.parameters.strength, mask=run.mask)
+    return inputs | {"latents": start}
 
 
 def _sample(
@@ -160,7 +198,7 @@ def _sample(
         num_inference_steps=steps,
         guidance_scale=batch.parameters.cfg,
         **({"guidance_rescale": batch.parameters.cfg_rescale} if batch.parameters.cfg_rescale else {}),
-        **noise_inputs(run, draw, pipe, (inputs.get("width", batch.width), inputs.get("height", batch.height)), "image" not in inputs),
+        **({} if "latents" in inputs else noise_inputs(run, draw, pipe, (inputs.get("width", batch.width), inputs.get("height", batch.height)), "image" not in inputs)),
         callback_on_step_end=callback,
         callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
         output_type="latent",

@@ -156,12 +156,30 @@ def _load_folder(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
     return DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
 
 
-def _set_prediction_type(pipeline: DiffusionPipeline, prediction: str, zero_snr: bool = False) -> None:
+def _schedule_settings(prediction: str, zero_snr: bool) -> dict[str, object]:
     """The checkpoint's own sampling schedule. A zero-terminal-SNR model gets its betas rescaled so
     that the last step is pure noise (Lin et al. 2023, algorithm 1; ComfyUI's `zsnr`), and the
     steps then start from that last timestep ("trailing"), as ComfyUI's schedules start from sigma_max."""
     wanted: dict[str, object] = {"prediction_type": "v_prediction" if prediction == "v" else "epsilon"}
     if zero_snr:
         wanted |= {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    return wanted
+
+
+def scheduler_config(request: LoadRequest) -> dict:
+    """The scheduler config a checkpoint loads with, from its configuration alone (no weights read):
+    what `python bot.py sampler explain` computes its noise levels from."""
+    base, variant = config_parts(request.pipeline_config)
+    if variant == "edm":
+        return dict(EDM_SCHEDULER)
+    folder = Path(request.path) if request.format == "diffusers" else CONFIG_ROOT / base
+    config_file = folder / "scheduler" / "scheduler_config.json"
+    if (request.format != "diffusers" and not base) or not config_file.is_file():
+        raise CheckpointLoadError(f"{request.name}: no scheduler configuration for this {request.architecture} file")
+    return json.loads(config_file.read_text()) | _schedule_settings(request.prediction, request.zero_snr)
+
+
+def _set_prediction_type(pipeline: DiffusionPipeline, prediction: str, zero_snr: bool = False) -> None:
+    wanted = _schedule_settings(prediction, zero_snr)
     if any(pipeline.scheduler.config.get(key) != value for key, value in wanted.items()):
         pipeline.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config, **wanted)
