@@ -184,7 +184,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--cfg-rescale", type=float, default=0.0, help="CFG Rescale φ, 0-1 (0.7 for zero-terminal-SNR models)"
     )
     p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
-    p.add_argument("--schedule", help="Automatic, Karras or Exponential (default: the sampler's own)")
+    p.add_argument("--schedule", help="an A1111 schedule type: Karras, Exponential, SGM Uniform, Align Your Steps, … (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
     p.add_argument(
         "--rng",

@@ -235,3 +235,29 @@ async def test_ensd_changes_an_ancestral_samplers_picture_only_and_is_written_th
     plain, _, _ = await picture(jobs, seed=5, sampler="Euler", rng="CPU")
     ignored, euler_params, _ = await picture(jobs, seed=5, sampler="Euler", rng="CPU", ensd=31337)
     assert "ENSD" not in euler_params and np.array_equal(plain, ignored)  # no step noise: as A1111, none written
+
+
+def red_square_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_from_a_picture_and_in_the_step_noise_the_source_and_variation_seed_hold_too(jobs: Jobs) -> None:
+    """A1111 draws img2img's noise as the first draw of the pictures' generators (variation seed
+    included) and the ancestral samplers' step noise from the same generators: NV and GPU (computed
+    here) agree there too, and a full variation turns one seed's picture into the other's."""
+    start = {"init_image": red_square_png(), "strength": 0.6, "sampler": "Euler a"}
+    gpu, params, _ = await picture(jobs, seed=3, **start)
+    nv, _, _ = await picture(jobs, seed=3, rng="NV", **start)
+    cpu, _, _ = await picture(jobs, seed=3, rng="CPU", **start)
+    assert np.array_equal(gpu, nv) and not np.array_equal(gpu, cpu) and params["Denoising strength"] == "0.6"
+    nine, _, _ = await picture(jobs, seed=9, **start)
+    varied, varied_params, _ = await picture(jobs, seed=3, subseed=9, subseed_strength=1.0, **start)
+    # the first draw is seed 9's; the step noise stays seed 3's (as A1111's), so the pictures differ a little
+    assert varied_params["Variation seed"] == "9" and not np.array_equal(varied, gpu)
+    assert np.abs(varied - nine).mean() < np.abs(gpu - nine).mean()
+    euler_nine, _, _ = await picture(jobs, seed=9, init_image=red_square_png(), strength=0.6, sampler="Euler")
+    euler_varied, _, _ = await picture(jobs, seed=3, subseed=9, subseed_strength=1.0, init_image=red_square_png(), strength=0.6, sampler="Euler")
+    assert np.array_equal(euler_varied, euler_nine)  # no step noise: the variation is the whole story
