@@ -13,7 +13,14 @@ from bot.generation.aspects import ASPECTS
 from bot.generation.prompt_explain import explain, render
 from bot.images.infotext import render_reading
 from bot.jobs import ImagineOptions
-from bot.rules.limits import MAX_CFG, MAX_LORA_WEIGHT, MAX_MASK_PADDING, MAX_PICTURES_PER_COMMAND, MAX_STEPS
+from bot.rules.limits import (
+    MAX_CFG,
+    MAX_LORA_WEIGHT,
+    MAX_MASK_PADDING,
+    MAX_PICTURES_PER_COMMAND,
+    MAX_STEPS,
+    parse_variation,
+)
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
@@ -62,6 +69,7 @@ class Generation(commands.Cog):
         mask_padding="With Only masked: pixels of context around the mask",
         vae="A VAE in place of the checkpoint's own (A1111's SD VAE)",
         distilled_cfg="Flux dev: its guidance strength (Forge's Distilled CFG Scale; 3.5 by default)",
+        variation="A1111's variation seed: STRENGTH (a random one) or SEED:STRENGTH, e.g. 0.2 or 1234:0.2",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -95,6 +103,7 @@ class Generation(commands.Cog):
         mask_padding: app_commands.Range[int, 0, MAX_MASK_PADDING] = 32,
         vae: Vae | None = None,
         distilled_cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
+        variation: app_commands.Range[str, 1, 40] | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -116,6 +125,8 @@ class Generation(commands.Cog):
             "vae": vae,
             "distilled_cfg": distilled_cfg,
         }
+        if variation is not None:
+            given["subseed"], given["subseed_strength"] = parse_variation(variation)
         options = ImagineOptions(
             prompt=prompt,
             given=given,

@@ -166,6 +166,20 @@ async def test_the_sampler_option_offers_every_schedule_type_and_the_picture_fol
     assert "unknown sampler 'DPM++ 2M Sigmoid'" in refused.followups[0].content
 
 
+async def test_the_variation_option_is_a1111s_variation_seed(env: simcord.Env) -> None:
+    _, channel, alice = world(env)
+    base = {"prompt": "a fox", "checkpoint": "tiny-sd1", "steps": 2, "seed": 4}
+    given = await alice.slash(channel, "imagine", **base, variation="1234:0.3")
+    params = parse_infotext((await png_of(given.response)).info["parameters"])[2]
+    assert (params["Seed"], params["Variation seed"], params["Variation seed strength"]) == ("4", "1234", "0.3")
+    drawn = await alice.slash(channel, "imagine", **base, variation="0.2")
+    params = parse_infotext((await png_of(drawn.response)).info["parameters"])[2]
+    assert params["Variation seed strength"] == "0.2" and params["Variation seed"].isdigit()  # drawn at random
+    for text, message in (("lots", "variation 'lots' is not STRENGTH or SEED:STRENGTH"), ("1:2", "strength must be between 0 and 1")):
+        refused = await alice.slash(channel, "imagine", **base, variation=text)
+        assert message in refused.followups[0].content and refused.followups[0].flags.ephemeral
+
+
 async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
     guild, channel, alice = world(env)
     bob = guild.add_member(env.create_user("bob"))

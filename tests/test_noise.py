@@ -172,8 +172,10 @@ async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, dict[st
 @pytest.mark.asyncio(loop_scope="module")
 async def test_an_a1111_pictures_noise_options_are_written_read_and_drawn_again(jobs: Jobs) -> None:
     asked = {"seed": 11, "rng": "nv", "subseed": 4, "subseed_strength": 0.3, "seed_resize_from": "96x64"}
+    asked |= {"sampler": "DPM++ 2S a", "schedule": "align_your_steps", "ensd": 31337}
     made, params, png = await picture(jobs, **asked)
     assert (params["RNG"], params["Variation seed"], params["Variation seed strength"]) == ("NV", "4", "0.3")
+    assert (params["Sampler"], params["Schedule type"], params["ENSD"]) == ("DPM++ 2S a", "Align Your Steps", "31337")
     assert (params["Seed resize from-1"], params["Seed resize from-2"]) == ("96", "64")  # A1111 reads WxH so
     key, _ = await jobs.read_parameters(png)
     again, _, _ = await picture(jobs, plan=await jobs.plan_from_infotext(HOST, HERE, await jobs.kept_parameters(key)))

@@ -5,6 +5,7 @@ Validation happens before anything is queued or sent to a GPU: every problem is 
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import unicodedata
@@ -254,6 +255,20 @@ def _check_numbers(p: Parameters, width: int, height: int, limits: Limits) -> No
         raise GenerationError(f"clip skip must be between 1 and {limits.max_clip_skip}, not {p.clip_skip}")
     if p.seed < -1 or p.seed >= 2**32:
         raise GenerationError(f"seed must be -1 (random) or between 0 and {2**32 - 1}, not {p.seed}")
+
+
+def parse_variation(text: str) -> tuple[int, float]:
+    """/imagine's `variation`: "STRENGTH" (a random variation seed) or "SEED:STRENGTH", as A1111's
+    Variation seed and Variation seed strength -> (subseed, strength); -1: drawn at random."""
+    seed_text, _, strength_text = text.strip().rpartition(":")
+    try:
+        strength = float(strength_text)
+        seed = int(seed_text) if seed_text.strip() else -1
+    except ValueError:
+        raise GenerationError(f"variation {text[:40]!r} is not STRENGTH or SEED:STRENGTH (e.g. 0.2 or 1234:0.2)") from None
+    if not math.isfinite(strength):
+        raise GenerationError(f"variation {text[:40]!r} is not STRENGTH or SEED:STRENGTH (e.g. 0.2 or 1234:0.2)")
+    return seed, strength
 
 
 def _check_noise(p: Parameters, limits: Limits) -> Parameters:
