@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
 
+from bot.demo import DEMO_FILE
+from common.protocol import LoadRequest
 from common.samplers import SAMPLERS, img2img_steps, parse_sampler
 from gpu_worker.noise import PictureNoise, Stream
+from gpu_worker.sampling.explain import explain
 from gpu_worker.sampling.scheduler import A1111Scheduler, BrownianNoise, Pass
 from gpu_worker.sampling.sigmas import (
     AYS_SD1,
@@ -26,7 +28,6 @@ from gpu_worker.sampling.sigmas import (
     schedule,
 )
 from gpu_worker.sampling.solvers import SOLVERS, Noise, model_sigmas
-from tests.conftest import run_bot_py
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 # A1111 / ComfyUI print these for SD1.5 with Karras at 10 steps (four decimals).
@@ -172,7 +173,7 @@ def test_ode_samplers_land_on_the_exact_solution(model: ModelSigmas, name: str) 
 
 @pytest.mark.parametrize("name", sorted(set(SOLVERS) - set(DETERMINISTIC)))
 def test_noisy_samplers_end_with_the_datas_distribution(model: ModelSigmas, name: str) -> None:
-    count, generator = 20000, torch.Generator().manual_seed(1)
+    count, generator = 8000, torch.Generator().manual_seed(1)
     start = torch.randn((1, count), generator=generator, dtype=torch.float64) * model.sigma_max
     sigmas = [float(s) for s in sampler_sigmas(model, "Karras", 100, SAMPLERS[name].discard_penultimate, False)]
     tree = BrownianNoise(start, sigmas[-2], sigmas[0], [7])
@@ -273,14 +274,14 @@ def test_a_mask_keeps_the_original_latents_outside_it() -> None:
 # --- the command ----------------------------------------------------------------------------------
 
 
-def test_sampler_explain_prints_a1111s_sigmas_for_the_demo_model(tmp_path: Path) -> None:
-    done = run_bot_py("sampler", "explain", "DPM++ 2M", "--steps", "10", "--checkpoint", "demo", "--json", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout)
+def test_sampler_explain_prints_a1111s_sigmas_for_the_demo_model(cli) -> None:
+    done = cli("sampler", "explain", "DPM++ 2M", "--steps", "10", "--checkpoint", "demo", "--json")
+    assert done.code == 0, done.err
+    printed = json.loads(done.out)
     assert printed["schedule"] == "Karras" and [round(s, 4) for s in printed["sigmas"]] == KARRAS_10
     assert printed["model_calls"] == 10 and printed["call_timesteps"][0] == pytest.approx(999.0)
-    heun = run_bot_py("sampler", "explain", "Heun Karras", "--steps", "10", "--checkpoint", "demo", "--denoise", "0.5", cwd=tmp_path)
-    assert heun.returncode == 0 and "Heun, schedule Karras: 6 steps, 11 model calls" in heun.stdout, heun.stderr
-    refused = run_bot_py("sampler", "explain", "DDIM", "--steps", "5", "--schedule", "Karras", "--checkpoint", "demo", cwd=tmp_path)
-    assert refused.returncode == 1, refused.stderr
-    assert refused.stderr.strip().splitlines()[-1].startswith("error: sampler DDIM does not support the 'Karras' schedule")
+    demo = LoadRequest(str(DEMO_FILE), "demo", "sd1", "SD1.x", "safetensors", "demo-sd1", "epsilon", "demo")
+    heun = explain(demo, "Heun", "Karras", 10, denoise=0.5)  # what the command prints without --json
+    assert (heun["steps"], heun["model_calls"]) == (6, 11) and heun["sigmas"] == pytest.approx(KARRAS_10[4:], abs=1e-4)
+    refused = cli("sampler", "explain", "DDIM", "--steps", "5", "--schedule", "Karras", "--checkpoint", "demo")
+    assert refused.code == 1 and refused.err.strip().splitlines()[-1].startswith("error: sampler DDIM does not support the 'Karras' schedule")
