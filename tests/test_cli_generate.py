@@ -58,7 +58,7 @@ def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None
     assert difference.max() <= 2 and remade.name.endswith("-1235.png")  # made in a batch of two: to rounding
 
 
-def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
+def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path, cli) -> None:
     checkpoint = str(tiny_dir / "tiny-sd1.safetensors")
     cases = {
         ("--size", "100x64"): "width 100 is not a multiple of 8",
@@ -68,15 +68,14 @@ def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path) -> None:
         ("--masked-content", "fill"): "masked content and inpaint area are for inpainting; give a mask too",
         ("--hires", "2", "--upscaler", "ESRGAN_4x"): "no upscaler named 'ESRGAN_4x'; choose one of Latent",
     }
-    for extra, message in cases.items():
-        proc = run_bot_py(
-            "generate", "--checkpoint", checkpoint, "--prompt", "x", "--out", "o", *extra, cwd=env, env={**os.environ}
-        )
-        assert proc.returncode == 1
-        assert proc.stderr.strip().splitlines() == [f"error: {message}"] or message in proc.stderr, proc.stderr
-        assert len(proc.stderr.strip().splitlines()) == 1
-        assert "starting the worker" not in proc.stdout  # refused before any worker starts
+    for extra, message in cases.items():  # in this process: `python bot.py` less its interpreter start
+        done = cli("generate", "--checkpoint", checkpoint, "--prompt", "x", "--out", "o", *extra)
+        assert done.code == 1
+        assert done.err.strip().splitlines() == [f"error: {message}"] or message in done.err, done.err
+        assert len(done.err.strip().splitlines()) == 1
+        assert "starting the worker" not in done.out  # refused before any worker starts
     assert not (env / "o").exists()
+    # and once as a process of its own, as a person runs it
     proc = run_bot_py(
         "generate", "--checkpoint", "no-such-model", "--prompt", "x", "--out", "o", cwd=env, env={**os.environ}
     )
@@ -113,17 +112,19 @@ def test_worker_runs_on_its_own_for_debugging(tmp_path: Path, tiny_dir: Path, ca
 
 
 @pytest.mark.slow
-def test_precision_reaches_the_model(env: Path, tiny_dir: Path) -> None:
+def test_precision_reaches_the_model(env: Path, tiny_dir: Path, cli, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
     """EASEL_PRECISION=bf16 (the bot's setting too) and `--precision full` draw the same picture to
     within bf16's rounding, and not bit for bit: each ran in the precision it asked for."""
     common = ["generate", "--checkpoint", str(tiny_dir / "tiny-sd1.safetensors"), "--prompt", "a red fox"]
     common += ["--steps", "3", "--seed", "7", "--size", "64x64"]
-    half = run_bot_py(*common, "--out", "bf16", cwd=env, env={**os.environ, "EASEL_PRECISION": "bf16"})
-    assert half.returncode == 0, half.stderr
-    full = run_bot_py(*common, "--precision", "full", "--out", "full", cwd=env, env={**os.environ, "EASEL_PRECISION": "bf16"})
-    assert full.returncode == 0, full.stderr
+    monkeypatch.setenv("EASEL_PRECISION", "bf16")
+    half = cli(*common, "--out", "bf16")
+    assert half.code == 0, half.err
+    full = cli(*common, "--precision", "full", "--out", "full")
+    assert full.code == 0, full.err
     [a], [b] = (list((env / folder).glob("*.png")) for folder in ("bf16", "full"))
     difference = np.abs(np.asarray(Image.open(a), dtype=int) - np.asarray(Image.open(b), dtype=int))
     assert 0 < difference.mean() < 20  # bf16 keeps 8 bits of mantissa: close, never identical
-    bad = run_bot_py(*common, "--precision", "quarter", "--out", "x", cwd=env, env={**os.environ})
-    assert bad.returncode != 0 and "invalid choice: 'quarter'" in bad.stderr
+    with pytest.raises(SystemExit):
+        cli(*common, "--precision", "quarter", "--out", "x")
+    assert "invalid choice: 'quarter'" in capsys.readouterr().err
