@@ -174,15 +174,20 @@ def _text_at(nodes: list[_Node], step: int) -> str:
     return "".join(out)
 
 
-def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
-    """[(last step, text), …] for `text` over `steps` sampling steps."""
+def prompt_schedule(text: str, steps: int, hires_steps: int | None = None) -> list[tuple[int, str]]:
+    """[(last step, text), …] for `text` over `steps` sampling steps. With `hires_steps`, the schedule
+    of the hires fix's pass two, after a pass one of `steps` (A1111 1.8+ `int_offset`/`flt_offset`):
+    whole numbers count from pass one's start, so `[a:b:10]` has switched before pass two begins and
+    `[a:b:25]` after a 20-step pass one switches at its step 5; fractions above 1 reach into it."""
+    int_offset, fraction_offset = (0, 0.0) if hires_steps is None else (steps, 1.0)
+    steps = steps if hires_steps is None else hires_steps
     parser = _Parser(text)
     nodes = parser.sequence("")
     boundaries = {steps}
     for node in _walk(nodes):
         if isinstance(node, _Scheduled):
             value = float(node.number)
-            value = value * steps if "." in node.number else value
+            value = (value - fraction_offset) * steps if "." in node.number else value - int_offset
             node.when = min(steps, int(value))
             if node.when >= 1:
                 boundaries.add(node.when)
@@ -192,5 +197,6 @@ def prompt_schedule(text: str, steps: int) -> list[tuple[int, str]]:
 
 
 def text_at(schedule: list[tuple[int, str]], step: int) -> str:
-    """The text in force at `step` (1-based)."""
+    """The text in force for model call `step`, counted from 0 as A1111's CFGDenoiser counts them
+    (`reconstruct_cond_batch`: the first entry whose last step is not below it)."""
     return next((text for last, text in schedule if step <= last), schedule[-1][1])

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from common.parameters import Parameters
-from common.samplers import a1111_sampling, img2img_steps
+from common.samplers import SAMPLERS, a1111_sampling, img2img_steps
 
 _BYTES_AS_BASE64 = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
 MAX_FRAME_BYTES = 256 << 20  # a batch of big pictures is tens of MB; a frame past this is refused
@@ -198,6 +198,15 @@ class RunBatch:
         if self.a1111_sampling:
             return img2img_steps(p.steps, p.strength, exact=False)[1] + 1
         return max(1, denoising_steps(p.steps, p.strength))
+
+    @property
+    def prompt_steps(self) -> tuple[int, int]:
+        """The steps prompt editing is scheduled over, pass one's and the hires pass's, as A1111
+        (`setup_conds`, `calculate_hr_conds`): the job's steps — from a picture too — and the hires
+        pass's own, twice those for its second-order samplers, whose schedules count model calls."""
+        p = self.parameters
+        factor = 2 if self.a1111_sampling and SAMPLERS[p.sampler].second_order else 1
+        return p.steps * factor, (p.hires_steps or p.steps) * factor if p.hires_scale else 0
 
     @property
     def hires_size(self) -> tuple[int, int]:

@@ -25,6 +25,7 @@ class Sampler:
     noisy: bool = False  # draws step noise from the pictures' generators (A1111's `uses_ensd`): ENSD applies
     brownian: bool = False  # its step noise is a Brownian tree seeded with the pictures' seeds (SDE samplers)
     discard_penultimate: bool = False  # A1111 drops the next-to-last sigma (one more step is scheduled)
+    second_order: bool = False  # two model calls a step: A1111 schedules prompt editing over twice the steps
     kdiffusion: bool = True  # one of A1111's k-diffusion samplers (gpu_worker/sampling/); else diffusers' only
 
 
@@ -33,17 +34,17 @@ class Sampler:
 # step count depends on the run (adaptive) or on a schedule of restarts.
 SAMPLERS: dict[str, Sampler] = {
     "DPM++ 2M": Sampler(default_schedule="Karras"),
-    "DPM++ SDE": Sampler(default_schedule="Karras", brownian=True),
+    "DPM++ SDE": Sampler(default_schedule="Karras", brownian=True, second_order=True),
     "DPM++ 2M SDE": Sampler(default_schedule="Exponential", brownian=True),
     "DPM++ 2M SDE Heun": Sampler(default_schedule="Exponential", brownian=True),
-    "DPM++ 2S a": Sampler(default_schedule="Karras", noisy=True),
+    "DPM++ 2S a": Sampler(default_schedule="Karras", noisy=True, second_order=True),
     "DPM++ 3M SDE": Sampler(default_schedule="Exponential", brownian=True, discard_penultimate=True),
     "Euler a": Sampler(noisy=True),
     "Euler": Sampler(),
     "LMS": Sampler(),
-    "Heun": Sampler(),
-    "DPM2": Sampler(default_schedule="Karras", discard_penultimate=True),
-    "DPM2 a": Sampler(default_schedule="Karras", noisy=True, discard_penultimate=True),
+    "Heun": Sampler(second_order=True),
+    "DPM2": Sampler(default_schedule="Karras", discard_penultimate=True, second_order=True),
+    "DPM2 a": Sampler(default_schedule="Karras", noisy=True, discard_penultimate=True, second_order=True),
     "DDIM": Sampler(schedules=("Automatic",), kdiffusion=False),
     "UniPC": Sampler(schedules=DIFFUSERS_SCHEDULES, kdiffusion=False),
 }

@@ -160,9 +160,12 @@ class Conditioning:
         steps: int,
         clip_skip: int,
         words: WordEmbeddings | None = None,
+        hires_steps: int | None = None,
     ) -> None:
-        self.positive = [prompt_schedule(p, steps) for p in prompts]
-        self.negative = [prompt_schedule(n, steps) for n in negatives]
+        """`steps`: the steps the prompt editing is scheduled over; with `hires_steps`, the hires
+        pass's schedule after a pass one of `steps` (common/prompt_schedule.py)."""
+        self.positive = [prompt_schedule(p, steps, hires_steps) for p in prompts]
+        self.negative = [prompt_schedule(n, steps, hires_steps) for n in negatives]
         texts = sorted({text for schedule in self.positive + self.negative for _, text in schedule})
         self._encoded = encode_prompts(pipe, texts, clip_skip, words=words)  # all to the longest text's chunk count
         self._row = {text: i for i, text in enumerate(texts)}
@@ -173,6 +176,7 @@ class Conditioning:
         return any(len(schedule) > 1 for schedule in self.positive + self.negative)
 
     def key(self, step: int) -> tuple[str, ...]:
+        """What is in force at model call `step` (from 0)."""
         return tuple(text_at(schedule, step) for schedule in self.positive + self.negative)
 
     def inputs(self, step: int) -> dict:

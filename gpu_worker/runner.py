@@ -193,7 +193,7 @@ class BatchRunner:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
                 continue
             words = run.words
-            used = words_used(run.pipe, job.prompt, job.negative, batch.run_steps, words) if words else []
+            used = words_used(run.pipe, job.prompt, job.negative, batch.prompt_steps[0], words) if words else []
             ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used) if words else ""
             results = tuple(
                 self._result(
@@ -260,10 +260,11 @@ class StepCallback:
         runner.steps_per_second = runner._model_passes / elapsed if elapsed > 0 else 0.0
         runner.send(BatchProgress(batch.batch_id, done, total, elapsed, runner.steps_per_second))
         conditioning = run.conditioning
-        if conditioning is not None and conditioning.changes and step < steps:
-            upcoming = conditioning.key(step + 1)  # the callback runs after a pass: it sets the next step
+        if conditioning is not None and conditioning.changes and index + 1 < pipe.num_timesteps:
+            # The callback runs after model call `index`: it sets what the next call sees.
+            upcoming = conditioning.key(index + 1)
             if upcoming != run.applied:
-                kwargs |= conditioning.replace(step + 1, pipe.do_classifier_free_guidance)
+                kwargs |= conditioning.replace(index + 1, pipe.do_classifier_free_guidance)
                 run.applied = upcoming
         if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0:
             self._preview(pipe, kwargs["latents"], done)

@@ -105,6 +105,18 @@ def test_schedules(text: str, expected: list[tuple[int, str]]) -> None:
     assert prompt_schedule(text, 10) == expected
 
 
+def test_the_hires_passs_schedule_counts_from_pass_ones_start() -> None:
+    """A1111 1.8+ (`get_learned_conditioning_prompt_schedules` with hires steps): whole numbers count
+    from pass one's start, fractions past 1 reach into pass two; pass one here has 20 steps, pass two 10."""
+    from common.prompt_schedule import prompt_schedule
+
+    assert prompt_schedule("[a:b:10]", 20, 10) == [(10, "b")]  # switched before pass two began
+    assert prompt_schedule("[a:b:25]", 20, 10) == [(5, "a"), (10, "b")]
+    assert prompt_schedule("[a:b:1.5]", 20, 10) == [(5, "a"), (10, "b")]
+    assert prompt_schedule("[a:b:0.5]", 20, 10) == [(10, "b")]
+    assert prompt_schedule("[a:b:25]", 20) == [(20, "a")]  # pass one alone never reaches 25
+
+
 def test_schedule_parsing_is_linear_and_nesting_is_bounded() -> None:
     from common.errors import EaselError
     from common.prompt_schedule import prompt_schedule
@@ -224,13 +236,17 @@ def test_prompt_editing_and_alternation_change_the_conditioning_while_sampling(
 ) -> None:
     load = load_request(tiny_dir, arch)
     drawn = {prompt: alone(cache, load, prompt, steps=4) for prompt in (
-        "a fox", "a dog", "a [fox:fox:0.5]", "a [fox:dog:0.5]", "a [fox:dog:3]", "a [fox|dog]", "a [fox|fox]",
+        "a fox", "a dog", "a [fox:fox:0.5]", "a [fox:dog:0.5]", "a [fox:dog:1]", "a [fox:dog:3]", "a [fox|dog]",
+        "a [fox|fox]",
     )}  # fmt: skip
     # a schedule that never changes is no schedule
     assert drawn["a fox"] == drawn["a [fox:fox:0.5]"] == drawn["a [fox|fox]"]
-    for scheduled in ("a [fox:dog:0.5]", "a [fox:dog:3]", "a [fox|dog]"):
+    for scheduled in ("a [fox:dog:0.5]", "a [fox:dog:1]", "a [fox|dog]"):
         assert drawn[scheduled] not in (drawn["a fox"], drawn["a dog"]), scheduled
-    assert drawn["a [fox:dog:0.5]"] != drawn["a [fox:dog:3]"]  # the step it changes at matters
+    assert drawn["a [fox:dog:0.5]"] != drawn["a [fox:dog:1]"]  # the step it changes at matters
+    # A1111 counts model calls from 0 and switches after the call numbered `when`: at 4 steps,
+    # [fox:dog:3] is "fox" to the end (calls 0-3), [fox:dog:0.5] "fox" for calls 0-2
+    assert drawn["a [fox:dog:3]"] == drawn["a fox"]
 
 
 def test_a_job_batched_with_longer_prompts_gets_the_picture_it_would_get_alone(

@@ -350,3 +350,30 @@ def test_the_latent_hires_fix_enlarges_by_the_vaes_own_scale() -> None:
     runner.run(batch(load, JobPart("j", "a red circle", "", (1,)), steps=2, hires_scale=2.0, hires_upscaler="Latent"))
     [done] = [e for e in events if isinstance(e, JobDone)]
     assert Image.open(io.BytesIO(done.images[0].png)).size == (128, 128)
+
+
+@pytest.mark.parametrize(("sampler", "switched_at"), [("Euler", [2]), ("Heun", [2])])
+def test_prompt_editing_switches_at_a1111s_model_call(
+    cache: PipelineCache, load_request: LoadRequest, monkeypatch: pytest.MonkeyPatch, sampler: str, switched_at: list[int]
+) -> None:
+    """A1111 schedules prompt editing over the steps (twice them for a second-order sampler, whose
+    model calls it counts) and switches after the call numbered `when`, counting from 0."""
+    from gpu_worker.prompt_encoding import Conditioning
+
+    real = Conditioning.replace
+    calls: list[int] = []
+
+    def spy(self, step: int, guided: bool) -> dict:
+        calls.append(step)
+        return real(self, step, guided)
+
+    monkeypatch.setattr(Conditioning, "replace", spy)
+    rec = Recorder(cache)
+    # Euler, 3 steps: "fox" for calls 0-1, "dog" from call 2. Heun, 3 steps (5 calls): the schedule
+    # runs over 6, so [fox:dog:0.34] switches after call int(0.34 x 6) = 2, at call 3; [..:1] at call 2.
+    prompt = "a [fox:dog:1]"
+    rec.run(batch(load_request, JobPart("j", prompt, "", (1,)), sampler=sampler, steps=3))
+    assert calls == switched_at
+    calls.clear()
+    rec.run(batch(load_request, JobPart("k", "a [fox:dog:0.34]", "", (1,)), sampler=sampler, steps=3))
+    assert calls == ([3] if sampler == "Heun" else [2])  # Euler: int(0.34 x 3) = 1, so call 2

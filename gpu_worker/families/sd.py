@@ -82,14 +82,14 @@ class StableDiffusion(Family):
         calls: padding a short prompt with empty chunks would change its picture."""
         groups: dict[int, list[JobPart]] = {}
         for job in jobs:
-            chunks = chunks_needed(run.pipe, job.prompt, job.negative, run.batch.run_steps, run.words)
+            chunks = chunks_needed(run.pipe, job.prompt, job.negative, run.batch.prompt_steps[0], run.words)
             groups.setdefault(chunks, []).append(job)
         return [Draw(tuple(group)) for group in groups.values()]
 
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)
         run.pass_steps, run.size = (0, batch.run_steps), (batch.width, batch.height)
-        first = _sample(run, run.pipe, draw, callback, batch.parameters.steps, batch.run_steps, _pass_one_inputs(run, draw))
+        first = _sample(run, run.pipe, draw, callback, batch.parameters.steps, _pass_one_inputs(run, draw))
         if run.mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
             return _overlay(run, decode_pictures(run.pipe, first))
         if not batch.parameters.hires_scale:
@@ -105,11 +105,11 @@ class StableDiffusion(Family):
             if run.nine:
                 inputs |= {"image": enlarged, "strength": 1.0} | _full_mask(run.pipe, batch.hires_size, n)
             start = begin_pass(run, draw, run.img2img, batch.hires_size, steps, enlarged, batch.parameters.hires_denoise, exact=True)
-            return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs | {"latents": start}))
+            return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, inputs | {"latents": start}, hires=True))
         inputs = {"image": enlarged, "strength": batch.parameters.hires_denoise}
         if run.nine:  # redrawn everywhere: a full mask over a grey masked picture, as A1111's
             inputs |= _full_mask(run.pipe, batch.hires_size, n)
-        return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, batch.hires_run_steps, inputs))
+        return decode_pictures(run.img2img, _sample(run, run.img2img, draw, callback, steps, inputs, hires=True))
 
     def preview(self, run: BatchRun, pipe: DiffusionPipeline, latents: torch.Tensor) -> Image.Image:
         # The demo model's small VAE decodes a 64 px preview in less than a step: A1111's "Full".
@@ -183,17 +183,19 @@ def _sample(
     draw: Draw,
     callback: StepCallback,
     steps: int,
-    run_steps: int,
     inputs: dict,
+    hires: bool = False,
 ) -> torch.Tensor:
-    """One pass; its latents, which the caller decodes (or enlarges for the hires fix)."""
+    """One pass; its latents, which the caller decodes (or enlarges for the hires fix). Prompt
+    editing follows A1111's schedule for the pass (RunBatch.prompt_steps), from model call 0."""
     batch = run.batch
+    first, second = batch.prompt_steps
     run.conditioning = Conditioning(
-        pipe, draw.prompts, draw.negatives, run_steps, batch.parameters.clip_skip, run.words
+        pipe, draw.prompts, draw.negatives, first, batch.parameters.clip_skip, run.words, second if hires else None
     )
-    run.applied = run.conditioning.key(1)
+    run.applied = run.conditioning.key(0)
     return pipe(
-        **run.conditioning.inputs(1),
+        **run.conditioning.inputs(0),
         **inputs,
         num_inference_steps=steps,
         guidance_scale=batch.parameters.cfg,
