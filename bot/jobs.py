@@ -60,6 +60,8 @@ from bot.rules.limits import (
 from bot.rules.minors import check_minors
 from bot.rules.network_selection import lora_tags, resolve_embeddings, resolve_loras, with_lora_tag
 from bot.rules.policy import check_prompt
+from bot.styles import StyleBook, StyleError
+from bot.styles import apply as apply_styles
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -122,6 +124,7 @@ class ImagineOptions:
     lora_strength: float = 1.0
     init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
     mask: bytes | None = None  # inpainting: the uploaded mask (white = redraw)
+    styles: tuple[str, ...] = ()  # styles by name (bot/styles.py), merged into the prompts in order
 
     @classmethod
     def of(cls, prompt: str, **values: Any) -> ImagineOptions:
@@ -131,7 +134,7 @@ class ImagineOptions:
         return cls(prompt, values, **own)
 
 
-_OWN_OPTIONS = ("checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask")
+_OWN_OPTIONS = ("checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles")
 
 
 @dataclass
@@ -223,8 +226,10 @@ class Jobs:
         extra_terms: tuple[list[str], list[str]] = ([], []),
         text_encoders: TextEncoderRegistry | None = None,
         picture_check: PictureCheck | None = None,
+        styles: StyleBook | None = None,
     ) -> None:
         self.registry = registry
+        self.styles = styles
         self.generation = generation
         self.guild_settings = guild_settings
         self.loras = loras
@@ -310,6 +315,11 @@ class Jobs:
             if options.lora is None
             else with_lora_tag(options.prompt, options.lora, options.lora_strength)
         )
+        if options.styles:  # merged before every rule: the rules judge the prompt that is drawn
+            if self.styles is None:
+                raise StyleError("styles are not available here")
+            chosen = await self.styles.resolve(list(options.styles), place.guild_id)
+            prompt, given["negative"] = apply_styles(chosen, prompt, str(given.get("negative", defaults.negative)))
         asked = {
             **given,
             "prompt": prompt,

@@ -22,6 +22,7 @@ from bot.images.picture_check import PictureCheck
 from bot.jobs import Jobs
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkRegistry, network_registries
 from bot.rules.limits import Limits
+from bot.styles import StyleBook
 from bot.upscalers.registry import UpscalerRegistry, upscaler_registry
 from bot.upscalers.service import UpscaleService
 
@@ -129,6 +130,7 @@ async def open_services(
         extra_terms=(settings.minor_terms, settings.sexual_terms),
         text_encoders=text_encoders,
         picture_check=PictureCheck(),
+        styles=StyleBook(db),
     )
     return Services(
         settings,

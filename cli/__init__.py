@@ -23,6 +23,7 @@ from cli import (
     safety,
     sampler,
     server,
+    styles,
     upscale,
     workers,
 )
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     safety.add_parsers(sub)
     noise.add_parsers(sub)
     sampler.add_parsers(sub)
+    styles.add_parsers(sub)
     workers.add_parsers(sub)
     return parser
 

@@ -22,6 +22,7 @@ from bot.networks.registry import network_registries
 from bot.rules.limits import Limits, parse_size
 from bot.rules.network_selection import lora_strength
 from bot.rules.policy import readable_score
+from bot.styles import StyleBook
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry
@@ -43,6 +44,7 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         size=parse_size(args.size) if args.size else None,
         init_image=_read_input(args.init_image) if args.init_image else None,
         mask=_read_input(args.mask) if args.mask else None,
+        styles=tuple(args.style or ()),
     )
 
 
@@ -87,6 +89,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 vae_registry(db, settings),
                 extra_terms=(settings.minor_terms, settings.sexual_terms),
                 text_encoders=text_encoder_registry(db, settings),
+                styles=StyleBook(db),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
@@ -186,6 +189,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
     p.add_argument("--schedule", help="an A1111 schedule type: Karras, Exponential, SGM Uniform, Align Your Steps, … (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
+    p.add_argument("--style", action="append", help="a style by name (`styles list`), merged into the prompts as A1111 does; repeatable")
     p.add_argument(
         "--rng",
         type=str.upper,

@@ -28,6 +28,7 @@ from cogs.utils.formatting import code_block
 from cogs.utils.job_messages import BUTTONS, MakeThisHereButton, run_plan
 from cogs.utils.lora_option import Lora
 from cogs.utils.sampler_option import Sampler
+from cogs.utils.style_option import Styles
 from cogs.utils.upscaler_option import HiresUpscaler
 from cogs.utils.vae_option import Vae
 from common.protocol import MASKED_CONTENT
@@ -70,6 +71,7 @@ class Generation(commands.Cog):
         vae="A VAE in place of the checkpoint's own (A1111's SD VAE)",
         distilled_cfg="Flux dev: its guidance strength (Forge's Distilled CFG Scale; 3.5 by default)",
         variation="A1111's variation seed: STRENGTH (a random one) or SEED:STRENGTH, e.g. 0.2 or 1234:0.2",
+        style="Styles from this server's list, comma-separated: merged into the prompt as A1111's styles are",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -104,6 +106,7 @@ class Generation(commands.Cog):
         vae: Vae | None = None,
         distilled_cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         variation: app_commands.Range[str, 1, 40] | None = None,
+        style: Styles | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -136,6 +139,7 @@ class Generation(commands.Cog):
             lora_strength=lora_strength,
             init_image=await read_attachment(image) if image is not None else None,
             mask=await read_attachment(mask) if mask is not None else None,
+            styles=style or (),
         )
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -17,6 +17,7 @@ from bot.generation.aspects import ASPECTS
 from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
 from bot.rules.limits import MAX_CFG
 from bot.rules.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
+from bot.styles import MAX_NAME_CHARS, MAX_TEXT_CHARS, StyleBook, checked
 from cogs.utils.checkpoint_option import Registered
 from cogs.utils.checks import is_manager, manager_group
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from cogs.app import EaselBot
 
 MANAGERS_ONLY = "only members who can manage this server can change its settings"
+LISTED_STYLES = 15
 
 
 @manager_group
@@ -36,6 +38,7 @@ class ServerSettings(
     def __init__(self, bot: EaselBot) -> None:
         self.bot = bot
         self.store = bot.services.guild_settings
+        self.book = bot.services.jobs.styles or StyleBook(bot.services.db)
         super().__init__()
 
     async def show_embed(self, interaction: discord.Interaction, effective: Effective, title: str) -> discord.Embed:
@@ -150,6 +153,50 @@ class ServerSettings(
         entry = await self.store.hide(str(interaction.guild_id), checkpoint, hidden)
         verb = "is no longer offered" if hidden else "is offered again"
         await interaction.response.send_message(f"**{entry.name}** {verb} in this server.", ephemeral=True)
+
+    styles = app_commands.Group(name="styles", description="This server's prompt styles (A1111's styles)")
+
+    @styles.command(name="add", description="Add or replace a style: {prompt} marks where the person's prompt goes")
+    @app_commands.describe(
+        name="The style's name, as /imagine's style option offers it",
+        prompt="Its prompt: with {prompt} the person's prompt goes there, else it is added after",
+        negative="Its negative prompt, merged the same way",
+    )
+    @is_manager(MANAGERS_ONLY)
+    async def styles_add(
+        self,
+        interaction: discord.Interaction,
+        name: app_commands.Range[str, 1, MAX_NAME_CHARS],
+        prompt: app_commands.Range[str, 0, MAX_TEXT_CHARS] = "",
+        negative: app_commands.Range[str, 0, MAX_TEXT_CHARS] = "",
+    ) -> None:
+        style = checked(name, prompt, negative)
+        await self.book.add(str(interaction.guild_id), [style])
+        await interaction.response.send_message(f"Saved style **{style.name}** for this server.", ephemeral=True)
+
+    @styles.command(name="remove", description="Forget one of this server's styles")
+    @is_manager(MANAGERS_ONLY)
+    async def styles_remove(self, interaction: discord.Interaction, name: app_commands.Range[str, 1, MAX_NAME_CHARS]) -> None:
+        await self.book.remove(str(interaction.guild_id), name)
+        await interaction.response.send_message(f"Removed style **{name.strip()}**.", ephemeral=True)
+
+    @styles.command(name="list", description="The styles /imagine offers here: this server's, then the bot's")
+    @is_manager(MANAGERS_ONLY)
+    async def styles_list(self, interaction: discord.Interaction) -> None:
+        guild = str(interaction.guild_id)
+        own = {style.name for style in await self.book.list(guild)}
+        embed = discord.Embed(title="Styles here", colour=EMBED_COLOUR)
+        offered = await self.book.offered(guild)
+        for style in offered[:LISTED_STYLES]:  # 15 fields of at most ~370 characters: within 6,000 an embed
+            text = style.prompt or "(no prompt)"
+            text += f"\nnegative: {style.negative}" if style.negative else ""
+            where = "this server" if style.name in own else "the bot"
+            embed.add_field(name=clip(f"{style.name} · {where}", 120), value=clip(text, 250), inline=False)
+        if len(offered) > LISTED_STYLES:
+            embed.set_footer(text=f"and {len(offered) - LISTED_STYLES} more")
+        if not offered:
+            embed.description = "No styles yet: /settings styles add, or `python bot.py styles import styles.csv` on the host."
+        await interaction.response.send_message(embed=embed, ephemeral=True)
 
     @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="reset", description="Forget this server's (or this channel's) settings")

@@ -180,6 +180,27 @@ async def test_the_variation_option_is_a1111s_variation_seed(env: simcord.Env) -
         assert message in refused.followups[0].content and refused.followups[0].flags.ephemeral
 
 
+async def test_a_servers_styles_are_kept_by_managers_and_offered_to_imagine(env: simcord.Env) -> None:
+    guild, channel, alice = world(env)
+    admins = guild.create_role("Stylists", permissions=discord.Permissions(manage_guild=True))
+    admin = guild.add_member(env.create_user("style-admin"), roles=[admins])
+    saved = await admin.slash(channel, "settings styles add", name="Ink", prompt="{prompt}, ink drawing", negative="colour")
+    assert saved.ephemeral and "Saved style **Ink**" in saved.response.content
+    await admin.slash(channel, "settings styles add", name="Night", prompt="at night")
+    listed = await admin.slash(channel, "settings styles list")
+    assert [f.name for f in listed.response.embeds[0].fields] == ["Ink · this server", "Night · this server"]
+    assert "settings styles add" not in alice.available_commands(channel)  # managers only
+    choices = await alice.autocomplete(channel, "imagine", "style", "ink, ni", prompt="x")
+    assert [c["value"] for c in choices] == ["Ink, Night"]
+    made = await alice.slash(channel, "imagine", prompt="a fox", checkpoint="tiny-sd1", steps=2, style="Ink, Night")
+    prompt, negative, _ = parse_infotext((await png_of(made.response)).info["parameters"])
+    assert (prompt, negative) == ("a fox, ink drawing, at night", "colour")  # the styled prompt, as A1111 writes it
+    unknown = await alice.slash(channel, "imagine", prompt="a fox", checkpoint="tiny-sd1", style="Sepia")
+    assert "no style named 'Sepia' here" in unknown.followups[0].content
+    gone = await admin.slash(channel, "settings styles remove", name="ink")
+    assert "Removed style" in gone.response.content
+
+
 async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
     guild, channel, alice = world(env)
     bob = guild.add_member(env.create_user("bob"))
