@@ -25,7 +25,7 @@ def explain(request: LoadRequest, sampler: str, schedule: str, steps: int, denoi
         full = sampler_sigmas(model, schedule, total, spec.discard_penultimate, request.family == "sdxl")
         sigmas = full if denoise is None else img2img_window(full, total, t_enc)
         calls = model_sigmas(sampler, [float(s) for s in sigmas])
-        timesteps = model.sigma_to_t(torch.tensor(calls, dtype=torch.float32))
+        timesteps = model.sigma_to_t(torch.tensor(calls, dtype=torch.float32, device="cpu"))
         return {
             "form": "A1111 (k-diffusion)",
             "sampler": sampler,

@@ -52,7 +52,7 @@ class BrownianNoise:
 
 
 def _f32(value: float) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float32)
+    return torch.tensor(value, dtype=torch.float32, device="cpu")  # torchsde's times, as k-diffusion gives them
 
 
 @dataclass
@@ -87,7 +87,7 @@ class A1111Scheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"{sampler} has no k-diffusion form")
         self.model = ModelSigmas.from_config(self.config)
         self.init_noise_sigma = 1.0
-        self.timesteps = torch.zeros(0)
+        self.timesteps = torch.zeros(0, device="cpu")
         self._pass: Pass | None = None
         self._solver: Solver | None = None
         self._asked: tuple[torch.Tensor, float] | None = None
@@ -105,7 +105,7 @@ class A1111Scheduler(SchedulerMixin, ConfigMixin):
         if sampling is None:
             raise RuntimeError("A1111Scheduler.begin() must set the pass before the pipeline runs")
         asked = model_sigmas(self.config.sampler, sampling.sigmas)
-        self.timesteps = self.model.sigma_to_t(torch.tensor(asked, dtype=torch.float32)).to(device)
+        self.timesteps = self.model.sigma_to_t(torch.tensor(asked, dtype=torch.float32, device="cpu")).to(device)
         self._solver = SOLVERS[self.config.sampler](sampling.start, sampling.sigmas, self._noise(sampling))
         self._asked = next(self._solver)
 

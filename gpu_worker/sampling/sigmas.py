@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from scipy import stats
 
+# Schedules are a few dozen numbers: computed on the CPU in float32, as k-diffusion computes them.
+CPU = torch.device("cpu")
 # A1111 shared_options: the beta schedule's default shape.
 BETA_ALPHA = BETA_BETA = 0.6
 
@@ -42,11 +44,11 @@ class ModelSigmas:
         start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))  # type: ignore[arg-type]
         kind = config.get("beta_schedule", "scaled_linear")
         if config.get("trained_betas"):
-            betas = torch.tensor(config["trained_betas"], dtype=torch.float64)  # type: ignore[arg-type]
+            betas = torch.tensor(config["trained_betas"], dtype=torch.float64, device=CPU)  # type: ignore[arg-type]
         elif kind == "scaled_linear":
-            betas = torch.linspace(start**0.5, end**0.5, count, dtype=torch.float64) ** 2
+            betas = torch.linspace(start**0.5, end**0.5, count, dtype=torch.float64, device=CPU) ** 2
         elif kind == "linear":
-            betas = torch.linspace(start, end, count, dtype=torch.float64)
+            betas = torch.linspace(start, end, count, dtype=torch.float64, device=CPU)
         else:
             raise ValueError(f"no k-diffusion form for the {kind!r} beta schedule")
         return cls(torch.cumprod(1.0 - betas, dim=0))
@@ -75,7 +77,7 @@ class ModelSigmas:
 
     def uniform(self, n: int) -> torch.Tensor:
         """k-diffusion's `get_sigmas`: n timesteps evenly from the last to the first, then zero."""
-        t = torch.linspace(len(self.sigmas) - 1, 0, n)
+        t = torch.linspace(len(self.sigmas) - 1, 0, n, dtype=torch.float32, device=CPU)
         return _append_zero(self.t_to_sigma(t))
 
 
@@ -84,47 +86,47 @@ def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
-    ramp = torch.linspace(0, 1, n)
+    ramp = torch.linspace(0, 1, n, dtype=torch.float32, device=CPU)
     low, high = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return _append_zero((high + ramp * (low - high)) ** rho)
 
 
 def exponential(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float32, device=CPU).exp())
 
 
 def polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
-    ramp = torch.linspace(1, 0, n) ** rho
+    ramp = torch.linspace(1, 0, n, dtype=torch.float32, device=CPU) ** rho
     return _append_zero(torch.exp(ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)))
 
 
 def sgm_uniform(model: ModelSigmas, n: int) -> torch.Tensor:
-    start = model.sigma_to_t(torch.tensor(model.sigma_max))
-    end = model.sigma_to_t(torch.tensor(model.sigma_min))
-    return _append_zero(torch.stack([model.t_to_sigma(t) for t in torch.linspace(float(start), float(end), n + 1)[:-1]]))
+    start = model.sigma_to_t(torch.tensor(model.sigma_max, dtype=torch.float32, device=CPU))
+    end = model.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float32, device=CPU))
+    return _append_zero(torch.stack([model.t_to_sigma(t) for t in torch.linspace(float(start), float(end), n + 1, dtype=torch.float32, device=CPU)[:-1]]))
 
 
 def normal(model: ModelSigmas, n: int) -> torch.Tensor:
-    start = model.sigma_to_t(torch.tensor(model.sigma_max))
-    end = model.sigma_to_t(torch.tensor(model.sigma_min))
-    return _append_zero(torch.stack([model.t_to_sigma(t) for t in torch.linspace(float(start), float(end), n)]))
+    start = model.sigma_to_t(torch.tensor(model.sigma_max, dtype=torch.float32, device=CPU))
+    end = model.sigma_to_t(torch.tensor(model.sigma_min, dtype=torch.float32, device=CPU))
+    return _append_zero(torch.stack([model.t_to_sigma(t) for t in torch.linspace(float(start), float(end), n, dtype=torch.float32, device=CPU)]))
 
 
 def kl_optimal(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """Tangent-spaced (A1111's KL Optimal); its last value is sigma_min itself, as A1111 leaves it."""
     low, high = math.atan(sigma_min), math.atan(sigma_max)
-    steps = torch.arange(n + 1, dtype=torch.float32)
+    steps = torch.arange(n + 1, dtype=torch.float32, device=CPU)
     return torch.tan(steps / n * low + (1.0 - steps / n) * high).to(torch.float32)
 
 
 def align_your_steps(n: int, sdxl: bool) -> torch.Tensor:
     table = AYS_SDXL if sdxl else AYS_SD1
     if n == len(table):
-        return _append_zero(torch.tensor(table, dtype=torch.float32))
+        return _append_zero(torch.tensor(table, dtype=torch.float32, device=CPU))
     xs = np.linspace(0, 1, len(table))
     ys = np.log(np.array(table[::-1]))
     spread = np.exp(np.interp(np.linspace(0, 1, n), xs, ys))[::-1].copy()
-    return _append_zero(torch.tensor(spread, dtype=torch.float32))
+    return _append_zero(torch.tensor(spread, dtype=torch.float32, device=CPU))
 
 
 def simple(model: ModelSigmas, n: int) -> torch.Tensor:
@@ -140,7 +142,7 @@ def ddim(model: ModelSigmas, n: int) -> torch.Tensor:
 
 def beta(n: int, sigma_min: float, sigma_max: float, alpha: float = BETA_ALPHA, b: float = BETA_BETA) -> torch.Tensor:
     quantiles = [float(stats.beta.ppf(x, alpha, b)) for x in 1 - np.linspace(0, 1, n)]
-    return _append_zero(torch.tensor([sigma_min + q * (sigma_max - sigma_min) for q in quantiles], dtype=torch.float32))
+    return _append_zero(torch.tensor([sigma_min + q * (sigma_max - sigma_min) for q in quantiles], dtype=torch.float32, device=CPU))
 
 
 def schedule(model: ModelSigmas, name: str, n: int, sdxl: bool = False) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from scipy import integrate
 
+CPU = torch.device("cpu")  # the step sizes are scalars, worked out on the CPU
 Solver = Generator[tuple[torch.Tensor, float], torch.Tensor, torch.Tensor]
 
 
@@ -47,15 +48,15 @@ def _t(sigma: float) -> float:
 
 # k-diffusion does this arithmetic on float32 tensors (its sigmas); so do these, value by value.
 def _log(value: float) -> float:
-    return float(torch.tensor(value, dtype=torch.float32).log())
+    return float(torch.tensor(value, dtype=torch.float32, device=CPU).log())
 
 
 def _sigma(t: float) -> float:
-    return float(torch.tensor(-t, dtype=torch.float32).exp())
+    return float(torch.tensor(-t, dtype=torch.float32, device=CPU).exp())
 
 
 def _expm1(value: float) -> float:
-    return float(torch.tensor(value, dtype=torch.float32).expm1())
+    return float(torch.tensor(value, dtype=torch.float32, device=CPU).expm1())
 
 
 def euler(x: torch.Tensor, sigmas: list[float], noise: Noise) -> Solver:
@@ -279,13 +280,14 @@ SOLVERS: dict[str, Callable[[torch.Tensor, list[float], Noise], Solver]] = {
 
 def model_sigmas(name: str, sigmas: list[float]) -> list[float]:
     """The noise levels at which `name` calls the model, in order (they depend only on the schedule)."""
-    quiet = Noise(fresh=lambda: torch.zeros(1), between=lambda a, b: torch.zeros(1))
-    solver = SOLVERS[name](torch.zeros(1), sigmas, quiet)
+    nothing = torch.zeros(1, device=CPU)
+    quiet = Noise(fresh=lambda: nothing, between=lambda a, b: nothing)
+    solver = SOLVERS[name](nothing, sigmas, quiet)
     asked = []
     try:
         request = next(solver)
         while True:
             asked.append(request[1])
-            request = solver.send(torch.zeros(1))
+            request = solver.send(nothing)
     except StopIteration:
         return asked
