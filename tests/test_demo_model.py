@@ -113,11 +113,14 @@ async def held_out_score(world: World, **options: object) -> dict[str, int]:
 async def test_it_draws_the_colours_asked_for_pairs_it_never_saw(world: World) -> None:
     """The issue's bar: shape and background colour right for >= 90 % of held-out prompts, with the
     bot's defaults (DPM++ 2M Karras, 20 steps, CFG 7, no negative prompt); and CFG matters: without
-    guidance (CFG 1) the shapes' colours go astray."""
+    guidance (CFG 1) more colours go astray. On 96 other held-out prompts (`python
+    bench/demo_guidance.py`, bench/results/demo_guidance-2026-12-07.json) guidance gets 95.8 % of
+    shapes and 100 % of backgrounds right, none 85.4 % and 93.8 %: about 4 colours more in 48, so 24
+    prompts show the gap but not its size; the check asks for a gap, not a margin."""
     guided = await held_out_score(world)
     assert guided["shape"] >= 22 and guided["background"] >= 22, guided
     unguided = await held_out_score(world, cfg=1)
-    assert unguided["shape"] <= guided["shape"] - 3, (guided, unguided)
+    assert unguided["shape"] + unguided["background"] < guided["shape"] + guided["background"], (guided, unguided)
 
 
 @aio
