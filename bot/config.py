@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from bot import outbound
 from bot.images.inputs import InputStore
+from bot.wildcards import WildcardLibrary, wildcard_folders
 from common.errors import ConfigError
 from common.protocol import is_broker_url
 from common.worker_config import ENGINE
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     upscaler_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/ESRGAN …
     vae_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/VAE
     text_encoder_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)  # unset: models/text_encoders, models/clip
+    # Wildcard files (__name__ in a prompt); unset: models/wildcards, and A1111's Dynamic Prompts
+    # extension's folder beside a models/Stable-diffusion models directory.
+    wildcard_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     data_dir: Path = Path("data")
     devices: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])  # "none": remote workers only
     # GPU workers on other machines (`python -m gpu_worker remote`) join through this Redis broker:
@@ -103,12 +107,12 @@ class Settings(BaseSettings):
         split = _split(value)
         return [str(h).strip("[]").lower().rstrip(".") for h in split] if isinstance(split, list) else split
 
-    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs", mode="before")
+    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs", "wildcard_dirs", mode="before")
     @classmethod
     def _parse_folders(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs")
+    @field_validator("lora_dirs", "embedding_dirs", "upscaler_dirs", "vae_dirs", "text_encoder_dirs", "wildcard_dirs")
     @classmethod
     def _folders_exist(cls, value: list[Path]) -> list[Path]:
         for folder in value:
@@ -197,6 +201,10 @@ class Settings(BaseSettings):
     @property
     def database_path(self) -> Path:
         return self.data_dir / "easel.sqlite3"
+
+    def wildcards(self) -> WildcardLibrary:
+        """The wildcard folders (bot/wildcards.py); the models directory need not exist."""
+        return WildcardLibrary(wildcard_folders(self.models_dir.expanduser().resolve(), self.wildcard_dirs))
 
     def models_root(self) -> Path:
         """The models directory, resolved; it must exist (an A1111 models/Stable-diffusion folder is fine)."""

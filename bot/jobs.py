@@ -63,6 +63,7 @@ from bot.rules.policy import check_prompt
 from bot.styles import StyleBook, StyleError
 from bot.styles import apply as apply_styles
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
+from bot.wildcards import WildcardError, WildcardLibrary, is_template
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS
@@ -227,9 +228,11 @@ class Jobs:
         text_encoders: TextEncoderRegistry | None = None,
         picture_check: PictureCheck | None = None,
         styles: StyleBook | None = None,
+        wildcards: WildcardLibrary | None = None,
     ) -> None:
         self.registry = registry
         self.styles = styles
+        self.wildcards = wildcards
         self.generation = generation
         self.guild_settings = guild_settings
         self.loras = loras
@@ -569,14 +572,19 @@ class Jobs:
         note: str = "",
     ) -> JobPlan:
         """Every rule of the place, for every job of the plan: the one copy of them; `note` is said
-        to the requester with each job."""
+        to the requester with each job. With wildcards, every rule reads every picture's expansion."""
         pictures = sum(request.parameters.count for request, _ in items)
         limits = self.generation.limits
+        items = [(await self._seeded(request), ref) for request, ref in items]
+        texts_of = {id(request): await self._expanded(request) for request, _ in items}
         for request, _ in items:  # everywhere, the host's command line too: no place relaxes it
             check_texts(request.parameters, limits)  # bounded before the rule reads it
+            for prompt, negative in texts_of[id(request)] or []:
+                check_texts(replace(request.parameters, prompt=prompt, negative=negative), limits)
             # The text as the model gets it (LoRA tags included), read off the loop.
+            prompts = [p for p, _ in texts_of[id(request)]] if texts_of[id(request)] else [request.parameters.prompt]
             try:
-                await asyncio.to_thread(check_minors, [request.parameters.prompt], *self.extra_terms)
+                await asyncio.to_thread(check_minors, prompts, *self.extra_terms)
             except EaselError:
                 log.warning(
                     "prompt refused by the minors rule (requester %s, guild %s)", request.requester_id, place.guild_id
@@ -585,16 +593,24 @@ class Jobs:
         for request, ref in items:
             if not place.host:  # the owner at the host's command line is bound by the bot's limits only
                 here.check_checkpoint(ref.name, ref.sha256, ref.nsfw, place.adult)
-                check_prompt(request.parameters.prompt, here.blocked_words)
+                for prompt, _ in texts_of[id(request)] or [(request.parameters.prompt, "")]:
+                    check_prompt(prompt, here.blocked_words)
                 here.check_request(request.parameters.steps, pictures)
         # LoRAs, sizes, CFG, sampler, seeds: before any queue, and only here.
         specs = []
         for request, ref in items:
             nsfw_allowed = here.allow_nsfw(place.adult)
-            loras = await self._loras(request.parameters.prompt, ref, nsfw_allowed)
+            expanded = texts_of[id(request)]
+            loras = await self._loras(expanded[0][0] if expanded else request.parameters.prompt, ref, nsfw_allowed)
+            for prompt, _ in expanded[1:]:
+                if await self._loras(prompt, ref, nsfw_allowed) != loras:
+                    raise WildcardError(
+                        "the wildcards chose different LoRAs for this job's pictures; keep <lora:…> tags out of "
+                        "the wildcards, or make one picture at a time"
+                    )
             embeddings, notes = (), ()
             if self.embeddings is not None:
-                texts = [request.parameters.prompt, request.parameters.negative]
+                texts = [text for pair in expanded for text in pair] or [request.parameters.prompt, request.parameters.negative]
                 embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
             uploads = uploads or {}
             init_png = uploads.get(request.parameters.init_image or "") or await self._kept_input(
@@ -607,8 +623,34 @@ class Jobs:
             ref, vae, vae_note = await self._parts(request, ref)
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
             notes = (*notes, *(n for n in (vae_note, note, demo_note) if n))
-            specs.append(validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae))
+            spec = validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
+            if expanded:
+                spec = replace(spec, prompts=tuple(p for p, _ in expanded), negatives=tuple(n for _, n in expanded))
+            specs.append(spec)
         return JobPlan(specs, here, seed, uploads or {}, place.adult)
+
+    async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
+        """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""
+        p = request.parameters
+        if p.seed != -1 or not (is_template(p.prompt) or is_template(p.negative)):
+            return request
+        return replace(request, parameters=replace(p, seed=random_seed()))
+
+    async def _expanded(self, request: GenerationRequest) -> list[tuple[str, str]]:
+        """Each picture's prompt and negative, expanded from their wildcards (A1111's Dynamic Prompts,
+        seeded with the picture's seed); [] when neither is a template."""
+        p = request.parameters
+        if not (is_template(p.prompt) or is_template(p.negative)):
+            return []
+        if self.wildcards is None:
+            raise WildcardError("wildcards and {…|…} variants are not available here")
+        seeds = [(p.seed + i) % 2**32 for i in range(max(p.count, 1))]
+        library = await asyncio.to_thread(self.wildcards.current)
+        prompts = await asyncio.to_thread(library.expand, p.prompt, seeds) if is_template(p.prompt) else [p.prompt] * len(seeds)
+        negatives = (
+            await asyncio.to_thread(library.expand, p.negative, seeds) if is_template(p.negative) else [p.negative] * len(seeds)
+        )
+        return list(zip(prompts, negatives, strict=True))
 
     async def _parts(self, request: GenerationRequest, ref: CheckpointRef) -> tuple[CheckpointRef, VaeUse | None, str]:
         """The checkpoint with what it lacks from the component store (a transformer-only Flux file:

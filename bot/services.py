@@ -131,6 +131,7 @@ async def open_services(
         text_encoders=text_encoders,
         picture_check=PictureCheck(),
         styles=StyleBook(db),
+        wildcards=settings.wildcards(),
     )
     return Services(
         settings,

@@ -25,6 +25,7 @@ from cli import (
     server,
     styles,
     upscale,
+    wildcards,
     workers,
 )
 from common.errors import EaselError
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     noise.add_parsers(sub)
     sampler.add_parsers(sub)
     styles.add_parsers(sub)
+    wildcards.add_parsers(sub)
     workers.add_parsers(sub)
     return parser
 

@@ -90,6 +90,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 extra_terms=(settings.minor_terms, settings.sexual_terms),
                 text_encoders=text_encoder_registry(db, settings),
                 styles=StyleBook(db),
+                wildcards=settings.wildcards(),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))

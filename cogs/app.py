@@ -28,6 +28,7 @@ EXTENSIONS = (
     "cogs.admin",
     "cogs.moderation",
     "cogs.server_settings",
+    "cogs.wildcards",
 )
 
 

@@ -26,3 +26,17 @@ def build_infotext(prompt: str, negative: str, params: dict[str, object]) -> str
     line = ", ".join(f"{k}: {quote(params[k])}" for k in ordered if params[k] is not None)
     negative_line = f"\nNegative prompt: {negative}" if negative else ""
     return f"{prompt}{negative_line}\n{line}"
+
+
+# The Dynamic Prompts extension's lines after the parameters (its PngInfoSaver): the templates a
+# picture's prompt and negative prompt were expanded from.
+TEMPLATE_KEYS = ("Template", "Negative Template")
+
+
+def with_template(text: str, template: str, negative_template: str) -> str:
+    """`text` with the extension's template lines after it (a template with a line break quoted)."""
+    lines = [text]
+    for key, value in zip(TEMPLATE_KEYS, (template, negative_template), strict=True):
+        if value:
+            lines.append(f"{key}: {json.dumps(value, ensure_ascii=False) if chr(10) in value else value}")
+    return "\n".join(lines)

@@ -87,10 +87,24 @@ class JobPart:
     """One job's share of a batch: its prompt and one seed per image."""
 
     job_id: str
-    prompt: str
+    prompt: str  # the prompt as asked: with wildcards, the template (its infotext's `Template`)
     negative: str
     seeds: tuple[int, ...]
     subseeds: tuple[int, ...] = ()  # A1111's variation seeds, one per seed, with a strength (gpu_worker/noise.py)
+    # With wildcards, each picture's own expansion of the prompt and of the negative, one per seed.
+    prompts: tuple[str, ...] = ()
+    negatives: tuple[str, ...] = ()
+
+    def prompt_of(self, index: int) -> tuple[str, str]:
+        """The prompt and negative picture `index` is drawn from."""
+        return (
+            self.prompts[index] if self.prompts else self.prompt,
+            self.negatives[index] if self.negatives else self.negative,
+        )
+
+    @property
+    def templated(self) -> bool:
+        return bool(self.prompts or self.negatives)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from common.infotext import with_template
 from common.protocol import (
     BatchFailed,
     BatchFinished,
@@ -192,21 +193,23 @@ class BatchRunner:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
                 continue
-            words = run.words
-            used = words_used(run.pipe, job.prompt, job.negative, batch.prompt_steps[0], words) if words else []
-            ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used) if words else ""
             results = tuple(
-                self._result(
-                    image,
-                    seed,
-                    infotext_for(batch, job.prompt, job.negative, seed, ti_hashes, run.loaded.first_block_cache),
-                )
-                for image, seed in zip(images_of[job.job_id], job.seeds, strict=True)
+                self._result(image, seed, self._infotext(run, job, index, seed))
+                for index, (image, seed) in enumerate(zip(images_of[job.job_id], job.seeds, strict=True))
             )
             done = JobDone(
                 batch.batch_id, job.job_id, results, self.device, load_seconds, inference_seconds, source, pictures
             )
             self.send(done)
+
+    def _infotext(self, run: BatchRun, job: JobPart, index: int, seed: int) -> str:
+        """Picture `index`'s parameters: its own prompt, and with wildcards the template after them."""
+        batch, words = run.batch, run.words
+        prompt, negative = job.prompt_of(index)
+        used = words_used(run.pipe, prompt, negative, batch.prompt_steps[0], words) if words else []
+        ti_hashes = ", ".join(f"{a1111_alias(name)}: {words.short_hashes[name]}" for name in used) if words else ""
+        text = infotext_for(batch, prompt, negative, seed, ti_hashes, run.loaded.first_block_cache)
+        return with_template(text, job.prompt, job.negative) if job.templated else text
 
     def _result(self, image: Image.Image, seed: int, infotext: str) -> ImageResult:
         scores = self.safety.score(image)  # every picture is checked before it leaves the worker

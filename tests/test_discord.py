@@ -19,6 +19,7 @@ import simcord
 from PIL import Image
 
 from bot.config import Settings
+from bot.images.infotext import parse_infotext as read_infotext
 from bot.model_files import scan_models
 from bot.services import Services, open_services
 from cogs.app import create_bot
@@ -199,6 +200,27 @@ async def test_a_servers_styles_are_kept_by_managers_and_offered_to_imagine(env:
     assert "no style named 'Sepia' here" in unknown.followups[0].content
     gone = await admin.slash(channel, "settings styles remove", name="ink")
     assert "Removed style" in gone.response.content
+
+
+async def test_wildcards_give_each_picture_its_own_prompt_and_are_listed(env: simcord.Env, services: Services) -> None:
+    _, channel, alice = world(env)
+    folder = Path(services.settings.models_dir) / "wildcards" / "colours"
+    folder.mkdir(parents=True)
+    (folder / "warm.txt").write_text("red\norange\ngold\namber\n")
+    made = await alice.slash(channel, "imagine", prompt="a __colours/warm__ {fox|cat}", checkpoint="tiny-sd1", steps=2, count=4, seed=9)
+    texts = [Image.open(io.BytesIO(await a.read())).info["parameters"] for a in made.response.attachments]
+    read = [read_infotext(text) for text in texts]  # the bot's own reader (/pnginfo) takes the extension's lines
+    assert len(read) == 4 and len({info.prompt for info in read}) > 1  # each picture its own prompt
+    for number, (info, text) in enumerate(zip(read, texts, strict=True)):
+        assert info.prompt.split()[1] in {"red", "orange", "gold", "amber"} and info.prompt.split()[2] in {"fox", "cat"}
+        assert (info.params["Seed"], info.params["Template"]) == (str(9 + number), "a __colours/warm__ {fox|cat}")
+        assert text.splitlines()[-1] == "Template: a __colours/warm__ {fox|cat}"  # the extension's line, last
+    listed = await alice.slash(channel, "wildcards list")
+    assert listed.ephemeral and "`__colours/warm__` · 4 choice(s)" in listed.response.embeds[0].description
+    lines = await alice.slash(channel, "wildcards list", name="colours/warm")
+    assert lines.response.embeds[0].description.split("\n") == ["• red", "• orange", "• gold", "• amber"]
+    unknown = await alice.slash(channel, "imagine", prompt="a __nope__", checkpoint="tiny-sd1")
+    assert "no wildcard named __nope__" in unknown.followups[0].content
 
 
 async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:

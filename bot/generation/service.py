@@ -428,7 +428,15 @@ class GenerationService:
             batch_id=new_job_id(),
             load=spec.checkpoint.load_request(),
             jobs=tuple(
-                JobPart(j.id, j.spec.parameters.prompt, j.spec.parameters.negative, j.spec.seeds, j.spec.subseeds)
+                JobPart(
+                    j.id,
+                    j.spec.parameters.prompt,
+                    j.spec.parameters.negative,
+                    j.spec.seeds,
+                    j.spec.subseeds,
+                    j.spec.prompts,
+                    j.spec.negatives,
+                )
                 for j in jobs
             ),
             parameters=spec.parameters,

@@ -19,7 +19,7 @@ from PIL import Image
 from bot.images.uploads import Upload, UploadError, read_upload, sniff
 from bot.untrusted import clean_text, load_json
 from common.errors import EaselError
-from common.infotext import build_infotext
+from common.infotext import TEMPLATE_KEYS, build_infotext
 
 MAX_INFOTEXT_CHARS = 20_000
 _SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
@@ -79,7 +79,12 @@ def parse_infotext(text: str) -> Infotext:
     """Prompt, negative prompt and parameters as A1111 reads them ("WxH" kept whole here)."""
     prompt_lines: list[str] = []
     negative_lines: list[str] = []
-    *lines, last = text.strip().split("\n")
+    every = text.strip().split("\n")
+    templates: dict[str, str] = {}  # the Dynamic Prompts extension's lines after the parameters
+    while len(every) > 1 and every[-1].startswith(tuple(f"{key}: " for key in TEMPLATE_KEYS)):
+        key, _, value = every.pop().partition(": ")
+        templates[key] = _unquoted(value.strip())
+    *lines, last = every
     pairs = parameter_pairs(last)
     if len(pairs) < 3:
         lines.append(last)
@@ -93,14 +98,18 @@ def parse_infotext(text: str) -> Infotext:
         (negative_lines if in_negative else prompt_lines).append(line)
     params: dict[str, str] = {}
     for key, value in pairs if last else []:
-        if len(value) > 1 and value[0] == value[-1] == '"':
-            try:
-                decoded = load_json(value)
-                value = decoded if isinstance(decoded, str) else value
-            except ValueError:
-                pass
-        params[key.strip()] = value.strip()
-    return Infotext("\n".join(prompt_lines), "\n".join(negative_lines), params)
+        params[key.strip()] = _unquoted(value).strip()
+    return Infotext("\n".join(prompt_lines), "\n".join(negative_lines), params | templates)
+
+
+def _unquoted(value: str) -> str:
+    if len(value) > 1 and value[0] == value[-1] == '"':
+        try:
+            decoded = load_json(value)
+        except ValueError:
+            return value
+        return decoded if isinstance(decoded, str) else value
+    return value
 
 
 def _is_key_char(ch: str) -> bool:

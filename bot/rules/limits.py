@@ -129,6 +129,9 @@ class ValidRequest:
     mask_png: bytes | None = None  # inpainting: the mask itself
     hires_model: UpscalerUse | None = None  # the hires fix's upscaler, when it is a model file
     vae: VaeUse | None = None  # the VAE in place of the checkpoint's own (bot/components/registry.py)
+    # With wildcards: each picture's own prompt and negative, expanded from `parameters` (the templates)
+    prompts: tuple[str, ...] = ()
+    negatives: tuple[str, ...] = ()
 
     @property
     def width(self) -> int:

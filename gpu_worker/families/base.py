@@ -34,11 +34,11 @@ class Draw:
 
     @property
     def prompts(self) -> list[str]:
-        return [job.prompt for job in self.jobs for _ in job.seeds]
+        return [job.prompt_of(i)[0] for job in self.jobs for i in range(len(job.seeds))]
 
     @property
     def negatives(self) -> list[str]:
-        return [job.negative for job in self.jobs for _ in job.seeds]
+        return [job.prompt_of(i)[1] for job in self.jobs for i in range(len(job.seeds))]
 
     @property
     def seeds(self) -> list[int]:
@@ -59,7 +59,7 @@ class Draw:
     def one_by_one(self) -> list[Draw]:
         """A call per picture (the retry after running out of memory)."""
         return [
-            Draw((replace(job, seeds=(seed,), subseeds=job.subseeds[i : i + 1]),))
+            Draw((replace(job, seeds=(seed,), subseeds=job.subseeds[i : i + 1], prompts=job.prompts[i : i + 1], negatives=job.negatives[i : i + 1]),))
             for job in self.jobs
             for i, seed in enumerate(job.seeds)
         ]

@@ -82,7 +82,9 @@ class StableDiffusion(Family):
         calls: padding a short prompt with empty chunks would change its picture."""
         groups: dict[int, list[JobPart]] = {}
         for job in jobs:
-            chunks = chunks_needed(run.pipe, job.prompt, job.negative, run.batch.prompt_steps[0], run.words)
+            chunks = max(
+                chunks_needed(run.pipe, *job.prompt_of(i), run.batch.prompt_steps[0], run.words) for i in range(len(job.seeds))
+            )
             groups.setdefault(chunks, []).append(job)
         return [Draw(tuple(group)) for group in groups.values()]
 
