@@ -10,9 +10,10 @@ from pathlib import Path
 
 from bot.config import Settings
 from bot.db import open_database
-from bot.generation.prompt_explain import explain, render
+from bot.generation.prompt_explain import expand_template, explain, render
 from bot.images.infotext import read_picture_parameters, render_reading
 from bot.networks.registry import network_registries
+from bot.rules.limits import random_seed
 from common.errors import EaselError
 
 
@@ -23,7 +24,10 @@ async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
         words = {e.name: e.rank or 1 for e in await embeddings.list(status="present")}
     finally:
         await db.close()
-    reading = await asyncio.to_thread(explain, args.text, args.steps, words)
+    found = await asyncio.to_thread(settings.wildcards().current)
+    seed = args.seed if args.seed >= 0 else random_seed()
+    text, template = await asyncio.to_thread(expand_template, args.text, seed, found)
+    reading = await asyncio.to_thread(explain, text, args.steps, words) | template
     print(json.dumps(reading, indent=2) if args.json else "\n".join(render(reading)))
     return 0
 
@@ -50,5 +54,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = psub.add_parser("explain", help="show the chunks and weights of a prompt, as A1111 reads it")
     p.add_argument("text")
     p.add_argument("--steps", type=int, default=20, help="sampling steps, for prompt editing and alternation")
+    p.add_argument("--seed", type=int, default=-1, help="with wildcards or {a|b}: the seed the prompt is drawn from (-1: random)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_explain)

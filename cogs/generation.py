@@ -10,7 +10,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.generation.aspects import ASPECTS
-from bot.generation.prompt_explain import explain, render
+from bot.generation.prompt_explain import expand_template, explain, render
 from bot.images.infotext import render_reading
 from bot.jobs import ImagineOptions
 from bot.rules.limits import (
@@ -20,6 +20,7 @@ from bot.rules.limits import (
     MAX_PICTURES_PER_COMMAND,
     MAX_STEPS,
     parse_variation,
+    random_seed,
 )
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
@@ -154,7 +155,11 @@ class Generation(commands.Cog):
         await interaction.followup.send(code_block(render_reading(info)), view=view, ephemeral=True)
 
     @app_commands.command(name="explain", description="How a prompt is read: chunks of 75 tokens, weights, editing")
-    @app_commands.describe(prompt="The prompt to read", steps="Sampling steps, for [from:to:when] and [a|b]")
+    @app_commands.describe(
+        prompt="The prompt to read",
+        steps="Sampling steps, for [from:to:when] and [a|b]",
+        seed="With wildcards or {a|b}: the picture's seed its prompt is drawn from (default: a random one)",
+    )
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def explain_prompt(
@@ -162,10 +167,14 @@ class Generation(commands.Cog):
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, 1500],
         steps: app_commands.Range[int, 1, MAX_STEPS] = 20,
+        seed: app_commands.Range[int, -1, 4294967295] = -1,
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         words = {e.name: e.rank or 1 for e in await self.jobs.embeddings_shown(place(interaction))}
-        reading = await asyncio.to_thread(explain, prompt, steps, words)  # the tokenizer blocks
+        library = self.jobs.wildcards
+        found = await asyncio.to_thread(library.current) if library is not None else None
+        text, template = await asyncio.to_thread(expand_template, prompt, seed if seed >= 0 else random_seed(), found)
+        reading = await asyncio.to_thread(explain, text, steps, words) | template  # the tokenizer blocks
         await interaction.followup.send(code_block("\n".join(render(reading))), ephemeral=True)
 
 

@@ -215,6 +215,8 @@ async def test_wildcards_give_each_picture_its_own_prompt_and_are_listed(env: si
         assert info.prompt.split()[1] in {"red", "orange", "gold", "amber"} and info.prompt.split()[2] in {"fox", "cat"}
         assert (info.params["Seed"], info.params["Template"]) == (str(9 + number), "a __colours/warm__ {fox|cat}")
         assert text.splitlines()[-1] == "Template: a __colours/warm__ {fox|cat}"  # the extension's line, last
+    explained = await alice.slash(channel, "explain", prompt="a __colours/warm__ {fox|cat}", seed=10)
+    assert f"with seed 10: {read[1].prompt}" in explained.response.content  # what the second picture drew
     listed = await alice.slash(channel, "wildcards list")
     assert listed.ephemeral and "`__colours/warm__` · 4 choice(s)" in listed.response.embeds[0].description
     lines = await alice.slash(channel, "wildcards list", name="colours/warm")
@@ -760,7 +762,7 @@ async def test_explain_shows_chunks_weights_and_editing_privately(env: simcord.E
     text = result.response.content  # the first follow-up after a defer fills the "thinking…" message
     assert result.ephemeral and text.startswith("```") and text.endswith("```")
     assert "taken out of the text (LoRAs apply to the whole picture): <lora:ink:0.8>" in text
-    assert "steps 1-5 of 10" in text and "steps 6-10 of 10" in text
+    assert "steps 1-6 of 10" in text and "steps 7-10 of 10" in text  # A1111 counts calls from 0
     assert " 1.3000  fox" in text and "chunk 2:" in text
     long = (await alice.slash(channel, "explain", prompt="```" + "a, " * 490, steps=1)).response.content
     assert "14 chunk(s)" in long and len(long) == 2000 and long.count("```") == 2

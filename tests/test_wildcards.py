@@ -197,5 +197,8 @@ def test_the_wildcards_command_lists_them_and_a_files_lines(env: Path, cli) -> N
     listed = cli("wildcards", "list")
     assert listed.code == 0 and "__animals__  (2 lines)" in listed.out and "__loop__  refused: it leads back to itself" in listed.out
     assert cli("wildcards", "list", "animals").out.split() == ["cat", "dog"]
+    explained = cli("prompt", "explain", "a __animals__ in {rain|snow}", "--seed", "5")
+    expected = read_wildcards([env / "models" / "wildcards"]).expand("a __animals__ in {rain|snow}", [5])[0]
+    assert explained.code == 0 and f"with seed 5: {expected}" in explained.out, explained.err
     missing = cli("wildcards", "list", "../etc/passwd")
     assert missing.code == 1 and missing.err.strip() == "error: no wildcard named __../etc/passwd__; `wildcards list` shows them"

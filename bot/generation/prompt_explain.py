@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from bot.rules.limits import MAX_STEPS
+from bot.wildcards import Wildcards, is_template
 from common.bundled import CONFIG_ROOT
 from common.errors import EaselError
 from common.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for
@@ -78,18 +79,36 @@ def _chunk_runs(chunk: Chunk, tokenizer: Any, embeddings: dict[str, int]) -> dic
     }
 
 
+def expand_template(text: str, seed: int, wildcards: Wildcards | None) -> tuple[str, dict[str, Any]]:
+    """A template's expansion for a seed (bot/wildcards.py), and what the reading says of it; the
+    text itself when it is no template. Blocking: call it off the loop."""
+    if not is_template(text):
+        return text, {}
+    if wildcards is None:
+        raise EaselError("wildcards and {…|…} variants are not available here")
+    [expanded] = wildcards.expand(text, [seed])
+    return expanded, {"template": text, "seed": seed, "expanded": expanded}
+
+
 def render(reading: dict[str, Any]) -> list[str]:
     """The reading as lines of text, for a terminal or a Discord code block."""
     lines = []
+    if "template" in reading:
+        lines += [f"template: {reading['template']}", f"with seed {reading['seed']}: {reading['expanded']}"]
     if reading["extra_networks"]:
         lines.append(
             f"taken out of the text (LoRAs apply to the whole picture): {', '.join(reading['extra_networks'])}"
         )
     first = 1
     for entry in reading["schedule"]:
+        # A1111 counts model calls from 0: an entry that lasts until step N (its `until_step`) still
+        # holds at the N+1st step. An entry reached only after the last step is never drawn.
+        last = min(entry["until_step"] + 1, reading["steps"])
+        if first > last:
+            continue
         if len(reading["schedule"]) > 1:
-            lines.append(f"steps {first}-{entry['until_step']} of {reading['steps']}: {entry['text']}")
-        first = entry["until_step"] + 1
+            lines.append(f"steps {first}-{last} of {reading['steps']}: {entry['text']}")
+        first = last + 1
         lines.append(f"{len(entry['chunks'])} chunk(s) of {CHUNK} tokens; {entry['tokens']} tokens used")
         for number, chunk in enumerate(entry["chunks"], 1):
             lines.append(f"chunk {number}: {chunk['tokens']} tokens")
