@@ -188,6 +188,11 @@ def _number(params: dict[str, str], key: str, kind: type[int] | type[float], def
         raise EaselError(f"the picture's {key} {value[:40]!r} is not a number") from None
 
 
+def _dynamic(p: Parameters) -> bool:
+    """Whether a request's prompts are templates to expand (bot/wildcards.py)."""
+    return p.dynamic and (is_template(p.prompt) or is_template(p.negative))
+
+
 def _read_back(params: dict[str, str]) -> dict[str, Any]:
     """The parameters that carry their own infotext key, read back (common/parameters.py)."""
     found = {}
@@ -359,6 +364,7 @@ class Jobs:
             "vae": await self._vae_named(params.get("VAE hash", ""), params.get("VAE", "")),
             "distilled_cfg": _number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
+            "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
@@ -632,7 +638,7 @@ class Jobs:
     async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""
         p = request.parameters
-        if p.seed != -1 or not (is_template(p.prompt) or is_template(p.negative)):
+        if p.seed != -1 or not _dynamic(p):
             return request
         return replace(request, parameters=replace(p, seed=random_seed()))
 
@@ -640,7 +646,7 @@ class Jobs:
         """Each picture's prompt and negative, expanded from their wildcards (A1111's Dynamic Prompts,
         seeded with the picture's seed); [] when neither is a template."""
         p = request.parameters
-        if not (is_template(p.prompt) or is_template(p.negative)):
+        if not _dynamic(p):
             return []
         if self.wildcards is None:
             raise WildcardError("wildcards and {…|…} variants are not available here")

@@ -77,6 +77,9 @@ class Parameters:
     # generators seeded with seed + this after the first draw (NovelAI's 31337). Kept only for such a
     # sampler, and written then, as A1111 writes it.
     ensd: int = field(default=0, metadata=_written_as("ENSD"))
+    # The prompts' {a|b} variants and __wildcards__ are expanded per picture (bot/wildcards.py); False
+    # for a pasted infotext's prompt, which is the expansion already (braces in it are A1111's text).
+    dynamic: bool = True
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -45,8 +45,8 @@ def test_the_record_crosses_to_the_worker_whole() -> None:
 
 async def test_jobs_recorded_before_the_record_are_folded_into_it(tmp_path: Path) -> None:
     """A database from before migration 0016 keeps every job reproducible: the columns it had become
-    the record, with A1111's defaults where a column was empty, and the noise as it was drawn then
-    (CPU generators: migration 0017)."""
+    the record, with A1111's defaults where a column was empty, the noise as it was drawn then (CPU
+    generators: migration 0017) and braces in the prompt as text (migration 0019)."""
     migrations = load_migrations()
     before = [m for m in migrations if m.version < 16]
     db = await connect(tmp_path / "old.sqlite3")
@@ -78,14 +78,14 @@ async def test_jobs_recorded_before_the_record_are_folded_into_it(tmp_path: Path
         await db.close()
     assert plain == Parameters(
         prompt="a fox", negative="blurry", width=512, height=768, steps=25, cfg=6.5, sampler="Euler a",
-        schedule="Automatic", seed=11, count=2, clip_skip=2, rng="CPU",
+        schedule="Automatic", seed=11, count=2, clip_skip=2, rng="CPU", dynamic=False,
     )  # fmt: skip
     assert full == Parameters(
         prompt="a cat", negative="blurry", width=512, height=768, steps=25, cfg=6.5, sampler="Euler a",
         schedule="Automatic", seed=3, count=1, clip_skip=2, init_image="p" * 64, strength=0.6, resize_mode="fill",
         mask_image="m" * 64, mask_blur=8, masked_content="fill", only_masked=True, mask_padding=48, hires_scale=2.0,
         hires_steps=5, hires_denoise=0.4, hires_upscaler="Lanczos", cfg_rescale=0.7, vae="v" * 64, distilled_cfg=0.0,
-        rng="CPU",
+        rng="CPU", dynamic=False,
     )  # fmt: skip
 
 
@@ -110,6 +110,29 @@ async def test_jobs_recorded_before_the_noise_source_keep_drawing_their_noise_on
     finally:
         await db.close()
     assert sources == {"before": "CPU", "chosen": "NV"}
+
+
+async def test_jobs_recorded_before_dynamic_prompts_keep_their_braces_as_text(tmp_path: Path) -> None:
+    """Migration 0019: a rerun of an older job draws the prompt it drew then; newer jobs expand theirs."""
+    migrations = load_migrations()
+    db = await connect(tmp_path / "old.sqlite3")
+    try:
+        await migrate(db, [m for m in migrations if m.version < 19])
+        insert = (
+            "INSERT INTO jobs (id, state, requester_id, checkpoint_name, checkpoint_sha256, prompt, negative, width, "
+            "height, steps, cfg, sampler, schedule, clip_skip, seeds_json, created_at, parameters_json) "
+            "VALUES (?, 'done', 'u', 'a', 'aa', 'a {red|blue} fox', '', 64, 64, 4, 7.0, 'Euler', 'Automatic', 1, '[1]', 0, ?)"
+        )
+        old = Parameters(prompt="a {red|blue} fox", seed=1).to_json().replace(',"dynamic":true', "")
+        await db.execute(insert, ("before", old))
+        await db.execute(insert, ("after", Parameters(prompt="a {red|blue} fox", seed=1).to_json()))
+        await db.commit()
+        await migrate(db, migrations)
+        async with db.execute("SELECT id, parameters_json FROM jobs ORDER BY id") as cur:
+            dynamic = {row[0]: Parameters.from_json(row[1]).dynamic for row in await cur.fetchall()}
+    finally:
+        await db.close()
+    assert dynamic == {"before": False, "after": True}
 
 
 def test_every_field_has_a_default() -> None:

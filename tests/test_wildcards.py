@@ -202,3 +202,13 @@ def test_the_wildcards_command_lists_them_and_a_files_lines(env: Path, cli) -> N
     assert explained.code == 0 and f"with seed 5: {expected}" in explained.out, explained.err
     missing = cli("wildcards", "list", "../etc/passwd")
     assert missing.code == 1 and missing.err.strip() == "error: no wildcard named __../etc/passwd__; `wildcards list` shows them"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_pasted_infotexts_prompt_is_drawn_as_written(jobs: Jobs) -> None:
+    """A picture's parameters carry its expansion: braces left in it are A1111's text, not variants."""
+    from bot.images.infotext import Infotext
+
+    info = Infotext("a {red|blue} fox", "", {"Model": "tiny-sd1", "Steps": "3", "Seed": "5", "Size-1": "64", "Size-2": "64"})
+    [spec] = (await jobs.plan_from_infotext(Asker("a", "a"), SERVER, info)).specs
+    assert spec.parameters.prompt == "a {red|blue} fox" and spec.prompts == () and not spec.parameters.dynamic
