@@ -15,6 +15,7 @@ holding `__b__`, `b` holding `__a__`, globs counted) is refused by name, as is a
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import logging
 import math
 import re
@@ -107,7 +108,7 @@ def read_wildcards(folders: Iterable[Path]) -> Wildcards:
         root = folder.resolve()
         if not root.is_dir():
             continue
-        for path in sorted(root.rglob("*.txt")):
+        for path in _text_files(root):
             name = path.relative_to(root).with_suffix("").as_posix()
             if any(part.startswith(".") for part in path.relative_to(root).parts) or name in found.values:
                 continue
@@ -140,6 +141,13 @@ def read_wildcards(folders: Iterable[Path]) -> Wildcards:
             found.values[name] = lines
     _refuse_cycles(found)
     return found
+
+
+def _text_files(root: Path) -> list[Path]:
+    """The folder's `.txt` files in name order, the walk stopped one past MAX_FILES (a folder set to
+    something huge costs a bounded walk, and its excess is refused)."""
+    found = list(itertools.islice(root.rglob("*.txt"), MAX_FILES + 1))
+    return sorted(found)
 
 
 def _refuse_cycles(wildcards: Wildcards) -> None:
@@ -208,7 +216,7 @@ class WildcardLibrary:
         signature = []
         for folder in self.folders:
             if folder.is_dir():
-                for path in sorted(folder.rglob("*.txt"))[: MAX_FILES + 1]:
+                for path in _text_files(folder.resolve()):
                     try:
                         stat = path.stat()
                     except OSError:

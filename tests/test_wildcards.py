@@ -212,3 +212,11 @@ async def test_a_pasted_infotexts_prompt_is_drawn_as_written(jobs: Jobs) -> None
     info = Infotext("a {red|blue} fox", "", {"Model": "tiny-sd1", "Steps": "3", "Seed": "5", "Size-1": "64", "Size-2": "64"})
     [spec] = (await jobs.plan_from_infotext(Asker("a", "a"), SERVER, info)).specs
     assert spec.parameters.prompt == "a {red|blue} fox" and spec.prompts == () and not spec.parameters.dynamic
+
+
+def test_a_folder_with_too_many_files_is_read_to_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.wildcards as module
+
+    monkeypatch.setattr(module, "MAX_FILES", 3)
+    found = read_wildcards([folder(tmp_path, {f"w{i}": "x" for i in range(6)})])
+    assert len(found.values) == 3 and list(found.refused.values()) == ["more than 3 wildcard files"]
