@@ -89,49 +89,45 @@ async def test_jobs_recorded_before_the_record_are_folded_into_it(tmp_path: Path
     )  # fmt: skip
 
 
-async def test_jobs_recorded_before_the_noise_source_keep_drawing_their_noise_on_the_cpu(tmp_path: Path) -> None:
-    """Their reruns (Upscale, Vary, More: the same seed) keep the pictures' composition; a job that
-    recorded its source keeps it."""
+async def migrated_records(tmp_path: Path, before: int, records: dict[str, str]) -> dict[str, Parameters]:
+    """Jobs stored with these parameters records by a database at migrations below `before`, read
+    back after every migration."""
     migrations = load_migrations()
     db = await connect(tmp_path / "old.sqlite3")
     try:
-        await migrate(db, [m for m in migrations if m.version < 17])
+        await migrate(db, [m for m in migrations if m.version < before])
         insert = (
             "INSERT INTO jobs (id, state, requester_id, checkpoint_name, checkpoint_sha256, prompt, negative, width, "
             "height, steps, cfg, sampler, schedule, clip_skip, seeds_json, created_at, parameters_json) "
             "VALUES (?, 'done', 'u', 'a', 'aa', 'a fox', '', 64, 64, 4, 7.0, 'Euler', 'Automatic', 1, '[1]', 0, ?)"
         )
-        await db.execute(insert, ("before", Parameters(prompt="a fox", seed=1).to_json().replace(',"rng":"GPU"', "")))
-        await db.execute(insert, ("chosen", Parameters(prompt="a fox", seed=1, rng="NV").to_json()))
+        await db.executemany(insert, list(records.items()))
         await db.commit()
         await migrate(db, migrations)
         async with db.execute("SELECT id, parameters_json FROM jobs ORDER BY id") as cur:
-            sources = {row[0]: Parameters.from_json(row[1]).rng for row in await cur.fetchall()}
+            return {row[0]: Parameters.from_json(row[1]) for row in await cur.fetchall()}
     finally:
         await db.close()
+
+
+async def test_jobs_recorded_before_the_noise_source_keep_drawing_their_noise_on_the_cpu(tmp_path: Path) -> None:
+    """Their reruns (Upscale, Vary, More: the same seed) keep the pictures' composition; a job that
+    recorded its source keeps it."""
+    records = {
+        "before": Parameters(prompt="a fox", seed=1).to_json().replace(',"rng":"GPU"', ""),
+        "chosen": Parameters(prompt="a fox", seed=1, rng="NV").to_json(),
+    }
+    sources = {key: p.rng for key, p in (await migrated_records(tmp_path, 17, records)).items()}
     assert sources == {"before": "CPU", "chosen": "NV"}
 
 
 async def test_jobs_recorded_before_dynamic_prompts_keep_their_braces_as_text(tmp_path: Path) -> None:
     """Migration 0019: a rerun of an older job draws the prompt it drew then; newer jobs expand theirs."""
-    migrations = load_migrations()
-    db = await connect(tmp_path / "old.sqlite3")
-    try:
-        await migrate(db, [m for m in migrations if m.version < 19])
-        insert = (
-            "INSERT INTO jobs (id, state, requester_id, checkpoint_name, checkpoint_sha256, prompt, negative, width, "
-            "height, steps, cfg, sampler, schedule, clip_skip, seeds_json, created_at, parameters_json) "
-            "VALUES (?, 'done', 'u', 'a', 'aa', 'a {red|blue} fox', '', 64, 64, 4, 7.0, 'Euler', 'Automatic', 1, '[1]', 0, ?)"
-        )
-        old = Parameters(prompt="a {red|blue} fox", seed=1).to_json().replace(',"dynamic":true', "")
-        await db.execute(insert, ("before", old))
-        await db.execute(insert, ("after", Parameters(prompt="a {red|blue} fox", seed=1).to_json()))
-        await db.commit()
-        await migrate(db, migrations)
-        async with db.execute("SELECT id, parameters_json FROM jobs ORDER BY id") as cur:
-            dynamic = {row[0]: Parameters.from_json(row[1]).dynamic for row in await cur.fetchall()}
-    finally:
-        await db.close()
+    records = {
+        "before": Parameters(prompt="a {red|blue} fox", seed=1).to_json().replace(',"dynamic":true', ""),
+        "after": Parameters(prompt="a {red|blue} fox", seed=1).to_json(),
+    }
+    dynamic = {key: p.dynamic for key, p in (await migrated_records(tmp_path, 19, records)).items()}
     assert dynamic == {"before": False, "after": True}
 
 

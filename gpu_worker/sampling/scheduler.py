@@ -150,11 +150,3 @@ class A1111Scheduler(SchedulerMixin, ConfigMixin):
         if sampling is None or sampling.keep is None or sampling.init_latent is None:
             return latents
         return sampling.init_latent * sampling.keep + (1 - sampling.keep) * latents
-
-    def add_noise(self, original: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """k-diffusion's noising, x + noise × sigma(t) (the pipelines call it only outside a pass's start)."""
-        sigma = self.model.t_to_sigma(timesteps.flatten()[:1].cpu())
-        return original + noise * sigma.to(original.device, original.dtype)
-
-    def __len__(self) -> int:
-        return int(self.config.num_train_timesteps)
