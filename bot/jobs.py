@@ -52,6 +52,7 @@ from bot.rules.cooldowns import Cooldowns
 from bot.rules.limits import (
     GenerationRequest,
     ValidRequest,
+    check_regions,
     check_texts,
     family_defaults,
     random_seed,
@@ -69,6 +70,7 @@ from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS
 from common.parameters import Parameters, infotext_keys
 from common.protocol import LoraUse, UpscalerUse, VaeUse, denoising_steps
+from common.regions import from_infotext as regions_from_infotext
 
 log = logging.getLogger(__name__)
 
@@ -365,6 +367,7 @@ class Jobs:
             "distilled_cfg": _number(params, "Distilled CFG Scale", float, None),  # Forge's, for Flux dev
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
+            "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
             **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
@@ -630,6 +633,8 @@ class Jobs:
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
             notes = (*notes, *(n for n in (vae_note, note, demo_note) if n))
             spec = validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
+            for prompt, negative in expanded if spec.parameters.regions else ():  # each picture's regions
+                check_regions(spec.parameters, prompt, negative, ref)
             if expanded:
                 spec = replace(spec, prompts=tuple(p for p, _ in expanded), negatives=tuple(n for _, n in expanded))
             specs.append(spec)

@@ -190,6 +190,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler", help='A1111 name, e.g. "Euler a" or "DPM++ 2M Karras" (default DPM++ 2M; Flux: Euler)')
     p.add_argument("--schedule", help="an A1111 schedule type: Karras, Exponential, SGM Uniform, Align Your Steps, … (default: the sampler's own)")
     p.add_argument("--seed", type=int, default=-1, help="-1 for random; the seed used is printed")
+    p.add_argument(
+        "--regions",
+        help='the Regional Prompter: a divide ratio and options, e.g. "1,1" or "1,2;1,1 rows base 0.2"; the prompt '
+        "separates the regions with ADDCOL/ADDROW (SD1, SD2, SDXL)",
+    )
     p.add_argument("--style", action="append", help="a style by name (`styles list`), merged into the prompts as A1111 does; repeatable")
     p.add_argument(
         "--rng",

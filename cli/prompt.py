@@ -27,7 +27,7 @@ async def cmd_explain(args: argparse.Namespace, settings: Settings) -> int:
     found = await asyncio.to_thread(settings.wildcards().current)
     seed = args.seed if args.seed >= 0 else random_seed()
     text, template = await asyncio.to_thread(expand_template, args.text, seed, found)
-    reading = await asyncio.to_thread(explain, text, args.steps, words) | template
+    reading = await asyncio.to_thread(explain, text, args.steps, words, args.regions) | template
     print(json.dumps(reading, indent=2) if args.json else "\n".join(render(reading)))
     return 0
 
@@ -55,5 +55,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("text")
     p.add_argument("--steps", type=int, default=20, help="sampling steps, for prompt editing and alternation")
     p.add_argument("--seed", type=int, default=-1, help="with wildcards or {a|b}: the seed the prompt is drawn from (-1: random)")
+    p.add_argument("--regions", default="", help='the Regional Prompter\'s divide ratio and options, e.g. "1,1 rows"')
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_explain)

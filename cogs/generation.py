@@ -73,6 +73,7 @@ class Generation(commands.Cog):
         distilled_cfg="Flux dev: its guidance strength (Forge's Distilled CFG Scale; 3.5 by default)",
         variation="A1111's variation seed: STRENGTH (a random one) or SEED:STRENGTH, e.g. 0.2 or 1234:0.2",
         style="Styles from this server's list, comma-separated: merged into the prompt as A1111's styles are",
+        regions="Regional Prompter ratio: 1,1 (2 columns), 1,2;1,1, + rows/base 0.2; prompt: a ADDCOL b",
     )
     @app_commands.choices(
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -108,6 +109,7 @@ class Generation(commands.Cog):
         distilled_cfg: app_commands.Range[float, 0.0, MAX_CFG] | None = None,
         variation: app_commands.Range[str, 1, 40] | None = None,
         style: Styles | None = None,
+        regions: app_commands.Range[str, 1, 200] | None = None,
     ) -> None:
         # Options left out take the channel's, then the server's, then the bot's defaults.
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
@@ -128,6 +130,7 @@ class Generation(commands.Cog):
             "mask_padding": mask_padding,
             "vae": vae,
             "distilled_cfg": distilled_cfg,
+            "regions": regions,
         }
         if variation is not None:
             given["subseed"], given["subseed_strength"] = parse_variation(variation)
@@ -159,6 +162,7 @@ class Generation(commands.Cog):
         prompt="The prompt to read",
         steps="Sampling steps, for [from:to:when] and [a|b]",
         seed="With wildcards or {a|b}: the picture's seed its prompt is drawn from (default: a random one)",
+        regions="The Regional Prompter's divide ratio and options (1,1 rows …): the regions shown",
     )
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
@@ -168,13 +172,14 @@ class Generation(commands.Cog):
         prompt: app_commands.Range[str, 1, 1500],
         steps: app_commands.Range[int, 1, MAX_STEPS] = 20,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
+        regions: app_commands.Range[str, 1, 200] = "",
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         words = {e.name: e.rank or 1 for e in await self.jobs.embeddings_shown(place(interaction))}
         library = self.jobs.wildcards
         found = await asyncio.to_thread(library.current) if library is not None else None
         text, template = await asyncio.to_thread(expand_template, prompt, seed if seed >= 0 else random_seed(), found)
-        reading = await asyncio.to_thread(explain, text, steps, words) | template  # the tokenizer blocks
+        reading = await asyncio.to_thread(explain, text, steps, words, regions) | template  # the tokenizer blocks
         await interaction.followup.send(code_block("\n".join(render(reading))), ephemeral=True)
 
 

@@ -80,6 +80,9 @@ class Parameters:
     # The prompts' {a|b} variants and __wildcards__ are expanded per picture (bot/wildcards.py); False
     # for a pasted infotext's prompt, which is the expansion already (braces in it are A1111's text).
     dynamic: bool = True
+    # hako-mikan's Regional Prompter (common/regions.py): its divide ratio and options, e.g.
+    # "1,2;1,1 rows base 0.3"; "" off (once validated, also when the prompt places ADDCOL/ADDROW).
+    regions: str = ""
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -22,6 +22,7 @@ class Chunk:
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     fixes: list[tuple[int, str]] = field(default_factory=list)  # (offset after BOS, embedding name)
+    part: int = 0  # which BREAK-separated part of the prompt it holds (regional prompting reads them apart)
 
 
 # Token ids of an embedding's name -> (name, vectors): the words a prompt may use, per tokenizer.
@@ -73,18 +74,21 @@ def chunk_prompt(text: str, tokenizer, words: Words | None = None) -> list[Chunk
     chunks: list[Chunk] = []
     chunk = Chunk()
     last_comma = -1
+    part = 0
 
     def close() -> None:
         nonlocal chunk, last_comma
         missing = CHUNK - len(chunk.tokens)
         chunk.tokens = [ids.bos, *chunk.tokens, *([ids.eos] * missing), ids.eos]
         chunk.weights = [1.0, *chunk.weights, *([1.0] * missing), 1.0]
+        chunk.part = part
         chunks.append(chunk)
         chunk, last_comma = Chunk(), -1
 
     for tokens, (segment, weight) in zip(tokenized, segments, strict=True):
         if segment == BREAK and weight == BREAK_WEIGHT:
             close()
+            part += 1
             continue
         position = 0
         while position < len(tokens):

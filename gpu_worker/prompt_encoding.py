@@ -30,6 +30,8 @@ import torch
 
 from common.prompt_chunks import CHUNK, Chunk, TokenIds, chunk_prompt, empty_chunk, token_ids
 from common.prompt_schedule import prompt_schedule, text_at
+from common.regions import RegionPlan
+from gpu_worker.regional_attention import RowLayout, negative_layout, row_layout
 from gpu_worker.textual_inversion import WordEmbeddings
 
 
@@ -161,15 +163,41 @@ class Conditioning:
         clip_skip: int,
         words: WordEmbeddings | None = None,
         hires_steps: int | None = None,
+        plans: Sequence[RegionPlan | None] | None = None,
     ) -> None:
         """`steps`: the steps the prompt editing is scheduled over; with `hires_steps`, the hires
-        pass's schedule after a pass one of `steps` (common/prompt_schedule.py)."""
+        pass's schedule after a pass one of `steps` (common/prompt_schedule.py). `plans`: each
+        picture's regions (its prompt and negative are the plan's texts), or None."""
+        self.pipe, self.words = pipe, words
+        self.plans = list(plans) if plans is not None else [None] * len(prompts)
         self.positive = [prompt_schedule(p, steps, hires_steps) for p in prompts]
         self.negative = [prompt_schedule(n, steps, hires_steps) for n in negatives]
         texts = sorted({text for schedule in self.positive + self.negative for _, text in schedule})
         self._encoded = encode_prompts(pipe, texts, clip_skip, words=words)  # all to the longest text's chunk count
         self._row = {text: i for i, text in enumerate(texts)}
         self.sdxl = self._encoded.pooled is not None
+
+    def _chunks(self, text: str) -> list[Chunk]:
+        tokenizer = self.pipe.tokenizer
+        return chunk_prompt(text, tokenizer, self.words.words(tokenizer) if self.words else None)
+
+    @property
+    def regional(self) -> bool:
+        return any(plan is not None for plan in self.plans)
+
+    def regions(self, step: int) -> tuple[list[RowLayout | None], list[RowLayout | None]]:
+        """Each picture's regions at model call `step`, for its prompt's row and its negative's."""
+        cond: list[RowLayout | None] = []
+        uncond: list[RowLayout | None] = []
+        for plan, positive, negative in zip(self.plans, self.positive, self.negative, strict=True):
+            if plan is None:
+                cond.append(None)
+                uncond.append(None)
+                continue
+            chunks = self._chunks(text_at(positive, step))
+            cond.append(row_layout(chunks, plan))
+            uncond.append(negative_layout(self._chunks(text_at(negative, step)), chunks, plan))
+        return cond, uncond
 
     @property
     def changes(self) -> bool:

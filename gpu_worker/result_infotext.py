@@ -7,6 +7,7 @@ from pathlib import Path
 from common.infotext import build_infotext
 from common.parameters import written
 from common.protocol import RunBatch
+from common.regions import RegionSettings, infotext_pairs
 from gpu_worker.families import FAMILIES
 
 VERSION = "Easel 0.1.0"
@@ -43,6 +44,8 @@ def infotext_for(
             "Hires upscale": f"{p.hires_scale:g}" if p.hires_scale else None,
             "Hires steps": p.hires_steps if p.hires_scale and p.hires_steps else None,
             "Hires upscaler": p.hires_upscaler if p.hires_scale else None,
+            # hako-mikan's Regional Prompter (scripts/rp.py `process`): its panel, when it drew.
+            **(infotext_pairs(RegionSettings.parse(p.regions)) if p.regions else {}),
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used

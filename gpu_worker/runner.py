@@ -269,6 +269,8 @@ class StepCallback:
             if upcoming != run.applied:
                 kwargs |= conditioning.replace(index + 1, pipe.do_classifier_free_guidance)
                 run.applied = upcoming
+                if run.regional is not None:
+                    run.regional.set(*conditioning.regions(index + 1))
         if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0:
             self._preview(pipe, kwargs["latents"], done)
         return kwargs

@@ -67,6 +67,8 @@ def test_bad_options_fail_fast_with_one_line(env: Path, tiny_dir: Path, cli) -> 
         ("--size", "huge"): "is not WIDTHxHEIGHT",
         ("--masked-content", "fill"): "masked content and inpaint area are for inpainting; give a mask too",
         ("--hires", "2", "--upscaler", "ESRGAN_4x"): "no upscaler named 'ESRGAN_4x'; choose one of Latent",
+        ("--regions", "1,1"): "regions: separate the regions' prompts with ADDCOL or ADDROW (or BREAK)",
+        ("--regions", "1;x"): "regions: '1;x' is not understood",
     }
     for extra, message in cases.items():  # in this process: `python bot.py` less its interpreter start
         done = cli("generate", "--checkpoint", checkpoint, "--prompt", "x", "--out", "o", *extra)

@@ -845,6 +845,43 @@ async def test_pnginfo_shows_a_pictures_parameters_and_makes_it_here(env: simcor
     assert "carries no generation parameters" in (refused.followups or [refused.response])[0].content
 
 
+async def test_regions_draw_through_imagine_are_written_as_the_regional_prompter_and_made_here_again(
+    env: simcord.Env,
+) -> None:
+    """SDXL with the hires fix (every pass's grid), a negative split like the prompt, and the picture's
+    Regional Prompter keys read back by "Make this here" to the same picture."""
+    _, channel, alice = world(env)
+    options = {"checkpoint": "tiny-xl", "steps": 2, "seed": 12, "hires": 1.5}
+    negative = "fog BREAK rain BREAK mist BREAK haze"  # four parts, as the prompt's: split as it is
+    made = (
+        await alice.slash(
+            channel, "imagine", prompt="a castle ADDBASE sky ADDROW a lake ADDCOL a boat", negative=negative,
+            regions="1,2;2,1,1 base 0.3", **options,
+        )
+    ).response  # fmt: skip
+    picture = await made.attachments[0].read()
+    prompt, written, params = parse_infotext(Image.open(io.BytesIO(picture)).info["parameters"])
+    assert (prompt, written) == ("a castle ADDBASE sky ADDROW a lake ADDCOL a boat", negative)
+    assert (params["RP Active"], params["RP Divide mode"], params["RP Matrix submode"], params["RP Calc Mode"]) == (
+        "True", "Matrix", "Columns", "Attention"
+    )
+    assert (params["RP Ratios"], params["RP Base Ratios"], params["RP Use Base"]) == ("1,2;2,1,1", "0.3", "True")
+    plain = (await alice.slash(channel, "imagine", prompt=prompt, negative=negative, **options)).response
+    assert (await png_of(plain)).tobytes() != (await png_of(made)).tobytes()  # the ratios change the picture
+    shown = await alice.slash(channel, "pnginfo", image=("castle.png", picture))
+    remade = (await alice.click(shown.response, label="Make this here")).response
+    assert (await png_of(remade)).tobytes() == (await png_of(made)).tobytes()
+    explained = await alice.slash(channel, "explain", prompt="sky ADDCOL sea", regions="1,3")
+    assert "1: 0-25% across, 0-100% down: sky" in explained.response.content
+    for prompt, regions, message in (
+        ("a castle", "1,1", "separate the regions' prompts with ADDCOL or ADDROW"),
+        ("a ADDCOL b", "1,0", "divide ratios are positive numbers, not 0"),
+        ("a ADDCOL b", "1,1 sideways", "'sideways' is not understood"),
+    ):
+        refused = await alice.slash(channel, "imagine", prompt=prompt, checkpoint="tiny-sd1", regions=regions)
+        assert message in refused.followups[0].content and refused.followups[0].flags.ephemeral, refused.followups[0].content
+
+
 async def test_upscale_enlarges_a_picture_and_imagine_takes_an_upscaler_for_its_hires_fix(env: simcord.Env) -> None:
     _, channel, alice = world(env)
     options = {"prompt": "a lantern", "checkpoint": "tiny-sd1", "steps": 2, "seed": 5}

@@ -130,6 +130,11 @@ PATHS = {
     "hires, Latent": {"hires_scale": 2.0, "hires_denoise": 0.5},
     "hires, Lanczos": {"hires_scale": 2.0, "hires_denoise": 0.5, "hires_upscaler": "Lanczos"},
     "LoRA": {"lora": True},
+    # The Regional Prompter's regions, a base prompt and a negative split like the prompt, through both passes.
+    "regions, hires": {
+        "prompt": "a red fox ADDBASE a forest ADDCOL a lake", "negative": "fog BREAK rain BREAK snow",
+        "regions": "1,2 base 0.3", "hires_scale": 2.0, "hires_denoise": 0.5,
+    },
 }
 
 
@@ -141,6 +146,7 @@ def png(picture: Image.Image) -> bytes:
 
 def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...] = (7,)) -> RunBatch:
     options = dict(PATHS[path])
+    prompt, negative = options.pop("prompt", "a red fox"), options.pop("negative", "")
     extra: dict = {}
     if options.pop("init", False):
         picture = Image.new("RGB", (64, 64), (200, 40, 40))
@@ -156,7 +162,7 @@ def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...]
         # layer doubles a rounding difference: 70 % apart at its output in fp16, 0.2 % at 0.25).
         extra["loras"] = (LoraUse("tiny", str(file), "1" * 64, "1" * 12, 0.1, 0.1),)
     return RunBatch.of(
-        batch_id=f"half-{path}", load=load, jobs=(JobPart("j", "a red fox", "", seeds),), width=64, height=64,
+        batch_id=f"half-{path}", load=load, jobs=(JobPart("j", prompt, negative, seeds),), width=64, height=64,
         steps=3, cfg=5.0, sampler="Euler", schedule="Automatic", model_name=load.name, **options, **extra,
     )  # fmt: skip
 

@@ -302,3 +302,7 @@ def test_prompt_explain_on_the_command_line(cli) -> None:
     assert long.code == 0 and "chunk 3:" in long.out
     edited = cli("prompt", "explain", "a [cat:dog:0.5]", "--json")
     assert edited.code == 0 and json.loads(edited.out)["schedule"][0]["until_step"] == 10
+    regions = cli("prompt", "explain", "a fox ADDROW snow", "--regions", "1,3 rows")
+    assert regions.code == 0 and "2: 0-100% across, 25-100% down: snow" in regions.out
+    refused = cli("prompt", "explain", "a fox", "--regions", "1,1")
+    assert refused.code != 0 and "separate the regions' prompts with ADDCOL or ADDROW" in refused.err

@@ -16,6 +16,7 @@ from common.errors import EaselError
 from common.prompt_chunks import CHUNK, Chunk, chunk_prompt, words_for
 from common.prompt_schedule import prompt_schedule
 from common.prompt_syntax import parse_prompt
+from common.regions import RegionSettings, active, check, describe, region_map
 
 # Every architecture Easel runs uses CLIP's BPE vocabulary; SD1's bundled tokenizer stands for all.
 TOKENIZER = CONFIG_ROOT / "sd1" / "tokenizer"
@@ -31,11 +32,18 @@ def _tokenizer() -> Any:
     return CLIPTokenizer.from_pretrained(str(TOKENIZER))
 
 
-def explain(text: str, steps: int = 20, embeddings: dict[str, int] | None = None) -> dict[str, Any]:
+def explain(text: str, steps: int = 20, embeddings: dict[str, int] | None = None, regions: str = "") -> dict[str, Any]:
     """The reading of `text` over `steps` sampling steps, with `embeddings` (name -> vectors) as the
-    words that stand for vectors; blocking (tokenizer): call it off the loop."""
+    words that stand for vectors, and the regions `regions` (or the prompt's ADDCOL/ADDROW) divide the
+    picture into (common/regions.py); blocking (tokenizer): call it off the loop."""
     if not 1 <= steps <= MAX_STEPS:
         raise EaselError(f"steps must be between 1 and {MAX_STEPS}")
+    found: dict[str, Any] = {}
+    if active(text, regions):
+        settings = RegionSettings.parse(regions) if regions.strip() else RegionSettings()
+        made = check(text, "", settings, steps)
+        found = {"regions": {"settings": settings.text(), "map": region_map(made.cells), "list": describe(made)}}
+        text = made.prompt  # as the model reads it: every key a BREAK, the common part added
     tokenizer = _tokenizer()
     words = words_for(tokenizer, embeddings) if embeddings else None
     schedule, tags = [], []
@@ -47,7 +55,7 @@ def explain(text: str, steps: int = 20, embeddings: dict[str, int] | None = None
         schedule.append(
             {"until_step": until_step, "text": scheduled, "chunks": chunks, "tokens": sum(c["tokens"] for c in chunks)}
         )
-    return {"steps": steps, "schedule": schedule, "extra_networks": list(dict.fromkeys(tags))}
+    return {"steps": steps, "schedule": schedule, "extra_networks": list(dict.fromkeys(tags))} | found
 
 
 def _chunk_runs(chunk: Chunk, tokenizer: Any, embeddings: dict[str, int]) -> dict[str, Any]:
@@ -95,6 +103,15 @@ def render(reading: dict[str, Any]) -> list[str]:
     lines = []
     if "template" in reading:
         lines += [f"template: {reading['template']}", f"with seed {reading['seed']}: {reading['expanded']}"]
+    if "regions" in reading:
+        regions = reading["regions"]
+        lines.append(f"regions ({regions['settings']}), each reading its own chunks:")
+        lines += [f"  {row}" for row in regions["map"]]
+        for number, region in enumerate(regions["list"], 1):
+            base = f", base {region['base']:g}" if region["base"] is not None else ""
+            lines.append(
+                f"  {number}: {region['left']}-{region['right']}% across, {region['top']}-{region['bottom']}% down{base}: {region['text']}"
+            )
     if reading["extra_networks"]:
         lines.append(
             f"taken out of the text (LoRAs apply to the whole picture): {', '.join(reading['extra_networks'])}"

@@ -29,6 +29,9 @@ from common.protocol import (
     denoising_steps,
     hires_size,
 )
+from common.regions import RegionSettings
+from common.regions import active as regions_active
+from common.regions import check as check_region_prompt
 from common.samplers import (
     DIFFUSERS_SCHEDULES,
     EDM_SAMPLERS,
@@ -219,6 +222,7 @@ def validate(
     _check_cfg_rescale(p, checkpoint)
     if checkpoint.family in FLOW_FAMILIES:
         p = _check_flow(p, checkpoint, width, height, embeddings)
+    p = check_regions(p, p.prompt, p.negative, checkpoint)
     first = random_seed() if p.seed == -1 else p.seed
     seeds = tuple((first + i) % 2**32 for i in range(p.count))  # A1111: one seed per image, counting up
     final = replace(
@@ -421,6 +425,18 @@ def _check_flow(
         raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {p.distilled_cfg:g}")
     guided = checkpoint.family == "flux" and checkpoint.variant == "dev"
     return p if guided else replace(p, distilled_cfg=0.0)
+
+
+def check_regions(p: Parameters, prompt: str, negative: str, checkpoint: CheckpointRef) -> Parameters:
+    """Regional prompting (common/regions.py) as `prompt` asks for it: its settings in their canonical
+    form ("" when it does not draw regions), the prompt checked to hold the regions they name."""
+    if not regions_active(prompt, p.regions):
+        return replace(p, regions="")
+    if checkpoint.family in FLOW_FAMILIES:
+        raise GenerationError(f"{checkpoint.name}: regional prompting works on SD1, SD2 and SDXL checkpoints only")
+    settings = RegionSettings.parse(p.regions) if p.regions.strip() else RegionSettings()
+    check_region_prompt(prompt, negative, settings, p.steps)
+    return replace(p, regions=settings.text())
 
 
 def _check_cfg_rescale(p: Parameters, checkpoint: CheckpointRef) -> None:

@@ -20,6 +20,7 @@ from common.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker import noise
 from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.prompt_encoding import Conditioning
+from gpu_worker.regional_attention import RegionalAttention
 from gpu_worker.textual_inversion import EmbeddingCache, WordEmbeddings
 from gpu_worker.upscale_models import UpscalerCache
 
@@ -91,6 +92,7 @@ class BatchRun:
     size: tuple[int, int] = (0, 0)
     conditioning: Conditioning | None = None
     applied: tuple[str, ...] = ()
+    regional: RegionalAttention | None = None  # the pass's regions (gpu_worker/regional_attention.py)
 
     def hires_upscaler(self) -> object:
         """The hires fix's upscaler: a model from the cache, or an A1111 name."""

@@ -36,6 +36,8 @@ class FlowFamily(Family):
     def refuses(self, batch: RunBatch) -> str | None:
         if batch.mask_png is not None or batch.embeddings:
             return f"{batch.load.name}: inpainting and embeddings are not supported on it yet"
+        if batch.parameters.regions:
+            return f"{batch.load.name}: regional prompting works on SD1, SD2 and SDXL checkpoints only"
         return None
 
     def writes_distilled_cfg(self, batch: RunBatch) -> bool:

@@ -9,7 +9,7 @@ options), on inpainting checkpoints (9-channel UNets), and the hires fix from a 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from diffusers import DiffusionPipeline
@@ -26,6 +26,7 @@ from gpu_worker.latents import decode_pictures, encode, encode_pictures
 from gpu_worker.loaded import image_to_image, inpainting
 from gpu_worker.previews import latents_to_images, vae_previews
 from gpu_worker.prompt_encoding import Conditioning, chunks_needed
+from gpu_worker.regional_attention import RegionalAttention, plans_for, regional_attention
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache
 
@@ -82,9 +83,9 @@ class StableDiffusion(Family):
         calls: padding a short prompt with empty chunks would change its picture."""
         groups: dict[int, list[JobPart]] = {}
         for job in jobs:
-            chunks = max(
-                chunks_needed(run.pipe, *job.prompt_of(i), run.batch.prompt_steps[0], run.words) for i in range(len(job.seeds))
-            )
+            texts = [job.prompt_of(i) for i in range(len(job.seeds))]
+            drawn = [(p.prompt, p.negative) if p else t for p, t in zip(plans_for(run.batch.parameters.regions, texts), texts, strict=True)]
+            chunks = max(chunks_needed(run.pipe, *text, run.batch.prompt_steps[0], run.words) for text in drawn)
             groups.setdefault(chunks, []).append(job)
         return [Draw(tuple(group)) for group in groups.values()]
 
@@ -192,10 +193,25 @@ def _sample(
     editing follows A1111's schedule for the pass (RunBatch.prompt_steps), from model call 0."""
     batch = run.batch
     first, second = batch.prompt_steps
+    plans = plans_for(batch.parameters.regions, list(zip(draw.prompts, draw.negatives, strict=True)))
+    prompts = [p.prompt if p else text for p, text in zip(plans, draw.prompts, strict=True)]
+    negatives = [p.negative if p else text for p, text in zip(plans, draw.negatives, strict=True)]
     run.conditioning = Conditioning(
-        pipe, draw.prompts, draw.negatives, first, batch.parameters.clip_skip, run.words, second if hires else None
+        pipe, prompts, negatives, first, batch.parameters.clip_skip, run.words, second if hires else None, plans
     )
     run.applied = run.conditioning.key(0)
+    run.regional = None
+    if run.conditioning.regional:  # the Regional Prompter's Attention mode (gpu_worker/regional_attention.py)
+        width, height = run.size  # this pass's
+        run.regional = RegionalAttention((height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
+        run.regional.set(*run.conditioning.regions(0))
+    with regional_attention(pipe.unet, run.regional) if run.regional else nullcontext():
+        return _call(run, pipe, draw, callback, steps, inputs)
+
+
+def _call(run: BatchRun, pipe: DiffusionPipeline, draw: Draw, callback: StepCallback, steps: int, inputs: dict) -> torch.Tensor:
+    batch = run.batch
+    assert run.conditioning is not None
     return pipe(
         **run.conditioning.inputs(0),
         **inputs,
