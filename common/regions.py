@@ -258,13 +258,15 @@ def plan(prompt: str, negative: str, settings: RegionSettings) -> RegionPlan:
     for key in (KEY_COMMON, KEY_BASE):  # regions.py `matrixdealer`: the regions follow those parts
         if _WORD[key].search(structure):
             structure = _WORD[key].split(structure, maxsplit=1)[1]
-    if not (_WORD[KEY_COL].search(structure) or _WORD[KEY_ROW].search(structure)):
-        raise RegionError("regions: separate the regions' prompts with ADDCOL or ADDROW (or BREAK)")
     flip = settings.rows
     shape = _shape(structure, flip)
     has_row, has_col = bool(_WORD[KEY_ROW].search(structure)), bool(_WORD[KEY_COL].search(structure))
     ratios = settings.ratios
-    if ";" not in ratios and has_row != has_col:  # one row (or column) of regions from a 1-D ratio
+    if not (has_row or has_col):
+        if len(_numbers(ratios, "the divide ratio")) > 1:
+            raise RegionError("regions: separate the regions' prompts with ADDCOL or ADDROW (or BREAK)")
+        own, widths = [1.0], [[1.0]]  # a ratio of one number: one region, the whole picture
+    elif ";" not in ratios and has_row != has_col:  # one row (or column) of regions from a 1-D ratio
         if has_row == flip:
             own, widths = _split_to("1," + ratios, shape, flip=False, singles=True, default=1.0)
         else:

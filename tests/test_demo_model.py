@@ -232,3 +232,12 @@ async def test_regions_put_each_prompt_where_its_region_is(world: World) -> None
     for number, ((prompt, _, (box_a, colour_a), (box_b, colour_b)), picture) in enumerate(zip([c for c in cases for _ in (1, 2)], made, strict=True)):
         found = (commonest_colour(picture.picture, box_a), commonest_colour(picture.picture, box_b))
         assert found == (colour_a, colour_b), (number, prompt, found)
+
+
+@aio
+async def test_one_region_over_the_whole_picture_is_the_plain_prompts_picture(world: World) -> None:
+    """The regional path adds nothing of its own: a divide ratio of one number is one region, and its
+    picture is the plain prompt's, to the bit."""
+    prompt = "a small red circle on a blue background BREAK top left"
+    plain, regional = await asyncio.gather(world.imagine(prompt, 5, steps=8), world.imagine(prompt, 5, steps=8, regions="1"))
+    assert np.array_equal(np.asarray(plain.picture), np.asarray(regional.picture))

@@ -114,6 +114,7 @@ def test_the_texts_the_model_reads() -> None:
         plan("a ADDCOL b", "", RegionSettings.parse("1,1 base"))
     with pytest.raises(RegionError, match="separate the regions' prompts with ADDCOL or ADDROW"):
         plan("a cat", "", RegionSettings())
+    assert boxes("a cat BREAK snow", "1") == [(0, 100, 0, 100, 2)]  # one number: one region, all of it
     with pytest.raises(RegionError, match="at most 16 regions, not 17"):
         plan(" ADDCOL ".join("x" * 17), "", RegionSettings())
     # Prompt editing that takes a part away at some step.
