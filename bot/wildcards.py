@@ -7,7 +7,12 @@ gives the same prompt, and each picture of a batch its own.
 Wildcard files are untrusted text, read here and handed to the library in memory, so a name can only
 ever mean a file that was read (`__../x__` names nothing): `.txt` files under the wildcard folders, at
 most 2,000 of them, 1 MiB each and 20 MiB in all, UTF-8, lines of at most 1,000 characters (`#`
-lines and blank lines skipped, as the extension skips them). A wildcard that can reach itself (`a`
+lines and blank lines skipped, as the extension skips them). Structured files as the library reads
+them (its `wildcards/collection/structured.py`, `tree/build.py`): `.json` and `.yaml`, each list
+under nested keys a wildcard named by the file's folder and the keys (`folder/key/subkey`; a file that
+is one list, by its own name), its entries strings, `N::text` or `{"text": …, "weight": N}`; values of
+other kinds skipped, as the library skips them. YAML is read safely (no tags), and a file whose keys
+and entries pass 100,000 (aliases counted each time they are reached) is refused. A wildcard that can reach itself (`a`
 holding `__b__`, `b` holding `__a__`, globs counted) is refused by name, as is a template whose
 `$$` repetitions through its wildcards would make more than 10,000 pieces of text.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import itertools
+import json
 import logging
 import math
 import re
@@ -32,6 +38,8 @@ MAX_FILE_BYTES = 1 << 20
 MAX_TOTAL_BYTES = 20 << 20
 MAX_LINE_CHARS = 1000
 MAX_PIECES = 10_000
+MAX_STRUCTURED_ITEMS = 100_000
+WILDCARD_SUFFIXES = (".txt", ".json", ".yaml")  # the library's (not .yml)
 _REFERENCE = re.compile(r"__([\w\-./*?]+?)__")
 _REPEAT = re.compile(r"\{\s*(\d*)\s*(?:-\s*(\d*))?\s*\$\$")
 
@@ -50,6 +58,7 @@ class Wildcards:
     """The wildcards read from the folders: name -> lines; `refused`: name -> why it is not offered."""
 
     values: dict[str, list[str]] = field(default_factory=dict)
+    weights: dict[str, list[float]] = field(default_factory=dict)  # a structured file's weighted entries
     refused: dict[str, str] = field(default_factory=dict)
     _costs: dict[str, float] = field(default_factory=dict)
 
@@ -61,9 +70,16 @@ class Wildcards:
         self._check(template)
         from dynamicprompts.generators import RandomPromptGenerator
         from dynamicprompts.wildcards import WildcardManager
+        from dynamicprompts.wildcards.collection.list import ListWildcardCollection
+        from dynamicprompts.wildcards.item import WildcardItem
         from pyparsing import ParseBaseException
 
-        manager = WildcardManager(root_map={"": [dict(self.values)]})
+        collections: dict = dict(self.values)
+        for name, weights in self.weights.items():
+            collections[name] = ListWildcardCollection(
+                [WildcardItem(text, weight) for text, weight in zip(self.values[name], weights, strict=True)]
+            )
+        manager = WildcardManager(root_map={"": [collections]})
         try:
             return [str(p) for p in RandomPromptGenerator(manager).generate(template, len(seeds), seeds=seeds)]
         except (ParseBaseException, ValueError, IndexError) as e:
@@ -112,6 +128,8 @@ def read_wildcards(folders: Iterable[Path]) -> Wildcards:
             name = path.relative_to(root).with_suffix("").as_posix()
             if any(part.startswith(".") for part in path.relative_to(root).parts) or name in found.values:
                 continue
+            if path.suffix != ".txt":
+                name = path.relative_to(root).as_posix()  # a structured file's wildcards are named by its keys
             files += 1
             if files > MAX_FILES:
                 found.refused[name] = f"more than {MAX_FILES} wildcard files"
@@ -133,6 +151,9 @@ def read_wildcards(folders: Iterable[Path]) -> Wildcards:
                 found.refused[name] = f"unreadable ({e.strerror or e})"
                 continue
             total += size
+            if path.suffix != ".txt":
+                _read_structured(found, path, root, text)
+                continue
             lines = [line.strip() for line in text.splitlines()]
             lines = [line for line in lines if line and not line.startswith("#")]
             if any(len(line) > MAX_LINE_CHARS or "\x00" in line for line in lines):
@@ -143,10 +164,90 @@ def read_wildcards(folders: Iterable[Path]) -> Wildcards:
     return found
 
 
+def _read_structured(found: Wildcards, path: Path, root: Path, text: str) -> None:
+    """A `.json` or `.yaml` file's wildcards into `found` (the library's naming), or the file refused."""
+    import yaml
+
+    label = path.relative_to(root).as_posix()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        found.refused[label] = f"not valid {path.suffix[1:].upper()} ({str(e).splitlines()[0][:80]})"
+        return
+    folder = path.parent.relative_to(root).as_posix()
+    prefix = () if folder == "." else (folder,)
+    lists: dict[str, list[tuple[str, float]]] = {}
+    budget = [MAX_STRUCTURED_ITEMS]
+
+    def walk(value: object, keys: tuple[str, ...], depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > 32:
+            raise WildcardError(f"more than {MAX_STRUCTURED_ITEMS:,} keys and entries, or nested past 32 levels")
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list) and keys:
+            lists["/".join(keys)] = _entries(value, budget)
+        elif isinstance(value, dict):
+            for key, inner in value.items():
+                if isinstance(key, str) and inner:
+                    walk(inner, (*keys, key), depth + 1)
+
+    try:
+        if isinstance(data, list):  # a file that is one list: named by the file
+            lists["/".join((*prefix, path.stem))] = _entries(data, budget)
+        else:
+            walk(data, prefix, 0)
+    except WildcardError as e:
+        found.refused[label] = str(e)
+        return
+    for name, entries in lists.items():
+        if name in found.values or not entries:
+            continue
+        texts = [entry for entry, _ in entries]
+        if any(len(entry) > MAX_LINE_CHARS or "\x00" in entry for entry in texts):
+            found.refused[name] = f"an entry longer than {MAX_LINE_CHARS} characters, or not text"
+            continue
+        found.values[name] = texts
+        if any(weight != 1.0 for _, weight in entries):
+            found.weights[name] = [weight for _, weight in entries]
+
+
+def _entries(items: list, budget: list[int]) -> list[tuple[str, float]]:
+    """A structured list's entries as the library reads them: text, `N::text`, or {text|content, weight}."""
+    entries = []
+    for item in items:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise WildcardError(f"more than {MAX_STRUCTURED_ITEMS:,} keys and entries")
+        if isinstance(item, str) and item:
+            weight_text, separator, content = item.rpartition("::")
+            if separator and item[0].isdigit():
+                try:
+                    entries.append((content, _weight(float(weight_text))))
+                    continue
+                except ValueError:
+                    pass
+            entries.append((item, 1.0))
+        elif isinstance(item, dict):
+            content = item.get("text") or item.get("content") or ""
+            if isinstance(content, str) and content:
+                try:
+                    entries.append((content, _weight(float(item.get("weight", 1)))))
+                except (TypeError, ValueError):
+                    raise WildcardError(f"the weight of {content[:40]!r} is not a number") from None
+    return entries
+
+
+def _weight(value: float) -> float:
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(value)
+    return value
+
+
 def _text_files(root: Path) -> list[Path]:
     """The folder's `.txt` files in name order, the walk stopped one past MAX_FILES (a folder set to
     something huge costs a bounded walk, and its excess is refused)."""
-    found = list(itertools.islice(root.rglob("*.txt"), MAX_FILES + 1))
+    found = list(itertools.islice((p for p in root.rglob("*") if p.suffix in WILDCARD_SUFFIXES), MAX_FILES + 1))
     return sorted(found)
 
 

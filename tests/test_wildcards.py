@@ -115,6 +115,32 @@ def test_names_reach_only_what_was_read(tmp_path: Path, library: Wildcards) -> N
         library.expand("a {red|blue", [1])
 
 
+def test_structured_files_are_read_as_the_library_names_them(tmp_path: Path) -> None:
+    """YAML and JSON wildcards (Dynamic Prompts' structured files): nested keys under the file's folder,
+    a file that is one list by its own name, weighted entries; hostile ones refused by name."""
+    root = tmp_path / "wildcards"
+    (root / "pack").mkdir(parents=True)
+    (root / "pack" / "artists.yaml").write_text(
+        "artists:\n  finnish:\n    - Akseli Gallen-Kallela\n    - Helene Schjerfbeck\n  dutch: Piet Mondrian\n"
+        "  1234: 5678\n  flurp: 12345\nweather:\n  - 0::hail\n  - 1::fog\n"
+    )
+    (root / "seasons.json").write_text(json.dumps(["summer", {"text": "winter", "weight": 0}, {"content": "spring"}]))
+    # Aliases: each level ten keys of the level below, 10^6 wildcards if walked out.
+    levels = ["l0: &l0 {" + ", ".join(f"k{i}: [x]" for i in range(10)) + "}"]
+    levels += [f"l{n}: &l{n} {{" + ", ".join(f"k{i}: *l{n - 1}" for i in range(10)) + "}" for n in range(1, 6)]
+    (root / "bomb.yaml").write_text("\n".join(levels) + "\n")
+    (root / "tagged.yaml").write_text("x: !!python/object/apply:os.system ['true']\n")
+    (root / "broken.json").write_text("{not json")
+    found = read_wildcards([root])
+    assert found.values["pack/artists/finnish"] == ["Akseli Gallen-Kallela", "Helene Schjerfbeck"]
+    assert found.values["pack/artists/dutch"] == ["Piet Mondrian"] and "pack/artists/flurp" not in found.values
+    assert set(found.expand("__pack/weather__", SEEDS)) == {"fog"}  # weight 0: never
+    assert set(found.expand("__seasons__", SEEDS)) == {"summer", "spring"}
+    assert set(found.expand("__pack/artists/*__", SEEDS)) == {"Akseli Gallen-Kallela", "Helene Schjerfbeck", "Piet Mondrian"}
+    assert "not valid YAML" in found.refused["tagged.yaml"] and "not valid JSON" in found.refused["broken.json"]
+    assert "more than 100,000 keys and entries" in found.refused["bomb.yaml"]
+
+
 def test_repetitions_that_would_explode_are_refused(tmp_path: Path) -> None:
     found = read_wildcards([folder(tmp_path, {"a": "{50$$__b__|x}", "b": "{50$$__c__|y}", "c": "{50$$p|q|r}"})])
     with pytest.raises(WildcardError, match="more than 10,000 pieces"):
