@@ -147,6 +147,24 @@ async def test_cooldown_says_when_to_retry(env: simcord.Env, services: Services)
         services.generation.cooldowns.seconds = 0
 
 
+async def test_every_command_keeps_within_discords_limits(env: simcord.Env) -> None:
+    """Discord refuses a command tree past its limits at sync (discord.py does not check): at most 25
+    options a command (/imagine is at 25), names of 1-32 characters, descriptions of 1-100, 25 choices."""
+    from discord import app_commands
+
+    commands = [c for c in env.bot.tree.walk_commands() if isinstance(c, app_commands.Command)]
+    assert commands
+    for command in commands:
+        assert len(command.parameters) <= 25, (command.qualified_name, len(command.parameters))
+        assert 1 <= len(command.name) <= 32 and 1 <= len(command.description) <= 100, command.qualified_name
+        for parameter in command.parameters:
+            assert 1 <= len(parameter.name) <= 32, (command.qualified_name, parameter.name)
+            assert 1 <= len(parameter.description) <= 100, (command.qualified_name, parameter.name)
+            assert len(parameter.choices) <= 25, (command.qualified_name, parameter.name)
+    imagine = next(c for c in commands if c.qualified_name == "imagine")
+    assert len(imagine.parameters) == 25  # full: a new /imagine option needs another home first
+
+
 async def test_checkpoint_autocomplete(env: simcord.Env) -> None:
     _, channel, alice = world(env)
     choices = await alice.autocomplete(channel, "imagine", "checkpoint", "xl", prompt="x")
