@@ -92,9 +92,22 @@ class RegionalAttention:
         self.cond: list[RowLayout | None] = []
         self.uncond: list[RowLayout | None] = []
         self._masks: dict[tuple[int, int, Cell, torch.device, torch.dtype], torch.Tensor] = {}
+        self._groups: dict[tuple[int, torch.device], list[tuple[RowLayout | None, torch.Tensor]]] = {}
 
     def set(self, cond: list[RowLayout | None], uncond: list[RowLayout | None]) -> None:
         self.cond, self.uncond = cond, uncond
+        self._groups.clear()
+
+    def groups(self, batch: int, device: torch.device) -> list[tuple[RowLayout | None, torch.Tensor]]:
+        """A model call's rows gathered by layout (each layout's rows attend together), once per step."""
+        if (batch, device) not in self._groups:
+            members: dict[RowLayout | None, list[int]] = {}
+            for number, layout in enumerate(self.rows(batch)):
+                members.setdefault(layout, []).append(number)
+            self._groups[(batch, device)] = [
+                (layout, torch.tensor(rows, device=device, dtype=torch.long)) for layout, rows in members.items()
+            ]
+        return self._groups[(batch, device)]
 
     def rows(self, batch: int) -> list[RowLayout | None]:
         """The layouts of a model call's rows: the pictures', after their negatives' when guided."""
@@ -133,17 +146,13 @@ class RegionalProcessor:
             extra = {"temb": temb} if temb is not None else {}
             return self.inner(attn, states, encoder_hidden_states=context, attention_mask=attention_mask, **extra)
 
-        rows = self.state.rows(hidden_states.shape[0])
-        if encoder_hidden_states is None or not any(rows):
+        groups = self.state.groups(hidden_states.shape[0], hidden_states.device)
+        if encoder_hidden_states is None or all(layout is None for layout, _ in groups):
             return plain(hidden_states, encoder_hidden_states)
         if attention_mask is not None:
             raise RuntimeError("regional attention: the pipeline passed a cross-attention mask")
-        groups: dict[RowLayout | None, list[int]] = {}
-        for number, layout in enumerate(rows):
-            groups.setdefault(layout, []).append(number)
         out: torch.Tensor | None = None
-        for layout, members in groups.items():
-            index = torch.tensor(members, device=hidden_states.device, dtype=torch.long)
+        for layout, index in groups:
             states, context = hidden_states.index_select(0, index), encoder_hidden_states.index_select(0, index)
             result = plain(states, context) if layout is None else self._regions(layout, states, context, plain)
             if out is None:
