@@ -1,7 +1,8 @@
 """A child process we talk to in messages: the one supervision helper for the worker, the embedding
 model and the merge process.
 
-The child is `python -m gpu_worker COMMAND … --fd N`, joined to the bot by a socket pair wrapped in
+The child is `python -m gpu_worker COMMAND … --fd N` (forked by the worker's preloader when it can:
+bot/preloaded.py), joined to the bot by a socket pair wrapped in
 multiprocessing Connections (what `multiprocessing.Pipe` does): length-prefixed frames, which each
 side fills with JSON — never pickles. A reader thread waits on the pipe and hands every frame to the
 event loop; when the pipe closes (the child exited, crashed or was killed) it reports the exit code
@@ -23,6 +24,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from bot import preloaded
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class ChildProcess:
         self._on_frame = on_frame
         self._on_exit = on_exit
         self._max_frame = max_frame
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | preloaded.PreloadedProcess | None = None
         self._conn: Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._context: contextvars.Context | None = None
@@ -68,7 +71,8 @@ class ChildProcess:
         # progress callback may rely on context variables of the command that started a merge).
         self._context = contextvars.copy_context()
         ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen(
+        # Forked by the worker's preloader when it can (bot/preloaded.py): its imports are done already.
+        self._process = preloaded.start(self.command, theirs.fileno()) or subprocess.Popen(
             [sys.executable, "-m", "gpu_worker", *self.command, "--fd", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),),
             cwd=REPO_ROOT,
@@ -91,7 +95,7 @@ class ChildProcess:
             return False
         return True
 
-    def _read(self, conn: Connection, process: subprocess.Popen[bytes]) -> None:
+    def _read(self, conn: Connection, process: subprocess.Popen[bytes] | preloaded.PreloadedProcess) -> None:
         while True:
             try:
                 frame = conn.recv_bytes(self._max_frame)

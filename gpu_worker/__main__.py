@@ -11,6 +11,7 @@ make-tiny-upscaler     a tiny random-weight upscaler (ESRGAN, Real-ESRGAN or com
 safety-check PNG       the picture check's scores for a picture (JSON)
 upscale --fd N         enlarge one picture with an upscaler model (the bot's upscale service starts this)
 embed                  the catalog's sentence-embedding process (JSON frames on a pipe)
+preload --fd N         imports once, then forks the children the bot asks for (gpu_worker/preload.py)
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
     p.add_argument("--denoise", type=float, default=None)
     p = sub.add_parser("merge", help="carry out a merge order (the bot's merge service starts this)")
     p.add_argument("--fd", type=int, required=True)
+    p = sub.add_parser("preload", help="import once, then start the bot's child processes by forking (bot/preloaded.py)")
+    p.add_argument("--fd", type=int, required=True)
     p = sub.add_parser("embed", help="serve sentence embeddings for the catalog on the pipe the bot passes")
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--threads", type=int, default=1)
@@ -91,6 +94,7 @@ def _add_service_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]
         "sigmas": _sigmas,
         "merge": lambda args: _merge(args.fd),
         "embed": _embed,
+        "preload": _preload,
     }
 
 
@@ -121,6 +125,13 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--log-level", default="INFO")
     add_engine_arguments(p, os.environ)  # --precision, --vae-precision, --compile, --cache-threshold
+
+
+def _preload(args: argparse.Namespace) -> int:
+    from gpu_worker.preload import ChildStart, serve
+
+    started = serve(args.fd)
+    return main(started.argv) if isinstance(started, ChildStart) else started  # a child runs its command
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -1,0 +1,123 @@
+"""Child processes forked by the worker's preloader (bot/preloaded.py, gpu_worker/preload.py): what a
+child gets from the bot at the moment it is asked for, how its end is reported, and when a child is
+started afresh instead."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from bot import preloaded
+from bot.child_process import REPO_ROOT, ChildProcess
+from common.protocol import Shutdown, WorkerReady, decode, encode
+from common.worker_config import WorkerConfig
+from tests.helpers import eventually, eventually_sync
+
+aio = pytest.mark.asyncio
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def seen_by(pid: int) -> tuple[Path, list[str]]:
+    """A process's folder and standard output and error, as /proc shows them."""
+    proc = Path(f"/proc/{pid}")
+    return (proc / "cwd").resolve(), [os.readlink(proc / "fd" / n) for n in "12"]
+
+
+class Worker:
+    """A `serve` worker as the service starts one, its frames and its exit kept."""
+
+    def __init__(self) -> None:
+        self.ready = asyncio.Event()
+        self.code: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        self.child = ChildProcess(
+            "test worker",
+            ["serve", "--config", json.dumps(asdict(WorkerConfig("cpu", log_level="WARNING")))],
+            on_frame=lambda frame: self.ready.set() if isinstance(decode(frame), WorkerReady) else None,
+            on_exit=lambda code: self.code.done() or self.code.set_result(code),
+        )
+        self.child.start()
+
+
+@pytest.fixture
+def warm(monkeypatch: pytest.MonkeyPatch) -> preloaded.Preloader:
+    monkeypatch.delenv(preloaded.SWITCH, raising=False)
+    preloaded.warm_up()
+    assert preloaded._preloader is not None
+    eventually_sync(lambda: preloaded._preloader.ready or preloaded._preloader.broken, "the preloader is ready")
+    assert preloaded._preloader.ready, "the preloader refused to serve"
+    return preloaded._preloader
+
+
+@aio
+async def test_a_forked_child_runs_as_a_child_started_afresh_would(
+    warm: preloaded.Preloader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    worker = Worker()
+    pid = worker.child.pid
+    assert pid is not None and parent_of(pid) == warm.process.pid  # forked, not started by us
+    await asyncio.wait_for(worker.ready.wait(), 120)
+    # In the repository's folder (as bot/child_process.py starts one), with the bot's streams of now.
+    assert seen_by(pid) == (REPO_ROOT, seen_by(os.getpid())[1])
+    worker.child.send(encode(Shutdown()))
+    assert await asyncio.wait_for(worker.code, 120) == 0  # its own exit code, through the preloader
+
+
+@aio
+async def test_a_killed_child_is_reported_as_killed(warm: preloaded.Preloader) -> None:
+    worker = Worker()
+    await asyncio.wait_for(worker.ready.wait(), 120)
+    worker.child.kill()
+    assert await asyncio.wait_for(worker.code, 120) == -9  # as subprocess reports a SIGKILL
+
+
+def test_children_start_afresh_when_the_preloader_cannot_stand_for_them(
+    warm: preloaded.Preloader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An environment variable read at import changed since the preloader imported, or preloading
+    switched off: no fork (bot/child_process.py then starts the child itself)."""
+    for name, value in (("HF_HUB_DISABLE_TELEMETRY", "changed"), (preloaded.SWITCH, "false")):
+        with monkeypatch.context() as patch:
+            patch.setenv(name, value)
+            assert preloaded.start(["serve"], 0) is None
+    assert warm.ready  # and the preloader still serves the rest
+
+
+@aio
+async def test_the_preloader_ends_with_the_bot() -> None:
+    own = preloaded.Preloader()  # not the shared one
+    await eventually(lambda: own.ready or own.broken, "the preloader is ready")
+    own.close()  # what the bot's exit does
+    assert await asyncio.to_thread(own.process.wait, 60) == 0
+
+
+def test_a_forked_child_takes_the_environment_it_is_sent(tmp_path: Path) -> None:
+    """What the preloader's child does first (/proc shows a process's environment as it was exec'd,
+    so the child reports its own): the bot's environment replaces the preloader's, its folder too."""
+    from gpu_worker.preload import _become_child
+
+    read, write = os.pipe()
+    streams = [os.dup(fd) for fd in (0, 1, 2)]
+    pid = os.fork()
+    if pid == 0:  # the child reports and leaves at once, whatever happens
+        try:
+            start = _become_child({"argv": ["serve"], "env": {"EASEL_TEST_MARK": "sent"}, "cwd": str(tmp_path)}, 9, streams)
+            report = {"mark": os.environ.get("EASEL_TEST_MARK"), "path": os.environ.get("PATH"), "cwd": os.getcwd()}
+            os.write(write, json.dumps(report | {"argv": start.argv}).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    for fd in streams:
+        os.close(fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as got:
+        report = json.loads(got.read())
+    assert report == {"mark": "sent", "path": None, "cwd": str(tmp_path), "argv": ["serve", "--fd", "9"]}
