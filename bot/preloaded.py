@@ -101,6 +101,11 @@ class Preloader:
     def ready(self) -> bool:
         return self._ready.is_set() and not self.broken
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Block until it has imported (or failed); whether it serves."""
+        self._ready.wait(timeout)
+        return self.ready
+
     def start(self, argv: list[str], pipe: int) -> PreloadedProcess | None:
         """The child forked with `pipe` as its --fd and the bot's streams, environment and folder of
         now; None when the preloader cannot start it (start it the usual way)."""

@@ -12,8 +12,9 @@ as a process the bot started itself would; it runs `python -m gpu_worker ARGV --
 process would, and exits through the interpreter's normal shutdown.
 
 Fork is safe only before CUDA is initialised and with one thread: the imports run with PyTorch's
-NVML-based device check (which leaves CUDA alone), and the preloader refuses to serve — the bot then
-starts processes as before — if CUDA was initialised or a second thread exists after them.
+NVML-based device check (which leaves CUDA alone) and numpy's OpenBLAS held to one thread, and the
+preloader refuses to serve — the bot then starts processes as before — if CUDA was initialised or a
+second thread exists after them.
 """
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ def serve(fd: int) -> ChildStart | int:
     """Preload, then fork children on request until the bot closes the socket. Returns the exit code
     in the preloader; in a forked child, what it is to run."""
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() without initialising CUDA
+    # numpy's OpenBLAS starts a thread per core as it loads, and a fork keeps only the forking thread:
+    # one thread here, so numpy's own linear algebra runs on one thread in the children (the models
+    # run on torch's threads, which each child starts itself).
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
     control = socket.socket(fileno=fd)
     why = _preload()
     if why:

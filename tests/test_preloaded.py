@@ -16,7 +16,6 @@ from bot import preloaded
 from bot.child_process import REPO_ROOT, ChildProcess
 from common.protocol import Shutdown, WorkerReady, decode, encode
 from common.worker_config import WorkerConfig
-from tests.helpers import eventually, eventually_sync
 
 aio = pytest.mark.asyncio
 
@@ -51,8 +50,7 @@ def warm(monkeypatch: pytest.MonkeyPatch) -> preloaded.Preloader:
     monkeypatch.delenv(preloaded.SWITCH, raising=False)
     preloaded.warm_up()
     assert preloaded._preloader is not None
-    eventually_sync(lambda: preloaded._preloader.ready or preloaded._preloader.broken, "the preloader is ready")
-    assert preloaded._preloader.ready, "the preloader refused to serve"
+    assert preloaded._preloader.wait_ready(120), "the preloader refused to serve"
     return preloaded._preloader
 
 
@@ -92,9 +90,15 @@ def test_children_start_afresh_when_the_preloader_cannot_stand_for_them(
 
 
 @aio
-async def test_the_preloader_ends_with_the_bot() -> None:
+async def test_the_preloader_serves_with_the_default_thread_settings_and_ends_with_the_bot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without the suite's OMP_NUM_THREADS=1, as on a user's machine, numpy's OpenBLAS would start a
+    thread per core during the imports; the preloader holds it to one, so it can fork."""
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
     own = preloaded.Preloader()  # not the shared one
-    await eventually(lambda: own.ready or own.broken, "the preloader is ready")
+    assert await asyncio.to_thread(own.wait_ready, 120), "the preloader refused to serve"
     own.close()  # what the bot's exit does
     assert await asyncio.to_thread(own.process.wait, 60) == 0
 
