@@ -5,8 +5,8 @@ a worker, merge, upscale or embedding process that starts in a fraction of a sec
 The preloader is started in the background when a second child is asked for (a command that starts
 one worker and ends, as the CLI's `generate`, would only pay the imports twice), or by `warm_up()`;
 children asked for while it imports start the usual way. A child is started through it only when it is ready and
-the environment variables its imports read (HF_*, TORCH*, CUDA_*, OMP_*, …) are as they were when it
-started; otherwise, or on another system than Linux, or with EASEL_WORKER_PRELOAD=false, the usual way
+the environment variables its imports read (CUDA_VISIBLE_DEVICES, HF_HOME, OMP_NUM_THREADS, …) are as
+they were when it started; otherwise, or on another system than Linux, or with EASEL_WORKER_PRELOAD=false, the usual way
 (bot/child_process.py). A preloaded child is not the bot's own child but the preloader's: its exit
 code comes from the preloader, and should the preloader itself die, from watching the child go.
 """
@@ -29,11 +29,17 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SWITCH = "EASEL_WORKER_PRELOAD"
-# Environment variables the preloaded imports may read once, at import: a child wanting other values
-# than the preloader had is started afresh. (Not KMP_*: OpenMP's libraries set those in the bot's own
-# environment as they load.)
-IMPORT_TIME = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "DIFFUSERS_", "TORCH", "PYTORCH_", "CUDA_", "HIP_", "ROCM_",
-               "NVIDIA_", "OMP_", "MKL_", "OPENBLAS_", "PYTHON", "XDG_CACHE_HOME", "LD_")  # fmt: skip
+# Environment variables an operator sets that the preloaded imports read once (devices, allocators,
+# threads, the hub's offline switch and caches, the interpreter's paths): a child wanting other values
+# than the preloader had is started afresh. Not prefixes: libraries set variables of their own in the
+# bot's environment as they load (TORCHINDUCTOR_CACHE_DIR, KMP_*), which say nothing of a child.
+IMPORT_TIME = (
+    "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
+    "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ENABLE_MPS_FALLBACK", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE",
+    "TRANSFORMERS_CACHE", "DIFFUSERS_CACHE", "XDG_CACHE_HOME", "PYTHONPATH", "PYTHONHASHSEED",
+    "LD_LIBRARY_PATH", "LD_PRELOAD",
+)  # fmt: skip
 START_TIMEOUT = 30.0  # for the preloader to answer a start; past it, it is taken for broken
 MAX_MESSAGE = 1 << 20
 
@@ -43,7 +49,7 @@ def enabled() -> bool:
 
 
 def _import_environment(environment: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in environment.items() if k.startswith(IMPORT_TIME)}
+    return {k: environment[k] for k in IMPORT_TIME if k in environment}
 
 
 class PreloadedProcess:
@@ -107,8 +113,8 @@ class Preloader:
         return self.ready
 
     def start(self, argv: list[str], pipe: int) -> PreloadedProcess | None:
-        """The child forked with `pipe` as its --fd and the bot's streams, environment and folder of
-        now; None when the preloader cannot start it (start it the usual way)."""
+        """The child forked with `pipe` as its --fd, the bot's streams and environment of now, in the
+        repository's folder; None when the preloader cannot start it (start it the usual way)."""
         with self._lock:
             if not self.ready:
                 return None
@@ -133,6 +139,7 @@ class Preloader:
         if not event.wait(START_TIMEOUT) or not child:
             log.warning("worker preloader did not start a child in %.0f s; children start afresh", START_TIMEOUT)
             self.broken = True
+            self.process.kill()  # so it cannot fork that child late, on the pipe the caller now hands on
             return None
         return child[0]
 

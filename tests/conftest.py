@@ -29,6 +29,15 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def preloader_warmed() -> None:
+    """Each test process starts the worker preloader at once (bot/preloaded.py), as a long-running bot
+    has it by its second child: the workers the tests start are forked from it."""
+    from bot import preloaded
+
+    preloaded.warm_up()
+
+
 @pytest.fixture(autouse=True)
 def no_worker_left_held() -> Iterator[None]:
     """A test that fails while it holds a worker (tests/helpers.HeldWorker) lets it go on afterwards."""
