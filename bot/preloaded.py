@@ -32,13 +32,13 @@ SWITCH = "EASEL_WORKER_PRELOAD"
 # Environment variables an operator sets that the preloaded imports read once (devices, allocators,
 # threads, the hub's offline switch and caches, the interpreter's paths): a child wanting other values
 # than the preloader had is started afresh. Not prefixes: libraries set variables of their own in the
-# bot's environment as they load (TORCHINDUCTOR_CACHE_DIR, KMP_*), which say nothing of a child.
+# bot's environment as they load (TORCHINDUCTOR_CACHE_DIR, KMP_*, OpenCV's LD_LIBRARY_PATH), which
+# say nothing of a child.
 IMPORT_TIME = (
     "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF",
     "PYTORCH_HIP_ALLOC_CONF", "PYTORCH_ENABLE_MPS_FALLBACK", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
     "HF_HOME", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE",
     "TRANSFORMERS_CACHE", "DIFFUSERS_CACHE", "XDG_CACHE_HOME", "PYTHONPATH", "PYTHONHASHSEED",
-    "LD_LIBRARY_PATH", "LD_PRELOAD",
 )  # fmt: skip
 START_TIMEOUT = 30.0  # for the preloader to answer a start; past it, it is taken for broken
 MAX_MESSAGE = 1 << 20

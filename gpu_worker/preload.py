@@ -52,6 +52,9 @@ class ChildStart:
 def serve(fd: int) -> ChildStart | int:
     """Preload, then fork children on request until the bot closes the socket. Returns the exit code
     in the preloader; in a forked child, what it is to run."""
+    # Ctrl-C reaches the whole process group: the bot reports it, and closing its end ends this one
+    # (an interrupt amid the imports would only print a traceback under the bot's report).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() without initialising CUDA
     # numpy's OpenBLAS starts a thread per core as it loads, and a fork keeps only the forking thread:
     # one thread here, so numpy's own linear algebra runs on one thread in the children (the models
@@ -123,6 +126,7 @@ def _become_child(request: dict, pipe: int, stdio: list[int]) -> ChildStart:
     """In the forked child: the bot's signals, streams, environment and folder, as a fresh process has."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in any Python process
     for target, fd in enumerate(stdio):
         os.dup2(fd, target)
         os.close(fd)

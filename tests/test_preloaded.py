@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 from dataclasses import asdict
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def test_children_start_afresh_when_the_preloader_cannot_stand_for_them(
             assert preloaded.start(["serve"], 0) is None
     assert warm.ready  # and the preloader still serves the rest
     # What libraries set in the bot's own environment as they load says nothing of a child.
-    seen = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/x", "KMP_INIT_AT_FORK": "FALSE", "HF_HOME": "/h"}
+    seen = {"TORCHINDUCTOR_CACHE_DIR": "/tmp/x", "KMP_INIT_AT_FORK": "FALSE", "LD_LIBRARY_PATH": "/cv2", "HF_HOME": "/h"}
     assert preloaded._import_environment(seen) == {"HF_HOME": "/h"}
 
 
@@ -102,6 +103,7 @@ async def test_the_preloader_serves_with_the_default_thread_settings_and_ends_wi
         monkeypatch.delenv(name, raising=False)
     own = preloaded.Preloader()  # not the shared one
     assert await asyncio.to_thread(own.wait_ready, 120), "the preloader refused to serve"
+    own.process.send_signal(signal.SIGINT)  # Ctrl-C reaches the process group: the bot answers it, not this
     own.close()  # what the bot's exit does
     assert await asyncio.to_thread(own.process.wait, 60) == 0
 
@@ -118,6 +120,7 @@ def test_a_forked_child_takes_the_environment_it_is_sent(tmp_path: Path) -> None
         try:
             start = _become_child({"argv": ["serve"], "env": {"EASEL_TEST_MARK": "sent"}, "cwd": str(tmp_path)}, 9, streams)
             report = {"mark": os.environ.get("EASEL_TEST_MARK"), "path": os.environ.get("PATH"), "cwd": os.getcwd()}
+            report["interruptible"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
             os.write(write, json.dumps(report | {"argv": start.argv}).encode())
         finally:
             os._exit(0)
@@ -127,4 +130,4 @@ def test_a_forked_child_takes_the_environment_it_is_sent(tmp_path: Path) -> None
     os.waitpid(pid, 0)
     with os.fdopen(read) as got:
         report = json.loads(got.read())
-    assert report == {"mark": "sent", "path": None, "cwd": str(tmp_path), "argv": ["serve", "--fd", "9"]}
+    assert report == {"mark": "sent", "path": None, "cwd": str(tmp_path), "interruptible": True, "argv": ["serve", "--fd", "9"]}
