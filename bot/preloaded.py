@@ -22,7 +22,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -194,13 +193,15 @@ class Preloader:
                 self._early_exits[pid] = code
 
     def _watch_orphans(self) -> None:
-        """The preloader is gone: its children, if any live on, are followed by their /proc entry."""
+        """The preloader is gone: its children, if any live on, are followed by their /proc entry (on
+        this thread of its own, never the event loop's)."""
+        tick = threading.Event()  # never set: a wait of its own that no one else shares
         while self._children:
             for pid, child in list(self._children.items()):
                 if not _alive(pid):
                     child.exited(-signal.SIGKILL)  # its real code went with the preloader
                     self._children.pop(pid, None)
-            time.sleep(0.2)
+            tick.wait(0.2)
 
 
 def _open(fd: int) -> bool:
