@@ -80,7 +80,8 @@ class PreloadedProcess:
 
 
 class Preloader:
-    """One `python -m gpu_worker preload` and the children it forked."""
+    """One `python -m gpu_worker preload` and the children it forked. Made on a thread that lives as
+    long as the bot (the event loop's): the kernel ends the preloader with the thread that started it."""
 
     def __init__(self) -> None:
         self.environment = _import_environment(dict(os.environ))

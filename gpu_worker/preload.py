@@ -55,6 +55,7 @@ def serve(fd: int) -> ChildStart | int:
     # Ctrl-C reaches the whole process group: the bot reports it, and closing its end ends this one
     # (an interrupt amid the imports would only print a traceback under the bot's report).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # is_available() without initialising CUDA
     # numpy's OpenBLAS starts a thread per core as it loads, and a fork keeps only the forking thread:
     # one thread here, so numpy's own linear algebra runs on one thread in the children (the models
@@ -101,6 +102,16 @@ def serve(fd: int) -> ChildStart | int:
         _close(fds)
         _send(control, {"started": request.get("start"), "pid": pid})
         _report_exits(control, children)
+
+
+def _die_with_parent() -> None:
+    """Ended with the bot, even amid the imports (Linux's PR_SET_PDEATHSIG): a command that ran one
+    job and left does not leave this behind for seconds. The children it forks do not inherit it:
+    they end with their own pipes to the bot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _preload() -> str:

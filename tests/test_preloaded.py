@@ -17,6 +17,7 @@ from bot import preloaded
 from bot.child_process import REPO_ROOT, ChildProcess
 from common.protocol import Shutdown, WorkerReady, decode, encode
 from common.worker_config import WorkerConfig
+from tests.helpers import eventually_sync
 
 aio = pytest.mark.asyncio
 
@@ -131,3 +132,29 @@ def test_a_forked_child_takes_the_environment_it_is_sent(tmp_path: Path) -> None
     with os.fdopen(read) as got:
         report = json.loads(got.read())
     assert report == {"mark": "sent", "path": None, "cwd": str(tmp_path), "interruptible": True, "argv": ["serve", "--fd", "9"]}
+
+
+def test_the_preloader_goes_with_a_bot_that_dies_while_it_imports() -> None:
+    """A bot that dies while its preloader imports (a command that ran one job and left) leaves
+    nothing behind: the preloader asked the kernel to end it with its parent. Here a parent forks a
+    child that asks so and then waits forever, and the parent leaves at once."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "from gpu_worker.preload import _die_with_parent\n"
+        "asked, told = os.pipe()\n"
+        "if os.fork() == 0:\n"
+        "    _die_with_parent(); print(os.getpid(), flush=True); os.write(told, b'x'); os.read(0, 1)\n"
+        "else:\n"
+        "    os.read(asked, 1)\n"  # the parent leaves once its child has asked
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    parent.wait(60)
+    try:
+        eventually_sync(lambda: not preloaded._alive(child), "the child ended with its parent")
+    finally:
+        if preloaded._alive(child):
+            os.kill(child, signal.SIGKILL)
