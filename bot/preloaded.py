@@ -174,9 +174,12 @@ class Preloader:
         if "ready" in message:
             log.info("worker preloader ready (pid %s)", message["ready"])
             self._ready.set()
-        elif "refused" in message:
-            log.warning("worker preloader refused to serve: %s; children start afresh", message["refused"])
+        elif "refused" in message or "failed" in message:
+            why = message.get("refused") or message.get("error")
+            log.warning("worker preloader refused to serve: %s; children start afresh", why)
             self.broken = True
+            for event, _ in list(self._waiting.values()):  # a start waiting for an answer gets none
+                event.set()
         elif "started" in message:
             pid = int(message["pid"])
             child = self._children[pid] = PreloadedProcess(pid)

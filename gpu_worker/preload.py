@@ -7,8 +7,8 @@ The bot's side is bot/preloaded.py. On the socket (SEQPACKET, one JSON message e
 pickle): `{"start": ID, "argv": [...], "env": {...}, "cwd": ...}` with the child's pipe and its stdin,
 stdout and stderr attached (SCM_RIGHTS); answered `{"started": ID, "pid": PID}`, and later
 `{"exited": PID, "code": CODE}` (a negative code: killed by that signal, as subprocess reports it).
-The child takes the bot's environment, folder and standard streams of the moment it is asked for,
-as a process the bot started itself would; it runs `python -m gpu_worker ARGV --fd N` as a fresh
+The child takes the bot's environment and standard streams of the moment it is asked for, and the
+folder the bot names (the repository's), as a process the bot started itself would; it runs `python -m gpu_worker ARGV --fd N` as a fresh
 process would, and exits through the interpreter's normal shutdown.
 
 Fork is safe only before CUDA is initialised and with one thread: the imports run with PyTorch's
