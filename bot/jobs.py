@@ -52,6 +52,7 @@ from bot.rules.cooldowns import Cooldowns
 from bot.rules.limits import (
     GenerationRequest,
     ValidRequest,
+    check_edit_model,
     check_regions,
     check_texts,
     family_defaults,
@@ -65,6 +66,7 @@ from bot.styles import StyleBook, StyleError
 from bot.styles import apply as apply_styles
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from bot.wildcards import WildcardError, WildcardLibrary, is_template
+from common.editing import EDIT_MODELS, INFOTEXT_KEY, edit_model, install_hint, read_hashes
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS
@@ -128,6 +130,14 @@ class ImagineOptions:
     init_image: bytes | None = None  # img2img: the uploaded picture, as uploaded (read in bot/images/uploads.py)
     mask: bytes | None = None  # inpainting: the uploaded mask (white = redraw)
     styles: tuple[str, ...] = ()  # styles by name (bot/styles.py), merged into the prompts in order
+    # An edit (common/editing.py): the pictures an edit model is to change as the prompt says, as uploaded
+    edit_images: tuple[bytes, ...] = ()
+    credit: str = ""  # said with the result: where an edit's picture came from
+
+    @property
+    def edits(self) -> bool:
+        """Whether this asks for an edit: pictures given, or (a picture's parameters) kept ones named."""
+        return bool(self.edit_images or self.given.get("edit_images"))
 
     @classmethod
     def of(cls, prompt: str, **values: Any) -> ImagineOptions:
@@ -137,7 +147,10 @@ class ImagineOptions:
         return cls(prompt, values, **own)
 
 
-_OWN_OPTIONS = ("checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles")
+_OWN_OPTIONS = (
+    "checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles", "edit_images", "credit"
+)  # fmt: skip
+MOST_EDIT_PICTURES = max(model.max_pictures for model in EDIT_MODELS.values())
 
 
 @dataclass
@@ -307,17 +320,25 @@ class Jobs:
 
     async def plan_imagine(self, asker: Asker, place: Place, options: ImagineOptions) -> JobPlan:
         here = await self.rules(place)
-        ref, switched = await self._checkpoint(place, here, options.checkpoint)
+        if len(options.edit_images) > MOST_EDIT_PICTURES:  # before any is read
+            raise EaselError(f"an edit takes at most {MOST_EDIT_PICTURES} input pictures, not {len(options.edit_images)}")
+        ref, switched = await self._checkpoint(place, here, options.checkpoint, edit=options.edits)
         steps, cfg, sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
         defaults = Parameters(negative=here.negative, steps=steps, cfg=cfg, sampler=sampler, rng=here.rng)
+        if (model := edit_model(ref.family, ref.variant)) is not None:  # its model card's guidance
+            defaults = replace(defaults, distilled_cfg=model.guidance)
         given = {name: value for name, value in options.given.items() if value is not None}
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
         mask = await self._read_input(options.mask, uploads) if options.mask is not None else None
+        edits = [await self._read_input(picture, uploads) for picture in options.edit_images]
+        if edits:
+            given["edit_images"] = tuple(upload.sha256 for upload in edits)
+        shaped_by = init or (edits[0] if edits else None)
         if options.size is not None:
             width, height = options.size
-        elif init is not None and options.aspect is None:  # the picture's own shape, at the model's size
-            width, height = rescale(init.width, init.height, ref.native_size, self.generation.limits.min_size)
+        elif shaped_by is not None and options.aspect is None:  # the picture's own shape, at the model's size
+            width, height = rescale(shaped_by.width, shaped_by.height, ref.native_size, self.generation.limits.min_size)
         else:
             width, height = size_for(options.aspect or here.aspect, ref.native_size)
         prompt = (
@@ -339,7 +360,35 @@ class Jobs:
             "mask_image": mask.sha256 if mask else None,
         }
         request = self._request(asker, place, Parameters.of(asked, defaults))
-        return await self._checked([(request, ref)], here, place, uploads=uploads, note=switched)
+        notes = tuple(note for note in (switched, options.credit) if note)
+        return await self._checked([(request, ref)], here, place, uploads=uploads, notes=notes)
+
+    async def plan_edit(
+        self,
+        asker: Asker,
+        place: Place,
+        instruction: str,
+        pictures: list[bytes],
+        *,
+        checkpoint: str | None = None,
+        given: Mapping[str, object] | None = None,
+        after_job: str | None = None,
+        credit: str = "",
+    ) -> JobPlan:
+        """An edit (common/editing.py): `pictures` changed as `instruction` says, by the checkpoint
+        named, else (the Edit button) the edit model `after_job` ran on, else the place's default edit
+        model, else the first one offered here. `credit` is said with the result."""
+        if not pictures:
+            raise EaselError("an edit needs a picture to change; attach one")
+        if checkpoint is None and after_job is not None:
+            record = await self.generation.get_job(after_job)
+            entry = await self.registry.find(record.row["checkpoint_sha256"]) if record is not None else None
+            if entry is not None and entry.status == "present" and edit_model(entry.family, entry.variant) is not None:
+                checkpoint = entry.name
+        options = ImagineOptions(
+            prompt=instruction, given=dict(given or {}), checkpoint=checkpoint, edit_images=tuple(pictures), credit=credit
+        )
+        return await self.plan_imagine(asker, place, options)
 
     async def plan_from_infotext(self, asker: Asker, place: Place, info: Infotext) -> JobPlan:
         """A picture's A1111 parameters ("Make this here") run with the installed checkpoint whose hash
@@ -368,6 +417,7 @@ class Jobs:
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
+            "edit_images": _edit_hashes(params),
             **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
@@ -519,8 +569,8 @@ class Jobs:
         }
         if strength is not None:
             changes["strength"] = strength
-        if picture is not None:  # a Vary or an Upscale starts from the whole picture: no mask
-            changes |= {"init_image": picture.sha256, "mask_image": None, **_WHOLE_PICTURE}
+        if picture is not None:  # a Vary or an Upscale starts from the whole picture: no mask, no edit
+            changes |= {"init_image": picture.sha256, "mask_image": None, "edit_images": (), **_WHOLE_PICTURE}
         request = self._request(asker, place, Parameters.of(changes, stored))
         return await self._checked([(request, ref)], here, place, uploads=uploads)
 
@@ -578,9 +628,9 @@ class Jobs:
         place: Place,
         seed: int = -1,
         uploads: dict[str, bytes] | None = None,
-        note: str = "",
+        notes: tuple[str, ...] = (),
     ) -> JobPlan:
-        """Every rule of the place, for every job of the plan: the one copy of them; `note` is said
+        """Every rule of the place, for every job of the plan: the one copy of them; `notes` are said
         to the requester with each job. With wildcards, every rule reads every picture's expansion."""
         pictures = sum(request.parameters.count for request, _ in items)
         limits = self.generation.limits
@@ -617,10 +667,10 @@ class Jobs:
                         "the wildcards chose different LoRAs for this job's pictures; keep <lora:…> tags out of "
                         "the wildcards, or make one picture at a time"
                     )
-            embeddings, notes = (), ()
+            embeddings, found = (), ()
             if self.embeddings is not None:
                 texts = [text for pair in expanded for text in pair] or [request.parameters.prompt, request.parameters.negative]
-                embeddings, notes = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
+                embeddings, found = await resolve_embeddings(self.embeddings, texts, ref, nsfw_allowed)
             uploads = uploads or {}
             init_png = uploads.get(request.parameters.init_image or "") or await self._kept_input(
                 request.parameters.init_image
@@ -628,17 +678,32 @@ class Jobs:
             mask_png = uploads.get(request.parameters.mask_image or "") or await self._kept_input(
                 request.parameters.mask_image
             )
+            edit_pngs = await self._edit_pictures(request.parameters, ref, uploads)
             hires_model = await self._hires_model(request)
             ref, vae, vae_note = await self._parts(request, ref)
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
-            notes = (*notes, *(n for n in (vae_note, note, demo_note) if n))
-            spec = validate(request, ref, limits, loras, embeddings, notes, init_png, mask_png, hires_model, vae)
+            said = (*found, *(n for n in (vae_note, *notes, demo_note) if n))
+            spec = validate(request, ref, limits, loras, embeddings, said, init_png, mask_png, hires_model, vae, edit_pngs)
             for prompt, negative in expanded if spec.parameters.regions else ():  # each picture's regions
                 check_regions(spec.parameters, prompt, negative, ref)
             if expanded:
                 spec = replace(spec, prompts=tuple(p for p, _ in expanded), negatives=tuple(n for _, n in expanded))
             specs.append(spec)
         return JobPlan(specs, here, seed, uploads or {}, place.adult)
+
+    async def _edit_pictures(self, p: Parameters, ref: CheckpointRef, uploads: dict[str, bytes]) -> tuple[bytes, ...]:
+        """An edit's input pictures: just uploaded, or kept from an earlier job (a rerun, a picture's
+        parameters); the model is held to them before any is read."""
+        if not p.edit_images:
+            return ()
+        check_edit_model(ref, len(p.edit_images))
+        pictures = []
+        for sha256 in p.edit_images:
+            try:
+                pictures.append(uploads.get(sha256) or await self._kept_input(sha256))
+            except EaselError:
+                raise EaselError("an input picture of this edit is no longer kept here; attach it to /edit again") from None
+        return tuple(picture for picture in pictures if picture is not None)
 
     async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""
@@ -708,19 +773,27 @@ class Jobs:
             return ()
         return await resolve_loras(self.loras, prompt, ref, self.generation.limits, nsfw_allowed)
 
-    async def _checkpoint(self, place: Place, here: Effective, name: str | None) -> tuple[CheckpointRef, str]:
-        """The named checkpoint, else the place's default, else the first one offered here; and, when
-        the place's default could not be used, a note that says so (never a silent switch)."""
+    async def _checkpoint(
+        self, place: Place, here: Effective, name: str | None, *, edit: bool = False
+    ) -> tuple[CheckpointRef, str]:
+        """The named checkpoint, else the place's default (for an edit, its default edit model), else
+        the first one offered here (that can edit, for an edit); and, when the place's default could
+        not be used, a note that says so (never a silent switch)."""
         if name:
             return await resolve_checkpoint(self.registry, name, allow_path=place.host), ""
         note = ""
-        if here.checkpoint:
-            entry = await self.registry.find(here.checkpoint)
+        default, what = (here.edit_checkpoint, "edit checkpoint") if edit else (here.checkpoint, "checkpoint")
+        if default:
+            entry = await self.registry.find(default)
             if entry is not None and entry.status == "present" and entry.runnable:
                 return CheckpointRef.from_entry(entry), ""
             missing = entry.name if entry is not None else "no longer registered"
-            note = f"this channel's default checkpoint ({missing}) cannot be used now"
+            note = f"this channel's default {what} ({missing}) cannot be used now"
         offered = await self.offered(place, here)
+        if edit:
+            offered = [e for e in offered if edit_model(e.family, e.variant) is not None]
+            if not offered:
+                raise EaselError(f"no checkpoint here can edit pictures; ask the bot's owner to install one ({install_hint()})")
         if not offered:
             raise EaselError("no checkpoint is installed yet; ask the bot's owner to add one")
         chosen = CheckpointRef.from_entry(offered[0])
@@ -736,6 +809,14 @@ _HIRES_FIELDS = ("hires_scale", "hires_steps", "hires_denoise", "hires_upscaler"
 _HIRES_OFF = {name: getattr(_DEFAULTS, name) for name in _HIRES_FIELDS}
 # A1111's inpainting defaults (original content, the whole picture), for a rerun that drops the mask.
 _WHOLE_PICTURE = {name: getattr(_DEFAULTS, name) for name in ("masked_content", "only_masked", "mask_padding")}
+
+
+def _edit_hashes(params: dict[str, str]) -> tuple[str, ...]:
+    """A picture's edit pictures (common/editing.py INFOTEXT_KEY), or a refusal saying what is wrong."""
+    try:
+        return read_hashes(params.get(INFOTEXT_KEY, ""), MOST_EDIT_PICTURES)
+    except ValueError as e:
+        raise EaselError(str(e)) from None
 
 
 def _hires_of(parameters: Parameters) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from bot.networks.registry import NetworkEntry
 from bot.worker_tools import run_worker_tool
 from cli.networks import print_network_scan, render_network, render_network_line
 from cli.output import render_entry, render_entry_line, render_inspection
+from common.bundled import TINY_CHECKPOINT_KINDS
 from common.errors import EaselError
 
 PROGRESS_MIN_BYTES = 64 << 20
@@ -87,6 +88,8 @@ async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
     flags = [flag for flag, on in (("--inpainting", args.inpainting), ("--fp8", args.fp8)) if on]
+    if args.parts:
+        flags += ["--parts", args.parts]
     argv = ["make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), *flags, args.out]
     print(await run_worker_tool(*argv))
     return 0
@@ -251,14 +254,22 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint for tests and demos")
     p.add_argument(
         "--arch",
-        choices=("sd1", "sd2", "sdxl", "sdxl-vpred", "sdxl-edm", "flux", "flux-schnell", "flux-transformer", "flux-schnell-transformer", "sd35", "sd35-medium", "sd35-all-in-one"),
+        choices=TINY_CHECKPOINT_KINDS,
         required=True,
-        help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file; sd35, sd35-medium: "
-        "SAI's shape (text encoders apart); sd35-all-in-one (see make-tiny-component)",
+        help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file; flux-kontext: "
+        "FLUX.1 Kontext dev, an edit model (BFL's file); sd35, sd35-medium: SAI's shape (text encoders apart); "
+        "sd35-all-in-one (see make-tiny-component)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: store the transformer's matrices as float8_e4m3fn")
+    p.add_argument(
+        "--parts",
+        metavar="MODELS_DIR",
+        type=os.path.abspath,
+        help="a transformer-only Flux file (flux-transformer, flux-kontext): also write the text encoders and VAE "
+        "it needs into MODELS_DIR/text_encoders and MODELS_DIR/VAE, where a user would have them",
+    )
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root
     p.set_defaults(handler=cmd_make_tiny)
 

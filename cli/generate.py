@@ -45,6 +45,7 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         init_image=_read_input(args.init_image) if args.init_image else None,
         mask=_read_input(args.mask) if args.mask else None,
         styles=tuple(args.style or ()),
+        edit_images=tuple(_read_input(path) for path in args.edit or ()),
     )
 
 
@@ -98,8 +99,8 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 info = await asyncio.to_thread(read_picture_parameters, _read_input(args.from_picture))
                 plan = await jobs.plan_from_infotext(asker, Place.command_line(), info)
             else:
-                if not (args.checkpoint and args.prompt):
-                    raise EaselError("give --checkpoint and --prompt, or --from-picture PICTURE")
+                if not (args.prompt and (args.checkpoint or args.edit)):
+                    raise EaselError("give --checkpoint and --prompt (--edit PICTURE and --prompt for an edit), or --from-picture PICTURE")
                 args.rng = args.rng or settings.rng  # the bot's default source (EASEL_RNG) where none was given
                 plan = await jobs.plan_imagine(asker, Place.command_line(), options_from_args(args))
         if devices:
@@ -156,6 +157,9 @@ def write_images(job, out: Path) -> None:
         print(f"wrote {path} (picture check {checked})")
     spec = job.spec
     source = f"from a picture at strength {spec.parameters.strength:g}, " if spec.parameters.init_image else ""
+    if spec.parameters.edit_images:
+        count = len(spec.parameters.edit_images)
+        source = f"an edit of {count} picture{'s' if count > 1 else ''} ({', '.join(h[:10] for h in spec.parameters.edit_images)}), "
     if spec.parameters.hires_scale:
         big_w, big_h = hires_size(spec.width, spec.height, spec.parameters.hires_scale)
         source += f"hires fix to {big_w}x{big_h} ({spec.parameters.hires_upscaler}), "
@@ -178,7 +182,7 @@ def write_images(job, out: Path) -> None:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate images with a checkpoint (same service and worker as the bot)")
     p.add_argument("--checkpoint", help="registered name, AutoV2 hash, or a checkpoint file path")
-    p.add_argument("--prompt")
+    p.add_argument("--prompt", help="what to draw; with --edit, what to change (the instruction)")
     p.add_argument("--from-picture", help="make a picture's A1111 parameters again here (as /pnginfo's button)")
     p.add_argument("--negative", default="")
     p.add_argument("--steps", type=int, help="default 20 (FLUX.1 schnell: 4)")
@@ -216,6 +220,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=0.75, help="img2img denoising strength, above 0 up to 1")
     p.add_argument(
         "--resize-mode", choices=("crop", "resize", "fill"), default="crop", help="how the picture meets --size"
+    )
+    p.add_argument(
+        "--edit",
+        action="append",
+        metavar="PICTURE",
+        help="edit this picture as --prompt says (\"make it night\") with an edit model such as FLUX.1 Kontext "
+        "(default: the first installed); repeat for up to 3 pictures",
     )
     p.add_argument("--mask", help="inpainting: redraw only where this picture is white (with --init-image)")
     p.add_argument("--mask-blur", type=int, default=4, help="the mask's blur, in pixels (A1111's Mask blur)")

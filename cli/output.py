@@ -8,6 +8,7 @@ from typing import Any
 from bot.checkpoints.architecture import describe_needs
 from bot.checkpoints.inspection import Inspection
 from bot.checkpoints.registry import CheckpointEntry
+from common.editing import edit_model
 
 MAX_VALUE = 160
 
@@ -37,6 +38,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
 
 
+def edits_line(family: str, variant: str) -> str | None:
+    """The inspect line of an edit model (common/editing.py); None for any other."""
+    model = edit_model(family, variant)
+    if model is None:
+        return None
+    return f"Edits:         pictures, by instruction ({model.label}: up to {model.max_pictures} input pictures; /edit, generate --edit)"
+
+
 def render_inspection(ins: Inspection) -> str:
     arch = ins.architecture
     lines = [
@@ -62,6 +71,8 @@ def render_inspection(ins: Inspection) -> str:
     lines.append(f"Components:    {', '.join(parts) or 'none recognised'}")
     if arch.needs:
         lines.append(f"Needs:         {describe_needs(arch.needs)}, from the component store")
+    if (line := edits_line(arch.family, arch.variant)) is not None:
+        lines.append(line)
     lines.append(f"Parameters:    {ins.parameters:,} in {ins.tensor_count:,} tensors, mostly {ins.dtype}")
     if ins.hashes:
         lines.append(f"SHA256:        {ins.hashes.sha256}")
@@ -121,6 +132,7 @@ def render_entry(e: CheckpointEntry) -> str:
         f"File:          {e.relative_path} ({human_size(e.file_size)}, {e.format})",
         f"Architecture:  {e.architecture}",
         f"Runnable:      {'yes (config ' + str(e.pipeline_config) + ')' if e.runnable else 'no: ' + str(e.inspection.get('architecture_info', {}).get('reason', ''))}",
+        *[line for line in (edits_line(e.family, e.variant),) if line is not None],
         f"SHA256:        {e.sha256}",
         f"AutoV2:        {e.autov2.upper()}",
         f"AutoV1:        {e.autov1 or 'n/a'}",

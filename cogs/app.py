@@ -21,6 +21,7 @@ T = TypeVar("T")
 
 EXTENSIONS = (
     "cogs.generation",
+    "cogs.editing",
     "cogs.catalog",
     "cogs.loras",
     "cogs.upscale",

@@ -18,7 +18,7 @@ from bot.guilds.settings import MAX_IMAGES, MAX_STEPS, NSFW_POLICIES, Effective
 from bot.rules.limits import MAX_CFG
 from bot.rules.policy import ADULT_PICTURE_ACTIONS, PICTURE_ACTIONS
 from bot.styles import MAX_NAME_CHARS, MAX_TEXT_CHARS, StyleBook, checked
-from cogs.utils.checkpoint_option import Registered
+from cogs.utils.checkpoint_option import EditModel, Registered
 from cogs.utils.checks import is_manager, manager_group
 from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 from common.parameters import RNG_SOURCES
@@ -78,6 +78,7 @@ class ServerSettings(
         aspect="Default shape",
         negative='Default negative prompt ("-" clears)',
         rng="Where the starting noise comes from, as A1111's RNG source (GPU: A1111's default)",
+        edit_checkpoint="Default edit model for /edit and the Edit button (e.g. FLUX.1 Kontext)",
         this_channel="Only in this channel (default: the whole server)",
     )
     @app_commands.choices(
@@ -95,10 +96,12 @@ class ServerSettings(
         aspect: str | None = None,
         negative: app_commands.Range[str, 0, 1000] | None = None,
         rng: str | None = None,
+        edit_checkpoint: EditModel | None = None,
         this_channel: bool = False,
     ) -> None:
         changes = {"checkpoint": checkpoint, "steps": steps, "cfg": cfg, "sampler": sampler, "aspect": aspect}
-        await self.apply(interaction, changes | {"negative": negative, "rng": rng}, this_channel)
+        others = {"negative": negative, "rng": rng, "edit_checkpoint": edit_checkpoint}
+        await self.apply(interaction, changes | others, this_channel)
 
     @is_manager(MANAGERS_ONLY)
     @app_commands.command(name="policy", description="NSFW, spoilers, limits and blocked words for the whole server")

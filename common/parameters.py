@@ -83,6 +83,9 @@ class Parameters:
     # hako-mikan's Regional Prompter (common/regions.py): its divide ratio and options, e.g.
     # "1,2;1,1 rows base 0.3"; "" off (once validated, also when the prompt places ADDCOL/ADDROW).
     regions: str = ""
+    # Editing by instruction (common/editing.py): the input pictures an edit model reads beside the
+    # prompt (then its instruction), kept by sha256 (bot/images/inputs.py), in order.
+    edit_images: tuple[str, ...] = ()
 
     @classmethod
     def names(cls) -> frozenset[str]:

@@ -167,6 +167,8 @@ class RunBatch:
     mask_png: bytes | None = None  # inpainting: white = redraw, fitted to the size as init_png is
     hires_model: UpscalerUse | None = None  # an upscaler model enlarges pass one's picture
     vae: VaeUse | None = None  # None: the checkpoint's own VAE
+    # An edit (common/editing.py): the input pictures the model reads, as plain RGB PNGs, in order.
+    edit_pngs: tuple[bytes, ...] = ()
 
     @classmethod
     def of(
@@ -246,7 +248,7 @@ class RunBatch:
 
 
 _BATCH_FIELDS = (
-    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae"
+    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs"
 )  # fmt: skip
 
 

@@ -49,19 +49,23 @@ class LoadedPipeline:
 
 def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
     """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline."""
-    return _derived(loaded, "img2img", AutoPipelineForImage2Image)
+    return derived(loaded, "img2img", AutoPipelineForImage2Image)
 
 
 def inpainting(loaded: LoadedPipeline) -> DiffusionPipeline:
     """The loaded pipeline's modules as an inpainting pipeline (a 4-channel UNet: the masked latents
     are redrawn and the rest kept from the picture at every step, as A1111 does on normal models)."""
-    return _derived(loaded, "inpaint", AutoPipelineForInpainting)
+    return derived(loaded, "inpaint", AutoPipelineForInpainting)
 
 
-def _derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
-    """Made once, nothing copied (diffusers `from_pipe`); it takes this batch's scheduler."""
+def derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:
+    """Made once from the loaded modules, nothing copied or cast; it takes this batch's scheduler.
+    `factory`: an AutoPipeline (its `from_pipe` leaves dtypes alone) or a pipeline class, built from
+    the components themselves — DiffusionPipeline.from_pipe would cast every shared module to
+    float32 (diffusers 0.42: `new_pipeline.to(dtype=torch_dtype or float32)`), the cached model's too."""
     if kind not in loaded.derived:
-        loaded.derived[kind] = factory.from_pipe(loaded.pipeline)
+        auto = factory in (AutoPipelineForImage2Image, AutoPipelineForInpainting)
+        loaded.derived[kind] = factory.from_pipe(loaded.pipeline) if auto else factory(**loaded.pipeline.components)
         loaded.derived[kind].set_progress_bar_config(disable=True)
     loaded.derived[kind].scheduler = loaded.pipeline.scheduler
     return loaded.derived[kind]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.editing import INFOTEXT_KEY as EDIT_KEY
 from common.infotext import build_infotext
 from common.parameters import written
 from common.protocol import RunBatch
@@ -36,6 +37,8 @@ def infotext_for(
             "VAE": batch.vae.name if batch.vae else None,
             # Forge's names for the separate parts a transformer-only file ran with (file stems).
             **{f"Module {i}": Path(use.name).stem for i, use in enumerate(_modules(batch), start=1)},
+            # An edit's input pictures (common/editing.py), by the sha256 each is kept under.
+            EDIT_KEY: ", ".join(p.edit_images) or None,
             "Denoising strength": _denoising(batch),
             "Mask blur": p.mask_blur if batch.init_png is not None and batch.mask_png is not None else None,
             **_inpaint_parameters(batch),

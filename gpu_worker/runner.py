@@ -117,6 +117,8 @@ class BatchRunner:
                 f"{batch.load.name}: {batch.load.architecture} checkpoints cannot be run by Easel"
             )
         refusal = family.refuses(batch)
+        if batch.edit_pngs and not family.edits:
+            refusal = f"{batch.load.name}: {batch.load.architecture} checkpoints cannot edit pictures"
         if refusal:
             raise CheckpointLoadError(refusal)
         if batch.load.format != "diffusers" and not Path(batch.load.path).is_file():

@@ -114,6 +114,7 @@ async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> 
     job_id = embed.footer.text.split()[1]
     assert custom_ids(message) == [
         f"easel:reroll:{job_id}",
+        f"easel:edit:{job_id}",
         f"easel:upscale:{job_id}",
         f"easel:vary:{job_id}",
         f"easel:varyx:{job_id}",
@@ -1022,6 +1023,69 @@ async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: si
         ):
             if await kind.find(name) is not None:
                 await kind.remove(name)
+
+
+async def test_edit_a_picture_from_the_command_the_edit_button_and_any_message(env: simcord.Env, services: Services) -> None:
+    from gpu_worker.testing.tiny_flux import make_tiny_flux, make_tiny_flux_parts
+
+    guild, channel, alice = world(env)
+    models = services.registry.models_root
+    picture = io.BytesIO()
+    Image.new("RGB", (96, 64), (200, 40, 40)).save(picture, format="PNG")
+    fox = ("fox.png", picture.getvalue())
+    nothing = await alice.slash(channel, "edit", image=fox, instruction="make it night")
+    assert "no checkpoint here can edit pictures; ask the bot's owner to install one (FLUX.1 Kontext" in nothing.followups[0].content
+    entry = await services.registry.add(make_tiny_flux(models / "flux1-kontext-dev.safetensors", shape="transformer"))
+    parts = make_tiny_flux_parts(models)
+    await scan_models(services.registry, services.networks)
+    try:
+        choices = await alice.autocomplete(channel, "edit", "checkpoint", "", image=fox, instruction="x")
+        assert [c["value"] for c in choices] == ["flux1-kontext-dev"]  # only the models that can edit
+        result = await alice.slash(channel, "edit", image=fox, instruction="make it night", steps=2, seed=3)
+        message = result.response
+        embed = message.embeds[0]
+        fields = {f.name: f.value for f in embed.fields}
+        assert embed.title == "make it night" and fields["Edit"] == "1 input picture · guidance 2.5"
+        assert "Edited from fox.png" in embed.description and "flux1-kontext-dev" in fields["Checkpoint"]
+        job_id = embed.footer.text.split()[1]
+        assert f"easel:edit:{job_id}" in custom_ids(message)
+        first = parse_infotext((await png_of(message)).info["parameters"])[2]
+        assert len(first["Edit images"]) == 64 and first["Seed"] == "3"
+
+        shown = await alice.click(message, label="Edit")  # the result's picture, edited again
+        assert shown.modal is not None and shown.modal["title"] == "Edit the picture"
+        again = (await alice.submit_modal(shown, {"instruction": "put a hat on it"})).response
+        assert again.embeds[0].title == "put a hat on it" and f"Edited from [job {job_id}]" in again.embeds[0].description
+        second = parse_infotext((await png_of(again)).info["parameters"])[2]
+        assert second["Model"] == "flux1-kontext-dev" and second["Edit images"] != first["Edit images"]
+        rerolled = (await alice.click(again, label="Reroll")).response  # Reroll keeps the edit
+        assert parse_infotext((await png_of(rerolled)).info["parameters"])[2]["Edit images"] == second["Edit images"]
+
+        posted = await alice.send(channel, "my fox", attachments=[fox])  # any message with a picture
+        shown = await alice.context_menu(channel, "Edit with Easel", posted)
+        edited = (await alice.submit_modal(shown, {"instruction": "turn it into a watercolour"})).response
+        assert "Edited from [a picture by alice]" in edited.embeds[0].description
+        assert parse_infotext((await png_of(edited)).info["parameters"])[2]["Edit images"] == first["Edit images"]
+        plain = await alice.send(channel, "no picture here")
+        refused = await alice.context_menu(channel, "Edit with Easel", plain)
+        assert refused.ephemeral and "that message has no picture to edit" in refused.response.content
+        wrong = await alice.slash(channel, "edit", image=fox, instruction="make it night", checkpoint="tiny-sd1")
+        assert "tiny-sd1 (SD1.x) cannot edit pictures" in wrong.followups[0].content
+
+        admins = guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
+        admin = guild.add_member(env.create_user("edit-admin"), roles=[admins])
+        bad = await admin.slash(channel, "settings defaults", edit_checkpoint="tiny-sd1")
+        assert "tiny-sd1 (SD1.x) cannot edit pictures" in bad.response.content
+        saved = await admin.slash(channel, "settings defaults", edit_checkpoint="flux1-kontext-dev")
+        fields = {f.name: f.value for f in saved.response.embeds[0].fields}
+        assert fields["edit checkpoint"].startswith("flux1-kontext-dev · server")
+    finally:
+        await services.registry.remove(entry.name)
+        for kind, name in ((services.text_encoders, "clip_l"), (services.text_encoders, "t5xxl_fp16"), (services.vaes, "ae")):
+            if await kind.find(name) is not None:
+                await kind.remove(name)
+        for written in (*parts, entry.path):  # a later scan must not find them
+            await asyncio.to_thread(Path(written).unlink)
 
 
 # --- previews are pictures: they obey the picture rule ----------------------------------------------

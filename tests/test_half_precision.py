@@ -135,6 +135,8 @@ PATHS = {
         "prompt": "a red fox ADDBASE a forest ADDCOL a lake", "negative": "fog BREAK rain BREAK snow",
         "regions": "1,2 base 0.3", "hires_scale": 2.0, "hires_denoise": 0.5,
     },
+    # An edit (FLUX.1 Kontext's pass): two input pictures read beside the picture drawn.
+    "edit, two pictures": {"edit": 2, "cfg": 1.0},
 }
 
 
@@ -156,6 +158,11 @@ def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...]
         mask = Image.new("L", (64, 64), 0)
         mask.paste(255, (8, 8, 40, 40))
         extra["mask_png"] = png(mask)
+    for i in range(options.pop("edit", 0)):
+        picture = Image.new("RGB", (96 - 32 * i, 64), (200, 40 + 100 * i, 40))
+        picture.paste((40, 160, 60), (16, 16, 48, 48))
+        extra["edit_pngs"] = (*extra.get("edit_pngs", ()), png(picture))
+        options["edit_images"] = (*options.get("edit_images", ()), f"{i:064x}")
     if options.pop("lora", False):
         file = loras / f"lora-{load.family}.safetensors"
         # At 0.1: the tiny LoRA's random layers at full strength make the tiny UNet chaotic (each
@@ -163,7 +170,7 @@ def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...]
         extra["loras"] = (LoraUse("tiny", str(file), "1" * 64, "1" * 12, 0.1, 0.1),)
     return RunBatch.of(
         batch_id=f"half-{path}", load=load, jobs=(JobPart("j", prompt, negative, seeds),), width=64, height=64,
-        steps=3, cfg=5.0, sampler="Euler", schedule="Automatic", model_name=load.name, **options, **extra,
+        steps=3, sampler="Euler", schedule="Automatic", model_name=load.name, **({"cfg": 5.0} | options), **extra,
     )  # fmt: skip
 
 
@@ -262,12 +269,17 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
 
 
 @pytest.mark.parametrize("precision", ["half", "bf16"])
-@pytest.mark.parametrize(("family", "path"), [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("sd3", "txt2img"), ("sd3", "img2img")])
+@pytest.mark.parametrize(
+    ("family", "path"),
+    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img")],
+)
 def test_flux_and_sd3_in_half_precision_draw_float32s_picture(
     flow_tier: Tier, flow_files: dict[str, LoadRequest], tiny_loras: Path, family: str, path: str, precision: str
 ) -> None:
     load = flow_files[family]
     drawn_as_in_float32(flow_tier, load, path, precision, tiny_loras)
+    loaded, _ = flow_tier.caches[precision].get(load)  # the cached model is as it was loaded, for the next job
+    assert {module.dtype for module in loaded.pipeline.components.values() if isinstance(module, torch.nn.Module)} == {DTYPES[precision]}
 
 
 def test_out_of_memory_in_the_vae_is_recovered_and_the_next_job_on_the_model_works(

@@ -26,6 +26,7 @@ from bot.images.inputs import InputStore
 from bot.jobs import VARY_SUBTLE, Asker, ImagineOptions, JobPlan, Jobs, Place, reroll, same_seed
 from bot.rules.limits import GenerationRequest, Limits, validate
 from common.errors import EaselError
+from gpu_worker.testing.tiny_flux import make_tiny_flux
 from tests.helpers import with_metadata
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -59,10 +60,13 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "plain.safetensors")
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "other.safetensors")
     with_metadata(tiny_dir / "tiny-sd1.safetensors", models / "spicy.safetensors", {"modelspec.title": "spicy"})
+    for name in EDIT_MODEL.values():  # edit models (all-in-one: no parts to find)
+        make_tiny_flux(models / f"{name}.safetensors", seed=len(name), kontext=True)
     db = await open_database(root / "easel.sqlite3")
     registry = CheckpointRegistry(db, models)
     await registry.scan()
     await registry.edit("spicy", nsfw=True)
+    await registry.edit(EDIT_MODEL["spicy"], nsfw=True)
     limits = Limits(max_queued_per_user=10)
     generation = GenerationService(db, [], limits)  # never started: plans need no worker
     settings = GuildSettings(db, registry, [], limits)
@@ -106,13 +110,28 @@ async def compare(w: World, place: Place, subject: Subject) -> JobPlan:
     return await w.jobs.plan_compare(ALICE, place, PROMPT, [subject, "other"], steps=3)
 
 
+# An edit runs on an edit model: the rule's subject's twin (a FLUX.1 Kontext file, as plain or NSFW).
+EDIT_MODEL = {"plain": "plain-kontext", "spicy": "spicy-kontext"}
+
+
+async def edit(w: World, place: Place, subject: Subject) -> JobPlan:
+    given = {"steps": 3, "count": 2}
+    return await w.jobs.plan_edit(ALICE, place, PROMPT, [PICTURE], checkpoint=EDIT_MODEL[subject], given=given)
+
+
 ENTRY_POINTS: dict[str, EntryPoint] = {
     "/imagine and the Use-this modal": imagine,
     "Reroll": reroll_button,
     "Vary": vary_button,
     "another checkpoint": other_checkpoint_select,
     "/checkpoints compare and Compare these": compare,
+    "/edit, the Edit button and Edit with Easel": edit,
 }
+
+
+def subject_of(entry: str, subject: Subject) -> Subject:
+    """The checkpoint an entry point runs for a rule's subject."""
+    return EDIT_MODEL[subject] if ENTRY_POINTS[entry] is edit else subject
 
 
 @dataclass
@@ -142,7 +161,7 @@ async def test_every_rule_applies_to_every_entry_point(world: World, entry: str,
     if case.server:
         await world.settings.update(guild, None, case.server)
     if case.hidden:
-        await world.settings.hide(guild, case.subject, True)
+        await world.settings.hide(guild, subject_of(entry, case.subject), True)
     place = Place(guild, "channel", adult=case.adult)
     with pytest.raises(EaselError, match=case.refusal):
         await ENTRY_POINTS[entry](world, place, case.subject)
@@ -168,6 +187,8 @@ async def test_the_place_defaults_fill_what_was_left_out(world: World, entry: st
     asked = request.parameters
     if entry in ("Reroll", "Vary", "another checkpoint"):  # a rerun keeps the stored job's values
         assert (asked.negative, asked.cfg) == ("", 7.0)
+    elif ENTRY_POINTS[entry] is edit:  # a Flux model's CFG is its own (1: its guidance is distilled)
+        assert (asked.negative, asked.cfg) == ("blurry", 1.0)
     else:
         assert (asked.negative, asked.cfg) == ("blurry", 4.5)
 

@@ -24,6 +24,7 @@ from bot.catalog.entries import LAYERED, CatalogEntry
 from bot.catalog.taxonomy import STYLE_REALISM, check_facets, find_facets
 from bot.checkpoints.registry import CheckpointEntry, slugify
 from bot.generation.checkpoint_ref import CheckpointRef
+from common.editing import edit_model
 
 REFERENCE_FILE = Path(__file__).with_name("reference.json")
 ORDER = ("owner", "metadata", "sidecar", "civitai", "reference", "inferred")
@@ -288,6 +289,9 @@ def installed_entry(ckpt: CheckpointEntry, civitai: dict[str, Any] | None) -> Ca
         layer_from_text("inferred", " . ".join([ckpt.display_name, ckpt.name, ckpt.description, " , ".join(ckpt.tags)]))
     )
     values, sources = resolve(layers)
+    if edit_model(ckpt.family, ckpt.variant) is not None and "picture editing" not in values["specialities"]:
+        # what the file is (an edit model), whatever any source says it is good at
+        values["specialities"], sources["specialities"] = sorted([*values["specialities"], "picture editing"]), "architecture"
     if ckpt.training and not owner.training:  # the file's own merge recipe outranks guesses
         values["training"], sources["training"] = ckpt.training, "metadata"
     description = ckpt.description or next((layer.description for layer in layers if layer.description), "")

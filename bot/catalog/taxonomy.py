@@ -27,6 +27,7 @@ SPECIALITIES = (
     "characters",
     "fantasy",
     "sci-fi",
+    "picture editing",  # changes a given picture as told (common/editing.py): FLUX.1 Kontext
 )
 # Registry families a person can ask for, with display names.
 BASES = {name: family.label for name, family in FAMILIES.items()}
@@ -160,6 +161,24 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
         "packshot",
         "e-commerce",
         "advertising",
+    ),
+    ("speciality", "picture editing"): (
+        "edit",
+        "edits",
+        "editing",
+        "edit a picture",
+        "edit pictures",
+        "edit an image",
+        "edit images",
+        "edit a photo",
+        "image editing",
+        "picture editing",
+        "photo editing",
+        "instruction editing",
+        "change a picture",
+        "change my picture",
+        "modify a picture",
+        "kontext",
     ),
     ("speciality", "logos/icons"): (
         "logo",

@@ -71,7 +71,10 @@ def detect_architecture(
     tensors: Mapping[str, TensorInfo],
     metadata: Mapping[str, str] | None = None,
     extras: Mapping[str, object] | None = None,
+    file_name: str = "",
 ) -> Architecture:
+    """The file's family from its tensors; `file_name` tells what the tensors cannot (FLUX.1 Kontext
+    from FLUX.1 dev)."""
     metadata = metadata or {}
     extras = extras or {}
     keys = tensors.keys()
@@ -101,7 +104,7 @@ def detect_architecture(
     for prefix in (FLUX_PREFIX, ""):
         key = f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale"
         if has(key):
-            return _flux(tensors, prefix, key)
+            return _flux(tensors, prefix, key, _kontext(metadata, file_name))
     for prefix in (FLUX_PREFIX, ""):
         key = f"{prefix}joint_blocks.0.context_block.adaLN_modulation.1.bias"
         if has(key) or (has(f"{prefix}x_embedder.proj.weight") and prefix):
@@ -172,9 +175,20 @@ FLUX_PARTS = {
 }
 
 
-def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Architecture:
+def _kontext(metadata: Mapping[str, str], file_name: str) -> str:
+    """What marks a FLUX.1 file as Kontext (an edit model, common/editing.py), or "" when nothing does:
+    its tensors are FLUX.1 dev's, so its modelspec metadata or its name (flux1-kontext-dev.safetensors,
+    as BFL ship it and Civitai and ComfyUI users keep it)."""
+    for key in ("modelspec.architecture", "modelspec.title"):
+        if "kontext" in metadata.get(key, "").lower():
+            return key
+    return "file name" if "kontext" in file_name.lower() else ""
+
+
+def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, kontext: str = "") -> Architecture:
     """FLUX.1 dev or schnell (ComfyUI model_detection: `guidance_in` marks the guidance-distilled dev),
-    all-in-one or transformer only; what it lacks is listed in `needs`."""
+    or Kontext dev when `kontext` names what says so; all-in-one or transformer only; what it lacks is
+    listed in `needs`."""
     if f"{prefix}vector_in.in_layer.weight" not in tensors:
         label = "Flux-like transformer without CLIP input (Chroma or similar)"
         return Architecture("flux", "", "", label, decided_by, False, "Flux variants without CLIP input are not supported")
@@ -184,9 +198,10 @@ def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Ar
         if not any(name.startswith(part_prefix) for name in tensors):
             width = tensors[prefix + width_key].shape[1]
             needs.append((role, width // 4 if role == "vae" else width))
-    label = "FLUX.1 " + ("dev" if dev else "schnell") + ("" if prefix else " (transformer only)")
-    variant = "dev" if dev else "schnell"
-    return Architecture("flux", variant, "flow", label, decided_by, True, "", "", False, tuple(needs))
+    variant = "schnell" if not dev else "kontext" if kontext else "dev"
+    label = {"kontext": "FLUX.1 Kontext dev"}.get(variant, f"FLUX.1 {variant}") + ("" if prefix else " (transformer only)")
+    by = f"{decided_by} + {kontext}" if variant == "kontext" else decided_by
+    return Architecture("flux", variant, "flow", label, by, True, "", "", False, tuple(needs))
 
 
 # Where SD3 files keep each part: SAI's keep the VAE under `first_stage_model.` and their text

@@ -122,7 +122,7 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     parameterization = (yaml_sidecar or {}).get("parameterization")
     if parameterization and "modelspec.prediction_type" not in hints:
         hints["modelspec.prediction_type"] = "v" if parameterization == "v" else "epsilon"
-    architecture = detect_architecture(tensors, hints, extras)
+    architecture = detect_architecture(tensors, hints, extras, path.name)
     config, why_not = choose_pipeline_config(architecture, tensors)
     if config is None and architecture.runnable:
         architecture = replace(architecture, runnable=False, reason=why_not)

@@ -447,6 +447,7 @@ class GenerationService:
             embeddings=tuple(dict.fromkeys(use for job in jobs for use in job.spec.embeddings)),
             init_png=spec.init_png,
             mask_png=spec.mask_png,
+            edit_pngs=spec.edit_pngs,
             hires_model=spec.hires_model,
             vae=spec.vae,
         )

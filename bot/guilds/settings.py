@@ -26,12 +26,13 @@ from bot.rules.policy import (
     checks_pictures,
     picture_verdict,
 )
+from common.editing import edit_model
 from common.errors import EaselError
 from common.parameters import RNG_SOURCES
 from common.samplers import DEFAULT_SAMPLER, parse_sampler
 
 NSFW_POLICIES = ("age-restricted", "never")  # where NSFW checkpoints may be used in a server
-DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative", "rng")
+DEFAULT_KEYS = ("checkpoint", "steps", "cfg", "sampler", "aspect", "negative", "rng", "edit_checkpoint")
 POLICY_KEYS = (
     "nsfw",
     "spoiler",
@@ -60,6 +61,7 @@ class Effective:
     guild_id: str | None
     channel_id: str | None
     checkpoint: str | None = None  # sha256 of the default checkpoint
+    edit_checkpoint: str | None = None  # sha256 of the default edit model (/edit, the Edit button)
     steps: int = 20
     cfg: float = 7.0
     sampler: str = DEFAULT_SAMPLER
@@ -205,6 +207,13 @@ class GuildSettings:
             if entry is None or entry.status != "present" or not entry.runnable:
                 raise SettingsError(f"no runnable checkpoint named {text!r}")
             return entry.sha256
+        if key == "edit_checkpoint":
+            entry = await self.registry.find(text)
+            if entry is None or entry.status != "present" or not entry.runnable:
+                raise SettingsError(f"no runnable checkpoint named {text!r}")
+            if edit_model(entry.family, entry.variant) is None:
+                raise SettingsError(f"{entry.name} ({entry.architecture}) cannot edit pictures; choose an edit model such as FLUX.1 Kontext")
+            return entry.sha256
         if key in ("steps", "max_steps"):
             number = _int(key, value)
             if not 1 <= number <= MAX_STEPS:
@@ -301,7 +310,7 @@ class GuildSettings:
         rows = []
         for key in (*DEFAULT_KEYS, *POLICY_KEYS):
             value = getattr(effective, key)
-            if key == "checkpoint":
+            if key in ("checkpoint", "edit_checkpoint"):
                 value = names.get(value, "?") if value else "(first installed)"
             elif key == "blocked_words":
                 value = ", ".join(value) or "(none)"

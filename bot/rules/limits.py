@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
+from common.editing import edit_model
 from common.errors import EaselError
 from common.families import FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
@@ -97,6 +98,7 @@ MAX_MASK_PADDING = 256  # A1111's slider goes to 256
 FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
     ("flux", "dev"): (None, 1.0),
     ("flux", "schnell"): (4, 1.0),
+    ("flux", "kontext"): (28, 1.0),  # BFL's model card (common/editing.py)
     ("sd3", "large"): (28, 3.5),
     ("sd3", "medium"): (40, 4.5),
     ("sd3", "sd3-medium"): (28, 7.0),
@@ -135,6 +137,7 @@ class ValidRequest:
     # With wildcards: each picture's own prompt and negative, expanded from `parameters` (the templates)
     prompts: tuple[str, ...] = ()
     negatives: tuple[str, ...] = ()
+    edit_pngs: tuple[bytes, ...] = ()  # an edit's input pictures themselves (plain RGB PNGs), in order
 
     @property
     def width(self) -> int:
@@ -193,6 +196,7 @@ def validate(
     mask_png: bytes | None = None,
     hires_model: UpscalerUse | None = None,
     vae: VaeUse | None = None,
+    edit_pngs: tuple[bytes, ...] = (),
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/rules/network_selection.py), with `notes` on what of them was not applied."""
@@ -213,6 +217,7 @@ def validate(
     elif hires_model is not None:
         raise GenerationError("an upscaler model was given without the hires fix")
     _check_inputs(p, init_png, mask_png)
+    _check_edit(p, checkpoint, edit_pngs)
     p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
     if not 0 <= p.ensd < 2**32:
@@ -240,7 +245,33 @@ def validate(
         mask_png,
         hires_model,
         vae,
+        edit_pngs=edit_pngs,
     )
+
+
+def check_edit_model(checkpoint: CheckpointRef, pictures: int) -> None:
+    """That `checkpoint` can edit `pictures` input pictures at once."""
+    model = edit_model(checkpoint.family, checkpoint.variant)
+    if model is None:
+        raise GenerationError(
+            f"{checkpoint.name} ({checkpoint.architecture}) cannot edit pictures; choose an edit model such as FLUX.1 Kontext"
+        )
+    if pictures > model.max_pictures:
+        raise GenerationError(f"{model.label} edits with at most {model.max_pictures} input pictures, not {pictures}")
+
+
+def _check_edit(p: Parameters, checkpoint: CheckpointRef, edit_pngs: tuple[bytes, ...]) -> None:
+    """An edit: a model that can, its pictures all present, and nothing that starts from a picture
+    another way (img2img, inpainting) beside it."""
+    if not p.edit_images:
+        if edit_pngs:
+            raise GenerationError("input pictures were given for an edit, but the job is not one")
+        return
+    check_edit_model(checkpoint, len(p.edit_images))
+    if len(edit_pngs) != len(p.edit_images):
+        raise GenerationError("an input picture of this edit is missing")
+    if p.init_image is not None or p.mask_image is not None:
+        raise GenerationError("an edit reads its pictures as they are; img2img and inpainting do not apply to it")
 
 
 def _check_numbers(p: Parameters, width: int, height: int, limits: Limits) -> None:
@@ -423,7 +454,7 @@ def _check_flow(
             raise GenerationError(f"{family} needs sizes in multiples of 16, not {w}x{h}")
     if not 0 <= p.distilled_cfg <= MAX_CFG:
         raise GenerationError(f"distilled CFG scale must be between 0 and {MAX_CFG:g}, not {p.distilled_cfg:g}")
-    guided = checkpoint.family == "flux" and checkpoint.variant == "dev"
+    guided = checkpoint.family == "flux" and checkpoint.variant in ("dev", "kontext")  # the guidance-distilled ones
     return p if guided else replace(p, distilled_cfg=0.0)
 
 

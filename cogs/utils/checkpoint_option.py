@@ -12,6 +12,7 @@ from discord import app_commands
 from bot.checkpoints.registry import CheckpointEntry
 from cogs.utils.context import place
 from cogs.utils.formatting import clip
+from common.editing import edit_model
 
 
 def checkpoint_choices(entries: list[CheckpointEntry], current: str) -> list[app_commands.Choice[str]]:
@@ -42,6 +43,15 @@ class OfferedCheckpoint(app_commands.Transformer):
         return checkpoint_choices(await services.jobs.offered(place(interaction)), value)
 
 
+class EditCheckpoint(OfferedCheckpoint):
+    """A checkpoint offered here that can edit pictures (common/editing.py)."""
+
+    async def autocomplete(self, interaction: discord.Interaction, value: str) -> list[app_commands.Choice[str]]:
+        services = interaction.client.services  # type: ignore[attr-defined]
+        offered = await services.jobs.offered(place(interaction))
+        return checkpoint_choices([e for e in offered if edit_model(e.family, e.variant) is not None], value)
+
+
 class RegisteredCheckpoint(app_commands.Transformer):
     """Any registered checkpoint that is present on disk (owners' and managers' commands)."""
 
@@ -55,3 +65,4 @@ class RegisteredCheckpoint(app_commands.Transformer):
 
 Offered = app_commands.Transform[str, OfferedCheckpoint]
 Registered = app_commands.Transform[str, RegisteredCheckpoint]
+EditModel = app_commands.Transform[str, EditCheckpoint]

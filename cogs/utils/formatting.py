@@ -43,6 +43,10 @@ def result_embed(job: Job, requester: str) -> discord.Embed:
         if request.mask_image and request.only_masked:
             masked += f", only masked (padding {request.mask_padding})"
         embed.add_field(name="From a picture", value=f"denoising strength {request.strength:g}{masked}")
+    if request.edit_images:  # the instruction is the title; the pictures it changed are credited in the notes
+        count = len(request.edit_images)
+        guidance = f" · guidance {request.distilled_cfg:g}" if request.distilled_cfg else ""
+        embed.add_field(name="Edit", value=f"{count} input picture{'s' if count > 1 else ''}{guidance}")
     if request.hires_scale:
         big_w, big_h = hires_size(spec.width, spec.height, request.hires_scale)
         embed.add_field(

@@ -20,7 +20,7 @@ from bot.jobs import UPSCALE, VARY_STRONG, VARY_SUBTLE, JobPlan, MissingCheckpoi
 from bot.rules.policy import readable_score
 from cogs.utils.attachments import fit_image, read_attachment
 from cogs.utils.context import asker, place
-from cogs.utils.errors import answers_errors, refuse
+from cogs.utils.errors import AnsweringModal, answers_errors, refuse
 from cogs.utils.formatting import CONTENT_MAX, clip, code_block, eta_text, result_embed
 from cogs.utils.progress import Throttle
 from common.errors import EaselError
@@ -261,7 +261,13 @@ class StatusMessage:
 
 def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    buttons = (RerollButton(job_id), UpscaleButton(job_id), VaryButton(job_id), VaryButton(job_id, strong=True))
+    buttons = (
+        RerollButton(job_id),
+        EditButton(job_id),
+        UpscaleButton(job_id),
+        VaryButton(job_id),
+        VaryButton(job_id, strong=True),
+    )
     for item in (*buttons, ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
     if checkpoints:
@@ -328,6 +334,55 @@ def first_picture(interaction: discord.Interaction) -> discord.Attachment | None
     attachments = interaction.message.attachments if interaction.message else []
     pictures = [a for a in attachments if a.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))]
     return pictures[0] if pictures else None
+
+
+class EditButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:edit:" + JOB_ID):
+    """The result's picture edited as a modal asks (common/editing.py), by the edit model this job ran
+    on, else this place's edit model."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Edit", emoji="✏️", custom_id=f"easel:edit:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        picture = first_picture(interaction)
+        if picture is None:
+            raise EaselError("this message has no picture left to edit")
+        link = interaction.message.jump_url if interaction.message else ""
+        credit = f"Edited from [job {self.job_id}]({link})" if link else f"Edited from job {self.job_id}"
+        await interaction.response.send_modal(EditModal(picture, credit, after_job=self.job_id))
+
+
+class EditModal(AnsweringModal, title="Edit the picture"):
+    """What to change in a picture: after the Edit button, or "Edit with Easel" on any message."""
+
+    instruction = discord.ui.TextInput(
+        label="What to change",
+        placeholder="make it night · put a hat on the cat · turn it into a watercolour",
+        style=discord.TextStyle.paragraph,
+        max_length=1500,
+        custom_id="instruction",
+    )
+
+    def __init__(self, picture: discord.Attachment, credit: str, *, after_job: str | None = None) -> None:
+        super().__init__(timeout=None)
+        self.picture = picture
+        self.credit = credit
+        self.after_job = after_job
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        jobs = services_of(interaction).jobs
+        plan = await jobs.plan_edit(
+            asker(interaction),
+            place(interaction),
+            str(self.instruction),
+            [await read_attachment(self.picture)],
+            after_job=self.after_job,
+            credit=self.credit,
+        )
+        await run_plan(interaction, plan)
 
 
 class MakeThisHereButton(discord.ui.DynamicItem[discord.ui.Button], template=r"easel:remake:(?P<key>[0-9a-f]{64})"):
@@ -471,6 +526,7 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
 
 BUTTONS = (
     RerollButton,
+    EditButton,
     UpscaleButton,
     VaryButton,
     MakeThisHereButton,

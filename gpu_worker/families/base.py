@@ -93,6 +93,7 @@ class BatchRun:
     conditioning: Conditioning | None = None
     applied: tuple[str, ...] = ()
     regional: RegionalAttention | None = None  # the pass's regions (gpu_worker/regional_attention.py)
+    references: tuple[Image.Image, ...] = ()  # an edit's input pictures (common/editing.py)
 
     def hires_upscaler(self) -> object:
         """The hires fix's upscaler: a model from the cache, or an A1111 name."""
@@ -107,6 +108,7 @@ class Family:
     flow: bool = False  # denoises by flow matching (a transformer, no UNet)
     gpu_dtype: torch.dtype = torch.float16
     fp8_storage: bool = False  # its denoiser may be stored in fp8 when the card is too small (gpu_worker/placement.py)
+    edits: bool = False  # has an edit model (common/editing.py): its batches may carry input pictures
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:
         """The pipeline for a file of this family, on the CPU (or sharing parts already on `device`)."""

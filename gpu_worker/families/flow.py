@@ -11,6 +11,7 @@ from PIL import Image
 
 from common.protocol import RunBatch
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
+from gpu_worker.families.flux_kontext import read_references
 from gpu_worker.hires import enlarge
 from gpu_worker.init_images import prepare_init
 from gpu_worker.latents import decode_pictures, encode_pictures
@@ -33,6 +34,10 @@ class FlowFamily(Family):
         """The pipeline's guidance and text arguments for the call's prompts."""
         raise NotImplementedError
 
+    def edit(self, run: BatchRun, draw: Draw, callback: StepCallback, arguments: dict, size: tuple[int, int]) -> list[Image.Image]:
+        """Pass one of an edit (common/editing.py): the input pictures changed as the prompt says."""
+        raise NotImplementedError
+
     def refuses(self, batch: RunBatch) -> str | None:
         if batch.mask_png is not None or batch.embeddings:
             return f"{batch.load.name}: inpainting and embeddings are not supported on it yet"
@@ -53,14 +58,17 @@ class FlowFamily(Family):
             run.img2img = image_to_image(loaded)
         if batch.init_png is not None:
             run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
+        run.references = read_references(batch.edit_pngs)
 
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)
         arguments = self.text_inputs(run, draw)
         run.pass_steps = (0, batch.run_steps)
         size = (batch.width, batch.height)
-        if run.init is not None:  # img2img: strength says how much of the picture is redrawn
-            first = _call(
+        if run.references:
+            first = self.edit(run, draw, callback, arguments, size)
+        elif run.init is not None:  # img2img: strength says how much of the picture is redrawn
+            first = call_pipeline(
                 run,
                 run.img2img,
                 draw,
@@ -72,14 +80,14 @@ class FlowFamily(Family):
                 strength=batch.parameters.strength,
             )
         else:
-            first = _call(run, run.pipe, draw, callback, arguments, batch.parameters.steps, size)
+            first = call_pipeline(run, run.pipe, draw, callback, arguments, batch.parameters.steps, size)
         if not batch.parameters.hires_scale:
             return first
         # Hires fix (A1111): pass one's picture enlarged by a picture upscaler, redrawn by img2img.
         run.pass_steps = (batch.run_steps, batch.hires_run_steps)
         enlarged = enlarge(first, batch.hires_size, run.hires_upscaler())
         steps = batch.parameters.hires_steps or batch.parameters.steps
-        return _call(
+        return call_pipeline(
             run,
             run.img2img,
             draw,
@@ -100,7 +108,7 @@ class FlowFamily(Family):
         return vae_previews(pipe, latents, height, width)[0]
 
 
-def _call(
+def call_pipeline(
     run: BatchRun,
     pipe: DiffusionPipeline,
     draw: Draw,

@@ -20,13 +20,16 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from PIL import Image
 
 from common.bundled import CONFIG_ROOT
 from common.protocol import LoadRequest
 from gpu_worker.families import flux_layout
-from gpu_worker.families.base import BatchRun, Draw
-from gpu_worker.families.flow import FlowFamily
+from gpu_worker.families.base import BatchRun, Draw, StepCallback
+from gpu_worker.families.flow import FlowFamily, call_pipeline
+from gpu_worker.families.flux_kontext import KontextPipeline, encode_references
 from gpu_worker.flow_prompts import encode_weighted, plain, weighted
+from gpu_worker.loaded import derived
 from gpu_worker.model_parts import (
     build_transformer,
     check_widths,
@@ -94,6 +97,7 @@ def _text_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], max_len
 
 class Flux(FlowFamily):
     name = "flux"
+    edits = True  # FLUX.1 Kontext dev (gpu_worker/families/flux_kontext.py)
     # ComfyUI comfy/latent_formats.py `Flux`: latent_rgb_factors and latent_rgb_factors_bias.
     preview_map = (
         [
@@ -117,6 +121,15 @@ class Flux(FlowFamily):
             **({"true_cfg_scale": batch.parameters.cfg} if true_cfg else {}),
             **_text_inputs(pipe, draw.prompts, draw.negatives, length, true_cfg),
         }
+
+
+    def edit(self, run: BatchRun, draw: Draw, callback: StepCallback, arguments: dict, size: tuple[int, int]) -> list[Image.Image]:
+        pipe = derived(run.loaded, "edit", KontextPipeline)  # the loaded modules, nothing copied
+        pipe.references = encode_references(pipe, run.references, size)
+        try:  # max_area: the job's own size (the pipeline would take any size to a megapixel)
+            return call_pipeline(run, pipe, draw, callback, arguments, run.batch.parameters.steps, size, max_area=size[0] * size[1])
+        finally:
+            pipe.references = []
 
 
 FLUX = Flux()

@@ -8,21 +8,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from common.bundled import TINY_CHECKPOINT_KINDS as CHECKPOINT_KINDS
+
 Handler = Callable[[argparse.Namespace], int]
-CHECKPOINT_KINDS = (
-    "sd1",
-    "sd2",
-    "sdxl",
-    "sdxl-vpred",
-    "sdxl-edm",
-    "flux",
-    "flux-schnell",
-    "flux-transformer",
-    "flux-schnell-transformer",
-    "sd35",
-    "sd35-medium",
-    "sd35-all-in-one",
-)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
@@ -32,6 +20,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
+    p.add_argument("--parts", metavar="MODELS_DIR", help="transformer-only Flux: also its parts, in MODELS_DIR/text_encoders and MODELS_DIR/VAE")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
     p.add_argument(
@@ -97,9 +86,10 @@ def _make_tiny_vae(args: argparse.Namespace) -> int:
 def _make_tiny_transformer(args: argparse.Namespace) -> int:
     """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
     shape or all-in-one; or one component for them."""
-    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
+    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
+    parts: list[Path] = []
     try:
         if args.command == "make-tiny-component":
             out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
@@ -110,13 +100,20 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
                 raise ValueError("--fp8 is for the tiny Flux files")
             out, kind = make_tiny_sd3(Path(args.out), args.arch, args.seed), args.arch
         else:
-            shape = "transformer" if args.arch.endswith("-transformer") else "all-in-one"
-            out = make_tiny_flux(Path(args.out), args.seed, shape, schnell="schnell" in args.arch, fp8=args.fp8)
+            # FLUX.1 Kontext ships as BFL's transformer-only file (flux1-kontext-dev.safetensors)
+            shape = "transformer" if args.arch.endswith(("-transformer", "-kontext")) else "all-in-one"
+            if args.parts and shape != "transformer":
+                raise ValueError("--parts is for the transformer-only Flux files; an all-in-one file holds its parts")
+            kontext, schnell = args.arch == "flux-kontext", "schnell" in args.arch
+            out = make_tiny_flux(Path(args.out), args.seed, shape, schnell=schnell, fp8=args.fp8, kontext=kontext)
             kind = args.arch + (" fp8" if args.fp8 else "")
+            parts = make_tiny_flux_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    for part in parts:
+        print(f"wrote {part} (its part, seed {args.seed})")
     return 0
 
 

@@ -86,10 +86,17 @@ def _metadata(title: str, seed: int) -> dict[str, str]:
 
 
 def make_tiny_flux(
-    out: Path, seed: int = 0, shape: str = "all-in-one", schnell: bool = False, fp8: bool = False, folder: Path = FOLDER
+    out: Path,
+    seed: int = 0,
+    shape: str = "all-in-one",
+    schnell: bool = False,
+    fp8: bool = False,
+    folder: Path = FOLDER,
+    kontext: bool = False,
 ) -> Path:
-    """A tiny Flux dev (or schnell) file; `fp8` stores the transformer's weight matrices as
-    float8_e4m3fn, as the fp8 releases people download do."""
+    """A tiny Flux dev (or schnell, or Kontext dev) file; `fp8` stores the transformer's weight
+    matrices as float8_e4m3fn, as the fp8 releases people download do. Kontext's tensors are dev's
+    (its metadata says Kontext, as the name flux1-kontext-dev.safetensors does)."""
     out = Path(out)
     if shape not in SHAPES:
         raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
@@ -105,9 +112,11 @@ def make_tiny_flux(
         state = {TRANSFORMER_PREFIX + k: v for k, v in transformer.items()}
         for role in ("clip_l", "t5xxl", "vae"):
             state |= {IN_FILE[role][0] + k: v for k, v in part_state(role, seed, folder).items()}
-    variant = "schnell" if schnell else "dev"
+    if kontext and schnell:
+        raise ValueError("FLUX.1 Kontext is a dev model; there is no Kontext schnell")
+    variant = "schnell" if schnell else "kontext-dev" if kontext else "dev"
     what = "all-in-one" if shape == "all-in-one" else "transformer only"
-    metadata = _metadata(f"Easel tiny FLUX.1 {variant} ({what}, random weights)", seed)
+    metadata = _metadata(f"Easel tiny FLUX.1 {variant.replace('-', ' ')} ({what}, random weights)", seed)
     metadata["modelspec.architecture"] = f"flux-1-{variant}"
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
 
@@ -124,6 +133,24 @@ def make_tiny_component(kind: str, out: Path, seed: int = 0, folder: Path | None
     state = part_state(role, seed, folder or CONFIG_ROOT / config)
     metadata = _metadata(f"Easel tiny {kind} (random weights)", seed)
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
+# Where ComfyUI and Forge users keep a transformer-only Flux file's parts (bot/components), by kind.
+PART_FILES = {
+    "clip-l": ("text_encoders", "clip_l.safetensors"),
+    "t5xxl": ("text_encoders", "t5xxl_fp16.safetensors"),
+    "flux-vae": ("VAE", "ae.safetensors"),
+}
+
+
+def make_tiny_flux_parts(models: Path, seed: int = 0) -> list[Path]:
+    """The parts a transformer-only tiny Flux file of `seed` runs with, written into a models folder
+    where a user would have them (models/text_encoders, models/VAE)."""
+    written = []
+    for kind, (folder, name) in PART_FILES.items():
+        (Path(models) / folder).mkdir(parents=True, exist_ok=True)
+        written.append(make_tiny_component(kind, Path(models) / folder / name, seed))
+    return written
 
 
 def make_tiny_flux_lora(out: Path, seed: int = 0, rank: int = 4, strength: float = 0.5) -> Path:

@@ -1,0 +1,72 @@
+"""Editing a picture by instruction: which models can, and what an edit is on both sides.
+
+An edit is a job whose prompt is an instruction ("make it night") and whose input pictures the
+model reads as references, not as a start to denoise from (that is img2img): the picture comes back
+changed as told, its size the job's. Only models trained for it can: FLUX.1 Kontext [dev] today (a
+FLUX.1 transformer, so it loads through the Flux family and its component store). A new edit model
+is a row here and its family's edit pass in the worker.
+
+FLUX.1 Kontext is told apart from FLUX.1 dev by name, as ComfyUI and Forge users and Civitai tell
+them: the two files have the same tensors, so `kontext` in the file's name or in its modelspec
+metadata is what marks it (bot/checkpoints/architecture.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The infotext key an edit's input pictures are written under: each picture's sha256 (the kept
+# input's identity, bot/images/inputs.py), comma-separated, in order. A1111 writes its img2img input
+# as "Init image hash"; no WebUI has a key for an edit's pictures, so this one is Easel's.
+INFOTEXT_KEY = "Edit images"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class EditModel:
+    family: str
+    variant: str
+    label: str  # what people read: "FLUX.1 Kontext"
+    max_pictures: int  # input pictures one edit may take
+    steps: int  # the model card's
+    guidance: float  # its distilled guidance (Forge's "Distilled CFG Scale") when the job names none
+    files: str  # what to install, for the refusal when a place has no edit model
+
+
+EDIT_MODELS: dict[tuple[str, str], EditModel] = {
+    # BFL's model card and diffusers' FluxKontextPipeline example: 28 steps, guidance 2.5. Several
+    # pictures: ComfyUI's reference-latent "offset" placement (gpu_worker/families/flux_kontext.py).
+    ("flux", "kontext"): EditModel(
+        "flux",
+        "kontext",
+        "FLUX.1 Kontext",
+        3,
+        28,
+        2.5,
+        "flux1-kontext-dev.safetensors in the models folder, with clip_l and t5xxl in models/text_encoders "
+        "and ae in models/VAE",
+    ),
+}
+
+
+def edit_model(family: str, variant: str) -> EditModel | None:
+    """The edit model a checkpoint is, or None when it cannot edit pictures."""
+    return EDIT_MODELS.get((family, variant))
+
+
+def install_hint() -> str:
+    """What to install to edit pictures, in one clause."""
+    return "; ".join(f"{model.label}: put {model.files}" for model in EDIT_MODELS.values())
+
+
+def read_hashes(text: str, most: int) -> tuple[str, ...]:
+    """An infotext's edit pictures (INFOTEXT_KEY) as sha256s; ValueError, for the person, when the
+    value is not that or names more than `most` pictures."""
+    hashes = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if len(hashes) > most:
+        raise ValueError(f"this edit names {len(hashes)} input pictures; at most {most} are read")
+    for value in hashes:
+        if not _SHA256.fullmatch(value):
+            raise ValueError(f"the picture's {INFOTEXT_KEY} {value[:20]!r} is not a picture's sha256")
+    return hashes
