@@ -256,3 +256,33 @@ def test_generate_edits_a_picture_from_the_command_line(env: Path) -> None:
     assert params["Model"] == "flux1-kontext-dev" and len(params[INFOTEXT_KEY]) == 64
     dev = run_bot_py("make-tiny-checkpoint", "--arch", "flux", "--parts", str(models), str(models / "aio.safetensors"), cwd=env, env={**os.environ})
     assert dev.returncode != 0 and "--parts is for the transformer-only Flux files" in dev.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_kontext_file_registered_before_it_was_known_becomes_kontext(kontext_dir: Path, tmp_path: Path) -> None:
+    """Migration 0020: files a scan registered as FLUX.1 dev, and whose name says Kontext, are Kontext."""
+    from bot.db import connect, load_migrations, migrate, transaction
+    from bot.generation.checkpoint_ref import CheckpointRef
+
+    migrations = load_migrations()
+    [latest] = [m for m in migrations if m.version == 20]
+    db = await connect(tmp_path / "old.sqlite3")
+    try:
+        await migrate(db, [m for m in migrations if m.version < latest.version])
+        registry = CheckpointRegistry(db, kontext_dir)
+        await registry.scan()
+        async with transaction(db) as writer:  # as an older release registered them
+            await writer.execute(
+                "UPDATE checkpoints SET variant = 'dev', architecture = 'FLUX.1 dev (transformer only)', "
+                "inspection_json = json_set(inspection_json, '$.architecture', 'FLUX.1 dev (transformer only)', "
+                "'$.architecture_info.variant', 'dev', '$.architecture_info.label', 'FLUX.1 dev (transformer only)')"
+            )
+        assert (await registry.find("flux1-kontext-dev")).variant == "dev"
+        await migrate(db, migrations)
+        kontext, dev = await registry.find("flux1-kontext-dev"), await registry.find("flux1-dev")
+        assert (kontext.variant, kontext.architecture) == ("kontext", "FLUX.1 Kontext dev (transformer only)")
+        assert CheckpointRef.from_entry(kontext).variant == "kontext"
+        assert kontext.inspection["architecture"] == kontext.inspection["architecture_info"]["label"] == kontext.architecture
+        assert (dev.variant, dev.architecture) == ("dev", "FLUX.1 dev (transformer only)")
+    finally:
+        await db.close()
