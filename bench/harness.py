@@ -73,12 +73,15 @@ def machine() -> dict[str, object]:
 
 
 def report(name: str, figures: dict[str, object]) -> Path:
-    """Print figures and write them, dated, to bench/results/NAME-YYYY-MM-DD.json (committed when a
-    figure in the README or docs/ rests on them: each such figure names its file)."""
+    """Print figures and write them, dated, to bench/results/NAME-YYYY-MM-DD.json (NAME-DATE-2.json
+    and on for later runs that day), committed when a figure in the README or docs/ rests on them:
+    each such figure names its file."""
     RESULTS.mkdir(exist_ok=True)
     day = datetime.date.today().isoformat()
     payload = {"benchmark": name, "date": day, "machine": machine(), **figures}
-    out = RESULTS / f"{name}-{day}.json"
+    out, run = RESULTS / f"{name}-{day}.json", 2
+    while out.exists():  # a second run that day is a file of its own: a committed result is never overwritten
+        out, run = RESULTS / f"{name}-{day}-{run}.json", run + 1
     out.write_text(json.dumps(payload, indent=2) + "\n")
     for key, value in figures.items():
         print(f"{key:>40}: {value}")

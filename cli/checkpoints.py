@@ -258,7 +258,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file; flux-kontext: "
         "FLUX.1 Kontext dev, an edit model (BFL's file); sd35, sd35-medium: SAI's shape (text encoders apart); "
-        "sd35-all-in-one (see make-tiny-component)",
+        "sd35-all-in-one (see make-tiny-component); z-image: Z-Image Turbo's transformer as Comfy-Org ship it; "
+        "z-image-all-in-one",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
@@ -267,7 +268,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--parts",
         metavar="MODELS_DIR",
         type=os.path.abspath,
-        help="a transformer-only Flux file (flux-transformer, flux-kontext): also write the text encoders and VAE "
+        help="a transformer-only file (flux-transformer, flux-kontext, z-image): also write the text encoders and VAE "
         "it needs into MODELS_DIR/text_encoders and MODELS_DIR/VAE, where a user would have them",
     )
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3
+    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image
     label: str  # what people read in menus and the catalog: "SD 1.x"
     short_label: str  # a LoRA's or an embedding's base, as A1111 users write it: "SD1.x"
     native_size: int  # the side of its native square: what "1:1" means
     latent_channels: int  # its VAE's: a VAE file fits when they match
     flow: bool = False  # denoises by flow matching (a transformer, no UNet): its own samplers and limits
+    # The samplers it offers, when not every one of its kind (common/samplers.py FLOW_SAMPLERS for a
+    # flow model): Z-Image's pipeline sets its own sigmas, which only flow-matching Euler takes.
+    samplers: tuple[str, ...] | None = None
+    from_picture: bool = True  # img2img (and Vary) and the hires fix: pipelines that start from a picture
 
     @property
     def latent_grid(self) -> int:
@@ -33,6 +37,7 @@ FAMILIES: dict[str, Family] = {
         Family("sdxl", "SDXL", "SDXL", 1024, 4),
         Family("flux", "Flux", "Flux", 1024, 16, flow=True),
         Family("sd3", "SD 3.x", "SD3", 1024, 16, flow=True),
+        Family("z-image", "Z-Image", "Z-Image", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
     )
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)

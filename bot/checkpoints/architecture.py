@@ -109,6 +109,10 @@ def detect_architecture(
         key = f"{prefix}joint_blocks.0.context_block.adaLN_modulation.1.bias"
         if has(key) or (has(f"{prefix}x_embedder.proj.weight") and prefix):
             return _sd3(tensors, prefix, key if has(key) else f"{prefix}x_embedder.proj.weight")
+    for prefix in (FLUX_PREFIX, ""):
+        key = f"{prefix}cap_embedder.1.weight"
+        if has(key) and has(f"{prefix}layers.0.adaLN_modulation.0.weight"):
+            return _z_image(tensors, prefix, key, metadata, file_name)
     if has("clip_txt_mapper.weight") or has("down_blocks.1.0.channelwise.0.weight"):
         return unusable("stable-cascade", "Stable Cascade", "clip_txt_mapper.weight", "Stable Cascade is not supported")
 
@@ -240,6 +244,34 @@ def _sd3(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Arc
     return Architecture("sd3", variant, "flow", label, decided_by, True, "", "", False, needs)
 
 
+# Where an all-in-one Z-Image file keeps its parts (ComfyUI's saver), beside the transformer.
+Z_IMAGE_PARTS = {
+    "qwen3": ("text_encoders.qwen3_4b.transformer.",),
+    "vae": ("vae.",),
+}
+LUMINA2_CAPTION_WIDTH = 2304  # Gemma-2 2B's: Lumina Image 2.0 and Neta Lumina, Z-Image's forebears
+
+
+def _z_image(
+    tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, metadata: Mapping[str, str], file_name: str
+) -> Architecture:
+    """Z-Image (Tongyi-MAI's single-stream DiT; ComfyUI's `ZImage(Lumina2)`, told from Lumina 2 by its
+    caption width: Qwen3-4B's 2560, not Gemma-2's 2304). Turbo and Base have the same tensors: Base
+    when its name or metadata says so, else Turbo, the one released first and most fine-tuned."""
+    caption = tensors[decided_by].shape[1]
+    if caption == LUMINA2_CAPTION_WIDTH:
+        return Architecture("lumina2", "", "", "Lumina Image 2.0", decided_by, False, "Lumina Image 2.0 is not supported")
+    named = " ".join([file_name, metadata.get("modelspec.title", ""), metadata.get("modelspec.architecture", "")]).lower()
+    variant = "base" if "base" in named and "turbo" not in named else "turbo"
+    needs = tuple(
+        (role, caption if role == "qwen3" else 16)
+        for role, starts in Z_IMAGE_PARTS.items()
+        if not any(name.startswith(starts) for name in tensors)
+    )
+    label = f"Z-Image {variant.capitalize()}" + ("" if prefix else " (transformer only)")
+    return Architecture("z-image", variant, "flow", label, decided_by, True, "", "", False, needs)
+
+
 def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
     for key in (SDXL_BIGG_LN, SDXL_BIGG_LAYER9):
         if key in tensors:
@@ -289,6 +321,7 @@ NEEDS_LABELS = {
     "clip_l": "CLIP-L text encoder",
     "clip_g": "CLIP-G text encoder",
     "t5xxl": "T5-XXL text encoder",
+    "qwen3": "Qwen3 text encoder",
     "vae": "16-channel VAE",
 }
 # The file names people have for each part, for advice ("put t5xxl_fp16.safetensors in models/text_encoders").
@@ -296,13 +329,15 @@ NEEDS_FILES = {
     "clip_l": "clip_l.safetensors",
     "clip_g": "clip_g.safetensors",
     "t5xxl": "t5xxl_fp16.safetensors",
-    "vae": "ae.safetensors",  # Flux's; an SD3 file carries its own (NEEDS_FILES_SD3)
+    "qwen3": "qwen_3_4b.safetensors",  # Z-Image's Qwen3-4B, as Comfy-Org ship it
+    "vae": "ae.safetensors",  # Flux's (Z-Image takes it too); an SD3 file carries its own (NEEDS_FILES_SD3)
 }
 NEEDS_FILES_SD3 = NEEDS_FILES | {"vae": "the SD3 VAE file"}
 NEEDS_FOLDERS = {
     "clip_l": "models/text_encoders",
     "clip_g": "models/text_encoders",
     "t5xxl": "models/text_encoders",
+    "qwen3": "models/text_encoders",
     "vae": "models/VAE",
 }
 
@@ -319,7 +354,12 @@ def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]
     prefixes: Mapping[str, tuple[str, ...]] = COMPONENT_PREFIXES
     flux = any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors)
     sd3 = any(".joint_blocks." in name or name.startswith("joint_blocks.") for name in tensors)
-    if flux or sd3:
+    z_image = any(name.endswith("cap_embedder.1.weight") for name in tensors)
+    if z_image:
+        alone = ("layers.", "noise_refiner.", "context_refiner.", "x_embedder.", "final_layer.", "t_embedder.", "cap_embedder.", "x_pad_token", "cap_pad_token", "norm_final.")
+        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
+        prefixes = {"transformer": transformer, **Z_IMAGE_PARTS}
+    elif flux or sd3:
         parts = {role: (part_prefix,) for role, (part_prefix, _) in FLUX_PARTS.items()} if flux else dict(SD3_PARTS)
         alone = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "vector_in.", "guidance_in.", "final_layer.")
         if sd3:

@@ -27,16 +27,22 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sd3", 1536): "sd3",  # SD3 Medium, SD3.5 Medium
     ("sd3", 2432): "sd3",  # SD3.5 Large
     ("sd3", 32): "tiny-sd3",
+    ("z-image", 3840): "z-image",
+    ("z-image", 64): "tiny-z-image",
 }
+
+
+# A transformer family's patch embedder: its output is the transformer's width.
+TRANSFORMER_EMBEDDERS = {"flux": "img_in.weight", "sd3": "x_embedder.proj.weight", "z-image": "x_embedder.weight"}
 
 
 def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
     """(config id, reason when there is none)."""
     if not arch.runnable:
         return None, arch.reason
-    if arch.family in ("flux", "sd3"):  # a transformer: its hidden width (the patch embedder's output) picks the folder
+    if arch.family in TRANSFORMER_EMBEDDERS:  # a transformer: its hidden width (the patch embedder's output) picks the folder
         prefix = FLUX_PREFIX if arch.decided_by.startswith(FLUX_PREFIX) else ""
-        embedder = "img_in.weight" if arch.family == "flux" else "x_embedder.proj.weight"
+        embedder = TRANSFORMER_EMBEDDERS[arch.family]
         width = tensors[prefix + embedder].shape[0]
         config = CONFIGS.get((arch.family, width))
         if config is None:

@@ -1,12 +1,14 @@
-"""Text encoders on their own (the component store): CLIP-L, CLIP-G and T5-XXL files that a
-transformer-only checkpoint (Flux's flux1-dev.safetensors) needs beside it.
+"""Text encoders on their own (the component store): CLIP-L, CLIP-G, T5-XXL and Qwen3 files that a
+transformer-only checkpoint (Flux's flux1-dev.safetensors, Z-Image's z_image_turbo) needs beside it.
 
 They live where ComfyUI and Forge users keep them: `models/text_encoders` (ComfyUI's current name)
 or `models/clip` (its older one), found, hashed and read as every other file (the safetensors header
 reader; the registry machinery of bot/networks/registry.py). What a file is comes from its tensor
 names and widths alone: CLIP's `…text_model.embeddings.token_embedding.weight` (768 wide for CLIP-L,
-1280 for CLIP-G), T5's `…encoder.block.0.layer.0.SelfAttention.q.weight` (4096 wide for T5-XXL), under
-any of the prefixes real files carry (none; ComfyUI's `text_encoders.t5xxl.transformer.`).
+1280 for CLIP-G), T5's `…encoder.block.0.layer.0.SelfAttention.q.weight` (4096 wide for T5-XXL),
+Qwen3's `…layers.0.self_attn.q_norm.weight` beside its `…embed_tokens.weight` (2560 wide for Qwen3-4B,
+as qwen_3_4b.safetensors), under any of the prefixes real files carry (none; `model.`; ComfyUI's
+`text_encoders.t5xxl.transformer.`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from common.protocol import ComponentUse
 
 _T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _CLIP_TOKENS = "embeddings.token_embedding.weight"
-_KNOWN_WIDTHS = {("t5xxl", 4096): "T5-XXL", ("clip-l", 768): "CLIP-L", ("clip-g", 1280): "CLIP-G"}
+# Qwen3 (Z-Image's text encoder): its per-head query norm sets it apart from Qwen2 and Qwen2.5.
+_QWEN3_Q_NORM = "layers.0.self_attn.q_norm.weight"
+_QWEN_TOKENS = "embed_tokens.weight"
+_KNOWN_WIDTHS = {("t5xxl", 4096): "T5-XXL", ("clip-l", 768): "CLIP-L", ("clip-g", 1280): "CLIP-G", ("qwen3", 2560): "Qwen3-4B"}
+_FAMILY_NAMES = {"t5xxl": "T5", "qwen3": "Qwen3"}
 
 
 class TextEncoderFileError(ValueError):
@@ -34,7 +40,7 @@ class TextEncoderFileError(ValueError):
 
 @dataclass(frozen=True)
 class TextEncoderKind:
-    role: str  # clip-l | clip-g | t5xxl
+    role: str  # clip-l | clip-g | t5xxl | qwen3
     width: int  # hidden size: what the checkpoint's transformer must take
     prefix: str
 
@@ -43,15 +49,21 @@ class TextEncoderKind:
         name = _KNOWN_WIDTHS.get((self.role, self.width))
         if name:
             return f"{name} text encoder"
-        family = "T5" if self.role == "t5xxl" else "CLIP"
+        family = _FAMILY_NAMES.get(self.role, "CLIP")
         return f"{family} text encoder ({self.width} wide)"
 
 
 def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = "") -> TextEncoderKind:
     """What a text-encoder file is. CLIP-L and CLIP-G differ only in width (768, 1280); a CLIP of
     another width (a test file) is CLIP-G when its file name says so (clip_g.safetensors), else CLIP-L."""
-    if any(name.startswith(("model.diffusion_model.", "double_blocks.", "joint_blocks.")) for name in shapes):
+    if any(name.startswith(("model.diffusion_model.", "double_blocks.", "joint_blocks.", "cap_embedder.")) for name in shapes):
         raise TextEncoderFileError("a whole checkpoint or transformer, not a text encoder; put it in the models folder")
+    for name in shapes:
+        if name.endswith(_QWEN3_Q_NORM):
+            prefix = name[: -len(_QWEN3_Q_NORM)]
+            tokens = shapes.get(prefix + _QWEN_TOKENS)
+            if tokens is not None and len(tokens) == 2:
+                return TextEncoderKind("qwen3", int(tokens[1]), prefix)
     for name, shape in shapes.items():
         if name.endswith(_T5_Q) and len(shape) == 2:
             return TextEncoderKind("t5xxl", int(shape[1]), name[: -len(_T5_Q)])
@@ -62,7 +74,7 @@ def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = ""
             named_g = "clip_g" in file_name.lower() or "clip-g" in file_name.lower()
             role = "clip-g" if width == 1280 or (width != 768 and named_g) else "clip-l"
             return TextEncoderKind(role, width, prefix)
-    raise TextEncoderFileError(f"not a CLIP or T5 text encoder (no …{_CLIP_TOKENS} or …{_T5_Q})")
+    raise TextEncoderFileError(f"not a CLIP, T5 or Qwen3 text encoder (no …{_CLIP_TOKENS}, …{_T5_Q} or …{_QWEN3_Q_NORM})")
 
 
 def examine_text_encoder(path: Path) -> FileKind:
@@ -94,7 +106,7 @@ class TextEncoderRegistry(NetworkRegistry):
         return ""
 
     async def fitting(self, role: str, width: int) -> NetworkEntry | None:
-        """The installed encoder for `role` ("clip_l", "clip_g", "t5xxl") of `width` (0: any, when the
+        """The installed encoder for `role` ("clip_l", "clip_g", "t5xxl", "qwen3") of `width` (0: any, when the
         checkpoint does not say); of several, the first by name."""
         wanted = role.replace("_", "-")
         for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):

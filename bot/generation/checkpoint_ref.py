@@ -23,6 +23,7 @@ NATIVE_SIZE = {
     "tiny-sdxl": 64,
     "tiny-flux": 64,
     "tiny-sd3": 64,
+    "tiny-z-image": 64,
 }
 
 

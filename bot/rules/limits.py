@@ -15,7 +15,7 @@ from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.editing import edit_model
 from common.errors import EaselError
-from common.families import FLOW_FAMILIES
+from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS, parse_upscaler
 from common.parameters import RNG_SOURCES, Parameters
 from common.prompt_schedule import prompt_schedule
@@ -102,6 +102,10 @@ FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
     ("sd3", "large"): (28, 3.5),
     ("sd3", "medium"): (40, 4.5),
     ("sd3", "sd3-medium"): (28, 7.0),
+    # Z-Image Turbo: 8 steps with no CFG (its model card's 9 steps are 8 model calls; ComfyUI's
+    # template: 8 steps, CFG 1); Base: 28 steps at CFG 4 (its card: 28-50 steps, CFG 3-5).
+    ("z-image", "turbo"): (8, 1.0),
+    ("z-image", "base"): (28, 4.0),
 }
 
 
@@ -376,10 +380,12 @@ def check_sampler(text: str, schedule_text: str | None, checkpoint: CheckpointRe
             f"{checkpoint.name} is an EDM model (Playground v2.5); {sampler} has no EDM form here. "
             f"Choose one of {', '.join(EDM_SAMPLERS)}"
         )
-    if checkpoint.family in FLOW_FAMILIES and sampler not in FLOW_SAMPLERS:
+    family = FAMILIES.get(checkpoint.family)
+    offered = family.samplers if family is not None and family.samplers else FLOW_SAMPLERS
+    if checkpoint.family in FLOW_FAMILIES and sampler not in offered:
         raise GenerationError(
             f"{checkpoint.name} is a flow-matching model ({checkpoint.architecture}); {sampler} has no flow form here. "
-            f"Choose one of {', '.join(FLOW_SAMPLERS)}"
+            f"Choose {'one of ' if len(offered) > 1 else ''}{', '.join(offered)}"
         )
     if checkpoint.zero_snr and sampler not in ZERO_SNR_SAMPLERS:
         raise GenerationError(
@@ -439,11 +445,16 @@ def _check_flow(
         ("textual-inversion embeddings", bool(embeddings)),
         ("CFG rescale", bool(p.cfg_rescale)),
         ("clip skip", p.clip_skip > 1),
+        (
+            "starting from a picture (img2img, Vary) and the hires fix (Upscale)",
+            checkpoint.family in FAMILIES and not FAMILIES[checkpoint.family].from_picture and bool(p.init_image or p.hires_scale),
+        ),
     )
     editing = any(len(prompt_schedule(text, max(1, p.steps))) > 1 for text in (p.prompt, p.negative))
     unsupported += (("prompt editing and alternation ([a:b:0.5], [a|b])", editing),)
     refused = [what for what, asked in unsupported if asked]
-    family, article = ("Flux", "a") if checkpoint.family == "flux" else ("SD3", "an")
+    family = FAMILIES[checkpoint.family].short_label if checkpoint.family in FAMILIES else checkpoint.family
+    article = "an" if family[0].lower() in "aeios" else "a"
     if refused:
         raise GenerationError(
             f"{checkpoint.name} is {article} {family} checkpoint; {', '.join(refused)} is not supported on {family} yet"

@@ -93,6 +93,7 @@ class BatchRun:
     conditioning: Conditioning | None = None
     applied: tuple[str, ...] = ()
     regional: RegionalAttention | None = None  # the pass's regions (gpu_worker/regional_attention.py)
+    latent_dtype: torch.dtype | None = None  # the starting latents' (None: the model's)
     references: tuple[Image.Image, ...] = ()  # an edit's input pictures (common/editing.py)
 
     def hires_upscaler(self) -> object:
@@ -109,6 +110,7 @@ class Family:
     gpu_dtype: torch.dtype = torch.float16
     fp8_storage: bool = False  # its denoiser may be stored in fp8 when the card is too small (gpu_worker/placement.py)
     edits: bool = False  # has an edit model (common/editing.py): its batches may carry input pictures
+    latents_in_float32: bool = False  # its pipeline steps float32 latents whatever the model runs in
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:
         """The pipeline for a file of this family, on the CPU (or sharing parts already on `device`)."""
@@ -176,7 +178,7 @@ def noise_inputs(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple
     if not from_text:
         return {"generator": noise.generators(p.rng if not noise.computed(p.rng, device) else "CPU", device, draw.seeds)}
     start, streams = first_noise(run, draw, pipe, size)
-    latents = start.to(pipe._execution_device, run.loaded.dtype)
+    latents = start.to(pipe._execution_device, run.latent_dtype or run.loaded.dtype)
     if getattr(pipe, "_pack_latents", None) is not None:
         latents = pipe._pack_latents(latents, *latents.shape)
     return {"latents": latents, "generator": streams.torch_generators()}

@@ -59,6 +59,7 @@ class FlowFamily(Family):
         if batch.init_png is not None:
             run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
         run.references = read_references(batch.edit_pngs)
+        run.latent_dtype = torch.float32 if self.latents_in_float32 else None
 
     def draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         batch, n = run.batch, len(draw.seeds)

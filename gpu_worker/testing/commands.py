@@ -57,6 +57,8 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
 
 def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
+    if args.arch.startswith("z-image"):
+        return _make_tiny_z_image(args)
     if args.arch.startswith(("flux", "sd35")):
         return _make_tiny_transformer(args)
     from gpu_worker.testing.tiny import make_tiny_checkpoint
@@ -112,6 +114,28 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    for part in parts:
+        print(f"wrote {part} (its part, seed {args.seed})")
+    return 0
+
+
+def _make_tiny_z_image(args: argparse.Namespace) -> int:
+    """`--arch z-image`: the transformer alone, as Comfy-Org ship it (with `--parts`, its Qwen3 text
+    encoder and VAE too); `--arch z-image-all-in-one`: everything in one file."""
+    from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
+
+    try:
+        if args.inpainting or args.fp8:
+            raise ValueError("--inpainting and --fp8 are not offered for the tiny Z-Image files")
+        shape = "all-in-one" if args.arch.endswith("all-in-one") else "transformer"
+        if args.parts and shape != "transformer":
+            raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
+        out = make_tiny_z_image(Path(args.out), args.seed, shape)
+        parts = make_tiny_z_image_parts(Path(args.parts), args.seed) if args.parts else []
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     for part in parts:
         print(f"wrote {part} (its part, seed {args.seed})")
     return 0

@@ -1,0 +1,99 @@
+"""Tiny random-weight Z-Image files in the layouts people download, for tests and the playground.
+
+`make_tiny_z_image` writes the transformer as Comfy-Org ship it (z_image_turbo_bf16.safetensors: fused
+`attention.qkv`, `attention.out`, `q_norm`/`k_norm`, `x_embedder`, `final_layer`), alone or
+all-in-one (under `model.diffusion_model.`, with its Qwen3 text encoder and VAE beside it);
+`make_tiny_z_image_parts` writes the separate parts where a user keeps them: models/text_encoders/
+qwen_3_4b.safetensors (Qwen3's `model.…` names, bf16 as released) and models/VAE/ae.safetensors
+(the tiny FLUX.1 VAE of the same seed: Z-Image's VAE is FLUX.1's).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import ZImageTransformer2DModel
+from transformers import Qwen3Config, Qwen3Model
+
+from common.bundled import CONFIG_ROOT
+from common.safetensors_writer import temp_path
+from gpu_worker.save import save_atomically
+from gpu_worker.testing.tiny_flux import FOLDER as FLUX_FOLDER
+from gpu_worker.testing.tiny_flux import _metadata, part_state
+
+FOLDER = CONFIG_ROOT / "tiny-z-image"
+TRANSFORMER_PREFIX = "model.diffusion_model."
+IN_FILE = {"qwen3": "text_encoders.qwen3_4b.transformer.", "vae": "vae."}
+PART_FILES = {"qwen3": ("text_encoders", "qwen_3_4b.safetensors"), "vae": ("VAE", "ae.safetensors")}
+_RENAMES = (
+    ("all_x_embedder.2-1.", "x_embedder."),
+    ("all_final_layer.2-1.", "final_layer."),
+    (".attention.to_out.0.", ".attention.out."),
+    (".attention.norm_q.", ".attention.q_norm."),
+    (".attention.norm_k.", ".attention.k_norm."),
+)
+
+
+def _config(part: str, folder: Path) -> dict:
+    return json.loads((folder / part / "config.json").read_text())
+
+
+def transformer_state(seed: int = 0, folder: Path = FOLDER) -> dict[str, torch.Tensor]:
+    """Random transformer weights in ComfyUI's layout (the inverse of diffusers' single-file converter)."""
+    torch.manual_seed(seed * 16 + 8)
+    model = ZImageTransformer2DModel.from_config(_config("transformer", folder))
+    state = {}
+    for key, value in model.state_dict().items():
+        # diffusers zero-initialises some layers (the final projection, the pad tokens): random, so
+        # every layer's weights reach the picture
+        value = torch.randn_like(value) * 0.2 if not value.any() else value
+        if ".attention.to_k." in key or ".attention.to_v." in key:
+            continue
+        if ".attention.to_q." in key:
+            parts = [model.state_dict()[key.replace(".to_q.", f".to_{p}.")] for p in "qkv"]
+            state[key.replace(".to_q.", ".qkv.")] = torch.cat(parts, dim=0)
+            continue
+        for theirs, ours in _RENAMES:
+            key = key.replace(theirs, ours)
+        state[key] = value
+    return state
+
+
+def qwen3_state(seed: int = 0, folder: Path = FOLDER) -> dict[str, torch.Tensor]:
+    """A random Qwen3 text encoder as qwen_3_4b.safetensors names it (`model.…`), in bf16."""
+    torch.manual_seed(seed * 16 + 9)
+    model = Qwen3Model(Qwen3Config(**_config("text_encoder", folder)))
+    return {f"model.{k}": v.to(torch.bfloat16) for k, v in model.state_dict().items()}
+
+
+def make_tiny_z_image(out: Path, seed: int = 0, shape: str = "transformer", base: bool = False) -> Path:
+    """A tiny Z-Image file: the transformer alone (as Comfy-Org ship it) or all-in-one; Base when
+    `base` (its metadata says so), else Turbo."""
+    out = Path(out)
+    if shape not in ("transformer", "all-in-one"):
+        raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    state = transformer_state(seed)
+    if shape == "all-in-one":
+        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
+        state |= {IN_FILE["qwen3"] + k: v for k, v in qwen3_state(seed).items()}
+        state |= {IN_FILE["vae"] + k: v for k, v in part_state("vae", seed, FLUX_FOLDER).items()}
+    variant = "Base" if base else "Turbo"
+    metadata = _metadata(f"Easel tiny Z-Image {variant} ({shape}, random weights)", seed)
+    metadata["modelspec.architecture"] = f"z-image-{variant.lower()}"
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
+def make_tiny_z_image_parts(models: Path, seed: int = 0) -> list[Path]:
+    """The parts a transformer-only tiny Z-Image file of `seed` runs with, where a user keeps them."""
+    written = []
+    for role, (folder, name) in PART_FILES.items():
+        out = Path(models) / folder / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = qwen3_state(seed) if role == "qwen3" else part_state("vae", seed, FLUX_FOLDER)
+        metadata = _metadata(f"Easel tiny {'Qwen3' if role == 'qwen3' else 'FLUX.1 VAE'} (random weights)", seed)
+        written.append(save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out)))
+    return written
