@@ -90,6 +90,8 @@ async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
     flags = [flag for flag, on in (("--inpainting", args.inpainting), ("--fp8", args.fp8)) if on]
     if args.parts:
         flags += ["--parts", args.parts]
+    if args.format != "plain":
+        flags += ["--format", args.format]
     argv = ["make-tiny-checkpoint", "--arch", args.arch, "--seed", str(args.seed), *flags, args.out]
     print(await run_worker_tool(*argv))
     return 0
@@ -264,6 +266,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: store the transformer's matrices as float8_e4m3fn")
+    p.add_argument(
+        "--format",
+        choices=("plain", "fp8-scaled"),
+        default="plain",
+        help="Flux, SD3.5, Z-Image: the transformer's matrices as ComfyUI's scaled fp8 files keep them (fp8 "
+        "beside a per-tensor scale); the same weights as the plain file of the seed, quantised",
+    )
     p.add_argument(
         "--parts",
         metavar="MODELS_DIR",

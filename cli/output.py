@@ -74,6 +74,8 @@ def render_inspection(ins: Inspection) -> str:
     if (line := edits_line(arch.family, arch.variant)) is not None:
         lines.append(line)
     lines.append(f"Parameters:    {ins.parameters:,} in {ins.tensor_count:,} tensors, mostly {ins.dtype}")
+    if ins.quantisation:
+        lines.append(f"Quantisation:  {ins.quantisation}")
     if ins.hashes:
         lines.append(f"SHA256:        {ins.hashes.sha256}")
         lines.append(f"AutoV2:        {ins.hashes.autov2.upper()}")

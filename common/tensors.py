@@ -42,3 +42,25 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_SIZES[self.dtype]
+
+
+# ComfyUI's quantised files (comfy/ops.py) keep, beside each fp8 matrix, its per-tensor scale: the
+# first format's `<layer>.scale_weight` (with a `scaled_fp8` marker tensor), the mixed-precision
+# format's `<layer>.weight_scale` (with a `comfy_quant` note); NVFP4 adds `<layer>.weight_scale_2`.
+FP8_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
+QUANTISATION_NOTES = (".scale_input", ".input_scale", ".comfy_quant")
+NVFP4_SUFFIX = ".weight_scale_2"
+
+
+def quantisation(names: list[str] | tuple[str, ...] | set[str]) -> str:
+    """How a file's weights are quantised, as a person reads it ("" when they are not, or plainly fp8)."""
+    if any(name.endswith(NVFP4_SUFFIX) for name in names):
+        return "NVFP4 (4-bit with block scales, for Blackwell cards)"
+    if any(name.endswith(FP8_SCALE_SUFFIXES) for name in names):
+        return "scaled fp8 (ComfyUI's): each matrix fp8 times its scale, widened as it is read"
+    return ""
+
+
+def quantisation_note(name: str) -> bool:
+    """A tensor a quantised file keeps beside the model's own: a scale, an input scale, a format note."""
+    return name.endswith(FP8_SCALE_SUFFIXES + QUANTISATION_NOTES) or name.rsplit(".", 1)[-1] == "scaled_fp8"

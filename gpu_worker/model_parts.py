@@ -40,6 +40,7 @@ from transformers.initialization import no_init_weights
 
 from common.bundled import QWEN3_TOKENIZER
 from common.protocol import ComponentUse, LoadRequest, config_parts
+from common.tensors import FP8_SCALE_SUFFIXES, NVFP4_SUFFIX, quantisation_note
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 # Where each part sits in an all-in-one file (ComfyUI's saver; SAI's keeps the VAE under
@@ -85,13 +86,25 @@ class PartError(Exception):
 
 
 class TensorFile:
-    """One safetensors file, read a tensor at a time, cast to `dtype` as it is read."""
+    """One safetensors file, read a tensor at a time, cast to `dtype` as it is read.
+
+    ComfyUI's scaled fp8 files (`…_fp8_scaled.safetensors`: T5-XXL, FLUX.1 Kontext, SD3.5, Qwen) keep
+    each matrix in fp8 beside a per-tensor scale, `<layer>.scale_weight` (its first format, with a
+    `scaled_fp8` marker) or `<layer>.weight_scale` (with a `comfy_quant` note: its mixed-precision
+    format); the weight is the fp8 values times that scale (ComfyUI comfy/ops.py, TensorCoreFP8Layout
+    `dequantize`). Read here as that product, in float32 then the compute dtype; the scales, the input
+    scales (for fp8 matrix products, which this does not run) and the notes are not the model's tensors.
+    """
 
     def __init__(self, path: Path, dtype: torch.dtype) -> None:
         self.path = path
         self.dtype = dtype
         self._file = safe_open(str(path), framework="pt", device="cpu")
-        self.keys = list(self._file.keys())
+        every = list(self._file.keys())
+        if any(key.endswith(NVFP4_SUFFIX) for key in every):
+            raise PartError(f"{path.name} holds NVFP4 weights (4-bit, Blackwell cards); use its fp8 or 16-bit file")
+        self.scales = {key.rsplit(".", 1)[0] + ".weight": key for key in every if key.endswith(FP8_SCALE_SUFFIXES)}
+        self.keys = [key for key in every if not quantisation_note(key)]
 
     def has_prefix(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.keys)
@@ -101,6 +114,9 @@ class TensorFile:
         for key in self.keys:
             if key.startswith(prefix) and keep(key[len(prefix) :]):
                 tensor = self._file.get_tensor(key)
+                if key in self.scales:  # scaled fp8: the values times their scale
+                    scale = self._file.get_tensor(self.scales[key]).to(torch.float32)
+                    tensor = tensor.to(torch.float32) * scale
                 if tensor.is_floating_point() and tensor.dtype != self.dtype:
                     tensor = tensor.to(self.dtype)
                 else:

@@ -526,3 +526,31 @@ def test_an_offloaded_flow_model_is_previewed_without_its_vae(flux_dir: Path) ->
     assert previews and len(decodes) == 1  # the finished picture's decode only
     assert Image.open(io.BytesIO(previews[0].png)).size == (8, 8)  # the latent's size: 64 px / 8
     assert [e for e in events if isinstance(e, JobDone)]
+
+
+def test_a_scaled_fp8_file_is_read_as_its_values_times_their_scales(flux_dir: Path, tmp_path: Path) -> None:
+    """ComfyUI's `…_fp8_scaled` files (FLUX.1 Kontext's, T5-XXL's): each matrix is fp8 times its
+    `scale_weight`; read without the scales the weights would be off by those factors."""
+    from safetensors import safe_open
+
+    from gpu_worker.testing.quantise import quantise_file
+
+    scaled = tmp_path / "flux-fp8-scaled.safetensors"
+    shutil.copy(flux_dir / "flux-transformer.safetensors", scaled)
+    quantise_file(scaled, "fp8-scaled")
+    ins = inspect_file(scaled)
+    assert ins.quantisation.startswith("scaled fp8") and ins.architecture.runnable and ins.dtype == "F8_E4M3"
+    with safe_open(str(scaled), framework="pt") as file:
+        values = file.get_tensor("double_blocks.0.img_attn.qkv.weight").to(torch.float32)
+        scale = file.get_tensor("double_blocks.0.img_attn.qkv.scale_weight")
+    assert scale.ndim == 0 and not torch.isclose(scale, torch.tensor(1.0))
+    plain = load_pipeline(request(flux_dir / "flux-transformer.safetensors", parts(flux_dir))).pipeline.transformer
+    read = load_pipeline(request(scaled, parts(flux_dir))).pipeline.transformer
+    q = read.transformer_blocks[0].attn.to_q.weight
+    assert torch.equal(q, (values * scale)[: q.shape[0]])  # exactly the values times the scale
+    for (name, ours), theirs in zip(read.state_dict().items(), plain.state_dict().values(), strict=True):
+        # e4m3fn keeps 3 bits of mantissa: within 1/16 of the largest magnitude of each matrix
+        assert (ours - theirs).abs().max() <= theirs.abs().max() / 16 + 1e-6, name
+    nvfp4 = tmp_path / "flux-nvfp4.safetensors"
+    save_file(load_file(str(flux_dir / "flux-transformer.safetensors")) | {"img_in.weight_scale_2": torch.ones(())}, str(nvfp4))
+    assert "NVFP4" in inspect_file(nvfp4).architecture.reason and not inspect_file(nvfp4).architecture.runnable

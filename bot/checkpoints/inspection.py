@@ -20,7 +20,7 @@ from bot.checkpoints.safetensors_header import read_header
 from bot.untrusted import load_json
 from common.errors import CheckpointFileError
 from common.hashing import FileHashes
-from common.tensors import TensorInfo
+from common.tensors import TensorInfo, quantisation
 
 MAX_KEPT_METADATA_CHARS = 64 * 1024
 # All the metadata kept of one file: the registry stores it and parses it again on every listing
@@ -45,6 +45,7 @@ class Inspection:
     pipeline_config: str | None = None
     hashes: FileHashes | None = None
     extras: dict[str, object] = field(default_factory=dict)
+    quantisation: str = ""  # common/tensors.py `quantisation`: "" for plain weights
 
     @property
     def runnable(self) -> bool:
@@ -62,6 +63,7 @@ class Inspection:
             "tensor_count": self.tensor_count,
             "parameters": self.parameters,
             "dtype": self.dtype,
+            "quantisation": self.quantisation,
             "file_size": self.file_size,
             "sha256": self.hashes.sha256 if self.hashes else None,
             "autov2": self.hashes.autov2 if self.hashes else None,
@@ -123,6 +125,9 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     if parameterization and "modelspec.prediction_type" not in hints:
         hints["modelspec.prediction_type"] = "v" if parameterization == "v" else "epsilon"
     architecture = detect_architecture(tensors, hints, extras, path.name)
+    quantised = quantisation(list(tensors))
+    if quantised.startswith("NVFP4") and architecture.runnable:
+        architecture = replace(architecture, runnable=False, reason="NVFP4 weights are not supported; use the model's fp8 or 16-bit file")
     config, why_not = choose_pipeline_config(architecture, tensors)
     if config is None and architecture.runnable:
         architecture = replace(architecture, runnable=False, reason=why_not)
@@ -141,6 +146,7 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
         metadata=group_metadata(metadata),
         pipeline_config=config,
         extras=extras,
+        quantisation=quantised,
     )
 
 

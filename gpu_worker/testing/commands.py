@@ -20,6 +20,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
+    p.add_argument("--format", choices=("plain", "fp8-scaled"), default="plain", help="flow models: the transformer quantised as ComfyUI's files are")
     p.add_argument("--parts", metavar="MODELS_DIR", help="transformer-only Flux: also its parts, in MODELS_DIR/text_encoders and MODELS_DIR/VAE")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
@@ -64,6 +65,8 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
     from gpu_worker.testing.tiny import make_tiny_checkpoint
 
     try:
+        if args.format != "plain":
+            raise ValueError("--format is for the flow models' files (Flux, SD3.5, Z-Image)")
         out = make_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed, inpainting=args.inpainting)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -88,6 +91,7 @@ def _make_tiny_vae(args: argparse.Namespace) -> int:
 def _make_tiny_transformer(args: argparse.Namespace) -> int:
     """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
     shape or all-in-one; or one component for them."""
+    from gpu_worker.testing.quantise import quantise_file
     from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
@@ -107,9 +111,13 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
             if args.parts and shape != "transformer":
                 raise ValueError("--parts is for the transformer-only Flux files; an all-in-one file holds its parts")
             kontext, schnell = args.arch == "flux-kontext", "schnell" in args.arch
+            if args.fp8 and args.format != "plain":
+                raise ValueError("--fp8 and --format fp8-scaled are two kinds of fp8 file; give one")
             out = make_tiny_flux(Path(args.out), args.seed, shape, schnell=schnell, fp8=args.fp8, kontext=kontext)
             kind = args.arch + (" fp8" if args.fp8 else "")
             parts = make_tiny_flux_parts(Path(args.parts), args.seed) if args.parts else []
+        out = quantise_file(out, getattr(args, "format", "plain"))
+        kind += "" if getattr(args, "format", "plain") == "plain" else f" {args.format}"
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -122,6 +130,7 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
 def _make_tiny_z_image(args: argparse.Namespace) -> int:
     """`--arch z-image`: the transformer alone, as Comfy-Org ship it (with `--parts`, its Qwen3 text
     encoder and VAE too); `--arch z-image-all-in-one`: everything in one file."""
+    from gpu_worker.testing.quantise import quantise_file
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
 
     try:
@@ -130,12 +139,13 @@ def _make_tiny_z_image(args: argparse.Namespace) -> int:
         shape = "all-in-one" if args.arch.endswith("all-in-one") else "transformer"
         if args.parts and shape != "transformer":
             raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
-        out = make_tiny_z_image(Path(args.out), args.seed, shape)
+        out = quantise_file(make_tiny_z_image(Path(args.out), args.seed, shape), args.format)
         parts = make_tiny_z_image_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (tiny {args.arch}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    kind = args.arch + ("" if args.format == "plain" else f" {args.format}")
+    print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     for part in parts:
         print(f"wrote {part} (its part, seed {args.seed})")
     return 0
