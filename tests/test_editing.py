@@ -5,7 +5,6 @@ real service and worker — before anything is queued when it is refused."""
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,7 +33,6 @@ from common.worker_config import WorkerConfig
 from gpu_worker.families.flux_kontext import KontextPipeline, placements, reference_size
 from gpu_worker.testing.tiny_flux import PART_FILES, make_tiny_flux, make_tiny_flux_parts
 from tests.a1111_infotext import parse_generation_parameters
-from tests.conftest import run_bot_py
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -237,25 +235,23 @@ async def test_an_edit_through_the_service_and_every_refusal_before_the_queue(jo
 
 
 @pytest.mark.slow
-def test_generate_edits_a_picture_from_the_command_line(env: Path) -> None:
+def test_generate_edits_a_picture_from_the_command_line(env: Path, cli) -> None:
     models = env / "models"
-    made_file = run_bot_py(
-        "make-tiny-checkpoint", "--arch", "flux-kontext", "--parts", str(models), str(models / "flux1-kontext-dev.safetensors"), cwd=env, env={**os.environ}
-    )  # fmt: skip
-    assert made_file.returncode == 0, made_file.stderr
-    assert "text_encoders/t5xxl_fp16.safetensors" in made_file.stdout and (models / "VAE" / "ae.safetensors").is_file()
-    assert run_bot_py("checkpoints", "scan", cwd=env, env={**os.environ}).returncode == 0
-    inspected = run_bot_py("inspect", str(models / "flux1-kontext-dev.safetensors"), cwd=env, env={**os.environ})
-    assert "FLUX.1 Kontext dev (transformer only)" in inspected.stdout and "Edits:         pictures, by instruction" in inspected.stdout
+    made_file = cli("make-tiny-checkpoint", "--arch", "flux-kontext", "--parts", str(models), str(models / "flux1-kontext-dev.safetensors"))
+    assert made_file.code == 0, made_file.err
+    assert "text_encoders/t5xxl_fp16.safetensors" in made_file.out and (models / "VAE" / "ae.safetensors").is_file()
+    assert cli("checkpoints", "scan").code == 0
+    inspected = cli("inspect", str(models / "flux1-kontext-dev.safetensors"))
+    assert "FLUX.1 Kontext dev (transformer only)" in inspected.out and "Edits:         pictures, by instruction" in inspected.out
     Image.open(io.BytesIO(png((200, 30, 30)))).save(env / "red.png")
-    edited = run_bot_py("generate", "--edit", "red.png", "--prompt", "make it night", "--steps", "2", "--seed", "3", "--out", "out", cwd=env, env={**os.environ})
-    assert edited.returncode == 0, edited.stderr
-    assert "an edit of 1 picture" in edited.stdout
+    edited = cli("generate", "--edit", str(env / "red.png"), "--prompt", "make it night", "--steps", "2", "--seed", "3", "--out", str(env / "out"))
+    assert edited.code == 0, edited.err
+    assert "an edit of 1 picture" in edited.out
     [result] = (env / "out").glob("*.png")
     _, _, params = parse_generation_parameters(Image.open(result).info["parameters"])
     assert params["Model"] == "flux1-kontext-dev" and len(params[INFOTEXT_KEY]) == 64
-    dev = run_bot_py("make-tiny-checkpoint", "--arch", "flux", "--parts", str(models), str(models / "aio.safetensors"), cwd=env, env={**os.environ})
-    assert dev.returncode != 0 and "--parts is for the transformer-only Flux files" in dev.stderr
+    dev = cli("make-tiny-checkpoint", "--arch", "flux", "--parts", str(models), str(models / "aio.safetensors"))
+    assert dev.code != 0 and "--parts is for the transformer-only Flux files" in dev.err
 
 
 @pytest.mark.asyncio

@@ -135,21 +135,17 @@ async def test_z_image_runs_from_either_shape_with_its_own_defaults(jobs: Jobs, 
 
 
 @pytest.mark.slow
-def test_the_command_line_makes_a_z_image_and_its_parts_and_draws_with_them(env: Path) -> None:
-    import os
-
-    from tests.conftest import run_bot_py
-
+def test_the_command_line_makes_a_z_image_and_its_parts_and_draws_with_them(env: Path, cli) -> None:
     models = env / "models"
-    made = run_bot_py("make-tiny-checkpoint", "--arch", "z-image", "--parts", str(models), str(models / "z_image_turbo_bf16.safetensors"), cwd=env, env={**os.environ})
-    assert made.returncode == 0, made.stderr
-    assert "text_encoders/qwen_3_4b.safetensors" in made.stdout and (models / "VAE" / "ae.safetensors").is_file()
-    scanned = run_bot_py("checkpoints", "scan", cwd=env, env={**os.environ})
-    assert scanned.returncode == 0 and "Qwen3 text encoder (32 wide)" in scanned.stdout, scanned.stdout
-    inspected = run_bot_py("inspect", str(models / "z_image_turbo_bf16.safetensors"), cwd=env, env={**os.environ})
-    assert "Z-Image Turbo (transformer only)" in inspected.stdout and "Qwen3 text encoder (32 wide), 16-channel VAE" in inspected.stdout
-    drawn = run_bot_py("generate", "--checkpoint", "z_image_turbo_bf16", "--prompt", "a lighthouse", "--steps", "2", "--out", "out", cwd=env, env={**os.environ})
-    assert drawn.returncode == 0, drawn.stderr
+    made = cli("make-tiny-checkpoint", "--arch", "z-image", "--parts", str(models), str(models / "z_image_turbo_bf16.safetensors"))
+    assert made.code == 0, made.err
+    assert "text_encoders/qwen_3_4b.safetensors" in made.out and (models / "VAE" / "ae.safetensors").is_file()
+    scanned = cli("checkpoints", "scan")
+    assert scanned.code == 0 and "Qwen3 text encoder (32 wide)" in scanned.out, scanned.out
+    inspected = cli("inspect", str(models / "z_image_turbo_bf16.safetensors"))
+    assert "Z-Image Turbo (transformer only)" in inspected.out and "Qwen3 text encoder (32 wide), 16-channel VAE" in inspected.out
+    drawn = cli("generate", "--checkpoint", "z_image_turbo_bf16", "--prompt", "a lighthouse", "--steps", "2", "--out", str(env / "out"))
+    assert drawn.code == 0, drawn.err
     [result] = (env / "out").glob("*.png")
     _, _, params = parse_generation_parameters(Image.open(result).info["parameters"])
     assert params["Model"] == "z_image_turbo_bf16" and params["Module 2"] == "qwen_3_4b"
