@@ -36,6 +36,7 @@ TINY_CHECKPOINT_KINDS = (
     "flux-transformer",
     "flux-schnell-transformer",
     "flux-kontext",
+    "chroma",
     "sd35",
     "sd35-medium",
     "sd35-all-in-one",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image
+    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image, chroma
     label: str  # what people read in menus and the catalog: "SD 1.x"
     short_label: str  # a LoRA's or an embedding's base, as A1111 users write it: "SD1.x"
     native_size: int  # the side of its native square: what "1:1" means
@@ -38,6 +38,8 @@ FAMILIES: dict[str, Family] = {
         Family("flux", "Flux", "Flux", 1024, 16, flow=True),
         Family("sd3", "SD 3.x", "SD3", 1024, 16, flow=True),
         Family("z-image", "Z-Image", "Z-Image", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
+        # Chroma's pipeline sets its own sigmas too; its img2img pipeline has no AutoPipeline entry yet
+        Family("chroma", "Chroma", "Chroma", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
     )
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)

@@ -45,6 +45,7 @@ CIVITAI_BASES: dict[str, tuple[str, ...]] = {
     "sd3": ("SD 3.5", "SD 3.5 Large", "SD 3.5 Medium"),
     "flux": ("Flux.1 D", "Flux.1 S", "Flux.1 Kontext"),
     "z-image": ("ZImageTurbo", "ZImageBase"),
+    "chroma": ("Chroma",),
 }
 FAMILY_OF_CIVITAI_BASE = {name.lower(): family for family, names in CIVITAI_BASES.items() for name in names}
 

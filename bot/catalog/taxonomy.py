@@ -231,6 +231,7 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("base", "sd3"): ("sd3", "sd 3", "sd3.5", "sd 3.5"),
     ("base", "flux"): ("flux", "flux.1"),
     ("base", "z-image"): ("z-image", "z image", "zimage", "z-image turbo", "z-image base"),
+    ("base", "chroma"): ("chroma", "chroma1", "chroma1-hd"),
 }
 
 NSFW_WORDS = ("nsfw", "nude", "nudity", "explicit", "adult", "18+", "porn", "lewd")

@@ -194,6 +194,8 @@ def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, konte
     or Kontext dev when `kontext` names what says so; all-in-one or transformer only; what it lacks is
     listed in `needs`."""
     if f"{prefix}vector_in.in_layer.weight" not in tensors:
+        if f"{prefix}distilled_guidance_layer.in_proj.weight" in tensors:
+            return _chroma(tensors, prefix, decided_by)
         label = "Flux-like transformer without CLIP input (Chroma or similar)"
         return Architecture("flux", "", "", label, decided_by, False, "Flux variants without CLIP input are not supported")
     dev = f"{prefix}guidance_in.in_layer.weight" in tensors
@@ -206,6 +208,20 @@ def _flux(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, konte
     label = {"kontext": "FLUX.1 Kontext dev"}.get(variant, f"FLUX.1 {variant}") + ("" if prefix else " (transformer only)")
     by = f"{decided_by} + {kontext}" if variant == "kontext" else decided_by
     return Architecture("flux", variant, "flow", label, by, True, "", "", False, tuple(needs))
+
+
+def _chroma(tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str) -> Architecture:
+    """Chroma (lodestones): FLUX.1's blocks without CLIP, their modulations from
+    `distilled_guidance_layer` (diffusers' and ComfyUI's tell); T5-XXL and FLUX.1's VAE beside it."""
+    needs = []
+    for role in ("t5xxl", "vae"):
+        part_prefix, width_key = FLUX_PARTS[role]
+        if not any(name.startswith(part_prefix) for name in tensors):
+            width = tensors[prefix + width_key].shape[1]
+            needs.append((role, width // 4 if role == "vae" else width))
+    label = "Chroma" + ("" if prefix else " (transformer only)")
+    by = f"{decided_by} + {prefix}distilled_guidance_layer.in_proj.weight"
+    return Architecture("chroma", "", "flow", label, by, True, "", "", False, tuple(needs))
 
 
 # Where SD3 files keep each part: SAI's keep the VAE under `first_stage_model.` and their text

@@ -27,13 +27,20 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sd3", 1536): "sd3",  # SD3 Medium, SD3.5 Medium
     ("sd3", 2432): "sd3",  # SD3.5 Large
     ("sd3", 32): "tiny-sd3",
+    ("chroma", 3072): "flux",  # FLUX.1's T5, tokenizer, VAE and schedule; its transformer's config from the file
+    ("chroma", 32): "tiny-flux",
     ("z-image", 3840): "z-image",
     ("z-image", 64): "tiny-z-image",
 }
 
 
 # A transformer family's patch embedder: its output is the transformer's width.
-TRANSFORMER_EMBEDDERS = {"flux": "img_in.weight", "sd3": "x_embedder.proj.weight", "z-image": "x_embedder.weight"}
+TRANSFORMER_EMBEDDERS = {
+    "flux": "img_in.weight",
+    "chroma": "img_in.weight",
+    "sd3": "x_embedder.proj.weight",
+    "z-image": "x_embedder.weight",
+}
 
 
 def choose_pipeline_config(arch: Architecture, tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:

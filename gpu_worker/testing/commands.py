@@ -60,7 +60,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
     if args.arch.startswith("z-image"):
         return _make_tiny_z_image(args)
-    if args.arch.startswith(("flux", "sd35")):
+    if args.arch.startswith(("flux", "sd35", "chroma")):
         return _make_tiny_transformer(args)
     from gpu_worker.testing.tiny import make_tiny_checkpoint
 
@@ -92,7 +92,7 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
     """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
     shape or all-in-one; or one component for them."""
     from gpu_worker.testing.quantise import quantise_file
-    from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux, make_tiny_flux_parts
+    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_component, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
 
     parts: list[Path] = []
@@ -101,6 +101,11 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
             out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
         elif args.inpainting:
             raise ValueError("there are no Flux or SD3 inpainting checkpoints to imitate")
+        elif args.arch == "chroma":  # as lodestones ship it: the transformer alone
+            if args.fp8:
+                raise ValueError("--fp8 is for the tiny Flux files; --format fp8-scaled quantises any")
+            out, kind = make_tiny_chroma(Path(args.out), args.seed), args.arch
+            parts = make_tiny_flux_parts(Path(args.parts), args.seed) if args.parts else []
         elif args.arch.startswith("sd35"):
             if args.fp8:
                 raise ValueError("--fp8 is for the tiny Flux files")

@@ -170,3 +170,33 @@ def make_tiny_flux_lora(out: Path, seed: int = 0, rank: int = 4, strength: float
     metadata = _metadata(f"Easel tiny Flux LoRA (random weights, rank {rank})", seed)
     metadata |= {"ss_base_model_version": "flux1", "ss_output_name": out.stem}
     return save_atomically(state, out, metadata, temp_path(out))
+
+
+def make_tiny_chroma(out: Path, seed: int = 0, shape: str = "transformer") -> Path:
+    """A tiny Chroma file of the tiny Flux files' widths: the transformer alone in BFL's layout (as
+    Chroma1-HD.safetensors), or all-in-one with the T5-XXL and VAE of the same seed."""
+    from diffusers import ChromaTransformer2DModel
+
+    from gpu_worker.families.chroma import to_original as chroma_to_original
+
+    out = Path(out)
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; choose one of {', '.join(SHAPES)}")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    flux = _config("transformer")
+    _seeded("transformer", seed)
+    model = ChromaTransformer2DModel(
+        patch_size=1, in_channels=flux["in_channels"], num_layers=flux["num_layers"], num_single_layers=flux["num_single_layers"],
+        attention_head_dim=flux["attention_head_dim"], num_attention_heads=flux["num_attention_heads"],
+        joint_attention_dim=flux["joint_attention_dim"], axes_dims_rope=tuple(flux["axes_dims_rope"]),
+        approximator_num_channels=16, approximator_hidden_dim=32, approximator_layers=2,
+    )  # fmt: skip
+    transformer = chroma_to_original(model.state_dict())
+    state = transformer if shape == "transformer" else {TRANSFORMER_PREFIX + k: v for k, v in transformer.items()}
+    if shape == "all-in-one":
+        for role in ("t5xxl", "vae"):
+            state |= {IN_FILE[role][0] + k: v for k, v in part_state(role, seed).items()}
+    metadata = _metadata(f"Easel tiny Chroma ({shape}, random weights)", seed)
+    metadata["modelspec.architecture"] = "chroma"
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
