@@ -42,4 +42,6 @@ TINY_CHECKPOINT_KINDS = (
     "sd35-all-in-one",
     "z-image",
     "z-image-all-in-one",
+    "qwen-image",
+    "qwen-image-all-in-one",
 )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image, chroma
+    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image, chroma, qwen-image
     label: str  # what people read in menus and the catalog: "SD 1.x"
     short_label: str  # a LoRA's or an embedding's base, as A1111 users write it: "SD1.x"
     native_size: int  # the side of its native square: what "1:1" means
@@ -22,6 +22,7 @@ class Family:
     # flow model): Z-Image's pipeline sets its own sigmas, which only flow-matching Euler takes.
     samplers: tuple[str, ...] | None = None
     from_picture: bool = True  # img2img (and Vary) and the hires fix: pipelines that start from a picture
+    vae_layout: str = "2d"  # the VAE files it takes: "2d" (SD's, FLUX.1's) or "wan" (Wan 2.1's video VAE, Qwen-Image's)
 
     @property
     def latent_grid(self) -> int:
@@ -40,6 +41,9 @@ FAMILIES: dict[str, Family] = {
         Family("z-image", "Z-Image", "Z-Image", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
         # Chroma's pipeline sets its own sigmas too; its img2img pipeline has no AutoPipeline entry yet
         Family("chroma", "Chroma", "Chroma", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
+        Family(
+            "qwen-image", "Qwen-Image", "Qwen-Image", 1328, 16, flow=True, samplers=("Euler",), from_picture=False, vae_layout="wan"
+        ),
     )
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)

@@ -79,7 +79,7 @@ def _stats(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
     if mean is None or std is None:
         return None
-    shape = (1, len(mean), 1, 1)
+    shape = (1, len(mean)) + (1,) * (like.ndim - 2)  # a video VAE's latents have a frame axis too
     return (
         torch.tensor(mean).view(shape).to(like.device, like.dtype),
         torch.tensor(std).view(shape).to(like.device, like.dtype),
@@ -93,23 +93,35 @@ def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     latent = _call(vae, area, lambda dtype: vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode())
     stats = _stats(vae, latent)
     if stats is not None:
-        latent = (latent - stats[0]) * vae.config.scaling_factor / stats[1]
+        latent = (latent - stats[0]) * _scaling(vae) / stats[1]
     else:
-        latent = (latent - (getattr(vae.config, "shift_factor", None) or 0.0)) * vae.config.scaling_factor
+        latent = (latent - (getattr(vae.config, "shift_factor", None) or 0.0)) * _scaling(vae)
     return latent.to(had)
 
 
+def _scaling(vae) -> float:
+    """The VAE's latent scale (a video VAE, Qwen-Image's, has none: its statistics alone)."""
+    return getattr(vae.config, "scaling_factor", None) or 1.0
+
+
+def _downscale(vae) -> int:
+    """Pixels per latent cell: 2 per level of a picture VAE's blocks, of a video VAE's downsampling."""
+    levels = getattr(vae.config, "block_out_channels", None)
+    return 2 ** (len(levels) - 1) if levels is not None else 2 ** len(vae.config.temperal_downsample)
+
+
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
-    """A sampler's latents -> pixels in -1..1."""
+    """A sampler's latents -> pixels in -1..1, (B, 3, H, W): a video VAE's one frame taken out."""
     had = vae.dtype
     stats = _stats(vae, latents)
     if stats is not None:
-        latents = latents * stats[1] / vae.config.scaling_factor + stats[0]
+        latents = latents * stats[1] / _scaling(vae) + stats[0]
     else:
-        latents = latents / vae.config.scaling_factor + (getattr(vae.config, "shift_factor", None) or 0.0)
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        latents = latents / _scaling(vae) + (getattr(vae.config, "shift_factor", None) or 0.0)
+    scale = _downscale(vae)
     area = latents.shape[-1] * latents.shape[-2] * scale * scale
-    return _call(vae, area, lambda dtype: vae.decode(latents.to(vae.device, dtype), return_dict=False)[0]).to(had)
+    pixels = _call(vae, area, lambda dtype: vae.decode(latents.to(vae.device, dtype), return_dict=False)[0]).to(had)
+    return pixels[:, :, 0] if pixels.ndim == 5 else pixels
 
 
 def encode_pictures(pipe, pictures: list[Image.Image]) -> torch.Tensor:

@@ -30,6 +30,8 @@ from transformers import (
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     PreTrainedTokenizerBase,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen3Config,
     Qwen3Model,
     T5Config,
@@ -50,6 +52,7 @@ IN_FILE = {
     "clip_g": ("text_encoders.clip_g.transformer.",),
     "t5xxl": ("text_encoders.t5xxl.transformer.",),
     "qwen3": ("text_encoders.qwen3_4b.transformer.",),
+    "qwen25vl": ("text_encoders.qwen25_7b.transformer.",),
     "vae": ("vae.", "first_stage_model."),
 }
 PART_PREFIXES = {
@@ -57,6 +60,7 @@ PART_PREFIXES = {
     "clip_g": ("text_encoders.clip_g.transformer.", "text_encoders.clip_g.", "transformer."),
     "t5xxl": ("text_encoders.t5xxl.transformer.", "text_encoders.t5xxl.", "transformer."),
     "qwen3": ("text_encoders.qwen3_4b.transformer.", "text_encoders.qwen3_4b."),
+    "qwen25vl": ("text_encoders.qwen25_7b.transformer.", "text_encoders.qwen25_7b."),
     "vae": ("vae.", "first_stage_model."),
 }
 ROLE_LABELS = {
@@ -64,6 +68,7 @@ ROLE_LABELS = {
     "clip_g": "CLIP-G text encoder",
     "t5xxl": "T5-XXL text encoder",
     "qwen3": "Qwen3 text encoder",
+    "qwen25vl": "Qwen2.5-VL text encoder",
     "vae": "VAE (16 channels)",
 }
 # Keys that real files carry and the models do not take: CLIP's logit scale and position ids buffer
@@ -268,6 +273,57 @@ def qwen3_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str,
         return model
 
     return build
+
+
+def qwen25vl_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str, dict], torch.nn.Module]:
+    """Qwen2.5-VL as Qwen's own files name it (`model.layers.…`, `visual.…`, `lm_head.weight`: as
+    qwen_2.5_vl_7b.safetensors), in transformers' names (`model.language_model.…`, `model.visual.…`);
+    the language model's depth and widths and the vision tower's depth from the tensors, the rest
+    (heads, rotary sections, patch sizes) from the bundled config."""
+
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("visual."):
+                renamed["model." + key] = value
+            elif key.startswith("model."):
+                renamed["model.language_model." + key.removeprefix("model.")] = value
+            else:
+                renamed[key] = value
+        settings = config(folder, part)
+        text, vision = dict(settings["text_config"]), dict(settings["vision_config"])
+        try:
+            tokens = renamed["model.language_model.embed_tokens.weight"].shape
+            head = tokens[1] // text["num_attention_heads"]
+            text |= {
+                "vocab_size": tokens[0],
+                "hidden_size": tokens[1],
+                "num_hidden_layers": _count(renamed, "model.language_model.layers.", 3),
+                "intermediate_size": renamed["model.language_model.layers.0.mlp.gate_proj.weight"].shape[0],
+                "num_key_value_heads": renamed["model.language_model.layers.0.self_attn.k_proj.weight"].shape[0] // head,
+            }
+            vision |= {
+                "depth": _count(renamed, "model.visual.blocks.", 3),
+                "hidden_size": renamed["model.visual.patch_embed.proj.weight"].shape[0],
+                "out_hidden_size": renamed["model.visual.merger.mlp.2.weight"].shape[0],
+            }
+        except (KeyError, ValueError) as e:
+            raise PartError(f"{where} is not a Qwen2.5-VL text encoder this can read (no {e})") from None
+        # An lm_head a file leaves out (the prompt is read from hidden states, never decoded) is the embedding.
+        renamed.setdefault("lm_head.weight", renamed["model.language_model.embed_tokens.weight"])
+        with no_init_weights():
+            model = Qwen2_5_VLForConditionalGeneration(
+                Qwen2_5_VLConfig(**(settings | {"text_config": text, "vision_config": vision}))
+            ).to(dtype)
+        load_exact(model, renamed, where)
+        return model
+
+    return build
+
+
+def _count(state: dict[str, torch.Tensor], prefix: str, at: int) -> int:
+    """How many numbered blocks under `prefix` (the number is the key's `at`-th dotted part)."""
+    return 1 + max(int(k.split(".")[at]) for k in state if k.startswith(prefix))
 
 
 @cache

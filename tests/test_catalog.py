@@ -304,7 +304,7 @@ async def test_a_named_model_comes_first(catalog: CatalogService) -> None:
 @aio
 async def test_logos_are_answered_by_models_that_write_text(catalog: CatalogService) -> None:
     answer = await catalog.search("which model for logos with lettering?", limit=3)
-    assert {h.entry.base for h in answer.hits} <= {"sd3", "flux", "z-image"} and "logos/icons" in answer.understood
+    assert {h.entry.base for h in answer.hits} <= {"sd3", "flux", "z-image", "qwen-image"} and "logos/icons" in answer.understood
 
 
 def test_a_refinement_replaces_what_it_contradicts() -> None:

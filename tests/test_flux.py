@@ -127,7 +127,7 @@ def test_what_a_text_encoder_file_is(flux_dir: Path) -> None:
     assert detect_text_encoder({"text_model.embeddings.token_embedding.weight": (49408, 1280)}).label == "CLIP-G text encoder"
     for bad, message in (
         (shapes(flux_dir / "flux-dev.safetensors"), "a whole checkpoint"),
-        ({"foo": (1, 1)}, "not a CLIP, T5 or Qwen3 text encoder"),
+        ({"foo": (1, 1)}, "not a CLIP, T5, Qwen3 or Qwen2.5-VL text encoder"),
     ):
         with pytest.raises(TextEncoderFileError, match=message):
             detect_text_encoder(bad)

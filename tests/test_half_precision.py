@@ -252,7 +252,8 @@ def flow_tier() -> Tier:
 
 @pytest.fixture(scope="module")
 def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadRequest]:
-    from gpu_worker.testing.tiny_flux import make_tiny_flux
+    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux
+    from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image
 
@@ -260,8 +261,11 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
     make_tiny_flux(root / "flux-dev.safetensors")
     make_tiny_sd3(root / "sd35-all-in-one.safetensors", "sd35-all-in-one")
     make_tiny_z_image(root / "z-image-aio.safetensors", shape="all-in-one")
+    make_tiny_qwen_image(root / "qwen-image-aio.safetensors", shape="all-in-one")
+    make_tiny_chroma(root / "chroma-aio.safetensors", shape="all-in-one")
     requests = {}
-    for family, name in (("flux", "flux-dev"), ("sd3", "sd35-all-in-one"), ("z-image", "z-image-aio")):
+    flow = (("flux", "flux-dev"), ("sd3", "sd35-all-in-one"), ("z-image", "z-image-aio"), ("qwen-image", "qwen-image-aio"), ("chroma", "chroma-aio"))
+    for family, name in flow:
         ins = inspect_file(root / f"{name}.safetensors")
         requests[family] = LoadRequest(
             str(root / f"{name}.safetensors"), name, family, ins.architecture.label, "safetensors",
@@ -273,7 +277,7 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
 @pytest.mark.parametrize("precision", ["half", "bf16"])
 @pytest.mark.parametrize(
     ("family", "path"),
-    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img")],
+    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img")],
 )
 def test_flow_models_in_half_precision_draw_float32s_picture(
     flow_tier: Tier, flow_files: dict[str, LoadRequest], tiny_loras: Path, family: str, path: str, precision: str

@@ -46,6 +46,7 @@ CIVITAI_BASES: dict[str, tuple[str, ...]] = {
     "flux": ("Flux.1 D", "Flux.1 S", "Flux.1 Kontext"),
     "z-image": ("ZImageTurbo", "ZImageBase"),
     "chroma": ("Chroma",),
+    "qwen-image": ("Qwen",),
 }
 FAMILY_OF_CIVITAI_BASE = {name.lower(): family for family, names in CIVITAI_BASES.items() for name in names}
 

@@ -20,7 +20,7 @@ from common.families import FAMILIES
 
 UNET_VRAM_GB = {"sd1": 4.0, "sd2": 5.0, "sdxl": 8.0}
 # FLUX.1, SD 3.5 Large, Z-Image, Chroma: when the entry does not say
-DEFAULT_PARAMETERS_B = {"flux": 11.9, "sd3": 8.1, "z-image": 6.15, "chroma": 8.9}
+DEFAULT_PARAMETERS_B = {"flux": 11.9, "sd3": 8.1, "z-image": 6.15, "chroma": 8.9, "qwen-image": 20.4}
 T5_PARAMETERS_B = 4.7
 OVERHEAD_GB = 2.0
 EARLIEST = 2022.5  # SD 1.x's public release: the start of the currency scale

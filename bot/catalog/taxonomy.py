@@ -232,6 +232,7 @@ SYNONYMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("base", "flux"): ("flux", "flux.1"),
     ("base", "z-image"): ("z-image", "z image", "zimage", "z-image turbo", "z-image base"),
     ("base", "chroma"): ("chroma", "chroma1", "chroma1-hd"),
+    ("base", "qwen-image"): ("qwen-image", "qwen image", "qwen"),
 }
 
 NSFW_WORDS = ("nsfw", "nude", "nudity", "explicit", "adult", "18+", "porn", "lewd")

@@ -113,6 +113,10 @@ def detect_architecture(
         key = f"{prefix}cap_embedder.1.weight"
         if has(key) and has(f"{prefix}layers.0.adaLN_modulation.0.weight"):
             return _z_image(tensors, prefix, key, metadata, file_name)
+    for prefix in (FLUX_PREFIX, ""):
+        key = f"{prefix}txt_norm.weight"
+        if has(key) and has(f"{prefix}transformer_blocks.0.img_mod.1.weight"):
+            return _qwen_image(tensors, prefix, key, metadata, file_name)
     if has("clip_txt_mapper.weight") or has("down_blocks.1.0.channelwise.0.weight"):
         return unusable("stable-cascade", "Stable Cascade", "clip_txt_mapper.weight", "Stable Cascade is not supported")
 
@@ -288,6 +292,33 @@ def _z_image(
     return Architecture("z-image", variant, "flow", label, decided_by, True, "", "", False, needs)
 
 
+# Where an all-in-one Qwen-Image file keeps its parts (ComfyUI's saver), beside the transformer.
+QWEN_IMAGE_PARTS = {
+    "qwen25vl": ("text_encoders.qwen25_7b.transformer.",),
+    "vae": ("vae.",),
+}
+
+
+def _qwen_image(
+    tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, metadata: Mapping[str, str], file_name: str
+) -> Architecture:
+    """Qwen-Image (Alibaba's 20B MMDiT; ComfyUI model_detection: `txt_norm` beside `img_mod`): its
+    text encoder Qwen2.5-VL (`txt_in`'s input width), its VAE Wan 2.1's. Qwen-Image-Edit has the same
+    tensors and is told by its name or metadata, as Kontext is from FLUX.1 dev."""
+    caption = tensors[f"{prefix}txt_in.weight"].shape[1]
+    named = " ".join([file_name, metadata.get("modelspec.title", ""), metadata.get("modelspec.architecture", "")]).lower()
+    needs = tuple(
+        (role, caption if role == "qwen25vl" else 16)
+        for role, starts in QWEN_IMAGE_PARTS.items()
+        if not any(name.startswith(starts) for name in tensors)
+    )
+    shape = "" if prefix else " (transformer only)"
+    if "edit" in named:
+        reason = "Qwen-Image-Edit is not supported yet; FLUX.1 Kontext edits pictures here"
+        return Architecture("qwen-image", "edit", "flow", f"Qwen-Image-Edit{shape}", decided_by, False, reason, "", False, needs)
+    return Architecture("qwen-image", "", "flow", f"Qwen-Image{shape}", decided_by, True, "", "", False, needs)
+
+
 def _family(tensors: Mapping[str, TensorInfo]) -> tuple[str | None, str]:
     for key in (SDXL_BIGG_LN, SDXL_BIGG_LAYER9):
         if key in tensors:
@@ -338,6 +369,7 @@ NEEDS_LABELS = {
     "clip_g": "CLIP-G text encoder",
     "t5xxl": "T5-XXL text encoder",
     "qwen3": "Qwen3 text encoder",
+    "qwen25vl": "Qwen2.5-VL text encoder",
     "vae": "16-channel VAE",
 }
 # The file names people have for each part, for advice ("put t5xxl_fp16.safetensors in models/text_encoders").
@@ -346,14 +378,18 @@ NEEDS_FILES = {
     "clip_g": "clip_g.safetensors",
     "t5xxl": "t5xxl_fp16.safetensors",
     "qwen3": "qwen_3_4b.safetensors",  # Z-Image's Qwen3-4B, as Comfy-Org ship it
+    "qwen25vl": "qwen_2.5_vl_7b.safetensors",  # Qwen-Image's, as Comfy-Org ship it
     "vae": "ae.safetensors",  # Flux's (Z-Image takes it too); an SD3 file carries its own (NEEDS_FILES_SD3)
 }
 NEEDS_FILES_SD3 = NEEDS_FILES | {"vae": "the SD3 VAE file"}
+# The files a family's parts come as, where they differ from FLUX.1's.
+NEEDS_FILES_OF = {"sd3": NEEDS_FILES_SD3, "qwen-image": NEEDS_FILES | {"vae": "qwen_image_vae.safetensors"}}
 NEEDS_FOLDERS = {
     "clip_l": "models/text_encoders",
     "clip_g": "models/text_encoders",
     "t5xxl": "models/text_encoders",
     "qwen3": "models/text_encoders",
+    "qwen25vl": "models/text_encoders",
     "vae": "models/VAE",
 }
 
@@ -371,7 +407,12 @@ def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]
     flux = any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors)
     sd3 = any(".joint_blocks." in name or name.startswith("joint_blocks.") for name in tensors)
     z_image = any(name.endswith("cap_embedder.1.weight") for name in tensors)
-    if z_image:
+    qwen_image = any(name.endswith("txt_norm.weight") for name in tensors)
+    if qwen_image:
+        alone = ("transformer_blocks.", "img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")
+        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
+        prefixes = {"transformer": transformer, **QWEN_IMAGE_PARTS}
+    elif z_image:
         alone = ("layers.", "noise_refiner.", "context_refiner.", "x_embedder.", "final_layer.", "t_embedder.", "cap_embedder.", "x_pad_token", "cap_pad_token", "norm_final.")
         transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
         prefixes = {"transformer": transformer, **Z_IMAGE_PARTS}

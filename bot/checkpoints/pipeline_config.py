@@ -29,6 +29,8 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("sd3", 32): "tiny-sd3",
     ("chroma", 3072): "flux",  # FLUX.1's T5, tokenizer, VAE and schedule; its transformer's config from the file
     ("chroma", 32): "tiny-flux",
+    ("qwen-image", 3072): "qwen-image",
+    ("qwen-image", 32): "tiny-qwen-image",
     ("z-image", 3840): "z-image",
     ("z-image", 64): "tiny-z-image",
 }
@@ -40,6 +42,7 @@ TRANSFORMER_EMBEDDERS = {
     "chroma": "img_in.weight",
     "sd3": "x_embedder.proj.weight",
     "z-image": "x_embedder.weight",
+    "qwen-image": "img_in.weight",
 }
 
 

@@ -25,19 +25,30 @@ class VaeFileError(ValueError):
 
 @dataclass(frozen=True)
 class VaeKind:
-    layout: str  # ldm | diffusers
+    layout: str  # ldm | diffusers | wan (Wan 2.1's video VAE, either key layout: Qwen-Image's)
     prefix: str  # what the keys start with ("" or first_stage_model.)
     latent_channels: int
 
     @property
     def label(self) -> str:
-        serves = "SD1/SD2/SDXL" if self.latent_channels == SD_LATENT_CHANNELS else "SD3/Flux"
+        if self.layout == "wan":
+            return f"VAE for Qwen-Image ({self.latent_channels}-channel latents, Wan 2.1's)"
+        serves = "SD1/SD2/SDXL" if self.latent_channels == SD_LATENT_CHANNELS else "SD3/Flux/Z-Image/Chroma"
         return f"VAE for {serves} ({self.latent_channels}-channel latents)"
+
+
+# Wan 2.1's video VAE (Qwen-Image's qwen_image_vae.safetensors): 3-D convolutions, its decoder's first
+# one `decoder.conv1` in the original layout (`decoder.conv_in` in diffusers').
+WAN_DECODER_IN = ("decoder.conv1.weight", "decoder.conv_in.weight")
 
 
 def detect_vae(shapes: Mapping[str, Sequence[int]]) -> VaeKind:
     if any(name.startswith(("model.diffusion_model.", "diffusion_model.")) for name in shapes):
         raise VaeFileError("a whole checkpoint, not a VAE on its own; put it in the models folder")
+    for key in WAN_DECODER_IN:
+        shape = shapes.get(key)
+        if shape is not None and len(shape) == 5:
+            return VaeKind("wan", "", int(shape[1]))
     prefix = next((p for p in PREFIXES if f"{p}decoder.conv_in.weight" in shapes), None)
     if prefix is None and "decoder.conv_in.weight" in shapes:
         prefix = ""

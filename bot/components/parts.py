@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_SD3, NEEDS_FOLDERS, NEEDS_LABELS
+from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_OF, NEEDS_FOLDERS, NEEDS_LABELS
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry, component_use
 from common.errors import EaselError
@@ -20,7 +20,7 @@ class PartsFound:
     family: str = "flux"
 
     def _advice(self, role: str) -> str:
-        files = NEEDS_FILES_SD3 if self.family == "sd3" else NEEDS_FILES
+        files = NEEDS_FILES_OF.get(self.family, NEEDS_FILES)
         return f"put {files[role]} in {NEEDS_FOLDERS[role]}"
 
     def refusal(self, name: str) -> EaselError:

@@ -26,6 +26,7 @@ def examine_vae(path: Path) -> FileKind:
     except VaeFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
     base = "sd" if kind.latent_channels == SD_LATENT_CHANNELS else f"{kind.latent_channels}ch"
+    base = f"wan-{base}" if kind.layout == "wan" else base
     return FileKind(
         "vae",
         kind.layout,
@@ -88,7 +89,7 @@ class VaeRegistry(NetworkRegistry):
         """The first installed VAE (by name) that fits `family`: what a transformer-only Flux file takes
         when neither the job nor the checkpoint names one."""
         for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):
-            if entry.rank == _LATENT_CHANNELS.get(family):
+            if entry.rank == _LATENT_CHANNELS.get(family) and _same_layout(entry, family):
                 return vae_use(entry)
         return None
 
@@ -97,10 +98,19 @@ class VaeRegistry(NetworkRegistry):
         needed = _LATENT_CHANNELS.get(family)
         if needed is not None and entry.rank != needed:
             raise EaselError(f"{entry.name} is a {entry.label}; {family.upper()} checkpoints need a {needed}-channel VAE")
+        if not _same_layout(entry, family):
+            wanted = "Wan 2.1's video VAE (qwen_image_vae.safetensors)" if family in _WAN else "a picture VAE such as ae.safetensors"
+            raise EaselError(f"{entry.name} is a {entry.label}; {FAMILIES[family].label} checkpoints need {wanted}")
         return vae_use(entry)
 
 
 _LATENT_CHANNELS = {name: family.latent_channels for name, family in FAMILIES.items()}
+_WAN = {name for name, family in FAMILIES.items() if family.vae_layout == "wan"}
+
+
+def _same_layout(entry: NetworkEntry, family: str) -> bool:
+    """A Wan video VAE serves the families made with it (Qwen-Image), a picture VAE the others."""
+    return (entry.layout == "wan") == (family in _WAN)
 
 
 def vae_use(entry: NetworkEntry) -> VaeUse:

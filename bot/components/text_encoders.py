@@ -30,8 +30,16 @@ _CLIP_TOKENS = "embeddings.token_embedding.weight"
 # Qwen3 (Z-Image's text encoder): its per-head query norm sets it apart from Qwen2 and Qwen2.5.
 _QWEN3_Q_NORM = "layers.0.self_attn.q_norm.weight"
 _QWEN_TOKENS = "embed_tokens.weight"
-_KNOWN_WIDTHS = {("t5xxl", 4096): "T5-XXL", ("clip-l", 768): "CLIP-L", ("clip-g", 1280): "CLIP-G", ("qwen3", 2560): "Qwen3-4B"}
-_FAMILY_NAMES = {"t5xxl": "T5", "qwen3": "Qwen3"}
+# Qwen2.5-VL (Qwen-Image's): Qwen2's biased query projection beside a vision tower (`visual.`).
+_QWEN2_Q_BIAS = "layers.0.self_attn.q_proj.bias"
+_KNOWN_WIDTHS = {
+    ("t5xxl", 4096): "T5-XXL",
+    ("clip-l", 768): "CLIP-L",
+    ("clip-g", 1280): "CLIP-G",
+    ("qwen3", 2560): "Qwen3-4B",
+    ("qwen25vl", 3584): "Qwen2.5-VL-7B",
+}
+_FAMILY_NAMES = {"t5xxl": "T5", "qwen3": "Qwen3", "qwen25vl": "Qwen2.5-VL"}
 
 
 class TextEncoderFileError(ValueError):
@@ -40,7 +48,7 @@ class TextEncoderFileError(ValueError):
 
 @dataclass(frozen=True)
 class TextEncoderKind:
-    role: str  # clip-l | clip-g | t5xxl | qwen3
+    role: str  # clip-l | clip-g | t5xxl | qwen3 | qwen25vl
     width: int  # hidden size: what the checkpoint's transformer must take
     prefix: str
 
@@ -59,6 +67,12 @@ def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = ""
     if any(name.startswith(("model.diffusion_model.", "double_blocks.", "joint_blocks.", "cap_embedder.")) for name in shapes):
         raise TextEncoderFileError("a whole checkpoint or transformer, not a text encoder; put it in the models folder")
     for name in shapes:
+        if name.endswith(_QWEN2_Q_BIAS) and any(".visual." in k or k.startswith("visual.") for k in shapes):
+            base = name[: -len(_QWEN2_Q_BIAS)]  # "model." (Qwen's own names), under any prefix
+            tokens = shapes.get(base + _QWEN_TOKENS)
+            if tokens is not None and len(tokens) == 2:
+                return TextEncoderKind("qwen25vl", int(tokens[1]), base.removesuffix("model."))
+    for name in shapes:
         if name.endswith(_QWEN3_Q_NORM):
             prefix = name[: -len(_QWEN3_Q_NORM)]
             tokens = shapes.get(prefix + _QWEN_TOKENS)
@@ -74,7 +88,9 @@ def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = ""
             named_g = "clip_g" in file_name.lower() or "clip-g" in file_name.lower()
             role = "clip-g" if width == 1280 or (width != 768 and named_g) else "clip-l"
             return TextEncoderKind(role, width, prefix)
-    raise TextEncoderFileError(f"not a CLIP, T5 or Qwen3 text encoder (no …{_CLIP_TOKENS}, …{_T5_Q} or …{_QWEN3_Q_NORM})")
+    raise TextEncoderFileError(
+        f"not a CLIP, T5, Qwen3 or Qwen2.5-VL text encoder (no …{_CLIP_TOKENS}, …{_T5_Q}, …{_QWEN3_Q_NORM} or …{_QWEN2_Q_BIAS})"
+    )
 
 
 def examine_text_encoder(path: Path) -> FileKind:
@@ -106,7 +122,7 @@ class TextEncoderRegistry(NetworkRegistry):
         return ""
 
     async def fitting(self, role: str, width: int) -> NetworkEntry | None:
-        """The installed encoder for `role` ("clip_l", "clip_g", "t5xxl", "qwen3") of `width` (0: any, when the
+        """The installed encoder for `role` ("clip_l", "clip_g", "t5xxl", "qwen3", "qwen25vl") of `width` (0: any, when the
         checkpoint does not say); of several, the first by name."""
         wanted = role.replace("_", "-")
         for entry in sorted(await self.list(status="present"), key=lambda e: e.name.lower()):

@@ -24,6 +24,7 @@ NATIVE_SIZE = {
     "tiny-flux": 64,
     "tiny-sd3": 64,
     "tiny-z-image": 64,
+    "tiny-qwen-image": 64,
 }
 
 

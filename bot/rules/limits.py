@@ -106,7 +106,8 @@ FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
     # template: 8 steps, CFG 1); Base: 28 steps at CFG 4 (its card: 28-50 steps, CFG 3-5).
     ("z-image", "turbo"): (8, 1.0),
     ("z-image", "base"): (28, 4.0),
-    ("chroma", ""): (35, 5.0),  # diffusers' ChromaPipeline (Chroma1-HD): real CFG with the negative prompt
+    ("chroma", ""): (35, 5.0),
+    ("qwen-image", ""): (50, 4.0),  # Qwen-Image's model card: 50 steps, true CFG 4 with the negative prompt  # diffusers' ChromaPipeline (Chroma1-HD): real CFG with the negative prompt
 }
 
 

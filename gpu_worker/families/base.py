@@ -156,7 +156,8 @@ def latent_shape(pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[int, i
     width, height = size
     if getattr(pipe, "_pack_latents", None) is not None:
         width, height = width // (scale * 2) * scale * 2, height // (scale * 2) * scale * 2
-    return (pipe.vae.config.latent_channels, height // scale, width // scale)
+    channels = getattr(pipe.vae.config, "latent_channels", None) or pipe.vae.config.z_dim  # a video VAE's
+    return (channels, height // scale, width // scale)
 
 
 def first_noise(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[torch.Tensor, noise.PictureNoise]:

@@ -105,6 +105,8 @@ class FlowFamily(Family):
         if run.loaded.offloaded:
             if latents.ndim == 3:  # Flux packs 2x2 patches into tokens: a reshape, no model
                 latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+            if latents.ndim == 5:  # a video VAE's latents (Qwen-Image): the one frame
+                latents = latents[:, :, 0]
             return latents_to_images(latents, *self.preview_map)[0]
         return vae_previews(pipe, latents, height, width)[0]
 

@@ -58,7 +58,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
 
 def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
-    if args.arch.startswith("z-image"):
+    if args.arch.startswith(("z-image", "qwen-image")):
         return _make_tiny_z_image(args)
     if args.arch.startswith(("flux", "sd35", "chroma")):
         return _make_tiny_transformer(args)
@@ -133,19 +133,23 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_z_image(args: argparse.Namespace) -> int:
-    """`--arch z-image`: the transformer alone, as Comfy-Org ship it (with `--parts`, its Qwen3 text
-    encoder and VAE too); `--arch z-image-all-in-one`: everything in one file."""
+    """`--arch z-image` or `qwen-image`: the transformer alone, as Comfy-Org ship it (with `--parts`,
+    its text encoder and VAE too, where a user keeps them); `…-all-in-one`: everything in one file."""
     from gpu_worker.testing.quantise import quantise_file
+    from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
+
+    qwen = args.arch.startswith("qwen-image")
+    make, make_parts = (make_tiny_qwen_image, make_tiny_qwen_image_parts) if qwen else (make_tiny_z_image, make_tiny_z_image_parts)
 
     try:
         if args.inpainting or args.fp8:
-            raise ValueError("--inpainting and --fp8 are not offered for the tiny Z-Image files")
+            raise ValueError("--inpainting and --fp8 are not offered for the tiny Z-Image and Qwen-Image files")
         shape = "all-in-one" if args.arch.endswith("all-in-one") else "transformer"
         if args.parts and shape != "transformer":
             raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
-        out = quantise_file(make_tiny_z_image(Path(args.out), args.seed, shape), args.format)
-        parts = make_tiny_z_image_parts(Path(args.parts), args.seed) if args.parts else []
+        out = quantise_file(make(Path(args.out), args.seed, shape), args.format)
+        parts = make_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

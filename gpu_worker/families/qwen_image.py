@@ -1,0 +1,140 @@
+"""Qwen-Image (Alibaba's 20B MMDiT): the files ComfyUI users hold, as a diffusers QwenImagePipeline,
+with no network.
+
+The transformer as Comfy-Org ship it (qwen_image_bf16.safetensors, qwen_image_fp8_e4m3fn, their
+scaled fp8): diffusers' own names, alone or under `model.diffusion_model.`; its text encoder Qwen2.5-VL
+7B (qwen_2.5_vl_7b.safetensors, Qwen's own key names) and its VAE Wan 2.1's (qwen_image_vae.safetensors,
+the original layout, read by diffusers' Wan converter), from the component store. The tokenizer is
+Qwen3's files (common/bundled.py): Qwen2.5's vocabulary and special tokens are its first 151,665.
+
+Prompts go through Qwen-Image's system template, as the pipeline does; emphasis is read as plain text.
+CFG is Qwen's "true CFG" with the negative prompt (1: none), 4 by the model card's settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+
+from common.bundled import CONFIG_ROOT
+from common.protocol import LoadRequest
+from gpu_worker.families.base import BatchRun, Draw
+from gpu_worker.families.flow import FlowFamily
+from gpu_worker.flow_prompts import plain
+from gpu_worker.model_parts import (
+    PartError,
+    Parts,
+    check_widths,
+    config,
+    load_exact,
+    open_checkpoint,
+    qwen3_tokenizer,
+    qwen25vl_builder,
+    transformer_tensors,
+)
+
+MAX_PROMPT_TOKENS = 1024  # the pipeline's
+
+
+def qwen_image_pipeline(
+    request: LoadRequest, dtype: torch.dtype, device: str = "cpu", config_root: Path = CONFIG_ROOT
+) -> QwenImagePipeline:
+    """The pipeline for a Qwen-Image checkpoint `request`; PartError says what is wrong or missing."""
+    parts = open_checkpoint(request, dtype, config_root, device)
+    folder = parts.folder
+    transformer = _transformer(parts)
+    text_encoder = parts.part("qwen25vl", qwen25vl_builder(folder, "text_encoder", dtype))
+    vae = parts.part("vae", _vae_builder(folder))
+    check_widths(
+        request.name,
+        (
+            ("Qwen2.5-VL text encoder", text_encoder.config.text_config.hidden_size, transformer.config.joint_attention_dim),
+            ("VAE", vae.config.z_dim, transformer.config.out_channels),
+        ),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    )
+    return QwenImagePipeline(
+        scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=qwen3_tokenizer(), transformer=transformer
+    )
+
+
+def _transformer(parts: Parts) -> QwenImageTransformer2DModel:
+    """The transformer (its names are diffusers' already), its depth and widths from the tensors."""
+    main = parts.main
+    state = transformer_tensors(main)
+    try:
+        inner, channels = state["img_in.weight"].shape
+        head = state["transformer_blocks.0.attn.norm_q.weight"].shape[0]
+        settings = config(parts.folder, "transformer") | {
+            "in_channels": channels,
+            "out_channels": state["proj_out.weight"].shape[0] // 4,  # 2x2 patches
+            "num_layers": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")),
+            "attention_head_dim": head,
+            "num_attention_heads": inner // head,
+            "joint_attention_dim": state["txt_in.weight"].shape[1],
+        }
+    except (KeyError, ValueError) as e:
+        raise PartError(f"{main.path.name} is not a Qwen-Image transformer this can read (no {e})") from None
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel.from_config(settings)
+    load_exact(model, state, f"{main.path.name} (transformer)")
+    # Its rotary tables are plain attributes made in __init__ (complex numbers, which a buffer would
+    # lose the imaginary half of): made again here, where the meta device left them empty.
+    rope = model.pos_embed
+    model.pos_embed = type(rope)(theta=rope.theta, axes_dim=rope.axes_dim, scale_rope=rope.scale_rope)
+    return model
+
+
+def _vae_builder(folder: Path):
+    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        if any(key.startswith("decoder.upsamples.") for key in state):  # Wan's original layout
+            state = convert_wan_vae_to_diffusers(state)
+        settings = config(folder, "vae")
+        with torch.device("meta"):
+            model = AutoencoderKLQwenImage.from_config(settings)
+        load_exact(model, state, where)
+        return model
+
+    return build
+
+
+class QwenImage(FlowFamily):
+    name = "qwen-image"
+    # ComfyUI comfy/latent_formats.py `Wan21` (Qwen-Image's latent format): latent_rgb_factors and bias.
+    preview_map = (
+        [
+            [-0.1299, -0.1692, 0.2932], [0.0671, 0.0406, 0.0442], [0.3568, 0.2548, 0.1747], [0.0372, 0.2344, 0.1420],
+            [0.0313, 0.0189, -0.0328], [0.0296, -0.0956, -0.0665], [-0.3477, -0.4059, -0.2925], [0.0166, 0.1902, 0.1975],
+            [-0.0412, 0.0267, -0.1364], [-0.1293, 0.0740, 0.1636], [0.0680, 0.3019, 0.1128], [0.0032, 0.0581, 0.0639],
+            [-0.1251, 0.0927, 0.1699], [0.0060, -0.0633, 0.0005], [0.3477, 0.2275, 0.2950], [0.1984, 0.0913, 0.1861],
+        ],
+        [-0.1835, -0.0868, -0.3360],
+    )  # fmt: skip
+
+    def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> QwenImagePipeline:
+        return qwen_image_pipeline(request, dtype, device)
+
+    def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
+        pipe, cfg = run.loaded.pipeline, run.batch.parameters.cfg
+        embeds, mask = pipe.encode_prompt(prompt=[plain(t) for t in draw.prompts], max_sequence_length=MAX_PROMPT_TOKENS)
+        inputs = {"prompt_embeds": embeds, "prompt_embeds_mask": mask, "true_cfg_scale": max(cfg, 1.0)}
+        if cfg > 1:
+            negative, negative_mask = pipe.encode_prompt(
+                prompt=[plain(t) or " " for t in draw.negatives], max_sequence_length=MAX_PROMPT_TOKENS
+            )
+            inputs |= {"negative_prompt_embeds": negative, "negative_prompt_embeds_mask": negative_mask}
+        return inputs
+
+
+QWEN_IMAGE = QwenImage()

@@ -1,0 +1,120 @@
+"""Tiny random-weight Qwen-Image files in the layouts people download, for tests and the playground.
+
+`make_tiny_qwen_image` writes the transformer as Comfy-Org ship it (diffusers' names; alone, or
+all-in-one under `model.diffusion_model.` with its parts beside it); `make_tiny_qwen_image_parts`
+writes the parts where a user keeps them: models/text_encoders/qwen_2.5_vl_7b.safetensors (Qwen's own
+names: `model.layers.…`, `visual.…`, `lm_head.weight`) and models/VAE/qwen_image_vae.safetensors (Wan
+2.1's original layout: `encoder.downsamples.…`, `decoder.upsamples.…`, `conv1`, `conv2`), of the real
+models' block structure at tiny widths.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from common.bundled import CONFIG_ROOT
+from common.safetensors_writer import temp_path
+from gpu_worker.save import save_atomically
+from gpu_worker.testing.tiny_flux import _metadata
+
+FOLDER = CONFIG_ROOT / "tiny-qwen-image"
+TRANSFORMER_PREFIX = "model.diffusion_model."
+IN_FILE = {"qwen25vl": "text_encoders.qwen25_7b.transformer.", "vae": "vae."}
+PART_FILES = {"qwen25vl": ("text_encoders", "qwen_2.5_vl_7b.safetensors"), "vae": ("VAE", "qwen_image_vae.safetensors")}
+
+
+def _config(part: str) -> dict:
+    return json.loads((FOLDER / part / "config.json").read_text())
+
+
+def _settings(part: str) -> dict:
+    return {k: v for k, v in _config(part).items() if not k.startswith("_")}
+
+
+def transformer_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed * 16 + 10)
+    model = QwenImageTransformer2DModel(**_settings("transformer"))
+    # diffusers zero-initialises the output layers: random, so that every layer reaches the picture
+    return {k: (torch.randn_like(v) * 0.2 if not v.any() else v) for k, v in model.state_dict().items()}
+
+
+def text_encoder_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random Qwen2.5-VL in Qwen's own names, in bf16 as released."""
+    torch.manual_seed(seed * 16 + 11)
+    model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**_config("text_encoder")))
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("model.visual."):
+            key = key.removeprefix("model.")
+        elif key.startswith("model.language_model."):
+            key = "model." + key.removeprefix("model.language_model.")
+        out[key] = value.to(torch.bfloat16)
+    return out
+
+
+@cache
+def _wan_names() -> dict[str, str]:
+    """diffusers' name -> Wan's original name for every tensor of the tiny VAE: the inverse of
+    diffusers' own converter, found by running it on every name the original layout can have."""
+    suffixes = (
+        "residual.0.gamma", "residual.2.weight", "residual.2.bias", "residual.3.gamma", "residual.6.weight",
+        "residual.6.bias", "shortcut.weight", "shortcut.bias", "resample.1.weight", "resample.1.bias",
+        "time_conv.weight", "time_conv.bias",
+    )  # fmt: skip
+    candidates = [f"{side}.{blocks}.{i}.{s}" for side, blocks in (("encoder", "downsamples"), ("decoder", "upsamples")) for i in range(16) for s in suffixes]
+    candidates += [f"{side}.middle.{i}.{s}" for side in ("encoder", "decoder") for i in (0, 2) for s in suffixes[:6]]
+    candidates += [f"{side}.middle.1.{s}" for side in ("encoder", "decoder") for s in ("norm.gamma", "to_qkv.weight", "to_qkv.bias", "proj.weight", "proj.bias")]
+    candidates += [f"{side}.{s}" for side in ("encoder", "decoder") for s in ("head.0.gamma", "head.2.weight", "head.2.bias", "conv1.weight", "conv1.bias")]
+    candidates += ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+    converted = convert_wan_vae_to_diffusers({name: name for name in candidates})
+    return {theirs: ours for theirs, ours in converted.items() if theirs != ours or ours in candidates}
+
+
+def vae_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random Qwen-Image VAE in Wan 2.1's original layout."""
+    torch.manual_seed(seed * 16 + 12)
+    model = AutoencoderKLQwenImage(**_settings("vae"))
+    names = _wan_names()
+    state = model.state_dict()
+    missing = sorted(set(state) - set(names))
+    if missing:
+        raise ValueError(f"no original name for the VAE's {missing[0]}")
+    return {names[k]: v for k, v in state.items()}
+
+
+def make_tiny_qwen_image(out: Path, seed: int = 0, shape: str = "transformer", edit: bool = False) -> Path:
+    """A tiny Qwen-Image (Qwen-Image-Edit when `edit`: its metadata says so) file."""
+    out = Path(out)
+    if shape not in ("transformer", "all-in-one"):
+        raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    state = transformer_state(seed)
+    if shape == "all-in-one":
+        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
+        state |= {IN_FILE["qwen25vl"] + k: v for k, v in text_encoder_state(seed).items()}
+        state |= {IN_FILE["vae"] + k: v for k, v in vae_state(seed).items()}
+    name = "Qwen-Image-Edit" if edit else "Qwen-Image"
+    metadata = _metadata(f"Easel tiny {name} ({shape}, random weights)", seed)
+    metadata["modelspec.architecture"] = name.lower()
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
+def make_tiny_qwen_image_parts(models: Path, seed: int = 0) -> list[Path]:
+    """The parts a transformer-only tiny Qwen-Image file of `seed` runs with, where a user keeps them."""
+    written = []
+    for role, (folder, name) in PART_FILES.items():
+        out = Path(models) / folder / name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        state = text_encoder_state(seed) if role == "qwen25vl" else vae_state(seed)
+        label = "Qwen2.5-VL" if role == "qwen25vl" else "Qwen-Image VAE (Wan 2.1 layout)"
+        metadata = _metadata(f"Easel tiny {label} (random weights)", seed)
+        written.append(save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out)))
+    return written
