@@ -105,7 +105,7 @@ async def test_a_jobs_vae_replaces_the_checkpoints_own_and_is_written_as_a1111_d
     info = parse_infotext(f"a fox\nSteps: 3, Sampler: DPM++ 2M, Seed: 4, Size: 64x64, Model: tiny-sd1, VAE hash: {entry.sha256[:10]}")
     remade, _, _ = await picture(jobs, plan=await jobs.plan_from_infotext(HOST, HERE, info))
     assert np.array_equal(remade, soft)  # "Make this here" finds the VAE by its hash
-    with pytest.raises(EaselError, match=r"wide is a VAE for SD3/Flux .*SD1 checkpoints need a 4-channel VAE"):
+    with pytest.raises(EaselError, match=r"wide is a VAE for SD3/Flux/Z-Image/Chroma .*SD1 checkpoints need a 4-channel VAE"):
         await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", vae="wide"))
     with pytest.raises(EaselError, match="no VAE named 'nope'"):
         await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="tiny-sd1", vae="nope"))
