@@ -133,6 +133,7 @@ class ImagineOptions:
     # An edit (common/editing.py): the pictures an edit model is to change as the prompt says, as uploaded
     edit_images: tuple[bytes, ...] = ()
     credit: str = ""  # said with the result: where an edit's picture came from
+    edit_guidance: float | None = None  # an edit's guidance, whichever parameter the model takes it as
 
     @property
     def edits(self) -> bool:
@@ -148,7 +149,8 @@ class ImagineOptions:
 
 
 _OWN_OPTIONS = (
-    "checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles", "edit_images", "credit"
+    "checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles", "edit_images", "credit",
+    "edit_guidance",
 )  # fmt: skip
 MOST_EDIT_PICTURES = max(model.max_pictures for model in EDIT_MODELS.values())
 
@@ -325,9 +327,11 @@ class Jobs:
         ref, switched = await self._checkpoint(place, here, options.checkpoint, edit=options.edits)
         steps, cfg, sampler = family_defaults(ref, here.steps, here.cfg, here.sampler)
         defaults = Parameters(negative=here.negative, steps=steps, cfg=cfg, sampler=sampler, rng=here.rng)
-        if (model := edit_model(ref.family, ref.variant)) is not None:  # its model card's guidance
-            defaults = replace(defaults, distilled_cfg=model.guidance)
         given = {name: value for name, value in options.given.items() if value is not None}
+        if (model := edit_model(ref.family, ref.variant)) is not None:  # its model card's guidance
+            defaults = replace(defaults, **{model.guidance_field: model.guidance})
+            if options.edit_guidance is not None:  # /edit's guidance: the parameter this model's guidance is
+                given[model.guidance_field] = options.edit_guidance
         uploads: dict[str, bytes] = {}
         init = await self._read_input(options.init_image, uploads) if options.init_image is not None else None
         mask = await self._read_input(options.mask, uploads) if options.mask is not None else None
@@ -374,10 +378,12 @@ class Jobs:
         given: Mapping[str, object] | None = None,
         after_job: str | None = None,
         credit: str = "",
+        guidance: float | None = None,
     ) -> JobPlan:
         """An edit (common/editing.py): `pictures` changed as `instruction` says, by the checkpoint
         named, else (the Edit button) the edit model `after_job` ran on, else the place's default edit
-        model, else the first one offered here. `credit` is said with the result."""
+        model, else the first one offered here. `credit` is said with the result; `guidance` is the edit
+        model's own (FLUX.1 Kontext's distilled guidance, Qwen-Image-Edit's CFG)."""
         if not pictures:
             raise EaselError("an edit needs a picture to change; attach one")
         if checkpoint is None and after_job is not None:
@@ -386,7 +392,12 @@ class Jobs:
             if entry is not None and entry.status == "present" and edit_model(entry.family, entry.variant) is not None:
                 checkpoint = entry.name
         options = ImagineOptions(
-            prompt=instruction, given=dict(given or {}), checkpoint=checkpoint, edit_images=tuple(pictures), credit=credit
+            prompt=instruction,
+            given=dict(given or {}),
+            checkpoint=checkpoint,
+            edit_images=tuple(pictures),
+            credit=credit,
+            edit_guidance=guidance,
         )
         return await self.plan_imagine(asker, place, options)
 

@@ -60,7 +60,7 @@ class Editing(commands.Cog):
         image3="A third picture the instruction may refer to",
         seed="Seed; -1 for a random one",
         steps="Denoising steps (default: the model's, 28 for FLUX.1 Kontext)",
-        guidance="How strongly the instruction is followed (the model's distilled guidance; 2.5 for FLUX.1 Kontext)",
+        guidance="How strongly the instruction is followed (FLUX.1 Kontext: 2.5; Qwen-Image-Edit: its CFG, 4)",
     )
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
@@ -86,8 +86,9 @@ class Editing(commands.Cog):
             instruction,
             pictures,
             checkpoint=checkpoint,
-            given={"seed": seed, "steps": steps, "distilled_cfg": guidance},
+            given={"seed": seed, "steps": steps},
             credit=f"Edited from {names}",
+            guidance=guidance,
         )
         await run_plan(interaction, plan)
 

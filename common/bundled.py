@@ -44,4 +44,5 @@ TINY_CHECKPOINT_KINDS = (
     "z-image-all-in-one",
     "qwen-image",
     "qwen-image-all-in-one",
+    "qwen-image-edit",
 )

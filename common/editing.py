@@ -2,9 +2,10 @@
 
 An edit is a job whose prompt is an instruction ("make it night") and whose input pictures the
 model reads as references, not as a start to denoise from (that is img2img): the picture comes back
-changed as told, its size the job's. Only models trained for it can: FLUX.1 Kontext [dev] today (a
-FLUX.1 transformer, so it loads through the Flux family and its component store). A new edit model
-is a row here and its family's edit pass in the worker.
+changed as told, its size the job's. Only models trained for it can: FLUX.1 Kontext [dev] (a FLUX.1
+transformer, so it loads through the Flux family and its component store) and Qwen-Image-Edit (the
+first release, and Plus: 2509, 2511), a Qwen-Image transformer. A new edit model is a row here and its
+family's edit pass in the worker.
 
 FLUX.1 Kontext is told apart from FLUX.1 dev by name, as ComfyUI and Forge users and Civitai tell
 them: the two files have the same tensors, so `kontext` in the file's name or in its modelspec
@@ -30,8 +31,11 @@ class EditModel:
     label: str  # what people read: "FLUX.1 Kontext"
     max_pictures: int  # input pictures one edit may take
     steps: int  # the model card's
-    guidance: float  # its distilled guidance (Forge's "Distilled CFG Scale") when the job names none
+    guidance: float  # its guidance when the job names none
     files: str  # what to install, for the refusal when a place has no edit model
+    # The parameter its guidance is (common/parameters.py): FLUX.1's distilled guidance input, or the
+    # CFG scale of a model guided by its negative prompt (Qwen's "true CFG").
+    guidance_field: str = "distilled_cfg"
 
 
 EDIT_MODELS: dict[tuple[str, str], EditModel] = {
@@ -46,6 +50,20 @@ EDIT_MODELS: dict[tuple[str, str], EditModel] = {
         2.5,
         "flux1-kontext-dev.safetensors in the models folder, with clip_l and t5xxl in models/text_encoders "
         "and ae in models/VAE",
+    ),
+    # Qwen's model cards: Qwen-Image-Edit 50 steps, 2509/2511 40, both true CFG 4. Plus reads up to
+    # three pictures (diffusers' QwenImageEditPlusPipeline), the first release one.
+    ("qwen-image", "edit"): EditModel(
+        "qwen-image", "edit", "Qwen-Image-Edit", 1, 50, 4.0,
+        "qwen_image_edit_bf16.safetensors in the models folder, with qwen_2.5_vl_7b in models/text_encoders "
+        "and qwen_image_vae in models/VAE",
+        "cfg",
+    ),
+    ("qwen-image", "edit-plus"): EditModel(
+        "qwen-image", "edit-plus", "Qwen-Image-Edit Plus", 3, 40, 4.0,
+        "qwen_image_edit_2511_bf16.safetensors in the models folder, with qwen_2.5_vl_7b in models/text_encoders "
+        "and qwen_image_vae in models/VAE",
+        "cfg",
     ),
 }
 

@@ -71,6 +71,7 @@ class LoadRequest:
     zero_snr: bool = False  # the schedule rescaled to zero terminal SNR (a `ztsnr` v-prediction model)
     # What the file lacks (a transformer-only Flux file: its text encoders and VAE), by role.
     components: tuple[ComponentUse, ...] = ()
+    variant: str = ""  # what the family's pipeline may differ by: Qwen-Image-Edit's "edit" or "edit-plus"
 
     @property
     def cache_key(self) -> str:

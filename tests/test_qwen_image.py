@@ -49,15 +49,17 @@ def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return models
 
 
-def test_inspect_names_qwen_image_its_parts_and_the_edit_model_it_cannot_run_yet(qwen_dir: Path) -> None:
+def test_inspect_names_qwen_image_its_parts_and_its_edit_models(qwen_dir: Path, tmp_path: Path) -> None:
     alone = inspect_file(qwen_dir / "qwen_image_bf16.safetensors")
     arch = alone.architecture
     assert (arch.family, arch.label, arch.runnable, alone.pipeline_config) == ("qwen-image", "Qwen-Image (transformer only)", True, "tiny-qwen-image")
     assert arch.needs == (("qwen25vl", 32), ("vae", 16)) and arch.decided_by == "txt_norm.weight"
     whole = inspect_file(qwen_dir / "qwen-image-aio.safetensors")
     assert whole.architecture.needs == () and set(whole.components) == {"transformer", "qwen25vl", "vae"}
-    edit = inspect_file(qwen_dir / "qwen_image_edit_2509_bf16.safetensors").architecture
-    assert (edit.label, edit.runnable) == ("Qwen-Image-Edit (transformer only)", False) and "not supported yet" in edit.reason
+    plus = inspect_file(qwen_dir / "qwen_image_edit_2509_bf16.safetensors").architecture
+    assert (plus.label, plus.variant, plus.runnable) == ("Qwen-Image-Edit Plus (transformer only)", "edit-plus", True)
+    first = inspect_file(make_tiny_qwen_image(tmp_path / "qwen_image_edit_bf16.safetensors")).architecture
+    assert (first.label, first.variant) == ("Qwen-Image-Edit (transformer only)", "edit")
 
 
 def test_the_vae_s_original_layout_is_wan_s_as_diffusers_reads_it() -> None:
@@ -119,7 +121,6 @@ async def test_qwen_image_runs_with_its_own_parts_and_defaults(jobs: Jobs, qwen_
     await jobs.vaes.scan()
     with pytest.raises(EaselError, match=r"qwen_image_vae is a VAE for Qwen-Image .*; Flux checkpoints need a picture VAE such as ae\.safetensors$"):
         await jobs.vaes.choose("qwen_image_vae", None, "flux")
-    await refused(r"^qwen_image_edit_2509_bf16 \(Qwen-Image-Edit \(transformer only\)\) cannot be run: Qwen-Image-Edit is not supported yet", checkpoint="qwen_image_edit_2509_bf16")
     plan = await jobs.plan_imagine(HOST, HERE, ImagineOptions.of(prompt="a fox", checkpoint="qwen_image_bf16"))
     assert (plan.specs[0].parameters.steps, plan.specs[0].parameters.cfg, plan.specs[0].width) == (50, 4.0, 64)
 
@@ -136,6 +137,64 @@ async def test_qwen_image_runs_with_its_own_parts_and_defaults(jobs: Jobs, qwen_
     again, _ = await picture(jobs, plan=await jobs.plan_from_infotext(HOST, HERE, parse_infotext(written)))
     assert np.array_equal(again, split)  # "Make this here"
 
+    # Qwen-Image-Edit Plus: the pictures read with the instruction; its card's settings, its CFG the guidance
+    fox = png((200, 30, 30))
+    plan = await jobs.plan_edit(HOST, HERE, "make it night", [fox], checkpoint="qwen_image_edit_2509_bf16", given={"seed": 5, "steps": 2})
+    assert (plan.specs[0].parameters.cfg, plan.specs[0].width, plan.specs[0].height) == (4.0, 96, 64)
+    edited, edit_text = await picture(jobs, plan=plan)
+    _, _, params = parse_generation_parameters(edit_text)
+    assert params["Model"] == "qwen_image_edit_2509_bf16" and len(params["Edit images"]) == 64 and params["CFG scale"] == "4.0"
+    again, _ = await picture(jobs, plan=await jobs.plan_from_infotext(HOST, HERE, parse_infotext(edit_text)))
+    assert np.array_equal(again, edited)  # "Make this here" edits the same kept picture again
+    guided = await jobs.plan_edit(HOST, HERE, "make it night", [fox], checkpoint="qwen_image_edit_2509_bf16", guidance=2.5)
+    assert (guided.specs[0].parameters.cfg, guided.specs[0].parameters.steps) == (2.5, 40)  # Plus's card: 40 steps
+    with pytest.raises(EaselError, match=r"^Qwen-Image-Edit Plus edits with at most 3 input pictures, not 4|^an edit takes at most 3"):
+        await jobs.plan_edit(HOST, HERE, "x", [fox] * 4, checkpoint="qwen_image_edit_2509_bf16")
+    with pytest.raises(EaselError, match=r"^qwen_image_bf16 \(Qwen-Image \(transformer only\)\) cannot edit pictures"):
+        await jobs.plan_edit(HOST, HERE, "x", [fox], checkpoint="qwen_image_bf16")
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (96, 64)) -> bytes:
+    picture = Image.new("RGB", size, colour)
+    picture.paste((255, 255, 255), (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_edit_models_read_their_pictures_and_instruction(qwen_dir: Path, tmp_path: Path) -> None:
+    from common.protocol import BatchFailed, ComponentUse, JobDone, JobPart, LoadRequest, RunBatch
+    from gpu_worker.cache import PipelineCache
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.runner import BatchRunner
+
+    parts = (
+        ComponentUse("qwen25vl", "qwen_2.5_vl_7b.safetensors", str(qwen_dir / "text_encoders" / "qwen_2.5_vl_7b.safetensors"), "q" * 64),
+        ComponentUse("vae", "qwen_image_vae.safetensors", str(qwen_dir / "VAE" / "qwen_image_vae.safetensors"), "v" * 64),
+    )
+    events: list[object] = []
+    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
+    runner = BatchRunner("cpu", cache, events.append, lambda job_id: False)
+
+    def edit(path: Path, instruction: str, *pictures: bytes) -> np.ndarray:
+        arch = inspect_file(path).architecture
+        load = LoadRequest(str(path), path.stem, "qwen-image", arch.label, "safetensors", "tiny-qwen-image", "flow", path.stem, components=parts, variant=arch.variant)
+        hashes = tuple(f"{i:064x}" for i in range(len(pictures)))
+        events.clear()
+        runner.run(RunBatch.of("b", load, (JobPart("j", instruction, "", (7,)),), 64, 48, 2, 4.0, "Euler", "Automatic", edit_pngs=pictures, edit_images=hashes))
+        done = [e for e in events if isinstance(e, JobDone)]
+        assert done, [e.message for e in events if isinstance(e, BatchFailed)]
+        return np.asarray(Image.open(io.BytesIO(done[0].images[0].png)), dtype=int)
+
+    plus = qwen_dir / "qwen_image_edit_2509_bf16.safetensors"
+    red = edit(plus, "make it night", png((200, 30, 30)))
+    assert red.shape == (48, 64, 3)
+    assert not np.array_equal(red, edit(plus, "make it night", png((30, 30, 200))))  # the picture decides
+    assert not np.array_equal(red, edit(plus, "put a hat on it", png((200, 30, 30))))  # the instruction decides
+    assert not np.array_equal(red, edit(plus, "make it night", png((200, 30, 30)), png((30, 200, 30), (64, 64))))  # and the second
+    first = make_tiny_qwen_image(tmp_path / "qwen_image_edit_bf16.safetensors")  # the first release: one picture, its own pipeline
+    assert edit(first, "make it night", png((200, 30, 30))).std() > 1
+
 
 def test_the_text_encoder_takes_qwen_s_own_names(qwen_dir: Path) -> None:
     from safetensors.torch import load_file
@@ -148,3 +207,17 @@ def test_the_text_encoder_takes_qwen_s_own_names(qwen_dir: Path) -> None:
     model = qwen25vl_builder(CONFIG_ROOT / "tiny-qwen-image", "text_encoder", torch.float32)("qwen", state)
     assert torch.equal(model.model.visual.patch_embed.proj.weight, state["visual.patch_embed.proj.weight"].float())
     assert torch.equal(model.model.language_model.layers[1].mlp.up_proj.weight, state["model.layers.1.mlp.up_proj.weight"].float())
+
+
+@pytest.mark.slow
+def test_the_command_line_makes_qwen_image_edit_and_edits_with_it(env: Path, cli) -> None:
+    models = env / "models"
+    made = cli("make-tiny-checkpoint", "--arch", "qwen-image-edit", "--parts", str(models), str(models / "qwen_image_edit_2511_bf16.safetensors"))
+    assert made.code == 0, made.err
+    assert "text_encoders/qwen_2.5_vl_7b.safetensors" in made.out and (models / "VAE" / "qwen_image_vae.safetensors").is_file()
+    scanned = cli("checkpoints", "scan")
+    assert scanned.code == 0 and "VAE for Qwen-Image" in scanned.out, scanned.out
+    Image.open(io.BytesIO(png((200, 30, 30)))).save(env / "red.png")
+    edited = cli("generate", "--edit", str(env / "red.png"), "--prompt", "make it night", "--steps", "2", "--out", str(env / "out"))
+    assert edited.code == 0, edited.err
+    assert "qwen_image_edit_2511_bf16" in edited.out and "an edit of 1 picture" in edited.out

@@ -313,9 +313,10 @@ def _qwen_image(
         if not any(name.startswith(starts) for name in tensors)
     )
     shape = "" if prefix else " (transformer only)"
-    if "edit" in named:
-        reason = "Qwen-Image-Edit is not supported yet; FLUX.1 Kontext edits pictures here"
-        return Architecture("qwen-image", "edit", "flow", f"Qwen-Image-Edit{shape}", decided_by, False, reason, "", False, needs)
+    if "edit" in named:  # 2509 and 2511 take up to three pictures (diffusers' QwenImageEditPlusPipeline)
+        plus = any(mark in named for mark in ("2509", "2511", "plus"))
+        label = ("Qwen-Image-Edit Plus" if plus else "Qwen-Image-Edit") + shape
+        return Architecture("qwen-image", "edit-plus" if plus else "edit", "flow", label, decided_by, True, "", "", False, needs)
     return Architecture("qwen-image", "", "flow", f"Qwen-Image{shape}", decided_by, True, "", "", False, needs)
 
 

@@ -74,6 +74,7 @@ class CheckpointRef:
             sha256=self.sha256,
             zero_snr=self.zero_snr,
             components=self.components,
+            variant=self.variant,
         )
 
     @classmethod

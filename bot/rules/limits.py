@@ -107,7 +107,9 @@ FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
     ("z-image", "turbo"): (8, 1.0),
     ("z-image", "base"): (28, 4.0),
     ("chroma", ""): (35, 5.0),
-    ("qwen-image", ""): (50, 4.0),  # Qwen-Image's model card: 50 steps, true CFG 4 with the negative prompt  # diffusers' ChromaPipeline (Chroma1-HD): real CFG with the negative prompt
+    ("qwen-image", ""): (50, 4.0),  # Qwen-Image's model card: 50 steps, true CFG 4 with the negative prompt
+    ("qwen-image", "edit"): (50, 4.0),  # Qwen-Image-Edit's (common/editing.py)
+    ("qwen-image", "edit-plus"): (40, 4.0),  # Qwen-Image-Edit 2509's and 2511's  # diffusers' ChromaPipeline (Chroma1-HD): real CFG with the negative prompt
 }
 
 

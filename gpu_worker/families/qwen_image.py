@@ -14,22 +14,32 @@ CFG is Qwen's "true CFG" with the negative prompt (1: none), 4 by the model card
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cache, partial
 from pathlib import Path
 
 import torch
 from diffusers import (
     AutoencoderKLQwenImage,
     FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPipeline,
+    QwenImageEditPlusPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as edit_plus_module
+from PIL import Image
+from transformers import Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers.processing_utils import ProcessorMixin
 
 from common.bundled import CONFIG_ROOT
 from common.protocol import LoadRequest
-from gpu_worker.families.base import BatchRun, Draw
-from gpu_worker.families.flow import FlowFamily
+from gpu_worker.families.base import BatchRun, Draw, StepCallback
+from gpu_worker.families.flow import FlowFamily, call_pipeline
 from gpu_worker.flow_prompts import plain
+from gpu_worker.loaded import derived
 from gpu_worker.model_parts import (
     PartError,
     Parts,
@@ -109,6 +119,42 @@ def _vae_builder(folder: Path):
     return build
 
 
+@contextmanager
+def _reference_area(area: int | None) -> Iterator[None]:
+    """Plus reads each picture through its VAE at a megapixel (diffusers' `VAE_IMAGE_SIZE`, as ComfyUI's
+    TextEncodeQwenImageEditPlus); a job smaller than that reads them at its own area. The first
+    release's pipeline fixes its size inside its call: `area` None leaves it so."""
+    default = edit_plus_module.VAE_IMAGE_SIZE
+    if area is not None:
+        edit_plus_module.VAE_IMAGE_SIZE = min(default, area)
+    try:
+        yield
+    finally:
+        edit_plus_module.VAE_IMAGE_SIZE = default
+
+
+class PictureProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor for pictures alone: its video half needs torchvision, which Easel does not
+    install (and an edit never reads a video)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs) -> None:
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template)
+
+
+@cache
+def picture_processor() -> PictureProcessor:
+    """Qwen2.5-VL's picture processing as its preprocessor_config.json sets it: 14-pixel patches merged
+    2x2, two frames a patch, between 4 and 16,384 patches, CLIP's mean and deviation."""
+    pictures = Qwen2VLImageProcessorPil(
+        min_pixels=56 * 56, max_pixels=28 * 28 * 16384, patch_size=14, merge_size=2, temporal_patch_size=2,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+    )  # fmt: skip
+    return PictureProcessor(image_processor=pictures, tokenizer=qwen3_tokenizer())
+
+
 class QwenImage(FlowFamily):
     name = "qwen-image"
     # ComfyUI comfy/latent_formats.py `Wan21` (Qwen-Image's latent format): latent_rgb_factors and bias.
@@ -122,10 +168,31 @@ class QwenImage(FlowFamily):
         [-0.1835, -0.0868, -0.3360],
     )  # fmt: skip
 
+    edits = True  # Qwen-Image-Edit (the first release, and Plus)
+
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> QwenImagePipeline:
         return qwen_image_pipeline(request, dtype, device)
 
+    def edit(self, run: BatchRun, draw: Draw, callback: StepCallback, arguments: dict, size: tuple[int, int]) -> list[Image.Image]:
+        """Qwen-Image-Edit: the pictures read by Qwen2.5-VL beside the instruction (each resized by the
+        pipeline to its own reading sizes) and by the VAE, as diffusers' edit pipelines read them."""
+        plus = run.batch.load.variant == "edit-plus"
+        factory = QwenImageEditPlusPipeline if plus else QwenImageEditPipeline
+        pipe = derived(run.loaded, run.batch.load.variant or "edit", partial(factory, processor=picture_processor()))
+        cfg = run.batch.parameters.cfg
+        pictures = list(run.references)
+        edit_arguments = {
+            "prompt": [plain(t) for t in draw.prompts],
+            "negative_prompt": [plain(t) or " " for t in draw.negatives] if cfg > 1 else None,
+            "true_cfg_scale": max(cfg, 1.0),
+            "image": pictures if plus else pictures[0],
+        }
+        with _reference_area(size[0] * size[1] if plus else None):
+            return call_pipeline(run, pipe, draw, callback, edit_arguments, run.batch.parameters.steps, size)
+
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
+        if run.references:  # an edit reads its prompts with its pictures (`edit`)
+            return {}
         pipe, cfg = run.loaded.pipeline, run.batch.parameters.cfg
         embeds, mask = pipe.encode_prompt(prompt=[plain(t) for t in draw.prompts], max_sequence_length=MAX_PROMPT_TOKENS)
         inputs = {"prompt_embeds": embeds, "prompt_embeds_mask": mask, "true_cfg_scale": max(cfg, 1.0)}

@@ -148,7 +148,8 @@ def _make_tiny_z_image(args: argparse.Namespace) -> int:
         shape = "all-in-one" if args.arch.endswith("all-in-one") else "transformer"
         if args.parts and shape != "transformer":
             raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
-        out = quantise_file(make(Path(args.out), args.seed, shape), args.format)
+        edit = {"edit": True} if args.arch == "qwen-image-edit" else {}  # Qwen-Image-Edit Plus, as 2509 and 2511
+        out = quantise_file(make(Path(args.out), args.seed, shape, **edit), args.format)
         parts = make_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

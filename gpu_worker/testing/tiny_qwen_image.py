@@ -90,7 +90,7 @@ def vae_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 
 def make_tiny_qwen_image(out: Path, seed: int = 0, shape: str = "transformer", edit: bool = False) -> Path:
-    """A tiny Qwen-Image (Qwen-Image-Edit when `edit`: its metadata says so) file."""
+    """A tiny Qwen-Image file (Qwen-Image-Edit Plus, as 2509 and 2511, when `edit`: its metadata says so)."""
     out = Path(out)
     if shape not in ("transformer", "all-in-one"):
         raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
@@ -101,9 +101,9 @@ def make_tiny_qwen_image(out: Path, seed: int = 0, shape: str = "transformer", e
         state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
         state |= {IN_FILE["qwen25vl"] + k: v for k, v in text_encoder_state(seed).items()}
         state |= {IN_FILE["vae"] + k: v for k, v in vae_state(seed).items()}
-    name = "Qwen-Image-Edit" if edit else "Qwen-Image"
+    name = "Qwen-Image-Edit Plus" if edit else "Qwen-Image"
     metadata = _metadata(f"Easel tiny {name} ({shape}, random weights)", seed)
-    metadata["modelspec.architecture"] = name.lower()
+    metadata["modelspec.architecture"] = name.lower().replace(" ", "-")
     return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
 
 
