@@ -20,7 +20,7 @@ from functools import cache
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from safetensors import safe_open
 from transformers import (
@@ -141,6 +141,11 @@ def transformer_tensors(main: TensorFile) -> dict[str, torch.Tensor]:
 
 def config(folder: Path, part: str) -> dict:
     return json.loads((folder / part / "config.json").read_text())
+
+
+def bundled_scheduler(folder: Path) -> FlowMatchEulerDiscreteScheduler:
+    """A flow model's schedule as its bundled folder says (its shift, its dynamic shifting)."""
+    return FlowMatchEulerDiscreteScheduler.from_config(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
 
 
 class Parts:

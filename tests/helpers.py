@@ -8,13 +8,14 @@ import inspect
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.generation.jobs import Job, Progress, new_job_id
 from bot.generation.service import GenerationService, JobHandle
+from bot.jobs import Jobs
 from bot.rules.limits import GenerationError, GenerationRequest, Limits, validate
 from common.protocol import LoadRequest
 
@@ -165,3 +166,30 @@ def tiny_flux_request(path: Path) -> LoadRequest:
     return LoadRequest(
         str(path), path.stem, "flux", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", path.stem
     )
+
+
+@contextlib.asynccontextmanager
+async def jobs_over(models: Path, root: Path, *, leave_out: tuple[str, ...] = ("text_encoders", "VAE")) -> AsyncIterator[Jobs]:
+    """The real service and a CPU worker over a copy of the models folder `models` (less the folders
+    `leave_out`: a test puts the parts there when it wants them found), its checkpoints registered."""
+    import shutil
+
+    from bot.checkpoints.registry import CheckpointRegistry
+    from bot.components.registry import VaeRegistry
+    from bot.components.text_encoders import TextEncoderRegistry
+    from bot.db import open_database
+    from bot.images.inputs import InputStore
+    from common.worker_config import WorkerConfig
+
+    copy = root / "models"
+    shutil.copytree(models, copy, ignore=shutil.ignore_patterns(*leave_out))
+    db = await open_database(root / "easel.sqlite3")
+    registry = CheckpointRegistry(db, copy)
+    await registry.scan()
+    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
+    await service.start()
+    try:
+        yield Jobs(registry, service, None, inputs=InputStore(root / "inputs"), vaes=VaeRegistry(db, copy), text_encoders=TextEncoderRegistry(db, copy))
+    finally:
+        await service.close()
+        await db.close()

@@ -17,22 +17,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.registry import CheckpointRegistry
-from bot.components.registry import VaeRegistry
-from bot.components.text_encoders import TextEncoderRegistry
-from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.service import GenerationService
-from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from bot.rules.limits import Limits
 from common.errors import EaselError
 from common.protocol import LoadRequest
-from common.worker_config import WorkerConfig
 from gpu_worker.families.chroma import to_diffusers, to_original
 from gpu_worker.loader import load_pipeline
 from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux_parts
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import jobs_over
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -73,17 +66,8 @@ def test_the_modulation_index_buffer_is_computed_as_diffusers_computes_it(chroma
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def jobs(chroma_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Jobs]:
-    root = tmp_path_factory.mktemp("chroma-jobs")
-    models = root / "models"
-    shutil.copytree(chroma_dir, models, ignore=shutil.ignore_patterns("text_encoders", "VAE"))
-    db = await open_database(root / "easel.sqlite3")
-    registry = CheckpointRegistry(db, models)
-    await registry.scan()
-    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
-    await service.start()
-    yield Jobs(registry, service, None, inputs=InputStore(root / "inputs"), vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
-    await service.close()
-    await db.close()
+    async with jobs_over(chroma_dir, tmp_path_factory.mktemp("chroma-jobs")) as jobs:
+        yield jobs
 
 
 async def picture(jobs: Jobs, **options) -> tuple[np.ndarray, dict[str, str]]:

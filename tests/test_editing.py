@@ -17,22 +17,16 @@ from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
 from bot.checkpoints.registry import CheckpointRegistry
-from bot.components.registry import VaeRegistry
-from bot.components.text_encoders import TextEncoderRegistry
-from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
-from bot.images.inputs import InputStore
 from bot.jobs import Asker, Jobs, Place, same_seed
-from bot.rules.limits import Limits
 from common.editing import INFOTEXT_KEY, read_hashes
 from common.errors import EaselError
 from common.protocol import BatchProgress, ComponentUse, JobDone, JobPart, LoadRequest, RunBatch
-from common.worker_config import WorkerConfig
 from gpu_worker.families.flux_kontext import KontextPipeline, placements, reference_size
 from gpu_worker.testing.tiny_flux import PART_FILES, make_tiny_flux, make_tiny_flux_parts
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import jobs_over
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -158,18 +152,8 @@ def test_the_worker_reads_the_pictures_and_the_instruction(kontext_dir: Path) ->
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def jobs(kontext_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Jobs]:
     """The real service and a worker over the Kontext models folder, its parts not yet registered."""
-    root = tmp_path_factory.mktemp("kontext-jobs")
-    models = root / "models"
-    shutil.copytree(kontext_dir, models, ignore=shutil.ignore_patterns("text_encoders", "VAE"))
-    db = await open_database(root / "easel.sqlite3")
-    registry = CheckpointRegistry(db, models)
-    await registry.scan()
-    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
-    await service.start()
-    inputs = InputStore(root / "inputs")
-    yield Jobs(registry, service, None, inputs=inputs, vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
-    await service.close()
-    await db.close()
+    async with jobs_over(kontext_dir, tmp_path_factory.mktemp("kontext-jobs")) as jobs:
+        yield jobs
 
 
 async def made(jobs: Jobs, plan) -> tuple[np.ndarray, dict[str, str], str]:

@@ -18,21 +18,14 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.registry import CheckpointRegistry
-from bot.components.registry import VaeRegistry
-from bot.components.text_encoders import TextEncoderRegistry
-from bot.db import open_database
 from bot.generation.jobs import Finished
-from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
-from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from bot.rules.limits import Limits
 from common.errors import EaselError
-from common.worker_config import WorkerConfig
 from gpu_worker.testing.tiny_flux import make_tiny_component
 from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts, vae_state
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import jobs_over
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -75,17 +68,8 @@ def test_the_vae_s_original_layout_is_wan_s_as_diffusers_reads_it() -> None:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def jobs(qwen_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Jobs]:
-    root = tmp_path_factory.mktemp("qwen-image-jobs")
-    models = root / "models"
-    shutil.copytree(qwen_dir, models, ignore=shutil.ignore_patterns("text_encoders", "VAE"))
-    db = await open_database(root / "easel.sqlite3")
-    registry = CheckpointRegistry(db, models)
-    await registry.scan()
-    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
-    await service.start()
-    yield Jobs(registry, service, None, inputs=InputStore(root / "inputs"), vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
-    await service.close()
-    await db.close()
+    async with jobs_over(qwen_dir, tmp_path_factory.mktemp("qwen-image-jobs")) as jobs:
+        yield jobs
 
 
 async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, str]:

@@ -16,21 +16,15 @@ import pytest_asyncio
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.registry import CheckpointRegistry
-from bot.components.registry import VaeRegistry
-from bot.components.text_encoders import TextEncoderRegistry, detect_text_encoder
-from bot.db import open_database
+from bot.components.text_encoders import detect_text_encoder
 from bot.generation.jobs import Finished
-from bot.generation.service import GenerationService
 from bot.images.infotext import parse_infotext
-from bot.images.inputs import InputStore
 from bot.jobs import Asker, ImagineOptions, Jobs, Place
-from bot.rules.limits import Limits
 from common.bundled import QWEN3_TOKENIZER
 from common.errors import EaselError
-from common.worker_config import WorkerConfig
 from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts, qwen3_state
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import jobs_over
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -76,17 +70,8 @@ def test_inspect_names_z_image_and_what_it_lacks(z_dir: Path, tmp_path: Path) ->
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def jobs(z_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Jobs]:
     """The real service and a worker over the Z-Image models folder, its parts not yet there."""
-    root = tmp_path_factory.mktemp("z-image-jobs")
-    models = root / "models"
-    shutil.copytree(z_dir, models, ignore=shutil.ignore_patterns("text_encoders", "VAE"))
-    db = await open_database(root / "easel.sqlite3")
-    registry = CheckpointRegistry(db, models)
-    await registry.scan()
-    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=20))
-    await service.start()
-    yield Jobs(registry, service, None, inputs=InputStore(root / "inputs"), vaes=VaeRegistry(db, models), text_encoders=TextEncoderRegistry(db, models))
-    await service.close()
-    await db.close()
+    async with jobs_over(z_dir, tmp_path_factory.mktemp("z-image-jobs")) as jobs:
+        yield jobs
 
 
 async def picture(jobs: Jobs, plan=None, **options) -> tuple[np.ndarray, str]:

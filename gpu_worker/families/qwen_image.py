@@ -13,7 +13,6 @@ CFG is Qwen's "true CFG" with the negative prompt (1: none), 4 by the model card
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, partial
@@ -22,7 +21,6 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKLQwenImage,
-    FlowMatchEulerDiscreteScheduler,
     QwenImageEditPipeline,
     QwenImageEditPlusPipeline,
     QwenImagePipeline,
@@ -43,6 +41,7 @@ from gpu_worker.loaded import derived
 from gpu_worker.model_parts import (
     PartError,
     Parts,
+    bundled_scheduler,
     check_widths,
     config,
     load_exact,
@@ -71,9 +70,7 @@ def qwen_image_pipeline(
             ("VAE", vae.config.z_dim, transformer.config.out_channels),
         ),
     )
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    )
+    scheduler = bundled_scheduler(folder)
     return QwenImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=qwen3_tokenizer(), transformer=transformer
     )

@@ -8,12 +8,11 @@ alone. gpu_worker/model_parts.py reads the parts; gpu_worker/families/sd3_layout
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
 from common.bundled import CONFIG_ROOT
 from common.protocol import LoadRequest
@@ -23,6 +22,7 @@ from gpu_worker.families.flow import FlowFamily
 from gpu_worker.flow_prompts import encode_weighted, plain, weighted
 from gpu_worker.model_parts import (
     build_transformer,
+    bundled_scheduler,
     check_widths,
     clip_builder,
     clip_tokenizer,
@@ -54,9 +54,7 @@ def sd3_pipeline(
             ("VAE", vae.config.latent_channels, settings.in_channels),
         ),
     )
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    )
+    scheduler = bundled_scheduler(folder)
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=scheduler,

@@ -15,11 +15,10 @@ nothing to a language model's hidden states, so weights are read as plain text (
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+from diffusers import ZImagePipeline, ZImageTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
 from common.bundled import CONFIG_ROOT
@@ -31,6 +30,7 @@ from gpu_worker.flow_prompts import plain
 from gpu_worker.model_parts import (
     PartError,
     Parts,
+    bundled_scheduler,
     check_widths,
     config,
     load_exact,
@@ -60,9 +60,7 @@ def z_image_pipeline(
             ("VAE", vae.config.latent_channels, transformer.config.in_channels),
         ),
     )
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(
-        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    )
+    scheduler = bundled_scheduler(folder)
     return ZImagePipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=qwen3_tokenizer(), transformer=transformer
     )

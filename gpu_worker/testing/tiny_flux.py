@@ -143,6 +143,14 @@ PART_FILES = {
 }
 
 
+def write_part(models: Path, folder: str, name: str, state: dict[str, torch.Tensor], title: str, seed: int) -> Path:
+    """A tiny part file where a user keeps it: MODELS/folder/name, its metadata's title `title`."""
+    out = Path(models) / folder / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    metadata = _metadata(f"Easel tiny {title} (random weights)", seed)
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+
 def make_tiny_flux_parts(models: Path, seed: int = 0) -> list[Path]:
     """The parts a transformer-only tiny Flux file of `seed` runs with, written into a models folder
     where a user would have them (models/text_encoders, models/VAE)."""

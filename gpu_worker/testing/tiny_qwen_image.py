@@ -22,7 +22,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from common.bundled import CONFIG_ROOT
 from common.safetensors_writer import temp_path
 from gpu_worker.save import save_atomically
-from gpu_worker.testing.tiny_flux import _metadata
+from gpu_worker.testing.tiny_flux import _metadata, write_part
 
 FOLDER = CONFIG_ROOT / "tiny-qwen-image"
 TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -109,12 +109,8 @@ def make_tiny_qwen_image(out: Path, seed: int = 0, shape: str = "transformer", e
 
 def make_tiny_qwen_image_parts(models: Path, seed: int = 0) -> list[Path]:
     """The parts a transformer-only tiny Qwen-Image file of `seed` runs with, where a user keeps them."""
-    written = []
-    for role, (folder, name) in PART_FILES.items():
-        out = Path(models) / folder / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        state = text_encoder_state(seed) if role == "qwen25vl" else vae_state(seed)
-        label = "Qwen2.5-VL" if role == "qwen25vl" else "Qwen-Image VAE (Wan 2.1 layout)"
-        metadata = _metadata(f"Easel tiny {label} (random weights)", seed)
-        written.append(save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out)))
-    return written
+    return [
+        write_part(models, folder, name, text_encoder_state(seed) if role == "qwen25vl" else vae_state(seed),
+                   "Qwen2.5-VL" if role == "qwen25vl" else "Qwen-Image VAE (Wan 2.1 layout)", seed)
+        for role, (folder, name) in PART_FILES.items()
+    ]  # fmt: skip

@@ -21,7 +21,7 @@ from common.bundled import CONFIG_ROOT
 from common.safetensors_writer import temp_path
 from gpu_worker.save import save_atomically
 from gpu_worker.testing.tiny_flux import FOLDER as FLUX_FOLDER
-from gpu_worker.testing.tiny_flux import _metadata, part_state
+from gpu_worker.testing.tiny_flux import _metadata, part_state, write_part
 
 FOLDER = CONFIG_ROOT / "tiny-z-image"
 TRANSFORMER_PREFIX = "model.diffusion_model."
@@ -89,11 +89,8 @@ def make_tiny_z_image(out: Path, seed: int = 0, shape: str = "transformer", base
 
 def make_tiny_z_image_parts(models: Path, seed: int = 0) -> list[Path]:
     """The parts a transformer-only tiny Z-Image file of `seed` runs with, where a user keeps them."""
-    written = []
-    for role, (folder, name) in PART_FILES.items():
-        out = Path(models) / folder / name
-        out.parent.mkdir(parents=True, exist_ok=True)
-        state = qwen3_state(seed) if role == "qwen3" else part_state("vae", seed, FLUX_FOLDER)
-        metadata = _metadata(f"Easel tiny {'Qwen3' if role == 'qwen3' else 'FLUX.1 VAE'} (random weights)", seed)
-        written.append(save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out)))
-    return written
+    return [
+        write_part(models, folder, name, qwen3_state(seed) if role == "qwen3" else part_state("vae", seed, FLUX_FOLDER),
+                   "Qwen3" if role == "qwen3" else "FLUX.1 VAE", seed)
+        for role, (folder, name) in PART_FILES.items()
+    ]  # fmt: skip
