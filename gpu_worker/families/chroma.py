@@ -109,7 +109,7 @@ def chroma_pipeline(
     # device above), computed as diffusers' ChromaCombinedTimestepTextProjEmbeddings computes it.
     embed = transformer.time_text_embed
     rows, width = embed.mod_proj.shape
-    positions = torch.arange(rows) * 1000
+    positions = torch.arange(rows, device="cpu") * 1000  # built in CPU RAM like the rest; placed with it
     embed.register_buffer(
         "mod_proj", get_timestep_embedding(positions, width, flip_sin_to_cos=True, downscale_freq_shift=0), persistent=False
     )
