@@ -38,6 +38,14 @@ def _short(value: Any) -> str:
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
 
 
+def memory_line(ins: Inspection) -> str:
+    """What a flow model's file takes once loaded: its weights widened to 16 bits (bf16 on a GPU), and
+    kept in fp8 when the card is too small (docs/gpu.md); the parts it lacks come on top."""
+    sixteen = ins.parameters * 2
+    line = f"about {human_size(sixteen)} at 16 bits, {human_size(ins.parameters)} with fp8 weights"
+    return line + (" (this file's part; the parts it needs come on top)" if ins.architecture.needs else "")
+
+
 def edits_line(family: str, variant: str) -> str | None:
     """The inspect line of an edit model (common/editing.py); None for any other."""
     model = edit_model(family, variant)
@@ -76,6 +84,8 @@ def render_inspection(ins: Inspection) -> str:
     lines.append(f"Parameters:    {ins.parameters:,} in {ins.tensor_count:,} tensors, mostly {ins.dtype}")
     if ins.quantisation:
         lines.append(f"Quantisation:  {ins.quantisation}")
+    if arch.prediction == "flow" and arch.runnable:
+        lines.append(f"Memory:        {memory_line(ins)}")
     if ins.hashes:
         lines.append(f"SHA256:        {ins.hashes.sha256}")
         lines.append(f"AutoV2:        {ins.hashes.autov2.upper()}")
