@@ -129,8 +129,10 @@ def test_the_command_line_makes_a_z_image_and_its_parts_and_draws_with_them(env:
     assert scanned.code == 0 and "Qwen3 text encoder (32 wide)" in scanned.out, scanned.out
     inspected = cli("inspect", str(models / "z_image_turbo_bf16.safetensors"))
     assert "Z-Image Turbo (transformer only)" in inspected.out and "Qwen3 text encoder (32 wide), 16-channel VAE" in inspected.out
+    from cli.output import human_size
+
     parameters = inspect_file(models / "z_image_turbo_bf16.safetensors").parameters
-    assert f"Memory:        about {parameters * 2 / 1e6:.1f} MB at 16 bits, {parameters / 1e6:.1f} MB with fp8 weights" in inspected.out
+    assert f"Memory:        about {human_size(parameters * 2)} at 16 bits, {human_size(parameters)} with fp8 weights" in inspected.out
     drawn = cli("generate", "--checkpoint", "z_image_turbo_bf16", "--prompt", "a lighthouse", "--steps", "2", "--out", str(env / "out"))
     assert drawn.code == 0, drawn.err
     [result] = (env / "out").glob("*.png")
