@@ -708,13 +708,13 @@ class Jobs:
         if not p.edit_images:
             return ()
         check_edit_model(ref, len(p.edit_images))
-        pictures = []
+        pictures: list[bytes] = []
         for sha256 in p.edit_images:
             try:
                 pictures.append(uploads.get(sha256) or await self._kept_input(sha256))
             except EaselError:
                 raise EaselError("an input picture of this edit is no longer kept here; attach it to /edit again") from None
-        return tuple(picture for picture in pictures if picture is not None)
+        return tuple(pictures)
 
     async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""

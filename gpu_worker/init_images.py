@@ -1,4 +1,5 @@
-"""The input picture of an img2img job, fitted to the job's size as A1111's "Resize mode" does.
+"""The input picture of an img2img job, fitted to the job's size as A1111's "Resize mode" does; an
+edit's input pictures, read as they are.
 
 Followed (facts, not code) from AUTOMATIC1111 modules/images.py `resize_image`: "Just resize"
 stretches to the size; "Crop and resize" scales until the picture covers the size, keeping its
@@ -13,6 +14,12 @@ import io
 from PIL import Image, ImageFilter
 
 LANCZOS = Image.Resampling.LANCZOS
+
+
+def read_references(pngs: tuple[bytes, ...]) -> tuple[Image.Image, ...]:
+    """An edit's input pictures (plain RGB PNGs from the bot), as they are: each edit model reads
+    them at its own sizes (gpu_worker/families/flux_kontext.py, qwen_image.py)."""
+    return tuple(Image.open(io.BytesIO(png)).convert("RGB") for png in pngs)
 
 
 def prepare_init(png: bytes, width: int, height: int, mode: str) -> Image.Image:

@@ -265,7 +265,8 @@ def check_edit_model(checkpoint: CheckpointRef, pictures: int) -> None:
             f"{checkpoint.name} ({checkpoint.architecture}) cannot edit pictures; choose an edit model such as FLUX.1 Kontext"
         )
     if pictures > model.max_pictures:
-        raise GenerationError(f"{model.label} edits with at most {model.max_pictures} input pictures, not {pictures}")
+        most = f"{model.max_pictures} input picture{'s' if model.max_pictures > 1 else ''}"
+        raise GenerationError(f"{model.label} edits with at most {most}, not {pictures}")
 
 
 def _check_edit(p: Parameters, checkpoint: CheckpointRef, edit_pngs: tuple[bytes, ...]) -> None:

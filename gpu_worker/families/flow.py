@@ -11,9 +11,8 @@ from PIL import Image
 
 from common.protocol import RunBatch
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
-from gpu_worker.families.flux_kontext import read_references
 from gpu_worker.hires import enlarge
-from gpu_worker.init_images import prepare_init
+from gpu_worker.init_images import prepare_init, read_references
 from gpu_worker.latents import decode_pictures, encode_pictures
 from gpu_worker.loaded import image_to_image
 from gpu_worker.previews import latents_to_images, vae_previews

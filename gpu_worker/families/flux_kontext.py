@@ -13,7 +13,6 @@ own area: the list itself for a job at the model's native megapixel.
 
 from __future__ import annotations
 
-import io
 import math
 
 import torch
@@ -54,11 +53,6 @@ def placements(shapes: list[tuple[int, int]]) -> list[tuple[int, int]]:
         rows, columns = max(rows, height + row), max(columns, width + column)
         out.append((row, column))
     return out
-
-
-def read_references(pngs: tuple[bytes, ...]) -> tuple[Image.Image, ...]:
-    """The batch's input pictures (plain RGB PNGs from the bot)."""
-    return tuple(Image.open(io.BytesIO(png)).convert("RGB") for png in pngs)
 
 
 def encode_references(pipe: FluxKontextPipeline, pictures: tuple[Image.Image, ...], size: tuple[int, int]) -> list[torch.Tensor]:
