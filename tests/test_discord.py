@@ -1052,7 +1052,7 @@ async def test_edit_a_picture_from_the_command_the_edit_button_and_any_message(e
         first = parse_infotext((await png_of(message)).info["parameters"])[2]
         assert len(first["Edit images"]) == 64 and first["Seed"] == "3"
 
-        shown = await alice.click(message, label="Edit")  # the result's picture, edited again
+        shown = await alice.click(message, label="Edit again")  # under an edit's result: its picture, edited again
         assert shown.modal is not None and shown.modal["title"] == "Edit the picture"
         again = (await alice.submit_modal(shown, {"instruction": "put a hat on it"})).response
         assert again.embeds[0].title == "put a hat on it" and f"Edited from [job {job_id}]" in again.embeds[0].description

@@ -118,9 +118,8 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, sta
         for e in await services.jobs.offered(place(interaction))
         if e.sha256 != job.spec.checkpoint.sha256
     ][:25]
-    message = await post_result(
-        interaction, embed=embed, files=files, view=result_view(job.id, others), what=f"job {job.id}", status=status
-    )
+    view = result_view(job.id, others, edited=bool(job.spec.parameters.edit_images))
+    message = await post_result(interaction, embed=embed, files=files, view=view, what=f"job {job.id}", status=status)
     if message is not None:
         await services.generation.store.set_message(job.id, str(message.id))
 
@@ -259,11 +258,11 @@ class StatusMessage:
         return True
 
 
-def result_view(job_id: str, checkpoints: list[discord.SelectOption]) -> discord.ui.View:
+def result_view(job_id: str, checkpoints: list[discord.SelectOption], *, edited: bool = False) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     buttons = (
         RerollButton(job_id),
-        EditButton(job_id),
+        EditButton(job_id, again=edited),
         UpscaleButton(job_id),
         VaryButton(job_id),
         VaryButton(job_id, strong=True),
@@ -340,8 +339,9 @@ class EditButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=
     """The result's picture edited as a modal asks (common/editing.py), by the edit model this job ran
     on, else this place's edit model."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Edit", emoji="✏️", custom_id=f"easel:edit:{job_id}"))
+    def __init__(self, job_id: str, *, again: bool = False) -> None:
+        label = "Edit again" if again else "Edit"  # under an edit's result: its picture edited once more
+        super().__init__(discord.ui.Button(label=label, emoji="✏️", custom_id=f"easel:edit:{job_id}"))
         self.job_id = job_id
 
     @answers_errors
