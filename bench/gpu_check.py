@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 from bench.harness import report
-from common.bundled import CONFIG_ROOT
+from common.bundled import CONFIG_ROOT, QWEN3_TOKENIZER
 from common.protocol import BatchFailed, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, UpscalerUse
 from gpu_worker.cache import PipelineCache, pipeline_bytes
 from gpu_worker.loaded import LoadedPipeline
@@ -95,8 +95,8 @@ def random_pipeline(config: str, dtype: torch.dtype, device: str):
             continue
         cls = getattr(importlib.import_module(library), class_name)
         where = folder / name
-        if "Tokenizer" in class_name:
-            parts[name] = cls.from_pretrained(where)
+        if "Tokenizer" in class_name:  # Z-Image's and Qwen-Image's Qwen tokenizer: from its package
+            parts[name] = cls.from_pretrained(where if where.is_dir() else QWEN3_TOKENIZER)
         elif name == "scheduler":
             parts[name] = cls.from_config(cls.load_config(where))
         elif library == "diffusers":

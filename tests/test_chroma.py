@@ -101,3 +101,27 @@ async def test_chroma_runs_with_flux_s_parts_and_its_own_defaults(jobs: Jobs, ch
     assert not np.array_equal(split, unguided)  # CFG runs the negative prompt
     other, _ = await picture(jobs, prompt="a blue boat", negative="blurry")
     assert not np.array_equal(split, other)
+
+
+def test_every_parameter_of_the_loaded_model_is_the_files(chroma_dir: Path) -> None:
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    path = chroma_dir / "chroma-aio.safetensors"
+    ins = inspect_file(path)
+    pipe = load_pipeline(LoadRequest(str(path), "c", "chroma", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "c")).pipeline
+    file = load_file(str(path))
+
+    def under(prefix: str) -> dict:
+        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
+
+    t5 = under("text_encoders.t5xxl.transformer.")
+    t5["encoder.embed_tokens.weight"] = t5["shared.weight"]  # stored once, as `shared`
+    expected = {
+        "transformer": to_diffusers(under("model.diffusion_model.")),
+        "text_encoder": t5,
+        "vae": convert_ldm_vae_checkpoint(under("vae."), pipe.vae.config),
+    }
+    for name, wanted in expected.items():
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == wanted.keys(), name
+        assert all(torch.equal(loaded[k], wanted[k]) for k in loaded), name

@@ -1071,6 +1071,10 @@ async def test_edit_a_picture_from_the_command_the_edit_button_and_any_message(e
         assert refused.ephemeral and "that message has no picture to edit" in refused.response.content
         wrong = await alice.slash(channel, "edit", image=fox, instruction="make it night", checkpoint="tiny-sd1")
         assert "tiny-sd1 (SD1.x) cannot edit pictures" in wrong.followups[0].content
+        hostile = await alice.slash(channel, "edit", image=("fox.png", b"MZ\x90\x00not a picture"), instruction="make it night")
+        assert "not a PNG, JPEG or WebP picture" in hostile.followups[0].content  # read as every upload is
+        second = await alice.slash(channel, "edit", image=fox, image2=("evil.png", b"<svg onload=alert(1)>"), instruction="x")
+        assert "not a PNG, JPEG or WebP picture" in second.followups[0].content  # every picture of an edit
 
         admins = guild.create_role("Admins", permissions=discord.Permissions(manage_guild=True))
         admin = guild.add_member(env.create_user("edit-admin"), roles=[admins])

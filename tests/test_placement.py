@@ -28,7 +28,10 @@ GB = 1 << 30
 def on_paper() -> dict[str, DiffusionPipeline]:
     """Each family's pipeline at its real size without its memory: bench/gpu_check.py's random
     pipelines, built from the bundled configs on the meta device (which also shows they build)."""
-    dtypes = {"sd1": torch.float16, "sdxl": torch.float16, "flux": torch.bfloat16, "sd3": torch.bfloat16}
+    dtypes = {
+        "sd1": torch.float16, "sdxl": torch.float16, "flux": torch.bfloat16, "sd3": torch.bfloat16,
+        "z-image": torch.bfloat16, "qwen-image": torch.bfloat16,
+    }  # fmt: skip
     return {config: random_pipeline(config, dtype, "meta") for config, dtype in dtypes.items()}
 
 
@@ -70,6 +73,29 @@ def test_sd35_large_takes_the_first_placement_that_fits_each_card(
     the budget: block by block."""
     budget = budget_of(card_gb, monkeypatch)
     assert choose(on_paper["sd3"], budget, fp8=True) == placement
+
+
+@pytest.mark.parametrize(("card_gb", "placement"), [(48, OFFLOAD), (32, FP8), (24, FP8), (16, GROUP), (12, GROUP)])
+def test_qwen_image_and_its_edit_models_take_the_first_placement_that_fits_each_card(
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Qwen-Image (and Qwen-Image-Edit, the same shapes) in bf16: a 38.1 GB transformer and a 15.4 GB
+    Qwen2.5-VL. Its transformer stored in fp8 (19.0 GB) fits a 24 GB card's budget with each part
+    moved in; on 16 GB even that is over: block by block."""
+    budget = budget_of(card_gb, monkeypatch)
+    chosen = choose(on_paper["qwen-image"], budget, fp8=True)
+    assert chosen == placement
+    assert resident(on_paper["qwen-image"], chosen) <= budget
+
+
+@pytest.mark.parametrize(("card_gb", "placement"), [(24, WHOLE), (16, OFFLOAD), (12, FP8)])
+def test_z_image_takes_the_first_placement_that_fits_each_card(
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Z-Image in bf16: an 11.5 GB transformer and a 7.5 GB Qwen3-4B: whole on 24 GB (19.1 GB), each
+    part moved in on 16 GB (as its card says: it fits 16 GB cards), fp8 weights on 12 GB."""
+    budget = budget_of(card_gb, monkeypatch)
+    assert choose(on_paper["z-image"], budget, fp8=True) == placement
 
 
 @pytest.fixture(scope="module")

@@ -205,3 +205,32 @@ def test_the_command_line_makes_qwen_image_edit_and_edits_with_it(env: Path, cli
     edited = cli("generate", "--edit", str(env / "red.png"), "--prompt", "make it night", "--steps", "2", "--out", str(env / "out"))
     assert edited.code == 0, edited.err
     assert "qwen_image_edit_2511_bf16" in edited.out and "an edit of 1 picture" in edited.out
+
+
+def test_every_parameter_of_the_loaded_model_is_the_files(qwen_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from common.protocol import LoadRequest
+    from gpu_worker.loader import load_pipeline
+
+    path = qwen_dir / "qwen-image-aio.safetensors"
+    ins = inspect_file(path)
+    pipe = load_pipeline(LoadRequest(str(path), "q", "qwen-image", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "q")).pipeline
+    file = load_file(str(path))
+
+    def under(prefix: str) -> dict:
+        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
+
+    encoder = {
+        ("model." + k if k.startswith("visual.") else "model.language_model." + k.removeprefix("model.") if k.startswith("model.") else k): v
+        for k, v in under("text_encoders.qwen25_7b.transformer.").items()
+    }
+    expected = {
+        "transformer": under("model.diffusion_model."),  # diffusers' names already
+        "text_encoder": encoder,
+        "vae": convert_wan_vae_to_diffusers(under("vae.")),
+    }
+    for name, wanted in expected.items():
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == wanted.keys(), name
+        assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name  # bf16 widened exactly

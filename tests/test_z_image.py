@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
+import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
@@ -138,3 +139,32 @@ def test_the_command_line_makes_a_z_image_and_its_parts_and_draws_with_them(env:
     [result] = (env / "out").glob("*.png")
     _, _, params = parse_generation_parameters(Image.open(result).info["parameters"])
     assert params["Model"] == "z_image_turbo_bf16" and params["Module 2"] == "qwen_3_4b"
+
+
+def test_every_parameter_of_the_loaded_model_is_the_files(z_dir: Path) -> None:
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_vae_checkpoint,
+        convert_z_image_transformer_checkpoint_to_diffusers,
+    )
+    from safetensors.torch import load_file
+
+    from common.protocol import LoadRequest
+    from gpu_worker.loader import load_pipeline
+
+    path = z_dir / "z-image-aio.safetensors"
+    ins = inspect_file(path)
+    pipe = load_pipeline(LoadRequest(str(path), "z", "z-image", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "z")).pipeline
+    file = load_file(str(path))
+
+    def under(prefix: str) -> dict:
+        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
+
+    expected = {
+        "transformer": convert_z_image_transformer_checkpoint_to_diffusers(under("model.diffusion_model.")),
+        "text_encoder": {k.removeprefix("model."): v for k, v in under("text_encoders.qwen3_4b.transformer.").items()},
+        "vae": convert_ldm_vae_checkpoint(under("vae."), pipe.vae.config),
+    }
+    for name, wanted in expected.items():
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == wanted.keys(), name
+        assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name  # bf16 widened exactly
