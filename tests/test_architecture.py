@@ -193,3 +193,27 @@ def test_tiny_checkpoints_look_like_their_architecture(tiny_dir: Path, arch: str
     expected_components = {"unet", "vae", "text_encoder"} | ({"text_encoder_2"} if arch == "sdxl" else set())
     assert set(ins.components) == expected_components
     assert ins.metadata["modelspec"]["title"].startswith("Easel tiny")
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        # each transformer family's tell, with the widths the rules read missing or not matrices
+        {"double_blocks.0.img_attn.norm.key_norm.scale": (4,), "vector_in.in_layer.weight": (3,)},
+        {"double_blocks.0.img_attn.norm.key_norm.scale": (4,), "distilled_guidance_layer.in_proj.weight": (3, 3)},
+        {"joint_blocks.0.context_block.adaLN_modulation.1.bias": (4,), "x_embedder.proj.weight": (2,)},
+        {"txt_norm.weight": (4,), "transformer_blocks.0.img_mod.1.weight": (3,), "txt_in.weight": (5,)},
+        {"txt_norm.weight": (4,), "transformer_blocks.0.img_mod.1.weight": (3,)},
+        {"cap_embedder.1.weight": (4,), "layers.0.adaLN_modulation.0.weight": (3,)},
+    ],
+)
+def test_a_layout_its_shapes_do_not_keep_is_unusable_in_one_line(entries: dict[str, tuple[int, ...]], tmp_path: Path) -> None:
+    """Hostile or broken files: the tell of a family without the tensors its rules measure."""
+    import torch
+    from safetensors.torch import save_file
+
+    arch = detect_architecture(tensors(entries))
+    assert not arch.runnable and "\n" not in arch.reason and arch.reason, arch
+    path = tmp_path / "odd.safetensors"
+    save_file({name: torch.zeros(shape) for name, shape in entries.items()}, str(path))
+    assert not inspect_file(path).runnable  # and inspect says so, rather than failing

@@ -74,7 +74,18 @@ def detect_architecture(
     file_name: str = "",
 ) -> Architecture:
     """The file's family from its tensors; `file_name` tells what the tensors cannot (FLUX.1 Kontext
-    from FLUX.1 dev)."""
+    from FLUX.1 dev). A file whose names promise a layout its shapes do not keep (a tensor missing, a
+    matrix that is not one) is unusable, said in one line: the rules read widths off the shapes."""
+    try:
+        return _detect(tensors, metadata or {}, extras or {}, file_name)
+    except (KeyError, IndexError) as e:
+        reason = f"its tensors do not have the layout their names promise ({type(e).__name__}: {str(e)[:80]})"
+        return Architecture("unknown", "", "", "unknown (malformed)", "", False, reason)
+
+
+def _detect(
+    tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str], extras: Mapping[str, object], file_name: str
+) -> Architecture:
     metadata = metadata or {}
     extras = extras or {}
     keys = tensors.keys()

@@ -128,7 +128,10 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     quantised = quantisation(list(tensors))
     if quantised.startswith("NVFP4") and architecture.runnable:
         architecture = replace(architecture, runnable=False, reason="NVFP4 weights are not supported; use the model's fp8 or 16-bit file")
-    config, why_not = choose_pipeline_config(architecture, tensors)
+    try:
+        config, why_not = choose_pipeline_config(architecture, tensors)
+    except (KeyError, IndexError) as e:  # a width the verdict relies on is not in the file as its names say
+        config, why_not = None, f"its tensors do not have the layout their names promise ({type(e).__name__}: {str(e)[:80]})"
     if config is None and architecture.runnable:
         architecture = replace(architecture, runnable=False, reason=why_not)
     bytes_by_dtype: Counter[str] = Counter()
