@@ -234,8 +234,6 @@ def test_generate_edits_a_picture_from_the_command_line(env: Path, cli) -> None:
     [result] = (env / "out").glob("*.png")
     _, _, params = parse_generation_parameters(Image.open(result).info["parameters"])
     assert params["Model"] == "flux1-kontext-dev" and len(params[INFOTEXT_KEY]) == 64
-    dev = cli("make-tiny-checkpoint", "--arch", "flux", "--parts", str(models), str(models / "aio.safetensors"))
-    assert dev.code != 0 and "--parts is for the transformer-only Flux files" in dev.err
 
 
 @pytest.mark.asyncio
@@ -266,3 +264,11 @@ async def test_a_kontext_file_registered_before_it_was_known_becomes_kontext(kon
         assert (dev.variant, dev.architecture) == ("dev", "FLUX.1 dev (transformer only)")
     finally:
         await db.close()
+
+
+def test_parts_are_written_only_beside_a_transformer_only_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gpu_worker.__main__ import main
+
+    assert main(["make-tiny-checkpoint", "--arch", "flux", "--parts", str(tmp_path), str(tmp_path / "aio.safetensors")]) == 1
+    assert "--parts is for the transformer-only Flux files" in capsys.readouterr().err
+    assert not (tmp_path / "aio.safetensors").exists() and not (tmp_path / "text_encoders").exists()
