@@ -193,3 +193,19 @@ async def jobs_over(models: Path, root: Path, *, leave_out: tuple[str, ...] = ("
     finally:
         await service.close()
         await db.close()
+
+
+def under(file: dict, prefix: str) -> dict:
+    """A file's tensors under `prefix`, named without it."""
+    return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
+
+
+def assert_loaded_as_in_file(pipe, expected: dict[str, dict]) -> None:
+    """Every parameter of each named part of `pipe` is the file's tensor (widened to the part's dtype,
+    exactly: bf16 and fp8 widen without rounding), and the part has no other."""
+    import torch
+
+    for name, wanted in expected.items():
+        loaded = getattr(pipe, name).state_dict()
+        assert loaded.keys() == wanted.keys(), name
+        assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name

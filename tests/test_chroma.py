@@ -25,7 +25,7 @@ from gpu_worker.families.chroma import to_diffusers, to_original
 from gpu_worker.loader import load_pipeline
 from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux_parts
 from tests.a1111_infotext import parse_generation_parameters
-from tests.helpers import jobs_over
+from tests.helpers import assert_loaded_as_in_file, jobs_over, under
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -111,17 +111,11 @@ def test_every_parameter_of_the_loaded_model_is_the_files(chroma_dir: Path) -> N
     pipe = load_pipeline(LoadRequest(str(path), "c", "chroma", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "c")).pipeline
     file = load_file(str(path))
 
-    def under(prefix: str) -> dict:
-        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
-
-    t5 = under("text_encoders.t5xxl.transformer.")
+    t5 = under(file, "text_encoders.t5xxl.transformer.")
     t5["encoder.embed_tokens.weight"] = t5["shared.weight"]  # stored once, as `shared`
     expected = {
-        "transformer": to_diffusers(under("model.diffusion_model.")),
+        "transformer": to_diffusers(under(file, "model.diffusion_model.")),
         "text_encoder": t5,
-        "vae": convert_ldm_vae_checkpoint(under("vae."), pipe.vae.config),
+        "vae": convert_ldm_vae_checkpoint(under(file, "vae."), pipe.vae.config),
     }
-    for name, wanted in expected.items():
-        loaded = getattr(pipe, name).state_dict()
-        assert loaded.keys() == wanted.keys(), name
-        assert all(torch.equal(loaded[k], wanted[k]) for k in loaded), name
+    assert_loaded_as_in_file(pipe, expected)

@@ -25,7 +25,7 @@ from common.errors import EaselError
 from gpu_worker.testing.tiny_flux import make_tiny_component
 from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts, vae_state
 from tests.a1111_infotext import parse_generation_parameters
-from tests.helpers import jobs_over
+from tests.helpers import assert_loaded_as_in_file, jobs_over, under
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -218,19 +218,13 @@ def test_every_parameter_of_the_loaded_model_is_the_files(qwen_dir: Path) -> Non
     pipe = load_pipeline(LoadRequest(str(path), "q", "qwen-image", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "q")).pipeline
     file = load_file(str(path))
 
-    def under(prefix: str) -> dict:
-        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
-
     encoder = {
         ("model." + k if k.startswith("visual.") else "model.language_model." + k.removeprefix("model.") if k.startswith("model.") else k): v
-        for k, v in under("text_encoders.qwen25_7b.transformer.").items()
+        for k, v in under(file, "text_encoders.qwen25_7b.transformer.").items()
     }
     expected = {
-        "transformer": under("model.diffusion_model."),  # diffusers' names already
+        "transformer": under(file, "model.diffusion_model."),  # diffusers' names already
         "text_encoder": encoder,
-        "vae": convert_wan_vae_to_diffusers(under("vae.")),
+        "vae": convert_wan_vae_to_diffusers(under(file, "vae.")),
     }
-    for name, wanted in expected.items():
-        loaded = getattr(pipe, name).state_dict()
-        assert loaded.keys() == wanted.keys(), name
-        assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name  # bf16 widened exactly
+    assert_loaded_as_in_file(pipe, expected)

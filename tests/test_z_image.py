@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
@@ -25,7 +24,7 @@ from common.bundled import QWEN3_TOKENIZER
 from common.errors import EaselError
 from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts, qwen3_state
 from tests.a1111_infotext import parse_generation_parameters
-from tests.helpers import jobs_over
+from tests.helpers import assert_loaded_as_in_file, jobs_over, under
 
 HOST, HERE = Asker.host(), Place.command_line()
 
@@ -157,15 +156,9 @@ def test_every_parameter_of_the_loaded_model_is_the_files(z_dir: Path) -> None:
     pipe = load_pipeline(LoadRequest(str(path), "z", "z-image", ins.architecture.label, "safetensors", ins.pipeline_config, "flow", "z")).pipeline
     file = load_file(str(path))
 
-    def under(prefix: str) -> dict:
-        return {k.removeprefix(prefix): v for k, v in file.items() if k.startswith(prefix)}
-
     expected = {
-        "transformer": convert_z_image_transformer_checkpoint_to_diffusers(under("model.diffusion_model.")),
-        "text_encoder": {k.removeprefix("model."): v for k, v in under("text_encoders.qwen3_4b.transformer.").items()},
-        "vae": convert_ldm_vae_checkpoint(under("vae."), pipe.vae.config),
+        "transformer": convert_z_image_transformer_checkpoint_to_diffusers(under(file, "model.diffusion_model.")),
+        "text_encoder": {k.removeprefix("model."): v for k, v in under(file, "text_encoders.qwen3_4b.transformer.").items()},
+        "vae": convert_ldm_vae_checkpoint(under(file, "vae."), pipe.vae.config),
     }
-    for name, wanted in expected.items():
-        loaded = getattr(pipe, name).state_dict()
-        assert loaded.keys() == wanted.keys(), name
-        assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name  # bf16 widened exactly
+    assert_loaded_as_in_file(pipe, expected)
