@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -141,6 +142,31 @@ PART_FILES = {
     "t5xxl": ("text_encoders", "t5xxl_fp16.safetensors"),
     "flux-vae": ("VAE", "ae.safetensors"),
 }
+
+
+def write_transformer_file(
+    out: Path,
+    shape: str,
+    transformer: Callable[[], dict[str, torch.Tensor]],
+    parts: Callable[[], dict[str, dict[str, torch.Tensor]]],
+    title: str,
+    architecture: str,
+    seed: int,
+) -> Path:
+    """A tiny transformer model's file: the transformer alone (`shape` "transformer") or all-in-one,
+    under `model.diffusion_model.` with each part's tensors under its prefix (`parts`: prefix -> state)."""
+    out = Path(out)
+    if shape not in ("transformer", "all-in-one"):
+        raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    state = transformer()
+    if shape == "all-in-one":
+        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
+        for prefix, part in parts().items():
+            state |= {prefix + k: v for k, v in part.items()}
+    metadata = _metadata(f"Easel tiny {title} ({shape}, random weights)", seed) | {"modelspec.architecture": architecture}
+    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
 
 
 def write_part(models: Path, folder: str, name: str, state: dict[str, torch.Tensor], title: str, seed: int) -> Path:

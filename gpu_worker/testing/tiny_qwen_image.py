@@ -20,12 +20,9 @@ from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from common.bundled import CONFIG_ROOT
-from common.safetensors_writer import temp_path
-from gpu_worker.save import save_atomically
-from gpu_worker.testing.tiny_flux import _metadata, write_part
+from gpu_worker.testing.tiny_flux import write_part, write_transformer_file
 
 FOLDER = CONFIG_ROOT / "tiny-qwen-image"
-TRANSFORMER_PREFIX = "model.diffusion_model."
 IN_FILE = {"qwen25vl": "text_encoders.qwen25_7b.transformer.", "vae": "vae."}
 PART_FILES = {"qwen25vl": ("text_encoders", "qwen_2.5_vl_7b.safetensors"), "vae": ("VAE", "qwen_image_vae.safetensors")}
 
@@ -91,20 +88,14 @@ def vae_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def make_tiny_qwen_image(out: Path, seed: int = 0, shape: str = "transformer", edit: bool = False) -> Path:
     """A tiny Qwen-Image file (Qwen-Image-Edit Plus, as 2509 and 2511, when `edit`: its metadata says so)."""
-    out = Path(out)
-    if shape not in ("transformer", "all-in-one"):
-        raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
-    if out.suffix != ".safetensors":
-        raise ValueError(f"{out}: the output must end in .safetensors")
-    state = transformer_state(seed)
-    if shape == "all-in-one":
-        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
-        state |= {IN_FILE["qwen25vl"] + k: v for k, v in text_encoder_state(seed).items()}
-        state |= {IN_FILE["vae"] + k: v for k, v in vae_state(seed).items()}
     name = "Qwen-Image-Edit Plus" if edit else "Qwen-Image"
-    metadata = _metadata(f"Easel tiny {name} ({shape}, random weights)", seed)
-    metadata["modelspec.architecture"] = name.lower().replace(" ", "-")
-    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+    def parts() -> dict[str, dict[str, torch.Tensor]]:
+        return {IN_FILE["qwen25vl"]: text_encoder_state(seed), IN_FILE["vae"]: vae_state(seed)}
+
+    return write_transformer_file(
+        out, shape, lambda: transformer_state(seed), parts, name, name.lower().replace(" ", "-"), seed
+    )
 
 
 def make_tiny_qwen_image_parts(models: Path, seed: int = 0) -> list[Path]:

@@ -18,13 +18,10 @@ from diffusers import ZImageTransformer2DModel
 from transformers import Qwen3Config, Qwen3Model
 
 from common.bundled import CONFIG_ROOT
-from common.safetensors_writer import temp_path
-from gpu_worker.save import save_atomically
 from gpu_worker.testing.tiny_flux import FOLDER as FLUX_FOLDER
-from gpu_worker.testing.tiny_flux import _metadata, part_state, write_part
+from gpu_worker.testing.tiny_flux import part_state, write_part, write_transformer_file
 
 FOLDER = CONFIG_ROOT / "tiny-z-image"
-TRANSFORMER_PREFIX = "model.diffusion_model."
 IN_FILE = {"qwen3": "text_encoders.qwen3_4b.transformer.", "vae": "vae."}
 PART_FILES = {"qwen3": ("text_encoders", "qwen_3_4b.safetensors"), "vae": ("VAE", "ae.safetensors")}
 _RENAMES = (
@@ -71,20 +68,14 @@ def qwen3_state(seed: int = 0, folder: Path = FOLDER) -> dict[str, torch.Tensor]
 def make_tiny_z_image(out: Path, seed: int = 0, shape: str = "transformer", base: bool = False) -> Path:
     """A tiny Z-Image file: the transformer alone (as Comfy-Org ship it) or all-in-one; Base when
     `base` (its metadata says so), else Turbo."""
-    out = Path(out)
-    if shape not in ("transformer", "all-in-one"):
-        raise ValueError(f"unknown shape {shape!r}; choose transformer or all-in-one")
-    if out.suffix != ".safetensors":
-        raise ValueError(f"{out}: the output must end in .safetensors")
-    state = transformer_state(seed)
-    if shape == "all-in-one":
-        state = {TRANSFORMER_PREFIX + k: v for k, v in state.items()}
-        state |= {IN_FILE["qwen3"] + k: v for k, v in qwen3_state(seed).items()}
-        state |= {IN_FILE["vae"] + k: v for k, v in part_state("vae", seed, FLUX_FOLDER).items()}
     variant = "Base" if base else "Turbo"
-    metadata = _metadata(f"Easel tiny Z-Image {variant} ({shape}, random weights)", seed)
-    metadata["modelspec.architecture"] = f"z-image-{variant.lower()}"
-    return save_atomically({k: v.contiguous() for k, v in state.items()}, out, metadata, temp_path(out))
+
+    def parts() -> dict[str, dict[str, torch.Tensor]]:
+        return {IN_FILE["qwen3"]: qwen3_state(seed), IN_FILE["vae"]: part_state("vae", seed, FLUX_FOLDER)}
+
+    return write_transformer_file(
+        out, shape, lambda: transformer_state(seed), parts, f"Z-Image {variant}", f"z-image-{variant.lower()}", seed
+    )
 
 
 def make_tiny_z_image_parts(models: Path, seed: int = 0) -> list[Path]:
