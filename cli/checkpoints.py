@@ -28,7 +28,7 @@ from bot.networks.registry import NetworkEntry
 from bot.worker_tools import run_worker_tool
 from cli.networks import print_network_scan, render_network, render_network_line
 from cli.output import render_entry, render_entry_line, render_inspection
-from common.bundled import TINY_CHECKPOINT_KINDS
+from common.bundled import TINY_CHECKPOINT_KINDS, TINY_FORMATS
 from common.errors import EaselError
 
 PROGRESS_MIN_BYTES = 64 << 20
@@ -268,10 +268,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true", help="Flux: store the transformer's matrices as float8_e4m3fn")
     p.add_argument(
         "--format",
-        choices=("plain", "fp8-scaled"),
+        choices=TINY_FORMATS,
         default="plain",
-        help="Flux, SD3.5, Z-Image: the transformer's matrices as ComfyUI's scaled fp8 files keep them (fp8 "
-        "beside a per-tensor scale); the same weights as the plain file of the seed, quantised",
+        help="flow models: fp8-scaled, the transformer's matrices as ComfyUI's scaled fp8 files keep them (fp8 "
+        "beside a per-tensor scale); gguf-q8_0, gguf-q4_k: the transformer alone as city96's GGUF files hold it "
+        "(OUT must end in .gguf); the same weights as the plain file of the seed, quantised",
     )
     p.add_argument(
         "--parts",

@@ -40,8 +40,12 @@ def _short(value: Any) -> str:
 
 def memory_line(ins: Inspection) -> str:
     """What a flow model's file takes once loaded: its weights widened to 16 bits (bf16 on a GPU), and
-    kept in fp8 when the card is too small (docs/gpu.md); the parts it lacks come on top."""
+    kept in fp8 when the card is too small (docs/gpu.md), or a GGUF file's as they are; the parts it
+    lacks come on top."""
     sixteen = ins.parameters * 2
+    if ins.format == "gguf":  # its blocks stay as they are in the file (gpu_worker/gguf_weights.py)
+        line = f"about {human_size(ins.file_size)}, quantised as in the file ({human_size(sixteen)} at 16 bits)"
+        return line + (" (this file's part; the parts it needs come on top)" if ins.architecture.needs else "")
     line = f"about {human_size(sixteen)} at 16 bits, {human_size(ins.parameters)} with fp8 weights"
     return line + (" (this file's part; the parts it needs come on top)" if ins.architecture.needs else "")
 

@@ -46,3 +46,6 @@ TINY_CHECKPOINT_KINDS = (
     "qwen-image-all-in-one",
     "qwen-image-edit",
 )
+# The forms a tiny flow model's transformer can be written in (`make-tiny-checkpoint --format`):
+# ComfyUI's scaled fp8, city96's GGUF files.
+TINY_FORMATS = ("plain", "fp8-scaled", "gguf-q8_0", "gguf-q4_k")

@@ -25,6 +25,15 @@ DTYPE_SIZES: dict[str, int] = {
     "F64": 8,
     "C64": 8,
 }
+# ggml's block-quantised types (a GGUF file's): values per block and bytes per block (ggml.c
+# `type_traits`, the `gguf` package's GGML_QUANT_SIZES). A row holds a whole number of blocks.
+GGML_BLOCKS: dict[str, tuple[int, int]] = {
+    "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24), "Q8_0": (32, 34), "Q8_1": (32, 40),
+    "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "Q8_K": (256, 292), "IQ2_XXS": (256, 66), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98), "IQ1_S": (256, 50),
+    "IQ4_NL": (32, 18), "IQ3_S": (256, 110), "IQ2_S": (256, 82), "IQ4_XS": (256, 136), "IQ1_M": (256, 56),
+    "TQ1_0": (256, 54), "TQ2_0": (256, 66), "MXFP4": (32, 17),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,9 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
+        if self.dtype in GGML_BLOCKS:
+            block, size = GGML_BLOCKS[self.dtype]
+            return self.numel // block * size
         return self.numel * DTYPE_SIZES[self.dtype]
 
 

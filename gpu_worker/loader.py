@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# With this true, diffusers fetches CUDA kernels for GGUF layers from the Hub and runs them: never here.
+os.environ["DIFFUSERS_GGUF_CUDA_KERNELS"] = "false"
 
 import diffusers
 import torch

@@ -8,7 +8,8 @@ store (LoadRequest.components). Either way each part is read here the same way.
 
 Tensors are read one by one from the safetensors file (never the whole file at once, nor through
 pickle) and cast to the compute dtype, which upcasts fp8 (e4m3fn / e5m2) weights as ComfyUI does
-when it computes in bf16. Every part must hold exactly the tensors its model has (load_exact).
+when it computes in bf16. A GGUF transformer (city96's files) is read by gguf_weights.GGUFFile and
+its matrices stay quantised. Every part must hold exactly the tensors its model has (load_exact).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from transformers import (
 from transformers.initialization import no_init_weights
 
 from common.bundled import QWEN3_TOKENIZER
+from common.gguf_header import is_gguf
 from common.protocol import ComponentUse, LoadRequest, config_parts
 from common.tensors import FP8_SCALE_SUFFIXES, NVFP4_SUFFIX, quantisation_note
+from gpu_worker.gguf_weights import GGUFFile, assign_quantised, is_quantised, logical_shape, quantised_layers
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 # Where each part sits in an all-in-one file (ComfyUI's saver; SAI's keeps the VAE under
@@ -133,7 +136,17 @@ class TensorFile:
         return out
 
 
-def transformer_tensors(main: TensorFile) -> dict[str, torch.Tensor]:
+def open_tensor_file(path: Path, dtype: torch.dtype) -> TensorFile | GGUFFile:
+    """The file's reader, told by its first bytes: GGUF or safetensors."""
+    return GGUFFile(path, dtype, PartError) if is_gguf(path) else TensorFile(path, dtype)
+
+
+def shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape as its layer sees it (a quantised one's blocks hold more values than bytes)."""
+    return {key: logical_shape(value) for key, value in state.items()}
+
+
+def transformer_tensors(main: TensorFile | GGUFFile) -> dict[str, torch.Tensor]:
     """The transformer's tensors, without prefix: under `model.diffusion_model.`, or the whole file
     when it is a transformer alone."""
     return main.tensors(TRANSFORMER_PREFIX) if main.has_prefix(TRANSFORMER_PREFIX) else main.tensors()
@@ -151,7 +164,7 @@ def bundled_scheduler(folder: Path) -> FlowMatchEulerDiscreteScheduler:
 class Parts:
     """Reads the parts of one checkpoint: from its component files when given, else from the file."""
 
-    def __init__(self, main: TensorFile, given: tuple[ComponentUse, ...], folder: Path, device: str) -> None:
+    def __init__(self, main: TensorFile | GGUFFile, given: tuple[ComponentUse, ...], folder: Path, device: str) -> None:
         self.main = main
         self.given = {use.role: use for use in given}
         self.folder = folder
@@ -176,7 +189,7 @@ class Parts:
             use = self.given[role]
             if not Path(use.path).is_file():
                 raise PartError(f"the {ROLE_LABELS[role]} {use.name} is no longer on disk")
-            source = TensorFile(Path(use.path), self.main.dtype)
+            source = open_tensor_file(Path(use.path), self.main.dtype)
             prefix = next((p for p in PART_PREFIXES[role] if source.has_prefix(p)), "")
             return use.name, source.tensors(prefix, keep)
         prefix = next((p for p in IN_FILE[role] if self.main.has_prefix(p)), None)
@@ -190,7 +203,7 @@ def open_checkpoint(request: LoadRequest, dtype: torch.dtype, config_root: Path,
     folder = config_root / config_parts(request.pipeline_config)[0]
     if not (folder / "transformer" / "config.json").is_file():
         raise PartError(f"{request.name}: unknown pipeline configuration {request.pipeline_config!r}")
-    return Parts(TensorFile(Path(request.path), dtype), request.components, folder, device)
+    return Parts(open_tensor_file(Path(request.path), dtype), request.components, folder, device)
 
 
 def build_transformer(parts: Parts, model_cls, layout, family: str) -> torch.nn.Module:
@@ -200,13 +213,13 @@ def build_transformer(parts: Parts, model_cls, layout, family: str) -> torch.nn.
     main = parts.main
     state = transformer_tensors(main)
     try:
-        settings = layout.transformer_config({k: tuple(v.shape) for k, v in state.items()}, config(parts.folder, "transformer"))
+        settings = layout.transformer_config(shapes(state), config(parts.folder, "transformer"))
         converted = layout.to_diffusers(state)
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a {family} transformer this can read: {e}") from None
     with torch.device("meta"):
         model = model_cls.from_config(settings)
-    load_exact(model, converted, f"{main.path.name} (transformer)")
+    load_exact(model, converted, f"{main.path.name} (transformer)", main.dtype)
     return model
 
 
@@ -351,22 +364,31 @@ def vae_builder(folder: Path) -> Callable[[str, dict], torch.nn.Module]:
     return build
 
 
-def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+def load_exact(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], where: str, compute_dtype: torch.dtype | None = None
+) -> None:
     """Every parameter from the file, or a one-line refusal: a missing, extra or misshapen tensor
     means the file is not what its names say. (Models built on the meta device have no buffers
-    outside their state dict, so the file's tensors are all of them.)"""
+    outside their state dict, so the file's tensors are all of them.) Quantised weights (a GGUF
+    file's) stay quantised, in layers that widen them to `compute_dtype` as they run."""
+    if any(is_quantised(t) for t in state.values()):
+        if compute_dtype is None:
+            raise PartError(f"{where}: quantised weights where this part takes none")
+        state = quantised_layers(model, state, compute_dtype)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    wrong = [k for k in expected.keys() & state.keys() if tuple(expected[k].shape) != tuple(state[k].shape)]
+    wrong = [k for k in expected.keys() & state.keys() if logical_shape(expected[k]) != logical_shape(state[k])]
     if missing or extra or wrong:
         detail = (
             f"{len(missing)} tensors missing (e.g. {missing[0]})" if missing
             else f"{len(extra)} unexpected tensors (e.g. {extra[0]})" if extra
-            else f"{wrong[0]} is {list(state[wrong[0]].shape)}, not {list(expected[wrong[0]].shape)}"
+            else f"{wrong[0]} is {list(logical_shape(state[wrong[0]]))}, not {list(logical_shape(expected[wrong[0]]))}"
         )
         raise PartError(f"{where} does not fit {type(model).__name__}: {detail}")
-    model.load_state_dict(state, strict=True, assign=True)
+    rest = assign_quantised(model, state)
+    # strict=False only for the quantised weights placed above: the names were checked to match
+    model.load_state_dict(rest, strict=len(rest) == len(state), assign=True)
     model.eval().requires_grad_(False)
 
 

@@ -21,6 +21,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.hooks import apply_layerwise_casting
 
+from gpu_worker.gguf_weights import is_quantised
+
 # Layers fp8 storage leaves as they are: the embeddings in and the projection out. Norm layers are
 # never cast (diffusers casts linear, convolution and embedding layers only); the modulation layers
 # beside them are (diffusers' default pattern "norm" would keep those, 3.2 of FLUX.1's 11.9 billion
@@ -61,7 +63,9 @@ def choose(pipeline: DiffusionPipeline, budget: int | None, fp8: bool) -> str:
         return OFFLOAD
     denoiser = _denoiser(pipeline)
     others = max((size for name, size in sizes.items() if name != denoiser), default=0)
-    if fp8 and denoiser in sizes and max(_fp8_bytes(getattr(pipeline, denoiser)), others) <= budget:
+    # a GGUF transformer's matrices are quantised already (4 to 8 bits): fp8 storage would gain nothing
+    quantised = denoiser in sizes and any(is_quantised(p) for p in getattr(pipeline, denoiser).parameters())
+    if fp8 and not quantised and denoiser in sizes and max(_fp8_bytes(getattr(pipeline, denoiser)), others) <= budget:
         return FP8
     return GROUP
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from common.protocol import BatchFailed, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, VaeUse
+from common.protocol import BatchFailed, ComponentUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, VaeUse
 from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.latents import decode, encode, runs_in
@@ -252,7 +252,8 @@ def flow_tier() -> Tier:
 
 @pytest.fixture(scope="module")
 def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadRequest]:
-    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux
+    from gpu_worker.testing.quantise import quantise_file
+    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image
@@ -263,6 +264,12 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
     make_tiny_z_image(root / "z-image-aio.safetensors", shape="all-in-one")
     make_tiny_qwen_image(root / "qwen-image-aio.safetensors", shape="all-in-one")
     make_tiny_chroma(root / "chroma-aio.safetensors", shape="all-in-one")
+    # city96's GGUF Flux transformer (Q8_0), with its parts from the component store
+    quantise_file(make_tiny_flux(root / ".flux-q8_0.safetensors", shape="transformer"), "gguf-q8_0", "flux", root / "flux-q8_0.gguf")
+    parts = tuple(
+        ComponentUse(role, path.name, str(path), role[0] * 64)
+        for role, path in zip(("clip_l", "t5xxl", "vae"), make_tiny_flux_parts(root), strict=True)
+    )
     requests = {}
     flow = (("flux", "flux-dev"), ("sd3", "sd35-all-in-one"), ("z-image", "z-image-aio"), ("qwen-image", "qwen-image-aio"), ("chroma", "chroma-aio"))
     for family, name in flow:
@@ -271,13 +278,18 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
             str(root / f"{name}.safetensors"), name, family, ins.architecture.label, "safetensors",
             ins.pipeline_config, "flow", name,
         )  # fmt: skip
+    ins = inspect_file(root / "flux-q8_0.gguf")
+    requests["flux-gguf"] = LoadRequest(
+        str(root / "flux-q8_0.gguf"), "flux-q8_0", "flux", ins.architecture.label, "gguf", ins.pipeline_config, "flow", "flux-q8_0",
+        components=parts,
+    )  # fmt: skip
     return requests
 
 
 @pytest.mark.parametrize("precision", ["half", "bf16"])
 @pytest.mark.parametrize(
     ("family", "path"),
-    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img")],
+    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img"), ("flux-gguf", "txt2img")],
 )
 def test_flow_models_in_half_precision_draw_float32s_picture(
     flow_tier: Tier, flow_files: dict[str, LoadRequest], tiny_loras: Path, family: str, path: str, precision: str

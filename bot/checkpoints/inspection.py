@@ -1,7 +1,7 @@
 """Inspect a checkpoint file: format, architecture, components, size and metadata.
 
-Reads only headers (the safetensors JSON header, or the pickle of a torch zip archive through the
-allow-list), never tensor data, so the time taken does not grow with the file's size. Hashes are
+Reads only headers (the safetensors JSON header, a GGUF header, or the pickle of a torch zip archive
+through the allow-list), never tensor data, so the time taken does not grow with the file's size. Hashes are
 added by `inspect_with_hashes`, which streams the file once and caches the result.
 """
 
@@ -19,6 +19,8 @@ from bot.checkpoints.pipeline_config import choose_pipeline_config
 from bot.checkpoints.safetensors_header import read_header
 from bot.untrusted import load_json
 from common.errors import CheckpointFileError
+from common.families import FAMILIES, FLOW_FAMILIES
+from common.gguf_header import describe, is_gguf, read_gguf_header, unreadable_types
 from common.hashing import FileHashes
 from common.tensors import TensorInfo, quantisation
 
@@ -28,13 +30,14 @@ MAX_KEPT_METADATA_CHARS = 64 * 1024
 MAX_KEPT_METADATA_TOTAL = 256 * 1024
 PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 SAFETENSORS_SUFFIXES = {".safetensors", ".sft"}
-CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES
+GGUF_SUFFIXES = {".gguf"}  # city96's ComfyUI-GGUF transformers
+CHECKPOINT_SUFFIXES = PICKLE_SUFFIXES | SAFETENSORS_SUFFIXES | GGUF_SUFFIXES
 
 
 @dataclass
 class Inspection:
     path: Path
-    format: str  # "safetensors" or "ckpt"
+    format: str  # "safetensors", "gguf" or "ckpt"
     file_size: int
     architecture: Architecture
     components: dict[str, dict[str, object]]
@@ -114,7 +117,10 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     metadata: dict[str, str] = {}
     extras: dict[str, object] = {}
     tensors: dict[str, TensorInfo]
-    if is_pickle_file(path):
+    if is_gguf(path):
+        gguf = read_gguf_header(path)
+        tensors, metadata, fmt = dict(gguf.tensors), gguf.metadata, "gguf"
+    elif is_pickle_file(path):
         ckpt = read_pickle_checkpoint(path)
         tensors, extras, fmt = dict(ckpt.tensors), ckpt.extras, "ckpt"
     else:
@@ -125,9 +131,11 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
     if parameterization and "modelspec.prediction_type" not in hints:
         hints["modelspec.prediction_type"] = "v" if parameterization == "v" else "epsilon"
     architecture = detect_architecture(tensors, hints, extras, path.name)
-    quantised = quantisation(list(tensors))
+    quantised = describe(tensors) if fmt == "gguf" else quantisation(list(tensors))
     if quantised.startswith("NVFP4") and architecture.runnable:
         architecture = replace(architecture, runnable=False, reason="NVFP4 weights are not supported; use the model's fp8 or 16-bit file")
+    if fmt == "gguf" and architecture.runnable:
+        architecture = _gguf_verdict(architecture, tensors)
     try:
         config, why_not = choose_pipeline_config(architecture, tensors)
     except (KeyError, IndexError) as e:  # a width the verdict relies on is not in the file as its names say
@@ -151,6 +159,19 @@ def _inspect(path: Path, yaml_sidecar: dict[str, Any] | None) -> Inspection:
         extras=extras,
         quantisation=quantised,
     )
+
+
+def _gguf_verdict(architecture: Architecture, tensors: dict[str, TensorInfo]) -> Architecture:
+    """A GGUF file runs when it is a flow model's transformer in types the worker can widen."""
+    if architecture.family not in FLOW_FAMILIES:
+        flows = ", ".join(FAMILIES[name].label for name in FLOW_FAMILIES)
+        return replace(architecture, runnable=False, reason=f"GGUF files are read for the transformer models ({flows}); use its safetensors file")
+    unreadable = unreadable_types(tensors)  # type: ignore[arg-type]
+    if unreadable:
+        return replace(
+            architecture, runnable=False, reason=f"it holds {', '.join(unreadable)} weights, which cannot be widened here; use its Q8_0, Q6_K or Q4_K file"
+        )
+    return architecture
 
 
 def inspect_checkpoint(path: Path) -> Inspection:

@@ -34,6 +34,7 @@ from gpu_worker.model_parts import (
     config,
     load_exact,
     open_checkpoint,
+    shapes,
     t5_builder,
     t5_tokenizer,
     transformer_tensors,
@@ -98,13 +99,13 @@ def chroma_pipeline(
     folder, main = parts.folder, parts.main
     state = transformer_tensors(main)
     try:
-        settings = transformer_config({k: tuple(v.shape) for k, v in state.items()}, config(folder, "transformer"))
+        settings = transformer_config(shapes(state), config(folder, "transformer"))
         converted = to_diffusers(state)
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a Chroma transformer this can read: {e}") from None
     with torch.device("meta"):
         transformer = ChromaTransformer2DModel.from_config(settings)
-    load_exact(transformer, converted, f"{main.path.name} (transformer)")
+    load_exact(transformer, converted, f"{main.path.name} (transformer)", main.dtype)
     # Its one buffer outside the state dict (the modulation indices' embedding; left on the meta
     # device above), computed as diffusers' ChromaCombinedTimestepTextProjEmbeddings computes it.
     embed = transformer.time_text_embed

@@ -45,6 +45,7 @@ from gpu_worker.model_parts import (
     check_widths,
     config,
     load_exact,
+    logical_shape,
     open_checkpoint,
     qwen3_tokenizer,
     qwen25vl_builder,
@@ -81,7 +82,7 @@ def _transformer(parts: Parts) -> QwenImageTransformer2DModel:
     main = parts.main
     state = transformer_tensors(main)
     try:
-        inner, channels = state["img_in.weight"].shape
+        inner, channels = logical_shape(state["img_in.weight"])
         head = state["transformer_blocks.0.attn.norm_q.weight"].shape[0]
         settings = config(parts.folder, "transformer") | {
             "in_channels": channels,
@@ -89,13 +90,13 @@ def _transformer(parts: Parts) -> QwenImageTransformer2DModel:
             "num_layers": 1 + max(int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")),
             "attention_head_dim": head,
             "num_attention_heads": inner // head,
-            "joint_attention_dim": state["txt_in.weight"].shape[1],
+            "joint_attention_dim": logical_shape(state["txt_in.weight"])[1],
         }
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a Qwen-Image transformer this can read (no {e})") from None
     with torch.device("meta"):
         model = QwenImageTransformer2DModel.from_config(settings)
-    load_exact(model, state, f"{main.path.name} (transformer)")
+    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
     # Its rotary tables are plain attributes made in __init__ (complex numbers, which a buffer would
     # lose the imaginary half of): made again here, where the meta device left them empty.
     rope = model.pos_embed

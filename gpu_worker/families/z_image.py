@@ -34,6 +34,7 @@ from gpu_worker.model_parts import (
     check_widths,
     config,
     load_exact,
+    logical_shape,
     open_checkpoint,
     qwen3_builder,
     qwen3_tokenizer,
@@ -72,7 +73,7 @@ def _transformer(parts: Parts) -> ZImageTransformer2DModel:
     main = parts.main
     state = convert_z_image_transformer_checkpoint_to_diffusers(transformer_tensors(main))
     try:
-        dim, caption = state["cap_embedder.1.weight"].shape
+        dim, caption = logical_shape(state["cap_embedder.1.weight"])
         head = state["layers.0.attention.norm_q.weight"].shape[0]
         settings = config(parts.folder, "transformer") | {
             "dim": dim,
@@ -86,7 +87,7 @@ def _transformer(parts: Parts) -> ZImageTransformer2DModel:
         raise PartError(f"{main.path.name} is not a Z-Image transformer this can read (no {e})") from None
     with torch.device("meta"):
         model = ZImageTransformer2DModel.from_config(settings)
-    load_exact(model, state, f"{main.path.name} (transformer)")
+    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
     return model
 
 

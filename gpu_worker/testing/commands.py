@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from common.bundled import TINY_CHECKPOINT_KINDS as CHECKPOINT_KINDS
+from common.bundled import TINY_FORMATS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -20,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")
     p.add_argument("--fp8", action="store_true", help="Flux: the transformer's matrices as float8_e4m3fn")
-    p.add_argument("--format", choices=("plain", "fp8-scaled"), default="plain", help="flow models: the transformer quantised as ComfyUI's files are")
+    p.add_argument("--format", choices=TINY_FORMATS, default="plain", help="flow models: the transformer quantised as ComfyUI's files are")
     p.add_argument("--parts", metavar="MODELS_DIR", help="transformer-only Flux: also its parts, in MODELS_DIR/text_encoders and MODELS_DIR/VAE")
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
@@ -58,6 +60,9 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
 
 
 def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
+    if args.format.startswith("gguf-") != args.out.lower().endswith(".gguf"):
+        print(f"error: {args.out}: a GGUF file's name ends in .gguf, and only a GGUF file's does", file=sys.stderr)
+        return 1
     if args.arch.startswith(("z-image", "qwen-image")):
         return _make_tiny_z_image(args)
     if args.arch.startswith(("flux", "sd35", "chroma")):
@@ -74,6 +79,14 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
     kind = f"{args.arch} inpainting" if args.inpainting else args.arch
     print(f"wrote {out} (tiny {kind}, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _plain_out(args: argparse.Namespace) -> Path:
+    """Where the plain file is made: OUT, or for a GGUF file a hidden sibling it is converted from."""
+    out = Path(args.out)
+    if not getattr(args, "format", "plain").startswith("gguf-"):
+        return out
+    return out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.safetensors")
 
 
 def _make_tiny_vae(args: argparse.Namespace) -> int:
@@ -104,12 +117,12 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
         elif args.arch == "chroma":  # as lodestones ship it: the transformer alone
             if args.fp8:
                 raise ValueError("--fp8 is for the tiny Flux files; --format fp8-scaled quantises any")
-            out, kind = make_tiny_chroma(Path(args.out), args.seed), args.arch
+            out, kind = make_tiny_chroma(_plain_out(args), args.seed), args.arch
             parts = make_tiny_flux_parts(Path(args.parts), args.seed) if args.parts else []
         elif args.arch.startswith("sd35"):
             if args.fp8:
                 raise ValueError("--fp8 is for the tiny Flux files")
-            out, kind = make_tiny_sd3(Path(args.out), args.arch, args.seed), args.arch
+            out, kind = make_tiny_sd3(_plain_out(args), args.arch, args.seed), args.arch
         else:
             # FLUX.1 Kontext ships as BFL's transformer-only file (flux1-kontext-dev.safetensors)
             shape = "transformer" if args.arch.endswith(("-transformer", "-kontext")) else "all-in-one"
@@ -118,10 +131,12 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
             kontext, schnell = args.arch == "flux-kontext", "schnell" in args.arch
             if args.fp8 and args.format != "plain":
                 raise ValueError("--fp8 and --format fp8-scaled are two kinds of fp8 file; give one")
-            out = make_tiny_flux(Path(args.out), args.seed, shape, schnell=schnell, fp8=args.fp8, kontext=kontext)
+            out = make_tiny_flux(_plain_out(args), args.seed, shape, schnell=schnell, fp8=args.fp8, kontext=kontext)
             kind = args.arch + (" fp8" if args.fp8 else "")
             parts = make_tiny_flux_parts(Path(args.parts), args.seed) if args.parts else []
-        out = quantise_file(out, getattr(args, "format", "plain"))
+        family = "chroma" if args.command != "make-tiny-component" and args.arch == "chroma" else "flux"
+        family = "sd3" if args.command != "make-tiny-component" and args.arch.startswith("sd35") else family
+        out = quantise_file(out, getattr(args, "format", "plain"), family, Path(args.out))
         kind += "" if getattr(args, "format", "plain") == "plain" else f" {args.format}"
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -149,7 +164,8 @@ def _make_tiny_z_image(args: argparse.Namespace) -> int:
         if args.parts and shape != "transformer":
             raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
         edit = {"edit": True} if args.arch == "qwen-image-edit" else {}  # Qwen-Image-Edit Plus, as 2509 and 2511
-        out = quantise_file(make(Path(args.out), args.seed, shape, **edit), args.format)
+        made = make(_plain_out(args), args.seed, shape, **edit)
+        out = quantise_file(made, args.format, "qwen-image" if qwen else "z-image", Path(args.out))
         parts = make_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
