@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from diffusers import FluxTransformer2DModel  # noqa: E402
+import torch
+from diffusers import FluxTransformer2DModel
 
-from bench.harness import median, report, spread, time_interleaved  # noqa: E402
-from common.bundled import CONFIG_ROOT  # noqa: E402
-from gpu_worker.families import flux_layout  # noqa: E402
-from gpu_worker.model_parts import Parts, build_transformer, open_tensor_file  # noqa: E402
-from gpu_worker.save import save_atomically  # noqa: E402
-from gpu_worker.testing.quantise import quantise_file  # noqa: E402
+from bench.harness import median, report, spread, time_interleaved
+from common.bundled import CONFIG_ROOT
+from gpu_worker.families import flux_layout
+from gpu_worker.model_parts import Parts, build_transformer, open_tensor_file
+from gpu_worker.save import save_atomically
+from gpu_worker.testing.quantise import quantise_file
 
 
 def write_files(folder: Path, double: int, single: int) -> dict[str, Path]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -258,3 +258,51 @@ def describe(tensors: dict[str, GGUFTensor] | list[GGUFTensor]) -> str:
 def unreadable_types(tensors: dict[str, GGUFTensor]) -> list[str]:
     """The types in the file that the worker cannot widen (e.g. IQ2_XS), each once."""
     return sorted({t.dtype for t in tensors.values()} - UNQUANTISED - DEQUANTISED)
+
+
+# llama.cpp names a text encoder's tensors its own way; these give the original model's names back,
+# each pair replaced in turn (ComfyUI-GGUF loader.py T5_SD_MAP and LLAMA_SD_MAP). Llama itself is
+# left out: llama.cpp reorders its query and key rows, which would have to be undone.
+_T5_NAMES = (
+    ("enc.", "encoder."), (".blk.", ".block."), ("token_embd", "shared"), ("output_norm", "final_layer_norm"),
+    ("attn_q", "layer.0.SelfAttention.q"), ("attn_k", "layer.0.SelfAttention.k"), ("attn_v", "layer.0.SelfAttention.v"),
+    ("attn_o", "layer.0.SelfAttention.o"), ("attn_norm", "layer.0.layer_norm"),
+    ("attn_rel_b", "layer.0.SelfAttention.relative_attention_bias"), ("ffn_up", "layer.1.DenseReluDense.wi_1"),
+    ("ffn_down", "layer.1.DenseReluDense.wo"), ("ffn_gate", "layer.1.DenseReluDense.wi_0"), ("ffn_norm", "layer.1.layer_norm"),
+)  # fmt: skip
+_QWEN_NAMES = (
+    ("blk.", "model.layers."), ("attn_norm", "input_layernorm"), ("attn_q_norm.", "self_attn.q_norm."),
+    ("attn_k_norm.", "self_attn.k_norm."), ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"), ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_norm", "post_attention_layernorm"),
+    ("token_embd", "model.embed_tokens"), ("output_norm", "model.norm"), ("output.weight", "lm_head.weight"),
+)  # fmt: skip
+TEXT_ENCODER_NAMES: dict[str, tuple[tuple[str, str], ...]] = {"t5": _T5_NAMES, "t5encoder": _T5_NAMES, "qwen3": _QWEN_NAMES}
+
+
+def original_names(header: GGUFHeader) -> dict[str, GGUFTensor]:
+    """The tensors under the original model's names: a text encoder's renamed from llama.cpp's (by
+    its `general.architecture`), a diffusion model's as they are (city96's files keep them)."""
+    pairs = TEXT_ENCODER_NAMES.get(header.metadata.get("general.architecture", ""))
+    if pairs is None:
+        return header.tensors
+    renamed: dict[str, GGUFTensor] = {}
+    for name, tensor in header.tensors.items():
+        for theirs, ours in pairs:
+            name = name.replace(theirs, ours)
+        if name in renamed:
+            raise CheckpointFileError(f"two tensors are both {name[:200]!r} under their original names")
+        renamed[name] = replace(tensor, name=name)
+    return renamed
+
+
+def llama_cpp_names(names: list[str], architecture: str) -> dict[str, str]:
+    """The other way, for writing test files: each original name -> llama.cpp's."""
+    pairs = TEXT_ENCODER_NAMES[architecture]
+    out = {}
+    for name in names:
+        theirs = name
+        for llama, ours in reversed(pairs):
+            theirs = theirs.replace(ours, llama)
+        out[name] = theirs
+    return out

@@ -24,7 +24,7 @@ import torch
 from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter, dequantize_gguf_tensor
 
 from common.errors import CheckpointFileError
-from common.gguf_header import UNQUANTISED, GGUFTensor, read_gguf_header, unreadable_types
+from common.gguf_header import UNQUANTISED, GGUFTensor, original_names, read_gguf_header, unreadable_types
 from common.tensors import GGML_BLOCKS
 
 _PLAIN = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -44,8 +44,11 @@ class GGUFFile:
         unreadable = unreadable_types(header.tensors)
         if unreadable:
             raise error(f"{path.name} holds {', '.join(unreadable)} weights, which cannot be widened here; use its Q8_0, Q6_K or Q4_K file")
-        self._tensors: dict[str, GGUFTensor] = header.tensors
-        self.keys = list(header.tensors)
+        try:
+            self._tensors: dict[str, GGUFTensor] = original_names(header)
+        except CheckpointFileError as e:
+            raise error(f"{path.name}: {e}") from None
+        self.keys = list(self._tensors)
 
     def has_prefix(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.keys)
@@ -82,8 +85,13 @@ def quantised_layers(model: torch.nn.Module, state: dict[str, torch.Tensor], com
     meta device, its weight to come from `state`), which widens that weight to `compute_dtype` as
     it runs. A quantised tensor of any other layer (an embedding table, a T5 file's) is widened
     now: returns `state` with those widened."""
+    # Layers a model casts its input to the weight's dtype for (transformers' T5 `wo`, which it names
+    # in `_keep_in_fp32_modules`) take a widened weight: a uint8 one would cast the input to bytes.
+    sensitive = set(getattr(model, "_keep_in_fp32_modules", None) or ())
     linear = set()
     for name, module in list(model.named_modules()):
+        if name.rpartition(".")[2] in sensitive:
+            continue
         if type(module) is torch.nn.Linear and is_quantised(state.get(f"{name}.weight", torch.empty(0))):
             parent_name, _, leaf = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -91,10 +99,15 @@ def quantised_layers(model: torch.nn.Module, state: dict[str, torch.Tensor], com
                 layer = GGUFLinear(module.in_features, module.out_features, module.bias is not None, compute_dtype=compute_dtype)
             setattr(parent, leaf, layer.requires_grad_(False))
             linear.add(f"{name}.weight")
-    return {
-        key: dequantize_gguf_tensor(value).to(compute_dtype) if is_quantised(value) and key not in linear else value
-        for key, value in state.items()
-    }
+    widened: dict[int, torch.Tensor] = {}  # a table stored once under two names (T5's) widened once
+    out = {}
+    for key, value in state.items():
+        if is_quantised(value) and key not in linear:
+            if id(value) not in widened:
+                widened[id(value)] = dequantize_gguf_tensor(value).to(compute_dtype)
+            value = widened[id(value)]
+        out[key] = value
+    return out
 
 
 def assign_quantised(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

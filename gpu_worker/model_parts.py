@@ -258,7 +258,7 @@ def t5_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str, di
             state.setdefault("encoder.embed_tokens.weight", embedding)
         with no_init_weights():
             model = T5EncoderModel(T5Config(**config(folder, part))).to(dtype)
-        load_exact(model, state, where)
+        load_exact(model, state, where, dtype)
         return model
 
     return build
@@ -272,7 +272,7 @@ def qwen3_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str,
     def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         state = {k.removeprefix("model."): v for k, v in state.items() if not k.startswith("lm_head.")}
         try:
-            tokens, head = state["embed_tokens.weight"].shape, state["layers.0.self_attn.q_norm.weight"].shape[0]
+            tokens, head = logical_shape(state["embed_tokens.weight"]), state["layers.0.self_attn.q_norm.weight"].shape[0]
             settings = config(folder, part) | {
                 "vocab_size": tokens[0],
                 "hidden_size": tokens[1],
@@ -287,7 +287,7 @@ def qwen3_builder(folder: Path, part: str, dtype: torch.dtype) -> Callable[[str,
         settings["max_window_layers"] = settings["num_hidden_layers"]
         with no_init_weights():
             model = Qwen3Model(Qwen3Config(**settings)).to(dtype)
-        load_exact(model, state, where)
+        load_exact(model, state, where, dtype)
         return model
 
     return build

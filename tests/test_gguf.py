@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -217,6 +218,44 @@ def test_a_lora_acts_on_a_gguf_model_and_leaves_no_trace(gguf_dir: Path, runner_
         moved[name] = np.abs(drawn(runner, events, load, loras=lora) - before).mean()
         assert np.array_equal(drawn(runner, events, load), before)  # off again for a job without it
     assert moved["flux-gguf-q8_0.gguf"] > 1 and abs(moved["flux-gguf-q8_0.gguf"] - moved["flux.safetensors"]) < 0.5, moved
+
+
+@pytest.mark.parametrize(("family", "role"), [("flux", "t5xxl"), ("z-image", "qwen3")])
+async def test_a_gguf_text_encoder_is_registered_read_by_its_original_names_and_draws(
+    gguf_dir: Path, runner_and_events, tmp_path: Path, family: str, role: str
+) -> None:
+    """city96's T5 and a Qwen3 GGUF under llama.cpp's names (`enc.blk.0.attn_q`, `blk.0.attn_q`): the
+    text encoder store registers them, the worker reads them back as the original model's tensors,
+    keeps their matrices quantised, and draws the plain encoder's picture within its rounding."""
+    import shutil
+
+    from diffusers.quantizers.gguf.utils import GGUFLinear
+
+    from bot.components.text_encoders import TextEncoderRegistry
+    from bot.db import open_database
+
+    runner, events, cache = runner_and_events
+    plain_file = dict(FAMILY_PARTS[family])[role]
+    models = tmp_path / "models"
+    (models / "text_encoders").mkdir(parents=True)
+    copy = shutil.copy(gguf_dir / plain_file, models / "text_encoders" / ".plain.safetensors")
+    encoder = quantise_file(Path(copy), "gguf-q8_0", role, models / "text_encoders" / f"{role}-Q8_0.gguf")
+    assert gguf.GGUFReader(encoder).tensors[0].name.startswith(("enc.blk.0.", "blk.0.", "token_embd"))
+    db = await open_database(tmp_path / "easel.db")
+    try:
+        scan = await TextEncoderRegistry(db, models).scan()
+        [entry] = scan.added
+        assert (entry.base, entry.format) == (role.replace("_", "-"), "gguf"), entry
+    finally:
+        await db.close()
+    plain = request(gguf_dir, f"{family}.safetensors", family)
+    swapped = tuple(ComponentUse(role, encoder.name, str(encoder), "e" * 64) if use.role == role else use for use in plain.components)
+    load = replace(plain, components=swapped)
+    gap = np.abs(drawn(runner, events, load) - drawn(runner, events, plain)).mean()
+    assert gap < 1.5, gap
+    loaded, _ = cache.get(load)
+    text_encoder = loaded.pipeline.text_encoder_2 if family == "flux" else loaded.pipeline.text_encoder
+    assert any(isinstance(m, GGUFLinear) for m in text_encoder.modules())
 
 
 def test_the_command_line_makes_registers_and_draws_with_a_gguf_file(env: Path, cli) -> None:

@@ -3,7 +3,8 @@ transformer-only checkpoint (Flux's flux1-dev.safetensors, Z-Image's z_image_tur
 
 They live where ComfyUI and Forge users keep them: `models/text_encoders` (ComfyUI's current name)
 or `models/clip` (its older one), found, hashed and read as every other file (the safetensors header
-reader; the registry machinery of bot/networks/registry.py). What a file is comes from its tensor
+reader, or the GGUF one for city96's quantised T5 and Qwen3 files, their llama.cpp names read back as
+the original model's; the registry machinery of bot/networks/registry.py). What a file is comes from its tensor
 names and widths alone: CLIP's `…text_model.embeddings.token_embedding.weight` (768 wide for CLIP-L,
 1280 for CLIP-G), T5's `…encoder.block.0.layer.0.SelfAttention.q.weight` (4096 wide for T5-XXL),
 Qwen3's `…layers.0.self_attn.q_norm.weight` beside its `…embed_tokens.weight` (2560 wide for Qwen3-4B,
@@ -23,6 +24,14 @@ from bot.components.detection import TEXT_ENCODER_FOLDERS
 from bot.config import Settings
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
 from common.errors import CheckpointFileError
+from common.gguf_header import (
+    TEXT_ENCODER_NAMES,
+    GGUFTensor,
+    is_gguf,
+    original_names,
+    read_gguf_header,
+    unreadable_types,
+)
 from common.protocol import ComponentUse
 
 _T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
@@ -94,14 +103,37 @@ def detect_text_encoder(shapes: Mapping[str, Sequence[int]], file_name: str = ""
 
 
 def examine_text_encoder(path: Path) -> FileKind:
-    tensors, metadata, pickled = read_tensor_map(path)
-    if pickled:
-        raise CheckpointFileError(f"{path.name}: text encoders are read from .safetensors files only")
+    if path.is_file() and is_gguf(path):
+        tensors, metadata, form = _gguf_tensors(path)
+    else:
+        tensors, metadata, pickled = read_tensor_map(path)
+        if pickled:
+            raise CheckpointFileError(f"{path.name}: text encoders are read from .safetensors and .gguf files only")
+        form = "safetensors"
     try:
         kind = detect_text_encoder({name: t.shape for name, t in tensors.items()}, path.name)
     except TextEncoderFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
-    return FileKind("text_encoder", "hf", kind.role, kind.label, True, "", kind.width, metadata, "safetensors")
+    return FileKind("text_encoder", "hf", kind.role, kind.label, True, "", kind.width, metadata, form)
+
+
+def _gguf_tensors(path: Path) -> tuple[dict[str, GGUFTensor], dict[str, str], str]:
+    """A GGUF text encoder (city96's t5-v1_1-xxl-encoder-Q8_0.gguf, a Qwen3-4B GGUF) under its
+    original names; an architecture whose names are not known here is refused by name."""
+    try:
+        header = read_gguf_header(path)
+        architecture = header.metadata.get("general.architecture", "")
+        if architecture not in TEXT_ENCODER_NAMES:
+            raise CheckpointFileError(
+                f"a GGUF {architecture or 'file'} is not a text encoder this reads (T5 and Qwen3 GGUF files are; "
+                "Qwen2.5-VL's GGUF lacks the vision tower Qwen-Image reads pictures with)"
+            )
+        unreadable = unreadable_types(header.tensors)
+        if unreadable:
+            raise CheckpointFileError(f"it holds {', '.join(unreadable)} weights, which cannot be widened here")
+        return original_names(header), header.metadata, "gguf"
+    except CheckpointFileError as e:
+        raise CheckpointFileError(f"{path.name}: {e}") from None
 
 
 class TextEncoderRegistry(NetworkRegistry):
@@ -109,7 +141,7 @@ class TextEncoderRegistry(NetworkRegistry):
     family = "text_encoder"
     table = "text_encoders"
     folder_names = TEXT_ENCODER_FOLDERS
-    suffixes = (".safetensors",)
+    suffixes = (".safetensors", ".gguf")
     list_command = "text-encoders list"
 
     def examine_file(self, path: Path) -> FileKind:

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from common.bundled import TINY_FORMATS as FORMATS
+from common.gguf_header import llama_cpp_names
 from common.safetensors_writer import temp_path
 from gpu_worker.save import save_atomically
 
@@ -35,6 +36,8 @@ _PREFIX = "model.diffusion_model."
 # ComfyUI-GGUF's name for each family's transformer (loader.py IMG_ARCH_LIST): Chroma is read as Flux's
 # kin, Z-Image as Lumina 2's.
 GGUF_ARCH = {"flux": "flux", "chroma": "flux", "sd3": "sd3", "z-image": "lumina2", "qwen-image": "qwen_image"}
+# Text encoders as city96's and llama.cpp's GGUF files hold them: under llama.cpp's names.
+TEXT_ENCODER_ARCH = {"t5xxl": "t5encoder", "qwen3": "qwen3"}
 _SMALL = 1024  # city96's QUANTIZATION_THRESHOLD: tensors this small stay in F32
 _Q = gguf.GGMLQuantizationType
 
@@ -71,15 +74,21 @@ def quantise_file(path: Path, form: str, family: str = "flux", out: Path | None 
 def _write_gguf(state: dict[str, torch.Tensor], path: Path, family: str, kind: gguf.GGMLQuantizationType) -> Path:
     if any(key.startswith(_PARTS) for key in state):
         raise ValueError("a GGUF file holds the transformer alone: give a transformer-only --arch (flux-transformer, z-image, …)")
-    if family not in GGUF_ARCH:
-        raise ValueError(f"GGUF files are written for the flow families ({', '.join(GGUF_ARCH)}), not {family}")
+    arch = GGUF_ARCH.get(family) or TEXT_ENCODER_ARCH.get(family)
+    if arch is None:
+        raise ValueError(f"GGUF files are written for the flow families ({', '.join(GGUF_ARCH)}) and T5/Qwen3, not {family}")
+    names = {key: key for key in state}
+    if family in TEXT_ENCODER_ARCH:
+        if "shared.weight" in state:  # T5's token table, stored once (token_embd)
+            state = {k: v for k, v in state.items() if k != "encoder.embed_tokens.weight"}
+        names = llama_cpp_names(list(state), arch)
     tmp = temp_path(path)
-    writer = gguf.GGUFWriter(str(tmp), GGUF_ARCH[family])
+    writer = gguf.GGUFWriter(str(tmp), arch)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if kind == _Q.Q8_0 else gguf.LlamaFileType.MOSTLY_Q4_K_M)
     for key, tensor in state.items():
         values = tensor.to(torch.float32).numpy()
-        name = key.removeprefix(_PREFIX)
+        name = names[key].removeprefix(_PREFIX)
         chosen = _type_for(values, kind)
         if chosen == _Q.Q4_K:
             writer.add_tensor(name, q4_k(values), raw_dtype=chosen)
