@@ -15,7 +15,7 @@ from tests.conftest import run_bot_py
 
 
 @pytest.mark.slow
-def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None:
+def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path, cli) -> None:
     proc = run_bot_py(
         "generate",
         "--checkpoint",
@@ -50,9 +50,9 @@ def test_generate_writes_pngs_with_parameters(env: Path, tiny_dir: Path) -> None
     assert "seeds 1234, 1235" in proc.stdout
     # The picture's own parameters made again (as /pnginfo's "Make this here"): the same picture.
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", env / "models" / "tiny-sdxl.safetensors")
-    assert run_bot_py("checkpoints", "add", "tiny-sdxl.safetensors", cwd=env, env={**os.environ}).returncode == 0
-    again = run_bot_py("generate", "--from-picture", str(files[1]), "--out", "again", cwd=env, env={**os.environ})
-    assert again.returncode == 0, again.stderr
+    assert cli("checkpoints", "add", "tiny-sdxl.safetensors").code == 0  # in this process: `python bot.py` is the above
+    again = cli("generate", "--from-picture", str(files[1]), "--out", "again")
+    assert again.code == 0, again.err
     [remade] = (env / "again").glob("*.png")
     difference = np.abs(np.asarray(Image.open(remade), dtype=int) - np.asarray(image, dtype=int))
     assert difference.max() <= 2 and remade.name.endswith("-1235.png")  # made in a batch of two: to rounding

@@ -258,17 +258,21 @@ async def test_a_gguf_text_encoder_is_registered_read_by_its_original_names_and_
     assert any(isinstance(m, GGUFLinear) for m in text_encoder.modules())
 
 
-def test_the_command_line_makes_registers_and_draws_with_a_gguf_file(env: Path, cli) -> None:
-    """`make-tiny-checkpoint --format gguf-q4_k` through the CLI, `checkpoints scan` registers it from
-    ComfyUI's diffusion_models folder, and `generate` draws with it in the worker process."""
+def test_the_command_line_makes_registers_and_draws_with_a_gguf_file(env: Path, cli, capsys: pytest.CaptureFixture[str]) -> None:
+    """`make-tiny-checkpoint --format gguf-q4_k` (the worker's tool, in this process: the CLI's path to
+    it is Kontext's test), `checkpoints scan` registers the file from ComfyUI's diffusion_models
+    folder, and `generate` draws with it in the worker process."""
+    from gpu_worker.__main__ import main
+
     models = env / "models"
-    made = cli("make-tiny-checkpoint", "--arch", "flux-transformer", "--format", "gguf-q4_k", "--parts", str(models), str(models / "diffusion_models" / "flux1-dev-Q4_K.gguf"))
-    assert made.code == 0 and "gguf-q4_k" in made.out, made.err
+    made = ["make-tiny-checkpoint", "--arch", "flux-transformer", "--format", "gguf-q4_k", "--parts", str(models)]
+    assert main([*made, str(models / "diffusion_models" / "flux1-dev-Q4_K.gguf")]) == 0
     assert not [p for p in (models / "diffusion_models").iterdir() if p.name.startswith(".")]  # its plain file is gone
-    refused = cli("make-tiny-checkpoint", "--arch", "flux-transformer", "--format", "gguf-q8_0", str(models / "x.safetensors"))
-    assert refused.code == 1 and "ends in .gguf" in refused.err and not (models / "x.safetensors").exists()
-    refused = cli("make-tiny-checkpoint", "--arch", "flux", "--format", "gguf-q8_0", str(models / "x.gguf"))
-    assert refused.code == 1 and "holds the transformer alone" in refused.err and not [p for p in models.iterdir() if p.name.lstrip(".").startswith("x")]
+    assert main(["make-tiny-checkpoint", "--arch", "flux-transformer", "--format", "gguf-q8_0", str(models / "x.safetensors")]) == 1
+    assert "ends in .gguf" in capsys.readouterr().err and not (models / "x.safetensors").exists()
+    assert main(["make-tiny-checkpoint", "--arch", "flux", "--format", "gguf-q8_0", str(models / "x.gguf")]) == 1
+    assert "holds the transformer alone" in capsys.readouterr().err
+    assert not [p for p in models.iterdir() if p.name.lstrip(".").startswith("x")]
     scanned = cli("checkpoints", "scan")
     assert scanned.code == 0 and "flux1-dev-Q4_K" in scanned.out, scanned.out
     inspected = cli("inspect", str(models / "diffusion_models" / "flux1-dev-Q4_K.gguf"))
