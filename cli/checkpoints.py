@@ -87,6 +87,10 @@ async def cmd_convert(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_make_tiny(args: argparse.Namespace, settings: Settings) -> int:
+    # Said here, before the worker's tool starts (it imports torch: seconds for a one-line refusal).
+    wanted = ".gguf" if args.format.startswith("gguf-") else ".safetensors"
+    if Path(args.out).suffix.lower() != wanted:
+        raise EaselError(f"{args.out}: the output must end in {wanted}")
     flags = [flag for flag, on in (("--inpainting", args.inpainting), ("--fp8", args.fp8)) if on]
     if args.parts:
         flags += ["--parts", args.parts]

@@ -25,6 +25,7 @@ from bot.networks.registry import (
 from bot.upscalers.registry import UpscalerRegistry
 from bot.worker_tools import run_worker_tool
 from cli.output import human_size
+from common.bundled import TINY_LORA_BASES
 
 
 @asynccontextmanager
@@ -196,8 +197,10 @@ async def cmd_make_tiny_embedding(args: argparse.Namespace, settings: Settings) 
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("make-tiny-lora", help="write a tiny random-weight LoRA (kohya layout) for the tiny checkpoints")
-    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p = sub.add_parser(
+        "make-tiny-lora", help="write a tiny random-weight LoRA for the tiny checkpoints (kohya's layout for SD, ai-toolkit's for Z-Image and Qwen-Image)"
+    )
+    p.add_argument("--base", choices=TINY_LORA_BASES, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--locon", action="store_true", help="a LyCORIS LoCon: the ResNet convolutions too")
     p.add_argument("out", type=os.path.abspath)  # the worker process runs from the repository root

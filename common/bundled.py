@@ -49,3 +49,5 @@ TINY_CHECKPOINT_KINDS = (
 # The forms a tiny flow model's transformer can be written in (`make-tiny-checkpoint --format`):
 # ComfyUI's scaled fp8, city96's GGUF files.
 TINY_FORMATS = ("plain", "fp8-scaled", "gguf-q8_0", "gguf-q4_k")
+# The bases `make-tiny-lora` writes a LoRA for: kohya's layout for SD, ai-toolkit's for the transformers.
+TINY_LORA_BASES = ("sd1", "sd2", "sdxl", "z-image", "qwen-image")

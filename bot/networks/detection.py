@@ -10,6 +10,12 @@ Followed (facts, not code):
   `text_encoder.…`, or the older `….lora.down.weight`.
 - Without metadata, the width of a cross-attention key projection tells the base as it does for
   checkpoints: 768 = SD1 (CLIP-L), 1024 = SD2 (OpenCLIP-H), 2048 = SDXL (CLIP-L + bigG).
+- The 2026 transformers' LoRAs (ai-toolkit, musubi-tuner, DiffSynth; with ComfyUI's `diffusion_model.`,
+  diffusers' `transformer.` or kohya's `lora_unet_` names) tell their base by their modules, as
+  diffusers' converters read them (loaders/lora_conversion_utils.py): Qwen-Image's blocks keep a
+  picture and a text stream (`img_mlp`, `txt_mlp`, `img_mod`, `txt_mod`), Z-Image's are `layers.N.
+  attention` / `feed_forward` with its `noise_refiner` and `context_refiner`. Chroma's are Flux's
+  modules: a Chroma LoRA is told only by its metadata naming Chroma.
 """
 
 from __future__ import annotations
@@ -30,13 +36,28 @@ _MODELSPEC_BASE = (
     ("flux", "flux"),
     ("stable-diffusion-3", "sd3"),
 )
+# The transformers after SD3, as modelspec and kohya-style trainers (`ss_base_model_version`) name them.
+_TRANSFORMER_BASE = (
+    ("chroma", "chroma"),
+    ("qwen-image", "qwen-image"),
+    ("qwen_image", "qwen-image"),
+    ("z-image", "z-image"),
+    ("z_image", "z-image"),
+    ("zimage", "z-image"),
+)
+# Flux's blocks under any prefix (ComfyUI's `diffusion_model.double_blocks.…`, kohya's
+# `lora_unet_double_blocks_…`, diffusers' `transformer.single_transformer_blocks.…`).
+_FLUX_MODULES = ("double_blocks", "single_blocks", "single_transformer_blocks")
+# Module names that only one transformer family's LoRA targets (any prefix, dots or kohya's underscores).
+_QWEN_IMAGE_MODULES = ("img_mlp", "txt_mlp", "img_mod", "txt_mod")
+_Z_IMAGE_MODULES = ("attention.to_q", "attention_to_q", "attention.qkv", "attention_qkv", "feed_forward", "noise_refiner", "context_refiner")
 
 
 @dataclass(frozen=True)
 class AdapterKind:
     kind: str  # lora | locon | loha | lokr
     layout: str  # kohya | peft
-    base: str  # sd1 | sd2 | sdxl | flux | sd3 | "" (unknown)
+    base: str  # a family of common/families.py (sd1, sdxl, flux, z-image, …) or "" (unknown)
     decided_by: str  # the metadata field or key behind `base`
     loadable: bool
     reason: str = ""  # why it cannot be applied
@@ -109,18 +130,27 @@ def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tup
         return "flux", "ss_base_model_version"
     if version.startswith("sd3"):
         return "sd3", "ss_base_model_version"
+    for prefix, base in _TRANSFORMER_BASE:
+        if version.startswith(prefix):
+            return base, "ss_base_model_version"
     if str(metadata.get("ss_v2", "")) == "True":
         return "sd2", "ss_v2"
     architecture = str(metadata.get("modelspec.architecture", "")).lower()
-    for prefix, base in _MODELSPEC_BASE:
+    for prefix, base in _MODELSPEC_BASE + _TRANSFORMER_BASE:
         if architecture.startswith(prefix):
             return base, "modelspec.architecture"
     keys = list(tensors)
     for key in keys:
+        if any(module in key for module in _FLUX_MODULES) or key.startswith("lora_transformer_"):
+            return "flux", key  # before Qwen-Image: Flux's double blocks have an img_mlp too
+    for key in keys:
+        if any(module in key for module in _QWEN_IMAGE_MODULES):
+            return "qwen-image", key
+        if any(module in key for module in _Z_IMAGE_MODULES):
+            return "z-image", key
+    for key in keys:
         if key.startswith(("lora_te2_", "text_encoder_2.")):
             return "sdxl", key
-        if key.startswith(("lora_unet_double_blocks", "transformer.single_transformer_blocks", "lora_transformer_")):
-            return "flux", key
     for key, tensor in tensors.items():
         cross_k = "attn2_to_k" in key or "attn2.to_k" in key
         if (

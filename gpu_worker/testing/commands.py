@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.bundled import TINY_CHECKPOINT_KINDS as CHECKPOINT_KINDS
-from common.bundled import TINY_FORMATS
+from common.bundled import TINY_FORMATS, TINY_LORA_BASES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -33,7 +33,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("out")
     for name in ("make-tiny-lora", "make-tiny-embedding"):
         p = sub.add_parser(name)
-        p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+        p.add_argument("--base", choices=TINY_LORA_BASES if name == "make-tiny-lora" else ("sd1", "sd2", "sdxl"), required=True)
         p.add_argument("--seed", type=int, default=0)
         if name == "make-tiny-lora":
             p.add_argument("--locon", action="store_true", help="LyCORIS LoCon: the ResNet convolutions too")
@@ -181,7 +181,11 @@ def _make_tiny_network(args: argparse.Namespace) -> int:
     from gpu_worker.testing.tiny_networks import make_tiny_embedding, make_tiny_lora
 
     try:
-        if args.command == "make-tiny-lora":
+        if args.command == "make-tiny-lora" and args.base in ("z-image", "qwen-image"):
+            if args.locon:
+                raise ValueError("--locon is for the SD LoRAs (their ResNet convolutions)")
+            out, what = _transformer_lora(args.base)(Path(args.out), args.seed), "LoRA"
+        elif args.command == "make-tiny-lora":
             out = make_tiny_lora(args.base, Path(args.out), seed=args.seed, locon=args.locon)
             what = "LoCon" if args.locon else "LoRA"
         else:
@@ -191,6 +195,16 @@ def _make_tiny_network(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {out} (tiny {args.base} {what}, seed {args.seed}, {out.stat().st_size / 1e3:.0f} kB)")
     return 0
+
+
+def _transformer_lora(base: str) -> Callable[[Path, int], Path]:
+    if base == "z-image":
+        from gpu_worker.testing.tiny_z_image import make_tiny_z_image_lora
+
+        return make_tiny_z_image_lora
+    from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image_lora
+
+    return make_tiny_qwen_image_lora
 
 
 def _make_tiny_upscaler(args: argparse.Namespace) -> int:

@@ -165,3 +165,32 @@ def make_tiny_embedding(base: str, out: Path, seed: int = 0, vectors: int = 2) -
         "easel.tiny_seed": str(seed),
     }
     return save_atomically(state, out, metadata, temp_path(out))
+
+
+def transformer_lora_state(
+    model: torch.nn.Module, prefix: str, targets: tuple[str, ...], seed: int, rank: int = 4, strength: float = 0.5
+) -> dict[str, torch.Tensor]:
+    """A random LoRA on every linear layer of `model` whose name ends in one of `targets`, in the
+    layout ai-toolkit and musubi-tuner write for the flow transformers (`<prefix><module>.lora_A.weight`
+    / `lora_B`, diffusers' module names); `model` may be on the meta device (only its shapes are read)."""
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(targets):
+            state[f"{prefix}{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator, device="cpu")
+            state[f"{prefix}{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator, device="cpu") * strength
+    return state
+
+
+def save_tiny_transformer_lora(state: dict[str, torch.Tensor], out: Path, title: str, seed: int) -> Path:
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"{out}: the output must end in .safetensors")
+    metadata = {
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.title": title,
+        "modelspec.date": datetime.date.today().isoformat(),
+        "ss_output_name": out.stem,
+        "easel.tiny_seed": str(seed),
+    }  # no base named: the registry tells it from the keys, as for most files people download
+    return save_atomically(state, out, metadata, temp_path(out))

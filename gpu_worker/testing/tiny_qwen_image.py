@@ -105,3 +105,16 @@ def make_tiny_qwen_image_parts(models: Path, seed: int = 0) -> list[Path]:
                    "Qwen2.5-VL" if role == "qwen25vl" else "Qwen-Image VAE (Wan 2.1 layout)", seed)
         for role, (folder, name) in PART_FILES.items()
     ]  # fmt: skip
+
+
+def make_tiny_qwen_image_lora(out: Path, seed: int = 0) -> Path:
+    """A tiny Qwen-Image LoRA as ai-toolkit and musubi-tuner write them for ComfyUI
+    (`diffusion_model.transformer_blocks.0.attn.to_q.lora_A.weight`), on the attention and the
+    picture stream's MLP of the tiny transformer."""
+    from gpu_worker.testing.tiny_networks import save_tiny_transformer_lora, transformer_lora_state
+
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel(**_settings("transformer"))
+    targets = (".attn.to_q", ".attn.to_k", ".attn.to_v", ".attn.add_q_proj", ".img_mlp.net.0.proj")
+    state = transformer_lora_state(model, "diffusion_model.", targets, seed)
+    return save_tiny_transformer_lora(state, out, "Easel tiny Qwen-Image LoRA (random weights)", seed)

@@ -85,3 +85,17 @@ def make_tiny_z_image_parts(models: Path, seed: int = 0) -> list[Path]:
                    "Qwen3" if role == "qwen3" else "FLUX.1 VAE", seed)
         for role, (folder, name) in PART_FILES.items()
     ]  # fmt: skip
+
+
+def make_tiny_z_image_lora(out: Path, seed: int = 0) -> Path:
+    """A tiny Z-Image LoRA as ai-toolkit and DiffSynth write them for ComfyUI (`diffusion_model.layers.
+    0.attention.to_q.lora_A.weight`): on the attention and feed-forward layers of the tiny transformer."""
+    from gpu_worker.testing.tiny_networks import save_tiny_transformer_lora, transformer_lora_state
+
+    with torch.device("meta"):
+        model = ZImageTransformer2DModel.from_config(_config("transformer", FOLDER))
+    targets = (".attention.to_q", ".attention.to_k", ".attention.to_v", ".feed_forward.w1")
+    # Small: the tiny Z-Image's feed-forward layers amplify (strength 0.05 at 0.5 here already changed
+    # the picture as much as strength 1), and a test compares strengths
+    state = transformer_lora_state(model, "diffusion_model.", targets, seed, strength=0.02)
+    return save_tiny_transformer_lora(state, out, "Easel tiny Z-Image LoRA (random weights)", seed)
