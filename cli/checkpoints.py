@@ -265,7 +265,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="flux: all-in-one (ComfyUI's layout); flux-transformer: BFL's transformer-only file; flux-kontext: "
         "FLUX.1 Kontext dev, an edit model (BFL's file); sd35, sd35-medium: SAI's shape (text encoders apart); "
         "sd35-all-in-one (see make-tiny-component); z-image, qwen-image: the transformer as Comfy-Org ship it; "
-        "z-image-all-in-one, qwen-image-all-in-one; qwen-image-edit: Qwen-Image-Edit Plus, an edit model; chroma",
+        "z-image-all-in-one, qwen-image-all-in-one; qwen-image-edit: Qwen-Image-Edit Plus, an edit model; chroma; "
+        "flux2-klein, flux2-klein-base: FLUX.2 [klein] as BFL ship it (it edits pictures too)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--inpainting", action="store_true", help="a 9-channel UNet, as inpainting models have")

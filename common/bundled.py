@@ -45,6 +45,8 @@ TINY_CHECKPOINT_KINDS = (
     "qwen-image",
     "qwen-image-all-in-one",
     "qwen-image-edit",
+    "flux2-klein",
+    "flux2-klein-base",
 )
 # The forms a tiny flow model's transformer can be written in (`make-tiny-checkpoint --format`):
 # ComfyUI's scaled fp8, city96's GGUF files.

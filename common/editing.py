@@ -3,8 +3,9 @@
 An edit is a job whose prompt is an instruction ("make it night") and whose input pictures the
 model reads as references, not as a start to denoise from (that is img2img): the picture comes back
 changed as told, its size the job's. Only models trained for it can: FLUX.1 Kontext [dev] (a FLUX.1
-transformer, so it loads through the Flux family and its component store) and Qwen-Image-Edit (the
-first release, and Plus: 2509, 2511), a Qwen-Image transformer. A new edit model is a row here and its
+transformer, so it loads through the Flux family and its component store), Qwen-Image-Edit (the
+first release, and Plus: 2509, 2511), a Qwen-Image transformer, and FLUX.2 [klein], which draws from
+text too. A new edit model is a row here and its
 family's edit pass in the worker.
 
 FLUX.1 Kontext is told apart from FLUX.1 dev by name, as ComfyUI and Forge users and Civitai tell
@@ -63,6 +64,19 @@ EDIT_MODELS: dict[tuple[str, str], EditModel] = {
         "qwen-image", "edit-plus", "Qwen-Image-Edit Plus", 3, 40, 4.0,
         "qwen_image_edit_2511_bf16.safetensors in the models folder, with qwen_2.5_vl_7b in models/text_encoders "
         "and qwen_image_vae in models/VAE",
+        "cfg",
+    ),
+    # FLUX.2 [klein] draws and edits with one model: each input picture's latents beside the picture
+    # being drawn (diffusers' Flux2KleinPipeline `image`); BFL's cards: the distilled release in 4
+    # steps without CFG, Base in 50 at CFG 4. Three pictures, as /edit offers.
+    ("flux2", "klein"): EditModel(
+        "flux2", "klein", "FLUX.2 [klein]", 3, 4, 1.0,
+        "flux-2-klein-4b.safetensors in the models folder, with qwen_3_4b in models/text_encoders and flux2-vae in models/VAE",
+        "cfg",
+    ),
+    ("flux2", "base"): EditModel(
+        "flux2", "base", "FLUX.2 [klein] Base", 3, 50, 4.0,
+        "flux-2-klein-base-4b.safetensors in the models folder, with qwen_3_4b in models/text_encoders and flux2-vae in models/VAE",
         "cfg",
     ),
 }

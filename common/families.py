@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Family:
-    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image, chroma, qwen-image
+    name: str  # the registry's and the protocol's name: sd1, sd2, sdxl, flux, sd3, z-image, chroma, qwen-image, flux2
     label: str  # what people read in menus and the catalog: "SD 1.x"
     short_label: str  # a LoRA's or an embedding's base, as A1111 users write it: "SD1.x"
     native_size: int  # the side of its native square: what "1:1" means
@@ -44,6 +44,8 @@ FAMILIES: dict[str, Family] = {
         Family(
             "qwen-image", "Qwen-Image", "Qwen-Image", 1328, 16, flow=True, samplers=("Euler",), from_picture=False, vae_layout="wan"
         ),
+        # FLUX.2 [klein]: 32-channel latents; its pipeline sets its own sigmas (an empirical shift)
+        Family("flux2", "FLUX.2", "FLUX.2", 1024, 32, flow=True, samplers=("Euler",), from_picture=False),
     )
 }
 SUPPORTED_FAMILIES = tuple(FAMILIES)

@@ -31,6 +31,7 @@ FAMILY_PARTS = {
     "chroma": (("t5xxl", "text_encoders/t5xxl_fp16.safetensors"), ("vae", "VAE/ae.safetensors")),
     "z-image": (("qwen3", "text_encoders/qwen_3_4b.safetensors"), ("vae", "VAE/ae.safetensors")),
     "qwen-image": (("qwen25vl", "text_encoders/qwen_2.5_vl_7b.safetensors"), ("vae", "VAE/qwen_image_vae.safetensors")),
+    "flux2": (("qwen3", "text_encoders/qwen_3_4b.safetensors"), ("vae", "VAE/flux2-vae.safetensors")),
 }
 
 
@@ -39,6 +40,7 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Per family, the tiny transformer of seed 0 as a plain file and as Q8_0 and Q4_K GGUF files (as
     the maker writes them), with its parts in a ComfyUI models folder; Flux also of seed 1."""
     from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux, make_tiny_flux_parts
+    from gpu_worker.testing.tiny_flux2 import make_tiny_flux2, make_tiny_flux2_parts
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
 
@@ -48,6 +50,7 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "chroma": lambda out, seed: make_tiny_chroma(out, seed),
         "z-image": lambda out, seed: make_tiny_z_image(out, seed),
         "qwen-image": lambda out, seed: make_tiny_qwen_image(out, seed),
+        "flux2": lambda out, seed: make_tiny_flux2(out, seed),
     }
     for family, make in makers.items():
         make(root / f"{family}.safetensors", 0)
@@ -59,6 +62,7 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_flux_parts(root)
     make_tiny_z_image_parts(root)
     make_tiny_qwen_image_parts(root)
+    make_tiny_flux2_parts(root)  # after Z-Image's: the same tiny Qwen3 file, and FLUX.2's VAE
     return root
 
 
@@ -81,7 +85,7 @@ def test_the_header_reader_agrees_with_the_gguf_packages_own(gguf_dir: Path) -> 
             mine = ours.tensors[t.name]
             assert (mine.offset, mine.nbytes, mine.dtype) == (t.data_offset, t.n_bytes, t.tensor_type.name), t.name
             assert mine.shape == tuple(int(d) for d in reversed(t.shape)), t.name
-        assert ours.metadata["general.architecture"] == {"chroma": "flux", "z-image": "lumina2", "qwen-image": "qwen_image"}.get(
+        assert ours.metadata["general.architecture"] == {"chroma": "flux", "flux2": "flux", "z-image": "lumina2", "qwen-image": "qwen_image"}.get(
             file.stem.split("-gguf")[0].removesuffix("-seed1"), "flux"
         )
 
@@ -113,7 +117,7 @@ def test_inspect_names_a_gguf_transformer_what_it_needs_and_what_it_takes(gguf_d
     plain = inspect_file(gguf_dir / "flux.safetensors")
     assert ins.parameters == plain.parameters and ins.file_size < plain.file_size / 2
     assert inspect_file(gguf_dir / "flux-gguf-q4_k.gguf").quantisation.split(":")[0].endswith("Q4_K)")
-    for family in ("chroma", "z-image", "qwen-image"):
+    for family in ("chroma", "z-image", "qwen-image", "flux2"):
         other = inspect_file(gguf_dir / f"{family}-gguf-q4_k.gguf")
         assert other.architecture.family == family and other.architecture.runnable, (family, other.architecture.reason)
     # A GGUF UNet (city96 ships SD1.5 and SDXL ones) is named and refused: not a transformer model
@@ -163,7 +167,7 @@ def runner_and_events():
     return BatchRunner("cpu", cache, events.append, lambda job_id: False), events, cache
 
 
-@pytest.mark.parametrize("family", ["flux", "chroma", "z-image", "qwen-image"])
+@pytest.mark.parametrize("family", ["flux", "chroma", "z-image", "qwen-image", "flux2"])
 def test_each_family_draws_its_plain_files_picture_from_its_gguf_files(gguf_dir: Path, runner_and_events, family: str) -> None:
     """Quantised weights stay quantised (GGUF layers holding their blocks: fewer bytes than the plain
     file's model) and the picture is the plain file's within the quantisation's rounding; another

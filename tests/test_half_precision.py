@@ -254,6 +254,7 @@ def flow_tier() -> Tier:
 def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadRequest]:
     from gpu_worker.testing.quantise import quantise_file
     from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux, make_tiny_flux_parts
+    from gpu_worker.testing.tiny_flux2 import make_tiny_flux2
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image
     from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image
@@ -264,6 +265,7 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
     make_tiny_z_image(root / "z-image-aio.safetensors", shape="all-in-one")
     make_tiny_qwen_image(root / "qwen-image-aio.safetensors", shape="all-in-one")
     make_tiny_chroma(root / "chroma-aio.safetensors", shape="all-in-one")
+    make_tiny_flux2(root / "klein-aio.safetensors", shape="all-in-one")
     # city96's GGUF Flux transformer (Q8_0), with its parts from the component store
     quantise_file(make_tiny_flux(root / ".flux-q8_0.safetensors", shape="transformer"), "gguf-q8_0", "flux", root / "flux-q8_0.gguf")
     parts = tuple(
@@ -271,7 +273,7 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
         for role, path in zip(("clip_l", "t5xxl", "vae"), make_tiny_flux_parts(root), strict=True)
     )
     requests = {}
-    flow = (("flux", "flux-dev"), ("sd3", "sd35-all-in-one"), ("z-image", "z-image-aio"), ("qwen-image", "qwen-image-aio"), ("chroma", "chroma-aio"))
+    flow = (("flux", "flux-dev"), ("sd3", "sd35-all-in-one"), ("z-image", "z-image-aio"), ("qwen-image", "qwen-image-aio"), ("chroma", "chroma-aio"), ("flux2", "klein-aio"))
     for family, name in flow:
         ins = inspect_file(root / f"{name}.safetensors")
         requests[family] = LoadRequest(
@@ -289,7 +291,7 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
 @pytest.mark.parametrize("precision", ["half", "bf16"])
 @pytest.mark.parametrize(
     ("family", "path"),
-    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img"), ("flux-gguf", "txt2img")],
+    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img"), ("flux-gguf", "txt2img"), ("flux2", "txt2img"), ("flux2", "edit, two pictures")],
 )
 def test_flow_models_in_half_precision_draw_float32s_picture(
     flow_tier: Tier, flow_files: dict[str, LoadRequest], tiny_loras: Path, family: str, path: str, precision: str

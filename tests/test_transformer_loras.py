@@ -32,7 +32,11 @@ PARTS = {
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Z-Image and Qwen-Image transformers with their parts, and a LoRA for each in models/Lora."""
     from gpu_worker.testing.tiny_networks import make_tiny_lora
-    from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_lora, make_tiny_qwen_image_parts
+    from gpu_worker.testing.tiny_qwen_image import (
+        make_tiny_qwen_image,
+        make_tiny_qwen_image_lora,
+        make_tiny_qwen_image_parts,
+    )
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_lora, make_tiny_z_image_parts
 
     root = tmp_path_factory.mktemp("transformer-loras") / "models"
@@ -64,7 +68,7 @@ async def test_the_lora_store_tells_each_transformers_lora_and_the_rules_keep_th
         [use] = await resolve_loras(loras, "a lighthouse <lora:z-glow:0.7>", ref(models, "z-image"), Limits(), True)
         assert (use.name, use.te, use.unet) == ("z-glow", 0.7, 0.7)
         for prompt, family in (("x <lora:qwen-glow:1>", "z-image"), ("x <lora:z-glow:1>", "qwen-image"), ("x <lora:sd1-ink:1>", "qwen-image")):
-            with pytest.raises(EaselError, match="is for .* choose a"):
+            with pytest.raises(EaselError, match=r"is for .* choose a"):
                 await resolve_loras(loras, prompt, ref(models, family), Limits(), True)
     finally:
         await db.close()

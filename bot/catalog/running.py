@@ -15,7 +15,7 @@ import math
 import re
 
 from bot.catalog.entries import CatalogEntry
-from bot.checkpoints.architecture import NEEDS_LABELS
+from bot.checkpoints.architecture import needs_label
 from common.families import FAMILIES
 
 UNET_VRAM_GB = {"sd1": 4.0, "sd2": 5.0, "sdxl": 8.0}
@@ -53,7 +53,7 @@ def running_line(entry: CatalogEntry) -> str:
         if entry.base not in UNET_VRAM_GB:
             text += f" ({least_vram_gb(entry):g} GB with fp8 weights)"
     if entry.needs:
-        text += "; needs " + _and([NEEDS_LABELS.get(role, role) for role in entry.needs])
+        text += "; needs " + _and([needs_label(role, entry.base) for role in entry.needs])
     return text
 
 

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bot.networks.detection import detect_embedding, is_adapter
+from common.families import FAMILIES
 from common.tensors import TensorInfo
 from common.upscaler_detection import UpscalerFileError, detect_upscaler
 
@@ -112,6 +113,10 @@ def _detect(
         return unusable(
             "upscaler", f"{upscaler.label} upscaler (not a checkpoint)", first, "an upscaler model, not a checkpoint"
         )
+    for prefix in (FLUX_PREFIX, ""):  # before FLUX.1: FLUX.2's double blocks have the same names
+        key = f"{prefix}double_stream_modulation_img.lin.weight"
+        if has(key):
+            return _flux2(tensors, prefix, key, metadata, file_name)
     for prefix in (FLUX_PREFIX, ""):
         key = f"{prefix}double_blocks.0.img_attn.norm.key_norm.scale"
         if has(key):
@@ -303,6 +308,32 @@ def _z_image(
     return Architecture("z-image", variant, "flow", label, decided_by, True, "", "", False, needs)
 
 
+# Where an all-in-one FLUX.2 [klein] file keeps its parts, beside the transformer (as Z-Image's).
+FLUX2_PARTS = {"qwen3": ("text_encoders.qwen3_4b.transformer.",), "vae": ("vae.",)}
+
+
+def _flux2(
+    tensors: Mapping[str, TensorInfo], prefix: str, decided_by: str, metadata: Mapping[str, str], file_name: str
+) -> Architecture:
+    """FLUX.2 (BFL; diffusers' single-file check: `double_stream_modulation_img`): [klein] 4B and 9B,
+    whose text encoder is Qwen3 (`txt_in` reads three of its layers stacked: 3 x 2560 for 4B, 3 x 4096
+    for 9B), or [dev], which reads Mistral Small 3.1 and takes a guidance input. Klein's distilled and
+    Base releases have the same tensors: Base when its name or metadata says so."""
+    caption = tensors[f"{prefix}txt_in.weight"].shape[1]
+    if f"{prefix}guidance_in.in_layer.weight" in tensors:
+        return Architecture("flux2", "dev", "", "FLUX.2 dev", decided_by, False, "FLUX.2 dev (its Mistral Small 3.1 text encoder) is not supported yet; FLUX.2 [klein] is")
+    named = " ".join([file_name, metadata.get("modelspec.title", ""), metadata.get("modelspec.architecture", "")]).lower()
+    variant = "base" if "base" in named else "klein"
+    needs = tuple(
+        (role, caption // 3 if role == "qwen3" else 32)
+        for role, starts in FLUX2_PARTS.items()
+        if not any(name.startswith(starts) for name in tensors)
+    )
+    size = {7680: " 4B", 12288: " 9B"}.get(caption, "")
+    label = f"FLUX.2 [klein]{size}" + (" Base" if variant == "base" else "") + ("" if prefix else " (transformer only)")
+    return Architecture("flux2", variant, "flow", label, decided_by, True, "", "", False, needs)
+
+
 # Where an all-in-one Qwen-Image file keeps its parts (ComfyUI's saver), beside the transformer.
 QWEN_IMAGE_PARTS = {
     "qwen25vl": ("text_encoders.qwen25_7b.transformer.",),
@@ -384,6 +415,13 @@ NEEDS_LABELS = {
     "qwen25vl": "Qwen2.5-VL text encoder",
     "vae": "16-channel VAE",
 }
+
+
+def needs_label(role: str, family: str) -> str:
+    """What a part is, as a person reads it, for `family`'s checkpoints (FLUX.2's VAE has 32 channels)."""
+    if role == "vae" and family in FAMILIES:
+        return f"{FAMILIES[family].latent_channels}-channel VAE"
+    return NEEDS_LABELS.get(role, role)
 # The file names people have for each part, for advice ("put t5xxl_fp16.safetensors in models/text_encoders").
 NEEDS_FILES = {
     "clip_l": "clip_l.safetensors",
@@ -395,7 +433,11 @@ NEEDS_FILES = {
 }
 NEEDS_FILES_SD3 = NEEDS_FILES | {"vae": "the SD3 VAE file"}
 # The files a family's parts come as, where they differ from FLUX.1's.
-NEEDS_FILES_OF = {"sd3": NEEDS_FILES_SD3, "qwen-image": NEEDS_FILES | {"vae": "qwen_image_vae.safetensors"}}
+NEEDS_FILES_OF = {
+    "sd3": NEEDS_FILES_SD3,
+    "qwen-image": NEEDS_FILES | {"vae": "qwen_image_vae.safetensors"},
+    "flux2": NEEDS_FILES | {"vae": "flux2-vae.safetensors"},
+}
 NEEDS_FOLDERS = {
     "clip_l": "models/text_encoders",
     "clip_g": "models/text_encoders",
@@ -409,7 +451,8 @@ NEEDS_FOLDERS = {
 def describe_needs(needs: tuple[tuple[str, int], ...] | list) -> str:
     """What a file lacks, as a person reads it: "CLIP-L text encoder (768 wide), T5-XXL …"."""
     return ", ".join(
-        f"{NEEDS_LABELS.get(role, role)}" + ("" if role == "vae" or not width else f" ({width} wide)") for role, width in needs
+        (f"{width or 16}-channel VAE" if role == "vae" else NEEDS_LABELS.get(role, role) + (f" ({width} wide)" if width else ""))
+        for role, width in needs
     )
 
 
@@ -419,8 +462,13 @@ def components(tensors: Mapping[str, TensorInfo]) -> dict[str, dict[str, object]
     flux = any(".double_blocks." in name or name.startswith("double_blocks.") for name in tensors)
     sd3 = any(".joint_blocks." in name or name.startswith("joint_blocks.") for name in tensors)
     z_image = any(name.endswith("cap_embedder.1.weight") for name in tensors)
+    flux2 = any(name.endswith("double_stream_modulation_img.lin.weight") for name in tensors)
     qwen_image = any(name.endswith("txt_norm.weight") for name in tensors)
-    if qwen_image:
+    if flux2:
+        alone = ("double_blocks.", "single_blocks.", "img_in.", "txt_in.", "time_in.", "guidance_in.", "final_layer.", "double_stream_modulation_", "single_stream_modulation.")
+        transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
+        prefixes = {"transformer": transformer, **FLUX2_PARTS}
+    elif qwen_image:
         alone = ("transformer_blocks.", "img_in.", "txt_in.", "txt_norm.", "time_text_embed.", "norm_out.", "proj_out.")
         transformer = (FLUX_PREFIX,) if any(name.startswith(FLUX_PREFIX) for name in tensors) else alone
         prefixes = {"transformer": transformer, **QWEN_IMAGE_PARTS}

@@ -33,6 +33,9 @@ CONFIGS: dict[tuple[str, int], str] = {
     ("qwen-image", 32): "tiny-qwen-image",
     ("z-image", 3840): "z-image",
     ("z-image", 64): "tiny-z-image",
+    ("flux2", 3072): "flux2-klein",  # [klein] 4B
+    ("flux2", 4096): "flux2-klein",  # [klein] 9B: its depth and widths from the file
+    ("flux2", 32): "tiny-flux2-klein",
 }
 
 
@@ -43,6 +46,7 @@ TRANSFORMER_EMBEDDERS = {
     "sd3": "x_embedder.proj.weight",
     "z-image": "x_embedder.weight",
     "qwen-image": "img_in.weight",
+    "flux2": "img_in.weight",
 }
 
 

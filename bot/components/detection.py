@@ -33,7 +33,7 @@ class VaeKind:
     def label(self) -> str:
         if self.layout == "wan":
             return f"VAE for Qwen-Image ({self.latent_channels}-channel latents, Wan 2.1's)"
-        serves = "SD1/SD2/SDXL" if self.latent_channels == SD_LATENT_CHANNELS else "SD3/Flux/Z-Image/Chroma"
+        serves = {SD_LATENT_CHANNELS: "SD1/SD2/SDXL", 32: "FLUX.2"}.get(self.latent_channels, "SD3/Flux/Z-Image/Chroma")
         return f"VAE for {serves} ({self.latent_channels}-channel latents)"
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_OF, NEEDS_FOLDERS, NEEDS_LABELS
+from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_OF, NEEDS_FOLDERS, needs_label
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry, component_use
 from common.errors import EaselError
@@ -25,13 +25,13 @@ class PartsFound:
 
     def refusal(self, name: str) -> EaselError:
         """One line for everything missing: what, the file people have for it, and where it goes."""
-        parts = [f"a {NEEDS_LABELS[role]} ({self._advice(role)})" for role in self.missing]
+        parts = [f"a {needs_label(role, self.family)} ({self._advice(role)})" for role in self.missing]
         return EaselError(f"{name} needs {' and '.join(parts)}; then rescan")
 
     def lines(self) -> list[str]:
         """Per part: the file that will be used, or what to put where."""
-        out = [f"{NEEDS_LABELS[use.role]}: {use.name}" for use in self.found]
-        out += [f"{NEEDS_LABELS[role]}: missing ({self._advice(role)})" for role in self.missing]
+        out = [f"{needs_label(use.role, self.family)}: {use.name}" for use in self.found]
+        out += [f"{needs_label(role, self.family)}: missing ({self._advice(role)})" for role in self.missing]
         return out
 
 

@@ -109,6 +109,10 @@ FLOW_DEFAULTS: dict[tuple[str, str], tuple[int | None, float]] = {
     ("chroma", ""): (35, 5.0),
     ("qwen-image", ""): (50, 4.0),  # Qwen-Image's model card: 50 steps, true CFG 4 with the negative prompt
     ("qwen-image", "edit"): (50, 4.0),  # Qwen-Image-Edit's (common/editing.py)
+    # FLUX.2 [klein]: the distilled release in 4 steps without CFG, Base 50 steps at CFG 4 (BFL's
+    # cards; diffusers' Flux2KleinPipeline examples)
+    ("flux2", "klein"): (4, 1.0),
+    ("flux2", "base"): (50, 4.0),
     ("qwen-image", "edit-plus"): (40, 4.0),  # Qwen-Image-Edit 2509's and 2511's  # diffusers' ChromaPipeline (Chroma1-HD): real CFG with the negative prompt
 }
 

@@ -157,7 +157,14 @@ def latent_shape(pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[int, i
     if getattr(pipe, "_pack_latents", None) is not None:
         width, height = width // (scale * 2) * scale * 2, height // (scale * 2) * scale * 2
     channels = getattr(pipe.vae.config, "latent_channels", None) or pipe.vae.config.z_dim  # a video VAE's
+    if _patchified(pipe):  # FLUX.2 draws its noise as 2x2 patches of latents (its prepare_latents)
+        return (channels * 4, height // (scale * 2), width // (scale * 2))
     return (channels, height // scale, width // scale)
+
+
+def _patchified(pipe: DiffusionPipeline) -> bool:
+    """Whether the pipeline's latents are 2x2 patches, packed by its own prepare_latents (FLUX.2)."""
+    return getattr(pipe, "_patchify_latents", None) is not None
 
 
 def first_noise(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[int, int]) -> tuple[torch.Tensor, noise.PictureNoise]:
@@ -167,7 +174,7 @@ def first_noise(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple[
     resize = tuple(int(n) for n in p.seed_resize_from.split("x")) if p.seed_resize_from else None
     return noise.initial_noise(
         p.rng, run.loaded.device, latent_shape(pipe, size), draw.seeds, draw.subseeds or None,
-        p.subseed_strength, resize, pipe.vae_scale_factor, p.ensd,  # type: ignore[arg-type]
+        p.subseed_strength, resize, pipe.vae_scale_factor * (2 if _patchified(pipe) else 1), p.ensd,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -180,6 +187,6 @@ def noise_inputs(run: BatchRun, draw: Draw, pipe: DiffusionPipeline, size: tuple
         return {"generator": noise.generators(p.rng if not noise.computed(p.rng, device) else "CPU", device, draw.seeds)}
     start, streams = first_noise(run, draw, pipe, size)
     latents = start.to(pipe._execution_device, run.latent_dtype or run.loaded.dtype)
-    if getattr(pipe, "_pack_latents", None) is not None:
+    if getattr(pipe, "_pack_latents", None) is not None and not _patchified(pipe):
         latents = pipe._pack_latents(latents, *latents.shape)
     return {"latents": latents, "generator": streams.torch_generators()}

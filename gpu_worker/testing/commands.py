@@ -63,7 +63,7 @@ def _make_tiny_checkpoint(args: argparse.Namespace) -> int:
     if args.format.startswith("gguf-") != args.out.lower().endswith(".gguf"):
         print(f"error: {args.out}: a GGUF file's name ends in .gguf, and only a GGUF file's does", file=sys.stderr)
         return 1
-    if args.arch.startswith(("z-image", "qwen-image")):
+    if args.arch.startswith(("z-image", "qwen-image", "flux2")):
         return _make_tiny_z_image(args)
     if args.arch.startswith(("flux", "sd35", "chroma")):
         return _make_tiny_transformer(args)
@@ -148,24 +148,28 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
 
 
 def _make_tiny_z_image(args: argparse.Namespace) -> int:
-    """`--arch z-image` or `qwen-image`: the transformer alone, as Comfy-Org ship it (with `--parts`,
+    """`--arch z-image`, `qwen-image` or `flux2-klein`: the transformer alone, as Comfy-Org and BFL ship it (with `--parts`,
     its text encoder and VAE too, where a user keeps them); `…-all-in-one`: everything in one file."""
     from gpu_worker.testing.quantise import quantise_file
+    from gpu_worker.testing.tiny_flux2 import make_tiny_flux2, make_tiny_flux2_parts
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
 
-    qwen = args.arch.startswith("qwen-image")
+    qwen, flux2 = args.arch.startswith("qwen-image"), args.arch.startswith("flux2")
     make, make_parts = (make_tiny_qwen_image, make_tiny_qwen_image_parts) if qwen else (make_tiny_z_image, make_tiny_z_image_parts)
+    if flux2:
+        make, make_parts = make_tiny_flux2, make_tiny_flux2_parts
 
     try:
         if args.inpainting or args.fp8:
-            raise ValueError("--inpainting and --fp8 are not offered for the tiny Z-Image and Qwen-Image files")
+            raise ValueError("--inpainting and --fp8 are not offered for the tiny Z-Image, Qwen-Image and FLUX.2 files")
         shape = "all-in-one" if args.arch.endswith("all-in-one") else "transformer"
         if args.parts and shape != "transformer":
             raise ValueError("--parts is for the transformer-only file; an all-in-one file holds its parts")
         edit = {"edit": True} if args.arch == "qwen-image-edit" else {}  # Qwen-Image-Edit Plus, as 2509 and 2511
+        edit = {"base": True} if args.arch == "flux2-klein-base" else edit
         made = make(_plain_out(args), args.seed, shape, **edit)
-        out = quantise_file(made, args.format, "qwen-image" if qwen else "z-image", Path(args.out))
+        out = quantise_file(made, args.format, "qwen-image" if qwen else "flux2" if flux2 else "z-image", Path(args.out))
         parts = make_parts(Path(args.parts), args.seed) if args.parts else []
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -33,9 +33,9 @@ from gpu_worker.save import save_atomically
 E4M3_MAX = 448.0
 _PARTS = ("text_encoders.", "vae.", "first_stage_model.")
 _PREFIX = "model.diffusion_model."
-# ComfyUI-GGUF's name for each family's transformer (loader.py IMG_ARCH_LIST): Chroma is read as Flux's
-# kin, Z-Image as Lumina 2's.
-GGUF_ARCH = {"flux": "flux", "chroma": "flux", "sd3": "sd3", "z-image": "lumina2", "qwen-image": "qwen_image"}
+# ComfyUI-GGUF's name for each family's transformer (loader.py IMG_ARCH_LIST): Chroma and FLUX.2 are
+# read as Flux's kin (its list has no FLUX.2 of its own), Z-Image as Lumina 2's.
+GGUF_ARCH = {"flux": "flux", "chroma": "flux", "sd3": "sd3", "z-image": "lumina2", "qwen-image": "qwen_image", "flux2": "flux"}
 # Text encoders as city96's and llama.cpp's GGUF files hold them: under llama.cpp's names.
 TEXT_ENCODER_ARCH = {"t5xxl": "t5encoder", "qwen3": "qwen3"}
 _SMALL = 1024  # city96's QUANTIZATION_THRESHOLD: tensors this small stay in F32
