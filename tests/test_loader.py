@@ -126,12 +126,13 @@ def test_every_chosen_config_is_bundled() -> None:
     for config in CONFIGS.values():
         folder = CONFIG_ROOT / config
         assert (folder / "model_index.json").is_file(), config
-        transformer = "flux" in config or "sd3" in config or "z-image" in config or "qwen-image" in config
+        transformer = any(name in config for name in ("flux", "sd3", "z-image", "qwen-image"))
         denoiser = "transformer" if transformer else "unet"
         for sub in (denoiser, "vae", "text_encoder"):
             assert (folder / sub / "config.json").is_file(), (config, sub)
-        # Z-Image's and Qwen-Image's Qwen tokenizer comes from an installed package (common/bundled.py)
-        tokenizer = QWEN3_TOKENIZER if "z-image" in config or "qwen-image" in config else folder / "tokenizer"
+        # Z-Image's, Qwen-Image's and FLUX.2 [klein]'s Qwen tokenizer comes from an installed package (common/bundled.py)
+        qwen = any(name in config for name in ("z-image", "qwen-image", "flux2"))
+        tokenizer = QWEN3_TOKENIZER if qwen else folder / "tokenizer"
         assert (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
         for tok in folder.glob("tokenizer_*"):  # SDXL's and SD3's second CLIP; Flux's and SD3's T5
             t5 = (tok / "tokenizer.json").is_file()

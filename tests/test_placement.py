@@ -30,7 +30,7 @@ def on_paper() -> dict[str, DiffusionPipeline]:
     pipelines, built from the bundled configs on the meta device (which also shows they build)."""
     dtypes = {
         "sd1": torch.float16, "sdxl": torch.float16, "flux": torch.bfloat16, "sd3": torch.bfloat16,
-        "z-image": torch.bfloat16, "qwen-image": torch.bfloat16,
+        "z-image": torch.bfloat16, "qwen-image": torch.bfloat16, "flux2-klein": torch.bfloat16,
     }  # fmt: skip
     return {config: random_pipeline(config, dtype, "meta") for config, dtype in dtypes.items()}
 
@@ -96,6 +96,20 @@ def test_z_image_takes_the_first_placement_that_fits_each_card(
     part moved in on 16 GB (as its card says: it fits 16 GB cards), fp8 weights on 12 GB."""
     budget = budget_of(card_gb, monkeypatch)
     assert choose(on_paper["z-image"], budget, fp8=True) == placement
+
+
+@pytest.mark.parametrize(("card_gb", "placement"), [(24, WHOLE), (16, OFFLOAD), (12, OFFLOAD), (8, GROUP)])
+def test_flux2_klein_takes_the_first_placement_that_fits_each_card(
+    on_paper: dict[str, DiffusionPipeline], card_gb: int, placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FLUX.2 [klein] 4B in bf16: a 7.2 GB transformer and a 7.5 GB Qwen3-4B: whole on 24 GB (14.9
+    GB), each part moved in on 16 and 12 GB; on 8 GB the text encoder alone is over the budget (fp8
+    storage of the transformer would not help): block by block. Its edits add the input pictures'
+    tokens to the sequence, not weights."""
+    budget = budget_of(card_gb, monkeypatch)
+    chosen = choose(on_paper["flux2-klein"], budget, fp8=True)
+    assert chosen == placement
+    assert resident(on_paper["flux2-klein"], chosen) <= budget
 
 
 @pytest.fixture(scope="module")
