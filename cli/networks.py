@@ -198,7 +198,7 @@ async def cmd_make_tiny_embedding(args: argparse.Namespace, settings: Settings) 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "make-tiny-lora", help="write a tiny random-weight LoRA for the tiny checkpoints (kohya's layout for SD, ai-toolkit's for Z-Image and Qwen-Image)"
+        "make-tiny-lora", help="write a tiny random-weight LoRA for the tiny checkpoints (kohya's layout for SD, ai-toolkit's for Z-Image, Qwen-Image and FLUX.2)"
     )
     p.add_argument("--base", choices=TINY_LORA_BASES, required=True)
     p.add_argument("--seed", type=int, default=0)

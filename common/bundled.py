@@ -52,4 +52,4 @@ TINY_CHECKPOINT_KINDS = (
 # ComfyUI's scaled fp8, city96's GGUF files.
 TINY_FORMATS = ("plain", "fp8-scaled", "gguf-q8_0", "gguf-q4_k")
 # The bases `make-tiny-lora` writes a LoRA for: kohya's layout for SD, ai-toolkit's for the transformers.
-TINY_LORA_BASES = ("sd1", "sd2", "sdxl", "z-image", "qwen-image")
+TINY_LORA_BASES = ("sd1", "sd2", "sdxl", "z-image", "qwen-image", "flux2")

@@ -15,7 +15,9 @@ Followed (facts, not code):
   diffusers' converters read them (loaders/lora_conversion_utils.py): Qwen-Image's blocks keep a
   picture and a text stream (`img_mlp`, `txt_mlp`, `img_mod`, `txt_mod`), Z-Image's are `layers.N.
   attention` / `feed_forward` with its `noise_refiner` and `context_refiner`. Chroma's are Flux's
-  modules: a Chroma LoRA is told only by its metadata naming Chroma.
+  modules: a Chroma LoRA is told only by its metadata naming Chroma. FLUX.2's in diffusers' names
+  have modules of their own (`to_qkv_mlp_proj`, `ff.linear_in`); in BFL's they are FLUX.1's, and the
+  width of a single block's fused input projection tells them (7 widths for FLUX.1, 9 for FLUX.2).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ BASE_LABELS = {**{name: family.short_label for name, family in FAMILIES.items()}
 _CROSS_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 # modelspec.architecture prefixes (Stability's model spec), e.g. "stable-diffusion-xl-v1-base/lora".
 _MODELSPEC_BASE = (
+    ("flux-2", "flux2"),  # before FLUX.1's "flux"
+    ("flux.2", "flux2"),
+    ("flux2", "flux2"),
     ("stable-diffusion-xl", "sdxl"),
     ("stable-diffusion-v2", "sd2"),
     ("stable-diffusion-v1", "sd1"),
@@ -45,6 +50,9 @@ _TRANSFORMER_BASE = (
     ("z_image", "z-image"),
     ("zimage", "z-image"),
 )
+# FLUX.2's own modules in diffusers' names (its shared modulations, fused single-block projection,
+# gated feed-forward); in BFL's names its blocks are FLUX.1's, told apart by width (_flux_generation).
+_FLUX2_MODULES = ("to_qkv_mlp_proj", "double_stream_modulation", "single_stream_modulation", "ff.linear_in", "ff_linear_in", "ff_context.linear_in")
 # Flux's blocks under any prefix (ComfyUI's `diffusion_model.double_blocks.…`, kohya's
 # `lora_unet_double_blocks_…`, diffusers' `transformer.single_transformer_blocks.…`).
 _FLUX_MODULES = ("double_blocks", "single_blocks", "single_transformer_blocks")
@@ -118,6 +126,24 @@ def detect_adapter(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str
     return AdapterKind(kind, layout, base, decided_by, not reason, reason)
 
 
+def _flux_generation(tensors: Mapping[str, TensorInfo]) -> tuple[str, str] | None:
+    """FLUX.1 or FLUX.2 for a LoRA in BFL's names (`single_blocks.N.linear1`), which the two share:
+    a single block's fused input projection is q, k, v and the MLP's input, 3 + 4 widths for FLUX.1
+    (an MLP 4 wide), 3 + 2 x 3 for FLUX.2 (a gated MLP 3 wide); the LoRA's up and down matrices
+    give both numbers."""
+    for key, tensor in tensors.items():
+        if "single_blocks" in key and "linear1" in key and key.endswith(("lora_B.weight", "lora_up.weight")) and len(tensor.shape) == 2:
+            down = tensors.get(key.replace("lora_B", "lora_A").replace("lora_up", "lora_down"))
+            if down is None or len(down.shape) != 2 or not down.shape[1]:
+                continue
+            ratio = tensor.shape[0] / down.shape[1]
+            if ratio == 9:
+                return "flux2", key
+            if ratio == 7:
+                return "flux", key
+    return None
+
+
 def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tuple[str, str]:
     version = str(metadata.get("ss_base_model_version", ""))
     if version.startswith("sdxl_"):
@@ -126,6 +152,8 @@ def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tup
         return "sd2", "ss_base_model_version"
     if version.startswith(("sd_v1", "sd_1")):
         return "sd1", "ss_base_model_version"
+    if version.startswith(("flux2", "flux_2", "flux-2", "flux.2")):
+        return "flux2", "ss_base_model_version"
     if version.startswith("flux"):
         return "flux", "ss_base_model_version"
     if version.startswith("sd3"):
@@ -140,6 +168,12 @@ def _base(tensors: Mapping[str, TensorInfo], metadata: Mapping[str, str]) -> tup
         if architecture.startswith(prefix):
             return base, "modelspec.architecture"
     keys = list(tensors)
+    for key in keys:
+        if any(module in key for module in _FLUX2_MODULES):
+            return "flux2", key
+    told = _flux_generation(tensors)
+    if told:
+        return told
     for key in keys:
         if any(module in key for module in _FLUX_MODULES) or key.startswith("lora_transformer_"):
             return "flux", key  # before Qwen-Image: Flux's double blocks have an img_mlp too

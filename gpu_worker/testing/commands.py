@@ -185,7 +185,7 @@ def _make_tiny_network(args: argparse.Namespace) -> int:
     from gpu_worker.testing.tiny_networks import make_tiny_embedding, make_tiny_lora
 
     try:
-        if args.command == "make-tiny-lora" and args.base in ("z-image", "qwen-image"):
+        if args.command == "make-tiny-lora" and args.base in ("z-image", "qwen-image", "flux2"):
             if args.locon:
                 raise ValueError("--locon is for the SD LoRAs (their ResNet convolutions)")
             out, what = _transformer_lora(args.base)(Path(args.out), args.seed), "LoRA"
@@ -202,6 +202,10 @@ def _make_tiny_network(args: argparse.Namespace) -> int:
 
 
 def _transformer_lora(base: str) -> Callable[[Path, int], Path]:
+    if base == "flux2":
+        from gpu_worker.testing.tiny_flux2 import make_tiny_flux2_lora
+
+        return make_tiny_flux2_lora
     if base == "z-image":
         from gpu_worker.testing.tiny_z_image import make_tiny_z_image_lora
 

@@ -120,3 +120,19 @@ def make_tiny_flux2_parts(models: Path, seed: int = 0) -> list[Path]:
                    "Qwen3" if role == "qwen3" else "FLUX.2 VAE", seed)
         for role, (folder, name) in PART_FILES.items()
     ]  # fmt: skip
+
+
+def make_tiny_flux2_lora(out: Path, seed: int = 0) -> Path:
+    """A tiny FLUX.2 [klein] LoRA as ai-toolkit writes it for ComfyUI: BFL's names under
+    `diffusion_model.` (`double_blocks.0.img_attn.qkv.lora_A.weight`, `single_blocks.0.linear1…`),
+    which are FLUX.1's too: the LoRA store tells it by the single block's width."""
+    from gpu_worker.testing.tiny_networks import save_tiny_transformer_lora
+
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, tensor in transformer_state(seed).items():
+        if name.endswith(("img_attn.qkv.weight", "txt_attn.qkv.weight", "linear1.weight")):
+            stem = "diffusion_model." + name.removesuffix(".weight")
+            state[f"{stem}.lora_A.weight"] = torch.randn(4, tensor.shape[1], generator=generator, device="cpu")
+            state[f"{stem}.lora_B.weight"] = torch.randn(tensor.shape[0], 4, generator=generator, device="cpu") * 0.1
+    return save_tiny_transformer_lora(state, out, "Easel tiny FLUX.2 [klein] LoRA (random weights)", seed)
