@@ -38,11 +38,11 @@ FAMILIES: dict[str, Family] = {
         Family("sdxl", "SDXL", "SDXL", 1024, 4),
         Family("flux", "Flux", "Flux", 1024, 16, flow=True),
         Family("sd3", "SD 3.x", "SD3", 1024, 16, flow=True),
-        Family("z-image", "Z-Image", "Z-Image", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
-        # Chroma's pipeline sets its own sigmas too; its img2img pipeline has no AutoPipeline entry yet
-        Family("chroma", "Chroma", "Chroma", 1024, 16, flow=True, samplers=("Euler",), from_picture=False),
+        Family("z-image", "Z-Image", "Z-Image", 1024, 16, flow=True, samplers=("Euler",)),
+        # Chroma's pipeline sets its own sigmas too
+        Family("chroma", "Chroma", "Chroma", 1024, 16, flow=True, samplers=("Euler",)),
         Family(
-            "qwen-image", "Qwen-Image", "Qwen-Image", 1328, 16, flow=True, samplers=("Euler",), from_picture=False, vae_layout="wan"
+            "qwen-image", "Qwen-Image", "Qwen-Image", 1328, 16, flow=True, samplers=("Euler",), vae_layout="wan"
         ),
         # FLUX.2 [klein]: 32-channel latents; its pipeline sets its own sigmas (an empirical shift)
         Family("flux2", "FLUX.2", "FLUX.2", 1024, 32, flow=True, samplers=("Euler",), from_picture=False),

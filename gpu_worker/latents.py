@@ -90,6 +90,8 @@ def encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in -1..1 -> the latents a sampler works on (the distribution's mode)."""
     had = vae.dtype
     area = pixels.shape[-1] * pixels.shape[-2]
+    if pixels.ndim == 4 and getattr(vae.config, "z_dim", None):  # a video VAE (Qwen-Image's) reads one frame
+        pixels = pixels.unsqueeze(2)
     latent = _call(vae, area, lambda dtype: vae.encode(pixels.to(vae.device, dtype)).latent_dist.mode())
     stats = _stats(vae, latent)
     if stats is not None:
@@ -125,8 +127,10 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def encode_pictures(pipe, pictures: list[Image.Image]) -> torch.Tensor:
-    """Pictures -> latents for a pipeline's `image` argument (which takes latents as they are)."""
-    return encode(pipe.vae, pipe.image_processor.preprocess(pictures))
+    """Pictures -> latents for a pipeline's `image` argument (which takes latents as they are): (B, C,
+    H, W), a video VAE's one frame taken out (Qwen-Image's img2img puts its frame axis back)."""
+    latents = encode(pipe.vae, pipe.image_processor.preprocess(pictures))
+    return latents[:, :, 0] if latents.ndim == 5 else latents
 
 
 def decode_pictures(pipe, latents: torch.Tensor) -> list[Image.Image]:

@@ -47,9 +47,17 @@ class LoadedPipeline:
         return self.placement != WHOLE
 
 
-def image_to_image(loaded: LoadedPipeline) -> DiffusionPipeline:
-    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline."""
-    return derived(loaded, "img2img", AutoPipelineForImage2Image)
+def image_to_image(loaded: LoadedPipeline, factory=None) -> DiffusionPipeline:
+    """The loaded pipeline's modules (LoRA layers and all) as an img2img pipeline: diffusers'
+    AutoPipeline's choice, or `factory` (a pipeline class) for a family it has no entry for."""
+    pipe = derived(loaded, "img2img", factory or AutoPipelineForImage2Image)
+    # Easel hands it the VAE's latents (gpu_worker/latents.py encodes them once); its image processor
+    # passes latents through only when it knows their channel count, which Z-Image's and Chroma's
+    # img2img pipelines leave at SD's 4: they would be resized as a picture.
+    channels = getattr(pipe.vae.config, "latent_channels", None) or pipe.vae.config.z_dim
+    if getattr(pipe.image_processor.config, "vae_latent_channels", channels) != channels:
+        pipe.image_processor.register_to_config(vae_latent_channels=channels)
+    return pipe
 
 
 def inpainting(loaded: LoadedPipeline) -> DiffusionPipeline:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from diffusers import ChromaPipeline, ChromaTransformer2DModel
+from diffusers import ChromaImg2ImgPipeline, ChromaPipeline, ChromaTransformer2DModel
 from diffusers.models.embeddings import get_timestep_embedding
 
 from common.bundled import CONFIG_ROOT
@@ -135,6 +135,7 @@ def chroma_pipeline(
 class Chroma(FlowFamily):
     name = "chroma"
     preview_map = FLUX.preview_map  # FLUX.1's VAE, so FLUX.1's latent space
+    img2img_pipeline = ChromaImg2ImgPipeline  # AutoPipeline has no Chroma entry
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> ChromaPipeline:
         return chroma_pipeline(request, dtype, device)

@@ -28,6 +28,9 @@ class FlowFamily(Family):
     # for a model whose VAE must not be woken for a preview (offloaded: it would drag the
     # transformer off the device every few steps).
     preview_map: tuple[list[list[float]], list[float]] = ([], [])
+    # Its img2img pipeline class where diffusers' AutoPipelineForImage2Image has no entry for it
+    # (Z-Image, Chroma, Qwen-Image): built from the loaded modules.
+    img2img_pipeline: type | None = None
 
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
         """The pipeline's guidance and text arguments for the call's prompts."""
@@ -54,7 +57,7 @@ class FlowFamily(Family):
             loaded.base_scheduler_config, batch.parameters.sampler, batch.parameters.schedule
         )
         if batch.init_png is not None or batch.parameters.hires_scale:
-            run.img2img = image_to_image(loaded)
+            run.img2img = image_to_image(loaded, self.img2img_pipeline)
         if batch.init_png is not None:
             run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
         run.references = read_references(batch.edit_pngs)
@@ -76,7 +79,7 @@ class FlowFamily(Family):
                 arguments,
                 batch.parameters.steps,
                 size,
-                image=encode_pictures(run.img2img, [run.init]).repeat(n, 1, 1, 1),
+                image=repeated(encode_pictures(run.img2img, [run.init]), n),
                 strength=batch.parameters.strength,
             )
         else:
@@ -108,6 +111,11 @@ class FlowFamily(Family):
                 latents = latents[:, :, 0]
             return latents_to_images(latents, *self.preview_map)[0]
         return vae_previews(pipe, latents, height, width)[0]
+
+
+def repeated(latents: torch.Tensor, n: int) -> torch.Tensor:
+    """One picture's latents for each of `n` pictures (a video VAE's have a frame axis too)."""
+    return latents.repeat(n, *(1,) * (latents.ndim - 1))
 
 
 def call_pipeline(

@@ -23,6 +23,7 @@ from diffusers import (
     AutoencoderKLQwenImage,
     QwenImageEditPipeline,
     QwenImageEditPlusPipeline,
+    QwenImageImg2ImgPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
@@ -167,6 +168,7 @@ class QwenImage(FlowFamily):
     )  # fmt: skip
 
     edits = True  # Qwen-Image-Edit (the first release, and Plus)
+    img2img_pipeline = QwenImageImg2ImgPipeline  # it takes the Wan VAE's latents as they are
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> QwenImagePipeline:
         return qwen_image_pipeline(request, dtype, device)
