@@ -22,7 +22,7 @@ from diffusers import ZImageImg2ImgPipeline, ZImagePipeline, ZImageTransformer2D
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
 from common.bundled import CONFIG_ROOT
-from common.protocol import LoadRequest, RunBatch
+from common.protocol import LoadRequest
 from gpu_worker.families.base import BatchRun, Draw
 from gpu_worker.families.flow import FlowFamily
 from gpu_worker.families.flux import FLUX
