@@ -21,7 +21,9 @@ class Family:
     # The samplers it offers, when not every one of its kind (common/samplers.py FLOW_SAMPLERS for a
     # flow model): Z-Image's pipeline sets its own sigmas, which only flow-matching Euler takes.
     samplers: tuple[str, ...] | None = None
-    from_picture: bool = True  # img2img (and Vary) and the hires fix: pipelines that start from a picture
+    # img2img (and Vary) and the hires fix: pipelines that start from a picture (inpainting, which
+    # every family has, is a pipeline of its own)
+    from_picture: bool = True
     vae_layout: str = "2d"  # the VAE files it takes: "2d" (SD's, FLUX.1's) or "wan" (Wan 2.1's video VAE, Qwen-Image's)
 
     @property

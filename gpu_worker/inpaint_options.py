@@ -15,12 +15,17 @@ Followed (facts, not code) from AUTOMATIC1111 modules/processing.py (StableDiffu
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from gpu_worker.latents import encode
 from gpu_worker.noise import first_draw
+
+if TYPE_CHECKING:
+    from gpu_worker.families.base import BatchRun
 
 # (blur radius, times composited), widest first: far pixels give the masked area its colour, near ones its detail.
 _FILL_PASSES = ((256, 1), (64, 1), (16, 2), (4, 4), (2, 2), (0, 1))
@@ -96,3 +101,34 @@ def masked_picture_latents(pipe, picture: Image.Image, mask: Image.Image, n: int
     pixels = pipe.image_processor.preprocess(picture)
     keep = pipe.mask_processor.preprocess(mask) < 0.5
     return encode(pipe.vae, pixels * keep).repeat(n, 1, 1, 1)
+
+
+def prepare_inpainting(run: BatchRun) -> None:
+    """Inpaint area and masked content (gpu_worker/inpaint_options.py) applied to the batch's
+    picture and mask; what the overlay needs afterwards is kept."""
+    batch = run.batch
+    assert run.init is not None and run.mask is not None
+    size = (batch.width, batch.height)
+    box = crop_region(run.mask, batch.parameters.mask_padding, *size) if batch.parameters.only_masked else None
+    if box is not None:  # Only masked: that region, enlarged to the job's size
+        run.paste = (run.init, run.mask, box)
+        run.init = run.init.crop(box).resize(size, Image.Resampling.LANCZOS)
+        run.mask = run.mask.crop(box).resize(size, Image.Resampling.LANCZOS)
+    run.original = run.init  # the overlay keeps the picture as it was, not as filled
+    if batch.parameters.masked_content == "fill":
+        run.init = fill_masked(run.init, run.mask)
+
+
+def overlay(run: BatchRun, images: list[Image.Image]) -> list[Image.Image]:
+    """A1111's overlay: outside the (blurred) mask, the picture as it was; with Only masked, the
+    region shrunk back and pasted into the whole picture first."""
+    out = []
+    for image in images:
+        picture, mask = run.original, run.mask
+        if run.paste is not None:
+            picture, mask, box = run.paste
+            whole = picture.copy()
+            whole.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
+            image = whole
+        out.append(Image.composite(image, picture, mask))
+    return out

@@ -60,10 +60,11 @@ def image_to_image(loaded: LoadedPipeline, factory=None) -> DiffusionPipeline:
     return pipe
 
 
-def inpainting(loaded: LoadedPipeline) -> DiffusionPipeline:
-    """The loaded pipeline's modules as an inpainting pipeline (a 4-channel UNet: the masked latents
-    are redrawn and the rest kept from the picture at every step, as A1111 does on normal models)."""
-    return derived(loaded, "inpaint", AutoPipelineForInpainting)
+def inpainting(loaded: LoadedPipeline, factory=None) -> DiffusionPipeline:
+    """The loaded pipeline's modules as an inpainting pipeline (a 4-channel UNet or a transformer: the
+    masked latents are redrawn and the rest kept from the picture at every step, as A1111 does on
+    normal models): AutoPipeline's choice, or `factory` for a family it has no entry for."""
+    return derived(loaded, "inpaint", factory or AutoPipelineForInpainting)
 
 
 def derived(loaded: LoadedPipeline, kind: str, factory) -> DiffusionPipeline:

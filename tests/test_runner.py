@@ -327,15 +327,16 @@ def test_a_draw_splits_its_pictures_back_to_its_jobs_and_retries_one_by_one() ->
     assert [(d.jobs[0].job_id, d.seeds) for d in singles] == [("a", [1]), ("a", [2]), ("b", [7])]
 
 
-def test_a_flow_family_refuses_a_mask_before_anything_loads(load_request: LoadRequest) -> None:
+def test_a_flow_family_refuses_latent_masked_content_before_anything_loads(load_request: LoadRequest) -> None:
     from gpu_worker.families import FAMILIES
 
     batch = RunBatch.of(
         "b1", replace(load_request, family="flux", name="flux-dev"), (JobPart("j", "a cat", "", (1,)),), 64, 64, 4, 1.0,
-        "Euler", "Automatic", mask_png=b"mask",
+        "Euler", "Automatic", mask_png=b"mask", masked_content="latent noise",
     )  # fmt: skip
-    assert FAMILIES["flux"].refuses(batch) == "flux-dev: inpainting and embeddings are not supported on it yet"
+    assert FAMILIES["flux"].refuses(batch) == "flux-dev: masked content latent noise is for SD checkpoints; choose original or fill"
     assert FAMILIES["sd1"].refuses(batch) is None
+    assert FAMILIES["flux"].refuses(replace(batch, parameters=replace(batch.parameters, masked_content="fill"))) is None
 
 
 def test_the_latent_hires_fix_enlarges_by_the_vaes_own_scale() -> None:

@@ -448,15 +448,18 @@ def _check_flow(
     """What a Flux or SD3 job may ask here, and its distilled guidance made final (only Flux dev has
     one; the others 0)."""
     latent_hires = bool(p.hires_scale) and p.hires_upscaler in LATENT_UPSCALERS
+    latent_fill = p.mask_image is not None and p.masked_content in ("latent noise", "latent nothing")
     unsupported = (
-        ("inpainting", p.mask_image is not None),
+        (f"masked content {p.masked_content} (choose original or fill)", latent_fill),
         ("a latent upscaler for the hires fix (choose Lanczos or an upscaler model)", latent_hires),
         ("textual-inversion embeddings", bool(embeddings)),
         ("CFG rescale", bool(p.cfg_rescale)),
         ("clip skip", p.clip_skip > 1),
         (
             "starting from a picture (img2img, Vary) and the hires fix (Upscale)",
-            checkpoint.family in FAMILIES and not FAMILIES[checkpoint.family].from_picture and bool(p.init_image or p.hires_scale),
+            checkpoint.family in FAMILIES
+            and not FAMILIES[checkpoint.family].from_picture
+            and bool((p.init_image and p.mask_image is None) or p.hires_scale),  # inpainting has a pipeline of its own
         ),
     )
     editing = any(len(prompt_schedule(text, max(1, p.steps))) > 1 for text in (p.prompt, p.negative))

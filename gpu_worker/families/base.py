@@ -80,6 +80,7 @@ class BatchRun:
     upscalers: UpscalerCache
     pipe: DiffusionPipeline  # the pipeline pass one runs on (text, img2img or inpainting)
     img2img: DiffusionPipeline | None = None  # from a picture, and the hires fix's pass two
+    inpaint: DiffusionPipeline | None = None  # a flow model's inpainting pipeline (SD's is `pipe`)
     init: Image.Image | None = None  # img2img: the input picture at the job's size (filled, with a mask)
     mask: Image.Image | None = None  # inpainting: the mask at the job's size, blurred
     original: Image.Image | None = None  # inpainting: the picture the overlay keeps

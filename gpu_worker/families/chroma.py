@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from diffusers import ChromaImg2ImgPipeline, ChromaPipeline, ChromaTransformer2DModel
+from diffusers import ChromaImg2ImgPipeline, ChromaInpaintPipeline, ChromaPipeline, ChromaTransformer2DModel
 from diffusers.models.embeddings import get_timestep_embedding
 
 from common.bundled import CONFIG_ROOT
@@ -106,6 +106,9 @@ def chroma_pipeline(
     with torch.device("meta"):
         transformer = ChromaTransformer2DModel.from_config(settings)
     load_exact(transformer, converted, f"{main.path.name} (transformer)", main.dtype)
+    # diffusers 0.42's ChromaInpaintPipeline asks its transformer's config for `guidance_embeds`, which
+    # ChromaTransformer2DModel's has no field for (Chroma has no guidance input): said so, as False.
+    transformer.register_to_config(guidance_embeds=False)
     # Its one buffer outside the state dict (the modulation indices' embedding; left on the meta
     # device above), computed as diffusers' ChromaCombinedTimestepTextProjEmbeddings computes it.
     embed = transformer.time_text_embed
@@ -136,6 +139,7 @@ class Chroma(FlowFamily):
     name = "chroma"
     preview_map = FLUX.preview_map  # FLUX.1's VAE, so FLUX.1's latent space
     img2img_pipeline = ChromaImg2ImgPipeline  # AutoPipeline has no Chroma entry
+    inpaint_pipeline = ChromaInpaintPipeline
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> ChromaPipeline:
         return chroma_pipeline(request, dtype, device)

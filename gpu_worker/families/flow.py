@@ -12,9 +12,10 @@ from PIL import Image
 from common.protocol import RunBatch
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.hires import enlarge
-from gpu_worker.init_images import prepare_init, read_references
+from gpu_worker.init_images import prepare_init, prepare_mask, read_references
+from gpu_worker.inpaint_options import overlay, prepare_inpainting
 from gpu_worker.latents import decode_pictures, encode_pictures
-from gpu_worker.loaded import image_to_image
+from gpu_worker.loaded import image_to_image, inpainting
 from gpu_worker.previews import latents_to_images, vae_previews
 from gpu_worker.samplers import make_scheduler
 from gpu_worker.textual_inversion import EmbeddingCache
@@ -31,6 +32,7 @@ class FlowFamily(Family):
     # Its img2img pipeline class where diffusers' AutoPipelineForImage2Image has no entry for it
     # (Z-Image, Chroma, Qwen-Image): built from the loaded modules.
     img2img_pipeline: type | None = None
+    inpaint_pipeline: type | None = None  # likewise for inpainting
 
     def text_inputs(self, run: BatchRun, draw: Draw) -> dict:
         """The pipeline's guidance and text arguments for the call's prompts."""
@@ -41,8 +43,10 @@ class FlowFamily(Family):
         raise NotImplementedError
 
     def refuses(self, batch: RunBatch) -> str | None:
-        if batch.mask_png is not None or batch.embeddings:
-            return f"{batch.load.name}: inpainting and embeddings are not supported on it yet"
+        if batch.embeddings:
+            return f"{batch.load.name}: embeddings are not supported on it yet"
+        if batch.mask_png is not None and batch.parameters.masked_content in ("latent noise", "latent nothing"):
+            return f"{batch.load.name}: masked content {batch.parameters.masked_content} is for SD checkpoints; choose original or fill"
         if batch.parameters.regions:
             return f"{batch.load.name}: regional prompting works on SD1, SD2 and SDXL checkpoints only"
         return None
@@ -60,6 +64,11 @@ class FlowFamily(Family):
             run.img2img = image_to_image(loaded, self.img2img_pipeline)
         if batch.init_png is not None:
             run.init = prepare_init(batch.init_png, batch.width, batch.height, batch.parameters.resize_mode)
+        if batch.init_png is not None and batch.mask_png is not None:
+            p = batch.parameters
+            run.mask = prepare_mask(batch.mask_png, batch.width, batch.height, p.resize_mode, p.mask_blur)
+            run.inpaint = inpainting(loaded, self.inpaint_pipeline)
+            prepare_inpainting(run)  # inpaint area and masked content, as A1111 (gpu_worker/inpaint_options.py)
         run.references = read_references(batch.edit_pngs)
         run.latent_dtype = torch.float32 if self.latents_in_float32 else None
 
@@ -70,6 +79,20 @@ class FlowFamily(Family):
         size = (batch.width, batch.height)
         if run.references:
             first = self.edit(run, draw, callback, arguments, size)
+        elif run.mask is not None:  # inpainting: the pipeline redraws under the mask; A1111's overlay keeps the rest
+            inpainted = call_pipeline(
+                run,
+                run.inpaint,
+                draw,
+                callback,
+                arguments,
+                batch.parameters.steps,
+                size,
+                image=[run.init] * n,
+                mask_image=[run.mask] * n,
+                strength=batch.parameters.strength,
+            )
+            return overlay(run, inpainted)
         elif run.init is not None:  # img2img: strength says how much of the picture is redrawn
             first = call_pipeline(
                 run,

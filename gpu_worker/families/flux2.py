@@ -22,7 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLFlux2, DiffusionPipeline, Flux2KleinPipeline, Flux2Transformer2DModel
+from diffusers import (
+    AutoencoderKLFlux2,
+    DiffusionPipeline,
+    Flux2KleinInpaintPipeline,
+    Flux2KleinPipeline,
+    Flux2Transformer2DModel,
+)
 from diffusers.loaders.single_file_utils import (
     convert_flux2_transformer_checkpoint_to_diffusers,
     convert_ldm_vae_checkpoint,
@@ -140,12 +146,14 @@ def encoder_layers(depth: int) -> tuple[int, ...]:
 class Flux2(FlowFamily):
     name = "flux2"
     edits = True  # [klein] edits with the model it draws with (common/editing.py)
+    inpaint_pipeline = Flux2KleinInpaintPipeline
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> Flux2KleinPipeline:
         return flux2_pipeline(request, dtype, device)
 
     def refuses(self, batch: RunBatch) -> str | None:
-        if batch.init_png is not None or batch.parameters.hires_scale:
+        # diffusers has Klein's inpainting pipeline, not an img2img one
+        if (batch.init_png is not None and batch.mask_png is None) or batch.parameters.hires_scale:
             return f"{batch.load.name}: FLUX.2 does not start from a picture here yet (img2img, the hires fix); /edit changes one"
         return super().refuses(batch)
 

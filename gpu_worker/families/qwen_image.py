@@ -24,6 +24,7 @@ from diffusers import (
     QwenImageEditPipeline,
     QwenImageEditPlusPipeline,
     QwenImageImg2ImgPipeline,
+    QwenImageInpaintPipeline,
     QwenImagePipeline,
     QwenImageTransformer2DModel,
 )
@@ -169,6 +170,7 @@ class QwenImage(FlowFamily):
 
     edits = True  # Qwen-Image-Edit (the first release, and Plus)
     img2img_pipeline = QwenImageImg2ImgPipeline  # it takes the Wan VAE's latents as they are
+    inpaint_pipeline = QwenImageInpaintPipeline
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> QwenImagePipeline:
         return qwen_image_pipeline(request, dtype, device)

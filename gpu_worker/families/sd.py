@@ -21,7 +21,7 @@ from gpu_worker.families.sd_build import build_sd
 from gpu_worker.families.sd_passes import a1111_scheduler, begin_pass
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
-from gpu_worker.inpaint_options import crop_region, fill_masked, masked_picture_latents, masked_start
+from gpu_worker.inpaint_options import masked_picture_latents, masked_start, overlay, prepare_inpainting
 from gpu_worker.latents import decode_pictures, encode, encode_pictures
 from gpu_worker.loaded import image_to_image, inpainting
 from gpu_worker.previews import latents_to_images, vae_previews
@@ -76,7 +76,7 @@ class StableDiffusion(Family):
                 batch.mask_png, batch.width, batch.height, batch.parameters.resize_mode, batch.parameters.mask_blur
             )
             run.pipe = pipe if run.nine or own else inpainting(loaded)
-            _prepare_inpainting(run)
+            prepare_inpainting(run)
 
     def draws(self, run: BatchRun, jobs: list[JobPart]) -> list[Draw]:
         """Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
@@ -94,7 +94,7 @@ class StableDiffusion(Family):
         run.pass_steps, run.size = (0, batch.run_steps), (batch.width, batch.height)
         first = _sample(run, run.pipe, draw, callback, batch.parameters.steps, _pass_one_inputs(run, draw))
         if run.mask is not None:  # A1111's overlay: outside the (blurred) mask, the picture as it was
-            return _overlay(run, decode_pictures(run.pipe, first))
+            return overlay(run, decode_pictures(run.pipe, first))
         if not batch.parameters.hires_scale:
             return decode_pictures(run.pipe, first)
         # Hires fix (A1111): pass one's result enlarged, then redrawn at `hires_denoise` by img2img.
@@ -223,37 +223,6 @@ def _call(run: BatchRun, pipe: DiffusionPipeline, draw: Draw, callback: StepCall
         callback_on_step_end_tensor_inputs=["latents", *run.conditioning.tensor_inputs()],
         output_type="latent",
     ).images
-
-
-def _prepare_inpainting(run: BatchRun) -> None:
-    """Inpaint area and masked content (gpu_worker/inpaint_options.py) applied to the batch's
-    picture and mask; what the overlay needs afterwards is kept."""
-    batch = run.batch
-    assert run.init is not None and run.mask is not None
-    size = (batch.width, batch.height)
-    box = crop_region(run.mask, batch.parameters.mask_padding, *size) if batch.parameters.only_masked else None
-    if box is not None:  # Only masked: that region, enlarged to the job's size
-        run.paste = (run.init, run.mask, box)
-        run.init = run.init.crop(box).resize(size, Image.Resampling.LANCZOS)
-        run.mask = run.mask.crop(box).resize(size, Image.Resampling.LANCZOS)
-    run.original = run.init  # the overlay keeps the picture as it was, not as filled
-    if batch.parameters.masked_content == "fill":
-        run.init = fill_masked(run.init, run.mask)
-
-
-def _overlay(run: BatchRun, images: list[Image.Image]) -> list[Image.Image]:
-    """A1111's overlay: outside the (blurred) mask, the picture as it was; with Only masked, the
-    region shrunk back and pasted into the whole picture first."""
-    out = []
-    for image in images:
-        picture, mask = run.original, run.mask
-        if run.paste is not None:
-            picture, mask, box = run.paste
-            whole = picture.copy()
-            whole.paste(image.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS), box[:2])
-            image = whole
-        out.append(Image.composite(image, picture, mask))
-    return out
 
 
 def _inpainting_model_inputs(run: BatchRun, n: int) -> dict:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import ZImageImg2ImgPipeline, ZImagePipeline, ZImageTransformer2DModel
+from diffusers import ZImageImg2ImgPipeline, ZImageInpaintPipeline, ZImagePipeline, ZImageTransformer2DModel
 from diffusers.loaders.single_file_utils import convert_z_image_transformer_checkpoint_to_diffusers
 
 from common.bundled import CONFIG_ROOT
@@ -96,6 +96,7 @@ class ZImage(FlowFamily):
     preview_map = FLUX.preview_map  # FLUX.1's VAE, so FLUX.1's latent space (ComfyUI: latent_formats.Flux)
     latents_in_float32 = True  # the pipeline steps its latents in float32, whatever the model runs in
     img2img_pipeline = ZImageImg2ImgPipeline  # it takes the VAE's latents as they are (img2img, Vary, the hires fix)
+    inpaint_pipeline = ZImageInpaintPipeline
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> ZImagePipeline:
         return z_image_pipeline(request, dtype, device)
