@@ -32,6 +32,10 @@ FAMILY_PARTS = {
     "z-image": (("qwen3", "text_encoders/qwen_3_4b.safetensors"), ("vae", "VAE/ae.safetensors")),
     "qwen-image": (("qwen25vl", "text_encoders/qwen_2.5_vl_7b.safetensors"), ("vae", "VAE/qwen_image_vae.safetensors")),
     "flux2": (("qwen3", "text_encoders/qwen_3_4b.safetensors"), ("vae", "VAE/flux2-vae.safetensors")),
+    "sd3": (
+        ("clip_l", "sd3/clip_l.safetensors"), ("clip_g", "sd3/clip_g.safetensors"), ("t5xxl", "sd3/t5xxl_fp16.safetensors"),
+        ("vae", "sd3/sd3_vae.safetensors"),
+    ),
 }
 
 
@@ -39,8 +43,11 @@ FAMILY_PARTS = {
 def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Per family, the tiny transformer of seed 0 as a plain file and as Q8_0 and Q4_K GGUF files (as
     the maker writes them), with its parts in a ComfyUI models folder; Flux also of seed 1."""
-    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_flux, make_tiny_flux_parts
+    from safetensors.torch import load_file, save_file
+
+    from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_component, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_flux2 import make_tiny_flux2, make_tiny_flux2_parts
+    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
 
@@ -51,6 +58,7 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "z-image": lambda out, seed: make_tiny_z_image(out, seed),
         "qwen-image": lambda out, seed: make_tiny_qwen_image(out, seed),
         "flux2": lambda out, seed: make_tiny_flux2(out, seed),
+        "sd3": lambda out, seed: make_tiny_sd3(out, "sd35", seed),  # SAI's file: the MMDiT and its VAE
     }
     for family, make in makers.items():
         make(root / f"{family}.safetensors", 0)
@@ -63,6 +71,11 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_tiny_z_image_parts(root)
     make_tiny_qwen_image_parts(root)
     make_tiny_flux2_parts(root)  # after Z-Image's: the same tiny Qwen3 file, and FLUX.2's VAE
+    # SD3.5's parts apart (its VAE taken from SAI's file, as a user keeps the SD3 VAE)
+    for kind, name in (("sd3-clip-l", "clip_l"), ("sd3-clip-g", "clip_g"), ("sd3-t5xxl", "t5xxl_fp16")):
+        make_tiny_component(kind, root / "sd3" / f"{name}.safetensors")
+    vae = {k.removeprefix("first_stage_model."): v for k, v in load_file(str(root / "sd3.safetensors")).items() if k.startswith("first_stage_model.")}
+    save_file(vae, str(root / "sd3" / "sd3_vae.safetensors"))
     return root
 
 
@@ -85,7 +98,7 @@ def test_the_header_reader_agrees_with_the_gguf_packages_own(gguf_dir: Path) -> 
             mine = ours.tensors[t.name]
             assert (mine.offset, mine.nbytes, mine.dtype) == (t.data_offset, t.n_bytes, t.tensor_type.name), t.name
             assert mine.shape == tuple(int(d) for d in reversed(t.shape)), t.name
-        assert ours.metadata["general.architecture"] == {"chroma": "flux", "flux2": "flux", "z-image": "lumina2", "qwen-image": "qwen_image"}.get(
+        assert ours.metadata["general.architecture"] == {"chroma": "flux", "flux2": "flux", "sd3": "sd3", "z-image": "lumina2", "qwen-image": "qwen_image"}.get(
             file.stem.split("-gguf")[0].removesuffix("-seed1"), "flux"
         )
 
@@ -167,7 +180,7 @@ def runner_and_events():
     return BatchRunner("cpu", cache, events.append, lambda job_id: False), events, cache
 
 
-@pytest.mark.parametrize("family", ["flux", "chroma", "z-image", "qwen-image", "flux2"])
+@pytest.mark.parametrize("family", ["flux", "chroma", "z-image", "qwen-image", "flux2", "sd3"])
 def test_each_family_draws_its_plain_files_picture_from_its_gguf_files(gguf_dir: Path, runner_and_events, family: str) -> None:
     """Quantised weights stay quantised (GGUF layers holding their blocks: fewer bytes than the plain
     file's model) and the picture is the plain file's within the quantisation's rounding; another

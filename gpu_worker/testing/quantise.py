@@ -72,6 +72,8 @@ def quantise_file(path: Path, form: str, family: str = "flux", out: Path | None 
 
 
 def _write_gguf(state: dict[str, torch.Tensor], path: Path, family: str, kind: gguf.GGMLQuantizationType) -> Path:
+    if family == "sd3":  # SAI's file keeps its VAE beside the MMDiT; city96's GGUF holds the MMDiT alone
+        state = {key: value for key, value in state.items() if not key.startswith("first_stage_model.")}
     if any(key.startswith(_PARTS) for key in state):
         raise ValueError("a GGUF file holds the transformer alone: give a transformer-only --arch (flux-transformer, z-image, …)")
     arch = GGUF_ARCH.get(family) or TEXT_ENCODER_ARCH.get(family)
