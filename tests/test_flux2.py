@@ -85,6 +85,19 @@ def test_inspect_names_each_release_and_what_it_needs(klein_dir: Path) -> None:
     assert (vae.latent_channels, vae.label) == (32, "VAE for FLUX.2 (32-channel latents)")
 
 
+def test_klein_9b_is_named_and_its_qwen3_8b_asked_for_by_name() -> None:
+    """9B's transformer reads three 4096-wide Qwen3-8B layers (12288): its label and the file to install say so."""
+    from bot.checkpoints.architecture import detect_architecture
+    from bot.components.parts import PartsFound
+    from common.tensors import TensorInfo
+
+    shapes = {"double_stream_modulation_img.lin.weight": (24576, 4096), "txt_in.weight": (4096, 12288), "img_in.weight": (4096, 128)}
+    nine = detect_architecture({k: TensorInfo(k, "BF16", v) for k, v in shapes.items()}, {}, {}, "flux-2-klein-9b.safetensors")
+    assert (nine.label, nine.needs) == ("FLUX.2 [klein] 9B (transformer only)", (("qwen3", 4096), ("vae", 32)))
+    advice = str(PartsFound((), ("qwen3",), "flux2", nine.needs).refusal("klein-9b"))
+    assert advice == "klein-9b needs a Qwen3 text encoder (put qwen_3_8b.safetensors in models/text_encoders); then rescan"
+
+
 def test_flux2_dev_is_named_and_refused(tmp_path: Path) -> None:
     """FLUX.2 dev takes a guidance input and reads Mistral Small 3.1: named, refused in one line."""
     from safetensors.torch import save_file

@@ -438,6 +438,8 @@ NEEDS_FILES_OF = {
     "qwen-image": NEEDS_FILES | {"vae": "qwen_image_vae.safetensors"},
     "flux2": NEEDS_FILES | {"vae": "flux2-vae.safetensors"},
 }
+# A part whose file differs by the width the checkpoint needs: FLUX.2 [klein] 9B reads Qwen3-8B.
+NEEDS_FILES_BY_WIDTH = {("qwen3", 4096): "qwen_3_8b.safetensors"}
 NEEDS_FOLDERS = {
     "clip_l": "models/text_encoders",
     "clip_g": "models/text_encoders",

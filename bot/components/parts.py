@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_OF, NEEDS_FOLDERS, needs_label
+from bot.checkpoints.architecture import NEEDS_FILES, NEEDS_FILES_BY_WIDTH, NEEDS_FILES_OF, NEEDS_FOLDERS, needs_label
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry, component_use
 from common.errors import EaselError
@@ -18,10 +18,12 @@ class PartsFound:
     found: tuple[ComponentUse, ...]
     missing: tuple[str, ...]  # roles: clip_l | clip_g | t5xxl | vae
     family: str = "flux"
+    widths: tuple[tuple[str, int], ...] = ()  # what the checkpoint needs, (role, width)
 
     def _advice(self, role: str) -> str:
         files = NEEDS_FILES_OF.get(self.family, NEEDS_FILES)
-        return f"put {files[role]} in {NEEDS_FOLDERS[role]}"
+        name = NEEDS_FILES_BY_WIDTH.get((role, dict(self.widths).get(role, 0)), files[role])
+        return f"put {name} in {NEEDS_FOLDERS[role]}"
 
     def refusal(self, name: str) -> EaselError:
         """One line for everything missing: what, the file people have for it, and where it goes."""
@@ -75,4 +77,4 @@ async def find_parts(
             missing.append(role)
         else:
             found.append(use)
-    return PartsFound(tuple(found), tuple(missing), family)
+    return PartsFound(tuple(found), tuple(missing), family, tuple(needs))

@@ -46,6 +46,7 @@ _KNOWN_WIDTHS = {
     ("clip-l", 768): "CLIP-L",
     ("clip-g", 1280): "CLIP-G",
     ("qwen3", 2560): "Qwen3-4B",
+    ("qwen3", 4096): "Qwen3-8B",  # FLUX.2 [klein] 9B's
     ("qwen25vl", 3584): "Qwen2.5-VL-7B",
 }
 _FAMILY_NAMES = {"t5xxl": "T5", "qwen3": "Qwen3", "qwen25vl": "Qwen2.5-VL"}
