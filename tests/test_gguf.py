@@ -47,8 +47,8 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from gpu_worker.testing.tiny_flux import make_tiny_chroma, make_tiny_component, make_tiny_flux, make_tiny_flux_parts
     from gpu_worker.testing.tiny_flux2 import make_tiny_flux2, make_tiny_flux2_parts
-    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_qwen_image import make_tiny_qwen_image, make_tiny_qwen_image_parts
+    from gpu_worker.testing.tiny_sd3 import make_tiny_sd3
     from gpu_worker.testing.tiny_z_image import make_tiny_z_image, make_tiny_z_image_parts
 
     root = tmp_path_factory.mktemp("gguf") / "models"
