@@ -351,13 +351,18 @@ def qwen3_tokenizer() -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(str(QWEN3_TOKENIZER))
 
 
-def vae_builder(folder: Path) -> Callable[[str, dict], torch.nn.Module]:
+def vae_builder(
+    folder: Path, model_cls: type = AutoencoderKL, convert: Callable[[dict, dict], dict] = convert_ldm_vae_checkpoint
+) -> Callable[[str, dict], torch.nn.Module]:
+    """A VAE of `model_cls` from its file: an original-layout file (LDM's, as ae.safetensors; `convert`
+    reads it) or diffusers' own."""
+
     def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         settings = config(folder, "vae")
-        if not any(".up_blocks." in k for k in state):  # the original (LDM) layout, as ae.safetensors
-            state = convert_ldm_vae_checkpoint(state, settings)
+        if not any(".up_blocks." in k for k in state):
+            state = convert(state, settings)
         with torch.device("meta"):  # no buffers outside its state dict: every tensor comes from the file
-            model = AutoencoderKL.from_config(settings)
+            model = model_cls.from_config(settings)
         load_exact(model, state, where)
         return model
 

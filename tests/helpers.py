@@ -209,3 +209,23 @@ def assert_loaded_as_in_file(pipe, expected: dict[str, dict]) -> None:
         loaded = getattr(pipe, name).state_dict()
         assert loaded.keys() == wanted.keys(), name
         assert all(torch.equal(loaded[k], wanted[k].to(loaded[k].dtype)) for k in loaded), name
+
+
+def png(picture) -> bytes:
+    """A PIL picture as PNG bytes (an upload, an init picture, a mask)."""
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def in_process_runner() -> tuple[object, list[object], object]:
+    """The worker's own runner and cache on the CPU, in this process: (runner, the events it sent, cache)."""
+    from gpu_worker.cache import PipelineCache
+    from gpu_worker.loader import load_pipeline
+    from gpu_worker.runner import BatchRunner
+
+    events: list[object] = []
+    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
+    return BatchRunner("cpu", cache, events.append, lambda job_id: False), events, cache

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
 from common.protocol import BatchProgress, JobDone, JobPart, LoadRequest, RunBatch
+from tests.helpers import in_process_runner, png
 
 MAKERS = {
     "z-image": ("gpu_worker.testing.tiny_z_image", "make_tiny_z_image"),
@@ -24,19 +25,10 @@ MAKERS = {
 
 @pytest.fixture(scope="module")
 def runner_and_events():
-    from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.runner import BatchRunner
-
-    events: list[object] = []
-    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
-    return BatchRunner("cpu", cache, events.append, lambda job_id: False), events
+    runner, events, _ = in_process_runner()
+    return runner, events
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("family", list(MAKERS))

@@ -16,6 +16,7 @@ from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
 from common.protocol import BatchFailed, JobDone, JobPart, LoadRequest, RunBatch
+from tests.helpers import in_process_runner, png
 
 MAKERS = {
     "flux": ("gpu_worker.testing.tiny_flux", "make_tiny_flux", {}),
@@ -29,19 +30,10 @@ MAKERS = {
 
 @pytest.fixture(scope="module")
 def runner_and_events():
-    from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.runner import BatchRunner
-
-    events: list[object] = []
-    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
-    return BatchRunner("cpu", cache, events.append, lambda job_id: False), events
+    runner, events, _ = in_process_runner()
+    return runner, events
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def tiny(family: str, folder: Path) -> LoadRequest:

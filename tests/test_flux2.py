@@ -20,6 +20,7 @@ from bot.components.detection import detect_vae
 from common.protocol import ComponentUse, JobDone, JobPart, JobPreview, LoadRequest, RunBatch
 from gpu_worker.testing.tiny_flux2 import make_tiny_flux2, make_tiny_flux2_parts
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import in_process_runner, png
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +49,8 @@ def request(root: Path, name: str, parts: bool = True) -> LoadRequest:
 
 @pytest.fixture(scope="module")
 def runner_and_events():
-    from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.runner import BatchRunner
-
-    events: list[object] = []
-    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
-    return BatchRunner("cpu", cache, events.append, lambda job_id: False), events, cache
+    runner, events, cache = in_process_runner()
+    return runner, events, cache
 
 
 def drawn(runner, events: list, load: LoadRequest, seeds: tuple[int, ...] = (7,), **values) -> list[np.ndarray]:
@@ -66,10 +62,6 @@ def drawn(runner, events: list, load: LoadRequest, seeds: tuple[int, ...] = (7,)
     return [np.asarray(Image.open(io.BytesIO(r.png)), dtype=float) for r in done.images]
 
 
-def png(picture: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_inspect_names_each_release_and_what_it_needs(klein_dir: Path) -> None:

@@ -25,6 +25,7 @@ from common.protocol import ComponentUse, JobDone, JobPart, LoadRequest, LoraUse
 from common.tensors import GGML_BLOCKS
 from gpu_worker.testing.quantise import q4_k, quantise_file
 from tests.a1111_infotext import parse_generation_parameters
+from tests.helpers import in_process_runner
 
 FAMILY_PARTS = {
     "flux": (("clip_l", "text_encoders/clip_l.safetensors"), ("t5xxl", "text_encoders/t5xxl_fp16.safetensors"), ("vae", "VAE/ae.safetensors")),
@@ -171,13 +172,8 @@ def drawn(runner, events: list, load: LoadRequest, **values) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def runner_and_events():
-    from gpu_worker.cache import PipelineCache
-    from gpu_worker.loader import load_pipeline
-    from gpu_worker.runner import BatchRunner
-
-    events: list[object] = []
-    cache = PipelineCache("cpu", 1 << 30, 0, lambda r: load_pipeline(r, "cpu"))
-    return BatchRunner("cpu", cache, events.append, lambda job_id: False), events, cache
+    runner, events, cache = in_process_runner()
+    return runner, events, cache
 
 
 @pytest.mark.parametrize("family", ["flux", "chroma", "z-image", "qwen-image", "flux2", "sd3"])

@@ -52,6 +52,7 @@ from gpu_worker.model_parts import (
     qwen3_builder,
     qwen3_tokenizer,
     transformer_tensors,
+    vae_builder,
 )
 from gpu_worker.previews import vae_previews
 
@@ -66,7 +67,7 @@ def flux2_pipeline(request: LoadRequest, dtype: torch.dtype, device: str = "cpu"
     folder = parts.folder
     transformer = _transformer(parts)
     text_encoder = parts.part("qwen3", qwen3_builder(folder, "text_encoder", dtype))
-    vae = parts.part("vae", _vae_builder(folder))
+    vae = parts.part("vae", vae_builder(folder, AutoencoderKLFlux2, flux2_vae_to_diffusers))
     check_widths(
         request.name,
         (
@@ -123,19 +124,6 @@ def flux2_vae_to_diffusers(state: dict[str, torch.Tensor], settings: dict) -> di
     converted |= {key: value for key, value in state.items() if key.startswith("bn.")}
     converted.setdefault("bn.num_batches_tracked", torch.tensor(0, dtype=torch.long))  # the files keep only the statistics
     return converted
-
-
-def _vae_builder(folder: Path):
-    def build(where: str, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-        settings = config(folder, "vae")
-        if not any(".up_blocks." in k for k in state):  # BFL's layout (flux2-vae.safetensors)
-            state = flux2_vae_to_diffusers(state, settings)
-        with torch.device("meta"):
-            model = AutoencoderKLFlux2.from_config(settings)
-        load_exact(model, state, where)
-        return model
-
-    return build
 
 
 def encoder_layers(depth: int) -> tuple[int, ...]:
