@@ -76,7 +76,7 @@ def logical_shape(tensor: torch.Tensor) -> tuple[int, ...]:
     return tuple(getattr(tensor, "quant_shape", tensor.shape))
 
 
-def is_quantised(tensor: torch.Tensor) -> bool:
+def is_quantised(tensor: torch.Tensor | None) -> bool:
     return isinstance(tensor, GGUFParameter)
 
 
@@ -92,7 +92,7 @@ def quantised_layers(model: torch.nn.Module, state: dict[str, torch.Tensor], com
     for name, module in list(model.named_modules()):
         if name.rpartition(".")[2] in sensitive:
             continue
-        if type(module) is torch.nn.Linear and is_quantised(state.get(f"{name}.weight", torch.empty(0))):
+        if type(module) is torch.nn.Linear and is_quantised(state.get(f"{name}.weight")):
             parent_name, _, leaf = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
             with torch.device("meta"):

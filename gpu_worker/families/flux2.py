@@ -122,7 +122,8 @@ def flux2_vae_to_diffusers(state: dict[str, torch.Tensor], settings: dict) -> di
     }
     converted = convert_ldm_vae_checkpoint(moved, settings)
     converted |= {key: value for key, value in state.items() if key.startswith("bn.")}
-    converted.setdefault("bn.num_batches_tracked", torch.tensor(0, dtype=torch.long))  # the files keep only the statistics
+    # the files keep only the statistics; built in CPU RAM with the rest, placed with it
+    converted.setdefault("bn.num_batches_tracked", torch.tensor(0, dtype=torch.long, device="cpu"))
     return converted
 
 
