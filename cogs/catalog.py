@@ -51,6 +51,9 @@ def info_embed(entry: CheckpointEntry, parts: list[str] | None = None) -> discor
     embed.add_field(name="Architecture", value=entry.architecture)
     embed.add_field(name="AutoV2", value=entry.autov2.upper())
     embed.add_field(name="Format", value=f"{entry.format} · {entry.file_size / 1e9:.2f} GB")
+    quantised = entry.inspection.get("quantisation")
+    if quantised:  # GGUF's blocks or ComfyUI's scaled fp8: what memory it takes depends on it
+        embed.add_field(name="Quantisation", value=clip(str(quantised), FIELD_MAX), inline=False)
     if entry.vae_sha256:
         embed.add_field(name="VAE", value=f"its default: {entry.vae_sha256[:10]} (a file in models/VAE)")
     if entry.training:

@@ -989,6 +989,23 @@ async def test_in_the_playground_you_run_the_server_and_own_the_bot(
     assert "only the bot's owners" in ((await member.slash(channel, "admin scan")).response.content or "")
 
 
+async def test_checkpoint_info_says_a_gguf_files_quantisation(env: simcord.Env, services: Services) -> None:
+    from gpu_worker.testing.quantise import quantise_file
+    from gpu_worker.testing.tiny_flux import make_tiny_flux
+
+    _, channel, alice = world(env)
+    models = services.registry.models_root
+    plain = make_tiny_flux(models / ".flux-plain.safetensors", shape="transformer")
+    entry = await services.registry.add(quantise_file(plain, "gguf-q8_0", "flux", models / "flux1-dev-Q8_0.gguf"))
+    try:
+        info = await alice.slash(channel, "checkpoints info", name="flux1-dev-Q8_0")
+        fields = {f.name: f.value for f in info.response.embeds[0].fields}
+        assert fields["Format"].startswith("gguf · ") and fields["Quantisation"].startswith("GGUF Q8_0")
+    finally:
+        await services.registry.remove(entry.name)
+        (models / "flux1-dev-Q8_0.gguf").unlink(missing_ok=True)  # a later scan finds no file of this test's
+
+
 async def test_a_transformer_only_flux_file_says_what_it_needs_then_runs(env: simcord.Env, services: Services) -> None:
     from gpu_worker.testing.tiny_flux import make_tiny_component, make_tiny_flux
 
