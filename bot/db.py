@@ -65,13 +65,19 @@ async def transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Conne
             raise
 
 
+BUSY_SECONDS = 30.0
+
+
 async def connect(path: Path) -> aiosqlite.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
-    db = await aiosqlite.connect(path)
+    # Another process (the bot and the CLI, several CLIs) may hold the write lock for a whole first
+    # start's migrations: on a loaded machine that took over 5 s, and a waiter gave up with
+    # "database is locked". Waited for up to BUSY_SECONDS, from the first statement on (WAL needs it too).
+    db = await aiosqlite.connect(path, timeout=BUSY_SECONDS)
     try:
+        await db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
     except BaseException:
         await db.close()  # aiosqlite's thread would otherwise keep the process alive
         raise
