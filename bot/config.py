@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # GPU workers on other machines (`python -m gpu_worker remote`) join through this Redis broker:
     # redis://[user:password@]host:port[/db], rediss:// for TLS. Unset: only the bot's own workers.
     broker: SecretStr | None = None
+    # The keys frames to and from remote workers are signed with (common/frame_signing.py): a file of
+    # `NAME KEY` lines, each worker started with `--key-file` holding its own line. Unset: unsigned
+    # frames, for a broker only the bot and its workers can write to.
+    worker_keys: Path | None = None
     # A Prometheus endpoint for operators (prometheus-client); unset: none.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
@@ -179,6 +183,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value().strip() else None
+
+    def worker_key_table(self) -> dict[str, tuple[bytes, ...]] | None:
+        """EASEL_WORKER_KEYS read (ConfigError naming the line that is wrong), or None when unset."""
+        from common.frame_signing import read_worker_keys
+
+        return read_worker_keys(self.worker_keys) if self.worker_keys else None
 
     @property
     def broker_url(self) -> str | None:

@@ -85,6 +85,7 @@ async def open_services(
             limits or limits_from(settings),
             preview_every=settings.preview_every if preview_every is None else preview_every,
             broker_url=settings.broker_url,
+            worker_keys=settings.worker_key_table(),
         )
         if settings.metrics_port:
             generation.metrics.serve(settings.metrics_host, settings.metrics_port)

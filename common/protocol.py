@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
+from common.frame_signing import SIGNED_FIELDS
 from common.parameters import Parameters
 from common.samplers import SAMPLERS, a1111_sampling, img2img_steps
 
@@ -466,13 +467,15 @@ def commands_stream(worker_id: str) -> str:
 
 
 def broker_entry(worker_id: str, message: object) -> dict[str, bytes]:
+    """An unsigned entry (a broker only the bot and its workers write to); Signer.fields signs one."""
     return {"w": worker_id.encode(), "m": encode(message)}
 
 
 def read_broker_entry(fields: dict[bytes, bytes]) -> tuple[str, object]:
-    """(sender, message) of a stream entry; BadFrame if it is not one of ours."""
-    if not isinstance(fields, dict) or set(fields) != {b"w", b"m"}:
-        raise BadFrame("a broker entry has exactly the fields w and m")
+    """(sender, message) of a stream entry; BadFrame if it is not one of ours. A signed entry's
+    signature is the receiver's to check (common/frame_signing.py): it holds the keys."""
+    if not isinstance(fields, dict) or set(fields) not in ({b"w", b"m"}, SIGNED_FIELDS):
+        raise BadFrame("a broker entry has the fields w and m, and a signed one k, e, q, t and s too")
     if len(fields[b"m"]) > MAX_FRAME_BYTES:
         raise BadFrame(f"a broker entry of {len(fields[b'm']):,} bytes; at most {MAX_FRAME_BYTES:,}")
     sender = fields[b"w"].decode("utf-8", errors="replace")

@@ -123,6 +123,12 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-device-gb", type=float, default=None, help="pipeline cache on the device (default: from its memory)"
     )
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="sign its frames and take only signed commands: one line, NAME KEY, as in the bot's EASEL_WORKER_KEYS",
+    )
     p.add_argument("--log-level", default="INFO")
     add_engine_arguments(p, os.environ)  # --precision, --vae-precision, --compile, --cache-threshold
 
@@ -210,7 +216,19 @@ def _remote(args: argparse.Namespace) -> int:
     if unknown or not families:
         print(f"error: --families takes {', '.join(SUPPORTED_FAMILIES)}", file=sys.stderr)
         return 2
+    key = None
+    if args.key_file is not None:
+        from common.errors import ConfigError
+        from common.frame_signing import read_key_file
+
+        try:
+            key = read_key_file(args.key_file)
+        except ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     options = RemoteOptions(
+        key=key,
+        key_file=args.key_file,
         broker=broker,
         models_dir=args.models_dir,
         max_pixels=max(0, args.max_pixels),

@@ -30,6 +30,7 @@ from pathlib import Path
 import redis
 
 from common.families import SUPPORTED_FAMILIES
+from common.frame_signing import TO_BOT, TO_WORKER, SignatureError, Signer, Verifier
 from common.protocol import (
     EVENTS_MAXLEN,
     EVENTS_STREAM,
@@ -76,6 +77,8 @@ class RemoteOptions:
     log_level: str = "INFO"
     engine: dict[str, object] = field(default_factory=dict)  # WorkerConfig's engine options (common/worker_config.py)
     worker_id: str = field(default="")
+    key: tuple[str, bytes] | None = None  # (name, key): frames signed, commands verified (common/frame_signing.py)
+    key_file: Path | None = None  # where it was read from: each device's process reads it again
 
 
 def connect(url: str) -> redis.Redis:
@@ -123,6 +126,8 @@ class BrokerLink:
         self.device = options.device
         self.started_at = time.time()
         self.ready = threading.Event()  # set with WorkerReady: heartbeats (which invite batches) start then
+        self._signer = Signer(TO_BOT)
+        self._verifier = Verifier(TO_WORKER)
 
     # --- commands in -----------------------------------------------------------------------------
 
@@ -154,7 +159,15 @@ class BrokerLink:
     def _accept(self, entry_id: bytes, fields: dict[bytes, bytes]) -> object | None:
         try:
             _sender, message = read_broker_entry(fields)
+            if self.options.key is not None:  # with a key, only commands the bot signed for this worker
+                name, key = self.options.key
+                try:
+                    self._verifier.check({name: (key,)}, self.worker_id, fields)
+                except SignatureError as e:
+                    raise BadFrame(str(e)) from None
         except BadFrame as e:
+            if self.metrics is not None:
+                self.metrics.refused.inc()
             log.error("refused a command entry %s: %s", entry_id.decode(), e)
             self._ack(entry_id)
             return None
@@ -225,9 +238,7 @@ class BrokerLink:
                 if isinstance(event, WorkerHeartbeat) and not self._outbox.empty():
                     break
                 try:
-                    self._writer.xadd(
-                        EVENTS_STREAM, broker_entry(self.worker_id, event), maxlen=EVENTS_MAXLEN, approximate=True
-                    )
+                    self._writer.xadd(EVENTS_STREAM, self._entry(event), maxlen=EVENTS_MAXLEN, approximate=True)
                     if isinstance(event, WorkerHeartbeat):
                         self._writer.set(WORKER_KEY_PREFIX + self.worker_id, encode(event), ex=WORKER_KEY_SECONDS)
                     backoff.ok("events")
@@ -240,6 +251,14 @@ class BrokerLink:
                     backoff.wait("events", e)
             if isinstance(event, BatchFinished):
                 self._finished(event.batch_id)
+
+    def _entry(self, event: object) -> dict[str, bytes]:
+        """The event as a broker entry: signed when this worker has a key. Made at each try: a retry
+        after an outage is a new frame, not a replay of the one the broker may have lost."""
+        if self.options.key is None:
+            return broker_entry(self.worker_id, event)
+        name, key = self.options.key
+        return self._signer.fields(name, key, self.worker_id, self.worker_id, encode(event))
 
     def _finished(self, batch_id: str) -> None:
         """The batch's command is acknowledged once the bot can read that it finished."""
@@ -308,6 +327,9 @@ class WorkerMetrics:
         self._images = Counter("easel_worker_images", "pictures made", **per_worker).labels(worker_id)
         self._steps = Counter("easel_worker_steps", "denoising steps run", **per_worker).labels(worker_id)
         self._failures = Counter("easel_worker_batch_failures", "batches that failed", **per_worker).labels(worker_id)
+        self.refused = Counter(
+            "easel_worker_refused_commands", "command entries refused: not ours, unsigned, wrongly signed or replayed", **per_worker
+        ).labels(worker_id)
         self._loads = Counter(
             "easel_worker_pipeline_loads",
             "pipelines fetched, by where from (device: already there, cpu: the CPU tier, disk)",
@@ -386,6 +408,8 @@ def run_devices(options: RemoteOptions, devices: list[str]) -> int:
             argv += ["--metrics-port", str(options.metrics_port + i)]
         if options.cache_device_gb:
             argv += ["--cache-device-gb", str(options.cache_device_gb)]
+        if options.key_file is not None:
+            argv += ["--key-file", str(options.key_file)]
         children.append(subprocess.Popen(argv, env=env))
 
     def stop(signum: int, _frame: object) -> None:

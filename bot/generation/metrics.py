@@ -83,7 +83,7 @@ class ServiceMetrics:
             ["tier"],
             registry=self.registry,
         )
-        self.refused = Counter("easel_broker_refused", "broker entries refused as not ours", registry=self.registry)
+        self.refused = Counter("easel_broker_refused", "broker entries refused: not ours, unsigned, wrongly signed or replayed", registry=self.registry)
         self.registry.register(_StatusCollector(status))
         self._server: object | None = None
         self._thread: threading.Thread | None = None

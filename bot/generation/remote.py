@@ -30,6 +30,7 @@ import redis
 import redis.asyncio as aioredis
 
 from bot.rules.limits import ValidRequest
+from common.frame_signing import TO_BOT, TO_WORKER, SignatureError, Signer, Verifier
 from common.protocol import (
     BOT_GROUP,
     EVENTS_STREAM,
@@ -42,6 +43,7 @@ from common.protocol import (
     broker_entry,
     commands_stream,
     decode,
+    encode,
     hires_size,
     read_broker_entry,
 )
@@ -177,8 +179,18 @@ class BrokerClient:
         on_event: EventCallback,
         *,
         on_refused: Callable[[], None] = lambda: None,
+        keys: dict[str, tuple[bytes, ...]] | None = None,
     ) -> None:
         self._url = url
+        # Signed frames (common/frame_signing.py): every event verified under its worker's key,
+        # every command signed with the key that worker's frames are signed with. None: unsigned.
+        self._keys = keys
+        self._verifier = Verifier(TO_BOT)
+        self._signer = Signer(TO_WORKER)
+        self._signing: dict[str, tuple[str, bytes]] = {}  # worker id -> (key name, key) its frames use
+        if keys is None:
+            log.warning("frames to and from remote workers are not signed (EASEL_WORKER_KEYS is unset): "
+                        "anyone who can write to the broker can speak as a worker")
         self._on_heartbeat = on_heartbeat
         self._on_event = on_event
         self._on_refused = on_refused
@@ -193,7 +205,7 @@ class BrokerClient:
         # A heartbeat makes a worker only when that worker reads its own command stream (the stream
         # has the workers' consumer group, which a worker makes before it says it is ready): a
         # heartbeat alone, forged by anyone who may write the events stream, would otherwise be sent
-        # real prompts. (Signed frames, for a broker one does not trust, are another matter.) Checked once per worker, again at most every
+        # real prompts (signed frames, with EASEL_WORKER_KEYS, also keep out those who can write it). Checked once per worker, again at most every
         # LOOK_AGAIN_SECONDS for one not found; forged ids do not pile up (MAX_LOOKED_AT).
         self._readers: set[str] = set()
         self._looked_at: dict[str, float] = {}
@@ -219,10 +231,15 @@ class BrokerClient:
         client = self._redis
         if client is None or not self.state.connected:
             raise BrokerUnavailable(f"the broker is {self.state.describe()}")
+        if self._keys is None:
+            fields = broker_entry("bot", command)
+        elif worker_id in self._signing:
+            name, key = self._signing[worker_id]
+            fields = self._signer.fields(name, key, worker_id, "bot", encode(command))
+        else:  # no signed frame from it yet: it cannot be a worker of this bot
+            raise BrokerUnavailable(f"worker {worker_id[:60]} has sent no signed frame")
         try:
-            await client.xadd(
-                commands_stream(worker_id), broker_entry("bot", command), maxlen=COMMANDS_MAXLEN, approximate=True
-            )
+            await client.xadd(commands_stream(worker_id), fields, maxlen=COMMANDS_MAXLEN, approximate=True)
         except redis.RedisError as e:
             raise BrokerUnavailable(f"the broker did not take the command ({type(e).__name__}: {e})") from None
 
@@ -305,6 +322,11 @@ class BrokerClient:
             sender, message = read_broker_entry(fields)
             if isinstance(message, WorkerHeartbeat) and message.worker_id != sender:
                 raise BadFrame(f"a heartbeat for {message.worker_id[:40]!r} sent as {sender[:40]!r}")
+            if self._keys is not None:
+                try:
+                    self._signing[sender] = self._verifier.check(self._keys, sender, fields)
+                except SignatureError as e:
+                    raise BadFrame(f"from {sender[:60]}: {e}") from None
         except BadFrame as e:
             self.refused += 1
             self._on_refused()

@@ -147,6 +147,7 @@ class GenerationService:
         preview_every: int = 5,
         restart_delay: float = 0.5,
         broker_url: str | None = None,
+        worker_keys: dict[str, tuple[bytes, ...]] | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.preview_every = preview_every
@@ -162,7 +163,9 @@ class GenerationService:
         self._remote: dict[str, RemoteWorker] = {}
         self.metrics = ServiceMetrics(self.status)
         self._broker = (
-            BrokerClient(broker_url, self._on_heartbeat, self._on_remote_event, on_refused=self.metrics.refused.inc)
+            BrokerClient(
+                broker_url, self._on_heartbeat, self._on_remote_event, on_refused=self.metrics.refused.inc, keys=worker_keys
+            )
             if broker_url
             else None
         )
