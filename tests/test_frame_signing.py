@@ -108,3 +108,13 @@ def test_the_key_files_are_read_with_one_line_refusals(tmp_path: Path) -> None:
         read_key_file(worker)
     with pytest.raises(ConfigError, match="cannot read"):
         read_key_file(tmp_path / "missing")
+
+
+def test_a_bot_without_keys_says_its_frames_are_unsigned(caplog: pytest.LogCaptureFixture) -> None:
+    from bot.generation.remote import BrokerClient
+
+    BrokerClient("redis://127.0.0.1:1/0", lambda heartbeat: None, lambda sender, event: None)
+    assert "frames to and from remote workers are not signed (EASEL_WORKER_KEYS is unset)" in caplog.text
+    caplog.clear()
+    BrokerClient("redis://127.0.0.1:1/0", lambda heartbeat: None, lambda sender, event: None, keys=KEYS)
+    assert "not signed" not in caplog.text
