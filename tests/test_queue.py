@@ -76,3 +76,15 @@ def test_cooldown_names_the_wait() -> None:
     cooldowns.check("b")  # others are not affected
     now[0] = 110.0
     cooldowns.check("a")
+
+
+def test_a_job_run_ahead_of_a_waiting_head_leaves_the_head_first_and_its_turn_kept() -> None:
+    """pop_batch(head_id): the service runs a job behind a head that only a busy worker can run; the
+    head stays first, the served job's user goes to the back of the rotation."""
+    queue = FairQueue(Limits(max_queued_per_user=5))
+    a1, b1, c1, b2 = make_job("A", steps=4), make_job("B", steps=5), make_job("C", steps=6), make_job("B", steps=7)
+    for job in (a1, b1, c1, b2):
+        queue.push(job)
+    assert queue.pop_batch(1, b1.id) == [b1]
+    assert [job.id for job in queue.order()] == [a1.id, c1.id, b2.id]  # A still first; B after C now
+    assert queue.pop_batch(1) == [a1]

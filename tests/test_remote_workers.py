@@ -229,6 +229,22 @@ async def test_jobs_go_only_to_workers_that_hold_their_files(cluster: Cluster) -
     assert f"does not hold checkpoint tiny-sd2 [{ck['sd2'].sha256[:10]}]" in failed.message
 
 
+async def test_a_head_waiting_for_a_busy_worker_does_not_hold_back_a_job_an_idle_one_can_run(cluster: Cluster) -> None:
+    """No head-of-line blocking: worker a runs a long SDXL job; the next SDXL job (only a holds SDXL)
+    waits for a, first in the queue; an SD1 job behind it runs on idle b meanwhile."""
+    service, ck = cluster.service, cluster.checkpoints
+    long = await queue_unchecked(service, request("hol-long", steps=150, width=128, height=128), ck["sdxl"])
+    async for event in long.events():
+        if isinstance(event, Progress):
+            break
+    head = await queue_unchecked(service, request("hol-head"), ck["sdxl"])
+    behind = await queue_unchecked(service, request("hol-behind"), ck["sd1"])
+    assert isinstance((await finished(behind))[-1], Finished) and cluster.worker_id("b") in behind.job.device
+    assert long.job.state is JobState.RUNNING and head.job.state is JobState.QUEUED and service.position(head.job.id) == 1
+    await service.cancel(long.job.id)
+    assert isinstance((await finished(head))[-1], Finished) and cluster.worker_id("a") in head.job.device
+
+
 async def test_cancel_reaches_a_remote_worker_between_steps(cluster: Cluster) -> None:
     handle = await queue_unchecked(cluster.service, request("canceller", steps=150, width=192, height=192), cluster.checkpoints["sd1"]
     )

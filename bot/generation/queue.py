@@ -78,15 +78,16 @@ class FairQueue:
             return jobs[0]
         return None
 
-    def pop_batch(self, max_images: int) -> list[Job]:
-        """The next job in fair order plus compatible queued jobs, up to `max_images` images."""
+    def pop_batch(self, max_images: int, head_id: str | None = None) -> list[Job]:
+        """The next job in fair order (or the queued job `head_id`, run ahead of a head that must wait
+        for a busy worker) plus compatible queued jobs, up to `max_images` images."""
         order = self.order()
         if not order:
             return []
-        head = order[0]
+        head = next((job for job in order if job.id == head_id), order[0])
         batch, images = [head], head.image_count
-        for job in order[1:]:
-            if job.batch_key == head.batch_key and images + job.image_count <= max_images:
+        for job in order:
+            if job is not head and job.batch_key == head.batch_key and images + job.image_count <= max_images:
                 batch.append(job)
                 images += job.image_count
         for job in batch:

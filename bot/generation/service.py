@@ -398,10 +398,17 @@ class GenerationService:
             if not capable:
                 if self._no_worker_can_run(head):
                     continue
-                break  # a busy worker can run it: it waits for that one
+                # Only a busy worker can run the head (the one holding its files): it keeps its place
+                # and waits for that one, and the idle workers take the first job behind it they can
+                # run. None of them could run the head, so this never delays it; the rotation between
+                # users stays: the served job's user goes to the back, the head's keeps its turn.
+                head = next((j for j in self._queue.order()[1:] if any(w.can_run(j.spec) is None for w in idle)), None)
+                if head is None:
+                    break
+                capable = [w for w in idle if w.can_run(head.spec) is None]
             key = head.spec.checkpoint.sha256
             worker = next((w for w in capable if key in w.loaded), None) or min(capable, key=lambda w: len(w.loaded))
-            jobs = self._queue.pop_batch(self.limits.max_batch_images)
+            jobs = self._queue.pop_batch(self.limits.max_batch_images, head.id)
             # Jobs batched with the head may name files (embeddings) this worker lacks: they wait.
             kept = [j for j in jobs if worker.can_run(j.spec) is None]
             for job in reversed([j for j in jobs if j not in kept]):
