@@ -71,18 +71,28 @@ BUSY_SECONDS = 30.0
 async def connect(path: Path) -> aiosqlite.Connection:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Another process (the bot and the CLI, several CLIs) may hold the write lock for a whole first
-    # start's migrations: on a loaded machine that took over 5 s, and a waiter gave up with
-    # "database is locked". Waited for up to BUSY_SECONDS, from the first statement on (WAL needs it too).
-    db = await aiosqlite.connect(path, timeout=BUSY_SECONDS)
-    try:
-        await db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA foreign_keys=ON")
-    except BaseException:
-        await db.close()  # aiosqlite's thread would otherwise keep the process alive
-        raise
-    db.row_factory = aiosqlite.Row
-    return db
+    # start's migrations: waited for up to BUSY_SECONDS. Switching a new database to WAL while another
+    # process does the same can be refused at once, without SQLite's busy handler ("database is
+    # locked" when six started together): tried again, with a growing pause, within the same time.
+    deadline, pause = time.monotonic() + BUSY_SECONDS, 0.02
+    while True:
+        db = await aiosqlite.connect(path, timeout=BUSY_SECONDS)
+        try:
+            await db.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.OperationalError as e:
+            await db.close()  # aiosqlite's thread would otherwise keep the process alive
+            if "locked" not in str(e) or time.monotonic() + pause > deadline:
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+            continue
+        except BaseException:
+            await db.close()
+            raise
+        db.row_factory = aiosqlite.Row
+        return db
 
 
 async def migrate(db: aiosqlite.Connection, migrations: list[Migration] | None = None) -> list[int]:

@@ -188,6 +188,7 @@ class BrokerClient:
         self._verifier = Verifier(TO_BOT)
         self._signer = Signer(TO_WORKER)
         self._signing: dict[str, tuple[str, bytes]] = {}  # worker id -> (key name, key) its frames use
+        self._sending = asyncio.Lock()
         if keys is None:
             log.warning("frames to and from remote workers are not signed (EASEL_WORKER_KEYS is unset): "
                         "anyone who can write to the broker can speak as a worker")
@@ -231,17 +232,20 @@ class BrokerClient:
         client = self._redis
         if client is None or not self.state.connected:
             raise BrokerUnavailable(f"the broker is {self.state.describe()}")
-        if self._keys is None:
-            fields = broker_entry("bot", command)
-        elif worker_id in self._signing:
-            name, key = self._signing[worker_id]
-            fields = self._signer.fields(name, key, worker_id, "bot", encode(command))
-        else:  # no signed frame from it yet: it cannot be a worker of this bot
+        if self._keys is not None and worker_id not in self._signing:  # no signed frame from it: not a worker of this bot
             raise BrokerUnavailable(f"worker {worker_id[:60]} has sent no signed frame")
-        try:
-            await client.xadd(commands_stream(worker_id), fields, maxlen=COMMANDS_MAXLEN, approximate=True)
-        except redis.RedisError as e:
-            raise BrokerUnavailable(f"the broker did not take the command ({type(e).__name__}: {e})") from None
+        # One command at a time: signed frames must reach a worker's stream in the order they were
+        # numbered (the pool's connections could otherwise reorder two, and the later would read as a replay).
+        async with self._sending:
+            if self._keys is None:
+                fields = broker_entry("bot", command)
+            else:
+                name, key = self._signing[worker_id]
+                fields = self._signer.fields(name, key, worker_id, "bot", encode(command))
+            try:
+                await client.xadd(commands_stream(worker_id), fields, maxlen=COMMANDS_MAXLEN, approximate=True)
+            except redis.RedisError as e:
+                raise BrokerUnavailable(f"the broker did not take the command ({type(e).__name__}: {e})") from None
 
     async def forget(self, worker_id: str) -> None:
         """A worker presumed gone: the commands it had not taken are dropped (they may hold pictures);
