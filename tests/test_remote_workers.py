@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,9 +146,19 @@ class Cluster:
                 process.wait()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    tmp = tmp_path_factory.mktemp("remote")
+@asynccontextmanager
+async def running_cluster(
+    tmp: Path,
+    tiny_dir: Path,
+    workers: dict[str, dict[str, str]],
+    *,
+    extra: dict[str, tuple[str, ...]] | None = None,
+    metrics_for: str = "",
+    worker_keys: dict[str, tuple[bytes, ...]] | None = None,
+) -> AsyncIterator[Cluster]:
+    """redis-server, a bot's generation service on it, and one remote worker process per name in
+    `workers` (its models folder: file name -> the tiny checkpoint's arch it is a copy of); every
+    tiny SD checkpoint resolved."""
     server = RedisServer(tmp)
     server.start()
     db = await open_database(tmp / "easel.sqlite3")
@@ -156,26 +167,35 @@ async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> A
         arch: await resolve_checkpoint(registry, str(tiny_dir / f"tiny-{arch}.safetensors"), allow_path=True)
         for arch in ("sd1", "sd2", "sdxl")
     }
-    service = GenerationService(db, [], Limits(max_queued_per_user=10, max_batch_images=1), broker_url=server.url)
+    limits = Limits(max_queued_per_user=10, max_batch_images=1)
+    service = GenerationService(db, [], limits, broker_url=server.url, worker_keys=worker_keys)
     cluster = Cluster(tmp, server, service, checkpoints, metrics_port=free_port())
-    a, b = tmp / "models-a", tmp / "models-b"
-    (b / "sub").mkdir(parents=True)
-    a.mkdir()
-    shutil.copy(tiny_dir / "tiny-sd1.safetensors", a / "a-sd1.safetensors")
-    shutil.copy(tiny_dir / "tiny-sdxl.safetensors", a / "tiny-sdxl.safetensors")
-    shutil.copy(tiny_dir / "tiny-sd1.safetensors", b / "sub" / "renamed.safetensors")
-    cluster.folders = {"a": a, "b": b}
-    cluster.start_worker("a", None, "--metrics-port", str(cluster.metrics_port))
-    cluster.start_worker("b")
+    for name, files in workers.items():
+        folder = tmp / f"models-{name}"
+        folder.mkdir()
+        for target, arch in files.items():
+            (folder / target).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_dir / f"tiny-{arch}.safetensors", folder / target)
+        cluster.folders[name] = folder
+    for name in workers:
+        metrics = ("--metrics-port", str(cluster.metrics_port)) if name == metrics_for else ()
+        cluster.start_worker(name, None, *metrics, *(extra or {}).get(name, ()))
     try:
         await service.start(ready_within=60)
-        await cluster.joined("a", "b")
+        await cluster.joined(*workers)
         yield cluster
     finally:
         await service.close()
         cluster.stop_workers()
         server.stop()
         await db.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    workers = {"a": {"a-sd1.safetensors": "sd1", "tiny-sdxl.safetensors": "sdxl"}, "b": {"sub/renamed.safetensors": "sd1"}}
+    async with running_cluster(tmp_path_factory.mktemp("remote"), tiny_dir, workers, metrics_for="a") as made:
+        yield made
 
 
 def request(user: str, **values) -> GenerationRequest:

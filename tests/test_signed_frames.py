@@ -6,7 +6,6 @@ a frame of an ended session are refused; the worker takes no command the bot did
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,12 +13,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from bot.checkpoints.registry import CheckpointRegistry
-from bot.db import open_database
-from bot.generation.checkpoint_ref import resolve_checkpoint
 from bot.generation.jobs import Finished
-from bot.generation.service import GenerationService
-from bot.rules.limits import Limits
 from common.frame_signing import TO_BOT, TO_WORKER, Signer
 from common.protocol import (
     EVENTS_STREAM,
@@ -32,7 +26,7 @@ from common.protocol import (
     encode,
 )
 from tests.helpers import eventually, queue_unchecked
-from tests.test_remote_workers import REDIS_SERVER, Cluster, RedisServer, finished, request, started
+from tests.test_remote_workers import REDIS_SERVER, Cluster, finished, request, running_cluster, started
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
@@ -44,28 +38,11 @@ KEY, OTHER = b"a" * 64, b"b" * 64
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     tmp = tmp_path_factory.mktemp("signed")
-    server = RedisServer(tmp)
-    server.start()
-    db = await open_database(tmp / "easel.sqlite3")
-    registry = CheckpointRegistry(db, tiny_dir)
-    checkpoints = {"sd1": await resolve_checkpoint(registry, str(tiny_dir / "tiny-sd1.safetensors"), allow_path=True)}
-    keys = {"box-1": (KEY,), "box-2": (OTHER,)}
-    service = GenerationService(db, [], Limits(max_queued_per_user=10, max_batch_images=1), broker_url=server.url, worker_keys=keys)
-    cluster = Cluster(tmp, server, service, checkpoints)
-    (tmp / "models-a").mkdir()
-    shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp / "models-a" / "sd1.safetensors")
-    cluster.folders = {"a": tmp / "models-a"}
     (tmp / "key").write_text(f"box-1 {KEY.decode()}\n")
-    cluster.start_worker("a", None, "--key-file", str(tmp / "key"))
-    try:
-        await service.start(ready_within=60)
-        await cluster.joined("a")
-        yield cluster
-    finally:
-        await service.close()
-        cluster.stop_workers()
-        server.stop()
-        await db.close()
+    keys = {"box-1": (KEY,), "box-2": (OTHER,)}
+    workers = {"a": {"sd1.safetensors": "sd1"}}
+    async with running_cluster(tmp, tiny_dir, workers, extra={"a": ("--key-file", str(tmp / "key"))}, worker_keys=keys) as made:
+        yield made
 
 
 def signed(signer: Signer, key: bytes, name: str, worker: str, message: object, sender: str | None = None) -> dict[str, bytes]:
