@@ -217,9 +217,15 @@ def build_transformer(parts: Parts, model_cls, layout, family: str) -> torch.nn.
         converted = layout.to_diffusers(state)
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a {family} transformer this can read: {e}") from None
+    return transformer_from(model_cls, settings, converted, main)
+
+
+def transformer_from(model_cls: type, settings: dict, state: dict[str, torch.Tensor], main: TensorFile | GGUFFile) -> torch.nn.Module:
+    """A transformer of `model_cls` built on the meta device, every tensor then from `state` (its
+    diffusers-named tensors read from `main`), in the compute dtype (quantised ones kept so)."""
     with torch.device("meta"):
         model = model_cls.from_config(settings)
-    load_exact(model, converted, f"{main.path.name} (transformer)", main.dtype)
+    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
     return model
 
 

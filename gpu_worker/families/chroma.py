@@ -32,11 +32,11 @@ from gpu_worker.model_parts import (
     PartError,
     check_widths,
     config,
-    load_exact,
     open_checkpoint,
     shapes,
     t5_builder,
     t5_tokenizer,
+    transformer_from,
     transformer_tensors,
     vae_builder,
 )
@@ -103,9 +103,7 @@ def chroma_pipeline(
         converted = to_diffusers(state)
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a Chroma transformer this can read: {e}") from None
-    with torch.device("meta"):
-        transformer = ChromaTransformer2DModel.from_config(settings)
-    load_exact(transformer, converted, f"{main.path.name} (transformer)", main.dtype)
+    transformer = transformer_from(ChromaTransformer2DModel, settings, converted, main)
     # diffusers 0.42's ChromaInpaintPipeline asks its transformer's config for `guidance_embeds`, which
     # ChromaTransformer2DModel's has no field for (Chroma has no guidance input): said so, as False.
     transformer.register_to_config(guidance_embeds=False)

@@ -46,11 +46,11 @@ from gpu_worker.model_parts import (
     bundled_scheduler,
     check_widths,
     config,
-    load_exact,
     logical_shape,
     open_checkpoint,
     qwen3_builder,
     qwen3_tokenizer,
+    transformer_from,
     transformer_tensors,
     vae_builder,
 )
@@ -105,10 +105,7 @@ def _transformer(parts: Parts) -> Flux2Transformer2DModel:
         }
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a FLUX.2 transformer this can read (no {e})") from None
-    with torch.device("meta"):
-        model = Flux2Transformer2DModel.from_config(settings)
-    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
-    return model
+    return transformer_from(Flux2Transformer2DModel, settings, state, main)
 
 
 def flux2_vae_to_diffusers(state: dict[str, torch.Tensor], settings: dict) -> dict[str, torch.Tensor]:

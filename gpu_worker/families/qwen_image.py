@@ -51,6 +51,7 @@ from gpu_worker.model_parts import (
     open_checkpoint,
     qwen3_tokenizer,
     qwen25vl_builder,
+    transformer_from,
     transformer_tensors,
 )
 
@@ -96,9 +97,7 @@ def _transformer(parts: Parts) -> QwenImageTransformer2DModel:
         }
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a Qwen-Image transformer this can read (no {e})") from None
-    with torch.device("meta"):
-        model = QwenImageTransformer2DModel.from_config(settings)
-    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
+    model = transformer_from(QwenImageTransformer2DModel, settings, state, main)
     # Its rotary tables are plain attributes made in __init__ (complex numbers, which a buffer would
     # lose the imaginary half of): made again here, where the meta device left them empty.
     rope = model.pos_embed

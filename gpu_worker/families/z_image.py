@@ -33,11 +33,11 @@ from gpu_worker.model_parts import (
     bundled_scheduler,
     check_widths,
     config,
-    load_exact,
     logical_shape,
     open_checkpoint,
     qwen3_builder,
     qwen3_tokenizer,
+    transformer_from,
     transformer_tensors,
     vae_builder,
 )
@@ -85,10 +85,7 @@ def _transformer(parts: Parts) -> ZImageTransformer2DModel:
         }
     except (KeyError, ValueError) as e:
         raise PartError(f"{main.path.name} is not a Z-Image transformer this can read (no {e})") from None
-    with torch.device("meta"):
-        model = ZImageTransformer2DModel.from_config(settings)
-    load_exact(model, state, f"{main.path.name} (transformer)", main.dtype)
-    return model
+    return transformer_from(ZImageTransformer2DModel, settings, state, main)
 
 
 class ZImage(FlowFamily):
