@@ -60,8 +60,10 @@ async def world(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Asy
     shutil.copy(tiny_dir / "tiny-sd1.safetensors", models / "plain.safetensors")
     shutil.copy(tiny_dir / "tiny-sdxl.safetensors", models / "other.safetensors")
     with_metadata(tiny_dir / "tiny-sd1.safetensors", models / "spicy.safetensors", {"modelspec.title": "spicy"})
-    for name in EDIT_MODEL.values():  # edit models (all-in-one: no parts to find)
-        make_tiny_flux(models / f"{name}.safetensors", seed=len(name), kontext=True)
+    # edit models (all-in-one: no parts to find), each of its own seed: two files of the same bytes
+    # are one checkpoint to the registry, and which name it kept depended on the folder's order
+    for seed, name in enumerate(EDIT_MODEL.values(), start=1):
+        make_tiny_flux(models / f"{name}.safetensors", seed=seed, kontext=True)
     db = await open_database(root / "easel.sqlite3")
     registry = CheckpointRegistry(db, models)
     await registry.scan()
