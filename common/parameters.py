@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from common.control import ControlUnit
 from common.errors import EaselError
 from common.samplers import DEFAULT_SAMPLER
 
@@ -86,6 +87,9 @@ class Parameters:
     # Editing by instruction (common/editing.py): the input pictures an edit model reads beside the
     # prompt (then its instruction), kept by sha256 (bot/images/inputs.py), in order.
     edit_images: tuple[str, ...] = ()
+    # ControlNet units (common/control.py): a picture each, kept by sha256, its preprocessor, model,
+    # weight, steps and control mode; the model's name is final once validated.
+    control: tuple[ControlUnit, ...] = ()
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -107,7 +111,7 @@ class Parameters:
             raise EaselError(f"{where}: {first['msg'].lower()}") from None
 
     def to_json(self) -> str:
-        return json.dumps(_as_dict(self), separators=(",", ":"))
+        return json.dumps(asdict(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> Parameters:

@@ -152,6 +152,17 @@ class VaeUse:
 
 
 @dataclass(frozen=True)
+class ControlNetUse:
+    """A ControlNet model a unit of the batch runs (common/control.py)."""
+
+    name: str  # the file stem, as the A1111 extension lists it
+    path: str
+    sha256: str  # identity: the model stays cached in the worker under it
+    short_hash: str  # A1111's old 8-hex model hash, as the extension writes it after the name
+    base: str  # sd1 | sd2 | sdxl
+
+
+@dataclass(frozen=True)
 class RunBatch:
     __pydantic_config__ = _BYTES_AS_BASE64
 
@@ -171,6 +182,10 @@ class RunBatch:
     vae: VaeUse | None = None  # None: the checkpoint's own VAE
     # An edit (common/editing.py): the input pictures the model reads, as plain RGB PNGs, in order.
     edit_pngs: tuple[bytes, ...] = ()
+    # ControlNet (common/control.py): each unit's model and picture (plain RGB PNG), in the order of
+    # the parameters' `control` units.
+    controlnets: tuple[ControlNetUse, ...] = ()
+    control_pngs: tuple[bytes, ...] = ()
 
     @classmethod
     def of(
@@ -250,7 +265,8 @@ class RunBatch:
 
 
 _BATCH_FIELDS = (
-    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs"
+    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs",
+    "controlnets", "control_pngs",
 )  # fmt: skip
 
 
@@ -329,6 +345,9 @@ class JobDone:
     inference_seconds: float
     cache: str
     batch_size: int
+    # The maps the job's ControlNet units read (common/control.py), checked like its pictures: shown
+    # with the result where its verdict allows.
+    maps: tuple[ImageResult, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,24 @@ def open_clip_to_ldm(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str
         else:
             raise ValueError(f"no OpenCLIP name for text encoder key {key!r}")
     return out
+
+
+def controlnet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNet's state dict in the original ControlNet layout (`control_model.`): the
+    UNet encoder's keys as the UNet's, its map encoder as `input_hint_block` (convolutions at even
+    places, SiLUs between), its zero convolutions as `zero_convs` and `middle_block_out`."""
+    own = {}
+    encoder = {}
+    for key, value in state.items():
+        if m := re.match(r"controlnet_cond_embedding\.(conv_in|conv_out|blocks\.(\d+))\.(.+)", key):
+            place = 0 if m[1] == "conv_in" else 14 if m[1] == "conv_out" else 2 * (int(m[2]) + 1)
+            own[f"input_hint_block.{place}.{m[3]}"] = value
+        elif m := re.match(r"controlnet_down_blocks\.(\d+)\.(.+)", key):
+            own[f"zero_convs.{m[1]}.0.{m[2]}"] = value
+        elif key.startswith("controlnet_mid_block."):
+            own["middle_block_out.0." + key.removeprefix("controlnet_mid_block.")] = value
+        else:
+            encoder[key] = value
+    unet_config = {**config, "up_block_types": ()}
+    shared = {k.removeprefix("model.diffusion_model."): v for k, v in unet_to_ldm(encoder, unet_config).items()}
+    return {"control_model." + k: v for k, v in {**shared, **own}.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.control import infotext_pairs as control_pairs
 from common.editing import INFOTEXT_KEY as EDIT_KEY
 from common.infotext import build_infotext
 from common.parameters import written
@@ -49,6 +50,8 @@ def infotext_for(
             "Hires upscaler": p.hires_upscaler if p.hires_scale else None,
             # hako-mikan's Regional Prompter (scripts/rp.py `process`): its panel, when it drew.
             **(infotext_pairs(RegionSettings.parse(p.regions)) if p.regions else {}),
+            # The ControlNet extension's units (scripts/infotext.py), and the pictures Easel keeps for them.
+            **control_pairs(p.control, _control_models(batch), min(batch.width, batch.height)),
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
@@ -56,6 +59,12 @@ def infotext_for(
             "Version": VERSION,
         },
     )
+
+
+def _control_models(batch: RunBatch) -> tuple[str, ...]:
+    """Each unit's model as the extension writes it: "name [old model hash]", with no `,` or `:` (its
+    reader splits on them)."""
+    return tuple(f"{use.name.replace(',', ' ').replace(':', ' ')} [{use.short_hash}]" for use in batch.controlnets)
 
 
 def _modules(batch: RunBatch) -> list:

@@ -36,6 +36,7 @@ from common.protocol import (
 )
 from common.upscaler_detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
+from gpu_worker.controlnets import ControlNetCache, ControlNetError
 from gpu_worker.device_memory import in_use, memory
 from gpu_worker.families import FAMILIES
 from gpu_worker.families.base import BatchRun, Draw
@@ -74,6 +75,7 @@ class BatchRunner:
         self.embeddings = EmbeddingCache()
         self.upscalers = UpscalerCache(torch.device(device))
         self.vaes = VaeCache()
+        self.controlnets = ControlNetCache()
         self.safety = NudityScorer()
         # Previews are checked beside the denoising, on a thread of their own (ONNX Runtime lets go of
         # the GIL): on a GPU the check then costs the steps nothing. One step's previews at a time; a
@@ -93,7 +95,7 @@ class BatchRunner:
             self._previews_sent()
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError) as e:
+        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError, ControlNetError) as e:
             self._previews_sent()
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
@@ -105,6 +107,7 @@ class BatchRunner:
                 )
             )
         finally:
+            self.controlnets.release()
             self._previews_sent()
             loaded = tuple(self.cache.loaded_keys())
             held_as = tuple(self.cache.placements())
@@ -119,6 +122,8 @@ class BatchRunner:
         refusal = family.refuses(batch)
         if batch.edit_pngs and not family.edits:
             refusal = f"{batch.load.name}: {batch.load.architecture} checkpoints cannot edit pictures"
+        if batch.controlnets and not family.controls:
+            refusal = f"{batch.load.name}: ControlNet runs on SD1, SD2 and SDXL checkpoints, not {batch.load.architecture}"
         if refusal:
             raise CheckpointLoadError(refusal)
         if batch.load.format != "diffusers" and not Path(batch.load.path).is_file():
@@ -136,6 +141,17 @@ class BatchRunner:
         self.vaes.apply(loaded, batch.vae)
         load_seconds = time.perf_counter() - started
         run = BatchRun(batch, loaded, self.upscalers, loaded.pipeline)
+        if batch.controlnets:
+            run.control = self.controlnets.prepare(
+                batch.controlnets,
+                batch.control_pngs,
+                batch.parameters.control,
+                loaded.pipeline.unet,
+                (batch.width, batch.height),
+                batch.parameters.seed,
+                loaded.device,
+                loaded.dtype,
+            )
         family.prepare(run, self.embeddings)
         draws = family.draws(run, jobs)
         started = time.perf_counter()
@@ -191,6 +207,7 @@ class BatchRunner:
         self._previews_sent()
         batch = run.batch
         pictures = sum(len(job.seeds) for job in jobs)
+        maps = tuple(self._result(picture, 0, "") for picture in run.control.maps) if run.control else ()
         for job in jobs:
             if self.is_cancelled(job.job_id) or job.job_id not in images_of:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
@@ -200,7 +217,7 @@ class BatchRunner:
                 for index, (image, seed) in enumerate(zip(images_of[job.job_id], job.seeds, strict=True))
             )
             done = JobDone(
-                batch.batch_id, job.job_id, results, self.device, load_seconds, inference_seconds, source, pictures
+                batch.batch_id, job.job_id, results, self.device, load_seconds, inference_seconds, source, pictures, maps
             )
             self.send(done)
 
@@ -264,6 +281,8 @@ class StepCallback:
         runner._model_passes += 1
         runner.steps_per_second = runner._model_passes / elapsed if elapsed > 0 else 0.0
         runner.send(BatchProgress(batch.batch_id, done, total, elapsed, runner.steps_per_second))
+        if run.control is not None:  # which ControlNet units act at the next model call
+            run.control.step, run.control.total = index + 1, max(pipe.num_timesteps, 1)
         conditioning = run.conditioning
         if conditioning is not None and conditioning.changes and index + 1 < pipe.num_timesteps:
             # The callback runs after model call `index`: it sets what the next call sees.

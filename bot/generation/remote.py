@@ -65,7 +65,7 @@ class BrokerUnavailable(Exception):
 
 def files_needed(spec: ValidRequest) -> list[tuple[str, str]]:
     """(what, sha256) of every file a job reads: its checkpoint and components, LoRAs, embeddings,
-    VAE and hires upscaler."""
+    VAE, hires upscaler and ControlNets."""
     load = spec.checkpoint.load_request()
     needed = [(f"checkpoint {load.name}", load.sha256)]
     needed += [(f"{c.role} {c.name}", c.sha256) for c in load.components]
@@ -75,6 +75,7 @@ def files_needed(spec: ValidRequest) -> list[tuple[str, str]]:
         needed.append((f"VAE {spec.vae.name}", spec.vae.sha256))
     if spec.hires_model:
         needed.append((f"upscaler {spec.hires_model.name}", spec.hires_model.sha256))
+    needed += [(f"ControlNet {u.name}", u.sha256) for u in spec.controlnets]
     return needed
 
 

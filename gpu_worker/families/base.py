@@ -18,6 +18,7 @@ from PIL import Image
 
 from common.protocol import JobPart, LoadRequest, RunBatch
 from gpu_worker import noise
+from gpu_worker.controlnets import Control
 from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.prompt_encoding import Conditioning
 from gpu_worker.regional_attention import RegionalAttention
@@ -96,6 +97,7 @@ class BatchRun:
     regional: RegionalAttention | None = None  # the pass's regions (gpu_worker/regional_attention.py)
     latent_dtype: torch.dtype | None = None  # the starting latents' (None: the model's)
     references: tuple[Image.Image, ...] = ()  # an edit's input pictures (common/editing.py)
+    control: Control | None = None  # the batch's ControlNet units (gpu_worker/controlnets.py)
 
     def hires_upscaler(self) -> object:
         """The hires fix's upscaler: a model from the cache, or an A1111 name."""
@@ -111,6 +113,7 @@ class Family:
     gpu_dtype: torch.dtype = torch.float16
     fp8_storage: bool = False  # its denoiser may be stored in fp8 when the card is too small (gpu_worker/placement.py)
     edits: bool = False  # has an edit model (common/editing.py): its batches may carry input pictures
+    controls: bool = False  # runs ControlNet units (gpu_worker/controlnets.py)
     latents_in_float32: bool = False  # its pipeline steps float32 latents whatever the model runs in
 
     def build(self, request: LoadRequest, dtype: torch.dtype, device: str) -> DiffusionPipeline:

@@ -19,6 +19,7 @@ from common.protocol import JobPart, LoadRequest
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.families.sd_build import build_sd
 from gpu_worker.families.sd_passes import a1111_scheduler, begin_pass
+from gpu_worker.controlnets import controlled
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import masked_picture_latents, masked_start, overlay, prepare_inpainting
@@ -43,6 +44,8 @@ SDXL_PREVIEW = (
 
 
 class StableDiffusion(Family):
+    controls = True
+
     def __init__(self, name: str, preview_map: tuple[list[list[float]], list[float]]) -> None:
         self.name = name
         self.preview_map = preview_map
@@ -77,6 +80,10 @@ class StableDiffusion(Family):
             )
             run.pipe = pipe if run.nine or own else inpainting(loaded)
             prepare_inpainting(run)
+        if run.control is not None:
+            run.control.scale_factor = pipe.vae_scale_factor
+            if run.paste is not None:  # Only masked: the maps' region too
+                run.control.crop(run.paste[2], (batch.width, batch.height))
 
     def draws(self, run: BatchRun, jobs: list[JobPart]) -> list[Draw]:
         """Jobs whose prompts need different numbers of 77-token chunks run in separate pipeline
@@ -205,7 +212,9 @@ def _sample(
         width, height = run.size  # this pass's
         run.regional = RegionalAttention((height // pipe.vae_scale_factor, width // pipe.vae_scale_factor))
         run.regional.set(*run.conditioning.regions(0))
-    with regional_attention(pipe.unet, run.regional) if run.regional else nullcontext():
+    if run.control is not None:
+        run.control.begin(len(draw.seeds), hires)
+    with regional_attention(pipe.unet, run.regional) if run.regional else nullcontext(), controlled(pipe.unet, run.control):
         return _call(run, pipe, draw, callback, steps, inputs)
 
 

@@ -1,0 +1,259 @@
+"""ControlNet on an SD1/SD2/SDXL pipeline: the models read from the files people have, and their
+residuals added to the UNet's at the steps each unit acts in.
+
+Files: the A1111/ComfyUI single files (`control_v11p_sd15_canny.pth` / `.safetensors`: the original
+ControlNet layout, with or without `control_model.`) and diffusers-layout files (most SDXL ones),
+converted by diffusers' `convert_controlnet_checkpoint`. A ControlNet is a copy of its base UNet's
+encoder, so its config is the loaded checkpoint's UNet config with the depths and widths its own
+tensors have; a file for another base does not fit and is refused in one line.
+
+The UNet is hooked (a forward pre-hook) for the pipeline call, as the extension hooks A1111's UNet
+(scripts/hook.py): every unit acting at the step (its share of the pass's steps between its start
+and end) runs on the UNet's own inputs (its first four channels on an inpainting checkpoint), its
+residuals scaled by its weight and control mode, summed over units and handed to the UNet. The step
+is the pipeline's callback count, so a sampler that calls the model twice a step stays on its step.
+
+Models are kept in CPU RAM between batches (the last RESIDENT, by sha256) and put on the device
+for a batch only: the placement's memory budget (gpu_worker/placement.py) is the checkpoint's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+from PIL import Image
+
+from common.control import SOFT_IN_HIRES, ControlUnit
+from common.protocol import ControlNetUse
+from gpu_worker.control_maps import control_map
+from gpu_worker.init_images import prepare_init
+from gpu_worker.model_parts import PartError, load_exact
+
+RESIDENT = 3  # SD1.5's are 0.7 GB in fp16, SDXL's up to 2.5 GB
+SOFT_FACTOR = 0.825  # the extension's soft injection: each level deeper, this much weaker
+_CONFIG_FIELDS = frozenset(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+
+
+class ControlNetError(Exception):
+    """A ControlNet cannot be used; the message says which and why, in one line, for the person."""
+
+
+@dataclass
+class ActiveUnit:
+    unit: ControlUnit
+    model: ControlNetModel
+    map: Image.Image  # at the job's size (the region's, for Only masked)
+    pooled: bool = False  # a shuffle model: residuals averaged over the picture, the conditional half only
+    hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # the map by pass size
+
+    def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The map as the model reads it: (1, 3, H, W) in 0..1 at the pass's pixel size."""
+        if (height, width) not in self.hints:
+            picture = self.map if self.map.size == (width, height) else self.map.resize((width, height), Image.Resampling.BICUBIC)
+            array = np.asarray(picture, dtype=np.float32) / 255.0
+            self.hints[(height, width)] = torch.from_numpy(array).permute(2, 0, 1)[None].to(device, dtype)
+        return self.hints[(height, width)]
+
+
+@dataclass
+class Control:
+    """A batch's units, and where its pipeline call stands (the step callback moves it on)."""
+
+    units: list[ActiveUnit]
+    scale_factor: int = 8  # the VAE's: latent → pixel size
+    # Model calls done in this pipeline call, of how many (the step callback's count: a second-order
+    # sampler's two calls a step are two)
+    step: int = 0
+    total: int = 1
+    pictures: int = 1  # pictures in the call: a model batch twice this size is CFG's, its unconditional half first
+    hires: bool = False  # the hires fix's second pass
+
+    @property
+    def maps(self) -> list[Image.Image]:
+        return [active.map for active in self.units]
+
+    def begin(self, pictures: int, hires: bool) -> None:
+        """A pipeline call starts: its pictures, and whether it is the hires fix's pass."""
+        self.step, self.pictures, self.hires = 0, pictures, hires
+
+    def crop(self, box: tuple[int, int, int, int], size: tuple[int, int]) -> None:
+        """Only masked: each map's region of the mask, enlarged to the job's size as the picture's is."""
+        for active in self.units:
+            active.map = active.map.crop(box).resize(size, Image.Resampling.LANCZOS)
+            active.hints.clear()
+
+    def residuals(self, sample: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+        """The units' summed residuals for this model call (down blocks', mid block's); None when no
+        unit acts at this step."""
+        fraction = self.step / self.total
+        total: list[torch.Tensor] | None = None
+        batch = sample.shape[0]
+        for active in self.units:
+            unit = active.unit
+            if fraction < unit.start or fraction > unit.end:  # the extension's guidance_stopped
+                continue
+            model = active.model
+            height, width = sample.shape[-2] * self.scale_factor, sample.shape[-1] * self.scale_factor
+            hint = active.hint(height, width, sample.device, model.dtype).expand(batch, -1, -1, -1)
+            added = kwargs.get("added_cond_kwargs")
+            down, mid = model(
+                sample[:, :4].to(model.dtype),  # an inpainting checkpoint's extra channels are the UNet's alone
+                timestep,
+                encoder_hidden_states=kwargs["encoder_hidden_states"].to(model.dtype),
+                controlnet_cond=hint,
+                added_cond_kwargs={k: v.to(model.dtype) for k, v in added.items()} if added else None,
+                return_dict=False,
+            )
+            outputs = [*down, mid]
+            scales = self._scales(unit, len(outputs), active)
+            outputs = [o * s for o, s in zip(outputs, scales, strict=True)]
+            if active.pooled:
+                outputs = [o.mean(dim=(2, 3), keepdim=True) for o in outputs]
+            if (unit.mode == "ControlNet is more important" or active.pooled) and batch == 2 * self.pictures:
+                cond = torch.ones(batch, 1, 1, 1, device=sample.device, dtype=outputs[0].dtype)
+                cond[: self.pictures] = 0  # the unconditional half gets none
+                outputs = [o * cond for o in outputs]
+            total = outputs if total is None else [t + o for t, o in zip(total, outputs, strict=True)]
+        if total is None:
+            return None
+        return total[:-1], total[-1]
+
+    def _scales(self, unit: ControlUnit, count: int, active: ActiveUnit) -> list[float]:
+        """Each residual's weight: the unit's, or with soft injection (My prompt is more important,
+        and canny or mlsd maps in the hires pass) the extension's 13 soft weights, deepest last, zipped
+        from the shallowest as its hook zips them (an SDXL model's 10 take the first 10)."""
+        soft = unit.mode == "My prompt is more important" or (self.hires and unit.module in SOFT_IN_HIRES)
+        if not soft:
+            return [unit.weight] * count
+        return [unit.weight * SOFT_FACTOR ** float(12 - i) for i in range(13)][:count]
+
+
+@contextmanager
+def controlled(unet: torch.nn.Module, control: Control | None) -> Iterator[None]:
+    """The UNet with `control`'s residuals added while the block runs (nothing without units)."""
+    if control is None or not control.units:
+        yield
+        return
+
+    def before(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        found = control.residuals(sample, timestep, kwargs)
+        if found is not None:
+            kwargs = {**kwargs, "down_block_additional_residuals": tuple(found[0]), "mid_block_additional_residual": found[1]}
+        return args, kwargs
+
+    handle = unet.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class ControlNetCache:
+    def __init__(self, size: int = RESIDENT) -> None:
+        self.size = size
+        self._models: OrderedDict[tuple[str, str, str], ControlNetModel] = OrderedDict()
+        self._on_device: list[ControlNetModel] = []
+
+    def prepare(
+        self,
+        uses: tuple[ControlNetUse, ...],
+        pictures: tuple[bytes, ...],
+        units: tuple[ControlUnit, ...],
+        unet: UNet2DConditionModel,
+        size: tuple[int, int],
+        seed: int,
+        device: str,
+        dtype: torch.dtype,
+    ) -> Control:
+        """The batch's units: each model on `device` in `dtype`, each map made at the job's `size`."""
+        active = []
+        for use, png, unit in zip(uses, pictures, units, strict=True):
+            model = self._get(use, unet, dtype)
+            model.to(device)
+            self._on_device.append(model)
+            picture = prepare_init(png, size[0], size[1], "crop")
+            pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
+            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed), pooled))
+        return Control(active)
+
+    def release(self) -> None:
+        """The batch's models back to CPU RAM."""
+        for model in self._on_device:
+            model.to("cpu")
+        self._on_device.clear()
+
+    def _get(self, use: ControlNetUse, unet: UNet2DConditionModel, dtype: torch.dtype) -> ControlNetModel:
+        # The model is built for this UNet's config: the same file beside another base is another model.
+        key = (use.sha256, str(dtype), repr(sorted(unet.config.items())))
+        found = self._models.pop(key, None) or load_controlnet(Path(use.path), use.name, unet.config, dtype)
+        self._models[key] = found
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+        return found
+
+
+def load_controlnet(path: Path, name: str, unet_config: dict, dtype: torch.dtype) -> ControlNetModel:
+    """The ControlNet in `path` for a UNet of `unet_config`, in CPU RAM; ControlNetError when the file
+    is gone, is not a ControlNet, or is one for another base model. A pickle was vetted by the bot's
+    allow-list reader; torch reads it again with weights_only."""
+    if not path.is_file():
+        raise ControlNetError(f"the ControlNet {name} is no longer on disk")
+    if path.suffix.lower() == ".safetensors":
+        raw: dict = dict(safetensors.torch.load_file(str(path)))
+    else:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = raw.get("state_dict", raw) if isinstance(raw, dict) else {}
+    state = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    try:
+        converted = convert_controlnet_checkpoint(state, dict(unet_config)) | _added_embedding(state)
+        converted = {k: v.to(dtype) for k, v in converted.items() if v is not None}
+        config = controlnet_config(unet_config, converted)
+        with torch.device("meta"):
+            model = ControlNetModel.from_config(config)
+        load_exact(model, converted, f"the ControlNet {name}")
+    except PartError as e:
+        raise ControlNetError(f"{e}; is it a ControlNet for this checkpoint's base model?") from None
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:
+        raise ControlNetError(f"the ControlNet {name} cannot be read as a ControlNet for this checkpoint ({type(e).__name__})") from None
+    return model
+
+
+def _added_embedding(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An SDXL ControlNet's size-and-crop embedding in the original layout (`label_emb`), which
+    diffusers' converter leaves out, under diffusers' names."""
+    found = {}
+    for prefix in ("control_model.label_emb.0.", "label_emb.0."):
+        for ldm, ours in (("0.", "linear_1."), ("2.", "linear_2.")):
+            for param in ("weight", "bias"):
+                if prefix + ldm + param in state:
+                    found[f"add_embedding.{ours}{param}"] = state[prefix + ldm + param]
+    return found
+
+
+def controlnet_config(unet_config: dict, state: dict[str, torch.Tensor]) -> dict:
+    """The base UNet's config with the ControlNet's own depths and widths from its tensors: its
+    transformer layers per block (SDXL's small and mid ControlNets have fewer) and its map encoder's
+    widths."""
+    config = {k: v for k, v in dict(unet_config).items() if k in _CONFIG_FIELDS}
+    config["in_channels"] = 4  # an inpainting checkpoint's UNet takes 9; its ControlNets take the latents
+    depths = []
+    for block in range(len(config["down_block_types"])):
+        layers = {int(k.split(".")[5]) for k in state if k.startswith(f"down_blocks.{block}.attentions.0.transformer_blocks.")}
+        depths.append(max(layers) + 1 if layers else 1)
+    config["transformer_layers_per_block"] = depths
+    widths = [state["controlnet_cond_embedding.conv_in.weight"].shape[0]]
+    widths += [state[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0] for i in range(1, 6, 2)]
+    config["conditioning_embedding_out_channels"] = tuple(widths)
+    return config

@@ -1,0 +1,175 @@
+"""ControlNet through the real runner on tiny files in the real layouts (A1111's original ControlNet
+layout for SD1, diffusers' for SDXL): weight 0 draws the picture no unit draws, bit for bit; weight
+1 another; a unit acts only in the share of the steps it covers (counted on the model's calls);
+three units at once; the control modes; the hires fix, Only masked and an inpainting checkpoint;
+the maps sent back, checked like pictures; a ControlNet for another base refused in one line."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from bot.checkpoints.inspection import inspect_file
+from common.control import ControlUnit
+from common.protocol import BatchFailed, ControlNetUse, JobDone, JobPart, LoadRequest, RunBatch
+from gpu_worker.control_maps import control_map
+from gpu_worker.testing.tiny import make_tiny_checkpoint
+from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
+from tests.helpers import in_process_runner, png
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("controlnet")
+    made = {
+        "sd1": make_tiny_checkpoint("sd1", folder / "tiny-sd1.safetensors", seed=0),
+        "sdxl": make_tiny_checkpoint("sdxl", folder / "tiny-sdxl.safetensors", seed=0),
+        "sd1-inpainting": make_tiny_checkpoint("sd1", folder / "tiny-sd1-inpainting.safetensors", seed=0, inpainting=True),
+        "cn-sd1": make_tiny_controlnet("sd1", folder / "control_tiny_sd15_canny.safetensors", seed=0),
+        "cn-sd1-pth": make_tiny_controlnet("sd1", folder / "control_tiny_sd15_tile.pth", seed=5),
+        "cn-sdxl": make_tiny_controlnet("sdxl", folder / "controlnet-tiny-sdxl.safetensors", seed=0),
+    }
+    return made
+
+
+@pytest.fixture(scope="module")
+def runner_and_events():
+    runner, events, _ = in_process_runner()
+    return runner, events
+
+
+def picture() -> Image.Image:
+    drawn = Image.new("RGB", (SIZE, SIZE), (30, 30, 30))
+    ImageDraw.Draw(drawn).rectangle((16, 16, 47, 47), fill=(230, 230, 230))
+    return drawn
+
+
+def load(path: Path, family: str) -> LoadRequest:
+    config = inspect_file(path).pipeline_config
+    return LoadRequest(str(path), path.stem, family, family, "safetensors", config, "epsilon", hashlib.sha256(path.name.encode()).hexdigest())
+
+
+def use(path: Path, base: str) -> ControlNetUse:
+    return ControlNetUse(path.stem, str(path), hashlib.sha256(path.read_bytes()).hexdigest(), "0123abcd", base)
+
+
+def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=(), **values) -> JobDone:
+    runner, events = runner_and_events
+    events.clear()
+    pictures = tuple(png(picture()) for _ in units)
+    batch = RunBatch.of(
+        "b", checkpoint, (JobPart("j", "a box", "", (3,)),), SIZE, SIZE, 4, 5.0, "Euler", "Automatic",
+        control=tuple(units), controlnets=tuple(uses), control_pngs=pictures, **values,
+    )  # fmt: skip
+    runner.run(batch)
+    failed = [e.message for e in events if isinstance(e, BatchFailed)]
+    assert not failed, failed
+    [done] = [e for e in events if isinstance(e, JobDone)]
+    return done
+
+
+def pixels(done: JobDone, index: int = 0) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(done.images[index].png)), dtype=np.int16)
+
+
+def unit(**values) -> ControlUnit:
+    return ControlUnit(**({"image": "ab" * 32, "module": "canny", "threshold_a": 100.0, "threshold_b": 200.0} | values))
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_weight_zero_is_no_controlnet_and_weight_one_changes_the_picture(files, runner_and_events, family: str) -> None:
+    checkpoint, model = load(files[family], family), use(files[f"cn-{family}"], family)
+    plain = pixels(draw(runner_and_events, checkpoint))
+    zero = draw(runner_and_events, checkpoint, [unit(weight=0.0)], [model])
+    assert np.array_equal(pixels(zero), plain)  # bit for bit: residuals of zero change nothing
+    one = draw(runner_and_events, checkpoint, [unit(weight=1.0)], [model])
+    assert np.abs(pixels(one) - plain).mean() > 1
+    assert "ControlNet 0: \"Module: canny, Model: " in one.images[0].infotext
+    # The map comes back checked, as every picture that leaves the worker: the square's outline.
+    [shown] = one.maps
+    assert shown.nsfw_score is not None
+    outline = np.asarray(Image.open(io.BytesIO(shown.png)).convert("L")) > 0
+    assert outline[16, 16:48].any() and not outline[30, 30] and not outline[2, 2]
+
+
+def count_calls(runner, model_sha: str) -> list[int]:
+    """How many times the cached ControlNet runs, from now on (a forward hook on the model itself)."""
+    calls: list[int] = []
+    [model] = [m for (sha, *_), m in runner.controlnets._models.items() if sha == model_sha]
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_a_unit_acts_only_in_the_steps_it_covers(files, runner_and_events) -> None:
+    runner, _ = runner_and_events
+    checkpoint, model = load(files["sd1"], "sd1"), use(files["cn-sd1"], "sd1")
+    draw(runner_and_events, checkpoint, [unit()], [model])  # loaded and cached
+    calls = count_calls(runner, model.sha256)
+    # Four Euler steps: the unit sees 0, 1/4, 2/4 and 3/4 of them done at its calls (the extension's
+    # guidance_stopped: before its start or past its end it sits out).
+    for start, end, expected in ((0.0, 1.0, 4), (0.5, 1.0, 2), (0.0, 0.5, 3), (0.3, 0.6, 1)):
+        calls.clear()
+        draw(runner_and_events, checkpoint, [unit(start=start, end=end)], [model])
+        assert len(calls) == expected, (start, end)
+
+
+def test_three_units_at_once_and_each_control_mode(files, runner_and_events) -> None:
+    runner, _ = runner_and_events
+    checkpoint = load(files["sd1"], "sd1")
+    canny, tile = use(files["cn-sd1"], "sd1"), use(files["cn-sd1-pth"], "sd1")
+    one = draw(runner_and_events, checkpoint, [unit()], [canny])
+    units = [unit(), unit(module="tile_resample", threshold_a=2.0, threshold_b=None), unit(module="scribble_xdog", threshold_a=32.0, threshold_b=None, weight=0.5)]
+    three = draw(runner_and_events, checkpoint, units, [canny, tile, canny])
+    assert len(three.maps) == 3 and not np.array_equal(pixels(three), pixels(one))
+    assert all(f"ControlNet {i}:" in three.images[0].infotext for i in range(3))
+    modes = {mode: pixels(draw(runner_and_events, checkpoint, [unit(mode=mode)], [canny])) for mode in ("My prompt is more important", "ControlNet is more important")}
+    for mode, drawn in modes.items():
+        assert np.abs(drawn - pixels(one)).mean() > 0.5, mode
+
+
+def test_hires_only_masked_and_an_inpainting_checkpoint_take_units(files, runner_and_events) -> None:
+    sd1, model = load(files["sd1"], "sd1"), use(files["cn-sd1"], "sd1")
+    hires = draw(runner_and_events, sd1, [unit()], [model], hires_scale=1.5, hires_denoise=0.5)
+    assert Image.open(io.BytesIO(hires.images[0].png)).size == (96, 96)
+    mask = Image.new("L", (SIZE, SIZE), 0)
+    mask.paste(255, (8, 8, 32, 32))
+    source = np.asarray(picture(), dtype=np.int16)
+    inside = np.asarray(mask) > 0
+    for checkpoint in (sd1, load(files["sd1-inpainting"], "sd1")):
+        masked = draw(runner_and_events, checkpoint, [unit()], [model], init_png=png(picture()), mask_png=png(mask), mask_blur=0, only_masked=True)
+        assert np.array_equal(pixels(masked)[~inside], source[~inside])
+
+
+def test_a_controlnet_for_another_base_is_refused_in_one_line(files, runner_and_events) -> None:
+    runner, events = runner_and_events
+    events.clear()
+    batch = RunBatch.of(
+        "b", load(files["sdxl"], "sdxl"), (JobPart("j", "a box", "", (3,)),), SIZE, SIZE, 2, 5.0, "Euler", "Automatic",
+        control=(unit(),), controlnets=(use(files["cn-sd1"], "sd1"),), control_pngs=(png(picture()),),
+    )  # fmt: skip
+    runner.run(batch)
+    [failed] = [e for e in events if isinstance(e, BatchFailed)]
+    assert "control_tiny_sd15_canny" in failed.message and "\n" not in failed.message
+
+
+def test_the_preprocessors_make_the_extensions_maps() -> None:
+    square = picture()
+    canny = np.asarray(control_map(square, unit(), 0).convert("L")) > 0
+    edges = np.zeros((SIZE, SIZE), bool)
+    edges[15:17, 15:49] = edges[47:49, 15:49] = edges[15:49, 15:17] = edges[15:49, 47:49] = True
+    assert canny[edges].mean() > 0.45 and not canny[~edges].any()  # its outline, nothing else
+    inverted = np.asarray(control_map(square, unit(module="invert"), 0))
+    assert np.array_equal(inverted, 255 - np.asarray(square))
+    binary = np.asarray(control_map(square, unit(module="threshold", threshold_a=127.0), 0))
+    assert set(np.unique(binary)) == {0, 255} and binary[30, 30, 0] == 255 and binary[2, 2, 0] == 0
+    shuffled = [np.asarray(control_map(square, unit(module="shuffle"), seed)) for seed in (1, 1, 2)]
+    assert np.array_equal(shuffled[0], shuffled[1]) and not np.array_equal(shuffled[0], shuffled[2])
+    blurred = np.asarray(control_map(square, unit(module="blur_gaussian", threshold_a=4.0), 0), dtype=int)
+    assert 30 < blurred[16, 32, 0] < 230  # the square's edge is soft
