@@ -30,6 +30,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
+from bot.controlnets.registry import ControlNetRegistry
 from bot.demo import DEMO_NOTE, is_demo
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
@@ -50,6 +51,7 @@ from bot.images.uploads import Upload, UploadError, read_upload
 from bot.networks.registry import EmbeddingRegistry, LoraRegistry, NetworkEntry, NetworkRegistry
 from bot.rules.cooldowns import Cooldowns
 from bot.rules.limits import (
+    CONTROL_FAMILIES,
     GenerationRequest,
     ValidRequest,
     check_edit_model,
@@ -66,12 +68,14 @@ from bot.styles import StyleBook, StyleError
 from bot.styles import apply as apply_styles
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from bot.wildcards import WildcardError, WildcardLibrary, is_template
+from common.control import MAX_UNITS as MAX_CONTROL_UNITS
+from common.control import ControlUnit, units_from_infotext
 from common.editing import EDIT_MODELS, INFOTEXT_KEY, edit_model, install_hint, read_hashes
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
 from common.hires_upscalers import LATENT_UPSCALERS
 from common.parameters import Parameters, infotext_keys
-from common.protocol import LoraUse, UpscalerUse, VaeUse, denoising_steps
+from common.protocol import ControlNetUse, LoraUse, UpscalerUse, VaeUse, denoising_steps
 from common.regions import from_infotext as regions_from_infotext
 
 log = logging.getLogger(__name__)
@@ -133,6 +137,9 @@ class ImagineOptions:
     # An edit (common/editing.py): the pictures an edit model is to change as the prompt says, as uploaded
     edit_images: tuple[bytes, ...] = ()
     credit: str = ""  # said with the result: where an edit's picture came from
+    # ControlNet units (common/control.py): each with its picture as uploaded (the unit's `image` is
+    # set once the picture is read)
+    control: tuple[ControlAsk, ...] = ()
     edit_guidance: float | None = None  # an edit's guidance, whichever parameter the model takes it as
 
     @property
@@ -150,8 +157,16 @@ class ImagineOptions:
 
 _OWN_OPTIONS = (
     "checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles", "edit_images", "credit",
-    "edit_guidance",
+    "edit_guidance", "control",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ControlAsk:
+    """A ControlNet unit as a front end asks for it: its picture as uploaded, and the unit's settings."""
+
+    picture: bytes
+    unit: ControlUnit
 MOST_EDIT_PICTURES = max(model.max_pictures for model in EDIT_MODELS.values())
 
 
@@ -251,8 +266,10 @@ class Jobs:
         picture_check: PictureCheck | None = None,
         styles: StyleBook | None = None,
         wildcards: WildcardLibrary | None = None,
+        controlnets: ControlNetRegistry | None = None,
     ) -> None:
         self.registry = registry
+        self.controlnets = controlnets
         self.styles = styles
         self.wildcards = wildcards
         self.generation = generation
@@ -338,7 +355,12 @@ class Jobs:
         edits = [await self._read_input(picture, uploads) for picture in options.edit_images]
         if edits:
             given["edit_images"] = tuple(upload.sha256 for upload in edits)
-        shaped_by = init or (edits[0] if edits else None)
+        if len(options.control) > MAX_CONTROL_UNITS:  # before any is read
+            raise EaselError(f"a job takes at most {MAX_CONTROL_UNITS} ControlNet units, not {len(options.control)}")
+        followed = [await self._read_input(ask.picture, uploads) for ask in options.control]
+        if followed:
+            given["control"] = tuple(replace(ask.unit, image=upload.sha256) for ask, upload in zip(options.control, followed, strict=True))
+        shaped_by = init or next(iter(edits or followed), None)
         if options.size is not None:
             width, height = options.size
         elif shaped_by is not None and options.aspect is None:  # the picture's own shape, at the model's size
@@ -429,6 +451,7 @@ class Jobs:
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
             "edit_images": _edit_hashes(params),
+            "control": units_from_infotext(params),  # with the pictures Easel kept for them
             **_read_back(params),
         }
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
@@ -690,11 +713,15 @@ class Jobs:
                 request.parameters.mask_image
             )
             edit_pngs = await self._edit_pictures(request.parameters, ref, uploads)
+            controlnets, control_pngs = await self._control(request.parameters, ref, uploads)
             hires_model = await self._hires_model(request)
             ref, vae, vae_note = await self._parts(request, ref)
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
             said = (*found, *(n for n in (vae_note, *notes, demo_note) if n))
-            spec = validate(request, ref, limits, loras, embeddings, said, init_png, mask_png, hires_model, vae, edit_pngs)
+            spec = validate(
+                request, ref, limits, loras, embeddings, said, init_png, mask_png, hires_model, vae, edit_pngs,
+                controlnets, control_pngs,
+            )  # fmt: skip
             for prompt, negative in expanded if spec.parameters.regions else ():  # each picture's regions
                 check_regions(spec.parameters, prompt, negative, ref)
             if expanded:
@@ -715,6 +742,26 @@ class Jobs:
             except EaselError:
                 raise EaselError("an input picture of this edit is no longer kept here; attach it to /edit again") from None
         return tuple(pictures)
+
+    async def _control(
+        self, p: Parameters, ref: CheckpointRef, uploads: dict[str, bytes]
+    ) -> tuple[tuple[ControlNetUse, ...], tuple[bytes, ...]]:
+        """Each ControlNet unit's model (the one it names, else the one its preprocessor's word finds
+        for the checkpoint's base) and its picture: just uploaded, or kept from an earlier job. The
+        job rules (bot/rules/limits.py) judge them; on a checkpoint ControlNet cannot run on, none
+        is looked for and the rules refuse the job."""
+        if not p.control or ref.family not in CONTROL_FAMILIES:
+            return (), ()
+        if self.controlnets is None:
+            raise EaselError("ControlNet is not available here")
+        uses, pictures = [], []
+        for unit in p.control:
+            uses.append(await self.controlnets.for_unit(unit.model, unit.module, ref.family))
+            try:
+                pictures.append(uploads.get(unit.image) or await self._kept_input(unit.image))
+            except EaselError:
+                raise EaselError("a ControlNet picture of this job is no longer kept here; attach it again") from None
+        return tuple(uses), tuple(pictures)
 
     async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""

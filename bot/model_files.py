@@ -14,18 +14,21 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashPr
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.registry import controlnet_registry
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
 from bot.upscalers.registry import upscaler_registry
 from common.errors import RegistryError
 
 
 def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[NetworkRegistry]:
-    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers, VAEs, text encoders."""
+    """The registries of files beside checkpoints: LoRAs, embeddings, upscalers, VAEs, text encoders,
+    ControlNets."""
     return [
         *network_registries(db, settings),
         upscaler_registry(db, settings),
         vae_registry(db, settings),
         text_encoder_registry(db, settings),
+        controlnet_registry(db, settings),
     ]
 
 
@@ -62,4 +65,4 @@ async def remove_model(
     for registry in networks:
         if await registry.find(ref) is not None:
             return await registry.remove(ref)
-    raise RegistryError(f"no checkpoint, LoRA, embedding, upscaler or VAE named {ref!r}")
+    raise RegistryError(f"no checkpoint, LoRA, embedding, upscaler, VAE, text encoder or ControlNet named {ref!r}")

@@ -14,6 +14,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry, vae_registry
 from bot.components.text_encoders import TextEncoderRegistry, text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.registry import ControlNetRegistry, controlnet_registry
 from bot.db import open_database
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
@@ -44,12 +45,13 @@ class Services:
     upscaling: UpscaleService
     vaes: VaeRegistry
     text_encoders: TextEncoderRegistry
+    controlnets: ControlNetRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
         """The registries of files beside checkpoints (LoRAs, embeddings, upscalers, VAEs, text
-        encoders), for the commands that take any model file."""
-        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders]
+        encoders, ControlNets), for the commands that take any model file."""
+        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -108,7 +110,8 @@ async def open_services(
     upscalers = upscaler_registry(db, settings)
     vaes = vae_registry(db, settings)
     text_encoders = text_encoder_registry(db, settings)
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders])
+    controlnets = controlnet_registry(db, settings)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders, controlnets])
     guild_settings = GuildSettings(
         db,
         registry,
@@ -133,6 +136,7 @@ async def open_services(
         picture_check=PictureCheck(),
         styles=StyleBook(db),
         wildcards=settings.wildcards(),
+        controlnets=controlnets,
     )
     return Services(
         settings,
@@ -150,4 +154,5 @@ async def open_services(
         upscaling,
         vaes,
         text_encoders,
+        controlnets,
     )

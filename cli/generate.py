@@ -12,12 +12,13 @@ from tqdm import tqdm
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.registry import controlnet_registry
 from bot.db import open_database
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.images.infotext import read_picture_parameters
-from bot.jobs import Asker, ImagineOptions, Jobs, Place
+from bot.jobs import Asker, ControlAsk, ImagineOptions, Jobs, Place
 from bot.networks.registry import network_registries
 from bot.rules.limits import Limits, parse_size
 from bot.rules.network_selection import lora_strength
@@ -26,6 +27,7 @@ from bot.styles import StyleBook
 from bot.upscalers.registry import upscaler_registry
 from bot.upscalers.service import UpscaleService
 from cli.checkpoints import open_registry
+from common.control import CONTROL_MODES, ControlUnit
 from common.errors import EaselError
 from common.parameters import RNG_SOURCES, Parameters
 from common.protocol import MASKED_CONTENT, hires_size, is_broker_url
@@ -46,7 +48,27 @@ def options_from_args(args: argparse.Namespace) -> ImagineOptions:
         mask=_read_input(args.mask) if args.mask else None,
         styles=tuple(args.style or ()),
         edit_images=tuple(_read_input(path) for path in args.edit or ()),
+        control=tuple(_control_ask(value, args) for value in args.control_units or ()),
     )
+
+
+def _control_ask(value: str, args: argparse.Namespace) -> ControlAsk:
+    """--control PICTURE:PREPROCESSOR[:MODEL][:WEIGHT], with --control-start/-end/-mode for every unit."""
+    parts = value.split(":")
+    if len(parts) < 2 or not all(parts[:2]):
+        raise EaselError(f"--control {value}: give PICTURE:PREPROCESSOR[:MODEL][:WEIGHT], e.g. edges.png:canny or pose.png:none:control_v11p_sd15_openpose:0.8")
+    picture, module, rest = parts[0], parts[1], parts[2:]
+    weight = 1.0
+    if rest:
+        try:
+            weight = float(rest[-1])
+            rest = rest[:-1]
+        except ValueError:
+            pass
+    if len(rest) > 1:
+        raise EaselError(f"--control {value}: one model name after the preprocessor, then a weight")
+    unit = ControlUnit("", module, rest[0] if rest else "", weight, args.control_start, args.control_end, args.control_mode)
+    return ControlAsk(_read_input(picture), unit)
 
 
 def _read_input(path: str) -> bytes:
@@ -93,6 +115,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 text_encoders=text_encoder_registry(db, settings),
                 styles=StyleBook(db),
                 wildcards=settings.wildcards(),
+                controlnets=controlnet_registry(db, settings),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
@@ -156,6 +179,10 @@ def write_images(job, out: Path) -> None:
         score = readable_score(image.nsfw_score)
         checked = "no readable score" if score is None else f"{score:.2f}: {found}"
         print(f"wrote {path} (picture check {checked})")
+    for index, (shown, unit, use) in enumerate(zip(job.maps, job.spec.parameters.control, job.spec.controlnets, strict=False)):
+        path = out / f"{job.id}-control-{index}.png"
+        path.write_bytes(shown.png)
+        print(f"wrote {path} (ControlNet {index}: {unit.module} map for {use.name} [{use.short_hash}] at weight {unit.weight:g})")
     spec = job.spec
     source = f"from a picture at strength {spec.parameters.strength:g}, " if spec.parameters.init_image else ""
     if spec.parameters.edit_images:
@@ -246,6 +273,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default="Latent",
         help='hires upscaler: "Latent", "Latent (bicubic)", "Lanczos", or an upscaler model (`upscalers list`)',
     )
+    p.add_argument(
+        "--control",
+        action="append",
+        dest="control_units",  # not the parameter record's `control`: these are read into it
+        metavar="PICTURE:PREPROCESSOR[:MODEL][:WEIGHT]",
+        help="a ControlNet unit (SD1, SD2, SDXL): the picture, the preprocessor (canny, scribble_xdog, lineart_standard, "
+        "tile_resample, blur_gaussian, shuffle, threshold, invert, none), the model from models/ControlNet (`controlnets "
+        "list`; default: the installed one named for the preprocessor) and its weight (default 1); repeat for up to 3",
+    )
+    p.add_argument("--control-start", type=float, default=0.0, help="ControlNet units act from this share of the steps (0-1)")
+    p.add_argument("--control-end", type=float, default=1.0, help="and up to this one (0-1)")
+    p.add_argument("--control-mode", choices=CONTROL_MODES, default=CONTROL_MODES[0], help="the A1111 extension's Control Mode")
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     add_engine_arguments(p)  # --precision, --vae-precision, --compile, --cache-threshold (default: the settings')

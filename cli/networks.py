@@ -1,5 +1,6 @@
-"""CLI commands about the files beside checkpoints: loras|embeddings|upscalers list|info|add|remove|scan,
-make-tiny-lora, make-tiny-embedding, make-tiny-upscaler."""
+"""CLI commands about the files beside checkpoints: loras|embeddings|upscalers|vaes|text-encoders|controlnets
+list|info|add|remove|scan, make-tiny-lora, make-tiny-embedding, make-tiny-vae, make-tiny-controlnet,
+make-tiny-upscaler."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.config import Settings
+from bot.controlnets.registry import ControlNetRegistry
 from bot.db import open_database
 from bot.model_files import file_registries
 from bot.networks.registry import (
@@ -54,6 +56,8 @@ def render_network(e: NetworkEntry) -> str:
         return render_vae(e)
     if e.kind == "text_encoder":
         return render_text_encoder(e)
+    if e.kind == "controlnet":
+        return render_controlnet(e)
     use = (
         f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
         if e.kind != "embedding"
@@ -100,6 +104,19 @@ def render_vae(e: NetworkEntry) -> str:
         f"Status:        {e.status}",
         f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
         f"Hashes:        sha256 {e.sha256}, VAE hash (A1111) {e.short_hash}",
+    ]
+    return "\n".join(lines)
+
+
+def render_controlnet(e: NetworkEntry) -> str:
+    lines = [
+        f"Name:          {e.name} [{e.short_hash}]",
+        f"Use:           generate --control PICTURE:PREPROCESSOR:{e.name}[:WEIGHT]; /control model:{e.name}",
+        f"Kind:          {e.label}, {e.layout} layout",
+        f"Runs:          {'yes' if e.loadable else 'no: ' + e.reason}",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
+        f"Hashes:        sha256 {e.sha256}, model hash (A1111) {e.short_hash}",
     ]
     return "\n".join(lines)
 
@@ -184,6 +201,12 @@ async def cmd_make_tiny_vae(args: argparse.Namespace, settings: Settings) -> int
     return 0
 
 
+async def cmd_make_tiny_controlnet(args: argparse.Namespace, settings: Settings) -> int:
+    layout = ["--layout", args.layout] if args.layout else []
+    print(await run_worker_tool("make-tiny-controlnet", "--base", args.base, "--seed", str(args.seed), *layout, args.out))
+    return 0
+
+
 async def cmd_make_tiny_upscaler(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["make-tiny-upscaler", "--layout", args.layout, "--scale", str(args.scale), "--seed", str(args.seed)]
     print(await run_worker_tool(*argv, args.out))
@@ -216,6 +239,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_vae)
+    p = sub.add_parser("make-tiny-controlnet", help="write a tiny random-weight ControlNet for the tiny checkpoints (.safetensors or .pth)")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--layout", choices=("original", "diffusers"), help="original (A1111's files; SD1/SD2's default) or diffusers (SDXL's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_controlnet)
     p = sub.add_parser("make-tiny-upscaler", help="write a tiny random-weight upscaler (.pth or .safetensors)")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -229,13 +258,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         (UpscalerRegistry, "upscalers", "models/ESRGAN"),
         (VaeRegistry, "vaes", "models/VAE"),
         (TextEncoderRegistry, "text-encoders", "models/text_encoders"),
+        (ControlNetRegistry, "controlnets", "models/ControlNet"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry):
+        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry):  # ControlNets have a base too
             p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
         else:
             p.set_defaults(base=None)

@@ -22,6 +22,7 @@ T = TypeVar("T")
 EXTENSIONS = (
     "cogs.generation",
     "cogs.editing",
+    "cogs.control",
     "cogs.catalog",
     "cogs.loras",
     "cogs.upscale",

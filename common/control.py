@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from common.errors import EaselError
+
 MAX_UNITS = 3
 # The extension's Control Mode: residuals as they are; "My prompt is more important" scales the
 # deeper ones down (0.825 per level, its soft injection); "ControlNet is more important" applies
@@ -77,7 +79,7 @@ ALIASES = {
 SOFT_IN_HIRES = ("canny", "mlsd")
 
 
-class ControlError(ValueError):
+class ControlError(EaselError):
     """A unit that cannot be: the message says which and why, in one line, for the person."""
 
 

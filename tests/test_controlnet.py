@@ -121,7 +121,6 @@ def test_a_unit_acts_only_in_the_steps_it_covers(files, runner_and_events) -> No
 
 
 def test_three_units_at_once_and_each_control_mode(files, runner_and_events) -> None:
-    runner, _ = runner_and_events
     checkpoint = load(files["sd1"], "sd1")
     canny, tile = use(files["cn-sd1"], "sd1"), use(files["cn-sd1-pth"], "sd1")
     one = draw(runner_and_events, checkpoint, [unit()], [canny])
@@ -173,3 +172,47 @@ def test_the_preprocessors_make_the_extensions_maps() -> None:
     assert np.array_equal(shuffled[0], shuffled[1]) and not np.array_equal(shuffled[0], shuffled[2])
     blurred = np.asarray(control_map(square, unit(module="blur_gaussian", threshold_a=4.0), 0), dtype=int)
     assert 30 < blurred[16, 32, 0] < 230  # the square's edge is soft
+
+
+def test_the_command_line_registers_draws_and_makes_it_again(cli, models: Path, add_tiny, tmp_path: Path) -> None:
+    add_tiny("sd1", "tiny.safetensors")
+    folder = models / "ControlNet"
+    made = cli("make-tiny-controlnet", "--base", "sd1", str(folder / "control_v11p_sd15_canny.pth"))
+    assert made.code == 0 and "tiny sd1 ControlNet" in made.out
+    wrong = cli("make-tiny-controlnet", "--base", "sd1", str(folder / "x.ckpt"))
+    assert wrong.code != 0 and "ends in .safetensors or .pth" in wrong.err
+    make_tiny_controlnet("sdxl", folder / "controlnet-tiny-sdxl.safetensors")
+    assert cli("checkpoints", "scan").code == 0
+    listed = cli("controlnets", "list").out
+    assert "control_v11p_sd15_canny" in listed and "ControlNet (SD1.x)" in listed and "ControlNet (SDXL)" in listed
+    assert "tiny" in cli("checkpoints", "list").out and "control_v11p" not in cli("checkpoints", "list").out
+    info = cli("controlnets", "info", "control_v11p_sd15_canny").out
+    assert "original layout" in info and "pickle" in info
+    picture().save(tmp_path / "square.png")
+    square = str(tmp_path / "square.png")
+    base = ("generate", "--checkpoint", "tiny", "--prompt", "a box", "--size", "64x64", "--steps", "3", "--seed", "2")
+    drawn = cli(*base, "--control", f"{square}:canny:0.8", "--control-end", "0.5", "--out", str(tmp_path / "out"))
+    assert drawn.code == 0, drawn.err
+    assert "ControlNet 0: canny map for control_v11p_sd15_canny [" in drawn.out
+    [result] = [p for p in (tmp_path / "out").iterdir() if "-control-" not in p.name]
+    params = Image.open(result).info["parameters"]
+    assert "Weight: 0.8" in params and "Guidance End: 0.5" in params and "Control images: " in params
+    again = cli("generate", "--from-picture", str(result), "--out", str(tmp_path / "again"))  # "Make this here"
+    assert again.code == 0, again.err
+    [redrawn] = [p for p in (tmp_path / "again").iterdir() if "-control-" not in p.name]
+    assert np.array_equal(np.asarray(Image.open(redrawn)), np.asarray(Image.open(result)))
+    for flags, said in (
+        ((f"{square}:depth_midas",), "depth_midas preprocessor needs its annotator model (dpt_hybrid-midas-501f0c75.pt)"),
+        ((f"{square}:sharpen",), "no ControlNet preprocessor named 'sharpen'"),
+        ((f"{square}:canny:3",), "a ControlNet weight is between 0 and 2, not 3"),
+        ((f"{square}:canny:controlnet-tiny-sdxl",), "controlnet-tiny-sdxl is for SDXL checkpoints, not SD1.x"),
+        ((f"{square}:canny",) * 4, "at most 3 ControlNet units, not 4"),
+        ((f"{tmp_path / 'nothing.png'}:canny",), "nothing.png: No such file or directory"),
+        ((square,), "give PICTURE:PREPROCESSOR[:MODEL][:WEIGHT]"),
+    ):
+        argv = [arg for flag in flags for arg in ("--control", flag)]
+        refused = cli(*base, *argv, "--out", str(tmp_path / "refused"))
+        assert refused.code != 0 and said in refused.err, (flags, refused.err)
+        assert not (tmp_path / "refused").exists()
+    backwards = cli(*base, "--control", f"{square}:canny", "--control-start", "0.6", "--control-end", "0.2", "--out", str(tmp_path / "refused"))
+    assert backwards.code != 0 and "start first" in backwards.err

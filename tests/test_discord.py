@@ -1109,6 +1109,53 @@ async def test_edit_a_picture_from_the_command_the_edit_button_and_any_message(e
             await asyncio.to_thread(Path(written).unlink)
 
 
+
+async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simcord.Env, services: Services) -> None:
+    from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
+
+    _, channel, alice = world(env)
+    picture = io.BytesIO()
+    drawn = Image.new("RGB", (64, 64), (20, 20, 20))
+    drawn.paste((230, 230, 230), (16, 16, 48, 48))
+    drawn.save(picture, format="PNG")
+    square = ("square.png", picture.getvalue())
+    missing = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1")
+    assert "no canny ControlNet for this checkpoint is installed; put one (e.g. control_v11p_sd15_canny) in models/ControlNet" in missing.followups[0].content
+    folder = services.registry.models_root / "ControlNet"
+    made = make_tiny_controlnet("sd1", folder / "control_v11p_sd15_canny.safetensors", seed=0)
+    (folder / "control_hostile.pth").write_bytes(b"\x80\x04cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+    report = await services.controlnets.scan()
+    try:
+        assert [e.name for e in report.added] == ["control_v11p_sd15_canny"] and "control_hostile.pth" in str(report.errors)
+        choices = await alice.autocomplete(channel, "control", "model", "", image=square, prompt="x")
+        assert [c["value"] for c in choices] == ["control_v11p_sd15_canny"]
+        result = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", steps=3, seed=4)
+        message = result.response
+        names = [a.filename for a in message.attachments]
+        assert len(names) == 2 and names[1].endswith("-control-0.png"), names
+        assert "The ControlNet map it followed: the last attachment." in message.embeds[0].description
+        shown = Image.open(io.BytesIO(await message.attachments[1].read())).convert("L")
+        size = shown.width  # the job's: the picture's shape at the checkpoint's size
+        edge = [shown.getpixel((x, size // 2)) for x in range(size // 4 - 2, size // 4 + 3)]
+        assert max(edge) > 0 and shown.getpixel((size // 2, size // 2)) == 0, edge  # the square's outline
+        params = parse_infotext(Image.open(io.BytesIO(await message.attachments[0].read())).info["parameters"])[2]
+        assert params["ControlNet 0"].startswith("Module: canny, Model: control_v11p_sd15_canny [")
+        rerolled = (await alice.click(message, label="Reroll")).response  # a rerun keeps its unit and picture
+        assert len(rerolled.attachments) == 2
+        xl = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-xl")
+        assert "(e.g. controlnet-canny-sdxl-1.0)" in xl.followups[0].content  # none installed for SDXL
+        named = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-xl", model="control_v11p_sd15_canny")
+        assert "control_v11p_sd15_canny is for SD1 checkpoints, not SDXL" in named.followups[0].content
+        blocked = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", preprocessor="none")
+        assert "with the preprocessor none, name the ControlNet model to run" in blocked.followups[0].content
+        hostile = await alice.slash(channel, "control", image=("square.png", b"MZ\x90\x00not a picture"), prompt="a box", checkpoint="tiny-sd1")
+        assert "not a PNG, JPEG or WebP picture" in hostile.followups[0].content
+    finally:
+        for written in (made, folder / "control_hostile.pth"):
+            await asyncio.to_thread(written.unlink)
+        await services.controlnets.scan()
+
+
 # --- previews are pictures: they obey the picture rule ----------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from bot.controlnets.detection import ControlNetFileError, detect_controlnet
 from bot.networks.detection import detect_embedding, is_adapter
 from common.families import FAMILIES
 from common.tensors import TensorInfo
@@ -113,6 +114,13 @@ def _detect(
         return unusable(
             "upscaler", f"{upscaler.label} upscaler (not a checkpoint)", first, "an upscaler model, not a checkpoint"
         )
+    try:
+        controlnet = detect_controlnet({name: tuple(tensors[name].shape) for name in keys})
+    except ControlNetFileError:
+        controlnet = None
+    if controlnet is not None:
+        first = next(iter(keys))
+        return unusable("controlnet", f"{controlnet.label} (not a checkpoint)", first, "a ControlNet model, not a checkpoint")
     for prefix in (FLUX_PREFIX, ""):  # before FLUX.1: FLUX.2's double blocks have the same names
         key = f"{prefix}double_stream_modulation_img.lin.weight"
         if has(key):

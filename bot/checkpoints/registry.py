@@ -254,11 +254,12 @@ class CheckpointRegistry:
 
         examined = await self._examine(resolved, progress)
         family = examined.inspection.architecture.family
-        if family in ("lora", "embedding", "upscaler"):
+        if family in ("lora", "embedding", "upscaler", "controlnet"):
             noun, folder = {
                 "lora": ("a LoRA", "models/Lora"),
                 "embedding": ("an embedding", "models/embeddings"),
                 "upscaler": ("an upscaler model", "models/ESRGAN"),
+                "controlnet": ("a ControlNet", "models/ControlNet"),
             }[family]
             raise RegistryError(f"{relative} is {noun}, not a checkpoint; put it in the {folder} folder")
         twin = await self.find_by_sha256(examined.hashes.sha256)

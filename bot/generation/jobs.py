@@ -42,6 +42,7 @@ class Job:
     load_seconds: float | None = None
     inference_seconds: float | None = None
     images: tuple[ImageResult, ...] = ()
+    maps: tuple[ImageResult, ...] = ()  # its ControlNet units' maps (common/control.py), checked as pictures
     attempts: int = 0  # times the worker running it was lost (bot/generation/remote.py)
 
     @property
@@ -61,7 +62,7 @@ class Job:
         shared = replace(s.parameters, prompt="", negative="", seed=-1, count=1)
         # A transformer-only checkpoint's text encoders and VAE, the job's VAE and its LoRAs (at their
         # strengths) apply to the whole pipeline call.
-        return (s.checkpoint.sha256, s.checkpoint.components, s.vae, s.loras, shared)
+        return (s.checkpoint.sha256, s.checkpoint.components, s.vae, s.loras, s.controlnets, shared)
 
     @property
     def work_units(self) -> float:

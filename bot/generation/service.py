@@ -458,6 +458,8 @@ class GenerationService:
             init_png=spec.init_png,
             mask_png=spec.mask_png,
             edit_pngs=spec.edit_pngs,
+            controlnets=spec.controlnets,
+            control_pngs=spec.control_pngs,
             hires_model=spec.hires_model,
             vae=spec.vae,
         )
@@ -641,7 +643,7 @@ class GenerationService:
         elif isinstance(event, JobDone):
             job = self._job(event.batch_id, event.job_id)
             if job is not None:
-                job.images, job.device = event.images, worker.label
+                job.images, job.maps, job.device = event.images, event.maps, worker.label
                 self.metrics.images.inc(len(event.images))
                 job.load_seconds, job.inference_seconds = event.load_seconds, event.inference_seconds
                 self._finish(job, JobState.DONE, None)

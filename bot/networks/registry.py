@@ -32,6 +32,7 @@ from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.sidecars import read_sidecars
 from bot.components.detection import TEXT_ENCODER_FOLDERS, VAE_FOLDERS
 from bot.config import Settings
+from bot.controlnets.detection import CONTROLNET_FOLDERS
 from bot.db import transaction
 from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
 from bot.untrusted import clean_text, has_lone_surrogate, load_json
@@ -88,7 +89,7 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
-        if self.kind in ("upscaler", "vae", "text_encoder"):
+        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet"):
             return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
@@ -168,9 +169,11 @@ def network_folders(models_root: Path, names: tuple[str, ...]) -> list[Path]:
 
 
 def extra_network_folders(models_root: Path) -> list[Path]:
-    """Every LoRA, embeddings and upscaler folder: the checkpoint scan leaves them to their registries."""
+    """Every LoRA, embeddings, upscaler, VAE, text encoder and ControlNet folder: the checkpoint scan
+    leaves them to their registries."""
     return network_folders(
-        models_root, LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS
+        models_root,
+        LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS + CONTROLNET_FOLDERS,
     )
 
 

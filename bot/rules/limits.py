@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
+from common.control import MAX_UNITS as MAX_CONTROL_UNITS
+from common.control import check_unit
 from common.editing import edit_model
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -22,6 +24,7 @@ from common.prompt_schedule import prompt_schedule
 from common.prompt_syntax import parse_prompt
 from common.protocol import (
     MASKED_CONTENT,
+    ControlNetUse,
     EmbeddingUse,
     LoraUse,
     UpscalerUse,
@@ -43,6 +46,8 @@ from common.samplers import (
     a1111_sampling,
     parse_sampler,
 )
+
+CONTROL_FAMILIES = ("sd1", "sd2", "sdxl")  # ControlNet runs on a UNet (gpu_worker/controlnets.py)
 
 
 class GenerationError(EaselError):
@@ -150,6 +155,9 @@ class ValidRequest:
     prompts: tuple[str, ...] = ()
     negatives: tuple[str, ...] = ()
     edit_pngs: tuple[bytes, ...] = ()  # an edit's input pictures themselves (plain RGB PNGs), in order
+    # ControlNet (common/control.py): each unit's model and picture (plain RGB PNG), in the units' order
+    controlnets: tuple[ControlNetUse, ...] = ()
+    control_pngs: tuple[bytes, ...] = ()
 
     @property
     def width(self) -> int:
@@ -209,6 +217,8 @@ def validate(
     hires_model: UpscalerUse | None = None,
     vae: VaeUse | None = None,
     edit_pngs: tuple[bytes, ...] = (),
+    controlnets: tuple[ControlNetUse, ...] = (),
+    control_pngs: tuple[bytes, ...] = (),
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/rules/network_selection.py), with `notes` on what of them was not applied."""
@@ -230,6 +240,7 @@ def validate(
         raise GenerationError("an upscaler model was given without the hires fix")
     _check_inputs(p, init_png, mask_png)
     _check_edit(p, checkpoint, edit_pngs)
+    p = _check_control(p, checkpoint, controlnets, control_pngs)
     p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
     if not 0 <= p.ensd < 2**32:
@@ -258,7 +269,33 @@ def validate(
         hires_model,
         vae,
         edit_pngs=edit_pngs,
+        controlnets=controlnets,
+        control_pngs=control_pngs,
     )
+
+
+def _check_control(
+    p: Parameters, checkpoint: CheckpointRef, controlnets: tuple[ControlNetUse, ...], control_pngs: tuple[bytes, ...]
+) -> Parameters:
+    """ControlNet units: at most MAX_UNITS, each in range, each with its model (resolved by
+    bot/controlnets/registry.py for this checkpoint's base) and its picture."""
+    if not p.control:
+        if controlnets or control_pngs:
+            raise GenerationError("ControlNet models or pictures were given without a unit")
+        return p
+    if len(p.control) > MAX_CONTROL_UNITS:
+        raise GenerationError(f"a job takes at most {MAX_CONTROL_UNITS} ControlNet units, not {len(p.control)}")
+    if checkpoint.family not in CONTROL_FAMILIES:
+        raise GenerationError(f"ControlNet runs on SD1, SD2 and SDXL checkpoints, not {checkpoint.architecture}")
+    if p.edit_images:
+        raise GenerationError("an edit takes no ControlNet units; make the picture with /control, then edit it")
+    if len(controlnets) != len(p.control) or len(control_pngs) != len(p.control):
+        raise GenerationError("each ControlNet unit needs its model and its picture")
+    units = tuple(check_unit(unit) for unit in p.control)
+    for use in controlnets:
+        if use.base != checkpoint.family:
+            raise GenerationError(f"the ControlNet {use.name} is for {use.base.upper()} checkpoints, not {checkpoint.architecture}")
+    return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))
 
 
 def check_edit_model(checkpoint: CheckpointRef, pictures: int) -> None:

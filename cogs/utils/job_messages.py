@@ -91,8 +91,10 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, sta
         await tell_withheld(interaction, job.id, withheld, len(job.images), status, unchecked=bool(unchecked))
     if not shown:
         return
+    # Its ControlNet units' maps, each judged as a picture, after the pictures.
+    maps = [(i, shown_map) for i, shown_map in enumerate(job.maps) if plan.verdict(shown_map.nsfw_score) != "withhold"]
     # Discord's attachment_size_limit applies to the whole message: share it between the pictures.
-    per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(shown))
+    per_file = (interaction.filesize_limit or 10 * 1024 * 1024) // max(1, len(shown) + len(maps))
     files, shrunk = [], False
     spoiler = plan.spoiler or any(verdicts[i] == "spoiler" for i, _ in shown)
     for i, image in shown:
@@ -100,8 +102,14 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, sta
         shrunk |= extension != "png"
         hidden = plan.spoiler or verdicts[i] == "spoiler"
         files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-{i}-{image.seed}.{extension}", spoiler=hidden))
+    for i, shown_map in maps:
+        data, extension = await asyncio.to_thread(fit_image, shown_map.png, per_file)
+        hidden = plan.spoiler or plan.verdict(shown_map.nsfw_score) == "spoiler"
+        files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-control-{i}.{extension}", spoiler=hidden))
     embed = result_embed(job, interaction.user.display_name)
     notes = list(job.spec.notes)
+    if maps:
+        notes.append(f"The ControlNet map{'s' if len(maps) > 1 else ''} it followed: the last attachment{'s' if len(maps) > 1 else ''}.")
     if shrunk:
         notes.append("Re-encoded to fit Discord's upload limit; **Parameters** has every setting.")
     if withheld:

@@ -16,10 +16,10 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.protocol import JobPart, LoadRequest
+from gpu_worker.controlnets import controlled
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.families.sd_build import build_sd
 from gpu_worker.families.sd_passes import a1111_scheduler, begin_pass
-from gpu_worker.controlnets import controlled
 from gpu_worker.hires import upscale
 from gpu_worker.init_images import prepare_init, prepare_mask
 from gpu_worker.inpaint_options import masked_picture_latents, masked_start, overlay, prepare_inpainting

@@ -44,6 +44,11 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-controlnet")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--layout", choices=("original", "diffusers"), default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -55,6 +60,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "make-tiny-lora": _make_tiny_network,
         "make-tiny-embedding": _make_tiny_network,
         "make-tiny-vae": _make_tiny_vae,
+        "make-tiny-controlnet": _make_tiny_controlnet,
         "make-tiny-upscaler": _make_tiny_upscaler,
     }
 
@@ -98,6 +104,21 @@ def _make_tiny_vae(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out} (tiny {args.base} VAE, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _make_tiny_controlnet(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
+
+    if not args.out.lower().endswith((".safetensors", ".pth")):
+        print(f"error: {args.out}: a ControlNet file ends in .safetensors or .pth", file=sys.stderr)
+        return 1
+    try:
+        out = make_tiny_controlnet(args.base, Path(args.out), args.seed, args.layout)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.base} ControlNet, {args.layout or 'default'} layout, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 

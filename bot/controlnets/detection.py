@@ -1,0 +1,62 @@
+"""What a ControlNet file holds, from its tensor names and shapes alone (no torch): its layout, the
+base model it was trained beside, and the kinds Easel does not run yet, named.
+
+ControlNets live where the A1111 extension keeps them (`models/ControlNet`) and ComfyUI does
+(`models/controlnet`): one folder name, matched in any case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+CONTROLNET_FOLDERS = ("ControlNet",)
+_PREFIX = "control_model."
+
+
+class ControlNetFileError(ValueError):
+    """Not a ControlNet, or one Easel cannot read: the message says which, in one line."""
+
+
+@dataclass(frozen=True)
+class ControlNetKind:
+    layout: str  # original (lllyasviel's, A1111's files) | diffusers
+    base: str  # sd1 | sd2 | sdxl
+    label: str
+    loadable: bool = True
+    reason: str = ""
+
+
+# Files that sit in the same folder and are not plain ControlNets: (a tensor name part, what it is).
+_OTHER_KINDS = (
+    ("lllite", "a ControlNet-LLLite (kohya's) file"),
+    ("lora_controlnet", "a Control-LoRA (Stability's) file"),
+    ("task_embedding", "a ControlNet-Union file"),
+    ("control_type_proj", "a ControlNet-Union file"),
+    ("controlnet_x_embedder", "a Flux or SD3 ControlNet"),
+    ("controlnet_blocks.", "a Flux or SD3 ControlNet"),
+    ("pos_embed_input", "an SD3 ControlNet"),
+    ("adapter.body", "a T2I-Adapter"),
+    ("body.0.resnets", "a T2I-Adapter"),
+    ("image_proj", "an IP-Adapter"),
+)
+_BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+
+
+def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
+    names = {name.removeprefix(_PREFIX): shape for name, shape in shapes.items()}
+    for part, what in _OTHER_KINDS:
+        if any(part in name for name in names):
+            return ControlNetKind("other", "", what.split(" ", 1)[1], False, f"{what}: Easel runs plain SD1/SD2/SDXL ControlNets")
+    if "input_hint_block.0.weight" in names and "zero_convs.0.0.weight" in names:
+        layout = "original"
+    elif "controlnet_cond_embedding.conv_in.weight" in names and "controlnet_down_blocks.0.weight" in names:
+        layout = "diffusers"
+    else:
+        raise ControlNetFileError("not a ControlNet: it has no map encoder and zero convolutions")
+    if "label_emb.0.0.weight" in names or "add_embedding.linear_1.weight" in names:
+        base = "sdxl"
+    else:
+        widths = [shape[1] for name, shape in names.items() if name.endswith("attn2.to_k.weight") and len(shape) == 2]
+        base = "sd2" if widths and widths[0] == 1024 else "sd1"
+    return ControlNetKind(layout, base, f"ControlNet ({_BASE_LABELS[base]})")
