@@ -14,13 +14,15 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from common.protocol import BatchFailed, ComponentUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, VaeUse
+from common.control import ControlUnit
+from common.protocol import BatchFailed, ComponentUse, ControlNetUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, VaeUse
 from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.latents import decode, encode, runs_in
 from gpu_worker.loader import load_pipeline
 from gpu_worker.previews import vae_previews
 from gpu_worker.runner import BatchRunner
+from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
 
 
 def sd1_request(tiny_dir: Path) -> LoadRequest:
@@ -135,6 +137,8 @@ PATHS = {
         "prompt": "a red fox ADDBASE a forest ADDCOL a lake", "negative": "fog BREAK rain BREAK snow",
         "regions": "1,2 base 0.3", "hires_scale": 2.0, "hires_denoise": 0.5,
     },
+    # Two ControlNet units (their model in the checkpoint's dtype), through the hires fix's pass too.
+    "ControlNet, hires": {"control": 2, "hires_scale": 2.0, "hires_denoise": 0.5},
     # An edit (FLUX.1 Kontext's pass): two input pictures read beside the picture drawn.
     "edit, two pictures": {"edit": 2, "cfg": 1.0},
 }
@@ -163,6 +167,16 @@ def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...]
         picture.paste((40, 160, 60), (16, 16, 48, 48))
         extra["edit_pngs"] = (*extra.get("edit_pngs", ()), png(picture))
         options["edit_images"] = (*options.get("edit_images", ()), f"{i:064x}")
+    for i in range(options.pop("control", 0)):
+        picture = Image.new("RGB", (64, 64), (20, 20, 20))
+        picture.paste((230, 230, 230), (8 + 8 * i, 16, 48, 40))
+        file = loras / f"controlnet-{load.family}.safetensors"
+        if not file.exists():
+            make_tiny_controlnet(load.family, file, seed=0)
+        extra["control_pngs"] = (*extra.get("control_pngs", ()), png(picture))
+        extra["controlnets"] = (*extra.get("controlnets", ()), ControlNetUse(f"cn{i}", str(file), "2" * 64, "2" * 8, load.family))
+        unit = ControlUnit(f"{i:064x}", ("canny", "scribble_xdog")[i], weight=0.5, threshold_a=(100.0, 32.0)[i])
+        options["control"] = (*options.get("control", ()), unit)
     if options.pop("lora", False):
         file = loras / f"lora-{load.family}.safetensors"
         # At 0.1: the tiny LoRA's random layers at full strength make the tiny UNet chaotic (each
