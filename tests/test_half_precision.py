@@ -15,7 +15,17 @@ from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
 from common.control import ControlUnit
-from common.protocol import BatchFailed, ComponentUse, ControlNetUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, VaeUse
+from common.protocol import (
+    BatchFailed,
+    ComponentUse,
+    ControlNetUse,
+    JobDone,
+    JobPart,
+    LoadRequest,
+    LoraUse,
+    RunBatch,
+    VaeUse,
+)
 from gpu_worker.cache import PipelineCache
 from gpu_worker.hires import upscale
 from gpu_worker.latents import decode, encode, runs_in
