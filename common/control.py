@@ -34,6 +34,10 @@ class Preprocessor:
     threshold_a: float | None = None  # its sliders' defaults (None: it has no such slider)
     threshold_b: float | None = None
     needs: str = ""  # a model file it would need: Easel does not run those preprocessors yet
+    # Its control type on a ControlNet-Union model (xinsir's controlnet-union-sdxl-1.0 and ProMax: 0
+    # openpose, 1 depth, 2 soft edge and scribble, 3 canny and lineart, 4 normal, 5 segmentation, and
+    # on ProMax 6 tile, 7 inpainting); None: no Union type takes its map.
+    union: int | None = None
 
 
 # The model-free preprocessors (the extension's scripts/preprocessor/legacy/processor.py), and those
@@ -43,12 +47,12 @@ PREPROCESSORS: dict[str, Preprocessor] = {
     for p in (
         Preprocessor("none", ""),
         Preprocessor("invert", ""),
-        Preprocessor("canny", "canny", 100.0, 200.0),
-        Preprocessor("scribble_xdog", "scribble", 32.0),
-        Preprocessor("lineart_standard", "lineart"),
-        Preprocessor("threshold", "scribble", 127.0),
-        Preprocessor("tile_resample", "tile", 1.0),
-        Preprocessor("blur_gaussian", "tile", 9.0),
+        Preprocessor("canny", "canny", 100.0, 200.0, union=3),
+        Preprocessor("scribble_xdog", "scribble", 32.0, union=2),
+        Preprocessor("lineart_standard", "lineart", union=3),
+        Preprocessor("threshold", "scribble", 127.0, union=2),
+        Preprocessor("tile_resample", "tile", 1.0, union=6),
+        Preprocessor("blur_gaussian", "tile", 9.0, union=6),
         Preprocessor("shuffle", "shuffle"),
         Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),

@@ -160,6 +160,7 @@ class ControlNetUse:
     sha256: str  # identity: the model stays cached in the worker under it
     short_hash: str  # A1111's old 8-hex model hash, as the extension writes it after the name
     base: str  # sd1 | sd2 | sdxl
+    union_types: int = 0  # a ControlNet-Union model's control types (6, or ProMax's 8); 0: a plain ControlNet
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ residuals added to the UNet's at the steps each unit acts in.
 
 Files: the A1111/ComfyUI single files (`control_v11p_sd15_canny.pth` / `.safetensors`: the original
 ControlNet layout, with or without `control_model.`) and diffusers-layout files (most SDXL ones),
-converted by diffusers' `convert_controlnet_checkpoint`. A ControlNet is a copy of its base UNet's
+converted by diffusers' `convert_controlnet_checkpoint`; ControlNet-Union SDXL (xinsir's, ProMax
+too), each unit's map given with its control type. A ControlNet is a copy of its base UNet's
 encoder, so its config is the loaded checkpoint's UNet config with the depths and widths its own
 tensors have; a file for another base does not fit and is refused in one line.
 
@@ -29,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from PIL import Image
 
-from common.control import SOFT_IN_HIRES, ControlUnit
+from common.control import PREPROCESSORS, SOFT_IN_HIRES, ControlUnit
 from common.protocol import ControlNetUse
 from gpu_worker.control_maps import control_map
 from gpu_worker.init_images import prepare_init
@@ -42,6 +43,7 @@ from gpu_worker.model_parts import PartError, load_exact
 RESIDENT = 3  # SD1.5's are 0.7 GB in fp16, SDXL's up to 2.5 GB
 SOFT_FACTOR = 0.825  # the extension's soft injection: each level deeper, this much weaker
 _CONFIG_FIELDS = frozenset(inspect.signature(ControlNetModel.__init__).parameters) - {"self"}
+_UNION_FIELDS = frozenset(inspect.signature(ControlNetUnionModel.__init__).parameters) - {"self"}
 
 
 class ControlNetError(Exception):
@@ -54,6 +56,7 @@ class ActiveUnit:
     model: ControlNetModel
     map: Image.Image  # at the job's size (the region's, for Only masked)
     pooled: bool = False  # a shuffle model: residuals averaged over the picture, the conditional half only
+    union: int | None = None  # on a ControlNet-Union model: the map's control type
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # the map by pass size
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -106,14 +109,20 @@ class Control:
             height, width = sample.shape[-2] * self.scale_factor, sample.shape[-1] * self.scale_factor
             hint = active.hint(height, width, sample.device, model.dtype).expand(batch, -1, -1, -1)
             added = kwargs.get("added_cond_kwargs")
-            down, mid = model(
-                sample[:, :4].to(model.dtype),  # an inpainting checkpoint's extra channels are the UNet's alone
-                timestep,
-                encoder_hidden_states=kwargs["encoder_hidden_states"].to(model.dtype),
-                controlnet_cond=hint,
-                added_cond_kwargs={k: v.to(model.dtype) for k, v in added.items()} if added else None,
-                return_dict=False,
-            )
+            inputs = {
+                "sample": sample[:, :4].to(model.dtype),  # an inpainting checkpoint's extra channels are the UNet's alone
+                "timestep": timestep,
+                "encoder_hidden_states": kwargs["encoder_hidden_states"].to(model.dtype),
+                "added_cond_kwargs": {k: v.to(model.dtype) for k, v in added.items()} if added else None,
+                "return_dict": False,
+            }
+            if active.union is not None:  # one map of one control type, as diffusers' Union pipeline passes it
+                types = torch.zeros(batch, model.config.num_control_type, device=sample.device, dtype=model.dtype)
+                types[:, active.union] = 1
+                inputs |= {"controlnet_cond": [hint], "control_type": types, "control_type_idx": [active.union], "conditioning_scale": [1.0]}
+            else:
+                inputs["controlnet_cond"] = hint
+            down, mid = model(**inputs)
             outputs = [*down, mid]
             scales = self._scales(unit, len(outputs), active)
             outputs = [o * s for o, s in zip(outputs, scales, strict=True)]
@@ -185,7 +194,8 @@ class ControlNetCache:
             self._on_device.append(model)
             picture = prepare_init(png, size[0], size[1], "crop")
             pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
-            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed), pooled))
+            union = PREPROCESSORS[unit.module].union if use.union_types else None
+            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed), pooled, union))
         return Control(active)
 
     def release(self) -> None:
@@ -220,8 +230,9 @@ def load_controlnet(path: Path, name: str, unet_config: dict, dtype: torch.dtype
         converted = convert_controlnet_checkpoint(state, dict(unet_config)) | _added_embedding(state)
         converted = {k: v.to(dtype) for k, v in converted.items() if v is not None}
         config = controlnet_config(unet_config, converted)
+        model_cls = ControlNetUnionModel if "task_embedding" in converted else ControlNetModel
         with torch.device("meta"):
-            model = ControlNetModel.from_config(config)
+            model = model_cls.from_config(config)
         load_exact(model, converted, f"the ControlNet {name}")
     except PartError as e:
         raise ControlNetError(f"{e}; is it a ControlNet for this checkpoint's base model?") from None
@@ -246,7 +257,9 @@ def controlnet_config(unet_config: dict, state: dict[str, torch.Tensor]) -> dict
     """The base UNet's config with the ControlNet's own depths and widths from its tensors: its
     transformer layers per block (SDXL's small and mid ControlNets have fewer) and its map encoder's
     widths."""
-    config = {k: v for k, v in dict(unet_config).items() if k in _CONFIG_FIELDS}
+    union = "task_embedding" in state
+    fields = _UNION_FIELDS if union else _CONFIG_FIELDS
+    config = {k: v for k, v in dict(unet_config).items() if k in fields}
     config["in_channels"] = 4  # an inpainting checkpoint's UNet takes 9; its ControlNets take the latents
     depths = []
     for block in range(len(config["down_block_types"])):
@@ -256,4 +269,13 @@ def controlnet_config(unet_config: dict, state: dict[str, torch.Tensor]) -> dict
     widths = [state["controlnet_cond_embedding.conv_in.weight"].shape[0]]
     widths += [state[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0] for i in range(1, 6, 2)]
     config["conditioning_embedding_out_channels"] = tuple(widths)
+    if union:  # its control types and the small transformer that weighs the maps, from their tensors
+        types, channels = state["task_embedding"].shape
+        layers = {int(k.split(".")[1]) for k in state if k.startswith("transformer_layes.")}
+        config |= {
+            "num_control_type": types,
+            "num_trans_channel": channels,
+            "num_trans_layer": max(layers) + 1 if layers else 1,
+            "num_proj_channel": state["spatial_ch_projs.weight"].shape[0],
+        }
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,53 @@ def test_the_command_line_registers_draws_and_makes_it_again(cli, models: Path, 
         assert not (tmp_path / "refused").exists()
     backwards = cli(*base, "--control", f"{square}:canny", "--control-start", "0.6", "--control-end", "0.2", "--out", str(tmp_path / "refused"))
     assert backwards.code != 0 and "start first" in backwards.err
+
+
+def test_a_union_model_reads_each_map_with_its_control_type(files, runner_and_events, tmp_path: Path) -> None:
+    union_file = make_tiny_controlnet("sdxl", tmp_path / "controlnet-union-sdxl-promax.safetensors", layout="union")
+    checkpoint, union = load(files["sdxl"], "sdxl"), replace(use(union_file, "sdxl"), union_types=8)
+    plain = pixels(draw(runner_and_events, checkpoint))
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint, [unit(weight=0.0)], [union])), plain)
+    canny = pixels(draw(runner_and_events, checkpoint, [unit()], [union]))
+    tile = pixels(draw(runner_and_events, checkpoint, [unit(module="tile_resample", threshold_a=1.0, threshold_b=None)], [union]))
+    assert np.abs(canny - plain).mean() > 1 and np.abs(tile - canny).mean() > 0.5  # each type read its own way
+
+
+async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path) -> None:
+    from bot.controlnets.registry import ControlNetRegistry
+    from bot.db import open_database
+    from bot.generation.checkpoint_ref import CheckpointRef
+    from bot.rules.limits import GenerationRequest, Limits, validate
+    from common.control import ControlError
+    from common.errors import EaselError
+    from common.parameters import Parameters
+
+    folder = tmp_path / "models" / "ControlNet"
+    make_tiny_controlnet("sdxl", folder / "controlnet-union-sdxl-promax.safetensors", layout="union")
+    make_tiny_controlnet("sd1", folder / "control_v11p_sd15_canny.safetensors")
+    make_tiny_controlnet("sd1", folder / "control_sd15_canny.safetensors", seed=3)
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        registry = ControlNetRegistry(db, tmp_path / "models")
+        scanned = await registry.scan()
+        assert len(scanned.added) == 3
+        assert (await registry.for_unit("", "canny", "sd1")).name == "control_v11p_sd15_canny"  # v1.1 first
+        picked = await registry.for_unit("", "canny", "sdxl")  # no canny-named SDXL model: the Union one
+        assert picked.name == "controlnet-union-sdxl-promax" and picked.union_types == 8
+        with pytest.raises(ControlError, match="no shuffle ControlNet for this checkpoint is installed"):
+            await registry.for_unit("", "shuffle", "sdxl")
+        with pytest.raises(ControlError, match="name the ControlNet model to run"):
+            await registry.for_unit("", "none", "sd1")
+    finally:
+        await db.close()
+
+    xl = CheckpointRef("x", "ab" * 32, "/x", "sdxl", "SDXL", "safetensors", "tiny-sdxl", "epsilon", True, "", True)
+    request = GenerationRequest(Parameters(prompt="a box", control=(unit(module="shuffle", threshold_a=None, threshold_b=None),)), "u")
+    with pytest.raises(EaselError, match="has no control type for the shuffle preprocessor's map"):
+        validate(request, xl, Limits(), controlnets=(picked,), control_pngs=(png(picture()),))
+    sd1 = replace(xl, family="sd1", architecture="SD1.x")
+    with pytest.raises(EaselError, match="is for SDXL checkpoints, not SD1.x"):
+        validate(request, sd1, Limits(), controlnets=(picked,), control_pngs=(png(picture()),))
+    flux = replace(xl, family="flux", architecture="FLUX.1 dev")
+    with pytest.raises(EaselError, match="ControlNet runs on SD1, SD2 and SDXL checkpoints, not FLUX.1 dev"):
+        validate(request, flux, Limits())

@@ -1,5 +1,6 @@
 """What a ControlNet file holds, from its tensor names and shapes alone (no torch): its layout, the
-base model it was trained beside, and the kinds Easel does not run yet, named.
+base model it was trained beside, a ControlNet-Union model's control types, and the kinds Easel does
+not run yet, named.
 
 ControlNets live where the A1111 extension keeps them (`models/ControlNet`) and ComfyUI does
 (`models/controlnet`): one folder name, matched in any case.
@@ -20,19 +21,18 @@ class ControlNetFileError(ValueError):
 
 @dataclass(frozen=True)
 class ControlNetKind:
-    layout: str  # original (lllyasviel's, A1111's files) | diffusers
+    layout: str  # original (lllyasviel's, A1111's files) | diffusers | union (ControlNet-Union, diffusers' layout)
     base: str  # sd1 | sd2 | sdxl
     label: str
     loadable: bool = True
     reason: str = ""
+    union_types: int = 0  # a Union model's control types (its task embedding's rows)
 
 
 # Files that sit in the same folder and are not plain ControlNets: (a tensor name part, what it is).
 _OTHER_KINDS = (
     ("lllite", "a ControlNet-LLLite (kohya's) file"),
     ("lora_controlnet", "a Control-LoRA (Stability's) file"),
-    ("task_embedding", "a ControlNet-Union file"),
-    ("control_type_proj", "a ControlNet-Union file"),
     ("controlnet_x_embedder", "a Flux or SD3 ControlNet"),
     ("controlnet_blocks.", "a Flux or SD3 ControlNet"),
     ("pos_embed_input", "an SD3 ControlNet"),
@@ -51,7 +51,7 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
     if "input_hint_block.0.weight" in names and "zero_convs.0.0.weight" in names:
         layout = "original"
     elif "controlnet_cond_embedding.conv_in.weight" in names and "controlnet_down_blocks.0.weight" in names:
-        layout = "diffusers"
+        layout = "union" if "task_embedding" in names else "diffusers"
     else:
         raise ControlNetFileError("not a ControlNet: it has no map encoder and zero convolutions")
     if "label_emb.0.0.weight" in names or "add_embedding.linear_1.weight" in names:
@@ -59,4 +59,7 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
     else:
         widths = [shape[1] for name, shape in names.items() if name.endswith("attn2.to_k.weight") and len(shape) == 2]
         base = "sd2" if widths and widths[0] == 1024 else "sd1"
+    if layout == "union":
+        types = names["task_embedding"][0]
+        return ControlNetKind(layout, base, f"ControlNet-Union{' ProMax' if types >= 8 else ''} ({_BASE_LABELS[base]})", union_types=types)
     return ControlNetKind(layout, base, f"ControlNet ({_BASE_LABELS[base]})")

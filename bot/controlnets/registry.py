@@ -1,7 +1,7 @@
 """The ControlNet registry (bot/networks/registry.py does the work, as for LoRAs) and the model a unit
 runs: the one it names, else the installed one for the checkpoint's base whose name holds the
 preprocessor's word, as the extension's Control Type filter picks (a v1.1 file first: "11" in its
-name).
+name), else a ControlNet-Union model that has the preprocessor's control type.
 
 A `.pth` is a pickle: the allow-list reader (bot/checkpoints/pickle_reader.py) vets it, and the
 worker reads it again with `torch.load(weights_only=True)`; nothing in it is ever run. The short
@@ -37,7 +37,7 @@ def examine_controlnet(path: Path) -> FileKind:
         kind.label,
         kind.loadable,
         kind.reason,
-        None,
+        kind.union_types or None,
         metadata,
         "pickle" if pickled else "safetensors",
     )
@@ -79,7 +79,11 @@ class ControlNetRegistry(NetworkRegistry):
     async def _by_word(self, word: str, module: str, family: str) -> NetworkEntry:
         if not word:
             raise ControlError(f"with the preprocessor {module}, name the ControlNet model to run")
-        fitting = [e for e in await self.list(status="present", base=family) if e.loadable and word in e.name.lower()]
+        installed = [e for e in await self.list(status="present", base=family) if e.loadable]
+        fitting = [e for e in installed if word in e.name.lower()]
+        # else a ControlNet-Union model that has the preprocessor's control type
+        union = preprocessor(module).union
+        fitting = fitting or [e for e in installed if e.layout == "union" and union is not None and union < (e.rank or 0)]
         if not fitting:
             example = {"sd1": f"control_v11p_sd15_{word}", "sd2": f"controlnet_sd21_{word}"}.get(family, f"controlnet-{word}-sdxl-1.0")
             raise ControlError(
@@ -89,7 +93,8 @@ class ControlNetRegistry(NetworkRegistry):
 
 
 def use_of(entry: NetworkEntry) -> ControlNetUse:
-    return ControlNetUse(entry.name, str(entry.path), entry.sha256, entry.short_hash, entry.base)
+    types = entry.rank or 0 if entry.layout == "union" else 0
+    return ControlNetUse(entry.name, str(entry.path), entry.sha256, entry.short_hash, entry.base, types)
 
 
 def controlnet_registry(db: aiosqlite.Connection, settings: Settings) -> ControlNetRegistry:

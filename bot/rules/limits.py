@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
-from common.control import check_unit
+from common.control import PREPROCESSORS, check_unit
 from common.editing import edit_model
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -292,9 +292,12 @@ def _check_control(
     if len(controlnets) != len(p.control) or len(control_pngs) != len(p.control):
         raise GenerationError("each ControlNet unit needs its model and its picture")
     units = tuple(check_unit(unit) for unit in p.control)
-    for use in controlnets:
+    for unit, use in zip(units, controlnets, strict=True):
         if use.base != checkpoint.family:
             raise GenerationError(f"the ControlNet {use.name} is for {use.base.upper()} checkpoints, not {checkpoint.architecture}")
+        union = PREPROCESSORS[unit.module].union
+        if use.union_types and (union is None or union >= use.union_types):
+            raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")
     return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))
 
 

@@ -46,7 +46,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("out")
     p = sub.add_parser("make-tiny-controlnet")
     p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
-    p.add_argument("--layout", choices=("original", "diffusers"), default="")
+    p.add_argument("--layout", choices=("original", "diffusers", "union"), default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")

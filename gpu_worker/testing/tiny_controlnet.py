@@ -1,5 +1,6 @@
 """Random-weight ControlNets in the files' real layouts, tiny enough for tests: the original
-ControlNet layout (A1111's `control_v11p_sd15_*.safetensors`/`.pth`) or diffusers' (most SDXL ones).
+ControlNet layout (A1111's `control_v11p_sd15_*.safetensors`/`.pth`), diffusers' (most SDXL ones), or
+a ControlNet-Union ProMax's (xinsir's SDXL files: diffusers' layout with its control types).
 
 Made as ControlNets are trained from: a copy of the base UNet's encoder (`ControlNetModel.from_unet`
 on the tiny checkpoint's UNet of the same seed), with random zero convolutions so the unit changes
@@ -11,32 +12,44 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, ControlNetUnionModel
 
 from common.safetensors_writer import temp_path
 from gpu_worker.ldm_layout import controlnet_to_ldm
 from gpu_worker.save import save_atomically
 from gpu_worker.testing.tiny import tiny_components
 
-CONTROLNET_LAYOUTS = ("original", "diffusers")
+CONTROLNET_LAYOUTS = ("original", "diffusers", "union")
 
 
-def tiny_controlnet(base: str, seed: int = 0) -> ControlNetModel:
+def tiny_controlnet(base: str, seed: int = 0, union: bool = False) -> ControlNetModel | ControlNetUnionModel:
+    """With `union`, a ControlNet-Union ProMax (8 control types, its map-weighing transformer)."""
     unet = tiny_components(base, seed)["unet"]
-    model = ControlNetModel.from_unet(unet)
+    model = ControlNetUnionModel.from_unet(unet) if union else ControlNetModel.from_unet(unet)
+    if union:  # ProMax's eight control types (from_unet makes the class's six): the encoder's copy kept
+        copied = model.state_dict()
+        width = unet.config.block_out_channels[0]  # SDXL's 320: the map features' width the transformer weighs
+        shape = {"num_control_type": 8, "num_trans_channel": width, "num_proj_channel": width}
+        model = ControlNetUnionModel.from_config({k: v for k, v in model.config.items() if not k.startswith("_")} | shape)
+        model.load_state_dict({k: v for k, v in copied.items() if v.shape == model.state_dict()[k].shape}, strict=False)
     generator = torch.Generator().manual_seed(seed + 1)
+    zero = [*model.controlnet_down_blocks, model.controlnet_mid_block, *([model.spatial_ch_projs] if union else [])]
     with torch.no_grad():
-        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block]:
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.5)
-            conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
+        for layer in zero:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.5)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.1)
+        if union:
+            model.task_embedding.copy_(torch.randn(model.task_embedding.shape, generator=generator))
     return model.eval()
 
 
 def make_tiny_controlnet(base: str, out: Path, seed: int = 0, layout: str = "") -> Path:
     """A ControlNet for the tiny `base` checkpoint of `seed`, written to `out` (.safetensors, or .pth
     as a pickled state dict); `layout` original (SD1's default) or diffusers (SDXL's)."""
-    model = tiny_controlnet(base, seed)
     layout = layout or ("diffusers" if base == "sdxl" else "original")
+    if layout == "union" and base != "sdxl":
+        raise ValueError("ControlNet-Union models are SDXL's")
+    model = tiny_controlnet(base, seed, union=layout == "union")
     state = model.state_dict()
     if layout == "original":
         state = controlnet_to_ldm(state, model.config)
