@@ -262,8 +262,8 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path) -> No
     with pytest.raises(EaselError, match="has no control type for the shuffle preprocessor's map"):
         validate(request, xl, Limits(), controlnets=(picked,), control_pngs=(png(picture()),))
     sd1 = replace(xl, family="sd1", architecture="SD1.x")
-    with pytest.raises(EaselError, match="is for SDXL checkpoints, not SD1.x"):
+    with pytest.raises(EaselError, match=r"is for SDXL checkpoints, not SD1\.x"):
         validate(request, sd1, Limits(), controlnets=(picked,), control_pngs=(png(picture()),))
     flux = replace(xl, family="flux", architecture="FLUX.1 dev")
-    with pytest.raises(EaselError, match="ControlNet runs on SD1, SD2 and SDXL checkpoints, not FLUX.1 dev"):
+    with pytest.raises(EaselError, match=r"ControlNet runs on SD1, SD2 and SDXL checkpoints, not FLUX\.1 dev"):
         validate(request, flux, Limits())
