@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # `NAME KEY` lines, each worker started with `--key-file` holding its own line. Unset: unsigned
     # frames, for a broker only the bot and its workers can write to.
     worker_keys: Path | None = None
+    # Gateway shards (discord.py's AutoShardedBot in one process): "auto" takes Discord's
+    # recommendation at login (one shard until the bot is in about a thousand servers; Discord
+    # requires a new shard per 2,500), or a fixed count.
+    shards: Literal["auto"] | Annotated[int, Field(ge=1, le=1024)] = "auto"
     # A Prometheus endpoint for operators (prometheus-client); unset: none.
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_host: str = "127.0.0.1"
@@ -183,6 +187,10 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value and value.get_secret_value().strip() else None
+
+    def shard_count(self) -> int | None:
+        """The shard count to start with; None: Discord's recommendation."""
+        return None if self.shards == "auto" else int(self.shards)
 
     def worker_key_table(self) -> dict[str, tuple[bytes, ...]] | None:
         """EASEL_WORKER_KEYS read (ConfigError naming the line that is wrong), or None when unset."""

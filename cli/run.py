@@ -18,7 +18,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from cogs.app import create_bot
 
     services = await open_services(settings)
-    bot = create_bot(services, dev_guild=getattr(args, "dev_guild", None))
+    bot = create_bot(services, dev_guild=getattr(args, "dev_guild", None), shard_count=settings.shard_count())
     try:
         await bot.start(settings.discord_token.get_secret_value())
     finally:

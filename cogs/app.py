@@ -34,9 +34,18 @@ EXTENSIONS = (
 )
 
 
-class EaselBot(commands.Bot):
-    def __init__(self, services: Services, *, dev_guild: int | None = None, always_sync: bool = False) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), help_command=None)
+class EaselBot(commands.AutoShardedBot):
+    """The bot, sharded in this process: `shard_count` None asks Discord how many shards it needs."""
+
+    def __init__(
+        self, services: Services, *, dev_guild: int | None = None, always_sync: bool = False, shard_count: int | None = 1
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default(),
+            help_command=None,
+            shard_count=shard_count,
+        )
         self.services = services
         self.dev_guild = dev_guild
         self.always_sync = always_sync  # a simulated Discord starts empty every time
@@ -89,5 +98,7 @@ class EaselBot(commands.Bot):
         await report_error(interaction, error, where=f"/{command}")
 
 
-def create_bot(services: Services, *, dev_guild: int | None = None, always_sync: bool = False) -> EaselBot:
-    return EaselBot(services, dev_guild=dev_guild, always_sync=always_sync)
+def create_bot(
+    services: Services, *, dev_guild: int | None = None, always_sync: bool = False, shard_count: int | None = 1
+) -> EaselBot:
+    return EaselBot(services, dev_guild=dev_guild, always_sync=always_sync, shard_count=shard_count)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import discord
@@ -14,6 +15,7 @@ from cogs.utils.formatting import EMBED_COLOUR, FIELD_MAX, clip
 if TYPE_CHECKING:
     from cogs.app import EaselBot
 
+MAX_SHARD_LINES = 16  # a field's 1,024 characters hold that many
 
 class Status(commands.Cog):
     def __init__(self, bot: EaselBot) -> None:
@@ -38,12 +40,30 @@ class Status(commands.Cog):
         embed.add_field(
             name="Catalog search by meaning", value=clip(self.bot.services.catalog.semantic_state(), FIELD_MAX)
         )
+        embed.add_field(name="Shards", value=clip(shard_lines(self.bot, interaction.guild), FIELD_MAX), inline=False)
         if interaction.user.id in self.bot.services.settings.owner_ids:  # owners see what the picture check did
             counts = await self.bot.services.generation.store.safety_counts()
             embed.add_field(
                 name="Picture check", value=f"{counts['withhold']} withheld, {counts['spoiler']} behind a spoiler"
             )
         await interaction.response.send_message(embed=embed, ephemeral=True)
+
+
+def shard_lines(bot: EaselBot, here: discord.Guild | None) -> str:
+    """Each gateway shard: its servers, its heartbeat latency, and whether it is connected; the one
+    this server is on marked."""
+    servers: dict[int, int] = {}
+    for guild in bot.guilds:
+        servers[guild.shard_id] = servers.get(guild.shard_id, 0) + 1
+    lines = []
+    for shard_id, shard in sorted(bot.shards.items())[:MAX_SHARD_LINES]:
+        latency = f"{shard.latency * 1000:.0f} ms" if math.isfinite(shard.latency) else "no heartbeat yet"
+        state = "disconnected" if shard.is_closed() else latency
+        mark = " (this server)" if here is not None and here.shard_id == shard_id else ""
+        lines.append(f"#{shard_id}{mark}: {servers.get(shard_id, 0)} servers, {state}")
+    if len(bot.shards) > MAX_SHARD_LINES:
+        lines.append(f"… and {len(bot.shards) - MAX_SHARD_LINES} more")
+    return "\n".join(lines) or "none connected"
 
 
 async def setup(bot: EaselBot) -> None:

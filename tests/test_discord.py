@@ -312,6 +312,25 @@ async def test_status(env: simcord.Env) -> None:
     assert catalog == "loading…" or catalog.startswith("ready (all-MiniLM-L6-v2")
 
 
+async def test_a_sharded_bot_serves_every_shard_and_status_shows_each(services: Services) -> None:
+    env = simcord.Env(create_bot(services, always_sync=True, shard_count=3), settle_timeout=90)
+    await env.start()
+    try:
+        guilds = [env.create_guild(shard_id=shard) for shard in (0, 1, 2, 2)]  # Discord's: (id >> 22) % shards
+        far = guilds[3]
+        channel = far.create_text_channel("art")
+        alice = far.add_member(env.create_user("alice"))
+        result = await alice.slash(channel, "imagine", prompt="a sharded fox", checkpoint="tiny-sd1", steps=2)
+        assert result.response.attachments  # served on its shard
+        status = await alice.slash(channel, "status")
+        shards = next(f.value for f in status.response.embeds[0].fields if f.name == "Shards").splitlines()
+        assert [line.split(":")[0].split()[0] for line in shards] == ["#0", "#1", "#2"]
+        assert "#2 (this server):" in shards[2]
+        assert [int(re.search(r": (\d+) servers", line)[1]) for line in shards] == [1, 1, 2]
+    finally:
+        await env.shutdown()
+
+
 async def test_admin_commands_are_for_owners_only(
     env: simcord.Env, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
