@@ -378,3 +378,52 @@ def test_prompt_editing_switches_at_a1111s_model_call(
     calls.clear()
     rec.run(batch(load_request, JobPart("k", "a [fox:dog:0.34]", "", (1,)), sampler=sampler, steps=3))
     assert calls == ([3] if sampler == "Heun" else [2])  # Euler: int(0.34 x 3) = 1, so call 2
+
+
+def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Path) -> None:
+    """The bot dies mid-batch (its end of the pipe closes): the worker's batch ends unseen and the
+    process exits 0, without the BrokenPipe tracebacks it once printed for every event it sent."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    from common.protocol import BatchProgress, JobPart, LoadRequest, RunBatch, WorkerReady, decode, encode
+    from tests.conftest import REPO
+
+    ours, theirs = socket.socketpair()
+    config = json.dumps({"device": "cpu", "log_level": "INFO"})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gpu_worker", "serve", "--fd", str(theirs.fileno()), "--config", config],
+        pass_fds=(theirs.fileno(),),
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    theirs.close()
+    conn = Connection(ours.detach())
+    try:
+        assert isinstance(decode(conn.recv_bytes()), WorkerReady)
+        load = LoadRequest(str(tiny_dir / "tiny-sd1.safetensors"), "tiny", "sd1", "SD1.x", "safetensors", "tiny-sd1")
+        batch = RunBatch.of(
+            "orphan",
+            load,
+            (JobPart("j", "a lighthouse", "", (1,)),),
+            128,
+            128,
+            400,
+            7.0,
+            "Euler",
+            "Automatic",
+            preview_every=2,
+        )
+        conn.send_bytes(encode(batch))
+        while not isinstance(decode(conn.recv_bytes()), BatchProgress):
+            pass
+    finally:
+        conn.close()  # the bot is gone
+    _, stderr = worker.communicate(timeout=120)
+    assert worker.returncode == 0, stderr[-2000:]
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
+    assert "the bot went away" in stderr
