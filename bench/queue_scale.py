@@ -2,11 +2,12 @@
 
 A service whose one worker never starts (nothing is dispatched, so the queue only grows), its jobs from 50 users
 (the round-robin's real shape). At each size, repeated and interleaved: one more job admitted (its
-database row, the queue, and the announcement of every position), and the first job cancelled
-(its user's jobs move up), and one dispatch (the head leaves, its user goes to the back of the
-rotation: every position moves), each timed with the Queued announcements it made; and the
-event loop's longest stall while they ran (a 1 ms ticker beside them). The figures behind the
-issue's "positions in O(log n) or O(1) per event": today each event walks the whole fair order.
+database row, the queue, and its own first place, said from the queue lengths), the first job
+cancelled (its user's jobs move up), and one dispatch (the head leaves, its user goes to the back of
+the rotation: every place moves), each timed with the Queued announcements it made (none but the
+new job's own: places are read by the front ends when they ask); then a round of reads after the
+dispatch, every waiting job's front end asking its place once (one walk of the fair order, shared);
+and the event loop's longest stall while they ran (a 1 ms ticker beside them).
 
     python bench/queue_scale.py [--sizes 100,1000,10000] [--repeats 5]
 """
@@ -75,6 +76,7 @@ async def measure(size: int, repeats: int, folder: Path) -> dict[str, object]:
     admit_s, cancel_s, stalls, admit_events, cancel_events = [], [], [], [], []
     dispatch_s: list[float] = []
     dispatch_events: list[int] = []
+    reads_s: list[float] = []
     for r in range(repeats):
         before = queued_events()
         started = time.perf_counter()
@@ -90,14 +92,19 @@ async def measure(size: int, repeats: int, folder: Path) -> dict[str, object]:
         cancel_s.append(time.perf_counter() - started)
         cancel_events.append(queued_events() - before)
         stalls.append(stall)
-        # A dispatch, as the service makes one when a worker is free: the head leaves, its user goes
-        # to the back of the rotation, and every position is announced again (the service's own steps).
+        # A dispatch, as the service makes one when a worker is free: the head leaves and its user
+        # goes to the back of the rotation (the service's own step; the places are read when asked).
         before = queued_events()
         started = time.perf_counter()
-        service._queue.pop_batch(1)
-        service._announce_positions()
+        service._queue.pop_batch(service.limits.max_batch_images)
         dispatch_s.append(time.perf_counter() - started)
         dispatch_events.append(queued_events() - before)
+        # Every waiting job's front end reads its place once after that change.
+        waiting = [h for h in handles if h.job.id in service._queue]
+        started = time.perf_counter()
+        for handle in waiting:
+            handle.queued()
+        reads_s.append(time.perf_counter() - started)
     await service.flush()  # the job records the events wrote, before the database closes
     await db.close()
     return {
@@ -107,6 +114,7 @@ async def measure(size: int, repeats: int, folder: Path) -> dict[str, object]:
         "cancel_first_announcements": statistics.median(cancel_events),
         "dispatch_seconds": spread(dispatch_s, 5),
         "dispatch_announcements": statistics.median(dispatch_events),
+        "every_place_read_once_seconds": spread(reads_s, 5),
         "event_loop_stall_ms": round(max(stalls) * 1000, 2),
     }
 

@@ -135,7 +135,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         [handle] = await jobs.start(plan)
         bar = tqdm(total=plan.specs[0].denoising_steps, unit="step", desc=f"job {handle.job.id}", disable=None)
         try:
-            async for event in handle.events():
+            async for event in handle.events(poll=1.0):
                 if isinstance(event, Queued):
                     bar.set_postfix_str(f"queued #{event.position}")
                 elif isinstance(event, Loading):

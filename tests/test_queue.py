@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.generation.queue import FairQueue
 from bot.rules.limits import GenerationError, Limits
@@ -88,3 +90,23 @@ def test_a_job_run_ahead_of_a_waiting_head_leaves_the_head_first_and_its_turn_ke
     assert queue.pop_batch(1, b1.id) == [b1]
     assert [job.id for job in queue.order()] == [a1.id, c1.id, b2.id]  # A still first; B after C now
     assert queue.pop_batch(1) == [a1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("push push push front pop cancel".split()), st.integers(0, 4), st.integers(4, 6)), max_size=40))
+def test_each_jobs_place_counted_from_the_lengths_is_its_place_in_the_fair_order(moves) -> None:
+    """Whatever pushes, returns to the front, dispatches and cancels came before: the place said for
+    a job is where the fair order has it."""
+    queue = FairQueue(Limits(max_queued_per_user=100, max_queue=1000))
+    for move, user, steps in moves:
+        if move == "push":
+            queue.push(make_job(f"user{user}", steps=steps))
+        elif move == "front":
+            queue.push_front(make_job(f"user{user}", steps=steps))
+        elif move == "pop":
+            queue.pop_batch(1 + user % 3)
+        elif len(queue):
+            queue.remove(queue.order()[user % len(queue)].id)
+        order = queue.order()
+        assert len(queue) == len(order)
+        assert [queue.position(job.id) for job in order] == list(range(1, len(order) + 1))

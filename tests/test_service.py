@@ -120,14 +120,23 @@ async def test_compatible_waiting_jobs_are_batched(setup) -> None:
 
 
 async def test_queued_jobs_hear_their_position(setup) -> None:
+    """A waiting job hears its place when it is queued, and again, with its expected wait, when its
+    front end reads it (a poll) after it moved; nothing is pushed to every waiting job per change."""
     service, checkpoint = setup
     block = await blocker(service, checkpoint)
     first = await queue_unchecked(service, request("p1", steps=5), checkpoint)
     second = await queue_unchecked(service, request("p2", steps=6), checkpoint)
+    third = await queue_unchecked(service, request("p3", steps=7), checkpoint)
+    assert [(await h.next_event()).position for h in (first, second, third)] == [1, 2, 3]
+    assert third.queued().position == 3 and third.queued().eta_seconds is not None  # measured by the blocker's run
+    await service.cancel(first.job.id)
+    said = await second.next_event(poll=0.01)  # read when asked: moved up, with its wait
+    assert isinstance(said, Queued) and said.position == 1 and said.eta_seconds is not None
+    assert second._events.empty() and third._events.empty()  # the cancel announced nothing to anyone
     await block.release()
-    first_events, second_events = await collect(first), await collect(second)
-    assert [e.position for e in first_events if isinstance(e, Queued)] == [1]
-    assert [e.position for e in second_events if isinstance(e, Queued)] == [2, 1]
+    second_events, third_events = await collect(second), await collect(third)
+    assert isinstance(second_events[-1], Finished) and not any(isinstance(e, Queued) for e in second_events)
+    assert isinstance(third_events[-1], Finished)
 
 
 async def test_cancel_queued_job(setup) -> None:

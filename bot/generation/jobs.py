@@ -6,6 +6,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from functools import cached_property
 
 from bot.rules.limits import ValidRequest
 from common.protocol import ImageResult, denoising_steps, hires_size
@@ -53,7 +54,7 @@ class Job:
     def image_count(self) -> int:
         return len(self.spec.seeds)
 
-    @property
+    @cached_property
     def batch_key(self) -> tuple[object, ...]:
         """Jobs with equal keys can share one pipeline call: the same parameters but for each job's
         own prompt, negative and seeds, and the same files (a new parameter keeps its jobs apart

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +64,11 @@ from common.worker_config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
+# Waiting jobs' places, read by their front ends (JobHandle.next_event): at most every 1.5 s each
+# (a Discord message's edit rate), and 25 edits a second over the whole queue (half Discord's global
+# 50 requests a second: the rest is for results and progress).
+PLACE_POLL_SECONDS = 1.5
+PLACE_EDITS_PER_SECOND = 25
 CRASH_LOOP_LIMIT = 3  # deaths before a worker ever became ready: stop restarting that slot
 MAX_ATTEMPTS = 2  # a job whose worker was lost this many times fails instead of going back in the queue
 LEASE_CHECK_SECONDS = 0.5
@@ -72,28 +77,51 @@ Worker = WorkerProcess | RemoteWorker
 
 
 class JobHandle:
-    """A front end's view of one job: its record so far and a stream of events until it ends."""
+    """A front end's view of one job: its record so far and a stream of events until it ends.
 
-    def __init__(self, job: Job) -> None:
+    Its place in the queue is not pushed at every change (a dispatch moves every waiting job: n
+    announcements, each an edit of a Discord message): the handle reads it when its front end asks,
+    at the pace the front end can show it (`next_event`'s `poll`), and says it when it moved."""
+
+    def __init__(self, job: Job, place: Callable[[str], Queued | None] | None = None) -> None:
         self.job = job
         self._events: asyncio.Queue[JobEvent] = asyncio.Queue()
         self._done = asyncio.Event()
+        self._place = place
         self.last_position: int | None = None
+        self._told_wait = False  # its expected wait has been said (the first place is said without one)
 
     def emit(self, event: JobEvent) -> None:
+        if isinstance(event, Queued):
+            self.last_position, self._told_wait = event.position, event.eta_seconds is not None
         self._events.put_nowait(event)
         if isinstance(event, TERMINAL):
             self._done.set()
 
-    async def events(self) -> AsyncIterator[JobEvent]:
+    async def events(self, poll: float | None = None) -> AsyncIterator[JobEvent]:
         while True:
-            event = await self.next_event()
+            event = await self.next_event(poll)
             yield event
             if isinstance(event, TERMINAL):
                 return
 
-    async def next_event(self) -> JobEvent:
+    async def next_event(self, poll: float | None = None) -> JobEvent:
+        """The next event; while the job waits, every `poll` seconds (None: never) its place is
+        read, and said (Queued) when it moved."""
+        while poll is not None and self._place is not None and self._events.empty() and self.job.state is JobState.QUEUED:
+            try:
+                async with asyncio.timeout(poll):  # a timer on this task, no task of its own
+                    return await self._events.get()
+            except TimeoutError:
+                now = self._place(self.job.id)
+                if now is not None and (now.position != self.last_position or (now.eta_seconds is not None and not self._told_wait)):
+                    self.last_position, self._told_wait = now.position, now.eta_seconds is not None
+                    return now
         return await self._events.get()
+
+    def queued(self) -> Queued | None:
+        """Where the job waits now (None: it does not)."""
+        return self._place(self.job.id) if self._place is not None else None
 
     async def wait(self) -> Job:
         await self._done.wait()
@@ -178,6 +206,11 @@ class GenerationService:
         self._stopped: set[int] = set()  # slots given up on after a crash loop
         self._tasks: set[asyncio.Task[Any]] = set()
         self._seconds_per_unit: float | None = None
+        # Every waiting job's place and expected wait, made when first asked after the queue changed
+        # (one walk of the fair order, shared by every asker until the next change), and the queue's
+        # version it was made at.
+        self._places: dict[str, Queued] = {}
+        self._places_at = -1
         self._closing = False
         self._changed: asyncio.Event | None = None
         self._admission = asyncio.Lock()
@@ -277,6 +310,8 @@ class GenerationService:
             handles = [await self._enqueue(spec) for spec in specs]
             self.cooldowns.record(user)
         self._pump()
+        for handle in handles:
+            self._tell_place(handle)
         return handles
 
     async def admit(self, spec: ValidRequest) -> JobHandle:
@@ -289,7 +324,15 @@ class GenerationService:
             handle = await self._enqueue(spec)
             self.cooldowns.record(user)
         self._pump()
+        self._tell_place(handle)
         return handle
+
+    def _tell_place(self, handle: JobHandle) -> None:
+        """A job that waits hears its place once, from the queue lengths (no walk of the order); later
+        places and its expected wait when its front end asks (JobHandle.next_event's poll)."""
+        position = self._queue.position(handle.job.id)
+        if position is not None:
+            handle.emit(Queued(handle.job.id, position, None))
 
     def _check_running(self) -> None:
         if self._closing:
@@ -307,7 +350,7 @@ class GenerationService:
                 "the job could not be recorded (the bot's database failed); tell the bot's owner"
             ) from None
         self._queue.push(job)  # cannot fail: room was checked under the admission lock
-        handle = self._handles[job.id] = JobHandle(job)
+        handle = self._handles[job.id] = JobHandle(job, self.queued)
         self._names[spec.checkpoint.sha256] = spec.checkpoint.name
         log.info(
             "job %s queued: %s, %dx%d, %d step(s), %d image(s), by %s",
@@ -335,7 +378,6 @@ class GenerationService:
         if job.state is JobState.QUEUED:
             self._queue.remove(job_id)
             self._finish(job, JobState.CANCELLED, None)
-            self._announce_positions()
             return "cancelled"
         for worker in self._workers:
             if worker.batch and any(part.job_id == job_id for part in worker.batch.jobs):
@@ -380,6 +422,20 @@ class GenerationService:
     def position(self, job_id: str) -> int | None:
         return self._queue.position(job_id)
 
+    def place_poll(self) -> float:
+        """How often a waiting job's front end should read its place: each waiting Discord message is
+        edited when its place moved, and all of them together stay within PLACE_EDITS_PER_SECOND."""
+        return max(PLACE_POLL_SECONDS, len(self._queue) / PLACE_EDITS_PER_SECOND)
+
+    def queued(self, job_id: str) -> Queued | None:
+        """A waiting job's place and expected wait, from the shared table (made again only after the
+        queue changed); None when it is not waiting."""
+        if job_id not in self._queue:
+            return None
+        if self._places_at != self._queue.version:
+            self._places, self._places_at = self._make_places(), self._queue.version
+        return self._places.get(job_id)
+
     def guild_jobs(self, guild_id: str) -> list[Job]:
         """This guild's unfinished jobs: running first, then queued in dispatch order."""
         running = [h.job for h in self._handles.values() if h.job.state is JobState.RUNNING]
@@ -414,7 +470,6 @@ class GenerationService:
             for job in reversed([j for j in jobs if j not in kept]):
                 self._queue.push_front(job)
             self._dispatch(worker, kept)
-        self._announce_positions()
 
     def _no_worker_can_run(self, head: Job) -> bool:
         """Fail the head job when no running worker can run it (and say why); False while some
@@ -487,18 +542,19 @@ class GenerationService:
             )
         worker.send(batch)
 
-    def _announce_positions(self) -> None:
+    def _make_places(self) -> dict[str, Queued]:
+        """Every waiting job's place, and its wait: what runs now and every job ahead of it, shared
+        among the ready workers, then its own run."""
+        places = {}
         ahead = self._running_seconds()
         workers = max(1, sum(1 for w in self._workers if w.ready))
         for position, job in enumerate(self._queue.order(), start=1):
             own = self._estimate(job)
             eta = None if ahead is None or own is None else ahead / workers + own
-            handle = self._handles[job.id]
-            if handle.last_position != position:
-                handle.last_position = position
-                handle.emit(Queued(job.id, position, eta))
+            places[job.id] = Queued(job.id, position, eta)
             if ahead is not None and own is not None:
                 ahead += own
+        return places
 
     def _estimate(self, job: Job) -> float | None:
         return None if self._seconds_per_unit is None else job.work_units * self._seconds_per_unit
@@ -604,8 +660,8 @@ class GenerationService:
                 )
                 continue
             job.state, job.started_at, job.device, job.batch_size = JobState.QUEUED, None, None, None
-            self._handles[job.id].last_position = None
             self._queue.push_front(job)
+            self._tell_place(self._handles[job.id])
             self._save(job)
             log.info("job %s queued again: %s", job.id, reason)
 

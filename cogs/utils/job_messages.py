@@ -52,7 +52,8 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
     job = handle.job
     status = StatusMessage(interaction, job, plan)
     while True:
-        event = await bot.wait_external(handle.next_event(), f"job {job.id} on the GPU worker")
+        poll = services_of(interaction).generation.place_poll()
+        event = await bot.wait_external(handle.next_event(poll), f"job {job.id} on the GPU worker")
         if isinstance(event, Queued):
             await status.show(f"Queued: #{event.position} in line{eta_text(event.eta_seconds)}.", force=True)
         elif isinstance(event, Started):
