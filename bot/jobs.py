@@ -70,6 +70,7 @@ from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from bot.wildcards import WildcardError, WildcardLibrary, is_template
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
 from common.control import ControlUnit, units_from_infotext
+from common.detail import from_infotext as detail_from_infotext
 from common.editing import EDIT_MODELS, INFOTEXT_KEY, edit_model, install_hint, read_hashes
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -450,6 +451,7 @@ class Jobs:
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
+            **detail_from_infotext(params),  # ADetailer's face pass (common/detail.py)
             "edit_images": _edit_hashes(params),
             "control": units_from_infotext(params),  # with the pictures Easel kept for them
             **_read_back(params),
@@ -550,9 +552,11 @@ class Jobs:
         init_image: bytes | None = None,
         strength: float | None = None,
         hires_scale: float | None = None,
+        detail: str | None = None,
     ) -> JobPlan:
         """Another job from a stored one — a new seed, more pictures, another checkpoint, (Vary) its
-        picture redrawn at `strength`, or (Upscale) the hires fix at `hires_scale` — under the rules
+        picture redrawn at `strength`, (Upscale) the hires fix at `hires_scale`, or (Fix faces) its
+        `detail` pass — under the rules
         of the place where the button was pressed. Upscale on a job that started from a picture has
         no first pass to redo: its picture (`init_image`) is redrawn, enlarged, at UPSCALE_REDRAW."""
         record = await self.generation.get_job(job_id)
@@ -603,6 +607,8 @@ class Jobs:
         }
         if strength is not None:
             changes["strength"] = strength
+        if detail is not None:
+            changes["detail"] = detail
         if picture is not None:  # a Vary or an Upscale starts from the whole picture: no mask, no edit
             changes |= {"init_image": picture.sha256, "mask_image": None, "edit_images": (), **_WHOLE_PICTURE}
         request = self._request(asker, place, Parameters.of(changes, stored))

@@ -203,7 +203,7 @@ def write_images(job, out: Path) -> None:
         print("LoRAs: " + ", ".join(f"{use.name} {lora_strength(use)} [{use.short_hash}]" for use in spec.loras))
     if spec.embeddings:
         print("embeddings: " + ", ".join(f"{use.name} [{use.short_hash}]" for use in spec.embeddings))
-    for note in spec.notes:
+    for note in (*spec.notes, *job.said):
         print(f"note: {note}")
 
 
@@ -285,6 +285,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--control-start", type=float, default=0.0, help="ControlNet units act from this share of the steps (0-1)")
     p.add_argument("--control-end", type=float, default=1.0, help="and up to this one (0-1)")
     p.add_argument("--control-mode", choices=CONTROL_MODES, default=CONTROL_MODES[0], help="the A1111 extension's Control Mode")
+    p.add_argument(
+        "--detail",
+        choices=("faces", "hands", "both"),
+        help="ADetailer's pass: each face found is redrawn at full size and pasted back (hands need a detector Easel lacks)",
+    )
+    p.add_argument("--detail-strength", type=float, help="the detail pass's denoising strength (default 0.4)")
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")
     p.add_argument("--device", help="cpu, cuda:N or mps (default: the first configured device)")
     add_engine_arguments(p)  # --precision, --vae-precision, --compile, --cache-threshold (default: the settings')

@@ -90,6 +90,10 @@ class Parameters:
     # ControlNet units (common/control.py): a picture each, kept by sha256, its preprocessor, model,
     # weight, steps and control mode; the model's name is final once validated.
     control: tuple[ControlUnit, ...] = ()
+    # The detail pass (common/detail.py, ADetailer's): "" off, or "faces"; how much of each face is
+    # redrawn (its denoising strength)
+    detail: str = ""
+    detail_strength: float = 0.4
 
     @classmethod
     def names(cls) -> frozenset[str]:

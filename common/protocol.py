@@ -349,6 +349,7 @@ class JobDone:
     # The maps the job's ControlNet units read (common/control.py), checked like its pictures: shown
     # with the result where its verdict allows.
     maps: tuple[ImageResult, ...] = ()
+    notes: tuple[str, ...] = ()  # what the worker found to say of the job (the detail pass found no face)
 
 
 @dataclass(frozen=True)

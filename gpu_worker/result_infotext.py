@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.control import infotext_pairs as control_pairs
+from common.detail import infotext_pairs as detail_pairs
 from common.editing import INFOTEXT_KEY as EDIT_KEY
 from common.infotext import build_infotext
 from common.parameters import written
@@ -52,6 +53,8 @@ def infotext_for(
             **(infotext_pairs(RegionSettings.parse(p.regions)) if p.regions else {}),
             # The ControlNet extension's units (scripts/infotext.py), and the pictures Easel keeps for them.
             **control_pairs(p.control, _control_models(batch), min(batch.width, batch.height)),
+            # ADetailer's keys for the detail pass (common/detail.py).
+            **detail_pairs(p.detail, p.detail_strength),
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used

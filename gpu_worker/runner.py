@@ -37,6 +37,7 @@ from common.protocol import (
 from common.upscaler_detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
 from gpu_worker.controlnets import ControlNetCache, ControlNetError
+from gpu_worker.detail_pass import detail_pictures
 from gpu_worker.device_memory import in_use, memory
 from gpu_worker.families import FAMILIES
 from gpu_worker.families.base import BatchRun, Draw
@@ -162,8 +163,23 @@ class BatchRunner:
                 continue
             callback = StepCallback(self, run, draw, jobs, started, (number, len(draws)))
             images_of |= draw.split(self._draw(run, draw, callback))
+        notes = self._detail(run, jobs, images_of) if batch.parameters.detail else {}
         inference_seconds = time.perf_counter() - started
-        self._send_results(run, jobs, images_of, load_seconds, inference_seconds, source)
+        self._send_results(run, jobs, images_of, load_seconds, inference_seconds, source, notes)
+
+    def _detail(self, run: BatchRun, jobs: list[JobPart], images_of: dict[str, list[Image.Image]]) -> dict[str, str]:
+        """The detail pass on each job's pictures (gpu_worker/detail_pass.py), in place; each job's note."""
+        notes = {}
+
+        def callback_for(pass_run: BatchRun, draw: Draw) -> StepCallback:
+            return StepCallback(self, pass_run, draw, jobs, time.perf_counter(), (0, 1))
+
+        for job in jobs:
+            if job.job_id in images_of and not self.is_cancelled(job.job_id):
+                images_of[job.job_id], notes[job.job_id] = detail_pictures(
+                    self.safety, self.embeddings, callback_for, run, job, images_of[job.job_id]
+                )
+        return notes
 
     def _draw(self, run: BatchRun, draw: Draw, callback: StepCallback) -> list[Image.Image]:
         """The family draws the call's pictures; out of memory, once more a picture at a time with
@@ -203,6 +219,7 @@ class BatchRunner:
         load_seconds: float,
         inference_seconds: float,
         source: str,
+        notes: dict[str, str] | None = None,
     ) -> None:
         self._previews_sent()
         batch = run.batch
@@ -216,9 +233,11 @@ class BatchRunner:
                 self._result(image, seed, self._infotext(run, job, index, seed))
                 for index, (image, seed) in enumerate(zip(images_of[job.job_id], job.seeds, strict=True))
             )
+            said = (notes or {}).get(job.job_id, "")
             done = JobDone(
-                batch.batch_id, job.job_id, results, self.device, load_seconds, inference_seconds, source, pictures, maps
-            )
+                batch.batch_id, job.job_id, results, self.device, load_seconds, inference_seconds, source, pictures, maps,
+                (said,) if said else (),
+            )  # fmt: skip
             self.send(done)
 
     def _infotext(self, run: BatchRun, job: JobPart, index: int, seed: int) -> str:

@@ -24,6 +24,9 @@ EXPOSED = (
 )
 
 
+FACES = ("FACE_FEMALE", "FACE_MALE")  # the detector's face classes: the detail pass's default detector
+
+
 @dataclass(frozen=True)
 class Scores:
     score: float  # 0-1: the highest exposed-class confidence; 0 when none was found
@@ -37,14 +40,27 @@ class NudityScorer:
         self._detector = None
 
     def score(self, picture: Image.Image) -> Scores:
+        labels: dict[str, float] = {}
+        for found in self._detect(picture):
+            name, confidence = str(found.get("class", "")), float(found.get("score", 0.0))
+            if name in EXPOSED:
+                labels[name] = round(max(labels.get(name, 0.0), confidence), 4)
+        return Scores(max(labels.values(), default=0.0), labels)
+
+    def faces(self, picture: Image.Image, confidence: float) -> list[tuple[int, int, int, int]]:
+        """The faces the detector finds at `confidence` or more, as (left, top, right, bottom) boxes, in
+        the order it gives them (the detail pass redraws each: gpu_worker/detail_pass.py)."""
+        boxes = []
+        for found in self._detect(picture):
+            if str(found.get("class", "")) in FACES and float(found.get("score", 0.0)) >= confidence:
+                x, y, w, h = (int(v) for v in found["box"])
+                boxes.append((max(0, x), max(0, y), min(picture.width, x + w), min(picture.height, y + h)))
+        return [box for box in boxes if box[2] > box[0] and box[3] > box[1]]
+
+    def _detect(self, picture: Image.Image) -> list[dict]:
         if self._detector is None:
             from nudenet import NudeDetector  # its import pulls in OpenCV: only where pictures are checked
 
             self._detector = NudeDetector()
         bgr = np.ascontiguousarray(np.asarray(picture.convert("RGB"))[:, :, ::-1])
-        labels: dict[str, float] = {}
-        for found in self._detector.detect(bgr):
-            name, confidence = str(found.get("class", "")), float(found.get("score", 0.0))
-            if name in EXPOSED:
-                labels[name] = round(max(labels.get(name, 0.0), confidence), 4)
-        return Scores(max(labels.values(), default=0.0), labels)
+        return list(self._detector.detect(bgr))

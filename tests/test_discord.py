@@ -254,6 +254,10 @@ async def test_parameters_reroll_and_delete_buttons(env: simcord.Env) -> None:
     reroll = await bob.click(message, label="Reroll")
     new_message = reroll.response
     assert parse_infotext((await png_of(new_message)).info["parameters"])[2]["Seed"] != "7"
+    fixed = (await bob.click(message, label="Fix faces")).response  # the same seed with the detail pass
+    fixed_info = parse_infotext((await png_of(fixed)).info["parameters"])[2]
+    assert fixed_info["Seed"] == "7" and fixed_info["ADetailer model"] == "NudeNet faces"
+    assert "found no face to redraw" in fixed.embeds[0].description  # a lighthouse has none
     refused = await bob.click(message, label="Delete")
     assert refused.response.flags.ephemeral and "only the person who asked" in refused.response.content
     await alice.click(message, label="Delete")

@@ -44,6 +44,7 @@ class Job:
     inference_seconds: float | None = None
     images: tuple[ImageResult, ...] = ()
     maps: tuple[ImageResult, ...] = ()  # its ControlNet units' maps (common/control.py), checked as pictures
+    said: tuple[str, ...] = ()  # what the worker found to say of it (the detail pass found no face)
     attempts: int = 0  # times the worker running it was lost (bot/generation/remote.py)
 
     @property

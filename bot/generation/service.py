@@ -699,7 +699,7 @@ class GenerationService:
         elif isinstance(event, JobDone):
             job = self._job(event.batch_id, event.job_id)
             if job is not None:
-                job.images, job.maps, job.device = event.images, event.maps, worker.label
+                job.images, job.maps, job.said, job.device = event.images, event.maps, event.notes, worker.label
                 self.metrics.images.inc(len(event.images))
                 job.load_seconds, job.inference_seconds = event.load_seconds, event.inference_seconds
                 self._finish(job, JobState.DONE, None)

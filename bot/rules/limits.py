@@ -15,6 +15,7 @@ from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
 from common.control import PREPROCESSORS, check_unit
+from common.detail import check_target as check_detail_target
 from common.editing import edit_model
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -241,6 +242,7 @@ def validate(
     _check_inputs(p, init_png, mask_png)
     _check_edit(p, checkpoint, edit_pngs)
     p = _check_control(p, checkpoint, controlnets, control_pngs)
+    p = _check_detail(p)
     p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
     if not 0 <= p.ensd < 2**32:
@@ -299,6 +301,16 @@ def _check_control(
         if use.union_types and (union is None or union >= use.union_types):
             raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")
     return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))
+
+
+def _check_detail(p: Parameters) -> Parameters:
+    """The detail pass (common/detail.py): faces, at a denoising strength above 0 up to 1; not on an edit."""
+    target = check_detail_target(p.detail)
+    if target and not 0.0 < p.detail_strength <= 1.0:
+        raise GenerationError(f"the detail pass's denoising strength is above 0 up to 1, not {p.detail_strength:g}")
+    if target and p.edit_images:
+        raise GenerationError("an edit has no detail pass; fix the faces of its result with the Fix faces button")
+    return replace(p, detail=target)
 
 
 def check_edit_model(checkpoint: CheckpointRef, pictures: int) -> None:

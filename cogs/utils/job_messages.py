@@ -108,7 +108,7 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, sta
         hidden = plan.spoiler or plan.verdict(shown_map.nsfw_score) == "spoiler"
         files.append(discord.File(io.BytesIO(data), filename=f"{job.id}-control-{i}.{extension}", spoiler=hidden))
     embed = result_embed(job, interaction.user.display_name)
-    notes = list(job.spec.notes)
+    notes = [*job.spec.notes, *job.said]
     if maps:
         notes.append(f"The ControlNet map{'s' if len(maps) > 1 else ''} it followed: the last attachment{'s' if len(maps) > 1 else ''}.")
     if shrunk:
@@ -275,6 +275,7 @@ def result_view(job_id: str, checkpoints: list[discord.SelectOption], *, edited:
         UpscaleButton(job_id),
         VaryButton(job_id),
         VaryButton(job_id, strong=True),
+        FixFacesButton(job_id),
     )
     for item in (*buttons, ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
@@ -335,6 +336,19 @@ class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templa
             init_image=await read_attachment(picture) if picture is not None else None,
         )
         await run_plan(interaction, plan)
+
+
+class FixFacesButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:faces:" + JOB_ID):
+    """The same job, same seed, with the detail pass (common/detail.py): each face found redrawn at
+    full size and pasted back, as ADetailer does."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Fix faces", emoji="🙂", custom_id=f"easel:faces:{job_id}"))
+        self.job_id = job_id
+
+    @answers_errors
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await self.rerun(interaction, seed=same_seed, detail="faces")
 
 
 def first_picture(interaction: discord.Interaction) -> discord.Attachment | None:
@@ -535,6 +549,7 @@ class CancelButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templat
 
 BUTTONS = (
     RerollButton,
+    FixFacesButton,
     EditButton,
     UpscaleButton,
     VaryButton,
