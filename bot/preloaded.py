@@ -112,9 +112,10 @@ class Preloader:
         self._ready.wait(timeout)
         return self.ready
 
-    def start(self, argv: list[str], pipe: int) -> PreloadedProcess | None:
-        """The child forked with `pipe` as its --fd, the bot's streams and environment of now, in the
-        repository's folder; None when the preloader cannot start it (start it the usual way)."""
+    def start(self, argv: list[str], pipe: int | None, streams: tuple[int, int, int] | None = None) -> PreloadedProcess | None:
+        """The child forked with `pipe` as its --fd (None: a tool, with no pipe), the bot's streams
+        (or `streams`: stdin, stdout, stderr) and environment of now, in the repository's folder;
+        None when the preloader cannot start it (start it the usual way)."""
         with self._lock:
             if not self.ready:
                 return None
@@ -123,16 +124,17 @@ class Preloader:
             answered: tuple[threading.Event, list[PreloadedProcess]] = (threading.Event(), [])
             self._waiting[number] = answered
             # As bot/child_process.py starts one: in the repository's folder, with the bot's streams.
-            request = {"start": number, "argv": argv, "env": dict(os.environ), "cwd": str(REPO_ROOT)}
-            stdio = [fd if _open(fd) else os.open(os.devnull, os.O_RDWR) for fd in (0, 1, 2)]
+            request = {"start": number, "argv": argv, "env": dict(os.environ), "cwd": str(REPO_ROOT), "pipe": pipe is not None}
+            given = streams or (0, 1, 2)
+            stdio = [fd if _open(fd) else os.open(os.devnull, os.O_RDWR) for fd in given]
             try:
-                socket.send_fds(self._socket, [json.dumps(request).encode()], [pipe, *stdio])
+                socket.send_fds(self._socket, [json.dumps(request).encode()], [*([pipe] if pipe is not None else []), *stdio])
             except OSError as e:
                 log.warning("worker preloader unreachable (%s); children start afresh", e)
                 self.broken = True
                 return None
             finally:
-                for ours, fd in zip(stdio, (0, 1, 2), strict=True):
+                for ours, fd in zip(stdio, given, strict=True):
                     if ours != fd:
                         os.close(ours)
         event, child = answered
@@ -239,9 +241,10 @@ def warm_up() -> None:
             _preloader = Preloader()
 
 
-def start(argv: list[str], pipe: int) -> PreloadedProcess | None:
-    """`python -m gpu_worker ARGV --fd PIPE` forked by the preloader, or None: start it the usual way
-    (the preloader is off, still importing, broken, or imported under other environment variables)."""
+def start(argv: list[str], pipe: int | None, streams: tuple[int, int, int] | None = None) -> PreloadedProcess | None:
+    """`python -m gpu_worker ARGV --fd PIPE` (a tool: no pipe, its own `streams`) forked by the
+    preloader, or None: start it the usual way (the preloader is off, still importing, broken, or
+    imported under other environment variables)."""
     global _asked
     if not enabled():
         return None
@@ -253,4 +256,4 @@ def start(argv: list[str], pipe: int) -> PreloadedProcess | None:
         return None
     if _import_environment(dict(os.environ)) != preloader.environment:
         return None
-    return preloader.start(argv, pipe)
+    return preloader.start(argv, pipe, streams)

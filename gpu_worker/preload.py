@@ -87,7 +87,10 @@ def serve(fd: int) -> ChildStart | int:
             return 0
         try:
             request = json.loads(data)
-            pipe, stdio = fds[0], fds[1:4]
+            # A tool (`make-tiny-…`, `safety-check`) has no pipe to the bot: its streams are all it has.
+            pipe, stdio = (fds[0], fds[1:4]) if request.get("pipe", True) else (None, fds[0:3])
+            if len(stdio) != 3:
+                raise IndexError("three streams")
         except (ValueError, IndexError) as e:
             _send(control, {"failed": None, "error": f"bad request: {e}"})
             _close(fds)
@@ -133,7 +136,7 @@ def _preload() -> str:
     return ""
 
 
-def _become_child(request: dict, pipe: int, stdio: list[int]) -> ChildStart:
+def _become_child(request: dict, pipe: int | None, stdio: list[int]) -> ChildStart:
     """In the forked child: the bot's signals, streams, environment and folder, as a fresh process has."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -145,7 +148,7 @@ def _become_child(request: dict, pipe: int, stdio: list[int]) -> ChildStart:
     os.environ.update({str(k): str(v) for k, v in request.get("env", {}).items()})
     os.chdir(request.get("cwd", "."))
     _reseed()
-    argv = [str(a) for a in request.get("argv", [])] + ["--fd", str(pipe)]
+    argv = [str(a) for a in request.get("argv", [])] + (["--fd", str(pipe)] if pipe is not None else [])
     sys.argv = ["-m gpu_worker", *argv]
     return ChildStart(argv)
 

@@ -118,6 +118,7 @@ async def test_imagine_defers_first_then_posts_the_picture(env: simcord.Env) -> 
         f"easel:upscale:{job_id}",
         f"easel:vary:{job_id}",
         f"easel:varyx:{job_id}",
+        f"easel:faces:{job_id}",
         f"easel:params:{job_id}",
         f"easel:delete:{job_id}",
         f"easel:other:{job_id}",

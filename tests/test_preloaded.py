@@ -158,3 +158,23 @@ def test_the_preloader_goes_with_a_bot_that_dies_while_it_imports() -> None:
     finally:
         if preloaded._alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+@aio
+async def test_a_worker_tool_is_forked_and_its_output_and_errors_come_back(warm, monkeypatch, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bot.worker_tools import run_worker_tool
+    from common.errors import EaselError
+
+    forked: list[object] = []
+    start = preloaded.start
+    monkeypatch.setattr(preloaded, "start", lambda *args: forked.append(start(*args)) or forked[-1])
+    picture = tmp_path / "grey.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(picture)
+    scores = json.loads(await run_worker_tool("safety-check", str(picture)))
+    assert scores["score"] == 0.0 and isinstance(forked[-1], preloaded.PreloadedProcess)
+    assert forked[-1].returncode == 0
+    with pytest.raises(EaselError, match=r"nothing\.png"):  # its last line of errors, as a fresh process's
+        await run_worker_tool("safety-check", str(tmp_path / "nothing.png"))
+    assert isinstance(forked[-1], preloaded.PreloadedProcess) and forked[-1].returncode != 0
