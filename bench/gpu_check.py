@@ -7,8 +7,8 @@ diffusers call of the same work on the same pipeline.
     python bench/gpu_check.py --cpu --quick                    # the same logic on the tiny models in fp16 on a CPU
 
 Per family (SD1.5, SDXL, FLUX.1, SD3.5; Z-Image, Qwen-Image and FLUX.2 [klein] with --families) and path (txt2img, img2img, inpaint, hires through
-Latent/Lanczos/an ESRGAN model, a LoRA switched in, previews on, offloaded as the placement a small card
-gets): whether the pictures are finite and not black, seconds per step and peak device memory. The
+Latent/Lanczos/an ESRGAN model, a LoRA switched in, two ControlNet units and the detail pass on SD,
+previews on, offloaded as the placement a small card gets): whether the pictures are finite and not black, seconds per step and peak device memory. The
 txt2img path also runs as a bare diffusers call (same pipeline, size, steps): the ratio of Easel's
 s/it and peak memory to it. Then an out-of-memory error injected into a pipeline call (the batch is
 retried a picture at a time and must finish), and a cache filled past its budget with one more model
@@ -41,8 +41,9 @@ from PIL import Image
 
 from bench.harness import report
 from common.bundled import CONFIG_ROOT, QWEN3_TOKENIZER
+from common.control import ControlUnit
 from common.families import FAMILIES as FAMILY_ROWS
-from common.protocol import BatchFailed, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, UpscalerUse
+from common.protocol import BatchFailed, ControlNetUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, UpscalerUse
 from gpu_worker.cache import PipelineCache, pipeline_bytes
 from gpu_worker.families.flux2 import encoder_layers
 from gpu_worker.loaded import LoadedPipeline
@@ -63,7 +64,10 @@ FAMILIES = {
 # Run when --families is not given: the four the acceptance run was written for; the 2026 families
 # (Qwen-Image is 55 GB in bf16) are named with --families.
 DEFAULT_FAMILIES = ("sd1", "sdxl", "flux", "sd3")
-SD_PATHS = ("txt2img", "img2img", "inpaint", "hires Latent", "hires Lanczos", "hires ESRGAN", "LoRA", "previews", "offloaded")
+SD_PATHS = (
+    "txt2img", "img2img", "inpaint", "hires Latent", "hires Lanczos", "hires ESRGAN", "LoRA", "ControlNet", "detail",
+    "previews", "offloaded",
+)  # fmt: skip
 FLOW_PATHS = ("txt2img", "img2img", "inpaint", "hires Lanczos", "previews", "offloaded")
 FROM_PICTURE = ("img2img", "hires Lanczos")  # the paths a family without img2img (common/families.py) skips
 
@@ -186,6 +190,18 @@ def make_lora(pipeline, folder: Path, name: str) -> Path:
     return out / "pytorch_lora_weights.safetensors"
 
 
+def make_controlnet(pipeline, folder: Path, name: str) -> Path:
+    """A ControlNet copied from the pipeline's UNet (as one is trained from), in diffusers' layout."""
+    from diffusers import ControlNetModel
+    from safetensors.torch import save_file
+
+    model = ControlNetModel.from_unet(pipeline.unet)
+    out = folder / f"{name}-controlnet.safetensors"
+    save_file({k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}, str(out))
+    del model
+    return out
+
+
 def pictures_for(setup: Setup, size: int) -> tuple[bytes, bytes]:
     picture = Image.new("RGB", (size, size), (200, 60, 40))
     picture.paste((40, 160, 60), (size // 4, size // 4, size * 3 // 4, size * 3 // 4))
@@ -199,7 +215,9 @@ def pictures_for(setup: Setup, size: int) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
-def batch_for(request: LoadRequest, path: str, setup: Setup, lora: Path | None, upscaler: Path | None) -> RunBatch:
+def batch_for(
+    request: LoadRequest, path: str, setup: Setup, lora: Path | None, upscaler: Path | None, controlnet: Path | None = None
+) -> RunBatch:
     _, _, _, size, steps = FAMILIES[request.family]
     if setup.quick:
         size, steps = 64, 4
@@ -218,12 +236,20 @@ def batch_for(request: LoadRequest, path: str, setup: Setup, lora: Path | None, 
         options["loras"] = (LoraUse("check", str(lora), "c" * 64, "c" * 12, 0.8, 0.8),)
     if path == "previews":
         options["preview_every"] = 2
+    if path == "ControlNet" and controlnet is not None:  # two units, canny and tile, on the one model
+        units = (ControlUnit("a" * 64, "canny", threshold_a=100.0, threshold_b=200.0), ControlUnit("b" * 64, "tile_resample", threshold_a=1.0))
+        use = ControlNetUse(controlnet.stem, str(controlnet), "d" * 64, "d" * 8, request.family)
+        options |= {"control": units, "controlnets": (use, use), "control_pngs": (picture, picture)}
+    if path == "detail":  # the detail pass on a face the check says is there (gpu_worker/detail_pass.py)
+        options["detail"] = "faces"
     return RunBatch.of(f"check-{path}", request, (JobPart("j", "a lighthouse on a cliff at dusk", "", (1, 2)),), size, size, steps, model_name=request.name, **options)  # fmt: skip
 
 
 def run_batch(cache: PipelineCache, batch: RunBatch, device: str) -> dict[str, object]:
     events: list[object] = []
     runner = BatchRunner(device, cache, events.append, lambda job_id: False)
+    if batch.parameters.detail:  # random weights draw no face: one in the middle, as the detector would say
+        runner.safety.faces = lambda picture, confidence: [(picture.width // 4, picture.height // 4, picture.width // 2, picture.height // 2)]
     peak_reset(device)
     synchronize(device)
     started = time.perf_counter()
@@ -286,6 +312,8 @@ def check_family(family: str, setup: Setup, checkpoint: Path | None, paths: list
     cache = PipelineCache(setup.device, budget, 0, loader(setup, checkpoints), placed)
     loaded, _ = cache.get(request)
     flow = request.prediction == "flow"
+    # The ControlNet first: the LoRA maker leaves PEFT's wrappers on the UNet's layers.
+    controlnet = make_controlnet(loaded.pipeline, setup.folder, family) if not flow and "ControlNet" in paths else None
     lora = make_lora(loaded.pipeline, setup.folder, family) if not flow and "LoRA" in paths else None
     upscaler = None
     if "hires ESRGAN" in paths and not flow:
@@ -295,7 +323,7 @@ def check_family(family: str, setup: Setup, checkpoint: Path | None, paths: list
     results: dict[str, object] = {}
     takes_pictures = FAMILY_ROWS[family].from_picture
     for path in [p for p in (FLOW_PATHS if flow else SD_PATHS) if p in paths and (takes_pictures or p not in FROM_PICTURE)]:
-        batch = batch_for(request, "txt2img" if path == "offloaded" else path, setup, lora, upscaler)
+        batch = batch_for(request, "txt2img" if path == "offloaded" else path, setup, lora, upscaler, controlnet)
         if path == "offloaded":  # as on a card smaller than the model: the placement it would get
             results[path] = {}
             for placement in (OFFLOAD, FP8, GROUP) if flow else (OFFLOAD, GROUP):
