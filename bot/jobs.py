@@ -168,6 +168,8 @@ class ControlAsk:
 
     picture: bytes
     unit: ControlUnit
+
+
 MOST_EDIT_PICTURES = max(model.max_pictures for model in EDIT_MODELS.values())
 
 
@@ -607,6 +609,8 @@ class Jobs:
         }
         if strength is not None:
             changes["strength"] = strength
+        if stored.control and ref.sha256 != row["checkpoint_sha256"]:  # its units' models, for the new base
+            changes["control"] = await self._units_for(stored.control, ref.family)
         if detail is not None:
             changes["detail"] = detail
         if picture is not None:  # a Vary or an Upscale starts from the whole picture: no mask, no edit
@@ -748,6 +752,15 @@ class Jobs:
             except EaselError:
                 raise EaselError("an input picture of this edit is no longer kept here; attach it to /edit again") from None
         return tuple(pictures)
+
+    async def _units_for(self, units: tuple[ControlUnit, ...], family: str) -> tuple[ControlUnit, ...]:
+        """Units moved to another checkpoint: a model made for another base is chosen again by its
+        preprocessor's word for this one (the rules then say if none is installed)."""
+        moved = []
+        for unit in units:
+            entry = await self.controlnets.find(unit.model) if self.controlnets is not None and unit.model else None
+            moved.append(replace(unit, model="") if entry is not None and entry.base != family else unit)
+        return tuple(moved)
 
     async def _control(
         self, p: Parameters, ref: CheckpointRef, uploads: dict[str, bytes]

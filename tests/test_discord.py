@@ -1166,6 +1166,11 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert params["ControlNet 0"].startswith("Module: canny, Model: control_v11p_sd15_canny [")
         rerolled = (await alice.click(message, label="Reroll")).response  # a rerun keeps its unit and picture
         assert len(rerolled.attachments) == 2
+        other = next(c for c in custom_ids(message) if ":other:" in c)  # another base: its model chosen again
+        moved = await alice.select(message, ["tiny-xl"], custom_id=other)
+        assert "no canny ControlNet for this checkpoint is installed; put one (e.g. controlnet-canny-sdxl-1.0)" in (
+            moved.followups[0].content if moved.followups else moved.response.content
+        )
         xl = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-xl")
         assert "(e.g. controlnet-canny-sdxl-1.0)" in xl.followups[0].content  # none installed for SDXL
         named = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-xl", model="control_v11p_sd15_canny")
