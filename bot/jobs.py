@@ -30,6 +30,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
+from bot.controlnets.clip_vision import ClipVisionRegistry, with_encoder
 from bot.controlnets.registry import ControlNetRegistry
 from bot.demo import DEMO_NOTE, is_demo
 from bot.generation.aspects import rescale, size_for
@@ -270,9 +271,11 @@ class Jobs:
         styles: StyleBook | None = None,
         wildcards: WildcardLibrary | None = None,
         controlnets: ControlNetRegistry | None = None,
+        clip_vision: ClipVisionRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.controlnets = controlnets
+        self.clip_vision = clip_vision
         self.styles = styles
         self.wildcards = wildcards
         self.generation = generation
@@ -775,12 +778,26 @@ class Jobs:
             raise EaselError("ControlNet is not available here")
         uses, pictures = [], []
         for unit in p.control:
-            uses.append(await self.controlnets.for_unit(unit.model, unit.module, ref.family))
+            use = await self.controlnets.for_unit(unit.model, unit.module, ref.family)
+            if use.layout.startswith("ip-adapter"):  # the CLIP vision encoder it reads the picture with
+                use = await self._encoder_for(use)
+            uses.append(use)
             try:
                 pictures.append(uploads.get(unit.image) or await self._kept_input(unit.image))
             except EaselError:
                 raise EaselError("a ControlNet picture of this job is no longer kept here; attach it again") from None
         return tuple(uses), tuple(pictures)
+
+    async def _encoder_for(self, use: ControlNetUse) -> ControlNetUse:
+        adapter = await self.controlnets.find(use.sha256) if self.controlnets is not None else None
+        entry = await self.clip_vision.for_adapter(adapter) if self.clip_vision is not None and adapter else None
+        if entry is None:
+            kind = "hidden width" if use.layout == "ip-adapter-plus" else "image embedding of width"
+            raise EaselError(
+                f"the IP-Adapter {use.name} reads pictures with a CLIP vision encoder ({kind} {adapter.rank if adapter else '?'}: "
+                "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors for SD1.5's and the vit-h SDXL ones) in models/clip_vision; none is installed"
+            )
+        return with_encoder(use, entry)
 
     async def _seeded(self, request: GenerationRequest) -> GenerationRequest:
         """A request with wildcards gets its first seed now: each picture's prompt is drawn from its seed."""

@@ -14,6 +14,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry, vae_registry
 from bot.components.text_encoders import TextEncoderRegistry, text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.clip_vision import ClipVisionRegistry, clip_vision_registry
 from bot.controlnets.registry import ControlNetRegistry, controlnet_registry
 from bot.db import open_database
 from bot.generation.service import GenerationService
@@ -46,12 +47,13 @@ class Services:
     vaes: VaeRegistry
     text_encoders: TextEncoderRegistry
     controlnets: ControlNetRegistry
+    clip_vision: ClipVisionRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
         """The registries of files beside checkpoints (LoRAs, embeddings, upscalers, VAEs, text
         encoders, ControlNets), for the commands that take any model file."""
-        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets]
+        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets, self.clip_vision]
 
     async def close(self) -> None:
         await self.generation.close()
@@ -111,7 +113,8 @@ async def open_services(
     vaes = vae_registry(db, settings)
     text_encoders = text_encoder_registry(db, settings)
     controlnets = controlnet_registry(db, settings)
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders, controlnets])
+    clip_vision = clip_vision_registry(db, settings)
+    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders, controlnets, clip_vision])
     guild_settings = GuildSettings(
         db,
         registry,
@@ -137,6 +140,7 @@ async def open_services(
         styles=StyleBook(db),
         wildcards=settings.wildcards(),
         controlnets=controlnets,
+        clip_vision=clip_vision,
     )
     return Services(
         settings,
@@ -155,4 +159,5 @@ async def open_services(
         vaes,
         text_encoders,
         controlnets,
+        clip_vision,
     )

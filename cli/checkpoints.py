@@ -290,9 +290,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_make_tiny)
 
     p = sub.add_parser(
-        "make-tiny-component", help="write a tiny text encoder or VAE file, for the tiny Flux (clip-l, t5xxl, flux-vae) or SD3.5 (sd3-…) files"
+        "make-tiny-component",
+        help="write a tiny text encoder or VAE file, for the tiny Flux (clip-l, t5xxl, flux-vae) or SD3.5 (sd3-…) files, "
+        "or the CLIP vision encoder (clip-vision) the tiny IP-Adapters read with",
     )
-    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True)
+    p.add_argument("--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl", "clip-vision"), required=True)
     p.add_argument("--seed", type=int, default=0, help="the seed of the tiny Flux file it goes with")
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_component)

@@ -54,6 +54,10 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("tile_resample", "tile", 1.0, union=6),
         Preprocessor("blur_gaussian", "tile", 9.0, union=6),
         Preprocessor("shuffle", "shuffle"),
+        # IP-Adapter (h94's): the picture read by a CLIP vision encoder (ViT-H or ViT-bigG) from
+        # models/clip_vision, its features given to the UNet's cross-attention beside the prompt's.
+        Preprocessor("ip-adapter_clip_h", "ip-adapter"),
+        Preprocessor("ip-adapter_clip_g", "ip-adapter"),
         Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),
         Preprocessor("openpose", "openpose", needs="body_pose_model.pth"),
@@ -77,7 +81,11 @@ ALIASES = {
     "hed": "softedge_hed",
     "pidinet": "softedge_pidinet",
     "lineart": "lineart_realistic",
+    "ip-adapter_clip_sd15": "ip-adapter_clip_h",
+    "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_h",
+    "ip-adapter_clip_sdxl": "ip-adapter_clip_g",
 }
+IP_ADAPTER_MODULES = ("ip-adapter_clip_h", "ip-adapter_clip_g")
 # A hires fix's second pass with these maps is always softly injected (the extension's hook.py: fewer
 # artefacts from sharp edges enlarged).
 SOFT_IN_HIRES = ("canny", "mlsd")

@@ -161,6 +161,10 @@ class ControlNetUse:
     short_hash: str  # A1111's old 8-hex model hash, as the extension writes it after the name
     base: str  # sd1 | sd2 | sdxl
     union_types: int = 0  # a ControlNet-Union model's control types (6, or ProMax's 8); 0: a plain ControlNet
+    layout: str = ""  # original | diffusers | union | ip-adapter | ip-adapter-plus (bot/controlnets/detection.py)
+    # An IP-Adapter (h94's, the A1111 extension runs it as a ControlNet unit): the CLIP vision encoder
+    # it reads the picture with, from models/clip_vision; None for a ControlNet.
+    encoder: ComponentUse | None = None
 
 
 @dataclass(frozen=True)

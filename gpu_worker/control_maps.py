@@ -22,7 +22,7 @@ def control_map(picture: Image.Image, unit: ControlUnit, seed: int) -> Image.Ima
     rgb = np.asarray(picture.convert("RGB"))
     a, b = unit.threshold_a, unit.threshold_b
     match unit.module:
-        case "none":
+        case "none" | "ip-adapter_clip_h" | "ip-adapter_clip_g":  # a map already; an IP-Adapter reads the picture
             out = rgb
         case "invert":
             out = 255 - rgb

@@ -33,11 +33,14 @@ import torch
 from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from PIL import Image
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers.initialization import no_init_weights
 
 from common.control import PREPROCESSORS, SOFT_IN_HIRES, ControlUnit
 from common.protocol import ControlNetUse
 from gpu_worker.control_maps import control_map
 from gpu_worker.init_images import prepare_init
+from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.model_parts import PartError, load_exact
 
 RESIDENT = 3  # SD1.5's are 0.7 GB in fp16, SDXL's up to 2.5 GB
@@ -53,8 +56,8 @@ class ControlNetError(Exception):
 @dataclass
 class ActiveUnit:
     unit: ControlUnit
-    model: ControlNetModel
-    map: Image.Image  # at the job's size (the region's, for Only masked)
+    model: ControlNetModel | None  # None: an IP-Adapter's unit (its layers are in the UNet's attention)
+    map: Image.Image  # at the job's size (the region's, for Only masked); an IP-Adapter's: its picture
     pooled: bool = False  # a shuffle model: residuals averaged over the picture, the conditional half only
     union: int | None = None  # on a ControlNet-Union model: the map's control type
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # the map by pass size
@@ -81,9 +84,24 @@ class Control:
     pictures: int = 1  # pictures in the call: a model batch twice this size is CFG's, its unconditional half first
     hires: bool = False  # the hires fix's second pass
 
+    adapters: list[ActiveUnit] = field(default_factory=list)  # the IP-Adapter units, in the order they were loaded
+    ip_processors: list = field(default_factory=list)  # the UNet's IP-Adapter attention processors
+
     @property
     def maps(self) -> list[Image.Image]:
         return [active.map for active in self.units]
+
+    def pipeline_inputs(self) -> dict:
+        """What the pipeline call takes for the IP-Adapters: their pictures (it encodes them, and
+        an empty picture's for CFG's unconditional half, as diffusers does)."""
+        return {"ip_adapter_image": [active.map for active in self.adapters]} if self.adapters else {}
+
+    def set_adapter_scales(self) -> None:
+        """Each IP-Adapter's weight at this step: its own inside its share of the steps, 0 outside."""
+        fraction = self.step / self.total
+        scales = [a.unit.weight if a.unit.start <= fraction <= a.unit.end else 0.0 for a in self.adapters]
+        for processor in self.ip_processors:
+            processor.scale = scales
 
     def begin(self, pictures: int, hires: bool) -> None:
         """A pipeline call starts: its pictures, and whether it is the hires fix's pass."""
@@ -103,7 +121,7 @@ class Control:
         batch = sample.shape[0]
         for active in self.units:
             unit = active.unit
-            if fraction < unit.start or fraction > unit.end:  # the extension's guidance_stopped
+            if active.model is None or fraction < unit.start or fraction > unit.end:  # the extension's guidance_stopped
                 continue
             model = active.model
             height, width = sample.shape[-2] * self.scale_factor, sample.shape[-1] * self.scale_factor
@@ -113,7 +131,8 @@ class Control:
                 "sample": sample[:, :4].to(model.dtype),  # an inpainting checkpoint's extra channels are the UNet's alone
                 "timestep": timestep,
                 "encoder_hidden_states": kwargs["encoder_hidden_states"].to(model.dtype),
-                "added_cond_kwargs": {k: v.to(model.dtype) for k, v in added.items()} if added else None,
+                # SDXL's size and text embeddings (an IP-Adapter's image embeddings are the UNet's alone)
+                "added_cond_kwargs": {k: v.to(model.dtype) for k, v in added.items() if k in ("text_embeds", "time_ids")} if added else None,
                 "return_dict": False,
             }
             if active.union is not None:  # one map of one control type, as diffusers' Union pipeline passes it
@@ -155,6 +174,7 @@ def controlled(unet: torch.nn.Module, control: Control | None) -> Iterator[None]
         return
 
     def before(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        control.set_adapter_scales()
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         found = control.residuals(sample, timestep, kwargs)
@@ -173,22 +193,29 @@ class ControlNetCache:
     def __init__(self, size: int = RESIDENT) -> None:
         self.size = size
         self._models: OrderedDict[tuple[str, str, str], ControlNetModel] = OrderedDict()
-        self._on_device: list[ControlNetModel] = []
+        self._encoders: OrderedDict[tuple[str, str], CLIPVisionModelWithProjection] = OrderedDict()
+        self._on_device: list[torch.nn.Module] = []
+        self._adapted: LoadedPipeline | None = None  # the pipeline IP-Adapters were loaded into
 
     def prepare(
         self,
         uses: tuple[ControlNetUse, ...],
         pictures: tuple[bytes, ...],
         units: tuple[ControlUnit, ...],
-        unet: UNet2DConditionModel,
+        loaded: LoadedPipeline,
         size: tuple[int, int],
         seed: int,
-        device: str,
-        dtype: torch.dtype,
     ) -> Control:
-        """The batch's units: each model on `device` in `dtype`, each map made at the job's `size`."""
-        active = []
+        """The batch's units: each model on the pipeline's device in its dtype, each map made at the
+        job's `size`; IP-Adapters loaded into the pipeline's UNet with their encoder."""
+        unet, device, dtype = loaded.pipeline.unet, loaded.device, loaded.dtype
+        active, adapters = [], []
         for use, png, unit in zip(uses, pictures, units, strict=True):
+            if use.encoder is not None:
+                picture = prepare_init(png, size[0], size[1], "crop")
+                adapters.append((use, ActiveUnit(unit, None, picture)))
+                active.append(adapters[-1][1])
+                continue
             model = self._get(use, unet, dtype)
             model.to(device)
             self._on_device.append(model)
@@ -196,13 +223,51 @@ class ControlNetCache:
             pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
             union = PREPROCESSORS[unit.module].union if use.union_types else None
             active.append(ActiveUnit(unit, model, control_map(picture, unit, seed), pooled, union))
-        return Control(active)
+        control = Control(active)
+        if adapters:
+            control.adapters = [unit for _, unit in adapters]
+            control.ip_processors = self._adapt(loaded, [use for use, _ in adapters])
+        return control
 
     def release(self) -> None:
-        """The batch's models back to CPU RAM."""
+        """The batch's models back to CPU RAM, and its IP-Adapters out of the pipeline."""
         for model in self._on_device:
             model.to("cpu")
         self._on_device.clear()
+        if self._adapted is not None:
+            loaded, self._adapted = self._adapted, None
+            loaded.pipeline.unload_ip_adapter()
+            for pipe in (loaded.pipeline, *loaded.derived.values()):
+                pipe.register_modules(image_encoder=None, feature_extractor=None)
+
+    def _adapt(self, loaded: LoadedPipeline, uses: list[ControlNetUse]) -> list:
+        """The IP-Adapters loaded into the pipeline's UNet (diffusers' loader, from their state dicts),
+        the encoder of the first registered on it and the pipelines made from it; the UNet's
+        IP-Adapter attention processors."""
+        assert uses[0].encoder is not None
+        encoder = self._encoder(uses[0].encoder.path, uses[0].encoder.sha256, loaded.dtype)
+        encoder.to(loaded.device)
+        self._on_device.append(encoder)
+        size = encoder.config.image_size
+        for pipe in (loaded.pipeline, *loaded.derived.values()):
+            pipe.register_modules(image_encoder=encoder, feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
+        self._adapted = loaded
+        states = [read_ip_adapter(Path(use.path), use.name, loaded.dtype) for use in uses]
+        try:
+            loaded.pipeline.load_ip_adapter(states, subfolder=[""] * len(states), weight_name=[""] * len(states), image_encoder_folder=None)
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise ControlNetError(
+                f"the IP-Adapter {uses[0].name} does not fit this checkpoint ({type(e).__name__}); is it for its base model?"
+            ) from None
+        return [p for p in loaded.pipeline.unet.attn_processors.values() if isinstance(getattr(p, "scale", None), list)]
+
+    def _encoder(self, path: str, sha256: str, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
+        key = (sha256, str(dtype))
+        found = self._encoders.pop(key, None) or load_clip_vision(Path(path), dtype)
+        self._encoders[key] = found
+        while len(self._encoders) > 1:  # ViT-H is 2.5 GB in float32: one at a time
+            self._encoders.popitem(last=False)
+        return found
 
     def _get(self, use: ControlNetUse, unet: UNet2DConditionModel, dtype: torch.dtype) -> ControlNetModel:
         # The model is built for this UNet's config: the same file beside another base is another model.
@@ -238,6 +303,56 @@ def load_controlnet(path: Path, name: str, unet_config: dict, dtype: torch.dtype
         raise ControlNetError(f"{e}; is it a ControlNet for this checkpoint's base model?") from None
     except (KeyError, IndexError, ValueError, RuntimeError) as e:
         raise ControlNetError(f"the ControlNet {name} cannot be read as a ControlNet for this checkpoint ({type(e).__name__})") from None
+    return model
+
+
+def read_ip_adapter(path: Path, name: str, dtype: torch.dtype) -> dict[str, dict[str, torch.Tensor]]:
+    """h94's file as diffusers' loader takes it: {"image_proj": …, "ip_adapter": …} (a .bin holds
+    those two dicts; a .safetensors file their keys with those prefixes)."""
+    if not path.is_file():
+        raise ControlNetError(f"the IP-Adapter {name} is no longer on disk")
+    if path.suffix.lower() == ".safetensors":
+        flat = safetensors.torch.load_file(str(path))
+        state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+        for key, tensor in flat.items():
+            part, _, rest = key.partition(".")
+            if part in state:
+                state[part][rest] = tensor
+    else:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        state = {part: dict(loaded.get(part, {})) for part in ("image_proj", "ip_adapter")} if isinstance(loaded, dict) else {}
+    if not state or not state["image_proj"] or not state["ip_adapter"]:
+        raise ControlNetError(f"the IP-Adapter {name} has no image projection or attention weights")
+    return {part: {k: v.to(dtype) for k, v in tensors.items() if isinstance(v, torch.Tensor)} for part, tensors in state.items()}
+
+
+def load_clip_vision(path: Path, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
+    """A CLIP vision encoder in transformers' layout, its config from its tensors (width, depth, patch,
+    picture size, embedding); heads as the released ViT-L/H/bigG have them (64 wide at ViT-L's 1024,
+    80 at ViT-H's 1280, 104 at bigG's 1664), a width's sixteenth otherwise (the tiny test encoders)."""
+    if not path.is_file():
+        raise ControlNetError(f"the CLIP vision encoder {path.name} is no longer on disk")
+    state = {k.removeprefix("model."): v for k, v in safetensors.torch.load_file(str(path)).items()}
+    patch = state["vision_model.embeddings.patch_embedding.weight"]
+    hidden, patch_size = patch.shape[0], patch.shape[-1]
+    positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
+    layers = {int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers.")}
+    config = CLIPVisionConfig(
+        hidden_size=hidden,
+        intermediate_size=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_hidden_layers=max(layers) + 1,
+        num_attention_heads={1024: 16, 1280: 16, 1664: 16}.get(hidden, max(1, hidden // 16)),
+        patch_size=patch_size,
+        image_size=round((positions - 1) ** 0.5) * patch_size,
+        projection_dim=state["visual_projection.weight"].shape[0],
+        hidden_act="gelu",
+    )
+    with no_init_weights():  # every weight comes from the file (its position ids are a buffer it makes)
+        model = CLIPVisionModelWithProjection(config).to(dtype)
+    try:
+        load_exact(model, {k: v.to(dtype) for k, v in state.items() if not k.endswith("position_ids")}, f"the CLIP vision encoder {path.name}")
+    except PartError as e:
+        raise ControlNetError(str(e)) from None
     return model
 
 

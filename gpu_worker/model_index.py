@@ -103,7 +103,13 @@ class ModelIndex:
             load=load,
             loras=tuple(local(u, u.sha256, f"LoRA {u.name}") for u in batch.loras),
             embeddings=tuple(local(u, u.sha256, f"embedding {u.name}") for u in batch.embeddings),
-            controlnets=tuple(local(u, u.sha256, f"ControlNet {u.name}") for u in batch.controlnets),
+            controlnets=tuple(
+                dataclasses.replace(  # type: ignore[type-var]
+                    local(u, u.sha256, f"ControlNet {u.name}"),
+                    encoder=local(u.encoder, u.encoder.sha256, f"CLIP vision {u.encoder.name}") if u.encoder else None,
+                )
+                for u in batch.controlnets
+            ),
             vae=local(batch.vae, batch.vae.sha256, f"VAE {batch.vae.name}") if batch.vae else None,
             hires_model=local(batch.hires_model, batch.hires_model.sha256, f"upscaler {batch.hires_model.name}")
             if batch.hires_model

@@ -147,11 +147,9 @@ class BatchRunner:
                 batch.controlnets,
                 batch.control_pngs,
                 batch.parameters.control,
-                loaded.pipeline.unet,
+                loaded,
                 (batch.width, batch.height),
                 batch.parameters.seed,
-                loaded.device,
-                loaded.dtype,
             )
         family.prepare(run, self.embeddings)
         draws = family.draws(run, jobs)

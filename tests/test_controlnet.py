@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from bot.checkpoints.inspection import inspect_file
 from common.control import ControlUnit
-from common.protocol import BatchFailed, ControlNetUse, JobDone, JobPart, LoadRequest, RunBatch
+from common.protocol import BatchFailed, ComponentUse, ControlNetUse, JobDone, JobPart, LoadRequest, RunBatch
 from gpu_worker.control_maps import control_map
 from gpu_worker.testing.tiny import make_tiny_checkpoint
 from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
@@ -183,19 +183,34 @@ def test_the_command_line_registers_draws_and_makes_it_again(cli, models: Path, 
     wrong = cli("make-tiny-controlnet", "--base", "sd1", str(folder / "x.ckpt"))
     assert wrong.code != 0 and "ends in .safetensors or .pth" in wrong.err
     make_tiny_controlnet("sdxl", folder / "controlnet-tiny-sdxl.safetensors")
+    adapter = cli("make-tiny-ip-adapter", "--base", "sd1", str(models / "ipadapter" / "ip-adapter_tiny_sd15.safetensors"))
+    assert adapter.code == 0 and "tiny sd1 IP-Adapter" in adapter.out
     assert cli("checkpoints", "scan").code == 0
+    square_first = tmp_path / "square.png"
+    picture().save(square_first)
+    base_args = ("generate", "--checkpoint", "tiny", "--prompt", "a box", "--size", "64x64", "--steps", "3", "--seed", "2")
+    unencoded = cli(*base_args, "--control", f"{square_first}:ip-adapter_clip_h", "--out", str(tmp_path / "refused"))
+    assert unencoded.code != 0 and "reads pictures with a CLIP vision encoder" in unencoded.err  # none installed yet
+    encoder = cli("make-tiny-component", "--kind", "clip-vision", str(models / "clip_vision" / "clip_vision_tiny.safetensors"))
+    assert encoder.code == 0 and cli("checkpoints", "scan").code == 0
+    assert "CLIP vision (width 32, embedding 16)" in cli("clip-vision", "list").out
     listed = cli("controlnets", "list").out
     assert "control_v11p_sd15_canny" in listed and "ControlNet (SD1.x)" in listed and "ControlNet (SDXL)" in listed
+    assert "IP-Adapter (SD1.x)" in listed
     assert "tiny" in cli("checkpoints", "list").out and "control_v11p" not in cli("checkpoints", "list").out
     info = cli("controlnets", "info", "control_v11p_sd15_canny").out
     assert "original layout" in info and "pickle" in info
     picture().save(tmp_path / "square.png")
     square = str(tmp_path / "square.png")
     base = ("generate", "--checkpoint", "tiny", "--prompt", "a box", "--size", "64x64", "--steps", "3", "--seed", "2")
-    drawn = cli(*base, "--control", f"{square}:canny:0.8", "--control-end", "0.5", "--out", str(tmp_path / "out"))
+    drawn = cli(
+        *base, "--control", f"{square}:canny:0.8", "--control", f"{square}:ip-adapter_clip_h", "--control-end", "0.5",
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
     assert drawn.code == 0, drawn.err
     assert "ControlNet 0: canny map for control_v11p_sd15_canny [" in drawn.out
-    [result] = [p for p in (tmp_path / "out").iterdir() if "-control-" not in p.name]
+    assert "ControlNet 1: ip-adapter_clip_h map for ip-adapter_tiny_sd15 [" in drawn.out
+    [result] = [p for p in (tmp_path / "out").iterdir() if "-control-" not in p.name]  # and its two maps
     params = Image.open(result).info["parameters"]
     assert "Weight: 0.8" in params and "Guidance End: 0.5" in params and "Control images: " in params
     again = cli("generate", "--from-picture", str(result), "--out", str(tmp_path / "again"))  # "Make this here"
@@ -267,3 +282,28 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path) -> No
     flux = replace(xl, family="flux", architecture="FLUX.1 dev")
     with pytest.raises(EaselError, match=r"ControlNet runs on SD1, SD2 and SDXL checkpoints, not FLUX\.1 dev"):
         validate(request, flux, Limits())
+
+
+def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files, runner_and_events, tmp_path: Path) -> None:
+    """h94's layout through diffusers' loader: weight 0 draws the picture no unit draws, bit for bit;
+    1 another; acting for half the steps a third; and after the batch the UNet is the checkpoint's
+    again (the adapter unloaded: the next plain job draws the plain picture)."""
+    from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision, make_tiny_ip_adapter
+
+    adapter = make_tiny_ip_adapter("sd1", tmp_path / "ip-adapter_tiny_sd15.safetensors")
+    encoder = make_tiny_clip_vision(tmp_path / "clip_vision_tiny.safetensors")
+    model = replace(
+        use(adapter, "sd1"), layout="ip-adapter", encoder=ComponentUse("clip_vision", encoder.name, str(encoder), "e" * 64)
+    )
+    checkpoint = load(files["sd1"], "sd1")
+    plain = pixels(draw(runner_and_events, checkpoint))
+    reference = unit(module="ip-adapter_clip_h", threshold_a=None, threshold_b=None)
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint, [replace(reference, weight=0.0)], [model])), plain)
+    full = draw(runner_and_events, checkpoint, [reference], [model])
+    assert np.abs(pixels(full) - plain).mean() > 1
+    assert 'ControlNet 0: "Module: ip-adapter_clip_h, Model: ip-adapter_tiny_sd15 [' in full.images[0].infotext
+    half = pixels(draw(runner_and_events, checkpoint, [replace(reference, end=0.5)], [model]))
+    assert not np.array_equal(half, pixels(full)) and not np.array_equal(half, plain)
+    with_canny = draw(runner_and_events, checkpoint, [reference, unit()], [model, use(files["cn-sd1"], "sd1")])
+    assert len(with_canny.maps) == 2  # an IP-Adapter beside a ControlNet
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint)), plain)  # unloaded after each batch

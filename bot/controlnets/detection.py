@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-CONTROLNET_FOLDERS = ("ControlNet",)
+# A1111's extension keeps ControlNets and IP-Adapters in models/ControlNet; ComfyUI its ControlNets in
+# models/controlnet and IP-Adapters in models/ipadapter.
+CONTROLNET_FOLDERS = ("ControlNet", "ipadapter")
 _PREFIX = "control_model."
 
 
@@ -27,6 +29,9 @@ class ControlNetKind:
     loadable: bool = True
     reason: str = ""
     union_types: int = 0  # a Union model's control types (its task embedding's rows)
+    # An IP-Adapter: the CLIP vision encoder's width it reads — its image embedding's (the plain
+    # adapter) or its hidden states' (Plus) — which picks the encoder from models/clip_vision.
+    clip_width: int = 0
 
 
 # Files that sit in the same folder and are not plain ControlNets: (a tensor name part, what it is).
@@ -38,7 +43,8 @@ _OTHER_KINDS = (
     ("pos_embed_input", "an SD3 ControlNet"),
     ("adapter.body", "a T2I-Adapter"),
     ("body.0.resnets", "a T2I-Adapter"),
-    ("image_proj", "an IP-Adapter"),
+    ("to_k_lora", "an IP-Adapter FaceID (it needs InsightFace)"),
+    ("perceiver_resampler", "an IP-Adapter FaceID (it needs InsightFace)"),
 )
 _BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 
@@ -48,6 +54,8 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
     for part, what in _OTHER_KINDS:
         if any(part in name for name in names):
             return ControlNetKind("other", "", what.split(" ", 1)[1], False, f"{what}: Easel runs plain SD1/SD2/SDXL ControlNets")
+    if any(name.startswith("image_proj.") for name in names) and any(name.startswith("ip_adapter.") for name in names):
+        return _ip_adapter(names)
     if "input_hint_block.0.weight" in names and "zero_convs.0.0.weight" in names:
         layout = "original"
     elif "controlnet_cond_embedding.conv_in.weight" in names and "controlnet_down_blocks.0.weight" in names:
@@ -63,3 +71,18 @@ def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
         types = names["task_embedding"][0]
         return ControlNetKind(layout, base, f"ControlNet-Union{' ProMax' if types >= 8 else ''} ({_BASE_LABELS[base]})", union_types=types)
     return ControlNetKind(layout, base, f"ControlNet ({_BASE_LABELS[base]})")
+
+
+def _ip_adapter(names: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
+    """h94's IP-Adapter files: the plain one (a linear projection of the image embedding) or Plus (a
+    resampler over the encoder's hidden states); the base by the cross-attention width it adds to."""
+    keys = [name for name in names if name.endswith(".to_k_ip.weight")]
+    if not keys:
+        raise ControlNetFileError("an IP-Adapter without its attention weights")
+    width = names[keys[0]][1]
+    base = {1024: "sd2", 2048: "sdxl"}.get(width, "sd1")
+    if "image_proj.proj.weight" in names and len(names["image_proj.proj.weight"]) == 2:
+        return ControlNetKind("ip-adapter", base, f"IP-Adapter ({_BASE_LABELS[base]})", clip_width=names["image_proj.proj.weight"][1])
+    if "image_proj.proj_in.weight" in names:
+        return ControlNetKind("ip-adapter-plus", base, f"IP-Adapter Plus ({_BASE_LABELS[base]})", clip_width=names["image_proj.proj_in.weight"][1])
+    return ControlNetKind("other", base, "IP-Adapter", False, "an IP-Adapter of a kind Easel does not read (Full Face, FaceID)")

@@ -37,7 +37,7 @@ def examine_controlnet(path: Path) -> FileKind:
         kind.label,
         kind.loadable,
         kind.reason,
-        kind.union_types or None,
+        kind.union_types or kind.clip_width or None,  # a Union model's types, an IP-Adapter's encoder width
         metadata,
         "pickle" if pickled else "safetensors",
     )
@@ -93,8 +93,9 @@ class ControlNetRegistry(NetworkRegistry):
 
 
 def use_of(entry: NetworkEntry) -> ControlNetUse:
+    """The model as a batch names it; an IP-Adapter's encoder is chosen by the job rules' caller (bot/jobs.py)."""
     types = entry.rank or 0 if entry.layout == "union" else 0
-    return ControlNetUse(entry.name, str(entry.path), entry.sha256, entry.short_hash, entry.base, types)
+    return ControlNetUse(entry.name, str(entry.path), entry.sha256, entry.short_hash, entry.base, types, entry.layout)
 
 
 def controlnet_registry(db: aiosqlite.Connection, settings: Settings) -> ControlNetRegistry:

@@ -76,6 +76,7 @@ def files_needed(spec: ValidRequest) -> list[tuple[str, str]]:
     if spec.hires_model:
         needed.append((f"upscaler {spec.hires_model.name}", spec.hires_model.sha256))
     needed += [(f"ControlNet {u.name}", u.sha256) for u in spec.controlnets]
+    needed += [(f"CLIP vision {u.encoder.name}", u.encoder.sha256) for u in spec.controlnets if u.encoder]
     return needed
 
 

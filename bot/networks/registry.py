@@ -89,7 +89,7 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
-        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet"):
+        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet", "clip_vision"):
             return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
@@ -173,7 +173,8 @@ def extra_network_folders(models_root: Path) -> list[Path]:
     leaves them to their registries."""
     return network_folders(
         models_root,
-        LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS + CONTROLNET_FOLDERS,
+        LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS + CONTROLNET_FOLDERS
+        + ("clip_vision",),
     )
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
+from common.control import IP_ADAPTER_MODULES, PREPROCESSORS, check_unit
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
-from common.control import PREPROCESSORS, check_unit
 from common.detail import check_target as check_detail_target
 from common.editing import edit_model
 from common.errors import EaselError
@@ -297,6 +297,14 @@ def _check_control(
     for unit, use in zip(units, controlnets, strict=True):
         if use.base != checkpoint.family:
             raise GenerationError(f"the ControlNet {use.name} is for {use.base.upper()} checkpoints, not {checkpoint.architecture}")
+        adapter, reads_picture = use.layout.startswith("ip-adapter"), unit.module in IP_ADAPTER_MODULES
+        if adapter != reads_picture:
+            raise GenerationError(
+                f"the {'IP-Adapter' if adapter else 'ControlNet'} {use.name} takes "
+                + ("an ip-adapter_clip_h or ip-adapter_clip_g preprocessor" if adapter else f"a map, not the {unit.module} preprocessor")
+            )
+        if adapter and use.encoder is None:
+            raise GenerationError(f"the IP-Adapter {use.name} needs its CLIP vision encoder from models/clip_vision")
         union = PREPROCESSORS[unit.module].union
         if use.union_types and (union is None or union >= use.union_types):
             raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")

@@ -224,6 +224,7 @@ def _call(run: BatchRun, pipe: DiffusionPipeline, draw: Draw, callback: StepCall
     return pipe(
         **run.conditioning.inputs(0),
         **inputs,
+        **(run.control.pipeline_inputs() if run.control is not None else {}),
         num_inference_steps=steps,
         guidance_scale=batch.parameters.cfg,
         **({"guidance_rescale": batch.parameters.cfg_rescale} if batch.parameters.cfg_rescale else {}),

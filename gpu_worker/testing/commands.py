@@ -27,7 +27,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("out")
     p = sub.add_parser("make-tiny-component")
     p.add_argument(
-        "--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl"), required=True
+        "--kind", choices=("clip-l", "t5xxl", "flux-vae", "sd3-clip-l", "sd3-clip-g", "sd3-t5xxl", "clip-vision"), required=True
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
@@ -49,6 +49,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--layout", choices=("original", "diffusers", "union"), default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-ip-adapter")
+    p.add_argument("--base", choices=("sd1", "sdxl"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -61,6 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "make-tiny-embedding": _make_tiny_network,
         "make-tiny-vae": _make_tiny_vae,
         "make-tiny-controlnet": _make_tiny_controlnet,
+        "make-tiny-ip-adapter": _make_tiny_ip_adapter,
         "make-tiny-upscaler": _make_tiny_upscaler,
     }
 
@@ -122,6 +127,21 @@ def _make_tiny_controlnet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _make_tiny_ip_adapter(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_controlnet import make_tiny_ip_adapter
+
+    if not args.out.lower().endswith(".safetensors"):
+        print(f"error: {args.out}: an IP-Adapter file here ends in .safetensors", file=sys.stderr)
+        return 1
+    try:
+        out = make_tiny_ip_adapter(args.base, Path(args.out), args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (tiny {args.base} IP-Adapter for the tiny clip-vision encoder, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _make_tiny_transformer(args: argparse.Namespace) -> int:
     """`--arch flux[-schnell][-transformer]`: all-in-one or transformer only; `--arch sd35…`: SAI's
     shape or all-in-one; or one component for them."""
@@ -131,7 +151,11 @@ def _make_tiny_transformer(args: argparse.Namespace) -> int:
 
     parts: list[Path] = []
     try:
-        if args.command == "make-tiny-component":
+        if args.command == "make-tiny-component" and args.kind == "clip-vision":  # IP-Adapters' encoder
+            from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision
+
+            out, kind = make_tiny_clip_vision(Path(args.out), args.seed), args.kind
+        elif args.command == "make-tiny-component":
             out, kind = make_tiny_component(args.kind, Path(args.out), args.seed), args.kind
         elif args.inpainting:
             raise ValueError("there are no Flux or SD3 inpainting checkpoints to imitate")

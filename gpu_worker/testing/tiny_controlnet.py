@@ -61,3 +61,56 @@ def make_tiny_controlnet(base: str, out: Path, seed: int = 0, layout: str = "") 
         temp.replace(out)
         return out
     return save_atomically(state, out, {"format": "pt"}, temp_path(out))
+
+
+# A tiny CLIP vision encoder in transformers' layout (ComfyUI's models/clip_vision files): 32 wide,
+# two layers, 32 px pictures in 8 px patches, a 16-wide image embedding.
+TINY_CLIP_VISION = {
+    "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "image_size": 32, "patch_size": 8, "projection_dim": 16, "hidden_act": "gelu",
+}  # fmt: skip
+
+
+def make_tiny_clip_vision(out: Path, seed: int = 0) -> Path:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP_VISION)).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_atomically(state, out, {"format": "pt"}, temp_path(out))
+
+
+def make_tiny_ip_adapter(base: str, out: Path, seed: int = 0, tokens: int = 4) -> Path:
+    """h94's plain IP-Adapter layout for the tiny `base` checkpoint and the tiny encoder: the image
+    embedding projected to `tokens` cross-attention tokens, and a key and value projection of them
+    for every cross-attention layer of the UNet, numbered as h94's files number them (1, 3, 5, …)."""
+    unet = tiny_components(base, seed)["unet"]
+    cross = unet.config.cross_attention_dim
+    generator = torch.Generator().manual_seed(seed + 2)
+
+    def random(*shape: int, scale: float = 0.5) -> torch.Tensor:
+        return torch.randn(shape, generator=generator) * scale
+
+    state = {
+        "image_proj.proj.weight": random(cross * tokens, TINY_CLIP_VISION["projection_dim"]),
+        "image_proj.proj.bias": random(cross * tokens, scale=0.1),
+        "image_proj.norm.weight": torch.ones(cross),
+        "image_proj.norm.bias": torch.zeros(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        block = name.split(".")[0]
+        if block == "mid_block":
+            hidden = unet.config.block_out_channels[-1]
+        elif block == "up_blocks":
+            hidden = list(reversed(unet.config.block_out_channels))[int(name.split(".")[1])]
+        else:
+            hidden = unet.config.block_out_channels[int(name.split(".")[1])]
+        state[f"ip_adapter.{key_id}.to_k_ip.weight"] = random(hidden, cross)
+        state[f"ip_adapter.{key_id}.to_v_ip.weight"] = random(hidden, cross)
+        key_id += 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return save_atomically(state, out, {"format": "pt"}, temp_path(out))

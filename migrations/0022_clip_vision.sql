@@ -1,0 +1,29 @@
+-- CLIP vision encoders (ComfyUI's models/clip_vision) that IP-Adapters read pictures with.
+CREATE TABLE clip_vision (
+    id                 INTEGER PRIMARY KEY,
+    name               TEXT    NOT NULL UNIQUE COLLATE NOCASE,  -- the file stem
+    alias              TEXT    NOT NULL DEFAULT '',             -- unused
+    display_name       TEXT    NOT NULL,
+    path               TEXT    NOT NULL UNIQUE,                 -- resolved absolute path
+    relative_path      TEXT    NOT NULL,                        -- relative to its folder
+    sha256             TEXT    NOT NULL UNIQUE,
+    short_hash         TEXT    NOT NULL,                        -- sha256[:10]
+    format             TEXT    NOT NULL,                        -- safetensors
+    kind               TEXT    NOT NULL,                        -- clip_vision
+    layout             TEXT    NOT NULL,                        -- hf (transformers' layout)
+    base               TEXT    NOT NULL DEFAULT '',             -- its hidden width (1280 ViT-H, 1664 ViT-bigG)
+    decided_by         TEXT    NOT NULL DEFAULT '',             -- its label (bot/controlnets/clip_vision.py)
+    loadable           INTEGER NOT NULL,
+    reason             TEXT    NOT NULL DEFAULT '',
+    rank               INTEGER,                                 -- its image embedding's width (1024 ViT-H, 1280 ViT-bigG)
+    trigger_words_json TEXT    NOT NULL DEFAULT '[]',
+    description        TEXT    NOT NULL DEFAULT '',
+    nsfw               INTEGER NOT NULL DEFAULT 0,
+    preview_path       TEXT,
+    metadata_json      TEXT    NOT NULL DEFAULT '{}',
+    file_size          INTEGER NOT NULL,
+    mtime_ns           INTEGER NOT NULL,
+    status             TEXT    NOT NULL DEFAULT 'present' CHECK (status IN ('present', 'missing')),
+    added_at           REAL    NOT NULL,
+    updated_at         REAL    NOT NULL
+);
