@@ -307,3 +307,16 @@ def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files
     with_canny = draw(runner_and_events, checkpoint, [reference, unit()], [model, use(files["cn-sd1"], "sd1")])
     assert len(with_canny.maps) == 2  # an IP-Adapter beside a ControlNet
     assert np.array_equal(pixels(draw(runner_and_events, checkpoint)), plain)  # unloaded after each batch
+    # h94's .bin: the two parts as nested dicts in a pickle, vetted by the allow-list reader
+    import torch
+    from safetensors.torch import load_file
+
+    from bot.controlnets.registry import examine_controlnet
+
+    flat = load_file(str(adapter))
+    nested = {part: {k.split(".", 1)[1]: v for k, v in flat.items() if k.startswith(part + ".")} for part in ("image_proj", "ip_adapter")}
+    torch.save(nested, tmp_path / "ip-adapter_tiny_sd15.bin")
+    found = examine_controlnet(tmp_path / "ip-adapter_tiny_sd15.bin")
+    assert (found.layout, found.base, found.format) == ("ip-adapter", "sd1", "pickle")
+    pickled = replace(model, path=str(tmp_path / "ip-adapter_tiny_sd15.bin"), sha256="9" * 64)
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint, [reference], [pickled])), pixels(full))

@@ -219,6 +219,8 @@ def _find_state_dict(root: object) -> tuple[dict, dict[str, object]]:
     state = dict(state_dict_of(state))  # an upscaler saved by BasicSR / Real-ESRGAN
     if isinstance(state.get("string_to_param"), dict):  # an A1111 textual-inversion embedding
         state = {f"string_to_param.{k}": v for k, v in state["string_to_param"].items()}
+    if isinstance(state.get("image_proj"), dict) and isinstance(state.get("ip_adapter"), dict):  # h94's IP-Adapter .bin
+        state = {f"{part}.{k}": v for part in ("image_proj", "ip_adapter") for k, v in state[part].items()}
     extras = {
         str(k): v
         for k, v in root.items()

@@ -48,7 +48,7 @@ class ControlNetRegistry(NetworkRegistry):
     family = "controlnet"
     table = "controlnets"
     folder_names = CONTROLNET_FOLDERS
-    suffixes = (".safetensors", ".pth", ".pt", ".ckpt")
+    suffixes = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")  # .bin: h94's IP-Adapters
     list_command = "controlnets list"
 
     def examine_file(self, path: Path) -> FileKind:
