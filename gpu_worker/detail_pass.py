@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from common.detail import CONFIDENCE, DILATE, MASK_BLUR, PADDING
 from common.protocol import JobPart
 from gpu_worker.families import FAMILIES
-from gpu_worker.families.base import BatchRun, Draw, StepCallback
+from gpu_worker.families.base import BatchRun, Draw
 from gpu_worker.previews import png_bytes
 
 if TYPE_CHECKING:
@@ -26,14 +26,15 @@ if TYPE_CHECKING:
     from gpu_worker.textual_inversion import EmbeddingCache
 
 Box = tuple[int, int, int, int]
-CallbackFor = Callable[[BatchRun, Draw], StepCallback]  # the runner's step callback for a pass
+# The runner's way of drawing a pass: its step callback, and its retry after running out of memory.
+DrawPass = Callable[[BatchRun, Draw], list[Image.Image]]
 NO_FACE = "The detail pass found no face to redraw: the picture is as drawn."
 
 
 def detail_pictures(
     detector: NudityScorer,
     embeddings: EmbeddingCache,
-    callback_for: CallbackFor,
+    draw_pass: DrawPass,
     run: BatchRun,
     job: JobPart,
     pictures: list[Image.Image],
@@ -43,7 +44,7 @@ def detail_pictures(
     for index, (picture, seed) in enumerate(zip(pictures, job.seeds, strict=True)):
         for box in detector.faces(picture, CONFIDENCE):
             found += 1
-            picture = redraw(embeddings, callback_for, run, job, index, seed, picture, box)
+            picture = redraw(embeddings, draw_pass, run, job, index, seed, picture, box)
         out.append(picture)
     return out, "" if found else NO_FACE
 
@@ -61,7 +62,7 @@ def face_mask(size: tuple[int, int], box: Box) -> Image.Image:
 
 def redraw(
     embeddings: EmbeddingCache,
-    callback_for: CallbackFor,
+    draw_pass: DrawPass,
     run: BatchRun,
     job: JobPart,
     index: int,
@@ -109,5 +110,5 @@ def redraw(
     pass_run = BatchRun(one, run.loaded, run.upscalers, run.loaded.pipeline)
     family.prepare(pass_run, embeddings)
     [draw] = family.draws(pass_run, list(one.jobs))
-    [image] = family.draw(pass_run, draw, callback_for(pass_run, draw))
+    [image] = draw_pass(pass_run, draw)
     return image

@@ -169,13 +169,13 @@ class BatchRunner:
         """The detail pass on each job's pictures (gpu_worker/detail_pass.py), in place; each job's note."""
         notes = {}
 
-        def callback_for(pass_run: BatchRun, draw: Draw) -> StepCallback:
-            return StepCallback(self, pass_run, draw, jobs, time.perf_counter(), (0, 1))
+        def draw_pass(pass_run: BatchRun, draw: Draw) -> list[Image.Image]:  # as every draw: retried on out of memory
+            return self._draw(pass_run, draw, StepCallback(self, pass_run, draw, jobs, time.perf_counter(), (0, 1)))
 
         for job in jobs:
             if job.job_id in images_of and not self.is_cancelled(job.job_id):
                 images_of[job.job_id], notes[job.job_id] = detail_pictures(
-                    self.safety, self.embeddings, callback_for, run, job, images_of[job.job_id]
+                    self.safety, self.embeddings, draw_pass, run, job, images_of[job.job_id]
                 )
         return notes
 

@@ -96,3 +96,27 @@ def test_the_command_line_asks_for_it_by_name(cli, add_tiny, tmp_path: Path) -> 
     assert refused.code != 0 and "hands need a hand detector" in refused.err and not (tmp_path / "out").exists()
     strong = cli("generate", "--checkpoint", "tiny", "--prompt", "a face", "--detail", "faces", "--detail-strength", "0", "--out", str(tmp_path / "out"))
     assert strong.code != 0 and "denoising strength is above 0 up to 1, not 0" in strong.err
+
+
+def test_a_detail_pass_that_runs_out_of_memory_is_drawn_again(runner_and_events, tiny_dir: Path, monkeypatch) -> None:
+    """As every pass of a job: the runner retries it with its memory savers on."""
+    import torch
+
+    from gpu_worker.families import FAMILIES
+
+    path = tiny_dir / "tiny-sd1.safetensors"
+    load = LoadRequest(str(path), "tiny", "sd1", "sd1", "safetensors", inspect_file(path).pipeline_config, "epsilon", "cd" * 32)
+    runner, _ = runner_and_events
+    monkeypatch.setattr(runner.safety, "faces", lambda picture, confidence: [FACE])
+    family, failed = FAMILIES["sd1"], []
+    real = family.draw
+
+    def once(run, draw, callback):
+        if run.batch.batch_id.endswith("-detail") and not failed:
+            failed.append(run.batch.batch_id)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(run, draw, callback)
+
+    monkeypatch.setattr(family, "draw", once)
+    retried = draw(runner_and_events, load, detail="faces")
+    assert failed == ["b-detail"] and len(retried.images) == 2
