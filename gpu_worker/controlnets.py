@@ -333,11 +333,25 @@ def load_clip_vision(path: Path, dtype: torch.dtype) -> CLIPVisionModelWithProje
     if not path.is_file():
         raise ControlNetError(f"the CLIP vision encoder {path.name} is no longer on disk")
     state = {k.removeprefix("model."): v for k, v in safetensors.torch.load_file(str(path)).items()}
+    try:
+        config = _clip_vision_config(state)
+    except (KeyError, IndexError, ValueError):
+        raise ControlNetError(f"the CLIP vision encoder {path.name} is not one in transformers' layout") from None
+    with no_init_weights():  # every weight comes from the file (its position ids are a buffer it makes)
+        model = CLIPVisionModelWithProjection(config).to(dtype)
+    try:
+        load_exact(model, {k: v.to(dtype) for k, v in state.items() if not k.endswith("position_ids")}, f"the CLIP vision encoder {path.name}")
+    except PartError as e:
+        raise ControlNetError(str(e)) from None
+    return model
+
+
+def _clip_vision_config(state: dict[str, torch.Tensor]) -> CLIPVisionConfig:
     patch = state["vision_model.embeddings.patch_embedding.weight"]
     hidden, patch_size = patch.shape[0], patch.shape[-1]
     positions = state["vision_model.embeddings.position_embedding.weight"].shape[0]
     layers = {int(k.split(".")[3]) for k in state if k.startswith("vision_model.encoder.layers.")}
-    config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=hidden,
         intermediate_size=state["vision_model.encoder.layers.0.mlp.fc1.weight"].shape[0],
         num_hidden_layers=max(layers) + 1,
@@ -347,13 +361,6 @@ def load_clip_vision(path: Path, dtype: torch.dtype) -> CLIPVisionModelWithProje
         projection_dim=state["visual_projection.weight"].shape[0],
         hidden_act="gelu",
     )
-    with no_init_weights():  # every weight comes from the file (its position ids are a buffer it makes)
-        model = CLIPVisionModelWithProjection(config).to(dtype)
-    try:
-        load_exact(model, {k: v.to(dtype) for k, v in state.items() if not k.endswith("position_ids")}, f"the CLIP vision encoder {path.name}")
-    except PartError as e:
-        raise ControlNetError(str(e)) from None
-    return model
 
 
 def _added_embedding(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

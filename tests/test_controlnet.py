@@ -320,3 +320,16 @@ def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files
     assert (found.layout, found.base, found.format) == ("ip-adapter", "sd1", "pickle")
     pickled = replace(model, path=str(tmp_path / "ip-adapter_tiny_sd15.bin"), sha256="9" * 64)
     assert np.array_equal(pixels(draw(runner_and_events, checkpoint, [reference], [pickled])), pixels(full))
+    # An encoder file missing its layers' tensors: one line, and the next job draws as ever.
+    from safetensors.torch import save_file
+
+    broken = {k: v for k, v in load_file(str(encoder)).items() if ".mlp." not in k}
+    save_file(broken, str(tmp_path / "clip_vision_broken.safetensors"))
+    bad = replace(model, encoder=ComponentUse("clip_vision", "clip_vision_broken.safetensors", str(tmp_path / "clip_vision_broken.safetensors"), "8" * 64))
+    runner, events = runner_and_events
+    events.clear()
+    runner.run(RunBatch.of("b", checkpoint, (JobPart("j", "a box", "", (3,)),), SIZE, SIZE, 2, 5.0, "Euler", "Automatic",
+                           control=(reference,), controlnets=(bad,), control_pngs=(png(picture()),)))  # fmt: skip
+    [failed] = [e for e in events if isinstance(e, BatchFailed)]
+    assert "clip_vision_broken.safetensors is not one in transformers' layout" in failed.message
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint)), plain)
