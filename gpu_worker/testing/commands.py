@@ -100,16 +100,21 @@ def _plain_out(args: argparse.Namespace) -> Path:
     return out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.safetensors")
 
 
-def _make_tiny_vae(args: argparse.Namespace) -> int:
-    from gpu_worker.testing.tiny import make_tiny_vae
-
+def _written(make: Callable[[], Path], what: str) -> int:
+    """One file made: "wrote OUT (WHAT, SIZE)", or its one-line error."""
     try:
-        out = make_tiny_vae(args.base, Path(args.out), args.seed)
+        out = make()
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {out} (tiny {args.base} VAE, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
+    print(f"wrote {out} ({what}, {out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _make_tiny_vae(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny import make_tiny_vae
+
+    return _written(lambda: make_tiny_vae(args.base, Path(args.out), args.seed), f"tiny {args.base} VAE, seed {args.seed}")
 
 
 def _make_tiny_controlnet(args: argparse.Namespace) -> int:
@@ -118,13 +123,8 @@ def _make_tiny_controlnet(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".safetensors", ".pth")):
         print(f"error: {args.out}: a ControlNet file ends in .safetensors or .pth", file=sys.stderr)
         return 1
-    try:
-        out = make_tiny_controlnet(args.base, Path(args.out), args.seed, args.layout)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (tiny {args.base} ControlNet, {args.layout or 'default'} layout, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    what = f"tiny {args.base} ControlNet, {args.layout or 'default'} layout, seed {args.seed}"
+    return _written(lambda: make_tiny_controlnet(args.base, Path(args.out), args.seed, args.layout), what)
 
 
 def _make_tiny_ip_adapter(args: argparse.Namespace) -> int:
@@ -133,13 +133,8 @@ def _make_tiny_ip_adapter(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".safetensors"):
         print(f"error: {args.out}: an IP-Adapter file here ends in .safetensors", file=sys.stderr)
         return 1
-    try:
-        out = make_tiny_ip_adapter(args.base, Path(args.out), args.seed)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {out} (tiny {args.base} IP-Adapter for the tiny clip-vision encoder, seed {args.seed}, {out.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    what = f"tiny {args.base} IP-Adapter for the tiny clip-vision encoder, seed {args.seed}"
+    return _written(lambda: make_tiny_ip_adapter(args.base, Path(args.out), args.seed), what)
 
 
 def _make_tiny_transformer(args: argparse.Namespace) -> int:
