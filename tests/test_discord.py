@@ -1179,6 +1179,10 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert "with the preprocessor none, name the ControlNet model to run" in blocked.followups[0].content
         hostile = await alice.slash(channel, "control", image=("square.png", b"MZ\x90\x00not a picture"), prompt="a box", checkpoint="tiny-sd1")
         assert "not a PNG, JPEG or WebP picture" in hostile.followups[0].content
+        from tests.test_uploads import png_claiming
+
+        huge = await alice.slash(channel, "control", image=square, image2=("bomb.png", png_claiming(100_000, 100_000)), prompt="a box")
+        assert "the picture claims an enormous size" in huge.followups[0].content  # the second unit's picture too
     finally:
         for written in (made, folder / "control_hostile.pth"):
             await asyncio.to_thread(written.unlink)
