@@ -139,6 +139,7 @@ class ImagineOptions:
     # An edit (common/editing.py): the pictures an edit model is to change as the prompt says, as uploaded
     edit_images: tuple[bytes, ...] = ()
     credit: str = ""  # said with the result: where an edit's picture came from
+    note: str = ""  # said with the result too: what of the asked was left out, and why
     # ControlNet units (common/control.py): each with its picture as uploaded (the unit's `image` is
     # set once the picture is read)
     control: tuple[ControlAsk, ...] = ()
@@ -159,7 +160,7 @@ class ImagineOptions:
 
 _OWN_OPTIONS = (
     "checkpoint", "aspect", "size", "lora", "lora_strength", "init_image", "mask", "styles", "edit_images", "credit",
-    "edit_guidance", "control",
+    "edit_guidance", "control", "note",
 )  # fmt: skip
 
 
@@ -392,7 +393,7 @@ class Jobs:
             "mask_image": mask.sha256 if mask else None,
         }
         request = self._request(asker, place, Parameters.of(asked, defaults))
-        notes = tuple(note for note in (switched, options.credit) if note)
+        notes = tuple(note for note in (switched, options.credit, options.note) if note)
         return await self._checked([(request, ref)], here, place, uploads=uploads, notes=notes)
 
     async def plan_edit(
@@ -461,7 +462,10 @@ class Jobs:
             "control": units_from_infotext(params),  # with the pictures Easel kept for them
             **_read_back(params),
         }
-        options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size)
+        # A1111's extension writes its units but keeps no picture for them: drawn without, and said so.
+        unpictured = "ControlNet 0" in params and not given["control"]
+        note = "its ControlNet units were left out: the picture's parameters carry no picture for them" if unpictured else ""
+        options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size, note=note)
         return await self.plan_imagine(asker, place, options)
 
     async def read_parameters(self, picture: bytes, requester: str | None = None) -> tuple[str, Infotext]:

@@ -244,7 +244,7 @@ def test_a_union_model_reads_each_map_with_its_control_type(files, runner_and_ev
     assert np.abs(canny - plain).mean() > 1 and np.abs(tile - canny).mean() > 0.5  # each type read its own way
 
 
-async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path) -> None:
+async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path, tiny_dir: Path) -> None:
     from bot.controlnets.registry import ControlNetRegistry
     from bot.db import open_database
     from bot.generation.checkpoint_ref import CheckpointRef
@@ -269,6 +269,22 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path) -> No
             await registry.for_unit("", "shuffle", "sdxl")
         with pytest.raises(ControlError, match="name the ControlNet model to run"):
             await registry.for_unit("", "none", "sd1")
+        # An A1111 picture's units (its extension keeps no picture for them): drawn without, said so.
+        import shutil
+
+        from bot.checkpoints.registry import CheckpointRegistry
+        from bot.generation.service import GenerationService
+        from bot.images.infotext import parse_infotext as read_infotext
+        from bot.jobs import Asker, Jobs, Place
+
+        shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp_path / "models" / "tiny.safetensors")
+        checkpoints = CheckpointRegistry(db, tmp_path / "models")
+        await checkpoints.scan()
+        jobs = Jobs(checkpoints, GenerationService(db, [], Limits()), None, controlnets=registry)  # plans only: no worker
+        text = 'a box\nSteps: 4, Seed: 5, Size: 64x64, Model: tiny, ControlNet 0: "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1.0"'
+        plan = await jobs.plan_from_infotext(Asker.host(), Place.command_line(), read_infotext(text))
+        [spec] = plan.specs
+        assert spec.parameters.control == () and any("ControlNet units were left out" in n for n in spec.notes)
     finally:
         await db.close()
 
