@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from bot import outbound
+from bot.generation.model_share import ShareOptions
 from bot.images.inputs import InputStore
 from bot.wildcards import WildcardLibrary, wildcard_folders
 from common.errors import ConfigError
@@ -63,6 +64,18 @@ class Settings(BaseSettings):
     # `NAME KEY` lines, each worker started with `--key-file` holding its own line. Unset: unsigned
     # frames, for a broker only the bot and its workers can write to.
     worker_keys: Path | None = None
+    # Remote workers started with --fetch-missing fetch the files they lack by hash (docs/remote-workers.md):
+    # from the bot itself (share_models: an HTTP server on share_host:share_port; share_url: how workers
+    # reach it, when not http://this-host:port) and/or from an S3-compatible bucket (share_s3_*:
+    # files under PREFIX<sha256>, put there by `python bot.py share push`; boto3's credentials).
+    share_models: bool = False
+    share_host: str = "0.0.0.0"
+    share_port: int = Field(default=8765, ge=0, le=65535)
+    share_url: str = ""
+    share_s3_bucket: str = ""
+    share_s3_prefix: str = "easel/models/"
+    share_s3_endpoint: str = ""
+    share_s3_region: str = ""
     # Gateway shards (discord.py's AutoShardedBot in one process): "auto" takes Discord's
     # recommendation at login (one shard until the bot is in about a thousand servers; Discord
     # requires a new shard per 2,500), or a fixed count.
@@ -197,6 +210,18 @@ class Settings(BaseSettings):
         from common.frame_signing import read_worker_keys
 
         return read_worker_keys(self.worker_keys) if self.worker_keys else None
+
+    def share_options(self) -> ShareOptions:
+        return ShareOptions(
+            serve=self.share_models,
+            host=self.share_host,
+            port=self.share_port,
+            public_url=self.share_url,
+            s3_bucket=self.share_s3_bucket,
+            s3_prefix=self.share_s3_prefix,
+            s3_endpoint=self.share_s3_endpoint,
+            s3_region=self.share_s3_region,
+        )
 
     @property
     def broker_url(self) -> str | None:

@@ -90,6 +90,7 @@ async def open_services(
             preview_every=settings.preview_every if preview_every is None else preview_every,
             broker_url=settings.broker_url,
             worker_keys=settings.worker_key_table(),
+            share=settings.share_options(),
         )
         if settings.metrics_port:
             generation.metrics.serve(settings.metrics_host, settings.metrics_port)

@@ -168,6 +168,19 @@ class ControlNetUse:
 
 
 @dataclass(frozen=True)
+class FetchTicket:
+    """A file a remote worker lacks and may fetch for this batch (gpu_worker/model_fetch.py): where
+    from, in order (the object store's presigned address, then the bot's share), and what it must be.
+    Every address carries its own expiring token (bot/generation/model_share.py): nothing else is needed."""
+
+    sha256: str  # what the bytes must hash to: checked before the file is used, deleted if they do not
+    size: int  # bytes: a source that sends more is cut off
+    suffix: str  # .safetensors, .ckpt, …: how the loader reads it
+    name: str  # what it is, for messages ("checkpoint anything-v5")
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class RunBatch:
     __pydantic_config__ = _BYTES_AS_BASE64
 
@@ -191,6 +204,9 @@ class RunBatch:
     # the parameters' `control` units.
     controlnets: tuple[ControlNetUse, ...] = ()
     control_pngs: tuple[bytes, ...] = ()
+    # To a worker started with --fetch-missing that lacks some of the batch's files: where to fetch
+    # each (the scheduler's rule: bot/generation/service.py `_pump`).
+    fetch: tuple[FetchTicket, ...] = ()
 
     @classmethod
     def of(
@@ -302,7 +318,7 @@ class WorkerReady:
 class BatchLoading:
     batch_id: str
     checkpoint: str
-    cache: str  # "device" (already there), "cpu" (copied back from the CPU tier) or "disk"
+    cache: str  # "device" (already there), "cpu" (copied back from the CPU tier), "disk", or "fetch" (a remote worker fetching files it lacks)
 
 
 @dataclass(frozen=True)
@@ -401,6 +417,7 @@ class WorkerHeartbeat:
     steps_per_second: float = 0.0
     sent_at: float = 0.0  # the worker's clock, for `python bot.py workers` (the bot times leases by its own)
     held_as: tuple[str, ...] = ()  # how each of `loaded` sits in memory (gpu_worker/placement.py)
+    fetches: bool = False  # started with --fetch-missing: fetches by hash the files a batch names and it lacks
 
 
 # --- the wire ----------------------------------------------------------------------------------

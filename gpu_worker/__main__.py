@@ -129,6 +129,18 @@ def _add_remote_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="sign its frames and take only signed commands: one line, NAME KEY, as in the bot's EASEL_WORKER_KEYS",
     )
+    p.add_argument(
+        "--fetch-missing",
+        action="store_true",
+        help="fetch, by sha256, the files a batch names and this machine lacks (from the bot's share or "
+        "object store, as the batch says) into MODELS/fetched",
+    )
+    p.add_argument(
+        "--fetch-budget-gb",
+        type=float,
+        default=100.0,
+        help="disk for fetched files; the least recently used go to make room (default 100)",
+    )
     p.add_argument("--log-level", default="INFO")
     add_engine_arguments(p, os.environ)  # --precision, --vae-precision, --compile, --cache-threshold
 
@@ -216,6 +228,12 @@ def _remote(args: argparse.Namespace) -> int:
     if unknown or not families:
         print(f"error: --families takes {', '.join(SUPPORTED_FAMILIES)}", file=sys.stderr)
         return 2
+    if args.fetch_budget_gb <= 0:
+        print("error: --fetch-budget-gb takes a size in GB above 0", file=sys.stderr)
+        return 2
+    if args.fetch_missing and not os.access(args.models_dir, os.W_OK | os.X_OK):
+        print(f"error: --fetch-missing writes into --models-dir {args.models_dir}, which is not writable", file=sys.stderr)
+        return 2
     key = None
     if args.key_file is not None:
         from common.errors import ConfigError
@@ -237,6 +255,7 @@ def _remote(args: argparse.Namespace) -> int:
         cache_device_gb=args.cache_device_gb,
         log_level=args.log_level,
         engine=engine_of(args),
+        fetch_budget_gb=args.fetch_budget_gb if args.fetch_missing else None,
     )
     return run_devices(options, [d.strip() for d in args.devices.split(",") if d.strip()])
 

@@ -23,7 +23,7 @@ from gpu_worker.worker import LocalFileError
 
 log = logging.getLogger(__name__)
 
-MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf", ".sft")
 CACHE_NAME = ".easel-hashes.json"
 
 
@@ -64,6 +64,19 @@ class ModelIndex:
         if hashed or stale:
             self._save_cache()
         return hashed
+
+    def add(self, path: Path, sha256: str) -> None:
+        """A file this worker has just written and hashed itself (a fetched one): known without
+        hashing it again."""
+        st = path.stat()
+        with self._lock:
+            self._known[path.relative_to(self.root).as_posix()] = (st.st_size, st.st_mtime_ns, sha256)
+        self._save_cache()
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._known.pop(path.relative_to(self.root).as_posix(), None)
+        self._save_cache()
 
     def path_for(self, sha256: str) -> Path | None:
         """This machine's file with that hash, checked again if it changed since it was hashed."""

@@ -79,6 +79,9 @@ class RemoteOptions:
     worker_id: str = field(default="")
     key: tuple[str, bytes] | None = None  # (name, key): frames signed, commands verified (common/frame_signing.py)
     key_file: Path | None = None  # where it was read from: each device's process reads it again
+    # --fetch-missing: files a batch names and this worker lacks are fetched by hash into
+    # MODELS/fetched, within this many GB (gpu_worker/model_fetch.py); None: never fetched.
+    fetch_budget_gb: float | None = None
 
 
 def connect(url: str) -> redis.Redis:
@@ -292,6 +295,7 @@ class BrokerLink:
                 batches=tuple(self._received),
                 steps_per_second=self._speed,
                 sent_at=time.time(),
+                fetches=self.options.fetch_budget_gb is not None,
             )
             self._outbox.put(heartbeat)
 
@@ -329,6 +333,9 @@ class WorkerMetrics:
         self._failures = Counter("easel_worker_batch_failures", "batches that failed", **per_worker).labels(worker_id)
         self.refused = Counter(
             "easel_worker_refused_commands", "command entries refused: not ours, unsigned, wrongly signed or replayed", **per_worker
+        ).labels(worker_id)
+        self.fetched = Counter(
+            "easel_worker_fetched_bytes", "model file bytes fetched by hash (--fetch-missing)", **per_worker
         ).labels(worker_id)
         self._loads = Counter(
             "easel_worker_pipeline_loads",
@@ -381,7 +388,19 @@ def run_remote(options: RemoteOptions) -> int:
     log.info("worker %s on %s serving %s", options.worker_id, device, redacted(options.broker))
     budget = int(options.cache_device_gb * 1e9) if options.cache_device_gb else None
     config = WorkerConfig(device, budget, None, options.log_level, **options.engine)  # type: ignore[arg-type]
-    run_worker(config, link.receive, link.send, localise=index.localise)
+    localise = index.localise
+    if options.fetch_budget_gb is not None:
+        from gpu_worker.model_fetch import Fetcher
+
+        fetcher = Fetcher(
+            index,
+            int(options.fetch_budget_gb * 1e9),
+            link.send,
+            on_bytes=metrics.fetched.inc if metrics is not None else lambda n: None,
+        )
+        localise = fetcher.localise
+        log.info("fetches missing files into %s, within %.1f GB", fetcher.folder, options.fetch_budget_gb)
+    run_worker(config, link.receive, link.send, localise=localise)
     return 0
 
 
@@ -410,6 +429,8 @@ def run_devices(options: RemoteOptions, devices: list[str]) -> int:
             argv += ["--cache-device-gb", str(options.cache_device_gb)]
         if options.key_file is not None:
             argv += ["--key-file", str(options.key_file)]
+        if options.fetch_budget_gb is not None:
+            argv += ["--fetch-missing", "--fetch-budget-gb", str(options.fetch_budget_gb)]
         children.append(subprocess.Popen(argv, env=env))
 
     def stop(signum: int, _frame: object) -> None:

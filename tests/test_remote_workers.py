@@ -34,15 +34,17 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.jobs import Cancelled, Failed, Finished, JobState, Preview, Progress, Started
+from bot.generation.model_share import ShareOptions
 from bot.generation.remote import LEASE_SECONDS
 from bot.generation.service import GenerationService, JobHandle, WorkerStatus
 from bot.generation.worker_status import describe
-from bot.rules.limits import GenerationRequest, Limits
+from bot.rules.limits import GenerationRequest, Limits, validate
 from common.protocol import (
     EVENTS_STREAM,
     ImageResult,
     JobDone,
     JobPart,
+    LoraUse,
     RunBatch,
     WorkerHeartbeat,
     broker_entry,
@@ -155,6 +157,7 @@ async def running_cluster(
     extra: dict[str, tuple[str, ...]] | None = None,
     metrics_for: str = "",
     worker_keys: dict[str, tuple[bytes, ...]] | None = None,
+    share: ShareOptions | None = None,
 ) -> AsyncIterator[Cluster]:
     """redis-server, a bot's generation service on it, and one remote worker process per name in
     `workers` (its models folder: file name -> the tiny checkpoint's arch it is a copy of); every
@@ -168,7 +171,7 @@ async def running_cluster(
         for arch in ("sd1", "sd2", "sdxl")
     }
     limits = Limits(max_queued_per_user=10, max_batch_images=1)
-    service = GenerationService(db, [], limits, broker_url=server.url, worker_keys=worker_keys)
+    service = GenerationService(db, [], limits, broker_url=server.url, worker_keys=worker_keys, share=share)
     cluster = Cluster(tmp, server, service, checkpoints, metrics_port=free_port())
     for name, files in workers.items():
         folder = tmp / f"models-{name}"
@@ -411,6 +414,47 @@ async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarde
     record = await service.get_job(handle.job.id)
     assert record.state is JobState.DONE and running.worker_id not in (record.row["device"] or "")
     assert handle.job.images == events[-1].job.images and len(handle.job.images) == 1
+
+
+@pytest.mark.slow
+async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holder_is_idle(
+    tiny_dir: Path, tiny_loras: Path, tmp_path: Path
+) -> None:
+    """The scheduler's rule (bot/generation/service.py `_choose`): a holder when one is idle; a
+    fetching worker only when none is. The fetcher gets the checkpoint and a LoRA from the bot's
+    share by hash, runs the job, and holds them from then on."""
+    workers = {"holder": {"own-name.safetensors": "sd1"}, "fetcher": {}}
+    share = ShareOptions(serve=True, host="127.0.0.1", port=0)
+    extra = {"fetcher": ("--fetch-missing", "--fetch-budget-gb", "1")}
+    async with running_cluster(tmp_path, tiny_dir, workers, extra=extra, share=share) as cluster:
+        service, sd1 = cluster.service, cluster.checkpoints["sd1"]
+        holder, fetcher = cluster.worker_id("holder"), cluster.worker_id("fetcher")
+        fetched = cluster.folders["fetcher"] / "fetched"
+        # Both idle: the holder runs it, and nothing is fetched.
+        long = await queue_unchecked(service, request("fetch-long", steps=150, width=128, height=128), sd1)
+        async for event in long.events():
+            if isinstance(event, Progress):
+                break
+        assert holder in long.job.device and not any(fetched.glob("*.safetensors"))
+        # The holder busy: the next job, with a LoRA nobody holds, goes to the fetcher, which fetches both.
+        lora_file = tiny_loras / "lora-sd1.safetensors"
+        lora_sha = hashlib.sha256(lora_file.read_bytes()).hexdigest()
+        lora = LoraUse("lora-sd1", str(lora_file), lora_sha, lora_sha[:12], 0.5, 0.5)
+        spec = validate(request("fetch-lora", prompt="a fox <lora:lora-sd1:0.5>"), sd1, service.limits, loras=(lora,))
+        events = await finished(await service.admit(spec), 120)
+        assert isinstance(events[-1], Finished), events[-1]
+        assert fetcher in events[-1].job.device and "lora-sd1" in events[-1].job.images[0].infotext
+        for sha, source in ((sd1.sha256, tiny_dir / "tiny-sd1.safetensors"), (lora_sha, lora_file)):
+            copy = fetched / f"{sha}.safetensors"
+            assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
+        await eventually(
+            lambda: {sd1.sha256, lora_sha} <= cluster.service._remote[fetcher].holds, "the fetcher says it holds both"
+        )
+        assert service.metrics.shared_bytes._value.get() == Path(sd1.path).stat().st_size + lora_file.stat().st_size
+        await finished(long)
+        log = (tmp_path / "worker-fetcher.log").read_text()
+        assert "fetched checkpoint tiny-sd1" in log and "fetched LoRA lora-sd1" in log
+        assert "?w=" not in log  # addresses carry tokens: logged by host only
 
 
 async def test_metrics_endpoints(cluster: Cluster) -> None:

@@ -84,6 +84,12 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.refused = Counter("easel_broker_refused", "broker entries refused: not ours, unsigned, wrongly signed or replayed", registry=self.registry)
+        self.shared_bytes = Counter(
+            "easel_share_requested_bytes", "model file bytes fetching workers asked the bot's share for", registry=self.registry
+        )
+        self.share_refused = Counter(
+            "easel_share_refused", "model share requests refused: no, a wrong or an expired token", registry=self.registry
+        )
         self.registry.register(_StatusCollector(status))
         self._server: object | None = None
         self._thread: threading.Thread | None = None

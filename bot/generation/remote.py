@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import redis
 import redis.asyncio as aioredis
 
+from bot.generation.model_share import NeededFile
 from bot.rules.limits import ValidRequest
 from common.frame_signing import TO_BOT, TO_WORKER, SignatureError, Signer, Verifier
 from common.protocol import (
@@ -63,20 +64,22 @@ class BrokerUnavailable(Exception):
     pass
 
 
-def files_needed(spec: ValidRequest) -> list[tuple[str, str]]:
-    """(what, sha256) of every file a job reads: its checkpoint and components, LoRAs, embeddings,
-    VAE, hires upscaler and ControlNets."""
+def files_needed(spec: ValidRequest) -> list[NeededFile]:
+    """Every file a job reads, with its hash and the bot's copy: its checkpoint and components,
+    LoRAs, embeddings, VAE, hires upscaler, ControlNets and their CLIP vision encoders."""
     load = spec.checkpoint.load_request()
-    needed = [(f"checkpoint {load.name}", load.sha256)]
-    needed += [(f"{c.role} {c.name}", c.sha256) for c in load.components]
-    needed += [(f"LoRA {u.name}", u.sha256) for u in spec.loras]
-    needed += [(f"embedding {u.name}", u.sha256) for u in spec.embeddings]
+    needed = [NeededFile(f"checkpoint {load.name}", load.sha256, load.path)]
+    needed += [NeededFile(f"{c.role} {c.name}", c.sha256, c.path) for c in load.components]
+    needed += [NeededFile(f"LoRA {u.name}", u.sha256, u.path) for u in spec.loras]
+    needed += [NeededFile(f"embedding {u.name}", u.sha256, u.path) for u in spec.embeddings]
     if spec.vae:
-        needed.append((f"VAE {spec.vae.name}", spec.vae.sha256))
+        needed.append(NeededFile(f"VAE {spec.vae.name}", spec.vae.sha256, spec.vae.path))
     if spec.hires_model:
-        needed.append((f"upscaler {spec.hires_model.name}", spec.hires_model.sha256))
-    needed += [(f"ControlNet {u.name}", u.sha256) for u in spec.controlnets]
-    needed += [(f"CLIP vision {u.encoder.name}", u.encoder.sha256) for u in spec.controlnets if u.encoder]
+        needed.append(NeededFile(f"upscaler {spec.hires_model.name}", spec.hires_model.sha256, spec.hires_model.path))
+    needed += [NeededFile(f"ControlNet {u.name}", u.sha256, u.path) for u in spec.controlnets]
+    needed += [
+        NeededFile(f"CLIP vision {u.encoder.name}", u.encoder.sha256, u.encoder.path) for u in spec.controlnets if u.encoder
+    ]
     return needed
 
 
@@ -133,8 +136,26 @@ class RemoteWorker:
         """Where a job ran, as its record says."""
         return f"{self.device} on {self.machine} ({self.worker_id})"
 
+    @property
+    def fetches(self) -> bool:
+        """Started with --fetch-missing: it fetches, by hash, the files a batch names and it lacks."""
+        return self.heartbeat.fetches
+
+    def lacks(self, spec: ValidRequest) -> list[NeededFile]:
+        return [f for f in files_needed(spec) if f.sha256 not in self.holds]
+
     def can_run(self, spec: ValidRequest) -> str | None:
-        """None if this worker can run the job, else why not (one line)."""
+        """None if this worker can run the job with the files it holds, else why not (one line)."""
+        refused = self.can_take(spec)
+        if refused:
+            return refused
+        missing = [f"{f.what} [{f.sha256[:10] or 'no hash'}]" for f in self.lacks(spec)]
+        if missing:
+            return f"worker {self.worker_id} does not hold {', '.join(missing)}"
+        return None
+
+    def can_take(self, spec: ValidRequest) -> str | None:
+        """None if the job is of a family and size this worker runs (files aside), else why not."""
         if spec.checkpoint.family not in self.heartbeat.families:
             return f"worker {self.worker_id} does not run {spec.checkpoint.family} models"
         width, height = spec.width, spec.height
@@ -142,9 +163,6 @@ class RemoteWorker:
             width, height = hires_size(width, height, spec.parameters.hires_scale)
         if self.heartbeat.max_pixels and width * height > self.heartbeat.max_pixels:
             return f"worker {self.worker_id} takes at most {self.heartbeat.max_pixels:,} pixels"
-        missing = [f"{what} [{sha[:10] or 'no hash'}]" for what, sha in files_needed(spec) if sha not in self.holds]
-        if missing:
-            return f"worker {self.worker_id} does not hold {', '.join(missing)}"
         return None
 
     def send(self, command: object) -> None:

@@ -34,6 +34,7 @@ from bot.generation.jobs import (
     new_job_id,
 )
 from bot.generation.metrics import ServiceMetrics
+from bot.generation.model_share import ModelShare, ShareOptions, file_size
 from bot.generation.queue import FairQueue
 from bot.generation.remote import (
     LEASE_SECONDS,
@@ -46,12 +47,14 @@ from bot.generation.store import JobRecord, JobStore
 from bot.generation.workers import WorkerProcess
 from bot.rules.cooldowns import Cooldowns
 from bot.rules.limits import GenerationError, Limits, ValidRequest
+from common.errors import EaselError
 from common.protocol import (
     BatchFailed,
     BatchFinished,
     BatchLoading,
     BatchProgress,
     CancelJob,
+    FetchTicket,
     JobCancelled,
     JobDone,
     JobPart,
@@ -176,6 +179,7 @@ class GenerationService:
         restart_delay: float = 0.5,
         broker_url: str | None = None,
         worker_keys: dict[str, tuple[bytes, ...]] | None = None,
+        share: ShareOptions | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.preview_every = preview_every
@@ -195,6 +199,12 @@ class GenerationService:
                 broker_url, self._on_heartbeat, self._on_remote_event, on_refused=self.metrics.refused.inc, keys=worker_keys
             )
             if broker_url
+            else None
+        )
+        # Remote workers started with --fetch-missing fetch what they lack from here (bot/generation/model_share.py).
+        self._share = (
+            ModelShare(share, on_served=self.metrics.shared_bytes.inc, on_refused=self.metrics.share_refused.inc)
+            if share is not None and share.enabled and broker_url
             else None
         )
         self._lease_task: asyncio.Task[None] | None = None
@@ -224,6 +234,8 @@ class GenerationService:
         self._changed = asyncio.Event()
         for worker in self._local_workers():
             worker.start()
+        if self._share is not None:
+            await self._share.start()
         if self._broker is not None:
             await self._broker.start()
             self._lease_task = asyncio.get_running_loop().create_task(self._watch_leases(), name="worker leases")
@@ -278,6 +290,8 @@ class GenerationService:
             await asyncio.gather(self._lease_task, return_exceptions=True)
         if self._broker is not None:
             await self._broker.close()
+        if self._share is not None:
+            await self._share.close()
         await self.flush()
 
     async def flush(self) -> None:
@@ -450,33 +464,63 @@ class GenerationService:
             head = self._queue.peek()
             if not idle or head is None:
                 break
-            capable = [w for w in idle if w.can_run(head.spec) is None]
-            if not capable:
+            worker = self._choose(idle, head.spec)
+            if worker is None:
                 if self._no_worker_can_run(head):
                     continue
                 # Only a busy worker can run the head (the one holding its files): it keeps its place
                 # and waits for that one, and the idle workers take the first job behind it they can
                 # run. None of them could run the head, so this never delays it; the rotation between
                 # users stays: the served job's user goes to the back, the head's keeps its turn.
-                head = next((j for j in self._queue.order()[1:] if any(w.can_run(j.spec) is None for w in idle)), None)
+                head = next((j for j in self._queue.order()[1:] if self._choose(idle, j.spec) is not None), None)
                 if head is None:
                     break
-                capable = [w for w in idle if w.can_run(head.spec) is None]
-            key = head.spec.checkpoint.sha256
-            worker = next((w for w in capable if key in w.loaded), None) or min(capable, key=lambda w: len(w.loaded))
+                worker = self._choose(idle, head.spec)
+                assert worker is not None
             jobs = self._queue.pop_batch(self.limits.max_batch_images, head.id)
             # Jobs batched with the head may name files (embeddings) this worker lacks: they wait.
-            kept = [j for j in jobs if worker.can_run(j.spec) is None]
+            kept = [j for j in jobs if self._runs(worker, j.spec)]
             for job in reversed([j for j in jobs if j not in kept]):
                 self._queue.push_front(job)
             self._dispatch(worker, kept)
+
+    def _choose(self, idle: list[Worker], spec: ValidRequest) -> Worker | None:
+        """Which idle worker runs a job — the whole rule: one that holds every file the job reads
+        (one with its checkpoint loaded first, else the one with least loaded); only when no idle
+        worker holds them, one that fetches what it lacks (the fewest bytes to fetch first). A holder
+        that is busy is not waited for while a fetcher is idle: the fetched file stays on that worker,
+        so the pool's holders of a popular file grow with demand."""
+        holders = [w for w in idle if w.can_run(spec) is None]
+        if holders:
+            key = spec.checkpoint.sha256
+            return next((w for w in holders if key in w.loaded), None) or min(holders, key=lambda w: len(w.loaded))
+        fetchers = [(w, size) for w in idle if (size := self._fetch_size(w, spec)) is not None]
+        return min(fetchers, key=lambda pair: pair[1])[0] if fetchers else None
+
+    def _runs(self, worker: Worker, spec: ValidRequest) -> bool:
+        return worker.can_run(spec) is None or self._fetch_size(worker, spec) is not None
+
+    def _fetch_size(self, worker: Worker, spec: ValidRequest) -> int | None:
+        """The bytes `worker` would fetch to run the job, or None when it cannot (not a fetching
+        remote worker, a family or size it does not take, nothing the bot can share)."""
+        if self._share is None or not isinstance(worker, RemoteWorker) or not worker.fetches:
+            return None
+        if worker.can_take(spec) is not None:
+            return None
+        total = 0
+        for file in worker.lacks(spec):
+            size = file_size(file.path) if file.sha256 else -1
+            if size < 0:
+                return None
+            total += size
+        return total
 
     def _no_worker_can_run(self, head: Job) -> bool:
         """Fail the head job when no running worker can run it (and say why); False while some
         worker could, or none is up yet (then it waits)."""
         up = [w for w in self._workers if w.ready]
         reasons = [w.can_run(head.spec) for w in up]
-        if not up or any(r is None for r in reasons):
+        if not up or any(r is None for r in reasons) or any(self._fetch_size(w, head.spec) is not None for w in up):
             return False
         self._queue.remove(head.id)
         self._finish(
@@ -517,6 +561,7 @@ class GenerationService:
             control_pngs=spec.control_pngs,
             hires_model=spec.hires_model,
             vae=spec.vae,
+            fetch=self._tickets(worker, jobs),
         )
         worker.batch = batch
         worker.dispatched_at = time.monotonic()
@@ -541,6 +586,21 @@ class GenerationService:
                 batch.image_count,
             )
         worker.send(batch)
+
+    def _tickets(self, worker: Worker, jobs: list[Job]) -> tuple[FetchTicket, ...]:
+        """Where a fetching worker gets each file of the batch it lacks."""
+        if self._share is None or not isinstance(worker, RemoteWorker) or not worker.fetches:
+            return ()
+        lacking = {f.sha256: f for job in jobs for f in worker.lacks(job.spec)}
+        if not lacking:
+            return ()
+        try:
+            tickets = self._share.tickets(worker.worker_id, list(lacking.values()))
+        except EaselError as e:  # the file went since it was chosen: the worker refuses, naming it
+            log.warning("worker %s cannot fetch: %s", worker.worker_id, e)
+            return ()
+        log.info("worker %s fetches %s", worker.worker_id, ", ".join(t.name for t in tickets))
+        return tickets
 
     def _make_places(self) -> dict[str, Queued]:
         """Every waiting job's place, and its wait: what runs now and every job ahead of it, shared

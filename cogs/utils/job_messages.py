@@ -59,7 +59,8 @@ async def follow(interaction: discord.Interaction, handle: JobHandle, plan: JobP
         elif isinstance(event, Started):
             await status.show("Starting…", force=True)
         elif isinstance(event, Loading):
-            await status.show(f"Loading {event.checkpoint}…" if event.cache == "disk" else "Starting…")
+            shown = {"disk": f"Loading {event.checkpoint}…", "fetch": f"Fetching {event.checkpoint}…"}
+            await status.show(shown.get(event.cache, "Starting…"))
         elif isinstance(event, Progress):
             await status.show(
                 f"Step {event.step}/{event.total} · {event.it_per_s:.1f} it/s{eta_text(event.eta_seconds)}"
