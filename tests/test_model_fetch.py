@@ -1,6 +1,6 @@
 """Workers fetching the files they lack, by hash: the bot's real share (aiohttp on loopback) and the
 worker's real fetcher (httpx), with their tokens, Range resumption, hash check and disk budget.
-The whole path through Redis and remote worker processes is in tests/test_remote_fetch.py."""
+The whole path through Redis and remote worker processes is in tests/test_remote_workers.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -20,12 +19,20 @@ from aiohttp import web
 
 from bot.generation.model_share import ModelShare, NeededFile, ShareOptions
 from common.protocol import FetchTicket
-from gpu_worker.model_fetch import FetchError, Fetcher
+from gpu_worker.model_fetch import Fetcher, FetchError
 from gpu_worker.model_index import ModelIndex
 
 
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read(path: str | Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+def write(path: str | Path, data: bytes) -> None:
+    Path(path).write_bytes(data)
 
 
 @dataclasses.dataclass
@@ -73,7 +80,7 @@ async def test_a_checkpoint_and_a_lora_are_fetched_by_hash_and_held(
         NeededFile("LoRA lora-sd1", sha256_of(tiny_loras / "lora-sd1.safetensors"), str(tiny_loras / "lora-sd1.safetensors")),
     ]
     tickets = made.tickets("worker-1", files)
-    assert [t.size for t in tickets] == [os.path.getsize(f.path) for f in files]
+    assert [t.size for t in tickets] == [len(read(f.path)) for f in files]
     worker = fetcher(tmp_path / "models")
     for ticket, file in zip(tickets, files, strict=True):
         path = await asyncio.to_thread(worker.fetch, ticket)
@@ -149,7 +156,7 @@ async def test_a_partial_file_left_by_a_stopped_worker_is_resumed(share: tuple[M
     file = model_file(tmp_path / "bot", "big.safetensors", 2_000_000, 9)
     [ticket] = made.tickets("worker-1", [file])
     worker = fetcher(tmp_path / "models")
-    (worker.partial / f"{file.sha256}.part").write_bytes(Path(file.path).read_bytes()[:1_500_000])
+    write(worker.partial / f"{file.sha256}.part", read(file.path)[:1_500_000])
     path = await asyncio.to_thread(worker.fetch, ticket)
     assert sha256_of(path) == file.sha256 and counts.served == 500_000
 
@@ -160,14 +167,14 @@ async def test_bytes_that_do_not_match_the_hash_are_refused_and_deleted(
     made, _ = share
     file = model_file(tmp_path / "bot", "changed.safetensors", 1_000_000, 1)
     [ticket] = made.tickets("worker-1", [file])
-    Path(file.path).write_bytes(bytes([2]) * 1_000_000)  # the bot's copy changed since it was hashed
+    write(file.path, bytes([2]) * 1_000_000)  # the bot's copy changed since it was hashed
     worker = fetcher(tmp_path / "models")
     with pytest.raises(FetchError, match=r"bytes fetched for checkpoint changed do not match its sha256 \[[0-9a-f]{10}\]: deleted"):
         await asyncio.to_thread(worker.fetch, ticket)
     assert not any(p.is_file() for p in worker.folder.rglob("*") if p.name != ".easel-hashes.json")
     assert worker.index.holds == ()
     # A source that sends more than the file's size is cut off, and what it sent deleted.
-    Path(file.path).write_bytes(bytes([1]) * 1_000_000)
+    write(file.path, bytes([1]) * 1_000_000)
     with pytest.raises(FetchError, match="more bytes than the file's size"):
         await asyncio.to_thread(worker.fetch, dataclasses.replace(ticket, size=999_000))
     assert not list(worker.partial.iterdir())
@@ -187,9 +194,9 @@ async def test_the_share_serves_only_offered_files_to_the_token_s_worker(
         return urlunsplit(url._replace(path=path, query=urlencode(query | changed)))
 
     async with httpx.AsyncClient() as client:
-        assert (await client.get(ticket.urls[0])).content == Path(offered.path).read_bytes()
+        assert (await client.get(ticket.urls[0])).content == read(offered.path)
         partial = await client.get(ticket.urls[0], headers={"Range": "bytes=100-199"})
-        assert partial.status_code == 206 and partial.content == Path(offered.path).read_bytes()[100:200]
+        assert partial.status_code == 206 and partial.content == read(offered.path)[100:200]
         refused = [
             address(w="worker-2"),  # another worker's
             address(t="0" * 64),  # a wrong token

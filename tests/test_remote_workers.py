@@ -450,7 +450,8 @@ async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holde
         await eventually(
             lambda: {sd1.sha256, lora_sha} <= cluster.service._remote[fetcher].holds, "the fetcher says it holds both"
         )
-        assert service.metrics.shared_bytes._value.get() == Path(sd1.path).stat().st_size + lora_file.stat().st_size
+        sizes = [len(source.read_bytes()) for source in (tiny_dir / "tiny-sd1.safetensors", lora_file)]
+        assert service.metrics.shared_bytes._value.get() == sum(sizes)
         await finished(long)
         log = (tmp_path / "worker-fetcher.log").read_text()
         assert "fetched checkpoint tiny-sd1" in log and "fetched LoRA lora-sd1" in log
