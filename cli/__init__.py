@@ -23,6 +23,7 @@ from cli import (
     safety,
     sampler,
     server,
+    share,
     styles,
     upscale,
     wildcards,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     styles.add_parsers(sub)
     wildcards.add_parsers(sub)
     workers.add_parsers(sub)
+    share.add_parsers(sub)
     return parser
 
 

@@ -8,7 +8,8 @@ import asyncio
 import dataclasses
 import hashlib
 import itertools
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -17,7 +18,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from bot.generation.model_share import ModelShare, NeededFile, ShareOptions
+from bot.generation.model_share import ModelShare, NeededFile, ObjectStore, ShareOptions
 from common.protocol import FetchTicket
 from gpu_worker.model_fetch import Fetcher, FetchError
 from gpu_worker.model_index import ModelIndex
@@ -245,3 +246,67 @@ async def test_the_budget_evicts_the_least_recently_used_fetched_file(share: tup
     [tbig] = made.tickets("worker-1", [big])
     with pytest.raises(FetchError, match="more than this worker's fetch budget"):
         await asyncio.to_thread(worker.fetch, tbig)
+
+
+# --- an S3-compatible object store ---------------------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """moto's S3 server on a loopback port (the S3 API over HTTP; it does not check signatures as AWS
+    does), a bucket on it, and credentials in boto3's environment; its endpoint."""
+    from moto.server import ThreadedMotoServer
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    ObjectStore("models", "easel/", endpoint)._client.create_bucket(Bucket="models")
+    yield endpoint
+    server.stop()
+
+
+def test_share_push_uploads_registered_files_once_and_workers_fetch_them_from_the_store(
+    s3: str, env: Path, add_tiny: Callable[..., Path], tiny_loras: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli import main
+
+    checkpoint = add_tiny("sd1")
+    (env / "models" / "Lora").mkdir()
+    lora = env / "models" / "Lora" / "lora-sd1.safetensors"
+    lora.write_bytes((tiny_loras / "lora-sd1.safetensors").read_bytes())
+    for name, value in {"EASEL_SHARE_S3_BUCKET": "models", "EASEL_SHARE_S3_PREFIX": "easel/", "EASEL_SHARE_S3_ENDPOINT": s3}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["checkpoints", "scan"]) == 0 and main(["loras", "scan"]) == 0
+    capsys.readouterr()
+    assert main(["share", "push"]) == 0
+    out = capsys.readouterr().out
+    assert "pushed tiny-sd1 (" in out and f"as easel/{sha256_of(checkpoint)}" in out and "pushed lora-sd1 (" in out
+    assert out.strip().endswith("2 pushed, 0 already in s3://models/easel/, 0 skipped")
+    assert main(["share", "push"]) == 0
+    assert capsys.readouterr().out.strip().endswith("0 pushed, 2 already in s3://models/easel/, 0 skipped")
+    # The bot presigns; the worker fetches with no credentials of its own.
+    share = ModelShare(ShareOptions(s3_bucket="models", s3_prefix="easel/", s3_endpoint=s3))
+    tickets = share.tickets("worker-1", [NeededFile("checkpoint tiny-sd1", sha256_of(checkpoint), str(checkpoint))])
+    assert [urlsplit(u).netloc for u in tickets[0].urls] == [urlsplit(s3).netloc]
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    worker = fetcher(env / "worker-models")
+    assert sha256_of(worker.fetch(tickets[0])) == sha256_of(checkpoint)
+
+
+async def test_a_file_the_store_lacks_comes_from_the_bot_s_share(s3: str, tmp_path: Path) -> None:
+    made = ModelShare(ShareOptions(serve=True, host="127.0.0.1", port=0, s3_bucket="models", s3_prefix="easel/", s3_endpoint=s3))
+    await made.start()
+    try:
+        file = model_file(tmp_path / "bot", "unpushed.safetensors", 500_000, 6)
+        [ticket] = made.tickets("worker-1", [file])
+        assert [urlsplit(u).netloc for u in ticket.urls] == [urlsplit(s3).netloc, urlsplit(made.url).netloc]
+        path = await asyncio.to_thread(fetcher(tmp_path / "models").fetch, ticket)
+        assert sha256_of(path) == file.sha256
+    finally:
+        await made.close()
