@@ -185,9 +185,10 @@ class Fetcher:
             else:
                 response.raise_for_status()
                 raise httpx.HTTPStatusError(f"answered {response.status_code}", request=response.request, response=response)
-            with part.path.open("ab") as out:
+            with part.path.open("ab", buffering=CHUNK) as out:
                 try:
-                    for chunk in response.iter_bytes(CHUNK):
+                    # As they come off the socket: a cut loses nothing already received.
+                    for chunk in response.iter_bytes():
                         if part.have + len(chunk) > size:
                             part.restart()
                             raise FetchError("a source sent more bytes than the file's size: deleted")
