@@ -6,13 +6,12 @@ import json
 import os
 import struct
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_bot_py, start_bot_py
+from tests.conftest import REPO, run_bot_py
 
 
 def tree(root: Path) -> set[str]:
@@ -164,27 +163,6 @@ def test_make_tiny_checkpoint_via_cli(cli, env: Path) -> None:
     assert info["architecture"] == "SD2.x v-prediction"
     bad = cli("make-tiny-checkpoint", "--arch", "sd1", "out/tiny.ckpt")
     assert bad.code == 1 and "must end in .safetensors" in bad.err
-
-
-@pytest.mark.slow
-def test_without_a_token_the_bot_starts_the_playground(env: Path) -> None:
-    import signal
-
-    environment = {k: v for k, v in os.environ.items() if "TOKEN" not in k}
-    proc = start_bot_py(cwd=env, env=environment)
-    try:
-        deadline = time.monotonic() + 120
-        line = ""
-        while time.monotonic() < deadline and "Easel playground: open" not in line:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, proc.stderr.read()
-        assert "Easel playground: open http://127.0.0.1:" in line
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: the bot and its worker processes
-        proc.wait(timeout=60)
-    errors = proc.stderr.read()
-    assert "No Discord token" in errors
-    assert "KeyboardInterrupt" not in errors and "Traceback" not in errors, errors[-2000:]
 
 
 def test_bot_process_does_not_import_torch(env: Path, tiny_dir: Path) -> None:

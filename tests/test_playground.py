@@ -189,7 +189,9 @@ def _maps_torch(pid: int) -> bool:
 @BROWSER
 @pytest.mark.slow
 async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) -> None:
-    """The rule is about the bot process while it works: torch is mapped in its worker, never in it."""
+    """`python bot.py` with no token starts the playground and says why; the rule is about the bot
+    process while it works: torch is mapped in its worker, never in it; Ctrl-C (SIGINT to its process
+    group, as a terminal sends it) ends the bot and its workers without a traceback."""
     import os
     import signal
     import sys
@@ -204,7 +206,7 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
     errors = (tmp_path / "bot.err").open("w")  # what the bot logs: shown if the browser waits in vain
     process = await asyncio.create_subprocess_exec(
         sys.executable, str(REPO / "bot.py"), cwd=tmp_path, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=errors, preexec_fn=interruptible,
+        stdout=asyncio.subprocess.PIPE, stderr=errors, preexec_fn=interruptible, process_group=0,
     )  # fmt: skip
     try:
         line = b""
@@ -224,9 +226,12 @@ async def test_the_running_bot_serves_a_picture_without_torch(tmp_path: Path) ->
         assert workers, "no child process of the bot has torch mapped: the check would prove nothing"
         assert not _maps_torch(process.pid), "torch is loaded in the bot process"
     finally:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         await asyncio.wait_for(process.wait(), timeout=60)
         errors.close()
+    logged = (tmp_path / "bot.err").read_text()
+    assert "No Discord token" in logged
+    assert "KeyboardInterrupt" not in logged and "Traceback" not in logged, logged[-2000:]
 
 
 async def test_the_demo_world_keeps_its_own_registry(tmp_path: Path, tiny_dir: Path) -> None:

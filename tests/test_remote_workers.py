@@ -197,7 +197,9 @@ async def running_cluster(
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def cluster(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
     workers = {"a": {"a-sd1.safetensors": "sd1", "tiny-sdxl.safetensors": "sdxl"}, "b": {"sub/renamed.safetensors": "sd1"}}
-    async with running_cluster(tmp_path_factory.mktemp("remote"), tiny_dir, workers, metrics_for="a") as made:
+    # The bot shares its files with workers that fetch (one joins for test_a_worker_with_an_empty_folder_…).
+    share = ShareOptions(serve=True, host="127.0.0.1", port=0)
+    async with running_cluster(tmp_path_factory.mktemp("remote"), tiny_dir, workers, metrics_for="a", share=share) as made:
         yield made
 
 
@@ -416,48 +418,6 @@ async def test_a_worker_cut_off_mid_job_is_replaced_and_its_late_result_discarde
     assert handle.job.images == events[-1].job.images and len(handle.job.images) == 1
 
 
-@pytest.mark.slow
-async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holder_is_idle(
-    tiny_dir: Path, tiny_loras: Path, tmp_path: Path
-) -> None:
-    """The scheduler's rule (bot/generation/service.py `_choose`): a holder when one is idle; a
-    fetching worker only when none is. The fetcher gets the checkpoint and a LoRA from the bot's
-    share by hash, runs the job, and holds them from then on."""
-    workers = {"holder": {"own-name.safetensors": "sd1"}, "fetcher": {}}
-    share = ShareOptions(serve=True, host="127.0.0.1", port=0)
-    extra = {"fetcher": ("--fetch-missing", "--fetch-budget-gb", "1")}
-    async with running_cluster(tmp_path, tiny_dir, workers, extra=extra, share=share) as cluster:
-        service, sd1 = cluster.service, cluster.checkpoints["sd1"]
-        holder, fetcher = cluster.worker_id("holder"), cluster.worker_id("fetcher")
-        fetched = cluster.folders["fetcher"] / "fetched"
-        # Both idle: the holder runs it, and nothing is fetched.
-        long = await queue_unchecked(service, request("fetch-long", steps=150, width=128, height=128), sd1)
-        async for event in long.events():
-            if isinstance(event, Progress):
-                break
-        assert holder in long.job.device and not any(fetched.glob("*.safetensors"))
-        # The holder busy: the next job, with a LoRA nobody holds, goes to the fetcher, which fetches both.
-        lora_file = tiny_loras / "lora-sd1.safetensors"
-        lora_sha = hashlib.sha256(lora_file.read_bytes()).hexdigest()
-        lora = LoraUse("lora-sd1", str(lora_file), lora_sha, lora_sha[:12], 0.5, 0.5)
-        spec = validate(request("fetch-lora", prompt="a fox <lora:lora-sd1:0.5>"), sd1, service.limits, loras=(lora,))
-        events = await finished(await service.admit(spec), 120)
-        assert isinstance(events[-1], Finished), events[-1]
-        assert fetcher in events[-1].job.device and "lora-sd1" in events[-1].job.images[0].infotext
-        for sha, source in ((sd1.sha256, tiny_dir / "tiny-sd1.safetensors"), (lora_sha, lora_file)):
-            copy = fetched / f"{sha}.safetensors"
-            assert hashlib.sha256(copy.read_bytes()).digest() == hashlib.sha256(source.read_bytes()).digest()
-        await eventually(
-            lambda: {sd1.sha256, lora_sha} <= cluster.service._remote[fetcher].holds, "the fetcher says it holds both"
-        )
-        sizes = [len(source.read_bytes()) for source in (tiny_dir / "tiny-sd1.safetensors", lora_file)]
-        assert service.metrics.shared_bytes._value.get() == sum(sizes)
-        await finished(long)
-        log = (tmp_path / "worker-fetcher.log").read_text()
-        assert "fetched checkpoint tiny-sd1" in log and "fetched LoRA lora-sd1" in log
-        assert "?w=" not in log  # addresses carry tokens: logged by host only
-
-
 async def test_metrics_endpoints(cluster: Cluster) -> None:
     await finished(
         await queue_unchecked(cluster.service, request("metrics"), cluster.checkpoints["sd2"])
@@ -586,3 +546,49 @@ async def test_local_and_remote_workers_serve_one_bot_through_tls_and_an_acl_use
         worker.wait(10)
         server.terminate()
         server.wait(10)
+
+
+@pytest.mark.slow
+async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holder_is_idle(
+    cluster: Cluster, tiny_loras: Path
+) -> None:
+    """The scheduler's rule (bot/generation/service.py `_choose`): a holder when one is idle; a
+    fetching worker only when none is. Worker f joins with an empty folder and --fetch-missing; only
+    a holds SDXL. f gets the checkpoint and a LoRA from the bot's share by hash, runs the job, and
+    holds them from then on."""
+    service, sdxl = cluster.service, cluster.checkpoints["sdxl"]
+    cluster.folders["f"] = cluster.tmp / "models-f"
+    cluster.folders["f"].mkdir()
+    cluster.start_worker("f", None, "--fetch-missing", "--fetch-budget-gb", "1")
+    fetched = cluster.folders["f"] / "fetched"
+    try:
+        await cluster.joined("f")
+        holder, fetcher = cluster.worker_id("a"), cluster.worker_id("f")
+        # Both idle: the holder runs it, and nothing is fetched.
+        long = await queue_unchecked(service, request("fetch-long", steps=150, width=128, height=128), sdxl)
+        async for event in long.events():
+            if isinstance(event, Progress):
+                break
+        assert holder in long.job.device and not any(fetched.glob("*.safetensors"))
+        # The holder busy: the next job, with a LoRA nobody holds, goes to the fetcher, which fetches both.
+        lora_file = tiny_loras / "lora-sdxl.safetensors"
+        lora_sha = hashlib.sha256(lora_file.read_bytes()).hexdigest()
+        lora = LoraUse("lora-sdxl", str(lora_file), lora_sha, lora_sha[:12], 0.5, 0.5)
+        spec = validate(request("fetch-lora", prompt="a fox <lora:lora-sdxl:0.5>"), sdxl, service.limits, loras=(lora,))
+        events = await finished(await service.admit(spec), 120)
+        assert isinstance(events[-1], Finished), events[-1]
+        assert fetcher in events[-1].job.device and "lora-sdxl" in events[-1].job.images[0].infotext
+        for sha in (sdxl.sha256, lora_sha):  # fetched whole: the name is the hash it was checked against
+            assert hashlib.sha256((fetched / f"{sha}.safetensors").read_bytes()).hexdigest() == sha
+        await eventually(lambda: {sdxl.sha256, lora_sha} <= service._remote[fetcher].holds, "the fetcher says it holds both")
+        sizes = [os.path.getsize(path) for path in (sdxl.path, lora_file)]  # noqa: ASYNC240
+        assert service.metrics.shared_bytes._value.get() == sum(sizes)
+        await finished(long)
+        log = (cluster.tmp / "worker-f.log").read_text()
+        assert "fetched checkpoint tiny-sdxl" in log and "fetched LoRA lora-sdxl" in log
+        assert "?w=" not in log  # addresses carry tokens: logged by host only
+    finally:
+        process = cluster.workers.pop("f")
+        process.terminate()
+        process.wait(10)
+        await eventually(lambda: all(w.pid != process.pid for w in service.status().workers), "f presumed gone")
