@@ -30,6 +30,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
+from bot.controlnets.annotators import AnnotatorRegistry, with_annotator
 from bot.controlnets.clip_vision import ClipVisionRegistry, with_encoder
 from bot.controlnets.registry import ControlNetRegistry
 from bot.demo import DEMO_NOTE, is_demo
@@ -70,7 +71,7 @@ from bot.styles import apply as apply_styles
 from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from bot.wildcards import WildcardError, WildcardLibrary, is_template
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
-from common.control import ControlUnit, units_from_infotext
+from common.control import ControlUnit, preprocessor, units_from_infotext
 from common.detail import from_infotext as detail_from_infotext
 from common.editing import EDIT_MODELS, INFOTEXT_KEY, edit_model, install_hint, read_hashes
 from common.errors import EaselError
@@ -273,10 +274,12 @@ class Jobs:
         wildcards: WildcardLibrary | None = None,
         controlnets: ControlNetRegistry | None = None,
         clip_vision: ClipVisionRegistry | None = None,
+        annotators: AnnotatorRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.controlnets = controlnets
         self.clip_vision = clip_vision
+        self.annotators = annotators
         self.styles = styles
         self.wildcards = wildcards
         self.generation = generation
@@ -785,6 +788,11 @@ class Jobs:
             use = await self.controlnets.for_unit(unit.model, unit.module, ref.family)
             if use.layout.startswith("ip-adapter"):  # the CLIP vision encoder it reads the picture with
                 use = await self._encoder_for(use)
+            pre = preprocessor(unit.module)
+            if pre.annotator:  # the network its preprocessor runs (HED, lineart)
+                if self.annotators is None:
+                    raise EaselError(f"the {pre.name} preprocessor is not available here")
+                use = with_annotator(use, await self.annotators.for_preprocessor(pre))
             uses.append(use)
             try:
                 pictures.append(uploads.get(unit.image) or await self._kept_input(unit.image))

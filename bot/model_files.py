@@ -14,6 +14,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry, HashPr
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.annotators import annotator_registry
 from bot.controlnets.clip_vision import clip_vision_registry
 from bot.controlnets.registry import controlnet_registry
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
@@ -31,6 +32,7 @@ def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[Networ
         text_encoder_registry(db, settings),
         controlnet_registry(db, settings),
         clip_vision_registry(db, settings),
+        annotator_registry(db, settings),
     ]
 
 

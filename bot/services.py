@@ -14,6 +14,7 @@ from bot.checkpoints.registry import CheckpointRegistry
 from bot.components.registry import VaeRegistry, vae_registry
 from bot.components.text_encoders import TextEncoderRegistry, text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.annotators import AnnotatorRegistry, annotator_registry
 from bot.controlnets.clip_vision import ClipVisionRegistry, clip_vision_registry
 from bot.controlnets.registry import ControlNetRegistry, controlnet_registry
 from bot.db import open_database
@@ -48,12 +49,16 @@ class Services:
     text_encoders: TextEncoderRegistry
     controlnets: ControlNetRegistry
     clip_vision: ClipVisionRegistry
+    annotators: AnnotatorRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
         """The registries of files beside checkpoints (LoRAs, embeddings, upscalers, VAEs, text
         encoders, ControlNets), for the commands that take any model file."""
-        return [self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets, self.clip_vision]
+        return [
+            self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets, self.clip_vision,
+            self.annotators,
+        ]  # fmt: skip
 
     async def close(self) -> None:
         await self.generation.close()
@@ -115,7 +120,9 @@ async def open_services(
     text_encoders = text_encoder_registry(db, settings)
     controlnets = controlnet_registry(db, settings)
     clip_vision = clip_vision_registry(db, settings)
-    downloads = Downloader.from_settings(registry, settings, [loras, embeddings, upscalers, vaes, text_encoders, controlnets, clip_vision])
+    annotators = annotator_registry(db, settings)
+    networks = [loras, embeddings, upscalers, vaes, text_encoders, controlnets, clip_vision, annotators]
+    downloads = Downloader.from_settings(registry, settings, networks)
     guild_settings = GuildSettings(
         db,
         registry,
@@ -142,6 +149,7 @@ async def open_services(
         wildcards=settings.wildcards(),
         controlnets=controlnets,
         clip_vision=clip_vision,
+        annotators=annotators,
     )
     return Services(
         settings,
@@ -161,4 +169,5 @@ async def open_services(
         text_encoders,
         controlnets,
         clip_vision,
+        annotators,
     )

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from bot.components.registry import vae_registry
 from bot.components.text_encoders import text_encoder_registry
 from bot.config import Settings
+from bot.controlnets.annotators import annotator_registry
 from bot.controlnets.clip_vision import clip_vision_registry
 from bot.controlnets.registry import controlnet_registry
 from bot.db import open_database
@@ -119,6 +120,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 wildcards=settings.wildcards(),
                 controlnets=controlnet_registry(db, settings),
                 clip_vision=clip_vision_registry(db, settings),
+                annotators=annotator_registry(db, settings),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
 from bot.config import Settings
+from bot.controlnets.annotators import AnnotatorRegistry
 from bot.controlnets.clip_vision import ClipVisionRegistry
 from bot.controlnets.registry import ControlNetRegistry
 from bot.db import open_database
@@ -57,7 +58,7 @@ def render_network(e: NetworkEntry) -> str:
         return render_vae(e)
     if e.kind == "text_encoder":
         return render_text_encoder(e)
-    if e.kind in ("controlnet", "clip_vision"):
+    if e.kind in ("controlnet", "clip_vision", "annotator"):
         return render_controlnet(e)
     use = (
         f"<lora:{e.name}:1>  (<lora:{e.name}:TE:UNET> sets the two strengths apart)"
@@ -112,7 +113,9 @@ def render_vae(e: NetworkEntry) -> str:
 def render_controlnet(e: NetworkEntry) -> str:
     lines = [
         f"Name:          {e.name} [{e.short_hash}]",
-        f"Use:           generate --control PICTURE:PREPROCESSOR:{e.name}[:WEIGHT]; /control model:{e.name}",
+        f"Use:           generate --control PICTURE:PREPROCESSOR:{e.name}[:WEIGHT]; /control model:{e.name}"
+        if e.kind != "annotator"
+        else "Use:           chosen by itself for the preprocessors its kind names (generate --control PICTURE:softedge_hed)",
         f"Kind:          {e.label}, {e.layout} layout",
         f"Runs:          {'yes' if e.loadable else 'no: ' + e.reason}",
         f"Status:        {e.status}",
@@ -213,6 +216,11 @@ async def cmd_make_tiny_ip_adapter(args: argparse.Namespace, settings: Settings)
     return 0
 
 
+async def cmd_make_tiny_annotator(args: argparse.Namespace, settings: Settings) -> int:
+    print(await run_worker_tool("make-tiny-annotator", "--kind", args.kind, "--seed", str(args.seed), args.out))
+    return 0
+
+
 async def cmd_make_tiny_upscaler(args: argparse.Namespace, settings: Settings) -> int:
     argv = ["make-tiny-upscaler", "--layout", args.layout, "--scale", str(args.scale), "--seed", str(args.seed)]
     print(await run_worker_tool(*argv, args.out))
@@ -258,6 +266,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_ip_adapter)
+    p = sub.add_parser(
+        "make-tiny-annotator",
+        help="write a random-weight annotator in its real layout: hed (ControlNetHED.pth's) or lineart (sk_model.pth's)",
+    )
+    p.add_argument("--kind", choices=("hed", "lineart"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_annotator)
     p = sub.add_parser("make-tiny-upscaler", help="write a tiny random-weight upscaler (.pth or .safetensors)")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -273,13 +289,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         (TextEncoderRegistry, "text-encoders", "models/text_encoders"),
         (ControlNetRegistry, "controlnets", "models/ControlNet"),
         (ClipVisionRegistry, "clip-vision", "models/clip_vision"),
+        (AnnotatorRegistry, "annotators", "models/ControlNetPreprocessor"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry, ClipVisionRegistry):  # ControlNets have a base too
+        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry, ClipVisionRegistry, AnnotatorRegistry):  # ControlNets have a base too
             p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
         else:
             p.set_defaults(base=None)

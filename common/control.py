@@ -33,7 +33,10 @@ class Preprocessor:
     word: str  # a word in the name of the ControlNet made for such maps (the extension's Control Type filter)
     threshold_a: float | None = None  # its sliders' defaults (None: it has no such slider)
     threshold_b: float | None = None
-    needs: str = ""  # a model file it would need: Easel does not run those preprocessors yet
+    needs: str = ""  # the annotator model file(s) it needs (lllyasviel/Annotators' names)
+    # The layout of the annotator file it runs with, from models/ControlNetPreprocessor
+    # (bot/controlnets/annotators.py, gpu_worker/annotators.py); "" with `needs`: Easel does not run it yet.
+    annotator: str = ""
     # Its control type on a ControlNet-Union model (xinsir's controlnet-union-sdxl-1.0 and ProMax: 0
     # openpose, 1 depth, 2 soft edge and scribble, 3 canny and lineart, 4 normal, 5 segmentation, and
     # on ProMax 6 tile, 7 inpainting); None: no Union type takes its map.
@@ -63,22 +66,26 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("openpose", "openpose", needs="body_pose_model.pth"),
         Preprocessor("openpose_full", "openpose", needs="body_pose_model.pth, hand_pose_model.pth and facenet.pth"),
         Preprocessor("dw_openpose_full", "openpose", needs="yolox_l.onnx and dw-ll_ucoco_384.onnx"),
-        Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth"),
+        Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth", annotator="hed", union=2),
+        Preprocessor("softedge_hedsafe", "softedge", needs="ControlNetHED.pth", annotator="hed", union=2),
+        Preprocessor("scribble_hed", "scribble", needs="ControlNetHED.pth", annotator="hed", union=2),
         Preprocessor("softedge_pidinet", "softedge", needs="table5_pidinet.pth"),
-        Preprocessor("lineart_realistic", "lineart", needs="sk_model.pth"),
+        Preprocessor("lineart_realistic", "lineart", needs="sk_model.pth", annotator="lineart", union=3),
+        Preprocessor("lineart_coarse", "lineart", needs="sk_model2.pth", annotator="lineart", union=3),
         Preprocessor("lineart_anime", "lineart", needs="netG.pth"),
         Preprocessor("normal_bae", "normal", needs="scannet.pt"),
         Preprocessor("mlsd", "mlsd", needs="mlsd_large_512_fp32.pth"),
         Preprocessor("seg_ofade20k", "seg", needs="250_16_swin_l_oneformer_ade20k_160k.pth"),
     )
 }
-RUNNABLE = tuple(name for name, p in PREPROCESSORS.items() if not p.needs)
+RUNNABLE = tuple(name for name, p in PREPROCESSORS.items() if not p.needs or p.annotator)
 # The extension's older names, as its infotexts may carry them (global_state.py preprocessor_aliases).
 ALIASES = {
     "invert (from white bg & black line)": "invert",
     "lineart_standard (from white bg & black line)": "lineart_standard",
     "depth": "depth_midas",
     "hed": "softedge_hed",
+    "hed_safe": "softedge_hedsafe",
     "pidinet": "softedge_pidinet",
     "lineart": "lineart_realistic",
     "ip-adapter_clip_sd15": "ip-adapter_clip_h",
@@ -117,7 +124,7 @@ def preprocessor(name: str) -> Preprocessor:
     found = PREPROCESSORS.get(ALIASES.get(wanted, wanted))
     if found is None:
         raise ControlError(f"no ControlNet preprocessor named {name.strip()!r}; choose one of {', '.join(RUNNABLE)}")
-    if found.needs:
+    if found.needs and not found.annotator:
         raise ControlError(
             f"the {found.name} preprocessor needs its annotator model ({found.needs}), which Easel does not run "
             "yet; make the map elsewhere and give it with the preprocessor none"

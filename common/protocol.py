@@ -165,6 +165,9 @@ class ControlNetUse:
     # An IP-Adapter (h94's, the A1111 extension runs it as a ControlNet unit): the CLIP vision encoder
     # it reads the picture with, from models/clip_vision; None for a ControlNet.
     encoder: ComponentUse | None = None
+    # The annotator network its preprocessor runs (HED, lineart; models/ControlNetPreprocessor,
+    # role = its layout: gpu_worker/annotators.py); None for a model-free preprocessor.
+    annotator: ComponentUse | None = None
 
 
 @dataclass(frozen=True)

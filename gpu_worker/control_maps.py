@@ -9,6 +9,8 @@ RGB, white lines on black where the extension's are.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -16,10 +18,15 @@ from PIL import Image
 from common.control import ControlUnit
 
 
-def control_map(picture: Image.Image, unit: ControlUnit, seed: int) -> Image.Image:
+def control_map(
+    picture: Image.Image, unit: ControlUnit, seed: int, annotator: Callable[[np.ndarray], np.ndarray] | None = None
+) -> Image.Image:
     """`picture` (at the job's size) as `unit`'s preprocessor sees it; `seed` draws the shuffle's flow
-    (the extension draws it unseeded: a job here gives the same map again)."""
+    (the extension draws it unseeded: a job here gives the same map again); `annotator`: the network
+    an annotator preprocessor runs (gpu_worker/annotators.py), RGB in, its gray map out."""
     rgb = np.asarray(picture.convert("RGB"))
+    if annotator is not None:
+        return Image.fromarray(np.ascontiguousarray(_gray_to_rgb(annotator(rgb))), "RGB")
     a, b = unit.threshold_a, unit.threshold_b
     match unit.module:
         case "none" | "ip-adapter_clip_h" | "ip-adapter_clip_g":  # a map already; an IP-Adapter reads the picture

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from transformers.initialization import no_init_weights
 
 from common.control import PREPROCESSORS, SOFT_IN_HIRES, ControlUnit
 from common.protocol import ControlNetUse
+from gpu_worker.annotators import AnnotatorCache, AnnotatorError, run_annotator
 from gpu_worker.control_maps import control_map
 from gpu_worker.init_images import prepare_init
 from gpu_worker.loaded import LoadedPipeline
@@ -196,6 +198,7 @@ class ControlNetCache:
         self._encoders: OrderedDict[tuple[str, str], CLIPVisionModelWithProjection] = OrderedDict()
         self._on_device: list[torch.nn.Module] = []
         self._adapted: LoadedPipeline | None = None  # the pipeline IP-Adapters were loaded into
+        self._annotators = AnnotatorCache()
 
     def prepare(
         self,
@@ -222,7 +225,15 @@ class ControlNetCache:
             picture = prepare_init(png, size[0], size[1], "crop")
             pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
             union = PREPROCESSORS[unit.module].union if use.union_types else None
-            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed), pooled, union))
+            annotator = None
+            if use.annotator is not None:
+                a = use.annotator
+                try:
+                    network = self._annotators.get(a.path, a.sha256, a.role, a.name)
+                except AnnotatorError as e:
+                    raise ControlNetError(str(e)) from None
+                annotator = partial(run_annotator, network, unit.module, device=device)
+            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed, annotator), pooled, union))
         control = Control(active)
         if adapters:
             control.adapters = [unit for _, unit in adapters]

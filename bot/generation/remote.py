@@ -66,7 +66,7 @@ class BrokerUnavailable(Exception):
 
 def files_needed(spec: ValidRequest) -> list[NeededFile]:
     """Every file a job reads, with its hash and the bot's copy: its checkpoint and components,
-    LoRAs, embeddings, VAE, hires upscaler, ControlNets and their CLIP vision encoders."""
+    LoRAs, embeddings, VAE, hires upscaler, ControlNets, their CLIP vision encoders and annotators."""
     load = spec.checkpoint.load_request()
     needed = [NeededFile(f"checkpoint {load.name}", load.sha256, load.path)]
     needed += [NeededFile(f"{c.role} {c.name}", c.sha256, c.path) for c in load.components]
@@ -79,6 +79,9 @@ def files_needed(spec: ValidRequest) -> list[NeededFile]:
     needed += [NeededFile(f"ControlNet {u.name}", u.sha256, u.path) for u in spec.controlnets]
     needed += [
         NeededFile(f"CLIP vision {u.encoder.name}", u.encoder.sha256, u.encoder.path) for u in spec.controlnets if u.encoder
+    ]
+    needed += [
+        NeededFile(f"annotator {u.annotator.name}", u.annotator.sha256, u.annotator.path) for u in spec.controlnets if u.annotator
     ]
     return needed
 

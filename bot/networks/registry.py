@@ -89,7 +89,7 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
-        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet", "clip_vision"):
+        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet", "clip_vision", "annotator"):
             return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
@@ -174,7 +174,7 @@ def extra_network_folders(models_root: Path) -> list[Path]:
     return network_folders(
         models_root,
         LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS + CONTROLNET_FOLDERS
-        + ("clip_vision",),
+        + ("clip_vision", "ControlNetPreprocessor"),
     )
 
 

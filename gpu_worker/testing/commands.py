@@ -53,6 +53,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--base", choices=("sd1", "sdxl"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-annotator")
+    p.add_argument("--kind", choices=("hed", "lineart"), required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -67,6 +71,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "make-tiny-controlnet": _make_tiny_controlnet,
         "make-tiny-ip-adapter": _make_tiny_ip_adapter,
         "make-tiny-upscaler": _make_tiny_upscaler,
+        "make-tiny-annotator": _make_tiny_annotator,
     }
 
 
@@ -135,6 +140,16 @@ def _make_tiny_ip_adapter(args: argparse.Namespace) -> int:
         return 1
     what = f"tiny {args.base} IP-Adapter for the tiny clip-vision encoder, seed {args.seed}"
     return _written(lambda: make_tiny_ip_adapter(args.base, Path(args.out), args.seed), what)
+
+
+def _make_tiny_annotator(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_annotator import make_tiny_annotator
+
+    if not args.out.lower().endswith((".pth", ".safetensors")):
+        print(f"error: {args.out}: an annotator file ends in .pth or .safetensors", file=sys.stderr)
+        return 1
+    what = f"random-weight {args.kind} annotator, seed {args.seed}"
+    return _written(lambda: make_tiny_annotator(args.kind, Path(args.out), args.seed), what)
 
 
 def _make_tiny_transformer(args: argparse.Namespace) -> int:

@@ -1,0 +1,189 @@
+"""The annotator networks some ControlNet preprocessors run (lllyasviel/Annotators' files, as the
+A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_hed, softedge_hedsafe,
+scribble_hed) and the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
+for lineart_coarse). Each network is written here from its file's layout (its tensors' names and
+shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
+it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
+whose maps steer the drawing as they are.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from gpu_worker.model_parts import PartError, load_exact
+
+RESIDENT = 2  # annotators kept in CPU RAM between batches
+
+
+class AnnotatorError(Exception):
+    """An annotator file that cannot be run: the message names it, for the person."""
+
+
+class _HedBlock(nn.Module):
+    def __init__(self, channels_in: int, channels: int, layers: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            *(nn.Conv2d(channels_in if i == 0 else channels, channels, 3, padding=1) for i in range(layers))
+        )
+        self.projection = nn.Conv2d(channels, 1, 1)
+
+    def forward(self, x: torch.Tensor, pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if pool:
+            x = nn.functional.max_pool2d(x, 2, 2)
+        for conv in self.convs:
+            x = nn.functional.relu(conv(x))
+        return x, self.projection(x)
+
+
+class HedNetwork(nn.Module):
+    """ControlNetHED.pth: five VGG-like blocks, each's one-channel projection an edge score."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        widths = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
+        for i, (cin, cout, layers) in enumerate(widths, start=1):
+            self.add_module(f"block{i}", _HedBlock(cin, cout, layers))
+
+    def forward(self, rgb255: torch.Tensor) -> list[torch.Tensor]:
+        h = rgb255 - self.norm
+        scores = []
+        for i in range(1, 6):
+            h, score = getattr(self, f"block{i}")(h, pool=i > 1)
+            scores.append(score)
+        return scores
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels), nn.ReLU(),
+            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+class LineartGenerator(nn.Module):
+    """sk_model.pth and sk_model2.pth: a picture-to-picture generator, two strided convolutions down,
+    three residual blocks, two transposed convolutions up, a sigmoid's one channel out."""
+
+    def __init__(self, residual_blocks: int = 3) -> None:
+        super().__init__()
+        self.model0 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, 64, 7), nn.InstanceNorm2d(64), nn.ReLU())
+        self.model1 = nn.Sequential(
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.InstanceNorm2d(128), nn.ReLU(),
+            nn.Conv2d(128, 256, 3, stride=2, padding=1), nn.InstanceNorm2d(256), nn.ReLU(),
+        )  # fmt: skip
+        self.model2 = nn.Sequential(*(_Residual(256) for _ in range(residual_blocks)))
+        self.model3 = nn.Sequential(
+            nn.ConvTranspose2d(256, 128, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(128), nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(64), nn.ReLU(),
+        )  # fmt: skip
+        self.model4 = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(64, 1, 7), nn.Sigmoid())
+
+    def forward(self, rgb01: torch.Tensor) -> torch.Tensor:
+        return self.model4(self.model3(self.model2(self.model1(self.model0(rgb01)))))
+
+
+NETWORKS = {"hed": HedNetwork, "lineart": LineartGenerator}
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix.lower() == ".safetensors":
+        return dict(safetensors.torch.load_file(str(path)))
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = raw.get("state_dict", raw) if isinstance(raw, dict) else {}
+    return {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+
+
+def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
+    if layout not in NETWORKS:
+        raise AnnotatorError(f"the annotator {name} is of a kind Easel does not run")
+    if not path.is_file():
+        raise AnnotatorError(f"the annotator {name} is no longer on disk")
+    with torch.device("meta"):
+        network = NETWORKS[layout]()
+    try:
+        load_exact(network, {k: v.float() for k, v in read_state(path).items()}, f"the annotator {name}")
+    except (PartError, RuntimeError, KeyError, ValueError, OSError) as e:  # a vetted file of the wrong shape
+        raise AnnotatorError(f"the annotator {name} cannot be read as {layout}'s network ({type(e).__name__})") from None
+    return network.eval()
+
+
+class AnnotatorCache:
+    def __init__(self, size: int = RESIDENT) -> None:
+        self.size = size
+        self._networks: OrderedDict[str, nn.Module] = OrderedDict()
+
+    def get(self, path: str, sha256: str, layout: str, name: str) -> nn.Module:
+        key = sha256 or path
+        if key in self._networks:
+            self._networks.move_to_end(key)
+            return self._networks[key]
+        network = load_annotator(Path(path), layout, name)
+        self._networks[key] = network
+        while len(self._networks) > self.size:
+            self._networks.popitem(last=False)
+        return network
+
+
+@torch.inference_mode()
+def run_annotator(network: nn.Module, module: str, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """`module`'s map of `rgb` (H×W×3 uint8), H×W uint8, as the extension makes it: the picture padded
+    at its edges to a multiple of 64 for the network, the padding cut off again."""
+    height, width = rgb.shape[:2]
+    padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
+    picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
+    network.to(device)
+    try:
+        if isinstance(network, HedNetwork):
+            out = _hed(network, picture, safe=module == "softedge_hedsafe")
+        else:
+            out = 255 - (network(picture / 255.0)[0, 0].cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)
+    finally:
+        network.to("cpu")
+    out = out[:height, :width]
+    if module == "scribble_hed":
+        out = _scribble(out)
+    return out
+
+
+def _hed(network: HedNetwork, picture: torch.Tensor, safe: bool) -> np.ndarray:
+    height, width = picture.shape[2:]
+    scores = [nn.functional.interpolate(s, size=(height, width), mode="bilinear", align_corners=False) for s in network(picture)]
+    edge = torch.sigmoid(torch.stack(scores).mean(dim=0))[0, 0].double().cpu().numpy()
+    if safe:  # the extension's safe_step: three levels, fewer hidden details carried into the drawing
+        edge = (edge.astype(np.float32) * 3.0).astype(np.int32).astype(np.float32) / 2.0
+    return (edge * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def _scribble(edges: np.ndarray) -> np.ndarray:
+    """scribble_hed: the soft edges thinned (non-maximum suppression over four directions at 127),
+    blurred and set to black or white, as the extension's processor does."""
+    x = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), 3.0)
+    kernels = [
+        np.array(k, dtype=np.uint8)
+        for k in (
+            [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
+            [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+            [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+            [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+        )
+    ]
+    peaks = np.zeros_like(x)
+    for kernel in kernels:
+        np.putmask(peaks, cv2.dilate(x, kernel=kernel) == x, x)
+    thin = np.where(peaks > 127, 255, 0).astype(np.uint8)
+    blurred = cv2.GaussianBlur(thin, (0, 0), 3.0)
+    return np.where(blurred > 4, 255, 0).astype(np.uint8)

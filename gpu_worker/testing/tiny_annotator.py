@@ -1,0 +1,27 @@
+"""Random-weight annotator files in their real layouts (lllyasviel/Annotators' ControlNetHED.pth and
+sk_model.pth), for tests: the networks have fixed widths, so these are as large as the released
+files (HED 59 MB in float32, lineart 17 MB). Written as torch.save writes a state dict (a pickle, as released)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gpu_worker.annotators import NETWORKS
+
+
+def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
+    if kind not in NETWORKS:
+        raise ValueError(f"no annotator kind {kind!r}; choose one of {', '.join(NETWORKS)}")
+    torch.manual_seed(seed)
+    network = NETWORKS[kind]()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().clone().contiguous() for name, tensor in network.state_dict().items()}
+    if out.suffix.lower() == ".safetensors":
+        import safetensors.torch
+
+        safetensors.torch.save_file(state, str(out))
+    else:
+        torch.save(state, out)
+    return out

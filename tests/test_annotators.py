@@ -1,0 +1,123 @@
+"""ControlNet preprocessors that run an annotator network (lllyasviel/Annotators' files): HED's soft
+edges and the line drawing generator, in their real layouts, through the real runner and the command
+line; their maps' arithmetic held to known outputs; the missing file named; a hostile file refused."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from common.control import ControlUnit
+from common.protocol import ComponentUse
+from gpu_worker.annotators import HedNetwork, LineartGenerator, load_annotator, run_annotator
+from gpu_worker.testing.tiny import make_tiny_checkpoint
+from gpu_worker.testing.tiny_annotator import make_tiny_annotator
+from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
+from tests.helpers import in_process_runner
+from tests.test_controlnet import SIZE, draw, load, picture, use
+
+
+@pytest.fixture(scope="module")
+def annotators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("annotators")
+    return {
+        "sd1": make_tiny_checkpoint("sd1", folder / "tiny-sd1.safetensors", seed=0),
+        "cn-sd1": make_tiny_controlnet("sd1", folder / "control_tiny_sd15_softedge.safetensors", seed=0),
+        "hed": make_tiny_annotator("hed", folder / "ControlNetHED.pth", seed=1),
+        "lineart": make_tiny_annotator("lineart", folder / "sk_model.pth", seed=2),
+    }
+
+
+def unit(module: str, **values: object) -> ControlUnit:
+    return ControlUnit(**({"image": "ab" * 32, "module": module} | values))  # type: ignore[arg-type]
+
+
+def map_of(done) -> np.ndarray:
+    [shown] = done.maps
+    return np.asarray(Image.open(io.BytesIO(shown.png)))
+
+
+def test_soft_edges_and_line_drawings_are_made_by_their_networks_in_the_runner(annotators) -> None:
+    runner, events, _ = in_process_runner()
+    runner_and_events = (runner, events)
+    checkpoint, model = load(annotators["sd1"], "sd1"), use(annotators["cn-sd1"], "sd1")
+    hed = ComponentUse("hed", "ControlNetHED.pth", str(annotators["hed"]), "1" * 64)
+    lineart = ComponentUse("lineart", "sk_model.pth", str(annotators["lineart"]), "2" * 64)
+    maps = {}
+    for module, annotator in (("softedge_hed", hed), ("softedge_hedsafe", hed), ("scribble_hed", hed), ("lineart_realistic", lineart)):
+        done = draw(runner_and_events, checkpoint, [unit(module)], [replace(model, annotator=annotator)])
+        maps[module] = map_of(done)
+        assert maps[module].shape == (SIZE, SIZE, 3) and (maps[module][..., 0] == maps[module][..., 2]).all()  # a gray map
+        assert f'Module: {module}, Model: ' in done.images[0].infotext
+    assert set(np.unique(maps["scribble_hed"])) <= {0, 255}
+    assert len(np.unique(maps["softedge_hedsafe"])) <= 3 < len(np.unique(maps["softedge_hed"]))  # safe: three levels
+    again = draw(runner_and_events, checkpoint, [unit("softedge_hed")], [replace(model, annotator=hed)])
+    assert np.array_equal(map_of(again), maps["softedge_hed"])  # the same network, the same map
+
+
+def constant_network(kind: str, folder: Path, bias: float) -> Path:
+    """An annotator whose every weight is 0 and whose last layers' biases are `bias`: its output is
+    known without running it."""
+    network = HedNetwork() if kind == "hed" else LineartGenerator()
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        if kind == "hed":
+            for i in range(1, 6):
+                getattr(network, f"block{i}").projection.bias.fill_(bias * i)  # scores b, 2b, … 5b
+        else:
+            network.model4[1].bias.fill_(bias)
+    path = folder / f"{kind}.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def test_the_maps_are_computed_as_the_extension_computes_them(tmp_path: Path) -> None:
+    rgb = np.asarray(picture())
+    hed = load_annotator(constant_network("hed", tmp_path, 1.0), "hed", "hed")
+    # Scores 1 … 5: the sigmoid of their mean, sigmoid(3) = 0.9526 → 242 (the mean of their sigmoids
+    # would be 0.9080 → 231).
+    assert (run_annotator(hed, "softedge_hed", rgb, "cpu") == 242).all()
+    hed = load_annotator(constant_network("hed", tmp_path, 0.1), "hed", "hed")
+    # Safe: sigmoid(0.3) = 0.5744, floor(0.5744 × 3) / 2 = 0.5 → 127 (146 unsafe).
+    assert (run_annotator(hed, "softedge_hedsafe", rgb, "cpu") == 127).all()
+    assert (run_annotator(hed, "softedge_hed", rgb, "cpu") == 146).all()
+    lineart = load_annotator(constant_network("lineart", tmp_path, -1.0), "lineart", "lineart")
+    # The generator's sigmoid(-1) = 0.2689 of ink, inverted as the extension does: 255 - 68 = 187.
+    assert (run_annotator(lineart, "lineart_realistic", rgb[:50, :40], "cpu") == 255 - int(0.2689414213699951 * 255)).all()
+    assert run_annotator(lineart, "lineart_realistic", rgb[:50, :40], "cpu").shape == (50, 40)  # padded to 64, cut back
+
+
+def test_the_command_line_finds_the_annotator_by_its_name_and_refuses_what_is_missing(cli, models: Path, add_tiny, tmp_path: Path) -> None:
+    add_tiny("sd1", "tiny.safetensors")
+    make_tiny_controlnet("sd1", models / "ControlNet" / "control_v11p_sd15_lineart.safetensors")
+    folder = models / "ControlNetPreprocessor"
+    folder.mkdir()
+    (folder / "sk_model2.pth").write_bytes(b"\x80\x04cposix\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03.")
+    scanned = cli("checkpoints", "scan")
+    assert scanned.code == 0 and "sk_model2.pth" in scanned.out + scanned.err  # refused by the allow-list reader, named
+    assert "sk_model2" not in cli("annotators", "list").out
+    picture().save(tmp_path / "square.png")
+    base = ("generate", "--checkpoint", "tiny", "--prompt", "a box", "--size", "64x64", "--steps", "3", "--seed", "2")
+    missing = cli(*base, "--control", f"{tmp_path / 'square.png'}:lineart_realistic", "--out", str(tmp_path / "refused"))
+    assert missing.code != 0 and "the lineart_realistic preprocessor needs sk_model.pth" in missing.err
+    assert "in models/ControlNetPreprocessor; it is not installed" in missing.err and not (tmp_path / "refused").exists()
+    (folder / "sk_model2.pth").unlink()
+    made = cli("make-tiny-annotator", "--kind", "lineart", str(folder / "lineart" / "sk_model.pth"))
+    assert made.code == 0 and "random-weight lineart annotator" in made.out
+    assert cli("checkpoints", "scan").code == 0
+    listed = cli("annotators", "list").out
+    assert "sk_model" in listed and "line drawing (lineart_realistic, lineart_coarse)" in listed
+    drawn = cli(*base, "--control", f"{tmp_path / 'square.png'}:lineart_realistic", "--out", str(tmp_path / "out"))
+    assert drawn.code == 0, drawn.err
+    assert "ControlNet 0: lineart_realistic map for control_v11p_sd15_lineart [" in drawn.out
+    coarse = cli(*base, "--control", f"{tmp_path / 'square.png'}:lineart_coarse", "--out", str(tmp_path / "refused"))
+    assert coarse.code != 0 and "the lineart_coarse preprocessor needs sk_model2.pth" in coarse.err  # the other training
+    depth = cli(*base, "--control", f"{tmp_path / 'square.png'}:depth_midas", "--out", str(tmp_path / "refused"))
+    assert depth.code != 0 and "needs its annotator model (dpt_hybrid-midas-501f0c75.pt), which Easel does not run" in depth.err
