@@ -268,9 +268,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_make_tiny_ip_adapter)
     p = sub.add_parser(
         "make-tiny-annotator",
-        help="write a random-weight annotator in its real layout: hed (ControlNetHED.pth's) or lineart (sk_model.pth's)",
+        help="write a random-weight annotator in its real layout: hed (ControlNetHED.pth's), lineart (sk_model.pth's) "
+        "or openpose_body (body_pose_model.pth's, 209 MB)",
     )
-    p.add_argument("--kind", choices=("hed", "lineart"), required=True)
+    p.add_argument("--kind", choices=("hed", "lineart", "openpose_body"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_annotator)

@@ -63,7 +63,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("ip-adapter_clip_g", "ip-adapter"),
         Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),
-        Preprocessor("openpose", "openpose", needs="body_pose_model.pth"),
+        Preprocessor("openpose", "openpose", needs="body_pose_model.pth", annotator="openpose_body", union=0),
         Preprocessor("openpose_full", "openpose", needs="body_pose_model.pth, hand_pose_model.pth and facenet.pth"),
         Preprocessor("dw_openpose_full", "openpose", needs="yolox_l.onnx and dw-ll_ucoco_384.onnx"),
         Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth", annotator="hed", union=2),

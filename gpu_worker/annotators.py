@@ -1,7 +1,8 @@
 """The annotator networks some ControlNet preprocessors run (lllyasviel/Annotators' files, as the
 A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_hed, softedge_hedsafe,
-scribble_hed) and the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
-for lineart_coarse). Each network is written here from its file's layout (its tensors' names and
+scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
+for lineart_coarse) and OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
+by gpu_worker/openpose.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
 whose maps steer the drawing as they are.
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from gpu_worker.model_parts import PartError, load_exact
+from gpu_worker.openpose import pose_map
 
 RESIDENT = 2  # annotators kept in CPU RAM between batches
 
@@ -140,8 +142,11 @@ class AnnotatorCache:
 
 @torch.inference_mode()
 def run_annotator(network: nn.Module, module: str, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
-    """`module`'s map of `rgb` (H×W×3 uint8), H×W uint8, as the extension makes it: the picture padded
-    at its edges to a multiple of 64 for the network, the padding cut off again."""
+    """`module`'s map of `rgb` (H×W×3 uint8) as the extension makes it: gray (H×W uint8), the picture
+    padded at its edges to a multiple of 64 for the network and the padding cut off again; a pose's
+    skeletons in colour (H×W×3), at the body model's own scale (gpu_worker/openpose.py)."""
+    if isinstance(network, BodyPoseNetwork):
+        return pose_map(network, rgb, device)
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
     picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
@@ -187,3 +192,69 @@ def _scribble(edges: np.ndarray) -> np.ndarray:
     thin = np.where(peaks > 127, 255, 0).astype(np.uint8)
     blurred = cv2.GaussianBlur(thin, (0, 0), 3.0)
     return np.where(blurred > 4, 255, 0).astype(np.uint8)
+
+
+# --- OpenPose (body) -------------------------------------------------------------------------------
+
+
+def _body_layers() -> list[tuple[str, list[tuple[str, int, int, int]]]]:
+    """body_pose_model.pth's blocks: (block, [(conv name, in, out, kernel)]), pools between the VGG
+    stages as "pool"; names as the file's keys have them (CMU's model as ported to PyTorch)."""
+    vgg = [("conv1_1", 3, 64, 3), ("conv1_2", 64, 64, 3), ("pool", 0, 0, 0), ("conv2_1", 64, 128, 3),
+           ("conv2_2", 128, 128, 3), ("pool", 0, 0, 0), ("conv3_1", 128, 256, 3), ("conv3_2", 256, 256, 3),
+           ("conv3_3", 256, 256, 3), ("conv3_4", 256, 256, 3), ("pool", 0, 0, 0), ("conv4_1", 256, 512, 3),
+           ("conv4_2", 512, 512, 3), ("conv4_3_CPM", 512, 256, 3), ("conv4_4_CPM", 256, 128, 3)]  # fmt: skip
+    blocks = [("features", vgg)]
+    for branch, width in ((1, 38), (2, 19)):  # L1: part affinity fields, L2: part heatmaps (and background)
+        blocks.append((f"stage1_L{branch}", [
+            (f"conv5_1_CPM_L{branch}", 128, 128, 3), (f"conv5_2_CPM_L{branch}", 128, 128, 3),
+            (f"conv5_3_CPM_L{branch}", 128, 128, 3), (f"conv5_4_CPM_L{branch}", 128, 512, 1),
+            (f"conv5_5_CPM_L{branch}", 512, width, 1),
+        ]))  # fmt: skip
+    for stage in range(2, 7):
+        for branch, width in ((1, 38), (2, 19)):
+            convs = [(f"Mconv1_stage{stage}_L{branch}", 185, 128, 7)]
+            convs += [(f"Mconv{i}_stage{stage}_L{branch}", 128, 128, 7) for i in range(2, 6)]
+            convs += [(f"Mconv6_stage{stage}_L{branch}", 128, 128, 1), (f"Mconv7_stage{stage}_L{branch}", 128, width, 1)]
+            blocks.append((f"stage{stage}_L{branch}", convs))
+    return blocks
+
+
+# Convolutions with no ReLU after them: each branch's last. The port lists stage 6's L1 twice and
+# not its L2, so the heatmaps of the last stage go through a ReLU: kept, for the same peaks.
+_NO_RELU = {f"conv5_5_CPM_L{b}" for b in (1, 2)} | {f"Mconv7_stage{s}_L{b}" for s in range(2, 6) for b in (1, 2)} | {"Mconv7_stage6_L1"}
+
+
+class BodyPoseNetwork(nn.Module):
+    """body_pose_model.pth: CMU's OpenPose body model (VGG features, six stages of two branches)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._blocks = _body_layers()
+        for _, convs in self._blocks:
+            for name, cin, cout, kernel in convs:
+                if name != "pool":
+                    self.add_module(name, nn.Conv2d(cin, cout, kernel, padding=kernel // 2))
+
+    def _run(self, block: list[tuple[str, int, int, int]], x: torch.Tensor) -> torch.Tensor:
+        for name, *_ in block:
+            if name == "pool":
+                x = nn.functional.max_pool2d(x, 2, 2)
+                continue
+            x = getattr(self, name)(x)
+            if name not in _NO_RELU:
+                x = nn.functional.relu(x)
+        return x
+
+    def forward(self, bgr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = dict(self._blocks)
+        features = self._run(blocks["features"], bgr)
+        x = features
+        for stage in range(1, 7):
+            pafs = self._run(blocks[f"stage{stage}_L1"], x)
+            heatmaps = self._run(blocks[f"stage{stage}_L2"], x)
+            x = torch.cat([pafs, heatmaps, features], 1)
+        return pafs, heatmaps
+
+
+NETWORKS["openpose_body"] = BodyPoseNetwork

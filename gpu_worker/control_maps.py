@@ -26,7 +26,8 @@ def control_map(
     an annotator preprocessor runs (gpu_worker/annotators.py), RGB in, its gray map out."""
     rgb = np.asarray(picture.convert("RGB"))
     if annotator is not None:
-        return Image.fromarray(np.ascontiguousarray(_gray_to_rgb(annotator(rgb))), "RGB")
+        made = annotator(rgb)
+        return Image.fromarray(np.ascontiguousarray(made if made.ndim == 3 else _gray_to_rgb(made)), "RGB")
     a, b = unit.threshold_a, unit.threshold_b
     match unit.module:
         case "none" | "ip-adapter_clip_h" | "ip-adapter_clip_g":  # a map already; an IP-Adapter reads the picture

@@ -121,3 +121,64 @@ def test_the_command_line_finds_the_annotator_by_its_name_and_refuses_what_is_mi
     assert coarse.code != 0 and "the lineart_coarse preprocessor needs sk_model2.pth" in coarse.err  # the other training
     depth = cli(*base, "--control", f"{tmp_path / 'square.png'}:depth_midas", "--out", str(tmp_path / "refused"))
     assert depth.code != 0 and "needs its annotator model (dpt_hybrid-midas-501f0c75.pt), which Easel does not run" in depth.err
+
+
+def person_maps(people: list[dict[int, tuple[int, int]]], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Part heatmaps (a Gaussian at each joint) and affinity fields (the limb's unit vector along it)
+    as the body network would give them for these people."""
+    from gpu_worker.openpose import FIELDS, LIMBS
+
+    heatmaps, fields = np.zeros((height, width, 19), np.float32), np.zeros((height, width, 38), np.float32)
+    ys, xs = np.mgrid[0:height, 0:width]
+    for joints in people:
+        for part, (x, y) in joints.items():
+            heatmaps[:, :, part - 1] = np.maximum(heatmaps[:, :, part - 1], np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / 18.0))
+        for (a, b), (fx, fy) in zip(LIMBS, FIELDS, strict=True):
+            if a not in joints or b not in joints:
+                continue
+            (x0, y0), (x1, y1) = joints[a], joints[b]
+            direction = np.array([x1 - x0, y1 - y0], float) / np.hypot(x1 - x0, y1 - y0)
+            for t in np.linspace(0, 1, 200):
+                x, y = round(x0 + t * (x1 - x0)), round(y0 + t * (y1 - y0))
+                fields[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3, fx - 19] = direction[0]
+                fields[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3, fy - 19] = direction[1]
+    return heatmaps, fields
+
+
+BODY = {1: (40, 30), 2: (40, 60), 3: (15, 62), 4: (8, 95), 5: (5, 125), 6: (65, 62), 7: (72, 95), 8: (75, 125),
+        9: (28, 120), 10: (26, 155), 11: (25, 190), 12: (52, 120), 13: (54, 155), 14: (55, 190), 15: (35, 25),
+        16: (45, 25), 17: (28, 28), 18: (52, 28)}  # fmt: skip
+
+
+def test_openpose_joins_each_person_s_parts_and_draws_their_skeletons(tmp_path: Path) -> None:
+    from gpu_worker.openpose import assemble, draw_bodies
+
+    height, width = 200, 240
+    second = {part: (x + 140, y) for part, (x, y) in BODY.items()}
+    people = assemble(*person_maps([BODY, second], height, width))
+    found = sorted([[None if p is None else (round(p[0] * width), round(p[1] * height)) for p in person] for person in people])
+    assert found == [[BODY[i] for i in range(1, 19)], [second[i] for i in range(1, 19)]]  # every joint, each person
+    left = [person for person in people if person[0] is not None and person[0][0] * width < 100]
+    canvas = draw_bodies(left, height, width)
+    assert tuple(canvas[30, 40]) == (255, 0, 0) and tuple(canvas[60, 40]) == (255, 85, 0)  # nose, neck: their colours
+    assert tuple(canvas[61, 28]) == (153, 0, 0)  # the first limb (neck to right shoulder): red dimmed to 60 %
+    assert not canvas[5:15, 100:130].any() and not canvas[:, 120:].any()
+    # Each person drawn dims those drawn before once more, as the extension draws them.
+    both = draw_bodies(people, height, width)
+    assert {tuple(both[30, 40]), tuple(both[30, 180])} == {(255, 0, 0), (153, 0, 0)}
+    # Fewer than four parts joined are no one; four are someone.
+    assert assemble(*person_maps([{1: BODY[1], 2: BODY[2], 15: BODY[15]}], height, width)) == []
+    [head] = assemble(*person_maps([{part: BODY[part] for part in (1, 2, 15, 17)}], height, width))
+    assert [i + 1 for i, p in enumerate(head) if p is not None] == [1, 2, 15, 17]
+
+
+def test_the_body_model_is_read_in_its_file_layout_and_runs(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import annotator_layout
+    from gpu_worker.annotators import BodyPoseNetwork
+
+    network = BodyPoseNetwork()
+    shapes = {name: tuple(t.shape) for name, t in network.state_dict().items()}
+    assert annotator_layout(shapes) == "openpose_body" and "conv1_1.weight" in shapes and "Mconv7_stage6_L2.bias" in shapes
+    assert sum(t.numel() for t in network.state_dict().values()) == 52_311_446  # body_pose_model.pth's count
+    made = run_annotator(network.eval(), "openpose", np.asarray(picture().resize((72, 56))), "cpu")
+    assert made.shape == (56, 72, 3) and made.dtype == np.uint8

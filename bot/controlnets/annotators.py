@@ -5,8 +5,8 @@ the work), and the one a unit's preprocessor runs with.
 
 Which network a file holds is read from its tensors' names and shapes (gpu_worker/annotators.py
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
-`sk_model2.pth`: one network, two trainings, told apart by name as the extension does). Other
-annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
+`sk_model2.pth`: one network, two trainings, told apart by name as the extension does) and
+OpenPose's body model (`body_pose_model.pth`). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def annotator_layout(shapes: dict[str, tuple[int, ...]]) -> str:
         return "hed"
     if shapes.get("model0.1.weight") == (64, 3, 7, 7) and shapes.get("model4.1.weight") == (1, 64, 7, 7):
         return "lineart"
+    if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6_L2.weight") == (19, 128, 1, 1):
+        return "openpose_body"
     return ""
 
 
@@ -38,14 +40,18 @@ def examine_annotator(path: Path) -> FileKind:
     tensors, metadata, pickled = read_tensor_map(path)
     shapes = {name.removeprefix("module."): tuple(t.shape) for name, t in tensors.items()}
     layout = annotator_layout(shapes)
-    labels = {"hed": "HED soft edges (softedge_hed, softedge_hedsafe, scribble_hed)", "lineart": "line drawing (lineart_realistic, lineart_coarse)"}
+    labels = {
+        "hed": "HED soft edges (softedge_hed, softedge_hedsafe, scribble_hed)",
+        "lineart": "line drawing (lineart_realistic, lineart_coarse)",
+        "openpose_body": "OpenPose body (openpose; CMU's weights: non-commercial use only)",
+    }
     return FileKind(
         "annotator",
         layout or "other",
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED's or the lineart generator's network: Easel runs those two",
+        "" if layout else "not HED's, the lineart generator's or OpenPose's body network: Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",

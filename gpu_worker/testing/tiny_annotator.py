@@ -1,6 +1,6 @@
 """Random-weight annotator files in their real layouts (lllyasviel/Annotators' ControlNetHED.pth and
 sk_model.pth), for tests: the networks have fixed widths, so these are as large as the released
-files (HED 59 MB in float32, lineart 17 MB). Written as torch.save writes a state dict (a pickle, as released)."""
+files (HED 59 MB in float32, lineart 17 MB, OpenPose's body model 209 MB). Written as torch.save writes a state dict (a pickle, as released)."""
 
 from __future__ import annotations
 
