@@ -182,3 +182,22 @@ def test_the_body_model_is_read_in_its_file_layout_and_runs(tmp_path: Path) -> N
     assert sum(t.numel() for t in network.state_dict().values()) == 52_311_446  # body_pose_model.pth's count
     made = run_annotator(network.eval(), "openpose", np.asarray(picture().resize((72, 56))), "cpu")
     assert made.shape == (56, 72, 3) and made.dtype == np.uint8
+
+
+def test_the_rules_hold_an_annotator_preprocessor_to_its_file() -> None:
+    from bot.generation.checkpoint_ref import CheckpointRef
+    from bot.rules.limits import GenerationError, GenerationRequest, Limits, validate
+    from common.parameters import Parameters
+    from common.protocol import ControlNetUse
+    from tests.helpers import png
+
+    sd1 = CheckpointRef("x", "ab" * 32, "/x", "sd1", "SD1.x", "safetensors", "tiny-sd1", "epsilon", True, "", True)
+    request = GenerationRequest(Parameters(prompt="a box", control=(unit("softedge_hed"),)), "u")
+    model = ControlNetUse("control_v11p_sd15_softedge", "/c", "c" * 64, "0123abcd", "sd1")
+    lineart = ComponentUse("lineart", "sk_model.pth", "/a", "a" * 64)
+    for wrong in (model, replace(model, annotator=lineart)):  # none, or another network's
+        with pytest.raises(GenerationError, match=r"the softedge_hed preprocessor needs its annotator \(ControlNetHED\.pth\)"):
+            validate(request, sd1, Limits(), controlnets=(wrong,), control_pngs=(png(picture()),))
+    hed = ComponentUse("hed", "ControlNetHED.pth", "/h", "h" * 64)
+    spec = validate(request, sd1, Limits(), controlnets=(replace(model, annotator=hed),), control_pngs=(png(picture()),))
+    assert spec.controlnets[0].annotator == hed

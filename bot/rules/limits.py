@@ -305,7 +305,10 @@ def _check_control(
             )
         if adapter and use.encoder is None:
             raise GenerationError(f"the IP-Adapter {use.name} needs its CLIP vision encoder from models/clip_vision")
-        union = PREPROCESSORS[unit.module].union
+        pre = PREPROCESSORS[unit.module]
+        if pre.annotator and (use.annotator is None or use.annotator.role != pre.annotator):
+            raise GenerationError(f"the {unit.module} preprocessor needs its annotator ({pre.needs}) in models/ControlNetPreprocessor")
+        union = pre.union
         if use.union_types and (union is None or union >= use.union_types):
             raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")
     return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))
