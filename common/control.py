@@ -61,6 +61,8 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         # models/clip_vision, its features given to the UNet's cross-attention beside the prompt's.
         Preprocessor("ip-adapter_clip_h", "ip-adapter"),
         Preprocessor("ip-adapter_clip_g", "ip-adapter"),
+        Preprocessor("depth_anything_v2", "depth", needs="depth_anything_v2_vitl.safetensors", annotator="depth_anything_v2", union=1),
+        Preprocessor("depth_anything", "depth", needs="depth_anything_vitl14.pth"),
         Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),
         Preprocessor("openpose", "openpose", needs="body_pose_model.pth", annotator="openpose_body", union=0),

@@ -1,8 +1,8 @@
 """The annotator networks some ControlNet preprocessors run (lllyasviel/Annotators' files, as the
 A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_hed, softedge_hedsafe,
 scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
-for lineart_coarse) and OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
-by gpu_worker/openpose.py). Each network is written here from its file's layout (its tensors' names and
+for lineart_coarse), OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
+by gpu_worker/openpose.py) and Depth Anything V2 (depth_anything_v2: gpu_worker/depth.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
 whose maps steer the drawing as they are.
@@ -19,6 +19,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from gpu_worker.depth import DepthAnythingV2, depth_map
 from gpu_worker.model_parts import PartError, load_exact
 from gpu_worker.openpose import pose_map
 
@@ -114,11 +115,15 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
         raise AnnotatorError(f"the annotator {name} is of a kind Easel does not run")
     if not path.is_file():
         raise AnnotatorError(f"the annotator {name} is no longer on disk")
-    with torch.device("meta"):
-        network = NETWORKS[layout]()
     try:
-        load_exact(network, {k: v.float() for k, v in read_state(path).items()}, f"the annotator {name}")
-    except (PartError, RuntimeError, KeyError, ValueError, OSError) as e:  # a vetted file of the wrong shape
+        state = {k: v.float() for k, v in read_state(path).items()}
+        with torch.device("meta"):
+            if layout == "depth_anything_v2":  # sized by its file: ViT-S, ViT-B or ViT-L
+                network = DepthAnythingV2.for_state({k: tuple(v.shape) for k, v in state.items()})
+            else:
+                network = NETWORKS[layout]()
+        load_exact(network, state, f"the annotator {name}")
+    except (PartError, RuntimeError, KeyError, ValueError, OSError, IndexError) as e:  # a vetted file of the wrong shape
         raise AnnotatorError(f"the annotator {name} cannot be read as {layout}'s network ({type(e).__name__})") from None
     return network.eval()
 
@@ -147,6 +152,8 @@ def run_annotator(network: nn.Module, module: str, rgb: np.ndarray, device: torc
     skeletons in colour (H×W×3), at the body model's own scale (gpu_worker/openpose.py)."""
     if isinstance(network, BodyPoseNetwork):
         return pose_map(network, rgb, device)
+    if isinstance(network, DepthAnythingV2):
+        return depth_map(network, rgb, device)
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
     picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
@@ -258,3 +265,4 @@ class BodyPoseNetwork(nn.Module):
 
 
 NETWORKS["openpose_body"] = BodyPoseNetwork
+NETWORKS["depth_anything_v2"] = DepthAnythingV2

@@ -201,3 +201,20 @@ def test_the_rules_hold_an_annotator_preprocessor_to_its_file() -> None:
     hed = ComponentUse("hed", "ControlNetHED.pth", "/h", "h" * 64)
     spec = validate(request, sd1, Limits(), controlnets=(replace(model, annotator=hed),), control_pngs=(png(picture()),))
     assert spec.controlnets[0].annotator == hed
+
+
+def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import annotator_layout
+
+    path = make_tiny_annotator("depth_anything_v2", tmp_path / "depth_anything_v2_vits.pth", seed=3)
+    state = torch.load(path, weights_only=True)
+    assert annotator_layout({k: tuple(v.shape) for k, v in state.items()}) == "depth_anything_v2"
+    state["depth_head.scratch.output_conv2.2.bias"].fill_(1.0)  # a depth above 0 everywhere, varying with the picture
+    torch.save(state, path)
+    network = load_annotator(path, "depth_anything_v2", "depth_anything_v2_vits")
+    made = run_annotator(network, "depth_anything_v2", np.asarray(picture().resize((40, 50))), "cpu")
+    assert made.shape == (50, 40) and made.min() == 0 and made.max() == 255  # the farthest black, the nearest white
+    # Twelve or twenty-four blocks (ViT-S, B, L) are run; ViT-G's forty, with another feed-forward, are not.
+    shapes = {name: tuple(t.shape) for name, t in state.items()}
+    giant = shapes | {f"pretrained.blocks.{i}.norm1.weight": (64,) for i in range(12, 40)}
+    assert annotator_layout(shapes) == "depth_anything_v2" and annotator_layout(giant) == ""

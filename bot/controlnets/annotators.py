@@ -6,7 +6,8 @@ the work), and the one a unit's preprocessor runs with.
 Which network a file holds is read from its tensors' names and shapes (gpu_worker/annotators.py
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
 `sk_model2.pth`: one network, two trainings, told apart by name as the extension does) and
-OpenPose's body model (`body_pose_model.pth`). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
+OpenPose's body model (`body_pose_model.pth`) and Depth Anything V2 (`depth_anything_v2_vit?.pth`,
+`depth_anything_v2_vitl.safetensors`). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def annotator_layout(shapes: dict[str, tuple[int, ...]]) -> str:
         return "lineart"
     if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6_L2.weight") == (19, 128, 1, 1):
         return "openpose_body"
+    if "pretrained.cls_token" in shapes and "depth_head.scratch.output_conv2.2.weight" in shapes:
+        blocks = {k.split(".")[2] for k in shapes if k.startswith("pretrained.blocks.")}
+        return "depth_anything_v2" if len(blocks) in (12, 24) and "pretrained.blocks.0.mlp.fc1.weight" in shapes else ""
     return ""
 
 
@@ -44,6 +48,7 @@ def examine_annotator(path: Path) -> FileKind:
         "hed": "HED soft edges (softedge_hed, softedge_hedsafe, scribble_hed)",
         "lineart": "line drawing (lineart_realistic, lineart_coarse)",
         "openpose_body": "OpenPose body (openpose; CMU's weights: non-commercial use only)",
+        "depth_anything_v2": "Depth Anything V2 (depth_anything_v2)",
     }
     return FileKind(
         "annotator",
@@ -51,7 +56,7 @@ def examine_annotator(path: Path) -> FileKind:
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED's, the lineart generator's or OpenPose's body network: Easel runs those",
+        "" if layout else "not HED, the lineart generator, OpenPose's body model or Depth Anything V2 (S, B, L): Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",
@@ -77,12 +82,14 @@ class AnnotatorRegistry(NetworkRegistry):
 
     async def for_preprocessor(self, pre: Preprocessor) -> NetworkEntry:
         """The installed file `pre` runs with: of its network, the one named as the extension names
-        it (sk_model2.pth is lineart_coarse's), else for HED any; EaselError naming the file and the
-        folder otherwise."""
+        it (sk_model2.pth is lineart_coarse's), else another of that network (Depth Anything V2's
+        ViT-B for its ViT-L); EaselError naming the file and the folder otherwise."""
         entries = [e for e in await self.list(status="present") if e.loadable and e.layout == pre.annotator]
         wanted = pre.needs.lower()
         named = [e for e in entries if e.path.name.lower() == wanted]
-        found = named[0] if named else (sorted(entries, key=lambda e: e.name.lower())[0] if entries and pre.annotator == "hed" else None)
+        # Of one network's files, any (the largest first); lineart's two trainings by name only.
+        others = sorted(entries, key=lambda e: -e.file_size) if pre.annotator != "lineart" else []
+        found = (named or others or [None])[0]
         if found is None:
             raise EaselError(
                 f"the {pre.name} preprocessor needs {pre.needs} (lllyasviel/Annotators on Hugging Face) in "

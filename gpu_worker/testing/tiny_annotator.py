@@ -1,6 +1,7 @@
 """Random-weight annotator files in their real layouts (lllyasviel/Annotators' ControlNetHED.pth and
 sk_model.pth), for tests: the networks have fixed widths, so these are as large as the released
-files (HED 59 MB in float32, lineart 17 MB, OpenPose's body model 209 MB). Written as torch.save writes a state dict (a pickle, as released)."""
+files (HED 59 MB in float32, lineart 17 MB, OpenPose's body model 209 MB); Depth Anything V2's
+is sized by its tensors, so its tiny one is 1 MB. Written as torch.save writes a state dict (a pickle, as released)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from pathlib import Path
 import torch
 
 from gpu_worker.annotators import NETWORKS
+from gpu_worker.depth import DepthAnythingV2
 
 
 def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
     if kind not in NETWORKS:
         raise ValueError(f"no annotator kind {kind!r}; choose one of {', '.join(NETWORKS)}")
     torch.manual_seed(seed)
-    network = NETWORKS[kind]()
+    # Depth Anything V2 is sized by its file: a tiny one (width 64, twelve blocks) has ViT-S's layout.
+    network = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64)) if kind == "depth_anything_v2" else NETWORKS[kind]()
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in network.state_dict().items()}
     if out.suffix.lower() == ".safetensors":
