@@ -101,7 +101,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
         preview_every=0,
         broker_url=args.broker,
         worker_keys=settings.worker_key_table() if args.broker else None,
-        share=settings.share_options() if args.broker else None,
+        share=settings.share_options().for_command_line() if args.broker else None,
     )
     try:
         async with open_registry(settings, need_models_dir=False) as registry:

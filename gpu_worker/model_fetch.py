@@ -15,6 +15,7 @@ them go first, never one the running batch reads, never a file the operator put 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -39,6 +40,7 @@ log = logging.getLogger("easel.fetch")
 
 FETCHED = "fetched"
 PARTIAL = ".partial"  # a dot folder: the index never lists what is in it
+LOCKS = ".locks"  # an empty file per hash fetched, locked while one worker of the machine fetches it
 USAGE = ".usage.json"
 CHUNK = 4 << 20
 TRIES = 5  # connections per file: each after a cut resumes where the last stopped
@@ -79,6 +81,8 @@ class Fetcher:
         self.folder = index.root / FETCHED
         self.partial = self.folder / PARTIAL
         self.partial.mkdir(parents=True, exist_ok=True)
+        self.locks = self.folder / LOCKS
+        self.locks.mkdir(exist_ok=True)
         self._send = send
         self._on_bytes = on_bytes
         self._retry_first = retry_first
@@ -114,6 +118,19 @@ class Fetcher:
             raise FetchError(
                 f"{ticket.name} is {_size(ticket.size)}, more than this worker's fetch budget of {_size(self.budget)}"
             )
+        # The workers of one machine (--devices) share its folder: one fetches a file while the
+        # others wait, then find it there, whole (a file under its hash's name was verified first).
+        with (self.locks / sha).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            final = self.folder / f"{sha}{ticket.suffix}"
+            if final.is_file():
+                self.index.add(final, sha)
+                self._used({sha})
+                return final
+            return self._fetch(ticket, keep)
+
+    def _fetch(self, ticket: FetchTicket, keep: frozenset[str] | set[str]) -> Path:
+        sha = ticket.sha256
         part = self._resume(self.partial / f"{sha}.part", ticket.size)
         self._make_room(ticket, part.have, keep | {sha})
         started, first = time.perf_counter(), part.have

@@ -172,7 +172,7 @@ async def test_bytes_that_do_not_match_the_hash_are_refused_and_deleted(
     worker = fetcher(tmp_path / "models")
     with pytest.raises(FetchError, match=r"bytes fetched for checkpoint changed do not match its sha256 \[[0-9a-f]{10}\]: deleted"):
         await asyncio.to_thread(worker.fetch, ticket)
-    assert not any(p.is_file() for p in worker.folder.rglob("*") if p.name != ".easel-hashes.json")
+    assert not any(worker.folder.glob("*.safetensors")) and not any(worker.partial.iterdir())
     assert worker.index.holds == ()
     # A source that sends more than the file's size is cut off, and what it sent deleted.
     write(file.path, bytes([1]) * 1_000_000)
@@ -310,3 +310,19 @@ async def test_a_file_the_store_lacks_comes_from_the_bot_s_share(s3: str, tmp_pa
         assert sha256_of(path) == file.sha256
     finally:
         await made.close()
+
+
+async def test_the_workers_of_one_machine_fetch_a_file_once(share: tuple[ModelShare, Counts], tmp_path: Path) -> None:
+    """--devices cuda:0,cuda:1: one worker process per device, one models folder. Both are sent a
+    batch that needs the same file: one fetches it, the other waits on its lock and finds it."""
+    made, counts = share
+    file = model_file(tmp_path / "bot", "shared.safetensors", 2_000_000, 8)
+    [ticket] = made.tickets("worker-1", [file])
+    first, second = fetcher(tmp_path / "models"), fetcher(tmp_path / "models")
+    paths = await asyncio.gather(asyncio.to_thread(first.fetch, ticket), asyncio.to_thread(second.fetch, ticket))
+    assert paths[0] == paths[1] and sha256_of(paths[0]) == file.sha256
+    assert counts.served == 2_000_000  # fetched once
+    assert first.index.path_for(file.sha256) == second.index.path_for(file.sha256) == paths[0]
+    # `bot.py generate --broker` beside the bot: a share of its own on a free port, or none at a fixed address.
+    assert ShareOptions(serve=True).for_command_line().port == 0
+    assert not ShareOptions(serve=True, public_url="https://share.example").for_command_line().serve

@@ -28,7 +28,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -68,6 +68,11 @@ class ShareOptions:
     @property
     def enabled(self) -> bool:
         return self.serve or bool(self.s3_bucket)
+
+    def for_command_line(self) -> ShareOptions:
+        """`bot.py generate --broker` beside a running bot: its own share on a free port (the bot
+        holds the configured one), or none when workers reach the share through a fixed address."""
+        return replace(self, port=0) if not self.public_url else replace(self, serve=False)
 
 
 class ObjectStore:
