@@ -1135,6 +1135,7 @@ async def test_edit_a_picture_from_the_command_the_edit_button_and_any_message(e
 
 
 async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simcord.Env, services: Services) -> None:
+    from gpu_worker.testing.tiny_annotator import make_tiny_annotator
     from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
 
     _, channel, alice = world(env)
@@ -1177,6 +1178,20 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert "control_v11p_sd15_canny is for SD1 checkpoints, not SDXL" in named.followups[0].content
         blocked = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", preprocessor="none")
         assert "with the preprocessor none, name the ControlNet model to run" in blocked.followups[0].content
+        # An annotator preprocessor: refused naming its file until that is in models/ControlNetPreprocessor.
+        lines = {"image": square, "prompt": "a box", "checkpoint": "tiny-sd1", "preprocessor": "lineart_realistic", "model": "control_v11p_sd15_canny"}
+        unannotated = await alice.slash(channel, "control", **lines)
+        assert "the lineart_realistic preprocessor needs sk_model.pth (lllyasviel/Annotators on Hugging Face) in models/ControlNetPreprocessor" in unannotated.followups[0].content
+        annotator = await asyncio.to_thread(make_tiny_annotator, "lineart", services.registry.models_root / "ControlNetPreprocessor" / "sk_model.pth")
+        try:
+            await services.annotators.scan()
+            drawn = (await alice.slash(channel, "control", **lines, steps=3, seed=4)).response
+            assert len(drawn.attachments) == 2
+            params = parse_infotext(Image.open(io.BytesIO(await drawn.attachments[0].read())).info["parameters"])[2]
+            assert params["ControlNet 0"].startswith("Module: lineart_realistic, Model: control_v11p_sd15_canny [")
+        finally:
+            await asyncio.to_thread(annotator.unlink)
+            await services.annotators.scan()
         hostile = await alice.slash(channel, "control", image=("square.png", b"MZ\x90\x00not a picture"), prompt="a box", checkpoint="tiny-sd1")
         assert "not a PNG, JPEG or WebP picture" in hostile.followups[0].content
         from tests.test_uploads import png_claiming
