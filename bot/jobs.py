@@ -30,7 +30,7 @@ from bot.checkpoints.registry import CheckpointEntry, CheckpointRegistry
 from bot.components.parts import find_parts
 from bot.components.registry import VaeRegistry
 from bot.components.text_encoders import TextEncoderRegistry
-from bot.controlnets.annotators import AnnotatorRegistry, with_annotator
+from bot.controlnets.annotators import AnnotatorRegistry, with_annotators
 from bot.controlnets.clip_vision import ClipVisionRegistry, with_encoder
 from bot.controlnets.registry import ControlNetRegistry
 from bot.demo import DEMO_NOTE, is_demo
@@ -789,10 +789,10 @@ class Jobs:
             if use.layout.startswith("ip-adapter"):  # the CLIP vision encoder it reads the picture with
                 use = await self._encoder_for(use)
             pre = preprocessor(unit.module)
-            if pre.annotator:  # the network its preprocessor runs (HED, lineart)
+            if pre.annotators:  # the networks its preprocessor runs (HED, lineart, OpenPose, …)
                 if self.annotators is None:
                     raise EaselError(f"the {pre.name} preprocessor is not available here")
-                use = with_annotator(use, await self.annotators.for_preprocessor(pre))
+                use = with_annotators(use, await self.annotators.for_preprocessor(pre))
             uses.append(use)
             try:
                 pictures.append(uploads.get(unit.image) or await self._kept_input(unit.image))

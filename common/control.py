@@ -34,14 +34,19 @@ class Preprocessor:
     threshold_a: float | None = None  # its sliders' defaults (None: it has no such slider)
     threshold_b: float | None = None
     needs: str = ""  # the annotator model file(s) it needs (lllyasviel/Annotators' names)
-    # The layout of the annotator file it runs with, from models/ControlNetPreprocessor
-    # (bot/controlnets/annotators.py, gpu_worker/annotators.py); "" with `needs`: Easel does not run it yet.
-    annotator: str = ""
+    # The annotator networks it runs, each (its layout, the file the extension names) from
+    # models/ControlNetPreprocessor (bot/controlnets/annotators.py, gpu_worker/annotators.py);
+    # none with `needs`: Easel does not run it yet.
+    annotators: tuple[tuple[str, str], ...] = ()
     # Its control type on a ControlNet-Union model (xinsir's controlnet-union-sdxl-1.0 and ProMax: 0
     # openpose, 1 depth, 2 soft edge and scribble, 3 canny and lineart, 4 normal, 5 segmentation, and
     # on ProMax 6 tile, 7 inpainting); None: no Union type takes its map.
     union: int | None = None
 
+
+# Annotator networks, as (layout, the file the extension downloads): gpu_worker/annotators.py.
+_HED = ("hed", "ControlNetHED.pth")
+_BODY, _HAND, _FACE = ("openpose_body", "body_pose_model.pth"), ("openpose_hand", "hand_pose_model.pth"), ("openpose_face", "facenet.pth")
 
 # The model-free preprocessors (the extension's scripts/preprocessor/legacy/processor.py), and those
 # that need an annotator model, named so a refusal can say which file (lllyasviel/Annotators).
@@ -61,26 +66,28 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         # models/clip_vision, its features given to the UNet's cross-attention beside the prompt's.
         Preprocessor("ip-adapter_clip_h", "ip-adapter"),
         Preprocessor("ip-adapter_clip_g", "ip-adapter"),
-        Preprocessor("depth_anything_v2", "depth", needs="depth_anything_v2_vitl.safetensors", annotator="depth_anything_v2", union=1),
+        Preprocessor("depth_anything_v2", "depth", needs="depth_anything_v2_vitl.safetensors", annotators=(("depth_anything_v2", "depth_anything_v2_vitl.safetensors"),), union=1),
         Preprocessor("depth_anything", "depth", needs="depth_anything_vitl14.pth"),
         Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),
-        Preprocessor("openpose", "openpose", needs="body_pose_model.pth", annotator="openpose_body", union=0),
-        Preprocessor("openpose_full", "openpose", needs="body_pose_model.pth, hand_pose_model.pth and facenet.pth"),
+        Preprocessor("openpose", "openpose", needs="body_pose_model.pth", annotators=(_BODY,), union=0),
+        Preprocessor("openpose_hand", "openpose", needs="body_pose_model.pth and hand_pose_model.pth", annotators=(_BODY, _HAND), union=0),
+        Preprocessor("openpose_face", "openpose", needs="body_pose_model.pth and facenet.pth", annotators=(_BODY, _FACE), union=0),
+        Preprocessor("openpose_full", "openpose", needs="body_pose_model.pth, hand_pose_model.pth and facenet.pth", annotators=(_BODY, _HAND, _FACE), union=0),
         Preprocessor("dw_openpose_full", "openpose", needs="yolox_l.onnx and dw-ll_ucoco_384.onnx"),
-        Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth", annotator="hed", union=2),
-        Preprocessor("softedge_hedsafe", "softedge", needs="ControlNetHED.pth", annotator="hed", union=2),
-        Preprocessor("scribble_hed", "scribble", needs="ControlNetHED.pth", annotator="hed", union=2),
+        Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
+        Preprocessor("softedge_hedsafe", "softedge", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
+        Preprocessor("scribble_hed", "scribble", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
         Preprocessor("softedge_pidinet", "softedge", needs="table5_pidinet.pth"),
-        Preprocessor("lineart_realistic", "lineart", needs="sk_model.pth", annotator="lineart", union=3),
-        Preprocessor("lineart_coarse", "lineart", needs="sk_model2.pth", annotator="lineart", union=3),
+        Preprocessor("lineart_realistic", "lineart", needs="sk_model.pth", annotators=(("lineart", "sk_model.pth"),), union=3),
+        Preprocessor("lineart_coarse", "lineart", needs="sk_model2.pth", annotators=(("lineart", "sk_model2.pth"),), union=3),
         Preprocessor("lineart_anime", "lineart", needs="netG.pth"),
         Preprocessor("normal_bae", "normal", needs="scannet.pt"),
         Preprocessor("mlsd", "mlsd", needs="mlsd_large_512_fp32.pth"),
         Preprocessor("seg_ofade20k", "seg", needs="250_16_swin_l_oneformer_ade20k_160k.pth"),
     )
 }
-RUNNABLE = tuple(name for name, p in PREPROCESSORS.items() if not p.needs or p.annotator)
+RUNNABLE = tuple(name for name, p in PREPROCESSORS.items() if not p.needs or p.annotators)
 # The extension's older names, as its infotexts may carry them (global_state.py preprocessor_aliases).
 ALIASES = {
     "invert (from white bg & black line)": "invert",
@@ -126,7 +133,7 @@ def preprocessor(name: str) -> Preprocessor:
     found = PREPROCESSORS.get(ALIASES.get(wanted, wanted))
     if found is None:
         raise ControlError(f"no ControlNet preprocessor named {name.strip()!r}; choose one of {', '.join(RUNNABLE)}")
-    if found.needs and not found.annotator:
+    if found.needs and not found.annotators:
         raise ControlError(
             f"the {found.name} preprocessor needs its annotator model ({found.needs}), which Easel does not run "
             "yet; make the map elsewhere and give it with the preprocessor none"

@@ -165,9 +165,10 @@ class ControlNetUse:
     # An IP-Adapter (h94's, the A1111 extension runs it as a ControlNet unit): the CLIP vision encoder
     # it reads the picture with, from models/clip_vision; None for a ControlNet.
     encoder: ComponentUse | None = None
-    # The annotator network its preprocessor runs (HED, lineart; models/ControlNetPreprocessor,
-    # role = its layout: gpu_worker/annotators.py); None for a model-free preprocessor.
-    annotator: ComponentUse | None = None
+    # The annotator networks its preprocessor runs (HED, lineart, OpenPose's body, hands and face,
+    # Depth Anything; models/ControlNetPreprocessor; each role its layout: gpu_worker/annotators.py);
+    # none for a model-free preprocessor.
+    annotators: tuple[ComponentUse, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ whose maps steer the drawing as they are.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -99,7 +101,7 @@ class LineartGenerator(nn.Module):
         return self.model4(self.model3(self.model2(self.model1(self.model0(rgb01)))))
 
 
-NETWORKS = {"hed": HedNetwork, "lineart": LineartGenerator}
+NETWORKS: dict[str, Callable[[], nn.Module]] = {"hed": HedNetwork, "lineart": LineartGenerator}
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -146,14 +148,16 @@ class AnnotatorCache:
 
 
 @torch.inference_mode()
-def run_annotator(network: nn.Module, module: str, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
-    """`module`'s map of `rgb` (H×W×3 uint8) as the extension makes it: gray (H×W uint8), the picture
-    padded at its edges to a multiple of 64 for the network and the padding cut off again; a pose's
-    skeletons in colour (H×W×3), at the body model's own scale (gpu_worker/openpose.py)."""
-    if isinstance(network, BodyPoseNetwork):
-        return pose_map(network, rgb, device)
-    if isinstance(network, DepthAnythingV2):
-        return depth_map(network, rgb, device)
+def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """`module`'s map of `rgb` (H×W×3 uint8) as the extension makes it, from its networks by layout:
+    gray (H×W uint8), the picture padded at its edges to a multiple of 64 for the network and the
+    padding cut off again; a pose's skeletons in colour (H×W×3), at the body model's own scale, with
+    hands and face when their networks are given (gpu_worker/openpose.py)."""
+    if "openpose_body" in networks:
+        return pose_map(networks, rgb, device)
+    if "depth_anything_v2" in networks:
+        return depth_map(networks["depth_anything_v2"], rgb, device)  # type: ignore[arg-type]
+    [network] = networks.values()
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
     picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
@@ -264,5 +268,46 @@ class BodyPoseNetwork(nn.Module):
         return pafs, heatmaps
 
 
+class CpmNetwork(nn.Module):
+    """hand_pose_model.pth (21 hand keypoints and the background) and facenet.pth (70 face points
+    and the background): OpenPose's VGG features, then six stages each reading the last one's maps
+    beside the features."""
+
+    def __init__(self, parts: int) -> None:
+        super().__init__()
+        self.parts = parts
+        self._features = [
+            ("conv1_1", 3, 64, 3), ("conv1_2", 64, 64, 3), ("pool", 0, 0, 0), ("conv2_1", 64, 128, 3),
+            ("conv2_2", 128, 128, 3), ("pool", 0, 0, 0), ("conv3_1", 128, 256, 3), ("conv3_2", 256, 256, 3),
+            ("conv3_3", 256, 256, 3), ("conv3_4", 256, 256, 3), ("pool", 0, 0, 0), ("conv4_1", 256, 512, 3),
+            ("conv4_2", 512, 512, 3), ("conv4_3", 512, 512, 3), ("conv4_4", 512, 512, 3), ("conv5_1", 512, 512, 3),
+            ("conv5_2", 512, 512, 3), ("conv5_3_CPM", 512, 128, 3),
+        ]  # fmt: skip
+        self._stages = [[("conv6_1_CPM", 128, 512, 1), ("conv6_2_CPM", 512, parts, 1)]]
+        for stage in range(2, 7):
+            convs = [(f"Mconv1_stage{stage}", parts + 128, 128, 7)]
+            convs += [(f"Mconv{i}_stage{stage}", 128, 128, 7) for i in range(2, 6)]
+            self._stages.append([*convs, (f"Mconv6_stage{stage}", 128, 128, 1), (f"Mconv7_stage{stage}", 128, parts, 1)])
+        for name, cin, cout, kernel in [*self._features, *(c for stage in self._stages for c in stage)]:
+            if name != "pool":
+                self.add_module(name, nn.Conv2d(cin, cout, kernel, padding=kernel // 2))
+
+    def forward(self, bgr: torch.Tensor) -> torch.Tensor:
+        x = bgr
+        for name, *_ in self._features:
+            x = nn.functional.max_pool2d(x, 2, 2) if name == "pool" else nn.functional.relu(getattr(self, name)(x))
+        features, maps = x, x
+        for i, stage in enumerate(self._stages):
+            h = maps if i == 0 else torch.cat([maps, features], 1)
+            for j, (name, *_) in enumerate(stage):
+                h = getattr(self, name)(h)
+                if j < len(stage) - 1:  # each stage's last convolution gives its maps as they are
+                    h = nn.functional.relu(h)
+            maps = h
+        return maps
+
+
 NETWORKS["openpose_body"] = BodyPoseNetwork
+NETWORKS["openpose_hand"] = partial(CpmNetwork, 22)
+NETWORKS["openpose_face"] = partial(CpmNetwork, 71)
 NETWORKS["depth_anything_v2"] = DepthAnythingV2

@@ -226,13 +226,12 @@ class ControlNetCache:
             pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
             union = PREPROCESSORS[unit.module].union if use.union_types else None
             annotator = None
-            if use.annotator is not None:
-                a = use.annotator
+            if use.annotators:
                 try:
-                    network = self._annotators.get(a.path, a.sha256, a.role, a.name)
+                    networks = {a.role: self._annotators.get(a.path, a.sha256, a.role, a.name) for a in use.annotators}
                 except AnnotatorError as e:
                     raise ControlNetError(str(e)) from None
-                annotator = partial(run_annotator, network, unit.module, device=device)
+                annotator = partial(run_annotator, networks, unit.module, device=device)
             active.append(ActiveUnit(unit, model, control_map(picture, unit, seed, annotator), pooled, union))
         control = Control(active)
         if adapters:

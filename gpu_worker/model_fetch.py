@@ -279,7 +279,7 @@ def batch_hashes(batch: RunBatch) -> set[str]:
     hashes = {batch.load.sha256, *(c.sha256 for c in batch.load.components)}
     hashes |= {u.sha256 for u in (*batch.loras, *batch.embeddings, *batch.controlnets)}
     hashes |= {u.encoder.sha256 for u in batch.controlnets if u.encoder}
-    hashes |= {u.annotator.sha256 for u in batch.controlnets if u.annotator}
+    hashes |= {a.sha256 for u in batch.controlnets for a in u.annotators}
     hashes |= {u.sha256 for u in (batch.vae, batch.hires_model) if u is not None}
     hashes |= {t.sha256 for t in batch.fetch}
     return hashes - {""}

@@ -120,7 +120,7 @@ class ModelIndex:
                 dataclasses.replace(  # type: ignore[type-var]
                     local(u, u.sha256, f"ControlNet {u.name}"),
                     encoder=local(u.encoder, u.encoder.sha256, f"CLIP vision {u.encoder.name}") if u.encoder else None,
-                    annotator=local(u.annotator, u.annotator.sha256, f"annotator {u.annotator.name}") if u.annotator else None,
+                    annotators=tuple(local(a, a.sha256, f"annotator {a.name}") for a in u.annotators),
                 )
                 for u in batch.controlnets
             ),

@@ -51,13 +51,13 @@ def test_soft_edges_and_line_drawings_are_made_by_their_networks_in_the_runner(a
     lineart = ComponentUse("lineart", "sk_model.pth", str(annotators["lineart"]), "2" * 64)
     maps = {}
     for module, annotator in (("softedge_hed", hed), ("softedge_hedsafe", hed), ("scribble_hed", hed), ("lineart_realistic", lineart)):
-        done = draw(runner_and_events, checkpoint, [unit(module)], [replace(model, annotator=annotator)])
+        done = draw(runner_and_events, checkpoint, [unit(module)], [replace(model, annotators=(annotator,))])
         maps[module] = map_of(done)
         assert maps[module].shape == (SIZE, SIZE, 3) and (maps[module][..., 0] == maps[module][..., 2]).all()  # a gray map
         assert f'Module: {module}, Model: ' in done.images[0].infotext
     assert set(np.unique(maps["scribble_hed"])) <= {0, 255}
     assert len(np.unique(maps["softedge_hedsafe"])) <= 3 < len(np.unique(maps["softedge_hed"]))  # safe: three levels
-    again = draw(runner_and_events, checkpoint, [unit("softedge_hed")], [replace(model, annotator=hed)])
+    again = draw(runner_and_events, checkpoint, [unit("softedge_hed")], [replace(model, annotators=(hed,))])
     assert np.array_equal(map_of(again), maps["softedge_hed"])  # the same network, the same map
 
 
@@ -80,15 +80,15 @@ def constant_network(kind: str, folder: Path, bias: float) -> Path:
 
 def test_the_maps_are_computed_as_the_extension_computes_them(tmp_path: Path) -> None:
     rgb = np.asarray(picture())
-    hed = load_annotator(constant_network("hed", tmp_path, 1.0), "hed", "hed")
+    hed = {"hed": load_annotator(constant_network("hed", tmp_path, 1.0), "hed", "hed")}
     # Scores 1 … 5: the sigmoid of their mean, sigmoid(3) = 0.9526 → 242 (the mean of their sigmoids
     # would be 0.9080 → 231).
     assert (run_annotator(hed, "softedge_hed", rgb, "cpu") == 242).all()
-    hed = load_annotator(constant_network("hed", tmp_path, 0.1), "hed", "hed")
+    hed = {"hed": load_annotator(constant_network("hed", tmp_path, 0.1), "hed", "hed")}
     # Safe: sigmoid(0.3) = 0.5744, floor(0.5744 × 3) / 2 = 0.5 → 127 (146 unsafe).
     assert (run_annotator(hed, "softedge_hedsafe", rgb, "cpu") == 127).all()
     assert (run_annotator(hed, "softedge_hed", rgb, "cpu") == 146).all()
-    lineart = load_annotator(constant_network("lineart", tmp_path, -1.0), "lineart", "lineart")
+    lineart = {"lineart": load_annotator(constant_network("lineart", tmp_path, -1.0), "lineart", "lineart")}
     # The generator's sigmoid(-1) = 0.2689 of ink, inverted as the extension does: 255 - 68 = 187.
     assert (run_annotator(lineart, "lineart_realistic", rgb[:50, :40], "cpu") == 255 - int(0.2689414213699951 * 255)).all()
     assert run_annotator(lineart, "lineart_realistic", rgb[:50, :40], "cpu").shape == (50, 40)  # padded to 64, cut back
@@ -180,7 +180,7 @@ def test_the_body_model_is_read_in_its_file_layout_and_runs(tmp_path: Path) -> N
     shapes = {name: tuple(t.shape) for name, t in network.state_dict().items()}
     assert annotator_layout(shapes) == "openpose_body" and "conv1_1.weight" in shapes and "Mconv7_stage6_L2.bias" in shapes
     assert sum(t.numel() for t in network.state_dict().values()) == 52_311_446  # body_pose_model.pth's count
-    made = run_annotator(network.eval(), "openpose", np.asarray(picture().resize((72, 56))), "cpu")
+    made = run_annotator({"openpose_body": network.eval()}, "openpose", np.asarray(picture().resize((72, 56))), "cpu")
     assert made.shape == (56, 72, 3) and made.dtype == np.uint8
 
 
@@ -195,12 +195,12 @@ def test_the_rules_hold_an_annotator_preprocessor_to_its_file() -> None:
     request = GenerationRequest(Parameters(prompt="a box", control=(unit("softedge_hed"),)), "u")
     model = ControlNetUse("control_v11p_sd15_softedge", "/c", "c" * 64, "0123abcd", "sd1")
     lineart = ComponentUse("lineart", "sk_model.pth", "/a", "a" * 64)
-    for wrong in (model, replace(model, annotator=lineart)):  # none, or another network's
-        with pytest.raises(GenerationError, match=r"the softedge_hed preprocessor needs its annotator \(ControlNetHED\.pth\)"):
+    for wrong in (model, replace(model, annotators=(lineart,))):  # none, or another network's
+        with pytest.raises(GenerationError, match=r"the softedge_hed preprocessor needs its annotators \(ControlNetHED\.pth\)"):
             validate(request, sd1, Limits(), controlnets=(wrong,), control_pngs=(png(picture()),))
     hed = ComponentUse("hed", "ControlNetHED.pth", "/h", "h" * 64)
-    spec = validate(request, sd1, Limits(), controlnets=(replace(model, annotator=hed),), control_pngs=(png(picture()),))
-    assert spec.controlnets[0].annotator == hed
+    spec = validate(request, sd1, Limits(), controlnets=(replace(model, annotators=(hed,)),), control_pngs=(png(picture()),))
+    assert spec.controlnets[0].annotators == (hed,)
 
 
 def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(tmp_path: Path) -> None:
@@ -212,9 +212,89 @@ def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(t
     state["depth_head.scratch.output_conv2.2.bias"].fill_(1.0)  # a depth above 0 everywhere, varying with the picture
     torch.save(state, path)
     network = load_annotator(path, "depth_anything_v2", "depth_anything_v2_vits")
-    made = run_annotator(network, "depth_anything_v2", np.asarray(picture().resize((40, 50))), "cpu")
+    made = run_annotator({"depth_anything_v2": network}, "depth_anything_v2", np.asarray(picture().resize((40, 50))), "cpu")
     assert made.shape == (50, 40) and made.min() == 0 and made.max() == 255  # the farthest black, the nearest white
     # Twelve or twenty-four blocks (ViT-S, B, L) are run; ViT-G's forty, with another feed-forward, are not.
     shapes = {name: tuple(t.shape) for name, t in state.items()}
     giant = shapes | {f"pretrained.blocks.{i}.norm1.weight": (64,) for i in range(12, 40)}
     assert annotator_layout(shapes) == "depth_anything_v2" and annotator_layout(giant) == ""
+
+
+def test_openpose_finds_hand_and_face_boxes_from_the_body_and_draws_them() -> None:
+    from gpu_worker.annotators import CpmNetwork
+    from gpu_worker.openpose import Pose, _face_peaks, _hand_peaks, draw_poses, face_box, hand_boxes
+
+    joints: list[tuple[float, float] | None] = [None] * 18
+    joints[2], joints[3], joints[4] = (100.0, 100.0), (100.0, 160.0), (100.0, 220.0)  # right shoulder, elbow, wrist
+    # Beyond the wrist by a third of the forearm (y 239.8); 1.5 × the longer of the forearm (60) and
+    # 0.9 × the upper arm (54): 90 wide; cut at the picture's bottom (250).
+    assert hand_boxes(joints, 250, 300) == [(55, 194, 55, False)]  # 250 - 194.8, truncated
+    assert hand_boxes(joints, 400, 300) == [(55, 194, 90, False)]
+    joints[5], joints[6], joints[7] = (200.0, 100.0), (200.0, 105.0), (200.0, 110.0)  # a left arm too short: no box
+    assert [box[3] for box in hand_boxes(joints, 400, 300)] == [False]
+    joints[0], joints[14] = (150.0, 60.0), (140.0, 55.0)  # nose, right eye: 3 × 10 around the nose
+    assert face_box(joints, 400, 300) == (120, 30, 60)
+    joints[14] = (147.0, 58.0)
+    assert face_box(joints, 400, 300) is None  # under 20 pixels
+    # The networks in their files' layouts: hand_pose_model.pth's 22 maps, facenet.pth's 71.
+    torch.manual_seed(0)
+    hand, face = CpmNetwork(22).eval(), CpmNetwork(71).eval()
+    assert {"Mconv7_stage6.weight", "conv6_2_CPM.weight", "conv5_3_CPM.weight"} <= set(hand.state_dict())
+    crop = np.asarray(picture().resize((48, 48)))[:, :, ::-1].copy()
+    assert len(_hand_peaks(hand, crop, "cpu")) == 21
+    assert all(0 <= x < 48 and 0 <= y < 48 for x, y in _face_peaks(face, crop, "cpu"))
+    # Drawn as the extension draws them: a hand's bones in a rainbow (its first red), its joints blue;
+    # a face's points white.
+    hand_points = [(0.1, 0.1), (0.1, 0.5)] + [None] * 19
+    canvas = draw_poses([Pose([None] * 18, right_hand=hand_points, face=[(0.8, 0.8)])], 100, 100)
+    assert tuple(canvas[30, 10]) == (255, 0, 0) and tuple(canvas[10, 10]) == (0, 0, 255)
+    assert tuple(canvas[80, 80]) == (255, 255, 255)
+
+
+def test_the_registry_tells_the_openpose_models_apart() -> None:
+    from bot.controlnets.annotators import annotator_layout
+    from gpu_worker.annotators import BodyPoseNetwork, CpmNetwork
+
+    for network, layout in ((BodyPoseNetwork(), "openpose_body"), (CpmNetwork(22), "openpose_hand"), (CpmNetwork(71), "openpose_face")):
+        assert annotator_layout({k: tuple(v.shape) for k, v in network.state_dict().items()}) == layout
+
+
+class SyntheticBody(torch.nn.Module):
+    """Stands in for the body network's weights (not its code path): the maps it would give for one
+    person at BODY's joints (scaled as the picture is scaled for it), at an eighth of its input."""
+
+    def __init__(self, height: int) -> None:
+        super().__init__()
+        self.scale = 0.5 * 368 / height / 8
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = x.shape[2] // 8, x.shape[3] // 8
+        joints = {part: (px * self.scale * 8, py * self.scale * 8) for part, (px, py) in BIG_BODY.items()}
+        heatmaps, fields = person_maps([{p: (round(jx), round(jy)) for p, (jx, jy) in joints.items()}], rows * 8, cols * 8)
+        pick = (slice(4, None, 8), slice(4, None, 8))  # an eighth, sampled at each cell's centre
+        return (torch.from_numpy(fields[pick].transpose(2, 0, 1).copy())[None], torch.from_numpy(heatmaps[pick].transpose(2, 0, 1).copy())[None])
+
+
+BIG_BODY = {part: (x * 2 + 40, y * 2 + 20) for part, (x, y) in BODY.items()}
+
+
+def test_openpose_full_reads_the_face_where_the_body_puts_it(tmp_path: Path) -> None:
+    from gpu_worker.annotators import CpmNetwork, run_annotator
+    from gpu_worker.openpose import COLOURS, _network_maps, assemble, face_box
+
+    torch.manual_seed(0)
+    networks = {"openpose_body": SyntheticBody(440), "openpose_hand": CpmNetwork(22).eval(), "openpose_face": CpmNetwork(71).eval()}
+    rgb = np.zeros((440, 240, 3), np.uint8)
+    body_only = run_annotator({"openpose_body": networks["openpose_body"]}, "openpose", rgb, "cpu")
+    full = run_annotator(networks, "openpose_full", rgb, "cpu")
+    nose = BIG_BODY[1]
+    assert tuple(body_only[nose[1], nose[0]]) == COLOURS[0]  # the nose where the maps put it, in its colour
+    assert body_only.shape == full.shape == (440, 240, 3)
+    # The face's box from the nose, eyes and ears the body maps gave; its points drawn white, inside
+    # it (no body colour is white).
+    white = (full == 255).all(axis=2)
+    assert white.any() and not (body_only == 255).all(axis=2).any()
+    [person] = assemble(*_network_maps(networks["openpose_body"], rgb[:, :, ::-1], "cpu"))
+    x, y, size = face_box([None if p is None else (p[0] * 240, p[1] * 440) for p in person], 440, 240)  # type: ignore[misc]
+    ys, xs = np.nonzero(white)
+    assert x - 4 <= xs.min() and xs.max() <= x + size + 4 and y - 4 <= ys.min() and ys.max() <= y + size + 4

@@ -6,7 +6,8 @@ the work), and the one a unit's preprocessor runs with.
 Which network a file holds is read from its tensors' names and shapes (gpu_worker/annotators.py
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
 `sk_model2.pth`: one network, two trainings, told apart by name as the extension does) and
-OpenPose's body model (`body_pose_model.pth`) and Depth Anything V2 (`depth_anything_v2_vit?.pth`,
+OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
+and Depth Anything V2 (`depth_anything_v2_vit?.pth`,
 `depth_anything_v2_vitl.safetensors`). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
 
@@ -34,6 +35,8 @@ def annotator_layout(shapes: dict[str, tuple[int, ...]]) -> str:
         return "lineart"
     if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6_L2.weight") == (19, 128, 1, 1):
         return "openpose_body"
+    if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6.weight") in ((22, 128, 1, 1), (71, 128, 1, 1)):
+        return "openpose_hand" if shapes["Mconv7_stage6.weight"][0] == 22 else "openpose_face"
     if "pretrained.cls_token" in shapes and "depth_head.scratch.output_conv2.2.weight" in shapes:
         blocks = {k.split(".")[2] for k in shapes if k.startswith("pretrained.blocks.")}
         return "depth_anything_v2" if len(blocks) in (12, 24) and "pretrained.blocks.0.mlp.fc1.weight" in shapes else ""
@@ -48,6 +51,8 @@ def examine_annotator(path: Path) -> FileKind:
         "hed": "HED soft edges (softedge_hed, softedge_hedsafe, scribble_hed)",
         "lineart": "line drawing (lineart_realistic, lineart_coarse)",
         "openpose_body": "OpenPose body (openpose; CMU's weights: non-commercial use only)",
+        "openpose_hand": "OpenPose hands (openpose_hand, openpose_full; CMU's weights: non-commercial use only)",
+        "openpose_face": "OpenPose face (openpose_face, openpose_full; CMU's weights: non-commercial use only)",
         "depth_anything_v2": "Depth Anything V2 (depth_anything_v2)",
     }
     return FileKind(
@@ -56,7 +61,7 @@ def examine_annotator(path: Path) -> FileKind:
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED, the lineart generator, OpenPose's body model or Depth Anything V2 (S, B, L): Easel runs those",
+        "" if layout else "not HED, the lineart generator, OpenPose's body, hand or face model or Depth Anything V2 (S, B, L): Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",
@@ -80,26 +85,32 @@ class AnnotatorRegistry(NetworkRegistry):
     def alias(self, path: Path, found: FileKind) -> str:
         return ""
 
-    async def for_preprocessor(self, pre: Preprocessor) -> NetworkEntry:
-        """The installed file `pre` runs with: of its network, the one named as the extension names
-        it (sk_model2.pth is lineart_coarse's), else another of that network (Depth Anything V2's
-        ViT-B for its ViT-L); EaselError naming the file and the folder otherwise."""
-        entries = [e for e in await self.list(status="present") if e.loadable and e.layout == pre.annotator]
-        wanted = pre.needs.lower()
-        named = [e for e in entries if e.path.name.lower() == wanted]
-        # Of one network's files, any (the largest first); lineart's two trainings by name only.
-        others = sorted(entries, key=lambda e: -e.file_size) if pre.annotator != "lineart" else []
-        found = (named or others or [None])[0]
-        if found is None:
+    async def for_preprocessor(self, pre: Preprocessor) -> list[NetworkEntry]:
+        """The installed files `pre` runs with, one per network: the one named as the extension
+        names it (sk_model2.pth is lineart_coarse's), else another of that network (Depth Anything
+        V2's ViT-B for its ViT-L); EaselError naming the files missing and the folder otherwise."""
+        present = [e for e in await self.list(status="present") if e.loadable]
+        found, missing = [], []
+        for layout, file_name in pre.annotators:
+            entries = [e for e in present if e.layout == layout]
+            named = [e for e in entries if e.path.name.lower() == file_name.lower()]
+            # Of one network's files, any (the largest first); lineart's two trainings by name only.
+            others = sorted(entries, key=lambda e: -e.file_size) if layout != "lineart" else []
+            chosen = (named or others or [None])[0]
+            if chosen is None:
+                missing.append(file_name)
+            else:
+                found.append(chosen)
+        if missing:
             raise EaselError(
-                f"the {pre.name} preprocessor needs {pre.needs} (lllyasviel/Annotators on Hugging Face) in "
-                f"models/{ANNOTATOR_FOLDERS[0]}; it is not installed"
+                f"the {pre.name} preprocessor needs {' and '.join(missing)} (lllyasviel/Annotators on Hugging Face) in "
+                f"models/{ANNOTATOR_FOLDERS[0]}; {'it is' if len(missing) == 1 else 'they are'} not installed"
             )
         return found
 
 
-def with_annotator(use: ControlNetUse, entry: NetworkEntry) -> ControlNetUse:
-    return replace(use, annotator=ComponentUse(entry.layout, entry.path.name, str(entry.path), entry.sha256))
+def with_annotators(use: ControlNetUse, entries: list[NetworkEntry]) -> ControlNetUse:
+    return replace(use, annotators=tuple(ComponentUse(e.layout, e.path.name, str(e.path), e.sha256) for e in entries))
 
 
 def annotator_registry(db: aiosqlite.Connection, settings: Settings) -> AnnotatorRegistry:

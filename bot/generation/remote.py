@@ -81,7 +81,7 @@ def files_needed(spec: ValidRequest) -> list[NeededFile]:
         NeededFile(f"CLIP vision {u.encoder.name}", u.encoder.sha256, u.encoder.path) for u in spec.controlnets if u.encoder
     ]
     needed += [
-        NeededFile(f"annotator {u.annotator.name}", u.annotator.sha256, u.annotator.path) for u in spec.controlnets if u.annotator
+        NeededFile(f"annotator {a.name}", a.sha256, a.path) for u in spec.controlnets for a in u.annotators
     ]
     return needed
 

@@ -306,8 +306,8 @@ def _check_control(
         if adapter and use.encoder is None:
             raise GenerationError(f"the IP-Adapter {use.name} needs its CLIP vision encoder from models/clip_vision")
         pre = PREPROCESSORS[unit.module]
-        if pre.annotator and (use.annotator is None or use.annotator.role != pre.annotator):
-            raise GenerationError(f"the {unit.module} preprocessor needs its annotator ({pre.needs}) in models/ControlNetPreprocessor")
+        if [layout for layout, _ in pre.annotators] != [a.role for a in use.annotators]:
+            raise GenerationError(f"the {unit.module} preprocessor needs its annotators ({pre.needs}) in models/ControlNetPreprocessor")
         union = pre.union
         if use.union_types and (union is None or union >= use.union_types):
             raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")
