@@ -220,6 +220,23 @@ def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(t
     assert annotator_layout(shapes) == "depth_anything_v2" and annotator_layout(giant) == ""
 
 
+class BlobHand(torch.nn.Module):
+    """Stands in for the hand model's weights: maps (at an eighth of its input, as it gives them)
+    with a blob for part 0 at the middle, and for part 5 a strong one at (¼, ¾) and a weak one at (¾, ¼)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = x.shape[2] // 8, x.shape[3] // 8
+        ys, xs = torch.meshgrid(torch.arange(rows) / rows, torch.arange(cols) / cols, indexing="ij")
+        maps = torch.zeros(1, 22, rows, cols)
+
+        def blob(cx: float, cy: float, height: float) -> torch.Tensor:
+            return height * torch.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / 0.005)
+
+        maps[0, 0] = blob(0.5, 0.5, 1.0)
+        maps[0, 5] = blob(0.25, 0.75, 1.0) + blob(0.75, 0.25, 0.4)
+        return maps
+
+
 def test_openpose_finds_hand_and_face_boxes_from_the_body_and_draws_them() -> None:
     from gpu_worker.annotators import CpmNetwork
     from gpu_worker.openpose import Pose, _face_peaks, _hand_peaks, draw_poses, face_box, hand_boxes
@@ -236,12 +253,17 @@ def test_openpose_finds_hand_and_face_boxes_from_the_body_and_draws_them() -> No
     assert face_box(joints, 400, 300) == (120, 30, 60)
     joints[14] = (147.0, 58.0)
     assert face_box(joints, 400, 300) is None  # under 20 pixels
-    # The networks in their files' layouts: hand_pose_model.pth's 22 maps, facenet.pth's 71.
-    torch.manual_seed(0)
-    hand, face = CpmNetwork(22).eval(), CpmNetwork(71).eval()
-    assert {"Mconv7_stage6.weight", "conv6_2_CPM.weight", "conv5_3_CPM.weight"} <= set(hand.state_dict())
+    # A hand's points: each map's strongest blob, its peak, at the crop's scale (the maps averaged
+    # over four scales at 128 pixels). Part 0 one blob mid-crop; part 5 a strong blob and a weak one.
     crop = np.asarray(picture().resize((48, 48)))[:, :, ::-1].copy()
-    assert len(_hand_peaks(hand, crop, "cpu")) == 21
+    peaks = _hand_peaks(BlobHand(), crop, "cpu")
+    assert len(peaks) == 21 and all(p is None for i, p in enumerate(peaks) if i not in (0, 5))
+    assert peaks[0] is not None and abs(peaks[0][0] - 24) <= 2 and abs(peaks[0][1] - 24) <= 2
+    assert peaks[5] is not None and abs(peaks[5][0] - 12) <= 2 and abs(peaks[5][1] - 36) <= 2  # not the weak one's
+    # facenet.pth's network, in its file's layout: 71 maps read at 384 pixels, points inside the crop.
+    torch.manual_seed(0)
+    face = CpmNetwork(71).eval()
+    assert {"Mconv7_stage6.weight", "conv6_2_CPM.weight", "conv5_3_CPM.weight"} <= set(face.state_dict())
     assert all(0 <= x < 48 and 0 <= y < 48 for x, y in _face_peaks(face, crop, "cpu"))
     # Drawn as the extension draws them: a hand's bones in a rainbow (its first red), its joints blue;
     # a face's points white.
