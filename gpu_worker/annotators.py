@@ -53,7 +53,7 @@ class HedNetwork(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.norm = nn.Parameter(torch.zeros(1, 3, 1, 1, device=torch.get_default_device()))
         widths = ((3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3))
         for i, (cin, cout, layers) in enumerate(widths, start=1):
             self.add_module(f"block{i}", _HedBlock(cin, cout, layers))

@@ -38,7 +38,7 @@ class _Attention(nn.Module):
 class _LayerScale(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.ones(dim))
+        self.gamma = nn.Parameter(torch.ones(dim, device=torch.get_default_device()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gamma
@@ -80,9 +80,9 @@ class _Encoder(nn.Module):
     def __init__(self, dim: int, depth: int) -> None:
         super().__init__()
         self.patch_embed = _PatchEmbed(dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, (INPUT_SIZE // PATCH) ** 2 + 1, dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, dim))  # in the file; unused at inference
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, device=torch.get_default_device()))
+        self.pos_embed = nn.Parameter(torch.zeros(1, (INPUT_SIZE // PATCH) ** 2 + 1, dim, device=torch.get_default_device()))
+        self.mask_token = nn.Parameter(torch.zeros(1, dim, device=torch.get_default_device()))  # in the file; unused at inference
         self.blocks = nn.ModuleList(_Block(dim, dim // 64) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
 
