@@ -387,6 +387,9 @@ class BatchFailed:
     batch_id: str
     message: str  # one line, for the user
     job_ids: tuple[str, ...] = field(default_factory=tuple)
+    # A fetching worker that could not fetch these files (sha256): its jobs go to another worker,
+    # and it is not sent them again for those files (bot/generation/service.py).
+    unfetched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

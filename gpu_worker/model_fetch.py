@@ -103,7 +103,10 @@ class Fetcher:
             for ticket in batch.fetch:
                 if self.index.path_for(ticket.sha256) is None:
                     self._send(BatchLoading(batch.batch_id, f"{ticket.name} ({_size(ticket.size)})", "fetch"))
-                    self.fetch(ticket, keep)
+                    try:
+                        self.fetch(ticket, keep)
+                    except FetchError as e:  # the bot sends the jobs to another worker, never this file here again
+                        raise FetchError(str(e), (ticket.sha256,)) from None
         localised = self.index.localise(batch)
         self._used(batch_hashes(batch))
         return localised

@@ -81,7 +81,12 @@ Localise = Callable[[RunBatch], RunBatch]  # a batch's files as this machine has
 
 
 class LocalFileError(Exception):
-    """A batch names a file this worker does not hold (by sha256); the message is for the user."""
+    """A batch names a file this worker does not hold (by sha256); the message is for the user.
+    `unfetched`: the files it was sent tickets for and could not fetch (gpu_worker/model_fetch.py)."""
+
+    def __init__(self, message: str, unfetched: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.unfetched = unfetched
 
 
 def _one_at_a_time(send: Callable[[object], None]) -> Callable[[object], None]:
@@ -180,7 +185,7 @@ def run_worker(
         except LocalFileError as e:
             log.warning("batch %s refused: %s", command.batch_id, e)
             jobs = tuple(job.job_id for job in command.jobs)
-            send(BatchFailed(command.batch_id, str(e), jobs))
+            send(BatchFailed(command.batch_id, str(e), jobs, e.unfetched))
             loaded, held_as = tuple(cache.loaded_keys()), tuple(cache.placements())
             send(BatchFinished(command.batch_id, loaded, runner.steps_per_second, *memory(device), held_as))
             continue

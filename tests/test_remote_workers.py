@@ -559,7 +559,7 @@ async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holde
     service, sdxl = cluster.service, cluster.checkpoints["sdxl"]
     cluster.folders["f"] = cluster.tmp / "models-f"
     cluster.folders["f"].mkdir()
-    cluster.start_worker("f", None, "--fetch-missing", "--fetch-budget-gb", "1")
+    cluster.start_worker("f", None, "--fetch-missing", "--fetch-budget-gb", "0.02")  # 20 MB: SDXL's 13 fit, SD2's 32 do not
     fetched = cluster.folders["f"] / "fetched"
     try:
         await cluster.joined("f")
@@ -587,6 +587,12 @@ async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holde
         log = (cluster.tmp / "worker-f.log").read_text()
         assert "fetched checkpoint tiny-sdxl" in log and "fetched LoRA lora-sdxl" in log
         assert "?w=" not in log  # addresses carry tokens: logged by host only
+        # A fetch that fails (SD2 is over f's budget; nobody holds it): the job goes back in the queue,
+        # f is not sent it again, and with no one else able to run it, it fails saying why.
+        events = await finished(await queue_unchecked(service, request("fetch-too-big"), cluster.checkpoints["sd2"]))
+        assert [type(e).__name__ for e in events].count("Started") == 1 and isinstance(events[-1], Failed)
+        assert "no GPU worker can run this job" in events[-1].message
+        assert f"worker {fetcher}: checkpoint tiny-sd2 is 32.2 MB, more than this worker's fetch budget of 20.0 MB" in events[-1].message
     finally:
         process = cluster.workers.pop("f")
         process.terminate()

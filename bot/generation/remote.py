@@ -102,6 +102,7 @@ class RemoteWorker:
         self.pid: int | None = heartbeat.pid
         self.sending: asyncio.Task[None] | None = None  # the last command on its way (they keep their order)
         self.steps_per_second = 0.0
+        self.cannot_fetch: dict[str, str] = {}  # sha256 -> why this worker could not fetch it (its word)
         self.update(heartbeat)
 
     def update(self, heartbeat: WorkerHeartbeat) -> None:
@@ -146,6 +147,10 @@ class RemoteWorker:
 
     def lacks(self, spec: ValidRequest) -> list[NeededFile]:
         return [f for f in files_needed(spec) if f.sha256 not in self.holds]
+
+    def fetch_refusal(self, spec: ValidRequest) -> str | None:
+        """Why this worker will not be sent the job to fetch: a file it could not fetch before."""
+        return next((f"worker {self.worker_id}: {self.cannot_fetch[f.sha256]}" for f in self.lacks(spec) if f.sha256 in self.cannot_fetch), None)
 
     def can_run(self, spec: ValidRequest) -> str | None:
         """None if this worker can run the job with the files it holds, else why not (one line)."""

@@ -505,7 +505,7 @@ class GenerationService:
         remote worker, a family or size it does not take, nothing the bot can share)."""
         if self._share is None or not isinstance(worker, RemoteWorker) or not worker.fetches:
             return None
-        if worker.can_take(spec) is not None:
+        if worker.can_take(spec) is not None or worker.fetch_refusal(spec) is not None:
             return None
         total = 0
         for file in worker.lacks(spec):
@@ -519,7 +519,7 @@ class GenerationService:
         """Fail the head job when no running worker can run it (and say why); False while some
         worker could, or none is up yet (then it waits)."""
         up = [w for w in self._workers if w.ready]
-        reasons = [w.can_run(head.spec) for w in up]
+        reasons = [(isinstance(w, RemoteWorker) and w.fetch_refusal(head.spec)) or w.can_run(head.spec) for w in up]
         if not up or any(r is None for r in reasons) or any(self._fetch_size(w, head.spec) is not None for w in up):
             return False
         self._queue.remove(head.id)
@@ -767,6 +767,11 @@ class GenerationService:
             job = self._job(event.batch_id, event.job_id)
             if job is not None:
                 self._finish(job, JobState.CANCELLED, None)
+        elif isinstance(event, BatchFailed) and event.unfetched and isinstance(worker, RemoteWorker) and worker.batch:
+            # A fetch that failed (its budget, its link, bytes that did not match): the jobs go back to
+            # the head of the queue for a holder, and this worker is not sent those files again.
+            worker.cannot_fetch |= dict.fromkeys(event.unfetched, event.message)
+            self._requeue(worker.batch, f"the GPU worker {worker.name} could not fetch a file ({event.message})")
         elif isinstance(event, BatchFailed):
             for job in self._live(event.batch_id):
                 if job.id in event.job_ids or not event.job_ids:
