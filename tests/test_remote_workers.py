@@ -564,6 +564,10 @@ async def test_a_worker_with_an_empty_folder_fetches_what_it_lacks_when_no_holde
     try:
         await cluster.joined("f")
         holder, fetcher = cluster.worker_id("a"), cluster.worker_id("f")
+        status = service.status()
+        [shown] = [w for w in status.workers if w.worker_id == fetcher]
+        assert "fetches the model files it lacks" in describe(shown)[1]  # as /status and `bot.py workers` say it
+        assert "; model files shared at http://127.0.0.1:" in status.broker
         # Both idle: the holder runs it, and nothing is fetched.
         long = await queue_unchecked(service, request("fetch-long", steps=150, width=128, height=128), sdxl)
         async for event in long.events():

@@ -156,6 +156,7 @@ class WorkerStatus:
     memory_free: int = 0
     jobs: list[str] = field(default_factory=list)  # what it is running now
     heartbeat_age: float | None = None  # seconds since its last heartbeat (remote workers)
+    fetches: bool = False  # a remote worker started with --fetch-missing
 
 
 @dataclass
@@ -425,12 +426,15 @@ class GenerationService:
                     memory_free=w.memory_free,
                     jobs=[part.job_id for part in w.batch.jobs] if w.batch else [],
                     heartbeat_age=now - remote.last_seen if remote else None,
+                    fetches=bool(remote and remote.fetches),
                 )
             )
         running = sum(1 for h in self._handles.values() if h.job.state is JobState.RUNNING)
         broker = self._broker.state.describe() if self._broker else ""
         if self._broker is not None and not self._remote:
             broker += "; no remote worker has been heard from" + (", so jobs wait" if not self._local else "")
+        if self._share is not None and self._share.url:
+            broker += f"; model files shared at {self._share.url}"
         return ServiceStatus(workers, len(self._queue), running, self._seconds_per_unit, broker=broker)
 
     def position(self, job_id: str) -> int | None:

@@ -25,6 +25,8 @@ def describe(worker: WorkerStatus) -> tuple[str, str]:
     if worker.memory_total:
         used, free, total = (n / 1e9 for n in (worker.memory_total - worker.memory_free, worker.memory_free, worker.memory_total))
         lines.append(f"memory: {used:.1f} GB used, {free:.1f} GB free of {total:.1f} GB")
+    if worker.fetches:
+        lines.append("fetches the model files it lacks")
     if worker.heartbeat_age is not None:
         lines.append(f"last heartbeat {worker.heartbeat_age:.1f} s ago · {worker.worker_id}")
     return title, "\n".join(lines)
@@ -47,4 +49,5 @@ def from_heartbeat(heartbeat: WorkerHeartbeat, slot: int, now: float | None = No
         memory_free=heartbeat.memory_free,
         jobs=[f"batch {b}" for b in heartbeat.batches],
         heartbeat_age=age,
+        fetches=heartbeat.fetches,
     )
