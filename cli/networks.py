@@ -254,8 +254,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_vae)
     p = sub.add_parser("make-tiny-controlnet", help="write a tiny random-weight ControlNet for the tiny checkpoints (.safetensors or .pth)")
-    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
-    p.add_argument("--layout", choices=("original", "diffusers", "union"), help="original (A1111's files; SD1/SD2's default), diffusers (SDXL's) or union (a ControlNet-Union ProMax, SDXL)")
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl", "flux"), required=True)
+    p.add_argument(
+        "--layout",
+        choices=("original", "diffusers", "union"),
+        help="original (A1111's files; SD1/SD2's default), diffusers (SDXL's, Flux's) or union (a ControlNet-Union: SDXL's ProMax, Flux's InstantX Union)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_controlnet)

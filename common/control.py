@@ -102,6 +102,12 @@ ALIASES = {
     "ip-adapter_clip_sdxl": "ip-adapter_clip_g",
 }
 IP_ADAPTER_MODULES = ("ip-adapter_clip_h", "ip-adapter_clip_g")
+# A Flux ControlNet-Union's control modes (InstantX's and Shakker-Labs' Union and Union Pro: canny 0,
+# tile 1, depth 2, blur 3, pose 4, gray 5, low quality 6), by the preprocessor whose map each reads.
+FLUX_UNION_MODES = {
+    "canny": 0, "tile_resample": 1, "depth_anything_v2": 2, "blur_gaussian": 3,
+    "openpose": 4, "openpose_hand": 4, "openpose_face": 4, "openpose_full": 4,
+}  # fmt: skip
 # A hires fix's second pass with these maps is always softly injected (the extension's hook.py: fewer
 # artefacts from sharp edges enlarged).
 SOFT_IN_HIRES = ("canny", "mlsd")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,17 +31,18 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from diffusers import ControlNetModel, ControlNetUnionModel, UNet2DConditionModel
+from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.initialization import no_init_weights
 
-from common.control import PREPROCESSORS, SOFT_IN_HIRES, ControlUnit
+from common.control import FLUX_UNION_MODES, PREPROCESSORS, SOFT_IN_HIRES, ControlUnit
 from common.protocol import ControlNetUse
 from gpu_worker.annotators import AnnotatorCache, AnnotatorError, run_annotator
 from gpu_worker.control_maps import control_map
 from gpu_worker.init_images import prepare_init
+from gpu_worker.latents import encode_pictures
 from gpu_worker.loaded import LoadedPipeline
 from gpu_worker.model_parts import PartError, load_exact
 
@@ -63,6 +64,7 @@ class ActiveUnit:
     pooled: bool = False  # a shuffle model: residuals averaged over the picture, the conditional half only
     union: int | None = None  # on a ControlNet-Union model: the map's control type
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # the map by pass size
+    latents: torch.Tensor | None = None  # a Flux ControlNet's: the map as the VAE's packed latents
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The map as the model reads it: (1, 3, H, W) in 0..1 at the pass's pixel size."""
@@ -158,6 +160,43 @@ class Control:
             return None
         return total[:-1], total[-1]
 
+    def flux_samples(self, kwargs: dict) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None] | None:
+        """The Flux units' summed block samples for this transformer call (double blocks', single
+        blocks'); None when no unit acts at this step. Each unit's weight is its conditioning scale."""
+        fraction = self.step / self.total
+        hidden = kwargs["hidden_states"]
+        blocks: list[torch.Tensor] | None = None
+        singles: list[torch.Tensor] | None = None
+        acted = False
+        for active in self.units:
+            unit, model = active.unit, active.model
+            if model is None or active.latents is None or fraction < unit.start or fraction > unit.end:
+                continue
+            batch = hidden.shape[0]
+            mode = None
+            if active.union is not None:
+                mode = torch.full((batch, 1), active.union, dtype=torch.long, device=hidden.device)
+            guidance = kwargs.get("guidance") if model.config.guidance_embeds else None
+            b, s = model(
+                hidden_states=hidden.to(model.dtype),
+                controlnet_cond=active.latents.to(hidden.device, model.dtype).expand(batch, -1, -1),
+                controlnet_mode=mode,
+                conditioning_scale=unit.weight,
+                encoder_hidden_states=kwargs["encoder_hidden_states"].to(model.dtype),
+                pooled_projections=kwargs["pooled_projections"].to(model.dtype),
+                timestep=kwargs["timestep"],
+                img_ids=kwargs["img_ids"],
+                txt_ids=kwargs["txt_ids"],
+                guidance=guidance,
+                return_dict=False,
+            )
+            acted = True
+            if b is not None:
+                blocks = list(b) if blocks is None else [x + y for x, y in zip(blocks, b, strict=True)]
+            if s is not None:
+                singles = list(s) if singles is None else [x + y for x, y in zip(singles, s, strict=True)]
+        return (blocks, singles) if acted else None
+
     def _scales(self, unit: ControlUnit, count: int, active: ActiveUnit) -> list[float]:
         """Each residual's weight: the unit's, or with soft injection (My prompt is more important,
         and canny or mlsd maps in the hires pass) the extension's 13 soft weights, deepest last, zipped
@@ -210,34 +249,55 @@ class ControlNetCache:
         seed: int,
     ) -> Control:
         """The batch's units: each model on the pipeline's device in its dtype, each map made at the
-        job's `size`; IP-Adapters loaded into the pipeline's UNet with their encoder."""
-        unet, device, dtype = loaded.pipeline.unet, loaded.device, loaded.dtype
+        job's `size`; IP-Adapters loaded into the pipeline's UNet with their encoder. A Flux
+        ControlNet reads its map as the VAE's packed latents."""
+        pipe, device, dtype = loaded.pipeline, loaded.device, loaded.dtype
         active, adapters = [], []
         for use, png, unit in zip(uses, pictures, units, strict=True):
+            picture = prepare_init(png, size[0], size[1], "crop")
             if use.encoder is not None:
-                picture = prepare_init(png, size[0], size[1], "crop")
                 adapters.append((use, ActiveUnit(unit, None, picture)))
                 active.append(adapters[-1][1])
                 continue
-            model = self._get(use, unet, dtype)
+            made = control_map(picture, unit, seed, self._annotator(use, unit, device))
+            if use.layout.startswith("flux"):
+                model = self._get_flux(use, pipe.transformer, dtype)
+                model.to(device)
+                self._on_device.append(model)
+                latents = encode_pictures(pipe, [made])
+                packed = pipe._pack_latents(latents, *latents.shape)
+                union = FLUX_UNION_MODES.get(unit.module) if use.union_types else None
+                active.append(ActiveUnit(unit, model, made, union=union, latents=packed))
+                continue
+            model = self._get(use, pipe.unet, dtype)
             model.to(device)
             self._on_device.append(model)
-            picture = prepare_init(png, size[0], size[1], "crop")
             pooled = "shuffle" in use.name.lower()  # the v1.1 shuffle model's config: global average pooling
             union = PREPROCESSORS[unit.module].union if use.union_types else None
-            annotator = None
-            if use.annotators:
-                try:
-                    networks = {a.role: self._annotators.get(a.path, a.sha256, a.role, a.name) for a in use.annotators}
-                except AnnotatorError as e:
-                    raise ControlNetError(str(e)) from None
-                annotator = partial(run_annotator, networks, unit.module, device=device)
-            active.append(ActiveUnit(unit, model, control_map(picture, unit, seed, annotator), pooled, union))
+            active.append(ActiveUnit(unit, model, made, pooled, union))
         control = Control(active)
         if adapters:
             control.adapters = [unit for _, unit in adapters]
             control.ip_processors = self._adapt(loaded, [use for use, _ in adapters])
         return control
+
+    def _annotator(self, use: ControlNetUse, unit: ControlUnit, device: torch.device | str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The unit's annotator networks as a map maker (gpu_worker/annotators.py), or None."""
+        if not use.annotators:
+            return None
+        try:
+            networks = {a.role: self._annotators.get(a.path, a.sha256, a.role, a.name) for a in use.annotators}
+        except AnnotatorError as e:
+            raise ControlNetError(str(e)) from None
+        return partial(run_annotator, networks, unit.module, device=device)
+
+    def _get_flux(self, use: ControlNetUse, transformer: torch.nn.Module, dtype: torch.dtype) -> FluxControlNetModel:
+        key = (use.sha256, str(dtype), repr(sorted(transformer.config.items())))
+        found = self._models.pop(key, None) or load_flux_controlnet(Path(use.path), use.name, transformer.config, dtype)
+        self._models[key] = found
+        while len(self._models) > self.size:
+            self._models.popitem(last=False)
+        return found  # type: ignore[return-value]
 
     def release(self) -> None:
         """The batch's models back to CPU RAM, and its IP-Adapters out of the pipeline."""
@@ -287,6 +347,57 @@ class ControlNetCache:
         while len(self._models) > self.size:
             self._models.popitem(last=False)
         return found
+
+
+def load_flux_controlnet(path: Path, name: str, transformer_config: dict, dtype: torch.dtype) -> FluxControlNetModel:
+    """A Flux ControlNet in diffusers' layout (InstantX's and Shakker-Labs' files, their Union ones
+    too), sized by its tensors, its attention the loaded transformer's; ControlNetError otherwise."""
+    if not path.is_file():
+        raise ControlNetError(f"the ControlNet {name} is no longer on disk")
+    state = dict(safetensors.torch.load_file(str(path)))
+    try:
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("transformer_blocks.")}
+        singles = {int(k.split(".")[1]) for k in state if k.startswith("single_transformer_blocks.")}
+        config = {
+            "in_channels": state["x_embedder.weight"].shape[1],
+            "num_layers": len(blocks),
+            "num_single_layers": len(singles),
+            "attention_head_dim": transformer_config["attention_head_dim"],
+            "num_attention_heads": transformer_config["num_attention_heads"],
+            "joint_attention_dim": state["context_embedder.weight"].shape[1],
+            "pooled_projection_dim": state["time_text_embed.text_embedder.linear_1.weight"].shape[1],
+            "guidance_embeds": "time_text_embed.guidance_embedder.linear_1.weight" in state,
+            "axes_dims_rope": list(transformer_config["axes_dims_rope"]),
+            "num_mode": state["controlnet_mode_embedder.weight"].shape[0] if "controlnet_mode_embedder.weight" in state else None,
+        }
+        with torch.device("meta"):
+            model = FluxControlNetModel.from_config(config)
+        load_exact(model, {k: v.to(dtype) for k, v in state.items()}, f"the ControlNet {name}")
+    except PartError as e:
+        raise ControlNetError(f"{e}; is it a Flux ControlNet for this checkpoint?") from None
+    except (KeyError, IndexError, ValueError, RuntimeError) as e:
+        raise ControlNetError(f"the ControlNet {name} cannot be read as a Flux ControlNet for this checkpoint ({type(e).__name__})") from None
+    return model
+
+
+@contextmanager
+def controlled_flux(transformer: torch.nn.Module, control: Control | None) -> Iterator[None]:
+    """The Flux transformer with `control`'s block samples added while it runs (nothing without units)."""
+    if control is None or not control.units:
+        yield
+        return
+
+    def before(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        found = control.flux_samples(kwargs)
+        if found is not None:
+            kwargs = {**kwargs, "controlnet_block_samples": found[0], "controlnet_single_block_samples": found[1], "controlnet_blocks_repeat": False}
+        return args, kwargs
+
+    handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def load_controlnet(path: Path, name: str, unet_config: dict, dtype: torch.dtype) -> ControlNetModel:

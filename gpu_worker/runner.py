@@ -124,7 +124,7 @@ class BatchRunner:
         if batch.edit_pngs and not family.edits:
             refusal = f"{batch.load.name}: {batch.load.architecture} checkpoints cannot edit pictures"
         if batch.controlnets and not family.controls:
-            refusal = f"{batch.load.name}: ControlNet runs on SD1, SD2 and SDXL checkpoints, not {batch.load.architecture}"
+            refusal = f"{batch.load.name}: ControlNet runs on SD1, SD2, SDXL and Flux.1 checkpoints, not {batch.load.architecture}"
         if refusal:
             raise CheckpointLoadError(refusal)
         if batch.load.format != "diffusers" and not Path(batch.load.path).is_file():

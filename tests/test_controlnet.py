@@ -295,9 +295,9 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path, tiny_
     sd1 = replace(xl, family="sd1", architecture="SD1.x")
     with pytest.raises(EaselError, match=r"is for SDXL checkpoints, not SD1\.x"):
         validate(request, sd1, Limits(), controlnets=(picked,), control_pngs=(png(picture()),))
-    flux = replace(xl, family="flux", architecture="FLUX.1 dev")
-    with pytest.raises(EaselError, match=r"ControlNet runs on SD1, SD2 and SDXL checkpoints, not FLUX\.1 dev"):
-        validate(request, flux, Limits())
+    sd3 = replace(xl, family="sd3", architecture="SD3.5 Large")
+    with pytest.raises(EaselError, match=r"ControlNet runs on SD1, SD2, SDXL and FLUX\.1 checkpoints, not SD3\.5 Large"):
+        validate(request, sd3, Limits())
 
 
 def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files, runner_and_events, tmp_path: Path) -> None:

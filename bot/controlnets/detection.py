@@ -34,28 +34,32 @@ class ControlNetKind:
     clip_width: int = 0
 
 
-# Files that sit in the same folder and are not plain ControlNets: (a tensor name part, what it is).
+# Files that sit in the same folder and are not plain ControlNets: (tensor name parts that all show,
+# what it is). An XLabs Flux ControlNet has BFL's block names beside its own (a Flux checkpoint has
+# no controlnet_blocks), and SD3's input projection: it is told apart first.
 _OTHER_KINDS = (
-    ("lllite", "a ControlNet-LLLite (kohya's) file"),
-    ("lora_controlnet", "a Control-LoRA (Stability's) file"),
-    ("controlnet_x_embedder", "a Flux or SD3 ControlNet"),
-    ("controlnet_blocks.", "a Flux or SD3 ControlNet"),
-    ("pos_embed_input", "an SD3 ControlNet"),
-    ("adapter.body", "a T2I-Adapter"),
-    ("body.0.resnets", "a T2I-Adapter"),
-    ("to_k_lora", "an IP-Adapter FaceID (it needs InsightFace)"),
-    ("perceiver_resampler", "an IP-Adapter FaceID (it needs InsightFace)"),
+    (("lllite",), "a ControlNet-LLLite (kohya's) file"),
+    (("lora_controlnet",), "a Control-LoRA (Stability's) file"),
+    (("double_blocks.", "controlnet_blocks."), "an XLabs Flux ControlNet (Easel runs diffusers' layout: InstantX's, Shakker-Labs')"),
+    (("pos_embed_input",), "an SD3 ControlNet"),
+    (("adapter.body",), "a T2I-Adapter"),
+    (("body.0.resnets",), "a T2I-Adapter"),
+    (("to_k_lora",), "an IP-Adapter FaceID (it needs InsightFace)"),
+    (("perceiver_resampler",), "an IP-Adapter FaceID (it needs InsightFace)"),
 )
-_BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
+_BASE_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 
 def detect_controlnet(shapes: Mapping[str, tuple[int, ...]]) -> ControlNetKind:
     names = {name.removeprefix(_PREFIX): shape for name, shape in shapes.items()}
-    for part, what in _OTHER_KINDS:
-        if any(part in name for name in names):
-            return ControlNetKind("other", "", what.split(" ", 1)[1], False, f"{what}: Easel runs plain SD1/SD2/SDXL ControlNets")
+    for parts, what in _OTHER_KINDS:
+        if all(any(part in name for name in names) for part in parts):
+            return ControlNetKind("other", "", what.split(" ", 1)[1], False, f"{what}: Easel runs SD1/SD2/SDXL ControlNets and Flux ones in diffusers' layout")
     if any(name.startswith("image_proj.") for name in names) and any(name.startswith("ip_adapter.") for name in names):
         return _ip_adapter(names)
+    if "controlnet_x_embedder.weight" in names and "x_embedder.weight" in names:  # diffusers' Flux layout
+        modes = names.get("controlnet_mode_embedder.weight", (0,))[0]
+        return ControlNetKind("flux-union" if modes else "flux", "flux", f"Flux ControlNet{'-Union' if modes else ''} (FLUX.1)", union_types=modes)
     if "input_hint_block.0.weight" in names and "zero_convs.0.0.weight" in names:
         layout = "original"
     elif "controlnet_cond_embedding.conv_in.weight" in names and "controlnet_down_blocks.0.weight" in names:

@@ -10,6 +10,7 @@ hash is A1111's old 8-hex model hash, which the extension writes after the name 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
@@ -17,10 +18,12 @@ import aiosqlite
 from bot.config import Settings
 from bot.controlnets.detection import CONTROLNET_FOLDERS, ControlNetFileError, detect_controlnet
 from bot.networks.registry import FileKind, NetworkEntry, NetworkRegistry, read_tensor_map
-from common.control import ControlError, preprocessor
+from common.control import FLUX_UNION_MODES, ControlError, preprocessor
 from common.errors import CheckpointFileError
 from common.hashing import autov1
 from common.protocol import ControlNetUse
+
+UNION_LAYOUTS = ("union", "flux-union")  # a model whose control types (modes) read each map
 
 
 def examine_controlnet(path: Path) -> FileKind:
@@ -30,6 +33,8 @@ def examine_controlnet(path: Path) -> FileKind:
         kind = detect_controlnet({name: tuple(t.shape) for name, t in tensors.items()})
     except ControlNetFileError as e:
         raise CheckpointFileError(f"{path.name}: {e}") from None
+    if kind.base == "flux" and pickled:
+        kind = replace(kind, loadable=False, reason="a Flux ControlNet is read from .safetensors only")
     return FileKind(
         "controlnet",
         kind.layout,
@@ -82,10 +87,11 @@ class ControlNetRegistry(NetworkRegistry):
         installed = [e for e in await self.list(status="present", base=family) if e.loadable]
         fitting = [e for e in installed if word in e.name.lower()]
         # else a ControlNet-Union model that has the preprocessor's control type
-        union = preprocessor(module).union
-        fitting = fitting or [e for e in installed if e.layout == "union" and union is not None and union < (e.rank or 0)]
+        union = FLUX_UNION_MODES.get(module) if family == "flux" else preprocessor(module).union
+        fitting = fitting or [e for e in installed if e.layout in UNION_LAYOUTS and union is not None and union < (e.rank or 0)]
         if not fitting:
-            example = {"sd1": f"control_v11p_sd15_{word}", "sd2": f"controlnet_sd21_{word}"}.get(family, f"controlnet-{word}-sdxl-1.0")
+            examples = {"sd1": f"control_v11p_sd15_{word}", "sd2": f"controlnet_sd21_{word}", "flux": "FLUX.1-dev-ControlNet-Union-Pro"}
+            example = examples.get(family, f"controlnet-{word}-sdxl-1.0")
             raise ControlError(
                 f"no {word} ControlNet for this checkpoint is installed; put one (e.g. {example}) in models/ControlNet"
             )
@@ -94,7 +100,7 @@ class ControlNetRegistry(NetworkRegistry):
 
 def use_of(entry: NetworkEntry) -> ControlNetUse:
     """The model as a batch names it; an IP-Adapter's encoder is chosen by the job rules' caller (bot/jobs.py)."""
-    types = entry.rank or 0 if entry.layout == "union" else 0
+    types = entry.rank or 0 if entry.layout in UNION_LAYOUTS else 0
     return ControlNetUse(entry.name, str(entry.path), entry.sha256, entry.short_hash, entry.base, types, entry.layout)
 
 

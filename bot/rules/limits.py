@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
-from common.control import IP_ADAPTER_MODULES, PREPROCESSORS, check_unit
+from common.control import FLUX_UNION_MODES, IP_ADAPTER_MODULES, PREPROCESSORS, check_unit
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
 from common.detail import check_target as check_detail_target
 from common.editing import edit_model
@@ -48,7 +48,7 @@ from common.samplers import (
     parse_sampler,
 )
 
-CONTROL_FAMILIES = ("sd1", "sd2", "sdxl")  # ControlNet runs on a UNet (gpu_worker/controlnets.py)
+CONTROL_FAMILIES = ("sd1", "sd2", "sdxl", "flux")  # on a UNet, or Flux.1's transformer (gpu_worker/controlnets.py)
 
 
 class GenerationError(EaselError):
@@ -288,7 +288,13 @@ def _check_control(
     if len(p.control) > MAX_CONTROL_UNITS:
         raise GenerationError(f"a job takes at most {MAX_CONTROL_UNITS} ControlNet units, not {len(p.control)}")
     if checkpoint.family not in CONTROL_FAMILIES:
-        raise GenerationError(f"ControlNet runs on SD1, SD2 and SDXL checkpoints, not {checkpoint.architecture}")
+        raise GenerationError(f"ControlNet runs on SD1, SD2, SDXL and FLUX.1 checkpoints, not {checkpoint.architecture}")
+    if checkpoint.family == "flux" and p.hires_scale:
+        raise GenerationError("a Flux job with ControlNet units has no hires fix yet; upscale its result instead")
+    if checkpoint.family == "flux" and p.mask_image:
+        raise GenerationError("a Flux job with ControlNet units does not inpaint yet")
+    if checkpoint.family == "flux" and any(u.mode != "Balanced" for u in p.control):
+        raise GenerationError("a Flux ControlNet's control mode is Balanced: its weight says how strongly it steers")
     if p.edit_images:
         raise GenerationError("an edit takes no ControlNet units; make the picture with /control, then edit it")
     if len(controlnets) != len(p.control) or len(control_pngs) != len(p.control):
@@ -308,7 +314,7 @@ def _check_control(
         pre = PREPROCESSORS[unit.module]
         if [layout for layout, _ in pre.annotators] != [a.role for a in use.annotators]:
             raise GenerationError(f"the {unit.module} preprocessor needs its annotators ({pre.needs}) in models/ControlNetPreprocessor")
-        union = pre.union
+        union = FLUX_UNION_MODES.get(unit.module) if use.base == "flux" else pre.union
         if use.union_types and (union is None or union >= use.union_types):
             raise GenerationError(f"the ControlNet-Union model {use.name} has no control type for the {unit.module} preprocessor's map")
     return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))

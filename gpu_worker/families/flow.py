@@ -5,11 +5,14 @@ and previews through the VAE (no linear map is bundled for their 16-channel late
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
 from common.protocol import RunBatch
+from gpu_worker.controlnets import controlled_flux
 from gpu_worker.families.base import BatchRun, Draw, Family, StepCallback, noise_inputs
 from gpu_worker.hires import enlarge
 from gpu_worker.init_images import prepare_init, prepare_mask, read_references
@@ -152,7 +155,17 @@ def call_pipeline(
     **inputs: object,
 ) -> list[Image.Image]:
     run.size = size
-    latents = pipe(
+    if run.control is not None:
+        run.control.begin(len(draw.seeds), run.pass_steps[0] > 0)
+    with controlled_flux(pipe.transformer, run.control) if run.control is not None else nullcontext():
+        latents = _call(pipe, run, draw, callback, arguments, steps, size, inputs)
+    if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
+        latents = pipe._unpack_latents(latents, size[1], size[0], pipe.vae_scale_factor)
+    return decode_pictures(pipe, latents)
+
+
+def _call(pipe, run: BatchRun, draw: Draw, callback: StepCallback, arguments: dict, steps: int, size: tuple[int, int], inputs: dict) -> torch.Tensor:
+    return pipe(
         width=size[0],
         height=size[1],
         num_inference_steps=steps,
@@ -163,6 +176,3 @@ def call_pipeline(
         **arguments,
         **inputs,
     ).images
-    if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
-        latents = pipe._unpack_latents(latents, size[1], size[0], pipe.vae_scale_factor)
-    return decode_pictures(pipe, latents)

@@ -97,6 +97,7 @@ def _text_inputs(pipe, prompts: Sequence[str], negatives: Sequence[str], max_len
 
 class Flux(FlowFamily):
     name = "flux"
+    controls = True  # Flux ControlNets (InstantX's, Shakker-Labs' Union): gpu_worker/controlnets.py
     edits = True  # FLUX.1 Kontext dev (gpu_worker/families/flux_kontext.py)
     # ComfyUI comfy/latent_formats.py `Flux`: latent_rgb_factors and latent_rgb_factors_bias.
     preview_map = (

@@ -45,7 +45,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-controlnet")
-    p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), required=True)
+    p.add_argument("--base", choices=("sd1", "sd2", "sdxl", "flux"), required=True)
     p.add_argument("--layout", choices=("original", "diffusers", "union"), default="")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
@@ -125,8 +125,8 @@ def _make_tiny_vae(args: argparse.Namespace) -> int:
 def _make_tiny_controlnet(args: argparse.Namespace) -> int:
     from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
 
-    if not args.out.lower().endswith((".safetensors", ".pth")):
-        print(f"error: {args.out}: a ControlNet file ends in .safetensors or .pth", file=sys.stderr)
+    if not args.out.lower().endswith((".safetensors", ".pth")) or (args.base == "flux" and not args.out.lower().endswith(".safetensors")):
+        print(f"error: {args.out}: a ControlNet file ends in .safetensors or .pth (a Flux one in .safetensors)", file=sys.stderr)
         return 1
     what = f"tiny {args.base} ControlNet, {args.layout or 'default'} layout, seed {args.seed}"
     return _written(lambda: make_tiny_controlnet(args.base, Path(args.out), args.seed, args.layout), what)

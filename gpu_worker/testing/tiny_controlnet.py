@@ -43,9 +43,34 @@ def tiny_controlnet(base: str, seed: int = 0, union: bool = False) -> ControlNet
     return model.eval()
 
 
+def tiny_flux_controlnet(seed: int = 0, union: bool = False) -> torch.nn.Module:
+    """A Flux ControlNet for the tiny Flux checkpoints (diffusers' layout, as InstantX's files), with
+    random zero blocks so the unit changes the picture; `union`: InstantX Union's ten control modes."""
+    from diffusers import FluxControlNetModel
+
+    from gpu_worker.testing.tiny_flux import FOLDER, _config
+
+    torch.manual_seed(seed + 100)
+    config = {k: v for k, v in _config("transformer", FOLDER).items() if not k.startswith("_")}
+    model = FluxControlNetModel.from_config(config | {"num_mode": 10 if union else None})
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for layer in [*model.controlnet_blocks, *model.controlnet_single_blocks, model.controlnet_x_embedder]:
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.5)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=generator) * 0.1)
+    return model.eval()
+
+
 def make_tiny_controlnet(base: str, out: Path, seed: int = 0, layout: str = "") -> Path:
     """A ControlNet for the tiny `base` checkpoint of `seed`, written to `out` (.safetensors, or .pth
-    as a pickled state dict); `layout` original (SD1's default) or diffusers (SDXL's)."""
+    as a pickled state dict); `layout` original (SD1's default) or diffusers (SDXL's); for Flux,
+    diffusers' layout (or union: InstantX Union's)."""
+    if base == "flux":
+        if out.suffix.lower() != ".safetensors":
+            raise ValueError("a Flux ControlNet file here ends in .safetensors")
+        state = {k: v.contiguous() for k, v in tiny_flux_controlnet(seed, union=layout == "union").state_dict().items()}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return save_atomically(state, out, {"format": "pt"}, temp_path(out))
     layout = layout or ("diffusers" if base == "sdxl" else "original")
     if layout == "union" and base != "sdxl":
         raise ValueError("ControlNet-Union models are SDXL's")
