@@ -185,7 +185,8 @@ def tier_batch(load: LoadRequest, path: str, loras: Path, seeds: tuple[int, ...]
         if not file.exists():
             make_tiny_controlnet(load.family, file, seed=0)
         extra["control_pngs"] = (*extra.get("control_pngs", ()), png(picture))
-        extra["controlnets"] = (*extra.get("controlnets", ()), ControlNetUse(f"cn{i}", str(file), "2" * 64, "2" * 8, load.family))
+        layout = "flux" if load.family == "flux" else ""  # diffusers' Flux layout (InstantX's files)
+        extra["controlnets"] = (*extra.get("controlnets", ()), ControlNetUse(f"cn{i}", str(file), "2" * 64, "2" * 8, load.family, layout=layout))
         unit = ControlUnit(f"{i:064x}", ("canny", "scribble_xdog")[i], weight=0.5, threshold_a=(100.0, 32.0)[i])
         options["control"] = (*options.get("control", ()), unit)
     if options.pop("lora", False):
@@ -316,7 +317,7 @@ def flow_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LoadReques
 @pytest.mark.parametrize("precision", ["half", "bf16"])
 @pytest.mark.parametrize(
     ("family", "path"),
-    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img"), ("flux-gguf", "txt2img"), ("flux2", "txt2img"), ("flux2", "edit, two pictures")],
+    [("flux", "txt2img"), ("flux", "img2img"), ("flux", "hires, Lanczos"), ("flux", "edit, two pictures"), ("flux", "ControlNet"), ("sd3", "txt2img"), ("sd3", "img2img"), ("z-image", "txt2img"), ("qwen-image", "txt2img"), ("chroma", "txt2img"), ("flux-gguf", "txt2img"), ("flux2", "txt2img"), ("flux2", "edit, two pictures")],
 )
 def test_flow_models_in_half_precision_draw_float32s_picture(
     flow_tier: Tier, flow_files: dict[str, LoadRequest], tiny_loras: Path, family: str, path: str, precision: str
