@@ -7,7 +7,7 @@ diffusers call of the same work on the same pipeline.
     python bench/gpu_check.py --cpu --quick                    # the same logic on the tiny models in fp16 on a CPU
 
 Per family (SD1.5, SDXL, FLUX.1, SD3.5; Z-Image, Qwen-Image and FLUX.2 [klein] with --families) and path (txt2img, img2img, inpaint, hires through
-Latent/Lanczos/an ESRGAN model, a LoRA switched in, two ControlNet units and the detail pass on SD,
+Latent/Lanczos/an ESRGAN model, a LoRA switched in, two ControlNet units (SD and FLUX.1), the detail pass on SD,
 previews on, offloaded as the placement a small card gets): whether the pictures are finite and not black, seconds per step and peak device memory. The
 txt2img path also runs as a bare diffusers call (same pipeline, size, steps): the ratio of Easel's
 s/it and peak memory to it. Then an out-of-memory error injected into a pipeline call (the batch is
@@ -68,7 +68,8 @@ SD_PATHS = (
     "txt2img", "img2img", "inpaint", "hires Latent", "hires Lanczos", "hires ESRGAN", "LoRA", "ControlNet", "detail",
     "previews", "offloaded",
 )  # fmt: skip
-FLOW_PATHS = ("txt2img", "img2img", "inpaint", "hires Lanczos", "previews", "offloaded")
+FLOW_PATHS = ("txt2img", "img2img", "inpaint", "hires Lanczos", "ControlNet", "previews", "offloaded")
+CONTROL_FAMILIES = ("sd1", "sd2", "sdxl", "flux")  # those ControlNet runs on (bot/rules/limits.py)
 FROM_PICTURE = ("img2img", "hires Lanczos")  # the paths a family without img2img (common/families.py) skips
 
 
@@ -202,6 +203,23 @@ def make_controlnet(pipeline, folder: Path, name: str) -> Path:
     return out
 
 
+def make_flux_controlnet(pipeline, folder: Path, name: str) -> Path:
+    """A Flux ControlNet copied from the pipeline's transformer (two double blocks, as InstantX's are
+    trained from it), in diffusers' layout."""
+    from diffusers import FluxControlNetModel
+    from safetensors.torch import save_file
+
+    config = pipeline.transformer.config
+    model = FluxControlNetModel.from_transformer(
+        pipeline.transformer, num_layers=2, num_single_layers=0,
+        attention_head_dim=config.attention_head_dim, num_attention_heads=config.num_attention_heads,
+    )  # fmt: skip
+    out = folder / f"{name}-controlnet.safetensors"
+    save_file({k: v.detach().to("cpu", torch.bfloat16).contiguous() for k, v in model.state_dict().items()}, str(out))
+    del model
+    return out
+
+
 def pictures_for(setup: Setup, size: int) -> tuple[bytes, bytes]:
     picture = Image.new("RGB", (size, size), (200, 60, 40))
     picture.paste((40, 160, 60), (size // 4, size // 4, size * 3 // 4, size * 3 // 4))
@@ -238,7 +256,7 @@ def batch_for(
         options["preview_every"] = 2
     if path == "ControlNet" and controlnet is not None:  # two units, canny and tile, on the one model
         units = (ControlUnit("a" * 64, "canny", threshold_a=100.0, threshold_b=200.0), ControlUnit("b" * 64, "tile_resample", threshold_a=1.0))
-        use = ControlNetUse(controlnet.stem, str(controlnet), "d" * 64, "d" * 8, request.family)
+        use = ControlNetUse(controlnet.stem, str(controlnet), "d" * 64, "d" * 8, request.family, layout="flux" if flow else "")
         options |= {"control": units, "controlnets": (use, use), "control_pngs": (picture, picture)}
     if path == "detail":  # the detail pass on a face the check says is there (gpu_worker/detail_pass.py)
         options["detail"] = "faces"
@@ -313,7 +331,9 @@ def check_family(family: str, setup: Setup, checkpoint: Path | None, paths: list
     loaded, _ = cache.get(request)
     flow = request.prediction == "flow"
     # The ControlNet first: the LoRA maker leaves PEFT's wrappers on the UNet's layers.
-    controlnet = make_controlnet(loaded.pipeline, setup.folder, family) if not flow and "ControlNet" in paths else None
+    controlnet = None
+    if "ControlNet" in paths and family in CONTROL_FAMILIES:
+        controlnet = (make_flux_controlnet if flow else make_controlnet)(loaded.pipeline, setup.folder, family)
     lora = make_lora(loaded.pipeline, setup.folder, family) if not flow and "LoRA" in paths else None
     upscaler = None
     if "hires ESRGAN" in paths and not flow:
@@ -322,7 +342,8 @@ def check_family(family: str, setup: Setup, checkpoint: Path | None, paths: list
         upscaler = make_tiny_upscaler(setup.folder / "esrgan-check.safetensors")
     results: dict[str, object] = {}
     takes_pictures = FAMILY_ROWS[family].from_picture
-    for path in [p for p in (FLOW_PATHS if flow else SD_PATHS) if p in paths and (takes_pictures or p not in FROM_PICTURE)]:
+    runs = [p for p in (FLOW_PATHS if flow else SD_PATHS) if p in paths and (takes_pictures or p not in FROM_PICTURE)]
+    for path in [p for p in runs if p != "ControlNet" or controlnet is not None]:
         batch = batch_for(request, "txt2img" if path == "offloaded" else path, setup, lora, upscaler, controlnet)
         if path == "offloaded":  # as on a card smaller than the model: the placement it would get
             results[path] = {}
