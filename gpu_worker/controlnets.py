@@ -223,17 +223,14 @@ def controlled(unet: torch.nn.Module, control: Control | None) -> Iterator[None]
             kwargs = {**kwargs, "down_block_additional_residuals": tuple(found[0]), "mid_block_additional_residual": found[1]}
         return args, kwargs
 
-    handle = unet.register_forward_pre_hook(before, with_kwargs=True)
-    try:
+    with _pre_hook(unet, before):
         yield
-    finally:
-        handle.remove()
 
 
 class ControlNetCache:
     def __init__(self, size: int = RESIDENT) -> None:
         self.size = size
-        self._models: OrderedDict[tuple[str, str, str], ControlNetModel] = OrderedDict()
+        self._models: OrderedDict[tuple[str, str, str], torch.nn.Module] = OrderedDict()  # SD and Flux ControlNets
         self._encoders: OrderedDict[tuple[str, str], CLIPVisionModelWithProjection] = OrderedDict()
         self._on_device: list[torch.nn.Module] = []
         self._adapted: LoadedPipeline | None = None  # the pipeline IP-Adapters were loaded into
@@ -292,12 +289,7 @@ class ControlNetCache:
         return partial(run_annotator, networks, unit.module, device=device)
 
     def _get_flux(self, use: ControlNetUse, transformer: torch.nn.Module, dtype: torch.dtype) -> FluxControlNetModel:
-        key = (use.sha256, str(dtype), repr(sorted(transformer.config.items())))
-        found = self._models.pop(key, None) or load_flux_controlnet(Path(use.path), use.name, transformer.config, dtype)
-        self._models[key] = found
-        while len(self._models) > self.size:
-            self._models.popitem(last=False)
-        return found  # type: ignore[return-value]
+        return self._cached(use, transformer.config, dtype, lambda: load_flux_controlnet(Path(use.path), use.name, transformer.config, dtype))  # type: ignore[return-value]
 
     def release(self) -> None:
         """The batch's models back to CPU RAM, and its IP-Adapters out of the pipeline."""
@@ -340,9 +332,13 @@ class ControlNetCache:
         return found
 
     def _get(self, use: ControlNetUse, unet: UNet2DConditionModel, dtype: torch.dtype) -> ControlNetModel:
-        # The model is built for this UNet's config: the same file beside another base is another model.
-        key = (use.sha256, str(dtype), repr(sorted(unet.config.items())))
-        found = self._models.pop(key, None) or load_controlnet(Path(use.path), use.name, unet.config, dtype)
+        return self._cached(use, unet.config, dtype, lambda: load_controlnet(Path(use.path), use.name, unet.config, dtype))
+
+    def _cached(self, use: ControlNetUse, base_config: dict, dtype: torch.dtype, load: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+        """The model, built for its base model's config: the same file beside another base is another
+        model; the last few kept in CPU RAM."""
+        key = (use.sha256, str(dtype), repr(sorted(base_config.items())))
+        found = self._models.pop(key, None) or load()
         self._models[key] = found
         while len(self._models) > self.size:
             self._models.popitem(last=False)
@@ -393,7 +389,14 @@ def controlled_flux(transformer: torch.nn.Module, control: Control | None) -> It
             kwargs = {**kwargs, "controlnet_block_samples": found[0], "controlnet_single_block_samples": found[1], "controlnet_blocks_repeat": False}
         return args, kwargs
 
-    handle = transformer.register_forward_pre_hook(before, with_kwargs=True)
+    with _pre_hook(transformer, before):
+        yield
+
+
+@contextmanager
+def _pre_hook(module: torch.nn.Module, hook: Callable) -> Iterator[None]:
+    """`hook` before each forward call of `module` (with its keyword arguments), removed after."""
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:
