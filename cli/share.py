@@ -8,6 +8,9 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from boto3.exceptions import Boto3Error
+from botocore.exceptions import BotoCoreError, ClientError
+
 from bot.config import Settings
 from bot.db import open_database
 from bot.generation.model_share import ObjectStore, file_size
@@ -42,7 +45,11 @@ async def cmd_share_push(args: argparse.Namespace, settings: Settings) -> int:
         if args.dry_run:
             print(f"would push {name} ({human_size(size)}) as {store.key(sha256)}")
             continue
-        if await asyncio.to_thread(store.push, Path(path), sha256):
+        try:
+            uploaded = await asyncio.to_thread(store.push, Path(path), sha256)
+        except (BotoCoreError, ClientError, Boto3Error) as e:  # no credentials, no bucket, refused, unreachable
+            raise EaselError(f"the object store did not take {name}: {e}") from None
+        if uploaded:
             print(f"pushed {name} ({human_size(size)}) as {store.key(sha256)}")
             pushed += 1
         else:

@@ -289,6 +289,9 @@ def test_share_push_uploads_registered_files_once_and_workers_fetch_them_from_th
     assert out.strip().endswith("2 pushed, 0 already in s3://models/easel/, 0 skipped")
     assert main(["share", "push"]) == 0
     assert capsys.readouterr().out.strip().endswith("0 pushed, 2 already in s3://models/easel/, 0 skipped")
+    monkeypatch.setenv("EASEL_SHARE_S3_BUCKET", "no-such-bucket")
+    assert main(["share", "push"]) == 1  # one line, no traceback
+    assert "error: the object store did not take" in capsys.readouterr().err
     # The bot presigns; the worker fetches with no credentials of its own.
     share = ModelShare(ShareOptions(s3_bucket="models", s3_prefix="easel/", s3_endpoint=s3))
     tickets = share.tickets("worker-1", [NeededFile("checkpoint tiny-sd1", sha256_of(checkpoint), str(checkpoint))])

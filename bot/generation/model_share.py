@@ -184,7 +184,10 @@ class ModelShare:
             size = file_size(file.path)
             urls = []
             if self._store is not None:
-                urls.append(self._store.url(file.sha256, self.options.ticket_seconds))
+                try:
+                    urls.append(self._store.url(file.sha256, self.options.ticket_seconds))
+                except Exception as e:  # boto3's credentials missing or malformed: the bot's share still serves it
+                    log.warning("the object store cannot presign %s: %s", file.what, e)
             if self.url and size >= 0:
                 with self._lock:
                     self._offered[file.sha256] = path
