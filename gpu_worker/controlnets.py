@@ -31,7 +31,13 @@ from pathlib import Path
 import numpy as np
 import safetensors.torch
 import torch
-from diffusers import ControlNetModel, ControlNetUnionModel, FluxControlNetModel, UNet2DConditionModel
+from diffusers import (
+    ControlNetModel,
+    ControlNetUnionModel,
+    DiffusionPipeline,
+    FluxControlNetModel,
+    UNet2DConditionModel,
+)
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -64,7 +70,8 @@ class ActiveUnit:
     pooled: bool = False  # a shuffle model: residuals averaged over the picture, the conditional half only
     union: int | None = None  # on a ControlNet-Union model: the map's control type
     hints: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # the map by pass size
-    latents: torch.Tensor | None = None  # a Flux ControlNet's: the map as the VAE's packed latents
+    flux: bool = False  # a Flux ControlNet: it reads the map as the VAE's packed latents
+    packed: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # those latents by pass size
 
     def hint(self, height: int, width: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """The map as the model reads it: (1, 3, H, W) in 0..1 at the pass's pixel size."""
@@ -87,6 +94,7 @@ class Control:
     total: int = 1
     pictures: int = 1  # pictures in the call: a model batch twice this size is CFG's, its unconditional half first
     hires: bool = False  # the hires fix's second pass
+    size: tuple[int, int] = (0, 0)  # this pipeline call's picture size (a Flux unit's latents are at it)
 
     adapters: list[ActiveUnit] = field(default_factory=list)  # the IP-Adapter units, in the order they were loaded
     ip_processors: list = field(default_factory=list)  # the UNet's IP-Adapter attention processors
@@ -116,6 +124,17 @@ class Control:
         for active in self.units:
             active.map = active.map.crop(box).resize(size, Image.Resampling.LANCZOS)
             active.hints.clear()
+            active.packed.clear()
+
+    def encode_for(self, pipe: DiffusionPipeline, size: tuple[int, int]) -> None:
+        """A Flux call at `size`: each Flux unit's map as the pipeline's VAE encodes and packs latents
+        (its distribution's mode, so a job draws the same picture again), once per size."""
+        self.size = size
+        for active in self.units:
+            if active.flux and size not in active.packed:
+                picture = active.map if active.map.size == size else active.map.resize(size, Image.Resampling.BICUBIC)
+                latents = encode_pictures(pipe, [picture])
+                active.packed[size] = pipe._pack_latents(latents, *latents.shape)
 
     def residuals(self, sample: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> tuple[list[torch.Tensor], torch.Tensor] | None:
         """The units' summed residuals for this model call (down blocks', mid block's); None when no
@@ -170,7 +189,7 @@ class Control:
         acted = False
         for active in self.units:
             unit, model = active.unit, active.model
-            if model is None or active.latents is None or fraction < unit.start or fraction > unit.end:
+            if model is None or not active.flux or fraction < unit.start or fraction > unit.end:
                 continue
             batch = hidden.shape[0]
             mode = None
@@ -179,7 +198,7 @@ class Control:
             guidance = kwargs.get("guidance") if model.config.guidance_embeds else None
             b, s = model(
                 hidden_states=hidden.to(model.dtype),
-                controlnet_cond=active.latents.to(hidden.device, model.dtype).expand(batch, -1, -1),
+                controlnet_cond=active.packed[self.size].to(hidden.device, model.dtype).expand(batch, -1, -1),
                 controlnet_mode=mode,
                 conditioning_scale=unit.weight,
                 encoder_hidden_states=kwargs["encoder_hidden_states"].to(model.dtype),
@@ -261,10 +280,8 @@ class ControlNetCache:
                 model = self._get_flux(use, pipe.transformer, dtype)
                 model.to(device)
                 self._on_device.append(model)
-                latents = encode_pictures(pipe, [made])
-                packed = pipe._pack_latents(latents, *latents.shape)
                 union = FLUX_UNION_MODES.get(unit.module) if use.union_types else None
-                active.append(ActiveUnit(unit, model, made, union=union, latents=packed))
+                active.append(ActiveUnit(unit, model, made, union=union, flux=True))
                 continue
             model = self._get(use, pipe.unet, dtype)
             model.to(device)

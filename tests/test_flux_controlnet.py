@@ -40,12 +40,12 @@ def use(path: Path, union: int = 0) -> ControlNetUse:
     return ControlNetUse(path.stem, str(path), hashlib.sha256(path.read_bytes()).hexdigest(), "0123abcd", "flux", union, layout="flux-union" if union else "flux")
 
 
-def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=()) -> JobDone:
+def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=(), **values) -> JobDone:
     runner, events = runner_and_events
     events.clear()
     batch = RunBatch.of(
         "b", checkpoint, (JobPart("j", "a box", "", (3,)),), 64, 64, 4, 1.0, "Euler", "Automatic",
-        control=tuple(units), controlnets=tuple(uses), control_pngs=tuple(png(picture()) for _ in units),
+        control=tuple(units), controlnets=tuple(uses), control_pngs=tuple(png(picture()) for _ in units), **values,
     )  # fmt: skip
     runner.run(batch)
     failed = [e.message for e in events if isinstance(e, BatchFailed)]
@@ -79,6 +79,16 @@ def test_a_flux_controlnet_steers_the_drawing_as_its_weight_says(flux_files) -> 
     canny = pixels(draw(here, checkpoint, [unit()], [union]))
     tile = pixels(draw(here, checkpoint, [unit(module="tile_resample", threshold_a=1.0, threshold_b=None)], [union]))
     assert np.abs(canny - plain).mean() > 1 and not np.array_equal(tile, canny)
+    # The hires fix's second pass reads the map again at its own size; inpainting (Only masked: the
+    # map's region, as the picture's) reads it too.
+    hires = {"hires_scale": 2.0, "hires_upscaler": "Lanczos", "hires_denoise": 0.5}
+    enlarged = draw(here, checkpoint, [unit()], [use(flux_files["cn"])], **hires)
+    assert pixels(enlarged).shape == (128, 128, 3)
+    assert not np.array_equal(pixels(enlarged), pixels(draw(here, checkpoint, **hires)))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (8, 8, 40, 40))
+    inpaint = {"init_png": png(picture()), "mask_png": png(mask), "strength": 0.8, "only_masked": True}
+    assert not np.array_equal(pixels(draw(here, checkpoint, [unit()], [use(flux_files["cn"])], **inpaint)), pixels(draw(here, checkpoint, **inpaint)))
 
 
 def test_the_command_line_registers_a_flux_union_model_and_draws_with_it(cli, models: Path, tmp_path: Path) -> None:
@@ -100,7 +110,6 @@ def test_the_command_line_registers_a_flux_union_model_and_draws_with_it(cli, mo
         (("--control", f"{square}:lineart_standard"), "no lineart ControlNet for this checkpoint is installed; put one (e.g. FLUX.1-dev-ControlNet-Union-Pro)"),
         (("--control", f"{square}:lineart_standard:FLUX.1-dev-ControlNet-Union-Pro"), "has no control type for the lineart_standard preprocessor's map"),
         (("--control", f"{square}:canny:control_v11p_sd15_canny"), "control_v11p_sd15_canny is for SD1 checkpoints, not"),
-        (("--control", f"{square}:canny", "--hires", "2"), "a Flux job with ControlNet units has no hires fix yet"),
         (("--control", f"{square}:canny", "--control-mode", "My prompt is more important"), "a Flux ControlNet's control mode is Balanced"),
     ):
         refused = cli(*base, *flags, "--out", str(tmp_path / "refused"))

@@ -289,10 +289,6 @@ def _check_control(
         raise GenerationError(f"a job takes at most {MAX_CONTROL_UNITS} ControlNet units, not {len(p.control)}")
     if checkpoint.family not in CONTROL_FAMILIES:
         raise GenerationError(f"ControlNet runs on SD1, SD2, SDXL and FLUX.1 checkpoints, not {checkpoint.architecture}")
-    if checkpoint.family == "flux" and p.hires_scale:
-        raise GenerationError("a Flux job with ControlNet units has no hires fix yet; upscale its result instead")
-    if checkpoint.family == "flux" and p.mask_image:
-        raise GenerationError("a Flux job with ControlNet units does not inpaint yet")
     if checkpoint.family == "flux" and any(u.mode != "Balanced" for u in p.control):
         raise GenerationError("a Flux ControlNet's control mode is Balanced: its weight says how strongly it steers")
     if p.edit_images:

@@ -72,6 +72,8 @@ class FlowFamily(Family):
             run.mask = prepare_mask(batch.mask_png, batch.width, batch.height, p.resize_mode, p.mask_blur)
             run.inpaint = inpainting(loaded, self.inpaint_pipeline)
             prepare_inpainting(run)  # inpaint area and masked content, as A1111 (gpu_worker/inpaint_options.py)
+            if run.control is not None and run.paste is not None:  # Only masked: the maps' region too
+                run.control.crop(run.paste[2], (batch.width, batch.height))
         run.references = read_references(batch.edit_pngs)
         run.latent_dtype = torch.float32 if self.latents_in_float32 else None
 
@@ -157,6 +159,7 @@ def call_pipeline(
     run.size = size
     if run.control is not None:
         run.control.begin(len(draw.seeds), run.pass_steps[0] > 0)
+        run.control.encode_for(pipe, size)
     with controlled_flux(pipe.transformer, run.control) if run.control is not None else nullcontext():
         latents = _call(pipe, run, draw, callback, arguments, steps, size, inputs)
     if latents.ndim == 3:  # Flux packs 2x2 patches into tokens
