@@ -61,12 +61,12 @@ def use(path: Path, base: str) -> ControlNetUse:
     return ControlNetUse(path.stem, str(path), hashlib.sha256(path.read_bytes()).hexdigest(), "0123abcd", base)
 
 
-def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=(), **values) -> JobDone:
+def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=(), cfg: float = 5.0, **values) -> JobDone:
     runner, events = runner_and_events
     events.clear()
     pictures = tuple(png(picture()) for _ in units)
     batch = RunBatch.of(
-        "b", checkpoint, (JobPart("j", "a box", "", (3,)),), SIZE, SIZE, 4, 5.0, "Euler", "Automatic",
+        "b", checkpoint, (JobPart("j", "a box", "", (3,)),), SIZE, SIZE, 4, cfg, "Euler", "Automatic",
         control=tuple(units), controlnets=tuple(uses), control_pngs=pictures, **values,
     )  # fmt: skip
     runner.run(batch)

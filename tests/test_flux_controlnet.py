@@ -5,7 +5,6 @@ a Union model reads each map with its control mode; the share of the steps a uni
 from __future__ import annotations
 
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +12,12 @@ import pytest
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
-from common.control import ControlUnit
-from common.protocol import BatchFailed, ControlNetUse, JobDone, JobPart, LoadRequest, RunBatch
+from common.protocol import ControlNetUse, JobDone, LoadRequest
 from gpu_worker.testing.tiny_controlnet import make_tiny_controlnet
 from gpu_worker.testing.tiny_flux import make_tiny_flux
 from tests.helpers import in_process_runner, png
-from tests.test_controlnet import picture
+from tests.test_controlnet import draw as controlnet_draw
+from tests.test_controlnet import picture, pixels, unit
 
 
 @pytest.fixture(scope="module")
@@ -41,25 +40,7 @@ def use(path: Path, union: int = 0) -> ControlNetUse:
 
 
 def draw(runner_and_events, checkpoint: LoadRequest, units=(), uses=(), **values) -> JobDone:
-    runner, events = runner_and_events
-    events.clear()
-    batch = RunBatch.of(
-        "b", checkpoint, (JobPart("j", "a box", "", (3,)),), 64, 64, 4, 1.0, "Euler", "Automatic",
-        control=tuple(units), controlnets=tuple(uses), control_pngs=tuple(png(picture()) for _ in units), **values,
-    )  # fmt: skip
-    runner.run(batch)
-    failed = [e.message for e in events if isinstance(e, BatchFailed)]
-    assert not failed, failed
-    [done] = [e for e in events if isinstance(e, JobDone)]
-    return done
-
-
-def pixels(done: JobDone) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(done.images[0].png)), dtype=np.int16)
-
-
-def unit(**values) -> ControlUnit:
-    return ControlUnit(**({"image": "ab" * 32, "module": "canny", "threshold_a": 100.0, "threshold_b": 200.0} | values))
+    return controlnet_draw(runner_and_events, checkpoint, units, uses, cfg=1.0, **values)  # Flux dev: distilled guidance
 
 
 def test_a_flux_controlnet_steers_the_drawing_as_its_weight_says(flux_files) -> None:
