@@ -34,6 +34,7 @@ from bot.controlnets.annotators import AnnotatorRegistry, with_annotators
 from bot.controlnets.clip_vision import ClipVisionRegistry, with_encoder
 from bot.controlnets.registry import ControlNetRegistry
 from bot.demo import DEMO_NOTE, is_demo
+from bot.detectors import DetectorRegistry
 from bot.generation.aspects import rescale, size_for
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
 from bot.generation.service import GenerationService, JobHandle
@@ -275,8 +276,10 @@ class Jobs:
         controlnets: ControlNetRegistry | None = None,
         clip_vision: ClipVisionRegistry | None = None,
         annotators: AnnotatorRegistry | None = None,
+        detectors: DetectorRegistry | None = None,
     ) -> None:
         self.registry = registry
+        self.detectors = detectors
         self.controlnets = controlnets
         self.clip_vision = clip_vision
         self.annotators = annotators
@@ -734,13 +737,15 @@ class Jobs:
             )
             edit_pngs = await self._edit_pictures(request.parameters, ref, uploads)
             controlnets, control_pngs = await self._control(request.parameters, ref, uploads)
+            # The detail pass's detectors, as installed (the rules refuse hands without one).
+            detectors = await self.detectors.passes(request.parameters.detail) if self.detectors is not None else ()
             hires_model = await self._hires_model(request)
             ref, vae, vae_note = await self._parts(request, ref)
             demo_note = DEMO_NOTE if await asyncio.to_thread(is_demo, ref.sha256) else ""
             said = (*found, *(n for n in (vae_note, *notes, demo_note) if n))
             spec = validate(
                 request, ref, limits, loras, embeddings, said, init_png, mask_png, hires_model, vae, edit_pngs,
-                controlnets, control_pngs,
+                controlnets, control_pngs, detectors,
             )  # fmt: skip
             for prompt, negative in expanded if spec.parameters.regions else ():  # each picture's regions
                 check_regions(spec.parameters, prompt, negative, ref)

@@ -17,6 +17,7 @@ from bot.config import Settings
 from bot.controlnets.annotators import annotator_registry
 from bot.controlnets.clip_vision import clip_vision_registry
 from bot.controlnets.registry import controlnet_registry
+from bot.detectors import detector_registry
 from bot.networks.registry import NetworkEntry, NetworkRegistry, NetworkScan, network_registries
 from bot.upscalers.registry import upscaler_registry
 from common.errors import RegistryError
@@ -33,6 +34,7 @@ def file_registries(db: aiosqlite.Connection, settings: Settings) -> list[Networ
         controlnet_registry(db, settings),
         clip_vision_registry(db, settings),
         annotator_registry(db, settings),
+        detector_registry(db, settings),
     ]
 
 

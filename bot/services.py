@@ -18,6 +18,7 @@ from bot.controlnets.annotators import AnnotatorRegistry, annotator_registry
 from bot.controlnets.clip_vision import ClipVisionRegistry, clip_vision_registry
 from bot.controlnets.registry import ControlNetRegistry, controlnet_registry
 from bot.db import open_database
+from bot.detectors import DetectorRegistry, detector_registry
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
 from bot.guilds.settings import GuildSettings
@@ -50,6 +51,7 @@ class Services:
     controlnets: ControlNetRegistry
     clip_vision: ClipVisionRegistry
     annotators: AnnotatorRegistry
+    detectors: DetectorRegistry
 
     @property
     def networks(self) -> list[NetworkRegistry]:
@@ -57,7 +59,7 @@ class Services:
         encoders, ControlNets), for the commands that take any model file."""
         return [
             self.loras, self.embeddings, self.upscalers, self.vaes, self.text_encoders, self.controlnets, self.clip_vision,
-            self.annotators,
+            self.annotators, self.detectors,
         ]  # fmt: skip
 
     async def close(self) -> None:
@@ -121,7 +123,8 @@ async def open_services(
     controlnets = controlnet_registry(db, settings)
     clip_vision = clip_vision_registry(db, settings)
     annotators = annotator_registry(db, settings)
-    networks = [loras, embeddings, upscalers, vaes, text_encoders, controlnets, clip_vision, annotators]
+    detectors = detector_registry(db, settings)
+    networks = [loras, embeddings, upscalers, vaes, text_encoders, controlnets, clip_vision, annotators, detectors]
     downloads = Downloader.from_settings(registry, settings, networks)
     guild_settings = GuildSettings(
         db,
@@ -150,6 +153,7 @@ async def open_services(
         controlnets=controlnets,
         clip_vision=clip_vision,
         annotators=annotators,
+        detectors=detectors,
     )
     return Services(
         settings,
@@ -170,4 +174,5 @@ async def open_services(
         controlnets,
         clip_vision,
         annotators,
+        detectors,
     )

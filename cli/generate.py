@@ -16,6 +16,7 @@ from bot.controlnets.annotators import annotator_registry
 from bot.controlnets.clip_vision import clip_vision_registry
 from bot.controlnets.registry import controlnet_registry
 from bot.db import open_database
+from bot.detectors import detector_registry
 from bot.generation.jobs import Cancelled, Failed, Finished, Loading, Progress, Queued
 from bot.generation.service import GenerationService
 from bot.generation.workers import worker_configs
@@ -121,6 +122,7 @@ async def cmd_generate(args: argparse.Namespace, settings: Settings) -> int:
                 controlnets=controlnet_registry(db, settings),
                 clip_vision=clip_vision_registry(db, settings),
                 annotators=annotator_registry(db, settings),
+                detectors=detector_registry(db, settings),
             )
             # Every rule and every bad option is checked here, before a worker starts.
             asker = Asker.host(os.environ.get("USER", "cli"))
@@ -293,7 +295,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detail",
         choices=("faces", "hands", "both"),
-        help="ADetailer's pass: each face found is redrawn at full size and pasted back (hands need a detector Easel lacks)",
+        help="ADetailer's pass: each face (hand) found is redrawn at full size and pasted back; faces by ADetailer's "
+        "face detector in models/adetailer, else the picture check's; hands need its hand_yolov8n.pt",
     )
     p.add_argument("--detail-strength", type=float, help="the detail pass's denoising strength (default 0.4)")
     p.add_argument("--vae", help="a VAE from models/VAE (`vaes list`) in place of the checkpoint's own; none: its own")

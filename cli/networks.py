@@ -18,6 +18,7 @@ from bot.controlnets.annotators import AnnotatorRegistry
 from bot.controlnets.clip_vision import ClipVisionRegistry
 from bot.controlnets.registry import ControlNetRegistry
 from bot.db import open_database
+from bot.detectors import DetectorRegistry
 from bot.model_files import file_registries
 from bot.networks.registry import (
     EmbeddingRegistry,
@@ -58,6 +59,8 @@ def render_network(e: NetworkEntry) -> str:
         return render_vae(e)
     if e.kind == "text_encoder":
         return render_text_encoder(e)
+    if e.kind == "detector":
+        return render_detector(e)
     if e.kind in ("controlnet", "clip_vision", "annotator"):
         return render_controlnet(e)
     use = (
@@ -121,6 +124,20 @@ def render_controlnet(e: NetworkEntry) -> str:
         f"Status:        {e.status}",
         f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
         f"Hashes:        sha256 {e.sha256}, model hash (A1111) {e.short_hash}",
+    ]
+    return "\n".join(lines)
+
+
+def render_detector(e: NetworkEntry) -> str:
+    finds = {"faces": "faces: generate --detail faces (or both); the Fix faces button", "hands": "hands: generate --detail hands (or both)"}
+    lines = [
+        f"Name:          {e.name} ({e.path.name}, as ADetailer's infotext names it)",
+        f"Finds:         {finds.get(e.base, 'what the detail pass does not redraw')}",
+        f"Kind:          {e.label}" + (f"; saved by ultralytics {version}" if (version := e.metadata.get("other", {}).get("ultralytics")) else ""),
+        f"Runs:          {'yes' if e.loadable else 'no: ' + e.reason}",
+        f"Status:        {e.status}",
+        f"File:          {e.path} ({human_size(e.file_size)}, {e.format})",
+        f"Hashes:        sha256 {e.sha256}",
     ]
     return "\n".join(lines)
 
@@ -216,6 +233,11 @@ async def cmd_make_tiny_ip_adapter(args: argparse.Namespace, settings: Settings)
     return 0
 
 
+async def cmd_make_tiny_detector(args: argparse.Namespace, settings: Settings) -> int:
+    print(await run_worker_tool("make-tiny-detector", "--task", args.task, "--classes", args.classes, args.out))
+    return 0
+
+
 async def cmd_make_tiny_annotator(args: argparse.Namespace, settings: Settings) -> int:
     print(await run_worker_tool("make-tiny-annotator", "--kind", args.kind, "--seed", str(args.seed), args.out))
     return 0
@@ -279,6 +301,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_annotator)
+    p = sub.add_parser(
+        "make-tiny-detector",
+        help="write a tiny YOLOv8 detector in ADetailer's layout (face_yolov8n.pt's: an ultralytics model pickle) "
+        "whose set weights find bright spots",
+    )
+    p.add_argument("--task", choices=("detect", "segment"), default="detect", help="boxes, or a -seg model's masks")
+    p.add_argument("--classes", default="face", help="what it says it finds, comma-separated (face, hand, person)")
+    p.add_argument("out", type=os.path.abspath)
+    p.set_defaults(handler=cmd_make_tiny_detector)
     p = sub.add_parser("make-tiny-upscaler", help="write a tiny random-weight upscaler (.pth or .safetensors)")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -295,13 +326,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         (ControlNetRegistry, "controlnets", "models/ControlNet"),
         (ClipVisionRegistry, "clip-vision", "models/clip_vision"),
         (AnnotatorRegistry, "annotators", "models/ControlNetPreprocessor"),
+        (DetectorRegistry, "detectors", "models/adetailer"),
     ):
         group = sub.add_parser(command, help=f"the {kind.noun} registry (files in {folder})").add_subparsers(
             dest="action", required=True
         )
         p = group.add_parser("list", help=f"registered {kind.noun}s")
         p.add_argument("--status", choices=("present", "missing"))
-        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry, ClipVisionRegistry, AnnotatorRegistry):  # ControlNets have a base too
+        if kind not in (UpscalerRegistry, VaeRegistry, TextEncoderRegistry, ClipVisionRegistry, AnnotatorRegistry, DetectorRegistry):  # ControlNets have a base too
             p.add_argument("--base", choices=("sd1", "sd2", "sdxl"), help=f"only {kind.noun}s for this base model")
         else:
             p.set_defaults(base=None)

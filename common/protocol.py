@@ -172,6 +172,16 @@ class ControlNetUse:
 
 
 @dataclass(frozen=True)
+class DetectorUse:
+    """One pass of the detail pass (common/detail.py): what it redraws and the detector file that finds
+    them (ADetailer's YOLO files: gpu_worker/yolo.py; its role is the file's task, detect or segment);
+    no file: faces as the picture check's detector reports them."""
+
+    target: str  # faces | hands
+    detector: ComponentUse | None = None
+
+
+@dataclass(frozen=True)
 class FetchTicket:
     """A file a remote worker lacks and may fetch for this batch (gpu_worker/model_fetch.py): where
     from, in order (the object store's presigned address, then the bot's share), and what it must be.
@@ -208,6 +218,8 @@ class RunBatch:
     # the parameters' `control` units.
     controlnets: tuple[ControlNetUse, ...] = ()
     control_pngs: tuple[bytes, ...] = ()
+    # The detail pass (parameters' `detail`): its passes in order, faces before hands, each with its detector.
+    detectors: tuple[DetectorUse, ...] = ()
     # To a worker started with --fetch-missing that lacks some of the batch's files: where to fetch
     # each (the scheduler's rule: bot/generation/service.py `_pump`).
     fetch: tuple[FetchTicket, ...] = ()
@@ -291,7 +303,7 @@ class RunBatch:
 
 _BATCH_FIELDS = (
     "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs",
-    "controlnets", "control_pngs",
+    "controlnets", "control_pngs", "detectors",
 )  # fmt: skip
 
 

@@ -1,10 +1,12 @@
-"""The detail pass (common/detail.py, ADetailer's): each face the detector finds in a finished
-picture is redrawn by the family's own inpainting pass — Only masked, so the face's region is drawn
-at the picture's full size and shrunk back — at the job's prompt, seed and a lower denoising, and
-pasted back through the blurred mask; one face after another, as ADetailer does them.
+"""The detail pass (common/detail.py, ADetailer's): each face or hand the detector finds in a finished
+picture is redrawn by the family's own inpainting pass — Only masked, so its region is drawn at the
+picture's full size and shrunk back — at the job's prompt, seed and a lower denoising, and pasted back
+through the blurred mask; one after another, as ADetailer does them, faces before hands.
 
-The pass is a batch of its own on the loaded pipeline (the picture as img2img's input, the face's box
-as the mask), so every rule of inpainting holds: outside the mask the picture is kept exactly.
+A pass finds with ADetailer's detector file (gpu_worker/yolo.py: a box, or a segmentation model's
+mask) or, for faces with none installed, the picture check's detector (a box). The redraw is a batch of
+its own on the loaded pipeline (the picture as img2img's input, the found region as the mask), so every
+rule of inpainting holds: outside the mask the picture is kept exactly.
 """
 
 from __future__ import annotations
@@ -13,40 +15,57 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from common.detail import CONFIDENCE, DILATE, MASK_BLUR, PADDING
-from common.protocol import JobPart
+from common.protocol import DetectorUse, JobPart
 from gpu_worker.families import FAMILIES
 from gpu_worker.families.base import BatchRun, Draw
 from gpu_worker.previews import png_bytes
+from gpu_worker.yolo import Found
 
 if TYPE_CHECKING:
-    from gpu_worker.safety import NudityScorer
     from gpu_worker.textual_inversion import EmbeddingCache
 
 Box = tuple[int, int, int, int]
 # The runner's way of drawing a pass: its step callback, and its retry after running out of memory.
 DrawPass = Callable[[BatchRun, Draw], list[Image.Image]]
-NO_FACE = "The detail pass found no face to redraw: the picture is as drawn."
+# A pass's detector: what it finds in a picture at a confidence.
+Finder = Callable[[Image.Image, float], list[Found]]
+NOTHING_FOUND = {
+    "faces": "The detail pass found no face to redraw: the picture is as drawn.",
+    "hands": "The detail pass found no hand to redraw: the picture is as drawn.",
+}
+NO_FACE = NOTHING_FOUND["faces"]
 
 
 def detail_pictures(
-    detector: NudityScorer,
+    passes: list[tuple[DetectorUse, Finder]],
     embeddings: EmbeddingCache,
     draw_pass: DrawPass,
     run: BatchRun,
     job: JobPart,
     pictures: list[Image.Image],
 ) -> tuple[list[Image.Image], str]:
-    """`job`'s pictures with each face redrawn, and a note when none was found in any."""
-    out, found = [], 0
+    """`job`'s pictures with each face (then each hand) redrawn; a note for each pass that found nothing."""
+    out, found = [], dict.fromkeys((use.target for use, _ in passes), 0)
     for index, (picture, seed) in enumerate(zip(pictures, job.seeds, strict=True)):
-        for box in detector.faces(picture, CONFIDENCE):
-            found += 1
-            picture = redraw(embeddings, draw_pass, run, job, index, seed, picture, box)
+        for use, finder in passes:
+            for thing in finder(picture, CONFIDENCE):
+                found[use.target] += 1
+                mask = region_mask(picture.size, thing)
+                picture = redraw(embeddings, draw_pass, run, job, index, seed, picture, mask)
         out.append(picture)
-    return out, "" if found else NO_FACE
+    return out, " ".join(NOTHING_FOUND[target] for target, count in found.items() if not count)
+
+
+def region_mask(size: tuple[int, int], found: Found) -> Image.Image:
+    """What was found, grown by ADetailer's dilation, white on black: its box, or a segmentation
+    model's mask (kept to its box)."""
+    if found.mask is None:
+        return face_mask(size, found.box)
+    grown = found.mask.point(lambda v: 255 if v >= 128 else 0).filter(ImageFilter.MaxFilter(2 * DILATE + 1))
+    return ImageChops.multiply(grown, face_mask(size, found.box))
 
 
 def face_mask(size: tuple[int, int], box: Box) -> Image.Image:
@@ -68,9 +87,9 @@ def redraw(
     index: int,
     seed: int,
     picture: Image.Image,
-    box: Box,
+    mask: Image.Image,
 ) -> Image.Image:
-    """One face redrawn: the job's own pass, from the picture, only inside the face's mask."""
+    """One region redrawn: the job's own pass, from the picture, only inside its mask."""
     batch = run.batch
     prompt, negative = job.prompt_of(index)
     parameters = replace(
@@ -96,12 +115,13 @@ def redraw(
         jobs=(JobPart(job.job_id, prompt, negative, (seed,)),),
         parameters=parameters,
         init_png=png_bytes(picture),
-        mask_png=png_bytes(face_mask(picture.size, box)),
+        mask_png=png_bytes(mask),
         preview_every=0,
         hires_model=None,
         controlnets=(),
         control_pngs=(),
         edit_pngs=(),
+        detectors=(),
     )
     family = FAMILIES[batch.load.family]
     refusal = family.refuses(one)

@@ -283,6 +283,7 @@ def batch_hashes(batch: RunBatch) -> set[str]:
     hashes |= {u.sha256 for u in (*batch.loras, *batch.embeddings, *batch.controlnets)}
     hashes |= {u.encoder.sha256 for u in batch.controlnets if u.encoder}
     hashes |= {a.sha256 for u in batch.controlnets for a in u.annotators}
+    hashes |= {u.detector.sha256 for u in batch.detectors if u.detector}
     hashes |= {u.sha256 for u in (batch.vae, batch.hires_model) if u is not None}
     hashes |= {t.sha256 for t in batch.fetch}
     return hashes - {""}

@@ -124,6 +124,12 @@ class ModelIndex:
                 )
                 for u in batch.controlnets
             ),
+            detectors=tuple(
+                dataclasses.replace(u, detector=local(u.detector, u.detector.sha256, f"detector {u.detector.name}"))  # type: ignore[type-var]
+                if u.detector
+                else u
+                for u in batch.detectors
+            ),
             vae=local(batch.vae, batch.vae.sha256, f"VAE {batch.vae.name}") if batch.vae else None,
             hires_model=local(batch.hires_model, batch.hires_model.sha256, f"upscaler {batch.hires_model.name}")
             if batch.hires_model

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.control import infotext_pairs as control_pairs
+from common.detail import DETECTOR
 from common.detail import infotext_pairs as detail_pairs
 from common.editing import INFOTEXT_KEY as EDIT_KEY
 from common.infotext import build_infotext
@@ -54,7 +55,7 @@ def infotext_for(
             # The ControlNet extension's units (scripts/infotext.py), and the pictures Easel keeps for them.
             **control_pairs(p.control, _control_models(batch), min(batch.width, batch.height)),
             # ADetailer's keys for the detail pass (common/detail.py).
-            **detail_pairs(p.detail, p.detail_strength),
+            **detail_pairs(p.detail, p.detail_strength, _detectors(batch)),
             # A1111 extensions-builtin/Lora/extra_networks_lora.py: "alias: shorthash", the alias without : and ,
             "Lora hashes": ", ".join(f"{a1111_alias(use.name)}: {use.short_hash}" for use in batch.loras) or None,
             "TI hashes": ti_hashes or None,  # A1111 modules/sd_hijack.py: "name: shorthash" of the words used
@@ -62,6 +63,11 @@ def infotext_for(
             "Version": VERSION,
         },
     )
+
+
+def _detectors(batch: RunBatch) -> tuple[str, ...]:
+    """Each detail pass's model as ADetailer writes it: the file's name, or the picture check's detector."""
+    return tuple(use.detector.name if use.detector else DETECTOR for use in batch.detectors)
 
 
 def _control_models(batch: RunBatch) -> tuple[str, ...]:

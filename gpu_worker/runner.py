@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from common.protocol import (
     BatchFinished,
     BatchLoading,
     BatchProgress,
+    DetectorUse,
     ImageResult,
     JobCancelled,
     JobDone,
@@ -37,7 +39,7 @@ from common.protocol import (
 from common.upscaler_detection import UpscalerFileError
 from gpu_worker.cache import PipelineCache
 from gpu_worker.controlnets import ControlNetCache, ControlNetError
-from gpu_worker.detail_pass import detail_pictures
+from gpu_worker.detail_pass import Finder, detail_pictures
 from gpu_worker.device_memory import in_use, memory
 from gpu_worker.families import FAMILIES
 from gpu_worker.families.base import BatchRun, Draw
@@ -51,6 +53,7 @@ from gpu_worker.safety import NudityScorer
 from gpu_worker.textual_inversion import EmbeddingCache, EmbeddingError
 from gpu_worker.upscale_models import UpscalerCache
 from gpu_worker.vaes import VaeCache, VaeError
+from gpu_worker.yolo import DetectorCache, DetectorError, Found, detect
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class BatchRunner:
         self.vaes = VaeCache()
         self.controlnets = ControlNetCache()
         self.safety = NudityScorer()
+        self.detectors = DetectorCache()
         # Previews are checked beside the denoising, on a thread of their own (ONNX Runtime lets go of
         # the GIL): on a GPU the check then costs the steps nothing. One step's previews at a time; a
         # step whose previews come while the last are still being checked shows none.
@@ -96,7 +100,7 @@ class BatchRunner:
             self._previews_sent()
             for job in active:
                 self.send(JobCancelled(batch.batch_id, job.job_id))
-        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError, ControlNetError) as e:
+        except (CheckpointLoadError, LoraError, EmbeddingError, OutOfMemory, UpscalerFileError, VaeError, ControlNetError, DetectorError) as e:
             self._previews_sent()
             self.send(BatchFailed(batch.batch_id, str(e), tuple(j.job_id for j in active)))
         except Exception as e:  # the worker must survive anything one batch does
@@ -151,6 +155,7 @@ class BatchRunner:
                 (batch.width, batch.height),
                 batch.parameters.seed,
             )
+        passes = self._detail_passes(batch)  # its detectors read before drawing: a bad file fails the job first
         family.prepare(run, self.embeddings)
         draws = family.draws(run, jobs)
         started = time.perf_counter()
@@ -161,11 +166,38 @@ class BatchRunner:
                 continue
             callback = StepCallback(self, run, draw, jobs, started, (number, len(draws)))
             images_of |= draw.split(self._draw(run, draw, callback))
-        notes = self._detail(run, jobs, images_of) if batch.parameters.detail else {}
+        notes = self._detail(run, jobs, images_of, passes) if passes else {}
         inference_seconds = time.perf_counter() - started
         self._send_results(run, jobs, images_of, load_seconds, inference_seconds, source, notes)
 
-    def _detail(self, run: BatchRun, jobs: list[JobPart], images_of: dict[str, list[Image.Image]]) -> dict[str, str]:
+    def _detail_passes(self, batch: RunBatch) -> list[tuple[DetectorUse, Finder]]:
+        """Each pass of the batch's detail pass with what finds its faces or hands: its detector file,
+        else (faces) the picture check's detector."""
+        uses = batch.detectors or ((DetectorUse("faces"),) if batch.parameters.detail == "faces" else ())
+        passes: list[tuple[DetectorUse, Finder]] = []
+        for use in uses:
+            if use.detector is None:
+                passes.append((use, lambda picture, confidence: [Found(box, 1.0) for box in self.safety.faces(picture, confidence)]))
+            else:
+                network = self.detectors.get(use.detector.path, use.detector.sha256, use.detector.name)
+                passes.append((use, partial(self._detect, network)))
+        return passes
+
+    def _detect(self, network: torch.nn.Module, picture: Image.Image, confidence: float) -> list[Found]:
+        """A detector runs on the worker's device, in float32, and goes back to CPU RAM after."""
+        network.to(device=self.device, dtype=torch.float32)
+        try:
+            return detect(network, picture, confidence, self.device)
+        finally:
+            network.to("cpu")
+
+    def _detail(
+        self,
+        run: BatchRun,
+        jobs: list[JobPart],
+        images_of: dict[str, list[Image.Image]],
+        passes: list[tuple[DetectorUse, Finder]],
+    ) -> dict[str, str]:
         """The detail pass on each job's pictures (gpu_worker/detail_pass.py), in place; each job's note."""
         notes = {}
 
@@ -175,7 +207,7 @@ class BatchRunner:
         for job in jobs:
             if job.job_id in images_of and not self.is_cancelled(job.job_id):
                 images_of[job.job_id], notes[job.job_id] = detail_pictures(
-                    self.safety, self.embeddings, draw_pass, run, job, images_of[job.job_id]
+                    passes, self.embeddings, draw_pass, run, job, images_of[job.job_id]
                 )
         return notes
 

@@ -1,6 +1,6 @@
 """The detail pass (ADetailer's): each face the detector finds is redrawn through the family's own
 inpainting (Only masked) and pasted back — pixels beyond the face's blurred mask are the picture's
-exactly; with no face found the picture is as drawn, and the job says so; hands are refused by name;
+exactly; with no face found the picture is as drawn, and the job says so; hands without a hand detector are refused by name;
 the infotext carries ADetailer's keys and "Make this here" reads them back."""
 
 from __future__ import annotations
@@ -66,10 +66,11 @@ def test_each_face_found_is_redrawn_and_nothing_beyond_its_mask(runner_and_event
     info = parse_infotext(fixed.images[0].infotext)[2]
     assert info["ADetailer model"] == "NudeNet faces" and info["ADetailer denoising strength"] == "0.5"
     assert from_infotext(info) == {"detail": "faces", "detail_strength": 0.5}
-    assert from_infotext({"ADetailer model": "hand_yolov8n.pt"}) == {}  # another detector's pass is left out
+    assert from_infotext({"ADetailer model": "person_yolov8n-seg.pt"}) == {}  # a pass Easel does not run is left out
+    assert from_infotext({"ADetailer model": "face_yolov8n.pt", "ADetailer model 2nd": "hand_yolov8s.pt"})["detail"] == "both"
 
 
-def test_the_rules_take_faces_and_refuse_hands_by_name() -> None:
+def test_the_rules_take_faces_and_refuse_hands_without_a_hand_detector_by_name() -> None:
     from bot.rules.limits import GenerationRequest, Limits, validate
     from common.errors import EaselError
     from tests.helpers import checkpoint_ref
@@ -78,11 +79,8 @@ def test_the_rules_take_faces_and_refuse_hands_by_name() -> None:
         return validate(GenerationRequest.of(prompt="a face", requester_id="u", **values), checkpoint_ref(), Limits())
 
     assert valid(detail="Faces").parameters.detail == "faces" and valid(detail="none").parameters.detail == ""
-    for target, said in (
-        ("hands", "hands need a hand detector (ADetailer's hand_yolov8n.pt), which Easel does not run yet"),
-        ("both", "hands need a hand detector"),
-        ("eyes", "the detail pass takes faces, not 'eyes'"),
-    ):
+    hands = "the detail pass finds hands with a hand detector: ADetailer's hand_yolov8n.pt (Bingsu/adetailer on Hugging Face) in models/adetailer; none is installed"
+    for target, said in (("hands", hands), ("both", hands), ("eyes", "the detail pass takes faces, hands or both, not 'eyes'")):
         with pytest.raises(EaselError, match=said.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
             valid(detail=target)
     with pytest.raises(EaselError, match=r"above 0 up to 1, not 1\.5"):
@@ -93,7 +91,8 @@ def test_the_command_line_asks_for_it_by_name(cli, add_tiny, tmp_path: Path) -> 
     add_tiny("sd1", "tiny.safetensors")
     assert cli("checkpoints", "scan").code == 0
     refused = cli("generate", "--checkpoint", "tiny", "--prompt", "a face", "--detail", "hands", "--out", str(tmp_path / "out"))
-    assert refused.code != 0 and "hands need a hand detector" in refused.err and not (tmp_path / "out").exists()
+    assert refused.code != 0 and "hand_yolov8n.pt (Bingsu/adetailer on Hugging Face) in models/adetailer; none is installed" in refused.err
+    assert not (tmp_path / "out").exists()
     strong = cli("generate", "--checkpoint", "tiny", "--prompt", "a face", "--detail", "faces", "--detail-strength", "0", "--out", str(tmp_path / "out"))
     assert strong.code != 0 and "denoising strength is above 0 up to 1, not 0" in strong.err
 

@@ -22,10 +22,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
-from bot.checkpoints.safe_pickle import StorageRef, StorageType, safe_unpickle
 from bot.checkpoints.safetensors_header import read_header
 from common.errors import CheckpointFileError
+from common.pickle_reader import read_pickle_checkpoint
+from common.safe_pickle import StorageRef, StorageType, safe_unpickle
 
 FUZZ = settings(
     max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], database=None

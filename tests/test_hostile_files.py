@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bot.checkpoints import safe_pickle
 from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
+from common import safe_pickle
 from common.errors import CheckpointFileError
+from common.pickle_reader import read_pickle_checkpoint
 from tests.conftest import run_bot_py
 from tests.helpers import with_metadata
 from tests.hostile_files import HOSTILE, build_on_storage_type, hostile_checkpoints, torch_zip

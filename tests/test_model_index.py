@@ -68,3 +68,24 @@ def test_a_damaged_hash_cache_is_ignored(tmp_path: Path) -> None:
         (tmp_path / CACHE_NAME).write_text(damaged)
         index = ModelIndex(tmp_path)
         assert index.scan() == 1 and index.holds == (sha(b"checkpoint"),)
+
+
+def test_a_detail_pass_detector_is_the_workers_own_copy_or_refused_by_name(tmp_path: Path) -> None:
+    from common.protocol import ComponentUse, DetectorUse
+    from gpu_worker.model_fetch import batch_hashes
+
+    (tmp_path / "adetailer").mkdir()
+    (tmp_path / "adetailer" / "hands.pt").write_bytes(b"detector")
+    (tmp_path / "m.safetensors").write_bytes(b"checkpoint")
+    index = ModelIndex(tmp_path)
+    index.scan()
+    hands = DetectorUse("hands", ComponentUse("detect", "hand_yolov8n.pt", "/bot/models/adetailer/hand_yolov8n.pt", sha(b"detector")))
+    faces = DetectorUse("faces")  # the picture check's detector: no file
+    asked = dataclasses.replace(batch(b"checkpoint"), detectors=(faces, hands))
+    assert sha(b"detector") in batch_hashes(asked)
+    local = index.localise(asked)
+    assert local.detectors == (faces, dataclasses.replace(hands, detector=dataclasses.replace(hands.detector, path=str(tmp_path / "adetailer" / "hands.pt"))))
+    (tmp_path / "adetailer" / "hands.pt").unlink()
+    index.scan()
+    with pytest.raises(LocalFileError, match=r"does not hold detector hand_yolov8n\.pt \["):
+        index.localise(asked)

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from bot.checkpoints.convert import convert_to_safetensors
 from bot.checkpoints.inspection import inspect_file
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from common.errors import CheckpointFileError
+from common.pickle_reader import read_pickle_checkpoint
 
 
 class Payload:

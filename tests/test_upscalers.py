@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.checkpoints.safetensors_header import read_header
 from bot.db import open_database
@@ -22,6 +21,7 @@ from bot.images.infotext import read_picture, read_picture_parameters, render_re
 from bot.upscalers.registry import UpscalerRegistry
 from bot.upscalers.service import UpscaleService, upscaled_size
 from common.errors import EaselError
+from common.pickle_reader import read_pickle_checkpoint
 from common.upscaler_detection import UpscalerFileError, canonical_names, detect_upscaler
 from gpu_worker.testing.tiny_upscalers import esrgan_names, make_tiny_upscaler, tiny_kind
 from gpu_worker.upscale_models import enlarge, load_upscaler, planned_passes, upscale_picture

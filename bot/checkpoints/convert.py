@@ -7,9 +7,9 @@ import zipfile
 from pathlib import Path
 
 from bot.checkpoints.inspection import check_path, inspect_file, is_pickle_file
-from bot.checkpoints.pickle_reader import PickledTensor, by_storage, read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from common.errors import CheckpointFileError
+from common.pickle_reader import PickledTensor, by_storage, read_pickle_checkpoint
 from common.safetensors_writer import write_safetensors
 from common.tensors import TensorInfo
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from bot.checkpoints.architecture import Architecture, components, detect_architecture
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.pipeline_config import choose_pipeline_config
 from bot.checkpoints.safetensors_header import read_header
 from bot.untrusted import load_json
@@ -22,6 +21,7 @@ from common.errors import CheckpointFileError
 from common.families import FAMILIES, FLOW_FAMILIES
 from common.gguf_header import describe, is_gguf, read_gguf_header, unreadable_types
 from common.hashing import FileHashes
+from common.pickle_reader import read_pickle_checkpoint
 from common.tensors import TensorInfo, quantisation
 
 MAX_KEPT_METADATA_CHARS = 64 * 1024

@@ -3,7 +3,7 @@ runs: the one it names, else the installed one for the checkpoint's base whose n
 preprocessor's word, as the extension's Control Type filter picks (a v1.1 file first: "11" in its
 name), else a ControlNet-Union model that has the preprocessor's control type.
 
-A `.pth` is a pickle: the allow-list reader (bot/checkpoints/pickle_reader.py) vets it, and the
+A `.pth` is a pickle: the allow-list reader (common/pickle_reader.py) vets it, and the
 worker reads it again with `torch.load(weights_only=True)`; nothing in it is ever run. The short
 hash is A1111's old 8-hex model hash, which the extension writes after the name ("[d14c016b]").
 """

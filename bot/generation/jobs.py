@@ -64,7 +64,7 @@ class Job:
         shared = replace(s.parameters, prompt="", negative="", seed=-1, count=1)
         # A transformer-only checkpoint's text encoders and VAE, the job's VAE and its LoRAs (at their
         # strengths) apply to the whole pipeline call.
-        return (s.checkpoint.sha256, s.checkpoint.components, s.vae, s.loras, s.controlnets, shared)
+        return (s.checkpoint.sha256, s.checkpoint.components, s.vae, s.loras, s.controlnets, s.detectors, shared)
 
     @property
     def work_units(self) -> float:

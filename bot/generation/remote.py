@@ -66,7 +66,7 @@ class BrokerUnavailable(Exception):
 
 def files_needed(spec: ValidRequest) -> list[NeededFile]:
     """Every file a job reads, with its hash and the bot's copy: its checkpoint and components,
-    LoRAs, embeddings, VAE, hires upscaler, ControlNets, their CLIP vision encoders and annotators."""
+    LoRAs, embeddings, VAE, hires upscaler, ControlNets, their CLIP vision encoders and annotators, the detail pass's detectors."""
     load = spec.checkpoint.load_request()
     needed = [NeededFile(f"checkpoint {load.name}", load.sha256, load.path)]
     needed += [NeededFile(f"{c.role} {c.name}", c.sha256, c.path) for c in load.components]
@@ -82,6 +82,9 @@ def files_needed(spec: ValidRequest) -> list[NeededFile]:
     ]
     needed += [
         NeededFile(f"annotator {a.name}", a.sha256, a.path) for u in spec.controlnets for a in u.annotators
+    ]
+    needed += [
+        NeededFile(f"detector {d.detector.name}", d.detector.sha256, d.detector.path) for d in spec.detectors if d.detector
     ]
     return needed
 

@@ -563,6 +563,7 @@ class GenerationService:
             edit_pngs=spec.edit_pngs,
             controlnets=spec.controlnets,
             control_pngs=spec.control_pngs,
+            detectors=spec.detectors,
             hires_model=spec.hires_model,
             vae=spec.vae,
             fetch=self._tickets(worker, jobs),

@@ -27,7 +27,6 @@ import aiosqlite
 from bot.checkpoints.confinement import inside
 from bot.checkpoints.hash_cache import FileStamp, HashCache
 from bot.checkpoints.inspection import check_path, group_metadata, is_pickle_file
-from bot.checkpoints.pickle_reader import read_pickle_checkpoint
 from bot.checkpoints.safetensors_header import read_header
 from bot.checkpoints.sidecars import read_sidecars
 from bot.components.detection import TEXT_ENCODER_FOLDERS, VAE_FOLDERS
@@ -36,8 +35,10 @@ from bot.controlnets.detection import CONTROLNET_FOLDERS
 from bot.db import transaction
 from bot.networks.detection import BASE_LABELS, AdapterKind, detect_adapter, detect_embedding, embedding_label
 from bot.untrusted import clean_text, has_lone_surrogate, load_json
+from common.detector_file import DETECTOR_FOLDERS
 from common.errors import CheckpointFileError, RegistryError
 from common.hashing import addnet_hash, hash_file
+from common.pickle_reader import read_pickle_checkpoint
 from common.upscaler_detection import UPSCALER_FOLDERS
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class NetworkEntry:
 
     @property
     def label(self) -> str:
-        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet", "clip_vision", "annotator"):
+        if self.kind in ("upscaler", "vae", "text_encoder", "controlnet", "clip_vision", "annotator", "detector"):
             return self.decided_by
         if self.kind == "embedding":
             return embedding_label(self.base, self.rank or 0)
@@ -174,7 +175,7 @@ def extra_network_folders(models_root: Path) -> list[Path]:
     return network_folders(
         models_root,
         LORA_FOLDERS + EMBEDDING_FOLDERS + UPSCALER_FOLDERS + VAE_FOLDERS + TEXT_ENCODER_FOLDERS + CONTROLNET_FOLDERS
-        + ("clip_vision", "ControlNetPreprocessor"),
+        + ("clip_vision", "ControlNetPreprocessor") + DETECTOR_FOLDERS,
     )
 
 

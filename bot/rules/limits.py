@@ -15,7 +15,9 @@ from bot.generation.checkpoint_ref import CheckpointRef
 from bot.untrusted import has_lone_surrogate
 from common.control import FLUX_UNION_MODES, IP_ADAPTER_MODULES, PREPROCESSORS, check_unit
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
+from common.detail import HAND_DETECTOR
 from common.detail import check_target as check_detail_target
+from common.detector_file import DETECTOR_FOLDERS
 from common.editing import edit_model
 from common.errors import EaselError
 from common.families import FAMILIES, FLOW_FAMILIES
@@ -26,6 +28,7 @@ from common.prompt_syntax import parse_prompt
 from common.protocol import (
     MASKED_CONTENT,
     ControlNetUse,
+    DetectorUse,
     EmbeddingUse,
     LoraUse,
     UpscalerUse,
@@ -159,6 +162,8 @@ class ValidRequest:
     # ControlNet (common/control.py): each unit's model and picture (plain RGB PNG), in the units' order
     controlnets: tuple[ControlNetUse, ...] = ()
     control_pngs: tuple[bytes, ...] = ()
+    # The detail pass's passes, each with its detector (bot/detectors.py), faces before hands
+    detectors: tuple[DetectorUse, ...] = ()
 
     @property
     def width(self) -> int:
@@ -220,6 +225,7 @@ def validate(
     edit_pngs: tuple[bytes, ...] = (),
     controlnets: tuple[ControlNetUse, ...] = (),
     control_pngs: tuple[bytes, ...] = (),
+    detectors: tuple[DetectorUse, ...] = (),
 ) -> ValidRequest:
     """Every value checked and made final; LoRAs and embeddings were resolved beforehand
     (bot/rules/network_selection.py), with `notes` on what of them was not applied."""
@@ -242,7 +248,7 @@ def validate(
     _check_inputs(p, init_png, mask_png)
     _check_edit(p, checkpoint, edit_pngs)
     p = _check_control(p, checkpoint, controlnets, control_pngs)
-    p = _check_detail(p)
+    p, detectors = _check_detail(p, detectors)
     p = _check_noise(p, limits)
     sampler, schedule = _sampler_for(p, checkpoint)
     if not 0 <= p.ensd < 2**32:
@@ -273,6 +279,7 @@ def validate(
         edit_pngs=edit_pngs,
         controlnets=controlnets,
         control_pngs=control_pngs,
+        detectors=detectors,
     )
 
 
@@ -316,14 +323,26 @@ def _check_control(
     return replace(p, control=tuple(replace(unit, model=use.name) for unit, use in zip(units, controlnets, strict=True)))
 
 
-def _check_detail(p: Parameters) -> Parameters:
-    """The detail pass (common/detail.py): faces, at a denoising strength above 0 up to 1; not on an edit."""
+def _check_detail(p: Parameters, detectors: tuple[DetectorUse, ...]) -> tuple[Parameters, tuple[DetectorUse, ...]]:
+    """The detail pass (common/detail.py): faces, hands or both, each pass with what finds its targets
+    (bot/detectors.py chose them: hands only with a hand detector file), at a denoising strength above
+    0 up to 1; not on an edit."""
     target = check_detail_target(p.detail)
+    wanted = {"": (), "both": ("faces", "hands")}.get(target, (target,))
+    if not detectors:  # no detector registry here: faces by the picture check's detector; hands by none
+        detectors = tuple(DetectorUse(t) for t in wanted)
+    if tuple(d.target for d in detectors) != wanted:
+        raise GenerationError(f"the detail pass for {target or 'nothing'} was given detectors for other things")
+    if any(d.target == "hands" and d.detector is None for d in detectors):
+        raise GenerationError(
+            f"the detail pass finds hands with a hand detector: ADetailer's {HAND_DETECTOR} (Bingsu/adetailer on "
+            f"Hugging Face) in models/{DETECTOR_FOLDERS[0]}; none is installed"
+        )
     if target and not 0.0 < p.detail_strength <= 1.0:
         raise GenerationError(f"the detail pass's denoising strength is above 0 up to 1, not {p.detail_strength:g}")
     if target and p.edit_images:
         raise GenerationError("an edit has no detail pass; fix the faces of its result with the Fix faces button")
-    return replace(p, detail=target)
+    return replace(p, detail=target), detectors
 
 
 def check_edit_model(checkpoint: CheckpointRef, pictures: int) -> None:

@@ -2,7 +2,7 @@
 ComfyUI's `models/upscale_models`, registered and hashed as LoRAs are (bot/networks/registry.py does
 the work), and the names a hires fix or an upscale may take.
 
-A `.pth` is a pickle: the allow-list reader (bot/checkpoints/pickle_reader.py) vets it, and the
+A `.pth` is a pickle: the allow-list reader (common/pickle_reader.py) vets it, and the
 worker reads it again with `torch.load(weights_only=True)`; nothing in it is ever run.
 """
 

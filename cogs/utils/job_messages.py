@@ -128,7 +128,8 @@ async def deliver(interaction: discord.Interaction, job: Job, plan: JobPlan, sta
         for e in await services.jobs.offered(place(interaction))
         if e.sha256 != job.spec.checkpoint.sha256
     ][:25]
-    view = result_view(job.id, others, edited=bool(job.spec.parameters.edit_images))
+    hands = await services.detectors.for_target("hands") is not None  # Fix hands only where a hand detector is
+    view = result_view(job.id, others, edited=bool(job.spec.parameters.edit_images), hands=hands)
     message = await post_result(interaction, embed=embed, files=files, view=view, what=f"job {job.id}", status=status)
     if message is not None:
         await services.generation.store.set_message(job.id, str(message.id))
@@ -268,7 +269,9 @@ class StatusMessage:
         return True
 
 
-def result_view(job_id: str, checkpoints: list[discord.SelectOption], *, edited: bool = False) -> discord.ui.View:
+def result_view(
+    job_id: str, checkpoints: list[discord.SelectOption], *, edited: bool = False, hands: bool = False
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     buttons = (
         RerollButton(job_id),
@@ -277,6 +280,7 @@ def result_view(job_id: str, checkpoints: list[discord.SelectOption], *, edited:
         VaryButton(job_id),
         VaryButton(job_id, strong=True),
         FixFacesButton(job_id),
+        *((FixFacesButton(job_id, hands=True),) if hands else ()),
     )
     for item in (*buttons, ParametersButton(job_id), DeleteButton(job_id)):
         view.add_item(item)
@@ -339,17 +343,26 @@ class UpscaleButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], templa
         await run_plan(interaction, plan)
 
 
-class FixFacesButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:faces:" + JOB_ID):
-    """The same job, same seed, with the detail pass (common/detail.py): each face found redrawn at
-    full size and pasted back, as ADetailer does."""
+class FixFacesButton(FromJobId, discord.ui.DynamicItem[discord.ui.Button], template=r"easel:(?P<target>faces|hands):" + JOB_ID):
+    """The same job, same seed, with the detail pass (common/detail.py): each face (or, where a hand
+    detector is installed, each hand) found redrawn at full size and pasted back, as ADetailer does."""
 
-    def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Fix faces", emoji="🙂", custom_id=f"easel:faces:{job_id}"))
+    def __init__(self, job_id: str, hands: bool = False) -> None:
+        target = "hands" if hands else "faces"
+        label, emoji = ("Fix hands", "✋") if hands else ("Fix faces", "🙂")
+        super().__init__(discord.ui.Button(label=label, emoji=emoji, custom_id=f"easel:{target}:{job_id}"))
         self.job_id = job_id
+        self.target = target
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]
+    ) -> FixFacesButton:
+        return cls(match["job"], hands=match["target"] == "hands")
 
     @answers_errors
     async def callback(self, interaction: discord.Interaction) -> None:
-        await self.rerun(interaction, seed=same_seed, detail="faces")
+        await self.rerun(interaction, seed=same_seed, detail=self.target)
 
 
 def first_picture(interaction: discord.Interaction) -> discord.Attachment | None:

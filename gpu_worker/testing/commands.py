@@ -57,6 +57,10 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--kind", choices=("hed", "lineart", "openpose_body", "openpose_hand", "openpose_face", "depth_anything_v2"), required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
+    p = sub.add_parser("make-tiny-detector")
+    p.add_argument("--task", choices=("detect", "segment"), default="detect")
+    p.add_argument("--classes", default="face")
+    p.add_argument("out")
     p = sub.add_parser("make-tiny-upscaler")
     p.add_argument("--layout", choices=("esrgan", "realesrgan", "compact"), default="esrgan")
     p.add_argument("--scale", type=int, choices=(1, 2, 4, 8), default=4)
@@ -72,6 +76,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
         "make-tiny-ip-adapter": _make_tiny_ip_adapter,
         "make-tiny-upscaler": _make_tiny_upscaler,
         "make-tiny-annotator": _make_tiny_annotator,
+        "make-tiny-detector": _make_tiny_detector,
     }
 
 
@@ -150,6 +155,17 @@ def _make_tiny_annotator(args: argparse.Namespace) -> int:
         return 1
     what = f"random-weight {args.kind} annotator, seed {args.seed}"
     return _written(lambda: make_tiny_annotator(args.kind, Path(args.out), args.seed), what)
+
+
+def _make_tiny_detector(args: argparse.Namespace) -> int:
+    from gpu_worker.testing.tiny_detector import make_tiny_detector
+
+    if not args.out.lower().endswith((".pt", ".pth")):
+        print(f"error: {args.out}: a detector file ends in .pt", file=sys.stderr)
+        return 1
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    what = f"tiny YOLOv8 {args.task} model of {', '.join(classes)} that finds bright spots"
+    return _written(lambda: make_tiny_detector(Path(args.out), args.task, classes), what)
 
 
 def _make_tiny_transformer(args: argparse.Namespace) -> int:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bot.checkpoints.safe_pickle import (
+from common.errors import CheckpointFileError
+from common.safe_pickle import (
     MAX_PICKLE_BYTES,
     STORAGE_DTYPES,
+    Allowed,
     PickledTensor,
     StorageRef,
     StorageType,
     safe_unpickle,
 )
-from common.errors import CheckpointFileError
 from common.tensors import DTYPE_SIZES
 from common.upscaler_detection import state_dict_of
 
@@ -115,20 +117,7 @@ def by_storage(tensors: dict[str, PickledTensor]) -> list[PickledTensor]:
 
 def read_pickle_checkpoint(path: Path) -> PickleCheckpoint:
     """Inspect a .ckpt/.pt file through the allow-list; raise CheckpointFileError if unsafe or malformed."""
-    if path.stat().st_size == 0:
-        raise CheckpointFileError("file is empty")
-    if not zipfile.is_zipfile(path):
-        _refuse_non_zip(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            prefix, storages = _check_members(archive)
-            with archive.open(f"{prefix}/data.pkl") as member:
-                data = member.read(MAX_PICKLE_BYTES + 1)
-            root = safe_unpickle(data, _storage)
-    except zipfile.BadZipFile as e:
-        raise CheckpointFileError(f"damaged zip archive: {e}") from None
-    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
-        raise CheckpointFileError(f"the zip archive cannot be read: {e}") from None
+    prefix, storages, root = read_pickle_root(path)
     state, extras = _find_state_dict(root)
     tensors: dict[str, PickledTensor] = {}
     for name, value in state.items():
@@ -146,6 +135,41 @@ def read_pickle_checkpoint(path: Path) -> PickleCheckpoint:
         raise CheckpointFileError("the checkpoint holds no tensors")
     _check_expansion(tensors)
     return PickleCheckpoint(path=path, prefix=prefix, tensors=tensors, extras=extras)
+
+
+def read_pickle_root(
+    path: Path, extra_globals: Callable[[str, str], Allowed | None] | None = None
+) -> tuple[str, dict[str, int], object]:
+    """A torch zip archive's folder name, its storages' sizes, and what its pickle describes (stand-ins
+    only); CheckpointFileError if the archive or its pickle is unsafe or malformed."""
+    if path.stat().st_size == 0:
+        raise CheckpointFileError("file is empty")
+    if not zipfile.is_zipfile(path):
+        _refuse_non_zip(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            prefix, storages = _check_members(archive)
+            with archive.open(f"{prefix}/data.pkl") as member:
+                data = member.read(MAX_PICKLE_BYTES + 1)
+            root = safe_unpickle(data, _storage, extra_globals)
+    except zipfile.BadZipFile as e:
+        raise CheckpointFileError(f"damaged zip archive: {e}") from None
+    except (zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError) as e:
+        raise CheckpointFileError(f"the zip archive cannot be read: {e}") from None
+    return prefix, storages, root
+
+
+def checked_tensors(tensors: dict[str, PickledTensor], storages: dict[str, int]) -> dict[str, PickledTensor]:
+    """Named tensors whose views stay inside their storages and do not repeat data beyond bounds."""
+    out = {}
+    for name, value in tensors.items():
+        _check_extent(name, value, storages)
+        out[name] = PickledTensor(
+            name=name, dtype=value.dtype, shape=value.shape, storage=value.storage, offset=value.offset, stride=value.stride
+        )
+    if out:
+        _check_expansion(out)
+    return out
 
 
 def _check_expansion(tensors: dict[str, PickledTensor]) -> None:

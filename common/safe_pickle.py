@@ -67,12 +67,15 @@ class PickledTensor(TensorInfo):
 
 
 class Opaque:
-    """An allowed object we have no use for (a Lightning callback, a numpy scalar): kept inert."""
+    """An allowed object we have no use for (a Lightning callback, a numpy scalar), or one whose
+    recorded state a reader walks (a detector's modules: common/detector_file.py): kept inert. `kind`
+    is the global that made it, when the reader asked to keep it."""
 
-    __slots__ = ("args", "state")
+    __slots__ = ("args", "kind", "state")
 
-    def __init__(self, args: tuple[object, ...]) -> None:
+    def __init__(self, args: tuple[object, ...], kind: str = "") -> None:
         self.args = args
+        self.kind = kind
         self.state: object = None
 
 
@@ -209,12 +212,14 @@ class SafeUnpickler:
         *,
         max_objects: int = MAX_OBJECTS,
         max_depth: int = MAX_DEPTH,
+        extra_globals: Callable[[str, str], Allowed | None] | None = None,
     ) -> None:
         if len(data) > MAX_PICKLE_BYTES:
             raise CheckpointFileError(f"pickle is {len(data):,} bytes, over the {MAX_PICKLE_BYTES:,}-byte limit")
         # Reads past the end just come back short, so a length prefix cannot make us allocate.
         self._stream = io.BytesIO(data)
         self._persistent_load = persistent_load
+        self._extra_globals = extra_globals
         self._max_objects = max_objects
         self._max_depth = max_depth
         self._stack: list[object] = []
@@ -331,7 +336,7 @@ class SafeUnpickler:
                 attr, module = self._pop(), self._pop()
                 if not isinstance(module, str) or not isinstance(attr, str):
                     raise CheckpointFileError("pickle is malformed: STACK_GLOBAL without names")
-            self._push(_find_global(module, attr))
+            self._push(self._find_global(module, attr))
         elif name == "REDUCE":
             args, func = self._pop(), self._pop()
             self._call(func, args)
@@ -357,6 +362,16 @@ class SafeUnpickler:
             self._push(self._persistent_load(pid))
         else:  # EXT*, INST, OBJ, NEXT_BUFFER, READONLY_BUFFER: never in a torch checkpoint
             raise CheckpointFileError(f"pickle uses the {name} opcode, which checkpoints never need; refused")
+
+    def _find_global(self, module: str, name: str) -> Allowed | StorageType:
+        found = ALLOWED.get((module, name))
+        if found is None and self._extra_globals is not None:
+            found = self._extra_globals(module, name)
+        if found is None:
+            raise CheckpointFileError(
+                f"unsafe pickle: it asks for {module[:80]}.{name[:80]}, which is not on the allow-list; nothing was run"
+            )
+        return found
 
     # --- bookkeeping -----------------------------------------------------------------------------
 
@@ -458,15 +473,6 @@ _PLAIN: dict[str, Callable[[Any], object]] = {
 }
 
 
-def _find_global(module: str, name: str) -> Allowed | StorageType:
-    found = ALLOWED.get((module, name))
-    if found is None:
-        raise CheckpointFileError(
-            f"unsafe pickle: it asks for {module[:80]}.{name[:80]}, which is not on the allow-list; nothing was run"
-        )
-    return found
-
-
 def _checked_text(text: str) -> str:
     # pickle decodes with 'surrogatepass': a lone surrogate would break printing and SQLite later.
     if not text.isascii():
@@ -498,6 +504,11 @@ def _short(e: Exception) -> str:
     return text if len(text) <= 120 else text[:117] + "…"
 
 
-def safe_unpickle(data: bytes, persistent_load: Callable[[object], object] | None = None) -> object:
-    """What the pickle in `data` describes, built from stand-ins; CheckpointFileError if it is unsafe."""
-    return SafeUnpickler(data, persistent_load).load()
+def safe_unpickle(
+    data: bytes,
+    persistent_load: Callable[[object], object] | None = None,
+    extra_globals: Callable[[str, str], Allowed | None] | None = None,
+) -> object:
+    """What the pickle in `data` describes, built from stand-ins; CheckpointFileError if it is unsafe.
+    `extra_globals` allows more names for one kind of file, each as an inert stand-in of our own."""
+    return SafeUnpickler(data, persistent_load, extra_globals=extra_globals).load()
