@@ -20,6 +20,7 @@ from cogs.utils.controlnet_option import MODES, PREPROCESSORS, ControlNet
 from cogs.utils.job_messages import run_plan
 from cogs.utils.sampler_option import Sampler
 from common.control import ControlUnit
+from common.detail import TARGETS as DETAIL_TARGETS
 
 if TYPE_CHECKING:
     from cogs.app import EaselBot
@@ -56,12 +57,14 @@ class Control(commands.Cog):
         sampler="Sampler, as named in the A1111 WebUI",
         seed="Seed; -1 for a random one",
         count="How many pictures",
+        detail="ADetailer's pass after the picture: each face (hand) found redrawn at full size",
     )
     @app_commands.choices(
         preprocessor=PREPROCESSORS,
         preprocessor2=PREPROCESSORS,
         preprocessor3=PREPROCESSORS,
         mode=MODES,
+        detail=[app_commands.Choice(name=t, value=t) for t in DETAIL_TARGETS],
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
     )
     @app_commands.allowed_installs(guilds=True, users=True)
@@ -93,6 +96,7 @@ class Control(commands.Cog):
         sampler: Sampler | None = None,
         seed: app_commands.Range[int, -1, 4294967295] = -1,
         count: app_commands.Range[int, 1, MAX_PICTURES_PER_COMMAND] = 1,
+        detail: str | None = None,
     ) -> None:
         await interaction.response.defer(thinking=True)  # first, before any work: Discord allows 3 s
         units = []
@@ -103,7 +107,7 @@ class Control(commands.Cog):
         ):
             if picture is not None:  # start, end and mode are the first unit's, for every unit
                 units.append(ControlAsk(await read_attachment(picture), ControlUnit("", module, name or "", strength, start, end, mode)))
-        given = {"negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler, "seed": seed, "count": count}
+        given = {"negative": negative, "steps": steps, "cfg": cfg, "sampler": sampler, "seed": seed, "count": count, "detail": detail}
         options = ImagineOptions(prompt=prompt, given=given, checkpoint=checkpoint, aspect=aspect, control=tuple(units))
         await run_plan(interaction, await self.jobs.plan_imagine(asker(interaction), place(interaction), options))
 

@@ -1170,7 +1170,7 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert [e.name for e in report.added] == ["control_v11p_sd15_canny"] and "control_hostile.pth" in str(report.errors)
         choices = await alice.autocomplete(channel, "control", "model", "", image=square, prompt="x")
         assert [c["value"] for c in choices] == ["control_v11p_sd15_canny"]
-        result = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", steps=3, seed=4)
+        result = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", steps=3, seed=4, detail="faces")
         message = result.response
         names = [a.filename for a in message.attachments]
         assert len(names) == 2 and names[1].endswith("-control-0.png"), names
@@ -1181,6 +1181,7 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert max(edge) > 0 and shown.getpixel((size // 2, size // 2)) == 0, edge  # the square's outline
         params = parse_infotext(Image.open(io.BytesIO(await message.attachments[0].read())).info["parameters"])[2]
         assert params["ControlNet 0"].startswith("Module: canny, Model: control_v11p_sd15_canny [")
+        assert params["ADetailer model"] == "NudeNet faces"  # /control's detail option: the face pass after it
         rerolled = (await alice.click(message, label="Reroll")).response  # a rerun keeps its unit and picture
         assert len(rerolled.attachments) == 2
         other = next(c for c in custom_ids(message) if ":other:" in c)  # another base: its model chosen again
