@@ -2,7 +2,7 @@
 A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_hed, softedge_hedsafe,
 scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
 for lineart_coarse), OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
-by gpu_worker/openpose.py) and Depth Anything V2 (depth_anything_v2: gpu_worker/depth.py). Each network is written here from its file's layout (its tensors' names and
+by gpu_worker/openpose.py) and Depth Anything V2 and V1 (depth_anything_v2, depth_anything: gpu_worker/depth.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
 whose maps steer the drawing as they are.
@@ -120,8 +120,9 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
     try:
         state = {k: v.float() for k, v in read_state(path).items()}
         with torch.device("meta"):
-            if layout == "depth_anything_v2":  # sized by its file: ViT-S, ViT-B or ViT-L
-                network = DepthAnythingV2.for_state({k: tuple(v.shape) for k, v in state.items()})
+            if layout in ("depth_anything_v2", "depth_anything"):  # sized by its file: ViT-S, ViT-B or ViT-L
+                shapes = {k: tuple(v.shape) for k, v in state.items()}
+                network = DepthAnythingV2.for_state(shapes, 2 if layout == "depth_anything_v2" else 1)
             else:
                 network = NETWORKS[layout]()
         load_exact(network, state, f"the annotator {name}")
@@ -155,8 +156,9 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     hands and face when their networks are given (gpu_worker/openpose.py)."""
     if "openpose_body" in networks:
         return pose_map(networks, rgb, device)
-    if "depth_anything_v2" in networks:
-        return depth_map(networks["depth_anything_v2"], rgb, device)  # type: ignore[arg-type]
+    for version in ("depth_anything_v2", "depth_anything"):
+        if version in networks:
+            return depth_map(networks[version], rgb, device)  # type: ignore[arg-type]
     [network] = networks.values()
     height, width = rgb.shape[:2]
     padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
@@ -311,3 +313,4 @@ NETWORKS["openpose_body"] = BodyPoseNetwork
 NETWORKS["openpose_hand"] = partial(CpmNetwork, 22)
 NETWORKS["openpose_face"] = partial(CpmNetwork, 71)
 NETWORKS["depth_anything_v2"] = DepthAnythingV2
+NETWORKS["depth_anything"] = partial(DepthAnythingV2, version=1)

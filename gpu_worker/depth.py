@@ -1,7 +1,9 @@
-"""The `depth_anything_v2` preprocessor's network: Depth Anything V2 (a DINOv2 vision transformer and
-a DPT head), written from its files' layout (`depth_anything_v2_vits/vitb/vitl.pth` as released, or
-`depth_anything_v2_vitl.safetensors` as the A1111 extension downloads it: the same tensors), its size
-read from them. The map is the extension's: the picture scaled so both sides are at least 518 pixels
+"""The `depth_anything_v2` and `depth_anything` preprocessors' network: Depth Anything (a DINOv2 vision
+transformer and a DPT head), written from its files' layout (`depth_anything_v2_vits/vitb/vitl.pth` as
+released, or `depth_anything_v2_vitl.safetensors` as the A1111 extension downloads it; V1's
+`depth_anything_vitl14.pth`: the same tensors' names), its size read from them. The two versions
+differ in which transformer blocks the head reads: V2 four spread through the encoder, V1 its last four
+(LiheYoung/Depth-Anything's `get_intermediate_layers(x, 4)`). The map is the extension's: the picture scaled so both sides are at least 518 pixels
 and multiples of 14 (bicubic), ImageNet-normalised, the relative depth brought back to the picture's
 size and stretched between its nearest and farthest point, white near.
 """
@@ -164,21 +166,28 @@ class _Head(nn.Module):
 
 
 class DepthAnythingV2(nn.Module):
-    def __init__(self, dim: int = 1024, depth: int = 24, features: int = 256, widths: tuple[int, int, int, int] = (256, 512, 1024, 1024)) -> None:
+    def __init__(
+        self,
+        dim: int = 1024,
+        depth: int = 24,
+        features: int = 256,
+        widths: tuple[int, int, int, int] = (256, 512, 1024, 1024),
+        version: int = 2,
+    ) -> None:
         super().__init__()
         if depth not in TAPS:
-            raise ValueError(f"a Depth Anything V2 encoder of {depth} blocks (ViT-S, ViT-B and ViT-L are run)")
-        self.taps = TAPS[depth]
+            raise ValueError(f"a Depth Anything encoder of {depth} blocks (ViT-S, ViT-B and ViT-L are run)")
+        self.taps = TAPS[depth] if version == 2 else tuple(range(depth - 4, depth))
         self.pretrained = _Encoder(dim, depth)
         self.depth_head = _Head(dim, features, widths)
 
     @classmethod
-    def for_state(cls, shapes: dict[str, tuple[int, ...]]) -> DepthAnythingV2:
+    def for_state(cls, shapes: dict[str, tuple[int, ...]], version: int = 2) -> DepthAnythingV2:
         """Sized as its file's tensors say: width, depth, the head's features and widths."""
         dim = shapes["pretrained.cls_token"][-1]
         depth = len({k.split(".")[2] for k in shapes if k.startswith("pretrained.blocks.")})
         widths = tuple(shapes[f"depth_head.projects.{i}.weight"][0] for i in range(4))
-        return cls(dim, depth, shapes["depth_head.scratch.layer1_rn.weight"][0], widths)  # type: ignore[arg-type]
+        return cls(dim, depth, shapes["depth_head.scratch.layer1_rn.weight"][0], widths, version)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows, cols = x.shape[2] // PATCH, x.shape[3] // PATCH

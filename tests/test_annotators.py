@@ -203,7 +203,7 @@ def test_the_rules_hold_an_annotator_preprocessor_to_its_file() -> None:
     assert spec.controlnets[0].annotators == (hed,)
 
 
-def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(tmp_path: Path) -> None:
+def test_depth_anything_v2_and_v1_are_sized_by_their_files_and_stretched_from_far_to_near(tmp_path: Path) -> None:
     from bot.controlnets.annotators import annotator_layout
 
     path = make_tiny_annotator("depth_anything_v2", tmp_path / "depth_anything_v2_vits.pth", seed=3)
@@ -218,6 +218,17 @@ def test_depth_anything_v2_is_sized_by_its_file_and_stretched_from_far_to_near(t
     shapes = {name: tuple(t.shape) for name, t in state.items()}
     giant = shapes | {f"pretrained.blocks.{i}.norm1.weight": (64,) for i in range(12, 40)}
     assert annotator_layout(shapes) == "depth_anything_v2" and annotator_layout(giant) == ""
+    # V1 (depth_anything_vitl14.pth): the same tensors' names, told apart by its file's name; its head
+    # reads the last four blocks, not V2's spread: the same weights give another map.
+    from bot.controlnets.annotators import examine_annotator
+
+    v1_path = tmp_path / "depth_anything_vits14.pth"
+    torch.save(state, v1_path)
+    assert examine_annotator(v1_path).layout == "depth_anything" and examine_annotator(path).layout == "depth_anything_v2"
+    v1 = load_annotator(v1_path, "depth_anything", "depth_anything_vits14")
+    assert v1.taps == (8, 9, 10, 11) and network.taps == (2, 5, 8, 11)
+    other = run_annotator({"depth_anything": v1}, "depth_anything", np.asarray(picture().resize((40, 50))), "cpu")
+    assert other.shape == (50, 40) and not np.array_equal(other, made)
 
 
 class BlobHand(torch.nn.Module):

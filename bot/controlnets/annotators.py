@@ -7,8 +7,8 @@ Which network a file holds is read from its tensors' names and shapes (gpu_worke
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
 `sk_model2.pth`: one network, two trainings, told apart by name as the extension does) and
 OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
-and Depth Anything V2 (`depth_anything_v2_vit?.pth`,
-`depth_anything_v2_vitl.safetensors`). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
+and Depth Anything V2 (`depth_anything_v2_vit?.pth`, `depth_anything_v2_vitl.safetensors`) and V1
+(`depth_anything_vitl14.pth`: the same tensors' names; told apart by file name, as the extension does). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def examine_annotator(path: Path) -> FileKind:
     tensors, metadata, pickled = read_tensor_map(path)
     shapes = {name.removeprefix("module."): tuple(t.shape) for name, t in tensors.items()}
     layout = annotator_layout(shapes)
+    if layout == "depth_anything_v2" and "v2" not in path.name.lower():  # V1's file: the same names, other taps
+        layout = "depth_anything"
     labels = {
         "hed": "HED soft edges (softedge_hed, softedge_hedsafe, scribble_hed)",
         "lineart": "line drawing (lineart_realistic, lineart_coarse)",
@@ -54,6 +56,7 @@ def examine_annotator(path: Path) -> FileKind:
         "openpose_hand": "OpenPose hands (openpose_hand, openpose_full; CMU's weights: non-commercial use only)",
         "openpose_face": "OpenPose face (openpose_face, openpose_full; CMU's weights: non-commercial use only)",
         "depth_anything_v2": "Depth Anything V2 (depth_anything_v2)",
+        "depth_anything": "Depth Anything V1 (depth_anything)",
     }
     return FileKind(
         "annotator",
@@ -61,7 +64,7 @@ def examine_annotator(path: Path) -> FileKind:
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED, the lineart generator, OpenPose's body, hand or face model or Depth Anything V2 (S, B, L): Easel runs those",
+        "" if layout else "not HED, the lineart generator, OpenPose's body, hand or face model or Depth Anything V1/V2 (S, B, L): Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",

@@ -18,7 +18,8 @@ def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
         raise ValueError(f"no annotator kind {kind!r}; choose one of {', '.join(NETWORKS)}")
     torch.manual_seed(seed)
     # Depth Anything V2 is sized by its file: a tiny one (width 64, twelve blocks) has ViT-S's layout.
-    network = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64)) if kind == "depth_anything_v2" else NETWORKS[kind]()
+    depth = kind in ("depth_anything_v2", "depth_anything")
+    network = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2 if kind == "depth_anything_v2" else 1) if depth else NETWORKS[kind]()
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in network.state_dict().items()}
     if out.suffix.lower() == ".safetensors":
