@@ -10,6 +10,7 @@ whose maps steer the drawing as they are.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
@@ -101,7 +102,53 @@ class LineartGenerator(nn.Module):
         return self.model4(self.model3(self.model2(self.model1(self.model0(rgb01)))))
 
 
-NETWORKS: dict[str, Callable[[], nn.Module]] = {"hed": HedNetwork, "lineart": LineartGenerator}
+class _UnetLevel(nn.Module):
+    """One level of pix2pix's U-Net (its UnetSkipConnectionBlock): down by a strided convolution, the
+    inner levels, up by a transposed one; every level but the outermost passes its input on beside
+    its output. The layers sit at the indices the files' names give them."""
+
+    def __init__(self, outer: int, inner: int, sub: nn.Module | None, channels_in: int | None = None) -> None:
+        super().__init__()
+        down = nn.Conv2d(channels_in or outer, inner, 4, 2, 1)
+        self.outermost = channels_in is not None
+        if self.outermost:  # [down, inner levels, ReLU, up, Tanh]
+            layers = [down, sub, nn.ReLU(), nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1), nn.Tanh()]
+        elif sub is None:  # innermost: [LeakyReLU, down, ReLU, up, norm]
+            layers = [nn.LeakyReLU(0.2), down, nn.ReLU(), nn.ConvTranspose2d(inner, outer, 4, 2, 1), nn.InstanceNorm2d(outer)]
+        else:  # [LeakyReLU, down, norm, inner levels, ReLU, up, norm]
+            layers = [
+                nn.LeakyReLU(0.2), down, nn.InstanceNorm2d(inner), sub, nn.ReLU(),
+                nn.ConvTranspose2d(inner * 2, outer, 4, 2, 1), nn.InstanceNorm2d(outer),
+            ]  # fmt: skip
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x) if self.outermost else torch.cat([x, self.model(x)], 1)
+
+
+class LineartAnimeGenerator(nn.Module):
+    """netG.pth (lineart_anime): pix2pix's U-Net generator, RGB in, one channel out, eight levels down
+    from 64 channels (the released file; its width is read from the file, so a tiny one runs too)."""
+
+    def __init__(self, width: int = 64, levels: int = 8) -> None:
+        super().__init__()
+        level = _UnetLevel(width * 8, width * 8, None)
+        for _ in range(levels - 5):
+            level = _UnetLevel(width * 8, width * 8, level)
+        for outer in (width * 4, width * 2, width):
+            level = _UnetLevel(outer, outer * 2, level)
+        self.model = _UnetLevel(1, width, level, channels_in=3)
+
+    @classmethod
+    def for_state(cls, shapes: dict[str, tuple[int, ...]]) -> LineartAnimeGenerator:
+        levels = max(k.count("model.") for k in shapes) - 1  # the outermost's "model.model.", one more a level in
+        return cls(shapes["model.model.0.weight"][0], levels)
+
+    def forward(self, rgb_signed: torch.Tensor) -> torch.Tensor:
+        return self.model(rgb_signed)
+
+
+NETWORKS: dict[str, Callable[[], nn.Module]] = {"hed": HedNetwork, "lineart": LineartGenerator, "lineart_anime": LineartAnimeGenerator}
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -120,9 +167,11 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
     try:
         state = {k: v.float() for k, v in read_state(path).items()}
         with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in state.items()}
             if layout in ("depth_anything_v2", "depth_anything"):  # sized by its file: ViT-S, ViT-B or ViT-L
-                shapes = {k: tuple(v.shape) for k, v in state.items()}
                 network = DepthAnythingV2.for_state(shapes, 2 if layout == "depth_anything_v2" else 1)
+            elif layout == "lineart_anime":
+                network = LineartAnimeGenerator.for_state(shapes)
             else:
                 network = NETWORKS[layout]()
         load_exact(network, state, f"the annotator {name}")
@@ -161,6 +210,8 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
             return depth_map(networks[version], rgb, device)  # type: ignore[arg-type]
     [network] = networks.values()
     height, width = rgb.shape[:2]
+    if isinstance(network, LineartAnimeGenerator):
+        return _lineart_anime(network, rgb, device)
     padded = np.pad(rgb, ((0, -height % 64), (0, -width % 64), (0, 0)), mode="edge")
     picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
     network.to(device)
@@ -175,6 +226,22 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     if module == "scribble_hed":
         out = _scribble(out)
     return out
+
+
+def _lineart_anime(network: LineartAnimeGenerator, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
+    """The extension's: the picture scaled up to multiples of 256 (bicubic), in [-1, 1]; the line
+    brought back to [0, 255] and the picture's size (bicubic), then inverted (white lines on black)."""
+    height, width = rgb.shape[:2]
+    size = (256 * math.ceil(width / 256), 256 * math.ceil(height / 256))
+    scaled = cv2.resize(rgb, size, interpolation=cv2.INTER_CUBIC)
+    picture = torch.from_numpy(scaled).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None] / 127.5 - 1.0
+    network.to(device)
+    try:
+        line = (network(picture)[0, 0] * 127.5 + 127.5).cpu().numpy()
+    finally:
+        network.to("cpu")
+    line = cv2.resize(line, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+    return 255 - line
 
 
 def _hed(network: HedNetwork, picture: torch.Tensor, safe: bool) -> np.ndarray:

@@ -331,3 +331,27 @@ def test_openpose_full_reads_the_face_where_the_body_puts_it(tmp_path: Path) -> 
     x, y, size = face_box([None if p is None else (p[0] * 240, p[1] * 440) for p in person], 440, 240)  # type: ignore[misc]
     ys, xs = np.nonzero(white)
     assert x - 4 <= xs.min() and xs.max() <= x + size + 4 and y - 4 <= ys.min() and ys.max() <= y + size + 4
+
+
+def test_lineart_anime_runs_the_u_net_at_multiples_of_256_and_inverts_its_line(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import examine_annotator
+    from gpu_worker.annotators import LineartAnimeGenerator
+
+    # The released netG.pth's layout: pix2pix's U-Net, eight levels from 64 channels.
+    full = {k: tuple(v.shape) for k, v in LineartAnimeGenerator().state_dict().items()}
+    innermost = "model.model.1" + ".model.3" * 6 + ".model.1.weight"  # the outermost's inner level, six more, its down
+    assert len(full) == 32 and full["model.model.0.weight"] == (64, 3, 4, 4) and full["model.model.3.weight"] == (128, 1, 4, 4)
+    assert full[innermost] == (512, 512, 4, 4)
+    path = make_tiny_annotator("lineart_anime", tmp_path / "netG.pth")
+    assert examine_annotator(path).layout == "lineart_anime"
+    state = torch.load(path, weights_only=True)
+    for tensor in state.values():
+        tensor.zero_()
+    state["model.model.3.bias"].fill_(0.5)  # the line is tanh(0.5) everywhere: 0.4621 * 127.5 + 127.5 = 186.4
+    torch.save(state, path)
+    network = load_annotator(path, "lineart_anime", "netG")
+    seen = []
+    network.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    made = run_annotator({"lineart_anime": network}, "lineart_anime", np.asarray(picture().resize((300, 200))), "cpu")
+    assert seen == [(1, 3, 256, 512)]  # scaled up to multiples of 256
+    assert made.shape == (200, 300) and (made == 255 - 186).all()  # back to its size, inverted

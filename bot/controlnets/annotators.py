@@ -5,8 +5,8 @@ the work), and the one a unit's preprocessor runs with.
 
 Which network a file holds is read from its tensors' names and shapes (gpu_worker/annotators.py
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
-`sk_model2.pth`: one network, two trainings, told apart by name as the extension does) and
-OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
+`sk_model2.pth`: one network, two trainings, told apart by name as the extension does), the anime
+line drawing U-Net (`netG.pth`), OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
 and Depth Anything V2 (`depth_anything_v2_vit?.pth`, `depth_anything_v2_vitl.safetensors`) and V1
 (`depth_anything_vitl14.pth`: the same tensors' names; told apart by file name, as the extension does). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
@@ -33,6 +33,8 @@ def annotator_layout(shapes: dict[str, tuple[int, ...]]) -> str:
         return "hed"
     if shapes.get("model0.1.weight") == (64, 3, 7, 7) and shapes.get("model4.1.weight") == (1, 64, 7, 7):
         return "lineart"
+    if shapes.get("model.model.0.weight", ())[1:] == (3, 4, 4) and shapes.get("model.model.3.weight", ())[1:] == (1, 4, 4):
+        return "lineart_anime"  # pix2pix's U-Net generator (netG.pth)
     if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6_L2.weight") == (19, 128, 1, 1):
         return "openpose_body"
     if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6.weight") in ((22, 128, 1, 1), (71, 128, 1, 1)):
@@ -57,6 +59,7 @@ def examine_annotator(path: Path) -> FileKind:
         "openpose_face": "OpenPose face (openpose_face, openpose_full; CMU's weights: non-commercial use only)",
         "depth_anything_v2": "Depth Anything V2 (depth_anything_v2)",
         "depth_anything": "Depth Anything V1 (depth_anything)",
+        "lineart_anime": "anime line drawing (lineart_anime)",
     }
     return FileKind(
         "annotator",
@@ -64,7 +67,7 @@ def examine_annotator(path: Path) -> FileKind:
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED, the lineart generator, OpenPose's body, hand or face model or Depth Anything V1/V2 (S, B, L): Easel runs those",
+        "" if layout else "not HED, the lineart generators (realistic, anime), OpenPose's body, hand or face model or Depth Anything V1/V2 (S, B, L): Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from gpu_worker.annotators import NETWORKS
+from gpu_worker.annotators import NETWORKS, LineartAnimeGenerator
 from gpu_worker.depth import DepthAnythingV2
 
 
@@ -19,7 +19,12 @@ def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     # Depth Anything V2 is sized by its file: a tiny one (width 64, twelve blocks) has ViT-S's layout.
     depth = kind in ("depth_anything_v2", "depth_anything")
-    network = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2 if kind == "depth_anything_v2" else 1) if depth else NETWORKS[kind]()
+    if depth:
+        network: torch.nn.Module = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2 if kind == "depth_anything_v2" else 1)
+    elif kind == "lineart_anime":  # sized by its file too: a tiny one is 4 channels wide, not 64
+        network = LineartAnimeGenerator(4)
+    else:
+        network = NETWORKS[kind]()
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in network.state_dict().items()}
     if out.suffix.lower() == ".safetensors":
