@@ -349,3 +349,22 @@ def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files
     [failed] = [e for e in events if isinstance(e, BatchFailed)]
     assert "clip_vision_broken.safetensors is not one in transformers' layout" in failed.message
     assert np.array_equal(pixels(draw(runner_and_events, checkpoint)), plain)
+
+
+def test_an_sdxl_ip_adapter_reads_its_picture_through_the_same_path(files, runner_and_events, tmp_path: Path) -> None:
+    """h94's SDXL layout (its cross-attention layers numbered over SDXL's blocks) on the tiny SDXL
+    checkpoint: weight 0 is the plain picture bit for bit, weight 1 another, and the UNet is the
+    checkpoint's again after the batch."""
+    from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision, make_tiny_ip_adapter
+
+    adapter = make_tiny_ip_adapter("sdxl", tmp_path / "ip-adapter_tiny_sdxl.safetensors")
+    encoder = make_tiny_clip_vision(tmp_path / "clip_vision_tiny.safetensors")
+    model = replace(
+        use(adapter, "sdxl"), layout="ip-adapter", encoder=ComponentUse("clip_vision", encoder.name, str(encoder), "e" * 64)
+    )
+    checkpoint = load(files["sdxl"], "sdxl")
+    plain = pixels(draw(runner_and_events, checkpoint))
+    reference = unit(module="ip-adapter_clip_g", threshold_a=None, threshold_b=None)
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint, [replace(reference, weight=0.0)], [model])), plain)
+    assert np.abs(pixels(draw(runner_and_events, checkpoint, [reference], [model])) - plain).mean() > 1
+    assert np.array_equal(pixels(draw(runner_and_events, checkpoint)), plain)
