@@ -7,7 +7,7 @@ diffusers call of the same work on the same pipeline.
     python bench/gpu_check.py --cpu --quick                    # the same logic on the tiny models in fp16 on a CPU
 
 Per family (SD1.5, SDXL, FLUX.1, SD3.5; Z-Image, Qwen-Image and FLUX.2 [klein] with --families) and path (txt2img, img2img, inpaint, hires through
-Latent/Lanczos/an ESRGAN model, a LoRA switched in, two ControlNet units (SD and FLUX.1), the detail pass on SD,
+Latent/Lanczos/an ESRGAN model, a LoRA switched in, two ControlNet units (SD and FLUX.1), the detail pass on SD (faces, then hands by a YOLO detector file),
 previews on, offloaded as the placement a small card gets): whether the pictures are finite and not black, seconds per step and peak device memory. The
 txt2img path also runs as a bare diffusers call (same pipeline, size, steps): the ratio of Easel's
 s/it and peak memory to it. Then an out-of-memory error injected into a pipeline call (the batch is
@@ -43,7 +43,18 @@ from bench.harness import report
 from common.bundled import CONFIG_ROOT, QWEN3_TOKENIZER
 from common.control import ControlUnit
 from common.families import FAMILIES as FAMILY_ROWS
-from common.protocol import BatchFailed, ControlNetUse, JobDone, JobPart, LoadRequest, LoraUse, RunBatch, UpscalerUse
+from common.protocol import (
+    BatchFailed,
+    ComponentUse,
+    ControlNetUse,
+    DetectorUse,
+    JobDone,
+    JobPart,
+    LoadRequest,
+    LoraUse,
+    RunBatch,
+    UpscalerUse,
+)
 from gpu_worker.cache import PipelineCache, pipeline_bytes
 from gpu_worker.families.flux2 import encoder_layers
 from gpu_worker.loaded import LoadedPipeline
@@ -258,9 +269,21 @@ def batch_for(
         units = (ControlUnit("a" * 64, "canny", threshold_a=100.0, threshold_b=200.0), ControlUnit("b" * 64, "tile_resample", threshold_a=1.0))
         use = ControlNetUse(controlnet.stem, str(controlnet), "d" * 64, "d" * 8, request.family, layout="flux" if flow else "")
         options |= {"control": units, "controlnets": (use, use), "control_pngs": (picture, picture)}
-    if path == "detail":  # the detail pass on a face the check says is there (gpu_worker/detail_pass.py)
-        options["detail"] = "faces"
+    if path == "detail":  # faces (one the check says is there), then hands by a YOLO file on the device
+        from gpu_worker.testing.tiny_detector import make_tiny_detector
+
+        hands = setup.folder / "hand_yolov8n.pt"
+        if not hands.exists():
+            make_tiny_detector(hands, classes=("hand",))
+        options["detail"] = "both"
+        options["detectors"] = (DetectorUse("faces"), DetectorUse("hands", ComponentUse("detect", hands.name, str(hands), "f" * 64)))
     return RunBatch.of(f"check-{path}", request, (JobPart("j", "a lighthouse on a cliff at dusk", "", (1, 2)),), size, size, steps, model_name=request.name, **options)  # fmt: skip
+
+
+def _white_corner(picture: Image.Image) -> Image.Image:
+    marked = picture.copy()
+    marked.paste((255, 255, 255), (0, 0, max(2, picture.width // 16), max(2, picture.height // 16)))
+    return marked
 
 
 def run_batch(cache: PipelineCache, batch: RunBatch, device: str) -> dict[str, object]:
@@ -268,6 +291,9 @@ def run_batch(cache: PipelineCache, batch: RunBatch, device: str) -> dict[str, o
     runner = BatchRunner(device, cache, events.append, lambda job_id: False)
     if batch.parameters.detail:  # random weights draw no face: one in the middle, as the detector would say
         runner.safety.faces = lambda picture, confidence: [(picture.width // 4, picture.height // 4, picture.width // 2, picture.height // 2)]
+    if batch.detectors:  # the tiny hand detector finds white: it is shown each picture with a white corner
+        passes = runner._detail_passes(batch)
+        runner._detail_passes = lambda _: [(use, lambda picture, c, find=find: find(_white_corner(picture), c)) for use, find in passes]
     peak_reset(device)
     synchronize(device)
     started = time.perf_counter()
