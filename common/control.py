@@ -68,7 +68,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("ip-adapter_clip_g", "ip-adapter"),
         Preprocessor("depth_anything_v2", "depth", needs="depth_anything_v2_vitl.safetensors", annotators=(("depth_anything_v2", "depth_anything_v2_vitl.safetensors"),), union=1),
         Preprocessor("depth_anything", "depth", needs="depth_anything_vitl14.pth", annotators=(("depth_anything", "depth_anything_vitl14.pth"),), union=1),
-        Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt"),
+        Preprocessor("depth_midas", "depth", needs="dpt_hybrid-midas-501f0c75.pt", annotators=(("midas", "dpt_hybrid-midas-501f0c75.pt"),), union=1),
         Preprocessor("depth_zoe", "depth", needs="ZoeD_M12_N.pt"),
         Preprocessor("depth_leres", "depth", needs="res101.pth"),
         Preprocessor("depth_leres++", "depth", needs="res101.pth and latest_net_G.pth"),
@@ -107,7 +107,7 @@ IP_ADAPTER_MODULES = ("ip-adapter_clip_h", "ip-adapter_clip_g")
 # A Flux ControlNet-Union's control modes (InstantX's and Shakker-Labs' Union and Union Pro: canny 0,
 # tile 1, depth 2, blur 3, pose 4, gray 5, low quality 6), by the preprocessor whose map each reads.
 FLUX_UNION_MODES = {
-    "canny": 0, "tile_resample": 1, "depth_anything_v2": 2, "depth_anything": 2, "blur_gaussian": 3,
+    "canny": 0, "tile_resample": 1, "depth_anything_v2": 2, "depth_anything": 2, "depth_midas": 2, "blur_gaussian": 3,
     "openpose": 4, "openpose_hand": 4, "openpose_face": 4, "openpose_full": 4,
 }  # fmt: skip
 # A hires fix's second pass with these maps is always softly injected (the extension's hook.py: fewer

@@ -2,7 +2,8 @@
 A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_hed, softedge_hedsafe,
 scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
 for lineart_coarse), OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
-by gpu_worker/openpose.py) and Depth Anything V2 and V1 (depth_anything_v2, depth_anything: gpu_worker/depth.py). Each network is written here from its file's layout (its tensors' names and
+by gpu_worker/openpose.py), Depth Anything V2 and V1 (depth_anything_v2, depth_anything: gpu_worker/depth.py)
+and MiDaS DPT-Hybrid (depth_midas: gpu_worker/midas.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
 whose maps steer the drawing as they are.
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from gpu_worker.depth import DepthAnythingV2, depth_map
+from gpu_worker.midas import MidasHybrid, midas_map
 from gpu_worker.model_parts import PartError, load_exact
 from gpu_worker.openpose import pose_map
 
@@ -156,6 +158,8 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
         return dict(safetensors.torch.load_file(str(path)))
     raw = torch.load(path, map_location="cpu", weights_only=True)
     raw = raw.get("state_dict", raw) if isinstance(raw, dict) else {}
+    if isinstance(raw.get("model"), dict) and "optimizer" in raw:  # MiDaS' training checkpoints (its BaseModel.load)
+        raw = raw["model"]
     return {k.removeprefix("module."): v for k, v in raw.items() if isinstance(v, torch.Tensor)}
 
 
@@ -172,6 +176,8 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
                 network = DepthAnythingV2.for_state(shapes, 2 if layout == "depth_anything_v2" else 1)
             elif layout == "lineart_anime":
                 network = LineartAnimeGenerator.for_state(shapes)
+            elif layout == "midas":
+                network = MidasHybrid.for_state(shapes)
             else:
                 network = NETWORKS[layout]()
         load_exact(network, state, f"the annotator {name}")
@@ -216,7 +222,9 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     picture = torch.from_numpy(padded).to(device=device, dtype=torch.float32).permute(2, 0, 1)[None]
     network.to(device)
     try:
-        if isinstance(network, HedNetwork):
+        if isinstance(network, MidasHybrid):
+            out = midas_map(network, padded, device)
+        elif isinstance(network, HedNetwork):
             out = _hed(network, picture, safe=module == "softedge_hedsafe")
         else:
             out = 255 - (network(picture / 255.0)[0, 0].cpu().numpy() * 255.0).clip(0, 255).astype(np.uint8)
@@ -381,3 +389,4 @@ NETWORKS["openpose_hand"] = partial(CpmNetwork, 22)
 NETWORKS["openpose_face"] = partial(CpmNetwork, 71)
 NETWORKS["depth_anything_v2"] = DepthAnythingV2
 NETWORKS["depth_anything"] = partial(DepthAnythingV2, version=1)
+NETWORKS["midas"] = MidasHybrid

@@ -119,8 +119,10 @@ def test_the_command_line_finds_the_annotator_by_its_name_and_refuses_what_is_mi
     assert "ControlNet 0: lineart_realistic map for control_v11p_sd15_lineart [" in drawn.out
     coarse = cli(*base, "--control", f"{tmp_path / 'square.png'}:lineart_coarse", "--out", str(tmp_path / "refused"))
     assert coarse.code != 0 and "the lineart_coarse preprocessor needs sk_model2.pth" in coarse.err  # the other training
-    depth = cli(*base, "--control", f"{tmp_path / 'square.png'}:depth_midas", "--out", str(tmp_path / "refused"))
-    assert depth.code != 0 and "needs its annotator model (dpt_hybrid-midas-501f0c75.pt), which Easel does not run" in depth.err
+    depth = cli(*base, "--control", f"{tmp_path / 'square.png'}:depth_midas:control_v11p_sd15_lineart", "--out", str(tmp_path / "refused"))
+    assert depth.code != 0 and "the depth_midas preprocessor needs dpt_hybrid-midas-501f0c75.pt" in depth.err
+    zoe = cli(*base, "--control", f"{tmp_path / 'square.png'}:depth_zoe", "--out", str(tmp_path / "refused"))
+    assert zoe.code != 0 and "needs its annotator model (ZoeD_M12_N.pt), which Easel does not run" in zoe.err
 
 
 def person_maps(people: list[dict[int, tuple[int, int]]], height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -355,3 +357,30 @@ def test_lineart_anime_runs_the_u_net_at_multiples_of_256_and_inverts_its_line(t
     made = run_annotator({"lineart_anime": network}, "lineart_anime", np.asarray(picture().resize((300, 200))), "cpu")
     assert seen == [(1, 3, 256, 512)]  # scaled up to multiples of 256
     assert made.shape == (200, 300) and (made == 255 - 186).all()  # back to its size, inverted
+
+
+def test_depth_midas_runs_dpt_hybrid_as_its_file_lays_it_out(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import examine_annotator
+    from gpu_worker.midas import MidasHybrid, _same_pad, _StdConv
+
+    # The released dpt_hybrid-midas-501f0c75.pt's layout: timm's ResNet-v2 stages (3, 4, 9) under a
+    # ViT-B of 24×24 positions, DPT's readout projections and fusion blocks; 123 M parameters.
+    full = {k: tuple(v.shape) for k, v in MidasHybrid().state_dict().items()}
+    assert full["pretrained.model.patch_embed.backbone.stages.2.blocks.8.conv3.weight"] == (1024, 256, 1, 1)
+    assert full["pretrained.model.patch_embed.proj.weight"] == (768, 1024, 1, 1) and full["pretrained.model.pos_embed"] == (1, 577, 768)
+    assert full["pretrained.act_postprocess3.0.project.0.weight"] == (768, 1536) and full["pretrained.act_postprocess4.4.weight"] == (768, 768, 3, 3)
+    assert full["scratch.layer3_rn.weight"] == (256, 768, 3, 3) and full["scratch.output_conv.4.weight"] == (1, 32, 1, 1)
+    assert round(sum(np.prod(s) for s in full.values()) / 1e6) == 123
+    # TensorFlow's "same" padding: the odd pixel after; weight standardisation: a filter's scale does not matter.
+    assert _same_pad(torch.zeros(1, 1, 64, 64), 7, 2).shape[-2:] == (69, 69) and _same_pad(torch.zeros(1, 1, 64, 64), 3, 2).shape[-1] == 65
+    conv = _StdConv(3, 4, 3, 2)
+    x = torch.randn(1, 3, 16, 16)
+    before = conv(x)
+    conv.weight.data *= 7.0
+    assert torch.allclose(conv(x), before, atol=1e-5) and before.shape[-2:] == (8, 8)
+    path = make_tiny_annotator("midas", tmp_path / "dpt_hybrid-midas-501f0c75.pt")
+    assert examine_annotator(path).layout == "midas"
+    network = load_annotator(path, "midas", "dpt_hybrid-midas-501f0c75")
+    assert network.taps == (4, 5)  # two thirds in and the last, as MiDaS' hooks 8 and 11 of twelve
+    made = run_annotator({"midas": network}, "depth_midas", np.asarray(picture().resize((100, 70))), "cpu")
+    assert made.shape == (70, 100) and made.dtype == np.uint8 and made.max() > made.min()

@@ -218,7 +218,7 @@ def test_the_command_line_registers_draws_and_makes_it_again(cli, models: Path, 
     [redrawn] = [p for p in (tmp_path / "again").iterdir() if "-control-" not in p.name]
     assert np.array_equal(np.asarray(Image.open(redrawn)), np.asarray(Image.open(result)))
     for flags, said in (
-        ((f"{square}:depth_midas",), "depth_midas preprocessor needs its annotator model (dpt_hybrid-midas-501f0c75.pt)"),
+        ((f"{square}:depth_zoe",), "depth_zoe preprocessor needs its annotator model (ZoeD_M12_N.pt)"),
         ((f"{square}:sharpen",), "no ControlNet preprocessor named 'sharpen'"),
         ((f"{square}:canny:3",), "a ControlNet weight is between 0 and 2, not 3"),
         ((f"{square}:canny:controlnet-tiny-sdxl",), "controlnet-tiny-sdxl is for SDXL checkpoints, not SD1.x"),

@@ -271,14 +271,18 @@ async def test_fix_hands_shows_where_a_hand_detector_is_installed(env: simcord.E
     _, channel, alice = world(env)
     before = (await alice.slash(channel, "imagine", prompt="a hand", checkpoint="tiny-sd1", steps=2, seed=5)).response
     assert not [i for i in custom_ids(before) if i.startswith("easel:hands:")]
-    make_tiny_detector(Path(services.settings.models_dir) / "adetailer" / "hand_yolov8n.pt", classes=("hand",))
+    detector = make_tiny_detector(Path(services.settings.models_dir) / "adetailer" / "hand_yolov8n.pt", classes=("hand",))
     await services.detectors.scan()
-    message = (await alice.slash(channel, "imagine", prompt="a hand", checkpoint="tiny-sd1", steps=2, seed=5)).response
-    job_id = message.embeds[0].footer.text.split()[1]
-    assert f"easel:hands:{job_id}" in custom_ids(message)
-    fixed = (await alice.click(message, label="Fix hands")).response
-    info = parse_infotext((await png_of(fixed)).info["parameters"])[2]
-    assert info["Seed"] == "5" and info["ADetailer model"] == "hand_yolov8n.pt"
+    try:
+        message = (await alice.slash(channel, "imagine", prompt="a hand", checkpoint="tiny-sd1", steps=2, seed=5)).response
+        job_id = message.embeds[0].footer.text.split()[1]
+        assert f"easel:hands:{job_id}" in custom_ids(message)
+        fixed = (await alice.click(message, label="Fix hands")).response
+        info = parse_infotext((await png_of(fixed)).info["parameters"])[2]
+        assert info["Seed"] == "5" and info["ADetailer model"] == "hand_yolov8n.pt"
+    finally:  # the module's other tests see the bot as it was
+        detector.unlink()
+        await services.detectors.scan()
 
 
 async def test_vary_and_another_checkpoint(env: simcord.Env) -> None:
