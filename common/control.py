@@ -46,6 +46,7 @@ class Preprocessor:
 
 # Annotator networks, as (layout, the file the extension downloads): gpu_worker/annotators.py.
 _HED = ("hed", "ControlNetHED.pth")
+_PIDI = ("pidinet", "table5_pidinet.pth")
 _BODY, _HAND, _FACE = ("openpose_body", "body_pose_model.pth"), ("openpose_hand", "hand_pose_model.pth"), ("openpose_face", "facenet.pth")
 
 # The model-free preprocessors (the extension's scripts/preprocessor/legacy/processor.py), and those
@@ -80,7 +81,9 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("softedge_hed", "softedge", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
         Preprocessor("softedge_hedsafe", "softedge", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
         Preprocessor("scribble_hed", "scribble", needs="ControlNetHED.pth", annotators=(_HED,), union=2),
-        Preprocessor("softedge_pidinet", "softedge", needs="table5_pidinet.pth"),
+        Preprocessor("softedge_pidinet", "softedge", needs="table5_pidinet.pth", annotators=(_PIDI,), union=2),
+        Preprocessor("softedge_pidisafe", "softedge", needs="table5_pidinet.pth", annotators=(_PIDI,), union=2),
+        Preprocessor("scribble_pidinet", "scribble", needs="table5_pidinet.pth", annotators=(_PIDI,), union=2),
         Preprocessor("lineart_realistic", "lineart", needs="sk_model.pth", annotators=(("lineart", "sk_model.pth"),), union=3),
         Preprocessor("lineart_coarse", "lineart", needs="sk_model2.pth", annotators=(("lineart", "sk_model2.pth"),), union=3),
         Preprocessor("lineart_anime", "lineart", needs="netG.pth", annotators=(("lineart_anime", "netG.pth"),), union=3),
@@ -98,6 +101,8 @@ ALIASES = {
     "hed": "softedge_hed",
     "hed_safe": "softedge_hedsafe",
     "pidinet": "softedge_pidinet",
+    "pidinet_safe": "softedge_pidisafe",
+    "pidinet_scribble": "scribble_pidinet",
     "lineart": "lineart_realistic",
     "ip-adapter_clip_sd15": "ip-adapter_clip_h",
     "ip-adapter_clip_sdxl_plus_vith": "ip-adapter_clip_h",

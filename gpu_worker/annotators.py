@@ -3,7 +3,8 @@ A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_he
 scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
 for lineart_coarse), OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
 by gpu_worker/openpose.py), Depth Anything V2 and V1 (depth_anything_v2, depth_anything: gpu_worker/depth.py)
-and MiDaS DPT-Hybrid (depth_midas: gpu_worker/midas.py). Each network is written here from its file's layout (its tensors' names and
+MiDaS DPT-Hybrid (depth_midas: gpu_worker/midas.py) and PiDiNet (softedge_pidinet, softedge_pidisafe,
+scribble_pidinet: gpu_worker/pidinet.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
 whose maps steer the drawing as they are.
@@ -25,6 +26,7 @@ from torch import nn
 
 from gpu_worker.depth import DepthAnythingV2, depth_map
 from gpu_worker.midas import MidasHybrid, midas_map
+from gpu_worker.pidinet import PiDiNet, pidinet_map
 from gpu_worker.model_parts import PartError, load_exact
 from gpu_worker.openpose import pose_map
 
@@ -178,6 +180,8 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
                 network = LineartAnimeGenerator.for_state(shapes)
             elif layout == "midas":
                 network = MidasHybrid.for_state(shapes)
+            elif layout == "pidinet":
+                network = PiDiNet.for_state(shapes)
             else:
                 network = NETWORKS[layout]()
         load_exact(network, state, f"the annotator {name}")
@@ -224,6 +228,8 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     try:
         if isinstance(network, MidasHybrid):
             out = midas_map(network, padded, device)
+        elif isinstance(network, PiDiNet):
+            out = pidinet_map(network, padded, device, safe=module == "softedge_pidisafe")
         elif isinstance(network, HedNetwork):
             out = _hed(network, picture, safe=module == "softedge_hedsafe")
         else:
@@ -231,7 +237,7 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     finally:
         network.to("cpu")
     out = out[:height, :width]
-    if module == "scribble_hed":
+    if module in ("scribble_hed", "scribble_pidinet"):
         out = _scribble(out)
     return out
 
@@ -390,3 +396,4 @@ NETWORKS["openpose_face"] = partial(CpmNetwork, 71)
 NETWORKS["depth_anything_v2"] = DepthAnythingV2
 NETWORKS["depth_anything"] = partial(DepthAnythingV2, version=1)
 NETWORKS["midas"] = MidasHybrid
+NETWORKS["pidinet"] = PiDiNet

@@ -384,3 +384,36 @@ def test_depth_midas_runs_dpt_hybrid_as_its_file_lays_it_out(tmp_path: Path) -> 
     assert network.taps == (4, 5)  # two thirds in and the last, as MiDaS' hooks 8 and 11 of twelve
     made = run_annotator({"midas": network}, "depth_midas", np.asarray(picture().resize((100, 70))), "cpu")
     assert made.shape == (70, 100) and made.dtype == np.uint8 and made.max() > made.min()
+
+
+def test_pidinet_runs_its_pixel_differences_and_the_extensions_three_maps(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import examine_annotator
+    from gpu_worker.pidinet import _CLOCKWISE, _RING_INNER, _RING_OUTER, LAYERS, PiDiNet, difference_conv
+
+    # The released table5_pidinet.pth: 60 channels, dilations of 24; 710,149 parameters (2.8 MB).
+    full = {k: tuple(v.shape) for k, v in PiDiNet().state_dict().items()}
+    assert full["init_block.weight"] == (60, 3, 3, 3) and full["block4_1.shortcut.weight"] == (240, 240, 1, 1)
+    assert "block1_4.conv1.weight" not in full and full["block2_4.conv1.weight"] == (120, 1, 3, 3)
+    assert sum(np.prod(s) for s in full.values()) == 710_149 and LAYERS[:4] == ("cd", "ad", "rd", "cv")
+    # Angular: each ring position less the one before it going clockwise; radial: each 3×3 neighbour
+    # put twice as far out (plus) and as far as it was (minus), on its own ray from the centre.
+    ring = [0, 1, 2, 5, 8, 7, 6, 3]
+    assert all(_CLOCKWISE[p] == ring[ring.index(p) - 1] for p in ring) and _CLOCKWISE[4] == 4
+    for k, outer, inner in zip([0, 1, 2, 3, 5, 6, 7, 8], _RING_OUTER, _RING_INNER, strict=True):
+        dy, dx = k // 3 - 1, k % 3 - 1
+        assert (outer // 5 - 2, outer % 5 - 2) == (2 * dy, 2 * dx) and (inner // 5 - 2, inner % 5 - 2) == (dy, dx)
+    flat = torch.full((1, 1, 9, 9), 0.7)
+    weight = torch.randn(1, 1, 3, 3)
+    for kind in ("cd", "ad", "rd"):  # differences of a flat picture are nothing, away from its border
+        assert difference_conv(kind, flat, weight)[0, 0, 2:-2, 2:-2].abs().max() < 1e-6
+    assert difference_conv("cv", flat, weight)[0, 0, 4, 4] == pytest.approx(0.7 * weight.sum().item(), rel=1e-5)
+
+    path = make_tiny_annotator("pidinet", tmp_path / "table5_pidinet.pth")
+    assert examine_annotator(path).layout == "pidinet"
+    network = load_annotator(path, "pidinet", "table5_pidinet")
+    rgb = np.asarray(picture().resize((90, 70)))
+    soft = run_annotator({"pidinet": network}, "softedge_pidinet", rgb, "cpu")
+    safe = run_annotator({"pidinet": network}, "softedge_pidisafe", rgb, "cpu")
+    scribble = run_annotator({"pidinet": network}, "scribble_pidinet", rgb, "cpu")
+    assert soft.shape == safe.shape == scribble.shape == (70, 90)
+    assert set(np.unique(safe)) <= {0, 127, 255} and set(np.unique(scribble)) <= {0, 255}

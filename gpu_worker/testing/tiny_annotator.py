@@ -12,6 +12,7 @@ import torch
 from gpu_worker.annotators import NETWORKS, LineartAnimeGenerator
 from gpu_worker.depth import DepthAnythingV2
 from gpu_worker.midas import MidasHybrid
+from gpu_worker.pidinet import PiDiNet
 
 
 def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
@@ -24,6 +25,8 @@ def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
         network: torch.nn.Module = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2 if kind == "depth_anything_v2" else 1)
     elif kind == "lineart_anime":  # sized by its file too: a tiny one is 4 channels wide, not 64
         network = LineartAnimeGenerator(4)
+    elif kind == "pidinet":  # the released one is 60 channels wide, its dilations 24: a tiny one 8 and 8
+        network = PiDiNet(8, 8)
     elif kind == "midas":  # a DPT-Hybrid a hundredth of the size: GroupNorm's 32 groups set the least widths
         network = MidasHybrid(32, (128, 128, 128), (1, 1, 2), 64, 6, 128, 4, 32, None)
     else:
