@@ -88,7 +88,7 @@ PREPROCESSORS: dict[str, Preprocessor] = {
         Preprocessor("lineart_coarse", "lineart", needs="sk_model2.pth", annotators=(("lineart", "sk_model2.pth"),), union=3),
         Preprocessor("lineart_anime", "lineart", needs="netG.pth", annotators=(("lineart_anime", "netG.pth"),), union=3),
         Preprocessor("normal_bae", "normal", needs="scannet.pt"),
-        Preprocessor("mlsd", "mlsd", needs="mlsd_large_512_fp32.pth"),
+        Preprocessor("mlsd", "mlsd", 0.1, 0.1, needs="mlsd_large_512_fp32.pth", annotators=(("mlsd", "mlsd_large_512_fp32.pth"),), union=3),
         Preprocessor("seg_ofade20k", "seg", needs="250_16_swin_l_oneformer_ade20k_160k.pth"),
     )
 }

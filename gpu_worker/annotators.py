@@ -3,7 +3,7 @@ A1111 extension runs them): HED for soft edges (`ControlNetHED.pth`: softedge_he
 scribble_hed), the line drawing generator (`sk_model.pth` for lineart_realistic, `sk_model2.pth`
 for lineart_coarse), OpenPose's body model (`body_pose_model.pth`: openpose, its skeletons drawn
 by gpu_worker/openpose.py), Depth Anything V2 and V1 (depth_anything_v2, depth_anything: gpu_worker/depth.py)
-MiDaS DPT-Hybrid (depth_midas: gpu_worker/midas.py) and PiDiNet (softedge_pidinet, softedge_pidisafe,
+MiDaS DPT-Hybrid (depth_midas: gpu_worker/midas.py), M-LSD (mlsd: gpu_worker/mlsd.py) and PiDiNet (softedge_pidinet, softedge_pidisafe,
 scribble_pidinet: gpu_worker/pidinet.py). Each network is written here from its file's layout (its tensors' names and
 shapes); the files are read as state dicts only, a pickle after the bot's allow-list reader vetted
 it and then by torch with weights_only. They run in float32 on the worker's device: small networks,
@@ -28,6 +28,7 @@ from gpu_worker.depth import DepthAnythingV2, depth_map
 from gpu_worker.midas import MidasHybrid, midas_map
 from gpu_worker.model_parts import PartError, load_exact
 from gpu_worker.openpose import pose_map
+from gpu_worker.mlsd import MlsdLarge, mlsd_map
 from gpu_worker.pidinet import PiDiNet, pidinet_map
 
 RESIDENT = 2  # annotators kept in CPU RAM between batches
@@ -208,7 +209,13 @@ class AnnotatorCache:
 
 
 @torch.inference_mode()
-def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, device: torch.device | str) -> np.ndarray:
+def run_annotator(
+    networks: dict[str, nn.Module],
+    module: str,
+    rgb: np.ndarray,
+    device: torch.device | str,
+    thresholds: tuple[float | None, float | None] = (None, None),
+) -> np.ndarray:
     """`module`'s map of `rgb` (H×W×3 uint8) as the extension makes it, from its networks by layout:
     gray (H×W uint8), the picture padded at its edges to a multiple of 64 for the network and the
     padding cut off again; a pose's skeletons in colour (H×W×3), at the body model's own scale, with
@@ -228,6 +235,8 @@ def run_annotator(networks: dict[str, nn.Module], module: str, rgb: np.ndarray, 
     try:
         if isinstance(network, MidasHybrid):
             out = midas_map(network, padded, device)
+        elif isinstance(network, MlsdLarge):  # its sliders: the lines' value and distance thresholds
+            out = mlsd_map(network, padded, device, thresholds[0] or 0.1, thresholds[1] or 0.1)
         elif isinstance(network, PiDiNet):
             out = pidinet_map(network, padded, device, safe=module == "softedge_pidisafe")
         elif isinstance(network, HedNetwork):
@@ -397,3 +406,4 @@ NETWORKS["depth_anything_v2"] = DepthAnythingV2
 NETWORKS["depth_anything"] = partial(DepthAnythingV2, version=1)
 NETWORKS["midas"] = MidasHybrid
 NETWORKS["pidinet"] = PiDiNet
+NETWORKS["mlsd"] = MlsdLarge

@@ -303,7 +303,7 @@ class ControlNetCache:
             networks = {a.role: self._annotators.get(a.path, a.sha256, a.role, a.name) for a in use.annotators}
         except AnnotatorError as e:
             raise ControlNetError(str(e)) from None
-        return partial(run_annotator, networks, unit.module, device=device)
+        return partial(run_annotator, networks, unit.module, device=device, thresholds=(unit.threshold_a, unit.threshold_b))
 
     def _get_flux(self, use: ControlNetUse, transformer: torch.nn.Module, dtype: torch.dtype) -> FluxControlNetModel:
         return self._cached(use, transformer.config, dtype, lambda: load_flux_controlnet(Path(use.path), use.name, transformer.config, dtype))  # type: ignore[return-value]

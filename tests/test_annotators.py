@@ -417,3 +417,38 @@ def test_pidinet_runs_its_pixel_differences_and_the_extensions_three_maps(tmp_pa
     scribble = run_annotator({"pidinet": network}, "scribble_pidinet", rgb, "cpu")
     assert soft.shape == safe.shape == scribble.shape == (70, 90)
     assert set(np.unique(safe)) <= {0, 127, 255} and set(np.unique(scribble)) <= {0, 255}
+
+
+def test_mlsd_finds_lines_from_centres_and_their_ends(tmp_path: Path) -> None:
+    from bot.controlnets.annotators import examine_annotator
+    from gpu_worker.mlsd import MlsdLarge, lines_from
+
+    # The released mlsd_large_512_fp32.pth: MobileNetV2 to 96 channels (four inputs), the fusion
+    # blocks 15-23; 1.55 M parameters (6.2 MB).
+    full = {k: tuple(v.shape) for k, v in MlsdLarge().state_dict().items()}
+    assert full["backbone.features.0.0.weight"] == (32, 4, 3, 3) and full["backbone.features.13.conv.2.weight"] == (96, 576, 1, 1)
+    assert full["block15.conv1.0.weight"] == (64, 96, 1, 1) and full["block23.conv3.weight"] == (16, 64, 1, 1)
+    # A centre at (x 20, y 10) whose ends lie 5 to each side, and a weaker one beside it (not a 5×5
+    # maximum); a third centre whose line is too short for the distance threshold.
+    maps = torch.full((1, 9, 32, 48), -20.0)
+    maps[0, 1:5] = 0.0
+    maps[0, 0, 10, 20], maps[0, 0, 10, 21] = 5.0, 4.0
+    maps[0, 1:5, 10, 20] = torch.tensor([-5.0, 0.0, 5.0, 0.0])
+    maps[0, 0, 25, 40] = 5.0
+    maps[0, 1:5, 25, 40] = torch.tensor([0.0, -0.5, 0.0, 0.5])
+    assert lines_from(maps, 0.1, 2.0).tolist() == [[15.0, 10.0, 25.0, 10.0]]
+    assert len(lines_from(maps, 0.1, 0.1)) == 2 and len(lines_from(maps, 0.999, 0.1)) == 0
+    from gpu_worker.mlsd import mlsd_map
+
+    class Fixed(torch.nn.Module):  # the maps above, for a 96×64 picture (they are at half its size)
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert x.shape == (1, 4, 64, 96) and torch.allclose(x[0, 3], torch.full((64, 96), 1 / 127.5 - 1))
+            return maps
+
+    drawn = mlsd_map(Fixed(), np.zeros((64, 96, 3), np.uint8), "cpu", 0.1, 2.0)
+    assert drawn[20, 30:51].min() == 255 and drawn.sum() == 21 * 255  # (30, 20) to (50, 20), one pixel wide
+    path = make_tiny_annotator("mlsd", tmp_path / "mlsd_large_512_fp32.pth")
+    assert examine_annotator(path).layout == "mlsd"
+    network = load_annotator(path, "mlsd", "mlsd_large_512_fp32")
+    made = run_annotator({"mlsd": network}, "mlsd", np.asarray(picture().resize((90, 70))), "cpu", (0.1, 0.1))
+    assert made.shape == (70, 90) and set(np.unique(made)) <= {0, 255}

@@ -6,7 +6,7 @@ the work), and the one a unit's preprocessor runs with.
 Which network a file holds is read from its tensors' names and shapes (gpu_worker/annotators.py
 builds the same): HED (`ControlNetHED.pth`) and the line drawing generator (`sk_model.pth`,
 `sk_model2.pth`: one network, two trainings, told apart by name as the extension does), the anime
-line drawing U-Net (`netG.pth`), MiDaS' DPT-Hybrid (`dpt_hybrid-midas-501f0c75.pt`), PiDiNet (`table5_pidinet.pth`), OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
+line drawing U-Net (`netG.pth`), MiDaS' DPT-Hybrid (`dpt_hybrid-midas-501f0c75.pt`), PiDiNet (`table5_pidinet.pth`), M-LSD (`mlsd_large_512_fp32.pth`), OpenPose's body, hand and face models (`body_pose_model.pth`, `hand_pose_model.pth`, `facenet.pth`)
 and Depth Anything V2 (`depth_anything_v2_vit?.pth`, `depth_anything_v2_vitl.safetensors`) and V1
 (`depth_anything_vitl14.pth`: the same tensors' names; told apart by file name, as the extension does). Other annotator files are registered as not run, named. A `.pth` is vetted by the allow-list pickle reader.
 """
@@ -39,6 +39,8 @@ def annotator_layout(shapes: dict[str, tuple[int, ...]]) -> str:
         return "openpose_body"
     if shapes.get("conv1_1.weight") == (64, 3, 3, 3) and shapes.get("Mconv7_stage6.weight") in ((22, 128, 1, 1), (71, 128, 1, 1)):
         return "openpose_hand" if shapes["Mconv7_stage6.weight"][0] == 22 else "openpose_face"
+    if shapes.get("backbone.features.0.0.weight") == (32, 4, 3, 3) and shapes.get("block23.conv3.weight") == (16, 64, 1, 1):
+        return "mlsd"  # M-LSD large (mlsd_large_512_fp32.pth)
     if shapes.get("init_block.weight", ())[1:] == (3, 3, 3) and shapes.get("classifier.weight") == (1, 4, 1, 1):
         return "pidinet"  # PiDiNet (table5_pidinet.pth)
     if "pretrained.model.patch_embed.backbone.stem.conv.weight" in shapes and "scratch.output_conv.4.weight" in shapes:
@@ -66,6 +68,7 @@ def examine_annotator(path: Path) -> FileKind:
         "lineart_anime": "anime line drawing (lineart_anime)",
         "midas": "MiDaS DPT-Hybrid depth (depth_midas)",
         "pidinet": "PiDiNet soft edges (softedge_pidinet, softedge_pidisafe, scribble_pidinet)",
+        "mlsd": "M-LSD straight lines (mlsd)",
     }
     return FileKind(
         "annotator",
@@ -73,7 +76,7 @@ def examine_annotator(path: Path) -> FileKind:
         layout,
         labels.get(layout, "an annotator Easel does not run"),
         bool(layout),
-        "" if layout else "not HED, the lineart generators (realistic, anime), OpenPose's body, hand or face model, MiDaS DPT-Hybrid, PiDiNet or Depth Anything V1/V2 (S, B, L): Easel runs those",
+        "" if layout else "not HED, the lineart generators (realistic, anime), OpenPose's body, hand or face model, MiDaS DPT-Hybrid, PiDiNet, M-LSD or Depth Anything V1/V2 (S, B, L): Easel runs those",
         None,
         metadata,
         "pickle" if pickled else "safetensors",
