@@ -26,9 +26,9 @@ from torch import nn
 
 from gpu_worker.depth import DepthAnythingV2, depth_map
 from gpu_worker.midas import MidasHybrid, midas_map
+from gpu_worker.mlsd import MlsdLarge, mlsd_map
 from gpu_worker.model_parts import PartError, load_exact
 from gpu_worker.openpose import pose_map
-from gpu_worker.mlsd import MlsdLarge, mlsd_map
 from gpu_worker.pidinet import PiDiNet, pidinet_map
 
 RESIDENT = 2  # annotators kept in CPU RAM between batches

@@ -140,7 +140,7 @@ class MlsdLarge(nn.Module):
 
 def lines_from(maps: torch.Tensor, score_threshold: float, distance_threshold: float) -> np.ndarray:
     """mlsd's deccode_output_score_and_ptss and pred_lines: (x1, y1, x2, y2) per line, at the maps' size."""
-    height, width = maps.shape[2:]
+    width = maps.shape[3]
     heat = torch.sigmoid(maps[0, 0])
     peaks = nn.functional.max_pool2d(heat[None, None], 5, stride=1, padding=2)[0, 0]
     heat = (heat * (peaks == heat)).reshape(-1)
