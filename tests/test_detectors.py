@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,35 @@ def test_the_command_line_registers_detectors_and_draws_with_them(cli, add_tiny,
     [png] = sorted((tmp_path / "out").glob("*.png"))
     text = Image.open(png).info["parameters"]
     assert "ADetailer model: NudeNet faces" in text and "ADetailer model 2nd: hand_yolov8n.pt" in text
+
+
+def test_a_layer_record_outside_what_yolo_has_is_refused_by_name(detectors) -> None:
+    """The settings a hostile file records are checked before anything is built: sizes, kernels,
+    strides, upsampling, where a layer reads from."""
+    from dataclasses import replace
+
+    from common.detector_file import Layer
+    from gpu_worker.yolo import _sources, build
+
+    conv = Layer("Conv2d", {"in_channels": 3, "out_channels": 8, "kernel_size": (3, 3), "stride": (1, 1), "padding": (1, 1), "dilation": (1, 1), "groups": 1}, ("weight",))
+    assert isinstance(build(conv), torch.nn.Conv2d)
+    for change, said in (
+        ({"kernel_size": (99, 99)}, "a kernel_size of (99, 99)"),
+        ({"out_channels": 10**6}, "a out_channels of 1000000"),
+        ({"stride": (0, 0)}, "a stride of (0, 0)"),
+        ({"groups": 3}, "channels do not divide into its groups"),
+        ({"padding_mode": "circular"}, "pads in a way YOLO's do not"),
+        ({"in_channels": True}, "a in_channels of True"),
+    ):
+        with pytest.raises(DetectorError, match=re.escape(said)):
+            build(replace(conv, settings=conv.settings | change))
+    with pytest.raises(DetectorError, match=re.escape("its Upsample is not YOLO's nearest ×2")):
+        build(Layer("Upsample", {"scale_factor": 64.0, "mode": "nearest"}, ()))
+    with pytest.raises(DetectorError, match="it has a Lambda layer, which Easel does not run"):
+        build(Layer("Lambda", {}, ()))
+    with pytest.raises(DetectorError, match="its Conv has no conv"):
+        build(Layer("Conv", {}, (), {"act": Layer("SiLU", {}, ())}))
+    face = read_detector(detectors["face"])
+    forward = replace(face, layers=(replace(face.layers[0], settings=face.layers[0].settings | {"f": 5}), *face.layers[1:]))
+    with pytest.raises(DetectorError, match=r"its layer 0 reads from 5, which is not an earlier layer"):
+        _sources(forward)
