@@ -73,6 +73,7 @@ from bot.upscalers.service import Upscaled, UpscaleService, upscaled_size
 from bot.wildcards import WildcardError, WildcardLibrary, is_template
 from common.control import MAX_UNITS as MAX_CONTROL_UNITS
 from common.control import ControlUnit, preprocessor, units_from_infotext
+from common.detail import HAND_DETECTOR
 from common.detail import from_infotext as detail_from_infotext
 from common.editing import EDIT_MODELS, INFOTEXT_KEY, edit_model, install_hint, read_hashes
 from common.errors import EaselError
@@ -463,16 +464,27 @@ class Jobs:
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
-            **detail_from_infotext(params),  # ADetailer's face pass (common/detail.py)
+            **await self._detail_here(params),  # ADetailer's face and hand passes (common/detail.py)
             "edit_images": _edit_hashes(params),
             "control": units_from_infotext(params),  # with the pictures Easel kept for them
             **_read_back(params),
         }
         # A1111's extension writes its units but keeps no picture for them: drawn without, and said so.
         unpictured = "ControlNet 0" in params and not given["control"]
-        note = "its ControlNet units were left out: the picture's parameters carry no picture for them" if unpictured else ""
+        notes = ["its ControlNet units were left out: the picture's parameters carry no picture for them"] if unpictured else []
+        if given.get("detail") != detail_from_infotext(params).get("detail"):
+            notes.append(f"its ADetailer hand pass was left out: no hand detector ({HAND_DETECTOR}) is installed here")
+        note = "; ".join(notes)
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size, note=note)
         return await self.plan_imagine(asker, place, options)
+
+    async def _detail_here(self, params: dict[str, str]) -> dict[str, object]:
+        """The detail pass a picture's parameters describe, less its hand pass where no hand detector is
+        installed (the rest of the picture is still made)."""
+        found = detail_from_infotext(params)
+        if found.get("detail") in ("hands", "both") and (self.detectors is None or await self.detectors.for_target("hands") is None):
+            return found | {"detail": "faces"} if found["detail"] == "both" else {}
+        return found
 
     async def read_parameters(self, picture: bytes, requester: str | None = None) -> tuple[str, Infotext]:
         """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading).

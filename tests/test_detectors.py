@@ -290,3 +290,40 @@ def test_a_layer_record_outside_what_yolo_has_is_refused_by_name(detectors) -> N
     forward = replace(face, layers=(replace(face.layers[0], settings=face.layers[0].settings | {"f": 5}), *face.layers[1:]))
     with pytest.raises(DetectorError, match=r"its layer 0 reads from 5, which is not an earlier layer"):
         _sources(forward)
+
+
+async def test_make_this_here_keeps_an_a1111_pictures_hand_pass_only_where_a_hand_detector_is(tmp_path: Path, tiny_dir: Path, detectors) -> None:
+    import shutil
+
+    from bot.checkpoints.registry import CheckpointRegistry
+    from bot.db import open_database
+    from bot.detectors import DetectorRegistry
+    from bot.generation.service import GenerationService
+    from bot.images.infotext import parse_infotext as read_infotext
+    from bot.jobs import Asker, Jobs, Place
+    from bot.rules.limits import Limits
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny_dir / "tiny-sd1.safetensors", tmp_path / "models" / "tiny.safetensors")
+    db = await open_database(tmp_path / "easel.sqlite3")
+    try:
+        checkpoints = CheckpointRegistry(db, tmp_path / "models")
+        await checkpoints.scan()
+        registry = DetectorRegistry(db, tmp_path / "models")
+        jobs = Jobs(checkpoints, GenerationService(db, [], Limits()), None, detectors=registry)  # plans only: no worker
+        text = (
+            "a hand\nSteps: 4, Seed: 5, Size: 64x64, Model: tiny, ADetailer model: face_yolov8n.pt, "
+            "ADetailer denoising strength: 0.3, ADetailer model 2nd: hand_yolov8n.pt, ADetailer version: 24.11.1"
+        )
+        [spec] = (await jobs.plan_from_infotext(Asker.host(), Place.command_line(), read_infotext(text))).specs
+        assert spec.parameters.detail == "faces" and spec.parameters.detail_strength == 0.3
+        assert "its ADetailer hand pass was left out: no hand detector (hand_yolov8n.pt) is installed here" in spec.notes
+        assert [d.target for d in spec.detectors] == ["faces"] and spec.detectors[0].detector is None  # the check's faces
+        (tmp_path / "models" / "adetailer").mkdir()
+        shutil.copy(detectors["hand"], tmp_path / "models" / "adetailer" / "hand_yolov8n.pt")
+        await registry.scan()
+        [spec] = (await jobs.plan_from_infotext(Asker.host(), Place.command_line(), read_infotext(text))).specs
+        assert spec.parameters.detail == "both" and not any("hand pass" in n for n in spec.notes)
+        assert [(d.target, d.detector.name if d.detector else None) for d in spec.detectors] == [("faces", None), ("hands", "hand_yolov8n.pt")]
+    finally:
+        await db.close()
