@@ -16,7 +16,7 @@ from bot.rules.limits import MAX_CFG, MAX_PICTURES_PER_COMMAND, MAX_STEPS
 from cogs.utils.attachments import read_attachment
 from cogs.utils.checkpoint_option import Offered
 from cogs.utils.context import asker, place
-from cogs.utils.controlnet_option import MODES, PREPROCESSORS, ControlNet
+from cogs.utils.controlnet_option import MODES, ControlNet, Preprocessor
 from cogs.utils.job_messages import run_plan
 from cogs.utils.sampler_option import Sampler
 from common.control import ControlUnit
@@ -60,9 +60,6 @@ class Control(commands.Cog):
         detail="ADetailer's pass after the picture: each face (hand) found redrawn at full size",
     )
     @app_commands.choices(
-        preprocessor=PREPROCESSORS,
-        preprocessor2=PREPROCESSORS,
-        preprocessor3=PREPROCESSORS,
         mode=MODES,
         detail=[app_commands.Choice(name=t, value=t) for t in DETAIL_TARGETS],
         aspect=[app_commands.Choice(name=a, value=a) for a in ASPECTS],
@@ -74,18 +71,18 @@ class Control(commands.Cog):
         interaction: discord.Interaction,
         image: discord.Attachment,
         prompt: app_commands.Range[str, 1, 1500],
-        preprocessor: str = "canny",
+        preprocessor: Preprocessor = "canny",
         model: ControlNet | None = None,
         weight: app_commands.Range[float, 0.0, 2.0] = 1.0,
         start: app_commands.Range[float, 0.0, 1.0] = 0.0,
         end: app_commands.Range[float, 0.0, 1.0] = 1.0,
         mode: str = "Balanced",
         image2: discord.Attachment | None = None,
-        preprocessor2: str = "canny",
+        preprocessor2: Preprocessor = "canny",
         model2: ControlNet | None = None,
         weight2: app_commands.Range[float, 0.0, 2.0] = 1.0,
         image3: discord.Attachment | None = None,
-        preprocessor3: str = "canny",
+        preprocessor3: Preprocessor = "canny",
         model3: ControlNet | None = None,
         weight3: app_commands.Range[float, 0.0, 2.0] = 1.0,
         negative: app_commands.Range[str, 0, 1000] | None = None,

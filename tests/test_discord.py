@@ -1174,6 +1174,10 @@ async def test_control_draws_after_a_pictures_edges_and_shows_the_map(env: simco
         assert [e.name for e in report.added] == ["control_v11p_sd15_canny"] and "control_hostile.pth" in str(report.errors)
         choices = await alice.autocomplete(channel, "control", "model", "", image=square, prompt="x")
         assert [c["value"] for c in choices] == ["control_v11p_sd15_canny"]
+        # The preprocessors Easel runs are more than Discord's 25 choices: offered as typed.
+        offered = await alice.autocomplete(channel, "control", "preprocessor", "pidi", image=square, prompt="x")
+        assert [c["value"] for c in offered] == ["softedge_pidinet", "softedge_pidisafe", "scribble_pidinet"]
+        assert len(await alice.autocomplete(channel, "control", "preprocessor", "", image=square, prompt="x")) == 25
         result = await alice.slash(channel, "control", image=square, prompt="a box", checkpoint="tiny-sd1", steps=3, seed=4, detail="faces")
         message = result.response
         names = [a.filename for a in message.attachments]
