@@ -23,7 +23,9 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TAPS = {12: (2, 5, 8, 11), 24: (4, 11, 17, 23)}
 
 
-class _Attention(nn.Module):
+class Attention(nn.Module):
+    """A vision transformer's multi-head self-attention (qkv in one projection): DINOv2's and ViT-B's."""
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -59,7 +61,7 @@ class _Block(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim, eps=1e-6), nn.LayerNorm(dim, eps=1e-6)
-        self.attn, self.mlp = _Attention(dim, heads), _Mlp(dim)
+        self.attn, self.mlp = Attention(dim, heads), _Mlp(dim)
         self.ls1, self.ls2 = _LayerScale(dim), _LayerScale(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gpu_worker.depth import Attention
+
 PATCH = 16
 STAGE_STRIDES = (1, 2, 2)
 
@@ -126,19 +128,6 @@ class _PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(channels, dim, 1)
 
 
-class _Attention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(dim, dim * 3)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
-
-
 class _Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
@@ -151,7 +140,7 @@ class _Mlp(nn.Module):
 class _Block(nn.Module):
     def __init__(self, dim: int, heads: int, hidden: int) -> None:
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), _Attention(dim, heads)
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
         self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), _Mlp(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

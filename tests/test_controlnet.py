@@ -300,17 +300,21 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path, tiny_
         validate(request, sd3, Limits())
 
 
+def ip_adapter(base: str, folder: Path) -> tuple[Path, Path, ControlNetUse]:
+    """A tiny h94-layout IP-Adapter for `base`, the tiny CLIP vision encoder, and the unit's model."""
+    from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision, make_tiny_ip_adapter
+
+    adapter = make_tiny_ip_adapter(base, folder / f"ip-adapter_tiny_{'sd15' if base == 'sd1' else base}.safetensors")
+    encoder = make_tiny_clip_vision(folder / "clip_vision_tiny.safetensors")
+    encoded = ComponentUse("clip_vision", encoder.name, str(encoder), "e" * 64)
+    return adapter, encoder, replace(use(adapter, base), layout="ip-adapter", encoder=encoded)
+
+
 def test_an_ip_adapter_reads_its_picture_and_leaves_the_pipeline_as_it_was(files, runner_and_events, tmp_path: Path) -> None:
     """h94's layout through diffusers' loader: weight 0 draws the picture no unit draws, bit for bit;
     1 another; acting for half the steps a third; and after the batch the UNet is the checkpoint's
     again (the adapter unloaded: the next plain job draws the plain picture)."""
-    from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision, make_tiny_ip_adapter
-
-    adapter = make_tiny_ip_adapter("sd1", tmp_path / "ip-adapter_tiny_sd15.safetensors")
-    encoder = make_tiny_clip_vision(tmp_path / "clip_vision_tiny.safetensors")
-    model = replace(
-        use(adapter, "sd1"), layout="ip-adapter", encoder=ComponentUse("clip_vision", encoder.name, str(encoder), "e" * 64)
-    )
+    adapter, encoder, model = ip_adapter("sd1", tmp_path)
     checkpoint = load(files["sd1"], "sd1")
     plain = pixels(draw(runner_and_events, checkpoint))
     reference = unit(module="ip-adapter_clip_h", threshold_a=None, threshold_b=None)
@@ -355,13 +359,7 @@ def test_an_sdxl_ip_adapter_reads_its_picture_through_the_same_path(files, runne
     """h94's SDXL layout (its cross-attention layers numbered over SDXL's blocks) on the tiny SDXL
     checkpoint: weight 0 is the plain picture bit for bit, weight 1 another, and the UNet is the
     checkpoint's again after the batch."""
-    from gpu_worker.testing.tiny_controlnet import make_tiny_clip_vision, make_tiny_ip_adapter
-
-    adapter = make_tiny_ip_adapter("sdxl", tmp_path / "ip-adapter_tiny_sdxl.safetensors")
-    encoder = make_tiny_clip_vision(tmp_path / "clip_vision_tiny.safetensors")
-    model = replace(
-        use(adapter, "sdxl"), layout="ip-adapter", encoder=ComponentUse("clip_vision", encoder.name, str(encoder), "e" * 64)
-    )
+    _, _, model = ip_adapter("sdxl", tmp_path)
     checkpoint = load(files["sdxl"], "sdxl")
     plain = pixels(draw(runner_and_events, checkpoint))
     reference = unit(module="ip-adapter_clip_g", threshold_a=None, threshold_b=None)
