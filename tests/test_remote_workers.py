@@ -30,6 +30,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
+from bot import preloaded
 from bot.checkpoints.registry import CheckpointRegistry
 from bot.db import open_database
 from bot.generation.checkpoint_ref import CheckpointRef, resolve_checkpoint
@@ -110,22 +111,25 @@ class Cluster:
     redis: RedisServer
     service: GenerationService
     checkpoints: dict[str, CheckpointRef]
-    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    workers: dict[str, subprocess.Popen[bytes] | preloaded.PreloadedProcess] = field(default_factory=dict)
     folders: dict[str, Path] = field(default_factory=dict)
     metrics_port: int = 0
 
-    def start_worker(self, name: str, url: str | None = None, *extra: str) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"worker-{name}.log").open("ab")
-        argv = [sys.executable, "-m", "gpu_worker", "remote", "--broker", url or self.redis.url]
+    def start_worker(self, name: str, url: str | None = None, *extra: str) -> subprocess.Popen[bytes] | preloaded.PreloadedProcess:
+        """`python -m gpu_worker remote …`, forked by this test process's preloader (bot/preloaded.py)
+        when it is up, as the bot starts its own workers: the same command without its imports to wait
+        for; else started afresh."""
+        argv = ["remote", "--broker", url or self.redis.url]
         argv += ["--models-dir", str(self.folders[name]), "--devices", "cpu", "--log-level", "INFO", *extra]
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-            preexec_fn=ends_with_parent,
-        )
+        with (self.tmp / f"worker-{name}.log").open("ab") as log, open(os.devnull, "rb") as quiet:
+            process = preloaded.start(argv, None, (quiet.fileno(), log.fileno(), log.fileno())) or subprocess.Popen(
+                [sys.executable, "-m", "gpu_worker", *argv],
+                cwd=REPO,
+                stdout=log,
+                stderr=log,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                preexec_fn=ends_with_parent,
+            )
         self.workers[name] = process
         return process
 
