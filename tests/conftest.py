@@ -32,10 +32,13 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session", autouse=True)
 def preloader_warmed() -> None:
     """Each test process starts the worker preloader at once (bot/preloaded.py), as a long-running bot
-    has it by its second child: the workers the tests start are forked from it."""
+    has it by its second child, and waits for its imports (a few seconds, once): every worker and tool
+    the tests start is then forked from it, none pays the imports again."""
     from bot import preloaded
 
     preloaded.warm_up()
+    if preloaded._preloader is not None:
+        preloaded._preloader.wait_ready(120)
 
 
 @pytest.fixture(autouse=True)
