@@ -384,23 +384,30 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
     """The bot dies mid-batch (its end of the pipe closes): the worker's batch ends unseen and the
     process exits 0, without the BrokenPipe tracebacks it once printed for every event it sent."""
     import json
+    import os
     import socket
     import subprocess
     import sys
     from multiprocessing.connection import Connection
 
+    from bot import preloaded
     from common.protocol import BatchProgress, JobPart, LoadRequest, RunBatch, WorkerReady, decode, encode
     from tests.conftest import REPO
 
     ours, theirs = socket.socketpair()
     config = json.dumps({"device": "cpu", "log_level": "INFO"})
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "gpu_worker", "serve", "--fd", str(theirs.fileno()), "--config", config],
-        pass_fds=(theirs.fileno(),),
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Forked by the preloader as the bot starts its workers (else afresh): its stderr read to its end.
+    err_read, err_write = os.pipe()
+    with open(os.devnull, "rb") as quiet:
+        worker = preloaded.start(["serve", "--config", config], theirs.fileno(), (quiet.fileno(), err_write, err_write))
+    if worker is None:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "gpu_worker", "serve", "--fd", str(theirs.fileno()), "--config", config],
+            pass_fds=(theirs.fileno(),),
+            cwd=REPO,
+            stderr=err_write,
+        )
+    os.close(err_write)
     theirs.close()
     conn = Connection(ours.detach())
     try:
@@ -423,7 +430,8 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
             pass
     finally:
         conn.close()  # the bot is gone
-    _, stderr = worker.communicate(timeout=120)
-    assert worker.returncode == 0, stderr[-2000:]
+    with os.fdopen(err_read, "r") as errors:
+        stderr = errors.read()
+    assert worker.wait(120) == 0, stderr[-2000:]
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
     assert "the bot went away" in stderr
