@@ -5,7 +5,7 @@ ADetailer (Bing-su/adetailer) finds faces, hands and people with YOLOv8 models t
 Bingsu/adetailer on Hugging Face), kept in `models/adetailer` (ComfyUI's Impact Pack keeps the same
 files in `models/ultralytics/bbox` and `models/ultralytics/segm`). Such a file is not a state dict: its
 pickle holds the whole model object — ultralytics' and torch's module classes, their settings, and
-the tensors inside them — and ultralytics reads it with torch.load(weights_only=False).
+the tensors inside them — and ultralytics unpickles it whole, running what it names.
 
 Here the bounded pickle interpreter (common/safe_pickle.py) reads it with one more allowance: a class
 from ultralytics' or torch's module packages becomes an inert record of its recorded state — nothing is

@@ -151,8 +151,8 @@ class _Block(nn.Module):
 class _VisionTransformer(nn.Module):
     def __init__(self, backbone: _Backbone, dim: int, depth: int, hidden: int, grid: int, classes: int | None) -> None:
         super().__init__()
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim, device=torch.get_default_device()))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, dim, device=torch.get_default_device()))
         self.patch_embed = _PatchEmbed(backbone, backbone.stages[-1].blocks[0].conv3.out_channels, dim)
         self.blocks = nn.ModuleList(_Block(dim, max(1, dim // 64), hidden) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)

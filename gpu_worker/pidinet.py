@@ -50,7 +50,7 @@ class _DifferenceConv(nn.Module):
     def __init__(self, kind: str, channels_in: int, channels_out: int, groups: int = 1) -> None:
         super().__init__()
         self.kind, self.groups = kind, groups
-        self.weight = nn.Parameter(torch.empty(channels_out, channels_in // groups, 3, 3))
+        self.weight = nn.Parameter(torch.empty(channels_out, channels_in // groups, 3, 3, device=torch.get_default_device()))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # as nn.Conv2d starts (the file's replace it)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

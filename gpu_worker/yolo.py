@@ -315,7 +315,7 @@ def load_detector(path: Path, name: str) -> tuple[YoloNetwork, DetectorFile]:
                 if dtype is None:
                     raise DetectorError(f"its tensor {tensor.name} is {tensor.dtype}, which YOLO models are not")
                 raw = bytearray(reader.tensor_bytes(tensor))
-                value = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+                value = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype, device="cpu")
                 state[tensor.name] = value.reshape(tensor.shape).float() if dtype.is_floating_point else value.reshape(tensor.shape)
         load_exact(network, state, f"the detector {name}")
     except DetectorError as e:

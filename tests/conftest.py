@@ -29,10 +29,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The preloader starts importing while the tests are collected (in each process that runs tests:
+    not in xdist's controller, which runs none)."""
+    if "PYTEST_XDIST_WORKER" in os.environ or not getattr(config.option, "numprocesses", None):
+        from bot import preloaded
+
+        preloaded.warm_up()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def preloader_warmed() -> None:
-    """Each test process starts the worker preloader at once (bot/preloaded.py), as a long-running bot
-    has it by its second child, and waits for its imports (a few seconds, once): every worker and tool
+    """Each test process has the worker preloader (bot/preloaded.py), as a long-running bot has it by
+    its second child, and waits for its imports once (begun during collection): every worker and tool
     the tests start is then forked from it, none pays the imports again."""
     from bot import preloaded
 
