@@ -327,3 +327,20 @@ async def test_make_this_here_keeps_an_a1111_pictures_hand_pass_only_where_a_han
         assert [(d.target, d.detector.name if d.detector else None) for d in spec.detectors] == [("faces", None), ("hands", "hand_yolov8n.pt")]
     finally:
         await db.close()
+
+
+def test_a_segmentation_models_mask_is_grown_by_the_dilation_and_kept_to_its_box() -> None:
+    from common.detail import DILATE
+    from gpu_worker.detail_pass import region_mask
+    from gpu_worker.yolo import Found
+
+    shape = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(shape).ellipse((20, 20, 39, 39), fill=255)  # a round thing found in its box
+    ImageDraw.Draw(shape).rectangle((0, 0, 5, 5), fill=255)  # a stray blob outside the box
+    mask = np.asarray(region_mask((64, 64), Found((20, 20, 40, 40), 0.9, shape))) > 0
+    ys, xs = np.nonzero(mask)
+    assert (xs.min(), ys.min(), xs.max(), ys.max()) == (20 - DILATE, 20 - DILATE, 39 + DILATE, 39 + DILATE)
+    assert not mask[:10, :10].any()  # kept to the box, grown as ADetailer grows it
+    assert not mask[20 - DILATE, 20 - DILATE]  # a corner of the box, far from the round shape
+    boxed = np.asarray(region_mask((64, 64), Found((20, 20, 40, 40), 0.9))) > 0
+    assert boxed[20 - DILATE : 40 + DILATE, 20 - DILATE : 40 + DILATE].all() and boxed.sum() == (20 + 2 * DILATE) ** 2
