@@ -2,7 +2,8 @@
 gpu_worker serve`, paying torch's, diffusers' and transformers' imports) against forked by the
 preloader (bot/preloaded.py), which imported them once. The demo model, one 64 px picture, 4 steps;
 5 interleaved rounds after a warm-up of each. Wall seconds, and the child's own CPU seconds (its
-/proc entry, read as it ends).
+/proc entry, read as it ends); and how long it takes to end once told to (a forked child leaves
+without Python's finalisation: gpu_worker/__main__.py).
 python bench/worker_start.py   (writes bench/results/worker_start-DATE.json)
 """
 
@@ -44,7 +45,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-async def first_picture(forked: bool) -> tuple[float, float]:
+async def first_picture(forked: bool) -> tuple[float, float, float]:
     os.environ[preloaded.SWITCH] = "true" if forked else "false"
     loop = asyncio.get_running_loop()
     ready, done, ended = asyncio.Event(), loop.create_future(), loop.create_future()
@@ -68,22 +69,24 @@ async def first_picture(forked: bool) -> tuple[float, float]:
     assert isinstance(outcome, BatchFinished), outcome
     seconds = time.perf_counter() - started
     cpu = cpu_seconds(child.pid)
+    stopping = time.perf_counter()
     child.send(encode(Shutdown()))
     await ended
-    return seconds, cpu
+    return seconds, cpu, time.perf_counter() - stopping
 
 
 async def main() -> None:
     preloaded.warm_up()
     assert preloaded._preloader is not None and await asyncio.to_thread(preloaded._preloader.wait_ready, 120)
-    results: dict[str, list[tuple[float, float]]] = {"afresh": [], "forked": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"afresh": [], "forked": []}
     for case in results:  # warm-up: the page cache, the preloader's first fork
         await first_picture(case == "forked")
     for _ in range(5):
         for case in results:
             results[case].append(await first_picture(case == "forked"))
-    wall = {case: spread([w for w, _ in runs]) for case, runs in results.items()}
-    cpu = {case: spread([c for _, c in runs]) for case, runs in results.items()}
+    wall = {case: spread([w for w, _, _ in runs]) for case, runs in results.items()}
+    cpu = {case: spread([c for _, c, _ in runs]) for case, runs in results.items()}
+    stop = {case: spread([s for _, _, s in runs]) for case, runs in results.items()}
     report(
         "worker_start",
         {
@@ -91,6 +94,8 @@ async def main() -> None:
             "child_cpu_seconds": cpu,
             "forked_over_afresh_wall": round(wall["forked"]["median"] / wall["afresh"]["median"], 3),
             "forked_over_afresh_cpu": round(cpu["forked"]["median"] / cpu["afresh"]["median"], 3),
+            "wall_seconds_to_stop": stop,
+            "forked_over_afresh_stop": round(stop["forked"]["median"] / stop["afresh"]["median"], 3),
         },
     )
 
