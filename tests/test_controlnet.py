@@ -263,6 +263,11 @@ async def test_the_rules_pick_and_hold_a_unit_to_its_model(tmp_path: Path, tiny_
         scanned = await registry.scan()
         assert len(scanned.added) == 3
         assert (await registry.for_unit("", "canny", "sd1")).name == "control_v11p_sd15_canny"  # v1.1 first
+        make_tiny_controlnet("sd1", folder / "control_v11p_sd15_lineart.safetensors", seed=4)
+        make_tiny_controlnet("sd1", folder / "control_v11p_sd15s2_lineart_anime.safetensors", seed=5)
+        await registry.scan()
+        assert (await registry.for_unit("", "lineart_anime", "sd1")).name == "control_v11p_sd15s2_lineart_anime"
+        assert (await registry.for_unit("", "lineart_realistic", "sd1")).name == "control_v11p_sd15_lineart"
         picked = await registry.for_unit("", "canny", "sdxl")  # no canny-named SDXL model: the Union one
         assert picked.name == "controlnet-union-sdxl-promax" and picked.union_types == 8
         with pytest.raises(ControlError, match="no shuffle ControlNet for this checkpoint is installed"):

@@ -95,7 +95,10 @@ class ControlNetRegistry(NetworkRegistry):
             raise ControlError(
                 f"no {word} ControlNet for this checkpoint is installed; put one (e.g. {example}) in models/ControlNet"
             )
-        return next((e for e in fitting if "11" in e.name), fitting[0])
+        # The anime line model for the anime preprocessor, the plain one for the others (the extension's
+        # control_v11p_sd15s2_lineart_anime beside control_v11p_sd15_lineart); then a v1.1 file first.
+        anime = "anime" in module
+        return min(fitting, key=lambda e: (("anime" in e.name.lower()) != anime, "11" not in e.name))
 
 
 def use_of(entry: NetworkEntry) -> ControlNetUse:
