@@ -31,6 +31,7 @@ from bot.upscalers.registry import UpscalerRegistry
 from bot.worker_tools import run_worker_tool
 from cli.output import human_size
 from common.bundled import TINY_LORA_BASES
+from common.control import ANNOTATOR_LAYOUTS
 
 
 @asynccontextmanager
@@ -297,7 +298,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="write a random-weight annotator in its real layout: hed (ControlNetHED.pth's), lineart (sk_model.pth's) "
         "openpose_body (body_pose_model.pth's, 209 MB) or depth_anything_v2 (tiny, ViT-S's layout)",
     )
-    p.add_argument("--kind", choices=("hed", "lineart", "openpose_body", "openpose_hand", "openpose_face", "depth_anything_v2", "depth_anything", "lineart_anime", "midas", "pidinet", "mlsd"), required=True)
+    p.add_argument("--kind", choices=ANNOTATOR_LAYOUTS, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out", type=os.path.abspath)
     p.set_defaults(handler=cmd_make_tiny_annotator)

@@ -44,6 +44,12 @@ class Preprocessor:
     union: int | None = None
 
 
+# The annotator networks Easel runs, by layout (bot/controlnets/annotators.py tells them from a file's
+# tensors; gpu_worker/annotators.py builds each).
+ANNOTATOR_LAYOUTS = (
+    "hed", "lineart", "lineart_anime", "openpose_body", "openpose_hand", "openpose_face", "depth_anything_v2",
+    "depth_anything", "midas", "pidinet", "mlsd",
+)  # fmt: skip
 # Annotator networks, as (layout, the file the extension downloads): gpu_worker/annotators.py.
 _HED = ("hed", "ControlNetHED.pth")
 _PIDI = ("pidinet", "table5_pidinet.pth")

@@ -153,7 +153,7 @@ class LineartAnimeGenerator(nn.Module):
         return self.model(rgb_signed)
 
 
-NETWORKS: dict[str, Callable[[], nn.Module]] = {"hed": HedNetwork, "lineart": LineartGenerator, "lineart_anime": LineartAnimeGenerator}
+Shapes = dict[str, tuple[int, ...]]
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -174,17 +174,7 @@ def load_annotator(path: Path, layout: str, name: str) -> nn.Module:
     try:
         state = {k: v.float() for k, v in read_state(path).items()}
         with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in state.items()}
-            if layout in ("depth_anything_v2", "depth_anything"):  # sized by its file: ViT-S, ViT-B or ViT-L
-                network = DepthAnythingV2.for_state(shapes, 2 if layout == "depth_anything_v2" else 1)
-            elif layout == "lineart_anime":
-                network = LineartAnimeGenerator.for_state(shapes)
-            elif layout == "midas":
-                network = MidasHybrid.for_state(shapes)
-            elif layout == "pidinet":
-                network = PiDiNet.for_state(shapes)
-            else:
-                network = NETWORKS[layout]()
+            network = NETWORKS[layout]({k: tuple(v.shape) for k, v in state.items()})
         load_exact(network, state, f"the annotator {name}")
     except (PartError, RuntimeError, KeyError, ValueError, OSError, IndexError) as e:  # a vetted file of the wrong shape
         raise AnnotatorError(f"the annotator {name} cannot be read as {layout}'s network ({type(e).__name__})") from None
@@ -399,11 +389,18 @@ class CpmNetwork(nn.Module):
         return maps
 
 
-NETWORKS["openpose_body"] = BodyPoseNetwork
-NETWORKS["openpose_hand"] = partial(CpmNetwork, 22)
-NETWORKS["openpose_face"] = partial(CpmNetwork, 71)
-NETWORKS["depth_anything_v2"] = DepthAnythingV2
-NETWORKS["depth_anything"] = partial(DepthAnythingV2, version=1)
-NETWORKS["midas"] = MidasHybrid
-NETWORKS["pidinet"] = PiDiNet
-NETWORKS["mlsd"] = MlsdLarge
+# Each annotator layout's network, built for a file's tensor shapes: those of a fixed size ignore them,
+# the others (Depth Anything's ViT-S/B/L, netG's width, MiDaS, PiDiNet) are sized by them.
+NETWORKS: dict[str, Callable[[Shapes], nn.Module]] = {
+    "hed": lambda _: HedNetwork(),
+    "lineart": lambda _: LineartGenerator(),
+    "lineart_anime": LineartAnimeGenerator.for_state,
+    "openpose_body": lambda _: BodyPoseNetwork(),
+    "openpose_hand": lambda _: CpmNetwork(22),
+    "openpose_face": lambda _: CpmNetwork(71),
+    "depth_anything_v2": partial(DepthAnythingV2.for_state, version=2),
+    "depth_anything": partial(DepthAnythingV2.for_state, version=1),
+    "midas": MidasHybrid.for_state,
+    "pidinet": PiDiNet.for_state,
+    "mlsd": lambda _: MlsdLarge(),
+}

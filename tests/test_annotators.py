@@ -452,3 +452,11 @@ def test_mlsd_finds_lines_from_centres_and_their_ends(tmp_path: Path) -> None:
     network = load_annotator(path, "mlsd", "mlsd_large_512_fp32")
     made = run_annotator({"mlsd": network}, "mlsd", np.asarray(picture().resize((90, 70))), "cpu", (0.1, 0.1))
     assert made.shape == (70, 90) and set(np.unique(made)) <= {0, 255}
+
+
+def test_every_annotator_layout_is_built_and_labelled() -> None:
+    from common.control import ANNOTATOR_LAYOUTS, PREPROCESSORS
+    from gpu_worker.annotators import NETWORKS
+
+    assert set(NETWORKS) == set(ANNOTATOR_LAYOUTS)
+    assert {layout for p in PREPROCESSORS.values() for layout, _ in p.annotators} == set(ANNOTATOR_LAYOUTS)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from common.bundled import TINY_CHECKPOINT_KINDS as CHECKPOINT_KINDS
 from common.bundled import TINY_FORMATS, TINY_LORA_BASES
+from common.control import ANNOTATOR_LAYOUTS
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -54,7 +55,7 @@ def add_commands(sub: argparse._SubParsersAction) -> dict[str, Handler]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-annotator")
-    p.add_argument("--kind", choices=("hed", "lineart", "openpose_body", "openpose_hand", "openpose_face", "depth_anything_v2", "depth_anything", "lineart_anime", "midas", "pidinet", "mlsd"), required=True)
+    p.add_argument("--kind", choices=ANNOTATOR_LAYOUTS, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("out")
     p = sub.add_parser("make-tiny-detector")

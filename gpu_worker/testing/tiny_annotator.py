@@ -5,6 +5,7 @@ is sized by its tensors, so its tiny one is 1 MB. Written as torch.save writes a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,23 +15,23 @@ from gpu_worker.depth import DepthAnythingV2
 from gpu_worker.midas import MidasHybrid
 from gpu_worker.pidinet import PiDiNet
 
+# The networks sized by their files, made tiny.
+TINY: dict[str, Callable[[], torch.nn.Module]] = {
+    # Depth Anything: width 64, twelve blocks (ViT-S's layout)
+    "depth_anything_v2": lambda: DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2),
+    "depth_anything": lambda: DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 1),
+    "lineart_anime": lambda: LineartAnimeGenerator(4),  # 4 channels wide, not 64
+    "pidinet": lambda: PiDiNet(8, 8),  # the released one is 60 wide, its dilations 24
+    # a DPT-Hybrid a hundredth of the size: GroupNorm's 32 groups set the least widths
+    "midas": lambda: MidasHybrid(32, (128, 128, 128), (1, 1, 2), 64, 6, 128, 4, 32, None),
+}
+
 
 def make_tiny_annotator(kind: str, out: Path, seed: int = 0) -> Path:
     if kind not in NETWORKS:
         raise ValueError(f"no annotator kind {kind!r}; choose one of {', '.join(NETWORKS)}")
     torch.manual_seed(seed)
-    # Depth Anything V2 is sized by its file: a tiny one (width 64, twelve blocks) has ViT-S's layout.
-    depth = kind in ("depth_anything_v2", "depth_anything")
-    if depth:
-        network: torch.nn.Module = DepthAnythingV2(64, 12, 16, (8, 16, 32, 64), 2 if kind == "depth_anything_v2" else 1)
-    elif kind == "lineart_anime":  # sized by its file too: a tiny one is 4 channels wide, not 64
-        network = LineartAnimeGenerator(4)
-    elif kind == "pidinet":  # the released one is 60 channels wide, its dilations 24: a tiny one 8 and 8
-        network = PiDiNet(8, 8)
-    elif kind == "midas":  # a DPT-Hybrid a hundredth of the size: GroupNorm's 32 groups set the least widths
-        network = MidasHybrid(32, (128, 128, 128), (1, 1, 2), 64, 6, 128, 4, 32, None)
-    else:
-        network = NETWORKS[kind]()
+    network = TINY[kind]() if kind in TINY else NETWORKS[kind]({})  # the others have a fixed size
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().clone().contiguous() for name, tensor in network.state_dict().items()}
     if out.suffix.lower() == ".safetensors":
