@@ -22,8 +22,7 @@ from common.detector_file import detector_global, read_detector, serves
 from common.errors import CheckpointFileError
 from common.protocol import BatchFailed, ComponentUse, DetectorUse, JobDone, JobPart, LoadRequest, RunBatch
 from common.safe_pickle import safe_unpickle
-from gpu_worker.testing import tiny_detector
-from gpu_worker.testing.tiny_detector import expected_box, make_tiny_detector
+from gpu_worker.testing.tiny_detector import NAMES, detection_model, expected_box, make_tiny_detector, save_pickled
 from gpu_worker.yolo import DetectorError, detect, load_detector
 from tests.a1111_infotext import parse_generation_parameters as parse_infotext
 from tests.helpers import in_process_runner
@@ -69,28 +68,9 @@ class _Other:
 
 def _save_with(path: Path, extra: object, kind: tuple[str, str] | None = None) -> Path:
     """The tiny face detector with `extra` beside its model (train_args), or its first layer named `kind`."""
-    model = tiny_detector._DetectionModel(tiny_detector._layers(1, False), {0: "face"})
-    names = dict(tiny_detector._NAMES)
-    if kind is not None:
-        names[tiny_detector._Conv] = kind
-    buffer = io.BytesIO()
-
-    class Pickler(tiny_detector._Pickler):
-        def save_global(self, obj, name=None):
-            named = names.get(obj) if isinstance(obj, type) else None
-            if named is None:
-                pickle._Pickler.save_global(self, obj, name)
-                return
-            self.write(pickle.GLOBAL + f"{named[0]}\n{named[1]}\n".encode())
-            self.memoize(obj)
-
-    class Module(tiny_detector._PickleModule):
-        pass
-
-    Module.Pickler = Pickler
-    torch.save({"model": model.half(), "train_args": {"extra": extra}}, buffer, pickle_module=Module)
-    path.write_bytes(buffer.getvalue())
-    return path
+    model = detection_model(("face",))
+    names = dict(NAMES) | ({type(model.model[0]): kind} if kind else {})
+    return save_pickled({"model": model.half(), "train_args": {"extra": extra}}, path, names)
 
 
 def test_hostile_and_foreign_detector_files_are_refused_by_name(tmp_path: Path) -> None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -125,7 +127,7 @@ class _SegmentationModel(_DetectionModel):
 
 
 # Our stand-ins, pickled under the names ultralytics' own classes have.
-_NAMES: dict[type, tuple[str, str]] = {
+NAMES: dict[type, tuple[str, str]] = {
     _Conv: ("ultralytics.nn.modules.conv", "Conv"),
     _Concat: ("ultralytics.nn.modules.conv", "Concat"),
     _Bottleneck: ("ultralytics.nn.modules.block", "Bottleneck"),
@@ -141,8 +143,10 @@ _NAMES: dict[type, tuple[str, str]] = {
 
 
 class _Pickler(pickle._Pickler):  # the Python pickler: its save_global can be told other names
+    names: Mapping[type, tuple[str, str]] = NAMES
+
     def save_global(self, obj: object, name: str | None = None) -> None:
-        named = _NAMES.get(obj) if isinstance(obj, type) else None
+        named = self.names.get(obj) if isinstance(obj, type) else None
         if named is None:
             super().save_global(obj, name)
             return
@@ -150,10 +154,23 @@ class _Pickler(pickle._Pickler):  # the Python pickler: its save_global can be t
         self.memoize(obj)
 
 
-class _PickleModule:
-    Pickler = _Pickler
-    Unpickler = pickle.Unpickler
-    __name__ = "pickle"
+def save_pickled(checkpoint: dict[str, object], out: Path, names: Mapping[type, tuple[str, str]] = NAMES) -> Path:
+    """`checkpoint` as torch.save writes it, each stand-in class under the name `names` gives it."""
+    pickler = type("Pickler", (_Pickler,), {"names": names})
+    module = SimpleNamespace(Pickler=pickler, Unpickler=pickle.Unpickler, __name__="pickle")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer, pickle_module=module)
+    out.write_bytes(buffer.getvalue())
+    return out
+
+
+def detection_model(classes: tuple[str, ...], segment: bool = False) -> nn.Module:
+    """The tiny YOLOv8 model (or its segmentation twin) as ultralytics' DetectionModel holds it."""
+    names = dict(enumerate(classes))
+    model = (_SegmentationModel if segment else _DetectionModel)(_layers(len(names), segment), names)
+    model.task = "segment" if segment else "detect"
+    return model
 
 
 def _layers(nc: int, segment: bool) -> list[nn.Module]:
@@ -187,7 +204,7 @@ def _layers(nc: int, segment: bool) -> list[nn.Module]:
     layers = []
     for i, (source, module) in enumerate(spec):
         module.f, module.i = source, i  # what ultralytics' parse_model sets on each layer
-        module.type = f"{_NAMES.get(type(module), (type(module).__module__, type(module).__name__))[0]}"
+        module.type = f"{NAMES.get(type(module), (type(module).__module__, type(module).__name__))[0]}"
         layers.append(module)
     return layers
 
@@ -246,11 +263,8 @@ def make_tiny_detector(out: Path, task: str = "detect", classes: tuple[str, ...]
     if task not in ("detect", "segment"):
         raise ValueError(f"a detector's task is detect or segment, not {task!r}")
     torch.manual_seed(seed)
-    names = dict(enumerate(classes))
-    segment = task == "segment"
-    model = (_SegmentationModel if segment else _DetectionModel)(_layers(len(names), segment), names)
-    model.task = task
-    _set_weights(model, len(names))
+    model = detection_model(classes, task == "segment")
+    _set_weights(model, len(classes))
     model.half().requires_grad_(False)
     checkpoint = {
         "date": "2023-06-01T00:00:00",
@@ -264,8 +278,4 @@ def make_tiny_detector(out: Path, task: str = "detect", classes: tuple[str, ...]
         "train_args": {"task": task, "imgsz": 640, "epochs": 1, "model": "yolov8n.pt"},
         "train_metrics": {"metrics/mAP50(B)": 0.5},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer, pickle_module=_PickleModule)
-    out.write_bytes(buffer.getvalue())
-    return out
+    return save_pickled(checkpoint, out)
