@@ -448,6 +448,7 @@ class Jobs:
         if entry is None or entry.status != "present":
             raise MissingCheckpoint(model or "an unnamed checkpoint", model_hash)
         size = size_of(params)
+        detail, detail_note = await self._detail_here(params)
         given = {
             "negative": info.negative,
             "steps": _number(params, "Steps", int),
@@ -464,27 +465,28 @@ class Jobs:
             "rng": "GPU",  # A1111 writes no RNG key for its default source, whatever this place's is
             "dynamic": False,  # the prompt is the picture's own, already expanded: braces in it are text
             "regions": regions_from_infotext(params),  # the Regional Prompter's panel (common/regions.py)
-            **await self._detail_here(params),  # ADetailer's face and hand passes (common/detail.py)
+            **detail,  # ADetailer's face and hand passes (common/detail.py)
             "edit_images": _edit_hashes(params),
             "control": units_from_infotext(params),  # with the pictures Easel kept for them
             **_read_back(params),
         }
         # A1111's extension writes its units but keeps no picture for them: drawn without, and said so.
         unpictured = "ControlNet 0" in params and not given["control"]
-        notes = ["its ControlNet units were left out: the picture's parameters carry no picture for them"] if unpictured else []
-        if given.get("detail") != detail_from_infotext(params).get("detail"):
-            notes.append(f"its ADetailer hand pass was left out: no hand detector ({HAND_DETECTOR}) is installed here")
-        note = "; ".join(notes)
+        control_note = "its ControlNet units were left out: the picture's parameters carry no picture for them" if unpictured else ""
+        note = "; ".join(n for n in (control_note, detail_note) if n)
         options = ImagineOptions(prompt=info.prompt, given=given, checkpoint=entry.name, size=size, note=note)
         return await self.plan_imagine(asker, place, options)
 
-    async def _detail_here(self, params: dict[str, str]) -> dict[str, object]:
+    async def _detail_here(self, params: dict[str, str]) -> tuple[dict[str, object], str]:
         """The detail pass a picture's parameters describe, less its hand pass where no hand detector is
-        installed (the rest of the picture is still made)."""
+        installed (the rest of the picture is still made), and the note saying so."""
         found = detail_from_infotext(params)
-        if found.get("detail") in ("hands", "both") and (self.detectors is None or await self.detectors.for_target("hands") is None):
-            return found | {"detail": "faces"} if found["detail"] == "both" else {}
-        return found
+        if found.get("detail") not in ("hands", "both"):
+            return found, ""
+        if self.detectors is not None and await self.detectors.for_target("hands") is not None:
+            return found, ""
+        note = f"its ADetailer hand pass was left out: no hand detector ({HAND_DETECTOR}) is installed here"
+        return (found | {"detail": "faces"} if found["detail"] == "both" else {}), note
 
     async def read_parameters(self, picture: bytes, requester: str | None = None) -> tuple[str, Infotext]:
         """A picture's A1111 parameters (read off the loop), kept for "Make this here": (key, reading).
