@@ -143,12 +143,16 @@ def run_worker(
         placed,
     )
     cancelled: set[str] = set()
+    stopping = threading.Event()
     lock = threading.Lock()
     inbox: queue.Queue[RunBatch | Shutdown] = queue.Queue()
 
     def is_cancelled(job_id: str) -> bool:
         with lock:
-            return job_id in cancelled or gone()  # nobody is waiting for any job once the bot is gone
+            # Nobody waits for any job once the bot is gone, or once it said Shutdown: it ended every
+            # job it had (as interrupted) before saying it, so the batch in hand stops at its next step
+            # instead of holding the bot's exit for the rest of its steps.
+            return job_id in cancelled or stopping.is_set() or gone()
 
     def read_commands() -> None:
         while True:
@@ -160,10 +164,12 @@ def run_worker(
             if isinstance(command, CancelJob):
                 with lock:
                     cancelled.add(command.job_id)
-            elif isinstance(command, RunBatch | Shutdown):
+            elif isinstance(command, Shutdown):
+                stopping.set()
                 inbox.put(command)
-                if isinstance(command, Shutdown):
-                    return
+                return
+            elif isinstance(command, RunBatch):
+                inbox.put(command)
             else:
                 log.error("ignored a %s: not a command", type(command).__name__)
 

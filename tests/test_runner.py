@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +21,7 @@ import torch
 from PIL import Image
 
 from bot.checkpoints.inspection import inspect_file
+from bot.preloaded import PreloadedProcess
 from common.protocol import (
     BatchFailed,
     BatchFinished,
@@ -380,23 +389,17 @@ def test_prompt_editing_switches_at_a1111s_model_call(
     assert calls == ([3] if sampler == "Heun" else [2])  # Euler: int(0.34 x 3) = 1, so call 2
 
 
-def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Path) -> None:
-    """The bot dies mid-batch (its end of the pipe closes): the worker's batch ends unseen and the
-    process exits 0, without the BrokenPipe tracebacks it once printed for every event it sent."""
-    import json
-    import os
-    import socket
-    import subprocess
-    import sys
-    from multiprocessing.connection import Connection
-
+@contextlib.contextmanager
+def worker_mid_batch(tiny_dir: Path) -> Iterator[tuple[Connection, subprocess.Popen | PreloadedProcess, int]]:
+    """The bot's worker as the bot starts it (forked by the preloader, else afresh), running a 400-step
+    batch (job "j"): our end of its pipe, once its first step is reported; the process; its stderr's
+    read end (the caller reads it to its end)."""
     from bot import preloaded
     from common.protocol import BatchProgress, JobPart, LoadRequest, RunBatch, WorkerReady, decode, encode
     from tests.conftest import REPO
 
     ours, theirs = socket.socketpair()
     config = json.dumps({"device": "cpu", "log_level": "INFO"})
-    # Forked by the preloader as the bot starts its workers (else afresh): its stderr read to its end.
     err_read, err_write = os.pipe()
     with open(os.devnull, "rb") as quiet:
         worker = preloaded.start(["serve", "--config", config], theirs.fileno(), (quiet.fileno(), err_write, err_write))
@@ -414,24 +417,41 @@ def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path, tmp_path: Pat
         assert isinstance(decode(conn.recv_bytes()), WorkerReady)
         load = LoadRequest(str(tiny_dir / "tiny-sd1.safetensors"), "tiny", "sd1", "SD1.x", "safetensors", "tiny-sd1")
         batch = RunBatch.of(
-            "orphan",
-            load,
-            (JobPart("j", "a lighthouse", "", (1,)),),
-            128,
-            128,
-            400,
-            7.0,
-            "Euler",
-            "Automatic",
+            "busy", load, (JobPart("j", "a lighthouse", "", (1,)),), 128, 128, 400, 7.0, "Euler", "Automatic",
             preview_every=2,
-        )
+        )  # fmt: skip
         conn.send_bytes(encode(batch))
         while not isinstance(decode(conn.recv_bytes()), BatchProgress):
             pass
+        yield conn, worker, err_read
     finally:
-        conn.close()  # the bot is gone
+        conn.close()
+
+
+def test_a_worker_whose_bot_went_away_ends_quietly(tiny_dir: Path) -> None:
+    """The bot dies mid-batch (its end of the pipe closes): the worker's batch ends unseen and the
+    process exits 0, without the BrokenPipe tracebacks it once printed for every event it sent."""
+    with worker_mid_batch(tiny_dir) as (_conn, worker, err_read):
+        pass  # the bot is gone: its end closes
     with os.fdopen(err_read, "r") as errors:
         stderr = errors.read()
     assert worker.wait(120) == 0, stderr[-2000:]
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr[-2000:]
     assert "the bot went away" in stderr
+
+
+def test_shutdown_mid_batch_stops_the_batch_at_its_next_step(tiny_dir: Path) -> None:
+    """The bot closing says Shutdown after it has ended every job: the batch in hand is cancelled at its
+    next step, not drawn to its end while the bot waits (up to its grace period) to exit."""
+    from common.protocol import JobCancelled, JobDone, Shutdown, decode, encode
+
+    with worker_mid_batch(tiny_dir) as (conn, worker, err_read):
+        conn.send_bytes(encode(Shutdown()))
+        events = []
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                events.append(decode(conn.recv_bytes()))
+    with os.fdopen(err_read, "r") as errors:
+        stderr = errors.read()
+    assert worker.wait(120) == 0, stderr[-2000:]
+    assert JobCancelled("busy", "j") in events and not any(isinstance(e, JobDone) for e in events), events
