@@ -160,7 +160,8 @@ class PipelineCache:
         others = [k for k in self._device if k != key]
         for other in others:
             self._evict(other)
-        self._released()
+        if others:
+            self._released()
         return len(others)
 
     def discard(self, key: str) -> None:
@@ -174,15 +175,22 @@ class PipelineCache:
         component store) unless both are whole: offloading moves a part between CPU RAM and the
         device as its own pipeline runs, out from under a whole one that expects it in place."""
         mine = {id(c) for c in loaded.pipeline.components.values() if isinstance(c, torch.nn.Module)}
-        for key, entry in list(self._device.items()):
-            if (offloaded or entry.loaded.offloaded) and mine & _parts(entry):
-                log.info("cache: %s shares parts with %s, placed otherwise: it leaves", entry.loaded.request.name, loaded.request.name)
-                self._evict(key)
+        leaving = [key for key, entry in self._device.items() if (offloaded or entry.loaded.offloaded) and mine & _parts(entry)]
+        for key in leaving:
+            log.info("cache: %s shares parts with %s, placed otherwise: it leaves", self._device[key].loaded.request.name, loaded.request.name)
+            self._evict(key)
+        if leaving:
+            self._released()
 
     def _make_room(self, nbytes: int) -> None:
+        evicted = False
         while self._device and self._used(self._device) + nbytes > self.device_budget:
             self._evict(next(iter(self._device)))  # the least recently used
-        self._released()
+            evicted = True
+        # Only when something left: a full collection walks every object the process holds (0.1-0.5 s
+        # with torch, diffusers and transformers loaded), and most loads evict nothing.
+        if evicted:
+            self._released()
 
     def _evict(self, key: str) -> None:
         """One pipeline off the device: to CPU RAM when it fits there and shares no part, else away."""
