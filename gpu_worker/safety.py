@@ -10,7 +10,9 @@ exposed nudity (breasts, genitalia, buttocks, anus).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -33,11 +35,19 @@ class Scores:
     labels: dict[str, float] = field(default_factory=dict)  # exposed class -> its highest confidence
 
 
-class NudityScorer:
-    """Loaded on first use (about 0.1 s, 12 MB); about 20-30 ms per picture on one CPU core."""
+@functools.cache
+def _detector() -> Any:
+    """The process's one detector, made on first use (about 0.1 s, 12 MB): ONNX Runtime's sessions
+    run from several threads at once (a batch's previews are checked beside its steps), and every
+    scorer of the process shares it. Not before: the preloader forks with one thread, and a session
+    starts its own."""
+    from nudenet import NudeDetector  # its import pulls in OpenCV: only where pictures are checked
 
-    def __init__(self) -> None:
-        self._detector = None
+    return NudeDetector()
+
+
+class NudityScorer:
+    """About 20-30 ms per picture on one CPU core."""
 
     def score(self, picture: Image.Image) -> Scores:
         labels: dict[str, float] = {}
@@ -58,9 +68,5 @@ class NudityScorer:
         return [box for box in boxes if box[2] > box[0] and box[3] > box[1]]
 
     def _detect(self, picture: Image.Image) -> list[dict]:
-        if self._detector is None:
-            from nudenet import NudeDetector  # its import pulls in OpenCV: only where pictures are checked
-
-            self._detector = NudeDetector()
         bgr = np.ascontiguousarray(np.asarray(picture.convert("RGB"))[:, :, ::-1])
-        return list(self._detector.detect(bgr))
+        return list(_detector().detect(bgr))

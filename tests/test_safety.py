@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from bot.rules.minors import check_minors, find_minors
 from bot.rules.policy import picture_verdict, readable_score
 from common.errors import EaselError
+from gpu_worker import safety
 from gpu_worker.safety import EXPOSED, NudityScorer
 
 
@@ -58,13 +59,12 @@ class ModelStandIn:
     ("label", "counted"),
     [("FEMALE_BREAST_EXPOSED", True), ("BUTTOCKS_EXPOSED", True), ("FEMALE_BREAST_COVERED", False), ("FACE_FEMALE", False)],
 )
-def test_the_detectors_classes_reach_the_score_by_name(label: str, counted: bool) -> None:
+def test_the_detectors_classes_reach_the_score_by_name(label: str, counted: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the model finds is counted by its class's name: an exposed class scores, a covered one or
     a face does not (a wrong name or a shifted label list would fail here)."""
     scorer = NudityScorer()
-    scorer.score(Image.new("RGB", (8, 8)))  # loads the detector
     stand_in = ModelStandIn(label, 0.875)
-    scorer._detector.onnx_session = stand_in
+    monkeypatch.setattr(safety._detector(), "onnx_session", stand_in)  # the process's one detector
     scores = scorer.score(Image.new("RGB", (320, 320), (200, 150, 120)))
     assert (scores.score, scores.labels) == ((0.875, {label: 0.875}) if counted else (0.0, {}))
 
@@ -75,17 +75,17 @@ def test_every_class_counted_is_one_the_detector_knows() -> None:
     assert set(EXPOSED) <= set(nudenet.nudenet.__dict__["__labels"])
 
 
-def test_the_detector_sees_a_picture_as_from_nudenets_own_file_path(tmp_path: Path) -> None:
+def test_the_detector_sees_a_picture_as_from_nudenets_own_file_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The model gets the picture's planes in the order NudeNet's reference use gives them (a file
     path, read by OpenCV as BGR): the scorer's in-memory picture must reach it the same, red as red."""
     picture = Image.new("RGB", (64, 48), (255, 0, 0))
     picture.paste((0, 0, 255), (0, 0, 16, 16))  # and a blue corner: a flipped order cannot pass
     picture.save(tmp_path / "red.png")
     scorer = NudityScorer()
-    scorer.score(Image.new("RGB", (8, 8)))
     stand_in = ModelStandIn("FACE_FEMALE", 0.0)
-    scorer._detector.onnx_session = stand_in
-    scorer._detector.detect(str(tmp_path / "red.png"))  # NudeNet's own reading of the file
+    detector = safety._detector()
+    monkeypatch.setattr(detector, "onnx_session", stand_in)
+    detector.detect(str(tmp_path / "red.png"))  # NudeNet's own reading of the file
     scorer.score(picture)  # ours, from memory
     reference, ours = stand_in.seen
     assert reference.shape == ours.shape == (1, 3, 320, 320)
