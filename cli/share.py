@@ -8,9 +8,6 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from boto3.exceptions import Boto3Error
-from botocore.exceptions import BotoCoreError, ClientError
-
 from bot.config import Settings
 from bot.db import open_database
 from bot.generation.model_share import ObjectStore, file_size
@@ -34,6 +31,10 @@ async def cmd_share_push(args: argparse.Namespace, settings: Settings) -> int:
                 files.setdefault(network.sha256, (network.name, str(network.path)))
     finally:
         await db.close()
+    # Here, not at the top: boto3 costs every other command of `python bot.py` a tenth of a second.
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
     store = ObjectStore(settings.share_s3_bucket, settings.share_s3_prefix, settings.share_s3_endpoint, settings.share_s3_region)
     pushed = kept = skipped = 0
     for sha256, (name, path) in sorted(files.items(), key=lambda item: item[1][0]):
