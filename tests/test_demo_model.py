@@ -76,7 +76,10 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
     await registry.scan()
     loras = LoraRegistry(db, root / "models")
     await loras.scan()
-    service = GenerationService(db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=50))
+    # No previews: nobody sees them here, and each costs a VAE decode and a picture check per image.
+    service = GenerationService(
+        db, [WorkerConfig("cpu", log_level="WARNING")], Limits(max_queued_per_user=50), preview_every=0
+    )
     await service.start()
     yield World(Jobs(registry, service, None, loras, inputs=InputStore(root / "data" / "inputs")))
     await service.close()
