@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     nsfw_pictures_adult: Literal["allow", "spoiler", "withhold"] = "allow"  # age-restricted channels and DMs
     nsfw_threshold: float = Field(default=0.5, ge=0, le=1)
     preview_every: int = Field(default=5, ge=0, le=1000)  # steps between progress previews; 0: none
+    # and at least this many seconds between them: Discord shows an edit of a message each 1.5 s at
+    # most (cogs/utils/progress.py), so a preview taken sooner is decoded and checked for nothing.
+    preview_seconds: float = Field(default=1.5, ge=0, le=600)
     # Catalog: semantic similarity needs the embedding process (torch + all-MiniLM-L6-v2, ~100 MB RAM).
     semantic_search: bool = True
     civitai_api_key: SecretStr | None = None  # only gated downloads need it; lookups by hash work without

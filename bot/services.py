@@ -95,6 +95,7 @@ async def open_services(
             ),
             limits or limits_from(settings),
             preview_every=settings.preview_every if preview_every is None else preview_every,
+            preview_seconds=settings.preview_seconds,
             broker_url=settings.broker_url,
             worker_keys=settings.worker_key_table(),
             share=settings.share_options(),

@@ -136,7 +136,8 @@ async def cmd_compare(args: argparse.Namespace, settings: Settings) -> int:
     db = await open_database(settings.database_path)
     registry = CheckpointRegistry(db, settings.models_dir.expanduser().resolve())
     limits = Limits(max_queued_per_user=1000)  # the CLI is not limited
-    service = GenerationService(db, worker_configs(settings.devices[:1], settings.cache_device_gb, None, **settings.engine()), limits)
+    workers = worker_configs(settings.devices[:1], settings.cache_device_gb, None, **settings.engine())
+    service = GenerationService(db, workers, limits, preview_every=0)  # a terminal shows no previews
     jobs = Jobs(
         registry,
         service,

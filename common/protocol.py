@@ -206,6 +206,9 @@ class RunBatch:
     parameters: Parameters
     model_name: str = ""  # file stem, for the infotext "Model" field
     preview_every: int = 0  # steps between previews; 0 = none
+    # And at least this long since the batch's last preview (0: none held back): a front end shows
+    # one at most so often (Discord: an edit each 1.5 s), and each costs a VAE decode and a check.
+    preview_seconds: float = 0.0
     loras: tuple[LoraUse, ...] = ()  # every job of a batch has the same LoRAs at the same strengths
     embeddings: tuple[EmbeddingUse, ...] = ()  # those any job's prompt or negative may name
     init_png: bytes | None = None  # img2img: the picture every job of the batch starts from (RGB PNG)
@@ -302,7 +305,7 @@ class RunBatch:
 
 
 _BATCH_FIELDS = (
-    "model_name", "preview_every", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs",
+    "model_name", "preview_every", "preview_seconds", "loras", "embeddings", "init_png", "mask_png", "hires_model", "vae", "edit_pngs",
     "controlnets", "control_pngs", "detectors",
 )  # fmt: skip
 

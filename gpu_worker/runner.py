@@ -341,7 +341,12 @@ class StepCallback:
                 run.applied = upcoming
                 if run.regional is not None:
                     run.regional.set(*conditioning.regions(index + 1))
-        if batch.preview_every and step < steps and (index + 1) % batch.preview_every == 0:
+        if (
+            batch.preview_every
+            and step < steps
+            and (index + 1) % batch.preview_every == 0
+            and time.perf_counter() - run.last_preview >= batch.preview_seconds
+        ):
             self._preview(pipe, kwargs["latents"], done)
         return kwargs
 
@@ -356,3 +361,4 @@ class StepCallback:
             for job in self.draw.jobs
         ]
         runner._checked = runner._checking.submit(runner._send_previews, self.run.batch.batch_id, step, images)
+        self.run.last_preview = time.perf_counter()

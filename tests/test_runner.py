@@ -164,6 +164,15 @@ def test_progress_previews_and_loading(cache: PipelineCache, load_request: LoadR
     assert rec.of(BatchLoading)[0].cache == "device"
 
 
+def test_previews_wait_out_the_seconds_asked_between_them(cache: PipelineCache, load_request: LoadRequest) -> None:
+    """`preview_seconds` (the bot's EASEL_PREVIEW_SECONDS): a preview no sooner than that after the
+    batch's last, however many steps have passed; the first one still comes at the first step."""
+    rec = Recorder(cache)
+    rec.run(batch(load_request, JobPart("j", "a cat", "", (1,)), steps=12, preview_every=1, preview_seconds=3600.0))
+    assert [p.step for p in rec.of(JobPreview)] == [1]
+    assert [p.step for p in rec.of(BatchProgress)] == list(range(1, 13))
+
+
 def test_cancel_running_job_between_steps(cache: PipelineCache, load_request: LoadRequest) -> None:
     rec = Recorder(cache)
     original = rec.runner.send

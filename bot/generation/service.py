@@ -177,13 +177,14 @@ class GenerationService:
         limits: Limits | None = None,
         *,
         preview_every: int = 5,
+        preview_seconds: float = 0.0,
         restart_delay: float = 0.5,
         broker_url: str | None = None,
         worker_keys: dict[str, tuple[bytes, ...]] | None = None,
         share: ShareOptions | None = None,
     ) -> None:
         self.limits = limits or Limits()
-        self.preview_every = preview_every
+        self.preview_every, self.preview_seconds = preview_every, preview_seconds
         self.restart_delay = restart_delay
         self.store = JobStore(db)
         self._queue = FairQueue(self.limits)
@@ -555,6 +556,7 @@ class GenerationService:
             parameters=spec.parameters,
             model_name=spec.checkpoint.file_stem,
             preview_every=self.preview_every,
+            preview_seconds=self.preview_seconds,
             loras=spec.loras,
             # Embeddings are words: each prompt uses only its own, so the batch carries all of its jobs'.
             embeddings=tuple(dict.fromkeys(use for job in jobs for use in job.spec.embeddings)),

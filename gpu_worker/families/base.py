@@ -8,6 +8,7 @@ it can switch on. The runner (gpu_worker/runner.py) calls these in order and kno
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -98,6 +99,7 @@ class BatchRun:
     latent_dtype: torch.dtype | None = None  # the starting latents' (None: the model's)
     references: tuple[Image.Image, ...] = ()  # an edit's input pictures (common/editing.py)
     control: Control | None = None  # the batch's ControlNet units (gpu_worker/controlnets.py)
+    last_preview: float = -math.inf  # when (time.perf_counter) the batch's last preview was taken
 
     def hires_upscaler(self) -> object:
         """The hires fix's upscaler: a model from the cache, or an A1111 name."""
