@@ -46,9 +46,11 @@ async def services(
     shutil.copy(tiny_loras / "embedding-sd1.safetensors", models / "embeddings" / "blotchy.safetensors")
     make_tiny_upscaler(models / "ESRGAN" / "2x-Tiny.pth", "esrgan", 2)
     make_tiny_vae("sd1", models / "VAE" / "soft.safetensors", seed=5)
-    settings = Settings(models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0)
-    # Every third step: previews are checked by the real detector (~30 ms each), and the preview
-    # tests need only one or a few.
+    # Previews every third step whatever the time between them (preview_seconds=0): the preview tests
+    # need one or a few on a fast machine too; each is checked by the real detector (~30 ms).
+    settings = Settings(
+        models_dir=models, data_dir=root / "data", devices=["cpu"], owner_ids=[], cooldown_seconds=0, preview_seconds=0
+    )
     services = await open_services(settings, preview_every=3)
     await scan_models(services.registry, services.networks)
     yield services
